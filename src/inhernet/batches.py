@@ -1,0 +1,67 @@
+"""One way to feed a batch to a model and read its logits, whatever the batch looks like.
+
+Batches may be a tensor, an ``(inputs, labels)`` tuple/list, or a Hugging Face style dict
+(``input_ids``/``attention_mask``/... plus optional ``labels``). Outputs may be tensors or objects
+with ``.logits`` (Hugging Face ``ModelOutput``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["batch_labels", "forward_batch", "logits_of", "move_batch"]
+
+
+def move_batch(batch: Any, device: torch.device | str) -> Any:
+    """Move every tensor inside ``batch`` to ``device`` (nested tuples, lists and dicts)."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device)
+    if isinstance(batch, Mapping):
+        return {k: move_batch(v, device) for k, v in batch.items()}
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(move_batch(v, device) for v in batch)
+    return batch
+
+
+def forward_batch(model: nn.Module, batch: Any) -> Any:
+    """Run ``model`` on the inputs of ``batch`` (labels are never passed to the model)."""
+    if isinstance(batch, torch.Tensor):
+        return model(batch)
+    if isinstance(batch, Mapping):
+        return model(**{k: v for k, v in batch.items() if k != "labels"})
+    if isinstance(batch, (tuple, list)):
+        if not batch:
+            raise ValueError("an empty tuple/list is not a batch; expected (inputs, labels) or inputs")
+        return model(batch[0])
+    raise TypeError(
+        f"unsupported batch type {type(batch).__name__}; expected a tensor, an (inputs, labels) tuple "
+        "or a dict of tensors"
+    )
+
+
+def batch_labels(batch: Any) -> torch.Tensor | None:
+    """The labels carried by ``batch``, or ``None`` when it has none."""
+    if isinstance(batch, Mapping):
+        return batch.get("labels")
+    if isinstance(batch, (tuple, list)) and len(batch) > 1:
+        return batch[1]
+    return None
+
+
+def logits_of(output: Any) -> torch.Tensor:
+    """The logits tensor of a model output (a tensor, ``.logits``, or the first element of a tuple)."""
+    if isinstance(output, torch.Tensor):
+        return output
+    logits = getattr(output, "logits", None)
+    if isinstance(logits, torch.Tensor):
+        return logits
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    raise TypeError(
+        f"cannot find logits in a model output of type {type(output).__name__}; "
+        "return a tensor or an object with a .logits attribute"
+    )

@@ -1,0 +1,113 @@
+"""Input statistics for whitened inheritance, gathered with forward hooks in one pass over the data."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .batches import forward_batch, move_batch
+from .kinds import EmbeddingKind, LayerKind
+
+__all__ = ["InputCovariance", "collect_covariances"]
+
+# Elements of unfolded input per covariance update: bounds calibration memory on big feature maps.
+_MAX_ELEMENTS_PER_UPDATE = 1 << 24
+
+
+@dataclass
+class InputCovariance:
+    """Running ``X^T X`` (float64) of a layer's inputs; a vector of token counts for embeddings."""
+
+    n: int
+    diagonal: bool
+    device: torch.device | str = "cpu"
+    total: torch.Tensor = field(init=False)
+    count: int = 0
+
+    def __post_init__(self) -> None:
+        shape = (self.n,) if self.diagonal else (self.n, self.n)
+        self.total = torch.zeros(shape, dtype=torch.float64, device=self.device)
+
+    def update(self, rows: torch.Tensor) -> None:
+        """Add rows of X (N, n), or for a diagonal covariance a vector of per-token counts."""
+        rows = rows.to(self.total.device, torch.float64)
+        if self.diagonal:
+            self.total += rows
+            self.count += int(rows.sum().item())
+        else:
+            self.total.addmm_(rows.T, rows)
+            self.count += rows.shape[0]
+
+    def mean(self) -> torch.Tensor:
+        """``X^T X / N`` (or its diagonal)."""
+        return self.total / max(self.count, 1)
+
+
+def collect_covariances(
+    model: nn.Module,
+    layers: dict[str, tuple[nn.Module, LayerKind]],
+    calib: Iterable[Any],
+    *,
+    progress: bool = True,
+) -> dict[str, InputCovariance]:
+    """One forward pass of ``model`` over ``calib``, accumulating each layer's input covariance.
+
+    ``layers`` maps module names to ``(module, kind)``. Layers that saw no input are left out of the
+    result with a warning (they fall back to plain SVD). The model runs in eval mode without grad
+    and is returned to its previous mode.
+    """
+    stats: dict[str, InputCovariance] = {}
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+
+    def make_hook(name: str, kind: LayerKind):
+        def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
+            x = args[0].detach()
+            if name not in stats:
+                n = kind.shape(module)[1]
+                stats[name] = InputCovariance(n, isinstance(kind, EmbeddingKind), device=device)
+            per_sample = max(1, x[0].numel() if x.dim() > 1 else 1) * max(1, _kernel_volume(module))
+            chunk = max(1, _MAX_ELEMENTS_PER_UPDATE // per_sample)
+            for part in x.split(chunk) if x.dim() > 1 else (x,):
+                stats[name].update(kind.input_rows(module, part))
+
+        return hook
+
+    handles = [module.register_forward_pre_hook(make_hook(name, kind)) for name, (module, kind) in layers.items()]
+    was_training = model.training
+    model.eval()
+    seen = 0
+    try:
+        with torch.no_grad():
+            for batch in tqdm(calib, desc="calibrating", unit="batch", disable=not progress, leave=False):
+                forward_batch(model, move_batch(batch, device))
+                seen += 1
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    if seen == 0:
+        raise ValueError("calib is empty: pass an iterable of at least one batch of model inputs")
+    missing = [name for name in layers if name not in stats or stats[name].count == 0]
+    if missing:
+        warnings.warn(
+            f"{len(missing)} layer(s) saw no calibration input and use plain SVD: {', '.join(missing[:8])}"
+            + (" ..." if len(missing) > 8 else ""),
+            stacklevel=2,
+        )
+        for name in missing:
+            stats.pop(name, None)
+    return stats
+
+
+def _kernel_volume(module: nn.Module) -> int:
+    kernel = getattr(module, "kernel_size", None)
+    volume = 1
+    for k in kernel or ():
+        volume *= k
+    return volume

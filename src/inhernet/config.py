@@ -1,0 +1,149 @@
+"""``InherConfig``: what to inherit, at which size, and how to initialise it."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+__all__ = ["DEFAULT_BUDGET", "InherConfig"]
+
+DEFAULT_BUDGET = 0.25
+INITS = ("whiten", "svd", "random")
+ALLOCATIONS = ("energy", "uniform")
+
+
+@dataclass
+class InherConfig:
+    """Configuration of the inheritance surgery.
+
+    Exactly one way of choosing ranks is used; when none is given, ``budget=0.25``.
+
+    Args:
+        budget: the inherited model's total parameter count, as a fraction in (0, 1] of the teacher's
+            (a ``float``) or an absolute count (an ``int`` > 1). Everything counts, dense layers included.
+        rank: a fixed rank for every factorised layer instead of a budget: an ``int`` >= 1, a ``float``
+            in (0, 1] (a fraction of each layer's full rank), or ``"full"`` — every supported layer is
+            factorised at full rank even where that saves nothing, and the inherited model reproduces
+            the teacher (a verification mode).
+        energy: instead of a budget, keep in every layer the smallest rank that retains this fraction of
+            the layer's spectral energy (whitened energy with ``init="whiten"``).
+        experts: number of gated experts ``h`` on the up-projection side (1 = plain low-rank, no gate).
+        init: ``"whiten"`` (data-aware SVD of ``W @ chol(XX^T/N)``; needs calibration batches),
+            ``"svd"`` (plain truncated SVD), or ``"random"`` (same structure, random weights: the
+            ablation that isolates the value of inheritance).
+        allocation: ``"energy"`` (global greedy over singular values by retained energy per parameter)
+            or ``"uniform"`` (one rank ratio for every factorised layer, found by bisection).
+        include: ``fnmatch`` patterns of module names to consider (empty = all).
+        exclude: patterns of module names to keep dense. A pattern also matches a name's descendants,
+            so ``"classifier"`` excludes ``classifier`` and ``classifier.*``.
+        min_rank: the smallest rank a factorised layer may get.
+        expert_noise: Frobenius norm of each expert's zero-sum deviation, as a fraction of
+            ``||U_r S_r||``. Breaks the experts' symmetry; the init stays exactly function preserving.
+        damping: relative damping of the input covariance before whitening (times its mean diagonal).
+        seed: seed of the random deviations / random init, for reproducible surgery.
+    """
+
+    budget: float | int | None = None
+    rank: int | float | Literal["full"] | None = None
+    energy: float | None = None
+    experts: int = 3
+    init: Literal["whiten", "svd", "random"] = "whiten"
+    allocation: Literal["energy", "uniform"] = "energy"
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    min_rank: int = 1
+    expert_noise: float = 0.02
+    damping: float = 1e-4
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        chosen = [k for k in ("budget", "rank", "energy") if getattr(self, k) is not None]
+        if len(chosen) > 1:
+            raise ValueError(
+                f"InherConfig takes one of budget=, rank= or energy=, got {' and '.join(chosen)}; "
+                "drop all but one"
+            )
+        if not chosen:
+            self.budget = DEFAULT_BUDGET
+        self.include = _as_patterns("include", self.include)
+        self.exclude = _as_patterns("exclude", self.exclude)
+        self._check_budget()
+        self._check_rank()
+        if self.energy is not None and not (_is_real(self.energy) and 0 < self.energy <= 1):
+            raise ValueError(f"energy must be a fraction in (0, 1], got {self.energy!r}")
+        if isinstance(self.experts, bool) or not isinstance(self.experts, int) or self.experts < 1:
+            raise ValueError(f"experts must be an int >= 1, got {self.experts!r}")
+        if self.init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
+        if self.allocation not in ALLOCATIONS:
+            raise ValueError(f"allocation must be one of {ALLOCATIONS}, got {self.allocation!r}")
+        if isinstance(self.min_rank, bool) or not isinstance(self.min_rank, int) or self.min_rank < 1:
+            raise ValueError(f"min_rank must be an int >= 1, got {self.min_rank!r}")
+        if not (_is_real(self.expert_noise) and self.expert_noise >= 0):
+            raise ValueError(f"expert_noise must be a number >= 0, got {self.expert_noise!r}")
+        if not (_is_real(self.damping) and self.damping >= 0):
+            raise ValueError(f"damping must be a number >= 0, got {self.damping!r}")
+
+    def _check_budget(self) -> None:
+        b = self.budget
+        if b is None:
+            return
+        if isinstance(b, bool) or not isinstance(b, (int, float)) or not math.isfinite(b):
+            raise TypeError(f"budget must be a fraction in (0, 1] or a parameter count, got {b!r}")
+        if isinstance(b, float) and not 0 < b <= 1:
+            raise ValueError(
+                f"budget={b} is not a fraction in (0, 1]; give e.g. budget=0.25 for a quarter of the "
+                "teacher's parameters, or an int for an absolute parameter count"
+            )
+        if isinstance(b, int) and b < 1:
+            raise ValueError(f"budget={b} must be a positive parameter count (or a float fraction)")
+
+    def _check_rank(self) -> None:
+        r = self.rank
+        if r is None or r == "full":
+            return
+        if isinstance(r, bool) or not isinstance(r, (int, float)):
+            raise TypeError(f"rank must be an int >= 1, a fraction in (0, 1] or 'full', got {r!r}")
+        if isinstance(r, int) and r < 1:
+            raise ValueError(f"rank={r} must be >= 1")
+        if isinstance(r, float) and not 0 < r <= 1:
+            raise ValueError(f"rank={r} as a float must be a fraction of the full rank in (0, 1]")
+
+    @property
+    def full_rank(self) -> bool:
+        """``True`` in the verification mode ``rank="full"``."""
+        return self.rank == "full"
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict; ``InherConfig(**d)`` rebuilds the config."""
+        d = asdict(self)
+        d["include"], d["exclude"] = list(self.include), list(self.exclude)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> InherConfig:
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__ }
+        for key in ("include", "exclude"):
+            if key in known:
+                known[key] = tuple(known[key])
+        if known.get("rank") is None and known.get("energy") is None and known.get("budget") is None:
+            known.pop("budget", None)
+        return cls(**known)
+
+
+def _is_real(x: object) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _as_patterns(arg: str, value: object) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return (value,)
+    try:
+        patterns = tuple(value)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(f"{arg} must be a string or a sequence of name patterns, got {value!r}") from None
+    for p in patterns:
+        if not isinstance(p, str):
+            raise TypeError(f"{arg} patterns must be strings, got {p!r}")
+    return patterns

@@ -1,0 +1,78 @@
+"""Plain and whitened SVD of a layer's weight, computed once at full rank and truncated on demand."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .calibration import InputCovariance
+
+__all__ = ["Factors", "factorize"]
+
+# Singular values below this fraction of the largest carry no signal: their down rows are zeroed
+# rather than divided by ~0 (the matching up columns are ~0, so the product is unchanged).
+_RELATIVE_TOLERANCE = 1e-10
+
+
+@dataclass
+class Factors:
+    """``W ~ up @ down`` at every rank r <= k, in float64.
+
+    ``up`` = U S (m, k) carries all the singular values (the asymmetric arrangement), ``down`` (k, n)
+    is V^T for plain SVD and V^T S_x^-1 for whitened SVD. ``energy`` holds the squared singular
+    values (of W, or of W S_x: the layer's output energy on the calibration data), descending.
+    """
+
+    up: torch.Tensor
+    down: torch.Tensor
+    energy: torch.Tensor
+    whitened: bool
+
+    @property
+    def max_rank(self) -> int:
+        return self.energy.numel()
+
+    def truncated(self, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(down[:r], up[:, :r])``: the optimal rank-r factors (in the whitened norm if whitened)."""
+        return self.down[:rank], self.up[:, :rank]
+
+
+def factorize(w: torch.Tensor, cov: InputCovariance | None = None, damping: float = 1e-4) -> Factors:
+    """SVD of ``w`` (m, n), whitened by the input covariance ``cov`` when given.
+
+    Whitening: with ``S S^T = C = XX^T/N + damping * mean(diag C) * I``, ``W S = U Σ V^T`` and
+    ``down = V^T S^-1 = Σ^-1 U^T W``, so ``up[:, :r] @ down[:r] = U_r U_r^T W``: the rank-r map that
+    minimises ``||(W - W_r) X||``, and exactly ``W`` at full rank. The second form never inverts S.
+    """
+    w64 = w.detach().to(torch.float64)
+    if cov is None:
+        u, s, vh = torch.linalg.svd(w64, full_matrices=False)
+        return Factors(up=u * s, down=vh, energy=s.square(), whitened=False)
+    c = cov.mean().to(w64.device)
+    scale = (c if cov.diagonal else c.diagonal()).mean().clamp_min(torch.finfo(torch.float64).tiny)
+    if cov.diagonal:
+        c = c + damping * scale
+    else:
+        c = c + damping * scale * torch.eye(c.shape[0], dtype=c.dtype, device=c.device)
+    u, s = _whitened_left_singular(w64, c)
+    keep = s > _RELATIVE_TOLERANCE * s.max().clamp_min(torch.finfo(torch.float64).tiny)
+    down = torch.where(keep[:, None], (u.T @ w64) / torch.where(keep, s, 1.0)[:, None], 0.0)
+    return Factors(up=u * s, down=down, energy=s.square(), whitened=True)
+
+
+def _whitened_left_singular(w: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left singular vectors and values of ``W S`` for any square root ``S`` of the covariance ``c``."""
+    if c.dim() == 1:  # diagonal covariance (embeddings: token frequencies)
+        u, s, _ = torch.linalg.svd(w * c.sqrt(), full_matrices=False)
+        return u, s
+    m, n = w.shape
+    if n > m:  # wide: eigen-decompose the small Gram W C W^T (m x m) instead of factorising C (n x n)
+        vals, vecs = torch.linalg.eigh(w @ c @ w.T)
+        return vecs.flip(1), vals.flip(0).clamp_min(0).sqrt()
+    chol, info = torch.linalg.cholesky_ex(c)
+    if int(info) != 0:  # not positive definite in floating point: clamped symmetric square root
+        vals, vecs = torch.linalg.eigh(c)
+        chol = vecs * vals.clamp_min(vals.max() * 1e-12).sqrt()
+    u, s, _ = torch.linalg.svd(w @ chol, full_matrices=False)
+    return u, s

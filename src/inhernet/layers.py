@@ -1,0 +1,191 @@
+"""The InherNet block: an asymmetric low-rank layer whose up-projection is a set of gated experts.
+
+For a teacher layer ``y = W x + b`` the block computes::
+
+    z = A x                                  # down: rank-r features (orthonormal V_r^T at plain init)
+    g = softmax(G pool(z) + c)               # gate over h experts, zero at init -> uniform 1/h
+    y = sum_i g_i * (B_i z) + b              # up: experts B_i = U_r S_r + D_i, sum_i D_i = 0
+
+The h expert products are fused into one: the gate-scaled features ``[g_1 z, ..., g_h z]`` are stacked
+along the feature/channel axis and hit one weight ``[B_1 ... B_h]`` (one matmul, or one 1x1 conv).
+With ``experts == 1`` there is no gate and the block is a plain low-rank factorisation.
+
+Linear and embedding blocks gate per token (the pooling keeps every position); conv blocks gate per
+sample from the spatial mean of ``z``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["InherBlock", "InherConv", "InherEmbedding", "InherLinear", "expert_spread"]
+
+
+class InherBlock(nn.Module):
+    """Shared gate and expert logic. Subclasses define ``down`` and ``up`` and the feature axis."""
+
+    down: nn.Module
+    up: nn.Module
+
+    def __init__(self, rank: int, experts: int, *, device=None, dtype=None) -> None:
+        super().__init__()
+        if rank < 1 or experts < 1:
+            raise ValueError(f"rank and experts must be >= 1, got rank={rank}, experts={experts}")
+        self.rank = rank
+        self.experts = experts
+        self.gate: nn.Linear | None = None
+        if experts > 1:
+            self.gate = nn.Linear(rank, experts, device=device, dtype=dtype)
+            nn.init.zeros_(self.gate.weight)
+            nn.init.zeros_(self.gate.bias)
+
+    # -- the forward pieces -------------------------------------------------------------------------
+    def _mix(self, z: torch.Tensor, pooled: torch.Tensor, feature_dim: int) -> torch.Tensor:
+        """Stack the gate-scaled copies of ``z`` along ``feature_dim`` (the input of the fused ``up``)."""
+        if self.gate is None:
+            return z
+        g = torch.softmax(self.gate(pooled), dim=-1)  # (..., h)
+        # Broadcast g over z's remaining (spatial) axes, then interleave experts into the feature axis.
+        g = g.reshape(g.shape + (1,) * (z.dim() - feature_dim))  # (..., h, 1, [1...])
+        stacked = g * z.unsqueeze(feature_dim)  # (..., h, r, ...)
+        return stacked.flatten(feature_dim, feature_dim + 1)
+
+    # -- initialisation ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def inherit_(
+        self,
+        down: torch.Tensor,
+        up: torch.Tensor,
+        bias: torch.Tensor | None,
+        *,
+        expert_noise: float = 0.0,
+        generator: torch.Generator | None = None,
+    ) -> InherBlock:
+        """Initialise from factors ``down`` (r x n) and ``up`` (m x r) so that ``up @ down ~ W``.
+
+        Every expert starts at ``up`` plus a deviation ``D_i`` with ``sum_i D_i = 0`` and
+        ``||D_i|| = expert_noise * ||up||``; under the zero gate the block computes exactly
+        ``up @ down @ x + bias``. The deviations give experts and gate distinct gradients.
+        """
+        m, r = up.shape
+        if r != self.rank or down.shape[0] != self.rank:
+            raise ValueError(f"factors of rank {r}/{down.shape[0]} do not fit a block of rank {self.rank}")
+        experts = up.unsqueeze(0).expand(self.experts, m, r).clone()
+        if self.experts > 1 and expert_noise > 0:
+            noise = torch.randn(self.experts, m, r, generator=generator, dtype=torch.float64)
+            noise -= noise.mean(dim=0, keepdim=True)  # zero-sum over experts: function preserving
+            # One common scale keeps the sum zero; each deviation then has norm ~ expert_noise * ||up||.
+            scale = expert_noise * up.double().norm() / noise.flatten(1).norm(dim=1).mean().clamp_min(1e-30)
+            experts += (noise * scale).to(experts)
+        self._load_down(down)
+        self._up_matrix().copy_(experts.permute(1, 0, 2).reshape(m, self.experts * r))
+        if bias is not None:
+            if self.up.bias is None:
+                raise ValueError("the teacher layer has a bias but the block was built without one")
+            self.up.bias.copy_(bias)
+        if self.gate is not None:
+            self.gate.weight.zero_()
+            self.gate.bias.zero_()
+        return self
+
+    def _load_down(self, down: torch.Tensor) -> None:
+        self.down.weight.copy_(down.reshape(self.down.weight.shape))
+
+    def _up_matrix(self) -> torch.Tensor:
+        """``up``'s weight viewed as (m, h*r): columns ``i*r:(i+1)*r`` hold expert ``i``."""
+        w = self.up.weight
+        return w.view(w.shape[0], -1)
+
+    def expert_weights(self) -> torch.Tensor:
+        """The experts as an (h, m, r) tensor (a copy)."""
+        w = self._up_matrix().detach()
+        return w.reshape(w.shape[0], self.experts, self.rank).permute(1, 0, 2).clone()
+
+    def extra_repr(self) -> str:
+        return f"rank={self.rank}, experts={self.experts}"
+
+
+class InherLinear(InherBlock):
+    """InherNet block replacing ``nn.Linear`` (and Hugging Face ``Conv1D``): ``y = x W^T + b``."""
+
+    def __init__(
+        self, in_features: int, out_features: int, rank: int, experts: int = 1, bias: bool = True,
+        *, device=None, dtype=None,
+    ) -> None:
+        super().__init__(rank, experts, device=device, dtype=dtype)
+        self.in_features, self.out_features = in_features, out_features
+        self.down = nn.Linear(in_features, rank, bias=False, device=device, dtype=dtype)
+        self.up = nn.Linear(experts * rank, out_features, bias=bias, device=device, dtype=dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.down(x)
+        return self.up(self._mix(z, z, feature_dim=z.dim() - 1))
+
+
+class InherEmbedding(InherBlock):
+    """InherNet block replacing ``nn.Embedding``.
+
+    An embedding is the linear map from a one-hot token (n = vocabulary) to its vector (m = dim), i.e.
+    ``W = E^T``. The asymmetric arrangement keeps that orientation: ``down`` is a lookup table of
+    rank-r codes (the orthonormal ``U_r`` rows of ``E = U S V^T``), and the experts up-project the
+    code with the singular values ``V_r S_r``. The big vocabulary side stays cheap (r per token);
+    the experts and the gate act per token on the code.
+    """
+
+    def __init__(
+        self, num_embeddings: int, embedding_dim: int, rank: int, experts: int = 1,
+        padding_idx: int | None = None, *, device=None, dtype=None,
+    ) -> None:
+        super().__init__(rank, experts, device=device, dtype=dtype)
+        self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
+        self.padding_idx = padding_idx
+        self.down = nn.Embedding(num_embeddings, rank, padding_idx=padding_idx, device=device, dtype=dtype)
+        self.up = nn.Linear(experts * rank, embedding_dim, bias=False, device=device, dtype=dtype)
+
+    def _load_down(self, down: torch.Tensor) -> None:
+        self.down.weight.copy_(down.T)  # (r, V) -> lookup table (V, r)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        z = self.down(ids)
+        return self.up(self._mix(z, z, feature_dim=z.dim() - 1))
+
+
+class InherConv(InherBlock):
+    """InherNet block replacing ``nn.Conv1d`` / ``nn.Conv2d`` (groups = 1).
+
+    ``down`` is a conv with the teacher's kernel, stride, padding, dilation and padding mode into r
+    channels; ``up`` is a 1x1 conv from the h*r gate-scaled channels to the output channels.
+    """
+
+    def __init__(
+        self, conv: type[nn.Conv1d] | type[nn.Conv2d], in_channels: int, out_channels: int,
+        kernel_size, rank: int, experts: int = 1, *, stride=1, padding=0, dilation=1,
+        padding_mode: str = "zeros", bias: bool = True, device=None, dtype=None,
+    ) -> None:
+        super().__init__(rank, experts, device=device, dtype=dtype)
+        if conv not in (nn.Conv1d, nn.Conv2d):
+            raise TypeError(f"InherConv supports nn.Conv1d and nn.Conv2d, got {conv.__name__}")
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.down = conv(
+            in_channels, rank, kernel_size, stride=stride, padding=padding, dilation=dilation,
+            padding_mode=padding_mode, bias=False, device=device, dtype=dtype,
+        )
+        self.up = conv(experts * rank, out_channels, 1, bias=bias, device=device, dtype=dtype)
+        self._spatial = 1 if conv is nn.Conv1d else 2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        unbatched = x.dim() == self._spatial + 1
+        if unbatched:
+            x = x.unsqueeze(0)
+        z = self.down(x)
+        pooled = z.mean(dim=tuple(range(2, z.dim()))) if self.gate is not None else z
+        y = self.up(self._mix(z, pooled, feature_dim=1))
+        return y.squeeze(0) if unbatched else y
+
+
+def expert_spread(block: InherBlock) -> float:
+    """Mean distance of the experts from their mean, relative to the mean's norm (0 = identical)."""
+    e = block.expert_weights().double()
+    mean = e.mean(0)
+    return float((e - mean).flatten(1).norm(dim=1).mean() / mean.norm().clamp_min(1e-30))

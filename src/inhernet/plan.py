@@ -1,0 +1,286 @@
+"""``plan()``: which layers to factorise at which rank, and what the model will weigh — no mutation."""
+
+from __future__ import annotations
+
+import fnmatch
+import warnings
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from .budget import LayerCost, allocate, minimum_params, ranks_for_energy, ranks_for_rank
+from .calibration import collect_covariances
+from .config import InherConfig
+from .decomposition import Factors, factorize
+from .kinds import LayerKind, dense_params, kind_of
+
+__all__ = ["LayerPlan", "Plan", "plan"]
+
+FACTORISED = "factorised"
+# A plan under a budget lands at or below it and within 2% of it.
+BUDGET_TOLERANCE = 0.98
+
+
+@dataclass
+class LayerPlan:
+    """One row of the plan: a module that owns parameters, and what happens to it."""
+
+    name: str
+    kind: str
+    shape: str
+    rank: int | None
+    max_rank: int | None
+    experts: int
+    params_before: int
+    params_after: int
+    reason: str
+
+    @property
+    def factorised(self) -> bool:
+        return self.rank is not None
+
+
+@dataclass
+class Plan:
+    """The per-layer table and totals of an inheritance; ``str(plan)`` prints it."""
+
+    config: InherConfig
+    teacher_params: int
+    target_params: int | None
+    layers: list[LayerPlan] = field(default_factory=list)
+
+    @property
+    def total_params(self) -> int:
+        """Parameters of the inherited model, everything included."""
+        return self.teacher_params - sum(r.params_before - r.params_after for r in self.layers)
+
+    @property
+    def ratio(self) -> float:
+        return self.total_params / self.teacher_params
+
+    @property
+    def factorised(self) -> list[LayerPlan]:
+        return [r for r in self.layers if r.factorised]
+
+    def ranks(self) -> dict[str, int]:
+        return {r.name: r.rank for r in self.layers if r.rank is not None}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "config": self.config.to_dict(),
+            "teacher_params": self.teacher_params,
+            "target_params": self.target_params,
+            "total_params": self.total_params,
+            "layers": [asdict(r) for r in self.layers],
+        }
+
+    def to_markdown(self) -> str:
+        head = "| layer | kind | shape | rank | params before | params after | note |\n|---|---|---|---:|---:|---:|---|"
+        rows = [
+            f"| {r.name or '(root)'} | {r.kind} | {r.shape} | "
+            f"{'' if r.rank is None else f'{r.rank}/{r.max_rank}'} | {r.params_before:,} | "
+            f"{r.params_after:,} | {r.reason} |"
+            for r in self.layers
+        ]
+        return "\n".join([head, *rows, "", self.summary()])
+
+    def summary(self) -> str:
+        target = f", target {self.target_params:,}" if self.target_params is not None else ""
+        return (
+            f"{len(self.factorised)} of {len(self.layers)} layers factorised, experts={self.config.experts}, "
+            f"init={self.config.init}: {self.teacher_params:,} -> {self.total_params:,} parameters "
+            f"({self.ratio:.1%}{target})"
+        )
+
+    def __str__(self) -> str:
+        return self.to_markdown()
+
+
+@dataclass
+class Candidate:
+    """A supported layer that may be factorised (``reason`` is set when it must stay dense)."""
+
+    name: str
+    module: nn.Module
+    kind: LayerKind
+    reason: str | None = None
+
+
+def _matches(name: str, patterns: Iterable[str]) -> str | None:
+    for p in patterns:
+        if fnmatch.fnmatchcase(name, p) or fnmatch.fnmatchcase(name, p + ".*"):
+            return p
+    return None
+
+
+def find_layers(model: nn.Module, config: InherConfig) -> tuple[list[Candidate], list[LayerPlan]]:
+    """Supported layers (with the reason when one must stay dense) and rows for unsupported ones."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    module_uses = Counter(id(m) for _, m in model.named_modules(remove_duplicate=False))
+    param_uses = Counter(
+        id(p) for _, m in model.named_modules(remove_duplicate=False) for p in m.parameters(recurse=False)
+    )
+    parents = {id(child): parent for parent in model.modules() for child in parent.children()}
+    candidates, others = [], []
+    for name, module in model.named_modules():
+        own = dense_params(module)
+        if own == 0:
+            continue
+        kind = kind_of(module)
+        if kind is None:
+            reason = f"unsupported layer type {type(module).__name__}; kept as is"
+            others.append(LayerPlan(name, type(module).__name__, "-", None, None, 1, own, own, reason))
+            continue
+        reason = kind.dense_reason(module)
+        if reason is None:
+            reason = _dense_by_config(name, config)
+        if reason is None and isinstance(parents.get(id(module)), nn.MultiheadAttention):
+            reason = "projection read directly by nn.MultiheadAttention; kept dense"
+        if reason is None and module_uses[id(module)] > 1:
+            reason = "module instance shared at several places; kept dense"
+        if reason is None and any(param_uses[id(p)] > 1 for p in module.parameters(recurse=False)):
+            reason = "weight tied to another module; kept dense"
+        if reason is None:
+            _check_weight(name, kind.weight(module))
+        candidates.append(Candidate(name, module, kind, reason))
+    return candidates, others
+
+
+def _dense_by_config(name: str, config: InherConfig) -> str | None:
+    if config.include and _matches(name, config.include) is None:
+        return "not matched by include patterns"
+    hit = _matches(name, config.exclude)
+    return f"excluded by pattern {hit!r}" if hit is not None else None
+
+
+def _check_weight(name: str, w: torch.Tensor) -> None:
+    if not w.is_floating_point():
+        raise TypeError(
+            f"layer {name!r} has {w.dtype} weights; inheritance needs floating-point weights "
+            "(dequantise the model first, or exclude the layer)"
+        )
+    if not torch.isfinite(w).all():
+        raise ValueError(f"layer {name!r} has NaN or infinite weights; fix the teacher or exclude the layer")
+
+
+def layer_cost(c: Candidate, experts: int, factors: Factors | None) -> LayerCost:
+    m, n = c.kind.shape(c.module)
+    return LayerCost(
+        c.name, m, n, c.kind.bias(c.module) is not None, experts, dense_params(c.module),
+        None if factors is None else factors.energy,
+    )
+
+
+def decompose(
+    model: nn.Module, candidates: list[Candidate], config: InherConfig, calib: Iterable[Any] | None,
+    *, progress: bool = True,
+) -> dict[str, Factors]:
+    """Full-rank (whitened, with ``init="whiten"``) SVD of every factorisable layer, computed once."""
+    todo = {c.name: (c.module, c.kind) for c in candidates if c.reason is None}
+    covariances = {}
+    if config.init == "whiten":
+        if calib is None:
+            raise ValueError(
+                'init="whiten" needs calibration data: pass calib= (an iterable of model input batches), '
+                'or use init="svd"'
+            )
+        covariances = collect_covariances(model, todo, calib, progress=progress)
+    return {
+        name: factorize(kind.matrix(module), covariances.get(name), config.damping)
+        for name, (module, kind) in todo.items()
+    }
+
+
+def make_plan(
+    model: nn.Module, config: InherConfig, candidates: list[Candidate], others: list[LayerPlan],
+    factors: dict[str, Factors],
+) -> Plan:
+    """Allocate ranks and tabulate; ``factors`` may be empty where no spectrum is needed."""
+    teacher_params = sum(p.numel() for p in model.parameters())
+    h = config.experts
+    open_layers = [layer_cost(c, h, factors.get(c.name)) for c in candidates if c.reason is None]
+    if not open_layers:
+        found = ", ".join(sorted({type(c.module).__name__ for c in candidates})) or "none"
+        raise ValueError(
+            "nothing to factorise: the model has no nn.Linear, nn.Conv1d/2d (groups=1), nn.Embedding or "
+            f"Hugging Face Conv1D layer left after include/exclude (supported layers found: {found})"
+        )
+    target = None
+    if config.rank is not None:
+        ranks = ranks_for_rank(open_layers, config.rank, config.min_rank)
+    elif config.energy is not None:
+        ranks = ranks_for_energy(open_layers, config.energy, config.min_rank)
+    else:
+        target = _target_params(config.budget, teacher_params)
+        fixed = teacher_params - sum(layer.dense for layer in open_layers)
+        smallest = fixed + minimum_params(open_layers, config.min_rank)
+        if target < smallest:
+            raise ValueError(
+                f"budget of {target:,} parameters ({target / teacher_params:.1%} of {teacher_params:,}) is "
+                f"unreachable: the smallest reachable is {smallest:,} ({smallest / teacher_params:.1%}) with "
+                f"min_rank={config.min_rank}, experts={h} and these include/exclude patterns; raise the "
+                "budget, lower experts or factorise more layers"
+            )
+        ranks = allocate(open_layers, target - fixed, config.allocation, config.min_rank)
+
+    rows = []
+    costs = {layer.name: layer for layer in open_layers}
+    for c in candidates:
+        own = dense_params(c.module)
+        shape = c.kind.describe(c.module)
+        if c.reason is not None:
+            rows.append(LayerPlan(c.name, c.kind.name, shape, None, None, 1, own, own, c.reason))
+            continue
+        layer = costs[c.name]
+        rank = ranks[c.name]
+        if rank is None:
+            reason = "no rank saves parameters; kept dense" if layer.break_even < config.min_rank else (
+                "dense fits the budget better than any rank"
+            )
+            rows.append(LayerPlan(c.name, c.kind.name, shape, None, layer.max_rank, 1, own, own, reason))
+        else:
+            rows.append(LayerPlan(
+                c.name, c.kind.name, shape, rank, layer.max_rank, h, own, layer.params(rank), FACTORISED,
+            ))
+    order = {name: i for i, (name, _) in enumerate(model.named_modules())}
+    result = Plan(config, teacher_params, target, sorted(rows + others, key=lambda r: order.get(r.name, -1)))
+    if target is not None and result.total_params < BUDGET_TOLERANCE * target:
+        warnings.warn(
+            f"the plan reaches {result.total_params:,} parameters, more than 2% under the budget of "
+            f"{target:,}: the remaining layers' rank steps are too coarse to fill it",
+            stacklevel=3,
+        )
+    return result
+
+
+def _target_params(budget: float | int | None, teacher_params: int) -> int:
+    assert budget is not None
+    if isinstance(budget, float):
+        return int(budget * teacher_params)
+    if budget > teacher_params:
+        raise ValueError(
+            f"budget={budget:,} parameters exceeds the teacher's {teacher_params:,}; give a smaller count "
+            "or a fraction in (0, 1]"
+        )
+    return budget
+
+
+def plan(model: nn.Module, config: InherConfig | None = None, calib: Iterable[Any] | None = None) -> Plan:
+    """Compute the per-layer ranks and parameter totals of ``inherit(model, config, calib)``.
+
+    The model is not modified. Spectra are computed where the allocation needs them; energy
+    allocation with ``init="whiten"`` needs ``calib`` for the whitened spectra.
+    """
+    config = config or InherConfig()
+    candidates, others = find_layers(model, config)
+    factors = decompose(model, candidates, config, calib) if allocation_needs_spectra(config) else {}
+    return make_plan(model, config, candidates, others, factors)
+
+
+def allocation_needs_spectra(config: InherConfig) -> bool:
+    return config.energy is not None or (config.budget is not None and config.allocation == "energy")

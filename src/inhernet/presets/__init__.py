@@ -1,0 +1,1 @@
+"""Presets: real teachers and real data, installed offline (see ``scripts/install_assets.sh``)."""
