@@ -5,14 +5,13 @@ gated experts (InherNet, Zhou et al., ICLR 2026), at an exact parameter budget; 
 fine-tuned by distillation and compared with a conventionally distilled student of the same size.
 """
 
-__version__ = "0.1.0"
-
-from .config import InherConfig  # noqa: E402
-from .evaluate import evaluate  # noqa: E402
-from .layers import InherBlock, InherConv, InherEmbedding, InherLinear, expert_spread  # noqa: E402
-from .plan import LayerPlan, Plan, plan  # noqa: E402
-from .serialization import load, save  # noqa: E402
-from .surgery import inherit  # noqa: E402
+from ._version import __version__
+from .config import InherConfig
+from .evaluate import evaluate
+from .layers import InherBlock, InherConv, InherEmbedding, InherLinear, expert_spread
+from .plan import LayerPlan, Plan, plan
+from .serialization import load, save
+from .surgery import inherit
 
 __all__ = [
     "InherBlock",

@@ -89,7 +89,7 @@ def allocate(
         cost = layer.params(rank + 1 if rank < layer.break_even else None) - layer.params(rank)
         heapq.heappush(heap, (-priority(layer, rank, cost), i, cost))
 
-    for i, layer in enumerate(layers):
+    for layer in layers:
         start = min(min_rank, layer.max_rank)
         ranks[layer.name] = start if start <= layer.break_even else None
         spent += layer.params(ranks[layer.name])

