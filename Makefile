@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # On this project's machines these two wheels come from local disk; override for another platform.
 TORCH ?= torch==2.14.1 torchvision==0.29.1
-EXTRAS ?= dev,hf,vision,train,bench
+EXTRAS ?= dev
 STAMP := $(VENV)/.installed
 
 .PHONY: install assets demo test lint bench-zero-shot clean

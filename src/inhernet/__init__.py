@@ -7,6 +7,8 @@ fine-tuned by distillation and compared with a conventionally distilled student 
 
 from ._version import __version__
 from .config import InherConfig
+from .deploy import count_macs, export_onnx, merge_experts
+from .distillation import DistillConfig, distill
 from .evaluate import evaluate
 from .layers import InherBlock, InherConv, InherEmbedding, InherLinear, expert_spread
 from .plan import LayerPlan, Plan, plan
@@ -14,6 +16,7 @@ from .serialization import load, save
 from .surgery import inherit
 
 __all__ = [
+    "DistillConfig",
     "InherBlock",
     "InherConfig",
     "InherConv",
@@ -22,10 +25,14 @@ __all__ = [
     "LayerPlan",
     "Plan",
     "__version__",
+    "count_macs",
+    "distill",
     "evaluate",
     "expert_spread",
+    "export_onnx",
     "inherit",
     "load",
+    "merge_experts",
     "plan",
     "save",
 ]

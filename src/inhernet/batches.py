@@ -13,7 +13,12 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["batch_labels", "forward_batch", "logits_of", "move_batch"]
+__all__ = ["TEACHER_LOGITS", "batch_labels", "batch_teacher_logits", "forward_batch", "logits_of", "move_batch"]
+
+#: Key (dict batches) under which a batch may carry the teacher's precomputed logits; tuple batches
+#: carry them as a third element ``(inputs, labels, teacher_logits)``.
+TEACHER_LOGITS = "teacher_logits"
+_NOT_INPUTS = ("labels", TEACHER_LOGITS)
 
 
 def move_batch(batch: Any, device: torch.device | str) -> Any:
@@ -28,11 +33,11 @@ def move_batch(batch: Any, device: torch.device | str) -> Any:
 
 
 def forward_batch(model: nn.Module, batch: Any) -> Any:
-    """Run ``model`` on the inputs of ``batch`` (labels are never passed to the model)."""
+    """Run ``model`` on the inputs of ``batch`` (labels and teacher logits are never passed to it)."""
     if isinstance(batch, torch.Tensor):
         return model(batch)
     if isinstance(batch, Mapping):
-        return model(**{k: v for k, v in batch.items() if k != "labels"})
+        return model(**{k: v for k, v in batch.items() if k not in _NOT_INPUTS})
     if isinstance(batch, (tuple, list)):
         if not batch:
             raise ValueError("an empty tuple/list is not a batch; expected (inputs, labels) or inputs")
@@ -49,6 +54,15 @@ def batch_labels(batch: Any) -> torch.Tensor | None:
         return batch.get("labels")
     if isinstance(batch, (tuple, list)) and len(batch) > 1:
         return batch[1]
+    return None
+
+
+def batch_teacher_logits(batch: Any) -> torch.Tensor | None:
+    """The teacher's precomputed logits carried by ``batch``, or ``None``."""
+    if isinstance(batch, Mapping):
+        return batch.get(TEACHER_LOGITS)
+    if isinstance(batch, (tuple, list)) and len(batch) > 2:
+        return batch[2]
     return None
 
 

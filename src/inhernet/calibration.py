@@ -70,13 +70,16 @@ def collect_covariances(
 
     def make_hook(name: str, kind: LayerKind):
         def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
-            x = args[0].detach()
+            x = kind.batched(module, args[0].detach())
             if name not in stats:
                 n = kind.shape(module)[1]
                 stats[name] = InputCovariance(n, isinstance(kind, EmbeddingKind), device=device)
-            per_sample = max(1, x[0].numel() if x.dim() > 1 else 1) * max(1, _kernel_volume(module))
-            chunk = max(1, _MAX_ELEMENTS_PER_UPDATE // per_sample)
-            for part in x.split(chunk) if x.dim() > 1 else (x,):
+            if x.dim() < 2:  # a single unbatched vector
+                stats[name].update(kind.input_rows(module, x))
+                return
+            # Split the batch so that unfolded conv patches never exceed the memory bound at once.
+            per_sample = max(1, x[0].numel() * _kernel_volume(module))
+            for part in x.split(max(1, _MAX_ELEMENTS_PER_UPDATE // per_sample)):
                 stats[name].update(kind.input_rows(module, part))
 
         return hook

@@ -21,7 +21,8 @@ class Factors:
 
     ``up`` = U S (m, k) carries all the singular values (the asymmetric arrangement), ``down`` (k, n)
     is V^T for plain SVD and V^T S_x^-1 for whitened SVD. ``energy`` holds the squared singular
-    values (of W, or of W S_x: the layer's output energy on the calibration data), descending.
+    values (of W, or of W S_x: the layer's output energy on the calibration data, up to one scalar
+    per layer), descending.
     """
 
     up: torch.Tensor
@@ -41,20 +42,30 @@ class Factors:
 def factorize(w: torch.Tensor, cov: InputCovariance | None = None, damping: float = 1e-4) -> Factors:
     """SVD of ``w`` (m, n), whitened by the input covariance ``cov`` when given.
 
-    Whitening: with ``S S^T = C = XX^T/N + damping * mean(diag C) * I``, ``W S = U Σ V^T`` and
+    Whitening: with ``S S^T = C = XX^T/N / mean(diag XX^T/N) + damping * I``, ``W S = U Σ V^T`` and
     ``down = V^T S^-1 = Σ^-1 U^T W``, so ``up[:, :r] @ down[:r] = U_r U_r^T W``: the rank-r map that
     minimises ``||(W - W_r) X||``, and exactly ``W`` at full rank. The second form never inverts S.
     """
     w64 = w.detach().to(torch.float64)
     if cov is None:
-        u, s, vh = torch.linalg.svd(w64, full_matrices=False)
+        if w64.shape[1] > w64.shape[0]:  # LAPACK is several times faster on the tall transpose
+            v, s, uh = torch.linalg.svd(w64.T, full_matrices=False)
+            u, vh = uh.T, v.T
+        else:
+            u, s, vh = torch.linalg.svd(w64, full_matrices=False)
         return Factors(up=u * s, down=vh, energy=s.square(), whitened=False)
     c = cov.mean().to(w64.device)
-    scale = (c if cov.diagonal else c.diagonal()).mean().clamp_min(torch.finfo(torch.float64).tiny)
+    scale = (c if cov.diagonal else c.diagonal()).mean()
+    if not scale > 0:  # the layer only ever saw zero inputs: nothing to weight by, plain SVD
+        return factorize(w, None)
+    # The whitened subspace depends on C only up to a scalar: normalising C keeps down = Σ^-1 U^T W
+    # well scaled whatever the inputs' magnitude (tiny inputs made it overflow float32). The energies
+    # are used only as fractions of each layer's total, which the scalar does not change.
+    c = c / scale
     if cov.diagonal:
-        c = c + damping * scale
+        c = c + damping
     else:
-        c = c + damping * scale * torch.eye(c.shape[0], dtype=c.dtype, device=c.device)
+        c.diagonal().add_(damping)
     u, s = _whitened_left_singular(w64, c)
     keep = s > _RELATIVE_TOLERANCE * s.max().clamp_min(torch.finfo(torch.float64).tiny)
     down = torch.where(keep[:, None], (u.T @ w64) / torch.where(keep, s, 1.0)[:, None], 0.0)

@@ -53,8 +53,12 @@ class LayerKind:
         """An uninitialised block of this rank with the module's device and dtype."""
         raise NotImplementedError
 
+    def batched(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """The layer's input with its leading batch axis (adds one to an unbatched input)."""
+        return x
+
     def input_rows(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """The layer's input as rows of the (N, n) matrix X whose covariance whitening uses."""
+        """The layer's (batched) input as rows of the (N, n) matrix X whose covariance whitening uses."""
         return x.reshape(-1, x.shape[-1])
 
     def spec(self, module: nn.Module) -> dict[str, Any]:
@@ -116,9 +120,10 @@ class ConvKind(LayerKind):
             padding_mode=module.padding_mode, bias=module.bias is not None, device=w.device, dtype=w.dtype,
         )
 
+    def batched(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return x.unsqueeze(0) if x.dim() == self.spatial + 1 else x
+
     def input_rows(self, module: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() == self.spatial + 1:  # unbatched input
-            x = x.unsqueeze(0)
         mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
         x = F.pad(x, module._reversed_padding_repeated_twice, mode=mode)
         kernel, dilation, stride = module.kernel_size, module.dilation, module.stride

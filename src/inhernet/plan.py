@@ -183,7 +183,7 @@ def decompose(
     """Full-rank (whitened, with ``init="whiten"``) SVD of every factorisable layer, computed once."""
     todo = {c.name: (c.module, c.kind) for c in candidates if c.reason is None}
     covariances = {}
-    if config.init == "whiten":
+    if config.init == "whiten" and todo:
         if calib is None:
             raise ValueError(
                 'init="whiten" needs calibration data: pass calib= (an iterable of model input batches), '

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 from torch import nn
 
@@ -36,7 +37,8 @@ WEIGHTS_NAME = "model.safetensors"
 def save(model: nn.Module, path: str | os.PathLike[str]) -> Path:
     """Write ``model`` (the result of :func:`inherit`, possibly fine-tuned) to directory ``path``.
 
-    Returns the directory. Existing files of an earlier save are replaced atomically, weights first.
+    Returns the directory. Both files are written to temporary names first and replace those of an
+    earlier save only once both are complete, so a failed save leaves the earlier pair intact.
     """
     blocks = _blocks(model)
     if not blocks:
@@ -46,24 +48,26 @@ def save(model: nn.Module, path: str | os.PathLike[str]) -> Path:
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
     weights = out / WEIGHTS_NAME
-    with _atomic_path(weights) as tmp:
-        save_model(model, str(tmp), metadata={"format": "pt", "inhernet_format": str(FORMAT_VERSION)})
-        digest = _sha256(tmp)
-    plan = getattr(model, "inhernet_plan", None)
-    meta: dict[str, Any] = {
-        "format_version": FORMAT_VERSION,
-        "inhernet_version": __version__,
-        "model_class": type(model).__name__,
-        "params": sum(p.numel() for p in model.parameters()),
-        "config": plan.config.to_dict() if plan is not None else None,
-        "layers": {
-            name: {"rank": b.rank, "experts": b.experts, "source": getattr(b, "source", None)}
-            for name, b in blocks.items()
-        },
-        "weights": {"file": WEIGHTS_NAME, "sha256": digest},
-    }
-    with _atomic_path(out / CONFIG_NAME) as tmp:
-        tmp.write_text(json.dumps(meta, indent=2) + "\n")
+    # Nested: the JSON replaces its predecessor only once the weights are complete, and the weights
+    # replace theirs right after; a failure before that removes both temporary files.
+    with _atomic_path(weights) as tmp_weights:
+        save_model(model, str(tmp_weights), metadata={"format": "pt", "inhernet_format": str(FORMAT_VERSION)})
+        digest = _sha256(tmp_weights)
+        plan = getattr(model, "inhernet_plan", None)
+        meta: dict[str, Any] = {
+            "format_version": FORMAT_VERSION,
+            "inhernet_version": __version__,
+            "model_class": type(model).__name__,
+            "params": sum(p.numel() for p in model.parameters()),
+            "config": plan.config.to_dict() if plan is not None else None,
+            "layers": {
+                name: {"rank": b.rank, "experts": b.experts, "source": getattr(b, "source", None)}
+                for name, b in blocks.items()
+            },
+            "weights": {"file": WEIGHTS_NAME, "sha256": digest},
+        }
+        with _atomic_path(out / CONFIG_NAME) as tmp_config:
+            tmp_config.write_text(json.dumps(meta, indent=2) + "\n")
     return out
 
 
@@ -91,6 +95,8 @@ def load(path: str | os.PathLike[str], base: nn.Module) -> nn.Module:
     device = next((p.device for p in base.parameters()), torch.device("cpu"))
     try:
         load_model(base, str(weights), strict=True, device=str(device))
+    except SafetensorError as err:
+        raise ValueError(f"{weights} is not a readable safetensors file (corrupted or truncated?): {err}") from None
     except RuntimeError as err:
         raise ValueError(f"{weights} does not fit the rebuilt model: {err}") from None
     return base
@@ -113,6 +119,7 @@ def _rebuild_layer(base: nn.Module, name: str, spec: dict[str, Any]) -> nn.Modul
         )
     block = kind.build(module, rank, experts)  # type: ignore[union-attr]
     block.source = source
+    block.train(module.training)
     return replace_module(base, name, block)
 
 

@@ -65,6 +65,7 @@ def inherit(
                     down, up, c.kind.bias(c.module), expert_noise=config.expert_noise, generator=generator
                 )
             block.source = c.kind.spec(c.module)
+            block.train(c.module.training)  # a new module starts in training mode; keep the teacher's
             student = replace_module(student, name, block)
     student.inhernet_plan = plan
     return student

@@ -214,26 +214,28 @@ class MnistCNN(nn.Module):
     """The teacher's architecture, identical to ``digit_recognizer.model.CNN`` (same parameter names).
 
     Three 3×3 conv (32, 64, 128 channels) + ReLU + 2×2 max-pool stages, then Linear(1152, 256), ReLU,
-    Linear(256, 10). Input ``(N, 1, 28, 28)`` normalised as in :func:`normalize_mnist`; output logits.
+    Linear(256, 10). Other ``channels`` / ``hidden`` widths give the conventional smaller students.
+    Input ``(N, 1, 28, 28)`` normalised as in :func:`normalize_mnist`; output logits.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, channels: tuple[int, int, int] = (32, 64, 128), hidden: int = 256) -> None:
         super().__init__()
+        c1, c2, c3 = channels
         self.conv_layers = nn.Sequential(
-            nn.Conv2d(1, 32, kernel_size=3, padding=1),
+            nn.Conv2d(1, c1, kernel_size=3, padding=1),
             nn.ReLU(),
             nn.MaxPool2d(2, 2),
-            nn.Conv2d(32, 64, kernel_size=3, padding=1),
+            nn.Conv2d(c1, c2, kernel_size=3, padding=1),
             nn.ReLU(),
             nn.MaxPool2d(2, 2),
-            nn.Conv2d(64, 128, kernel_size=3, padding=1),
+            nn.Conv2d(c2, c3, kernel_size=3, padding=1),
             nn.ReLU(),
             nn.MaxPool2d(2, 2),
         )
         self.fc_layers = nn.Sequential(
-            nn.Linear(128 * 3 * 3, 256),
+            nn.Linear(c3 * 3 * 3, hidden),
             nn.ReLU(),
-            nn.Linear(256, 10),
+            nn.Linear(hidden, 10),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,8 @@ class Preset:
     """A named benchmark: how to get its teacher and data.
 
     ``data(batch_size)`` returns ``(train_loader, test_loader)``; ``calib(n)`` a few input batches
-    (about ``n`` examples) for whitened inheritance, drawn from the training split.
+    (about ``n`` examples) for whitened inheritance, drawn from the training split; ``student(p)``
+    a freshly initialised conventional student with at least ``p`` parameters.
     """
 
     name: str
@@ -25,6 +26,8 @@ class Preset:
     teacher: Callable[[], nn.Module]
     data: Callable[..., tuple[Iterable[Any], Iterable[Any]]]
     calib: Callable[[int], list[Any]]
+    #: a conventional student of the teacher's family with at least this many parameters (kd-student)
+    student: Callable[[int], nn.Module] | None = None
 
 
 def _mnist_teacher() -> nn.Module:
@@ -46,6 +49,17 @@ def _mnist_calib(n: int) -> list[Any]:
     return [images for images, _ in train]
 
 
+def _mnist_student(min_params: int) -> nn.Module:
+    from ..baselines.students import width_scaled
+    from .mnist import MnistCNN
+
+    def build(scale: float) -> nn.Module:
+        width = [max(1, round(c * scale)) for c in (32, 64, 128, 256)]
+        return MnistCNN(channels=(width[0], width[1], width[2]), hidden=width[3])
+
+    return width_scaled(build, min_params)
+
+
 PRESETS: dict[str, Preset] = {
     p.name: p
     for p in [
@@ -56,6 +70,7 @@ PRESETS: dict[str, Preset] = {
             _mnist_teacher,
             _mnist_data,
             _mnist_calib,
+            _mnist_student,
         ),
     ]
 }

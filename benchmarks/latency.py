@@ -1,0 +1,233 @@
+"""Inference latency of the MNIST teacher against its inherited models, next to their MACs.
+
+Models (same ranks for every inherited one: the plan of ``--budget`` with ``--experts`` experts):
+
+* ``teacher``: the pre-trained MNIST CNN (``load_mnist_teacher()``);
+* ``inherited h=H fused``: the InherNet blocks as shipped: one matmul / 1x1 conv over the h stacked,
+  gate-scaled copies of the rank-r features;
+* ``inherited h=H loop``: the same weights computed the naive way, one product per expert, scaled by
+  its gate and summed (written here only, for the comparison);
+* ``inherited h=1``: the same ranks without experts (what ``merge_experts`` deploys).
+
+Latency is the median over ``--repeats`` timed forward passes after ``--warmup`` untimed ones (the
+models timed in turn, round robin), under ``torch.inference_mode()``, at batch 1 and 256, on random
+normalised inputs (the cost does not depend on the values), with one CPU thread by default
+(``--threads``: on a busy 2-core machine, two threads' synchronisation made small-batch timings
+erratic by up to 10x). Ratios are to the teacher; MACs are counted by ``inhernet.deploy.count_macs``.
+Writes ``benchmarks/results/latency.md`` (atomically) with the command that produced it.
+
+    python benchmarks/latency.py                  # ~1 min on 2 CPUs
+    python benchmarks/latency.py --quick          # smoke run
+    python benchmarks/latency.py --device cuda    # on a GPU (synchronised timing)
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime as dt
+import os
+import platform
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from inhernet import InherBlock, InherConfig, InherConv, inherit
+from inhernet.deploy import count_macs
+from inhernet.presets.mnist import load_mnist_teacher
+from inhernet.surgery import replace_module
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_OUT = ROOT / "benchmarks" / "results" / "latency.md"
+
+
+class LoopExperts(nn.Module):
+    """A block's forward with one product per expert: ``sum_i g_i * (B_i z) + b`` (the naive way)."""
+
+    def __init__(self, block: InherBlock) -> None:
+        super().__init__()
+        self.down, self.gate = block.down, block.gate
+        self.conv = isinstance(block, InherConv)
+        experts = block.expert_weights()  # (h, m, r), each expert contiguous
+        if self.conv:
+            experts = experts.reshape(*experts.shape, *([1] * (block.up.weight.dim() - 2)))
+        self.experts = nn.Parameter(experts, requires_grad=False)
+        self.bias = block.up.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.down(x)
+        if self.conv:
+            g = torch.softmax(self.gate(z.mean(dim=tuple(range(2, z.dim())))), dim=-1)  # (N, h)
+            g = g.reshape(*g.shape, *([1] * (z.dim() - 2)))
+            conv = F.conv2d if z.dim() == 4 else F.conv1d
+            y = sum(g[:, i : i + 1] * conv(z, self.experts[i]) for i in range(self.experts.shape[0]))
+        else:
+            g = torch.softmax(self.gate(z), dim=-1)  # (..., h)
+            y = sum(g[..., i : i + 1] * F.linear(z, self.experts[i]) for i in range(self.experts.shape[0]))
+        return (
+            y
+            if self.bias is None
+            else y + (self.bias.view(-1, *([1] * (z.dim() - 2))) if self.conv else self.bias)
+        )
+
+
+def loop_variant(model: nn.Module) -> nn.Module:
+    looped = copy.deepcopy(model)
+    for name, block in [(n, m) for n, m in looped.named_modules() if isinstance(m, InherBlock)]:
+        if block.gate is not None:
+            looped = replace_module(looped, name, LoopExperts(block))
+    return looped
+
+
+def median_ms(models: dict[str, nn.Module], x: torch.Tensor, warmup: int, repeats: int) -> dict[str, float]:
+    """Median wall time (ms) of one forward pass per model, the models timed in turn (round robin), so a
+    change in the machine's load hits every model alike."""
+    sync = torch.cuda.synchronize if x.device.type == "cuda" else (lambda: None)
+    times: dict[str, list[float]] = {name: [] for name in models}
+    with torch.inference_mode():
+        for model in models.values():
+            for _ in range(warmup):
+                model(x)
+        sync()
+        for _ in range(repeats):
+            for name, model in models.items():
+                t0 = time.perf_counter()
+                model(x)
+                sync()
+                times[name].append(time.perf_counter() - t0)
+    return {name: 1000 * statistics.median(t) for name, t in times.items()}
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def n_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--budget", type=float, default=0.25)
+    ap.add_argument("--experts", type=int, default=3)
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 256])
+    ap.add_argument("--warmup", type=int, default=20)
+    ap.add_argument(
+        "--repeats", type=int, default=0, help="timed passes per point (default: 300 at batch 1, 30 at 256)"
+    )
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch.set_num_threads (default 1: stable timings on a shared CPU; 0 = torch's default)",
+    )
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--quick", action="store_true", help="few repeats: a smoke run")
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+
+    teacher = load_mnist_teacher(device)
+    fused = inherit(
+        teacher, InherConfig(budget=args.budget, experts=args.experts, init="svd"), progress=False
+    )
+    plan = fused.inhernet_plan
+    single = inherit(
+        teacher, InherConfig(budget=args.budget, experts=1, init="svd"), plan=plan, progress=False
+    )
+    models = {
+        "teacher": teacher,
+        f"inherited h={args.experts} fused": fused,
+        f"inherited h={args.experts} loop": loop_variant(fused),
+        "inherited h=1 (same ranks)": single,
+    }
+    for m in models.values():
+        m.eval()
+    probe = torch.randn(4, 1, 28, 28, device=device)
+    with torch.no_grad():
+        ref = fused(probe)
+        loop_err = float((models[f"inherited h={args.experts} loop"](probe) - ref).abs().max())
+    one = torch.randn(1, 1, 28, 28, device=device)
+    macs = {name: count_macs(m, one) for name, m in models.items()}
+    lat: dict[str, dict[int, float]] = {name: {} for name in models}
+    for b in args.batches:
+        x = torch.randn(b, 1, 28, 28, device=device)
+        repeats = args.repeats or (300 if b <= 8 else 30)
+        warmup = args.warmup
+        if args.quick:
+            repeats, warmup = max(3, repeats // 20), 3
+        for name, ms in median_ms(models, x, warmup, repeats).items():
+            lat[name][b] = ms
+            print(f"{name:32s} batch {b:4d}: {ms:8.3f} ms", flush=True)
+
+    ranks = ", ".join(f"{k}: {v}" for k, v in plan.ranks().items())
+    head = "| model | params | MACs (batch 1) | MACs / teacher |" + "".join(
+        f" ms @ batch {b} | / teacher |" for b in args.batches
+    )
+    lines = [head, "|" + " --- |" * (4 + 2 * len(args.batches))]
+    for name, m in models.items():
+        row = f"| {name} | {n_params(m):,} | {macs[name]:,} | {macs[name] / macs['teacher']:.3f} |"
+        for b in args.batches:
+            row += f" {lat[name][b]:.3f} | {lat[name][b] / lat['teacher'][b]:.2f} |"
+        lines.append(row)
+    table = "\n".join(lines)
+    fused_name, loop_name = f"inherited h={args.experts} fused", f"inherited h={args.experts} loop"
+    verdict = "; ".join(
+        f"batch {b}: fused {lat[fused_name][b]:.3f} ms vs loop {lat[loop_name][b]:.3f} ms "
+        f"({'fused' if lat[fused_name][b] < lat[loop_name][b] else 'loop'} faster, "
+        f"x{max(lat[fused_name][b], lat[loop_name][b]) / min(lat[fused_name][b], lat[loop_name][b]):.2f})"
+        for b in args.batches
+    )
+    print("\n" + table + "\n\n" + verdict)
+    command = "python benchmarks/latency.py" + (
+        ""
+        if argv is None and len(sys.argv) == 1
+        else " " + shlex.join(sys.argv[1:] if argv is None else argv)
+    )
+    cpu = _cpu_name()
+    hw = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"CPU {cpu}, {torch.get_num_threads()} torch threads ({os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end)"
+    )
+    text = f"""# Inference latency: MNIST teacher vs inherited models
+
+Command: `{command}`
+Date: {dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}; torch {torch.__version__}; {hw}; float32, eager, `torch.inference_mode()`.
+Latency: median of the timed forward passes after warm-up, the models timed in turn (round robin); random inputs of shape (batch, 1, 28, 28).
+Inherited models: budget {args.budget} of the teacher's parameters, plain SVD init, energy allocation; the same ranks
+for all ({ranks}). MACs from `inhernet.deploy.count_macs` (PyTorch's FLOP counter / 2; the gate's softmax and
+scaling are element-wise and not counted).
+The loop variant computes each expert's product separately (max |loop - fused| on a probe: {loop_err:.2e}).
+
+{table}
+
+Fused vs per-expert loop: {verdict}.
+"""
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=args.out.parent, prefix=f".{args.out.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, args.out)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,82 @@
+"""The bench result as a table, a JSON file and plots."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+__all__ = ["bench_table", "write_json", "write_plots"]
+
+
+def bench_table(result: dict[str, Any]) -> Table:
+    """Params, MACs, zero-shot metric, final metric mean ± std and ms per step, teacher first."""
+    metric = result["metric"]
+    t = result["teacher"]
+    table = Table(
+        "method", "params", "MACs", f"zero-shot {metric}", f"final {metric}", "ms/step",
+        title=f"{result['preset']} at budget {result['budget']} ({len(result['methods'][0]['seeds'])} seeds)",
+    )
+    table.add_row("teacher", f"{t['params']:,}", f"{t['macs']:,}", "", f"{t['metric']:.4f}", "")
+    for m in result["methods"]:
+        table.add_row(
+            m["name"], f"{m['params']:,} ({m['params'] / t['params']:.0%})",
+            f"{m['macs']:,} ({m['macs'] / max(t['macs'], 1):.0%})", f"{m['zero_shot']:.4f}",
+            f"{m['metric_mean']:.4f} ± {m['metric_std']:.4f}", f"{m['sec_per_step'] * 1000:.1f}",
+        )
+    return table
+
+
+def write_json(result: dict[str, Any], path: str | os.PathLike[str]) -> Path:
+    """Write ``result`` atomically."""
+    return _atomic_write(Path(path), (json.dumps(result, indent=2) + "\n").encode())
+
+
+def write_plots(result: dict[str, Any], path: str | os.PathLike[str]) -> Path:
+    """A PNG: final metric against parameters (left) and the learning curves (right)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metric = result["metric"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    t = result["teacher"]
+    left.axhline(t["metric"], color="black", linestyle="--", linewidth=1, label=f"teacher ({t['params']:,})")
+    for m in result["methods"]:
+        left.errorbar(m["params"], m["metric_mean"], yerr=m["metric_std"], fmt="o", capsize=3, label=m["name"])
+        steps, values = zip(*m["curve"], strict=True) if m["curve"] else ((), ())
+        right.plot(steps, values, marker=".", label=m["name"])
+    left.set(xlabel="parameters", ylabel=f"final {metric}", title="final metric vs parameters")
+    right.set(xlabel="step", ylabel=f"{metric} (curve split)", title="learning curves (mean over seeds)")
+    if metric == "perplexity":
+        left.set_yscale("log")
+        right.set_yscale("log")
+    left.legend(fontsize=8)
+    right.legend(fontsize=8)
+    fig.suptitle(f"{result['preset']}, budget {result['budget']}")
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=out.parent, suffix=".png", delete=False) as tmp:
+        fig.savefig(tmp.name, dpi=110)
+    plt.close(fig)
+    os.replace(tmp.name, out)
+    return out
+
+
+def _atomic_write(path: Path, data: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

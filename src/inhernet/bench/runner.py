@@ -1,0 +1,148 @@
+"""Run the benchmark methods on a preset and collect the contract JSON (see DESIGN.md)."""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from itertools import islice
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+
+from ..baselines import MethodContext, build_student
+from ..deploy import count_macs
+from ..distillation import DistillConfig, distill, precompute_teacher_logits
+from ..evaluate import evaluate
+from ..presets.registry import get_preset
+
+__all__ = ["DEFAULT_METHODS", "BenchConfig", "run_bench"]
+
+DEFAULT_METHODS = ("inhernet", "kd-student", "svd-kd", "inhernet-random-init", "inhernet-plain")
+
+
+@dataclass
+class BenchConfig:
+    """What ``run_bench`` runs. ``steps`` defaults to one epoch of the preset's training split."""
+
+    preset: str = "mnist-cnn"
+    budget: float | int = 0.25
+    experts: int = 3
+    seeds: Sequence[int] = (0, 1, 2)
+    steps: int | None = None
+    batch_size: int = 128
+    lr: float = 1e-3
+    temperature: float = 4.0
+    alpha: float = 0.9
+    methods: Sequence[str] = DEFAULT_METHODS
+    calib_size: int = 1000
+    curve_points: int = 10
+    curve_examples: int = 2000
+    progress: bool = True
+    distill_overrides: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.seeds:
+            raise ValueError("seeds must name at least one seed")
+        if self.steps is not None and self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if "inhernet" not in self.methods:
+            raise ValueError("methods must include 'inhernet': the baselines are sized from it")
+
+
+def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Build, distil and evaluate every method for every seed; returns the contract JSON dict.
+
+    Training uses the first ``steps * batch_size`` training examples (all of them at most), with the
+    teacher's logits computed once. The final metric is measured on the preset's whole test split,
+    the learning curve on its first ``curve_examples`` examples. For one seed every method sees the
+    same batches in the same order.
+    """
+    start = time.perf_counter()
+    preset = get_preset(cfg.preset)
+    teacher = preset.teacher()
+    calib = preset.calib(cfg.calib_size)
+    train, test = preset.data(cfg.batch_size)
+    steps = cfg.steps or len(train)
+    # The data is fixed, so the teacher runs once per example, not once per method, seed and step.
+    examples = Subset(train.dataset, range(min(len(train.dataset), steps * cfg.batch_size)))
+    train_set = precompute_teacher_logits(teacher, examples)
+    metric = preset.metric
+    example = calib[0][:1] if isinstance(calib[0], torch.Tensor) else calib[0]
+    teacher_metric = evaluate(teacher, test, metric)[metric]
+    log(f"teacher: {_params(teacher):,} params, {metric} {teacher_metric:.4f}")
+
+    runs: dict[str, list[dict[str, Any]]] = {m: [] for m in cfg.methods}
+    sizes: dict[str, tuple[int, int]] = {}
+    order = ["inhernet", *[m for m in cfg.methods if m != "inhernet"]]
+    for seed in cfg.seeds:
+        ctx = MethodContext(teacher, cfg.budget, cfg.experts, calib, seed, preset.student)
+        for name in order:
+            student = build_student(name, ctx)
+            if name == "inhernet":
+                ctx.reference = student
+            sizes[name] = (_params(student), count_macs(student, example))
+            train = DataLoader(
+                train_set, batch_size=cfg.batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed)
+            )
+            zero_shot = evaluate(student, test, metric)[metric]
+            dcfg = DistillConfig(
+                steps=steps, lr=cfg.lr, temperature=cfg.temperature, alpha=cfg.alpha, seed=seed, metric=metric,
+                val_every=max(1, steps // cfg.curve_points), progress=cfg.progress, **cfg.distill_overrides,
+            )
+            history = distill(student, teacher, train, _Head(test, cfg.curve_examples, cfg.batch_size), dcfg)
+            final = evaluate(student, test, metric)[metric]
+            runs[name].append({
+                "seed": seed, "zero_shot": zero_shot, "final": final, "steps": history["steps"],
+                "sec_per_step": history["sec_per_step"], "curve": history["curve"],
+            })
+            log(f"seed {seed} {name:<22} {sizes[name][0]:>10,} params  zero-shot {zero_shot:.4f}  "
+                f"final {final:.4f}  {history['sec_per_step'] * 1000:.1f} ms/step")
+
+    methods = [_summarise(name, runs[name], sizes[name]) for name in cfg.methods]
+    return {
+        "preset": cfg.preset, "budget": cfg.budget, "experts": cfg.experts, "metric": metric,
+        "higher_is_better": metric != "perplexity",
+        "teacher": {"params": _params(teacher), "macs": count_macs(teacher, example), "metric": teacher_metric},
+        "methods": methods,
+        "device": "cuda" if torch.cuda.is_available() else "cpu", "torch": torch.__version__,
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
+        "wall_s": round(time.perf_counter() - start, 1),
+    }
+
+
+def _summarise(name: str, runs: list[dict[str, Any]], size: tuple[int, int]) -> dict[str, Any]:
+    finals = [r["final"] for r in runs]
+    curves = [dict(map(tuple, r["curve"])) for r in runs]
+    steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
+    return {
+        "name": name, "params": size[0], "macs": size[1],
+        "zero_shot": statistics.fmean(r["zero_shot"] for r in runs),
+        "metric_mean": statistics.fmean(finals),
+        "metric_std": statistics.stdev(finals) if len(finals) > 1 else 0.0,
+        "seeds": [r["seed"] for r in runs], "steps": runs[0]["steps"],
+        "sec_per_step": statistics.median(r["sec_per_step"] for r in runs),
+        "curve": [[s, statistics.fmean(c[s] for c in curves)] for s in steps],
+        "per_seed": [{k: r[k] for k in ("seed", "zero_shot", "final")} for r in runs],
+    }
+
+
+class _Head:
+    """The first ``n`` examples of a loader (re-iterable): a cheaper split for learning curves."""
+
+    def __init__(self, loader: Any, n: int, batch_size: int) -> None:
+        self.loader, self.batches = loader, max(1, -(-n // getattr(loader, "batch_size", batch_size)))
+
+    def __iter__(self):
+        return islice(iter(self.loader), self.batches)
+
+    def __len__(self) -> int:
+        return min(self.batches, len(self.loader))
+
+
+def _params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

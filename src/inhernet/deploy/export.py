@@ -1,0 +1,207 @@
+"""ONNX export of an inherited (or any) model, written atomically, plus an onnxruntime check.
+
+Exporter choice: ``torch.onnx.export(..., dynamo=False)``, the TorchScript-tracing exporter, is the
+default. It needs nothing beyond torch (the ``onnx`` package is not even required to write the file),
+takes ``dynamic_axes`` directly, and traces the InherNet blocks (down, gate softmax, gate-scaled
+stacking, fused up) as well as Hugging Face BERT into plain ONNX ops at opset 17. The newer
+``torch.export``-based exporter (``dynamo=True``, the default of ``torch.onnx.export`` since torch 2.9)
+additionally requires the ``onnxscript`` package, which inhernet does not depend on; it stays available
+with ``export_onnx(..., dynamo=True)`` where ``onnxscript`` is installed. torch prints a
+DeprecationWarning for the tracing exporter; it is silenced here.
+
+The exported graph takes the model's inputs (``input`` for a tensor batch, the dict's keys for a
+Hugging Face style batch, ``labels`` dropped) and returns one output, ``logits`` (the tensor the model
+returns, or its ``.logits``). Python control flow is frozen at the example's shapes except for the
+dynamic axes: the batch axis (``dynamic_batch=True``) and whatever ``dynamic_axes`` adds.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..batches import forward_batch, logits_of
+
+__all__ = ["export_onnx", "onnx_inputs", "verify_onnx"]
+
+OUTPUT_NAME = "logits"
+
+
+class _LogitsOf(nn.Module):
+    """Positional tensors in, logits out: the calling convention an ONNX graph needs."""
+
+    def __init__(self, model: nn.Module, keys: list[str] | None) -> None:
+        super().__init__()
+        self.model = model
+        self.keys = keys
+
+    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
+        batch: Any = tensors[0] if self.keys is None else dict(zip(self.keys, tensors, strict=True))
+        return logits_of(forward_batch(self.model, batch))
+
+
+def onnx_inputs(example_inputs: Any) -> dict[str, torch.Tensor]:
+    """The named input tensors of the exported graph for a batch (tensor, ``(inputs, labels)`` or dict)."""
+    if isinstance(example_inputs, torch.Tensor):
+        return {"input": example_inputs}
+    if isinstance(example_inputs, Mapping):
+        named = {str(k): v for k, v in example_inputs.items() if k != "labels"}
+        bad = [k for k, v in named.items() if not isinstance(v, torch.Tensor)]
+        if bad or not named:
+            raise TypeError(
+                f"example_inputs dict must hold tensors (got non-tensor entries {bad}); pass e.g. "
+                "{'input_ids': ..., 'attention_mask': ...}"
+            )
+        return named
+    if (
+        isinstance(example_inputs, (tuple, list))
+        and example_inputs
+        and isinstance(example_inputs[0], torch.Tensor)
+    ):
+        return {"input": example_inputs[0]}
+    raise TypeError(
+        f"example_inputs must be a tensor, an (inputs, labels) tuple with a tensor first, or a dict of "
+        f"tensors, got {type(example_inputs).__name__}"
+    )
+
+
+def export_onnx(
+    model: nn.Module,
+    example_inputs: Any,
+    path: str | os.PathLike[str],
+    opset: int = 17,
+    dynamic_batch: bool = True,
+    *,
+    dynamic_axes: Mapping[str, Mapping[int, str]] | None = None,
+    dynamo: bool = False,
+) -> Path:
+    """Export ``model`` to the ONNX file ``path`` (written to a temporary file, then renamed).
+
+    Args:
+        model: the model to export; it is traced in eval mode (its flags are restored after).
+        example_inputs: one batch (tensor, ``(inputs, labels)`` tuple or Hugging Face style dict) used
+            for tracing. Its non-dynamic shapes are fixed in the graph.
+        path: the ``.onnx`` file to write; its directory is created. An existing file is replaced only
+            once the export succeeded.
+        opset: ONNX opset version.
+        dynamic_batch: make axis 0 of every input and of ``logits`` symbolic (``batch``).
+        dynamic_axes: extra symbolic axes per input/output name, e.g.
+            ``{"input_ids": {1: "sequence"}, "attention_mask": {1: "sequence"}, "logits": {1: "sequence"}}``;
+            merged over the batch axes.
+        dynamo: use the ``torch.export``-based exporter instead (needs ``onnxscript``; it implements
+            opset >= 18 and raises a lower ``opset`` to 18, with a warning).
+
+    Returns:
+        The path written. Check it with :func:`verify_onnx`.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    inputs = onnx_inputs(example_inputs)
+    names = list(inputs)
+    keys = names if isinstance(example_inputs, Mapping) else None
+    axes: dict[str, dict[int, str]] = {}
+    if dynamic_batch:
+        axes = {name: {0: "batch"} for name in [*names, OUTPUT_NAME]}
+    for name, more in (dynamic_axes or {}).items():
+        if name not in [*names, OUTPUT_NAME]:
+            raise ValueError(
+                f"dynamic_axes names {name!r}, but the graph's inputs/outputs are {[*names, OUTPUT_NAME]}"
+            )
+        axes.setdefault(name, {}).update({int(k): str(v) for k, v in more.items()})
+    if dynamo:
+        try:
+            import onnxscript  # noqa: F401
+        except ImportError:
+            raise ImportError(
+                "export_onnx(dynamo=True) needs the onnxscript package (pip install onnxscript); "
+                "the default dynamo=False exporter does not"
+            ) from None
+
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    wrapper = _LogitsOf(model, keys).eval()
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            if dynamo:
+                options: dict[str, Any] = {
+                    "dynamo": True,
+                    "external_data": False,
+                    "dynamic_shapes": _dynamic_shapes(names, axes),
+                }
+            else:
+                options = {"dynamo": False, "dynamic_axes": axes or None, "do_constant_folding": True}
+            torch.onnx.export(
+                wrapper,
+                tuple(inputs.values()),
+                str(tmp),
+                input_names=names,
+                output_names=[OUTPUT_NAME],
+                opset_version=opset,
+                **options,
+            )
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        for m, training in modes.items():
+            m.training = training
+    return target
+
+
+def _dynamic_shapes(names: list[str], axes: dict[str, dict[int, str]]) -> tuple[Any, ...] | None:
+    """``dynamic_axes`` as ``torch.export`` dynamic shapes of the wrapper's ``*tensors`` (one shared
+    ``Dim`` per axis name, so e.g. every input's batch axis is the same symbol)."""
+    if not any(axes.get(n) for n in names):
+        return None
+    dims: dict[str, Any] = {}
+
+    def dim(label: str) -> Any:
+        return dims.setdefault(label, torch.export.Dim(label))
+
+    return (tuple({i: dim(label) for i, label in axes.get(n, {}).items()} or None for n in names),)
+
+
+def verify_onnx(path: str | os.PathLike[str], model: nn.Module, example_inputs: Any) -> float:
+    """Run the ONNX file in onnxruntime (CPU) and return its largest deviation from ``model``.
+
+    The deviation is ``max|ort - torch| / max|torch|`` over the logits (a relative error; ~1e-6 is
+    float32 rounding). ``example_inputs`` may differ in batch size from the export's when the batch
+    axis is dynamic. Needs the ``onnxruntime`` package.
+    """
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise ImportError("verify_onnx needs onnxruntime (pip install onnxruntime)") from None
+    inputs = onnx_inputs(example_inputs)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feed = {name: t.detach().cpu().numpy() for name, t in inputs.items()}
+    got = torch.from_numpy(session.run([OUTPUT_NAME], feed)[0])
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        with torch.no_grad():
+            want = logits_of(forward_batch(model, example_inputs)).detach().cpu()
+    finally:
+        for m, training in modes.items():
+            m.training = training
+    if got.shape != want.shape:
+        raise ValueError(
+            f"onnxruntime returned logits of shape {tuple(got.shape)}, PyTorch {tuple(want.shape)}"
+        )
+    scale = want.abs().max().clamp_min(1e-12)
+    return float((got.to(want.dtype) - want).abs().max() / scale)

@@ -1,0 +1,143 @@
+"""Collapse each block's gated experts into one up-projection for deployment.
+
+An InherNet block with h experts computes ``y = sum_i g_i(x) B_i z + b`` with an input-dependent gate
+``g = softmax(G pool(z) + c)``. ``merge_experts`` replaces the gate by its mean probabilities ``p``
+over calibration data and folds the experts into one matrix ``B = sum_i p_i B_i``; the block becomes
+a plain low-rank layer (``experts == 1``, ``gate is None``, ``up`` with r inputs) costing ``r*(n+m)``
+instead of ``r*n + h*r*m + h*r + h`` parameters, and it runs as two dense products.
+
+Exactness:
+
+* a gate whose weight ``G`` is zero (e.g. a freshly inherited model, or one trained with the gate
+  frozen) outputs the same ``softmax(c)`` for every input: the merge is exact (up to float rounding),
+  and no calibration data is needed;
+* a trained gate is input dependent: ``E[g] B`` replaces ``E[g B]`` and the merged model only
+  approximates the original. The error grows with how much the gate varies across inputs and how far
+  the experts are apart; evaluate the merged model (and fine-tune it briefly if the loss matters).
+
+All gate means are measured in one pass of the *unmerged* model over ``calib`` (a later block's input
+distribution after merging earlier ones may shift slightly). Linear and embedding blocks gate per token:
+every position of every batch counts, padding included; conv blocks gate per sample.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..batches import forward_batch, move_batch
+from ..layers import InherBlock
+
+__all__ = ["gate_means", "merge_experts"]
+
+
+def merge_experts(model: nn.Module, calib: Iterable[Any] | None = None) -> nn.Module:
+    """Fold every gated block of ``model`` into a single-expert block, in place; returns ``model``.
+
+    Args:
+        model: a model holding InherNet blocks (the result of ``inherit``, possibly fine-tuned).
+        calib: iterable of input batches (tensors, ``(inputs, labels)`` tuples or dicts) from which
+            each gate's mean probabilities are measured. May be omitted only when every gate is
+            input independent (its weight is all zero, as right after ``inherit``); the merge is then
+            exact.
+
+    Returns:
+        ``model``, whose blocks now have ``experts == 1`` and ``gate is None``. It still saves and loads
+        with :func:`inhernet.save` / :func:`inhernet.load` (the file records ``experts: 1`` per layer).
+        The merged blocks' ``up`` are new parameters: build any optimizer after merging.
+        ``model.inhernet_plan`` (if any) still describes the unmerged structure.
+
+    Raises:
+        ValueError: ``calib`` is missing while some gate depends on its input, or ``calib`` is empty.
+    """
+    gated = {name: b for name, b in model.named_modules() if isinstance(b, InherBlock) and b.gate is not None}
+    if not gated:
+        return model
+    means = gate_means(model, calib, blocks=gated)
+    for name, block in gated.items():
+        _merge_block(block, means[name])
+    return model
+
+
+def gate_means(
+    model: nn.Module, calib: Iterable[Any] | None = None, *, blocks: dict[str, InherBlock] | None = None
+) -> dict[str, torch.Tensor]:
+    """Mean gate probabilities (float64 vectors of length h) of every gated block, by module name.
+
+    Without ``calib`` every gate must have a zero weight; its probabilities are then ``softmax(bias)``
+    (uniform for a fresh gate).
+    """
+    if blocks is None:
+        blocks = {n: b for n, b in model.named_modules() if isinstance(b, InherBlock) and b.gate is not None}
+    if calib is None:
+        dependent = [n for n, b in blocks.items() if bool(b.gate.weight.detach().ne(0).any())]  # type: ignore[union-attr]
+        if dependent:
+            listed = ", ".join(dependent[:5]) + (", ..." if len(dependent) > 5 else "")
+            raise ValueError(
+                f"merge_experts needs calib: the gates of {listed} depend on their input (non-zero weight), "
+                "so their mean probabilities must be measured; pass calib=<iterable of input batches>"
+            )
+        return {n: torch.softmax(b.gate.bias.detach().double(), dim=-1) for n, b in blocks.items()}  # type: ignore[union-attr]
+
+    sums = {n: torch.zeros(b.experts, dtype=torch.float64) for n, b in blocks.items()}
+    counts = dict.fromkeys(blocks, 0)
+
+    def hook(name: str):
+        def _record(_module: nn.Module, _inputs: Any, logits: torch.Tensor) -> None:
+            p = torch.softmax(logits.detach().double(), dim=-1).reshape(-1, logits.shape[-1])
+            sums[name] += p.sum(0).cpu()
+            counts[name] += p.shape[0]
+
+        return _record
+
+    handles = [b.gate.register_forward_hook(hook(n)) for n, b in blocks.items()]  # type: ignore[union-attr]
+    modes = {m: m.training for m in model.modules()}
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    model.eval()
+    try:
+        with torch.no_grad():
+            for batch in calib:
+                forward_batch(model, move_batch(batch, device))
+    finally:
+        for h in handles:
+            h.remove()
+        for m, training in modes.items():
+            m.training = training
+    unseen = [n for n, c in counts.items() if c == 0]
+    if unseen:
+        raise ValueError(
+            f"calib produced no gate activations for {', '.join(unseen[:5])}: calib is empty or these "
+            "blocks are not used by the model's forward pass"
+        )
+    return {n: sums[n] / counts[n] for n in blocks}
+
+
+@torch.no_grad()
+def _merge_block(block: InherBlock, p: torch.Tensor) -> None:
+    experts = block.expert_weights().double()  # (h, m, r)
+    merged = torch.einsum("h,hmr->mr", p.to(experts), experts)
+    old = block.up
+    w = old.weight
+    if isinstance(old, nn.Linear):
+        new: nn.Module = nn.Linear(
+            block.rank, old.out_features, bias=old.bias is not None, device=w.device, dtype=w.dtype
+        )
+    elif isinstance(old, (nn.Conv1d, nn.Conv2d)):
+        new = type(old)(
+            block.rank, old.out_channels, 1, bias=old.bias is not None, device=w.device, dtype=w.dtype
+        )
+    else:  # pragma: no cover - every block kind uses a Linear or a 1x1 conv
+        raise TypeError(f"cannot merge a block whose up-projection is a {type(old).__name__}")
+    new.weight.copy_(merged.reshape(new.weight.shape).to(w.dtype))
+    if old.bias is not None:
+        new.bias.copy_(old.bias)
+    new.train(old.training)
+    new.weight.requires_grad_(w.requires_grad)
+    if new.bias is not None:
+        new.bias.requires_grad_(old.bias.requires_grad)
+    block.up = new
+    block.gate = None
+    block.experts = 1

@@ -1,0 +1,35 @@
+"""Knowledge-distillation fine-tuning on PyTorch Lightning.
+
+``distill(student, teacher, train_loader, val_loader, DistillConfig(...))`` fine-tunes the student in
+place against the frozen teacher and returns the history. Lightning is imported only when ``distill``
+runs (or ``DistillModule`` is accessed), so the losses and the config work without it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .config import DistillConfig
+from .data import WithTeacherLogits, precompute_teacher_logits
+from .loss import FeatureCapture, feature_loss, kd_loss, match_feature_names
+from .train import distill
+
+__all__ = [
+    "DistillConfig",
+    "DistillModule",
+    "FeatureCapture",
+    "WithTeacherLogits",
+    "distill",
+    "feature_loss",
+    "kd_loss",
+    "match_feature_names",
+    "precompute_teacher_logits",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "DistillModule":
+        from .module import DistillModule
+
+        return DistillModule
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,267 @@
+"""Loader wrappers that make training data order exact under resume and data parallelism, and a data
+set wrapper that carries the teacher's precomputed logits.
+
+Lightning's own distributed-sampler injection is turned off (``use_distributed_sampler=False``) and
+replaced by these wrappers, because they add three things Lightning does not give for a plain
+``DataLoader``:
+
+* the order of each training epoch is a function of ``(seed, epoch)`` only (the loader's random
+  draws run in a forked, seeded RNG), so the global RNG, and thus dropout, validation or anything
+  else that consumes random numbers, cannot change the data order;
+* resuming mid-epoch skips the batches the checkpointed run already trained on (the position is
+  derived from the restored global step), so a resumed run sees exactly the batches of an
+  uninterrupted one;
+* validation is sharded across processes *without* the padding a ``DistributedSampler`` adds, so
+  the metric summed over processes equals :func:`inhernet.evaluate` on one process.
+
+Sharding for training uses ``torch.utils.data.DistributedSampler`` (what Lightning would use), with
+the loader re-instantiated by Lightning's own ``_update_dataloader``. Loaders that are not
+``DataLoader``s over map-style datasets are sharded by batch (process ``r`` of ``W`` takes batches
+``r, r + W, ...``).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, IterableDataset, RandomSampler, Sampler, SequentialSampler
+
+from ..batches import forward_batch, logits_of, move_batch
+
+__all__ = ["EvalLoader", "TrainLoader", "WithTeacherLogits", "precompute_teacher_logits"]
+
+_END = object()
+
+
+def _dist_info(trainer: Any) -> tuple[int, int]:
+    """``(world_size, rank)`` of the run (the trainer's, not whatever process group exists)."""
+    return int(trainer.world_size), int(trainer.global_rank)
+
+
+def _sized_len(obj: Any) -> int | None:
+    try:
+        return len(obj)
+    except (TypeError, NotImplementedError):
+        return None
+
+
+class WithTeacherLogits(Dataset):
+    """``dataset`` whose ``(inputs, labels)`` examples gain the teacher's logits as a third element.
+
+    Built by :func:`precompute_teacher_logits`. ``distill`` uses logits found in a batch instead of
+    running the teacher, so a fixed data set (no random augmentation) pays for the teacher once, in
+    any order: shuffling is fine, the logits travel with their example.
+    """
+
+    def __init__(self, dataset: Dataset, logits: torch.Tensor) -> None:
+        if len(dataset) != len(logits):  # type: ignore[arg-type]
+            raise ValueError(f"{len(logits)} teacher logits for a data set of {len(dataset)} examples")  # type: ignore[arg-type]
+        self.dataset, self.logits = dataset, logits
+
+    def __len__(self) -> int:
+        return len(self.logits)
+
+    def __getitem__(self, index: int) -> tuple[Any, ...]:
+        inputs, labels = self.dataset[index][:2]
+        return inputs, labels, self.logits[index]
+
+
+@torch.no_grad()
+def precompute_teacher_logits(teacher: nn.Module, dataset: Dataset, batch_size: int = 1000) -> WithTeacherLogits:
+    """Run the teacher (eval mode) once over a map-style ``(inputs, labels)`` data set."""
+    was_training = teacher.training
+    teacher.eval()
+    device = next((p.device for p in teacher.parameters()), torch.device("cpu"))
+    try:
+        logits = [
+            logits_of(forward_batch(teacher, move_batch(batch, device))).float().cpu()
+            for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False)
+        ]
+    finally:
+        teacher.train(was_training)
+    return WithTeacherLogits(dataset, torch.cat(logits))
+
+
+def _seeded_iter(loader: Iterable[Any], seed: int, skip: int = 0) -> Iterator[Any]:
+    """Iterate ``loader`` with its random draws taken from a CPU RNG seeded with ``seed``.
+
+    ``DataLoader`` draws its samplers' seeds and its workers' base seed from the global CPU RNG when
+    the iteration starts (at ``iter()`` and the first ``next()``); doing both inside ``fork_rng``
+    makes the order reproducible and leaves the caller's RNG untouched. Then drop ``skip`` batches.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
+        iterator = iter(loader)
+        first = next(iterator, _END)
+    if first is _END:
+        return
+    if skip == 0:
+        yield first
+    for _ in range(max(skip - 1, 0)):
+        if next(iterator, _END) is _END:
+            return
+    yield from iterator
+
+
+class _BatchStride:
+    """Batches ``rank, rank + world, ...`` of an iterable (the shard of one process)."""
+
+    def __init__(self, loader: Iterable[Any], world: int, rank: int, drop_remainder: bool):
+        self.loader, self.world, self.rank, self.drop_remainder = loader, world, rank, drop_remainder
+
+    def __len__(self) -> int:
+        n = _sized_len(self.loader)
+        if n is None:
+            raise TypeError("the wrapped loader has no length")
+        if self.drop_remainder:
+            return n // self.world
+        return len(range(self.rank, n, self.world))
+
+    def __iter__(self) -> Iterator[Any]:
+        n = _sized_len(self.loader)
+        stop = (n // self.world) * self.world if (n is not None and self.drop_remainder) else None
+        for i, batch in enumerate(self.loader):
+            if stop is not None and i >= stop:
+                return
+            if i % self.world == self.rank:
+                yield batch
+
+
+class _StridedSampler(Sampler[int]):
+    """Every ``world``-th index of ``base``, starting at ``rank``: an unpadded shard for evaluation."""
+
+    def __init__(self, base: Iterable[int], world: int, rank: int):
+        self.base, self.world, self.rank = base, world, rank
+
+    def __len__(self) -> int:
+        return len(range(self.rank, len(self.base), self.world))  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[int]:
+        for i, index in enumerate(self.base):
+            if i % self.world == self.rank:
+                yield index
+
+
+def _reinstantiate(loader: DataLoader, sampler: Sampler[int]) -> DataLoader:
+    from lightning.pytorch.trainer.states import RunningStage
+    from lightning.pytorch.utilities.data import _update_dataloader
+
+    return _update_dataloader(loader, sampler, mode=RunningStage.TRAINING)
+
+
+def _map_style(loader: Any) -> bool:
+    return isinstance(loader, DataLoader) and not isinstance(loader.dataset, IterableDataset)
+
+
+class TrainLoader:
+    """The training loader as Lightning sees it: sharded, epoch-seeded and resumable.
+
+    ``trainer`` is a callable returning the running ``lightning.Trainer``. With one batch per step,
+    ``divmod(trainer.global_step, len(loader))`` (the step restored from a checkpoint, on resume) is
+    the epoch and the position in it when an epoch's iteration starts, which is all the state a
+    resume needs.
+    """
+
+    def __init__(self, loader: Iterable[Any], seed: int, trainer: Callable[[], Any]):
+        self.loader, self.seed, self.trainer = loader, seed, trainer
+        self._shard: Iterable[Any] | None = None
+        self._iterations = 0
+
+    def _resolve(self) -> Iterable[Any]:
+        if self._shard is None:
+            world, rank = _dist_info(self.trainer())
+            if world == 1:
+                self._shard = self.loader
+            elif _map_style(self.loader):
+                from torch.utils.data import DistributedSampler
+
+                loader: DataLoader = self.loader  # type: ignore[assignment]
+                if isinstance(loader.sampler, (RandomSampler, SequentialSampler)):
+                    sampler: Sampler[int] = DistributedSampler(
+                        loader.dataset, num_replicas=world, rank=rank,
+                        shuffle=isinstance(loader.sampler, RandomSampler), seed=self.seed,
+                    )
+                else:
+                    from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
+
+                    sampler = DistributedSamplerWrapper(
+                        loader.sampler, num_replicas=world, rank=rank, shuffle=False, seed=self.seed
+                    )
+                self._shard = _reinstantiate(loader, sampler)
+            else:
+                self._shard = _BatchStride(self.loader, world, rank, drop_remainder=True)
+        return self._shard
+
+    def __len__(self) -> int:
+        n = _sized_len(self._resolve())
+        if n is None:
+            raise TypeError("the training loader has no length")
+        return n
+
+    def __iter__(self) -> Iterator[Any]:
+        loader = self._resolve()
+        n = _sized_len(loader)
+        step = int(self.trainer().global_step)
+        if n:
+            epoch, skip = divmod(step, n)
+        else:
+            epoch, skip = self._iterations, 0
+            if step and self._iterations == 0:
+                warnings.warn(
+                    "resuming with a training loader of unknown length: its position cannot be restored, "
+                    "training continues from the start of the loader",
+                    stacklevel=2,
+                )
+        self._iterations += 1
+        for holder in (loader, getattr(loader, "batch_sampler", None)):
+            set_epoch = getattr(getattr(holder, "sampler", None), "set_epoch", None)
+            if callable(set_epoch):
+                set_epoch(epoch)
+        return _seeded_iter(loader, seed=(self.seed * 1_000_003 + epoch) % (2**63), skip=skip)
+
+    # Lightning's resumable-loader protocol. The position itself comes from the global step; this
+    # only checks that the loader did not change length between the runs.
+    def state_dict(self) -> dict[str, Any]:
+        return {"batches_per_epoch": _sized_len(self._resolve())}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        saved, now = state.get("batches_per_epoch"), _sized_len(self._resolve())
+        if saved is not None and now is not None and saved != now:
+            warnings.warn(
+                f"the checkpoint was trained with {saved} batches per epoch and this loader has {now}: the "
+                "resumed run does not see the same data order as an uninterrupted one",
+                stacklevel=2,
+            )
+
+
+class EvalLoader:
+    """The validation loader: an unpadded shard per process, iterated without touching the global RNG."""
+
+    def __init__(self, loader: Iterable[Any], seed: int, trainer: Callable[[], Any]):
+        self.loader, self.seed, self.trainer = loader, seed, trainer
+        self._shard: Iterable[Any] | None = None
+
+    def _resolve(self) -> Iterable[Any]:
+        if self._shard is None:
+            world, rank = _dist_info(self.trainer())
+            if world == 1:
+                self._shard = self.loader
+            elif _map_style(self.loader):
+                loader: DataLoader = self.loader  # type: ignore[assignment]
+                self._shard = _reinstantiate(loader, _StridedSampler(loader.sampler, world, rank))
+            else:
+                self._shard = _BatchStride(self.loader, world, rank, drop_remainder=False)
+        return self._shard
+
+    def __len__(self) -> int:
+        n = _sized_len(self._resolve())
+        if n is None:
+            raise TypeError("the validation loader has no length")
+        return n
+
+    def __iter__(self) -> Iterator[Any]:
+        return _seeded_iter(self._resolve(), seed=self.seed)

@@ -1,0 +1,174 @@
+"""Distillation losses: logit KD (``kd_loss``) and layer-aligned feature matching (``feature_loss``)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from fnmatch import fnmatchcase
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["FeatureCapture", "feature_loss", "kd_loss", "match_feature_names"]
+
+
+def kd_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    temperature: float = 4.0,
+    alpha: float = 0.9,
+    ignore_index: int = -100,
+) -> torch.Tensor:
+    """Hinton knowledge-distillation loss.
+
+    ``(1 - alpha) * CE(student, labels) + alpha * T**2 * KL(softmax(teacher/T) || softmax(student/T))``
+
+    * Classification: logits ``(N, C)``, labels ``(N,)``.
+    * Causal LM: logits ``(N, T, V)``, labels ``(N, T)``; position ``t`` predicts ``labels[:, t + 1]``
+      (the Hugging Face convention, as in :func:`inhernet.evaluate`). Positions whose target is
+      ``ignore_index`` (padding, prompts) are left out of *both* terms; each term is a mean over the
+      valid positions (examples or tokens). If no position is valid the loss is 0.
+    * ``labels=None``: pure KD, ``T**2 * KL`` averaged over every position (all ``T`` positions of an
+      LM, unshifted, since no target is involved); ``alpha`` is then ignored.
+
+    The loss is computed in float32 whatever the logits' dtype. The KL is per position summed over
+    classes, then averaged (``batchmean``), so its gradient scale does not depend on ``T`` (the
+    ``T**2`` factor, Hinton et al. 2015).
+    """
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(
+            f"kd_loss: student logits {tuple(student_logits.shape)} and teacher logits "
+            f"{tuple(teacher_logits.shape)} differ in shape; both models must predict the same classes/vocabulary"
+        )
+    if student_logits.dim() not in (2, 3):
+        raise ValueError(
+            f"kd_loss: expected logits (N, C) for classification or (N, T, V) for a causal LM, "
+            f"got shape {tuple(student_logits.shape)}"
+        )
+    if temperature <= 0:
+        raise ValueError(f"kd_loss: temperature must be positive, got {temperature}")
+    if not 0 <= alpha <= 1:
+        raise ValueError(f"kd_loss: alpha must be in [0, 1], got {alpha}")
+    s, t = student_logits.float(), teacher_logits.float()
+    if s.dim() == 3 and labels is not None:
+        s, t, labels = s[:, :-1], t[:, :-1], labels[:, 1:]
+    num_classes = s.shape[-1]
+    s, t = s.reshape(-1, num_classes), t.reshape(-1, num_classes)
+
+    log_ps = F.log_softmax(s / temperature, dim=-1)
+    log_pt = F.log_softmax(t / temperature, dim=-1)
+    kl = F.kl_div(log_ps, log_pt, reduction="none", log_target=True).sum(-1)  # per position
+    scale = temperature * temperature
+    if labels is None:
+        return scale * kl.mean()
+
+    labels = labels.reshape(-1)
+    if labels.numel() != s.shape[0]:
+        raise ValueError(
+            f"kd_loss: {labels.numel()} labels for {s.shape[0]} positions; labels must be (N,) for logits (N, C) "
+            "or (N, T) for logits (N, T, V)"
+        )
+    valid = labels != ignore_index
+    count = valid.sum().clamp_min(1)
+    kl_term = torch.where(valid, kl, torch.zeros_like(kl)).sum() / count
+    if alpha == 1:
+        return scale * kl_term
+    ce_term = F.cross_entropy(s, labels.long(), ignore_index=ignore_index, reduction="sum") / count
+    return (1 - alpha) * ce_term + alpha * scale * kl_term
+
+
+def match_feature_names(student: nn.Module, teacher: nn.Module, patterns: Iterable[str]) -> list[str]:
+    """Module names matched by any ``fnmatch`` pattern and present in both models, in student order.
+
+    Inherited networks keep the teacher's module names (a layer is replaced *at* its name), so e.g.
+    ``"features.*"`` or ``"encoder.layer.*.output"`` select aligned points. Names that exist in only one
+    model (the inner parts of an inherited block, say) are skipped. Raises ``ValueError`` when nothing
+    matches in both.
+    """
+    patterns = tuple(patterns)
+    teacher_names = {name for name, _ in teacher.named_modules() if name}
+    student_names = [name for name, _ in student.named_modules() if name]
+    names = [n for n in student_names if n in teacher_names and any(fnmatchcase(n, p) for p in patterns)]
+    if not names:
+        sample = ", ".join(student_names[:8])
+        raise ValueError(
+            f"feature_patterns {patterns} match no module present in both the student and the teacher; "
+            f"student modules are e.g. {sample}"
+        )
+    return names
+
+
+def _feature_tensor(output: Any, name: str) -> torch.Tensor:
+    if isinstance(output, torch.Tensor):
+        return output
+    for attr in ("last_hidden_state", "logits"):
+        value = getattr(output, attr, None)
+        if isinstance(value, torch.Tensor):
+            return value
+    if isinstance(output, Mapping):
+        output = list(output.values())
+    if isinstance(output, Sequence) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    raise TypeError(
+        f"feature loss: module {name!r} returned {type(output).__name__}, not a tensor (or a tuple starting "
+        "with one); choose feature_patterns that match modules returning tensors"
+    )
+
+
+class FeatureCapture:
+    """Context manager that records the outputs of ``model``'s modules ``names`` (forward hooks).
+
+    ``with FeatureCapture(model, names) as cap: model(x)`` then ``cap.features[name]`` is the output
+    tensor of that module in the last forward pass (the first tensor of a tuple output).
+    """
+
+    def __init__(self, model: nn.Module, names: Iterable[str]):
+        modules = dict(model.named_modules())
+        self.names = list(names)
+        missing = [n for n in self.names if n not in modules]
+        if missing:
+            raise ValueError(f"FeatureCapture: no module named {missing[0]!r} in {type(model).__name__}")
+        self._modules = [(n, modules[n]) for n in self.names]
+        self._handles: list[Any] = []
+        self.features: dict[str, torch.Tensor] = {}
+
+    def __enter__(self) -> FeatureCapture:
+        self.features = {}
+        for name, module in self._modules:
+            def hook(_module: nn.Module, _inputs: Any, output: Any, name: str = name) -> None:
+                self.features[name] = _feature_tensor(output, name)
+            self._handles.append(module.register_forward_hook(hook))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+
+def feature_loss(
+    student_features: Mapping[str, torch.Tensor], teacher_features: Mapping[str, torch.Tensor]
+) -> torch.Tensor:
+    """Mean over module names of the MSE between the student's and the teacher's outputs there.
+
+    Shapes must agree (no adapters: an inherited network keeps the teacher's topology, so its
+    block outputs have the teacher's shapes); a mismatch raises ``ValueError`` naming the module —
+    drop that module from ``feature_patterns``. The teacher's features are treated as constants.
+    """
+    if not student_features:
+        raise ValueError("feature_loss: no features were captured; did the forward pass run the matched modules?")
+    losses = []
+    for name, s in student_features.items():
+        if name not in teacher_features:
+            raise ValueError(f"feature_loss: the teacher produced no output for module {name!r}")
+        t = teacher_features[name]
+        if s.shape != t.shape:
+            raise ValueError(
+                f"feature_loss: module {name!r} outputs {tuple(s.shape)} in the student but {tuple(t.shape)} in "
+                "the teacher; feature matching needs the same shapes (no adapters), so leave this module out "
+                "of feature_patterns"
+            )
+        losses.append(F.mse_loss(s.float(), t.detach().float()))
+    return torch.stack(losses).mean()

@@ -1,0 +1,284 @@
+"""``DistillModule``: the LightningModule that fine-tunes a student against a frozen teacher."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..batches import batch_labels, batch_teacher_logits, forward_batch, logits_of
+from .config import DistillConfig
+from .loss import FeatureCapture, feature_loss, kd_loss, match_feature_names
+
+__all__ = ["DistillModule", "lr_lambda"]
+
+_TEACHER_PREFIX = "teacher."
+
+
+def lr_lambda(config: DistillConfig):
+    """The learning-rate multiplier as a function of the optimiser step (for ``LambdaLR``)."""
+    steps, warmup = config.steps, config.warmup_steps
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, steps - warmup))
+        if config.schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        if config.schedule == "step":
+            return config.step_gamma ** sum(progress >= m for m in config.step_milestones)
+        return 1.0
+
+    return factor
+
+
+def _lm_labels(batch: Any, logits: torch.Tensor) -> torch.Tensor | None:
+    """Labels as :func:`inhernet.evaluate` reads them; an LM batch without labels predicts its input_ids."""
+    labels = batch_labels(batch)
+    if labels is None and logits.dim() == 3 and isinstance(batch, Mapping) and "input_ids" in batch:
+        labels = batch["input_ids"]
+        if "attention_mask" in batch:
+            labels = labels.masked_fill(batch["attention_mask"] == 0, -100)
+    return labels
+
+
+def _rng_state() -> dict[str, Any]:
+    """Global RNG states, as tensors and plain Python values (loadable with ``weights_only=True``)."""
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    try:
+        import numpy as np
+
+        name, keys, pos, has_gauss, cached = np.random.get_state()
+        state["numpy"] = (name, torch.from_numpy(keys.astype("int64")), int(pos), int(has_gauss), float(cached))
+    except ImportError:  # pragma: no cover
+        pass
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    python = state["python"]
+    random.setstate((python[0], tuple(python[1]), python[2]))
+    if "numpy" in state:
+        import numpy as np
+
+        name, keys, pos, has_gauss, cached = state["numpy"]
+        np.random.set_state((name, keys.cpu().numpy().astype("uint32"), pos, has_gauss, cached))
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+class DistillModule(L.LightningModule):
+    """Student + frozen teacher, trained with :func:`kd_loss` (+ optional :func:`feature_loss`).
+
+    The teacher is a registered submodule, so Lightning places it on the device and casts it with the
+    precision plugin like the student, but it is frozen (``requires_grad=False``, always in eval mode,
+    outside the optimiser), ignored by DDP's buffer broadcast, and left out of checkpoints: a
+    checkpoint holds the student, the optimiser and scheduler states, the RNG states and the history
+    (``checkpoint["inhernet"]``), never the teacher, which is taken from the live module on load.
+
+    ``history`` (identical on every process) holds ``curve`` ``[[step, metric], ...]`` (validation,
+    step 0 included when validating at start), ``train_loss`` ``[[step, loss], ...]`` (mean over
+    processes of each step's loss) and the timing of the run.
+    """
+
+    def __init__(self, student: nn.Module, teacher: nn.Module, config: DistillConfig):
+        super().__init__()
+        self.student = student
+        self.teacher = teacher
+        self.config = config
+        teacher.eval()
+        teacher.requires_grad_(False)
+        # DDP must not broadcast the teacher's buffers nor track its (frozen) parameters.
+        self._ddp_params_and_buffers_to_ignore = [
+            _TEACHER_PREFIX + name
+            for name, _ in (*teacher.named_parameters(), *teacher.named_buffers())
+        ]
+        self.feature_names: list[str] = []
+        if config.feature_weight > 0:
+            self.feature_names = match_feature_names(student, teacher, config.feature_patterns)
+        self.history: dict[str, Any] = {"curve": [], "train_loss": []}
+        self._pending_losses: list[tuple[int, torch.Tensor]] = []
+        self._val_sums: torch.Tensor | None = None
+        self._train_start: float | None = None
+        self._val_time = 0.0
+        self._val_start: float | None = None
+        self._steps_run = 0
+        self.history_path: str | None = None
+
+    # -- modes -------------------------------------------------------------------------------------
+    def train(self, mode: bool = True) -> DistillModule:
+        super().train(mode)
+        self.teacher.eval()  # frozen teacher: dropout off, norm statistics fixed, always
+        return self
+
+    def on_train_start(self) -> None:
+        # Lightning keeps the modes modules arrive in; a student handed over in eval mode (after
+        # evaluate(), inherit() or .eval()) must still train with dropout on and batch-norm updating.
+        self.train()
+        self._train_start = time.perf_counter()
+        self._val_time, self._steps_run = 0.0, 0
+
+    # -- optimisation ------------------------------------------------------------------------------
+    def configure_optimizers(self) -> dict[str, Any]:
+        cfg = self.config
+        decay, no_decay = [], []
+        for p in self.student.parameters():
+            if p.requires_grad:
+                (decay if p.ndim >= 2 else no_decay).append(p)
+        groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        groups = [g for g in groups if g["params"]]
+        if not groups:
+            raise ValueError("distill: the student has no trainable parameters (all have requires_grad=False)")
+        if cfg.optimizer == "adamw":
+            optimizer: torch.optim.Optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
+        else:
+            optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
+
+    # -- training ----------------------------------------------------------------------------------
+    def _teacher_logits(self, batch: Any) -> torch.Tensor:
+        precomputed = batch_teacher_logits(batch)
+        if precomputed is not None:
+            return precomputed
+        with torch.no_grad():
+            return logits_of(forward_batch(self.teacher, batch)).detach()
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        cfg = self.config
+        if self.feature_names:
+            with FeatureCapture(self.student, self.feature_names) as s_cap:
+                student_logits = logits_of(forward_batch(self.student, batch))
+            with FeatureCapture(self.teacher, self.feature_names) as t_cap, torch.no_grad():
+                teacher_logits = logits_of(forward_batch(self.teacher, batch)).detach()
+        else:
+            student_logits = logits_of(forward_batch(self.student, batch))
+        labels = _lm_labels(batch, student_logits)
+        if not self.feature_names:
+            teacher_logits = self._teacher_logits(batch)
+        loss = kd_loss(student_logits, teacher_logits, labels, cfg.temperature, cfg.alpha)
+        if self.feature_names:
+            f_loss = feature_loss(s_cap.features, t_cap.features)
+            self.log("feature_loss", f_loss.detach(), on_step=True, on_epoch=False, batch_size=1)
+            loss = loss + cfg.feature_weight * f_loss
+
+        mean_loss = self.trainer.strategy.reduce(loss.detach().clone(), reduce_op="mean")
+        self._pending_losses.append((self.trainer.global_step + 1, mean_loss))
+        self.log("train_loss", mean_loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=1)
+        self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False, batch_size=1)
+        return loss
+
+    def _flush_losses(self) -> None:
+        if self._pending_losses:
+            values = torch.stack([v for _, v in self._pending_losses]).float().cpu().tolist()
+            self.history["train_loss"].extend(
+                [s, v] for (s, _), v in zip(self._pending_losses, values, strict=True)
+            )
+            self._pending_losses.clear()
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self._steps_run += 1
+        # Validate at the last step too, whatever val_every is (Lightning validates when asked to stop).
+        if self.trainer.max_steps > 0 and self.trainer.global_step >= self.trainer.max_steps:
+            self.trainer.should_stop = True
+
+    # -- validation (inhernet.evaluate semantics, exact across processes) ---------------------------
+    def on_validation_start(self) -> None:
+        self._val_start = time.perf_counter()
+
+    def on_validation_end(self) -> None:
+        if self._val_start is not None and not self.trainer.sanity_checking:
+            self._val_time += time.perf_counter() - self._val_start
+        self._val_start = None
+
+    def on_validation_epoch_start(self) -> None:
+        dtype = torch.float32 if self.device.type == "mps" else torch.float64  # MPS has no float64
+        self._val_sums = torch.zeros(2, dtype=dtype, device=self.device)
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        logits = logits_of(forward_batch(self.student, batch)).float()
+        labels = batch_labels(batch)
+        if self.config.metric == "perplexity":
+            labels = _lm_labels(batch, logits)
+        if labels is None:
+            raise ValueError(
+                "distill: validation needs labelled batches: (inputs, labels) tuples or dicts with 'labels'"
+            )
+        assert self._val_sums is not None
+        if self.config.metric == "accuracy":
+            self._val_sums[0] += (logits.argmax(-1) == labels).sum()
+            self._val_sums[1] += labels.numel()
+        else:
+            shift_logits, shift_labels = logits[..., :-1, :], labels[..., 1:]
+            self._val_sums[0] += F.cross_entropy(
+                shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1),
+                ignore_index=-100, reduction="sum",
+            ).to(self._val_sums.dtype)
+            self._val_sums[1] += (shift_labels != -100).sum()
+
+    def on_validation_epoch_end(self) -> None:
+        assert self._val_sums is not None
+        sums = self.trainer.strategy.reduce(self._val_sums, reduce_op="sum")
+        total, count = (float(x) for x in sums.cpu())
+        if count == 0:
+            raise ValueError("distill: the validation loader yielded no labelled examples")
+        metric = self.config.metric
+        value = total / count if metric == "accuracy" else math.exp(total / count)
+        step = int(self.trainer.global_step)
+        curve = [point for point in self.history["curve"] if point[0] != step]
+        self.history["curve"] = [*curve, [step, value]]
+        self._flush_losses()
+        if not self.trainer.sanity_checking:
+            self.log(f"val_{metric}", value, sync_dist=True)
+
+    # -- bookkeeping ---------------------------------------------------------------------------------
+    def on_train_end(self) -> None:
+        self._flush_losses()
+        self.history["steps"] = int(self.trainer.global_step)
+        # Wall time of the training steps of this run (data loading included, validation excluded).
+        wall = time.perf_counter() - (self._train_start or time.perf_counter()) - self._val_time
+        self.history["sec_per_step"] = wall / max(1, self._steps_run)
+
+    def on_fit_end(self) -> None:
+        if self.history_path and self.trainer.is_global_zero:
+            # For spawn-based strategies, whose main process does not see this process's memory.
+            path = Path(self.history_path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(self.history))
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("state_dict", {})
+        for key in [k for k in state if k.startswith(_TEACHER_PREFIX)]:
+            del state[key]
+        self._flush_losses()
+        checkpoint["inhernet"] = {
+            "history": {"curve": self.history["curve"], "train_loss": self.history["train_loss"]},
+            "rng": _rng_state(),
+            "config": self.config.to_dict(),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.setdefault("state_dict", {})
+        # The frozen teacher is not in the checkpoint: load it from the live module (strict loading).
+        for key, value in self.teacher.state_dict().items():
+            state.setdefault(_TEACHER_PREFIX + key, value)
+        saved = checkpoint.get("inhernet", {})
+        if "history" in saved:
+            self.history = {
+                "curve": [list(p) for p in saved["history"]["curve"]],
+                "train_loss": [list(p) for p in saved["history"]["train_loss"]],
+            }
+        if "rng" in saved:
+            _set_rng_state(saved["rng"])

@@ -1,0 +1,257 @@
+"""``distill()``: KD fine-tuning of a student against a frozen teacher, on PyTorch Lightning."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import tempfile
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .config import DistillConfig
+
+__all__ = ["distill"]
+
+_QUIET_LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning")
+_QUIET_WARNINGS = (
+    r".*does not have many workers.*",
+    r".*smaller than the logging interval.*",
+    r".*Checkpoint directory .* exists and is not empty.*",
+)
+# Expected here whatever the verbosity: the frozen teacher is in eval mode on purpose.
+_EXPECTED_WARNINGS = (
+    r".*module\(s\) in eval mode at the start of training.*",
+    r".*You defined a `validation_step` but have no `val_dataloader`.*",  # val_loader=None
+    r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",  # inside Lightning, nothing to act on
+)
+
+
+class _TrainerOf:
+    """Picklable callable returning the trainer running ``module`` (for the loader wrappers)."""
+
+    def __init__(self, module: Any):
+        self.module = module
+
+    def __call__(self) -> Any:
+        return self.module.trainer
+
+
+def _multi_process(config: DistillConfig) -> bool:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 or "LOCAL_RANK" in os.environ:
+        return True
+    devices = config.devices
+    single = devices == 1 or (isinstance(devices, (list, tuple)) and len(devices) == 1) or devices in ("1", "0")
+    return config.num_nodes > 1 or not single
+
+
+def _resolve_log_dir(config: DistillConfig) -> Path:
+    if config.log_dir is not None:
+        path = Path(config.log_dir)
+    elif _multi_process(config):
+        # Every process must agree on the directory: no per-process temporary names.
+        path = Path("out") / "distill"
+    else:
+        path = Path(tempfile.mkdtemp(prefix="inhernet-distill-"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _resolve_resume(config: DistillConfig, log_dir: Path) -> str | None:
+    if config.resume is None:
+        return None
+    path = log_dir / "checkpoints" / "last.ckpt" if config.resume == "last" else Path(config.resume)
+    if not path.is_file():
+        raise ValueError(f"DistillConfig.resume: no checkpoint at {str(path)!r}")
+    return str(path)
+
+
+@contextlib.contextmanager
+def _quiet(enabled: bool) -> Iterator[None]:
+    """Silence Lightning's info messages and its warnings that don't apply here."""
+    levels = {name: logging.getLogger(name).level for name in _QUIET_LOGGERS}
+    with warnings.catch_warnings():
+        for message in _EXPECTED_WARNINGS + (_QUIET_WARNINGS if enabled else ()):
+            warnings.filterwarnings("ignore", message=message)
+        if not enabled:
+            yield
+            return
+        for name in _QUIET_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
+        try:
+            yield
+        finally:
+            for name, level in levels.items():
+                logging.getLogger(name).setLevel(level)
+
+
+@contextlib.contextmanager
+def _preserved(student: nn.Module, teacher: nn.Module) -> Iterator[None]:
+    """Restore what Lightning changes on the caller's objects and process (flags, modes, devices)."""
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    cudnn_benchmark = torch.backends.cudnn.benchmark
+    cudnn_deterministic = torch.backends.cudnn.deterministic
+    t_params = list(teacher.parameters())
+    t_requires_grad = [p.requires_grad for p in t_params]
+    t_mode, s_mode = teacher.training, student.training
+    # Devices and dtypes as values: Lightning moves/casts the parameters in place.
+    t_ref = next(iter(t_params), None)
+    t_place = (t_ref.device, t_ref.dtype if t_ref.is_floating_point() else None) if t_ref is not None else None
+    s_ref = next(iter(student.parameters()), None)
+    s_device = s_ref.device if s_ref is not None else None
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+        torch.backends.cudnn.benchmark = cudnn_benchmark
+        torch.backends.cudnn.deterministic = cudnn_deterministic
+        for p, flag in zip(t_params, t_requires_grad, strict=True):
+            p.requires_grad_(flag)
+        teacher.train(t_mode)
+        student.train(s_mode)
+        if t_place is not None:
+            teacher.to(device=t_place[0], dtype=t_place[1])
+        if s_device is not None:
+            student.to(device=s_device)  # its dtype follows `precision` ("bf16-true" leaves it bf16)
+
+
+def distill(
+    student: nn.Module,
+    teacher: nn.Module,
+    train_loader: Iterable[Any],
+    val_loader: Iterable[Any] | None = None,
+    config: DistillConfig | None = None,
+    *,
+    callbacks: Sequence[Any] = (),
+) -> dict[str, Any]:
+    """Fine-tune ``student`` in place by knowledge distillation from ``teacher``; return the history.
+
+    The loop is a ``lightning.Trainer`` (``max_steps=config.steps``, step-based validation, gradient
+    clipping, ``precision``, ``devices``/``strategy``/``num_nodes`` data parallelism, CSV logs,
+    ``ModelCheckpoint`` every ``checkpoint_every`` steps + ``last.ckpt``, ``deterministic``), seeded
+    with ``lightning.seed_everything(config.seed)``. The student trains in train mode (dropout on,
+    batch-norm statistics updating) and the teacher is frozen in eval mode; both models get their
+    modes, devices (and the teacher its ``requires_grad`` flags and dtype) back afterwards. Validation follows
+    :func:`inhernet.evaluate` (``config.metric``) exactly, across processes too.
+
+    Batches: tensors, ``(inputs, labels)`` tuples or Hugging Face style dicts (``labels`` is never
+    passed to the model); outputs: tensors or objects with ``.logits``. Batches without labels train
+    on the KD term alone (an LM dict batch without labels predicts its ``input_ids``).
+
+    Resume: ``config.resume`` (a ``.ckpt`` path or ``"last"``) continues with
+    ``trainer.fit(..., ckpt_path=...)``; the result matches an uninterrupted run (model, optimiser,
+    scheduler, RNG states and the data position are restored). Checkpoints are Lightning ``.ckpt``
+    files, read back with ``torch.load`` by Lightning, so resume only from checkpoints you trust;
+    the finished model is saved elsewhere with :func:`inhernet.save` (safetensors, no pickle).
+
+    Data parallel: with ``devices=N`` / ``num_nodes=M`` each process trains on its shard (a
+    ``DistributedSampler`` for a map-style ``DataLoader``); one step consumes one loader batch per
+    process, so the global batch is ``N * M * batch_size``. With ``strategy="ddp"`` Lightning
+    re-launches the running script for the other local processes (or joins ``torchrun``'s); every
+    process returns from ``distill`` with the same history (``history["is_global_zero"]`` tells the
+    one that should write files). Spawn-based strategies (``"ddp_spawn"``) need picklable models and
+    loaders; their history is read back from ``<log_dir>/history.json``.
+
+    Args:
+        callbacks: extra Lightning callbacks (early stopping, monitoring...).
+
+    Returns:
+        ``{"curve": [[step, metric], ...], "train_loss": [[step, loss], ...], "steps": int,
+        "sec_per_step": float, "final": {metric: value}, "metric": str, "log_dir": str,
+        "checkpoint": path of last.ckpt or None, "is_global_zero": bool, "world_size": int}``.
+        ``final`` is empty without a validation loader.
+    """
+    config = DistillConfig() if config is None else config
+    if not isinstance(config, DistillConfig):
+        raise TypeError(f"distill: config must be a DistillConfig, got {type(config).__name__}")
+    for name, model in (("student", student), ("teacher", teacher)):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"distill: {name} must be a torch.nn.Module, got {type(model).__name__}")
+    if student is teacher:
+        raise ValueError("distill: student and teacher are the same object; pass a copy as the student")
+    try:
+        import lightning as L
+        from lightning.pytorch.callbacks import ModelCheckpoint
+        from lightning.pytorch.loggers import CSVLogger
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError("distill() runs on PyTorch Lightning: pip install 'inhernet[train]'") from exc
+
+    from .data import EvalLoader, TrainLoader
+    from .module import DistillModule
+
+    log_dir = _resolve_log_dir(config)
+    ckpt_path = _resolve_resume(config, log_dir)
+    history_path = log_dir / "history.json"
+    if history_path.exists() and int(os.environ.get("LOCAL_RANK", "0")) == 0:
+        history_path.unlink()
+
+    with _preserved(student, teacher), _quiet(not config.progress):
+        L.seed_everything(config.seed, workers=True, verbose=False)
+        student.train()  # fine-tuning mode (dropout, batch-norm updates); the caller's mode is restored
+        module = DistillModule(student, teacher, config)
+        module.history_path = str(history_path)
+
+        checkpoint_dir = log_dir / "checkpoints"
+        all_callbacks = list(callbacks)
+        if config.checkpoint_every:
+            all_callbacks.append(ModelCheckpoint(
+                dirpath=checkpoint_dir, filename="step{step:06d}", auto_insert_metric_name=False,
+                every_n_train_steps=config.checkpoint_every, save_top_k=-1, save_last=True,
+            ))
+        validation: dict[str, Any] = {"limit_val_batches": 0, "num_sanity_val_steps": 0}
+        if val_loader is not None:
+            validation = {
+                "val_check_interval": config.validation_interval,
+                "check_val_every_n_epoch": None,  # count validation steps across epochs
+                "num_sanity_val_steps": -1 if config.val_at_start else 0,  # full pass = the step-0 point
+            }
+        trainer = L.Trainer(
+            accelerator=config.accelerator,
+            devices=config.devices,
+            num_nodes=config.num_nodes,
+            strategy=config.strategy,
+            precision=config.precision,
+            max_steps=config.steps,
+            max_epochs=-1,
+            gradient_clip_val=config.grad_clip or None,
+            gradient_clip_algorithm="norm",
+            deterministic=config.deterministic,
+            enable_progress_bar=config.progress,
+            enable_model_summary=config.progress,
+            enable_checkpointing=bool(config.checkpoint_every),
+            logger=CSVLogger(save_dir=log_dir, name="logs"),
+            log_every_n_steps=max(1, min(50, config.steps // 20)),
+            callbacks=all_callbacks,
+            default_root_dir=log_dir,
+            use_distributed_sampler=False,  # TrainLoader / EvalLoader shard the data (see data.py)
+            **validation,
+        )
+        train = TrainLoader(train_loader, config.seed, _TrainerOf(module))
+        val = EvalLoader(val_loader, config.seed, _TrainerOf(module)) if val_loader is not None else None
+        trainer.fit(module, train_dataloaders=train, val_dataloaders=val, ckpt_path=ckpt_path)
+
+        history = module.history
+        if "steps" not in history and history_path.exists():  # spawn-based strategy: ran in child processes
+            history = json.loads(history_path.read_text())
+        last = checkpoint_dir / "last.ckpt"
+        metric = config.metric
+        curve = [list(p) for p in history.get("curve", [])]
+        return {
+            "curve": curve,
+            "train_loss": [list(p) for p in history.get("train_loss", [])],
+            "steps": int(history.get("steps", trainer.global_step)),
+            "sec_per_step": float(history.get("sec_per_step", float("nan"))),
+            "final": {metric: curve[-1][1]} if curve else {},
+            "metric": metric,
+            "log_dir": str(log_dir),
+            "checkpoint": str(last) if last.exists() else None,
+            "is_global_zero": bool(trainer.is_global_zero),
+            "world_size": int(trainer.world_size),
+        }

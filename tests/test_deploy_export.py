@@ -1,0 +1,135 @@
+"""ONNX export (inhernet.deploy.export) checked in onnxruntime."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from inhernet import InherBlock, InherConfig, inherit
+from inhernet.deploy import export_onnx, merge_experts, onnx_inputs, verify_onnx
+
+ort = pytest.importorskip("onnxruntime", reason="ONNX checks need onnxruntime (pip install onnxruntime)")
+
+TOL = 1e-4
+
+
+def small_cnn() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 3, stride=2),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(32 * 7 * 7, 64),
+        nn.ReLU(),
+        nn.Linear(64, 10),
+    ).eval()
+
+
+def trained_gates(model: nn.Module) -> nn.Module:
+    """Give every gate input-dependent logits so the export has to carry the gate computation."""
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, InherBlock) and m.gate is not None:
+                m.gate.weight.copy_(torch.randn(m.gate.weight.shape, generator=gen))
+    return model
+
+
+@pytest.fixture(scope="module")
+def cnn_student() -> nn.Module:
+    student = inherit(small_cnn(), InherConfig(rank=6, experts=3, init="svd"), progress=False)
+    kinds = {type(m).__name__ for m in student.modules() if isinstance(m, InherBlock)}
+    assert kinds == {"InherConv", "InherLinear"}
+    return trained_gates(student)
+
+
+def test_inherited_cnn_matches_in_onnxruntime_with_dynamic_batch(cnn_student, tmp_path):
+    path = export_onnx(cnn_student, torch.randn(2, 3, 16, 16), tmp_path / "cnn.onnx")
+    assert path.is_file() and [p.name for p in tmp_path.iterdir()] == ["cnn.onnx"]
+    assert verify_onnx(path, cnn_student, torch.randn(5, 3, 16, 16)) <= TOL
+    assert verify_onnx(path, cnn_student, (torch.randn(1, 3, 16, 16), torch.zeros(1))) <= TOL
+
+
+def test_static_batch_is_fixed(cnn_student, tmp_path):
+    path = export_onnx(cnn_student, torch.randn(2, 3, 16, 16), tmp_path / "s.onnx", dynamic_batch=False)
+    shape = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_inputs()[0].shape
+    assert shape == [2, 3, 16, 16]
+    assert verify_onnx(path, cnn_student, torch.randn(2, 3, 16, 16)) <= TOL
+
+
+def test_merged_model_exports(cnn_student, tmp_path):
+    import copy
+
+    merged = merge_experts(copy.deepcopy(cnn_student), calib=[torch.randn(8, 3, 16, 16)])
+    path = export_onnx(merged, torch.randn(2, 3, 16, 16), tmp_path / "m.onnx")
+    assert verify_onnx(path, merged, torch.randn(3, 3, 16, 16)) <= TOL
+
+
+def test_tiny_bert_exports_with_dynamic_batch_and_sequence(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.BertConfig(
+        vocab_size=100,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        num_labels=3,
+    )
+    teacher = transformers.BertForSequenceClassification(config).eval()
+    student = inherit(teacher, InherConfig(rank=8, experts=3, init="svd"), progress=False)
+    kinds = {type(m).__name__ for m in student.modules() if isinstance(m, InherBlock)}
+    assert {"InherLinear", "InherEmbedding"} <= kinds
+    trained_gates(student)
+    ids = torch.randint(0, 100, (2, 12))
+    example = {
+        "input_ids": ids,
+        "attention_mask": torch.ones_like(ids),
+        "labels": torch.zeros(2, dtype=torch.long),
+    }
+    seq = {"input_ids": {1: "sequence"}, "attention_mask": {1: "sequence"}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the tracer's note on aten::index in BERT's masking
+        path = export_onnx(student, example, tmp_path / "bert.onnx", dynamic_axes=seq)
+    names = [i.name for i in ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_inputs()]
+    assert names == ["input_ids", "attention_mask"]
+    ids = torch.randint(0, 100, (4, 20))
+    mask = torch.ones_like(ids)
+    mask[1, 11:] = 0
+    mask[3, 4:] = 0
+    assert verify_onnx(path, student, {"input_ids": ids, "attention_mask": mask}) <= TOL
+
+
+def test_failed_export_leaves_the_old_file_and_no_temp(tmp_path):
+    class Broken(nn.Module):
+        def forward(self, x):
+            raise RuntimeError("boom")
+
+    target = tmp_path / "model.onnx"
+    target.write_bytes(b"old")
+    with pytest.raises(RuntimeError, match="boom"):
+        export_onnx(Broken(), torch.zeros(1, 2), target)
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["model.onnx"]
+
+
+def test_bad_inputs_are_explained(cnn_student, tmp_path):
+    with pytest.raises(TypeError, match="example_inputs"):
+        export_onnx(cnn_student, "not a batch", tmp_path / "x.onnx")
+    with pytest.raises(ValueError, match="dynamic_axes"):
+        export_onnx(
+            cnn_student, torch.zeros(1, 3, 16, 16), tmp_path / "x.onnx", dynamic_axes={"pixels": {2: "h"}}
+        )
+    assert list(onnx_inputs({"a": torch.zeros(1), "labels": torch.zeros(1)})) == ["a"]
+
+
+def test_dynamo_exporter_when_onnxscript_is_installed(cnn_student, tmp_path):
+    pytest.importorskip("onnxscript", reason="the torch.export-based exporter needs onnxscript")
+    path = export_onnx(cnn_student, torch.randn(2, 3, 16, 16), tmp_path / "d.onnx", dynamo=True)
+    assert verify_onnx(path, cnn_student, torch.randn(3, 3, 16, 16)) <= TOL

@@ -1,0 +1,195 @@
+"""Tiny synthetic teachers shared by the test files, and small helpers to run them.
+
+Each factory returns ``(model, batch)``: a freshly built model in eval mode and one input batch of the
+form ``inherit(calib=...)`` and ``evaluate`` accept (a tensor, or a Hugging Face style dict). Models are
+seeded, so two calls build identical weights.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+Factory = Callable[[], tuple[nn.Module, Any]]
+
+
+# -- running models ------------------------------------------------------------------------------------
+def run(model: nn.Module, batch: Any) -> torch.Tensor:
+    """The logits of ``model`` on ``batch`` (a tensor or a dict of keyword inputs), without grad."""
+    with torch.no_grad():
+        out = model(**batch) if isinstance(batch, dict) else model(batch)
+    return out.logits if hasattr(out, "logits") else out
+
+
+def rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
+    """max |got - want| / max |want| (want must not be all zero)."""
+    scale = want.detach().abs().max()
+    assert scale > 0, "reference output is all zero: the comparison would be meaningless"
+    return float((got.detach() - want.detach()).abs().max() / scale)
+
+
+# -- factories -----------------------------------------------------------------------------------------
+def _seeded(fn: Factory) -> Factory:
+    @functools.wraps(fn)
+    def wrapper() -> tuple[nn.Module, Any]:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model, batch = fn()
+        return model.eval(), batch
+
+    return wrapper
+
+
+@_seeded
+def mlp() -> tuple[nn.Module, Any]:
+    model = nn.Sequential(
+        nn.Linear(12, 24), nn.ReLU(), nn.Linear(24, 24, bias=False), nn.GELU(), nn.Linear(24, 5)
+    )
+    return model, torch.randn(4, 12)
+
+
+@_seeded
+def cnn() -> tuple[nn.Module, Any]:
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 4),
+    )
+    return model, torch.randn(2, 3, 8, 8)
+
+
+@_seeded
+def resnet18() -> tuple[nn.Module, Any]:
+    import torchvision
+
+    model = torchvision.models.resnet18(num_classes=10)
+    # Non-trivial batch-norm statistics, so that eval mode is not the identity.
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.normal_(0, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    return model, torch.randn(2, 3, 32, 32)
+
+
+def _bert(hidden: int, layers: int, heads: int, vocab: int, intermediate: int, positions: int):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    config = BertConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=intermediate,
+        max_position_embeddings=positions,
+        num_labels=3,
+    )
+    model = BertForSequenceClassification(config)
+    ids = torch.randint(1, vocab, (2, 8))
+    mask = torch.ones_like(ids)
+    mask[1, 6:] = 0
+    return model, {"input_ids": ids, "attention_mask": mask}
+
+
+@_seeded
+def bert_tiny() -> tuple[nn.Module, Any]:
+    return _bert(hidden=32, layers=2, heads=2, vocab=100, intermediate=64, positions=16)
+
+
+@_seeded
+def bert_small() -> tuple[nn.Module, Any]:
+    """Big enough (≈1M parameters, word embeddings included) that a 10% budget is reachable."""
+    return _bert(hidden=128, layers=4, heads=2, vocab=2000, intermediate=512, positions=64)
+
+
+@_seeded
+def gpt2_tiny() -> tuple[nn.Module, Any]:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(
+        vocab_size=100, n_embd=32, n_layer=2, n_head=2, n_positions=16, bos_token_id=0, eos_token_id=0
+    )
+    model = GPT2LMHeadModel(config)
+    return model, torch.randint(0, 100, (2, 8))
+
+
+@_seeded
+def vit_tiny() -> tuple[nn.Module, Any]:
+    import torchvision
+
+    model = torchvision.models.VisionTransformer(
+        image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64, num_classes=10
+    )
+    # torchvision zero-initialises the head: give it weights so the logits are not identically zero.
+    nn.init.normal_(model.heads.head.weight, std=0.2)
+    nn.init.normal_(model.heads.head.bias, std=0.2)
+    return model, torch.randn(2, 3, 32, 32)
+
+
+@_seeded
+def conv1d_net() -> tuple[nn.Module, Any]:
+    model = nn.Sequential(
+        nn.Conv1d(3, 8, 5, stride=2, padding=2, padding_mode="circular"),
+        nn.ReLU(),
+        nn.Conv1d(8, 8, 3, dilation=2, padding=2, padding_mode="reflect"),
+        nn.ReLU(),
+        nn.Conv1d(8, 6, 4, padding="same", dilation=2, padding_mode="replicate"),
+        nn.ReLU(),
+        nn.Conv1d(6, 6, 3, stride=3, bias=False),
+        nn.AdaptiveAvgPool1d(1),
+        nn.Flatten(),
+        nn.Linear(6, 4),
+    )
+    return model, torch.randn(2, 3, 40)
+
+
+class EmbedNet(nn.Module):
+    """Token ids -> embedding (with a padding index) -> mean over positions -> linear head."""
+
+    def __init__(self, vocab: int = 40, dim: int = 16, classes: int = 4) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(vocab, dim, padding_idx=0)
+        self.head = nn.Linear(dim, classes)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.emb(ids).mean(dim=1))
+
+
+@_seeded
+def embed_net() -> tuple[nn.Module, Any]:
+    ids = torch.randint(0, 40, (3, 10))
+    ids[:, -2:] = 0  # padding tokens
+    return EmbedNet(), ids
+
+
+class RawParamNet(nn.Module):
+    """A custom module owning a raw ``nn.Parameter`` (unsupported) beside supported layers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(8))
+        self.fc1 = nn.Linear(8, 8)
+        self.norm = nn.LayerNorm(8)
+        self.fc2 = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.norm(self.fc1(x * self.scale)))
+
+
+def n_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def state_copy(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
