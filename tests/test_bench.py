@@ -1,0 +1,96 @@
+"""bench on a tiny synthetic preset: runs in seconds and writes the contract JSON and plot."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from inhernet.bench import BenchConfig, run_bench, write_json, write_plots
+from inhernet.presets import registry
+from inhernet.presets.registry import Preset
+
+IN, CLASSES = 16, 4
+
+
+def _mlp(hidden: int = 64) -> nn.Module:
+    return nn.Sequential(nn.Linear(IN, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, CLASSES))
+
+
+def _data(batch_size: int = 32, **_: object):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(384, IN, generator=g)
+    y = (x[:, :CLASSES] * 3).argmax(1)
+    train = TensorDataset(x[:256], y[:256])
+    test = TensorDataset(x[256:], y[256:])
+    return DataLoader(train, batch_size=batch_size, shuffle=True), DataLoader(test, batch_size=64)
+
+
+def _teacher() -> nn.Module:
+    torch.manual_seed(0)
+    model = _mlp()
+    train, _ = _data()
+    opt = torch.optim.Adam(model.parameters(), 1e-2)
+    for _ in range(30):
+        for x, y in train:
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+    return model.eval()
+
+
+def _student(min_params: int) -> nn.Module:
+    from inhernet.baselines import width_scaled
+
+    return width_scaled(lambda s: _mlp(max(1, round(64 * s))), min_params)
+
+
+@pytest.fixture
+def tiny_preset(monkeypatch):
+    preset = Preset(
+        "tiny-mlp", "synthetic 4-class MLP", "accuracy", _teacher, _data,
+        lambda n: [x for x, _ in _data(batch_size=64)[0]], _student,
+    )
+    monkeypatch.setitem(registry.PRESETS, preset.name, preset)
+    return preset
+
+
+CONTRACT_METHOD_KEYS = {"name", "params", "zero_shot", "metric_mean", "metric_std", "seeds", "steps", "sec_per_step", "curve"}
+
+
+def test_bench_json_follows_the_contract(tiny_preset, tmp_path):
+    cfg = BenchConfig(preset="tiny-mlp", budget=0.3, experts=2, seeds=(0, 1), steps=6, batch_size=32,
+                      curve_points=3, progress=False)
+    result = run_bench(cfg, log=lambda _: None)
+    assert result["preset"] == "tiny-mlp" and result["metric"] == "accuracy" and result["higher_is_better"] is True
+    assert set(result) >= {"preset", "budget", "metric", "higher_is_better", "teacher", "methods", "device", "torch", "wall_s"}
+    assert set(result["teacher"]) >= {"params", "metric", "macs"}
+    names = [m["name"] for m in result["methods"]]
+    assert names == list(cfg.methods)
+    by_name = {m["name"]: m for m in result["methods"]}
+    for m in result["methods"]:
+        assert set(m) >= CONTRACT_METHOD_KEYS
+        assert m["seeds"] == [0, 1] and m["steps"] == 6
+        assert 0.0 <= m["metric_mean"] <= 1.0 and m["metric_std"] >= 0.0
+        assert m["curve"][0][0] == 0 and m["curve"][-1][0] == 6
+        assert m["macs"] > 0 and m["sec_per_step"] > 0
+    inhernet_params = by_name["inhernet"]["params"]
+    assert inhernet_params <= 0.3 * result["teacher"]["params"]
+    # The matched baselines are never smaller than the InherNet they are compared with.
+    assert by_name["kd-student"]["params"] >= inhernet_params
+    assert by_name["inhernet-random-init"]["params"] == inhernet_params
+    # Inheritance is worth something before any training: the inherited model beats random init.
+    assert by_name["inhernet"]["zero_shot"] > by_name["inhernet-random-init"]["zero_shot"]
+
+    path = write_json(result, tmp_path / "out" / "bench.json")
+    assert json.loads(path.read_text()) == json.loads(json.dumps(result))
+    png = write_plots(result, tmp_path / "out" / "bench.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_needs_inhernet_as_reference():
+    with pytest.raises(ValueError, match="inhernet"):
+        BenchConfig(methods=("kd-student",))
