@@ -1,4 +1,8 @@
-"""Rank allocation: which rank each factorisable layer gets, under a parameter budget or a rule."""
+"""Rank allocation: which rank each factorisable layer gets, under a budget or a rule.
+
+A budget is spent in one currency, parameters or multiply-accumulates (MACs): each layer carries a
+:class:`Price` in that currency, and one greedy engine (:func:`allocate`) fills any of them.
+"""
 
 from __future__ import annotations
 
@@ -11,12 +15,54 @@ import torch
 
 from .kinds import block_params
 
-__all__ = ["LayerCost", "allocate", "ranks_for_energy", "ranks_for_rank"]
+__all__ = ["LayerCost", "Price", "allocate", "mac_price", "ranks_for_energy", "ranks_for_rank"]
+
+
+@dataclass(frozen=True)
+class Price:
+    """What a layer costs in one currency: ``dense`` as the teacher's layer, ``base + unit * r`` as a block.
+
+    Parameters and MACs of an InherNet block are both affine in its rank r.
+    """
+
+    dense: int
+    base: int
+    unit: int
+
+    def __call__(self, rank: int | None) -> int:
+        """The cost at ``rank`` (``None`` = the dense teacher layer)."""
+        return self.dense if rank is None else self.base + self.unit * rank
+
+
+def param_price(m: int, n: int, experts: int, bias: bool, dense: int) -> Price:
+    """Parameters: ``r*n + h*r*m (+ h*r + h for the gate if h > 1) (+ m for a bias)``."""
+    base = block_params(m, n, 0, experts, bias)
+    return Price(dense, base, block_params(m, n, 1, experts, bias) - base)
+
+
+def mac_price(
+    m: int, experts: int, positions: int, gate_positions: int, dense_rate: int, down_rate: int
+) -> Price:
+    """MACs of one forward pass, as PyTorch's FLOP counter charges them.
+
+    ``positions`` is the number of output positions the layer computed on the example input (tokens,
+    or samples x output pixels); ``dense_rate`` the teacher layer's MACs per position (``m*n``; 0 for an
+    embedding lookup), ``down_rate`` the down-projection's MACs per position and rank (``n``; 0 for a
+    lookup). The fused up-projection costs ``h*m`` per position and rank, the gate ``Linear(r, h)``
+    ``h`` per rank at each of its ``gate_positions`` (every token for linear layers, one per sample
+    for convs); biases, the gate's softmax and scaling are not counted.
+    """
+    gate = experts * gate_positions if experts > 1 else 0
+    return Price(dense_rate * positions, 0, positions * (down_rate + experts * m) + gate)
 
 
 @dataclass
 class LayerCost:
-    """A factorisable layer as the allocator sees it: its shape, cost model and spectrum."""
+    """A factorisable layer as the allocator sees it: its shape, price and spectrum.
+
+    ``price`` is what the allocator spends (default: parameters); ``params`` stays the parameter count
+    whatever the currency.
+    """
 
     name: str
     m: int
@@ -25,6 +71,11 @@ class LayerCost:
     experts: int
     dense: int
     energy: torch.Tensor | None = None  # squared singular values, descending
+    price: Price | None = None
+
+    def __post_init__(self) -> None:
+        if self.price is None:
+            self.price = param_price(self.m, self.n, self.experts, self.bias, self.dense)
 
     @property
     def max_rank(self) -> int:
@@ -34,14 +85,22 @@ class LayerCost:
         """Parameters at ``rank`` (``None`` = the dense teacher layer)."""
         return self.dense if rank is None else block_params(self.m, self.n, rank, self.experts, self.bias)
 
+    def cost(self, rank: int | None) -> int:
+        """The price at ``rank`` (``None`` = the dense teacher layer), in the allocation's currency."""
+        assert self.price is not None
+        return self.price(rank)
+
     @property
     def break_even(self) -> int:
-        """The largest rank whose block is smaller than the dense layer (0 if none is)."""
-        unit = self.params(1) - self.params(0)
-        return max(0, min(self.max_rank, math.ceil((self.dense - self.params(0)) / unit) - 1))
+        """The largest rank whose block costs less than the dense layer (0 if none does)."""
+        assert self.price is not None
+        dense, base, unit = self.price.dense, self.price.base, self.price.unit
+        if unit <= 0:  # a layer that costs nothing at any rank (e.g. it never ran): nothing to save
+            return 0
+        return max(0, min(self.max_rank, -(-(dense - base) // unit) - 1))
 
     def saves(self, rank: int) -> bool:
-        return self.params(rank) < self.dense
+        return self.cost(rank) < self.cost(None)
 
     def energy_fraction(self, start: int, stop: int) -> float:
         """Fraction of the layer's total energy held by singular values ``start..stop-1``."""
@@ -54,7 +113,8 @@ Priority = Callable[[LayerCost, int, int], float]
 
 
 def _energy_priority(layer: LayerCost, rank: int, cost: int) -> float:
-    """Energy gained per parameter by the move from ``rank`` (to ``rank + 1``, or to dense)."""
+    """Energy gained per unit of cost (parameter or MAC) by the move from ``rank`` (to ``rank + 1``, or
+    to dense)."""
     stop = rank + 1 if rank < layer.break_even else layer.max_rank
     return layer.energy_fraction(rank, stop) / cost
 
@@ -67,13 +127,14 @@ def _uniform_priority(layer: LayerCost, rank: int, cost: int) -> float:
 def allocate(
     layers: list[LayerCost], available: int, strategy: str, min_rank: int
 ) -> dict[str, int | None]:
-    """Ranks that fit ``available`` parameters (``None`` = keep dense), greedily.
+    """Ranks whose costs (each layer's ``price``) fit ``available`` (``None`` = keep dense), greedily.
 
     Every layer starts at ``min_rank`` (or dense, where even that saves nothing); then the best move
-    (one more rank, or back to dense once a rank no longer saves parameters) is taken while it fits.
-    ``"energy"`` ranks moves by retained energy per parameter (a global greedy over singular values);
-    ``"uniform"`` by the lowest rank ratio r/k, which is water-filling on one common ratio (what a
-    bisection on the ratio finds), filled up to the budget. Callers check that the start fits.
+    (one more rank, or back to dense once a rank no longer saves) is taken while it fits.
+    ``"energy"`` ranks moves by retained energy per unit of cost, parameter or MAC (a global greedy
+    over singular values); ``"uniform"`` by the lowest rank ratio r/k, which is water-filling on one
+    common ratio (what a bisection on the ratio finds), filled up to the budget. Callers check that
+    the start fits.
     """
     priority: Priority = _energy_priority if strategy == "energy" else _uniform_priority
     if strategy == "energy" and any(layer.energy is None for layer in layers):
@@ -86,13 +147,13 @@ def allocate(
         layer, rank = layers[i], ranks[layers[i].name]
         if rank is None:
             return
-        cost = layer.params(rank + 1 if rank < layer.break_even else None) - layer.params(rank)
+        cost = layer.cost(rank + 1 if rank < layer.break_even else None) - layer.cost(rank)
         heapq.heappush(heap, (-priority(layer, rank, cost), i, cost))
 
     for layer in layers:
         start = min(min_rank, layer.max_rank)
         ranks[layer.name] = start if start <= layer.break_even else None
-        spent += layer.params(ranks[layer.name])
+        spent += layer.cost(ranks[layer.name])
     for i in range(len(layers)):
         push(i)
     while heap:
@@ -108,12 +169,13 @@ def allocate(
     return ranks
 
 
-def minimum_params(layers: list[LayerCost], min_rank: int) -> int:
-    """The smallest total these layers can reach (each at ``min_rank``, or dense if that saves nothing)."""
+def minimum_cost(layers: list[LayerCost], min_rank: int) -> int:
+    """The smallest total cost these layers can reach (each at ``min_rank``, or dense where that saves
+    nothing)."""
     total = 0
     for layer in layers:
         start = min(min_rank, layer.max_rank)
-        total += layer.params(start) if start <= layer.break_even else layer.dense
+        total += layer.cost(start if start <= layer.break_even else None)
     return total
 
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,7 +15,7 @@ from tqdm.auto import tqdm
 from .batches import forward_batch, move_batch
 from .kinds import EmbeddingKind, LayerKind
 
-__all__ = ["InputCovariance", "collect_covariances"]
+__all__ = ["InputCovariance", "collect_covariances", "example_positions", "split_example"]
 
 # Elements of unfolded input per covariance update: bounds calibration memory on big feature maps.
 _MAX_ELEMENTS_PER_UPDATE = 1 << 24
@@ -117,3 +118,52 @@ def _kernel_volume(module: nn.Module) -> int:
     for k in kernel or ():
         volume *= k
     return volume
+
+
+def split_example(calib: Iterable[Any] | None, why: str) -> tuple[Any, Iterable[Any]]:
+    """The first batch of ``calib`` (the example input) and ``calib`` to iterate in full afterwards.
+
+    A one-shot iterator is re-chained so that the first batch is not lost to later passes.
+    """
+    if calib is None:
+        raise ValueError(
+            f"{why} needs an example input: pass calib= (an iterable of model input batches); its first "
+            "batch is the example"
+        )
+    it = iter(calib)
+    try:
+        first = next(it)
+    except StopIteration:
+        raise ValueError("calib is empty: pass an iterable of at least one batch of model inputs") from None
+    return first, (itertools.chain([first], it) if isinstance(calib, Iterator) else calib)
+
+
+def example_positions(
+    model: nn.Module, layers: dict[str, tuple[nn.Module, LayerKind]], example: Any
+) -> tuple[int, dict[str, tuple[int, int]]]:
+    """One forward pass on ``example``: the model's MACs, and per layer its output and gate positions.
+
+    The MACs are :func:`inhernet.deploy.count_macs` of the whole batch; the positions (summed over a
+    layer's calls; ``(0, 0)`` for a layer that did not run) are what :meth:`LayerKind.positions` reads
+    from each output. Eval mode and no grad, as ``count_macs`` runs; the model's modes are restored.
+    """
+    from .deploy.flops import count_macs
+
+    seen = {name: (0, 0) for name in layers}
+
+    def make_hook(name: str, kind: LayerKind):
+        def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+            if isinstance(output, torch.Tensor):
+                rows, gates = kind.positions(module, output)
+                seen[name] = (seen[name][0] + rows, seen[name][1] + gates)
+
+        return hook
+
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    handles = [module.register_forward_hook(make_hook(name, kind)) for name, (module, kind) in layers.items()]
+    try:
+        total = count_macs(model, move_batch(example, device))
+    finally:
+        for h in handles:
+            h.remove()
+    return total, seen

@@ -119,9 +119,10 @@ def bench(
 @cli.command()
 @_BUDGET
 @_EXPERTS
-@click.option("--steps", type=click.IntRange(min=1), default=300, show_default=True, help="KD steps per method.")
+@click.option("--steps", type=click.IntRange(min=1), default=200, show_default=True, help="KD steps per method.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--out", default="out/demo", show_default=True)
-def demo(budget: float, experts: int, steps: int, out: str) -> None:
+def demo(budget: float, experts: int, steps: int, batch_size: int, out: str) -> None:
     """The embedded default: `bench --preset mnist-cnn`, one seed, a few minutes on a CPU.
 
     Real teacher (digit-recognizer-py CNN) on real MNIST: the inheritance plan, then InherNet and the
@@ -136,7 +137,8 @@ def demo(budget: float, experts: int, steps: int, out: str) -> None:
     cfg = InherConfig(budget=_budget_value(budget), experts=experts)
     _print_plan(make_plan(preset.teacher(), cfg, calib=preset.calib(1000)))
     bench_cfg = BenchConfig(
-        preset="mnist-cnn", budget=cfg.budget, experts=experts, seeds=(0,), steps=steps, progress=False
+        preset="mnist-cnn", budget=cfg.budget, experts=experts, seeds=(0,), steps=steps, batch_size=batch_size,
+        progress=False,
     )
     _run_bench(bench_cfg, out, None)
 

@@ -11,13 +11,16 @@ __all__ = ["DEFAULT_BUDGET", "InherConfig"]
 DEFAULT_BUDGET = 0.25
 INITS = ("whiten", "svd", "random")
 ALLOCATIONS = ("energy", "uniform")
+# The mutually exclusive ways of choosing ranks.
+RANK_CHOICES = ("budget", "rank", "energy", "macs")
 
 
 @dataclass
 class InherConfig:
     """Configuration of the inheritance surgery.
 
-    Exactly one way of choosing ranks is used; when none is given, ``budget=0.25``.
+    Exactly one way of choosing ranks is used (``budget``, ``rank``, ``energy`` or ``macs``); when none
+    is given, ``budget=0.25``.
 
     Args:
         budget: the inherited model's total parameter count, as a fraction in (0, 1] of the teacher's
@@ -28,12 +31,21 @@ class InherConfig:
             the teacher (a verification mode).
         energy: instead of a budget, keep in every layer the smallest rank that retains this fraction of
             the layer's spectral energy (whitened energy with ``init="whiten"``).
+        macs: a budget in multiply-accumulates instead of parameters: the inherited model's MACs in one
+            forward pass on an example input, as a fraction in (0, 1] of the teacher's (a ``float``) or
+            an absolute count (an ``int`` >= 1). The example input is the first batch of ``calib`` (so
+            ``calib`` is required), taken whole: an absolute count refers to that batch, at its batch
+            size and sequence length. MACs are those of :func:`inhernet.deploy.count_macs` (PyTorch's
+            FLOP counter: embedding lookups and element-wise ops count 0, so an embedding never saves
+            MACs and stays dense). Ranks go where they keep the most energy per MAC: a conv on a large
+            feature map pays more per rank than one on a small map.
         experts: number of gated experts ``h`` on the up-projection side (1 = plain low-rank, no gate).
         init: ``"whiten"`` (data-aware SVD of ``W @ chol(XX^T/N)``; needs calibration batches),
             ``"svd"`` (plain truncated SVD), or ``"random"`` (same structure, random weights: the
             ablation that isolates the value of inheritance).
-        allocation: ``"energy"`` (global greedy over singular values by retained energy per parameter)
-            or ``"uniform"`` (one rank ratio for every factorised layer, found by bisection).
+        allocation: ``"energy"`` (global greedy over singular values by retained energy per parameter,
+            or per MAC with ``macs=``) or ``"uniform"`` (one rank ratio for every factorised layer, found
+            by bisection).
         include: ``fnmatch`` patterns of module names to consider (empty = all).
         exclude: patterns of module names to keep dense. A pattern also matches a name's descendants,
             so ``"classifier"`` excludes ``classifier`` and ``classifier.*``.
@@ -47,6 +59,7 @@ class InherConfig:
     budget: float | int | None = None
     rank: int | float | Literal["full"] | None = None
     energy: float | None = None
+    macs: float | int | None = None
     experts: int = 3
     init: Literal["whiten", "svd", "random"] = "whiten"
     allocation: Literal["energy", "uniform"] = "energy"
@@ -58,10 +71,10 @@ class InherConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        chosen = [k for k in ("budget", "rank", "energy") if getattr(self, k) is not None]
+        chosen = [k for k in RANK_CHOICES if getattr(self, k) is not None]
         if len(chosen) > 1:
             raise ValueError(
-                f"InherConfig takes one of budget=, rank= or energy=, got {' and '.join(chosen)}; "
+                f"InherConfig takes one of budget=, rank=, energy= or macs=, got {' and '.join(chosen)}; "
                 "drop all but one"
             )
         if not chosen:
@@ -69,6 +82,7 @@ class InherConfig:
         self.include = _as_patterns("include", self.include)
         self.exclude = _as_patterns("exclude", self.exclude)
         self._check_budget()
+        self._check_macs()
         self._check_rank()
         if self.energy is not None and not (_is_real(self.energy) and 0 < self.energy <= 1):
             raise ValueError(f"energy must be a fraction in (0, 1], got {self.energy!r}")
@@ -99,6 +113,20 @@ class InherConfig:
         if isinstance(b, int) and b < 1:
             raise ValueError(f"budget={b} must be a positive parameter count (or a float fraction)")
 
+    def _check_macs(self) -> None:
+        b = self.macs
+        if b is None:
+            return
+        if isinstance(b, bool) or not isinstance(b, (int, float)) or not math.isfinite(b):
+            raise TypeError(f"macs must be a fraction in (0, 1] or a MAC count, got {b!r}")
+        if isinstance(b, float) and not 0 < b <= 1:
+            raise ValueError(
+                f"macs={b} is not a fraction in (0, 1]; give e.g. macs=0.5 for half of the teacher's "
+                "multiply-accumulates, or an int for an absolute MAC count"
+            )
+        if isinstance(b, int) and b < 1:
+            raise ValueError(f"macs={b} must be a positive MAC count (or a float fraction)")
+
     def _check_rank(self) -> None:
         r = self.rank
         if r is None or r == "full":
@@ -127,7 +155,7 @@ class InherConfig:
         for key in ("include", "exclude"):
             if key in known:
                 known[key] = tuple(known[key])
-        if known.get("rank") is None and known.get("energy") is None and known.get("budget") is None:
+        if all(known.get(k) is None for k in RANK_CHOICES):
             known.pop("budget", None)
         return cls(**known)
 

@@ -65,6 +65,16 @@ class LayerKind:
         """What identifies the teacher layer in a saved file (checked against the base on load)."""
         return {"kind": self.name, "shape": list(self.shape(module)), "bias": self.bias(module) is not None}
 
+    def mac_rates(self, module: nn.Module) -> tuple[int, int]:
+        """MACs per output position: of the dense layer (``m*n``), and of a block's down-projection per rank."""
+        m, n = self.shape(module)
+        return m * n, n
+
+    def positions(self, module: nn.Module, output: torch.Tensor) -> tuple[int, int]:
+        """Output positions of one call (rows of ``y``), and the positions at which a block's gate runs."""
+        rows = output.numel() // self.shape(module)[0]
+        return rows, rows
+
 
 class LinearKind(LayerKind):
     name = "linear"
@@ -133,6 +143,11 @@ class ConvKind(LayerKind):
         patches = F.unfold(x, kernel, dilation=dilation, stride=stride)  # (N, n, L)
         return patches.transpose(1, 2).reshape(-1, patches.shape[1])
 
+    def positions(self, module: nn.Module, output: torch.Tensor) -> tuple[int, int]:
+        """Samples x output pixels; the gate runs once per sample (on the spatial mean)."""
+        samples = output.shape[0] if output.dim() == self.spatial + 2 else 1
+        return output.numel() // self.shape(module)[0], samples
+
     def spec(self, module: nn.Conv2d) -> dict[str, Any]:
         spec = super().spec(module)
         spec.update(kernel_size=list(module.kernel_size), stride=list(module.stride))
@@ -169,6 +184,10 @@ class EmbeddingKind(LayerKind):
             module.num_embeddings, module.embedding_dim, rank, experts, padding_idx=module.padding_idx,
             device=w.device, dtype=w.dtype,
         )
+
+    def mac_rates(self, module: nn.Module) -> tuple[int, int]:
+        """A lookup, dense or as the block's down table, multiplies nothing."""
+        return 0, 0
 
     def input_rows(self, module: nn.Embedding, x: torch.Tensor) -> torch.Tensor:
         """Token counts (a vector of length n): the diagonal of X X^T for one-hot X."""

@@ -12,8 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .budget import LayerCost, allocate, minimum_params, ranks_for_energy, ranks_for_rank
-from .calibration import collect_covariances
+from .budget import LayerCost, allocate, mac_price, minimum_cost, ranks_for_energy, ranks_for_rank
+from .calibration import collect_covariances, example_positions, split_example
 from .config import InherConfig
 from .decomposition import Factors, factorize
 from .kinds import LayerKind, dense_params, kind_of
@@ -21,7 +21,7 @@ from .kinds import LayerKind, dense_params, kind_of
 __all__ = ["LayerPlan", "Plan", "plan"]
 
 FACTORISED = "factorised"
-# A plan under a budget lands at or below it and within 2% of it.
+# A plan under a budget (parameters or MACs) lands at or below it and within 2% of it.
 BUDGET_TOLERANCE = 0.98
 
 
@@ -46,12 +46,21 @@ class LayerPlan:
 
 @dataclass
 class Plan:
-    """The per-layer table and totals of an inheritance; ``str(plan)`` prints it."""
+    """The per-layer table and totals of an inheritance; ``str(plan)`` prints it.
+
+    The MAC fields are known under a MAC budget (``InherConfig(macs=...)``), ``None`` otherwise: the
+    multiply-accumulates of one forward pass on the example input (the first calib batch, whole) of
+    the teacher, of the target and of the inherited model, as :func:`inhernet.deploy.count_macs`
+    counts them.
+    """
 
     config: InherConfig
     teacher_params: int
     target_params: int | None
     layers: list[LayerPlan] = field(default_factory=list)
+    teacher_macs: int | None = None
+    target_macs: int | None = None
+    total_macs: int | None = None
 
     @property
     def total_params(self) -> int:
@@ -75,6 +84,9 @@ class Plan:
             "teacher_params": self.teacher_params,
             "target_params": self.target_params,
             "total_params": self.total_params,
+            "teacher_macs": self.teacher_macs,
+            "target_macs": self.target_macs,
+            "total_macs": self.total_macs,
             "layers": [asdict(r) for r in self.layers],
         }
 
@@ -90,11 +102,16 @@ class Plan:
 
     def summary(self) -> str:
         target = f", target {self.target_params:,}" if self.target_params is not None else ""
-        return (
+        text = (
             f"{len(self.factorised)} of {len(self.layers)} layers factorised, experts={self.config.experts}, "
             f"init={self.config.init}: {self.teacher_params:,} -> {self.total_params:,} parameters "
             f"({self.ratio:.1%}{target})"
         )
+        if self.teacher_macs is not None and self.total_macs is not None:
+            share = self.total_macs / self.teacher_macs if self.teacher_macs else 1.0
+            target = f", target {self.target_macs:,}" if self.target_macs is not None else ""
+            text += f"; {self.teacher_macs:,} -> {self.total_macs:,} MACs ({share:.1%}{target})"
+        return text
 
     def __str__(self) -> str:
         return self.to_markdown()
@@ -168,11 +185,36 @@ def _check_weight(name: str, w: torch.Tensor) -> None:
         raise ValueError(f"layer {name!r} has NaN or infinite weights; fix the teacher or exclude the layer")
 
 
-def layer_cost(c: Candidate, experts: int, factors: Factors | None) -> LayerCost:
+@dataclass
+class MacProfile:
+    """The teacher's MACs on the example input, and per open layer its (output, gate) positions there."""
+
+    total: int
+    positions: dict[str, tuple[int, int]]
+
+
+def profile_macs(
+    model: nn.Module, candidates: list[Candidate], calib: Iterable[Any] | None
+) -> tuple[MacProfile, Iterable[Any]]:
+    """Count MACs and positions on the first batch of ``calib``; returns ``calib`` to iterate in full."""
+    example, calib = split_example(calib, "a MAC budget (macs=)")
+    todo = {c.name: (c.module, c.kind) for c in candidates if c.reason is None}
+    total, positions = example_positions(model, todo, example)
+    return MacProfile(total, positions), calib
+
+
+def layer_cost(
+    c: Candidate, experts: int, factors: Factors | None, profile: MacProfile | None = None
+) -> LayerCost:
+    """The allocator's view of a layer; priced in MACs when a profile is given, else in parameters."""
     m, n = c.kind.shape(c.module)
+    price = None
+    if profile is not None:
+        positions, gate_positions = profile.positions.get(c.name, (0, 0))
+        price = mac_price(m, experts, positions, gate_positions, *c.kind.mac_rates(c.module))
     return LayerCost(
         c.name, m, n, c.kind.bias(c.module) is not None, experts, dense_params(c.module),
-        None if factors is None else factors.energy,
+        None if factors is None else factors.energy, price,
     )
 
 
@@ -198,36 +240,40 @@ def decompose(
 
 def make_plan(
     model: nn.Module, config: InherConfig, candidates: list[Candidate], others: list[LayerPlan],
-    factors: dict[str, Factors],
+    factors: dict[str, Factors], profile: MacProfile | None = None,
 ) -> Plan:
-    """Allocate ranks and tabulate; ``factors`` may be empty where no spectrum is needed."""
+    """Allocate ranks and tabulate; ``factors`` may be empty where no spectrum is needed.
+
+    ``profile`` (from :func:`profile_macs`) is needed under a MAC budget, and prices the layers in MACs.
+    """
     teacher_params = sum(p.numel() for p in model.parameters())
     h = config.experts
-    open_layers = [layer_cost(c, h, factors.get(c.name)) for c in candidates if c.reason is None]
+    if config.macs is not None and profile is None:
+        raise ValueError("a MAC budget (macs=) needs the MAC profile of an example input: pass calib=")
+    if config.macs is None:
+        profile = None
+    open_layers = [layer_cost(c, h, factors.get(c.name), profile) for c in candidates if c.reason is None]
     if not open_layers:
         found = ", ".join(sorted({type(c.module).__name__ for c in candidates})) or "none"
         raise ValueError(
             "nothing to factorise: the model has no nn.Linear, nn.Conv1d/2d (groups=1), nn.Embedding or "
             f"Hugging Face Conv1D layer left after include/exclude (supported layers found: {found})"
         )
-    target = None
+    target = target_macs = None
     if config.rank is not None:
         ranks = ranks_for_rank(open_layers, config.rank, config.min_rank)
     elif config.energy is not None:
         ranks = ranks_for_energy(open_layers, config.energy, config.min_rank)
+    elif profile is not None:
+        assert config.macs is not None
+        target_macs = _target(config.macs, profile.total, MACS)
+        ranks = _fill(open_layers, target_macs, profile.total, MACS, config)
     else:
-        target = _target_params(config.budget, teacher_params)
-        fixed = teacher_params - sum(layer.dense for layer in open_layers)
-        smallest = fixed + minimum_params(open_layers, config.min_rank)
-        if target < smallest:
-            raise ValueError(
-                f"budget of {target:,} parameters ({target / teacher_params:.1%} of {teacher_params:,}) is "
-                f"unreachable: the smallest reachable is {smallest:,} ({smallest / teacher_params:.1%}) with "
-                f"min_rank={config.min_rank}, experts={h} and these include/exclude patterns; raise the "
-                "budget, lower experts or factorise more layers"
-            )
-        ranks = allocate(open_layers, target - fixed, config.allocation, config.min_rank)
+        assert config.budget is not None
+        target = _target(config.budget, teacher_params, PARAMS)
+        ranks = _fill(open_layers, target, teacher_params, PARAMS, config)
 
+    currency = MACS if profile is not None else PARAMS
     rows = []
     costs = {layer.name: layer for layer in open_layers}
     for c in candidates:
@@ -239,9 +285,12 @@ def make_plan(
         layer = costs[c.name]
         rank = ranks[c.name]
         if rank is None:
-            reason = "no rank saves parameters; kept dense" if layer.break_even < config.min_rank else (
-                "dense fits the budget better than any rank"
-            )
+            if profile is not None and profile.positions.get(c.name, (0, 0))[0] == 0:
+                reason = "did not run on the example input; kept dense"
+            elif layer.break_even < config.min_rank:
+                reason = f"no rank saves {currency.unit}; kept dense"
+            else:
+                reason = "dense fits the budget better than any rank"
             rows.append(LayerPlan(c.name, c.kind.name, shape, None, layer.max_rank, 1, own, own, reason))
         else:
             rows.append(LayerPlan(
@@ -249,23 +298,60 @@ def make_plan(
             ))
     order = {name: i for i, (name, _) in enumerate(model.named_modules())}
     result = Plan(config, teacher_params, target, sorted(rows + others, key=lambda r: order.get(r.name, -1)))
-    if target is not None and result.total_params < BUDGET_TOLERANCE * target:
+    if profile is not None:
+        result.teacher_macs, result.target_macs = profile.total, target_macs
+        result.total_macs = profile.total - sum(
+            layer.cost(None) - layer.cost(ranks[layer.name]) for layer in open_layers
+        )
+    reached = result.total_macs if profile is not None else result.total_params
+    goal = target_macs if profile is not None else target
+    if goal is not None and reached is not None and reached < BUDGET_TOLERANCE * goal:
         warnings.warn(
-            f"the plan reaches {result.total_params:,} parameters, more than 2% under the budget of "
-            f"{target:,}: the remaining layers' rank steps are too coarse to fill it",
+            f"the plan reaches {reached:,} {currency.unit}, more than 2% under the {currency.budget} of "
+            f"{goal:,}: the remaining layers' rank steps are too coarse to fill it",
             stacklevel=3,
         )
     return result
 
 
-def _target_params(budget: float | int | None, teacher_params: int) -> int:
-    assert budget is not None
-    if isinstance(budget, float):
-        return int(budget * teacher_params)
-    if budget > teacher_params:
+@dataclass(frozen=True)
+class _Currency:
+    """How a budget's currency is named in messages."""
+
+    unit: str  # what is counted: "parameters", "MACs"
+    budget: str  # what the budget is called
+    option: str  # the InherConfig field
+    teacher: str  # qualifies the teacher's total
+
+
+PARAMS = _Currency("parameters", "budget", "budget", "")
+MACS = _Currency("MACs", "MAC budget", "macs", " on the example input")
+
+
+def _fill(
+    layers: list[LayerCost], target: int, teacher_total: int, currency: _Currency, config: InherConfig
+) -> dict[str, int | None]:
+    """Ranks whose total cost (the fixed rest of the model included) fits ``target``, or a clear error."""
+    fixed = teacher_total - sum(layer.cost(None) for layer in layers)
+    smallest = fixed + minimum_cost(layers, config.min_rank)
+    if target < smallest:
         raise ValueError(
-            f"budget={budget:,} parameters exceeds the teacher's {teacher_params:,}; give a smaller count "
-            "or a fraction in (0, 1]"
+            f"{currency.budget} of {target:,} {currency.unit} ({target / teacher_total:.1%} of "
+            f"{teacher_total:,}{currency.teacher}) is unreachable: the smallest reachable is {smallest:,} "
+            f"({smallest / teacher_total:.1%}) with min_rank={config.min_rank}, experts={config.experts} "
+            f"and these include/exclude patterns; raise the {currency.budget}, lower experts or factorise "
+            "more layers"
+        )
+    return allocate(layers, target - fixed, config.allocation, config.min_rank)
+
+
+def _target(budget: float | int, teacher_total: int, currency: _Currency) -> int:
+    if isinstance(budget, float):
+        return int(budget * teacher_total)
+    if budget > teacher_total:
+        raise ValueError(
+            f"{currency.option}={budget:,} {currency.unit} exceeds the teacher's {teacher_total:,}"
+            f"{currency.teacher}; give a smaller count or a fraction in (0, 1]"
         )
     return budget
 
@@ -274,13 +360,19 @@ def plan(model: nn.Module, config: InherConfig | None = None, calib: Iterable[An
     """Compute the per-layer ranks and parameter totals of ``inherit(model, config, calib)``.
 
     The model is not modified. Spectra are computed where the allocation needs them; energy
-    allocation with ``init="whiten"`` needs ``calib`` for the whitened spectra.
+    allocation with ``init="whiten"`` needs ``calib`` for the whitened spectra. A MAC budget
+    (``macs=``) needs ``calib`` too: its first batch, whole, is the example input whose MACs
+    (:func:`inhernet.deploy.count_macs`) are budgeted.
     """
     config = config or InherConfig()
     candidates, others = find_layers(model, config)
+    profile = None
+    if config.macs is not None:
+        profile, calib = profile_macs(model, candidates, calib)
     factors = decompose(model, candidates, config, calib) if allocation_needs_spectra(config) else {}
-    return make_plan(model, config, candidates, others, factors)
+    return make_plan(model, config, candidates, others, factors, profile)
 
 
 def allocation_needs_spectra(config: InherConfig) -> bool:
-    return config.energy is not None or (config.budget is not None and config.allocation == "energy")
+    budgeted = config.budget is not None or config.macs is not None
+    return config.energy is not None or (budgeted and config.allocation == "energy")

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .config import InherConfig
-from .plan import Plan, allocation_needs_spectra, decompose, find_layers, make_plan
+from .plan import Plan, allocation_needs_spectra, decompose, find_layers, make_plan, profile_macs
 
 __all__ = ["inherit"]
 
@@ -30,6 +30,8 @@ def inherit(
         config: what to inherit (default ``InherConfig()``: budget 0.25, whitened, energy allocation).
         calib: iterable of model input batches (tensors, ``(inputs, labels)`` tuples or dicts); required
             for ``init="whiten"``. A few thousand tokens / a few hundred images are typically enough.
+            Under a MAC budget (``macs=``) it is required too, and its first batch, whole, is the
+            example input whose MACs are budgeted.
         plan: reuse the ranks of an earlier plan (e.g. to build an ablation with the same structure).
         progress: show a progress bar while calibrating.
 
@@ -40,10 +42,13 @@ def inherit(
     """
     config = config or (plan.config if plan is not None else InherConfig())
     candidates, others = find_layers(model, config)
+    profile = None
+    if plan is None and config.macs is not None:
+        profile, calib = profile_macs(model, candidates, calib)
     needs_factors = config.init != "random" or (plan is None and allocation_needs_spectra(config))
     factors = decompose(model, candidates, config, calib, progress=progress) if needs_factors else {}
     if plan is None:
-        plan = make_plan(model, config, candidates, others, factors)
+        plan = make_plan(model, config, candidates, others, factors, profile)
     ranks = plan.ranks()
     by_name = {c.name: c for c in candidates if c.reason is None}
     unknown = sorted(set(ranks) - set(by_name))
