@@ -723,6 +723,7 @@ def main(argv: list[str] | None = None) -> int:
     started = dt.datetime.now(dt.timezone.utc)
     info = machine_info()
     la_start = loadavg()
+    git_at_start = git_state()  # the code this run imported (others may commit while it runs)
     command = " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv])
     rep = Report()
     failed = False
@@ -750,7 +751,7 @@ def main(argv: list[str] | None = None) -> int:
         f"- Machine: {info['cpu']}, {info['cpu_count']} CPUs (`os.cpu_count()`), torch threads "
         f"{info['torch_threads']} (default); {info['platform']}",
         f"- Software: torch {info['torch']}, transformers {info['transformers']}, inhernet {info['inhernet']} "
-        f"(git {git_state()}), Python {info['python']}",
+        f"(git {git_at_start} at start), Python {info['python']}",
         f"- Load average at start: {la_start}; at end: {loadavg()} (this machine may be shared, which makes "
         "wall times noisy)",
         "- Everything below is zero-shot: the inherited models straight out of `inherit()`, never trained. "

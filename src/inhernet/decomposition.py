@@ -48,11 +48,7 @@ def factorize(w: torch.Tensor, cov: InputCovariance | None = None, damping: floa
     """
     w64 = w.detach().to(torch.float64)
     if cov is None:
-        if w64.shape[1] > w64.shape[0]:  # LAPACK is several times faster on the tall transpose
-            v, s, uh = torch.linalg.svd(w64.T, full_matrices=False)
-            u, vh = uh.T, v.T
-        else:
-            u, s, vh = torch.linalg.svd(w64, full_matrices=False)
+        u, s, vh = _svd(w64)
         return Factors(up=u * s, down=vh, energy=s.square(), whitened=False)
     c = cov.mean().to(w64.device)
     scale = (c if cov.diagonal else c.diagonal()).mean()
@@ -75,7 +71,7 @@ def factorize(w: torch.Tensor, cov: InputCovariance | None = None, damping: floa
 def _whitened_left_singular(w: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Left singular vectors and values of ``W S`` for any square root ``S`` of the covariance ``c``."""
     if c.dim() == 1:  # diagonal covariance (embeddings: token frequencies)
-        u, s, _ = torch.linalg.svd(w * c.sqrt(), full_matrices=False)
+        u, s, _ = _svd(w * c.sqrt())
         return u, s
     m, n = w.shape
     if n > m:  # wide: eigen-decompose the small Gram W C W^T (m x m) instead of factorising C (n x n)
@@ -87,3 +83,11 @@ def _whitened_left_singular(w: torch.Tensor, c: torch.Tensor) -> tuple[torch.Ten
         chol = vecs * vals.clamp_min(vals.max() * 1e-12).sqrt()
     u, s, _ = torch.linalg.svd(w @ chol, full_matrices=False)
     return u, s
+
+
+def _svd(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Economy SVD; a wide matrix is decomposed as its tall transpose, which LAPACK does several times faster."""
+    if w.shape[1] > w.shape[0]:
+        v, s, uh = torch.linalg.svd(w.T, full_matrices=False)
+        return uh.T, s, v.T
+    return torch.linalg.svd(w, full_matrices=False)
