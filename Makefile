@@ -9,7 +9,7 @@ TORCH ?= torch==2.14.1 torchvision==0.29.1
 EXTRAS ?= dev
 STAMP := $(VENV)/.installed
 
-.PHONY: install assets demo test lint bench-zero-shot clean
+.PHONY: install assets demo test lint bench bench-zero-shot clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,11 @@ lint: install
 
 test: assets lint
 	$(BIN)/python -m pytest -q
+
+# The runs behind BENCHMARKS.md (long: minutes per budget on a 2-core CPU).
+bench: assets
+	for b in 0.1 0.25; do OMP_NUM_THREADS=1 $(BIN)/inhernet bench --preset mnist-cnn --budget $$b --seeds 3 \
+		--steps 300 --batch-size 64 --out benchmarks/results || exit 1; done
 
 bench-zero-shot: assets
 	$(BIN)/python benchmarks/zero_shot.py

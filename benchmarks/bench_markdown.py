@@ -1,0 +1,62 @@
+"""Render bench JSON files (from `inhernet bench`) as the markdown tables of BENCHMARKS.md.
+
+    python benchmarks/bench_markdown.py benchmarks/results/mnist-cnn-0.1.json benchmarks/results/mnist-cnn-0.25.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def steps_to_reach(curve: list[list[float]], target: float, higher_is_better: bool) -> int | None:
+    for step, value in curve:
+        if (value >= target) if higher_is_better else (value <= target):
+            return int(step)
+    return None
+
+
+def render(result: dict) -> str:
+    metric, t = result["metric"], result["teacher"]
+    lines = [
+        f"### {result['preset']} at budget {result['budget']} (h = {result.get('experts', '?')}, "
+        f"seeds {result['methods'][0]['seeds']}, {result['methods'][0]['steps']} KD steps)",
+        "",
+        f"| method | params | MACs | zero-shot {metric} | final {metric} (mean ± std) | ms/step |",
+        "|---|---:|---:|---:|---:|---:|",
+        f"| teacher | {t['params']:,} | {t['macs']:,} | | {t['metric']:.4f} | |",
+    ]
+    for m in result["methods"]:
+        lines.append(
+            f"| {m['name']} | {m['params']:,} ({m['params'] / t['params']:.0%}) | "
+            f"{m['macs']:,} ({m['macs'] / t['macs']:.0%}) | {m['zero_shot']:.4f} | "
+            f"{m['metric_mean']:.4f} ± {m['metric_std']:.4f} | {m['sec_per_step'] * 1000:.1f} |"
+        )
+    by_name = {m["name"]: m for m in result["methods"]}
+    if "inhernet" in by_name and "kd-student" in by_name:
+        inh, kd = by_name["inhernet"], by_name["kd-student"]
+        reach = steps_to_reach(inh["curve"], kd["metric_mean"], result["higher_is_better"])
+        share = "never" if reach is None else f"{reach / inh['steps']:.0%} of the steps"
+        gap = (inh["metric_mean"] - kd["metric_mean"]) * (100 if metric == "accuracy" else 1)
+        lines += [
+            "",
+            f"InherNet − kd-student: {gap:+.2f} {'points' if metric == 'accuracy' else metric}; InherNet reaches "
+            f"kd-student's final {metric} at step {reach} of {inh['steps']} "
+            f"({share}, curve split); "
+            f"step time {inh['sec_per_step'] / kd['sec_per_step']:.2f}x kd-student's.",
+        ]
+    lines += ["", f"Device {result['device']}, torch {result['torch']}, {result.get('machine', '')}, "
+              f"wall {result['wall_s']:.0f} s.", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("files", nargs="+", type=Path)
+    args = parser.parse_args()
+    print("\n".join(render(json.loads(f.read_text())) for f in args.files))
+
+
+if __name__ == "__main__":
+    main()
