@@ -10,6 +10,7 @@ from torch import nn
 
 from inhernet import InherBlock, InherConfig, inherit
 from inhernet.deploy import export_onnx, merge_experts, onnx_inputs, verify_onnx
+from tiny_models import strided_cnn
 
 ort = pytest.importorskip("onnxruntime", reason="ONNX checks need onnxruntime (pip install onnxruntime)")
 
@@ -17,17 +18,7 @@ TOL = 1e-4
 
 
 def small_cnn() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(3, 16, 3, padding=1),
-        nn.ReLU(),
-        nn.Conv2d(16, 32, 3, stride=2),
-        nn.ReLU(),
-        nn.Flatten(),
-        nn.Linear(32 * 7 * 7, 64),
-        nn.ReLU(),
-        nn.Linear(64, 10),
-    ).eval()
+    return strided_cnn(width=16)
 
 
 def trained_gates(model: nn.Module) -> nn.Module:

@@ -8,20 +8,11 @@ from torch import nn
 
 from inhernet import InherBlock, InherConfig, InherLinear, inherit
 from inhernet.deploy import count_macs, macs_by_module
+from tiny_models import strided_cnn
 
 
 def small_cnn() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1),
-        nn.ReLU(),
-        nn.Conv2d(8, 16, 3, stride=2),
-        nn.ReLU(),
-        nn.Flatten(),
-        nn.Linear(16 * 7 * 7, 32),
-        nn.ReLU(),
-        nn.Linear(32, 10),
-    ).eval()
+    return strided_cnn(width=8)
 
 
 @pytest.mark.parametrize("bias", [True, False])

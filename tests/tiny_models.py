@@ -183,6 +183,21 @@ class RawParamNet(nn.Module):
         return self.fc2(self.norm(self.fc1(x * self.scale)))
 
 
+def strided_cnn(width: int) -> nn.Module:
+    """A seeded conv -> strided conv -> two-linear CNN for 3x16x16 inputs, channels ``width`` and ``2*width``."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, width, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(width, 2 * width, 3, stride=2),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(2 * width * 7 * 7, 4 * width),
+        nn.ReLU(),
+        nn.Linear(4 * width, 10),
+    ).eval()
+
+
 def n_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 

@@ -193,12 +193,17 @@ class MacProfile:
     positions: dict[str, tuple[int, int]]
 
 
+def factorisable(candidates: list[Candidate]) -> dict[str, tuple[nn.Module, LayerKind]]:
+    """The candidates that may be factorised, as ``{name: (module, kind)}``."""
+    return {c.name: (c.module, c.kind) for c in candidates if c.reason is None}
+
+
 def profile_macs(
     model: nn.Module, candidates: list[Candidate], calib: Iterable[Any] | None
 ) -> tuple[MacProfile, Iterable[Any]]:
     """Count MACs and positions on the first batch of ``calib``; returns ``calib`` to iterate in full."""
     example, calib = split_example(calib, "a MAC budget (macs=)")
-    todo = {c.name: (c.module, c.kind) for c in candidates if c.reason is None}
+    todo = factorisable(candidates)
     total, positions = example_positions(model, todo, example)
     return MacProfile(total, positions), calib
 
@@ -223,7 +228,7 @@ def decompose(
     *, progress: bool = True,
 ) -> dict[str, Factors]:
     """Full-rank (whitened, with ``init="whiten"``) SVD of every factorisable layer, computed once."""
-    todo = {c.name: (c.module, c.kind) for c in candidates if c.reason is None}
+    todo = factorisable(candidates)
     covariances = {}
     if config.init == "whiten" and todo:
         if calib is None:
