@@ -69,7 +69,7 @@ def test_bench_json_follows_the_contract(tiny_preset, tmp_path):
     assert set(result) >= {"preset", "budget", "metric", "higher_is_better", "teacher", "methods", "device", "torch", "wall_s"}
     assert set(result["teacher"]) >= {"params", "metric", "macs"}
     names = [m["name"] for m in result["methods"]]
-    assert names == list(cfg.methods)
+    assert names == list(tiny_preset.methods)
     by_name = {m["name"]: m for m in result["methods"]}
     for m in result["methods"]:
         assert set(m) >= CONTRACT_METHOD_KEYS

@@ -440,3 +440,33 @@ def test_module_freezes_the_teacher_and_keeps_it_out_of_checkpoints():
     assert set(checkpoint["state_dict"]) == {"student." + k for k in student.state_dict()}
     module.on_load_checkpoint(checkpoint)  # the live teacher is put back for strict loading
     module.load_state_dict(checkpoint["state_dict"], strict=True)
+
+
+def test_teacher_logits_travel_with_dict_examples():
+    """Hugging Face style dict examples gain a ``teacher_logits`` key, matching the teacher's output."""
+
+    class DictSet(torch.utils.data.Dataset):
+        def __init__(self, x, y):
+            self.x, self.y = x, y
+
+        def __len__(self):
+            return len(self.x)
+
+        def __getitem__(self, i):
+            return {"x": self.x[i], "labels": self.y[i]}
+
+    class DictModel(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4, 3)
+
+        def forward(self, x):
+            return self.lin(x)
+
+    torch.manual_seed(0)
+    model = DictModel()
+    data = DictSet(torch.randn(10, 4), torch.randint(0, 3, (10,)))
+    cached = precompute_teacher_logits(model, data, batch_size=4)
+    example = cached[7]
+    assert set(example) == {"x", "labels", "teacher_logits"}
+    torch.testing.assert_close(example["teacher_logits"], model(data.x[7:8])[0].detach())

@@ -121,6 +121,17 @@ def gpt2_tiny() -> tuple[nn.Module, Any]:
 
 
 @_seeded
+def llama_tiny() -> tuple[nn.Module, Any]:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=32, tie_word_embeddings=True,
+    )
+    return LlamaForCausalLM(config), torch.randint(0, 100, (2, 8))
+
+
+@_seeded
 def vit_tiny() -> tuple[nn.Module, Any]:
     import torchvision
 

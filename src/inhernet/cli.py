@@ -83,8 +83,8 @@ def _run_bench(cfg, out: str, json_path: str | None) -> None:
 
 
 _METHODS = click.option(
-    "--methods", default=None, help="Comma-separated subset of: inhernet, kd-student, svd-kd, "
-    "inhernet-random-init, inhernet-plain (default: all).",
+    "--methods", default=None, help="Comma-separated methods, e.g. inhernet,kd-student,svd-kd "
+    "(default: the preset's list; see DESIGN.md for the names).",
 )
 
 
@@ -104,11 +104,11 @@ def bench(
     methods: str | None, out: str, json_path: str | None,
 ) -> None:
     """InherNet against matched-size baselines on a preset: same data, steps, optimiser, seeds."""
-    from .bench import DEFAULT_METHODS, BenchConfig
+    from .bench import BenchConfig
     from .presets.registry import get_preset
 
     get_preset(preset)  # fail fast on an unknown name
-    chosen = tuple(m.strip() for m in methods.split(",")) if methods else DEFAULT_METHODS
+    chosen = tuple(m.strip() for m in methods.split(",")) if methods else None
     cfg = BenchConfig(
         preset=preset, budget=_budget_value(budget), experts=experts, seeds=tuple(range(seeds)), steps=steps,
         batch_size=batch_size, lr=lr, methods=chosen,

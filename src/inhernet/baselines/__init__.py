@@ -1,6 +1,11 @@
 """The methods a benchmark compares, each building a student of (at least) the same size."""
 
-from .methods import METHODS, MethodContext, build_student, register_method
+from .layerdrop import drop_layers, layer_stack, spread_layers
+from .methods import DEFAULT_METHODS, METHODS, MethodContext, build_student, register_method
 from .students import width_scaled
 
-__all__ = ["METHODS", "MethodContext", "build_student", "register_method", "width_scaled"]
+__all__ = [
+    "DEFAULT_METHODS", "METHODS", "MethodContext", "build_student", "drop_layers", "layer_stack", "register_method",
+    "spread_layers",
+    "width_scaled",
+]

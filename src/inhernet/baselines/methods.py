@@ -16,8 +16,12 @@ from torch import nn
 from ..config import InherConfig
 from ..plan import Plan
 from ..surgery import inherit
+from .layerdrop import drop_layers, layer_stack, spread_layers
 
-__all__ = ["METHODS", "MethodContext", "build_student", "register_method"]
+__all__ = ["DEFAULT_METHODS", "METHODS", "MethodContext", "build_student", "register_method"]
+
+#: What ``bench`` compares unless a preset or the user says otherwise.
+DEFAULT_METHODS = ("inhernet", "kd-student", "svd-kd", "inhernet-random-init", "inhernet-plain")
 
 
 @dataclass
@@ -101,3 +105,18 @@ def _kd_student(ctx: MethodContext) -> nn.Module:
     if ctx.student_builder is None:
         raise ValueError("this preset has no conventional student builder")
     return ctx.student_builder(ctx.reference_plan.total_params)
+
+
+@register_method("layerdrop-kd")
+def _layerdrop_kd(ctx: MethodContext) -> nn.Module:
+    """DistilBERT-style: the teacher with every other layer of its stack dropped, weights inherited.
+
+    More layers are kept (spread evenly) when half of them would be smaller than the InherNet model.
+    """
+    _, stack = layer_stack(ctx.teacher)
+    n, target = len(stack), ctx.reference_plan.total_params
+    for k in range(-(-n // 2), n + 1):
+        student = drop_layers(ctx.teacher, spread_layers(n, k))
+        if sum(p.numel() for p in student.parameters()) >= target:
+            return student
+    raise ValueError(f"even all {n} layers of the teacher stay below the InherNet's {target:,} parameters")

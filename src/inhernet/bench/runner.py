@@ -20,10 +20,7 @@ from ..distillation import DistillConfig, distill, precompute_teacher_logits
 from ..evaluate import evaluate
 from ..presets.registry import get_preset
 
-__all__ = ["DEFAULT_METHODS", "BenchConfig", "run_bench"]
-
-DEFAULT_METHODS = ("inhernet", "kd-student", "svd-kd", "inhernet-random-init", "inhernet-plain")
-
+__all__ = ["BenchConfig", "run_bench"]
 
 @dataclass
 class BenchConfig:
@@ -38,7 +35,8 @@ class BenchConfig:
     lr: float = 1e-3
     temperature: float = 4.0
     alpha: float = 0.9
-    methods: Sequence[str] = DEFAULT_METHODS
+    #: ``None``: the preset's own list (its ``methods``)
+    methods: Sequence[str] | None = None
     calib_size: int = 1000
     curve_points: int = 10
     curve_examples: int = 2000
@@ -50,7 +48,7 @@ class BenchConfig:
             raise ValueError("seeds must name at least one seed")
         if self.steps is not None and self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
-        if "inhernet" not in self.methods:
+        if self.methods is not None and "inhernet" not in self.methods:
             raise ValueError("methods must include 'inhernet': the baselines are sized from it")
 
 
@@ -68,17 +66,21 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
     calib = preset.calib(cfg.calib_size)
     train, test = preset.data(cfg.batch_size)
     steps = cfg.steps or len(train)
-    # The data is fixed, so the teacher runs once per example, not once per method, seed and step.
-    examples = Subset(train.dataset, range(min(len(train.dataset), steps * cfg.batch_size)))
-    train_set = precompute_teacher_logits(teacher, examples)
+    methods = tuple(cfg.methods or preset.methods)
+    if "inhernet" not in methods:
+        raise ValueError(f"preset {preset.name!r} must list 'inhernet' in its methods")
+    train_set: Any = Subset(train.dataset, range(min(len(train.dataset), steps * cfg.batch_size)))
+    if preset.cache_teacher:
+        # The data is fixed, so the teacher runs once per example, not once per method, seed and step.
+        train_set = precompute_teacher_logits(teacher, train_set)
     metric = preset.metric
     example = calib[0][:1] if isinstance(calib[0], torch.Tensor) else calib[0]
     teacher_metric = evaluate(teacher, test, metric)[metric]
     log(f"teacher: {_params(teacher):,} params, {metric} {teacher_metric:.4f}")
 
-    runs: dict[str, list[dict[str, Any]]] = {m: [] for m in cfg.methods}
+    runs: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
     sizes: dict[str, tuple[int, int]] = {}
-    order = ["inhernet", *[m for m in cfg.methods if m != "inhernet"]]
+    order = ["inhernet", *[m for m in methods if m != "inhernet"]]
     for seed in cfg.seeds:
         ctx = MethodContext(teacher, cfg.budget, cfg.experts, calib, seed, preset.student)
         for name in order:
@@ -103,12 +105,11 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
             log(f"seed {seed} {name:<22} {sizes[name][0]:>10,} params  zero-shot {zero_shot:.4f}  "
                 f"final {final:.4f}  {history['sec_per_step'] * 1000:.1f} ms/step")
 
-    methods = [_summarise(name, runs[name], sizes[name]) for name in cfg.methods]
     return {
         "preset": cfg.preset, "budget": cfg.budget, "experts": cfg.experts, "metric": metric,
         "higher_is_better": metric != "perplexity",
         "teacher": {"params": _params(teacher), "macs": count_macs(teacher, example), "metric": teacher_metric},
-        "methods": methods,
+        "methods": [_summarise(name, runs[name], sizes[name]) for name in methods],
         "device": "cuda" if torch.cuda.is_available() else "cpu", "torch": torch.__version__,
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
         "wall_s": round(time.perf_counter() - start, 1),

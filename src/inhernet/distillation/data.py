@@ -23,14 +23,14 @@ the loader re-instantiated by Lightning's own ``_update_dataloader``. Loaders th
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset, RandomSampler, Sampler, SequentialSampler
 
-from ..batches import forward_batch, logits_of, move_batch
+from ..batches import TEACHER_LOGITS, forward_batch, logits_of, move_batch
 
 __all__ = ["EvalLoader", "TrainLoader", "WithTeacherLogits", "precompute_teacher_logits"]
 
@@ -50,7 +50,8 @@ def _sized_len(obj: Any) -> int | None:
 
 
 class WithTeacherLogits(Dataset):
-    """``dataset`` whose ``(inputs, labels)`` examples gain the teacher's logits as a third element.
+    """``dataset`` whose examples carry the teacher's logits: a third element of ``(inputs, labels)``
+    tuples, or the ``teacher_logits`` key of Hugging Face style dict examples.
 
     Built by :func:`precompute_teacher_logits`. ``distill`` uses logits found in a batch instead of
     running the teacher, so a fixed data set (no random augmentation) pays for the teacher once, in
@@ -65,14 +66,17 @@ class WithTeacherLogits(Dataset):
     def __len__(self) -> int:
         return len(self.logits)
 
-    def __getitem__(self, index: int) -> tuple[Any, ...]:
-        inputs, labels = self.dataset[index][:2]
+    def __getitem__(self, index: int) -> Any:
+        example = self.dataset[index]
+        if isinstance(example, Mapping):
+            return {**example, TEACHER_LOGITS: self.logits[index]}
+        inputs, labels = example[:2]
         return inputs, labels, self.logits[index]
 
 
 @torch.no_grad()
 def precompute_teacher_logits(teacher: nn.Module, dataset: Dataset, batch_size: int = 1000) -> WithTeacherLogits:
-    """Run the teacher (eval mode) once over a map-style ``(inputs, labels)`` data set."""
+    """Run the teacher (eval mode) once over a map-style data set of ``(inputs, labels)`` or dict examples."""
     was_training = teacher.training
     teacher.eval()
     device = next((p.device for p in teacher.parameters()), torch.device("cpu"))

@@ -8,6 +8,8 @@ from typing import Any
 
 from torch import nn
 
+from ..baselines.methods import DEFAULT_METHODS
+
 __all__ = ["PRESETS", "Preset", "get_preset"]
 
 
@@ -17,7 +19,9 @@ class Preset:
 
     ``data(batch_size)`` returns ``(train_loader, test_loader)``; ``calib(n)`` a few input batches
     (about ``n`` examples) for whitened inheritance, drawn from the training split; ``student(p)``
-    a freshly initialised conventional student with at least ``p`` parameters.
+    a freshly initialised conventional student with at least ``p`` parameters. ``methods`` are the
+    ones ``bench`` runs by default; ``cache_teacher=False`` makes the teacher run live at every step
+    instead of once per example (for outputs too large to keep, e.g. a language model's logits).
     """
 
     name: str
@@ -28,6 +32,8 @@ class Preset:
     calib: Callable[[int], list[Any]]
     #: a conventional student of the teacher's family with at least this many parameters (kd-student)
     student: Callable[[int], nn.Module] | None = None
+    methods: tuple[str, ...] = DEFAULT_METHODS
+    cache_teacher: bool = True
 
 
 def _mnist_teacher() -> nn.Module:

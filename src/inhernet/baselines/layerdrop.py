@@ -1,0 +1,73 @@
+"""DistilBERT-style layer dropping: a copy of a transformer that keeps every other layer of its stack."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+
+from torch import nn
+
+__all__ = ["drop_layers", "layer_stack", "spread_layers"]
+
+
+def layer_stack(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """The model's stack of repeated blocks: ``(name, ModuleList)``.
+
+    The largest (by parameters) ``nn.ModuleList`` of at least two children of one class, e.g.
+    ``encoder.layer`` of a BERT or ``model.layers`` of a Llama.
+
+    Raises:
+        ValueError: if the model has no such list (it is not a stack of repeated layers).
+    """
+    best: tuple[int, str, nn.ModuleList] | None = None
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) >= 2 and len({type(m) for m in module}) == 1:
+            size = sum(p.numel() for p in module.parameters())
+            if best is None or size > best[0]:
+                best = (size, name, module)
+    if best is None:
+        raise ValueError(
+            f"{type(model).__name__} has no stack of repeated layers (an nn.ModuleList of >= 2 blocks of one "
+            "class); layer dropping applies to transformers"
+        )
+    return best[1], best[2]
+
+
+def drop_layers(model: nn.Module, keep: slice | Sequence[int] = slice(0, None, 2)) -> nn.Module:
+    """A deep copy of ``model`` whose layer stack keeps only the layers ``keep`` selects, in order.
+
+    ``keep`` is a slice (default: every other layer, from the first) or a list of layer indices.
+
+    Hugging Face bookkeeping follows: ``config.num_hidden_layers`` (and ``config.layer_types``) shrink and
+    each kept block's ``layer_idx`` (its key in the KV cache) is renumbered.
+    """
+    student = copy.deepcopy(model)
+    name, stack = layer_stack(student)
+    indices = list(range(len(stack)))[keep] if isinstance(keep, slice) else sorted(set(keep))
+    if any(not 0 <= i < len(stack) for i in indices):
+        raise ValueError(f"keep={keep} names layers outside 0..{len(stack) - 1} of {name!r}")
+    if not indices:
+        raise ValueError(f"keep={keep} leaves none of the {len(stack)} layers of {name!r}")
+    kept = nn.ModuleList(stack[i] for i in indices)
+    parent_name, _, attr = name.rpartition(".")
+    setattr(student.get_submodule(parent_name), attr, kept)
+    for new_index, block in enumerate(kept):
+        for module in block.modules():
+            if isinstance(getattr(module, "layer_idx", None), int):
+                module.layer_idx = new_index
+    config = getattr(student, "config", None)
+    if config is not None and hasattr(config, "num_hidden_layers"):
+        config.num_hidden_layers = len(kept)
+        layer_types = getattr(config, "layer_types", None)
+        if isinstance(layer_types, list) and len(layer_types) == len(stack):
+            config.layer_types = [layer_types[i] for i in indices]
+    return student
+
+
+def spread_layers(n: int, k: int) -> list[int]:
+    """``k`` of ``n`` layer indices spread evenly, first and last included (every other one when ``k = n/2``)."""
+    if not 1 <= k <= n:
+        raise ValueError(f"cannot keep {k} of {n} layers")
+    if 2 * k == n:
+        return list(range(0, n, 2))
+    return [0] if k == 1 else sorted({round(i * (n - 1) / (k - 1)) for i in range(k)})
