@@ -19,19 +19,22 @@ def steps_to_reach(curve: list[list[float]], target: float, higher_is_better: bo
 
 def render(result: dict) -> str:
     metric, t = result["metric"], result["teacher"]
+    unit = "MACs" if result.get("match") == "macs" else "params"
     lines = [
-        f"### {result['preset']} at budget {result['budget']} (h = {result.get('experts', '?')}, "
-        f"seeds {result['methods'][0]['seeds']}, {result['methods'][0]['steps']} KD steps)",
+        f"### {result['preset']} at budget {result['budget']} of the teacher's {unit} "
+        f"(h = {result.get('experts', '?')}, seeds {result['methods'][0]['seeds']}, "
+        f"{result['methods'][0]['steps']} KD steps)",
         "",
-        f"| method | params | MACs | zero-shot {metric} | final {metric} (mean ± std) | ms/step |",
-        "|---|---:|---:|---:|---:|---:|",
-        f"| teacher | {t['params']:,} | {t['macs']:,} | | {t['metric']:.4f} | |",
+        f"| method | params | MACs | zero-shot {metric} | final {metric} (mean ± std) | experts merged | ms/step |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+        f"| teacher | {t['params']:,} | {t['macs']:,} | | {t['metric']:.4f} | | |",
     ]
     for m in result["methods"]:
+        merged = f"{m['merged_mean']:.4f}" if "merged_mean" in m else ""
         lines.append(
             f"| {m['name']} | {m['params']:,} ({m['params'] / t['params']:.0%}) | "
             f"{m['macs']:,} ({m['macs'] / t['macs']:.0%}) | {m['zero_shot']:.4f} | "
-            f"{m['metric_mean']:.4f} ± {m['metric_std']:.4f} | {m['sec_per_step'] * 1000:.1f} |"
+            f"{m['metric_mean']:.4f} ± {m['metric_std']:.4f} | {merged} | {m['sec_per_step'] * 1000:.1f} |"
         )
     by_name = {m["name"]: m for m in result["methods"]}
     if "inhernet" in by_name and "kd-student" in by_name:

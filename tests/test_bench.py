@@ -85,6 +85,10 @@ def test_bench_json_follows_the_contract(tiny_preset, tmp_path):
     # Inheritance is worth something before any training: the inherited model beats random init.
     assert by_name["inhernet"]["zero_shot"] > by_name["inhernet-random-init"]["zero_shot"]
 
+    # Gated methods also report the accuracy after folding the experts into one (deployment).
+    assert {"merged_mean"} <= set(by_name["inhernet"]) and "merged_mean" not in by_name["svd-kd"]
+    assert 0.0 <= by_name["inhernet"]["merged_mean"] <= 1.0
+
     path = write_json(result, tmp_path / "out" / "bench.json")
     assert json.loads(path.read_text()) == json.loads(json.dumps(result))
     png = write_plots(result, tmp_path / "out" / "bench.png")
@@ -94,3 +98,20 @@ def test_bench_json_follows_the_contract(tiny_preset, tmp_path):
 def test_bench_needs_inhernet_as_reference():
     with pytest.raises(ValueError, match="inhernet"):
         BenchConfig(methods=("kd-student",))
+
+
+def test_bench_matched_in_macs(tiny_preset):
+    """--match macs: InherNet meets a MAC budget and every baseline has at least its MACs."""
+    cfg = BenchConfig(preset="tiny-mlp", budget=0.3, match="macs", experts=2, seeds=(0,), steps=2, batch_size=32,
+                      methods=("inhernet", "kd-student", "svd-kd"), curve_points=1, progress=False)
+    result = run_bench(cfg, log=lambda _: None)
+    assert result["match"] == "macs"
+    by_name = {m["name"]: m for m in result["methods"]}
+    assert by_name["inhernet"]["macs"] <= 0.3 * result["teacher"]["macs"] * 1.01
+    assert by_name["kd-student"]["macs"] >= by_name["inhernet"]["macs"]
+    assert by_name["svd-kd"]["macs"] <= 0.3 * result["teacher"]["macs"] * 1.01
+
+
+def test_bench_rejects_an_unknown_match():
+    with pytest.raises(ValueError, match="match"):
+        BenchConfig(match="flops")

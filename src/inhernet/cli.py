@@ -77,8 +77,9 @@ def _run_bench(cfg, out: str, json_path: str | None) -> None:
     result = run_bench(cfg, log=lambda line: console.print(line, highlight=False))
     console.print(bench_table(result))
     out_dir = Path(out)
-    json_file = write_json(result, json_path or out_dir / f"{cfg.preset}-{cfg.budget}.json")
-    png = write_plots(result, out_dir / f"{cfg.preset}-{cfg.budget}.png")
+    stem = f"{cfg.preset}-{cfg.budget}" + ("-macs" if cfg.match == "macs" else "")
+    json_file = write_json(result, json_path or out_dir / f"{stem}.json")
+    png = write_plots(result, out_dir / f"{stem}.png")
     console.print(f"wrote {json_file} and {png} ({result['wall_s']:.0f} s)")
 
 
@@ -97,11 +98,15 @@ _METHODS = click.option(
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
 @click.option("--lr", type=float, default=1e-3, show_default=True)
 @_METHODS
+@click.option(
+    "--match", type=click.Choice(["params", "macs"]), default="params", show_default=True,
+    help="Equal size in parameters, or in multiply-accumulates (--budget is then a share of the teacher's MACs).",
+)
 @click.option("--out", default="out/bench", show_default=True, help="Directory for the JSON and the plot.")
 @click.option("--json", "json_path", default=None, help="Write the JSON here instead of under --out.")
 def bench(
     preset: str, budget: float, experts: int, seeds: int, steps: int | None, batch_size: int, lr: float,
-    methods: str | None, out: str, json_path: str | None,
+    methods: str | None, match: str, out: str, json_path: str | None,
 ) -> None:
     """InherNet against matched-size baselines on a preset: same data, steps, optimiser, seeds."""
     from .bench import BenchConfig
@@ -111,7 +116,7 @@ def bench(
     chosen = tuple(m.strip() for m in methods.split(",")) if methods else None
     cfg = BenchConfig(
         preset=preset, budget=_budget_value(budget), experts=experts, seeds=tuple(range(seeds)), steps=steps,
-        batch_size=batch_size, lr=lr, methods=chosen,
+        batch_size=batch_size, lr=lr, methods=chosen, match=match,
     )
     _run_bench(cfg, out, json_path)
 

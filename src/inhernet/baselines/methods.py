@@ -1,19 +1,22 @@
 """Benchmark methods, registered by name: each builds the model that is then distilled.
 
 Every method sees the same teacher, budget, calibration data and seed; the matched baselines are
-sized from the InherNet model (never fewer parameters than it).
+sized from the InherNet model: never fewer parameters than it or, with ``match="macs"``, never fewer
+multiply-accumulates (the budget is then a MAC budget, measured on the first calibration batch).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
+from ..calibration import split_example
 from ..config import InherConfig
+from ..deploy import count_macs
 from ..plan import Plan
 from ..surgery import inherit
 from .layerdrop import drop_layers, layer_stack, spread_layers
@@ -37,7 +40,13 @@ class MethodContext:
     student_builder: Callable[[int], nn.Module] | None = None
     #: the InherNet reference (its plan and size), set once "inhernet" has been built
     reference: nn.Module | None = None
+    #: what "the same size" means: parameters, or multiply-accumulates on the first calibration batch
+    match: Literal["params", "macs"] = "params"
     extras: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.match not in ("params", "macs"):
+            raise ValueError(f"match must be 'params' or 'macs', got {self.match!r}")
 
     @property
     def reference_plan(self) -> Plan:
@@ -46,9 +55,28 @@ class MethodContext:
         return self.reference.inhernet_plan
 
     def config(self, **overrides: Any) -> InherConfig:
-        base: dict[str, Any] = dict(budget=self.budget, experts=self.experts, init="whiten", seed=self.seed)
+        base: dict[str, Any] = dict(experts=self.experts, init="whiten", seed=self.seed)
+        base[self.match if self.match == "macs" else "budget"] = self.budget
         base.update(overrides)
         return InherConfig(**base)
+
+    @property
+    def plain_calib(self) -> list[Any] | None:
+        """What a plain-SVD method passes as ``calib``: only a MAC budget needs its example input."""
+        return self.calib if self.match == "macs" else None
+
+    def size(self, model: nn.Module) -> int:
+        """``model``'s size in the matched unit."""
+        if self.match == "macs":
+            return count_macs(model, split_example(self.calib, "a MAC match")[0])
+        return sum(p.numel() for p in model.parameters())
+
+    @property
+    def target(self) -> int:
+        """The InherNet reference's size in the matched unit: the least a baseline may have."""
+        if self.reference is None:
+            raise ValueError("build the 'inhernet' method first: the baselines are sized from it")
+        return self.size(self.reference)
 
 
 Builder = Callable[[MethodContext], nn.Module]
@@ -83,13 +111,13 @@ def _inhernet(ctx: MethodContext) -> nn.Module:
 @register_method("inhernet-plain")
 def _inhernet_plain(ctx: MethodContext) -> nn.Module:
     """Plain SVD init, h experts."""
-    return inherit(ctx.teacher, ctx.config(init="svd"), progress=False)
+    return inherit(ctx.teacher, ctx.config(init="svd"), ctx.plain_calib, progress=False)
 
 
 @register_method("svd-kd")
 def _svd_kd(ctx: MethodContext) -> nn.Module:
     """The classic low-rank baseline: one expert, plain truncated SVD."""
-    return inherit(ctx.teacher, ctx.config(init="svd", experts=1), progress=False)
+    return inherit(ctx.teacher, ctx.config(init="svd", experts=1), ctx.plain_calib, progress=False)
 
 
 @register_method("inhernet-random-init")
@@ -104,7 +132,22 @@ def _kd_student(ctx: MethodContext) -> nn.Module:
     """A conventional narrower model of the teacher's family, at least as large as the InherNet."""
     if ctx.student_builder is None:
         raise ValueError("this preset has no conventional student builder")
-    return ctx.student_builder(ctx.reference_plan.total_params)
+    if ctx.match == "params":
+        return ctx.student_builder(ctx.target)
+    # The builders are sized in parameters: search the parameter floor whose student first reaches the
+    # InherNet's MACs (MACs grow with width, like parameters).
+    target, lo, hi = ctx.target, 1, sum(p.numel() for p in ctx.teacher.parameters())
+    best = ctx.student_builder(hi)
+    if ctx.size(best) < target:
+        raise ValueError(f"a student as large as the teacher stays below the InherNet's {target:,} MACs")
+    while hi - lo > max(1, hi // 200):
+        mid = (lo + hi) // 2
+        student = ctx.student_builder(mid)
+        if ctx.size(student) >= target:
+            hi, best = mid, student
+        else:
+            lo = mid
+    return best
 
 
 @register_method("layerdrop-kd")
@@ -114,9 +157,9 @@ def _layerdrop_kd(ctx: MethodContext) -> nn.Module:
     More layers are kept (spread evenly) when half of them would be smaller than the InherNet model.
     """
     _, stack = layer_stack(ctx.teacher)
-    n, target = len(stack), ctx.reference_plan.total_params
+    n, target = len(stack), ctx.target
     for k in range(-(-n // 2), n + 1):
         student = drop_layers(ctx.teacher, spread_layers(n, k))
-        if sum(p.numel() for p in student.parameters()) >= target:
+        if ctx.size(student) >= target:
             return student
-    raise ValueError(f"even all {n} layers of the teacher stay below the InherNet's {target:,} parameters")
+    raise ValueError(f"even all {n} layers of the teacher stay below the InherNet's {target:,} {ctx.match}")

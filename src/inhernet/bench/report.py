@@ -14,21 +14,27 @@ __all__ = ["bench_table", "write_json", "write_plots"]
 
 
 def bench_table(result: dict[str, Any]) -> Table:
-    """Params, MACs, zero-shot metric, final metric mean ± std and ms per step, teacher first."""
+    """Params, MACs, zero-shot metric, final metric mean ± std, after merging the experts, and ms per step."""
     metric = result["metric"]
     t = result["teacher"]
     table = Table(
-        "method", "params", "MACs", f"zero-shot {metric}", f"final {metric}", "ms/step",
-        title=f"{result['preset']} at budget {result['budget']} ({len(result['methods'][0]['seeds'])} seeds)",
+        "method", "params", "MACs", f"zero-shot {metric}", f"final {metric}", "experts merged", "ms/step",
+        title=f"{result['preset']} at {_budget_text(result)} ({len(result['methods'][0]['seeds'])} seeds)",
     )
-    table.add_row("teacher", f"{t['params']:,}", f"{t['macs']:,}", "", f"{t['metric']:.4f}", "")
+    table.add_row("teacher", f"{t['params']:,}", f"{t['macs']:,}", "", f"{t['metric']:.4f}", "", "")
     for m in result["methods"]:
         table.add_row(
             m["name"], f"{m['params']:,} ({m['params'] / t['params']:.0%})",
             f"{m['macs']:,} ({m['macs'] / max(t['macs'], 1):.0%})", f"{m['zero_shot']:.4f}",
-            f"{m['metric_mean']:.4f} ± {m['metric_std']:.4f}", f"{m['sec_per_step'] * 1000:.1f}",
+            f"{m['metric_mean']:.4f} ± {m['metric_std']:.4f}",
+            f"{m['merged_mean']:.4f}" if "merged_mean" in m else "", f"{m['sec_per_step'] * 1000:.1f}",
         )
     return table
+
+
+def _budget_text(result: dict[str, Any]) -> str:
+    unit = "MACs" if result.get("match") == "macs" else "params"
+    return f"budget {result['budget']} of the teacher's {unit}"
 
 
 def write_json(result: dict[str, Any], path: str | os.PathLike[str]) -> Path:

@@ -2,22 +2,24 @@
 
 from __future__ import annotations
 
+import copy
 import platform
 import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from ..baselines import MethodContext, build_student
-from ..deploy import count_macs
+from ..deploy import count_macs, merge_experts
 from ..distillation import DistillConfig, distill, precompute_teacher_logits
 from ..evaluate import evaluate
+from ..layers import InherBlock
 from ..presets.registry import get_preset
 
 __all__ = ["BenchConfig", "run_bench"]
@@ -27,7 +29,10 @@ class BenchConfig:
     """What ``run_bench`` runs. ``steps`` defaults to one epoch of the preset's training split."""
 
     preset: str = "mnist-cnn"
+    #: a fraction or count of the teacher's parameters or, with ``match="macs"``, of its MACs
     budget: float | int = 0.25
+    #: size every baseline to at least the InherNet's parameters ("params") or MACs ("macs")
+    match: Literal["params", "macs"] = "params"
     experts: int = 3
     seeds: Sequence[int] = (0, 1, 2)
     steps: int | None = None
@@ -48,6 +53,8 @@ class BenchConfig:
             raise ValueError("seeds must name at least one seed")
         if self.steps is not None and self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if self.match not in ("params", "macs"):
+            raise ValueError(f"match must be 'params' or 'macs', got {self.match!r}")
         if self.methods is not None and "inhernet" not in self.methods:
             raise ValueError("methods must include 'inhernet': the baselines are sized from it")
 
@@ -82,7 +89,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
     sizes: dict[str, tuple[int, int]] = {}
     order = ["inhernet", *[m for m in methods if m != "inhernet"]]
     for seed in cfg.seeds:
-        ctx = MethodContext(teacher, cfg.budget, cfg.experts, calib, seed, preset.student)
+        ctx = MethodContext(teacher, cfg.budget, cfg.experts, calib, seed, preset.student, match=cfg.match)
         for name in order:
             student = build_student(name, ctx)
             if name == "inhernet":
@@ -98,15 +105,20 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
             )
             history = distill(student, teacher, train, _Head(test, cfg.curve_examples, cfg.batch_size), dcfg)
             final = evaluate(student, test, metric)[metric]
-            runs[name].append({
+            run = {
                 "seed": seed, "zero_shot": zero_shot, "final": final, "steps": history["steps"],
                 "sec_per_step": history["sec_per_step"], "curve": history["curve"],
-            })
+            }
+            if _has_gates(student):
+                # The deployment option: experts folded into one by their mean gate on the calibration data.
+                run["merged"] = evaluate(merge_experts(copy.deepcopy(student), calib), test, metric)[metric]
+            runs[name].append(run)
+            merged = f"  merged {run['merged']:.4f}" if "merged" in run else ""
             log(f"seed {seed} {name:<22} {sizes[name][0]:>10,} params  zero-shot {zero_shot:.4f}  "
-                f"final {final:.4f}  {history['sec_per_step'] * 1000:.1f} ms/step")
+                f"final {final:.4f}{merged}  {history['sec_per_step'] * 1000:.1f} ms/step")
 
     return {
-        "preset": cfg.preset, "budget": cfg.budget, "experts": cfg.experts, "metric": metric,
+        "preset": cfg.preset, "budget": cfg.budget, "match": cfg.match, "experts": cfg.experts, "metric": metric,
         "higher_is_better": metric != "perplexity",
         "teacher": {"params": _params(teacher), "macs": count_macs(teacher, example), "metric": teacher_metric},
         "methods": [_summarise(name, runs[name], sizes[name]) for name in methods],
@@ -120,6 +132,7 @@ def _summarise(name: str, runs: list[dict[str, Any]], size: tuple[int, int]) -> 
     finals = [r["final"] for r in runs]
     curves = [dict(map(tuple, r["curve"])) for r in runs]
     steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
+    merged = {"merged_mean": statistics.fmean(r["merged"] for r in runs)} if "merged" in runs[0] else {}
     return {
         "name": name, "params": size[0], "macs": size[1],
         "zero_shot": statistics.fmean(r["zero_shot"] for r in runs),
@@ -128,7 +141,8 @@ def _summarise(name: str, runs: list[dict[str, Any]], size: tuple[int, int]) -> 
         "seeds": [r["seed"] for r in runs], "steps": runs[0]["steps"],
         "sec_per_step": statistics.median(r["sec_per_step"] for r in runs),
         "curve": [[s, statistics.fmean(c[s] for c in curves)] for s in steps],
-        "per_seed": [{k: r[k] for k in ("seed", "zero_shot", "final")} for r in runs],
+        **merged,
+        "per_seed": [{k: r[k] for k in ("seed", "zero_shot", "final", "merged") if k in r} for r in runs],
     }
 
 
@@ -143,6 +157,10 @@ class _Head:
 
     def __len__(self) -> int:
         return min(self.batches, len(self.loader))
+
+
+def _has_gates(model: nn.Module) -> bool:
+    return any(isinstance(m, InherBlock) and m.gate is not None for m in model.modules())
 
 
 def _params(model: nn.Module) -> int:
