@@ -87,6 +87,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
 
     runs: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
     sizes: dict[str, tuple[int, int]] = {}
+    ranks: dict[str, dict[str, int]] = {}
     order = ["inhernet", *[m for m in methods if m != "inhernet"]]
     for seed in cfg.seeds:
         ctx = MethodContext(teacher, cfg.budget, cfg.experts, calib, seed, preset.student, match=cfg.match)
@@ -95,6 +96,8 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
             if name == "inhernet":
                 ctx.reference = student
             sizes[name] = (_params(student), count_macs(student, example))
+            if hasattr(student, "inhernet_plan"):
+                ranks[name] = student.inhernet_plan.ranks()
             train = DataLoader(
                 train_set, batch_size=cfg.batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed)
             )
@@ -121,7 +124,10 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
         "preset": cfg.preset, "budget": cfg.budget, "match": cfg.match, "experts": cfg.experts, "metric": metric,
         "higher_is_better": metric != "perplexity",
         "teacher": {"params": _params(teacher), "macs": count_macs(teacher, example), "metric": teacher_metric},
-        "methods": [_summarise(name, runs[name], sizes[name]) for name in methods],
+        "methods": [
+            {**_summarise(name, runs[name], sizes[name]), **({"ranks": ranks[name]} if name in ranks else {})}
+            for name in methods
+        ],
         "device": "cuda" if torch.cuda.is_available() else "cpu", "torch": torch.__version__,
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
         "wall_s": round(time.perf_counter() - start, 1),
