@@ -201,7 +201,7 @@ def test_eval_of_a_plain_model_spec(assets, monkeypatch, capsys):
         (["compress", "{bert}", "--data", "{tmp}/missing.csv"], "data file '{tmp}/missing.csv' not found"),
         (["compress", "{bert}", "--data", "{csv}", "--label-column", "sentiment"], "no value in column 'sentiment'"),
         (["compress", "torchvision:resnet1800", "--data", "{images}"], "did you mean torchvision:resnet18"),
-        (["compress", "timm:no_such_net", "--data", "{images}"], "unknown timm model 'no_such_net'"),
+        (["compress", "timm:no_such_net", "--data", "{images}"], "unknown timm image classifier 'no_such_net'"),
         (["compress", "{tmp}/no-model", "--data", "{images}"], "expected torchvision:NAME"),
         (["compress", "timm:test_resnet", "--data", "{csv}"], "is an image model: give an image folder"),
         (["compress", "timm:test_resnet", "--weights", "{tmp}/w.pth", "--data", "{images}"], "not found"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import replace
+from typing import Any
 
 import click
 from rich.console import Console
@@ -382,7 +383,8 @@ def eval_command(
                     "models": rows}, json_path)
 
 
-def _measure(models, dataset, batch_size: int, metric: str) -> list[dict]:
+def _measure(models: dict[str, Any], dataset: Any, batch_size: int, metric: str) -> list[dict[str, Any]]:
+    """Parameters, MACs of one example and ``metric`` over ``dataset`` of each model."""
     from . import count_macs, evaluate
     from .sources import make_loader
 
@@ -395,8 +397,8 @@ def _measure(models, dataset, batch_size: int, metric: str) -> list[dict]:
     ]
 
 
-def _print_measures(rows: list[dict], metric: str) -> None:
-    reference = rows[0]
+def _print_measures(rows: list[dict[str, Any]], metric: str) -> None:
+    reference = rows[0]  # the teacher: the others are shown as a share of it
     table = Table("model", "params", "MACs / example", metric)
     for row in rows:
         share = "" if row is reference else f" ({row['params'] / reference['params']:.1%})"

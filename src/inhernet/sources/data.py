@@ -12,6 +12,8 @@ Labels, whether class folder names or a label column, follow one rule: if they a
 integers they are the class indices themselves; otherwise the sorted distinct names are. A class list
 given by the caller (the one recorded at compression, or a model's own label names) overrides both,
 so a test folder missing a class still maps every other class to the index the model was built with.
+(A Hugging Face classifier whose ``id2label`` holds only ``LABEL_i`` placeholders names no classes: give
+integer labels when its outputs follow another order than the sorted label names.)
 """
 
 from __future__ import annotations

@@ -220,7 +220,8 @@ def _check_name(library: str, name: str) -> None:
     if library == "torchvision":
         import torchvision
 
-        known = torchvision.models.list_models()
+        # Image classifiers only: detection, segmentation and video models take other inputs and outputs.
+        known = torchvision.models.list_models(module=torchvision.models)
         found = name in known
     else:
         import timm
@@ -230,8 +231,10 @@ def _check_name(library: str, name: str) -> None:
     if not found:
         close = difflib.get_close_matches(name, known, n=5, cutoff=0.6)
         suggestion = f"; did you mean {', '.join(f'{library}:{c}' for c in close)}?" if close else ""
-        listing = "torchvision.models.list_models()" if library == "torchvision" else "timm.list_models()"
-        raise ValueError(f"unknown {library} model {name!r}{suggestion} (all names: {listing})")
+        listing = "torchvision.models.list_models(module=torchvision.models)" if library == "torchvision" else (
+            "timm.list_models()"
+        )
+        raise ValueError(f"unknown {library} image classifier {name!r}{suggestion} (all names: {listing})")
 
 
 def _weights_file(weights: str | Path | None) -> tuple[str | None, str | None]:
