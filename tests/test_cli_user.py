@@ -48,6 +48,7 @@ def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from transformers import (
         BertConfig,
         BertForSequenceClassification,
+        BertModel,
         BertTokenizerFast,
         GPT2Config,
         GPT2LMHeadModel,
@@ -68,13 +69,12 @@ def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS])}
     tokenizer = BertTokenizerFast(vocab=vocab)
     shape = {"vocab_size": len(vocab), "num_hidden_layers": 2, "num_attention_heads": 2}
-    bert = BertForSequenceClassification(
-        BertConfig(hidden_size=32, intermediate_size=64, max_position_embeddings=32, num_labels=2, **shape)
-    )
+    config = BertConfig(hidden_size=32, intermediate_size=64, max_position_embeddings=32, num_labels=2, **shape)
+    bert, encoder = BertForSequenceClassification(config), BertModel(config)
     gpt = GPT2LMHeadModel(GPT2Config(
         vocab_size=len(vocab), n_embd=32, n_layer=2, n_head=2, n_positions=32, bos_token_id=2, eos_token_id=3
     ))
-    for name, model in (("bert", bert), ("gpt", gpt)):
+    for name, model in (("bert", bert), ("encoder", encoder), ("gpt", gpt)):
         model.save_pretrained(root / name)
         tokenizer.save_pretrained(root / name)
 
@@ -84,9 +84,11 @@ def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     with open(root / "reviews.csv", "w", newline="") as f:
         csv.writer(f).writerows([("text", "label"), *rows])
     (root / "news.jsonl").write_text("".join(json.dumps({"body": text}) + "\n" for text, _ in rows))
+    (root / "three.jsonl").write_text("".join(json.dumps({"text": t, "label": i % 3}) + "\n" for i, (t, _) in enumerate(rows)))
     return {
         "images": root / "images", "weights": root / "resnet.safetensors", "bert": root / "bert",
-        "gpt": root / "gpt", "csv": root / "reviews.csv", "jsonl": root / "news.jsonl",
+        "gpt": root / "gpt", "encoder": root / "encoder", "csv": root / "reviews.csv", "jsonl": root / "news.jsonl",
+        "three": root / "three.jsonl",
     }
 
 
@@ -183,6 +185,25 @@ def test_causal_lm_reports_perplexity_without_labels(tmp_path, assets, monkeypat
     assert "perplexity" in stdout
     rows = json.loads((tmp_path / "e.json").read_text())["models"]
     assert all(1 < r["perplexity"] < math.inf for r in rows)
+
+
+def test_an_encoder_without_a_head_gets_one_per_class_and_a_warning(tmp_path, assets, monkeypatch, capsys):
+    out = tmp_path / "encoder"
+    code, _, err = invoke(
+        monkeypatch, capsys, "compress", assets["encoder"], "--task", "classify", "--data", assets["three"],
+        "--budget", 0.5, "--out", out,
+    )
+    assert code == 0, err
+    assert "names no classify architecture" in err
+    source = read_source(out)
+    assert source.model.num_classes == 3 and source.classes == ("0", "1", "2")
+    code, _, err = invoke(monkeypatch, capsys, "eval", out, "--data", assets["three"], "--json", tmp_path / "e.json")
+    assert code == 0, err
+    # the new head is drawn from a fixed seed: eval rebuilt the teacher that compress inherited from
+    teacher = build_model(source.model)
+    loader = make_loader(open_source(source, assets["three"]).data.dataset, 8)
+    rows = json.loads((tmp_path / "e.json").read_text())["models"]
+    assert rows[0]["accuracy"] == inhernet.evaluate(teacher, loader)["accuracy"]
 
 
 def test_eval_of_a_plain_model_spec(assets, monkeypatch, capsys):

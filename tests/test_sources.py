@@ -63,10 +63,13 @@ def test_read_table_errors_name_the_file_and_row(tmp_path, name, content, messag
         read_table(tmp_path / name, ["text", "label"])
 
 
-def test_read_table_refuses_non_utf8(tmp_path):
-    (tmp_path / "a.csv").write_bytes(b"text,label\n\xff\xfe,1\n")
-    with pytest.raises(ValueError, match="not UTF-8"):
+def test_read_table_names_the_encoding_option(tmp_path):
+    (tmp_path / "a.csv").write_bytes("text,label\ncafé,1\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"is not utf-8 text .*\(--encoding\), e\.g\. latin-1"):
         read_table(tmp_path / "a.csv", ["text", "label"])
+    assert read_table(tmp_path / "a.csv", ["text"], encoding="latin-1") == {"text": ["café"]}
+    with pytest.raises(ValueError, match="not a known text encoding"):
+        DataOptions(encoding="utf-99")
 
 
 # -- images --------------------------------------------------------------------------------------------
@@ -113,6 +116,14 @@ def test_torchvision_spec_loads_a_nested_ddp_checkpoint(tmp_path):
     model = build_model(spec)
     assert not model.training
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), reference.state_dict().values(), strict=True))
+
+
+def test_random_parts_are_the_same_on_every_build():
+    spec = ModelSpec("timm", "test_resnet", num_classes=2)
+    state = torch.random.get_rng_state()
+    first, second = build_model(spec).state_dict(), build_model(spec).state_dict()
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert all(torch.equal(first[k], second[k]) for k in first)
 
 
 def test_weights_are_checked_against_the_recorded_checksum(tmp_path):

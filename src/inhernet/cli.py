@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 from dataclasses import replace
 from typing import Any
@@ -164,9 +165,25 @@ _MODEL_SPEC = _options(
     click.option("--task", type=click.Choice(["classify", "lm"]), default=None,
                  help="Hugging Face head: sequence classification or causal LM (default: from config.json)."),
     click.option("--num-classes", type=click.IntRange(min=1), default=None,
-                 help="Output classes of a torchvision/timm model (default: the data's class count)."),
+                 help="Classifier outputs [torchvision/timm, or a Hugging Face checkpoint without a classification head: "
+                 "the data's class count; Hugging Face classifiers: config.json's num_labels]."),
 )
-# Defaults are None: compress fills in DataOptions' defaults, train and eval what compress recorded.
+_PREP = ("image_size", "mean", "std", "max_length", "text_column", "label_column", "encoding")
+
+
+def _collect_prep(f):
+    """Pass the data preparation options given on the command line to ``f`` as one ``prep`` dict."""
+
+    @functools.wraps(f)
+    def command(**kwargs):
+        given = {name: kwargs.pop(name) for name in _PREP}
+        return f(prep={k: v for k, v in given.items() if v not in (None, ())}, **kwargs)  # unset nargs=3: ()
+
+    return command
+
+
+# Preparation options default to None: compress fills in DataOptions' defaults, train and eval what
+# compress recorded.
 _DATA = _options(
     click.option("--data", type=click.Path(), required=True,
                  help="An image folder (ROOT/CLASS/img.png) or a CSV/TSV/JSONL text file."),
@@ -178,20 +195,15 @@ _DATA = _options(
                  help="Text: tokens per example, padded/truncated [128, at most the model's positions]."),
     click.option("--text-column", default=None, help="Text: column of the text [text]."),
     click.option("--label-column", default=None, help="Text: column of the class label [label]."),
+    click.option("--encoding", default=None, help="Text: the file's encoding [utf-8]."),
     click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True),
     click.option("--seed", type=int, default=0, show_default=True, help="Seed of the train/validation split and of the run."),
+    _collect_prep,
 )
 _VAL_FRACTION = click.option(
     "--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True,
     help="Share of the data held out for validation (the same split for the same --seed).",
 )
-
-
-def _data_options(base, image_size, mean, std, max_length, text_column, label_column):
-    return base.updated(
-        image_size=image_size, mean=mean or None, std=std or None, max_length=max_length,
-        text_column=text_column, label_column=label_column,
-    )
 
 
 @cli.command()
@@ -208,10 +220,8 @@ def _data_options(base, image_size, mean, std, max_length, text_column, label_co
               help="Training examples whose layer inputs whiten the SVDs (--init whiten).")
 @click.option("--out", "-o", type=click.Path(file_okay=False), required=True, help="Directory to save to.")
 def compress(
-    model: str, weights: str | None, task: str | None, num_classes: int | None, data: str,
-    image_size: int | None, mean: tuple[float, ...] | None, std: tuple[float, ...] | None,
-    max_length: int | None, text_column: str | None, label_column: str | None, batch_size: int, seed: int,
-    val_fraction: float, budget: float, experts: int, init: str, allocation: str, exclude: tuple[str, ...],
+    model: str, weights: str | None, task: str | None, num_classes: int | None, data: str, prep: dict[str, Any],
+    batch_size: int, seed: int, val_fraction: float, budget: float, experts: int, init: str, allocation: str, exclude: tuple[str, ...],
     calib_size: int, out: str,
 ) -> None:
     """Compress your own MODEL to a parameter budget and save it to --out.
@@ -232,6 +242,7 @@ def compress(
         DataOptions,
         Source,
         calibration_batches,
+        has_trained_head,
         open_source,
         parse_model_spec,
         split,
@@ -242,10 +253,15 @@ def compress(
         budget=_budget_value(budget), experts=experts, init=init, allocation=allocation, exclude=exclude, seed=seed
     )
     spec = parse_model_spec(model, weights=weights, task=task, num_classes=num_classes)
-    options = _data_options(DataOptions(), image_size, mean, std, max_length, text_column, label_column)
+    options = DataOptions().updated(**prep)
     opened = open_source(Source(spec, options), data)
     if spec.library != "hf" and spec.weights is None:
         click.echo(f"warning: no --weights: {spec} is randomly initialised, so there is little to inherit", err=True)
+    elif not has_trained_head(spec):
+        click.echo(
+            f"warning: config.json of {spec.name} names no {spec.task} architecture: its head is new and random, "
+            "so the teacher's predictions are too; fine-tune the teacher on your task first", err=True,
+        )
     train_set, _ = split(opened.data.dataset, val_fraction, seed)
     calib = calibration_batches(train_set, calib_size, batch_size) if init == "whiten" else None
     student = inherit(opened.teacher, cfg, calib=calib, progress=sys.stderr.isatty())
@@ -276,10 +292,8 @@ def compress(
 @click.option("--save-to", type=click.Path(file_okay=False), default=None, help="Save here instead of DIRECTORY.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar [on in a terminal].")
 def train(
-    directory: str, data: str, image_size: int | None, mean: tuple[float, ...] | None,
-    std: tuple[float, ...] | None, max_length: int | None, text_column: str | None, label_column: str | None,
-    batch_size: int, seed: int, val_fraction: float, steps: int, lr: float, temperature: float, alpha: float,
-    precision: str, accelerator: str, val_every: int | None, log_dir: str | None, checkpoint_every: int | None,
+    directory: str, data: str, prep: dict[str, Any], batch_size: int, seed: int, val_fraction: float, steps: int,
+    lr: float, temperature: float, alpha: float, precision: str, accelerator: str, val_every: int | None, log_dir: str | None, checkpoint_every: int | None,
     resume: str | None, save_to: str | None, progress: bool | None,
 ) -> None:
     """Fine-tune a compressed DIRECTORY by distillation from its teacher, on your data.
@@ -299,7 +313,7 @@ def train(
     from .sources import make_loader, open_source, read_source, split, write_source
 
     source = read_source(directory)
-    options = _data_options(source.data, image_size, mean, std, max_length, text_column, label_column)
+    options = source.data.updated(**prep)
     opened = open_source(replace(source, data=options), data)
     student = load(directory, base=copy.deepcopy(opened.teacher))
     train_set, val_set = split(opened.data.dataset, val_fraction, seed)
@@ -337,10 +351,8 @@ def train(
               help="Evaluate only the validation split `train` used with this fraction and --seed (0: all data).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Also write the rows here.")
 def eval_command(
-    model: str, weights: str | None, task: str | None, num_classes: int | None, data: str,
-    image_size: int | None, mean: tuple[float, ...] | None, std: tuple[float, ...] | None,
-    max_length: int | None, text_column: str | None, label_column: str | None, batch_size: int, seed: int,
-    val_fraction: float, json_path: str | None,
+    model: str, weights: str | None, task: str | None, num_classes: int | None, data: str, prep: dict[str, Any],
+    batch_size: int, seed: int, val_fraction: float, json_path: str | None,
 ) -> None:
     """Metric, parameters and MACs of a compressed MODEL beside its teacher's, on your data.
 
@@ -365,12 +377,12 @@ def eval_command(
         if given:
             raise ValueError(f"{', '.join(given)} describe a model spec; {model}'s teacher is recorded in its source.json")
         source = read_source(model)
-        options = _data_options(source.data, image_size, mean, std, max_length, text_column, label_column)
+        options = source.data.updated(**prep)
         opened = open_source(replace(source, data=options), data)
         models = {"teacher": opened.teacher, "inhernet": load(model, base=copy.deepcopy(opened.teacher))}
     else:
         spec = parse_model_spec(model, weights=weights, task=task, num_classes=num_classes)
-        options = _data_options(DataOptions(), image_size, mean, std, max_length, text_column, label_column)
+        options = DataOptions().updated(**prep)
         opened = open_source(Source(spec, options), data)
         models = {str(spec): opened.teacher}
     dataset = opened.data.dataset if val_fraction == 0 else split(opened.data.dataset, val_fraction, seed)[1]

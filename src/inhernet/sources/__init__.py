@@ -25,7 +25,14 @@ from .data import (
     text_file,
     tokenize_table,
 )
-from .models import ModelSpec, build_model, load_state_dict, load_tokenizer, parse_model_spec
+from .models import (
+    ModelSpec,
+    build_model,
+    has_trained_head,
+    load_state_dict,
+    load_tokenizer,
+    parse_model_spec,
+)
 from .record import SOURCE_NAME, Opened, Source, open_source, read_source, write_source
 
 __all__ = [
@@ -38,6 +45,7 @@ __all__ = [
     "build_model",
     "calibration_batches",
     "encode_labels",
+    "has_trained_head",
     "image_folder",
     "load_state_dict",
     "load_tokenizer",

@@ -18,6 +18,7 @@ integer labels when its outputs follow another order than the sorted label names
 
 from __future__ import annotations
 
+import codecs
 import csv
 import json
 import math
@@ -69,6 +70,7 @@ class DataOptions:
     max_length: int | None = None
     text_column: str = "text"
     label_column: str = "label"
+    encoding: str = "utf-8"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mean", tuple(self.mean))
@@ -84,6 +86,10 @@ class DataOptions:
         for name in ("text_column", "label_column"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise ValueError(f"{name} must be a non-empty column name, got {getattr(self, name)!r}")
+        try:
+            codecs.lookup(self.encoding)
+        except (LookupError, TypeError):
+            raise ValueError(f"encoding {self.encoding!r} is not a known text encoding (e.g. utf-8, latin-1)") from None
 
     def updated(self, **changes: Any) -> DataOptions:
         """A copy with the given fields changed; ``None`` values keep the current ones."""
@@ -219,7 +225,7 @@ def text_file(
     classes: Sequence[str] | None = None,
 ) -> UserData:
     """The rows of a CSV / TSV / JSONL file, tokenised: :func:`read_table` then :func:`tokenize_table`."""
-    table = read_table(path, text_columns(options, task))
+    table = read_table(path, text_columns(options, task), encoding=options.encoding)
     return tokenize_table(table, tokenizer, options, task, classes, source=str(path))
 
 
@@ -251,7 +257,7 @@ def tokenize_table(
     return UserData(TokenizedText(encodings, torch.tensor(ids)), names, "accuracy")
 
 
-def read_table(path: str | Path, columns: Sequence[str]) -> dict[str, list[str]]:
+def read_table(path: str | Path, columns: Sequence[str], encoding: str = "utf-8") -> dict[str, list[str]]:
     """The given columns of a ``.csv``, ``.tsv`` or ``.jsonl`` / ``.ndjson`` file, as strings.
 
     Raises:
@@ -265,7 +271,7 @@ def read_table(path: str | Path, columns: Sequence[str]) -> dict[str, list[str]]
     if suffix not in TEXT_SUFFIXES:
         raise ValueError(f"{path}: text data must be a {', '.join(TEXT_SUFFIXES)} file (or give an image folder)")
     try:
-        with open(path, newline="", encoding="utf-8") as f:
+        with open(path, newline="", encoding=encoding) as f:
             rows = _jsonl_rows(f, path) if suffix in (".jsonl", ".ndjson") else _csv_rows(f, suffix)
             out: dict[str, list[str]] = {c: [] for c in columns}
             for line, row in rows:
@@ -279,7 +285,9 @@ def read_table(path: str | Path, columns: Sequence[str]) -> dict[str, list[str]]
                         )
                     out[c].append(str(value))
     except UnicodeDecodeError as err:
-        raise ValueError(f"{path} is not UTF-8 text: {err}") from None
+        raise ValueError(
+            f"{path} is not {encoding} text ({err}); name its encoding with encoding= (--encoding), e.g. latin-1"
+        ) from None
     except (OSError, csv.Error) as err:
         raise ValueError(f"cannot read {path}: {err}") from None
     if not out[columns[0]]:

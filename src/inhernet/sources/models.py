@@ -28,7 +28,16 @@ from torch import nn
 
 from ..serialization import _sha256
 
-__all__ = ["LIBRARIES", "TASKS", "ModelSpec", "build_model", "load_state_dict", "load_tokenizer", "parse_model_spec"]
+__all__ = [
+    "LIBRARIES",
+    "TASKS",
+    "ModelSpec",
+    "build_model",
+    "has_trained_head",
+    "load_state_dict",
+    "load_tokenizer",
+    "parse_model_spec",
+]
 
 LIBRARIES = ("torchvision", "timm", "hf")
 TASKS = ("classify", "lm")
@@ -56,7 +65,9 @@ class ModelSpec:
         task: ``"classify"`` (logits ``(N, C)``, accuracy) or ``"lm"`` (causal LM, perplexity).
         weights: absolute path of the state-dict file (torchvision / timm), or ``None`` for random init.
         weights_sha256: its SHA-256, checked whenever the model is built.
-        num_classes: the classifier's output size (torchvision / timm); ``None`` until the data says.
+        num_classes: the classifier's output size. torchvision / timm: from the data unless given.
+            Hugging Face: ``None`` (the config's ``num_labels``) unless given, or unless the checkpoint
+            has no trained head (see :func:`has_trained_head`); then the data's class count.
     """
 
     library: Literal["torchvision", "timm", "hf"]
@@ -118,24 +129,35 @@ def parse_model_spec(
         raise ValueError(f"unknown model {text!r}: expected {_SPEC_HELP}")
     if weights is not None:
         raise ValueError(f"weights are read from the Hugging Face directory {directory}; drop the weights file")
-    if num_classes is not None:
-        raise ValueError(f"a Hugging Face model's classes come from its config.json ({directory}); drop num_classes")
-    return ModelSpec("hf", str(directory.resolve()), task or _hf_task(directory))  # type: ignore[arg-type]
+    task = task or _hf_task(directory)
+    if num_classes is not None and task != "classify":
+        raise ValueError(f"num_classes sizes a classification head; a causal LM ({directory}) predicts its vocabulary")
+    return ModelSpec("hf", str(directory.resolve()), task, num_classes=num_classes)  # type: ignore[arg-type]
 
 
 def build_model(spec: ModelSpec) -> nn.Module:
     """The teacher of ``spec``, float32, in eval mode, on the CPU; never downloads anything.
 
+    Whatever the weights leave randomly initialised (all of it without a weights file, a new
+    classification head) is drawn from a fixed seed, so every build of a spec is the same model:
+    ``train`` and ``eval`` rebuild the very teacher that ``compress`` saw. The global RNG is untouched.
+
     Raises:
         ValueError: the weights file changed since the spec was made, does not fit the architecture,
             or the Hugging Face directory cannot be loaded.
     """
-    if spec.library == "hf":
-        model = _build_hf(spec)
-    else:
-        if spec.num_classes is None:
-            raise ValueError(f"{spec}: num_classes is not set; it comes from the data or the --num-classes option")
-        if spec.library == "torchvision":
+    if spec.library != "hf" and spec.num_classes is None:
+        raise ValueError(f"{spec}: num_classes is not set; it comes from the data or the --num-classes option")
+    if spec.weights is not None and spec.weights_sha256 is not None and _sha256(Path(spec.weights)) != spec.weights_sha256:
+        raise ValueError(
+            f"the teacher weights {spec.weights} changed since they were recorded (SHA-256 differs); "
+            "restore that file or compress again"
+        )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        if spec.library == "hf":
+            model = _build_hf(spec)
+        elif spec.library == "torchvision":
             import torchvision
 
             model = torchvision.models.get_model(spec.name, weights=None, num_classes=spec.num_classes)
@@ -143,13 +165,8 @@ def build_model(spec: ModelSpec) -> nn.Module:
             import timm
 
             model = timm.create_model(spec.name, pretrained=False, num_classes=spec.num_classes)
-        if spec.weights is not None:
-            if spec.weights_sha256 is not None and _sha256(Path(spec.weights)) != spec.weights_sha256:
-                raise ValueError(
-                    f"the teacher weights {spec.weights} changed since they were recorded (SHA-256 differs); "
-                    "restore that file or compress again"
-                )
-            _load_into(model, load_state_dict(spec.weights), spec)
+    if spec.weights is not None:
+        _load_into(model, load_state_dict(spec.weights), spec)
     return model.to(torch.float32).eval()
 
 
@@ -248,16 +265,37 @@ def _weights_file(weights: str | Path | None) -> tuple[str | None, str | None]:
     return str(path.resolve()), _sha256(path)
 
 
-def _hf_task(directory: Path) -> str:
+def has_trained_head(spec: ModelSpec) -> bool:
+    """Whether the model's own checkpoint holds the head its task needs.
+
+    Always true for torchvision / timm (their head comes with the weights). For a Hugging Face
+    directory: whether ``config.json`` names an architecture of that task, e.g. not for a bare
+    ``BertModel`` encoder loaded with task ``classify``, whose head is then newly initialised.
+    """
+    if spec.library != "hf":
+        return True
+    return any(_ARCHITECTURE_TASKS.get(_suffix(a)) == spec.task for a in _hf_architectures(Path(spec.name)))
+
+
+def _suffix(architecture: str) -> str:
+    return next((s for s in _ARCHITECTURE_TASKS if architecture.endswith(s)), "")
+
+
+def _hf_architectures(directory: Path) -> list[str]:
     try:
         config = json.loads((directory / "config.json").read_text())
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{directory / 'config.json'} is not readable JSON: {err}") from None
     architectures = (config.get("architectures") or []) if isinstance(config, dict) else []
+    return [a for a in architectures if isinstance(a, str)]
+
+
+def _hf_task(directory: Path) -> str:
+    architectures = _hf_architectures(directory)
     for arch in architectures:
-        for suffix, task in _ARCHITECTURE_TASKS.items():
-            if isinstance(arch, str) and arch.endswith(suffix):
-                return task
+        task = _ARCHITECTURE_TASKS.get(_suffix(arch))
+        if task is not None:
+            return task
     raise ValueError(
         f"cannot tell the task of {directory} from its config's architectures {architectures}; "
         "pass --task classify or --task lm"
@@ -268,7 +306,8 @@ def _build_hf(spec: ModelSpec) -> nn.Module:
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     auto = AutoModelForCausalLM if spec.task == "lm" else AutoModelForSequenceClassification
+    head = {"num_labels": spec.num_classes} if spec.num_classes is not None else {}
     try:
-        return auto.from_pretrained(spec.name, local_files_only=True)
-    except (OSError, ValueError, KeyError) as err:
+        return auto.from_pretrained(spec.name, local_files_only=True, **head)
+    except (OSError, ValueError, KeyError, RuntimeError) as err:
         raise ValueError(f"cannot load {auto.__name__} from {spec.name}: {err}") from None

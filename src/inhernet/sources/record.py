@@ -22,12 +22,13 @@ from .data import (
     DEFAULT_MAX_LENGTH,
     DataOptions,
     UserData,
+    encode_labels,
     image_folder,
     read_table,
     text_columns,
     tokenize_table,
 )
-from .models import ModelSpec, build_model, load_tokenizer
+from .models import ModelSpec, build_model, has_trained_head, load_tokenizer
 
 __all__ = ["SOURCE_FORMAT", "SOURCE_NAME", "Opened", "Source", "open_source", "read_source", "write_source"]
 
@@ -114,8 +115,9 @@ def open_source(source: Source, data_path: str | os.PathLike[str]) -> Opened:
 
     Image models read an image folder; their number of classes defaults to the data's. Hugging Face
     models read a text file with their own tokenizer; their class names are the config's ``id2label``
-    when it names them, and ``max_length`` defaults to :data:`DEFAULT_MAX_LENGTH` capped at the
-    model's positions.
+    when it names them, a checkpoint without a trained classification head gets a new one with as
+    many outputs as the data has classes, and ``max_length`` defaults to :data:`DEFAULT_MAX_LENGTH`
+    capped at the model's positions.
 
     Raises:
         ValueError: data of the wrong kind for the model, more classes than the model's head has,
@@ -125,7 +127,11 @@ def open_source(source: Source, data_path: str | os.PathLike[str]) -> Opened:
     if spec.library == "hf":
         if path.is_dir():
             raise ValueError(f"{spec.name} is a text model: give a CSV/TSV/JSONL file, not the folder {path}")
-        table = read_table(path, text_columns(options, spec.task))  # a bad file fails before a model loads
+        # The file is read first, so that a bad one fails before a model loads.
+        table = read_table(path, text_columns(options, spec.task), encoding=options.encoding)
+        if spec.task == "classify" and spec.num_classes is None and not has_trained_head(spec):
+            _, names = encode_labels(table[options.label_column], source.classes, source=str(path))
+            spec = replace(spec, num_classes=len(names))  # a new head: as many outputs as classes
         teacher = build_model(spec)
         options = options.updated(max_length=_max_length(teacher, options.max_length))
         classes = source.classes
@@ -135,7 +141,8 @@ def open_source(source: Source, data_path: str | os.PathLike[str]) -> Opened:
         head = getattr(teacher.config, "num_labels", None) if spec.task == "classify" else None
         if head is not None and data.classes is not None and len(data.classes) > head:
             raise ValueError(
-                f"{path} has {len(data.classes)} classes but {spec.name} classifies into {head} (num_labels)"
+                f"{path} has {len(data.classes)} classes but {spec.name} classifies into {head} (num_labels); "
+                "check the label column, or give --num-classes to train a new head"
             )
     else:
         if path.is_file():
