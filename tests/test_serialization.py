@@ -54,6 +54,18 @@ def test_save_load_roundtrip_is_exact(tmp_path: Path, name: str) -> None:
     assert ranks == {n: (m.rank, m.experts) for n, m in student.named_modules() if isinstance(m, InherBlock)}
 
 
+def test_a_loaded_model_keeps_its_config_when_saved_again(tmp_path: Path) -> None:
+    teacher, _ = tm.mlp()
+    config = InherConfig(rank=4, experts=2, init="svd", exclude=("4",))
+    save(inherit(teacher, config, progress=False), tmp_path / "a")
+    loaded = load(tmp_path / "a", base=tm.mlp()[0])
+    assert loaded.inhernet_config == config
+    save(_jiggle(loaded, seed=3), tmp_path / "b")  # e.g. after fine-tuning
+    first, second = (json.loads((tmp_path / d / CONFIG).read_text()) for d in ("a", "b"))
+    assert second["config"] == first["config"] == config.to_dict()
+    assert second["weights"]["sha256"] != first["weights"]["sha256"]
+
+
 def test_gpt2_tied_weights_survive_roundtrip(tmp_path: Path) -> None:
     student = _student(tm.gpt2_tiny)
     assert student.lm_head.weight is student.transformer.wte.weight

@@ -1,8 +1,12 @@
-"""The ``inhernet`` command line: ``demo``, ``presets``, ``plan``, ``bench``."""
+"""The ``inhernet`` command line: ``demo``, ``presets``, ``plan``, ``bench`` on the presets, and
+``compress``, ``train``, ``eval`` on a user's own model and data (loaded by :mod:`inhernet.sources`)."""
 
 from __future__ import annotations
 
+import functools
 import sys
+from dataclasses import replace
+from typing import Any
 
 import click
 from rich.console import Console
@@ -146,6 +150,278 @@ def demo(budget: float, experts: int, steps: int, batch_size: int, out: str) -> 
         progress=False,
     )
     _run_bench(bench_cfg, out, None)
+
+
+# -- your own model and data: compress / train / eval -------------------------------------------------
+def _options(*decorators):
+    """Apply several click decorators as one, in reading order."""
+
+    def apply(f):
+        for decorator in reversed(decorators):
+            f = decorator(f)
+        return f
+
+    return apply
+
+
+_MODEL_SPEC = _options(
+    click.option("--weights", type=click.Path(dir_okay=False), default=None,
+                 help="Trained weights of a torchvision/timm model: a .safetensors or .pth state dict."),
+    click.option("--task", type=click.Choice(["classify", "lm"]), default=None,
+                 help="Hugging Face head: sequence classification or causal LM (default: from config.json)."),
+    click.option("--num-classes", type=click.IntRange(min=1), default=None,
+                 help="Classifier outputs [torchvision/timm, or a Hugging Face checkpoint without a classification head: "
+                 "the data's class count; Hugging Face classifiers: config.json's num_labels]."),
+)
+_PREP = ("image_size", "mean", "std", "max_length", "text_column", "label_column", "encoding")
+
+
+def _collect_prep(f):
+    """Pass the data preparation options given on the command line to ``f`` as one ``prep`` dict."""
+
+    @functools.wraps(f)
+    def command(**kwargs):
+        given = {name: kwargs.pop(name) for name in _PREP}
+        return f(prep={k: v for k, v in given.items() if v not in (None, ())}, **kwargs)  # unset nargs=3: ()
+
+    return command
+
+
+# Preparation options default to None: compress fills in DataOptions' defaults, train and eval what
+# compress recorded.
+_DATA = _options(
+    click.option("--data", type=click.Path(), required=True,
+                 help="An image folder (ROOT/CLASS/img.png) or a CSV/TSV/JSONL text file."),
+    click.option("--image-size", type=click.IntRange(min=1), default=None,
+                 help="Images: shorter side resized to this, then centre-cropped square [224]."),
+    click.option("--mean", type=float, nargs=3, default=None, help="Images: per-channel mean [ImageNet's]."),
+    click.option("--std", type=float, nargs=3, default=None, help="Images: per-channel std [ImageNet's]."),
+    click.option("--max-length", type=click.IntRange(min=2), default=None,
+                 help="Text: tokens per example, padded/truncated [128, at most the model's positions]."),
+    click.option("--text-column", default=None, help="Text: column of the text [text]."),
+    click.option("--label-column", default=None, help="Text: column of the class label [label]."),
+    click.option("--encoding", default=None, help="Text: the file's encoding [utf-8]."),
+    click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True),
+    click.option("--seed", type=int, default=0, show_default=True, help="Seed of the train/validation split and of the run."),
+    _collect_prep,
+)
+_VAL_FRACTION = click.option(
+    "--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True,
+    help="Share of the data held out for validation (the same split for the same --seed).",
+)
+
+
+@cli.command()
+@click.argument("model")
+@_MODEL_SPEC
+@_DATA
+@_VAL_FRACTION
+@_BUDGET
+@_EXPERTS
+@_INIT
+@_ALLOCATION
+@click.option("--exclude", multiple=True, help="Module name pattern to keep dense (repeatable), e.g. fc.")
+@click.option("--calib-size", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Training examples whose layer inputs whiten the SVDs (--init whiten).")
+@click.option("--out", "-o", type=click.Path(file_okay=False), required=True, help="Directory to save to.")
+def compress(
+    model: str, weights: str | None, task: str | None, num_classes: int | None, data: str, prep: dict[str, Any],
+    batch_size: int, seed: int, val_fraction: float, budget: float, experts: int, init: str, allocation: str, exclude: tuple[str, ...],
+    calib_size: int, out: str,
+) -> None:
+    """Compress your own MODEL to a parameter budget and save it to --out.
+
+    MODEL is torchvision:NAME or timm:NAME (built offline; trained weights from --weights) or a
+    Hugging Face model directory. Calibration uses the training split of --data only. --out gets
+    inhernet.json + model.safetensors (inhernet.load) and source.json, which records MODEL and the
+    data preparation for `inhernet train` and `inhernet eval`.
+
+    \b
+    Example:
+      inhernet compress torchvision:resnet18 --weights r18-pets.safetensors \\
+          --data pets/train --image-size 224 --budget 0.25 --out out/r18-pets
+      inhernet compress ./my-bert --data reviews.csv --budget 0.5 --out out/bert
+    """
+    from . import InherConfig, inherit, save
+    from .sources import (
+        DataOptions,
+        Source,
+        calibration_batches,
+        has_trained_head,
+        open_source,
+        parse_model_spec,
+        split,
+        write_source,
+    )
+
+    cfg = InherConfig(
+        budget=_budget_value(budget), experts=experts, init=init, allocation=allocation, exclude=exclude, seed=seed
+    )
+    spec = parse_model_spec(model, weights=weights, task=task, num_classes=num_classes)
+    options = DataOptions().updated(**prep)
+    opened = open_source(Source(spec, options), data)
+    if spec.library != "hf" and spec.weights is None:
+        click.echo(f"warning: no --weights: {spec} is randomly initialised, so there is little to inherit", err=True)
+    elif not has_trained_head(spec):
+        click.echo(
+            f"warning: config.json of {spec.name} names no {spec.task} architecture: its head is new and random, "
+            "so the teacher's predictions are too; fine-tune the teacher on your task first", err=True,
+        )
+    train_set, _ = split(opened.data.dataset, val_fraction, seed)
+    calib = calibration_batches(train_set, calib_size, batch_size) if init == "whiten" else None
+    student = inherit(opened.teacher, cfg, calib=calib, progress=sys.stderr.isatty())
+    _print_plan(student.inhernet_plan)
+    save(student, out)
+    write_source(out, opened.source)
+    console.print(f"saved to {out}; next: inhernet train {out} --data {data}", highlight=False)
+
+
+@cli.command()
+@click.argument("directory", type=click.Path(file_okay=False))
+@_DATA
+@_VAL_FRACTION
+@click.option("--steps", type=click.IntRange(min=1), default=500, show_default=True, help="Optimiser steps.")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True)
+@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=4.0, show_default=True,
+              help="KD softmax temperature.")
+@click.option("--alpha", type=click.FloatRange(0, 1), default=0.9, show_default=True,
+              help="Weight of the KD term (1 - alpha: the labels' cross-entropy).")
+@click.option("--precision", default="32", show_default=True, help="Lightning precision: 32, bf16-mixed, 16-mixed...")
+@click.option("--accelerator", default="auto", show_default=True, help="Lightning accelerator: auto, cpu, gpu...")
+@click.option("--val-every", type=click.IntRange(min=0), default=None, help="Validate every N steps [steps/10].")
+@click.option("--log-dir", type=click.Path(file_okay=False), default=None,
+              help="CSV logs, checkpoints and history.json [a temporary directory].")
+@click.option("--checkpoint-every", type=click.IntRange(min=0), default=None,
+              help="Checkpoint every N steps [steps/10 with --log-dir, else never].")
+@click.option("--resume", default=None, help="Continue from 'last' (the last checkpoint in --log-dir) or a .ckpt.")
+@click.option("--save-to", type=click.Path(file_okay=False), default=None, help="Save here instead of DIRECTORY.")
+@click.option("--progress/--no-progress", default=None, help="Progress bar [on in a terminal].")
+def train(
+    directory: str, data: str, prep: dict[str, Any], batch_size: int, seed: int, val_fraction: float, steps: int,
+    lr: float, temperature: float, alpha: float, precision: str, accelerator: str, val_every: int | None, log_dir: str | None, checkpoint_every: int | None,
+    resume: str | None, save_to: str | None, progress: bool | None,
+) -> None:
+    """Fine-tune a compressed DIRECTORY by distillation from its teacher, on your data.
+
+    The teacher is rebuilt from DIRECTORY/source.json, the student with inhernet.load; both see the
+    data prepared as at compression unless overridden. The trained student replaces DIRECTORY's
+    weights (or goes to --save-to). Checkpoints are Lightning .ckpt files: resume only your own.
+
+    \b
+    Example:
+      inhernet train out/r18-pets --data pets/train --steps 2000 --lr 5e-4 --log-dir out/r18-log
+      inhernet train out/r18-pets --data pets/train --steps 2000 --log-dir out/r18-log --resume last
+    """
+    import copy
+
+    from . import DistillConfig, distill, load, save
+    from .sources import make_loader, open_source, read_source, split, write_source
+
+    source = read_source(directory)
+    options = source.data.updated(**prep)
+    opened = open_source(replace(source, data=options), data)
+    student = load(directory, base=copy.deepcopy(opened.teacher))
+    train_set, val_set = split(opened.data.dataset, val_fraction, seed)
+    if checkpoint_every is None:
+        checkpoint_every = max(1, steps // 10) if log_dir else 0
+    cfg = DistillConfig(
+        steps=steps, lr=lr, temperature=temperature, alpha=alpha, precision=precision, accelerator=accelerator,
+        seed=seed, metric=opened.data.metric, val_every=val_every, log_dir=log_dir,
+        checkpoint_every=checkpoint_every, resume=resume,
+        progress=sys.stdout.isatty() if progress is None else progress,
+    )
+    train_loader = make_loader(train_set, batch_size, shuffle=True, seed=seed)
+    val_loader = make_loader(val_set, batch_size) if val_set is not None else None
+    history = distill(student, opened.teacher, train_loader, val_loader, cfg)
+    target = save_to or directory
+    save(student, target)
+    write_source(target, opened.source)
+    curve = history["curve"]
+    if curve:
+        console.print(
+            f"validation {history['metric']}: {curve[0][1]:.4f} at step {curve[0][0]} -> "
+            f"{curve[-1][1]:.4f} at step {curve[-1][0]}", highlight=False,
+        )
+    console.print(
+        f"trained {history['steps']} steps ({history['sec_per_step'] * 1000:.0f} ms/step), logs in "
+        f"{history['log_dir']}; saved to {target}", highlight=False,
+    )
+
+
+@cli.command("eval")
+@click.argument("model")
+@_MODEL_SPEC
+@_DATA
+@click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
+              help="Evaluate only the validation split `train` used with this fraction and --seed (0: all data).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Also write the rows here.")
+def eval_command(
+    model: str, weights: str | None, task: str | None, num_classes: int | None, data: str, prep: dict[str, Any],
+    batch_size: int, seed: int, val_fraction: float, json_path: str | None,
+) -> None:
+    """Metric, parameters and MACs of a compressed MODEL beside its teacher's, on your data.
+
+    MODEL is a directory written by `inhernet compress` / `train` (its teacher is rebuilt from
+    source.json), or a plain model spec as `compress` takes, evaluated alone. The metric is
+    accuracy for classifiers and perplexity for causal LMs; MACs are per example.
+
+    \b
+    Example:
+      inhernet eval out/r18-pets --data pets/test
+      inhernet eval out/r18-pets --data pets/train --val-fraction 0.1   # train's held-out split
+    """
+    import copy
+    from pathlib import Path
+
+    from . import load
+    from .serialization import CONFIG_NAME
+    from .sources import DataOptions, Source, open_source, parse_model_spec, read_source, split
+
+    if (Path(model) / CONFIG_NAME).is_file():
+        given = [f for f, v in (("--weights", weights), ("--task", task), ("--num-classes", num_classes)) if v]
+        if given:
+            raise ValueError(f"{', '.join(given)} describe a model spec; {model}'s teacher is recorded in its source.json")
+        source = read_source(model)
+        options = source.data.updated(**prep)
+        opened = open_source(replace(source, data=options), data)
+        models = {"teacher": opened.teacher, "inhernet": load(model, base=copy.deepcopy(opened.teacher))}
+    else:
+        spec = parse_model_spec(model, weights=weights, task=task, num_classes=num_classes)
+        options = DataOptions().updated(**prep)
+        opened = open_source(Source(spec, options), data)
+        models = {str(spec): opened.teacher}
+    dataset = opened.data.dataset if val_fraction == 0 else split(opened.data.dataset, val_fraction, seed)[1]
+    rows = _measure(models, dataset, batch_size, opened.data.metric)
+    _print_measures(rows, opened.data.metric)
+    if json_path:
+        from .bench import write_json
+
+        write_json({"model": model, "data": data, "metric": opened.data.metric, "examples": len(dataset),
+                    "models": rows}, json_path)
+
+
+def _measure(models: dict[str, Any], dataset: Any, batch_size: int, metric: str) -> list[dict[str, Any]]:
+    """Parameters, MACs of one example and ``metric`` over ``dataset`` of each model."""
+    from . import count_macs, evaluate
+    from .sources import make_loader
+
+    loader = make_loader(dataset, batch_size)
+    example = next(iter(make_loader(dataset, 1)))
+    return [
+        {"name": name, "params": sum(p.numel() for p in m.parameters()), "macs": count_macs(m, example),
+         metric: evaluate(m, loader, metric)[metric]}
+        for name, m in models.items()
+    ]
+
+
+def _print_measures(rows: list[dict[str, Any]], metric: str) -> None:
+    reference = rows[0]  # the teacher: the others are shown as a share of it
+    table = Table("model", "params", "MACs / example", metric)
+    for row in rows:
+        share = "" if row is reference else f" ({row['params'] / reference['params']:.1%})"
+        macs = "" if row is reference or not reference["macs"] else f" ({row['macs'] / reference['macs']:.1%})"
+        table.add_row(row["name"], f"{row['params']:,}{share}", f"{row['macs']:,}{macs}", f"{row[metric]:.4f}")
+    console.print(table)
 
 
 def _print_plan(plan) -> None:

@@ -23,6 +23,7 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 
 from ._version import __version__
+from .config import InherConfig
 from .kinds import kind_of
 from .layers import InherBlock
 from .surgery import replace_module
@@ -54,12 +55,14 @@ def save(model: nn.Module, path: str | os.PathLike[str]) -> Path:
         save_model(model, str(tmp_weights), metadata={"format": "pt", "inhernet_format": str(FORMAT_VERSION)})
         digest = _sha256(tmp_weights)
         plan = getattr(model, "inhernet_plan", None)
+        # A loaded model has no plan, only the config it was inherited with: keep that on a re-save.
+        config = plan.config if plan is not None else getattr(model, "inhernet_config", None)
         meta: dict[str, Any] = {
             "format_version": FORMAT_VERSION,
             "inhernet_version": __version__,
             "model_class": type(model).__name__,
             "params": sum(p.numel() for p in model.parameters()),
-            "config": plan.config.to_dict() if plan is not None else None,
+            "config": config.to_dict() if config is not None else None,
             "layers": {
                 name: {"rank": b.rank, "experts": b.experts, "source": getattr(b, "source", None)}
                 for name, b in blocks.items()
@@ -75,7 +78,9 @@ def load(path: str | os.PathLike[str], base: nn.Module) -> nn.Module:
     """Rebuild a saved inherited model on ``base``, a model of the teacher's architecture.
 
     ``base`` is modified in place (its planned layers become blocks) and returned, on the device of
-    its parameters. Its own weights do not matter: every tensor comes from the file.
+    its parameters. Its own weights do not matter: every tensor comes from the file. The
+    :class:`InherConfig` it was inherited with becomes ``base.inhernet_config`` (so a later
+    :func:`save`, e.g. after fine-tuning, records it again).
     """
     if not isinstance(base, nn.Module):
         raise TypeError(f"base must be a torch.nn.Module of the teacher's architecture, got {type(base).__name__}")
@@ -90,6 +95,7 @@ def load(path: str | os.PathLike[str], base: nn.Module) -> nn.Module:
             f"{path} was saved from a {meta['model_class']}, but base is a {type(base).__name__}; "
             "pass a model of the same architecture"
         )
+    config = _read_config(meta.get("config"), Path(path))
     for name, spec in meta["layers"].items():
         base = _rebuild_layer(base, name, spec)
     device = next((p.device for p in base.parameters()), torch.device("cpu"))
@@ -99,7 +105,18 @@ def load(path: str | os.PathLike[str], base: nn.Module) -> nn.Module:
         raise ValueError(f"{weights} is not a readable safetensors file (corrupted or truncated?): {err}") from None
     except RuntimeError as err:
         raise ValueError(f"{weights} does not fit the rebuilt model: {err}") from None
+    if config is not None:
+        base.inhernet_config = config
     return base
+
+
+def _read_config(d: Any, path: Path) -> InherConfig | None:
+    if d is None:
+        return None
+    try:
+        return InherConfig.from_dict(d)
+    except (AttributeError, TypeError, ValueError) as err:
+        raise ValueError(f"{path / CONFIG_NAME}: malformed 'config' entry: {err}") from None
 
 
 def _rebuild_layer(base: nn.Module, name: str, spec: dict[str, Any]) -> nn.Module:
