@@ -43,6 +43,7 @@ def test_bad_arguments_fail_with_one_clear_line(args, message):
     assert result.returncode != 0
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
 def test_missing_asset_names_the_install_step(tmp_path):

@@ -444,7 +444,8 @@ def main() -> None:
     except click.exceptions.Abort:
         sys.exit(130)
     except click.ClickException as err:
-        err.show()
+        # One line, like every other error here; `--help` shows the usage.
+        click.echo(f"error: {err.format_message()}", err=True)
         sys.exit(err.exit_code)
     except (ValueError, TypeError, AssetMissingError) as err:
         click.echo(f"error: {err}", err=True)
