@@ -106,11 +106,15 @@ _METHODS = click.option(
     "--match", type=click.Choice(["params", "macs"]), default="params", show_default=True,
     help="Equal size in parameters, or in multiply-accumulates (--budget is then a share of the teacher's MACs).",
 )
+@click.option(
+    "--curve-points", type=click.IntRange(min=1), default=10, show_default=True,
+    help="Evaluations along each learning curve (fewer: a faster run on a CPU).",
+)
 @click.option("--out", default="out/bench", show_default=True, help="Directory for the JSON and the plot.")
 @click.option("--json", "json_path", default=None, help="Write the JSON here instead of under --out.")
 def bench(
     preset: str, budget: float, experts: int, seeds: int, steps: int | None, batch_size: int, lr: float,
-    methods: str | None, match: str, out: str, json_path: str | None,
+    methods: str | None, match: str, curve_points: int, out: str, json_path: str | None,
 ) -> None:
     """InherNet against matched-size baselines on a preset: same data, steps, optimiser, seeds."""
     from .bench import BenchConfig
@@ -120,7 +124,7 @@ def bench(
     chosen = tuple(m.strip() for m in methods.split(",")) if methods else None
     cfg = BenchConfig(
         preset=preset, budget=_budget_value(budget), experts=experts, seeds=tuple(range(seeds)), steps=steps,
-        batch_size=batch_size, lr=lr, methods=chosen, match=match,
+        batch_size=batch_size, lr=lr, methods=chosen, match=match, curve_points=curve_points,
     )
     _run_bench(cfg, out, json_path)
 

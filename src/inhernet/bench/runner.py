@@ -6,7 +6,7 @@ import copy
 import platform
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any, Literal
@@ -81,7 +81,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
         # The data is fixed, so the teacher runs once per example, not once per method, seed and step.
         train_set = precompute_teacher_logits(teacher, train_set)
     metric = preset.metric
-    example = calib[0][:1] if isinstance(calib[0], torch.Tensor) else calib[0]
+    example = _first_example(calib[0])
     teacher_metric = evaluate(teacher, test, metric)[metric]
     log(f"teacher: {_params(teacher):,} params, {metric} {teacher_metric:.4f}")
 
@@ -101,13 +101,20 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
             train = DataLoader(
                 train_set, batch_size=cfg.batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed)
             )
-            zero_shot = evaluate(student, test, metric)[metric]
             dcfg = DistillConfig(
                 steps=steps, lr=cfg.lr, temperature=cfg.temperature, alpha=cfg.alpha, seed=seed, metric=metric,
                 val_every=max(1, steps // cfg.curve_points), progress=cfg.progress, **cfg.distill_overrides,
             )
-            history = distill(student, teacher, train, _Head(test, cfg.curve_examples, cfg.batch_size), dcfg)
-            final = evaluate(student, test, metric)[metric]
+            curve_set = _Head(test, cfg.curve_examples, cfg.batch_size)
+            # A curve over the whole test split already measures the zero-shot and final metric
+            # (validation follows evaluate()'s semantics): don't pay for those evaluations twice.
+            whole = len(curve_set) >= len(test) and dcfg.val_at_start
+            zero_shot = None if whole else evaluate(student, test, metric)[metric]
+            history = distill(student, teacher, train, curve_set, dcfg)
+            points = {int(s): v for s, v in history["curve"]}
+            zero_shot = points[0] if zero_shot is None else zero_shot
+            final = points[history["steps"]] if whole and history["steps"] in points else None
+            final = evaluate(student, test, metric)[metric] if final is None else final
             run = {
                 "seed": seed, "zero_shot": zero_shot, "final": final, "steps": history["steps"],
                 "sec_per_step": history["sec_per_step"], "curve": history["curve"],
@@ -167,6 +174,15 @@ class _Head:
 
 def _has_gates(model: nn.Module) -> bool:
     return any(isinstance(m, InherBlock) and m.gate is not None for m in model.modules())
+
+
+def _first_example(batch: Any) -> Any:
+    """One example of an input batch (a tensor or a dict of tensors): MACs are reported per example."""
+    if isinstance(batch, torch.Tensor):
+        return batch[:1]
+    if isinstance(batch, Mapping):
+        return {k: v[:1] if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    return batch
 
 
 def _params(model: nn.Module) -> int:
