@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 from torch import nn
 
-__all__ = ["width_scaled"]
+__all__ = ["effnet_student", "width_scaled"]
+
+# output channels of EfficientNet-Lite0's seven stages (timm's arch_def), the widths a multiplier scales
+_LITE0_STAGE_CHANNELS = (16, 24, 40, 80, 112, 192, 320)
 
 
 def width_scaled(build: Callable[[float], nn.Module], min_params: int, *, steps: int = 400) -> nn.Module:
@@ -26,3 +30,30 @@ def width_scaled(build: Callable[[float], nn.Module], min_params: int, *, steps:
     if best is None:
         raise ValueError(f"no width multiplier in (0, 1] reaches {min_params:,} parameters")
     return best[1]
+
+
+def effnet_student(min_params: int, num_classes: int = 10) -> nn.Module:
+    """timm EfficientNet-Lite0 narrowed by a channel multiplier, the narrowest with ``>= min_params``.
+
+    Randomly initialised (timm's init). As in every EfficientNet-Lite, the multiplier scales the
+    blocks' channels while the stem (32) and the head (1280 features) stay fixed. Returned with
+    channels-last convolution weights, like the ``fashion-effnet`` teacher (faster on a CPU).
+    """
+    # timm's public efficientnet_lite0() pins channel_multiplier=1.0; its generator takes any multiplier.
+    from timm.models._efficientnet_builder import round_channels
+    from timm.models.efficientnet import _gen_efficientnet_lite
+
+    last: dict[tuple[int, ...], nn.Module] = {}
+
+    def build(scale: float) -> nn.Module:
+        # Widths are rounded to multiples of 8, so neighbouring multipliers often give the same
+        # network: building a timm model takes a noticeable fraction of a second, so reuse it.
+        widths = tuple(round_channels(c, scale) for c in _LITE0_STAGE_CHANNELS)
+        if widths not in last:
+            last.clear()
+            last[widths] = _gen_efficientnet_lite(
+                "efficientnet_lite0", channel_multiplier=scale, num_classes=num_classes
+            )
+        return last[widths]
+
+    return width_scaled(build, min_params, steps=200).to(memory_format=torch.channels_last)

