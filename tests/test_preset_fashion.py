@@ -100,18 +100,18 @@ def test_weights_map_key_by_key_onto_timm() -> None:
 def test_loaders_are_deterministic_and_class_balanced() -> None:
     test = fashion_dataset("test", per_class=3)
     images, labels = test.tensors
-    assert images.shape == (30, 3, 32, 32) and labels.dtype == torch.int64
+    assert images.shape == (30, 3, fashion.INPUT_SIZE, fashion.INPUT_SIZE) and labels.dtype == torch.int64
     assert torch.bincount(labels, minlength=10).tolist() == [3] * 10
     raw_images, raw_labels = read_fashion_mnist("test")
     kept = sorted(i for c in range(10) for i in (raw_labels == c).nonzero().flatten()[:3].tolist())
     assert torch.equal(labels, raw_labels[kept])  # file order, first 3 per class
-    torch.testing.assert_close(images, effnet_input(raw_images[kept]))
+    torch.testing.assert_close(images, effnet_input(raw_images[kept], fashion.INPUT_SIZE))
 
     train_a, test_loader = fashion_loaders(batch_size=8, train_limit=40, test_per_class=2, seed=1)
     train_b, _ = fashion_loaders(batch_size=8, train_limit=40, test_per_class=2, seed=1)
     train_c, _ = fashion_loaders(batch_size=8, train_limit=40, test_per_class=2, seed=2)
     (xa, ya), (xb, yb), (xc, _) = next(iter(train_a)), next(iter(train_b)), next(iter(train_c))
-    assert xa.shape == (8, 3, 32, 32) and torch.equal(xa, xb) and torch.equal(ya, yb)
+    assert xa.shape == (8, 3, fashion.INPUT_SIZE, fashion.INPUT_SIZE) and torch.equal(xa, xb) and torch.equal(ya, yb)
     assert not torch.equal(xa, xc)  # the seed fixes the order
     assert len(train_a.dataset) == 40 and len(test_loader.dataset) == 20
     assert [len(y) for _, y in test_loader] == [20]  # one evaluation batch, never shuffled

