@@ -1,22 +1,24 @@
-"""Inference latency of the MNIST teacher against its inherited models, next to their MACs.
+"""Inference latency of a preset's teacher against its inherited models and kd-student, next to their MACs.
 
 Models (same ranks for every inherited one: the plan of ``--budget`` with ``--experts`` experts):
 
-* ``teacher``: the pre-trained MNIST CNN (``load_mnist_teacher()``);
+* ``teacher``: the preset's teacher (``--preset``, default ``mnist-cnn``);
 * ``inherited h=H fused``: the InherNet blocks as shipped: one matmul / 1x1 conv over the h stacked,
   gate-scaled copies of the rank-r features;
 * ``inherited h=H loop``: the same weights computed the naive way, one product per expert, scaled by
   its gate and summed (written here only, for the comparison);
-* ``inherited h=1``: the same ranks without experts (what ``merge_experts`` deploys).
+* ``inherited h=1``: the same ranks without experts (what ``merge_experts`` deploys);
+* ``kd-student``: the preset's conventional student with at least the inherited model's parameters.
 
 Latency is the median over ``--repeats`` timed forward passes after ``--warmup`` untimed ones (the
-models timed in turn, round robin), under ``torch.inference_mode()``, at batch 1 and 256, on random
-normalised inputs (the cost does not depend on the values), with one CPU thread by default
+models timed in turn, round robin), under ``torch.inference_mode()``, at batch 1 and 256 (default), on
+real inputs from the preset's calibration data (repeated to the batch size), with one CPU thread by default
 (``--threads``: on a busy 2-core machine, two threads' synchronisation made small-batch timings
 erratic by up to 10x). Ratios are to the teacher; MACs are counted by ``inhernet.deploy.count_macs``.
-Writes ``benchmarks/results/latency.md`` (atomically) with the command that produced it.
+Writes ``benchmarks/results/latency-<preset>.md`` (atomically) with the command that produced it.
 
-    python benchmarks/latency.py                  # ~1 min on 2 CPUs
+    python benchmarks/latency.py                  # mnist-cnn, ~1 min on 2 CPUs
+    python benchmarks/latency.py --preset tweets-minilm --budget 0.5 --batches 1 64
     python benchmarks/latency.py --quick          # smoke run
     python benchmarks/latency.py --device cuda    # on a GPU (synchronised timing)
 """
@@ -40,12 +42,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from inhernet import InherBlock, InherConfig, InherConv, inherit
+from inhernet.batches import move_batch
 from inhernet.deploy import count_macs
-from inhernet.presets.mnist import load_mnist_teacher
+from inhernet.presets.registry import get_preset
 from inhernet.surgery import replace_module
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_OUT = ROOT / "benchmarks" / "results" / "latency.md"
+RESULTS = ROOT / "benchmarks" / "results"
 
 
 class LoopExperts(nn.Module):
@@ -86,20 +89,38 @@ def loop_variant(model: nn.Module) -> nn.Module:
     return looped
 
 
-def median_ms(models: dict[str, nn.Module], x: torch.Tensor, warmup: int, repeats: int) -> dict[str, float]:
+def batch_of(calib: list, size: int):
+    """``size`` examples from the calibration batches (tensors or dicts), repeated if there are fewer."""
+    first = calib[0]
+    if isinstance(first, dict):
+        keys = [k for k, v in first.items() if isinstance(v, torch.Tensor)]
+        joined = {k: torch.cat([b[k] for b in calib]) for k in keys}
+        n = next(iter(joined.values())).shape[0]
+        index = torch.arange(size) % n
+        return {k: v[index] for k, v in joined.items()}
+    joined = torch.cat(list(calib))
+    return joined[torch.arange(size) % joined.shape[0]]
+
+
+def call(model: nn.Module, x):
+    return model(**x) if isinstance(x, dict) else model(x)
+
+
+def median_ms(models: dict[str, nn.Module], x, warmup: int, repeats: int) -> dict[str, float]:
     """Median wall time (ms) of one forward pass per model, the models timed in turn (round robin), so a
     change in the machine's load hits every model alike."""
-    sync = torch.cuda.synchronize if x.device.type == "cuda" else (lambda: None)
+    device = next(next(iter(models.values())).parameters()).device
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     times: dict[str, list[float]] = {name: [] for name in models}
     with torch.inference_mode():
         for model in models.values():
             for _ in range(warmup):
-                model(x)
+                call(model, x)
         sync()
         for _ in range(repeats):
             for name, model in models.items():
                 t0 = time.perf_counter()
-                model(x)
+                call(model, x)
                 sync()
                 times[name].append(time.perf_counter() - t0)
     return {name: 1000 * statistics.median(t) for name, t in times.items()}
@@ -115,12 +136,17 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def logits(output) -> torch.Tensor:
+    return output.logits if hasattr(output, "logits") else output
+
+
 def n_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", default="mnist-cnn")
     ap.add_argument("--budget", type=float, default=0.25)
     ap.add_argument("--experts", type=int, default=3)
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 256])
@@ -136,14 +162,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--quick", action="store_true", help="few repeats: a smoke run")
-    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    ap.add_argument("--out", type=Path, default=None, help="default benchmarks/results/latency-<preset>.md")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     torch.manual_seed(0)
 
-    teacher = load_mnist_teacher(device)
+    preset = get_preset(args.preset)
+    out = args.out or RESULTS / f"latency-{args.preset}.md"
+    teacher = preset.teacher().to(device)
+    calib = preset.calib(max(args.batches))
     fused = inherit(
         teacher, InherConfig(budget=args.budget, experts=args.experts, init="svd"), progress=False
     )
@@ -157,17 +186,19 @@ def main(argv: list[str] | None = None) -> int:
         f"inherited h={args.experts} loop": loop_variant(fused),
         "inherited h=1 (same ranks)": single,
     }
+    if preset.student is not None:
+        models["kd-student"] = preset.student(n_params(fused)).to(device)
     for m in models.values():
         m.eval()
-    probe = torch.randn(4, 1, 28, 28, device=device)
+    probe = move_batch(batch_of(calib, 4), device)
     with torch.no_grad():
-        ref = fused(probe)
-        loop_err = float((models[f"inherited h={args.experts} loop"](probe) - ref).abs().max())
-    one = torch.randn(1, 1, 28, 28, device=device)
+        ref = logits(call(fused, probe))
+        loop_err = float((logits(call(models[f"inherited h={args.experts} loop"], probe)) - ref).abs().max())
+    one = move_batch(batch_of(calib, 1), device)
     macs = {name: count_macs(m, one) for name, m in models.items()}
     lat: dict[str, dict[int, float]] = {name: {} for name in models}
     for b in args.batches:
-        x = torch.randn(b, 1, 28, 28, device=device)
+        x = move_batch(batch_of(calib, b), device)
         repeats = args.repeats or (300 if b <= 8 else 30)
         warmup = args.warmup
         if args.quick:
@@ -206,11 +237,11 @@ def main(argv: list[str] | None = None) -> int:
         if device.type == "cuda"
         else f"CPU {cpu}, {torch.get_num_threads()} torch threads ({os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end)"
     )
-    text = f"""# Inference latency: MNIST teacher vs inherited models
+    text = f"""# Inference latency: {args.preset} teacher vs inherited models and kd-student
 
 Command: `{command}`
 Date: {dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}; torch {torch.__version__}; {hw}; float32, eager, `torch.inference_mode()`.
-Latency: median of the timed forward passes after warm-up, the models timed in turn (round robin); random inputs of shape (batch, 1, 28, 28).
+Latency: median of the timed forward passes after warm-up, the models timed in turn (round robin); inputs from the preset's calibration data.
 Inherited models: budget {args.budget} of the teacher's parameters, plain SVD init, energy allocation; the same ranks
 for all ({ranks}). MACs from `inhernet.deploy.count_macs` (PyTorch's FLOP counter / 2; the gate's softmax and
 scaling are element-wise and not counted).
@@ -220,12 +251,12 @@ The loop variant computes each expert's product separately (max |loop - fused| o
 
 Fused vs per-expert loop: {verdict}.
 """
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=args.out.parent, prefix=f".{args.out.name}.", suffix=".tmp")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
     with os.fdopen(fd, "w") as f:
         f.write(text)
-    os.replace(tmp, args.out)
-    print(f"wrote {args.out}")
+    os.replace(tmp, out)
+    print(f"wrote {out}")
     return 0
 
 
