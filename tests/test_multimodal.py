@@ -1,14 +1,18 @@
-"""Dual encoders: Hugging Face ``CLIPModel`` inherits as-is, both towers at once, with per-tower budgets."""
+"""Dual encoders: Hugging Face ``CLIPModel`` inherits as-is, both towers at once, with per-tower budgets;
+contrastive distillation and the retrieval metrics."""
 
 from __future__ import annotations
 
+import math
 import warnings
 from pathlib import Path
 
 import pytest
 import torch
 
-from inhernet import InherBlock, InherConfig, inherit, load, plan, save
+from inhernet import InherBlock, InherConfig, evaluate, inherit, load, plan, save
+from inhernet.distillation import DistillConfig, contrastive_kd_loss, distill
+from inhernet.dual import DUAL_METRICS, DualOutput, dual_metrics, dual_output
 
 TOL = 1e-4
 OUTPUTS = ("logits_per_image", "text_embeds", "image_embeds")
@@ -138,3 +142,123 @@ def test_budgets_config_errors(kwargs, error, match) -> None:
 def test_budgets_plan_errors_name_the_pattern(clip, budgets, match) -> None:
     with pytest.raises(ValueError, match=match):
         plan(clip[0], InherConfig(budgets=budgets, init="svd"))
+
+
+# -- contrastive distillation -------------------------------------------------------------------------
+EYE = torch.eye(2)
+SWAP = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_contrastive_kd_equals_hand_computed_value(temperature: float) -> None:
+    # Student similarities I, teacher's the swapped matrix: every row (both directions) is a two-way
+    # softmax with swapped logits, whose KL is (1 - 2q) / T with q = sigmoid(-1/T); times T**2.
+    loss = contrastive_kd_loss((EYE, EYE), (EYE, SWAP), temperature=temperature)
+    assert math.isclose(float(loss), temperature * math.tanh(0.5 / temperature), rel_tol=1e-6)
+
+
+def test_contrastive_kd_mixes_info_nce_and_embedding_matching() -> None:
+    kd = 2 * math.tanh(0.25)
+    info_nce = math.log(1 + math.exp(-1))  # row i of I: -log(e / (e + 1))
+    embed = 0.5 * (0.0 + 1.0)  # images equal; texts orthogonal (1 - cos = 1)
+    loss = contrastive_kd_loss((EYE, EYE), (EYE, SWAP), temperature=2.0, alpha=0.5, embed_weight=0.2)
+    assert math.isclose(float(loss), 0.5 * kd + 0.5 * info_nce + 0.2 * embed, rel_tol=1e-6)
+    mse = contrastive_kd_loss((EYE, EYE), (EYE, SWAP), alpha=1.0, embed_weight=1.0, embed_loss="mse")
+    assert math.isclose(float(mse), 4 * math.tanh(1 / 8) + 0.5 * 1.0, rel_tol=1e-6)
+
+
+def test_contrastive_kd_reads_scales_and_clip_outputs(clip) -> None:
+    scaled = DualOutput(EYE, EYE, logit_scale=torch.tensor(2.0))
+    assert torch.equal(scaled.logits_per_image, 2 * EYE)
+    assert float(contrastive_kd_loss(scaled, {"image_embeds": EYE, "text_embeds": 2 * EYE,
+                                              "logit_scale": torch.tensor(2.0)})) == pytest.approx(0.0, abs=1e-7)
+    teacher, batch = clip
+    with torch.no_grad():
+        out = teacher(**batch)
+    assert torch.equal(dual_output(out).logits_per_image, out.logits_per_image)
+    assert float(contrastive_kd_loss(out, out)) == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    (dict(temperature=0.0), "temperature must be positive"),
+    (dict(alpha=1.5), "alpha must be in"),
+    (dict(embed_loss="l1", embed_weight=1.0), "embed_loss one of"),
+])
+def test_contrastive_kd_errors(kwargs, match) -> None:
+    with pytest.raises(ValueError, match=match):
+        contrastive_kd_loss((EYE, EYE), (EYE, EYE), **kwargs)
+    with pytest.raises(TypeError, match="image_embeds and text_embeds"):
+        contrastive_kd_loss(EYE, (EYE, EYE))
+    with pytest.raises(ValueError, match="embedding matching needs"):
+        contrastive_kd_loss((EYE, EYE), (torch.eye(2, 3), torch.eye(2, 3)), embed_weight=1.0)
+
+
+def test_dual_metrics_hand_counted() -> None:
+    # Three pairs, classes 0, 0, 1. Image 2 looks like class 0's captions: wrong at rank 1.
+    image = torch.tensor([[1.0, 0.0], [1.0, 0.1], [0.9, 0.2]])
+    text = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    labels = torch.tensor([0, 0, 1])
+    m = dual_metrics(image, text, labels)
+    assert list(m) == list(DUAL_METRICS)
+    assert m["zero-shot-accuracy"] == pytest.approx(2 / 3)
+    assert m["i2t-recall@1"] == pytest.approx(2 / 3)
+    assert m["i2t-recall@5"] == 1.0
+    # Caption 2 (class 1) ranks image 2 first: it is the most "class 1" of the images.
+    assert m["t2i-recall@1"] == 1.0
+
+
+def _pairs(n: int, seed: int) -> list[dict[str, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, 99, (n, 7), generator=g)
+    ids[:, -1] = 2
+    pixels = torch.randn(n, 3, 16, 16, generator=g)
+    labels = torch.randint(0, 3, (n,), generator=g)
+    return [{"input_ids": ids[i], "attention_mask": torch.ones(7, dtype=torch.long), "pixel_values": pixels[i],
+             "labels": labels[i]} for i in range(n)]
+
+
+def test_evaluate_dual_metrics_on_clip(clip) -> None:
+    loader = torch.utils.data.DataLoader(_pairs(12, seed=1), batch_size=5)
+    result = evaluate(clip[0], loader, "t2i-recall@5")
+    assert set(result) == {*DUAL_METRICS, "count"} and result["count"] == 12
+    assert all(0 <= result[m] <= 1 for m in DUAL_METRICS)
+
+
+def test_distill_contrastive_lowers_the_loss(clip, tmp_path: Path) -> None:
+    teacher, _ = clip
+    pairs = _pairs(8, seed=2)
+    train = torch.utils.data.DataLoader(pairs, batch_size=8, shuffle=True)  # one batch: the loss is comparable
+    val = torch.utils.data.DataLoader(_pairs(16, seed=3), batch_size=8)
+    batch = {k: v for k, v in torch.utils.data.default_collate(pairs).items() if k != "labels"}
+    student = inherit(teacher, InherConfig(budget=0.5, init="svd"), progress=False)
+
+    def loss() -> float:
+        with torch.no_grad():
+            return float(contrastive_kd_loss(student.eval()(**batch), teacher(**batch), temperature=2.0))
+
+    before = loss()
+    cfg = DistillConfig(loss="contrastive", steps=12, lr=3e-3, temperature=2.0, alpha=1.0, embed_weight=0.5,
+                        metric="zero-shot-accuracy", val_every=6, log_dir=str(tmp_path))
+    history = distill(student, teacher, train, val, cfg)
+    assert [p[0] for p in history["curve"]] == [0, 6, 12]
+    assert all(0 <= p[1] <= 1 for p in history["curve"])
+    assert loss() < 0.5 * before
+
+
+def test_contrastive_distill_refuses_cached_teacher_logits(clip, tmp_path: Path) -> None:
+    teacher, _ = clip
+    examples = [{**e, "teacher_logits": torch.zeros(3)} for e in _pairs(8, seed=4)]
+    train = torch.utils.data.DataLoader(examples, batch_size=4)
+    student = inherit(teacher, InherConfig(budget=0.5, init="svd"), progress=False)
+    cfg = DistillConfig(loss="contrastive", steps=1, val_at_start=False, log_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="teacher must run live"):
+        distill(student, teacher, train, None, cfg)
+
+
+def test_distill_config_contrastive_errors() -> None:
+    with pytest.raises(ValueError, match=r"DistillConfig\.loss must be one of"):
+        DistillConfig(loss="clip")
+    with pytest.raises(ValueError, match=r"DistillConfig\.embed_loss must be one of"):
+        DistillConfig(embed_loss="l1")
+    with pytest.raises(ValueError, match=r"DistillConfig\.metric must be one of"):
+        DistillConfig(metric="recall@1")

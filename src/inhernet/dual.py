@@ -1,0 +1,104 @@
+"""Dual encoders (CLIP-style): reading their outputs, and the retrieval metrics over a split.
+
+A dual encoder maps a batch of ``n`` images and ``n`` texts (pair ``i`` = image ``i`` with text ``i``)
+to one embedding per image and per text. Outputs are read from Hugging Face ``CLIPOutput``-like
+objects or dicts (``image_embeds``, ``text_embeds`` and optionally ``logit_scale`` or
+``logits_per_image``), or from an ``(image_embeds, text_embeds)`` tuple.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["DUAL_METRICS", "DualOutput", "dual_metrics", "dual_output"]
+
+#: The metrics of :func:`dual_metrics`, all computed from one pass over a split.
+DUAL_METRICS = ("zero-shot-accuracy", "i2t-recall@1", "i2t-recall@5", "t2i-recall@1", "t2i-recall@5")
+
+
+@dataclass
+class DualOutput:
+    """The embeddings of ``n`` image-text pairs and their similarity logits.
+
+    ``logits_per_image`` (n images x n texts) is the model's own when it returns them (Hugging Face
+    CLIP), else ``logit_scale * cos(image_i, text_j)``, or the cosine similarities themselves when
+    the model returns no scale.
+    """
+
+    image_embeds: torch.Tensor
+    text_embeds: torch.Tensor
+    logit_scale: torch.Tensor | None = None
+    given_logits: torch.Tensor | None = None
+
+    @property
+    def logits_per_image(self) -> torch.Tensor:
+        if self.given_logits is not None:
+            return self.given_logits.float()
+        sims = F.normalize(self.image_embeds.float(), dim=-1) @ F.normalize(self.text_embeds.float(), dim=-1).T
+        return sims if self.logit_scale is None else self.logit_scale.float() * sims
+
+    @property
+    def logits_per_text(self) -> torch.Tensor:
+        return self.logits_per_image.T
+
+
+def dual_output(output: Any) -> DualOutput:
+    """The :class:`DualOutput` of a dual encoder's output (``CLIPOutput``-like, dict or 2-tuple)."""
+    if isinstance(output, DualOutput):
+        return output
+    get = output.get if isinstance(output, Mapping) else lambda key: getattr(output, key, None)
+    image, text = get("image_embeds"), get("text_embeds")
+    if isinstance(image, torch.Tensor) and isinstance(text, torch.Tensor):
+        scale, logits = get("logit_scale"), get("logits_per_image")
+        return DualOutput(
+            image, text, scale if isinstance(scale, torch.Tensor) else None,
+            logits if isinstance(logits, torch.Tensor) else None,
+        )
+    if (
+        isinstance(output, (tuple, list)) and len(output) == 2
+        and all(isinstance(t, torch.Tensor) and t.dim() == 2 for t in output)
+    ):
+        return DualOutput(output[0], output[1])
+    raise TypeError(
+        f"cannot read image and text embeddings from a model output of type {type(output).__name__}; a dual "
+        "encoder must return an object or dict with image_embeds and text_embeds (Hugging Face CLIPOutput), "
+        "or an (image_embeds, text_embeds) tuple"
+    )
+
+
+@torch.no_grad()
+def dual_metrics(image: torch.Tensor, text: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """Zero-shot accuracy and retrieval recall of ``N`` image-text pairs with class ``labels``.
+
+    Captions written from class names repeat across a split, so a retrieved item is relevant when it
+    has the query's class (category-level retrieval): ``i2t-recall@k`` is the share of images whose
+    ``k`` most similar captions (of all ``N``) include one of their class, ``t2i-recall@k`` the same
+    for captions retrieving images. ``zero-shot-accuracy`` classifies each image by the most similar
+    class text embedding, the mean of the normalised embeddings of the captions of that class (a
+    prompt ensemble over the split's caption templates; no image takes part in it).
+    """
+    if not (len(image) == len(text) == len(labels)) or len(labels) == 0:
+        raise ValueError(
+            f"dual_metrics needs as many images, texts and labels (> 0), got {len(image)}, {len(text)}, "
+            f"{len(labels)}"
+        )
+    image = F.normalize(image.double(), dim=-1)
+    text = F.normalize(text.double(), dim=-1)
+    labels = labels.reshape(-1)
+    sims = image @ text.T  # (N images, N texts)
+    out: dict[str, float] = {}
+    for direction, scores in (("i2t", sims), ("t2i", sims.T)):
+        for k in (1, 5):
+            top = scores.topk(min(k, scores.shape[1]), dim=1).indices
+            hit = (labels[top] == labels[:, None]).any(dim=1)
+            out[f"{direction}-recall@{k}"] = float(hit.double().mean())
+    classes = labels.unique()
+    prototypes = torch.stack([text[labels == c].mean(0) for c in classes])
+    predicted = classes[(image @ F.normalize(prototypes, dim=-1).T).argmax(dim=1)]
+    out["zero-shot-accuracy"] = float((predicted == labels).double().mean())
+    return {name: out[name] for name in DUAL_METRICS}
