@@ -96,12 +96,14 @@ _METHODS = click.option(
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="KD steps (default: one epoch).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
 @click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option("--curve-points", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Validations along each run (the learning curve; each one evaluates the curve split).")
 @_METHODS
 @click.option("--out", default="out/bench", show_default=True, help="Directory for the JSON and the plot.")
 @click.option("--json", "json_path", default=None, help="Write the JSON here instead of under --out.")
 def bench(
     preset: str, budget: float, experts: int, seeds: int, steps: int | None, batch_size: int, lr: float,
-    methods: str | None, out: str, json_path: str | None,
+    curve_points: int, methods: str | None, out: str, json_path: str | None,
 ) -> None:
     """InherNet against matched-size baselines on a preset: same data, steps, optimiser, seeds."""
     from .bench import BenchConfig
@@ -111,7 +113,7 @@ def bench(
     chosen = tuple(m.strip() for m in methods.split(",")) if methods else None
     cfg = BenchConfig(
         preset=preset, budget=_budget_value(budget), experts=experts, seeds=tuple(range(seeds)), steps=steps,
-        batch_size=batch_size, lr=lr, methods=chosen,
+        batch_size=batch_size, lr=lr, methods=chosen, curve_points=curve_points,
     )
     _run_bench(cfg, out, json_path)
 

@@ -75,7 +75,8 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
         train_set = precompute_teacher_logits(teacher, train_set)
     metric = preset.metric
     example = calib[0][:1] if isinstance(calib[0], torch.Tensor) else calib[0]
-    teacher_metric = evaluate(teacher, test, metric)[metric]
+    teacher_scores = evaluate(teacher, test, metric)
+    teacher_metric = teacher_scores[metric]
     log(f"teacher: {_params(teacher):,} params, {metric} {teacher_metric:.4f}")
 
     runs: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
@@ -92,15 +93,17 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
                 train_set, batch_size=cfg.batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed)
             )
             zero_shot = evaluate(student, test, metric)[metric]
-            dcfg = DistillConfig(
+            options = dict(
                 steps=steps, lr=cfg.lr, temperature=cfg.temperature, alpha=cfg.alpha, seed=seed, metric=metric,
-                val_every=max(1, steps // cfg.curve_points), progress=cfg.progress, **cfg.distill_overrides,
+                val_every=max(1, steps // cfg.curve_points), progress=cfg.progress,
             )
+            dcfg = DistillConfig(**{**options, **preset.distill_options, **cfg.distill_overrides})
             history = distill(student, teacher, train, _Head(test, cfg.curve_examples, cfg.batch_size), dcfg)
-            final = evaluate(student, test, metric)[metric]
+            scores = evaluate(student, test, metric)
+            final = scores[metric]
             runs[name].append({
                 "seed": seed, "zero_shot": zero_shot, "final": final, "steps": history["steps"],
-                "sec_per_step": history["sec_per_step"], "curve": history["curve"],
+                "sec_per_step": history["sec_per_step"], "curve": history["curve"], "metrics": _others(scores, metric),
             })
             log(f"seed {seed} {name:<22} {sizes[name][0]:>10,} params  zero-shot {zero_shot:.4f}  "
                 f"final {final:.4f}  {history['sec_per_step'] * 1000:.1f} ms/step")
@@ -108,7 +111,10 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
     return {
         "preset": cfg.preset, "budget": cfg.budget, "experts": cfg.experts, "metric": metric,
         "higher_is_better": metric != "perplexity",
-        "teacher": {"params": _params(teacher), "macs": count_macs(teacher, example), "metric": teacher_metric},
+        "teacher": {
+            "params": _params(teacher), "macs": count_macs(teacher, example), "metric": teacher_metric,
+            **_extra(_others(teacher_scores, metric)),
+        },
         "methods": [_summarise(name, runs[name], sizes[name]) for name in methods],
         "device": "cuda" if torch.cuda.is_available() else "cpu", "torch": torch.__version__,
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
@@ -129,7 +135,18 @@ def _summarise(name: str, runs: list[dict[str, Any]], size: tuple[int, int]) -> 
         "sec_per_step": statistics.median(r["sec_per_step"] for r in runs),
         "curve": [[s, statistics.fmean(c[s] for c in curves)] for s in steps],
         "per_seed": [{k: r[k] for k in ("seed", "zero_shot", "final")} for r in runs],
+        **_extra({k: statistics.fmean(r["metrics"][k] for r in runs) for k in runs[0]["metrics"]}),
     }
+
+
+def _others(scores: dict[str, float], metric: str) -> dict[str, float]:
+    """The metrics ``evaluate`` returned besides the preset's own (a dual encoder's recalls)."""
+    return {k: v for k, v in scores.items() if k not in (metric, "count")}
+
+
+def _extra(metrics: dict[str, float]) -> dict[str, Any]:
+    """``{"other_metrics": ...}`` when there are any, so other presets' JSON keeps its shape."""
+    return {"other_metrics": metrics} if metrics else {}
 
 
 class _Head:
