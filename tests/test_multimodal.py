@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from inhernet import InherBlock, InherConfig, evaluate, inherit, load, plan, save
-from inhernet.distillation import DistillConfig, contrastive_kd_loss, distill
+from inhernet.distillation import DistillConfig, contrastive_kd_loss, distill, precompute_teacher_logits
 from inhernet.dual import DUAL_METRICS, DualOutput, dual_metrics, dual_output
 
 TOL = 1e-4
@@ -245,14 +245,22 @@ def test_distill_contrastive_lowers_the_loss(clip, tmp_path: Path) -> None:
     assert loss() < 0.5 * before
 
 
-def test_contrastive_distill_refuses_cached_teacher_logits(clip, tmp_path: Path) -> None:
+def test_cached_teacher_embeddings_rebuild_its_similarities(clip, tmp_path: Path) -> None:
     teacher, _ = clip
-    examples = [{**e, "teacher_logits": torch.zeros(3)} for e in _pairs(8, seed=4)]
-    train = torch.utils.data.DataLoader(examples, batch_size=4)
+    pairs = _pairs(8, seed=4)
+    cached = precompute_teacher_logits(teacher, pairs, batch_size=3)
+    assert cached.logits.shape == (8, 2 * 24 + 1)
+    batch = {k: v for k, v in torch.utils.data.default_collate(pairs[2:7]).items() if k != "labels"}
+    with torch.no_grad():
+        live = teacher(**batch)
+    rebuilt = DualOutput.unpack(cached.logits[2:7])
+    assert torch.allclose(rebuilt.logits_per_image, live.logits_per_image, atol=1e-4)
     student = inherit(teacher, InherConfig(budget=0.5, init="svd"), progress=False)
-    cfg = DistillConfig(loss="contrastive", steps=1, val_at_start=False, log_dir=str(tmp_path))
-    with pytest.raises(ValueError, match="teacher must run live"):
-        distill(student, teacher, train, None, cfg)
+    cfg = DistillConfig(loss="contrastive", steps=2, val_at_start=False, log_dir=str(tmp_path))
+    history = distill(student, teacher, torch.utils.data.DataLoader(cached, batch_size=4), None, cfg)
+    assert history["steps"] == 2 and all(math.isfinite(v) for _, v in history["train_loss"])
+    with pytest.raises(ValueError, match="packed dual-encoder outputs"):
+        DualOutput.unpack(torch.zeros(3, 4))
 
 
 def test_distill_config_contrastive_errors() -> None:
@@ -262,3 +270,32 @@ def test_distill_config_contrastive_errors() -> None:
         DistillConfig(embed_loss="l1")
     with pytest.raises(ValueError, match=r"DistillConfig\.metric must be one of"):
         DistillConfig(metric="recall@1")
+
+
+# -- bench on a tiny dual-encoder preset ---------------------------------------------------------------
+def test_bench_runs_a_dual_encoder_preset(clip, monkeypatch) -> None:
+    from inhernet.bench import BenchConfig, run_bench
+    from inhernet.presets import registry
+
+    teacher, _ = clip
+    train, test = _pairs(48, seed=5), _pairs(24, seed=6)
+
+    def data(batch_size: int = 8, **_: object):
+        return (torch.utils.data.DataLoader(train, batch_size=batch_size, shuffle=True),
+                torch.utils.data.DataLoader(test, batch_size=12))
+
+    calib = [{k: v for k, v in torch.utils.data.default_collate(train[:16]).items() if k != "labels"}]
+    preset = registry.Preset(
+        "tiny-clip", "random tiny CLIP", "zero-shot-accuracy", lambda: teacher, data, lambda n: calib,
+        methods=("inhernet", "svd-kd"), distill_options={"loss": "contrastive", "embed_weight": 1.0},
+    )
+    monkeypatch.setitem(registry.PRESETS, preset.name, preset)
+    cfg = BenchConfig(preset="tiny-clip", budget=0.5, seeds=(0,), steps=3, batch_size=8, curve_points=1,
+                      progress=False)
+    result = run_bench(cfg, log=lambda _: None)
+    assert result["metric"] == "zero-shot-accuracy" and result["higher_is_better"]
+    others = set(DUAL_METRICS) - {"zero-shot-accuracy"}
+    assert set(result["teacher"]["other_metrics"]) == others
+    for m in result["methods"]:
+        assert set(m["other_metrics"]) == others and m["steps"] == 3
+        assert [p[0] for p in m["curve"]] == [0, 3]

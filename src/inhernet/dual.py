@@ -15,7 +15,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-__all__ = ["DUAL_METRICS", "DualOutput", "dual_metrics", "dual_output"]
+__all__ = ["DUAL_METRICS", "DualOutput", "dual_metrics", "dual_output", "is_dual_output"]
 
 #: The metrics of :func:`dual_metrics`, all computed from one pass over a split.
 DUAL_METRICS = ("zero-shot-accuracy", "i2t-recall@1", "i2t-recall@5", "t2i-recall@1", "t2i-recall@5")
@@ -45,6 +45,43 @@ class DualOutput:
     @property
     def logits_per_text(self) -> torch.Tensor:
         return self.logits_per_image.T
+
+    def scale(self) -> torch.Tensor:
+        """The logit scale (from the given logits when the model returned no scale; 1 for none at all)."""
+        if self.logit_scale is not None:
+            return self.logit_scale.float().reshape(())
+        if self.given_logits is None:
+            return torch.ones((), device=self.image_embeds.device)
+        cos = DualOutput(self.image_embeds, self.text_embeds).logits_per_image
+        # given = scale * cos exactly: the least-squares scale recovers it
+        return (self.given_logits.float() * cos).sum() / (cos * cos).sum().clamp_min(1e-12)
+
+    def pack(self) -> torch.Tensor:
+        """One row per pair, ``[image_embeds, text_embeds, scale]``: what a data set can carry per example
+        (a teacher's similarities depend on the batch, but its embeddings do not)."""
+        n = len(self.image_embeds)
+        scale = self.scale().detach().expand(n, 1)
+        return torch.cat([self.image_embeds.float(), self.text_embeds.float(), scale.to(self.image_embeds)], dim=1)
+
+    @classmethod
+    def unpack(cls, packed: torch.Tensor) -> DualOutput:
+        """The inverse of :meth:`pack` (image and text embeddings share one width; the scale column is
+        the same on every row)."""
+        if packed.dim() != 2 or packed.shape[1] % 2 != 1:
+            raise ValueError(
+                f"packed dual-encoder outputs are (n, 2 * embed_dim + 1), got {tuple(packed.shape)}; were the "
+                "teacher's logits precomputed from a dual encoder?"
+            )
+        d = packed.shape[1] // 2
+        return cls(packed[:, :d], packed[:, d:-1], packed[0, -1])
+
+
+def is_dual_output(output: Any) -> bool:
+    """Whether ``output`` carries image and text embeddings (an object or dict; not a bare tuple)."""
+    if isinstance(output, DualOutput):
+        return True
+    get = output.get if isinstance(output, Mapping) else lambda key: getattr(output, key, None)
+    return isinstance(get("image_embeds"), torch.Tensor) and isinstance(get("text_embeds"), torch.Tensor)
 
 
 def dual_output(output: Any) -> DualOutput:

@@ -44,9 +44,9 @@ class DistillConfig:
         loss: ``"kd"`` (logit KD, :func:`~inhernet.distillation.kd_loss`) or ``"contrastive"`` (dual
             encoders such as CLIP: KL between the teacher's and the student's image->text and
             text->image similarity distributions over each batch,
-            :func:`~inhernet.distillation.contrastive_kd_loss`). Contrastive KD runs the teacher on
-            every batch (its similarities depend on the batch), so batches must not carry
-            precomputed teacher logits.
+            :func:`~inhernet.distillation.contrastive_kd_loss`). Precomputed teacher outputs are then
+            the teacher's packed per-example embeddings (``precompute_teacher_logits`` packs them), from
+            which each batch's similarities are rebuilt.
         temperature: KD softmax temperature ``T`` (the KL term is scaled by ``T**2``).
         alpha: weight of the KD term; ``1 - alpha`` weighs the cross-entropy with the labels (with
             ``loss="contrastive"``: the student's own InfoNCE loss on the pairs of the batch).

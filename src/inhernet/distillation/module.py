@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..batches import batch_labels, batch_teacher_logits, forward_batch, logits_of
-from ..dual import DUAL_METRICS, dual_metrics, dual_output
+from ..dual import DUAL_METRICS, DualOutput, dual_metrics, dual_output
 from .config import DistillConfig
 from .loss import FeatureCapture, contrastive_kd_loss, feature_loss, kd_loss, match_feature_names
 
@@ -172,21 +172,18 @@ class DistillModule(L.LightningModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         cfg = self.config
-        # The teacher runs live for feature matching, and for contrastive KD, whose similarity
-        # matrices depend on the batch; otherwise its logits may come precomputed with the batch.
-        live_teacher = bool(self.feature_names) or cfg.loss == "contrastive"
-        if cfg.loss == "contrastive" and batch_teacher_logits(batch) is not None:
-            raise ValueError(
-                "distill: loss='contrastive' compares similarity matrices within each batch, so the teacher "
-                "must run live; do not precompute teacher logits (a preset sets cache_teacher=False)"
-            )
+        # The teacher runs live for feature matching; otherwise its logits (a dual encoder's packed
+        # embeddings) may come precomputed with the batch.
+        precomputed = batch_teacher_logits(batch)
         with FeatureCapture(self.student, self.feature_names) as s_cap:
             student_out = forward_batch(self.student, batch)
         teacher_out = None
-        if live_teacher:
+        if self.feature_names or (cfg.loss == "contrastive" and precomputed is None):
             with FeatureCapture(self.teacher, self.feature_names) as t_cap, torch.no_grad():
                 teacher_out = forward_batch(self.teacher, batch)
         if cfg.loss == "contrastive":
+            if teacher_out is None:  # per-example embeddings, packed by precompute_teacher_logits
+                teacher_out = DualOutput.unpack(precomputed)
             loss = contrastive_kd_loss(
                 student_out, teacher_out, cfg.temperature, cfg.alpha, cfg.embed_weight, cfg.embed_loss
             )
