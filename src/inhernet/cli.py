@@ -96,14 +96,16 @@ _METHODS = click.option(
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="KD steps (default: one epoch).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
 @click.option("--lr", type=float, default=1e-3, show_default=True)
-@click.option("--curve-points", type=click.IntRange(min=1), default=10, show_default=True,
-              help="Validations along each run (the learning curve; each one evaluates the curve split).")
 @_METHODS
+@click.option(
+    "--curve-points", type=click.IntRange(min=1), default=10, show_default=True,
+    help="Evaluations along each learning curve (fewer: a faster run on a CPU).",
+)
 @click.option("--out", default="out/bench", show_default=True, help="Directory for the JSON and the plot.")
 @click.option("--json", "json_path", default=None, help="Write the JSON here instead of under --out.")
 def bench(
     preset: str, budget: float, experts: int, seeds: int, steps: int | None, batch_size: int, lr: float,
-    curve_points: int, methods: str | None, out: str, json_path: str | None,
+    methods: str | None, curve_points: int, out: str, json_path: str | None,
 ) -> None:
     """InherNet against matched-size baselines on a preset: same data, steps, optimiser, seeds."""
     from .bench import BenchConfig

@@ -1,12 +1,19 @@
-"""Conventional smaller students: the teacher's architecture family at a reduced width."""
+"""Conventional smaller students: the teacher's architecture family at a reduced width (and, for BERT,
+depth)."""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
+import torch
 from torch import nn
 
-__all__ = ["width_scaled"]
+if TYPE_CHECKING:
+    from transformers import BertConfig
+
+__all__ = ["bert_params", "bert_student", "bert_student_config", "width_scaled"]
 
 
 def width_scaled(build: Callable[[float], nn.Module], min_params: int, *, steps: int = 400) -> nn.Module:
@@ -26,3 +33,129 @@ def width_scaled(build: Callable[[float], nn.Module], min_params: int, *, steps:
     if best is None:
         raise ValueError(f"no width multiplier in (0, 1] reaches {min_params:,} parameters")
     return best[1]
+
+
+def bert_params(config: BertConfig, *, head: bool = True, pooler: bool = True) -> int:
+    """Parameters of a Hugging Face BERT built from ``config`` (absolute position embeddings), counted
+    without building it: ``BertForSequenceClassification`` when ``head``, else ``BertModel`` (with or
+    without its pooler; the head needs the pooler)."""
+    h, i, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    embeddings = (config.vocab_size + config.max_position_embeddings + config.type_vocab_size) * h + 2 * h
+    # q, k, v, attention output (h x h + bias), two LayerNorms, feed-forward h -> i -> h
+    layer = 4 * (h * h + h) + 2 * (2 * h) + (h * i + i) + (i * h + h)
+    total = embeddings + layers * layer
+    if head or pooler:
+        total += h * h + h
+    if head:
+        total += h * config.num_labels + config.num_labels
+    return total
+
+
+def _heads_for(hidden: int, head_dim: float) -> int:
+    """The divisor of ``hidden`` closest to ``hidden / head_dim`` (more heads on a tie)."""
+    want = hidden / head_dim
+    return min((d for d in range(1, hidden + 1) if hidden % d == 0), key=lambda d: (abs(d - want), -d))
+
+
+def bert_student_config(
+    config: BertConfig,
+    min_params: int,
+    *,
+    head: bool = True,
+    pooler: bool = True,
+    layers: int | None = None,
+    min_layers: int | None = None,
+    hidden_multiple: int = 2,
+) -> BertConfig:
+    """A smaller ``BertConfig`` of the teacher's family with at least ``min_params`` parameters.
+
+    Same vocabulary, positions, activation and dropout as ``config``; fewer layers and/or a narrower
+    hidden size (a multiple of ``hidden_multiple``), ``intermediate_size = 4 * hidden`` and the head
+    count that keeps the teacher's head width closest. For each depth from ``config``'s down to
+    ``min_layers`` (default: half of it, rounded up, as DistilBERT-style students keep; ``layers``
+    fixes one depth) the narrowest width reaching ``min_params`` is found; the candidate with the
+    fewest parameters wins, a deeper one on ties. ``head``/``pooler`` say which model is counted (see
+    :func:`bert_params`).
+
+    Raises:
+        ValueError: if no such config reaches ``min_params`` without exceeding the teacher's width.
+    """
+    if min_params < 1:
+        raise ValueError(f"min_params must be >= 1, got {min_params}")
+    if hidden_multiple < 1:
+        raise ValueError(f"hidden_multiple must be >= 1, got {hidden_multiple}")
+    depth = config.num_hidden_layers
+    if layers is not None:
+        depths = [layers]
+    else:
+        depths = list(range(depth, (min_layers if min_layers is not None else -(-depth // 2)) - 1, -1))
+    if not depths or not all(1 <= d <= depth for d in depths):
+        raise ValueError(f"layers/min_layers must lie in 1..{depth} (the teacher's depth), got {depths}")
+    head_dim = config.hidden_size / config.num_attention_heads
+    widths = list(range(hidden_multiple, config.hidden_size + 1, hidden_multiple))
+    best: tuple[int, int, BertConfig] | None = None
+    for d in depths:
+        def candidate(hidden: int, d: int = d) -> BertConfig:
+            student = copy.deepcopy(config)
+            student.num_hidden_layers, student.hidden_size = d, hidden
+            student.intermediate_size = 4 * hidden
+            student.num_attention_heads = _heads_for(hidden, head_dim)
+            return student
+
+        def count(k: int) -> int:
+            return bert_params(candidate(widths[k]), head=head, pooler=pooler)
+
+        if count(len(widths) - 1) < min_params:
+            continue
+        lo, hi = 0, len(widths) - 1  # parameters grow with the width: bisect for the narrowest
+        while lo < hi:
+            mid = (lo + hi) // 2
+            lo, hi = (mid + 1, hi) if count(mid) < min_params else (lo, mid)
+        n = count(lo)
+        if best is None or n < best[0]:  # depths run deepest first: a tie keeps the deeper one
+            best = (n, d, candidate(widths[lo]))
+    if best is None:
+        raise ValueError(
+            f"no BERT of {depths[-1]}-{depths[0]} layers and hidden size <= {config.hidden_size} reaches "
+            f"{min_params:,} parameters; allow more layers (min_layers/layers) or a larger min_params target"
+        )
+    return best[2]
+
+
+def bert_student(
+    config: BertConfig,
+    min_params: int,
+    *,
+    num_labels: int | None = None,
+    head: bool = True,
+    pooler: bool = True,
+    layers: int | None = None,
+    min_layers: int | None = None,
+    seed: int | None = None,
+) -> nn.Module:
+    """A freshly initialised smaller BERT with at least ``min_params`` parameters (see
+    :func:`bert_student_config`): a ``BertForSequenceClassification`` with ``num_labels`` classes
+    (default ``config.num_labels``) when ``head``, else a bare ``BertModel`` (``pooler`` or not), e.g.
+    the encoder of a dual-encoder student. ``seed`` seeds the init without touching the global RNG."""
+    from transformers import BertForSequenceClassification, BertModel
+
+    config = copy.deepcopy(config)
+    if num_labels is not None:
+        config.num_labels = num_labels
+    student_config = bert_student_config(
+        config, min_params, head=head, pooler=pooler, layers=layers, min_layers=min_layers
+    )
+    with torch.random.fork_rng(devices=[], enabled=seed is not None):
+        if seed is not None:
+            torch.manual_seed(seed)
+        if head:
+            model: nn.Module = BertForSequenceClassification(student_config)
+        else:
+            model = BertModel(student_config, add_pooling_layer=pooler)
+    actual = sum(p.numel() for p in model.parameters())
+    if actual < min_params:  # the count above is a formula: refuse to return an undersized student
+        raise RuntimeError(
+            f"built a {type(model).__name__} with {actual:,} parameters, fewer than the {min_params:,} "
+            "counted; bert_params() does not match this transformers version"
+        )
+    return model

@@ -5,7 +5,7 @@ from __future__ import annotations
 import platform
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any
@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Subset
 from ..baselines import MethodContext, build_student
 from ..deploy import count_macs
 from ..distillation import DistillConfig, distill, precompute_teacher_logits
+from ..dual import DUAL_METRICS
 from ..evaluate import evaluate
 from ..presets.registry import get_preset
 
@@ -74,7 +75,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
         # The data is fixed, so the teacher runs once per example, not once per method, seed and step.
         train_set = precompute_teacher_logits(teacher, train_set)
     metric = preset.metric
-    example = calib[0][:1] if isinstance(calib[0], torch.Tensor) else calib[0]
+    example = _first_example(calib[0])
     teacher_scores = evaluate(teacher, test, metric)
     teacher_metric = teacher_scores[metric]
     log(f"teacher: {_params(teacher):,} params, {metric} {teacher_metric:.4f}")
@@ -92,14 +93,23 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
             train = DataLoader(
                 train_set, batch_size=cfg.batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed)
             )
-            zero_shot = evaluate(student, test, metric)[metric]
             options = dict(
                 steps=steps, lr=cfg.lr, temperature=cfg.temperature, alpha=cfg.alpha, seed=seed, metric=metric,
                 val_every=max(1, steps // cfg.curve_points), progress=cfg.progress,
             )
             dcfg = DistillConfig(**{**options, **preset.distill_options, **cfg.distill_overrides})
-            history = distill(student, teacher, train, _Head(test, cfg.curve_examples, cfg.batch_size), dcfg)
-            scores = evaluate(student, test, metric)
+            curve_set = _Head(test, cfg.curve_examples, cfg.batch_size)
+            # A curve over the whole test split already measures the zero-shot and final metric
+            # (validation follows evaluate()'s semantics): don't pay for those evaluations twice.
+            whole = len(curve_set) >= len(test) and dcfg.val_at_start
+            zero_shot = None if whole else evaluate(student, test, metric)[metric]
+            history = distill(student, teacher, train, curve_set, dcfg)
+            points = {int(s): v for s, v in history["curve"]}
+            zero_shot = points[0] if zero_shot is None else zero_shot
+            final_point = points.get(history["steps"]) if whole else None
+            # A dual encoder's other metrics (its recalls) come with a full evaluation only.
+            needs_eval = final_point is None or metric in DUAL_METRICS
+            scores = evaluate(student, test, metric) if needs_eval else {metric: final_point}
             final = scores[metric]
             runs[name].append({
                 "seed": seed, "zero_shot": zero_shot, "final": final, "steps": history["steps"],
@@ -160,6 +170,15 @@ class _Head:
 
     def __len__(self) -> int:
         return min(self.batches, len(self.loader))
+
+
+def _first_example(batch: Any) -> Any:
+    """One example of an input batch (a tensor or a dict of tensors): MACs are reported per example."""
+    if isinstance(batch, torch.Tensor):
+        return batch[:1]
+    if isinstance(batch, Mapping):
+        return {k: v[:1] if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    return batch
 
 
 def _params(model: nn.Module) -> int:

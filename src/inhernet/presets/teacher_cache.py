@@ -1,0 +1,85 @@
+"""A teacher fine-tuned once for a preset, cached on disk: ``model.safetensors`` + ``meta.json``.
+
+The cache lives in ``inhernet_home()/"teachers"/<preset>/``. ``meta.json`` records how the teacher was
+made (its ``recipe``: data, steps, learning rate, seed...) and what it scored; a cache whose recipe
+differs from the one asked for is stale and is not used. Both files are written atomically, the
+metadata last, so a half-written cache is never mistaken for a complete one. Loading reads tensors
+only (safetensors), never pickled objects.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from safetensors import SafetensorError
+from safetensors.torch import load_model, save_model
+from torch import nn
+
+from .assets import inhernet_home
+
+__all__ = ["load_cached_teacher", "save_cached_teacher", "teacher_cache_dir"]
+
+WEIGHTS_NAME = "model.safetensors"
+META_NAME = "meta.json"
+
+
+def teacher_cache_dir(preset: str) -> Path:
+    """``inhernet_home()/"teachers"/preset``: where the preset's fine-tuned teacher is cached."""
+    if not preset or "/" in preset or preset.startswith("."):
+        raise ValueError(f"preset must be a plain directory name like 'tweets-minilm', got {preset!r}")
+    return inhernet_home() / "teachers" / preset
+
+
+def _write_atomic(path: Path, write: Any) -> None:
+    """Call ``write(tmp_path)`` on a temporary file beside ``path``, then move it over ``path``."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_cached_teacher(model: nn.Module, preset: str, recipe: dict[str, Any], **meta: Any) -> Path:
+    """Cache ``model``'s weights for ``preset`` with its ``recipe`` and any JSON-able ``meta``.
+
+    Returns the cache directory.
+    """
+    out = teacher_cache_dir(preset)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_atomic(out / WEIGHTS_NAME, lambda tmp: save_model(model, str(tmp), metadata={"format": "pt"}))
+    text = json.dumps({"recipe": recipe, **meta}, indent=2, sort_keys=True) + "\n"
+    _write_atomic(out / META_NAME, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    return out
+
+
+def load_cached_teacher(model: nn.Module, preset: str, recipe: dict[str, Any]) -> dict[str, Any] | None:
+    """Load the cached weights of ``preset`` into ``model`` (strict) and return the cache's metadata.
+
+    Returns ``None``, leaving ``model`` untouched, when there is no complete cache or its recipe is not
+    ``recipe`` (JSON round trip compared, so tuples equal lists).
+
+    Raises:
+        ValueError: if the cached files are unreadable or do not fit ``model``.
+    """
+    folder = teacher_cache_dir(preset)
+    meta_path, weights = folder / META_NAME, folder / WEIGHTS_NAME
+    if not (meta_path.is_file() and weights.is_file()):
+        return None
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"{meta_path} is not readable JSON ({err}); delete {folder} to rebuild it") from None
+    if not isinstance(meta, dict) or meta.get("recipe") != json.loads(json.dumps(recipe)):
+        return None
+    try:
+        load_model(model, str(weights), strict=True)
+    except (SafetensorError, RuntimeError) as err:
+        raise ValueError(f"{weights} does not fit the teacher ({err}); delete {folder} to rebuild it") from None
+    return meta
