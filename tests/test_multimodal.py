@@ -207,6 +207,15 @@ def test_dual_metrics_hand_counted() -> None:
     assert m["t2i-recall@1"] == 1.0
 
 
+def test_image_to_text_recall_ranks_distinct_captions() -> None:
+    # Five copies of caption A (class 0), one B (class 1); image 5 (class 1) is closer to A than to B.
+    text = torch.tensor([[1.0, 0.0]] * 5 + [[0.0, 1.0]])
+    image = torch.tensor([[1.0, 0.0]] * 5 + [[1.0, 0.5]])
+    m = dual_metrics(image, text, torch.tensor([0, 0, 0, 0, 0, 1]))
+    assert m["i2t-recall@1"] == pytest.approx(5 / 6)
+    assert m["i2t-recall@5"] == 1.0  # not five copies of A: B is the second distinct caption
+
+
 def _pairs(n: int, seed: int) -> list[dict[str, torch.Tensor]]:
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(3, 99, (n, 7), generator=g)

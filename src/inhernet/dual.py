@@ -114,8 +114,10 @@ def dual_metrics(image: torch.Tensor, text: torch.Tensor, labels: torch.Tensor) 
 
     Captions written from class names repeat across a split, so a retrieved item is relevant when it
     has the query's class (category-level retrieval): ``i2t-recall@k`` is the share of images whose
-    ``k`` most similar captions (of all ``N``) include one of their class, ``t2i-recall@k`` the same
-    for captions retrieving images. ``zero-shot-accuracy`` classifies each image by the most similar
+    ``k`` most similar captions include one of their class, ranked among the distinct captions
+    (identical text embeddings count once, else the top ``k`` would be copies of one caption);
+    ``t2i-recall@k`` the share of captions whose ``k`` most similar images (of all ``N``) include one
+    of their class. ``zero-shot-accuracy`` classifies each image by the most similar
     class text embedding, the mean of the normalised embeddings of the captions of that class (a
     prompt ensemble over the split's caption templates; no image takes part in it).
     """
@@ -127,12 +129,13 @@ def dual_metrics(image: torch.Tensor, text: torch.Tensor, labels: torch.Tensor) 
     image = F.normalize(image.double(), dim=-1)
     text = F.normalize(text.double(), dim=-1)
     labels = labels.reshape(-1)
-    sims = image @ text.T  # (N images, N texts)
+    gallery, which = torch.unique(text, dim=0, return_inverse=True)
+    gallery_labels = torch.empty(len(gallery), dtype=labels.dtype).scatter_(0, which, labels)
     out: dict[str, float] = {}
-    for direction, scores in (("i2t", sims), ("t2i", sims.T)):
+    for direction, scores, found in (("i2t", image @ gallery.T, gallery_labels), ("t2i", text @ image.T, labels)):
         for k in (1, 5):
             top = scores.topk(min(k, scores.shape[1]), dim=1).indices
-            hit = (labels[top] == labels[:, None]).any(dim=1)
+            hit = (found[top] == labels[:, None]).any(dim=1)
             out[f"{direction}-recall@{k}"] = float(hit.double().mean())
     classes = labels.unique()
     prototypes = torch.stack([text[labels == c].mean(0) for c in classes])

@@ -278,32 +278,29 @@ def _save_teacher(model: nn.Module, meta: dict[str, Any], path: Path) -> None:
 
 
 # -- the conventional student --------------------------------------------------------------------------
-def _student(scale: float) -> DualEncoder:
-    """The teacher's families at width ``scale``: EfficientNet-Lite with that channel multiplier, and a
-    6-layer BERT over MiniLM's vocabulary with ``round(12 * scale)`` heads of 32 dimensions."""
-    from timm.models.efficientnet import _gen_efficientnet_lite
-    from transformers import AutoConfig, BertModel
+def fashion_dual_student(min_params: int) -> DualEncoder:
+    """Smaller towers of the teacher's families, at least ``min_params`` parameters in all.
 
-    image = _gen_efficientnet_lite("efficientnet_lite0", channel_multiplier=scale, num_classes=0)
-    config = AutoConfig.from_pretrained(minilm_path(), local_files_only=True)
-    heads = max(1, round(12 * scale))
-    config.update({"hidden_size": 32 * heads, "num_attention_heads": heads, "intermediate_size": 128 * heads})
-    text = BertModel(config, add_pooling_layer=False)
-    return DualEncoder(image, text, image.num_features, config.hidden_size, EMBED_DIM)
-
-
-def fashion_dual_student(min_params: int, *, grid: int = 100) -> DualEncoder:
-    """The narrowest student (width multiplier on a grid of ``1/grid``) with at least ``min_params`` parameters.
-
-    Sizes are counted on the meta device, so the search builds no real weights.
+    ``min_params`` is shared between the towers in the teacher's proportions: a narrower
+    EfficientNet-Lite0 (:func:`~inhernet.baselines.students.effnet_student`) and a shallower, narrower
+    BERT over MiniLM's vocabulary (:func:`~inhernet.baselines.students.bert_student`); a text tower
+    short of the total (the text projection narrows with it) is widened until the total is reached.
     """
-    best = None
-    for i in range(1, grid + 1):
-        with torch.device("meta"):
-            n = sum(p.numel() for p in _student(i / grid).parameters())
-        if n >= min_params:
-            best = i / grid
-            break
-    if best is None:
-        raise ValueError(f"no fashion-dual student up to the teacher's width reaches {min_params:,} parameters")
-    return _student(best)
+    from transformers import AutoConfig
+
+    from ..baselines.students import bert_student, effnet_student
+
+    with torch.device("meta"):
+        shares = build_teacher(pretrained=False)
+    towers = {name: sum(p.numel() for p in getattr(shares, name).parameters()) for name in ("image_tower", "text_tower")}
+    total = sum(p.numel() for p in shares.parameters())
+    image = effnet_student(math.ceil(min_params * towers["image_tower"] / total), num_classes=0)
+    config = AutoConfig.from_pretrained(minilm_path(), local_files_only=True)
+    text_target = math.ceil(min_params * towers["text_tower"] / total)
+    while True:
+        text = bert_student(config, text_target, head=False, pooler=False)
+        model = DualEncoder(image, text, image.num_features, text.config.hidden_size, EMBED_DIM)
+        short = min_params - sum(p.numel() for p in model.parameters())
+        if short <= 0:
+            return model
+        text_target += short
