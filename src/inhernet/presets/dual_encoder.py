@@ -30,17 +30,32 @@ class DualEncoder(nn.Module):
     ``image_tower(pixel_values)`` must return pooled features ``(B, image_dim)`` (a timm model with
     ``num_classes=0``); ``text_tower(input_ids=..., attention_mask=...)`` token states ``(B, T,
     text_dim)`` as ``.last_hidden_state`` (a Hugging Face ``BertModel``) or a tensor.
+
+    ``frozen_image_norm`` keeps the image tower's batch-norm layers in eval mode when the model trains
+    (their running statistics fixed, their affine weights still trained), as when fine-tuning a
+    pretrained CNN on small batches of other data: with batch statistics in training and the
+    pretrained ones at evaluation, the two would compute different functions.
     """
 
     def __init__(
-        self, image_tower: nn.Module, text_tower: nn.Module, image_dim: int, text_dim: int, embed_dim: int = 256
+        self, image_tower: nn.Module, text_tower: nn.Module, image_dim: int, text_dim: int, embed_dim: int = 256,
+        *, frozen_image_norm: bool = False,
     ) -> None:
         super().__init__()
+        self.frozen_image_norm = frozen_image_norm
         self.image_tower = image_tower
         self.text_tower = text_tower
         self.image_proj = nn.Linear(image_dim, embed_dim)
         self.text_proj = nn.Linear(text_dim, embed_dim)
         self.logit_scale = nn.Parameter(torch.tensor(INIT_LOGIT_SCALE))
+
+    def train(self, mode: bool = True) -> DualEncoder:
+        super().train(mode)
+        if self.frozen_image_norm:
+            for module in self.image_tower.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+        return self
 
     def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """L2-normalised image embeddings ``(B, embed_dim)``."""

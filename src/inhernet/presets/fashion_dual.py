@@ -149,7 +149,9 @@ def build_teacher(pretrained: bool = True) -> DualEncoder:
 
         image = timm.create_model("efficientnet_lite0", pretrained=False, num_classes=0)
     text = _text_tower(pretrained)
-    return DualEncoder(image, text, image.num_features, text.config.hidden_size, EMBED_DIM)
+    # The lower blocks keep their ImageNet batch-norm statistics (only the top is aligned): frozen, so
+    # the teacher and its inherited students compute the same function in training and evaluation.
+    return DualEncoder(image, text, image.num_features, text.config.hidden_size, EMBED_DIM, frozen_image_norm=True)
 
 
 def load_fashion_dual_teacher(*, log: Callable[[str], None] = print) -> DualEncoder:
