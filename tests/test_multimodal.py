@@ -68,6 +68,27 @@ def test_clip_full_rank_reproduces_both_towers(clip, experts: int, init: str) ->
         assert _rel_err(got[key], want[key]) <= TOL, key
 
 
+def test_open_clip_full_rank_reproduces_both_towers() -> None:
+    pytest.importorskip("open_clip")
+    from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        teacher = CLIP(
+            embed_dim=16, vision_cfg=CLIPVisionCfg(layers=2, width=32, patch_size=4, image_size=16, head_width=16),
+            text_cfg=CLIPTextCfg(context_length=8, vocab_size=50, width=32, heads=2, layers=2),
+        ).eval()
+        batch = {"image": torch.randn(3, 3, 16, 16), "text": torch.randint(1, 50, (3, 8))}
+    with torch.no_grad():
+        want = dual_output(teacher(**batch)).logits_per_image
+        student = inherit(teacher, InherConfig(rank="full", experts=3), calib=[batch], progress=False).eval()
+        got = dual_output(student(**batch)).logits_per_image
+    assert _rel_err(got, want) <= TOL
+    rows = {r.name: r for r in student.inhernet_plan.layers}
+    assert rows["transformer.resblocks.0.mlp.c_proj"].rank is not None
+    assert "read directly" in rows["transformer.resblocks.0.mlp.c_fc"].reason  # its dtype is read
+
+
 def test_clip_embeddings_whose_weight_is_read_stay_dense(clip) -> None:
     rows = {r.name: r for r in plan(clip[0], InherConfig(rank="full", init="svd")).layers}
     for name in ("vision_model.embeddings.patch_embedding", "vision_model.embeddings.position_embedding",
@@ -177,6 +198,12 @@ def test_contrastive_kd_reads_scales_and_clip_outputs(clip) -> None:
         out = teacher(**batch)
     assert torch.equal(dual_output(out).logits_per_image, out.logits_per_image)
     assert float(contrastive_kd_loss(out, out)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_dual_output_reads_open_clip_forms() -> None:
+    scale = torch.tensor(3.0)
+    for out in ((EYE, SWAP, scale), {"image_features": EYE, "text_features": SWAP, "logit_scale": scale}):
+        assert torch.equal(dual_output(out).logits_per_image, 3 * SWAP)
 
 
 @pytest.mark.parametrize(("kwargs", "match"), [

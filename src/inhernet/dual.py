@@ -3,7 +3,8 @@
 A dual encoder maps a batch of ``n`` images and ``n`` texts (pair ``i`` = image ``i`` with text ``i``)
 to one embedding per image and per text. Outputs are read from Hugging Face ``CLIPOutput``-like
 objects or dicts (``image_embeds``, ``text_embeds`` and optionally ``logit_scale`` or
-``logits_per_image``), or from an ``(image_embeds, text_embeds)`` tuple.
+``logits_per_image``), open_clip's dicts (``image_features``, ``text_features``, ``logit_scale``), or
+tuples ``(image_embeds, text_embeds)`` and open_clip's ``(image_features, text_features, logit_scale)``.
 """
 
 from __future__ import annotations
@@ -76,31 +77,40 @@ class DualOutput:
         return cls(packed[:, :d], packed[:, d:-1], packed[0, -1])
 
 
+def _named(output: Any) -> tuple[Any, Any, Any, Any]:
+    """``(image, text, logit_scale, logits_per_image)`` read by name (Hugging Face or open_clip names)."""
+    get = output.get if isinstance(output, Mapping) else lambda key: getattr(output, key, None)
+
+    def first(*keys: str) -> Any:
+        return next((v for v in map(get, keys) if isinstance(v, torch.Tensor)), None)
+
+    return (
+        first("image_embeds", "image_features"), first("text_embeds", "text_features"),
+        first("logit_scale"), first("logits_per_image"),
+    )
+
+
 def is_dual_output(output: Any) -> bool:
-    """Whether ``output`` carries image and text embeddings (an object or dict; not a bare tuple)."""
+    """Whether ``output`` carries named image and text embeddings (an object or dict; not a tuple)."""
     if isinstance(output, DualOutput):
         return True
-    get = output.get if isinstance(output, Mapping) else lambda key: getattr(output, key, None)
-    return isinstance(get("image_embeds"), torch.Tensor) and isinstance(get("text_embeds"), torch.Tensor)
+    image, text, _, _ = _named(output)
+    return image is not None and text is not None
 
 
 def dual_output(output: Any) -> DualOutput:
-    """The :class:`DualOutput` of a dual encoder's output (``CLIPOutput``-like, dict or 2-tuple)."""
+    """The :class:`DualOutput` of a dual encoder's output (``CLIPOutput``-like, dict or tuple)."""
     if isinstance(output, DualOutput):
         return output
-    get = output.get if isinstance(output, Mapping) else lambda key: getattr(output, key, None)
-    image, text = get("image_embeds"), get("text_embeds")
-    if isinstance(image, torch.Tensor) and isinstance(text, torch.Tensor):
-        scale, logits = get("logit_scale"), get("logits_per_image")
-        return DualOutput(
-            image, text, scale if isinstance(scale, torch.Tensor) else None,
-            logits if isinstance(logits, torch.Tensor) else None,
-        )
+    image, text, scale, logits = _named(output)
+    if image is not None and text is not None:
+        return DualOutput(image, text, scale, logits)
     if (
-        isinstance(output, (tuple, list)) and len(output) == 2
-        and all(isinstance(t, torch.Tensor) and t.dim() == 2 for t in output)
+        isinstance(output, (tuple, list)) and len(output) in (2, 3, 4)
+        and all(isinstance(t, torch.Tensor) and t.dim() == 2 for t in output[:2])
     ):
-        return DualOutput(output[0], output[1])
+        scale = output[2] if len(output) > 2 and isinstance(output[2], torch.Tensor) else None
+        return DualOutput(output[0], output[1], scale if scale is not None and scale.numel() == 1 else None)
     raise TypeError(
         f"cannot read image and text embeddings from a model output of type {type(output).__name__}; a dual "
         "encoder must return an object or dict with image_embeds and text_embeds (Hugging Face CLIPOutput), "

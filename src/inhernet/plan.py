@@ -21,9 +21,14 @@ from .kinds import LayerKind, dense_params, kind_of
 __all__ = ["LayerPlan", "Plan", "plan"]
 
 FACTORISED = "factorised"
-# Hugging Face embedding modules of the CLIP family (CLIP, SigLIP, X-CLIP, AltCLIP, CLIPSeg...) read
-# these children's ``.weight`` directly (its dtype, its row count), which a block has no single one of.
-_WEIGHT_READ_BY_HF_EMBEDDINGS = ("patch_embedding", "position_embedding")
+# Modules whose forward reads a descendant's ``.weight`` directly (its dtype, its row count), which a
+# block has no single one of: (package of the reader's class, suffix of its class name, the paths it
+# reads). Hugging Face's CLIP family (CLIP, SigLIP, X-CLIP, AltCLIP, CLIPSeg...) in its embeddings,
+# open_clip's residual attention blocks for their cast dtype.
+_WEIGHT_READERS = (
+    ("transformers.", "Embeddings", ("patch_embedding", "position_embedding")),
+    ("open_clip.", "ResidualAttentionBlock", ("mlp.c_fc",)),
+)
 # A plan under a budget (parameters or MACs) lands at or below it and within 2% of it.
 BUDGET_TOLERANCE = 0.98
 
@@ -146,6 +151,7 @@ def find_layers(model: nn.Module, config: InherConfig) -> tuple[list[Candidate],
         id(p) for _, m in model.named_modules(remove_duplicate=False) for p in m.parameters(recurse=False)
     )
     parents = {id(child): parent for parent in model.modules() for child in parent.children()}
+    modules = dict(model.named_modules())
     candidates, others = [], []
     for name, module in model.named_modules():
         own = dense_params(module)
@@ -161,8 +167,8 @@ def find_layers(model: nn.Module, config: InherConfig) -> tuple[list[Candidate],
             reason = _dense_by_config(name, config)
         if reason is None and isinstance(parents.get(id(module)), nn.MultiheadAttention):
             reason = "projection read directly by nn.MultiheadAttention; kept dense"
-        if reason is None and _weight_read_by_parent(name, parents.get(id(module))):
-            reason = "weight read directly by its Hugging Face embeddings module; kept dense"
+        if reason is None:
+            reason = _weight_reader(name, modules)
         if reason is None and module_uses[id(module)] > 1:
             reason = "module instance shared at several places; kept dense"
         if reason is None and any(param_uses[id(p)] > 1 for p in module.parameters(recurse=False)):
@@ -173,12 +179,16 @@ def find_layers(model: nn.Module, config: InherConfig) -> tuple[list[Candidate],
     return candidates, others
 
 
-def _weight_read_by_parent(name: str, parent: nn.Module | None) -> bool:
-    cls = type(parent)
-    return (
-        cls.__module__.startswith("transformers.") and cls.__name__.endswith("Embeddings")
-        and name.rpartition(".")[2] in _WEIGHT_READ_BY_HF_EMBEDDINGS
-    )
+def _weight_reader(name: str, modules: dict[str, nn.Module]) -> str | None:
+    """Why ``name`` stays dense when a known ancestor reads its ``.weight`` directly (see _WEIGHT_READERS)."""
+    for package, suffix, paths in _WEIGHT_READERS:
+        for path in paths:
+            if name != path and not name.endswith("." + path):
+                continue
+            reader = type(modules.get(name[: -len(path)].rstrip(".")))
+            if reader.__module__.startswith(package) and reader.__name__.endswith(suffix):
+                return f"weight read directly by {reader.__name__}; kept dense"
+    return None
 
 
 def _dense_by_config(name: str, config: InherConfig) -> str | None:
