@@ -7,7 +7,7 @@ from the class names with varied templates ("a grey picture of a sneaker."), and
 ``inhernet_home()/teachers/fashion-dual/`` (``model.safetensors`` + ``meta.json``). Alignment trains the
 projections, the logit scale and the last block and head of the image tower; the text tower keeps
 its pretrained weights, and the lower image blocks their ImageNet batch-norm statistics. It took
-10 minutes on a shared CPU (about 2.5 minutes of one core).
+10 minutes of wall time on a busy 2-core CPU (``meta.json`` records the run).
 
 Metrics on the first 1,000 test images, each paired with one caption: zero-shot accuracy (nearest
 class text embedding) and image->text / text->image recall@1 and @5 (see :func:`inhernet.dual.dual_metrics`).
