@@ -41,14 +41,22 @@ def render(result: dict) -> str:
         inh, kd = by_name["inhernet"], by_name["kd-student"]
         reach = steps_to_reach(inh["curve"], kd["metric_mean"], result["higher_is_better"])
         share = "never" if reach is None else f"{reach / inh['steps']:.0%} of the steps"
-        gap = (inh["metric_mean"] - kd["metric_mean"]) * (100 if metric == "accuracy" else 1)
+        points = metric.endswith("accuracy")
+        gap = (inh["metric_mean"] - kd["metric_mean"]) * (100 if points else 1)
         lines += [
             "",
-            f"InherNet − kd-student: {gap:+.2f} {'points' if metric == 'accuracy' else metric}; InherNet reaches "
+            f"InherNet − kd-student: {gap:+.2f} {'points' if points else metric}; InherNet reaches "
             f"kd-student's final {metric} at step {reach} of {inh['steps']} "
             f"({share}, curve split); "
             f"step time {inh['sec_per_step'] / kd['sec_per_step']:.2f}x kd-student's.",
         ]
+    others = list(t.get("other_metrics", {}))
+    if others:  # a dual encoder's retrieval recalls, final, mean over seeds
+        lines += ["", "| method | " + " | ".join(others) + " |", "|---|" + "---:|" * len(others)]
+        for name, values in [("teacher", t["other_metrics"])] + [
+            (m["name"], m.get("other_metrics", {})) for m in result["methods"]
+        ]:
+            lines.append(f"| {name} | " + " | ".join(f"{values.get(k, float('nan')):.4f}" for k in others) + " |")
     lines += ["", f"Device {result['device']}, torch {result['torch']}, {result.get('machine', '')}, "
               f"wall {result['wall_s']:.0f} s.", ""]
     return "\n".join(lines)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 __all__ = ["DEFAULT_BUDGET", "InherConfig"]
@@ -57,6 +58,7 @@ class InherConfig:
     """
 
     budget: float | int | None = None
+    budgets: Mapping[str, float | int] = field(default_factory=dict)
     rank: int | float | Literal["full"] | None = None
     energy: float | None = None
     macs: float | int | None = None
@@ -82,6 +84,7 @@ class InherConfig:
         self.include = _as_patterns("include", self.include)
         self.exclude = _as_patterns("exclude", self.exclude)
         self._check_budget()
+        self._check_budgets(chosen)
         self._check_macs()
         self._check_rank()
         if self.energy is not None and not (_is_real(self.energy) and 0 < self.energy <= 1):
@@ -100,18 +103,25 @@ class InherConfig:
             raise ValueError(f"damping must be a number >= 0, got {self.damping!r}")
 
     def _check_budget(self) -> None:
-        b = self.budget
-        if b is None:
-            return
-        if isinstance(b, bool) or not isinstance(b, (int, float)) or not math.isfinite(b):
-            raise TypeError(f"budget must be a fraction in (0, 1] or a parameter count, got {b!r}")
-        if isinstance(b, float) and not 0 < b <= 1:
-            raise ValueError(
-                f"budget={b} is not a fraction in (0, 1]; give e.g. budget=0.25 for a quarter of the "
-                "teacher's parameters, or an int for an absolute parameter count"
+        if self.budget is not None:
+            _check_param_budget("budget", self.budget)
+
+    def _check_budgets(self, chosen: list[str]) -> None:
+        if not isinstance(self.budgets, Mapping):
+            raise TypeError(
+                f"budgets must map module-name patterns to budgets, e.g. {{'vision_model*': 0.3}}, "
+                f"got {self.budgets!r}"
             )
-        if isinstance(b, int) and b < 1:
-            raise ValueError(f"budget={b} must be a positive parameter count (or a float fraction)")
+        self.budgets = dict(self.budgets)
+        if self.budgets and chosen and chosen != ["budget"]:
+            raise ValueError(
+                f"budgets= sets parameter budgets per group of modules; it cannot be combined with {chosen[0]}=. "
+                "Use budget= for the modules no pattern matches"
+            )
+        for pattern, b in self.budgets.items():
+            if not isinstance(pattern, str) or not pattern:
+                raise TypeError(f"budgets keys must be non-empty fnmatch patterns of module names, got {pattern!r}")
+            _check_param_budget(f"budgets[{pattern!r}]", b)
 
     def _check_macs(self) -> None:
         b = self.macs
@@ -147,6 +157,7 @@ class InherConfig:
         """A JSON-serialisable dict; ``InherConfig(**d)`` rebuilds the config."""
         d = asdict(self)
         d["include"], d["exclude"] = list(self.include), list(self.exclude)
+        d["budgets"] = dict(self.budgets)
         return d
 
     @classmethod
@@ -158,6 +169,19 @@ class InherConfig:
         if all(known.get(k) is None for k in RANK_CHOICES):
             known.pop("budget", None)
         return cls(**known)
+
+
+def _check_param_budget(arg: str, b: object) -> None:
+    """A parameter budget: a float fraction in (0, 1] or an int count >= 1; ``arg`` names it in errors."""
+    if isinstance(b, bool) or not isinstance(b, (int, float)) or not math.isfinite(b):
+        raise TypeError(f"{arg} must be a fraction in (0, 1] or a parameter count, got {b!r}")
+    if isinstance(b, float) and not 0 < b <= 1:
+        raise ValueError(
+            f"{arg}={b} is not a fraction in (0, 1]; give e.g. 0.25 for a quarter of the teacher's "
+            "parameters, or an int for an absolute parameter count"
+        )
+    if isinstance(b, int) and b < 1:
+        raise ValueError(f"{arg}={b} must be a positive parameter count (or a float fraction)")
 
 
 def _is_real(x: object) -> bool:

@@ -1,10 +1,10 @@
-"""``evaluate()``: accuracy or perplexity of a model over a loader."""
+"""``evaluate()``: accuracy, perplexity or dual-encoder retrieval metrics of a model over a loader."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -12,17 +12,18 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .batches import batch_labels, forward_batch, logits_of, move_batch
+from .dual import DUAL_METRICS, dual_metrics, dual_output
 
 __all__ = ["evaluate"]
 
-METRICS = ("accuracy", "perplexity")
+METRICS = ("accuracy", "perplexity", *DUAL_METRICS)
 
 
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
     loader: Iterable[Any],
-    metric: Literal["accuracy", "perplexity"] = "accuracy",
+    metric: str = "accuracy",
     *,
     max_batches: int | None = None,
     progress: bool = False,
@@ -32,10 +33,15 @@ def evaluate(
     ``accuracy``: top-1 over classification logits ``(N, C)``. ``perplexity``: causal-LM token
     perplexity, logits ``(N, T, V)`` predicting ``labels`` shifted by one, ignoring label ``-100``
     (Hugging Face convention); batches without labels use their ``input_ids``.
+    Dual encoders (CLIP-style; :data:`inhernet.dual.DUAL_METRICS`): ``zero-shot-accuracy`` and
+    image->text / text->image ``recall@1``/``@5`` over the whole split, from batches of labelled
+    image-text pairs (see :func:`inhernet.dual.dual_metrics`); all five are returned together.
     Returns ``{metric: value, "count": examples_or_tokens}``.
     """
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+    if metric in DUAL_METRICS:
+        return _evaluate_dual(model, loader, max_batches=max_batches, progress=progress)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     was_training = model.training
     model.eval()
@@ -70,3 +76,31 @@ def evaluate(
         raise ValueError("evaluate() saw no labelled examples: the loader is empty")
     value = correct / count if metric == "accuracy" else math.exp(nll / count)
     return {metric: value, "count": float(count)}
+
+
+def _evaluate_dual(
+    model: nn.Module, loader: Iterable[Any], *, max_batches: int | None, progress: bool
+) -> dict[str, float]:
+    """All dual-encoder metrics from the embeddings of every pair of the split."""
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    was_training = model.training
+    model.eval()
+    images, texts, labels = [], [], []
+    try:
+        for i, batch in enumerate(tqdm(loader, desc="evaluating", disable=not progress, leave=False)):
+            if max_batches is not None and i >= max_batches:
+                break
+            batch = move_batch(batch, device)
+            y = batch_labels(batch)
+            if y is None:
+                raise ValueError("dual-encoder metrics need labelled batches: dicts of image-text pairs with 'labels'")
+            out = dual_output(forward_batch(model, batch))
+            images.append(out.image_embeds.float().cpu())
+            texts.append(out.text_embeds.float().cpu())
+            labels.append(y.reshape(-1).cpu())
+    finally:
+        model.train(was_training)
+    if not labels:
+        raise ValueError("evaluate() saw no labelled examples: the loader is empty")
+    result = dual_metrics(torch.cat(images), torch.cat(texts), torch.cat(labels))
+    return {**result, "count": float(sum(len(y) for y in labels))}

@@ -21,6 +21,14 @@ from .kinds import LayerKind, dense_params, kind_of
 __all__ = ["LayerPlan", "Plan", "plan"]
 
 FACTORISED = "factorised"
+# Modules whose forward reads a descendant's ``.weight`` directly (its dtype, its row count), which a
+# block has no single one of: (package of the reader's class, suffix of its class name, the paths it
+# reads). Hugging Face's CLIP family (CLIP, SigLIP, X-CLIP, AltCLIP, CLIPSeg...) in its embeddings,
+# open_clip's residual attention blocks for their cast dtype.
+_WEIGHT_READERS = (
+    ("transformers.", "Embeddings", ("patch_embedding", "position_embedding")),
+    ("open_clip.", "ResidualAttentionBlock", ("mlp.c_fc",)),
+)
 # A plan under a budget (parameters or MACs) lands at or below it and within 2% of it.
 BUDGET_TOLERANCE = 0.98
 
@@ -143,6 +151,7 @@ def find_layers(model: nn.Module, config: InherConfig) -> tuple[list[Candidate],
         id(p) for _, m in model.named_modules(remove_duplicate=False) for p in m.parameters(recurse=False)
     )
     parents = {id(child): parent for parent in model.modules() for child in parent.children()}
+    modules = dict(model.named_modules())
     candidates, others = [], []
     for name, module in model.named_modules():
         own = dense_params(module)
@@ -158,6 +167,8 @@ def find_layers(model: nn.Module, config: InherConfig) -> tuple[list[Candidate],
             reason = _dense_by_config(name, config)
         if reason is None and isinstance(parents.get(id(module)), nn.MultiheadAttention):
             reason = "projection read directly by nn.MultiheadAttention; kept dense"
+        if reason is None:
+            reason = _weight_reader(name, modules)
         if reason is None and module_uses[id(module)] > 1:
             reason = "module instance shared at several places; kept dense"
         if reason is None and any(param_uses[id(p)] > 1 for p in module.parameters(recurse=False)):
@@ -166,6 +177,18 @@ def find_layers(model: nn.Module, config: InherConfig) -> tuple[list[Candidate],
             _check_weight(name, kind.weight(module))
         candidates.append(Candidate(name, module, kind, reason))
     return candidates, others
+
+
+def _weight_reader(name: str, modules: dict[str, nn.Module]) -> str | None:
+    """Why ``name`` stays dense when a known ancestor reads its ``.weight`` directly (see _WEIGHT_READERS)."""
+    for package, suffix, paths in _WEIGHT_READERS:
+        for path in paths:
+            if name != path and not name.endswith("." + path):
+                continue
+            reader = type(modules.get(name[: -len(path)].rstrip(".")))
+            if reader.__module__.startswith(package) and reader.__name__.endswith(suffix):
+                return f"weight read directly by {reader.__name__}; kept dense"
+    return None
 
 
 def _dense_by_config(name: str, config: InherConfig) -> str | None:
@@ -273,6 +296,8 @@ def make_plan(
         assert config.macs is not None
         target_macs = _target(config.macs, profile.total, MACS)
         ranks = _fill(open_layers, target_macs, profile.total, MACS, config)
+    elif config.budgets:
+        ranks, target = _fill_groups(model, open_layers, config)
     else:
         assert config.budget is not None
         target = _target(config.budget, teacher_params, PARAMS)
@@ -330,6 +355,7 @@ class _Currency:
 
 
 PARAMS = _Currency("parameters", "budget", "budget", "")
+PARAMS_REST = _Currency("parameters", "budget", "budget", " matched by no budgets pattern")
 MACS = _Currency("MACs", "MAC budget", "macs", " on the example input")
 
 
@@ -348,6 +374,66 @@ def _fill(
             "more layers"
         )
     return allocate(layers, target - fixed, config.allocation, config.min_rank)
+
+
+def _fill_groups(
+    model: nn.Module, layers: list[LayerCost], config: InherConfig
+) -> tuple[dict[str, int | None], int]:
+    """Ranks under ``config.budgets``: each pattern's group filled to its own budget, the rest to
+    ``config.budget``; returns the ranks and the summed target."""
+    patterns = tuple(config.budgets)
+    owned = _params_by_group(model, patterns)
+    grouped: dict[str | None, list[LayerCost]] = {p: [] for p in (*patterns, None)}
+    for layer in layers:
+        grouped[_group_of(layer.name, patterns)].append(layer)
+    ranks: dict[str, int | None] = {}
+    total = 0
+    for pattern in (*patterns, None):
+        if pattern is None and not grouped[None]:
+            total += owned[None]  # nothing left to factorise outside the groups (e.g. a logit scale)
+            continue
+        if pattern is None:
+            budget, currency = config.budget, PARAMS_REST
+        else:
+            budget = config.budgets[pattern]
+            currency = _Currency(
+                "parameters", f"budget of {pattern!r}", f"budgets[{pattern!r}]", f" matched by {pattern!r}"
+            )
+        assert budget is not None
+        target = _target(budget, owned[pattern], currency)
+        ranks.update(_fill(grouped[pattern], target, owned[pattern], currency, config))
+        total += target
+    return ranks, total
+
+
+def _group_of(name: str, patterns: tuple[str, ...]) -> str | None:
+    """The one pattern of ``budgets`` that matches module ``name`` (``None``: the rest)."""
+    hits = [p for p in patterns if _matches(name, (p,)) is not None]
+    if len(hits) > 1:
+        raise ValueError(
+            f"module {name!r} is matched by budgets patterns {hits[0]!r} and {hits[1]!r}; each module may "
+            "belong to one group only: make the patterns disjoint"
+        )
+    return hits[0] if hits else None
+
+
+def _params_by_group(model: nn.Module, patterns: tuple[str, ...]) -> dict[str | None, int]:
+    """Teacher parameters per ``budgets`` pattern (``None``: the rest); a pattern matching none is an error."""
+    owned: dict[str | None, int] = dict.fromkeys((*patterns, None), 0)
+    seen: set[int] = set()
+    for name, module in model.named_modules():
+        for p in module.parameters(recurse=False):
+            if id(p) not in seen:  # a tied parameter counts once, with its first owner
+                seen.add(id(p))
+                owned[_group_of(name, patterns)] += p.numel()
+    for pattern in patterns:
+        if owned[pattern] == 0:
+            sample = ", ".join(n for n, _ in list(model.named_children())[:6])
+            raise ValueError(
+                f"budgets pattern {pattern!r} matches no module with parameters; top-level modules are "
+                f"e.g. {sample}"
+            )
+    return owned
 
 
 def _target(budget: float | int, teacher_total: int, currency: _Currency) -> int:

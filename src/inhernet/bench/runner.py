@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Subset
 from ..baselines import MethodContext, build_student
 from ..deploy import count_macs, merge_experts
 from ..distillation import DistillConfig, distill, precompute_teacher_logits
+from ..dual import DUAL_METRICS
 from ..evaluate import evaluate
 from ..layers import InherBlock
 from ..presets.registry import get_preset
@@ -82,7 +83,8 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
         train_set = precompute_teacher_logits(teacher, train_set)
     metric = preset.metric
     example = _first_example(calib[0])
-    teacher_metric = evaluate(teacher, test, metric)[metric]
+    teacher_scores = evaluate(teacher, test, metric)
+    teacher_metric = teacher_scores[metric]
     log(f"teacher: {_params(teacher):,} params, {metric} {teacher_metric:.4f}")
 
     runs: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
@@ -101,10 +103,11 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
             train = DataLoader(
                 train_set, batch_size=cfg.batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed)
             )
-            dcfg = DistillConfig(
+            options = dict(
                 steps=steps, lr=cfg.lr, temperature=cfg.temperature, alpha=cfg.alpha, seed=seed, metric=metric,
-                val_every=max(1, steps // cfg.curve_points), progress=cfg.progress, **cfg.distill_overrides,
+                val_every=max(1, steps // cfg.curve_points), progress=cfg.progress,
             )
+            dcfg = DistillConfig(**{**options, **preset.distill_options, **cfg.distill_overrides})
             curve_set = _Head(test, cfg.curve_examples, cfg.batch_size)
             # A curve over the whole test split already measures the zero-shot and final metric
             # (validation follows evaluate()'s semantics): don't pay for those evaluations twice.
@@ -113,11 +116,14 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
             history = distill(student, teacher, train, curve_set, dcfg)
             points = {int(s): v for s, v in history["curve"]}
             zero_shot = points[0] if zero_shot is None else zero_shot
-            final = points[history["steps"]] if whole and history["steps"] in points else None
-            final = evaluate(student, test, metric)[metric] if final is None else final
+            final_point = points.get(history["steps"]) if whole else None
+            # A dual encoder's other metrics (its recalls) come with a full evaluation only.
+            needs_eval = final_point is None or metric in DUAL_METRICS
+            scores = evaluate(student, test, metric) if needs_eval else {metric: final_point}
+            final = scores[metric]
             run = {
                 "seed": seed, "zero_shot": zero_shot, "final": final, "steps": history["steps"],
-                "sec_per_step": history["sec_per_step"], "curve": history["curve"],
+                "sec_per_step": history["sec_per_step"], "curve": history["curve"], "metrics": _others(scores, metric),
             }
             if _has_gates(student):
                 # The deployment option: experts folded into one by their mean gate on the calibration data.
@@ -130,7 +136,10 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
     return {
         "preset": cfg.preset, "budget": cfg.budget, "match": cfg.match, "experts": cfg.experts, "metric": metric,
         "higher_is_better": metric != "perplexity",
-        "teacher": {"params": _params(teacher), "macs": count_macs(teacher, example), "metric": teacher_metric},
+        "teacher": {
+            "params": _params(teacher), "macs": count_macs(teacher, example), "metric": teacher_metric,
+            **_extra(_others(teacher_scores, metric)),
+        },
         "methods": [
             {**_summarise(name, runs[name], sizes[name]), **({"ranks": ranks[name]} if name in ranks else {})}
             for name in methods
@@ -156,7 +165,18 @@ def _summarise(name: str, runs: list[dict[str, Any]], size: tuple[int, int]) -> 
         "curve": [[s, statistics.fmean(c[s] for c in curves)] for s in steps],
         **merged,
         "per_seed": [{k: r[k] for k in ("seed", "zero_shot", "final", "merged") if k in r} for r in runs],
+        **_extra({k: statistics.fmean(r["metrics"][k] for r in runs) for k in runs[0]["metrics"]}),
     }
+
+
+def _others(scores: dict[str, float], metric: str) -> dict[str, float]:
+    """The metrics ``evaluate`` returned besides the preset's own (a dual encoder's recalls)."""
+    return {k: v for k, v in scores.items() if k not in (metric, "count")}
+
+
+def _extra(metrics: dict[str, float]) -> dict[str, Any]:
+    """``{"other_metrics": ...}`` when there are any, so other presets' JSON keeps its shape."""
+    return {"other_metrics": metrics} if metrics else {}
 
 
 class _Head:

@@ -11,7 +11,7 @@ from typing import Any
 
 from .config import DistillConfig
 from .data import WithTeacherLogits, precompute_teacher_logits
-from .loss import FeatureCapture, feature_loss, kd_loss, match_feature_names
+from .loss import FeatureCapture, contrastive_kd_loss, feature_loss, kd_loss, match_feature_names
 from .train import distill
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "DistillModule",
     "FeatureCapture",
     "WithTeacherLogits",
+    "contrastive_kd_loss",
     "distill",
     "feature_loss",
     "kd_loss",

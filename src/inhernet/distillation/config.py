@@ -6,11 +6,15 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any, Literal
 
+from ..dual import DUAL_METRICS
+
 __all__ = ["DistillConfig"]
 
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "step", "constant")
-METRICS = ("accuracy", "perplexity")
+METRICS = ("accuracy", "perplexity", *DUAL_METRICS)
+LOSSES = ("kd", "contrastive")
+EMBED_LOSSES = ("cosine", "mse")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
 PRECISIONS = (
     "64-true", "64", "32-true", "32", "16-mixed", "bf16-mixed", "16-true", "bf16-true",
@@ -37,9 +41,18 @@ class DistillConfig:
         grad_clip: clip the global gradient norm to this value (``None`` or 0 disables).
 
     Loss (see :func:`inhernet.distillation.kd_loss`):
+        loss: ``"kd"`` (logit KD, :func:`~inhernet.distillation.kd_loss`) or ``"contrastive"`` (dual
+            encoders such as CLIP: KL between the teacher's and the student's image->text and
+            text->image similarity distributions over each batch,
+            :func:`~inhernet.distillation.contrastive_kd_loss`). Precomputed teacher outputs are then
+            the teacher's packed per-example embeddings (``precompute_teacher_logits`` packs them), from
+            which each batch's similarities are rebuilt.
         temperature: KD softmax temperature ``T`` (the KL term is scaled by ``T**2``).
-        alpha: weight of the KD term; ``1 - alpha`` weighs the cross-entropy with the labels.
+        alpha: weight of the KD term; ``1 - alpha`` weighs the cross-entropy with the labels (with
+            ``loss="contrastive"``: the student's own InfoNCE loss on the pairs of the batch).
             Batches without labels are trained on the KD term alone.
+        embed_weight: with ``loss="contrastive"``, weight of the matching of the student's image and
+            text embeddings to the teacher's (``embed_loss``: ``"cosine"`` or ``"mse"``); 0 disables it.
         feature_weight: weight of the layer-aligned feature loss (MSE between the outputs of the
             student's and the teacher's modules of the same name); 0 disables it.
         feature_patterns: ``fnmatch`` patterns of module names whose outputs are matched (only names
@@ -62,7 +75,9 @@ class DistillConfig:
         val_every: validate every this many steps (``None``: ``steps // 10``, at least 1; 0: only at
             the end). Validation also runs at the start (``val_at_start``) and at the last step.
         val_at_start: validate once before training (the curve's point at step 0).
-        metric: validation metric, ``"accuracy"`` or ``"perplexity"`` (as :func:`inhernet.evaluate`).
+        metric: validation metric, ``"accuracy"``, ``"perplexity"`` or, for dual encoders, one of
+            ``inhernet.dual.DUAL_METRICS`` (``"zero-shot-accuracy"``, ``"i2t-recall@1"``...), as
+            :func:`inhernet.evaluate` computes them.
         log_dir: where the CSV logs (``logs/version_*``), checkpoints (``checkpoints/``) and
             ``history.json`` go. ``None``: a fresh temporary directory for a single process run,
             ``./out/distill`` when several processes take part (they must agree on it).
@@ -82,8 +97,11 @@ class DistillConfig:
     warmup_steps: int = 0
     step_gamma: float = 0.1
     step_milestones: tuple[float, ...] = (0.5, 0.75)
+    loss: Literal["kd", "contrastive"] = "kd"
     temperature: float = 4.0
     alpha: float = 0.9
+    embed_weight: float = 0.0
+    embed_loss: Literal["cosine", "mse"] = "cosine"
     feature_weight: float = 0.0
     feature_patterns: tuple[str, ...] = ()
     grad_clip: float | None = 1.0
@@ -96,7 +114,7 @@ class DistillConfig:
     seed: int = 0
     val_every: int | None = None
     val_at_start: bool = True
-    metric: Literal["accuracy", "perplexity"] = "accuracy"
+    metric: str = "accuracy"
     log_dir: str | None = None
     checkpoint_every: int = 0
     resume: str | None = None
@@ -131,6 +149,12 @@ class DistillConfig:
         self.step_milestones = tuple(self.step_milestones)
         if not all(is_num(m) and 0 < m < 1 for m in self.step_milestones):
             raise bad("step_milestones", "fractions in (0, 1) of the post-warm-up steps")
+        if self.loss not in LOSSES:
+            raise bad("loss", f"one of {LOSSES}")
+        if not is_num(self.embed_weight) or self.embed_weight < 0:
+            raise bad("embed_weight", "a number >= 0")
+        if self.embed_loss not in EMBED_LOSSES:
+            raise bad("embed_loss", f"one of {EMBED_LOSSES}")
         if not is_num(self.temperature) or self.temperature <= 0:
             raise bad("temperature", "a positive number")
         if not is_num(self.alpha) or not 0 <= self.alpha <= 1:

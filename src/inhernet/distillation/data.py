@@ -31,6 +31,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset, RandomSampler, Sampler, SequentialSampler
 
 from ..batches import TEACHER_LOGITS, forward_batch, logits_of, move_batch
+from ..dual import dual_output, is_dual_output
 
 __all__ = ["EvalLoader", "TrainLoader", "WithTeacherLogits", "precompute_teacher_logits"]
 
@@ -76,18 +77,26 @@ class WithTeacherLogits(Dataset):
 
 @torch.no_grad()
 def precompute_teacher_logits(teacher: nn.Module, dataset: Dataset, batch_size: int = 1000) -> WithTeacherLogits:
-    """Run the teacher (eval mode) once over a map-style data set of ``(inputs, labels)`` or dict examples."""
+    """Run the teacher (eval mode) once over a map-style data set of ``(inputs, labels)`` or dict examples.
+
+    A dual encoder's per-example output is its packed embedding pair (:meth:`inhernet.dual.DualOutput.pack`),
+    from which contrastive distillation rebuilds the teacher's similarities within any batch.
+    """
     was_training = teacher.training
     teacher.eval()
     device = next((p.device for p in teacher.parameters()), torch.device("cpu"))
     try:
         logits = [
-            logits_of(forward_batch(teacher, move_batch(batch, device))).float().cpu()
+            _per_example(forward_batch(teacher, move_batch(batch, device))).float().cpu()
             for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False)
         ]
     finally:
         teacher.train(was_training)
     return WithTeacherLogits(dataset, torch.cat(logits))
+
+
+def _per_example(output: Any) -> torch.Tensor:
+    return dual_output(output).pack() if is_dual_output(output) else logits_of(output)
 
 
 def _seeded_iter(loader: Iterable[Any], seed: int, skip: int = 0) -> Iterator[Any]:

@@ -1,4 +1,5 @@
-"""Distillation losses: logit KD (``kd_loss``) and layer-aligned feature matching (``feature_loss``)."""
+"""Distillation losses: logit KD (``kd_loss``), contrastive KD for dual encoders
+(``contrastive_kd_loss``) and layer-aligned feature matching (``feature_loss``)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["FeatureCapture", "feature_loss", "kd_loss", "match_feature_names"]
+from ..dual import dual_output
+
+__all__ = ["FeatureCapture", "contrastive_kd_loss", "feature_loss", "kd_loss", "match_feature_names"]
+
+EMBED_LOSSES = ("cosine", "mse")
 
 
 def kd_loss(
@@ -77,6 +82,80 @@ def kd_loss(
         return scale * kl_term
     ce_term = F.cross_entropy(s, labels.long(), ignore_index=ignore_index, reduction="sum") / count
     return (1 - alpha) * ce_term + alpha * scale * kl_term
+
+
+def contrastive_kd_loss(
+    student_out: Any,
+    teacher_out: Any,
+    temperature: float = 4.0,
+    alpha: float = 1.0,
+    embed_weight: float = 0.0,
+    embed_loss: str = "cosine",
+) -> torch.Tensor:
+    """Knowledge distillation between dual encoders (CLIP-style) on a batch of ``n`` image-text pairs.
+
+    ``alpha * T**2 * (KL_i2t + KL_t2i) / 2 + (1 - alpha) * InfoNCE(student) + embed_weight * E``
+
+    * ``KL_i2t``: per image, ``KL(softmax(t/T) || softmax(s/T))`` over the ``n`` texts, where ``s`` and
+      ``t`` are the student's and the teacher's ``logits_per_image`` rows (CLIP's scaled cosine
+      similarities); ``KL_t2i`` the same per text over the images; both averaged over the batch.
+    * ``InfoNCE``: the student's own symmetric contrastive loss, pair ``i`` being the target of row ``i``.
+    * ``E``: embedding matching, ``"cosine"`` (mean ``1 - cos`` of paired image and text embeddings)
+      or ``"mse"``; needs embeddings of the same width.
+
+    ``student_out`` and ``teacher_out`` are model outputs :func:`inhernet.dual.dual_output` reads
+    (``CLIPOutput``-like objects or dicts, or ``(image_embeds, text_embeds)`` tuples, whose logits
+    are then the cosine similarities). The teacher is treated as a constant; computed in float32.
+    """
+    if temperature <= 0:
+        raise ValueError(f"contrastive_kd_loss: temperature must be positive, got {temperature}")
+    if not 0 <= alpha <= 1:
+        raise ValueError(f"contrastive_kd_loss: alpha must be in [0, 1], got {alpha}")
+    if embed_weight < 0 or embed_loss not in EMBED_LOSSES:
+        raise ValueError(
+            f"contrastive_kd_loss: embed_weight must be >= 0 and embed_loss one of {EMBED_LOSSES}, got "
+            f"{embed_weight} and {embed_loss!r}"
+        )
+    s, t = dual_output(student_out), dual_output(teacher_out)
+    s_logits, t_logits = s.logits_per_image, t.logits_per_image.detach()
+    if s_logits.shape != t_logits.shape or s_logits.shape[0] != s_logits.shape[1]:
+        raise ValueError(
+            f"contrastive_kd_loss: student and teacher similarity matrices are {tuple(s_logits.shape)} and "
+            f"{tuple(t_logits.shape)}; both must be (n, n) over the same n image-text pairs"
+        )
+    loss = s_logits.new_zeros(())
+    if alpha > 0:
+        kl = 0.5 * (_row_kl(s_logits, t_logits, temperature) + _row_kl(s_logits.T, t_logits.T, temperature))
+        loss = loss + alpha * temperature * temperature * kl
+    if alpha < 1:
+        targets = torch.arange(len(s_logits), device=s_logits.device)
+        info_nce = 0.5 * (F.cross_entropy(s_logits, targets) + F.cross_entropy(s_logits.T, targets))
+        loss = loss + (1 - alpha) * info_nce
+    if embed_weight > 0:
+        loss = loss + embed_weight * 0.5 * (
+            _embed_distance(s.image_embeds, t.image_embeds, embed_loss, "image")
+            + _embed_distance(s.text_embeds, t.text_embeds, embed_loss, "text")
+        )
+    return loss
+
+
+def _row_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Mean over rows of ``KL(softmax(teacher/T) || softmax(student/T))``."""
+    log_ps = F.log_softmax(student / temperature, dim=-1)
+    log_pt = F.log_softmax(teacher / temperature, dim=-1)
+    return F.kl_div(log_ps, log_pt, reduction="batchmean", log_target=True)
+
+
+def _embed_distance(s: torch.Tensor, t: torch.Tensor, kind: str, which: str) -> torch.Tensor:
+    if s.shape != t.shape:
+        raise ValueError(
+            f"contrastive_kd_loss: embedding matching needs {which} embeddings of one shape, got "
+            f"{tuple(s.shape)} (student) and {tuple(t.shape)} (teacher); set embed_weight=0"
+        )
+    s, t = s.float(), t.detach().float()
+    if kind == "mse":
+        return F.mse_loss(s, t)
+    return (1 - F.cosine_similarity(s, t, dim=-1)).mean()
 
 
 def match_feature_names(student: nn.Module, teacher: nn.Module, patterns: Iterable[str]) -> list[str]:

@@ -16,8 +16,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..batches import batch_labels, batch_teacher_logits, forward_batch, logits_of
+from ..dual import DUAL_METRICS, DualOutput, dual_metrics, dual_output
 from .config import DistillConfig
-from .loss import FeatureCapture, feature_loss, kd_loss, match_feature_names
+from .loss import FeatureCapture, contrastive_kd_loss, feature_loss, kd_loss, match_feature_names
 
 __all__ = ["DistillModule", "lr_lambda"]
 
@@ -79,6 +80,18 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
+def _gather_uneven(strategy: Any, *tensors: torch.Tensor) -> list[torch.Tensor]:
+    """Concatenate every process's tensors (unpadded shards may differ in length by a few rows)."""
+    counts = strategy.all_gather(torch.tensor([len(tensors[0])], device=tensors[0].device)).reshape(-1)
+    size = int(counts.max())
+    out = []
+    for x in tensors:
+        padded = F.pad(x, [0, 0] * (x.dim() - 1) + [0, size - len(x)])
+        gathered = strategy.all_gather(padded)  # (world, size, ...)
+        out.append(torch.cat([gathered[r, : int(n)] for r, n in enumerate(counts)]))
+    return out
+
+
 class DistillModule(L.LightningModule):
     """Student + frozen teacher, trained with :func:`kd_loss` (+ optional :func:`feature_loss`).
 
@@ -111,6 +124,7 @@ class DistillModule(L.LightningModule):
         self.history: dict[str, Any] = {"curve": [], "train_loss": []}
         self._pending_losses: list[tuple[int, torch.Tensor]] = []
         self._val_sums: torch.Tensor | None = None
+        self._val_pairs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         self._train_start: float | None = None
         self._val_time = 0.0
         self._val_start: float | None = None
@@ -158,17 +172,28 @@ class DistillModule(L.LightningModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         cfg = self.config
-        if self.feature_names:
-            with FeatureCapture(self.student, self.feature_names) as s_cap:
-                student_logits = logits_of(forward_batch(self.student, batch))
+        # The teacher runs live for feature matching; otherwise its logits (a dual encoder's packed
+        # embeddings) may come precomputed with the batch.
+        precomputed = batch_teacher_logits(batch)
+        with FeatureCapture(self.student, self.feature_names) as s_cap:
+            student_out = forward_batch(self.student, batch)
+        teacher_out = None
+        if self.feature_names or (cfg.loss == "contrastive" and precomputed is None):
             with FeatureCapture(self.teacher, self.feature_names) as t_cap, torch.no_grad():
-                teacher_logits = logits_of(forward_batch(self.teacher, batch)).detach()
+                teacher_out = forward_batch(self.teacher, batch)
+        if cfg.loss == "contrastive":
+            if teacher_out is None:  # per-example embeddings, packed by precompute_teacher_logits
+                teacher_out = DualOutput.unpack(precomputed)
+            loss = contrastive_kd_loss(
+                student_out, teacher_out, cfg.temperature, cfg.alpha, cfg.embed_weight, cfg.embed_loss
+            )
         else:
-            student_logits = logits_of(forward_batch(self.student, batch))
-        labels = _lm_labels(batch, student_logits)
-        if not self.feature_names:
-            teacher_logits = self._teacher_logits(batch)
-        loss = kd_loss(student_logits, teacher_logits, labels, cfg.temperature, cfg.alpha)
+            student_logits = logits_of(student_out)
+            teacher_logits = (
+                logits_of(teacher_out).detach() if teacher_out is not None else self._teacher_logits(batch)
+            )
+            labels = _lm_labels(batch, student_logits)
+            loss = kd_loss(student_logits, teacher_logits, labels, cfg.temperature, cfg.alpha)
         if self.feature_names:
             f_loss = feature_loss(s_cap.features, t_cap.features)
             self.log("feature_loss", f_loss.detach(), on_step=True, on_epoch=False, batch_size=1)
@@ -206,8 +231,29 @@ class DistillModule(L.LightningModule):
     def on_validation_epoch_start(self) -> None:
         dtype = torch.float32 if self.device.type == "mps" else torch.float64  # MPS has no float64
         self._val_sums = torch.zeros(2, dtype=dtype, device=self.device)
+        self._val_pairs = []
+
+    def _collect_pairs(self, batch: Any) -> None:
+        """Keep a dual encoder's embeddings: its metrics rank every pair of the split against every other."""
+        labels = batch_labels(batch)
+        if labels is None:
+            raise ValueError("distill: dual-encoder metrics need labelled batches (dicts with 'labels')")
+        out = dual_output(forward_batch(self.student, batch))
+        self._val_pairs.append((out.image_embeds.float(), out.text_embeds.float(), labels.reshape(-1)))
+
+    def _dual_metric(self) -> float:
+        if not self._val_pairs:
+            raise ValueError("distill: the validation loader yielded no labelled examples")
+        image, text, labels = (torch.cat(parts) for parts in zip(*self._val_pairs, strict=True))
+        self._val_pairs = []
+        if self.trainer.world_size > 1:
+            image, text, labels = _gather_uneven(self.trainer.strategy, image, text, labels)
+        return dual_metrics(image, text, labels)[self.config.metric]
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
+        if self.config.metric in DUAL_METRICS:
+            self._collect_pairs(batch)
+            return
         logits = logits_of(forward_batch(self.student, batch)).float()
         labels = batch_labels(batch)
         if self.config.metric == "perplexity":
@@ -229,13 +275,16 @@ class DistillModule(L.LightningModule):
             self._val_sums[1] += (shift_labels != -100).sum()
 
     def on_validation_epoch_end(self) -> None:
-        assert self._val_sums is not None
-        sums = self.trainer.strategy.reduce(self._val_sums, reduce_op="sum")
-        total, count = (float(x) for x in sums.cpu())
-        if count == 0:
-            raise ValueError("distill: the validation loader yielded no labelled examples")
         metric = self.config.metric
-        value = total / count if metric == "accuracy" else math.exp(total / count)
+        if metric in DUAL_METRICS:
+            value = self._dual_metric()
+        else:
+            assert self._val_sums is not None
+            sums = self.trainer.strategy.reduce(self._val_sums, reduce_op="sum")
+            total, count = (float(x) for x in sums.cpu())
+            if count == 0:
+                raise ValueError("distill: the validation loader yielded no labelled examples")
+            value = total / count if metric == "accuracy" else math.exp(total / count)
         step = int(self.trainer.global_step)
         curve = [point for point in self.history["curve"] if point[0] != step]
         self.history["curve"] = [*curve, [step, value]]
