@@ -168,8 +168,10 @@ def effnet_student(min_params: int, num_classes: int = 10) -> nn.Module:
     """timm EfficientNet-Lite0 narrowed by a channel multiplier, the narrowest with ``>= min_params``.
 
     Randomly initialised (timm's init). As in every EfficientNet-Lite, the multiplier scales the
-    blocks' channels while the stem (32) and the head (1280 features) stay fixed. Returned with
-    channels-last convolution weights, like the ``fashion-effnet`` teacher (faster on a CPU).
+    blocks' channels while the stem (32) and the head (1280 features) stay fixed. timm rounds every
+    width to a multiple of 8, so a small student can overshoot ``min_params`` by about 10% (371,626
+    parameters for 338,336). Returned with channels-last convolution weights, like the
+    ``fashion-effnet`` teacher (faster on a CPU).
     """
     # timm's public efficientnet_lite0() pins channel_multiplier=1.0; its generator takes any multiplier.
     from timm.models._efficientnet_builder import round_channels
