@@ -1,12 +1,14 @@
-"""Conventional smaller students: the teacher's architecture family at a reduced width."""
+"""Conventional smaller students: the teacher's architecture family at a reduced width or depth."""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
+from typing import Any
 
 from torch import nn
 
-__all__ = ["width_scaled"]
+__all__ = ["llama_student", "width_scaled"]
 
 
 def width_scaled(build: Callable[[float], nn.Module], min_params: int, *, steps: int = 400) -> nn.Module:
@@ -26,3 +28,31 @@ def width_scaled(build: Callable[[float], nn.Module], min_params: int, *, steps:
     if best is None:
         raise ValueError(f"no width multiplier in (0, 1] reaches {min_params:,} parameters")
     return best[1]
+
+
+def llama_student(config: Any, min_params: int) -> nn.Module:
+    """A shallower, randomly initialised ``LlamaForCausalLM`` with at least ``min_params`` parameters.
+
+    ``config`` is the teacher's (Hugging Face) ``LlamaConfig``. The student keeps the teacher's width,
+    heads, vocabulary and tied embeddings, and takes the fewest decoder layers that reach
+    ``min_params``: the conventional way to shrink a narrow-deep model such as SmolLM2 (narrowing it
+    would also shrink the tied vocabulary embedding, which holds a fifth of its parameters). Layer
+    counts are tried from small to large on the config alone (meta device), so the search is cheap.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    teacher_layers = int(config.num_hidden_layers)
+    for layers in range(1, teacher_layers + 1):
+        candidate = copy.deepcopy(config)
+        candidate.num_hidden_layers = layers
+        if isinstance(getattr(candidate, "layer_types", None), list):
+            candidate.layer_types = candidate.layer_types[:layers]
+        with torch.device("meta"):
+            size = sum(p.numel() for p in AutoModelForCausalLM.from_config(candidate).parameters())
+        if size >= min_params:
+            return AutoModelForCausalLM.from_config(candidate, dtype=torch.float32)
+    raise ValueError(
+        f"even all {teacher_layers} layers of {type(config).__name__} stay below {min_params:,} parameters; "
+        "give a smaller min_params"
+    )
