@@ -285,7 +285,8 @@ def _paired_statistics(
         for b in range(len(inputs.hidden)):
             recorded.clear()
             teacher_inputs.hidden[b] = run_block(teacher_block, teacher_inputs, b)
-            run_block(block, inputs, b)
+            if layers:  # nothing to pair otherwise: only the teacher's hidden states move on
+                run_block(block, inputs, b)
     finally:
         for h in handles:
             h.remove()

@@ -36,23 +36,30 @@ def llama_student(config: Any, min_params: int) -> nn.Module:
     ``config`` is the teacher's (Hugging Face) ``LlamaConfig``. The student keeps the teacher's width,
     heads, vocabulary and tied embeddings, and takes the fewest decoder layers that reach
     ``min_params``: the conventional way to shrink a narrow-deep model such as SmolLM2 (narrowing it
-    would also shrink the tied vocabulary embedding, which holds a fifth of its parameters). Layer
-    counts are tried from small to large on the config alone (meta device), so the search is cheap.
+    would also shrink the tied vocabulary embedding, which holds a fifth of its parameters). The size is
+    affine in the layer count, so two models on the meta device (1 and 2 layers) price every depth.
     """
     import torch
     from transformers import AutoModelForCausalLM
 
-    teacher_layers = int(config.num_hidden_layers)
-    for layers in range(1, teacher_layers + 1):
+    def with_layers(layers: int) -> Any:
         candidate = copy.deepcopy(config)
         candidate.num_hidden_layers = layers
         if isinstance(getattr(candidate, "layer_types", None), list):
             candidate.layer_types = candidate.layer_types[:layers]
+        return candidate
+
+    def size(layers: int) -> int:
         with torch.device("meta"):
-            size = sum(p.numel() for p in AutoModelForCausalLM.from_config(candidate).parameters())
-        if size >= min_params:
-            return AutoModelForCausalLM.from_config(candidate, dtype=torch.float32)
-    raise ValueError(
-        f"even all {teacher_layers} layers of {type(config).__name__} stay below {min_params:,} parameters; "
-        "give a smaller min_params"
-    )
+            return sum(p.numel() for p in AutoModelForCausalLM.from_config(with_layers(layers)).parameters())
+
+    teacher_layers = int(config.num_hidden_layers)
+    one, two = size(1), size(2)
+    per_layer, base = two - one, 2 * one - two
+    layers = max(1, -(-(min_params - base) // per_layer))
+    if layers > teacher_layers:
+        raise ValueError(
+            f"even all {teacher_layers} layers of {type(config).__name__} stay below {min_params:,} parameters; "
+            "give a smaller min_params"
+        )
+    return AutoModelForCausalLM.from_config(with_layers(layers), dtype=torch.float32)
