@@ -130,3 +130,40 @@ def test_real_assets_are_installed_and_readable() -> None:
         "business", "entertainment", "politics", "sports", "tech"
     }
     assert len(split_articles(articles, "test")) == 223
+
+
+def test_bench_runs_the_presets_methods_on_a_tiny_llama(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The preset's wiring (live teacher, LM blocks, llama_student, layer dropping) on a stand-in teacher."""
+    from transformers import LlamaForCausalLM
+
+    from inhernet.bench import BenchConfig, run_bench
+    from inhernet.presets import registry
+
+    config = _tiny_llama_config()
+
+    def teacher() -> torch.nn.Module:
+        torch.manual_seed(0)
+        return LlamaForCausalLM(config).eval()
+
+    blocks = torch.randint(0, 100, (24, 16), generator=torch.Generator().manual_seed(0))
+
+    def data(batch_size: int = 4, **_: object):
+        return (torch.utils.data.DataLoader(LMBlocks(blocks[:16]), batch_size=batch_size, shuffle=True),
+                torch.utils.data.DataLoader(LMBlocks(blocks[16:]), batch_size=4))
+
+    real = get_preset("smollm2-bbc")
+    stand_in = registry.Preset(
+        "tiny-llama", "stand-in", real.metric, teacher, data,
+        lambda n: [{"input_ids": b, "attention_mask": torch.ones_like(b)} for b in blocks[:8].split(4)],
+        lambda p: llama_student(config, p), methods=real.methods, cache_teacher=real.cache_teacher,
+    )
+    monkeypatch.setitem(registry.PRESETS, stand_in.name, stand_in)
+    result = run_bench(BenchConfig(preset="tiny-llama", budget=0.8, seeds=(0,), steps=2, batch_size=4,
+                                   curve_points=1, progress=False), log=lambda _: None)
+    assert result["metric"] == "perplexity" and result["higher_is_better"] is False
+    by_name = {m["name"]: m for m in result["methods"]}
+    assert set(by_name) == set(real.methods)
+    reference = by_name["inhernet"]["params"]
+    assert reference <= 0.8 * result["teacher"]["params"]
+    assert all(by_name[m]["params"] >= reference for m in ("kd-student", "layerdrop-kd"))
+    assert all(1 < m["metric_mean"] < float("inf") for m in result["methods"])
