@@ -4,7 +4,10 @@
 
 Cases: all-MiniLM-L6-v2 (22.7M parameters, 128 sentences of at most 64 tokens) and SmolLM2-135M
 (134.5M parameters, the ``smollm2-bbc`` preset's 32 calibration blocks of 128 tokens), each with
-one-pass and sequential calibration, at budget 0.8 with energy allocation and h = 1. Every case runs in
+one-pass and sequential calibration, at budget 0.8 with h = 1 and uniform allocation (the default
+``--allocation``): then both make exactly one whitened decomposition per layer, and the comparison
+isolates how the statistics are gathered (energy allocation adds, in sequential mode, a first pass that
+computes the teacher's spectra block by block). Every case runs in
 a fresh subprocess (``--case NAME``): peak memory is that process's high-water mark (``VmHWM``) while
 ``inherit`` runs, after resetting it once the teacher and the calibration data are loaded (``clear_refs``;
 where the kernel refuses, the whole process's peak, ``ru_maxrss``). Writes ``compression-cost.md`` and
@@ -60,7 +63,7 @@ def _load(model: str) -> tuple[torch.nn.Module, list[Any]]:
     return preset.teacher(), preset.calib(32)
 
 
-def run_case(case: str, budget: float) -> dict[str, Any]:
+def run_case(case: str, budget: float, allocation: str) -> dict[str, Any]:
     """Load, then time ``inherit`` and measure its peak RSS, in this process."""
     from inhernet import InherConfig, inherit
 
@@ -71,8 +74,8 @@ def run_case(case: str, budget: float) -> dict[str, Any]:
     loaded_kib = _status_kib("VmRSS")
     exact = _reset_peak()
     cpu0, wall0 = time.process_time(), time.perf_counter()
-    student = inherit(teacher, InherConfig(budget=budget, experts=1, calibration=calibration), calib=calib,
-                      progress=False)
+    cfg = InherConfig(budget=budget, experts=1, allocation=allocation, calibration=calibration)
+    student = inherit(teacher, cfg, calib=calib, progress=False)
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
     peak_kib = _status_kib("VmHWM") if exact else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {
@@ -89,16 +92,17 @@ def main() -> None:
     parser.add_argument("--case", choices=CASES, help="run one case in this process and print its JSON")
     parser.add_argument("--cases", default=",".join(CASES))
     parser.add_argument("--budget", type=float, default=0.8)
+    parser.add_argument("--allocation", choices=("uniform", "energy"), default="uniform")
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args()
     if args.case:
-        print(json.dumps(run_case(args.case, args.budget)), flush=True)
+        print(json.dumps(run_case(args.case, args.budget, args.allocation)), flush=True)
         return
 
     rows = []
     for case in args.cases.split(","):
         done = subprocess.run(
-            [sys.executable, __file__, "--case", case, "--budget", str(args.budget)],
+            [sys.executable, __file__, "--case", case, "--budget", str(args.budget), "--allocation", args.allocation],
             capture_output=True, text=True, check=False,
         )
         if done.returncode != 0:
@@ -107,11 +111,12 @@ def main() -> None:
         print(json.dumps(rows[-1]), flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "compression-cost.json").write_text(json.dumps({"budget": args.budget, "torch": torch.__version__,
-                                                           "rows": rows}, indent=2) + "\n")
+    (out / "compression-cost.json").write_text(json.dumps(
+        {"budget": args.budget, "allocation": args.allocation, "torch": torch.__version__, "rows": rows}, indent=2
+    ) + "\n")
     command = "OMP_NUM_THREADS=1 python benchmarks/compression_cost.py " + " ".join(sys.argv[1:])
     lines = [
-        f"### Compression cost: `inherit()` with whitening, budget {args.budget}, energy allocation, h = 1",
+        f"### Compression cost: `inherit()` with whitening, budget {args.budget}, {args.allocation} allocation, h = 1",
         "",
         f"Command: `{command}`. One CPU thread; wall time on a shared machine, CPU time of the process. "
         "Peak RSS is the process's high-water mark while `inherit` runs (teacher and calibration data loaded).",

@@ -6,7 +6,8 @@ Every row is ``inherit(teacher, InherConfig(...), calib=preset.calib(32))`` (32 
 tokens) evaluated, without any training, on the preset's 16 test blocks (2,048 tokens). A sequential row
 reuses the ranks of the one-pass row with the same allocation: both allocate from the teacher's own
 spectra, so the plans are the same, and only the factors differ. The one-pass rows share one
-calibration pass and decomposition (memoised here: they differ only in the ranks they keep). The best
+calibration pass and decomposition (memoised here: they differ only in the ranks they keep). Then the
+sequential rows, one ``sequential-corrected`` row (each layer aimed at the teacher's outputs), the best
 h = 1 row is repeated with h = 3 experts, and plain SVD comes last. Writes ``smollm2-zero-shot-<budget>.json`` and ``.md`` under ``--out``.
 """
 
@@ -76,7 +77,8 @@ def main() -> None:
 
     def run(label: str, allocation: str, experts: int = 1, **overrides: Any) -> dict[str, Any]:
         cfg = InherConfig(budget=args.budget, experts=experts, **allocations[allocation], **overrides)
-        reuse = plans.get(allocation) if overrides.get("calibration") == "sequential" and experts == 1 else None
+        sequential = overrides.get("calibration", "one-pass") != "one-pass"
+        reuse = plans.get(allocation) if sequential and experts == 1 else None
         t0 = time.perf_counter()
         student = inherit(teacher, cfg, calib=None if cfg.init == "svd" else calib, plan=reuse, progress=False)
         inherit_s = time.perf_counter() - t0
@@ -96,13 +98,15 @@ def main() -> None:
         write(out, stem, args, teacher_params, teacher_ppl, rows)
         return row
 
+    # Most informative first: every row is written as soon as it is measured.
     for allocation in allocations:
         run("whiten, one-pass", allocation)
-    for allocation in allocations:
+    floor = f"energy, floor {args.floor}"
+    for allocation in (floor, "energy", "uniform"):
         run("whiten, sequential", allocation, calibration="sequential")
+    run("whiten, sequential-corrected", floor, calibration="sequential-corrected")
     best = min((r for r in rows if r["init"] != "svd"), key=lambda r: r["perplexity"])
-    calibration = "sequential" if "sequential" in best["init"] else "one-pass"
-    run(best["init"], best["allocation"], experts=3, calibration=calibration)
+    run(best["init"], best["allocation"], experts=3, calibration=best["init"].split(", ")[1])
     run("svd", "energy", init="svd")
     print(f"done in {time.perf_counter() - start:.0f} s")
 

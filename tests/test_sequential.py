@@ -12,8 +12,7 @@ import tiny_models as tm
 from inhernet import InherBlock, InherConfig, inherit, plan
 from inhernet.sequential import PairedCovariance, capture_stack_inputs, corrected_weight, run_block
 
-calibration = importlib.import_module("inhernet.calibration")
-sequential = importlib.import_module("inhernet.sequential")
+calibration_module = importlib.import_module("inhernet.calibration")
 
 
 def _llama_6() -> tuple[nn.Module, list[torch.Tensor]]:
@@ -32,12 +31,14 @@ def _llama_6() -> tuple[nn.Module, list[torch.Tensor]]:
 
 
 @pytest.mark.parametrize("factory", [tm.llama_tiny, tm.bert_tiny, tm.gpt2_tiny], ids=["llama", "bert", "gpt2"])
-@pytest.mark.parametrize("experts", [1, 3])
-def test_full_rank_reproduces_teacher(factory, experts: int) -> None:
+@pytest.mark.parametrize(
+    ("experts", "calibration"), [(1, "sequential"), (3, "sequential"), (3, "sequential-corrected")]
+)
+def test_full_rank_reproduces_teacher(factory, experts: int, calibration: str) -> None:
     teacher, batch = factory()
     want = tm.run(teacher, batch)
     before = tm.state_copy(teacher)
-    cfg = InherConfig(rank="full", experts=experts, calibration="sequential")
+    cfg = InherConfig(rank="full", experts=experts, calibration=calibration)
     student = inherit(teacher, cfg, calib=[batch, batch], progress=False).eval()
     assert tm.same_state(before, tm.state_copy(teacher)), "the teacher must not change"
     assert any(isinstance(m, InherBlock) for m in student.modules())
@@ -60,19 +61,33 @@ def _hidden(model: nn.Module, batches: list[torch.Tensor]) -> torch.Tensor:
         return torch.cat([model.model(input_ids=b).last_hidden_state for b in batches])
 
 
+def test_sequential_whitens_later_blocks_on_the_compressed_inputs() -> None:
+    """Block 0 sees the teacher's inputs either way (same factors as one-pass); later blocks do not."""
+    teacher, calib = _llama_6()
+    cfg = {"budget": 0.7, "experts": 1, "allocation": "uniform"}
+    one_pass = inherit(teacher, InherConfig(**cfg), calib=calib, progress=False)
+    staged = inherit(teacher, InherConfig(**cfg, calibration="sequential"), calib=calib, progress=False)
+    assert one_pass.inhernet_plan.ranks() == staged.inhernet_plan.ranks()
+    first, last = "model.layers.0.mlp.down_proj", "model.layers.5.mlp.down_proj"
+    a, b = one_pass.get_submodule(first).state_dict(), staged.get_submodule(first).state_dict()
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+    a, b = one_pass.get_submodule(last).state_dict(), staged.get_submodule(last).state_dict()
+    assert not all(torch.allclose(a[k], b[k], atol=1e-3) for k in a)
+
+
 @pytest.mark.parametrize("allocation", ["energy", "uniform"])
-def test_sequential_matches_the_teacher_better_than_one_pass(allocation: str) -> None:
-    """On the calibration data, correcting each block towards the teacher's outputs beats one-pass
-    whitening on the last block's output. (On held-out *random* tokens of a random model the
-    statistics do not generalise and the two are about even; see the benchmark on real text.)"""
+def test_correction_matches_the_teacher_better_on_the_calibration_data(allocation: str) -> None:
+    """In sample, aiming each block layer at the teacher's outputs beats one-pass whitening on the last
+    block's output. (Out of sample it needs many more tokens than the layers are wide: on SmolLM2 with
+    4k tokens it overfits; see benchmarks/results/smollm2-zero-shot-0.8.md.)"""
     teacher, calib = _llama_6()
     want = _hidden(teacher, calib)
     errors = {}
-    for mode in ("one-pass", "sequential"):
+    for mode in ("one-pass", "sequential-corrected"):
         cfg = InherConfig(budget=0.7, experts=1, allocation=allocation, calibration=mode)
         student = inherit(teacher, cfg, calib=calib, progress=False).eval()
         errors[mode] = float((_hidden(student, calib) - want).pow(2).mean() / want.pow(2).mean())
-    assert errors["sequential"] < 0.9 * errors["one-pass"], errors
+    assert errors["sequential-corrected"] < 0.9 * errors["one-pass"], errors
 
 
 def test_plan_uses_the_teachers_spectra_either_way() -> None:
@@ -82,11 +97,12 @@ def test_plan_uses_the_teachers_spectra_either_way() -> None:
     assert staged == one_pass
 
 
-def test_statistics_of_one_block_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("calibration", ["sequential", "sequential-corrected"])
+def test_statistics_of_one_block_at_a_time(monkeypatch: pytest.MonkeyPatch, calibration: str) -> None:
     """Sequential calibration never holds more covariances than one block has layers; one-pass holds all."""
     live: set[int] = set()
     peak = {"n": 0}
-    original_init = calibration.InputCovariance.__post_init__
+    original_init = calibration_module.InputCovariance.__post_init__
 
     def tracking_init(self) -> None:
         original_init(self)
@@ -99,12 +115,12 @@ def test_statistics_of_one_block_at_a_time(monkeypatch: pytest.MonkeyPatch) -> N
         tracking_init(self)
         weakref.finalize(self, live.discard, id(self))
 
-    monkeypatch.setattr(calibration.InputCovariance, "__post_init__", track)
+    monkeypatch.setattr(calibration_module.InputCovariance, "__post_init__", track)
     teacher, calib = _llama_6()
     per_block = sum(isinstance(m, nn.Linear) for m in teacher.model.layers[0].modules())
     total = sum(r.rank is not None for r in plan(teacher, InherConfig(rank="full", init="svd")).layers)
 
-    inherit(teacher, InherConfig(budget=0.7, calibration="sequential"), calib=calib, progress=False)
+    inherit(teacher, InherConfig(budget=0.7, calibration=calibration), calib=calib, progress=False)
     assert peak["n"] <= per_block
     live.clear()
     peak["n"] = 0

@@ -11,7 +11,7 @@ __all__ = ["DEFAULT_BUDGET", "InherConfig"]
 DEFAULT_BUDGET = 0.25
 INITS = ("whiten", "svd", "random")
 ALLOCATIONS = ("energy", "uniform")
-CALIBRATIONS = ("one-pass", "sequential")
+CALIBRATIONS = ("one-pass", "sequential", "sequential-corrected")
 # The mutually exclusive ways of choosing ranks.
 RANK_CHOICES = ("budget", "rank", "energy", "macs")
 
@@ -61,6 +61,10 @@ class InherConfig:
             repeated blocks (``encoder.layer``, ``model.layers``...), each block calibrated on inputs
             that already passed the compressed earlier blocks, holding one block's statistics at a
             time (see :mod:`inhernet.sequential`); ranks are still allocated from the teacher's spectra.
+            ``"sequential-corrected"``: sequential, and each block layer aims at the teacher's outputs
+            (a least-squares correction of the error let through by the earlier blocks). It fits ``m x n``
+            numbers per layer from the calibration tokens: it needs many more tokens than the layer is
+            wide, and on SmolLM2 with 4k tokens it overfits (see BENCHMARKS.md); prefer ``"sequential"``.
         expert_noise: Frobenius norm of each expert's zero-sum deviation, as a fraction of
             ``||U_r S_r||``. Breaks the experts' symmetry; the init stays exactly function preserving.
         damping: relative damping of the input covariance before whitening (times its mean diagonal).
@@ -78,7 +82,7 @@ class InherConfig:
     exclude: tuple[str, ...] = ()
     min_rank: int = 1
     min_rank_ratio: float = 0.0
-    calibration: Literal["one-pass", "sequential"] = "one-pass"
+    calibration: Literal["one-pass", "sequential", "sequential-corrected"] = "one-pass"
     expert_noise: float = 0.02
     damping: float = 1e-4
     seed: int = 0

@@ -249,10 +249,10 @@ def layer_spectra(
 ) -> dict[str, torch.Tensor]:
     """Every factorisable layer's (whitened, with ``init="whiten"``) energies, for the allocator.
 
-    With ``calibration="sequential"`` they are computed stage by stage on the teacher's own inputs,
+    With sequential calibration they are computed stage by stage on the teacher's own inputs,
     holding one block's statistics at a time, and only the energies are kept.
     """
-    if config.init == "whiten" and config.calibration == "sequential":
+    if config.init == "whiten" and config.calibration != "one-pass":
         from .sequential import sequential_calibrate
 
         todo = factorisable(candidates)

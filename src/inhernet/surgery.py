@@ -53,7 +53,7 @@ def inherit(
         A deep copy of ``model`` with InherNet blocks in place of the planned layers. With
         ``init="whiten"`` or ``"svd"`` it computes the rank-r truncation of every layer at init
         (exactly the teacher with ``rank="full"``). ``student.inhernet_plan`` holds the plan.
-        With ``calibration="sequential"`` each block is whitened on inputs that passed the compressed
+        With sequential calibration each block is whitened on inputs that passed the compressed
         earlier blocks (``calib`` is then iterated several times).
     """
     config = config or (plan.config if plan is not None else InherConfig())
@@ -61,7 +61,7 @@ def inherit(
     profile = None
     if plan is None and config.macs is not None:
         profile, calib = profile_macs(model, candidates, calib)
-    if config.init == "whiten" and config.calibration == "sequential":
+    if config.init == "whiten" and config.calibration != "one-pass":
         return _inherit_sequential(model, config, calib, candidates, others, profile, plan, progress)
     needs_factors = config.init != "random" or (plan is None and allocation_needs_spectra(config))
     factors = decompose(model, candidates, config, calib, progress=progress) if needs_factors else {}
@@ -105,8 +105,9 @@ def _inherit_sequential(
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
+        teacher = model if config.calibration == "sequential-corrected" else None
         sequential_calibrate(
-            student, todo, calib, compress, teacher=model, damping=config.damping, progress=progress
+            student, todo, calib, compress, teacher=teacher, damping=config.damping, progress=progress
         )
     student.inhernet_plan = plan
     return student
