@@ -15,7 +15,7 @@ import torch
 
 from .kinds import block_params
 
-__all__ = ["LayerCost", "Price", "allocate", "mac_price", "ranks_for_energy", "ranks_for_rank"]
+__all__ = ["LayerCost", "Price", "allocate", "floor_rank", "mac_price", "ranks_for_energy", "ranks_for_rank"]
 
 
 @dataclass(frozen=True)
@@ -109,6 +109,17 @@ class LayerCost:
         return float(self.energy[start:stop].sum()) / total if total > 0 else 0.0
 
 
+def floor_rank(layer: LayerCost, min_rank: int, min_rank_ratio: float = 0.0) -> int:
+    """The smallest rank ``layer`` may get: ``min_rank``, or ``min_rank_ratio`` of its full rank if larger."""
+    return min(layer.max_rank, max(min_rank, math.ceil(min_rank_ratio * layer.max_rank)))
+
+
+def _start(layer: LayerCost, min_rank: int, min_rank_ratio: float) -> int | None:
+    """Where the allocation starts for ``layer``: its floor rank, or dense (``None``) if that saves nothing."""
+    start = floor_rank(layer, min_rank, min_rank_ratio)
+    return start if start <= layer.break_even else None
+
+
 Priority = Callable[[LayerCost, int, int], float]
 
 
@@ -125,11 +136,12 @@ def _uniform_priority(layer: LayerCost, rank: int, cost: int) -> float:
 
 
 def allocate(
-    layers: list[LayerCost], available: int, strategy: str, min_rank: int
+    layers: list[LayerCost], available: int, strategy: str, min_rank: int, min_rank_ratio: float = 0.0
 ) -> dict[str, int | None]:
     """Ranks whose costs (each layer's ``price``) fit ``available`` (``None`` = keep dense), greedily.
 
-    Every layer starts at ``min_rank`` (or dense, where even that saves nothing); then the best move
+    Every layer starts at its floor (:func:`floor_rank`; or dense, where even that saves nothing); then
+    the best move
     (one more rank, or back to dense once a rank no longer saves) is taken while it fits.
     ``"energy"`` ranks moves by retained energy per unit of cost, parameter or MAC (a global greedy
     over singular values); ``"uniform"`` by the lowest rank ratio r/k, which is water-filling on one
@@ -151,8 +163,7 @@ def allocate(
         heapq.heappush(heap, (-priority(layer, rank, cost), i, cost))
 
     for layer in layers:
-        start = min(min_rank, layer.max_rank)
-        ranks[layer.name] = start if start <= layer.break_even else None
+        ranks[layer.name] = _start(layer, min_rank, min_rank_ratio)
         spent += layer.cost(ranks[layer.name])
     for i in range(len(layers)):
         push(i)
@@ -169,17 +180,15 @@ def allocate(
     return ranks
 
 
-def minimum_cost(layers: list[LayerCost], min_rank: int) -> int:
-    """The smallest total cost these layers can reach (each at ``min_rank``, or dense where that saves
+def minimum_cost(layers: list[LayerCost], min_rank: int, min_rank_ratio: float = 0.0) -> int:
+    """The smallest total cost these layers can reach (each at its floor rank, or dense where that saves
     nothing)."""
-    total = 0
-    for layer in layers:
-        start = min(min_rank, layer.max_rank)
-        total += layer.cost(start if start <= layer.break_even else None)
-    return total
+    return sum(layer.cost(_start(layer, min_rank, min_rank_ratio)) for layer in layers)
 
 
-def ranks_for_rank(layers: list[LayerCost], rank: int | float | str, min_rank: int) -> dict[str, int | None]:
+def ranks_for_rank(
+    layers: list[LayerCost], rank: int | float | str, min_rank: int, min_rank_ratio: float = 0.0
+) -> dict[str, int | None]:
     """A fixed rank (int), fraction of full rank (float) or ``"full"`` for every layer.
 
     Outside ``"full"`` a layer whose block would not save parameters stays dense.
@@ -190,18 +199,20 @@ def ranks_for_rank(layers: list[LayerCost], rank: int | float | str, min_rank: i
             out[layer.name] = layer.max_rank
             continue
         r = rank if isinstance(rank, int) else math.ceil(float(rank) * layer.max_rank)
-        r = max(min(min_rank, layer.max_rank), min(r, layer.max_rank))
+        r = max(floor_rank(layer, min_rank, min_rank_ratio), min(r, layer.max_rank))
         out[layer.name] = r if layer.saves(r) else None
     return out
 
 
-def ranks_for_energy(layers: list[LayerCost], energy: float, min_rank: int) -> dict[str, int | None]:
+def ranks_for_energy(
+    layers: list[LayerCost], energy: float, min_rank: int, min_rank_ratio: float = 0.0
+) -> dict[str, int | None]:
     """Per layer, the smallest rank retaining ``energy`` of its (whitened) spectral energy."""
     out: dict[str, int | None] = {}
     for layer in layers:
         assert layer.energy is not None
         cum = torch.cumsum(layer.energy, 0) / layer.energy.sum().clamp_min(1e-300)
         r = int(torch.searchsorted(cum, torch.tensor(energy - 1e-12, dtype=cum.dtype)).item()) + 1
-        r = max(min(min_rank, layer.max_rank), min(r, layer.max_rank))
+        r = max(floor_rank(layer, min_rank, min_rank_ratio), min(r, layer.max_rank))
         out[layer.name] = r if layer.saves(r) else None
     return out

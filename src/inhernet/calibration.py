@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import warnings
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,7 +16,9 @@ from tqdm.auto import tqdm
 from .batches import forward_batch, move_batch
 from .kinds import EmbeddingKind, LayerKind
 
-__all__ = ["InputCovariance", "collect_covariances", "example_positions", "split_example"]
+__all__ = [
+    "InputCovariance", "collect_covariances", "covariance_hooks", "drop_unseen", "example_positions", "split_example",
+]
 
 # Elements of unfolded input per covariance update: bounds calibration memory on big feature maps.
 _MAX_ELEMENTS_PER_UPDATE = 1 << 24
@@ -66,8 +69,33 @@ def collect_covariances(
     result with a warning (they fall back to plain SVD). The model runs in eval mode without grad
     and is returned to its previous mode.
     """
-    stats: dict[str, InputCovariance] = {}
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    was_training = model.training
+    model.eval()
+    seen = 0
+    try:
+        with covariance_hooks(layers, device) as stats, torch.no_grad():
+            for batch in tqdm(calib, desc="calibrating", unit="batch", disable=not progress, leave=False):
+                forward_batch(model, move_batch(batch, device))
+                seen += 1
+    finally:
+        model.train(was_training)
+    if seen == 0:
+        raise ValueError("calib is empty: pass an iterable of at least one batch of model inputs")
+    return drop_unseen(stats, layers)
+
+
+@contextmanager
+def covariance_hooks(
+    layers: dict[str, tuple[nn.Module, LayerKind]], device: torch.device | str = "cpu"
+) -> Iterator[dict[str, InputCovariance]]:
+    """Forward pre-hooks on ``layers`` that accumulate each one's input covariance while active.
+
+    Yields the ``{name: InputCovariance}`` dict the hooks fill (a layer appears once it has run); the
+    hooks are removed on exit. Whatever runs the layers inside the block (a whole model, one block of
+    it) decides where the statistics come from.
+    """
+    stats: dict[str, InputCovariance] = {}
 
     def make_hook(name: str, kind: LayerKind):
         def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
@@ -86,26 +114,23 @@ def collect_covariances(
         return hook
 
     handles = [module.register_forward_pre_hook(make_hook(name, kind)) for name, (module, kind) in layers.items()]
-    was_training = model.training
-    model.eval()
-    seen = 0
     try:
-        with torch.no_grad():
-            for batch in tqdm(calib, desc="calibrating", unit="batch", disable=not progress, leave=False):
-                forward_batch(model, move_batch(batch, device))
-                seen += 1
+        yield stats
     finally:
         for h in handles:
             h.remove()
-        model.train(was_training)
-    if seen == 0:
-        raise ValueError("calib is empty: pass an iterable of at least one batch of model inputs")
+
+
+def drop_unseen(
+    stats: dict[str, InputCovariance], layers: dict[str, tuple[nn.Module, LayerKind]]
+) -> dict[str, InputCovariance]:
+    """``stats`` without the layers that saw no input, with a warning naming them (they use plain SVD)."""
     missing = [name for name in layers if name not in stats or stats[name].count == 0]
     if missing:
         warnings.warn(
             f"{len(missing)} layer(s) saw no calibration input and use plain SVD: {', '.join(missing[:8])}"
             + (" ..." if len(missing) > 8 else ""),
-            stacklevel=2,
+            stacklevel=3,
         )
         for name in missing:
             stats.pop(name, None)

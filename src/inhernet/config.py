@@ -12,6 +12,7 @@ __all__ = ["DEFAULT_BUDGET", "InherConfig"]
 DEFAULT_BUDGET = 0.25
 INITS = ("whiten", "svd", "random")
 ALLOCATIONS = ("energy", "uniform")
+CALIBRATIONS = ("one-pass", "sequential", "sequential-corrected")
 # The mutually exclusive ways of choosing ranks.
 RANK_CHOICES = ("budget", "rank", "energy", "macs")
 
@@ -51,6 +52,20 @@ class InherConfig:
         exclude: patterns of module names to keep dense. A pattern also matches a name's descendants,
             so ``"classifier"`` excludes ``classifier`` and ``classifier.*``.
         min_rank: the smallest rank a factorised layer may get.
+        min_rank_ratio: a floor on every factorised layer's rank as a fraction in [0, 1) of its full
+            rank (on top of ``min_rank``). Energy allocation can otherwise starve a layer down to rank
+            1 when its spectrum looks cheap to cut, and such a layer breaks the function it feeds; a
+            layer whose floor would not save parameters stays dense.
+        calibration: how ``init="whiten"`` gathers its input statistics. ``"one-pass"``: one forward
+            pass of the teacher with hooks on every layer (every layer's statistics are the
+            teacher's, all held at once). ``"sequential"``: block by block along the model's stack of
+            repeated blocks (``encoder.layer``, ``model.layers``...), each block calibrated on inputs
+            that already passed the compressed earlier blocks, holding one block's statistics at a
+            time (see :mod:`inhernet.sequential`); ranks are still allocated from the teacher's spectra.
+            ``"sequential-corrected"``: sequential, and each block layer aims at the teacher's outputs
+            (a least-squares correction of the error let through by the earlier blocks). It fits ``m x n``
+            numbers per layer from the calibration tokens: it needs many more tokens than the layer is
+            wide, and on SmolLM2 with 4k tokens it overfits (see BENCHMARKS.md); prefer ``"sequential"``.
         expert_noise: Frobenius norm of each expert's zero-sum deviation, as a fraction of
             ``||U_r S_r||``. Breaks the experts' symmetry; the init stays exactly function preserving.
         damping: relative damping of the input covariance before whitening (times its mean diagonal).
@@ -68,6 +83,8 @@ class InherConfig:
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     min_rank: int = 1
+    min_rank_ratio: float = 0.0
+    calibration: Literal["one-pass", "sequential", "sequential-corrected"] = "one-pass"
     expert_noise: float = 0.02
     damping: float = 1e-4
     seed: int = 0
@@ -97,6 +114,12 @@ class InherConfig:
             raise ValueError(f"allocation must be one of {ALLOCATIONS}, got {self.allocation!r}")
         if isinstance(self.min_rank, bool) or not isinstance(self.min_rank, int) or self.min_rank < 1:
             raise ValueError(f"min_rank must be an int >= 1, got {self.min_rank!r}")
+        if not (_is_real(self.min_rank_ratio) and 0 <= self.min_rank_ratio < 1):
+            raise ValueError(
+                f"min_rank_ratio must be a fraction in [0, 1) of each layer's full rank, got {self.min_rank_ratio!r}"
+            )
+        if self.calibration not in CALIBRATIONS:
+            raise ValueError(f"calibration must be one of {CALIBRATIONS}, got {self.calibration!r}")
         if not (_is_real(self.expert_noise) and self.expert_noise >= 0):
             raise ValueError(f"expert_noise must be a number >= 0, got {self.expert_noise!r}")
         if not (_is_real(self.damping) and self.damping >= 0):

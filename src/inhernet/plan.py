@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .budget import LayerCost, allocate, mac_price, minimum_cost, ranks_for_energy, ranks_for_rank
+from .budget import LayerCost, allocate, floor_rank, mac_price, minimum_cost, ranks_for_energy, ranks_for_rank
 from .calibration import collect_covariances, example_positions, split_example
 from .config import InherConfig
 from .decomposition import Factors, factorize
@@ -232,17 +232,17 @@ def profile_macs(
 
 
 def layer_cost(
-    c: Candidate, experts: int, factors: Factors | None, profile: MacProfile | None = None
+    c: Candidate, experts: int, energy: torch.Tensor | None, profile: MacProfile | None = None
 ) -> LayerCost:
-    """The allocator's view of a layer; priced in MACs when a profile is given, else in parameters."""
+    """The allocator's view of a layer (``energy``: its squared singular values, if known); priced in MACs
+    when a profile is given, else in parameters."""
     m, n = c.kind.shape(c.module)
     price = None
     if profile is not None:
         positions, gate_positions = profile.positions.get(c.name, (0, 0))
         price = mac_price(m, experts, positions, gate_positions, *c.kind.mac_rates(c.module))
     return LayerCost(
-        c.name, m, n, c.kind.bias(c.module) is not None, experts, dense_params(c.module),
-        None if factors is None else factors.energy, price,
+        c.name, m, n, c.kind.bias(c.module) is not None, experts, dense_params(c.module), energy, price,
     )
 
 
@@ -266,11 +266,44 @@ def decompose(
     }
 
 
+def layer_spectra(
+    model: nn.Module, candidates: list[Candidate], config: InherConfig, calib: Iterable[Any] | None,
+    *, progress: bool = True,
+) -> dict[str, torch.Tensor]:
+    """Every factorisable layer's (whitened, with ``init="whiten"``) energies, for the allocator.
+
+    With sequential calibration they are computed stage by stage on the teacher's own inputs,
+    holding one block's statistics at a time, and only the energies are kept.
+    """
+    if config.init == "whiten" and config.calibration != "one-pass":
+        from .sequential import sequential_calibrate
+
+        todo = factorisable(candidates)
+        energies: dict[str, torch.Tensor] = {}
+
+        def keep_energy(name: str, module: nn.Module, kind: LayerKind, factors: Factors) -> None:
+            energies[name] = factors.energy
+
+        sequential_calibrate(model, todo, reiterable(calib), keep_energy, damping=config.damping, progress=progress)
+        return energies
+    return {name: f.energy for name, f in decompose(model, candidates, config, calib, progress=progress).items()}
+
+
+def reiterable(calib: Iterable[Any] | None) -> list[Any]:
+    """``calib`` as a list (sequential calibration iterates it more than once)."""
+    if calib is None:
+        raise ValueError(
+            'init="whiten" needs calibration data: pass calib= (an iterable of model input batches), '
+            'or use init="svd"'
+        )
+    return calib if isinstance(calib, list) else list(calib)
+
+
 def make_plan(
     model: nn.Module, config: InherConfig, candidates: list[Candidate], others: list[LayerPlan],
-    factors: dict[str, Factors], profile: MacProfile | None = None,
+    spectra: dict[str, torch.Tensor], profile: MacProfile | None = None,
 ) -> Plan:
-    """Allocate ranks and tabulate; ``factors`` may be empty where no spectrum is needed.
+    """Allocate ranks and tabulate; ``spectra`` (each layer's energies) may be empty where none is needed.
 
     ``profile`` (from :func:`profile_macs`) is needed under a MAC budget, and prices the layers in MACs.
     """
@@ -280,7 +313,7 @@ def make_plan(
         raise ValueError("a MAC budget (macs=) needs the MAC profile of an example input: pass calib=")
     if config.macs is None:
         profile = None
-    open_layers = [layer_cost(c, h, factors.get(c.name), profile) for c in candidates if c.reason is None]
+    open_layers = [layer_cost(c, h, spectra.get(c.name), profile) for c in candidates if c.reason is None]
     if not open_layers:
         found = ", ".join(sorted({type(c.module).__name__ for c in candidates})) or "none"
         raise ValueError(
@@ -289,9 +322,9 @@ def make_plan(
         )
     target = target_macs = None
     if config.rank is not None:
-        ranks = ranks_for_rank(open_layers, config.rank, config.min_rank)
+        ranks = ranks_for_rank(open_layers, config.rank, config.min_rank, config.min_rank_ratio)
     elif config.energy is not None:
-        ranks = ranks_for_energy(open_layers, config.energy, config.min_rank)
+        ranks = ranks_for_energy(open_layers, config.energy, config.min_rank, config.min_rank_ratio)
     elif profile is not None:
         assert config.macs is not None
         target_macs = _target(config.macs, profile.total, MACS)
@@ -319,6 +352,9 @@ def make_plan(
                 reason = "did not run on the example input; kept dense"
             elif layer.break_even < config.min_rank:
                 reason = f"no rank saves {currency.unit}; kept dense"
+            elif layer.break_even < floor_rank(layer, config.min_rank, config.min_rank_ratio):
+                floor = floor_rank(layer, config.min_rank, config.min_rank_ratio)
+                reason = f"no rank saves {currency.unit} at or above its floor rank {floor}; kept dense"
             else:
                 reason = "dense fits the budget better than any rank"
             rows.append(LayerPlan(c.name, c.kind.name, shape, None, layer.max_rank, 1, own, own, reason))
@@ -364,16 +400,16 @@ def _fill(
 ) -> dict[str, int | None]:
     """Ranks whose total cost (the fixed rest of the model included) fits ``target``, or a clear error."""
     fixed = teacher_total - sum(layer.cost(None) for layer in layers)
-    smallest = fixed + minimum_cost(layers, config.min_rank)
+    smallest = fixed + minimum_cost(layers, config.min_rank, config.min_rank_ratio)
     if target < smallest:
         raise ValueError(
             f"{currency.budget} of {target:,} {currency.unit} ({target / teacher_total:.1%} of "
             f"{teacher_total:,}{currency.teacher}) is unreachable: the smallest reachable is {smallest:,} "
-            f"({smallest / teacher_total:.1%}) with min_rank={config.min_rank}, experts={config.experts} "
+            f"({smallest / teacher_total:.1%}) with min_rank={config.min_rank}, min_rank_ratio={config.min_rank_ratio}, experts={config.experts} "
             f"and these include/exclude patterns; raise the {currency.budget}, lower experts or factorise "
             "more layers"
         )
-    return allocate(layers, target - fixed, config.allocation, config.min_rank)
+    return allocate(layers, target - fixed, config.allocation, config.min_rank, config.min_rank_ratio)
 
 
 def _fill_groups(
@@ -460,8 +496,8 @@ def plan(model: nn.Module, config: InherConfig | None = None, calib: Iterable[An
     profile = None
     if config.macs is not None:
         profile, calib = profile_macs(model, candidates, calib)
-    factors = decompose(model, candidates, config, calib) if allocation_needs_spectra(config) else {}
-    return make_plan(model, config, candidates, others, factors, profile)
+    spectra = layer_spectra(model, candidates, config, calib) if allocation_needs_spectra(config) else {}
+    return make_plan(model, config, candidates, others, spectra, profile)
 
 
 def allocation_needs_spectra(config: InherConfig) -> bool:

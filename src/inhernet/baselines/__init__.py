@@ -2,10 +2,17 @@
 
 from .layerdrop import drop_layers, layer_stack, spread_layers
 from .methods import DEFAULT_METHODS, METHODS, MethodContext, build_student, register_method
-from .students import width_scaled
+from .students import llama_student, width_scaled
 
 __all__ = [
-    "DEFAULT_METHODS", "METHODS", "MethodContext", "build_student", "drop_layers", "layer_stack", "register_method",
+    "DEFAULT_METHODS",
+    "METHODS",
+    "MethodContext",
+    "build_student",
+    "drop_layers",
+    "layer_stack",
+    "llama_student",
+    "register_method",
     "spread_layers",
     "width_scaled",
 ]

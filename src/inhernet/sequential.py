@@ -1,0 +1,319 @@
+"""Sequential calibration: whitened inheritance block by block along a model's stack of repeated blocks.
+
+One-pass calibration (:func:`inhernet.calibration.collect_covariances`) whitens every layer with the
+teacher's own inputs and holds every layer's statistics at once. Here the model is compressed stage by
+stage, in the order data flows through it:
+
+1. the layers that run before the stack (e.g. embeddings), calibrated while the stack's inputs are
+   captured: a forward pre-hook on the stack's first block records its hidden states and keyword
+   arguments (attention mask, position embeddings...) for every calibration batch and stops the
+   forward pass there;
+2. each block in turn: its layers' input statistics are taken while the block runs on the current
+   hidden states, which already passed the compressed earlier blocks; the block's layers are then
+   compressed and the block, compressed, is run again to produce the next block's inputs. With the
+   teacher at hand, the teacher's block runs beside it on the teacher's own hidden states, and each
+   layer's target becomes the teacher's output rather than its own: the rank-r ``M`` minimising
+   ``||W X_t - M X_s||`` (``X_t`` the teacher's inputs of the layer, ``X_s`` the compressed model's) is
+   the whitened truncation (in ``X_s``'s covariance) of ``W* = W X_t X_s^T (X_s X_s^T)^-1``, so every
+   layer also corrects the error that the compressed layers before it let through;
+3. the layers after the stack (a classifier, a pooler), calibrated in one pass of the whole, now
+   compressed, model.
+
+Only one stage's statistics and one or two sets of hidden states (calibration tokens x width, the
+compressed model's and the teacher's) are alive at a time. Assumptions, true of the Hugging Face transformer families (BERT, GPT-2, Llama...): the stack is
+called once per forward pass, block after block, each block receives the previous block's hidden
+states (first output) and the same other arguments as the first block. Key/value caches in those
+arguments are dropped (``use_cache=False``), since a cache would keep every block's keys and values.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .batches import forward_batch, move_batch
+from .calibration import InputCovariance, collect_covariances, covariance_hooks, drop_unseen
+from .decomposition import Factors, factorize
+from .kinds import EmbeddingKind, LayerKind
+
+__all__ = [
+    "Compress", "PairedCovariance", "StackInputs", "capture_stack_inputs", "corrected_weight", "run_block",
+    "sequential_calibrate",
+]
+
+Layers = dict[str, tuple[nn.Module, LayerKind]]
+#: Called once per layer with its (whitened) factors: returns the module to put in its place, or
+#: ``None`` to leave the layer as it is.
+Compress = Callable[[str, nn.Module, LayerKind, Factors], "nn.Module | None"]
+
+# Keyword arguments that carry a key/value cache, and the flag that asks for one.
+_CACHE_KWARGS = ("cache", "past_key_values", "past_key_value", "layer_past")
+
+
+@dataclass
+class PairedCovariance(InputCovariance):
+    """``X_s^T X_s`` of the compressed model's inputs of a layer and the cross term ``X_t^T X_s`` with the
+    teacher's inputs of the same layer, row for row (float64 sums)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.cross = torch.zeros_like(self.total)
+
+    def update_pair(self, teacher_rows: torch.Tensor, rows: torch.Tensor) -> None:
+        dtype = torch.promote_types(rows.dtype, torch.float32)
+        rows = rows.to(self.total.device, dtype)
+        self.cross += (teacher_rows.to(self.total.device, dtype).T @ rows).double()
+        self.update(rows)
+
+
+def corrected_weight(w: torch.Tensor, cov: PairedCovariance, damping: float) -> torch.Tensor:
+    """``W* = W X_t X_s^T (X_s X_s^T + damping)^-1``: the map of the compressed model's inputs closest to the
+    teacher's outputs, computed as ``W + W (X_t - X_s)^T X_s (...)^-1`` so that ``W* = W`` exactly when the
+    inputs agree. The covariance is normalised and damped as :func:`~inhernet.decomposition.factorize` does.
+    """
+    c = cov.mean()
+    scale = c.diagonal().mean()
+    if not scale > 0:
+        return w
+    regularised = c / scale
+    regularised.diagonal().add_(damping)
+    mismatch = (cov.cross / max(cov.count, 1) - c) / scale
+    w64 = w.detach().to(torch.float64)
+    return w64 + w64 @ torch.linalg.solve(regularised, mismatch.T).T
+
+
+class _StopForward(Exception):
+    """Raised by the capture hook: nothing after the stack's first block needs to run."""
+
+
+@dataclass
+class StackInputs:
+    """Per calibration batch, what the stack's first block received: hidden states and other arguments.
+
+    ``by_keyword`` records whether the hidden states came as the keyword ``hidden_states`` rather than
+    as the first positional argument, so that every block is called the same way.
+    """
+
+    hidden: list[torch.Tensor]
+    args: list[tuple[Any, ...]]
+    kwargs: list[dict[str, Any]]
+    by_keyword: bool = False
+
+
+def capture_stack_inputs(
+    model: nn.Module, first_block: nn.Module, calib: Iterable[Any], device: torch.device | str
+) -> StackInputs:
+    """Run ``model`` on every batch of ``calib`` up to ``first_block`` and record that block's inputs."""
+    captured = StackInputs([], [], [])
+
+    def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        kwargs = dict(kwargs)
+        if args:
+            hidden, rest = args[0], tuple(args[1:])
+        elif "hidden_states" in kwargs:
+            hidden, rest = kwargs.pop("hidden_states"), ()
+            captured.by_keyword = True
+        else:
+            raise TypeError(
+                f"{type(module).__name__} was called without positional arguments nor hidden_states=: "
+                "sequential calibration cannot tell which argument carries the hidden states"
+            )
+        for key in _CACHE_KWARGS:
+            if key in kwargs:
+                kwargs[key] = None
+        if "use_cache" in kwargs:
+            kwargs["use_cache"] = False
+        captured.hidden.append(hidden.detach())
+        captured.args.append(rest)
+        captured.kwargs.append(kwargs)
+        raise _StopForward
+
+    handle = first_block.register_forward_pre_hook(hook, with_kwargs=True)
+    batches = 0
+    try:
+        for batch in calib:
+            batches += 1
+            with contextlib.suppress(_StopForward):
+                forward_batch(model, move_batch(batch, device))
+    finally:
+        handle.remove()
+    if batches == 0:
+        raise ValueError("calib is empty: pass an iterable of at least one batch of model inputs")
+    if len(captured.hidden) != batches:
+        raise ValueError(
+            f"the stack's first block ran on {len(captured.hidden)} of {batches} calibration batches; "
+            'sequential calibration needs every batch to pass through the stack (use calibration="one-pass")'
+        )
+    return captured
+
+
+def run_block(block: nn.Module, inputs: StackInputs, i: int) -> torch.Tensor:
+    """``block`` on calibration batch ``i`` of ``inputs``: its output hidden states."""
+    if inputs.by_keyword:
+        out = block(*inputs.args[i], hidden_states=inputs.hidden[i], **inputs.kwargs[i])
+    else:
+        out = block(inputs.hidden[i], *inputs.args[i], **inputs.kwargs[i])
+    if isinstance(out, (tuple, list)) and out:
+        out = out[0]
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(
+            f"{type(block).__name__} returned {type(out).__name__}; sequential calibration needs blocks that "
+            "return their hidden states (a tensor, or a tuple starting with one)"
+        )
+    return out
+
+
+def sequential_calibrate(
+    model: nn.Module, layers: Layers, calib: Iterable[Any], compress: Compress, *,
+    teacher: nn.Module | None = None, damping: float = 1e-4, progress: bool = True,
+) -> None:
+    """Whitened factors of every layer in ``layers``, stage by stage; ``compress`` decides what replaces it.
+
+    ``model`` is modified in place where ``compress`` returns a module (a ``compress`` that returns
+    ``None`` only reads the model: its factors are then those of the teacher's own inputs, in bounded
+    memory). ``teacher``, an unmodified copy of ``model``, makes every block layer aim at the teacher's
+    outputs (see the module docstring); without it each layer keeps its own map on the inputs it now
+    receives. ``calib`` is iterated a few times: pass a list, not a one-shot iterator. The models run in
+    eval mode without grad; their modes are restored.
+
+    Raises:
+        ValueError: if the model has no stack of repeated blocks (see
+            :func:`inhernet.baselines.layer_stack`) or the calibration batches do not reach it.
+    """
+    from .baselines.layerdrop import layer_stack  # baselines import the surgery, which imports this module
+
+    stack_name, stack = layer_stack(model)
+    teacher_stack = layer_stack(teacher)[1] if teacher is not None else None
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    block_of = {name: _block_index(name, stack_name) for name in layers}
+    outside = {name: layer for name, layer in layers.items() if block_of[name] is None}
+    modes = [(m, m.training) for m in (model, teacher) if m is not None]
+    for m, _ in modes:
+        m.eval()
+    try:
+        with torch.no_grad():
+            # Stage 1: the capture pass runs exactly the layers before the stack.
+            with covariance_hooks(outside, device) as stats:
+                inputs = capture_stack_inputs(model, stack[0], calib, device)
+            teacher_inputs = StackInputs(list(inputs.hidden), inputs.args, inputs.kwargs, inputs.by_keyword)
+            early = {name: outside[name] for name in stats}
+            if early:
+                _compress_stage(model, early, stats, compress, damping)
+                inputs = capture_stack_inputs(model, stack[0], calib, device)  # through the compressed layers
+            # Stage 2: block by block.
+            for i in tqdm(range(len(stack)), desc="calibrating blocks", disable=not progress, leave=False):
+                todo = {name: layers[name] for name in layers if block_of[name] == i}
+                if teacher_stack is None:
+                    if todo:
+                        with covariance_hooks(todo, device) as stats:
+                            for b in range(len(inputs.hidden)):
+                                run_block(stack[i], inputs, b)
+                        _compress_stage(model, todo, drop_unseen(stats, todo), compress, damping)
+                else:
+                    # Pairs each layer's inputs in the compressed model with the teacher's; also moves the
+                    # teacher's hidden states one block on.
+                    stats = _paired_statistics(
+                        stack[i], teacher_stack[i], f"{stack_name}.{i}.", todo, inputs, teacher_inputs, device
+                    )
+                    if todo:
+                        _compress_stage(model, todo, drop_unseen(stats, todo), compress, damping)
+                block = stack[i]  # re-read: the block itself may have been replaced
+                inputs.hidden = [run_block(block, inputs, b) for b in range(len(inputs.hidden))]
+            del inputs, teacher_inputs
+            # Stage 3: whatever runs after the stack, in one pass of the compressed model.
+            late = {name: layer for name, layer in outside.items() if name not in early}
+            if late:
+                stats = collect_covariances(model, late, calib, progress=False)
+                _compress_stage(model, late, stats, compress, damping)
+    finally:
+        for m, mode in modes:
+            m.train(mode)
+
+
+def _paired_statistics(
+    block: nn.Module, teacher_block: nn.Module, prefix: str, layers: Layers, inputs: StackInputs,
+    teacher_inputs: StackInputs, device: torch.device | str,
+) -> dict[str, InputCovariance]:
+    """Per layer of ``block``, its input covariance and cross term with ``teacher_block``'s inputs.
+
+    Batch by batch: the teacher's block runs first and its layers' input rows are kept (one batch, one
+    block), then the block runs and each layer pairs its rows with the teacher's. ``teacher_inputs``
+    advance to the teacher block's outputs.
+    """
+    stats: dict[str, InputCovariance] = {}
+    recorded: dict[str, list[torch.Tensor]] = {}
+    teacher_modules = dict(teacher_block.named_modules())
+    handles = []
+
+    def record(name: str, kind: LayerKind):
+        def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
+            recorded.setdefault(name, []).append(kind.input_rows(module, kind.batched(module, args[0].detach())))
+
+        return hook
+
+    def pair(name: str, kind: LayerKind):
+        def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
+            rows = kind.input_rows(module, kind.batched(module, args[0].detach()))
+            if name not in stats:
+                diagonal = isinstance(kind, EmbeddingKind)
+                cls = InputCovariance if diagonal else PairedCovariance
+                stats[name] = cls(kind.shape(module)[1], diagonal, device=device)
+            cov, theirs = stats[name], recorded.get(name)
+            if isinstance(cov, PairedCovariance) and theirs and theirs[0].shape == rows.shape:
+                cov.update_pair(theirs.pop(0), rows)
+            else:
+                raise ValueError(
+                    f"layer {name!r} received inputs of another shape (or more often) than the teacher's same "
+                    'layer; sequential calibration against the teacher needs identical blocks (use calibration="one-pass")'
+                )
+
+        return hook
+
+    for name, (module, kind) in layers.items():
+        relative = name[len(prefix):]
+        if relative not in teacher_modules:
+            raise ValueError(f"the teacher has no module {name!r}: pass the unmodified model as teacher")
+        handles.append(teacher_modules[relative].register_forward_pre_hook(record(name, kind)))
+        handles.append(module.register_forward_pre_hook(pair(name, kind)))
+    try:
+        for b in range(len(inputs.hidden)):
+            recorded.clear()
+            teacher_inputs.hidden[b] = run_block(teacher_block, teacher_inputs, b)
+            if layers:  # nothing to pair otherwise: only the teacher's hidden states move on
+                run_block(block, inputs, b)
+    finally:
+        for h in handles:
+            h.remove()
+    return stats
+
+
+def _block_index(name: str, stack_name: str) -> int | None:
+    """The index of the stack block that contains module ``name``, or ``None`` outside the stack."""
+    prefix = f"{stack_name}." if stack_name else ""
+    if not name.startswith(prefix):
+        return None
+    head = name[len(prefix):].split(".", 1)[0]
+    return int(head) if head.isdigit() else None
+
+
+def _compress_stage(
+    model: nn.Module, layers: Layers, stats: dict[str, InputCovariance], compress: Compress, damping: float
+) -> None:
+    """Factorise each layer with its statistics (plain SVD where it saw none) and put ``compress``'s module in."""
+    from .surgery import replace_module
+
+    for name, (module, kind) in layers.items():
+        cov = stats.pop(name, None)
+        w = kind.matrix(module)
+        if isinstance(cov, PairedCovariance):
+            w = corrected_weight(w, cov, damping)
+        factors = factorize(w, cov, damping)
+        replacement = compress(name, module, kind, factors)
+        if replacement is not None:
+            replace_module(model, name, replacement)
