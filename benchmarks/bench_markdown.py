@@ -42,10 +42,14 @@ def render(result: dict) -> str:
         reach = steps_to_reach(inh["curve"], kd["metric_mean"], result["higher_is_better"])
         share = "never" if reach is None else f"{reach / inh['steps']:.0%} of the steps"
         points = metric.endswith("accuracy")
-        gap = (inh["metric_mean"] - kd["metric_mean"]) * (100 if points else 1)
+        if result["higher_is_better"]:
+            gap = (inh["metric_mean"] - kd["metric_mean"]) * (100 if points else 1)
+            versus = f"InherNet − kd-student: {gap:+.2f} {'points' if points else metric}"
+        else:  # perplexity: a ratio reads better than a difference, lower is better
+            versus = f"InherNet / kd-student {metric}: {inh['metric_mean'] / kd['metric_mean']:.3f}x (lower is better)"
         lines += [
             "",
-            f"InherNet − kd-student: {gap:+.2f} {'points' if points else metric}; InherNet reaches "
+            f"{versus}; InherNet reaches "
             f"kd-student's final {metric} at step {reach} of {inh['steps']} "
             f"({share}, curve split); "
             f"step time {inh['sec_per_step'] / kd['sec_per_step']:.2f}x kd-student's.",
