@@ -11,12 +11,11 @@ and ``experts_sweep-<preset>-<budget>.md`` (atomically) with the command that ma
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import sys
-import tempfile
 from pathlib import Path
 
+from inhernet._atomic import atomic_write
 from inhernet.bench import BenchConfig, run_bench, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,10 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.batch_size}, seeds 0..{args.seeds - 1}; {rows[0][1]['machine']}.\n\n" + "\n".join(lines) + "\n"
     )
     out = args.out.parent / f"experts_sweep-{args.preset}-{args.budget}.md"
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, out)
+    atomic_write(out, text)
     print(text + f"\nwrote {out}")
     return 0
 

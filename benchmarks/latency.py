@@ -33,7 +33,6 @@ import platform
 import shlex
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -42,6 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from inhernet import InherBlock, InherConfig, InherConv, inherit
+from inhernet._atomic import atomic_write
 from inhernet.batches import move_batch
 from inhernet.deploy import count_macs
 from inhernet.presets.registry import get_preset
@@ -251,11 +251,7 @@ The loop variant computes each expert's product separately (max |loop - fused| o
 
 Fused vs per-expert loop: {verdict}.
 """
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, out)
+    atomic_write(out, text)
     print(f"wrote {out}")
     return 0
 

@@ -31,7 +31,6 @@ import shlex
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import traceback
 import warnings
@@ -45,6 +44,7 @@ from torch import nn
 
 import inhernet
 from inhernet import InherConfig, evaluate, inherit
+from inhernet._atomic import atomic_write
 from inhernet.presets.minilm import embed_sentences, load_minilm, sample_sentences
 from inhernet.presets.mnist import load_mnist, load_mnist_teacher
 
@@ -173,22 +173,6 @@ def loadavg() -> str:
         return " / ".join(f"{x:.2f}" for x in os.getloadavg())
     except OSError:
         return "n/a"
-
-
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 @dataclass
@@ -764,7 +748,7 @@ def main(argv: list[str] | None = None) -> int:
     if rep.notes:
         footer += ["## Warnings raised by the library", "", *[f"- {n}" for n in rep.notes], ""]
     body = "\n".join(header) + "\n" + "\n\n".join(rep.sections) + "\n\n" + "\n".join(footer)
-    write_atomic(args.out, body.rstrip() + "\n")
+    atomic_write(args.out, body.rstrip() + "\n")
     if rep.problems:
         print("problems:\n  " + "\n  ".join(rep.problems))
     print(f"wrote {args.out} in {wall:.0f} s")

@@ -11,9 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 from torch import nn
 
+from ._atomic import atomic_path
 from ._version import __version__
 from .config import InherConfig
 from .kinds import kind_of
@@ -51,7 +49,7 @@ def save(model: nn.Module, path: str | os.PathLike[str]) -> Path:
     weights = out / WEIGHTS_NAME
     # Nested: the JSON replaces its predecessor only once the weights are complete, and the weights
     # replace theirs right after; a failure before that removes both temporary files.
-    with _atomic_path(weights) as tmp_weights:
+    with atomic_path(weights) as tmp_weights:
         save_model(model, str(tmp_weights), metadata={"format": "pt", "inhernet_format": str(FORMAT_VERSION)})
         digest = _sha256(tmp_weights)
         plan = getattr(model, "inhernet_plan", None)
@@ -69,7 +67,7 @@ def save(model: nn.Module, path: str | os.PathLike[str]) -> Path:
             },
             "weights": {"file": WEIGHTS_NAME, "sha256": digest},
         }
-        with _atomic_path(out / CONFIG_NAME) as tmp_config:
+        with atomic_path(out / CONFIG_NAME) as tmp_config:
             tmp_config.write_text(json.dumps(meta, indent=2) + "\n")
     return out
 
@@ -175,15 +173,3 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-@contextmanager
-def _atomic_path(target: Path) -> Iterator[Path]:
-    """A temporary path beside ``target`` that replaces it on success and disappears on failure."""
-    fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        yield tmp
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, target)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from rich.table import Table
+
+from .._atomic import atomic_path, atomic_write
 
 __all__ = ["bench_table", "write_json", "write_plots"]
 
@@ -39,7 +40,7 @@ def _budget_text(result: dict[str, Any]) -> str:
 
 def write_json(result: dict[str, Any], path: str | os.PathLike[str]) -> Path:
     """Write ``result`` atomically."""
-    return _atomic_write(Path(path), (json.dumps(result, indent=2) + "\n").encode())
+    return atomic_write(path, json.dumps(result, indent=2) + "\n")
 
 
 def write_plots(result: dict[str, Any], path: str | os.PathLike[str]) -> Path:
@@ -66,23 +67,9 @@ def write_plots(result: dict[str, Any], path: str | os.PathLike[str]) -> Path:
     right.legend(fontsize=8)
     fig.suptitle(f"{result['preset']}, budget {result['budget']}")
     fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=out.parent, suffix=".png", delete=False) as tmp:
-        fig.savefig(tmp.name, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
-    os.replace(tmp.name, out)
-    return out
+    return Path(path)
 
 
-def _atomic_write(path: Path, data: bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path

@@ -18,7 +18,6 @@ dynamic axes: the batch axis (``dynamic_batch=True``) and whatever ``dynamic_axe
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._atomic import atomic_path
 from ..batches import forward_batch, logits_of
 
 __all__ = ["export_onnx", "onnx_inputs", "verify_onnx"]
@@ -125,15 +125,11 @@ def export_onnx(
             ) from None
 
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(tmp_name)
     wrapper = _LogitsOf(model, keys).eval()
     modes = {m: m.training for m in model.modules()}
     model.eval()
     try:
-        with warnings.catch_warnings(), torch.no_grad():
+        with atomic_path(target) as tmp, warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore", DeprecationWarning)
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             if dynamo:
@@ -153,10 +149,6 @@ def export_onnx(
                 opset_version=opset,
                 **options,
             )
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     finally:
         for m, training in modes.items():
             m.training = training

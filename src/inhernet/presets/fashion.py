@@ -20,7 +20,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import time
 from functools import partial
 from pathlib import Path
@@ -32,6 +31,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from .._atomic import atomic_path, atomic_write
 from .assets import inhernet_home, require_files, require_package_dir
 from .mnist import read_idx
 
@@ -279,18 +279,10 @@ def _write_cache(directory: Path, model: nn.Module, meta: dict[str, Any]) -> Non
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "meta.json").unlink(missing_ok=True)
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    for name, write in [
-        ("model.safetensors", lambda path: save_file(state, str(path))),
-        ("meta.json", lambda path: path.write_text(
-            json.dumps({**meta, "sha256": _sha256(directory / "model.safetensors")}, indent=2) + "\n")),
-    ]:
-        fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-        os.close(fd)
-        try:
-            write(Path(tmp))
-            os.replace(tmp, directory / name)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+    with atomic_path(directory / "model.safetensors") as tmp:
+        save_file(state, str(tmp))
+    atomic_write(directory / "meta.json", json.dumps({**meta, "sha256": _sha256(directory / "model.safetensors")},
+                                                     indent=2) + "\n")
 
 
 def _sha256(path: Path) -> str:

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from .._atomic import atomic_path, atomic_write
 from .assets import inhernet_home
 from .dual_encoder import DualEncoder
 from .fashion import FASHION_CLASSES, effnet_input, load_effnet_lite0_imagenet, read_fashion_mnist
@@ -265,19 +264,9 @@ def _save_teacher(model: nn.Module, meta: dict[str, Any], path: Path) -> None:
     """``model.safetensors`` then ``meta.json`` (the marker of a complete cache), each written atomically."""
     from safetensors.torch import save_model
 
-    path.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path, suffix=".tmp")
-    os.close(fd)
-    try:
-        save_model(model, tmp)
-        os.replace(tmp, path / "model.safetensors")
-        fd, tmp = tempfile.mkstemp(dir=path, suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(meta, indent=2) + "\n")
-        os.replace(tmp, path / "meta.json")
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_path(path / "model.safetensors") as tmp:
+        save_model(model, str(tmp))
+    atomic_write(path / "meta.json", json.dumps(meta, indent=2) + "\n")
 
 
 # -- the conventional student --------------------------------------------------------------------------

@@ -10,8 +10,6 @@ only (safetensors), never pickled objects.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 from torch import nn
 
+from .._atomic import atomic_path, atomic_write
 from .assets import inhernet_home
 
 __all__ = ["load_cached_teacher", "save_cached_teacher", "teacher_cache_dir"]
@@ -34,18 +33,6 @@ def teacher_cache_dir(preset: str) -> Path:
     return inhernet_home() / "teachers" / preset
 
 
-def _write_atomic(path: Path, write: Any) -> None:
-    """Call ``write(tmp_path)`` on a temporary file beside ``path``, then move it over ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_cached_teacher(model: nn.Module, preset: str, recipe: dict[str, Any], **meta: Any) -> Path:
     """Cache ``model``'s weights for ``preset`` with its ``recipe`` and any JSON-able ``meta``.
 
@@ -53,9 +40,9 @@ def save_cached_teacher(model: nn.Module, preset: str, recipe: dict[str, Any], *
     """
     out = teacher_cache_dir(preset)
     out.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out / WEIGHTS_NAME, lambda tmp: save_model(model, str(tmp), metadata={"format": "pt"}))
-    text = json.dumps({"recipe": recipe, **meta}, indent=2, sort_keys=True) + "\n"
-    _write_atomic(out / META_NAME, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    with atomic_path(out / WEIGHTS_NAME) as tmp:
+        save_model(model, str(tmp), metadata={"format": "pt"})
+    atomic_write(out / META_NAME, json.dumps({"recipe": recipe, **meta}, indent=2, sort_keys=True) + "\n")
     return out
 
 
