@@ -40,7 +40,12 @@ def render(result: dict) -> str:
     if "inhernet" in by_name and "kd-student" in by_name:
         inh, kd = by_name["inhernet"], by_name["kd-student"]
         reach = steps_to_reach(inh["curve"], kd["metric_mean"], result["higher_is_better"])
-        share = "never" if reach is None else f"{reach / inh['steps']:.0%} of the steps"
+        when = (
+            "never reaches kd-student's final {metric} on the curve split"
+            if reach is None
+            else f"reaches kd-student's final {{metric}} at step {reach} of {inh['steps']} "
+            f"({reach / inh['steps']:.0%} of the steps, curve split)"
+        ).format(metric=metric)
         points = metric.endswith("accuracy")
         if result["higher_is_better"]:
             gap = (inh["metric_mean"] - kd["metric_mean"]) * (100 if points else 1)
@@ -49,9 +54,7 @@ def render(result: dict) -> str:
             versus = f"InherNet / kd-student {metric}: {inh['metric_mean'] / kd['metric_mean']:.3f}x (lower is better)"
         lines += [
             "",
-            f"{versus}; InherNet reaches "
-            f"kd-student's final {metric} at step {reach} of {inh['steps']} "
-            f"({share}, curve split); "
+            f"{versus}; InherNet {when}; "
             f"step time {inh['sec_per_step'] / kd['sec_per_step']:.2f}x kd-student's.",
         ]
     others = list(t.get("other_metrics", {}))
