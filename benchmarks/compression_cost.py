@@ -114,7 +114,7 @@ def main() -> None:
     (out / "compression-cost.json").write_text(json.dumps(
         {"budget": args.budget, "allocation": args.allocation, "torch": torch.__version__, "rows": rows}, indent=2
     ) + "\n")
-    command = "OMP_NUM_THREADS=1 python benchmarks/compression_cost.py " + " ".join(sys.argv[1:])
+    command = " ".join(["OMP_NUM_THREADS=1 python benchmarks/compression_cost.py", *sys.argv[1:]])
     lines = [
         f"### Compression cost: `inherit()` with whitening, budget {args.budget}, {args.allocation} allocation, h = 1",
         "",

@@ -46,7 +46,7 @@ def main() -> None:
     stem = f"smollm2-bbc-{args.budget}"
     write_json(result, out / f"{stem}.json")
     write_plots(result, out / f"{stem}.png")
-    command = "OMP_NUM_THREADS=1 python benchmarks/smollm2_kd.py " + " ".join(sys.argv[1:])
+    command = " ".join(["OMP_NUM_THREADS=1 python benchmarks/smollm2_kd.py", *sys.argv[1:]])
     (out / f"{stem}.md").write_text(f"Command: `{command}`\n\n" + render(result))
     from rich.console import Console
 
