@@ -17,7 +17,8 @@ from typing import Any
 
 from torch import nn
 
-from ..serialization import CONFIG_NAME, _atomic_path
+from .._atomic import atomic_path
+from ..serialization import CONFIG_NAME
 from .data import (
     DEFAULT_MAX_LENGTH,
     DataOptions,
@@ -79,7 +80,7 @@ def write_source(directory: str | os.PathLike[str], source: Source) -> Path:
     """Write ``directory/source.json`` atomically; returns its path."""
     path = Path(directory) / SOURCE_NAME
     path.parent.mkdir(parents=True, exist_ok=True)
-    with _atomic_path(path) as tmp:
+    with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(source.to_dict(), indent=2) + "\n")
     return path
 
