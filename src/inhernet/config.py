@@ -102,7 +102,8 @@ class InherConfig:
         self.exclude = _as_patterns("exclude", self.exclude)
         self._check_budget()
         self._check_budgets(chosen)
-        self._check_macs()
+        if self.macs is not None:
+            _check_amount("macs", self.macs, unit="MAC", of="multiply-accumulates")
         self._check_rank()
         if self.energy is not None and not (_is_real(self.energy) and 0 < self.energy <= 1):
             raise ValueError(f"energy must be a fraction in (0, 1], got {self.energy!r}")
@@ -127,7 +128,7 @@ class InherConfig:
 
     def _check_budget(self) -> None:
         if self.budget is not None:
-            _check_param_budget("budget", self.budget)
+            _check_amount("budget", self.budget)
 
     def _check_budgets(self, chosen: list[str]) -> None:
         if not isinstance(self.budgets, Mapping):
@@ -144,21 +145,7 @@ class InherConfig:
         for pattern, b in self.budgets.items():
             if not isinstance(pattern, str) or not pattern:
                 raise TypeError(f"budgets keys must be non-empty fnmatch patterns of module names, got {pattern!r}")
-            _check_param_budget(f"budgets[{pattern!r}]", b)
-
-    def _check_macs(self) -> None:
-        b = self.macs
-        if b is None:
-            return
-        if isinstance(b, bool) or not isinstance(b, (int, float)) or not math.isfinite(b):
-            raise TypeError(f"macs must be a fraction in (0, 1] or a MAC count, got {b!r}")
-        if isinstance(b, float) and not 0 < b <= 1:
-            raise ValueError(
-                f"macs={b} is not a fraction in (0, 1]; give e.g. macs=0.5 for half of the teacher's "
-                "multiply-accumulates, or an int for an absolute MAC count"
-            )
-        if isinstance(b, int) and b < 1:
-            raise ValueError(f"macs={b} must be a positive MAC count (or a float fraction)")
+            _check_amount(f"budgets[{pattern!r}]", b)
 
     def _check_rank(self) -> None:
         r = self.rank
@@ -194,17 +181,18 @@ class InherConfig:
         return cls(**known)
 
 
-def _check_param_budget(arg: str, b: object) -> None:
-    """A parameter budget: a float fraction in (0, 1] or an int count >= 1; ``arg`` names it in errors."""
+def _check_amount(arg: str, b: object, unit: str = "parameter", of: str = "parameters") -> None:
+    """A budget: a float fraction in (0, 1] of the teacher's ``of`` or an int count >= 1 of ``unit``s;
+    ``arg`` names it in errors."""
     if isinstance(b, bool) or not isinstance(b, (int, float)) or not math.isfinite(b):
-        raise TypeError(f"{arg} must be a fraction in (0, 1] or a parameter count, got {b!r}")
+        raise TypeError(f"{arg} must be a fraction in (0, 1] or a {unit} count, got {b!r}")
     if isinstance(b, float) and not 0 < b <= 1:
         raise ValueError(
             f"{arg}={b} is not a fraction in (0, 1]; give e.g. 0.25 for a quarter of the teacher's "
-            "parameters, or an int for an absolute parameter count"
+            f"{of}, or an int for an absolute {unit} count"
         )
     if isinstance(b, int) and b < 1:
-        raise ValueError(f"{arg}={b} must be a positive parameter count (or a float fraction)")
+        raise ValueError(f"{arg}={b} must be a positive {unit} count (or a float fraction)")
 
 
 def _is_real(x: object) -> bool:
