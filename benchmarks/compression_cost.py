@@ -27,6 +27,8 @@ from typing import Any
 
 import torch
 
+from inhernet._atomic import atomic_write
+
 CASES = ("minilm:one-pass", "minilm:sequential", "smollm2:one-pass", "smollm2:sequential")
 
 
@@ -111,7 +113,7 @@ def main() -> None:
         print(json.dumps(rows[-1]), flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "compression-cost.json").write_text(json.dumps(
+    atomic_write(out / "compression-cost.json", json.dumps(
         {"budget": args.budget, "allocation": args.allocation, "torch": torch.__version__, "rows": rows}, indent=2
     ) + "\n")
     command = " ".join(["OMP_NUM_THREADS=1 python benchmarks/compression_cost.py", *sys.argv[1:]])
@@ -130,7 +132,7 @@ def main() -> None:
             f"| {model} | {calibration} | {r['teacher_params']:,} | {r['calib_tokens']:,} | {r['wall_s']:.0f} | "
             f"{r['cpu_s']:.0f} | {r['rss_loaded_mib']:,} | {r['peak_rss_mib']:,} | {r['extra_mib']:,} |"
         )
-    (out / "compression-cost.md").write_text("\n".join(lines) + "\n")
+    atomic_write(out / "compression-cost.md", "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from inhernet._atomic import atomic_write
 from inhernet.bench import BenchConfig, bench_table, run_bench, write_json, write_plots
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -47,7 +48,7 @@ def main() -> None:
     write_json(result, out / f"{stem}.json")
     write_plots(result, out / f"{stem}.png")
     command = " ".join(["OMP_NUM_THREADS=1 python benchmarks/smollm2_kd.py", *sys.argv[1:]])
-    (out / f"{stem}.md").write_text(f"Command: `{command}`\n\n" + render(result))
+    atomic_write(out / f"{stem}.md", f"Command: `{command}`\n\n" + render(result))
     from rich.console import Console
 
     Console().print(bench_table(result))

@@ -24,6 +24,7 @@ import torch
 
 import inhernet.surgery
 from inhernet import InherConfig, evaluate, inherit
+from inhernet._atomic import atomic_write
 from inhernet.presets.registry import get_preset
 
 
@@ -122,7 +123,7 @@ def write(out: Path, stem: str, args: argparse.Namespace, teacher_params: int, t
     result = {"preset": "smollm2-bbc", "budget": args.budget, "calib_blocks": args.calib,
               "teacher": {"params": teacher_params, "perplexity": teacher_ppl}, "rows": rows,
               "torch": torch.__version__}
-    (out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write(out / f"{stem}.json", json.dumps(result, indent=2) + "\n")
     command = " ".join(["OMP_NUM_THREADS=1 python benchmarks/smollm2_zero_shot.py", *sys.argv[1:]])
     lines = [
         f"### smollm2-bbc zero-shot at budget {args.budget} (no training)",
@@ -140,7 +141,7 @@ def write(out: Path, stem: str, args: argparse.Namespace, teacher_params: int, t
             f"| {r['perplexity']:.2f} | {r['ratio_to_teacher']:.2f} | {r['min_rank_ratio']:.3f} | "
             f"{r['layers_below_10pct']} | {r['inherit_s']:.0f} |"
         )
-    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    atomic_write(out / f"{stem}.md", "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -110,6 +110,18 @@ def budget_flag(total: int, target: int | None) -> str:
     return ""
 
 
+def check_size(student: Any, where: str, problems: list[str]) -> int:
+    """The student's parameter count; records a problem if it disagrees with its plan or misses the budget."""
+    plan = student.inhernet_plan
+    params = n_params(student)
+    if params != plan.total_params:
+        problems.append(f"{where}: plan.total_params={plan.total_params:,} but the model has {params:,}")
+    flag = budget_flag(params, plan.target_params)
+    if flag:
+        problems.append(f"{where}: {flag}")
+    return params
+
+
 def md_table(head: list[str], rows: list[list[Any]], align: str | None = None) -> str:
     align = align or "l" * len(head)
     sep = ["---:" if a == "r" else "---" for a in align]
@@ -229,14 +241,7 @@ def run_mnist(args: argparse.Namespace, rep: Report) -> None:
             with caught_warnings(rep.notes, where):
                 student = inherit(teacher, cfg, calib=calib if init == "whiten" else None, progress=False)
             plan = student.inhernet_plan
-            params = n_params(student)
-            if params != plan.total_params:
-                rep.problems.append(
-                    f"{where}: plan.total_params={plan.total_params:,} but the model has {params:,}"
-                )
-            flag = budget_flag(params, plan.target_params)
-            if flag:
-                rep.problems.append(f"{where}: {flag}")
+            params = check_size(student, where, rep.problems)
             acc = evaluate(student, test_loader)["accuracy"]
             macs = count_macs(student, example)
             rows.append(
@@ -412,14 +417,7 @@ def run_minilm(args: argparse.Namespace, rep: Report) -> None:
             plans[(alloc, init, h)] = student.inhernet_plan
         inherit_s = time.perf_counter() - ts
         plan = student.inhernet_plan
-        params = n_params(student)
-        if params != plan.total_params:
-            rep.problems.append(
-                f"{where}: plan.total_params={plan.total_params:,} but the model has {params:,}"
-            )
-        flag = budget_flag(params, plan.target_params)
-        if flag:
-            rep.problems.append(f"{where}: {flag}")
+        params = check_size(student, where, rep.problems)
         by_name = {r.name: r for r in plan.layers}
         we = by_name.get("embeddings.word_embeddings")
         if we is None or we.rank is None:

@@ -104,7 +104,7 @@ def test_teacher_is_aligned_once_then_loaded_from_the_cache(tmp_path: Path, monk
     monkeypatch.setattr(fd, "TEST_SIZE", 40)
     aligned = fd.load_fashion_dual_teacher(log=lambda _: None)
     meta = json.loads((tmp_path / "teachers" / "fashion-dual" / "meta.json").read_text())
-    assert meta["steps"] == 2 and set(meta["test_metrics"]) == set(DUAL_METRICS)
+    assert meta["recipe"]["steps"] == 2 and set(meta["test_metrics"]) == set(DUAL_METRICS)
     cached = fd.load_fashion_dual_teacher(log=lambda _: pytest.fail("the cached teacher was aligned again"))
     batch = fd.fashion_dual_calib(8)[0]
     with torch.no_grad():

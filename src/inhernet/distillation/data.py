@@ -170,7 +170,22 @@ def _map_style(loader: Any) -> bool:
     return isinstance(loader, DataLoader) and not isinstance(loader.dataset, IterableDataset)
 
 
-class TrainLoader:
+class _Sharded:
+    """A loader's shard for this process (``_resolve``), whose length is the shard's."""
+
+    role = "training"
+
+    def _resolve(self) -> Iterable[Any]:
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        n = _sized_len(self._resolve())
+        if n is None:
+            raise TypeError(f"the {self.role} loader has no length")
+        return n
+
+
+class TrainLoader(_Sharded):
     """The training loader as Lightning sees it: sharded, epoch-seeded and resumable.
 
     ``trainer`` is a callable returning the running ``lightning.Trainer``. With one batch per step,
@@ -209,12 +224,6 @@ class TrainLoader:
                 self._shard = _BatchStride(self.loader, world, rank, drop_remainder=True)
         return self._shard
 
-    def __len__(self) -> int:
-        n = _sized_len(self._resolve())
-        if n is None:
-            raise TypeError("the training loader has no length")
-        return n
-
     def __iter__(self) -> Iterator[Any]:
         loader = self._resolve()
         n = _sized_len(loader)
@@ -251,8 +260,10 @@ class TrainLoader:
             )
 
 
-class EvalLoader:
+class EvalLoader(_Sharded):
     """The validation loader: an unpadded shard per process, iterated without touching the global RNG."""
+
+    role = "validation"
 
     def __init__(self, loader: Iterable[Any], seed: int, trainer: Callable[[], Any]):
         self.loader, self.seed, self.trainer = loader, seed, trainer
@@ -269,12 +280,6 @@ class EvalLoader:
             else:
                 self._shard = _BatchStride(self.loader, world, rank, drop_remainder=False)
         return self._shard
-
-    def __len__(self) -> int:
-        n = _sized_len(self._resolve())
-        if n is None:
-            raise TypeError("the validation loader has no length")
-        return n
 
     def __iter__(self) -> Iterator[Any]:
         return _seeded_iter(self._resolve(), seed=self.seed)

@@ -7,7 +7,6 @@ import math
 import random
 import time
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -15,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._atomic import atomic_write
 from ..batches import batch_labels, batch_teacher_logits, forward_batch, logits_of
 from ..dual import DUAL_METRICS, DualOutput, dual_metrics, dual_output
 from .config import DistillConfig
@@ -303,9 +303,7 @@ class DistillModule(L.LightningModule):
     def on_fit_end(self) -> None:
         if self.history_path and self.trainer.is_global_zero:
             # For spawn-based strategies, whose main process does not see this process's memory.
-            path = Path(self.history_path)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(self.history))
+            atomic_write(self.history_path, json.dumps(self.history))
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("state_dict", {})

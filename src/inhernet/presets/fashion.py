@@ -16,8 +16,6 @@ split would take most of a CPU benchmark's time. ``fashion_loaders(test_per_clas
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
 import time
@@ -27,13 +25,12 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from .._atomic import atomic_path, atomic_write
-from .assets import inhernet_home, require_files, require_package_dir
+from .assets import require_files, require_package_dir
 from .mnist import read_idx
+from .teacher_cache import load_cached_teacher, save_cached_teacher, teacher_cache_dir
 
 __all__ = [
     "FASHION_CLASSES",
@@ -70,6 +67,7 @@ INPUT_SIZE = 48
 #: the preset's test split: the first this many test images of each class (500 images)
 TEST_PER_CLASS = 50
 #: how the cached teacher is fine-tuned (a cache made with another recipe is fine-tuned again)
+PRESET = "fashion-effnet"
 TEACHER_RECIPE: dict[str, Any] = {
     "size": INPUT_SIZE, "steps": 400, "batch_size": 64, "lr": 1e-3, "weight_decay": 0.01, "warmup": 20,
     "seed": 0, "train_limit": None, "test_per_class": TEST_PER_CLASS, "eval_full_test": True,
@@ -197,7 +195,7 @@ def fashion_calib(n: int, *, size: int = INPUT_SIZE, batch_size: int = 500) -> l
 
 def teacher_dir() -> Path:
     """Where the fine-tuned teacher is cached: ``inhernet_home()/teachers/fashion-effnet``."""
-    return inhernet_home() / "teachers" / "fashion-effnet"
+    return teacher_cache_dir(PRESET)
 
 
 def fashion_effnet_teacher(**recipe: Any) -> nn.Module:
@@ -217,19 +215,13 @@ def fashion_effnet_teacher(**recipe: Any) -> nn.Module:
     if recipe["steps"] < 1 or recipe["batch_size"] < 1:
         raise ValueError(f"teacher recipe needs steps >= 1 and batch_size >= 1, got {recipe}")
     model = load_effnet_lite0_imagenet(num_classes=len(FASHION_CLASSES))
-    directory = teacher_dir()
-    weights, meta_path = directory / "model.safetensors", directory / "meta.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() and weights.is_file() else None
-    if meta is not None and meta.get("recipe") == recipe and meta.get("sha256") == _sha256(weights):
-        model.load_state_dict(load_file(weights))
-    else:
-        meta = _fine_tune(model, recipe)
-        _write_cache(directory, model, meta)
+    if load_cached_teacher(model, PRESET, recipe) is None:
+        save_cached_teacher(model, PRESET, recipe, **_fine_tune(model, recipe))
     return model.to(memory_format=torch.channels_last).eval()
 
 
 def _fine_tune(model: nn.Module, recipe: dict[str, Any]) -> dict[str, Any]:
-    """Fine-tune ``model`` in place with cross-entropy; returns the cache's metadata."""
+    """Fine-tune ``model`` in place with cross-entropy; returns what the cache records beside the recipe."""
     from ..evaluate import evaluate
 
     start = time.perf_counter()
@@ -255,7 +247,6 @@ def _fine_tune(model: nn.Module, recipe: dict[str, Any]) -> dict[str, Any]:
     train_s = time.perf_counter() - start
     full_test = DataLoader(fashion_dataset("test", size=recipe["size"]), batch_size=500)
     return {
-        "recipe": recipe,
         "test_accuracy_subset": evaluate(model, test)["accuracy"],
         "test_subset_images": len(test.dataset),
         "test_accuracy_full": evaluate(model, full_test)["accuracy"] if recipe["eval_full_test"] else None,
@@ -271,19 +262,3 @@ def _warmup_cosine(step: int, *, steps: int, warmup: int, **_: Any) -> float:
     if step < warmup:
         return (step + 1) / warmup
     return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
-
-
-def _write_cache(directory: Path, model: nn.Module, meta: dict[str, Any]) -> None:
-    """Write the weights, then the metadata that vouches for them (recipe and checksum), each through a
-    temporary file moved into place: an interrupted write never leaves a cache that loads."""
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "meta.json").unlink(missing_ok=True)
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    with atomic_path(directory / "model.safetensors") as tmp:
-        save_file(state, str(tmp))
-    atomic_write(directory / "meta.json", json.dumps({**meta, "sha256": _sha256(directory / "model.safetensors")},
-                                                     indent=2) + "\n")
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()

@@ -27,11 +27,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from .._atomic import atomic_path, atomic_write
-from .assets import inhernet_home
 from .dual_encoder import DualEncoder
 from .fashion import FASHION_CLASSES, effnet_input, load_effnet_lite0_imagenet, read_fashion_mnist
 from .minilm import load_minilm, mean_pool, minilm_path
+from .teacher_cache import load_cached_teacher, save_cached_teacher, teacher_cache_dir
 
 __all__ = [
     "CAPTION_NAMES",
@@ -64,6 +63,7 @@ EMBED_DIM = 256
 TEST_SIZE = 1000
 EVAL_BATCH_SIZE = 500
 # Alignment recipe of the teacher (recorded in meta.json).
+PRESET = "fashion-dual"
 ALIGN = {"images": 12000, "steps": 400, "batch_size": 256, "lr": 1e-3, "seed": 0, "trained_blocks": 1}
 _TEMPLATE_SEEDS = {"train": 11, "test": 12}
 
@@ -125,7 +125,7 @@ def fashion_dual_calib(n: int) -> list[dict[str, torch.Tensor]]:
 
 # -- the teacher -------------------------------------------------------------------------------------
 def teacher_dir() -> Path:
-    return inhernet_home() / "teachers" / "fashion-dual"
+    return teacher_cache_dir(PRESET)
 
 
 def _text_tower(pretrained: bool) -> nn.Module:
@@ -156,16 +156,11 @@ def build_teacher(pretrained: bool = True) -> DualEncoder:
 
 def load_fashion_dual_teacher(*, log: Callable[[str], None] = print) -> DualEncoder:
     """The aligned teacher (eval mode) from the cache; aligned and cached first if absent."""
-    path = teacher_dir()
-    weights = path / "model.safetensors"
-    if weights.exists() and (path / "meta.json").exists():
-        from safetensors.torch import load_model
-
-        model = build_teacher(pretrained=False)
-        load_model(model, str(weights))
+    model = build_teacher(pretrained=False)
+    if load_cached_teacher(model, PRESET, ALIGN) is not None:
         return model.eval()
     model, meta = align_teacher(log=log)
-    _save_teacher(model, meta, path)
+    save_cached_teacher(model, PRESET, ALIGN, **meta)
     return model
 
 
@@ -241,13 +236,11 @@ def align_teacher(*, log: Callable[[str], None] = print) -> tuple[DualEncoder, d
     _, test = fashion_dual_loaders(batch_size=EVAL_BATCH_SIZE)
     metrics = {k: v for k, v in evaluate(model, test, "zero-shot-accuracy").items() if k != "count"}
     meta = {
-        "preset": "fashion-dual",
-        "recipe": (
+        "method": (
             "EfficientNet-Lite0 (ImageNet) + all-MiniLM-L6-v2 (mean pool), linear projections to 256-d; "
             "symmetric contrastive loss with same-class positives on Fashion-MNIST train pairs; trained: "
             "projections, logit scale, the image tower's last block and head"
         ),
-        **ALIGN,
         "image_size": IMAGE_SIZE,
         "templates": list(TEMPLATES),
         "test_examples": TEST_SIZE,
@@ -258,15 +251,6 @@ def align_teacher(*, log: Callable[[str], None] = print) -> tuple[DualEncoder, d
     }
     log(f"fashion-dual teacher: {json.dumps(metrics)} in {meta['wall_s']} s")
     return model, meta
-
-
-def _save_teacher(model: nn.Module, meta: dict[str, Any], path: Path) -> None:
-    """``model.safetensors`` then ``meta.json`` (the marker of a complete cache), each written atomically."""
-    from safetensors.torch import save_model
-
-    with atomic_path(path / "model.safetensors") as tmp:
-        save_model(model, str(tmp))
-    atomic_write(path / "meta.json", json.dumps(meta, indent=2) + "\n")
 
 
 # -- the conventional student --------------------------------------------------------------------------

@@ -160,15 +160,20 @@ def _write_cache(directory: Path, model: Any, tokenizer: Any, meta: dict[str, An
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _from_cache_or_gguf(auto_class: Any) -> Any:
+    """``auto_class.from_pretrained`` on the teacher cache when it is fresh, else on the GGUF (slower)."""
+    gguf = smollm2_gguf_path()
+    directory = teacher_dir()
+    if _cache_is_fresh(directory, _source_stamp(gguf)):
+        return auto_class.from_pretrained(directory, local_files_only=True)
+    return auto_class.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
+
+
 def smollm2_config() -> Any:
     """The teacher's ``LlamaConfig``: from the teacher cache when present, else from the GGUF's metadata."""
     from transformers import AutoConfig
 
-    gguf = smollm2_gguf_path()
-    directory = teacher_dir()
-    if _cache_is_fresh(directory, _source_stamp(gguf)):
-        return AutoConfig.from_pretrained(directory, local_files_only=True)
-    return AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
+    return _from_cache_or_gguf(AutoConfig)
 
 
 @functools.lru_cache(maxsize=1)
@@ -176,11 +181,7 @@ def load_smollm2_tokenizer() -> PreTrainedTokenizerBase:
     """The teacher's tokenizer: from the teacher cache when present, else from the GGUF (slower)."""
     from transformers import AutoTokenizer
 
-    gguf = smollm2_gguf_path()
-    directory = teacher_dir()
-    if _cache_is_fresh(directory, _source_stamp(gguf)):
-        return AutoTokenizer.from_pretrained(directory, local_files_only=True)
-    return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
+    return _from_cache_or_gguf(AutoTokenizer)
 
 
 # -- data ----------------------------------------------------------------------------------------------------

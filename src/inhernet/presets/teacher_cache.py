@@ -2,13 +2,14 @@
 
 The cache lives in ``inhernet_home()/"teachers"/<preset>/``. ``meta.json`` records how the teacher was
 made (its ``recipe``: data, steps, learning rate, seed...) and what it scored; a cache whose recipe
-differs from the one asked for is stale and is not used. Both files are written atomically, the
-metadata last, so a half-written cache is never mistaken for a complete one. Loading reads tensors
-only (safetensors), never pickled objects.
+differs from the one asked for, or whose weights no longer match the SHA-256 recorded beside them, is
+stale and is not used. Both files are written atomically, the metadata last, so a half-written cache is
+never mistaken for a complete one. Loading reads tensors only (safetensors), never pickled objects.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -40,17 +41,20 @@ def save_cached_teacher(model: nn.Module, preset: str, recipe: dict[str, Any], *
     """
     out = teacher_cache_dir(preset)
     out.mkdir(parents=True, exist_ok=True)
+    (out / META_NAME).unlink(missing_ok=True)  # no metadata vouches for weights being replaced
     with atomic_path(out / WEIGHTS_NAME) as tmp:
-        save_model(model, str(tmp), metadata={"format": "pt"})
-    atomic_write(out / META_NAME, json.dumps({"recipe": recipe, **meta}, indent=2, sort_keys=True) + "\n")
+        # contiguous: a channels-last model's tensors are saved as their values
+        save_model(model, str(tmp), metadata={"format": "pt"}, force_contiguous=True)
+    meta = {"recipe": recipe, **meta, "sha256": _sha256(out / WEIGHTS_NAME)}
+    atomic_write(out / META_NAME, json.dumps(meta, indent=2, sort_keys=True) + "\n")
     return out
 
 
 def load_cached_teacher(model: nn.Module, preset: str, recipe: dict[str, Any]) -> dict[str, Any] | None:
     """Load the cached weights of ``preset`` into ``model`` (strict) and return the cache's metadata.
 
-    Returns ``None``, leaving ``model`` untouched, when there is no complete cache or its recipe is not
-    ``recipe`` (JSON round trip compared, so tuples equal lists).
+    Returns ``None``, leaving ``model`` untouched, when there is no complete cache, its recipe is not
+    ``recipe`` (JSON round trip compared, so tuples equal lists) or its weights fail their checksum.
 
     Raises:
         ValueError: if the cached files are unreadable or do not fit ``model``.
@@ -65,8 +69,18 @@ def load_cached_teacher(model: nn.Module, preset: str, recipe: dict[str, Any]) -
         raise ValueError(f"{meta_path} is not readable JSON ({err}); delete {folder} to rebuild it") from None
     if not isinstance(meta, dict) or meta.get("recipe") != json.loads(json.dumps(recipe)):
         return None
+    if meta.get("sha256") != _sha256(weights):
+        return None
     try:
         load_model(model, str(weights), strict=True)
     except (SafetensorError, RuntimeError) as err:
         raise ValueError(f"{weights} does not fit the teacher ({err}); delete {folder} to rebuild it") from None
     return meta
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
