@@ -106,14 +106,14 @@ def test_image_folder_compress_train_eval(tmp_path, assets, monkeypatch, capsys)
     meta = json.loads((out / "inhernet.json").read_text())
     assert 0.98 * 0.3 * n_params(teacher) <= meta["params"] <= 0.3 * n_params(teacher)  # the budget is met
 
-    compressed = (out / "model.safetensors").read_bytes()
+    compressed = inhernet.serialization.weights_path(out).read_bytes()
     code, stdout, err = invoke(
         monkeypatch, capsys, "train", out, "--data", assets["images"], "--steps", 2, "--batch-size", 4,
         "--val-fraction", 0.25,
     )
     assert code == 0, err
     assert "trained 2 steps" in stdout and "validation accuracy" in stdout
-    assert (out / "model.safetensors").read_bytes() != compressed  # the trained student replaced it
+    assert inhernet.serialization.weights_path(out).read_bytes() != compressed  # the trained student replaced it
     assert json.loads((out / "inhernet.json").read_text())["config"] == meta["config"]  # kept on re-save
 
     code, stdout, err = invoke(monkeypatch, capsys, "eval", out, "--data", assets["images"], "--json", tmp_path / "e.json")

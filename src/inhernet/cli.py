@@ -237,7 +237,7 @@ def compress(
 
     MODEL is torchvision:NAME or timm:NAME (built offline; trained weights from --weights) or a
     Hugging Face model directory. Calibration uses the training split of --data only. --out gets
-    inhernet.json + model.safetensors (inhernet.load) and source.json, which records MODEL and the
+    inhernet.json + model-<hash>.safetensors (inhernet.load) and source.json, which records MODEL and the
     data preparation for `inhernet train` and `inhernet eval`.
 
     \b
