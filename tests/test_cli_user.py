@@ -100,6 +100,9 @@ def test_image_folder_compress_train_eval(tmp_path, assets, monkeypatch, capsys)
     )
     assert code == 0, err
     assert "factorised" in stdout and "warning" not in err
+    assert f"saved to {out}; next: inhernet train {out}" in stdout.replace("\n", "")
+    weights = inhernet.serialization.weights_path(out)
+    assert sorted(p.name for p in out.iterdir()) == sorted(["inhernet.json", "source.json", weights.name])
     source = read_source(out)
     assert source.classes == ("cat", "dog") and source.model.num_classes == 2 and source.data.image_size == 32
     teacher = build_model(source.model)
@@ -126,6 +129,9 @@ def test_image_folder_compress_train_eval(tmp_path, assets, monkeypatch, capsys)
     assert rows["inhernet"]["accuracy"] == inhernet.evaluate(student, loader)["accuracy"]
     assert rows["teacher"]["accuracy"] == inhernet.evaluate(teacher, loader)["accuracy"]
     assert rows["inhernet"]["params"] == meta["params"] and rows["teacher"]["params"] == n_params(teacher)
+    printed = {line.split("│")[1].strip(): line for line in stdout.splitlines() if line.count("│") > 2}
+    assert f"{meta['params']:,} (" in printed["inhernet"] and f"{n_params(teacher):,}" in printed["teacher"]
+    assert f"{rows['inhernet']['accuracy']:.4f}" in printed["inhernet"]
     assert 0 < rows["inhernet"]["macs"] < rows["teacher"]["macs"]
 
     images = next(iter(loader))[0]
