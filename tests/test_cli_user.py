@@ -100,20 +100,23 @@ def test_image_folder_compress_train_eval(tmp_path, assets, monkeypatch, capsys)
     )
     assert code == 0, err
     assert "factorised" in stdout and "warning" not in err
+    assert f"saved to {out}; next: inhernet train {out}" in stdout.replace("\n", "")
+    weights = inhernet.serialization.weights_path(out)
+    assert sorted(p.name for p in out.iterdir()) == sorted(["inhernet.json", "source.json", weights.name])
     source = read_source(out)
     assert source.classes == ("cat", "dog") and source.model.num_classes == 2 and source.data.image_size == 32
     teacher = build_model(source.model)
     meta = json.loads((out / "inhernet.json").read_text())
     assert 0.98 * 0.3 * n_params(teacher) <= meta["params"] <= 0.3 * n_params(teacher)  # the budget is met
 
-    compressed = (out / "model.safetensors").read_bytes()
+    compressed = inhernet.serialization.weights_path(out).read_bytes()
     code, stdout, err = invoke(
         monkeypatch, capsys, "train", out, "--data", assets["images"], "--steps", 2, "--batch-size", 4,
         "--val-fraction", 0.25,
     )
     assert code == 0, err
     assert "trained 2 steps" in stdout and "validation accuracy" in stdout
-    assert (out / "model.safetensors").read_bytes() != compressed  # the trained student replaced it
+    assert inhernet.serialization.weights_path(out).read_bytes() != compressed  # the trained student replaced it
     assert json.loads((out / "inhernet.json").read_text())["config"] == meta["config"]  # kept on re-save
 
     code, stdout, err = invoke(monkeypatch, capsys, "eval", out, "--data", assets["images"], "--json", tmp_path / "e.json")
@@ -126,6 +129,9 @@ def test_image_folder_compress_train_eval(tmp_path, assets, monkeypatch, capsys)
     assert rows["inhernet"]["accuracy"] == inhernet.evaluate(student, loader)["accuracy"]
     assert rows["teacher"]["accuracy"] == inhernet.evaluate(teacher, loader)["accuracy"]
     assert rows["inhernet"]["params"] == meta["params"] and rows["teacher"]["params"] == n_params(teacher)
+    printed = {line.split("│")[1].strip(): line for line in stdout.splitlines() if line.count("│") > 2}
+    assert f"{meta['params']:,} (" in printed["inhernet"] and f"{n_params(teacher):,}" in printed["teacher"]
+    assert f"{rows['inhernet']['accuracy']:.4f}" in printed["inhernet"]
     assert 0 < rows["inhernet"]["macs"] < rows["teacher"]["macs"]
 
     images = next(iter(loader))[0]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import warnings
 
+# The dev extra installs onnxruntime and onnxscript: these tests run in `make test`, never skip.
+import onnxruntime as ort
 import pytest
 import torch
 from torch import nn
@@ -11,8 +13,6 @@ from torch import nn
 from inhernet import InherBlock, InherConfig, inherit
 from inhernet.deploy import export_onnx, merge_experts, onnx_inputs, verify_onnx
 from tiny_models import strided_cnn
-
-ort = pytest.importorskip("onnxruntime", reason="ONNX checks need onnxruntime (pip install onnxruntime)")
 
 TOL = 1e-4
 
@@ -121,6 +121,6 @@ def test_bad_inputs_are_explained(cnn_student, tmp_path):
 
 
 def test_dynamo_exporter_when_onnxscript_is_installed(cnn_student, tmp_path):
-    pytest.importorskip("onnxscript", reason="the torch.export-based exporter needs onnxscript")
+    import onnxscript  # noqa: F401 - the torch.export-based exporter needs it (the deploy extra installs it)
     path = export_onnx(cnn_student, torch.randn(2, 3, 16, 16), tmp_path / "d.onnx", dynamo=True)
     assert verify_onnx(path, cnn_student, torch.randn(3, 3, 16, 16)) <= TOL

@@ -190,15 +190,77 @@ def test_merge_keeps_train_mode_and_trainability():
     assert all(p.grad is not None for p in student.parameters())
 
 
-def test_merged_model_saves_and_loads(tmp_path):
+def test_merged_model_saves_and_loads_and_its_books_say_one_expert(tmp_path):
     student = inherited()
     perturb_gates(student)
+    assert student.inhernet_plan.config.experts == 3
     merge_experts(student, calib=calib_batches())
+    plan = student.inhernet_plan
+    assert plan.config.experts == 1
+    assert {row.experts for row in plan.layers if row.factorised} == {1}
+    assert plan.total_params == n_params(student)  # the rows were re-counted
     save(student, tmp_path / "merged")
     meta = json.loads((tmp_path / "merged" / "inhernet.json").read_text())
     assert {spec["experts"] for spec in meta["layers"].values()} == {1}
+    assert meta["config"]["experts"] == 1 and meta["params"] == n_params(student)
     restored = load(tmp_path / "merged", base=Net())
+    assert restored.inhernet_config.experts == 1 and restored.inhernet_config.rank == 6
     assert all(b.experts == 1 and b.gate is None for b in blocks(restored).values())
     x = torch.randn(3, 3, 16, 16)
     with torch.no_grad():
         torch.testing.assert_close(restored.eval()(x), student.eval()(x), atol=0, rtol=0)
+
+
+def test_merging_a_loaded_model_updates_its_config(tmp_path):
+    save(inherited(), tmp_path / "a")
+    loaded = load(tmp_path / "a", base=Net())
+    assert loaded.inhernet_config.experts == 3
+    merge_experts(loaded)
+    assert loaded.inhernet_config.experts == 1
+    save(loaded, tmp_path / "b")
+    assert json.loads((tmp_path / "b" / "inhernet.json").read_text())["config"]["experts"] == 1
+
+
+def test_the_merge_weighs_experts_by_the_gate_not_equally():
+    """Gates far from uniform: the gate-weighted mixture and the plain average of the experts differ a lot,
+    and only the former reproduces the block (whose gate ignores its input, so the merge is exact)."""
+    torch.manual_seed(6)
+    block = InherLinear(12, 9, 5, experts=3)
+    with torch.no_grad():
+        block.up.weight.normal_()  # three clearly different experts
+        block.gate.weight.zero_()
+        block.gate.bias.copy_(torch.tensor([5.0, 0.0, -5.0]))  # p ~ (0.993, 0.007, 0.00005)
+    experts = block.expert_weights().double()
+    p = torch.softmax(block.gate.bias.double(), -1)
+    assert p.max() > 0.99
+    plain = experts.mean(0)
+    weighted = torch.einsum("h,hmr->mr", p, experts)
+    x = torch.randn(4, 12)
+    with torch.no_grad():
+        want = block(x)
+        merge_experts(block)
+        got = block(x)
+    torch.testing.assert_close(block.up.weight.double(), weighted)
+    distance = float((block.up.weight.detach().double() - plain).norm() / plain.norm())
+    assert distance > 0.5, distance  # far from the plain average
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    with torch.no_grad():
+        averaged = block.down(x) @ plain.float().T + block.up.bias
+    assert float((averaged - want).abs().max()) > 0.1  # a plain average would have changed the outputs
+
+
+def test_measured_gate_means_weigh_the_merge():
+    """An input-dependent gate that prefers one expert on every input: the merge follows the measured means."""
+    torch.manual_seed(7)
+    block = InherLinear(8, 6, 4, experts=3)
+    with torch.no_grad():
+        block.up.weight.normal_()
+        block.gate.weight.normal_(std=0.1)
+        block.gate.bias.copy_(torch.tensor([-4.0, 4.0, 0.0]))
+    xs = [torch.randn(16, 8) for _ in range(2)]
+    means = gate_means(block, xs)[""]
+    assert means[1] > 0.9  # far from uniform
+    experts = block.expert_weights().double()
+    merge_experts(block, calib=xs)
+    torch.testing.assert_close(block.up.weight.double(), torch.einsum("h,hmr->mr", means, experts))
+    assert float((block.up.weight.detach().double() - experts.mean(0)).norm() / experts.mean(0).norm()) > 0.5

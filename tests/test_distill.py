@@ -302,15 +302,38 @@ def test_precomputed_teacher_logits_match_live_teacher_and_skip_it(tmp_path):
         WithTeacherLogits(train_set, torch.zeros(3, 2))
 
 
-def test_feature_distillation_runs(tmp_path):
-    teacher, student, train_set, val_set = make_problem()
-    train, val = loaders(train_set, val_set)
-    history = distill(student, teacher, train, val, cpu_config(
-        tmp_path, steps=6, val_every=0, feature_weight=1.0, feature_patterns=("body.4",)))
-    assert history["steps"] == 6 and [s for s, _ in history["curve"]] == [0, 6]
+def _feature_gap(student: nn.Module, teacher: nn.Module, x: torch.Tensor, names: list[str]) -> float:
+    """The feature loss between the two models' outputs at ``names`` on inputs ``x``."""
+    with FeatureCapture(student, names) as s_cap, FeatureCapture(teacher, names) as t_cap, torch.no_grad():
+        student(x)
+        teacher(x)
+    return float(feature_loss(s_cap.features, t_cap.features))
+
+
+def test_feature_weight_changes_the_result_and_pulls_the_features_together(tmp_path):
+    """The same run (data, seed, steps) with and without the feature term: the trained weights differ,
+    and only the run with the feature term brings the matched block's outputs much closer to the teacher's."""
+    teacher, student, train_set, val_set = make_problem(noise=1.0)
+    x = train_set.tensors[0]
+    names = ["body.4"]
+    before = _feature_gap(student, teacher, x, names)
+    trained = {}
+    for weight in (0.0, 10.0):
+        run = copy.deepcopy(student)
+        train, val = loaders(train_set, val_set)
+        patterns = ("body.4",) if weight else ()
+        history = distill(run, teacher, train, val, cpu_config(
+            tmp_path / str(weight), steps=30, lr=3e-3, val_every=0, feature_weight=weight, feature_patterns=patterns))
+        assert history["steps"] == 30 and [s for s, _ in history["curve"]] == [0, 30]
+        trained[weight] = run
+    plain, featured = trained[0.0], trained[10.0]
+    assert any(not torch.equal(a, b) for a, b in zip(weights(plain).values(), weights(featured).values(), strict=True))
+    plain_gap, featured_gap = (_feature_gap(m, teacher, x, names) for m in (plain, featured))
+    assert featured_gap < 0.5 * before, (before, featured_gap)  # the feature loss fell
+    assert featured_gap < 0.5 * plain_gap, (plain_gap, featured_gap)  # because of the feature term
     with pytest.raises(ValueError, match="match no module"):
         distill(student, teacher, train, val, cpu_config(
-            tmp_path, steps=2, feature_weight=1.0, feature_patterns=("missing",)))
+            tmp_path / "missing", steps=2, feature_weight=1.0, feature_patterns=("missing",)))
 
 
 # ---------------------------------------------------------------------------------- Hugging Face style

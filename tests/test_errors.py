@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -37,6 +38,13 @@ CONFIG_CASES = [
     pytest.param(dict(damping=math.inf), ValueError, "damping must be", id="damping-inf"),
     pytest.param(dict(exclude=[1]), TypeError, "exclude patterns must be strings", id="exclude-int"),
     pytest.param(dict(include=3), TypeError, "include must be", id="include-int"),
+    pytest.param(dict(seed=-1), ValueError, r"seed=-1 is out of range: give an int in \[0, 4294967295\]", id="seed-negative"),
+    pytest.param(dict(seed=2**32), ValueError, "seed=4294967296 is out of range", id="seed-too-large"),
+    pytest.param(dict(seed=1.5), TypeError, "seed must be an int", id="seed-float"),
+    pytest.param(dict(seed="0"), TypeError, "seed must be an int", id="seed-str"),
+    pytest.param(dict(seed=True), TypeError, "seed must be an int", id="seed-bool"),
+    pytest.param(dict(experts=np.bool_(True)), ValueError, "experts must be an int", id="experts-numpy-bool"),
+    pytest.param(dict(seed=np.int64(-3)), ValueError, "seed=-3 is out of range", id="seed-numpy-negative"),
 ]
 
 
@@ -44,6 +52,49 @@ CONFIG_CASES = [
 def test_bad_config(kwargs: dict, error: type[Exception], message: str) -> None:
     with pytest.raises(error, match=message):
         InherConfig(**kwargs)
+
+
+NUMPY_CONFIGS = [
+    pytest.param(dict(budget=np.int64(5000), experts=np.int32(2), seed=np.uint32(7), min_rank=np.int16(2)),
+                 dict(budget=5000, experts=2, seed=7, min_rank=2), id="ints"),
+    pytest.param(dict(budget=np.float32(0.5), min_rank_ratio=np.float64(0.25), expert_noise=np.float32(0.5)),
+                 dict(budget=0.5, min_rank_ratio=0.25, expert_noise=0.5), id="floats"),
+    pytest.param(dict(rank=np.int64(4)), dict(rank=4), id="rank-int"),
+    pytest.param(dict(rank=np.float32(0.5)), dict(rank=0.5), id="rank-fraction"),
+    pytest.param(dict(macs=np.int64(10**6)), dict(macs=10**6), id="macs"),
+    pytest.param(dict(energy=np.float64(0.9)), dict(energy=0.9), id="energy"),
+    pytest.param(dict(budgets={"a*": np.float32(0.5), "b*": np.int64(300)}), dict(budgets={"a*": 0.5, "b*": 300}),
+                 id="budgets"),
+]
+
+
+@pytest.mark.parametrize(("kwargs", "expected"), NUMPY_CONFIGS)
+def test_numpy_numbers_are_accepted_as_python_numbers(kwargs: dict, expected: dict) -> None:
+    import json
+
+    cfg = InherConfig(**kwargs)
+    for key, value in expected.items():
+        got = getattr(cfg, key)
+        assert got == value and type(got) is type(value), (key, got)
+        if isinstance(value, dict):
+            assert all(type(got[k]) is type(v) for k, v in value.items())
+    assert InherConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg  # JSON-serialisable
+
+
+def test_distill_config_takes_numpy_numbers_and_checks_its_seed() -> None:
+    from inhernet import DistillConfig
+
+    cfg = DistillConfig(steps=np.int64(10), lr=np.float32(1e-3), warmup_steps=np.int32(2), seed=np.int64(3),
+                        temperature=np.float64(2.0), alpha=np.float32(0.5), val_every=np.int64(5),
+                        checkpoint_every=np.int8(0), num_nodes=np.int64(1), step_milestones=[np.float32(0.5)],
+                        devices=np.int64(1))
+    assert (cfg.steps, cfg.seed, cfg.warmup_steps, cfg.val_every, cfg.devices) == (10, 3, 2, 5, 1)
+    assert all(type(v) is int for v in (cfg.steps, cfg.seed, cfg.warmup_steps, cfg.val_every, cfg.devices))
+    assert type(cfg.lr) is float and cfg.step_milestones == (0.5,) and type(cfg.step_milestones[0]) is float
+    with pytest.raises(ValueError, match=r"DistillConfig.seed=-1 is out of range"):
+        DistillConfig(seed=-1)
+    with pytest.raises(TypeError, match=r"DistillConfig.seed must be an int"):
+        DistillConfig(seed=0.5)
 
 
 @pytest.mark.parametrize("run", ["plan", "inherit"])

@@ -69,8 +69,7 @@ def test_clip_full_rank_reproduces_both_towers(clip, experts: int, init: str) ->
 
 
 def test_open_clip_full_rank_reproduces_both_towers() -> None:
-    pytest.importorskip("open_clip")
-    from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+    from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg  # the dev extra installs open-clip-torch
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from dataclasses import replace
 from typing import Any
@@ -37,10 +38,23 @@ def _budget_value(budget: float) -> float | int:
     return budget
 
 
+# Errors that bad input causes (an argument, a file, a missing asset): one `error:` line. Anything
+# else is a bug and keeps its traceback; `--debug` (or INHERNET_DEBUG=1) keeps it for these too.
+USER_ERRORS = (ValueError, TypeError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+_debug = {"on": False}
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, envvar="INHERNET_DEBUG",
+              help="Show the full traceback of every error, not one line (also INHERNET_DEBUG=1).")
 @click.version_option(package_name="inhernet")
-def cli() -> None:
-    """Compress a pretrained PyTorch model by network inheritance (InherNet)."""
+def cli(debug: bool) -> None:
+    """Compress a pretrained PyTorch model by network inheritance (InherNet).
+
+    Bad input ends with one `error:` line and exit status 2; an internal error shows its traceback
+    (exit status 1). `inhernet --debug COMMAND ...` shows the traceback of every error.
+    """
+    _debug["on"] = debug
 
 
 @cli.command()
@@ -237,7 +251,7 @@ def compress(
 
     MODEL is torchvision:NAME or timm:NAME (built offline; trained weights from --weights) or a
     Hugging Face model directory. Calibration uses the training split of --data only. --out gets
-    inhernet.json + model.safetensors (inhernet.load) and source.json, which records MODEL and the
+    inhernet.json + model-<hash>.safetensors (inhernet.load) and source.json, which records MODEL and the
     data preparation for `inhernet train` and `inhernet eval`.
 
     \b
@@ -440,9 +454,8 @@ def _print_plan(plan) -> None:
 
 
 def main() -> None:
-    """Entry point: clear one-line errors and a non-zero exit on bad input."""
-    from .presets.assets import AssetMissingError
-
+    """Entry point: one-line errors and exit status 2 on bad input; tracebacks for bugs and with --debug."""
+    _debug["on"] = False
     try:
         cli(standalone_mode=False)
     except click.exceptions.Abort:
@@ -451,7 +464,9 @@ def main() -> None:
         # One line, like every other error here; `--help` shows the usage.
         click.echo(f"error: {err.format_message()}", err=True)
         sys.exit(err.exit_code)
-    except (ValueError, TypeError, AssetMissingError) as err:
+    except USER_ERRORS as err:  # AssetMissingError is a FileNotFoundError
+        if _debug["on"] or os.environ.get("INHERNET_DEBUG", "") not in ("", "0"):
+            raise
         click.echo(f"error: {err}", err=True)
         sys.exit(2)
 

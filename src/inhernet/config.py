@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
-__all__ = ["DEFAULT_BUDGET", "InherConfig"]
+__all__ = ["DEFAULT_BUDGET", "InherConfig", "plain_number"]
 
 DEFAULT_BUDGET = 0.25
 INITS = ("whiten", "svd", "random")
@@ -15,6 +16,8 @@ ALLOCATIONS = ("energy", "uniform")
 CALIBRATIONS = ("one-pass", "sequential", "sequential-corrected")
 # The mutually exclusive ways of choosing ranks.
 RANK_CHOICES = ("budget", "rank", "energy", "macs")
+# Seeds as torch, numpy and Lightning all accept them.
+MAX_SEED = 2**32 - 1
 
 
 @dataclass
@@ -69,7 +72,11 @@ class InherConfig:
         expert_noise: Frobenius norm of each expert's zero-sum deviation, as a fraction of
             ``||U_r S_r||``. Breaks the experts' symmetry; the init stays exactly function preserving.
         damping: relative damping of the input covariance before whitening (times its mean diagonal).
-        seed: seed of the random deviations / random init, for reproducible surgery.
+        seed: seed of the random deviations / random init, for reproducible surgery: an int in
+            [0, 2**32 - 1].
+
+    numpy integers are accepted wherever an ``int`` is (and numpy floats where a ``float`` is); they
+    are stored as Python numbers, so :meth:`to_dict` stays JSON-serialisable.
     """
 
     budget: float | int | None = None
@@ -90,6 +97,10 @@ class InherConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        for f in fields(self):
+            setattr(self, f.name, plain_number(getattr(self, f.name)))
+        if isinstance(self.budgets, Mapping):
+            self.budgets = {k: plain_number(v) for k, v in self.budgets.items()}
         chosen = [k for k in RANK_CHOICES if getattr(self, k) is not None]
         if len(chosen) > 1:
             raise ValueError(
@@ -125,6 +136,7 @@ class InherConfig:
             raise ValueError(f"expert_noise must be a number >= 0, got {self.expert_noise!r}")
         if not (_is_real(self.damping) and self.damping >= 0):
             raise ValueError(f"damping must be a number >= 0, got {self.damping!r}")
+        check_seed("seed", self.seed)
 
     def _check_budget(self) -> None:
         if self.budget is not None:
@@ -193,6 +205,26 @@ def _check_amount(arg: str, b: object, unit: str = "parameter", of: str = "param
         )
     if isinstance(b, int) and b < 1:
         raise ValueError(f"{arg}={b} must be a positive {unit} count (or a float fraction)")
+
+
+def plain_number(x: object) -> object:
+    """A numpy (or other ``numbers``) integer as an ``int``, a real as a ``float``; anything else as is.
+
+    Booleans stay booleans (and are refused where a number is expected).
+    """
+    if isinstance(x, bool) or not isinstance(x, numbers.Real) or type(x) in (int, float):
+        return x
+    if isinstance(x, numbers.Integral):
+        return int(x)
+    return float(x)
+
+
+def check_seed(arg: str, seed: object) -> None:
+    """``seed`` must be an int in [0, 2**32 - 1] (what torch, numpy and Lightning all accept)."""
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"{arg} must be an int in [0, {MAX_SEED}], got {seed!r}")
+    if not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"{arg}={seed} is out of range: give an int in [0, {MAX_SEED}], e.g. {arg}=0")
 
 
 def _is_real(x: object) -> bool:

@@ -1,9 +1,24 @@
-"""``save()`` / ``load()``: an inherited model as ``inhernet.json`` + ``model.safetensors``, no pickle.
+"""``save()`` / ``load()``: an inherited model as ``inhernet.json`` + ``model-<hash>.safetensors``, no pickle.
 
-The JSON holds the per-layer spec (which teacher layer became a block of which rank and experts);
-``load`` rebuilds that structure on a fresh model of the teacher's architecture, then loads the
-tensors with strict key and shape checks. The weights' SHA-256 is recorded, so a truncated or
-altered file is refused before any tensor is read. Both files are written atomically.
+The JSON holds the per-layer spec (which teacher layer became a block of which rank and experts), the
+name of the weights file and its SHA-256; ``load`` rebuilds that structure on a fresh model of the
+teacher's architecture, then loads the tensors with strict key and shape checks.
+
+Crash safety. A directory holds two files that must agree, and no file system renames two files at
+once. The weights file is therefore named after its content (``model-<first 16 hex digits of its
+SHA-256>.safetensors``) instead of a fixed name: ``save`` first puts the new weights beside the old ones
+(a rename of a complete temporary file), then replaces ``inhernet.json`` (a second atomic rename),
+and only then removes the earlier weights file. Whenever it stops, the JSON on disk names a complete
+weights file that matches its checksum: a crash between the two renames leaves the earlier pair
+loadable (plus an orphan weights file that the next save removes). With one fixed weights name a crash
+there would have left new weights beside the old JSON, detectable by the checksum but not loadable.
+Directories written with the earlier fixed name ``model.safetensors`` still load.
+
+Safety on load. Everything the JSON says is checked before a tensor is allocated (format, the weights
+file is a bare ``*.safetensors`` name inside the directory, every layer exists in ``base`` with the
+recorded type and shape, ranks within each layer's full rank, experts >= 1, and no more parameters
+than the file holds); the tensors are read and their names and shapes checked against the rebuilt
+model before any value is copied. A failed ``load`` leaves ``base`` as it was.
 """
 
 from __future__ import annotations
@@ -11,33 +26,42 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_model, save_model
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_model
 from torch import nn
 
 from ._atomic import atomic_path
 from ._version import __version__
 from .config import InherConfig
-from .kinds import kind_of
+from .kinds import LayerKind, block_params, kind_of
 from .layers import InherBlock
 from .surgery import replace_module
 
-__all__ = ["CONFIG_NAME", "FORMAT_VERSION", "WEIGHTS_NAME", "load", "save"]
+__all__ = ["CONFIG_NAME", "FORMAT_VERSION", "WEIGHTS_NAME", "load", "save", "weights_path"]
 
 FORMAT_VERSION = 1
 CONFIG_NAME = "inhernet.json"
+# The fixed weights name of directories written before content-named weights; still read by load().
 WEIGHTS_NAME = "model.safetensors"
+_WEIGHTS_PATTERN = re.compile(r"model-[0-9a-f]{16}\.safetensors")
+# Where a new weights file is complete but not yet named after its hash (a crash may leave it behind).
+_STAGING_NAME = ".model.staging.safetensors"
+# The temporary files of ``atomic_path`` for the two targets above.
+_TEMPORARY_PATTERN = re.compile(rf"\.({re.escape(CONFIG_NAME)}|{re.escape(_STAGING_NAME)})\.[^/]+\.tmp")
 
 
 def save(model: nn.Module, path: str | os.PathLike[str]) -> Path:
     """Write ``model`` (the result of :func:`inherit`, possibly fine-tuned) to directory ``path``.
 
-    Returns the directory. Both files are written to temporary names first and replace those of an
-    earlier save only once both are complete, so a failed save leaves the earlier pair intact.
+    Returns the directory. Writes ``inhernet.json`` and ``model-<hash>.safetensors`` (the name of the
+    weights file is recorded in the JSON; :func:`weights_path` finds it). An earlier save in ``path``
+    is replaced only once the new pair is complete: a save that fails or is interrupted at any point
+    leaves a loadable pair behind (see the module's documentation).
     """
     blocks = _blocks(model)
     if not blocks:
@@ -46,66 +70,210 @@ def save(model: nn.Module, path: str | os.PathLike[str]) -> Path:
         )
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
-    weights = out / WEIGHTS_NAME
-    # Nested: the JSON replaces its predecessor only once the weights are complete, and the weights
-    # replace theirs right after; a failure before that removes both temporary files.
-    with atomic_path(weights) as tmp_weights:
+    previous = _previous_weights(out)
+    # 1. The weights, complete, under a name of their own: the earlier pair is untouched.
+    staging = out / _STAGING_NAME
+    with atomic_path(staging) as tmp_weights:
         save_model(model, str(tmp_weights), metadata={"format": "pt", "inhernet_format": str(FORMAT_VERSION)})
-        digest = _sha256(tmp_weights)
-        plan = getattr(model, "inhernet_plan", None)
-        # A loaded model has no plan, only the config it was inherited with: keep that on a re-save.
-        config = plan.config if plan is not None else getattr(model, "inhernet_config", None)
-        meta: dict[str, Any] = {
-            "format_version": FORMAT_VERSION,
-            "inhernet_version": __version__,
-            "model_class": type(model).__name__,
-            "params": sum(p.numel() for p in model.parameters()),
-            "config": config.to_dict() if config is not None else None,
-            "layers": {
-                name: {"rank": b.rank, "experts": b.experts, "source": getattr(b, "source", None)}
-                for name, b in blocks.items()
-            },
-            "weights": {"file": WEIGHTS_NAME, "sha256": digest},
-        }
+    digest = _sha256(staging)
+    weights = out / f"model-{digest[:16]}.safetensors"
+    os.replace(staging, weights)
+    plan = getattr(model, "inhernet_plan", None)
+    # A loaded model has no plan, only the config it was inherited with: keep that on a re-save.
+    config = plan.config if plan is not None else getattr(model, "inhernet_config", None)
+    meta: dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        "inhernet_version": __version__,
+        "model_class": type(model).__name__,
+        "params": sum(p.numel() for p in model.parameters()),
+        "config": config.to_dict() if config is not None else None,
+        "layers": {
+            name: {"rank": b.rank, "experts": b.experts, "source": getattr(b, "source", None)}
+            for name, b in blocks.items()
+        },
+        "weights": {"file": weights.name, "sha256": digest},
+    }
+    # 2. The JSON that names them: from this rename on, the new pair is the one that loads.
+    try:
         with atomic_path(out / CONFIG_NAME) as tmp_config:
             tmp_config.write_text(json.dumps(meta, indent=2) + "\n")
+    except BaseException:
+        if weights.name != previous:  # an error, not a crash: leave the directory as it was
+            weights.unlink(missing_ok=True)
+        raise
+    # 3. The earlier weights, and what interrupted saves left (orphan weights, temporary files).
+    for stale in out.iterdir():
+        name = stale.name
+        if name != weights.name and (
+            _WEIGHTS_PATTERN.fullmatch(name) or name == previous or _TEMPORARY_PATTERN.fullmatch(name)
+        ):
+            stale.unlink(missing_ok=True)
     return out
 
 
-def load(path: str | os.PathLike[str], base: nn.Module) -> nn.Module:
+def weights_path(path: str | os.PathLike[str]) -> Path:
+    """The weights file of the model saved in directory ``path``, as its ``inhernet.json`` names it."""
+    path = Path(path)
+    return path / _read_meta(path)["weights"]["file"]
+
+
+def load(path: str | os.PathLike[str], base: nn.Module | None = None) -> nn.Module:
     """Rebuild a saved inherited model on ``base``, a model of the teacher's architecture.
 
     ``base`` is modified in place (its planned layers become blocks) and returned, on the device of
-    its parameters. Its own weights do not matter: every tensor comes from the file. The
-    :class:`InherConfig` it was inherited with becomes ``base.inhernet_config`` (so a later
-    :func:`save`, e.g. after fine-tuning, records it again).
+    its parameters. Its own weights do not matter: every tensor comes from the file. When ``load``
+    fails, ``base`` is left as it was. The :class:`InherConfig` the model was inherited with becomes
+    ``base.inhernet_config`` (so a later :func:`save`, e.g. after fine-tuning, records it again).
+
+    Without ``base``, the architecture is rebuilt from ``source.json``, which ``inhernet compress``
+    writes beside the model (a torchvision / timm name and class count, or a Hugging Face model
+    directory); the teacher's own weights are not needed for that.
+
+    Raises:
+        FileNotFoundError: ``path`` holds no ``inhernet.json`` or its weights file is missing.
+        ValueError: a malformed or tampered file, a checksum mismatch, a ``base`` of another
+            architecture, or no ``base`` for a directory that does not record its architecture.
+        TypeError: ``base`` is not a module.
     """
-    if not isinstance(base, nn.Module):
+    path = Path(path)
+    if base is not None and not isinstance(base, nn.Module):
         raise TypeError(f"base must be a torch.nn.Module of the teacher's architecture, got {type(base).__name__}")
-    meta = _read_meta(Path(path))
-    weights = Path(path) / meta["weights"]["file"]
+    meta = _read_meta(path)
+    weights = path / meta["weights"]["file"]
     if not weights.is_file():
         raise FileNotFoundError(f"{weights} is missing; save() writes it beside {CONFIG_NAME}")
     if _sha256(weights) != meta["weights"]["sha256"]:
         raise ValueError(f"{weights} does not match the checksum in {CONFIG_NAME}: the file is corrupted or truncated")
+    config = _read_config(meta.get("config"), path)
+    if base is None:
+        base = _rebuild_base(path)
     if meta["model_class"] != type(base).__name__:
         raise ValueError(
             f"{path} was saved from a {meta['model_class']}, but base is a {type(base).__name__}; "
             "pass a model of the same architecture"
         )
-    config = _read_config(meta.get("config"), Path(path))
-    for name, spec in meta["layers"].items():
-        base = _rebuild_layer(base, name, spec)
-    device = next((p.device for p in base.parameters()), torch.device("cpu"))
+    # Everything the JSON asks for is checked before anything is allocated.
+    specs = {name: _check_layer(base, name, spec) for name, spec in meta["layers"].items()}
+    _check_size(weights, specs)
     try:
-        load_model(base, str(weights), strict=True, device=str(device))
+        state = load_file(str(weights), device="cpu")
     except SafetensorError as err:
         raise ValueError(f"{weights} is not a readable safetensors file (corrupted or truncated?): {err}") from None
-    except RuntimeError as err:
-        raise ValueError(f"{weights} does not fit the rebuilt model: {err}") from None
+    originals = {name: module for name, (module, *_rest) in specs.items()}
+    for name, (module, kind, rank, experts, source) in specs.items():
+        block = kind.build(module, rank, experts)
+        block.source = source
+        block.train(module.training)
+        base = replace_module(base, name, block)
+    try:
+        _check_state(base, state, weights)
+        base.load_state_dict(state, strict=False)  # only tied duplicates are absent (checked)
+    except BaseException:
+        for name, module in originals.items():
+            base = replace_module(base, name, module)
+        raise
     if config is not None:
         base.inhernet_config = config
     return base
+
+
+def _rebuild_base(path: Path) -> nn.Module:
+    """A model of the architecture recorded in ``path/source.json`` (written by ``inhernet compress``)."""
+    from dataclasses import replace
+
+    from .sources.models import build_model
+    from .sources.record import SOURCE_NAME, read_source
+
+    if not (path / SOURCE_NAME).is_file():
+        raise ValueError(
+            f"{path} does not record the model's architecture (no {SOURCE_NAME}, which `inhernet compress` "
+            f"writes): pass base=<a model of the teacher's architecture>, e.g. load({str(path)!r}, base=teacher)"
+        )
+    spec = read_source(path).model
+    # The architecture is all that is needed: every tensor comes from the saved file.
+    return build_model(replace(spec, weights=None, weights_sha256=None) if spec.library != "hf" else spec)
+
+
+def _check_layer(base: nn.Module, name: str, spec: Any) -> tuple[nn.Module, LayerKind, int, int, Any]:
+    """The module ``name`` of ``base``, its kind, and the validated rank, experts and source of ``spec``."""
+    if not isinstance(spec, dict) or not {"rank", "experts", "source"} <= set(spec):
+        raise ValueError(f"{CONFIG_NAME}: layer {name!r} has a malformed spec {spec!r}")
+    rank, experts, source = spec["rank"], spec["experts"], spec["source"]
+    for key, value in (("rank", rank), ("experts", experts)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{CONFIG_NAME}: layer {name!r} has a malformed spec {spec!r} ({key} must be an int >= 1)")
+    try:
+        module = base.get_submodule(name)
+    except AttributeError:
+        raise ValueError(f"base has no module {name!r}: it is not the architecture the file was saved from") from None
+    kind = kind_of(module)
+    actual = kind.spec(module) if kind is not None else {"kind": type(module).__name__}
+    if kind is None or actual != source:
+        raise ValueError(
+            f"base layer {name!r} is {actual}, but the file was saved from {source}: base is not the "
+            "architecture the file was saved from"
+        )
+    full = min(kind.shape(module))
+    if rank > full:
+        raise ValueError(
+            f"{CONFIG_NAME}: layer {name!r} has rank {rank}, beyond its full rank {full} "
+            f"(shape {kind.describe(module)}): the file is corrupted or edited by hand"
+        )
+    return module, kind, rank, experts, source
+
+
+def _check_size(weights: Path, specs: dict[str, tuple[nn.Module, LayerKind, int, int, Any]]) -> None:
+    """Refuse ranks and experts that need more parameters than the weights file holds (read from its header)."""
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            held = sum(_numel(f.get_slice(k).get_shape()) for k in f.keys())  # noqa: SIM118 - not a dict
+    except SafetensorError as err:
+        raise ValueError(f"{weights} is not a readable safetensors file (corrupted or truncated?): {err}") from None
+    needed = 0
+    for module, kind, rank, experts, _ in specs.values():
+        m, n = kind.shape(module)
+        needed += block_params(m, n, rank, experts, kind.bias(module) is not None)
+    if needed > held:
+        raise ValueError(
+            f"{CONFIG_NAME}: its layers' ranks and experts need {needed:,} parameters but {weights} holds "
+            f"{held:,}: the file is corrupted or edited by hand"
+        )
+
+
+def _numel(shape: list[int]) -> int:
+    count = 1
+    for s in shape:
+        count *= s
+    return count
+
+
+def _check_state(model: nn.Module, state: dict[str, torch.Tensor], weights: Path) -> None:
+    """Every tensor of ``model`` is in ``state`` with its shape (or is tied to one that is), and nothing else is."""
+    own = model.state_dict()
+    present = {_identity(t) for k, t in own.items() if k in state}
+    missing = sorted(k for k, t in own.items() if k not in state and _identity(t) not in present)
+    unexpected = sorted(set(state) - set(own))
+    wrong = sorted(k for k in set(state) & set(own) if state[k].shape != own[k].shape)
+    if missing or unexpected or wrong:
+        parts = [
+            f"{label} {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
+            for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
+            if keys
+        ]
+        raise ValueError(f"{weights} does not fit the rebuilt model: {'; '.join(parts)}")
+
+
+def _identity(t: torch.Tensor) -> tuple[Any, ...]:
+    """What two names of one tied tensor share."""
+    return (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()))
+
+
+def _previous_weights(out: Path) -> str | None:
+    """The weights file named by an earlier save in ``out``, if its JSON is readable."""
+    try:
+        return _read_meta(out)["weights"]["file"]
+    except (OSError, ValueError):
+        return None
 
 
 def _read_config(d: Any, path: Path) -> InherConfig | None:
@@ -115,27 +283,6 @@ def _read_config(d: Any, path: Path) -> InherConfig | None:
         return InherConfig.from_dict(d)
     except (AttributeError, TypeError, ValueError) as err:
         raise ValueError(f"{path / CONFIG_NAME}: malformed 'config' entry: {err}") from None
-
-
-def _rebuild_layer(base: nn.Module, name: str, spec: dict[str, Any]) -> nn.Module:
-    try:
-        module = base.get_submodule(name)
-        rank, experts, source = int(spec["rank"]), int(spec["experts"]), spec["source"]
-    except AttributeError:
-        raise ValueError(f"base has no module {name!r}: it is not the architecture the file was saved from") from None
-    except (KeyError, TypeError, ValueError):
-        raise ValueError(f"{CONFIG_NAME}: layer {name!r} has a malformed spec {spec!r}") from None
-    kind = kind_of(module)
-    actual = kind.spec(module) if kind is not None else {"kind": type(module).__name__}
-    if actual != source:
-        raise ValueError(
-            f"base layer {name!r} is {actual}, but the file was saved from {source}: base is not the "
-            "architecture the file was saved from"
-        )
-    block = kind.build(module, rank, experts)  # type: ignore[union-attr]
-    block.source = source
-    block.train(module.training)
-    return replace_module(base, name, block)
 
 
 def _read_meta(path: Path) -> dict[str, Any]:
@@ -158,6 +305,13 @@ def _read_meta(path: Path) -> dict[str, Any]:
         raise ValueError(f"{config}: 'layers' and 'weights' must be JSON objects")
     if "file" not in meta["weights"] or "sha256" not in meta["weights"]:
         raise ValueError(f"{config}: 'weights' must name the file and its sha256")
+    name = meta["weights"]["file"]
+    if not (isinstance(name, str) and name.endswith(".safetensors") and name == Path(name).name
+            and "/" not in name and "\\" not in name and "\0" not in name and not name.startswith(".")):
+        raise ValueError(
+            f"{config}: the weights file must be a bare *.safetensors name inside {path} (no directories, "
+            f"no '..'), got {name!r}"
+        )
     return meta
 
 

@@ -23,6 +23,7 @@ every position of every batch counts, padding included; conv blocks gate per sam
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -48,7 +49,11 @@ def merge_experts(model: nn.Module, calib: Iterable[Any] | None = None) -> nn.Mo
         ``model``, whose blocks now have ``experts == 1`` and ``gate is None``. It still saves and loads
         with :func:`inhernet.save` / :func:`inhernet.load` (the file records ``experts: 1`` per layer).
         The merged blocks' ``up`` are new parameters: build any optimizer after merging.
-        ``model.inhernet_plan`` (if any) still describes the unmerged structure.
+        The books follow: ``model.inhernet_plan`` (if any) records ``experts=1`` in its config and in
+        the merged layers' rows, with their new parameter counts (its MAC total, which the merge
+        changes by an amount that depends on the input, is dropped: measure it with
+        :func:`inhernet.deploy.count_macs`), and ``model.inhernet_config`` (a loaded model's) records
+        ``experts=1``, so that ``save`` then ``load`` reports the merged structure.
 
     Raises:
         ValueError: ``calib`` is missing while some gate depends on its input, or ``calib`` is empty.
@@ -57,9 +62,33 @@ def merge_experts(model: nn.Module, calib: Iterable[Any] | None = None) -> nn.Mo
     if not gated:
         return model
     means = gate_means(model, calib, blocks=gated)
+    removed = {}
     for name, block in gated.items():
+        before = _own_params(block)
         _merge_block(block, means[name])
+        removed[name] = before - _own_params(block)
+    _record_merge(model, removed)
     return model
+
+
+def _own_params(block: nn.Module) -> int:
+    return sum(p.numel() for p in block.parameters())
+
+
+def _record_merge(model: nn.Module, removed: dict[str, int]) -> None:
+    """Make the plan and config of ``model`` say one expert, and the merged rows their new size."""
+    plan = getattr(model, "inhernet_plan", None)
+    if plan is not None:
+        rows = [
+            replace(row, experts=1, params_after=row.params_after - removed[row.name]) if row.name in removed else row
+            for row in plan.layers
+        ]
+        model.inhernet_plan = replace(
+            plan, config=replace(plan.config, experts=1), layers=rows, total_macs=None
+        )
+    config = getattr(model, "inhernet_config", None)
+    if config is not None:
+        model.inhernet_config = replace(config, experts=1)
 
 
 def gate_means(

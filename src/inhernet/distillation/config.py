@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any, Literal
 
+from ..config import check_seed, plain_number
 from ..dual import DUAL_METRICS
 
 __all__ = ["DistillConfig"]
@@ -71,7 +72,11 @@ class DistillConfig:
 
     Run:
         seed: seeds everything (``lightning.seed_everything``) and the order of every epoch of the
-            train loader (a function of ``seed`` and the epoch only, which makes resume exact).
+            train loader (a function of ``seed`` and the epoch only, which makes resume exact); an
+            int in [0, 2**32 - 1], the range Lightning seeds with (outside it, Lightning would silently
+            pick a random seed).
+
+    numpy integers are accepted wherever an ``int`` is, numpy floats where a ``float`` is.
         val_every: validate every this many steps (``None``: ``steps // 10``, at least 1; 0: only at
             the end). Validation also runs at the start (``val_at_start``) and at the last step.
         val_at_start: validate once before training (the curve's point at step 0).
@@ -121,6 +126,14 @@ class DistillConfig:
     progress: bool = False
 
     def __post_init__(self) -> None:
+        # numpy integers and floats count as ints and floats.
+        for f in fields(self):
+            setattr(self, f.name, plain_number(getattr(self, f.name)))
+        if isinstance(self.step_milestones, (list, tuple)):
+            self.step_milestones = tuple(plain_number(m) for m in self.step_milestones)
+        if isinstance(self.devices, (list, tuple)):
+            self.devices = type(self.devices)(plain_number(d) for d in self.devices)
+
         def bad(name: str, expected: str) -> ValueError:
             return ValueError(f"DistillConfig.{name} must be {expected}, got {getattr(self, name)!r}")
 
@@ -197,8 +210,7 @@ class DistillConfig:
             raise bad("num_nodes", "an int >= 1")
         if self.deterministic not in (True, False, "warn"):
             raise bad("deterministic", "True, False or 'warn'")
-        if not is_int(self.seed):
-            raise bad("seed", "an int")
+        check_seed("DistillConfig.seed", self.seed)
         if self.val_every is not None and (not is_int(self.val_every) or self.val_every < 0):
             raise bad("val_every", "an int >= 0 (0: validate only at the end) or None")
         if self.metric not in METRICS:

@@ -1,9 +1,10 @@
 """What a compressed model was made from, and opening a teacher together with data for it.
 
-``inhernet compress`` writes ``source.json`` beside ``inhernet.json`` / ``model.safetensors``: the
+``inhernet compress`` writes ``source.json`` beside ``inhernet.json`` and its weights file: the
 teacher's :class:`~inhernet.sources.models.ModelSpec`, the data preparation options and the class
 names. ``train`` and ``eval`` read it back, rebuild the teacher and prepare their data the same way,
-and rebuild the student with ``inhernet.load(directory, base=<a copy of the teacher>)``.
+and rebuild the student with ``inhernet.load(directory, base=<a copy of the teacher>)`` (or
+``inhernet.load(directory)``, which rebuilds the architecture from ``source.json`` itself).
 """
 
 from __future__ import annotations
