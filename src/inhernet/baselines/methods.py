@@ -20,11 +20,12 @@ from ..deploy import count_macs
 from ..plan import Plan
 from ..surgery import inherit
 from .layerdrop import drop_layers, layer_stack, spread_layers
+from .prune import prune_to_size
 
 __all__ = ["DEFAULT_METHODS", "METHODS", "MethodContext", "build_student", "register_method"]
 
 #: What ``bench`` compares unless a preset or the user says otherwise.
-DEFAULT_METHODS = ("inhernet", "kd-student", "svd-kd", "inhernet-random-init", "inhernet-plain")
+DEFAULT_METHODS = ("inhernet", "kd-student", "svd-kd", "prune-kd", "inhernet-random-init", "inhernet-plain")
 
 
 @dataclass
@@ -163,3 +164,14 @@ def _layerdrop_kd(ctx: MethodContext) -> nn.Module:
         if ctx.size(student) >= target:
             return student
     raise ValueError(f"even all {n} layers of the teacher stay below the InherNet's {target:,} {ctx.match}")
+
+
+@register_method("prune-kd")
+def _prune_kd(ctx: MethodContext) -> nn.Module:
+    """The teacher pruned structurally (Torch-Pruning, whole channels and heads) to at least the InherNet's size.
+
+    ``ctx.extras["prune_importance"]``: ``"l2"`` (default) or ``"taylor"``.
+    """
+    example = split_example(ctx.calib, "prune-kd")[0]
+    importance = ctx.extras.get("prune_importance", "l2")
+    return prune_to_size(ctx.teacher, example, ctx.target, ctx.size, importance=importance)
