@@ -35,7 +35,10 @@ def test_presets_lists_mnist():
         (["plan", "--budget", "0"], "--budget"),
         (["bench", "--budget", "-1"], "--budget"),
         (["plan", "--init", "svd", "--budget", "0.001"], "smallest reachable"),
-        (["bench", "--methods", "kd-student"], "inhernet"),
+        (["bench", "--steps", "5", "--epochs", "1"], "not both"),
+        (["bench", "--tune-lr", "--lr-grid", "1e-3,x"], "--lr-grid"),
+        (["bench", "--tune-lr", "--lr-grid", "1e-3,3e-3"], "lr_grid"),
+        (["bench", "--preset", "smollm2-bbc", "--methods", "inhernet,prune-kd"], "leaves out 'prune-kd'"),
     ],
 )
 def test_bad_arguments_fail_with_one_clear_line(args, message):
