@@ -19,7 +19,10 @@ _BUDGET = click.option(
     "--budget", type=float, default=0.1, show_default=True,
     help="Fraction (0, 1] of the teacher's parameters, or an absolute count if > 1.",
 )
-_EXPERTS = click.option("--experts", type=click.IntRange(min=1), default=3, show_default=True, help="Gated experts h.")
+_EXPERTS = click.option(
+    "--experts", type=click.IntRange(min=1), default=None,
+    help="Gated experts h [the model family's default: 1; the published method: 3].",
+)
 _INIT = click.option("--init", type=click.Choice(["whiten", "svd"]), default="whiten", show_default=True)
 _ALLOCATION = click.option(
     "--allocation", type=click.Choice(["energy", "uniform"]), default="energy", show_default=True

@@ -42,7 +42,8 @@ class BenchConfig:
     budget: float | int = 0.25
     #: size every baseline to at least the InherNet's parameters ("params") or MACs ("macs")
     match: Literal["params", "macs"] = "params"
-    experts: int = 3
+    #: experts of the ``inhernet`` row (and inhernet-plain); ``None``: the teacher family's default
+    experts: int | None = None
     seeds: Sequence[int] = (0, 1, 2)
     #: KD steps; ``None``: one epoch of the training examples (or ``epochs`` of them)
     steps: int | None = None
