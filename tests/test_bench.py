@@ -195,3 +195,11 @@ def test_bench_matched_in_macs(tiny_preset):
 def test_bench_rejects_an_unknown_match():
     with pytest.raises(ValueError, match="match"):
         BenchConfig(match="flops")
+
+
+def test_prune_kd_in_the_bench_with_taylor_importance(tiny_preset):
+    result = run_bench(_quiet_cfg(methods=("inhernet", "prune-kd"), prune_importance="taylor"), log=lambda _: None)
+    inhernet, pruned = result["methods"]
+    assert inhernet["params"] <= pruned["params"] <= 1.06 * inhernet["params"]
+    with pytest.raises(ValueError, match="prune_importance"):
+        BenchConfig(prune_importance="l1")

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Subset
 from .._atomic import atomic_write
 from ..baselines import MethodContext, build_student
 from ..baselines.methods import METHODS
+from ..baselines.prune import IMPORTANCES
 from ..deploy import count_macs, merge_experts
 from ..distillation import DistillConfig, distill, precompute_teacher_logits
 from ..dual import DUAL_METRICS
@@ -74,6 +75,9 @@ class BenchConfig:
     #: write each (method, seed) run, and each method's tuning, as its own JSON here when it finishes;
     #: a rerun of the same configuration skips what is already written and assembles the result
     part_dir: str | os.PathLike[str] | None = None
+    #: channel importance of ``prune-kd``: ``"l2"`` (magnitude) or ``"taylor"`` (gradient x weight on
+    #: the first calibration batch)
+    prune_importance: str = "l2"
 
     def __post_init__(self) -> None:
         if not self.seeds:
@@ -91,6 +95,8 @@ class BenchConfig:
             self.methods = tuple(self.methods)
             if not self.methods:
                 raise ValueError("methods must name at least one method (or be None: the preset's list)")
+        if self.prune_importance not in IMPORTANCES:
+            raise ValueError(f"prune_importance must be one of {IMPORTANCES}, got {self.prune_importance!r}")
         self.lr_grid = tuple(float(v) for v in self.lr_grid)
         if self.tune_lr and (len(set(self.lr_grid)) < 3 or min(self.lr_grid) <= 0):
             raise ValueError(
@@ -105,6 +111,7 @@ class BenchConfig:
             "steps": steps, "epochs": self.epochs, "batch_size": self.batch_size, "temperature": self.temperature,
             "alpha": self.alpha, "calib_size": self.calib_size, "curve_points": self.curve_points,
             "curve_examples": self.curve_examples, "distill_overrides": dict(self.distill_overrides),
+            "prune_importance": self.prune_importance,
         }
         if self.tune_lr:
             fp["lr_grid"], fp["tune_steps"], fp["val_examples"] = list(self.lr_grid), self.tune_steps, self.val_examples
@@ -157,7 +164,10 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
 
     def context(seed: int) -> MethodContext:
         if seed not in contexts:
-            ctx = MethodContext(teacher, cfg.budget, cfg.experts, calib, seed, preset.student, match=cfg.match)
+            ctx = MethodContext(
+                teacher, cfg.budget, cfg.experts, calib, seed, preset.student, match=cfg.match,
+                extras={"prune_importance": cfg.prune_importance},
+            )
             ctx.reference = build_student("inhernet", ctx)
             contexts[seed] = ctx
         return contexts[seed]
