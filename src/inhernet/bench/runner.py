@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import inspect
 import json
@@ -142,10 +143,14 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
     # epochs: whole passes over the training split, at the runner's own batch size
     steps = cfg.epochs * -(-n_train // cfg.batch_size) if cfg.epochs is not None else cfg.steps or len(train)
     train_n = min(n_train, steps * cfg.batch_size)
-    train_set: Any = Subset(train.dataset, range(train_n))
-    if preset.cache_teacher:
+
+    @functools.cache
+    def training_set() -> Any:
+        """The training examples, made on first use (a run assembled from parts trains nothing)."""
+        subset = Subset(train.dataset, range(train_n))
         # The data is fixed, so the teacher runs once per example, not once per method, seed and step.
-        train_set = precompute_teacher_logits(teacher, train_set)
+        return precompute_teacher_logits(teacher, subset) if preset.cache_teacher else subset
+
     metric = preset.metric
     higher = metric != "perplexity"
     example = _first_example(calib[0])
@@ -154,7 +159,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
     log(f"teacher: {_params(teacher):,} params, {metric} {teacher_metric:.4f}; {steps} KD steps")
     fingerprint = cfg.fingerprint(steps)
     parts = Parts(cfg.part_dir, fingerprint) if cfg.part_dir is not None else None
-    tuner = _Tuner(cfg, steps, train, train_set, train_n, metric, higher, preset, teacher, log) if cfg.tune_lr else None
+    tuner = _Tuner(cfg, steps, train, training_set, train_n, metric, higher, preset, teacher, log) if cfg.tune_lr else None
 
     runs: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
     sizes: dict[str, tuple[int, int]] = {}
@@ -202,7 +207,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
                 # the reference must stay untrained: the other methods are sized (and inhernet-random-init
                 # takes its plan) from it
                 student = copy.deepcopy(student)
-            run = _train_and_score(cfg, student, teacher, train_set, test, calib, seed, steps, lr, metric, preset)
+            run = _train_and_score(cfg, student, teacher, training_set(), test, calib, seed, steps, lr, metric, preset)
             if name in tuned:
                 run["lr_scores"] = tuned[name]["lr_scores"]
             runs[name].append(run)
@@ -284,7 +289,8 @@ class _Tuner:
     """
 
     def __init__(
-        self, cfg: BenchConfig, steps: int, train: Any, train_set: Any, train_n: int, metric: str, higher: bool,
+        self, cfg: BenchConfig, steps: int, train: Any, training_set: Callable[[], Any], train_n: int, metric: str,
+        higher: bool,
         preset: Any, teacher: nn.Module, log: Callable[[str], None],
     ) -> None:
         n = len(train.dataset)
@@ -294,10 +300,15 @@ class _Tuner:
         self.tune_n = min(train_n, n - self.n_val, self.steps * cfg.batch_size)
         if self.tune_n < 1:
             raise ValueError(f"the training split ({n} examples) is too small to carve a validation split from")
-        self.train_set = Subset(train_set, range(self.tune_n))
+        self._training_set = training_set
         self.val = DataLoader(
             Subset(train.dataset, range(n - self.n_val, n)), batch_size=max(cfg.batch_size, 256), shuffle=False
         )
+
+    @property
+    def train_set(self) -> Subset:
+        """The first examples of the training split: what the tuning runs train on."""
+        return Subset(self._training_set(), range(self.tune_n))
 
     def describe(self) -> dict[str, Any]:
         return {
