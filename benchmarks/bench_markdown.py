@@ -9,6 +9,8 @@ import argparse
 import json
 from pathlib import Path
 
+from inhernet.bench.report import excluded_text, flat_text, lr_text, reach_text
+
 
 def steps_to_reach(curve: list[list[float]], target: float, higher_is_better: bool) -> int | None:
     for step, value in curve:
@@ -25,17 +27,26 @@ def render(result: dict) -> str:
         f"(h = {result.get('experts', '?')}, seeds {result['methods'][0]['seeds']}, "
         f"{result['methods'][0]['steps']} KD steps)",
         "",
-        f"| method | params | MACs | zero-shot {metric} | final {metric} (mean ± std) | experts merged | ms/step |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-        f"| teacher | {t['params']:,} | {t['macs']:,} | | {t['metric']:.4f} | | |",
+        f"| method | params | MACs | zero-shot {metric} | final {metric} (mean ± std) | experts merged | ms/step "
+        "| lr | flattened | reaches kd-student |",
+        "|---|---:|---:|---:|---:|---:|---:|---|---|---:|",
+        f"| teacher | {t['params']:,} | {t['macs']:,} | | {t['metric']:.4f} | | | | | |",
     ]
     for m in result["methods"]:
         merged = f"{m['merged_mean']:.4f}" if "merged_mean" in m else ""
         lines.append(
             f"| {m['name']} | {m['params']:,} ({m['params'] / t['params']:.0%}) | "
             f"{m['macs']:,} ({m['macs'] / t['macs']:.0%}) | {m['zero_shot']:.4f} | "
-            f"{m['metric_mean']:.4f} ± {m['metric_std']:.4f} | {merged} | {m['sec_per_step'] * 1000:.1f} |"
+            f"{m['metric_mean']:.4f} ± {m['metric_std']:.4f} | {merged} | {m['sec_per_step'] * 1000:.1f} | "
+            f"{lr_text(m)} | {flat_text(m)} | {reach_text(m)} |"
         )
+    if excluded_text(result):
+        lines += ["", excluded_text(result) + "."]
+    if any("lr_scores" in m for m in result["methods"]):
+        tuning = result.get("tuning", {})
+        lines += ["", f"lr*: tuned on a validation split of the training data ({tuning.get('val_examples', '?')} "
+                  f"examples) after {tuning.get('steps', '?')} steps per value; in brackets the validation {metric} at "
+                  f"lr = {' / '.join(f'{v:g}' for v in tuning.get('lr_grid', []))}."]
     by_name = {m["name"]: m for m in result["methods"]}
     if "inhernet" in by_name and "kd-student" in by_name:
         inh, kd = by_name["inhernet"], by_name["kd-student"]

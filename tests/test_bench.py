@@ -95,9 +95,89 @@ def test_bench_json_follows_the_contract(tiny_preset, tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_bench_needs_inhernet_as_reference():
-    with pytest.raises(ValueError, match="inhernet"):
-        BenchConfig(methods=("kd-student",))
+def test_a_subset_without_inhernet_is_sized_from_the_unlisted_reference(tiny_preset):
+    cfg = BenchConfig(preset="tiny-mlp", budget=0.3, experts=1, seeds=(1,), steps=2, batch_size=32,
+                      methods=("kd-student",), curve_points=1, progress=False)
+    result = run_bench(cfg, log=lambda _: None)
+    (student,) = result["methods"]
+    assert student["name"] == "kd-student" and student["seeds"] == [1]
+    assert 0.25 * result["teacher"]["params"] <= student["params"] <= 0.3 * result["teacher"]["params"]
+
+
+def _quiet_cfg(**kw):
+    base = dict(preset="tiny-mlp", budget=0.3, experts=1, seeds=(0,), steps=4, batch_size=32,
+                methods=("inhernet", "svd-kd"), curve_points=2, progress=False)
+    return BenchConfig(**{**base, **kw})
+
+
+def test_parts_are_written_reused_and_assembled(tiny_preset, tmp_path):
+    parts = tmp_path / "parts"
+    lines: list[str] = []
+    # one method-seed at a time, as a long benchmark split across sessions would run
+    first = run_bench(_quiet_cfg(methods=("svd-kd",), seeds=(1,), part_dir=parts), log=lines.append)
+    assert sorted(p.name for p in parts.iterdir()) == ["svd-kd--seed1.json"]
+    run_bench(_quiet_cfg(seeds=(0,), part_dir=parts), log=lines.append)
+    assert len(list(parts.iterdir())) == 3
+    lines.clear()
+    run_bench(_quiet_cfg(seeds=(0, 1), part_dir=parts), log=lines.append)
+    assert sum("part found" in line for line in lines) == 3  # only inhernet's seed 1 was missing
+    lines.clear()
+    whole = run_bench(_quiet_cfg(seeds=(0, 1), part_dir=parts), log=lines.append)
+    assert sum("part found" in line for line in lines) == 4  # nothing trained again: assembled from the parts
+    by_name = {m["name"]: m for m in whole["methods"]}
+    assert by_name["svd-kd"]["seeds"] == [0, 1]
+    assert by_name["svd-kd"]["per_seed"][1]["final"] == first["methods"][0]["metric_mean"]
+    # a part of another configuration is never mixed in
+    with pytest.raises(ValueError, match="steps"):
+        run_bench(_quiet_cfg(steps=5, seeds=(0,), part_dir=parts), log=lambda _: None)
+
+
+def test_epochs_train_on_the_whole_split(tiny_preset):
+    result = run_bench(_quiet_cfg(steps=None, epochs=2, methods=("svd-kd",)), log=lambda _: None)
+    assert result["steps"] == 2 * 256 // 32 == result["methods"][0]["steps"] and result["epochs"] == 2
+    with pytest.raises(ValueError, match="not both"):
+        BenchConfig(steps=3, epochs=1)
+
+
+def test_tune_lr_picks_the_best_validation_score_and_caches_it(tiny_preset, tmp_path, monkeypatch):
+    from inhernet.bench import runner
+
+    seen: list[tuple[int, ...]] = []
+    real_tuner = runner._Tuner
+
+    class Spy(real_tuner):
+        def __init__(self, *args, **kw):
+            super().__init__(*args, **kw)
+            seen.append((tuple(self.train_set.indices), tuple(self.val.dataset.indices)))
+
+    monkeypatch.setattr(runner, "_Tuner", Spy)
+    cfg = _quiet_cfg(tune_lr=True, lr_grid=(1e-4, 1e-3, 1e-1), tune_steps=2, val_examples=40, part_dir=tmp_path)
+    result = run_bench(cfg, log=lambda _: None)
+    (train_idx, val_idx) = seen[0]
+    assert set(train_idx).isdisjoint(val_idx) and max(val_idx) < 256  # a split of the training data
+    assert len(val_idx) == 40 and result["tuning"]["steps"] == 2
+    for m in result["methods"]:
+        scores = m["lr_scores"]
+        assert set(scores) == {"0.0001", "0.001", "0.1"}
+        assert scores[f"{m['lr']:g}"] == max(scores.values())
+    assert (tmp_path / "svd-kd--tune.json").is_file()
+    untuned = run_bench(_quiet_cfg(lr=3e-3), log=lambda _: None)
+    assert all(m["lr"] == 3e-3 and "lr_scores" not in m for m in untuned["methods"])
+    with pytest.raises(ValueError, match="lr_grid"):
+        BenchConfig(tune_lr=True, lr_grid=(1e-3, 3e-3))
+
+
+def test_flattened_and_steps_to_reach():
+    from inhernet.bench.runner import flatness, steps_to_reach
+
+    assert flatness([[0, 0.5], [80, 0.900], [90, 0.901], [100, 0.9015]], 100) == {
+        "flattened": True, "flat_spread": pytest.approx(0.0015)}
+    assert flatness([[0, 0.5], [80, 0.90], [100, 0.91]], 100)["flattened"] is False
+    assert flatness([[0, 0.5], [100, 0.91]], 100)["flattened"] is None
+    assert flatness([[80, 100.0], [100, 100.1]], 100, higher=False)["flattened"] is True
+    assert steps_to_reach([[0, 0.5], [10, 0.8], [20, 0.9]], 0.8) == 10
+    assert steps_to_reach([[0, 50.0], [10, 30.0]], 40.0, higher=False) == 10
+    assert steps_to_reach([[0, 0.5]], 0.8) is None
 
 
 def test_bench_matched_in_macs(tiny_preset):
@@ -115,3 +195,11 @@ def test_bench_matched_in_macs(tiny_preset):
 def test_bench_rejects_an_unknown_match():
     with pytest.raises(ValueError, match="match"):
         BenchConfig(match="flops")
+
+
+def test_prune_kd_in_the_bench_with_taylor_importance(tiny_preset):
+    result = run_bench(_quiet_cfg(methods=("inhernet", "prune-kd"), prune_importance="taylor"), log=lambda _: None)
+    inhernet, pruned = result["methods"]
+    assert inhernet["params"] <= pruned["params"] <= 1.06 * inhernet["params"]
+    with pytest.raises(ValueError, match="prune_importance"):
+        BenchConfig(prune_importance="l1")

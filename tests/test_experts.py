@@ -65,9 +65,9 @@ def test_experts_differ_but_init_output_equals_single_expert(name: str, init: st
 
 def test_expert_noise_is_seeded() -> None:
     teacher, _ = tm.mlp()
-    a = with_experts(teacher, InherConfig(rank=0.5, init="svd", seed=1))
-    b = with_experts(teacher, InherConfig(rank=0.5, init="svd", seed=1))
-    c = with_experts(teacher, InherConfig(rank=0.5, init="svd", seed=2))
+    a = with_experts(teacher, InherConfig(rank=0.5, init="svd", experts=3, seed=1))
+    b = with_experts(teacher, InherConfig(rank=0.5, init="svd", experts=3, seed=1))
+    c = with_experts(teacher, InherConfig(rank=0.5, init="svd", experts=3, seed=2))
     assert tm.same_state(a.state_dict(), b.state_dict())
     assert not tm.same_state(a.state_dict(), c.state_dict())
 

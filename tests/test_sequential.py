@@ -65,7 +65,7 @@ def test_sequential_whitens_later_blocks_on_the_compressed_inputs() -> None:
     """Block 0 sees the teacher's inputs either way (same factors as one-pass); later blocks do not."""
     teacher, calib = _llama_6()
     cfg = {"budget": 0.7, "experts": 1, "allocation": "uniform"}
-    one_pass = inherit(teacher, InherConfig(**cfg), calib=calib, progress=False)
+    one_pass = inherit(teacher, InherConfig(**cfg, calibration="one-pass"), calib=calib, progress=False)
     staged = inherit(teacher, InherConfig(**cfg, calibration="sequential"), calib=calib, progress=False)
     assert one_pass.inhernet_plan.ranks() == staged.inhernet_plan.ranks()
     first, last = "model.layers.0.mlp.down_proj", "model.layers.5.mlp.down_proj"
@@ -92,7 +92,7 @@ def test_correction_matches_the_teacher_better_on_the_calibration_data(allocatio
 
 def test_plan_uses_the_teachers_spectra_either_way() -> None:
     teacher, calib = _llama_6()
-    one_pass = plan(teacher, InherConfig(budget=0.7), calib=calib).ranks()
+    one_pass = plan(teacher, InherConfig(budget=0.7, calibration="one-pass"), calib=calib).ranks()
     staged = plan(teacher, InherConfig(budget=0.7, calibration="sequential"), calib=calib).ranks()
     assert staged == one_pass
 
@@ -124,7 +124,7 @@ def test_statistics_of_one_block_at_a_time(monkeypatch: pytest.MonkeyPatch, cali
     assert peak["n"] <= per_block
     live.clear()
     peak["n"] = 0
-    inherit(teacher, InherConfig(budget=0.7), calib=calib, progress=False)
+    inherit(teacher, InherConfig(budget=0.7, calibration="one-pass"), calib=calib, progress=False)
     assert peak["n"] == total > per_block
 
 

@@ -20,7 +20,10 @@ _BUDGET = click.option(
     "--budget", type=float, default=0.1, show_default=True,
     help="Fraction (0, 1] of the teacher's parameters, or an absolute count if > 1.",
 )
-_EXPERTS = click.option("--experts", type=click.IntRange(min=1), default=3, show_default=True, help="Gated experts h.")
+_EXPERTS = click.option(
+    "--experts", type=click.IntRange(min=1), default=None,
+    help="Gated experts h [the model family's default: 1; the published method: 3].",
+)
 _INIT = click.option("--init", type=click.Choice(["whiten", "svd"]), default="whiten", show_default=True)
 _ALLOCATION = click.option(
     "--allocation", type=click.Choice(["energy", "uniform"]), default="energy", show_default=True
@@ -112,9 +115,22 @@ _METHODS = click.option(
 @_BUDGET
 @_EXPERTS
 @click.option("--seeds", type=click.IntRange(min=1), default=3, show_default=True, help="Seeds 0..N-1.")
+@click.option("--seed", "seed_list", type=click.IntRange(min=0), multiple=True,
+              help="Run only this seed (repeatable), instead of 0..N-1 of --seeds: e.g. one seed per session.")
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="KD steps (default: one epoch).")
+@click.option("--epochs", type=click.IntRange(min=1), default=None,
+              help="Instead of --steps: passes over the whole training split (epochs x batches per epoch steps).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
-@click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True,
+              help="Learning rate of every method (without --tune-lr).")
+@click.option("--tune-lr", is_flag=True,
+              help="Give each method its best lr of --lr-grid, scored after short runs on a validation split "
+              "of the training data (never the test split).")
+@click.option("--lr-grid", default="3e-4,1e-3,3e-3", show_default=True, help="Comma-separated lrs for --tune-lr.")
+@click.option("--tune-steps", type=click.IntRange(min=1), default=None,
+              help="Steps of each tuning run [15% of the steps, 10..1000].")
+@click.option("--val-examples", type=click.IntRange(min=1), default=2000, show_default=True,
+              help="Validation examples carved from the end of the training split for --tune-lr (at most a fifth).")
 @_METHODS
 @click.option(
     "--match", type=click.Choice(["params", "macs"]), default="params", show_default=True,
@@ -126,19 +142,43 @@ _METHODS = click.option(
 )
 @click.option("--out", default="out/bench", show_default=True, help="Directory for the JSON and the plot.")
 @click.option("--json", "json_path", default=None, help="Write the JSON here instead of under --out.")
+@click.option("--part-dir", default=None, type=click.Path(file_okay=False),
+              help="Keep each finished (method, seed) run and each method's lr tuning here as its own JSON; a rerun "
+              "with the same configuration skips them, and the result is assembled from the parts.")
+@click.option("--prune-importance", type=click.Choice(["l2", "taylor"]), default="l2", show_default=True,
+              help="Channel importance of prune-kd: L2 magnitude, or Taylor (gradient x weight on a calibration batch).")
 def bench(
-    preset: str, budget: float, experts: int, seeds: int, steps: int | None, batch_size: int, lr: float,
-    methods: str | None, match: str, curve_points: int, out: str, json_path: str | None,
+    preset: str, budget: float, experts: int, seeds: int, seed_list: tuple[int, ...], steps: int | None,
+    epochs: int | None, batch_size: int, lr: float, tune_lr: bool, lr_grid: str, tune_steps: int | None,
+    val_examples: int, methods: str | None, match: str, curve_points: int, out: str, json_path: str | None,
+    part_dir: str | None, prune_importance: str,
 ) -> None:
-    """InherNet against matched-size baselines on a preset: same data, steps, optimiser, seeds."""
+    """InherNet against matched-size baselines on a preset: same data, steps, optimiser, seeds.
+
+    \b
+    A long benchmark in parts (one method and seed per session, then the assembled table):
+      inhernet bench --preset mnist-cnn --budget 0.1 --epochs 5 --tune-lr --seed 0 --methods prune-kd \\
+          --part-dir benchmarks/parts/mnist-cnn-0.1 --json /tmp/one-part.json
+      inhernet bench --preset mnist-cnn --budget 0.1 --epochs 5 --tune-lr --seeds 3 \\
+          --part-dir benchmarks/parts/mnist-cnn-0.1 --out benchmarks/results
+    """
     from .bench import BenchConfig
     from .presets.registry import get_preset
 
     get_preset(preset)  # fail fast on an unknown name
+    if steps is not None and epochs is not None:
+        raise click.BadParameter("give --steps or --epochs, not both", param_hint="--epochs")
     chosen = tuple(m.strip() for m in methods.split(",")) if methods else None
+    try:
+        grid = tuple(float(v) for v in lr_grid.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{lr_grid!r} is not a comma-separated list of numbers", param_hint="--lr-grid") from None
     cfg = BenchConfig(
-        preset=preset, budget=_budget_value(budget), experts=experts, seeds=tuple(range(seeds)), steps=steps,
-        batch_size=batch_size, lr=lr, methods=chosen, match=match, curve_points=curve_points,
+        preset=preset, budget=_budget_value(budget), experts=experts,
+        seeds=tuple(sorted(set(seed_list))) or tuple(range(seeds)), steps=steps, epochs=epochs,
+        batch_size=batch_size, lr=lr, methods=chosen, match=match, curve_points=curve_points, tune_lr=tune_lr,
+        lr_grid=grid, tune_steps=tune_steps, val_examples=val_examples, part_dir=part_dir,
+        prune_importance=prune_importance,
     )
     _run_bench(cfg, out, json_path)
 

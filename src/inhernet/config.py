@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
+from .families import FAMILIES
+
 __all__ = ["DEFAULT_BUDGET", "InherConfig", "plain_number"]
 
 DEFAULT_BUDGET = 0.25
@@ -45,6 +47,9 @@ class InherConfig:
             MACs and stays dense). Ranks go where they keep the most energy per MAC: a conv on a large
             feature map pays more per rank than one on a small map.
         experts: number of gated experts ``h`` on the up-projection side (1 = plain low-rank, no gate).
+            ``None`` (the default): the best recipe we know for the model's family, resolved at plan
+            time (see :mod:`inhernet.families`; 1 for every family so far). ``InherConfig.paper()``
+            gives the method as published (h = 3).
         init: ``"whiten"`` (data-aware SVD of ``W @ chol(XX^T/N)``; needs calibration batches),
             ``"svd"`` (plain truncated SVD), or ``"random"`` (same structure, random weights: the
             ablation that isolates the value of inheritance).
@@ -58,7 +63,8 @@ class InherConfig:
         min_rank_ratio: a floor on every factorised layer's rank as a fraction in [0, 1) of its full
             rank (on top of ``min_rank``). Energy allocation can otherwise starve a layer down to rank
             1 when its spectrum looks cheap to cut, and such a layer breaks the function it feeds; a
-            layer whose floor would not save parameters stays dense.
+            layer whose floor would not save parameters stays dense. ``None`` (the default): the
+            family's (0.25 for causal LMs, else 0).
         calibration: how ``init="whiten"`` gathers its input statistics. ``"one-pass"``: one forward
             pass of the teacher with hooks on every layer (every layer's statistics are the
             teacher's, all held at once). ``"sequential"``: block by block along the model's stack of
@@ -69,6 +75,10 @@ class InherConfig:
             (a least-squares correction of the error let through by the earlier blocks). It fits ``m x n``
             numbers per layer from the calibration tokens: it needs many more tokens than the layer is
             wide, and on SmolLM2 with 4k tokens it overfits (see BENCHMARKS.md); prefer ``"sequential"``.
+            ``None`` (the default): the family's (``"sequential"`` for causal LMs, else ``"one-pass"``).
+        family: whose defaults fill the ``None`` fields above: ``"conv"``, ``"encoder"``,
+            ``"causal-lm"`` or ``"other"``; ``None``: detected from the model at plan time
+            (:func:`inhernet.families.model_family`). The plan's config holds the resolved values.
         expert_noise: Frobenius norm of each expert's zero-sum deviation, as a fraction of
             ``||U_r S_r||``. Breaks the experts' symmetry; the init stays exactly function preserving.
         damping: relative damping of the input covariance before whitening (times its mean diagonal).
@@ -84,17 +94,24 @@ class InherConfig:
     rank: int | float | Literal["full"] | None = None
     energy: float | None = None
     macs: float | int | None = None
-    experts: int = 3
+    experts: int | None = None
     init: Literal["whiten", "svd", "random"] = "whiten"
     allocation: Literal["energy", "uniform"] = "energy"
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     min_rank: int = 1
-    min_rank_ratio: float = 0.0
-    calibration: Literal["one-pass", "sequential", "sequential-corrected"] = "one-pass"
+    min_rank_ratio: float | None = None
+    calibration: Literal["one-pass", "sequential", "sequential-corrected"] | None = None
     expert_noise: float = 0.02
     damping: float = 1e-4
     seed: int = 0
+    family: str | None = None
+
+    @classmethod
+    def paper(cls, **overrides: Any) -> InherConfig:
+        """The method as published (Zhou et al., ICLR 2026): h = 3 experts, one-pass whitening, no
+        rank floor, whatever the model's family; ``overrides`` set any other field (e.g. ``budget``)."""
+        return cls(**{"experts": 3, "calibration": "one-pass", "min_rank_ratio": 0.0, **overrides})
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -118,20 +135,24 @@ class InherConfig:
         self._check_rank()
         if self.energy is not None and not (_is_real(self.energy) and 0 < self.energy <= 1):
             raise ValueError(f"energy must be a fraction in (0, 1], got {self.energy!r}")
-        if isinstance(self.experts, bool) or not isinstance(self.experts, int) or self.experts < 1:
-            raise ValueError(f"experts must be an int >= 1, got {self.experts!r}")
+        if self.experts is not None and (
+            isinstance(self.experts, bool) or not isinstance(self.experts, int) or self.experts < 1
+        ):
+            raise ValueError(f"experts must be an int >= 1 (or None: the model family's default), got {self.experts!r}")
         if self.init not in INITS:
             raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
         if self.allocation not in ALLOCATIONS:
             raise ValueError(f"allocation must be one of {ALLOCATIONS}, got {self.allocation!r}")
         if isinstance(self.min_rank, bool) or not isinstance(self.min_rank, int) or self.min_rank < 1:
             raise ValueError(f"min_rank must be an int >= 1, got {self.min_rank!r}")
-        if not (_is_real(self.min_rank_ratio) and 0 <= self.min_rank_ratio < 1):
+        if self.min_rank_ratio is not None and not (_is_real(self.min_rank_ratio) and 0 <= self.min_rank_ratio < 1):
             raise ValueError(
                 f"min_rank_ratio must be a fraction in [0, 1) of each layer's full rank, got {self.min_rank_ratio!r}"
             )
-        if self.calibration not in CALIBRATIONS:
-            raise ValueError(f"calibration must be one of {CALIBRATIONS}, got {self.calibration!r}")
+        if self.calibration is not None and self.calibration not in CALIBRATIONS:
+            raise ValueError(f"calibration must be one of {CALIBRATIONS} (or None: the family's), got {self.calibration!r}")
+        if self.family is not None and self.family not in FAMILIES:
+            raise ValueError(f"family must be one of {FAMILIES} (or None: detected from the model), got {self.family!r}")
         if not (_is_real(self.expert_noise) and self.expert_noise >= 0):
             raise ValueError(f"expert_noise must be a number >= 0, got {self.expert_noise!r}")
         if not (_is_real(self.damping) and self.damping >= 0):
@@ -169,6 +190,12 @@ class InherConfig:
             raise ValueError(f"rank={r} must be >= 1")
         if isinstance(r, float) and not 0 < r <= 1:
             raise ValueError(f"rank={r} as a float must be a fraction of the full rank in (0, 1]")
+
+    def resolved(self, model: Any) -> InherConfig:
+        """This config with its ``None`` (auto) fields filled in for ``model``'s family."""
+        from .families import resolve_config
+
+        return resolve_config(self, model)
 
     @property
     def full_rank(self) -> bool:

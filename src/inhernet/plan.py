@@ -491,7 +491,7 @@ def plan(model: nn.Module, config: InherConfig | None = None, calib: Iterable[An
     (``macs=``) needs ``calib`` too: its first batch, whole, is the example input whose MACs
     (:func:`inhernet.deploy.count_macs`) are budgeted.
     """
-    config = config or InherConfig()
+    config = (config or InherConfig()).resolved(model)  # the family's defaults for the auto fields
     candidates, others = find_layers(model, config)
     profile = None
     if config.macs is not None:

@@ -127,6 +127,9 @@ def capture_stack_inputs(
         for key in _CACHE_KWARGS:
             if key in kwargs:
                 kwargs[key] = None
+        # A KV cache passed positionally (GPT-2's blocks take past_key_values second) would be shared by
+        # every calibration batch and grow with each: drop it as the keyword caches are dropped.
+        rest = tuple(None if type(a).__name__.endswith("Cache") else a for a in rest)
         if "use_cache" in kwargs:
             kwargs["use_cache"] = False
         captured.hidden.append(hidden.detach())

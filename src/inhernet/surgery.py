@@ -56,7 +56,7 @@ def inherit(
         With sequential calibration each block is whitened on inputs that passed the compressed
         earlier blocks (``calib`` is then iterated several times).
     """
-    config = config or (plan.config if plan is not None else InherConfig())
+    config = (config or (plan.config if plan is not None else InherConfig())).resolved(model)
     candidates, others = find_layers(model, config)
     profile = None
     if plan is None and config.macs is not None:

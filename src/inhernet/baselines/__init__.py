@@ -2,6 +2,7 @@
 
 from .layerdrop import drop_layers, layer_stack, spread_layers
 from .methods import DEFAULT_METHODS, METHODS, MethodContext, build_student, register_method
+from .prune import prune, prune_to_size
 from .students import llama_student, width_scaled
 
 __all__ = [
@@ -12,6 +13,8 @@ __all__ = [
     "drop_layers",
     "layer_stack",
     "llama_student",
+    "prune",
+    "prune_to_size",
     "register_method",
     "spread_layers",
     "width_scaled",

@@ -20,11 +20,12 @@ from ..deploy import count_macs
 from ..plan import Plan
 from ..surgery import inherit
 from .layerdrop import drop_layers, layer_stack, spread_layers
+from .prune import prune_to_size
 
 __all__ = ["DEFAULT_METHODS", "METHODS", "MethodContext", "build_student", "register_method"]
 
 #: What ``bench`` compares unless a preset or the user says otherwise.
-DEFAULT_METHODS = ("inhernet", "kd-student", "svd-kd", "inhernet-random-init", "inhernet-plain")
+DEFAULT_METHODS = ("inhernet", "inhernet-paper", "kd-student", "svd-kd", "prune-kd", "inhernet-random-init", "inhernet-plain")
 
 
 @dataclass
@@ -33,7 +34,8 @@ class MethodContext:
 
     teacher: nn.Module
     budget: float | int
-    experts: int
+    #: ``None``: the model family's default (see :mod:`inhernet.families`)
+    experts: int | None
     calib: list[Any]
     seed: int = 0
     #: builds the conventional student of the teacher's family with at least this many parameters
@@ -104,13 +106,22 @@ def build_student(name: str, ctx: MethodContext) -> nn.Module:
 
 @register_method("inhernet")
 def _inhernet(ctx: MethodContext) -> nn.Module:
-    """Whitened init, h experts."""
+    """The default recipe for the teacher's family (experts, rank floor, calibration; see
+    :mod:`inhernet.families`), whitened init, unless ``ctx.experts`` fixes h."""
     return inherit(ctx.teacher, ctx.config(), calib=ctx.calib, progress=False)
+
+
+@register_method("inhernet-paper")
+def _inhernet_paper(ctx: MethodContext) -> nn.Module:
+    """The method as published: h = 3 experts, one-pass whitening, no rank floor."""
+    paper = InherConfig.paper()
+    fields = {k: getattr(paper, k) for k in ("experts", "calibration", "min_rank_ratio")}
+    return inherit(ctx.teacher, ctx.config(**fields), calib=ctx.calib, progress=False)
 
 
 @register_method("inhernet-plain")
 def _inhernet_plain(ctx: MethodContext) -> nn.Module:
-    """Plain SVD init, h experts."""
+    """Plain SVD init, the family's experts (or ``ctx.experts``)."""
     return inherit(ctx.teacher, ctx.config(init="svd"), ctx.plain_calib, progress=False)
 
 
@@ -163,3 +174,14 @@ def _layerdrop_kd(ctx: MethodContext) -> nn.Module:
         if ctx.size(student) >= target:
             return student
     raise ValueError(f"even all {n} layers of the teacher stay below the InherNet's {target:,} {ctx.match}")
+
+
+@register_method("prune-kd")
+def _prune_kd(ctx: MethodContext) -> nn.Module:
+    """The teacher pruned structurally (Torch-Pruning, whole channels and heads) to at least the InherNet's size.
+
+    ``ctx.extras["prune_importance"]``: ``"l2"`` (default) or ``"taylor"``.
+    """
+    example = split_example(ctx.calib, "prune-kd")[0]
+    importance = ctx.extras.get("prune_importance", "l2")
+    return prune_to_size(ctx.teacher, example, ctx.target, ctx.size, importance=importance)

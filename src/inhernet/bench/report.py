@@ -11,26 +11,65 @@ from rich.table import Table
 
 from .._atomic import atomic_path, atomic_write
 
-__all__ = ["bench_table", "write_json", "write_plots"]
+__all__ = ["bench_table", "excluded_text", "flat_text", "lr_text", "reach_text", "write_json", "write_plots"]
 
 
 def bench_table(result: dict[str, Any]) -> Table:
-    """Params, MACs, zero-shot metric, final metric mean ± std, after merging the experts, and ms per step."""
+    """Params, MACs, zero-shot metric, final metric mean ± std, after merging the experts, ms per step, the
+    learning rate (tuned or not), whether the curve flattened, and when it reached the kd-student's final
+    value (on the curve split)."""
     metric = result["metric"]
     t = result["teacher"]
+    seeds = len(result["methods"][0]["seeds"]) if result["methods"] else 0
     table = Table(
         "method", "params", "MACs", f"zero-shot {metric}", f"final {metric}", "experts merged", "ms/step",
-        title=f"{result['preset']} at {_budget_text(result)} ({len(result['methods'][0]['seeds'])} seeds)",
+        "lr", "flat", "reaches kd-student",
+        title=f"{result['preset']} at {_budget_text(result)} ({seeds} seeds, {result.get('steps', '?')} steps)",
+        caption=excluded_text(result) or None,
     )
-    table.add_row("teacher", f"{t['params']:,}", f"{t['macs']:,}", "", f"{t['metric']:.4f}", "", "")
+    table.add_row("teacher", f"{t['params']:,}", f"{t['macs']:,}", "", f"{t['metric']:.4f}", "", "", "", "", "")
     for m in result["methods"]:
         table.add_row(
             m["name"], f"{m['params']:,} ({m['params'] / t['params']:.0%})",
             f"{m['macs']:,} ({m['macs'] / max(t['macs'], 1):.0%})", f"{m['zero_shot']:.4f}",
             f"{m['metric_mean']:.4f} ± {m['metric_std']:.4f}",
             f"{m['merged_mean']:.4f}" if "merged_mean" in m else "", f"{m['sec_per_step'] * 1000:.1f}",
+            lr_text(m), flat_text(m), reach_text(m),
         )
     return table
+
+
+def lr_text(method: dict[str, Any]) -> str:
+    """The learning rate, with ``*`` when it was tuned (then the grid's validation scores follow, in the
+    grid's order)."""
+    lr = method.get("lr")
+    if lr is None:
+        return ""
+    scores = method.get("lr_scores")
+    if not scores:
+        return f"{lr:g}"
+    return f"{lr:g}* (" + " / ".join(f"{v:.4f}" for v in scores.values()) + ")"
+
+
+def flat_text(method: dict[str, Any]) -> str:
+    """``yes``/``no`` (with the spread of the last 20% of the curve), or empty when unknown."""
+    if method.get("flattened") is None:
+        return ""
+    return f"{'yes' if method['flattened'] else 'no'} ({method['flat_spread']:.4f})"
+
+
+def reach_text(method: dict[str, Any]) -> str:
+    """The step at which the curve first reached the kd-student's final value, and its share of the steps."""
+    if "steps_to_reach" not in method:
+        return ""
+    if method["steps_to_reach"] is None:
+        return "never"
+    return f"{method['steps_to_reach']} ({method['steps_to_reach_fraction']:.0%})"
+
+
+def excluded_text(result: dict[str, Any]) -> str:
+    """The methods the preset leaves out, with the reasons."""
+    return "; ".join(f"{name} left out: {why}" for name, why in result.get("excluded", {}).items())
 
 
 def _budget_text(result: dict[str, Any]) -> str:

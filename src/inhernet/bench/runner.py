@@ -3,19 +3,29 @@
 from __future__ import annotations
 
 import copy
+import functools
+import hashlib
+import inspect
+import json
+import math
+import os
 import platform
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
+from .._atomic import atomic_write
 from ..baselines import MethodContext, build_student
+from ..baselines.methods import METHODS
+from ..baselines.prune import IMPORTANCES
 from ..deploy import count_macs, merge_experts
 from ..distillation import DistillConfig, distill, precompute_teacher_logits
 from ..dual import DUAL_METRICS
@@ -23,7 +33,7 @@ from ..evaluate import evaluate
 from ..layers import InherBlock
 from ..presets.registry import get_preset
 
-__all__ = ["BenchConfig", "run_bench"]
+__all__ = ["BenchConfig", "Parts", "flatness", "run_bench", "steps_to_reach"]
 
 @dataclass
 class BenchConfig:
@@ -34,127 +44,377 @@ class BenchConfig:
     budget: float | int = 0.25
     #: size every baseline to at least the InherNet's parameters ("params") or MACs ("macs")
     match: Literal["params", "macs"] = "params"
-    experts: int = 3
+    #: experts of the ``inhernet`` row (and inhernet-plain); ``None``: the teacher family's default
+    experts: int | None = None
     seeds: Sequence[int] = (0, 1, 2)
+    #: KD steps; ``None``: one epoch of the training examples (or ``epochs`` of them)
     steps: int | None = None
+    #: instead of ``steps``: this many passes over the whole training split
+    epochs: int | None = None
     batch_size: int = 128
+    #: the learning rate of every method, unless ``tune_lr``
     lr: float = 1e-3
     temperature: float = 4.0
     alpha: float = 0.9
-    #: ``None``: the preset's own list (its ``methods``)
+    #: ``None``: the preset's own list (its ``methods``). The InherNet reference is built (not trained)
+    #: even when ``"inhernet"`` is not listed: the baselines are sized from it.
     methods: Sequence[str] | None = None
     calib_size: int = 1000
     curve_points: int = 10
     curve_examples: int = 2000
     progress: bool = True
     distill_overrides: dict[str, Any] = field(default_factory=dict)
+    #: give every method its best learning rate of ``lr_grid``, each scored after ``tune_steps`` steps
+    #: on a validation split carved from the end of the training split (never the test split)
+    tune_lr: bool = False
+    lr_grid: Sequence[float] = (3e-4, 1e-3, 3e-3)
+    #: ``None``: 15% of the steps, at least 10 and at most 1,000
+    tune_steps: int | None = None
+    #: examples of the validation split (at most a fifth of the training split); disjoint from the
+    #: examples the tuning runs train on
+    val_examples: int = 2000
+    #: write each (method, seed) run, and each method's tuning, as its own JSON here when it finishes;
+    #: a rerun of the same configuration skips what is already written and assembles the result
+    part_dir: str | os.PathLike[str] | None = None
+    #: channel importance of ``prune-kd``: ``"l2"`` (magnitude) or ``"taylor"`` (gradient x weight on
+    #: the first calibration batch)
+    prune_importance: str = "l2"
 
     def __post_init__(self) -> None:
         if not self.seeds:
             raise ValueError("seeds must name at least one seed")
-        if self.steps is not None and self.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        self.seeds = tuple(self.seeds)
+        if self.steps is not None and self.epochs is not None:
+            raise ValueError(f"give steps= or epochs=, not both (got steps={self.steps}, epochs={self.epochs})")
+        for name in ("steps", "epochs", "tune_steps", "val_examples"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
         if self.match not in ("params", "macs"):
             raise ValueError(f"match must be 'params' or 'macs', got {self.match!r}")
-        if self.methods is not None and "inhernet" not in self.methods:
-            raise ValueError("methods must include 'inhernet': the baselines are sized from it")
+        if self.methods is not None:
+            self.methods = tuple(self.methods)
+            if not self.methods:
+                raise ValueError("methods must name at least one method (or be None: the preset's list)")
+        if self.prune_importance not in IMPORTANCES:
+            raise ValueError(f"prune_importance must be one of {IMPORTANCES}, got {self.prune_importance!r}")
+        self.lr_grid = tuple(float(v) for v in self.lr_grid)
+        if self.tune_lr and (len(set(self.lr_grid)) < 3 or min(self.lr_grid) <= 0):
+            raise ValueError(
+                f"lr_grid must hold at least three distinct learning rates > 0, e.g. (3e-4, 1e-3, 3e-3); "
+                f"got {self.lr_grid}"
+            )
+
+    def fingerprint(self, steps: int) -> dict[str, Any]:
+        """What a part written under this configuration depends on (besides the method's recipe)."""
+        fp: dict[str, Any] = {
+            "preset": self.preset, "budget": self.budget, "match": self.match, "experts": self.experts,
+            "steps": steps, "epochs": self.epochs, "batch_size": self.batch_size, "temperature": self.temperature,
+            "alpha": self.alpha, "calib_size": self.calib_size, "curve_points": self.curve_points,
+            "curve_examples": self.curve_examples, "distill_overrides": dict(self.distill_overrides),
+            "prune_importance": self.prune_importance,
+        }
+        if self.tune_lr:
+            fp["lr_grid"], fp["tune_steps"], fp["val_examples"] = list(self.lr_grid), self.tune_steps, self.val_examples
+        else:
+            fp["lr"] = self.lr
+        return json.loads(json.dumps(fp, default=str))
 
 
 def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Build, distil and evaluate every method for every seed; returns the contract JSON dict.
 
-    Training uses the first ``steps * batch_size`` training examples (all of them at most), with the
-    teacher's logits computed once. The final metric is measured on the preset's whole test split,
-    the learning curve on its first ``curve_examples`` examples. For one seed every method sees the
-    same batches in the same order.
+    Training uses the first ``steps * batch_size`` training examples (all of them with ``epochs``),
+    with the teacher's logits computed once. The final metric is measured on the preset's whole test
+    split, the learning curve on its first ``curve_examples`` examples. For one seed every method sees
+    the same batches in the same order. With ``tune_lr`` each method first gets its learning rate (see
+    :class:`BenchConfig`); with ``part_dir`` every finished run is kept and reused (see :class:`Parts`).
     """
     start = time.perf_counter()
     preset = get_preset(cfg.preset)
+    methods = tuple(cfg.methods or preset.methods)
+    for name in methods:
+        if name in preset.excluded:
+            raise ValueError(f"preset {preset.name!r} leaves out {name!r}: {preset.excluded[name]}")
     teacher = preset.teacher()
     calib = preset.calib(cfg.calib_size)
     train, test = preset.data(cfg.batch_size)
-    steps = cfg.steps or len(train)
-    methods = tuple(cfg.methods or preset.methods)
-    if "inhernet" not in methods:
-        raise ValueError(f"preset {preset.name!r} must list 'inhernet' in its methods")
-    train_set: Any = Subset(train.dataset, range(min(len(train.dataset), steps * cfg.batch_size)))
-    if preset.cache_teacher:
+    n_train = len(train.dataset)
+    # epochs: whole passes over the training split, at the runner's own batch size
+    steps = cfg.epochs * -(-n_train // cfg.batch_size) if cfg.epochs is not None else cfg.steps or len(train)
+    train_n = min(n_train, steps * cfg.batch_size)
+
+    @functools.cache
+    def training_set() -> Any:
+        """The training examples, made on first use (a run assembled from parts trains nothing)."""
+        subset = Subset(train.dataset, range(train_n))
         # The data is fixed, so the teacher runs once per example, not once per method, seed and step.
-        train_set = precompute_teacher_logits(teacher, train_set)
+        return precompute_teacher_logits(teacher, subset) if preset.cache_teacher else subset
+
     metric = preset.metric
+    higher = metric != "perplexity"
     example = _first_example(calib[0])
     teacher_scores = evaluate(teacher, test, metric)
     teacher_metric = teacher_scores[metric]
-    log(f"teacher: {_params(teacher):,} params, {metric} {teacher_metric:.4f}")
+    log(f"teacher: {_params(teacher):,} params, {metric} {teacher_metric:.4f}; {steps} KD steps")
+    fingerprint = cfg.fingerprint(steps)
+    parts = Parts(cfg.part_dir, fingerprint) if cfg.part_dir is not None else None
+    tuner = _Tuner(cfg, steps, train, training_set, train_n, metric, higher, preset, teacher, log) if cfg.tune_lr else None
 
     runs: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
     sizes: dict[str, tuple[int, int]] = {}
     ranks: dict[str, dict[str, int]] = {}
-    order = ["inhernet", *[m for m in methods if m != "inhernet"]]
+    tuned: dict[str, dict[str, Any]] = {}
+    contexts: dict[int, MethodContext] = {}
+
+    def context(seed: int) -> MethodContext:
+        if seed not in contexts:
+            ctx = MethodContext(
+                teacher, cfg.budget, cfg.experts, calib, seed, preset.student, match=cfg.match,
+                extras={"prune_importance": cfg.prune_importance},
+            )
+            ctx.reference = build_student("inhernet", ctx)
+            contexts[seed] = ctx
+        return contexts[seed]
+
     for seed in cfg.seeds:
-        ctx = MethodContext(teacher, cfg.budget, cfg.experts, calib, seed, preset.student, match=cfg.match)
-        for name in order:
-            student = build_student(name, ctx)
-            if name == "inhernet":
-                ctx.reference = student
+        for name in methods:
+            ctx = context(seed)
+            student = ctx.reference if name == "inhernet" else build_student(name, ctx)
             sizes[name] = (_params(student), count_macs(student, example))
             if hasattr(student, "inhernet_plan"):
                 ranks[name] = student.inhernet_plan.ranks()
-            train = DataLoader(
-                train_set, batch_size=cfg.batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed)
-            )
-            options = dict(
-                steps=steps, lr=cfg.lr, temperature=cfg.temperature, alpha=cfg.alpha, seed=seed, metric=metric,
-                val_every=max(1, steps // cfg.curve_points), progress=cfg.progress,
-            )
-            dcfg = DistillConfig(**{**options, **preset.distill_options, **cfg.distill_overrides})
-            curve_set = _Head(test, cfg.curve_examples, cfg.batch_size)
-            # A curve over the whole test split already measures the zero-shot and final metric
-            # (validation follows evaluate()'s semantics): don't pay for those evaluations twice.
-            whole = len(curve_set) >= len(test) and dcfg.val_at_start
-            zero_shot = None if whole else evaluate(student, test, metric)[metric]
-            history = distill(student, teacher, train, curve_set, dcfg)
-            points = {int(s): v for s, v in history["curve"]}
-            zero_shot = points[0] if zero_shot is None else zero_shot
-            final_point = points.get(history["steps"]) if whole else None
-            # A dual encoder's other metrics (its recalls) come with a full evaluation only.
-            needs_eval = final_point is None or metric in DUAL_METRICS
-            scores = evaluate(student, test, metric) if needs_eval else {metric: final_point}
-            final = scores[metric]
-            run = {
-                "seed": seed, "zero_shot": zero_shot, "final": final, "steps": history["steps"],
-                "sec_per_step": history["sec_per_step"], "curve": history["curve"], "metrics": _others(scores, metric),
-            }
-            if _has_gates(student):
-                # The deployment option: experts folded into one by their mean gate on the calibration data.
-                run["merged"] = evaluate(merge_experts(copy.deepcopy(student), calib), test, metric)[metric]
+            recipe = _recipe(name, student, sizes[name])
+            done = parts.run(name, seed, recipe) if parts is not None else None
+            if done is not None:
+                runs[name].append(done)
+                if "lr_scores" in done:
+                    tuned[name] = {"lr": done["lr"], "lr_scores": done["lr_scores"]}
+                log(f"seed {seed} {name:<22} part found: final {done['final']:.4f} (skipped)")
+                continue
+            lr = cfg.lr
+            if tuner is not None:
+                if name not in tuned:
+                    tune_student = student if seed == TUNE_SEED else build_student(name, context(TUNE_SEED))
+                    tune_recipe = _recipe(name, tune_student, sizes[name])
+                    tuned[name] = (parts.tune(name, tune_recipe) if parts is not None else None) or tuner.tune(
+                        name, tune_student
+                    )
+                    if parts is not None:
+                        parts.write_tune(name, tune_recipe, tuned[name])
+                lr = tuned[name]["lr"]
+            if name == "inhernet":
+                # the reference must stay untrained: the other methods are sized (and inhernet-random-init
+                # takes its plan) from it
+                student = copy.deepcopy(student)
+            run = _train_and_score(cfg, student, teacher, training_set(), test, calib, seed, steps, lr, metric, preset)
+            if name in tuned:
+                run["lr_scores"] = tuned[name]["lr_scores"]
             runs[name].append(run)
+            if parts is not None:
+                parts.write_run(name, seed, recipe, run)
             merged = f"  merged {run['merged']:.4f}" if "merged" in run else ""
-            log(f"seed {seed} {name:<22} {sizes[name][0]:>10,} params  zero-shot {zero_shot:.4f}  "
-                f"final {final:.4f}{merged}  {history['sec_per_step'] * 1000:.1f} ms/step")
+            log(f"seed {seed} {name:<22} {sizes[name][0]:>10,} params  lr {lr:g}  zero-shot {run['zero_shot']:.4f}  "
+                f"final {run['final']:.4f}{merged}  {run['sec_per_step'] * 1000:.1f} ms/step")
 
+    summaries = [
+        {**_summarise(name, runs[name], sizes[name], higher), **({"ranks": ranks[name]} if name in ranks else {})}
+        for name in methods
+    ]
+    _compare_with_student(summaries, higher)
+    reference = contexts[cfg.seeds[0]].reference
     return {
-        "preset": cfg.preset, "budget": cfg.budget, "match": cfg.match, "experts": cfg.experts, "metric": metric,
-        "higher_is_better": metric != "perplexity",
+        "preset": cfg.preset, "budget": cfg.budget, "match": cfg.match,
+        "experts": reference.inhernet_plan.config.experts, "metric": metric, "higher_is_better": higher,
         "teacher": {
             "params": _params(teacher), "macs": count_macs(teacher, example), "metric": teacher_metric,
             **_extra(_others(teacher_scores, metric)),
         },
-        "methods": [
-            {**_summarise(name, runs[name], sizes[name]), **({"ranks": ranks[name]} if name in ranks else {})}
-            for name in methods
-        ],
+        "methods": summaries,
+        **({"excluded": dict(preset.excluded)} if preset.excluded else {}),
+        "steps": steps, **({"epochs": cfg.epochs} if cfg.epochs is not None else {}),
+        "lr": None if cfg.tune_lr else cfg.lr,
+        **({"tuning": tuner.describe()} if tuner is not None else {}),
         "device": "cuda" if torch.cuda.is_available() else "cpu", "torch": torch.__version__,
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
         "wall_s": round(time.perf_counter() - start, 1),
     }
 
 
-def _summarise(name: str, runs: list[dict[str, Any]], size: tuple[int, int]) -> dict[str, Any]:
+def _train_and_score(
+    cfg: BenchConfig, student: nn.Module, teacher: nn.Module, train_set: Any, test: Any, calib: list[Any],
+    seed: int, steps: int, lr: float, metric: str, preset: Any,
+) -> dict[str, Any]:
+    """Distil ``student`` for ``steps`` at ``lr`` and measure it: one run's record."""
+    train = DataLoader(
+        train_set, batch_size=cfg.batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed)
+    )
+    options = dict(
+        steps=steps, lr=lr, temperature=cfg.temperature, alpha=cfg.alpha, seed=seed, metric=metric,
+        val_every=max(1, steps // cfg.curve_points), progress=cfg.progress,
+    )
+    dcfg = DistillConfig(**{**options, **preset.distill_options, **cfg.distill_overrides})
+    curve_set = _Head(test, cfg.curve_examples, cfg.batch_size)
+    # A curve over the whole test split already measures the zero-shot and final metric
+    # (validation follows evaluate()'s semantics): don't pay for those evaluations twice.
+    whole = len(curve_set) >= len(test) and dcfg.val_at_start
+    zero_shot = None if whole else evaluate(student, test, metric)[metric]
+    history = distill(student, teacher, train, curve_set, dcfg)
+    points = {int(s): v for s, v in history["curve"]}
+    zero_shot = points[0] if zero_shot is None else zero_shot
+    final_point = points.get(history["steps"]) if whole else None
+    # A dual encoder's other metrics (its recalls) come with a full evaluation only.
+    needs_eval = final_point is None or metric in DUAL_METRICS
+    scores = evaluate(student, test, metric) if needs_eval else {metric: final_point}
+    run = {
+        "seed": seed, "lr": lr, "zero_shot": zero_shot, "final": scores[metric], "steps": history["steps"],
+        "sec_per_step": history["sec_per_step"], "curve": history["curve"], "metrics": _others(scores, metric),
+    }
+    if _has_gates(student):
+        # The deployment option: experts folded into one by their mean gate on the calibration data.
+        run["merged"] = evaluate(merge_experts(copy.deepcopy(student), calib), test, metric)[metric]
+    return run
+
+
+#: the seed of the tuning runs, whichever seeds are benchmarked: the chosen lr is the same for a
+#: benchmark split into parts by seed
+TUNE_SEED = 0
+
+
+class _Tuner:
+    """Short runs at each learning rate of the grid, scored on a validation split of the training data.
+
+    The validation split is the last ``val_examples`` examples of the training split (at most a fifth
+    of it); the tuning runs train on its first examples, never on those.
+    """
+
+    def __init__(
+        self, cfg: BenchConfig, steps: int, train: Any, training_set: Callable[[], Any], train_n: int, metric: str,
+        higher: bool,
+        preset: Any, teacher: nn.Module, log: Callable[[str], None],
+    ) -> None:
+        n = len(train.dataset)
+        self.cfg, self.metric, self.higher, self.preset, self.teacher, self.log = cfg, metric, higher, preset, teacher, log
+        self.n_val = min(cfg.val_examples, max(1, n // 5))
+        self.steps = cfg.tune_steps or min(1000, max(10, round(0.15 * steps)))
+        self.tune_n = min(train_n, n - self.n_val, self.steps * cfg.batch_size)
+        if self.tune_n < 1:
+            raise ValueError(f"the training split ({n} examples) is too small to carve a validation split from")
+        self._training_set = training_set
+        self.val = DataLoader(
+            Subset(train.dataset, range(n - self.n_val, n)), batch_size=max(cfg.batch_size, 256), shuffle=False
+        )
+
+    @property
+    def train_set(self) -> Subset:
+        """The first examples of the training split: what the tuning runs train on."""
+        return Subset(self._training_set(), range(self.tune_n))
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "lr_grid": list(self.cfg.lr_grid), "steps": self.steps, "seed": TUNE_SEED,
+            "train_examples": self.tune_n, "val_examples": self.n_val,
+            "split": "validation: the last examples of the training split; tuning trains on its first examples",
+        }
+
+    def tune(self, name: str, student: nn.Module) -> dict[str, Any]:
+        """``{"lr": best, "lr_scores": {lr: validation metric}}`` for method ``name``'s ``student``."""
+        cfg, scores = self.cfg, {}
+        for lr in cfg.lr_grid:
+            model = copy.deepcopy(student)
+            train = DataLoader(
+                self.train_set, batch_size=cfg.batch_size, shuffle=True,
+                generator=torch.Generator().manual_seed(TUNE_SEED),
+            )
+            options = dict(
+                steps=self.steps, lr=lr, temperature=cfg.temperature, alpha=cfg.alpha, seed=TUNE_SEED,
+                metric=self.metric, val_every=0, val_at_start=False, progress=False,
+            )
+            distill(model, self.teacher, train, None,
+                    DistillConfig(**{**options, **self.preset.distill_options, **cfg.distill_overrides}))
+            score = evaluate(model, self.val, self.metric)[self.metric]
+            scores[f"{lr:g}"] = score
+            self.log(f"tune {name:<22} lr {lr:g}: validation {self.metric} {score:.4f} after {self.steps} steps")
+        best = _best(scores, self.higher)
+        return {"lr": float(best), "lr_scores": scores}
+
+
+def _best(scores: Mapping[str, float], higher: bool) -> str:
+    """The key of the best score (NaN is worst)."""
+    def key(k: str) -> float:
+        v = scores[k]
+        return -math.inf if math.isnan(v) else (v if higher else -v)
+
+    return max(scores, key=key)
+
+
+def _recipe(name: str, student: nn.Module, size: tuple[int, int]) -> dict[str, Any]:
+    """What identifies method ``name``'s student: its builder's code, its size and its InherNet config."""
+    builder = inspect.getsource(METHODS[name]) if name in METHODS else name
+    recipe: dict[str, Any] = {
+        "method": name, "builder": hashlib.sha256(builder.encode()).hexdigest()[:16],
+        "params": size[0], "macs": size[1],
+    }
+    plan = getattr(student, "inhernet_plan", None)
+    if plan is not None:
+        recipe["config"] = plan.config.to_dict()
+    return json.loads(json.dumps(recipe, default=str))
+
+
+class Parts:
+    """One JSON file per finished (method, seed) run and per method's tuning, under ``directory``.
+
+    Each file records the fingerprint of the configuration and the method's recipe it was made
+    with; a part is reused only when both match, and a mismatch is an error (delete the part, or
+    use another directory) rather than a silent mix of two configurations.
+    """
+
+    def __init__(self, directory: str | os.PathLike[str], fingerprint: dict[str, Any]) -> None:
+        self.dir, self.fingerprint = Path(directory), fingerprint
+
+    def _read(self, path: Path, recipe: dict[str, Any]) -> dict[str, Any] | None:
+        if not path.is_file():
+            return None
+        part = json.loads(path.read_text())
+        want = {**self.fingerprint, "recipe": recipe}
+        got = part.get("fingerprint", {})
+        if got != want:
+            keys = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))
+            diff = "; ".join(f"{k}: part {got.get(k)!r}, now {want.get(k)!r}" for k in keys)
+            raise ValueError(
+                f"{path} was written under another configuration ({diff}); delete it or use another part_dir"
+            )
+        return part["data"]
+
+    def _write(self, path: Path, recipe: dict[str, Any], data: dict[str, Any]) -> None:
+        atomic_write(path, json.dumps({"fingerprint": {**self.fingerprint, "recipe": recipe}, "data": data}) + "\n")
+
+    def run_path(self, name: str, seed: int) -> Path:
+        return self.dir / f"{name}--seed{seed}.json"
+
+    def tune_path(self, name: str) -> Path:
+        return self.dir / f"{name}--tune.json"
+
+    def run(self, name: str, seed: int, recipe: dict[str, Any]) -> dict[str, Any] | None:
+        return self._read(self.run_path(name, seed), recipe)
+
+    def write_run(self, name: str, seed: int, recipe: dict[str, Any], run: dict[str, Any]) -> None:
+        self._write(self.run_path(name, seed), recipe, run)
+
+    def tune(self, name: str, recipe: dict[str, Any]) -> dict[str, Any] | None:
+        return self._read(self.tune_path(name), recipe)
+
+    def write_tune(self, name: str, recipe: dict[str, Any], result: dict[str, Any]) -> None:
+        self._write(self.tune_path(name), recipe, result)
+
+
+def _summarise(name: str, runs: list[dict[str, Any]], size: tuple[int, int], higher: bool = True) -> dict[str, Any]:
     finals = [r["final"] for r in runs]
     curves = [dict(map(tuple, r["curve"])) for r in runs]
     steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
     merged = {"merged_mean": statistics.fmean(r["merged"] for r in runs)} if "merged" in runs[0] else {}
+    curve = [[s, statistics.fmean(c[s] for c in curves)] for s in steps]
+    tuned = {"lr_scores": runs[0]["lr_scores"]} if "lr_scores" in runs[0] else {}
     return {
         "name": name, "params": size[0], "macs": size[1],
         "zero_shot": statistics.fmean(r["zero_shot"] for r in runs),
@@ -162,11 +422,51 @@ def _summarise(name: str, runs: list[dict[str, Any]], size: tuple[int, int]) -> 
         "metric_std": statistics.stdev(finals) if len(finals) > 1 else 0.0,
         "seeds": [r["seed"] for r in runs], "steps": runs[0]["steps"],
         "sec_per_step": statistics.median(r["sec_per_step"] for r in runs),
-        "curve": [[s, statistics.fmean(c[s] for c in curves)] for s in steps],
+        "lr": runs[0].get("lr"), **tuned,
+        "curve": curve, **flatness(curve, runs[0]["steps"], higher),
         **merged,
-        "per_seed": [{k: r[k] for k in ("seed", "zero_shot", "final", "merged") if k in r} for r in runs],
+        "per_seed": [{k: r[k] for k in ("seed", "zero_shot", "final", "merged", "lr") if k in r} for r in runs],
         **_extra({k: statistics.fmean(r["metrics"][k] for r in runs) for k in runs[0]["metrics"]}),
     }
+
+
+#: a curve has flattened when its last 20% of steps stay within 0.2 points (accuracy) or 0.2% (perplexity)
+FLAT_WINDOW, FLAT_POINTS = 0.2, 0.002
+
+
+def flatness(curve: Sequence[Sequence[float]], steps: int, higher: bool = True) -> dict[str, Any]:
+    """``{"flattened": bool | None, "flat_spread": float | None}``: the spread (max - min) of the
+    curve over its last ``FLAT_WINDOW`` of the steps, and whether it is within ``FLAT_POINTS``
+    (relative to the last value for a perplexity). ``None`` when fewer than two points fall there."""
+    window = [v for s, v in curve if s >= (1 - FLAT_WINDOW) * steps]
+    if len(window) < 2:
+        return {"flattened": None, "flat_spread": None}
+    spread = max(window) - min(window)
+    tolerance = FLAT_POINTS if higher else FLAT_POINTS * abs(window[-1])
+    return {"flattened": spread <= tolerance, "flat_spread": spread}
+
+
+def steps_to_reach(curve: Sequence[Sequence[float]], target: float, higher: bool = True) -> int | None:
+    """The first step of ``curve`` at which it reaches ``target`` (``None``: never)."""
+    for step, value in curve:
+        if (value >= target) if higher else (value <= target):
+            return int(step)
+    return None
+
+
+def _compare_with_student(summaries: list[dict[str, Any]], higher: bool) -> None:
+    """Each method's ``steps_to_reach``: the first step its curve reaches the kd-student's final value on
+    the same (curve) split, and that as a share of its steps."""
+    student = next((m for m in summaries if m["name"] == "kd-student"), None)
+    if student is None or not student["curve"]:
+        return
+    target = student["curve"][-1][1]
+    for m in summaries:
+        if m is student:
+            continue
+        reach = steps_to_reach(m["curve"], target, higher)
+        m["steps_to_reach"] = reach
+        m["steps_to_reach_fraction"] = None if reach is None else reach / max(1, m["steps"])
 
 
 def _others(scores: dict[str, float], metric: str) -> dict[str, float]:

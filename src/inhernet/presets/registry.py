@@ -23,7 +23,8 @@ class Preset:
     ones ``bench`` runs by default; ``cache_teacher=False`` makes the teacher run live at every step
     instead of once per example (for outputs too large to keep, e.g. a language model's logits).
     ``distill_options`` are :class:`~inhernet.distillation.DistillConfig` fields the preset needs
-    (e.g. ``loss="contrastive"`` for a dual encoder); the user's overrides still win.
+    (e.g. ``loss="contrastive"`` for a dual encoder); the user's overrides still win. ``excluded``
+    maps the methods that cannot run on this preset to the reason.
     """
 
     name: str
@@ -37,6 +38,8 @@ class Preset:
     methods: tuple[str, ...] = DEFAULT_METHODS
     cache_teacher: bool = True
     distill_options: Mapping[str, Any] = field(default_factory=dict)
+    #: methods this preset leaves out, with the reason (shown in the bench JSON and table)
+    excluded: Mapping[str, str] = field(default_factory=dict)
 
 
 def _mnist_teacher() -> nn.Module:
@@ -200,6 +203,10 @@ PRESETS: dict[str, Preset] = {
             _fashion_dual_calib,
             _fashion_dual_student,
             methods=("inhernet", "kd-student", "svd-kd"),
+            excluded={
+                "prune-kd": "the two towers' outputs are embeddings compared by a contrastive loss, not "
+                "logits: no output layer to keep, and each tower would need its own size",
+            },
             # Cached teacher outputs are its per-example embeddings; the loss rebuilds each batch's similarities.
             distill_options={"loss": "contrastive", "embed_weight": 1.0},
         ),
@@ -222,6 +229,10 @@ PRESETS: dict[str, Preset] = {
             _smollm2_calib,
             _smollm2_student,
             methods=("inhernet", "kd-student", "layerdrop-kd", "svd-kd"),
+            excluded={
+                "prune-kd": "a causal LM ties its output layer to the input embeddings, which pruning the "
+                "hidden width would cut (Torch-Pruning cannot keep the tie)",
+            },
             cache_teacher=False,  # (N, 128, 49,152) logits are too big to keep
         ),
     ]
