@@ -47,7 +47,7 @@ from ..calibration import split_example
 from ..kinds import block_params, kind_of
 from ..layers import InherBlock, InherConv, InherEmbedding, InherLinear
 from ..surgery import replace_module
-from .costs import CostTable, Costs, LayerShape
+from .costs import Costs, CostTable, LayerShape
 from .merge import merge_experts
 
 __all__ = ["RANK_MULTIPLE", "compact", "densify", "truncate"]
