@@ -240,7 +240,7 @@ def test_cost_table_measures_once_and_caches_json(tmp_path, monkeypatch) -> None
     assert again.dense(shape) == table.dense(shape)
     # A conv and an embedding shape measure too (their forms are built through the kinds registry).
     for other in (LayerShape("conv2d", 8, 4, True, (1, 4, 6, 6), "float32", (3, 3), (1, 1), (1, 1), (1, 1)),
-                  LayerShape("embedding", 8, 50, False, (2, 5), "int64")):
+                  LayerShape("embedding", 8, 50, False, (2, 5), "float32")):
         assert CostTable(cache=False, repeats=1, min_time=1e-5).factorised(other, 2) > 0
 
 

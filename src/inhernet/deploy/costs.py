@@ -48,7 +48,8 @@ class LayerShape:
     ``kind`` is ``"linear"``, ``"conv1d"``, ``"conv2d"`` or ``"embedding"``; ``out_features`` and
     ``in_features`` are the output and input channels (an embedding: its dim and vocabulary);
     ``kernel_size``, ``stride``, ``padding``, ``dilation`` apply to convs (``()`` otherwise);
-    ``input_shape`` and ``dtype`` are those of the tensor the layer receives.
+    ``input_shape`` is that of the tensor the layer receives, ``dtype`` its dtype (an embedding's:
+    its table's; its input is int64 token ids).
     """
 
     kind: str
@@ -79,8 +80,9 @@ class LayerShape:
         shape = tuple(int(s) for s in x.shape)
         if isinstance(block, InherLinear):
             return cls("linear", block.out_features, block.in_features, block.up.bias is not None, shape, dtype)
-        if isinstance(block, InherEmbedding):
-            return cls("embedding", block.embedding_dim, block.num_embeddings, False, shape, dtype)
+        if isinstance(block, InherEmbedding):  # the input is token ids: the dtype is the table's
+            table = str(block.down.weight.dtype).removeprefix("torch.")
+            return cls("embedding", block.embedding_dim, block.num_embeddings, False, shape, table)
         if isinstance(block, InherConv):
             d = block.down
             return cls(
@@ -91,11 +93,11 @@ class LayerShape:
 
     def dense_module(self, device: torch.device | str = "cpu") -> nn.Module:
         """A dense layer of this shape (random weights: timing does not depend on the values)."""
-        dtype = getattr(torch, self.dtype) if self.kind != "embedding" else torch.float32
+        dtype = getattr(torch, self.dtype)
         if self.kind == "linear":
             return nn.Linear(self.in_features, self.out_features, bias=self.bias, device=device, dtype=dtype)
         if self.kind == "embedding":
-            return nn.Embedding(self.in_features, self.out_features, device=device)
+            return nn.Embedding(self.in_features, self.out_features, device=device, dtype=dtype)
         if self.kind in ("conv1d", "conv2d"):
             conv = nn.Conv1d if self.kind == "conv1d" else nn.Conv2d
             padding: Any = "same" if self.padding == (-1,) else self.padding
