@@ -16,8 +16,10 @@ Three steps, each recorded in the model's books (``inhernet_plan``, ``inhernet_c
      least the dense layer's (a :class:`~inhernet.deploy.costs.CostTable`, timed once per shape on
      this device and cached), as long as the model's parameters stay within its budget. The budget
      is ``budget=`` when given, else the one the model records (its plan's target, or its config's
-     ``budget`` for a loaded model), else there is none. When the budget does not cover every such
-     block, those that save the most seconds per added parameter go first.
+     ``budget`` for a loaded model), else there is none (a ``rank=``, ``energy=`` or ``macs=`` model:
+     measured time replaces a MAC budget here). When the budget does not cover every such block,
+     those that save the most seconds per added parameter go first. Folding the experts frees the
+     parameters of ``h - 1`` up-projections and the gates, which is what usually pays for them.
 
 3. **Ranks rounded down** to a multiple of ``rank_multiple`` (default :data:`RANK_MULTIPLE`) in the
    blocks that stay factorised: ``B A`` is re-truncated to the lower rank by the SVD of its small
@@ -119,6 +121,11 @@ def compact(
         )
     if not _blocks(model):
         raise ValueError("model has no InherNet blocks: compact() takes the result of inherit() or load()")
+    if example is None and calib is None:
+        raise ValueError(
+            "compact() needs an example input to read each block's input shape at (and to time layers at): "
+            "pass example=<one batch at the deployed batch size> or calib=<iterable of batches>"
+        )
     if example is None:
         example, calib = split_example(calib, "compact()")
     target = _budget_target(model, budget)
