@@ -262,3 +262,14 @@ def test_rank_points() -> None:
         pts = rank_points(full)
         assert pts[0] == 1 and pts[-1] == full and pts == sorted(set(pts))
     assert all(p % 8 == 0 for p in rank_points(384)[1:])
+
+
+def test_a_block_that_does_not_run_on_the_example_stays_factorised() -> None:
+    teacher, x = net()
+    teacher.spare = nn.Linear(64, 64)  # never called by forward
+    student = inherit(teacher, InherConfig(rank=8, experts=1, init="svd"), progress=False)
+    costs = FakeCosts(everything_slow=True)
+    out = compact(student, example=x, budget=1.0, rank_multiple=1, costs=costs)
+    assert isinstance(out.spare, InherLinear)
+    assert "did not run" in out.inhernet_compact["layers"]["spare"]["reason"]
+    assert all(s.out_features != 64 or s.in_features != 64 for s, _ in costs.asked)
