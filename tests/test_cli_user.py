@@ -272,3 +272,22 @@ def test_eval_refuses_spec_options_for_a_compressed_directory(tmp_path, assets, 
 def test_help_has_an_example(command, monkeypatch, capsys):
     code, stdout, _ = invoke(monkeypatch, capsys, command, "--help")
     assert code == 0 and "Example:" in stdout and f"inhernet {command} " in stdout
+
+
+def test_eval_compact_reports_the_deployable_form_and_latencies(tmp_path, assets, monkeypatch, capsys):
+    monkeypatch.setenv("INHERNET_HOME", str(tmp_path / "home"))  # the cost table's cache
+    out = tmp_path / "resnet"
+    code, _, err = invoke(
+        monkeypatch, capsys, "compress", "timm:test_resnet", "--weights", assets["weights"],
+        "--data", assets["images"], "--image-size", 32, "--budget", 0.3, "--batch-size", 4, "--out", out,
+    )
+    assert code == 0, err
+    code, stdout, err = invoke(
+        monkeypatch, capsys, "eval", out, "--data", assets["images"], "--compact", "--json", tmp_path / "e.json"
+    )
+    assert code == 0, err
+    rows = json.loads((tmp_path / "e.json").read_text())["models"]
+    assert [r["name"] for r in rows] == ["teacher", "inhernet", "inhernet-compact"]
+    assert all(r["latency_ms"] > 0 for r in rows) and "ms / example" in stdout
+    assert rows[2]["params"] <= 0.3 * rows[0]["params"]  # compact stays within the recorded budget
+    assert list((tmp_path / "home" / "costs").glob("*.json"))

@@ -7,7 +7,7 @@ fine-tuned by distillation and compared with a conventionally distilled student 
 
 from ._version import __version__
 from .config import InherConfig
-from .deploy import count_macs, export_onnx, merge_experts
+from .deploy import compact, count_macs, export_onnx, merge_experts
 from .distillation import DistillConfig, distill
 from .evaluate import evaluate
 from .layers import InherBlock, InherConv, InherEmbedding, InherLinear, expert_spread
@@ -25,6 +25,7 @@ __all__ = [
     "LayerPlan",
     "Plan",
     "__version__",
+    "compact",
     "count_macs",
     "distill",
     "evaluate",

@@ -413,9 +413,12 @@ def train(
 @click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
               help="Evaluate only the validation split `train` used with this fraction and --seed (0: all data).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Also write the rows here.")
+@click.option("--compact", "with_compact", is_flag=True, default=False,
+              help="Also evaluate the deployable form (inhernet.compact) and time every model at batch 1 "
+                   "(latency_ms: median of interleaved repetitions, this device and thread count).")
 def eval_command(
     model: str, weights: str | None, task: str | None, num_classes: int | None, data: str, prep: dict[str, Any],
-    batch_size: int, seed: int, val_fraction: float, json_path: str | None,
+    batch_size: int, seed: int, val_fraction: float, json_path: str | None, with_compact: bool = False,
 ) -> None:
     """Metric, parameters and MACs of a compressed MODEL beside its teacher's, on your data.
 
@@ -427,6 +430,7 @@ def eval_command(
     Example:
       inhernet eval out/r18-pets --data pets/test
       inhernet eval out/r18-pets --data pets/train --val-fraction 0.1   # train's held-out split
+      inhernet eval out/r18-pets --data pets/test --compact             # + the compact form, latencies
     """
     import copy
     from pathlib import Path
@@ -449,7 +453,11 @@ def eval_command(
         opened = open_source(Source(spec, options), data)
         models = {str(spec): opened.teacher}
     dataset = opened.data.dataset if val_fraction == 0 else split(opened.data.dataset, val_fraction, seed)[1]
+    if with_compact:
+        _add_compact(models, dataset, batch_size)
     rows = _measure(models, dataset, batch_size, opened.data.metric)
+    if with_compact:
+        _add_latency(models, rows, dataset)
     _print_measures(rows, opened.data.metric)
     if json_path:
         from .bench import write_json
@@ -472,13 +480,46 @@ def _measure(models: dict[str, Any], dataset: Any, batch_size: int, metric: str)
     ]
 
 
+def _add_compact(models: dict[str, Any], dataset: Any, batch_size: int) -> None:
+    """``models["inhernet-compact"]``: the deployable form of ``models["inhernet"]`` (if any), for batch 1."""
+    import itertools
+
+    from .deploy import compact
+    from .sources import make_loader
+
+    if "inhernet" not in models:
+        return
+    calib = list(itertools.islice(iter(make_loader(dataset, batch_size)), 8))
+    example = next(iter(make_loader(dataset, 1)))
+    models["inhernet-compact"] = compact(models["inhernet"], calib, example=example)
+
+
+def _add_latency(models: dict[str, Any], rows: list[dict[str, Any]], dataset: Any) -> None:
+    """Each row's ``latency_ms``: one example's forward pass, median of interleaved repetitions."""
+    from .batches import forward_batch
+    from .deploy.costs import time_calls
+    from .sources import make_loader
+
+    example = next(iter(make_loader(dataset, 1)))
+    for m in models.values():
+        m.eval()
+    calls = [lambda m=m: forward_batch(m, example) for m in models.values()]
+    for row, seconds in zip(rows, time_calls(calls, repeats=11, min_time=0.02), strict=True):
+        row["latency_ms"] = seconds * 1e3
+
+
 def _print_measures(rows: list[dict[str, Any]], metric: str) -> None:
     reference = rows[0]  # the teacher: the others are shown as a share of it
-    table = Table("model", "params", "MACs / example", metric)
+    timed = "latency_ms" in reference
+    table = Table("model", "params", "MACs / example", metric, *(["ms / example (batch 1)"] if timed else []))
     for row in rows:
         share = "" if row is reference else f" ({row['params'] / reference['params']:.1%})"
         macs = "" if row is reference or not reference["macs"] else f" ({row['macs'] / reference['macs']:.1%})"
-        table.add_row(row["name"], f"{row['params']:,}{share}", f"{row['macs']:,}{macs}", f"{row[metric]:.4f}")
+        latency = []
+        if timed:
+            ratio = "" if row is reference else f" ({row['latency_ms'] / reference['latency_ms']:.2f}x)"
+            latency = [f"{row['latency_ms']:.3f}{ratio}"]
+        table.add_row(row["name"], f"{row['params']:,}{share}", f"{row['macs']:,}{macs}", f"{row[metric]:.4f}", *latency)
     console.print(table)
 
 

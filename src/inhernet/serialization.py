@@ -64,7 +64,8 @@ def save(model: nn.Module, path: str | os.PathLike[str]) -> Path:
     leaves a loadable pair behind (see the module's documentation).
     """
     blocks = _blocks(model)
-    if not blocks:
+    compacted = getattr(model, "inhernet_compact", None)
+    if not blocks and compacted is None:  # a compact() result may have every block back to dense
         raise ValueError(
             "model has no InherNet blocks: save() stores inherited models; pass the result of inherit()"
         )
@@ -93,6 +94,8 @@ def save(model: nn.Module, path: str | os.PathLike[str]) -> Path:
         },
         "weights": {"file": weights.name, "sha256": digest},
     }
+    if compacted is not None:
+        meta["compact"] = compacted
     # 2. The JSON that names them: from this rename on, the new pair is the one that loads.
     try:
         with atomic_path(out / CONFIG_NAME) as tmp_config:
@@ -174,6 +177,8 @@ def load(path: str | os.PathLike[str], base: nn.Module | None = None) -> nn.Modu
         raise
     if config is not None:
         base.inhernet_config = config
+    if isinstance(meta.get("compact"), dict):
+        base.inhernet_compact = meta["compact"]
     return base
 
 

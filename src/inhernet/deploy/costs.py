@@ -1,0 +1,312 @@
+"""Measured layer costs: how long a dense layer and its factorised form take on this device.
+
+A :class:`CostTable` times, once per distinct :class:`LayerShape` (layer kind and shape, the input's
+shape and dtype) and thread count, the dense layer and its single-expert factorised form (an
+InherNet block with ``experts=1``) at a few ranks, and interpolates linearly in rank between the
+measured points. Every timing is the median over interleaved repetitions (dense, rank 1, rank 2, ...,
+then again), so that a slow stretch of a shared machine hits every form alike.
+
+Measurements are cached as JSON per device and thread count, in
+``$INHERNET_HOME/costs/<device>-<threads>.json`` (default ``~/.cache/inhernet/costs/``), written
+atomically; no pickle. :func:`inhernet.deploy.compact` spends this table to decide which blocks
+return to dense layers; a latency allocator can spend it as it spends parameters or MACs.
+
+Anything with the two methods of :class:`Costs` (``dense`` and ``factorised``, in seconds) can stand
+in for a table, e.g. a fake one in tests.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import re
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from torch import nn
+
+from .._atomic import atomic_write
+from ..kinds import kind_of
+from ..layers import InherBlock, InherConv, InherEmbedding, InherLinear
+
+__all__ = ["CostTable", "Costs", "LayerShape", "cost_dir", "device_name", "rank_points"]
+
+CACHE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class LayerShape:
+    """What a layer's timing depends on: its kind and geometry, and the input it is called with.
+
+    ``kind`` is ``"linear"``, ``"conv1d"``, ``"conv2d"`` or ``"embedding"``; ``out_features`` and
+    ``in_features`` are the output and input channels (an embedding: its dim and vocabulary);
+    ``kernel_size``, ``stride``, ``padding``, ``dilation`` apply to convs (``()`` otherwise);
+    ``input_shape`` is that of the tensor the layer receives, ``dtype`` its dtype (an embedding's:
+    its table's; its input is int64 token ids).
+    """
+
+    kind: str
+    out_features: int
+    in_features: int
+    bias: bool
+    input_shape: tuple[int, ...]
+    dtype: str
+    kernel_size: tuple[int, ...] = ()
+    stride: tuple[int, ...] = ()
+    padding: tuple[int, ...] = ()
+    dilation: tuple[int, ...] = ()
+
+    @property
+    def full_rank(self) -> int:
+        """The largest meaningful rank: ``min(m, n)`` of the layer's matrix."""
+        n = self.in_features * math.prod(self.kernel_size) if self.kernel_size else self.in_features
+        return min(self.out_features, n)
+
+    def key(self) -> str:
+        """A stable string that identifies the shape in the JSON cache."""
+        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def of_block(cls, block: InherBlock, x: torch.Tensor) -> LayerShape:
+        """The shape of ``block``'s layer when called on ``x``."""
+        dtype = str(x.dtype).removeprefix("torch.")
+        shape = tuple(int(s) for s in x.shape)
+        if isinstance(block, InherLinear):
+            return cls("linear", block.out_features, block.in_features, block.up.bias is not None, shape, dtype)
+        if isinstance(block, InherEmbedding):  # the input is token ids: the dtype is the table's
+            table = str(block.down.weight.dtype).removeprefix("torch.")
+            return cls("embedding", block.embedding_dim, block.num_embeddings, False, shape, table)
+        if isinstance(block, InherConv):
+            d = block.down
+            return cls(
+                type(d).__name__.lower(), block.out_channels, block.in_channels, block.up.bias is not None,
+                shape, dtype, tuple(d.kernel_size), tuple(d.stride), tuple(_ints(d.padding)), tuple(d.dilation),
+            )
+        raise TypeError(f"no cost model for a {type(block).__name__}")
+
+    def dense_module(self, device: torch.device | str = "cpu") -> nn.Module:
+        """A dense layer of this shape (random weights: timing does not depend on the values)."""
+        dtype = getattr(torch, self.dtype)
+        if self.kind == "linear":
+            return nn.Linear(self.in_features, self.out_features, bias=self.bias, device=device, dtype=dtype)
+        if self.kind == "embedding":
+            return nn.Embedding(self.in_features, self.out_features, device=device, dtype=dtype)
+        if self.kind in ("conv1d", "conv2d"):
+            conv = nn.Conv1d if self.kind == "conv1d" else nn.Conv2d
+            padding: Any = "same" if self.padding == (-1,) else self.padding
+            return conv(
+                self.in_features, self.out_features, self.kernel_size, stride=self.stride, padding=padding,
+                dilation=self.dilation, bias=self.bias, device=device, dtype=dtype,
+            )
+        raise ValueError(f"LayerShape.kind must be linear, conv1d, conv2d or embedding, got {self.kind!r}")
+
+    def example(self, device: torch.device | str = "cpu") -> torch.Tensor:
+        """A random input of ``input_shape`` (token ids below the vocabulary for an embedding)."""
+        if self.kind == "embedding":
+            return torch.randint(0, self.in_features, self.input_shape, device=device)
+        return torch.randn(self.input_shape, device=device, dtype=getattr(torch, self.dtype))
+
+
+def _ints(padding: Any) -> tuple[int, ...]:
+    """A conv's padding as ints; ``"same"``/``"valid"`` as ``(-1,)``/``(0,)`` (the cost is what matters)."""
+    if isinstance(padding, str):
+        return (-1,) if padding == "same" else (0,)
+    return tuple(int(p) for p in padding)
+
+
+@runtime_checkable
+class Costs(Protocol):
+    """Seconds per call of a layer, dense and factorised at a rank (single expert)."""
+
+    def dense(self, shape: LayerShape) -> float: ...
+
+    def factorised(self, shape: LayerShape, rank: int) -> float: ...
+
+
+def device_name(device: torch.device | str = "cpu") -> str:
+    """A file-name-safe name of the device: the GPU's name, or the CPU's model (``/proc/cpuinfo``)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        name = "cuda-" + torch.cuda.get_device_name(device)
+    else:
+        name = f"{device.type}-{platform.machine() or 'unknown'}"
+        try:
+            for line in Path("/proc/cpuinfo").read_text().splitlines():
+                if line.startswith("model name"):
+                    name += "-" + line.split(":", 1)[1].strip()
+                    break
+        except OSError:
+            pass
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_")[:100]
+
+
+def cost_dir() -> Path:
+    """Where cost tables are cached: ``$INHERNET_HOME/costs`` or ``~/.cache/inhernet/costs``."""
+    home = os.environ.get("INHERNET_HOME")
+    return (Path(home) if home else Path.home() / ".cache" / "inhernet") / "costs"
+
+
+def rank_points(full_rank: int, count: int = 4) -> list[int]:
+    """The ranks at which a shape's factorised form is timed: ``count`` points from 1 to ``full_rank``,
+    evenly spaced in rank, each a multiple of 8 where the layer is wide enough."""
+    if full_rank < 1:
+        raise ValueError(f"full_rank must be >= 1, got {full_rank}")
+    points = {1, full_rank}
+    for i in range(1, count - 1):
+        r = round(full_rank * i / (count - 1))
+        if full_rank >= 32:
+            r = max(8, r // 8 * 8)
+        points.add(max(1, min(full_rank, r)))
+    return sorted(points)
+
+
+class CostTable:
+    """Measured seconds per call, by layer shape, on one device at one thread count; cached as JSON.
+
+    Args:
+        device: where layers are timed (default CPU).
+        threads: the torch thread count the table is for (default: the current one); timing runs under it.
+        path: the JSON cache (default ``cost_dir() / f"{device_name(device)}-{threads}.json"``); ``None``
+            with ``cache=False``.
+        cache: read and write the JSON cache.
+        repeats: interleaved repetitions per measurement (the median is kept).
+        min_time: seconds each timed sample lasts at least (a sample repeats the call as needed).
+        points: how many ranks are timed per shape (see :func:`rank_points`).
+    """
+
+    def __init__(
+        self,
+        device: torch.device | str = "cpu",
+        *,
+        threads: int | None = None,
+        path: str | os.PathLike[str] | None = None,
+        cache: bool = True,
+        repeats: int = 7,
+        min_time: float = 2e-3,
+        points: int = 4,
+    ) -> None:
+        if repeats < 1 or points < 2 or min_time <= 0:
+            raise ValueError(f"need repeats >= 1, points >= 2 and min_time > 0, got {repeats}, {points}, {min_time}")
+        self.device = torch.device(device)
+        self.threads = int(threads) if threads is not None else torch.get_num_threads()
+        self.path: Path | None = None
+        if cache:
+            self.path = Path(path) if path is not None else cost_dir() / f"{device_name(self.device)}-{self.threads}.json"
+        self.repeats, self.min_time, self.points = repeats, min_time, points
+        self.entries: dict[str, dict[str, Any]] = {}
+        if self.path is not None and self.path.is_file():
+            self.entries = _read_cache(self.path)
+
+    # -- the Costs protocol ------------------------------------------------------------------------
+    def dense(self, shape: LayerShape) -> float:
+        return float(self._entry(shape)["dense"])
+
+    def factorised(self, shape: LayerShape, rank: int) -> float:
+        """Seconds at ``rank``: linear between the two nearest timed ranks (beyond them, the end segment)."""
+        if rank < 1:
+            raise ValueError(f"rank must be >= 1, got {rank}")
+        pts = sorted((int(r), float(s)) for r, s in self._entry(shape)["ranks"])
+        if len(pts) == 1:
+            return pts[0][1]
+        i = next((k for k in range(1, len(pts)) if rank <= pts[k][0]), len(pts) - 1)
+        (r0, s0), (r1, s1) = pts[i - 1], pts[i]
+        return max(0.0, s0 + (s1 - s0) * (rank - r0) / (r1 - r0))
+
+    # -- measuring ---------------------------------------------------------------------------------
+    def _entry(self, shape: LayerShape) -> dict[str, Any]:
+        key = shape.key()
+        if key not in self.entries:
+            self.entries[key] = self.measure(shape)
+            self.save()
+        return self.entries[key]
+
+    def measure(self, shape: LayerShape) -> dict[str, Any]:
+        """Time the dense layer and the factorised form at :func:`rank_points` (no cache involved)."""
+        ranks = rank_points(shape.full_rank, self.points)
+        dense = shape.dense_module(self.device).eval()
+        kind = kind_of(dense)
+        assert kind is not None
+        forms: list[nn.Module] = [dense] + [kind.build(dense, r, 1).eval() for r in ranks]
+        x = shape.example(self.device)
+        seconds = time_calls([_call(f, x) for f in forms], self.repeats, self.min_time, self.device, self.threads)
+        return {"dense": seconds[0], "ranks": [[r, s] for r, s in zip(ranks, seconds[1:], strict=True)]}
+
+    def save(self) -> Path | None:
+        """Write the table to its JSON cache (atomically); returns the path, ``None`` without a cache."""
+        if self.path is None:
+            return None
+        body = {"version": CACHE_VERSION, "device": device_name(self.device), "threads": self.threads,
+                "torch": torch.__version__, "entries": self.entries}
+        return atomic_write(self.path, json.dumps(body, indent=1, sort_keys=True) + "\n")
+
+
+def _call(module: nn.Module, x: torch.Tensor) -> Callable[[], Any]:
+    def run() -> Any:
+        return module(x)
+
+    return run
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def time_calls(
+    calls: list[Callable[[], Any]], repeats: int = 7, min_time: float = 2e-3,
+    device: torch.device | str = "cpu", threads: int | None = None,
+) -> list[float]:
+    """Median seconds per call of each of ``calls``, timed in interleaved rounds.
+
+    Each call is warmed up, then repeated in every sample often enough for the sample to last about
+    ``min_time``; the rounds alternate between the calls.
+    """
+    device = torch.device(device)
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        inner = []
+        for call in calls:
+            call()
+            _sync(device)
+            t0 = time.perf_counter()
+            call()
+            _sync(device)
+            inner.append(max(1, math.ceil(min_time / max(time.perf_counter() - t0, 1e-7))))
+        samples: list[list[float]] = [[] for _ in calls]
+        for _ in range(repeats):
+            for call, n, out in zip(calls, inner, samples, strict=True):
+                _sync(device)
+                t0 = time.perf_counter()
+                for _ in range(n):
+                    call()
+                _sync(device)
+                out.append((time.perf_counter() - t0) / n)
+        return [statistics.median(s) for s in samples]
+    finally:
+        torch.set_num_threads(before)
+
+
+def _read_cache(path: Path) -> dict[str, dict[str, Any]]:
+    """The entries of a cache file; an unreadable or outdated file is ignored (it is re-measured)."""
+    try:
+        body = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(body, dict) or body.get("version") != CACHE_VERSION or not isinstance(body.get("entries"), dict):
+        return {}
+    good = {}
+    for key, e in body["entries"].items():
+        if (isinstance(e, dict) and isinstance(e.get("dense"), (int, float)) and isinstance(e.get("ranks"), list)
+                and e["ranks"] and all(isinstance(p, list) and len(p) == 2 for p in e["ranks"])):
+            good[key] = e
+    return good
