@@ -41,6 +41,7 @@ from .batches import forward_batch, move_batch
 from .calibration import InputCovariance, collect_covariances, covariance_hooks, drop_unseen
 from .decomposition import Factors, factorize
 from .kinds import EmbeddingKind, LayerKind
+from .stack import layer_stack, replace_module
 
 __all__ = [
     "Compress", "PairedCovariance", "StackInputs", "capture_stack_inputs", "corrected_weight", "run_block",
@@ -184,10 +185,8 @@ def sequential_calibrate(
 
     Raises:
         ValueError: if the model has no stack of repeated blocks (see
-            :func:`inhernet.baselines.layer_stack`) or the calibration batches do not reach it.
+            :func:`inhernet.stack.layer_stack`) or the calibration batches do not reach it.
     """
-    from .baselines.layerdrop import layer_stack  # baselines import the surgery, which imports this module
-
     stack_name, stack = layer_stack(model)
     teacher_stack = layer_stack(teacher)[1] if teacher is not None else None
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
@@ -306,8 +305,6 @@ def _compress_stage(
     model: nn.Module, layers: Layers, stats: dict[str, InputCovariance], compress: Compress, damping: float
 ) -> None:
     """Factorise each layer with its statistics (plain SVD where it saw none) and put ``compress``'s module in."""
-    from .surgery import replace_module
-
     for name, (module, kind) in layers.items():
         cov = stats.pop(name, None)
         w = kind.matrix(module)

@@ -11,22 +11,14 @@ from torch import nn
 
 from .config import InherConfig
 from .decomposition import Factors
+from .discovery import Candidate, Unsupported, find_layers
 from .kinds import LayerKind
-from .plan import (
-    Candidate,
-    LayerPlan,
-    MacProfile,
-    Plan,
-    allocation_needs_spectra,
-    decompose,
-    find_layers,
-    layer_spectra,
-    make_plan,
-    profile_macs,
-    reiterable,
-)
+from .plan import Plan, make_plan
+from .sequential import sequential_calibrate
+from .spectra import MacProfile, allocation_needs_spectra, decompose, layer_spectra, profile_macs, reiterable
+from .stack import replace_module
 
-__all__ = ["inherit"]
+__all__ = ["inherit", "replace_module"]
 
 
 def inherit(
@@ -83,11 +75,9 @@ def inherit(
 
 def _inherit_sequential(
     model: nn.Module, config: InherConfig, calib: Iterable[Any] | None, candidates: list[Candidate],
-    others: list[LayerPlan], profile: MacProfile | None, plan: Plan | None, progress: bool,
+    others: list[Unsupported], profile: MacProfile | None, plan: Plan | None, progress: bool,
 ) -> nn.Module:
     """``inherit`` with sequential calibration: ranks from the teacher's spectra, factors block by block."""
-    from .sequential import sequential_calibrate
-
     calib = reiterable(calib)
     if plan is None:
         spectra = layer_spectra(model, candidates, config, calib, progress=progress) if (
@@ -137,16 +127,6 @@ def _build_block(
     block.source = kind.spec(module)
     block.train(module.training)  # a new module starts in training mode; keep the teacher's
     return block
-
-
-def replace_module(root: nn.Module, name: str, module: nn.Module) -> nn.Module:
-    """Put ``module`` at dotted ``name`` inside ``root``; returns the (possibly new) root."""
-    if not name:
-        return module
-    parent_name, _, child = name.rpartition(".")
-    parent = root.get_submodule(parent_name) if parent_name else root
-    setattr(parent, child, module)
-    return root
 
 
 def _reset_random(block: nn.Module) -> None:
