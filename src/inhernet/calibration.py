@@ -17,7 +17,8 @@ from .batches import forward_batch, move_batch
 from .kinds import EmbeddingKind, LayerKind
 
 __all__ = [
-    "InputCovariance", "collect_covariances", "covariance_hooks", "drop_unseen", "example_positions", "split_example",
+    "InputCovariance", "collect_covariances", "covariance_hooks", "drop_unseen", "example_positions", "peek_example",
+    "split_example",
 ]
 
 # Elements of unfolded input per covariance update: bounds calibration memory on big feature maps.
@@ -160,6 +161,17 @@ def split_example(calib: Iterable[Any] | None, why: str) -> tuple[Any, Iterable[
         first = next(it)
     except StopIteration:
         raise ValueError("calib is empty: pass an iterable of at least one batch of model inputs") from None
+    return first, (itertools.chain([first], it) if isinstance(calib, Iterator) else calib)
+
+
+def peek_example(calib: Iterable[Any] | None) -> tuple[Any, Iterable[Any] | None]:
+    """The first batch of ``calib`` (``None`` if there is none) and ``calib`` to iterate in full afterwards."""
+    if calib is None:
+        return None, None
+    it = iter(calib)
+    first = next(it, None)
+    if first is None:
+        return None, calib
     return first, (itertools.chain([first], it) if isinstance(calib, Iterator) else calib)
 
 

@@ -9,15 +9,18 @@ example input is given, who reads each candidate's weight during one forward pas
 from __future__ import annotations
 
 import fnmatch
+import warnings
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
 from .config import InherConfig
-from .kinds import LayerKind, dense_params, kind_of
+from .kinds import LayerKind, dense_params, forward_override, kind_of
+from .readers import find_weight_readers
 
 __all__ = ["Candidate", "Unsupported", "factorisable", "find_layers", "matches"]
 
@@ -61,13 +64,14 @@ def matches(name: str, patterns: Iterable[str]) -> str | None:
 
 
 def find_layers(
-    model: nn.Module, config: InherConfig, readers: dict[str, str] | None = None
+    model: nn.Module, config: InherConfig, example: Any = None
 ) -> tuple[list[Candidate], list[Unsupported]]:
     """Supported layers (with the reason when one must stay dense) and the unsupported ones.
 
-    ``readers`` maps a layer to why it stays dense because code outside its own forward uses its weight
-    values (from :func:`inhernet.readers.find_weight_readers` on an example input); without it, the
-    known-reader table is the fallback.
+    With an ``example`` input (the first calibration batch), the layers whose weight values are used
+    outside their own forward are found by running it (:func:`inhernet.readers.find_weight_readers`)
+    and stay dense, the reason naming the reader; without one, or if that pass fails, the table of
+    known readers is the fallback.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -77,7 +81,8 @@ def find_layers(
     )
     parents = {id(child): parent for parent in model.modules() for child in parent.children()}
     modules = dict(model.named_modules())
-    candidates, others = [], []
+    candidates: list[Candidate] = []
+    others: list[Unsupported] = []
     for name, module in model.named_modules():
         own = dense_params(module)
         if own == 0:
@@ -87,24 +92,39 @@ def find_layers(
             reason = f"unsupported layer type {type(module).__name__}; kept as is"
             others.append(Unsupported(name, type(module).__name__, own, reason))
             continue
-        reason = kind.dense_reason(module)
-        if reason is None:
-            reason = _dense_by_config(name, config)
-        if readers is None:
-            if reason is None and isinstance(parents.get(id(module)), nn.MultiheadAttention):
-                reason = "projection read directly by nn.MultiheadAttention; kept dense"
-            if reason is None:
-                reason = _weight_reader(name, modules)
-        elif reason is None:
-            reason = readers.get(name)
-        if reason is None and module_uses[id(module)] > 1:
-            reason = "module instance shared at several places; kept dense"
-        if reason is None and any(param_uses[id(p)] > 1 for p in module.parameters(recurse=False)):
-            reason = "weight tied to another module; kept dense"
-        if reason is None:
-            _check_weight(name, kind.weight(module))
-        candidates.append(Candidate(name, module, kind, reason))
+        reason = kind.dense_reason(module) or forward_override(module)
+        candidates.append(Candidate(name, module, kind, reason or _dense_by_config(name, config)))
+    readers = _traced_readers(model, candidates, example) if example is not None else None
+    for c in candidates:
+        if c.reason is None and readers is not None:
+            c.reason = readers.get(c.name)
+        if c.reason is None and readers is None:
+            if isinstance(parents.get(id(c.module)), nn.MultiheadAttention):
+                c.reason = "projection read directly by nn.MultiheadAttention; kept dense"
+            else:
+                c.reason = _weight_reader(c.name, modules)
+        if c.reason is None and module_uses[id(c.module)] > 1:
+            c.reason = "module instance shared at several places; kept dense"
+        if c.reason is None and any(param_uses[id(p)] > 1 for p in c.module.parameters(recurse=False)):
+            c.reason = "weight tied to another module; kept dense"
+        if c.reason is None:
+            _check_weight(c.name, c.kind.weight(c.module))
     return candidates, others
+
+
+def _traced_readers(model: nn.Module, candidates: list[Candidate], example: Any) -> dict[str, str] | None:
+    """Per open candidate whose weight values code outside its forward uses, why it stays dense; ``None``
+    (with a warning: the known-reader table is then used) when the example pass fails."""
+    try:
+        values, _ = find_weight_readers(model, factorisable(candidates), example)
+    except Exception as e:  # the model's own code failed under the probes: fall back, never crash here
+        warnings.warn(
+            f"could not trace weight readers on the example input ({type(e).__name__}: {e}); using the table "
+            "of known readers instead",
+            stacklevel=3,
+        )
+        return None
+    return {name: f"weight read outside its forward by {reader}; kept dense" for name, reader in values.items()}
 
 
 def factorisable(candidates: list[Candidate]) -> dict[str, tuple[nn.Module, LayerKind]]:

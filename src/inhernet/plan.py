@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .allocation import BUDGET_TOLERANCE, allocate_ranks, dense_reason, layer_cost, warn_if_under
+from .calibration import peek_example
 from .config import InherConfig
 from .discovery import Candidate, Unsupported, find_layers
 from .kinds import dense_params
@@ -182,7 +183,8 @@ def plan(model: nn.Module, config: InherConfig | None = None, calib: Iterable[An
     (:func:`inhernet.deploy.count_macs`) are budgeted.
     """
     config = config or InherConfig()
-    candidates, others = find_layers(model, config)
+    example, calib = peek_example(calib)
+    candidates, others = find_layers(model, config, example)
     profile = None
     if config.macs is not None:
         profile, calib = profile_macs(model, candidates, calib)

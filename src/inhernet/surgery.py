@@ -9,6 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .batches import forward_batch, move_batch
+from .calibration import peek_example
 from .config import InherConfig
 from .decomposition import Factors
 from .discovery import Candidate, Unsupported, find_layers
@@ -49,12 +51,14 @@ def inherit(
         earlier blocks (``calib`` is then iterated several times).
     """
     config = config or (plan.config if plan is not None else InherConfig())
-    candidates, others = find_layers(model, config)
+    example, calib = peek_example(calib)
+    candidates, others = find_layers(model, config, example)
     profile = None
     if plan is None and config.macs is not None:
         profile, calib = profile_macs(model, candidates, calib)
     if config.init == "whiten" and config.calibration != "one-pass":
-        return _inherit_sequential(model, config, calib, candidates, others, profile, plan, progress)
+        student = _inherit_sequential(model, config, calib, candidates, others, profile, plan, progress)
+        return _checked(student, example)
     needs_factors = config.init != "random" or (plan is None and allocation_needs_spectra(config))
     factors = decompose(model, candidates, config, calib, progress=progress) if needs_factors else {}
     if plan is None:
@@ -70,7 +74,7 @@ def inherit(
             block = _build_block(c.module, c.kind, rank, factors.get(name), config, generator)
             student = replace_module(student, name, block)
     student.inhernet_plan = plan
-    return student
+    return _checked(student, example)
 
 
 def _inherit_sequential(
@@ -100,6 +104,32 @@ def _inherit_sequential(
             student, todo, calib, compress, teacher=teacher, damping=config.damping, progress=progress
         )
     student.inhernet_plan = plan
+    return student
+
+
+def _checked(student: nn.Module, example: Any) -> nn.Module:
+    """``student`` once it ran the example input (the first calib batch), or a clear error if it cannot.
+
+    The weight readers found on the example keep their layers dense, so the inherited model should run
+    wherever the teacher did; this one forward pass makes sure that inherit() never hands back a model
+    whose own code breaks on an input the teacher accepted. It is cheap next to the calibration that
+    came with the same calib (one batch, eval mode, no grad, the RNG untouched) and skipped without one.
+    """
+    if example is None:
+        return student
+    device = next((p.device for p in student.parameters()), torch.device("cpu"))
+    was_training = student.training
+    student.eval()  # no batch-norm statistics updated, no dropout
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            forward_batch(student, move_batch(example, device))
+    except Exception as e:
+        raise RuntimeError(
+            f"the inherited model fails on the first calib batch, which the teacher ran ({type(e).__name__}: "
+            f"{e}); keep the layer the traceback names dense with InherConfig(exclude=[...]) and report this"
+        ) from e
+    finally:
+        student.train(was_training)
     return student
 
 
