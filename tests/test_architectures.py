@@ -4,7 +4,7 @@ In the style of PEFT's tests/test_custom_models.py: each row is a factory from t
 from a config object, no hub access, and one input batch). For every row, with the batch as calib:
 
 * ``rank="full"`` reproduces the teacher's outputs (relative error <= 1e-4);
-* a budget of half the parameters (whitened spectra) is met: at most the target,
+* a budget of half the parameters (whitened spectra) is met: at most the target and within 2% of it,
   and the inherited model runs forward in eval mode and forward + backward in training mode;
 * save then load onto a fresh teacher gives identical outputs.
 
@@ -88,7 +88,7 @@ def test_budget_is_met_and_the_model_runs(name: str, budgeted) -> None:
     p = student.inhernet_plan
     assert p.target_params == int(BUDGETS.get(name, 0.5) * tm.n_params(teacher))
     assert tm.n_params(student) == p.total_params
-    assert p.total_params <= p.target_params
+    assert 0.98 * p.target_params <= p.total_params <= p.target_params
     assert torch.isfinite(outputs(student.eval(), batch)).all()
     student.train()  # the training path (dropout, no fused fast path) runs and back-propagates too
     try:

@@ -7,6 +7,7 @@ filled by the greedy engine of :mod:`inhernet.budget`, per ``budgets`` group whe
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 
@@ -104,7 +105,7 @@ def warn_if_under(reached: int | None, goal: int | None, macs: bool) -> None:
     if goal is not None and reached is not None and reached < BUDGET_TOLERANCE * goal:
         warnings.warn(
             f"the plan reaches {reached:,} {currency.unit}, more than 2% under the {currency.budget} of "
-            f"{goal:,}: the remaining layers' rank steps are too coarse to fill it",
+            f"{goal:,}: no choice of ranks (or of layers left dense) lands within 2% of it",
             stacklevel=4,
         )
 
@@ -123,7 +124,8 @@ def _fill(
             f"and these include/exclude patterns; raise the {currency.budget}, lower experts or factorise "
             "more layers"
         )
-    return allocate(layers, target - fixed, config.allocation, config.min_rank, config.min_rank_ratio)
+    at_least = math.ceil(BUDGET_TOLERANCE * target) - fixed  # the promise: within 2% of the target
+    return allocate(layers, target - fixed, config.allocation, config.min_rank, config.min_rank_ratio, at_least)
 
 
 def _fill_groups(
