@@ -168,3 +168,28 @@ def test_a_subclass_with_its_own_forward_stays_dense() -> None:
         rows = {r.name: r for r in plan(model, InherConfig(rank="full", init="svd")).layers}
     assert rows["0"].rank is not None
     assert rows["2"].rank is None and "overrides Linear.forward" in rows["2"].reason
+
+
+class _Picky(nn.Module):
+    """Refuses to run unless its first layer's weight is a real nn.Parameter (defeats the probes too)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc, self.head = nn.Linear(8, 8), nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if type(self.fc.weight) is not nn.Parameter:
+            raise TypeError("fc.weight must be an nn.Parameter")
+        return self.head(torch.relu(self.fc(x)))
+
+
+def test_inherit_refuses_to_return_a_model_that_fails_on_the_example() -> None:
+    with (
+        pytest.warns(UserWarning, match="could not trace weight readers"),
+        pytest.raises(RuntimeError, match="fails on the first calib batch") as caught,
+    ):
+        inherit(_Picky(), InherConfig(rank="full"), calib=[torch.randn(4, 8)], progress=False)
+    assert isinstance(caught.value.__cause__, TypeError)
+    # Kept dense on request, the layer is not probed nor replaced, and inherit() succeeds.
+    student = inherit(_Picky(), InherConfig(rank="full", exclude=["fc"]), calib=[torch.randn(4, 8)], progress=False)
+    assert isinstance(student.fc, nn.Linear) and isinstance(student.head, InherBlock)

@@ -13,7 +13,7 @@ import inhernet
 
 ROOT = Path(inhernet.__file__).parent
 CORE = [
-    "config", "kinds", "layers", "batches", "decomposition", "stack", "discovery", "readers", "calibration",
+    "config", "kinds", "layers", "views", "batches", "decomposition", "stack", "discovery", "readers", "calibration",
     "sequential", "spectra", "budget", "allocation", "plan", "surgery", "serialization",
 ]
 

@@ -58,7 +58,7 @@ def inherit(
         profile, calib = profile_macs(model, candidates, calib)
     if config.init == "whiten" and config.calibration != "one-pass":
         student = _inherit_sequential(model, config, calib, candidates, others, profile, plan, progress)
-        return _checked(student, example)
+        return _checked(student, example, model)
     needs_factors = config.init != "random" or (plan is None and allocation_needs_spectra(config))
     factors = decompose(model, candidates, config, calib, progress=progress) if needs_factors else {}
     if plan is None:
@@ -74,7 +74,7 @@ def inherit(
             block = _build_block(c.module, c.kind, rank, factors.get(name), config, generator)
             student = replace_module(student, name, block)
     student.inhernet_plan = plan
-    return _checked(student, example)
+    return _checked(student, example, model)
 
 
 def _inherit_sequential(
@@ -107,30 +107,40 @@ def _inherit_sequential(
     return student
 
 
-def _checked(student: nn.Module, example: Any) -> nn.Module:
+def _checked(student: nn.Module, example: Any, teacher: nn.Module) -> nn.Module:
     """``student`` once it ran the example input (the first calib batch), or a clear error if it cannot.
 
     The weight readers found on the example keep their layers dense, so the inherited model should run
     wherever the teacher did; this one forward pass makes sure that inherit() never hands back a model
-    whose own code breaks on an input the teacher accepted. It is cheap next to the calibration that
+    whose own code breaks on an input the teacher accepts. It is cheap next to the calibration that
     came with the same calib (one batch, eval mode, no grad, the RNG untouched) and skipped without one.
     """
     if example is None:
         return student
-    device = next((p.device for p in student.parameters()), torch.device("cpu"))
-    was_training = student.training
-    student.eval()  # no batch-norm statistics updated, no dropout
     try:
-        with torch.no_grad(), torch.random.fork_rng(devices=[]):
-            forward_batch(student, move_batch(example, device))
+        _run_example(student, example)
     except Exception as e:
+        try:
+            _run_example(teacher, example)
+        except Exception:
+            return student  # the teacher fails on it too: not an input the model accepts, nothing to check
         raise RuntimeError(
-            f"the inherited model fails on the first calib batch, which the teacher ran ({type(e).__name__}: "
+            f"the inherited model fails on the first calib batch, which the teacher runs ({type(e).__name__}: "
             f"{e}); keep the layer the traceback names dense with InherConfig(exclude=[...]) and report this"
         ) from e
-    finally:
-        student.train(was_training)
     return student
+
+
+def _run_example(model: nn.Module, example: Any) -> None:
+    """One forward pass on ``example`` in eval mode, without grad and with the RNG untouched; modes restored."""
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    was_training = model.training
+    model.eval()  # no batch-norm statistics updated, no dropout
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            forward_batch(model, move_batch(example, device))
+    finally:
+        model.train(was_training)
 
 
 def _planned(plan: Plan, candidates: list[Candidate]) -> dict[str, Candidate]:
