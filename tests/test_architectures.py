@@ -193,3 +193,30 @@ def test_inherit_refuses_to_return_a_model_that_fails_on_the_example() -> None:
     # Kept dense on request, the layer is not probed nor replaced, and inherit() succeeds.
     student = inherit(_Picky(), InherConfig(rank="full", exclude=["fc"]), calib=[torch.randn(4, 8)], progress=False)
     assert isinstance(student.fc, nn.Linear) and isinstance(student.head, InherBlock)
+
+
+class _PaddedEncoder(nn.Module):
+    """torch's encoder with nested tensors on and a key padding mask: its fast path runs on nested tensors."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        layer = nn.TransformerEncoderLayer(16, 2, 32, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=True)
+        self.register_buffer("pad", torch.tensor([[False] * 6, [False] * 4 + [True] * 2, [False] * 5 + [True]]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x, src_key_padding_mask=self.pad)
+
+
+def test_nested_tensor_fast_path_calibrates_and_matches_on_real_positions() -> None:
+    torch.manual_seed(0)
+    teacher, x = _PaddedEncoder().eval(), torch.randn(3, 6, 16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's prototype warning for nested tensors
+        want = outputs(teacher, x)
+        student = inherit(teacher, InherConfig(rank="full"), calib=[x], progress=False).eval()
+        got = outputs(student, x)
+    # The fast path zeroes padded positions, the module-by-module path leaves them as computed: only the
+    # real positions are the model's output.
+    real = ~teacher.pad
+    assert tm.rel_err(got[real], want[real]) <= 1e-4

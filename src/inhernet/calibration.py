@@ -134,7 +134,8 @@ def covariance_hooks(
     def make_hook(name: str, kind: LayerKind):
         def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
             embedding = isinstance(kind, EmbeddingKind)
-            x = kind.batched(module, args[0].detach())
+            x = unnested(args[0].detach())
+            x = kind.batched(module, x)
             if mask is not None:
                 x = mask.keep(x, embedding)
             if name not in stats:
@@ -156,6 +157,14 @@ def covariance_hooks(
     finally:
         for h in handles:
             h.remove()
+
+
+def unnested(x: torch.Tensor) -> torch.Tensor:
+    """A nested tensor's components as one ordinary tensor of rows (its padding already gone): torch's
+    transformer fast path hands them to the layers it runs; anything else unchanged."""
+    if not x.is_nested:
+        return x
+    return torch.cat([t.reshape(-1, t.shape[-1]) for t in x.unbind()])
 
 
 def drop_unseen(

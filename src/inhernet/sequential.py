@@ -38,7 +38,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .batches import forward_batch, move_batch
-from .calibration import InputCovariance, TokenMask, collect_covariances, covariance_hooks, drop_unseen
+from .calibration import (
+    InputCovariance,
+    TokenMask,
+    collect_covariances,
+    covariance_hooks,
+    drop_unseen,
+    unnested,
+)
 from .decomposition import Factors, factorize
 from .kinds import EmbeddingKind, LayerKind
 from .stack import layer_stack, replace_module
@@ -266,7 +273,7 @@ def _paired_statistics(
     mask = TokenMask()  # the batch's attention mask: padded positions enter neither side
 
     def rows_of(module: nn.Module, kind: LayerKind, x: torch.Tensor) -> torch.Tensor:
-        x = mask.keep(kind.batched(module, x.detach()), isinstance(kind, EmbeddingKind))
+        x = mask.keep(kind.batched(module, unnested(x.detach())), isinstance(kind, EmbeddingKind))
         return kind.input_rows(module, x)
 
     def record(name: str, kind: LayerKind):
