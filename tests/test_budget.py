@@ -16,7 +16,7 @@ import torch
 import tiny_models as tm
 from inhernet import InherBlock, InherConfig, inherit, plan
 
-plan_module = importlib.import_module("inhernet.plan")  # the package's `plan` attribute is the function
+plan_module = importlib.import_module("inhernet.spectra")  # where the layers are decomposed
 
 MODELS = {"resnet18": tm.resnet18, "bert": tm.bert_small}
 

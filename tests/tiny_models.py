@@ -219,3 +219,100 @@ def state_copy(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# -- architectures whose own code reads their layers' weights (tests/test_architectures.py) -------------
+def _transformer_encoder(batch_first: bool) -> tuple[nn.Module, Any]:
+    layer = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.1, batch_first=batch_first)
+    model = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+    x = torch.randn(3, 5, 16)
+    return model, x if batch_first else x.transpose(0, 1).contiguous()
+
+
+@_seeded
+def transformer_encoder() -> tuple[nn.Module, Any]:
+    """torch's encoder, batch first: in eval mode without grad it takes the fused fast path."""
+    return _transformer_encoder(batch_first=True)
+
+
+@_seeded
+def transformer_encoder_seq_first() -> tuple[nn.Module, Any]:
+    return _transformer_encoder(batch_first=False)
+
+
+def _text_batch(vocab: int, length: int = 7, pad: int = 2) -> dict[str, torch.Tensor]:
+    ids = torch.randint(3, vocab, (2, length))
+    mask = torch.ones_like(ids)
+    mask[1, length - pad:] = 0
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+@_seeded
+def hf_bert_model() -> tuple[nn.Module, Any]:
+    """A bare BertModel (encoder family; outputs last_hidden_state)."""
+    from transformers import BertConfig, BertModel
+
+    config = BertConfig(vocab_size=60, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=16)
+    return BertModel(config), _text_batch(60)
+
+
+@_seeded
+def t5_tiny() -> tuple[nn.Module, Any]:
+    """Encoder-decoder; its feed-forward reads ``wo.weight.dtype`` outside ``wo``'s forward."""
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    config = T5Config(vocab_size=60, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=4,
+                      relative_attention_num_buckets=8, decoder_start_token_id=0, pad_token_id=0,
+                      tie_word_embeddings=False)
+    batch = _text_batch(60)
+    batch["decoder_input_ids"] = torch.randint(3, 60, (2, 4))
+    return T5ForConditionalGeneration(config), batch
+
+
+@_seeded
+def bart_tiny() -> tuple[nn.Module, Any]:
+    from transformers import BartConfig, BartForConditionalGeneration
+
+    config = BartConfig(vocab_size=60, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=2,
+                        decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=16,
+                        pad_token_id=1, bos_token_id=0, eos_token_id=2, decoder_start_token_id=2)
+    batch = _text_batch(60)
+    batch["decoder_input_ids"] = torch.randint(3, 60, (2, 4))
+    return BartForConditionalGeneration(config), batch
+
+
+@_seeded
+def hf_vit_tiny() -> tuple[nn.Module, Any]:
+    """Hugging Face ViT; its patch embedding's weight dtype is read by ViTEmbeddings."""
+    from transformers import ViTConfig, ViTForImageClassification
+
+    config = ViTConfig(image_size=16, patch_size=4, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                       intermediate_size=64, num_labels=5)
+    return ViTForImageClassification(config), {"pixel_values": torch.randn(2, 3, 16, 16)}
+
+
+@_seeded
+def clip_model_tiny() -> tuple[nn.Module, Any]:
+    """Multimodal: CLIP's embeddings read their patch embedding's weight dtype."""
+    from transformers import CLIPConfig, CLIPModel
+
+    text = dict(vocab_size=60, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                max_position_embeddings=16, bos_token_id=0, eos_token_id=2, pad_token_id=1)
+    vision = dict(image_size=16, patch_size=4, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                  num_attention_heads=4)
+    model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=24))
+    ids = torch.randint(3, 60, (3, 7))
+    ids[:, -1] = 2
+    return model, {"input_ids": ids, "pixel_values": torch.randn(3, 3, 16, 16)}
+
+
+def output_of(out: Any) -> torch.Tensor:
+    """The main tensor of a model's output: itself, or its logits (per image), or its last hidden state."""
+    if isinstance(out, torch.Tensor):
+        return out
+    for key in ("logits_per_image", "logits", "last_hidden_state"):
+        value = getattr(out, key, None)
+        if isinstance(value, torch.Tensor):
+            return value
+    raise TypeError(f"no tensor output in {type(out).__name__}")

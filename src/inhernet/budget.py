@@ -11,6 +11,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from .kinds import block_params
@@ -136,7 +137,8 @@ def _uniform_priority(layer: LayerCost, rank: int, cost: int) -> float:
 
 
 def allocate(
-    layers: list[LayerCost], available: int, strategy: str, min_rank: int, min_rank_ratio: float = 0.0
+    layers: list[LayerCost], available: int, strategy: str, min_rank: int, min_rank_ratio: float = 0.0,
+    at_least: int | None = None,
 ) -> dict[str, int | None]:
     """Ranks whose costs (each layer's ``price``) fit ``available`` (``None`` = keep dense), greedily.
 
@@ -147,6 +149,11 @@ def allocate(
     over singular values); ``"uniform"`` by the lowest rank ratio r/k, which is water-filling on one
     common ratio (what a bisection on the ratio finds), filled up to the budget. Callers check that
     the start fits.
+
+    ``at_least``: where the greedy lands below it (its one-rank steps and jumps back to dense too
+    coarse for what is left), the allocation is redone exactly (:func:`_fill_window`): the most value
+    — retained energy, or for ``"uniform"`` the ranks nearest the greedy's ratios — among the allocations
+    costing between ``at_least`` and ``available``, when there is one and the search is small enough.
     """
     priority: Priority = _energy_priority if strategy == "energy" else _uniform_priority
     if strategy == "energy" and any(layer.energy is None for layer in layers):
@@ -177,7 +184,74 @@ def allocate(
         ranks[layer.name] = rank + 1 if rank < layer.break_even else None
         spent += cost
         push(i)
+    if at_least is not None and spent < at_least:
+        return _fill_window(layers, ranks, available, at_least, min_rank, min_rank_ratio) or ranks
     return ranks
+
+
+# The exact search's size: cost levels (costs are rounded up to this many steps of the budget), and the
+# largest number of (option x level) updates it may run (a fraction of a second in numpy).
+_LEVELS = 1 << 14
+_MAX_WORK = 200_000_000
+
+
+def _fill_window(
+    layers: list[LayerCost], greedy: dict[str, int | None], available: int, at_least: int, min_rank: int,
+    min_rank_ratio: float,
+) -> dict[str, int | None] | None:
+    """The best ranks costing between ``at_least`` and ``available``, or ``None`` if there are none or the
+    search would be too big.
+
+    A multiple-choice knapsack solved by dynamic programming over cost levels: each layer takes one of
+    its ranks (floor .. break-even) or dense; the value is the retained energy fraction (dense: 1) with
+    spectra, else the closeness of each layer's rank ratio to the greedy's. Costs are rounded up to a
+    level, so that every level-feasible choice fits ``available``; the lower bound is checked exactly.
+    """
+    options: list[list[tuple[int | None, int, float]]] = []
+    for layer in layers:
+        start = _start(layer, min_rank, min_rank_ratio)
+        choices: list[int | None] = [None] if start is None else [*range(start, layer.break_even + 1), None]
+        options.append([(r, layer.cost(r), _value(layer, r, greedy[layer.name])) for r in choices])
+    step = max(1, -(-available // _LEVELS))
+    levels = available // step + 1
+    if sum(len(o) for o in options) * levels > _MAX_WORK:
+        return None
+    best = np.full(levels, -np.inf)
+    best[0] = 0.0
+    picks = np.zeros((len(layers), levels), dtype=np.int32)
+    for i, opts in enumerate(options):
+        new = np.full(levels, -np.inf)
+        pick = np.full(levels, -1, dtype=np.int32)
+        for j, (_, cost, value) in enumerate(opts):
+            u = -(-cost // step)
+            if u >= levels:
+                continue
+            shifted = np.full(levels, -np.inf)
+            shifted[u:] = best[: levels - u] + value
+            better = shifted > new
+            new[better] = shifted[better]
+            pick[better] = j
+        best, picks[i] = new, pick
+    lowest = at_least // step  # no fewer levels can cost at_least
+    for end in sorted((s for s in range(lowest, levels) if np.isfinite(best[s])), key=lambda s: -best[s])[:64]:
+        ranks, level, total = {}, end, 0
+        for i in range(len(layers) - 1, -1, -1):
+            rank, cost, _ = options[i][picks[i][level]]
+            ranks[layers[i].name] = rank
+            total += cost
+            level -= -(-cost // step)
+        if at_least <= total <= available:
+            return ranks
+    return None
+
+
+def _value(layer: LayerCost, rank: int | None, greedy: int | None) -> float:
+    """What ``rank`` is worth to the exact fill: retained energy, or nearness to the greedy's rank ratio."""
+    if layer.energy is not None:
+        return 1.0 if rank is None else layer.energy_fraction(0, rank)
+    ratio = 1.0 if rank is None else rank / layer.max_rank
+    wanted = 1.0 if greedy is None else greedy / layer.max_rank
+    return -abs(ratio - wanted)
 
 
 def minimum_cost(layers: list[LayerCost], min_rank: int, min_rank_ratio: float = 0.0) -> int:

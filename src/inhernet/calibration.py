@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,7 +17,8 @@ from .batches import forward_batch, move_batch
 from .kinds import EmbeddingKind, LayerKind
 
 __all__ = [
-    "InputCovariance", "collect_covariances", "covariance_hooks", "drop_unseen", "example_positions", "split_example",
+    "InputCovariance", "TokenMask", "collect_covariances", "covariance_hooks", "drop_unseen", "example_positions", "peek_example",
+    "split_example",
 ]
 
 # Elements of unfolded input per covariance update: bounds calibration memory on big feature maps.
@@ -56,6 +57,34 @@ class InputCovariance:
         return self.total / max(self.count, 1)
 
 
+class TokenMask:
+    """Which positions of the batch being run are real tokens: its ``attention_mask``, if it has one.
+
+    Padded positions must not enter the whitening statistics: a layer input whose leading axes are the
+    mask's (batch, sequence), and an embedding's ids of the mask's shape, keep only the unmasked rows.
+    Inputs of any other shape (a pooled vector, a vision tower, a conv) count whole.
+    """
+
+    def __init__(self) -> None:
+        self.current: torch.Tensor | None = None
+
+    def set(self, batch: Any, device: torch.device | str) -> None:
+        """Take the mask of ``batch`` (a dict with a 2-d ``attention_mask``), or none."""
+        mask = batch.get("attention_mask") if isinstance(batch, Mapping) else None
+        ok = isinstance(mask, torch.Tensor) and mask.dim() == 2
+        self.current = mask.to(device).bool() if ok else None  # type: ignore[union-attr]
+
+    def keep(self, x: torch.Tensor, embedding: bool) -> torch.Tensor:
+        """``x`` without its padded positions where it is aligned with the mask, else ``x`` unchanged."""
+        mask = self.current
+        if mask is None:
+            return x
+        if embedding and x.dim() == 2 and x.shape[0] == 1 and x.shape[1] == mask.shape[1]:
+            x = x.expand(mask.shape)  # ids shared by the batch (position ids): each sentence uses them
+        aligned = x.shape == mask.shape if embedding else (x.dim() == 3 and x.shape[:2] == mask.shape)
+        return x[mask.to(x.device)] if aligned else x
+
+
 def collect_covariances(
     model: nn.Module,
     layers: dict[str, tuple[nn.Module, LayerKind]],
@@ -73,10 +102,13 @@ def collect_covariances(
     was_training = model.training
     model.eval()
     seen = 0
+    mask = TokenMask()
     try:
-        with covariance_hooks(layers, device) as stats, torch.no_grad():
+        with covariance_hooks(layers, device, mask) as stats, torch.no_grad():
             for batch in tqdm(calib, desc="calibrating", unit="batch", disable=not progress, leave=False):
-                forward_batch(model, move_batch(batch, device))
+                batch = move_batch(batch, device)
+                mask.set(batch, device)
+                forward_batch(model, batch)
                 seen += 1
     finally:
         model.train(was_training)
@@ -87,9 +119,11 @@ def collect_covariances(
 
 @contextmanager
 def covariance_hooks(
-    layers: dict[str, tuple[nn.Module, LayerKind]], device: torch.device | str = "cpu"
+    layers: dict[str, tuple[nn.Module, LayerKind]], device: torch.device | str = "cpu", mask: TokenMask | None = None,
 ) -> Iterator[dict[str, InputCovariance]]:
     """Forward pre-hooks on ``layers`` that accumulate each one's input covariance while active.
+
+    ``mask``, kept up to date by the caller with each batch's attention mask, leaves padded positions out.
 
     Yields the ``{name: InputCovariance}`` dict the hooks fill (a layer appears once it has run); the
     hooks are removed on exit. Whatever runs the layers inside the block (a whole model, one block of
@@ -99,10 +133,14 @@ def covariance_hooks(
 
     def make_hook(name: str, kind: LayerKind):
         def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
-            x = kind.batched(module, args[0].detach())
+            embedding = isinstance(kind, EmbeddingKind)
+            x = unnested(args[0].detach())
+            x = kind.batched(module, x)
+            if mask is not None:
+                x = mask.keep(x, embedding)
             if name not in stats:
                 n = kind.shape(module)[1]
-                stats[name] = InputCovariance(n, isinstance(kind, EmbeddingKind), device=device)
+                stats[name] = InputCovariance(n, embedding, device=device)
             if x.dim() < 2:  # a single unbatched vector
                 stats[name].update(kind.input_rows(module, x))
                 return
@@ -119,6 +157,14 @@ def covariance_hooks(
     finally:
         for h in handles:
             h.remove()
+
+
+def unnested(x: torch.Tensor) -> torch.Tensor:
+    """A nested tensor's components as one ordinary tensor of rows (its padding already gone): torch's
+    transformer fast path hands them to the layers it runs; anything else unchanged."""
+    if not x.is_nested:
+        return x
+    return torch.cat([t.reshape(-1, t.shape[-1]) for t in x.unbind()])
 
 
 def drop_unseen(
@@ -160,6 +206,17 @@ def split_example(calib: Iterable[Any] | None, why: str) -> tuple[Any, Iterable[
         first = next(it)
     except StopIteration:
         raise ValueError("calib is empty: pass an iterable of at least one batch of model inputs") from None
+    return first, (itertools.chain([first], it) if isinstance(calib, Iterator) else calib)
+
+
+def peek_example(calib: Iterable[Any] | None) -> tuple[Any, Iterable[Any] | None]:
+    """The first batch of ``calib`` (``None`` if there is none) and ``calib`` to iterate in full afterwards."""
+    if calib is None:
+        return None, None
+    it = iter(calib)
+    first = next(it, None)
+    if first is None:
+        return None, calib
     return first, (itertools.chain([first], it) if isinstance(calib, Iterator) else calib)
 
 

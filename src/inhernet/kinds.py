@@ -98,7 +98,9 @@ class HFConv1DKind(LinearKind):
     def build(self, module: nn.Module, rank: int, experts: int) -> InherBlock:
         w = module.weight
         n, m = w.shape
-        return InherLinear(n, m, rank, experts, bias=module.bias is not None, device=w.device, dtype=w.dtype)
+        block = InherLinear(n, m, rank, experts, bias=module.bias is not None, device=w.device, dtype=w.dtype)
+        block.weight_shape = (n, m)  # Conv1D stores its weight as (in, out)
+        return block
 
 
 class ConvKind(LayerKind):
@@ -229,6 +231,17 @@ def kind_of(module: nn.Module) -> LayerKind | None:
         kind = _REGISTRY.get(cls)
         if kind is not None:
             return kind
+    return None
+
+
+def forward_override(module: nn.Module) -> str | None:
+    """Why ``module`` stays dense if its class overrides the supported base class's forward (a Bart
+    positional embedding's offset, a timm "same"-padded conv): a block reproduces only the base forward."""
+    for cls in type(module).__mro__:
+        if cls in _REGISTRY:
+            if type(module).forward is cls.forward:
+                return None
+            return f"{type(module).__name__} overrides {cls.__name__}.forward, which a block would not reproduce; kept dense"
     return None
 
 

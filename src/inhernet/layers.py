@@ -115,6 +115,7 @@ class InherLinear(InherBlock):
     ) -> None:
         super().__init__(rank, experts, device=device, dtype=dtype)
         self.in_features, self.out_features = in_features, out_features
+        self.weight_shape: tuple[int, ...] = (out_features, in_features)
         self.down = nn.Linear(in_features, rank, bias=False, device=device, dtype=dtype)
         self.up = nn.Linear(experts * rank, out_features, bias=bias, device=device, dtype=dtype)
 
@@ -140,6 +141,7 @@ class InherEmbedding(InherBlock):
         super().__init__(rank, experts, device=device, dtype=dtype)
         self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
         self.padding_idx = padding_idx
+        self.weight_shape: tuple[int, ...] = (num_embeddings, embedding_dim)
         self.down = nn.Embedding(num_embeddings, rank, padding_idx=padding_idx, device=device, dtype=dtype)
         self.up = nn.Linear(experts * rank, embedding_dim, bias=False, device=device, dtype=dtype)
 
@@ -173,6 +175,7 @@ class InherConv(InherBlock):
         )
         self.up = conv(experts * rank, out_channels, 1, bias=bias, device=device, dtype=dtype)
         self._spatial = 1 if conv is nn.Conv1d else 2
+        self.weight_shape: tuple[int, ...] = (out_channels, in_channels, *self.down.kernel_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         unbatched = x.dim() == self._spatial + 1
@@ -189,3 +192,24 @@ def expert_spread(block: InherBlock) -> float:
     e = block.expert_weights().double()
     mean = e.mean(0)
     return float((e - mean).flatten(1).norm(dim=1).mean() / mean.norm().clamp_min(1e-30))
+
+
+def _dense_weight_view(block: InherBlock) -> torch.Tensor:
+    """``block.weight``: the metadata of the dense weight it replaces (see :mod:`inhernet.views`)."""
+    from .views import WeightView
+
+    w = block.down.weight
+    owner = f"a factorised {type(block).__name__} ({block.extra_repr()})"
+    return WeightView(block.weight_shape, w.dtype, w.device, w.requires_grad, owner)
+
+
+def _dense_bias(block: InherBlock) -> torch.Tensor | None:
+    """``block.bias``: the teacher's bias, which the block keeps as is in ``up``."""
+    return getattr(block.up, "bias", None)
+
+
+# A block answers ``.weight.dtype`` / ``.device`` / ``.shape`` as the dense layer did: model code outside
+# the layer's own forward often reads them. ``weight_shape`` is the dense weight's (set per subclass;
+# Hugging Face Conv1D blocks are given theirs by their kind).
+InherBlock.weight = property(_dense_weight_view)  # type: ignore[attr-defined]
+InherBlock.bias = property(_dense_bias)  # type: ignore[attr-defined]

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -38,9 +38,17 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .batches import forward_batch, move_batch
-from .calibration import InputCovariance, collect_covariances, covariance_hooks, drop_unseen
+from .calibration import (
+    InputCovariance,
+    TokenMask,
+    collect_covariances,
+    covariance_hooks,
+    drop_unseen,
+    unnested,
+)
 from .decomposition import Factors, factorize
 from .kinds import EmbeddingKind, LayerKind
+from .stack import layer_stack, replace_module
 
 __all__ = [
     "Compress", "PairedCovariance", "StackInputs", "capture_stack_inputs", "corrected_weight", "run_block",
@@ -97,19 +105,26 @@ class StackInputs:
     """Per calibration batch, what the stack's first block received: hidden states and other arguments.
 
     ``by_keyword`` records whether the hidden states came as the keyword ``hidden_states`` rather than
-    as the first positional argument, so that every block is called the same way.
+    as the first positional argument, so that every block is called the same way. ``masks`` holds each
+    batch's attention mask (``None`` without one), so that padded positions stay out of the statistics.
     """
 
     hidden: list[torch.Tensor]
     args: list[tuple[Any, ...]]
     kwargs: list[dict[str, Any]]
     by_keyword: bool = False
+    masks: list[torch.Tensor | None] = field(default_factory=list)
 
 
 def capture_stack_inputs(
-    model: nn.Module, first_block: nn.Module, calib: Iterable[Any], device: torch.device | str
+    model: nn.Module, first_block: nn.Module, calib: Iterable[Any], device: torch.device | str,
+    mask: TokenMask | None = None,
 ) -> StackInputs:
-    """Run ``model`` on every batch of ``calib`` up to ``first_block`` and record that block's inputs."""
+    """Run ``model`` on every batch of ``calib`` up to ``first_block`` and record that block's inputs.
+
+    ``mask`` (if given) follows each batch's attention mask while it runs, for hooks that read it.
+    """
+    mask = mask or TokenMask()
     captured = StackInputs([], [], [])
 
     def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -142,8 +157,11 @@ def capture_stack_inputs(
     try:
         for batch in calib:
             batches += 1
+            batch = move_batch(batch, device)
+            mask.set(batch, device)
+            captured.masks.append(mask.current)
             with contextlib.suppress(_StopForward):
-                forward_batch(model, move_batch(batch, device))
+                forward_batch(model, batch)
     finally:
         handle.remove()
     if batches == 0:
@@ -187,10 +205,8 @@ def sequential_calibrate(
 
     Raises:
         ValueError: if the model has no stack of repeated blocks (see
-            :func:`inhernet.baselines.layer_stack`) or the calibration batches do not reach it.
+            :func:`inhernet.stack.layer_stack`) or the calibration batches do not reach it.
     """
-    from .baselines.layerdrop import layer_stack  # baselines import the surgery, which imports this module
-
     stack_name, stack = layer_stack(model)
     teacher_stack = layer_stack(teacher)[1] if teacher is not None else None
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
@@ -202,9 +218,12 @@ def sequential_calibrate(
     try:
         with torch.no_grad():
             # Stage 1: the capture pass runs exactly the layers before the stack.
-            with covariance_hooks(outside, device) as stats:
-                inputs = capture_stack_inputs(model, stack[0], calib, device)
-            teacher_inputs = StackInputs(list(inputs.hidden), inputs.args, inputs.kwargs, inputs.by_keyword)
+            mask = TokenMask()
+            with covariance_hooks(outside, device, mask) as stats:
+                inputs = capture_stack_inputs(model, stack[0], calib, device, mask)
+            teacher_inputs = StackInputs(
+                list(inputs.hidden), inputs.args, inputs.kwargs, inputs.by_keyword, inputs.masks
+            )
             early = {name: outside[name] for name in stats}
             if early:
                 _compress_stage(model, early, stats, compress, damping)
@@ -214,8 +233,9 @@ def sequential_calibrate(
                 todo = {name: layers[name] for name in layers if block_of[name] == i}
                 if teacher_stack is None:
                     if todo:
-                        with covariance_hooks(todo, device) as stats:
+                        with covariance_hooks(todo, device, mask) as stats:
                             for b in range(len(inputs.hidden)):
+                                mask.current = inputs.masks[b]
                                 run_block(stack[i], inputs, b)
                         _compress_stage(model, todo, drop_unseen(stats, todo), compress, damping)
                 else:
@@ -253,16 +273,21 @@ def _paired_statistics(
     recorded: dict[str, list[torch.Tensor]] = {}
     teacher_modules = dict(teacher_block.named_modules())
     handles = []
+    mask = TokenMask()  # the batch's attention mask: padded positions enter neither side
+
+    def rows_of(module: nn.Module, kind: LayerKind, x: torch.Tensor) -> torch.Tensor:
+        x = mask.keep(kind.batched(module, unnested(x.detach())), isinstance(kind, EmbeddingKind))
+        return kind.input_rows(module, x)
 
     def record(name: str, kind: LayerKind):
         def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
-            recorded.setdefault(name, []).append(kind.input_rows(module, kind.batched(module, args[0].detach())))
+            recorded.setdefault(name, []).append(rows_of(module, kind, args[0]))
 
         return hook
 
     def pair(name: str, kind: LayerKind):
         def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
-            rows = kind.input_rows(module, kind.batched(module, args[0].detach()))
+            rows = rows_of(module, kind, args[0])
             if name not in stats:
                 diagonal = isinstance(kind, EmbeddingKind)
                 cls = InputCovariance if diagonal else PairedCovariance
@@ -287,6 +312,7 @@ def _paired_statistics(
     try:
         for b in range(len(inputs.hidden)):
             recorded.clear()
+            mask.current = inputs.masks[b] if b < len(inputs.masks) else None
             teacher_inputs.hidden[b] = run_block(teacher_block, teacher_inputs, b)
             if layers:  # nothing to pair otherwise: only the teacher's hidden states move on
                 run_block(block, inputs, b)
@@ -309,8 +335,6 @@ def _compress_stage(
     model: nn.Module, layers: Layers, stats: dict[str, InputCovariance], compress: Compress, damping: float
 ) -> None:
     """Factorise each layer with its statistics (plain SVD where it saw none) and put ``compress``'s module in."""
-    from .surgery import replace_module
-
     for name, (module, kind) in layers.items():
         cov = stats.pop(name, None)
         w = kind.matrix(module)

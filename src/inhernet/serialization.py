@@ -40,7 +40,7 @@ from ._version import __version__
 from .config import InherConfig
 from .kinds import LayerKind, block_params, kind_of
 from .layers import InherBlock
-from .surgery import replace_module
+from .stack import replace_module
 
 __all__ = ["CONFIG_NAME", "FORMAT_VERSION", "WEIGHTS_NAME", "load", "save", "weights_path"]
 

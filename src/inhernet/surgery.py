@@ -9,24 +9,18 @@ from typing import Any
 import torch
 from torch import nn
 
+from .batches import forward_batch, move_batch
+from .calibration import peek_example
 from .config import InherConfig
 from .decomposition import Factors
+from .discovery import Candidate, Unsupported, find_layers
 from .kinds import LayerKind
-from .plan import (
-    Candidate,
-    LayerPlan,
-    MacProfile,
-    Plan,
-    allocation_needs_spectra,
-    decompose,
-    find_layers,
-    layer_spectra,
-    make_plan,
-    profile_macs,
-    reiterable,
-)
+from .plan import Plan, make_plan
+from .sequential import sequential_calibrate
+from .spectra import MacProfile, allocation_needs_spectra, decompose, layer_spectra, profile_macs, reiterable
+from .stack import replace_module
 
-__all__ = ["inherit"]
+__all__ = ["inherit", "replace_module"]
 
 
 def inherit(
@@ -57,12 +51,14 @@ def inherit(
         earlier blocks (``calib`` is then iterated several times).
     """
     config = (config or (plan.config if plan is not None else InherConfig())).resolved(model)
-    candidates, others = find_layers(model, config)
+    example, calib = peek_example(calib)
+    candidates, others = find_layers(model, config, example)
     profile = None
     if plan is None and config.macs is not None:
         profile, calib = profile_macs(model, candidates, calib)
     if config.init == "whiten" and config.calibration != "one-pass":
-        return _inherit_sequential(model, config, calib, candidates, others, profile, plan, progress)
+        student = _inherit_sequential(model, config, calib, candidates, others, profile, plan, progress)
+        return _checked(student, example, model)
     needs_factors = config.init != "random" or (plan is None and allocation_needs_spectra(config))
     factors = decompose(model, candidates, config, calib, progress=progress) if needs_factors else {}
     if plan is None:
@@ -78,16 +74,14 @@ def inherit(
             block = _build_block(c.module, c.kind, rank, factors.get(name), config, generator)
             student = replace_module(student, name, block)
     student.inhernet_plan = plan
-    return student
+    return _checked(student, example, model)
 
 
 def _inherit_sequential(
     model: nn.Module, config: InherConfig, calib: Iterable[Any] | None, candidates: list[Candidate],
-    others: list[LayerPlan], profile: MacProfile | None, plan: Plan | None, progress: bool,
+    others: list[Unsupported], profile: MacProfile | None, plan: Plan | None, progress: bool,
 ) -> nn.Module:
     """``inherit`` with sequential calibration: ranks from the teacher's spectra, factors block by block."""
-    from .sequential import sequential_calibrate
-
     calib = reiterable(calib)
     if plan is None:
         spectra = layer_spectra(model, candidates, config, calib, progress=progress) if (
@@ -111,6 +105,42 @@ def _inherit_sequential(
         )
     student.inhernet_plan = plan
     return student
+
+
+def _checked(student: nn.Module, example: Any, teacher: nn.Module) -> nn.Module:
+    """``student`` once it ran the example input (the first calib batch), or a clear error if it cannot.
+
+    The weight readers found on the example keep their layers dense, so the inherited model should run
+    wherever the teacher did; this one forward pass makes sure that inherit() never hands back a model
+    whose own code breaks on an input the teacher accepts. It is cheap next to the calibration that
+    came with the same calib (one batch, eval mode, no grad, the RNG untouched) and skipped without one.
+    """
+    if example is None:
+        return student
+    try:
+        _run_example(student, example)
+    except Exception as e:
+        try:
+            _run_example(teacher, example)
+        except Exception:
+            return student  # the teacher fails on it too: not an input the model accepts, nothing to check
+        raise RuntimeError(
+            f"the inherited model fails on the first calib batch, which the teacher runs ({type(e).__name__}: "
+            f"{e}); keep the layer the traceback names dense with InherConfig(exclude=[...]) and report this"
+        ) from e
+    return student
+
+
+def _run_example(model: nn.Module, example: Any) -> None:
+    """One forward pass on ``example`` in eval mode, without grad and with the RNG untouched; modes restored."""
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    was_training = model.training
+    model.eval()  # no batch-norm statistics updated, no dropout
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            forward_batch(model, move_batch(example, device))
+    finally:
+        model.train(was_training)
 
 
 def _planned(plan: Plan, candidates: list[Candidate]) -> dict[str, Candidate]:
@@ -137,16 +167,6 @@ def _build_block(
     block.source = kind.spec(module)
     block.train(module.training)  # a new module starts in training mode; keep the teacher's
     return block
-
-
-def replace_module(root: nn.Module, name: str, module: nn.Module) -> nn.Module:
-    """Put ``module`` at dotted ``name`` inside ``root``; returns the (possibly new) root."""
-    if not name:
-        return module
-    parent_name, _, child = name.rpartition(".")
-    parent = root.get_submodule(parent_name) if parent_name else root
-    setattr(parent, child, module)
-    return root
 
 
 def _reset_random(block: nn.Module) -> None:

@@ -1,6 +1,7 @@
 """The methods a benchmark compares, each building a student of (at least) the same size."""
 
-from .layerdrop import drop_layers, layer_stack, spread_layers
+from ..stack import layer_stack
+from .layerdrop import drop_layers, spread_layers
 from .methods import DEFAULT_METHODS, METHODS, MethodContext, build_student, register_method
 from .prune import prune, prune_to_size
 from .students import llama_student, width_scaled

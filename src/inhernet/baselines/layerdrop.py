@@ -7,30 +7,9 @@ from collections.abc import Sequence
 
 from torch import nn
 
+from ..stack import layer_stack
+
 __all__ = ["drop_layers", "layer_stack", "spread_layers"]
-
-
-def layer_stack(model: nn.Module) -> tuple[str, nn.ModuleList]:
-    """The model's stack of repeated blocks: ``(name, ModuleList)``.
-
-    The largest (by parameters) ``nn.ModuleList`` of at least two children of one class, e.g.
-    ``encoder.layer`` of a BERT or ``model.layers`` of a Llama.
-
-    Raises:
-        ValueError: if the model has no such list (it is not a stack of repeated layers).
-    """
-    best: tuple[int, str, nn.ModuleList] | None = None
-    for name, module in model.named_modules():
-        if isinstance(module, nn.ModuleList) and len(module) >= 2 and len({type(m) for m in module}) == 1:
-            size = sum(p.numel() for p in module.parameters())
-            if best is None or size > best[0]:
-                best = (size, name, module)
-    if best is None:
-        raise ValueError(
-            f"{type(model).__name__} has no stack of repeated layers (an nn.ModuleList of >= 2 blocks of one "
-            "class); layer dropping applies to transformers"
-        )
-    return best[1], best[2]
 
 
 def drop_layers(model: nn.Module, keep: slice | Sequence[int] = slice(0, None, 2)) -> nn.Module:

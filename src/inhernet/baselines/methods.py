@@ -18,8 +18,9 @@ from ..calibration import split_example
 from ..config import InherConfig
 from ..deploy import count_macs
 from ..plan import Plan
+from ..stack import layer_stack
 from ..surgery import inherit
-from .layerdrop import drop_layers, layer_stack, spread_layers
+from .layerdrop import drop_layers, spread_layers
 from .prune import prune_to_size
 
 __all__ = ["DEFAULT_METHODS", "METHODS", "MethodContext", "build_student", "register_method"]

@@ -1,0 +1,199 @@
+"""Allocate: the rank of every factorisable layer under the configuration's rule or budget.
+
+The step after measuring (:mod:`inhernet.spectra`): each open layer priced (:func:`layer_cost`) in
+parameters or, under a MAC budget, in MACs on the example input; a budget turned into a target and
+filled by the greedy engine of :mod:`inhernet.budget`, per ``budgets`` group where there are groups.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .budget import LayerCost, allocate, floor_rank, mac_price, minimum_cost, ranks_for_energy, ranks_for_rank
+from .config import InherConfig
+from .discovery import Candidate, matches
+from .kinds import dense_params
+from .spectra import MacProfile
+
+__all__ = ["BUDGET_TOLERANCE", "Allocation", "allocate_ranks", "dense_reason", "layer_cost"]
+
+# A plan under a budget (parameters or MACs) lands at or below it and within 2% of it.
+BUDGET_TOLERANCE = 0.98
+
+
+@dataclass(frozen=True)
+class _Currency:
+    """How a budget's currency is named in messages."""
+
+    unit: str  # what is counted: "parameters", "MACs"
+    budget: str  # what the budget is called
+    option: str  # the InherConfig field
+    teacher: str  # qualifies the teacher's total
+
+
+PARAMS = _Currency("parameters", "budget", "budget", "")
+PARAMS_REST = _Currency("parameters", "budget", "budget", " matched by no budgets pattern")
+MACS = _Currency("MACs", "MAC budget", "macs", " on the example input")
+
+
+@dataclass
+class Allocation:
+    """The ranks (``None``: dense) and the targets they were filled to (``None`` without a budget)."""
+
+    ranks: dict[str, int | None]
+    target_params: int | None = None
+    target_macs: int | None = None
+
+
+def layer_cost(
+    c: Candidate, experts: int, energy: torch.Tensor | None, profile: MacProfile | None = None
+) -> LayerCost:
+    """The allocator's view of a layer (``energy``: its squared singular values, if known); priced in MACs
+    when a profile is given, else in parameters."""
+    m, n = c.kind.shape(c.module)
+    price = None
+    if profile is not None:
+        positions, gate_positions = profile.positions.get(c.name, (0, 0))
+        price = mac_price(m, experts, positions, gate_positions, *c.kind.mac_rates(c.module))
+    return LayerCost(
+        c.name, m, n, c.kind.bias(c.module) is not None, experts, dense_params(c.module), energy, price,
+    )
+
+
+def allocate_ranks(
+    model: nn.Module, config: InherConfig, layers: list[LayerCost], profile: MacProfile | None
+) -> Allocation:
+    """Ranks for ``layers`` (priced in MACs when ``profile`` is given) by the rule or budget of ``config``."""
+    if config.rank is not None:
+        return Allocation(ranks_for_rank(layers, config.rank, config.min_rank, config.min_rank_ratio))
+    if config.energy is not None:
+        return Allocation(ranks_for_energy(layers, config.energy, config.min_rank, config.min_rank_ratio))
+    if profile is not None:
+        assert config.macs is not None
+        target = _target(config.macs, profile.total, MACS)
+        return Allocation(_fill(layers, target, profile.total, MACS, config), target_macs=target)
+    if config.budgets:
+        ranks, target = _fill_groups(model, layers, config)
+        return Allocation(ranks, target_params=target)
+    assert config.budget is not None
+    teacher_params = sum(p.numel() for p in model.parameters())
+    target = _target(config.budget, teacher_params, PARAMS)
+    return Allocation(_fill(layers, target, teacher_params, PARAMS, config), target_params=target)
+
+
+def dense_reason(layer: LayerCost, config: InherConfig, profile: MacProfile | None) -> str:
+    """Why the allocation left an open layer dense."""
+    unit = (MACS if profile is not None else PARAMS).unit
+    floor = floor_rank(layer, config.min_rank, config.min_rank_ratio)
+    if profile is not None and profile.positions.get(layer.name, (0, 0))[0] == 0:
+        return "did not run on the example input; kept dense"
+    if layer.break_even < config.min_rank:
+        return f"no rank saves {unit}; kept dense"
+    if layer.break_even < floor:
+        return f"no rank saves {unit} at or above its floor rank {floor}; kept dense"
+    return "dense fits the budget better than any rank"
+
+
+def warn_if_under(reached: int | None, goal: int | None, macs: bool) -> None:
+    """Warn when a budgeted plan lands more than 2% under its target (the steps were too coarse)."""
+    currency = MACS if macs else PARAMS
+    if goal is not None and reached is not None and reached < BUDGET_TOLERANCE * goal:
+        warnings.warn(
+            f"the plan reaches {reached:,} {currency.unit}, more than 2% under the {currency.budget} of "
+            f"{goal:,}: no choice of ranks (or of layers left dense) lands within 2% of it",
+            stacklevel=4,
+        )
+
+
+def _fill(
+    layers: list[LayerCost], target: int, teacher_total: int, currency: _Currency, config: InherConfig
+) -> dict[str, int | None]:
+    """Ranks whose total cost (the fixed rest of the model included) fits ``target``, or a clear error."""
+    fixed = teacher_total - sum(layer.cost(None) for layer in layers)
+    smallest = fixed + minimum_cost(layers, config.min_rank, config.min_rank_ratio)
+    if target < smallest:
+        raise ValueError(
+            f"{currency.budget} of {target:,} {currency.unit} ({target / teacher_total:.1%} of "
+            f"{teacher_total:,}{currency.teacher}) is unreachable: the smallest reachable is {smallest:,} "
+            f"({smallest / teacher_total:.1%}) with min_rank={config.min_rank}, min_rank_ratio={config.min_rank_ratio}, experts={config.experts} "
+            f"and these include/exclude patterns; raise the {currency.budget}, lower experts or factorise "
+            "more layers"
+        )
+    at_least = math.ceil(BUDGET_TOLERANCE * target) - fixed  # the promise: within 2% of the target
+    return allocate(layers, target - fixed, config.allocation, config.min_rank, config.min_rank_ratio, at_least)
+
+
+def _fill_groups(
+    model: nn.Module, layers: list[LayerCost], config: InherConfig
+) -> tuple[dict[str, int | None], int]:
+    """Ranks under ``config.budgets``: each pattern's group filled to its own budget, the rest to
+    ``config.budget``; returns the ranks and the summed target."""
+    patterns = tuple(config.budgets)
+    owned = _params_by_group(model, patterns)
+    grouped: dict[str | None, list[LayerCost]] = {p: [] for p in (*patterns, None)}
+    for layer in layers:
+        grouped[_group_of(layer.name, patterns)].append(layer)
+    ranks: dict[str, int | None] = {}
+    total = 0
+    for pattern in (*patterns, None):
+        if pattern is None and not grouped[None]:
+            total += owned[None]  # nothing left to factorise outside the groups (e.g. a logit scale)
+            continue
+        if pattern is None:
+            budget, currency = config.budget, PARAMS_REST
+        else:
+            budget = config.budgets[pattern]
+            currency = _Currency(
+                "parameters", f"budget of {pattern!r}", f"budgets[{pattern!r}]", f" matched by {pattern!r}"
+            )
+        assert budget is not None
+        target = _target(budget, owned[pattern], currency)
+        ranks.update(_fill(grouped[pattern], target, owned[pattern], currency, config))
+        total += target
+    return ranks, total
+
+
+def _group_of(name: str, patterns: tuple[str, ...]) -> str | None:
+    """The one pattern of ``budgets`` that matches module ``name`` (``None``: the rest)."""
+    hits = [p for p in patterns if matches(name, (p,)) is not None]
+    if len(hits) > 1:
+        raise ValueError(
+            f"module {name!r} is matched by budgets patterns {hits[0]!r} and {hits[1]!r}; each module may "
+            "belong to one group only: make the patterns disjoint"
+        )
+    return hits[0] if hits else None
+
+
+def _params_by_group(model: nn.Module, patterns: tuple[str, ...]) -> dict[str | None, int]:
+    """Teacher parameters per ``budgets`` pattern (``None``: the rest); a pattern matching none is an error."""
+    owned: dict[str | None, int] = dict.fromkeys((*patterns, None), 0)
+    seen: set[int] = set()
+    for name, module in model.named_modules():
+        for p in module.parameters(recurse=False):
+            if id(p) not in seen:  # a tied parameter counts once, with its first owner
+                seen.add(id(p))
+                owned[_group_of(name, patterns)] += p.numel()
+    for pattern in patterns:
+        if owned[pattern] == 0:
+            sample = ", ".join(n for n, _ in list(model.named_children())[:6])
+            raise ValueError(
+                f"budgets pattern {pattern!r} matches no module with parameters; top-level modules are "
+                f"e.g. {sample}"
+            )
+    return owned
+
+
+def _target(budget: float | int, teacher_total: int, currency: _Currency) -> int:
+    if isinstance(budget, float):
+        return int(budget * teacher_total)
+    if budget > teacher_total:
+        raise ValueError(
+            f"{currency.option}={budget:,} {currency.unit} exceeds the teacher's {teacher_total:,}"
+            f"{currency.teacher}; give a smaller count or a fraction in (0, 1]"
+        )
+    return budget

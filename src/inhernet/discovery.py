@@ -1,0 +1,161 @@
+"""Find the layers: which modules may be factorised, and why the others stay dense.
+
+The first step after configuration. Nothing here measures or allocates; :func:`find_layers` only
+reads the model's structure, its weights (to refuse non-float or non-finite ones) and, when an
+example input is given, who reads each candidate's weight during one forward pass
+(:mod:`inhernet.readers`).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import warnings
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from .config import InherConfig
+from .kinds import LayerKind, dense_params, forward_override, kind_of
+from .readers import find_weight_readers
+
+__all__ = ["Candidate", "Unsupported", "factorisable", "find_layers", "matches"]
+
+# Modules whose forward reads a descendant's ``.weight`` directly (its dtype, its row count), which a
+# block has no single one of: (package of the reader's class, suffix of its class name, the paths it
+# reads). Hugging Face's CLIP family (CLIP, SigLIP, X-CLIP, AltCLIP, CLIPSeg...) in its embeddings,
+# open_clip's residual attention blocks for their cast dtype. Only the fallback when no example input
+# is given: with one, the readers are found by running it (see inhernet.readers).
+_WEIGHT_READERS = (
+    ("transformers.", "Embeddings", ("patch_embedding", "position_embedding")),
+    ("open_clip.", "ResidualAttentionBlock", ("mlp.c_fc",)),
+)
+
+
+@dataclass
+class Candidate:
+    """A supported layer that may be factorised (``reason`` is set when it must stay dense)."""
+
+    name: str
+    module: nn.Module
+    kind: LayerKind
+    reason: str | None = None
+
+
+@dataclass
+class Unsupported:
+    """A module with parameters of no supported layer type: kept as is."""
+
+    name: str
+    type_name: str
+    params: int
+    reason: str
+
+
+def matches(name: str, patterns: Iterable[str]) -> str | None:
+    """The first of ``patterns`` (fnmatch, a pattern also matching its descendants) matching ``name``."""
+    for p in patterns:
+        if fnmatch.fnmatchcase(name, p) or fnmatch.fnmatchcase(name, p + ".*"):
+            return p
+    return None
+
+
+def find_layers(
+    model: nn.Module, config: InherConfig, example: Any = None
+) -> tuple[list[Candidate], list[Unsupported]]:
+    """Supported layers (with the reason when one must stay dense) and the unsupported ones.
+
+    With an ``example`` input (the first calibration batch), the layers whose weight values are used
+    outside their own forward are found by running it (:func:`inhernet.readers.find_weight_readers`)
+    and stay dense, the reason naming the reader; without one, or if that pass fails, the table of
+    known readers is the fallback.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    module_uses = Counter(id(m) for _, m in model.named_modules(remove_duplicate=False))
+    param_uses = Counter(
+        id(p) for _, m in model.named_modules(remove_duplicate=False) for p in m.parameters(recurse=False)
+    )
+    parents = {id(child): parent for parent in model.modules() for child in parent.children()}
+    modules = dict(model.named_modules())
+    candidates: list[Candidate] = []
+    others: list[Unsupported] = []
+    for name, module in model.named_modules():
+        own = dense_params(module)
+        if own == 0:
+            continue
+        kind = kind_of(module)
+        if kind is None:
+            reason = f"unsupported layer type {type(module).__name__}; kept as is"
+            others.append(Unsupported(name, type(module).__name__, own, reason))
+            continue
+        reason = kind.dense_reason(module) or forward_override(module)
+        candidates.append(Candidate(name, module, kind, reason or _dense_by_config(name, config)))
+    readers = _traced_readers(model, candidates, example) if example is not None else None
+    for c in candidates:
+        if c.reason is None and readers is not None:
+            c.reason = readers.get(c.name)
+        if c.reason is None and readers is None:
+            if isinstance(parents.get(id(c.module)), nn.MultiheadAttention):
+                c.reason = "projection read directly by nn.MultiheadAttention; kept dense"
+            else:
+                c.reason = _weight_reader(c.name, modules)
+        if c.reason is None and module_uses[id(c.module)] > 1:
+            c.reason = "module instance shared at several places; kept dense"
+        if c.reason is None and any(param_uses[id(p)] > 1 for p in c.module.parameters(recurse=False)):
+            c.reason = "weight tied to another module; kept dense"
+        if c.reason is None:
+            _check_weight(c.name, c.kind.weight(c.module))
+    return candidates, others
+
+
+def _traced_readers(model: nn.Module, candidates: list[Candidate], example: Any) -> dict[str, str] | None:
+    """Per open candidate whose weight values code outside its forward uses, why it stays dense; ``None``
+    (with a warning: the known-reader table is then used) when the example pass fails."""
+    try:
+        values, _ = find_weight_readers(model, factorisable(candidates), example)
+    except Exception as e:  # the model's own code failed under the probes: fall back, never crash here
+        warnings.warn(
+            f"could not trace weight readers on the example input ({type(e).__name__}: {e}); using the table "
+            "of known readers instead",
+            stacklevel=3,
+        )
+        return None
+    return {name: f"weight read outside its forward by {reader}; kept dense" for name, reader in values.items()}
+
+
+def factorisable(candidates: list[Candidate]) -> dict[str, tuple[nn.Module, LayerKind]]:
+    """The candidates that may be factorised, as ``{name: (module, kind)}``."""
+    return {c.name: (c.module, c.kind) for c in candidates if c.reason is None}
+
+
+def _weight_reader(name: str, modules: dict[str, nn.Module]) -> str | None:
+    """Why ``name`` stays dense when a known ancestor reads its ``.weight`` directly (see _WEIGHT_READERS)."""
+    for package, suffix, paths in _WEIGHT_READERS:
+        for path in paths:
+            if name != path and not name.endswith("." + path):
+                continue
+            reader = type(modules.get(name[: -len(path)].rstrip(".")))
+            if reader.__module__.startswith(package) and reader.__name__.endswith(suffix):
+                return f"weight read directly by {reader.__name__}; kept dense"
+    return None
+
+
+def _dense_by_config(name: str, config: InherConfig) -> str | None:
+    if config.include and matches(name, config.include) is None:
+        return "not matched by include patterns"
+    hit = matches(name, config.exclude)
+    return f"excluded by pattern {hit!r}" if hit is not None else None
+
+
+def _check_weight(name: str, w: torch.Tensor) -> None:
+    if not w.is_floating_point():
+        raise TypeError(
+            f"layer {name!r} has {w.dtype} weights; inheritance needs floating-point weights "
+            "(dequantise the model first, or exclude the layer)"
+        )
+    if not torch.isfinite(w).all():
+        raise ValueError(f"layer {name!r} has NaN or infinite weights; fix the teacher or exclude the layer")

@@ -1,0 +1,114 @@
+"""Find, on an example input, the layers whose weight is read by code other than their own forward.
+
+Model code sometimes reads a layer's ``.weight`` outside that layer's forward: for its dtype or device
+(many Hugging Face models), or to pass its values to a functional op (``nn.MultiheadAttention`` hands
+``out_proj.weight`` to ``F.multi_head_attention_forward``; fused fast paths read every weight). A
+factorised block can answer the first kind (:class:`inhernet.views.WeightView`), not the second.
+
+:func:`find_weight_readers` runs one forward pass of the model on the example input with each
+candidate's own parameters swapped for a probe tensor (same storage) whose ``__torch_function__``
+records every use made while the owner's forward is not running, and by which module's forward. Uses
+of values (anything outside :data:`inhernet.views.METADATA`) keep the layer dense; metadata reads are
+served by the block's view. Probes also turn PyTorch's fused fast paths off, as the block's view does,
+so the pass sees the module-by-module path the inherited model will take.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import torch
+from torch import nn
+from torch._C import DisableTorchFunctionSubclass
+from torch.utils._pytree import tree_flatten
+
+from .batches import forward_batch, move_batch
+from .kinds import LayerKind
+from .views import METADATA, torch_function_name
+
+__all__ = ["find_weight_readers"]
+
+
+class _Probe(torch.Tensor):
+    """A parameter's stand-in during the trace: it reports every use outside its owner's forward."""
+
+    _owner: str
+    _owner_id: int
+    _trace: _Trace
+
+    @classmethod
+    def __torch_function__(cls, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        name = torch_function_name(func)
+        for a in tree_flatten((args, kwargs))[0]:
+            if isinstance(a, _Probe):
+                a._trace.record(a, name)
+        with DisableTorchFunctionSubclass():
+            return func(*args, **kwargs)
+
+
+class _Trace:
+    """Which modules' forwards are running, and what each probe was used for outside its owner's."""
+
+    def __init__(self) -> None:
+        self.stack: list[nn.Module] = []
+        self.running: Counter[int] = Counter()
+        self.values: dict[str, str] = {}  # layer -> first reader that used its weight's values
+        self.metadata: dict[str, str] = {}  # layer -> first reader that read only metadata
+
+    def enter(self, module: nn.Module, *_: Any) -> None:
+        self.stack.append(module)
+        self.running[id(module)] += 1
+
+    def leave(self, module: nn.Module, *_: Any) -> None:
+        for i in range(len(self.stack) - 1, -1, -1):
+            if self.stack[i] is module:
+                del self.stack[i]
+                break
+        self.running[id(module)] -= 1
+
+    def record(self, probe: _Probe, what: str) -> None:
+        if self.running[probe._owner_id] > 0:
+            return  # the layer's own forward (or something it calls)
+        reader = f"{type(self.stack[-1]).__name__}.forward" if self.stack else "code outside any module's forward"
+        book = self.metadata if what in METADATA else self.values
+        book.setdefault(probe._owner, f"{reader} ({what})")
+
+
+def find_weight_readers(
+    model: nn.Module, layers: dict[str, tuple[nn.Module, LayerKind]], example: Any
+) -> tuple[dict[str, str], dict[str, str]]:
+    """One forward pass on ``example``: the layers whose parameters are used outside their own forward.
+
+    Returns ``(values, metadata)``: per layer name, the first reader (``"Class.forward (op)"``) that used
+    its parameter values, and, for the others, the first that read only metadata. The model runs in eval
+    mode without grad; its modes and parameters are restored, whatever happens.
+    """
+    trace = _Trace()
+    swapped: list[tuple[nn.Module, str, nn.Parameter]] = []
+    handles = []
+    was_training = model.training
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    try:
+        for module in model.modules():
+            handles.append(module.register_forward_pre_hook(trace.enter))
+            handles.append(module.register_forward_hook(trace.leave, always_call=True))
+        for name, (module, _) in layers.items():
+            for pname, p in list(module._parameters.items()):
+                if p is None:
+                    continue
+                probe = torch.Tensor._make_subclass(_Probe, p.detach(), p.requires_grad)
+                probe._owner, probe._owner_id, probe._trace = name, id(module), trace
+                swapped.append((module, pname, p))
+                module._parameters[pname] = probe  # bypasses register_parameter's type check on purpose
+        model.eval()
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            forward_batch(model, move_batch(example, device))
+    finally:
+        for module, pname, p in swapped:
+            module._parameters[pname] = p
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return trace.values, {k: v for k, v in trace.metadata.items() if k not in trace.values}

@@ -1,0 +1,99 @@
+"""Measure the layers: their (whitened) spectra and, under a MAC budget, their MACs on the example input.
+
+The step between finding the layers (:mod:`inhernet.discovery`) and allocating ranks
+(:mod:`inhernet.allocation`): calibration statistics (:mod:`inhernet.calibration`, or stage by stage
+with :mod:`inhernet.sequential`) turned into each layer's factors or energies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from .calibration import collect_covariances, example_positions, split_example
+from .config import InherConfig
+from .decomposition import Factors, factorize
+from .discovery import Candidate, factorisable
+from .kinds import LayerKind
+from .sequential import sequential_calibrate
+
+__all__ = ["MacProfile", "allocation_needs_spectra", "decompose", "layer_spectra", "profile_macs", "reiterable"]
+
+
+@dataclass
+class MacProfile:
+    """The teacher's MACs on the example input, and per open layer its (output, gate) positions there."""
+
+    total: int
+    positions: dict[str, tuple[int, int]]
+
+
+def profile_macs(
+    model: nn.Module, candidates: list[Candidate], calib: Iterable[Any] | None
+) -> tuple[MacProfile, Iterable[Any]]:
+    """Count MACs and positions on the first batch of ``calib``; returns ``calib`` to iterate in full."""
+    example, calib = split_example(calib, "a MAC budget (macs=)")
+    todo = factorisable(candidates)
+    total, positions = example_positions(model, todo, example)
+    return MacProfile(total, positions), calib
+
+
+def decompose(
+    model: nn.Module, candidates: list[Candidate], config: InherConfig, calib: Iterable[Any] | None,
+    *, progress: bool = True,
+) -> dict[str, Factors]:
+    """Full-rank (whitened, with ``init="whiten"``) SVD of every factorisable layer, computed once."""
+    todo = factorisable(candidates)
+    covariances = {}
+    if config.init == "whiten" and todo:
+        if calib is None:
+            raise ValueError(
+                'init="whiten" needs calibration data: pass calib= (an iterable of model input batches), '
+                'or use init="svd"'
+            )
+        covariances = collect_covariances(model, todo, calib, progress=progress)
+    return {
+        name: factorize(kind.matrix(module), covariances.get(name), config.damping)
+        for name, (module, kind) in todo.items()
+    }
+
+
+def layer_spectra(
+    model: nn.Module, candidates: list[Candidate], config: InherConfig, calib: Iterable[Any] | None,
+    *, progress: bool = True,
+) -> dict[str, torch.Tensor]:
+    """Every factorisable layer's (whitened, with ``init="whiten"``) energies, for the allocator.
+
+    With sequential calibration they are computed stage by stage on the teacher's own inputs,
+    holding one block's statistics at a time, and only the energies are kept.
+    """
+    if config.init == "whiten" and config.calibration != "one-pass":
+        todo = factorisable(candidates)
+        energies: dict[str, torch.Tensor] = {}
+
+        def keep_energy(name: str, module: nn.Module, kind: LayerKind, factors: Factors) -> None:
+            energies[name] = factors.energy
+
+        sequential_calibrate(model, todo, reiterable(calib), keep_energy, damping=config.damping, progress=progress)
+        return energies
+    return {name: f.energy for name, f in decompose(model, candidates, config, calib, progress=progress).items()}
+
+
+def reiterable(calib: Iterable[Any] | None) -> list[Any]:
+    """``calib`` as a list (sequential calibration iterates it more than once)."""
+    if calib is None:
+        raise ValueError(
+            'init="whiten" needs calibration data: pass calib= (an iterable of model input batches), '
+            'or use init="svd"'
+        )
+    return calib if isinstance(calib, list) else list(calib)
+
+
+def allocation_needs_spectra(config: InherConfig) -> bool:
+    """Whether the allocation reads the layers' spectra (energy rules and energy-allocated budgets)."""
+    budgeted = config.budget is not None or config.macs is not None
+    return config.energy is not None or (budgeted and config.allocation == "energy")
