@@ -17,6 +17,7 @@ from torch import nn
 from .budget import LayerCost, allocate, floor_rank, mac_price, minimum_cost, ranks_for_energy, ranks_for_rank
 from .config import InherConfig
 from .discovery import Candidate, matches
+from .families import FAMILY_DEFAULTS
 from .kinds import dense_params
 from .spectra import MacProfile
 
@@ -115,17 +116,40 @@ def _fill(
 ) -> dict[str, int | None]:
     """Ranks whose total cost (the fixed rest of the model included) fits ``target``, or a clear error."""
     fixed = teacher_total - sum(layer.cost(None) for layer in layers)
-    smallest = fixed + minimum_cost(layers, config.min_rank, config.min_rank_ratio)
+    floor_ratio = _reachable_floor(layers, target - fixed, config)
+    smallest = fixed + minimum_cost(layers, config.min_rank, floor_ratio)
     if target < smallest:
         raise ValueError(
             f"{currency.budget} of {target:,} {currency.unit} ({target / teacher_total:.1%} of "
             f"{teacher_total:,}{currency.teacher}) is unreachable: the smallest reachable is {smallest:,} "
-            f"({smallest / teacher_total:.1%}) with min_rank={config.min_rank}, min_rank_ratio={config.min_rank_ratio}, experts={config.experts} "
+            f"({smallest / teacher_total:.1%}) with min_rank={config.min_rank}, min_rank_ratio={floor_ratio:g}, experts={config.experts} "
             f"and these include/exclude patterns; raise the {currency.budget}, lower experts or factorise "
             "more layers"
         )
     at_least = math.ceil(BUDGET_TOLERANCE * target) - fixed  # the promise: within 2% of the target
-    return allocate(layers, target - fixed, config.allocation, config.min_rank, config.min_rank_ratio, at_least)
+    return allocate(layers, target - fixed, config.allocation, config.min_rank, floor_ratio, at_least)
+
+
+def _reachable_floor(layers: list[LayerCost], room: int, config: InherConfig) -> float:
+    """The rank floor to allocate with: ``config.min_rank_ratio``, except that a family's default floor
+    (e.g. causal LMs' 25%) is lowered, with a warning, as far as a budget below it needs — a default
+    should never make a budget unreachable. A floor the user chose differently stays hard."""
+    ratio = config.min_rank_ratio or 0.0
+    family = FAMILY_DEFAULTS.get(config.family) if config.family else None
+    if not ratio or family is None or ratio != family.min_rank_ratio:
+        return ratio
+    if minimum_cost(layers, config.min_rank, ratio) <= room:
+        return ratio
+    lo, hi = 0.0, ratio  # bisect on the largest floor that still fits
+    for _ in range(30):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if minimum_cost(layers, config.min_rank, mid) <= room else (lo, mid)
+    warnings.warn(
+        f"the {config.family} family's rank floor min_rank_ratio={ratio} does not fit this budget; lowered "
+        f"to {lo:.3f} (pass min_rank_ratio= to choose it)",
+        stacklevel=4,
+    )
+    return lo
 
 
 def _fill_groups(
