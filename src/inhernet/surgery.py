@@ -12,6 +12,7 @@ from torch import nn
 from .config import InherConfig
 from .decomposition import Factors
 from .kinds import LayerKind
+from .layers import configure_gates
 from .plan import (
     Candidate,
     LayerPlan,
@@ -134,6 +135,7 @@ def _build_block(
         assert factors is not None, "inherited init needs the layer's factors"
         down, up = factors.truncated(rank)
         block.inherit_(down, up, kind.bias(module), expert_noise=config.expert_noise, generator=generator)
+    configure_gates(block, routing=config.routing, gate_pool=config.gate_pool, generator=generator)
     block.source = kind.spec(module)
     block.train(module.training)  # a new module starts in training mode; keep the teacher's
     return block
