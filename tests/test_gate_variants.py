@@ -188,3 +188,26 @@ def test_option_errors_name_the_field() -> None:
         configure_gates(block, routing="hard")
     with pytest.raises(ValueError, match="gate_noise"):
         configure_gates(block, routing="top1", gate_noise=-1.0)
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_variants_save_and_load_with_their_routing(tmp_path, variant: str) -> None:
+    from inhernet import load, save
+
+    teacher, batch = tm.cnn()
+    student = inherit(teacher, InherConfig(rank=0.5, experts=3, init="svd", **VARIANTS[variant]), progress=False)
+    g = torch.Generator().manual_seed(0)
+    for b in blocks(student):  # distinct experts and an input-dependent gate: the routing matters
+        b.gate.weight.data.normal_(generator=g)
+        b.up.weight.data.add_(0.1 * torch.randn(b.up.weight.shape, generator=g))
+    student.eval()
+    want = tm.run(student, batch)
+    loaded = load(save(student, tmp_path / "m"), copy.deepcopy(teacher)).eval()
+    for a, b in zip(blocks(student), blocks(loaded), strict=True):
+        assert (a.routing, a.gate_pool) == (b.routing, b.gate_pool)
+    assert tm.rel_err(tm.run(loaded, batch), want) <= 1e-6
+    # Loaded as the paper's soft gate, the model would compute something else.
+    soft = load(save(student, tmp_path / "s"), copy.deepcopy(teacher)).eval()
+    for b in blocks(soft):
+        b.routing, b.gate_pool = "soft", "mean"
+    assert tm.rel_err(tm.run(soft, batch), want) > 1e-3

@@ -23,7 +23,7 @@ from ._atomic import atomic_path
 from ._version import __version__
 from .config import InherConfig
 from .kinds import kind_of
-from .layers import InherBlock
+from .layers import GATE_POOLS, ROUTINGS, InherBlock
 from .surgery import replace_module
 
 __all__ = ["CONFIG_NAME", "FORMAT_VERSION", "WEIGHTS_NAME", "load", "save"]
@@ -62,7 +62,7 @@ def save(model: nn.Module, path: str | os.PathLike[str]) -> Path:
             "params": sum(p.numel() for p in model.parameters()),
             "config": config.to_dict() if config is not None else None,
             "layers": {
-                name: {"rank": b.rank, "experts": b.experts, "source": getattr(b, "source", None)}
+                name: {"rank": b.rank, "experts": b.experts, "source": getattr(b, "source", None), **_gating(b)}
                 for name, b in blocks.items()
             },
             "weights": {"file": WEIGHTS_NAME, "sha256": digest},
@@ -133,9 +133,23 @@ def _rebuild_layer(base: nn.Module, name: str, spec: dict[str, Any]) -> nn.Modul
             "architecture the file was saved from"
         )
     block = kind.build(module, rank, experts)  # type: ignore[union-attr]
+    # Forward-time gate options (no tensors of their own); absent = the defaults, as in older files.
+    block.routing, block.gate_pool = spec.get("routing", "soft"), spec.get("gate_pool", "mean")
+    if block.routing not in ROUTINGS or block.gate_pool not in GATE_POOLS:
+        raise ValueError(f"{CONFIG_NAME}: layer {name!r} has an unknown routing/gate_pool in {spec!r}")
     block.source = source
     block.train(module.training)
     return replace_module(base, name, block)
+
+
+def _gating(block: InherBlock) -> dict[str, str]:
+    """A block's non-default gate options (``routing``, ``gate_pool``) for its spec."""
+    out = {}
+    if block.routing != "soft":
+        out["routing"] = block.routing
+    if block.gate_pool != "mean":
+        out["gate_pool"] = block.gate_pool
+    return out
 
 
 def _read_meta(path: Path) -> dict[str, Any]:
