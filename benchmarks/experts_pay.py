@@ -13,6 +13,9 @@ T = 4, alpha = 0.9, teacher logits computed once); only the experts and their ga
 * ``h3-top1-macs``  top-1 at h = 1's ranks: the same MACs as h = 1 (one expert per input, plus the
                     gate), about 3x the up-projection parameters: the usual mixture-of-experts trade.
 
+More with ``--variants``: ``-glr`` forms of the position and top-1 rows, ``h3-soft-glr-noise`` (also
+10x the expert deviations, ``expert_noise=0.2``), ``h2-soft`` and ``h2-soft-glr``.
+
 After training: the final metric on the whole test split, the metric after folding the experts into
 one (``merge_experts`` on the calibration data), and gate diagnostics on the calibration data
 (:func:`inhernet.gates.gate_stats`: gate entropy / log h, routing-load entropy, expert spread).
@@ -63,6 +66,11 @@ def variant_options(name: str, gate_lr_scale: float) -> tuple[dict[str, Any], di
         "h3-top1": ({"experts": 3, "routing": "top1"}, {}, False),
         "h3-top1-glr": ({"experts": 3, "routing": "top1"}, {"gate_lr_scale": gate_lr_scale}, False),
         "h3-top1-macs": ({"experts": 3, "routing": "top1"}, {}, True),
+        "h3-top1-macs-glr": ({"experts": 3, "routing": "top1"}, {"gate_lr_scale": gate_lr_scale}, True),
+        # Larger zero-sum deviations: the gate sees experts that differ 10x more from the start.
+        "h3-soft-glr-noise": ({"experts": 3, "expert_noise": 0.2}, {"gate_lr_scale": gate_lr_scale}, False),
+        "h2-soft": ({"experts": 2}, {}, False),
+        "h2-soft-glr": ({"experts": 2}, {"gate_lr_scale": gate_lr_scale}, False),
     }
     if name not in table:
         raise ValueError(f"unknown variant {name!r}; choose from {sorted(table)}")

@@ -74,7 +74,9 @@ class InherConfig:
             softmax-weighted sum) or ``"top1"`` (each token / sample uses the expert of its largest
             gate logit, a straight-through gate-scaled choice; the experts start equal and a random
             gate breaks their symmetry, so the init stays exactly function preserving). See
-            :func:`inhernet.layers.configure_gates`. Experimental: on mnist-cnn neither variant beat
+            :func:`inhernet.layers.configure_gates`. Parameter counts are those of ``"soft"``; a
+            ``macs=`` budget still prices the fused product of all h experts (this implementation
+            runs it, with zeros for the unchosen experts). Experimental: on mnist-cnn neither variant beat
             ``experts=1`` (BENCHMARKS.md, "Experts that pay").
         gate_pool: what a conv block's gate reads: ``"mean"`` (the spatial mean of its rank-r
             features: one gate per sample, the paper) or ``"position"`` (one gate per position).
