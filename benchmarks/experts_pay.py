@@ -21,7 +21,7 @@ one (``merge_experts`` on the calibration data), and gate diagnostics on the cal
 (:func:`inhernet.gates.gate_stats`: gate entropy / log h, routing-load entropy, expert spread).
 MACs are ``count_macs`` per example; for top-1 also "MACs routed", the cost with one expert per
 input (the merged model's MACs; a dispatching kernel's cost, not this implementation's, which runs the
-fused product with zeros). Writes ``experts-pay-<preset>-<budget>.json`` and ``.md`` atomically.
+fused product with zeros). Writes ``experts-pay-<preset>-<budget>[-<tag>].json`` and ``.md`` atomically.
 
     OMP_NUM_THREADS=1 python benchmarks/experts_pay.py --preset mnist-cnn --budget 0.1 --seeds 1 --steps 1000
 """
@@ -101,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gate-lr-scale", type=float, default=30.0)
     ap.add_argument("--calib-size", type=int, default=1000)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    ap.add_argument("--tag", default="", help="suffix of the output files' names (several runs side by side)")
     args = ap.parse_args(argv)
     for v in args.variants:
         variant_options(v, args.gate_lr_scale)  # fail early on a typo
@@ -177,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
         "wall_s": round(time.perf_counter() - start, 1),
     }
-    stem = args.out / f"experts-pay-{args.preset}-{args.budget}"
+    stem = args.out / f"experts-pay-{args.preset}-{args.budget}{'-' + args.tag if args.tag else ''}"
     atomic_write(stem.with_suffix(".json"), json.dumps(result, indent=2) + "\n")
     atomic_write(stem.with_suffix(".md"), render(result))
     print(render(result) + f"\nwrote {stem}.json and .md")
