@@ -179,8 +179,9 @@ def main(argv: list[str] | None = None) -> int:
         "wall_s": round(time.perf_counter() - start, 1),
     }
     stem = args.out / f"experts-pay-{args.preset}-{args.budget}{'-' + args.tag if args.tag else ''}"
-    atomic_write(stem.with_suffix(".json"), json.dumps(result, indent=2) + "\n")
-    atomic_write(stem.with_suffix(".md"), render(result))
+    # Not with_suffix: the budget's decimal point would be taken for a suffix.
+    atomic_write(stem.parent / f"{stem.name}.json", json.dumps(result, indent=2) + "\n")
+    atomic_write(stem.parent / f"{stem.name}.md", render(result))
     print(render(result) + f"\nwrote {stem}.json and .md")
     return 0
 
