@@ -95,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget", type=float, default=0.1)
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS))
     ap.add_argument("--seeds", type=int, default=1)
+    ap.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1")
     ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=1e-3)
@@ -120,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"teacher: {_params(teacher):,} params, {metric} {teacher_metric:.4f}", flush=True)
 
     runs: dict[str, list[dict[str, Any]]] = {v: [] for v in args.variants}
-    for seed in range(args.seeds):
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+    for seed in seeds:
         base = InherConfig(budget=args.budget, experts=1, init="whiten", seed=seed)
         h1_plan = None
         for name in args.variants:
@@ -172,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "preset": args.preset, "budget": args.budget, "metric": metric, "steps": args.steps,
         "batch_size": args.batch_size, "lr": args.lr, "gate_lr_scale": args.gate_lr_scale,
-        "seeds": list(range(args.seeds)), "command": command,
+        "seeds": seeds, "command": command,
         "teacher": {"params": _params(teacher), "macs": count_macs(teacher, example), "metric": teacher_metric},
         "rows": rows, "torch": torch.__version__,
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
