@@ -16,6 +16,8 @@ DEFAULT_BUDGET = 0.25
 INITS = ("whiten", "svd", "random")
 ALLOCATIONS = ("energy", "uniform")
 CALIBRATIONS = ("one-pass", "sequential", "sequential-corrected")
+ROUTINGS = ("soft", "top1")  # = inhernet.layers.ROUTINGS (config stays import-free)
+GATE_POOLS = ("mean", "position")  # = inhernet.layers.GATE_POOLS
 # The mutually exclusive ways of choosing ranks.
 RANK_CHOICES = ("budget", "rank", "energy", "macs")
 # Seeds as torch, numpy and Lightning all accept them.
@@ -81,6 +83,17 @@ class InherConfig:
             (:func:`inhernet.families.model_family`). The plan's config holds the resolved values.
         expert_noise: Frobenius norm of each expert's zero-sum deviation, as a fraction of
             ``||U_r S_r||``. Breaks the experts' symmetry; the init stays exactly function preserving.
+        routing: how a gated block (``experts > 1``) combines its experts: ``"soft"`` (the paper, a
+            softmax-weighted sum) or ``"top1"`` (each token / sample uses the expert of its largest
+            gate logit, a straight-through gate-scaled choice; the experts start equal and a random
+            gate breaks their symmetry, so the init stays exactly function preserving). See
+            :func:`inhernet.layers.configure_gates`. Parameter counts are those of ``"soft"``; a
+            ``macs=`` budget still prices the fused product of all h experts (this implementation
+            runs it, with zeros for the unchosen experts). Experimental: on mnist-cnn neither variant beat
+            ``experts=1`` (BENCHMARKS.md, "Experts that pay").
+        gate_pool: what a conv block's gate reads: ``"mean"`` (the spatial mean of its rank-r
+            features: one gate per sample, the paper) or ``"position"`` (one gate per position).
+            Linear and embedding blocks always gate per token.
         damping: relative damping of the input covariance before whitening (times its mean diagonal).
         seed: seed of the random deviations / random init, for reproducible surgery: an int in
             [0, 2**32 - 1].
@@ -103,6 +116,8 @@ class InherConfig:
     min_rank_ratio: float | None = None
     calibration: Literal["one-pass", "sequential", "sequential-corrected"] | None = None
     expert_noise: float = 0.02
+    routing: Literal["soft", "top1"] = "soft"
+    gate_pool: Literal["mean", "position"] = "mean"
     damping: float = 1e-4
     seed: int = 0
     family: str | None = None
@@ -155,6 +170,10 @@ class InherConfig:
             raise ValueError(f"family must be one of {FAMILIES} (or None: detected from the model), got {self.family!r}")
         if not (_is_real(self.expert_noise) and self.expert_noise >= 0):
             raise ValueError(f"expert_noise must be a number >= 0, got {self.expert_noise!r}")
+        if self.routing not in ROUTINGS:
+            raise ValueError(f"routing must be one of {ROUTINGS}, got {self.routing!r}")
+        if self.gate_pool not in GATE_POOLS:
+            raise ValueError(f"gate_pool must be one of {GATE_POOLS}, got {self.gate_pool!r}")
         if not (_is_real(self.damping) and self.damping >= 0):
             raise ValueError(f"damping must be a number >= 0, got {self.damping!r}")
         check_seed("seed", self.seed)

@@ -11,7 +11,17 @@ along the feature/channel axis and hit one weight ``[B_1 ... B_h]`` (one matmul,
 With ``experts == 1`` there is no gate and the block is a plain low-rank factorisation.
 
 Linear and embedding blocks gate per token (the pooling keeps every position); conv blocks gate per
-sample from the spatial mean of ``z``.
+sample from the spatial mean of ``z`` or, with ``gate_pool="position"``, per position (per pixel).
+
+Two gate variants beyond the paper (see :func:`configure_gates`; both keep the init exactly function
+preserving and neither adds parameters):
+
+* ``routing="top1"``: each token / sample (/ position) uses only the expert of its largest gate logit,
+  ``y = (p_k / sg(p_k)) B_k z + b`` with ``p = softmax(logits)`` and ``sg`` a stop-gradient: the factor
+  is exactly 1 in the forward pass, yet the gate receives the gradient ``(dL/dy . y) (e_k - p)``.
+  Mathematically h experts then cost the multiply-accumulates of one; this implementation still runs
+  the fused product with zeros for the unchosen experts, so ``count_macs`` reports the fused cost.
+* ``gate_pool="position"`` (convs): the gate reads every position of ``z`` instead of its spatial mean.
 """
 
 from __future__ import annotations
@@ -19,7 +29,21 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["InherBlock", "InherConv", "InherEmbedding", "InherLinear", "expert_spread"]
+__all__ = [
+    "GATE_POOLS",
+    "ROUTINGS",
+    "InherBlock",
+    "InherConv",
+    "InherEmbedding",
+    "InherLinear",
+    "configure_gates",
+    "expert_spread",
+]
+
+#: How a gated block combines its experts: a softmax-weighted sum (the paper) or top-1 routing.
+ROUTINGS = ("soft", "top1")
+#: What a conv block's gate reads: the spatial mean of ``z`` (one gate per sample) or every position.
+GATE_POOLS = ("mean", "position")
 
 
 class InherBlock(nn.Module):
@@ -34,6 +58,10 @@ class InherBlock(nn.Module):
             raise ValueError(f"rank and experts must be >= 1, got rank={rank}, experts={experts}")
         self.rank = rank
         self.experts = experts
+        #: ``"soft"`` or ``"top1"`` (see :func:`configure_gates`); a forward-time choice, no parameters
+        self.routing = "soft"
+        #: ``"mean"`` or ``"position"``: what a conv block's gate reads (token-wise blocks gate per token)
+        self.gate_pool = "mean"
         self.gate: nn.Linear | None = None
         if experts > 1:
             self.gate = nn.Linear(rank, experts, device=device, dtype=dtype)
@@ -41,13 +69,40 @@ class InherBlock(nn.Module):
             nn.init.zeros_(self.gate.bias)
 
     # -- the forward pieces -------------------------------------------------------------------------
+    def gate_probs(self, logits: torch.Tensor) -> torch.Tensor:
+        """The weights the experts get from gate ``logits`` (..., h), without gradient tricks.
+
+        Soft routing: ``softmax(logits)``. Top-1: the one-hot vector of the largest logit (ties go
+        to the first expert). Means of these over data are what :func:`inhernet.merge_experts` folds by.
+        """
+        if self.routing == "top1":
+            return nn.functional.one_hot(logits.argmax(-1), self.experts).to(logits.dtype)
+        return torch.softmax(logits, dim=-1)
+
+    def _gate_weights(self, logits: torch.Tensor) -> torch.Tensor:
+        """The forward pass's expert weights: ``gate_probs`` with a gradient path for top-1."""
+        p = torch.softmax(logits, dim=-1)
+        if self.routing != "top1":
+            return p
+        onehot = nn.functional.one_hot(logits.argmax(-1), self.experts).to(p.dtype)
+        # p_k / sg(p_k) is exactly 1 (x / x rounds to 1), so the forward value is B_k z; the gradient
+        # reaches the logits through p_k (straight-through, gate-value-scaled).
+        chosen = (p * onehot).sum(-1, keepdim=True)
+        return onehot * (chosen / chosen.detach())
+
     def _mix(self, z: torch.Tensor, pooled: torch.Tensor, feature_dim: int) -> torch.Tensor:
-        """Stack the gate-scaled copies of ``z`` along ``feature_dim`` (the input of the fused ``up``)."""
+        """Stack the gate-scaled copies of ``z`` along ``feature_dim`` (the input of the fused ``up``).
+
+        ``pooled`` is the gate's input: ``z`` itself with the features last (per token), ``z``'s
+        spatial mean (per sample), or ``z`` with the channels moved last (per position, convs).
+        """
         if self.gate is None:
             return z
-        g = torch.softmax(self.gate(pooled), dim=-1)  # (..., h)
-        # Broadcast g over z's remaining (spatial) axes, then interleave experts into the feature axis.
-        g = g.reshape(g.shape + (1,) * (z.dim() - feature_dim))  # (..., h, 1, [1...])
+        g = self._gate_weights(self.gate(pooled))  # (..., h) or (N, *spatial, h)
+        if g.dim() == z.dim():  # per position (per token: features last, the same broadcast)
+            g = g.movedim(-1, feature_dim).unsqueeze(feature_dim + 1)  # (N, h, 1, *spatial)
+        else:  # broadcast g over z's remaining (spatial) axes
+            g = g.reshape(g.shape + (1,) * (z.dim() - feature_dim))  # (..., h, 1, [1...])
         stacked = g * z.unsqueeze(feature_dim)  # (..., h, r, ...)
         return stacked.flatten(feature_dim, feature_dim + 1)
 
@@ -103,7 +158,9 @@ class InherBlock(nn.Module):
         return w.reshape(w.shape[0], self.experts, self.rank).permute(1, 0, 2).clone()
 
     def extra_repr(self) -> str:
-        return f"rank={self.rank}, experts={self.experts}"
+        extra = "" if self.routing == "soft" else f", routing={self.routing}"
+        extra += "" if self.gate_pool == "mean" else f", gate_pool={self.gate_pool}"
+        return f"rank={self.rank}, experts={self.experts}{extra}"
 
 
 class InherLinear(InherBlock):
@@ -182,7 +239,9 @@ class InherConv(InherBlock):
         if unbatched:
             x = x.unsqueeze(0)
         z = self.down(x)
-        pooled = z.mean(dim=tuple(range(2, z.dim()))) if self.gate is not None else z
+        pooled = z
+        if self.gate is not None:
+            pooled = z.movedim(1, -1) if self.gate_pool == "position" else z.mean(dim=tuple(range(2, z.dim())))
         y = self.up(self._mix(z, pooled, feature_dim=1))
         return y.squeeze(0) if unbatched else y
 
@@ -213,3 +272,56 @@ def _dense_bias(block: InherBlock) -> torch.Tensor | None:
 # Hugging Face Conv1D blocks are given theirs by their kind).
 InherBlock.weight = property(_dense_weight_view)  # type: ignore[attr-defined]
 InherBlock.bias = property(_dense_bias)  # type: ignore[attr-defined]
+
+
+@torch.no_grad()
+def configure_gates(
+    block: InherBlock,
+    *,
+    routing: str = "soft",
+    gate_pool: str = "mean",
+    gate_noise: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> InherBlock:
+    """Choose how an inherited block's gate routes; keeps the block's function exactly; returns it.
+
+    Call it right after :meth:`InherBlock.inherit_` (``inherit`` does, from ``InherConfig.routing`` and
+    ``InherConfig.gate_pool``). Single-expert blocks have no gate and are returned unchanged.
+
+    Args:
+        routing: ``"soft"`` (the paper: ``sum_i softmax_i B_i z``) or ``"top1"`` (one expert per
+            token / sample / position, see the module docstring). Top-1 re-initialises the block so
+            that it stays function preserving: with ``y = B_k z`` for the argmax ``k`` (not the mean
+            over experts), zero-sum deviations ``D_i`` would change the output, so every expert is
+            set to their mean (exactly ``U_r S_r`` after ``inherit_``: the deviations summed to zero)
+            and the symmetry is broken by the *routing* instead: the gate weight gets random entries
+            (``N(0, gate_noise**2 / r)``), so different inputs pick different experts from the first
+            step, and each expert then learns from its own inputs. Any gate gives the same output
+            while the experts are equal.
+        gate_pool: ``"mean"`` (conv blocks gate per sample from the spatial mean of ``z``) or
+            ``"position"`` (per position; same parameters, ``h * r`` MACs per position). Linear and
+            embedding blocks always gate per token, and accept either value.
+        gate_noise: scale of top-1's random gate weights (ignored for soft routing).
+        generator: the random source of top-1's gate weights (seeded surgery passes its own).
+
+    Raises:
+        ValueError: an unknown ``routing`` / ``gate_pool``, or a negative ``gate_noise``.
+    """
+    if routing not in ROUTINGS:
+        raise ValueError(f"routing must be one of {ROUTINGS}, got {routing!r}")
+    if gate_pool not in GATE_POOLS:
+        raise ValueError(f"gate_pool must be one of {GATE_POOLS}, got {gate_pool!r}")
+    if not gate_noise >= 0:
+        raise ValueError(f"gate_noise must be a number >= 0, got {gate_noise!r}")
+    if block.gate is None:
+        return block
+    block.routing, block.gate_pool = routing, gate_pool
+    if routing == "top1":
+        w = block._up_matrix()
+        m, h, r = w.shape[0], block.experts, block.rank
+        experts = w.reshape(m, h, r)
+        experts.copy_(experts.double().mean(1, keepdim=True).expand(m, h, r).to(w.dtype))
+        gw = block.gate.weight
+        noise = torch.randn(gw.shape, generator=generator, dtype=torch.float64) * (gate_noise / r**0.5)
+        gw.copy_(noise.to(gw))
+    return block

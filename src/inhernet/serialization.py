@@ -39,7 +39,7 @@ from ._atomic import atomic_path
 from ._version import __version__
 from .config import InherConfig
 from .kinds import LayerKind, block_params, kind_of
-from .layers import InherBlock
+from .layers import GATE_POOLS, ROUTINGS, InherBlock
 from .stack import replace_module
 
 __all__ = ["CONFIG_NAME", "FORMAT_VERSION", "WEIGHTS_NAME", "load", "save", "weights_path"]
@@ -89,7 +89,7 @@ def save(model: nn.Module, path: str | os.PathLike[str]) -> Path:
         "params": sum(p.numel() for p in model.parameters()),
         "config": config.to_dict() if config is not None else None,
         "layers": {
-            name: {"rank": b.rank, "experts": b.experts, "source": getattr(b, "source", None)}
+            name: {"rank": b.rank, "experts": b.experts, "source": getattr(b, "source", None), **_gating(b)}
             for name, b in blocks.items()
         },
         "weights": {"file": weights.name, "sha256": digest},
@@ -166,6 +166,8 @@ def load(path: str | os.PathLike[str], base: nn.Module | None = None) -> nn.Modu
     for name, (module, kind, rank, experts, source) in specs.items():
         block = kind.build(module, rank, experts)
         block.source = source
+        block.routing = meta["layers"][name].get("routing", "soft")
+        block.gate_pool = meta["layers"][name].get("gate_pool", "mean")
         block.train(module.training)
         base = replace_module(base, name, block)
     try:
@@ -207,6 +209,9 @@ def _check_layer(base: nn.Module, name: str, spec: Any) -> tuple[nn.Module, Laye
     for key, value in (("rank", rank), ("experts", experts)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{CONFIG_NAME}: layer {name!r} has a malformed spec {spec!r} ({key} must be an int >= 1)")
+    # Forward-time gate options (no tensors of their own); absent = the defaults, as in older files.
+    if spec.get("routing", "soft") not in ROUTINGS or spec.get("gate_pool", "mean") not in GATE_POOLS:
+        raise ValueError(f"{CONFIG_NAME}: layer {name!r} has an unknown routing/gate_pool in {spec!r}")
     try:
         module = base.get_submodule(name)
     except AttributeError:
@@ -288,6 +293,16 @@ def _read_config(d: Any, path: Path) -> InherConfig | None:
         return InherConfig.from_dict(d)
     except (AttributeError, TypeError, ValueError) as err:
         raise ValueError(f"{path / CONFIG_NAME}: malformed 'config' entry: {err}") from None
+
+
+def _gating(block: InherBlock) -> dict[str, str]:
+    """A block's non-default gate options (``routing``, ``gate_pool``) for its spec."""
+    out = {}
+    if block.routing != "soft":
+        out["routing"] = block.routing
+    if block.gate_pool != "mean":
+        out["gate_pool"] = block.gate_pool
+    return out
 
 
 def _read_meta(path: Path) -> dict[str, Any]:

@@ -10,14 +10,20 @@ Exactness:
 
 * a gate whose weight ``G`` is zero (e.g. a freshly inherited model, or one trained with the gate
   frozen) outputs the same ``softmax(c)`` for every input: the merge is exact (up to float rounding),
-  and no calibration data is needed;
+  and no calibration data is needed; so is a block whose experts are all equal (top-1 routing at
+  init), whatever its gate;
+* top-1 routing (``InherConfig(routing="top1")``) cannot be folded exactly once its experts differ:
+  each input uses one expert, and the merge folds the experts by how often each is chosen on
+  ``calib`` (the mean one-hot routing), an approximation of the same kind as below, usually coarser
+  (the experts a top-1 gate chooses between drift further apart);
 * a trained gate is input dependent: ``E[g] B`` replaces ``E[g B]`` and the merged model only
   approximates the original. The error grows with how much the gate varies across inputs and how far
   the experts are apart; evaluate the merged model (and fine-tune it briefly if the loss matters).
 
 All gate means are measured in one pass of the *unmerged* model over ``calib`` (a later block's input
 distribution after merging earlier ones may shift slightly). Linear and embedding blocks gate per token:
-every position of every batch counts, padding included; conv blocks gate per sample.
+every position of every batch counts, padding included; conv blocks gate per sample (or per position
+with ``gate_pool="position"``: every position counts).
 """
 
 from __future__ import annotations
@@ -102,21 +108,26 @@ def gate_means(
     if blocks is None:
         blocks = {n: b for n, b in model.named_modules() if isinstance(b, InherBlock) and b.gate is not None}
     if calib is None:
-        dependent = [n for n, b in blocks.items() if bool(b.gate.weight.detach().ne(0).any())]  # type: ignore[union-attr]
+        dependent = [
+            n for n, b in blocks.items()
+            if bool(b.gate.weight.detach().ne(0).any()) and not _experts_equal(b)  # type: ignore[union-attr]
+        ]
         if dependent:
             listed = ", ".join(dependent[:5]) + (", ..." if len(dependent) > 5 else "")
             raise ValueError(
                 f"merge_experts needs calib: the gates of {listed} depend on their input (non-zero weight), "
                 "so their mean probabilities must be measured; pass calib=<iterable of input batches>"
             )
-        return {n: torch.softmax(b.gate.bias.detach().double(), dim=-1) for n, b in blocks.items()}  # type: ignore[union-attr]
+        return {n: b.gate_probs(b.gate.bias.detach().double()) for n, b in blocks.items()}  # type: ignore[union-attr]
 
     sums = {n: torch.zeros(b.experts, dtype=torch.float64) for n, b in blocks.items()}
     counts = dict.fromkeys(blocks, 0)
 
     def hook(name: str):
+        block = blocks[name]
+
         def _record(_module: nn.Module, _inputs: Any, logits: torch.Tensor) -> None:
-            p = torch.softmax(logits.detach().double(), dim=-1).reshape(-1, logits.shape[-1])
+            p = block.gate_probs(logits.detach().double()).reshape(-1, logits.shape[-1])
             sums[name] += p.sum(0).cpu()
             counts[name] += p.shape[0]
 
@@ -142,6 +153,12 @@ def gate_means(
             "blocks are not used by the model's forward pass"
         )
     return {n: sums[n] / counts[n] for n in blocks}
+
+
+def _experts_equal(block: InherBlock) -> bool:
+    """All experts identical (e.g. top-1 routing at init): any gate folds them exactly."""
+    e = block.expert_weights()
+    return bool(torch.equal(e, e[:1].expand_as(e)))
 
 
 @torch.no_grad()
@@ -170,3 +187,4 @@ def _merge_block(block: InherBlock, p: torch.Tensor) -> None:
     block.up = new
     block.gate = None
     block.experts = 1
+    block.routing = "soft"  # one expert: nothing left to route

@@ -39,6 +39,10 @@ class DistillConfig:
         schedule: ``"cosine"`` (to 0 at ``steps``), ``"step"`` (multiply by ``step_gamma`` at each
             fraction of the post-warm-up steps in ``step_milestones``) or ``"constant"``; all after a
             linear warm-up of ``warmup_steps``. Stepped once per optimiser step.
+        gate_lr_scale: learning-rate multiplier for the gates of InherNet blocks (their own optimiser
+            parameter groups, same schedule). A gate's gradient is proportional to how far the experts
+            are apart, which starts at ``expert_noise`` (2%) of the layer: a larger rate lets the gates
+            leave uniform within a short schedule. 1 = no special treatment.
         grad_clip: clip the global gradient norm to this value (``None`` or 0 disables).
 
     Loss (see :func:`inhernet.distillation.kd_loss`):
@@ -109,6 +113,7 @@ class DistillConfig:
     embed_loss: Literal["cosine", "mse"] = "cosine"
     feature_weight: float = 0.0
     feature_patterns: tuple[str, ...] = ()
+    gate_lr_scale: float = 1.0
     grad_clip: float | None = 1.0
     precision: str = "32"
     devices: Any = 1
@@ -184,6 +189,8 @@ class DistillConfig:
                 "DistillConfig.feature_weight > 0 needs feature_patterns, the module names whose outputs "
                 "are matched, e.g. feature_patterns=('features.*', 'classifier')"
             )
+        if not is_num(self.gate_lr_scale) or self.gate_lr_scale <= 0:
+            raise bad("gate_lr_scale", "a positive number (the gates' learning rate is lr * gate_lr_scale)")
         if self.grad_clip is not None and (not is_num(self.grad_clip) or self.grad_clip < 0):
             raise bad("grad_clip", "a number >= 0 or None")
         if is_int(self.precision):

@@ -17,6 +17,7 @@ from torch import nn
 from .._atomic import atomic_write
 from ..batches import batch_labels, batch_teacher_logits, forward_batch, logits_of
 from ..dual import DUAL_METRICS, DualOutput, dual_metrics, dual_output
+from ..layers import InherBlock
 from .config import DistillConfig
 from .loss import FeatureCapture, contrastive_kd_loss, feature_loss, kd_loss, match_feature_names
 
@@ -147,11 +148,22 @@ class DistillModule(L.LightningModule):
     # -- optimisation ------------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:
         cfg = self.config
-        decay, no_decay = [], []
+        gates = {id(p) for m in self.student.modules() if isinstance(m, InherBlock) and m.gate is not None
+                 for p in m.gate.parameters()}
+        decay, no_decay, gate_decay, gate_no_decay = [], [], [], []
         for p in self.student.parameters():
             if p.requires_grad:
-                (decay if p.ndim >= 2 else no_decay).append(p)
-        groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+                if id(p) in gates and cfg.gate_lr_scale != 1:
+                    (gate_decay if p.ndim >= 2 else gate_no_decay).append(p)
+                else:
+                    (decay if p.ndim >= 2 else no_decay).append(p)
+        gate_lr = cfg.lr * cfg.gate_lr_scale
+        groups = [
+            {"params": decay, "weight_decay": cfg.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+            {"params": gate_decay, "weight_decay": cfg.weight_decay, "lr": gate_lr},
+            {"params": gate_no_decay, "weight_decay": 0.0, "lr": gate_lr},
+        ]
         groups = [g for g in groups if g["params"]]
         if not groups:
             raise ValueError("distill: the student has no trainable parameters (all have requires_grad=False)")
