@@ -18,7 +18,7 @@ preserving and neither adds parameters):
 
 * ``routing="top1"``: each token / sample (/ position) uses only the expert of its largest gate logit,
   ``y = (p_k / sg(p_k)) B_k z + b`` with ``p = softmax(logits)`` and ``sg`` a stop-gradient: the factor
-  is exactly 1 in the forward pass, yet the gate receives the gradient ``(dL/dy . y) (e_k - p)``.
+  is exactly 1 in the forward pass, yet the logits receive the gradient ``(dL/dy . B_k z) (e_k - p)``.
   Mathematically h experts then cost the multiply-accumulates of one; this implementation still runs
   the fused product with zeros for the unchosen experts, so ``count_macs`` reports the fused cost.
 * ``gate_pool="position"`` (convs): the gate reads every position of ``z`` instead of its spatial mean.
@@ -283,10 +283,12 @@ def configure_gates(
     gate_noise: float = 1.0,
     generator: torch.Generator | None = None,
 ) -> InherBlock:
-    """Choose how an inherited block's gate routes; keeps the block's function exactly; returns it.
+    """Choose how a freshly inherited block's gate routes, keeping its function; returns the block.
 
     Call it right after :meth:`InherBlock.inherit_` (``inherit`` does, from ``InherConfig.routing`` and
-    ``InherConfig.gate_pool``). Single-expert blocks have no gate and are returned unchanged.
+    ``InherConfig.gate_pool``): top-1 resets the experts, so on a trained block it changes the
+    function. Single-expert blocks have no gate and are returned unchanged. The output is kept up to
+    float rounding (the experts' mean is computed in float64 and stored in the block's dtype).
 
     Args:
         routing: ``"soft"`` (the paper: ``sum_i softmax_i B_i z``) or ``"top1"`` (one expert per
