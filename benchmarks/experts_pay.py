@@ -36,7 +36,6 @@ import shlex
 import statistics
 import sys
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +45,7 @@ from torch.utils.data import DataLoader, Subset
 
 from inhernet import InherConfig, count_macs, inherit, merge_experts
 from inhernet._atomic import atomic_write
+from inhernet.batches import first_example
 from inhernet.distillation import DistillConfig, distill, precompute_teacher_logits
 from inhernet.evaluate import evaluate
 from inhernet.gates import gate_stats, summarize_gates
@@ -75,14 +75,6 @@ def variant_options(name: str, gate_lr_scale: float) -> tuple[dict[str, Any], di
     if name not in table:
         raise ValueError(f"unknown variant {name!r}; choose from {sorted(table)}")
     return table[name]
-
-
-def _example(batch: Any) -> Any:
-    if isinstance(batch, torch.Tensor):
-        return batch[:1]
-    if isinstance(batch, Mapping):
-        return {k: v[:1] if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-    return batch
 
 
 def _params(model: nn.Module) -> int:
@@ -116,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     train_set: Any = Subset(train.dataset, range(min(len(train.dataset), args.steps * args.batch_size)))
     if preset.cache_teacher:
         train_set = precompute_teacher_logits(teacher, train_set)
-    example = _example(calib[0])
+    example = first_example(calib[0])
     teacher_metric = evaluate(teacher, test, metric)[metric]
     print(f"teacher: {_params(teacher):,} params, {metric} {teacher_metric:.4f}", flush=True)
 

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 import test_bench
-from inhernet.cli import main
+from cli_runner import invoke
 from inhernet.presets import registry
 from inhernet.presets.registry import PRESETS, Preset
 
@@ -39,18 +39,6 @@ def test_help_lists_the_commands_options(command):
     assert result.stdout.startswith("Usage:") and result.stderr == ""
     for option in HELP_OPTIONS[command]:
         assert option in result.stdout, option
-
-
-def invoke(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str, str]:
-    """Run ``inhernet ARGS`` in-process through ``main()``; returns ``(exit code, stdout, stderr)``."""
-    monkeypatch.setattr(sys, "argv", ["inhernet", *map(str, args)])
-    try:
-        main()
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture

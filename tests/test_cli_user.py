@@ -12,7 +12,6 @@ import csv
 import json
 import math
 import random
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,23 +19,11 @@ import pytest
 import torch
 
 import inhernet
-from inhernet.cli import main
+from cli_runner import invoke
 from inhernet.sources import build_model, make_loader, open_source, read_source, split
 from tiny_models import n_params, run
 
 WORDS = ["good", "bad", "film", "great", "awful", "the", "a", "is", "was", "movie", "plot", "acting", "fine", "boring"]
-
-
-def invoke(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str, str]:
-    """Run ``inhernet ARGS`` in-process; returns ``(exit code, stdout, stderr)``."""
-    monkeypatch.setattr(sys, "argv", ["inhernet", *map(str, args)])
-    try:
-        main()
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(scope="module")

@@ -13,13 +13,7 @@ from torch import nn
 import tiny_models as tm
 from inhernet import InherBlock, InherConfig, expert_spread, inherit, plan
 
-MODELS = {
-    "mlp": tm.mlp,
-    "cnn": tm.cnn,
-    "conv1d": tm.conv1d_net,
-    "embedding": tm.embed_net,
-    "gpt2": tm.gpt2_tiny,
-}
+MODELS = tm.GATED_MODELS
 
 
 def blocks(model: nn.Module) -> list[InherBlock]:

@@ -20,13 +20,7 @@ from inhernet.distillation import DistillConfig
 from inhernet.gates import gate_stats, summarize_gates
 from inhernet.layers import configure_gates
 
-MODELS = {
-    "mlp": tm.mlp,
-    "cnn": tm.cnn,
-    "conv1d": tm.conv1d_net,
-    "embedding": tm.embed_net,
-    "gpt2": tm.gpt2_tiny,
-}
+MODELS = tm.GATED_MODELS
 VARIANTS = {
     "top1": dict(routing="top1"),
     "position": dict(gate_pool="position"),

@@ -316,3 +316,7 @@ def output_of(out: Any) -> torch.Tensor:
         if isinstance(value, torch.Tensor):
             return value
     raise TypeError(f"no tensor output in {type(out).__name__}")
+
+
+#: The tiny models of every layer kind an expert block replaces (linear, conv2d, conv1d, embedding, HF Conv1D).
+GATED_MODELS = {"mlp": mlp, "cnn": cnn, "conv1d": conv1d_net, "embedding": embed_net, "gpt2": gpt2_tiny}

@@ -7,13 +7,22 @@ with ``.logits`` (Hugging Face ``ModelOutput``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["TEACHER_LOGITS", "batch_labels", "batch_teacher_logits", "forward_batch", "logits_of", "move_batch"]
+__all__ = [
+    "TEACHER_LOGITS",
+    "batch_labels",
+    "batch_teacher_logits",
+    "first_example",
+    "forward_all",
+    "forward_batch",
+    "logits_of",
+    "move_batch",
+]
 
 #: Key (dict batches) under which a batch may carry the teacher's precomputed logits; tuple batches
 #: carry them as a third element ``(inputs, labels, teacher_logits)``.
@@ -79,3 +88,27 @@ def logits_of(output: Any) -> torch.Tensor:
         f"cannot find logits in a model output of type {type(output).__name__}; "
         "return a tensor or an object with a .logits attribute"
     )
+
+
+def first_example(batch: Any) -> Any:
+    """One example of an input batch (a tensor or a dict of tensors), e.g. to count MACs per example."""
+    if isinstance(batch, torch.Tensor):
+        return batch[:1]
+    if isinstance(batch, Mapping):
+        return {k: v[:1] if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    return batch
+
+
+@torch.no_grad()
+def forward_all(model: nn.Module, batches: Iterable[Any]) -> None:
+    """Run ``model`` in eval mode over ``batches`` (on the model's device) for what its hooks record;
+    every module's training flag is restored afterwards."""
+    modes = {m: m.training for m in model.modules()}
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    model.eval()
+    try:
+        for batch in batches:
+            forward_batch(model, move_batch(batch, device))
+    finally:
+        for m, training in modes.items():
+            m.training = training

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .batches import forward_batch, move_batch
+from .batches import forward_all
 from .layers import InherBlock, expert_spread
 
 __all__ = ["gate_stats", "summarize_gates"]
@@ -60,18 +60,11 @@ def gate_stats(model: nn.Module, calib: Iterable[Any]) -> dict[str, dict[str, An
         return _record
 
     handles = [b.gate.register_forward_hook(hook(n, b)) for n, b in blocks.items()]  # type: ignore[union-attr]
-    modes = {m: m.training for m in model.modules()}
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    model.eval()
     try:
-        with torch.no_grad():
-            for batch in calib:
-                forward_batch(model, move_batch(batch, device))
+        forward_all(model, calib)
     finally:
         for h in handles:
             h.remove()
-        for m, training in modes.items():
-            m.training = training
     unseen = [n for n, s in sums.items() if s["count"] == 0]
     if unseen:
         raise ValueError(

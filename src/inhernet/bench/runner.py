@@ -26,6 +26,7 @@ from .._atomic import atomic_write
 from ..baselines import MethodContext, build_student
 from ..baselines.methods import METHODS
 from ..baselines.prune import IMPORTANCES
+from ..batches import first_example
 from ..deploy import count_macs, merge_experts
 from ..distillation import DistillConfig, distill, precompute_teacher_logits
 from ..dual import DUAL_METRICS
@@ -153,7 +154,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
 
     metric = preset.metric
     higher = metric != "perplexity"
-    example = _first_example(calib[0])
+    example = first_example(calib[0])
     teacher_scores = evaluate(teacher, test, metric)
     teacher_metric = teacher_scores[metric]
     log(f"teacher: {_params(teacher):,} params, {metric} {teacher_metric:.4f}; {steps} KD steps")
@@ -494,15 +495,6 @@ class _Head:
 
 def _has_gates(model: nn.Module) -> bool:
     return any(isinstance(m, InherBlock) and m.gate is not None for m in model.modules())
-
-
-def _first_example(batch: Any) -> Any:
-    """One example of an input batch (a tensor or a dict of tensors): MACs are reported per example."""
-    if isinstance(batch, torch.Tensor):
-        return batch[:1]
-    if isinstance(batch, Mapping):
-        return {k: v[:1] if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-    return batch
 
 
 def _params(model: nn.Module) -> int:

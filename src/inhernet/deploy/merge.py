@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..batches import forward_batch, move_batch
+from ..batches import forward_all
 from ..layers import InherBlock
 
 __all__ = ["gate_means", "merge_experts"]
@@ -134,18 +134,11 @@ def gate_means(
         return _record
 
     handles = [b.gate.register_forward_hook(hook(n)) for n, b in blocks.items()]  # type: ignore[union-attr]
-    modes = {m: m.training for m in model.modules()}
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    model.eval()
     try:
-        with torch.no_grad():
-            for batch in calib:
-                forward_batch(model, move_batch(batch, device))
+        forward_all(model, calib)
     finally:
         for h in handles:
             h.remove()
-        for m, training in modes.items():
-            m.training = training
     unseen = [n for n, c in counts.items() if c == 0]
     if unseen:
         raise ValueError(
