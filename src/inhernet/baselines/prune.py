@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..batches import forward_batch, logits_of
+from ..families import model_family
 
 __all__ = ["IMPORTANCES", "attention_heads", "output_layers", "prune", "prune_to_size"]
 
@@ -29,9 +30,7 @@ IMPORTANCES = ("l2", "taylor")
 
 
 def _check_prunable(model: nn.Module) -> None:
-    config = getattr(model, "config", None)
-    causal = type(model).__name__.endswith("ForCausalLM") or bool(getattr(config, "is_decoder", False))
-    if causal:
+    if model_family(model) == "causal-lm":
         raise ValueError(
             f"prune-kd cannot prune {type(model).__name__}: a causal LM ties its output layer to the input "
             "embeddings, which pruning the hidden width would cut; compare it with layerdrop-kd instead"

@@ -48,7 +48,7 @@ from ..batches import forward_batch
 from ..calibration import split_example
 from ..kinds import block_params, kind_of
 from ..layers import InherBlock, InherConv, InherEmbedding, InherLinear
-from ..surgery import replace_module
+from ..stack import replace_module
 from .costs import Costs, CostTable, LayerShape
 from .merge import merge_experts
 
