@@ -100,7 +100,9 @@ class InherBlock(nn.Module):
             return z
         g = self._gate_weights(self.gate(pooled))  # (..., h) or (N, *spatial, h)
         if g.dim() == z.dim():  # per position (per token: features last, the same broadcast)
-            g = g.movedim(-1, feature_dim).unsqueeze(feature_dim + 1)  # (N, h, 1, *spatial)
+            if feature_dim != g.dim() - 1:  # no identity movedim: ONNX's exporter writes perm -1 for it
+                g = g.movedim(g.dim() - 1, feature_dim)  # (N, h, *spatial)
+            g = g.unsqueeze(feature_dim + 1)  # (..., h, 1, ...)
         else:  # broadcast g over z's remaining (spatial) axes
             g = g.reshape(g.shape + (1,) * (z.dim() - feature_dim))  # (..., h, 1, [1...])
         stacked = g * z.unsqueeze(feature_dim)  # (..., h, r, ...)
