@@ -176,8 +176,17 @@ def test_causal_lm_reports_perplexity_without_labels(tmp_path, assets, monkeypat
     code, stdout, err = invoke(monkeypatch, capsys, "eval", out, "--data", assets["jsonl"], "--json", tmp_path / "e.json")
     assert code == 0, err
     assert "perplexity" in stdout
-    rows = json.loads((tmp_path / "e.json").read_text())["models"]
-    assert all(1 < r["perplexity"] < math.inf for r in rows)
+    report = json.loads((tmp_path / "e.json").read_text())
+    assert all(1 < r["perplexity"] < math.inf for r in report["models"])
+    # Greedy continuations of the first three texts' first words, one column per model, printed too.
+    continuations = report["continuations"]
+    assert len(continuations) == 3 and all(set(c) == {"prompt", "teacher", "inhernet"} for c in continuations)
+    assert all(c["prompt"] and c["prompt"].split()[0] in WORDS for c in continuations)
+    assert "greedy continuations" in stdout and continuations[0]["prompt"][:10] in stdout
+    code, _, err = invoke(monkeypatch, capsys, "eval", out, "--data", assets["jsonl"], "--prompt", "the film was",
+                          "--new-tokens", 4, "--json", tmp_path / "p.json")
+    assert code == 0, err
+    assert [c["prompt"] for c in json.loads((tmp_path / "p.json").read_text())["continuations"]] == ["the film was"]
 
 
 def test_an_encoder_without_a_head_gets_one_per_class_and_a_warning(tmp_path, assets, monkeypatch, capsys):

@@ -416,9 +416,15 @@ def train(
 @click.option("--compact", "with_compact", is_flag=True, default=False,
               help="Also evaluate the deployable form (inhernet.compact) and time every model at batch 1 "
                    "(latency_ms: median of interleaved repetitions, this device and thread count).")
+@click.option("--prompt", "prompts", multiple=True,
+              help="Causal LMs: a prompt to continue greedily with every model (repeatable; default: the "
+                   "first words of the first three texts of --data).")
+@click.option("--new-tokens", type=click.IntRange(0), default=20, show_default=True,
+              help="Causal LMs: tokens of each greedy continuation (0: none).")
 def eval_command(
     model: str, weights: str | None, task: str | None, num_classes: int | None, data: str, prep: dict[str, Any],
     batch_size: int, seed: int, val_fraction: float, json_path: str | None, with_compact: bool = False,
+    prompts: tuple[str, ...] = (), new_tokens: int = 20,
 ) -> None:
     """Metric, parameters and MACs of a compressed MODEL beside its teacher's, on your data.
 
@@ -447,6 +453,7 @@ def eval_command(
         options = source.data.updated(**prep)
         opened = open_source(replace(source, data=options), data)
         models = {"teacher": opened.teacher, "inhernet": load(model, base=copy.deepcopy(opened.teacher))}
+        spec = source.model
     else:
         spec = parse_model_spec(model, weights=weights, task=task, num_classes=num_classes)
         options = DataOptions().updated(**prep)
@@ -459,11 +466,36 @@ def eval_command(
     if with_compact:
         _add_latency(models, rows, dataset)
     _print_measures(rows, opened.data.metric)
+    report: dict[str, Any] = {"model": model, "data": data, "metric": opened.data.metric, "examples": len(dataset),
+                              "models": rows}
+    if opened.data.metric == "perplexity" and new_tokens:
+        report["continuations"] = _continuations(models, spec, dataset, prompts, new_tokens)
     if json_path:
         from .bench import write_json
 
-        write_json({"model": model, "data": data, "metric": opened.data.metric, "examples": len(dataset),
-                    "models": rows}, json_path)
+        write_json(report, json_path)
+
+
+def _continuations(
+    models: dict[str, Any], spec: Any, dataset: Any, prompts: tuple[str, ...], new_tokens: int
+) -> list[dict[str, str]]:
+    """Every model's greedy continuation of each prompt, printed side by side; the JSON rows."""
+    from .generation import greedy_continuations
+    from .sources import load_tokenizer
+
+    tokenizer = load_tokenizer(spec)
+    if not prompts:  # the first eight tokens of the first three texts: fixed for a given data file
+        firsts = [dataset[i] for i in range(min(3, len(dataset)))]
+        prompts = tuple(
+            tokenizer.decode(e["input_ids"][e["attention_mask"].bool()][:8], skip_special_tokens=True) for e in firsts
+        )
+    outputs = {name: greedy_continuations(m, tokenizer, prompts, new_tokens) for name, m in models.items()}
+    rows = [{"prompt": p, **{name: outputs[name][i] for name in models}} for i, p in enumerate(prompts)]
+    table = Table("prompt", *models, title=f"greedy continuations ({new_tokens} tokens)")
+    for row in rows:
+        table.add_row(*row.values())
+    console.print(table)
+    return rows
 
 
 def _measure(models: dict[str, Any], dataset: Any, batch_size: int, metric: str) -> list[dict[str, Any]]:
