@@ -498,15 +498,11 @@ def _add_compact(models: dict[str, Any], dataset: Any, batch_size: int) -> None:
 
 def _add_latency(models: dict[str, Any], rows: list[dict[str, Any]], dataset: Any) -> None:
     """Each row's ``latency_ms``: one example's forward pass, median of interleaved repetitions."""
-    from .batches import forward_batch
-    from .deploy.costs import time_calls
+    from .deploy.costs import measure_latency
     from .sources import make_loader
 
     example = next(iter(make_loader(dataset, 1)))
-    for m in models.values():
-        m.eval()
-    calls = [lambda m=m: forward_batch(m, example) for m in models.values()]
-    for row, seconds in zip(rows, time_calls(calls, repeats=11, min_time=0.02), strict=True):
+    for row, seconds in zip(rows, measure_latency(list(models.values()), example), strict=True):
         row["latency_ms"] = seconds * 1e3
 
 
