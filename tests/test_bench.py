@@ -281,3 +281,19 @@ def test_layerdrop_kd_is_sized_to_the_inhernets_latency():
     assert ctx.unit == "ns of measured latency"
     assert ctx.size(student) >= ctx.target == ctx.size(ctx.reference)
     assert ctx.target <= 0.6 * ctx.size(teacher)
+
+
+def test_a_latency_match_refuses_costs_that_cannot_time_models():
+    from inhernet.baselines import MethodContext
+
+    class LayersOnly:
+        def dense(self, shape):
+            return 1e-6
+
+        def factorised(self, shape, rank):
+            return 1e-7
+
+    with pytest.raises(TypeError, match=r"latency\(models, example\)"):
+        MethodContext(_mlp(), 0.5, 1, [torch.randn(4, IN)], match="latency", costs=LayersOnly())
+    with pytest.raises(ValueError, match="match must be one of"):
+        MethodContext(_mlp(), 0.5, 1, [torch.randn(4, IN)], match="seconds")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -28,6 +28,9 @@ from .spectra import (
     profile_latency,
     profile_macs,
 )
+
+if TYPE_CHECKING:
+    from .deploy.costs import LatencyCosts
 
 __all__ = ["BUDGET_TOLERANCE", "LayerPlan", "Plan", "make_plan", "plan"]
 
@@ -212,7 +215,7 @@ def make_plan(
 
 def measure(
     model: nn.Module, config: InherConfig, candidates: list[Candidate], calib: Iterable[Any] | None,
-    costs: Any = None,
+    costs: LatencyCosts | None = None,
 ) -> tuple[Profile | None, Iterable[Any] | None]:
     """The profile a MAC or latency budget prices the layers by (``None`` for the others), and ``calib``
     to iterate in full afterwards."""
@@ -224,7 +227,8 @@ def measure(
 
 
 def plan(
-    model: nn.Module, config: InherConfig | None = None, calib: Iterable[Any] | None = None, *, costs: Any = None,
+    model: nn.Module, config: InherConfig | None = None, calib: Iterable[Any] | None = None, *,
+    costs: LatencyCosts | None = None,
 ) -> Plan:
     """Compute the per-layer ranks and parameter totals of ``inherit(model, config, calib)``.
 

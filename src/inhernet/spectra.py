@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -22,6 +22,9 @@ from .decomposition import Factors, factorize
 from .discovery import Candidate, factorisable
 from .kinds import LayerKind
 from .sequential import sequential_calibrate
+
+if TYPE_CHECKING:
+    from .deploy.costs import LatencyCosts
 
 __all__ = [
     "LatencyProfile", "MacProfile", "allocation_needs_spectra", "decompose", "layer_spectra", "profile_latency",
@@ -70,7 +73,8 @@ class LatencyProfile:
 
 
 def profile_latency(
-    model: nn.Module, candidates: list[Candidate], calib: Iterable[Any] | None, costs: Any = None
+    model: nn.Module, candidates: list[Candidate], calib: Iterable[Any] | None,
+    costs: LatencyCosts | None = None,
 ) -> tuple[LatencyProfile, Iterable[Any]]:
     """Time the teacher and price its open layers on the first batch of ``calib`` (whole); returns
     ``calib`` to iterate in full.
@@ -92,7 +96,8 @@ def profile_latency(
     example, calib = split_example(calib, "latency=")
     todo = factorisable(candidates)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    shapes = layer_input_shapes(model, {name: module for name, (module, _) in todo.items()}, example, LayerShape.of_layer)
+    layers = {name: module for name, (module, _) in todo.items()}
+    shapes = layer_input_shapes(model, layers, example, LayerShape.of_layer)
     table = costs if costs is not None else CostTable(device)
     total = round(float(table.latency([model], example)[0]) * NANOSECONDS)
     prices = {}

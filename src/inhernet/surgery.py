@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -22,6 +22,9 @@ from .sequential import sequential_calibrate
 from .spectra import allocation_needs_spectra, decompose, layer_spectra, reiterable
 from .stack import replace_module
 
+if TYPE_CHECKING:
+    from .deploy.costs import LatencyCosts
+
 __all__ = ["inherit", "replace_module"]
 
 
@@ -32,7 +35,7 @@ def inherit(
     *,
     plan: Plan | None = None,
     progress: bool = True,
-    costs: Any = None,
+    costs: LatencyCosts | None = None,
 ) -> nn.Module:
     """A new model in which every planned layer is an SVD-initialised InherNet block.
 

@@ -74,11 +74,16 @@ class MethodContext:
         if self.match not in MATCHES:
             raise ValueError(f"match must be one of {tuple(MATCHES)}, got {self.match!r}")
         if self.match == "latency":
-            if self.costs is None:
-                from ..deploy import CostTable
+            from ..deploy.costs import CostTable, LatencyCosts
 
+            if self.costs is None:
                 device = next((p.device for p in self.teacher.parameters()), torch.device("cpu"))
                 self.costs = CostTable(device)
+            if not isinstance(self.costs, LatencyCosts):
+                raise TypeError(
+                    "costs must have dense(shape), factorised(shape, rank) and latency(models, example) methods "
+                    f"(e.g. an inhernet.deploy.CostTable), got {type(self.costs).__name__}"
+                )
             if not (isinstance(self.costs, _TeacherTimedOnce) and self.costs.teacher is self.teacher):
                 self.costs = _TeacherTimedOnce(self.costs, self.teacher)
 
@@ -222,7 +227,9 @@ def _inhernet_paper(ctx: MethodContext) -> nn.Module:
 @register_method("inhernet-plain")
 def _inhernet_plain(ctx: MethodContext) -> nn.Module:
     """Plain SVD init, the family's experts (or ``ctx.experts``)."""
-    return inherit(ctx.teacher, ctx.config(init="svd"), ctx.plain_calib, progress=False, costs=ctx.latency_costs)
+    return inherit(
+        ctx.teacher, ctx.config(init="svd"), ctx.plain_calib, progress=False, costs=ctx.latency_costs
+    )
 
 
 @register_method("svd-kd")

@@ -237,8 +237,10 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
                 f"final {run['final']:.4f}{merged}  {run['sec_per_step'] * 1000:.1f} ms/step")
 
     summaries = [
-        {**_summarise(name, runs[name], sizes[name], higher), **({"ranks": ranks[name]} if name in ranks else {}),
-         **({"latency_ms": latencies[name] / 1e6} if name in latencies else {})}
+        {
+            **_summarise(name, runs[name], sizes[name], higher), **({"ranks": ranks[name]} if name in ranks else {}),
+            **({"latency_ms": latencies[name] / 1e6} if name in latencies else {}),
+        }
         for name in methods
     ]
     _compare_with_student(summaries, higher)
@@ -273,8 +275,8 @@ def _latency_record(ctx: MethodContext, teacher: nn.Module) -> dict[str, Any]:
             "example": "the first calibration batch, whole", "batch_size": _batch_size(example),
             "threads": torch.get_num_threads(),
             "deployed": "compact() for models with InherNet blocks, the model itself otherwise",
-            "timing": "the cost table's latency(): medians of interleaved repetitions, each model timed together "
-            "with the compact inhernet reference and scaled to its time",
+            "timing": "the cost table's latency(): medians of interleaved repetitions, each model timed "
+            "together with the compact inhernet reference and scaled to its time",
         },
     }
 

@@ -41,7 +41,8 @@ from ..kinds import kind_of
 from ..layers import InherBlock, InherConv, InherEmbedding, InherLinear
 
 __all__ = [
-    "CostTable", "Costs", "LatencyCosts", "LayerShape", "cost_dir", "device_name", "measure_latency", "rank_points",
+    "CostTable", "Costs", "LatencyCosts", "LayerShape", "cost_dir", "device_name", "measure_latency",
+    "rank_points",
 ]
 
 CACHE_VERSION = 1
