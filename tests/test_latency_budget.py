@@ -189,6 +189,27 @@ def test_fixed_rest_is_never_negative() -> None:
     assert p.total_latency_ns == block_ns <= p.target_latency_ns
 
 
+def test_a_layer_that_did_not_run_stays_dense_and_is_not_timed() -> None:
+    class Unused(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.used = nn.Linear(64, 64)
+            self.spare = nn.Linear(64, 32)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.used(x)
+
+    costs = FakeCosts()
+    asked: list[LayerShape] = []
+    dense = costs.dense
+    costs.dense = lambda shape: asked.append(shape) or dense(shape)
+    rows = {r.name: r for r in plan(Unused(), InherConfig(latency=0.8, init="svd"), calib=[torch.randn(4, 64)],
+                                     costs=costs).layers}
+    assert rows["used"].rank is not None
+    assert rows["spare"].rank is None and "did not run on the example input" in rows["spare"].reason
+    assert [(s.out_features, s.in_features) for s in asked] == [(64, 64)]
+
+
 def test_unreachable_latency_names_the_smallest_reachable_fraction() -> None:
     teacher, x = net()
     costs = FakeCosts()
