@@ -284,6 +284,15 @@ def test_tiny_bert_meets_its_latency_budget_on_a_dict_batch() -> None:
     assert sum(isinstance(m, InherBlock) for m in student.modules()) >= 4
 
 
+@pytest.mark.filterwarnings("ignore:the plan reaches:UserWarning")
+def test_a_causal_lm_meets_its_latency_budget_with_sequential_calibration() -> None:
+    """GPT-2's Conv1D layers, calibrated block by block (the causal-LM family's default)."""
+    teacher, batch = tm.gpt2_tiny()
+    student = check_latency(teacher, batch, InherConfig(latency=0.7), FakeCosts())
+    assert student.inhernet_plan.config.calibration == "sequential"
+    assert any(isinstance(m, InherBlock) for m in student.modules())
+
+
 def test_save_and_load_a_latency_budgeted_model(tmp_path, monkeypatch) -> None:
     teacher, x = net()
     student = inherit(teacher, InherConfig(latency=0.5, init="svd"), calib=[x], costs=FakeCosts(), progress=False)

@@ -138,8 +138,8 @@ class Plan:
             share = self.total_latency_ns / self.teacher_latency_ns if self.teacher_latency_ns else 1.0
             target = f", target {_ms(self.target_latency_ns)}" if self.target_latency_ns is not None else ""
             text += (
-                f"; measured {_ms(self.teacher_latency_ns)} -> {_ms(self.total_latency_ns)} on the example "
-                f"input ({share:.1%}{target})"
+                f"; latency {_ms(self.teacher_latency_ns)} measured -> {_ms(self.total_latency_ns)} predicted "
+                f"by the cost table on the example input ({share:.1%}{target})"
             )
         return text
 
