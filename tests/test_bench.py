@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -203,3 +204,96 @@ def test_prune_kd_in_the_bench_with_taylor_importance(tiny_preset):
     assert inhernet["params"] <= pruned["params"] <= 1.06 * inhernet["params"]
     with pytest.raises(ValueError, match="prune_importance"):
         BenchConfig(prune_importance="l1")
+
+
+class FakeTimer:
+    """Deterministic 'measured' seconds, no clock: 1 ns per MAC on the example input, plus 100 ns per dense
+    layer, 200 ns per factorised block and 1 us for the rest of a model. The layer prices agree with
+    the whole-model times, so the InherNet's plan predicts its compact form's fake latency."""
+
+    def __init__(self):
+        self.models_timed = 0
+
+    @staticmethod
+    def _rows(shape) -> int:
+        return math.prod(shape.input_shape[:-1])
+
+    def dense(self, shape) -> float:
+        return (self._rows(shape) * shape.out_features * shape.in_features + 100) * 1e-9
+
+    def factorised(self, shape, rank: int) -> float:
+        return (self._rows(shape) * rank * (shape.out_features + shape.in_features) + 200) * 1e-9
+
+    def latency(self, models, example) -> list[float]:
+        from inhernet import InherBlock, count_macs
+
+        self.models_timed += len(models)
+        out = []
+        for model in models:
+            inside = {id(s) for m in model.modules() if isinstance(m, InherBlock) for s in m.modules() if s is not m}
+            layers = [m for m in model.modules() if id(m) not in inside]
+            overhead = sum(200 if isinstance(m, InherBlock) else 100 for m in layers
+                           if isinstance(m, (InherBlock, nn.Linear)))
+            out.append((count_macs(model, example) + overhead + 1000) * 1e-9)
+        return out
+
+
+def test_bench_matched_in_latency(tiny_preset, monkeypatch):
+    """--match latency: InherNet meets a latency budget (compact form) and every baseline measures at least
+    its latency; the JSON reports latency_ms for the teacher and every method. Nothing is really timed."""
+    from inhernet.bench import bench_table
+    from inhernet.deploy import costs as cost_module
+
+    def no_clock(*args, **kwargs):
+        raise AssertionError("a real timing ran in a test")
+
+    monkeypatch.setattr(cost_module, "time_calls", no_clock)
+    timer = FakeTimer()
+    cfg = BenchConfig(preset="tiny-mlp", budget=0.5, match="latency", experts=1, seeds=(0, 1), steps=2, batch_size=32,
+                      methods=("inhernet", "kd-student", "prune-kd", "svd-kd"), curve_points=1, progress=False,
+                      costs=timer)
+    result = run_bench(cfg, log=lambda _: None)
+    assert result["match"] == "latency" and timer.models_timed > 0
+    teacher_ms = result["teacher"]["latency_ms"]
+    by_name = {m["name"]: m["latency_ms"] for m in result["methods"]}
+    # The fake agrees with itself: the teacher and the compact InherNet are what it says they are.
+    example = tiny_preset.calib(0)[0]
+    assert teacher_ms == pytest.approx(timer.latency([_teacher()], example)[0] * 1e3)
+    assert by_name["inhernet"] <= 0.5 * teacher_ms and by_name["svd-kd"] <= 0.5 * teacher_ms
+    assert by_name["inhernet"] >= 0.4 * teacher_ms  # the plan spends its budget (compact rounds ranks down)
+    # The matched baselines are never faster than the InherNet they are compared with, and not much slower.
+    for name in ("kd-student", "prune-kd"):
+        assert by_name["inhernet"] <= by_name[name] <= 1.3 * by_name["inhernet"], name
+    assert result["latency"]["batch_size"] == 64 and result["latency"]["threads"] >= 1
+    assert "latency ms" in str(bench_table(result).columns[3].header)
+    with pytest.raises(ValueError, match="fraction in \\(0, 1\\] of the teacher's measured latency"):
+        BenchConfig(match="latency", budget=1000)
+
+
+def test_layerdrop_kd_is_sized_to_the_inhernets_latency():
+    from inhernet.baselines import MethodContext, build_student
+    from tiny_models import bert_tiny
+
+    teacher, batch = bert_tiny()
+    ctx = MethodContext(teacher, 0.6, 1, [batch], match="latency", costs=FakeTimer())
+    ctx.reference = build_student("inhernet", ctx)
+    student = build_student("layerdrop-kd", ctx)
+    assert ctx.unit == "ns of measured latency"
+    assert ctx.size(student) >= ctx.target == ctx.size(ctx.reference)
+    assert ctx.target <= 0.6 * ctx.size(teacher)
+
+
+def test_a_latency_match_refuses_costs_that_cannot_time_models():
+    from inhernet.baselines import MethodContext
+
+    class LayersOnly:
+        def dense(self, shape):
+            return 1e-6
+
+        def factorised(self, shape, rank):
+            return 1e-7
+
+    with pytest.raises(TypeError, match=r"latency\(models, example\)"):
+        MethodContext(_mlp(), 0.5, 1, [torch.randn(4, IN)], match="latency", costs=LayersOnly())
+    with pytest.raises(ValueError, match="match must be one of"):
+        MethodContext(_mlp(), 0.5, 1, [torch.randn(4, IN)], match="seconds")

@@ -158,6 +158,7 @@ def test_tracebacks_reach_the_terminal():
         (["bench", "--budget", "-1"], "--budget"),
         (["plan", "--init", "svd", "--budget", "0.001"], "smallest reachable"),
         (["bench", "--steps", "5", "--epochs", "1"], "not both"),
+        (["bench", "--match", "latency", "--budget", "2"], "fraction in (0, 1] of the teacher's measured latency"),
         (["bench", "--tune-lr", "--lr-grid", "1e-3,x"], "--lr-grid"),
         (["bench", "--tune-lr", "--lr-grid", "1e-3,3e-3"], "lr_grid"),
         (["bench", "--preset", "smollm2-bbc", "--methods", "inhernet,prune-kd"], "leaves out 'prune-kd'"),

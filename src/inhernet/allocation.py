@@ -1,8 +1,9 @@
 """Allocate: the rank of every factorisable layer under the configuration's rule or budget.
 
 The step after measuring (:mod:`inhernet.spectra`): each open layer priced (:func:`layer_cost`) in
-parameters or, under a MAC budget, in MACs on the example input; a budget turned into a target and
-filled by the greedy engine of :mod:`inhernet.budget`, per ``budgets`` group where there are groups.
+parameters or, under a MAC or latency budget, in MACs or measured nanoseconds on the example input; a
+budget turned into a target and filled by the greedy engine of :mod:`inhernet.budget`, per
+``budgets`` group where there are groups.
 """
 
 from __future__ import annotations
@@ -19,11 +20,14 @@ from .config import InherConfig
 from .discovery import Candidate, matches
 from .families import FAMILY_DEFAULTS
 from .kinds import dense_params
-from .spectra import MacProfile
+from .spectra import LatencyProfile, MacProfile
 
-__all__ = ["BUDGET_TOLERANCE", "Allocation", "allocate_ranks", "dense_reason", "layer_cost"]
+#: what prices the layers outside parameters: MACs or measured time on the example input
+Profile = MacProfile | LatencyProfile
 
-# A plan under a budget (parameters or MACs) lands at or below it and within 2% of it.
+__all__ = ["BUDGET_TOLERANCE", "Allocation", "Profile", "allocate_ranks", "dense_reason", "layer_cost"]
+
+# A plan under a budget (parameters, MACs or measured time) lands at or below it and within 2% of it.
 BUDGET_TOLERANCE = 0.98
 
 
@@ -31,7 +35,7 @@ BUDGET_TOLERANCE = 0.98
 class _Currency:
     """How a budget's currency is named in messages."""
 
-    unit: str  # what is counted: "parameters", "MACs"
+    unit: str  # what is counted: "parameters", "MACs", "ns"
     budget: str  # what the budget is called
     option: str  # the InherConfig field
     teacher: str  # qualifies the teacher's total
@@ -40,6 +44,8 @@ class _Currency:
 PARAMS = _Currency("parameters", "budget", "budget", "")
 PARAMS_REST = _Currency("parameters", "budget", "budget", " matched by no budgets pattern")
 MACS = _Currency("MACs", "MAC budget", "macs", " on the example input")
+LATENCY = _Currency("ns", "latency budget", "latency", " measured for the teacher on the example input")
+CURRENCIES = {"params": PARAMS, "macs": MACS, "latency": LATENCY}
 
 
 @dataclass
@@ -49,16 +55,19 @@ class Allocation:
     ranks: dict[str, int | None]
     target_params: int | None = None
     target_macs: int | None = None
+    target_latency_ns: int | None = None
 
 
 def layer_cost(
-    c: Candidate, experts: int, energy: torch.Tensor | None, profile: MacProfile | None = None
+    c: Candidate, experts: int, energy: torch.Tensor | None, profile: Profile | None = None
 ) -> LayerCost:
     """The allocator's view of a layer (``energy``: its squared singular values, if known); priced in MACs
-    when a profile is given, else in parameters."""
+    or measured nanoseconds when a profile is given, else in parameters."""
     m, n = c.kind.shape(c.module)
     price = None
-    if profile is not None:
+    if isinstance(profile, LatencyProfile):
+        price = profile.price(c.name)
+    elif profile is not None:
         positions, gate_positions = profile.positions.get(c.name, (0, 0))
         price = mac_price(m, experts, positions, gate_positions, *c.kind.mac_rates(c.module))
     return LayerCost(
@@ -67,13 +76,19 @@ def layer_cost(
 
 
 def allocate_ranks(
-    model: nn.Module, config: InherConfig, layers: list[LayerCost], profile: MacProfile | None
+    model: nn.Module, config: InherConfig, layers: list[LayerCost], profile: Profile | None
 ) -> Allocation:
-    """Ranks for ``layers`` (priced in MACs when ``profile`` is given) by the rule or budget of ``config``."""
+    """Ranks for ``layers`` (priced in MACs or nanoseconds when ``profile`` is given) by the rule or
+    budget of ``config``."""
     if config.rank is not None:
         return Allocation(ranks_for_rank(layers, config.rank, config.min_rank, config.min_rank_ratio))
     if config.energy is not None:
         return Allocation(ranks_for_energy(layers, config.energy, config.min_rank, config.min_rank_ratio))
+    if isinstance(profile, LatencyProfile):
+        assert config.latency is not None
+        target = _target(config.latency, profile.total, LATENCY)
+        ranks = _fill(layers, target, profile.total, LATENCY, config, fixed=profile.fixed())
+        return Allocation(ranks, target_latency_ns=target)
     if profile is not None:
         assert config.macs is not None
         target = _target(config.macs, profile.total, MACS)
@@ -87,12 +102,17 @@ def allocate_ranks(
     return Allocation(_fill(layers, target, teacher_params, PARAMS, config), target_params=target)
 
 
-def dense_reason(layer: LayerCost, config: InherConfig, profile: MacProfile | None) -> str:
+def dense_reason(layer: LayerCost, config: InherConfig, profile: Profile | None) -> str:
     """Why the allocation left an open layer dense."""
-    unit = (MACS if profile is not None else PARAMS).unit
+    unit = "MACs" if isinstance(profile, MacProfile) else "parameters"
     floor = floor_rank(layer, config.min_rank, config.min_rank_ratio)
-    if profile is not None and profile.positions.get(layer.name, (0, 0))[0] == 0:
+    if isinstance(profile, MacProfile) and profile.positions.get(layer.name, (0, 0))[0] == 0:
         return "did not run on the example input; kept dense"
+    if isinstance(profile, LatencyProfile):
+        if layer.name not in profile.prices:
+            return "did not run on the example input; kept dense"
+        if layer.break_even < floor:
+            return "no rank at or above its floor rank runs faster than the dense layer (measured); kept dense"
     if layer.break_even < config.min_rank:
         return f"no rank saves {unit}; kept dense"
     if layer.break_even < floor:
@@ -100,9 +120,10 @@ def dense_reason(layer: LayerCost, config: InherConfig, profile: MacProfile | No
     return "dense fits the budget better than any rank"
 
 
-def warn_if_under(reached: int | None, goal: int | None, macs: bool) -> None:
-    """Warn when a budgeted plan lands more than 2% under its target (the steps were too coarse)."""
-    currency = MACS if macs else PARAMS
+def warn_if_under(reached: int | None, goal: int | None, currency_name: str = "params") -> None:
+    """Warn when a budgeted plan lands more than 2% under its target (the steps were too coarse);
+    ``currency_name``: ``"params"``, ``"macs"`` or ``"latency"``."""
+    currency = CURRENCIES[currency_name]
     if goal is not None and reached is not None and reached < BUDGET_TOLERANCE * goal:
         warnings.warn(
             f"the plan reaches {reached:,} {currency.unit}, more than 2% under the {currency.budget} of "
@@ -112,10 +133,16 @@ def warn_if_under(reached: int | None, goal: int | None, macs: bool) -> None:
 
 
 def _fill(
-    layers: list[LayerCost], target: int, teacher_total: int, currency: _Currency, config: InherConfig
+    layers: list[LayerCost], target: int, teacher_total: int, currency: _Currency, config: InherConfig,
+    fixed: int | None = None,
 ) -> dict[str, int | None]:
-    """Ranks whose total cost (the fixed rest of the model included) fits ``target``, or a clear error."""
-    fixed = teacher_total - sum(layer.cost(None) for layer in layers)
+    """Ranks whose total cost (the fixed rest of the model included) fits ``target``, or a clear error.
+
+    ``fixed``: what the rest of the model costs (default: ``teacher_total`` minus the layers' dense
+    costs, exact for counted currencies; a measured one passes its own, never negative).
+    """
+    if fixed is None:
+        fixed = teacher_total - sum(layer.cost(None) for layer in layers)
     floor_ratio = _reachable_floor(layers, target - fixed, config)
     smallest = fixed + minimum_cost(layers, config.min_rank, floor_ratio)
     if target < smallest:

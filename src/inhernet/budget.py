@@ -1,14 +1,15 @@
 """Rank allocation: which rank each factorisable layer gets, under a budget or a rule.
 
-A budget is spent in one currency, parameters or multiply-accumulates (MACs): each layer carries a
-:class:`Price` in that currency, and one greedy engine (:func:`allocate`) fills any of them.
+A budget is spent in one currency, parameters, multiply-accumulates (MACs) or measured nanoseconds:
+each layer carries a :class:`Price` in that currency, and one greedy engine (:func:`allocate`) fills
+any of them.
 """
 
 from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,14 +17,21 @@ import torch
 
 from .kinds import block_params
 
-__all__ = ["LayerCost", "Price", "allocate", "floor_rank", "mac_price", "ranks_for_energy", "ranks_for_rank"]
+__all__ = [
+    "NANOSECONDS", "LayerCost", "Price", "allocate", "floor_rank", "latency_price", "mac_price", "ranks_for_energy",
+    "ranks_for_rank",
+]
+
+#: a latency budget's currency: integer nanoseconds (per second)
+NANOSECONDS = 10**9
 
 
 @dataclass(frozen=True)
 class Price:
     """What a layer costs in one currency: ``dense`` as the teacher's layer, ``base + unit * r`` as a block.
 
-    Parameters and MACs of an InherNet block are both affine in its rank r.
+    Parameters and MACs of an InherNet block are both affine in its rank r; its measured time is
+    fitted by an affine function (:func:`latency_price`).
     """
 
     dense: int
@@ -55,6 +63,25 @@ def mac_price(
     """
     gate = experts * gate_positions if experts > 1 else 0
     return Price(dense_rate * positions, 0, positions * (down_rate + experts * m) + gate)
+
+
+def latency_price(dense_seconds: float, points: Sequence[tuple[int, float]]) -> Price:
+    """Measured time in integer nanoseconds: ``dense_seconds`` as the dense layer's price, and the line
+    ``base + unit * r`` fitted by least squares to ``points`` ((rank, seconds) of the factorised form).
+
+    ``unit`` is at least 1 ns (a timing that does not grow with the rank is noise, and the allocator
+    needs each rank to cost something) and ``base`` at least 0; a single point gives ``unit = 1``.
+    """
+    if not points:
+        raise ValueError("latency_price needs at least one (rank, seconds) point of the factorised form")
+    ranks = np.array([float(r) for r, _ in points])
+    ns = np.array([float(s) * NANOSECONDS for _, s in points])
+    if len(set(ranks.tolist())) < 2:
+        unit = 1.0
+        base = float(ns.mean()) - ranks[0]
+    else:
+        unit, base = (float(v) for v in np.polyfit(ranks, ns, 1))
+    return Price(round(dense_seconds * NANOSECONDS), max(0, round(base)), max(1, round(unit)))
 
 
 @dataclass

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import itertools
 import warnings
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -17,9 +17,11 @@ from .batches import forward_batch, move_batch
 from .kinds import EmbeddingKind, LayerKind
 
 __all__ = [
-    "InputCovariance", "TokenMask", "collect_covariances", "covariance_hooks", "drop_unseen", "example_positions", "peek_example",
-    "split_example",
+    "InputCovariance", "TokenMask", "collect_covariances", "covariance_hooks", "drop_unseen", "example_positions",
+    "layer_input_shapes", "peek_example", "split_example",
 ]
+
+T = TypeVar("T")
 
 # Elements of unfolded input per covariance update: bounds calibration memory on big feature maps.
 _MAX_ELEMENTS_PER_UPDATE = 1 << 24
@@ -249,3 +251,36 @@ def example_positions(
         for h in handles:
             h.remove()
     return total, seen
+
+
+def layer_input_shapes(
+    model: nn.Module, layers: Mapping[str, nn.Module], example: Any, describe: Callable[[nn.Module, torch.Tensor], T]
+) -> dict[str, list[T]]:
+    """One forward pass on ``example``: per layer of ``layers``, ``describe(layer, input)`` of each of
+    its calls, in order (a layer that did not run is absent).
+
+    Eval mode and no grad; the model's modes are restored. Only what ``describe`` returns is kept (e.g.
+    a :class:`inhernet.deploy.LayerShape`), not the inputs.
+    """
+    seen: dict[str, list[T]] = {}
+
+    def make_hook(name: str):
+        def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
+            if args and isinstance(args[0], torch.Tensor):
+                seen.setdefault(name, []).append(describe(module, args[0]))
+
+        return hook
+
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    handles = [module.register_forward_pre_hook(make_hook(name)) for name, module in layers.items()]
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        with torch.no_grad():
+            forward_batch(model, move_batch(example, device))
+    finally:
+        for h in handles:
+            h.remove()
+        for m, training in modes.items():
+            m.training = training
+    return seen

@@ -98,7 +98,7 @@ def _run_bench(cfg, out: str, json_path: str | None) -> None:
     result = run_bench(cfg, log=lambda line: console.print(line, highlight=False))
     console.print(bench_table(result))
     out_dir = Path(out)
-    stem = f"{cfg.preset}-{cfg.budget}" + ("-macs" if cfg.match == "macs" else "")
+    stem = f"{cfg.preset}-{cfg.budget}" + ("" if cfg.match == "params" else f"-{cfg.match}")
     json_file = write_json(result, json_path or out_dir / f"{stem}.json")
     png = write_plots(result, out_dir / f"{stem}.png")
     console.print(f"wrote {json_file} and {png} ({result['wall_s']:.0f} s)")
@@ -133,8 +133,10 @@ _METHODS = click.option(
               help="Validation examples carved from the end of the training split for --tune-lr (at most a fifth).")
 @_METHODS
 @click.option(
-    "--match", type=click.Choice(["params", "macs"]), default="params", show_default=True,
-    help="Equal size in parameters, or in multiply-accumulates (--budget is then a share of the teacher's MACs).",
+    "--match", type=click.Choice(["params", "macs", "latency"]), default="params", show_default=True,
+    help="Equal size in parameters, in multiply-accumulates (--budget is then a share of the teacher's MACs), or "
+    "in measured latency of the deployed forms on the first calibration batch (--budget is then a share of "
+    "the teacher's latency on this machine; InherNet is sized by InherConfig(latency=...)).",
 )
 @click.option(
     "--curve-points", type=click.IntRange(min=1), default=10, show_default=True,
@@ -528,15 +530,11 @@ def _add_compact(models: dict[str, Any], dataset: Any, batch_size: int) -> None:
 
 def _add_latency(models: dict[str, Any], rows: list[dict[str, Any]], dataset: Any) -> None:
     """Each row's ``latency_ms``: one example's forward pass, median of interleaved repetitions."""
-    from .batches import forward_batch
-    from .deploy.costs import time_calls
+    from .deploy.costs import measure_latency
     from .sources import make_loader
 
     example = next(iter(make_loader(dataset, 1)))
-    for m in models.values():
-        m.eval()
-    calls = [lambda m=m: forward_batch(m, example) for m in models.values()]
-    for row, seconds in zip(rows, time_calls(calls, repeats=11, min_time=0.02), strict=True):
+    for row, seconds in zip(rows, measure_latency(list(models.values()), example), strict=True):
         row["latency_ms"] = seconds * 1e3
 
 

@@ -19,7 +19,7 @@ CALIBRATIONS = ("one-pass", "sequential", "sequential-corrected")
 ROUTINGS = ("soft", "top1")  # = inhernet.layers.ROUTINGS (config stays import-free)
 GATE_POOLS = ("mean", "position")  # = inhernet.layers.GATE_POOLS
 # The mutually exclusive ways of choosing ranks.
-RANK_CHOICES = ("budget", "rank", "energy", "macs")
+RANK_CHOICES = ("budget", "rank", "energy", "macs", "latency")
 # Seeds as torch, numpy and Lightning all accept them.
 MAX_SEED = 2**32 - 1
 
@@ -28,8 +28,8 @@ MAX_SEED = 2**32 - 1
 class InherConfig:
     """Configuration of the inheritance surgery.
 
-    Exactly one way of choosing ranks is used (``budget``, ``rank``, ``energy`` or ``macs``); when none
-    is given, ``budget=0.25``.
+    Exactly one way of choosing ranks is used (``budget``, ``rank``, ``energy``, ``macs`` or
+    ``latency``); when none is given, ``budget=0.25``.
 
     Args:
         budget: the inherited model's total parameter count, as a fraction in (0, 1] of the teacher's
@@ -48,6 +48,18 @@ class InherConfig:
             FLOP counter: embedding lookups and element-wise ops count 0, so an embedding never saves
             MACs and stays dense). Ranks go where they keep the most energy per MAC: a conv on a large
             feature map pays more per rank than one on a small map.
+        latency: a budget in measured time instead of parameters: the compact model's latency
+            (:func:`inhernet.deploy.compact`: experts folded, single-expert blocks) as a fraction in
+            (0, 1] of the teacher's, for one forward pass on the example input (the first batch of
+            ``calib``, whole, so ``calib`` is required), on the current device and thread count. Each
+            factorisable layer is priced in nanoseconds from a cost table
+            (:class:`inhernet.deploy.CostTable`, or the ``costs=`` given to :func:`inhernet.plan` /
+            :func:`inhernet.inherit`): its dense time, and ``base + unit * rank`` fitted to the
+            table's timed ranks; the rest of the model is the teacher's measured time minus those
+            dense times (never negative). A layer whose factorised form is no faster than the dense
+            one at any allowed rank stays dense. Measurements vary between runs and machines: the
+            plan reports what it measured (``teacher_latency_ns``, ``target_latency_ns``,
+            ``total_latency_ns``).
         experts: number of gated experts ``h`` on the up-projection side (1 = plain low-rank, no gate).
             ``None`` (the default): the best recipe we know for the model's family, resolved at plan
             time (see :mod:`inhernet.families`; 1 for every family so far). ``InherConfig.paper()``
@@ -107,6 +119,7 @@ class InherConfig:
     rank: int | float | Literal["full"] | None = None
     energy: float | None = None
     macs: float | int | None = None
+    latency: float | None = None
     experts: int | None = None
     init: Literal["whiten", "svd", "random"] = "whiten"
     allocation: Literal["energy", "uniform"] = "energy"
@@ -136,7 +149,7 @@ class InherConfig:
         chosen = [k for k in RANK_CHOICES if getattr(self, k) is not None]
         if len(chosen) > 1:
             raise ValueError(
-                f"InherConfig takes one of budget=, rank=, energy= or macs=, got {' and '.join(chosen)}; "
+                f"InherConfig takes one of budget=, rank=, energy=, macs= or latency=, got {' and '.join(chosen)}; "
                 "drop all but one"
             )
         if not chosen:
@@ -147,6 +160,8 @@ class InherConfig:
         self._check_budgets(chosen)
         if self.macs is not None:
             _check_amount("macs", self.macs, unit="MAC", of="multiply-accumulates")
+        if self.latency is not None:
+            self._check_latency()
         self._check_rank()
         if self.energy is not None and not (_is_real(self.energy) and 0 < self.energy <= 1):
             raise ValueError(f"energy must be a fraction in (0, 1], got {self.energy!r}")
@@ -198,6 +213,17 @@ class InherConfig:
             if not isinstance(pattern, str) or not pattern:
                 raise TypeError(f"budgets keys must be non-empty fnmatch patterns of module names, got {pattern!r}")
             _check_amount(f"budgets[{pattern!r}]", b)
+
+    def _check_latency(self) -> None:
+        t = self.latency
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t):
+            raise TypeError(f"latency must be a fraction in (0, 1] of the teacher's measured latency, got {t!r}")
+        if not 0 < t <= 1:
+            raise ValueError(
+                f"latency={t} is not a fraction in (0, 1]; give e.g. latency=0.5 for half of the teacher's "
+                "measured latency on the example input"
+            )
+        self.latency = float(t)
 
     def _check_rank(self) -> None:
         r = self.rank

@@ -10,17 +10,27 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from .allocation import BUDGET_TOLERANCE, allocate_ranks, dense_reason, layer_cost, warn_if_under
+from .allocation import BUDGET_TOLERANCE, Profile, allocate_ranks, dense_reason, layer_cost, warn_if_under
 from .calibration import peek_example
 from .config import InherConfig
 from .discovery import Candidate, Unsupported, find_layers
 from .kinds import dense_params
-from .spectra import MacProfile, allocation_needs_spectra, layer_spectra, profile_macs
+from .spectra import (
+    LatencyProfile,
+    MacProfile,
+    allocation_needs_spectra,
+    layer_spectra,
+    profile_latency,
+    profile_macs,
+)
+
+if TYPE_CHECKING:
+    from .deploy.costs import LatencyCosts
 
 __all__ = ["BUDGET_TOLERANCE", "LayerPlan", "Plan", "make_plan", "plan"]
 
@@ -54,6 +64,11 @@ class Plan:
     multiply-accumulates of one forward pass on the example input (the first calib batch, whole) of
     the teacher, of the target and of the inherited model, as :func:`inhernet.deploy.count_macs`
     counts them.
+
+    The latency fields are known under a latency budget (``InherConfig(latency=...)``), ``None``
+    otherwise, in integer nanoseconds: the teacher's measured forward pass on the example input, the
+    target, and the plan's predicted total (the fixed rest of the model plus each layer's price from
+    the cost table, see :class:`inhernet.spectra.LatencyProfile`).
     """
 
     config: InherConfig
@@ -63,6 +78,9 @@ class Plan:
     teacher_macs: int | None = None
     target_macs: int | None = None
     total_macs: int | None = None
+    teacher_latency_ns: int | None = None
+    target_latency_ns: int | None = None
+    total_latency_ns: int | None = None
 
     @property
     def total_params(self) -> int:
@@ -89,6 +107,9 @@ class Plan:
             "teacher_macs": self.teacher_macs,
             "target_macs": self.target_macs,
             "total_macs": self.total_macs,
+            "teacher_latency_ns": self.teacher_latency_ns,
+            "target_latency_ns": self.target_latency_ns,
+            "total_latency_ns": self.total_latency_ns,
             "layers": [asdict(r) for r in self.layers],
         }
 
@@ -113,26 +134,40 @@ class Plan:
             share = self.total_macs / self.teacher_macs if self.teacher_macs else 1.0
             target = f", target {self.target_macs:,}" if self.target_macs is not None else ""
             text += f"; {self.teacher_macs:,} -> {self.total_macs:,} MACs ({share:.1%}{target})"
+        if self.teacher_latency_ns is not None and self.total_latency_ns is not None:
+            share = self.total_latency_ns / self.teacher_latency_ns if self.teacher_latency_ns else 1.0
+            target = f", target {_ms(self.target_latency_ns)}" if self.target_latency_ns is not None else ""
+            text += (
+                f"; latency {_ms(self.teacher_latency_ns)} measured -> {_ms(self.total_latency_ns)} predicted "
+                f"by the cost table on the example input ({share:.1%}{target})"
+            )
         return text
 
     def __str__(self) -> str:
         return self.to_markdown()
 
 
+def _ms(ns: int) -> str:
+    """Nanoseconds as milliseconds for the summary."""
+    return f"{ns / 1e6:.3f} ms"
+
+
 def make_plan(
     model: nn.Module, config: InherConfig, candidates: list[Candidate], others: list[Unsupported],
-    spectra: dict[str, torch.Tensor], profile: MacProfile | None = None,
+    spectra: dict[str, torch.Tensor], profile: Profile | None = None,
 ) -> Plan:
     """Allocate ranks and tabulate; ``spectra`` (each layer's energies) may be empty where none is needed.
 
-    ``profile`` (from :func:`inhernet.spectra.profile_macs`) is needed under a MAC budget, and prices the
-    layers in MACs.
+    ``profile`` is needed under a MAC budget (:func:`inhernet.spectra.profile_macs`: prices the layers
+    in MACs) or a latency budget (:func:`inhernet.spectra.profile_latency`: in measured nanoseconds).
     """
     teacher_params = sum(p.numel() for p in model.parameters())
     h = config.experts
-    if config.macs is not None and profile is None:
+    if config.macs is not None and not isinstance(profile, MacProfile):
         raise ValueError("a MAC budget (macs=) needs the MAC profile of an example input: pass calib=")
-    if config.macs is None:
+    if config.latency is not None and not isinstance(profile, LatencyProfile):
+        raise ValueError("latency= needs calib: its first batch is the example input")
+    if config.macs is None and config.latency is None:
         profile = None
     open_layers = [layer_cost(c, h, spectra.get(c.name), profile) for c in candidates if c.reason is None]
     if not open_layers:
@@ -163,30 +198,52 @@ def make_plan(
             ))
     order = {name: i for i, (name, _) in enumerate(model.named_modules())}
     result = Plan(config, teacher_params, allocation.target_params, sorted(rows, key=lambda r: order.get(r.name, -1)))
-    if profile is not None:
+    if isinstance(profile, LatencyProfile):
+        result.teacher_latency_ns, result.target_latency_ns = profile.total, allocation.target_latency_ns
+        result.total_latency_ns = profile.fixed() + sum(layer.cost(ranks[layer.name]) for layer in open_layers)
+        warn_if_under(result.total_latency_ns, result.target_latency_ns, "latency")
+    elif profile is not None:
         result.teacher_macs, result.target_macs = profile.total, allocation.target_macs
         result.total_macs = profile.total - sum(
             layer.cost(None) - layer.cost(ranks[layer.name]) for layer in open_layers
         )
-        warn_if_under(result.total_macs, result.target_macs, macs=True)
+        warn_if_under(result.total_macs, result.target_macs, "macs")
     else:
-        warn_if_under(result.total_params, result.target_params, macs=False)
+        warn_if_under(result.total_params, result.target_params, "params")
     return result
 
 
-def plan(model: nn.Module, config: InherConfig | None = None, calib: Iterable[Any] | None = None) -> Plan:
+def measure(
+    model: nn.Module, config: InherConfig, candidates: list[Candidate], calib: Iterable[Any] | None,
+    costs: LatencyCosts | None = None,
+) -> tuple[Profile | None, Iterable[Any] | None]:
+    """The profile a MAC or latency budget prices the layers by (``None`` for the others), and ``calib``
+    to iterate in full afterwards."""
+    if config.macs is not None:
+        return profile_macs(model, candidates, calib)
+    if config.latency is not None:
+        return profile_latency(model, candidates, calib, costs)
+    return None, calib
+
+
+def plan(
+    model: nn.Module, config: InherConfig | None = None, calib: Iterable[Any] | None = None, *,
+    costs: LatencyCosts | None = None,
+) -> Plan:
     """Compute the per-layer ranks and parameter totals of ``inherit(model, config, calib)``.
 
     The model is not modified. Spectra are computed where the allocation needs them; energy
     allocation with ``init="whiten"`` needs ``calib`` for the whitened spectra. A MAC budget
     (``macs=``) needs ``calib`` too: its first batch, whole, is the example input whose MACs
-    (:func:`inhernet.deploy.count_macs`) are budgeted.
+    (:func:`inhernet.deploy.count_macs`) are budgeted. So does a latency budget (``latency=``), whose
+    first batch is the example input timed; ``costs`` is the cost table it is priced by (anything with
+    ``dense``, ``factorised`` and ``latency``, see :class:`inhernet.deploy.costs.LatencyCosts`; default
+    a :class:`inhernet.deploy.CostTable` for the model's device and the current thread count, cached on
+    disk). ``costs`` is unused by the other budgets.
     """
     config = (config or InherConfig()).resolved(model)  # the family's defaults for the auto fields
     example, calib = peek_example(calib)
     candidates, others = find_layers(model, config, example)
-    profile = None
-    if config.macs is not None:
-        profile, calib = profile_macs(model, candidates, calib)
+    profile, calib = measure(model, config, candidates, calib, costs)
     spectra = layer_spectra(model, candidates, config, calib) if allocation_needs_spectra(config) else {}
     return make_plan(model, config, candidates, others, spectra, profile)

@@ -1,4 +1,5 @@
-"""Measure the layers: their (whitened) spectra and, under a MAC budget, their MACs on the example input.
+"""Measure the layers: their (whitened) spectra and, under a MAC or latency budget, their MACs or
+measured times on the example input.
 
 The step between finding the layers (:mod:`inhernet.discovery`) and allocating ranks
 (:mod:`inhernet.allocation`): calibration statistics (:mod:`inhernet.calibration`, or stage by stage
@@ -9,19 +10,26 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from .calibration import collect_covariances, example_positions, split_example
+from .budget import NANOSECONDS, Price, latency_price
+from .calibration import collect_covariances, example_positions, layer_input_shapes, split_example
 from .config import InherConfig
 from .decomposition import Factors, factorize
 from .discovery import Candidate, factorisable
 from .kinds import LayerKind
 from .sequential import sequential_calibrate
 
-__all__ = ["MacProfile", "allocation_needs_spectra", "decompose", "layer_spectra", "profile_macs", "reiterable"]
+if TYPE_CHECKING:
+    from .deploy.costs import LatencyCosts
+
+__all__ = [
+    "LatencyProfile", "MacProfile", "allocation_needs_spectra", "decompose", "layer_spectra", "profile_latency",
+    "profile_macs", "reiterable",
+]
 
 
 @dataclass
@@ -40,6 +48,65 @@ def profile_macs(
     todo = factorisable(candidates)
     total, positions = example_positions(model, todo, example)
     return MacProfile(total, positions), calib
+
+
+@dataclass
+class LatencyProfile:
+    """The teacher's measured time on the example input and each open layer's price, in nanoseconds.
+
+    ``total``: the teacher's forward pass, measured whole; ``prices``: per factorisable layer that ran
+    on the example, its dense time and the fitted ``base + unit * rank`` of its single-expert
+    factorised form, summed over its calls (:func:`inhernet.budget.latency_price`). A layer absent
+    from ``prices`` did not run on the example.
+    """
+
+    total: int
+    prices: dict[str, Price]
+
+    def price(self, name: str) -> Price:
+        """``name``'s price; a layer that did not run costs nothing (and saves nothing)."""
+        return self.prices.get(name, Price(0, 0, 0))
+
+    def fixed(self) -> int:
+        """What the allocation cannot change: the measured total minus the layers' dense times, >= 0."""
+        return max(0, self.total - sum(p.dense for p in self.prices.values()))
+
+
+def profile_latency(
+    model: nn.Module, candidates: list[Candidate], calib: Iterable[Any] | None,
+    costs: LatencyCosts | None = None,
+) -> tuple[LatencyProfile, Iterable[Any]]:
+    """Time the teacher and price its open layers on the first batch of ``calib`` (whole); returns
+    ``calib`` to iterate in full.
+
+    ``costs``: a :class:`inhernet.deploy.costs.LatencyCosts` (default: a
+    :class:`~inhernet.deploy.CostTable` on the model's device at the current thread count, cached on
+    disk). Each layer's input shape is read from one forward pass (eval mode, no grad); the table
+    gives its dense time and its factorised time at :func:`~inhernet.deploy.costs.rank_points`.
+    """
+    from .deploy.costs import CostTable, LatencyCosts, LayerShape, rank_points
+
+    if calib is None:
+        raise ValueError("latency= needs calib: its first batch is the example input")
+    if costs is not None and not isinstance(costs, LatencyCosts):
+        raise TypeError(
+            "costs must have dense(shape), factorised(shape, rank) and latency(models, example) methods "
+            f"(e.g. an inhernet.deploy.CostTable), got {type(costs).__name__}"
+        )
+    example, calib = split_example(calib, "latency=")
+    todo = factorisable(candidates)
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    layers = {name: module for name, (module, _) in todo.items()}
+    shapes = layer_input_shapes(model, layers, example, LayerShape.of_layer)
+    table = costs if costs is not None else CostTable(device)
+    total = round(float(table.latency([model], example)[0]) * NANOSECONDS)
+    prices = {}
+    for name, calls in shapes.items():
+        ranks = rank_points(calls[0].full_rank, getattr(table, "points", 4))
+        dense = sum(float(table.dense(s)) for s in calls)
+        points = [(r, sum(float(table.factorised(s, r)) for s in calls)) for r in ranks]
+        prices[name] = latency_price(dense, points)
+    return LatencyProfile(total, prices), calib
 
 
 def decompose(
@@ -95,5 +162,5 @@ def reiterable(calib: Iterable[Any] | None) -> list[Any]:
 
 def allocation_needs_spectra(config: InherConfig) -> bool:
     """Whether the allocation reads the layers' spectra (energy rules and energy-allocated budgets)."""
-    budgeted = config.budget is not None or config.macs is not None
+    budgeted = config.budget is not None or config.macs is not None or config.latency is not None
     return config.energy is not None or (budgeted and config.allocation == "energy")

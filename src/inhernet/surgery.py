@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
+from .allocation import Profile
 from .batches import forward_batch, move_batch
 from .calibration import peek_example
 from .config import InherConfig
@@ -16,10 +17,13 @@ from .decomposition import Factors
 from .discovery import Candidate, Unsupported, find_layers
 from .kinds import LayerKind
 from .layers import configure_gates
-from .plan import Plan, make_plan
+from .plan import Plan, make_plan, measure
 from .sequential import sequential_calibrate
-from .spectra import MacProfile, allocation_needs_spectra, decompose, layer_spectra, profile_macs, reiterable
+from .spectra import allocation_needs_spectra, decompose, layer_spectra, reiterable
 from .stack import replace_module
+
+if TYPE_CHECKING:
+    from .deploy.costs import LatencyCosts
 
 __all__ = ["inherit", "replace_module"]
 
@@ -31,6 +35,7 @@ def inherit(
     *,
     plan: Plan | None = None,
     progress: bool = True,
+    costs: LatencyCosts | None = None,
 ) -> nn.Module:
     """A new model in which every planned layer is an SVD-initialised InherNet block.
 
@@ -41,8 +46,12 @@ def inherit(
             for ``init="whiten"``. A few thousand tokens / a few hundred images are typically enough.
             Under a MAC budget (``macs=``) it is required too, and its first batch, whole, is the
             example input whose MACs are budgeted.
+            Under a latency budget (``latency=``) it is required too: its first batch, whole, is the
+            example input that the teacher and the cost table's layers are timed at.
         plan: reuse the ranks of an earlier plan (e.g. to build an ablation with the same structure).
         progress: show a progress bar while calibrating.
+        costs: the cost table a latency budget is priced by (see :func:`inhernet.plan`); default a
+            :class:`inhernet.deploy.CostTable` for the model's device and thread count. Unused otherwise.
 
     Returns:
         A deep copy of ``model`` with InherNet blocks in place of the planned layers. With
@@ -55,8 +64,8 @@ def inherit(
     example, calib = peek_example(calib)
     candidates, others = find_layers(model, config, example)
     profile = None
-    if plan is None and config.macs is not None:
-        profile, calib = profile_macs(model, candidates, calib)
+    if plan is None:
+        profile, calib = measure(model, config, candidates, calib, costs)
     if config.init == "whiten" and config.calibration != "one-pass":
         student = _inherit_sequential(model, config, calib, candidates, others, profile, plan, progress)
         return _checked(student, example, model)
@@ -80,7 +89,7 @@ def inherit(
 
 def _inherit_sequential(
     model: nn.Module, config: InherConfig, calib: Iterable[Any] | None, candidates: list[Candidate],
-    others: list[Unsupported], profile: MacProfile | None, plan: Plan | None, progress: bool,
+    others: list[Unsupported], profile: Profile | None, plan: Plan | None, progress: bool,
 ) -> nn.Module:
     """``inherit`` with sequential calibration: ranks from the teacher's spectra, factors block by block."""
     calib = reiterable(calib)

@@ -2,28 +2,45 @@
 
 Every method sees the same teacher, budget, calibration data and seed; the matched baselines are
 sized from the InherNet model: never fewer parameters than it or, with ``match="macs"``, never fewer
-multiply-accumulates (the budget is then a MAC budget, measured on the first calibration batch).
+multiply-accumulates (the budget is then a MAC budget, measured on the first calibration batch) or,
+with ``match="latency"``, never a shorter measured latency (the budget is then a latency budget,
+``InherConfig(latency=...)``).
+
+Latency is measured on the deployed form (:func:`inhernet.deploy.compact` for a model with InherNet
+blocks, the model itself otherwise), on the first calibration batch, whole, by the cost table's
+``latency`` (a :class:`~inhernet.deploy.CostTable`: medians of interleaved repetitions). Every model
+is timed interleaved with the compact InherNet reference and reported on its scale (the reference's
+time, measured once, times the ratio of the two), so that a machine that slows down during a long
+bisection does not move the comparison.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import nn
 
+from ..budget import NANOSECONDS
 from ..calibration import split_example
 from ..config import InherConfig
-from ..deploy import count_macs
+from ..deploy import compact, count_macs
+from ..layers import InherBlock
 from ..plan import Plan
 from ..stack import layer_stack
 from ..surgery import inherit
 from .layerdrop import drop_layers, spread_layers
 from .prune import prune_to_size
 
-__all__ = ["DEFAULT_METHODS", "METHODS", "MethodContext", "build_student", "register_method"]
+if TYPE_CHECKING:
+    from ..deploy.costs import LatencyCosts
+
+__all__ = ["DEFAULT_METHODS", "MATCHES", "METHODS", "MethodContext", "build_student", "register_method"]
+
+#: what "the same size" can mean, and the unit of ``MethodContext.size`` for each
+MATCHES = {"params": "parameters", "macs": "MACs", "latency": "ns of measured latency"}
 
 #: What ``bench`` compares unless a preset or the user says otherwise.
 DEFAULT_METHODS = ("inhernet", "inhernet-paper", "kd-student", "svd-kd", "prune-kd", "inhernet-random-init", "inhernet-plain")
@@ -43,13 +60,42 @@ class MethodContext:
     student_builder: Callable[[int], nn.Module] | None = None
     #: the InherNet reference (its plan and size), set once "inhernet" has been built
     reference: nn.Module | None = None
-    #: what "the same size" means: parameters, or multiply-accumulates on the first calibration batch
-    match: Literal["params", "macs"] = "params"
+    #: what "the same size" means: parameters, multiply-accumulates or measured latency (of the deployed
+    #: form), both on the first calibration batch
+    match: Literal["params", "macs", "latency"] = "params"
     extras: dict[str, Any] = field(default_factory=dict)
+    #: with ``match="latency"``: what times layers and models (see :class:`inhernet.deploy.costs.LatencyCosts`);
+    #: default a :class:`~inhernet.deploy.CostTable` on the teacher's device at the current thread count
+    costs: LatencyCosts | None = None
+    #: (reference, its deployed form, its measured ns): what latencies are measured against
+    _anchor: tuple[nn.Module, nn.Module, int] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if self.match not in ("params", "macs"):
-            raise ValueError(f"match must be 'params' or 'macs', got {self.match!r}")
+        if self.match not in MATCHES:
+            raise ValueError(f"match must be one of {tuple(MATCHES)}, got {self.match!r}")
+        if self.match == "latency":
+            from ..deploy.costs import CostTable, LatencyCosts
+
+            if self.costs is None:
+                device = next((p.device for p in self.teacher.parameters()), torch.device("cpu"))
+                self.costs = CostTable(device)
+            if not isinstance(self.costs, LatencyCosts):
+                raise TypeError(
+                    "costs must have dense(shape), factorised(shape, rank) and latency(models, example) methods "
+                    f"(e.g. an inhernet.deploy.CostTable), got {type(self.costs).__name__}"
+                )
+            if not (isinstance(self.costs, _TeacherTimedOnce) and self.costs.teacher is self.teacher):
+                self.costs = _TeacherTimedOnce(self.costs, self.teacher)
+
+    @property
+    def unit(self) -> str:
+        """The matched unit in words, for messages."""
+        return MATCHES[self.match]
+
+    @property
+    def latency_costs(self) -> LatencyCosts | None:
+        """What ``inherit`` prices a latency budget with (``None`` unless ``match="latency"``)."""
+        return self.costs if self.match == "latency" else None
 
     @property
     def reference_plan(self) -> Plan:
@@ -59,20 +105,50 @@ class MethodContext:
 
     def config(self, **overrides: Any) -> InherConfig:
         base: dict[str, Any] = dict(experts=self.experts, init="whiten", seed=self.seed)
-        base[self.match if self.match == "macs" else "budget"] = self.budget
+        base[self.match if self.match in ("macs", "latency") else "budget"] = self.budget
         base.update(overrides)
         return InherConfig(**base)
 
     @property
     def plain_calib(self) -> list[Any] | None:
-        """What a plain-SVD method passes as ``calib``: only a MAC budget needs its example input."""
-        return self.calib if self.match == "macs" else None
+        """What a plain-SVD method passes as ``calib``: only a MAC or latency budget needs its example input."""
+        return self.calib if self.match in ("macs", "latency") else None
 
     def size(self, model: nn.Module) -> int:
-        """``model``'s size in the matched unit."""
+        """``model``'s size in the matched unit (latency: nanoseconds, see :meth:`latency_ns`)."""
         if self.match == "macs":
             return count_macs(model, split_example(self.calib, "a MAC match")[0])
+        if self.match == "latency":
+            return self.latency_ns(model)
         return sum(p.numel() for p in model.parameters())
+
+    def deployed(self, model: nn.Module) -> nn.Module:
+        """What is deployed of ``model``: :func:`~inhernet.deploy.compact` of it when it holds InherNet
+        blocks (a copy, on the first calibration batch at its batch size), else ``model`` itself."""
+        if not any(isinstance(m, InherBlock) for m in model.modules()):
+            return model
+        example = split_example(self.calib, "a latency match")[0]
+        return compact(model, self.calib, example=example, costs=self.costs)
+
+    def latency_ns(self, model: nn.Module) -> int:
+        """The measured latency of ``model``'s deployed form on the first calibration batch, in ns.
+
+        The compact InherNet reference is timed once; any other model is timed interleaved with it
+        (one call of the cost table's ``latency``) and reported as the reference's time times the
+        ratio of the two.
+        """
+        if self.reference is None:
+            raise ValueError("build the 'inhernet' method first: latencies are measured against it")
+        assert self.costs is not None
+        example = split_example(self.calib, "a latency match")[0]
+        if self._anchor is None or self._anchor[0] is not self.reference:
+            ref = self.deployed(self.reference)
+            self._anchor = (self.reference, ref, _ns(self.costs.latency([ref], example)[0]))
+        _, ref, ref_ns = self._anchor
+        if model is self.reference:
+            return ref_ns
+        ref_s, model_s = self.costs.latency([ref, self.deployed(model)], example)
+        return round(ref_ns * float(model_s) / max(float(ref_s), 1e-12))
 
     @property
     def target(self) -> int:
@@ -80,6 +156,34 @@ class MethodContext:
         if self.reference is None:
             raise ValueError("build the 'inhernet' method first: the baselines are sized from it")
         return self.size(self.reference)
+
+
+def _ns(seconds: float) -> int:
+    return round(float(seconds) * NANOSECONDS)
+
+
+class _TeacherTimedOnce:
+    """``costs``, but the teacher alone is timed once: every latency budget built from it (each seed's
+    reference, the plain-SVD methods) starts from the same measured teacher time, so that they get the
+    same plan. Share one between contexts (``MethodContext(costs=other.costs)``) to share that time."""
+
+    def __init__(self, costs: LatencyCosts, teacher: nn.Module) -> None:
+        self.costs, self.teacher = costs, teacher
+        self.points = getattr(costs, "points", 4)
+        self._teacher_s: float | None = None
+
+    def dense(self, shape: Any) -> float:
+        return self.costs.dense(shape)
+
+    def factorised(self, shape: Any, rank: int) -> float:
+        return self.costs.factorised(shape, rank)
+
+    def latency(self, models: Any, example: Any) -> list[float]:
+        if len(models) == 1 and models[0] is self.teacher:
+            if self._teacher_s is None:
+                self._teacher_s = float(self.costs.latency(models, example)[0])
+            return [self._teacher_s]
+        return list(self.costs.latency(models, example))
 
 
 Builder = Callable[[MethodContext], nn.Module]
@@ -109,7 +213,7 @@ def build_student(name: str, ctx: MethodContext) -> nn.Module:
 def _inhernet(ctx: MethodContext) -> nn.Module:
     """The default recipe for the teacher's family (experts, rank floor, calibration; see
     :mod:`inhernet.families`), whitened init, unless ``ctx.experts`` fixes h."""
-    return inherit(ctx.teacher, ctx.config(), calib=ctx.calib, progress=False)
+    return inherit(ctx.teacher, ctx.config(), calib=ctx.calib, progress=False, costs=ctx.latency_costs)
 
 
 @register_method("inhernet-paper")
@@ -117,19 +221,23 @@ def _inhernet_paper(ctx: MethodContext) -> nn.Module:
     """The method as published: h = 3 experts, one-pass whitening, no rank floor."""
     paper = InherConfig.paper()
     fields = {k: getattr(paper, k) for k in ("experts", "calibration", "min_rank_ratio")}
-    return inherit(ctx.teacher, ctx.config(**fields), calib=ctx.calib, progress=False)
+    return inherit(ctx.teacher, ctx.config(**fields), calib=ctx.calib, progress=False, costs=ctx.latency_costs)
 
 
 @register_method("inhernet-plain")
 def _inhernet_plain(ctx: MethodContext) -> nn.Module:
     """Plain SVD init, the family's experts (or ``ctx.experts``)."""
-    return inherit(ctx.teacher, ctx.config(init="svd"), ctx.plain_calib, progress=False)
+    return inherit(
+        ctx.teacher, ctx.config(init="svd"), ctx.plain_calib, progress=False, costs=ctx.latency_costs
+    )
 
 
 @register_method("svd-kd")
 def _svd_kd(ctx: MethodContext) -> nn.Module:
     """The classic low-rank baseline: one expert, plain truncated SVD."""
-    return inherit(ctx.teacher, ctx.config(init="svd", experts=1), ctx.plain_calib, progress=False)
+    return inherit(
+        ctx.teacher, ctx.config(init="svd", experts=1), ctx.plain_calib, progress=False, costs=ctx.latency_costs
+    )
 
 
 @register_method("inhernet-random-init")
@@ -147,11 +255,11 @@ def _kd_student(ctx: MethodContext) -> nn.Module:
     if ctx.match == "params":
         return ctx.student_builder(ctx.target)
     # The builders are sized in parameters: search the parameter floor whose student first reaches the
-    # InherNet's MACs (MACs grow with width, like parameters).
+    # InherNet's MACs or measured latency (both grow with width, like parameters).
     target, lo, hi = ctx.target, 1, sum(p.numel() for p in ctx.teacher.parameters())
     best = ctx.student_builder(hi)
     if ctx.size(best) < target:
-        raise ValueError(f"a student as large as the teacher stays below the InherNet's {target:,} MACs")
+        raise ValueError(f"a student as large as the teacher stays below the InherNet's {target:,} {ctx.unit}")
     while hi - lo > max(1, hi // 200):
         mid = (lo + hi) // 2
         student = ctx.student_builder(mid)
@@ -174,7 +282,7 @@ def _layerdrop_kd(ctx: MethodContext) -> nn.Module:
         student = drop_layers(ctx.teacher, spread_layers(n, k))
         if ctx.size(student) >= target:
             return student
-    raise ValueError(f"even all {n} layers of the teacher stay below the InherNet's {target:,} {ctx.match}")
+    raise ValueError(f"even all {n} layers of the teacher stay below the InherNet's {target:,} {ctx.unit}")
 
 
 @register_method("prune-kd")

@@ -15,23 +15,26 @@ __all__ = ["bench_table", "excluded_text", "flat_text", "lr_text", "reach_text",
 
 
 def bench_table(result: dict[str, Any]) -> Table:
-    """Params, MACs, zero-shot metric, final metric mean ± std, after merging the experts, ms per step, the
-    learning rate (tuned or not), whether the curve flattened, and when it reached the kd-student's final
-    value (on the curve split)."""
+    """Params, MACs, (with ``--match latency``) the deployed form's measured latency, zero-shot metric,
+    final metric mean ± std, after merging the experts, ms per step, the learning rate (tuned or not),
+    whether the curve flattened, and when it reached the kd-student's final value (on the curve split)."""
     metric = result["metric"]
     t = result["teacher"]
     seeds = len(result["methods"][0]["seeds"]) if result["methods"] else 0
+    timed = "latency_ms" in t
     table = Table(
-        "method", "params", "MACs", f"zero-shot {metric}", f"final {metric}", "experts merged", "ms/step",
-        "lr", "flat", "reaches kd-student",
+        "method", "params", "MACs", *(["latency ms (deployed)"] if timed else []), f"zero-shot {metric}",
+        f"final {metric}", "experts merged", "ms/step", "lr", "flat", "reaches kd-student",
         title=f"{result['preset']} at {_budget_text(result)} ({seeds} seeds, {result.get('steps', '?')} steps)",
         caption=excluded_text(result) or None,
     )
-    table.add_row("teacher", f"{t['params']:,}", f"{t['macs']:,}", "", f"{t['metric']:.4f}", "", "", "", "", "")
+    latency = [f"{t['latency_ms']:.3f}"] if timed else []
+    table.add_row("teacher", f"{t['params']:,}", f"{t['macs']:,}", *latency, "", f"{t['metric']:.4f}", "", "", "", "", "")
     for m in result["methods"]:
+        latency = [f"{m['latency_ms']:.3f} ({m['latency_ms'] / t['latency_ms']:.0%})"] if timed else []
         table.add_row(
             m["name"], f"{m['params']:,} ({m['params'] / t['params']:.0%})",
-            f"{m['macs']:,} ({m['macs'] / max(t['macs'], 1):.0%})", f"{m['zero_shot']:.4f}",
+            f"{m['macs']:,} ({m['macs'] / max(t['macs'], 1):.0%})", *latency, f"{m['zero_shot']:.4f}",
             f"{m['metric_mean']:.4f} ± {m['metric_std']:.4f}",
             f"{m['merged_mean']:.4f}" if "merged_mean" in m else "", f"{m['sec_per_step'] * 1000:.1f}",
             lr_text(m), flat_text(m), reach_text(m),
@@ -73,7 +76,7 @@ def excluded_text(result: dict[str, Any]) -> str:
 
 
 def _budget_text(result: dict[str, Any]) -> str:
-    unit = "MACs" if result.get("match") == "macs" else "params"
+    unit = {"macs": "MACs", "latency": "measured latency"}.get(result.get("match", "params"), "params")
     return f"budget {result['budget']} of the teacher's {unit}"
 
 

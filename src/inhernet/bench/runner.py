@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Subset
 
 from .._atomic import atomic_write
 from ..baselines import MethodContext, build_student
-from ..baselines.methods import METHODS
+from ..baselines.methods import MATCHES, METHODS
 from ..baselines.prune import IMPORTANCES
 from ..batches import first_example
 from ..deploy import count_macs, merge_experts
@@ -41,10 +41,13 @@ class BenchConfig:
     """What ``run_bench`` runs. ``steps`` defaults to one epoch of the preset's training split."""
 
     preset: str = "mnist-cnn"
-    #: a fraction or count of the teacher's parameters or, with ``match="macs"``, of its MACs
+    #: a fraction or count of the teacher's parameters or, with ``match="macs"``, of its MACs; with
+    #: ``match="latency"`` a fraction of its measured latency
     budget: float | int = 0.25
-    #: size every baseline to at least the InherNet's parameters ("params") or MACs ("macs")
-    match: Literal["params", "macs"] = "params"
+    #: size every baseline to at least the InherNet's parameters ("params"), MACs ("macs") or measured
+    #: latency ("latency": of the deployed forms, on the first calibration batch; see
+    #: :mod:`inhernet.baselines.methods`)
+    match: Literal["params", "macs", "latency"] = "params"
     #: experts of the ``inhernet`` row (and inhernet-plain); ``None``: the teacher family's default
     experts: int | None = None
     seeds: Sequence[int] = (0, 1, 2)
@@ -80,6 +83,9 @@ class BenchConfig:
     #: channel importance of ``prune-kd``: ``"l2"`` (magnitude) or ``"taylor"`` (gradient x weight on
     #: the first calibration batch)
     prune_importance: str = "l2"
+    #: with ``match="latency"``: what times layers and models (a :class:`inhernet.deploy.costs.LatencyCosts`);
+    #: default a :class:`~inhernet.deploy.CostTable` on the teacher's device. Not part of the fingerprint.
+    costs: Any = None
 
     def __post_init__(self) -> None:
         if not self.seeds:
@@ -91,8 +97,15 @@ class BenchConfig:
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-        if self.match not in ("params", "macs"):
-            raise ValueError(f"match must be 'params' or 'macs', got {self.match!r}")
+        if self.match not in MATCHES:
+            raise ValueError(f"match must be one of {', '.join(map(repr, MATCHES))}, got {self.match!r}")
+        if self.match == "latency" and (
+            isinstance(self.budget, bool) or not isinstance(self.budget, float) or not 0 < self.budget <= 1
+        ):
+            raise ValueError(
+                f"with match='latency' the budget is a fraction in (0, 1] of the teacher's measured latency, "
+                f"e.g. 0.5; got {self.budget!r}"
+            )
         if self.methods is not None:
             self.methods = tuple(self.methods)
             if not self.methods:
@@ -167,12 +180,15 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
     ranks: dict[str, dict[str, int]] = {}
     tuned: dict[str, dict[str, Any]] = {}
     contexts: dict[int, MethodContext] = {}
+    latencies: dict[str, int] = {}  # ns of the deployed forms, under match="latency"
 
     def context(seed: int) -> MethodContext:
         if seed not in contexts:
+            # one cost table for every seed: the teacher is timed once, so every seed gets the same plan
+            costs = next(iter(contexts.values())).costs if contexts else cfg.costs
             ctx = MethodContext(
                 teacher, cfg.budget, cfg.experts, calib, seed, preset.student, match=cfg.match,
-                extras={"prune_importance": cfg.prune_importance},
+                extras={"prune_importance": cfg.prune_importance}, costs=costs,
             )
             ctx.reference = build_student("inhernet", ctx)
             contexts[seed] = ctx
@@ -183,6 +199,8 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
             ctx = context(seed)
             student = ctx.reference if name == "inhernet" else build_student(name, ctx)
             sizes[name] = (_params(student), count_macs(student, example))
+            if cfg.match == "latency":
+                latencies[name] = ctx.size(student)
             if hasattr(student, "inhernet_plan"):
                 ranks[name] = student.inhernet_plan.ranks()
             recipe = _recipe(name, student, sizes[name])
@@ -219,19 +237,25 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
                 f"final {run['final']:.4f}{merged}  {run['sec_per_step'] * 1000:.1f} ms/step")
 
     summaries = [
-        {**_summarise(name, runs[name], sizes[name], higher), **({"ranks": ranks[name]} if name in ranks else {})}
+        {
+            **_summarise(name, runs[name], sizes[name], higher), **({"ranks": ranks[name]} if name in ranks else {}),
+            **({"latency_ms": latencies[name] / 1e6} if name in latencies else {}),
+        }
         for name in methods
     ]
     _compare_with_student(summaries, higher)
     reference = contexts[cfg.seeds[0]].reference
+    latency = _latency_record(contexts[cfg.seeds[0]], teacher) if cfg.match == "latency" else {}
     return {
         "preset": cfg.preset, "budget": cfg.budget, "match": cfg.match,
         "experts": reference.inhernet_plan.config.experts, "metric": metric, "higher_is_better": higher,
         "teacher": {
             "params": _params(teacher), "macs": count_macs(teacher, example), "metric": teacher_metric,
+            **({"latency_ms": latency["teacher_ms"]} if latency else {}),
             **_extra(_others(teacher_scores, metric)),
         },
         "methods": summaries,
+        **({"latency": latency["how"]} if latency else {}),
         **({"excluded": dict(preset.excluded)} if preset.excluded else {}),
         "steps": steps, **({"epochs": cfg.epochs} if cfg.epochs is not None else {}),
         "lr": None if cfg.tune_lr else cfg.lr,
@@ -240,6 +264,30 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
         "wall_s": round(time.perf_counter() - start, 1),
     }
+
+
+def _latency_record(ctx: MethodContext, teacher: nn.Module) -> dict[str, Any]:
+    """The teacher's latency (ms) on the reference's scale, and how every ``latency_ms`` was measured."""
+    example = ctx.calib[0]
+    return {
+        "teacher_ms": ctx.size(teacher) / 1e6,
+        "how": {
+            "example": "the first calibration batch, whole", "batch_size": _batch_size(example),
+            "threads": torch.get_num_threads(),
+            "deployed": "compact() for models with InherNet blocks, the model itself otherwise",
+            "timing": "the cost table's latency(): medians of interleaved repetitions, each model timed "
+            "together with the compact inhernet reference and scaled to its time",
+        },
+    }
+
+
+def _batch_size(batch: Any) -> int | None:
+    """The leading dimension of a batch's (first) input tensor, if any."""
+    if isinstance(batch, Mapping):
+        batch = next((v for v in batch.values() if isinstance(v, torch.Tensor)), None)
+    elif isinstance(batch, (tuple, list)) and batch:
+        batch = batch[0]
+    return int(batch.shape[0]) if isinstance(batch, torch.Tensor) and batch.dim() else None
 
 
 def _train_and_score(

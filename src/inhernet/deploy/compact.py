@@ -341,4 +341,4 @@ def _record(model: nn.Module, decisions: dict[str, dict[str, Any]], multiple: in
             has_bias = model.get_submodule(row.name).up.bias is not None
             rows.append(replace(row, rank=entry["rank"], experts=1,
                                 params_after=block_params(m, n, entry["rank"], 1, has_bias)))
-    model.inhernet_plan = replace(plan, layers=rows, total_macs=None)
+    model.inhernet_plan = replace(plan, layers=rows, total_macs=None, total_latency_ns=None)

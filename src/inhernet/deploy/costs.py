@@ -12,11 +12,15 @@ atomically; no pickle. :func:`inhernet.deploy.compact` spends this table to deci
 return to dense layers; a latency allocator can spend it as it spends parameters or MACs.
 
 Anything with the two methods of :class:`Costs` (``dense`` and ``factorised``, in seconds) can stand
-in for a table, e.g. a fake one in tests.
+in for a table, e.g. a fake one in tests. A latency budget (``InherConfig(latency=...)``) and
+``bench --match latency`` also time whole models: :class:`LatencyCosts` adds ``latency(models,
+example)``, which a :class:`CostTable` answers with :func:`measure_latency` (not cached: a model is
+not a shape).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -24,7 +28,7 @@ import platform
 import re
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -36,7 +40,10 @@ from .._atomic import atomic_write
 from ..kinds import kind_of
 from ..layers import InherBlock, InherConv, InherEmbedding, InherLinear
 
-__all__ = ["CostTable", "Costs", "LayerShape", "cost_dir", "device_name", "rank_points"]
+__all__ = [
+    "CostTable", "Costs", "LatencyCosts", "LayerShape", "cost_dir", "device_name", "measure_latency",
+    "rank_points",
+]
 
 CACHE_VERSION = 1
 
@@ -91,6 +98,32 @@ class LayerShape:
             )
         raise TypeError(f"no cost model for a {type(block).__name__}")
 
+    @classmethod
+    def of_layer(cls, module: nn.Module, x: torch.Tensor) -> LayerShape:
+        """The shape of the dense teacher layer ``module`` called on ``x``: the same shape as
+        :meth:`of_block` gives for the block that replaces it (so a plan prices what ``compact`` times).
+
+        Hugging Face ``Conv1D`` is timed as the ``nn.Linear`` of the same geometry.
+        """
+        dtype = str(x.dtype).removeprefix("torch.")
+        shape = tuple(int(s) for s in x.shape)
+        if isinstance(module, nn.Embedding):
+            table = str(module.weight.dtype).removeprefix("torch.")
+            return cls("embedding", module.embedding_dim, module.num_embeddings, False, shape, table)
+        if isinstance(module, (nn.Conv1d, nn.Conv2d)):
+            return cls(
+                type(module).__name__.lower(), module.out_channels, module.in_channels, module.bias is not None,
+                shape, dtype, tuple(module.kernel_size), tuple(module.stride), tuple(_ints(module.padding)),
+                tuple(module.dilation),
+            )
+        if isinstance(module, nn.Linear):
+            return cls("linear", module.out_features, module.in_features, module.bias is not None, shape, dtype)
+        kind = kind_of(module)
+        if kind is not None and kind.name == "hf_conv1d":
+            n, m = module.weight.shape
+            return cls("linear", int(m), int(n), getattr(module, "bias", None) is not None, shape, dtype)
+        raise TypeError(f"no cost model for a {type(module).__name__}")
+
     def dense_module(self, device: torch.device | str = "cpu") -> nn.Module:
         """A dense layer of this shape (random weights: timing does not depend on the values)."""
         dtype = getattr(torch, self.dtype)
@@ -128,6 +161,15 @@ class Costs(Protocol):
     def dense(self, shape: LayerShape) -> float: ...
 
     def factorised(self, shape: LayerShape, rank: int) -> float: ...
+
+
+@runtime_checkable
+class LatencyCosts(Costs, Protocol):
+    """:class:`Costs` that also time whole models: what a latency budget and ``bench --match latency`` need."""
+
+    def latency(self, models: Sequence[nn.Module], example: Any) -> list[float]:
+        """Seconds per forward pass of each of ``models`` on the batch ``example``, measured together."""
+        ...
 
 
 def device_name(device: torch.device | str = "cpu") -> str:
@@ -219,6 +261,15 @@ class CostTable:
         (r0, s0), (r1, s1) = pts[i - 1], pts[i]
         return max(0.0, s0 + (s1 - s0) * (rank - r0) / (r1 - r0))
 
+    def latency(self, models: Sequence[nn.Module], example: Any) -> list[float]:
+        """Seconds per forward pass of each of ``models`` on ``example`` (see :func:`measure_latency`), on
+        this table's device and thread count, with its repetitions (at least 11) and sample length
+        (at least 20 ms). Not cached."""
+        return measure_latency(
+            models, example, repeats=max(self.repeats, 11), min_time=max(self.min_time, 0.02),
+            device=self.device, threads=self.threads,
+        )
+
     # -- measuring ---------------------------------------------------------------------------------
     def _entry(self, shape: LayerShape) -> dict[str, Any]:
         key = shape.key()
@@ -294,6 +345,36 @@ def time_calls(
         return [statistics.median(s) for s in samples]
     finally:
         torch.set_num_threads(before)
+
+
+def measure_latency(
+    models: Sequence[nn.Module], example: Any, *, repeats: int = 11, min_time: float = 0.02,
+    device: torch.device | str | None = None, threads: int | None = None,
+) -> list[float]:
+    """Median seconds per forward pass of each of ``models`` on the batch ``example`` (a tensor,
+    ``(inputs, labels)`` or a dict, as :func:`inhernet.batches.forward_batch` takes it), whole.
+
+    The models are timed in interleaved rounds (:func:`time_calls`), in eval mode and without grad;
+    their training flags are restored. ``device``: where the models and the example are (default:
+    the first model's parameters' device).
+    """
+    from ..batches import forward_batch, move_batch
+
+    if not models:
+        return []
+    if device is None:
+        device = next((p.device for p in models[0].parameters()), torch.device("cpu"))
+    batch = move_batch(example, device)
+    modes = [{m: m.training for m in model.modules()} for model in models]
+    for model in models:
+        model.eval()
+    try:
+        calls = [functools.partial(forward_batch, model, batch) for model in models]
+        return time_calls(calls, repeats, min_time, device, threads)
+    finally:
+        for saved in modes:
+            for m, training in saved.items():
+                m.training = training
 
 
 def _read_cache(path: Path) -> dict[str, dict[str, Any]]:

@@ -1,0 +1,357 @@
+"""Latency budgets (``InherConfig(latency=...)``): ranks priced in measured nanoseconds from a cost table.
+
+Nothing here is timed: every plan gets a FAKE table (``costs=``) whose seconds are a fixed function
+of each layer's shape and rank, and whose whole-model latency is the sum of its layers' plus a fixed
+rest. Its factorised time is affine in the rank, so the plan's fitted prices are exact and the
+plan's predicted total must equal the fake latency of the model it builds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+
+import pytest
+import torch
+from torch import nn
+
+import tiny_models as tm
+from inhernet import InherBlock, InherConfig, inherit, load, plan, save
+from inhernet.budget import NANOSECONDS, Price, latency_price
+from inhernet.deploy import CostTable, LayerShape
+from inhernet.deploy.costs import measure_latency
+from inhernet.kinds import kind_of
+from inhernet.layers import InherConv, InherEmbedding
+
+NS = 1e-9
+
+
+class Net(nn.Module):
+    """Three linear layers of distinct shapes, so that the fake table can tell them apart."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(32, 64)
+        self.fc2 = nn.Linear(64, 48)
+        self.fc3 = nn.Linear(48, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
+
+
+def net() -> tuple[nn.Module, torch.Tensor]:
+    torch.manual_seed(0)
+    return Net().eval(), torch.randn(16, 32)
+
+
+def _matrix(out_features: int, in_features: int, kernel: tuple[int, ...] = ()) -> tuple[int, int]:
+    return out_features, in_features * math.prod(kernel)
+
+
+class FakeCosts:
+    """Seconds as a function of a layer's (m, n) matrix: dense ``m*n + 50`` ns, factorised
+    ``100 + r*(m+n)`` ns (``slow`` shapes: 3x the dense time more); a model: its layers plus ``rest``.
+
+    ``teacher_ns`` overrides what a whole dense model measures (e.g. less than its layers' sum).
+    """
+
+    def __init__(self, slow: set[tuple[int, int]] = frozenset(), rest_ns: int = 2_000, teacher_ns: int | None = None):
+        self.slow, self.rest_ns, self.teacher_ns = set(slow), rest_ns, teacher_ns
+        self.calls = 0
+
+    def _dense_ns(self, m: int, n: int) -> int:
+        return m * n + 50
+
+    def _factorised_ns(self, m: int, n: int, rank: int) -> int:
+        extra = 3 * self._dense_ns(m, n) if (m, n) in self.slow else 0
+        return 100 + rank * (m + n) + extra
+
+    @staticmethod
+    def _mn(shape: LayerShape) -> tuple[int, int]:
+        if shape.kind == "embedding":  # read as E^T: (dim, vocabulary)
+            return shape.out_features, shape.in_features
+        return _matrix(shape.out_features, shape.in_features, shape.kernel_size)
+
+    def dense(self, shape: LayerShape) -> float:
+        self.calls += 1
+        return self._dense_ns(*self._mn(shape)) * NS
+
+    def factorised(self, shape: LayerShape, rank: int) -> float:
+        self.calls += 1
+        return self._factorised_ns(*self._mn(shape), rank) * NS
+
+    def layer_ns(self, module: nn.Module) -> int:
+        """The fake time of one weight layer or block (0 for anything else)."""
+        if isinstance(module, InherBlock):
+            m, n = _block_mn(module)
+            return self._factorised_ns(m, n, module.rank)
+        kind = kind_of(module)
+        if kind is None or kind.dense_reason(module) is not None:
+            return 0
+        return self._dense_ns(*kind.shape(module))
+
+    def latency(self, models, example) -> list[float]:
+        self.calls += 1
+        out = []
+        for model in models:
+            dense = not any(isinstance(m, InherBlock) for m in model.modules())
+            if dense and self.teacher_ns is not None:
+                out.append(self.teacher_ns * NS)
+                continue
+            out.append((self.rest_ns + sum(self.layer_ns(m) for m in _layers(model))) * NS)
+        return out
+
+
+def _layers(model: nn.Module) -> list[nn.Module]:
+    """The weight layers and blocks of ``model``, not the layers inside a block."""
+    inside = {id(sub) for m in model.modules() if isinstance(m, InherBlock) for sub in m.modules() if sub is not m}
+    return [m for m in model.modules() if id(m) not in inside]
+
+
+def _block_mn(block: InherBlock) -> tuple[int, int]:
+    if isinstance(block, InherEmbedding):
+        return block.embedding_dim, block.num_embeddings
+    if isinstance(block, InherConv):
+        return _matrix(block.out_channels, block.in_channels, tuple(block.down.kernel_size))
+    return block.out_features, block.in_features
+
+
+class NoCosts:
+    """A table that must not be consulted."""
+
+    def dense(self, shape):
+        raise AssertionError("a cost table was consulted without a latency budget")
+
+    factorised = latency = dense
+
+
+def fake_ns(costs: FakeCosts, model: nn.Module, x) -> int:
+    return round(costs.latency([model], x)[0] * NANOSECONDS)
+
+
+def check_latency(teacher: nn.Module, batch, cfg: InherConfig, costs: FakeCosts) -> nn.Module:
+    """The plan and the built model agree, and land at or under the target, within 2% of it."""
+    p = plan(teacher, cfg, calib=[batch], costs=costs)
+    teacher_ns = fake_ns(costs, teacher, batch)
+    assert p.teacher_latency_ns == teacher_ns
+    assert p.target_latency_ns == int(cfg.latency * teacher_ns)
+    assert p.target_params is None and p.target_macs is None
+    student = inherit(teacher, cfg, calib=[batch], costs=costs, progress=False)
+    assert student.inhernet_plan.to_dict() == p.to_dict()
+    # The plan's prediction is the fake table's own latency of the model it builds.
+    assert fake_ns(costs, student, batch) == p.total_latency_ns
+    assert 0.98 * p.target_latency_ns <= p.total_latency_ns <= p.target_latency_ns
+    assert tm.n_params(student) == p.total_params
+    return student
+
+
+@pytest.mark.parametrize(("allocation", "init"), [("energy", "whiten"), ("energy", "svd"), ("uniform", "svd")])
+def test_latency_budget_is_met_in_the_tables_currency(allocation: str, init: str) -> None:
+    teacher, x = net()
+    costs = FakeCosts()
+    student = check_latency(teacher, x, InherConfig(latency=0.5, init=init, allocation=allocation), costs)
+    assert any(isinstance(m, InherBlock) for m in student.modules())
+    p = student.inhernet_plan
+    assert "measured" in p.summary() and f"{p.total_latency_ns / p.teacher_latency_ns:.1%}" in p.summary()
+    d = json.loads(json.dumps(p.to_dict()))
+    assert [d[k] for k in ("teacher_latency_ns", "target_latency_ns", "total_latency_ns")] == [
+        p.teacher_latency_ns, p.target_latency_ns, p.total_latency_ns
+    ]
+    assert d["config"]["latency"] == 0.5
+
+
+def test_a_layer_whose_factorised_form_is_slower_stays_dense() -> None:
+    teacher, x = net()
+    costs = FakeCosts(slow={(64, 32)})  # fc1: factorised is slower than dense at every rank
+    p = plan(teacher, InherConfig(latency=0.7, init="svd"), calib=[x], costs=costs)
+    rows = {r.name: r for r in p.layers}
+    assert rows["fc1"].rank is None and "runs faster than the dense layer" in rows["fc1"].reason
+    assert rows["fc2"].rank is not None
+    assert p.total_latency_ns <= p.target_latency_ns
+    # Priced in parameters, the same layer is worth factorising: the measured price decided it.
+    assert plan(teacher, InherConfig(budget=0.5, init="svd")).ranks().get("fc1") is not None
+
+
+def test_fixed_rest_is_never_negative() -> None:
+    """A teacher measured faster than its layers timed one by one: the rest counts 0, not less."""
+    teacher, x = net()
+    layers_ns = sum(FakeCosts().layer_ns(m) for m in _layers(teacher))
+    costs = FakeCosts(teacher_ns=layers_ns // 2)
+    p = plan(teacher, InherConfig(latency=0.8, init="svd"), calib=[x], costs=costs)
+    assert p.teacher_latency_ns == layers_ns // 2
+    assert p.target_latency_ns == int(0.8 * (layers_ns // 2))
+    layers = {m: n for n, m in teacher.named_modules()}
+    block_ns = sum(
+        costs._factorised_ns(*kind_of(m).shape(m), p.ranks()[name]) if name in p.ranks() else costs.layer_ns(m)
+        for m, name in layers.items() if name
+    )
+    assert p.total_latency_ns == block_ns <= p.target_latency_ns
+
+
+def test_a_layer_that_did_not_run_stays_dense_and_is_not_timed() -> None:
+    class Unused(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.used = nn.Linear(64, 64)
+            self.spare = nn.Linear(64, 32)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.used(x)
+
+    costs = FakeCosts()
+    asked: list[LayerShape] = []
+    dense = costs.dense
+    costs.dense = lambda shape: asked.append(shape) or dense(shape)
+    rows = {r.name: r for r in plan(Unused(), InherConfig(latency=0.8, init="svd"), calib=[torch.randn(4, 64)],
+                                     costs=costs).layers}
+    assert rows["used"].rank is not None
+    assert rows["spare"].rank is None and "did not run on the example input" in rows["spare"].reason
+    assert [(s.out_features, s.in_features) for s in asked] == [(64, 64)]
+
+
+def test_unreachable_latency_names_the_smallest_reachable_fraction() -> None:
+    teacher, x = net()
+    costs = FakeCosts()
+    with pytest.raises(ValueError, match=r"latency budget .* is unreachable") as info:
+        plan(teacher, InherConfig(latency=0.05, init="svd"), calib=[x], costs=costs)
+    message = str(info.value)
+    found = re.search(r"smallest reachable is ([\d,]+) \(([\d.]+)%\)", message)
+    assert found, message
+    smallest = int(found.group(1).replace(",", ""))
+    teacher_ns = fake_ns(costs, teacher, x)
+    assert float(found.group(2)) == pytest.approx(100 * smallest / teacher_ns, abs=0.05)
+    # That fraction, rounded up, is reachable: every layer at rank 1.
+    p = plan(teacher, InherConfig(latency=math.ceil(1000 * smallest / teacher_ns) / 1000, init="svd"),
+             calib=[x], costs=costs)
+    assert p.total_latency_ns <= p.target_latency_ns
+
+
+@pytest.mark.parametrize("run", ["plan", "inherit"])
+def test_latency_without_calib_says_why_it_needs_it(run: str) -> None:
+    teacher, _ = net()
+    cfg = InherConfig(latency=0.5, init="svd")
+    with pytest.raises(ValueError, match=r"^latency= needs calib: its first batch is the example input$"):
+        if run == "plan":
+            plan(teacher, cfg, costs=NoCosts())
+        else:
+            inherit(teacher, cfg, costs=NoCosts(), progress=False)
+    with pytest.raises(ValueError, match="calib is empty"):
+        plan(teacher, cfg, calib=[], costs=NoCosts())
+
+
+def test_costs_without_whole_model_timing_are_refused() -> None:
+    teacher, x = net()
+
+    class LayersOnly:
+        def dense(self, shape):
+            return 1e-6
+
+        def factorised(self, shape, rank):
+            return 1e-7
+
+    with pytest.raises(TypeError, match=r"latency\(models, example\)"):
+        plan(teacher, InherConfig(latency=0.5, init="svd"), calib=[x], costs=LayersOnly())
+
+
+def test_other_budgets_never_consult_the_table() -> None:
+    """The full-rank invariant is untouched: rank="full" (and a parameter budget) ignore costs=."""
+    teacher, x = tm.mlp()
+    student = inherit(teacher, InherConfig(rank="full", experts=3), calib=[x], costs=NoCosts(), progress=False)
+    assert tm.rel_err(tm.run(student, x), tm.run(teacher, x)) < 1e-5
+    plan(teacher, InherConfig(budget=0.5, init="svd"), costs=NoCosts())
+
+
+@pytest.mark.filterwarnings("ignore:the plan reaches:UserWarning")
+@pytest.mark.parametrize("factory", [tm.mlp, tm.cnn, tm.embed_net, tm.gpt2_tiny])
+def test_the_plan_prices_the_shape_that_compact_times(factory) -> None:
+    """LayerShape.of_layer (the plan) and LayerShape.of_block (compact) agree for every kind."""
+    from inhernet.calibration import layer_input_shapes
+
+    teacher, batch = factory()
+    student = inherit(teacher, InherConfig(rank="full", init="svd"), calib=[batch], progress=False)
+    blocks = {n: m for n, m in student.named_modules() if isinstance(m, InherBlock)}
+    assert blocks
+    dense = layer_input_shapes(teacher, {n: teacher.get_submodule(n) for n in blocks}, batch, LayerShape.of_layer)
+    factorised = layer_input_shapes(student, blocks, batch, LayerShape.of_block)
+    assert dense == factorised and dense
+
+
+@pytest.mark.filterwarnings("ignore:the plan reaches:UserWarning")
+def test_tiny_bert_meets_its_latency_budget_on_a_dict_batch() -> None:
+    teacher, batch = tm.bert_tiny()
+    student = check_latency(teacher, batch, InherConfig(latency=0.6, experts=2), FakeCosts())
+    assert sum(isinstance(m, InherBlock) for m in student.modules()) >= 4
+
+
+@pytest.mark.filterwarnings("ignore:the plan reaches:UserWarning")
+def test_a_causal_lm_meets_its_latency_budget_with_sequential_calibration() -> None:
+    """GPT-2's Conv1D layers, calibrated block by block (the causal-LM family's default)."""
+    teacher, batch = tm.gpt2_tiny()
+    student = check_latency(teacher, batch, InherConfig(latency=0.7), FakeCosts())
+    assert student.inhernet_plan.config.calibration == "sequential"
+    assert any(isinstance(m, InherBlock) for m in student.modules())
+
+
+def test_save_and_load_a_latency_budgeted_model(tmp_path, monkeypatch) -> None:
+    teacher, x = net()
+    student = inherit(teacher, InherConfig(latency=0.5, init="svd"), calib=[x], costs=FakeCosts(), progress=False)
+    save(student, tmp_path / "s")
+
+    def no_timing(*args, **kwargs):
+        raise AssertionError("load() must not time anything")
+
+    monkeypatch.setattr(CostTable, "latency", no_timing)
+    monkeypatch.setattr(CostTable, "measure", no_timing)
+    fresh, _ = net()
+    loaded = load(tmp_path / "s", base=fresh)
+    assert loaded.inhernet_config.latency == 0.5 and loaded.inhernet_config.budget is None
+    assert torch.equal(tm.run(loaded, x), tm.run(student, x))
+    ranks = {n: m.rank for n, m in loaded.named_modules() if isinstance(m, InherBlock)}
+    assert ranks == student.inhernet_plan.ranks()
+
+
+CONFIG_CASES = [
+    pytest.param(dict(budget=0.5, latency=0.5), ValueError, "budget and latency", id="budget-and-latency"),
+    pytest.param(dict(macs=0.5, latency=0.5), ValueError, "macs and latency", id="macs-and-latency"),
+    pytest.param(dict(rank="full", latency=0.5), ValueError, "rank and latency", id="rank-and-latency"),
+    pytest.param(dict(latency=0.0), ValueError, r"latency=0.0 is not a fraction in \(0, 1\]", id="zero"),
+    pytest.param(dict(latency=1.5), ValueError, r"latency=1.5 is not a fraction", id="above-one"),
+    pytest.param(dict(latency=2), ValueError, r"latency=2 is not a fraction", id="int"),
+    pytest.param(dict(latency=float("nan")), TypeError, "latency must be a fraction", id="nan"),
+    pytest.param(dict(latency="fast"), TypeError, "latency must be a fraction", id="str"),
+    pytest.param(dict(latency=True), TypeError, "latency must be a fraction", id="bool"),
+    pytest.param(dict(latency=0.5, budgets={"fc*": 0.5}), ValueError, "cannot be combined with latency=", id="budgets"),
+]
+
+
+@pytest.mark.parametrize(("kwargs", "error", "message"), CONFIG_CASES)
+def test_bad_latency_config(kwargs: dict, error: type[Exception], message: str) -> None:
+    with pytest.raises(error, match=message):
+        InherConfig(**kwargs)
+
+
+def test_latency_config_round_trips() -> None:
+    cfg = InherConfig(latency=1)
+    assert cfg.latency == 1.0 and isinstance(cfg.latency, float) and cfg.budget is None
+    again = InherConfig.from_dict(json.loads(json.dumps(InherConfig(latency=0.4).to_dict())))
+    assert again == InherConfig(latency=0.4)
+
+
+def test_latency_price_fits_the_tables_points() -> None:
+    # Exact for an affine table, in integer nanoseconds.
+    assert latency_price(5e-6, [(1, 1.2e-6), (8, 4e-6), (16, 7.2e-6)]) == Price(5000, 800, 400)
+    # A flat (noisy) table still charges each rank 1 ns; a fit below zero starts at 0.
+    assert latency_price(1e-6, [(1, 5e-7), (8, 5e-7)]).unit == 1
+    assert latency_price(1e-6, [(1, 1e-9), (8, 7e-7)]).base == 0
+    assert latency_price(1e-6, [(1, 3e-7)]) == Price(1000, 299, 1)
+    with pytest.raises(ValueError, match="at least one"):
+        latency_price(1e-6, [])
+
+
+def test_measure_latency_smoke() -> None:
+    """The one real timing here: a few milliseconds, modes restored."""
+    models = [nn.Linear(8, 8).train(), nn.Sequential(nn.Linear(8, 2), nn.Linear(2, 8)).eval()]
+    seconds = measure_latency(models, (torch.randn(4, 8), torch.zeros(4)), repeats=2, min_time=1e-4)
+    assert len(seconds) == 2 and all(s > 0 for s in seconds)
+    assert models[0].training and not models[1].training
