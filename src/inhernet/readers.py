@@ -88,7 +88,7 @@ def find_weight_readers(
     trace = _Trace()
     swapped: list[tuple[nn.Module, str, nn.Parameter]] = []
     handles = []
-    was_training = model.training
+    modes = {m: m.training for m in model.modules()}
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     try:
         for module in model.modules():
@@ -110,5 +110,6 @@ def find_weight_readers(
             module._parameters[pname] = p
         for h in handles:
             h.remove()
-        model.train(was_training)
+        for m, training in modes.items():  # each module's own mode, not the root's for all
+            m.training = training
     return trace.values, {k: v for k, v in trace.metadata.items() if k not in trace.values}
