@@ -13,25 +13,7 @@ from inhernet import InherBlock, InherConfig, InherLinear, compact, inherit, loa
 from inhernet.deploy import CostTable, LayerShape, export_onnx, merge_experts, verify_onnx
 from inhernet.deploy.compact import truncate
 from inhernet.deploy.costs import rank_points
-from tiny_models import bert_tiny, cnn, gpt2_tiny, mlp, rel_err, run
-
-
-class Net(nn.Module):
-    """Three linear layers of distinct shapes, so that a fake cost table can tell them apart."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(32, 64)
-        self.fc2 = nn.Linear(64, 48)
-        self.fc3 = nn.Linear(48, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
-
-
-def net() -> tuple[nn.Module, torch.Tensor]:
-    torch.manual_seed(0)
-    return Net().eval(), torch.randn(16, 32)
+from tiny_models import bert_tiny, cnn, gpt2_tiny, mlp, rel_err, run, three_linear
 
 
 class FakeCosts:
@@ -79,7 +61,7 @@ def trained_gates(student: nn.Module) -> nn.Module:
 
 
 def test_experts_folded_as_merge_experts_does() -> None:
-    teacher, x = net()
+    teacher, x = three_linear()
     student = trained_gates(inherit(teacher, InherConfig(rank=8, experts=3, expert_noise=0.1, init="svd"), progress=False))
     merged = merge_experts(copy.deepcopy(student), calib=[x])
     out = compact(student, [x], rank_multiple=1, costs=FakeCosts())
@@ -93,7 +75,7 @@ def test_experts_folded_as_merge_experts_does() -> None:
 
 
 def test_decisions_follow_the_cost_table() -> None:
-    teacher, x = net()
+    teacher, x = three_linear()
     student = inherit(teacher, InherConfig(rank=8, experts=1, init="svd"), progress=False)
     costs = FakeCosts(slow={(48, 64)})  # fc2 is slower factorised than dense; fc1, fc3 are faster
     out = compact(student, example=x, budget=1.0, rank_multiple=1, costs=costs)
@@ -114,7 +96,7 @@ def test_decisions_follow_the_cost_table() -> None:
 
 
 def test_the_recorded_budget_limits_the_dense_layers() -> None:
-    teacher, x = net()
+    teacher, x = three_linear()
     # Folding the experts frees room under the budget for fc1 back to dense, not for fc2 as well.
     student = inherit(teacher, InherConfig(budget=0.6, experts=3, init="svd"), progress=False)
     target = student.inhernet_plan.target_params
@@ -130,7 +112,7 @@ def test_the_recorded_budget_limits_the_dense_layers() -> None:
 
 
 def test_rank_rounding_keeps_the_budget_and_truncates_optimally() -> None:
-    teacher, x = net()
+    teacher, x = three_linear()
     student = inherit(teacher, InherConfig(budget=0.5, experts=3, init="svd"), progress=False)
     ranks = student.inhernet_plan.ranks()
     assert any(r % 8 for r in ranks.values()), "the test needs a rank that is not a multiple of 8"
@@ -151,7 +133,7 @@ def test_rank_rounding_keeps_the_budget_and_truncates_optimally() -> None:
 
 
 def test_rounding_down_is_exact_when_the_product_has_low_rank() -> None:
-    teacher, x = net()
+    teacher, x = three_linear()
     with torch.no_grad():  # fc1 of rank 5, inherited at rank 13, rounded to 8: nothing is lost
         teacher.fc1.weight.copy_(torch.randn(64, 5) @ torch.randn(5, 32))
     student = inherit(teacher, InherConfig(rank=13, experts=1, init="svd"), progress=False)
@@ -205,7 +187,7 @@ def test_onnx_export_of_the_compact_model(tmp_path) -> None:
 
 
 def test_argument_errors() -> None:
-    teacher, x = net()
+    teacher, x = three_linear()
     student = inherit(teacher, InherConfig(rank=8, experts=1, init="svd"), progress=False)
     with pytest.raises(ValueError, match="no InherNet blocks"):
         compact(teacher, example=x)
@@ -265,7 +247,7 @@ def test_rank_points() -> None:
 
 
 def test_a_block_that_does_not_run_on_the_example_stays_factorised() -> None:
-    teacher, x = net()
+    teacher, x = three_linear()
     teacher.spare = nn.Linear(64, 64)  # never called by forward
     student = inherit(teacher, InherConfig(rank=8, experts=1, init="svd"), progress=False)
     costs = FakeCosts(everything_slow=True)

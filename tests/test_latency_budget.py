@@ -27,22 +27,6 @@ from inhernet.layers import InherConv, InherEmbedding
 NS = 1e-9
 
 
-class Net(nn.Module):
-    """Three linear layers of distinct shapes, so that the fake table can tell them apart."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(32, 64)
-        self.fc2 = nn.Linear(64, 48)
-        self.fc3 = nn.Linear(48, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
-
-
-def net() -> tuple[nn.Module, torch.Tensor]:
-    torch.manual_seed(0)
-    return Net().eval(), torch.randn(16, 32)
 
 
 def _matrix(out_features: int, in_features: int, kernel: tuple[int, ...] = ()) -> tuple[int, int]:
@@ -148,7 +132,7 @@ def check_latency(teacher: nn.Module, batch, cfg: InherConfig, costs: FakeCosts)
 
 @pytest.mark.parametrize(("allocation", "init"), [("energy", "whiten"), ("energy", "svd"), ("uniform", "svd")])
 def test_latency_budget_is_met_in_the_tables_currency(allocation: str, init: str) -> None:
-    teacher, x = net()
+    teacher, x = tm.three_linear()
     costs = FakeCosts()
     student = check_latency(teacher, x, InherConfig(latency=0.5, init=init, allocation=allocation), costs)
     assert any(isinstance(m, InherBlock) for m in student.modules())
@@ -162,7 +146,7 @@ def test_latency_budget_is_met_in_the_tables_currency(allocation: str, init: str
 
 
 def test_a_layer_whose_factorised_form_is_slower_stays_dense() -> None:
-    teacher, x = net()
+    teacher, x = tm.three_linear()
     costs = FakeCosts(slow={(64, 32)})  # fc1: factorised is slower than dense at every rank
     p = plan(teacher, InherConfig(latency=0.7, init="svd"), calib=[x], costs=costs)
     rows = {r.name: r for r in p.layers}
@@ -175,7 +159,7 @@ def test_a_layer_whose_factorised_form_is_slower_stays_dense() -> None:
 
 def test_fixed_rest_is_never_negative() -> None:
     """A teacher measured faster than its layers timed one by one: the rest counts 0, not less."""
-    teacher, x = net()
+    teacher, x = tm.three_linear()
     layers_ns = sum(FakeCosts().layer_ns(m) for m in _layers(teacher))
     costs = FakeCosts(teacher_ns=layers_ns // 2)
     p = plan(teacher, InherConfig(latency=0.8, init="svd"), calib=[x], costs=costs)
@@ -211,7 +195,7 @@ def test_a_layer_that_did_not_run_stays_dense_and_is_not_timed() -> None:
 
 
 def test_unreachable_latency_names_the_smallest_reachable_fraction() -> None:
-    teacher, x = net()
+    teacher, x = tm.three_linear()
     costs = FakeCosts()
     with pytest.raises(ValueError, match=r"latency budget .* is unreachable") as info:
         plan(teacher, InherConfig(latency=0.05, init="svd"), calib=[x], costs=costs)
@@ -229,7 +213,7 @@ def test_unreachable_latency_names_the_smallest_reachable_fraction() -> None:
 
 @pytest.mark.parametrize("run", ["plan", "inherit"])
 def test_latency_without_calib_says_why_it_needs_it(run: str) -> None:
-    teacher, _ = net()
+    teacher, _ = tm.three_linear()
     cfg = InherConfig(latency=0.5, init="svd")
     with pytest.raises(ValueError, match=r"^latency= needs calib: its first batch is the example input$"):
         if run == "plan":
@@ -241,7 +225,7 @@ def test_latency_without_calib_says_why_it_needs_it(run: str) -> None:
 
 
 def test_costs_without_whole_model_timing_are_refused() -> None:
-    teacher, x = net()
+    teacher, x = tm.three_linear()
 
     class LayersOnly:
         def dense(self, shape):
@@ -294,7 +278,7 @@ def test_a_causal_lm_meets_its_latency_budget_with_sequential_calibration() -> N
 
 
 def test_save_and_load_a_latency_budgeted_model(tmp_path, monkeypatch) -> None:
-    teacher, x = net()
+    teacher, x = tm.three_linear()
     student = inherit(teacher, InherConfig(latency=0.5, init="svd"), calib=[x], costs=FakeCosts(), progress=False)
     save(student, tmp_path / "s")
 
@@ -303,7 +287,7 @@ def test_save_and_load_a_latency_budgeted_model(tmp_path, monkeypatch) -> None:
 
     monkeypatch.setattr(CostTable, "latency", no_timing)
     monkeypatch.setattr(CostTable, "measure", no_timing)
-    fresh, _ = net()
+    fresh, _ = tm.three_linear()
     loaded = load(tmp_path / "s", base=fresh)
     assert loaded.inhernet_config.latency == 0.5 and loaded.inhernet_config.budget is None
     assert torch.equal(tm.run(loaded, x), tm.run(student, x))

@@ -320,3 +320,21 @@ def output_of(out: Any) -> torch.Tensor:
 
 #: The tiny models of every layer kind an expert block replaces (linear, conv2d, conv1d, embedding, HF Conv1D).
 GATED_MODELS = {"mlp": mlp, "cnn": cnn, "conv1d": conv1d_net, "embedding": embed_net, "gpt2": gpt2_tiny}
+
+
+class ThreeLinear(nn.Module):
+    """Three linear layers of distinct shapes, so that a fake cost table can tell them apart."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(32, 64)
+        self.fc2 = nn.Linear(64, 48)
+        self.fc3 = nn.Linear(48, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
+
+
+def three_linear() -> tuple[nn.Module, torch.Tensor]:
+    torch.manual_seed(0)
+    return ThreeLinear().eval(), torch.randn(16, 32)

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .batches import forward_batch, move_batch
+from .batches import forward_all, forward_batch, move_batch
 from .kinds import EmbeddingKind, LayerKind
 
 __all__ = [
@@ -271,16 +271,10 @@ def layer_input_shapes(
 
         return hook
 
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
     handles = [module.register_forward_pre_hook(make_hook(name)) for name, module in layers.items()]
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
     try:
-        with torch.no_grad():
-            forward_batch(model, move_batch(example, device))
+        forward_all(model, [example])
     finally:
         for h in handles:
             h.remove()
-        for m, training in modes.items():
-            m.training = training
     return seen

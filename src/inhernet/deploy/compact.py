@@ -44,7 +44,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..batches import forward_batch
+from ..batches import forward_all
 from ..calibration import split_example
 from ..kinds import block_params, kind_of
 from ..layers import InherBlock, InherConv, InherEmbedding, InherLinear
@@ -284,16 +284,11 @@ def _block_inputs(model: nn.Module, blocks: dict[str, InherBlock], example: Any)
         return record
 
     handles = [b.register_forward_pre_hook(hook(n)) for n, b in blocks.items()]
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
     try:
-        with torch.no_grad():
-            forward_batch(model, example)
+        forward_all(model, [example])
     finally:
         for h in handles:
             h.remove()
-        for m, training in modes.items():
-            m.training = training
     return seen
 
 
