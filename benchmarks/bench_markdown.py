@@ -10,13 +10,7 @@ import json
 from pathlib import Path
 
 from inhernet.bench.report import excluded_text, flat_text, lr_text, reach_text
-
-
-def steps_to_reach(curve: list[list[float]], target: float, higher_is_better: bool) -> int | None:
-    for step, value in curve:
-        if (value >= target) if higher_is_better else (value <= target):
-            return int(step)
-    return None
+from inhernet.bench.runner import steps_to_reach
 
 
 def render(result: dict) -> str:

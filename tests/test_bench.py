@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from inhernet.bench import BenchConfig, run_bench, write_json, write_plots
 from inhernet.presets import registry
 from inhernet.presets.registry import Preset
+from tiny_models import LayersOnlyCosts
 
 IN, CLASSES = 16, 4
 
@@ -286,14 +287,7 @@ def test_layerdrop_kd_is_sized_to_the_inhernets_latency():
 def test_a_latency_match_refuses_costs_that_cannot_time_models():
     from inhernet.baselines import MethodContext
 
-    class LayersOnly:
-        def dense(self, shape):
-            return 1e-6
-
-        def factorised(self, shape, rank):
-            return 1e-7
-
     with pytest.raises(TypeError, match=r"latency\(models, example\)"):
-        MethodContext(_mlp(), 0.5, 1, [torch.randn(4, IN)], match="latency", costs=LayersOnly())
+        MethodContext(_mlp(), 0.5, 1, [torch.randn(4, IN)], match="latency", costs=LayersOnlyCosts())
     with pytest.raises(ValueError, match="match must be one of"):
         MethodContext(_mlp(), 0.5, 1, [torch.randn(4, IN)], match="seconds")

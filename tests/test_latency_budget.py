@@ -227,15 +227,8 @@ def test_latency_without_calib_says_why_it_needs_it(run: str) -> None:
 def test_costs_without_whole_model_timing_are_refused() -> None:
     teacher, x = tm.three_linear()
 
-    class LayersOnly:
-        def dense(self, shape):
-            return 1e-6
-
-        def factorised(self, shape, rank):
-            return 1e-7
-
     with pytest.raises(TypeError, match=r"latency\(models, example\)"):
-        plan(teacher, InherConfig(latency=0.5, init="svd"), calib=[x], costs=LayersOnly())
+        plan(teacher, InherConfig(latency=0.5, init="svd"), calib=[x], costs=tm.LayersOnlyCosts())
 
 
 def test_other_budgets_never_consult_the_table() -> None:

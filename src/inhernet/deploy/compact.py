@@ -44,8 +44,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..batches import forward_all
-from ..calibration import split_example
+from ..calibration import layer_input_shapes, split_example
 from ..kinds import block_params, kind_of
 from ..layers import InherBlock, InherConv, InherEmbedding, InherLinear
 from ..stack import replace_module
@@ -274,22 +273,8 @@ def _round_down(rank: int, multiple: int) -> int:
 
 def _block_inputs(model: nn.Module, blocks: dict[str, InherBlock], example: Any) -> dict[str, torch.Tensor]:
     """The input each block receives first in one forward pass on ``example`` (eval mode, no grad)."""
-    seen: dict[str, torch.Tensor] = {}
-
-    def hook(name: str):
-        def record(_module: nn.Module, args: tuple[Any, ...]) -> None:
-            if name not in seen and args and isinstance(args[0], torch.Tensor):
-                seen[name] = args[0].detach()
-
-        return record
-
-    handles = [b.register_forward_pre_hook(hook(n)) for n, b in blocks.items()]
-    try:
-        forward_all(model, [example])
-    finally:
-        for h in handles:
-            h.remove()
-    return seen
+    calls = layer_input_shapes(model, blocks, example, lambda _block, x: x.detach())
+    return {name: inputs[0] for name, inputs in calls.items()}
 
 
 def _budget_target(model: nn.Module, budget: float | int | None) -> int | None:
