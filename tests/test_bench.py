@@ -291,3 +291,22 @@ def test_a_latency_match_refuses_costs_that_cannot_time_models():
         MethodContext(_mlp(), 0.5, 1, [torch.randn(4, IN)], match="latency", costs=LayersOnlyCosts())
     with pytest.raises(ValueError, match="match must be one of"):
         MethodContext(_mlp(), 0.5, 1, [torch.randn(4, IN)], match="seconds")
+
+
+def test_full_test_measures_on_the_presets_whole_test_split(tiny_preset, monkeypatch):
+    """``full_test`` passes the preset's ``full_test`` options to ``data()``, and only then does the
+    fingerprint (and so a part's validity) change."""
+    seen: list[dict] = []
+
+    def data(batch_size: int = 32, test_size: int = 64, **_: object):
+        seen.append({"test_size": test_size})
+        train, test = _data(batch_size)
+        return train, DataLoader(torch.utils.data.Subset(test.dataset, range(test_size)), batch_size=64)
+
+    preset = Preset(**{**tiny_preset.__dict__, "data": data, "full_test": {"test_size": 128}})
+    monkeypatch.setitem(registry.PRESETS, preset.name, preset)
+    run_bench(_quiet_cfg(methods=("inhernet",)), log=lambda _: None)
+    run_bench(_quiet_cfg(methods=("inhernet",), full_test=True), log=lambda _: None)
+    assert [s["test_size"] for s in seen] == [64, 128]
+    assert "full_test" not in BenchConfig().fingerprint(10)
+    assert BenchConfig(full_test=True).fingerprint(10)["full_test"] is True

@@ -83,6 +83,9 @@ class BenchConfig:
     #: channel importance of ``prune-kd``: ``"l2"`` (magnitude) or ``"taylor"`` (gradient x weight on
     #: the first calibration batch)
     prune_importance: str = "l2"
+    #: measure on the preset's whole test split where its default test loader is a subset (its
+    #: ``full_test`` data options; e.g. fashion-effnet: 10,000 images instead of 500)
+    full_test: bool = False
     #: with ``match="latency"``: what times layers and models (a :class:`inhernet.deploy.costs.LatencyCosts`);
     #: default a :class:`~inhernet.deploy.CostTable` on the teacher's device. Not part of the fingerprint.
     costs: Any = None
@@ -128,6 +131,8 @@ class BenchConfig:
             "curve_examples": self.curve_examples, "distill_overrides": dict(self.distill_overrides),
             "prune_importance": self.prune_importance,
         }
+        if self.full_test:  # only when set: parts written before the option existed stay valid
+            fp["full_test"] = True
         if self.tune_lr:
             fp["lr_grid"], fp["tune_steps"], fp["val_examples"] = list(self.lr_grid), self.tune_steps, self.val_examples
         else:
@@ -152,7 +157,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
             raise ValueError(f"preset {preset.name!r} leaves out {name!r}: {preset.excluded[name]}")
     teacher = preset.teacher()
     calib = preset.calib(cfg.calib_size)
-    train, test = preset.data(cfg.batch_size)
+    train, test = preset.data(cfg.batch_size, **(preset.full_test if cfg.full_test else {}))
     n_train = len(train.dataset)
     # epochs: whole passes over the training split, at the runner's own batch size
     steps = cfg.epochs * -(-n_train // cfg.batch_size) if cfg.epochs is not None else cfg.steps or len(train)

