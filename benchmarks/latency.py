@@ -62,7 +62,7 @@ from inhernet._atomic import atomic_write
 from inhernet.baselines import MethodContext, build_student
 from inhernet.batches import forward_batch, logits_of, move_batch
 from inhernet.bench.runner import BenchConfig
-from inhernet.deploy import compact, count_macs, export_onnx, onnx_inputs
+from inhernet.deploy import compact, count_macs, export_onnx, onnx_inputs, verify_onnx
 from inhernet.deploy.costs import measure_latency, time_calls
 from inhernet.presets.registry import get_preset
 
@@ -238,12 +238,9 @@ def ort_calls(
         opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         if name not in checks:
-            got = torch.from_numpy(session.run(None, feed)[0])
-            with torch.no_grad():
-                want = logits_of(forward_batch(model, batch)).float()
-            checks[name] = float((got - want).abs().max() / want.abs().max().clamp_min(1e-12))
+            checks[name] = verify_onnx(path, model, batch)
+        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         calls[name] = (lambda s=session: s.run(None, feed))
     return calls
 
@@ -304,7 +301,8 @@ def read_accuracies(path: Path, *, preset: str, budget: float, match: str) -> di
                 "value": method["metric_mean"], "std": method.get("metric_std"),
                 "seeds": len(method.get("seeds") or []) or None, "params": method.get("params"),
             }
-    return {"metric": data.get("metric", "accuracy"), "file": str(path), "models": models}
+    return {"metric": data.get("metric", "accuracy"), "file": str(path), "experts": data.get("experts"),
+            "models": models}
 
 
 def accuracy_cells(acc: dict[str, Any] | None, models: Mapping[str, nn.Module], info: dict[str, Any]) -> dict[str, str]:
@@ -437,6 +435,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         models, info = build_models(args, preset, teacher, calib)
     except ValueError as err:  # a latency budget below what rank cuts can reach: say so in one line
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    if accuracy is not None and accuracy["experts"] not in (None, info["experts"]):
+        print(f"error: --accuracy-from {args.accuracy_from} benchmarked InherNet with experts={accuracy['experts']}, "
+              f"this run built experts={info['experts']}: pass --experts {accuracy['experts']}", file=sys.stderr)
         return 2
     one = timing_batch(calib[0], 1)
     probe = timing_batch(calib[0], min(64, max(args.batches)))
