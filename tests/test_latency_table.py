@@ -178,3 +178,5 @@ def test_defaults_per_device(latency_script) -> None:
     gpu = latency_script.parse_args(["--device", "cuda", "--latency", "0.5"])
     assert (gpu.budget, gpu.match, gpu.backends, gpu.dtype) == (0.5, "latency", ["eager", "compile"], "bfloat16")
     assert latency_script.default_out(gpu).name == "latency-mnist-cnn-latency0.5-cuda.md"
+    assert "synchronised" in latency_script.how(gpu) and "onnxruntime" not in latency_script.how(gpu)
+    assert "torch.compile" in latency_script.how(gpu) and "set_num_threads" in latency_script.how(cpu)
