@@ -220,9 +220,13 @@ class FakeTimer:
         return math.prod(shape.input_shape[:-1])
 
     def dense(self, shape) -> float:
+        if shape.kind == "embedding":  # a lookup: no MACs, and no per-layer overhead (not a Linear)
+            return 0.0
         return (self._rows(shape) * shape.out_features * shape.in_features + 100) * 1e-9
 
     def factorised(self, shape, rank: int) -> float:
+        if shape.kind == "embedding":  # the lookup is free; the up-projection counts per token
+            return (math.prod(shape.input_shape) * rank * shape.out_features + 200) * 1e-9
         return (self._rows(shape) * rank * (shape.out_features + shape.in_features) + 200) * 1e-9
 
     def latency(self, models, example) -> list[float]:
@@ -261,7 +265,7 @@ def test_bench_matched_in_latency(tiny_preset, monkeypatch):
     example = tiny_preset.calib(0)[0]
     assert teacher_ms == pytest.approx(timer.latency([_teacher()], example)[0] * 1e3)
     assert by_name["inhernet"] <= 0.5 * teacher_ms and by_name["svd-kd"] <= 0.5 * teacher_ms
-    assert by_name["inhernet"] >= 0.4 * teacher_ms  # the plan spends its budget (compact rounds ranks down)
+    assert by_name["inhernet"] >= 0.49 * teacher_ms  # the plan spends its budget and compact keeps its ranks
     # The matched baselines are never faster than the InherNet they are compared with, and not much slower.
     for name in ("kd-student", "prune-kd"):
         assert by_name["inhernet"] <= by_name[name] <= 1.3 * by_name["inhernet"], name

@@ -17,8 +17,8 @@ import torch
 from torch import nn
 
 import tiny_models as tm
-from inhernet import InherBlock, InherConfig, inherit, load, plan, save
-from inhernet.budget import NANOSECONDS, Price, latency_price
+from inhernet import InherBlock, InherConfig, compact, inherit, load, plan, save
+from inhernet.budget import NANOSECONDS, RANK_MULTIPLE, LayerCost, Price, allocate, latency_price, round_rank
 from inhernet.deploy import CostTable, LayerShape
 from inhernet.deploy.costs import measure_latency
 from inhernet.kinds import kind_of
@@ -173,6 +173,7 @@ def test_fixed_rest_is_never_negative() -> None:
     assert p.total_latency_ns == block_ns <= p.target_latency_ns
 
 
+@pytest.mark.filterwarnings("ignore:the plan reaches:UserWarning")  # one layer: steps of 8 ranks are coarse
 def test_a_layer_that_did_not_run_stays_dense_and_is_not_timed() -> None:
     class Unused(nn.Module):
         def __init__(self) -> None:
@@ -332,3 +333,53 @@ def test_measure_latency_smoke() -> None:
     seconds = measure_latency(models, (torch.randn(4, 8), torch.zeros(4)), repeats=2, min_time=1e-4)
     assert len(seconds) == 2 and all(s > 0 for s in seconds)
     assert models[0].training and not models[1].training
+
+
+# -- allocation and compact agree ------------------------------------------------------------------
+@pytest.mark.filterwarnings("ignore:the plan reaches:UserWarning")
+@pytest.mark.parametrize(
+    ("factory", "latency"), [(tm.three_linear, 0.5), (tm.cnn, 0.9), (tm.bert_tiny, 0.6)],
+    ids=["three_linear", "cnn", "bert_tiny"],
+)
+def test_compact_deploys_the_latency_plan_as_planned(factory, latency: float) -> None:
+    """A latency budget allocates the ranks compact() keeps (below the multiple, or multiples of it), so
+    compact rounds nothing away: the compact model's predicted latency is the plan's, within the
+    budget's window (at most the target, at least 98% of it), not under it."""
+    teacher, batch = factory()
+    costs = FakeCosts()
+    student = inherit(teacher, InherConfig(latency=latency, init="svd"), calib=[batch], costs=costs, progress=False)
+    p = student.inhernet_plan
+    ranks = p.ranks()
+    assert ranks and all(r < RANK_MULTIPLE or r % RANK_MULTIPLE == 0 for r in ranks.values()), ranks
+    out = compact(student, example=batch, costs=costs)
+    layers = out.inhernet_compact["layers"]
+    assert {n: e["rank"] for n, e in layers.items()} == ranks, "compact rounded or densified a planned rank"
+    predicted = fake_ns(costs, out, batch)
+    assert predicted == p.total_latency_ns
+    assert 0.98 * p.target_latency_ns <= predicted <= p.target_latency_ns
+
+
+def test_a_latency_plan_steps_past_the_multiple() -> None:
+    """The steps are exercised: a layer wide enough gets a rank of at least the multiple, and the
+    allocator never lands between multiples (what compact would round down)."""
+    teacher, x = tm.three_linear()
+    p = plan(teacher, InherConfig(latency=0.8, init="svd"), calib=[x], costs=FakeCosts())
+    ranks = p.ranks()
+    assert any(r >= RANK_MULTIPLE for r in ranks.values()), ranks
+    assert all(r < RANK_MULTIPLE or r % RANK_MULTIPLE == 0 for r in ranks.values()), ranks
+    # A parameter budget still allocates rank by rank (compact's rounding is then a documented cut).
+    assert any(r > RANK_MULTIPLE and r % RANK_MULTIPLE for r in plan(teacher, InherConfig(budget=0.5, init="svd")).ranks().values())
+
+
+def test_rank_steps_of_a_layer_cost() -> None:
+    """LayerCost.multiple: ranks below it one by one, then its multiples; the floor is raised to one."""
+    layer = LayerCost("fc", 64, 64, True, 1, 64 * 64 + 64, multiple=8)
+    assert [layer.next_rank(r) for r in (1, 6, 7, 8, 16)] == [2, 7, 8, 16, 24]
+    assert layer.break_even == 24  # parameters: r*128 + 64 < 4160 up to r = 31, rounded down to 24
+    assert layer.allowed(5) == [5, 6, 7, 8, 16, 24]
+    assert layer.allowed(16) == [16, 24]
+    ranks = allocate([layer], layer.cost(20), "uniform", min_rank=10)
+    assert ranks == {"fc": 16}  # the floor 10 is raised to 16; 24 does not fit
+    assert round_rank(13, 8) == 8 and round_rank(7, 8) == 7 and round_rank(13, 1) == 13
+    with pytest.raises(ValueError, match="multiple"):
+        LayerCost("fc", 4, 4, False, 1, 16, multiple=0)

@@ -15,7 +15,16 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .budget import LayerCost, allocate, floor_rank, mac_price, minimum_cost, ranks_for_energy, ranks_for_rank
+from .budget import (
+    RANK_MULTIPLE,
+    LayerCost,
+    allocate,
+    floor_rank,
+    mac_price,
+    minimum_cost,
+    ranks_for_energy,
+    ranks_for_rank,
+)
 from .config import InherConfig
 from .discovery import Candidate, matches
 from .families import FAMILY_DEFAULTS
@@ -62,16 +71,22 @@ def layer_cost(
     c: Candidate, experts: int, energy: torch.Tensor | None, profile: Profile | None = None
 ) -> LayerCost:
     """The allocator's view of a layer (``energy``: its squared singular values, if known); priced in MACs
-    or measured nanoseconds when a profile is given, else in parameters."""
+    or measured nanoseconds when a profile is given, else in parameters.
+
+    Priced in measured time, its ranks step by :data:`~inhernet.budget.RANK_MULTIPLE` (ranks below it one
+    by one): the ranks ``compact()`` deploys unchanged, so the compact model spends the latency budget
+    the plan predicts instead of landing under it after rounding.
+    """
     m, n = c.kind.shape(c.module)
     price = None
+    multiple = 1
     if isinstance(profile, LatencyProfile):
-        price = profile.price(c.name)
+        price, multiple = profile.price(c.name), RANK_MULTIPLE
     elif profile is not None:
         positions, gate_positions = profile.positions.get(c.name, (0, 0))
         price = mac_price(m, experts, positions, gate_positions, *c.kind.mac_rates(c.module))
     return LayerCost(
-        c.name, m, n, c.kind.bias(c.module) is not None, experts, dense_params(c.module), energy, price,
+        c.name, m, n, c.kind.bias(c.module) is not None, experts, dense_params(c.module), energy, price, multiple,
     )
 
 

@@ -31,7 +31,9 @@ Three steps, each recorded in the model's books (``inhernet_plan``, ``inhernet_c
 
 Rank multiple: measured under load on a shared 2-core x86 CPU, torch eager, one thread, batch 1
 (Linear 384->384 and 384->1536 on 64 tokens, Conv2d 32->64 k3 on 28x28; medians of interleaved
-repetitions); see the ``RANK_MULTIPLE`` comment for the numbers and the choice.
+repetitions); see the comment on :data:`inhernet.budget.RANK_MULTIPLE` for the numbers and the choice.
+A latency budget (``InherConfig(latency=...)``) allocates ranks in steps of the same multiple, so the
+default rounding leaves its ranks unchanged and the compact model spends the budget the plan predicts.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..budget import RANK_MULTIPLE, round_rank
 from ..calibration import layer_input_shapes, split_example
 from ..kinds import block_params, kind_of
 from ..layers import InherBlock, InherConv, InherEmbedding, InherLinear
@@ -53,15 +56,6 @@ from .merge import merge_experts
 
 __all__ = ["RANK_MULTIPLE", "compact", "densify", "truncate"]
 
-# Measured under load (see the module docstring), microseconds per call, 31 interleaved repetitions:
-#   rank                    57    60    63    64    65    68    71    72    80
-#   Linear 384->384        91    93   108    89    96    98   117   101   106   (dense 223)
-#   Linear 384->1536      199   202   221   204   216   214   238   227   250   (dense 1108)
-#   Conv2d 32->64 k3      437   436   446   421   514   510   516   522   507   (dense 323)
-# Ranks just below a multiple of 8 (63, 71) ran 5-20% slower than the multiple of 8 above them; the
-# conv's cost steps at multiples of 16 (65-80 flat). 8 is the default: it avoids the slow ranks at a
-# cost of at most 7 ranks per layer; rank_multiple=16 suits convs a little better (and tensor cores).
-RANK_MULTIPLE = 8
 
 
 def compact(
@@ -141,7 +135,7 @@ def compact(
         m, n = _matrix_shape(block)
         has_bias = block.up.bias is not None
         dense_p = m * n + (m if has_bias else 0)
-        rank = _round_down(block.rank, multiple)
+        rank = round_rank(block.rank, multiple)
         params -= block_params(m, n, block.rank, 1, has_bias) - block_params(m, n, rank, 1, has_bias)
         entry: dict[str, Any] = {"dense": False, "rank": rank, "rank_before": block.rank}
         decisions[name] = entry
@@ -265,10 +259,6 @@ def _matrix_shape(block: InherBlock) -> tuple[int, int]:
     up, down = block.up.weight, block.down.weight
     n = down.shape[0] if isinstance(block, InherEmbedding) else down[0].numel()
     return int(up.shape[0]), int(n)
-
-
-def _round_down(rank: int, multiple: int) -> int:
-    return rank if rank < multiple else rank // multiple * multiple
 
 
 def _block_inputs(model: nn.Module, blocks: dict[str, InherBlock], example: Any) -> dict[str, torch.Tensor]:
