@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 import inhernet
-from inhernet import InherBlock, InherConfig, inherit, load, save
+from inhernet import InherBlock, InherConfig, compact, inherit, load, save
 from inhernet.baselines import METHODS, MethodContext
 from inhernet.bench.runner import BenchConfig, _recipe
 from inhernet.deploy import count_macs
@@ -184,6 +184,9 @@ def test_save_load_cnn_with_batchnorm_and_depthwise_conv(tmp_path):
     save(loaded, tmp_path / "again")  # a loaded model keeps its pruning on re-save
     again = load(tmp_path / "again", base=_bn_net(seed=2))
     assert torch.equal(run(again, x), run(student, x))
+    deployed = compact(student, [x])  # the deployable form saves and loads the same way
+    save(deployed, tmp_path / "compact")
+    assert torch.equal(run(load(tmp_path / "compact", base=_bn_net(seed=3)), x), run(deployed, x))
 
 
 @pytest.mark.filterwarnings("ignore:the plan reaches")

@@ -14,6 +14,11 @@ loadable (plus an orphan weights file that the next save removes). With one fixe
 there would have left new weights beside the old JSON, detectable by the checksum but not loadable.
 Directories written with the earlier fixed name ``model.safetensors`` still load.
 
+Pruned models (``InherConfig(prune=...)``): the JSON's ``prune`` entry records what Torch-Pruning
+changed (per module, int attributes and tensor shapes, before and after); ``load`` replays it on the
+fresh base (:func:`inhernet.pruning.apply_spec`, checked whole against the base first) before the
+InherNet surgery, so no pickled module is ever needed.
+
 Safety on load. Everything the JSON says is checked before a tensor is allocated (format, the weights
 file is a bare ``*.safetensors`` name inside the directory, every layer exists in ``base`` with the
 recorded type and shape, ranks within each layer's full rank, experts >= 1, and no more parameters
