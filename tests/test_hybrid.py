@@ -155,8 +155,10 @@ def test_auto_skips_shares_that_prune_under_the_budget():
 def test_plan_reuse_prunes_the_same_channels():
     teacher, calib = _teacher()
     student = inherit(teacher, InherConfig(budget=0.3, prune=0.3), calib=calib, progress=False)
+    # the default budget (0.25) is not spent again: the plan's ranks are used as they are
     random = inherit(teacher, InherConfig(init="random"), calib=calib, plan=student.inhernet_plan, progress=False)
-    assert random.inhernet_plan.ranks() == student.inhernet_plan.ranks()
+    assert random.inhernet_plan.ranks() == student.inhernet_plan.ranks() and random.inhernet_plan.config.prune == 0.3
+    assert random.inhernet_plan.total_params == student.inhernet_plan.total_params == n_params(random)
     assert {k: v.shape for k, v in random.state_dict().items()} == {k: v.shape for k, v in student.state_dict().items()}
 
 
@@ -240,8 +242,11 @@ def test_errors_name_the_problem():
         InherConfig(budgets={"0": 0.5}, prune=0.2)
     with pytest.raises(ValueError, match="prune='auto' compares students at one budget"):
         InherConfig(rank=4, prune="auto")
-    with pytest.raises(ValueError, match="needs calib="):
-        inherit(teacher, InherConfig(budget=0.3, prune=0.3, init="svd"), progress=False)
+    for share in (0.3, "auto"):
+        with pytest.raises(ValueError, match="needs calib="):
+            inherit(teacher, InherConfig(budget=0.3, prune=share, init="svd"), progress=False)
+    with pytest.raises(ValueError, match="budget=200,000 parameters exceeds the teacher's 106,154"):
+        inherit(teacher, InherConfig(budget=200_000, prune=0.0), calib=calib, progress=False)
     with pytest.raises(ValueError, match="already under the budget"):
         inherit(teacher, InherConfig(budget=0.3, prune=0.9), calib=calib, progress=False)
     with pytest.raises(ValueError, match=r"after prune=0.5 .*unreachable"):

@@ -49,7 +49,7 @@ from .families import model_family
 
 __all__ = [
     "AUTO_GRID", "IMPORTANCES", "PruneRecord", "after_pruning", "apply_spec", "attention_heads", "check_prunable", "inner_config",
-    "output_layers", "prune", "prune_for", "pruned_spec", "teacher_outputs", "zero_shot_loss",
+    "output_layers", "prune", "prune_for", "pruned_spec", "require_example", "teacher_outputs", "zero_shot_loss",
 ]
 
 #: channel importance criteria: global L2 magnitude (no data needed) or first-order Taylor (needs a
@@ -345,10 +345,7 @@ def _params(model: nn.Module) -> int:
 
 def prune_for(config: InherConfig, model: nn.Module, example: Any, ratio: float) -> tuple[nn.Module, PruneRecord]:
     """``model`` pruned by ``ratio`` for ``config`` (the teacher itself, unpruned, at ratio 0) and its record."""
-    if example is None:
-        raise ValueError(
-            "InherConfig(prune=...) needs calib=: Torch-Pruning traces the model on its first batch"
-        )
+    require_example(example)
     check_prunable(model)
     _logits(model, example)  # a model without logits is refused before Torch-Pruning traces it
     pruned = prune(model, example, ratio) if ratio > 0 else model
@@ -357,6 +354,12 @@ def prune_for(config: InherConfig, model: nn.Module, example: Any, ratio: float)
         record.teacher_macs = example_positions(model, {}, example)[0]
         record.macs = example_positions(pruned, {}, example)[0] if ratio > 0 else record.teacher_macs
     return pruned, record
+
+
+def require_example(example: Any) -> None:
+    """Refuse ``prune=`` without calibration data (``example``: its first batch, or ``None``)."""
+    if example is None:
+        raise ValueError("InherConfig(prune=...) needs calib=: Torch-Pruning traces the model on its first batch")
 
 
 def inner_config(config: InherConfig, record: PruneRecord) -> InherConfig:
@@ -375,6 +378,10 @@ def inner_config(config: InherConfig, record: PruneRecord) -> InherConfig:
     assert amount is not None and whole is not None and have is not None
     target = int(amount * whole) if isinstance(amount, float) else amount
     unit = "parameters" if key == "budget" else "MACs"
+    if target > whole:
+        raise ValueError(
+            f"{key}={target:,} {unit} exceeds the teacher's {whole:,}; give a smaller count or a fraction in (0, 1]"
+        )
     if have < target:
         raise ValueError(
             f"prune={record.ratio:g} leaves {have:,} {unit}, already under the {key} of {target:,}: nothing is "
@@ -403,8 +410,8 @@ def teacher_outputs(model: nn.Module, calib: Iterable[Any]) -> list[torch.Tensor
 
 
 def zero_shot_loss(student: nn.Module, calib: Iterable[Any], targets: Sequence[torch.Tensor]) -> float:
-    """How far ``student`` is from the teacher on the calibration batches: the KL divergence of the
-    student's softmax from the teacher's over the last dimension, averaged over rows (samples or
+    """How far ``student`` is from the teacher on the calibration batches: KL(teacher || student) of
+    the softmax over the last dimension (the KD loss at temperature 1), averaged over rows (samples or
     tokens). ``targets``: :func:`teacher_outputs`."""
     total, rows = 0.0, 0
     for batch, want in zip(calib, targets, strict=True):

@@ -20,7 +20,15 @@ from .discovery import Candidate, Unsupported, find_layers
 from .kinds import LayerKind
 from .layers import configure_gates
 from .plan import Plan, make_plan, measure, with_prune
-from .pruning import AUTO_GRID, after_pruning, inner_config, prune_for, teacher_outputs, zero_shot_loss
+from .pruning import (
+    AUTO_GRID,
+    after_pruning,
+    inner_config,
+    prune_for,
+    require_example,
+    teacher_outputs,
+    zero_shot_loss,
+)
 from .sequential import sequential_calibrate
 from .spectra import allocation_needs_spectra, decompose, layer_spectra, reiterable
 from .stack import replace_module
@@ -113,14 +121,10 @@ def _inherit_pruned(
     calib = list(calib) if calib is not None else None  # iterated once per candidate
     example = calib[0] if calib else None
     if plan is not None and plan.prune is not None:  # the plan's structure: the same channels, its ranks
-        pruned, record = prune_for(config, model, example, plan.prune.ratio)
-        inner = replace(plan, config=inner_config(config, record), prune=None, teacher_params=record.params)
-        with after_pruning(record):
-            student = _inherit(pruned, inner.config, calib, inner, progress, costs)
-        student.inhernet_plan = with_prune(student.inhernet_plan, config, record)
-        return student
+        return _inherit_share(model, config, calib, example, plan.prune.ratio, progress, costs, plan)
     if config.prune != "auto":
         return _inherit_share(model, config, calib, example, float(config.prune), progress, costs)
+    require_example(example)
     assert calib is not None
     targets = teacher_outputs(model, calib)
     scores: dict[str, float | None] = {}
@@ -150,13 +154,20 @@ def _inherit_pruned(
 
 def _inherit_share(
     model: nn.Module, config: InherConfig, calib: list[Any] | None, example: Any, share: float, progress: bool,
-    costs: LatencyCosts | None,
+    costs: LatencyCosts | None, plan: Plan | None = None,
 ) -> nn.Module:
-    """The teacher pruned by ``share`` of its channels, then inherited at what is left of the budget."""
+    """The teacher pruned by ``share`` of its channels, then inherited at what is left of the budget (or
+    with the ranks of ``plan``, a plan of the same pruning)."""
     pruned, record = prune_for(config, model, example, share)
-    inner = inner_config(config, record)
+    if plan is None:
+        inner, inner_plan = inner_config(config, record), None
+    else:  # the plan's ranks, no allocation: the budget is not spent again
+        inner = replace(config, prune=None)
+        inner_plan = replace(plan, config=inner, prune=None, teacher_params=record.params)
     with after_pruning(record):
-        student = _inherit(pruned, inner, calib, None, progress, costs)
+        student = _inherit(pruned, inner, calib, inner_plan, progress, costs)
+    if config.prune is None:  # a pruned plan given with a config of its own: say what was done
+        config = replace(config, prune=share)
     student.inhernet_plan = with_prune(student.inhernet_plan, config, record)
     return student
 
