@@ -217,6 +217,31 @@ def test_eval_of_a_plain_model_spec(assets, monkeypatch, capsys):
     assert "timm:test_resnet" in stdout and "accuracy" in stdout
 
 
+@pytest.mark.parametrize("prune", ["0.2", "auto"])
+def test_compress_with_pruning_saves_a_model_that_loads_from_its_source(tmp_path, assets, monkeypatch, capsys, prune):
+    out = tmp_path / "resnet"
+    code, stdout, err = invoke(
+        monkeypatch, capsys, "compress", "timm:test_resnet", "--weights", assets["weights"], "--data", assets["images"],
+        "--image-size", 32, "--budget", 0.3, "--batch-size", 4, "--init", "svd", "--prune", prune, "--out", out,
+    )
+    assert code == 0, err
+    assert "of the channels (Torch-Pruning" in stdout
+    meta = json.loads((out / "inhernet.json").read_text())
+    assert meta["config"]["prune"] == (prune if prune == "auto" else float(prune))
+    teacher = build_model(read_source(out).model)
+    assert 0.98 * 0.3 * n_params(teacher) <= meta["params"] <= 0.3 * n_params(teacher)
+    images = torch.randn(2, 3, 32, 32)
+    rebuilt = inhernet.load(out)  # the pruned widths and the blocks, rebuilt from source.json alone
+    again = inhernet.load(out, base=build_model(read_source(out).model))
+    assert n_params(rebuilt) == meta["params"] and torch.equal(run(rebuilt, images), run(again, images))
+    if prune == "0.2":
+        assert meta["prune"]["ratio"] == 0.2 and meta["prune"]["spec"]
+    else:
+        assert set(meta["prune"]["scores"]) == {"0", "0.1", "0.2", "0.3", "0.4", "0.5"}
+    code, stdout, err = invoke(monkeypatch, capsys, "eval", out, "--data", assets["images"])
+    assert code == 0, err
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -234,6 +259,8 @@ def test_eval_of_a_plain_model_spec(assets, monkeypatch, capsys):
         ),
         (["compress", "{bert}", "--data", "{csv}", "--max-length", "64"], "exceeds the model's 32 positions"),
         (["train", "{tmp}", "--data", "{images}"], "not a compressed model directory"),
+        (["compress", "{bert}", "--data", "{csv}", "--prune", "1.5"], "1.5 is not a share in [0, 1)"),
+        (["compress", "{bert}", "--data", "{csv}", "--prune", "most"], "'most' is neither 'auto' nor a number"),
     ],
 )
 def test_bad_inputs_fail_with_one_error_line(tmp_path, assets, monkeypatch, capsys, args, message):

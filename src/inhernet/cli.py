@@ -41,6 +41,19 @@ def _budget_value(budget: float) -> float | int:
     return budget
 
 
+def _prune_value(value: str | None) -> float | str | None:
+    """``--prune``: ``auto`` or a share in [0, 1) of the channels."""
+    if value is None or value == "auto":
+        return value
+    try:
+        share = float(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is neither 'auto' nor a number", param_hint="--prune") from None
+    if not 0 <= share < 1:
+        raise click.BadParameter(f"{value} is not a share in [0, 1) of the channels", param_hint="--prune")
+    return share
+
+
 # Errors that bad input causes (an argument, a file, a missing asset): one `error:` line. Anything
 # else is a bug and keeps its traceback; `--debug` (or INHERNET_DEBUG=1) keeps it for these too.
 USER_ERRORS = (ValueError, TypeError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
@@ -292,11 +305,14 @@ _VAL_FRACTION = click.option(
 @click.option("--exclude", multiple=True, help="Module name pattern to keep dense (repeatable), e.g. fc.")
 @click.option("--calib-size", type=click.IntRange(min=1), default=256, show_default=True,
               help="Training examples whose layer inputs whiten the SVDs (--init whiten).")
+@click.option("--prune", "prune", default=None, metavar="auto|FRACTION", callback=lambda _c, _p, v: _prune_value(v),
+              help="Prune this share of the channels with Torch-Pruning first, then inherit at the same budget; "
+              "'auto' chooses the share (0..0.5) by zero-shot loss on the calibration examples.")
 @click.option("--out", "-o", type=click.Path(file_okay=False), required=True, help="Directory to save to.")
 def compress(
     model: str, weights: str | None, task: str | None, num_classes: int | None, data: str, prep: dict[str, Any],
     batch_size: int, seed: int, val_fraction: float, budget: float, experts: int, init: str, allocation: str, exclude: tuple[str, ...],
-    calib_size: int, out: str,
+    calib_size: int, prune: float | str | None, out: str,
 ) -> None:
     """Compress your own MODEL to a parameter budget and save it to --out.
 
@@ -324,7 +340,8 @@ def compress(
     )
 
     cfg = InherConfig(
-        budget=_budget_value(budget), experts=experts, init=init, allocation=allocation, exclude=exclude, seed=seed
+        budget=_budget_value(budget), experts=experts, init=init, allocation=allocation, exclude=exclude, seed=seed,
+        prune=prune,
     )
     spec = parse_model_spec(model, weights=weights, task=task, num_classes=num_classes)
     options = DataOptions().updated(**prep)
@@ -337,7 +354,9 @@ def compress(
             "so the teacher's predictions are too; fine-tune the teacher on your task first", err=True,
         )
     train_set, _ = split(opened.data.dataset, val_fraction, seed)
-    calib = calibration_batches(train_set, calib_size, batch_size) if init == "whiten" else None
+    # whitening reads the layers' inputs; pruning traces the model on the first batch and scores on all
+    needs_calib = init == "whiten" or prune is not None
+    calib = calibration_batches(train_set, calib_size, batch_size) if needs_calib else None
     student = inherit(opened.teacher, cfg, calib=calib, progress=sys.stderr.isatty())
     _print_plan(student.inhernet_plan)
     save(student, out)

@@ -109,6 +109,16 @@ class InherConfig:
         damping: relative damping of the input covariance before whitening (times its mean diagonal).
         seed: seed of the random deviations / random init, for reproducible surgery: an int in
             [0, 2**32 - 1].
+        prune: structured channel pruning before the inheritance (see :mod:`inhernet.pruning`): the
+            share in [0, 1) of the teacher's channels that Torch-Pruning removes (global L2 ranking,
+            layer by layer for transformers; whole heads for BERT-style attention; the output layer
+            kept), after which the rank allocator spends the rest of the *same* budget — ``budget=`` /
+            ``macs=`` stay relative to the original teacher — on the pruned model's layers.
+            ``"auto"``: choose the share from :data:`inhernet.pruning.AUTO_GRID` (0 to 0.5) by the
+            zero-shot loss (KL to the teacher's logits) of each candidate student on the calibration
+            batches; the plan records the choice and the scores. ``None`` (the default): no pruning.
+            Needs ``calib`` (Torch-Pruning traces the model on its first batch); not for causal LMs,
+            latency budgets or per-group ``budgets``.
 
     numpy integers are accepted wherever an ``int`` is (and numpy floats where a ``float`` is); they
     are stored as Python numbers, so :meth:`to_dict` stays JSON-serialisable.
@@ -134,6 +144,7 @@ class InherConfig:
     damping: float = 1e-4
     seed: int = 0
     family: str | None = None
+    prune: float | Literal["auto"] | None = None
 
     @classmethod
     def paper(cls, **overrides: Any) -> InherConfig:
@@ -192,6 +203,33 @@ class InherConfig:
         if not (_is_real(self.damping) and self.damping >= 0):
             raise ValueError(f"damping must be a number >= 0, got {self.damping!r}")
         check_seed("seed", self.seed)
+        self._check_prune(chosen)
+
+    def _check_prune(self, chosen: list[str]) -> None:
+        p = self.prune
+        if p is None:
+            return
+        if p != "auto" and (isinstance(p, bool) or not isinstance(p, (int, float)) or not math.isfinite(p)):
+            raise TypeError(
+                f"prune must be a share in [0, 1) of the teacher's channels, 'auto' or None, got {p!r}"
+            )
+        if p != "auto" and not 0 <= p < 1:
+            raise ValueError(
+                f"prune={p} is not a share in [0, 1) of the teacher's channels; give e.g. prune=0.3, or "
+                "prune='auto' to choose it"
+            )
+        if p != "auto":
+            self.prune = float(p)
+        if self.latency is not None or self.budgets:
+            raise ValueError(
+                "prune= works with budget= or macs= (or a rank/energy rule), not with "
+                f"{'latency=' if self.latency is not None else 'budgets='}: drop prune= or use budget=/macs="
+            )
+        if p == "auto" and self.budget is None and self.macs is None:
+            raise ValueError(
+                "prune='auto' compares students at one budget: give budget= or macs= (or a fixed prune=0.3 "
+                f"with {chosen[0]}=)"
+            )
 
     def _check_budget(self) -> None:
         if self.budget is not None:
@@ -252,6 +290,10 @@ class InherConfig:
         d = asdict(self)
         d["include"], d["exclude"] = list(self.include), list(self.exclude)
         d["budgets"] = dict(self.budgets)
+        if self.prune is None:
+            # absent rather than null, so that the configs (and benchmark parts) recorded before the
+            # field existed stay equal to today's
+            del d["prune"]
         return d
 
     @classmethod

@@ -20,6 +20,7 @@ from .calibration import peek_example
 from .config import InherConfig
 from .discovery import Candidate, Unsupported, find_layers
 from .kinds import dense_params
+from .pruning import PruneRecord, after_pruning, inner_config, prune_for
 from .spectra import (
     LatencyProfile,
     MacProfile,
@@ -32,7 +33,7 @@ from .spectra import (
 if TYPE_CHECKING:
     from .deploy.costs import LatencyCosts
 
-__all__ = ["BUDGET_TOLERANCE", "LayerPlan", "Plan", "make_plan", "plan"]
+__all__ = ["BUDGET_TOLERANCE", "LayerPlan", "Plan", "make_plan", "plan", "with_prune"]
 
 FACTORISED = "factorised"
 
@@ -69,6 +70,10 @@ class Plan:
     otherwise, in integer nanoseconds: the teacher's measured forward pass on the example input, the
     target, and the plan's predicted total (the fixed rest of the model plus each layer's price from
     the cost table, see :class:`inhernet.spectra.LatencyProfile`).
+
+    With ``InherConfig(prune=...)``, ``prune`` records the pruning step (:class:`inhernet.pruning.PruneRecord`);
+    the layers are those of the pruned model, while ``teacher_params`` / ``teacher_macs`` stay the
+    original teacher's, which the budget and :attr:`ratio` refer to.
     """
 
     config: InherConfig
@@ -81,11 +86,13 @@ class Plan:
     teacher_latency_ns: int | None = None
     target_latency_ns: int | None = None
     total_latency_ns: int | None = None
+    prune: PruneRecord | None = None
 
     @property
     def total_params(self) -> int:
         """Parameters of the inherited model, everything included."""
-        return self.teacher_params - sum(r.params_before - r.params_after for r in self.layers)
+        start = self.prune.params if self.prune is not None else self.teacher_params
+        return start - sum(r.params_before - r.params_after for r in self.layers)
 
     @property
     def ratio(self) -> float:
@@ -111,6 +118,7 @@ class Plan:
             "target_latency_ns": self.target_latency_ns,
             "total_latency_ns": self.total_latency_ns,
             "layers": [asdict(r) for r in self.layers],
+            **({"prune": self.prune.to_dict()} if self.prune is not None else {}),
         }
 
     def to_markdown(self) -> str:
@@ -125,7 +133,8 @@ class Plan:
 
     def summary(self) -> str:
         target = f", target {self.target_params:,}" if self.target_params is not None else ""
-        text = (
+        text = f"{self.prune.summary()}; then " if self.prune is not None else ""
+        text += (
             f"{len(self.factorised)} of {len(self.layers)} layers factorised, experts={self.config.experts}, "
             f"init={self.config.init}: {self.teacher_params:,} -> {self.total_params:,} parameters "
             f"({self.ratio:.1%}{target})"
@@ -213,6 +222,15 @@ def make_plan(
     return result
 
 
+def with_prune(plan: Plan, config: InherConfig, record: PruneRecord) -> Plan:
+    """``plan`` (of the pruned model) as the plan of the whole hybrid: the user's ``config`` (with its
+    ``prune``), the pruning ``record``, and the original teacher's totals the budget refers to."""
+    plan.config, plan.prune, plan.teacher_params = config, record, record.teacher_params
+    if plan.teacher_macs is not None and record.teacher_macs is not None:
+        plan.teacher_macs = record.teacher_macs
+    return plan
+
+
 def measure(
     model: nn.Module, config: InherConfig, candidates: list[Candidate], calib: Iterable[Any] | None,
     costs: LatencyCosts | None = None,
@@ -243,6 +261,17 @@ def plan(
     """
     config = (config or InherConfig()).resolved(model)  # the family's defaults for the auto fields
     example, calib = peek_example(calib)
+    if config.prune is not None:
+        if config.prune == "auto":
+            raise ValueError(
+                "prune='auto' chooses the share of channels by building and scoring each candidate student: "
+                "call inherit() (its plan is student.inhernet_plan), or give plan() a share, e.g. prune=0.3"
+            )
+        pruned, record = prune_for(config, model, example, config.prune)
+        inner = inner_config(config, record)
+        with after_pruning(record):
+            inner_plan = plan(pruned, inner, calib, costs=costs)
+        return with_prune(inner_plan, config, record)
     candidates, others = find_layers(model, config, example)
     profile, calib = measure(model, config, candidates, calib, costs)
     spectra = layer_spectra(model, candidates, config, calib) if allocation_needs_spectra(config) else {}

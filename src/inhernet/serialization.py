@@ -14,6 +14,11 @@ loadable (plus an orphan weights file that the next save removes). With one fixe
 there would have left new weights beside the old JSON, detectable by the checksum but not loadable.
 Directories written with the earlier fixed name ``model.safetensors`` still load.
 
+Pruned models (``InherConfig(prune=...)``): the JSON's ``prune`` entry records what Torch-Pruning
+changed (per module, int attributes and tensor shapes, before and after); ``load`` replays it on the
+fresh base (:func:`inhernet.pruning.apply_spec`, checked whole against the base first) before the
+InherNet surgery, so no pickled module is ever needed.
+
 Safety on load. Everything the JSON says is checked before a tensor is allocated (format, the weights
 file is a bare ``*.safetensors`` name inside the directory, every layer exists in ``base`` with the
 recorded type and shape, ranks within each layer's full rank, experts >= 1, and no more parameters
@@ -40,6 +45,7 @@ from ._version import __version__
 from .config import InherConfig
 from .kinds import LayerKind, block_params, kind_of
 from .layers import GATE_POOLS, ROUTINGS, InherBlock
+from .pruning import apply_spec
 from .stack import replace_module
 
 __all__ = ["CONFIG_NAME", "FORMAT_VERSION", "WEIGHTS_NAME", "load", "save", "weights_path"]
@@ -96,6 +102,11 @@ def save(model: nn.Module, path: str | os.PathLike[str]) -> Path:
     }
     if compacted is not None:
         meta["compact"] = compacted
+    # InherConfig(prune=...): what pruning changed, replayed by load() on a fresh base before the surgery.
+    pruned = plan.prune.to_dict() if plan is not None and plan.prune is not None else getattr(
+        model, "inhernet_pruned", None)
+    if pruned is not None:
+        meta["prune"] = pruned
     # 2. The JSON that names them: from this rename on, the new pair is the one that loads.
     try:
         with atomic_path(out / CONFIG_NAME) as tmp_config:
@@ -124,7 +135,9 @@ def load(path: str | os.PathLike[str], base: nn.Module | None = None) -> nn.Modu
     """Rebuild a saved inherited model on ``base``, a model of the teacher's architecture.
 
     ``base`` is modified in place (its planned layers become blocks) and returned, on the device of
-    its parameters. Its own weights do not matter: every tensor comes from the file. When ``load``
+    its parameters. Its own weights do not matter: every tensor comes from the file. A model inherited
+    with ``InherConfig(prune=...)`` gets its pruned widths first (the attributes and tensor shapes
+    recorded under ``prune`` in the JSON, see :func:`inhernet.pruning.apply_spec`). When ``load``
     fails, ``base`` is left as it was. The :class:`InherConfig` the model was inherited with becomes
     ``base.inhernet_config`` (so a later :func:`save`, e.g. after fine-tuning, records it again).
 
@@ -155,28 +168,39 @@ def load(path: str | os.PathLike[str], base: nn.Module | None = None) -> nn.Modu
             f"{path} was saved from a {meta['model_class']}, but base is a {type(base).__name__}; "
             "pass a model of the same architecture"
         )
-    # Everything the JSON asks for is checked before anything is allocated.
-    specs = {name: _check_layer(base, name, spec) for name, spec in meta["layers"].items()}
-    _check_size(weights, specs)
+    pruned = meta.get("prune")
+    if pruned is not None and not (isinstance(pruned, dict) and isinstance(pruned.get("spec"), dict)):
+        raise ValueError(f"{path / CONFIG_NAME}: malformed 'prune' entry (a JSON object with a 'spec' object)")
+    # The pruned widths first (checked whole before any change), so that the layers below have the
+    # shapes their blocks were built from.
+    unprune = apply_spec(base, pruned["spec"]) if pruned is not None else None
+    originals: dict[str, nn.Module] = {}
     try:
-        state = load_file(str(weights), device="cpu")
-    except SafetensorError as err:
-        raise ValueError(f"{weights} is not a readable safetensors file (corrupted or truncated?): {err}") from None
-    originals = {name: module for name, (module, *_rest) in specs.items()}
-    for name, (module, kind, rank, experts, source) in specs.items():
-        block = kind.build(module, rank, experts)
-        block.source = source
-        block.routing = meta["layers"][name].get("routing", "soft")
-        block.gate_pool = meta["layers"][name].get("gate_pool", "mean")
-        block.train(module.training)
-        base = replace_module(base, name, block)
-    try:
+        # Everything the JSON asks for is checked before anything is allocated.
+        specs = {name: _check_layer(base, name, spec) for name, spec in meta["layers"].items()}
+        _check_size(weights, specs)
+        try:
+            state = load_file(str(weights), device="cpu")
+        except SafetensorError as err:
+            raise ValueError(f"{weights} is not a readable safetensors file (corrupted or truncated?): {err}") from None
+        for name, (module, kind, rank, experts, source) in specs.items():
+            block = kind.build(module, rank, experts)
+            block.source = source
+            block.routing = meta["layers"][name].get("routing", "soft")
+            block.gate_pool = meta["layers"][name].get("gate_pool", "mean")
+            block.train(module.training)
+            originals[name] = module
+            base = replace_module(base, name, block)
         _check_state(base, state, weights)
         base.load_state_dict(state, strict=False)  # only tied duplicates are absent (checked)
     except BaseException:
         for name, module in originals.items():
             base = replace_module(base, name, module)
+        if unprune is not None:
+            unprune()
         raise
+    if pruned is not None:
+        base.inhernet_pruned = pruned
     if config is not None:
         base.inhernet_config = config
     if isinstance(meta.get("compact"), dict):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -17,7 +19,16 @@ from .decomposition import Factors
 from .discovery import Candidate, Unsupported, find_layers
 from .kinds import LayerKind
 from .layers import configure_gates
-from .plan import Plan, make_plan, measure
+from .plan import Plan, make_plan, measure, with_prune
+from .pruning import (
+    AUTO_GRID,
+    after_pruning,
+    inner_config,
+    prune_for,
+    require_example,
+    teacher_outputs,
+    zero_shot_loss,
+)
 from .sequential import sequential_calibrate
 from .spectra import allocation_needs_spectra, decompose, layer_spectra, reiterable
 from .stack import replace_module
@@ -48,7 +59,10 @@ def inherit(
             example input whose MACs are budgeted.
             Under a latency budget (``latency=``) it is required too: its first batch, whole, is the
             example input that the teacher and the cost table's layers are timed at.
-        plan: reuse the ranks of an earlier plan (e.g. to build an ablation with the same structure).
+            With ``prune=`` it is required too: Torch-Pruning traces the model on its first batch, and
+            ``prune="auto"`` scores each candidate student on all of it (:mod:`inhernet.pruning`).
+        plan: reuse the ranks of an earlier plan (e.g. to build an ablation with the same structure);
+            a plan with pruning prunes the teacher again by its share (the same channels: L2 ranking).
         progress: show a progress bar while calibrating.
         costs: the cost table a latency budget is priced by (see :func:`inhernet.plan`); default a
             :class:`inhernet.deploy.CostTable` for the model's device and thread count. Unused otherwise.
@@ -56,11 +70,22 @@ def inherit(
     Returns:
         A deep copy of ``model`` with InherNet blocks in place of the planned layers. With
         ``init="whiten"`` or ``"svd"`` it computes the rank-r truncation of every layer at init
-        (exactly the teacher with ``rank="full"``). ``student.inhernet_plan`` holds the plan.
+        (exactly the teacher with ``rank="full"``; exactly the pruned teacher with ``prune=``).
+        ``student.inhernet_plan`` holds the plan (with ``prune=``, its ``prune`` record).
         With sequential calibration each block is whitened on inputs that passed the compressed
         earlier blocks (``calib`` is then iterated several times).
     """
     config = (config or (plan.config if plan is not None else InherConfig())).resolved(model)
+    if config.prune is not None or (plan is not None and plan.prune is not None):
+        return _inherit_pruned(model, config, calib, plan, progress, costs)
+    return _inherit(model, config, calib, plan, progress, costs)
+
+
+def _inherit(
+    model: nn.Module, config: InherConfig, calib: Iterable[Any] | None, plan: Plan | None, progress: bool,
+    costs: LatencyCosts | None,
+) -> nn.Module:
+    """``inherit`` without pruning, ``config`` resolved."""
     example, calib = peek_example(calib)
     candidates, others = find_layers(model, config, example)
     profile = None
@@ -85,6 +110,66 @@ def inherit(
             student = replace_module(student, name, block)
     student.inhernet_plan = plan
     return _checked(student, example, model)
+
+
+def _inherit_pruned(
+    model: nn.Module, config: InherConfig, calib: Iterable[Any] | None, plan: Plan | None, progress: bool,
+    costs: LatencyCosts | None,
+) -> nn.Module:
+    """``inherit`` on the teacher pruned by ``config.prune`` (or by the ratio of ``plan``), at the same budget;
+    with ``prune="auto"`` the best of :data:`~inhernet.pruning.AUTO_GRID` by zero-shot loss on ``calib``."""
+    calib = list(calib) if calib is not None else None  # iterated once per candidate
+    example = calib[0] if calib else None
+    if plan is not None and plan.prune is not None:  # the plan's structure: the same channels, its ranks
+        return _inherit_share(model, config, calib, example, plan.prune.ratio, progress, costs, plan)
+    if config.prune != "auto":
+        return _inherit_share(model, config, calib, example, float(config.prune), progress, costs)
+    require_example(example)
+    assert calib is not None
+    targets = teacher_outputs(model, calib)
+    scores: dict[str, float | None] = {}
+    best: tuple[float, nn.Module, list[warnings.WarningMessage]] | None = None
+    failures: list[ValueError] = []
+    for share in AUTO_GRID:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                student = _inherit_share(model, config, calib, example, share, progress, costs)
+            except ValueError as err:  # this share cannot meet the budget (pruned under it, or unreachable)
+                scores[f"{share:g}"] = None
+                failures.append(err)
+                continue
+        score = zero_shot_loss(student, calib, targets)
+        scores[f"{share:g}"] = score
+        if best is None or score < best[0]:
+            best = (score, student, caught)
+    if best is None:
+        raise failures[0]  # not even plain inheritance (share 0) meets the budget: its own error says why
+    _, student, caught = best
+    for w in caught:  # only the chosen candidate's warnings (e.g. a plan more than 2% under its budget)
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    student.inhernet_plan.prune.scores = scores
+    return student
+
+
+def _inherit_share(
+    model: nn.Module, config: InherConfig, calib: list[Any] | None, example: Any, share: float, progress: bool,
+    costs: LatencyCosts | None, plan: Plan | None = None,
+) -> nn.Module:
+    """The teacher pruned by ``share`` of its channels, then inherited at what is left of the budget (or
+    with the ranks of ``plan``, a plan of the same pruning)."""
+    pruned, record = prune_for(config, model, example, share)
+    if plan is None:
+        inner, inner_plan = inner_config(config, record), None
+    else:  # the plan's ranks, no allocation: the budget is not spent again
+        inner = replace(config, prune=None)
+        inner_plan = replace(plan, config=inner, prune=None, teacher_params=record.params)
+    with after_pruning(record):
+        student = _inherit(pruned, inner, calib, inner_plan, progress, costs)
+    if config.prune is None:  # a pruned plan given with a config of its own: say what was done
+        config = replace(config, prune=share)
+    student.inhernet_plan = with_prune(student.inhernet_plan, config, record)
+    return student
 
 
 def _inherit_sequential(

@@ -294,3 +294,11 @@ def _prune_kd(ctx: MethodContext) -> nn.Module:
     example = split_example(ctx.calib, "prune-kd")[0]
     importance = ctx.extras.get("prune_importance", "l2")
     return prune_to_size(ctx.teacher, example, ctx.target, ctx.size, importance=importance)
+
+
+@register_method("inhernet-prune")
+def _inhernet_prune(ctx: MethodContext) -> nn.Module:
+    """The hybrid: the teacher pruned by Torch-Pruning, then inherited at the same budget, the share of
+    channels pruned chosen by zero-shot loss on the calibration batches (``InherConfig(prune="auto")``,
+    see :mod:`inhernet.pruning`); the family's recipe otherwise."""
+    return inherit(ctx.teacher, ctx.config(prune="auto"), calib=ctx.calib, progress=False, costs=ctx.latency_costs)

@@ -209,6 +209,8 @@ PRESETS: dict[str, Preset] = {
             excluded={
                 "prune-kd": "the two towers' outputs are embeddings compared by a contrastive loss, not "
                 "logits: no output layer to keep, and each tower would need its own size",
+                "inhernet-prune": "it prunes as prune-kd does (Torch-Pruning, the output layer kept): the two towers' "
+                "outputs are embeddings, not logits, so there is no output layer to keep",
             },
             # Cached teacher outputs are its per-example embeddings; the loss rebuilds each batch's similarities.
             distill_options={"loss": "contrastive", "embed_weight": 1.0},
@@ -237,6 +239,8 @@ PRESETS: dict[str, Preset] = {
             excluded={
                 "prune-kd": "a causal LM ties its output layer to the input embeddings, which pruning the "
                 "hidden width would cut (Torch-Pruning cannot keep the tie)",
+                "inhernet-prune": "it prunes as prune-kd does: a causal LM ties its output layer to the input "
+                "embeddings, which pruning the hidden width would cut",
             },
             cache_teacher=False,  # (N, 128, 49,152) logits are too big to keep
         ),

@@ -1,0 +1,442 @@
+"""Structured channel pruning with Torch-Pruning, and inheritance on what remains (``InherConfig(prune=...)``).
+
+The Torch-Pruning call is here, once: ``prune-kd`` (:mod:`inhernet.baselines.prune`) prunes the teacher
+to the InherNet's size with it, and the hybrid prunes a share of the teacher's channels with it before
+the rank allocator spends the rest of the same budget. Torch-Pruning's dependency graph removes whole
+channels (conv filters, linear units, the hidden width of a transformer together with its embeddings
+and LayerNorms) and, for Hugging Face BERT-style attention, whole heads, so a pruned model is a smaller
+dense model of the teacher's architecture. The output layer is never pruned (its width is the number
+of classes).
+
+The hybrid is one allocator with two moves, priced in one currency and judged by one loss:
+
+* channels: ``prune=p`` removes the share ``p`` of the channels that Torch-Pruning's global L2 ranking
+  finds least important (layer by layer for transformers, as ``prune-kd``): the per-layer channel
+  choice is Torch-Pruning's;
+* ranks: the existing allocator (:mod:`inhernet.allocation`) then spends what is left of the budget —
+  always relative to the *original* teacher's parameters or MACs — on the pruned model's layers: the
+  per-layer rank choice is the allocator's;
+* ``prune="auto"`` chooses the split: for each share of :data:`AUTO_GRID` the inherited student is
+  built at the same budget and scored zero-shot on the calibration batches (:func:`zero_shot_loss`,
+  never on a test split); the lowest loss wins, and the plan records the choice and every score.
+
+Saving without pickle: :func:`pruned_spec` diffs the module attributes (``out_channels``,
+``num_features``, ``normalized_shape``, ``num_attention_heads``...) and tensor shapes before and after
+pruning, and :func:`apply_spec` replays that diff on a fresh model of the teacher's architecture, so
+:func:`inhernet.load` can rebuild the pruned structure before the InherNet surgery and fill every
+tensor from the safetensors file.
+
+Causal language models are refused: pruning the hidden width would cut the input embedding matrix that
+their output layer shares.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+from torch import nn
+
+from .batches import forward_batch, logits_of, move_batch
+from .calibration import example_positions
+from .config import InherConfig
+from .families import model_family
+
+__all__ = [
+    "AUTO_GRID", "IMPORTANCES", "PruneRecord", "after_pruning", "apply_spec", "attention_heads", "check_prunable", "inner_config",
+    "output_layers", "prune", "prune_for", "pruned_spec", "require_example", "teacher_outputs", "zero_shot_loss",
+]
+
+#: channel importance criteria: global L2 magnitude (no data needed) or first-order Taylor (needs a
+#: calibration batch: the loss is the cross-entropy against the model's own predictions)
+IMPORTANCES = ("l2", "taylor")
+
+#: the shares of channels ``prune="auto"`` tries (0: plain inheritance, always a candidate)
+AUTO_GRID = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
+
+
+def check_prunable(model: nn.Module) -> None:
+    """Refuse a model Torch-Pruning cannot prune consistently (a causal LM), with the reason."""
+    if model_family(model) == "causal-lm":
+        raise ValueError(
+            f"cannot prune {type(model).__name__}: a causal LM ties its output layer to the input embeddings, "
+            "which pruning the hidden width would cut; compare it with layerdrop-kd instead (and leave "
+            "InherConfig(prune=None))"
+        )
+
+
+def attention_heads(model: nn.Module) -> dict[nn.Module, int]:
+    """``{projection: number of heads}`` for every BERT-style attention (``query``/``key``/``value``
+    linears beside ``num_attention_heads``), as Torch-Pruning's ``num_heads`` expects."""
+    heads: dict[nn.Module, int] = {}
+    for module in model.modules():
+        n = getattr(module, "num_attention_heads", None)
+        projections = [getattr(module, k, None) for k in ("query", "key", "value")]
+        if isinstance(n, int) and all(isinstance(p, nn.Linear) for p in projections):
+            heads.update(dict.fromkeys(projections, n))
+    return heads
+
+
+def output_layers(model: nn.Module, example: Any) -> list[nn.Module]:
+    """The weight layer whose output is the model's output (the classifier): the last one to run."""
+    ran: list[nn.Module] = []
+    hooks = [
+        m.register_forward_hook(lambda mod, _i, _o: ran.append(mod))
+        for m in model.modules()
+        if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding))
+    ]
+    try:
+        with torch.no_grad():
+            forward_batch(model, example)
+    finally:
+        for h in hooks:
+            h.remove()
+    if not ran:
+        raise ValueError(
+            f"{type(model).__name__} ran no Linear, Conv or Embedding layer on the example: nothing to prune"
+        )
+    return [ran[-1]]
+
+
+def prune(
+    model: nn.Module,
+    example: Any,
+    ratio: float,
+    *,
+    importance: str = "l2",
+    ignored: Sequence[nn.Module] = (),
+    global_pruning: bool | None = None,
+    max_ratio: float = 0.95,
+) -> nn.Module:
+    """A deep copy of ``model`` with a share ``ratio`` in [0, 1) of its channels (and heads) removed.
+
+    Args:
+        model: the teacher; not modified.
+        example: one input batch (a tensor, an ``(inputs, labels)`` tuple or a dict), used to trace the
+            dependency graph and, with ``importance="taylor"``, for the gradients.
+        ratio: the pruning ratio (the share of channels removed, per layer or globally).
+        importance: ``"l2"`` (magnitude) or ``"taylor"``.
+        ignored: modules of ``model`` to keep whole, besides the output layer.
+        global_pruning: rank channels across layers (``True``) or prune every layer by ``ratio``
+            (``False``); ``None``: globally, except for transformers (models with attention heads).
+        max_ratio: no layer loses more than this share of its channels.
+    """
+    import torch_pruning as tp
+
+    check_prunable(model)
+    if importance not in IMPORTANCES:
+        raise ValueError(f"importance must be one of {IMPORTANCES}, got {importance!r}")
+    if not 0 <= ratio < 1:
+        raise ValueError(f"ratio must be a fraction in [0, 1), got {ratio!r}")
+    index = {id(m): name for name, m in model.named_modules()}
+    names = [index[id(m)] for m in ignored if id(m) in index]
+    student = copy.deepcopy(model).eval()
+    keep = [*output_layers(student, example), *(student.get_submodule(n) for n in names)]
+    heads = attention_heads(student)
+    if global_pruning is None:
+        # Ranked globally, the hidden width's channels (which carry the embeddings) never lose to FFN
+        # channels and the width is never cut: a transformer is pruned layer by layer.
+        global_pruning = not heads
+    # at least one head per attention is kept
+    head_ratio = min(ratio, *((n - 1) / n for n in heads.values())) if heads else 0.0
+    imp = tp.importance.GroupMagnitudeImportance(p=2) if importance == "l2" else tp.importance.GroupTaylorImportance()
+    with torch.enable_grad():
+        pruner = tp.pruner.BasePruner(
+            student, example, importance=imp, global_pruning=global_pruning, pruning_ratio=ratio,
+            max_pruning_ratio=max_ratio, ignored_layers=keep, num_heads=heads, prune_num_heads=bool(heads),
+            prune_head_dims=not heads, head_pruning_ratio=head_ratio,
+            forward_fn=forward_batch, output_transform=logits_of,
+        )
+        if importance == "taylor":
+            student.zero_grad()
+            logits = logits_of(forward_batch(student, example))
+            flat = logits.reshape(-1, logits.shape[-1])
+            nn.functional.cross_entropy(flat, flat.detach().argmax(-1)).backward()
+        pruner.step()
+    student.zero_grad(set_to_none=True)
+    _sync_attention(student, heads)
+    return student.eval()
+
+
+def _sync_attention(model: nn.Module, heads: dict[nn.Module, int]) -> None:
+    """After head pruning: each attention's head count and width, from its query's width (whole heads
+    are removed, so the head size is unchanged)."""
+    for module in model.modules():
+        query = getattr(module, "query", None)
+        if query in heads and isinstance(getattr(module, "attention_head_size", None), int):
+            module.num_attention_heads = query.out_features // module.attention_head_size
+            if hasattr(module, "all_head_size"):
+                module.all_head_size = query.out_features
+
+
+# -- what pruning changed, as JSON, and replayed on a fresh model ---------------------------------------
+Snapshot = dict[str, dict[str, dict[str, Any]]]
+
+
+def _shape_attrs(module: nn.Module) -> dict[str, Any]:
+    """The module's own int (or tuple-of-int) attributes: where layers keep their widths."""
+    out: dict[str, Any] = {}
+    for key, value in vars(module).items():
+        if key.startswith("_") or isinstance(value, bool):
+            continue
+        if isinstance(value, int) or (
+            isinstance(value, (tuple, list)) and value and all(isinstance(v, int) and not isinstance(v, bool)
+                                                               for v in value)
+        ):
+            out[key] = list(value) if isinstance(value, (tuple, list)) else value
+    return out
+
+
+def _snapshot(model: nn.Module) -> Snapshot:
+    """Per module: its int attributes and the shapes of its own parameters and buffers."""
+    return {
+        name: {
+            "attrs": _shape_attrs(m),
+            "tensors": {k: list(t.shape) for k, t in (*m._parameters.items(), *m._buffers.items()) if t is not None},
+        }
+        for name, m in model.named_modules()
+    }
+
+
+def pruned_spec(before: nn.Module, after: nn.Module) -> dict[str, dict[str, Any]]:
+    """What pruning changed from ``before`` to ``after`` (a pruned copy of it): per module, each changed
+    int attribute and tensor shape as ``[before, after]``. JSON-serialisable; see :func:`apply_spec`.
+
+    Raises:
+        ValueError: a non-persistent buffer changed shape (its values are in no state dict, so the pruned
+            model could not be saved and loaded).
+    """
+    old, new = _snapshot(before), _snapshot(after)
+    if old.keys() != new.keys():
+        raise ValueError("pruning added or removed modules; only widths may change")
+    spec: dict[str, dict[str, Any]] = {}
+    for name, now in new.items():
+        was = old[name]
+        attrs = {k: [was["attrs"][k], v] for k, v in now["attrs"].items() if was["attrs"].get(k, v) != v}
+        tensors = {k: [was["tensors"][k], s] for k, s in now["tensors"].items() if was["tensors"].get(k, s) != s}
+        module = after.get_submodule(name)
+        lost = sorted(k for k in tensors if k in module._non_persistent_buffers_set)
+        if lost:
+            raise ValueError(
+                f"pruning changed the non-persistent buffer(s) {', '.join(lost)} of {name!r}: such a model cannot "
+                "be saved and loaded; exclude that module from pruning"
+            )
+        if attrs or tensors:
+            spec[name] = {"attrs": attrs, "tensors": tensors}
+    return spec
+
+
+def apply_spec(model: nn.Module, spec: Mapping[str, Any]) -> Callable[[], None]:
+    """Give ``model`` (a fresh model of the teacher's architecture) the pruned structure ``spec``
+    (:func:`pruned_spec`) in place: attributes set, changed parameters and buffers replaced by
+    uninitialised tensors of the new shapes (their values come from a state dict afterwards). Tied
+    parameters stay tied.
+
+    Everything is checked before anything changes: each module exists, each attribute and tensor
+    currently has its recorded "before" value (else the model is not the architecture pruned).
+    Returns a function that restores the model as it was.
+
+    Raises:
+        ValueError: a malformed spec or a model it does not fit.
+    """
+    if not isinstance(spec, Mapping):
+        raise ValueError(f"a pruning spec maps module names to changes, got {type(spec).__name__}")
+    todo: list[tuple[nn.Module, str, dict[str, Any], dict[str, Any]]] = []
+    for name, change in spec.items():
+        if not (isinstance(name, str) and isinstance(change, Mapping) and set(change) <= {"attrs", "tensors"}):
+            raise ValueError(f"malformed pruning spec for module {name!r}: {change!r}")
+        try:
+            module = model.get_submodule(name)
+        except AttributeError:
+            raise ValueError(f"the pruned model's module {name!r} is not in this model: not the architecture pruned") from None
+        attrs, tensors = dict(change.get("attrs", {})), dict(change.get("tensors", {}))
+        current = _shape_attrs(module)
+        for key, pair in attrs.items():
+            if not _is_pair(pair) or current.get(key) != pair[0]:
+                raise ValueError(
+                    f"module {name!r}: attribute {key} is {current.get(key)!r} here, the pruning spec expects "
+                    f"{pair!r} (before, after): not the architecture pruned"
+                )
+        own = {**module._parameters, **module._buffers}
+        for key, pair in tensors.items():
+            if not _is_pair(pair) or not all(isinstance(d, int) and d >= 0 for d in pair[1]) or (
+                own.get(key) is None or list(own[key].shape) != pair[0]
+            ):
+                got = None if own.get(key) is None else list(own[key].shape)
+                raise ValueError(
+                    f"module {name!r}: tensor {key} has shape {got} here, the pruning spec expects {pair!r} "
+                    "(before, after): not the architecture pruned"
+                )
+        todo.append((module, name, attrs, tensors))
+
+    undo: list[Callable[[], None]] = []
+    replaced: dict[int, torch.Tensor] = {}  # a tied tensor is replaced once, then shared again
+    for module, _name, attrs, tensors in todo:
+        for key, (_, value) in attrs.items():
+            old_value = getattr(module, key)
+            setattr(module, key, tuple(value) if isinstance(old_value, tuple) else value)
+            undo.append(lambda m=module, k=key, v=old_value: setattr(m, k, v))
+        for key, (_, shape) in tensors.items():
+            store = module._parameters if key in module._parameters else module._buffers
+            old = store[key]
+            assert old is not None
+            if id(old) not in replaced:
+                fresh = torch.empty(shape, dtype=old.dtype, device=old.device)
+                replaced[id(old)] = nn.Parameter(fresh, requires_grad=old.requires_grad) if (
+                    isinstance(old, nn.Parameter)) else fresh
+            store[key] = replaced[id(old)]
+            undo.append(lambda s=store, k=key, t=old: s.__setitem__(k, t))
+
+    def restore() -> None:
+        for step in reversed(undo):
+            step()
+
+    return restore
+
+
+def _is_pair(pair: Any) -> bool:
+    return isinstance(pair, (list, tuple)) and len(pair) == 2
+
+
+# -- the hybrid: budgets relative to the teacher, and the zero-shot score -------------------------------
+@dataclass
+class PruneRecord:
+    """What the pruning step of ``InherConfig(prune=...)`` did: the share of channels removed
+    (``ratio``; with ``prune="auto"`` the chosen one and every candidate's zero-shot loss in
+    ``scores``, ``None`` where the budget could not be met), the teacher's and the pruned model's
+    parameters (and MACs on the example input under a MAC budget), and the module changes (``spec``,
+    what :func:`inhernet.load` replays)."""
+
+    ratio: float
+    importance: str
+    teacher_params: int
+    params: int
+    spec: dict[str, dict[str, Any]] = field(default_factory=dict)
+    teacher_macs: int | None = None
+    macs: int | None = None
+    scores: dict[str, float | None] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {
+            "ratio": self.ratio, "importance": self.importance, "teacher_params": self.teacher_params,
+            "params": self.params, "teacher_macs": self.teacher_macs, "macs": self.macs, "spec": self.spec,
+        }
+        if self.scores is not None:
+            d["scores"] = dict(self.scores)
+        return d
+
+    def summary(self) -> str:
+        text = (f"pruned {self.ratio:.0%} of the channels (Torch-Pruning, {self.importance}): "
+                f"{self.teacher_params:,} -> {self.params:,} parameters")
+        if self.scores is not None:
+            scores = ", ".join(f"{k}: {'-' if v is None else f'{v:.4g}'}" for k, v in self.scores.items())
+            text += f"; chosen by zero-shot loss on the calibration batches ({scores})"
+        return text
+
+
+def _params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def prune_for(config: InherConfig, model: nn.Module, example: Any, ratio: float) -> tuple[nn.Module, PruneRecord]:
+    """``model`` pruned by ``ratio`` for ``config`` (the teacher itself, unpruned, at ratio 0) and its record."""
+    require_example(example)
+    check_prunable(model)
+    _logits(model, example)  # a model without logits is refused before Torch-Pruning traces it
+    pruned = prune(model, example, ratio) if ratio > 0 else model
+    record = PruneRecord(ratio, "l2", _params(model), _params(pruned), pruned_spec(model, pruned) if ratio > 0 else {})
+    if config.macs is not None:
+        record.teacher_macs = example_positions(model, {}, example)[0]
+        record.macs = example_positions(pruned, {}, example)[0] if ratio > 0 else record.teacher_macs
+    return pruned, record
+
+
+def require_example(example: Any) -> None:
+    """Refuse ``prune=`` without calibration data (``example``: its first batch, or ``None``)."""
+    if example is None:
+        raise ValueError("InherConfig(prune=...) needs calib=: Torch-Pruning traces the model on its first batch")
+
+
+def inner_config(config: InherConfig, record: PruneRecord) -> InherConfig:
+    """The config that inherits the pruned model: the same budget, now as an absolute count of the
+    *original* teacher's parameters or MACs (so the pruned channels are paid from it), and no pruning.
+
+    Raises:
+        ValueError: the pruned model alone is already under the budget (prune less).
+    """
+    if config.budget is None and config.macs is None:
+        return replace(config, prune=None)  # a rank or energy rule: nothing to convert
+    key, amount, whole, have = (
+        ("budget", config.budget, record.teacher_params, record.params) if config.budget is not None
+        else ("macs", config.macs, record.teacher_macs, record.macs)
+    )
+    assert amount is not None and whole is not None and have is not None
+    target = int(amount * whole) if isinstance(amount, float) else amount
+    unit = "parameters" if key == "budget" else "MACs"
+    if target > whole:
+        raise ValueError(
+            f"{key}={target:,} {unit} exceeds the teacher's {whole:,}; give a smaller count or a fraction in (0, 1]"
+        )
+    if have < target:
+        raise ValueError(
+            f"prune={record.ratio:g} leaves {have:,} {unit}, already under the {key} of {target:,}: nothing is "
+            "left to factorise; prune less (or use prune-kd)"
+        )
+    return replace(config, prune=None, **{key: target})
+
+
+@contextmanager
+def after_pruning(record: PruneRecord) -> Iterator[None]:
+    """Errors of the inheritance of a pruned model (e.g. an unreachable budget) name the pruning they follow."""
+    try:
+        yield
+    except ValueError as err:
+        if record.ratio == 0:
+            raise
+        raise ValueError(
+            f"after prune={record.ratio:g} ({record.teacher_params:,} -> {record.params:,} parameters): {err}"
+        ) from err
+
+
+def teacher_outputs(model: nn.Module, calib: Iterable[Any]) -> list[torch.Tensor]:
+    """The teacher's logits on ``calib`` (eval mode, no grad), to score students against
+    (:func:`zero_shot_loss`)."""
+    return [_logits(model, batch) for batch in calib]
+
+
+def zero_shot_loss(student: nn.Module, calib: Iterable[Any], targets: Sequence[torch.Tensor]) -> float:
+    """How far ``student`` is from the teacher on the calibration batches: KL(teacher || student) of
+    the softmax over the last dimension (the KD loss at temperature 1), averaged over rows (samples or
+    tokens). ``targets``: :func:`teacher_outputs`."""
+    total, rows = 0.0, 0
+    for batch, want in zip(calib, targets, strict=True):
+        got, want = _logits(student, batch).double(), want.double()
+        total += float(nn.functional.kl_div(got.log_softmax(-1), want.log_softmax(-1), log_target=True, reduction="sum"))
+        rows += want[..., 0].numel()
+    return total / max(rows, 1) if math.isfinite(total) else math.inf
+
+
+def _logits(model: nn.Module, batch: Any) -> torch.Tensor:
+    """The model's logits on ``batch``, in eval mode without grad (every module's mode restored)."""
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            out = forward_batch(model, move_batch(batch, device))
+    finally:
+        for m, training in modes.items():
+            m.training = training
+    try:
+        return logits_of(out).detach().float().cpu()
+    except TypeError:
+        raise ValueError(
+            f"InherConfig(prune=...) needs a model that returns logits (its output layer is kept whole while "
+            f"the widths before it are pruned); {type(model).__name__} returns {type(out).__name__}, whose "
+            "width pruning would change: prune its classification model instead, or leave prune=None"
+        ) from None

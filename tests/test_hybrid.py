@@ -1,0 +1,313 @@
+"""InherConfig(prune=...): Torch-Pruning first, then inheritance at the same budget (inhernet.pruning)."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import inspect
+import json
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import inhernet
+from inhernet import InherBlock, InherConfig, compact, inherit, load, save
+from inhernet.baselines import METHODS, MethodContext
+from inhernet.bench.runner import BenchConfig, _recipe
+from inhernet.deploy import count_macs
+from inhernet.pruning import AUTO_GRID, apply_spec, prune, pruned_spec
+from tiny_models import (
+    bert_tiny,
+    hf_bert_model,
+    llama_tiny,
+    n_params,
+    rel_err,
+    run,
+    same_state,
+    state_copy,
+    strided_cnn,
+)
+
+pytest.importorskip("torch_pruning")
+
+PARTS = Path(__file__).resolve().parent.parent / "benchmarks" / "parts"
+
+
+def _teacher():
+    """strided_cnn(16) (conv 3->16, conv 16->32 stride 2, linear 1568->64, linear 64->10) and 2 calib batches."""
+    torch.manual_seed(1)
+    return strided_cnn(16), [torch.randn(8, 3, 16, 16) for _ in range(2)]
+
+
+def _redundant_teacher():
+    """The same CNN in which half the channels of every hidden layer are almost dead (weights x 1e-3):
+    channels that pruning removes almost for free."""
+    teacher, calib = _teacher()
+    with torch.no_grad():
+        for i, j, keep in ((0, 2, 8), (2, 5, 16), (5, 7, 32)):
+            teacher[i].weight[keep:] *= 1e-3
+            teacher[i].bias[keep:] *= 1e-3
+            if j == 5:  # flatten: channel c feeds features c*49 .. c*49+48
+                teacher[j].weight[:, keep * 49:] *= 1e-3
+            else:
+                teacher[j].weight[:, keep:] *= 1e-3
+    return teacher, calib
+
+
+class BnDepthwiseNet(nn.Sequential):
+    """Conv + BatchNorm, a depthwise conv + BatchNorm, a strided conv, a linear head."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+            nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.BatchNorm2d(16), nn.ReLU(),
+            nn.Conv2d(16, 32, 3, stride=2), nn.BatchNorm2d(32), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10),
+        )
+
+
+def _bn_net(seed: int = 0) -> BnDepthwiseNet:
+    torch.manual_seed(seed)
+    model = BnDepthwiseNet()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):  # non-trivial statistics, so that eval mode is not the identity
+            m.running_mean.normal_(0, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+            m.weight.data.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+def test_prune_zero_is_plain_inheritance():
+    teacher, calib = _teacher()
+    plain = inherit(teacher, InherConfig(budget=0.3), calib=calib, progress=False)
+    zero = inherit(teacher, InherConfig(budget=0.3, prune=0.0), calib=calib, progress=False)
+    assert zero.inhernet_plan.ranks() == plain.inhernet_plan.ranks()
+    assert zero.inhernet_plan.total_params == plain.inhernet_plan.total_params == n_params(zero)
+    assert same_state(state_copy(zero), state_copy(plain))
+    assert torch.equal(run(zero, calib[0]), run(plain, calib[0]))
+    assert zero.inhernet_plan.prune.ratio == 0 and zero.inhernet_plan.prune.spec == {}
+
+
+@pytest.mark.parametrize("currency", ["budget", "macs"])
+def test_the_budget_of_the_original_teacher_is_met(currency):
+    teacher, calib = _teacher()
+    before = state_copy(teacher)
+    student = inherit(teacher, InherConfig(**{currency: 0.3}, prune=0.3), calib=calib, progress=False)
+    plan = student.inhernet_plan
+    if currency == "budget":
+        target, got = int(0.3 * n_params(teacher)), n_params(student)
+        assert plan.target_params == target and plan.total_params == got and plan.teacher_params == n_params(teacher)
+    else:
+        target, got = int(0.3 * count_macs(teacher, calib[0])), count_macs(student, calib[0])
+        assert plan.target_macs == target and plan.total_macs == got and plan.teacher_macs == count_macs(teacher, calib[0])
+    assert 0.98 * target <= got <= target  # the allocator's 2% window, in the original teacher's currency
+    # both moves were made: fewer channels than the teacher, and InherNet blocks on what remains
+    assert plan.prune.spec["0"]["attrs"]["out_channels"][1] < 16 and plan.prune.spec["5"]["attrs"]["in_features"][1] < 1568
+    assert plan.prune.params < n_params(teacher) and plan.prune.ratio == 0.3
+    assert plan.factorised and any(isinstance(m, InherBlock) for m in student.modules())
+    assert plan.config.prune == 0.3 and plan.config.to_dict()[currency] == 0.3  # the user's config, as given
+    assert student[-1].out_features == 10  # the output layer is kept whole
+    assert same_state(state_copy(teacher), before)  # the teacher is untouched
+    assert "pruned 30% of the channels" in plan.summary()
+
+
+def test_full_rank_reproduces_the_pruned_teacher():
+    teacher, calib = _teacher()
+    student = inherit(teacher, InherConfig(rank="full", init="svd", prune=0.3), calib=calib, progress=False)
+    pruned = prune(teacher, calib[0], 0.3)
+    assert n_params(pruned) < n_params(teacher)
+    assert all(isinstance(student.get_submodule(n), InherBlock) for n in student.inhernet_plan.ranks())
+    assert rel_err(run(student, calib[1]), run(pruned, calib[1])) < 1e-4
+
+
+def test_auto_prunes_redundant_channels_and_records_the_scores():
+    teacher, calib = _redundant_teacher()
+    student = inherit(teacher, InherConfig(budget=0.2, prune="auto"), calib=calib, progress=False)
+    record = student.inhernet_plan.prune
+    assert set(record.scores) == {f"{g:g}" for g in AUTO_GRID}
+    feasible = {float(k): v for k, v in record.scores.items() if v is not None}
+    assert record.ratio in AUTO_GRID and record.scores[f"{record.ratio:g}"] == min(feasible.values())
+    # half of the channels are nearly dead: pruning them pays more than spending ranks on them
+    assert record.ratio > 0 and feasible[record.ratio] < feasible[0.0]
+    target = int(0.2 * n_params(teacher))
+    assert 0.98 * target <= n_params(student) <= target
+    # the same student as the explicit share, and the plan's JSON says what was chosen and why
+    again = inherit(teacher, InherConfig(budget=0.2, prune=record.ratio), calib=calib, progress=False)
+    assert torch.equal(run(again, calib[0]), run(student, calib[0]))
+    as_json = json.loads(json.dumps(student.inhernet_plan.to_dict()))
+    assert as_json["config"]["prune"] == "auto" and as_json["prune"]["ratio"] == record.ratio
+    assert as_json["prune"]["scores"] == record.scores
+
+
+def test_auto_skips_shares_that_prune_under_the_budget():
+    teacher, calib = _teacher()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a candidate's plan may land more than 2% under its budget
+        student = inherit(teacher, InherConfig(budget=0.6, prune="auto"), calib=calib, progress=False)
+    scores = student.inhernet_plan.prune.scores
+    assert scores["0.5"] is None  # half the channels leave about a quarter of the parameters: under 60%
+    assert scores["0"] is not None and n_params(student) <= int(0.6 * n_params(teacher))
+
+
+def test_plan_reuse_prunes_the_same_channels():
+    teacher, calib = _teacher()
+    student = inherit(teacher, InherConfig(budget=0.3, prune=0.3), calib=calib, progress=False)
+    # the default budget (0.25) is not spent again: the plan's ranks are used as they are
+    random = inherit(teacher, InherConfig(init="random"), calib=calib, plan=student.inhernet_plan, progress=False)
+    assert random.inhernet_plan.ranks() == student.inhernet_plan.ranks() and random.inhernet_plan.config.prune == 0.3
+    assert random.inhernet_plan.total_params == student.inhernet_plan.total_params == n_params(random)
+    assert {k: v.shape for k, v in random.state_dict().items()} == {k: v.shape for k, v in student.state_dict().items()}
+
+
+def test_plan_with_a_share_matches_inherit():
+    teacher, calib = _teacher()
+    cfg = InherConfig(budget=0.3, prune=0.2)
+    planned = inhernet.plan(teacher, cfg, calib)
+    built = inherit(teacher, cfg, calib=calib, progress=False).inhernet_plan
+    assert planned.ranks() == built.ranks() and planned.total_params == built.total_params
+    assert planned.prune.to_dict() == built.prune.to_dict()
+
+
+def test_save_load_cnn_with_batchnorm_and_depthwise_conv(tmp_path):
+    teacher, x = _bn_net(), torch.randn(4, 3, 12, 12)
+    student = inherit(teacher, InherConfig(budget=0.5, prune=0.3), calib=[x], progress=False)
+    spec = student.inhernet_plan.prune.spec
+    assert spec["1"]["attrs"]["num_features"][1] < 16 and "running_mean" in spec["1"]["tensors"]
+    assert spec["3"]["attrs"]["groups"] == [16, student[3].groups]  # the depthwise conv loses whole groups
+    save(student, tmp_path)
+    meta = json.loads((tmp_path / "inhernet.json").read_text())
+    assert meta["prune"]["spec"] == spec and meta["config"]["prune"] == 0.3
+    loaded = load(tmp_path, base=_bn_net(seed=1))  # other weights, same architecture
+    assert torch.equal(run(loaded, x), run(student, x))
+    assert same_state(state_copy(loaded), state_copy(student))
+    save(loaded, tmp_path / "again")  # a loaded model keeps its pruning on re-save
+    again = load(tmp_path / "again", base=_bn_net(seed=2))
+    assert torch.equal(run(again, x), run(student, x))
+    deployed = compact(student, [x])  # the deployable form saves and loads the same way
+    save(deployed, tmp_path / "compact")
+    assert torch.equal(run(load(tmp_path / "compact", base=_bn_net(seed=3)), x), run(deployed, x))
+
+
+@pytest.mark.filterwarnings("ignore:the plan reaches")
+def test_save_load_bert_with_pruned_heads_and_width(tmp_path):
+    teacher, batch = bert_tiny()
+    student = inherit(teacher, InherConfig(budget=0.5, prune=0.2), calib=[batch], progress=False)
+    attention = student.bert.encoder.layer[0].attention.self
+    assert student.bert.embeddings.word_embeddings.embedding_dim < teacher.config.hidden_size
+    save(student, tmp_path)
+    loaded = load(tmp_path, base=bert_tiny()[0])
+    assert torch.equal(run(loaded, batch), run(student, batch))
+    got = loaded.bert.encoder.layer[0].attention.self
+    assert (got.num_attention_heads, got.all_head_size) == (attention.num_attention_heads, attention.all_head_size)
+
+
+def test_load_refuses_another_architecture_and_leaves_it_as_it_was(tmp_path):
+    teacher, calib = _teacher()
+    save(inherit(teacher, InherConfig(budget=0.3, prune=0.3), calib=calib, progress=False), tmp_path)
+    other = strided_cnn(8)
+    before = {k: v.shape for k, v in other.state_dict().items()}
+    with pytest.raises(ValueError, match="not the architecture pruned"):
+        load(tmp_path, base=other)
+    assert {k: v.shape for k, v in other.state_dict().items()} == before and other[0].out_channels == 8
+
+
+def test_apply_spec_is_undone_and_keeps_ties():
+    model = nn.Sequential(nn.Embedding(10, 8), nn.Linear(8, 10, bias=False))
+    model[1].weight = model[0].weight  # tied, as a language model's head
+    pruned = nn.Sequential(nn.Embedding(6, 8), nn.Linear(8, 6, bias=False))
+    pruned[1].weight = pruned[0].weight
+    spec = pruned_spec(model, pruned)
+    assert spec["0"]["attrs"]["num_embeddings"] == [10, 6] and spec["1"]["tensors"]["weight"] == [[10, 8], [6, 8]]
+    restore = apply_spec(model, json.loads(json.dumps(spec)))
+    assert model[0].weight is model[1].weight and model[0].weight.shape == (6, 8) and model[1].out_features == 6
+    restore()
+    assert model[0].weight is model[1].weight and model[0].weight.shape == (10, 8) and model[0].num_embeddings == 10
+
+
+def test_errors_name_the_problem():
+    teacher, calib = _teacher()
+    with pytest.raises(ValueError, match=r"prune=1.0 is not a share in \[0, 1\)"):
+        InherConfig(prune=1.0)
+    with pytest.raises(ValueError, match=r"prune=-0\.1 is not a share"):
+        InherConfig(prune=-0.1)
+    for bad in ("half", True, float("nan")):
+        with pytest.raises(TypeError, match="prune must be a share"):
+            InherConfig(prune=bad)
+    with pytest.raises(ValueError, match="not with latency="):
+        InherConfig(latency=0.5, prune=0.2)
+    with pytest.raises(ValueError, match="not with budgets="):
+        InherConfig(budgets={"0": 0.5}, prune=0.2)
+    with pytest.raises(ValueError, match="prune='auto' compares students at one budget"):
+        InherConfig(rank=4, prune="auto")
+    for share in (0.3, "auto"):
+        with pytest.raises(ValueError, match="needs calib="):
+            inherit(teacher, InherConfig(budget=0.3, prune=share, init="svd"), progress=False)
+    with pytest.raises(ValueError, match="budget=200,000 parameters exceeds the teacher's 106,154"):
+        inherit(teacher, InherConfig(budget=200_000, prune=0.0), calib=calib, progress=False)
+    with pytest.raises(ValueError, match="already under the budget"):
+        inherit(teacher, InherConfig(budget=0.3, prune=0.9), calib=calib, progress=False)
+    with pytest.raises(ValueError, match=r"after prune=0.5 .*unreachable"):
+        inherit(teacher, InherConfig(budget=0.2, prune=0.5, min_rank=60), calib=calib, progress=False)
+    with pytest.raises(ValueError, match="call inherit"):
+        inhernet.plan(teacher, InherConfig(budget=0.3, prune="auto"), calib)
+    lm, ids = llama_tiny()
+    with pytest.raises(ValueError, match="causal LM"):
+        inherit(lm, InherConfig(budget=0.8, prune=0.2), calib=[ids], progress=False)
+    encoder, batch = hf_bert_model()
+    with pytest.raises(ValueError, match="needs a model that returns logits"):
+        inherit(encoder, InherConfig(budget=0.8, prune=0.2), calib=[batch], progress=False)
+
+
+def test_config_dict_omits_prune_at_its_default():
+    assert "prune" not in InherConfig(budget=0.1).to_dict()
+    for value in (0.25, "auto"):
+        d = InherConfig(budget=0.1, prune=value).to_dict()
+        assert d["prune"] == value and InherConfig.from_dict(json.loads(json.dumps(d))) == InherConfig(
+            budget=0.1, prune=value
+        )
+    assert InherConfig(prune=0).prune == 0.0 and isinstance(InherConfig(prune=0).prune, float)
+
+
+def test_inhernet_prune_method_builds_the_hybrid():
+    teacher, calib = _redundant_teacher()
+    ctx = MethodContext(teacher, 0.2, experts=None, calib=calib, seed=0)
+    ctx.reference = inherit(teacher, ctx.config(), calib=calib, progress=False)
+    student = inhernet.baselines.build_student("inhernet-prune", ctx)
+    assert student.inhernet_plan.config.prune == "auto" and student.inhernet_plan.prune.ratio > 0
+    assert 0.98 * int(0.2 * n_params(teacher)) <= n_params(student) <= int(0.2 * n_params(teacher))
+
+
+# -- the committed benchmark parts stay reusable: a new config field must not change old recipes -------
+def _part_files():
+    return sorted(
+        p for d in ("mnist-cnn-0.25-5ep", "mnist-cnn-0.25-macs-5ep") for p in (PARTS / d).glob("*--seed0.json")
+    )
+
+
+@pytest.mark.parametrize("path", _part_files(), ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_committed_parts_match_todays_recipe(path):
+    """What ``Parts`` compares (the fingerprint and the recipe), rebuilt from today's code for each
+    committed part: the method's builder (its source hash) and its resolved InherConfig; the sizes
+    are copied from the part, as they come from building the model on the real teacher."""
+    fingerprint = json.loads(path.read_text())["fingerprint"]
+    recipe = fingerprint["recipe"]
+    name = recipe["method"]
+    builder = hashlib.sha256(inspect.getsource(METHODS[name]).encode()).hexdigest()[:16]
+    assert recipe["builder"] == builder, f"{name}'s builder changed: its committed parts are stale"
+    bench = BenchConfig(
+        preset="mnist-cnn", budget=fingerprint["budget"], match=fingerprint["match"], epochs=5, batch_size=64,
+        curve_points=20, tune_lr=True, tune_steps=500,
+    )
+    assert bench.fingerprint(fingerprint["steps"]) == {k: v for k, v in fingerprint.items() if k != "recipe"}
+    student = nn.Linear(1, 1)
+    if "config" in recipe:
+        # The config the method builds, resolved for the teacher's family as plan() does.
+        ctx = MethodContext(nn.Linear(1, 1), fingerprint["budget"], None, [], match=fingerprint["match"])
+        overrides = {"inhernet-paper": {"experts": 3, "calibration": "one-pass", "min_rank_ratio": 0.0},
+                     "svd-kd": {"init": "svd", "experts": 1}}.get(name, {})
+        config = dataclasses.replace(ctx.config(**overrides), family=recipe["config"]["family"]).resolved(student)
+        student.inhernet_plan = type("Plan", (), {"config": config})()
+    assert _recipe(name, student, (recipe["params"], recipe["macs"])) == recipe
