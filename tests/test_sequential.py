@@ -223,3 +223,27 @@ def test_a_read_only_pass_runs_each_block_once_per_batch() -> None:
     assert set(energies) == set(one_pass)
     for name, f in one_pass.items():
         torch.testing.assert_close(energies[name], f.output_energy, rtol=1e-6, atol=1e-9)
+
+
+def test_without_the_teacher_the_captured_hidden_states_are_released(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Memory stays bounded by one block's hidden states: the stack inputs captured at the start are
+    released once the first block has run (only sequential-corrected needs a teacher's copy)."""
+    import weakref
+
+    from inhernet import sequential
+
+    teacher, calib = _llama_6()
+    captured: list[weakref.ref] = []
+    alive_later: list[int] = []
+    real = sequential.run_block
+
+    def spy(block: nn.Module, inputs, i: int) -> torch.Tensor:
+        if not captured:
+            captured.extend(weakref.ref(h) for h in inputs.hidden)
+        elif inputs.hidden[0] is not captured[0]():  # past the first block
+            alive_later.append(sum(r() is not None for r in captured))
+        return real(block, inputs, i)
+
+    monkeypatch.setattr(sequential, "run_block", spy)
+    inherit(teacher, InherConfig(budget=0.7, calibration="sequential"), calib=calib, progress=False)
+    assert alive_later and max(alive_later) == 0

@@ -221,9 +221,10 @@ def sequential_calibrate(
             mask = TokenMask()
             with covariance_hooks(outside, device, mask) as stats:
                 inputs = capture_stack_inputs(model, stack[0], calib, device, mask)
+            # The teacher's own hidden states, only when layers aim at its outputs (else not held at all).
             teacher_inputs = StackInputs(
                 list(inputs.hidden), inputs.args, inputs.kwargs, inputs.by_keyword, inputs.masks
-            )
+            ) if teacher_stack is not None else None
             early = {name: outside[name] for name in stats}
             if early and _compress_stage(model, early, stats, compress, damping):
                 inputs = capture_stack_inputs(model, stack[0], calib, device)  # through the compressed layers
@@ -243,6 +244,7 @@ def sequential_calibrate(
                         outputs = None if replaced else seen
                         del seen
                 else:
+                    assert teacher_inputs is not None
                     # Pairs each layer's inputs in the compressed model with the teacher's; also moves the
                     # teacher's hidden states one block on.
                     stats = _paired_statistics(
