@@ -108,3 +108,45 @@ def test_calibration_is_kept_within_the_presets_cap(ablation, monkeypatch: pytes
     monkeypatch.setattr("sys.argv", ["smollm2_zero_shot.py", "--rows", "nope", "--report"])
     with pytest.raises(SystemExit, match="unknown rows"):
         ablation.main()
+
+
+def test_a_part_runs_then_a_rerun_measures_nothing(ablation, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture) -> None:
+    """main() end to end on a stand-in preset (a tiny Llama): the cells and the teacher are written, and the
+    same command again finds nothing to do; a further part adds its cells beside them."""
+    import torch
+
+    from inhernet.presets import registry
+
+    teacher, _ = tm.llama_tiny()
+    blocks = torch.randint(0, 100, (12, 8), generator=torch.Generator().manual_seed(0))
+    calib_sizes: list[int] = []
+
+    def calib(n: int) -> list[dict]:
+        calib_sizes.append(n)
+        return [{"input_ids": b, "attention_mask": torch.ones_like(b)} for b in blocks[:n].split(2)]
+
+    def data(batch_size: int = 4, test_blocks: int = 2, **_: object):
+        test = [{"input_ids": blocks[-test_blocks:], "labels": blocks[-test_blocks:]}]
+        return None, test
+
+    stand_in = registry.Preset("smollm2-bbc", "stand-in", "perplexity", lambda: teacher, data, calib)
+    monkeypatch.setattr(registry, "get_preset", lambda name: stand_in)
+    argv = ["smollm2_zero_shot.py", "--calib", "4,2", "--rows", "floor,loss", "--test-blocks", "2",
+            "--threads", "1", "--out", str(tmp_path)]
+    monkeypatch.setattr("sys.argv", argv)
+    ablation.main()
+    result = json.loads((tmp_path / f"{ablation.RESULT}.json").read_text())
+    assert calib_sizes == [2, 4]  # smallest calibration first, each built once
+    assert {(c["row"], c["calib_blocks"]) for c in result["cells"]} == {("floor", 2), ("loss", 2), ("floor", 4), ("loss", 4)}
+    teacher_ppl = result["teacher"]["2"]["perplexity"]
+    for c in result["cells"]:
+        assert c["params"] <= 0.8 * tm.n_params(teacher) and c["ratio_to_teacher"] == pytest.approx(c["perplexity"] / teacher_ppl)
+    capsys.readouterr()
+    ablation.main()  # the same part again: nothing left to measure
+    assert "0 cell(s) to measure" in capsys.readouterr().out and calib_sizes == [2, 4]
+    monkeypatch.setattr("sys.argv", [*argv[:4], "one-pass", *argv[5:]])
+    ablation.main()
+    result = json.loads((tmp_path / f"{ablation.RESULT}.json").read_text())
+    assert len(result["cells"]) == 6 and "| 0.8 | one-pass whitening, energy allocation |" in (
+        tmp_path / f"{ablation.RESULT}.md").read_text()
