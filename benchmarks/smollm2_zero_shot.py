@@ -21,6 +21,14 @@ Inherit seconds are each cell's whole ``inherit()``: within one process the teac
 one-pass rows the full-rank decomposition) are computed once per calibration size and reused by the next
 rows (they depend on the teacher and the calibration only), and the time they took is added to every cell
 that reused them, so that each cell reports what a lone ``inherit()`` call costs.
+
+Runtime on 2 idle threads (estimates from SmolLM2 at ~2 blocks of 128 tokens per second, ~25 s of SVDs per
+full decomposition; each part prints every cell's inherit_s and eval_s, so the first part rescales them):
+the teacher's evaluation on 128 test blocks ~1 min (once: kept in the JSON); each cell's evaluation ~1 min;
+per process and calibration size, the shared one-pass decomposition ~0.75 / 1.5 / 5 min and the sequential
+spectra ~0.7 / 1.3 / 4 min (4k / 16k / 64k tokens); then a one-pass cell ~1.2 min, a sequential cell
+~2 / 3 / 8.5 min. One budget's six rows: ~13 min at 4k, ~17 min at 16k; at 64k take two rows per part
+(``--rows sequential,loss``: ~21 min).
 """
 
 from __future__ import annotations
