@@ -71,7 +71,7 @@ def test_window_is_met_whenever_reachable(name: str, currency: str) -> None:
     assert checked >= 2
 
 
-@pytest.mark.parametrize("allocation", ["energy", "uniform"])
+@pytest.mark.parametrize("allocation", ["energy", "loss", "loss-by-type", "uniform"])
 @pytest.mark.parametrize("currency", ["budget", "macs"])
 @pytest.mark.parametrize("name", list(LARGER))
 def test_window_is_met_on_transformers(name: str, currency: str, allocation: str) -> None:

@@ -179,3 +179,71 @@ def test_one_shot_iterator_is_accepted() -> None:
     student = inherit(teacher, InherConfig(rank="full", calibration="sequential"), calib=iter([batch]),
                       progress=False)
     assert tm.rel_err(tm.run(student.eval(), batch), want) <= 1e-4
+
+
+def test_a_read_only_pass_runs_each_block_once_per_batch() -> None:
+    """Measuring the teacher's spectra (a compress that returns None) reuses each block's outputs from its
+    statistics pass; a compress that replaces layers runs each block again. The spectra are the one-pass ones."""
+    import copy
+
+    from inhernet.discovery import factorisable, find_layers
+    from inhernet.sequential import sequential_calibrate
+    from inhernet.spectra import decompose
+
+    teacher, calib = _llama_6()
+    cfg = InherConfig(budget=0.7, calibration="one-pass").resolved(teacher)
+    candidates, _ = find_layers(teacher, cfg, calib[0])
+    # The stack's layers only: a layer after the stack (lm_head) is calibrated in one more whole pass.
+    candidates = [c for c in candidates if c.name.startswith("model.layers.")]
+    one_pass = decompose(teacher, candidates, cfg, calib, progress=False)
+    calls = {"n": 0}
+
+    def count(*_: object) -> None:
+        calls["n"] += 1
+
+    blocks = len(teacher.model.layers)
+    handles = [block.register_forward_pre_hook(count) for block in teacher.model.layers]
+    energies: dict[str, torch.Tensor] = {}
+
+    def read(name: str, module: nn.Module, kind: object, factors) -> None:
+        energies[name] = factors.output_energy
+
+    try:
+        sequential_calibrate(teacher, factorisable(candidates), calib, read, progress=False)
+        # + 1: the capture pass enters the first block once per batch (and stops there)
+        assert calls["n"] == (blocks + 1) * len(calib)
+        calls["n"] = 0
+        student = copy.deepcopy(teacher)
+        todo = {name: (student.get_submodule(name), kind) for name, (_, kind) in factorisable(candidates).items()}
+        sequential_calibrate(student, todo, calib, lambda n, m, k, f: copy.deepcopy(m), progress=False)
+        assert calls["n"] == (2 * blocks + 1) * len(calib)  # statistics, then the replaced block's outputs
+    finally:
+        for h in handles:
+            h.remove()
+    assert set(energies) == set(one_pass)
+    for name, f in one_pass.items():
+        torch.testing.assert_close(energies[name], f.output_energy, rtol=1e-6, atol=1e-9)
+
+
+def test_without_the_teacher_the_captured_hidden_states_are_released(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Memory stays bounded by one block's hidden states: the stack inputs captured at the start are
+    released once the first block has run (only sequential-corrected needs a teacher's copy)."""
+    import weakref
+
+    from inhernet import sequential
+
+    teacher, calib = _llama_6()
+    captured: list[weakref.ref] = []
+    alive_later: list[int] = []
+    real = sequential.run_block
+
+    def spy(block: nn.Module, inputs, i: int) -> torch.Tensor:
+        if not captured:
+            captured.extend(weakref.ref(h) for h in inputs.hidden)
+        elif inputs.hidden[0] is not captured[0]():  # past the first block
+            alive_later.append(sum(r() is not None for r in captured))
+        return real(block, inputs, i)
+
+    monkeypatch.setattr(sequential, "run_block", spy)
+    inherit(teacher, InherConfig(budget=0.7, calibration="sequential"), calib=calib, progress=False)
+    assert alive_later and max(alive_later) == 0

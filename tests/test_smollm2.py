@@ -66,6 +66,36 @@ def test_missing_corpus_names_the_install_step(monkeypatch: pytest.MonkeyPatch, 
         smollm2.bbc_dir()
 
 
+def test_calibration_blocks_are_a_nested_shuffle_of_the_whole_split() -> None:
+    first = smollm2.calib_indices(1000, 32)
+    assert first.tolist() == sorted(set(first.tolist())) and len(first) == 32
+    larger = smollm2.calib_indices(1000, 128)
+    assert set(first.tolist()) <= set(larger.tolist())  # a smaller calibration set is a prefix of a larger one
+    assert larger.max() > 750 and larger.min() < 250  # drawn across the split, not from its (one-class) start
+    assert torch.equal(smollm2.calib_indices(1000, 32), first)  # deterministic
+    with pytest.raises(ValueError, match="holds 10"):
+        smollm2.calib_indices(10, 11)
+
+
+def test_calib_is_capped_batched_and_label_free(monkeypatch: pytest.MonkeyPatch) -> None:
+    train = torch.arange(3000 * 4).reshape(3000, 4)
+    monkeypatch.setattr(smollm2, "bbc_blocks", lambda split, block_size=4, limit=None: LMBlocks(train))
+    assert smollm2.CALIB_MAX_BLOCKS * smollm2.BLOCK_SIZE >= 64 * 1024  # room for a 64k-token calibration
+    batches = smollm2.smollm2_calib(10_000, block_size=4)
+    blocks = torch.cat([b["input_ids"] for b in batches])
+    assert blocks.shape == (smollm2.CALIB_MAX_BLOCKS, 4)
+    assert all(set(b) == {"input_ids", "attention_mask"} and len(b["input_ids"]) <= smollm2.CALIB_BATCH
+               for b in batches)
+    assert torch.equal(blocks, train[smollm2.calib_indices(3000, smollm2.CALIB_MAX_BLOCKS)])
+    assert len(torch.cat([b["input_ids"] for b in smollm2.smollm2_calib(20, block_size=4)])) == 20
+    with pytest.raises(ValueError, match="n must be >= 1"):
+        smollm2.smollm2_calib(0)
+
+
+def test_final_evaluations_use_at_least_16k_tokens() -> None:
+    assert smollm2.TEST_BLOCKS * smollm2.BLOCK_SIZE >= 16 * 1024
+
+
 class _Saver:
     """Stands in for a model / tokenizer: ``save_pretrained`` writes the named files."""
 
@@ -130,6 +160,9 @@ def test_real_assets_are_installed_and_readable() -> None:
         "business", "entertainment", "politics", "sports", "tech"
     }
     assert len(split_articles(articles, "test")) == 223
+    # The split holds what the preset asks for: the final test blocks and the largest calibration.
+    assert len(smollm2.bbc_blocks("test")) >= smollm2.TEST_BLOCKS
+    assert len(smollm2.bbc_blocks("train")) >= smollm2.CALIB_MAX_BLOCKS
 
 
 def test_bench_runs_the_presets_methods_on_a_tiny_llama(monkeypatch: pytest.MonkeyPatch) -> None:

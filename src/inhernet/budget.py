@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import heapq
 import math
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -18,8 +19,8 @@ import torch
 from .kinds import block_params
 
 __all__ = [
-    "NANOSECONDS", "RANK_MULTIPLE", "LayerCost", "Price", "allocate", "floor_rank", "latency_price", "mac_price",
-    "ranks_for_energy", "ranks_for_rank", "round_rank",
+    "ENERGY_STRATEGIES", "NANOSECONDS", "RANK_MULTIPLE", "LayerCost", "Price", "allocate", "energy_weights",
+    "floor_rank", "latency_price", "layer_type", "mac_price", "ranks_for_energy", "ranks_for_rank", "round_rank",
 ]
 
 #: a latency budget's currency: integer nanoseconds (per second)
@@ -122,7 +123,9 @@ class LayerCost:
     bias: bool
     experts: int
     dense: int
-    energy: torch.Tensor | None = None  # squared singular values, descending
+    #: squared singular values, descending; in output units (whitened: each one's truncation loss per
+    #: calibration row, see :attr:`inhernet.decomposition.Factors.output_energy`)
+    energy: torch.Tensor | None = None
     price: Price | None = None
     multiple: int = 1
 
@@ -166,12 +169,6 @@ class LayerCost:
     def saves(self, rank: int) -> bool:
         return self.cost(rank) < self.cost(None)
 
-    def energy_fraction(self, start: int, stop: int) -> float:
-        """Fraction of the layer's total energy held by singular values ``start..stop-1``."""
-        assert self.energy is not None
-        total = float(self.energy.sum())
-        return float(self.energy[start:stop].sum()) / total if total > 0 else 0.0
-
 
 def floor_rank(layer: LayerCost, min_rank: int, min_rank_ratio: float = 0.0) -> int:
     """The smallest rank ``layer`` may get: ``min_rank``, or ``min_rank_ratio`` of its full rank if larger."""
@@ -189,12 +186,51 @@ def _start(layer: LayerCost, min_rank: int, min_rank_ratio: float) -> int | None
 
 Priority = Callable[[LayerCost, int, int], float]
 
+#: the allocation strategies that rank moves by (weighted) energy: see :func:`energy_weights`
+ENERGY_STRATEGIES = ("energy", "loss", "loss-by-type")
 
-def _energy_priority(layer: LayerCost, rank: int, cost: int) -> float:
-    """Energy gained per unit of cost (parameter or MAC) by the move from ``rank`` (to the next allowed
-    rank, or to dense)."""
-    stop = layer.next_rank(rank) if rank < layer.break_even else layer.max_rank
-    return layer.energy_fraction(rank, stop) / cost
+
+def layer_type(name: str) -> str:
+    """A layer's matrix type: its name with the numeric path parts (block indices) as ``*``, e.g.
+    ``model.layers.*.self_attn.q_proj`` for every block's ``q_proj``."""
+    return ".".join("*" if part.isdigit() else part for part in name.split("."))
+
+
+def energy_weights(layers: Sequence[LayerCost], strategy: str) -> dict[str, float]:
+    """What one unit of each layer's energy is worth to an energy strategy (or, for ``"uniform"``, to its
+    exact fill).
+
+    ``"energy"`` (and ``"uniform"``): ``1 / the layer's total``, so that every layer's spectrum counts as
+    fractions of itself (a layer's whole energy is worth 1, however small it is in absolute terms).
+    ``"loss"``: 1, so that a singular value is worth its absolute whitened truncation loss (SVD-LLM: dropping
+    sigma_i of ``W S_x`` adds exactly ``sigma_i^2`` to ``||W X - W' X||^2 / N``), compared across all layers.
+    ``"loss-by-type"``: ``1 / the mean total of the layer's type`` (:func:`layer_type`), so that absolute
+    losses are compared within a matrix type (q, k, v, o, gate, up, down...), whose outputs live in the same
+    space, and each type's typical layer weighs the same (SVD-LLM V2's normalisation within groups of the
+    same matrix type). A layer whose energy (or type's) is zero is worth nothing.
+    """
+    totals = {layer.name: float(layer.energy.sum()) for layer in layers if layer.energy is not None}
+    if strategy == "loss":
+        return dict.fromkeys(totals, 1.0)
+    if strategy == "loss-by-type":
+        by_type: dict[str, list[float]] = defaultdict(list)
+        for name, total in totals.items():
+            by_type[layer_type(name)].append(total)
+        mean = {t: sum(v) / len(v) for t, v in by_type.items()}
+        return {name: 1.0 / mean[layer_type(name)] if mean[layer_type(name)] > 0 else 0.0 for name in totals}
+    return {name: 1.0 / total if total > 0 else 0.0 for name, total in totals.items()}
+
+
+def _energy_priority(weights: dict[str, float]) -> Priority:
+    """Weighted energy (:func:`energy_weights`) gained per unit of cost (parameter or MAC) by the move
+    from ``rank`` (to the next allowed rank, or to dense)."""
+
+    def priority(layer: LayerCost, rank: int, cost: int) -> float:
+        assert layer.energy is not None
+        stop = layer.next_rank(rank) if rank < layer.break_even else layer.max_rank
+        return weights[layer.name] * float(layer.energy[rank:stop].sum()) / cost
+
+    return priority
 
 
 def _uniform_priority(layer: LayerCost, rank: int, cost: int) -> float:
@@ -211,19 +247,24 @@ def allocate(
     Every layer starts at its floor (:func:`floor_rank`, raised to an allowed rank; or dense, where even
     that saves nothing); then the best move (to the next allowed rank, see :attr:`LayerCost.multiple`,
     or back to dense once a rank no longer saves) is taken while it fits.
-    ``"energy"`` ranks moves by retained energy per unit of cost, parameter or MAC (a global greedy
-    over singular values); ``"uniform"`` by the lowest rank ratio r/k, which is water-filling on one
+    ``"energy"`` ranks moves by retained energy fraction per unit of cost, parameter or MAC (a global
+    greedy over singular values); ``"loss"`` by absolute (whitened) truncation loss avoided per unit of
+    cost, and ``"loss-by-type"`` by that loss normalised within each matrix type (see
+    :func:`energy_weights`); ``"uniform"`` by the lowest rank ratio r/k, which is water-filling on one
     common ratio (what a bisection on the ratio finds), filled up to the budget. Callers check that
     the start fits.
 
     ``at_least``: where the greedy lands below it (its rank steps and jumps back to dense too
     coarse for what is left), the allocation is redone exactly (:func:`_fill_window`): the most value
-    — retained energy, or for ``"uniform"`` the ranks nearest the greedy's ratios — among the allocations
+    — retained weighted energy, or for ``"uniform"`` the ranks nearest the greedy's ratios — among the allocations
     costing between ``at_least`` and ``available``, when there is one and the search is small enough.
     """
-    priority: Priority = _energy_priority if strategy == "energy" else _uniform_priority
-    if strategy == "energy" and any(layer.energy is None for layer in layers):
-        raise ValueError("energy allocation needs each layer's singular values")
+    if strategy not in (*ENERGY_STRATEGIES, "uniform"):
+        raise ValueError(f"strategy must be one of {(*ENERGY_STRATEGIES, 'uniform')}, got {strategy!r}")
+    if strategy in ENERGY_STRATEGIES and any(layer.energy is None for layer in layers):
+        raise ValueError(f"{strategy} allocation needs each layer's singular values")
+    weights = energy_weights(layers, strategy)
+    priority: Priority = _energy_priority(weights) if strategy in ENERGY_STRATEGIES else _uniform_priority
     ranks: dict[str, int | None] = {}
     spent = 0
     heap: list[tuple[float, int, int]] = []
@@ -251,7 +292,7 @@ def allocate(
         spent += cost
         push(i)
     if at_least is not None and spent < at_least:
-        return _fill_window(layers, ranks, available, at_least, min_rank, min_rank_ratio) or ranks
+        return _fill_window(layers, ranks, available, at_least, min_rank, min_rank_ratio, weights) or ranks
     return ranks
 
 
@@ -263,21 +304,23 @@ _MAX_WORK = 200_000_000
 
 def _fill_window(
     layers: list[LayerCost], greedy: dict[str, int | None], available: int, at_least: int, min_rank: int,
-    min_rank_ratio: float,
+    min_rank_ratio: float, weights: dict[str, float],
 ) -> dict[str, int | None] | None:
     """The best ranks costing between ``at_least`` and ``available``, or ``None`` if there are none or the
     search would be too big.
 
     A multiple-choice knapsack solved by dynamic programming over cost levels: each layer takes one of
-    its ranks (floor .. break-even) or dense; the value is the retained energy fraction (dense: 1) with
-    spectra, else the closeness of each layer's rank ratio to the greedy's. Costs are rounded up to a
+    its ranks (floor .. break-even) or dense; the value is the retained energy weighted by ``weights``
+    (:func:`energy_weights`; dense keeps it all) with spectra, else the closeness of each layer's rank
+    ratio to the greedy's. Costs are rounded up to a
     level, so that every level-feasible choice fits ``available``; the lower bound is checked exactly.
     """
     options: list[list[tuple[int | None, int, float]]] = []
     for layer in layers:
         start = _start(layer, min_rank, min_rank_ratio)
         choices: list[int | None] = [None] if start is None else [*layer.allowed(start), None]
-        options.append([(r, layer.cost(r), _value(layer, r, greedy[layer.name])) for r in choices])
+        weight = weights.get(layer.name, 0.0)
+        options.append([(r, layer.cost(r), _value(layer, r, greedy[layer.name], weight)) for r in choices])
     step = max(1, -(-available // _LEVELS))
     levels = available // step + 1
     if sum(len(o) for o in options) * levels > _MAX_WORK:
@@ -311,10 +354,12 @@ def _fill_window(
     return None
 
 
-def _value(layer: LayerCost, rank: int | None, greedy: int | None) -> float:
-    """What ``rank`` is worth to the exact fill: retained energy, or nearness to the greedy's rank ratio."""
+def _value(layer: LayerCost, rank: int | None, greedy: int | None, weight: float) -> float:
+    """What ``rank`` is worth to the exact fill: retained energy times ``weight``, or nearness to the
+    greedy's rank ratio."""
     if layer.energy is not None:
-        return 1.0 if rank is None else layer.energy_fraction(0, rank)
+        kept = layer.energy if rank is None else layer.energy[:rank]
+        return weight * float(kept.sum())
     ratio = 1.0 if rank is None else rank / layer.max_rank
     wanted = 1.0 if greedy is None else greedy / layer.max_rank
     return -abs(ratio - wanted)

@@ -13,6 +13,8 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from .config import ALLOCATIONS
+
 # Logs and CI are not terminals: keep tables whole there instead of wrapping them at 80 columns.
 console = Console(width=None if sys.stdout.isatty() else 160)
 
@@ -26,7 +28,7 @@ _EXPERTS = click.option(
 )
 _INIT = click.option("--init", type=click.Choice(["whiten", "svd"]), default="whiten", show_default=True)
 _ALLOCATION = click.option(
-    "--allocation", type=click.Choice(["energy", "uniform"]), default="energy", show_default=True
+    "--allocation", type=click.Choice(list(ALLOCATIONS)), default="energy", show_default=True
 )
 _PRESET = click.option("--preset", default="mnist-cnn", show_default=True, help="See `inhernet presets`.")
 

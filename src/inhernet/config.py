@@ -14,7 +14,7 @@ __all__ = ["DEFAULT_BUDGET", "InherConfig", "plain_number"]
 
 DEFAULT_BUDGET = 0.25
 INITS = ("whiten", "svd", "random")
-ALLOCATIONS = ("energy", "uniform")
+ALLOCATIONS = ("energy", "loss", "loss-by-type", "uniform")  # = inhernet.budget (config stays import-free)
 CALIBRATIONS = ("one-pass", "sequential", "sequential-corrected")
 ROUTINGS = ("soft", "top1")  # = inhernet.layers.ROUTINGS (config stays import-free)
 GATE_POOLS = ("mean", "position")  # = inhernet.layers.GATE_POOLS
@@ -68,8 +68,16 @@ class InherConfig:
             ``"svd"`` (plain truncated SVD), or ``"random"`` (same structure, random weights: the
             ablation that isolates the value of inheritance).
         allocation: ``"energy"`` (global greedy over singular values by retained energy per parameter,
-            or per MAC with ``macs=``) or ``"uniform"`` (one rank ratio for every factorised layer, found
-            by bisection).
+            or per MAC with ``macs=``, each layer's energy counted as a fraction of its own total),
+            ``"loss"`` (the same greedy on absolute energies: with ``init="whiten"`` each singular
+            value is worth its truncation loss, the mean squared output error per calibration token
+            that dropping it adds, ``||W X - W' X||^2 / N`` as SVD-LLM shows, compared across all
+            layers), ``"loss-by-type"`` (absolute losses normalised by the mean total of the layer's
+            matrix type, e.g. every block's ``q_proj``: losses compete within a type, whose outputs
+            live in the same space, and each type's typical layer weighs the same, as SVD-LLM V2
+            normalises within groups of one matrix type) or ``"uniform"`` (one rank ratio for every
+            factorised layer, found by bisection). Every strategy keeps the rank floor
+            (``min_rank``, ``min_rank_ratio``).
         include: ``fnmatch`` patterns of module names to consider (empty = all).
         exclude: patterns of module names to keep dense. A pattern also matches a name's descendants,
             so ``"classifier"`` excludes ``classifier`` and ``classifier.*``.
@@ -132,7 +140,7 @@ class InherConfig:
     latency: float | None = None
     experts: int | None = None
     init: Literal["whiten", "svd", "random"] = "whiten"
-    allocation: Literal["energy", "uniform"] = "energy"
+    allocation: Literal["energy", "loss", "loss-by-type", "uniform"] = "energy"
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     min_rank: int = 1

@@ -21,14 +21,23 @@ class Factors:
 
     ``up`` = U S (m, k) carries all the singular values (the asymmetric arrangement), ``down`` (k, n)
     is V^T for plain SVD and V^T S_x^-1 for whitened SVD. ``energy`` holds the squared singular
-    values (of W, or of W S_x: the layer's output energy on the calibration data, up to one scalar
-    per layer), descending.
+    values (of W, or of W S_x for the covariance normalised to a unit mean diagonal), descending;
+    ``scale`` is that normalisation (1 for plain SVD), so :attr:`output_energy` is in the units of
+    the layer's outputs.
     """
 
     up: torch.Tensor
     down: torch.Tensor
     energy: torch.Tensor
     whitened: bool
+    scale: float = 1.0
+
+    @property
+    def output_energy(self) -> torch.Tensor:
+        """``energy * scale``: for whitened factors, entry i is the mean squared output error per
+        calibration row of dropping direction i, ``||W X - W_r X||^2 / N`` summed over the dropped
+        ones (SVD-LLM's truncation loss), comparable across layers; for plain SVD, sigma_i^2 of W."""
+        return self.energy * self.scale
 
     @property
     def max_rank(self) -> int:
@@ -55,8 +64,8 @@ def factorize(w: torch.Tensor, cov: InputCovariance | None = None, damping: floa
     if not scale > 0:  # the layer only ever saw zero inputs: nothing to weight by, plain SVD
         return factorize(w, None)
     # The whitened subspace depends on C only up to a scalar: normalising C keeps down = Σ^-1 U^T W
-    # well scaled whatever the inputs' magnitude (tiny inputs made it overflow float32). The energies
-    # are used only as fractions of each layer's total, which the scalar does not change.
+    # well scaled whatever the inputs' magnitude (tiny inputs made it overflow float32). The scalar is
+    # kept (Factors.scale) for allocations that compare absolute truncation losses across layers.
     c = c / scale
     if cov.diagonal:
         c = c + damping
@@ -65,7 +74,7 @@ def factorize(w: torch.Tensor, cov: InputCovariance | None = None, damping: floa
     u, s = _whitened_left_singular(w64, c)
     keep = s > _RELATIVE_TOLERANCE * s.max().clamp_min(torch.finfo(torch.float64).tiny)
     down = torch.where(keep[:, None], (u.T @ w64) / torch.where(keep, s, 1.0)[:, None], 0.0)
-    return Factors(up=u * s, down=down, energy=s.square(), whitened=True)
+    return Factors(up=u * s, down=down, energy=s.square(), whitened=True, scale=float(scale))
 
 
 def _whitened_left_singular(w: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

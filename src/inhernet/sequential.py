@@ -221,24 +221,30 @@ def sequential_calibrate(
             mask = TokenMask()
             with covariance_hooks(outside, device, mask) as stats:
                 inputs = capture_stack_inputs(model, stack[0], calib, device, mask)
+            # The teacher's own hidden states, only when layers aim at its outputs (else not held at all).
             teacher_inputs = StackInputs(
                 list(inputs.hidden), inputs.args, inputs.kwargs, inputs.by_keyword, inputs.masks
-            )
+            ) if teacher_stack is not None else None
             early = {name: outside[name] for name in stats}
-            if early:
-                _compress_stage(model, early, stats, compress, damping)
+            if early and _compress_stage(model, early, stats, compress, damping):
                 inputs = capture_stack_inputs(model, stack[0], calib, device)  # through the compressed layers
             # Stage 2: block by block.
             for i in tqdm(range(len(stack)), desc="calibrating blocks", disable=not progress, leave=False):
                 todo = {name: layers[name] for name in layers if block_of[name] == i}
+                outputs = None  # the block's outputs, when the statistics pass already computed them
                 if teacher_stack is None:
                     if todo:
                         with covariance_hooks(todo, device, mask) as stats:
+                            seen = []
                             for b in range(len(inputs.hidden)):
                                 mask.current = inputs.masks[b]
-                                run_block(stack[i], inputs, b)
-                        _compress_stage(model, todo, drop_unseen(stats, todo), compress, damping)
+                                seen.append(run_block(stack[i], inputs, b))
+                        replaced = _compress_stage(model, todo, drop_unseen(stats, todo), compress, damping)
+                        # A block left as it was (a compress that only reads) need not run again.
+                        outputs = None if replaced else seen
+                        del seen
                 else:
+                    assert teacher_inputs is not None
                     # Pairs each layer's inputs in the compressed model with the teacher's; also moves the
                     # teacher's hidden states one block on.
                     stats = _paired_statistics(
@@ -247,7 +253,9 @@ def sequential_calibrate(
                     if todo:
                         _compress_stage(model, todo, drop_unseen(stats, todo), compress, damping)
                 block = stack[i]  # re-read: the block itself may have been replaced
-                inputs.hidden = [run_block(block, inputs, b) for b in range(len(inputs.hidden))]
+                if outputs is None:
+                    outputs = [run_block(block, inputs, b) for b in range(len(inputs.hidden))]
+                inputs.hidden = outputs
             del inputs, teacher_inputs
             # Stage 3: whatever runs after the stack, in one pass of the compressed model.
             late = {name: layer for name, layer in outside.items() if name not in early}
@@ -333,8 +341,10 @@ def _block_index(name: str, stack_name: str) -> int | None:
 
 def _compress_stage(
     model: nn.Module, layers: Layers, stats: dict[str, InputCovariance], compress: Compress, damping: float
-) -> None:
-    """Factorise each layer with its statistics (plain SVD where it saw none) and put ``compress``'s module in."""
+) -> bool:
+    """Factorise each layer with its statistics (plain SVD where it saw none) and put ``compress``'s module
+    in; whether any layer was replaced."""
+    replaced = False
     for name, (module, kind) in layers.items():
         cov = stats.pop(name, None)
         w = kind.matrix(module)
@@ -344,3 +354,5 @@ def _compress_stage(
         replacement = compress(name, module, kind, factors)
         if replacement is not None:
             replace_module(model, name, replacement)
+            replaced = True
+    return replaced

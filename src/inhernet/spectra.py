@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from .budget import NANOSECONDS, Price, latency_price
+from .budget import ENERGY_STRATEGIES, NANOSECONDS, Price, latency_price
 from .calibration import collect_covariances, example_positions, layer_input_shapes, split_example
 from .config import InherConfig
 from .decomposition import Factors, factorize
@@ -133,7 +133,8 @@ def layer_spectra(
     model: nn.Module, candidates: list[Candidate], config: InherConfig, calib: Iterable[Any] | None,
     *, progress: bool = True,
 ) -> dict[str, torch.Tensor]:
-    """Every factorisable layer's (whitened, with ``init="whiten"``) energies, for the allocator.
+    """Every factorisable layer's (whitened, with ``init="whiten"``) output energies
+    (:attr:`~inhernet.decomposition.Factors.output_energy`), for the allocator.
 
     With sequential calibration they are computed stage by stage on the teacher's own inputs,
     holding one block's statistics at a time, and only the energies are kept.
@@ -143,11 +144,11 @@ def layer_spectra(
         energies: dict[str, torch.Tensor] = {}
 
         def keep_energy(name: str, module: nn.Module, kind: LayerKind, factors: Factors) -> None:
-            energies[name] = factors.energy
+            energies[name] = factors.output_energy
 
         sequential_calibrate(model, todo, reiterable(calib), keep_energy, damping=config.damping, progress=progress)
         return energies
-    return {name: f.energy for name, f in decompose(model, candidates, config, calib, progress=progress).items()}
+    return {name: f.output_energy for name, f in decompose(model, candidates, config, calib, progress=progress).items()}
 
 
 def reiterable(calib: Iterable[Any] | None) -> list[Any]:
@@ -163,4 +164,4 @@ def reiterable(calib: Iterable[Any] | None) -> list[Any]:
 def allocation_needs_spectra(config: InherConfig) -> bool:
     """Whether the allocation reads the layers' spectra (energy rules and energy-allocated budgets)."""
     budgeted = config.budget is not None or config.macs is not None or config.latency is not None
-    return config.energy is not None or (budgeted and config.allocation == "energy")
+    return config.energy is not None or (budgeted and config.allocation in ENERGY_STRATEGIES)

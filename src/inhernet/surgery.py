@@ -97,7 +97,7 @@ def _inherit(
     needs_factors = config.init != "random" or (plan is None and allocation_needs_spectra(config))
     factors = decompose(model, candidates, config, calib, progress=progress) if needs_factors else {}
     if plan is None:
-        plan = make_plan(model, config, candidates, others, {n: f.energy for n, f in factors.items()}, profile)
+        plan = make_plan(model, config, candidates, others, {n: f.output_energy for n, f in factors.items()}, profile)
     by_name = _planned(plan, candidates)
 
     student = copy.deepcopy(model)
