@@ -101,8 +101,9 @@ def allocate_ranks(
         return Allocation(ranks_for_energy(layers, config.energy, config.min_rank, config.min_rank_ratio))
     if isinstance(profile, LatencyProfile):
         assert config.latency is not None
-        target = _target(config.latency, profile.total, LATENCY)
-        ranks = _fill(layers, target, profile.total, LATENCY, config, fixed=profile.fixed())
+        # a fraction of the teacher's time (the original teacher's, for a pruned model: profile.base)
+        target = _target(config.latency, profile.reference, LATENCY)
+        ranks = _fill(layers, target, profile.reference, LATENCY, config, fixed=profile.fixed())
         return Allocation(ranks, target_latency_ns=target)
     if profile is not None:
         assert config.macs is not None
