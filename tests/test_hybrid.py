@@ -449,3 +449,22 @@ def test_latency_prune_errors_name_the_problem():
     with pytest.raises(TypeError, match="costs must have dense"):
         inherit(teacher, InherConfig(latency=0.4, prune=0.3), calib=calib, costs=LayersOnlyCosts(), progress=False)
     assert InherConfig(latency=0.5, prune="auto").prune == "auto"
+
+
+def test_auto_skips_an_unreachable_share_before_its_spectra(monkeypatch):
+    """A share that cannot reach the latency budget (or is under it alone) costs a profile, not a calibration
+    pass and an SVD per layer: only the shares that reach it are decomposed."""
+    import inhernet.surgery as surgery
+
+    decomposed = []
+    real = surgery.decompose
+
+    def counting(model, *args, **kwargs):
+        decomposed.append(model)
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(surgery, "decompose", counting)
+    teacher, calib = _conv_bound_teacher()
+    student = inherit(teacher, InherConfig(latency=0.35, prune="auto"), calib=calib, costs=SlowConvCosts(), progress=False)
+    scores = student.inhernet_plan.prune.scores
+    assert len(decomposed) == sum(v is not None for v in scores.values()) == 3  # 0.2, 0.3, 0.4

@@ -15,7 +15,16 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from .allocation import BUDGET_TOLERANCE, Profile, allocate_ranks, dense_reason, layer_cost, warn_if_under
+from .allocation import (
+    BUDGET_TOLERANCE,
+    Profile,
+    allocate_ranks,
+    check_reachable,
+    dense_reason,
+    layer_cost,
+    warn_if_under,
+)
+from .budget import LayerCost
 from .calibration import peek_example
 from .config import InherConfig
 from .discovery import Candidate, Unsupported, find_layers
@@ -189,7 +198,7 @@ def make_plan(
         raise ValueError("latency= needs calib: its first batch is the example input")
     if config.macs is None and config.latency is None:
         profile = None
-    open_layers = [layer_cost(c, h, spectra.get(c.name), profile) for c in candidates if c.reason is None]
+    open_layers = open_costs(candidates, config, profile, spectra)
     if not open_layers:
         found = ", ".join(sorted({type(c.module).__name__ for c in candidates})) or "none"
         raise ValueError(
@@ -231,6 +240,16 @@ def make_plan(
     else:
         warn_if_under(result.total_params, result.target_params, "params")
     return result
+
+
+def open_costs(
+    candidates: list[Candidate], config: InherConfig, profile: Profile | None,
+    spectra: dict[str, torch.Tensor] | None = None,
+) -> list[LayerCost]:
+    """The allocator's view (:func:`~inhernet.allocation.layer_cost`) of each open candidate, priced by
+    ``profile`` under a MAC or latency budget, with its energies from ``spectra`` where known."""
+    spectra = spectra or {}
+    return [layer_cost(c, config.experts, spectra.get(c.name), profile) for c in candidates if c.reason is None]
 
 
 def with_prune(plan: Plan, config: InherConfig, record: PruneRecord) -> Plan:
@@ -295,5 +314,6 @@ def _plan(
     """:func:`plan` without pruning, ``config`` resolved (``latency_base``: see :func:`measure`)."""
     candidates, others = find_layers(model, config, example)
     profile, calib = measure(model, config, candidates, calib, costs, latency_base)
+    check_reachable(config, open_costs(candidates, config, profile), profile)  # before the spectra
     spectra = layer_spectra(model, candidates, config, calib) if allocation_needs_spectra(config) else {}
     return make_plan(model, config, candidates, others, spectra, profile)

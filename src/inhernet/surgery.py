@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from .allocation import Profile
+from .allocation import Profile, check_reachable
 from .batches import forward_batch, move_batch
 from .calibration import peek_example
 from .config import InherConfig
@@ -19,7 +19,7 @@ from .decomposition import Factors
 from .discovery import Candidate, Unsupported, find_layers
 from .kinds import LayerKind
 from .layers import configure_gates
-from .plan import Plan, make_plan, measure, with_prune
+from .plan import Plan, make_plan, measure, open_costs, with_prune
 from .pruning import (
     AUTO_GRID,
     LATENCY_GRID,
@@ -99,6 +99,7 @@ def _inherit(
     profile = None
     if plan is None:
         profile, calib = measure(model, config, candidates, calib, costs, latency_base)
+        check_reachable(config, open_costs(candidates, config, profile), profile)  # before the spectra
     if config.init == "whiten" and config.calibration != "one-pass":
         student = _inherit_sequential(model, config, calib, candidates, others, profile, plan, progress)
         return _checked(student, example, model)
