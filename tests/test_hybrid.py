@@ -468,3 +468,18 @@ def test_auto_skips_an_unreachable_share_before_its_spectra(monkeypatch):
     student = inherit(teacher, InherConfig(latency=0.35, prune="auto"), calib=calib, costs=SlowConvCosts(), progress=False)
     scores = student.inhernet_plan.prune.scores
     assert len(decomposed) == sum(v is not None for v in scores.values()) == 3  # 0.2, 0.3, 0.4
+
+
+def test_a_pruned_bert_meets_its_latency_budget_and_round_trips(tmp_path):
+    """Heads and widths pruned, then ranks cut (embeddings included) in the fake table's nanoseconds."""
+    teacher, batch = bert_tiny()
+    costs = FakeCosts()
+    student = inherit(teacher, InherConfig(latency=0.4, prune=0.3), calib=[batch], costs=costs, progress=False)
+    _check_latency_hybrid(teacher, [batch], student, costs, 0.4)
+    assert student.bert.embeddings.word_embeddings.embedding_dim < teacher.config.hidden_size
+    heads = student.bert.encoder.layer[0].attention.self.num_attention_heads
+    assert 1 <= heads < teacher.config.num_attention_heads
+    save(student, tmp_path)
+    loaded = load(tmp_path, base=bert_tiny()[0])
+    assert torch.equal(run(loaded, batch), run(student, batch))
+    assert fake_ns(costs, loaded, batch) == student.inhernet_plan.total_latency_ns
