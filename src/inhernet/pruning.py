@@ -14,11 +14,17 @@ The hybrid is one allocator with two moves, priced in one currency and judged by
   finds least important (layer by layer for transformers, as ``prune-kd``): the per-layer channel
   choice is Torch-Pruning's;
 * ranks: the existing allocator (:mod:`inhernet.allocation`) then spends what is left of the budget —
-  always relative to the *original* teacher's parameters or MACs — on the pruned model's layers: the
-  per-layer rank choice is the allocator's;
+  always relative to the *original* teacher's parameters, MACs or measured time — on the pruned model's
+  layers: the per-layer rank choice is the allocator's. Under a latency budget the pruned model's
+  layers are priced by the same cost table as the teacher's (new shapes timed once and cached), and its
+  fixed rest (what no rank changes) is measured whole, as the teacher's is;
 * ``prune="auto"`` chooses the split: for each share of :data:`AUTO_GRID` the inherited student is
   built at the same budget and scored zero-shot on the calibration batches (:func:`zero_shot_loss`,
-  never on a test split); the lowest loss wins, and the plan records the choice and every score.
+  never on a test split); the lowest loss wins (among the candidates within 2% of the budget, if any
+  is), and the plan records the choice, every score and why each skipped share was skipped (pruned
+  under the budget alone, or unable to reach it at its smallest ranks: found from the layers' prices,
+  before any spectrum is computed). Under a latency budget that no share of the grid reaches,
+  :data:`LATENCY_GRID` is tried next.
 
 Saving without pickle: :func:`pruned_spec` diffs the module attributes (``out_channels``,
 ``num_features``, ``normalized_shape``, ``num_attention_heads``...) and tensor shapes before and after
