@@ -7,6 +7,9 @@ Models (sized as ``inhernet bench`` sizes them, by :class:`inhernet.baselines.Me
   ``--match latency`` (``--latency L`` is ``--budget L --match latency``), ``InherConfig(latency=...)``;
 * ``InherNet compact``: :func:`inhernet.deploy.compact` of it, on the first calibration batch (the
   example a latency budget is priced on);
+* with ``--prune auto|FRACTION`` both InherNet rows are the hybrid instead, ``InherConfig(..., prune=...)``
+  (Torch-Pruning removes a share of the channels, the rank allocator spends the rest of the same budget;
+  ``auto`` chooses the share zero-shot on the calibration batches), and the baselines are sized from it;
 * ``prune-kd``: the teacher pruned structurally to at least the InherNet's parameters (MACs under
   ``--match macs``, measured latency of its compact form under ``--match latency``), the bench's code;
 * ``kd-student``: the preset's conventional student, sized the same way;
@@ -33,6 +36,7 @@ Writes ``benchmarks/results/latency-<preset>-<match><budget>[-<device>].md`` and
 
     python benchmarks/latency.py                                # mnist-cnn, 0.25 of the parameters, ~3 min
     python benchmarks/latency.py --latency 0.8                  # mnist-cnn: 0.5 is out of reach (BENCHMARKS.md)
+    python benchmarks/latency.py --latency 0.5 --prune auto     # ... but not for the hybrid
     python benchmarks/latency.py --latency 0.8 --accuracy-from benchmarks/results/mnist-cnn-latency0.8.json
     python benchmarks/latency.py --preset tweets-minilm --latency 0.5 --batches 1 32
     python benchmarks/latency.py --device cuda --latency 0.8    # bf16 eager + torch.compile on a GPU
@@ -98,6 +102,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                     "(default params)")
     ap.add_argument("--latency", type=float, default=None, help="shorthand for --budget L --match latency")
     ap.add_argument("--experts", type=int, default=None, help="InherNet's experts (default: the family's)")
+    ap.add_argument("--prune", default=None, metavar="auto|FRACTION", type=_prune_arg,
+                    help="InherNet as the hybrid InherConfig(prune=...): channels pruned first, then ranks cut, "
+                    "at the same budget (the baselines are sized from it)")
     ap.add_argument("--calib-size", type=int, default=BenchConfig.calib_size,
                     help="calibration examples, as the bench (its first batch is the example a latency "
                     "budget and compact are priced on)")
@@ -130,6 +137,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if "onnxruntime" in args.backends and (cuda or args.dtype != "float32"):
         ap.error("onnxruntime is timed on the CPU in float32 only here: drop it from --backends with "
                  "--device cuda or --dtype bfloat16")
+    if args.accuracy_from is not None and args.prune is not None:
+        ap.error("--accuracy-from reads the plain InherNet's accuracy: drop it with --prune")
     if args.accuracy_from is not None and args.calib_size != BenchConfig.calib_size:
         ap.error(f"--accuracy-from reads a bench's models, built on {BenchConfig.calib_size} calibration examples: "
                  f"drop --calib-size")
@@ -138,6 +147,27 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.quick:
         args.repeats, args.min_time = 3, 0.002
     return args
+
+
+def _prune_arg(value: str) -> float | str:
+    """``--prune``: ``auto`` or a share in [0, 1) of the channels."""
+    if value == "auto":
+        return value
+    try:
+        share = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is neither 'auto' nor a number") from None
+    if not 0 <= share < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a share in [0, 1) of the channels")
+    return share
+
+
+def model_labels(args: argparse.Namespace) -> dict[str, str]:
+    """:data:`MODELS`, the InherNet rows named after the hybrid under ``--prune``."""
+    if args.prune is None:
+        return dict(MODELS)
+    name = f"InherNet+prune {args.prune:g}" if isinstance(args.prune, float) else "InherNet+prune auto"
+    return {**MODELS, "inhernet": f"{name} (training form)", "inhernet-compact": f"{name} compact"}
 
 
 # -- inputs ------------------------------------------------------------------------------------------
@@ -169,7 +199,8 @@ def build_models(args: argparse.Namespace, preset: Any, teacher: nn.Module, cali
         teacher, args.budget, args.experts, calib, 0, preset.student, match=args.match,
         extras={"prune_importance": BenchConfig.prune_importance},
     )
-    ctx.reference = build_student("inhernet", ctx)
+    ctx.reference = build_student("inhernet", ctx) if args.prune is None else inherit(
+        teacher, ctx.config(prune=args.prune), calib=calib, progress=False, costs=ctx.latency_costs)
     models: dict[str, nn.Module] = {"teacher": teacher, "inhernet": ctx.reference}
     models["inhernet-compact"] = ctx.deployed(ctx.reference)
     notes: dict[str, Any] = {}
@@ -198,6 +229,7 @@ def build_models(args: argparse.Namespace, preset: Any, teacher: nn.Module, cali
         "compact_exact": all(b.experts == 1 for b in _blocks(ctx.reference))
         and all(e["rank"] is None or e["rank"] == e["rank_before"] for e in decisions.values()),
         "experts": plan.config.experts,
+        "prune": None if plan.prune is None else {k: v for k, v in plan.prune.to_dict().items() if k != "spec"},
         # each model's size in the matched unit (under a latency match: its compact form, measured)
         "sizes": {n: ctx.size(m) for n, m in models.items() if n != "full-rank-compact"},
         "left_out": notes,
@@ -345,7 +377,9 @@ def render(result: dict[str, Any]) -> str:
     labels = [p["label"] for p in result["points"]]
     keys = list(result["models"])
     lines = [
-        f"# Latency: {result['preset']} teacher vs InherNet ({result['match']} {result['budget']:g}) and matched baselines",
+        f"# Latency: {result['preset']} teacher vs InherNet"
+        + ("" if result.get("prune") is None else f"+prune {result['prune']}")
+        + f" ({result['match']} {result['budget']:g}) and matched baselines",
         "",
         f"Command: `{result['command']}`",
         f"Date: {result['date']}; torch {result['torch']}; {result['machine']}; {result['dtype']}.",
@@ -360,7 +394,7 @@ def render(result: dict[str, Any]) -> str:
                   "| --- | ---: | ---: | --- |" + " ---: |" * len(labels)]
         for key in keys:
             m = result["models"][key]
-            row = f"| {MODELS[key]} | {m['params']:,} | {m['macs']:,} | {m['accuracy']} |"
+            row = f"| {m['label']} | {m['params']:,} | {m['macs']:,} | {m['accuracy']} |"
             for p in result["points"]:
                 ms = m["latency_ms"][p["label"]][str(b)]
                 teacher = result["models"]["teacher"]["latency_ms"][p["label"]][str(b)]
@@ -400,7 +434,8 @@ def targets(result: dict[str, Any]) -> list[str]:
 def default_out(args: argparse.Namespace) -> Path:
     suffix = args.suffix
     if suffix is None:
-        suffix = f"{args.match}{args.budget:g}" + ("" if args.device.type == "cpu" else f"-{args.device.type}")
+        suffix = (f"{args.match}{args.budget:g}" + ("" if args.prune is None else f"-prune{args.prune}")
+                  + ("" if args.device.type == "cpu" else f"-{args.device.type}"))
     return RESULTS / (f"latency-{args.preset}" + (f"-{suffix}" if suffix else "") + ".md")
 
 
@@ -445,8 +480,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     probe = timing_batch(calib[0], min(64, max(args.batches)))
     err = deviation(models["full-rank-compact"], teacher, probe)
     cells = accuracy_cells(accuracy, models, info)
+    labels = model_labels(args)
     record: dict[str, dict[str, Any]] = {
-        key: {"label": MODELS[key], "params": n_params(m), "macs": count_macs(m, one), "accuracy": cells[key],
+        key: {"label": labels[key], "params": n_params(m), "macs": count_macs(m, one), "accuracy": cells[key],
               "latency_ms": {}}
         for key, m in models.items()
     }
@@ -474,9 +510,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     currency = "budget" if args.match == "params" else args.match
     model_notes = [
         f"InherNet: `InherConfig({currency}={args.budget:g})`, the family's recipe ({info['experts']} expert(s), "
-        f"whitened init, {calib_summary(calib)}); ranks {info['ranks']}.",
+        f"whitened init, {calib_summary(calib)}"
+        + ("" if args.prune is None else f", prune={args.prune!r}") + f"); ranks {info['ranks']}.",
         "InherNet compact: " + "; ".join(f"{n}: {_form(e)} ({e['reason']})" for n, e in info["compact"].items()) + ".",
     ]
+    if info["prune"] is not None:
+        p = info["prune"]
+        model_notes.append(
+            f"Pruning: {p['ratio']:g} of the channels (Torch-Pruning, {p['importance']}), {p['teacher_params']:,} -> "
+            f"{p['params']:,} parameters" + (f", {p['teacher_latency_ns'] / 1e6:.3f} -> {p['latency_ns'] / 1e6:.3f} ms "
+                                             "measured" if p.get("teacher_latency_ns") else "")
+            + ("" if not p.get("scores") else "; zero-shot KL per share (None: skipped): " + ", ".join(
+                f"{k}: {'-' if v is None else f'{v:.4g}'}" for k, v in p["scores"].items()))
+            + "."
+        )
     if plan_ns["teacher"] is not None:
         model_notes.append(
             f"Latency budget (cost table, on the first calibration batch, {args.threads[0]} thread(s)): teacher "
@@ -485,17 +532,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     unit = {"params": "parameters", "macs": "MACs", "latency": "ns of the compact forms, measured"}[args.match]
     model_notes.append(f"Sizes in the matched unit ({unit}), on the first calibration batch: "
-                       + ", ".join(f"{MODELS[k]} {v:,}" for k, v in info["sizes"].items()) + ".")
-    model_notes += [f"{MODELS[k]}: {v}" for k, v in info["left_out"].items()]
+                       + ", ".join(f"{labels[k]} {v:,}" for k, v in info["sizes"].items()) + ".")
+    model_notes += [f"{labels[k]}: {v}" for k, v in info["left_out"].items()]
     if checks:
         model_notes.append("onnxruntime vs torch, max deviation of the logits: "
-                           + ", ".join(f"{MODELS[k]} {v:.1e}" for k, v in checks.items()) + ".")
+                           + ", ".join(f"{labels[k]} {v:.1e}" for k, v in checks.items()) + ".")
     if accuracy is not None:
         model_notes.append(f"Accuracies ({accuracy['metric']}): `{accuracy['file']}`, the bench's models after its "
                            "KD (mean over its seeds); the models timed here are built the same way.")
 
     result: dict[str, Any] = {
         "preset": args.preset, "budget": args.budget, "match": args.match, "experts": info["experts"],
+        "prune": args.prune,
         "command": command, "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "torch": torch.__version__, "machine": machine(args), "device": str(args.device), "dtype": args.dtype,
         "batches": args.batches, "metric": accuracy["metric"] if accuracy else "accuracy",

@@ -17,9 +17,13 @@ import inhernet
 from inhernet import InherBlock, InherConfig, compact, inherit, load, save
 from inhernet.baselines import METHODS, MethodContext
 from inhernet.bench.runner import BenchConfig, _recipe
+from inhernet.budget import RANK_MULTIPLE
 from inhernet.deploy import count_macs
-from inhernet.pruning import AUTO_GRID, apply_spec, prune, pruned_spec
+from inhernet.layers import InherConv
+from inhernet.pruning import AUTO_GRID, LATENCY_GRID, apply_spec, prune, pruned_spec
+from test_latency_budget import NS, FakeCosts, _block_mn, fake_ns
 from tiny_models import (
+    LayersOnlyCosts,
     bert_tiny,
     hf_bert_model,
     llama_tiny,
@@ -236,8 +240,6 @@ def test_errors_name_the_problem():
     for bad in ("half", True, float("nan")):
         with pytest.raises(TypeError, match="prune must be a share"):
             InherConfig(prune=bad)
-    with pytest.raises(ValueError, match="not with latency="):
-        InherConfig(latency=0.5, prune=0.2)
     with pytest.raises(ValueError, match="not with budgets="):
         InherConfig(budgets={"0": 0.5}, prune=0.2)
     with pytest.raises(ValueError, match="prune='auto' compares students at one budget"):
@@ -311,3 +313,173 @@ def test_committed_parts_match_todays_recipe(path):
         config = dataclasses.replace(ctx.config(**overrides), family=recipe["config"]["family"]).resolved(student)
         student.inhernet_plan = type("Plan", (), {"config": config})()
     assert _recipe(name, student, (recipe["params"], recipe["macs"])) == recipe
+
+
+# -- prune= under a latency budget (InherConfig(latency=..., prune=...)) ---------------------------------
+class SlowConvCosts(FakeCosts):
+    """:class:`FakeCosts` in which every conv, at whatever (pruned) width, is slower factorised than dense at
+    every rank, as mnist-cnn's first conv measures: only removing its channels makes it faster."""
+
+    def factorised(self, shape, rank):
+        extra = 3 * self._dense_ns(*self._mn(shape)) * NS if shape.kind == "conv2d" else 0.0
+        return super().factorised(shape, rank) + extra
+
+    def layer_ns(self, module):
+        extra = 3 * self._dense_ns(*_block_mn(module)) if isinstance(module, InherConv) else 0
+        return super().layer_ns(module) + extra
+
+
+def _conv_bound_teacher():
+    """Two 3x3 convs (32 channels) that make up a third of the fake time and cannot be factorised faster,
+    then two linears that can: rank cuts alone reach 44.7% of the teacher's fake time at best (pruned by
+    Torch-Pruning's L2 ranking: 38% at share 0.1 ... 11% at 0.7; dense: 86% ... 15%)."""
+    torch.manual_seed(0)
+    teacher = nn.Sequential(
+        nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(32, 32, 3, stride=2), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(4), nn.Flatten(),
+        nn.Linear(32 * 16, 32), nn.ReLU(),
+        nn.Linear(32, 10),
+    ).eval()
+    torch.manual_seed(1)
+    return teacher, [torch.randn(4, 3, 16, 16) for _ in range(2)]
+
+
+def _check_latency_hybrid(teacher, calib, student, costs, latency):
+    """The student meets the budget taken of the ORIGINAL teacher's time: the plan's prediction is the
+    fake table's latency of the model built, within the 2% window, and compact() deploys it as planned."""
+    p = student.inhernet_plan
+    teacher_ns = fake_ns(costs, teacher, calib[0])
+    assert p.teacher_latency_ns == p.prune.teacher_latency_ns == teacher_ns
+    assert p.target_latency_ns == int(latency * teacher_ns)
+    assert fake_ns(costs, student, calib[0]) == p.total_latency_ns
+    assert 0.98 * p.target_latency_ns <= p.total_latency_ns <= p.target_latency_ns
+    assert p.prune.latency_ns > p.target_latency_ns  # the pruned model alone (dense) is over: ranks were cut too
+    assert p.factorised and p.prune.spec
+    ranks = p.ranks()
+    assert all(r < RANK_MULTIPLE or r % RANK_MULTIPLE == 0 for r in ranks.values()), ranks
+    out = compact(student, example=calib[0], costs=costs)
+    assert {n: e["rank"] for n, e in out.inhernet_compact["layers"].items()} == ranks
+    assert fake_ns(costs, out, calib[0]) == p.total_latency_ns
+
+
+def test_latency_unreachable_by_ranks_is_reached_by_prune_auto(tmp_path):
+    teacher, calib = _conv_bound_teacher()
+    costs = SlowConvCosts()
+    with pytest.raises(ValueError, match=r"unreachable: the smallest reachable is [\d,]+ \(44\.7%\)"):
+        inherit(teacher, InherConfig(latency=0.35, init="svd"), calib=calib, costs=costs, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the chosen plan lands within its window: no warning
+        student = inherit(teacher, InherConfig(latency=0.35, prune="auto"), calib=calib, costs=costs, progress=False)
+    _check_latency_hybrid(teacher, calib, student, costs, 0.35)
+    record = student.inhernet_plan.prune
+    # every share of the grid was tried; rank cuts after pruning 0 or 10% cannot reach 35% (44.7%, 38.2% at
+    # best), 50% prunes under it alone; 40% reaches it only 15% under (the rank steps are too coarse there)
+    assert set(record.scores) == {f"{g:g}" for g in AUTO_GRID}
+    for share in ("0", "0.1"):
+        assert record.scores[share] is None and "unreachable" in record.skipped[share]
+    assert record.scores["0.5"] is None and "already under the latency budget" in record.skipped["0.5"]
+    assert set(record.skipped) == {"0", "0.1", "0.5"}
+    in_window = {k: record.scores[k] for k in ("0.2", "0.3")}
+    assert record.scores["0.4"] is not None and record.ratio in (0.2, 0.3)
+    assert record.scores[f"{record.ratio:g}"] == min(in_window.values())
+    as_json = json.loads(json.dumps(student.inhernet_plan.to_dict()))
+    assert as_json["prune"]["skipped"] == record.skipped and as_json["prune"]["scores"] == record.scores
+    assert as_json["prune"]["teacher_latency_ns"] == record.teacher_latency_ns
+    assert "ms measured" in student.inhernet_plan.summary()
+    # the explicit share builds the same student, and plan() predicts it
+    again = inherit(teacher, InherConfig(latency=0.35, prune=record.ratio), calib=calib, costs=costs, progress=False)
+    assert torch.equal(run(again, calib[1]), run(student, calib[1]))
+    planned = inhernet.plan(teacher, InherConfig(latency=0.35, prune=record.ratio), calib, costs=costs)
+    assert planned.ranks() == student.inhernet_plan.ranks()
+    assert planned.total_latency_ns == student.inhernet_plan.total_latency_ns
+    # save -> load on a fresh teacher replays the pruning and gives the same outputs, exactly
+    save(student, tmp_path / "hybrid")
+    fresh, _ = _conv_bound_teacher()
+    loaded = load(tmp_path / "hybrid", base=fresh)
+    assert torch.equal(run(loaded, calib[1]), run(student, calib[1]))
+    assert fake_ns(costs, loaded, calib[0]) == student.inhernet_plan.total_latency_ns
+
+
+@pytest.mark.parametrize("share", [0.2, 0.3])
+def test_explicit_prune_meets_a_latency_budget(share):
+    teacher, calib = _conv_bound_teacher()
+    costs = SlowConvCosts()
+    student = inherit(teacher, InherConfig(latency=0.35, prune=share), calib=calib, costs=costs, progress=False)
+    _check_latency_hybrid(teacher, calib, student, costs, 0.35)
+    assert student.inhernet_plan.prune.ratio == share and student.inhernet_plan.config.prune == share
+
+
+def test_full_rank_reproduces_the_pruned_teacher_under_latency():
+    teacher, calib = _conv_bound_teacher()
+    student = inherit(teacher, InherConfig(latency=0.35, prune=0.3, init="svd"), calib=calib, costs=SlowConvCosts(),
+                      progress=False)
+    full = inherit(teacher, InherConfig(rank="full", prune=0.3, init="svd"), calib=calib, progress=False)
+    assert rel_err(run(full, calib[1]), run(prune(teacher, calib[0], 0.3), calib[1])) < 1e-4
+    # the same channels whatever the budget's currency
+    assert student.inhernet_plan.prune.spec == full.inhernet_plan.prune.spec
+
+
+def test_auto_widens_its_grid_when_no_share_reaches_the_latency_budget():
+    teacher, calib = _conv_bound_teacher()
+    costs = SlowConvCosts()
+    student = inherit(teacher, InherConfig(latency=0.16, prune="auto"), calib=calib, costs=costs, progress=False)
+    _check_latency_hybrid(teacher, calib, student, costs, 0.16)
+    record = student.inhernet_plan.prune
+    assert set(record.scores) == {f"{g:g}" for g in (*AUTO_GRID, *LATENCY_GRID)}
+    assert all(record.scores[f"{g:g}"] is None for g in AUTO_GRID)  # 0.5 reaches 17.8% at best
+    assert record.ratio == 0.6 and record.scores["0.7"] is None  # 0.7 alone is under 16%
+    # a budget that no grid reaches: not even a share of the widened grid can
+    with pytest.raises(ValueError, match=r"latency=0.1 is reached by no share of prune='auto' \(0, 0\.1, .*0\.7\)"):
+        inherit(teacher, InherConfig(latency=0.1, prune="auto"), calib=calib, costs=costs, progress=False)
+    # a parameter budget never widens the grid
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        params = inherit(teacher, InherConfig(budget=0.6, prune="auto"), calib=calib, progress=False)
+    assert set(params.inhernet_plan.prune.scores) == {f"{g:g}" for g in AUTO_GRID}
+
+
+def test_latency_prune_errors_name_the_problem():
+    teacher, calib = _conv_bound_teacher()
+    costs = SlowConvCosts()
+    with pytest.raises(ValueError, match=r"prune=0.7 leaves a model that measures [\d,]+ ns, already under the latency"):
+        inherit(teacher, InherConfig(latency=0.4, prune=0.7), calib=calib, costs=costs, progress=False)
+    with pytest.raises(ValueError, match=r"after prune=0.1 .*unreachable"):
+        inherit(teacher, InherConfig(latency=0.2, prune=0.1), calib=calib, costs=costs, progress=False)
+    with pytest.raises(TypeError, match="costs must have dense"):
+        inherit(teacher, InherConfig(latency=0.4, prune=0.3), calib=calib, costs=LayersOnlyCosts(), progress=False)
+    assert InherConfig(latency=0.5, prune="auto").prune == "auto"
+
+
+def test_auto_skips_an_unreachable_share_before_its_spectra(monkeypatch):
+    """A share that cannot reach the latency budget (or is under it alone) costs a profile, not a calibration
+    pass and an SVD per layer: only the shares that reach it are decomposed."""
+    import inhernet.surgery as surgery
+
+    decomposed = []
+    real = surgery.decompose
+
+    def counting(model, *args, **kwargs):
+        decomposed.append(model)
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(surgery, "decompose", counting)
+    teacher, calib = _conv_bound_teacher()
+    student = inherit(teacher, InherConfig(latency=0.35, prune="auto"), calib=calib, costs=SlowConvCosts(), progress=False)
+    scores = student.inhernet_plan.prune.scores
+    assert len(decomposed) == sum(v is not None for v in scores.values()) == 3  # 0.2, 0.3, 0.4
+
+
+def test_a_pruned_bert_meets_its_latency_budget_and_round_trips(tmp_path):
+    """Heads and widths pruned, then ranks cut (embeddings included) in the fake table's nanoseconds."""
+    teacher, batch = bert_tiny()
+    costs = FakeCosts()
+    student = inherit(teacher, InherConfig(latency=0.4, prune=0.3), calib=[batch], costs=costs, progress=False)
+    _check_latency_hybrid(teacher, [batch], student, costs, 0.4)
+    assert student.bert.embeddings.word_embeddings.embedding_dim < teacher.config.hidden_size
+    heads = student.bert.encoder.layer[0].attention.self.num_attention_heads
+    assert 1 <= heads < teacher.config.num_attention_heads
+    save(student, tmp_path)
+    loaded = load(tmp_path, base=bert_tiny()[0])
+    assert torch.equal(run(loaded, batch), run(student, batch))
+    assert fake_ns(costs, loaded, batch) == student.inhernet_plan.total_latency_ns

@@ -180,3 +180,22 @@ def test_defaults_per_device(latency_script) -> None:
     assert latency_script.default_out(gpu).name == "latency-mnist-cnn-latency0.5-cuda.md"
     assert "synchronised" in latency_script.how(gpu) and "onnxruntime" not in latency_script.how(gpu)
     assert "torch.compile" in latency_script.how(gpu) and "set_num_threads" in latency_script.how(cpu)
+
+
+def test_prune_option_names_the_hybrid(latency_script, tmp_path, capsys) -> None:
+    """--prune auto|FRACTION: the InherNet rows are the hybrid, named so, written beside the plain table."""
+    args = latency_script.parse_args(["--latency", "0.5", "--prune", "auto"])
+    assert args.prune == "auto" and args.match == "latency" and args.budget == 0.5
+    labels = latency_script.model_labels(args)
+    assert labels["inhernet-compact"] == "InherNet+prune auto compact" and labels["teacher"] == "teacher"
+    assert latency_script.default_out(args).name == "latency-mnist-cnn-latency0.5-pruneauto.md"
+    share = latency_script.parse_args(["--latency", "0.5", "--prune", "0.3"])
+    assert share.prune == 0.3 and latency_script.model_labels(share)["inhernet"] == "InherNet+prune 0.3 (training form)"
+    assert latency_script.model_labels(latency_script.parse_args([])) == latency_script.MODELS
+    for bad, message in (("half", "neither 'auto' nor a number"), ("1.5", "not a share in")):
+        with pytest.raises(SystemExit):
+            latency_script.parse_args(["--prune", bad])
+        assert message in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        latency_script.parse_args(["--prune", "auto", "--accuracy-from", str(tmp_path / "x.json")])
+    assert "drop it with --prune" in capsys.readouterr().err

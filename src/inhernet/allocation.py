@@ -34,7 +34,9 @@ from .spectra import LatencyProfile, MacProfile
 #: what prices the layers outside parameters: MACs or measured time on the example input
 Profile = MacProfile | LatencyProfile
 
-__all__ = ["BUDGET_TOLERANCE", "Allocation", "Profile", "allocate_ranks", "dense_reason", "layer_cost"]
+__all__ = [
+    "BUDGET_TOLERANCE", "Allocation", "Profile", "allocate_ranks", "check_reachable", "dense_reason", "layer_cost",
+]
 
 # A plan under a budget (parameters, MACs or measured time) lands at or below it and within 2% of it.
 BUDGET_TOLERANCE = 0.98
@@ -101,8 +103,9 @@ def allocate_ranks(
         return Allocation(ranks_for_energy(layers, config.energy, config.min_rank, config.min_rank_ratio))
     if isinstance(profile, LatencyProfile):
         assert config.latency is not None
-        target = _target(config.latency, profile.total, LATENCY)
-        ranks = _fill(layers, target, profile.total, LATENCY, config, fixed=profile.fixed())
+        # a fraction of the teacher's time (the original teacher's, for a pruned model: profile.base)
+        target = _target(config.latency, profile.reference, LATENCY)
+        ranks = _fill(layers, target, profile.reference, LATENCY, config, fixed=profile.fixed())
         return Allocation(ranks, target_latency_ns=target)
     if profile is not None:
         assert config.macs is not None
@@ -156,6 +159,17 @@ def _fill(
     ``fixed``: what the rest of the model costs (default: ``teacher_total`` minus the layers' dense
     costs, exact for counted currencies; a measured one passes its own, never negative).
     """
+    fixed, floor_ratio = _reachable(layers, target, teacher_total, currency, config, fixed)
+    at_least = math.ceil(BUDGET_TOLERANCE * target) - fixed  # the promise: within 2% of the target
+    return allocate(layers, target - fixed, config.allocation, config.min_rank, floor_ratio, at_least)
+
+
+def _reachable(
+    layers: list[LayerCost], target: int, teacher_total: int, currency: _Currency, config: InherConfig,
+    fixed: int | None = None,
+) -> tuple[int, float]:
+    """The fixed rest's cost and the rank floor :func:`_fill` allocates with, or the error of a ``target``
+    below the smallest total these layers can reach (see :func:`_fill` for ``fixed``)."""
     if fixed is None:
         fixed = teacher_total - sum(layer.cost(None) for layer in layers)
     floor_ratio = _reachable_floor(layers, target - fixed, config)
@@ -168,8 +182,27 @@ def _fill(
             f"and these include/exclude patterns; raise the {currency.budget}, lower experts or factorise "
             "more layers"
         )
-    at_least = math.ceil(BUDGET_TOLERANCE * target) - fixed  # the promise: within 2% of the target
-    return allocate(layers, target - fixed, config.allocation, config.min_rank, floor_ratio, at_least)
+    return fixed, floor_ratio
+
+
+def check_reachable(config: InherConfig, layers: list[LayerCost], profile: Profile | None) -> None:
+    """Raise the allocation's own error when a MAC or latency budget is out of reach of ``layers``
+    (priced by ``profile``; their spectra are not needed), before the calibration pass and the SVDs that
+    the allocation itself needs: ``prune="auto"`` skips such a share at the price of one profile."""
+    if config.rank is not None or config.energy is not None:
+        return
+    if isinstance(profile, LatencyProfile):
+        assert config.latency is not None
+        target = _target(config.latency, profile.reference, LATENCY)
+        total, currency, fixed = profile.reference, LATENCY, profile.fixed()
+    elif isinstance(profile, MacProfile):
+        assert config.macs is not None
+        target, total, currency, fixed = _target(config.macs, profile.total, MACS), profile.total, MACS, None
+    else:
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a lowered family floor is announced by the allocation itself
+        _reachable(layers, target, total, currency, config, fixed)
 
 
 def _reachable_floor(layers: list[LayerCost], room: int, config: InherConfig) -> float:

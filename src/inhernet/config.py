@@ -121,12 +121,17 @@ class InherConfig:
             share in [0, 1) of the teacher's channels that Torch-Pruning removes (global L2 ranking,
             layer by layer for transformers; whole heads for BERT-style attention; the output layer
             kept), after which the rank allocator spends the rest of the *same* budget — ``budget=`` /
-            ``macs=`` stay relative to the original teacher — on the pruned model's layers.
+            ``macs=`` / ``latency=`` stay relative to the original teacher (its parameters, MACs or
+            measured time) — on the pruned model's layers (under ``latency=`` priced by the same cost
+            table, the pruned model's fixed rest measured whole).
             ``"auto"``: choose the share from :data:`inhernet.pruning.AUTO_GRID` (0 to 0.5) by the
             zero-shot loss (KL to the teacher's logits) of each candidate student on the calibration
-            batches; the plan records the choice and the scores. ``None`` (the default): no pruning.
-            Needs ``calib`` (Torch-Pruning traces the model on its first batch); not for causal LMs,
-            latency budgets or per-group ``budgets``.
+            batches; a share that cannot meet the budget is skipped (score ``None``, the reason in the
+            record's ``skipped``); under ``latency=`` the shares of :data:`inhernet.pruning.LATENCY_GRID`
+            (0.6, 0.7) are tried too when none of the grid's reaches the budget. The plan records the
+            choice and the scores. ``None`` (the default): no pruning.
+            Needs ``calib`` (Torch-Pruning traces the model on its first batch); not for causal LMs or
+            per-group ``budgets``.
 
     numpy integers are accepted wherever an ``int`` is (and numpy floats where a ``float`` is); they
     are stored as Python numbers, so :meth:`to_dict` stays JSON-serialisable.
@@ -228,15 +233,15 @@ class InherConfig:
             )
         if p != "auto":
             self.prune = float(p)
-        if self.latency is not None or self.budgets:
+        if self.budgets:
             raise ValueError(
-                "prune= works with budget= or macs= (or a rank/energy rule), not with "
-                f"{'latency=' if self.latency is not None else 'budgets='}: drop prune= or use budget=/macs="
+                "prune= works with budget=, macs= or latency= (or a rank/energy rule), not with budgets=: drop "
+                "prune= or use budget="
             )
-        if p == "auto" and self.budget is None and self.macs is None:
+        if p == "auto" and self.budget is None and self.macs is None and self.latency is None:
             raise ValueError(
-                "prune='auto' compares students at one budget: give budget= or macs= (or a fixed prune=0.3 "
-                f"with {chosen[0]}=)"
+                "prune='auto' compares students at one budget: give budget=, macs= or latency= (or a fixed "
+                f"prune=0.3 with {chosen[0]}=)"
             )
 
     def _check_budget(self) -> None:

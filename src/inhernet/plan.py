@@ -15,7 +15,16 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from .allocation import BUDGET_TOLERANCE, Profile, allocate_ranks, dense_reason, layer_cost, warn_if_under
+from .allocation import (
+    BUDGET_TOLERANCE,
+    Profile,
+    allocate_ranks,
+    check_reachable,
+    dense_reason,
+    layer_cost,
+    warn_if_under,
+)
+from .budget import LayerCost
 from .calibration import peek_example
 from .config import InherConfig
 from .discovery import Candidate, Unsupported, find_layers
@@ -72,8 +81,9 @@ class Plan:
     the cost table, see :class:`inhernet.spectra.LatencyProfile`).
 
     With ``InherConfig(prune=...)``, ``prune`` records the pruning step (:class:`inhernet.pruning.PruneRecord`);
-    the layers are those of the pruned model, while ``teacher_params`` / ``teacher_macs`` stay the
-    original teacher's, which the budget and :attr:`ratio` refer to.
+    the layers are those of the pruned model, while ``teacher_params`` / ``teacher_macs`` /
+    ``teacher_latency_ns`` stay the original teacher's, which the budget and :attr:`ratio` refer to (the
+    predicted ``total_latency_ns`` is the pruned model's: its measured fixed rest plus its layers' prices).
     """
 
     config: InherConfig
@@ -97,6 +107,16 @@ class Plan:
     @property
     def ratio(self) -> float:
         return self.total_params / self.teacher_params
+
+    @property
+    def in_window(self) -> bool:
+        """Whether a budgeted plan lands within 2% under its target (parameters, MACs or predicted
+        latency); always ``True`` without a target (a rank or energy rule)."""
+        for total, target in ((self.total_latency_ns, self.target_latency_ns), (self.total_macs, self.target_macs),
+                              (self.total_params, self.target_params)):
+            if target is not None and total is not None:
+                return total >= BUDGET_TOLERANCE * target
+        return True
 
     @property
     def factorised(self) -> list[LayerPlan]:
@@ -178,7 +198,7 @@ def make_plan(
         raise ValueError("latency= needs calib: its first batch is the example input")
     if config.macs is None and config.latency is None:
         profile = None
-    open_layers = [layer_cost(c, h, spectra.get(c.name), profile) for c in candidates if c.reason is None]
+    open_layers = open_costs(candidates, config, profile, spectra)
     if not open_layers:
         found = ", ".join(sorted({type(c.module).__name__ for c in candidates})) or "none"
         raise ValueError(
@@ -208,7 +228,7 @@ def make_plan(
     order = {name: i for i, (name, _) in enumerate(model.named_modules())}
     result = Plan(config, teacher_params, allocation.target_params, sorted(rows, key=lambda r: order.get(r.name, -1)))
     if isinstance(profile, LatencyProfile):
-        result.teacher_latency_ns, result.target_latency_ns = profile.total, allocation.target_latency_ns
+        result.teacher_latency_ns, result.target_latency_ns = profile.reference, allocation.target_latency_ns
         result.total_latency_ns = profile.fixed() + sum(layer.cost(ranks[layer.name]) for layer in open_layers)
         warn_if_under(result.total_latency_ns, result.target_latency_ns, "latency")
     elif profile is not None:
@@ -222,6 +242,16 @@ def make_plan(
     return result
 
 
+def open_costs(
+    candidates: list[Candidate], config: InherConfig, profile: Profile | None,
+    spectra: dict[str, torch.Tensor] | None = None,
+) -> list[LayerCost]:
+    """The allocator's view (:func:`~inhernet.allocation.layer_cost`) of each open candidate, priced by
+    ``profile`` under a MAC or latency budget, with its energies from ``spectra`` where known."""
+    spectra = spectra or {}
+    return [layer_cost(c, config.experts, spectra.get(c.name), profile) for c in candidates if c.reason is None]
+
+
 def with_prune(plan: Plan, config: InherConfig, record: PruneRecord) -> Plan:
     """``plan`` (of the pruned model) as the plan of the whole hybrid: the user's ``config`` (with its
     ``prune``), the pruning ``record``, and the original teacher's totals the budget refers to."""
@@ -233,14 +263,16 @@ def with_prune(plan: Plan, config: InherConfig, record: PruneRecord) -> Plan:
 
 def measure(
     model: nn.Module, config: InherConfig, candidates: list[Candidate], calib: Iterable[Any] | None,
-    costs: LatencyCosts | None = None,
+    costs: LatencyCosts | None = None, latency_base: int | None = None,
 ) -> tuple[Profile | None, Iterable[Any] | None]:
     """The profile a MAC or latency budget prices the layers by (``None`` for the others), and ``calib``
-    to iterate in full afterwards."""
+    to iterate in full afterwards. ``latency_base``: the time a ``latency=`` fraction is taken of, when
+    ``model`` is a pruned copy of the teacher (the teacher's measured time; see
+    :attr:`inhernet.spectra.LatencyProfile.base`)."""
     if config.macs is not None:
         return profile_macs(model, candidates, calib)
     if config.latency is not None:
-        return profile_latency(model, candidates, calib, costs)
+        return profile_latency(model, candidates, calib, costs, latency_base)
     return None, calib
 
 
@@ -267,12 +299,21 @@ def plan(
                 "prune='auto' chooses the share of channels by building and scoring each candidate student: "
                 "call inherit() (its plan is student.inhernet_plan), or give plan() a share, e.g. prune=0.3"
             )
-        pruned, record = prune_for(config, model, example, config.prune)
+        pruned, record = prune_for(config, model, example, config.prune, costs)
         inner = inner_config(config, record)
         with after_pruning(record):
-            inner_plan = plan(pruned, inner, calib, costs=costs)
+            inner_plan = _plan(pruned, inner, example, calib, costs, record.teacher_latency_ns)
         return with_prune(inner_plan, config, record)
+    return _plan(model, config, example, calib, costs)
+
+
+def _plan(
+    model: nn.Module, config: InherConfig, example: Any, calib: Iterable[Any] | None, costs: LatencyCosts | None,
+    latency_base: int | None = None,
+) -> Plan:
+    """:func:`plan` without pruning, ``config`` resolved (``latency_base``: see :func:`measure`)."""
     candidates, others = find_layers(model, config, example)
-    profile, calib = measure(model, config, candidates, calib, costs)
+    profile, calib = measure(model, config, candidates, calib, costs, latency_base)
+    check_reachable(config, open_costs(candidates, config, profile), profile)  # before the spectra
     spectra = layer_spectra(model, candidates, config, calib) if allocation_needs_spectra(config) else {}
     return make_plan(model, config, candidates, others, spectra, profile)

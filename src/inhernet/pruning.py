@@ -14,11 +14,17 @@ The hybrid is one allocator with two moves, priced in one currency and judged by
   finds least important (layer by layer for transformers, as ``prune-kd``): the per-layer channel
   choice is Torch-Pruning's;
 * ranks: the existing allocator (:mod:`inhernet.allocation`) then spends what is left of the budget —
-  always relative to the *original* teacher's parameters or MACs — on the pruned model's layers: the
-  per-layer rank choice is the allocator's;
+  always relative to the *original* teacher's parameters, MACs or measured time — on the pruned model's
+  layers: the per-layer rank choice is the allocator's. Under a latency budget the pruned model's
+  layers are priced by the same cost table as the teacher's (new shapes timed once and cached), and its
+  fixed rest (what no rank changes) is measured whole, as the teacher's is;
 * ``prune="auto"`` chooses the split: for each share of :data:`AUTO_GRID` the inherited student is
   built at the same budget and scored zero-shot on the calibration batches (:func:`zero_shot_loss`,
-  never on a test split); the lowest loss wins, and the plan records the choice and every score.
+  never on a test split); the lowest loss wins (among the candidates within 2% of the budget, if any
+  is), and the plan records the choice, every score and why each skipped share was skipped (pruned
+  under the budget alone, or unable to reach it at its smallest ranks: found from the layers' prices,
+  before any spectrum is computed). Under a latency budget that no share of the grid reaches,
+  :data:`LATENCY_GRID` is tried next.
 
 Saving without pickle: :func:`pruned_spec` diffs the module attributes (``out_channels``,
 ``num_features``, ``normalized_shape``, ``num_attention_heads``...) and tensor shapes before and after
@@ -37,7 +43,7 @@ import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -46,9 +52,13 @@ from .batches import forward_batch, logits_of, move_batch
 from .calibration import example_positions
 from .config import InherConfig
 from .families import model_family
+from .spectra import latency_table, measured_ns
+
+if TYPE_CHECKING:
+    from .deploy.costs import LatencyCosts
 
 __all__ = [
-    "AUTO_GRID", "IMPORTANCES", "PruneRecord", "after_pruning", "apply_spec", "attention_heads", "check_prunable", "inner_config",
+    "AUTO_GRID", "IMPORTANCES", "LATENCY_GRID", "PruneRecord", "after_pruning", "apply_spec", "attention_heads", "check_prunable", "inner_config",
     "output_layers", "prune", "prune_for", "pruned_spec", "require_example", "teacher_outputs", "zero_shot_loss",
 ]
 
@@ -58,6 +68,11 @@ IMPORTANCES = ("l2", "taylor")
 
 #: the shares of channels ``prune="auto"`` tries (0: plain inheritance, always a candidate)
 AUTO_GRID = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
+
+#: the shares ``prune="auto"`` tries next under a latency budget, only when no share of
+#: :data:`AUTO_GRID` can reach it: a layer that is slower factorised at every rank (mnist-cnn's first
+#: conv) can only be made faster by removing its channels, and more of them than a parameter budget needs
+LATENCY_GRID = (0.6, 0.7)
 
 
 def check_prunable(model: nn.Module) -> None:
@@ -308,9 +323,9 @@ def _is_pair(pair: Any) -> bool:
 class PruneRecord:
     """What the pruning step of ``InherConfig(prune=...)`` did: the share of channels removed
     (``ratio``; with ``prune="auto"`` the chosen one and every candidate's zero-shot loss in
-    ``scores``, ``None`` where the budget could not be met), the teacher's and the pruned model's
-    parameters (and MACs on the example input under a MAC budget), and the module changes (``spec``,
-    what :func:`inhernet.load` replays)."""
+    ``scores``, ``None`` where the budget could not be met, and why in ``skipped``), the teacher's and
+    the pruned model's parameters (and MACs on the example input under a MAC budget, measured time on it
+    in ns under a latency budget), and the module changes (``spec``, what :func:`inhernet.load` replays)."""
 
     ratio: float
     importance: str
@@ -320,19 +335,28 @@ class PruneRecord:
     teacher_macs: int | None = None
     macs: int | None = None
     scores: dict[str, float | None] | None = None
+    teacher_latency_ns: int | None = None
+    latency_ns: int | None = None
+    skipped: dict[str, str] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = {
             "ratio": self.ratio, "importance": self.importance, "teacher_params": self.teacher_params,
             "params": self.params, "teacher_macs": self.teacher_macs, "macs": self.macs, "spec": self.spec,
         }
+        if self.teacher_latency_ns is not None:  # only under a latency budget: older records stay as they were
+            d["teacher_latency_ns"], d["latency_ns"] = self.teacher_latency_ns, self.latency_ns
         if self.scores is not None:
             d["scores"] = dict(self.scores)
+        if self.skipped:
+            d["skipped"] = dict(self.skipped)
         return d
 
     def summary(self) -> str:
         text = (f"pruned {self.ratio:.0%} of the channels (Torch-Pruning, {self.importance}): "
                 f"{self.teacher_params:,} -> {self.params:,} parameters")
+        if self.teacher_latency_ns is not None and self.latency_ns is not None:
+            text += f", {self.teacher_latency_ns / 1e6:.3f} -> {self.latency_ns / 1e6:.3f} ms measured"
         if self.scores is not None:
             scores = ", ".join(f"{k}: {'-' if v is None else f'{v:.4g}'}" for k, v in self.scores.items())
             text += f"; chosen by zero-shot loss on the calibration batches ({scores})"
@@ -343,8 +367,16 @@ def _params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def prune_for(config: InherConfig, model: nn.Module, example: Any, ratio: float) -> tuple[nn.Module, PruneRecord]:
-    """``model`` pruned by ``ratio`` for ``config`` (the teacher itself, unpruned, at ratio 0) and its record."""
+def prune_for(
+    config: InherConfig, model: nn.Module, example: Any, ratio: float, costs: LatencyCosts | None = None,
+    teacher_latency_ns: int | None = None,
+) -> tuple[nn.Module, PruneRecord]:
+    """``model`` pruned by ``ratio`` for ``config`` (the teacher itself, unpruned, at ratio 0) and its record.
+
+    Under a latency budget both models are timed whole on ``example`` by the cost table ``costs`` (see
+    :func:`inhernet.spectra.latency_table`); ``teacher_latency_ns``: the teacher's time, measured
+    already (``prune="auto"`` measures it once, so that every candidate is held to the same budget).
+    """
     require_example(example)
     check_prunable(model)
     _logits(model, example)  # a model without logits is refused before Torch-Pruning traces it
@@ -353,6 +385,12 @@ def prune_for(config: InherConfig, model: nn.Module, example: Any, ratio: float)
     if config.macs is not None:
         record.teacher_macs = example_positions(model, {}, example)[0]
         record.macs = example_positions(pruned, {}, example)[0] if ratio > 0 else record.teacher_macs
+    if config.latency is not None:
+        table = latency_table(model, costs)
+        if teacher_latency_ns is None:
+            teacher_latency_ns = measured_ns(table, model, example)
+        record.teacher_latency_ns = teacher_latency_ns
+        record.latency_ns = measured_ns(table, pruned, example) if ratio > 0 else teacher_latency_ns
     return pruned, record
 
 
@@ -365,10 +403,22 @@ def require_example(example: Any) -> None:
 def inner_config(config: InherConfig, record: PruneRecord) -> InherConfig:
     """The config that inherits the pruned model: the same budget, now as an absolute count of the
     *original* teacher's parameters or MACs (so the pruned channels are paid from it), and no pruning.
+    A latency budget stays a fraction: it is taken of the original teacher's measured time, which the
+    pruned model's profile is given (:attr:`inhernet.spectra.LatencyProfile.base`).
 
     Raises:
         ValueError: the pruned model alone is already under the budget (prune less).
     """
+    if config.latency is not None:
+        assert record.teacher_latency_ns is not None and record.latency_ns is not None
+        target = int(config.latency * record.teacher_latency_ns)
+        if record.latency_ns < target:
+            raise ValueError(
+                f"prune={record.ratio:g} leaves a model that measures {record.latency_ns:,} ns, already under the "
+                f"latency budget of {target:,} ns ({config.latency:g} of the teacher's {record.teacher_latency_ns:,}): "
+                "nothing is left to factorise; prune less (or use prune-kd)"
+            )
+        return replace(config, prune=None)
     if config.budget is None and config.macs is None:
         return replace(config, prune=None)  # a rank or energy rule: nothing to convert
     key, amount, whole, have = (

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from .allocation import Profile
+from .allocation import Profile, check_reachable
 from .batches import forward_batch, move_batch
 from .calibration import peek_example
 from .config import InherConfig
@@ -19,9 +19,10 @@ from .decomposition import Factors
 from .discovery import Candidate, Unsupported, find_layers
 from .kinds import LayerKind
 from .layers import configure_gates
-from .plan import Plan, make_plan, measure, with_prune
+from .plan import Plan, make_plan, measure, open_costs, with_prune
 from .pruning import (
     AUTO_GRID,
+    LATENCY_GRID,
     after_pruning,
     inner_config,
     prune_for,
@@ -30,7 +31,14 @@ from .pruning import (
     zero_shot_loss,
 )
 from .sequential import sequential_calibrate
-from .spectra import allocation_needs_spectra, decompose, layer_spectra, reiterable
+from .spectra import (
+    allocation_needs_spectra,
+    decompose,
+    latency_table,
+    layer_spectra,
+    measured_ns,
+    reiterable,
+)
 from .stack import replace_module
 
 if TYPE_CHECKING:
@@ -83,14 +91,15 @@ def inherit(
 
 def _inherit(
     model: nn.Module, config: InherConfig, calib: Iterable[Any] | None, plan: Plan | None, progress: bool,
-    costs: LatencyCosts | None,
+    costs: LatencyCosts | None, latency_base: int | None = None,
 ) -> nn.Module:
-    """``inherit`` without pruning, ``config`` resolved."""
+    """``inherit`` without pruning, ``config`` resolved (``latency_base``: see :func:`inhernet.plan.measure`)."""
     example, calib = peek_example(calib)
     candidates, others = find_layers(model, config, example)
     profile = None
     if plan is None:
-        profile, calib = measure(model, config, candidates, calib, costs)
+        profile, calib = measure(model, config, candidates, calib, costs, latency_base)
+        check_reachable(config, open_costs(candidates, config, profile), profile)  # before the spectra
     if config.init == "whiten" and config.calibration != "one-pass":
         student = _inherit_sequential(model, config, calib, candidates, others, profile, plan, progress)
         return _checked(student, example, model)
@@ -117,7 +126,8 @@ def _inherit_pruned(
     costs: LatencyCosts | None,
 ) -> nn.Module:
     """``inherit`` on the teacher pruned by ``config.prune`` (or by the ratio of ``plan``), at the same budget;
-    with ``prune="auto"`` the best of :data:`~inhernet.pruning.AUTO_GRID` by zero-shot loss on ``calib``."""
+    with ``prune="auto"`` the best of :data:`~inhernet.pruning.AUTO_GRID` by zero-shot loss on ``calib``
+    (under a latency budget that none of them reaches, of :data:`~inhernet.pruning.LATENCY_GRID`)."""
     calib = list(calib) if calib is not None else None  # iterated once per candidate
     example = calib[0] if calib else None
     if plan is not None and plan.prune is not None:  # the plan's structure: the same channels, its ranks
@@ -127,45 +137,62 @@ def _inherit_pruned(
     require_example(example)
     assert calib is not None
     targets = teacher_outputs(model, calib)
+    # Under a latency budget the teacher is timed once: every candidate is held to the same target.
+    teacher_ns = measured_ns(latency_table(model, costs), model, example) if config.latency is not None else None
     scores: dict[str, float | None] = {}
-    best: tuple[float, nn.Module, list[warnings.WarningMessage]] | None = None
+    skipped: dict[str, str] = {}
+    # the lowest zero-shot loss wins, among the candidates within 2% of the budget if there are any
+    best: tuple[tuple[bool, float], nn.Module, list[warnings.WarningMessage]] | None = None
     failures: list[ValueError] = []
-    for share in AUTO_GRID:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            try:
-                student = _inherit_share(model, config, calib, example, share, progress, costs)
-            except ValueError as err:  # this share cannot meet the budget (pruned under it, or unreachable)
-                scores[f"{share:g}"] = None
-                failures.append(err)
-                continue
-        score = zero_shot_loss(student, calib, targets)
-        scores[f"{share:g}"] = score
-        if best is None or score < best[0]:
-            best = (score, student, caught)
+    grids = (AUTO_GRID, LATENCY_GRID) if config.latency is not None else (AUTO_GRID,)
+    for grid in grids:
+        if best is not None:
+            break  # the next grid prunes more, only tried when no smaller share reaches the budget
+        for share in grid:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                try:
+                    student = _inherit_share(model, config, calib, example, share, progress, costs, teacher_ns=teacher_ns)
+                except ValueError as err:  # this share cannot meet the budget (pruned under it, or unreachable)
+                    scores[f"{share:g}"], skipped[f"{share:g}"] = None, str(err)
+                    failures.append(err)
+                    continue
+            score = zero_shot_loss(student, calib, targets)
+            scores[f"{share:g}"] = score
+            key = (not student.inhernet_plan.in_window, score)
+            if best is None or key < best[0]:
+                best = (key, student, caught)
     if best is None:
-        raise failures[0]  # not even plain inheritance (share 0) meets the budget: its own error says why
+        if config.latency is None:
+            raise failures[0]  # not even plain inheritance (share 0) meets the budget: its own error says why
+        raise ValueError(
+            f"latency={config.latency:g} is reached by no share of prune='auto' ({', '.join(skipped)}): "
+            + "; ".join(f"{share}: {why}" for share, why in skipped.items())
+            + ". Raise latency=, or exclude fewer layers"
+        ) from failures[0]
     _, student, caught = best
     for w in caught:  # only the chosen candidate's warnings (e.g. a plan more than 2% under its budget)
         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     student.inhernet_plan.prune.scores = scores
+    student.inhernet_plan.prune.skipped = skipped
     return student
 
 
 def _inherit_share(
     model: nn.Module, config: InherConfig, calib: list[Any] | None, example: Any, share: float, progress: bool,
-    costs: LatencyCosts | None, plan: Plan | None = None,
+    costs: LatencyCosts | None, plan: Plan | None = None, teacher_ns: int | None = None,
 ) -> nn.Module:
     """The teacher pruned by ``share`` of its channels, then inherited at what is left of the budget (or
-    with the ranks of ``plan``, a plan of the same pruning)."""
-    pruned, record = prune_for(config, model, example, share)
+    with the ranks of ``plan``, a plan of the same pruning); ``teacher_ns``: the teacher's measured
+    time under a latency budget, when known (see :func:`~inhernet.pruning.prune_for`)."""
+    pruned, record = prune_for(config, model, example, share, costs, teacher_ns)
     if plan is None:
         inner, inner_plan = inner_config(config, record), None
     else:  # the plan's ranks, no allocation: the budget is not spent again
         inner = replace(config, prune=None)
         inner_plan = replace(plan, config=inner, prune=None, teacher_params=record.params)
     with after_pruning(record):
-        student = _inherit(pruned, inner, calib, inner_plan, progress, costs)
+        student = _inherit(pruned, inner, calib, inner_plan, progress, costs, record.teacher_latency_ns)
     if config.prune is None:  # a pruned plan given with a config of its own: say what was done
         config = replace(config, prune=share)
     student.inhernet_plan = with_prune(student.inhernet_plan, config, record)
