@@ -32,7 +32,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--lr", type=float, default=2e-4)
-    parser.add_argument("--methods", default="inhernet,kd-student,layerdrop-kd,svd-kd")
+    parser.add_argument("--methods", default="inhernet,kd-student,layerdrop-kd,prune-kd,svd-kd")
     parser.add_argument("--curve-examples", type=int, default=8, help="test blocks per curve point")
     parser.add_argument("--calib-blocks", type=int, default=32,
                         help="calibration blocks of 128 tokens (the preset allows up to 512; each costs forward passes)")
