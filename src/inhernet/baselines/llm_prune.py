@@ -15,10 +15,15 @@ Channels are ranked by ``importance``, the same criteria as Torch-Pruning's (:da
 * ``"taylor"``: first-order Taylor, ``sum |w * dL/dw|`` over the group, with ``L`` the cross-entropy of
   the model against its own predictions on the example batch.
 
+Magnitude ignores how large each channel's inputs are (the RMSNorm gains, outlier features): on
+SmolLM2-135M pruned to 80% of its parameters (a third of every FFN), zero-shot perplexity on 1k held-out
+BBC tokens is ~400,000 with ``"l2"`` and 133 with ``"taylor"`` (the teacher: 45); prefer ``"taylor"``.
+
 ``global_pruning=False`` (the default, as LLM-Pruner and :func:`inhernet.pruning.prune` for transformers)
 removes the same number of channels from every layer; ``True`` ranks all channels together, each
-layer's scores divided by their mean (layers differ in scale), so layers lose different shares. No layer
-loses more than ``max_ratio`` of its channels.
+layer's scores divided by their mean (layers differ in scale), so layers lose different shares (Taylor,
+same model and size: perplexity 113 against 133 uniformly, the last layer cut hardest). No layer loses
+more than ``max_ratio`` of its channels.
 
 A uniformly pruned model has ``config.intermediate_size`` set to its new width (a ``transformers``
 ``save_pretrained`` / ``from_pretrained`` round trip rebuilds it); after global pruning the widths differ
