@@ -74,6 +74,9 @@ def test_the_least_important_channels_go_first(importance):
     scores = channel_importance(teacher, ids, importance)
     assert all(float(s[:8].max()) == 0 < float(s[8:].min()) for s in scores)
     assert all(p.grad is None for p in teacher.parameters())
+    frozen = teacher.requires_grad_(False)  # a frozen teacher is scored alike and stays frozen
+    assert all(torch.equal(a, b) for a, b in zip(channel_importance(frozen, ids, importance), scores, strict=True))
+    assert not any(p.requires_grad for p in frozen.parameters()) and frozen.training is False
     student = prune_llm(teacher, ids, 8 / WIDTH, importance=importance)
     for (_, got), (_, want) in zip(gated_mlps(student), gated_mlps(teacher), strict=True):
         assert torch.equal(got.up_proj.weight, want.up_proj.weight[8:])

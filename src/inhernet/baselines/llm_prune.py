@@ -91,8 +91,11 @@ def channel_importance(model: nn.Module, example: Any = None, importance: str = 
         raise ValueError("importance='taylor' needs an example batch: the gradients are taken on it")
     weights = [lin.weight for g in groups for lin in g]
     modes = {m: m.training for m in model.modules()}
+    flags = [w.requires_grad for w in weights]
     model.eval()
     try:
+        for w in weights:
+            w.requires_grad_(True)  # a frozen teacher too; its flags are restored below
         with torch.enable_grad():
             logits = logits_of(forward_batch(model, example))
             flat = logits.reshape(-1, logits.shape[-1])
@@ -101,6 +104,8 @@ def channel_importance(model: nn.Module, example: Any = None, importance: str = 
     finally:
         for m, training in modes.items():
             m.training = training
+        for w, flag in zip(weights, flags, strict=True):
+            w.requires_grad_(flag)
     return [_group_sum(g, lambda w: (w.detach() * grads[id(w)]).double().abs()) for g in groups]
 
 
