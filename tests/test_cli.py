@@ -161,7 +161,7 @@ def test_tracebacks_reach_the_terminal():
         (["bench", "--match", "latency", "--budget", "2"], "fraction in (0, 1] of the teacher's measured latency"),
         (["bench", "--tune-lr", "--lr-grid", "1e-3,x"], "--lr-grid"),
         (["bench", "--tune-lr", "--lr-grid", "1e-3,3e-3"], "lr_grid"),
-        (["bench", "--preset", "smollm2-bbc", "--methods", "inhernet,prune-kd"], "leaves out 'prune-kd'"),
+        (["bench", "--preset", "smollm2-bbc", "--methods", "inhernet,inhernet-prune"], "leaves out 'inhernet-prune'"),
     ],
 )
 def test_bad_arguments_fail_with_one_clear_line(args, message):

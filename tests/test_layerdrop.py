@@ -7,6 +7,7 @@ import torch
 
 from inhernet import InherConfig, inherit
 from inhernet.baselines import MethodContext, build_student, drop_layers, layer_stack, spread_layers
+from inhernet.baselines.layerdrop import block_influence, most_important
 from tiny_models import bert_small, bert_tiny, llama_tiny, mlp, n_params
 
 
@@ -56,3 +57,96 @@ def test_errors_name_the_problem():
     teacher, _ = bert_tiny()
     with pytest.raises(ValueError, match="outside"):
         drop_layers(teacher, [5])
+
+
+# -- choosing the blocks by importance (Block Influence) -------------------------------------------------
+def _identity_llama(block: int):
+    """llama_tiny with block ``block`` an identity: its attention and MLP add nothing to the residual stream."""
+    teacher, ids = llama_tiny()
+    layer = teacher.model.layers[block]
+    with torch.no_grad():
+        layer.self_attn.o_proj.weight.zero_()
+        layer.mlp.down_proj.weight.zero_()
+    return teacher, ids
+
+
+def _identity_bert(block: int):
+    """bert_small with block ``block`` an identity: its two residual branches add zero, and the post-LayerNorm
+    of an already normalised hidden state (unit gain, zero bias) gives it back."""
+    teacher, batch = bert_small()
+    layer = teacher.bert.encoder.layer[block]
+    with torch.no_grad():
+        for dense in (layer.attention.output.dense, layer.output.dense):
+            dense.weight.zero_()
+            dense.bias.zero_()
+    return teacher, batch
+
+
+def test_an_identity_block_has_no_influence_and_is_dropped_first():
+    teacher, ids = _identity_llama(2)
+    scores = block_influence(teacher, [ids, ids[:1]])
+    assert len(scores) == 4 and scores[2] < 1e-6 < min(s for i, s in enumerate(scores) if i != 2)
+    student = drop_layers(teacher, 3, by="importance", calib=[ids])
+    _, stack = layer_stack(student)
+    assert len(stack) == 3 and student.config.num_hidden_layers == 3
+    for new, old in zip(range(3), (0, 1, 3), strict=True):
+        assert stack[new].mlp.down_proj.weight.equal(teacher.model.layers[old].mlp.down_proj.weight)
+    # the dropped block did nothing: the student computes what the teacher computes
+    torch.testing.assert_close(student(ids).logits, teacher(ids).logits, rtol=1e-5, atol=1e-5)
+    assert [layer.self_attn.layer_idx for layer in stack] == [0, 1, 2]
+
+
+def test_importance_works_on_bert_with_padding():
+    teacher, batch = _identity_bert(1)
+    scores = block_influence(teacher, [batch])
+    assert scores[1] < 1e-4 < min(scores[0], scores[2], scores[3])
+    assert most_important(scores, 3) == [0, 2, 3]
+    # padded positions are left out: changing what sits under the mask changes nothing
+    other = {**batch, "input_ids": batch["input_ids"].clone()}
+    other["input_ids"][1, 6:] = 7
+    assert block_influence(teacher, [other]) == pytest.approx(scores, rel=1e-9, abs=1e-12)
+
+
+def test_layerdrop_kd_keeps_the_most_important_blocks_with_calibration_data():
+    teacher, batch = _identity_bert(2)
+    scores = block_influence(teacher, [batch])
+    for budget in (0.3, 0.75):
+        ctx = MethodContext(teacher, budget, experts=1, calib=[batch], seed=0)
+        ctx.reference = inherit(teacher, InherConfig(budget=budget, experts=1, init="svd"), progress=False)
+        student = build_student("layerdrop-kd", ctx)
+        layers = student.config.num_hidden_layers
+        assert n_params(student) >= n_params(ctx.reference)
+        # the count is the smallest from half of the stack up that reaches the InherNet's size
+        assert layers == 2 or n_params(drop_layers(teacher, layers - 1)) < n_params(ctx.reference)
+        assert layers == (2 if budget == 0.3 else 3)
+        kept = most_important(scores, layers)
+        assert 2 not in kept  # the identity block goes first
+        for new, old in enumerate(kept):
+            assert student.bert.encoder.layer[new].output.dense.weight.equal(
+                teacher.bert.encoder.layer[old].output.dense.weight
+            )
+
+
+def test_most_important_and_keep_counts():
+    assert most_important([0.3, 0.1, 0.3, 0.2], 2) == [0, 2]  # a tie keeps the earlier layer
+    assert most_important([0.3, 0.1, 0.3, 0.2], 1) == [0]
+    teacher, _ = bert_small()
+    assert layer_stack(drop_layers(teacher, 3))[1][1].output.dense.weight.equal(
+        teacher.bert.encoder.layer[2].output.dense.weight  # spread: [0, 2, 3]
+    )
+
+
+def test_importance_errors_name_the_problem():
+    teacher, batch = bert_tiny()
+    with pytest.raises(ValueError, match="needs calib="):
+        drop_layers(teacher, 1, by="importance")
+    with pytest.raises(ValueError, match="by must be one of"):
+        drop_layers(teacher, 1, by="random")
+    with pytest.raises(ValueError, match="keep=<number of layers>"):
+        drop_layers(teacher, [0], by="importance", calib=[batch])
+    with pytest.raises(ValueError, match="no batch"):
+        block_influence(teacher, [])
+    with pytest.raises(ValueError, match="cannot keep 3 of 2"):
+        drop_layers(teacher, 3, by="importance", calib=[batch])
+    with pytest.raises(ValueError, match="cannot keep 0 of 2"):
+        most_important([0.1, 0.2], 0)

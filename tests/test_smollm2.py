@@ -144,7 +144,8 @@ def test_llama_student_takes_the_fewest_layers_that_reach_the_size() -> None:
 def test_preset_is_registered_for_live_teacher_kd() -> None:
     preset = get_preset("smollm2-bbc")
     assert preset.metric == "perplexity" and not preset.cache_teacher
-    assert {"inhernet", "svd-kd", "kd-student", "layerdrop-kd"} <= set(preset.methods)
+    assert {"inhernet", "svd-kd", "kd-student", "layerdrop-kd", "prune-kd"} <= set(preset.methods)
+    assert "prune-kd" not in preset.excluded and "inhernet-prune" in preset.excluded
 
 
 @pytest.mark.assets
@@ -198,5 +199,5 @@ def test_bench_runs_the_presets_methods_on_a_tiny_llama(monkeypatch: pytest.Monk
     assert set(by_name) == set(real.methods)
     reference = by_name["inhernet"]["params"]
     assert reference <= 0.8 * result["teacher"]["params"]
-    assert all(by_name[m]["params"] >= reference for m in ("kd-student", "layerdrop-kd"))
+    assert all(by_name[m]["params"] >= reference for m in ("kd-student", "layerdrop-kd", "prune-kd"))
     assert all(1 < m["metric_mean"] < float("inf") for m in result["methods"])

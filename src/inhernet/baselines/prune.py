@@ -3,7 +3,8 @@
 The Torch-Pruning call itself (:func:`inhernet.pruning.prune`: whole channels and, for BERT-style
 attention, whole heads; the output layer kept; causal LMs refused) is shared with the hybrid
 ``InherConfig(prune=...)``. Here the pruning ratio is found by bisection: the pruned copy is the
-smallest one at least as large as the target (parameters or MACs).
+smallest one at least as large as the target (parameters or MACs). A causal LM is pruned instead by
+:mod:`inhernet.baselines.llm_prune` (its FFN channels only, the tied embeddings untouched).
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from typing import Any
 
 from torch import nn
 
+from ..families import model_family
 from ..pruning import IMPORTANCES, attention_heads, output_layers, prune
+from .llm_prune import prune_llm_to_size
 
 __all__ = ["IMPORTANCES", "attention_heads", "output_layers", "prune", "prune_to_size"]
 
@@ -32,11 +35,14 @@ def prune_to_size(
     """The pruned copy of ``model`` (see :func:`prune`) of the smallest ``size`` that is still >= ``target``.
 
     The pruning ratio is bisected until the size is within ``tolerance`` of ``target`` or ``max_iter``
-    trials have run; channels are whole, so the size moves in steps.
+    trials have run; channels are whole, so the size moves in steps. A causal LM goes to
+    :func:`~inhernet.baselines.llm_prune.prune_llm_to_size` (FFN channels, ``options`` passed on).
 
     Raises:
         ValueError: if ``model`` itself is smaller than ``target``, or it cannot be pruned.
     """
+    if model_family(model) == "causal-lm":
+        return prune_llm_to_size(model, example, target, size, tolerance=tolerance, **options)
     full = size(model)
     if full < target:
         raise ValueError(f"the teacher's size {full:,} is already below the target {target:,}: nothing to prune")

@@ -235,10 +235,9 @@ PRESETS: dict[str, Preset] = {
             _smollm2_data,
             _smollm2_calib,
             _smollm2_student,
-            methods=("inhernet", "kd-student", "layerdrop-kd", "svd-kd"),
+            # prune-kd removes FFN channels only (inhernet.baselines.llm_prune): the tied embeddings stay whole
+            methods=("inhernet", "kd-student", "layerdrop-kd", "prune-kd", "svd-kd"),
             excluded={
-                "prune-kd": "a causal LM ties its output layer to the input embeddings, which pruning the "
-                "hidden width would cut (Torch-Pruning cannot keep the tie)",
                 "inhernet-prune": "it prunes as prune-kd does: a causal LM ties its output layer to the input "
                 "embeddings, which pruning the hidden width would cut",
             },
