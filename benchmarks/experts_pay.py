@@ -46,7 +46,8 @@ from torch.utils.data import DataLoader, Subset
 from inhernet import InherConfig, count_macs, inherit, merge_experts
 from inhernet._atomic import atomic_write
 from inhernet.batches import first_example
-from inhernet.distillation import DistillConfig, distill, precompute_teacher_logits
+from inhernet.bench.runner import teacher_training_set
+from inhernet.distillation import DistillConfig, distill
 from inhernet.evaluate import evaluate
 from inhernet.gates import gate_stats, summarize_gates
 from inhernet.presets.registry import get_preset
@@ -106,8 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     train, test = preset.data(args.batch_size)
     metric = preset.metric
     train_set: Any = Subset(train.dataset, range(min(len(train.dataset), args.steps * args.batch_size)))
-    if preset.cache_teacher:
-        train_set = precompute_teacher_logits(teacher, train_set)
+    train_set = teacher_training_set(preset, teacher, train_set, DistillConfig().temperature)
     example = first_example(calib[0])
     teacher_metric = evaluate(teacher, test, metric)[metric]
     print(f"teacher: {_params(teacher):,} params, {metric} {teacher_metric:.4f}", flush=True)
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             dcfg = DistillConfig(**{
                 "steps": args.steps, "lr": args.lr, "seed": seed, "metric": metric, "val_every": 0,
-                "val_at_start": False, **preset.distill_options, **dist,
+                "val_at_start": False, "teacher_topk": preset.teacher_topk, **preset.distill_options, **dist,
             })
             history = distill(student, teacher, loader, None, dcfg)
             final = evaluate(student, test, metric)[metric]

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from inhernet.baselines import llama_student
+from inhernet.distillation import precompute_teacher_topk
 from inhernet.presets import smollm2
 from inhernet.presets.assets import AssetMissingError
 from inhernet.presets.registry import get_preset
@@ -141,9 +142,10 @@ def test_llama_student_takes_the_fewest_layers_that_reach_the_size() -> None:
         llama_student(config, base + 6 * per_layer + 1)
 
 
-def test_preset_is_registered_for_live_teacher_kd() -> None:
+def test_preset_is_registered_for_top_k_teacher_kd() -> None:
     preset = get_preset("smollm2-bbc")
-    assert preset.metric == "perplexity" and not preset.cache_teacher
+    # no full logits (25 MB per block); the top 128 tokens per position instead of a live teacher
+    assert preset.metric == "perplexity" and not preset.cache_teacher and preset.teacher_topk == 128
     assert {"inhernet", "svd-kd", "kd-student", "layerdrop-kd", "prune-kd"} <= set(preset.methods)
     assert "prune-kd" not in preset.excluded and "inhernet-prune" in preset.excluded
 
@@ -167,7 +169,7 @@ def test_real_assets_are_installed_and_readable() -> None:
 
 
 def test_bench_runs_the_presets_methods_on_a_tiny_llama(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The preset's wiring (live teacher, LM blocks, llama_student, layer dropping) on a stand-in teacher."""
+    """The preset's wiring (top-k teacher cache, LM blocks, llama_student, layer dropping) on a stand-in teacher."""
     from transformers import LlamaForCausalLM
 
     from inhernet.bench import BenchConfig, run_bench
@@ -190,7 +192,11 @@ def test_bench_runs_the_presets_methods_on_a_tiny_llama(monkeypatch: pytest.Monk
         "tiny-llama", "stand-in", real.metric, teacher, data,
         lambda n: [{"input_ids": b, "attention_mask": torch.ones_like(b)} for b in blocks[:8].split(4)],
         lambda p: llama_student(config, p), methods=real.methods, cache_teacher=real.cache_teacher,
+        teacher_topk=8,  # the real 128 is more than the stand-in's vocabulary of 100
     )
+    built = []
+    monkeypatch.setattr("inhernet.bench.runner.precompute_teacher_topk",
+                        lambda *a, **kw: built.append(a[2:]) or precompute_teacher_topk(*a, **kw))
     monkeypatch.setitem(registry.PRESETS, stand_in.name, stand_in)
     result = run_bench(BenchConfig(preset="tiny-llama", budget=0.8, seeds=(0,), steps=2, batch_size=4,
                                    curve_points=1, progress=False), log=lambda _: None)
@@ -201,3 +207,4 @@ def test_bench_runs_the_presets_methods_on_a_tiny_llama(monkeypatch: pytest.Monk
     assert reference <= 0.8 * result["teacher"]["params"]
     assert all(by_name[m]["params"] >= reference for m in ("kd-student", "layerdrop-kd", "prune-kd"))
     assert all(1 < m["metric_mean"] < float("inf") for m in result["methods"])
+    assert built == [(8, 4.0)], "the top-k cache is built once, at the KD temperature, for every method"

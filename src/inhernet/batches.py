@@ -36,6 +36,8 @@ def move_batch(batch: Any, device: torch.device | str) -> Any:
         return batch.to(device)
     if isinstance(batch, Mapping):
         return {k: move_batch(v, device) for k, v in batch.items()}
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # a NamedTuple takes its fields positionally
+        return type(batch)(*(move_batch(v, device) for v in batch))
     if isinstance(batch, (tuple, list)):
         return type(batch)(move_batch(v, device) for v in batch)
     return batch
@@ -66,8 +68,9 @@ def batch_labels(batch: Any) -> torch.Tensor | None:
     return None
 
 
-def batch_teacher_logits(batch: Any) -> torch.Tensor | None:
-    """The teacher's precomputed logits carried by ``batch``, or ``None``."""
+def batch_teacher_logits(batch: Any) -> Any:
+    """The teacher's precomputed logits carried by ``batch`` (a tensor, or a
+    :class:`~inhernet.distillation.TeacherTopK` cache of its top-k tokens), or ``None``."""
     if isinstance(batch, Mapping):
         return batch.get(TEACHER_LOGITS)
     if isinstance(batch, (tuple, list)) and len(batch) > 2:

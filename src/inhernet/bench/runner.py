@@ -28,11 +28,11 @@ from ..baselines.methods import MATCHES, METHODS
 from ..baselines.prune import IMPORTANCES
 from ..batches import first_example
 from ..deploy import count_macs, merge_experts
-from ..distillation import DistillConfig, distill, precompute_teacher_logits
+from ..distillation import DistillConfig, distill, precompute_teacher_logits, precompute_teacher_topk
 from ..dual import DUAL_METRICS
 from ..evaluate import evaluate
 from ..layers import InherBlock
-from ..presets.registry import get_preset
+from ..presets.registry import PRESETS, get_preset
 
 __all__ = ["BenchConfig", "Parts", "flatness", "run_bench", "steps_to_reach"]
 
@@ -131,6 +131,9 @@ class BenchConfig:
             "curve_examples": self.curve_examples, "distill_overrides": dict(self.distill_overrides),
             "prune_importance": self.prune_importance,
         }
+        topk = get_preset(self.preset).teacher_topk if self.preset in PRESETS else None
+        if topk is not None:  # a sparse teacher is another loss; parts of other presets stay valid
+            fp["teacher_topk"] = topk
         if self.full_test:  # only when set: parts written before the option existed stay valid
             fp["full_test"] = True
         if self.tune_lr:
@@ -138,6 +141,14 @@ class BenchConfig:
         else:
             fp["lr"] = self.lr
         return json.loads(json.dumps(fp, default=str))
+
+
+def teacher_training_set(preset: Any, teacher: nn.Module, dataset: Any, temperature: float) -> Any:
+    """``dataset`` carrying what ``preset`` keeps of the teacher: its top-k tokens (``preset.teacher_topk``,
+    at the KD ``temperature``), its logits (``cache_teacher``), or nothing (the teacher runs live)."""
+    if preset.teacher_topk is not None:
+        return precompute_teacher_topk(teacher, dataset, preset.teacher_topk, temperature)
+    return precompute_teacher_logits(teacher, dataset) if preset.cache_teacher else dataset
 
 
 def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -168,7 +179,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
         """The training examples, made on first use (a run assembled from parts trains nothing)."""
         subset = Subset(train.dataset, range(train_n))
         # The data is fixed, so the teacher runs once per example, not once per method, seed and step.
-        return precompute_teacher_logits(teacher, subset) if preset.cache_teacher else subset
+        return teacher_training_set(preset, teacher, subset, cfg.temperature)
 
     metric = preset.metric
     higher = metric != "perplexity"
@@ -304,7 +315,8 @@ def _train_and_score(
         train_set, batch_size=cfg.batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed)
     )
     options = dict(
-        steps=steps, lr=lr, temperature=cfg.temperature, alpha=cfg.alpha, seed=seed, metric=metric,
+        steps=steps, lr=lr, temperature=cfg.temperature, alpha=cfg.alpha, teacher_topk=preset.teacher_topk,
+        seed=seed, metric=metric,
         val_every=max(1, steps // cfg.curve_points), progress=cfg.progress,
     )
     dcfg = DistillConfig(**{**options, **preset.distill_options, **cfg.distill_overrides})
@@ -381,7 +393,8 @@ class _Tuner:
                 generator=torch.Generator().manual_seed(TUNE_SEED),
             )
             options = dict(
-                steps=self.steps, lr=lr, temperature=cfg.temperature, alpha=cfg.alpha, seed=TUNE_SEED,
+                steps=self.steps, lr=lr, temperature=cfg.temperature, alpha=cfg.alpha,
+                teacher_topk=self.preset.teacher_topk, seed=TUNE_SEED,
                 metric=self.metric, val_every=0, val_at_start=False, progress=False,
             )
             distill(model, self.teacher, train, None,

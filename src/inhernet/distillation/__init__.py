@@ -10,21 +10,35 @@ from __future__ import annotations
 from typing import Any
 
 from .config import DistillConfig
-from .data import WithTeacherLogits, precompute_teacher_logits
-from .loss import FeatureCapture, contrastive_kd_loss, feature_loss, kd_loss, match_feature_names
+from .data import WithTeacherLogits, WithTeacherTopK, precompute_teacher_logits, precompute_teacher_topk
+from .loss import (
+    FeatureCapture,
+    TeacherTopK,
+    contrastive_kd_loss,
+    feature_loss,
+    kd_loss,
+    match_feature_names,
+    teacher_topk,
+    topk_kd_loss,
+)
 from .train import distill
 
 __all__ = [
     "DistillConfig",
     "DistillModule",
     "FeatureCapture",
+    "TeacherTopK",
     "WithTeacherLogits",
+    "WithTeacherTopK",
     "contrastive_kd_loss",
     "distill",
     "feature_loss",
     "kd_loss",
     "match_feature_names",
     "precompute_teacher_logits",
+    "precompute_teacher_topk",
+    "teacher_topk",
+    "topk_kd_loss",
 ]
 
 

@@ -56,6 +56,12 @@ class DistillConfig:
         alpha: weight of the KD term; ``1 - alpha`` weighs the cross-entropy with the labels (with
             ``loss="contrastive"``: the student's own InfoNCE loss on the pairs of the batch).
             Batches without labels are trained on the KD term alone.
+        teacher_topk: ``None`` (full-logit KD) or ``k``: KD against the teacher's ``k`` most likely
+            classes (tokens) per position plus one bucket for the rest of its probability
+            (:func:`~inhernet.distillation.topk_kd_loss`). Batches may carry the teacher's top-``k``
+            cache (``precompute_teacher_topk``, at this ``k`` and ``temperature``: a language model's
+            teacher then never runs during training); otherwise it is taken from the teacher's logits,
+            live or precomputed, at each step (the same loss). Needs ``loss="kd"``.
         embed_weight: with ``loss="contrastive"``, weight of the matching of the student's image and
             text embeddings to the teacher's (``embed_loss``: ``"cosine"`` or ``"mse"``); 0 disables it.
         feature_weight: weight of the layer-aligned feature loss (MSE between the outputs of the
@@ -109,6 +115,7 @@ class DistillConfig:
     loss: Literal["kd", "contrastive"] = "kd"
     temperature: float = 4.0
     alpha: float = 0.9
+    teacher_topk: int | None = None
     embed_weight: float = 0.0
     embed_loss: Literal["cosine", "mse"] = "cosine"
     feature_weight: float = 0.0
@@ -177,6 +184,14 @@ class DistillConfig:
             raise bad("temperature", "a positive number")
         if not is_num(self.alpha) or not 0 <= self.alpha <= 1:
             raise bad("alpha", "a number in [0, 1]")
+        if self.teacher_topk is not None:
+            if not is_int(self.teacher_topk) or self.teacher_topk < 1:
+                raise bad("teacher_topk", "None (full-logit KD) or an int >= 1, at most the vocabulary size")
+            if self.loss != "kd":
+                raise ValueError(
+                    f"DistillConfig.teacher_topk={self.teacher_topk} needs loss='kd' (logit KD), got "
+                    f"loss={self.loss!r}; set teacher_topk=None"
+                )
         if not is_num(self.feature_weight) or self.feature_weight < 0:
             raise bad("feature_weight", "a number >= 0")
         if isinstance(self.feature_patterns, str):

@@ -1,5 +1,5 @@
-"""Loader wrappers that make training data order exact under resume and data parallelism, and a data
-set wrapper that carries the teacher's precomputed logits.
+"""Loader wrappers that make training data order exact under resume and data parallelism, and data
+set wrappers that carry the teacher's precomputed logits (all of them, or its top-k tokens).
 
 Lightning's own distributed-sampler injection is turned off (``use_distributed_sampler=False``) and
 replaced by these wrappers, because they add three things Lightning does not give for a plain
@@ -28,12 +28,28 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, IterableDataset, RandomSampler, Sampler, SequentialSampler
+from torch.utils.data import (
+    DataLoader,
+    Dataset,
+    IterableDataset,
+    RandomSampler,
+    Sampler,
+    SequentialSampler,
+    Subset,
+)
 
 from ..batches import TEACHER_LOGITS, forward_batch, logits_of, move_batch
 from ..dual import dual_output, is_dual_output
+from .loss import TeacherTopK, check_topk, teacher_topk
 
-__all__ = ["EvalLoader", "TrainLoader", "WithTeacherLogits", "precompute_teacher_logits"]
+__all__ = [
+    "EvalLoader",
+    "TrainLoader",
+    "WithTeacherLogits",
+    "WithTeacherTopK",
+    "precompute_teacher_logits",
+    "precompute_teacher_topk",
+]
 
 _END = object()
 
@@ -67,12 +83,34 @@ class WithTeacherLogits(Dataset):
     def __len__(self) -> int:
         return len(self.logits)
 
+    def _teacher(self, index: int) -> Any:
+        return self.logits[index]
+
     def __getitem__(self, index: int) -> Any:
         example = self.dataset[index]
         if isinstance(example, Mapping):
-            return {**example, TEACHER_LOGITS: self.logits[index]}
+            return {**example, TEACHER_LOGITS: self._teacher(index)}
         inputs, labels = example[:2]
-        return inputs, labels, self.logits[index]
+        return inputs, labels, self._teacher(index)
+
+
+class WithTeacherTopK(WithTeacherLogits):
+    """``dataset`` whose examples carry the teacher's top-``k`` cache (a :class:`TeacherTopK` of one
+    example) where :class:`WithTeacherLogits` puts the full logits. Built by :func:`precompute_teacher_topk`;
+    train on it with ``DistillConfig(teacher_topk=k, temperature=T)`` at the cache's ``k`` and ``T``.
+    """
+
+    def __init__(self, dataset: Dataset, cache: TeacherTopK, temperature: float) -> None:
+        super().__init__(dataset, cache.logprobs)
+        self.cache, self.k, self.temperature = cache, int(cache.logprobs.shape[-1]), float(temperature)
+
+    def _teacher(self, index: int) -> TeacherTopK:
+        return TeacherTopK(*(field[index] for field in self.cache))
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the cache holds: ``positions * (k * (2 + 4) + 4)`` with float16 log-probabilities."""
+        return sum(field.nbytes for field in self.cache)
 
 
 @torch.no_grad()
@@ -93,6 +131,56 @@ def precompute_teacher_logits(teacher: nn.Module, dataset: Dataset, batch_size: 
     finally:
         teacher.train(was_training)
     return WithTeacherLogits(dataset, torch.cat(logits))
+
+
+@torch.no_grad()
+def precompute_teacher_topk(
+    teacher: nn.Module,
+    dataset: Dataset,
+    k: int,
+    temperature: float,
+    batch_size: int = 8,
+    dtype: torch.dtype = torch.float16,
+) -> WithTeacherTopK:
+    """Run the teacher (eval mode) once over ``dataset`` and keep only its top-``k`` classes (tokens)
+    per example and position, with the log of the rest of its probability at ``temperature``
+    (:func:`inhernet.distillation.teacher_topk`): ``k * 6 + 4`` bytes per position instead of the full
+    logits' ``V * 4`` (SmolLM2: 128 tokens x 49,152 x 4 = 25 MB per example, 97 KiB at ``k = 128``).
+
+    ``batch_size`` examples' full logits exist at a time (8 by default: an LM's logits are large).
+    Train with ``DistillConfig(teacher_topk=k, temperature=temperature)``; ``distill`` checks both.
+    """
+    if temperature <= 0:
+        raise ValueError(f"precompute_teacher_topk: temperature must be positive, got {temperature}")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"precompute_teacher_topk: k must be an int >= 1, got {k!r}")
+    was_training = teacher.training
+    teacher.eval()
+    device = next((p.device for p in teacher.parameters()), torch.device("cpu"))
+    parts: list[TeacherTopK] = []
+    try:
+        for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+            logits = logits_of(forward_batch(teacher, move_batch(batch, device)))
+            check_topk(k, logits.shape[-1], "precompute_teacher_topk: k")
+            parts.append(TeacherTopK(*(f.cpu() for f in teacher_topk(logits, k, temperature, dtype))))
+    finally:
+        teacher.train(was_training)
+    if not parts:
+        raise ValueError("precompute_teacher_topk: the data set is empty")
+    return WithTeacherTopK(dataset, TeacherTopK(*(torch.cat(f) for f in zip(*parts, strict=True))), temperature)
+
+
+def check_topk_cache(loader: Any, k: int | None, temperature: float) -> None:
+    """``ValueError`` unless a top-k cache behind ``loader`` (its ``dataset``) was made at ``k`` and ``temperature``."""
+    cache = getattr(loader, "dataset", None)
+    while isinstance(cache, Subset):
+        cache = cache.dataset
+    if isinstance(cache, WithTeacherTopK) and (cache.k != k or cache.temperature != temperature):
+        raise ValueError(
+            f"distill: the training set carries the teacher's top-{cache.k} tokens at temperature "
+            f"{cache.temperature:g}, but DistillConfig has teacher_topk={k} and temperature={temperature:g}; "
+            f"set DistillConfig(teacher_topk={cache.k}, temperature={cache.temperature:g}) or rebuild the cache"
+        )
 
 
 def _per_example(output: Any) -> torch.Tensor:

@@ -3,9 +3,10 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from fnmatch import fnmatchcase
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -13,7 +14,16 @@ from torch import nn
 
 from ..dual import dual_output
 
-__all__ = ["FeatureCapture", "contrastive_kd_loss", "feature_loss", "kd_loss", "match_feature_names"]
+__all__ = [
+    "FeatureCapture",
+    "TeacherTopK",
+    "contrastive_kd_loss",
+    "feature_loss",
+    "kd_loss",
+    "match_feature_names",
+    "teacher_topk",
+    "topk_kd_loss",
+]
 
 EMBED_LOSSES = ("cosine", "mse")
 
@@ -52,10 +62,7 @@ def kd_loss(
             f"kd_loss: expected logits (N, C) for classification or (N, T, V) for a causal LM, "
             f"got shape {tuple(student_logits.shape)}"
         )
-    if temperature <= 0:
-        raise ValueError(f"kd_loss: temperature must be positive, got {temperature}")
-    if not 0 <= alpha <= 1:
-        raise ValueError(f"kd_loss: alpha must be in [0, 1], got {alpha}")
+    _check_mixing(temperature, alpha, "kd_loss")
     s, t = student_logits.float(), teacher_logits.float()
     if s.dim() == 3 and labels is not None:
         s, t, labels = s[:, :-1], t[:, :-1], labels[:, 1:]
@@ -65,14 +72,30 @@ def kd_loss(
     log_ps = F.log_softmax(s / temperature, dim=-1)
     log_pt = F.log_softmax(t / temperature, dim=-1)
     kl = F.kl_div(log_ps, log_pt, reduction="none", log_target=True).sum(-1)  # per position
+
+    return _mix(kl, s, labels, temperature, alpha, ignore_index, "kd_loss")
+
+
+def _check_mixing(temperature: float, alpha: float, name: str) -> None:
+    if temperature <= 0:
+        raise ValueError(f"{name}: temperature must be positive, got {temperature}")
+    if not 0 <= alpha <= 1:
+        raise ValueError(f"{name}: alpha must be in [0, 1], got {alpha}")
+
+
+def _mix(
+    kl: torch.Tensor, s: torch.Tensor, labels: torch.Tensor | None, temperature: float, alpha: float,
+    ignore_index: int, name: str,
+) -> torch.Tensor:
+    """``kl`` (per position) and the CE of the flat student logits ``s`` (positions, classes) with the
+    (already shifted) labels, masked and averaged as :func:`kd_loss` documents."""
     scale = temperature * temperature
     if labels is None:
         return scale * kl.mean()
-
     labels = labels.reshape(-1)
     if labels.numel() != s.shape[0]:
         raise ValueError(
-            f"kd_loss: {labels.numel()} labels for {s.shape[0]} positions; labels must be (N,) for logits (N, C) "
+            f"{name}: {labels.numel()} labels for {s.shape[0]} positions; labels must be (N,) for logits (N, C) "
             "or (N, T) for logits (N, T, V)"
         )
     valid = labels != ignore_index
@@ -82,6 +105,111 @@ def kd_loss(
         return scale * kl_term
     ce_term = F.cross_entropy(s, labels.long(), ignore_index=ignore_index, reduction="sum") / count
     return (1 - alpha) * ce_term + alpha * scale * kl_term
+
+
+class TeacherTopK(NamedTuple):
+    """The teacher's distribution at temperature ``T`` kept sparsely: its ``k`` most likely classes
+    (tokens) per position and the probability mass of all the others, the "rest" bucket.
+
+    Built by :func:`teacher_topk`; a ``NamedTuple``, so ``DataLoader``'s default collation and
+    Lightning's device transfer batch it field by field (``(N, T, k)``, ``(N, T)`` for an LM).
+    ``k * 6`` bytes per position (float16 + int32) against ``V * 4`` for the full float32 logits.
+    """
+
+    #: ``log_softmax(teacher_logits / T)`` of the kept classes, ``(..., k)``, most likely first (float16 by default)
+    logprobs: torch.Tensor
+    #: their class (token) indices, ``(..., k)``, int32
+    indices: torch.Tensor
+    #: log of the teacher's probability outside the kept classes at ``T``, ``(...)``, float32; ``-inf`` when ``k = V``
+    log_rest: torch.Tensor
+
+
+def check_topk(k: Any, num_classes: int, name: str = "teacher_topk") -> int:
+    """``k`` as an int, or ``ValueError`` unless it is an int in ``[1, num_classes]``."""
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= num_classes:
+        raise ValueError(
+            f"{name} must be an int in [1, {num_classes}] (the number of classes / vocabulary size), got {k!r}"
+        )
+    return int(k)
+
+
+@torch.no_grad()
+def teacher_topk(
+    teacher_logits: torch.Tensor, k: int, temperature: float, dtype: torch.dtype = torch.float16
+) -> TeacherTopK:
+    """The ``k`` largest teacher probabilities at temperature ``T`` per position, and the log of the rest.
+
+    ``logprobs`` are stored in ``dtype``. float16 is accurate enough: its relative spacing is 2**-11, and
+    log-probabilities are small numbers (the ones that carry the mass are near 0, where the spacing is
+    finest), so a kept probability is off by at most ~0.05% (log-probability -1) to ~0.4% (-10, a token
+    of mass < 5e-5); :func:`topk_kd_loss` renormalises the ``k + 1`` buckets, so the rounding never
+    makes the teacher's distribution sum to anything but 1. ``log_rest`` is computed from the full
+    logits (a logsumexp over the other classes, not ``log(1 - sum)``, which cancels when the kept mass
+    is near 1) and stored in float32.
+    """
+    if temperature <= 0:
+        raise ValueError(f"teacher_topk: temperature must be positive, got {temperature}")
+    k = check_topk(k, teacher_logits.shape[-1])
+    log_p = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    values, indices = log_p.topk(k, dim=-1)
+    if k == log_p.shape[-1]:
+        log_rest = torch.full_like(values[..., 0], -math.inf)
+    else:
+        log_rest = log_p.scatter_(-1, indices, -math.inf).logsumexp(-1)
+    return TeacherTopK(values.to(dtype), indices.to(torch.int32), log_rest)
+
+
+def topk_kd_loss(
+    student_logits: torch.Tensor,
+    teacher: TeacherTopK,
+    labels: torch.Tensor | None = None,
+    temperature: float = 4.0,
+    alpha: float = 0.9,
+    ignore_index: int = -100,
+) -> torch.Tensor:
+    """:func:`kd_loss` against the teacher's top-``k`` classes plus a rest bucket (:func:`teacher_topk`).
+
+    Per position, ``KL(p || q)`` over ``k + 1`` buckets: the teacher's ``k`` kept classes and the rest,
+    where ``p`` is the teacher's (renormalised) bucket distribution and ``q`` the student's
+    ``softmax(student / T)`` summed the same way (its rest is a logsumexp over the student's logits
+    outside the kept classes). It is a lower bound of the full KL (merging classes never increases a
+    KL), 0 when the student matches the teacher, close to the full KL when the teacher's rest mass is
+    small, and equal to it when ``k`` is the number of classes. ``temperature`` must be the one the
+    cache was made at. Labels, ``alpha``, masking (``ignore_index``, the LM shift) and averaging are
+    exactly :func:`kd_loss`'s. Computed in float32.
+    """
+    logprobs, indices, log_rest = teacher
+    if student_logits.dim() not in (2, 3):
+        raise ValueError(
+            f"topk_kd_loss: expected logits (N, C) for classification or (N, T, V) for a causal LM, "
+            f"got shape {tuple(student_logits.shape)}"
+        )
+    positions = tuple(student_logits.shape[:-1])
+    if logprobs.shape != indices.shape or tuple(logprobs.shape[:-1]) != positions or tuple(log_rest.shape) != positions:
+        raise ValueError(
+            f"topk_kd_loss: student logits {tuple(student_logits.shape)} and a teacher top-k cache of logprobs "
+            f"{tuple(logprobs.shape)}, indices {tuple(indices.shape)}, log_rest {tuple(log_rest.shape)}; the cache "
+            "must hold (..., k) entries and one rest per student position (same examples, same sequence length)"
+        )
+    check_topk(logprobs.shape[-1], student_logits.shape[-1], "topk_kd_loss: the cache's k")
+    _check_mixing(temperature, alpha, "topk_kd_loss")
+    s = student_logits.float()
+    if s.dim() == 3 and labels is not None:
+        s, logprobs, indices, log_rest = s[:, :-1], logprobs[:, :-1], indices[:, :-1], log_rest[:, :-1]
+        labels = labels[:, 1:]
+    num_classes, k = s.shape[-1], logprobs.shape[-1]
+    s = s.reshape(-1, num_classes)
+    indices = indices.reshape(-1, k).long()
+    log_q = F.log_softmax(s / temperature, dim=-1)
+    # The student's rest: its kept classes pushed to the lowest finite float (not -inf, whose
+    # logsumexp gradient is NaN when every class is kept).
+    q_rest = log_q.scatter(-1, indices, torch.finfo(log_q.dtype).min).logsumexp(-1, keepdim=True)
+    log_q = torch.cat([log_q.gather(-1, indices), q_rest], dim=-1)
+    log_p = F.log_softmax(torch.cat([logprobs.reshape(-1, k).float(), log_rest.reshape(-1, 1).float()], -1), -1)
+    p = log_p.exp()
+    # A bucket the teacher gives no mass (the rest when k = V) adds 0, not 0 * -inf.
+    kl = torch.where(p > 0, p * (log_p - log_q), torch.zeros_like(p)).sum(-1)
+    return _mix(kl, s, labels, temperature, alpha, ignore_index, "topk_kd_loss")
 
 
 def contrastive_kd_loss(

@@ -19,7 +19,16 @@ from ..batches import batch_labels, batch_teacher_logits, forward_batch, logits_
 from ..dual import DUAL_METRICS, DualOutput, dual_metrics, dual_output
 from ..layers import InherBlock
 from .config import DistillConfig
-from .loss import FeatureCapture, contrastive_kd_loss, feature_loss, kd_loss, match_feature_names
+from .loss import (
+    FeatureCapture,
+    TeacherTopK,
+    contrastive_kd_loss,
+    feature_loss,
+    kd_loss,
+    match_feature_names,
+    teacher_topk,
+    topk_kd_loss,
+)
 
 __all__ = ["DistillModule", "lr_lambda"]
 
@@ -177,7 +186,7 @@ class DistillModule(L.LightningModule):
     # -- training ----------------------------------------------------------------------------------
     def _teacher_logits(self, batch: Any) -> torch.Tensor:
         precomputed = batch_teacher_logits(batch)
-        if precomputed is not None:
+        if isinstance(precomputed, torch.Tensor):
             return precomputed
         with torch.no_grad():
             return logits_of(forward_batch(self.teacher, batch)).detach()
@@ -201,11 +210,23 @@ class DistillModule(L.LightningModule):
             )
         else:
             student_logits = logits_of(student_out)
-            teacher_logits = (
-                logits_of(teacher_out).detach() if teacher_out is not None else self._teacher_logits(batch)
-            )
             labels = _lm_labels(batch, student_logits)
-            loss = kd_loss(student_logits, teacher_logits, labels, cfg.temperature, cfg.alpha)
+            if isinstance(precomputed, TeacherTopK) and cfg.teacher_topk != precomputed.logprobs.shape[-1]:
+                raise ValueError(
+                    f"distill: the batches carry the teacher's top-{precomputed.logprobs.shape[-1]} tokens but "
+                    f"DistillConfig.teacher_topk is {cfg.teacher_topk}; set it to {precomputed.logprobs.shape[-1]}"
+                )
+            if isinstance(precomputed, TeacherTopK) and teacher_out is None:
+                loss = topk_kd_loss(student_logits, precomputed, labels, cfg.temperature, cfg.alpha)
+            else:
+                teacher_logits = (
+                    logits_of(teacher_out).detach() if teacher_out is not None else self._teacher_logits(batch)
+                )
+                if cfg.teacher_topk is None:
+                    loss = kd_loss(student_logits, teacher_logits, labels, cfg.temperature, cfg.alpha)
+                else:  # the same sparse loss as from a cache, taken from the full logits
+                    sparse = teacher_topk(teacher_logits, cfg.teacher_topk, cfg.temperature)
+                    loss = topk_kd_loss(student_logits, sparse, labels, cfg.temperature, cfg.alpha)
         if self.feature_names:
             f_loss = feature_loss(s_cap.features, t_cap.features)
             self.log("feature_loss", f_loss.detach(), on_step=True, on_epoch=False, batch_size=1)

@@ -183,7 +183,9 @@ def distill(
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ImportError("distill() runs on PyTorch Lightning: pip install 'inhernet[train]'") from exc
 
-    from .data import EvalLoader, TrainLoader
+    from .data import EvalLoader, TrainLoader, check_topk_cache
+
+    check_topk_cache(train_loader, config.teacher_topk, config.temperature)
     from .module import DistillModule
 
     log_dir = _resolve_log_dir(config)
