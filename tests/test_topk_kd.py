@@ -244,3 +244,28 @@ def test_classifier_with_all_classes_kept_trains_as_full_logit_kd(tmp_path: Path
     assert [v for _, v in b["train_loss"]] == pytest.approx([v for _, v in a["train_loss"]], rel=1e-5)
     for p, q in zip(student.parameters(), other.parameters(), strict=True):
         torch.testing.assert_close(p, q, atol=1e-5, rtol=1e-5)
+
+
+def test_step_time_script_smoke_on_a_tiny_llama(tmp_path: Path) -> None:
+    """benchmarks/smollm2_step_time.py --tiny: the three steps run interleaved and the table is written."""
+    import importlib.util
+    import json
+
+    pytest.importorskip("transformers")
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "smollm2_step_time.py"
+    spec = importlib.util.spec_from_file_location("smollm2_step_time", path)
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    threads = torch.get_num_threads()
+    try:
+        result = script.main(["--tiny", "--threads", "1", "--reps", "2", "--k", "8", "--out", str(tmp_path)])
+    finally:
+        torch.set_num_threads(threads)
+    saved = json.loads((tmp_path / "smollm2-step-time.json").read_text())
+    assert saved["steps"].keys() == {"plain", "kd-live", "kd-topk"}
+    assert all(len(v["times_s"]) == 2 and v["median_s"] > 0 for v in saved["steps"].values())
+    assert saved["cache"]["bytes_per_block"] == 128 * (8 * 6 + 4)  # positions x (k x 6 + the rest's 4)
+    assert saved["student_params"] < saved["teacher_params"] and result["ratios"].keys() == {"kd-live/plain", "kd-topk/plain"}
+    md = (tmp_path / "smollm2-step-time.md").read_text()
+    assert md.startswith("Command: `OMP_NUM_THREADS=1 python benchmarks/smollm2_step_time.py --tiny") and "top-8 cache" in md
