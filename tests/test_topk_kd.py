@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from inhernet.batches import move_batch
 from inhernet.distillation import (
     DistillConfig,
     TeacherTopK,
@@ -174,6 +175,8 @@ def test_cache_is_built_in_one_pass_holds_the_teachers_top_k_and_the_predicted_b
     assert isinstance(example["teacher_logits"], TeacherTopK) and example["teacher_logits"].indices.shape == (12, 8)
     collated = next(iter(DataLoader(cache, batch_size=3)))["teacher_logits"]
     assert isinstance(collated, TeacherTopK) and collated.logprobs.shape == (3, 12, 8)
+    moved = move_batch({"teacher_logits": collated}, "cpu")["teacher_logits"]  # a NamedTuple stays one
+    assert isinstance(moved, TeacherTopK) and torch.equal(moved.indices, collated.indices)
     with pytest.raises(ValueError, match=r"k must be an int in \[1, 100\]"):
         precompute_teacher_topk(teacher, rows, k=101, temperature=2.0)
     with pytest.raises(ValueError, match="k must be an int >= 1"):

@@ -101,7 +101,7 @@ class WithTeacherTopK(WithTeacherLogits):
     """
 
     def __init__(self, dataset: Dataset, cache: TeacherTopK, temperature: float) -> None:
-        super().__init__(dataset, cache.logprobs)
+        super().__init__(dataset, cache.logprobs)  # checks the length; __getitem__ reads _teacher()
         self.cache, self.k, self.temperature = cache, int(cache.logprobs.shape[-1]), float(temperature)
 
     def _teacher(self, index: int) -> TeacherTopK:

@@ -184,9 +184,9 @@ def distill(
         raise ImportError("distill() runs on PyTorch Lightning: pip install 'inhernet[train]'") from exc
 
     from .data import EvalLoader, TrainLoader, check_topk_cache
+    from .module import DistillModule
 
     check_topk_cache(train_loader, config.teacher_topk, config.temperature)
-    from .module import DistillModule
 
     log_dir = _resolve_log_dir(config)
     ckpt_path = _resolve_resume(config, log_dir)
