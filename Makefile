@@ -48,7 +48,7 @@ bench-long: assets
 		--json benchmarks/results/mnist-cnn-0.1-5ep.json
 	OMP_NUM_THREADS=2 $(BIN)/inhernet bench $(LONG) --budget 0.25 --part-dir benchmarks/parts/mnist-cnn-0.25-5ep \
 		--json benchmarks/results/mnist-cnn-0.25-5ep.json
-	OMP_NUM_THREADS=2 $(BIN)/inhernet bench $(LONG) --budget 0.25 --match macs \
+	OMP_NUM_THREADS=2 $(BIN)/inhernet bench $(LONG),inhernet-prune --budget 0.25 --match macs \
 		--part-dir benchmarks/parts/mnist-cnn-0.25-macs-5ep --json benchmarks/results/mnist-cnn-0.25-macs-5ep.json
 
 # fashion-effnet, 2,000 steps at batch 64, 2 seeds, tuned lr, final accuracy on all 10,000 test images (issue 9):
