@@ -309,7 +309,7 @@ def test_committed_parts_match_todays_recipe(path):
         # The config the method builds, resolved for the teacher's family as plan() does.
         ctx = MethodContext(nn.Linear(1, 1), fingerprint["budget"], None, [], match=fingerprint["match"])
         overrides = {"inhernet-paper": {"experts": 3, "calibration": "one-pass", "min_rank_ratio": 0.0},
-                     "svd-kd": {"init": "svd", "experts": 1}}.get(name, {})
+                     "svd-kd": {"init": "svd", "experts": 1}, "inhernet-prune": {"prune": "auto"}}.get(name, {})
         config = dataclasses.replace(ctx.config(**overrides), family=recipe["config"]["family"]).resolved(student)
         student.inhernet_plan = type("Plan", (), {"config": config})()
     assert _recipe(name, student, (recipe["params"], recipe["macs"])) == recipe
