@@ -197,7 +197,6 @@ def build_models(args: argparse.Namespace, preset: Any, teacher: nn.Module, cali
     """The models of the table (on the CPU, float32) and what was decided building them."""
     ctx = MethodContext(
         teacher, args.budget, args.experts, calib, 0, preset.student, match=args.match,
-        extras={"prune_importance": BenchConfig.prune_importance},
     )
     ctx.reference = build_student("inhernet", ctx) if args.prune is None else inherit(
         teacher, ctx.config(prune=args.prune), calib=calib, progress=False, costs=ctx.latency_costs)

@@ -1,15 +1,16 @@
 """Short KD benchmark of the ``smollm2-bbc`` preset on a CPU: ``inhernet bench`` with cheap learning curves.
 
-    OMP_NUM_THREADS=1 python benchmarks/smollm2_kd.py --budget 0.8 --steps 12 --batch-size 4 --lr 2e-4
+    OMP_NUM_THREADS=2 python benchmarks/smollm2_kd.py --budget 0.8 --steps 200 --batch-size 4 --lr 2e-4 \
+        --part-dir benchmarks/parts/smollm2-0.8-200 --out benchmarks/results/smollm2-kd-200
 
 The same run as ``inhernet bench --preset smollm2-bbc --seeds 1 ...`` (``run_bench``), except that the
 learning curve is measured on one batch of test blocks at two points instead of ten on the whole test
 split: every evaluation of SmolLM2 costs about a second per block on one CPU thread, and except that it
 calibrates on ``--calib-blocks`` blocks (32: 4k tokens; the bench's default asks for the preset's cap, 512),
-and that prune-kd ranks FFN channels by Taylor importance (``--prune-importance``; the bench's default is L2,
-which on SmolLM2 at 80% of the parameters leaves a zero-shot perplexity of ~400k where Taylor leaves ~130).
-The final perplexities are on the preset's 128 test blocks (16k tokens). Writes the bench JSON and PNG,
-and the markdown table (``bench_markdown.py``) beside them.
+and that it shows each run's steps. Torch uses the threads that ``OMP_NUM_THREADS`` gives. With
+``--part-dir`` every finished method is kept, and a rerun (e.g. in the next session) skips it. The final
+perplexities are on the preset's 128 test blocks (16k tokens). Writes the bench JSON and PNG, and the
+markdown table (``bench_markdown.py``) beside them.
 """
 
 from __future__ import annotations
@@ -38,16 +39,14 @@ def main() -> None:
     parser.add_argument("--curve-examples", type=int, default=8, help="test blocks per curve point")
     parser.add_argument("--calib-blocks", type=int, default=32,
                         help="calibration blocks of 128 tokens (the preset allows up to 512; each costs forward passes)")
-    parser.add_argument("--prune-importance", choices=("l2", "taylor"), default="taylor",
-                        help="how prune-kd ranks the FFN channels (taylor: on the first calibration batch)")
+    parser.add_argument("--part-dir", default=None, help="keep each finished method here; a rerun skips it")
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args()
 
-    torch.set_num_threads(1)
     cfg = BenchConfig(
         preset="smollm2-bbc", budget=args.budget, seeds=(0,), steps=args.steps, batch_size=args.batch_size,
         lr=args.lr, methods=tuple(args.methods.split(",")), curve_points=2, curve_examples=args.curve_examples,
-        calib_size=args.calib_blocks, prune_importance=args.prune_importance, progress=False,
+        calib_size=args.calib_blocks, part_dir=args.part_dir, progress=True,
     )
     start = time.perf_counter()
     result = run_bench(cfg, log=lambda line: print(line, flush=True))
@@ -55,7 +54,7 @@ def main() -> None:
     stem = f"smollm2-bbc-{args.budget}"
     write_json(result, out / f"{stem}.json")
     write_plots(result, out / f"{stem}.png")
-    command = " ".join(["OMP_NUM_THREADS=1 python benchmarks/smollm2_kd.py", *sys.argv[1:]])
+    command = " ".join([f"OMP_NUM_THREADS={torch.get_num_threads()} python benchmarks/smollm2_kd.py", *sys.argv[1:]])
     atomic_write(out / f"{stem}.md", f"Command: `{command}`\n\n" + render(result))
     from rich.console import Console
 

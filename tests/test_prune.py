@@ -8,7 +8,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from inhernet import DistillConfig, InherConfig, distill, inherit
 from inhernet.baselines import MethodContext, build_student
-from inhernet.baselines.prune import attention_heads, prune, prune_to_size
+from inhernet.baselines.prune import attention_heads, default_importance, prune, prune_to_size
 from inhernet.deploy import count_macs
 from tiny_models import bert_small, cnn, llama_tiny, mlp, n_params, run, same_state, state_copy, strided_cnn
 
@@ -51,6 +51,14 @@ def test_mac_match_and_taylor_importance():
     taylor = build_student("prune-kd", ctx)
     assert count_macs(taylor, batch) >= ctx.target
     assert all(p.grad is None for p in taylor.parameters())
+
+
+def test_default_importance_is_taylor_for_causal_lms_only():
+    # L2 magnitude wrecks SmolLM2's FFN (zero-shot perplexity ~400k against ~130 with Taylor)
+    assert default_importance(llama_tiny()[0]) == "taylor"
+    assert {default_importance(factory()[0]) for factory in (mlp, cnn, bert_small)} == {"l2"}
+    ctx = MethodContext(llama_tiny()[0], 0.5, experts=1, calib=[])
+    assert ctx.extras["prune_importance"] == "taylor"  # what prune-kd is handed unless told
 
 
 def test_output_layer_and_bert_heads_stay_consistent():

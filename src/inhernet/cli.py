@@ -162,8 +162,9 @@ _METHODS = click.option(
 @click.option("--part-dir", default=None, type=click.Path(file_okay=False),
               help="Keep each finished (method, seed) run and each method's lr tuning here as its own JSON; a rerun "
               "with the same configuration skips them, and the result is assembled from the parts.")
-@click.option("--prune-importance", type=click.Choice(["l2", "taylor"]), default="l2", show_default=True,
-              help="Channel importance of prune-kd: L2 magnitude, or Taylor (gradient x weight on a calibration batch).")
+@click.option("--prune-importance", type=click.Choice(["l2", "taylor"]), default=None,
+              help="Channel importance of prune-kd: L2 magnitude, or Taylor (gradient x weight on a calibration batch) "
+              "[the teacher family's: taylor for causal LMs, l2 otherwise].")
 @click.option("--full-test", is_flag=True,
               help="Measure on the preset's whole test split where its default is a subset (fashion-effnet: all "
               "10,000 images instead of 500).")
@@ -171,7 +172,7 @@ def bench(
     preset: str, budget: float, experts: int, seeds: int, seed_list: tuple[int, ...], steps: int | None,
     epochs: int | None, batch_size: int, lr: float, tune_lr: bool, lr_grid: str, tune_steps: int | None,
     val_examples: int, methods: str | None, match: str, curve_points: int, out: str, json_path: str | None,
-    part_dir: str | None, prune_importance: str, full_test: bool,
+    part_dir: str | None, prune_importance: str | None, full_test: bool,
 ) -> None:
     """InherNet against matched-size baselines on a preset: same data, steps, optimiser, seeds.
 

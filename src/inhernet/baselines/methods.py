@@ -32,7 +32,7 @@ from ..plan import Plan
 from ..stack import layer_stack
 from ..surgery import inherit
 from .layerdrop import block_influence, drop_layers, most_important, spread_layers
-from .prune import prune_to_size
+from .prune import default_importance, prune_to_size
 
 if TYPE_CHECKING:
     from ..deploy.costs import LatencyCosts
@@ -67,6 +67,8 @@ class MethodContext:
     #: what "the same size" means: parameters, multiply-accumulates or measured latency (of the deployed
     #: form), both on the first calibration batch
     match: Literal["params", "macs", "latency"] = "params"
+    #: method options: ``prune_importance`` (``prune-kd``'s channel ranking; default the teacher family's,
+    #: :func:`~inhernet.baselines.prune.default_importance`)
     extras: dict[str, Any] = field(default_factory=dict)
     #: with ``match="latency"``: what times layers and models (see :class:`inhernet.deploy.costs.LatencyCosts`);
     #: default a :class:`~inhernet.deploy.CostTable` on the teacher's device at the current thread count
@@ -77,6 +79,8 @@ class MethodContext:
     def __post_init__(self) -> None:
         if self.match not in MATCHES:
             raise ValueError(f"match must be one of {tuple(MATCHES)}, got {self.match!r}")
+        if self.extras.get("prune_importance") is None:
+            self.extras["prune_importance"] = default_importance(self.teacher)
         if self.match == "latency":
             from ..deploy.costs import CostTable, LatencyCosts
 

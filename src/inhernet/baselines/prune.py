@@ -19,7 +19,18 @@ from ..families import model_family
 from ..pruning import IMPORTANCES, attention_heads, output_layers, prune
 from .llm_prune import prune_llm_to_size
 
-__all__ = ["IMPORTANCES", "attention_heads", "output_layers", "prune", "prune_to_size"]
+__all__ = ["IMPORTANCES", "attention_heads", "default_importance", "output_layers", "prune", "prune_to_size"]
+
+
+def default_importance(model: nn.Module) -> str:
+    """The channel importance ``prune-kd`` uses on ``model`` unless told: ``"taylor"`` for causal LMs, ``"l2"``
+    otherwise.
+
+    Measured on SmolLM2-135M at 80% of the parameters: L2 magnitude leaves a zero-shot perplexity of
+    ~400,000, Taylor ~130 (the FFN rows of largest norm are not the ones the loss needs); on the CNNs and
+    BERT, L2 needs no data and matched Taylor.
+    """
+    return "taylor" if model_family(model) == "causal-lm" else "l2"
 
 
 def prune_to_size(

@@ -13,7 +13,7 @@ import platform
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import islice
 from pathlib import Path
 from typing import Any, Literal
@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Subset
 from .._atomic import atomic_write
 from ..baselines import MethodContext, build_student
 from ..baselines.methods import MATCHES, METHODS
-from ..baselines.prune import IMPORTANCES
+from ..baselines.prune import IMPORTANCES, default_importance
 from ..batches import first_example
 from ..deploy import count_macs, merge_experts
 from ..distillation import DistillConfig, distill, precompute_teacher_logits, precompute_teacher_topk
@@ -81,8 +81,8 @@ class BenchConfig:
     #: a rerun of the same configuration skips what is already written and assembles the result
     part_dir: str | os.PathLike[str] | None = None
     #: channel importance of ``prune-kd``: ``"l2"`` (magnitude) or ``"taylor"`` (gradient x weight on
-    #: the first calibration batch)
-    prune_importance: str = "l2"
+    #: the first calibration batch); ``None``: the teacher family's (taylor for causal LMs, l2 otherwise)
+    prune_importance: str | None = None
     #: measure on the preset's whole test split where its default test loader is a subset (its
     #: ``full_test`` data options; e.g. fashion-effnet: 10,000 images instead of 500)
     full_test: bool = False
@@ -113,8 +113,10 @@ class BenchConfig:
             self.methods = tuple(self.methods)
             if not self.methods:
                 raise ValueError("methods must name at least one method (or be None: the preset's list)")
-        if self.prune_importance not in IMPORTANCES:
-            raise ValueError(f"prune_importance must be one of {IMPORTANCES}, got {self.prune_importance!r}")
+        if self.prune_importance is not None and self.prune_importance not in IMPORTANCES:
+            raise ValueError(
+                f"prune_importance must be one of {IMPORTANCES} or None (the family's), got {self.prune_importance!r}"
+            )
         self.lr_grid = tuple(float(v) for v in self.lr_grid)
         if self.tune_lr and (len(set(self.lr_grid)) < 3 or min(self.lr_grid) <= 0):
             raise ValueError(
@@ -167,6 +169,8 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
         if name in preset.excluded:
             raise ValueError(f"preset {preset.name!r} leaves out {name!r}: {preset.excluded[name]}")
     teacher = preset.teacher()
+    if cfg.prune_importance is None:  # resolved before the fingerprint: parts name what prune-kd used
+        cfg = replace(cfg, prune_importance=default_importance(teacher))
     calib = preset.calib(cfg.calib_size)
     train, test = preset.data(cfg.batch_size, **(preset.full_test if cfg.full_test else {}))
     n_train = len(train.dataset)
