@@ -2,13 +2,15 @@
 separate factorisations at equal parameters.
 
     python benchmarks/smollm2_shared_qkv.py                       # 4k calibration, 4k test tokens, 1 thread
+    python benchmarks/smollm2_shared_qkv.py --variants separate,qk,qk+gate-up --out benchmarks/results/shared-qk
 
 Layers that read the same input ``X`` (a block's q/k/v; its gate/up) can share one down-projection: the
 whitened SVD of the stacked ``[W_q; W_k; W_v] S`` (``S S^T = X X^T / N``, the same statistics each layer's
 own whitened SVD uses) gives the rank-r ``V`` minimising ``sum_i ||(W_i - U_i V) X||^2``, with one
 ``V`` (r x d_in) and one ``U_i`` (d_i x r) per layer: ``r (d_in + sum_i d_i)`` parameters instead of
 ``sum_i r_i (d_in + d_i)``. The shared rank spends exactly the separate layers' parameters (rounded down):
-``r = floor(sum_i r_i (d_in + d_i) / (d_in + sum_i d_i))``.
+``r = floor(sum_i r_i (d_in + d_i) / (d_in + sum_i d_i))``, where a layer the plan keeps dense joins its group
+at its dense cost ``d_i d_in`` (at 80% SmolLM2's plan keeps every v_proj and some k_proj and up_proj dense).
 
 Recipe: the ablation's best 4k row (``benchmarks/smollm2_zero_shot.py``, row ``sequential``: h = 1, whitened,
 energy allocation, 25% rank floor, sequential calibration) at 80% of the parameters. The separate
@@ -19,8 +21,10 @@ layers' blocks are on theirs). Each variant is evaluated on the same first ``--t
 the teacher. Per shared group the run also records the whitened truncation error of both factorisations
 on the group's statistics (relative to the group's whitened output energy), averaged over blocks.
 
-Runtime on 1 idle thread (estimate): spectra ~45 s, each variant's sequential calibration ~45 s and
-evaluation (32 blocks) ~30 s, teacher ~30 s: ~7 min for the four variants.
+Measured with 1 niced thread on a shared 2-core machine (a benchmark on the other core): teacher evaluation
+22 s, separate variant 120 s (with the teacher's spectra), each shared variant 71-80 s, each evaluation (32
+blocks) 13-17 s: 9 min for the four default variants. ``--variants separate,qk,qk+gate-up`` (a follow-up:
+q/k share, v stays as planned) takes ~7 min; ``separate`` always runs first (its plan is the others').
 """
 
 from __future__ import annotations
@@ -45,9 +49,15 @@ from inhernet.stack import replace_module
 GROUPS: dict[str, tuple[str, ...]] = {
     "qkv": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
     "gate-up": ("mlp.gate_proj", "mlp.up_proj"),
+    "qk": ("self_attn.q_proj", "self_attn.k_proj"),  # follow-up: v (dense in the 80% plan) left alone
 }
 #: variant -> the groups it shares
-VARIANTS: dict[str, tuple[str, ...]] = {"separate": (), "qkv": ("qkv",), "gate-up": ("gate-up",), "both": ("qkv", "gate-up")}
+VARIANTS: dict[str, tuple[str, ...]] = {
+    "separate": (), "qkv": ("qkv",), "gate-up": ("gate-up",), "both": ("qkv", "gate-up"),
+    "qk": ("qk",), "qk+gate-up": ("qk", "gate-up"),
+}
+#: what a plain run measures (the follow-up variants are asked for with --variants)
+DEFAULT_VARIANTS = ("separate", "qkv", "gate-up", "both")
 #: the ablation's row "sequential" (its best 4k recipe)
 RECIPE: dict[str, Any] = {"calibration": "sequential", "allocation": "energy", "min_rank_ratio": 0.25}
 RESULT = "smollm2-shared-qkv"
@@ -124,6 +134,20 @@ def relative_errors(
     total = float(joint.output_energy.sum())
     lost_separate = sum(float(f.output_energy[r:].sum()) for f, r in zip(separate, ranks, strict=True) if r is not None)
     return lost_separate / total, float(joint.output_energy[rank:].sum()) / total
+
+
+def member_errors(
+    separate: Sequence[Factors], ranks: Sequence[int | None], joint: Factors, sizes: Sequence[int], rank: int
+) -> list[tuple[float, float]]:
+    """Per layer of the group, ``(separate, joint)`` whitened truncation error relative to its own whitened
+    output energy ``||W_i X||^2``. The joint error of layer i is the squared norm of its rows of the dropped
+    columns of ``up`` (``W S = U Σ V^T`` with orthonormal ``V``)."""
+    out = []
+    for f, r, up in zip(separate, ranks, joint.up.split(list(sizes)), strict=True):
+        energy = float(up.square().sum())
+        lost_separate = 0.0 if r is None else float(f.energy[r:].sum())
+        out.append((lost_separate / energy, float(up[:, rank:].square().sum()) / energy))
+    return out
 
 
 # -- grouping inside sequential calibration -----------------------------------------------------------------
@@ -206,12 +230,14 @@ class Sharing:
         rank = shared_rank(ranks, ws[0].shape[1], sizes)
         separate = [factorize(w, cov, damping) for w, (*_, cov) in zip(ws, group, strict=True)]
         err_separate, err_shared = relative_errors(separate, ranks, joint, rank)
+        per_layer = member_errors(separate, ranks, joint, sizes, rank)
         _, module, kind, _ = group[0]
         members = shared_modules(joint, sizes, rank, [k.bias(m) for _, m, k, _ in group], kind.weight(module))
         for name, member in zip(names, members, strict=True):
             replace_module(model, name, member)
         self.records.append({"layers": names, "ranks": ranks, "shared_rank": rank,
-                             "err_separate": err_separate, "err_shared": err_shared})
+                             "err_separate": err_separate, "err_shared": err_shared,
+                             "layer_errors": [{"separate": a, "shared": b} for a, b in per_layer]})
 
 
 def _has(model: nn.Module, name: str) -> bool:
@@ -302,12 +328,29 @@ def render(result: dict[str, Any], command: str) -> str:
     ]
     base = result["variants"][0]["perplexity"]
     for r in result["variants"]:
-        err = "" if r["err_shared"] is None else f"{r['err_separate']:.4f} -> {r['err_shared']:.4f}"
+        err = "" if r["err_shared"] is None else f"{r['err_separate']:.3g} -> {r['err_shared']:.3g}"
         lines.append(
             f"| {r['variant']} | {r['params']:,} | {r['perplexity']:.2f} | {r['ratio_to_teacher']:.2f}x | "
             f"{r['perplexity'] / base - 1:+.1%} | {r['groups_shared']} | {err} | {r['inherit_s']:.0f} | {r['eval_s']:.0f} |"
         )
+    notes = [_layer_note(r) for r in result["variants"] if any("layer_errors" in g for g in r["groups"])]
+    if notes:
+        lines += ["", "Per layer, mean whitened error relative to the layer's own output energy (separate -> shared; "
+                  "0 where the plan keeps the layer dense):", "", *notes]
     return "\n".join(lines) + "\n"
+
+
+def _layer_note(row: dict[str, Any]) -> str:
+    """``row``'s per-layer errors, averaged over blocks by the layer's name in the block."""
+    errors: dict[str, list[tuple[float, float]]] = {}
+    for group in row["groups"]:
+        for name, err in zip(group["layers"], group.get("layer_errors", []), strict=False):
+            errors.setdefault(name.rsplit(".", 1)[-1], []).append((err["separate"], err["shared"]))
+    parts = [
+        f"{layer} {sum(a for a, _ in errs) / len(errs):.3g} -> {sum(b for _, b in errs) / len(errs):.3g}"
+        for layer, errs in errors.items()
+    ]
+    return f"- {row['variant']}: " + ", ".join(parts)
 
 
 def main() -> None:
@@ -315,7 +358,7 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=0.8)
     parser.add_argument("--calib", type=int, default=32, help="calibration blocks of 128 tokens (32 = 4k)")
     parser.add_argument("--test-blocks", type=int, default=32, help="test blocks of 128 tokens (32 = 4k)")
-    parser.add_argument("--variants", default=",".join(VARIANTS),
+    parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
                         help=f"comma-separated, 'separate' first: {list(VARIANTS)}")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default="benchmarks/results")

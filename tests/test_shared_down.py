@@ -97,6 +97,16 @@ def test_joint_beats_separate_on_a_shared_input_subspace(sq):
     err_sep, err_shared = sq.relative_errors(separate, ranks, joint, rank)
     assert err_sep == pytest.approx(separate_err / total, rel=1e-3)
     assert err_shared <= 1e-6
+    # per layer: the joint errors, weighted by each layer's energy, add up to the group's
+    energies = [float((w @ x.T).square().sum()) for w in ws]
+    per_layer = sq.member_errors(separate, ranks, joint, sizes, rank)
+    assert sum(e * s for e, (s, _) in zip(energies, per_layer, strict=True)) == pytest.approx(separate_err, rel=1e-3)
+    assert all(shared <= 1e-6 for _, shared in per_layer)
+    partial = sq.member_errors(separate, [3, None, None], joint, sizes, 2)  # dense layers lose nothing apart
+    assert partial[1][0] == partial[2][0] == 0 and partial[0][0] > 0
+    direct = [float(((w - u @ down[:2]) @ x.T).square().sum()) / e
+              for w, u, e in zip(ws, joint.up[:, :2].split(sizes), energies, strict=True)]
+    assert [b for _, b in partial] == pytest.approx(direct, rel=1e-3)
 
 
 def test_bad_weights_name_the_problem(sq):
@@ -145,7 +155,7 @@ def test_sequential_sharing_at_a_budget_spends_no_more_parameters(sq, budget):
     cfg = InherConfig(budget=budget, experts=1, calibration="sequential", min_rank_ratio=0.25)
     separate = inherit(teacher, cfg, calib=calib, progress=False)
     plan = separate.inhernet_plan
-    for groups in (("qkv",), ("gate-up",), ("qkv", "gate-up")):
+    for groups in (("qkv",), ("gate-up",), ("qk",), ("qkv", "gate-up")):
         sharing = sq.Sharing(groups, plan.ranks())
         with sharing.active():
             student = inherit(teacher, plan=plan, calib=calib, progress=False)
@@ -157,7 +167,24 @@ def test_sequential_sharing_at_a_budget_spends_no_more_parameters(sq, budget):
             assert record["shared_rank"] >= 1
             assert record["shared_rank"] * (N + sum(sizes)) <= sq.separate_params(record["ranks"], N, sizes)
             assert 0 <= record["err_shared"] <= 1 and 0 <= record["err_separate"] <= 1
+            assert len(record["layer_errors"]) == len(record["layers"])
         with torch.no_grad():
             assert torch.isfinite(student(**calib[0]).logits).all()
     if budget == 0.7:
         assert None in sharing.records[0]["ranks"]  # the case this budget is here for
+
+
+def test_render_reports_each_variant_and_the_per_layer_errors(sq):
+    group = {"layers": ["m.layers.0.self_attn.q_proj", "m.layers.0.self_attn.v_proj"], "ranks": [4, None],
+             "shared_rank": 3, "err_separate": 0.2, "err_shared": 0.1,
+             "layer_errors": [{"separate": 0.3, "shared": 0.1}, {"separate": 0.0, "shared": 0.05}]}
+    row = {"perplexity": 10.0, "ratio_to_teacher": 2.0, "inherit_s": 1, "eval_s": 1}
+    result = {"budget": 0.8, "recipe": sq.RECIPE, "calib_blocks": 2, "test_blocks": 2, "threads": 1,
+              "teacher": {"perplexity": 5.0, "params": 100},
+              "variants": [{**row, "variant": "separate", "params": 90, "groups_shared": 0, "err_separate": None,
+                            "err_shared": None, "groups": []},
+                           {**row, "variant": "qkv", "params": 89, "perplexity": 9.0, "groups_shared": 1,
+                            "err_separate": 0.2, "err_shared": 0.1, "groups": [group]}]}
+    table = sq.render(result, "python benchmarks/smollm2_shared_qkv.py")
+    assert "| qkv | 89 | 9.00 |" in table and "-10.0%" in table
+    assert "- qkv: q_proj 0.3 -> 0.1, v_proj 0 -> 0.05" in table
