@@ -16,6 +16,7 @@ markdown table (``bench_markdown.py``) beside them.
 from __future__ import annotations
 
 import argparse
+import resource
 import sys
 import time
 from pathlib import Path
@@ -55,11 +56,16 @@ def main() -> None:
     write_json(result, out / f"{stem}.json")
     write_plots(result, out / f"{stem}.png")
     command = " ".join([f"OMP_NUM_THREADS={torch.get_num_threads()} python benchmarks/smollm2_kd.py", *sys.argv[1:]])
-    atomic_write(out / f"{stem}.md", f"Command: `{command}`\n\n" + render(result))
+    # Linux reports ru_maxrss in KiB: the whole run's peak, the teacher and its top-k cache included
+    peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    atomic_write(
+        out / f"{stem}.md",
+        f"Command: `{command}`\n\nPeak resident memory of the process: {peak_gib:.2f} GiB\n\n" + render(result),
+    )
     from rich.console import Console
 
     Console().print(bench_table(result))
-    print(f"wrote {out / stem}.json/.png/.md in {time.perf_counter() - start:.0f} s")
+    print(f"wrote {out / stem}.json/.png/.md in {time.perf_counter() - start:.0f} s; peak RSS {peak_gib:.2f} GiB")
 
 
 if __name__ == "__main__":
