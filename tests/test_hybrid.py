@@ -245,9 +245,10 @@ def test_probe_restores_the_candidate_exactly():
 def test_split_rows_cuts_every_tensor_of_a_batch():
     images, labels = torch.randn(150, 3), torch.arange(150)
     parts = split_rows((images, labels), 64)
-    assert [len(p[0]) for p in parts] == [64, 64, 22] and torch.equal(torch.cat([p[1] for p in parts]), labels)
+    assert [len(p[0]) for p in parts] == [50, 50, 50] and torch.equal(torch.cat([p[1] for p in parts]), labels)
+    assert [len(p) for p in split_rows(torch.zeros(65, 2), 64)] == [32, 33]  # no single example left over
     parts = split_rows({"input_ids": torch.ones(5, 7), "mask": torch.zeros(5, 7), "n": 3}, 2)
-    assert [p["input_ids"].shape[0] for p in parts] == [2, 2, 1] and all(p["n"] == 3 for p in parts)
+    assert [p["input_ids"].shape[0] for p in parts] == [1, 2, 2] and all(p["n"] == 3 for p in parts)
     with pytest.raises(ValueError, match="rows must be >= 1"):
         split_rows(images, 0)
 

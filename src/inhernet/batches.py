@@ -7,6 +7,7 @@ with ``.logits`` (Hugging Face ``ModelOutput``).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -37,14 +38,19 @@ def move_batch(batch: Any, device: torch.device | str) -> Any:
 
 
 def split_rows(batch: Any, rows: int) -> list[Any]:
-    """``batch`` cut into batches of at most ``rows`` examples (every tensor inside it sliced along its
-    first dimension, nested tuples, lists and dicts kept); the batch itself if it holds no tensor."""
+    """``batch`` cut into the fewest batches of at most ``rows`` examples, their sizes as equal as possible
+    (not 64 + 1: a batch norm cannot train on one example): every tensor inside it sliced along its first
+    dimension, nested tuples, lists and dicts kept; the batch itself if it holds no tensor."""
     if rows < 1:
         raise ValueError(f"split_rows: rows must be >= 1, got {rows}")
     n = _rows(batch)
     if n is None:
         return [batch]
-    return [_map_tensors(batch, lambda t, i=i: t[i:i + rows] if t.dim() else t) for i in range(0, n, rows)]
+    parts = max(1, -(-n // rows))
+    bounds = [i * n // parts for i in range(parts + 1)]
+    return [
+        _map_tensors(batch, lambda t, a=a, b=b: t[a:b] if t.dim() else t) for a, b in itertools.pairwise(bounds)
+    ]
 
 
 def _rows(batch: Any) -> int | None:
