@@ -73,7 +73,7 @@ CEILING = 0.9
 PROBE_LR = 1e-3
 #: the probe's KD temperature (:class:`inhernet.distillation.DistillConfig`'s default)
 PROBE_TEMPERATURE = 4.0
-#: the probe's batch size: the calibration batches it trains on are cut into batches of this many
+#: the probe's batch size: the calibration batches it trains on are cut into batches of at most this many
 #: examples (a KD step's usual size, and a fraction of the cost of a step on a whole calibration batch)
 PROBE_BATCH = 64
 
