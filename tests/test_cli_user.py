@@ -20,6 +20,7 @@ import torch
 
 import inhernet
 from cli_runner import invoke
+from inhernet.config import DEFAULT_PROBE_STEPS
 from inhernet.sources import build_model, make_loader, open_source, read_source, split
 from tiny_models import n_params, run
 
@@ -237,7 +238,10 @@ def test_compress_with_pruning_saves_a_model_that_loads_from_its_source(tmp_path
     if prune == "0.2":
         assert meta["prune"]["ratio"] == 0.2 and meta["prune"]["spec"]
     else:
-        assert set(meta["prune"]["scores"]) == {"0", "0.1", "0.2", "0.3", "0.4", "0.5"}
+        record = meta["prune"]  # the share chosen among candidates bracketed by the budget, by the default probe
+        low, high = record["bracket"]
+        assert low <= record["ratio"] <= high and record["scores"][f"{record['ratio']:g}"] is not None
+        assert record["probe_steps"] == DEFAULT_PROBE_STEPS == meta["config"]["prune_probe_steps"]
     code, stdout, err = invoke(monkeypatch, capsys, "eval", out, "--data", assets["images"])
     assert code == 0, err
 

@@ -14,7 +14,7 @@ import inhernet
 ROOT = Path(inhernet.__file__).parent
 CORE = [
     "config", "kinds", "layers", "views", "batches", "decomposition", "stack", "discovery", "readers", "calibration",
-    "pruning",
+    "pruning", "autoprune",
     "sequential", "spectra", "budget", "allocation", "plan", "surgery", "serialization",
 ]
 

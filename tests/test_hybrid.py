@@ -15,12 +15,15 @@ from torch import nn
 
 import inhernet
 from inhernet import InherBlock, InherConfig, compact, inherit, load, save
+from inhernet.autoprune import RESOLUTION, SPREAD, probe_loss, split_probe
 from inhernet.baselines import METHODS, MethodContext
+from inhernet.batches import split_rows
 from inhernet.bench.runner import BenchConfig, _recipe
 from inhernet.budget import RANK_MULTIPLE
+from inhernet.config import DEFAULT_PROBE_STEPS
 from inhernet.deploy import count_macs
 from inhernet.layers import InherConv
-from inhernet.pruning import AUTO_GRID, LATENCY_GRID, apply_spec, prune, pruned_spec
+from inhernet.pruning import apply_spec, prune, prune_for, pruned_spec, teacher_outputs, zero_shot_loss
 from test_latency_budget import NS, FakeCosts, _block_mn, fake_ns
 from tiny_models import (
     LayersOnlyCosts,
@@ -127,23 +130,35 @@ def test_full_rank_reproduces_the_pruned_teacher():
     assert rel_err(run(student, calib[1]), run(pruned, calib[1])) < 1e-4
 
 
+def _candidates(record):
+    """The shares ``prune="auto"`` built and scored (the others of ``scores`` were never built: ``None``)."""
+    return sorted(float(k) for k, v in record.scores.items() if v is not None)
+
+
 def test_auto_prunes_redundant_channels_and_records_the_scores():
     teacher, calib = _redundant_teacher()
-    student = inherit(teacher, InherConfig(budget=0.2, prune="auto"), calib=calib, progress=False)
+    student = inherit(teacher, InherConfig(budget=0.2, prune="auto", prune_probe_steps=0), calib=calib, progress=False)
     record = student.inhernet_plan.prune
-    assert set(record.scores) == {f"{g:g}" for g in AUTO_GRID}
+    low, high = record.bracket
     feasible = {float(k): v for k, v in record.scores.items() if v is not None}
-    assert record.ratio in AUTO_GRID and record.scores[f"{record.ratio:g}"] == min(feasible.values())
+    # the candidates spread over the bracket, plain inheritance (0) among them, two close to its top
+    assert low == 0.0 and 0.5 < high < 0.6 and min(feasible) == 0.0 and max(feasible) <= high
+    assert len(feasible) == len(SPREAD) and max(feasible) >= low + 0.95 * (high - low)
+    assert record.ratio in feasible and record.scores[f"{record.ratio:g}"] == min(feasible.values())
     # half of the channels are nearly dead: pruning them pays more than spending ranks on them
     assert record.ratio > 0 and feasible[record.ratio] < feasible[0.0]
     target = int(0.2 * n_params(teacher))
     assert 0.98 * target <= n_params(student) <= target
+    # zero-shot: the score is the KL to the teacher on every calibration batch
+    assert record.probe_steps == 0 and student.inhernet_plan.config.prune_probe_steps == 0
+    assert record.scores[f"{record.ratio:g}"] == zero_shot_loss(student, calib, teacher_outputs(teacher, calib))
     # the same student as the explicit share, and the plan's JSON says what was chosen and why
     again = inherit(teacher, InherConfig(budget=0.2, prune=record.ratio), calib=calib, progress=False)
     assert torch.equal(run(again, calib[0]), run(student, calib[0]))
     as_json = json.loads(json.dumps(student.inhernet_plan.to_dict()))
     assert as_json["config"]["prune"] == "auto" and as_json["prune"]["ratio"] == record.ratio
-    assert as_json["prune"]["scores"] == record.scores
+    assert as_json["prune"]["scores"] == record.scores and as_json["prune"]["bracket"] == [low, high]
+    assert as_json["prune"]["probe_steps"] == 0 and "zero-shot KL" in student.inhernet_plan.summary()
 
 
 def test_auto_skips_shares_that_prune_under_the_budget():
@@ -151,9 +166,129 @@ def test_auto_skips_shares_that_prune_under_the_budget():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a candidate's plan may land more than 2% under its budget
         student = inherit(teacher, InherConfig(budget=0.6, prune="auto"), calib=calib, progress=False)
-    scores = student.inhernet_plan.prune.scores
-    assert scores["0.5"] is None  # half the channels leave about a quarter of the parameters: under 60%
-    assert scores["0"] is not None and n_params(student) <= int(0.6 * n_params(teacher))
+    record = student.inhernet_plan.prune
+    target = int(0.6 * n_params(teacher))
+    # the share just above the bracket prunes under 60% alone: recorded, never built
+    (edge, why), = record.skipped.items()
+    assert record.scores[edge] is None and "already under the budget" in why
+    assert float(edge) - RESOLUTION <= record.bracket[1] < float(edge)
+    assert prune_for(InherConfig(budget=0.6), teacher, calib[0], float(edge))[1].params < target
+    assert prune_for(InherConfig(budget=0.6), teacher, calib[0], record.bracket[1])[1].params >= target
+    assert record.scores["0"] is not None and n_params(student) <= target
+
+
+def _sharp_redundant_teacher():
+    """:func:`_redundant_teacher` with confident logits (the output layer x 30) and 4 calibration batches of
+    16: the probe trains on 48 examples and is scored on 16 held-out ones."""
+    teacher, _ = _redundant_teacher()
+    with torch.no_grad():
+        teacher[7].weight *= 30
+        teacher[7].bias *= 30
+    torch.manual_seed(2)
+    return teacher, [torch.randn(16, 3, 16, 16) for _ in range(4)]
+
+
+def test_probe_picks_pruning_and_returns_the_untrained_student(tmp_path):
+    teacher, calib = _sharp_redundant_teacher()
+    before = state_copy(teacher)
+    student = inherit(teacher, InherConfig(budget=0.2, prune="auto"), calib=calib, progress=False)
+    plan = student.inhernet_plan
+    record = plan.prune
+    # the default probe: DEFAULT_PROBE_STEPS KD steps per candidate, resolved into the plan's config
+    assert record.probe_steps == DEFAULT_PROBE_STEPS == plan.config.prune_probe_steps
+    assert f"after {DEFAULT_PROBE_STEPS} KD steps" in plan.summary()
+    feasible = {float(k): v for k, v in record.scores.items() if v is not None}
+    assert record.scores[f"{record.ratio:g}"] == min(feasible.values())
+    # the dead channels are pruned: clearly better after KD steps than spending ranks on them
+    assert record.ratio > 0 and feasible[record.ratio] < 0.7 * feasible[0.0]
+    # the student returned is the winning share's inherited one, untrained: exactly the explicit share's
+    direct = inherit(teacher, InherConfig(budget=0.2, prune=record.ratio), calib=calib, progress=False)
+    assert same_state(state_copy(student), state_copy(direct))
+    assert torch.equal(run(student, calib[3]), run(direct, calib[3]))
+    assert all(p.grad is None for p in student.parameters()) and not student.training
+    assert same_state(state_copy(teacher), before)
+    # deterministic: the same scores again
+    again = inherit(teacher, InherConfig(budget=0.2, prune="auto"), calib=calib, progress=False)
+    assert again.inhernet_plan.prune.scores == record.scores
+    # save -> load replays the pruning and gives identical outputs; the JSON keeps the probe and the bracket
+    save(student, tmp_path)
+    meta = json.loads((tmp_path / "inhernet.json").read_text())
+    assert meta["config"]["prune_probe_steps"] == DEFAULT_PROBE_STEPS and meta["prune"]["bracket"] == record.bracket
+    loaded = load(tmp_path, base=strided_cnn(16))  # a fresh teacher architecture, other weights
+    assert torch.equal(run(loaded, calib[3]), run(student, calib[3]))
+    assert same_state(state_copy(loaded), state_copy(student))
+    assert loaded.inhernet_config == plan.config and loaded.inhernet_config.prune_probe_steps == DEFAULT_PROBE_STEPS
+
+
+def test_probe_restores_the_candidate_exactly():
+    """probe_loss trains a copy of nothing: the weights, batch-norm statistics, modes, requires_grad flags of
+    the candidate come back as they were, and the score is deterministic."""
+    teacher = _bn_net()
+    torch.manual_seed(3)
+    calib = [torch.randn(6, 3, 12, 12) for _ in range(3)]
+    student = _bn_net(seed=4)
+    student[0].weight.requires_grad_(False)  # a frozen parameter is trained by the probe, then frozen again
+    student[1].train()
+    before, modes = state_copy(student), [m.training for m in student.modules()]
+    targets = teacher_outputs(teacher, calib)
+    train, held = split_probe(calib, 5)
+    assert len(train) == 2 and len(held) == 1
+    args = (student, train, targets[:2], held, targets[2:], 5, 0)
+    first, second = probe_loss(*args), probe_loss(*args)
+    assert first == second and first != zero_shot_loss(student, held, targets[2:])  # it trained, deterministically
+    assert same_state(state_copy(student), before) and [m.training for m in student.modules()] == modes
+    assert not student[0].weight.requires_grad and student[3].weight.requires_grad
+    assert all(p.grad is None for p in student.parameters())
+    assert probe_loss(student, [], [], held, targets[2:], 0, 0) == zero_shot_loss(student, held, targets[2:])
+
+
+def test_split_rows_cuts_every_tensor_of_a_batch():
+    images, labels = torch.randn(150, 3), torch.arange(150)
+    parts = split_rows((images, labels), 64)
+    assert [len(p[0]) for p in parts] == [50, 50, 50] and torch.equal(torch.cat([p[1] for p in parts]), labels)
+    assert [len(p) for p in split_rows(torch.zeros(65, 2), 64)] == [32, 33]  # no single example left over
+    parts = split_rows({"input_ids": torch.ones(5, 7), "mask": torch.zeros(5, 7), "n": 3}, 2)
+    assert [p["input_ids"].shape[0] for p in parts] == [1, 2, 2] and all(p["n"] == 3 for p in parts)
+    with pytest.raises(ValueError, match="rows must be >= 1"):
+        split_rows(images, 0)
+
+
+@pytest.mark.filterwarnings("ignore:the plan reaches")
+def test_auto_under_a_mac_budget_brackets_it_too():
+    teacher, calib = _teacher()
+    student = inherit(teacher, InherConfig(macs=0.3, prune="auto", prune_probe_steps=0), calib=calib, progress=False)
+    record = student.inhernet_plan.prune
+    target = int(0.3 * count_macs(teacher, calib[0]))
+    for share in _candidates(record):  # each candidate over the MAC budget before its rank cuts
+        assert prune_for(InherConfig(macs=0.3), teacher, calib[0], share)[1].macs >= target
+    (edge,) = [k for k in record.skipped if k != "0"]
+    assert prune_for(InherConfig(macs=0.3), teacher, calib[0], float(edge))[1].macs < target
+    assert "already under the MAC budget" in record.skipped[edge]
+    assert count_macs(student, calib[0]) == student.inhernet_plan.total_macs <= target
+
+
+def test_probe_steps_errors_name_the_option():
+    teacher, calib = _teacher()
+    with pytest.raises(ValueError, match=r"prune_probe_steps=-1 must be >= 0"):
+        InherConfig(budget=0.2, prune="auto", prune_probe_steps=-1)
+    for bad in ("10", True, 1.5):
+        with pytest.raises(TypeError, match="prune_probe_steps must be an int >= 0"):
+            InherConfig(budget=0.2, prune="auto", prune_probe_steps=bad)
+    for share in (None, 0.3):
+        with pytest.raises(ValueError, match=r"prune_probe_steps=10 scores the candidates of prune='auto'"):
+            InherConfig(budget=0.2, prune=share, prune_probe_steps=10)
+    # KD steps need a batch to train on and one to score on
+    with pytest.raises(ValueError, match=r"prune_probe_steps=50 needs at least 2 calibration batches.*got 1"):
+        inherit(teacher, InherConfig(budget=0.2, prune="auto"), calib=calib[:1], progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        zero_shot = inherit(teacher, InherConfig(budget=0.2, prune="auto", prune_probe_steps=0), calib=calib[:1],
+                            progress=False)
+    assert zero_shot.inhernet_plan.prune.probe_steps == 0
+    # the config's dict: absent at its default, kept (and read back) when set
+    assert "prune_probe_steps" not in InherConfig(budget=0.2, prune="auto").to_dict()
+    d = json.loads(json.dumps(InherConfig(budget=0.2, prune="auto", prune_probe_steps=7).to_dict()))
+    assert d["prune_probe_steps"] == 7 and InherConfig.from_dict(d).prune_probe_steps == 7
 
 
 def test_plan_reuse_prunes_the_same_channels():
@@ -279,14 +414,28 @@ def test_inhernet_prune_method_builds_the_hybrid():
     ctx.reference = inherit(teacher, ctx.config(), calib=calib, progress=False)
     student = inhernet.baselines.build_student("inhernet-prune", ctx)
     assert student.inhernet_plan.config.prune == "auto" and student.inhernet_plan.prune.ratio > 0
+    # the recipe the committed parts are checked against (test_committed_parts_match_todays_recipe)
+    assert student.inhernet_plan.config == ctx.config(prune="auto", prune_probe_steps=DEFAULT_PROBE_STEPS).resolved(teacher)
     assert 0.98 * int(0.2 * n_params(teacher)) <= n_params(student) <= int(0.2 * n_params(teacher))
 
 
 # -- the committed benchmark parts stay reusable: a new config field must not change old recipes -------
+#: parts made by a method whose choices have changed since: stale on purpose, until they are made again
+#: (delete the method's files in the part directory and rerun its `make bench-long` line)
+STALE_PARTS = {
+    ("mnist-cnn-0.25-macs-5ep", "inhernet-prune"): "prune='auto' now brackets its candidates by the budget and "
+    "scores them after KD steps (prune_probe_steps): the part was made with the grid 0..0.5 scored zero-shot",
+}
+
+
 def _part_files():
-    return sorted(
+    paths = sorted(
         p for d in ("mnist-cnn-0.25-5ep", "mnist-cnn-0.25-macs-5ep") for p in (PARTS / d).glob("*--seed0.json")
     )
+    return [
+        pytest.param(p, marks=pytest.mark.xfail(strict=True, reason=STALE_PARTS[key])) if key in STALE_PARTS else p
+        for p, key in ((p, (p.parent.name, p.name.split("--")[0])) for p in paths)
+    ]
 
 
 @pytest.mark.parametrize("path", _part_files(), ids=lambda p: f"{p.parent.name}/{p.stem}")
@@ -309,7 +458,9 @@ def test_committed_parts_match_todays_recipe(path):
         # The config the method builds, resolved for the teacher's family as plan() does.
         ctx = MethodContext(nn.Linear(1, 1), fingerprint["budget"], None, [], match=fingerprint["match"])
         overrides = {"inhernet-paper": {"experts": 3, "calibration": "one-pass", "min_rank_ratio": 0.0},
-                     "svd-kd": {"init": "svd", "experts": 1}, "inhernet-prune": {"prune": "auto"}}.get(name, {})
+                     "svd-kd": {"init": "svd", "experts": 1},
+                     # prune='auto' resolves its probe steps into the plan's config when it builds the student
+                     "inhernet-prune": {"prune": "auto", "prune_probe_steps": DEFAULT_PROBE_STEPS}}.get(name, {})
         config = dataclasses.replace(ctx.config(**overrides), family=recipe["config"]["family"]).resolved(student)
         student.inhernet_plan = type("Plan", (), {"config": config})()
     assert _recipe(name, student, (recipe["params"], recipe["macs"])) == recipe
@@ -373,15 +524,23 @@ def test_latency_unreachable_by_ranks_is_reached_by_prune_auto(tmp_path):
         student = inherit(teacher, InherConfig(latency=0.35, prune="auto"), calib=calib, costs=costs, progress=False)
     _check_latency_hybrid(teacher, calib, student, costs, 0.35)
     record = student.inhernet_plan.prune
-    # every share of the grid was tried; rank cuts after pruning 0 or 10% cannot reach 35% (44.7%, 38.2% at
-    # best), 50% prunes under it alone; 40% reaches it only 15% under (the rank steps are too coarse there)
-    assert set(record.scores) == {f"{g:g}" for g in AUTO_GRID}
-    for share in ("0", "0.1"):
-        assert record.scores[share] is None and "unreachable" in record.skipped[share]
-    assert record.scores["0.5"] is None and "already under the latency budget" in record.skipped["0.5"]
-    assert set(record.skipped) == {"0", "0.1", "0.5"}
-    in_window = {k: record.scores[k] for k in ("0.2", "0.3")}
-    assert record.scores["0.4"] is not None and record.ratio in (0.2, 0.3)
+    # rank cuts after pruning 0 or 10% cannot reach 35% (44.7%, 38.2% at best), 45% prunes under it alone
+    # (34.7%): the candidates lie in between, and only they were built
+    low, high = record.bracket
+    assert 0.1 < low < 0.2 and 0.4 < high < 0.45
+    assert "unreachable" in record.skipped["0"] and record.scores["0"] is None
+    (edge,) = set(record.skipped) - {"0"}
+    assert "already under the latency budget" in record.skipped[edge] and high < float(edge) <= high + RESOLUTION
+    shares = _candidates(record)
+    assert len(shares) == len(SPREAD) and shares[0] == low and low <= shares[-1] <= high
+    # the lowest score wins among the candidates whose plan lands in the 2% window
+    in_window = {}
+    for share in shares:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            built = inherit(teacher, InherConfig(latency=0.35, prune=share), calib=calib, costs=costs, progress=False)
+        if built.inhernet_plan.in_window:
+            in_window[f"{share:g}"] = record.scores[f"{share:g}"]
     assert record.scores[f"{record.ratio:g}"] == min(in_window.values())
     as_json = json.loads(json.dumps(student.inhernet_plan.to_dict()))
     assert as_json["prune"]["skipped"] == record.skipped and as_json["prune"]["scores"] == record.scores
@@ -420,23 +579,74 @@ def test_full_rank_reproduces_the_pruned_teacher_under_latency():
     assert student.inhernet_plan.prune.spec == full.inhernet_plan.prune.spec
 
 
-def test_auto_widens_its_grid_when_no_share_reaches_the_latency_budget():
+def test_auto_finds_the_shares_a_latency_budget_needs():
+    """At 16% of the teacher's time every share up to 0.5 is unreachable at its smallest ranks (0.5: 17.8%
+    at best) and 0.7 prunes under it alone (14.7%): the candidates lie in between."""
     teacher, calib = _conv_bound_teacher()
     costs = SlowConvCosts()
     student = inherit(teacher, InherConfig(latency=0.16, prune="auto"), calib=calib, costs=costs, progress=False)
     _check_latency_hybrid(teacher, calib, student, costs, 0.16)
     record = student.inhernet_plan.prune
-    assert set(record.scores) == {f"{g:g}" for g in (*AUTO_GRID, *LATENCY_GRID)}
-    assert all(record.scores[f"{g:g}"] is None for g in AUTO_GRID)  # 0.5 reaches 17.8% at best
-    assert record.ratio == 0.6 and record.scores["0.7"] is None  # 0.7 alone is under 16%
-    # a budget that no grid reaches: not even a share of the widened grid can
-    with pytest.raises(ValueError, match=r"latency=0.1 is reached by no share of prune='auto' \(0, 0\.1, .*0\.7\)"):
-        inherit(teacher, InherConfig(latency=0.1, prune="auto"), calib=calib, costs=costs, progress=False)
-    # a parameter budget never widens the grid
+    assert 0.5 < record.bracket[0] < record.ratio <= record.bracket[1] < 0.7
+    assert all(0.5 < share < 0.7 for share in _candidates(record))
+
+
+def _gap_teacher():
+    """A conv that is slower factorised at every rank (SlowConvCosts) and makes up most of the fake time,
+    then two small linears: rank cuts save little (8.9% of the time at share 0), pruning a tenth more of the
+    channels saves more. Pruned by 0.3 the model reaches 51.5% at best, pruned by 0.4 it measures 45.0%
+    dense: a budget of 48% is met by no share of a grid in steps of 0.1."""
+    torch.manual_seed(0)
+    teacher = nn.Sequential(
+        nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 64, 3), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10),
+    ).eval()
+    torch.manual_seed(1)
+    return teacher, [torch.randn(4, 3, 8, 8) for _ in range(2)]
+
+
+def test_auto_finds_a_latency_budget_between_two_grid_shares():
+    teacher, calib = _gap_teacher()
+    costs = SlowConvCosts()
+    for share in (0.1 * k for k in range(8)):  # a fixed grid: each share unreachable or under the budget
+        with pytest.raises(ValueError, match=r"unreachable|already under the latency budget"):
+            inherit(teacher, InherConfig(latency=0.48, prune=share), calib=calib, costs=costs, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the candidates' rank steps may land more than 2% under
+        student = inherit(teacher, InherConfig(latency=0.48, prune="auto"), calib=calib, costs=costs, progress=False)
+    record = student.inhernet_plan.prune
+    assert 0.3 < record.bracket[0] <= record.ratio <= record.bracket[1] < 0.4
+    assert all(0.3 < share < 0.4 for share in _candidates(record))
+    p = student.inhernet_plan
+    assert fake_ns(costs, student, calib[0]) == p.total_latency_ns <= p.target_latency_ns == int(0.48 * fake_ns(costs, teacher, calib[0]))
+    assert p.prune.latency_ns > p.target_latency_ns and p.factorised  # pruned, then ranks cut
+
+
+def test_auto_reaches_a_parameter_budget_that_needs_more_than_half_the_channels_pruned():
+    """At 10% of the parameters pruning alone needs a share of about 0.68 (0.6: 15.2%, 0.7: 7.8%): the
+    candidates reach past 0.5, the largest close to the share at which pruning alone would meet it."""
+    teacher, calib = _teacher()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        params = inherit(teacher, InherConfig(budget=0.6, prune="auto"), calib=calib, progress=False)
-    assert set(params.inhernet_plan.prune.scores) == {f"{g:g}" for g in AUTO_GRID}
+        student = inherit(teacher, InherConfig(budget=0.1, prune="auto", prune_probe_steps=0), calib=calib,
+                          progress=False)
+    record = student.inhernet_plan.prune
+    low, high = record.bracket
+    shares = _candidates(record)
+    assert low == 0.0 and 0.6 < high < 0.7 and shares[0] == 0.0 and shares[-1] >= 0.95 * high
+    target = int(0.1 * n_params(teacher))
+    for share in shares:  # every candidate was over the budget before its rank cuts
+        assert prune_for(InherConfig(budget=0.1), teacher, calib[0], share)[1].params >= target
+    assert n_params(student) <= target
+
+
+def test_auto_refuses_a_budget_no_share_reaches():
+    teacher, calib = _conv_bound_teacher()
+    costs = SlowConvCosts()
+    with pytest.raises(ValueError, match=r"reached by no share of prune='auto': after pruning 0\.\d+ of the channels"):
+        inherit(teacher, InherConfig(latency=0.05, prune="auto"), calib=calib, costs=costs, progress=False)
+    with pytest.raises(ValueError, match=r"reached by no share of prune='auto'.*smallest ranks reach [\d,]+ parameters"):
+        inherit(teacher, InherConfig(budget=0.2, prune="auto", min_rank=30), calib=calib, progress=False)
 
 
 def test_latency_prune_errors_name_the_problem():
@@ -466,8 +676,12 @@ def test_auto_skips_an_unreachable_share_before_its_spectra(monkeypatch):
     monkeypatch.setattr(surgery, "decompose", counting)
     teacher, calib = _conv_bound_teacher()
     student = inherit(teacher, InherConfig(latency=0.35, prune="auto"), calib=calib, costs=SlowConvCosts(), progress=False)
-    scores = student.inhernet_plan.prune.scores
-    assert len(decomposed) == sum(v is not None for v in scores.values()) == 3  # 0.2, 0.3, 0.4
+    record = student.inhernet_plan.prune
+    # only the candidates were decomposed: not share 0 (unreachable), not the edge share (under alone)
+    assert len(decomposed) == len(_candidates(record)) == len(SPREAD)
+    assert {n_params(m) for m in decomposed} == {
+        n_params(prune(teacher, calib[0], share)) for share in _candidates(record)
+    }
 
 
 def test_a_pruned_bert_meets_its_latency_budget_and_round_trips(tmp_path):

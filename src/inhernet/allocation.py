@@ -35,7 +35,7 @@ from .spectra import LatencyProfile, MacProfile
 Profile = MacProfile | LatencyProfile
 
 __all__ = [
-    "BUDGET_TOLERANCE", "Allocation", "Profile", "allocate_ranks", "check_reachable", "dense_reason", "layer_cost",
+    "BUDGET_TOLERANCE", "Allocation", "Profile", "allocate_ranks", "check_reachable", "dense_reason", "layer_cost", "reach",
 ]
 
 # A plan under a budget (parameters, MACs or measured time) lands at or below it and within 2% of it.
@@ -170,10 +170,7 @@ def _reachable(
 ) -> tuple[int, float]:
     """The fixed rest's cost and the rank floor :func:`_fill` allocates with, or the error of a ``target``
     below the smallest total these layers can reach (see :func:`_fill` for ``fixed``)."""
-    if fixed is None:
-        fixed = teacher_total - sum(layer.cost(None) for layer in layers)
-    floor_ratio = _reachable_floor(layers, target - fixed, config)
-    smallest = fixed + minimum_cost(layers, config.min_rank, floor_ratio)
+    fixed, floor_ratio, smallest = _smallest(layers, target, teacher_total, config, fixed)
     if target < smallest:
         raise ValueError(
             f"{currency.budget} of {target:,} {currency.unit} ({target / teacher_total:.1%} of "
@@ -185,24 +182,69 @@ def _reachable(
     return fixed, floor_ratio
 
 
+def _smallest(
+    layers: list[LayerCost], target: int, teacher_total: int, config: InherConfig, fixed: int | None = None,
+) -> tuple[int, float, int]:
+    """The fixed rest's cost, the rank floor and the smallest total (the fixed rest plus every layer at
+    its floor rank, or dense where no rank saves) for ``target`` (see :func:`_fill` for ``fixed``)."""
+    if fixed is None:
+        fixed = teacher_total - sum(layer.cost(None) for layer in layers)
+    floor_ratio = _reachable_floor(layers, target - fixed, config)
+    return fixed, floor_ratio, fixed + minimum_cost(layers, config.min_rank, floor_ratio)
+
+
+def _budget_terms(
+    config: InherConfig, profile: Profile | None, params: int | None
+) -> tuple[int, int, _Currency, int | None] | None:
+    """``(target, teacher total, currency, fixed rest)`` of ``config``'s budget: MACs or ns priced by
+    ``profile``, or parameters of a model of ``params`` parameters (when given); ``None`` for a rank or
+    energy rule, per-group ``budgets`` or a parameter budget without ``params``."""
+    if config.rank is not None or config.energy is not None:
+        return None
+    if isinstance(profile, LatencyProfile):
+        assert config.latency is not None
+        return _target(config.latency, profile.reference, LATENCY), profile.reference, LATENCY, profile.fixed()
+    if isinstance(profile, MacProfile):
+        assert config.macs is not None
+        return _target(config.macs, profile.total, MACS), profile.total, MACS, None
+    if config.budget is None or config.budgets or params is None:
+        return None
+    return _target(config.budget, params, PARAMS), params, PARAMS, None
+
+
 def check_reachable(config: InherConfig, layers: list[LayerCost], profile: Profile | None) -> None:
     """Raise the allocation's own error when a MAC or latency budget is out of reach of ``layers``
     (priced by ``profile``; their spectra are not needed), before the calibration pass and the SVDs that
-    the allocation itself needs: ``prune="auto"`` skips such a share at the price of one profile."""
-    if config.rank is not None or config.energy is not None:
+    the allocation itself needs."""
+    terms = _budget_terms(config, profile, None)
+    if terms is None:
         return
-    if isinstance(profile, LatencyProfile):
-        assert config.latency is not None
-        target = _target(config.latency, profile.reference, LATENCY)
-        total, currency, fixed = profile.reference, LATENCY, profile.fixed()
-    elif isinstance(profile, MacProfile):
-        assert config.macs is not None
-        target, total, currency, fixed = _target(config.macs, profile.total, MACS), profile.total, MACS, None
-    else:
-        return
+    target, total, currency, fixed = terms
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a lowered family floor is announced by the allocation itself
         _reachable(layers, target, total, currency, config, fixed)
+
+
+def reach(
+    config: InherConfig, layers: list[LayerCost], profile: Profile | None, params: int
+) -> tuple[int, int, str]:
+    """``(target, smallest, unit)``: the budget's target and the smallest total that ``layers`` can reach
+    (each at its floor rank, or dense where no rank saves), in the budget's unit, for a model of
+    ``params`` parameters whose layers are priced by ``profile`` (MACs, ns) or in parameters. From the
+    prices alone, no spectrum needed: what ``prune="auto"`` brackets its shares by. A ``target`` below
+    ``smallest`` is unreachable (the allocation would refuse it).
+
+    Raises:
+        ValueError: ``config`` has no single budget (a rank or energy rule, or per-group ``budgets``).
+    """
+    terms = _budget_terms(config, profile, params)
+    if terms is None:
+        raise ValueError("reach() needs one budget: budget=, macs= or latency= (not a rank or energy rule, nor budgets=)")
+    target, total, currency, fixed = terms
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a lowered family floor is announced by the allocation itself
+        smallest = _smallest(layers, target, total, config, fixed)[2]
+    return target, smallest, currency.unit
 
 
 def _reachable_floor(layers: list[LayerCost], room: int, config: InherConfig) -> float:

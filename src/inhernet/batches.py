@@ -7,7 +7,8 @@ with ``.logits`` (Hugging Face ``ModelOutput``).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import itertools
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
@@ -22,6 +23,7 @@ __all__ = [
     "forward_batch",
     "logits_of",
     "move_batch",
+    "split_rows",
 ]
 
 #: Key (dict batches) under which a batch may carry the teacher's precomputed logits; tuple batches
@@ -32,14 +34,43 @@ _NOT_INPUTS = ("labels", TEACHER_LOGITS)
 
 def move_batch(batch: Any, device: torch.device | str) -> Any:
     """Move every tensor inside ``batch`` to ``device`` (nested tuples, lists and dicts)."""
+    return _map_tensors(batch, lambda t: t.to(device))
+
+
+def split_rows(batch: Any, rows: int) -> list[Any]:
+    """``batch`` cut into the fewest batches of at most ``rows`` examples, their sizes as equal as possible
+    (not 64 + 1: a batch norm cannot train on one example): every tensor inside it sliced along its first
+    dimension, nested tuples, lists and dicts kept; the batch itself if it holds no tensor."""
+    if rows < 1:
+        raise ValueError(f"split_rows: rows must be >= 1, got {rows}")
+    n = _rows(batch)
+    if n is None:
+        return [batch]
+    parts = max(1, -(-n // rows))
+    bounds = [i * n // parts for i in range(parts + 1)]
+    return [
+        _map_tensors(batch, lambda t, a=a, b=b: t[a:b] if t.dim() else t) for a, b in itertools.pairwise(bounds)
+    ]
+
+
+def _rows(batch: Any) -> int | None:
+    """The first dimension of the first tensor in ``batch`` (``None``: none)."""
     if isinstance(batch, torch.Tensor):
-        return batch.to(device)
+        return batch.shape[0] if batch.dim() else None
+    values = batch.values() if isinstance(batch, Mapping) else batch if isinstance(batch, (tuple, list)) else ()
+    return next((n for n in map(_rows, values) if n is not None), None)
+
+
+def _map_tensors(batch: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    """``batch`` with ``fn`` applied to every tensor inside it (nested tuples, lists and dicts)."""
+    if isinstance(batch, torch.Tensor):
+        return fn(batch)
     if isinstance(batch, Mapping):
-        return {k: move_batch(v, device) for k, v in batch.items()}
+        return {k: _map_tensors(v, fn) for k, v in batch.items()}
     if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # a NamedTuple takes its fields positionally
-        return type(batch)(*(move_batch(v, device) for v in batch))
+        return type(batch)(*(_map_tensors(v, fn) for v in batch))
     if isinstance(batch, (tuple, list)):
-        return type(batch)(move_batch(v, device) for v in batch)
+        return type(batch)(_map_tensors(v, fn) for v in batch)
     return batch
 
 

@@ -10,9 +10,11 @@ from typing import Any, Literal
 
 from .families import FAMILIES
 
-__all__ = ["DEFAULT_BUDGET", "InherConfig", "plain_number"]
+__all__ = ["DEFAULT_BUDGET", "DEFAULT_PROBE_STEPS", "InherConfig", "plain_number"]
 
 DEFAULT_BUDGET = 0.25
+#: KD steps each ``prune="auto"`` candidate gets before it is scored (``InherConfig(prune_probe_steps=None)``)
+DEFAULT_PROBE_STEPS = 50
 INITS = ("whiten", "svd", "random")
 ALLOCATIONS = ("energy", "loss", "loss-by-type", "uniform")  # = inhernet.budget (config stays import-free)
 CALIBRATIONS = ("one-pass", "sequential", "sequential-corrected")
@@ -124,14 +126,24 @@ class InherConfig:
             ``macs=`` / ``latency=`` stay relative to the original teacher (its parameters, MACs or
             measured time) — on the pruned model's layers (under ``latency=`` priced by the same cost
             table, the pruned model's fixed rest measured whole).
-            ``"auto"``: choose the share from :data:`inhernet.pruning.AUTO_GRID` (0 to 0.5) by the
-            zero-shot loss (KL to the teacher's logits) of each candidate student on the calibration
-            batches; a share that cannot meet the budget is skipped (score ``None``, the reason in the
-            record's ``skipped``); under ``latency=`` the shares of :data:`inhernet.pruning.LATENCY_GRID`
-            (0.6, 0.7) are tried too when none of the grid's reaches the budget. The plan records the
-            choice and the scores. ``None`` (the default): no pruning.
+            ``"auto"``: choose the share: the candidates are found from the budget (the largest share
+            whose pruned model is still over it, so that ranks are left to cut, and the smallest share
+            whose smallest ranks reach it, by bisection on the layers' prices, before any spectrum;
+            :func:`inhernet.autoprune.candidate_shares`), and each candidate student is scored by its
+            KL to the teacher's logits after ``prune_probe_steps`` short KD steps (see below); a
+            candidate that cannot meet the budget after all is skipped (score ``None``, the reason in
+            the record's ``skipped``). The plan records the bracket, the choice and every score.
+            ``None`` (the default): no pruning.
             Needs ``calib`` (Torch-Pruning traces the model on its first batch); not for causal LMs or
             per-group ``budgets``.
+        prune_probe_steps: with ``prune="auto"``, how each candidate student is scored: ``0`` by its
+            zero-shot KL to the teacher on all calibration batches; ``N >= 1`` by its KL on the last
+            quarter of the calibration batches (at least one, held out) after ``N`` KD steps on the
+            others (Adam, a fixed small lr, KL at temperature 4, seeded by ``seed``); the candidate's
+            weights are restored afterwards, so the student returned is the winning share's inherited
+            (untrained) one. ``N >= 1`` needs at least 2 calibration batches. ``None`` (the
+            default): :data:`DEFAULT_PROBE_STEPS` under ``prune="auto"``, resolved when the student is
+            built (its plan's config holds the number used). Only with ``prune="auto"``.
 
     numpy integers are accepted wherever an ``int`` is (and numpy floats where a ``float`` is); they
     are stored as Python numbers, so :meth:`to_dict` stays JSON-serialisable.
@@ -158,6 +170,7 @@ class InherConfig:
     seed: int = 0
     family: str | None = None
     prune: float | Literal["auto"] | None = None
+    prune_probe_steps: int | None = None
 
     @classmethod
     def paper(cls, **overrides: Any) -> InherConfig:
@@ -217,6 +230,7 @@ class InherConfig:
             raise ValueError(f"damping must be a number >= 0, got {self.damping!r}")
         check_seed("seed", self.seed)
         self._check_prune(chosen)
+        self._check_probe_steps()
 
     def _check_prune(self, chosen: list[str]) -> None:
         p = self.prune
@@ -242,6 +256,26 @@ class InherConfig:
             raise ValueError(
                 "prune='auto' compares students at one budget: give budget=, macs= or latency= (or a fixed "
                 f"prune=0.3 with {chosen[0]}=)"
+            )
+
+    def _check_probe_steps(self) -> None:
+        n = self.prune_probe_steps
+        if n is None:
+            return
+        if isinstance(n, bool) or not isinstance(n, int):
+            raise TypeError(
+                f"prune_probe_steps must be an int >= 0 (KD steps per prune='auto' candidate; 0: zero-shot) "
+                f"or None (the default, {DEFAULT_PROBE_STEPS}), got {n!r}"
+            )
+        if n < 0:
+            raise ValueError(
+                f"prune_probe_steps={n} must be >= 0: the KD steps each prune='auto' candidate gets before it is "
+                "scored (0: scored zero-shot)"
+            )
+        if self.prune != "auto":
+            raise ValueError(
+                f"prune_probe_steps={n} scores the candidates of prune='auto', but prune={self.prune!r}: set "
+                "prune='auto' or drop prune_probe_steps"
             )
 
     def _check_budget(self) -> None:
@@ -303,10 +337,11 @@ class InherConfig:
         d = asdict(self)
         d["include"], d["exclude"] = list(self.include), list(self.exclude)
         d["budgets"] = dict(self.budgets)
-        if self.prune is None:
-            # absent rather than null, so that the configs (and benchmark parts) recorded before the
-            # field existed stay equal to today's
-            del d["prune"]
+        for key in ("prune", "prune_probe_steps"):
+            if d[key] is None:
+                # absent rather than null, so that the configs (and benchmark parts) recorded before the
+                # field existed stay equal to today's
+                del d[key]
         return d
 
     @classmethod

@@ -18,13 +18,13 @@ The hybrid is one allocator with two moves, priced in one currency and judged by
   layers: the per-layer rank choice is the allocator's. Under a latency budget the pruned model's
   layers are priced by the same cost table as the teacher's (new shapes timed once and cached), and its
   fixed rest (what no rank changes) is measured whole, as the teacher's is;
-* ``prune="auto"`` chooses the split: for each share of :data:`AUTO_GRID` the inherited student is
-  built at the same budget and scored zero-shot on the calibration batches (:func:`zero_shot_loss`,
-  never on a test split); the lowest loss wins (among the candidates within 2% of the budget, if any
-  is), and the plan records the choice, every score and why each skipped share was skipped (pruned
-  under the budget alone, or unable to reach it at its smallest ranks: found from the layers' prices,
-  before any spectrum is computed). Under a latency budget that no share of the grid reaches,
-  :data:`LATENCY_GRID` is tried next.
+* ``prune="auto"`` chooses the split (:mod:`inhernet.autoprune`): the candidate shares are found from
+  the budget, between the smallest share whose smallest ranks reach it and the largest whose pruned
+  model is still over it (by bisection on the layers' prices, before any spectrum), and each candidate
+  student is built at the same budget and scored by its KL to the teacher on the calibration batches
+  (never a test split), zero-shot (:func:`zero_shot_loss`) or after a few KD steps on part of them
+  (``InherConfig(prune_probe_steps=...)``). The plan records the bracket, the choice, every score and
+  why a share was skipped.
 
 Saving without pickle: :func:`pruned_spec` diffs the module attributes (``out_channels``,
 ``num_features``, ``normalized_shape``, ``num_attention_heads``...) and tensor shapes before and after
@@ -58,22 +58,14 @@ if TYPE_CHECKING:
     from .deploy.costs import LatencyCosts
 
 __all__ = [
-    "AUTO_GRID", "IMPORTANCES", "LATENCY_GRID", "PruneRecord", "after_pruning", "apply_spec", "attention_heads", "check_prunable", "inner_config",
-    "output_layers", "prune", "prune_for", "pruned_spec", "require_example", "teacher_outputs", "zero_shot_loss",
+    "IMPORTANCES", "PruneRecord", "after_pruning", "apply_spec", "attention_heads", "budget_standing", "check_prunable",
+    "inner_config", "output_layers", "prune", "prune_for", "pruned_spec", "require_example", "teacher_outputs",
+    "unpruned", "zero_shot_loss",
 ]
 
 #: channel importance criteria: global L2 magnitude (no data needed) or first-order Taylor (needs a
 #: calibration batch: the loss is the cross-entropy against the model's own predictions)
 IMPORTANCES = ("l2", "taylor")
-
-#: the shares of channels ``prune="auto"`` tries (0: plain inheritance, always a candidate)
-AUTO_GRID = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
-
-#: the shares ``prune="auto"`` tries next under a latency budget, only when no share of
-#: :data:`AUTO_GRID` can reach it: a layer that is slower factorised at every rank (mnist-cnn's first
-#: conv) can only be made faster by removing its channels, and more of them than a parameter budget needs
-LATENCY_GRID = (0.6, 0.7)
-
 
 def check_prunable(model: nn.Module) -> None:
     """Refuse a model Torch-Pruning cannot prune consistently (a causal LM), with the reason."""
@@ -322,10 +314,16 @@ def _is_pair(pair: Any) -> bool:
 @dataclass
 class PruneRecord:
     """What the pruning step of ``InherConfig(prune=...)`` did: the share of channels removed
-    (``ratio``; with ``prune="auto"`` the chosen one and every candidate's zero-shot loss in
-    ``scores``, ``None`` where the budget could not be met, and why in ``skipped``), the teacher's and
-    the pruned model's parameters (and MACs on the example input under a MAC budget, measured time on it
-    in ns under a latency budget), and the module changes (``spec``, what :func:`inhernet.load` replays)."""
+    (``ratio``), the teacher's and the pruned model's parameters (and MACs on the example input under a
+    MAC budget, measured time on it in ns under a latency budget), and the module changes (``spec``,
+    what :func:`inhernet.load` replays).
+
+    With ``prune="auto"`` (:mod:`inhernet.autoprune`), ``ratio`` is the chosen share; ``bracket`` the
+    shares the candidates were spread over (``[smallest that reaches the budget, largest still over
+    it]``); ``scores`` every candidate's KL to the teacher (``None`` where the budget could not be met,
+    and why in ``skipped``, which also says why the shares just outside the bracket were not built);
+    ``probe_steps`` the KD steps each candidate got before its score (0: zero-shot, on all calibration
+    batches; else on the held-out ones)."""
 
     ratio: float
     importance: str
@@ -338,6 +336,8 @@ class PruneRecord:
     teacher_latency_ns: int | None = None
     latency_ns: int | None = None
     skipped: dict[str, str] | None = None
+    bracket: list[float] | None = None
+    probe_steps: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = {
@@ -350,6 +350,10 @@ class PruneRecord:
             d["scores"] = dict(self.scores)
         if self.skipped:
             d["skipped"] = dict(self.skipped)
+        if self.bracket is not None:
+            d["bracket"] = list(self.bracket)
+        if self.probe_steps is not None:
+            d["probe_steps"] = self.probe_steps
         return d
 
     def summary(self) -> str:
@@ -359,7 +363,9 @@ class PruneRecord:
             text += f", {self.teacher_latency_ns / 1e6:.3f} -> {self.latency_ns / 1e6:.3f} ms measured"
         if self.scores is not None:
             scores = ", ".join(f"{k}: {'-' if v is None else f'{v:.4g}'}" for k, v in self.scores.items())
-            text += f"; chosen by zero-shot loss on the calibration batches ({scores})"
+            how = (f"KL on held-out calibration batches after {self.probe_steps} KD steps" if self.probe_steps
+                   else "zero-shot KL on the calibration batches")
+            text += f"; chosen by {how} ({scores})"
         return text
 
 
@@ -400,27 +406,25 @@ def require_example(example: Any) -> None:
         raise ValueError("InherConfig(prune=...) needs calib=: Torch-Pruning traces the model on its first batch")
 
 
-def inner_config(config: InherConfig, record: PruneRecord) -> InherConfig:
-    """The config that inherits the pruned model: the same budget, now as an absolute count of the
-    *original* teacher's parameters or MACs (so the pruned channels are paid from it), and no pruning.
-    A latency budget stays a fraction: it is taken of the original teacher's measured time, which the
-    pruned model's profile is given (:attr:`inhernet.spectra.LatencyProfile.base`).
+def unpruned(config: InherConfig, **changes: Any) -> InherConfig:
+    """``config`` without its pruning (``prune`` and ``prune_probe_steps`` cleared), with ``changes``:
+    the config a pruned model is inherited with."""
+    return replace(config, prune=None, prune_probe_steps=None, **changes)
+
+
+def budget_standing(config: InherConfig, record: PruneRecord) -> tuple[int, int, str]:
+    """``(have, target, unit)``: what the pruned model of ``record`` costs, dense, in ``config``'s
+    budget (parameters, MACs or measured ns), and the budget's target taken of the *original* teacher.
+    ``have < target``: pruning alone is under the budget, no rank is left to cut.
 
     Raises:
-        ValueError: the pruned model alone is already under the budget (prune less).
+        ValueError: ``config`` has no budget (a rank or energy rule), or an absolute count over the teacher's.
     """
     if config.latency is not None:
         assert record.teacher_latency_ns is not None and record.latency_ns is not None
-        target = int(config.latency * record.teacher_latency_ns)
-        if record.latency_ns < target:
-            raise ValueError(
-                f"prune={record.ratio:g} leaves a model that measures {record.latency_ns:,} ns, already under the "
-                f"latency budget of {target:,} ns ({config.latency:g} of the teacher's {record.teacher_latency_ns:,}): "
-                "nothing is left to factorise; prune less (or use prune-kd)"
-            )
-        return replace(config, prune=None)
+        return record.latency_ns, int(config.latency * record.teacher_latency_ns), "ns"
     if config.budget is None and config.macs is None:
-        return replace(config, prune=None)  # a rank or energy rule: nothing to convert
+        raise ValueError("budget_standing() needs budget=, macs= or latency=, not a rank or energy rule")
     key, amount, whole, have = (
         ("budget", config.budget, record.teacher_params, record.params) if config.budget is not None
         else ("macs", config.macs, record.teacher_macs, record.macs)
@@ -432,12 +436,37 @@ def inner_config(config: InherConfig, record: PruneRecord) -> InherConfig:
         raise ValueError(
             f"{key}={target:,} {unit} exceeds the teacher's {whole:,}; give a smaller count or a fraction in (0, 1]"
         )
+    return have, target, unit
+
+
+def inner_config(config: InherConfig, record: PruneRecord) -> InherConfig:
+    """The config that inherits the pruned model: the same budget, now as an absolute count of the
+    *original* teacher's parameters or MACs (so the pruned channels are paid from it), and no pruning.
+    A latency budget stays a fraction: it is taken of the original teacher's measured time, which the
+    pruned model's profile is given (:attr:`inhernet.spectra.LatencyProfile.base`).
+
+    Raises:
+        ValueError: the pruned model alone is already under the budget (prune less).
+    """
+    if config.budget is None and config.macs is None and config.latency is None:
+        return unpruned(config)  # a rank or energy rule: nothing to convert
+    have, target, unit = budget_standing(config, record)
+    if config.latency is not None:
+        assert record.teacher_latency_ns is not None
+        if have < target:
+            raise ValueError(
+                f"prune={record.ratio:g} leaves a model that measures {have:,} ns, already under the "
+                f"latency budget of {target:,} ns ({config.latency:g} of the teacher's {record.teacher_latency_ns:,}): "
+                "nothing is left to factorise; prune less (or use prune-kd)"
+            )
+        return unpruned(config)
+    key = "budget" if config.budget is not None else "macs"
     if have < target:
         raise ValueError(
             f"prune={record.ratio:g} leaves {have:,} {unit}, already under the {key} of {target:,}: nothing is "
             "left to factorise; prune less (or use prune-kd)"
         )
-    return replace(config, prune=None, **{key: target})
+    return unpruned(config, **{key: target})
 
 
 @contextmanager

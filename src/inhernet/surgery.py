@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import warnings
 from collections.abc import Iterable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -12,6 +11,7 @@ import torch
 from torch import nn
 
 from .allocation import Profile, check_reachable
+from .autoprune import choose
 from .batches import forward_batch, move_batch
 from .calibration import peek_example
 from .config import InherConfig
@@ -20,23 +20,12 @@ from .discovery import Candidate, Unsupported, find_layers
 from .kinds import LayerKind
 from .layers import configure_gates
 from .plan import Plan, make_plan, measure, open_costs, with_prune
-from .pruning import (
-    AUTO_GRID,
-    LATENCY_GRID,
-    after_pruning,
-    inner_config,
-    prune_for,
-    require_example,
-    teacher_outputs,
-    zero_shot_loss,
-)
+from .pruning import after_pruning, inner_config, prune_for, unpruned
 from .sequential import sequential_calibrate
 from .spectra import (
     allocation_needs_spectra,
     decompose,
-    latency_table,
     layer_spectra,
-    measured_ns,
     reiterable,
 )
 from .stack import replace_module
@@ -68,7 +57,9 @@ def inherit(
             Under a latency budget (``latency=``) it is required too: its first batch, whole, is the
             example input that the teacher and the cost table's layers are timed at.
             With ``prune=`` it is required too: Torch-Pruning traces the model on its first batch, and
-            ``prune="auto"`` scores each candidate student on all of it (:mod:`inhernet.pruning`).
+            ``prune="auto"`` scores each candidate student on it (:mod:`inhernet.autoprune`: KD steps on
+            its first three quarters, the KL on the last, so at least 2 batches; zero-shot on all of it
+            with ``prune_probe_steps=0``).
         plan: reuse the ranks of an earlier plan (e.g. to build an ablation with the same structure);
             a plan with pruning prunes the teacher again by its share (the same channels: L2 ranking).
         progress: show a progress bar while calibrating.
@@ -126,56 +117,18 @@ def _inherit_pruned(
     costs: LatencyCosts | None,
 ) -> nn.Module:
     """``inherit`` on the teacher pruned by ``config.prune`` (or by the ratio of ``plan``), at the same budget;
-    with ``prune="auto"`` the best of :data:`~inhernet.pruning.AUTO_GRID` by zero-shot loss on ``calib``
-    (under a latency budget that none of them reaches, of :data:`~inhernet.pruning.LATENCY_GRID`)."""
+    with ``prune="auto"`` the share chosen by :func:`inhernet.autoprune.choose`."""
     calib = list(calib) if calib is not None else None  # iterated once per candidate
     example = calib[0] if calib else None
     if plan is not None and plan.prune is not None:  # the plan's structure: the same channels, its ranks
         return _inherit_share(model, config, calib, example, plan.prune.ratio, progress, costs, plan)
     if config.prune != "auto":
         return _inherit_share(model, config, calib, example, float(config.prune), progress, costs)
-    require_example(example)
-    assert calib is not None
-    targets = teacher_outputs(model, calib)
-    # Under a latency budget the teacher is timed once: every candidate is held to the same target.
-    teacher_ns = measured_ns(latency_table(model, costs), model, example) if config.latency is not None else None
-    scores: dict[str, float | None] = {}
-    skipped: dict[str, str] = {}
-    # the lowest zero-shot loss wins, among the candidates within 2% of the budget if there are any
-    best: tuple[tuple[bool, float], nn.Module, list[warnings.WarningMessage]] | None = None
-    failures: list[ValueError] = []
-    grids = (AUTO_GRID, LATENCY_GRID) if config.latency is not None else (AUTO_GRID,)
-    for grid in grids:
-        if best is not None:
-            break  # the next grid prunes more, only tried when no smaller share reaches the budget
-        for share in grid:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                try:
-                    student = _inherit_share(model, config, calib, example, share, progress, costs, teacher_ns=teacher_ns)
-                except ValueError as err:  # this share cannot meet the budget (pruned under it, or unreachable)
-                    scores[f"{share:g}"], skipped[f"{share:g}"] = None, str(err)
-                    failures.append(err)
-                    continue
-            score = zero_shot_loss(student, calib, targets)
-            scores[f"{share:g}"] = score
-            key = (not student.inhernet_plan.in_window, score)
-            if best is None or key < best[0]:
-                best = (key, student, caught)
-    if best is None:
-        if config.latency is None:
-            raise failures[0]  # not even plain inheritance (share 0) meets the budget: its own error says why
-        raise ValueError(
-            f"latency={config.latency:g} is reached by no share of prune='auto' ({', '.join(skipped)}): "
-            + "; ".join(f"{share}: {why}" for share, why in skipped.items())
-            + ". Raise latency=, or exclude fewer layers"
-        ) from failures[0]
-    _, student, caught = best
-    for w in caught:  # only the chosen candidate's warnings (e.g. a plan more than 2% under its budget)
-        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    student.inhernet_plan.prune.scores = scores
-    student.inhernet_plan.prune.skipped = skipped
-    return student
+
+    def build(chosen: InherConfig, share: float, teacher_ns: int | None) -> nn.Module:
+        return _inherit_share(model, chosen, calib, example, share, progress, costs, teacher_ns=teacher_ns)
+
+    return choose(model, config, calib, costs, build)
 
 
 def _inherit_share(
@@ -189,7 +142,7 @@ def _inherit_share(
     if plan is None:
         inner, inner_plan = inner_config(config, record), None
     else:  # the plan's ranks, no allocation: the budget is not spent again
-        inner = replace(config, prune=None)
+        inner = unpruned(config)
         inner_plan = replace(plan, config=inner, prune=None, teacher_params=record.params)
     with after_pruning(record):
         student = _inherit(pruned, inner, calib, inner_plan, progress, costs, record.teacher_latency_ns)

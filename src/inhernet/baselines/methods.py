@@ -310,6 +310,7 @@ def _prune_kd(ctx: MethodContext) -> nn.Module:
 @register_method("inhernet-prune")
 def _inhernet_prune(ctx: MethodContext) -> nn.Module:
     """The hybrid: the teacher pruned by Torch-Pruning, then inherited at the same budget, the share of
-    channels pruned chosen by zero-shot loss on the calibration batches (``InherConfig(prune="auto")``,
-    see :mod:`inhernet.pruning`); the family's recipe otherwise."""
+    channels pruned chosen among candidates bracketed by the budget, by the KL to the teacher after a
+    few KD steps on the calibration batches (``InherConfig(prune="auto")``, see :mod:`inhernet.autoprune`);
+    the family's recipe otherwise."""
     return inherit(ctx.teacher, ctx.config(prune="auto"), calib=ctx.calib, progress=False, costs=ctx.latency_costs)

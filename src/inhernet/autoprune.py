@@ -1,0 +1,345 @@
+"""``InherConfig(prune="auto")``: which shares of channels to try, and which candidate student wins.
+
+The candidates come from the budget, not from a fixed grid (:func:`candidate_shares`). Pruning a share
+``p`` of the teacher's channels (:func:`inhernet.pruning.prune_for`) leaves a model that costs, dense,
+less the larger ``p`` is, and whose smallest ranks cost less too. A scan and two bisections on ``p``,
+each step one Torch-Pruning call and the layers' prices (parameters, MACs on the example input, or the
+cost table's nanoseconds: the prices the allocator spends; no calibration pass, no spectrum) find
+
+* ``p_max``: the largest share whose pruned model is still *over* the budget, so that rank cuts remain
+  to be made (a larger share would be pruning alone, what ``prune-kd`` does);
+* ``p_min``: the smallest share whose model reaches the budget with every layer at its smallest rank
+  (0 when plain inheritance reaches it).
+
+The candidates are spread over ``[p_min, p_max]`` by :data:`SPREAD`, two of them close to ``p_max``
+(mostly pruning, a few rank cuts), which is where a model whose layers would be starved to rank 1 by
+rank cuts alone (EfficientNet-Lite0 at 10% of its parameters) is best served. This works alike for
+parameter, MAC and latency budgets; a share that is no candidate is never built.
+
+Each candidate student is then built at the same budget and scored by its KL to the teacher's logits
+(:func:`score`): zero-shot on all calibration batches (``prune_probe_steps=0``), or after ``N`` short
+KD steps on the first calibration batches and measured on the held-out rest (:func:`probe_loss`), the
+weights restored afterwards: a near-chance student that trains well is told apart from one that does
+not, which the zero-shot KL cannot do. The lowest score wins (among the candidates within 2% of the
+budget, if any is).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from .allocation import reach
+from .batches import forward_batch, logits_of, move_batch, split_rows
+from .config import DEFAULT_PROBE_STEPS, InherConfig
+from .discovery import find_layers
+from .plan import measure, open_costs
+from .pruning import (
+    budget_standing,
+    inner_config,
+    prune_for,
+    require_example,
+    teacher_outputs,
+    zero_shot_loss,
+)
+from .spectra import latency_table, measured_ns
+
+if TYPE_CHECKING:
+    from .deploy.costs import LatencyCosts
+
+__all__ = [
+    "CEILING", "PROBE_BATCH", "PROBE_LR", "PROBE_TEMPERATURE", "RESOLUTION", "SCAN", "SPREAD", "Standing",
+    "candidate_shares", "choose", "probe_loss", "score", "split_probe", "standing",
+]
+
+#: where the candidates lie between ``p_min`` (0) and ``p_max`` (1): spread over the bracket, two of
+#: them close to the share at which pruning alone would meet the budget
+SPREAD = (0.0, 0.25, 0.5, 0.75, 0.9, 0.97)
+#: the bisections stop when the bracket's ends are known to this share of the channels
+RESOLUTION = 0.01
+#: the step of the scan that brackets ``p_max`` before its bisection
+SCAN = 0.1
+#: the largest share tried (Torch-Pruning removes at most 95% of a layer's channels, and near that it
+#: leaves whole groups unpruned rather than empty them: the pruned size is no longer monotone)
+CEILING = 0.9
+#: the probe's Adam learning rate: fixed (the probe ranks candidates, it does not tune them), the
+#: benchmarks' default KD learning rate
+PROBE_LR = 1e-3
+#: the probe's KD temperature (:class:`inhernet.distillation.DistillConfig`'s default)
+PROBE_TEMPERATURE = 4.0
+#: the probe's batch size: the calibration batches it trains on are cut into batches of at most this many
+#: examples (a KD step's usual size, and a fraction of the cost of a step on a whole calibration batch)
+PROBE_BATCH = 64
+
+
+@dataclass(frozen=True)
+class Standing:
+    """Where the teacher pruned by ``share`` stands against the budget, in its unit: ``have`` (the pruned
+    model, dense), ``target`` (taken of the original teacher) and ``smallest`` (every layer at its floor
+    rank; ``None`` when not needed or when the pruned model is under the target alone)."""
+
+    share: float
+    have: int
+    target: int
+    unit: str
+    smallest: int | None = None
+
+    @property
+    def over(self) -> bool:
+        """The pruned model alone is not under the budget: ranks are left to cut (as :func:`inner_config` asks)."""
+        return self.have >= self.target
+
+    @property
+    def reachable(self) -> bool:
+        return self.over and self.smallest is not None and self.smallest <= self.target
+
+    def why_not(self) -> str:
+        """Why this share is no candidate, for the record's ``skipped``."""
+        if not self.over:
+            budget = {"ns": "latency budget", "MACs": "MAC budget"}.get(self.unit, "budget")
+            return (f"pruned alone to {self.have:,} {self.unit}, already under the {budget} of {self.target:,}: "
+                    "nothing is left to factorise")
+        pruned = f"after pruning {self.share:g}" if self.share else "without pruning"
+        return (f"unreachable: {pruned} the smallest ranks reach {self.smallest:,} {self.unit}, over the "
+                f"budget of {self.target:,}")
+
+
+def standing(
+    config: InherConfig, model: nn.Module, example: Any, share: float, costs: LatencyCosts | None,
+    teacher_ns: int | None, smallest: bool,
+) -> Standing:
+    """Where ``share`` stands (:class:`Standing`); ``smallest``: also price the pruned model's smallest
+    ranks (a profile of it under a MAC or latency budget; never its spectra)."""
+    pruned, record = prune_for(config, model, example, share, costs, teacher_ns)
+    have, target, unit = budget_standing(config, record)
+    if not smallest or have < target:
+        return Standing(share, have, target, unit)
+    inner = inner_config(config, record)
+    candidates, _ = find_layers(pruned, inner, example)
+    profile, _ = measure(pruned, inner, candidates, [example], costs, record.teacher_latency_ns)
+    target, least, unit = reach(inner, open_costs(candidates, inner, profile), profile, record.params)
+    return Standing(share, have, target, unit, least)
+
+
+def candidate_shares(
+    stand: Callable[[float, bool], Standing],
+) -> tuple[list[float], list[float], dict[str, str]]:
+    """The shares ``prune="auto"`` builds, the bracket ``[p_min, p_max]`` they are spread over, and why
+    the shares just outside it are none (``{share: reason}``).
+
+    ``stand(share, smallest)``: :func:`standing` of ``share`` (with its smallest ranks priced if
+    ``smallest``). ``p_max`` is bracketed by a scan in steps of :data:`SCAN` up to :data:`CEILING`
+    (the first share under the budget ends it), ``p_min`` lies between 0 and ``p_max``; both are then
+    found by bisection to :data:`RESOLUTION` (about 10 to 20 calls in all), assuming that what pruning
+    removes grows with the share below the first share under the budget.
+
+    Raises:
+        ValueError: no share reaches the budget (too much is left after pruning up to ``p_max`` even at
+            the smallest ranks), with the numbers.
+    """
+    skipped: dict[str, str] = {}
+    zero = stand(0.0, True)  # the teacher: always over the budget (a budget is at most the teacher)
+    # p_max: the first share of the scan whose pruned model is under the budget, then bisection below it.
+    # Not a bisection from the top: near its max_ratio Torch-Pruning leaves whole groups unpruned rather
+    # than empty them, and a larger share can leave a larger model; the scan ends there too.
+    lo, hi, under, last = 0.0, None, None, zero
+    for k in range(1, round(CEILING / SCAN) + 1):
+        there = stand(round(k * SCAN, 6), False)
+        if there.have > last.have:
+            break  # pruning more left a larger model: the shares from here on are not trusted
+        if not there.over:
+            hi, under = there.share, there
+            break
+        lo, last = there.share, there
+    if hi is not None:
+        while hi - lo > RESOLUTION:
+            mid = (lo + hi) / 2
+            there = stand(mid, False)
+            if there.over:
+                lo = mid
+            else:
+                hi, under = mid, there
+        assert under is not None
+        skipped[_key(hi)] = under.why_not()
+    p_max = lo
+    if zero.reachable:
+        p_min = 0.0
+    else:
+        edge = stand(p_max, True)
+        if not edge.reachable:
+            above = (f"pruning {_key(hi)} goes under it alone" if hi is not None
+                     else f"no larger share was tried (at most {CEILING:g}, while pruning more removes more)")
+            raise ValueError(
+                f"the budget of {zero.target:,} {zero.unit} is reached by no share of prune='auto': after pruning "
+                f"{p_max:g} of the channels, the most that leaves ranks to cut ({above}), the smallest ranks reach "
+                f"{edge.smallest:,} {edge.unit} at best (without pruning: {zero.smallest:,}); raise the budget, "
+                "lower min_rank / min_rank_ratio or factorise more layers (or use prune-kd)"
+            )
+        skipped["0"] = zero.why_not()
+        lo, hi = 0.0, p_max  # unreachable at lo, reachable at hi
+        while hi - lo > RESOLUTION:
+            mid = (lo + hi) / 2
+            lo, hi = (lo, mid) if stand(mid, True).reachable else (mid, hi)
+        p_min = hi
+    # the ends rounded inwards to 0.001, so that the candidates keep their sides of the budget
+    p_min, p_max = math.ceil(p_min * 1000) / 1000, math.floor(p_max * 1000) / 1000
+    p_max = max(p_min, p_max)
+    shares = sorted({min(p_max, max(p_min, round(p_min + t * (p_max - p_min), 3))) for t in SPREAD})
+    return shares, [p_min, p_max], skipped
+
+
+def split_probe(calib: Sequence[Any], steps: int) -> tuple[list[Any], list[Any]]:
+    """The calibration batches the probe trains on and those it scores on: the last quarter (at least
+    one) is held out. ``steps=0`` (zero-shot): every batch is scored, none trained on.
+
+    Raises:
+        ValueError: ``steps > 0`` with fewer than 2 batches.
+    """
+    if steps == 0:
+        return [], list(calib)
+    if len(calib) < 2:
+        raise ValueError(
+            f"prune_probe_steps={steps} needs at least 2 calibration batches (KD steps on the first, the score on "
+            f"the held-out last), got {len(calib)}; pass more calib batches or prune_probe_steps=0 (zero-shot)"
+        )
+    held = max(1, len(calib) // 4)
+    return list(calib[:-held]), list(calib[-held:])
+
+
+def probe_loss(
+    student: nn.Module, train: Sequence[Any], train_targets: Sequence[torch.Tensor], held: Sequence[Any],
+    held_targets: Sequence[torch.Tensor], steps: int, seed: int,
+) -> float:
+    """``student``'s KL to the teacher on ``held`` (:func:`~inhernet.pruning.zero_shot_loss`) after
+    ``steps`` KD steps on ``train`` (cut into batches of :data:`PROBE_BATCH` examples, cycled in order,
+    one a step): the teacher's logits ``train_targets`` as targets, :func:`~inhernet.distillation.kd_loss`
+    at :data:`PROBE_TEMPERATURE`, Adam at :data:`PROBE_LR`, every parameter trained, in training mode,
+    the RNG seeded by ``seed`` (deterministic on a CPU). ``steps=0``: the zero-shot KL on ``held``.
+
+    The student comes back exactly as it was: weights and buffers (batch-norm statistics), modes,
+    ``requires_grad`` flags; no gradient left behind.
+    """
+    from .distillation.loss import kd_loss
+
+    if steps == 0:
+        return zero_shot_loss(student, held, held_targets)
+    device = next((p.device for p in student.parameters()), torch.device("cpu"))
+    inputs = [part for batch in train for part in split_rows(batch, PROBE_BATCH)]
+    wanted = [part for target in train_targets for part in split_rows(target, PROBE_BATCH)]
+    if len(inputs) != len(wanted):
+        raise ValueError(f"the probe's {len(train)} calibration batches and the teacher's logits on them differ in size")
+    saved = {k: v.detach().clone() for k, v in student.state_dict(keep_vars=True).items()}
+    modes = {m: m.training for m in student.modules()}
+    flags = {p: p.requires_grad for p in student.parameters()}
+    params = [p for p in student.parameters() if p.is_floating_point()]
+    try:
+        for p in params:
+            p.requires_grad_(True)
+        optimizer = torch.optim.Adam(params, lr=PROBE_LR)
+        student.train()
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.enable_grad():
+            torch.manual_seed(seed)
+            for step in range(steps):
+                i = step % len(inputs)
+                logits = logits_of(forward_batch(student, move_batch(inputs[i], device)))
+                loss = kd_loss(logits, wanted[i].to(device, logits.dtype), temperature=PROBE_TEMPERATURE)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+        return zero_shot_loss(student, held, held_targets)
+    finally:
+        with torch.no_grad():
+            for key, value in student.state_dict(keep_vars=True).items():
+                value.copy_(saved[key])
+        for m, training in modes.items():
+            m.training = training
+        for p, flag in flags.items():
+            p.requires_grad_(flag)
+            p.grad = None
+
+
+def score(
+    student: nn.Module, config: InherConfig, calib: Sequence[Any], targets: Sequence[torch.Tensor],
+) -> float:
+    """A candidate's score under ``config.prune_probe_steps`` (resolved): :func:`probe_loss` on the
+    split of :func:`split_probe`, ``targets`` being the teacher's logits on ``calib``."""
+    steps = config.prune_probe_steps
+    assert steps is not None
+    train, held = split_probe(calib, steps)
+    return probe_loss(student, train, targets[:len(train)], held, targets[len(train):], steps, config.seed)
+
+
+def choose(
+    model: nn.Module, config: InherConfig, calib: list[Any] | None, costs: LatencyCosts | None,
+    build: Callable[[InherConfig, float, int | None], nn.Module],
+) -> nn.Module:
+    """The student of ``prune="auto"``: every share of :func:`candidate_shares` built by ``build(config,
+    share, teacher_ns)`` and scored by :func:`score`; the lowest score wins, among the candidates within
+    2% of the budget if any is. Its plan's ``prune`` record holds the bracket, every score and why a
+    share was skipped; its config the probe steps used (``prune_probe_steps=None`` resolved)."""
+    example = calib[0] if calib else None
+    require_example(example)
+    assert calib is not None
+    if config.prune_probe_steps is None:
+        config = replace(config, prune_probe_steps=DEFAULT_PROBE_STEPS)
+    steps = config.prune_probe_steps
+    assert steps is not None
+    split_probe(calib, steps)  # too few batches for the probe: said before anything is built
+    # Under a latency budget the teacher is timed once: every candidate is held to the same target.
+    teacher_ns = measured_ns(latency_table(model, costs), model, example) if config.latency is not None else None
+    cache: dict[tuple[float, bool], Standing] = {}
+
+    def stand(share: float, smallest: bool) -> Standing:
+        key = (share, smallest)
+        if key not in cache:
+            cache[key] = standing(config, model, example, share, costs, teacher_ns, smallest)
+        return cache[key]
+
+    shares, bracket, skipped = candidate_shares(stand)
+    targets = teacher_outputs(model, calib)
+    scores: dict[str, float | None] = dict.fromkeys(skipped)
+    best: tuple[tuple[bool, float], nn.Module, list[warnings.WarningMessage]] | None = None
+    failures: list[ValueError] = []
+    for share in shares:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                student = build(config, share, teacher_ns)
+            except ValueError as err:  # measured again, this share missed the budget after all
+                scores[_key(share)], skipped[_key(share)] = None, str(err)
+                failures.append(err)
+                continue
+        value = score(student, config, calib, targets)
+        scores[_key(share)] = value
+        key = (not student.inhernet_plan.in_window, value)
+        if best is None or key < best[0]:
+            best = (key, student, caught)
+    if best is None:
+        raise ValueError(
+            f"prune='auto': no candidate share ({', '.join(map(_key, shares))}, between {bracket[0]:g} and "
+            f"{bracket[1]:g}) met the budget when built: "
+            + "; ".join(f"{share}: {why}" for share, why in skipped.items())
+        ) from failures[0]
+    _, student, caught = best
+    for w in caught:  # only the chosen candidate's warnings (e.g. a plan more than 2% under its budget)
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    record = student.inhernet_plan.prune
+    record.scores, record.skipped = _by_share(scores), _by_share(skipped)
+    record.bracket, record.probe_steps = bracket, steps
+    return student
+
+
+def _by_share(d: dict[str, Any]) -> dict[str, Any]:
+    """``d`` (keyed by :func:`_key`) in the order of the shares."""
+    return dict(sorted(d.items(), key=lambda kv: float(kv[0])))
+
+
+def _key(share: float) -> str:
+    """A share as the record's key: at most 3 decimals (``0.45``, ``0.612``)."""
+    return f"{round(share, 3):g}"
