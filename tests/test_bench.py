@@ -207,6 +207,15 @@ def test_prune_kd_in_the_bench_with_taylor_importance(tiny_preset):
         BenchConfig(prune_importance="l1")
 
 
+@pytest.mark.filterwarnings("ignore:the plan reaches")
+def test_the_hybrid_records_the_share_of_channels_it_pruned(tiny_preset):
+    pytest.importorskip("torch_pruning")
+    result = run_bench(_quiet_cfg(methods=("inhernet", "inhernet-prune")), log=lambda _: None)
+    inhernet, hybrid = result["methods"]
+    assert "pruned_share" not in inhernet
+    assert 0.0 <= hybrid["pruned_share"] < 1.0 and hybrid["params"] <= 1.02 * 0.3 * result["teacher"]["params"]
+
+
 class FakeTimer:
     """Deterministic 'measured' seconds, no clock: 1 ns per MAC on the example input, plus 100 ns per dense
     layer, 200 ns per factorised block and 1 us for the rest of a model. The layer prices agree with

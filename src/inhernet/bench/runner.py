@@ -198,6 +198,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
     runs: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
     sizes: dict[str, tuple[int, int]] = {}
     ranks: dict[str, dict[str, int]] = {}
+    pruned: dict[str, float] = {}  # the share of channels an InherConfig(prune=...) method removed
     tuned: dict[str, dict[str, Any]] = {}
     contexts: dict[int, MethodContext] = {}
     latencies: dict[str, int] = {}  # ns of the deployed forms, under match="latency"
@@ -223,6 +224,8 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
                 latencies[name] = ctx.size(student)
             if hasattr(student, "inhernet_plan"):
                 ranks[name] = student.inhernet_plan.ranks()
+                if student.inhernet_plan.prune is not None:
+                    pruned[name] = student.inhernet_plan.prune.ratio
             recipe = _recipe(name, student, sizes[name])
             done = parts.run(name, seed, recipe) if parts is not None else None
             if done is not None:
@@ -260,6 +263,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
         {
             **_summarise(name, runs[name], sizes[name], higher), **({"ranks": ranks[name]} if name in ranks else {}),
             **({"latency_ms": latencies[name] / 1e6} if name in latencies else {}),
+            **({"pruned_share": pruned[name]} if name in pruned else {}),
         }
         for name in methods
     ]
