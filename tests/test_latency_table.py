@@ -9,24 +9,20 @@ under a latency match compact keeping the plan's ranks.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
+from benchmark_scripts import load_benchmark
 from inhernet.deploy import costs as cost_module
 
-ROOT = Path(__file__).resolve().parents[1]
 QUICK = ["--quick", "--batches", "1", "4", "--calib-size", "64"]
 
 
 @pytest.fixture(scope="module")
 def latency_script():
-    spec = importlib.util.spec_from_file_location("latency_bench", ROOT / "benchmarks" / "latency.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("latency")
 
 
 @pytest.fixture()

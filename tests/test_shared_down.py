@@ -3,28 +3,21 @@ input, and its use inside sequential calibration."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 from torch import nn
 
+from benchmark_scripts import load_benchmark
 from inhernet import InherConfig, inherit
 from inhernet.calibration import InputCovariance
 from inhernet.decomposition import factorize
 
-_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "smollm2_shared_qkv.py"
 N, SIZES = 32, (32, 16, 16)  # q/k/v-like: one input width, three output widths
 
 
 @pytest.fixture(scope="module")
 def sq():
-    spec = importlib.util.spec_from_file_location("smollm2_shared_qkv", _PATH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("smollm2_shared_qkv")
 
 
 def _inputs(rows: int = 512, seed: int = 0) -> torch.Tensor:

@@ -2,25 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
 import tiny_models as tm
+from benchmark_scripts import load_benchmark
 from inhernet import InherConfig, evaluate, inherit
-
-_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "smollm2_zero_shot.py"
 
 
 @pytest.fixture(scope="module")
 def ablation():
-    spec = importlib.util.spec_from_file_location("smollm2_zero_shot", _PATH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("smollm2_zero_shot")
 
 
 def _cell(ablation, budget: float, row: str, calib: int, test: int = 128, **extra) -> dict:

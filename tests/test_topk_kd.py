@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from benchmark_scripts import load_benchmark
 from inhernet.batches import move_batch
 from inhernet.distillation import (
     DistillConfig,
@@ -251,15 +252,10 @@ def test_classifier_with_all_classes_kept_trains_as_full_logit_kd(tmp_path: Path
 
 def test_step_time_script_smoke_on_a_tiny_llama(tmp_path: Path) -> None:
     """benchmarks/smollm2_step_time.py --tiny: the three steps run interleaved and the table is written."""
-    import importlib.util
     import json
 
     pytest.importorskip("transformers")
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "smollm2_step_time.py"
-    spec = importlib.util.spec_from_file_location("smollm2_step_time", path)
-    assert spec is not None and spec.loader is not None
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_benchmark("smollm2_step_time")
     threads = torch.get_num_threads()
     try:
         result = script.main(["--tiny", "--threads", "1", "--reps", "2", "--k", "8", "--out", str(tmp_path)])
