@@ -15,7 +15,7 @@ from torch import nn
 
 import inhernet
 from inhernet import InherBlock, InherConfig, compact, inherit, load, save
-from inhernet.autoprune import RESOLUTION, SPREAD, probe_loss, split_probe
+from inhernet.autoprune import RESOLUTION, SPREAD, Standing, candidate_shares, probe_loss, split_probe
 from inhernet.baselines import METHODS, MethodContext
 from inhernet.batches import split_rows
 from inhernet.bench.runner import BenchConfig, _recipe
@@ -620,6 +620,24 @@ def test_auto_finds_a_latency_budget_between_two_grid_shares():
     p = student.inhernet_plan
     assert fake_ns(costs, student, calib[0]) == p.total_latency_ns <= p.target_latency_ns == int(0.48 * fake_ns(costs, teacher, calib[0]))
     assert p.prune.latency_ns > p.target_latency_ns and p.factorised  # pruned, then ranks cut
+
+
+def test_bracket_survives_a_share_measured_under_the_budget_on_its_second_timing():
+    """Measured latencies are retaken at every call: the scan's last share over the budget can time under it
+    when its smallest ranks are priced. The bracket then steps back to a share that is over, not crash."""
+    calls: list[tuple[float, bool]] = []
+
+    def stand(share: float, smallest: bool) -> Standing:  # 100 units pruned linearly, ranks save 10, target 50
+        calls.append((share, smallest))
+        have = round(100 * (1 - share))
+        if smallest and share > 0 and sum(1 for s, m in calls if m and s > 0) == 1:
+            have = 49  # the noisy retake
+        return Standing(share, have, 50, "ns", have - 10 if smallest and have >= 50 else None)
+
+    shares, bracket, skipped = candidate_shares(stand)
+    assert 0.4 - RESOLUTION <= bracket[0] <= 0.41 and bracket[1] <= 0.5
+    assert all(bracket[0] <= s <= bracket[1] for s in shares)
+    assert "0" in skipped
 
 
 def test_auto_reaches_a_parameter_budget_that_needs_more_than_half_the_channels_pruned():

@@ -172,6 +172,11 @@ def candidate_shares(
         p_min = 0.0
     else:
         edge = stand(p_max, True)
+        # A measured latency is taken again at every call: a share found over the budget by the scan can come
+        # out under it alone here (timing noise). Step back until it is over, as the bracket assumes.
+        while not edge.over and p_max > 0:
+            p_max = max(0.0, round(p_max - RESOLUTION, 6))
+            edge = stand(p_max, True)
         if not edge.reachable:
             above = (f"pruning {_key(hi)} goes under it alone" if hi is not None
                      else f"no larger share was tried (at most {CEILING:g}, while pruning more removes more)")
