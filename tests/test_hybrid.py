@@ -40,6 +40,13 @@ from tiny_models import (
 
 pytest.importorskip("torch_pruning")
 
+
+@pytest.fixture(autouse=True)
+def _any_channel_count(monkeypatch):
+    """The latency cases below are sized on exact channel counts of Torch-Pruning's ranking; the rounding to
+    multiples of 8 that a latency budget adds is tested on its own (test_prune.py)."""
+    monkeypatch.setattr(inhernet.pruning, "LATENCY_ROUND_TO", None)
+
 PARTS = Path(__file__).resolve().parent.parent / "benchmarks" / "parts"
 
 

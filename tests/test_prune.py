@@ -10,6 +10,8 @@ from inhernet import DistillConfig, InherConfig, distill, inherit
 from inhernet.baselines import MethodContext, build_student
 from inhernet.baselines.prune import attention_heads, default_importance, prune, prune_to_size
 from inhernet.deploy import count_macs
+from inhernet.pruning import LATENCY_ROUND_TO, prune_for
+from test_latency_budget import FakeCosts
 from tiny_models import bert_small, cnn, llama_tiny, mlp, n_params, run, same_state, state_copy, strided_cnn
 
 pytest.importorskip("torch_pruning")
@@ -96,3 +98,24 @@ def test_errors_name_the_problem():
         prune_to_size(model, x, 10 * n_params(model), n_params)
     with pytest.raises(ValueError, match="far above"):
         prune_to_size(model, x, 1, n_params, max_ratio=0.05)
+
+
+def test_a_latency_budget_prunes_channels_in_multiples_of_eight():
+    """Measured time is not monotone in odd channel counts; under a latency budget every pruned layer keeps
+    a multiple of 8 channels, under other budgets Torch-Pruning's own counts."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 32, 3), torch.nn.ReLU(), torch.nn.Conv2d(32, 48, 3), torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(48, 10),
+    ).eval()
+    x = torch.randn(4, 3, 12, 12)
+
+    def widths(m):
+        return [c.out_channels for c in m.modules() if isinstance(c, torch.nn.Conv2d)]
+
+    assert any(w % LATENCY_ROUND_TO for w in widths(prune(model, x, 0.3)))
+    assert all(w % LATENCY_ROUND_TO == 0 for w in widths(prune(model, x, 0.3, round_to=LATENCY_ROUND_TO)))
+    pruned, record = prune_for(InherConfig(latency=0.5), model, x, 0.3, costs=FakeCosts())
+    assert all(w % LATENCY_ROUND_TO == 0 for w in widths(pruned)) and record.latency_ns < record.teacher_latency_ns
+    same, _ = prune_for(InherConfig(budget=0.5), model, x, 0.3)
+    assert widths(same) == widths(prune(model, x, 0.3))

@@ -151,8 +151,10 @@ def candidate_shares(
     lo, hi, under, last = 0.0, None, None, zero
     for k in range(1, round(CEILING / SCAN) + 1):
         there = stand(round(k * SCAN, 6), False)
-        if there.have > last.have:
-            break  # pruning more left a larger model: the shares from here on are not trusted
+        if there.have > last.have and there.unit != "ns":
+            # pruning more left a larger model: the shares from here on are not trusted. Not so for measured
+            # time, which is neither exact nor monotone in the channel counts (kernels favour some widths).
+            break
         if not there.over:
             hi, under = there.share, there
             break

@@ -29,6 +29,7 @@ from ..config import InherConfig
 from ..deploy import compact, count_macs
 from ..layers import InherBlock
 from ..plan import Plan
+from ..pruning import LATENCY_ROUND_TO
 from ..stack import layer_stack
 from ..surgery import inherit
 from .layerdrop import block_influence, drop_layers, most_important, spread_layers
@@ -303,8 +304,10 @@ def _prune_kd(ctx: MethodContext) -> nn.Module:
     ``ctx.extras["prune_importance"]``: ``"l2"`` (default) or ``"taylor"``.
     """
     example = split_example(ctx.calib, "prune-kd")[0]
-    importance = ctx.extras.get("prune_importance", "l2")
-    return prune_to_size(ctx.teacher, example, ctx.target, ctx.size, importance=importance)
+    options: dict[str, Any] = {"importance": ctx.extras.get("prune_importance", "l2")}
+    if ctx.match == "latency":  # pruned as the hybrid prunes under a latency budget
+        options["round_to"] = LATENCY_ROUND_TO
+    return prune_to_size(ctx.teacher, example, ctx.target, ctx.size, **options)
 
 
 @register_method("inhernet-prune")
