@@ -137,8 +137,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if "onnxruntime" in args.backends and (cuda or args.dtype != "float32"):
         ap.error("onnxruntime is timed on the CPU in float32 only here: drop it from --backends with "
                  "--device cuda or --dtype bfloat16")
-    if args.accuracy_from is not None and args.prune is not None:
-        ap.error("--accuracy-from reads the plain InherNet's accuracy: drop it with --prune")
+    if args.accuracy_from is not None and args.prune not in (None, "auto"):
+        ap.error("--accuracy-from reads the bench's inhernet (or, with --prune auto, inhernet-prune) row: no bench "
+                 "method prunes a fixed share; drop one of them")
     if args.accuracy_from is not None and args.calib_size != BenchConfig.calib_size:
         ap.error(f"--accuracy-from reads a bench's models, built on {BenchConfig.calib_size} calibration examples: "
                  f"drop --calib-size")
@@ -297,10 +298,13 @@ def compiled(models: Mapping[str, nn.Module], backend: str) -> dict[str, nn.Modu
 
 
 # -- accuracies --------------------------------------------------------------------------------------
-def read_accuracies(path: Path, *, preset: str, budget: float, match: str) -> dict[str, Any]:
+def read_accuracies(
+    path: Path, *, preset: str, budget: float, match: str, reference: str = "inhernet"
+) -> dict[str, Any]:
     """The accuracies after KD in an ``inhernet bench --json`` result of the same preset, budget and match:
     ``{"metric": str, "models": {key: {"value", "std", "seeds", "params"}}}`` for the teacher, inhernet,
-    prune-kd and kd-student (those it has).
+    prune-kd and kd-student (those it has). ``reference``: the bench method timed here as InherNet
+    (``inhernet-prune`` for ``--prune auto``), which the bench must have sized its baselines from.
 
     Raises:
         ValueError: the file is not a bench result, or it benchmarked other models (preset, budget or match).
@@ -311,8 +315,9 @@ def read_accuracies(path: Path, *, preset: str, budget: float, match: str) -> di
         raise ValueError(f"--accuracy-from {path}: cannot read it as JSON ({err})") from None
     if not isinstance(data, dict) or not isinstance(data.get("methods"), list) or "teacher" not in data:
         raise ValueError(f"--accuracy-from {path}: not an `inhernet bench --json` result (needs 'teacher' and 'methods')")
-    got = {"preset": data.get("preset"), "budget": data.get("budget"), "match": data.get("match", "params")}
-    want = {"preset": preset, "budget": budget, "match": match}
+    got = {"preset": data.get("preset"), "budget": data.get("budget"), "match": data.get("match", "params"),
+           "reference": data.get("reference", "inhernet")}
+    want = {"preset": preset, "budget": budget, "match": match, "reference": reference}
     bad = [
         f"{k}={got[k]!r} (this run: {want[k]!r})" for k in want
         if not (got[k] == want[k] or (k == "budget" and isinstance(got[k], (int, float))
@@ -321,15 +326,16 @@ def read_accuracies(path: Path, *, preset: str, budget: float, match: str) -> di
     if bad:
         raise ValueError(
             f"--accuracy-from {path} benchmarked other models: {', '.join(bad)}; use a result of "
-            f"`inhernet bench --preset {preset} --budget {budget:g} --match {match} --json FILE`"
+            f"`inhernet bench --preset {preset} --budget {budget:g} --match {match} --reference {reference} --json FILE`"
         )
     models: dict[str, dict[str, Any]] = {
         "teacher": {"value": data["teacher"]["metric"], "std": None, "seeds": None,
                     "params": data["teacher"].get("params")}
     }
+    keys = {reference: "inhernet", "prune-kd": "prune-kd", "kd-student": "kd-student"}
     for method in data["methods"]:
-        if method.get("name") in ("inhernet", "prune-kd", "kd-student"):
-            models[method["name"]] = {
+        if method.get("name") in keys:
+            models[keys[method["name"]]] = {
                 "value": method["metric_mean"], "std": method.get("metric_std"),
                 "seeds": len(method.get("seeds") or []) or None, "params": method.get("params"),
             }
@@ -462,7 +468,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(args.threads[0])
     torch.manual_seed(0)
     preset = get_preset(args.preset)
-    accuracy = (read_accuracies(args.accuracy_from, preset=args.preset, budget=args.budget, match=args.match)
+    accuracy = (read_accuracies(args.accuracy_from, preset=args.preset, budget=args.budget, match=args.match,
+                                reference="inhernet" if args.prune is None else "inhernet-prune")
                 if args.accuracy_from is not None else None)
     teacher = preset.teacher().eval()
     calib = preset.calib(args.calib_size)

@@ -216,6 +216,23 @@ def test_the_hybrid_records_the_share_of_channels_it_pruned(tiny_preset):
     assert 0.0 <= hybrid["pruned_share"] < 1.0 and hybrid["params"] <= 1.02 * 0.3 * result["teacher"]["params"]
 
 
+
+@pytest.mark.filterwarnings("ignore:the plan reaches")
+def test_the_baselines_can_be_sized_from_the_hybrid(tiny_preset):
+    """reference="inhernet-prune": the hybrid, not the plain InherNet, is what prune-kd is matched to (for a
+    budget that rank cuts alone cannot reach); the choice is in the JSON and in the parts' fingerprint."""
+    pytest.importorskip("torch_pruning")
+    cfg = _quiet_cfg(methods=("inhernet-prune", "prune-kd"), reference="inhernet-prune")
+    result = run_bench(cfg, log=lambda _: None)
+    hybrid, pruned = result["methods"]
+    assert result["reference"] == "inhernet-prune" and "pruned_share" in hybrid
+    assert hybrid["params"] <= pruned["params"] <= 1.06 * hybrid["params"]
+    assert cfg.fingerprint(2)["reference"] == "inhernet-prune" and "reference" not in _quiet_cfg().fingerprint(2)
+    with pytest.raises(ValueError, match="reference must be one of the methods"):
+        BenchConfig(reference="inhernet-pruned")
+    with pytest.raises(ValueError, match=r"reference='kd-student' could not be built: .* must build an InherNet"):
+        run_bench(_quiet_cfg(methods=("kd-student",), reference="kd-student"), log=lambda _: None)
+
 class FakeTimer:
     """Deterministic 'measured' seconds, no clock: 1 ns per MAC on the example input, plus 100 ns per dense
     layer, 200 ns per factorised block and 1 us for the rest of a model. The layer prices agree with

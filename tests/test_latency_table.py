@@ -122,6 +122,14 @@ def test_accuracies_come_only_from_a_bench_of_the_same_models(latency_script, tm
         read(good, preset="mnist-cnn", budget=0.25, match="latency")
     with pytest.raises(ValueError, match=r"budget=0.25 \(this run: 0.5\)"):
         read(good, preset="mnist-cnn", budget=0.5, match="params")
+    with pytest.raises(ValueError, match=r"reference='inhernet' \(this run: 'inhernet-prune'\).*--reference inhernet-prune"):
+        read(good, preset="mnist-cnn", budget=0.25, match="params", reference="inhernet-prune")
+    hybrid = json.loads(good.read_text())
+    hybrid["reference"] = "inhernet-prune"
+    hybrid["methods"] = [{**m, "name": "inhernet-prune"} if m["name"] == "inhernet" else m for m in hybrid["methods"]]
+    (tmp_path / "hybrid.json").write_text(json.dumps(hybrid))
+    acc = read(tmp_path / "hybrid.json", preset="mnist-cnn", budget=0.25, match="params", reference="inhernet-prune")
+    assert acc["models"]["inhernet"]["value"] == 0.9871  # the hybrid's row, timed here as the InherNet
     (tmp_path / "bad.json").write_text('{"preset": "mnist-cnn"}')
     with pytest.raises(ValueError, match="not an `inhernet bench --json` result"):
         read(tmp_path / "bad.json", preset="mnist-cnn", budget=0.25, match="params")
@@ -155,8 +163,10 @@ def test_accuracy_cells(latency_script, tmp_path) -> None:
     "argv",
     [["--latency", "0.5", "--budget", "0.3"], ["--latency", "0.5", "--match", "params"],
      ["--device", "cuda", "--backends", "onnxruntime"], ["--dtype", "bfloat16", "--backends", "onnxruntime"],
-     ["--threads", "0"], ["--accuracy-from", "bench.json", "--calib-size", "64"]],
-    ids=["latency-and-budget", "latency-and-match", "ort-on-cuda", "ort-in-bf16", "zero-threads", "accuracy-calib"],
+     ["--threads", "0"], ["--accuracy-from", "bench.json", "--calib-size", "64"],
+     ["--accuracy-from", "bench.json", "--prune", "0.3"]],
+    ids=["latency-and-budget", "latency-and-match", "ort-on-cuda", "ort-in-bf16", "zero-threads", "accuracy-calib",
+         "accuracy-fixed-prune"],
 )
 def test_contradictory_options_are_refused(latency_script, argv, capsys) -> None:
     with pytest.raises(SystemExit) as info:

@@ -165,6 +165,9 @@ _METHODS = click.option(
 @click.option("--prune-importance", type=click.Choice(["l2", "taylor"]), default=None,
               help="Channel importance of prune-kd: L2 magnitude, or Taylor (gradient x weight on a calibration batch) "
               "[the teacher family's: taylor for causal LMs, l2 otherwise].")
+@click.option("--reference", default="inhernet", show_default=True,
+              help="The method whose model sizes the baselines, e.g. inhernet-prune where a latency budget is out of "
+              "reach of rank cuts alone.")
 @click.option("--full-test", is_flag=True,
               help="Measure on the preset's whole test split where its default is a subset (fashion-effnet: all "
               "10,000 images instead of 500).")
@@ -172,7 +175,7 @@ def bench(
     preset: str, budget: float, experts: int, seeds: int, seed_list: tuple[int, ...], steps: int | None,
     epochs: int | None, batch_size: int, lr: float, tune_lr: bool, lr_grid: str, tune_steps: int | None,
     val_examples: int, methods: str | None, match: str, curve_points: int, out: str, json_path: str | None,
-    part_dir: str | None, prune_importance: str | None, full_test: bool,
+    part_dir: str | None, prune_importance: str | None, reference: str, full_test: bool,
 ) -> None:
     """InherNet against matched-size baselines on a preset: same data, steps, optimiser, seeds.
 
@@ -199,7 +202,7 @@ def bench(
         seeds=tuple(sorted(set(seed_list))) or tuple(range(seeds)), steps=steps, epochs=epochs,
         batch_size=batch_size, lr=lr, methods=chosen, match=match, curve_points=curve_points, tune_lr=tune_lr,
         lr_grid=grid, tune_steps=tune_steps, val_examples=val_examples, part_dir=part_dir,
-        prune_importance=prune_importance, full_test=full_test,
+        prune_importance=prune_importance, full_test=full_test, reference=reference,
     )
     _run_bench(cfg, out, json_path)
 

@@ -77,7 +77,8 @@ def excluded_text(result: dict[str, Any]) -> str:
 
 def _budget_text(result: dict[str, Any]) -> str:
     unit = {"macs": "MACs", "latency": "measured latency"}.get(result.get("match", "params"), "params")
-    return f"budget {result['budget']} of the teacher's {unit}"
+    sized = f", the baselines sized from {result['reference']}" if result.get("reference") else ""
+    return f"budget {result['budget']} of the teacher's {unit}{sized}"
 
 
 def write_json(result: dict[str, Any], path: str | os.PathLike[str]) -> Path:

@@ -61,8 +61,11 @@ class BenchConfig:
     temperature: float = 4.0
     alpha: float = 0.9
     #: ``None``: the preset's own list (its ``methods``). The InherNet reference is built (not trained)
-    #: even when ``"inhernet"`` is not listed: the baselines are sized from it.
+    #: even when it is not listed: the baselines are sized from it.
     methods: Sequence[str] | None = None
+    #: the method whose model sizes the baselines: ``"inhernet"``, or another that builds an InherNet, e.g.
+    #: ``"inhernet-prune"`` where a latency budget is out of reach of rank cuts alone
+    reference: str = "inhernet"
     calib_size: int = 1000
     curve_points: int = 10
     curve_examples: int = 2000
@@ -113,6 +116,8 @@ class BenchConfig:
             self.methods = tuple(self.methods)
             if not self.methods:
                 raise ValueError("methods must name at least one method (or be None: the preset's list)")
+        if self.reference not in METHODS:
+            raise ValueError(f"reference must be one of the methods {sorted(METHODS)}, got {self.reference!r}")
         if self.prune_importance is not None and self.prune_importance not in IMPORTANCES:
             raise ValueError(
                 f"prune_importance must be one of {IMPORTANCES} or None (the family's), got {self.prune_importance!r}"
@@ -133,6 +138,8 @@ class BenchConfig:
             "curve_examples": self.curve_examples, "distill_overrides": dict(self.distill_overrides),
             "prune_importance": self.prune_importance,
         }
+        if self.reference != "inhernet":  # only when set: parts written before the option existed stay valid
+            fp["reference"] = self.reference
         topk = get_preset(self.preset).teacher_topk if self.preset in PRESETS else None
         if topk is not None:  # a sparse teacher is another loss; parts of other presets stay valid
             fp["teacher_topk"] = topk
@@ -211,14 +218,20 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
                 teacher, cfg.budget, cfg.experts, calib, seed, preset.student, match=cfg.match,
                 extras={"prune_importance": cfg.prune_importance}, costs=costs,
             )
-            ctx.reference = build_student("inhernet", ctx)
+            hint = "the reference must build an InherNet model from the budget, e.g. 'inhernet' or 'inhernet-prune'"
+            try:
+                ctx.reference = build_student(cfg.reference, ctx)
+            except ValueError as err:  # e.g. a budget that rank cuts alone cannot reach
+                raise ValueError(f"reference={cfg.reference!r} could not be built: {err}; {hint}") from err
+            if not hasattr(ctx.reference, "inhernet_plan"):
+                raise ValueError(f"reference={cfg.reference!r} builds no InherNet model; {hint}")
             contexts[seed] = ctx
         return contexts[seed]
 
     for seed in cfg.seeds:
         for name in methods:
             ctx = context(seed)
-            student = ctx.reference if name == "inhernet" else build_student(name, ctx)
+            student = ctx.reference if name == cfg.reference else build_student(name, ctx)
             sizes[name] = (_params(student), count_macs(student, example))
             if cfg.match == "latency":
                 latencies[name] = ctx.size(student)
@@ -245,7 +258,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
                     if parts is not None:
                         parts.write_tune(name, tune_recipe, tuned[name])
                 lr = tuned[name]["lr"]
-            if name == "inhernet":
+            if name == cfg.reference:
                 # the reference must stay untrained: the other methods are sized (and inhernet-random-init
                 # takes its plan) from it
                 student = copy.deepcopy(student)
@@ -272,6 +285,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
     latency = _latency_record(contexts[cfg.seeds[0]], teacher) if cfg.match == "latency" else {}
     return {
         "preset": cfg.preset, "budget": cfg.budget, "match": cfg.match,
+        **({"reference": cfg.reference} if cfg.reference != "inhernet" else {}),
         "experts": reference.inhernet_plan.config.experts, "metric": metric, "higher_is_better": higher,
         "teacher": {
             "params": _params(teacher), "macs": count_macs(teacher, example), "metric": teacher_metric,
