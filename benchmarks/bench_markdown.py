@@ -15,22 +15,26 @@ from inhernet.bench.runner import steps_to_reach
 
 def render(result: dict) -> str:
     metric, t = result["metric"], result["teacher"]
-    unit = "MACs" if result.get("match") == "macs" else "params"
+    unit = {"macs": "MACs", "latency": "measured latency"}.get(result.get("match", "params"), "params")
+    sized = f", baselines sized from {result['reference']}" if result.get("reference") else ""
+    timed = "latency_ms" in t  # --match latency: each model's deployed form, measured (ms on the first calib batch)
     lines = [
         f"### {result['preset']} at budget {result['budget']} of the teacher's {unit} "
         f"(h = {result.get('experts', '?')}, seeds {result['methods'][0]['seeds']}, "
-        f"{result['methods'][0]['steps']} KD steps)",
+        f"{result['methods'][0]['steps']} KD steps{sized})",
         "",
-        f"| method | params | MACs | zero-shot {metric} | final {metric} (mean ± std) | experts merged | ms/step "
-        "| lr | flattened | reaches kd-student |",
-        "|---|---:|---:|---:|---:|---:|---:|---|---|---:|",
-        f"| teacher | {t['params']:,} | {t['macs']:,} | | {t['metric']:.4f} | | | | | |",
+        f"| method | params | MACs |{' latency ms |' if timed else ''} zero-shot {metric} | final {metric} (mean ± std) "
+        "| experts merged | ms/step | lr | flattened | reaches kd-student |",
+        "|---|---:|---:|" + ("---:|" if timed else "") + "---:|---:|---:|---:|---|---|---:|",
+        f"| teacher | {t['params']:,} | {t['macs']:,} |" + (f" {t['latency_ms']:.1f} |" if timed else "")
+        + f" | {t['metric']:.4f} | | | | | |",
     ]
     for m in result["methods"]:
         merged = f"{m['merged_mean']:.4f}" if "merged_mean" in m else ""
+        latency = f" {m['latency_ms']:.1f} ({m['latency_ms'] / t['latency_ms']:.2f}x) |" if timed else ""
         lines.append(
             f"| {m['name']} | {m['params']:,} ({m['params'] / t['params']:.0%}) | "
-            f"{m['macs']:,} ({m['macs'] / t['macs']:.0%}) | {m['zero_shot']:.4f} | "
+            f"{m['macs']:,} ({m['macs'] / t['macs']:.0%}) |{latency} {m['zero_shot']:.4f} | "
             f"{m['metric_mean']:.4f} ± {m['metric_std']:.4f} | {merged} | {m['sec_per_step'] * 1000:.1f} | "
             f"{lr_text(m)} | {flat_text(m)} | {reach_text(m)} |"
         )
