@@ -122,7 +122,12 @@ def check_latency(teacher: nn.Module, batch, cfg: InherConfig, costs: FakeCosts)
     assert p.target_latency_ns == int(cfg.latency * teacher_ns)
     assert p.target_params is None and p.target_macs is None
     student = inherit(teacher, cfg, calib=[batch], costs=costs, progress=False)
-    assert student.inhernet_plan.to_dict() == p.to_dict()
+    built = student.inhernet_plan.to_dict()
+    # inherit() also times the compact student against the teacher; the fake table agrees with itself, so
+    # one check passes and the plan stands as planned
+    (check,) = built.pop("latency_checks")
+    assert check["planned"] == cfg.latency and check["measured"] <= cfg.latency
+    assert built == p.to_dict()
     # The plan's prediction is the fake table's own latency of the model it builds.
     assert fake_ns(costs, student, batch) == p.total_latency_ns
     assert 0.98 * p.target_latency_ns <= p.total_latency_ns <= p.target_latency_ns

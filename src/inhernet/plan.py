@@ -97,6 +97,10 @@ class Plan:
     target_latency_ns: int | None = None
     total_latency_ns: int | None = None
     prune: PruneRecord | None = None
+    #: under a latency budget, each timing of the compact student against the teacher (interleaved):
+    #: ``{"planned": the latency fraction planned with, "measured": the measured ratio}``; more than one
+    #: when the first plan measured over the budget and was planned again (see :func:`inhernet.inherit`)
+    latency_checks: list[dict[str, Any]] | None = None
 
     @property
     def total_params(self) -> int:
@@ -139,6 +143,7 @@ class Plan:
             "total_latency_ns": self.total_latency_ns,
             "layers": [asdict(r) for r in self.layers],
             **({"prune": self.prune.to_dict()} if self.prune is not None else {}),
+            **({"latency_checks": self.latency_checks} if self.latency_checks is not None else {}),
         }
 
     def to_markdown(self) -> str:
@@ -170,6 +175,14 @@ class Plan:
                 f"; latency {_ms(self.teacher_latency_ns)} measured -> {_ms(self.total_latency_ns)} predicted "
                 f"by the cost table on the example input ({share:.1%}{target})"
             )
+        measured = [c for c in self.latency_checks or [] if "measured" in c]
+        if measured:
+            text += f"; the compact model measured {measured[-1]['measured']:.1%} of the teacher's time"
+            if len(measured) > 1:
+                text += (f" (planned at {measured[-1]['planned']:.1%} after the first plan measured "
+                         f"{measured[0]['measured']:.1%})")
+            if "unreachable" in self.latency_checks[-1]:
+                text += f"; a plan at {self.latency_checks[-1]['planned']:.1%} was out of reach"
         return text
 
     def __str__(self) -> str:

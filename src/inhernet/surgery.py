@@ -75,9 +75,67 @@ def inherit(
         earlier blocks (``calib`` is then iterated several times).
     """
     config = (config or (plan.config if plan is not None else InherConfig())).resolved(model)
+    if config.latency is None or plan is not None:
+        return _inherit_planned(model, config, calib, plan, progress, costs)
+    calib = list(calib) if calib is not None else None  # built again if the measured check asks for it
+    student = _inherit_planned(model, config, calib, None, progress, costs)
+    return _within_measured_latency(model, config, calib, student, progress, costs)
+
+
+def _inherit_planned(
+    model: nn.Module, config: InherConfig, calib: Iterable[Any] | None, plan: Plan | None, progress: bool,
+    costs: LatencyCosts | None,
+) -> nn.Module:
+    """``inherit`` as its plan (or ``plan``) says, without the measured check of a latency budget."""
     if config.prune is not None or (plan is not None and plan.prune is not None):
         return _inherit_pruned(model, config, calib, plan, progress, costs)
     return _inherit(model, config, calib, plan, progress, costs)
+
+
+#: a latency plan adds up layer times from the cost table (measured once per shape, cached) and the teacher's
+#: rest (its time, measured once, minus its layers'): on a noisy machine the sum can miss what the model
+#: measures. The compact student is therefore timed against the teacher, interleaved; over the budget by more
+#: than this share, it is planned again at a budget scaled by the miss, at most LATENCY_CHECK_ROUNDS times.
+LATENCY_CHECK_TOLERANCE = 0.03
+LATENCY_CHECK_ROUNDS = 2
+
+
+def _within_measured_latency(
+    model: nn.Module, config: InherConfig, calib: list[Any] | None, student: nn.Module, progress: bool,
+    costs: LatencyCosts | None,
+) -> nn.Module:
+    """``student``, or one planned again at a smaller latency budget until its compact form measures within
+    ``config.latency`` of the teacher's time (see :data:`LATENCY_CHECK_TOLERANCE`); the plan records each
+    check in ``latency_checks``. With ``prune="auto"`` the share chosen is kept, only the ranks move."""
+    from .deploy.compact import compact
+    from .spectra import latency_table
+
+    example = calib[0] if calib else None
+    table = latency_table(model, costs)
+    first = student.inhernet_plan
+    checks: list[dict[str, float]] = []
+    planned = config.latency
+    for attempt in range(LATENCY_CHECK_ROUNDS + 1):
+        teacher_s, student_s = table.latency([model, compact(student, example=example, costs=table)], example)
+        ratio = float(student_s) / float(teacher_s)
+        checks.append({"planned": round(planned, 6), "measured": round(ratio, 4)})
+        if ratio <= config.latency * (1 + LATENCY_CHECK_TOLERANCE) or attempt == LATENCY_CHECK_ROUNDS:
+            break
+        planned *= config.latency / ratio
+        share = None if first.prune is None else first.prune.ratio
+        try:
+            student = _inherit_planned(model, replace(config, latency=planned, prune=share), calib, None,
+                                       progress, costs)
+        except ValueError as err:  # the smaller budget is out of reach: keep the last student, say so
+            checks.append({"planned": round(planned, 6), "unreachable": str(err)})
+            break
+    plan = student.inhernet_plan
+    plan.latency_checks = checks
+    if plan is not first:  # the user's config (and the auto choice's record) describe what was asked
+        plan.config = first.config
+        if first.prune is not None and plan.prune is not None:
+            plan.prune = replace(first.prune, params=plan.prune.params, latency_ns=plan.prune.latency_ns)
+    return student
 
 
 def _inherit(
