@@ -98,8 +98,9 @@ class Plan:
     total_latency_ns: int | None = None
     prune: PruneRecord | None = None
     #: under a latency budget, each timing of the compact student against the teacher (interleaved):
-    #: ``{"planned": the latency fraction planned with, "measured": the measured ratio}``; more than one
-    #: when the first plan measured over the budget and was planned again (see :func:`inhernet.inherit`)
+    #: ``{"planned": the latency fraction planned with, "measured": the measured ratio}``, the student
+    #: built marked ``"kept": True``; more than one when the first plan measured outside the window of
+    #: the budget and was planned again (see :data:`inhernet.surgery.LATENCY_CHECK_WINDOW`)
     latency_checks: list[dict[str, Any]] | None = None
 
     @property
@@ -175,14 +176,12 @@ class Plan:
                 f"; latency {_ms(self.teacher_latency_ns)} measured -> {_ms(self.total_latency_ns)} predicted "
                 f"by the cost table on the example input ({share:.1%}{target})"
             )
-        measured = [c for c in self.latency_checks or [] if "measured" in c]
-        if measured:
-            text += f"; the compact model measured {measured[-1]['measured']:.1%} of the teacher's time"
-            if len(measured) > 1:
-                text += (f" (planned at {measured[-1]['planned']:.1%} after the first plan measured "
-                         f"{measured[0]['measured']:.1%})")
-            if "unreachable" in self.latency_checks[-1]:
-                text += f"; a plan at {self.latency_checks[-1]['planned']:.1%} was out of reach"
+        kept = next((c for c in self.latency_checks or [] if c.get("kept")), None)
+        if kept is not None:
+            text += f"; the compact model measured {kept['measured']:.1%} of the teacher's time"
+            if kept is not self.latency_checks[0]:
+                text += (f" (planned at {kept['planned']:.1%}: the first plan measured "
+                         f"{self.latency_checks[0]['measured']:.1%})")
         return text
 
     def __str__(self) -> str:

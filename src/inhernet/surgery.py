@@ -94,9 +94,10 @@ def _inherit_planned(
 
 #: a latency plan adds up layer times from the cost table (measured once per shape, cached) and the teacher's
 #: rest (its time, measured once, minus its layers'): on a noisy machine the sum can miss what the model
-#: measures. The compact student is therefore timed against the teacher, interleaved; over the budget by more
-#: than this share, it is planned again at a budget scaled by the miss, at most LATENCY_CHECK_ROUNDS times.
-LATENCY_CHECK_TOLERANCE = 0.03
+#: measures, either way. The compact student is therefore timed against the teacher, interleaved; outside
+#: this window of the budget (a fraction of it) it is planned again at a budget scaled by the miss, at most
+#: LATENCY_CHECK_ROUNDS times. Below the window the budget is left unspent; above it, it is not met.
+LATENCY_CHECK_WINDOW = (0.9, 1.03)
 LATENCY_CHECK_ROUNDS = 2
 
 
@@ -104,31 +105,42 @@ def _within_measured_latency(
     model: nn.Module, config: InherConfig, calib: list[Any] | None, student: nn.Module, progress: bool,
     costs: LatencyCosts | None,
 ) -> nn.Module:
-    """``student``, or one planned again at a smaller latency budget until its compact form measures within
-    ``config.latency`` of the teacher's time (see :data:`LATENCY_CHECK_TOLERANCE`); the plan records each
-    check in ``latency_checks``. With ``prune="auto"`` the share chosen is kept, only the ranks move."""
+    """``student``, or one planned again at a scaled latency budget until its compact form measures within
+    :data:`LATENCY_CHECK_WINDOW` of ``config.latency`` times the teacher's time. Of the students built, the
+    one kept is the slowest that is not over the window (the last one if all are); its plan lists every
+    check in ``latency_checks``, the kept one marked. With ``prune="auto"`` the chosen share is kept, only
+    the ranks move."""
     from .deploy.compact import compact
     from .spectra import latency_table
 
     example = calib[0] if calib else None
     table = latency_table(model, costs)
     first = student.inhernet_plan
-    checks: list[dict[str, float]] = []
+    low, high = (config.latency * edge for edge in LATENCY_CHECK_WINDOW)
+    checks: list[dict[str, Any]] = []
+    kept: tuple[float, nn.Module, dict[str, Any]] | None = None  # the slowest student not over the window
     planned = config.latency
     for attempt in range(LATENCY_CHECK_ROUNDS + 1):
         teacher_s, student_s = table.latency([model, compact(student, example=example, costs=table)], example)
         ratio = float(student_s) / float(teacher_s)
         checks.append({"planned": round(planned, 6), "measured": round(ratio, 4)})
-        if ratio <= config.latency * (1 + LATENCY_CHECK_TOLERANCE) or attempt == LATENCY_CHECK_ROUNDS:
+        if ratio <= high and (kept is None or ratio > kept[0]):
+            kept = (ratio, student, checks[-1])
+        if low <= ratio <= high or attempt == LATENCY_CHECK_ROUNDS:
             break
-        planned *= config.latency / ratio
+        planned = min(1.0, planned * config.latency / ratio)
         share = None if first.prune is None else first.prune.ratio
         try:
             student = _inherit_planned(model, replace(config, latency=planned, prune=share), calib, None,
                                        progress, costs)
-        except ValueError as err:  # the smaller budget is out of reach: keep the last student, say so
+        except ValueError as err:  # the scaled budget is out of reach: keep what was built, say so
             checks.append({"planned": round(planned, 6), "unreachable": str(err)})
             break
+    if kept is not None:
+        student = kept[1]
+        kept[2]["kept"] = True
+    else:
+        checks[-1 if "measured" in checks[-1] else -2]["kept"] = True
     plan = student.inhernet_plan
     plan.latency_checks = checks
     if plan is not first:  # the user's config (and the auto choice's record) describe what was asked
