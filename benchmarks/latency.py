@@ -223,6 +223,7 @@ def build_models(args: argparse.Namespace, preset: Any, teacher: nn.Module, cali
     info = {
         "ranks": plan.ranks(),
         "plan_latency_ns": {k: getattr(plan, f"{k}_latency_ns") for k in ("teacher", "target", "total")},
+        "latency_checks": plan.latency_checks,
         "compact": {n: {"rank": e["rank"], "rank_before": e["rank_before"], "reason": e["reason"]}
                     for n, e in decisions.items()},
         # compact is the same function as the training form: one expert (folding is exact), no rank cut
@@ -535,6 +536,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"Latency budget (cost table, on the first calibration batch, {args.threads[0]} thread(s)): teacher "
             f"{plan_ns['teacher'] / 1e6:.3f} ms measured, target {plan_ns['target'] / 1e6:.3f} ms, the plan's "
             f"prediction {plan_ns['total'] / 1e6:.3f} ms."
+        )
+    if info["latency_checks"]:
+        model_notes.append(
+            "inherit's measured check (the compact student timed against the teacher, interleaved; planned "
+            "again outside 0.9-1.03 of the budget): " + "; ".join(
+                f"planned at {c['planned']:.3f}: " + (f"measured {c['measured']:.3f}" if "measured" in c
+                                                       else "out of reach") + (" (kept)" if c.get("kept") else "")
+                for c in info["latency_checks"]) + "."
         )
     unit = {"params": "parameters", "macs": "MACs", "latency": "ns of the compact forms, measured"}[args.match]
     model_notes.append(f"Sizes in the matched unit ({unit}), on the first calibration batch: "
