@@ -102,7 +102,10 @@ def test_quick_table_under_a_latency_budget(latency_script, private_costs, tmp_p
     assert result["match"] == "latency" and result["budget"] == 0.9
     plan = result["plan"]
     ns = plan["plan_latency_ns"]
-    assert ns["target"] == int(0.9 * ns["teacher"]) and ns["total"] <= ns["target"]
+    # the plan kept is the one whose compact form measured within the budget (inherit's check; planned again
+    # at a scaled fraction when the first measured outside 0.9-1.03 of it)
+    (kept,) = [c for c in plan["latency_checks"] if c.get("kept")]
+    assert ns["target"] == int(kept["planned"] * ns["teacher"]) and ns["total"] <= ns["target"]
     assert plan["compact_exact"], plan["compact"]
     for entry in plan["compact"].values():
         assert entry["rank"] is None or entry["rank"] == entry["rank_before"], entry
