@@ -123,7 +123,7 @@ def _within_measured_latency(
     for attempt in range(LATENCY_CHECK_ROUNDS + 1):
         teacher_s, student_s = table.latency([model, compact(student, example=example, costs=table)], example)
         ratio = float(student_s) / float(teacher_s)
-        checks.append({"planned": round(planned, 6), "measured": round(ratio, 4)})
+        checks.append({"planned": planned, "measured": round(ratio, 4)})
         if ratio <= high and (kept is None or ratio > kept[0]):
             kept = (ratio, student, checks[-1])
         if low <= ratio <= high or attempt == LATENCY_CHECK_ROUNDS:
@@ -134,7 +134,7 @@ def _within_measured_latency(
             student = _inherit_planned(model, replace(config, latency=planned, prune=share), calib, None,
                                        progress, costs)
         except ValueError as err:  # the scaled budget is out of reach: keep what was built, say so
-            checks.append({"planned": round(planned, 6), "unreachable": str(err)})
+            checks.append({"planned": planned, "unreachable": str(err)})
             break
     if kept is not None:
         student = kept[1]
