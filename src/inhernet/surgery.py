@@ -65,6 +65,9 @@ def inherit(
         progress: show a progress bar while calibrating.
         costs: the cost table a latency budget is priced by (see :func:`inhernet.plan`); default a
             :class:`inhernet.deploy.CostTable` for the model's device and thread count. Unused otherwise.
+            Under a latency budget the compact student is then timed against the teacher (interleaved) and
+            planned again at a scaled budget if it measures outside :data:`LATENCY_CHECK_WINDOW` of it;
+            ``student.inhernet_plan.latency_checks`` lists the checks.
 
     Returns:
         A deep copy of ``model`` with InherNet blocks in place of the planned layers. With
