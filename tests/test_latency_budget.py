@@ -182,6 +182,16 @@ def test_a_plan_that_measures_outside_its_budget_is_planned_again(skew: float) -
     assert p.config.latency == 0.5 and "the first plan measured" in p.summary()
 
 
+def test_a_plan_that_keeps_every_layer_dense_is_checked_as_it_is() -> None:
+    """At the teacher's own time nothing needs factorising: the student has no blocks, the measured check
+    times it as it is (there is nothing to compact) and keeps it."""
+    teacher, x = tm.three_linear()
+    student = inherit(teacher, InherConfig(latency=1.0, init="svd"), calib=[x], costs=FakeCosts(), progress=False)
+    assert not any(isinstance(m, InherBlock) for m in student.modules())
+    (check,) = student.inhernet_plan.latency_checks
+    assert check["measured"] == 1.0 and check["kept"]
+
+
 def test_a_layer_whose_factorised_form_is_slower_stays_dense() -> None:
     teacher, x = tm.three_linear()
     costs = FakeCosts(slow={(64, 32)})  # fc1: factorised is slower than dense at every rank

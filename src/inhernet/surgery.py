@@ -18,7 +18,7 @@ from .config import InherConfig
 from .decomposition import Factors
 from .discovery import Candidate, Unsupported, find_layers
 from .kinds import LayerKind
-from .layers import configure_gates
+from .layers import InherBlock, configure_gates
 from .plan import Plan, make_plan, measure, open_costs, with_prune
 from .pruning import after_pruning, inner_config, prune_for, unpruned
 from .sequential import sequential_calibrate
@@ -124,7 +124,9 @@ def _within_measured_latency(
     kept: tuple[float, nn.Module, dict[str, Any]] | None = None  # the slowest student not over the window
     planned = config.latency
     for attempt in range(LATENCY_CHECK_ROUNDS + 1):
-        teacher_s, student_s = table.latency([model, compact(student, example=example, costs=table)], example)
+        # a plan that keeps every layer dense has nothing to compact: the student is its own deployed form
+        deployed = compact(student, example=example, costs=table) if _has_blocks(student) else student
+        teacher_s, student_s = table.latency([model, deployed], example)
         ratio = float(student_s) / float(teacher_s)
         checks.append({"planned": planned, "measured": round(ratio, 4)})
         if ratio <= high and (kept is None or ratio > kept[0]):
@@ -151,6 +153,10 @@ def _within_measured_latency(
         if first.prune is not None and plan.prune is not None:
             plan.prune = replace(first.prune, params=plan.prune.params, latency_ns=plan.prune.latency_ns)
     return student
+
+
+def _has_blocks(model: nn.Module) -> bool:
+    return any(isinstance(m, InherBlock) for m in model.modules())
 
 
 def _inherit(
