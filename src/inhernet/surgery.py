@@ -18,7 +18,7 @@ from .config import InherConfig
 from .decomposition import Factors
 from .discovery import Candidate, Unsupported, find_layers
 from .kinds import LayerKind
-from .layers import InherBlock, configure_gates
+from .layers import configure_gates
 from .plan import Plan, make_plan, measure, open_costs, with_prune
 from .pruning import after_pruning, inner_config, prune_for, unpruned
 from .sequential import sequential_calibrate
@@ -113,28 +113,26 @@ def _within_measured_latency(
     one kept is the slowest that is not over the window (the last one if all are); its plan lists every
     check in ``latency_checks``, the kept one marked. With ``prune="auto"`` the chosen share is kept, only
     the ranks move."""
-    from .deploy.compact import compact
+    from .deploy.compact import deployed
     from .spectra import latency_table
 
     example = calib[0] if calib else None
     table = latency_table(model, costs)
     first = student.inhernet_plan
     low, high = (config.latency * edge for edge in LATENCY_CHECK_WINDOW)
+    share = None if first.prune is None else first.prune.ratio  # prune="auto" is not chosen again
     checks: list[dict[str, Any]] = []
-    kept: tuple[float, nn.Module, dict[str, Any]] | None = None  # the slowest student not over the window
+    kept: tuple[nn.Module, dict[str, Any]] | None = None  # the slowest student not over the window, its check
     planned = config.latency
     for attempt in range(LATENCY_CHECK_ROUNDS + 1):
-        # a plan that keeps every layer dense has nothing to compact: the student is its own deployed form
-        deployed = compact(student, example=example, costs=table) if _has_blocks(student) else student
-        teacher_s, student_s = table.latency([model, deployed], example)
+        teacher_s, student_s = table.latency([model, deployed(student, example=example, costs=table)], example)
         ratio = float(student_s) / float(teacher_s)
         checks.append({"planned": planned, "measured": round(ratio, 4)})
-        if ratio <= high and (kept is None or ratio > kept[0]):
-            kept = (ratio, student, checks[-1])
+        if ratio <= high and (kept is None or checks[-1]["measured"] > kept[1]["measured"]):
+            kept = (student, checks[-1])
         if low <= ratio <= high or attempt == LATENCY_CHECK_ROUNDS:
             break
         planned = min(1.0, planned * config.latency / ratio)
-        share = None if first.prune is None else first.prune.ratio
         try:
             student = _inherit_planned(model, replace(config, latency=planned, prune=share), calib, None,
                                        progress, costs)
@@ -142,8 +140,8 @@ def _within_measured_latency(
             checks.append({"planned": planned, "unreachable": str(err)})
             break
     if kept is not None:
-        student = kept[1]
-        kept[2]["kept"] = True
+        student = kept[0]
+        kept[1]["kept"] = True
     else:
         checks[-1 if "measured" in checks[-1] else -2]["kept"] = True
     plan = student.inhernet_plan
@@ -153,10 +151,6 @@ def _within_measured_latency(
         if first.prune is not None and plan.prune is not None:
             plan.prune = replace(first.prune, params=plan.prune.params, latency_ns=plan.prune.latency_ns)
     return student
-
-
-def _has_blocks(model: nn.Module) -> bool:
-    return any(isinstance(m, InherBlock) for m in model.modules())
 
 
 def _inherit(

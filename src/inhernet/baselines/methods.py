@@ -26,8 +26,7 @@ from torch import nn
 from ..budget import NANOSECONDS
 from ..calibration import split_example
 from ..config import InherConfig
-from ..deploy import compact, count_macs
-from ..layers import InherBlock
+from ..deploy import count_macs, deployed
 from ..plan import Plan
 from ..pruning import LATENCY_ROUND_TO
 from ..stack import layer_stack
@@ -134,10 +133,7 @@ class MethodContext:
     def deployed(self, model: nn.Module) -> nn.Module:
         """What is deployed of ``model``: :func:`~inhernet.deploy.compact` of it when it holds InherNet
         blocks (a copy, on the first calibration batch at its batch size), else ``model`` itself."""
-        if not any(isinstance(m, InherBlock) for m in model.modules()):
-            return model
-        example = split_example(self.calib, "a latency match")[0]
-        return compact(model, self.calib, example=example, costs=self.costs)
+        return deployed(model, self.calib, example=split_example(self.calib, "a latency match")[0], costs=self.costs)
 
     def latency_ns(self, model: nn.Module) -> int:
         """The measured latency of ``model``'s deployed form on the first calibration batch, in ns.

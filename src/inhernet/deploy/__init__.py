@@ -9,7 +9,7 @@ verify_onnx("student.onnx", student, example_batch)   # max relative error vs Py
 deployable = compact(student, calib=batches)     # experts folded, dense where faster, ranks of 8
 """
 
-from .compact import compact
+from .compact import compact, deployed
 from .costs import CostTable, LayerShape
 from .export import export_onnx, onnx_inputs, verify_onnx
 from .flops import count_macs, macs_by_module
@@ -20,6 +20,7 @@ __all__ = [
     "LayerShape",
     "compact",
     "count_macs",
+    "deployed",
     "export_onnx",
     "gate_means",
     "macs_by_module",

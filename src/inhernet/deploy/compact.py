@@ -54,8 +54,17 @@ from ..stack import replace_module
 from .costs import Costs, CostTable, LayerShape
 from .merge import merge_experts
 
-__all__ = ["RANK_MULTIPLE", "compact", "densify", "truncate"]
+__all__ = ["RANK_MULTIPLE", "compact", "densify", "deployed", "truncate"]
 
+
+def deployed(
+    model: nn.Module, calib: Iterable[Any] | None = None, *, example: Any = None, costs: Costs | None = None
+) -> nn.Module:
+    """What is deployed of ``model``: :func:`compact` of it (a copy) when it holds InherNet blocks, else
+    ``model`` itself (a plan that kept every layer dense, or a baseline): what a latency is measured on."""
+    if not any(isinstance(m, InherBlock) for m in model.modules()):
+        return model
+    return compact(model, calib, example=example, costs=costs)
 
 
 def compact(
