@@ -219,7 +219,8 @@ def build_models(args: argparse.Namespace, preset: Any, teacher: nn.Module, cali
     for model in models.values():
         model.eval()
     plan = ctx.reference.inhernet_plan
-    decisions = models["inhernet-compact"].inhernet_compact["layers"]
+    # none when the plan kept every layer dense (prune="auto" that pruned alone): deployed as it is
+    decisions = getattr(models["inhernet-compact"], "inhernet_compact", {"layers": {}})["layers"]
     info = {
         "ranks": plan.ranks(),
         "plan_latency_ns": {k: getattr(plan, f"{k}_latency_ns") for k in ("teacher", "target", "total")},

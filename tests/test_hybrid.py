@@ -641,10 +641,11 @@ def test_bracket_survives_a_share_measured_under_the_budget_on_its_second_timing
             have = 49  # the noisy retake
         return Standing(share, have, 50, "ns", have - 10 if smallest and have >= 50 else None)
 
-    shares, bracket, skipped = candidate_shares(stand)
-    assert 0.4 - RESOLUTION <= bracket[0] <= 0.41 and bracket[1] <= 0.5
-    assert all(bracket[0] <= s <= bracket[1] for s in shares)
-    assert "0" in skipped
+    found = candidate_shares(stand)
+    (low, high), shares = found.bracket, found.shares
+    assert 0.4 - RESOLUTION <= low <= 0.41 and high <= 0.5
+    assert all(low <= s <= high for s in shares)
+    assert "0" in found.skipped and found.alone is None
 
 
 def test_auto_reaches_a_parameter_budget_that_needs_more_than_half_the_channels_pruned():
@@ -668,10 +669,37 @@ def test_auto_reaches_a_parameter_budget_that_needs_more_than_half_the_channels_
 def test_auto_refuses_a_budget_no_share_reaches():
     teacher, calib = _conv_bound_teacher()
     costs = SlowConvCosts()
-    with pytest.raises(ValueError, match=r"reached by no share of prune='auto': after pruning 0\.\d+ of the channels"):
+    with pytest.raises(ValueError, match=r"reached by no share of prune='auto': after pruning 0\.\d+ of the channels"
+                                         r".*pruning alone does not reach it either"):
         inherit(teacher, InherConfig(latency=0.05, prune="auto"), calib=calib, costs=costs, progress=False)
-    with pytest.raises(ValueError, match=r"reached by no share of prune='auto'.*smallest ranks reach [\d,]+ parameters"):
-        inherit(teacher, InherConfig(budget=0.2, prune="auto", min_rank=30), calib=calib, progress=False)
+
+
+@pytest.mark.parametrize("budget", [{"latency": 0.3}, {"budget": 0.2}])
+def test_auto_falls_back_to_pruning_alone_when_rank_cuts_cannot_reach_the_budget(tmp_path, budget):
+    """With a rank floor of 30 (of 32) no share leaves a model that rank cuts bring under the budget, but pruning
+    alone gets there: the smallest such share is the student, every layer dense, said by a warning."""
+    teacher, calib = _conv_bound_teacher()
+    costs = SlowConvCosts()
+    config = InherConfig(prune="auto", min_rank=30, **budget)
+    with pytest.warns(UserWarning, match=r"rank cuts bring under the budget .*pruning 0\.\d+ of them alone"):
+        student = inherit(teacher, config, calib=calib, costs=costs, progress=False)
+    p = student.inhernet_plan
+    assert not p.factorised and not any(isinstance(m, InherBlock) for m in student.modules())
+    record = p.prune
+    assert record.bracket == [record.ratio, record.ratio] and record.ratio == round(record.ratio, 3)
+    assert list(record.scores) == ["0", next(k for k in record.skipped if k != "0"), f"{record.ratio:g}"]
+    assert "rank cuts cannot reach the budget" in record.skipped[list(record.scores)[1]]
+    if "latency" in budget:
+        assert fake_ns(costs, student, calib[0]) <= p.target_latency_ns
+        assert p.latency_checks[-1]["kept"]
+    else:
+        assert p.total_params == n_params(student) <= int(0.2 * n_params(teacher))
+    # a little less pruning is over the budget: the smallest share that reaches it
+    less = prune_for(config, teacher, calib[0], record.ratio - 2 * RESOLUTION, costs)[1]
+    assert (less.latency_ns if "latency" in budget else less.params) > (p.target_latency_ns or p.target_params)
+    save(student, tmp_path / "alone")
+    fresh, _ = _conv_bound_teacher()
+    assert torch.equal(run(load(tmp_path / "alone", base=fresh), calib[1]), run(student, calib[1]))
 
 
 def test_latency_prune_errors_name_the_problem():

@@ -16,7 +16,12 @@ import torch
 from inhernet.baselines.students import bert_params, bert_student, bert_student_config
 from inhernet.presets import tweets, tweets_teacher
 from inhernet.presets.assets import AssetMissingError
-from inhernet.presets.teacher_cache import load_cached_teacher, save_cached_teacher, teacher_cache_dir
+from inhernet.presets.teacher_cache import (
+    FIT_THREADS,
+    load_cached_teacher,
+    save_cached_teacher,
+    teacher_cache_dir,
+)
 from inhernet.presets.tweets import (
     LABELS,
     TokenizedTweets,
@@ -244,6 +249,32 @@ def test_load_tweets_teacher_fits_once_then_reads_the_cache(
     meta = json.loads((teacher_cache_dir("tweets-minilm") / "meta.json").read_text())
     assert 0 <= meta["test_accuracy"] <= 1 and meta["test_examples"] == 12 and meta["recipe"]["steps"] == 2
     assert any("cached in" in line for line in lines)
+
+
+def test_the_teacher_is_fitted_with_fixed_threads_whatever_the_callers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, word_tokenizer
+) -> None:
+    """A fit's float sums depend on the thread count: the fit runs with FIT_THREADS (recorded in the recipe),
+    and the caller's count is restored after it."""
+    monkeypatch.setenv("INHERNET_HOME", str(tmp_path))
+    monkeypatch.setattr(tweets_teacher, "TEACHER_RECIPE", {**tweets_teacher.TEACHER_RECIPE, "steps": 2,
+                                                            "warmup_steps": 1})
+    monkeypatch.setattr(tweets_teacher, "tweets_teacher_config", lambda: _tiny_bert().config)
+    monkeypatch.setattr(tweets_teacher, "new_tweets_teacher", lambda seed=0: _tiny_bert(seed=seed))
+    monkeypatch.setattr(tweets_teacher, "tweets_loaders",
+                        lambda batch_size, seed=0: (_tiny_loader(word_tokenizer), _tiny_loader(word_tokenizer)))
+    seen: list[int] = []
+    fit = tweets_teacher.finetune_classifier
+    monkeypatch.setattr(tweets_teacher, "finetune_classifier",
+                        lambda *a, **k: seen.append(torch.get_num_threads()) or fit(*a, **k))
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        tweets_teacher.load_tweets_teacher(log=lambda line: None)
+        assert seen == [FIT_THREADS] and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    assert tweets_teacher.TEACHER_RECIPE["threads"] == FIT_THREADS
 
 
 # -- missing assets ------------------------------------------------------------------------------------

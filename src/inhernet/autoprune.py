@@ -22,6 +22,11 @@ KD steps on the first calibration batches and measured on the held-out rest (:fu
 weights restored afterwards: a near-chance student that trains well is told apart from one that does
 not, which the zero-shot KL cannot do. The lowest score wins (among the candidates within 2% of the
 budget, if any is).
+
+When no share leaves a model that rank cuts bring under the budget (a latency budget that convolutions
+slower factorised than dense keep out of reach), but pruning alone gets there, the smallest such share
+is the one candidate, every layer of it dense: the ``prune-kd`` student, with a warning, rather than no
+student.
 """
 
 from __future__ import annotations
@@ -54,7 +59,7 @@ if TYPE_CHECKING:
     from .deploy.costs import LatencyCosts
 
 __all__ = [
-    "CEILING", "PROBE_BATCH", "PROBE_LR", "PROBE_TEMPERATURE", "RESOLUTION", "SCAN", "SPREAD", "Standing",
+    "CEILING", "PROBE_BATCH", "PROBE_LR", "PROBE_TEMPERATURE", "RESOLUTION", "SCAN", "SPREAD", "Candidates", "Standing",
     "candidate_shares", "choose", "probe_loss", "score", "split_probe", "standing",
 ]
 
@@ -76,6 +81,18 @@ PROBE_TEMPERATURE = 4.0
 #: the probe's batch size: the calibration batches it trains on are cut into batches of at most this many
 #: examples (a KD step's usual size, and a fraction of the cost of a step on a whole calibration batch)
 PROBE_BATCH = 64
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """What :func:`candidate_shares` found: the ``shares`` to build, the ``bracket`` they lie in, why the shares
+    just outside it are none (``skipped``: ``{share: reason}``), and, when the one share is pruning alone
+    (every layer dense: no share leaves a model that rank cuts bring under the budget), why (``alone``)."""
+
+    shares: list[float]
+    bracket: list[float]
+    skipped: dict[str, str]
+    alone: str | None = None
 
 
 @dataclass(frozen=True)
@@ -127,11 +144,10 @@ def standing(
     return Standing(share, have, target, unit, least)
 
 
-def candidate_shares(
-    stand: Callable[[float, bool], Standing],
-) -> tuple[list[float], list[float], dict[str, str]]:
-    """The shares ``prune="auto"`` builds, the bracket ``[p_min, p_max]`` they are spread over, and why
-    the shares just outside it are none (``{share: reason}``).
+def candidate_shares(stand: Callable[[float, bool], Standing]) -> Candidates:
+    """The shares ``prune="auto"`` builds (:class:`Candidates`): spread over the bracket ``[p_min, p_max]``,
+    with why the shares just outside it are none; or, when no share leaves ranks that can reach the budget,
+    the smallest share that reaches it by pruning alone (``alone``).
 
     ``stand(share, smallest)``: :func:`standing` of ``share`` (with its smallest ranks priced if
     ``smallest``). ``p_max`` is bracketed by a scan in steps of :data:`SCAN` up to :data:`CEILING`
@@ -140,8 +156,8 @@ def candidate_shares(
     removes grows with the share below the first share under the budget.
 
     Raises:
-        ValueError: no share reaches the budget (too much is left after pruning up to ``p_max`` even at
-            the smallest ranks), with the numbers.
+        ValueError: no share reaches the budget, neither with rank cuts (too much is left after pruning up
+            to ``p_max`` even at the smallest ranks) nor by pruning alone (up to :data:`CEILING`), with the numbers.
     """
     skipped: dict[str, str] = {}
     zero = stand(0.0, True)  # the teacher: always over the budget (a budget is at most the teacher)
@@ -180,14 +196,21 @@ def candidate_shares(
             p_max = max(0.0, round(p_max - RESOLUTION, 6))
             edge = stand(p_max, True)
         if not edge.reachable:
-            above = (f"pruning {_key(hi)} goes under it alone" if hi is not None
-                     else f"no larger share was tried (at most {CEILING:g}, while pruning more removes more)")
-            raise ValueError(
-                f"the budget of {zero.target:,} {zero.unit} is reached by no share of prune='auto': after pruning "
-                f"{p_max:g} of the channels, the most that leaves ranks to cut ({above}), the smallest ranks reach "
-                f"{edge.smallest:,} {edge.unit} at best (without pruning: {zero.smallest:,}); raise the budget, "
-                "lower min_rank / min_rank_ratio or factorise more layers (or use prune-kd)"
-            )
+            why = (f"after pruning {p_max:g} of the channels, the most that leaves ranks to cut, the smallest ranks "
+                   f"reach {edge.smallest:,} {edge.unit} at best (without pruning: {zero.smallest:,})")
+            if hi is None:
+                raise ValueError(
+                    f"the budget of {zero.target:,} {zero.unit} is reached by no share of prune='auto': {why}, and "
+                    f"pruning alone does not reach it either (no larger share was tried: at most {CEILING:g}, while "
+                    "pruning more removes more); raise the budget, lower min_rank / min_rank_ratio or factorise "
+                    "more layers"
+                )
+            # Rank cuts cannot get there, pruning can: the smallest share under the budget alone, every layer
+            # dense (what prune-kd builds) is the one candidate, rather than no student at all.
+            del skipped[_key(hi)]
+            skipped["0"], skipped[_key(p_max)] = zero.why_not(), f"rank cuts cannot reach the budget: {why}"
+            alone = math.ceil(hi * 1000) / 1000  # to 0.001 as every share recorded, on the side under the budget
+            return Candidates([alone], [alone, alone], skipped, alone=why)
         skipped["0"] = zero.why_not()
         lo, hi = 0.0, p_max  # unreachable at lo, reachable at hi
         while hi - lo > RESOLUTION:
@@ -198,7 +221,7 @@ def candidate_shares(
     p_min, p_max = math.ceil(p_min * 1000) / 1000, math.floor(p_max * 1000) / 1000
     p_max = max(p_min, p_max)
     shares = sorted({min(p_max, max(p_min, round(p_min + t * (p_max - p_min), 3))) for t in SPREAD})
-    return shares, [p_min, p_max], skipped
+    return Candidates(shares, [p_min, p_max], skipped)
 
 
 def split_probe(calib: Sequence[Any], steps: int) -> tuple[list[Any], list[Any]]:
@@ -284,12 +307,13 @@ def score(
 
 def choose(
     model: nn.Module, config: InherConfig, calib: list[Any] | None, costs: LatencyCosts | None,
-    build: Callable[[InherConfig, float, int | None], nn.Module],
+    build: Callable[[InherConfig, float, int | None, bool], nn.Module],
 ) -> nn.Module:
     """The student of ``prune="auto"``: every share of :func:`candidate_shares` built by ``build(config,
-    share, teacher_ns)`` and scored by :func:`score`; the lowest score wins, among the candidates within
-    2% of the budget if any is. Its plan's ``prune`` record holds the bracket, every score and why a
-    share was skipped; its config the probe steps used (``prune_probe_steps=None`` resolved)."""
+    share, teacher_ns, alone)`` and scored by :func:`score`; the lowest score wins, among the candidates
+    within 2% of the budget if any is. Its plan's ``prune`` record holds the bracket, every score and why a
+    share was skipped; its config the probe steps used (``prune_probe_steps=None`` resolved). When only
+    pruning alone reaches the budget, that is the one candidate, with a warning."""
     example = calib[0] if calib else None
     require_example(example)
     assert calib is not None
@@ -308,7 +332,15 @@ def choose(
             cache[key] = standing(config, model, example, share, costs, teacher_ns, smallest)
         return cache[key]
 
-    shares, bracket, skipped = candidate_shares(stand)
+    found = candidate_shares(stand)
+    shares, bracket, skipped = found.shares, found.bracket, found.skipped
+    if found.alone is not None:
+        warnings.warn(
+            f"prune='auto': no share of the channels leaves a model that rank cuts bring under the budget "
+            f"({found.alone}); pruning {_key(shares[0])} of them alone reaches it, every layer left dense "
+            "(the prune-kd student)",
+            stacklevel=4,
+        )
     targets = teacher_outputs(model, calib)
     scores: dict[str, float | None] = dict.fromkeys(skipped)
     best: tuple[tuple[bool, float], nn.Module, list[warnings.WarningMessage]] | None = None
@@ -317,7 +349,7 @@ def choose(
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
-                student = build(config, share, teacher_ns)
+                student = build(config, share, teacher_ns, found.alone is not None)
             except ValueError as err:  # measured again, this share missed the budget after all
                 scores[_key(share)], skipped[_key(share)] = None, str(err)
                 failures.append(err)

@@ -449,21 +449,22 @@ def budget_standing(config: InherConfig, record: PruneRecord) -> tuple[int, int,
     return have, target, unit
 
 
-def inner_config(config: InherConfig, record: PruneRecord) -> InherConfig:
+def inner_config(config: InherConfig, record: PruneRecord, alone: bool = False) -> InherConfig:
     """The config that inherits the pruned model: the same budget, now as an absolute count of the
     *original* teacher's parameters or MACs (so the pruned channels are paid from it), and no pruning.
     A latency budget stays a fraction: it is taken of the original teacher's measured time, which the
-    pruned model's profile is given (:attr:`inhernet.spectra.LatencyProfile.base`).
+    pruned model's profile is given (:attr:`inhernet.spectra.LatencyProfile.base`). ``alone``: the pruned
+    model may be under the budget already (a count budget is then its own size: every layer stays dense).
 
     Raises:
-        ValueError: the pruned model alone is already under the budget (prune less).
+        ValueError: the pruned model alone is already under the budget (prune less), unless ``alone``.
     """
     if config.budget is None and config.macs is None and config.latency is None:
         return unpruned(config)  # a rank or energy rule: nothing to convert
     have, target, unit = budget_standing(config, record)
     if config.latency is not None:
         assert record.teacher_latency_ns is not None
-        if have < target:
+        if have < target and not alone:
             raise ValueError(
                 f"prune={record.ratio:g} leaves a model that measures {have:,} ns, already under the "
                 f"latency budget of {target:,} ns ({config.latency:g} of the teacher's {record.teacher_latency_ns:,}): "
@@ -471,12 +472,12 @@ def inner_config(config: InherConfig, record: PruneRecord) -> InherConfig:
             )
         return unpruned(config)
     key = "budget" if config.budget is not None else "macs"
-    if have < target:
+    if have < target and not alone:
         raise ValueError(
             f"prune={record.ratio:g} leaves {have:,} {unit}, already under the {key} of {target:,}: nothing is "
             "left to factorise; prune less (or use prune-kd)"
         )
-    return unpruned(config, **{key: target})
+    return unpruned(config, **{key: min(target, have)})  # alone: the pruned model's own size, every layer dense
 
 
 @contextmanager

@@ -71,7 +71,12 @@ def save(model: nn.Module, path: str | os.PathLike[str]) -> Path:
     """
     blocks = _blocks(model)
     compacted = getattr(model, "inhernet_compact", None)
-    if not blocks and compacted is None:  # a compact() result may have every block back to dense
+    plan = getattr(model, "inhernet_plan", None)
+    # InherConfig(prune=...): what pruning changed, replayed by load() on a fresh base before the surgery.
+    pruned = plan.prune.to_dict() if plan is not None and plan.prune is not None else getattr(
+        model, "inhernet_pruned", None)
+    # Without blocks: a compact() result may have every block back to dense, a pruned one every layer dense.
+    if not blocks and compacted is None and pruned is None:
         raise ValueError(
             "model has no InherNet blocks: save() stores inherited models; pass the result of inherit()"
         )
@@ -85,7 +90,6 @@ def save(model: nn.Module, path: str | os.PathLike[str]) -> Path:
     digest = _sha256(staging)
     weights = out / f"model-{digest[:16]}.safetensors"
     os.replace(staging, weights)
-    plan = getattr(model, "inhernet_plan", None)
     # A loaded model has no plan, only the config it was inherited with: keep that on a re-save.
     config = plan.config if plan is not None else getattr(model, "inhernet_config", None)
     meta: dict[str, Any] = {
@@ -102,9 +106,6 @@ def save(model: nn.Module, path: str | os.PathLike[str]) -> Path:
     }
     if compacted is not None:
         meta["compact"] = compacted
-    # InherConfig(prune=...): what pruning changed, replayed by load() on a fresh base before the surgery.
-    pruned = plan.prune.to_dict() if plan is not None and plan.prune is not None else getattr(
-        model, "inhernet_pruned", None)
     if pruned is not None:
         meta["prune"] = pruned
     # 2. The JSON that names them: from this rename on, the new pair is the one that loads.

@@ -198,22 +198,24 @@ def _inherit_pruned(
     if config.prune != "auto":
         return _inherit_share(model, config, calib, example, float(config.prune), progress, costs)
 
-    def build(chosen: InherConfig, share: float, teacher_ns: int | None) -> nn.Module:
-        return _inherit_share(model, chosen, calib, example, share, progress, costs, teacher_ns=teacher_ns)
+    def build(chosen: InherConfig, share: float, teacher_ns: int | None, alone: bool) -> nn.Module:
+        return _inherit_share(model, chosen, calib, example, share, progress, costs, teacher_ns=teacher_ns,
+                              alone=alone)
 
     return choose(model, config, calib, costs, build)
 
 
 def _inherit_share(
     model: nn.Module, config: InherConfig, calib: list[Any] | None, example: Any, share: float, progress: bool,
-    costs: LatencyCosts | None, plan: Plan | None = None, teacher_ns: int | None = None,
+    costs: LatencyCosts | None, plan: Plan | None = None, teacher_ns: int | None = None, alone: bool = False,
 ) -> nn.Module:
     """The teacher pruned by ``share`` of its channels, then inherited at what is left of the budget (or
     with the ranks of ``plan``, a plan of the same pruning); ``teacher_ns``: the teacher's measured
-    time under a latency budget, when known (see :func:`~inhernet.pruning.prune_for`)."""
+    time under a latency budget, when known (see :func:`~inhernet.pruning.prune_for`); ``alone``: the
+    pruned model may already be under the budget (every layer then stays dense)."""
     pruned, record = prune_for(config, model, example, share, costs, teacher_ns)
     if plan is None:
-        inner, inner_plan = inner_config(config, record), None
+        inner, inner_plan = inner_config(config, record, alone=alone), None
     else:  # the plan's ranks, no allocation: the budget is not spent again
         inner = unpruned(config)
         inner_plan = replace(plan, config=inner, prune=None, teacher_params=record.params)

@@ -30,7 +30,13 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from .assets import require_files, require_package_dir
 from .mnist import read_idx
-from .teacher_cache import load_cached_teacher, save_cached_teacher, teacher_cache_dir
+from .teacher_cache import (
+    FIT_THREADS,
+    fit_threads,
+    load_cached_teacher,
+    save_cached_teacher,
+    teacher_cache_dir,
+)
 
 __all__ = [
     "FASHION_CLASSES",
@@ -71,6 +77,7 @@ PRESET = "fashion-effnet"
 TEACHER_RECIPE: dict[str, Any] = {
     "size": INPUT_SIZE, "steps": 400, "batch_size": 64, "lr": 1e-3, "weight_decay": 0.01, "warmup": 20,
     "seed": 0, "train_limit": None, "test_per_class": TEST_PER_CLASS, "eval_full_test": True,
+    "threads": FIT_THREADS,
 }
 
 
@@ -216,7 +223,9 @@ def fashion_effnet_teacher(**recipe: Any) -> nn.Module:
         raise ValueError(f"teacher recipe needs steps >= 1 and batch_size >= 1, got {recipe}")
     model = load_effnet_lite0_imagenet(num_classes=len(FASHION_CLASSES))
     if load_cached_teacher(model, PRESET, recipe) is None:
-        save_cached_teacher(model, PRESET, recipe, **_fine_tune(model, recipe))
+        with fit_threads():
+            fitted = _fine_tune(model, recipe)
+        save_cached_teacher(model, PRESET, recipe, **fitted)
     return model.to(memory_format=torch.channels_last).eval()
 
 

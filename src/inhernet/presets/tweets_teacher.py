@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ..batches import forward_batch, logits_of
-from .teacher_cache import load_cached_teacher, save_cached_teacher
+from .teacher_cache import FIT_THREADS, fit_threads, load_cached_teacher, save_cached_teacher
 from .tweets import LABELS, MAX_LENGTH, SPLIT_SEED, TEST_SIZE, tweets_loaders
 
 if TYPE_CHECKING:
@@ -45,6 +45,7 @@ TEACHER_RECIPE: dict[str, Any] = {
     "warmup_steps": 10,
     "weight_decay": 0.01,
     "seed": 0,
+    "threads": FIT_THREADS,
 }
 
 
@@ -159,16 +160,17 @@ def load_tweets_teacher(*, fit: bool = True, log: Callable[[str], None] = _stder
     start = time.perf_counter()
     model = new_tweets_teacher(seed=r["seed"])
     train, test = tweets_loaders(r["batch_size"], seed=r["seed"])
-    losses = finetune_classifier(
-        model, train, steps=r["steps"], lr=r["lr"], warmup_steps=r["warmup_steps"],
-        weight_decay=r["weight_decay"], seed=r["seed"], log=log,
-    )
+    with fit_threads():
+        losses = finetune_classifier(
+            model, train, steps=r["steps"], lr=r["lr"], warmup_steps=r["warmup_steps"],
+            weight_decay=r["weight_decay"], seed=r["seed"], log=log,
+        )
     fit_s = time.perf_counter() - start
     accuracy = evaluate(model, test, "accuracy")["accuracy"]
     folder = save_cached_teacher(
         model, PRESET, TEACHER_RECIPE, test_accuracy=accuracy, test_examples=len(test.dataset),
         final_loss=sum(losses[-10:]) / len(losses[-10:]), fit_wall_s=round(fit_s, 1),
-        torch=torch.__version__, threads=torch.get_num_threads(),
+        torch=torch.__version__,
     )
     log(f"{PRESET} teacher: test accuracy {accuracy:.4f} after {fit_s:.0f} s; cached in {folder}")
     return model.eval()
