@@ -18,6 +18,7 @@ from torch import nn
 
 import tiny_models as tm
 from inhernet import InherBlock, InherConfig, compact, inherit, load, plan, save
+from inhernet.batches import rows_of
 from inhernet.budget import NANOSECONDS, RANK_MULTIPLE, LayerCost, Price, allocate, latency_price, round_rank
 from inhernet.deploy import CostTable, LayerShape
 from inhernet.deploy.costs import measure_latency
@@ -180,6 +181,33 @@ def test_a_plan_that_measures_outside_its_budget_is_planned_again(skew: float) -
     measured = costs.latency([teacher, student], x)
     assert measured[1] / measured[0] == pytest.approx(kept["measured"], abs=1e-3)
     assert p.config.latency == 0.5 and "the first plan measured" in p.summary()
+
+
+class OneRowSlowCosts(SkewedCosts):
+    """SkewedCosts whose skew shows at one row only: a student that meets its budget at the calibration batch
+    and is slower at one request (per-operation overhead), as MiniLM measured."""
+
+    def latency(self, models, example) -> list[float]:
+        return super().latency(models, example) if rows_of(example) == 1 else FakeCosts.latency(self, models, example)
+
+
+def test_the_check_holds_the_budget_at_one_row_too() -> None:
+    """The measured check times the example whole and its first row; the worst ratio is the one held to the
+    budget, so a plan that meets it at the calibration batch but not at one request is planned again lower."""
+    teacher, x = tm.three_linear()
+    costs = OneRowSlowCosts(1.3)
+    student = inherit(teacher, InherConfig(latency=0.5, init="svd"), calib=[x], costs=costs, progress=False)
+    checks = student.inhernet_plan.latency_checks
+    first = checks[0]
+    assert set(first["by_batch"]) == {"16", "1"} and first["measured"] == max(first["by_batch"].values())
+    assert first["by_batch"]["16"] <= 0.515 < first["by_batch"]["1"]
+    (kept,) = [c for c in checks if c.get("kept")]
+    assert kept is not first and kept["by_batch"]["1"] <= 0.515
+    assert costs.latency([teacher, student], x[:1])[1] / costs.latency([teacher, student], x[:1])[0] <= 0.515
+    assert "at 1 rows" in student.inhernet_plan.summary()
+    # an example of one row is timed once
+    one = inherit(teacher, InherConfig(latency=0.5, init="svd"), calib=[x[:1]], costs=FakeCosts(), progress=False)
+    assert set(one.inhernet_plan.latency_checks[0]["by_batch"]) == {"1"}
 
 
 def test_a_plan_that_keeps_every_layer_dense_is_checked_as_it_is() -> None:

@@ -21,8 +21,10 @@ __all__ = [
     "first_example",
     "forward_all",
     "forward_batch",
+    "head_rows",
     "logits_of",
     "move_batch",
+    "rows_of",
     "split_rows",
 ]
 
@@ -43,7 +45,7 @@ def split_rows(batch: Any, rows: int) -> list[Any]:
     dimension, nested tuples, lists and dicts kept; the batch itself if it holds no tensor."""
     if rows < 1:
         raise ValueError(f"split_rows: rows must be >= 1, got {rows}")
-    n = _rows(batch)
+    n = rows_of(batch)
     if n is None:
         return [batch]
     parts = max(1, -(-n // rows))
@@ -53,12 +55,17 @@ def split_rows(batch: Any, rows: int) -> list[Any]:
     ]
 
 
-def _rows(batch: Any) -> int | None:
-    """The first dimension of the first tensor in ``batch`` (``None``: none)."""
+def head_rows(batch: Any, rows: int) -> Any:
+    """The first ``rows`` examples of ``batch``: every tensor inside it sliced along its first dimension."""
+    return _map_tensors(batch, lambda t: t[:rows] if t.dim() else t)
+
+
+def rows_of(batch: Any) -> int | None:
+    """How many examples ``batch`` holds: the first dimension of its first tensor (``None``: none)."""
     if isinstance(batch, torch.Tensor):
         return batch.shape[0] if batch.dim() else None
     values = batch.values() if isinstance(batch, Mapping) else batch if isinstance(batch, (tuple, list)) else ()
-    return next((n for n in map(_rows, values) if n is not None), None)
+    return next((n for n in map(rows_of, values) if n is not None), None)
 
 
 def _map_tensors(batch: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:

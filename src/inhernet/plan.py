@@ -98,7 +98,8 @@ class Plan:
     total_latency_ns: int | None = None
     prune: PruneRecord | None = None
     #: under a latency budget, each timing of the compact student against the teacher (interleaved):
-    #: ``{"planned": the latency fraction planned with, "measured": the measured ratio}``, the student
+    #: ``{"planned": the latency fraction planned with, "measured": the measured ratio, the worst of
+    #: ``"by_batch"`` (the ratio at the example's rows and at one row)}``, the student
     #: built marked ``"kept": True``; more than one when the first plan measured outside the window of
     #: the budget and was planned again (see :data:`inhernet.surgery.LATENCY_CHECK_WINDOW`)
     latency_checks: list[dict[str, Any]] | None = None
@@ -179,6 +180,9 @@ class Plan:
         kept = next((c for c in self.latency_checks or [] if c.get("kept")), None)
         if kept is not None:
             text += f"; the compact model measured {kept['measured']:.1%} of the teacher's time"
+            if len(kept.get("by_batch", {})) > 1:
+                text += " (the worst of " + ", ".join(
+                    f"{r:.1%} at {rows} rows" for rows, r in kept["by_batch"].items()) + ")"
             if kept is not self.latency_checks[0]:
                 text += (f" (planned at {kept['planned']:.1%}: the first plan measured "
                          f"{self.latency_checks[0]['measured']:.1%})")
