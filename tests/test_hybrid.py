@@ -17,7 +17,7 @@ import inhernet
 from inhernet import InherBlock, InherConfig, compact, inherit, load, save
 from inhernet.autoprune import RESOLUTION, SPREAD, Standing, candidate_shares, probe_loss, split_probe
 from inhernet.baselines import METHODS, MethodContext
-from inhernet.batches import split_rows
+from inhernet.batches import rows_of, split_rows
 from inhernet.bench.runner import BenchConfig, _recipe
 from inhernet.budget import RANK_MULTIPLE
 from inhernet.config import DEFAULT_PROBE_STEPS
@@ -700,6 +700,37 @@ def test_auto_falls_back_to_pruning_alone_when_rank_cuts_cannot_reach_the_budget
     save(student, tmp_path / "alone")
     fresh, _ = _conv_bound_teacher()
     assert torch.equal(run(load(tmp_path / "alone", base=fresh), calib[1]), run(student, calib[1]))
+
+
+class OneRowSlowPrunedCosts(SlowConvCosts):
+    """SlowConvCosts in which a pruned model (first conv narrower than 32) runs 1.2x slower at one row than its
+    prices say, where the plan never looks (it is priced and timed at the calibration batch's 4 rows)."""
+
+    def latency(self, models, example):
+        times = super().latency(models, example)
+        if rows_of(example) != 1:
+            return times
+        return [t * 1.2 if m[0].out_channels < 32 else t for t, m in zip(times, models, strict=True)]
+
+
+def test_pruning_alone_that_measures_over_the_budget_is_chosen_again(tmp_path):
+    """The measured check of a student that pruned alone moves the share (the ranks have nothing to give):
+    over the budget at one row, prune="auto" runs again at the scaled budget and prunes more."""
+    teacher, calib = _conv_bound_teacher()
+    config = InherConfig(latency=0.3, prune="auto", min_rank=30)
+    with pytest.warns(UserWarning, match="alone"):
+        plain = inherit(teacher, config, calib=calib, costs=SlowConvCosts(), progress=False)
+        costs = OneRowSlowPrunedCosts()
+        student = inherit(teacher, config, calib=calib, costs=costs, progress=False)
+    checks = student.inhernet_plan.latency_checks
+    assert checks[0]["by_batch"]["1"] > 0.3 * 1.03 >= checks[0]["by_batch"]["4"]
+    (kept,) = [c for c in checks if c.get("kept")]
+    assert kept is not checks[0] and kept["measured"] <= 0.3 * 1.03
+    p = student.inhernet_plan
+    assert p.prune.ratio > plain.inhernet_plan.prune.ratio and not p.factorised and p.config.latency == 0.3
+    save(student, tmp_path / "again")
+    fresh, _ = _conv_bound_teacher()
+    assert torch.equal(run(load(tmp_path / "again", base=fresh), calib[1]), run(student, calib[1]))
 
 
 def test_latency_prune_errors_name_the_problem():

@@ -116,7 +116,7 @@ def _within_measured_latency(
     :data:`LATENCY_CHECK_WINDOW` of ``config.latency`` times the teacher's time. Of the students built, the
     one kept is the slowest that is not over the window (the last one if all are); its plan lists every
     check in ``latency_checks``, the kept one marked. With ``prune="auto"`` the chosen share is kept, only
-    the ranks move."""
+    the ranks move, unless it pruned alone (every layer dense): then the share is chosen again."""
     from .deploy.compact import deployed
     from .spectra import latency_table
 
@@ -124,7 +124,10 @@ def _within_measured_latency(
     table = latency_table(model, costs)
     first = student.inhernet_plan
     low, high = (config.latency * edge for edge in LATENCY_CHECK_WINDOW)
-    share = None if first.prune is None else first.prune.ratio  # prune="auto" is not chosen again
+    # prune="auto" is not chosen again (only the ranks move), unless it pruned alone: then only another share
+    # can move the time
+    alone = config.prune == "auto" and first.prune is not None and not first.factorised
+    share = None if first.prune is None else "auto" if alone else first.prune.ratio
     checks: list[dict[str, Any]] = []
     kept: tuple[nn.Module, dict[str, Any]] | None = None  # the slowest student not over the window, its check
     planned = config.latency
@@ -157,7 +160,7 @@ def _within_measured_latency(
     plan.latency_checks = checks
     if plan is not first:  # the user's config (and the auto choice's record) describe what was asked
         plan.config = first.config
-        if first.prune is not None and plan.prune is not None:
+        if first.prune is not None and plan.prune is not None and plan.prune.ratio == first.prune.ratio:
             plan.prune = replace(first.prune, params=plan.prune.params, latency_ns=plan.prune.latency_ns)
     return student
 
