@@ -39,7 +39,7 @@ def measure(teacher: torch.nn.Module, calib: list[Any], test: Any, budget: float
     start = time.perf_counter()
     dropped = drop_layers(teacher, keep=n - drop, by="importance", calib=calib) if drop else teacher
     kept_params = sum(p.numel() for p in dropped.parameters())
-    cell: dict[str, Any] = {"drop": drop, "budget": budget, "calib_blocks": len(calib), "dropped_params": kept_params}
+    cell: dict[str, Any] = {"drop": drop, "budget": budget, "dropped_params": kept_params}
     if kept_params <= target:
         student, cell["factorised"] = dropped, 0
     else:

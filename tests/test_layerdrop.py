@@ -150,3 +150,20 @@ def test_importance_errors_name_the_problem():
         drop_layers(teacher, 3, by="importance", calib=[batch])
     with pytest.raises(ValueError, match="cannot keep 0 of 2"):
         most_important([0.1, 0.2], 0)
+
+
+def test_inhernet_layerdrop_drops_the_least_important_blocks_then_inherits_at_the_budget():
+    """About half of the cut paid by whole blocks (the least important by Block Influence), the rest by rank
+    cuts at the same budget: 4 tiny Llama blocks of ~9k parameters, 60% of ~40k kept: one block dropped."""
+    teacher, ids = llama_tiny()
+    calib = [ids, ids.flip(0)]
+    ctx = MethodContext(teacher, 0.6, experts=1, calib=calib, seed=0)
+    ctx.reference = inherit(teacher, ctx.config(), calib=calib, progress=False)
+    student = build_student("inhernet-layerdrop", ctx)
+    assert student.config.num_hidden_layers == 3
+    assert student.inhernet_kept_blocks == most_important(block_influence(teacher, calib), 3)
+    assert 0.98 * ctx.target <= n_params(student) <= ctx.target
+    assert student.inhernet_plan.factorised and student.inhernet_plan.config.budget == ctx.target
+    assert student(ids).logits.shape == teacher(ids).logits.shape
+    with pytest.raises(ValueError, match="sized in parameters"):
+        build_student("inhernet-layerdrop", MethodContext(teacher, 0.6, experts=1, calib=calib, seed=0, match="macs"))
