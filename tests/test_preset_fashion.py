@@ -97,6 +97,18 @@ def test_weights_map_key_by_key_onto_timm() -> None:
 
 
 @pytest.mark.assets
+def test_a_seeded_head_is_the_same_whatever_ran_before() -> None:
+    """The teacher's fresh classifier comes from the recipe's seed, not from the global RNG (which whatever ran
+    earlier in the process has moved), and leaves the global RNG where it was."""
+    first = fashion.load_effnet_lite0_imagenet(num_classes=10, seed=0).classifier.weight
+    torch.randn(100)
+    state = torch.get_rng_state()
+    again = fashion.load_effnet_lite0_imagenet(num_classes=10, seed=0).classifier.weight
+    assert torch.equal(first, again) and torch.equal(torch.get_rng_state(), state)
+    assert not torch.equal(first, fashion.load_effnet_lite0_imagenet(num_classes=10, seed=1).classifier.weight)
+
+
+@pytest.mark.assets
 def test_loaders_are_deterministic_and_class_balanced() -> None:
     test = fashion_dataset("test", per_class=3)
     images, labels = test.tensors

@@ -123,11 +123,16 @@ def effnet_lite0_weights_path() -> Path:
     return files[0]
 
 
-def load_effnet_lite0_imagenet(num_classes: int = 1000) -> nn.Module:
+def load_effnet_lite0_imagenet(num_classes: int = 1000, seed: int | None = None) -> nn.Module:
     """timm ``efficientnet_lite0`` with the package's ImageNet weights (4.65M parameters), in eval mode.
 
-    With ``num_classes != 1000`` the classifier is a fresh ``Linear`` (every other weight inherited).
+    With ``num_classes != 1000`` the classifier is a fresh ``Linear`` (every other weight inherited),
+    initialised from ``seed`` when given (the global RNG left as it was), else from the global RNG.
     """
+    if seed is not None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return load_effnet_lite0_imagenet(num_classes)
     import timm
 
     state = torch.load(effnet_lite0_weights_path(), map_location="cpu", weights_only=True)
@@ -221,7 +226,8 @@ def fashion_effnet_teacher(**recipe: Any) -> nn.Module:
     recipe = {**TEACHER_RECIPE, **recipe}
     if recipe["steps"] < 1 or recipe["batch_size"] < 1:
         raise ValueError(f"teacher recipe needs steps >= 1 and batch_size >= 1, got {recipe}")
-    model = load_effnet_lite0_imagenet(num_classes=len(FASHION_CLASSES))
+    # the fresh head from the recipe's seed: from the global RNG, it depended on what ran before in the process
+    model = load_effnet_lite0_imagenet(num_classes=len(FASHION_CLASSES), seed=recipe["seed"])
     if load_cached_teacher(model, PRESET, recipe) is None:
         with fit_threads():
             fitted = _fine_tune(model, recipe)

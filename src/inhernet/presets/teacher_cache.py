@@ -31,8 +31,8 @@ META_NAME = "meta.json"
 
 
 #: the torch threads a teacher is fine-tuned with, whatever the caller's: a CPU's float sums depend on how
-#: the work is split, and a fit with 1 thread differs in its last bits from one with 2, then in its accuracy
-#: (88.72% / 88.79% on fashion-effnet): with the same count on every machine, the same teacher
+#: the work is split, so that fits with 1 and 2 threads differ: with the same count on every machine, the
+#: same teacher
 FIT_THREADS = 2
 
 
