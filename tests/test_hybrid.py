@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 import inhernet
-from inhernet import InherBlock, InherConfig, compact, inherit, load, save
-from inhernet.autoprune import RESOLUTION, SPREAD, Standing, candidate_shares, probe_loss, split_probe
+from inhernet import InherBlock, InherConfig, compact, inherit, load, save, surgery
+from inhernet.autoprune import RESOLUTION, SPREAD, Standing, candidate_shares, choose, probe_loss, split_probe
 from inhernet.baselines import METHODS, MethodContext
 from inhernet.batches import rows_of, split_rows
 from inhernet.bench.runner import BenchConfig, _recipe
@@ -700,6 +700,29 @@ def test_auto_falls_back_to_pruning_alone_when_rank_cuts_cannot_reach_the_budget
     save(student, tmp_path / "alone")
     fresh, _ = _conv_bound_teacher()
     assert torch.equal(run(load(tmp_path / "alone", base=fresh), calib[1]), run(student, calib[1]))
+
+
+def test_auto_falls_back_to_pruning_alone_when_every_candidate_misses_when_built():
+    """The bracket is priced once; each candidate is measured again when built, and on a noisy machine every one
+    can miss (mnist-cnn at latency=0.5 did): the smallest share under the budget alone is then the student."""
+    teacher, calib = _conv_bound_teacher()
+    costs = SlowConvCosts()
+    config = InherConfig(latency=0.35, prune="auto").resolved(teacher)
+
+    def build(chosen, share, teacher_ns, alone):
+        if not alone:
+            raise ValueError(f"share {share:g}, measured again: unreachable")
+        return surgery._inherit_share(teacher, chosen, calib, calib[0], share, False, costs, teacher_ns=teacher_ns,
+                                      alone=True)
+
+    with pytest.warns(UserWarning, match=r"no candidate share \(.*\) met the budget when built\).*alone"):
+        student = choose(teacher, config, calib, costs, build)
+    p = student.inhernet_plan
+    record = p.prune
+    assert not p.factorised and record.bracket == [record.ratio, record.ratio]
+    assert [k for k, v in record.scores.items() if v is not None] == [f"{record.ratio:g}"]
+    assert all("measured again" in record.skipped[k] for k in record.scores if k not in ("0", f"{record.ratio:g}"))
+    assert fake_ns(costs, student, calib[0]) <= p.target_latency_ns
 
 
 class OneRowSlowPrunedCosts(SlowConvCosts):

@@ -93,6 +93,9 @@ class Candidates:
     bracket: list[float]
     skipped: dict[str, str]
     alone: str | None = None
+    #: the smallest share found under the budget by pruning alone (to 0.001, on the side under it); ``None``
+    #: when no share up to :data:`CEILING` was
+    under: float | None = None
 
 
 @dataclass(frozen=True)
@@ -185,6 +188,8 @@ def candidate_shares(stand: Callable[[float, bool], Standing]) -> Candidates:
                 hi, under = mid, there
         assert under is not None
         skipped[_key(hi)] = under.why_not()
+    # to 0.001 as every share recorded, on the side under the budget
+    alone_share = None if hi is None else math.ceil(hi * 1000) / 1000
     p_max = lo
     if zero.reachable:
         p_min = 0.0
@@ -198,7 +203,7 @@ def candidate_shares(stand: Callable[[float, bool], Standing]) -> Candidates:
         if not edge.reachable:
             why = (f"after pruning {p_max:g} of the channels, the most that leaves ranks to cut, the smallest ranks "
                    f"reach {edge.smallest:,} {edge.unit} at best (without pruning: {zero.smallest:,})")
-            if hi is None:
+            if alone_share is None:
                 raise ValueError(
                     f"the budget of {zero.target:,} {zero.unit} is reached by no share of prune='auto': {why}, and "
                     f"pruning alone does not reach it either (no larger share was tried: at most {CEILING:g}, while "
@@ -209,8 +214,7 @@ def candidate_shares(stand: Callable[[float, bool], Standing]) -> Candidates:
             # dense (what prune-kd builds) is the one candidate, rather than no student at all.
             del skipped[_key(hi)]
             skipped["0"], skipped[_key(p_max)] = zero.why_not(), f"rank cuts cannot reach the budget: {why}"
-            alone = math.ceil(hi * 1000) / 1000  # to 0.001 as every share recorded, on the side under the budget
-            return Candidates([alone], [alone, alone], skipped, alone=why)
+            return Candidates([alone_share], [alone_share, alone_share], skipped, alone=why, under=alone_share)
         skipped["0"] = zero.why_not()
         lo, hi = 0.0, p_max  # unreachable at lo, reachable at hi
         while hi - lo > RESOLUTION:
@@ -221,7 +225,7 @@ def candidate_shares(stand: Callable[[float, bool], Standing]) -> Candidates:
     p_min, p_max = math.ceil(p_min * 1000) / 1000, math.floor(p_max * 1000) / 1000
     p_max = max(p_min, p_max)
     shares = sorted({min(p_max, max(p_min, round(p_min + t * (p_max - p_min), 3))) for t in SPREAD})
-    return Candidates(shares, [p_min, p_max], skipped)
+    return Candidates(shares, [p_min, p_max], skipped, under=alone_share)
 
 
 def split_probe(calib: Sequence[Any], steps: int) -> tuple[list[Any], list[Any]]:
@@ -335,30 +339,35 @@ def choose(
     found = candidate_shares(stand)
     shares, bracket, skipped = found.shares, found.bracket, found.skipped
     if found.alone is not None:
-        warnings.warn(
-            f"prune='auto': no share of the channels leaves a model that rank cuts bring under the budget "
-            f"({found.alone}); pruning {_key(shares[0])} of them alone reaches it, every layer left dense "
-            "(the prune-kd student)",
-            stacklevel=4,
-        )
+        _warn_alone(found.alone, shares[0])
     targets = teacher_outputs(model, calib)
     scores: dict[str, float | None] = dict.fromkeys(skipped)
     best: tuple[tuple[bool, float], nn.Module, list[warnings.WarningMessage]] | None = None
     failures: list[ValueError] = []
-    for share in shares:
+
+    def attempt(share: float, alone: bool) -> None:
+        nonlocal best
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
-                student = build(config, share, teacher_ns, found.alone is not None)
+                student = build(config, share, teacher_ns, alone)
             except ValueError as err:  # measured again, this share missed the budget after all
                 scores[_key(share)], skipped[_key(share)] = None, str(err)
                 failures.append(err)
-                continue
+                return
         value = score(student, config, calib, targets)
         scores[_key(share)] = value
         key = (not student.inhernet_plan.in_window, value)
         if best is None or key < best[0]:
             best = (key, student, caught)
+
+    for share in shares:
+        attempt(share, found.alone is not None)
+    if best is None and found.alone is None and found.under is not None:
+        # every candidate, measured again when built, missed the budget: pruning alone still reaches it
+        _warn_alone(f"no candidate share ({', '.join(map(_key, shares))}) met the budget when built", found.under)
+        bracket = [found.under, found.under]
+        attempt(found.under, True)
     if best is None:
         raise ValueError(
             f"prune='auto': no candidate share ({', '.join(map(_key, shares))}, between {bracket[0]:g} and "
@@ -372,6 +381,14 @@ def choose(
     record.scores, record.skipped = _by_share(scores), _by_share(skipped)
     record.bracket, record.probe_steps = bracket, steps
     return student
+
+
+def _warn_alone(why: str, share: float) -> None:
+    warnings.warn(
+        f"prune='auto': no share of the channels leaves a model that rank cuts bring under the budget ({why}); "
+        f"pruning {_key(share)} of them alone reaches it, every layer left dense (the prune-kd student)",
+        stacklevel=5,
+    )
 
 
 def _by_share(d: dict[str, Any]) -> dict[str, Any]:
