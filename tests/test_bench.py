@@ -290,6 +290,8 @@ def test_bench_matched_in_latency(tiny_preset, monkeypatch):
     assert result["match"] == "latency" and timer.models_timed > 0
     teacher_ms = result["teacher"]["latency_ms"]
     by_name = {m["name"]: m["latency_ms"] for m in result["methods"]}
+    checks = {m["name"]: m.get("latency_checks") for m in result["methods"]}
+    assert any(c.get("kept") for c in checks["inhernet"]) and checks["kd-student"] is None  # inherit's checks, InherNet methods only
     # The fake agrees with itself: the teacher and the compact InherNet are what it says they are.
     example = tiny_preset.calib(0)[0]
     assert teacher_ms == pytest.approx(timer.latency([_teacher()], example)[0] * 1e3)

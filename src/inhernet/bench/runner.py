@@ -206,6 +206,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
     sizes: dict[str, tuple[int, int]] = {}
     ranks: dict[str, dict[str, int]] = {}
     pruned: dict[str, float] = {}  # the share of channels an InherConfig(prune=...) method removed
+    checks: dict[str, list[dict[str, Any]]] = {}  # inherit's measured latency checks (the last seed's, as ranks)
     tuned: dict[str, dict[str, Any]] = {}
     contexts: dict[int, MethodContext] = {}
     latencies: dict[str, int] = {}  # ns of the deployed forms, under match="latency"
@@ -239,6 +240,8 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
                 ranks[name] = student.inhernet_plan.ranks()
                 if student.inhernet_plan.prune is not None:
                     pruned[name] = student.inhernet_plan.prune.ratio
+                if student.inhernet_plan.latency_checks is not None:
+                    checks[name] = student.inhernet_plan.latency_checks
             recipe = _recipe(name, student, sizes[name])
             done = parts.run(name, seed, recipe) if parts is not None else None
             if done is not None:
@@ -277,6 +280,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
             **_summarise(name, runs[name], sizes[name], higher), **({"ranks": ranks[name]} if name in ranks else {}),
             **({"latency_ms": latencies[name] / 1e6} if name in latencies else {}),
             **({"pruned_share": pruned[name]} if name in pruned else {}),
+            **({"latency_checks": checks[name]} if name in checks else {}),
         }
         for name in methods
     ]
