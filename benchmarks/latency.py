@@ -520,7 +520,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"InherNet: `InherConfig({currency}={args.budget:g})`, the family's recipe ({info['experts']} expert(s), "
         f"whitened init, {calib_summary(calib)}"
         + ("" if args.prune is None else f", prune={args.prune!r}") + f"); ranks {info['ranks']}.",
-        "InherNet compact: " + "; ".join(f"{n}: {_form(e)} ({e['reason']})" for n, e in info["compact"].items()) + ".",
+        "InherNet compact: " + ("; ".join(f"{n}: {_form(e)} ({e['reason']})" for n, e in info["compact"].items())
+                                or "no InherNet blocks (every layer dense): deployed as it is") + ".",
     ]
     if info["prune"] is not None:
         p = info["prune"]
