@@ -725,6 +725,17 @@ def test_auto_falls_back_to_pruning_alone_when_every_candidate_misses_when_built
     assert fake_ns(costs, student, calib[0]) <= p.target_latency_ns
 
 
+def test_pruning_alone_stays_dense_when_it_measures_over_the_budget():
+    """A pruning-alone student is measured again when built and may come out over the budget (timing noise):
+    it stays dense all the same (no rank cuts are tried), its plan names the budget asked, the check judges it."""
+    teacher, calib = _conv_bound_teacher()
+    config = InherConfig(latency=0.3, prune="auto").resolved(teacher)
+    student = surgery._inherit_share(teacher, config, calib, calib[0], 0.3, False, SlowConvCosts(), alone=True)
+    p = student.inhernet_plan
+    assert not p.factorised and p.target_latency_ns == int(0.3 * p.prune.teacher_latency_ns)
+    assert p.prune.latency_ns > p.target_latency_ns and p.config.latency == 0.3
+
+
 class OneRowSlowPrunedCosts(SlowConvCosts):
     """SlowConvCosts in which a pruned model (first conv narrower than 32) runs 1.2x slower at one row than its
     prices say, where the plan never looks (it is priced and timed at the calibration batch's 4 rows)."""

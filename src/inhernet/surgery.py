@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Iterable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -239,8 +240,13 @@ def _inherit_share(
     else:  # the plan's ranks, no allocation: the budget is not spent again
         inner = unpruned(config)
         inner_plan = replace(plan, config=inner, prune=None, teacher_params=record.params)
-    with after_pruning(record):
+    with after_pruning(record), warnings.catch_warnings():
+        if alone:  # planned at a budget it meets with room to spare: "more than 2% under" is no news
+            warnings.simplefilter("ignore")
         student = _inherit(pruned, inner, calib, inner_plan, progress, costs, record.teacher_latency_ns)
+    if alone and config.latency is not None:  # the budget asked, not the room the dense plan was given
+        assert record.teacher_latency_ns is not None
+        student.inhernet_plan.target_latency_ns = int(config.latency * record.teacher_latency_ns)
     if config.prune is None:  # a pruned plan given with a config of its own: say what was done
         config = replace(config, prune=share)
     student.inhernet_plan = with_prune(student.inhernet_plan, config, record)
