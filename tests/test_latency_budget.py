@@ -183,6 +183,31 @@ def test_a_plan_that_measures_outside_its_budget_is_planned_again(skew: float) -
     assert p.config.latency == 0.5 and "the first plan measured" in p.summary()
 
 
+class StubbornCosts(FakeCosts):
+    """FakeCosts whose whole-model timing of a student is a fixed fraction of the teacher's, the next of
+    ``ratios`` at each check, whatever its plan: a machine on which no replan lands in the window."""
+
+    def __init__(self, ratios):
+        super().__init__()
+        self.ratios = list(ratios)
+
+    def latency(self, models, example) -> list[float]:
+        times = super().latency(models, example)
+        if len(models) != 2:  # the plan's own timing of the teacher
+            return times
+        return [times[0], times[0] * self.ratios.pop(0)]
+
+
+def test_when_every_student_measures_over_the_window_the_fastest_is_kept() -> None:
+    teacher, x = tm.three_linear()
+    costs = StubbornCosts([0.60, 0.60, 0.56, 0.56, 0.62, 0.62])  # three checks, two rows each
+    student = inherit(teacher, InherConfig(latency=0.5, init="svd"), calib=[x], costs=costs, progress=False)
+    checks = student.inhernet_plan.latency_checks
+    assert [c["measured"] for c in checks] == [0.6, 0.56, 0.62]
+    assert [bool(c.get("kept")) for c in checks] == [False, True, False]
+    assert student.inhernet_plan.config.latency == 0.5
+
+
 class OneRowSlowCosts(SkewedCosts):
     """SkewedCosts whose skew shows at one row only: a student that meets its budget at the calibration batch
     and is slower at one request (per-operation overhead), as MiniLM measured."""

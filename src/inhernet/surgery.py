@@ -115,7 +115,7 @@ def _within_measured_latency(
 ) -> nn.Module:
     """``student``, or one planned again at a scaled latency budget until its compact form measures within
     :data:`LATENCY_CHECK_WINDOW` of ``config.latency`` times the teacher's time. Of the students built, the
-    one kept is the slowest that is not over the window (the last one if all are); its plan lists every
+    one kept is the slowest that is not over the window (the fastest if all are); its plan lists every
     check in ``latency_checks``, the kept one marked. With ``prune="auto"`` the chosen share is kept, only
     the ranks move, unless it pruned alone (every layer dense): then the share is chosen again."""
     from .deploy.compact import deployed
@@ -130,7 +130,7 @@ def _within_measured_latency(
     alone = config.prune == "auto" and first.prune is not None and not first.factorised
     share = None if first.prune is None else "auto" if alone else first.prune.ratio
     checks: list[dict[str, Any]] = []
-    kept: tuple[nn.Module, dict[str, Any]] | None = None  # the slowest student not over the window, its check
+    built: list[tuple[nn.Module, dict[str, Any]]] = []  # every student measured, with its check
     planned = config.latency
     batches = _check_batches(example)
     for attempt in range(LATENCY_CHECK_ROUNDS + 1):
@@ -141,8 +141,7 @@ def _within_measured_latency(
             by_rows[rows] = round(float(student_s) / float(teacher_s), 4)
         ratio = max(by_rows.values())
         checks.append({"planned": planned, "measured": ratio, "by_batch": by_rows})
-        if ratio <= high and (kept is None or checks[-1]["measured"] > kept[1]["measured"]):
-            kept = (student, checks[-1])
+        built.append((student, checks[-1]))
         if low <= ratio <= high or attempt == LATENCY_CHECK_ROUNDS:
             break
         planned = min(1.0, planned * config.latency / ratio)
@@ -152,11 +151,11 @@ def _within_measured_latency(
         except ValueError as err:  # the scaled budget is out of reach: keep what was built, say so
             checks.append({"planned": planned, "unreachable": str(err)})
             break
-    if kept is not None:
-        student = kept[0]
-        kept[1]["kept"] = True
-    else:
-        checks[-1 if "measured" in checks[-1] else -2]["kept"] = True
+    # the slowest student not over the window; if every one is over, the fastest
+    within = [pair for pair in built if pair[1]["measured"] <= high]
+    student, check = (max(within, key=lambda pair: pair[1]["measured"]) if within
+                      else min(built, key=lambda pair: pair[1]["measured"]))
+    check["kept"] = True
     plan = student.inhernet_plan
     plan.latency_checks = checks
     if plan is not first:  # the user's config (and the auto choice's record) describe what was asked
