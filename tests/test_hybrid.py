@@ -429,10 +429,7 @@ def test_inhernet_prune_method_builds_the_hybrid():
 # -- the committed benchmark parts stay reusable: a new config field must not change old recipes -------
 #: parts made by a method whose choices have changed since: stale on purpose, until they are made again
 #: (delete the method's files in the part directory and rerun its `make bench-long` line)
-STALE_PARTS = {
-    ("mnist-cnn-0.25-macs-5ep", "inhernet-prune"): "prune='auto' now brackets its candidates by the budget and "
-    "scores them after KD steps (prune_probe_steps): the part was made with the grid 0..0.5 scored zero-shot",
-}
+STALE_PARTS: dict[tuple[str, str], str] = {}
 
 
 def _part_files():
