@@ -106,7 +106,8 @@ def main() -> None:
         args.out.mkdir(parents=True, exist_ok=True)
         atomic_write(path, json.dumps(result, indent=2) + "\n")
         atomic_write(path.with_suffix(".md"), f"Command: `OMP_NUM_THREADS={torch.get_num_threads()} python "
-                     f"benchmarks/smollm2_drop_inherit.py --drop {args.drop}`\n\n" + render(result))
+                     f"benchmarks/smollm2_drop_inherit.py --drop {args.drop} --budget {args.budget} "
+                     f"--calib {args.calib} --out {args.out}`\n\n" + render(result))
         print(json.dumps(cell), flush=True)
     print(render(result))
 
