@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -133,6 +134,27 @@ def test_parts_are_written_reused_and_assembled(tiny_preset, tmp_path):
     # a part of another configuration is never mixed in
     with pytest.raises(ValueError, match="steps"):
         run_bench(_quiet_cfg(steps=5, seeds=(0,), part_dir=parts), log=lambda _: None)
+
+
+def test_parts_of_another_teacher_are_refused(tiny_preset, tmp_path, monkeypatch):
+    """A teacher fitted again (another machine, a fixed recipe) must not resume the old teacher's parts."""
+    from inhernet.bench import teacher_digest
+
+    run_bench(_quiet_cfg(methods=("svd-kd",), part_dir=tmp_path), log=lambda _: None)
+    teacher = _teacher()
+    part = json.loads((tmp_path / "svd-kd--seed0.json").read_text())
+    assert part["fingerprint"]["teacher"] == teacher_digest(teacher) == teacher_digest(_teacher())
+
+    def refitted() -> nn.Module:
+        model = _teacher()
+        with torch.no_grad():
+            model[0].bias[0] += 1e-6  # one value off is another teacher
+        return model
+
+    assert teacher_digest(refitted()) != teacher_digest(teacher)
+    monkeypatch.setitem(registry.PRESETS, tiny_preset.name, dataclasses.replace(tiny_preset, teacher=refitted))
+    with pytest.raises(ValueError, match="teacher"):
+        run_bench(_quiet_cfg(methods=("svd-kd",), part_dir=tmp_path), log=lambda _: None)
 
 
 def test_epochs_train_on_the_whole_split(tiny_preset):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import inspect
 import json
@@ -18,7 +19,7 @@ from inhernet import InherBlock, InherConfig, compact, inherit, load, save, surg
 from inhernet.autoprune import RESOLUTION, SPREAD, Standing, candidate_shares, choose, probe_loss, split_probe
 from inhernet.baselines import METHODS, MethodContext
 from inhernet.batches import rows_of, split_rows
-from inhernet.bench.runner import BenchConfig, _recipe
+from inhernet.bench.runner import BenchConfig, _recipe, teacher_digest
 from inhernet.budget import RANK_MULTIPLE
 from inhernet.config import DEFAULT_PROBE_STEPS
 from inhernet.deploy import count_macs
@@ -442,6 +443,13 @@ def _part_files():
     ]
 
 
+@functools.cache
+def _mnist_teacher_digest() -> str:
+    from inhernet.presets.mnist import load_mnist_teacher
+
+    return teacher_digest(load_mnist_teacher())
+
+
 @pytest.mark.parametrize("path", _part_files(), ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_committed_parts_match_todays_recipe(path):
     """What ``Parts`` compares (the fingerprint and the recipe), rebuilt from today's code for each
@@ -456,7 +464,9 @@ def test_committed_parts_match_todays_recipe(path):
         preset="mnist-cnn", budget=fingerprint["budget"], match=fingerprint["match"], epochs=5, batch_size=64,
         curve_points=20, tune_lr=True, tune_steps=500, prune_importance="l2",  # run_bench resolves a CNN's to l2
     )
-    assert bench.fingerprint(fingerprint["steps"]) == {k: v for k, v in fingerprint.items() if k != "recipe"}
+    # the teacher is the installed mnist-cnn asset, bit for bit
+    want = bench.fingerprint(fingerprint["steps"], _mnist_teacher_digest())
+    assert want == {k: v for k, v in fingerprint.items() if k != "recipe"}
     student = nn.Linear(1, 1)
     if "config" in recipe:
         # The config the method builds, resolved for the teacher's family as plan() does.

@@ -34,7 +34,7 @@ from ..evaluate import evaluate
 from ..layers import InherBlock
 from ..presets.registry import PRESETS, get_preset
 
-__all__ = ["BenchConfig", "Parts", "flatness", "run_bench", "steps_to_reach"]
+__all__ = ["BenchConfig", "Parts", "flatness", "run_bench", "steps_to_reach", "teacher_digest"]
 
 @dataclass
 class BenchConfig:
@@ -129,8 +129,10 @@ class BenchConfig:
                 f"got {self.lr_grid}"
             )
 
-    def fingerprint(self, steps: int) -> dict[str, Any]:
-        """What a part written under this configuration depends on (besides the method's recipe)."""
+    def fingerprint(self, steps: int, teacher: str | None = None) -> dict[str, Any]:
+        """What a part written under this configuration depends on (besides the method's recipe);
+        ``teacher`` is the teacher's :func:`teacher_digest` (a teacher fitted on another machine, or
+        before a fix to its recipe, makes other parts)."""
         fp: dict[str, Any] = {
             "preset": self.preset, "budget": self.budget, "match": self.match, "experts": self.experts,
             "steps": steps, "epochs": self.epochs, "batch_size": self.batch_size, "temperature": self.temperature,
@@ -149,7 +151,20 @@ class BenchConfig:
             fp["lr_grid"], fp["tune_steps"], fp["val_examples"] = list(self.lr_grid), self.tune_steps, self.val_examples
         else:
             fp["lr"] = self.lr
+        if teacher is not None:
+            fp["teacher"] = teacher
         return json.loads(json.dumps(fp, default=str))
+
+
+def teacher_digest(model: nn.Module) -> str:
+    """A short SHA-256 of ``model``'s state dict (names, dtypes, shapes and bytes): which teacher a part
+    was trained from."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()[:16]
 
 
 def teacher_training_set(preset: Any, teacher: nn.Module, dataset: Any, temperature: float) -> Any:
@@ -198,8 +213,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
     teacher_scores = evaluate(teacher, test, metric)
     teacher_metric = teacher_scores[metric]
     log(f"teacher: {_params(teacher):,} params, {metric} {teacher_metric:.4f}; {steps} KD steps")
-    fingerprint = cfg.fingerprint(steps)
-    parts = Parts(cfg.part_dir, fingerprint) if cfg.part_dir is not None else None
+    parts = Parts(cfg.part_dir, cfg.fingerprint(steps, teacher_digest(teacher))) if cfg.part_dir is not None else None
     tuner = _Tuner(cfg, steps, train, training_set, train_n, metric, higher, preset, teacher, log) if cfg.tune_lr else None
 
     runs: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
@@ -474,6 +488,8 @@ class Parts:
         if got != want:
             keys = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))
             diff = "; ".join(f"{k}: part {got.get(k)!r}, now {want.get(k)!r}" for k in keys)
+            if "teacher" in keys:
+                diff += " (the teacher's weights differ: it was fitted elsewhere or by an older recipe)"
             raise ValueError(
                 f"{path} was written under another configuration ({diff}); delete it or use another part_dir"
             )
