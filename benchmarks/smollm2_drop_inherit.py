@@ -43,7 +43,7 @@ def measure(teacher: torch.nn.Module, calib: list[Any], test: Any, budget: float
     if kept_params <= target:
         student, cell["factorised"] = dropped, 0
     else:
-        student = inherit(dropped, InherConfig(budget=target, experts=1), calib=calib, progress=False)
+        student = inherit(dropped, InherConfig(budget=target, experts=1, drop_blocks=0), calib=calib, progress=False)
         cell["factorised"] = len(student.inhernet_plan.factorised)
         cell["min_rank_ratio"] = min((r.rank / r.max_rank for r in student.inhernet_plan.factorised), default=1.0)
     cell["build_s"] = round(time.perf_counter() - start, 1)

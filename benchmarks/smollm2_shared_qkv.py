@@ -280,7 +280,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         if plan is None:  # the first variant plans (the teacher's spectra); the others reuse its ranks
             if VARIANTS[variant]:
                 raise SystemExit("the first variant must be 'separate': it makes the plan the others share")
-            student = inherit(teacher, InherConfig(budget=args.budget, experts=1, **RECIPE), calib=calib, progress=False)
+            student = inherit(teacher, InherConfig(budget=args.budget, experts=1, drop_blocks=0, **RECIPE), calib=calib, progress=False)
             plan = student.inhernet_plan
         else:
             with sharing.active():

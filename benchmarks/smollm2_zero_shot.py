@@ -8,7 +8,7 @@ with energy allocation; + a 25% rank floor; + sequential calibration (the causal
 by absolute whitened truncation loss (``allocation="loss"``); then two variants of the last row (loss
 normalised within each matrix type, ``"loss-by-type"``; loss without the floor). Columns are calibration
 sizes in blocks of 128 BBC training tokens (``--calib``: 32 = 4k, 128 = 16k, 512 = 64k tokens). Every cell
-is ``inherit(teacher, InherConfig(budget=..., experts=1, **row), calib=preset.calib(blocks))`` evaluated
+is ``inherit(teacher, InherConfig(budget=..., experts=1, drop_blocks=0, **row), calib=preset.calib(blocks))`` evaluated
 with no training on the first ``--test-blocks`` test blocks (default 128: 16,384 held-out tokens), beside
 the teacher's perplexity on the same blocks.
 
@@ -193,7 +193,7 @@ def measure_cell(
         "options": options, "calib_blocks": calib_blocks, "calib_tokens": calib_blocks * BLOCK_TOKENS,
         "test_blocks": test_blocks, "threads": torch.get_num_threads(),
     }
-    cfg = InherConfig(budget=budget, experts=1, **options)
+    cfg = InherConfig(budget=budget, experts=1, drop_blocks=0, **options)  # rank cuts: the levers of this table
     shared.reused_s = 0.0
     start = time.perf_counter()
     try:

@@ -8,6 +8,7 @@ import torch
 from inhernet import InherConfig, inherit
 from inhernet.baselines import MethodContext, build_student, drop_layers, layer_stack, spread_layers
 from inhernet.baselines.layerdrop import block_influence, most_important
+from inhernet.baselines.methods import LAYERDROP_SHARE
 from tiny_models import bert_small, bert_tiny, llama_tiny, mlp, n_params
 
 
@@ -161,9 +162,9 @@ def test_inhernet_layerdrop_drops_the_least_important_blocks_then_inherits_at_th
     ctx.reference = inherit(teacher, ctx.config(), calib=calib, progress=False)
     student = build_student("inhernet-layerdrop", ctx)
     assert student.config.num_hidden_layers == 3
-    assert student.inhernet_kept_blocks == most_important(block_influence(teacher, calib), 3)
+    assert student.inhernet_plan.drop.kept == most_important(block_influence(teacher, calib), 3)
     assert 0.98 * ctx.target <= n_params(student) <= ctx.target
-    assert student.inhernet_plan.factorised and student.inhernet_plan.config.budget == ctx.target
+    assert student.inhernet_plan.factorised and student.inhernet_plan.config.drop_blocks == LAYERDROP_SHARE
     assert student(ids).logits.shape == teacher(ids).logits.shape
     with pytest.raises(ValueError, match="sized in parameters"):
         build_student("inhernet-layerdrop", MethodContext(teacher, 0.6, experts=1, calib=calib, seed=0, match="macs"))

@@ -119,7 +119,7 @@ def test_prune_kd_builds_a_pruned_causal_lm_at_least_the_inhernets_size():
     teacher, ids = llama_tiny()
     before = state_copy(teacher)
     ctx = MethodContext(teacher, 0.8, experts=1, calib=[ids], seed=0)
-    ctx.reference = inherit(teacher, InherConfig(budget=0.8, experts=1, init="svd"), progress=False)
+    ctx.reference = inherit(teacher, InherConfig(budget=0.8, experts=1, init="svd", drop_blocks=0), progress=False)
     for importance in ("l2", "taylor"):
         ctx.extras["prune_importance"] = importance
         student = build_student("prune-kd", ctx)

@@ -315,11 +315,15 @@ _VAL_FRACTION = click.option(
               help="Prune this share of the channels with Torch-Pruning first, then inherit at the same budget; "
               "'auto' chooses the share among candidates found from the budget, by the KL to the teacher after "
               "a few KD steps on the calibration examples (scored on a held-out quarter of them).")
+@click.option("--drop-blocks", type=click.FloatRange(min=0, max=1, max_open=True), default=None, metavar="SHARE",
+              help="Pay this share of the parameter cut by dropping whole transformer blocks (lowest Block Influence "
+              "on the calibration examples), the rest by rank cuts. Default: the model family's (a quarter for "
+              "causal LMs, none otherwise); 0: none.")
 @click.option("--out", "-o", type=click.Path(file_okay=False), required=True, help="Directory to save to.")
 def compress(
     model: str, weights: str | None, task: str | None, num_classes: int | None, data: str, prep: dict[str, Any],
     batch_size: int, seed: int, val_fraction: float, budget: float, experts: int, init: str, allocation: str, exclude: tuple[str, ...],
-    calib_size: int, prune: float | str | None, out: str,
+    calib_size: int, prune: float | str | None, drop_blocks: float | None, out: str,
 ) -> None:
     """Compress your own MODEL to a parameter budget and save it to --out.
 
@@ -348,7 +352,7 @@ def compress(
 
     cfg = InherConfig(
         budget=_budget_value(budget), experts=experts, init=init, allocation=allocation, exclude=exclude, seed=seed,
-        prune=prune,
+        prune=prune, drop_blocks=drop_blocks,
     )
     spec = parse_model_spec(model, weights=weights, task=task, num_classes=num_classes)
     options = DataOptions().updated(**prep)
@@ -361,8 +365,9 @@ def compress(
             "so the teacher's predictions are too; fine-tune the teacher on your task first", err=True,
         )
     train_set, _ = split(opened.data.dataset, val_fraction, seed)
-    # whitening reads the layers' inputs; pruning traces the model on the first batch and scores on all
-    needs_calib = init == "whiten" or prune is not None
+    # whitening reads the layers' inputs; pruning traces the model on the first batch and scores on all;
+    # dropping blocks ranks them on all
+    needs_calib = init == "whiten" or prune is not None or bool(cfg.resolved(opened.teacher).drop_blocks)
     calib = calibration_batches(train_set, calib_size, batch_size) if needs_calib else None
     student = inherit(opened.teacher, cfg, calib=calib, progress=sys.stderr.isatty())
     _print_plan(student.inhernet_plan)

@@ -144,6 +144,12 @@ class InherConfig:
             (untrained) one. ``N >= 1`` needs at least 2 calibration batches. ``None`` (the
             default): :data:`DEFAULT_PROBE_STEPS` under ``prune="auto"``, resolved when the student is
             built (its plan's config holds the number used). Only with ``prune="auto"``.
+        drop_blocks: in a stack of transformer blocks, the share in [0, 1) of the parameters the budget
+            cuts that is paid by dropping whole blocks (those of lowest Block Influence on ``calib``),
+            the rest by rank cuts on the blocks left, at the same absolute budget (see
+            :mod:`inhernet.blockdrop`; the plan's ``drop`` records the blocks kept, which
+            :func:`inhernet.load` replays). Only with ``budget=``. ``None`` (the default) or ``0``: no
+            block is dropped.
 
     numpy integers are accepted wherever an ``int`` is (and numpy floats where a ``float`` is); they
     are stored as Python numbers, so :meth:`to_dict` stays JSON-serialisable.
@@ -171,6 +177,7 @@ class InherConfig:
     family: str | None = None
     prune: float | Literal["auto"] | None = None
     prune_probe_steps: int | None = None
+    drop_blocks: float | None = None
 
     @classmethod
     def paper(cls, **overrides: Any) -> InherConfig:
@@ -231,6 +238,28 @@ class InherConfig:
         check_seed("seed", self.seed)
         self._check_prune(chosen)
         self._check_probe_steps()
+        self._check_drop_blocks()
+
+    def _check_drop_blocks(self) -> None:
+        d = self.drop_blocks
+        if d is None:
+            return
+        if isinstance(d, bool) or not isinstance(d, (int, float)) or not math.isfinite(d):
+            raise TypeError(
+                f"drop_blocks must be a share in [0, 1) of the parameter cut paid with whole blocks, got {d!r}"
+            )
+        if not 0 <= d < 1:
+            raise ValueError(
+                f"drop_blocks={d} is not a share in [0, 1) of the parameters the budget cuts; e.g. drop_blocks=0.5 "
+                "pays half of the cut with whole blocks, the rest with rank cuts"
+            )
+        self.drop_blocks = float(d)
+        if d and (self.budget is None or self.budgets or self.prune is not None):
+            raise ValueError(
+                f"drop_blocks={d:g} pays part of a parameter budget with whole blocks: it works with budget= alone "
+                "(not with macs=, latency=, a rank or energy rule, budgets= or prune=); drop drop_blocks or use "
+                "budget="
+            )
 
     def _check_prune(self, chosen: list[str]) -> None:
         p = self.prune
@@ -337,7 +366,7 @@ class InherConfig:
         d = asdict(self)
         d["include"], d["exclude"] = list(self.include), list(self.exclude)
         d["budgets"] = dict(self.budgets)
-        for key in ("prune", "prune_probe_steps"):
+        for key in ("prune", "prune_probe_steps", "drop_blocks"):
             if d[key] is None:
                 # absent rather than null, so that the configs (and benchmark parts) recorded before the
                 # field existed stay equal to today's

@@ -29,6 +29,9 @@ class FamilyDefaults:
     min_rank_ratio: float
     calibration: str
     evidence: str
+    #: ``InherConfig.drop_blocks`` under a plain parameter budget (``budget=``, no ``budgets=`` or ``prune=``) on a
+    #: model with a stack of blocks; ``None``: no block dropped
+    drop_blocks: float | None = None
 
 
 FAMILY_DEFAULTS: dict[str, FamilyDefaults] = {
@@ -45,7 +48,10 @@ FAMILY_DEFAULTS: dict[str, FamilyDefaults] = {
     "causal-lm": FamilyDefaults(
         1, 0.25, "sequential",
         "SmolLM2-135M at 0.8: zero-shot perplexity 3.08x the teacher with sequential whitening, a 25% rank "
-        "floor and h = 1, against 43x for one-pass h = 3 (which cannot even keep the floor)",
+        "floor and h = 1, against 43x for one-pass h = 3 (which cannot even keep the floor); a quarter of the "
+        "cut paid by whole blocks (2 of 30): 105.4 against 122.3 zero-shot with 16k calibration tokens (4 blocks: "
+        "109.1); half of it (4 blocks): 40.2 against 44.3 after 200 KD steps",
+        drop_blocks=0.25,
     ),
     "other": FamilyDefaults(1, 0.0, "one-pass", "as conv nets and encoders: h = 1, one-pass whitening"),
 }
@@ -92,9 +98,24 @@ def resolve_config(config: InherConfig, model: nn.Module) -> InherConfig:
     A config with every field set (e.g. a loaded one) comes back unchanged.
     """
     fields = ("experts", "min_rank_ratio", "calibration")
-    if config.family is not None and all(getattr(config, f) is not None for f in fields):
-        return config
     family = config.family or model_family(model)
     defaults = FAMILY_DEFAULTS[family]
     filled = {f: getattr(defaults, f) for f in fields if getattr(config, f) is None}
+    if config.drop_blocks is None and defaults.drop_blocks and _drops_blocks(config, model):
+        filled["drop_blocks"] = defaults.drop_blocks
+    if config.family == family and not filled:
+        return config
     return replace(config, family=family, **filled)
+
+
+def _drops_blocks(config: InherConfig, model: nn.Module) -> bool:
+    """Whether a family's ``drop_blocks`` applies: a plain parameter budget on a model with a stack of blocks."""
+    from .stack import layer_stack
+
+    if config.budget is None or config.budgets or config.prune is not None:
+        return False
+    try:
+        layer_stack(model)
+    except ValueError:
+        return False
+    return True

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from . import blockdrop
 from .allocation import (
     BUDGET_TOLERANCE,
     Profile,
@@ -42,7 +43,7 @@ from .spectra import (
 if TYPE_CHECKING:
     from .deploy.costs import LatencyCosts
 
-__all__ = ["BUDGET_TOLERANCE", "LayerPlan", "Plan", "make_plan", "plan", "with_prune"]
+__all__ = ["BUDGET_TOLERANCE", "LayerPlan", "Plan", "make_plan", "plan", "with_drop", "with_prune"]
 
 FACTORISED = "factorised"
 
@@ -84,6 +85,9 @@ class Plan:
     the layers are those of the pruned model, while ``teacher_params`` / ``teacher_macs`` /
     ``teacher_latency_ns`` stay the original teacher's, which the budget and :attr:`ratio` refer to (the
     predicted ``total_latency_ns`` is the pruned model's: its measured fixed rest plus its layers' prices).
+    With ``InherConfig(drop_blocks=...)``, ``drop`` records the blocks dropped
+    (:class:`inhernet.blockdrop.DropRecord`); the layers are those of the blocks kept, ``teacher_params``
+    the original teacher's.
     """
 
     config: InherConfig
@@ -103,11 +107,12 @@ class Plan:
     #: built marked ``"kept": True``; more than one when the first plan measured outside the window of
     #: the budget and was planned again (see :data:`inhernet.surgery.LATENCY_CHECK_WINDOW`)
     latency_checks: list[dict[str, Any]] | None = None
+    drop: blockdrop.DropRecord | None = None
 
     @property
     def total_params(self) -> int:
         """Parameters of the inherited model, everything included."""
-        start = self.prune.params if self.prune is not None else self.teacher_params
+        start = next((r.params for r in (self.prune, self.drop) if r is not None), self.teacher_params)
         return start - sum(r.params_before - r.params_after for r in self.layers)
 
     @property
@@ -145,6 +150,7 @@ class Plan:
             "total_latency_ns": self.total_latency_ns,
             "layers": [asdict(r) for r in self.layers],
             **({"prune": self.prune.to_dict()} if self.prune is not None else {}),
+            **({"drop": self.drop.to_dict()} if self.drop is not None else {}),
             **({"latency_checks": self.latency_checks} if self.latency_checks is not None else {}),
         }
 
@@ -160,7 +166,7 @@ class Plan:
 
     def summary(self) -> str:
         target = f", target {self.target_params:,}" if self.target_params is not None else ""
-        text = f"{self.prune.summary()}; then " if self.prune is not None else ""
+        text = "".join(f"{r.summary()}; then " for r in (self.prune, self.drop) if r is not None)
         text += (
             f"{len(self.factorised)} of {len(self.layers)} layers factorised, experts={self.config.experts}, "
             f"init={self.config.init}: {self.teacher_params:,} -> {self.total_params:,} parameters "
@@ -277,6 +283,13 @@ def with_prune(plan: Plan, config: InherConfig, record: PruneRecord) -> Plan:
     return plan
 
 
+def with_drop(plan: Plan, config: InherConfig, record: blockdrop.DropRecord) -> Plan:
+    """``plan`` (of the model without the dropped blocks) as the plan of the whole: the user's ``config``
+    (with its ``drop_blocks``), the ``record``, and the original teacher's parameters the budget refers to."""
+    plan.config, plan.drop, plan.teacher_params = config, record, record.teacher_params
+    return plan
+
+
 def measure(
     model: nn.Module, config: InherConfig, candidates: list[Candidate], calib: Iterable[Any] | None,
     costs: LatencyCosts | None = None, latency_base: int | None = None,
@@ -308,6 +321,10 @@ def plan(
     disk). ``costs`` is unused by the other budgets.
     """
     config = (config or InherConfig()).resolved(model)  # the family's defaults for the auto fields
+    if config.drop_blocks:
+        calib = list(calib) if calib is not None else None  # Block Influence reads it first
+        dropped, record = blockdrop.drop_for(config, model, calib)
+        return with_drop(plan(dropped, blockdrop.inner_config(config, record), calib, costs=costs), config, record)
     example, calib = peek_example(calib)
     if config.prune is not None:
         if config.prune == "auto":

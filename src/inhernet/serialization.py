@@ -17,7 +17,8 @@ Directories written with the earlier fixed name ``model.safetensors`` still load
 Pruned models (``InherConfig(prune=...)``): the JSON's ``prune`` entry records what Torch-Pruning
 changed (per module, int attributes and tensor shapes, before and after); ``load`` replays it on the
 fresh base (:func:`inhernet.pruning.apply_spec`, checked whole against the base first) before the
-InherNet surgery, so no pickled module is ever needed.
+InherNet surgery, so no pickled module is ever needed. Likewise the blocks kept by
+``InherConfig(drop_blocks=...)`` (the JSON's ``drop`` entry, :func:`inhernet.blockdrop.replay`).
 
 Safety on load. Everything the JSON says is checked before a tensor is allocated (format, the weights
 file is a bare ``*.safetensors`` name inside the directory, every layer exists in ``base`` with the
@@ -42,6 +43,7 @@ from torch import nn
 
 from ._atomic import atomic_path
 from ._version import __version__
+from .blockdrop import replay
 from .config import InherConfig
 from .kinds import LayerKind, block_params, kind_of
 from .layers import GATE_POOLS, ROUTINGS, InherBlock
@@ -75,6 +77,9 @@ def save(model: nn.Module, path: str | os.PathLike[str]) -> Path:
     # InherConfig(prune=...): what pruning changed, replayed by load() on a fresh base before the surgery.
     pruned = plan.prune.to_dict() if plan is not None and plan.prune is not None else getattr(
         model, "inhernet_pruned", None)
+    # InherConfig(drop_blocks=...): the blocks kept, replayed by load() on a fresh base first.
+    dropped = plan.drop.to_dict() if plan is not None and plan.drop is not None else getattr(
+        model, "inhernet_dropped", None)
     # Without blocks: a compact() result may have every block back to dense, a pruned one every layer dense.
     if not blocks and compacted is None and pruned is None:
         raise ValueError(
@@ -108,6 +113,8 @@ def save(model: nn.Module, path: str | os.PathLike[str]) -> Path:
         meta["compact"] = compacted
     if pruned is not None:
         meta["prune"] = pruned
+    if dropped is not None:
+        meta["drop"] = dropped
     # 2. The JSON that names them: from this rename on, the new pair is the one that loads.
     try:
         with atomic_path(out / CONFIG_NAME) as tmp_config:
@@ -138,7 +145,9 @@ def load(path: str | os.PathLike[str], base: nn.Module | None = None) -> nn.Modu
     ``base`` is modified in place (its planned layers become blocks) and returned, on the device of
     its parameters. Its own weights do not matter: every tensor comes from the file. A model inherited
     with ``InherConfig(prune=...)`` gets its pruned widths first (the attributes and tensor shapes
-    recorded under ``prune`` in the JSON, see :func:`inhernet.pruning.apply_spec`). When ``load``
+    recorded under ``prune`` in the JSON, see :func:`inhernet.pruning.apply_spec`); one inherited with
+    ``InherConfig(drop_blocks=...)`` keeps only the blocks recorded under ``drop`` first
+    (:func:`inhernet.blockdrop.replay`). When ``load``
     fails, ``base`` is left as it was. The :class:`InherConfig` the model was inherited with becomes
     ``base.inhernet_config`` (so a later :func:`save`, e.g. after fine-tuning, records it again).
 
@@ -172,9 +181,16 @@ def load(path: str | os.PathLike[str], base: nn.Module | None = None) -> nn.Modu
     pruned = meta.get("prune")
     if pruned is not None and not (isinstance(pruned, dict) and isinstance(pruned.get("spec"), dict)):
         raise ValueError(f"{path / CONFIG_NAME}: malformed 'prune' entry (a JSON object with a 'spec' object)")
-    # The pruned widths first (checked whole before any change), so that the layers below have the
-    # shapes their blocks were built from.
-    unprune = apply_spec(base, pruned["spec"]) if pruned is not None else None
+    dropped = meta.get("drop")
+    # The blocks kept and the pruned widths first (each checked whole before any change), so that the
+    # layers below have the names and shapes their blocks were built from.
+    undrop = replay(base, dropped) if dropped is not None else None
+    try:
+        unprune = apply_spec(base, pruned["spec"]) if pruned is not None else None
+    except BaseException:
+        if undrop is not None:
+            undrop()
+        raise
     originals: dict[str, nn.Module] = {}
     try:
         # Everything the JSON asks for is checked before anything is allocated.
@@ -199,9 +215,13 @@ def load(path: str | os.PathLike[str], base: nn.Module | None = None) -> nn.Modu
             base = replace_module(base, name, module)
         if unprune is not None:
             unprune()
+        if undrop is not None:
+            undrop()
         raise
     if pruned is not None:
         base.inhernet_pruned = pruned
+    if dropped is not None:
+        base.inhernet_dropped = dropped
     if config is not None:
         base.inhernet_config = config
     if isinstance(meta.get("compact"), dict):

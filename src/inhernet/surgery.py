@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from . import blockdrop
 from .allocation import Profile, check_reachable
 from .autoprune import choose
 from .batches import forward_batch, head_rows, move_batch, rows_of
@@ -20,7 +21,7 @@ from .decomposition import Factors
 from .discovery import Candidate, Unsupported, find_layers
 from .kinds import LayerKind
 from .layers import configure_gates
-from .plan import Plan, make_plan, measure, open_costs, with_prune
+from .plan import Plan, make_plan, measure, open_costs, with_drop, with_prune
 from .pruning import after_pruning, inner_config, prune_for, unpruned
 from .sequential import sequential_calibrate
 from .spectra import (
@@ -79,11 +80,36 @@ def inherit(
         earlier blocks (``calib`` is then iterated several times).
     """
     config = (config or (plan.config if plan is not None else InherConfig())).resolved(model)
+    if config.drop_blocks or (plan is not None and plan.drop is not None):
+        return _inherit_dropped(model, config, calib, plan, progress, costs)
     if config.latency is None or plan is not None:
         return _inherit_planned(model, config, calib, plan, progress, costs)
     calib = list(calib) if calib is not None else None  # built again if the measured check asks for it
     student = _inherit_planned(model, config, calib, None, progress, costs)
     return _within_measured_latency(model, config, calib, student, progress, costs)
+
+
+def _inherit_dropped(
+    model: nn.Module, config: InherConfig, calib: Iterable[Any] | None, plan: Plan | None, progress: bool,
+    costs: LatencyCosts | None,
+) -> nn.Module:
+    """``inherit`` on the teacher without the blocks ``config.drop_blocks`` drops (or those ``plan`` dropped,
+    with its ranks), at the same budget."""
+    from .baselines.layerdrop import drop_layers
+
+    calib = list(calib) if calib is not None else None  # Block Influence reads it first
+    if plan is not None and plan.drop is not None:  # the plan's structure: the same blocks, its ranks
+        record = plan.drop
+        dropped = drop_layers(model, record.kept) if record.dropped else model
+        inner = blockdrop.inner_config(plan.config, record)
+        inner_plan = replace(plan, config=inner, drop=None, teacher_params=record.params)
+        student = _inherit_planned(dropped, inner, calib, inner_plan, progress, costs)
+        config = plan.config
+    else:
+        dropped, record = blockdrop.drop_for(config, model, calib)
+        student = _inherit_planned(dropped, blockdrop.inner_config(config, record), calib, None, progress, costs)
+    student.inhernet_plan = with_drop(student.inhernet_plan, config, record)
+    return student
 
 
 def _inherit_planned(

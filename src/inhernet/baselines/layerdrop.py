@@ -16,7 +16,7 @@ spread evenly 1,005 (the teacher: 45).
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 import torch
@@ -25,7 +25,7 @@ from torch import nn
 from ..batches import forward_all
 from ..stack import layer_stack
 
-__all__ = ["BY", "block_influence", "drop_layers", "layer_stack", "most_important", "spread_layers"]
+__all__ = ["BY", "block_influence", "drop_layers", "keep_layers_", "layer_stack", "most_important", "spread_layers"]
 
 #: how ``drop_layers`` chooses ``keep=k`` blocks
 BY = ("spread", "importance")
@@ -73,21 +73,41 @@ def drop_layers(
     if not indices:
         raise ValueError(f"keep={keep} leaves none of the {n} layers of {name!r}")
     student = copy.deepcopy(model)
-    _, stack = layer_stack(student)
+    keep_layers_(student, indices)
+    return student
+
+
+def keep_layers_(model: nn.Module, indices: Sequence[int]) -> Callable[[], None]:
+    """Keep only the layers ``indices`` (sorted, distinct, inside the stack) of ``model``'s stack, in place,
+    with the Hugging Face bookkeeping of :func:`drop_layers`; returns a function that undoes it (what
+    :func:`inhernet.load` calls when a later check fails)."""
+    name, stack = layer_stack(model)
+    n = len(stack)
+    parent = model.get_submodule(name.rpartition(".")[0])
+    attr = name.rpartition(".")[2]
     kept = nn.ModuleList(stack[i] for i in indices)
-    parent_name, _, attr = name.rpartition(".")
-    setattr(student.get_submodule(parent_name), attr, kept)
+    numbered = [(m, m.layer_idx) for m in stack.modules() if isinstance(getattr(m, "layer_idx", None), int)]
+    config = getattr(model, "config", None)
+    before = {k: getattr(config, k) for k in ("num_hidden_layers", "layer_types") if hasattr(config, k)}
+    setattr(parent, attr, kept)
     for new_index, block in enumerate(kept):
         for module in block.modules():
             if isinstance(getattr(module, "layer_idx", None), int):
                 module.layer_idx = new_index
-    config = getattr(student, "config", None)
-    if config is not None and hasattr(config, "num_hidden_layers"):
+    if "num_hidden_layers" in before:
         config.num_hidden_layers = len(kept)
-        layer_types = getattr(config, "layer_types", None)
+        layer_types = before.get("layer_types")
         if isinstance(layer_types, list) and len(layer_types) == n:
             config.layer_types = [layer_types[i] for i in indices]
-    return student
+
+    def undo() -> None:
+        setattr(parent, attr, stack)
+        for module, index in numbered:
+            module.layer_idx = index
+        for key, value in before.items():
+            setattr(config, key, value)
+
+    return undo
 
 
 def spread_layers(n: int, k: int) -> list[int]:

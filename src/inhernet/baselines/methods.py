@@ -312,25 +312,12 @@ def _prune_kd(ctx: MethodContext) -> nn.Module:
 
 @register_method("inhernet-layerdrop")
 def _inhernet_layerdrop(ctx: MethodContext) -> nn.Module:
-    """The hybrid for a stack of transformer blocks: the blocks of lowest Block Influence dropped (as
-    layerdrop-kd chooses them), about :data:`LAYERDROP_SHARE` of the parameters the budget cuts, then what
-    is left inherited at the same budget (the family's recipe): whole blocks where a block adds little,
-    rank cuts spread over the rest. Parameter budgets; a benchmark method (``save``/``load`` do not replay
-    the dropped blocks)."""
+    """The hybrid for a stack of transformer blocks (``InherConfig(drop_blocks=LAYERDROP_SHARE)``): the blocks
+    of lowest Block Influence dropped for about that share of the parameters the budget cuts, the rest paid by
+    rank cuts at the same budget (the family's recipe otherwise). Parameter budgets."""
     if ctx.match != "params":
         raise ValueError(f"inhernet-layerdrop is sized in parameters, not {ctx.unit}; use --match params")
-    if not ctx.calib:
-        raise ValueError("inhernet-layerdrop needs calibration data: Block Influence and whitening read it")
-    _, stack = layer_stack(ctx.teacher)
-    n, target = len(stack), ctx.target
-    cut = sum(p.numel() for p in ctx.teacher.parameters()) - target
-    per_block = sum(p.numel() for p in stack[0].parameters())
-    drop = min(n - 1, round(LAYERDROP_SHARE * cut / per_block))
-    kept = most_important(block_influence(ctx.teacher, ctx.calib[:IMPORTANCE_BATCHES]), n - drop)
-    dropped = drop_layers(ctx.teacher, kept) if drop else ctx.teacher
-    student = inherit(dropped, ctx.config(budget=target), calib=ctx.calib, progress=False)
-    student.inhernet_kept_blocks = kept
-    return student
+    return inherit(ctx.teacher, ctx.config(drop_blocks=LAYERDROP_SHARE), calib=ctx.calib, progress=False)
 
 
 @register_method("inhernet-prune")
