@@ -144,6 +144,7 @@ def test_parts_of_another_teacher_are_refused(tiny_preset, tmp_path, monkeypatch
     teacher = _teacher()
     part = json.loads((tmp_path / "svd-kd--seed0.json").read_text())
     assert part["fingerprint"]["teacher"] == teacher_digest(teacher) == teacher_digest(_teacher())
+    assert run_bench(_quiet_cfg(methods=("svd-kd",)), log=lambda _: None)["teacher"]["digest"] == teacher_digest(teacher)
 
     def refitted() -> nn.Module:
         model = _teacher()

@@ -148,8 +148,9 @@ class InherConfig:
             cuts that is paid by dropping whole blocks (those of lowest Block Influence on ``calib``),
             the rest by rank cuts on the blocks left, at the same absolute budget (see
             :mod:`inhernet.blockdrop`; the plan's ``drop`` records the blocks kept, which
-            :func:`inhernet.load` replays). Only with ``budget=``. ``None`` (the default) or ``0``: no
-            block is dropped.
+            :func:`inhernet.load` replays). Only with ``budget=``. ``0``: no block is dropped. ``None``
+            (the default): the family's under a plain ``budget=`` on a model with a stack of blocks
+            (0.25 for causal LMs, see :mod:`inhernet.families`), else none.
 
     numpy integers are accepted wherever an ``int`` is (and numpy floats where a ``float`` is); they
     are stored as Python numbers, so :meth:`to_dict` stays JSON-serialisable.

@@ -213,7 +213,8 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
     teacher_scores = evaluate(teacher, test, metric)
     teacher_metric = teacher_scores[metric]
     log(f"teacher: {_params(teacher):,} params, {metric} {teacher_metric:.4f}; {steps} KD steps")
-    parts = Parts(cfg.part_dir, cfg.fingerprint(steps, teacher_digest(teacher))) if cfg.part_dir is not None else None
+    digest = teacher_digest(teacher)
+    parts = Parts(cfg.part_dir, cfg.fingerprint(steps, digest)) if cfg.part_dir is not None else None
     tuner = _Tuner(cfg, steps, train, training_set, train_n, metric, higher, preset, teacher, log) if cfg.tune_lr else None
 
     runs: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
@@ -306,7 +307,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
         **({"reference": cfg.reference} if cfg.reference != "inhernet" else {}),
         "experts": reference.inhernet_plan.config.experts, "metric": metric, "higher_is_better": higher,
         "teacher": {
-            "params": _params(teacher), "macs": count_macs(teacher, example), "metric": teacher_metric,
+            "params": _params(teacher), "macs": count_macs(teacher, example), "metric": teacher_metric, "digest": digest,
             **({"latency_ms": latency["teacher_ms"]} if latency else {}),
             **_extra(_others(teacher_scores, metric)),
         },
