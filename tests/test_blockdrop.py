@@ -146,3 +146,15 @@ def test_config_round_trips_and_omits_the_field_at_its_default():
 )
 def test_blocks_to_drop(share, teacher, target, sizes, want):
     assert blocks_to_drop(share, teacher, target, sizes) == want
+
+
+def test_compact_keeps_the_drop_through_save_and_load(tmp_path):
+    from inhernet import compact
+
+    teacher, ids, calib = _teacher()
+    student = inherit(teacher, InherConfig(budget=0.6, drop_blocks=0.5), calib=calib, progress=False).eval()
+    deployed = compact(student, calib=calib)
+    assert deployed.inhernet_plan.drop.kept == student.inhernet_plan.drop.kept
+    save(deployed, tmp_path / "c")
+    loaded = load(tmp_path / "c", base=llama_tiny()[0]).eval()
+    torch.testing.assert_close(loaded(ids).logits, deployed(ids).logits)
