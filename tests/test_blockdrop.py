@@ -53,7 +53,10 @@ def test_causal_lms_drop_blocks_by_default_and_zero_drops_none():
     full = inherit(teacher, InherConfig(rank="full"), calib=calib, progress=False)
     assert full.inhernet_plan.drop is None
     torch.testing.assert_close(full(ids).logits, teacher(ids).logits, atol=1e-4, rtol=1e-4)
-    # other families keep every layer
+    # plain SVD (no calibration), the published method and other families keep every block
+    assert inherit(teacher, InherConfig(budget=0.4, init="svd"), progress=False).inhernet_plan.drop is None
+    paper = inherit(teacher, InherConfig.paper(budget=0.4), calib=calib, progress=False)
+    assert paper.inhernet_plan.drop is None and paper.inhernet_plan.config.drop_blocks == 0
     model, x = mlp()
     assert inherit(model, InherConfig(budget=0.5), calib=[x], progress=False).inhernet_plan.drop is None
 

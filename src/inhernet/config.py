@@ -149,8 +149,8 @@ class InherConfig:
             the rest by rank cuts on the blocks left, at the same absolute budget (see
             :mod:`inhernet.blockdrop`; the plan's ``drop`` records the blocks kept, which
             :func:`inhernet.load` replays). Only with ``budget=``. ``0``: no block is dropped. ``None``
-            (the default): the family's under a plain ``budget=`` on a model with a stack of blocks
-            (0.25 for causal LMs, see :mod:`inhernet.families`), else none.
+            (the default): the family's under a plain ``budget=`` with ``init="whiten"`` on a model with a
+            stack of blocks (0.25 for causal LMs, see :mod:`inhernet.families`), else none.
 
     numpy integers are accepted wherever an ``int`` is (and numpy floats where a ``float`` is); they
     are stored as Python numbers, so :meth:`to_dict` stays JSON-serialisable.
@@ -183,8 +183,9 @@ class InherConfig:
     @classmethod
     def paper(cls, **overrides: Any) -> InherConfig:
         """The method as published (Zhou et al., ICLR 2026): h = 3 experts, one-pass whitening, no
-        rank floor, whatever the model's family; ``overrides`` set any other field (e.g. ``budget``)."""
-        return cls(**{"experts": 3, "calibration": "one-pass", "min_rank_ratio": 0.0, **overrides})
+        rank floor, every block kept, whatever the model's family; ``overrides`` set any other field (e.g.
+        ``budget``)."""
+        return cls(**{"experts": 3, "calibration": "one-pass", "min_rank_ratio": 0.0, "drop_blocks": 0.0, **overrides})
 
     def __post_init__(self) -> None:
         for f in fields(self):

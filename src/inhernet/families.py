@@ -29,8 +29,8 @@ class FamilyDefaults:
     min_rank_ratio: float
     calibration: str
     evidence: str
-    #: ``InherConfig.drop_blocks`` under a plain parameter budget (``budget=``, no ``budgets=`` or ``prune=``) on a
-    #: model with a stack of blocks; ``None``: no block dropped
+    #: ``InherConfig.drop_blocks`` under a plain parameter budget (``budget=``, no ``budgets=`` or ``prune=``) with
+    #: ``init="whiten"``, on a model with a stack of blocks; ``None``: no block dropped
     drop_blocks: float | None = None
 
 
@@ -109,10 +109,11 @@ def resolve_config(config: InherConfig, model: nn.Module) -> InherConfig:
 
 
 def _drops_blocks(config: InherConfig, model: nn.Module) -> bool:
-    """Whether a family's ``drop_blocks`` applies: a plain parameter budget on a model with a stack of blocks."""
+    """Whether a family's ``drop_blocks`` applies: a plain parameter budget, whitened (calibrated: Block Influence
+    reads the same batches; plain-SVD and random inits keep every block), on a model with a stack of blocks."""
     from .stack import layer_stack
 
-    if config.budget is None or config.budgets or config.prune is not None:
+    if config.budget is None or config.budgets or config.prune is not None or config.init != "whiten":
         return False
     try:
         layer_stack(model)
