@@ -43,7 +43,7 @@ def test_drops_the_least_influential_blocks_then_meets_the_budget_with_rank_cuts
 
 def test_causal_lms_drop_blocks_by_default_and_zero_drops_none():
     teacher, ids, calib = _teacher()
-    default = inherit(teacher, InherConfig(budget=0.4), calib=calib, progress=False)  # a quarter of the cut: a block
+    default = inherit(teacher, InherConfig(budget=0.4), calib=calib, progress=False)  # half of the cut: a block
     assert default.inhernet_plan.config.drop_blocks == FAMILY_DEFAULTS["causal-lm"].drop_blocks
     assert default.inhernet_plan.drop.dropped
     zero = inherit(teacher, InherConfig(budget=0.6, drop_blocks=0), calib=calib, progress=False)

@@ -317,7 +317,7 @@ _VAL_FRACTION = click.option(
               "a few KD steps on the calibration examples (scored on a held-out quarter of them).")
 @click.option("--drop-blocks", type=click.FloatRange(min=0, max=1, max_open=True), default=None, metavar="SHARE",
               help="Pay this share of the parameter cut by dropping whole transformer blocks (lowest Block Influence "
-              "on the calibration examples), the rest by rank cuts. Default: the model family's (a quarter for "
+              "on the calibration examples), the rest by rank cuts. Default: the model family's (half for "
               "causal LMs, none otherwise); 0: none.")
 @click.option("--out", "-o", type=click.Path(file_okay=False), required=True, help="Directory to save to.")
 def compress(
