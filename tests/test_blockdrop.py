@@ -143,7 +143,8 @@ def test_config_round_trips_and_omits_the_field_at_its_default():
         (0.5, 100, 60, [10] * 8, 2),  # half of the 40 cut: 2 blocks of 10
         (0.0, 100, 60, [10] * 8, 0),
         (0.9, 100, 75, [10] * 8, 2),  # 0.9 * 25 -> 2 blocks, and 3 would reach the budget: rank must be left
-        (0.99, 100, 10, [30, 30, 30], 2),  # at least one block kept
+        (0.99, 100, 10, [30, 30, 30], 1),  # two blocks kept: still a stack
+        (0.9, 100, 10, [45, 45], 0),
         (0.5, 100, 100, [10] * 8, 0),  # nothing to cut
     ],
 )

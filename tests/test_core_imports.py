@@ -14,7 +14,7 @@ import inhernet
 ROOT = Path(inhernet.__file__).parent
 CORE = [
     "config", "kinds", "layers", "views", "batches", "decomposition", "stack", "discovery", "readers", "calibration",
-    "pruning", "autoprune",
+    "pruning", "autoprune", "blockdrop",
     "sequential", "spectra", "budget", "allocation", "plan", "surgery", "serialization",
 ]
 

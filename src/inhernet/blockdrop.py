@@ -10,21 +10,25 @@ cut, the causal-LM default), 42.9 with 2 (a quarter), 44.3 with rank cuts alone;
 calibration tokens) 109.1 / 105.4 / 122.3.
 
 The number of blocks is ``round(share * cut / mean block size)``, at most what leaves the model over
-the budget (some rank is always left to cut) and one block kept. The :class:`DropRecord` names the
+the budget (some rank is always left to cut) and two blocks kept. The :class:`DropRecord` names the
 blocks kept; :func:`inhernet.load` replays it on a fresh base (:func:`replay`) before the surgery.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import copy
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+import torch
 from torch import nn
 
+from .batches import forward_all
 from .config import InherConfig
+from .stack import keep_layers_, layer_stack
 
-__all__ = ["DropRecord", "blocks_to_drop", "drop_for", "inner_config", "replay"]
+__all__ = ["DropRecord", "block_influence", "blocks_to_drop", "drop_for", "inner_config", "replay", "without_blocks"]
 
 
 @dataclass
@@ -55,11 +59,12 @@ class DropRecord:
 
 def blocks_to_drop(share: float, teacher_params: int, target: int, sizes: list[int]) -> int:
     """How many of the blocks (``sizes``: their parameters, the least important first) pay about ``share`` of
-    the cut ``teacher_params - target``, while the model stays over ``target`` and keeps one block."""
+    the cut ``teacher_params - target``, while the model stays over ``target`` and keeps two blocks (a stack: what
+    sequential calibration walks)."""
     cut = teacher_params - target
     if share <= 0 or cut <= 0 or not sizes:
         return 0
-    k = min(len(sizes) - 1, round(share * cut / (sum(sizes) / len(sizes))))
+    k = max(0, min(len(sizes) - 2, round(share * cut / (sum(sizes) / len(sizes)))))
     while k > 0 and sum(sizes[:k]) >= cut:  # the dropped model must leave rank to cut
         k -= 1
     return k
@@ -73,8 +78,6 @@ def drop_for(config: InherConfig, model: nn.Module, calib: Iterable[Any] | None)
         ValueError: no calibration batches (Block Influence reads them), or a model without a stack of
             repeated blocks.
     """
-    from .baselines.layerdrop import block_influence, drop_layers, layer_stack
-
     if calib is None:
         raise ValueError("drop_blocks= needs calib=: the blocks to drop are chosen by their Block Influence on it")
     try:
@@ -90,10 +93,17 @@ def drop_for(config: InherConfig, model: nn.Module, calib: Iterable[Any] | None)
     k = blocks_to_drop(config.drop_blocks or 0.0, teacher_params, target,
                        [sum(p.numel() for p in stack[i].parameters()) for i in order])
     kept = sorted(order[k:])
-    dropped = drop_layers(model, kept) if k else model
+    dropped = without_blocks(model, kept) if k else model
     record = DropRecord(float(config.drop_blocks or 0.0), name, len(stack), kept, [round(v, 6) for v in influence],
                         teacher_params, sum(p.numel() for p in dropped.parameters()))
     return dropped, record
+
+
+def without_blocks(model: nn.Module, kept: list[int]) -> nn.Module:
+    """A deep copy of ``model`` whose stack keeps only the blocks ``kept`` (sorted indices)."""
+    copied = copy.deepcopy(model)
+    keep_layers_(copied, kept)
+    return copied
 
 
 def inner_config(config: InherConfig, record: DropRecord) -> InherConfig:
@@ -112,8 +122,6 @@ def replay(base: nn.Module, entry: Any) -> Callable[[], None]:
     Raises:
         ValueError: a malformed entry, or a base whose stack is not the one recorded.
     """
-    from .baselines.layerdrop import keep_layers_, layer_stack
-
     kept = entry.get("kept") if isinstance(entry, dict) else None
     if not (isinstance(kept, list) and all(isinstance(i, int) and not isinstance(i, bool) for i in kept)
             and isinstance(entry.get("of"), int) and isinstance(entry.get("stack"), str)):
@@ -127,3 +135,58 @@ def replay(base: nn.Module, entry: Any) -> Callable[[], None]:
     if not kept or kept != sorted(set(kept)) or not all(0 <= i < len(stack) for i in kept):
         raise ValueError(f"malformed 'drop' entry: kept={kept} must be distinct sorted indices in 0..{len(stack) - 1}")
     return keep_layers_(base, kept)
+
+
+def block_influence(model: nn.Module, calib: Iterable[Any]) -> list[float]:
+    """Each block's Block Influence (ShortGPT): ``1 - cos(h_in, h_out)`` of the hidden state of every token
+    entering and leaving the block, averaged over the tokens of ``calib`` (padded positions, where a
+    batch is a dict with a 2-d ``attention_mask``, left out). 0: the block passes its input through.
+
+    One forward pass of ``model`` (eval mode, no grad) per batch; ``model`` is not changed.
+
+    Raises:
+        ValueError: ``calib`` is empty, or a block's input or output is not a hidden-state tensor.
+    """
+    _, stack = layer_stack(model)
+    total = torch.zeros(len(stack), dtype=torch.float64)
+    count = torch.zeros(len(stack), dtype=torch.float64)
+    mask: list[torch.Tensor | None] = [None]
+
+    def hook(index: int):
+        def record(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
+            h_in = args[0] if args else kwargs.get("hidden_states")
+            h_out = output[0] if isinstance(output, (tuple, list)) else output
+            if not (isinstance(h_in, torch.Tensor) and isinstance(h_out, torch.Tensor) and h_in.shape == h_out.shape):
+                raise ValueError(
+                    f"block {index} of the stack does not map a hidden-state tensor to one of the same shape: "
+                    "Block Influence needs transformer blocks (use by='spread')"
+                )
+            sim = nn.functional.cosine_similarity(h_in.double(), h_out.double(), dim=-1)
+            m = mask[0]
+            if m is not None and m.shape == sim.shape:
+                m = m.to(sim.device)
+                total[index] += float(((1 - sim) * m).sum())
+                count[index] += float(m.sum())
+            else:
+                total[index] += float((1 - sim).sum())
+                count[index] += sim.numel()
+
+        return record
+
+    batches = list(calib)
+    if not batches:
+        raise ValueError("calib holds no batch: Block Influence is measured on calibration data")
+    hooks = [block.register_forward_hook(hook(i), with_kwargs=True) for i, block in enumerate(stack)]
+
+    def masked(items: list[Any]):
+        for batch in items:
+            m = batch.get("attention_mask") if isinstance(batch, Mapping) else None
+            mask[0] = m.double() if isinstance(m, torch.Tensor) and m.dim() == 2 else None
+            yield batch
+
+    try:
+        forward_all(model, masked(batches))
+    finally:
+        for h in hooks:
+            h.remove()
+    return (total / count.clamp(min=1)).tolist()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 from torch import nn
 
-__all__ = ["layer_stack", "replace_module"]
+__all__ = ["keep_layers_", "layer_stack", "replace_module"]
 
 
 def layer_stack(model: nn.Module) -> tuple[str, nn.ModuleList]:
@@ -38,3 +40,36 @@ def replace_module(root: nn.Module, name: str, module: nn.Module) -> nn.Module:
     parent = root.get_submodule(parent_name) if parent_name else root
     setattr(parent, child, module)
     return root
+
+
+def keep_layers_(model: nn.Module, indices: Sequence[int]) -> Callable[[], None]:
+    """Keep only the layers ``indices`` (sorted, distinct, inside the stack) of ``model``'s stack, in place,
+    with the Hugging Face bookkeeping of :func:`drop_layers`; returns a function that undoes it (what
+    :func:`inhernet.load` calls when a later check fails)."""
+    name, stack = layer_stack(model)
+    n = len(stack)
+    parent = model.get_submodule(name.rpartition(".")[0])
+    attr = name.rpartition(".")[2]
+    kept = nn.ModuleList(stack[i] for i in indices)
+    numbered = [(m, m.layer_idx) for m in stack.modules() if isinstance(getattr(m, "layer_idx", None), int)]
+    config = getattr(model, "config", None)
+    before = {k: getattr(config, k) for k in ("num_hidden_layers", "layer_types") if hasattr(config, k)}
+    setattr(parent, attr, kept)
+    for new_index, block in enumerate(kept):
+        for module in block.modules():
+            if isinstance(getattr(module, "layer_idx", None), int):
+                module.layer_idx = new_index
+    if "num_hidden_layers" in before:
+        config.num_hidden_layers = len(kept)
+        layer_types = before.get("layer_types")
+        if isinstance(layer_types, list) and len(layer_types) == n:
+            config.layer_types = [layer_types[i] for i in indices]
+
+    def undo() -> None:
+        setattr(parent, attr, stack)
+        for module, index in numbered:
+            module.layer_idx = index
+        for key, value in before.items():
+            setattr(config, key, value)
+
+    return undo

@@ -95,12 +95,10 @@ def _inherit_dropped(
 ) -> nn.Module:
     """``inherit`` on the teacher without the blocks ``config.drop_blocks`` drops (or those ``plan`` dropped,
     with its ranks), at the same budget."""
-    from .baselines.layerdrop import drop_layers
-
     calib = list(calib) if calib is not None else None  # Block Influence reads it first
     if plan is not None and plan.drop is not None:  # the plan's structure: the same blocks, its ranks
         record = plan.drop
-        dropped = drop_layers(model, record.kept) if record.dropped else model
+        dropped = blockdrop.without_blocks(model, record.kept) if record.dropped else model
         inner = blockdrop.inner_config(plan.config, record)
         inner_plan = replace(plan, config=inner, drop=None, teacher_params=record.params)
         student = _inherit_planned(dropped, inner, calib, inner_plan, progress, costs)

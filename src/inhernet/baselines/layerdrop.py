@@ -16,14 +16,13 @@ spread evenly 1,005 (the teacher: 45).
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
-import torch
 from torch import nn
 
-from ..batches import forward_all
-from ..stack import layer_stack
+from ..blockdrop import block_influence
+from ..stack import keep_layers_, layer_stack
 
 __all__ = ["BY", "block_influence", "drop_layers", "keep_layers_", "layer_stack", "most_important", "spread_layers"]
 
@@ -77,39 +76,6 @@ def drop_layers(
     return student
 
 
-def keep_layers_(model: nn.Module, indices: Sequence[int]) -> Callable[[], None]:
-    """Keep only the layers ``indices`` (sorted, distinct, inside the stack) of ``model``'s stack, in place,
-    with the Hugging Face bookkeeping of :func:`drop_layers`; returns a function that undoes it (what
-    :func:`inhernet.load` calls when a later check fails)."""
-    name, stack = layer_stack(model)
-    n = len(stack)
-    parent = model.get_submodule(name.rpartition(".")[0])
-    attr = name.rpartition(".")[2]
-    kept = nn.ModuleList(stack[i] for i in indices)
-    numbered = [(m, m.layer_idx) for m in stack.modules() if isinstance(getattr(m, "layer_idx", None), int)]
-    config = getattr(model, "config", None)
-    before = {k: getattr(config, k) for k in ("num_hidden_layers", "layer_types") if hasattr(config, k)}
-    setattr(parent, attr, kept)
-    for new_index, block in enumerate(kept):
-        for module in block.modules():
-            if isinstance(getattr(module, "layer_idx", None), int):
-                module.layer_idx = new_index
-    if "num_hidden_layers" in before:
-        config.num_hidden_layers = len(kept)
-        layer_types = before.get("layer_types")
-        if isinstance(layer_types, list) and len(layer_types) == n:
-            config.layer_types = [layer_types[i] for i in indices]
-
-    def undo() -> None:
-        setattr(parent, attr, stack)
-        for module, index in numbered:
-            module.layer_idx = index
-        for key, value in before.items():
-            setattr(config, key, value)
-
-    return undo
-
-
 def spread_layers(n: int, k: int) -> list[int]:
     """``k`` of ``n`` layer indices spread evenly, first and last included (every other one when ``k = n/2``)."""
     if not 1 <= k <= n:
@@ -125,58 +91,3 @@ def most_important(scores: Sequence[float], k: int) -> list[int]:
         raise ValueError(f"cannot keep {k} of {len(scores)} layers")
     ranked = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
     return sorted(ranked[:k])
-
-
-def block_influence(model: nn.Module, calib: Iterable[Any]) -> list[float]:
-    """Each block's Block Influence (ShortGPT): ``1 - cos(h_in, h_out)`` of the hidden state of every token
-    entering and leaving the block, averaged over the tokens of ``calib`` (padded positions, where a
-    batch is a dict with a 2-d ``attention_mask``, left out). 0: the block passes its input through.
-
-    One forward pass of ``model`` (eval mode, no grad) per batch; ``model`` is not changed.
-
-    Raises:
-        ValueError: ``calib`` is empty, or a block's input or output is not a hidden-state tensor.
-    """
-    _, stack = layer_stack(model)
-    total = torch.zeros(len(stack), dtype=torch.float64)
-    count = torch.zeros(len(stack), dtype=torch.float64)
-    mask: list[torch.Tensor | None] = [None]
-
-    def hook(index: int):
-        def record(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
-            h_in = args[0] if args else kwargs.get("hidden_states")
-            h_out = output[0] if isinstance(output, (tuple, list)) else output
-            if not (isinstance(h_in, torch.Tensor) and isinstance(h_out, torch.Tensor) and h_in.shape == h_out.shape):
-                raise ValueError(
-                    f"block {index} of the stack does not map a hidden-state tensor to one of the same shape: "
-                    "Block Influence needs transformer blocks (use by='spread')"
-                )
-            sim = nn.functional.cosine_similarity(h_in.double(), h_out.double(), dim=-1)
-            m = mask[0]
-            if m is not None and m.shape == sim.shape:
-                m = m.to(sim.device)
-                total[index] += float(((1 - sim) * m).sum())
-                count[index] += float(m.sum())
-            else:
-                total[index] += float((1 - sim).sum())
-                count[index] += sim.numel()
-
-        return record
-
-    batches = list(calib)
-    if not batches:
-        raise ValueError("calib holds no batch: Block Influence is measured on calibration data")
-    hooks = [block.register_forward_hook(hook(i), with_kwargs=True) for i, block in enumerate(stack)]
-
-    def masked(items: list[Any]):
-        for batch in items:
-            m = batch.get("attention_mask") if isinstance(batch, Mapping) else None
-            mask[0] = m.double() if isinstance(m, torch.Tensor) and m.dim() == 2 else None
-            yield batch
-
-    try:
-        forward_all(model, masked(batches))
-    finally:
-        for h in hooks:
-            h.remove()
-    return (total / count.clamp(min=1)).tolist()
