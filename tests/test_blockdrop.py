@@ -162,3 +162,12 @@ def test_compact_keeps_the_drop_through_save_and_load(tmp_path):
     save(deployed, tmp_path / "c")
     loaded = load(tmp_path / "c", base=llama_tiny()[0]).eval()
     torch.testing.assert_close(loaded(ids).logits, deployed(ids).logits)
+
+
+def test_a_plan_given_decides_the_blocks_whatever_the_config_says():
+    teacher, ids, calib = _teacher()
+    every = inherit(teacher, InherConfig(budget=0.6, drop_blocks=0), calib=calib, progress=False)
+    again = inherit(teacher, InherConfig(budget=0.6, drop_blocks=0.5), plan=every.inhernet_plan, calib=calib,
+                    progress=False)
+    assert again.inhernet_plan.drop is None and len(layer_stack(again)[1]) == 4
+    assert again.inhernet_plan.ranks() == every.inhernet_plan.ranks()

@@ -44,8 +44,9 @@ def replace_module(root: nn.Module, name: str, module: nn.Module) -> nn.Module:
 
 def keep_layers_(model: nn.Module, indices: Sequence[int]) -> Callable[[], None]:
     """Keep only the layers ``indices`` (sorted, distinct, inside the stack) of ``model``'s stack, in place,
-    with the Hugging Face bookkeeping of :func:`drop_layers`; returns a function that undoes it (what
-    :func:`inhernet.load` calls when a later check fails)."""
+    with the Hugging Face bookkeeping (``config.num_hidden_layers`` and ``layer_types``, each kept block's
+    ``layer_idx``: its key in the KV cache); returns a function that undoes it (what :func:`inhernet.load`
+    calls when a later check fails)."""
     name, stack = layer_stack(model)
     n = len(stack)
     parent = model.get_submodule(name.rpartition(".")[0])

@@ -80,7 +80,8 @@ def inherit(
         earlier blocks (``calib`` is then iterated several times).
     """
     config = (config or (plan.config if plan is not None else InherConfig())).resolved(model)
-    if config.drop_blocks or (plan is not None and plan.drop is not None):
+    # a plan given decides the structure: its blocks, or every block
+    if (plan.drop is not None) if plan is not None else config.drop_blocks:
         return _inherit_dropped(model, config, calib, plan, progress, costs)
     if config.latency is None or plan is not None:
         return _inherit_planned(model, config, calib, plan, progress, costs)
@@ -96,7 +97,8 @@ def _inherit_dropped(
     """``inherit`` on the teacher without the blocks ``config.drop_blocks`` drops (or those ``plan`` dropped,
     with its ranks), at the same budget."""
     calib = list(calib) if calib is not None else None  # Block Influence reads it first
-    if plan is not None and plan.drop is not None:  # the plan's structure: the same blocks, its ranks
+    if plan is not None:  # the plan's structure: the same blocks, its ranks
+        assert plan.drop is not None
         record = plan.drop
         dropped = blockdrop.without_blocks(model, record.kept) if record.dropped else model
         inner = blockdrop.inner_config(plan.config, record)

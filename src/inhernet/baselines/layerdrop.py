@@ -15,13 +15,12 @@ spread evenly 1,005 (the teacher: 45).
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
 from torch import nn
 
-from ..blockdrop import block_influence
+from ..blockdrop import block_influence, without_blocks
 from ..stack import keep_layers_, layer_stack
 
 __all__ = ["BY", "block_influence", "drop_layers", "keep_layers_", "layer_stack", "most_important", "spread_layers"]
@@ -71,9 +70,7 @@ def drop_layers(
         raise ValueError(f"keep={keep} names layers outside 0..{n - 1} of {name!r}")
     if not indices:
         raise ValueError(f"keep={keep} leaves none of the {n} layers of {name!r}")
-    student = copy.deepcopy(model)
-    keep_layers_(student, indices)
-    return student
+    return without_blocks(model, indices)
 
 
 def spread_layers(n: int, k: int) -> list[int]:
