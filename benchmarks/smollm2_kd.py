@@ -40,6 +40,8 @@ def main() -> None:
     parser.add_argument("--curve-examples", type=int, default=8, help="test blocks per curve point")
     parser.add_argument("--calib-blocks", type=int, default=32,
                         help="calibration blocks of 128 tokens (the preset allows up to 512; each costs forward passes)")
+    parser.add_argument("--drop-blocks", type=float, default=None,
+                        help="InherConfig(drop_blocks=SHARE) of the InherNet rows (default: the causal-LM family's)")
     parser.add_argument("--part-dir", default=None, help="keep each finished method here; a rerun skips it")
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args()
@@ -48,6 +50,7 @@ def main() -> None:
         preset="smollm2-bbc", budget=args.budget, seeds=(0,), steps=args.steps, batch_size=args.batch_size,
         lr=args.lr, methods=tuple(args.methods.split(",")), curve_points=2, curve_examples=args.curve_examples,
         calib_size=args.calib_blocks, part_dir=args.part_dir, progress=True,
+        inherit_overrides={} if args.drop_blocks is None else {"drop_blocks": args.drop_blocks},
     )
     start = time.perf_counter()
     result = run_bench(cfg, log=lambda line: print(line, flush=True))

@@ -158,6 +158,30 @@ def test_parts_of_another_teacher_are_refused(tiny_preset, tmp_path, monkeypatch
         run_bench(_quiet_cfg(methods=("svd-kd",), part_dir=tmp_path), log=lambda _: None)
 
 
+def test_inherit_overrides_reach_every_inhernet_row_under_the_methods_own_options(tiny_preset, tmp_path):
+    run_bench(_quiet_cfg(inherit_overrides={"min_rank_ratio": 0.1, "init": "random"}, part_dir=tmp_path),
+              log=lambda _: None)
+    inhernet = json.loads((tmp_path / "inhernet--seed0.json").read_text())["fingerprint"]
+    svd = json.loads((tmp_path / "svd-kd--seed0.json").read_text())["fingerprint"]
+    assert inhernet["inherit_overrides"] == {"min_rank_ratio": 0.1, "init": "random"}
+    assert inhernet["recipe"]["config"]["min_rank_ratio"] == svd["recipe"]["config"]["min_rank_ratio"] == 0.1
+    assert inhernet["recipe"]["config"]["init"] == "random"
+    assert svd["recipe"]["config"]["init"] == "svd"  # svd-kd's own option wins
+    # parts made without the overrides are another configuration
+    with pytest.raises(ValueError, match="inherit_overrides"):
+        run_bench(_quiet_cfg(part_dir=tmp_path), log=lambda _: None)
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"budget": 0.5}, r"cannot set \['budget'\]"),
+    ({"experts": 2}, "experts="),
+    ({"drop_block": 0.5}, r"\['drop_block'\] are not InherConfig options"),
+])
+def test_inherit_overrides_refuse_what_the_bench_sizes_or_does_not_know(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        _quiet_cfg(inherit_overrides=overrides)
+
+
 def test_epochs_train_on_the_whole_split(tiny_preset):
     result = run_bench(_quiet_cfg(steps=None, epochs=2, methods=("svd-kd",)), log=lambda _: None)
     assert result["steps"] == 2 * 256 // 32 == result["methods"][0]["steps"] and result["epochs"] == 2

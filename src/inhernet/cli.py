@@ -171,11 +171,14 @@ _METHODS = click.option(
 @click.option("--full-test", is_flag=True,
               help="Measure on the preset's whole test split where its default is a subset (fashion-effnet: all "
               "10,000 images instead of 500).")
+@click.option("--drop-blocks", type=float, default=None,
+              help="InherConfig(drop_blocks=SHARE) for the InherNet rows: the share of the parameter cut paid with "
+              "whole transformer blocks (0: keep every block) [the family's: 0.5 for causal LMs].")
 def bench(
     preset: str, budget: float, experts: int, seeds: int, seed_list: tuple[int, ...], steps: int | None,
     epochs: int | None, batch_size: int, lr: float, tune_lr: bool, lr_grid: str, tune_steps: int | None,
     val_examples: int, methods: str | None, match: str, curve_points: int, out: str, json_path: str | None,
-    part_dir: str | None, prune_importance: str | None, reference: str, full_test: bool,
+    part_dir: str | None, prune_importance: str | None, reference: str, full_test: bool, drop_blocks: float | None,
 ) -> None:
     """InherNet against matched-size baselines on a preset: same data, steps, optimiser, seeds.
 
@@ -203,6 +206,7 @@ def bench(
         batch_size=batch_size, lr=lr, methods=chosen, match=match, curve_points=curve_points, tune_lr=tune_lr,
         lr_grid=grid, tune_steps=tune_steps, val_examples=val_examples, part_dir=part_dir,
         prune_importance=prune_importance, full_test=full_test, reference=reference,
+        inherit_overrides={} if drop_blocks is None else {"drop_blocks": drop_blocks},
     )
     _run_bench(cfg, out, json_path)
 

@@ -77,6 +77,8 @@ class MethodContext:
     #: with ``match="latency"``: what times layers and models (see :class:`inhernet.deploy.costs.LatencyCosts`);
     #: default a :class:`~inhernet.deploy.CostTable` on the teacher's device at the current thread count
     costs: LatencyCosts | None = None
+    #: ``InherConfig`` options of every InherNet method, under the method's own (see :meth:`config`)
+    inherit_options: dict[str, Any] = field(default_factory=dict)
     #: (reference, its deployed form, its measured ns): what latencies are measured against
     _anchor: tuple[nn.Module, nn.Module, int] | None = field(default=None, init=False, repr=False)
 
@@ -118,6 +120,7 @@ class MethodContext:
     def config(self, **overrides: Any) -> InherConfig:
         base: dict[str, Any] = dict(experts=self.experts, init="whiten", seed=self.seed)
         base[self.match if self.match in ("macs", "latency") else "budget"] = self.budget
+        base.update(self.inherit_options)
         base.update(overrides)
         return InherConfig(**base)
 
@@ -227,9 +230,9 @@ def _inhernet(ctx: MethodContext) -> nn.Module:
 
 @register_method("inhernet-paper")
 def _inhernet_paper(ctx: MethodContext) -> nn.Module:
-    """The method as published: h = 3 experts, one-pass whitening, no rank floor."""
+    """The method as published: h = 3 experts, one-pass whitening, no rank floor, every block kept."""
     paper = InherConfig.paper()
-    fields = {k: getattr(paper, k) for k in ("experts", "calibration", "min_rank_ratio")}
+    fields = {k: getattr(paper, k) for k in ("experts", "calibration", "min_rank_ratio", "drop_blocks")}
     return inherit(ctx.teacher, ctx.config(**fields), calib=ctx.calib, progress=False, costs=ctx.latency_costs)
 
 

@@ -14,7 +14,7 @@ import platform
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from itertools import islice
 from pathlib import Path
 from typing import Any, Literal
@@ -28,6 +28,7 @@ from ..baselines import MethodContext, build_student
 from ..baselines.methods import MATCHES, METHODS
 from ..baselines.prune import IMPORTANCES, default_importance
 from ..batches import first_example
+from ..config import InherConfig
 from ..deploy import count_macs, merge_experts
 from ..distillation import DistillConfig, distill, precompute_teacher_logits, precompute_teacher_topk
 from ..dual import DUAL_METRICS
@@ -72,6 +73,9 @@ class BenchConfig:
     curve_examples: int = 2000
     progress: bool = True
     distill_overrides: dict[str, Any] = field(default_factory=dict)
+    #: ``InherConfig`` options of every InherNet row, over the family's defaults (e.g. ``{"drop_blocks": 0.9}``);
+    #: a method's own options (``inhernet-layerdrop``'s ``drop_blocks``, ``svd-kd``'s ``init``) still win
+    inherit_overrides: dict[str, Any] = field(default_factory=dict)
     #: give every method its best learning rate of ``lr_grid``, each scored after ``tune_steps`` steps
     #: on a validation split carved from the end of the training split (never the test split)
     tune_lr: bool = False
@@ -117,6 +121,16 @@ class BenchConfig:
             self.methods = tuple(self.methods)
             if not self.methods:
                 raise ValueError("methods must name at least one method (or be None: the preset's list)")
+        self.inherit_overrides = dict(self.inherit_overrides)
+        sized_elsewhere = {"budget", "macs", "latency", "rank", "experts", "seed"} & set(self.inherit_overrides)
+        if sized_elsewhere:
+            raise ValueError(
+                f"inherit_overrides cannot set {sorted(sized_elsewhere)}: the bench sizes every row from budget=, "
+                "match=, experts= and seeds="
+            )
+        unknown = set(self.inherit_overrides) - {f.name for f in fields(InherConfig)}
+        if unknown:
+            raise ValueError(f"inherit_overrides: {sorted(unknown)} are not InherConfig options")
         if self.reference not in METHODS:
             raise ValueError(f"reference must be one of the methods {sorted(METHODS)}, got {self.reference!r}")
         if self.prune_importance is not None and self.prune_importance not in IMPORTANCES:
@@ -146,6 +160,8 @@ class BenchConfig:
         topk = get_preset(self.preset).teacher_topk if self.preset in PRESETS else None
         if topk is not None:  # a sparse teacher is another loss; parts of other presets stay valid
             fp["teacher_topk"] = topk
+        if self.inherit_overrides:  # only when set: parts written before the option existed stay valid
+            fp["inherit_overrides"] = dict(self.inherit_overrides)
         if self.full_test:  # only when set: parts written before the option existed stay valid
             fp["full_test"] = True
         if self.tune_lr:
@@ -234,6 +250,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
             ctx = MethodContext(
                 teacher, cfg.budget, cfg.experts, calib, seed, preset.student, match=cfg.match,
                 extras={"prune_importance": cfg.prune_importance}, costs=costs,
+                inherit_options=cfg.inherit_overrides,
             )
             hint = "the reference must build an InherNet model from the budget, e.g. 'inhernet' or 'inhernet-prune'"
             try:
