@@ -201,11 +201,32 @@ class StubbornCosts(FakeCosts):
 def test_when_every_student_measures_over_the_window_the_fastest_is_kept() -> None:
     teacher, x = tm.three_linear()
     costs = StubbornCosts([0.60, 0.60, 0.56, 0.56, 0.62, 0.62])  # three checks, two rows each
-    student = inherit(teacher, InherConfig(latency=0.5, init="svd"), calib=[x], costs=costs, progress=False)
+    with pytest.warns(UserWarning, match=r"latency=0.5: the fastest of 3 plans measures 0.56x the teacher's time"):
+        student = inherit(teacher, InherConfig(latency=0.5, init="svd"), calib=[x], costs=costs, progress=False)
     checks = student.inhernet_plan.latency_checks
     assert [c["measured"] for c in checks] == [0.6, 0.56, 0.62]
     assert [bool(c.get("kept")) for c in checks] == [False, True, False]
     assert student.inhernet_plan.config.latency == 0.5
+
+
+class OneRowOverheadCosts(FakeCosts):
+    """FakeCosts on which a student at one row always takes 0.8 of the teacher's time, whatever its plan: the
+    per-operation overhead no width cut removes (EfficientNet-Lite0 in eager at batch 1)."""
+
+    def latency(self, models, example) -> list[float]:
+        times = super().latency(models, example)
+        if len(models) != 2 or rows_of(example) != 1:
+            return times
+        return [times[0], times[0] * 0.8]
+
+
+def test_a_budget_out_of_reach_at_one_row_is_kept_with_a_warning_naming_the_overhead() -> None:
+    teacher, x = tm.three_linear()
+    with pytest.warns(UserWarning, match=r"measures 0.80x the teacher's time at 1 rows .*per-operation overhead"):
+        student = inherit(teacher, InherConfig(latency=0.5, init="svd"), calib=[x], costs=OneRowOverheadCosts(),
+                          progress=False)
+    (kept,) = [c for c in student.inhernet_plan.latency_checks if c.get("kept")]
+    assert kept["by_batch"]["1"] == 0.8 and kept["by_batch"]["16"] <= 0.515
 
 
 class OneRowSlowCosts(SkewedCosts):

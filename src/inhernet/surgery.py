@@ -182,6 +182,8 @@ def _within_measured_latency(
     student, check = (max(within, key=lambda pair: pair[1]["measured"]) if within
                       else min(built, key=lambda pair: pair[1]["measured"]))
     check["kept"] = True
+    if check["measured"] > high:
+        _warn_over_latency(config.latency, check, len(built))
     plan = student.inhernet_plan
     plan.latency_checks = checks
     if plan is not first:  # the user's config (and the auto choice's record) describe what was asked
@@ -189,6 +191,20 @@ def _within_measured_latency(
         if first.prune is not None and plan.prune is not None and plan.prune.ratio == first.prune.ratio:
             plan.prune = replace(first.prune, params=plan.prune.params, latency_ns=plan.prune.latency_ns)
     return student
+
+
+def _warn_over_latency(budget: float, check: dict[str, Any], plans: int) -> None:
+    """Say that the student kept is slower than ``budget`` asks, where, and what else can reach it."""
+    rows, ratio = max(check["by_batch"].items(), key=lambda item: item[1])
+    times = ", ".join(f"{r} rows: {v:.2f}x" for r, v in check["by_batch"].items())
+    one_row = (" At one row the time is mostly per-operation overhead, which cutting ranks or channels does not "
+               "remove; fewer operations (whole blocks dropped), onnxruntime, or holding the budget at the example "
+               "batch only (inhernet.surgery.LATENCY_CHECK_ROWS = (None,)) can reach it.") if rows == "1" else ""
+    warnings.warn(
+        f"latency={budget:g}: the fastest of {plans} plans measures {ratio:.2f}x the teacher's time at {rows} rows "
+        f"({times}), over the budget.{one_row}",
+        stacklevel=4,
+    )
 
 
 def _check_batches(example: Any) -> dict[str, Any]:
