@@ -173,3 +173,33 @@ def test_exclude_reason_names_the_pattern() -> None:
     assert rows["classifier"].rank is None
     assert rows["classifier"].reason == "excluded by pattern 'classifier'"
     assert rows["bert.pooler.dense"].rank is not None
+
+
+def _wide_mlp() -> tuple[nn.Module, torch.Tensor]:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10)), torch.randn(8, 64)
+
+
+def test_a_budget_that_cuts_wide_layers_to_rank_two_warns_and_suggests_pruning():
+    model, x = _wide_mlp()
+    config = InherConfig(budget=0.08, experts=1, init="svd")
+    with pytest.warns(UserWarning, match=r"cuts \d+ layer\(s\) to rank <= 2 \(e\.g\. \d: rank [12] of \d+\).*prune='auto'"):
+        planned = plan(model, config)
+    assert any(r.factorised and r.rank <= 2 and r.max_rank >= 32 for r in planned.layers)
+    with pytest.warns(UserWarning, match="to rank <= 2"):
+        inherit(model, config, calib=[x], progress=False)
+
+
+@pytest.mark.parametrize("config", [
+    InherConfig(budget=0.6, experts=1, init="svd"),  # ranks well above 2
+    InherConfig(rank=1, experts=1, init="svd"),  # the user chose the rank
+    InherConfig(budget=0.08, experts=1, init="svd", prune=0.3),  # channels pruned first
+], ids=["wide-ranks", "rank-given", "pruned"])
+def test_no_bottleneck_warning_where_ranks_stay_wide_or_are_chosen(config):
+    import warnings
+
+    model, x = _wide_mlp()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        plan(model, config, calib=[x])
+    assert not [w for w in caught if "rank <=" in str(w.message)]

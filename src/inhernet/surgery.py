@@ -21,7 +21,7 @@ from .decomposition import Factors
 from .discovery import Candidate, Unsupported, find_layers
 from .kinds import LayerKind
 from .layers import configure_gates
-from .plan import Plan, make_plan, measure, open_costs, with_drop, with_prune
+from .plan import Plan, make_plan, measure, open_costs, warn_if_bottlenecked, with_drop, with_prune
 from .pruning import after_pruning, inner_config, prune_for, unpruned
 from .sequential import sequential_calibrate
 from .spectra import (
@@ -82,12 +82,16 @@ def inherit(
     config = (config or (plan.config if plan is not None else InherConfig())).resolved(model)
     # a plan given decides the structure: its blocks, or every block
     if (plan.drop is not None) if plan is not None else config.drop_blocks:
-        return _inherit_dropped(model, config, calib, plan, progress, costs)
-    if config.latency is None or plan is not None:
-        return _inherit_planned(model, config, calib, plan, progress, costs)
-    calib = list(calib) if calib is not None else None  # built again if the measured check asks for it
-    student = _inherit_planned(model, config, calib, None, progress, costs)
-    return _within_measured_latency(model, config, calib, student, progress, costs)
+        student = _inherit_dropped(model, config, calib, plan, progress, costs)
+    elif config.latency is None or plan is not None:
+        student = _inherit_planned(model, config, calib, plan, progress, costs)
+    else:
+        calib = list(calib) if calib is not None else None  # built again if the measured check asks for it
+        student = _inherit_planned(model, config, calib, None, progress, costs)
+        student = _within_measured_latency(model, config, calib, student, progress, costs)
+    if plan is None:  # a plan given was warned about when it was made
+        warn_if_bottlenecked(student.inhernet_plan)
+    return student
 
 
 def _inherit_dropped(
