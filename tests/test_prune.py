@@ -119,3 +119,22 @@ def test_a_latency_budget_prunes_channels_in_multiples_of_eight():
     assert all(w % LATENCY_ROUND_TO == 0 for w in widths(pruned)) and record.latency_ns < record.teacher_latency_ns
     same, _ = prune_for(InherConfig(budget=0.5), model, x, 0.3)
     assert widths(same) == widths(prune(model, x, 0.3))
+
+
+def test_prune_frees_its_dependency_graph():
+    """Torch-Pruning's graph nodes form reference cycles that hold the trace's autograd graph, the activations of
+    the whole example: left to the collector's schedule, prune="auto"'s 10-20 calls ran a 24 GiB machine out of
+    memory (EfficientNet-Lite0, 500 images: 1.8 GiB per call)."""
+    import gc
+
+    from torch_pruning.dependency import Dependency, Node
+
+    teacher, x = cnn()
+    gc.collect()
+    gc.disable()  # only prune()'s own collection may free the graph
+    try:
+        prune(teacher, x, 0.3)
+        alive = [o for o in gc.get_objects() if isinstance(o, (Node, Dependency))]
+    finally:
+        gc.enable()
+    assert not alive

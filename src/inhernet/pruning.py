@@ -39,6 +39,7 @@ their output layer shares (``prune-kd`` prunes their FFN channels instead: :mod:
 from __future__ import annotations
 
 import copy
+import gc
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -174,6 +175,11 @@ def prune(
             flat = logits.reshape(-1, logits.shape[-1])
             nn.functional.cross_entropy(flat, flat.detach().argmax(-1)).backward()
         pruner.step()
+    # The pruner's dependency graph is a web of reference cycles that holds the trace's autograd graph, the
+    # activations of the whole example (1.8 GiB for EfficientNet-Lite0 on 500 images): freed only by a
+    # collection, so prune="auto"'s 10-20 calls ran a 24 GiB machine out of memory without this one.
+    del pruner
+    gc.collect()
     student.zero_grad(set_to_none=True)
     _sync_attention(student, heads)
     return student.eval()
