@@ -171,9 +171,9 @@ _METHODS = click.option(
 @click.option("--full-test", is_flag=True,
               help="Measure on the preset's whole test split where its default is a subset (fashion-effnet: all "
               "10,000 images instead of 500).")
-@click.option("--drop-blocks", type=float, default=None,
+@click.option("--drop-blocks", type=click.FloatRange(min=0, max=1, max_open=True), default=None, metavar="SHARE",
               help="InherConfig(drop_blocks=SHARE) for the InherNet rows: the share of the parameter cut paid with "
-              "whole transformer blocks (0: keep every block) [the family's: 0.5 for causal LMs].")
+              "whole transformer blocks (0: keep every block) [the family's: 0.9 for causal LMs].")
 def bench(
     preset: str, budget: float, experts: int, seeds: int, seed_list: tuple[int, ...], steps: int | None,
     epochs: int | None, batch_size: int, lr: float, tune_lr: bool, lr_grid: str, tune_steps: int | None,
@@ -321,7 +321,7 @@ _VAL_FRACTION = click.option(
               "a few KD steps on the calibration examples (scored on a held-out quarter of them).")
 @click.option("--drop-blocks", type=click.FloatRange(min=0, max=1, max_open=True), default=None, metavar="SHARE",
               help="Pay this share of the parameter cut by dropping whole transformer blocks (lowest Block Influence "
-              "on the calibration examples), the rest by rank cuts. Default: the model family's (half for "
+              "on the calibration examples), the rest by rank cuts. Default: the model family's (0.9 for "
               "causal LMs, none otherwise); 0: none.")
 @click.option("--out", "-o", type=click.Path(file_okay=False), required=True, help="Directory to save to.")
 def compress(

@@ -150,7 +150,7 @@ class InherConfig:
             :mod:`inhernet.blockdrop`; the plan's ``drop`` records the blocks kept, which
             :func:`inhernet.load` replays). Only with ``budget=``. ``0``: no block is dropped. ``None``
             (the default): the family's under a plain ``budget=`` with ``init="whiten"`` on a model with a
-            stack of blocks (0.5 for causal LMs, see :mod:`inhernet.families`), else none.
+            stack of blocks (0.9 for causal LMs, see :mod:`inhernet.families`), else none.
 
     numpy integers are accepted wherever an ``int`` is (and numpy floats where a ``float`` is); they
     are stored as Python numbers, so :meth:`to_dict` stays JSON-serialisable.
