@@ -172,3 +172,4 @@ def test_a_plan_given_decides_the_blocks_whatever_the_config_says():
     assert again.inhernet_plan.drop is None and len(layer_stack(again)[1]) == 4
     assert again.inhernet_plan.ranks() == every.inhernet_plan.ranks()
     torch.testing.assert_close(again(ids).logits, every(ids).logits)
+
