@@ -308,7 +308,7 @@ def measure(
 
 #: a budgeted plan that cuts a layer of at least BOTTLENECK_WIDTH possible ranks to BOTTLENECK_RANK or less is
 #: warned about: EfficientNet-Lite0 at 10% of its parameters put six layers at rank <= 2 (one at 1 of 320) and
-#: ended 2,000 KD steps at 62-83% accuracy, against 88.7% when channels were pruned first (BENCHMARKS.md)
+#: ended 2,000 KD steps at 62-75% accuracy, against 88.0% when channels were pruned first (BENCHMARKS.md)
 BOTTLENECK_RANK = 2
 BOTTLENECK_WIDTH = 32
 
