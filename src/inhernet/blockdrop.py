@@ -5,9 +5,8 @@ layer, or whole blocks removed where a block adds little. ``drop_blocks`` pays a
 parameters the budget cuts with the blocks of lowest Block Influence (ShortGPT's ``1 - cos(input,
 output)`` on the calibration batches, :func:`block_influence`), and the rest
 with the usual rank cuts on what is left, at the same absolute budget. SmolLM2-135M at 80% of its
-parameters (BENCHMARKS.md), perplexity after 200 KD steps: 40.2 with 4 of 30 blocks dropped (half of the
-cut, the causal-LM default), 42.9 with 2 (a quarter), 44.3 with rank cuts alone; zero-shot (16k
-calibration tokens) 109.1 / 105.4 / 122.3.
+parameters (BENCHMARKS.md), perplexity after 200 KD steps: 35.9 with 7 of 30 blocks dropped (share 0.9,
+the causal-LM default), 40.2 with 4 (half), 42.9 with 2 (a quarter), 44.3 with rank cuts alone.
 
 The number of blocks is ``round(share * cut / mean block size)``, at most what leaves the model over
 the budget (some rank is always left to cut) and two blocks kept. The :class:`DropRecord` names the

@@ -78,7 +78,7 @@ class MethodContext:
     #: default a :class:`~inhernet.deploy.CostTable` on the teacher's device at the current thread count
     costs: LatencyCosts | None = None
     #: ``InherConfig`` options of every InherNet method, under the method's own (see :meth:`config`)
-    inherit_options: dict[str, Any] = field(default_factory=dict)
+    inherit_overrides: dict[str, Any] = field(default_factory=dict)
     #: (reference, its deployed form, its measured ns): what latencies are measured against
     _anchor: tuple[nn.Module, nn.Module, int] | None = field(default=None, init=False, repr=False)
 
@@ -120,7 +120,7 @@ class MethodContext:
     def config(self, **overrides: Any) -> InherConfig:
         base: dict[str, Any] = dict(experts=self.experts, init="whiten", seed=self.seed)
         base[self.match if self.match in ("macs", "latency") else "budget"] = self.budget
-        base.update(self.inherit_options)
+        base.update(self.inherit_overrides)
         base.update(overrides)
         return InherConfig(**base)
 

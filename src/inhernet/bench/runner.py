@@ -250,7 +250,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
             ctx = MethodContext(
                 teacher, cfg.budget, cfg.experts, calib, seed, preset.student, match=cfg.match,
                 extras={"prune_importance": cfg.prune_importance}, costs=costs,
-                inherit_options=cfg.inherit_overrides,
+                inherit_overrides=cfg.inherit_overrides,
             )
             hint = "the reference must build an InherNet model from the budget, e.g. 'inhernet' or 'inhernet-prune'"
             try:
