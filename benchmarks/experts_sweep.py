@@ -11,6 +11,7 @@ and ``experts_sweep-<preset>-<budget>.md`` (atomically) with the command that ma
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -29,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=BenchConfig.lr)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "experts")
     args = ap.parse_args(argv)
 
@@ -36,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     for h in args.experts:
         cfg = BenchConfig(
             preset=args.preset, budget=args.budget, experts=h, seeds=tuple(range(args.seeds)), steps=args.steps,
-            batch_size=args.batch_size, methods=("inhernet",), progress=False,
+            batch_size=args.batch_size, lr=args.lr, methods=("inhernet",), progress=False,
         )
         result = run_bench(cfg, log=lambda line: print(line, flush=True))
         write_json(result, args.out / f"{args.preset}-{args.budget}-h{h}.json")
@@ -56,14 +58,15 @@ def main(argv: list[str] | None = None) -> int:
             f"| {h} | {m['params']:,} | {m['macs']:,} | {mean_rank:.1f} | {m['zero_shot']:.4f} | "
             f"{m['metric_mean']:.4f} ± {m['metric_std']:.4f} | {merged} | {m['sec_per_step'] * 1000:.1f} |"
         )
-    command = "OMP_NUM_THREADS=1 python benchmarks/experts_sweep.py " + shlex.join(
+    threads = os.environ.get("OMP_NUM_THREADS")
+    command = (f"OMP_NUM_THREADS={threads} " if threads else "") + "python benchmarks/experts_sweep.py " + shlex.join(
         sys.argv[1:] if argv is None else argv
     )
     text = (
         f"# Experts sweep: {args.preset} at budget {args.budget} of the teacher's parameters\n\n"
         f"Command: `{command}`\n\nTeacher: {teacher['params']:,} params, {metric} {teacher['metric']:.4f}. "
         f"Every row: InherNet (whitened init, energy allocation), {args.steps} KD steps at batch "
-        f"{args.batch_size}, seeds 0..{args.seeds - 1}; {rows[0][1]['machine']}.\n\n" + "\n".join(lines) + "\n"
+        f"{args.batch_size}, lr {args.lr:g}, seeds 0..{args.seeds - 1}; {rows[0][1]['machine']}.\n\n" + "\n".join(lines) + "\n"
     )
     out = args.out.parent / f"experts_sweep-{args.preset}-{args.budget}.md"
     atomic_write(out, text)

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from inhernet import InherConfig, inherit, load, plan, save
+from inhernet.baselines import MethodContext, build_student
 from inhernet.baselines.layerdrop import block_influence, layer_stack
 from inhernet.blockdrop import blocks_to_drop
 from inhernet.families import FAMILY_DEFAULTS
@@ -59,6 +60,16 @@ def test_causal_lms_drop_blocks_by_default_and_zero_drops_none():
     assert paper.inhernet_plan.drop is None and paper.inhernet_plan.config.drop_blocks == 0
     model, x = mlp()
     assert inherit(model, InherConfig(budget=0.5), calib=[x], progress=False).inhernet_plan.drop is None
+
+
+def test_bench_rows_drop_as_their_recipe_says():
+    """``inhernet`` drops the family's share of blocks, ``inhernet-paper`` (the method as published) none."""
+    teacher, _, calib = _teacher()
+    ctx = MethodContext(teacher, 0.4, experts=None, calib=calib)
+    assert build_student("inhernet", ctx).inhernet_plan.drop.dropped
+    paper = build_student("inhernet-paper", ctx)
+    assert paper.inhernet_plan.drop is None and len(layer_stack(paper)[1]) == 4
+    assert paper.inhernet_plan.config.experts == 3
 
 
 def test_plan_predicts_what_inherit_builds_and_a_plan_rebuilds_it():

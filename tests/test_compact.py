@@ -217,13 +217,35 @@ def test_cost_table_measures_once_and_caches_json(tmp_path, monkeypatch) -> None
     def no_measuring(_shape):
         raise AssertionError("a cached shape was measured again")
 
-    again = CostTable(repeats=1, min_time=1e-5)
+    again = CostTable(repeats=1, min_time=1e-5, check_drift=False)
     monkeypatch.setattr(again, "measure", no_measuring)
     assert again.dense(shape) == table.dense(shape)
     # A conv and an embedding shape measure too (their forms are built through the kinds registry).
     for other in (LayerShape("conv2d", 8, 4, True, (1, 4, 6, 6), "float32", (3, 3), (1, 1), (1, 1), (1, 1)),
                   LayerShape("embedding", 8, 50, False, (2, 5), "float32")):
         assert CostTable(cache=False, repeats=1, min_time=1e-5).factorised(other, 2) > 0
+
+
+def test_a_cached_table_is_rescaled_to_the_machine_now(tmp_path, monkeypatch) -> None:
+    """A cache written while the machine ran 10x slower is scaled back (with a warning), not mixed
+    with whole-model times measured now."""
+    monkeypatch.setenv("INHERNET_HOME", str(tmp_path))
+    shape = LayerShape("linear", 256, 256, True, (64, 256), "float32")
+    table = CostTable()
+    live_dense, live_rank = table.dense(shape), table.factorised(shape, 8)
+    body = json.loads(table.path.read_text())
+    entry = body["entries"][shape.key()]
+    entry["dense"] *= 10
+    entry["ranks"] = [[r, s * 10] for r, s in entry["ranks"]]
+    table.path.write_text(json.dumps(body))
+
+    again = CostTable()
+    with pytest.warns(UserWarning, match="faster now than when they were cached"):
+        dense = again.dense(shape)
+    assert again.drift == pytest.approx(0.1, rel=0.5)
+    assert dense == pytest.approx(live_dense, rel=0.5)
+    assert again.factorised(shape, 8) == pytest.approx(live_rank, rel=0.5)
+    assert CostTable(check_drift=False).dense(shape) == pytest.approx(10 * live_dense)
 
 
 def test_cost_table_interpolates_linearly_in_rank() -> None:

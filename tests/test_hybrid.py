@@ -471,7 +471,7 @@ def test_committed_parts_match_todays_recipe(path):
     if "config" in recipe:
         # The config the method builds, resolved for the teacher's family as plan() does.
         ctx = MethodContext(nn.Linear(1, 1), fingerprint["budget"], None, [], match=fingerprint["match"])
-        overrides = {"inhernet-paper": {"experts": 3, "calibration": "one-pass", "min_rank_ratio": 0.0},
+        overrides = {"inhernet-paper": {"experts": 3, "calibration": "one-pass", "min_rank_ratio": 0.0, "drop_blocks": 0.0},
                      "svd-kd": {"init": "svd", "experts": 1},
                      # prune='auto' resolves its probe steps into the plan's config when it builds the student
                      "inhernet-prune": {"prune": "auto", "prune_probe_steps": DEFAULT_PROBE_STEPS}}.get(name, {})

@@ -230,9 +230,9 @@ def _inhernet(ctx: MethodContext) -> nn.Module:
 
 @register_method("inhernet-paper")
 def _inhernet_paper(ctx: MethodContext) -> nn.Module:
-    """The method as published: h = 3 experts, one-pass whitening, no rank floor."""
+    """The method as published: h = 3 experts, one-pass whitening, no rank floor, every block kept."""
     paper = InherConfig.paper()
-    fields = {k: getattr(paper, k) for k in ("experts", "calibration", "min_rank_ratio")}
+    fields = {k: getattr(paper, k) for k in ("experts", "calibration", "min_rank_ratio", "drop_blocks")}
     return inherit(ctx.teacher, ctx.config(**fields), calib=ctx.calib, progress=False, costs=ctx.latency_costs)
 
 

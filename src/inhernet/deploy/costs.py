@@ -8,7 +8,12 @@ then again), so that a slow stretch of a shared machine hits every form alike.
 
 Measurements are cached as JSON per device and thread count, in
 ``$INHERNET_HOME/costs/<device>-<threads>.json`` (default ``~/.cache/inhernet/costs/``), written
-atomically; no pickle. :func:`inhernet.deploy.compact` spends this table to decide which blocks
+atomically; no pickle. A table read from the cache re-times the first cached shape it is asked for
+and, when the machine now runs it more than 25% faster or slower than the cache says (another
+process loading the cores, a changed clock), scales every cached price by that ratio with a warning:
+a latency budget compares these prices with the teacher's time measured now, and mixing a quiet
+cache with a busy machine would price the rest of the model as most of it.
+:func:`inhernet.deploy.compact` spends this table to decide which blocks
 return to dense layers; a latency allocator can spend it as it spends parameters or MACs.
 
 Anything with the two methods of :class:`Costs` (``dense`` and ``factorised``, in seconds) can stand
@@ -28,6 +33,7 @@ import platform
 import re
 import statistics
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -46,6 +52,8 @@ __all__ = [
 ]
 
 CACHE_VERSION = 1
+#: live / cached time of a re-timed cached shape inside this band counts as noise (no rescaling)
+DRIFT_BAND = (0.8, 1.25)
 
 
 @dataclass(frozen=True)
@@ -221,6 +229,8 @@ class CostTable:
         repeats: interleaved repetitions per measurement (the median is kept).
         min_time: seconds each timed sample lasts at least (a sample repeats the call as needed).
         points: how many ranks are timed per shape (see :func:`rank_points`).
+        check_drift: re-time the first cached shape asked for and scale the cached prices by
+            live / cached when that leaves :data:`DRIFT_BAND` (see the module's docstring).
     """
 
     def __init__(
@@ -233,6 +243,7 @@ class CostTable:
         repeats: int = 7,
         min_time: float = 2e-3,
         points: int = 4,
+        check_drift: bool = True,
     ) -> None:
         if repeats < 1 or points < 2 or min_time <= 0:
             raise ValueError(f"need repeats >= 1, points >= 2 and min_time > 0, got {repeats}, {points}, {min_time}")
@@ -245,10 +256,13 @@ class CostTable:
         self.entries: dict[str, dict[str, Any]] = {}
         if self.path is not None and self.path.is_file():
             self.entries = _read_cache(self.path)
+        self._from_cache = set(self.entries)
+        #: live / cached time of the cached prices, once re-timed (1.0 without ``check_drift``)
+        self.drift: float | None = None if check_drift else 1.0
 
     # -- the Costs protocol ------------------------------------------------------------------------
     def dense(self, shape: LayerShape) -> float:
-        return float(self._entry(shape)["dense"])
+        return float(self._entry(shape)["dense"]) * self._scale(shape)
 
     def factorised(self, shape: LayerShape, rank: int) -> float:
         """Seconds at ``rank``: linear between the two nearest timed ranks (beyond them, the end segment)."""
@@ -256,10 +270,10 @@ class CostTable:
             raise ValueError(f"rank must be >= 1, got {rank}")
         pts = sorted((int(r), float(s)) for r, s in self._entry(shape)["ranks"])
         if len(pts) == 1:
-            return pts[0][1]
+            return pts[0][1] * self._scale(shape)
         i = next((k for k in range(1, len(pts)) if rank <= pts[k][0]), len(pts) - 1)
         (r0, s0), (r1, s1) = pts[i - 1], pts[i]
-        return max(0.0, s0 + (s1 - s0) * (rank - r0) / (r1 - r0))
+        return max(0.0, s0 + (s1 - s0) * (rank - r0) / (r1 - r0)) * self._scale(shape)
 
     def latency(self, models: Sequence[nn.Module], example: Any) -> list[float]:
         """Seconds per forward pass of each of ``models`` on ``example`` (see :func:`measure_latency`), on
@@ -271,6 +285,33 @@ class CostTable:
         )
 
     # -- measuring ---------------------------------------------------------------------------------
+    def _scale(self, shape: LayerShape) -> float:
+        """What ``shape``'s stored times are multiplied by: :attr:`drift` for a cached entry, else 1."""
+        if shape.key() not in self._from_cache:
+            return 1.0
+        if self.drift is None:
+            self.drift = self._retime(shape)
+        return self.drift
+
+    def _retime(self, shape: LayerShape) -> float:
+        """live / cached dense time of the cached ``shape``, or 1.0 inside :data:`DRIFT_BAND` (with a
+        warning outside it)."""
+        cached = float(self.entries[shape.key()]["dense"])
+        x = shape.example(self.device)
+        dense = shape.dense_module(self.device).eval()
+        live = time_calls([_call(dense, x)], max(self.repeats, 5), max(self.min_time, 1e-3), self.device, self.threads)[0]
+        ratio = live / cached if cached > 0 and live > 0 else 1.0
+        if DRIFT_BAND[0] <= ratio <= DRIFT_BAND[1]:
+            return 1.0
+        warnings.warn(
+            f"this machine runs the layers of the cost table {self.path} {max(ratio, 1 / ratio):.2f}x "
+            f"{'slower' if ratio > 1 else 'faster'} now than when they were cached (another process on the "
+            "cores, or a changed clock): its cached prices are scaled by that ratio for this run; run latency "
+            "work on an otherwise idle machine, or delete the file to measure again",
+            stacklevel=4,
+        )
+        return ratio
+
     def _entry(self, shape: LayerShape) -> dict[str, Any]:
         key = shape.key()
         if key not in self.entries:
