@@ -120,7 +120,7 @@ def test_a_failed_load_leaves_the_base_whole(tmp_path):
     ("kwargs", "error", "match"),
     [
         ({"drop_blocks": "half"}, TypeError, "drop_blocks must be a share"),
-        ({"drop_blocks": 1.0}, ValueError, "drop_blocks=1.0 is not a share"),
+        ({"drop_blocks": 1.5}, ValueError, "drop_blocks=1.5 is not a share"),
         ({"drop_blocks": -0.1}, ValueError, "is not a share"),
         ({"drop_blocks": 0.5, "macs": 0.5}, ValueError, "works with budget= alone"),
         ({"drop_blocks": 0.5, "latency": 0.5}, ValueError, "works with budget= alone"),
@@ -157,6 +157,9 @@ def test_config_round_trips_and_omits_the_field_at_its_default():
         (0.99, 100, 10, [30, 30, 30], 1),  # two blocks kept: still a stack
         (0.9, 100, 10, [45, 45], 0),
         (0.5, 100, 100, [10] * 8, 0),  # nothing to cut
+        (0.9, 1000, 789, [26] * 30, 7),  # SmolLM2 at 78.9%: 0.9 of the cut rounds to 7 blocks ...
+        (1.0, 1000, 789, [26] * 30, 8),  # ... all of it to 8, which still leave rank to cut
+        (1.0, 1000, 800, [26] * 30, 7),  # at 80% an 8th block would reach the budget
     ],
 )
 def test_blocks_to_drop(share, teacher, target, sizes, want):

@@ -173,7 +173,7 @@ def test_causal_lm_reports_perplexity_without_labels(tmp_path, assets, monkeypat
     assert code == 0, err
     assert read_source(out).model.task == "lm"  # from config.json's GPT2LMHeadModel
     meta = json.loads((out / "inhernet.json").read_text())  # the causal-LM default: part of the cut by blocks
-    assert meta["config"]["drop_blocks"] == 0.9 and meta["drop"]["of"] == len(meta["drop"]["influence"])
+    assert meta["config"]["drop_blocks"] == 1.0 and meta["drop"]["of"] == len(meta["drop"]["influence"])
     code, _, err = invoke(monkeypatch, capsys, "train", out, "--data", assets["jsonl"], "--steps", 1)
     assert code == 0, err
     code, stdout, err = invoke(monkeypatch, capsys, "eval", out, "--data", assets["jsonl"], "--json", tmp_path / "e.json")

@@ -5,8 +5,10 @@ layer, or whole blocks removed where a block adds little. ``drop_blocks`` pays a
 parameters the budget cuts with the blocks of lowest Block Influence (ShortGPT's ``1 - cos(input,
 output)`` on the calibration batches, :func:`block_influence`), and the rest
 with the usual rank cuts on what is left, at the same absolute budget. SmolLM2-135M at 80% of its
-parameters (BENCHMARKS.md), perplexity after 200 KD steps: 35.9 with 7 of 30 blocks dropped (share 0.9,
-the causal-LM default), 40.2 with 4 (half), 42.9 with 2 (a quarter), 44.3 with rank cuts alone.
+parameters (BENCHMARKS.md), perplexity after 200 KD steps: 35.9 with 7 of 30 blocks dropped (share 0.9
+or 1), 40.2 with 4 (half), 42.9 with 2 (a quarter), 44.3 with rank cuts alone; at 78.9%, 38.3 with 7 blocks
+and the rest in rank cuts against 36.9 with 8 blocks alone: the causal-LM default is share 1, as many
+blocks as fit.
 
 The number of blocks is ``round(share * cut / mean block size)``, at most what leaves the model over
 the budget (some rank is always left to cut) and two blocks kept. The :class:`DropRecord` names the

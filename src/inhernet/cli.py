@@ -171,9 +171,9 @@ _METHODS = click.option(
 @click.option("--full-test", is_flag=True,
               help="Measure on the preset's whole test split where its default is a subset (fashion-effnet: all "
               "10,000 images instead of 500).")
-@click.option("--drop-blocks", type=click.FloatRange(min=0, max=1, max_open=True), default=None, metavar="SHARE",
+@click.option("--drop-blocks", type=click.FloatRange(min=0, max=1), default=None, metavar="SHARE",
               help="InherConfig(drop_blocks=SHARE) for the InherNet rows: the share of the parameter cut paid with "
-              "whole transformer blocks (0: keep every block) [the family's: 0.9 for causal LMs].")
+              "whole transformer blocks (0: keep every block; 1: as many as fit) [the family's: 1 for causal LMs].")
 def bench(
     preset: str, budget: float, experts: int, seeds: int, seed_list: tuple[int, ...], steps: int | None,
     epochs: int | None, batch_size: int, lr: float, tune_lr: bool, lr_grid: str, tune_steps: int | None,
@@ -319,10 +319,10 @@ _VAL_FRACTION = click.option(
               help="Prune this share of the channels with Torch-Pruning first, then inherit at the same budget; "
               "'auto' chooses the share among candidates found from the budget, by the KL to the teacher after "
               "a few KD steps on the calibration examples (scored on a held-out quarter of them).")
-@click.option("--drop-blocks", type=click.FloatRange(min=0, max=1, max_open=True), default=None, metavar="SHARE",
+@click.option("--drop-blocks", type=click.FloatRange(min=0, max=1), default=None, metavar="SHARE",
               help="Pay this share of the parameter cut by dropping whole transformer blocks (lowest Block Influence "
-              "on the calibration examples), the rest by rank cuts. Default: the model family's (0.9 for "
-              "causal LMs, none otherwise); 0: none.")
+              "on the calibration examples), the rest by rank cuts. Default: the model family's (1, as many "
+              "blocks as fit, for causal LMs; none otherwise); 0: none.")
 @click.option("--out", "-o", type=click.Path(file_okay=False), required=True, help="Directory to save to.")
 def compress(
     model: str, weights: str | None, task: str | None, num_classes: int | None, data: str, prep: dict[str, Any],

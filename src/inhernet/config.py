@@ -144,13 +144,14 @@ class InherConfig:
             (untrained) one. ``N >= 1`` needs at least 2 calibration batches. ``None`` (the
             default): :data:`DEFAULT_PROBE_STEPS` under ``prune="auto"``, resolved when the student is
             built (its plan's config holds the number used). Only with ``prune="auto"``.
-        drop_blocks: in a stack of transformer blocks, the share in [0, 1) of the parameters the budget
+        drop_blocks: in a stack of transformer blocks, the share in [0, 1] of the parameters the budget
             cuts that is paid by dropping whole blocks (those of lowest Block Influence on ``calib``),
-            the rest by rank cuts on the blocks left, at the same absolute budget (see
+            the rest by rank cuts on the blocks left, at the same absolute budget (``1``: as many blocks
+            as leave some rank to cut; see
             :mod:`inhernet.blockdrop`; the plan's ``drop`` records the blocks kept, which
             :func:`inhernet.load` replays). Only with ``budget=``. ``0``: no block is dropped. ``None``
             (the default): the family's under a plain ``budget=`` with ``init="whiten"`` on a model with a
-            stack of blocks (0.9 for causal LMs, see :mod:`inhernet.families`), else none.
+            stack of blocks (1 for causal LMs, see :mod:`inhernet.families`), else none.
 
     numpy integers are accepted wherever an ``int`` is (and numpy floats where a ``float`` is); they
     are stored as Python numbers, so :meth:`to_dict` stays JSON-serialisable.
@@ -248,12 +249,12 @@ class InherConfig:
             return
         if isinstance(d, bool) or not isinstance(d, (int, float)) or not math.isfinite(d):
             raise TypeError(
-                f"drop_blocks must be a share in [0, 1) of the parameter cut paid with whole blocks, got {d!r}"
+                f"drop_blocks must be a share in [0, 1] of the parameter cut paid with whole blocks, got {d!r}"
             )
-        if not 0 <= d < 1:
+        if not 0 <= d <= 1:
             raise ValueError(
-                f"drop_blocks={d} is not a share in [0, 1) of the parameters the budget cuts; e.g. drop_blocks=0.5 "
-                "pays half of the cut with whole blocks, the rest with rank cuts"
+                f"drop_blocks={d} is not a share in [0, 1] of the parameters the budget cuts; e.g. drop_blocks=0.5 "
+                "pays half of the cut with whole blocks, the rest with rank cuts, and 1 as many blocks as fit"
             )
         self.drop_blocks = float(d)
         if d and (self.budget is None or self.budgets or self.prune is not None):
