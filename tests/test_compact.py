@@ -242,9 +242,10 @@ def test_a_cached_table_is_rescaled_to_the_machine_now(tmp_path, monkeypatch) ->
     again = CostTable()
     with pytest.warns(UserWarning, match="faster now than when they were cached"):
         dense = again.dense(shape)
-    assert again.drift == pytest.approx(0.1, rel=0.5)
-    assert dense == pytest.approx(live_dense, rel=0.5)
-    assert again.factorised(shape, 8) == pytest.approx(live_rank, rel=0.5)
+    # within 2x of the times measured now (timing noise), where the unscaled cache says 10x
+    assert 0.05 < again.drift < 0.2
+    assert live_dense / 2 < dense < 2 * live_dense
+    assert live_rank / 2 < again.factorised(shape, 8) < 2 * live_rank
     assert CostTable(check_drift=False).dense(shape) == pytest.approx(10 * live_dense)
 
 
