@@ -36,6 +36,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--lr", type=float, default=2e-4)
+    parser.add_argument("--seeds", default="0", help="comma-separated seeds; each (method, seed) is its own part")
     parser.add_argument("--methods", default="inhernet,kd-student,layerdrop-kd,prune-kd,svd-kd")
     parser.add_argument("--curve-examples", type=int, default=8, help="test blocks per curve point")
     parser.add_argument("--calib-blocks", type=int, default=32,
@@ -43,13 +44,16 @@ def main() -> None:
     parser.add_argument("--drop-blocks", type=float, default=None,
                         help="InherConfig(drop_blocks=SHARE) of the InherNet rows (default: the causal-LM family's)")
     parser.add_argument("--part-dir", default=None, help="keep each finished method here; a rerun skips it")
+    parser.add_argument("--checkpoint-every", type=int, default=0,
+                        help="with --part-dir: save each run's training state every N steps; a rerun continues it")
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args()
 
     cfg = BenchConfig(
-        preset="smollm2-bbc", budget=args.budget, seeds=(0,), steps=args.steps, batch_size=args.batch_size,
+        preset="smollm2-bbc", budget=args.budget, seeds=tuple(int(s) for s in args.seeds.split(",")), steps=args.steps, batch_size=args.batch_size,
         lr=args.lr, methods=tuple(args.methods.split(",")), curve_points=2, curve_examples=args.curve_examples,
-        calib_size=args.calib_blocks, part_dir=args.part_dir, progress=True,
+        calib_size=args.calib_blocks, part_dir=args.part_dir, checkpoint_every=args.checkpoint_every,
+        progress=True,
         inherit_overrides={} if args.drop_blocks is None else {"drop_blocks": args.drop_blocks},
     )
     start = time.perf_counter()

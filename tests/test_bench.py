@@ -136,6 +136,55 @@ def test_parts_are_written_reused_and_assembled(tiny_preset, tmp_path):
         run_bench(_quiet_cfg(steps=5, seeds=(0,), part_dir=parts), log=lambda _: None)
 
 
+def test_an_interrupted_run_continues_from_its_checkpoint(tiny_preset, tmp_path, monkeypatch):
+    """A run killed mid-training (a session ending) resumes from its last checkpoint and ends where an
+    uninterrupted run ends; its checkpoints go once the part is written."""
+    import lightning.pytorch as pl
+
+    import inhernet.bench.runner as runner
+
+    whole = run_bench(_quiet_cfg(methods=("svd-kd",), steps=6), log=lambda _: None)["methods"][0]
+
+    class Killed(RuntimeError):
+        pass
+
+    class KillAfterStep4(pl.Callback):
+        def on_train_batch_start(self, trainer, *_):
+            if trainer.global_step == 4:  # the checkpoint of step 4 is written, step 5 never starts
+                raise Killed
+
+    real = runner.distill
+    monkeypatch.setattr(runner, "distill", lambda *a, **k: real(*a, **k, callbacks=[KillAfterStep4()]))
+    cfg = _quiet_cfg(methods=("svd-kd",), steps=6, part_dir=tmp_path, checkpoint_every=2)
+    with pytest.raises(Killed):
+        run_bench(cfg, log=lambda _: None)
+    train_dir = tmp_path / "svd-kd--seed0.train"
+    assert (train_dir / "checkpoints" / "last.ckpt").is_file() and not (tmp_path / "svd-kd--seed0.json").exists()
+
+    monkeypatch.setattr(runner, "distill", real)
+    lines: list[str] = []
+    resumed = run_bench(cfg, log=lines.append)["methods"][0]
+    assert any("resuming from" in line for line in lines)
+    assert resumed["metric_mean"] == whole["metric_mean"] and resumed["curve"] == whole["curve"]
+    assert not train_dir.exists() and (tmp_path / "svd-kd--seed0.json").is_file()
+
+    # checkpoints of another configuration are never continued
+    foreign = tmp_path / "svd-kd--seed1.train"
+    foreign.mkdir()
+    (foreign / "fingerprint.json").write_text(json.dumps({"steps": 99}))
+    with pytest.raises(ValueError, match=r"svd-kd--seed1\.train holds the checkpoints of a run under another"):
+        run_bench(dataclasses.replace(cfg, seeds=(1,)), log=lambda _: None)
+
+
+@pytest.mark.parametrize(("kw", "message"), [
+    ({"checkpoint_every": 2}, "needs part_dir"),
+    ({"checkpoint_every": -1, "part_dir": "p"}, "checkpoint_every must be an int >= 0"),
+])
+def test_checkpoint_every_is_checked(kw, message):
+    with pytest.raises(ValueError, match=message):
+        _quiet_cfg(**kw)
+
+
 def test_parts_of_another_teacher_are_refused(tiny_preset, tmp_path, monkeypatch):
     """A teacher fitted again (another machine, a fixed recipe) must not resume the old teacher's parts."""
     from inhernet.bench import teacher_digest

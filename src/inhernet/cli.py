@@ -162,6 +162,9 @@ _METHODS = click.option(
 @click.option("--part-dir", default=None, type=click.Path(file_okay=False),
               help="Keep each finished (method, seed) run and each method's lr tuning here as its own JSON; a rerun "
               "with the same configuration skips them, and the result is assembled from the parts.")
+@click.option("--checkpoint-every", type=click.IntRange(min=0), default=0, show_default=True, metavar="STEPS",
+              help="With --part-dir: save each run's training state every STEPS steps, and continue an interrupted "
+              "run from its last checkpoint when rerun (0: no checkpoints).")
 @click.option("--prune-importance", type=click.Choice(["l2", "taylor"]), default=None,
               help="Channel importance of prune-kd: L2 magnitude, or Taylor (gradient x weight on a calibration batch) "
               "[the teacher family's: taylor for causal LMs, l2 otherwise].")
@@ -178,7 +181,8 @@ def bench(
     preset: str, budget: float, experts: int, seeds: int, seed_list: tuple[int, ...], steps: int | None,
     epochs: int | None, batch_size: int, lr: float, tune_lr: bool, lr_grid: str, tune_steps: int | None,
     val_examples: int, methods: str | None, match: str, curve_points: int, out: str, json_path: str | None,
-    part_dir: str | None, prune_importance: str | None, reference: str, full_test: bool, drop_blocks: float | None,
+    part_dir: str | None, checkpoint_every: int, prune_importance: str | None, reference: str, full_test: bool,
+    drop_blocks: float | None,
 ) -> None:
     """InherNet against matched-size baselines on a preset: same data, steps, optimiser, seeds.
 
@@ -205,7 +209,7 @@ def bench(
         seeds=tuple(sorted(set(seed_list))) or tuple(range(seeds)), steps=steps, epochs=epochs,
         batch_size=batch_size, lr=lr, methods=chosen, match=match, curve_points=curve_points, tune_lr=tune_lr,
         lr_grid=grid, tune_steps=tune_steps, val_examples=val_examples, part_dir=part_dir,
-        prune_importance=prune_importance, full_test=full_test, reference=reference,
+        checkpoint_every=checkpoint_every, prune_importance=prune_importance, full_test=full_test, reference=reference,
         inherit_overrides={} if drop_blocks is None else {"drop_blocks": drop_blocks},
     )
     _run_bench(cfg, out, json_path)

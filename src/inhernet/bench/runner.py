@@ -11,6 +11,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -88,6 +89,11 @@ class BenchConfig:
     #: write each (method, seed) run, and each method's tuning, as its own JSON here when it finishes;
     #: a rerun of the same configuration skips what is already written and assembles the result
     part_dir: str | os.PathLike[str] | None = None
+    #: with ``part_dir``: save each run's training state every this many steps under
+    #: ``<part_dir>/<method>--seed<seed>.train/`` and continue an interrupted run from its last checkpoint
+    #: (the folder is removed once the run's part is written); 0: no checkpoints. Not in the fingerprint:
+    #: a resumed run matches an uninterrupted one.
+    checkpoint_every: int = 0
     #: channel importance of ``prune-kd``: ``"l2"`` (magnitude) or ``"taylor"`` (gradient x weight on
     #: the first calibration batch); ``None``: the teacher family's (taylor for causal LMs, l2 otherwise)
     prune_importance: str | None = None
@@ -108,6 +114,12 @@ class BenchConfig:
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if isinstance(self.checkpoint_every, bool) or not isinstance(self.checkpoint_every, int) or (
+            self.checkpoint_every < 0
+        ):
+            raise ValueError(f"checkpoint_every must be an int >= 0 (0: no checkpoints), got {self.checkpoint_every!r}")
+        if self.checkpoint_every and self.part_dir is None:
+            raise ValueError("checkpoint_every needs part_dir: the checkpoints are kept beside the parts")
         if self.match not in MATCHES:
             raise ValueError(f"match must be one of {', '.join(map(repr, MATCHES))}, got {self.match!r}")
         if self.match == "latency" and (
@@ -298,12 +310,16 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
                 # the reference must stay untrained: the other methods are sized (and inhernet-random-init
                 # takes its plan) from it
                 student = copy.deepcopy(student)
-            run = _train_and_score(cfg, student, teacher, training_set(), test, calib, seed, steps, lr, metric, preset)
+            resume = parts.checkpoints(name, seed, recipe, lr, cfg.checkpoint_every, log) if cfg.checkpoint_every else {}
+            run = _train_and_score(
+                cfg, student, teacher, training_set(), test, calib, seed, steps, lr, metric, preset, resume
+            )
             if name in tuned:
                 run["lr_scores"] = tuned[name]["lr_scores"]
             runs[name].append(run)
             if parts is not None:
                 parts.write_run(name, seed, recipe, run)
+                shutil.rmtree(parts.train_dir(name, seed), ignore_errors=True)
             merged = f"  merged {run['merged']:.4f}" if "merged" in run else ""
             # Lightning's trainer and module refer to each other: free each run's cycle (and its tensors) now,
             # not at a rare full collection (a 10-run fashion-effnet bench grew to 24 GB and was OOM-killed)
@@ -380,16 +396,17 @@ def _resident() -> str:
 
 def _train_and_score(
     cfg: BenchConfig, student: nn.Module, teacher: nn.Module, train_set: Any, test: Any, calib: list[Any],
-    seed: int, steps: int, lr: float, metric: str, preset: Any,
+    seed: int, steps: int, lr: float, metric: str, preset: Any, resume: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Distil ``student`` for ``steps`` at ``lr`` and measure it: one run's record."""
+    """Distil ``student`` for ``steps`` at ``lr`` and measure it: one run's record. ``resume``: the
+    ``DistillConfig`` checkpoint options of :meth:`Parts.checkpoints`, if any."""
     train = DataLoader(
         train_set, batch_size=cfg.batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed)
     )
     options = dict(
         steps=steps, lr=lr, temperature=cfg.temperature, alpha=cfg.alpha, teacher_topk=preset.teacher_topk,
         seed=seed, metric=metric,
-        val_every=max(1, steps // cfg.curve_points), progress=cfg.progress,
+        val_every=max(1, steps // cfg.curve_points), progress=cfg.progress, **(resume or {}),
     )
     dcfg = DistillConfig(**{**options, **preset.distill_options, **cfg.distill_overrides})
     curve_set = _Head(test, cfg.curve_examples, cfg.batch_size)
@@ -535,6 +552,30 @@ class Parts:
 
     def tune_path(self, name: str) -> Path:
         return self.dir / f"{name}--tune.json"
+
+    def train_dir(self, name: str, seed: int) -> Path:
+        return self.dir / f"{name}--seed{seed}.train"
+
+    def checkpoints(
+        self, name: str, seed: int, recipe: dict[str, Any], lr: float, every: int, log: Callable[[str], None]
+    ) -> dict[str, Any]:
+        """``DistillConfig`` options that checkpoint the run every ``every`` steps in :meth:`train_dir` and
+        continue from its ``last.ckpt`` when an earlier, interrupted run of the same configuration left one."""
+        directory = self.train_dir(name, seed)
+        made_under = {**self.fingerprint, "recipe": recipe, "lr": lr}
+        stamp = directory / "fingerprint.json"
+        last = directory / "checkpoints" / "last.ckpt"
+        if stamp.is_file() and json.loads(stamp.read_text()) != json.loads(json.dumps(made_under, default=str)):
+            raise ValueError(
+                f"{directory} holds the checkpoints of a run under another configuration; delete it to start "
+                "this run afresh"
+            )
+        if not stamp.is_file():
+            directory.mkdir(parents=True, exist_ok=True)
+            atomic_write(stamp, json.dumps(made_under, default=str) + "\n")
+        if last.is_file():
+            log(f"seed {seed} {name:<22} resuming from {last}")
+        return {"log_dir": str(directory), "checkpoint_every": every, "resume": "last" if last.is_file() else None}
 
     def run(self, name: str, seed: int, recipe: dict[str, Any]) -> dict[str, Any] | None:
         return self._read(self.run_path(name, seed), recipe)
