@@ -29,6 +29,9 @@ from inhernet.bench import BenchConfig, bench_table, run_bench, write_json, writ
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_markdown import render
 
+#: the outputs of SmolLM2's decoder blocks (``*`` would also match every module inside them)
+BLOCKS = ("model.layers.[0-9]", "model.layers.[0-9][0-9]")
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -44,6 +47,9 @@ def main() -> None:
     parser.add_argument("--drop-blocks", type=float, default=None,
                         help="InherConfig(drop_blocks=SHARE) of the InherNet rows (default: the causal-LM family's)")
     parser.add_argument("--part-dir", default=None, help="keep each finished method here; a rerun skips it")
+    parser.add_argument("--feature-weight", type=float, default=0.0,
+                        help="hidden-state KD: weight of the MSE between each kept block's output and its teacher "
+                        "block's (the teacher then runs live instead of from its top-k cache)")
     parser.add_argument("--checkpoint-every", type=int, default=0,
                         help="with --part-dir: save each run's training state every N steps; a rerun continues it")
     parser.add_argument("--out", default="benchmarks/results")
@@ -52,7 +58,8 @@ def main() -> None:
     cfg = BenchConfig(
         preset="smollm2-bbc", budget=args.budget, seeds=tuple(int(s) for s in args.seeds.split(",")), steps=args.steps, batch_size=args.batch_size,
         lr=args.lr, methods=tuple(args.methods.split(",")), curve_points=2, curve_examples=args.curve_examples,
-        calib_size=args.calib_blocks, part_dir=args.part_dir, checkpoint_every=args.checkpoint_every,
+        calib_size=args.calib_blocks,
+        distill_overrides={"feature_weight": args.feature_weight, "feature_patterns": BLOCKS} if args.feature_weight else {}, part_dir=args.part_dir, checkpoint_every=args.checkpoint_every,
         progress=True,
         inherit_overrides={} if args.drop_blocks is None else {"drop_blocks": args.drop_blocks},
     )

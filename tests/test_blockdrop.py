@@ -12,6 +12,7 @@ from inhernet.baselines import MethodContext, build_student
 from inhernet.baselines.layerdrop import block_influence, layer_stack
 from inhernet.blockdrop import blocks_to_drop
 from inhernet.families import FAMILY_DEFAULTS
+from inhernet.stack import KEPT_LAYERS
 from tiny_models import llama_tiny, mlp, n_params
 
 
@@ -93,6 +94,9 @@ def test_save_then_load_replays_the_dropped_blocks(tmp_path):
     loaded = load(tmp_path / "m", base=llama_tiny()[0])
     assert len(layer_stack(loaded)[1]) == loaded.config.num_hidden_layers == len(meta["drop"]["kept"])
     assert torch.equal(loaded.eval()(ids).logits, student.eval()(ids).logits)
+    # both know which teacher block each kept block was (what feature KD pairs them by)
+    kept = tuple(meta["drop"]["kept"])
+    assert getattr(student, KEPT_LAYERS) == getattr(loaded, KEPT_LAYERS) == ("model.layers", kept)
     save(loaded, tmp_path / "again")  # a loaded model saves its drop again
     assert json.loads((tmp_path / "again" / "inhernet.json").read_text())["drop"] == meta["drop"]
 

@@ -145,8 +145,9 @@ def test_feature_loss_zero_for_a_copy_positive_otherwise():
     torch.manual_seed(0)
     teacher = MLP()
     x = torch.randn(8, IN)
-    names = match_feature_names(teacher, teacher, ["body.*", "head"])
-    assert names == ["body.0", "body.1", "body.2", "body.3", "body.4", "head"]
+    pairs = match_feature_names(teacher, teacher, ["body.*", "head"])
+    names = [s for s, _ in pairs]
+    assert names == ["body.0", "body.1", "body.2", "body.3", "body.4", "head"] == [t for _, t in pairs]
 
     def loss_of(student: nn.Module) -> torch.Tensor:
         with FeatureCapture(student, names) as s_cap:
@@ -170,7 +171,7 @@ def test_feature_loss_errors_are_clear():
         match_feature_names(teacher, teacher, ["nothing*"])
     with pytest.raises(ValueError, match=r"module '0' outputs \(2, 7\)"):
         feature_loss({"0": torch.zeros(2, 7)}, {"0": torch.zeros(2, HID)})
-    assert match_feature_names(other, nn.Sequential(nn.Linear(IN, 7)), ["*"]) == ["0"]
+    assert match_feature_names(other, nn.Sequential(nn.Linear(IN, 7)), ["*"]) == [("0", "0")]
 
 
 def test_config_validation_names_the_field():

@@ -168,3 +168,43 @@ def test_inhernet_layerdrop_drops_the_least_important_blocks_then_inherits_at_th
     assert student(ids).logits.shape == teacher(ids).logits.shape
     with pytest.raises(ValueError, match="sized in parameters"):
         build_student("inhernet-layerdrop", MethodContext(teacher, 0.6, experts=1, calib=calib, seed=0, match="macs"))
+
+
+def test_feature_matching_pairs_each_kept_block_with_the_teacher_block_it_came_from():
+    """A block-dropped stack is renumbered: student block 1 is teacher block 2 after block 1 went. Matching by
+    name alone would compare it with teacher block 1; with an identity block dropped, the correct pairs match
+    the teacher exactly."""
+    from inhernet.distillation import FeatureCapture, feature_loss, match_feature_names
+    from inhernet.stack import KEPT_LAYERS
+
+    teacher, ids = _identity_llama(1)
+    student = drop_layers(teacher, [0, 2, 3])
+    pairs = match_feature_names(student, teacher, ["model.layers.[0-9]", "model.layers.*.mlp"])
+    assert pairs == [
+        ("model.layers.0", "model.layers.0"), ("model.layers.0.mlp", "model.layers.0.mlp"),
+        ("model.layers.1", "model.layers.2"), ("model.layers.1.mlp", "model.layers.2.mlp"),
+        ("model.layers.2", "model.layers.3"), ("model.layers.2.mlp", "model.layers.3.mlp"),
+    ]
+    with FeatureCapture(student, [s for s, _ in pairs]) as s_cap, torch.no_grad():
+        student(ids)
+    with FeatureCapture(teacher, [t for _, t in pairs]) as t_cap, torch.no_grad():
+        teacher(ids)
+    assert feature_loss(s_cap.features, {s: t_cap.features[t] for s, t in pairs}).item() < 1e-10
+    assert feature_loss(s_cap.features, {s: t_cap.features[s] for s, _ in pairs}).item() > 1e-4  # by name: wrong
+
+    # a second cut composes with the first; the teacher itself was never cut
+    again = drop_layers(student, [1, 2])
+    assert getattr(again, KEPT_LAYERS) == ("model.layers", (2, 3)) and not hasattr(teacher, KEPT_LAYERS)
+    assert match_feature_names(again, teacher, ["model.layers.[0-9]"]) == [
+        ("model.layers.0", "model.layers.2"), ("model.layers.1", "model.layers.3")
+    ]
+
+
+def test_an_undone_cut_forgets_its_record():
+    from inhernet.stack import KEPT_LAYERS, keep_layers_
+
+    teacher, _ = llama_tiny()
+    undo = keep_layers_(teacher, [1, 3])
+    assert getattr(teacher, KEPT_LAYERS) == ("model.layers", (1, 3))
+    undo()
+    assert not hasattr(teacher, KEPT_LAYERS) and teacher.config.num_hidden_layers == 4

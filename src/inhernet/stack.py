@@ -6,7 +6,10 @@ from collections.abc import Callable, Sequence
 
 from torch import nn
 
-__all__ = ["keep_layers_", "layer_stack", "replace_module"]
+__all__ = ["KEPT_LAYERS", "keep_layers_", "layer_stack", "origin_name", "replace_module"]
+
+#: what :func:`keep_layers_` leaves on a model: ``(stack name, the original index of every block kept)``
+KEPT_LAYERS = "inhernet_kept_layers"
 
 
 def layer_stack(model: nn.Module) -> tuple[str, nn.ModuleList]:
@@ -46,9 +49,12 @@ def keep_layers_(model: nn.Module, indices: Sequence[int]) -> Callable[[], None]
     """Keep only the layers ``indices`` (sorted, distinct, inside the stack) of ``model``'s stack, in place,
     with the Hugging Face bookkeeping (``config.num_hidden_layers`` and ``layer_types``, each kept block's
     ``layer_idx``: its key in the KV cache); returns a function that undoes it (what :func:`inhernet.load`
-    calls when a later check fails)."""
+    calls when a later check fails). The model records which of the original blocks it kept
+    (:data:`KEPT_LAYERS`, read by :func:`origin_name`), across repeated calls."""
     name, stack = layer_stack(model)
     n = len(stack)
+    recorded = getattr(model, KEPT_LAYERS, None)
+    origin = recorded[1] if recorded is not None and recorded[0] == name else range(n)
     parent = model.get_submodule(name.rpartition(".")[0])
     attr = name.rpartition(".")[2]
     kept = nn.ModuleList(stack[i] for i in indices)
@@ -56,6 +62,7 @@ def keep_layers_(model: nn.Module, indices: Sequence[int]) -> Callable[[], None]
     config = getattr(model, "config", None)
     before = {k: getattr(config, k) for k in ("num_hidden_layers", "layer_types") if hasattr(config, k)}
     setattr(parent, attr, kept)
+    setattr(model, KEPT_LAYERS, (name, tuple(origin[i] for i in indices)))
     for new_index, block in enumerate(kept):
         for module in block.modules():
             if isinstance(getattr(module, "layer_idx", None), int):
@@ -68,9 +75,27 @@ def keep_layers_(model: nn.Module, indices: Sequence[int]) -> Callable[[], None]
 
     def undo() -> None:
         setattr(parent, attr, stack)
+        if recorded is None:
+            delattr(model, KEPT_LAYERS)
+        else:
+            setattr(model, KEPT_LAYERS, recorded)
         for module, index in numbered:
             module.layer_idx = index
         for key, value in before.items():
             setattr(config, key, value)
 
     return undo
+
+
+def origin_name(model: nn.Module, name: str) -> str:
+    """The name that the module now at ``name`` had before :func:`keep_layers_` renumbered ``model``'s stack:
+    ``"model.layers.3.mlp"`` is ``"model.layers.5.mlp"`` when block 3 is the original block 5. Other names,
+    and every name of a model whose stack was never cut, are returned as they are."""
+    recorded = getattr(model, KEPT_LAYERS, None)
+    if recorded is None:
+        return name
+    stack, kept = recorded
+    index, dot, rest = name.removeprefix(stack + ".").partition(".")
+    if not name.startswith(stack + ".") or not index.isdigit():
+        return name
+    return f"{stack}.{kept[int(index)]}{dot}{rest}"

@@ -65,9 +65,12 @@ class DistillConfig:
         embed_weight: with ``loss="contrastive"``, weight of the matching of the student's image and
             text embeddings to the teacher's (``embed_loss``: ``"cosine"`` or ``"mse"``); 0 disables it.
         feature_weight: weight of the layer-aligned feature loss (MSE between the outputs of the
-            student's and the teacher's modules of the same name); 0 disables it.
-        feature_patterns: ``fnmatch`` patterns of module names whose outputs are matched (only names
-            present in both models count; see :func:`inhernet.distillation.match_feature_names`).
+            student's modules and the teacher's modules they came from: the same name, or the original
+            block of a block-dropped stack); 0 disables it.
+        feature_patterns: ``fnmatch`` patterns of the student's module names whose outputs are matched
+            (only modules with a teacher counterpart count; see
+            :func:`inhernet.distillation.match_feature_names`). ``*`` also matches dots: the blocks of a
+            Llama stack alone are ``("model.layers.[0-9]", "model.layers.[0-9][0-9]")``.
 
     Hardware (passed to ``lightning.Trainer``):
         precision: a Lightning precision string: ``"32"`` (= ``"32-true"``), ``"16-mixed"``,

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..dual import dual_output
+from ..stack import origin_name
 
 __all__ = [
     "FeatureCapture",
@@ -287,18 +288,22 @@ def _embed_distance(s: torch.Tensor, t: torch.Tensor, kind: str, which: str) -> 
     return (1 - F.cosine_similarity(s, t, dim=-1)).mean()
 
 
-def match_feature_names(student: nn.Module, teacher: nn.Module, patterns: Iterable[str]) -> list[str]:
-    """Module names matched by any ``fnmatch`` pattern and present in both models, in student order.
+def match_feature_names(student: nn.Module, teacher: nn.Module, patterns: Iterable[str]) -> list[tuple[str, str]]:
+    """``(student module, teacher module)`` pairs whose outputs are matched, in student order: the student's
+    modules whose names any ``fnmatch`` pattern matches, each with the teacher's module it came from.
 
     Inherited networks keep the teacher's module names (a layer is replaced *at* its name), so e.g.
-    ``"features.*"`` or ``"encoder.layer.*.output"`` select aligned points. Names that exist in only one
-    model (the inner parts of an inherited block, say) are skipped. Raises ``ValueError`` when nothing
-    matches in both.
+    ``"features.*"`` or ``"encoder.layer.*.output"`` select aligned points. A student whose stack lost
+    blocks (layer dropping, ``InherConfig(drop_blocks=...)``) renumbers the blocks it kept: each is paired
+    with the teacher block it was (:func:`inhernet.stack.origin_name`), never with the teacher block now
+    at its index. Names that exist in only one model (the inner parts of an inherited block, say) are
+    skipped. Raises ``ValueError`` when nothing matches in both.
     """
     patterns = tuple(patterns)
     teacher_names = {name for name, _ in teacher.named_modules() if name}
     student_names = [name for name, _ in student.named_modules() if name]
-    names = [n for n in student_names if n in teacher_names and any(fnmatchcase(n, p) for p in patterns)]
+    pairs = [(n, origin_name(student, n)) for n in student_names if any(fnmatchcase(n, p) for p in patterns)]
+    names = [(s, t) for s, t in pairs if t in teacher_names]
     if not names:
         sample = ", ".join(student_names[:8])
         raise ValueError(

@@ -128,9 +128,10 @@ class DistillModule(L.LightningModule):
             _TEACHER_PREFIX + name
             for name, _ in (*teacher.named_parameters(), *teacher.named_buffers())
         ]
-        self.feature_names: list[str] = []
+        # (student module, teacher module) pairs whose outputs the feature loss matches
+        self.feature_pairs: list[tuple[str, str]] = []
         if config.feature_weight > 0:
-            self.feature_names = match_feature_names(student, teacher, config.feature_patterns)
+            self.feature_pairs = match_feature_names(student, teacher, config.feature_patterns)
         self.history: dict[str, Any] = {"curve": [], "train_loss": []}
         self._pending_losses: list[tuple[int, torch.Tensor]] = []
         self._val_sums: torch.Tensor | None = None
@@ -196,11 +197,11 @@ class DistillModule(L.LightningModule):
         # The teacher runs live for feature matching; otherwise its logits (a dual encoder's packed
         # embeddings) may come precomputed with the batch.
         precomputed = batch_teacher_logits(batch)
-        with FeatureCapture(self.student, self.feature_names) as s_cap:
+        with FeatureCapture(self.student, [s for s, _ in self.feature_pairs]) as s_cap:
             student_out = forward_batch(self.student, batch)
         teacher_out = None
-        if self.feature_names or (cfg.loss == "contrastive" and precomputed is None):
-            with FeatureCapture(self.teacher, self.feature_names) as t_cap, torch.no_grad():
+        if self.feature_pairs or (cfg.loss == "contrastive" and precomputed is None):
+            with FeatureCapture(self.teacher, [t for _, t in self.feature_pairs]) as t_cap, torch.no_grad():
                 teacher_out = forward_batch(self.teacher, batch)
         if cfg.loss == "contrastive":
             if teacher_out is None:  # per-example embeddings, packed by precompute_teacher_logits
@@ -227,8 +228,8 @@ class DistillModule(L.LightningModule):
                 else:  # the same sparse loss as from a cache, taken from the full logits
                     sparse = teacher_topk(teacher_logits, cfg.teacher_topk, cfg.temperature)
                     loss = topk_kd_loss(student_logits, sparse, labels, cfg.temperature, cfg.alpha)
-        if self.feature_names:
-            f_loss = feature_loss(s_cap.features, t_cap.features)
+        if self.feature_pairs:
+            f_loss = feature_loss(s_cap.features, {s: t_cap.features[t] for s, t in self.feature_pairs})
             self.log("feature_loss", f_loss.detach(), on_step=True, on_epoch=False, batch_size=1)
             loss = loss + cfg.feature_weight * f_loss
 
