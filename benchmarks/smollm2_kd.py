@@ -50,6 +50,8 @@ def main() -> None:
     parser.add_argument("--feature-weight", type=float, default=0.0,
                         help="hidden-state KD: weight of the MSE between each kept block's output and its teacher "
                         "block's (the teacher then runs live instead of from its top-k cache)")
+    parser.add_argument("--feature-loss", choices=("mse", "cosine"), default="cosine",
+                        help="distance of the hidden states (cosine: blind to the residual stream's growing scale)")
     parser.add_argument("--checkpoint-every", type=int, default=0,
                         help="with --part-dir: save each run's training state every N steps; a rerun continues it")
     parser.add_argument("--out", default="benchmarks/results")
@@ -59,7 +61,9 @@ def main() -> None:
         preset="smollm2-bbc", budget=args.budget, seeds=tuple(int(s) for s in args.seeds.split(",")), steps=args.steps, batch_size=args.batch_size,
         lr=args.lr, methods=tuple(args.methods.split(",")), curve_points=2, curve_examples=args.curve_examples,
         calib_size=args.calib_blocks,
-        distill_overrides={"feature_weight": args.feature_weight, "feature_patterns": BLOCKS} if args.feature_weight else {}, part_dir=args.part_dir, checkpoint_every=args.checkpoint_every,
+        distill_overrides={
+            "feature_weight": args.feature_weight, "feature_patterns": BLOCKS, "feature_loss": args.feature_loss
+        } if args.feature_weight else {}, part_dir=args.part_dir, checkpoint_every=args.checkpoint_every,
         progress=True,
         inherit_overrides={} if args.drop_blocks is None else {"drop_blocks": args.drop_blocks},
     )

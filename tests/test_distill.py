@@ -165,6 +165,14 @@ def test_feature_loss_zero_for_a_copy_positive_otherwise():
     assert not any(m._forward_hooks for m in copy_.modules())
 
 
+def test_cosine_feature_loss_sees_direction_not_scale():
+    t = torch.randn(2, 5, 16)
+    assert feature_loss({"h": 3 * t}, {"h": t}, "cosine").item() < 1e-6 < feature_loss({"h": 3 * t}, {"h": t}).item()
+    assert feature_loss({"h": -t}, {"h": t}, "cosine").item() == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="kind must be one of"):
+        feature_loss({"h": t}, {"h": t}, "l1")
+
+
 def test_feature_loss_errors_are_clear():
     teacher, other = MLP(), nn.Sequential(nn.Linear(IN, 7))
     with pytest.raises(ValueError, match="match no module"):
@@ -188,6 +196,7 @@ def test_config_validation_names_the_field():
         ({"devices": 0}, "devices"),
         ({"metric": "f1"}, "metric"),
         ({"feature_weight": 1.0}, "feature_weight"),
+        ({"feature_loss": "l1"}, "feature_loss"),
         ({"resume": "last"}, "resume"),
         ({"checkpoint_every": -1}, "checkpoint_every"),
     ]:

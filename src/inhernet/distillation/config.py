@@ -71,6 +71,9 @@ class DistillConfig:
             (only modules with a teacher counterpart count; see
             :func:`inhernet.distillation.match_feature_names`). ``*`` also matches dots: the blocks of a
             Llama stack alone are ``("model.layers.[0-9]", "model.layers.[0-9][0-9]")``.
+        feature_loss: ``"mse"`` or ``"cosine"`` (mean ``1 - cos`` over the last dimension: each
+            position's direction only, whatever the scale of the module's outputs, e.g. a transformer's
+            residual stream, which grows from block to block).
 
     Hardware (passed to ``lightning.Trainer``):
         precision: a Lightning precision string: ``"32"`` (= ``"32-true"``), ``"16-mixed"``,
@@ -123,6 +126,7 @@ class DistillConfig:
     embed_loss: Literal["cosine", "mse"] = "cosine"
     feature_weight: float = 0.0
     feature_patterns: tuple[str, ...] = ()
+    feature_loss: Literal["mse", "cosine"] = "mse"
     gate_lr_scale: float = 1.0
     grad_clip: float | None = 1.0
     precision: str = "32"
@@ -197,6 +201,8 @@ class DistillConfig:
                 )
         if not is_num(self.feature_weight) or self.feature_weight < 0:
             raise bad("feature_weight", "a number >= 0")
+        if self.feature_loss not in EMBED_LOSSES:
+            raise bad("feature_loss", f"one of {EMBED_LOSSES}")
         if isinstance(self.feature_patterns, str):
             self.feature_patterns = (self.feature_patterns,)
         self.feature_patterns = tuple(self.feature_patterns)

@@ -282,6 +282,11 @@ def _embed_distance(s: torch.Tensor, t: torch.Tensor, kind: str, which: str) -> 
             f"contrastive_kd_loss: embedding matching needs {which} embeddings of one shape, got "
             f"{tuple(s.shape)} (student) and {tuple(t.shape)} (teacher); set embed_weight=0"
         )
+    return _distance(s, t, kind)
+
+
+def _distance(s: torch.Tensor, t: torch.Tensor, kind: str) -> torch.Tensor:
+    """``"mse"`` or ``"cosine"`` (mean ``1 - cos`` over the last dimension) in float32; ``t`` is a constant."""
     s, t = s.float(), t.detach().float()
     if kind == "mse":
         return F.mse_loss(s, t)
@@ -362,14 +367,17 @@ class FeatureCapture:
 
 
 def feature_loss(
-    student_features: Mapping[str, torch.Tensor], teacher_features: Mapping[str, torch.Tensor]
+    student_features: Mapping[str, torch.Tensor], teacher_features: Mapping[str, torch.Tensor], kind: str = "mse"
 ) -> torch.Tensor:
-    """Mean over module names of the MSE between the student's and the teacher's outputs there.
+    """Mean over module names of the distance between the student's and the teacher's outputs there:
+    ``"mse"``, or ``"cosine"`` (mean ``1 - cos`` over the last dimension: blind to each output's scale).
 
     Shapes must agree (no adapters: an inherited network keeps the teacher's topology, so its
     block outputs have the teacher's shapes); a mismatch raises ``ValueError`` naming the module —
     drop that module from ``feature_patterns``. The teacher's features are treated as constants.
     """
+    if kind not in EMBED_LOSSES:
+        raise ValueError(f"feature_loss: kind must be one of {EMBED_LOSSES}, got {kind!r}")
     if not student_features:
         raise ValueError("feature_loss: no features were captured; did the forward pass run the matched modules?")
     losses = []
@@ -383,5 +391,5 @@ def feature_loss(
                 "the teacher; feature matching needs the same shapes (no adapters), so leave this module out "
                 "of feature_patterns"
             )
-        losses.append(F.mse_loss(s.float(), t.detach().float()))
+        losses.append(_distance(s, t, kind))
     return torch.stack(losses).mean()

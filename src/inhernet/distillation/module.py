@@ -229,7 +229,8 @@ class DistillModule(L.LightningModule):
                     sparse = teacher_topk(teacher_logits, cfg.teacher_topk, cfg.temperature)
                     loss = topk_kd_loss(student_logits, sparse, labels, cfg.temperature, cfg.alpha)
         if self.feature_pairs:
-            f_loss = feature_loss(s_cap.features, {s: t_cap.features[t] for s, t in self.feature_pairs})
+            teacher_features = {s: t_cap.features[t] for s, t in self.feature_pairs}
+            f_loss = feature_loss(s_cap.features, teacher_features, cfg.feature_loss)
             self.log("feature_loss", f_loss.detach(), on_step=True, on_epoch=False, batch_size=1)
             loss = loss + cfg.feature_weight * f_loss
 
