@@ -187,10 +187,12 @@ def test_feature_matching_pairs_each_kept_block_with_the_teacher_block_it_came_f
     ]
     with FeatureCapture(student, [s for s, _ in pairs]) as s_cap, torch.no_grad():
         student(ids)
-    with FeatureCapture(teacher, [t for _, t in pairs]) as t_cap, torch.no_grad():
+    every_block = [name for name, _ in teacher.named_modules() if name.startswith("model.layers.")]
+    with FeatureCapture(teacher, every_block) as t_cap, torch.no_grad():
         teacher(ids)
     assert feature_loss(s_cap.features, {s: t_cap.features[t] for s, t in pairs}).item() < 1e-10
-    assert feature_loss(s_cap.features, {s: t_cap.features[s] for s, _ in pairs}).item() > 1e-4  # by name: wrong
+    by_name = {s: t_cap.features[s] for s, _ in pairs}  # what matching by name alone compared: the wrong blocks
+    assert feature_loss(s_cap.features, by_name, "cosine").item() > 0.1
 
     # a second cut composes with the first; the teacher itself was never cut
     again = drop_layers(student, [1, 2])
