@@ -268,3 +268,32 @@ def test_step_time_script_smoke_on_a_tiny_llama(tmp_path: Path) -> None:
     assert saved["student_params"] < saved["teacher_params"] and result["ratios"].keys() == {"kd-live/plain", "kd-topk/plain"}
     md = (tmp_path / "smollm2-step-time.md").read_text()
     assert md.startswith("Command: `OMP_NUM_THREADS=1 python benchmarks/smollm2_step_time.py --tiny") and "top-8 cache" in md
+
+
+def test_the_bench_keeps_a_cache_on_disk_and_reads_it_back_without_the_teacher(tmp_path: Path, monkeypatch) -> None:
+    """A second process over the same teacher and examples reads the cache the first wrote; another example,
+    teacher, k or temperature makes another cache."""
+    from inhernet.bench import topk_store
+    from inhernet.bench.runner import teacher_digest
+
+    monkeypatch.setenv("INHERNET_HOME", str(tmp_path))
+    teacher = _tiny_llama()
+    rows, digest = _lm_rows(), teacher_digest(teacher)
+    made = topk_store.stored_teacher_topk(teacher, digest, rows, 8, 2.0)
+    (stored,) = (tmp_path / "teacher-topk").glob("*.safetensors")
+
+    def no_teacher(*_: object, **__: object) -> None:
+        raise AssertionError("the teacher ran although its cache was stored")
+
+    monkeypatch.setattr(topk_store, "precompute_teacher_topk", no_teacher)
+    again = topk_store.stored_teacher_topk(teacher, digest, rows, 8, 2.0)
+    assert all(torch.equal(a, b) and a.dtype == b.dtype for a, b in zip(made.cache, again.cache, strict=True))
+    assert again.k == 8 and again.temperature == 2.0 and torch.equal(again[3]["input_ids"], rows[3]["input_ids"])
+
+    changed = [dict(r) for r in rows]
+    changed[5] = {**changed[5], "input_ids": changed[5]["input_ids"].flip(0)}
+    others = {
+        topk_store.topk_store_path(digest, changed, 8, 2.0), topk_store.topk_store_path("another", rows, 8, 2.0),
+        topk_store.topk_store_path(digest, rows, 4, 2.0), topk_store.topk_store_path(digest, rows, 8, 1.0),
+    }
+    assert len(others) == 4 and stored not in others

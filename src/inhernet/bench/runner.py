@@ -36,6 +36,7 @@ from ..dual import DUAL_METRICS
 from ..evaluate import evaluate
 from ..layers import InherBlock
 from ..presets.registry import PRESETS, get_preset
+from .topk_store import hash_tensor, stored_teacher_topk
 
 __all__ = ["BenchConfig", "Parts", "flatness", "run_bench", "steps_to_reach", "teacher_digest"]
 
@@ -190,16 +191,20 @@ def teacher_digest(model: nn.Module) -> str:
     was trained from."""
     digest = hashlib.sha256()
     for name, tensor in model.state_dict().items():
-        tensor = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
-        digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+        hash_tensor(digest, name, tensor)
     return digest.hexdigest()[:16]
 
 
-def teacher_training_set(preset: Any, teacher: nn.Module, dataset: Any, temperature: float) -> Any:
+def teacher_training_set(
+    preset: Any, teacher: nn.Module, dataset: Any, temperature: float, digest: str | None = None
+) -> Any:
     """``dataset`` carrying what ``preset`` keeps of the teacher: its top-k tokens (``preset.teacher_topk``,
-    at the KD ``temperature``), its logits (``cache_teacher``), or nothing (the teacher runs live)."""
+    at the KD ``temperature``), its logits (``cache_teacher``), or nothing (the teacher runs live). Given
+    the teacher's ``digest`` (:func:`teacher_digest`), a top-k cache is kept on disk for the next process
+    (:mod:`inhernet.bench.topk_store`)."""
     if preset.teacher_topk is not None:
+        if digest is not None:
+            return stored_teacher_topk(teacher, digest, dataset, preset.teacher_topk, temperature)
         return precompute_teacher_topk(teacher, dataset, preset.teacher_topk, temperature)
     return precompute_teacher_logits(teacher, dataset) if preset.cache_teacher else dataset
 
@@ -234,7 +239,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
         """The training examples, made on first use (a run assembled from parts trains nothing)."""
         subset = Subset(train.dataset, range(train_n))
         # The data is fixed, so the teacher runs once per example, not once per method, seed and step.
-        return teacher_training_set(preset, teacher, subset, cfg.temperature)
+        return teacher_training_set(preset, teacher, subset, cfg.temperature, digest)
 
     metric = preset.metric
     higher = metric != "perplexity"
