@@ -8,7 +8,10 @@ learning curve is measured on one batch of test blocks at two points instead of 
 split: every evaluation of SmolLM2 costs about a second per block on one CPU thread, and except that it
 calibrates on ``--calib-blocks`` blocks (32: 4k tokens; the bench's default asks for the preset's cap, 512),
 and that it shows each run's steps. Torch uses the threads that ``OMP_NUM_THREADS`` gives. With
-``--part-dir`` every finished method is kept, and a rerun (e.g. in the next session) skips it. The final
+``--part-dir`` every finished (method, seed) is kept, and a rerun (e.g. in the next session) skips it;
+with ``--checkpoint-every N`` too, a run cut off mid-training continues from its last checkpoint. The
+teacher's top-k cache is kept on disk (``inhernet.bench.topk_store``), so later processes skip its pass.
+``--feature-weight`` adds hidden-state KD: each kept block's output against its teacher block's. The final
 perplexities are on the preset's 128 test blocks (16k tokens). Writes the bench JSON and PNG, and the
 markdown table (``bench_markdown.py``) beside them.
 """
