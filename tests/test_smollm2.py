@@ -168,7 +168,7 @@ def test_real_assets_are_installed_and_readable() -> None:
     assert len(smollm2.bbc_blocks("train")) >= smollm2.CALIB_MAX_BLOCKS
 
 
-def test_bench_runs_the_presets_methods_on_a_tiny_llama(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bench_runs_the_presets_methods_on_a_tiny_llama(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     """The preset's wiring (top-k teacher cache, LM blocks, llama_student, layer dropping) on a stand-in teacher."""
     from transformers import LlamaForCausalLM
 
@@ -195,7 +195,8 @@ def test_bench_runs_the_presets_methods_on_a_tiny_llama(monkeypatch: pytest.Monk
         teacher_topk=8,  # the real 128 is more than the stand-in's vocabulary of 100
     )
     built = []
-    monkeypatch.setattr("inhernet.bench.runner.precompute_teacher_topk",
+    monkeypatch.setenv("INHERNET_HOME", str(tmp_path))  # the stored top-k cache
+    monkeypatch.setattr("inhernet.bench.topk_store.precompute_teacher_topk",
                         lambda *a, **kw: built.append(a[2:]) or precompute_teacher_topk(*a, **kw))
     monkeypatch.setitem(registry.PRESETS, stand_in.name, stand_in)
     result = run_bench(BenchConfig(preset="tiny-llama", budget=0.8, seeds=(0,), steps=2, batch_size=4,
@@ -208,3 +209,5 @@ def test_bench_runs_the_presets_methods_on_a_tiny_llama(monkeypatch: pytest.Monk
     assert all(by_name[m]["params"] >= reference for m in ("kd-student", "layerdrop-kd", "prune-kd"))
     assert all(1 < m["metric_mean"] < float("inf") for m in result["methods"])
     assert built == [(8, 4.0)], "the top-k cache is built once, at the KD temperature, for every method"
+    # and kept: the next process reads it instead of running the teacher again
+    assert len(list((tmp_path / "teacher-topk").glob("*.safetensors"))) == 1
