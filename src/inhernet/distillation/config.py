@@ -64,8 +64,8 @@ class DistillConfig:
             live or precomputed, at each step (the same loss). Needs ``loss="kd"``.
         embed_weight: with ``loss="contrastive"``, weight of the matching of the student's image and
             text embeddings to the teacher's (``embed_loss``: ``"cosine"`` or ``"mse"``); 0 disables it.
-        feature_weight: weight of the layer-aligned feature loss (MSE between the outputs of the
-            student's modules and the teacher's modules they came from: the same name, or the original
+        feature_weight: weight of the layer-aligned feature loss (``feature_loss`` between the outputs of
+            the student's modules and the teacher's modules they came from: the same name, or the original
             block of a block-dropped stack); 0 disables it.
         feature_patterns: ``fnmatch`` patterns of the student's module names whose outputs are matched
             (only modules with a teacher counterpart count; see
