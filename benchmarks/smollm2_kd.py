@@ -51,8 +51,8 @@ def main() -> None:
                         help="InherConfig(drop_blocks=SHARE) of the InherNet rows (default: the causal-LM family's)")
     parser.add_argument("--part-dir", default=None, help="keep each finished method here; a rerun skips it")
     parser.add_argument("--feature-weight", type=float, default=0.0,
-                        help="hidden-state KD: weight of the MSE between each kept block's output and its teacher "
-                        "block's (the teacher then runs live instead of from its top-k cache)")
+                        help="hidden-state KD: weight of the distance (--feature-loss) between each kept block's "
+                        "output and its teacher block's (the teacher then runs live instead of from its top-k cache)")
     parser.add_argument("--feature-loss", choices=("mse", "cosine"), default="cosine",
                         help="distance of the hidden states (cosine: blind to the residual stream's growing scale)")
     parser.add_argument("--checkpoint-every", type=int, default=0,
@@ -61,7 +61,8 @@ def main() -> None:
     args = parser.parse_args()
 
     cfg = BenchConfig(
-        preset="smollm2-bbc", budget=args.budget, seeds=tuple(int(s) for s in args.seeds.split(",")), steps=args.steps, batch_size=args.batch_size,
+        preset="smollm2-bbc", budget=args.budget, seeds=tuple(int(s) for s in args.seeds.split(",")),
+        steps=args.steps, batch_size=args.batch_size,
         lr=args.lr, methods=tuple(args.methods.split(",")), curve_points=2, curve_examples=args.curve_examples,
         calib_size=args.calib_blocks,
         distill_overrides={

@@ -95,7 +95,9 @@ def origin_name(model: nn.Module, name: str) -> str:
     if recorded is None:
         return name
     stack, kept = recorded
+    if not name.startswith(stack + "."):
+        return name
     index, dot, rest = name.removeprefix(stack + ".").partition(".")
-    if not name.startswith(stack + ".") or not index.isdigit():
+    if not index.isdigit():
         return name
     return f"{stack}.{kept[int(index)]}{dot}{rest}"

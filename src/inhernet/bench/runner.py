@@ -567,17 +567,17 @@ class Parts:
         """``DistillConfig`` options that checkpoint the run every ``every`` steps in :meth:`train_dir` and
         continue from its ``last.ckpt`` when an earlier, interrupted run of the same configuration left one."""
         directory = self.train_dir(name, seed)
-        made_under = {**self.fingerprint, "recipe": recipe, "lr": lr}
+        made_under = json.loads(json.dumps({**self.fingerprint, "recipe": recipe, "lr": lr}, default=str))
         stamp = directory / "fingerprint.json"
         last = directory / "checkpoints" / "last.ckpt"
-        if stamp.is_file() and json.loads(stamp.read_text()) != json.loads(json.dumps(made_under, default=str)):
+        if stamp.is_file() and json.loads(stamp.read_text()) != made_under:
             raise ValueError(
                 f"{directory} holds the checkpoints of a run under another configuration; delete it to start "
                 "this run afresh"
             )
         if not stamp.is_file():
             directory.mkdir(parents=True, exist_ok=True)
-            atomic_write(stamp, json.dumps(made_under, default=str) + "\n")
+            atomic_write(stamp, json.dumps(made_under) + "\n")
         if last.is_file():
             log(f"seed {seed} {name:<22} resuming from {last}")
         return {"log_dir": str(directory), "checkpoint_every": every, "resume": "last" if last.is_file() else None}
