@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from inhernet.bench.report import excluded_text, flat_text, lr_text, reach_text
-from inhernet.bench.runner import steps_to_reach
+from inhernet.bench.summary import steps_to_reach
 
 
 def render(result: dict) -> str:

@@ -267,7 +267,7 @@ def test_tune_lr_picks_the_best_validation_score_and_caches_it(tiny_preset, tmp_
 
 
 def test_flattened_and_steps_to_reach():
-    from inhernet.bench.runner import flatness, steps_to_reach
+    from inhernet.bench.summary import flatness, steps_to_reach
 
     assert flatness([[0, 0.5], [80, 0.900], [90, 0.901], [100, 0.9015]], 100) == {
         "flattened": True, "flat_spread": pytest.approx(0.0015)}

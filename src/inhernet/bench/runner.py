@@ -12,7 +12,6 @@ import math
 import os
 import platform
 import shutil
-import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
@@ -24,7 +23,6 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from .._atomic import atomic_write
 from ..baselines import MethodContext, build_student
 from ..baselines.methods import MATCHES, METHODS
 from ..baselines.prune import IMPORTANCES, default_importance
@@ -36,9 +34,11 @@ from ..dual import DUAL_METRICS
 from ..evaluate import evaluate
 from ..layers import InherBlock
 from ..presets.registry import PRESETS, get_preset
+from .parts import Parts
+from .summary import compare_with_student, other_metrics, summarise
 from .topk_store import hash_tensor, stored_teacher_topk
 
-__all__ = ["BenchConfig", "Parts", "flatness", "run_bench", "steps_to_reach", "teacher_digest"]
+__all__ = ["BenchConfig", "run_bench", "teacher_digest"]
 
 @dataclass
 class BenchConfig:
@@ -335,14 +335,14 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
 
     summaries = [
         {
-            **_summarise(name, runs[name], sizes[name], higher), **({"ranks": ranks[name]} if name in ranks else {}),
+            **summarise(name, runs[name], sizes[name], higher), **({"ranks": ranks[name]} if name in ranks else {}),
             **({"latency_ms": latencies[name] / 1e6} if name in latencies else {}),
             **({"pruned_share": pruned[name]} if name in pruned else {}),
             **({"latency_checks": checks[name]} if name in checks else {}),
         }
         for name in methods
     ]
-    _compare_with_student(summaries, higher)
+    compare_with_student(summaries, higher)
     reference = contexts[cfg.seeds[0]].reference
     latency = _latency_record(contexts[cfg.seeds[0]], teacher) if cfg.match == "latency" else {}
     return {
@@ -352,7 +352,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
         "teacher": {
             "params": _params(teacher), "macs": count_macs(teacher, example), "metric": teacher_metric, "digest": digest,
             **({"latency_ms": latency["teacher_ms"]} if latency else {}),
-            **_extra(_others(teacher_scores, metric)),
+            **other_metrics(_others(teacher_scores, metric)),
         },
         "methods": summaries,
         **({"latency": latency["how"]} if latency else {}),
@@ -522,148 +522,9 @@ def _recipe(name: str, student: nn.Module, size: tuple[int, int]) -> dict[str, A
     return json.loads(json.dumps(recipe, default=str))
 
 
-class Parts:
-    """One JSON file per finished (method, seed) run and per method's tuning, under ``directory``.
-
-    Each file records the fingerprint of the configuration and the method's recipe it was made
-    with; a part is reused only when both match, and a mismatch is an error (delete the part, or
-    use another directory) rather than a silent mix of two configurations.
-    """
-
-    def __init__(self, directory: str | os.PathLike[str], fingerprint: dict[str, Any]) -> None:
-        self.dir, self.fingerprint = Path(directory), fingerprint
-
-    def _read(self, path: Path, recipe: dict[str, Any]) -> dict[str, Any] | None:
-        if not path.is_file():
-            return None
-        part = json.loads(path.read_text())
-        want = {**self.fingerprint, "recipe": recipe}
-        got = part.get("fingerprint", {})
-        if got != want:
-            keys = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))
-            diff = "; ".join(f"{k}: part {got.get(k)!r}, now {want.get(k)!r}" for k in keys)
-            if "teacher" in keys:
-                diff += " (the teacher's weights differ: it was fitted elsewhere or by an older recipe)"
-            raise ValueError(
-                f"{path} was written under another configuration ({diff}); delete it or use another part_dir"
-            )
-        return part["data"]
-
-    def _write(self, path: Path, recipe: dict[str, Any], data: dict[str, Any]) -> None:
-        atomic_write(path, json.dumps({"fingerprint": {**self.fingerprint, "recipe": recipe}, "data": data}) + "\n")
-
-    def run_path(self, name: str, seed: int) -> Path:
-        return self.dir / f"{name}--seed{seed}.json"
-
-    def tune_path(self, name: str) -> Path:
-        return self.dir / f"{name}--tune.json"
-
-    def train_dir(self, name: str, seed: int) -> Path:
-        return self.dir / f"{name}--seed{seed}.train"
-
-    def checkpoints(
-        self, name: str, seed: int, recipe: dict[str, Any], lr: float, every: int, log: Callable[[str], None]
-    ) -> dict[str, Any]:
-        """``DistillConfig`` options that checkpoint the run every ``every`` steps in :meth:`train_dir` and
-        continue from its ``last.ckpt`` when an earlier, interrupted run of the same configuration left one."""
-        directory = self.train_dir(name, seed)
-        made_under = json.loads(json.dumps({**self.fingerprint, "recipe": recipe, "lr": lr}, default=str))
-        stamp = directory / "fingerprint.json"
-        last = directory / "checkpoints" / "last.ckpt"
-        if stamp.is_file() and json.loads(stamp.read_text()) != made_under:
-            raise ValueError(
-                f"{directory} holds the checkpoints of a run under another configuration; delete it to start "
-                "this run afresh"
-            )
-        if not stamp.is_file():
-            directory.mkdir(parents=True, exist_ok=True)
-            atomic_write(stamp, json.dumps(made_under) + "\n")
-        if last.is_file():
-            log(f"seed {seed} {name:<22} resuming from {last}")
-        return {"log_dir": str(directory), "checkpoint_every": every, "resume": "last" if last.is_file() else None}
-
-    def run(self, name: str, seed: int, recipe: dict[str, Any]) -> dict[str, Any] | None:
-        return self._read(self.run_path(name, seed), recipe)
-
-    def write_run(self, name: str, seed: int, recipe: dict[str, Any], run: dict[str, Any]) -> None:
-        self._write(self.run_path(name, seed), recipe, run)
-
-    def tune(self, name: str, recipe: dict[str, Any]) -> dict[str, Any] | None:
-        return self._read(self.tune_path(name), recipe)
-
-    def write_tune(self, name: str, recipe: dict[str, Any], result: dict[str, Any]) -> None:
-        self._write(self.tune_path(name), recipe, result)
-
-
-def _summarise(name: str, runs: list[dict[str, Any]], size: tuple[int, int], higher: bool = True) -> dict[str, Any]:
-    finals = [r["final"] for r in runs]
-    curves = [dict(map(tuple, r["curve"])) for r in runs]
-    steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
-    merged = {"merged_mean": statistics.fmean(r["merged"] for r in runs)} if "merged" in runs[0] else {}
-    curve = [[s, statistics.fmean(c[s] for c in curves)] for s in steps]
-    tuned = {"lr_scores": runs[0]["lr_scores"]} if "lr_scores" in runs[0] else {}
-    return {
-        "name": name, "params": size[0], "macs": size[1],
-        "zero_shot": statistics.fmean(r["zero_shot"] for r in runs),
-        "metric_mean": statistics.fmean(finals),
-        "metric_std": statistics.stdev(finals) if len(finals) > 1 else 0.0,
-        "seeds": [r["seed"] for r in runs], "steps": runs[0]["steps"],
-        "sec_per_step": statistics.median(r["sec_per_step"] for r in runs),
-        "lr": runs[0].get("lr"), **tuned,
-        "curve": curve, **flatness(curve, runs[0]["steps"], higher),
-        **merged,
-        "per_seed": [{k: r[k] for k in ("seed", "zero_shot", "final", "merged", "lr") if k in r} for r in runs],
-        **_extra({k: statistics.fmean(r["metrics"][k] for r in runs) for k in runs[0]["metrics"]}),
-    }
-
-
-#: a curve has flattened when its last 20% of steps stay within 0.2 points (accuracy) or 0.2% (perplexity)
-FLAT_WINDOW, FLAT_POINTS = 0.2, 0.002
-
-
-def flatness(curve: Sequence[Sequence[float]], steps: int, higher: bool = True) -> dict[str, Any]:
-    """``{"flattened": bool | None, "flat_spread": float | None}``: the spread (max - min) of the
-    curve over its last ``FLAT_WINDOW`` of the steps, and whether it is within ``FLAT_POINTS``
-    (relative to the last value for a perplexity). ``None`` when fewer than two points fall there."""
-    window = [v for s, v in curve if s >= (1 - FLAT_WINDOW) * steps]
-    if len(window) < 2:
-        return {"flattened": None, "flat_spread": None}
-    spread = max(window) - min(window)
-    tolerance = FLAT_POINTS if higher else FLAT_POINTS * abs(window[-1])
-    return {"flattened": spread <= tolerance, "flat_spread": spread}
-
-
-def steps_to_reach(curve: Sequence[Sequence[float]], target: float, higher: bool = True) -> int | None:
-    """The first step of ``curve`` at which it reaches ``target`` (``None``: never)."""
-    for step, value in curve:
-        if (value >= target) if higher else (value <= target):
-            return int(step)
-    return None
-
-
-def _compare_with_student(summaries: list[dict[str, Any]], higher: bool) -> None:
-    """Each method's ``steps_to_reach``: the first step its curve reaches the kd-student's final value on
-    the same (curve) split, and that as a share of its steps."""
-    student = next((m for m in summaries if m["name"] == "kd-student"), None)
-    if student is None or not student["curve"]:
-        return
-    target = student["curve"][-1][1]
-    for m in summaries:
-        if m is student:
-            continue
-        reach = steps_to_reach(m["curve"], target, higher)
-        m["steps_to_reach"] = reach
-        m["steps_to_reach_fraction"] = None if reach is None else reach / max(1, m["steps"])
-
-
 def _others(scores: dict[str, float], metric: str) -> dict[str, float]:
     """The metrics ``evaluate`` returned besides the preset's own (a dual encoder's recalls)."""
     return {k: v for k, v in scores.items() if k not in (metric, "count")}
-
-
-def _extra(metrics: dict[str, float]) -> dict[str, Any]:
-    """``{"other_metrics": ...}`` when there are any, so other presets' JSON keeps its shape."""
-    return {"other_metrics": metrics} if metrics else {}
 
 
 class _Head:
