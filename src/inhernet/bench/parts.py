@@ -62,17 +62,18 @@ class Parts:
         made_under = json.loads(json.dumps({**self.fingerprint, "recipe": recipe, "lr": lr}, default=str))
         stamp = directory / "fingerprint.json"
         last = directory / "checkpoints" / "last.ckpt"
-        if stamp.is_file() and json.loads(stamp.read_text()) != made_under:
+        if not stamp.is_file():
+            directory.mkdir(parents=True, exist_ok=True)
+            atomic_write(stamp, json.dumps(made_under) + "\n")
+        elif json.loads(stamp.read_text()) != made_under:
             raise ValueError(
                 f"{directory} holds the checkpoints of a run under another configuration; delete it to start "
                 "this run afresh"
             )
-        if not stamp.is_file():
-            directory.mkdir(parents=True, exist_ok=True)
-            atomic_write(stamp, json.dumps(made_under) + "\n")
-        if last.is_file():
+        resume = last.is_file()
+        if resume:
             log(f"seed {seed} {name:<22} resuming from {last}")
-        return {"log_dir": str(directory), "checkpoint_every": every, "resume": "last" if last.is_file() else None}
+        return {"log_dir": str(directory), "checkpoint_every": every, "resume": "last" if resume else None}
 
     def run(self, name: str, seed: int, recipe: dict[str, Any]) -> dict[str, Any] | None:
         return self._read(self.run_path(name, seed), recipe)
