@@ -151,7 +151,9 @@ def _lm_rows(n: int = 10, length: int = 12) -> list[dict[str, torch.Tensor]]:
     return [{"input_ids": i, "attention_mask": m, "labels": lab} for i, m, lab in zip(ids, mask, labels, strict=True)]
 
 
-def test_cache_is_built_in_one_pass_holds_the_teachers_top_k_and_the_predicted_bytes() -> None:
+def test_cache_is_built_in_one_pass_holds_the_teachers_top_k_and_the_predicted_bytes(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     teacher = _tiny_llama()
     rows = _lm_rows()
     calls = []
@@ -178,6 +180,10 @@ def test_cache_is_built_in_one_pass_holds_the_teachers_top_k_and_the_predicted_b
     assert isinstance(collated, TeacherTopK) and collated.logprobs.shape == (3, 12, 8)
     moved = move_batch({"teacher_logits": collated}, "cpu")["teacher_logits"]  # a NamedTuple stays one
     assert isinstance(moved, TeacherTopK) and torch.equal(moved.indices, collated.indices)
+    # the progress bar is only a view: the same cache, and the bar counted the batches
+    shown = precompute_teacher_topk(teacher, rows, k=8, temperature=2.0, batch_size=4, progress=True)
+    assert all(torch.equal(a, b) for a, b in zip(shown.cache, cache.cache, strict=True))
+    assert "teacher top-k" in capsys.readouterr().err
     with pytest.raises(ValueError, match=r"k must be an int in \[1, 100\]"):
         precompute_teacher_topk(teacher, rows, k=101, temperature=2.0)
     with pytest.raises(ValueError, match="k must be an int >= 1"):

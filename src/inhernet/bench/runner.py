@@ -196,16 +196,17 @@ def teacher_digest(model: nn.Module) -> str:
 
 
 def teacher_training_set(
-    preset: Any, teacher: nn.Module, dataset: Any, temperature: float, digest: str | None = None
+    preset: Any, teacher: nn.Module, dataset: Any, temperature: float, digest: str | None = None,
+    progress: bool = False,
 ) -> Any:
     """``dataset`` carrying what ``preset`` keeps of the teacher: its top-k tokens (``preset.teacher_topk``,
     at the KD ``temperature``), its logits (``cache_teacher``), or nothing (the teacher runs live). Given
     the teacher's ``digest`` (:func:`teacher_digest`), a top-k cache is kept on disk for the next process
-    (:mod:`inhernet.bench.topk_store`)."""
+    (:mod:`inhernet.bench.topk_store`). ``progress`` shows a bar over a top-k pass."""
     if preset.teacher_topk is not None:
         if digest is not None:
-            return stored_teacher_topk(teacher, digest, dataset, preset.teacher_topk, temperature)
-        return precompute_teacher_topk(teacher, dataset, preset.teacher_topk, temperature)
+            return stored_teacher_topk(teacher, digest, dataset, preset.teacher_topk, temperature, progress)
+        return precompute_teacher_topk(teacher, dataset, preset.teacher_topk, temperature, progress=progress)
     return precompute_teacher_logits(teacher, dataset) if preset.cache_teacher else dataset
 
 
@@ -239,7 +240,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
         """The training examples, made on first use (a run assembled from parts trains nothing)."""
         subset = Subset(train.dataset, range(train_n))
         # The data is fixed, so the teacher runs once per example, not once per method, seed and step.
-        return teacher_training_set(preset, teacher, subset, cfg.temperature, digest)
+        return teacher_training_set(preset, teacher, subset, cfg.temperature, digest, cfg.progress)
 
     metric = preset.metric
     higher = metric != "perplexity"

@@ -57,15 +57,15 @@ def topk_store_path(teacher: str, dataset: Any, k: int, temperature: float) -> P
 
 
 def stored_teacher_topk(
-    teacher: nn.Module, teacher_digest: str, dataset: Any, k: int, temperature: float
+    teacher: nn.Module, teacher_digest: str, dataset: Any, k: int, temperature: float, progress: bool = False
 ) -> WithTeacherTopK:
     """:func:`~inhernet.distillation.precompute_teacher_topk`, run once per teacher, examples, ``k`` and
-    temperature and read from the store afterwards."""
+    temperature and read from the store afterwards (``progress``: a bar over the teacher's pass)."""
     path = topk_store_path(teacher_digest, dataset, k, temperature)
     if path.is_file():
         stored = load_file(path)
         return WithTeacherTopK(dataset, TeacherTopK(*(stored[f] for f in TeacherTopK._fields)), temperature)
-    cached = precompute_teacher_topk(teacher, dataset, k, temperature)
+    cached = precompute_teacher_topk(teacher, dataset, k, temperature, progress=progress)
     with atomic_path(path) as tmp:
         save_file({f: t.contiguous() for f, t in zip(TeacherTopK._fields, cached.cache, strict=True)}, str(tmp))
     return cached
