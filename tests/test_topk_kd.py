@@ -180,7 +180,7 @@ def test_cache_is_built_in_one_pass_holds_the_teachers_top_k_and_the_predicted_b
     assert isinstance(collated, TeacherTopK) and collated.logprobs.shape == (3, 12, 8)
     moved = move_batch({"teacher_logits": collated}, "cpu")["teacher_logits"]  # a NamedTuple stays one
     assert isinstance(moved, TeacherTopK) and torch.equal(moved.indices, collated.indices)
-    # the progress bar is only a view: the same cache, and the bar counted the batches
+    # the progress bar is only a view: the same cache; the bar names its pass on stderr
     shown = precompute_teacher_topk(teacher, rows, k=8, temperature=2.0, batch_size=4, progress=True)
     assert all(torch.equal(a, b) for a, b in zip(shown.cache, cache.cache, strict=True))
     assert "teacher top-k" in capsys.readouterr().err
