@@ -26,17 +26,17 @@ assets: install
 	bash scripts/install_assets.sh $(BIN)/python all
 
 demo: assets
-	$(BIN)/inhernet demo
+	$(BIN)/inhernet-bench demo
 
 lint: install
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests
 
 test: assets lint
 	$(BIN)/python -m pytest -q
 
 # The runs behind BENCHMARKS.md (long: minutes per budget on a 2-core CPU).
 bench: assets
-	for b in 0.1 0.25; do OMP_NUM_THREADS=1 $(BIN)/inhernet bench --preset mnist-cnn --budget $$b --seeds 3 \
+	for b in 0.1 0.25; do OMP_NUM_THREADS=1 $(BIN)/inhernet-bench bench --preset mnist-cnn --budget $$b --seeds 3 \
 		--steps 300 --batch-size 64 --out benchmarks/results || exit 1; done
 
 # The 5-epoch mnist-cnn tables (issue 9), about 35 minutes each on 2 idle cores; resumable: each finished
@@ -44,11 +44,11 @@ bench: assets
 LONG := --preset mnist-cnn --epochs 5 --batch-size 64 --seeds 3 --curve-points 20 --tune-lr --tune-steps 500 \
 	--methods inhernet,inhernet-paper,svd-kd,prune-kd,kd-student
 bench-long: assets
-	OMP_NUM_THREADS=2 $(BIN)/inhernet bench $(LONG) --budget 0.1 --part-dir benchmarks/parts/mnist-cnn-0.1-5ep \
+	OMP_NUM_THREADS=2 $(BIN)/inhernet-bench bench $(LONG) --budget 0.1 --part-dir benchmarks/parts/mnist-cnn-0.1-5ep \
 		--json benchmarks/results/mnist-cnn-0.1-5ep.json
-	OMP_NUM_THREADS=2 $(BIN)/inhernet bench $(LONG) --budget 0.25 --part-dir benchmarks/parts/mnist-cnn-0.25-5ep \
+	OMP_NUM_THREADS=2 $(BIN)/inhernet-bench bench $(LONG) --budget 0.25 --part-dir benchmarks/parts/mnist-cnn-0.25-5ep \
 		--json benchmarks/results/mnist-cnn-0.25-5ep.json
-	OMP_NUM_THREADS=2 $(BIN)/inhernet bench $(LONG),inhernet-prune --budget 0.25 --match macs \
+	OMP_NUM_THREADS=2 $(BIN)/inhernet-bench bench $(LONG),inhernet-prune --budget 0.25 --match macs \
 		--part-dir benchmarks/parts/mnist-cnn-0.25-macs-5ep --json benchmarks/results/mnist-cnn-0.25-macs-5ep.json
 
 # fashion-effnet, 2,000 steps at batch 64, 2 seeds, tuned lr, final accuracy on all 10,000 test images (issue 9):
@@ -57,19 +57,19 @@ bench-long: assets
 FASHION := --preset fashion-effnet --steps 2000 --batch-size 64 --seeds 2 --curve-points 10 --full-test --tune-lr \
 	--tune-steps 200 --methods inhernet,kd-student,prune-kd,svd-kd,inhernet-prune
 bench-fashion-long: assets
-	for b in 0.25 0.1; do OMP_NUM_THREADS=2 $(BIN)/inhernet bench $(FASHION) --budget $$b \
+	for b in 0.25 0.1; do OMP_NUM_THREADS=2 $(BIN)/inhernet-bench bench $(FASHION) --budget $$b \
 		--part-dir benchmarks/parts/fashion-effnet-$$b-2000 --json benchmarks/results/fashion-effnet-$$b-2000.json || exit 1; done
 
 # tweets-minilm (about 50 + 20 minutes on a shared 2-core CPU; the first run also fine-tunes and caches
 # the teacher, about 13 minutes). layerdrop-kd does not depend on the budget, so 0.25 leaves it out.
 bench-tweets: assets
-	OMP_NUM_THREADS=1 $(BIN)/inhernet bench --preset tweets-minilm --budget 0.5 --seeds 3 --steps 40 \
+	OMP_NUM_THREADS=1 $(BIN)/inhernet-bench bench --preset tweets-minilm --budget 0.5 --seeds 3 --steps 40 \
 		--batch-size 32 --lr 1e-4 --curve-points 1 --methods inhernet,kd-student,layerdrop-kd --out benchmarks/results
-	OMP_NUM_THREADS=1 $(BIN)/inhernet bench --preset tweets-minilm --budget 0.25 --seeds 1 --steps 40 \
+	OMP_NUM_THREADS=1 $(BIN)/inhernet-bench bench --preset tweets-minilm --budget 0.25 --seeds 1 --steps 40 \
 		--batch-size 32 --lr 1e-4 --curve-points 1 --methods inhernet,kd-student --out benchmarks/results
 
 bench-zero-shot: assets
-	$(BIN)/python benchmarks/zero_shot.py
+	$(BIN)/python -m inhernet_bench.scripts.zero_shot
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -1,16 +1,20 @@
-"""Run the ``inhernet`` command line in-process, for the CLI tests."""
+"""Run the ``inhernet`` (or ``inhernet-bench``) command line in-process, for the CLI tests."""
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 
 import pytest
 
-from inhernet.cli import main
+from inhernet.cli import main as inhernet_main
 
 
-def invoke(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str, str]:
-    """Run ``inhernet ARGS`` in-process through ``main()``; returns ``(exit code, stdout, stderr)``."""
+def invoke(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: object,
+    main: Callable[[], None] = inhernet_main,
+) -> tuple[int, str, str]:
+    """Run ``inhernet ARGS`` (or another entry point ``main``) in-process; returns ``(exit code, stdout, stderr)``."""
     monkeypatch.setattr(sys, "argv", ["inhernet", *map(str, args)])
     try:
         main()

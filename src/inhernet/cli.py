@@ -1,5 +1,5 @@
-"""The ``inhernet`` command line: ``demo``, ``presets``, ``plan``, ``bench`` on the presets, and
-``compress``, ``train``, ``eval`` on a user's own model and data (loaded by :mod:`inhernet.sources`)."""
+"""The ``inhernet`` command line: ``plan``, ``compress``, ``train`` and ``eval`` on a user's own model and
+data (loaded by :mod:`inhernet.sources`). The benchmark harness has its own: ``inhernet-bench``."""
 
 from __future__ import annotations
 
@@ -18,22 +18,21 @@ from .config import ALLOCATIONS
 # Logs and CI are not terminals: keep tables whole there instead of wrapping them at 80 columns.
 console = Console(width=None if sys.stdout.isatty() else 160)
 
-_BUDGET = click.option(
+BUDGET = click.option(
     "--budget", type=float, default=0.1, show_default=True,
     help="Fraction (0, 1] of the teacher's parameters, or an absolute count if > 1.",
 )
-_EXPERTS = click.option(
+EXPERTS = click.option(
     "--experts", type=click.IntRange(min=1), default=None,
     help="Gated experts h [the model family's default: 1; the published method: 3].",
 )
-_INIT = click.option("--init", type=click.Choice(["whiten", "svd"]), default="whiten", show_default=True)
-_ALLOCATION = click.option(
+INIT = click.option("--init", type=click.Choice(["whiten", "svd"]), default="whiten", show_default=True)
+ALLOCATION = click.option(
     "--allocation", type=click.Choice(list(ALLOCATIONS)), default="energy", show_default=True
 )
-_PRESET = click.option("--preset", default="mnist-cnn", show_default=True, help="See `inhernet presets`.")
 
 
-def _budget_value(budget: float) -> float | int:
+def budget_value(budget: float) -> float | int:
     if budget > 1:
         if budget != int(budget):
             raise click.BadParameter("an absolute budget must be a whole parameter count", param_hint="--budget")
@@ -62,190 +61,26 @@ USER_ERRORS = (ValueError, TypeError, FileNotFoundError, NotADirectoryError, IsA
 _debug = {"on": False}
 
 
+def _set_debug(_ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    _debug["on"] = value
+
+
+#: ``--debug`` on a command group (``inhernet`` and ``inhernet-bench``): tracebacks for every error.
+debug_option = click.option(
+    "--debug", is_flag=True, envvar="INHERNET_DEBUG", expose_value=False, callback=_set_debug, is_eager=True,
+    help="Show the full traceback of every error, not one line (also INHERNET_DEBUG=1).",
+)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--debug", is_flag=True, envvar="INHERNET_DEBUG",
-              help="Show the full traceback of every error, not one line (also INHERNET_DEBUG=1).")
+@debug_option
 @click.version_option(package_name="inhernet")
-def cli(debug: bool) -> None:
+def cli() -> None:
     """Compress a pretrained PyTorch model by network inheritance (InherNet).
 
     Bad input ends with one `error:` line and exit status 2; an internal error shows its traceback
     (exit status 1). `inhernet --debug COMMAND ...` shows the traceback of every error.
     """
-    _debug["on"] = debug
-
-
-@cli.command()
-def presets() -> None:
-    """List the benchmark presets."""
-    from .presets.registry import PRESETS
-
-    table = Table("preset", "metric", "teacher and data")
-    for p in PRESETS.values():
-        table.add_row(p.name, p.metric, p.description)
-    console.print(table)
-
-
-@cli.command()
-@_PRESET
-@_BUDGET
-@_EXPERTS
-@_INIT
-@_ALLOCATION
-@click.option("--calib-size", default=1000, show_default=True, help="Calibration examples for --init whiten.")
-def plan(preset: str, budget: float, experts: int, init: str, allocation: str, calib_size: int) -> None:
-    """Print the per-layer inheritance plan of a preset's teacher."""
-    from . import InherConfig
-    from . import plan as make_plan
-    from .presets.registry import get_preset
-
-    p = get_preset(preset)
-    cfg = InherConfig(budget=_budget_value(budget), experts=experts, init=init, allocation=allocation)
-    teacher = p.teacher()
-    _print_plan(make_plan(teacher, cfg, calib=p.calib(calib_size) if init == "whiten" else None))
-
-
-def _run_bench(cfg, out: str, json_path: str | None) -> None:
-    from pathlib import Path
-
-    from .bench import bench_table, run_bench, write_json, write_plots
-
-    result = run_bench(cfg, log=lambda line: console.print(line, highlight=False))
-    console.print(bench_table(result))
-    out_dir = Path(out)
-    stem = f"{cfg.preset}-{cfg.budget}" + ("" if cfg.match == "params" else f"-{cfg.match}")
-    json_file = write_json(result, json_path or out_dir / f"{stem}.json")
-    png = write_plots(result, out_dir / f"{stem}.png")
-    console.print(f"wrote {json_file} and {png} ({result['wall_s']:.0f} s)")
-
-
-_METHODS = click.option(
-    "--methods", default=None, help="Comma-separated methods, e.g. inhernet,kd-student,svd-kd "
-    "(default: the preset's list; see DESIGN.md for the names).",
-)
-
-
-@cli.command()
-@_PRESET
-@_BUDGET
-@_EXPERTS
-@click.option("--seeds", type=click.IntRange(min=1), default=3, show_default=True, help="Seeds 0..N-1.")
-@click.option("--seed", "seed_list", type=click.IntRange(min=0), multiple=True,
-              help="Run only this seed (repeatable), instead of 0..N-1 of --seeds: e.g. one seed per session.")
-@click.option("--steps", type=click.IntRange(min=1), default=None, help="KD steps (default: one epoch).")
-@click.option("--epochs", type=click.IntRange(min=1), default=None,
-              help="Instead of --steps: passes over the whole training split (epochs x batches per epoch steps).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True,
-              help="Learning rate of every method (without --tune-lr).")
-@click.option("--tune-lr", is_flag=True,
-              help="Give each method its best lr of --lr-grid, scored after short runs on a validation split "
-              "of the training data (never the test split).")
-@click.option("--lr-grid", default="3e-4,1e-3,3e-3", show_default=True, help="Comma-separated lrs for --tune-lr.")
-@click.option("--tune-steps", type=click.IntRange(min=1), default=None,
-              help="Steps of each tuning run [15% of the steps, 10..1000].")
-@click.option("--val-examples", type=click.IntRange(min=1), default=2000, show_default=True,
-              help="Validation examples carved from the end of the training split for --tune-lr (at most a fifth).")
-@_METHODS
-@click.option(
-    "--match", type=click.Choice(["params", "macs", "latency"]), default="params", show_default=True,
-    help="Equal size in parameters, in multiply-accumulates (--budget is then a share of the teacher's MACs), or "
-    "in measured latency of the deployed forms on the first calibration batch (--budget is then a share of "
-    "the teacher's latency on this machine; InherNet is sized by InherConfig(latency=...)).",
-)
-@click.option(
-    "--curve-points", type=click.IntRange(min=1), default=10, show_default=True,
-    help="Evaluations along each learning curve (fewer: a faster run on a CPU).",
-)
-@click.option("--out", default="out/bench", show_default=True, help="Directory for the JSON and the plot.")
-@click.option("--json", "json_path", default=None, help="Write the JSON here instead of under --out.")
-@click.option("--part-dir", default=None, type=click.Path(file_okay=False),
-              help="Keep each finished (method, seed) run and each method's lr tuning here as its own JSON; a rerun "
-              "with the same configuration skips them, and the result is assembled from the parts.")
-@click.option("--checkpoint-every", type=click.IntRange(min=0), default=0, show_default=True, metavar="STEPS",
-              help="With --part-dir: save each run's training state every STEPS steps, and continue an interrupted "
-              "run from its last checkpoint when rerun (0: no checkpoints).")
-@click.option("--prune-importance", type=click.Choice(["l2", "taylor"]), default=None,
-              help="Channel importance of prune-kd: L2 magnitude, or Taylor (gradient x weight on a calibration batch) "
-              "[the teacher family's: taylor for causal LMs, l2 otherwise].")
-@click.option("--reference", default="inhernet", show_default=True,
-              help="The method whose model sizes the baselines, e.g. inhernet-prune where a latency budget is out of "
-              "reach of rank cuts alone.")
-@click.option("--full-test", is_flag=True,
-              help="Measure on the preset's whole test split where its default is a subset (fashion-effnet: all "
-              "10,000 images instead of 500).")
-@click.option("--drop-blocks", type=click.FloatRange(min=0, max=1), default=None, metavar="SHARE",
-              help="InherConfig(drop_blocks=SHARE) for the InherNet rows: the share of the parameter cut paid with "
-              "whole transformer blocks (0: keep every block; 1: as many as fit) [the family's: 1 for causal LMs].")
-def bench(
-    preset: str, budget: float, experts: int, seeds: int, seed_list: tuple[int, ...], steps: int | None,
-    epochs: int | None, batch_size: int, lr: float, tune_lr: bool, lr_grid: str, tune_steps: int | None,
-    val_examples: int, methods: str | None, match: str, curve_points: int, out: str, json_path: str | None,
-    part_dir: str | None, checkpoint_every: int, prune_importance: str | None, reference: str, full_test: bool,
-    drop_blocks: float | None,
-) -> None:
-    """InherNet against matched-size baselines on a preset: same data, steps, optimiser, seeds.
-
-    \b
-    A long benchmark in parts (one method and seed per session, then the assembled table):
-      inhernet bench --preset mnist-cnn --budget 0.1 --epochs 5 --tune-lr --seed 0 --methods prune-kd \\
-          --part-dir benchmarks/parts/mnist-cnn-0.1 --json /tmp/one-part.json
-      inhernet bench --preset mnist-cnn --budget 0.1 --epochs 5 --tune-lr --seeds 3 \\
-          --part-dir benchmarks/parts/mnist-cnn-0.1 --out benchmarks/results
-    """
-    from .bench import BenchConfig
-    from .presets.registry import get_preset
-
-    get_preset(preset)  # fail fast on an unknown name
-    if steps is not None and epochs is not None:
-        raise click.BadParameter("give --steps or --epochs, not both", param_hint="--epochs")
-    chosen = tuple(m.strip() for m in methods.split(",")) if methods else None
-    try:
-        grid = tuple(float(v) for v in lr_grid.split(","))
-    except ValueError:
-        raise click.BadParameter(f"{lr_grid!r} is not a comma-separated list of numbers", param_hint="--lr-grid") from None
-    cfg = BenchConfig(
-        preset=preset, budget=_budget_value(budget), experts=experts,
-        seeds=tuple(sorted(set(seed_list))) or tuple(range(seeds)), steps=steps, epochs=epochs,
-        batch_size=batch_size, lr=lr, methods=chosen, match=match, curve_points=curve_points, tune_lr=tune_lr,
-        lr_grid=grid, tune_steps=tune_steps, val_examples=val_examples, part_dir=part_dir,
-        checkpoint_every=checkpoint_every, prune_importance=prune_importance, full_test=full_test, reference=reference,
-        inherit_overrides={} if drop_blocks is None else {"drop_blocks": drop_blocks},
-    )
-    _run_bench(cfg, out, json_path)
-
-
-@cli.command()
-@_BUDGET
-@_EXPERTS
-@click.option("--steps", type=click.IntRange(min=1), default=200, show_default=True, help="KD steps per method.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
-@click.option("--out", default="out/demo", show_default=True)
-def demo(budget: float, experts: int, steps: int, batch_size: int, out: str) -> None:
-    """The embedded default: `bench --preset mnist-cnn`, one seed, a few minutes on a CPU.
-
-    Real teacher (digit-recognizer-py CNN) on real MNIST: the inheritance plan, then InherNet and the
-    matched-size baselines side by side — zero-shot, after KD, parameters, MACs and step time.
-    """
-    from . import InherConfig
-    from . import plan as make_plan
-    from .bench import BenchConfig
-    from .presets.registry import get_preset
-
-    preset = get_preset("mnist-cnn")
-    cfg = InherConfig(budget=_budget_value(budget), experts=experts)
-    _print_plan(make_plan(preset.teacher(), cfg, calib=preset.calib(1000)))
-    bench_cfg = BenchConfig(
-        preset="mnist-cnn", budget=cfg.budget, experts=experts, seeds=(0,), steps=steps, batch_size=batch_size,
-        progress=False,
-    )
-    _run_bench(bench_cfg, out, None)
-    console.print(
-        f"{steps} KD steps is early training, where starting from the teacher is worth most; after 5 epochs "
-        "every method on this preset ends within 0.12 points and the kd-student highest (BENCHMARKS.md, "
-        "'Which method should I use?').",
-        highlight=False,
-    )
 
 
 # -- your own model and data: compress / train / eval -------------------------------------------------
@@ -307,32 +142,90 @@ _VAL_FRACTION = click.option(
 )
 
 
-@cli.command()
-@click.argument("model")
-@_MODEL_SPEC
-@_DATA
-@_VAL_FRACTION
-@_BUDGET
-@_EXPERTS
-@_INIT
-@_ALLOCATION
-@click.option("--exclude", multiple=True, help="Module name pattern to keep dense (repeatable), e.g. fc.")
-@click.option("--calib-size", type=click.IntRange(min=1), default=256, show_default=True,
-              help="Training examples whose layer inputs whiten the SVDs (--init whiten).")
-@click.option("--prune", "prune", default=None, metavar="auto|FRACTION", callback=lambda _c, _p, v: _prune_value(v),
-              help="Prune this share of the channels with Torch-Pruning first, then inherit at the same budget; "
-              "'auto' chooses the share among candidates found from the budget, by the KL to the teacher after "
-              "a few KD steps on the calibration examples (scored on a held-out quarter of them).")
-@click.option("--drop-blocks", type=click.FloatRange(min=0, max=1), default=None, metavar="SHARE",
-              help="Pay this share of the parameter cut by dropping whole transformer blocks (lowest Block Influence "
-              "on the calibration examples), the rest by rank cuts. Default: the model family's (1, as many "
-              "blocks as fit, for causal LMs; none otherwise); 0: none.")
-@click.option("--out", "-o", type=click.Path(file_okay=False), required=True, help="Directory to save to.")
-def compress(
+# What to inherit: the options `plan` and `compress` share.
+_INHERIT = _options(
+    click.argument("model"),
+    _MODEL_SPEC,
+    _DATA,
+    _VAL_FRACTION,
+    BUDGET,
+    EXPERTS,
+    INIT,
+    ALLOCATION,
+    click.option("--exclude", multiple=True, help="Module name pattern to keep dense (repeatable), e.g. fc."),
+    click.option("--calib-size", type=click.IntRange(min=1), default=256, show_default=True,
+                 help="Training examples whose layer inputs whiten the SVDs (--init whiten)."),
+    click.option("--prune", "prune", default=None, metavar="auto|FRACTION",
+                 callback=lambda _c, _p, v: _prune_value(v),
+                 help="Prune this share of the channels with Torch-Pruning first, then inherit at the same budget; "
+                 "'auto' chooses the share among candidates found from the budget, by the KL to the teacher after "
+                 "a few KD steps on the calibration examples (scored on a held-out quarter of them)."),
+    click.option("--drop-blocks", type=click.FloatRange(min=0, max=1), default=None, metavar="SHARE",
+                 help="Pay this share of the parameter cut by dropping whole transformer blocks (lowest Block "
+                 "Influence on the calibration examples), the rest by rank cuts. Default: the model family's (1, as "
+                 "many blocks as fit, for causal LMs; none otherwise); 0: none."),
+)
+
+
+def _inheritance(
     model: str, weights: str | None, task: str | None, num_classes: int | None, data: str, prep: dict[str, Any],
-    batch_size: int, seed: int, val_fraction: float, budget: float, experts: int, init: str, allocation: str, exclude: tuple[str, ...],
-    calib_size: int, prune: float | str | None, drop_blocks: float | None, out: str,
-) -> None:
+    batch_size: int, seed: int, val_fraction: float, budget: float, experts: int | None, init: str,
+    allocation: str, exclude: tuple[str, ...], calib_size: int, prune: float | str | None,
+    drop_blocks: float | None,
+) -> tuple[Any, Any, list[Any] | None]:
+    """The teacher opened from MODEL, the config the options describe, and the calibration batches it needs
+    (from the training split of --data only)."""
+    from . import InherConfig
+    from .sources import (
+        DataOptions,
+        Source,
+        calibration_batches,
+        has_trained_head,
+        open_source,
+        parse_model_spec,
+        split,
+    )
+
+    cfg = InherConfig(
+        budget=budget_value(budget), experts=experts, init=init, allocation=allocation, exclude=exclude, seed=seed,
+        prune=prune, drop_blocks=drop_blocks,
+    )
+    spec = parse_model_spec(model, weights=weights, task=task, num_classes=num_classes)
+    opened = open_source(Source(spec, DataOptions().updated(**prep)), data)
+    if spec.library != "hf" and spec.weights is None:
+        click.echo(f"warning: no --weights: {spec} is randomly initialised, so there is little to inherit", err=True)
+    elif not has_trained_head(spec):
+        click.echo(
+            f"warning: config.json of {spec.name} names no {spec.task} architecture: its head is new and random, "
+            "so the teacher's predictions are too; fine-tune the teacher on your task first", err=True,
+        )
+    train_set, _ = split(opened.data.dataset, val_fraction, seed)
+    # whitening reads the layers' inputs; pruning traces the model on the first batch and scores on all;
+    # dropping blocks ranks them on all
+    needs_calib = init == "whiten" or prune is not None or bool(cfg.resolved(opened.teacher).drop_blocks)
+    calib = calibration_batches(train_set, calib_size, batch_size) if needs_calib else None
+    return opened, cfg, calib
+
+
+@cli.command("plan")
+@_INHERIT
+def plan_command(**options: Any) -> None:
+    """Print the per-layer plan of MODEL at a budget without building it (the options of `compress`).
+
+    \b
+    Example:
+      inhernet plan torchvision:resnet18 --weights r18-pets.safetensors --data pets/train --budget 0.25
+    """
+    from . import plan
+
+    opened, cfg, calib = _inheritance(**options)
+    print_plan(plan(opened.teacher, cfg, calib=calib))
+
+
+@cli.command()
+@_INHERIT
+@click.option("--out", "-o", type=click.Path(file_okay=False), required=True, help="Directory to save to.")
+def compress(out: str, **options: Any) -> None:
     """Compress your own MODEL to a parameter budget and save it to --out.
 
     MODEL is torchvision:NAME or timm:NAME (built offline; trained weights from --weights) or a
@@ -346,42 +239,15 @@ def compress(
           --data pets/train --image-size 224 --budget 0.25 --out out/r18-pets
       inhernet compress ./my-bert --data reviews.csv --budget 0.5 --out out/bert
     """
-    from . import InherConfig, inherit, save
-    from .sources import (
-        DataOptions,
-        Source,
-        calibration_batches,
-        has_trained_head,
-        open_source,
-        parse_model_spec,
-        split,
-        write_source,
-    )
+    from . import inherit, save
+    from .sources import write_source
 
-    cfg = InherConfig(
-        budget=_budget_value(budget), experts=experts, init=init, allocation=allocation, exclude=exclude, seed=seed,
-        prune=prune, drop_blocks=drop_blocks,
-    )
-    spec = parse_model_spec(model, weights=weights, task=task, num_classes=num_classes)
-    options = DataOptions().updated(**prep)
-    opened = open_source(Source(spec, options), data)
-    if spec.library != "hf" and spec.weights is None:
-        click.echo(f"warning: no --weights: {spec} is randomly initialised, so there is little to inherit", err=True)
-    elif not has_trained_head(spec):
-        click.echo(
-            f"warning: config.json of {spec.name} names no {spec.task} architecture: its head is new and random, "
-            "so the teacher's predictions are too; fine-tune the teacher on your task first", err=True,
-        )
-    train_set, _ = split(opened.data.dataset, val_fraction, seed)
-    # whitening reads the layers' inputs; pruning traces the model on the first batch and scores on all;
-    # dropping blocks ranks them on all
-    needs_calib = init == "whiten" or prune is not None or bool(cfg.resolved(opened.teacher).drop_blocks)
-    calib = calibration_batches(train_set, calib_size, batch_size) if needs_calib else None
+    opened, cfg, calib = _inheritance(**options)
     student = inherit(opened.teacher, cfg, calib=calib, progress=sys.stderr.isatty())
-    _print_plan(student.inhernet_plan)
+    print_plan(student.inhernet_plan)
     save(student, out)
     write_source(out, opened.source)
-    console.print(f"saved to {out}; next: inhernet train {out} --data {data}", highlight=False)
+    console.print(f"saved to {out}; next: inhernet train {out} --data {options['data']}", highlight=False)
 
 
 @cli.command()
@@ -521,9 +387,11 @@ def eval_command(
     if opened.data.metric == "perplexity" and new_tokens:
         report["continuations"] = _continuations(models, spec, dataset, prompts, new_tokens)
     if json_path:
-        from .bench import write_json
+        import json
 
-        write_json(report, json_path)
+        from ._atomic import atomic_write
+
+        atomic_write(json_path, json.dumps(report, indent=2) + "\n")
 
 
 def _continuations(
@@ -601,7 +469,7 @@ def _print_measures(rows: list[dict[str, Any]], metric: str) -> None:
     console.print(table)
 
 
-def _print_plan(plan) -> None:
+def print_plan(plan) -> None:
     table = Table("layer", "kind", "shape", "rank", "params before", "params after", "note")
     for row in plan.layers:
         rank = "" if row.rank is None else f"{row.rank}/{row.max_rank}"
@@ -612,11 +480,11 @@ def _print_plan(plan) -> None:
     console.print(plan.summary())
 
 
-def main() -> None:
-    """Entry point: one-line errors and exit status 2 on bad input; tracebacks for bugs and with --debug."""
+def run(group: click.Group) -> None:
+    """Run a command group: one-line errors and exit status 2 on bad input; tracebacks for bugs and with --debug."""
     _debug["on"] = False
     try:
-        cli(standalone_mode=False)
+        group(standalone_mode=False)
     except click.exceptions.Abort:
         sys.exit(130)
     except click.ClickException as err:
@@ -628,6 +496,11 @@ def main() -> None:
             raise
         click.echo(f"error: {err}", err=True)
         sys.exit(2)
+
+
+def main() -> None:
+    """The ``inhernet`` entry point."""
+    run(cli)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Structured channel pruning with Torch-Pruning, and inheritance on what remains (``InherConfig(prune=...)``).
 
-The Torch-Pruning call is here, once: ``prune-kd`` (:mod:`inhernet.baselines.prune`) prunes the teacher
+The Torch-Pruning call is here, once: ``prune-kd`` (:mod:`inhernet_bench.baselines.prune`) prunes the teacher
 to the InherNet's size with it, and the hybrid prunes a share of the teacher's channels with it before
 the rank allocator spends the rest of the same budget. Torch-Pruning's dependency graph removes whole
 channels (conv filters, linear units, the hidden width of a transformer together with its embeddings
@@ -33,7 +33,7 @@ pruning, and :func:`apply_spec` replays that diff on a fresh model of the teache
 tensor from the safetensors file.
 
 Causal language models are refused: pruning the hidden width would cut the input embedding matrix that
-their output layer shares (``prune-kd`` prunes their FFN channels instead: :mod:`inhernet.baselines.llm_prune`).
+their output layer shares (``prune-kd`` prunes their FFN channels instead: :mod:`inhernet_bench.baselines.llm_prune`).
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def check_prunable(model: nn.Module) -> None:
         raise ValueError(
             f"cannot prune {type(model).__name__}: a causal LM ties its output layer to the input embeddings, "
             "which pruning the hidden width would cut; prune its FFN channels instead "
-            "(inhernet.baselines.llm_prune, what prune-kd does for causal LMs) and leave InherConfig(prune=None)"
+            "(inhernet_bench.baselines.llm_prune, what prune-kd does for causal LMs) and leave InherConfig(prune=None)"
         )
 
 

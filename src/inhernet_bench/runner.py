@@ -1,0 +1,549 @@
+"""Run the benchmark methods on a preset and collect the contract JSON (see DESIGN.md)."""
+
+from __future__ import annotations
+
+import copy
+import functools
+import gc
+import hashlib
+import inspect
+import json
+import math
+import os
+import platform
+import shutil
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
+from itertools import islice
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+
+from inhernet.batches import first_example
+from inhernet.config import InherConfig
+from inhernet.deploy import count_macs, merge_experts
+from inhernet.distillation import DistillConfig, distill, precompute_teacher_logits, precompute_teacher_topk
+from inhernet.dual import DUAL_METRICS
+from inhernet.evaluate import evaluate
+from inhernet.layers import InherBlock
+from inhernet_bench.baselines import MethodContext, build_student
+from inhernet_bench.baselines.methods import MATCHES, METHODS
+from inhernet_bench.baselines.prune import IMPORTANCES, default_importance
+from inhernet_bench.parts import Parts
+from inhernet_bench.presets.registry import PRESETS, get_preset
+from inhernet_bench.summary import compare_with_student, other_metrics, summarise
+from inhernet_bench.topk_store import hash_tensor, stored_teacher_topk
+
+__all__ = ["BenchConfig", "run_bench", "teacher_digest"]
+
+@dataclass
+class BenchConfig:
+    """What ``run_bench`` runs. ``steps`` defaults to one epoch of the preset's training split."""
+
+    preset: str = "mnist-cnn"
+    #: a fraction or count of the teacher's parameters or, with ``match="macs"``, of its MACs; with
+    #: ``match="latency"`` a fraction of its measured latency
+    budget: float | int = 0.25
+    #: size every baseline to at least the InherNet's parameters ("params"), MACs ("macs") or measured
+    #: latency ("latency": of the deployed forms, on the first calibration batch; see
+    #: :mod:`inhernet_bench.baselines.methods`)
+    match: Literal["params", "macs", "latency"] = "params"
+    #: experts of the ``inhernet`` row (and inhernet-plain); ``None``: the teacher family's default
+    experts: int | None = None
+    seeds: Sequence[int] = (0, 1, 2)
+    #: KD steps; ``None``: one epoch of the training examples (or ``epochs`` of them)
+    steps: int | None = None
+    #: instead of ``steps``: this many passes over the whole training split
+    epochs: int | None = None
+    batch_size: int = 128
+    #: the learning rate of every method, unless ``tune_lr``
+    lr: float = 1e-3
+    temperature: float = 4.0
+    alpha: float = 0.9
+    #: ``None``: the preset's own list (its ``methods``). The InherNet reference is built (not trained)
+    #: even when it is not listed: the baselines are sized from it.
+    methods: Sequence[str] | None = None
+    #: the method whose model sizes the baselines: ``"inhernet"``, or another that builds an InherNet, e.g.
+    #: ``"inhernet-prune"`` where a latency budget is out of reach of rank cuts alone
+    reference: str = "inhernet"
+    calib_size: int = 1000
+    curve_points: int = 10
+    curve_examples: int = 2000
+    progress: bool = True
+    distill_overrides: dict[str, Any] = field(default_factory=dict)
+    #: ``InherConfig`` options of every InherNet row, over the family's defaults (e.g. ``{"drop_blocks": 0.9}``);
+    #: a method's own options (``inhernet-layerdrop``'s ``drop_blocks``, ``svd-kd``'s ``init``) still win
+    inherit_overrides: dict[str, Any] = field(default_factory=dict)
+    #: give every method its best learning rate of ``lr_grid``, each scored after ``tune_steps`` steps
+    #: on a validation split carved from the end of the training split (never the test split)
+    tune_lr: bool = False
+    lr_grid: Sequence[float] = (3e-4, 1e-3, 3e-3)
+    #: ``None``: 15% of the steps, at least 10 and at most 1,000
+    tune_steps: int | None = None
+    #: examples of the validation split (at most a fifth of the training split); disjoint from the
+    #: examples the tuning runs train on
+    val_examples: int = 2000
+    #: write each (method, seed) run, and each method's tuning, as its own JSON here when it finishes;
+    #: a rerun of the same configuration skips what is already written and assembles the result
+    part_dir: str | os.PathLike[str] | None = None
+    #: with ``part_dir``: save each run's training state every this many steps under
+    #: ``<part_dir>/<method>--seed<seed>.train/`` and continue an interrupted run from its last checkpoint
+    #: (the folder is removed once the run's part is written); 0: no checkpoints. Not in the fingerprint:
+    #: a resumed run matches an uninterrupted one.
+    checkpoint_every: int = 0
+    #: channel importance of ``prune-kd``: ``"l2"`` (magnitude) or ``"taylor"`` (gradient x weight on
+    #: the first calibration batch); ``None``: the teacher family's (taylor for causal LMs, l2 otherwise)
+    prune_importance: str | None = None
+    #: measure on the preset's whole test split where its default test loader is a subset (its
+    #: ``full_test`` data options; e.g. fashion-effnet: 10,000 images instead of 500)
+    full_test: bool = False
+    #: with ``match="latency"``: what times layers and models (a :class:`inhernet.deploy.costs.LatencyCosts`);
+    #: default a :class:`~inhernet.deploy.CostTable` on the teacher's device. Not part of the fingerprint.
+    costs: Any = None
+
+    def __post_init__(self) -> None:
+        if not self.seeds:
+            raise ValueError("seeds must name at least one seed")
+        self.seeds = tuple(self.seeds)
+        if self.steps is not None and self.epochs is not None:
+            raise ValueError(f"give steps= or epochs=, not both (got steps={self.steps}, epochs={self.epochs})")
+        for name in ("steps", "epochs", "tune_steps", "val_examples"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if isinstance(self.checkpoint_every, bool) or not isinstance(self.checkpoint_every, int) or (
+            self.checkpoint_every < 0
+        ):
+            raise ValueError(f"checkpoint_every must be an int >= 0 (0: no checkpoints), got {self.checkpoint_every!r}")
+        if self.checkpoint_every and self.part_dir is None:
+            raise ValueError("checkpoint_every needs part_dir: the checkpoints are kept beside the parts")
+        if self.match not in MATCHES:
+            raise ValueError(f"match must be one of {', '.join(map(repr, MATCHES))}, got {self.match!r}")
+        if self.match == "latency" and (
+            isinstance(self.budget, bool) or not isinstance(self.budget, float) or not 0 < self.budget <= 1
+        ):
+            raise ValueError(
+                f"with match='latency' the budget is a fraction in (0, 1] of the teacher's measured latency, "
+                f"e.g. 0.5; got {self.budget!r}"
+            )
+        if self.methods is not None:
+            self.methods = tuple(self.methods)
+            if not self.methods:
+                raise ValueError("methods must name at least one method (or be None: the preset's list)")
+        self.inherit_overrides = dict(self.inherit_overrides)
+        sized_elsewhere = {"budget", "macs", "latency", "rank", "experts", "seed"} & set(self.inherit_overrides)
+        if sized_elsewhere:
+            raise ValueError(
+                f"inherit_overrides cannot set {sorted(sized_elsewhere)}: the bench sizes every row from budget=, "
+                "match=, experts= and seeds="
+            )
+        unknown = set(self.inherit_overrides) - {f.name for f in fields(InherConfig)}
+        if unknown:
+            raise ValueError(f"inherit_overrides: {sorted(unknown)} are not InherConfig options")
+        if self.reference not in METHODS:
+            raise ValueError(f"reference must be one of the methods {sorted(METHODS)}, got {self.reference!r}")
+        if self.prune_importance is not None and self.prune_importance not in IMPORTANCES:
+            raise ValueError(
+                f"prune_importance must be one of {IMPORTANCES} or None (the family's), got {self.prune_importance!r}"
+            )
+        self.lr_grid = tuple(float(v) for v in self.lr_grid)
+        if self.tune_lr and (len(set(self.lr_grid)) < 3 or min(self.lr_grid) <= 0):
+            raise ValueError(
+                f"lr_grid must hold at least three distinct learning rates > 0, e.g. (3e-4, 1e-3, 3e-3); "
+                f"got {self.lr_grid}"
+            )
+
+    def fingerprint(self, steps: int, teacher: str | None = None) -> dict[str, Any]:
+        """What a part written under this configuration depends on (besides the method's recipe);
+        ``teacher`` is the teacher's :func:`teacher_digest` (a teacher fitted on another machine, or
+        before a fix to its recipe, makes other parts)."""
+        fp: dict[str, Any] = {
+            "preset": self.preset, "budget": self.budget, "match": self.match, "experts": self.experts,
+            "steps": steps, "epochs": self.epochs, "batch_size": self.batch_size, "temperature": self.temperature,
+            "alpha": self.alpha, "calib_size": self.calib_size, "curve_points": self.curve_points,
+            "curve_examples": self.curve_examples, "distill_overrides": dict(self.distill_overrides),
+            "prune_importance": self.prune_importance,
+        }
+        if self.reference != "inhernet":  # only when set: parts written before the option existed stay valid
+            fp["reference"] = self.reference
+        topk = get_preset(self.preset).teacher_topk if self.preset in PRESETS else None
+        if topk is not None:  # a sparse teacher is another loss; parts of other presets stay valid
+            fp["teacher_topk"] = topk
+        if self.inherit_overrides:  # only when set: parts written before the option existed stay valid
+            fp["inherit_overrides"] = dict(self.inherit_overrides)
+        if self.full_test:  # only when set: parts written before the option existed stay valid
+            fp["full_test"] = True
+        if self.tune_lr:
+            fp["lr_grid"], fp["tune_steps"], fp["val_examples"] = list(self.lr_grid), self.tune_steps, self.val_examples
+        else:
+            fp["lr"] = self.lr
+        if teacher is not None:
+            fp["teacher"] = teacher
+        return json.loads(json.dumps(fp, default=str))
+
+
+def teacher_digest(model: nn.Module) -> str:
+    """A short SHA-256 of ``model``'s state dict (names, dtypes, shapes and bytes): which teacher a part
+    was trained from."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        hash_tensor(digest, name, tensor)
+    return digest.hexdigest()[:16]
+
+
+def teacher_training_set(
+    preset: Any, teacher: nn.Module, dataset: Any, temperature: float, digest: str | None = None,
+    progress: bool = False,
+) -> Any:
+    """``dataset`` carrying what ``preset`` keeps of the teacher: its top-k tokens (``preset.teacher_topk``,
+    at the KD ``temperature``), its logits (``cache_teacher``), or nothing (the teacher runs live). Given
+    the teacher's ``digest`` (:func:`teacher_digest`), a top-k cache is kept on disk for the next process
+    (:mod:`inhernet_bench.topk_store`). ``progress`` shows a bar over a top-k pass."""
+    if preset.teacher_topk is not None:
+        if digest is not None:
+            return stored_teacher_topk(teacher, digest, dataset, preset.teacher_topk, temperature, progress)
+        return precompute_teacher_topk(teacher, dataset, preset.teacher_topk, temperature, progress=progress)
+    return precompute_teacher_logits(teacher, dataset) if preset.cache_teacher else dataset
+
+
+def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Build, distil and evaluate every method for every seed; returns the contract JSON dict.
+
+    Training uses the first ``steps * batch_size`` training examples (all of them with ``epochs``),
+    with the teacher's logits computed once. The final metric is measured on the preset's whole test
+    split, the learning curve on its first ``curve_examples`` examples. For one seed every method sees
+    the same batches in the same order. With ``tune_lr`` each method first gets its learning rate (see
+    :class:`BenchConfig`); with ``part_dir`` every finished run is kept and reused (see :class:`Parts`).
+    """
+    start = time.perf_counter()
+    preset = get_preset(cfg.preset)
+    methods = tuple(cfg.methods or preset.methods)
+    for name in methods:
+        if name in preset.excluded:
+            raise ValueError(f"preset {preset.name!r} leaves out {name!r}: {preset.excluded[name]}")
+    teacher = preset.teacher()
+    if cfg.prune_importance is None:  # resolved before the fingerprint: parts name what prune-kd used
+        cfg = replace(cfg, prune_importance=default_importance(teacher))
+    calib = preset.calib(cfg.calib_size)
+    train, test = preset.data(cfg.batch_size, **(preset.full_test if cfg.full_test else {}))
+    n_train = len(train.dataset)
+    # epochs: whole passes over the training split, at the runner's own batch size
+    steps = cfg.epochs * -(-n_train // cfg.batch_size) if cfg.epochs is not None else cfg.steps or len(train)
+    train_n = min(n_train, steps * cfg.batch_size)
+
+    @functools.cache
+    def training_set() -> Any:
+        """The training examples, made on first use (a run assembled from parts trains nothing)."""
+        subset = Subset(train.dataset, range(train_n))
+        # The data is fixed, so the teacher runs once per example, not once per method, seed and step.
+        return teacher_training_set(preset, teacher, subset, cfg.temperature, digest, cfg.progress)
+
+    metric = preset.metric
+    higher = metric != "perplexity"
+    example = first_example(calib[0])
+    teacher_scores = evaluate(teacher, test, metric)
+    teacher_metric = teacher_scores[metric]
+    log(f"teacher: {_params(teacher):,} params, {metric} {teacher_metric:.4f}; {steps} KD steps")
+    digest = teacher_digest(teacher)
+    parts = Parts(cfg.part_dir, cfg.fingerprint(steps, digest)) if cfg.part_dir is not None else None
+    tuner = _Tuner(cfg, steps, train, training_set, train_n, metric, higher, preset, teacher, log) if cfg.tune_lr else None
+
+    runs: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
+    sizes: dict[str, tuple[int, int]] = {}
+    ranks: dict[str, dict[str, int]] = {}
+    pruned: dict[str, float] = {}  # the share of channels an InherConfig(prune=...) method removed
+    checks: dict[str, list[dict[str, Any]]] = {}  # inherit's measured latency checks (the last seed's, as ranks)
+    tuned: dict[str, dict[str, Any]] = {}
+    contexts: dict[int, MethodContext] = {}
+    latencies: dict[str, int] = {}  # ns of the deployed forms, under match="latency"
+
+    def context(seed: int) -> MethodContext:
+        if seed not in contexts:
+            # one cost table for every seed: the teacher is timed once, so every seed gets the same plan
+            costs = next(iter(contexts.values())).costs if contexts else cfg.costs
+            ctx = MethodContext(
+                teacher, cfg.budget, cfg.experts, calib, seed, preset.student, match=cfg.match,
+                extras={"prune_importance": cfg.prune_importance}, costs=costs,
+                inherit_overrides=cfg.inherit_overrides,
+            )
+            hint = "the reference must build an InherNet model from the budget, e.g. 'inhernet' or 'inhernet-prune'"
+            try:
+                ctx.reference = build_student(cfg.reference, ctx)
+            except ValueError as err:  # e.g. a budget that rank cuts alone cannot reach
+                raise ValueError(f"reference={cfg.reference!r} could not be built: {err}; {hint}") from err
+            if not hasattr(ctx.reference, "inhernet_plan"):
+                raise ValueError(f"reference={cfg.reference!r} builds no InherNet model; {hint}")
+            contexts[seed] = ctx
+        return contexts[seed]
+
+    for seed in cfg.seeds:
+        for name in methods:
+            ctx = context(seed)
+            student = ctx.reference if name == cfg.reference else build_student(name, ctx)
+            sizes[name] = (_params(student), count_macs(student, example))
+            if cfg.match == "latency":
+                latencies[name] = ctx.size(student)
+            if hasattr(student, "inhernet_plan"):
+                ranks[name] = student.inhernet_plan.ranks()
+                if student.inhernet_plan.prune is not None:
+                    pruned[name] = student.inhernet_plan.prune.ratio
+                if student.inhernet_plan.latency_checks is not None:
+                    checks[name] = student.inhernet_plan.latency_checks
+            recipe = _recipe(name, student, sizes[name])
+            done = parts.run(name, seed, recipe) if parts is not None else None
+            if done is not None:
+                runs[name].append(done)
+                if "lr_scores" in done:
+                    tuned[name] = {"lr": done["lr"], "lr_scores": done["lr_scores"]}
+                log(f"seed {seed} {name:<22} part found: final {done['final']:.4f} (skipped)")
+                continue
+            lr = cfg.lr
+            if tuner is not None:
+                if name not in tuned:
+                    tune_student = student if seed == TUNE_SEED else build_student(name, context(TUNE_SEED))
+                    tune_recipe = _recipe(name, tune_student, sizes[name])
+                    tuned[name] = (parts.tune(name, tune_recipe) if parts is not None else None) or tuner.tune(
+                        name, tune_student
+                    )
+                    if parts is not None:
+                        parts.write_tune(name, tune_recipe, tuned[name])
+                lr = tuned[name]["lr"]
+            if name == cfg.reference:
+                # the reference must stay untrained: the other methods are sized (and inhernet-random-init
+                # takes its plan) from it
+                student = copy.deepcopy(student)
+            resume = parts.checkpoints(name, seed, recipe, lr, cfg.checkpoint_every, log) if cfg.checkpoint_every else {}
+            run = _train_and_score(
+                cfg, student, teacher, training_set(), test, calib, seed, steps, lr, metric, preset, resume
+            )
+            if name in tuned:
+                run["lr_scores"] = tuned[name]["lr_scores"]
+            runs[name].append(run)
+            if parts is not None:
+                parts.write_run(name, seed, recipe, run)
+                shutil.rmtree(parts.train_dir(name, seed), ignore_errors=True)
+            merged = f"  merged {run['merged']:.4f}" if "merged" in run else ""
+            # Lightning's trainer and module refer to each other: free each run's cycle (and its tensors) now,
+            # not at a rare full collection (a 10-run fashion-effnet bench grew to 24 GB and was OOM-killed)
+            del student
+            gc.collect()
+            log(f"seed {seed} {name:<22} {sizes[name][0]:>10,} params  lr {lr:g}  zero-shot {run['zero_shot']:.4f}  "
+                f"final {run['final']:.4f}{merged}  {run['sec_per_step'] * 1000:.1f} ms/step{_resident()}")
+
+    summaries = [
+        {
+            **summarise(name, runs[name], sizes[name], higher), **({"ranks": ranks[name]} if name in ranks else {}),
+            **({"latency_ms": latencies[name] / 1e6} if name in latencies else {}),
+            **({"pruned_share": pruned[name]} if name in pruned else {}),
+            **({"latency_checks": checks[name]} if name in checks else {}),
+        }
+        for name in methods
+    ]
+    compare_with_student(summaries, higher)
+    reference = contexts[cfg.seeds[0]].reference
+    latency = _latency_record(contexts[cfg.seeds[0]], teacher) if cfg.match == "latency" else {}
+    return {
+        "preset": cfg.preset, "budget": cfg.budget, "match": cfg.match,
+        **({"reference": cfg.reference} if cfg.reference != "inhernet" else {}),
+        "experts": reference.inhernet_plan.config.experts, "metric": metric, "higher_is_better": higher,
+        "teacher": {
+            "params": _params(teacher), "macs": count_macs(teacher, example), "metric": teacher_metric, "digest": digest,
+            **({"latency_ms": latency["teacher_ms"]} if latency else {}),
+            **other_metrics(_others(teacher_scores, metric)),
+        },
+        "methods": summaries,
+        **({"latency": latency["how"]} if latency else {}),
+        **({"excluded": dict(preset.excluded)} if preset.excluded else {}),
+        "steps": steps, **({"epochs": cfg.epochs} if cfg.epochs is not None else {}),
+        "lr": None if cfg.tune_lr else cfg.lr,
+        **({"tuning": tuner.describe()} if tuner is not None else {}),
+        "device": "cuda" if torch.cuda.is_available() else "cpu", "torch": torch.__version__,
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
+        "wall_s": round(time.perf_counter() - start, 1),
+    }
+
+
+def _latency_record(ctx: MethodContext, teacher: nn.Module) -> dict[str, Any]:
+    """The teacher's latency (ms) on the reference's scale, and how every ``latency_ms`` was measured."""
+    example = ctx.calib[0]
+    return {
+        "teacher_ms": ctx.size(teacher) / 1e6,
+        "how": {
+            "example": "the first calibration batch, whole", "batch_size": _batch_size(example),
+            "threads": torch.get_num_threads(),
+            "deployed": "compact() for models with InherNet blocks, the model itself otherwise",
+            "timing": "the cost table's latency(): medians of interleaved repetitions, each model timed "
+            "together with the compact inhernet reference and scaled to its time",
+        },
+    }
+
+
+def _batch_size(batch: Any) -> int | None:
+    """The leading dimension of a batch's (first) input tensor, if any."""
+    if isinstance(batch, Mapping):
+        batch = next((v for v in batch.values() if isinstance(v, torch.Tensor)), None)
+    elif isinstance(batch, (tuple, list)) and batch:
+        batch = batch[0]
+    return int(batch.shape[0]) if isinstance(batch, torch.Tensor) and batch.dim() else None
+
+
+def _resident() -> str:
+    """``"  RSS x.x GiB"``: the process's resident memory now (Linux), else ``""``."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, ValueError, IndexError):
+        return ""
+    return f"  RSS {pages * os.sysconf('SC_PAGE_SIZE') / 2**30:.1f} GiB"
+
+
+def _train_and_score(
+    cfg: BenchConfig, student: nn.Module, teacher: nn.Module, train_set: Any, test: Any, calib: list[Any],
+    seed: int, steps: int, lr: float, metric: str, preset: Any, resume: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Distil ``student`` for ``steps`` at ``lr`` and measure it: one run's record. ``resume``: the
+    ``DistillConfig`` checkpoint options of :meth:`Parts.checkpoints`, if any."""
+    train = DataLoader(
+        train_set, batch_size=cfg.batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed)
+    )
+    options = dict(
+        steps=steps, lr=lr, temperature=cfg.temperature, alpha=cfg.alpha, teacher_topk=preset.teacher_topk,
+        seed=seed, metric=metric,
+        val_every=max(1, steps // cfg.curve_points), progress=cfg.progress, **(resume or {}),
+    )
+    dcfg = DistillConfig(**{**options, **preset.distill_options, **cfg.distill_overrides})
+    curve_set = _Head(test, cfg.curve_examples, cfg.batch_size)
+    # A curve over the whole test split already measures the zero-shot and final metric
+    # (validation follows evaluate()'s semantics): don't pay for those evaluations twice.
+    whole = len(curve_set) >= len(test) and dcfg.val_at_start
+    zero_shot = None if whole else evaluate(student, test, metric)[metric]
+    history = distill(student, teacher, train, curve_set, dcfg)
+    points = {int(s): v for s, v in history["curve"]}
+    zero_shot = points[0] if zero_shot is None else zero_shot
+    final_point = points.get(history["steps"]) if whole else None
+    # A dual encoder's other metrics (its recalls) come with a full evaluation only.
+    needs_eval = final_point is None or metric in DUAL_METRICS
+    scores = evaluate(student, test, metric) if needs_eval else {metric: final_point}
+    run = {
+        "seed": seed, "lr": lr, "zero_shot": zero_shot, "final": scores[metric], "steps": history["steps"],
+        "sec_per_step": history["sec_per_step"], "curve": history["curve"], "metrics": _others(scores, metric),
+    }
+    if _has_gates(student):
+        # The deployment option: experts folded into one by their mean gate on the calibration data.
+        run["merged"] = evaluate(merge_experts(copy.deepcopy(student), calib), test, metric)[metric]
+    return run
+
+
+#: the seed of the tuning runs, whichever seeds are benchmarked: the chosen lr is the same for a
+#: benchmark split into parts by seed
+TUNE_SEED = 0
+
+
+class _Tuner:
+    """Short runs at each learning rate of the grid, scored on a validation split of the training data.
+
+    The validation split is the last ``val_examples`` examples of the training split (at most a fifth
+    of it); the tuning runs train on its first examples, never on those.
+    """
+
+    def __init__(
+        self, cfg: BenchConfig, steps: int, train: Any, training_set: Callable[[], Any], train_n: int, metric: str,
+        higher: bool,
+        preset: Any, teacher: nn.Module, log: Callable[[str], None],
+    ) -> None:
+        n = len(train.dataset)
+        self.cfg, self.metric, self.higher, self.preset, self.teacher, self.log = cfg, metric, higher, preset, teacher, log
+        self.n_val = min(cfg.val_examples, max(1, n // 5))
+        self.steps = cfg.tune_steps or min(1000, max(10, round(0.15 * steps)))
+        self.tune_n = min(train_n, n - self.n_val, self.steps * cfg.batch_size)
+        if self.tune_n < 1:
+            raise ValueError(f"the training split ({n} examples) is too small to carve a validation split from")
+        self._training_set = training_set
+        self.val = DataLoader(
+            Subset(train.dataset, range(n - self.n_val, n)), batch_size=max(cfg.batch_size, 256), shuffle=False
+        )
+
+    @property
+    def train_set(self) -> Subset:
+        """The first examples of the training split: what the tuning runs train on."""
+        return Subset(self._training_set(), range(self.tune_n))
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "lr_grid": list(self.cfg.lr_grid), "steps": self.steps, "seed": TUNE_SEED,
+            "train_examples": self.tune_n, "val_examples": self.n_val,
+            "split": "validation: the last examples of the training split; tuning trains on its first examples",
+        }
+
+    def tune(self, name: str, student: nn.Module) -> dict[str, Any]:
+        """``{"lr": best, "lr_scores": {lr: validation metric}}`` for method ``name``'s ``student``."""
+        cfg, scores = self.cfg, {}
+        for lr in cfg.lr_grid:
+            model = copy.deepcopy(student)
+            train = DataLoader(
+                self.train_set, batch_size=cfg.batch_size, shuffle=True,
+                generator=torch.Generator().manual_seed(TUNE_SEED),
+            )
+            options = dict(
+                steps=self.steps, lr=lr, temperature=cfg.temperature, alpha=cfg.alpha,
+                teacher_topk=self.preset.teacher_topk, seed=TUNE_SEED,
+                metric=self.metric, val_every=0, val_at_start=False, progress=False,
+            )
+            distill(model, self.teacher, train, None,
+                    DistillConfig(**{**options, **self.preset.distill_options, **cfg.distill_overrides}))
+            score = evaluate(model, self.val, self.metric)[self.metric]
+            scores[f"{lr:g}"] = score
+            self.log(f"tune {name:<22} lr {lr:g}: validation {self.metric} {score:.4f} after {self.steps} steps")
+        best = _best(scores, self.higher)
+        return {"lr": float(best), "lr_scores": scores}
+
+
+def _best(scores: Mapping[str, float], higher: bool) -> str:
+    """The key of the best score (NaN is worst)."""
+    def key(k: str) -> float:
+        v = scores[k]
+        return -math.inf if math.isnan(v) else (v if higher else -v)
+
+    return max(scores, key=key)
+
+
+def _recipe(name: str, student: nn.Module, size: tuple[int, int]) -> dict[str, Any]:
+    """What identifies method ``name``'s student: its builder's code, its size and its InherNet config."""
+    builder = inspect.getsource(METHODS[name]) if name in METHODS else name
+    recipe: dict[str, Any] = {
+        "method": name, "builder": hashlib.sha256(builder.encode()).hexdigest()[:16],
+        "params": size[0], "macs": size[1],
+    }
+    plan = getattr(student, "inhernet_plan", None)
+    if plan is not None:
+        recipe["config"] = plan.config.to_dict()
+    return json.loads(json.dumps(recipe, default=str))
+
+
+def _others(scores: dict[str, float], metric: str) -> dict[str, float]:
+    """The metrics ``evaluate`` returned besides the preset's own (a dual encoder's recalls)."""
+    return {k: v for k, v in scores.items() if k not in (metric, "count")}
+
+
+class _Head:
+    """The first ``n`` examples of a loader (re-iterable): a cheaper split for learning curves."""
+
+    def __init__(self, loader: Any, n: int, batch_size: int) -> None:
+        self.loader, self.batches = loader, max(1, -(-n // getattr(loader, "batch_size", batch_size)))
+
+    def __iter__(self):
+        return islice(iter(self.loader), self.batches)
+
+    def __len__(self) -> int:
+        return min(self.batches, len(self.loader))
+
+
+def _has_gates(model: nn.Module) -> bool:
+    return any(isinstance(m, InherBlock) and m.gate is not None for m in model.modules())
+
+
+def _params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

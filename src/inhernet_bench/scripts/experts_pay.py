@@ -1,0 +1,213 @@
+"""Experts that pay? h = 1 against h = 3 (the paper) and gate variants, at equal parameters or MACs.
+
+Every variant is InherNet (whitened init, energy allocation) on one preset at one parameter budget,
+distilled with the same data, steps, optimiser, lr and seeds (the `bench` recipe: AdamW, cosine, KD
+T = 4, alpha = 0.9, teacher logits computed once); only the experts and their gates differ:
+
+* ``h1``            one expert, no gate (the reference);
+* ``h3-soft``       three softmax-gated experts, per-sample gates on convs (the paper);
+* ``h3-soft-glr``   the same with the gates' learning rate x ``--gate-lr-scale`` (``DistillConfig.gate_lr_scale``);
+* ``h3-position``   per-position gates on convs (``InherConfig(gate_pool="position")``);
+* ``h3-top1``       top-1 routing (``routing="top1"``): one expert per sample, so fewer MACs at the
+                    same parameters;
+* ``h3-top1-macs``  top-1 at h = 1's ranks: the same MACs as h = 1 (one expert per input, plus the
+                    gate), about 3x the up-projection parameters: the usual mixture-of-experts trade.
+
+More with ``--variants``: ``-glr`` forms of the position and top-1 rows, ``h3-soft-glr-noise`` (also
+10x the expert deviations, ``expert_noise=0.2``), ``h2-soft`` and ``h2-soft-glr``.
+
+After training: the final metric on the whole test split, the metric after folding the experts into
+one (``merge_experts`` on the calibration data), and gate diagnostics on the calibration data
+(:func:`inhernet.gates.gate_stats`: gate entropy / log h, routing-load entropy, expert spread).
+MACs are ``count_macs`` per example; for top-1 also "MACs routed", the cost with one expert per
+input (the merged model's MACs; a dispatching kernel's cost, not this implementation's, which runs the
+fused product with zeros). Writes ``experts-pay-<preset>-<budget>[-<tag>].json`` and ``.md`` atomically.
+
+    OMP_NUM_THREADS=1 python -m inhernet_bench.scripts.experts_pay --preset mnist-cnn --budget 0.1 --seeds 1 --steps 1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+
+from inhernet import InherConfig, count_macs, inherit, merge_experts
+from inhernet._atomic import atomic_write
+from inhernet.batches import first_example
+from inhernet.distillation import DistillConfig, distill
+from inhernet.evaluate import evaluate
+from inhernet.gates import gate_stats, summarize_gates
+from inhernet_bench.presets.registry import get_preset
+from inhernet_bench.runner import teacher_training_set
+
+ROOT = Path(__file__).resolve().parents[3]
+VARIANTS = ("h1", "h3-soft", "h3-soft-glr", "h3-position", "h3-top1", "h3-top1-macs")
+
+
+def variant_options(name: str, gate_lr_scale: float) -> tuple[dict[str, Any], dict[str, Any], bool]:
+    """(InherConfig overrides, DistillConfig overrides, reuse h1's plan) of a variant."""
+    table: dict[str, tuple[dict[str, Any], dict[str, Any], bool]] = {
+        "h1": ({"experts": 1}, {}, False),
+        "h3-soft": ({"experts": 3}, {}, False),
+        "h3-soft-glr": ({"experts": 3}, {"gate_lr_scale": gate_lr_scale}, False),
+        "h3-position": ({"experts": 3, "gate_pool": "position"}, {}, False),
+        "h3-position-glr": ({"experts": 3, "gate_pool": "position"}, {"gate_lr_scale": gate_lr_scale}, False),
+        "h3-top1": ({"experts": 3, "routing": "top1"}, {}, False),
+        "h3-top1-glr": ({"experts": 3, "routing": "top1"}, {"gate_lr_scale": gate_lr_scale}, False),
+        "h3-top1-macs": ({"experts": 3, "routing": "top1"}, {}, True),
+        "h3-top1-macs-glr": ({"experts": 3, "routing": "top1"}, {"gate_lr_scale": gate_lr_scale}, True),
+        # Larger zero-sum deviations: the gate sees experts that differ 10x more from the start.
+        "h3-soft-glr-noise": ({"experts": 3, "expert_noise": 0.2}, {"gate_lr_scale": gate_lr_scale}, False),
+        "h2-soft": ({"experts": 2}, {}, False),
+        "h2-soft-glr": ({"experts": 2}, {"gate_lr_scale": gate_lr_scale}, False),
+    }
+    if name not in table:
+        raise ValueError(f"unknown variant {name!r}; choose from {sorted(table)}")
+    return table[name]
+
+
+def _params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", default="mnist-cnn")
+    ap.add_argument("--budget", type=float, default=0.1)
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS))
+    ap.add_argument("--seeds", type=int, default=1)
+    ap.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1")
+    ap.add_argument("--steps", type=int, default=1000)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--gate-lr-scale", type=float, default=30.0)
+    ap.add_argument("--calib-size", type=int, default=1000)
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    ap.add_argument("--tag", default="", help="suffix of the output files' names (several runs side by side)")
+    args = ap.parse_args(argv)
+    for v in args.variants:
+        variant_options(v, args.gate_lr_scale)  # fail early on a typo
+
+    start = time.perf_counter()
+    preset = get_preset(args.preset)
+    teacher = preset.teacher()
+    calib = preset.calib(args.calib_size)
+    train, test = preset.data(args.batch_size)
+    metric = preset.metric
+    train_set: Any = Subset(train.dataset, range(min(len(train.dataset), args.steps * args.batch_size)))
+    train_set = teacher_training_set(preset, teacher, train_set, DistillConfig().temperature)
+    example = first_example(calib[0])
+    teacher_metric = evaluate(teacher, test, metric)[metric]
+    print(f"teacher: {_params(teacher):,} params, {metric} {teacher_metric:.4f}", flush=True)
+
+    runs: dict[str, list[dict[str, Any]]] = {v: [] for v in args.variants}
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+    for seed in seeds:
+        base = InherConfig(budget=args.budget, experts=1, init="whiten", seed=seed)
+        h1_plan = None
+        for name in args.variants:
+            inher, dist, reuse = variant_options(name, args.gate_lr_scale)
+            cfg = InherConfig(**{**base.to_dict(), **inher})
+            if reuse and h1_plan is None:
+                h1_plan = inherit(teacher, base, calib=calib, progress=False).inhernet_plan
+            student = inherit(teacher, cfg, calib=calib, plan=h1_plan if reuse else None, progress=False)
+            zero_shot = evaluate(student, test, metric)[metric]
+            loader = DataLoader(
+                train_set, batch_size=args.batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed)
+            )
+            dcfg = DistillConfig(**{
+                "steps": args.steps, "lr": args.lr, "seed": seed, "metric": metric, "val_every": 0,
+                "val_at_start": False, "teacher_topk": preset.teacher_topk, **preset.distill_options, **dist,
+            })
+            history = distill(student, teacher, loader, None, dcfg)
+            final = evaluate(student, test, metric)[metric]
+            stats = gate_stats(student, calib)
+            merged_model = merge_experts(copy.deepcopy(student), calib)
+            run = {
+                "seed": seed, "params": _params(student), "macs": count_macs(student, example),
+                "macs_routed": count_macs(merged_model, example), "zero_shot": zero_shot, "final": final,
+                "merged": evaluate(merged_model, test, metric)[metric] if stats else final,
+                "gates": summarize_gates(stats), "gate_blocks": stats, "steps": history["steps"],
+                "ranks": student.inhernet_plan.ranks(),
+            }
+            runs[name].append(run)
+            g = run["gates"]
+            gates = f"entropy {g['entropy']:.3f} load {g['load_entropy']:.3f} spread {g['spread']:.3f}" if g else ""
+            print(f"seed {seed} {name:<14} {run['params']:>8,} params {run['macs']:>10,} MACs  zero-shot "
+                  f"{zero_shot:.4f}  final {final:.4f}  merged {run['merged']:.4f}  {gates}", flush=True)
+
+    rows = []
+    for name in args.variants:
+        rs = runs[name]
+        finals = [r["final"] for r in rs]
+        gates = [r["gates"] for r in rs if r["gates"]]
+        rows.append({
+            "variant": name, "params": rs[0]["params"], "macs": rs[0]["macs"], "macs_routed": rs[0]["macs_routed"],
+            "mean_rank": sum(rs[0]["ranks"].values()) / max(len(rs[0]["ranks"]), 1),
+            "zero_shot": statistics.fmean(r["zero_shot"] for r in rs),
+            "final_mean": statistics.fmean(finals), "final_std": statistics.pstdev(finals),
+            "merged_mean": statistics.fmean(r["merged"] for r in rs),
+            **({k: statistics.fmean(g[k] for g in gates) for k in ("entropy", "load_entropy", "spread")} if gates else {}),
+            "runs": rs,
+        })
+    command = "OMP_NUM_THREADS=1 python -m inhernet_bench.scripts.experts_pay " + shlex.join(sys.argv[1:] if argv is None else argv)
+    result = {
+        "preset": args.preset, "budget": args.budget, "metric": metric, "steps": args.steps,
+        "batch_size": args.batch_size, "lr": args.lr, "gate_lr_scale": args.gate_lr_scale,
+        "seeds": seeds, "command": command,
+        "teacher": {"params": _params(teacher), "macs": count_macs(teacher, example), "metric": teacher_metric},
+        "rows": rows, "torch": torch.__version__,
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
+        "wall_s": round(time.perf_counter() - start, 1),
+    }
+    stem = args.out / f"experts-pay-{args.preset}-{args.budget}{'-' + args.tag if args.tag else ''}"
+    # Not with_suffix: the budget's decimal point would be taken for a suffix.
+    atomic_write(stem.parent / f"{stem.name}.json", json.dumps(result, indent=2) + "\n")
+    atomic_write(stem.parent / f"{stem.name}.md", render(result))
+    print(render(result) + f"\nwrote {stem}.json and .md")
+    return 0
+
+
+def render(result: dict[str, Any]) -> str:
+    """The markdown table of a result."""
+    metric = result["metric"]
+    lines = [
+        f"| variant | params | MACs | MACs routed | mean rank | zero-shot {metric} | final {metric} (mean ± std) "
+        "| merged | gate entropy | load entropy | expert spread |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in result["rows"]:
+        gates = f"{r['entropy']:.3f} | {r['load_entropy']:.3f} | {r['spread']:.3f}" if "entropy" in r else " | | "
+        routed = f"{r['macs_routed']:,}" if "top1" in r["variant"] else ""
+        lines.append(
+            f"| {r['variant']} | {r['params']:,} | {r['macs']:,} | {routed} | {r['mean_rank']:.1f} | "
+            f"{r['zero_shot']:.4f} | {r['final_mean']:.4f} ± {r['final_std']:.4f} | {r['merged_mean']:.4f} | {gates} |"
+        )
+    t = result["teacher"]
+    return (
+        f"# Experts that pay? {result['preset']} at budget {result['budget']} of the teacher's parameters\n\n"
+        f"Command: `{result['command']}`\n\nTeacher: {t['params']:,} params, {t['macs']:,} MACs, {metric} "
+        f"{t['metric']:.4f}. Every row: InherNet (whitened init, energy allocation), {result['steps']} KD steps "
+        f"at batch {result['batch_size']}, lr {result['lr']}, seeds {result['seeds']}; gate lr x"
+        f"{result['gate_lr_scale']:g} in the `-glr` rows; {result['machine']}, wall {result['wall_s']} s.\n"
+        "Gate entropy: mean softmax entropy / log h over the calibration data (1 = uniform); load entropy: "
+        "entropy of the mean routing / log h (1 = every expert used equally); expert spread: mean distance of "
+        "the experts from their mean / its norm. MACs routed (top-1 rows): with one expert per input (top-1's "
+        "cost with a dispatching kernel; plus the gates' r*h per sample, under 100 MACs here).\n\n" + "\n".join(lines) + "\n"
+    )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,112 @@
+"""The ``fashion-dual`` preset: the dual encoder model, its captions and data, the cached teacher, the student."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from inhernet import InherConfig, inherit
+from inhernet.dual import DUAL_METRICS
+from inhernet_bench.presets import fashion_dual as fd
+from inhernet_bench.presets.dual_encoder import DualEncoder
+from inhernet_bench.presets.fashion import FASHION_CLASSES
+from inhernet_bench.presets.registry import get_preset
+
+
+class TinyImageTower(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x).flatten(1)
+
+
+def tiny_dual() -> tuple[DualEncoder, dict[str, torch.Tensor]]:
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    text = BertModel(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                intermediate_size=32, max_position_embeddings=16), add_pooling_layer=False)
+    model = DualEncoder(TinyImageTower(), text, 8, 16, embed_dim=12).eval()
+    ids = torch.randint(3, 50, (3, 6))
+    ids = ids[torch.tensor([0, 1, 0, 2, 1])]  # repeated captions, as in a batch of class captions
+    mask = torch.ones_like(ids)
+    mask[3, 4:] = 0
+    return model, {"pixel_values": torch.randn(5, 3, 8, 8), "input_ids": ids, "attention_mask": mask}
+
+
+def test_dual_encoder_dedup_matches_one_caption_at_a_time() -> None:
+    model, batch = tiny_dual()
+    with torch.no_grad():
+        out = model(**batch)
+        one_by_one = torch.cat([
+            model.encode_text(batch["input_ids"][i : i + 1], batch["attention_mask"][i : i + 1]) for i in range(5)
+        ])
+    assert torch.allclose(out.text_embeds, one_by_one, atol=1e-6)
+    assert torch.allclose(out.image_embeds.norm(dim=-1), torch.ones(5))
+    assert torch.allclose(out.logits_per_image, model.logit_scale.exp() * out.image_embeds @ out.text_embeds.T)
+
+
+def test_dual_encoder_inherits_at_full_rank() -> None:
+    model, batch = tiny_dual()
+    with torch.no_grad():
+        want = model(**batch)
+        student = inherit(model, InherConfig(rank="full", experts=3), calib=[batch], progress=False).eval()
+        got = student(**batch)
+    for key in ("image_embeds", "text_embeds"):
+        assert (getattr(got, key) - getattr(want, key)).abs().max() <= 1e-4
+
+
+def test_captions_cover_every_class_and_template() -> None:
+    texts = fd.captions()
+    assert len(texts) == len(FASHION_CLASSES) * len(fd.TEMPLATES) == len(set(texts))
+    assert texts[fd.CAPTION_NAMES.index("an ankle boot") * len(fd.TEMPLATES) + 1] == "a grey picture of an ankle boot."
+
+
+def test_preset_is_registered_for_contrastive_kd() -> None:
+    preset = get_preset("fashion-dual")
+    assert preset.metric in DUAL_METRICS
+    assert preset.distill_options["loss"] == "contrastive"
+    assert {"inhernet", "kd-student"} <= set(preset.methods)
+
+
+@pytest.mark.assets
+def test_pairs_match_their_class_and_are_deterministic() -> None:
+    pairs = fd.FashionPairs("test", limit=40)
+    example = pairs[3]
+    assert example["pixel_values"].shape == (3, fd.IMAGE_SIZE, fd.IMAGE_SIZE)
+    caption = int(pairs.caption[3])
+    assert caption // len(fd.TEMPLATES) == int(example["labels"])
+    assert torch.equal(example["input_ids"], pairs.input_ids[caption])
+    assert torch.equal(pairs.caption, fd.FashionPairs("test", limit=40).caption)
+    assert len({int(c) % len(fd.TEMPLATES) for c in pairs.caption}) > 4  # the templates vary
+    calib = fd.fashion_dual_calib(30)
+    assert len(calib) == 1 and "labels" not in calib[0] and len(calib[0]["input_ids"]) == 30
+
+
+@pytest.mark.assets
+def test_student_has_at_least_the_asked_parameters() -> None:
+    student = fd.fashion_dual_student(3_000_000)
+    n = sum(p.numel() for p in student.parameters())
+    assert 3_000_000 <= n <= 3_600_000
+    assert student.text_tower.config.vocab_size == 30522  # MiniLM's tokenizer feeds it
+
+
+@pytest.mark.assets
+def test_teacher_is_aligned_once_then_loaded_from_the_cache(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("INHERNET_HOME", str(tmp_path))
+    monkeypatch.setattr(fd, "ALIGN", {**fd.ALIGN, "images": 48, "steps": 2, "batch_size": 16})
+    monkeypatch.setattr(fd, "TEST_SIZE", 40)
+    aligned = fd.load_fashion_dual_teacher(log=lambda _: None)
+    meta = json.loads((tmp_path / "teachers" / "fashion-dual" / "meta.json").read_text())
+    assert meta["recipe"]["steps"] == 2 and set(meta["test_metrics"]) == set(DUAL_METRICS)
+    cached = fd.load_fashion_dual_teacher(log=lambda _: pytest.fail("the cached teacher was aligned again"))
+    batch = fd.fashion_dual_calib(8)[0]
+    with torch.no_grad():
+        a, b = aligned(**batch), cached(**batch)
+    assert torch.equal(a.image_embeds, b.image_embeds) and torch.equal(a.text_embeds, b.text_embeds)
