@@ -30,6 +30,7 @@ demo: assets
 
 lint: install
 	$(BIN)/ruff check src tests
+	$(BIN)/lint-imports
 
 test: assets lint
 	$(BIN)/python -m pytest -q
