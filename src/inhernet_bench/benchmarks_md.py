@@ -278,6 +278,9 @@ def render_entry(ctx: Context, entry: dict) -> list[str]:
 def render(root: Path = ROOT) -> str:
     """BENCHMARKS.md as the committed results and ``benchmarks/sections.toml`` make it."""
     ctx = Context(root)
+    if not (root / SECTIONS).exists():
+        raise FileNotFoundError(f"{root / SECTIONS} not found: BENCHMARKS.md renders from a checkout of the "
+                                "repository; pass --root with the checkout's path")
     spec = tomllib.loads((root / SECTIONS).read_text())
     lines = [f"# {spec['title']}", "", spec["intro"].strip(), ""]
     for section in spec["section"]:

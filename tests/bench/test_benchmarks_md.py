@@ -162,3 +162,8 @@ def test_a_scripts_markdown_gives_its_tables_with_the_heading_and_paragraph_abov
     assert heading == "Batch 1" and paragraph == [] and rows == ["| a |", "|---|", "| 1 |"]
     (_, paragraph, _), = benchmarks_md.markdown_tables("Command: `c`\n\nSetup line.\n\n| a |\n")
     assert paragraph == ["Setup line."]
+
+
+def test_rendering_outside_a_checkout_says_to_pass_the_root(tmp_path):
+    with pytest.raises(FileNotFoundError, match="pass --root"):
+        benchmarks_md.render(tmp_path)
