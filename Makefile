@@ -74,3 +74,8 @@ bench-zero-shot: assets
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
+
+# BENCHMARKS.md is generated from benchmarks/results/ and the captions in benchmarks/sections.toml.
+.PHONY: benchmarks-md
+benchmarks-md: install
+	$(BIN)/python -m inhernet_bench.benchmarks_md

@@ -26,3 +26,14 @@ def test_a_parameter_matched_table_has_no_latency_column():
     render = load_benchmark("bench_markdown").render
     text = render(json.loads((RESULTS / "fashion-effnet-0.1-2000.json").read_text()))
     assert "of the teacher's params" in text and "latency ms" not in text and "sized from" not in text
+
+
+def test_a_perplexity_table_compares_inhernet_by_ratio_and_a_dual_encoders_by_its_recalls():
+    render = load_benchmark("bench_markdown").render
+    lm = json.loads((RESULTS / "smollm2-bbc-0.8.json").read_text())
+    by_name = {m["name"]: m for m in lm["methods"]}
+    ratio = by_name["inhernet"]["metric_mean"] / by_name["kd-student"]["metric_mean"]
+    assert f"InherNet / kd-student perplexity: {ratio:.3f}x (lower is better)" in render(lm)
+    dual = json.loads((RESULTS / "fashion-dual-0.25.json").read_text())
+    recalls = list(dual["teacher"]["other_metrics"])
+    assert "| method | " + " | ".join(recalls) + " |" in render(dual)
