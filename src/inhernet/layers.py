@@ -22,6 +22,11 @@ preserving and neither adds parameters):
   Mathematically h experts then cost the multiply-accumulates of one; this implementation still runs
   the fused product with zeros for the unchosen experts, so ``count_macs`` reports the fused cost.
 * ``gate_pool="position"`` (convs): the gate reads every position of ``z`` instead of its spatial mean.
+
+To model code outside its forward a block answers as the dense layer it replaced (:class:`DenseFacade`):
+its hyperparameters (``in_features``, ``stride``, ``padding_idx``...), ``bias``, and a ``weight`` whose
+metadata is free and whose values, when some code uses them, are the dense ``B A`` computed from the
+factors (single-expert blocks only: gated experts have no single dense weight).
 """
 
 from __future__ import annotations
@@ -78,6 +83,13 @@ class _Replaced:
         )
 
 
+#: Tensor methods that write into their first argument besides the ``name_`` ones (``w[0] = 1``, ``w += 1``).
+_WRITES = frozenset({"__setitem__", "__set__"} | {
+    f"__i{op}__" for op in ("add", "sub", "mul", "matmul", "truediv", "floordiv", "mod", "pow", "and", "or",
+                            "xor", "lshift", "rshift")
+})
+
+
 class DenseWeight(WeightView):
     """``block.weight``: the dense weight a single-expert block computes, made only when values are used.
 
@@ -98,7 +110,7 @@ class DenseWeight(WeightView):
         name = torch_function_name(func)
         if name in METADATA:
             return super().__torch_function__(func, types, args, kwargs)
-        if (name.endswith("_") and not name.startswith("__")) or name in ("__setitem__", "__set__"):
+        if name in _WRITES or (name.endswith("_") and not name.startswith("__")):  # add_, copy_, zeros_...
             raise RuntimeError(
                 f"{name} would write into the dense weight of a factorised layer, which is computed from its "
                 "factors on every read; write the factors (block.down, block.up) instead"
@@ -162,7 +174,7 @@ class DenseFacade:
         warnings.warn(
             f"{op} uses the dense weight of the factorised layer {label}, which is "
             "computed from its factors on every such read: that layer's compute is not reduced (its parameters "
-            f"are). Keep it dense with {exclude_hint(name)} unless the parameters are what you need",
+            f"are). Keep it dense with {_exclude_hint(name)} unless the parameters are what you need",
             UserWarning,
             stacklevel=3,  # the code that used the weight, under DenseWeight.__torch_function__
         )
@@ -170,7 +182,7 @@ class DenseFacade:
         return weight
 
 
-def exclude_hint(name: str | None) -> str:
+def _exclude_hint(name: str | None) -> str:
     """The ``InherConfig(exclude=[...])`` that keeps layer ``name`` dense, for error messages."""
     return f"InherConfig(exclude=[{name!r}])" if name else "InherConfig(exclude=[<the layer's name>])"
 
@@ -321,10 +333,11 @@ class InherBlock(DenseFacade, nn.Module):
                 no single dense weight (``layer`` names the block in the message).
         """
         if self.experts > 1:
+            label = repr(layer) if layer else type(self).__name__
             raise AttributeError(
-                f"{repr(layer) if layer else type(self).__name__} has {self.experts} experts mixed by gates that depend on the "
-                "input, so it has no single dense weight for code that reads its .weight; inherit it with "
-                f"InherConfig(experts=1) or keep it dense with {exclude_hint(layer)}"
+                f"{label} has {self.experts} experts mixed by gates that depend on the input, so it has no single "
+                "dense weight for code that reads its .weight; inherit it with InherConfig(experts=1) or keep it "
+                f"dense with {_exclude_hint(layer)}"
             )
         return self._as_weight(self._up_matrix() @ self._down_matrix())
 

@@ -145,8 +145,10 @@ class Row:
 
 
 ROWS = {
-    "audio-conv-strides": Row(AudioEncoder, lambda: {"wave": torch.randn(3, 160), "lengths": torch.tensor([160, 120, 96])},
-                              "convs.1", reads_values=False),
+    "audio-conv-strides": Row(
+        AudioEncoder, lambda: {"wave": torch.randn(3, 160), "lengths": torch.tensor([160, 120, 96])}, "convs.1",
+        reads_values=False,
+    ),
     "windowed-attention": Row(WindowedViT, lambda: torch.randn(2, 8, 12), "block.qkv", reads_values=True),
     "tied-embedding-lm": Row(TiedLM, lambda: torch.randint(0, 64, (2, 9)), "embed", reads_values=True),
     "linear-in-features": Row(TokenReshaper, lambda: torch.randn(3, 96), "proj", reads_values=False),
@@ -291,3 +293,8 @@ def test_the_computed_weight_refuses_in_place_writes() -> None:
         block.weight.mul_(2)
     with pytest.raises(RuntimeError, match="write the factors"):
         nn.init.zeros_(block.weight)
+    w = block.weight
+    with pytest.raises(RuntimeError, match="write the factors"):
+        w += 1
+    with pytest.raises(RuntimeError, match="write the factors"):
+        w[0] = 1
