@@ -282,6 +282,10 @@ def test_gated_experts_have_no_single_dense_weight() -> None:
     assert (w.shape, w.dtype) == ((96, 32), torch.float32)  # metadata is still served
     with pytest.raises(AttributeError, match=r"'block.qkv' has 2 experts.*experts=1.*exclude=\['block.qkv'\]"):
         run(student, batch)
+    # Hyperparameters and metadata need no dense weight: gated blocks serve them too.
+    audio, wave = teacher_and_batch("audio-conv-strides")
+    gated = inherit(audio, InherConfig(rank="full", init="svd", experts=2), progress=False)
+    assert gated.convs[1].stride == (2,) and torch.isfinite(run(gated, wave)).all()
     # Keeping the layer dense, as the message says, gives a model that runs.
     student = inherit(teacher, InherConfig(rank="full", init="svd", experts=2, exclude=["block.qkv"]), progress=False)
     assert isinstance(student.block.qkv, nn.Linear) and torch.isfinite(run(student, batch)).all()
