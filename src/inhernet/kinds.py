@@ -99,7 +99,7 @@ class HFConv1DKind(LinearKind):
         w = module.weight
         n, m = w.shape
         block = InherLinear(n, m, rank, experts, bias=module.bias is not None, device=w.device, dtype=w.dtype)
-        block.weight_shape = (n, m)  # Conv1D stores its weight as (in, out)
+        block.weight_transposed = True  # Conv1D stores its weight as (in, out)
         return block
 
 

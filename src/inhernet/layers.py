@@ -22,16 +22,30 @@ preserving and neither adds parameters):
   Mathematically h experts then cost the multiply-accumulates of one; this implementation still runs
   the fused product with zeros for the unchosen experts, so ``count_macs`` reports the fused cost.
 * ``gate_pool="position"`` (convs): the gate reads every position of ``z`` instead of its spatial mean.
+
+To model code outside its forward a block answers as the dense layer it replaced (:class:`DenseFacade`):
+its hyperparameters (``in_features``, ``stride``, ``padding_idx``...), ``bias``, and a ``weight`` whose
+metadata is free and whose values, when some code uses them, are the dense ``B A`` computed from the
+factors (single-expert blocks only: gated experts have no single dense weight).
 """
 
 from __future__ import annotations
 
+import sys
+import warnings
+from typing import Any
+
 import torch
 from torch import nn
+from torch.utils._pytree import tree_flatten, tree_map_only
+
+from .views import METADATA, WeightView, torch_function_name
 
 __all__ = [
     "GATE_POOLS",
     "ROUTINGS",
+    "DenseFacade",
+    "DenseWeight",
     "InherBlock",
     "InherConv",
     "InherEmbedding",
@@ -46,7 +60,153 @@ ROUTINGS = ("soft", "top1")
 GATE_POOLS = ("mean", "position")
 
 
-class InherBlock(nn.Module):
+class _Replaced:
+    """A read-only attribute of the replaced dense layer (``conv.stride``, ``linear.in_features``...).
+
+    Model code outside the layer's forward reads them (an audio encoder's output lengths from
+    ``conv.kernel_size[0]`` and ``conv.stride[0]``); the block records them at construction
+    (:meth:`DenseFacade._remember`). Writing one raises: the block's structure is fixed when it is built.
+    """
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, block: DenseFacade | None, owner: type | None = None) -> Any:
+        if block is None:
+            return self
+        return block._replaced[self.name]
+
+    def __set__(self, block: DenseFacade, value: Any) -> None:
+        raise AttributeError(
+            f"{self.name} of a factorised {type(block).__name__} is read-only: it is the replaced layer's, and "
+            "the block's structure is fixed when it is built"
+        )
+
+
+#: Tensor methods that write into their first argument besides the ``name_`` ones (``w[0] = 1``, ``w += 1``).
+_WRITES = frozenset({"__setitem__", "__set__"} | {
+    f"__i{op}__" for op in ("add", "sub", "mul", "matmul", "truediv", "floordiv", "mod", "pow", "and", "or",
+                            "xor", "lshift", "rshift")
+})
+
+
+class DenseWeight(WeightView):
+    """``block.weight``: the dense weight a single-expert block computes, made only when values are used.
+
+    Metadata reads (:data:`inhernet.views.METADATA`: dtype, device, shape...) cost nothing. A use of the
+    values (``F.linear(x, self.qkv.weight, self.qkv.bias)``, a tied head's ``embed.weight.T``) gets
+    :meth:`InherBlock.dense_weight`, differentiable, so gradients reach the factors; each block warns once
+    that its compute is then not reduced. In-place writes are refused: the weight is computed, the
+    factors are what a write would have to change. Being a tensor subclass with ``__torch_function__``,
+    it also keeps PyTorch's fused fast paths (``nn.TransformerEncoderLayer`` in eval mode) off, so they
+    take the module-by-module path where the block's own forward runs.
+    """
+
+    _block: InherBlock
+
+    @classmethod
+    def __torch_function__(cls, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        name = torch_function_name(func)
+        if name in METADATA:
+            return super().__torch_function__(func, types, args, kwargs)
+        if name in _WRITES or (name.endswith("_") and not name.startswith("__")):  # add_, copy_, zeros_...
+            raise RuntimeError(
+                f"{name} would write into the dense weight of a factorised layer, which is computed from its "
+                "factors on every read; write the factors (block.down, block.up) instead"
+            )
+        # Made in this frame (no tree map, no comprehension) so that the warning points at the reader's code.
+        dense: dict[int, torch.Tensor] = {}
+        for w in tree_flatten((args, kwargs))[0]:
+            if isinstance(w, DenseWeight):
+                dense[id(w)] = w._block._dense_for_reader(name)
+        args, kwargs = tree_map_only(DenseWeight, lambda w: dense[id(w)], (args, kwargs))
+        return func(*args, **kwargs)
+
+
+class DenseFacade:
+    """Mixin: what a factorised block shows of the dense layer it replaced, to code outside its forward.
+
+    Model code reads a layer's hyperparameters (declared per block class as :class:`_Replaced`
+    attributes and recorded by :meth:`_remember`), its ``bias``, and its ``weight``: a
+    :class:`DenseWeight`, which answers metadata for free and computes the dense weight when its values
+    are used. The block provides :meth:`dense_weight`, ``weight_shape`` and ``up``.
+    """
+
+    _replaced: dict[str, Any]
+    #: whether code outside the forward has used the dense weight (the warning is given once per block)
+    _dense_read: bool = False
+    up: nn.Module
+    weight_shape: tuple[int, ...]
+
+    def _remember(self, **replaced: Any) -> None:
+        """Record the replaced layer's hyperparameters (every :class:`_Replaced` attribute of the class)."""
+        declared = {n for c in type(self).__mro__ for n, v in vars(c).items() if isinstance(v, _Replaced)}
+        if set(replaced) != declared:
+            raise TypeError(f"{type(self).__name__} records {sorted(declared)}, got {sorted(replaced)}")
+        self._replaced = replaced
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The replaced layer's weight as a :class:`DenseWeight` (metadata free, values computed)."""
+        w = self.up.weight
+        owner = f"a factorised {type(self).__name__} ({self.extra_repr()})"  # type: ignore[attr-defined]
+        view = DenseWeight(self.weight_shape, w.dtype, w.device, w.requires_grad, owner)
+        view._block = self  # type: ignore[assignment]
+        return view
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        """The replaced layer's bias, which the block keeps as is in ``up``."""
+        return getattr(self.up, "bias", None)
+
+    def dense_weight(self, *, layer: str | None = None) -> torch.Tensor:
+        """The dense weight the block computes, in the replaced layer's layout (``layer`` names it in errors)."""
+        raise NotImplementedError
+
+    def _dense_for_reader(self, op: str) -> torch.Tensor:
+        """:meth:`dense_weight` for code outside the block's forward (``op`` uses it), warning once per block."""
+        if self._dense_read:
+            return self.dense_weight()
+        name = _name_in_running_model(self)
+        weight = self.dense_weight(layer=name)
+        label = repr(name) if name else f"(an {type(self).__name__} outside any running model)"
+        warnings.warn(
+            f"{op} uses the dense weight of the factorised layer {label}, which is "
+            "computed from its factors on every such read: that layer's compute is not reduced (its parameters "
+            f"are). Keep it dense with {_exclude_hint(name)} unless the parameters are what you need",
+            UserWarning,
+            stacklevel=3,  # the code that used the weight, under DenseWeight.__torch_function__
+        )
+        self._dense_read = True
+        return weight
+
+
+def _exclude_hint(name: str | None) -> str:
+    """The ``InherConfig(exclude=[...])`` that keeps layer ``name`` dense, for error messages."""
+    return f"InherConfig(exclude=[{name!r}])" if name else "InherConfig(exclude=[<the layer's name>])"
+
+
+def _name_in_running_model(block: nn.Module) -> str | None:
+    """``block``'s dotted name in the outermost module whose forward is on the call stack (the model
+    being run), or ``None`` outside any. Only names the layer in a one-time warning: a block does not
+    know where it sits, and every path that places one (inherit, load, compact) would otherwise have to
+    tell it."""
+    running: dict[int, nn.Module] = {}
+    frame = sys._getframe(1)
+    while frame is not None:
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, nn.Module) and owner is not block:
+            running.setdefault(id(owner), owner)
+        frame = frame.f_back
+    for root in reversed(running.values()):  # the outermost first
+        for name, module in root.named_modules():
+            if module is block:
+                return name
+    return None
+
+
+class InherBlock(DenseFacade, nn.Module):
     """Shared gate and expert logic. Subclasses define ``down`` and ``up`` and the feature axis."""
 
     down: nn.Module
@@ -154,6 +314,33 @@ class InherBlock(nn.Module):
         w = self.up.weight
         return w.view(w.shape[0], -1)
 
+    def _down_matrix(self) -> torch.Tensor:
+        """``down``'s weight as the (r, n) matrix of ``z = A x``."""
+        return self.down.weight.flatten(1)
+
+    def _as_weight(self, matrix: torch.Tensor) -> torch.Tensor:
+        """The (m, n) matrix of ``y = W x`` in the replaced layer's weight layout."""
+        return matrix.reshape(self.weight_shape)
+
+    def dense_weight(self, *, layer: str | None = None) -> torch.Tensor:
+        """The dense weight ``B A`` this single-expert block computes, in the replaced layer's layout.
+
+        Differentiable: gradients through it reach the factors. What code outside the block's forward
+        gets when it uses ``block.weight``'s values (see :class:`DenseWeight`).
+
+        Raises:
+            AttributeError: the block has several experts: their gates depend on the input, so there is
+                no single dense weight (``layer`` names the block in the message).
+        """
+        if self.experts > 1:
+            label = repr(layer) if layer else type(self).__name__
+            raise AttributeError(
+                f"{label} has {self.experts} experts mixed by gates that depend on the input, so it has no single "
+                "dense weight for code that reads its .weight; inherit it with InherConfig(experts=1) or keep it "
+                f"dense with {_exclude_hint(layer)}"
+            )
+        return self._as_weight(self._up_matrix() @ self._down_matrix())
+
     def expert_weights(self) -> torch.Tensor:
         """The experts as an (h, m, r) tensor (a copy)."""
         w = self._up_matrix().detach()
@@ -168,15 +355,26 @@ class InherBlock(nn.Module):
 class InherLinear(InherBlock):
     """InherNet block replacing ``nn.Linear`` (and Hugging Face ``Conv1D``): ``y = x W^T + b``."""
 
+    in_features, out_features = _Replaced(), _Replaced()
+    #: the replaced layer stores its weight as (in, out): Hugging Face ``Conv1D`` (set by its kind)
+    weight_transposed = False
+
     def __init__(
         self, in_features: int, out_features: int, rank: int, experts: int = 1, bias: bool = True,
         *, device=None, dtype=None,
     ) -> None:
         super().__init__(rank, experts, device=device, dtype=dtype)
-        self.in_features, self.out_features = in_features, out_features
-        self.weight_shape: tuple[int, ...] = (out_features, in_features)
+        self._remember(in_features=in_features, out_features=out_features)
         self.down = nn.Linear(in_features, rank, bias=False, device=device, dtype=dtype)
         self.up = nn.Linear(experts * rank, out_features, bias=bias, device=device, dtype=dtype)
+
+    @property
+    def weight_shape(self) -> tuple[int, ...]:
+        shape = (self.out_features, self.in_features)
+        return shape[::-1] if self.weight_transposed else shape
+
+    def _as_weight(self, matrix: torch.Tensor) -> torch.Tensor:
+        return matrix.T if self.weight_transposed else matrix
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = self.down(x)
@@ -193,16 +391,28 @@ class InherEmbedding(InherBlock):
     the experts and the gate act per token on the code.
     """
 
+    num_embeddings, embedding_dim, padding_idx = _Replaced(), _Replaced(), _Replaced()
+
     def __init__(
         self, num_embeddings: int, embedding_dim: int, rank: int, experts: int = 1,
         padding_idx: int | None = None, *, device=None, dtype=None,
     ) -> None:
         super().__init__(rank, experts, device=device, dtype=dtype)
-        self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
-        self.padding_idx = padding_idx
-        self.weight_shape: tuple[int, ...] = (num_embeddings, embedding_dim)
         self.down = nn.Embedding(num_embeddings, rank, padding_idx=padding_idx, device=device, dtype=dtype)
         self.up = nn.Linear(experts * rank, embedding_dim, bias=False, device=device, dtype=dtype)
+        self._remember(  # the table's padding_idx: a negative one counted from the end, as nn.Embedding does
+            num_embeddings=num_embeddings, embedding_dim=embedding_dim, padding_idx=self.down.padding_idx
+        )
+
+    @property
+    def weight_shape(self) -> tuple[int, ...]:
+        return (self.num_embeddings, self.embedding_dim)
+
+    def _down_matrix(self) -> torch.Tensor:
+        return self.down.weight.T  # the lookup table (V, r) is z = A x for one-hot x with A = table^T
+
+    def _as_weight(self, matrix: torch.Tensor) -> torch.Tensor:
+        return matrix.T  # W = E^T
 
     def _load_down(self, down: torch.Tensor) -> None:
         self.down.weight.copy_(down.T)  # (r, V) -> lookup table (V, r)
@@ -219,6 +429,9 @@ class InherConv(InherBlock):
     channels; ``up`` is a 1x1 conv from the h*r gate-scaled channels to the output channels.
     """
 
+    in_channels, out_channels, kernel_size, stride = _Replaced(), _Replaced(), _Replaced(), _Replaced()
+    padding, dilation, groups, padding_mode = _Replaced(), _Replaced(), _Replaced(), _Replaced()
+
     def __init__(
         self, conv: type[nn.Conv1d] | type[nn.Conv2d], in_channels: int, out_channels: int,
         kernel_size, rank: int, experts: int = 1, *, stride=1, padding=0, dilation=1,
@@ -227,14 +440,21 @@ class InherConv(InherBlock):
         super().__init__(rank, experts, device=device, dtype=dtype)
         if conv not in (nn.Conv1d, nn.Conv2d):
             raise TypeError(f"InherConv supports nn.Conv1d and nn.Conv2d, got {conv.__name__}")
-        self.in_channels, self.out_channels = in_channels, out_channels
         self.down = conv(
             in_channels, rank, kernel_size, stride=stride, padding=padding, dilation=dilation,
             padding_mode=padding_mode, bias=False, device=device, dtype=dtype,
         )
         self.up = conv(experts * rank, out_channels, 1, bias=bias, device=device, dtype=dtype)
         self._spatial = 1 if conv is nn.Conv1d else 2
-        self.weight_shape: tuple[int, ...] = (out_channels, in_channels, *self.down.kernel_size)
+        d = self.down  # the geometry as nn.Conv*d normalised it (tuples), which the teacher layer has too
+        self._remember(
+            in_channels=in_channels, out_channels=out_channels, kernel_size=d.kernel_size, stride=d.stride,
+            padding=d.padding, dilation=d.dilation, groups=1, padding_mode=d.padding_mode,
+        )
+
+    @property
+    def weight_shape(self) -> tuple[int, ...]:
+        return (self.out_channels, self.in_channels, *self.kernel_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         unbatched = x.dim() == self._spatial + 1
@@ -255,25 +475,6 @@ def expert_spread(block: InherBlock) -> float:
     return float((e - mean).flatten(1).norm(dim=1).mean() / mean.norm().clamp_min(1e-30))
 
 
-def _dense_weight_view(block: InherBlock) -> torch.Tensor:
-    """``block.weight``: the metadata of the dense weight it replaces (see :mod:`inhernet.views`)."""
-    from .views import WeightView
-
-    w = block.down.weight
-    owner = f"a factorised {type(block).__name__} ({block.extra_repr()})"
-    return WeightView(block.weight_shape, w.dtype, w.device, w.requires_grad, owner)
-
-
-def _dense_bias(block: InherBlock) -> torch.Tensor | None:
-    """``block.bias``: the teacher's bias, which the block keeps as is in ``up``."""
-    return getattr(block.up, "bias", None)
-
-
-# A block answers ``.weight.dtype`` / ``.device`` / ``.shape`` as the dense layer did: model code outside
-# the layer's own forward often reads them. ``weight_shape`` is the dense weight's (set per subclass;
-# Hugging Face Conv1D blocks are given theirs by their kind).
-InherBlock.weight = property(_dense_weight_view)  # type: ignore[attr-defined]
-InherBlock.bias = property(_dense_bias)  # type: ignore[attr-defined]
 
 
 @torch.no_grad()
