@@ -73,7 +73,8 @@ def cli_reference(module_name: str) -> str:
 def _command_markdown(context: click.Context, title: str, command: click.Command, level: int) -> str:
     usage = " ".join([title, *command.collect_usage_pieces(context)])
     lines = [f"{'#' * level} `{title}`", "", f"```text\n{usage}\n```", "", _help_markdown(command.help or "")]
-    options = [p.get_help_record(context) for p in command.get_params(context)]
+    # arguments are in the usage line; their help records are bare names
+    options = [p.get_help_record(context) for p in command.get_params(context) if isinstance(p, click.Option)]
     lines += ["", *(f"- `{opts}`: {_escape(text)}" if text else f"- `{opts}`" for opts, text in filter(None, options))]
     return "\n".join(lines)
 

@@ -107,9 +107,10 @@ def test_every_block_is_an_install_block_or_one_the_suite_runs():
 
 
 # -- the docs site -------------------------------------------------------------------------------------
-def load_hook() -> ModuleType:
-    """docs/hooks/reference.py, the mkdocs hook that generates the CLI reference and the API paths."""
-    spec = importlib.util.spec_from_file_location("docs_reference_hook", DOCS / "hooks" / "reference.py")
+def load_hook(name: str = "reference") -> ModuleType:
+    """A module of docs/hooks: ``reference`` (the mkdocs hook that generates the CLI reference and the API
+    paths) or ``sphinx_roles`` (the griffe extension that renders Sphinx roles as code)."""
+    spec = importlib.util.spec_from_file_location(f"docs_hooks_{name}", DOCS / "hooks" / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -151,3 +152,9 @@ def test_every_page_in_the_nav_exists():
     assert "design.md" in nav and "cli.md" in nav and "api.md" in nav
     missing = [page for page in nav if not (DOCS / page).is_file()]
     assert not missing, f"mkdocs.yml's nav names missing pages: {missing}"
+
+
+def test_sphinx_roles_in_docstrings_render_as_code():
+    roles = load_hook("sphinx_roles")
+    text = "see :func:`inhernet.plan`, :class:`~inhernet.deploy.CostTable` and :mod:`inhernet.kinds`"
+    assert roles.ROLE.sub(roles._plain, text) == "see `inhernet.plan`, `CostTable` and `inhernet.kinds`"
