@@ -158,3 +158,11 @@ def test_sphinx_roles_in_docstrings_render_as_code():
     roles = load_hook("sphinx_roles")
     text = "see :func:`inhernet.plan`, :class:`~inhernet.deploy.CostTable` and :mod:`inhernet.kinds`"
     assert roles.ROLE.sub(roles._plain, text) == "see `inhernet.plan`, `CostTable` and `inhernet.kinds`"
+
+
+def test_readme_links_point_at_files_in_the_repository():
+    targets = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", README.read_text(encoding="utf-8"))
+    local = [t for t in targets if "://" not in t]
+    assert local, "the README links to the docs"
+    missing = [t for t in local if not (ROOT / t).exists()]
+    assert not missing, f"README.md links to missing files: {missing}"
