@@ -9,7 +9,7 @@ TORCH ?= torch==2.14.1 torchvision==0.29.1
 EXTRAS ?= dev
 STAMP := $(VENV)/.installed
 
-.PHONY: install assets demo test lint bench bench-long bench-fashion-long bench-tweets bench-zero-shot clean
+.PHONY: install assets demo test lint docs bench bench-long bench-fashion-long bench-tweets bench-zero-shot clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,7 +32,11 @@ lint: install
 	$(BIN)/ruff check src tests
 	$(BIN)/lint-imports
 
-test: assets lint
+# The reference site, into build/site; --strict fails on any warning (a broken link, an unresolved API name).
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir build/site
+
+test: assets lint docs
 	$(BIN)/python -m pytest -q
 
 # The runs behind BENCHMARKS.md (long: minutes per budget on a 2-core CPU).
