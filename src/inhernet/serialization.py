@@ -29,10 +29,10 @@ model before any value is copied. A failed ``load`` leaves ``base`` as it was.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -42,18 +42,20 @@ from safetensors.torch import load_file, save_model
 from torch import nn
 
 from ._atomic import atomic_path
+from ._files import CONFIG_NAME, SOURCE_NAME, sha256_file
 from ._version import __version__
 from .blockdrop import replay
 from .config import InherConfig
 from .kinds import LayerKind, block_params, kind_of
 from .layers import GATE_POOLS, ROUTINGS, InherBlock
 from .pruning import apply_spec
+from .sources.models import build_model
+from .sources.record import read_source
 from .stack import replace_module
 
 __all__ = ["CONFIG_NAME", "FORMAT_VERSION", "WEIGHTS_NAME", "load", "save", "weights_path"]
 
 FORMAT_VERSION = 1
-CONFIG_NAME = "inhernet.json"
 # The fixed weights name of directories written before content-named weights; still read by load().
 WEIGHTS_NAME = "model.safetensors"
 _WEIGHTS_PATTERN = re.compile(r"model-[0-9a-f]{16}\.safetensors")
@@ -92,7 +94,7 @@ def save(model: nn.Module, path: str | os.PathLike[str]) -> Path:
     staging = out / _STAGING_NAME
     with atomic_path(staging) as tmp_weights:
         save_model(model, str(tmp_weights), metadata={"format": "pt", "inhernet_format": str(FORMAT_VERSION)})
-    digest = _sha256(staging)
+    digest = sha256_file(staging)
     weights = out / f"model-{digest[:16]}.safetensors"
     os.replace(staging, weights)
     # A loaded model has no plan, only the config it was inherited with: keep that on a re-save.
@@ -168,7 +170,7 @@ def load(path: str | os.PathLike[str], base: nn.Module | None = None) -> nn.Modu
     weights = path / meta["weights"]["file"]
     if not weights.is_file():
         raise FileNotFoundError(f"{weights} is missing; save() writes it beside {CONFIG_NAME}")
-    if _sha256(weights) != meta["weights"]["sha256"]:
+    if sha256_file(weights) != meta["weights"]["sha256"]:
         raise ValueError(f"{weights} does not match the checksum in {CONFIG_NAME}: the file is corrupted or truncated")
     config = _read_config(meta.get("config"), path)
     if base is None:
@@ -231,11 +233,6 @@ def load(path: str | os.PathLike[str], base: nn.Module | None = None) -> nn.Modu
 
 def _rebuild_base(path: Path) -> nn.Module:
     """A model of the architecture recorded in ``path/source.json`` (written by ``inhernet compress``)."""
-    from dataclasses import replace
-
-    from .sources.models import build_model
-    from .sources.record import SOURCE_NAME, read_source
-
     if not (path / SOURCE_NAME).is_file():
         raise ValueError(
             f"{path} does not record the model's architecture (no {SOURCE_NAME}, which `inhernet compress` "
@@ -382,13 +379,5 @@ def _read_meta(path: Path) -> dict[str, Any]:
 
 def _blocks(model: nn.Module) -> dict[str, InherBlock]:
     return {name: m for name, m in model.named_modules() if isinstance(m, InherBlock)}
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
