@@ -50,6 +50,7 @@ from ..budget import RANK_MULTIPLE, round_rank
 from ..calibration import layer_input_shapes, split_example
 from ..kinds import block_params, kind_of
 from ..layers import InherBlock, InherConv, InherEmbedding, InherLinear
+from ..modes import device_of
 from ..stack import replace_module
 from .costs import Costs, CostTable, LayerShape
 from .merge import merge_experts
@@ -157,7 +158,7 @@ def compact(
             continue
         shape = LayerShape.of_block(block, inputs[name])
         if costs is None:
-            costs = CostTable(next(model.parameters()).device)
+            costs = CostTable(device_of(model))
         dense_s, fact_s = float(costs.dense(shape)), float(costs.factorised(shape, rank))
         timing = f"dense {dense_s * 1e6:.1f} us, factorised {fact_s * 1e6:.1f} us at rank {rank}"
         entry.update(dense_seconds=dense_s, factorised_seconds=fact_s)

@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 
 from ..batches import TEACHER_LOGITS, forward_batch, logits_of, move_batch
 from ..dual import dual_output, is_dual_output
+from ..modes import device_of, evaluating
 from .loss import TeacherTopK, check_topk, teacher_topk
 
 __all__ = [
@@ -121,16 +122,12 @@ def precompute_teacher_logits(teacher: nn.Module, dataset: Dataset, batch_size: 
     A dual encoder's per-example output is its packed embedding pair (:meth:`inhernet.dual.DualOutput.pack`),
     from which contrastive distillation rebuilds the teacher's similarities within any batch.
     """
-    was_training = teacher.training
-    teacher.eval()
-    device = next((p.device for p in teacher.parameters()), torch.device("cpu"))
-    try:
+    device = device_of(teacher)
+    with evaluating(teacher):
         logits = [
             _per_example(forward_batch(teacher, move_batch(batch, device))).float().cpu()
             for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False)
         ]
-    finally:
-        teacher.train(was_training)
     return WithTeacherLogits(dataset, torch.cat(logits))
 
 
@@ -157,18 +154,14 @@ def precompute_teacher_topk(
         raise ValueError(f"precompute_teacher_topk: temperature must be positive, got {temperature}")
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"precompute_teacher_topk: k must be an int >= 1, got {k!r}")
-    was_training = teacher.training
-    teacher.eval()
-    device = next((p.device for p in teacher.parameters()), torch.device("cpu"))
+    device = device_of(teacher)
     parts: list[TeacherTopK] = []
-    try:
+    with evaluating(teacher):
         loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
         for batch in tqdm(loader, desc="teacher top-k", unit="batch", disable=not progress, leave=False):
             logits = logits_of(forward_batch(teacher, move_batch(batch, device)))
             check_topk(k, logits.shape[-1], "precompute_teacher_topk: k")
             parts.append(TeacherTopK(*(f.cpu() for f in teacher_topk(logits, k, temperature, dtype))))
-    finally:
-        teacher.train(was_training)
     if not parts:
         raise ValueError("precompute_teacher_topk: the data set is empty")
     return WithTeacherTopK(dataset, TeacherTopK(*(torch.cat(f) for f in zip(*parts, strict=True))), temperature)
