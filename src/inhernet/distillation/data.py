@@ -256,12 +256,34 @@ def _map_style(loader: Any) -> bool:
 
 
 class _Sharded:
-    """A loader's shard for this process (``_resolve``), whose length is the shard's."""
+    """A loader's shard for this process (``_resolve``, built on first use), whose length is the shard's.
+
+    One process: the loader itself. A ``DataLoader`` over a map-style data set: the same loader
+    re-instantiated with this process's sampler (:meth:`_sampler`). Anything else: every ``world``-th
+    batch (:class:`_BatchStride`).
+    """
 
     role = "training"
+    drop_remainder = True  # every process takes as many batches (training steps must stay in lockstep)
+
+    def __init__(self, loader: Iterable[Any], seed: int, trainer: Callable[[], Any]):
+        self.loader, self.seed, self.trainer = loader, seed, trainer
+        self._shard: Iterable[Any] | None = None
+
+    def _sampler(self, loader: DataLoader, world: int, rank: int) -> Sampler[int]:
+        raise NotImplementedError
 
     def _resolve(self) -> Iterable[Any]:
-        raise NotImplementedError
+        if self._shard is None:
+            world, rank = _dist_info(self.trainer())
+            if world == 1:
+                self._shard = self.loader
+            elif _map_style(self.loader):
+                loader: DataLoader = self.loader  # type: ignore[assignment]
+                self._shard = _reinstantiate(loader, self._sampler(loader, world, rank))
+            else:
+                self._shard = _BatchStride(self.loader, world, rank, drop_remainder=self.drop_remainder)
+        return self._shard
 
     def __len__(self) -> int:
         n = _sized_len(self._resolve())
@@ -280,34 +302,21 @@ class TrainLoader(_Sharded):
     """
 
     def __init__(self, loader: Iterable[Any], seed: int, trainer: Callable[[], Any]):
-        self.loader, self.seed, self.trainer = loader, seed, trainer
-        self._shard: Iterable[Any] | None = None
+        super().__init__(loader, seed, trainer)
         self._iterations = 0
 
-    def _resolve(self) -> Iterable[Any]:
-        if self._shard is None:
-            world, rank = _dist_info(self.trainer())
-            if world == 1:
-                self._shard = self.loader
-            elif _map_style(self.loader):
-                from torch.utils.data import DistributedSampler
+    def _sampler(self, loader: DataLoader, world: int, rank: int) -> Sampler[int]:
+        """What Lightning would use: a ``DistributedSampler`` (padded shards), seeded with the run's seed."""
+        if isinstance(loader.sampler, (RandomSampler, SequentialSampler)):
+            from torch.utils.data import DistributedSampler
 
-                loader: DataLoader = self.loader  # type: ignore[assignment]
-                if isinstance(loader.sampler, (RandomSampler, SequentialSampler)):
-                    sampler: Sampler[int] = DistributedSampler(
-                        loader.dataset, num_replicas=world, rank=rank,
-                        shuffle=isinstance(loader.sampler, RandomSampler), seed=self.seed,
-                    )
-                else:
-                    from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
+            return DistributedSampler(
+                loader.dataset, num_replicas=world, rank=rank,
+                shuffle=isinstance(loader.sampler, RandomSampler), seed=self.seed,
+            )
+        from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
 
-                    sampler = DistributedSamplerWrapper(
-                        loader.sampler, num_replicas=world, rank=rank, shuffle=False, seed=self.seed
-                    )
-                self._shard = _reinstantiate(loader, sampler)
-            else:
-                self._shard = _BatchStride(self.loader, world, rank, drop_remainder=True)
-        return self._shard
+        return DistributedSamplerWrapper(loader.sampler, num_replicas=world, rank=rank, shuffle=False, seed=self.seed)
 
     def __iter__(self) -> Iterator[Any]:
         loader = self._resolve()
@@ -349,22 +358,10 @@ class EvalLoader(_Sharded):
     """The validation loader: an unpadded shard per process, iterated without touching the global RNG."""
 
     role = "validation"
+    drop_remainder = False  # every example is validated once: the metric equals evaluate() on one process
 
-    def __init__(self, loader: Iterable[Any], seed: int, trainer: Callable[[], Any]):
-        self.loader, self.seed, self.trainer = loader, seed, trainer
-        self._shard: Iterable[Any] | None = None
-
-    def _resolve(self) -> Iterable[Any]:
-        if self._shard is None:
-            world, rank = _dist_info(self.trainer())
-            if world == 1:
-                self._shard = self.loader
-            elif _map_style(self.loader):
-                loader: DataLoader = self.loader  # type: ignore[assignment]
-                self._shard = _reinstantiate(loader, _StridedSampler(loader.sampler, world, rank))
-            else:
-                self._shard = _BatchStride(self.loader, world, rank, drop_remainder=False)
-        return self._shard
+    def _sampler(self, loader: DataLoader, world: int, rank: int) -> Sampler[int]:
+        return _StridedSampler(loader.sampler, world, rank)
 
     def __iter__(self) -> Iterator[Any]:
         return _seeded_iter(self._resolve(), seed=self.seed)
