@@ -31,6 +31,7 @@ from torch import nn
 from torch.utils.data import (
     DataLoader,
     Dataset,
+    DistributedSampler,
     IterableDataset,
     RandomSampler,
     Sampler,
@@ -308,8 +309,6 @@ class TrainLoader(_Sharded):
     def _sampler(self, loader: DataLoader, world: int, rank: int) -> Sampler[int]:
         """What Lightning would use: a ``DistributedSampler`` (padded shards), seeded with the run's seed."""
         if isinstance(loader.sampler, (RandomSampler, SequentialSampler)):
-            from torch.utils.data import DistributedSampler
-
             return DistributedSampler(
                 loader.dataset, num_replicas=world, rank=rank,
                 shuffle=isinstance(loader.sampler, RandomSampler), seed=self.seed,

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .config import DistillConfig
+from .data import EvalLoader, TrainLoader, check_topk_cache
 
 __all__ = ["distill"]
 
@@ -169,8 +170,6 @@ def distill(
         ``final`` is empty without a validation loader.
     """
     config = _checked(student, teacher, config)
-    from .data import check_topk_cache
-
     check_topk_cache(train_loader, config.teacher_topk, config.temperature)
     log_dir = _resolve_log_dir(config)
     ckpt_path = _resolve_resume(config, log_dir)
@@ -194,8 +193,7 @@ def _fit(
     """Seed, build the module and the trainer, train (resuming from ``ckpt_path``) and return the history."""
     import lightning as L
 
-    from .data import EvalLoader, TrainLoader
-    from .module import DistillModule
+    from .module import DistillModule  # imports Lightning: only when a run starts
 
     L.seed_everything(config.seed, workers=True, verbose=False)
     student.train()  # fine-tuning mode (dropout, batch-norm updates); the caller's mode is restored
