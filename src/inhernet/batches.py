@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .modes import device_of, evaluating
+
 __all__ = [
     "TEACHER_LOGITS",
     "batch_labels",
@@ -144,12 +146,7 @@ def first_example(batch: Any) -> Any:
 def forward_all(model: nn.Module, batches: Iterable[Any]) -> None:
     """Run ``model`` in eval mode over ``batches`` (on the model's device) for what its hooks record;
     every module's training flag is restored afterwards."""
-    modes = {m: m.training for m in model.modules()}
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    model.eval()
-    try:
+    device = device_of(model)
+    with evaluating(model):
         for batch in batches:
             forward_batch(model, move_batch(batch, device))
-    finally:
-        for m, training in modes.items():
-            m.training = training

@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 
 from .batches import batch_labels, forward_batch, logits_of, move_batch
 from .dual import DUAL_METRICS, dual_metrics, dual_output
+from .modes import device_of, evaluating
 
 __all__ = ["evaluate"]
 
@@ -42,11 +43,9 @@ def evaluate(
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
     if metric in DUAL_METRICS:
         return _evaluate_dual(model, loader, max_batches=max_batches, progress=progress)
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    was_training = model.training
-    model.eval()
+    device = device_of(model)
     correct, count, nll = 0, 0, 0.0
-    try:
+    with evaluating(model):
         for i, batch in enumerate(tqdm(loader, desc="evaluating", disable=not progress, leave=False)):
             if max_batches is not None and i >= max_batches:
                 break
@@ -70,8 +69,6 @@ def evaluate(
                     ignore_index=-100, reduction="sum",
                 ))
                 count += tokens
-    finally:
-        model.train(was_training)
     if count == 0:
         raise ValueError("evaluate() saw no labelled examples: the loader is empty")
     value = correct / count if metric == "accuracy" else math.exp(nll / count)
@@ -82,11 +79,9 @@ def _evaluate_dual(
     model: nn.Module, loader: Iterable[Any], *, max_batches: int | None, progress: bool
 ) -> dict[str, float]:
     """All dual-encoder metrics from the embeddings of every pair of the split."""
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    was_training = model.training
-    model.eval()
+    device = device_of(model)
     images, texts, labels = [], [], []
-    try:
+    with evaluating(model):
         for i, batch in enumerate(tqdm(loader, desc="evaluating", disable=not progress, leave=False)):
             if max_batches is not None and i >= max_batches:
                 break
@@ -98,8 +93,6 @@ def _evaluate_dual(
             images.append(out.image_embeds.float().cpu())
             texts.append(out.text_embeds.float().cpu())
             labels.append(y.reshape(-1).cpu())
-    finally:
-        model.train(was_training)
     if not labels:
         raise ValueError("evaluate() saw no labelled examples: the loader is empty")
     result = dual_metrics(torch.cat(images), torch.cat(texts), torch.cat(labels))

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from .batches import logits_of
+from .modes import device_of, evaluating
 
 __all__ = ["greedy_continuations"]
 
@@ -30,11 +31,9 @@ def greedy_continuations(
         raise ValueError(f"prompts must be non-empty strings, got {list(prompts)!r}")
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
-    was_training = model.training
-    model.eval()
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    device = device_of(model)
     out = []
-    try:
+    with evaluating(model):
         for prompt in prompts:
             ids = tokenizer(prompt, return_tensors="pt")["input_ids"].to(device)
             if hasattr(model, "generate"):
@@ -48,6 +47,4 @@ def greedy_continuations(
                     next_id = logits_of(model(full))[:, -1].argmax(-1, keepdim=True)
                     full = torch.cat([full, next_id], dim=1)
             out.append(tokenizer.decode(full[0, ids.shape[1]:], skip_special_tokens=True))
-    finally:
-        model.train(was_training)
     return out

@@ -25,6 +25,7 @@ from torch.utils._pytree import tree_flatten
 
 from .batches import forward_batch, move_batch
 from .kinds import LayerKind
+from .modes import device_of, evaluating
 from .views import METADATA, torch_function_name
 
 __all__ = ["find_weight_readers"]
@@ -88,8 +89,7 @@ def find_weight_readers(
     trace = _Trace()
     swapped: list[tuple[nn.Module, str, nn.Parameter]] = []
     handles = []
-    modes = {m: m.training for m in model.modules()}
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    device = device_of(model)
     try:
         for module in model.modules():
             handles.append(module.register_forward_pre_hook(trace.enter))
@@ -102,14 +102,11 @@ def find_weight_readers(
                 probe._owner, probe._owner_id, probe._trace = name, id(module), trace
                 swapped.append((module, pname, p))
                 module._parameters[pname] = probe  # bypasses register_parameter's type check on purpose
-        model.eval()
-        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        with evaluating(model), torch.no_grad(), torch.random.fork_rng(devices=[]):
             forward_batch(model, move_batch(example, device))
     finally:
         for module, pname, p in swapped:
             module._parameters[pname] = p
         for h in handles:
             h.remove()
-        for m, training in modes.items():  # each module's own mode, not the root's for all
-            m.training = training
     return trace.values, {k: v for k, v in trace.metadata.items() if k not in trace.values}

@@ -29,10 +29,10 @@ model before any value is copied. A failed ``load`` leaves ``base`` as it was.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -42,18 +42,20 @@ from safetensors.torch import load_file, save_model
 from torch import nn
 
 from ._atomic import atomic_path
+from ._files import CONFIG_NAME, SOURCE_NAME, sha256_file
 from ._version import __version__
 from .blockdrop import replay
 from .config import InherConfig
 from .kinds import LayerKind, block_params, kind_of
 from .layers import GATE_POOLS, ROUTINGS, InherBlock
 from .pruning import apply_spec
+from .sources.models import build_model
+from .sources.record import read_source
 from .stack import replace_module
 
 __all__ = ["CONFIG_NAME", "FORMAT_VERSION", "WEIGHTS_NAME", "load", "save", "weights_path"]
 
 FORMAT_VERSION = 1
-CONFIG_NAME = "inhernet.json"
 # The fixed weights name of directories written before content-named weights; still read by load().
 WEIGHTS_NAME = "model.safetensors"
 _WEIGHTS_PATTERN = re.compile(r"model-[0-9a-f]{16}\.safetensors")
@@ -71,50 +73,29 @@ def save(model: nn.Module, path: str | os.PathLike[str]) -> Path:
     is replaced only once the new pair is complete: a save that fails or is interrupted at any point
     leaves a loadable pair behind (see the module's documentation).
     """
-    blocks = _blocks(model)
-    compacted = getattr(model, "inhernet_compact", None)
-    plan = getattr(model, "inhernet_plan", None)
-    # InherConfig(prune=...): what pruning changed, replayed by load() on a fresh base before the surgery.
-    pruned = plan.prune.to_dict() if plan is not None and plan.prune is not None else getattr(
-        model, "inhernet_pruned", None)
-    # InherConfig(drop_blocks=...): the blocks kept, replayed by load() on a fresh base first.
-    dropped = plan.drop.to_dict() if plan is not None and plan.drop is not None else getattr(
-        model, "inhernet_dropped", None)
+    blocks, records = _blocks(model), _records(model)
     # Without blocks: a compact() result may have every block back to dense, a pruned one every layer dense.
-    if not blocks and compacted is None and pruned is None:
+    if not blocks and "compact" not in records and "prune" not in records:
         raise ValueError(
             "model has no InherNet blocks: save() stores inherited models; pass the result of inherit()"
         )
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
     previous = _previous_weights(out)
-    # 1. The weights, complete, under a name of their own: the earlier pair is untouched.
-    staging = out / _STAGING_NAME
-    with atomic_path(staging) as tmp_weights:
-        save_model(model, str(tmp_weights), metadata={"format": "pt", "inhernet_format": str(FORMAT_VERSION)})
-    digest = _sha256(staging)
-    weights = out / f"model-{digest[:16]}.safetensors"
-    os.replace(staging, weights)
-    # A loaded model has no plan, only the config it was inherited with: keep that on a re-save.
-    config = plan.config if plan is not None else getattr(model, "inhernet_config", None)
+    weights, digest = _write_weights(model, out)  # 1. the earlier pair is untouched
     meta: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
         "inhernet_version": __version__,
         "model_class": type(model).__name__,
         "params": sum(p.numel() for p in model.parameters()),
-        "config": config.to_dict() if config is not None else None,
+        "config": records.pop("config"),
         "layers": {
             name: {"rank": b.rank, "experts": b.experts, "source": getattr(b, "source", None), **_gating(b)}
             for name, b in blocks.items()
         },
         "weights": {"file": weights.name, "sha256": digest},
+        **records,
     }
-    if compacted is not None:
-        meta["compact"] = compacted
-    if pruned is not None:
-        meta["prune"] = pruned
-    if dropped is not None:
-        meta["drop"] = dropped
     # 2. The JSON that names them: from this rename on, the new pair is the one that loads.
     try:
         with atomic_path(out / CONFIG_NAME) as tmp_config:
@@ -123,14 +104,47 @@ def save(model: nn.Module, path: str | os.PathLike[str]) -> Path:
         if weights.name != previous:  # an error, not a crash: leave the directory as it was
             weights.unlink(missing_ok=True)
         raise
-    # 3. The earlier weights, and what interrupted saves left (orphan weights, temporary files).
+    _remove_stale(out, keep=weights.name, previous=previous)  # 3. what the new pair replaces
+    return out
+
+
+def _records(model: nn.Module) -> dict[str, Any]:
+    """The JSON entries of what was done to ``model`` beside its blocks: ``config`` (always, ``None`` when
+    unknown), and where they apply ``compact``, ``prune`` and ``drop`` (replayed by load() before the surgery)."""
+    plan = getattr(model, "inhernet_plan", None)
+    # A loaded model has no plan, only the config it was inherited with and the records load() attached.
+    config = plan.config if plan is not None else getattr(model, "inhernet_config", None)
+    records: dict[str, Any] = {"config": config.to_dict() if config is not None else None}
+    compacted = getattr(model, "inhernet_compact", None)
+    pruned = plan.prune.to_dict() if plan is not None and plan.prune is not None else getattr(
+        model, "inhernet_pruned", None)
+    dropped = plan.drop.to_dict() if plan is not None and plan.drop is not None else getattr(
+        model, "inhernet_dropped", None)
+    for key, value in (("compact", compacted), ("prune", pruned), ("drop", dropped)):
+        if value is not None:
+            records[key] = value
+    return records
+
+
+def _write_weights(model: nn.Module, out: Path) -> tuple[Path, str]:
+    """Write the weights, complete, under the name of their hash in ``out``; returns that path and the hash."""
+    staging = out / _STAGING_NAME
+    with atomic_path(staging) as tmp_weights:
+        save_model(model, str(tmp_weights), metadata={"format": "pt", "inhernet_format": str(FORMAT_VERSION)})
+    digest = sha256_file(staging)
+    weights = out / f"model-{digest[:16]}.safetensors"
+    os.replace(staging, weights)
+    return weights, digest
+
+
+def _remove_stale(out: Path, keep: str, previous: str | None) -> None:
+    """Remove the earlier weights and what interrupted saves left (orphan weights, temporary files)."""
     for stale in out.iterdir():
         name = stale.name
-        if name != weights.name and (
+        if name != keep and (
             _WEIGHTS_PATTERN.fullmatch(name) or name == previous or _TEMPORARY_PATTERN.fullmatch(name)
         ):
             stale.unlink(missing_ok=True)
-    return out
 
 
 def weights_path(path: str | os.PathLike[str]) -> Path:
@@ -165,11 +179,7 @@ def load(path: str | os.PathLike[str], base: nn.Module | None = None) -> nn.Modu
     if base is not None and not isinstance(base, nn.Module):
         raise TypeError(f"base must be a torch.nn.Module of the teacher's architecture, got {type(base).__name__}")
     meta = _read_meta(path)
-    weights = path / meta["weights"]["file"]
-    if not weights.is_file():
-        raise FileNotFoundError(f"{weights} is missing; save() writes it beside {CONFIG_NAME}")
-    if _sha256(weights) != meta["weights"]["sha256"]:
-        raise ValueError(f"{weights} does not match the checksum in {CONFIG_NAME}: the file is corrupted or truncated")
+    weights = _verified_weights(path, meta)
     config = _read_config(meta.get("config"), path)
     if base is None:
         base = _rebuild_base(path)
@@ -178,24 +188,51 @@ def load(path: str | os.PathLike[str], base: nn.Module | None = None) -> nn.Modu
             f"{path} was saved from a {meta['model_class']}, but base is a {type(base).__name__}; "
             "pass a model of the same architecture"
         )
+    pruned, dropped = _structure_records(meta, path)
+    # The blocks kept and the pruned widths first (each checked whole before any change), so that the
+    # layers below have the names and shapes their blocks were built from; undone if anything fails.
+    undo = [replay(base, dropped)] if dropped is not None else []
+    try:
+        if pruned is not None:
+            undo.append(apply_spec(base, pruned["spec"]))
+        base = _build_blocks(base, meta["layers"], weights)
+    except BaseException:
+        for step in reversed(undo):
+            step()
+        raise
+    records = {"inhernet_pruned": pruned, "inhernet_dropped": dropped, "inhernet_config": config,
+               "inhernet_compact": meta.get("compact") if isinstance(meta.get("compact"), dict) else None}
+    for name, value in records.items():
+        if value is not None:
+            setattr(base, name, value)
+    return base
+
+
+def _verified_weights(path: Path, meta: dict[str, Any]) -> Path:
+    """The weights file ``meta`` names, once it exists and matches its recorded SHA-256."""
+    weights = path / meta["weights"]["file"]
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights} is missing; save() writes it beside {CONFIG_NAME}")
+    if sha256_file(weights) != meta["weights"]["sha256"]:
+        raise ValueError(f"{weights} does not match the checksum in {CONFIG_NAME}: the file is corrupted or truncated")
+    return weights
+
+
+def _structure_records(meta: dict[str, Any], path: Path) -> tuple[dict[str, Any] | None, Any]:
+    """The ``prune`` entry (checked to hold a ``spec`` object) and the ``drop`` entry of ``meta``."""
     pruned = meta.get("prune")
     if pruned is not None and not (isinstance(pruned, dict) and isinstance(pruned.get("spec"), dict)):
         raise ValueError(f"{path / CONFIG_NAME}: malformed 'prune' entry (a JSON object with a 'spec' object)")
-    dropped = meta.get("drop")
-    # The blocks kept and the pruned widths first (each checked whole before any change), so that the
-    # layers below have the names and shapes their blocks were built from.
-    undrop = replay(base, dropped) if dropped is not None else None
-    try:
-        unprune = apply_spec(base, pruned["spec"]) if pruned is not None else None
-    except BaseException:
-        if undrop is not None:
-            undrop()
-        raise
+    return pruned, meta.get("drop")
+
+
+def _build_blocks(base: nn.Module, layers: dict[str, Any], weights: Path) -> nn.Module:
+    """Replace the layers ``layers`` names by blocks of their recorded ranks and load every tensor from
+    ``weights``; everything is checked before anything is allocated, and a failure puts the layers back."""
+    specs = {name: _check_layer(base, name, spec) for name, spec in layers.items()}
+    _check_size(weights, specs)
     originals: dict[str, nn.Module] = {}
     try:
-        # Everything the JSON asks for is checked before anything is allocated.
-        specs = {name: _check_layer(base, name, spec) for name, spec in meta["layers"].items()}
-        _check_size(weights, specs)
         try:
             state = load_file(str(weights), device="cpu")
         except SafetensorError as err:
@@ -203,8 +240,8 @@ def load(path: str | os.PathLike[str], base: nn.Module | None = None) -> nn.Modu
         for name, (module, kind, rank, experts, source) in specs.items():
             block = kind.build(module, rank, experts)
             block.source = source
-            block.routing = meta["layers"][name].get("routing", "soft")
-            block.gate_pool = meta["layers"][name].get("gate_pool", "mean")
+            block.routing = layers[name].get("routing", "soft")
+            block.gate_pool = layers[name].get("gate_pool", "mean")
             block.train(module.training)
             originals[name] = module
             base = replace_module(base, name, block)
@@ -213,29 +250,12 @@ def load(path: str | os.PathLike[str], base: nn.Module | None = None) -> nn.Modu
     except BaseException:
         for name, module in originals.items():
             base = replace_module(base, name, module)
-        if unprune is not None:
-            unprune()
-        if undrop is not None:
-            undrop()
         raise
-    if pruned is not None:
-        base.inhernet_pruned = pruned
-    if dropped is not None:
-        base.inhernet_dropped = dropped
-    if config is not None:
-        base.inhernet_config = config
-    if isinstance(meta.get("compact"), dict):
-        base.inhernet_compact = meta["compact"]
     return base
 
 
 def _rebuild_base(path: Path) -> nn.Module:
     """A model of the architecture recorded in ``path/source.json`` (written by ``inhernet compress``)."""
-    from dataclasses import replace
-
-    from .sources.models import build_model
-    from .sources.record import SOURCE_NAME, read_source
-
     if not (path / SOURCE_NAME).is_file():
         raise ValueError(
             f"{path} does not record the model's architecture (no {SOURCE_NAME}, which `inhernet compress` "
@@ -382,13 +402,5 @@ def _read_meta(path: Path) -> dict[str, Any]:
 
 def _blocks(model: nn.Module) -> dict[str, InherBlock]:
     return {name: m for name, m in model.named_modules() if isinstance(m, InherBlock)}
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 

@@ -13,6 +13,7 @@ import torch
 from inhernet import InherBlock, InherConfig, evaluate, inherit, load, plan, save
 from inhernet.distillation import DistillConfig, contrastive_kd_loss, distill, precompute_teacher_logits
 from inhernet.dual import DUAL_METRICS, DualOutput, dual_metrics, dual_output
+from inhernet.experimental.distillation import ExperimentalDistillConfig
 
 TOL = 1e-4
 OUTPUTS = ("logits_per_image", "text_embeds", "image_embeds")
@@ -306,8 +307,8 @@ def test_cached_teacher_embeddings_rebuild_its_similarities(clip, tmp_path: Path
 def test_distill_config_contrastive_errors() -> None:
     with pytest.raises(ValueError, match=r"DistillConfig\.loss must be one of"):
         DistillConfig(loss="clip")
-    with pytest.raises(ValueError, match=r"DistillConfig\.embed_loss must be one of"):
-        DistillConfig(embed_loss="l1")
+    with pytest.raises(ValueError, match=r"ExperimentalDistillConfig\.embed_loss must be one of"):
+        ExperimentalDistillConfig(embed_loss="l1")
     with pytest.raises(ValueError, match=r"DistillConfig\.metric must be one of"):
         DistillConfig(metric="recall@1")
 

@@ -124,3 +124,19 @@ def test_dynamo_exporter_when_onnxscript_is_installed(cnn_student, tmp_path):
     import onnxscript  # noqa: F401 - the torch.export-based exporter needs it (the deploy extra installs it)
     path = export_onnx(cnn_student, torch.randn(2, 3, 16, 16), tmp_path / "d.onnx", dynamo=True)
     assert verify_onnx(path, cnn_student, torch.randn(3, 3, 16, 16)) <= TOL
+
+
+def test_export_and_verify_give_every_module_its_mode_back(tmp_path):
+    """Export traces in eval mode; afterwards each module has its own flag again (a training model with a
+    frozen part keeps it frozen), also when the export fails."""
+    model = small_cnn().train()
+    frozen = next(iter(model.children())).eval()  # e.g. a frozen feature extractor
+    before = {name: m.training for name, m in model.named_modules()}
+    assert model.training and not frozen.training
+    path = export_onnx(model, torch.randn(2, 3, 16, 16), tmp_path / "m.onnx")
+    assert {name: m.training for name, m in model.named_modules()} == before
+    verify_onnx(path, model, torch.randn(2, 3, 16, 16))
+    assert {name: m.training for name, m in model.named_modules()} == before
+    with pytest.raises(RuntimeError, match="channels"):
+        export_onnx(model, torch.randn(2, 5, 16, 16), tmp_path / "bad.onnx")  # wrong channels: fails in tracing
+    assert {name: m.training for name, m in model.named_modules()} == before

@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import pytest
@@ -26,7 +26,9 @@ from inhernet.distillation import (
     match_feature_names,
     precompute_teacher_logits,
 )
+from inhernet.distillation.config import MOVED
 from inhernet.evaluate import evaluate
+from inhernet.experimental.distillation import ExperimentalDistillConfig
 
 IN, HID, CLASSES = 12, 24, 4
 N_TRAIN, N_VAL, BATCH = 160, 96, 32  # 5 training batches per epoch
@@ -73,9 +75,10 @@ def loaders(train_set, val_set, batch: int = BATCH, shuffle: bool = True):
 
 
 def cpu_config(tmp_path: Path, **kw) -> DistillConfig:
+    """A CPU run's config; with a knob of the experimental config (warm-up...), that config."""
     kw.setdefault("accelerator", "cpu")
     kw.setdefault("log_dir", str(tmp_path))
-    return DistillConfig(**kw)
+    return (ExperimentalDistillConfig if MOVED.keys() & kw.keys() else DistillConfig)(**kw)
 
 
 def weights(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -186,9 +189,6 @@ def test_config_validation_names_the_field():
     for kwargs, field in [
         ({"steps": 0}, "steps"),
         ({"lr": -1.0}, "lr"),
-        ({"optimizer": "adam"}, "optimizer"),
-        ({"schedule": "linear"}, "schedule"),
-        ({"warmup_steps": 10, "steps": 10}, "warmup_steps"),
         ({"alpha": 1.5}, "alpha"),
         ({"temperature": 0}, "temperature"),
         ({"precision": "8"}, "precision"),
@@ -205,6 +205,35 @@ def test_config_validation_names_the_field():
     assert DistillConfig(precision=16).precision == "16-mixed"
     assert DistillConfig(steps=100).validation_interval == 10
     assert DistillConfig(steps=100, val_every=0).validation_interval == 100
+    for kwargs, field in [
+        ({"optimizer": "adam"}, "optimizer"),
+        ({"schedule": "linear"}, "schedule"),
+        ({"warmup_steps": 10, "steps": 10}, "warmup_steps"),
+        ({"step_milestones": (0.5, 1.0)}, "step_milestones"),
+        ({"embed_loss": "l1"}, "embed_loss"),
+        ({"gate_lr_scale": 0}, "gate_lr_scale"),
+        ({"steps": 0}, "steps"),  # the public fields are checked as in DistillConfig
+    ]:
+        with pytest.raises(ValueError, match=rf"ExperimentalDistillConfig\.{field}"):
+            ExperimentalDistillConfig(**kwargs)
+
+
+def test_moved_knobs_say_where_they_went_and_keep_their_fixed_values():
+    """Every knob that left DistillConfig raises a TypeError naming its new home; DistillConfig reads as the
+    experimental config's defaults (the recipe every shipped run uses), and the experimental config keeps
+    the fields in their former order."""
+    for name, value in [("gate_lr_scale", 30.0), ("warmup_steps", 2), ("optimizer", "sgd"), ("embed_loss", "mse"),
+                        ("weight_decay", 0.01), ("schedule", "step"), ("momentum", 0.5), ("step_gamma", 0.5),
+                        ("step_milestones", (0.5,))]:
+        with pytest.raises(TypeError, match=rf"DistillConfig has no '{name}': it moved to "
+                                            r"inhernet\.experimental\.distillation\.ExperimentalDistillConfig"):
+            DistillConfig(**{name: value})
+        assert getattr(DistillConfig(), name) == getattr(ExperimentalDistillConfig(), name)
+        assert getattr(ExperimentalDistillConfig(**{name: value}), name) == value
+    assert set(MOVED) == {f.name for f in fields(ExperimentalDistillConfig)} - {f.name for f in fields(DistillConfig)}
+    assert list(ExperimentalDistillConfig().to_dict())[:4] == ["steps", "lr", "weight_decay", "optimizer"]
+    with pytest.raises(TypeError, match="unexpected keyword argument 'bogus'"):
+        DistillConfig(bogus=1)
 
 
 # ---------------------------------------------------------------------------------------------- distill

@@ -99,3 +99,22 @@ def test_perplexity_equals_hand_computed_value() -> None:
     result = evaluate(Fixed(), [{"input_ids": labels, "labels": labels}], metric="perplexity")
     assert result["perplexity"] == pytest.approx(math.exp(nll / 2), rel=1e-6)
     assert result["count"] == 2
+
+
+def test_evaluating_lends_eval_mode_and_gives_each_module_its_own_back() -> None:
+    """``evaluating`` (what evaluate, export and the teacher precomputation use): eval mode inside, every
+    module's own flag after, also on error; ``device_of`` is where the inputs go (the CPU without parameters)."""
+    from inhernet.modes import device_of, evaluating
+
+    model = nn.Sequential(nn.Linear(3, 3), nn.Dropout(0.5), nn.Linear(3, 3)).train()
+    model[0].eval()  # a frozen part of a training model
+    before = [m.training for m in model.modules()]
+    with evaluating(model) as inside:
+        assert inside is model and not any(m.training for m in model.modules())
+    assert [m.training for m in model.modules()] == before
+    with pytest.raises(RuntimeError, match="boom"), evaluating(model):
+        raise RuntimeError("boom")
+    assert [m.training for m in model.modules()] == before
+    evaluate(model, [(torch.randn(4, 3), torch.zeros(4, dtype=torch.long))])
+    assert [m.training for m in model.modules()] == before
+    assert device_of(model) == torch.device("cpu") and device_of(nn.ReLU()) == torch.device("cpu")

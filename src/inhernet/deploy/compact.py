@@ -50,6 +50,7 @@ from ..budget import RANK_MULTIPLE, round_rank
 from ..calibration import layer_input_shapes, split_example
 from ..kinds import block_params, kind_of
 from ..layers import InherBlock, InherConv, InherEmbedding, InherLinear
+from ..modes import device_of
 from ..stack import replace_module
 from .costs import Costs, CostTable, LayerShape
 from .merge import merge_experts
@@ -111,6 +112,23 @@ def compact(
             ``rank_multiple`` or ``budget`` is malformed, or ``calib`` is missing while a gate
             depends on its input.
     """
+    multiple = _check_arguments(model, rank_multiple, costs, example, calib)
+    if example is None:
+        example, calib = split_example(calib, "compact()")
+    target = _budget_target(model, budget)
+    if not inplace:
+        model = copy.deepcopy(model)
+    merge_experts(model, calib)
+    blocks = _blocks(model)
+    decisions, optional, params = _measure(model, blocks, _block_inputs(model, blocks, example), multiple, costs)
+    _spend_budget(decisions, optional, params, target)
+    model = _apply(model, blocks, decisions)
+    _record(model, decisions, multiple, target)
+    return model
+
+
+def _check_arguments(model: Any, rank_multiple: Any, costs: Any, example: Any, calib: Any) -> int:
+    """The rank multiple to round to, once :func:`compact`'s arguments are checked (errors as documented there)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     multiple = RANK_MULTIPLE if rank_multiple is None else rank_multiple
@@ -128,18 +146,21 @@ def compact(
             "compact() needs an example input to read each block's input shape at (and to time layers at): "
             "pass example=<one batch at the deployed batch size> or calib=<iterable of batches>"
         )
-    if example is None:
-        example, calib = split_example(calib, "compact()")
-    target = _budget_target(model, budget)
-    if not inplace:
-        model = copy.deepcopy(model)
-    merge_experts(model, calib)
-    blocks = _blocks(model)
-    inputs = _block_inputs(model, blocks, example)
+    return multiple
 
+
+def _measure(
+    model: nn.Module, blocks: dict[str, InherBlock], inputs: dict[str, Any], multiple: int, costs: Costs | None
+) -> tuple[dict[str, dict[str, Any]], list[tuple[float, int, str]], int]:
+    """Each block's decision before the budget: dense where at or above break-even, measured otherwise.
+
+    Returns the decisions (per block ``dense``, ``rank``, ``rank_before``, ``reason`` and the timings),
+    the blocks that could go dense as ``(seconds saved per added parameter, added parameters, name)``,
+    and the model's parameters with the decisions taken so far.
+    """
     params = sum(p.numel() for p in model.parameters())
     decisions: dict[str, dict[str, Any]] = {}
-    optional: list[tuple[float, int, str]] = []  # (seconds saved per added parameter, added params, name)
+    optional: list[tuple[float, int, str]] = []
     for name, block in blocks.items():
         m, n = _matrix_shape(block)
         has_bias = block.up.bias is not None
@@ -155,9 +176,8 @@ def compact(
         if name not in inputs:
             entry["reason"] = "did not run on the example input; not measured, kept factorised"
             continue
+        costs = CostTable(device_of(model)) if costs is None else costs  # built only when a block needs it
         shape = LayerShape.of_block(block, inputs[name])
-        if costs is None:
-            costs = CostTable(next(model.parameters()).device)
         dense_s, fact_s = float(costs.dense(shape)), float(costs.factorised(shape, rank))
         timing = f"dense {dense_s * 1e6:.1f} us, factorised {fact_s * 1e6:.1f} us at rank {rank}"
         entry.update(dense_seconds=dense_s, factorised_seconds=fact_s)
@@ -167,6 +187,14 @@ def compact(
         added = dense_p - block_params(m, n, rank, 1, has_bias)
         entry["reason"] = f"dense is no slower ({timing})"
         optional.append(((fact_s - dense_s) / max(added, 1), added, name))
+    return decisions, optional, params
+
+
+def _spend_budget(
+    decisions: dict[str, dict[str, Any]], optional: list[tuple[float, int, str]], params: int, target: int | None
+) -> None:
+    """Turn dense the blocks that are no faster factorised, most seconds saved per added parameter first,
+    as long as the parameters stay within ``target`` (all of them without a budget)."""
     for _, added, name in sorted(optional, key=lambda t: (-t[0], t[2])):
         entry = decisions[name]
         if target is not None and params + added > target:
@@ -174,13 +202,16 @@ def compact(
             continue
         params += added
         entry["dense"] = True
+
+
+def _apply(model: nn.Module, blocks: dict[str, InherBlock], decisions: dict[str, dict[str, Any]]) -> nn.Module:
+    """Replace each block by its dense layer or its truncation, as decided (a dense one's rank becomes None)."""
     for name, entry in decisions.items():
         if entry["dense"]:
             model = replace_module(model, name, densify(blocks[name]))
             entry["rank"] = None
         elif entry["rank"] < blocks[name].rank:
             model = replace_module(model, name, truncate(blocks[name], entry["rank"]))
-    _record(model, decisions, multiple, target)
     return model
 
 

@@ -28,6 +28,7 @@ from torch import nn
 
 from .._atomic import atomic_path
 from ..batches import forward_batch, logits_of
+from ..modes import evaluating
 
 __all__ = ["export_onnx", "onnx_inputs", "verify_onnx"]
 
@@ -105,54 +106,49 @@ def export_onnx(
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     inputs = onnx_inputs(example_inputs)
     names = list(inputs)
-    keys = names if isinstance(example_inputs, Mapping) else None
-    axes: dict[str, dict[int, str]] = {}
-    if dynamic_batch:
-        axes = {name: {0: "batch"} for name in [*names, OUTPUT_NAME]}
-    for name, more in (dynamic_axes or {}).items():
-        if name not in [*names, OUTPUT_NAME]:
-            raise ValueError(
-                f"dynamic_axes names {name!r}, but the graph's inputs/outputs are {[*names, OUTPUT_NAME]}"
-            )
-        axes.setdefault(name, {}).update({int(k): str(v) for k, v in more.items()})
-    if dynamo:
-        try:
-            import onnxscript  # noqa: F401
-        except ImportError:
-            raise ImportError(
-                "export_onnx(dynamo=True) needs the onnxscript package (pip install onnxscript); "
-                "the default dynamo=False exporter does not"
-            ) from None
-
+    options = _exporter_options(names, _symbolic_axes(names, dynamic_batch, dynamic_axes), dynamo)
     target = Path(path)
-    wrapper = _LogitsOf(model, keys).eval()
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        with atomic_path(target) as tmp, warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            if dynamo:
-                options: dict[str, Any] = {
-                    "dynamo": True,
-                    "external_data": False,
-                    "dynamic_shapes": _dynamic_shapes(names, axes),
-                }
-            else:
-                options = {"dynamo": False, "dynamic_axes": axes or None, "do_constant_folding": True}
-            torch.onnx.export(
-                wrapper,
-                tuple(inputs.values()),
-                str(tmp),
-                input_names=names,
-                output_names=[OUTPUT_NAME],
-                opset_version=opset,
-                **options,
-            )
-    finally:
-        for m, training in modes.items():
-            m.training = training
+    with evaluating(model), atomic_path(target) as tmp, warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        wrapper = _LogitsOf(model, names if isinstance(example_inputs, Mapping) else None).eval()
+        torch.onnx.export(
+            wrapper,
+            tuple(inputs.values()),
+            str(tmp),
+            input_names=names,
+            output_names=[OUTPUT_NAME],
+            opset_version=opset,
+            **options,
+        )
     return target
+
+
+def _symbolic_axes(
+    names: list[str], dynamic_batch: bool, dynamic_axes: Mapping[str, Mapping[int, str]] | None
+) -> dict[str, dict[int, str]]:
+    """The symbolic axes per graph input/output name: the batch axes, merged with ``dynamic_axes``."""
+    graph = [*names, OUTPUT_NAME]
+    axes: dict[str, dict[int, str]] = {name: {0: "batch"} for name in graph} if dynamic_batch else {}
+    for name, more in (dynamic_axes or {}).items():
+        if name not in graph:
+            raise ValueError(f"dynamic_axes names {name!r}, but the graph's inputs/outputs are {graph}")
+        axes.setdefault(name, {}).update({int(k): str(v) for k, v in more.items()})
+    return axes
+
+
+def _exporter_options(names: list[str], axes: dict[str, dict[int, str]], dynamo: bool) -> dict[str, Any]:
+    """The ``torch.onnx.export`` options of the chosen exporter (checked to be installed first)."""
+    if not dynamo:
+        return {"dynamo": False, "dynamic_axes": axes or None, "do_constant_folding": True}
+    try:
+        import onnxscript  # noqa: F401
+    except ImportError:
+        raise ImportError(
+            "export_onnx(dynamo=True) needs the onnxscript package (pip install onnxscript); "
+            "the default dynamo=False exporter does not"
+        ) from None
+    return {"dynamo": True, "external_data": False, "dynamic_shapes": _dynamic_shapes(names, axes)}
 
 
 def _dynamic_shapes(names: list[str], axes: dict[str, dict[int, str]]) -> tuple[Any, ...] | None:
@@ -183,14 +179,8 @@ def verify_onnx(path: str | os.PathLike[str], model: nn.Module, example_inputs: 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     feed = {name: t.detach().cpu().numpy() for name, t in inputs.items()}
     got = torch.from_numpy(session.run([OUTPUT_NAME], feed)[0])
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        with torch.no_grad():
-            want = logits_of(forward_batch(model, example_inputs)).detach().cpu()
-    finally:
-        for m, training in modes.items():
-            m.training = training
+    with evaluating(model), torch.no_grad():
+        want = logits_of(forward_batch(model, example_inputs)).detach().cpu()
     if got.shape != want.shape:
         raise ValueError(
             f"onnxruntime returned logits of shape {tuple(got.shape)}, PyTorch {tuple(want.shape)}"

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
+from .._moved import refuse_moved
 from ..config import check_seed, plain_number
 from ..dual import DUAL_METRICS
 
 __all__ = ["DistillConfig"]
 
-OPTIMIZERS = ("adamw", "sgd")
-SCHEDULES = ("cosine", "step", "constant")
 METRICS = ("accuracy", "perplexity", *DUAL_METRICS)
 LOSSES = ("kd", "contrastive")
 EMBED_LOSSES = ("cosine", "mse")
@@ -25,24 +24,43 @@ PRECISIONS = (
 _PRECISION_ALIASES = {"16": "16-mixed", "bf16": "bf16-mixed"}
 
 
+_EXPERIMENTAL = "inhernet.experimental.distillation.ExperimentalDistillConfig"
+_UNUSED_RECIPE = (
+    f"it moved to {_EXPERIMENTAL} (no shipped recipe or benchmark sets it: every run trains with AdamW, cosine "
+    f"decay, no warm-up and no weight decay); use {_EXPERIMENTAL.rsplit('.', 1)[1]}(...) instead"
+)
+# The knobs that left DistillConfig, and where they went.
+MOVED = {
+    **{name: _UNUSED_RECIPE for name in (
+        "weight_decay", "optimizer", "momentum", "schedule", "warmup_steps", "step_gamma", "step_milestones",
+    )},
+    "embed_loss": f"it moved to {_EXPERIMENTAL} (no preset matches embeddings by MSE; the cosine is fixed)",
+    "gate_lr_scale": (
+        f"it moved to {_EXPERIMENTAL}, an ablation: a faster gate learning rate made the gates route but "
+        "did not change accuracy (BENCHMARKS.md, 'Experts that pay?')"
+    ),
+}
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+@refuse_moved(MOVED)
 @dataclass
 class DistillConfig:
     """Configuration of KD fine-tuning (see :func:`inhernet.distill`).
 
-    Optimisation:
+    Optimisation (AdamW, cosine decay to 0 at ``steps``, stepped once per optimiser step; the other
+    optimisers, schedules, warm-up and weight decay are knobs of
+    :class:`inhernet.experimental.distillation.ExperimentalDistillConfig`: no shipped run uses them):
         steps: number of optimiser steps (one batch of the train loader per step and device; the
             loader is cycled over as many epochs as needed).
-        lr: peak learning rate (after warm-up).
-        weight_decay: decoupled (AdamW) / L2 (SGD) weight decay, applied to weights of 2 or more
-            dimensions only (biases, norms, gate offsets are not decayed).
-        optimizer: ``"adamw"`` or ``"sgd"`` (with ``momentum``, 0.9 by default).
-        schedule: ``"cosine"`` (to 0 at ``steps``), ``"step"`` (multiply by ``step_gamma`` at each
-            fraction of the post-warm-up steps in ``step_milestones``) or ``"constant"``; all after a
-            linear warm-up of ``warmup_steps``. Stepped once per optimiser step.
-        gate_lr_scale: learning-rate multiplier for the gates of InherNet blocks (their own optimiser
-            parameter groups, same schedule). A gate's gradient is proportional to how far the experts
-            are apart, which starts at ``expert_noise`` (2%) of the layer: a larger rate lets the gates
-            leave uniform within a short schedule. 1 = no special treatment.
+        lr: peak learning rate.
         grad_clip: clip the global gradient norm to this value (``None`` or 0 disables).
 
     Loss (see :func:`inhernet.distillation.kd_loss`):
@@ -63,7 +81,7 @@ class DistillConfig:
             teacher then never runs during training); otherwise it is taken from the teacher's logits,
             live or precomputed, at each step (the same loss). Needs ``loss="kd"``.
         embed_weight: with ``loss="contrastive"``, weight of the matching of the student's image and
-            text embeddings to the teacher's (``embed_loss``: ``"cosine"`` or ``"mse"``); 0 disables it.
+            text embeddings to the teacher's (by cosine distance); 0 disables it.
         feature_weight: weight of the layer-aligned feature loss (``feature_loss`` between the outputs of
             the student's modules and the teacher's modules they came from: the same name, or the original
             block of a block-dropped stack); 0 disables it.
@@ -111,23 +129,25 @@ class DistillConfig:
 
     steps: int = 500
     lr: float = 1e-3
-    weight_decay: float = 0.0
-    optimizer: Literal["adamw", "sgd"] = "adamw"
-    momentum: float = 0.9
-    schedule: Literal["cosine", "step", "constant"] = "cosine"
-    warmup_steps: int = 0
-    step_gamma: float = 0.1
-    step_milestones: tuple[float, ...] = (0.5, 0.75)
+    # Fixed here, fields of ExperimentalDistillConfig (declared in their places, so that its fields keep
+    # the order they had when they were all public).
+    weight_decay: ClassVar[float] = 0.0
+    optimizer: ClassVar[str] = "adamw"
+    momentum: ClassVar[float] = 0.9
+    schedule: ClassVar[str] = "cosine"
+    warmup_steps: ClassVar[int] = 0
+    step_gamma: ClassVar[float] = 0.1
+    step_milestones: ClassVar[tuple[float, ...]] = (0.5, 0.75)
     loss: Literal["kd", "contrastive"] = "kd"
     temperature: float = 4.0
     alpha: float = 0.9
     teacher_topk: int | None = None
     embed_weight: float = 0.0
-    embed_loss: Literal["cosine", "mse"] = "cosine"
+    embed_loss: ClassVar[str] = "cosine"
     feature_weight: float = 0.0
     feature_patterns: tuple[str, ...] = ()
     feature_loss: Literal["mse", "cosine"] = "mse"
-    gate_lr_scale: float = 1.0
+    gate_lr_scale: ClassVar[float] = 1.0
     grad_clip: float | None = 1.0
     precision: str = "32"
     devices: Any = 1
@@ -148,108 +168,96 @@ class DistillConfig:
         # numpy integers and floats count as ints and floats.
         for f in fields(self):
             setattr(self, f.name, plain_number(getattr(self, f.name)))
-        if isinstance(self.step_milestones, (list, tuple)):
-            self.step_milestones = tuple(plain_number(m) for m in self.step_milestones)
         if isinstance(self.devices, (list, tuple)):
             self.devices = type(self.devices)(plain_number(d) for d in self.devices)
+        self._check_optimisation()
+        self._check_loss()
+        self._check_features()
+        self._check_hardware()
+        self._check_run()
 
-        def bad(name: str, expected: str) -> ValueError:
-            return ValueError(f"DistillConfig.{name} must be {expected}, got {getattr(self, name)!r}")
+    def _bad(self, name: str, expected: str) -> ValueError:
+        return ValueError(f"{type(self).__name__}.{name} must be {expected}, got {getattr(self, name)!r}")
 
-        def is_int(v: Any) -> bool:
-            return isinstance(v, int) and not isinstance(v, bool)
+    def _check_optimisation(self) -> None:
+        if not _is_int(self.steps) or self.steps < 1:
+            raise self._bad("steps", "an int >= 1")
+        if not _is_num(self.lr) or self.lr <= 0:
+            raise self._bad("lr", "a positive number")
+        if self.grad_clip is not None and (not _is_num(self.grad_clip) or self.grad_clip < 0):
+            raise self._bad("grad_clip", "a number >= 0 or None")
 
-        def is_num(v: Any) -> bool:
-            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-        if not is_int(self.steps) or self.steps < 1:
-            raise bad("steps", "an int >= 1")
-        if not is_num(self.lr) or self.lr <= 0:
-            raise bad("lr", "a positive number")
-        if not is_num(self.weight_decay) or self.weight_decay < 0:
-            raise bad("weight_decay", "a number >= 0")
-        if self.optimizer not in OPTIMIZERS:
-            raise bad("optimizer", f"one of {OPTIMIZERS}")
-        if not is_num(self.momentum) or not 0 <= self.momentum < 1:
-            raise bad("momentum", "a number in [0, 1)")
-        if self.schedule not in SCHEDULES:
-            raise bad("schedule", f"one of {SCHEDULES}")
-        if not is_int(self.warmup_steps) or not 0 <= self.warmup_steps < self.steps:
-            raise bad("warmup_steps", f"an int in [0, steps={self.steps})")
-        if not is_num(self.step_gamma) or self.step_gamma <= 0:
-            raise bad("step_gamma", "a positive number")
-        self.step_milestones = tuple(self.step_milestones)
-        if not all(is_num(m) and 0 < m < 1 for m in self.step_milestones):
-            raise bad("step_milestones", "fractions in (0, 1) of the post-warm-up steps")
+    def _check_loss(self) -> None:
         if self.loss not in LOSSES:
-            raise bad("loss", f"one of {LOSSES}")
-        if not is_num(self.embed_weight) or self.embed_weight < 0:
-            raise bad("embed_weight", "a number >= 0")
-        if self.embed_loss not in EMBED_LOSSES:
-            raise bad("embed_loss", f"one of {EMBED_LOSSES}")
-        if not is_num(self.temperature) or self.temperature <= 0:
-            raise bad("temperature", "a positive number")
-        if not is_num(self.alpha) or not 0 <= self.alpha <= 1:
-            raise bad("alpha", "a number in [0, 1]")
+            raise self._bad("loss", f"one of {LOSSES}")
+        if not _is_num(self.embed_weight) or self.embed_weight < 0:
+            raise self._bad("embed_weight", "a number >= 0")
+        if not _is_num(self.temperature) or self.temperature <= 0:
+            raise self._bad("temperature", "a positive number")
+        if not _is_num(self.alpha) or not 0 <= self.alpha <= 1:
+            raise self._bad("alpha", "a number in [0, 1]")
         if self.teacher_topk is not None:
-            if not is_int(self.teacher_topk) or self.teacher_topk < 1:
-                raise bad("teacher_topk", "None (full-logit KD) or an int >= 1, at most the vocabulary size")
+            if not _is_int(self.teacher_topk) or self.teacher_topk < 1:
+                raise self._bad("teacher_topk", "None (full-logit KD) or an int >= 1, at most the vocabulary size")
             if self.loss != "kd":
                 raise ValueError(
                     f"DistillConfig.teacher_topk={self.teacher_topk} needs loss='kd' (logit KD), got "
                     f"loss={self.loss!r}; set teacher_topk=None"
                 )
-        if not is_num(self.feature_weight) or self.feature_weight < 0:
-            raise bad("feature_weight", "a number >= 0")
+
+    def _check_features(self) -> None:
+        if not _is_num(self.feature_weight) or self.feature_weight < 0:
+            raise self._bad("feature_weight", "a number >= 0")
         if self.feature_loss not in EMBED_LOSSES:
-            raise bad("feature_loss", f"one of {EMBED_LOSSES}")
+            raise self._bad("feature_loss", f"one of {EMBED_LOSSES}")
         if isinstance(self.feature_patterns, str):
             self.feature_patterns = (self.feature_patterns,)
         self.feature_patterns = tuple(self.feature_patterns)
         if not all(isinstance(p, str) and p for p in self.feature_patterns):
-            raise bad("feature_patterns", "a tuple of non-empty fnmatch patterns of module names")
+            raise self._bad("feature_patterns", "a tuple of non-empty fnmatch patterns of module names")
         if self.feature_weight > 0 and not self.feature_patterns:
             raise ValueError(
                 "DistillConfig.feature_weight > 0 needs feature_patterns, the module names whose outputs "
                 "are matched, e.g. feature_patterns=('features.*', 'classifier')"
             )
-        if not is_num(self.gate_lr_scale) or self.gate_lr_scale <= 0:
-            raise bad("gate_lr_scale", "a positive number (the gates' learning rate is lr * gate_lr_scale)")
-        if self.grad_clip is not None and (not is_num(self.grad_clip) or self.grad_clip < 0):
-            raise bad("grad_clip", "a number >= 0 or None")
-        if is_int(self.precision):
+
+    def _check_hardware(self) -> None:
+        if _is_int(self.precision):
             self.precision = str(self.precision)
         if isinstance(self.precision, str):
             self.precision = _PRECISION_ALIASES.get(self.precision, self.precision)
         if self.precision not in PRECISIONS:
-            raise bad("precision", f"a Lightning precision string, one of {PRECISIONS}")
+            raise self._bad("precision", f"a Lightning precision string, one of {PRECISIONS}")
+        devices = self.devices
         if not (
-            self.devices == "auto"
-            or (is_int(self.devices) and (self.devices >= 1 or self.devices == -1))
-            or (isinstance(self.devices, str) and self.devices.replace(",", "").strip().isdigit())
-            or (isinstance(self.devices, (list, tuple)) and self.devices and all(map(is_int, self.devices)))
+            devices == "auto"
+            or (_is_int(devices) and (devices >= 1 or devices == -1))
+            or (isinstance(devices, str) and devices.replace(",", "").strip().isdigit())
+            or (isinstance(devices, (list, tuple)) and devices and all(map(_is_int, devices)))
         ):
-            raise bad("devices", "an int >= 1, -1 (all), 'auto', a list of device indices or a '0,1' string")
+            raise self._bad("devices", "an int >= 1, -1 (all), 'auto', a list of device indices or a '0,1' string")
         if self.accelerator not in ACCELERATORS:
-            raise bad("accelerator", f"one of {ACCELERATORS}")
+            raise self._bad("accelerator", f"one of {ACCELERATORS}")
         if isinstance(self.strategy, str):
             if not self.strategy:
-                raise bad("strategy", "a Lightning strategy name ('auto', 'ddp', 'ddp_spawn', 'fsdp', ...)")
+                raise self._bad("strategy", "a Lightning strategy name ('auto', 'ddp', 'ddp_spawn', 'fsdp', ...)")
         elif self.strategy is None:
-            raise bad("strategy", "a Lightning strategy name or Strategy object")
-        if not is_int(self.num_nodes) or self.num_nodes < 1:
-            raise bad("num_nodes", "an int >= 1")
+            raise self._bad("strategy", "a Lightning strategy name or Strategy object")
+        if not _is_int(self.num_nodes) or self.num_nodes < 1:
+            raise self._bad("num_nodes", "an int >= 1")
         if self.deterministic not in (True, False, "warn"):
-            raise bad("deterministic", "True, False or 'warn'")
+            raise self._bad("deterministic", "True, False or 'warn'")
+
+    def _check_run(self) -> None:
         check_seed("DistillConfig.seed", self.seed)
-        if self.val_every is not None and (not is_int(self.val_every) or self.val_every < 0):
-            raise bad("val_every", "an int >= 0 (0: validate only at the end) or None")
+        if self.val_every is not None and (not _is_int(self.val_every) or self.val_every < 0):
+            raise self._bad("val_every", "an int >= 0 (0: validate only at the end) or None")
         if self.metric not in METRICS:
-            raise bad("metric", f"one of {METRICS}")
+            raise self._bad("metric", f"one of {METRICS}")
         if self.log_dir is not None:
             self.log_dir = str(self.log_dir)  # accept os.PathLike
-        if not is_int(self.checkpoint_every) or self.checkpoint_every < 0:
-            raise bad("checkpoint_every", "an int >= 0 (0: no checkpoints)")
+        if not _is_int(self.checkpoint_every) or self.checkpoint_every < 0:
+            raise self._bad("checkpoint_every", "an int >= 0 (0: no checkpoints)")
         if self.resume is not None:
             self.resume = str(self.resume)
             if self.resume == "last" and self.log_dir is None:
@@ -267,6 +275,7 @@ class DistillConfig:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
         if not isinstance(d["strategy"], str):
             d["strategy"] = type(self.strategy).__name__
-        d["step_milestones"] = list(d["step_milestones"])
-        d["feature_patterns"] = list(d["feature_patterns"])
+        for name in ("step_milestones", "feature_patterns"):  # tuples (step_milestones: experimental only)
+            if name in d:
+                d[name] = list(d[name])
         return d

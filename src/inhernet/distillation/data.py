@@ -31,6 +31,7 @@ from torch import nn
 from torch.utils.data import (
     DataLoader,
     Dataset,
+    DistributedSampler,
     IterableDataset,
     RandomSampler,
     Sampler,
@@ -41,6 +42,7 @@ from tqdm.auto import tqdm
 
 from ..batches import TEACHER_LOGITS, forward_batch, logits_of, move_batch
 from ..dual import dual_output, is_dual_output
+from ..modes import device_of, evaluating
 from .loss import TeacherTopK, check_topk, teacher_topk
 
 __all__ = [
@@ -121,16 +123,12 @@ def precompute_teacher_logits(teacher: nn.Module, dataset: Dataset, batch_size: 
     A dual encoder's per-example output is its packed embedding pair (:meth:`inhernet.dual.DualOutput.pack`),
     from which contrastive distillation rebuilds the teacher's similarities within any batch.
     """
-    was_training = teacher.training
-    teacher.eval()
-    device = next((p.device for p in teacher.parameters()), torch.device("cpu"))
-    try:
+    device = device_of(teacher)
+    with evaluating(teacher):
         logits = [
             _per_example(forward_batch(teacher, move_batch(batch, device))).float().cpu()
             for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False)
         ]
-    finally:
-        teacher.train(was_training)
     return WithTeacherLogits(dataset, torch.cat(logits))
 
 
@@ -157,18 +155,14 @@ def precompute_teacher_topk(
         raise ValueError(f"precompute_teacher_topk: temperature must be positive, got {temperature}")
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"precompute_teacher_topk: k must be an int >= 1, got {k!r}")
-    was_training = teacher.training
-    teacher.eval()
-    device = next((p.device for p in teacher.parameters()), torch.device("cpu"))
+    device = device_of(teacher)
     parts: list[TeacherTopK] = []
-    try:
+    with evaluating(teacher):
         loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
         for batch in tqdm(loader, desc="teacher top-k", unit="batch", disable=not progress, leave=False):
             logits = logits_of(forward_batch(teacher, move_batch(batch, device)))
             check_topk(k, logits.shape[-1], "precompute_teacher_topk: k")
             parts.append(TeacherTopK(*(f.cpu() for f in teacher_topk(logits, k, temperature, dtype))))
-    finally:
-        teacher.train(was_training)
     if not parts:
         raise ValueError("precompute_teacher_topk: the data set is empty")
     return WithTeacherTopK(dataset, TeacherTopK(*(torch.cat(f) for f in zip(*parts, strict=True))), temperature)
@@ -263,12 +257,34 @@ def _map_style(loader: Any) -> bool:
 
 
 class _Sharded:
-    """A loader's shard for this process (``_resolve``), whose length is the shard's."""
+    """A loader's shard for this process (``_resolve``, built on first use), whose length is the shard's.
+
+    One process: the loader itself. A ``DataLoader`` over a map-style data set: the same loader
+    re-instantiated with this process's sampler (:meth:`_sampler`). Anything else: every ``world``-th
+    batch (:class:`_BatchStride`).
+    """
 
     role = "training"
+    drop_remainder = True  # every process takes as many batches (training steps must stay in lockstep)
+
+    def __init__(self, loader: Iterable[Any], seed: int, trainer: Callable[[], Any]):
+        self.loader, self.seed, self.trainer = loader, seed, trainer
+        self._shard: Iterable[Any] | None = None
+
+    def _sampler(self, loader: DataLoader, world: int, rank: int) -> Sampler[int]:
+        raise NotImplementedError
 
     def _resolve(self) -> Iterable[Any]:
-        raise NotImplementedError
+        if self._shard is None:
+            world, rank = _dist_info(self.trainer())
+            if world == 1:
+                self._shard = self.loader
+            elif _map_style(self.loader):
+                loader: DataLoader = self.loader  # type: ignore[assignment]
+                self._shard = _reinstantiate(loader, self._sampler(loader, world, rank))
+            else:
+                self._shard = _BatchStride(self.loader, world, rank, drop_remainder=self.drop_remainder)
+        return self._shard
 
     def __len__(self) -> int:
         n = _sized_len(self._resolve())
@@ -287,34 +303,19 @@ class TrainLoader(_Sharded):
     """
 
     def __init__(self, loader: Iterable[Any], seed: int, trainer: Callable[[], Any]):
-        self.loader, self.seed, self.trainer = loader, seed, trainer
-        self._shard: Iterable[Any] | None = None
+        super().__init__(loader, seed, trainer)
         self._iterations = 0
 
-    def _resolve(self) -> Iterable[Any]:
-        if self._shard is None:
-            world, rank = _dist_info(self.trainer())
-            if world == 1:
-                self._shard = self.loader
-            elif _map_style(self.loader):
-                from torch.utils.data import DistributedSampler
+    def _sampler(self, loader: DataLoader, world: int, rank: int) -> Sampler[int]:
+        """What Lightning would use: a ``DistributedSampler`` (padded shards), seeded with the run's seed."""
+        if isinstance(loader.sampler, (RandomSampler, SequentialSampler)):
+            return DistributedSampler(
+                loader.dataset, num_replicas=world, rank=rank,
+                shuffle=isinstance(loader.sampler, RandomSampler), seed=self.seed,
+            )
+        from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
 
-                loader: DataLoader = self.loader  # type: ignore[assignment]
-                if isinstance(loader.sampler, (RandomSampler, SequentialSampler)):
-                    sampler: Sampler[int] = DistributedSampler(
-                        loader.dataset, num_replicas=world, rank=rank,
-                        shuffle=isinstance(loader.sampler, RandomSampler), seed=self.seed,
-                    )
-                else:
-                    from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
-
-                    sampler = DistributedSamplerWrapper(
-                        loader.sampler, num_replicas=world, rank=rank, shuffle=False, seed=self.seed
-                    )
-                self._shard = _reinstantiate(loader, sampler)
-            else:
-                self._shard = _BatchStride(self.loader, world, rank, drop_remainder=True)
-        return self._shard
+        return DistributedSamplerWrapper(loader.sampler, num_replicas=world, rank=rank, shuffle=False, seed=self.seed)
 
     def __iter__(self) -> Iterator[Any]:
         loader = self._resolve()
@@ -356,22 +357,10 @@ class EvalLoader(_Sharded):
     """The validation loader: an unpadded shard per process, iterated without touching the global RNG."""
 
     role = "validation"
+    drop_remainder = False  # every example is validated once: the metric equals evaluate() on one process
 
-    def __init__(self, loader: Iterable[Any], seed: int, trainer: Callable[[], Any]):
-        self.loader, self.seed, self.trainer = loader, seed, trainer
-        self._shard: Iterable[Any] | None = None
-
-    def _resolve(self) -> Iterable[Any]:
-        if self._shard is None:
-            world, rank = _dist_info(self.trainer())
-            if world == 1:
-                self._shard = self.loader
-            elif _map_style(self.loader):
-                loader: DataLoader = self.loader  # type: ignore[assignment]
-                self._shard = _reinstantiate(loader, _StridedSampler(loader.sampler, world, rank))
-            else:
-                self._shard = _BatchStride(self.loader, world, rank, drop_remainder=False)
-        return self._shard
+    def _sampler(self, loader: DataLoader, world: int, rank: int) -> Sampler[int]:
+        return _StridedSampler(loader.sampler, world, rank)
 
     def __iter__(self) -> Iterator[Any]:
         return _seeded_iter(self._resolve(), seed=self.seed)

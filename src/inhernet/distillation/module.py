@@ -18,17 +18,8 @@ from .._atomic import atomic_write
 from ..batches import batch_labels, batch_teacher_logits, forward_batch, logits_of
 from ..dual import DUAL_METRICS, DualOutput, dual_metrics, dual_output
 from ..layers import InherBlock
+from . import loss as losses
 from .config import DistillConfig
-from .loss import (
-    FeatureCapture,
-    TeacherTopK,
-    contrastive_kd_loss,
-    feature_loss,
-    kd_loss,
-    match_feature_names,
-    teacher_topk,
-    topk_kd_loss,
-)
 
 __all__ = ["DistillModule", "lr_lambda"]
 
@@ -131,7 +122,7 @@ class DistillModule(L.LightningModule):
         # (student module, teacher module) pairs whose outputs the feature loss matches
         self.feature_pairs: list[tuple[str, str]] = []
         if config.feature_weight > 0:
-            self.feature_pairs = match_feature_names(student, teacher, config.feature_patterns)
+            self.feature_pairs = losses.match_feature_names(student, teacher, config.feature_patterns)
         self.history: dict[str, Any] = {"curve": [], "train_loss": []}
         self._pending_losses: list[tuple[int, torch.Tensor]] = []
         self._val_sums: torch.Tensor | None = None
@@ -197,40 +188,40 @@ class DistillModule(L.LightningModule):
         # The teacher runs live for feature matching; otherwise its logits (a dual encoder's packed
         # embeddings) may come precomputed with the batch.
         precomputed = batch_teacher_logits(batch)
-        with FeatureCapture(self.student, [s for s, _ in self.feature_pairs]) as s_cap:
+        with losses.FeatureCapture(self.student, [s for s, _ in self.feature_pairs]) as s_cap:
             student_out = forward_batch(self.student, batch)
         teacher_out = None
         if self.feature_pairs or (cfg.loss == "contrastive" and precomputed is None):
-            with FeatureCapture(self.teacher, [t for _, t in self.feature_pairs]) as t_cap, torch.no_grad():
+            with losses.FeatureCapture(self.teacher, [t for _, t in self.feature_pairs]) as t_cap, torch.no_grad():
                 teacher_out = forward_batch(self.teacher, batch)
         if cfg.loss == "contrastive":
             if teacher_out is None:  # per-example embeddings, packed by precompute_teacher_logits
                 teacher_out = DualOutput.unpack(precomputed)
-            loss = contrastive_kd_loss(
+            loss = losses.contrastive_kd_loss(
                 student_out, teacher_out, cfg.temperature, cfg.alpha, cfg.embed_weight, cfg.embed_loss
             )
         else:
             student_logits = logits_of(student_out)
             labels = _lm_labels(batch, student_logits)
-            if isinstance(precomputed, TeacherTopK) and cfg.teacher_topk != precomputed.logprobs.shape[-1]:
+            if isinstance(precomputed, losses.TeacherTopK) and cfg.teacher_topk != precomputed.logprobs.shape[-1]:
                 raise ValueError(
                     f"distill: the batches carry the teacher's top-{precomputed.logprobs.shape[-1]} tokens but "
                     f"DistillConfig.teacher_topk is {cfg.teacher_topk}; set it to {precomputed.logprobs.shape[-1]}"
                 )
-            if isinstance(precomputed, TeacherTopK) and teacher_out is None:
-                loss = topk_kd_loss(student_logits, precomputed, labels, cfg.temperature, cfg.alpha)
+            if isinstance(precomputed, losses.TeacherTopK) and teacher_out is None:
+                loss = losses.topk_kd_loss(student_logits, precomputed, labels, cfg.temperature, cfg.alpha)
             else:
                 teacher_logits = (
                     logits_of(teacher_out).detach() if teacher_out is not None else self._teacher_logits(batch)
                 )
                 if cfg.teacher_topk is None:
-                    loss = kd_loss(student_logits, teacher_logits, labels, cfg.temperature, cfg.alpha)
+                    loss = losses.kd_loss(student_logits, teacher_logits, labels, cfg.temperature, cfg.alpha)
                 else:  # the same sparse loss as from a cache, taken from the full logits
-                    sparse = teacher_topk(teacher_logits, cfg.teacher_topk, cfg.temperature)
-                    loss = topk_kd_loss(student_logits, sparse, labels, cfg.temperature, cfg.alpha)
+                    sparse = losses.teacher_topk(teacher_logits, cfg.teacher_topk, cfg.temperature)
+                    loss = losses.topk_kd_loss(student_logits, sparse, labels, cfg.temperature, cfg.alpha)
         if self.feature_pairs:
             teacher_features = {s: t_cap.features[t] for s, t in self.feature_pairs}
-            f_loss = feature_loss(s_cap.features, teacher_features, cfg.feature_loss)
+            f_loss = losses.feature_loss(s_cap.features, teacher_features, cfg.feature_loss)
             self.log("feature_loss", f_loss.detach(), on_step=True, on_epoch=False, batch_size=1)
             loss = loss + cfg.feature_weight * f_loss
 

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .config import DistillConfig
+from .data import EvalLoader, TrainLoader, check_topk_cache
 
 __all__ = ["distill"]
 
@@ -168,6 +169,49 @@ def distill(
         "checkpoint": path of last.ckpt or None, "is_global_zero": bool, "world_size": int}``.
         ``final`` is empty without a validation loader.
     """
+    config = _checked(student, teacher, config)
+    check_topk_cache(train_loader, config.teacher_topk, config.temperature)
+    log_dir = _resolve_log_dir(config)
+    ckpt_path = _resolve_resume(config, log_dir)
+    history_path = log_dir / "history.json"
+    if history_path.exists() and int(os.environ.get("LOCAL_RANK", "0")) == 0:
+        history_path.unlink()
+    with _preserved(student, teacher), _quiet(not config.progress):
+        return _fit(student, teacher, train_loader, val_loader, config, callbacks, log_dir, ckpt_path)
+
+
+def _fit(
+    student: nn.Module,
+    teacher: nn.Module,
+    train_loader: Iterable[Any],
+    val_loader: Iterable[Any] | None,
+    config: DistillConfig,
+    callbacks: Sequence[Any],
+    log_dir: Path,
+    ckpt_path: str | None,
+) -> dict[str, Any]:
+    """Seed, build the module and the trainer, train (resuming from ``ckpt_path``) and return the history."""
+    import lightning as L
+
+    from .module import DistillModule  # imports Lightning: only when a run starts
+
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    student.train()  # fine-tuning mode (dropout, batch-norm updates); the caller's mode is restored
+    module = DistillModule(student, teacher, config)
+    history_path = log_dir / "history.json"
+    module.history_path = str(history_path)
+    trainer = _trainer(config, log_dir, callbacks, validating=val_loader is not None)
+    train = TrainLoader(train_loader, config.seed, _TrainerOf(module))
+    val = EvalLoader(val_loader, config.seed, _TrainerOf(module)) if val_loader is not None else None
+    trainer.fit(module, train_dataloaders=train, val_dataloaders=val, ckpt_path=ckpt_path)
+    history = module.history
+    if "steps" not in history and history_path.exists():  # spawn-based strategy: ran in child processes
+        history = json.loads(history_path.read_text())
+    return _result(history, trainer, config, log_dir)
+
+
+def _checked(student: Any, teacher: Any, config: Any) -> DistillConfig:
+    """``config`` (the default one for ``None``) once the arguments of :func:`distill` are checked."""
     config = DistillConfig() if config is None else config
     if not isinstance(config, DistillConfig):
         raise TypeError(f"distill: config must be a DistillConfig, got {type(config).__name__}")
@@ -177,83 +221,68 @@ def distill(
     if student is teacher:
         raise ValueError("distill: student and teacher are the same object; pass a copy as the student")
     try:
-        import lightning as L
-        from lightning.pytorch.callbacks import ModelCheckpoint
-        from lightning.pytorch.loggers import CSVLogger
+        import lightning  # noqa: F401
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ImportError("distill() runs on PyTorch Lightning: pip install 'inhernet[train]'") from exc
+    return config
 
-    from .data import EvalLoader, TrainLoader, check_topk_cache
-    from .module import DistillModule
 
-    check_topk_cache(train_loader, config.teacher_topk, config.temperature)
+def _trainer(config: DistillConfig, log_dir: Path, callbacks: Sequence[Any], validating: bool) -> Any:
+    """The ``lightning.Trainer`` of a run: step-based validation and checkpoints, CSV logs in ``log_dir``."""
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger
 
-    log_dir = _resolve_log_dir(config)
-    ckpt_path = _resolve_resume(config, log_dir)
-    history_path = log_dir / "history.json"
-    if history_path.exists() and int(os.environ.get("LOCAL_RANK", "0")) == 0:
-        history_path.unlink()
-
-    with _preserved(student, teacher), _quiet(not config.progress):
-        L.seed_everything(config.seed, workers=True, verbose=False)
-        student.train()  # fine-tuning mode (dropout, batch-norm updates); the caller's mode is restored
-        module = DistillModule(student, teacher, config)
-        module.history_path = str(history_path)
-
-        checkpoint_dir = log_dir / "checkpoints"
-        all_callbacks = list(callbacks)
-        if config.checkpoint_every:
-            all_callbacks.append(ModelCheckpoint(
-                dirpath=checkpoint_dir, filename="step{step:06d}", auto_insert_metric_name=False,
-                every_n_train_steps=config.checkpoint_every, save_top_k=-1, save_last=True,
-            ))
-        validation: dict[str, Any] = {"limit_val_batches": 0, "num_sanity_val_steps": 0}
-        if val_loader is not None:
-            validation = {
-                "val_check_interval": config.validation_interval,
-                "check_val_every_n_epoch": None,  # count validation steps across epochs
-                "num_sanity_val_steps": -1 if config.val_at_start else 0,  # full pass = the step-0 point
-            }
-        trainer = L.Trainer(
-            accelerator=config.accelerator,
-            devices=config.devices,
-            num_nodes=config.num_nodes,
-            strategy=config.strategy,
-            precision=config.precision,
-            max_steps=config.steps,
-            max_epochs=-1,
-            gradient_clip_val=config.grad_clip or None,
-            gradient_clip_algorithm="norm",
-            deterministic=config.deterministic,
-            enable_progress_bar=config.progress,
-            enable_model_summary=config.progress,
-            enable_checkpointing=bool(config.checkpoint_every),
-            logger=CSVLogger(save_dir=log_dir, name="logs"),
-            log_every_n_steps=max(1, min(50, config.steps // 20)),
-            callbacks=all_callbacks,
-            default_root_dir=log_dir,
-            use_distributed_sampler=False,  # TrainLoader / EvalLoader shard the data (see data.py)
-            **validation,
-        )
-        train = TrainLoader(train_loader, config.seed, _TrainerOf(module))
-        val = EvalLoader(val_loader, config.seed, _TrainerOf(module)) if val_loader is not None else None
-        trainer.fit(module, train_dataloaders=train, val_dataloaders=val, ckpt_path=ckpt_path)
-
-        history = module.history
-        if "steps" not in history and history_path.exists():  # spawn-based strategy: ran in child processes
-            history = json.loads(history_path.read_text())
-        last = checkpoint_dir / "last.ckpt"
-        metric = config.metric
-        curve = [list(p) for p in history.get("curve", [])]
-        return {
-            "curve": curve,
-            "train_loss": [list(p) for p in history.get("train_loss", [])],
-            "steps": int(history.get("steps", trainer.global_step)),
-            "sec_per_step": float(history.get("sec_per_step", float("nan"))),
-            "final": {metric: curve[-1][1]} if curve else {},
-            "metric": metric,
-            "log_dir": str(log_dir),
-            "checkpoint": str(last) if last.exists() else None,
-            "is_global_zero": bool(trainer.is_global_zero),
-            "world_size": int(trainer.world_size),
+    all_callbacks = list(callbacks)
+    if config.checkpoint_every:
+        all_callbacks.append(ModelCheckpoint(
+            dirpath=log_dir / "checkpoints", filename="step{step:06d}", auto_insert_metric_name=False,
+            every_n_train_steps=config.checkpoint_every, save_top_k=-1, save_last=True,
+        ))
+    validation: dict[str, Any] = {"limit_val_batches": 0, "num_sanity_val_steps": 0}
+    if validating:
+        validation = {
+            "val_check_interval": config.validation_interval,
+            "check_val_every_n_epoch": None,  # count validation steps across epochs
+            "num_sanity_val_steps": -1 if config.val_at_start else 0,  # full pass = the step-0 point
         }
+    return L.Trainer(
+        accelerator=config.accelerator,
+        devices=config.devices,
+        num_nodes=config.num_nodes,
+        strategy=config.strategy,
+        precision=config.precision,
+        max_steps=config.steps,
+        max_epochs=-1,
+        gradient_clip_val=config.grad_clip or None,
+        gradient_clip_algorithm="norm",
+        deterministic=config.deterministic,
+        enable_progress_bar=config.progress,
+        enable_model_summary=config.progress,
+        enable_checkpointing=bool(config.checkpoint_every),
+        logger=CSVLogger(save_dir=log_dir, name="logs"),
+        log_every_n_steps=max(1, min(50, config.steps // 20)),
+        callbacks=all_callbacks,
+        default_root_dir=log_dir,
+        use_distributed_sampler=False,  # TrainLoader / EvalLoader shard the data (see data.py)
+        **validation,
+    )
+
+
+def _result(history: dict[str, Any], trainer: Any, config: DistillConfig, log_dir: Path) -> dict[str, Any]:
+    """What :func:`distill` returns, from the module's history and the finished trainer."""
+    last = log_dir / "checkpoints" / "last.ckpt"
+    metric = config.metric
+    curve = [list(p) for p in history.get("curve", [])]
+    return {
+        "curve": curve,
+        "train_loss": [list(p) for p in history.get("train_loss", [])],
+        "steps": int(history.get("steps", trainer.global_step)),
+        "sec_per_step": float(history.get("sec_per_step", float("nan"))),
+        "final": {metric: curve[-1][1]} if curve else {},
+        "metric": metric,
+        "log_dir": str(log_dir),
+        "checkpoint": str(last) if last.exists() else None,
+        "is_global_zero": bool(trainer.is_global_zero),
+        "world_size": int(trainer.world_size),
+    }

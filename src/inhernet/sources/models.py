@@ -26,7 +26,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from ..serialization import _sha256
+from .._files import sha256_file
 
 __all__ = [
     "LIBRARIES",
@@ -148,7 +148,7 @@ def build_model(spec: ModelSpec) -> nn.Module:
     """
     if spec.library != "hf" and spec.num_classes is None:
         raise ValueError(f"{spec}: num_classes is not set; it comes from the data or the --num-classes option")
-    if spec.weights is not None and spec.weights_sha256 is not None and _sha256(Path(spec.weights)) != spec.weights_sha256:
+    if spec.weights is not None and spec.weights_sha256 is not None and sha256_file(Path(spec.weights)) != spec.weights_sha256:
         raise ValueError(
             f"the teacher weights {spec.weights} changed since they were recorded (SHA-256 differs); "
             "restore that file or compress again"
@@ -262,7 +262,7 @@ def _weights_file(weights: str | Path | None) -> tuple[str | None, str | None]:
         raise ValueError(f"weights file {str(path)!r} not found")
     if path.suffix not in WEIGHT_SUFFIXES:
         raise ValueError(f"weights file {path} must end in one of {', '.join(WEIGHT_SUFFIXES)}")
-    return str(path.resolve()), _sha256(path)
+    return str(path.resolve()), sha256_file(path)
 
 
 def has_trained_head(spec: ModelSpec) -> bool:

@@ -19,7 +19,7 @@ from typing import Any
 from torch import nn
 
 from .._atomic import atomic_path
-from ..serialization import CONFIG_NAME
+from .._files import CONFIG_NAME, SOURCE_NAME
 from .data import (
     DEFAULT_MAX_LENGTH,
     DataOptions,
@@ -34,7 +34,6 @@ from .models import ModelSpec, build_model, has_trained_head, load_tokenizer
 
 __all__ = ["SOURCE_FORMAT", "SOURCE_NAME", "Opened", "Source", "open_source", "read_source", "write_source"]
 
-SOURCE_NAME = "source.json"
 SOURCE_FORMAT = 1
 _GENERIC_LABEL = re.compile(r"LABEL_\d+")
 

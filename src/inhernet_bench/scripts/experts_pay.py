@@ -48,6 +48,7 @@ from inhernet._atomic import atomic_write
 from inhernet.batches import first_example
 from inhernet.distillation import DistillConfig, distill
 from inhernet.evaluate import evaluate
+from inhernet.experimental.distillation import ExperimentalDistillConfig
 from inhernet.gates import gate_stats, summarize_gates
 from inhernet_bench.presets.registry import get_preset
 from inhernet_bench.runner import teacher_training_set
@@ -127,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
             loader = DataLoader(
                 train_set, batch_size=args.batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed)
             )
-            dcfg = DistillConfig(**{
+            dcfg = ExperimentalDistillConfig(**{  # gate_lr_scale: an experimental knob
                 "steps": args.steps, "lr": args.lr, "seed": seed, "metric": metric, "val_every": 0,
                 "val_at_start": False, "teacher_topk": preset.teacher_topk, **preset.distill_options, **dist,
             })

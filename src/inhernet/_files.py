@@ -1,0 +1,30 @@
+"""The file names a model directory's two writers share, and the checksum that guards its files.
+
+A bottom layer of the package (no inhernet imports): :mod:`inhernet.serialization` writes the model
+(``inhernet.json`` and its weights), :mod:`inhernet.sources` records beside it what the model was
+made from (``source.json``); both take the names and :func:`sha256_file` from here, so that sources
+never imports serialization (serialization imports sources, one way).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+__all__ = ["CONFIG_NAME", "SOURCE_NAME", "sha256_file"]
+
+# What ``inhernet.save`` writes: the structure and the name and checksum of the weights file.
+CONFIG_NAME = "inhernet.json"
+# What ``inhernet compress`` writes beside them: the teacher and how its data is prepared.
+SOURCE_NAME = "source.json"
+
+_CHUNK = 1 << 20  # read a megabyte at a time: weights files can be larger than memory allows twice
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """The SHA-256 of the file at ``path``, as 64 lowercase hex digits."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

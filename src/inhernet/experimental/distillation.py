@@ -1,0 +1,81 @@
+"""Distillation knobs that no shipped recipe uses: the optimiser, schedule and gate ablations.
+
+:class:`ExperimentalDistillConfig` is :class:`~inhernet.distillation.DistillConfig` with these knobs
+back as fields; :func:`inhernet.distill` takes it wherever it takes a ``DistillConfig``. Every run in
+BENCHMARKS.md trains with the fixed ``DistillConfig`` recipe (AdamW, cosine decay, no warm-up, no
+weight decay); the gate learning rate was measured and changed nothing (BENCHMARKS.md, "Experts
+that pay?"). They stay here for experiments, outside the public surface.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from ..config import plain_number
+from ..distillation.config import EMBED_LOSSES, DistillConfig, _is_int, _is_num
+
+__all__ = ["OPTIMIZERS", "SCHEDULES", "ExperimentalDistillConfig"]
+
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULES = ("cosine", "step", "constant")
+
+
+@dataclass
+class ExperimentalDistillConfig(DistillConfig):
+    """:class:`~inhernet.distillation.DistillConfig` plus the knobs no shipped recipe sets.
+
+    Optimiser and schedule:
+        weight_decay: decoupled (AdamW) / L2 (SGD) weight decay, applied to weights of 2 or more
+            dimensions only (biases, norms, gate offsets are not decayed).
+        optimizer: ``"adamw"`` or ``"sgd"`` (with ``momentum``).
+        schedule: ``"cosine"`` (to 0 at ``steps``), ``"step"`` (multiply by ``step_gamma`` at each
+            fraction of the post-warm-up steps in ``step_milestones``) or ``"constant"``; all after a
+            linear warm-up of ``warmup_steps``.
+
+    Loss:
+        embed_loss: with ``loss="contrastive"`` and ``embed_weight > 0``: ``"cosine"`` or ``"mse"``.
+
+    Gates (h > 1):
+        gate_lr_scale: learning-rate multiplier for the gates of InherNet blocks (their own optimiser
+            parameter groups, same schedule). A gate's gradient is proportional to how far the experts
+            are apart, which starts at ``expert_noise`` (2%) of the layer: a larger rate lets the gates
+            leave uniform within a short schedule. 1 = no special treatment.
+    """
+
+    weight_decay: float = 0.0
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    momentum: float = 0.9
+    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    warmup_steps: int = 0
+    step_gamma: float = 0.1
+    step_milestones: tuple[float, ...] = (0.5, 0.75)
+    embed_loss: Literal["cosine", "mse"] = "cosine"
+    gate_lr_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.step_milestones, (list, tuple)):
+            self.step_milestones = tuple(plain_number(m) for m in self.step_milestones)
+        super().__post_init__()  # numpy numbers of every field become plain ones first
+        self._check_recipe()
+
+    def _check_recipe(self) -> None:
+        if not _is_num(self.weight_decay) or self.weight_decay < 0:
+            raise self._bad("weight_decay", "a number >= 0")
+        if self.optimizer not in OPTIMIZERS:
+            raise self._bad("optimizer", f"one of {OPTIMIZERS}")
+        if not _is_num(self.momentum) or not 0 <= self.momentum < 1:
+            raise self._bad("momentum", "a number in [0, 1)")
+        if self.schedule not in SCHEDULES:
+            raise self._bad("schedule", f"one of {SCHEDULES}")
+        if not _is_int(self.warmup_steps) or not 0 <= self.warmup_steps < self.steps:
+            raise self._bad("warmup_steps", f"an int in [0, steps={self.steps})")
+        if not _is_num(self.step_gamma) or self.step_gamma <= 0:
+            raise self._bad("step_gamma", "a positive number")
+        self.step_milestones = tuple(self.step_milestones)
+        if not all(_is_num(m) and 0 < m < 1 for m in self.step_milestones):
+            raise self._bad("step_milestones", "fractions in (0, 1) of the post-warm-up steps")
+        if self.embed_loss not in EMBED_LOSSES:
+            raise self._bad("embed_loss", f"one of {EMBED_LOSSES}")
+        if not _is_num(self.gate_lr_scale) or self.gate_lr_scale <= 0:
+            raise self._bad("gate_lr_scale", "a positive number (the gates' learning rate is lr * gate_lr_scale)")
