@@ -120,11 +120,19 @@ class DistillConfig:
         log_dir: where the CSV logs (``logs/version_*``), checkpoints (``checkpoints/``) and
             ``history.json`` go. ``None``: a fresh temporary directory for a single process run,
             ``./out/distill`` when several processes take part (they must agree on it).
-        checkpoint_every: save a Lightning checkpoint every this many steps, plus ``last.ckpt``
-            (0: no checkpoints). Checkpoints hold the student, optimiser, scheduler, RNG states and the
-            history, never the frozen teacher.
+        checkpoint_every: save ``<log_dir>/checkpoints/last.ckpt`` every this many steps (0: only when
+            interrupted). Checkpoints hold the student, optimiser, scheduler, RNG states and the history
+            (with ``keep="best"``, the best weights so far too), never the frozen teacher.
+        keep_checkpoints: also keep the checkpoints of this many most recent checkpoint steps
+            (``step000100.ckpt``...); -1: all of them.
         resume: a checkpoint path to continue from, or ``"last"`` (``<log_dir>/checkpoints/last.ckpt``).
-        progress: show Lightning's progress bar, model summary and info messages.
+            Without it, a ``log_dir`` holding checkpoints of an earlier run is refused: resume it, or
+            delete its ``checkpoints`` folder to start over.
+        keep: ``"last"``: the student ends with its weights of the last step; ``"best"``: with those of
+            its best validation point (step 0, the untrained student, included), ``history["best"]``.
+            Needs a validation loader.
+        progress: a progress bar on a terminal (stderr), one line every ``steps // 10`` steps otherwise.
+            Lightning's info messages and model summary show only with ``INHERNET_VERBOSE=1``.
     """
 
     steps: int = 500
@@ -161,7 +169,9 @@ class DistillConfig:
     metric: str = "accuracy"
     log_dir: str | None = None
     checkpoint_every: int = 0
+    keep_checkpoints: int = 0
     resume: str | None = None
+    keep: Literal["last", "best"] = "last"
     progress: bool = False
 
     def __post_init__(self) -> None:
@@ -257,7 +267,11 @@ class DistillConfig:
         if self.log_dir is not None:
             self.log_dir = str(self.log_dir)  # accept os.PathLike
         if not _is_int(self.checkpoint_every) or self.checkpoint_every < 0:
-            raise self._bad("checkpoint_every", "an int >= 0 (0: no checkpoints)")
+            raise self._bad("checkpoint_every", "an int >= 0 (0: only when interrupted)")
+        if not _is_int(self.keep_checkpoints) or self.keep_checkpoints < -1:
+            raise self._bad("keep_checkpoints", "an int >= 0, or -1 (all)")
+        if self.keep not in ("last", "best"):
+            raise self._bad("keep", "'last' or 'best'")
         if self.resume is not None:
             self.resume = str(self.resume)
             if self.resume == "last" and self.log_dir is None:

@@ -132,6 +132,9 @@ class DistillModule(L.LightningModule):
         self._val_start: float | None = None
         self._steps_run = 0
         self.history_path: str | None = None
+        # keep="best": the best validation point [step, value] and the student's weights there (on the CPU)
+        self.best: list[float] | None = None
+        self.best_state: dict[str, torch.Tensor] | None = None
 
     # -- modes -------------------------------------------------------------------------------------
     def train(self, mode: bool = True) -> DistillModule:
@@ -315,8 +318,18 @@ class DistillModule(L.LightningModule):
         curve = [point for point in self.history["curve"] if point[0] != step]
         self.history["curve"] = [*curve, [step, value]]
         self._flush_losses()
+        # A resumed run re-validates its first step before training: not a point of an uninterrupted run.
+        if self.config.keep == "best" and (step == 0 or not self.trainer.sanity_checking):
+            self._update_best(step, value)
         if not self.trainer.sanity_checking:
             self.log(f"val_{metric}", value, sync_dist=True)
+
+    def _update_best(self, step: int, value: float) -> None:
+        """Keep the weights of the best validation point so far (ties go to the later, more trained one)."""
+        if self.best is not None and (value > self.best[1] if self.config.metric == "perplexity" else value < self.best[1]):
+            return
+        self.best = [step, value]
+        self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.student.state_dict().items()}
 
     # -- bookkeeping ---------------------------------------------------------------------------------
     def on_train_end(self) -> None:
@@ -341,6 +354,8 @@ class DistillModule(L.LightningModule):
             "rng": _rng_state(),
             "config": self.config.to_dict(),
         }
+        if self.best is not None:
+            checkpoint["inhernet"]["best"] = {"point": self.best, "state": self.best_state}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.setdefault("state_dict", {})
@@ -355,3 +370,5 @@ class DistillModule(L.LightningModule):
             }
         if "rng" in saved:
             _set_rng_state(saved["rng"])
+        if "best" in saved:
+            self.best, self.best_state = list(saved["best"]["point"]), saved["best"]["state"]

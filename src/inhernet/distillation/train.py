@@ -6,7 +6,10 @@ import contextlib
 import json
 import logging
 import os
+import signal
+import sys
 import tempfile
+import threading
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -18,7 +21,7 @@ from torch import nn
 from .config import DistillConfig
 from .data import EvalLoader, TrainLoader, check_topk_cache
 
-__all__ = ["distill"]
+__all__ = ["Interrupted", "distill", "verbose"]
 
 _QUIET_LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning")
 _QUIET_WARNINGS = (
@@ -32,6 +35,19 @@ _EXPECTED_WARNINGS = (
     r".*You defined a `validation_step` but have no `val_dataloader`.*",  # val_loader=None
     r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",  # inside Lightning, nothing to act on
 )
+
+
+def verbose() -> bool:
+    """Whether third-party info messages, tips and bars show: ``INHERNET_VERBOSE=1`` (``inhernet --verbose``)."""
+    return os.environ.get("INHERNET_VERBOSE", "") not in ("", "0")
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) stopped :func:`distill` after ``step`` steps; ``checkpoint`` resumes it."""
+
+    def __init__(self, step: int, checkpoint: str):
+        super().__init__(f"interrupted at step {step}; resume from {checkpoint}")
+        self.step, self.checkpoint = step, checkpoint
 
 
 class _TrainerOf:
@@ -66,11 +82,37 @@ def _resolve_log_dir(config: DistillConfig) -> Path:
 
 def _resolve_resume(config: DistillConfig, log_dir: Path) -> str | None:
     if config.resume is None:
+        earlier = sorted((log_dir / "checkpoints").glob("*.ckpt"))
+        if earlier:  # a fresh run would add last-v1.ckpt beside them: which one would `resume="last"` mean?
+            raise ValueError(
+                f"DistillConfig.log_dir {str(log_dir)!r} holds the checkpoints of an earlier run "
+                f"({', '.join(p.name for p in earlier[-3:])}): continue it with resume='last', or delete "
+                f"{str(log_dir / 'checkpoints')!r} to start over"
+            )
         return None
     path = log_dir / "checkpoints" / "last.ckpt" if config.resume == "last" else Path(config.resume)
     if not path.is_file():
         raise ValueError(f"DistillConfig.resume: no checkpoint at {str(path)!r}")
     return str(path)
+
+
+@contextlib.contextmanager
+def _sigint_to(callback: Any, enabled: bool) -> Iterator[None]:
+    """While training, Ctrl-C asks ``callback`` to checkpoint and stop; a second Ctrl-C stops at once."""
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT) or signal.SIG_DFL  # None: not set from Python
+
+    def handler(_signum: int, _frame: Any) -> None:
+        callback.requested = True
+        signal.signal(signal.SIGINT, previous)
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @contextlib.contextmanager
@@ -148,7 +190,9 @@ def distill(
 
     Resume: ``config.resume`` (a ``.ckpt`` path or ``"last"``) continues with
     ``trainer.fit(..., ckpt_path=...)``; the result matches an uninterrupted run (model, optimiser,
-    scheduler, RNG states and the data position are restored). Checkpoints are Lightning ``.ckpt``
+    scheduler, RNG states and the data position are restored). Ctrl-C (SIGINT, in a single process
+    run) saves ``<log_dir>/checkpoints/last.ckpt`` at the end of the step and raises
+    :class:`Interrupted` (a ``KeyboardInterrupt``) naming the step and checkpoint. Checkpoints are Lightning ``.ckpt``
     files, read back with ``torch.load`` by Lightning, so resume only from checkpoints you trust;
     the finished model is saved elsewhere with :func:`inhernet.save` (safetensors, no pickle).
 
@@ -165,18 +209,20 @@ def distill(
 
     Returns:
         ``{"curve": [[step, metric], ...], "train_loss": [[step, loss], ...], "steps": int,
-        "sec_per_step": float, "final": {metric: value}, "metric": str, "log_dir": str,
-        "checkpoint": path of last.ckpt or None, "is_global_zero": bool, "world_size": int}``.
-        ``final`` is empty without a validation loader.
+        "sec_per_step": float, "final": {metric: value}, "best": [step, value] or None, "metric": str,
+        "log_dir": str, "checkpoint": path of last.ckpt or None, "is_global_zero": bool, "world_size": int}``.
+        ``final`` is empty without a validation loader; ``best`` is set with ``config.keep="best"``.
     """
     config = _checked(student, teacher, config)
+    if config.keep == "best" and val_loader is None:
+        raise ValueError("distill: DistillConfig.keep='best' needs a val_loader to tell the best weights")
     check_topk_cache(train_loader, config.teacher_topk, config.temperature)
     log_dir = _resolve_log_dir(config)
     ckpt_path = _resolve_resume(config, log_dir)
     history_path = log_dir / "history.json"
     if history_path.exists() and int(os.environ.get("LOCAL_RANK", "0")) == 0:
         history_path.unlink()
-    with _preserved(student, teacher), _quiet(not config.progress):
+    with _preserved(student, teacher), _quiet(not verbose()):
         return _fit(student, teacher, train_loader, val_loader, config, callbacks, log_dir, ckpt_path)
 
 
@@ -193,21 +239,29 @@ def _fit(
     """Seed, build the module and the trainer, train (resuming from ``ckpt_path``) and return the history."""
     import lightning as L
 
-    from .module import DistillModule  # imports Lightning: only when a run starts
+    from .callbacks import CheckpointOnInterrupt, Stopped  # import Lightning: only when a run starts
+    from .module import DistillModule
 
     L.seed_everything(config.seed, workers=True, verbose=False)
     student.train()  # fine-tuning mode (dropout, batch-norm updates); the caller's mode is restored
     module = DistillModule(student, teacher, config)
     history_path = log_dir / "history.json"
     module.history_path = str(history_path)
-    trainer = _trainer(config, log_dir, callbacks, validating=val_loader is not None)
+    on_interrupt = CheckpointOnInterrupt(str(log_dir / "checkpoints" / "last.ckpt"))
+    trainer = _trainer(config, log_dir, [*callbacks, on_interrupt], validating=val_loader is not None)
     train = TrainLoader(train_loader, config.seed, _TrainerOf(module))
     val = EvalLoader(val_loader, config.seed, _TrainerOf(module)) if val_loader is not None else None
-    trainer.fit(module, train_dataloaders=train, val_dataloaders=val, ckpt_path=ckpt_path)
+    try:
+        with _sigint_to(on_interrupt, enabled=not _multi_process(config)):
+            trainer.fit(module, train_dataloaders=train, val_dataloaders=val, ckpt_path=ckpt_path)
+    except Stopped as stop:
+        raise Interrupted(stop.step, on_interrupt.path) from None
+    if module.best_state is not None:
+        student.load_state_dict(module.best_state)
     history = module.history
     if "steps" not in history and history_path.exists():  # spawn-based strategy: ran in child processes
         history = json.loads(history_path.read_text())
-    return _result(history, trainer, config, log_dir)
+    return _result({**history, "best": module.best}, trainer, config, log_dir)
 
 
 def _checked(student: Any, teacher: Any, config: Any) -> DistillConfig:
@@ -233,12 +287,19 @@ def _trainer(config: DistillConfig, log_dir: Path, callbacks: Sequence[Any], val
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
 
+    from .callbacks import ProgressLines, StepBar
+
     all_callbacks = list(callbacks)
-    if config.checkpoint_every:
+    if config.checkpoint_every:  # last.ckpt, and the latest keep_checkpoints step checkpoints (by "step")
+        keep = config.keep_checkpoints
         all_callbacks.append(ModelCheckpoint(
             dirpath=log_dir / "checkpoints", filename="step{step:06d}", auto_insert_metric_name=False,
-            every_n_train_steps=config.checkpoint_every, save_top_k=-1, save_last=True,
+            every_n_train_steps=config.checkpoint_every, save_top_k=keep, monitor="step" if keep > 0 else None,
+            mode="max", save_last=True, enable_version_counter=False,
         ))
+    bar = config.progress and sys.stderr.isatty()
+    if config.progress:
+        all_callbacks.append(StepBar() if bar else ProgressLines(max(1, config.steps // 10)))
     validation: dict[str, Any] = {"limit_val_batches": 0, "num_sanity_val_steps": 0}
     if validating:
         validation = {
@@ -257,8 +318,8 @@ def _trainer(config: DistillConfig, log_dir: Path, callbacks: Sequence[Any], val
         gradient_clip_val=config.grad_clip or None,
         gradient_clip_algorithm="norm",
         deterministic=config.deterministic,
-        enable_progress_bar=config.progress,
-        enable_model_summary=config.progress,
+        enable_progress_bar=bar,
+        enable_model_summary=verbose(),
         enable_checkpointing=bool(config.checkpoint_every),
         logger=CSVLogger(save_dir=log_dir, name="logs"),
         log_every_n_steps=max(1, min(50, config.steps // 20)),
@@ -279,7 +340,9 @@ def _result(history: dict[str, Any], trainer: Any, config: DistillConfig, log_di
         "train_loss": [list(p) for p in history.get("train_loss", [])],
         "steps": int(history.get("steps", trainer.global_step)),
         "sec_per_step": float(history.get("sec_per_step", float("nan"))),
-        "final": {metric: curve[-1][1]} if curve else {},
+        # the returned student's: the best point with keep="best"
+        "final": {metric: (history.get("best") or curve[-1])[1]} if curve else {},
+        "best": history.get("best"),
         "metric": metric,
         "log_dir": str(log_dir),
         "checkpoint": str(last) if last.exists() else None,
