@@ -72,14 +72,24 @@ debug_option = click.option(
 )
 
 
+def _set_verbose(_ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value:  # read by the library (inhernet.distillation.train.verbose), in this process and its children
+        os.environ["INHERNET_VERBOSE"] = "1"
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @debug_option
+@click.option(
+    "--verbose", is_flag=True, envvar="INHERNET_VERBOSE", expose_value=False, callback=_set_verbose, is_eager=True,
+    help="Show the info messages, tips and progress bars of Lightning and transformers (also INHERNET_VERBOSE=1).",
+)
 @click.version_option(package_name="inhernet")
 def cli() -> None:
     """Compress a pretrained PyTorch model by network inheritance (InherNet).
 
     Bad input ends with one `error:` line and exit status 2; an internal error shows its traceback
-    (exit status 1). `inhernet --debug COMMAND ...` shows the traceback of every error.
+    (exit status 1). `inhernet --debug COMMAND ...` shows the traceback of every error;
+    `inhernet --verbose COMMAND ...` the messages of the libraries underneath.
     """
 
 
@@ -264,62 +274,127 @@ def compress(out: str, **options: Any) -> None:
 @click.option("--accelerator", default="auto", show_default=True, help="Lightning accelerator: auto, cpu, gpu...")
 @click.option("--val-every", type=click.IntRange(min=0), default=None, help="Validate every N steps [steps/10].")
 @click.option("--log-dir", type=click.Path(file_okay=False), default=None,
-              help="CSV logs, checkpoints and history.json [a temporary directory].")
+              help="CSV logs, checkpoints and history.json [DIRECTORY-train, beside DIRECTORY].")
 @click.option("--checkpoint-every", type=click.IntRange(min=0), default=None,
-              help="Checkpoint every N steps [steps/10 with --log-dir, else never].")
+              help="Save LOG_DIR/checkpoints/last.ckpt every N steps [steps/10; 0: only on Ctrl-C].")
+@click.option("--keep-checkpoints", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Also keep the checkpoints of the N latest checkpoint steps (last.ckpt holds the best weights).")
 @click.option("--resume", default=None, help="Continue from 'last' (the last checkpoint in --log-dir) or a .ckpt.")
+@click.option("--restart", is_flag=True, help="Delete the checkpoints of an earlier run in --log-dir and start over.")
+@click.option("--save-last", is_flag=True,
+              help="Save the last step's weights, even if worse [the best validated weights, or the input model].")
 @click.option("--save-to", type=click.Path(file_okay=False), default=None, help="Save here instead of DIRECTORY.")
-@click.option("--progress/--no-progress", default=None, help="Progress bar [on in a terminal].")
+@click.option("--progress/--no-progress", default=True, show_default=True,
+              help="A progress bar on a terminal, a line every tenth of the run otherwise.")
 def train(
     directory: str, data: str, prep: dict[str, Any], batch_size: int, seed: int, val_fraction: float, steps: int,
-    lr: float, temperature: float, alpha: float, precision: str, accelerator: str, val_every: int | None, log_dir: str | None, checkpoint_every: int | None,
-    resume: str | None, save_to: str | None, progress: bool | None,
+    lr: float, temperature: float, alpha: float, precision: str, accelerator: str, val_every: int | None,
+    log_dir: str | None, checkpoint_every: int | None, keep_checkpoints: int, resume: str | None, restart: bool,
+    save_last: bool, save_to: str | None, progress: bool,
 ) -> None:
     """Fine-tune a compressed DIRECTORY by distillation from its teacher, on your data.
 
     The teacher is rebuilt from DIRECTORY/source.json, the student with inhernet.load; both see the
-    data prepared as at compression unless overridden. The trained student replaces DIRECTORY's
-    weights (or goes to --save-to). Checkpoints are Lightning .ckpt files: resume only your own.
+    data prepared as at compression unless overridden. The student with the best validation score
+    replaces DIRECTORY's weights (or goes to --save-to); when training only made it worse, the input
+    model stays. Ctrl-C saves a checkpoint in --log-dir: `--resume last` continues. Checkpoints are
+    Lightning .ckpt files: resume only your own.
 
     \b
     Example:
-      inhernet train out/r18-pets --data pets/train --steps 2000 --lr 5e-4 --log-dir out/r18-log
-      inhernet train out/r18-pets --data pets/train --steps 2000 --log-dir out/r18-log --resume last
+      inhernet train out/r18-pets --data pets/train --steps 2000 --lr 5e-4
+      inhernet train out/r18-pets --data pets/train --steps 2000 --resume last
     """
     import copy
 
-    from . import DistillConfig, distill, load, save
-    from .sources import make_loader, open_source, read_source, split, write_source
+    from . import DistillConfig, distill, load
+    from .distillation.train import Interrupted
+    from .sources import make_loader, open_source, read_source, split
 
+    log_dir = _train_log_dir(directory, log_dir, resume, restart)
     source = read_source(directory)
-    options = source.data.updated(**prep)
-    opened = open_source(replace(source, data=options), data)
+    opened = open_source(replace(source, data=source.data.updated(**prep)), data)
     student = load(directory, base=copy.deepcopy(opened.teacher))
     train_set, val_set = split(opened.data.dataset, val_fraction, seed)
-    if checkpoint_every is None:
-        checkpoint_every = max(1, steps // 10) if log_dir else 0
     cfg = DistillConfig(
         steps=steps, lr=lr, temperature=temperature, alpha=alpha, precision=precision, accelerator=accelerator,
         seed=seed, metric=opened.data.metric, val_every=val_every, log_dir=log_dir,
-        checkpoint_every=checkpoint_every, resume=resume,
-        progress=sys.stdout.isatty() if progress is None else progress,
+        checkpoint_every=max(1, steps // 10) if checkpoint_every is None else checkpoint_every,
+        keep_checkpoints=keep_checkpoints, resume=resume, progress=progress,
+        keep="last" if save_last or val_set is None else "best",
     )
     train_loader = make_loader(train_set, batch_size, shuffle=True, seed=seed)
     val_loader = make_loader(val_set, batch_size) if val_set is not None else None
-    history = distill(student, opened.teacher, train_loader, val_loader, cfg)
-    target = save_to or directory
-    save(student, target)
-    write_source(target, opened.source)
-    curve = history["curve"]
-    if curve:
-        console.print(
-            f"validation {history['metric']}: {curve[0][1]:.4f} at step {curve[0][0]} -> "
-            f"{curve[-1][1]:.4f} at step {curve[-1][0]}", highlight=False,
+    try:
+        history = distill(student, opened.teacher, train_loader, val_loader, cfg)
+    except Interrupted as stop:  # Ctrl-C: a checkpoint was saved at the end of the step
+        click.echo(f"interrupted at step {stop.step}; `{_rerun_with_resume()}` continues", err=True)
+        sys.exit(130)
+    _save_trained(student, history, directory, save_to or directory, opened.source)
+
+
+def _train_log_dir(directory: str, log_dir: str | None, resume: str | None, restart: bool) -> str:
+    """``--log-dir`` (default: DIRECTORY-train beside DIRECTORY), once a rerun over its checkpoints is settled:
+    resumed (``--resume``), cleared (``--restart``) or refused."""
+    import shutil
+    from pathlib import Path
+
+    path = Path(log_dir) if log_dir else Path(directory.rstrip("/\\") + "-train")
+    checkpoints = path / "checkpoints"
+    if resume is not None and restart:
+        raise click.UsageError("--resume continues the run in --log-dir, --restart deletes it: give one")
+    if restart:
+        shutil.rmtree(checkpoints, ignore_errors=True)
+    elif resume is None and any(checkpoints.glob("*.ckpt")):
+        raise click.UsageError(
+            f"{path} holds the checkpoints of an earlier run: add --resume last to continue it, or --restart to "
+            "start over"
         )
-    console.print(
-        f"trained {history['steps']} steps ({history['sec_per_step'] * 1000:.0f} ms/step), logs in "
-        f"{history['log_dir']}; saved to {target}", highlight=False,
-    )
+    return str(path)
+
+
+def _rerun_with_resume() -> str:
+    """The command line being run, with ``--resume last`` (instead of any --resume / --restart)."""
+    import shlex
+
+    args, skip = [], False
+    for arg in sys.argv[1:]:
+        if skip or arg == "--restart" or arg.startswith("--resume="):
+            skip = False
+            continue
+        skip = arg == "--resume"
+        if not skip:
+            args.append(arg)
+    return shlex.join(["inhernet", *args, "--resume", "last"])
+
+
+def _save_trained(student: Any, history: dict[str, Any], directory: str, target: str, source: Any) -> None:
+    """Save the trained student to ``target`` (unless it is the untrained one, already in DIRECTORY) and report."""
+    from pathlib import Path
+
+    from . import save
+    from .sources import write_source
+
+    curve, metric, best = history["curve"], history["metric"], history["best"]
+    trained = [value for step, value in curve if step > 0]
+    worse = best is not None and best[0] == 0 and bool(trained)  # every trained point below the input model
+    if worse:
+        after = min(trained) if metric == "perplexity" else max(trained)
+        kept = f"kept the input model in {directory}" if target == directory else f"saved the input model to {target}"
+        click.echo(f"training made validation {metric} worse ({curve[0][1]:.4f} before, at best {after:.4f} after); "
+                   f"{kept}")
+    elif curve:
+        end = best or curve[-1]
+        click.echo(f"validation {metric}: {curve[0][1]:.4f} at step {curve[0][0]} -> {end[1]:.4f} at step {end[0]} "
+                   f"({'the best' if best else 'the last'})")
+    saved = ""
+    if not (worse and target == directory):
+        save(student, target)
+        write_source(target, source)
+        saved = f", saved to {target}"
+    used = sum(f.stat().st_size for f in Path(history["log_dir"]).rglob("*") if f.is_file())
+    click.echo(f"trained {history['steps']} steps ({history['sec_per_step'] * 1000:.0f} ms/step){saved}; "
+               f"logs and checkpoints in {history['log_dir']} ({used / 1e6:.1f} MB)")
 
 
 @cli.command("eval")

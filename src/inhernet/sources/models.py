@@ -307,7 +307,17 @@ def _build_hf(spec: ModelSpec) -> nn.Module:
 
     auto = AutoModelForCausalLM if spec.task == "lm" else AutoModelForSequenceClassification
     head = {"num_labels": spec.num_classes} if spec.num_classes is not None else {}
+    from transformers.utils import logging as hf_logging
+
+    from ..distillation.train import verbose
+
+    were_on = hf_logging.is_progress_bar_enabled()
+    if not verbose():  # the "Loading weights" bar, on every command
+        hf_logging.disable_progress_bar()
     try:
         return auto.from_pretrained(spec.name, local_files_only=True, **head)
     except (OSError, ValueError, KeyError, RuntimeError) as err:
         raise ValueError(f"cannot load {auto.__name__} from {spec.name}: {err}") from None
+    finally:
+        if were_on:
+            hf_logging.enable_progress_bar()
