@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import os
 import signal
+import sys
 
 import lightning as L
 import pytest
@@ -122,3 +123,13 @@ def test_progress_off_a_terminal_is_a_line_every_tenth_of_the_run(tmp_path, caps
     assert [line.split(",")[0] for line in steps] == [f"step {s}/20" for s in range(2, 21, 2)]
     assert "accuracy" in steps[-1] and "s/step" in steps[-1] and "left" in steps[-1]
     assert not any("GPU available" in line or "Tip" in line for line in lines)  # quiet unless INHERNET_VERBOSE
+
+
+def test_progress_on_a_terminal_is_one_bar_over_the_steps(tmp_path, capsys, monkeypatch):
+    teacher, student, train_set, val_set = make_problem()
+    train, val = loaders(train_set, val_set)
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    distill(student, teacher, train, val, cpu_config(tmp_path, steps=12, val_every=6, progress=True))
+    out, err = capsys.readouterr()
+    assert "train: 100%" in out and "12/12" in out  # across the loader's 3 epochs
+    assert "Epoch" not in out and "step 12/12," not in err

@@ -27,6 +27,11 @@ class StepBar(TQDMProgressBar):
     def on_train_epoch_end(self, *_: Any) -> None:
         pass  # the bar spans the epochs
 
+    def get_metrics(self, trainer: Any, pl_module: Any) -> dict[str, Any]:
+        metrics = super().get_metrics(trainer, pl_module)
+        metrics.pop("v_num", None)  # the CSV logger's version: not news
+        return metrics
+
 
 def _duration(seconds: float) -> str:
     minutes, secs = divmod(round(seconds), 60)

@@ -297,7 +297,7 @@ def _trainer(config: DistillConfig, log_dir: Path, callbacks: Sequence[Any], val
             every_n_train_steps=config.checkpoint_every, save_top_k=keep, monitor="step" if keep > 0 else None,
             mode="max", save_last=True, enable_version_counter=False,
         ))
-    bar = config.progress and sys.stderr.isatty()
+    bar = config.progress and sys.stdout.isatty()  # where Lightning draws its bars
     if config.progress:
         all_callbacks.append(StepBar() if bar else ProgressLines(max(1, config.steps // 10)))
     validation: dict[str, Any] = {"limit_val_batches": 0, "num_sanity_val_steps": 0}
