@@ -21,12 +21,13 @@ from .loss import (
     teacher_topk,
     topk_kd_loss,
 )
-from .train import distill
+from .train import Interrupted, distill
 
 __all__ = [
     "DistillConfig",
     "DistillModule",
     "FeatureCapture",
+    "Interrupted",
     "TeacherTopK",
     "WithTeacherLogits",
     "WithTeacherTopK",

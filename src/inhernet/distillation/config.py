@@ -131,8 +131,9 @@ class DistillConfig:
         keep: ``"last"``: the student ends with its weights of the last step; ``"best"``: with those of
             its best validation point (step 0, the untrained student, included), ``history["best"]``.
             Needs a validation loader.
-        progress: a progress bar on a terminal (stdout), one line (on stderr) every ``steps // 10`` steps otherwise.
-            Lightning's info messages and model summary show only with ``INHERNET_VERBOSE=1``.
+        progress: a progress bar over the steps on a terminal (stdout), otherwise one line on stderr
+            every ``steps // 10`` steps. Lightning's info messages and model summary show only with
+            ``INHERNET_VERBOSE=1``.
     """
 
     steps: int = 500

@@ -192,9 +192,10 @@ def distill(
     ``trainer.fit(..., ckpt_path=...)``; the result matches an uninterrupted run (model, optimiser,
     scheduler, RNG states and the data position are restored). Ctrl-C (SIGINT, in a single process
     run) saves ``<log_dir>/checkpoints/last.ckpt`` at the end of the step and raises
-    :class:`Interrupted` (a ``KeyboardInterrupt``) naming the step and checkpoint. Checkpoints are Lightning ``.ckpt``
-    files, read back with ``torch.load`` by Lightning, so resume only from checkpoints you trust;
-    the finished model is saved elsewhere with :func:`inhernet.save` (safetensors, no pickle).
+    :class:`Interrupted` (a ``KeyboardInterrupt``) naming the step and checkpoint. Checkpoints are
+    Lightning ``.ckpt`` files, read back with ``torch.load`` by Lightning, so resume only from
+    checkpoints you trust; the finished model is saved elsewhere with :func:`inhernet.save`
+    (safetensors, no pickle).
 
     Data parallel: with ``devices=N`` / ``num_nodes=M`` each process trains on its shard (a
     ``DistributedSampler`` for a map-style ``DataLoader``); one step consumes one loader batch per
@@ -210,7 +211,8 @@ def distill(
     Returns:
         ``{"curve": [[step, metric], ...], "train_loss": [[step, loss], ...], "steps": int,
         "sec_per_step": float, "final": {metric: value}, "best": [step, value] or None, "metric": str,
-        "log_dir": str, "checkpoint": path of last.ckpt or None, "is_global_zero": bool, "world_size": int}``.
+        "log_dir": str, "checkpoint": path of last.ckpt or None, "is_global_zero": bool,
+        "world_size": int}``.
         ``final`` is empty without a validation loader; ``best`` is set with ``config.keep="best"``.
     """
     config = _checked(student, teacher, config)
