@@ -100,7 +100,7 @@ def test_image_folder_compress_train_eval(tmp_path, assets, monkeypatch, capsys)
     compressed = inhernet.serialization.weights_path(out).read_bytes()
     code, stdout, err = invoke(
         monkeypatch, capsys, "train", out, "--data", assets["images"], "--steps", 2, "--batch-size", 4,
-        "--val-fraction", 0.25,
+        "--val-fraction", 0.25, "--save-last",  # whatever the validation says (the default keeps the better)
     )
     assert code == 0, err
     assert "trained 2 steps" in stdout and "validation accuracy" in stdout
