@@ -384,6 +384,8 @@ def eval_command(
     rows = _measure(models, dataset, batch_size, opened.data.metric)
     if with_compact:
         _add_latency(models, rows, dataset)
+        if "inhernet-compact" in models:
+            rows[-1]["output_change"] = models["inhernet-compact"].inhernet_compact["output_change"]
     _print_measures(rows, opened.data.metric)
     report: dict[str, Any] = {"model": model, "data": data, "metric": opened.data.metric, "examples": len(dataset),
                               "models": rows}
