@@ -24,22 +24,17 @@ Three steps, each recorded in the model's books (``inhernet_plan``, ``inhernet_c
 3. **Ranks rounded** to a multiple of ``rank_multiple`` (default :data:`RANK_MULTIPLE`) in the blocks
    below break-even, only where that costs no measurable output error, in this order:
 
-   * **down** when the block's output on the calibration batch changes by at most ``tolerance``
-     (relative): ``B A`` is re-truncated to the lower rank by the SVD of its small factors
-     (``B = Q_B R_B``, ``A^T = Q_A R_A``, SVD of ``R_B R_A^T``), the best approximation of the block's
-     product at that rank in the Frobenius norm, exact when the product's rank does not exceed it;
-   * else **up**, exactly (the factors padded with zeros), when the budget has room for it and the
-     block stays below break-even;
-   * else the rank is **kept**. A rank below the multiple is always kept.
+   * **down** where the block's output on the calibration batch changes by at most ``tolerance``
+     (relative): :func:`reranked`, the best approximation of ``B A`` at that rank (Frobenius norm);
+   * else **up** (exact: zero-padded factors) where the budget has room and it stays below break-even;
+   * else **kept**, as is a rank below the multiple.
 
-   ``tolerance=float("inf")`` rounds every such rank down (the fewest MACs, at an output cost), and
-   ``rank_multiple=1`` keeps every rank. The rounding decision is taken before the dense/factorised
-   one, which compares the dense layer with the block at its rounded rank.
+   ``tolerance=float("inf")`` rounds every such rank down (fewest MACs, at an output cost);
+   ``rank_multiple=1`` keeps every rank. The dense/factorised decision then sees the rounded rank.
 
-Finally the compact model's outputs are compared with the input model's on the calibration batch (the
-first of ``calib``, else ``example``): the largest change relative to the largest output is recorded
-(``inhernet_compact["output_change"]``) and a warning names it beyond ``tolerance``. Folding experts
-whose gates depend on their input is the other source of change.
+Finally the outputs are compared with the input model's on the calibration batch (the first of ``calib``,
+else ``example``): the largest change over the largest output is ``inhernet_compact["output_change"]``,
+with a warning beyond ``tolerance`` (folding input-dependent gates is the other source of change).
 
 Rank multiple: measured under load on a shared 2-core x86 CPU, torch eager, one thread, batch 1
 (Linear 384->384 and 384->1536 on 64 tokens, Conv2d 32->64 k3 on 28x28; medians of interleaved
@@ -47,8 +42,11 @@ repetitions); see the comment on :data:`inhernet.budget.RANK_MULTIPLE` for the n
 A latency budget (``InherConfig(latency=...)``) allocates ranks in steps of the same multiple, so the
 default rounding leaves its ranks unchanged and the compact model spends the budget the plan predicts.
 
-What keeping accuracy costs in speed (same machine, medians of interleaved repetitions, microseconds per
-call of one layer at batch 1): SPEED_TABLE
+What keeping accuracy costs in speed: a factorised layer at rank 14 or 16 instead of 8 takes 2-15% longer
+(batch 1, one thread, shared 2-core x86, medians of 41 interleaved repetitions, three runs; us at rank 14-16
+vs 8: Linear 384->384 on 64 tokens 54-58 vs 51-55, 384->1536 98-106 vs 88-96, Embedding 30522x384 33-35 vs
+28-31, Conv2d 32->64 k3 at 28x28 431-453 vs 405-438; ranks 13, 14 and 16 are within noise of each other),
+against 13 points of accuracy that rounding a MiniLM classifier's word embedding from 14 to 8 once cost.
 """
 
 from __future__ import annotations
@@ -104,8 +102,7 @@ def compact(
     """The deployable form of an inherited (trained) model; see the module documentation.
 
     Args:
-        model: a model holding InherNet blocks (the result of :func:`inhernet.inherit` or
-            :func:`inhernet.load`, possibly fine-tuned).
+        model: a model holding InherNet blocks (from :func:`inhernet.inherit` or :func:`inhernet.load`).
         calib: iterable of input batches: the gates' mean probabilities are measured on it (needed
             when a gate depends on its input); its first batch is where output changes are measured,
             and the example when ``example`` is not given.
@@ -115,28 +112,24 @@ def compact(
         budget: the parameter budget: a fraction in (0, 1] of the teacher's parameters or an int
             count. Default: the model's recorded budget, if any. ``1.0`` lets every block that is
             not faster factorised return to dense.
-        rank_multiple: round factorised ranks to a multiple of this where that changes no output
-            (see the module documentation; ``1``: exact ranks; default :data:`RANK_MULTIPLE`).
+        rank_multiple: round ranks to a multiple of this where no output changes (``1``: exact ranks).
         tolerance: the relative output change taken as none: a rank rounds down where its layer's
-            output changes by at most this, and a warning is given where the model's does by more.
-        costs: the cost table to decide by (anything with ``dense(shape)`` and
-            ``factorised(shape, rank)`` in seconds, see :class:`~inhernet.deploy.costs.Costs`);
-            default a :class:`~inhernet.deploy.costs.CostTable` on the model's device at the current
-            thread count, cached on disk. Only consulted for blocks below their break-even rank.
+            output changes by at most this; a warning where the model's changes by more.
+        costs: the layer timings to decide by (a :class:`~inhernet.deploy.costs.Costs`); default a
+            cached :class:`~inhernet.deploy.costs.CostTable` of this device and thread count.
         inplace: modify ``model`` itself instead of a deep copy.
 
     Returns:
         The compact model: single-expert blocks at rounded ranks and dense layers. Its
         ``inhernet_compact`` records per block ``{"dense": bool, "rank": int | None, "reason": str}``
-        (and ``"rounding"``, how its rank was rounded), the rank multiple, the tolerance, the budget and
-        ``output_change``, the largest output change on the calibration batch; its plan (if any) says ``experts=1`` and, for every layer
-        returned to dense, ``rank=None`` and a reason beginning ``"returned to dense"``.
+        (and ``"rounding"``), the rank multiple, the tolerance, the budget and ``output_change``; its
+        plan (if any) says ``experts=1`` and, for every layer returned to dense, ``rank=None`` and a
+        reason beginning ``"returned to dense"``.
 
     Raises:
         TypeError: ``model`` is not a module, ``costs`` lacks ``dense``/``factorised``.
-        ValueError: ``model`` has no InherNet blocks, neither ``example`` nor ``calib`` is given,
-            ``rank_multiple``, ``tolerance`` or ``budget`` is malformed, or ``calib`` is missing while a gate
-            depends on its input.
+        ValueError: ``model`` has no InherNet blocks, neither ``example`` nor ``calib`` is given, an
+            argument is malformed, or ``calib`` is missing while a gate depends on its input.
     """
     multiple = _check_arguments(model, rank_multiple, tolerance, costs, example, calib)
     check, calib = (example, None) if calib is None else split_example(calib, "compact()")
@@ -151,18 +144,23 @@ def compact(
     decisions, optional, params = _measure(model, blocks, _block_inputs(model, blocks, example), ranks, costs)
     _spend_budget(decisions, optional, params, target)
     model = _apply(model, blocks, decisions)
-    change = _relative_change(_logits(model, check), want)
     model.inhernet_compact = {"rank_multiple": multiple, "tolerance": tolerance, "budget": target,
-                              "output_change": change, "layers": decisions}
+                              "output_change": _output_change(model, check, want, tolerance), "layers": decisions}
     _record_plan(model, decisions)
+    return model
+
+
+def _output_change(model: nn.Module, check: Any, want: torch.Tensor, tolerance: float) -> float:
+    """The compact ``model``'s largest output change on ``check`` against ``want`` (relative), warned beyond ``tolerance``."""
+    change = _relative_change(_logits(model, check), want)
     if change > tolerance:
         warnings.warn(
             f"compact() changed the model's outputs by {change:.1e} (largest change / largest output on the "
             f"calibration batch), beyond tolerance={tolerance}: experts folded with input-dependent gates or "
             f"ranks rounded down did it (model.inhernet_compact says which; rank_multiple=1 keeps every rank)",
-            UserWarning, stacklevel=2,
+            UserWarning, stacklevel=3,
         )
-    return model
+    return change
 
 
 def _check_arguments(model: Any, rank_multiple: Any, tolerance: Any, costs: Any, example: Any, calib: Any) -> int:
@@ -422,8 +420,7 @@ def _budget_target(model: nn.Module, budget: float | int | None) -> int | None:
         raise ValueError(f"budget must be a fraction in (0, 1] or a parameter count, got {budget!r}")
     teacher = sum(p.numel() for p in model.parameters())
     for block in _blocks(model).values():
-        m, n = _matrix_shape(block)
-        teacher += m * n - sum(p.numel() for p in block.parameters()) + (m if block.up.bias is not None else 0)
+        teacher += _dense_params(block) - sum(p.numel() for p in block.parameters())
     if isinstance(budget, float):
         if not 0 < budget <= 1:
             raise ValueError(f"budget must be a fraction in (0, 1] or a parameter count, got {budget!r}")
