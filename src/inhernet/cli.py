@@ -407,6 +407,9 @@ def _save_trained(student: Any, history: dict[str, Any], directory: str, target:
 @click.option("--compact", "with_compact", is_flag=True, default=False,
               help="Also evaluate the deployable form (inhernet.compact) and time every model at batch 1 "
                    "(latency_ms: median of interleaved repetitions, this device and thread count).")
+@click.option("--rank-multiple", type=click.IntRange(1), default=None,
+              help="With --compact: round ranks to multiples of this where that changes no output (down where "
+                   "free, up where the budget allows; 1: exact ranks). Default 8.")
 @click.option("--prompt", "prompts", multiple=True,
               help="Causal LMs: a prompt to continue greedily with every model (repeatable; default: the "
                    "first words of the first three texts of --data).")
@@ -415,7 +418,7 @@ def _save_trained(student: Any, history: dict[str, Any], directory: str, target:
 def eval_command(
     model: str, weights: str | None, task: str | None, num_classes: int | None, data: str, prep: dict[str, Any],
     batch_size: int, seed: int, val_fraction: float, json_path: str | None, with_compact: bool = False,
-    prompts: tuple[str, ...] = (), new_tokens: int = 20,
+    prompts: tuple[str, ...] = (), new_tokens: int = 20, rank_multiple: int | None = None,
 ) -> None:
     """Metric, parameters and MACs of a compressed MODEL beside its teacher's, on your data.
 
@@ -452,10 +455,12 @@ def eval_command(
         models = {str(spec): opened.teacher}
     dataset = opened.data.dataset if val_fraction == 0 else split(opened.data.dataset, val_fraction, seed)[1]
     if with_compact:
-        _add_compact(models, dataset, batch_size)
+        _add_compact(models, dataset, batch_size, rank_multiple)
     rows = _measure(models, dataset, batch_size, opened.data.metric)
     if with_compact:
         _add_latency(models, rows, dataset)
+        if "inhernet-compact" in models:
+            rows[-1]["output_change"] = models["inhernet-compact"].inhernet_compact["output_change"]
     _print_measures(rows, opened.data.metric)
     report: dict[str, Any] = {"model": model, "data": data, "metric": opened.data.metric, "examples": len(dataset),
                               "models": rows}
@@ -505,10 +510,12 @@ def _measure(models: dict[str, Any], dataset: Any, batch_size: int, metric: str)
     ]
 
 
-def _add_compact(models: dict[str, Any], dataset: Any, batch_size: int) -> None:
-    """``models["inhernet-compact"]``: the deployable form of ``models["inhernet"]`` (if any), for batch 1."""
+def _add_compact(models: dict[str, Any], dataset: Any, batch_size: int, rank_multiple: int | None) -> None:
+    """``models["inhernet-compact"]``: the deployable form of ``models["inhernet"]`` (if any), for batch 1;
+    prints how far its outputs moved from the student's."""
     import itertools
 
+    from .batches import rows_of
     from .deploy import compact
     from .sources import make_loader
 
@@ -516,7 +523,13 @@ def _add_compact(models: dict[str, Any], dataset: Any, batch_size: int) -> None:
         return
     calib = list(itertools.islice(iter(make_loader(dataset, batch_size)), 8))
     example = next(iter(make_loader(dataset, 1)))
-    models["inhernet-compact"] = compact(models["inhernet"], calib, example=example)
+    models["inhernet-compact"] = compacted = compact(models["inhernet"], calib, example=example, rank_multiple=rank_multiple)
+    record = compacted.inhernet_compact
+    console.print(
+        f"compact form: its outputs differ from the student's by {record['output_change']:.1e} at most (relative "
+        f"to the largest, on {rows_of(calib[0])} examples); ranks rounded to "
+        f"multiples of {record['rank_multiple']} only where that changed no output", highlight=False,
+    )
 
 
 def _add_latency(models: dict[str, Any], rows: list[dict[str, Any]], dataset: Any) -> None:

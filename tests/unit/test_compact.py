@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import warnings
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ from torch import nn
 
 from inhernet import InherBlock, InherConfig, InherLinear, compact, inherit, load, save
 from inhernet.deploy import CostTable, LayerShape, export_onnx, merge_experts, verify_onnx
-from inhernet.deploy.compact import truncate
+from inhernet.deploy.compact import reranked
 from inhernet.deploy.costs import rank_points
 from tiny_models import bert_tiny, cnn, gpt2_tiny, mlp, rel_err, run, three_linear
 
@@ -64,7 +65,8 @@ def test_experts_folded_as_merge_experts_does() -> None:
     teacher, x = three_linear()
     student = trained_gates(inherit(teacher, InherConfig(rank=8, experts=3, expert_noise=0.1, init="svd"), progress=False))
     merged = merge_experts(copy.deepcopy(student), calib=[x])
-    out = compact(student, [x], rank_multiple=1, costs=FakeCosts())
+    with pytest.warns(UserWarning, match="changed the model's outputs"):  # the mean gate replaced each gate
+        out = compact(student, [x], rank_multiple=1, costs=FakeCosts())
     assert all(b.experts == 3 for b in blocks(student).values()), "compact must not modify its input by default"
     assert set(blocks(out)) == set(blocks(student)) and len(blocks(out)) >= 2
     assert all(b.experts == 1 and b.gate is None for b in blocks(out).values())
@@ -111,25 +113,67 @@ def test_the_recorded_budget_limits_the_dense_layers() -> None:
     assert not blocks(free)
 
 
-def test_rank_rounding_keeps_the_budget_and_truncates_optimally() -> None:
+def rank_13() -> tuple[nn.Module, nn.Module, torch.Tensor]:
+    """A teacher of full-rank layers and its student at rank 13, where rounding down to 8 shows."""
     teacher, x = three_linear()
-    student = inherit(teacher, InherConfig(budget=0.5, experts=3, init="svd"), progress=False)
-    ranks = student.inhernet_plan.ranks()
-    assert any(r % 8 for r in ranks.values()), "the test needs a rank that is not a multiple of 8"
-    out = compact(student, example=x, rank_multiple=8, costs=FakeCosts())
-    for name, b in blocks(out).items():
-        assert b.rank == (ranks[name] if ranks[name] < 8 else ranks[name] // 8 * 8)
-    assert params(out) <= student.inhernet_plan.target_params
-    assert out.inhernet_plan.total_params == params(out)
-    # The truncation is the best approximation of B A at the lower rank (Eckart-Young).
-    merged = merge_experts(copy.deepcopy(student))
-    block = merged.fc1
+    return teacher, inherit(teacher, InherConfig(rank=13, experts=1, init="svd"), progress=False), x
+
+
+def test_ranks_round_only_where_no_output_changes() -> None:
+    """Default: up to the multiple (exact) where the budget has room, else kept; the outputs stay."""
+    _, student, x = rank_13()
+    assert student.fc1.rank == student.fc2.rank == 13
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no output change to warn about
+        up = compact(student, example=x, costs=FakeCosts())  # a rank= model has no parameter budget
+        kept = compact(student, example=x, budget=params(student), costs=FakeCosts())  # no room to round up
+    assert (up.fc1.rank, up.fc2.rank) == (16, 16) and (kept.fc1.rank, kept.fc2.rank) == (13, 13)
+    assert params(kept) <= params(student)
+    for out in (up, kept):
+        assert rel_err(run(out, x), run(student, x)) < 1e-5
+        assert out.inhernet_compact["output_change"] < 1e-5
+        assert out.inhernet_plan.total_params == params(out)
+    assert "rounded up from 13 (exact)" in up.inhernet_compact["layers"]["fc1"]["rounding"]
+    assert "kept" in kept.inhernet_compact["layers"]["fc1"]["rounding"]
+    exact = compact(student, example=x, rank_multiple=1, costs=FakeCosts())
+    assert (exact.fc1.rank, exact.fc2.rank) == (13, 13) and "rounding" not in exact.inhernet_compact["layers"]["fc1"]
+
+
+def test_rounding_down_where_asked_and_the_change_is_reported() -> None:
+    _, student, x = rank_13()
+    down = compact(student, example=x, rank_multiple=8, tolerance=float("inf"), costs=FakeCosts())
+    assert (down.fc1.rank, down.fc2.rank) == (8, 8) and params(down) < params(student)
+    change = rel_err(run(down, x), run(student, x))
+    assert change > 1e-2, "the test needs rounding down to show in the outputs"
+    assert down.inhernet_compact["output_change"] == pytest.approx(change, rel=1e-4)
+    assert "rounded down from 13" in down.inhernet_compact["layers"]["fc1"]["rounding"]
+    with pytest.raises(ValueError, match="tolerance"):
+        compact(student, example=x, tolerance=-1.0)
+
+
+def test_a_rounded_up_compact_model_saves_and_loads(tmp_path) -> None:
+    _, student, x = rank_13()
+    out = compact(student, example=x, costs=FakeCosts())
+    save(out, tmp_path / "m")
+    loaded = load(tmp_path / "m", three_linear()[0])
+    assert {n: b.rank for n, b in blocks(loaded).items()} == {n: b.rank for n, b in blocks(out).items()}
+    assert torch.equal(run(loaded, x), run(out, x))
+
+
+def test_reranked_truncates_optimally_and_pads_exactly() -> None:
+    _, student, x = rank_13()
+    block = student.fc1
     w = (block.up.weight @ block.down.weight).detach().double()
-    cut = truncate(block, 5)
+    # The truncation is the best approximation of B A at the lower rank (Eckart-Young).
+    cut = reranked(block, 5)
     s = torch.linalg.svdvals(w)
     err = torch.linalg.matrix_norm(w - (cut.up.weight @ cut.down.weight).detach().double())
     assert float(err) == pytest.approx(float(s[5:].norm()), rel=1e-4)
     assert torch.equal(cut.up.bias, block.up.bias)
+    padded = reranked(block, 16)
+    assert padded.rank == 16 and torch.equal(padded(x), block(x))
+    with pytest.raises(ValueError, match="rank"):
+        reranked(block, 33)
 
 
 def test_rounding_down_is_exact_when_the_product_has_low_rank() -> None:

@@ -6,7 +6,7 @@ macs = count_macs(student, example_batch)        # multiply-accumulates of one f
 merge_experts(student, calib=batches)            # h experts -> 1 up-projection, in place
 export_onnx(student, example_batch, "student.onnx")
 verify_onnx("student.onnx", student, example_batch)   # max relative error vs PyTorch
-deployable = compact(student, calib=batches)     # experts folded, dense where faster, ranks of 8
+deployable = compact(student, calib=batches)     # experts folded, dense where faster, same outputs
 """
 
 from .compact import compact, deployed

@@ -21,24 +21,39 @@ Three steps, each recorded in the model's books (``inhernet_plan``, ``inhernet_c
      those that save the most seconds per added parameter go first. Folding the experts frees the
      parameters of ``h - 1`` up-projections and the gates, which is what usually pays for them.
 
-3. **Ranks rounded down** to a multiple of ``rank_multiple`` (default :data:`RANK_MULTIPLE`) in the
-   blocks that stay factorised: ``B A`` is re-truncated to the lower rank by the SVD of its small
-   factors (``B = Q_B R_B``, ``A^T = Q_A R_A``, SVD of ``R_B R_A^T``), the best approximation of the
-   block's product at that rank in the Frobenius norm, exact when the product's rank does not exceed
-   it. A rank below the multiple is kept. Rounding only lowers parameters, so it never breaks the
-   budget. The rounding decision is taken before the dense/factorised one, which compares the
-   dense layer with the block at its rounded rank.
+3. **Ranks rounded** to a multiple of ``rank_multiple`` (default :data:`RANK_MULTIPLE`) in the blocks
+   below break-even, only where that costs no measurable output error, in this order:
+
+   * **down** where the block's output on the calibration batch changes by at most ``tolerance``
+     (relative): :func:`reranked`, the best approximation of ``B A`` at that rank (Frobenius norm);
+   * else **up** (exact: zero-padded factors) where the budget has room and it stays below break-even;
+   * else **kept**, as is a rank below the multiple.
+
+   ``tolerance=float("inf")`` rounds every such rank down (fewest MACs, at an output cost);
+   ``rank_multiple=1`` keeps every rank. The dense/factorised decision then sees the rounded rank.
+
+Finally the outputs are compared with the input model's on the calibration batch (the first of ``calib``,
+else ``example``): the largest change over the largest output is ``inhernet_compact["output_change"]``,
+with a warning beyond ``tolerance`` (folding input-dependent gates is the other source of change).
 
 Rank multiple: measured under load on a shared 2-core x86 CPU, torch eager, one thread, batch 1
 (Linear 384->384 and 384->1536 on 64 tokens, Conv2d 32->64 k3 on 28x28; medians of interleaved
 repetitions); see the comment on :data:`inhernet.budget.RANK_MULTIPLE` for the numbers and the choice.
 A latency budget (``InherConfig(latency=...)``) allocates ranks in steps of the same multiple, so the
 default rounding leaves its ranks unchanged and the compact model spends the budget the plan predicts.
+
+What keeping accuracy costs in speed: a factorised layer at rank 14 or 16 instead of 8 takes 2-15% longer
+(batch 1, one thread, shared 2-core x86, medians of 41 interleaved repetitions, three runs; us at rank 14-16
+vs 8: Linear 384->384 on 64 tokens 54-58 vs 51-55, 384->1536 98-106 vs 88-96, Embedding 30522x384 33-35 vs
+28-31, Conv2d 32->64 k3 at 28x28 431-453 vs 405-438; ranks 13, 14 and 16 are within noise of each other),
+against 13 points of accuracy that rounding a MiniLM classifier's word embedding from 14 to 8 once cost.
 """
 
 from __future__ import annotations
 
 import copy
+import math
+import warnings
 from collections.abc import Iterable
 from dataclasses import replace
 from typing import Any
@@ -46,16 +61,21 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..batches import forward_batch, logits_of, move_batch
 from ..budget import RANK_MULTIPLE, round_rank
 from ..calibration import layer_input_shapes, split_example
 from ..kinds import block_params, kind_of
 from ..layers import InherBlock, InherConv, InherEmbedding, InherLinear
-from ..modes import device_of
+from ..modes import device_of, evaluating
 from ..stack import replace_module
 from .costs import Costs, CostTable, LayerShape
 from .merge import merge_experts
 
-__all__ = ["RANK_MULTIPLE", "compact", "densify", "deployed", "truncate"]
+__all__ = ["RANK_MULTIPLE", "TOLERANCE", "compact", "densify", "deployed", "reranked"]
+
+#: the output change (relative to the largest output) that compact() treats as none: float32 layers
+#: agree to ~1e-6, and a change of 1e-3 of the largest logit moves no clear decision
+TOLERANCE = 1e-3
 
 
 def deployed(
@@ -75,65 +95,83 @@ def compact(
     example: Any = None,
     budget: float | int | None = None,
     rank_multiple: int | None = None,
+    tolerance: float = TOLERANCE,
     costs: Costs | None = None,
     inplace: bool = False,
 ) -> nn.Module:
     """The deployable form of an inherited (trained) model; see the module documentation.
 
     Args:
-        model: a model holding InherNet blocks (the result of :func:`inhernet.inherit` or
-            :func:`inhernet.load`, possibly fine-tuned).
+        model: a model holding InherNet blocks (from :func:`inhernet.inherit` or :func:`inhernet.load`).
         calib: iterable of input batches: the gates' mean probabilities are measured on it (needed
-            when a gate depends on its input) and its first batch is the example when ``example`` is
-            not given.
+            when a gate depends on its input); its first batch is where output changes are measured,
+            and the example when ``example`` is not given.
         example: one input batch (tensor, ``(inputs, labels)`` or dict) at the shape to deploy for
             (batch size, sequence length): every block's input shape is read from one forward pass
             on it, and layers are timed at that shape.
         budget: the parameter budget: a fraction in (0, 1] of the teacher's parameters or an int
             count. Default: the model's recorded budget, if any. ``1.0`` lets every block that is
             not faster factorised return to dense.
-        rank_multiple: round factorised ranks down to a multiple of this (``1``: no rounding;
-            default :data:`RANK_MULTIPLE`).
-        costs: the cost table to decide by (anything with ``dense(shape)`` and
-            ``factorised(shape, rank)`` in seconds, see :class:`~inhernet.deploy.costs.Costs`);
-            default a :class:`~inhernet.deploy.costs.CostTable` on the model's device at the current
-            thread count, cached on disk. Only consulted for blocks below their break-even rank.
+        rank_multiple: round ranks to a multiple of this where no output changes (``1``: exact ranks).
+        tolerance: the relative output change taken as none: a rank rounds down where its layer's
+            output changes by at most this; a warning where the model's changes by more.
+        costs: the layer timings to decide by (a :class:`~inhernet.deploy.costs.Costs`); default a
+            cached :class:`~inhernet.deploy.costs.CostTable` of this device and thread count.
         inplace: modify ``model`` itself instead of a deep copy.
 
     Returns:
         The compact model: single-expert blocks at rounded ranks and dense layers. Its
-        ``inhernet_compact`` records per block ``{"dense": bool, "rank": int | None, "reason": str}``,
-        the rank multiple and the budget; its plan (if any) says ``experts=1`` and, for every layer
-        returned to dense, ``rank=None`` and a reason beginning ``"returned to dense"``.
+        ``inhernet_compact`` records per block ``{"dense": bool, "rank": int | None, "reason": str}``
+        (and ``"rounding"``), the rank multiple, the tolerance, the budget and ``output_change``; its
+        plan (if any) says ``experts=1`` and, for every layer returned to dense, ``rank=None`` and a
+        reason beginning ``"returned to dense"``.
 
     Raises:
         TypeError: ``model`` is not a module, ``costs`` lacks ``dense``/``factorised``.
-        ValueError: ``model`` has no InherNet blocks, neither ``example`` nor ``calib`` is given,
-            ``rank_multiple`` or ``budget`` is malformed, or ``calib`` is missing while a gate
-            depends on its input.
+        ValueError: ``model`` has no InherNet blocks, neither ``example`` nor ``calib`` is given, an
+            argument is malformed, or ``calib`` is missing while a gate depends on its input.
     """
-    multiple = _check_arguments(model, rank_multiple, costs, example, calib)
-    if example is None:
-        example, calib = split_example(calib, "compact()")
+    multiple = _check_arguments(model, rank_multiple, tolerance, costs, example, calib)
+    check, calib = (example, None) if calib is None else split_example(calib, "compact()")
+    example = check if example is None else example
     target = _budget_target(model, budget)
+    want = _logits(model, check)
     if not inplace:
         model = copy.deepcopy(model)
     merge_experts(model, calib)
     blocks = _blocks(model)
-    decisions, optional, params = _measure(model, blocks, _block_inputs(model, blocks, example), multiple, costs)
+    ranks = _round_ranks(model, blocks, check, multiple, tolerance, target)
+    decisions, optional, params = _measure(model, blocks, _block_inputs(model, blocks, example), ranks, costs)
     _spend_budget(decisions, optional, params, target)
     model = _apply(model, blocks, decisions)
-    _record(model, decisions, multiple, target)
+    model.inhernet_compact = {"rank_multiple": multiple, "tolerance": tolerance, "budget": target,
+                              "output_change": _output_change(model, check, want, tolerance), "layers": decisions}
+    _record_plan(model, decisions)
     return model
 
 
-def _check_arguments(model: Any, rank_multiple: Any, costs: Any, example: Any, calib: Any) -> int:
+def _output_change(model: nn.Module, check: Any, want: torch.Tensor, tolerance: float) -> float:
+    """The compact ``model``'s largest output change on ``check`` against ``want`` (relative), warned beyond ``tolerance``."""
+    change = _relative_change(_logits(model, check), want)
+    if change > tolerance:
+        warnings.warn(
+            f"compact() changed the model's outputs by {change:.1e} (largest change / largest output on the "
+            f"calibration batch), beyond tolerance={tolerance}: experts folded with input-dependent gates or "
+            f"ranks rounded down did it (model.inhernet_compact says which; rank_multiple=1 keeps every rank)",
+            UserWarning, stacklevel=3,
+        )
+    return change
+
+
+def _check_arguments(model: Any, rank_multiple: Any, tolerance: Any, costs: Any, example: Any, calib: Any) -> int:
     """The rank multiple to round to, once :func:`compact`'s arguments are checked (errors as documented there)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     multiple = RANK_MULTIPLE if rank_multiple is None else rank_multiple
     if isinstance(multiple, bool) or not isinstance(multiple, int) or multiple < 1:
         raise ValueError(f"rank_multiple must be an int >= 1 (1: no rounding), got {rank_multiple!r}")
+    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not tolerance >= 0:
+        raise ValueError(f"tolerance must be a number >= 0 (float('inf'): round every rank down), got {tolerance!r}")
     if costs is not None and not isinstance(costs, Costs):
         raise TypeError(
             f"costs must have dense(shape) and factorised(shape, rank) methods (e.g. a CostTable), "
@@ -149,10 +187,45 @@ def _check_arguments(model: Any, rank_multiple: Any, costs: Any, example: Any, c
     return multiple
 
 
+def _round_ranks(
+    model: nn.Module, blocks: dict[str, InherBlock], check: Any, multiple: int, tolerance: float, target: int | None
+) -> dict[str, dict[str, Any]]:
+    """Per block below break-even whose rank is not a multiple of ``multiple``: ``{"rank", "rounding"}``,
+    rounded down, up or kept as the module documentation says (``check``: the calibration batch)."""
+    lower = {n: round_rank(b.rank, multiple) for n, b in blocks.items()}
+    lower = {n: r for n, r in lower.items() if r != blocks[n].rank and _params(blocks[n]) < _dense_params(blocks[n])}
+    if not lower:
+        return {}
+    lowered = {id(blocks[n]): reranked(blocks[n], r).eval() for n, r in lower.items()}
+    changes = layer_input_shapes(  # each call's change, measured in the forward pre-hook (forward: no hook again)
+        model, {n: blocks[n] for n in lower}, check,
+        lambda block, x: _relative_change(lowered[id(block)].forward(x), block.forward(x)),
+    )
+    room = None if target is None else target - sum(p.numel() for p in model.parameters())
+    rounded: dict[str, dict[str, Any]] = {}
+    for name, down in lower.items():
+        block, change = blocks[name], max(changes.get(name, [math.inf]))
+        up, was = down + multiple, f"from {blocks[name].rank}"
+        added = _params(block, up) - _params(block)
+        if change <= tolerance:
+            rank, how = down, f"rounded down {was}: the layer's output changes by {change:.1e}"
+        elif _params(block, up) < _dense_params(block) and (room is None or added <= room):
+            rank, how = up, f"rounded up {was} (exact): rounding down changes the layer's output by {change:.1e}"
+        else:
+            rank, how = block.rank, (f"kept: rounding down changes the layer's output by {change:.1e}, "
+                                     f"rank {up} is at break-even or beyond the budget")
+        if room is not None:
+            room -= _params(block, rank) - _params(block)
+        rounded[name] = {"rank": rank, "rounding": how}
+    return rounded
+
+
 def _measure(
-    model: nn.Module, blocks: dict[str, InherBlock], inputs: dict[str, Any], multiple: int, costs: Costs | None
+    model: nn.Module, blocks: dict[str, InherBlock], inputs: dict[str, Any], ranks: dict[str, dict[str, Any]],
+    costs: Costs | None,
 ) -> tuple[dict[str, dict[str, Any]], list[tuple[float, int, str]], int]:
-    """Each block's decision before the budget: dense where at or above break-even, measured otherwise.
+    """Each block's decision before the budget: dense where at or above break-even, measured otherwise
+    (at its rank from ``ranks``, else its own).
 
     Returns the decisions (per block ``dense``, ``rank``, ``rank_before``, ``reason`` and the timings),
     the blocks that could go dense as ``(seconds saved per added parameter, added parameters, name)``,
@@ -162,16 +235,14 @@ def _measure(
     decisions: dict[str, dict[str, Any]] = {}
     optional: list[tuple[float, int, str]] = []
     for name, block in blocks.items():
-        m, n = _matrix_shape(block)
-        has_bias = block.up.bias is not None
-        dense_p = m * n + (m if has_bias else 0)
-        rank = round_rank(block.rank, multiple)
-        params -= block_params(m, n, block.rank, 1, has_bias) - block_params(m, n, rank, 1, has_bias)
-        entry: dict[str, Any] = {"dense": False, "rank": rank, "rank_before": block.rank}
+        dense_p = _dense_params(block)
+        entry: dict[str, Any] = {"dense": False, "rank": block.rank, "rank_before": block.rank, **ranks.get(name, {})}
         decisions[name] = entry
-        if block_params(m, n, block.rank, 1, has_bias) >= dense_p:
+        rank = entry["rank"]
+        params += _params(block, rank) - _params(block)
+        if _params(block) >= dense_p:
             entry.update(dense=True, reason=f"rank {block.rank} >= break-even: dense has no more parameters or MACs")
-            params += dense_p - block_params(m, n, rank, 1, has_bias)
+            params += dense_p - _params(block, rank)
             continue
         if name not in inputs:
             entry["reason"] = "did not run on the example input; not measured, kept factorised"
@@ -184,7 +255,7 @@ def _measure(
         if fact_s < dense_s:
             entry["reason"] = f"faster factorised ({timing})"
             continue
-        added = dense_p - block_params(m, n, rank, 1, has_bias)
+        added = dense_p - _params(block, rank)
         entry["reason"] = f"dense is no slower ({timing})"
         optional.append(((fact_s - dense_s) / max(added, 1), added, name))
     return decisions, optional, params
@@ -210,8 +281,8 @@ def _apply(model: nn.Module, blocks: dict[str, InherBlock], decisions: dict[str,
         if entry["dense"]:
             model = replace_module(model, name, densify(blocks[name]))
             entry["rank"] = None
-        elif entry["rank"] < blocks[name].rank:
-            model = replace_module(model, name, truncate(blocks[name], entry["rank"]))
+        elif entry["rank"] != blocks[name].rank:
+            model = replace_module(model, name, reranked(blocks[name], entry["rank"]))
     return model
 
 
@@ -269,17 +340,22 @@ def densify(block: InherBlock) -> nn.Module:
 
 
 @torch.no_grad()
-def truncate(block: InherBlock, rank: int) -> InherBlock:
-    """A single-expert block of ``rank`` holding the best rank-``rank`` approximation of ``block``'s
-    ``B A`` (exact when that product's rank is at most ``rank``); ``block`` is not modified."""
-    if not 1 <= rank <= block.rank:
-        raise ValueError(f"rank must be in [1, {block.rank}] (the block's rank), got {rank}")
+def reranked(block: InherBlock, rank: int) -> InherBlock:
+    """A single-expert block of ``rank`` computing ``block``'s ``B A``: below the block's rank its best
+    rank-``rank`` approximation (exact when that product's rank is at most ``rank``), above it the same
+    product (the factors padded with zeros); ``block`` is not modified."""
+    if not 1 <= rank <= min(_matrix_shape(block)):
+        raise ValueError(f"rank must be in [1, {min(_matrix_shape(block))}] (the block's full rank), got {rank}")
     up, down = _factors(block)
-    q_b, r_b = torch.linalg.qr(up)
-    q_a, r_a = torch.linalg.qr(down.T)
-    u, s, vh = torch.linalg.svd(r_b @ r_a.T)
-    new_up = q_b @ (u[:, :rank] * s[:rank])
-    new_down = (q_a @ vh[:rank].T).T
+    if rank >= block.rank:
+        new_up = torch.cat([up, up.new_zeros(up.shape[0], rank - block.rank)], 1)
+        new_down = torch.cat([down, down.new_zeros(rank - block.rank, down.shape[1])])
+    else:
+        q_b, r_b = torch.linalg.qr(up)
+        q_a, r_a = torch.linalg.qr(down.T)
+        u, s, vh = torch.linalg.svd(r_b @ r_a.T)
+        new_up = q_b @ (u[:, :rank] * s[:rank])
+        new_down = (q_a @ vh[:rank].T).T
     skeleton = _skeleton(block)
     kind = kind_of(skeleton)
     assert kind is not None
@@ -299,6 +375,29 @@ def _matrix_shape(block: InherBlock) -> tuple[int, int]:
     up, down = block.up.weight, block.down.weight
     n = down.shape[0] if isinstance(block, InherEmbedding) else down[0].numel()
     return int(up.shape[0]), int(n)
+
+
+def _params(block: InherBlock, rank: int | None = None) -> int:
+    """The parameters of ``block`` as a single expert at ``rank`` (default: its own)."""
+    m, n = _matrix_shape(block)
+    return block_params(m, n, block.rank if rank is None else rank, 1, block.up.bias is not None)
+
+
+def _dense_params(block: InherBlock) -> int:
+    """The parameters of the dense layer computing what ``block`` computes."""
+    m, n = _matrix_shape(block)
+    return m * n + (m if block.up.bias is not None else 0)
+
+
+def _logits(model: nn.Module, batch: Any) -> torch.Tensor:
+    """The logits of ``model`` on ``batch`` (moved to its device), eval mode and no grad."""
+    with evaluating(model), torch.no_grad():
+        return logits_of(forward_batch(model, move_batch(batch, device_of(model)))).detach()
+
+
+def _relative_change(got: torch.Tensor, want: torch.Tensor) -> float:
+    """``max |got - want| / max |want|``: an output change relative to the output's scale."""
+    return float((got.float() - want.float()).abs().max() / want.float().abs().max().clamp_min(1e-12))
 
 
 def _block_inputs(model: nn.Module, blocks: dict[str, InherBlock], example: Any) -> dict[str, torch.Tensor]:
@@ -321,8 +420,7 @@ def _budget_target(model: nn.Module, budget: float | int | None) -> int | None:
         raise ValueError(f"budget must be a fraction in (0, 1] or a parameter count, got {budget!r}")
     teacher = sum(p.numel() for p in model.parameters())
     for block in _blocks(model).values():
-        m, n = _matrix_shape(block)
-        teacher += m * n - sum(p.numel() for p in block.parameters()) + (m if block.up.bias is not None else 0)
+        teacher += _dense_params(block) - sum(p.numel() for p in block.parameters())
     if isinstance(budget, float):
         if not 0 < budget <= 1:
             raise ValueError(f"budget must be a fraction in (0, 1] or a parameter count, got {budget!r}")
@@ -332,9 +430,8 @@ def _budget_target(model: nn.Module, budget: float | int | None) -> int | None:
     return budget
 
 
-def _record(model: nn.Module, decisions: dict[str, dict[str, Any]], multiple: int, target: int | None) -> None:
-    """The compact form in the model's books: ``inhernet_compact``, and the plan's rows."""
-    model.inhernet_compact = {"rank_multiple": multiple, "budget": target, "layers": decisions}
+def _record_plan(model: nn.Module, decisions: dict[str, dict[str, Any]]) -> None:
+    """The compact form in the model's plan (if any): one expert, and each layer's rank or dense."""
     plan = getattr(model, "inhernet_plan", None)
     if plan is None:
         return
@@ -347,8 +444,6 @@ def _record(model: nn.Module, decisions: dict[str, dict[str, Any]], multiple: in
             rows.append(replace(row, rank=None, experts=1, params_after=row.params_before,
                                 reason=f"returned to dense: {entry['reason']}"))
         else:
-            m, n = _matrix_shape(model.get_submodule(row.name))  # type: ignore[arg-type]
-            has_bias = model.get_submodule(row.name).up.bias is not None
-            rows.append(replace(row, rank=entry["rank"], experts=1,
-                                params_after=block_params(m, n, entry["rank"], 1, has_bias)))
+            block = model.get_submodule(row.name)
+            rows.append(replace(row, rank=entry["rank"], experts=1, params_after=_params(block)))  # type: ignore[arg-type]
     model.inhernet_plan = replace(plan, layers=rows, total_macs=None, total_latency_ns=None)

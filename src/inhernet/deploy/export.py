@@ -12,7 +12,15 @@ DeprecationWarning for the tracing exporter; it is silenced here.
 The exported graph takes the model's inputs (``input`` for a tensor batch, the dict's keys for a
 Hugging Face style batch, ``labels`` dropped) and returns one output, ``logits`` (the tensor the model
 returns, or its ``.logits``). Python control flow is frozen at the example's shapes except for the
-dynamic axes: the batch axis (``dynamic_batch=True``) and whatever ``dynamic_axes`` adds.
+dynamic axes: the batch axis (``dynamic_batch=True``), the sequence axis of token inputs
+(``dynamic_sequence=True``) and whatever ``dynamic_axes`` adds.
+
+Hugging Face text models print a ``UserWarning`` while exporting, that ``aten::index`` "with negative
+indices" gives incorrect results. It is silenced here because it cannot apply: the only ``aten::index``
+in their traced graphs is the padding-mask lookup ``padding_mask[batch_idx, kv_idx]`` of
+``transformers.masking_utils`` (``batch_idx = arange(batch)``, ``kv_idx = arange(length) + kv_offset``
+with ``kv_offset = 0`` without a cache), never negative; the InherNet blocks index nothing.
+``tests/unit/test_deploy_export.py`` checks padded rows at every edge against PyTorch.
 """
 
 from __future__ import annotations
@@ -80,6 +88,7 @@ def export_onnx(
     opset: int = 17,
     dynamic_batch: bool = True,
     *,
+    dynamic_sequence: bool = True,
     dynamic_axes: Mapping[str, Mapping[int, str]] | None = None,
     dynamo: bool = False,
 ) -> Path:
@@ -93,9 +102,12 @@ def export_onnx(
             once the export succeeded.
         opset: ONNX opset version.
         dynamic_batch: make axis 0 of every input and of ``logits`` symbolic (``batch``).
-        dynamic_axes: extra symbolic axes per input/output name, e.g.
-            ``{"input_ids": {1: "sequence"}, "attention_mask": {1: "sequence"}, "logits": {1: "sequence"}}``;
-            merged over the batch axes.
+        dynamic_sequence: make axis 1 of every token input (an integer tensor of rank 2: ``input_ids``,
+            ``attention_mask``, ``token_type_ids``, ``position_ids``) symbolic (``sequence``), and axis 1
+            of ``logits`` too when it has the example's sequence length (a language model's). ``False``
+            fixes the sequence length at the example's.
+        dynamic_axes: extra symbolic axes per input/output name, e.g. ``{"input_ids": {1: "tokens"}}``;
+            merged over (and renaming) the batch and sequence axes.
         dynamo: use the ``torch.export``-based exporter instead (needs ``onnxscript``; it implements
             opset >= 18 and raises a lower ``opset`` to 18, with a warning).
 
@@ -106,12 +118,15 @@ def export_onnx(
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     inputs = onnx_inputs(example_inputs)
     names = list(inputs)
-    options = _exporter_options(names, _symbolic_axes(names, dynamic_batch, dynamic_axes), dynamo)
     target = Path(path)
     with evaluating(model), atomic_path(target) as tmp, warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        # never negative in the models exported here: see the module documentation
+        warnings.filterwarnings("ignore", "Exporting aten::index operator", UserWarning)
         wrapper = _LogitsOf(model, names if isinstance(example_inputs, Mapping) else None).eval()
+        axes = _default_axes(inputs, wrapper, dynamic_batch, dynamic_sequence)
+        options = _exporter_options(names, _symbolic_axes([*names, OUTPUT_NAME], axes, dynamic_axes), dynamo)
         torch.onnx.export(
             wrapper,
             tuple(inputs.values()),
@@ -124,12 +139,26 @@ def export_onnx(
     return target
 
 
-def _symbolic_axes(
-    names: list[str], dynamic_batch: bool, dynamic_axes: Mapping[str, Mapping[int, str]] | None
+def _default_axes(
+    inputs: dict[str, torch.Tensor], wrapper: nn.Module, dynamic_batch: bool, dynamic_sequence: bool
 ) -> dict[str, dict[int, str]]:
-    """The symbolic axes per graph input/output name: the batch axes, merged with ``dynamic_axes``."""
-    graph = [*names, OUTPUT_NAME]
-    axes: dict[str, dict[int, str]] = {name: {0: "batch"} for name in graph} if dynamic_batch else {}
+    """The batch and sequence axes per graph input/output name, as ``export_onnx`` documents them."""
+    axes: dict[str, dict[int, str]] = {name: {0: "batch"} for name in [*inputs, OUTPUT_NAME]} if dynamic_batch else {}
+    tokens = {n: t for n, t in inputs.items() if t.dim() == 2 and not (t.is_floating_point() or t.is_complex())}
+    if not dynamic_sequence or not tokens:
+        return axes
+    for name in tokens:
+        axes.setdefault(name, {})[1] = "sequence"
+    logits = wrapper(*inputs.values())  # run once: does the output follow the sequence (a language model)?
+    if logits.dim() >= 3 and logits.shape[1] in {t.shape[1] for t in tokens.values()}:
+        axes.setdefault(OUTPUT_NAME, {})[1] = "sequence"
+    return axes
+
+
+def _symbolic_axes(
+    graph: list[str], axes: dict[str, dict[int, str]], dynamic_axes: Mapping[str, Mapping[int, str]] | None
+) -> dict[str, dict[int, str]]:
+    """The symbolic axes per graph input/output name: the default ``axes``, merged with ``dynamic_axes``."""
     for name, more in (dynamic_axes or {}).items():
         if name not in graph:
             raise ValueError(f"dynamic_axes names {name!r}, but the graph's inputs/outputs are {graph}")
