@@ -1,4 +1,4 @@
-"""Run the benchmark methods on a preset and collect the contract JSON (see DESIGN.md)."""
+"""Run the benchmark methods on a preset and collect the contract JSON (see docs/design.md, "Benchmark methods")."""
 
 from __future__ import annotations
 
