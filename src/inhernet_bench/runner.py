@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import functools
 import gc
 import hashlib
 import inspect
@@ -220,53 +219,73 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
     :class:`BenchConfig`); with ``part_dir`` every finished run is kept and reused (see :class:`Parts`).
     """
     start = time.perf_counter()
-    preset = get_preset(cfg.preset)
-    methods = tuple(cfg.methods or preset.methods)
-    for name in methods:
-        if name in preset.excluded:
-            raise ValueError(f"preset {preset.name!r} leaves out {name!r}: {preset.excluded[name]}")
-    teacher = preset.teacher()
-    if cfg.prune_importance is None:  # resolved before the fingerprint: parts name what prune-kd used
-        cfg = replace(cfg, prune_importance=default_importance(teacher))
-    calib = preset.calib(cfg.calib_size)
-    train, test = preset.data(cfg.batch_size, **(preset.full_test if cfg.full_test else {}))
-    n_train = len(train.dataset)
-    # epochs: whole passes over the training split, at the runner's own batch size
-    steps = cfg.epochs * -(-n_train // cfg.batch_size) if cfg.epochs is not None else cfg.steps or len(train)
-    train_n = min(n_train, steps * cfg.batch_size)
+    bench = _Bench(cfg, log)
+    for seed in bench.cfg.seeds:
+        for name in bench.methods:
+            bench.run(name, seed)
+    return bench.result(start)
 
-    @functools.cache
-    def training_set() -> Any:
+
+#: what a row's summary adds, in this order, where its student has it: its plan's ranks, its deployed
+#: latency (match="latency"), the share of channels an InherConfig(prune=...) method removed, and
+#: inherit's measured latency checks
+_ROW_EXTRAS = ("ranks", "latency_ms", "pruned_share", "latency_checks")
+
+
+class _Bench:
+    """One ``run_bench``: the teacher, data and parts it sets up, and what each (method, seed) run adds."""
+
+    def __init__(self, cfg: BenchConfig, log: Callable[[str], None]) -> None:
+        preset = get_preset(cfg.preset)
+        self.methods = tuple(cfg.methods or preset.methods)
+        for name in self.methods:
+            if name in preset.excluded:
+                raise ValueError(f"preset {preset.name!r} leaves out {name!r}: {preset.excluded[name]}")
+        self.preset, self.log, self.teacher = preset, log, preset.teacher()
+        if cfg.prune_importance is None:  # resolved before the fingerprint: parts name what prune-kd used
+            cfg = replace(cfg, prune_importance=default_importance(self.teacher))
+        self.cfg, self.calib = cfg, preset.calib(cfg.calib_size)
+        train, self.test = preset.data(cfg.batch_size, **(preset.full_test if cfg.full_test else {}))
+        n_train = len(train.dataset)
+        # epochs: whole passes over the training split, at the runner's own batch size
+        self.steps = cfg.epochs * -(-n_train // cfg.batch_size) if cfg.epochs is not None else cfg.steps or len(train)
+        self.train, self.train_n, self._training_set = train, min(n_train, self.steps * cfg.batch_size), None
+        self.metric = preset.metric
+        self.higher = self.metric != "perplexity"
+        self.example = first_example(self.calib[0])
+        self.teacher_scores = evaluate(self.teacher, self.test, self.metric)
+        log(f"teacher: {_params(self.teacher):,} params, {self.metric} {self.teacher_scores[self.metric]:.4f}; "
+            f"{self.steps} KD steps")
+        self.digest = teacher_digest(self.teacher)
+        self.parts = Parts(cfg.part_dir, cfg.fingerprint(self.steps, self.digest)) if cfg.part_dir is not None else None
+        self.tuner = _Tuner(
+            cfg, self.steps, train, self.training_set, self.train_n, self.metric, self.higher, preset, self.teacher, log
+        ) if cfg.tune_lr else None
+        self.runs: dict[str, list[dict[str, Any]]] = {m: [] for m in self.methods}
+        self.sizes: dict[str, tuple[int, int]] = {}
+        #: what each row adds to its summary (:data:`_ROW_EXTRAS`), from its last seed's student
+        self.extras: dict[str, dict[str, Any]] = {m: {} for m in self.methods}
+        self.tuned: dict[str, dict[str, Any]] = {}
+        self.contexts: dict[int, MethodContext] = {}
+
+    def training_set(self) -> Any:
         """The training examples, made on first use (a run assembled from parts trains nothing)."""
-        subset = Subset(train.dataset, range(train_n))
-        # The data is fixed, so the teacher runs once per example, not once per method, seed and step.
-        return teacher_training_set(preset, teacher, subset, cfg.temperature, digest, cfg.progress)
+        if self._training_set is None:
+            subset = Subset(self.train.dataset, range(self.train_n))
+            # The data is fixed, so the teacher runs once per example, not once per method, seed and step.
+            self._training_set = teacher_training_set(
+                self.preset, self.teacher, subset, self.cfg.temperature, self.digest, self.cfg.progress
+            )
+        return self._training_set
 
-    metric = preset.metric
-    higher = metric != "perplexity"
-    example = first_example(calib[0])
-    teacher_scores = evaluate(teacher, test, metric)
-    teacher_metric = teacher_scores[metric]
-    log(f"teacher: {_params(teacher):,} params, {metric} {teacher_metric:.4f}; {steps} KD steps")
-    digest = teacher_digest(teacher)
-    parts = Parts(cfg.part_dir, cfg.fingerprint(steps, digest)) if cfg.part_dir is not None else None
-    tuner = _Tuner(cfg, steps, train, training_set, train_n, metric, higher, preset, teacher, log) if cfg.tune_lr else None
-
-    runs: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
-    sizes: dict[str, tuple[int, int]] = {}
-    ranks: dict[str, dict[str, int]] = {}
-    pruned: dict[str, float] = {}  # the share of channels an InherConfig(prune=...) method removed
-    checks: dict[str, list[dict[str, Any]]] = {}  # inherit's measured latency checks (the last seed's, as ranks)
-    tuned: dict[str, dict[str, Any]] = {}
-    contexts: dict[int, MethodContext] = {}
-    latencies: dict[str, int] = {}  # ns of the deployed forms, under match="latency"
-
-    def context(seed: int) -> MethodContext:
-        if seed not in contexts:
+    def context(self, seed: int) -> MethodContext:
+        """Seed ``seed``'s :class:`MethodContext`, its reference built (once per seed)."""
+        if seed not in self.contexts:
+            cfg = self.cfg
             # one cost table for every seed: the teacher is timed once, so every seed gets the same plan
-            costs = next(iter(contexts.values())).costs if contexts else cfg.costs
+            costs = next(iter(self.contexts.values())).costs if self.contexts else cfg.costs
             ctx = MethodContext(
-                teacher, cfg.budget, cfg.experts, calib, seed, preset.student, match=cfg.match,
+                self.teacher, cfg.budget, cfg.experts, self.calib, seed, self.preset.student, match=cfg.match,
                 extras={"prune_importance": cfg.prune_importance}, costs=costs,
                 inherit_overrides=cfg.inherit_overrides,
             )
@@ -277,94 +296,122 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
                 raise ValueError(f"reference={cfg.reference!r} could not be built: {err}; {hint}") from err
             if not hasattr(ctx.reference, "inhernet_plan"):
                 raise ValueError(f"reference={cfg.reference!r} builds no InherNet model; {hint}")
-            contexts[seed] = ctx
-        return contexts[seed]
+            self.contexts[seed] = ctx
+        return self.contexts[seed]
 
-    for seed in cfg.seeds:
-        for name in methods:
-            ctx = context(seed)
-            student = ctx.reference if name == cfg.reference else build_student(name, ctx)
-            sizes[name] = (_params(student), count_macs(student, example))
-            if cfg.match == "latency":
-                latencies[name] = ctx.size(student)
-            if hasattr(student, "inhernet_plan"):
-                ranks[name] = student.inhernet_plan.ranks()
-                if student.inhernet_plan.prune is not None:
-                    pruned[name] = student.inhernet_plan.prune.ratio
-                if student.inhernet_plan.latency_checks is not None:
-                    checks[name] = student.inhernet_plan.latency_checks
-            recipe = _recipe(name, student, sizes[name])
-            done = parts.run(name, seed, recipe) if parts is not None else None
-            if done is not None:
-                runs[name].append(done)
-                if "lr_scores" in done:
-                    tuned[name] = {"lr": done["lr"], "lr_scores": done["lr_scores"]}
-                log(f"seed {seed} {name:<22} part found: final {done['final']:.4f} (skipped)")
-                continue
-            lr = cfg.lr
-            if tuner is not None:
-                if name not in tuned:
-                    tune_student = student if seed == TUNE_SEED else build_student(name, context(TUNE_SEED))
-                    tune_recipe = _recipe(name, tune_student, sizes[name])
-                    tuned[name] = (parts.tune(name, tune_recipe) if parts is not None else None) or tuner.tune(
-                        name, tune_student
-                    )
-                    if parts is not None:
-                        parts.write_tune(name, tune_recipe, tuned[name])
-                lr = tuned[name]["lr"]
-            if name == cfg.reference:
-                # the reference must stay untrained: the other methods are sized (and inhernet-random-init
-                # takes its plan) from it
-                student = copy.deepcopy(student)
-            resume = parts.checkpoints(name, seed, recipe, lr, cfg.checkpoint_every, log) if cfg.checkpoint_every else {}
-            run = _train_and_score(
-                cfg, student, teacher, training_set(), test, calib, seed, steps, lr, metric, preset, resume
+    def build(self, name: str, seed: int) -> nn.Module:
+        """Method ``name``'s student for ``seed``, its size and plan recorded for the summary."""
+        ctx = self.context(seed)
+        student = ctx.reference if name == self.cfg.reference else build_student(name, ctx)
+        self.sizes[name] = (_params(student), count_macs(student, self.example))
+        extras = self.extras[name]
+        if self.cfg.match == "latency":
+            extras["latency_ms"] = ctx.size(student) / 1e6  # ns of the deployed form
+        plan = getattr(student, "inhernet_plan", None)
+        if plan is not None:
+            extras["ranks"] = plan.ranks()
+            if plan.prune is not None:
+                extras["pruned_share"] = plan.prune.ratio
+            if plan.latency_checks is not None:
+                extras["latency_checks"] = plan.latency_checks
+        return student
+
+    def run(self, name: str, seed: int) -> None:
+        """Method ``name`` at ``seed``: its part if one is written, else tuned (once), trained and scored."""
+        student = self.build(name, seed)
+        recipe = _recipe(name, student, self.sizes[name])
+        done = self.parts.run(name, seed, recipe) if self.parts is not None else None
+        if done is not None:
+            self.runs[name].append(done)
+            if "lr_scores" in done:
+                self.tuned[name] = {"lr": done["lr"], "lr_scores": done["lr_scores"]}
+            self.log(f"seed {seed} {name:<22} part found: final {done['final']:.4f} (skipped)")
+            return
+        lr = self.lr(name, seed, student)
+        if name == self.cfg.reference:
+            # the reference must stay untrained: the other methods are sized (and inhernet-random-init
+            # takes its plan) from it
+            student = copy.deepcopy(student)
+        run = self.train_and_score(name, seed, student, recipe, lr)
+        # Lightning's trainer and module refer to each other: free each run's cycle (and its tensors) now,
+        # not at a rare full collection (a 10-run fashion-effnet bench grew to 24 GB and was OOM-killed)
+        del student
+        gc.collect()
+        merged = f"  merged {run['merged']:.4f}" if "merged" in run else ""
+        self.log(f"seed {seed} {name:<22} {self.sizes[name][0]:>10,} params  lr {lr:g}  zero-shot "
+                 f"{run['zero_shot']:.4f}  final {run['final']:.4f}{merged}  {run['sec_per_step'] * 1000:.1f} "
+                 f"ms/step{_resident()}")
+
+    def lr(self, name: str, seed: int, student: nn.Module) -> float:
+        """Method ``name``'s learning rate: ``cfg.lr``, or with ``tune_lr`` its tuned one (from its part if
+        written; tuned on :data:`TUNE_SEED`'s student)."""
+        if self.tuner is None:
+            return self.cfg.lr
+        if name not in self.tuned:
+            tune_student = student if seed == TUNE_SEED else build_student(name, self.context(TUNE_SEED))
+            tune_recipe = _recipe(name, tune_student, self.sizes[name])
+            parts = self.parts
+            self.tuned[name] = (parts.tune(name, tune_recipe) if parts is not None else None) or self.tuner.tune(
+                name, tune_student
             )
-            if name in tuned:
-                run["lr_scores"] = tuned[name]["lr_scores"]
-            runs[name].append(run)
             if parts is not None:
-                parts.write_run(name, seed, recipe, run)
-                shutil.rmtree(parts.train_dir(name, seed), ignore_errors=True)
-            merged = f"  merged {run['merged']:.4f}" if "merged" in run else ""
-            # Lightning's trainer and module refer to each other: free each run's cycle (and its tensors) now,
-            # not at a rare full collection (a 10-run fashion-effnet bench grew to 24 GB and was OOM-killed)
-            del student
-            gc.collect()
-            log(f"seed {seed} {name:<22} {sizes[name][0]:>10,} params  lr {lr:g}  zero-shot {run['zero_shot']:.4f}  "
-                f"final {run['final']:.4f}{merged}  {run['sec_per_step'] * 1000:.1f} ms/step{_resident()}")
+                parts.write_tune(name, tune_recipe, self.tuned[name])
+        return self.tuned[name]["lr"]
 
-    summaries = [
-        {
-            **summarise(name, runs[name], sizes[name], higher), **({"ranks": ranks[name]} if name in ranks else {}),
-            **({"latency_ms": latencies[name] / 1e6} if name in latencies else {}),
-            **({"pruned_share": pruned[name]} if name in pruned else {}),
-            **({"latency_checks": checks[name]} if name in checks else {}),
+    def train_and_score(
+        self, name: str, seed: int, student: nn.Module, recipe: dict[str, Any], lr: float
+    ) -> dict[str, Any]:
+        """Distil and score one run; record it (and write its part, its checkpoints removed)."""
+        cfg, parts = self.cfg, self.parts
+        resume = parts.checkpoints(name, seed, recipe, lr, cfg.checkpoint_every, self.log) if cfg.checkpoint_every else {}
+        run = _train_and_score(
+            cfg, student, self.teacher, self.training_set(), self.test, self.calib, seed, self.steps, lr, self.metric,
+            self.preset, resume,
+        )
+        if name in self.tuned:
+            run["lr_scores"] = self.tuned[name]["lr_scores"]
+        self.runs[name].append(run)
+        if parts is not None:
+            parts.write_run(name, seed, recipe, run)
+            shutil.rmtree(parts.train_dir(name, seed), ignore_errors=True)
+        return run
+
+    def summaries(self) -> list[dict[str, Any]]:
+        """Each method's summary row, compared with the kd-student's."""
+        rows = [
+            {**summarise(name, self.runs[name], self.sizes[name], self.higher),
+             **{key: self.extras[name][key] for key in _ROW_EXTRAS if key in self.extras[name]}}
+            for name in self.methods
+        ]
+        compare_with_student(rows, self.higher)
+        return rows
+
+    def result(self, start: float) -> dict[str, Any]:
+        """The contract JSON dict; ``start``: the run's :func:`time.perf_counter` at its start."""
+        cfg, teacher, metric = self.cfg, self.teacher, self.metric
+        summaries = self.summaries()
+        ctx = self.contexts[cfg.seeds[0]]
+        latency = _latency_record(ctx, teacher) if cfg.match == "latency" else {}
+        return {
+            "preset": cfg.preset, "budget": cfg.budget, "match": cfg.match,
+            **({"reference": cfg.reference} if cfg.reference != "inhernet" else {}),
+            "experts": ctx.reference.inhernet_plan.config.experts, "metric": metric, "higher_is_better": self.higher,
+            "teacher": {
+                "params": _params(teacher), "macs": count_macs(teacher, self.example),
+                "metric": self.teacher_scores[metric], "digest": self.digest,
+                **({"latency_ms": latency["teacher_ms"]} if latency else {}),
+                **other_metrics(_others(self.teacher_scores, metric)),
+            },
+            "methods": summaries,
+            **({"latency": latency["how"]} if latency else {}),
+            **({"excluded": dict(self.preset.excluded)} if self.preset.excluded else {}),
+            "steps": self.steps, **({"epochs": cfg.epochs} if cfg.epochs is not None else {}),
+            "lr": None if cfg.tune_lr else cfg.lr,
+            **({"tuning": self.tuner.describe()} if self.tuner is not None else {}),
+            "device": "cuda" if torch.cuda.is_available() else "cpu", "torch": torch.__version__,
+            "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
+            "wall_s": round(time.perf_counter() - start, 1),
         }
-        for name in methods
-    ]
-    compare_with_student(summaries, higher)
-    reference = contexts[cfg.seeds[0]].reference
-    latency = _latency_record(contexts[cfg.seeds[0]], teacher) if cfg.match == "latency" else {}
-    return {
-        "preset": cfg.preset, "budget": cfg.budget, "match": cfg.match,
-        **({"reference": cfg.reference} if cfg.reference != "inhernet" else {}),
-        "experts": reference.inhernet_plan.config.experts, "metric": metric, "higher_is_better": higher,
-        "teacher": {
-            "params": _params(teacher), "macs": count_macs(teacher, example), "metric": teacher_metric, "digest": digest,
-            **({"latency_ms": latency["teacher_ms"]} if latency else {}),
-            **other_metrics(_others(teacher_scores, metric)),
-        },
-        "methods": summaries,
-        **({"latency": latency["how"]} if latency else {}),
-        **({"excluded": dict(preset.excluded)} if preset.excluded else {}),
-        "steps": steps, **({"epochs": cfg.epochs} if cfg.epochs is not None else {}),
-        "lr": None if cfg.tune_lr else cfg.lr,
-        **({"tuning": tuner.describe()} if tuner is not None else {}),
-        "device": "cuda" if torch.cuda.is_available() else "cpu", "torch": torch.__version__,
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
-        "wall_s": round(time.perf_counter() - start, 1),
-    }
 
 
 def _latency_record(ctx: MethodContext, teacher: nn.Module) -> dict[str, Any]:
