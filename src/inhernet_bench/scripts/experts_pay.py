@@ -52,8 +52,8 @@ from inhernet.evaluate import evaluate
 from inhernet.gates import gate_stats, summarize_gates
 from inhernet_bench.presets.registry import get_preset
 from inhernet_bench.runner import teacher_training_set
+from inhernet_bench.scripts import RESULTS
 
-ROOT = Path(__file__).resolve().parents[3]
 VARIANTS = ("h1", "h3-soft", "h3-soft-glr", "h3-position", "h3-top1", "h3-top1-macs")
 
 
@@ -96,7 +96,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--gate-lr-scale", type=float, default=30.0)
     ap.add_argument("--calib-size", type=int, default=1000)
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--tag", default="", help="suffix of the output files' names (several runs side by side)")
     args = ap.parse_args(argv)
     for v in args.variants:

@@ -70,9 +70,7 @@ from inhernet.deploy.costs import measure_latency, time_calls
 from inhernet_bench.baselines import MethodContext, build_student
 from inhernet_bench.presets.registry import get_preset
 from inhernet_bench.runner import BenchConfig
-
-ROOT = Path(__file__).resolve().parents[3]
-RESULTS = ROOT / "benchmarks" / "results"
+from inhernet_bench.scripts import RESULTS
 
 #: model key -> label in the table, in table order
 MODELS = {

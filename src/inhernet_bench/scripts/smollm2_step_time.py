@@ -54,6 +54,7 @@ from inhernet.distillation import (
     precompute_teacher_topk,
     topk_kd_loss,
 )
+from inhernet_bench.scripts import RESULTS
 
 VARIANTS = ("plain", "kd-live", "kd-topk")
 RESULT = "smollm2-step-time"
@@ -164,7 +165,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--lr", type=float, default=2e-4)
     ap.add_argument("--tiny", action="store_true", help="random 2-layer Llama and tokens: a smoke test")
-    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[3] / "benchmarks" / "results")
+    ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     if args.reps < 1 or args.batches < 1 or args.batch_size < 1 or args.threads < 1:
         ap.error("--reps, --batches, --batch-size and --threads must be >= 1")

