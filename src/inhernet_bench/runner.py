@@ -39,6 +39,11 @@ from inhernet_bench.topk_store import hash_tensor, stored_teacher_topk
 
 __all__ = ["BenchConfig", "run_bench", "teacher_digest"]
 
+#: the KD recipe of every row (``DistillConfig``'s defaults, kept here because every part's fingerprint
+#: names them): a run that wants others passes ``distill_overrides={"temperature": ..., "alpha": ...}``
+KD_TEMPERATURE, KD_ALPHA = 4.0, 0.9
+
+
 @dataclass
 class BenchConfig:
     """What ``run_bench`` runs. ``steps`` defaults to one epoch of the preset's training split."""
@@ -61,8 +66,6 @@ class BenchConfig:
     batch_size: int = 128
     #: the learning rate of every method, unless ``tune_lr``
     lr: float = 1e-3
-    temperature: float = 4.0
-    alpha: float = 0.9
     #: ``None``: the preset's own list (its ``methods``). The InherNet reference is built (not trained)
     #: even when it is not listed: the baselines are sized from it.
     methods: Sequence[str] | None = None
@@ -155,6 +158,16 @@ class BenchConfig:
                 f"lr_grid must hold at least three distinct learning rates > 0, e.g. (3e-4, 1e-3, 3e-3); "
                 f"got {self.lr_grid}"
             )
+
+    @property
+    def temperature(self) -> float:
+        """The KD temperature of every row: ``distill_overrides["temperature"]``, else :data:`KD_TEMPERATURE`."""
+        return self.distill_overrides.get("temperature", KD_TEMPERATURE)
+
+    @property
+    def alpha(self) -> float:
+        """The KD term's weight of every row: ``distill_overrides["alpha"]``, else :data:`KD_ALPHA`."""
+        return self.distill_overrides.get("alpha", KD_ALPHA)
 
     def fingerprint(self, steps: int, teacher: str | None = None) -> dict[str, Any]:
         """What a part written under this configuration depends on (besides the method's recipe);
