@@ -33,7 +33,8 @@ def cli() -> None:
 
 @cli.command()
 def methods() -> None:
-    """List the methods a benchmark can compare (the first line of each builder's docstring)."""
+    """List the methods a benchmark can compare (the first line of each builder's docstring; how each is
+    built and sized: docs/design.md, "Benchmark methods")."""
     from .baselines import METHODS
 
     table = Table("method", "student")
@@ -44,7 +45,7 @@ def methods() -> None:
 
 @cli.command()
 def presets() -> None:
-    """List the benchmark presets."""
+    """List the benchmark presets (their teachers, data and metrics: docs/design.md, "Presets")."""
     from .presets.registry import PRESETS
 
     table = Table("preset", "metric", "teacher and data")
