@@ -4,7 +4,7 @@ teachers and data installed offline by ``scripts/install_assets.sh``)."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.table import Table
@@ -20,6 +20,9 @@ from inhernet.cli import (
     print_plan,
     run,
 )
+
+if TYPE_CHECKING:  # the runner (torch, the presets) is imported by the commands that use it
+    from .runner import BenchConfig
 
 PRESET = click.option("--preset", default="mnist-cnn", show_default=True, help="See `inhernet-bench presets`.")
 
@@ -74,7 +77,8 @@ def plan(preset: str, budget: float, experts: int, init: str, allocation: str, c
     print_plan(make_plan(teacher, cfg, calib=p.calib(calib_size) if init == "whiten" else None))
 
 
-def _run_bench(cfg, out: str, json_path: str | None) -> None:
+def _run_bench(cfg: BenchConfig, out: str, json_path: str | None) -> None:
+    """Run ``cfg``, print its table and write its JSON and plot (under ``out``, or the JSON at ``json_path``)."""
     from pathlib import Path
 
     from . import bench_table, run_bench, write_json, write_plots
@@ -180,7 +184,7 @@ def bench(out: str, json_path: str | None, **options: Any) -> None:
 def _bench_config(
     preset: str, budget: float, seeds: int, seed_list: tuple[int, ...], methods: str | None, lr_grid: str,
     drop_blocks: float | None, **options: Any,
-) -> Any:
+) -> BenchConfig:
     """The :class:`BenchConfig` of ``bench``'s options: the ones whose command-line form differs from the
     field's are parsed here, the rest (``experts``, ``steps``, ``match``, ...) pass through by name."""
     from . import BenchConfig
