@@ -271,9 +271,7 @@ class _Bench:
             f"{self.steps} KD steps")
         self.digest = teacher_digest(self.teacher)
         self.parts = Parts(cfg.part_dir, cfg.fingerprint(self.steps, self.digest)) if cfg.part_dir is not None else None
-        self.tuner = _Tuner(
-            cfg, self.steps, train, self.training_set, self.train_n, self.metric, self.higher, preset, self.teacher, log
-        ) if cfg.tune_lr else None
+        self.tuner = _Tuner(self) if cfg.tune_lr else None
         self.runs: dict[str, list[dict[str, Any]]] = {m: [] for m in self.methods}
         self.sizes: dict[str, tuple[int, int]] = {}
         #: what each row adds to its summary (:data:`_ROW_EXTRAS`), from its last seed's student
@@ -377,16 +375,46 @@ class _Bench:
         """Distil and score one run; record it (and write its part, its checkpoints removed)."""
         cfg, parts = self.cfg, self.parts
         resume = parts.checkpoints(name, seed, recipe, lr, cfg.checkpoint_every, self.log) if cfg.checkpoint_every else {}
-        run = _train_and_score(
-            cfg, student, self.teacher, self.training_set(), self.test, self.calib, seed, self.steps, lr, self.metric,
-            self.preset, resume,
-        )
+        run = self.distil_and_score(student, seed, lr, resume)
         if name in self.tuned:
             run["lr_scores"] = self.tuned[name]["lr_scores"]
         self.runs[name].append(run)
         if parts is not None:
             parts.write_run(name, seed, recipe, run)
             shutil.rmtree(parts.train_dir(name, seed), ignore_errors=True)
+        return run
+
+    def distil_and_score(
+        self, student: nn.Module, seed: int, lr: float, resume: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Distil ``student`` for the bench's steps at ``lr`` and measure it: one run's record. ``resume``:
+        the ``DistillConfig`` checkpoint options of :meth:`Parts.checkpoints`, if any."""
+        cfg, test, metric, steps, teacher, calib = self.cfg, self.test, self.metric, self.steps, self.teacher, self.calib
+        train = DataLoader(
+            self.training_set(), batch_size=cfg.batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed)
+        )
+        dcfg = _distill_config(
+            self, seed, steps, lr, val_every=max(1, steps // cfg.curve_points), progress=cfg.progress, **(resume or {})
+        )
+        curve_set = _Head(test, cfg.curve_examples, cfg.batch_size)
+        # A curve over the whole test split already measures the zero-shot and final metric
+        # (validation follows evaluate()'s semantics): don't pay for those evaluations twice.
+        whole = len(curve_set) >= len(test) and dcfg.val_at_start
+        zero_shot = None if whole else evaluate(student, test, metric)[metric]
+        history = distill(student, teacher, train, curve_set, dcfg)
+        points = {int(s): v for s, v in history["curve"]}
+        zero_shot = points[0] if zero_shot is None else zero_shot
+        final_point = points.get(history["steps"]) if whole else None
+        # A dual encoder's other metrics (its recalls) come with a full evaluation only.
+        needs_eval = final_point is None or metric in DUAL_METRICS
+        scores = evaluate(student, test, metric) if needs_eval else {metric: final_point}
+        run = {
+            "seed": seed, "lr": lr, "zero_shot": zero_shot, "final": scores[metric], "steps": history["steps"],
+            "sec_per_step": history["sec_per_step"], "curve": history["curve"], "metrics": _others(scores, metric),
+        }
+        if _has_gates(student):
+            # The deployment option: experts folded into one by their mean gate on the calibration data.
+            run["merged"] = evaluate(merge_experts(copy.deepcopy(student), calib), test, metric)[metric]
         return run
 
     def summaries(self) -> list[dict[str, Any]]:
@@ -460,41 +488,15 @@ def _resident() -> str:
     return f"  RSS {pages * os.sysconf('SC_PAGE_SIZE') / 2**30:.1f} GiB"
 
 
-def _train_and_score(
-    cfg: BenchConfig, student: nn.Module, teacher: nn.Module, train_set: Any, test: Any, calib: list[Any],
-    seed: int, steps: int, lr: float, metric: str, preset: Any, resume: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Distil ``student`` for ``steps`` at ``lr`` and measure it: one run's record. ``resume``: the
-    ``DistillConfig`` checkpoint options of :meth:`Parts.checkpoints`, if any."""
-    train = DataLoader(
-        train_set, batch_size=cfg.batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed)
-    )
-    options = dict(
+def _distill_config(bench: _Bench, seed: int, steps: int, lr: float, **options: Any) -> DistillConfig:
+    """The ``DistillConfig`` of one of ``bench``'s runs (or tuning runs): the bench's KD recipe, then the
+    preset's options, then the user's ``distill_overrides`` (which win)."""
+    cfg, preset = bench.cfg, bench.preset
+    recipe = dict(
         steps=steps, lr=lr, temperature=cfg.temperature, alpha=cfg.alpha, teacher_topk=preset.teacher_topk,
-        seed=seed, metric=metric,
-        val_every=max(1, steps // cfg.curve_points), progress=cfg.progress, **(resume or {}),
+        seed=seed, metric=bench.metric, **options,
     )
-    dcfg = DistillConfig(**{**options, **preset.distill_options, **cfg.distill_overrides})
-    curve_set = _Head(test, cfg.curve_examples, cfg.batch_size)
-    # A curve over the whole test split already measures the zero-shot and final metric
-    # (validation follows evaluate()'s semantics): don't pay for those evaluations twice.
-    whole = len(curve_set) >= len(test) and dcfg.val_at_start
-    zero_shot = None if whole else evaluate(student, test, metric)[metric]
-    history = distill(student, teacher, train, curve_set, dcfg)
-    points = {int(s): v for s, v in history["curve"]}
-    zero_shot = points[0] if zero_shot is None else zero_shot
-    final_point = points.get(history["steps"]) if whole else None
-    # A dual encoder's other metrics (its recalls) come with a full evaluation only.
-    needs_eval = final_point is None or metric in DUAL_METRICS
-    scores = evaluate(student, test, metric) if needs_eval else {metric: final_point}
-    run = {
-        "seed": seed, "lr": lr, "zero_shot": zero_shot, "final": scores[metric], "steps": history["steps"],
-        "sec_per_step": history["sec_per_step"], "curve": history["curve"], "metrics": _others(scores, metric),
-    }
-    if _has_gates(student):
-        # The deployment option: experts folded into one by their mean gate on the calibration data.
-        run["merged"] = evaluate(merge_experts(copy.deepcopy(student), calib), test, metric)[metric]
-    return run
+    return DistillConfig(**{**recipe, **preset.distill_options, **cfg.distill_overrides})
 
 
 #: the seed of the tuning runs, whichever seeds are benchmarked: the chosen lr is the same for a
@@ -509,29 +511,26 @@ class _Tuner:
     of it); the tuning runs train on its first examples, never on those.
     """
 
-    def __init__(
-        self, cfg: BenchConfig, steps: int, train: Any, training_set: Callable[[], Any], train_n: int, metric: str,
-        higher: bool,
-        preset: Any, teacher: nn.Module, log: Callable[[str], None],
-    ) -> None:
-        n = len(train.dataset)
-        self.cfg, self.metric, self.higher, self.preset, self.teacher, self.log = cfg, metric, higher, preset, teacher, log
+    def __init__(self, bench: _Bench) -> None:
+        cfg, dataset = bench.cfg, bench.train.dataset
+        n = len(dataset)
+        self.bench, self.cfg = bench, cfg
         self.n_val = min(cfg.val_examples, max(1, n // 5))
-        self.steps = cfg.tune_steps or min(1000, max(10, round(0.15 * steps)))
-        self.tune_n = min(train_n, n - self.n_val, self.steps * cfg.batch_size)
+        self.steps = cfg.tune_steps or min(1000, max(10, round(0.15 * bench.steps)))
+        self.tune_n = min(bench.train_n, n - self.n_val, self.steps * cfg.batch_size)
         if self.tune_n < 1:
             raise ValueError(f"the training split ({n} examples) is too small to carve a validation split from")
-        self._training_set = training_set
         self.val = DataLoader(
-            Subset(train.dataset, range(n - self.n_val, n)), batch_size=max(cfg.batch_size, 256), shuffle=False
+            Subset(dataset, range(n - self.n_val, n)), batch_size=max(cfg.batch_size, 256), shuffle=False
         )
 
     @property
     def train_set(self) -> Subset:
         """The first examples of the training split: what the tuning runs train on."""
-        return Subset(self._training_set(), range(self.tune_n))
+        return Subset(self.bench.training_set(), range(self.tune_n))
 
     def describe(self) -> dict[str, Any]:
+        """How the learning rates were chosen, for the result's ``tuning``."""
         return {
             "lr_grid": list(self.cfg.lr_grid), "steps": self.steps, "seed": TUNE_SEED,
             "train_examples": self.tune_n, "val_examples": self.n_val,
@@ -540,24 +539,19 @@ class _Tuner:
 
     def tune(self, name: str, student: nn.Module) -> dict[str, Any]:
         """``{"lr": best, "lr_scores": {lr: validation metric}}`` for method ``name``'s ``student``."""
-        cfg, scores = self.cfg, {}
+        cfg, bench, metric, scores = self.cfg, self.bench, self.bench.metric, {}
         for lr in cfg.lr_grid:
             model = copy.deepcopy(student)
             train = DataLoader(
                 self.train_set, batch_size=cfg.batch_size, shuffle=True,
                 generator=torch.Generator().manual_seed(TUNE_SEED),
             )
-            options = dict(
-                steps=self.steps, lr=lr, temperature=cfg.temperature, alpha=cfg.alpha,
-                teacher_topk=self.preset.teacher_topk, seed=TUNE_SEED,
-                metric=self.metric, val_every=0, val_at_start=False, progress=False,
-            )
-            distill(model, self.teacher, train, None,
-                    DistillConfig(**{**options, **self.preset.distill_options, **cfg.distill_overrides}))
-            score = evaluate(model, self.val, self.metric)[self.metric]
+            dcfg = _distill_config(bench, TUNE_SEED, self.steps, lr, val_every=0, val_at_start=False, progress=False)
+            distill(model, bench.teacher, train, None, dcfg)
+            score = evaluate(model, self.val, metric)[metric]
             scores[f"{lr:g}"] = score
-            self.log(f"tune {name:<22} lr {lr:g}: validation {self.metric} {score:.4f} after {self.steps} steps")
-        best = _best(scores, self.higher)
+            bench.log(f"tune {name:<22} lr {lr:g}: validation {metric} {score:.4f} after {self.steps} steps")
+        best = _best(scores, bench.higher)
         return {"lr": float(best), "lr_scores": scores}
 
 
