@@ -117,6 +117,7 @@ class Setup:
 
     @classmethod
     def of(cls, args: argparse.Namespace) -> Setup:
+        """``--preset``'s, its training set the first ``steps * batch_size`` examples with the teacher's outputs."""
         preset = get_preset(args.preset)
         teacher = preset.teacher()
         calib = preset.calib(args.calib_size)

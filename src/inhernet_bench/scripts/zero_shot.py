@@ -227,6 +227,7 @@ MNIST_CONFIGS = [*[("energy", i, h) for h in (1, 3) for i in ("svd", "whiten")],
 
 
 def run_mnist(args: argparse.Namespace, rep: Report) -> None:
+    """Section 1: the MNIST teacher's zero-shot students at each budget and configuration."""
     t0 = time.perf_counter()
     teacher, test, test_loader, calib = mnist_data(args)
     t_params = n_params(teacher)
@@ -506,6 +507,7 @@ def minilm_section(
 
 
 def run_minilm(args: argparse.Namespace, rep: Report) -> None:
+    """Section 2, the MiniLM zero-shot table, then section 3 (:func:`run_timing`) on the same teacher."""
     t0 = time.perf_counter()
     teacher, tokenizer = load_minilm()
     n_calib, n_eval = (64, 128) if args.quick else (args.minilm_calib, args.minilm_eval)
@@ -565,6 +567,7 @@ def single_thread_times(rep: Report, teacher: nn.Module, cfg: InherConfig, runs:
 def run_timing(
     args: argparse.Namespace, rep: Report, teacher: nn.Module, calib: list[dict[str, torch.Tensor]]
 ) -> None:
+    """Section 3: the wall time of ``inherit()`` on MiniLM, plain and whitened (calibration included)."""
     t0 = time.perf_counter()
     runs = 1 if args.quick else args.timing_runs
     cfg = InherConfig(budget=0.5, experts=3, init="svd", seed=args.seed)
@@ -646,6 +649,7 @@ class RunInfo:
 
     @classmethod
     def now(cls) -> RunInfo:
+        """This process's command line, machine, load and code, now."""
         started = dt.datetime.now(dt.timezone.utc)
         info = machine_info()
         return cls(" ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]), started, info, loadavg(), git_state())
