@@ -3,6 +3,9 @@ teachers and data installed offline by ``scripts/install_assets.sh``)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
 import click
 from rich.table import Table
 
@@ -18,6 +21,9 @@ from inhernet.cli import (
     run,
 )
 
+if TYPE_CHECKING:  # the runner (torch, the presets) is imported by the commands that use it
+    from .runner import BenchConfig
+
 PRESET = click.option("--preset", default="mnist-cnn", show_default=True, help="See `inhernet-bench presets`.")
 
 
@@ -30,7 +36,8 @@ def cli() -> None:
 
 @cli.command()
 def methods() -> None:
-    """List the methods a benchmark can compare (the first line of each builder's docstring)."""
+    """List the methods a benchmark can compare (the first line of each builder's docstring; how each is
+    built and sized: docs/design.md, "Benchmark methods")."""
     from .baselines import METHODS
 
     table = Table("method", "student")
@@ -41,7 +48,7 @@ def methods() -> None:
 
 @cli.command()
 def presets() -> None:
-    """List the benchmark presets."""
+    """List the benchmark presets (their teachers, data and metrics: docs/design.md, "Presets")."""
     from .presets.registry import PRESETS
 
     table = Table("preset", "metric", "teacher and data")
@@ -70,7 +77,8 @@ def plan(preset: str, budget: float, experts: int, init: str, allocation: str, c
     print_plan(make_plan(teacher, cfg, calib=p.calib(calib_size) if init == "whiten" else None))
 
 
-def _run_bench(cfg, out: str, json_path: str | None) -> None:
+def _run_bench(cfg: BenchConfig, out: str, json_path: str | None) -> None:
+    """Run ``cfg``, print its table and write its JSON and plot (under ``out``, or the JSON at ``json_path``)."""
     from pathlib import Path
 
     from . import bench_table, run_bench, write_json, write_plots
@@ -84,71 +92,83 @@ def _run_bench(cfg, out: str, json_path: str | None) -> None:
     console.print(f"wrote {json_file} and {png} ({result['wall_s']:.0f} s)")
 
 
-_METHODS = click.option(
-    "--methods", default=None, help="Comma-separated methods, e.g. inhernet,kd-student,svd-kd "
-    "(default: the preset's list; `inhernet-bench methods` names them).",
+def _options(*decorators: Callable[[Callable[..., Any]], Callable[..., Any]]) -> Callable[..., Any]:
+    """One decorator applying ``decorators`` in order (the first is listed first in ``--help``)."""
+
+    def apply(command: Callable[..., Any]) -> Callable[..., Any]:
+        for decorator in reversed(decorators):
+            command = decorator(command)
+        return command
+
+    return apply
+
+
+#: what is compared: the preset, the size every row is held to and the rows themselves
+_SIZE_OPTIONS = _options(
+    PRESET,
+    BUDGET,
+    EXPERTS,
+    click.option(
+        "--match", type=click.Choice(["params", "macs", "latency"]), default="params", show_default=True,
+        help="Equal size in parameters, in multiply-accumulates (--budget is then a share of the teacher's MACs), or "
+        "in measured latency of the deployed forms on the first calibration batch (--budget is then a share of "
+        "the teacher's latency on this machine; InherNet is sized by InherConfig(latency=...)).",
+    ),
+    click.option(
+        "--methods", default=None, help="Comma-separated methods, e.g. inhernet,kd-student,svd-kd "
+        "(default: the preset's list; `inhernet-bench methods` names them).",
+    ),
+    click.option("--reference", default="inhernet", show_default=True,
+                 help="The method whose model sizes the baselines, e.g. inhernet-prune where a latency budget is out "
+                 "of reach of rank cuts alone."),
+    click.option("--drop-blocks", type=click.FloatRange(min=0, max=1), default=None, metavar="SHARE",
+                 help="InherConfig(drop_blocks=SHARE) for the InherNet rows: the share of the parameter cut paid with "
+                 "whole transformer blocks (0: keep every block; 1: as many as fit) [the family's: 1 for causal "
+                 "LMs]."),
+)
+
+#: how each row is trained and measured
+_TRAINING_OPTIONS = _options(
+    click.option("--seeds", type=click.IntRange(min=1), default=3, show_default=True, help="Seeds 0..N-1."),
+    click.option("--seed", "seed_list", type=click.IntRange(min=0), multiple=True,
+                 help="Run only this seed (repeatable), instead of 0..N-1 of --seeds: e.g. one seed per session."),
+    click.option("--steps", type=click.IntRange(min=1), default=None, help="KD steps (default: one epoch)."),
+    click.option("--epochs", type=click.IntRange(min=1), default=None,
+                 help="Instead of --steps: passes over the whole training split (epochs x batches per epoch steps)."),
+    click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True),
+    click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True,
+                 help="Learning rate of every method (without --tune-lr)."),
+    click.option("--tune-lr", is_flag=True,
+                 help="Give each method its best lr of --lr-grid, scored after short runs on a validation split "
+                 "of the training data (never the test split)."),
+    click.option("--lr-grid", default="3e-4,1e-3,3e-3", show_default=True, help="Comma-separated lrs for --tune-lr."),
+    click.option("--tune-steps", type=click.IntRange(min=1), default=None,
+                 help="Steps of each tuning run [15% of the steps, 10..1000]."),
+    click.option("--curve-points", type=click.IntRange(min=1), default=10, show_default=True,
+                 help="Evaluations along each learning curve (fewer: a faster run on a CPU)."),
+    click.option("--full-test", is_flag=True,
+                 help="Measure on the preset's whole test split where its default is a subset (fashion-effnet: all "
+                 "10,000 images instead of 500)."),
+)
+
+#: where the result goes, and how a long run is kept in parts
+_OUTPUT_OPTIONS = _options(
+    click.option("--out", default="out/bench", show_default=True, help="Directory for the JSON and the plot."),
+    click.option("--json", "json_path", default=None, help="Write the JSON here instead of under --out."),
+    click.option("--part-dir", default=None, type=click.Path(file_okay=False),
+                 help="Keep each finished (method, seed) run and each method's lr tuning here as its own JSON; a "
+                 "rerun with the same configuration skips them, and the result is assembled from the parts."),
+    click.option("--checkpoint-every", type=click.IntRange(min=0), default=0, show_default=True, metavar="STEPS",
+                 help="With --part-dir: save each run's training state every STEPS steps, and continue an "
+                 "interrupted run from its last checkpoint when rerun (0: no checkpoints)."),
 )
 
 
 @cli.command()
-@PRESET
-@BUDGET
-@EXPERTS
-@click.option("--seeds", type=click.IntRange(min=1), default=3, show_default=True, help="Seeds 0..N-1.")
-@click.option("--seed", "seed_list", type=click.IntRange(min=0), multiple=True,
-              help="Run only this seed (repeatable), instead of 0..N-1 of --seeds: e.g. one seed per session.")
-@click.option("--steps", type=click.IntRange(min=1), default=None, help="KD steps (default: one epoch).")
-@click.option("--epochs", type=click.IntRange(min=1), default=None,
-              help="Instead of --steps: passes over the whole training split (epochs x batches per epoch steps).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True,
-              help="Learning rate of every method (without --tune-lr).")
-@click.option("--tune-lr", is_flag=True,
-              help="Give each method its best lr of --lr-grid, scored after short runs on a validation split "
-              "of the training data (never the test split).")
-@click.option("--lr-grid", default="3e-4,1e-3,3e-3", show_default=True, help="Comma-separated lrs for --tune-lr.")
-@click.option("--tune-steps", type=click.IntRange(min=1), default=None,
-              help="Steps of each tuning run [15% of the steps, 10..1000].")
-@click.option("--val-examples", type=click.IntRange(min=1), default=2000, show_default=True,
-              help="Validation examples carved from the end of the training split for --tune-lr (at most a fifth).")
-@_METHODS
-@click.option(
-    "--match", type=click.Choice(["params", "macs", "latency"]), default="params", show_default=True,
-    help="Equal size in parameters, in multiply-accumulates (--budget is then a share of the teacher's MACs), or "
-    "in measured latency of the deployed forms on the first calibration batch (--budget is then a share of "
-    "the teacher's latency on this machine; InherNet is sized by InherConfig(latency=...)).",
-)
-@click.option(
-    "--curve-points", type=click.IntRange(min=1), default=10, show_default=True,
-    help="Evaluations along each learning curve (fewer: a faster run on a CPU).",
-)
-@click.option("--out", default="out/bench", show_default=True, help="Directory for the JSON and the plot.")
-@click.option("--json", "json_path", default=None, help="Write the JSON here instead of under --out.")
-@click.option("--part-dir", default=None, type=click.Path(file_okay=False),
-              help="Keep each finished (method, seed) run and each method's lr tuning here as its own JSON; a rerun "
-              "with the same configuration skips them, and the result is assembled from the parts.")
-@click.option("--checkpoint-every", type=click.IntRange(min=0), default=0, show_default=True, metavar="STEPS",
-              help="With --part-dir: save each run's training state every STEPS steps, and continue an interrupted "
-              "run from its last checkpoint when rerun (0: no checkpoints).")
-@click.option("--prune-importance", type=click.Choice(["l2", "taylor"]), default=None,
-              help="Channel importance of prune-kd: L2 magnitude, or Taylor (gradient x weight on a calibration batch) "
-              "[the teacher family's: taylor for causal LMs, l2 otherwise].")
-@click.option("--reference", default="inhernet", show_default=True,
-              help="The method whose model sizes the baselines, e.g. inhernet-prune where a latency budget is out of "
-              "reach of rank cuts alone.")
-@click.option("--full-test", is_flag=True,
-              help="Measure on the preset's whole test split where its default is a subset (fashion-effnet: all "
-              "10,000 images instead of 500).")
-@click.option("--drop-blocks", type=click.FloatRange(min=0, max=1), default=None, metavar="SHARE",
-              help="InherConfig(drop_blocks=SHARE) for the InherNet rows: the share of the parameter cut paid with "
-              "whole transformer blocks (0: keep every block; 1: as many as fit) [the family's: 1 for causal LMs].")
-def bench(
-    preset: str, budget: float, experts: int, seeds: int, seed_list: tuple[int, ...], steps: int | None,
-    epochs: int | None, batch_size: int, lr: float, tune_lr: bool, lr_grid: str, tune_steps: int | None,
-    val_examples: int, methods: str | None, match: str, curve_points: int, out: str, json_path: str | None,
-    part_dir: str | None, checkpoint_every: int, prune_importance: str | None, reference: str, full_test: bool,
-    drop_blocks: float | None,
-) -> None:
+@_SIZE_OPTIONS
+@_TRAINING_OPTIONS
+@_OUTPUT_OPTIONS
+def bench(out: str, json_path: str | None, **options: Any) -> None:
     """InherNet against matched-size baselines on a preset: same data, steps, optimiser, seeds.
 
     \b
@@ -158,26 +178,30 @@ def bench(
       inhernet-bench bench --preset mnist-cnn --budget 0.1 --epochs 5 --tune-lr --seeds 3 \\
           --part-dir benchmarks/parts/mnist-cnn-0.1 --out benchmarks/results
     """
+    _run_bench(_bench_config(**options), out, json_path)
+
+
+def _bench_config(
+    preset: str, budget: float, seeds: int, seed_list: tuple[int, ...], methods: str | None, lr_grid: str,
+    drop_blocks: float | None, **options: Any,
+) -> BenchConfig:
+    """The :class:`BenchConfig` of ``bench``'s options: the ones whose command-line form differs from the
+    field's are parsed here, the rest (``experts``, ``steps``, ``match``, ...) pass through by name."""
     from . import BenchConfig
     from .presets.registry import get_preset
 
     get_preset(preset)  # fail fast on an unknown name
-    if steps is not None and epochs is not None:
+    if options["steps"] is not None and options["epochs"] is not None:
         raise click.BadParameter("give --steps or --epochs, not both", param_hint="--epochs")
-    chosen = tuple(m.strip() for m in methods.split(",")) if methods else None
     try:
         grid = tuple(float(v) for v in lr_grid.split(","))
     except ValueError:
         raise click.BadParameter(f"{lr_grid!r} is not a comma-separated list of numbers", param_hint="--lr-grid") from None
-    cfg = BenchConfig(
-        preset=preset, budget=budget_value(budget), experts=experts,
-        seeds=tuple(sorted(set(seed_list))) or tuple(range(seeds)), steps=steps, epochs=epochs,
-        batch_size=batch_size, lr=lr, methods=chosen, match=match, curve_points=curve_points, tune_lr=tune_lr,
-        lr_grid=grid, tune_steps=tune_steps, val_examples=val_examples, part_dir=part_dir,
-        checkpoint_every=checkpoint_every, prune_importance=prune_importance, full_test=full_test, reference=reference,
-        inherit_overrides={} if drop_blocks is None else {"drop_blocks": drop_blocks},
+    return BenchConfig(
+        preset=preset, budget=budget_value(budget), seeds=tuple(sorted(set(seed_list))) or tuple(range(seeds)),
+        methods=tuple(m.strip() for m in methods.split(",")) if methods else None, lr_grid=grid,
+        inherit_overrides={} if drop_blocks is None else {"drop_blocks": drop_blocks}, **options,
     )
-    _run_bench(cfg, out, json_path)
 
 
 @cli.command()

@@ -1,9 +1,8 @@
-"""Run the benchmark methods on a preset and collect the contract JSON (see DESIGN.md)."""
+"""Run the benchmark methods on a preset and collect the contract JSON (see docs/design.md, "Benchmark methods")."""
 
 from __future__ import annotations
 
 import copy
-import functools
 import gc
 import hashlib
 import inspect
@@ -40,6 +39,11 @@ from inhernet_bench.topk_store import hash_tensor, stored_teacher_topk
 
 __all__ = ["BenchConfig", "run_bench", "teacher_digest"]
 
+#: the KD recipe of every row (``DistillConfig``'s defaults, kept here because every part's fingerprint
+#: names them): a run that wants others passes ``distill_overrides={"temperature": ..., "alpha": ...}``
+KD_TEMPERATURE, KD_ALPHA = 4.0, 0.9
+
+
 @dataclass
 class BenchConfig:
     """What ``run_bench`` runs. ``steps`` defaults to one epoch of the preset's training split."""
@@ -62,8 +66,6 @@ class BenchConfig:
     batch_size: int = 128
     #: the learning rate of every method, unless ``tune_lr``
     lr: float = 1e-3
-    temperature: float = 4.0
-    alpha: float = 0.9
     #: ``None``: the preset's own list (its ``methods``). The InherNet reference is built (not trained)
     #: even when it is not listed: the baselines are sized from it.
     methods: Sequence[str] | None = None
@@ -157,6 +159,16 @@ class BenchConfig:
                 f"got {self.lr_grid}"
             )
 
+    @property
+    def temperature(self) -> float:
+        """The KD temperature of every row: ``distill_overrides["temperature"]``, else :data:`KD_TEMPERATURE`."""
+        return self.distill_overrides.get("temperature", KD_TEMPERATURE)
+
+    @property
+    def alpha(self) -> float:
+        """The KD term's weight of every row: ``distill_overrides["alpha"]``, else :data:`KD_ALPHA`."""
+        return self.distill_overrides.get("alpha", KD_ALPHA)
+
     def fingerprint(self, steps: int, teacher: str | None = None) -> dict[str, Any]:
         """What a part written under this configuration depends on (besides the method's recipe);
         ``teacher`` is the teacher's :func:`teacher_digest` (a teacher fitted on another machine, or
@@ -220,53 +232,71 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
     :class:`BenchConfig`); with ``part_dir`` every finished run is kept and reused (see :class:`Parts`).
     """
     start = time.perf_counter()
-    preset = get_preset(cfg.preset)
-    methods = tuple(cfg.methods or preset.methods)
-    for name in methods:
-        if name in preset.excluded:
-            raise ValueError(f"preset {preset.name!r} leaves out {name!r}: {preset.excluded[name]}")
-    teacher = preset.teacher()
-    if cfg.prune_importance is None:  # resolved before the fingerprint: parts name what prune-kd used
-        cfg = replace(cfg, prune_importance=default_importance(teacher))
-    calib = preset.calib(cfg.calib_size)
-    train, test = preset.data(cfg.batch_size, **(preset.full_test if cfg.full_test else {}))
-    n_train = len(train.dataset)
-    # epochs: whole passes over the training split, at the runner's own batch size
-    steps = cfg.epochs * -(-n_train // cfg.batch_size) if cfg.epochs is not None else cfg.steps or len(train)
-    train_n = min(n_train, steps * cfg.batch_size)
+    bench = _Bench(cfg, log)
+    for seed in bench.cfg.seeds:
+        for name in bench.methods:
+            bench.run(name, seed)
+    return bench.result(start)
 
-    @functools.cache
-    def training_set() -> Any:
+
+#: what a row's summary adds, in this order, where its student has it: its plan's ranks, its deployed
+#: latency (match="latency"), the share of channels an InherConfig(prune=...) method removed, and
+#: inherit's measured latency checks
+_ROW_EXTRAS = ("ranks", "latency_ms", "pruned_share", "latency_checks")
+
+
+class _Bench:
+    """One ``run_bench``: the teacher, data and parts it sets up, and what each (method, seed) run adds."""
+
+    def __init__(self, cfg: BenchConfig, log: Callable[[str], None]) -> None:
+        preset = get_preset(cfg.preset)
+        self.methods = tuple(cfg.methods or preset.methods)
+        for name in self.methods:
+            if name in preset.excluded:
+                raise ValueError(f"preset {preset.name!r} leaves out {name!r}: {preset.excluded[name]}")
+        self.preset, self.log, self.teacher = preset, log, preset.teacher()
+        if cfg.prune_importance is None:  # resolved before the fingerprint: parts name what prune-kd used
+            cfg = replace(cfg, prune_importance=default_importance(self.teacher))
+        self.cfg, self.calib = cfg, preset.calib(cfg.calib_size)
+        train, self.test = preset.data(cfg.batch_size, **(preset.full_test if cfg.full_test else {}))
+        n_train = len(train.dataset)
+        # epochs: whole passes over the training split, at the runner's own batch size
+        self.steps = cfg.epochs * -(-n_train // cfg.batch_size) if cfg.epochs is not None else cfg.steps or len(train)
+        self.train, self.train_n, self._training_set = train, min(n_train, self.steps * cfg.batch_size), None
+        self.metric = preset.metric
+        self.higher = self.metric != "perplexity"
+        self.example = first_example(self.calib[0])
+        self.teacher_scores = evaluate(self.teacher, self.test, self.metric)
+        log(f"teacher: {_params(self.teacher):,} params, {self.metric} {self.teacher_scores[self.metric]:.4f}; "
+            f"{self.steps} KD steps")
+        self.digest = teacher_digest(self.teacher)
+        self.parts = Parts(cfg.part_dir, cfg.fingerprint(self.steps, self.digest)) if cfg.part_dir is not None else None
+        self.tuner = _Tuner(self) if cfg.tune_lr else None
+        self.runs: dict[str, list[dict[str, Any]]] = {m: [] for m in self.methods}
+        self.sizes: dict[str, tuple[int, int]] = {}
+        #: what each row adds to its summary (:data:`_ROW_EXTRAS`), from its last seed's student
+        self.extras: dict[str, dict[str, Any]] = {m: {} for m in self.methods}
+        self.tuned: dict[str, dict[str, Any]] = {}
+        self.contexts: dict[int, MethodContext] = {}
+
+    def training_set(self) -> Any:
         """The training examples, made on first use (a run assembled from parts trains nothing)."""
-        subset = Subset(train.dataset, range(train_n))
-        # The data is fixed, so the teacher runs once per example, not once per method, seed and step.
-        return teacher_training_set(preset, teacher, subset, cfg.temperature, digest, cfg.progress)
+        if self._training_set is None:
+            subset = Subset(self.train.dataset, range(self.train_n))
+            # The data is fixed, so the teacher runs once per example, not once per method, seed and step.
+            self._training_set = teacher_training_set(
+                self.preset, self.teacher, subset, self.cfg.temperature, self.digest, self.cfg.progress
+            )
+        return self._training_set
 
-    metric = preset.metric
-    higher = metric != "perplexity"
-    example = first_example(calib[0])
-    teacher_scores = evaluate(teacher, test, metric)
-    teacher_metric = teacher_scores[metric]
-    log(f"teacher: {_params(teacher):,} params, {metric} {teacher_metric:.4f}; {steps} KD steps")
-    digest = teacher_digest(teacher)
-    parts = Parts(cfg.part_dir, cfg.fingerprint(steps, digest)) if cfg.part_dir is not None else None
-    tuner = _Tuner(cfg, steps, train, training_set, train_n, metric, higher, preset, teacher, log) if cfg.tune_lr else None
-
-    runs: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
-    sizes: dict[str, tuple[int, int]] = {}
-    ranks: dict[str, dict[str, int]] = {}
-    pruned: dict[str, float] = {}  # the share of channels an InherConfig(prune=...) method removed
-    checks: dict[str, list[dict[str, Any]]] = {}  # inherit's measured latency checks (the last seed's, as ranks)
-    tuned: dict[str, dict[str, Any]] = {}
-    contexts: dict[int, MethodContext] = {}
-    latencies: dict[str, int] = {}  # ns of the deployed forms, under match="latency"
-
-    def context(seed: int) -> MethodContext:
-        if seed not in contexts:
+    def context(self, seed: int) -> MethodContext:
+        """Seed ``seed``'s :class:`MethodContext`, its reference built (once per seed)."""
+        if seed not in self.contexts:
+            cfg = self.cfg
             # one cost table for every seed: the teacher is timed once, so every seed gets the same plan
-            costs = next(iter(contexts.values())).costs if contexts else cfg.costs
+            costs = next(iter(self.contexts.values())).costs if self.contexts else cfg.costs
             ctx = MethodContext(
-                teacher, cfg.budget, cfg.experts, calib, seed, preset.student, match=cfg.match,
+                self.teacher, cfg.budget, cfg.experts, self.calib, seed, self.preset.student, match=cfg.match,
                 extras={"prune_importance": cfg.prune_importance}, costs=costs,
                 inherit_overrides=cfg.inherit_overrides,
             )
@@ -277,94 +307,152 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
                 raise ValueError(f"reference={cfg.reference!r} could not be built: {err}; {hint}") from err
             if not hasattr(ctx.reference, "inhernet_plan"):
                 raise ValueError(f"reference={cfg.reference!r} builds no InherNet model; {hint}")
-            contexts[seed] = ctx
-        return contexts[seed]
+            self.contexts[seed] = ctx
+        return self.contexts[seed]
 
-    for seed in cfg.seeds:
-        for name in methods:
-            ctx = context(seed)
-            student = ctx.reference if name == cfg.reference else build_student(name, ctx)
-            sizes[name] = (_params(student), count_macs(student, example))
-            if cfg.match == "latency":
-                latencies[name] = ctx.size(student)
-            if hasattr(student, "inhernet_plan"):
-                ranks[name] = student.inhernet_plan.ranks()
-                if student.inhernet_plan.prune is not None:
-                    pruned[name] = student.inhernet_plan.prune.ratio
-                if student.inhernet_plan.latency_checks is not None:
-                    checks[name] = student.inhernet_plan.latency_checks
-            recipe = _recipe(name, student, sizes[name])
-            done = parts.run(name, seed, recipe) if parts is not None else None
-            if done is not None:
-                runs[name].append(done)
-                if "lr_scores" in done:
-                    tuned[name] = {"lr": done["lr"], "lr_scores": done["lr_scores"]}
-                log(f"seed {seed} {name:<22} part found: final {done['final']:.4f} (skipped)")
-                continue
-            lr = cfg.lr
-            if tuner is not None:
-                if name not in tuned:
-                    tune_student = student if seed == TUNE_SEED else build_student(name, context(TUNE_SEED))
-                    tune_recipe = _recipe(name, tune_student, sizes[name])
-                    tuned[name] = (parts.tune(name, tune_recipe) if parts is not None else None) or tuner.tune(
-                        name, tune_student
-                    )
-                    if parts is not None:
-                        parts.write_tune(name, tune_recipe, tuned[name])
-                lr = tuned[name]["lr"]
-            if name == cfg.reference:
-                # the reference must stay untrained: the other methods are sized (and inhernet-random-init
-                # takes its plan) from it
-                student = copy.deepcopy(student)
-            resume = parts.checkpoints(name, seed, recipe, lr, cfg.checkpoint_every, log) if cfg.checkpoint_every else {}
-            run = _train_and_score(
-                cfg, student, teacher, training_set(), test, calib, seed, steps, lr, metric, preset, resume
+    def build(self, name: str, seed: int) -> nn.Module:
+        """Method ``name``'s student for ``seed``, its size and plan recorded for the summary."""
+        ctx = self.context(seed)
+        student = ctx.reference if name == self.cfg.reference else build_student(name, ctx)
+        self.sizes[name] = (_params(student), count_macs(student, self.example))
+        extras = self.extras[name]
+        if self.cfg.match == "latency":
+            extras["latency_ms"] = ctx.size(student) / 1e6  # ns of the deployed form
+        plan = getattr(student, "inhernet_plan", None)
+        if plan is not None:
+            extras["ranks"] = plan.ranks()
+            if plan.prune is not None:
+                extras["pruned_share"] = plan.prune.ratio
+            if plan.latency_checks is not None:
+                extras["latency_checks"] = plan.latency_checks
+        return student
+
+    def run(self, name: str, seed: int) -> None:
+        """Method ``name`` at ``seed``: its part if one is written, else tuned (once), trained and scored."""
+        student = self.build(name, seed)
+        recipe = _recipe(name, student, self.sizes[name])
+        done = self.parts.run(name, seed, recipe) if self.parts is not None else None
+        if done is not None:
+            self.runs[name].append(done)
+            if "lr_scores" in done:
+                self.tuned[name] = {"lr": done["lr"], "lr_scores": done["lr_scores"]}
+            self.log(f"seed {seed} {name:<22} part found: final {done['final']:.4f} (skipped)")
+            return
+        lr = self.lr(name, seed, student)
+        if name == self.cfg.reference:
+            # the reference must stay untrained: the other methods are sized (and inhernet-random-init
+            # takes its plan) from it
+            student = copy.deepcopy(student)
+        run = self.train_and_score(name, seed, student, recipe, lr)
+        # Lightning's trainer and module refer to each other: free each run's cycle (and its tensors) now,
+        # not at a rare full collection (a 10-run fashion-effnet bench grew to 24 GB and was OOM-killed)
+        del student
+        gc.collect()
+        merged = f"  merged {run['merged']:.4f}" if "merged" in run else ""
+        self.log(f"seed {seed} {name:<22} {self.sizes[name][0]:>10,} params  lr {lr:g}  zero-shot "
+                 f"{run['zero_shot']:.4f}  final {run['final']:.4f}{merged}  {run['sec_per_step'] * 1000:.1f} "
+                 f"ms/step{_resident()}")
+
+    def lr(self, name: str, seed: int, student: nn.Module) -> float:
+        """Method ``name``'s learning rate: ``cfg.lr``, or with ``tune_lr`` its tuned one (from its part if
+        written; tuned on :data:`TUNE_SEED`'s student)."""
+        if self.tuner is None:
+            return self.cfg.lr
+        if name not in self.tuned:
+            tune_student = student if seed == TUNE_SEED else build_student(name, self.context(TUNE_SEED))
+            tune_recipe = _recipe(name, tune_student, self.sizes[name])
+            parts = self.parts
+            self.tuned[name] = (parts.tune(name, tune_recipe) if parts is not None else None) or self.tuner.tune(
+                name, tune_student
             )
-            if name in tuned:
-                run["lr_scores"] = tuned[name]["lr_scores"]
-            runs[name].append(run)
             if parts is not None:
-                parts.write_run(name, seed, recipe, run)
-                shutil.rmtree(parts.train_dir(name, seed), ignore_errors=True)
-            merged = f"  merged {run['merged']:.4f}" if "merged" in run else ""
-            # Lightning's trainer and module refer to each other: free each run's cycle (and its tensors) now,
-            # not at a rare full collection (a 10-run fashion-effnet bench grew to 24 GB and was OOM-killed)
-            del student
-            gc.collect()
-            log(f"seed {seed} {name:<22} {sizes[name][0]:>10,} params  lr {lr:g}  zero-shot {run['zero_shot']:.4f}  "
-                f"final {run['final']:.4f}{merged}  {run['sec_per_step'] * 1000:.1f} ms/step{_resident()}")
+                parts.write_tune(name, tune_recipe, self.tuned[name])
+        return self.tuned[name]["lr"]
 
-    summaries = [
-        {
-            **summarise(name, runs[name], sizes[name], higher), **({"ranks": ranks[name]} if name in ranks else {}),
-            **({"latency_ms": latencies[name] / 1e6} if name in latencies else {}),
-            **({"pruned_share": pruned[name]} if name in pruned else {}),
-            **({"latency_checks": checks[name]} if name in checks else {}),
+    def train_and_score(
+        self, name: str, seed: int, student: nn.Module, recipe: dict[str, Any], lr: float
+    ) -> dict[str, Any]:
+        """Distil and score one run; record it (and write its part, its checkpoints removed)."""
+        cfg, parts = self.cfg, self.parts
+        resume = parts.checkpoints(name, seed, recipe, lr, cfg.checkpoint_every, self.log) if cfg.checkpoint_every else {}
+        run = self.distil_and_score(student, seed, lr, resume)
+        if name in self.tuned:
+            run["lr_scores"] = self.tuned[name]["lr_scores"]
+        self.runs[name].append(run)
+        if parts is not None:
+            parts.write_run(name, seed, recipe, run)
+            shutil.rmtree(parts.train_dir(name, seed), ignore_errors=True)
+        return run
+
+    def distil_and_score(
+        self, student: nn.Module, seed: int, lr: float, resume: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Distil ``student`` for the bench's steps at ``lr`` and measure it: one run's record. ``resume``:
+        the ``DistillConfig`` checkpoint options of :meth:`Parts.checkpoints`, if any."""
+        cfg, test, metric, steps, teacher, calib = self.cfg, self.test, self.metric, self.steps, self.teacher, self.calib
+        train = DataLoader(
+            self.training_set(), batch_size=cfg.batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed)
+        )
+        dcfg = _distill_config(
+            self, seed, steps, lr, val_every=max(1, steps // cfg.curve_points), progress=cfg.progress, **(resume or {})
+        )
+        curve_set = _Head(test, cfg.curve_examples, cfg.batch_size)
+        # A curve over the whole test split already measures the zero-shot and final metric
+        # (validation follows evaluate()'s semantics): don't pay for those evaluations twice.
+        whole = len(curve_set) >= len(test) and dcfg.val_at_start
+        zero_shot = None if whole else evaluate(student, test, metric)[metric]
+        history = distill(student, teacher, train, curve_set, dcfg)
+        points = {int(s): v for s, v in history["curve"]}
+        zero_shot = points[0] if zero_shot is None else zero_shot
+        final_point = points.get(history["steps"]) if whole else None
+        # A dual encoder's other metrics (its recalls) come with a full evaluation only.
+        needs_eval = final_point is None or metric in DUAL_METRICS
+        scores = evaluate(student, test, metric) if needs_eval else {metric: final_point}
+        run = {
+            "seed": seed, "lr": lr, "zero_shot": zero_shot, "final": scores[metric], "steps": history["steps"],
+            "sec_per_step": history["sec_per_step"], "curve": history["curve"], "metrics": _others(scores, metric),
         }
-        for name in methods
-    ]
-    compare_with_student(summaries, higher)
-    reference = contexts[cfg.seeds[0]].reference
-    latency = _latency_record(contexts[cfg.seeds[0]], teacher) if cfg.match == "latency" else {}
-    return {
-        "preset": cfg.preset, "budget": cfg.budget, "match": cfg.match,
-        **({"reference": cfg.reference} if cfg.reference != "inhernet" else {}),
-        "experts": reference.inhernet_plan.config.experts, "metric": metric, "higher_is_better": higher,
-        "teacher": {
-            "params": _params(teacher), "macs": count_macs(teacher, example), "metric": teacher_metric, "digest": digest,
-            **({"latency_ms": latency["teacher_ms"]} if latency else {}),
-            **other_metrics(_others(teacher_scores, metric)),
-        },
-        "methods": summaries,
-        **({"latency": latency["how"]} if latency else {}),
-        **({"excluded": dict(preset.excluded)} if preset.excluded else {}),
-        "steps": steps, **({"epochs": cfg.epochs} if cfg.epochs is not None else {}),
-        "lr": None if cfg.tune_lr else cfg.lr,
-        **({"tuning": tuner.describe()} if tuner is not None else {}),
-        "device": "cuda" if torch.cuda.is_available() else "cpu", "torch": torch.__version__,
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
-        "wall_s": round(time.perf_counter() - start, 1),
-    }
+        if _has_gates(student):
+            # The deployment option: experts folded into one by their mean gate on the calibration data.
+            run["merged"] = evaluate(merge_experts(copy.deepcopy(student), calib), test, metric)[metric]
+        return run
+
+    def summaries(self) -> list[dict[str, Any]]:
+        """Each method's summary row, compared with the kd-student's."""
+        rows = [
+            {**summarise(name, self.runs[name], self.sizes[name], self.higher),
+             **{key: self.extras[name][key] for key in _ROW_EXTRAS if key in self.extras[name]}}
+            for name in self.methods
+        ]
+        compare_with_student(rows, self.higher)
+        return rows
+
+    def result(self, start: float) -> dict[str, Any]:
+        """The contract JSON dict; ``start``: the run's :func:`time.perf_counter` at its start."""
+        cfg, teacher, metric = self.cfg, self.teacher, self.metric
+        summaries = self.summaries()
+        ctx = self.contexts[cfg.seeds[0]]
+        latency = _latency_record(ctx, teacher) if cfg.match == "latency" else {}
+        return {
+            "preset": cfg.preset, "budget": cfg.budget, "match": cfg.match,
+            **({"reference": cfg.reference} if cfg.reference != "inhernet" else {}),
+            "experts": ctx.reference.inhernet_plan.config.experts, "metric": metric, "higher_is_better": self.higher,
+            "teacher": {
+                "params": _params(teacher), "macs": count_macs(teacher, self.example),
+                "metric": self.teacher_scores[metric], "digest": self.digest,
+                **({"latency_ms": latency["teacher_ms"]} if latency else {}),
+                **other_metrics(_others(self.teacher_scores, metric)),
+            },
+            "methods": summaries,
+            **({"latency": latency["how"]} if latency else {}),
+            **({"excluded": dict(self.preset.excluded)} if self.preset.excluded else {}),
+            "steps": self.steps, **({"epochs": cfg.epochs} if cfg.epochs is not None else {}),
+            "lr": None if cfg.tune_lr else cfg.lr,
+            **({"tuning": self.tuner.describe()} if self.tuner is not None else {}),
+            "device": "cuda" if torch.cuda.is_available() else "cpu", "torch": torch.__version__,
+            "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
+            "wall_s": round(time.perf_counter() - start, 1),
+        }
 
 
 def _latency_record(ctx: MethodContext, teacher: nn.Module) -> dict[str, Any]:
@@ -400,41 +488,15 @@ def _resident() -> str:
     return f"  RSS {pages * os.sysconf('SC_PAGE_SIZE') / 2**30:.1f} GiB"
 
 
-def _train_and_score(
-    cfg: BenchConfig, student: nn.Module, teacher: nn.Module, train_set: Any, test: Any, calib: list[Any],
-    seed: int, steps: int, lr: float, metric: str, preset: Any, resume: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Distil ``student`` for ``steps`` at ``lr`` and measure it: one run's record. ``resume``: the
-    ``DistillConfig`` checkpoint options of :meth:`Parts.checkpoints`, if any."""
-    train = DataLoader(
-        train_set, batch_size=cfg.batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed)
-    )
-    options = dict(
+def _distill_config(bench: _Bench, seed: int, steps: int, lr: float, **options: Any) -> DistillConfig:
+    """The ``DistillConfig`` of one of ``bench``'s runs (or tuning runs): the bench's KD recipe, then the
+    preset's options, then the user's ``distill_overrides`` (which win)."""
+    cfg, preset = bench.cfg, bench.preset
+    recipe = dict(
         steps=steps, lr=lr, temperature=cfg.temperature, alpha=cfg.alpha, teacher_topk=preset.teacher_topk,
-        seed=seed, metric=metric,
-        val_every=max(1, steps // cfg.curve_points), progress=cfg.progress, **(resume or {}),
+        seed=seed, metric=bench.metric, **options,
     )
-    dcfg = DistillConfig(**{**options, **preset.distill_options, **cfg.distill_overrides})
-    curve_set = _Head(test, cfg.curve_examples, cfg.batch_size)
-    # A curve over the whole test split already measures the zero-shot and final metric
-    # (validation follows evaluate()'s semantics): don't pay for those evaluations twice.
-    whole = len(curve_set) >= len(test) and dcfg.val_at_start
-    zero_shot = None if whole else evaluate(student, test, metric)[metric]
-    history = distill(student, teacher, train, curve_set, dcfg)
-    points = {int(s): v for s, v in history["curve"]}
-    zero_shot = points[0] if zero_shot is None else zero_shot
-    final_point = points.get(history["steps"]) if whole else None
-    # A dual encoder's other metrics (its recalls) come with a full evaluation only.
-    needs_eval = final_point is None or metric in DUAL_METRICS
-    scores = evaluate(student, test, metric) if needs_eval else {metric: final_point}
-    run = {
-        "seed": seed, "lr": lr, "zero_shot": zero_shot, "final": scores[metric], "steps": history["steps"],
-        "sec_per_step": history["sec_per_step"], "curve": history["curve"], "metrics": _others(scores, metric),
-    }
-    if _has_gates(student):
-        # The deployment option: experts folded into one by their mean gate on the calibration data.
-        run["merged"] = evaluate(merge_experts(copy.deepcopy(student), calib), test, metric)[metric]
-    return run
+    return DistillConfig(**{**recipe, **preset.distill_options, **cfg.distill_overrides})
 
 
 #: the seed of the tuning runs, whichever seeds are benchmarked: the chosen lr is the same for a
@@ -449,29 +511,26 @@ class _Tuner:
     of it); the tuning runs train on its first examples, never on those.
     """
 
-    def __init__(
-        self, cfg: BenchConfig, steps: int, train: Any, training_set: Callable[[], Any], train_n: int, metric: str,
-        higher: bool,
-        preset: Any, teacher: nn.Module, log: Callable[[str], None],
-    ) -> None:
-        n = len(train.dataset)
-        self.cfg, self.metric, self.higher, self.preset, self.teacher, self.log = cfg, metric, higher, preset, teacher, log
+    def __init__(self, bench: _Bench) -> None:
+        cfg, dataset = bench.cfg, bench.train.dataset
+        n = len(dataset)
+        self.bench, self.cfg = bench, cfg
         self.n_val = min(cfg.val_examples, max(1, n // 5))
-        self.steps = cfg.tune_steps or min(1000, max(10, round(0.15 * steps)))
-        self.tune_n = min(train_n, n - self.n_val, self.steps * cfg.batch_size)
+        self.steps = cfg.tune_steps or min(1000, max(10, round(0.15 * bench.steps)))
+        self.tune_n = min(bench.train_n, n - self.n_val, self.steps * cfg.batch_size)
         if self.tune_n < 1:
             raise ValueError(f"the training split ({n} examples) is too small to carve a validation split from")
-        self._training_set = training_set
         self.val = DataLoader(
-            Subset(train.dataset, range(n - self.n_val, n)), batch_size=max(cfg.batch_size, 256), shuffle=False
+            Subset(dataset, range(n - self.n_val, n)), batch_size=max(cfg.batch_size, 256), shuffle=False
         )
 
     @property
     def train_set(self) -> Subset:
         """The first examples of the training split: what the tuning runs train on."""
-        return Subset(self._training_set(), range(self.tune_n))
+        return Subset(self.bench.training_set(), range(self.tune_n))
 
     def describe(self) -> dict[str, Any]:
+        """How the learning rates were chosen, for the result's ``tuning``."""
         return {
             "lr_grid": list(self.cfg.lr_grid), "steps": self.steps, "seed": TUNE_SEED,
             "train_examples": self.tune_n, "val_examples": self.n_val,
@@ -480,24 +539,19 @@ class _Tuner:
 
     def tune(self, name: str, student: nn.Module) -> dict[str, Any]:
         """``{"lr": best, "lr_scores": {lr: validation metric}}`` for method ``name``'s ``student``."""
-        cfg, scores = self.cfg, {}
+        cfg, bench, metric, scores = self.cfg, self.bench, self.bench.metric, {}
         for lr in cfg.lr_grid:
             model = copy.deepcopy(student)
             train = DataLoader(
                 self.train_set, batch_size=cfg.batch_size, shuffle=True,
                 generator=torch.Generator().manual_seed(TUNE_SEED),
             )
-            options = dict(
-                steps=self.steps, lr=lr, temperature=cfg.temperature, alpha=cfg.alpha,
-                teacher_topk=self.preset.teacher_topk, seed=TUNE_SEED,
-                metric=self.metric, val_every=0, val_at_start=False, progress=False,
-            )
-            distill(model, self.teacher, train, None,
-                    DistillConfig(**{**options, **self.preset.distill_options, **cfg.distill_overrides}))
-            score = evaluate(model, self.val, self.metric)[self.metric]
+            dcfg = _distill_config(bench, TUNE_SEED, self.steps, lr, val_every=0, val_at_start=False, progress=False)
+            distill(model, bench.teacher, train, None, dcfg)
+            score = evaluate(model, self.val, metric)[metric]
             scores[f"{lr:g}"] = score
-            self.log(f"tune {name:<22} lr {lr:g}: validation {self.metric} {score:.4f} after {self.steps} steps")
-        best = _best(scores, self.higher)
+            bench.log(f"tune {name:<22} lr {lr:g}: validation {metric} {score:.4f} after {self.steps} steps")
+        best = _best(scores, bench.higher)
         return {"lr": float(best), "lr_scores": scores}
 
 

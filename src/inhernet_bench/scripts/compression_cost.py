@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from inhernet._atomic import atomic_write
+from inhernet_bench.scripts import RESULTS
 
 CASES = ("minilm:one-pass", "minilm:sequential", "smollm2:one-pass", "smollm2:sequential")
 
@@ -95,7 +96,7 @@ def main() -> None:
     parser.add_argument("--cases", default=",".join(CASES))
     parser.add_argument("--budget", type=float, default=0.8)
     parser.add_argument("--allocation", choices=("uniform", "energy"), default="uniform")
-    parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument("--out", default=RESULTS)
     args = parser.parse_args()
     if args.case:
         print(json.dumps(run_case(args.case, args.budget, args.allocation)), flush=True)

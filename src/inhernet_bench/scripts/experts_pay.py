@@ -6,7 +6,7 @@ T = 4, alpha = 0.9, teacher logits computed once); only the experts and their ga
 
 * ``h1``            one expert, no gate (the reference);
 * ``h3-soft``       three softmax-gated experts, per-sample gates on convs (the paper);
-* ``h3-soft-glr``   the same with the gates' learning rate x ``--gate-lr-scale`` (``DistillConfig.gate_lr_scale``);
+* ``h3-soft-glr``   the same with the gates' learning rate x ``--gate-lr-scale`` (``ExperimentalDistillConfig.gate_lr_scale``);
 * ``h3-position``   per-position gates on convs (``InherConfig(gate_pool="position")``);
 * ``h3-top1``       top-1 routing (``routing="top1"``): one expert per sample, so fewer MACs at the
                     same parameters;
@@ -36,6 +36,7 @@ import shlex
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,8 +53,8 @@ from inhernet.experimental.distillation import ExperimentalDistillConfig
 from inhernet.gates import gate_stats, summarize_gates
 from inhernet_bench.presets.registry import get_preset
 from inhernet_bench.runner import teacher_training_set
+from inhernet_bench.scripts import RESULTS
 
-ROOT = Path(__file__).resolve().parents[3]
 VARIANTS = ("h1", "h3-soft", "h3-soft-glr", "h3-position", "h3-top1", "h3-top1-macs")
 
 
@@ -83,7 +84,8 @@ def _params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line (see the module docstring); an unknown variant fails here."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="mnist-cnn")
     ap.add_argument("--budget", type=float, default=0.1)
@@ -95,81 +97,111 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--gate-lr-scale", type=float, default=30.0)
     ap.add_argument("--calib-size", type=int, default=1000)
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--tag", default="", help="suffix of the output files' names (several runs side by side)")
     args = ap.parse_args(argv)
     for v in args.variants:
         variant_options(v, args.gate_lr_scale)  # fail early on a typo
+    return args
 
+
+@dataclass
+class Setup:
+    """What every variant shares: the preset's teacher, calibration batches, training set and test split."""
+
+    preset: Any
+    teacher: nn.Module
+    calib: list[Any]
+    train_set: Any
+    test: Any
+    example: Any
+
+    @classmethod
+    def of(cls, args: argparse.Namespace) -> Setup:
+        """``--preset``'s, its training set the first ``steps * batch_size`` examples with the teacher's outputs."""
+        preset = get_preset(args.preset)
+        teacher = preset.teacher()
+        calib = preset.calib(args.calib_size)
+        train, test = preset.data(args.batch_size)
+        train_set: Any = Subset(train.dataset, range(min(len(train.dataset), args.steps * args.batch_size)))
+        train_set = teacher_training_set(preset, teacher, train_set, DistillConfig().temperature)
+        return cls(preset, teacher, calib, train_set, test, first_example(calib[0]))
+
+
+def run_variant(args: argparse.Namespace, s: Setup, name: str, seed: int, h1_plan: Any) -> dict[str, Any]:
+    """Variant ``name`` at ``seed`` inherited (at ``h1_plan``'s ranks where it reuses them), distilled and
+    measured: one run's record."""
+    metric = s.preset.metric
+    inher, dist, reuse = variant_options(name, args.gate_lr_scale)
+    base = InherConfig(budget=args.budget, experts=1, init="whiten", seed=seed)
+    cfg = InherConfig(**{**base.to_dict(), **inher})
+    student = inherit(s.teacher, cfg, calib=s.calib, plan=h1_plan if reuse else None, progress=False)
+    zero_shot = evaluate(student, s.test, metric)[metric]
+    loader = DataLoader(
+        s.train_set, batch_size=args.batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed)
+    )
+    dcfg = ExperimentalDistillConfig(**{  # gate_lr_scale: an experimental knob
+        "steps": args.steps, "lr": args.lr, "seed": seed, "metric": metric, "val_every": 0,
+        "val_at_start": False, "teacher_topk": s.preset.teacher_topk, **s.preset.distill_options, **dist,
+    })
+    history = distill(student, s.teacher, loader, None, dcfg)
+    final = evaluate(student, s.test, metric)[metric]
+    stats = gate_stats(student, s.calib)
+    merged_model = merge_experts(copy.deepcopy(student), s.calib)
+    return {
+        "seed": seed, "params": _params(student), "macs": count_macs(student, s.example),
+        "macs_routed": count_macs(merged_model, s.example), "zero_shot": zero_shot, "final": final,
+        "merged": evaluate(merged_model, s.test, metric)[metric] if stats else final,
+        "gates": summarize_gates(stats), "gate_blocks": stats, "steps": history["steps"],
+        "ranks": student.inhernet_plan.ranks(),
+    }
+
+
+def summary_row(name: str, rs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Variant ``name``'s row: its size, and its runs' metrics and gate diagnostics averaged over seeds."""
+    finals = [r["final"] for r in rs]
+    gates = [r["gates"] for r in rs if r["gates"]]
+    return {
+        "variant": name, "params": rs[0]["params"], "macs": rs[0]["macs"], "macs_routed": rs[0]["macs_routed"],
+        "mean_rank": sum(rs[0]["ranks"].values()) / max(len(rs[0]["ranks"]), 1),
+        "zero_shot": statistics.fmean(r["zero_shot"] for r in rs),
+        "final_mean": statistics.fmean(finals), "final_std": statistics.pstdev(finals),
+        "merged_mean": statistics.fmean(r["merged"] for r in rs),
+        **({k: statistics.fmean(g[k] for g in gates) for k in ("entropy", "load_entropy", "spread")} if gates else {}),
+        "runs": rs,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     start = time.perf_counter()
-    preset = get_preset(args.preset)
-    teacher = preset.teacher()
-    calib = preset.calib(args.calib_size)
-    train, test = preset.data(args.batch_size)
-    metric = preset.metric
-    train_set: Any = Subset(train.dataset, range(min(len(train.dataset), args.steps * args.batch_size)))
-    train_set = teacher_training_set(preset, teacher, train_set, DistillConfig().temperature)
-    example = first_example(calib[0])
-    teacher_metric = evaluate(teacher, test, metric)[metric]
-    print(f"teacher: {_params(teacher):,} params, {metric} {teacher_metric:.4f}", flush=True)
+    s = Setup.of(args)
+    metric = s.preset.metric
+    teacher_metric = evaluate(s.teacher, s.test, metric)[metric]
+    print(f"teacher: {_params(s.teacher):,} params, {metric} {teacher_metric:.4f}", flush=True)
 
     runs: dict[str, list[dict[str, Any]]] = {v: [] for v in args.variants}
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     for seed in seeds:
-        base = InherConfig(budget=args.budget, experts=1, init="whiten", seed=seed)
         h1_plan = None
         for name in args.variants:
-            inher, dist, reuse = variant_options(name, args.gate_lr_scale)
-            cfg = InherConfig(**{**base.to_dict(), **inher})
-            if reuse and h1_plan is None:
-                h1_plan = inherit(teacher, base, calib=calib, progress=False).inhernet_plan
-            student = inherit(teacher, cfg, calib=calib, plan=h1_plan if reuse else None, progress=False)
-            zero_shot = evaluate(student, test, metric)[metric]
-            loader = DataLoader(
-                train_set, batch_size=args.batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed)
-            )
-            dcfg = ExperimentalDistillConfig(**{  # gate_lr_scale: an experimental knob
-                "steps": args.steps, "lr": args.lr, "seed": seed, "metric": metric, "val_every": 0,
-                "val_at_start": False, "teacher_topk": preset.teacher_topk, **preset.distill_options, **dist,
-            })
-            history = distill(student, teacher, loader, None, dcfg)
-            final = evaluate(student, test, metric)[metric]
-            stats = gate_stats(student, calib)
-            merged_model = merge_experts(copy.deepcopy(student), calib)
-            run = {
-                "seed": seed, "params": _params(student), "macs": count_macs(student, example),
-                "macs_routed": count_macs(merged_model, example), "zero_shot": zero_shot, "final": final,
-                "merged": evaluate(merged_model, test, metric)[metric] if stats else final,
-                "gates": summarize_gates(stats), "gate_blocks": stats, "steps": history["steps"],
-                "ranks": student.inhernet_plan.ranks(),
-            }
+            if variant_options(name, args.gate_lr_scale)[2] and h1_plan is None:
+                base = InherConfig(budget=args.budget, experts=1, init="whiten", seed=seed)
+                h1_plan = inherit(s.teacher, base, calib=s.calib, progress=False).inhernet_plan
+            run = run_variant(args, s, name, seed, h1_plan)
             runs[name].append(run)
             g = run["gates"]
             gates = f"entropy {g['entropy']:.3f} load {g['load_entropy']:.3f} spread {g['spread']:.3f}" if g else ""
             print(f"seed {seed} {name:<14} {run['params']:>8,} params {run['macs']:>10,} MACs  zero-shot "
-                  f"{zero_shot:.4f}  final {final:.4f}  merged {run['merged']:.4f}  {gates}", flush=True)
+                  f"{run['zero_shot']:.4f}  final {run['final']:.4f}  merged {run['merged']:.4f}  {gates}", flush=True)
 
-    rows = []
-    for name in args.variants:
-        rs = runs[name]
-        finals = [r["final"] for r in rs]
-        gates = [r["gates"] for r in rs if r["gates"]]
-        rows.append({
-            "variant": name, "params": rs[0]["params"], "macs": rs[0]["macs"], "macs_routed": rs[0]["macs_routed"],
-            "mean_rank": sum(rs[0]["ranks"].values()) / max(len(rs[0]["ranks"]), 1),
-            "zero_shot": statistics.fmean(r["zero_shot"] for r in rs),
-            "final_mean": statistics.fmean(finals), "final_std": statistics.pstdev(finals),
-            "merged_mean": statistics.fmean(r["merged"] for r in rs),
-            **({k: statistics.fmean(g[k] for g in gates) for k in ("entropy", "load_entropy", "spread")} if gates else {}),
-            "runs": rs,
-        })
-    command = "OMP_NUM_THREADS=1 python -m inhernet_bench.scripts.experts_pay " + shlex.join(sys.argv[1:] if argv is None else argv)
+    given = sys.argv[1:] if argv is None else argv
     result = {
         "preset": args.preset, "budget": args.budget, "metric": metric, "steps": args.steps,
         "batch_size": args.batch_size, "lr": args.lr, "gate_lr_scale": args.gate_lr_scale,
-        "seeds": seeds, "command": command,
-        "teacher": {"params": _params(teacher), "macs": count_macs(teacher, example), "metric": teacher_metric},
-        "rows": rows, "torch": torch.__version__,
+        "seeds": seeds, "command": "OMP_NUM_THREADS=1 python -m inhernet_bench.scripts.experts_pay " + shlex.join(given),
+        "teacher": {"params": _params(s.teacher), "macs": count_macs(s.teacher, s.example), "metric": teacher_metric},
+        "rows": [summary_row(name, runs[name]) for name in args.variants], "torch": torch.__version__,
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
         "wall_s": round(time.perf_counter() - start, 1),
     }

@@ -18,8 +18,7 @@ from pathlib import Path
 
 from inhernet._atomic import atomic_write
 from inhernet_bench import BenchConfig, run_bench, write_json
-
-ROOT = Path(__file__).resolve().parents[3]
+from inhernet_bench.scripts import RESULTS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=BenchConfig.lr)
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "experts")
+    ap.add_argument("--out", type=Path, default=RESULTS / "experts")
     args = ap.parse_args(argv)
 
     rows = []

@@ -70,9 +70,7 @@ from inhernet.deploy.costs import measure_latency, time_calls
 from inhernet_bench.baselines import MethodContext, build_student
 from inhernet_bench.presets.registry import get_preset
 from inhernet_bench.runner import BenchConfig
-
-ROOT = Path(__file__).resolve().parents[3]
-RESULTS = ROOT / "benchmarks" / "results"
+from inhernet_bench.scripts import RESULTS
 
 #: model key -> label in the table, in table order
 MODELS = {
@@ -461,9 +459,8 @@ def machine(args: argparse.Namespace) -> str:
 # -- main --------------------------------------------------------------------------------------------
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    command = "python -m inhernet_bench.scripts.latency" + (
-        "" if not (sys.argv[1:] if argv is None else argv) else " " + shlex.join(sys.argv[1:] if argv is None else argv)
-    )
+    given = sys.argv[1:] if argv is None else argv
+    command = "python -m inhernet_bench.scripts.latency" + ("" if not given else " " + shlex.join(given))
     out = args.out or default_out(args)
     # Sizing (a latency budget, compact's cost table, the latency match) is measured on the CPU at the first
     # thread count: the same models are then timed everywhere.
@@ -484,80 +481,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: --accuracy-from {args.accuracy_from} benchmarked InherNet with experts={accuracy['experts']}, "
               f"this run built experts={info['experts']}: pass --experts {accuracy['experts']}", file=sys.stderr)
         return 2
-    one = timing_batch(calib[0], 1)
-    probe = timing_batch(calib[0], min(64, max(args.batches)))
-    err = deviation(models["full-rank-compact"], teacher, probe)
-    cells = accuracy_cells(accuracy, models, info)
-    labels = model_labels(args)
-    record: dict[str, dict[str, Any]] = {
-        key: {"label": labels[key], "params": n_params(m), "macs": count_macs(m, one), "accuracy": cells[key],
-              "latency_ms": {}}
-        for key, m in models.items()
-    }
-    record["full-rank-compact"]["deviation_from_teacher"] = err
-
-    dtype = getattr(torch, args.dtype)
-    timed = {k: m.to(device=args.device, dtype=dtype) if (args.device.type != "cpu" or dtype != torch.float32) else m
-             for k, m in models.items()}
-    cpu = args.device.type == "cpu"
-    points = [(b, t) for b in args.backends for t in (args.threads if cpu else [None])]
-    compiled_models = compiled(timed, args.compile_backend) if "compile" in args.backends else {}
-    checks: dict[str, float] = {}
-    with tempfile.TemporaryDirectory(prefix="inhernet-latency-") as folder:
-        for b in args.batches:
-            batch = cast_batch(timing_batch(calib[0], b), args.device, dtype)
-            for backend, threads in points:
-                label = point_label(backend, threads)
-                run = compiled_models if backend == "compile" else timed
-                ms = time_point(backend, run, batch, threads or args.threads[0], args, Path(folder), checks)
-                for key, value in ms.items():
-                    record[key]["latency_ms"].setdefault(label, {})[str(b)] = value
-                print(f"batch {b:4d} {label:16s} " + "  ".join(f"{k} {v:.3f}" for k, v in ms.items()), flush=True)
-
-    plan_ns = info["plan_latency_ns"]
-    currency = "budget" if args.match == "params" else args.match
-    model_notes = [
-        f"InherNet: `InherConfig({currency}={args.budget:g})`, the family's recipe ({info['experts']} expert(s), "
-        f"whitened init, {calib_summary(calib)}"
-        + ("" if args.prune is None else f", prune={args.prune!r}") + f"); ranks {info['ranks']}.",
-        "InherNet compact: " + ("; ".join(f"{n}: {_form(e)} ({e['reason']})" for n, e in info["compact"].items())
-                                or "no InherNet blocks (every layer dense): deployed as it is") + ".",
-    ]
-    if info["prune"] is not None:
-        p = info["prune"]
-        model_notes.append(
-            f"Pruning: {p['ratio']:g} of the channels (Torch-Pruning, {p['importance']}), {p['teacher_params']:,} -> "
-            f"{p['params']:,} parameters" + (f", {p['teacher_latency_ns'] / 1e6:.3f} -> {p['latency_ns'] / 1e6:.3f} ms "
-                                             "measured" if p.get("teacher_latency_ns") else "")
-            + ("" if not p.get("scores") else "; zero-shot KL per share (None: skipped): " + ", ".join(
-                f"{k}: {'-' if v is None else f'{v:.4g}'}" for k, v in p["scores"].items()))
-            + "."
-        )
-    if plan_ns["teacher"] is not None:
-        model_notes.append(
-            f"Latency budget (cost table, on the first calibration batch, {args.threads[0]} thread(s)): teacher "
-            f"{plan_ns['teacher'] / 1e6:.3f} ms measured, target {plan_ns['target'] / 1e6:.3f} ms, the plan's "
-            f"prediction {plan_ns['total'] / 1e6:.3f} ms."
-        )
-    if info["latency_checks"]:
-        model_notes.append(
-            "inherit's measured check (the compact student timed against the teacher, interleaved; planned "
-            "again outside 0.9-1.03 of the budget): " + "; ".join(
-                f"planned at {c['planned']:.3f}: " + (f"measured {c['measured']:.3f}" if "measured" in c
-                                                       else "out of reach") + (" (kept)" if c.get("kept") else "")
-                for c in info["latency_checks"]) + "."
-        )
-    unit = {"params": "parameters", "macs": "MACs", "latency": "ns of the compact forms, measured"}[args.match]
-    model_notes.append(f"Sizes in the matched unit ({unit}), on the first calibration batch: "
-                       + ", ".join(f"{labels[k]} {v:,}" for k, v in info["sizes"].items()) + ".")
-    model_notes += [f"{labels[k]}: {v}" for k, v in info["left_out"].items()]
-    if checks:
-        model_notes.append("onnxruntime vs torch, max deviation of the logits: "
-                           + ", ".join(f"{labels[k]} {v:.1e}" for k, v in checks.items()) + ".")
-    if accuracy is not None:
-        model_notes.append(f"Accuracies ({accuracy['metric']}): `{accuracy['file']}`, the bench's models after its "
-                           "KD (mean over its seeds); the models timed here are built the same way.")
-
+    record = size_record(args, models, info, accuracy, teacher, calib[0])
+    points, checks = time_models(args, models, calib[0], record)
     result: dict[str, Any] = {
         "preset": args.preset, "budget": args.budget, "match": args.match, "experts": info["experts"],
         "prune": args.prune,
@@ -570,13 +495,121 @@ def main(argv: Sequence[str] | None = None) -> int:
         "how": how(args),
     }
     result["targets"] = targets(result)
-    result["model_notes"] = model_notes
+    result["model_notes"] = model_notes(args, info, calib, checks, accuracy)
     text = render(result)
     print("\n" + text)
     atomic_write(out, text)
     atomic_write(out.with_suffix(".json"), json.dumps(result, indent=1, default=str) + "\n")
     print(f"wrote {out} and {out.with_suffix('.json').name}")
     return 0
+
+
+def size_record(
+    args: argparse.Namespace, models: Mapping[str, nn.Module], info: dict[str, Any], accuracy: dict[str, Any] | None,
+    teacher: nn.Module, first: Any,
+) -> dict[str, dict[str, Any]]:
+    """Each model's entry of the result before timing: its label, size on one example of the first
+    calibration batch ``first``, accuracy cell; the full-rank check's deviation from the teacher."""
+    one = timing_batch(first, 1)
+    probe = timing_batch(first, min(64, max(args.batches)))
+    err = deviation(models["full-rank-compact"], teacher, probe)
+    cells = accuracy_cells(accuracy, models, info)
+    labels = model_labels(args)
+    record: dict[str, dict[str, Any]] = {
+        key: {"label": labels[key], "params": n_params(m), "macs": count_macs(m, one), "accuracy": cells[key],
+              "latency_ms": {}}
+        for key, m in models.items()
+    }
+    record["full-rank-compact"]["deviation_from_teacher"] = err
+    return record
+
+
+def time_models(
+    args: argparse.Namespace, models: Mapping[str, nn.Module], first: Any, record: dict[str, dict[str, Any]]
+) -> tuple[list[tuple[str, int | None]], dict[str, float]]:
+    """Time every model at every (backend, threads, batch) point into ``record``'s ``latency_ms``; returns
+    the points and onnxruntime's deviations from torch."""
+    dtype = getattr(torch, args.dtype)
+    timed = {k: m.to(device=args.device, dtype=dtype) if (args.device.type != "cpu" or dtype != torch.float32) else m
+             for k, m in models.items()}
+    cpu = args.device.type == "cpu"
+    points = [(b, t) for b in args.backends for t in (args.threads if cpu else [None])]
+    compiled_models = compiled(timed, args.compile_backend) if "compile" in args.backends else {}
+    checks: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="inhernet-latency-") as folder:
+        for b in args.batches:
+            batch = cast_batch(timing_batch(first, b), args.device, dtype)
+            for backend, threads in points:
+                label = point_label(backend, threads)
+                run = compiled_models if backend == "compile" else timed
+                ms = time_point(backend, run, batch, threads or args.threads[0], args, Path(folder), checks)
+                for key, value in ms.items():
+                    record[key]["latency_ms"].setdefault(label, {})[str(b)] = value
+                print(f"batch {b:4d} {label:16s} " + "  ".join(f"{k} {v:.3f}" for k, v in ms.items()), flush=True)
+    return points, checks
+
+
+def model_notes(
+    args: argparse.Namespace, info: dict[str, Any], calib: list[Any], checks: dict[str, float],
+    accuracy: dict[str, Any] | None,
+) -> list[str]:
+    """The notes under the table: how each model was built and sized, and where its numbers come from."""
+    labels = model_labels(args)
+    currency = "budget" if args.match == "params" else args.match
+    notes = [
+        f"InherNet: `InherConfig({currency}={args.budget:g})`, the family's recipe ({info['experts']} expert(s), "
+        f"whitened init, {calib_summary(calib)}"
+        + ("" if args.prune is None else f", prune={args.prune!r}") + f"); ranks {info['ranks']}.",
+        "InherNet compact: " + ("; ".join(f"{n}: {_form(e)} ({e['reason']})" for n, e in info["compact"].items())
+                                or "no InherNet blocks (every layer dense): deployed as it is") + ".",
+    ]
+    if info["prune"] is not None:
+        notes.append(_prune_note(info["prune"]))
+    notes += _latency_notes(args, info)
+    unit = {"params": "parameters", "macs": "MACs", "latency": "ns of the compact forms, measured"}[args.match]
+    notes.append(f"Sizes in the matched unit ({unit}), on the first calibration batch: "
+                 + ", ".join(f"{labels[k]} {v:,}" for k, v in info["sizes"].items()) + ".")
+    notes += [f"{labels[k]}: {v}" for k, v in info["left_out"].items()]
+    if checks:
+        notes.append("onnxruntime vs torch, max deviation of the logits: "
+                     + ", ".join(f"{labels[k]} {v:.1e}" for k, v in checks.items()) + ".")
+    if accuracy is not None:
+        notes.append(f"Accuracies ({accuracy['metric']}): `{accuracy['file']}`, the bench's models after its "
+                     "KD (mean over its seeds); the models timed here are built the same way.")
+    return notes
+
+
+def _prune_note(p: dict[str, Any]) -> str:
+    """The hybrid's pruning: its share, parameters and latency before and after, its zero-shot scores."""
+    return (
+        f"Pruning: {p['ratio']:g} of the channels (Torch-Pruning, {p['importance']}), {p['teacher_params']:,} -> "
+        f"{p['params']:,} parameters" + (f", {p['teacher_latency_ns'] / 1e6:.3f} -> {p['latency_ns'] / 1e6:.3f} ms "
+                                         "measured" if p.get("teacher_latency_ns") else "")
+        + ("" if not p.get("scores") else "; zero-shot KL per share (None: skipped): " + ", ".join(
+            f"{k}: {'-' if v is None else f'{v:.4g}'}" for k, v in p["scores"].items()))
+        + "."
+    )
+
+
+def _latency_notes(args: argparse.Namespace, info: dict[str, Any]) -> list[str]:
+    """Under a latency budget: what the plan predicted, and inherit's measured checks."""
+    notes = []
+    plan_ns = info["plan_latency_ns"]
+    if plan_ns["teacher"] is not None:
+        notes.append(
+            f"Latency budget (cost table, on the first calibration batch, {args.threads[0]} thread(s)): teacher "
+            f"{plan_ns['teacher'] / 1e6:.3f} ms measured, target {plan_ns['target'] / 1e6:.3f} ms, the plan's "
+            f"prediction {plan_ns['total'] / 1e6:.3f} ms."
+        )
+    if info["latency_checks"]:
+        notes.append(
+            "inherit's measured check (the compact student timed against the teacher, interleaved; planned "
+            "again outside 0.9-1.03 of the budget): " + "; ".join(
+                f"planned at {c['planned']:.3f}: " + (f"measured {c['measured']:.3f}" if "measured" in c
+                                                       else "out of reach") + (" (kept)" if c.get("kept") else "")
+                for c in info["latency_checks"]) + "."
+        )
+    return notes
 
 
 def _form(entry: dict[str, Any]) -> str:

@@ -25,6 +25,8 @@ from typing import Any
 
 import torch
 
+from inhernet_bench.scripts import RESULTS, shown
+
 RESULT = "smollm2-drop-inherit"
 
 
@@ -77,7 +79,7 @@ def main() -> None:
     parser.add_argument("--drop", default="0,2,4,7", help="comma-separated numbers of blocks to drop")
     parser.add_argument("--budget", type=float, default=0.8)
     parser.add_argument("--calib", type=int, default=32, help="calibration blocks of 128 tokens (32 = 4k)")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
     from inhernet import evaluate
@@ -107,7 +109,7 @@ def main() -> None:
         atomic_write(path, json.dumps(result, indent=2) + "\n")
         atomic_write(path.with_suffix(".md"), f"Command: `OMP_NUM_THREADS={torch.get_num_threads()} python "
                      f"-m inhernet_bench.scripts.smollm2_drop_inherit --drop {args.drop} --budget {args.budget} "
-                     f"--calib {args.calib} --out {args.out}`\n\n" + render(result))
+                     f"--calib {args.calib} --out {shown(args.out)}`\n\n" + render(result))
         print(json.dumps(cell), flush=True)
     print(render(result))
 

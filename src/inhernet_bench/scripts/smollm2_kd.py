@@ -28,6 +28,7 @@ import torch
 
 from inhernet._atomic import atomic_write
 from inhernet_bench import BenchConfig, bench_table, run_bench, write_json, write_plots
+from inhernet_bench.scripts import RESULTS
 from inhernet_bench.scripts.bench_markdown import render
 
 #: the outputs of SmolLM2's decoder blocks (``*`` would also match every module inside them)
@@ -55,7 +56,7 @@ def main() -> None:
                         help="distance of the hidden states (cosine: blind to the residual stream's growing scale)")
     parser.add_argument("--checkpoint-every", type=int, default=0,
                         help="with --part-dir: save each run's training state every N steps; a rerun continues it")
-    parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument("--out", default=RESULTS)
     args = parser.parse_args()
 
     cfg = BenchConfig(

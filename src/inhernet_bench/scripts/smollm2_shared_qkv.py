@@ -44,6 +44,7 @@ from torch import nn
 from inhernet.calibration import InputCovariance
 from inhernet.decomposition import Factors, factorize
 from inhernet.stack import replace_module
+from inhernet_bench.scripts import RESULTS
 
 #: groups of sibling layers that read one input, by their names relative to the block
 GROUPS: dict[str, tuple[str, ...]] = {
@@ -361,7 +362,7 @@ def main() -> None:
     parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
                         help=f"comma-separated, 'separate' first: {list(VARIANTS)}")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument("--out", default=RESULTS)
     args = parser.parse_args()
     args.variants = [v for v in args.variants.split(",") if v]
     unknown = [v for v in args.variants if v not in VARIANTS]

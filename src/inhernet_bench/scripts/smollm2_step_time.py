@@ -54,6 +54,7 @@ from inhernet.distillation import (
     precompute_teacher_topk,
     topk_kd_loss,
 )
+from inhernet_bench.scripts import RESULTS
 
 VARIANTS = ("plain", "kd-live", "kd-topk")
 RESULT = "smollm2-step-time"
@@ -152,7 +153,8 @@ def render(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line (see the module docstring)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--budget", type=float, default=0.8)
     ap.add_argument("--calib-blocks", type=int, default=8, help="calibration blocks of 128 tokens for inherit")
@@ -163,10 +165,30 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--lr", type=float, default=2e-4)
     ap.add_argument("--tiny", action="store_true", help="random 2-layer Llama and tokens: a smoke test")
-    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[3] / "benchmarks" / "results")
+    ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     if args.reps < 1 or args.batches < 1 or args.batch_size < 1 or args.threads < 1:
         ap.error("--reps, --batches, --batch-size and --threads must be >= 1")
+    return args
+
+
+def time_steps(args: argparse.Namespace, steppers: dict[str, Stepper], batches: list[Any]) -> dict[str, list[float]]:
+    """Each variant's step times over ``args.reps`` rounds after a warm-up round, the variants taking
+    turns first (a round's order rotates) on a cycle of ``batches``."""
+    times: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    for rep in range(args.reps + 1):  # rep 0: warm-up
+        order = VARIANTS[rep % 3:] + VARIANTS[: rep % 3]
+        batch = batches[rep % len(batches)]
+        for name in order:
+            seconds = steppers[name](batch, name)
+            if rep:
+                times[name].append(seconds)
+        print(f"rep {rep}: " + ", ".join(f"{n} {times[n][-1] if rep else seconds:.2f} s" for n in order), flush=True)
+    return times
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
     torch.set_num_threads(args.threads)
     command = " ".join([f"OMP_NUM_THREADS={args.threads} python -m inhernet_bench.scripts.smollm2_step_time",
                         *map(shlex.quote, sys.argv[1:] if argv is None else argv)])
@@ -189,25 +211,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     build_s = time.perf_counter() - start
     batches = list(DataLoader(cache, batch_size=args.batch_size, shuffle=False))
     block_size = int(batches[0]["input_ids"].shape[1])
-    vocab = int(teacher.config.vocab_size)
 
     # the two KD variants take turns training one student (one AdamW state less in memory): the
     # weights' values do not change the time of a step
     plain = Stepper(copy.deepcopy(teacher).requires_grad_(True), teacher, config)
     kd = Stepper(student, teacher, config)
     steppers = {"plain": plain, "kd-live": kd, "kd-topk": kd}
-    times: dict[str, list[float]] = {v: [] for v in VARIANTS}
-    for rep in range(args.reps + 1):  # rep 0: warm-up
-        order = VARIANTS[rep % 3:] + VARIANTS[: rep % 3]
-        batch = batches[rep % len(batches)]
-        for name in order:
-            seconds = steppers[name](batch, name)
-            if rep:
-                times[name].append(seconds)
-        print(f"rep {rep}: " + ", ".join(f"{n} {times[n][-1] if rep else seconds:.2f} s" for n in order), flush=True)
-
+    steps = {v: {"median_s": statistics.median(t), "times_s": t} for v, t in time_steps(args, steppers, batches).items()}
     per_block = cache.nbytes // n_blocks
-    steps = {v: {"median_s": statistics.median(t), "times_s": t} for v, t in times.items()}
     result: dict[str, Any] = {
         "command": command, "tiny": args.tiny, "threads": args.threads, "batch_size": args.batch_size,
         "block_size": block_size, "reps": args.reps, "budget": args.budget, "calib_blocks": args.calib_blocks,
@@ -218,7 +229,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "cache": {
             "build_s_per_block": build_s / n_blocks, "bytes_per_block": per_block,
             "bytes_200_steps": per_block * 200 * args.batch_size, "bytes_1000_steps": per_block * 1000 * args.batch_size,
-            "full_logits_bytes_per_block": block_size * vocab * 4,
+            "full_logits_bytes_per_block": block_size * int(teacher.config.vocab_size) * 4,
         },
         "torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
     }

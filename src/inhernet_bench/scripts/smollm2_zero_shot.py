@@ -43,6 +43,8 @@ from typing import Any
 
 import torch
 
+from inhernet_bench.scripts import RESULTS
+
 #: the rows: id -> (label, InherConfig options); each adds one lever to the row before it, the last two are
 #: variants of "loss". A row's options are part of its cells' keys: changing them measures the row anew.
 ROWS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -240,7 +242,7 @@ def main() -> None:
                         "(32 = 4k, 128 = 16k, 512 = 64k), or 'all'")
     parser.add_argument("--test-blocks", type=int, default=128, help="test blocks of 128 tokens (>= 128: 16k)")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument("--out", default=RESULTS)
     parser.add_argument("--report", action="store_true", help="only rewrite the table from the JSON")
     args = parser.parse_args()
     budgets = _choice(args.budget, BUDGETS, float, "budgets")
