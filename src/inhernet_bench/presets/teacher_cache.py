@@ -9,7 +9,6 @@ never mistaken for a complete one. Loading reads tensors only (safetensors), nev
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,6 +21,7 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 
 from inhernet._atomic import atomic_path, atomic_write
+from inhernet._files import sha256_file
 from inhernet_bench.presets.assets import inhernet_home
 
 __all__ = ["FIT_THREADS", "fit_threads", "load_cached_teacher", "save_cached_teacher", "teacher_cache_dir"]
@@ -65,7 +65,7 @@ def save_cached_teacher(model: nn.Module, preset: str, recipe: dict[str, Any], *
     with atomic_path(out / WEIGHTS_NAME) as tmp:
         # contiguous: a channels-last model's tensors are saved as their values
         save_model(model, str(tmp), metadata={"format": "pt"}, force_contiguous=True)
-    meta = {"recipe": recipe, **meta, "sha256": _sha256(out / WEIGHTS_NAME)}
+    meta = {"recipe": recipe, **meta, "sha256": sha256_file(out / WEIGHTS_NAME)}
     atomic_write(out / META_NAME, json.dumps(meta, indent=2, sort_keys=True) + "\n")
     return out
 
@@ -89,7 +89,7 @@ def load_cached_teacher(model: nn.Module, preset: str, recipe: dict[str, Any]) -
         raise ValueError(f"{meta_path} is not readable JSON ({err}); delete {folder} to rebuild it") from None
     if not isinstance(meta, dict) or meta.get("recipe") != json.loads(json.dumps(recipe)):
         return None
-    if meta.get("sha256") != _sha256(weights):
+    if meta.get("sha256") != sha256_file(weights):
         return None
     try:
         load_model(model, str(weights), strict=True)
@@ -97,10 +97,3 @@ def load_cached_teacher(model: nn.Module, preset: str, recipe: dict[str, Any]) -
         raise ValueError(f"{weights} does not fit the teacher ({err}); delete {folder} to rebuild it") from None
     return meta
 
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
