@@ -3,6 +3,8 @@ teachers and data installed offline by ``scripts/install_assets.sh``)."""
 
 from __future__ import annotations
 
+import shlex
+import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -84,6 +86,8 @@ def _run_bench(cfg: BenchConfig, out: str, json_path: str | None) -> None:
     from . import bench_table, run_bench, write_json, write_plots
 
     result = run_bench(cfg, log=lambda line: console.print(line, highlight=False))
+    # the command that made the file: BENCHMARKS.md heads each table with it
+    result["command"] = shlex.join(["inhernet-bench", *sys.argv[1:]])
     console.print(bench_table(result))
     out_dir = Path(out)
     stem = f"{cfg.preset}-{cfg.budget}" + ("" if cfg.match == "params" else f"-{cfg.match}")

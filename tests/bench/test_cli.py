@@ -104,6 +104,7 @@ def test_bench_prints_the_table_and_writes_the_json_and_plot(tiny_preset, tmp_pa
     code, stdout, err = invoke(monkeypatch, capsys, *args)
     assert code == 0, err
     result = json.loads((tmp_path / "tiny-mlp-0.5.json").read_text())
+    assert result["command"].startswith("inhernet-bench bench --preset tiny-mlp --budget 0.5")  # BENCHMARKS.md heads tables with it
     assert (result["preset"], result["budget"], result["metric"]) == ("tiny-mlp", 0.5, "accuracy")
     assert [m["name"] for m in result["methods"]] == ["inhernet", "kd-student"]
     inhernet, student = result["methods"]
