@@ -7,7 +7,8 @@ fine-tuned by distillation and compared with a conventionally distilled student 
 
 from ._version import __version__
 from .config import InherConfig
-from .deploy import compact, count_macs, export_onnx, merge_experts
+from .costs import CostTable, count_macs
+from .deploy import compact, export_onnx, merge_experts
 from .distillation import DistillConfig, distill
 from .evaluate import evaluate
 from .layers import InherBlock, InherConv, InherEmbedding, InherLinear, expert_spread
@@ -16,6 +17,7 @@ from .serialization import load, save
 from .surgery import inherit
 
 __all__ = [
+    "CostTable",
     "DistillConfig",
     "InherBlock",
     "InherConfig",

@@ -2,7 +2,7 @@
 
 The step after measuring (:mod:`inhernet.spectra`): each open layer priced (:func:`layer_cost`) in
 parameters or, under a MAC or latency budget, in MACs or measured nanoseconds on the example input; a
-budget turned into a target and filled by the greedy engine of :mod:`inhernet.budget`, per
+budget turned into a target and filled by the greedy engine of :mod:`inhernet.greedy`, per
 ``budgets`` group where there are groups.
 """
 
@@ -15,24 +15,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .budget import (
-    RANK_MULTIPLE,
-    LayerCost,
-    allocate,
-    floor_rank,
-    mac_price,
-    minimum_cost,
-    ranks_for_energy,
-    ranks_for_rank,
-)
 from .config import InherConfig
+from .costs.prices import RANK_MULTIPLE, LayerCost, floor_rank, mac_price
+from .costs.profile import LatencyProfile, MacProfile, Profile
 from .discovery import Candidate, matches
 from .families import FAMILY_DEFAULTS
+from .greedy import allocate, minimum_cost, ranks_for_energy, ranks_for_rank
 from .kinds import dense_params
-from .spectra import LatencyProfile, MacProfile
-
-#: what prices the layers outside parameters: MACs or measured time on the example input
-Profile = MacProfile | LatencyProfile
 
 __all__ = [
     "BUDGET_TOLERANCE", "Allocation", "Profile", "allocate_ranks", "check_reachable", "dense_reason", "layer_cost", "reach",
@@ -75,7 +64,7 @@ def layer_cost(
     """The allocator's view of a layer (``energy``: its squared singular values, if known); priced in MACs
     or measured nanoseconds when a profile is given, else in parameters.
 
-    Priced in measured time, its ranks step by :data:`~inhernet.budget.RANK_MULTIPLE` (ranks below it one
+    Priced in measured time, its ranks step by :data:`~inhernet.costs.RANK_MULTIPLE` (ranks below it one
     by one): the ranks ``compact()`` deploys unchanged, so the compact model spends the latency budget
     the plan predicts instead of landing under it after rounding.
     """

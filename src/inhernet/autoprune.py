@@ -35,7 +35,7 @@ import math
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
@@ -43,6 +43,8 @@ from torch import nn
 from .allocation import reach
 from .batches import forward_batch, logits_of, move_batch, split_rows
 from .config import DEFAULT_PROBE_STEPS, InherConfig
+from .costs.profile import latency_table, measured_ns
+from .costs.table import LatencyCosts
 from .discovery import find_layers
 from .plan import measure, open_costs
 from .pruning import (
@@ -53,10 +55,6 @@ from .pruning import (
     teacher_outputs,
     zero_shot_loss,
 )
-from .spectra import latency_table, measured_ns
-
-if TYPE_CHECKING:
-    from .deploy.costs import LatencyCosts
 
 __all__ = [
     "CEILING", "PROBE_BATCH", "PROBE_LR", "PROBE_TEMPERATURE", "RESOLUTION", "SCAN", "SPREAD", "Candidates", "Standing",
@@ -259,8 +257,6 @@ def probe_loss(
     The student comes back exactly as it was: weights and buffers (batch-norm statistics), modes,
     ``requires_grad`` flags; no gradient left behind.
     """
-    from .distillation.loss import kd_loss
-
     if steps == 0:
         return zero_shot_loss(student, held, held_targets)
     device = next((p.device for p in student.parameters()), torch.device("cpu"))
@@ -282,7 +278,7 @@ def probe_loss(
             for step in range(steps):
                 i = step % len(inputs)
                 logits = logits_of(forward_batch(student, move_batch(inputs[i], device)))
-                loss = kd_loss(logits, wanted[i].to(device, logits.dtype), temperature=PROBE_TEMPERATURE)
+                loss = soft_kl(logits, wanted[i].to(device, logits.dtype), PROBE_TEMPERATURE)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -296,6 +292,16 @@ def probe_loss(
         for p, flag in flags.items():
             p.requires_grad_(flag)
             p.grad = None
+
+
+def soft_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``T**2 * KL(softmax(teacher/T) || softmax(student/T))`` per position, averaged: the pure-KD term of
+    :func:`inhernet.distillation.kd_loss` (``labels=None``), here so the probe needs nothing above the core."""
+    classes = student_logits.shape[-1]
+    s = student_logits.float().reshape(-1, classes) / temperature
+    t = teacher_logits.float().reshape(-1, classes) / temperature
+    kl = nn.functional.kl_div(s.log_softmax(-1), t.log_softmax(-1), reduction="none", log_target=True).sum(-1)
+    return temperature * temperature * kl.mean()
 
 
 def score(

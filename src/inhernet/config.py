@@ -5,10 +5,13 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal
 
-from .families import FAMILIES
+from torch import nn
+
+from .families import FAMILIES, FAMILY_DEFAULTS, model_family
+from .stack import layer_stack
 
 __all__ = ["DEFAULT_BUDGET", "DEFAULT_PROBE_STEPS", "InherConfig", "plain_number"]
 
@@ -16,7 +19,7 @@ DEFAULT_BUDGET = 0.25
 #: KD steps each ``prune="auto"`` candidate gets before it is scored (``InherConfig(prune_probe_steps=None)``)
 DEFAULT_PROBE_STEPS = 50
 INITS = ("whiten", "svd", "random")
-ALLOCATIONS = ("energy", "loss", "loss-by-type", "uniform")  # = inhernet.budget (config stays import-free)
+ALLOCATIONS = ("energy", "loss", "loss-by-type", "uniform")  # = inhernet.greedy's strategies
 CALIBRATIONS = ("one-pass", "sequential", "sequential-corrected")
 ROUTINGS = ("soft", "top1")  # = inhernet.layers.ROUTINGS (config stays import-free)
 GATE_POOLS = ("mean", "position")  # = inhernet.layers.GATE_POOLS
@@ -46,7 +49,7 @@ class InherConfig:
             forward pass on an example input, as a fraction in (0, 1] of the teacher's (a ``float``) or
             an absolute count (an ``int`` >= 1). The example input is the first batch of ``calib`` (so
             ``calib`` is required), taken whole: an absolute count refers to that batch, at its batch
-            size and sequence length. MACs are those of :func:`inhernet.deploy.count_macs` (PyTorch's
+            size and sequence length. MACs are those of :func:`inhernet.count_macs` (PyTorch's
             FLOP counter: embedding lookups and element-wise ops count 0, so an embedding never saves
             MACs and stays dense). Ranks go where they keep the most energy per MAC: a conv on a large
             feature map pays more per rank than one on a small map.
@@ -55,7 +58,7 @@ class InherConfig:
             (0, 1] of the teacher's, for one forward pass on the example input (the first batch of
             ``calib``, whole, so ``calib`` is required), on the current device and thread count. Each
             factorisable layer is priced in nanoseconds from a cost table
-            (:class:`inhernet.deploy.CostTable`, or the ``costs=`` given to :func:`inhernet.plan` /
+            (:class:`inhernet.CostTable`, or the ``costs=`` given to :func:`inhernet.plan` /
             :func:`inhernet.inherit`): its dense time, and ``base + unit * rank`` fitted to the
             table's timed ranks; the rest of the model is the teacher's measured time minus those
             dense times (never negative). A layer whose factorised form is no faster than the dense
@@ -355,8 +358,6 @@ class InherConfig:
 
     def resolved(self, model: Any) -> InherConfig:
         """This config with its ``None`` (auto) fields filled in for ``model``'s family."""
-        from .families import resolve_config
-
         return resolve_config(self, model)
 
     @property
@@ -436,3 +437,31 @@ def _as_patterns(arg: str, value: object) -> tuple[str, ...]:
         if not isinstance(p, str):
             raise TypeError(f"{arg} patterns must be strings, got {p!r}")
     return patterns
+
+
+def resolve_config(config: InherConfig, model: nn.Module) -> InherConfig:
+    """``config`` with its auto (``None``) fields and ``family`` filled in for ``model``'s family.
+
+    A config with every field set (e.g. a loaded one) comes back unchanged.
+    """
+    fields = ("experts", "min_rank_ratio", "calibration")
+    family = config.family or model_family(model)
+    defaults = FAMILY_DEFAULTS[family]
+    filled = {f: getattr(defaults, f) for f in fields if getattr(config, f) is None}
+    if config.drop_blocks is None and defaults.drop_blocks and _drops_blocks(config, model):
+        filled["drop_blocks"] = defaults.drop_blocks
+    if config.family == family and not filled:
+        return config
+    return replace(config, family=family, **filled)
+
+
+def _drops_blocks(config: InherConfig, model: nn.Module) -> bool:
+    """Whether a family's ``drop_blocks`` applies: a plain parameter budget, whitened (calibrated: Block Influence
+    reads the same batches; plain-SVD and random inits keep every block), on a model with a stack of blocks."""
+    if config.budget is None or config.budgets or config.prune is not None or config.init != "whiten":
+        return False
+    try:
+        layer_stack(model)
+    except ValueError:
+        return False
+    return True

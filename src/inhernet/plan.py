@@ -11,7 +11,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
@@ -26,23 +26,15 @@ from .allocation import (
     layer_cost,
     warn_if_under,
 )
-from .budget import LayerCost
 from .calibration import peek_example
 from .config import InherConfig
+from .costs.prices import LayerCost
+from .costs.profile import LatencyProfile, MacProfile, profile_latency, profile_macs
+from .costs.table import LatencyCosts
 from .discovery import Candidate, Unsupported, find_layers
 from .kinds import dense_params
 from .pruning import PruneRecord, after_pruning, inner_config, prune_for
-from .spectra import (
-    LatencyProfile,
-    MacProfile,
-    allocation_needs_spectra,
-    layer_spectra,
-    profile_latency,
-    profile_macs,
-)
-
-if TYPE_CHECKING:
-    from .deploy.costs import LatencyCosts
+from .spectra import allocation_needs_spectra, layer_spectra
 
 __all__ = ["BUDGET_TOLERANCE", "LayerPlan", "Plan", "make_plan", "plan", "with_drop", "with_prune"]
 
@@ -74,7 +66,7 @@ class Plan:
 
     The MAC fields are known under a MAC budget (``InherConfig(macs=...)``), ``None`` otherwise: the
     multiply-accumulates of one forward pass on the example input (the first calib batch, whole) of
-    the teacher, of the target and of the inherited model, as :func:`inhernet.deploy.count_macs`
+    the teacher, of the target and of the inherited model, as :func:`inhernet.count_macs`
     counts them.
 
     The latency fields are known under a latency budget (``InherConfig(latency=...)``), ``None``
@@ -340,10 +332,10 @@ def plan(
     The model is not modified. Spectra are computed where the allocation needs them; energy
     allocation with ``init="whiten"`` needs ``calib`` for the whitened spectra. A MAC budget
     (``macs=``) needs ``calib`` too: its first batch, whole, is the example input whose MACs
-    (:func:`inhernet.deploy.count_macs`) are budgeted. So does a latency budget (``latency=``), whose
+    (:func:`inhernet.count_macs`) are budgeted. So does a latency budget (``latency=``), whose
     first batch is the example input timed; ``costs`` is the cost table it is priced by (anything with
-    ``dense``, ``factorised`` and ``latency``, see :class:`inhernet.deploy.costs.LatencyCosts`; default
-    a :class:`inhernet.deploy.CostTable` for the model's device and the current thread count, cached on
+    ``dense``, ``factorised`` and ``latency``, see :class:`inhernet.costs.table.LatencyCosts`; default
+    a :class:`inhernet.CostTable` for the model's device and the current thread count, cached on
     disk). ``costs`` is unused by the other budgets.
     """
     config = (config or InherConfig()).resolved(model)  # the family's defaults for the auto fields

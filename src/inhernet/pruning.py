@@ -44,19 +44,17 @@ import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
 from .batches import forward_batch, logits_of, move_batch
-from .calibration import example_positions
 from .config import InherConfig
+from .costs.macs import example_positions
+from .costs.profile import latency_table, measured_ns
+from .costs.table import LatencyCosts
 from .families import model_family
-from .spectra import latency_table, measured_ns
-
-if TYPE_CHECKING:
-    from .deploy.costs import LatencyCosts
 
 __all__ = [
     "IMPORTANCES", "LATENCY_ROUND_TO", "PruneRecord", "after_pruning", "apply_spec", "attention_heads", "budget_standing", "check_prunable",

@@ -6,7 +6,7 @@ import copy
 import warnings
 from collections.abc import Iterable
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
@@ -17,23 +17,18 @@ from .autoprune import choose
 from .batches import forward_batch, head_rows, move_batch, rows_of
 from .calibration import peek_example
 from .config import InherConfig
+from .costs.profile import latency_table
+from .costs.table import LatencyCosts
 from .decomposition import Factors
+from .deploy.compact import deployed
 from .discovery import Candidate, Unsupported, find_layers
 from .kinds import LayerKind
 from .layers import configure_gates
 from .plan import Plan, make_plan, measure, open_costs, warn_if_bottlenecked, with_drop, with_prune
 from .pruning import after_pruning, inner_config, prune_for, unpruned
 from .sequential import sequential_calibrate
-from .spectra import (
-    allocation_needs_spectra,
-    decompose,
-    layer_spectra,
-    reiterable,
-)
+from .spectra import allocation_needs_spectra, decompose, layer_spectra, reiterable
 from .stack import replace_module
-
-if TYPE_CHECKING:
-    from .deploy.costs import LatencyCosts
 
 __all__ = ["inherit", "replace_module"]
 
@@ -66,7 +61,7 @@ def inherit(
             a plan with pruning prunes the teacher again by its share (the same channels: L2 ranking).
         progress: show a progress bar while calibrating.
         costs: the cost table a latency budget is priced by (see :func:`inhernet.plan`); default a
-            :class:`inhernet.deploy.CostTable` for the model's device and thread count. Unused otherwise.
+            :class:`inhernet.CostTable` for the model's device and thread count. Unused otherwise.
             Under a latency budget the compact student is then timed against the teacher (interleaved) and
             planned again at a scaled budget if it measures outside :data:`LATENCY_CHECK_WINDOW` of it;
             ``student.inhernet_plan.latency_checks`` lists the checks.
@@ -148,9 +143,6 @@ def _within_measured_latency(
     one kept is the slowest that is not over the window (the fastest if all are); its plan lists every
     check in ``latency_checks``, the kept one marked. With ``prune="auto"`` the chosen share is kept, only
     the ranks move, unless it pruned alone (every layer dense): then the share is chosen again."""
-    from .deploy.compact import deployed
-    from .spectra import latency_table
-
     example = calib[0] if calib else None
     table = latency_table(model, costs)
     first = student.inhernet_plan

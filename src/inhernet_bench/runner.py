@@ -25,7 +25,8 @@ from torch.utils.data import DataLoader, Subset
 
 from inhernet.batches import first_example
 from inhernet.config import InherConfig
-from inhernet.deploy import count_macs, merge_experts
+from inhernet.costs import count_macs
+from inhernet.deploy import merge_experts
 from inhernet.distillation import DistillConfig, distill, precompute_teacher_logits, precompute_teacher_topk
 from inhernet.dual import DUAL_METRICS
 from inhernet.evaluate import evaluate

@@ -369,7 +369,7 @@ class FakeTimer:
 def test_bench_matched_in_latency(tiny_preset, monkeypatch):
     """--match latency: InherNet meets a latency budget (compact form) and every baseline measures at least
     its latency; the JSON reports latency_ms for the teacher and every method. Nothing is really timed."""
-    from inhernet.deploy import costs as cost_module
+    from inhernet.costs import table as cost_module
     from inhernet_bench import bench_table
 
     def no_clock(*args, **kwargs):

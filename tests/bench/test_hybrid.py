@@ -19,9 +19,9 @@ import inhernet
 from inhernet import InherBlock, InherConfig, compact, inherit, load, save, surgery
 from inhernet.autoprune import RESOLUTION, SPREAD, Standing, candidate_shares, choose, probe_loss, split_probe
 from inhernet.batches import rows_of, split_rows
-from inhernet.budget import RANK_MULTIPLE
 from inhernet.config import DEFAULT_PROBE_STEPS
-from inhernet.deploy import count_macs
+from inhernet.costs import count_macs
+from inhernet.costs.prices import RANK_MULTIPLE
 from inhernet.layers import InherConv
 from inhernet.pruning import apply_spec, prune, prune_for, pruned_spec, teacher_outputs, zero_shot_loss
 from inhernet_bench.baselines import METHODS, MethodContext, build_student

@@ -16,9 +16,9 @@ import pytest
 import tiny_models as tm
 from inhernet import InherConfig, plan
 from inhernet.allocation import layer_cost
-from inhernet.budget import floor_rank
+from inhernet.costs.prices import floor_rank
+from inhernet.costs.profile import profile_macs
 from inhernet.discovery import find_layers
-from inhernet.spectra import profile_macs
 
 SMALL = {"mlp": tm.mlp, "cnn": tm.cnn, "conv1d": tm.conv1d_net, "embedding": tm.embed_net}
 LARGER = {"bert": tm.bert_tiny, "gpt2": tm.gpt2_tiny}

@@ -10,9 +10,10 @@ import torch
 from torch import nn
 
 from inhernet import InherBlock, InherConfig, InherLinear, compact, inherit, load, save
-from inhernet.deploy import CostTable, LayerShape, export_onnx, merge_experts, verify_onnx
+from inhernet.costs import CostTable, LayerShape
+from inhernet.costs.table import rank_points
+from inhernet.deploy import export_onnx, merge_experts, verify_onnx
 from inhernet.deploy.compact import truncate
-from inhernet.deploy.costs import rank_points
 from tiny_models import bert_tiny, cnn, gpt2_tiny, mlp, rel_err, run, three_linear
 
 

@@ -15,7 +15,7 @@ ROOT = Path(inhernet.__file__).parent
 CORE = [
     "config", "kinds", "layers", "views", "batches", "decomposition", "stack", "discovery", "readers", "calibration",
     "pruning", "autoprune", "blockdrop",
-    "sequential", "spectra", "budget", "allocation", "plan", "surgery", "serialization",
+    "sequential", "spectra", "greedy", "allocation", "plan", "surgery", "serialization",
 ]
 
 

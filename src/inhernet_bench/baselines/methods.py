@@ -23,10 +23,11 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from torch import nn
 
-from inhernet.budget import NANOSECONDS
 from inhernet.calibration import split_example
 from inhernet.config import InherConfig
-from inhernet.deploy import count_macs, deployed
+from inhernet.costs import count_macs
+from inhernet.costs.prices import NANOSECONDS
+from inhernet.deploy import deployed
 from inhernet.plan import Plan
 from inhernet.pruning import LATENCY_ROUND_TO
 from inhernet.stack import layer_stack
@@ -35,7 +36,7 @@ from inhernet_bench.baselines.layerdrop import block_influence, drop_layers, mos
 from inhernet_bench.baselines.prune import default_importance, prune_to_size
 
 if TYPE_CHECKING:
-    from inhernet.deploy.costs import LatencyCosts
+    from inhernet.costs.table import LatencyCosts
 
 __all__ = ["DEFAULT_METHODS", "IMPORTANCE_BATCHES", "LAYERDROP_SHARE", "MATCHES", "METHODS", "MethodContext", "build_student", "register_method"]
 
@@ -88,7 +89,7 @@ class MethodContext:
         if self.extras.get("prune_importance") is None:
             self.extras["prune_importance"] = default_importance(self.teacher)
         if self.match == "latency":
-            from inhernet.deploy.costs import CostTable, LatencyCosts
+            from inhernet.costs.table import CostTable, LatencyCosts
 
             if self.costs is None:
                 device = next((p.device for p in self.teacher.parameters()), torch.device("cpu"))
