@@ -39,12 +39,15 @@ class _Currency:
     budget: str  # what the budget is called
     option: str  # the InherConfig field
     teacher: str  # qualifies the teacher's total
+    field: str = "target_params"  # the Allocation (and Plan) field that records the target
 
 
 PARAMS = _Currency("parameters", "budget", "budget", "")
 PARAMS_REST = _Currency("parameters", "budget", "budget", " matched by no budgets pattern")
-MACS = _Currency("MACs", "MAC budget", "macs", " on the example input")
-LATENCY = _Currency("ns", "latency budget", "latency", " measured for the teacher on the example input")
+MACS = _Currency("MACs", "MAC budget", "macs", " on the example input", "target_macs")
+LATENCY = _Currency(
+    "ns", "latency budget", "latency", " measured for the teacher on the example input", "target_latency_ns"
+)
 CURRENCIES = {"params": PARAMS, "macs": MACS, "latency": LATENCY}
 
 
@@ -86,27 +89,19 @@ def allocate_ranks(
 ) -> Allocation:
     """Ranks for ``layers`` (priced in MACs or nanoseconds when ``profile`` is given) by the rule or
     budget of ``config``."""
-    if config.rank is not None:
-        return Allocation(ranks_for_rank(layers, config.rank, config.min_rank, config.min_rank_ratio))
-    if config.energy is not None:
-        return Allocation(ranks_for_energy(layers, config.energy, config.min_rank, config.min_rank_ratio))
-    if isinstance(profile, LatencyProfile):
-        assert config.latency is not None
-        # a fraction of the teacher's time (the original teacher's, for a pruned model: profile.base)
-        target = _target(config.latency, profile.reference, LATENCY)
-        ranks = _fill(layers, target, profile.reference, LATENCY, config, fixed=profile.fixed())
-        return Allocation(ranks, target_latency_ns=target)
-    if profile is not None:
-        assert config.macs is not None
-        target = _target(config.macs, profile.total, MACS)
-        return Allocation(_fill(layers, target, profile.total, MACS, config), target_macs=target)
+    target = config.target
+    if target.kind == "rank":
+        return Allocation(ranks_for_rank(layers, target.value, config.min_rank, config.min_rank_ratio))
+    if target.kind == "energy":
+        return Allocation(ranks_for_energy(layers, target.value, config.min_rank, config.min_rank_ratio))
     if config.budgets:
-        ranks, target = _fill_groups(model, layers, config)
-        return Allocation(ranks, target_params=target)
-    assert config.budget is not None
-    teacher_params = sum(p.numel() for p in model.parameters())
-    target = _target(config.budget, teacher_params, PARAMS)
-    return Allocation(_fill(layers, target, teacher_params, PARAMS, config), target_params=target)
+        ranks, total = _fill_groups(model, layers, config)
+        return Allocation(ranks, target_params=total)
+    terms = _budget_terms(config, profile, sum(p.numel() for p in model.parameters()))
+    assert terms is not None, "a MAC or latency budget is priced by its profile"
+    amount, whole, currency, fixed = terms
+    ranks = _fill(layers, amount, whole, currency, config, fixed=fixed)
+    return Allocation(ranks, **{currency.field: amount})
 
 
 def dense_reason(layer: LayerCost, config: InherConfig, profile: Profile | None) -> str:
@@ -186,19 +181,17 @@ def _budget_terms(
     config: InherConfig, profile: Profile | None, params: int | None
 ) -> tuple[int, int, _Currency, int | None] | None:
     """``(target, teacher total, currency, fixed rest)`` of ``config``'s budget: MACs or ns priced by
-    ``profile``, or parameters of a model of ``params`` parameters (when given); ``None`` for a rank or
-    energy rule, per-group ``budgets`` or a parameter budget without ``params``."""
-    if config.rank is not None or config.energy is not None:
+    ``profile`` (a latency fraction is of the original teacher's time, :attr:`LatencyProfile.reference`),
+    or parameters of a model of ``params`` parameters (when given); ``None`` for a rank or energy rule,
+    per-group ``budgets``, or a budget without what it is priced by."""
+    target = config.target
+    if target.kind == "latency" and isinstance(profile, LatencyProfile):
+        return _target(target.value, profile.reference, LATENCY), profile.reference, LATENCY, profile.fixed()
+    if target.kind == "macs" and isinstance(profile, MacProfile):
+        return _target(target.value, profile.total, MACS), profile.total, MACS, None
+    if target.kind != "params" or config.budgets or params is None:
         return None
-    if isinstance(profile, LatencyProfile):
-        assert config.latency is not None
-        return _target(config.latency, profile.reference, LATENCY), profile.reference, LATENCY, profile.fixed()
-    if isinstance(profile, MacProfile):
-        assert config.macs is not None
-        return _target(config.macs, profile.total, MACS), profile.total, MACS, None
-    if config.budget is None or config.budgets or params is None:
-        return None
-    return _target(config.budget, params, PARAMS), params, PARAMS, None
+    return _target(target.value, params, PARAMS), params, PARAMS, None
 
 
 def check_reachable(config: InherConfig, layers: list[LayerCost], profile: Profile | None) -> None:

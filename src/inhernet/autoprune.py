@@ -333,7 +333,7 @@ def choose(
     assert steps is not None
     split_probe(calib, steps)  # too few batches for the probe: said before anything is built
     # Under a latency budget the teacher is timed once: every candidate is held to the same target.
-    teacher_ns = measured_ns(latency_table(model, costs), model, example) if config.latency is not None else None
+    teacher_ns = measured_ns(latency_table(model, costs), model, example) if config.target.kind == "latency" else None
     cache: dict[tuple[float, bool], Standing] = {}
 
     def stand(share: float, smallest: bool) -> Standing:

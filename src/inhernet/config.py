@@ -13,7 +13,7 @@ from torch import nn
 from .families import FAMILIES, FAMILY_DEFAULTS, model_family
 from .stack import layer_stack
 
-__all__ = ["DEFAULT_BUDGET", "DEFAULT_PROBE_STEPS", "InherConfig", "plain_number"]
+__all__ = ["DEFAULT_BUDGET", "DEFAULT_PROBE_STEPS", "InherConfig", "Target", "plain_number"]
 
 DEFAULT_BUDGET = 0.25
 #: KD steps each ``prune="auto"`` candidate gets before it is scored (``InherConfig(prune_probe_steps=None)``)
@@ -27,6 +27,28 @@ GATE_POOLS = ("mean", "position")  # = inhernet.layers.GATE_POOLS
 RANK_CHOICES = ("budget", "rank", "energy", "macs", "latency")
 # Seeds as torch, numpy and Lightning all accept them.
 MAX_SEED = 2**32 - 1
+#: the kind of each ranks choice: what the student is cut to
+TARGET_KINDS = {"budget": "params", "rank": "rank", "energy": "energy", "macs": "macs", "latency": "latency"}
+
+
+@dataclass(frozen=True)
+class Target:
+    """What the student is cut to, as one tagged value: ``kind`` is ``"params"``, ``"macs"`` or
+    ``"latency"`` (a budget: a fraction of the teacher, or an absolute count) or ``"rank"`` / ``"energy"``
+    (a rule per layer); ``value`` is the number (or ``"full"``) the config was given."""
+
+    kind: Literal["params", "macs", "latency", "rank", "energy"]
+    value: float | int | str
+
+    @property
+    def budgeted(self) -> bool:
+        """A budget over the whole model (parameters, MACs or measured time), not a rule per layer."""
+        return self.kind in ("params", "macs", "latency")
+
+    def of(self, whole: int) -> int:
+        """The budget as an absolute count of ``whole`` (the teacher's parameters, MACs or ns)."""
+        assert self.budgeted and not isinstance(self.value, str)
+        return int(self.value * whole) if isinstance(self.value, float) else int(self.value)
 
 
 @dataclass
@@ -287,7 +309,7 @@ class InherConfig:
                 "prune= works with budget=, macs= or latency= (or a rank/energy rule), not with budgets=: drop "
                 "prune= or use budget="
             )
-        if p == "auto" and self.budget is None and self.macs is None and self.latency is None:
+        if p == "auto" and not self.target.budgeted:
             raise ValueError(
                 "prune='auto' compares students at one budget: give budget=, macs= or latency= (or a fixed "
                 f"prune=0.3 with {chosen[0]}=)"
@@ -359,6 +381,12 @@ class InherConfig:
     def resolved(self, model: Any) -> InherConfig:
         """This config with its ``None`` (auto) fields filled in for ``model``'s family."""
         return resolve_config(self, model)
+
+    @property
+    def target(self) -> Target:
+        """The one ranks choice set (``budget``, ``rank``, ``energy``, ``macs`` or ``latency``), tagged."""
+        key = next(k for k in RANK_CHOICES if getattr(self, k) is not None)
+        return Target(TARGET_KINDS[key], getattr(self, key))  # type: ignore[arg-type]
 
     @property
     def full_rank(self) -> bool:

@@ -207,11 +207,12 @@ def make_plan(
     """
     teacher_params = sum(p.numel() for p in model.parameters())
     h = config.experts
-    if config.macs is not None and not isinstance(profile, MacProfile):
+    kind = config.target.kind
+    if kind == "macs" and not isinstance(profile, MacProfile):
         raise ValueError("a MAC budget (macs=) needs the MAC profile of an example input: pass calib=")
-    if config.latency is not None and not isinstance(profile, LatencyProfile):
+    if kind == "latency" and not isinstance(profile, LatencyProfile):
         raise ValueError("latency= needs calib: its first batch is the example input")
-    if config.macs is None and config.latency is None:
+    if kind not in ("macs", "latency"):
         profile = None
     open_layers = open_costs(candidates, config, profile, spectra)
     if not open_layers:
@@ -291,9 +292,9 @@ def measure(
     to iterate in full afterwards. ``latency_base``: the time a ``latency=`` fraction is taken of, when
     ``model`` is a pruned copy of the teacher (the teacher's measured time; see
     :attr:`inhernet.spectra.LatencyProfile.base`)."""
-    if config.macs is not None:
+    if config.target.kind == "macs":
         return profile_macs(model, candidates, calib)
-    if config.latency is not None:
+    if config.target.kind == "latency":
         return profile_latency(model, candidates, calib, costs, latency_base)
     return None, calib
 
@@ -308,7 +309,7 @@ BOTTLENECK_WIDTH = 32
 def warn_if_bottlenecked(result: Plan) -> None:
     """Warn when a budget drove layers to a rank KD trains through poorly, and suggest pruning first."""
     c = result.config
-    if result.prune is not None or (c.budget is None and c.macs is None and c.latency is None):
+    if result.prune is not None or not c.target.budgeted:
         return
     narrow = [r for r in result.layers if r.factorised and r.rank <= BOTTLENECK_RANK
               and (r.max_rank or 0) >= BOTTLENECK_WIDTH]

@@ -399,19 +399,24 @@ def prune_for(
     require_example(example)
     check_prunable(model)
     _logits(model, example)  # a model without logits is refused before Torch-Pruning traces it
-    round_to = LATENCY_ROUND_TO if config.latency is not None else None
-    pruned = prune(model, example, ratio, round_to=round_to) if ratio > 0 else model
+    kind = config.target.kind
+    pruned = prune(model, example, ratio, round_to=channel_multiple(config)) if ratio > 0 else model
     record = PruneRecord(ratio, "l2", _params(model), _params(pruned), pruned_spec(model, pruned) if ratio > 0 else {})
-    if config.macs is not None:
+    if kind == "macs":
         record.teacher_macs = example_positions(model, {}, example)[0]
         record.macs = example_positions(pruned, {}, example)[0] if ratio > 0 else record.teacher_macs
-    if config.latency is not None:
+    if kind == "latency":
         table = latency_table(model, costs)
         if teacher_latency_ns is None:
             teacher_latency_ns = measured_ns(table, model, example)
         record.teacher_latency_ns = teacher_latency_ns
         record.latency_ns = measured_ns(table, pruned, example) if ratio > 0 else teacher_latency_ns
     return pruned, record
+
+
+def channel_multiple(config: InherConfig) -> int | None:
+    """The channel multiple ``config`` prunes to: :data:`LATENCY_ROUND_TO` under a latency budget, else any."""
+    return LATENCY_ROUND_TO if config.target.kind == "latency" else None
 
 
 def require_example(example: Any) -> None:
@@ -434,23 +439,23 @@ def budget_standing(config: InherConfig, record: PruneRecord) -> tuple[int, int,
     Raises:
         ValueError: ``config`` has no budget (a rank or energy rule), or an absolute count over the teacher's.
     """
-    if config.latency is not None:
+    target = config.target
+    if target.kind == "latency":
         assert record.teacher_latency_ns is not None and record.latency_ns is not None
-        return record.latency_ns, int(config.latency * record.teacher_latency_ns), "ns"
-    if config.budget is None and config.macs is None:
+        return record.latency_ns, target.of(record.teacher_latency_ns), "ns"
+    if not target.budgeted:
         raise ValueError("budget_standing() needs budget=, macs= or latency=, not a rank or energy rule")
-    key, amount, whole, have = (
-        ("budget", config.budget, record.teacher_params, record.params) if config.budget is not None
-        else ("macs", config.macs, record.teacher_macs, record.macs)
+    key, unit, whole, have = (
+        ("budget", "parameters", record.teacher_params, record.params) if target.kind == "params"
+        else ("macs", "MACs", record.teacher_macs, record.macs)
     )
-    assert amount is not None and whole is not None and have is not None
-    target = int(amount * whole) if isinstance(amount, float) else amount
-    unit = "parameters" if key == "budget" else "MACs"
-    if target > whole:
+    assert whole is not None and have is not None
+    amount = target.of(whole)
+    if amount > whole:
         raise ValueError(
-            f"{key}={target:,} {unit} exceeds the teacher's {whole:,}; give a smaller count or a fraction in (0, 1]"
+            f"{key}={amount:,} {unit} exceeds the teacher's {whole:,}; give a smaller count or a fraction in (0, 1]"
         )
-    return have, target, unit
+    return have, amount, unit
 
 
 def inner_config(config: InherConfig, record: PruneRecord, alone: bool = False) -> InherConfig:
@@ -464,10 +469,10 @@ def inner_config(config: InherConfig, record: PruneRecord, alone: bool = False) 
     Raises:
         ValueError: the pruned model alone is already under the budget (prune less), unless ``alone``.
     """
-    if config.budget is None and config.macs is None and config.latency is None:
+    if not config.target.budgeted:
         return unpruned(config)  # a rank or energy rule: nothing to convert
     have, target, unit = budget_standing(config, record)
-    if config.latency is not None:
+    if config.target.kind == "latency":
         assert record.teacher_latency_ns is not None
         if have < target and not alone:
             raise ValueError(
@@ -478,7 +483,7 @@ def inner_config(config: InherConfig, record: PruneRecord, alone: bool = False) 
         # alone: every layer dense whatever the pruned model measures this time (a noisy timing may put it just
         # over): the whole teacher's time is a budget it always meets; inherit's measured check judges it
         return unpruned(config, latency=1.0) if alone else unpruned(config)
-    key = "budget" if config.budget is not None else "macs"
+    key = "budget" if config.target.kind == "params" else "macs"
     if have < target and not alone:
         raise ValueError(
             f"prune={record.ratio:g} leaves {have:,} {unit}, already under the {key} of {target:,}: nothing is "

@@ -79,5 +79,5 @@ def reiterable(calib: Iterable[Any] | None) -> list[Any]:
 
 def allocation_needs_spectra(config: InherConfig) -> bool:
     """Whether the allocation reads the layers' spectra (energy rules and energy-allocated budgets)."""
-    budgeted = config.budget is not None or config.macs is not None or config.latency is not None
-    return config.energy is not None or (budgeted and config.allocation in ENERGY_STRATEGIES)
+    target = config.target
+    return target.kind == "energy" or (target.budgeted and config.allocation in ENERGY_STRATEGIES)
