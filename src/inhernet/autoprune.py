@@ -34,19 +34,17 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 from torch import nn
 
-from .allocation import reach
+from .allocation import smallest_reach
 from .batches import forward_batch, logits_of, move_batch, split_rows
 from .config import DEFAULT_PROBE_STEPS, InherConfig
 from .costs.profile import latency_table, measured_ns
 from .costs.table import LatencyCosts
-from .discovery import find_layers
-from .plan import measure, open_costs
 from .pruning import (
     budget_standing,
     inner_config,
@@ -57,8 +55,22 @@ from .pruning import (
 )
 
 __all__ = [
-    "CEILING", "PROBE_BATCH", "PROBE_LR", "PROBE_TEMPERATURE", "RESOLUTION", "SCAN", "SPREAD", "Candidates", "Standing",
-    "candidate_shares", "choose", "probe_loss", "score", "split_probe", "standing",
+    "CEILING",
+    "PROBE_BATCH",
+    "PROBE_LR",
+    "PROBE_TEMPERATURE",
+    "RESOLUTION",
+    "SCAN",
+    "SPREAD",
+    "Candidates",
+    "Contest",
+    "Standing",
+    "candidate_shares",
+    "open_contest",
+    "probe_loss",
+    "score",
+    "split_probe",
+    "standing",
 ]
 
 #: where the candidates lie between ``p_min`` (0) and ``p_max`` (1): spread over the bracket, two of
@@ -139,9 +151,7 @@ def standing(
     if not smallest or have < target:
         return Standing(share, have, target, unit)
     inner = inner_config(config, record)
-    candidates, _ = find_layers(pruned, inner, example)
-    profile, _ = measure(pruned, inner, candidates, [example], costs, record.teacher_latency_ns)
-    target, least, unit = reach(inner, open_costs(candidates, inner, profile), profile, record.params)
+    target, least, unit = smallest_reach(pruned, inner, example, costs, record.teacher_latency_ns, record.params)
     return Standing(share, have, target, unit, least)
 
 
@@ -315,78 +325,100 @@ def score(
     return probe_loss(student, train, targets[:len(train)], held, targets[len(train):], steps, config.seed)
 
 
-def choose(
+@dataclass
+class Contest:
+    """The candidate students of ``prune="auto"``, scored as the pipeline builds them (:func:`open_contest`):
+    the lowest score wins, among the candidates within 2% of the budget if any is. No student is built here."""
+
+    config: InherConfig  #: the user's, ``prune_probe_steps`` resolved
+    calib: list[Any]
+    found: Candidates
+    teacher_ns: int | None  #: the teacher's measured time under a latency budget (every candidate's target)
+    targets: list[torch.Tensor]  #: the teacher's logits on ``calib``
+    scores: dict[str, float | None] = field(default_factory=dict)
+    best: tuple[tuple[bool, float], nn.Module, list[warnings.WarningMessage]] | None = None
+    failures: list[ValueError] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.skipped = dict(self.found.skipped)
+        self.bracket = list(self.found.bracket)
+        self.scores = dict.fromkeys(self.skipped)
+
+    @property
+    def alone(self) -> bool:
+        """The candidates prune alone (every layer dense): no share leaves ranks that reach the budget."""
+        return self.found.alone is not None
+
+    def missed(self, share: float, err: ValueError) -> None:
+        """``share``, measured again when built, missed the budget after all."""
+        self.scores[_key(share)], self.skipped[_key(share)] = None, str(err)
+        self.failures.append(err)
+
+    def scored(self, share: float, student: nn.Module, caught: list[warnings.WarningMessage]) -> None:
+        """Score the candidate ``student`` of ``share`` (built with the warnings ``caught``) and keep the best."""
+        value = score(student, self.config, self.calib, self.targets)
+        self.scores[_key(share)] = value
+        key = (not student.inhernet_plan.in_window, value)
+        if self.best is None or key < self.best[0]:
+            self.best = (key, student, caught)
+
+    def fallback(self) -> float | None:
+        """The share to build once more when every candidate missed the budget when built but pruning alone
+        still reaches it (with a warning); ``None`` otherwise."""
+        under = self.found.under
+        if self.best is not None or self.alone or under is None:
+            return None
+        _warn_alone(f"no candidate share ({', '.join(map(_key, self.found.shares))}) met the budget when built", under)
+        self.bracket = [under, under]
+        return under
+
+    def winner(self) -> nn.Module:
+        """The winning student, its plan's ``prune`` record holding the bracket, every score and why a share was
+        skipped; only its warnings are raised again.
+
+        Raises:
+            ValueError: no candidate met the budget when built.
+        """
+        if self.best is None:
+            raise ValueError(
+                f"prune='auto': no candidate share ({', '.join(map(_key, self.found.shares))}, between "
+                f"{self.bracket[0]:g} and {self.bracket[1]:g}) met the budget when built: "
+                + "; ".join(f"{share}: {why}" for share, why in self.skipped.items())
+            ) from self.failures[0]
+        _, student, caught = self.best
+        for w in caught:  # only the chosen candidate's warnings (e.g. a plan more than 2% under its budget)
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        record = student.inhernet_plan.prune
+        record.scores, record.skipped = _by_share(self.scores), _by_share(self.skipped)
+        record.bracket, record.probe_steps = self.bracket, self.config.prune_probe_steps
+        return student
+
+
+def open_contest(
     model: nn.Module, config: InherConfig, calib: list[Any] | None, costs: LatencyCosts | None,
-    build: Callable[[InherConfig, float, int | None, bool], nn.Module],
-) -> nn.Module:
-    """The student of ``prune="auto"``: every share of :func:`candidate_shares` built by ``build(config,
-    share, teacher_ns, alone)`` and scored by :func:`score`; the lowest score wins, among the candidates
-    within 2% of the budget if any is. Its plan's ``prune`` record holds the bracket, every score and why a
-    share was skipped; its config the probe steps used (``prune_probe_steps=None`` resolved). When only
-    pruning alone reaches the budget, that is the one candidate, with a warning."""
+) -> Contest:
+    """The contest of ``prune="auto"``: the shares of :func:`candidate_shares`, the teacher's logits they are
+    scored against and (under a latency budget) the teacher's time, measured once. When only pruning alone
+    reaches the budget, that is the one candidate, with a warning."""
     example = calib[0] if calib else None
     require_example(example)
     assert calib is not None
     if config.prune_probe_steps is None:
         config = replace(config, prune_probe_steps=DEFAULT_PROBE_STEPS)
-    steps = config.prune_probe_steps
-    assert steps is not None
-    split_probe(calib, steps)  # too few batches for the probe: said before anything is built
-    # Under a latency budget the teacher is timed once: every candidate is held to the same target.
-    teacher_ns = measured_ns(latency_table(model, costs), model, example) if config.target.kind == "latency" else None
+    split_probe(calib, config.prune_probe_steps or 0)  # too few batches for the probe: said before anything is built
+    latency = config.target.kind == "latency"
+    teacher_ns = measured_ns(latency_table(model, costs), model, example) if latency else None
     cache: dict[tuple[float, bool], Standing] = {}
 
     def stand(share: float, smallest: bool) -> Standing:
-        key = (share, smallest)
-        if key not in cache:
-            cache[key] = standing(config, model, example, share, costs, teacher_ns, smallest)
-        return cache[key]
+        if (share, smallest) not in cache:
+            cache[share, smallest] = standing(config, model, example, share, costs, teacher_ns, smallest)
+        return cache[share, smallest]
 
     found = candidate_shares(stand)
-    shares, bracket, skipped = found.shares, found.bracket, found.skipped
     if found.alone is not None:
-        _warn_alone(found.alone, shares[0])
-    targets = teacher_outputs(model, calib)
-    scores: dict[str, float | None] = dict.fromkeys(skipped)
-    best: tuple[tuple[bool, float], nn.Module, list[warnings.WarningMessage]] | None = None
-    failures: list[ValueError] = []
-
-    def attempt(share: float, alone: bool) -> None:
-        nonlocal best
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            try:
-                student = build(config, share, teacher_ns, alone)
-            except ValueError as err:  # measured again, this share missed the budget after all
-                scores[_key(share)], skipped[_key(share)] = None, str(err)
-                failures.append(err)
-                return
-        value = score(student, config, calib, targets)
-        scores[_key(share)] = value
-        key = (not student.inhernet_plan.in_window, value)
-        if best is None or key < best[0]:
-            best = (key, student, caught)
-
-    for share in shares:
-        attempt(share, found.alone is not None)
-    if best is None and found.alone is None and found.under is not None:
-        # every candidate, measured again when built, missed the budget: pruning alone still reaches it
-        _warn_alone(f"no candidate share ({', '.join(map(_key, shares))}) met the budget when built", found.under)
-        bracket = [found.under, found.under]
-        attempt(found.under, True)
-    if best is None:
-        raise ValueError(
-            f"prune='auto': no candidate share ({', '.join(map(_key, shares))}, between {bracket[0]:g} and "
-            f"{bracket[1]:g}) met the budget when built: "
-            + "; ".join(f"{share}: {why}" for share, why in skipped.items())
-        ) from failures[0]
-    _, student, caught = best
-    for w in caught:  # only the chosen candidate's warnings (e.g. a plan more than 2% under its budget)
-        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    record = student.inhernet_plan.prune
-    record.scores, record.skipped = _by_share(scores), _by_share(skipped)
-    record.bracket, record.probe_steps = bracket, steps
-    return student
+        _warn_alone(found.alone, found.shares[0])
+    return Contest(config, calib, found, teacher_ns, teacher_outputs(model, calib))
 
 
 def _warn_alone(why: str, share: float) -> None:

@@ -19,7 +19,9 @@ DEFAULT_BUDGET = 0.25
 #: KD steps each ``prune="auto"`` candidate gets before it is scored (``InherConfig(prune_probe_steps=None)``)
 DEFAULT_PROBE_STEPS = 50
 INITS = ("whiten", "svd", "random")
-ALLOCATIONS = ("energy", "loss", "loss-by-type", "uniform")  # = inhernet.greedy's strategies
+#: the allocations that rank moves by (weighted) energy (see :func:`inhernet.allocation.energy_weights`)
+ENERGY_STRATEGIES = ("energy", "loss", "loss-by-type")
+ALLOCATIONS = (*ENERGY_STRATEGIES, "uniform")
 CALIBRATIONS = ("one-pass", "sequential", "sequential-corrected")
 ROUTINGS = ("soft", "top1")  # = inhernet.layers.ROUTINGS (config stays import-free)
 GATE_POOLS = ("mean", "position")  # = inhernet.layers.GATE_POOLS
@@ -87,6 +89,9 @@ class InherConfig:
             one at any allowed rank stays dense. Measurements vary between runs and machines: the
             plan reports what it measured (``teacher_latency_ns``, ``target_latency_ns``,
             ``total_latency_ns``).
+        latency_rows: under ``latency=``, the budget must also hold at a batch of this many rows (the
+            example's first rows; default 1: one request, where per-operation overhead weighs more);
+            ``None``: at the example batch only.
         experts: number of gated experts ``h`` on the up-projection side (1 = plain low-rank, no gate).
             ``None`` (the default): the best recipe we know for the model's family, resolved at plan
             time (see :mod:`inhernet.families`; 1 for every family so far). ``InherConfig.paper()``
@@ -188,6 +193,7 @@ class InherConfig:
     energy: float | None = None
     macs: float | int | None = None
     latency: float | None = None
+    latency_rows: int | None = 1
     experts: int | None = None
     init: Literal["whiten", "svd", "random"] = "whiten"
     allocation: Literal["energy", "loss", "loss-by-type", "uniform"] = "energy"
@@ -234,6 +240,10 @@ class InherConfig:
             _check_amount("macs", self.macs, unit="MAC", of="multiply-accumulates")
         if self.latency is not None:
             self._check_latency()
+        if self.latency_rows is not None and (
+            isinstance(self.latency_rows, bool) or not isinstance(self.latency_rows, int) or self.latency_rows < 1
+        ):
+            raise ValueError(f"latency_rows must be an int >= 1 or None (the example batch only), got {self.latency_rows!r}")
         self._check_rank()
         if self.energy is not None and not (_is_real(self.energy) and 0 < self.energy <= 1):
             raise ValueError(f"energy must be a fraction in (0, 1], got {self.energy!r}")
@@ -398,6 +408,8 @@ class InherConfig:
         d = asdict(self)
         d["include"], d["exclude"] = list(self.include), list(self.exclude)
         d["budgets"] = dict(self.budgets)
+        if d["latency_rows"] == 1:
+            del d["latency_rows"]  # the default, absent as in the configs recorded before the field existed
         for key in ("prune", "prune_probe_steps", "drop_blocks"):
             if d[key] is None:
                 # absent rather than null, so that the configs (and benchmark parts) recorded before the

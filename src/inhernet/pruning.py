@@ -493,12 +493,13 @@ def inner_config(config: InherConfig, record: PruneRecord, alone: bool = False) 
 
 
 @contextmanager
-def after_pruning(record: PruneRecord) -> Iterator[None]:
-    """Errors of the inheritance of a pruned model (e.g. an unreachable budget) name the pruning they follow."""
+def after_pruning(record: PruneRecord | None) -> Iterator[None]:
+    """Errors of the inheritance of a pruned model (e.g. an unreachable budget) name the pruning they follow
+    (``None``: nothing was pruned)."""
     try:
         yield
     except ValueError as err:
-        if record.ratio == 0:
+        if record is None or record.ratio == 0:
             raise
         raise ValueError(
             f"after prune={record.ratio:g} ({record.teacher_params:,} -> {record.params:,} parameters): {err}"

@@ -15,12 +15,10 @@ import torch
 from torch import nn
 
 from .calibration import collect_covariances
-from .config import InherConfig
+from .config import ENERGY_STRATEGIES, InherConfig
 from .decomposition import Factors, factorize
 from .discovery import Candidate, factorisable
-from .greedy import ENERGY_STRATEGIES
-from .kinds import LayerKind
-from .sequential import sequential_calibrate
+from .sequential import sequential_factors
 
 __all__ = ["allocation_needs_spectra", "decompose", "layer_spectra", "reiterable"]
 
@@ -56,14 +54,10 @@ def layer_spectra(
     holding one block's statistics at a time, and only the energies are kept.
     """
     if config.init == "whiten" and config.calibration != "one-pass":
-        todo = factorisable(candidates)
-        energies: dict[str, torch.Tensor] = {}
-
-        def keep_energy(name: str, module: nn.Module, kind: LayerKind, factors: Factors) -> None:
-            energies[name] = factors.output_energy
-
-        sequential_calibrate(model, todo, reiterable(calib), keep_energy, damping=config.damping, progress=progress)
-        return energies
+        stages = sequential_factors(
+            model, factorisable(candidates), reiterable(calib), damping=config.damping, progress=progress
+        )
+        return {name: factors.output_energy for name, factors in stages}
     return {name: f.output_energy for name, f in decompose(model, candidates, config, calib, progress=progress).items()}
 
 

@@ -16,8 +16,16 @@ from test_latency_budget import NS, FakeCosts, _block_mn, fake_ns
 from torch import nn
 
 import inhernet
-from inhernet import InherBlock, InherConfig, compact, inherit, load, save, surgery
-from inhernet.autoprune import RESOLUTION, SPREAD, Standing, candidate_shares, choose, probe_loss, split_probe
+from inhernet import InherBlock, InherConfig, compact, inherit, load, pipeline, save, surgery
+from inhernet.autoprune import (
+    RESOLUTION,
+    SPREAD,
+    Standing,
+    candidate_shares,
+    open_contest,
+    probe_loss,
+    split_probe,
+)
 from inhernet.batches import rows_of, split_rows
 from inhernet.config import DEFAULT_PROBE_STEPS
 from inhernet.costs import count_macs
@@ -716,14 +724,14 @@ def test_auto_falls_back_to_pruning_alone_when_every_candidate_misses_when_built
     costs = SlowConvCosts()
     config = InherConfig(latency=0.35, prune="auto").resolved(teacher)
 
-    def build(chosen, share, teacher_ns, alone):
-        if not alone:
-            raise ValueError(f"share {share:g}, measured again: unreachable")
-        return surgery._inherit_share(teacher, chosen, calib, calib[0], share, False, costs, teacher_ns=teacher_ns,
-                                      alone=True)
-
+    contest = open_contest(teacher, config, calib, costs)
+    for share in contest.found.shares:  # every candidate, measured again when built, misses
+        contest.missed(share, ValueError(f"share {share:g}, measured again: unreachable"))
     with pytest.warns(UserWarning, match=r"no candidate share \(.*\) met the budget when built\).*alone"):
-        student = choose(teacher, config, calib, costs, build)
+        fallback = contest.fallback()
+    assert fallback is not None
+    pipeline._enter(contest, teacher, fallback, True, False, costs)
+    student = contest.winner()
     p = student.inhernet_plan
     record = p.prune
     assert not p.factorised and record.bracket == [record.ratio, record.ratio]
@@ -737,7 +745,8 @@ def test_pruning_alone_stays_dense_when_it_measures_over_the_budget():
     it stays dense all the same (no rank cuts are tried), its plan names the budget asked, the check judges it."""
     teacher, calib = _conv_bound_teacher()
     config = InherConfig(latency=0.3, prune="auto").resolved(teacher)
-    student = surgery._inherit_share(teacher, config, calib, calib[0], 0.3, False, SlowConvCosts(), alone=True)
+    planned = pipeline._planned(teacher, config, calib, SlowConvCosts(), share=0.3, alone=True, progress=False)
+    student = surgery.assemble(planned.model, planned.plan, calib, factors=planned.factors, progress=False)
     p = student.inhernet_plan
     assert not p.factorised and p.target_latency_ns == int(0.3 * p.prune.teacher_latency_ns)
     assert p.prune.latency_ns > p.target_latency_ns and p.config.latency == 0.3
@@ -789,7 +798,7 @@ def test_latency_prune_errors_name_the_problem():
 def test_auto_skips_an_unreachable_share_before_its_spectra(monkeypatch):
     """A share that cannot reach the latency budget (or is under it alone) costs a profile, not a calibration
     pass and an SVD per layer: only the shares that reach it are decomposed."""
-    import inhernet.surgery as surgery
+    import inhernet.allocation as surgery
 
     decomposed = []
     real = surgery.decompose

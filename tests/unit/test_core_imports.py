@@ -15,7 +15,7 @@ ROOT = Path(inhernet.__file__).parent
 CORE = [
     "config", "kinds", "layers", "views", "batches", "decomposition", "stack", "discovery", "readers", "calibration",
     "pruning", "autoprune", "blockdrop",
-    "sequential", "spectra", "greedy", "allocation", "plan", "surgery", "serialization",
+    "sequential", "spectra", "allocation", "plan", "surgery", "pipeline", "serialization",
 ]
 
 
@@ -44,6 +44,6 @@ def test_core_import_graph_is_acyclic_and_one_way() -> None:
     for m in CORE:
         visit(m, ())
     # The steps in order: each reads only from the steps before it.
-    steps = ["config", "discovery", "spectra", "allocation", "plan", "surgery"]
+    steps = ["config", "discovery", "spectra", "plan", "allocation", "surgery", "pipeline"]
     for i, m in enumerate(steps):
         assert not graph[m] & set(steps[i + 1:]), f"{m} imports a later step: {graph[m] & set(steps[i + 1:])}"

@@ -14,10 +14,10 @@ import torch
 
 import tiny_models as tm
 from inhernet import InherConfig, inherit, plan
+from inhernet.allocation import allocate, energy_weights, layer_type
 from inhernet.calibration import InputCovariance
 from inhernet.costs.prices import LayerCost, floor_rank
 from inhernet.decomposition import factorize
-from inhernet.greedy import allocate, energy_weights, layer_type
 
 
 def _layers(quiet_scale: float) -> list[LayerCost]:

@@ -9,8 +9,8 @@ import torch
 
 import tiny_models as tm
 from inhernet import InherConfig, inherit, plan
+from inhernet.allocation import allocate, minimum_cost
 from inhernet.costs.prices import LayerCost, floor_rank
-from inhernet.greedy import allocate, minimum_cost
 
 
 def _skewed_layers() -> list[LayerCost]:

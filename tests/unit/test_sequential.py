@@ -183,13 +183,14 @@ def test_one_shot_iterator_is_accepted() -> None:
 
 
 def test_a_read_only_pass_runs_each_block_once_per_batch() -> None:
-    """Measuring the teacher's spectra (a compress that returns None) reuses each block's outputs from its
-    statistics pass; a compress that replaces layers runs each block again. The spectra are the one-pass ones."""
+    """Measuring the teacher's spectra (a caller that replaces nothing) reuses each block's outputs from its
+    statistics pass; a caller that replaces layers runs each block again. The spectra are the one-pass ones."""
     import copy
 
     from inhernet.discovery import factorisable, find_layers
-    from inhernet.sequential import sequential_calibrate
+    from inhernet.sequential import sequential_factors
     from inhernet.spectra import decompose
+    from inhernet.stack import replace_module
 
     teacher, calib = _llama_6()
     cfg = InherConfig(budget=0.7, calibration="one-pass").resolved(teacher)
@@ -204,19 +205,16 @@ def test_a_read_only_pass_runs_each_block_once_per_batch() -> None:
 
     blocks = len(teacher.model.layers)
     handles = [block.register_forward_pre_hook(count) for block in teacher.model.layers]
-    energies: dict[str, torch.Tensor] = {}
-
-    def read(name: str, module: nn.Module, kind: object, factors) -> None:
-        energies[name] = factors.output_energy
-
     try:
-        sequential_calibrate(teacher, factorisable(candidates), calib, read, progress=False)
+        stages = sequential_factors(teacher, factorisable(candidates), calib, progress=False)
+        energies = {name: factors.output_energy for name, factors in stages}
         # + 1: the capture pass enters the first block once per batch (and stops there)
         assert calls["n"] == (blocks + 1) * len(calib)
         calls["n"] = 0
         student = copy.deepcopy(teacher)
         todo = {name: (student.get_submodule(name), kind) for name, (_, kind) in factorisable(candidates).items()}
-        sequential_calibrate(student, todo, calib, lambda n, m, k, f: copy.deepcopy(m), progress=False)
+        for name, _ in sequential_factors(student, todo, calib, progress=False):
+            replace_module(student, name, copy.deepcopy(student.get_submodule(name)))
         assert calls["n"] == (2 * blocks + 1) * len(calib)  # statistics, then the replaced block's outputs
     finally:
         for h in handles:

@@ -15,12 +15,13 @@ import torch
 from torch import nn
 
 from ..calibration import layer_input_shapes, split_example
+from ..config import InherConfig
 from ..discovery import Candidate, factorisable
 from .macs import example_positions
 from .prices import NANOSECONDS, Price, latency_price
 from .table import CostTable, LatencyCosts, LayerShape, rank_points
 
-__all__ = ["LatencyProfile", "MacProfile", "Profile", "latency_table", "measured_ns", "profile_latency", "profile_macs"]
+__all__ = ["LatencyProfile", "MacProfile", "Profile", "latency_table", "measured_ns", "profile_for", "profile_latency", "profile_macs"]
 
 
 @dataclass
@@ -120,3 +121,18 @@ def profile_latency(
 
 #: what prices the layers outside parameters: MACs or measured time on the example input
 Profile = MacProfile | LatencyProfile
+
+
+def profile_for(
+    model: nn.Module, config: InherConfig, candidates: list[Candidate], calib: Iterable[Any] | None,
+    costs: LatencyCosts | None = None, latency_base: int | None = None,
+) -> tuple[Profile | None, Iterable[Any] | None]:
+    """The profile a MAC or latency budget prices the layers by (``None`` for the others), and ``calib``
+    to iterate in full afterwards. ``latency_base``: the time a ``latency=`` fraction is taken of, when
+    ``model`` is a pruned copy of the teacher (the teacher's measured time; see
+    :attr:`inhernet.spectra.LatencyProfile.base`)."""
+    if config.target.kind == "macs":
+        return profile_macs(model, candidates, calib)
+    if config.target.kind == "latency":
+        return profile_latency(model, candidates, calib, costs, latency_base)
+    return None, calib

@@ -28,10 +28,10 @@ from inhernet.config import InherConfig
 from inhernet.costs import count_macs
 from inhernet.costs.prices import NANOSECONDS
 from inhernet.deploy import deployed
+from inhernet.pipeline import inherit
 from inhernet.plan import Plan
 from inhernet.pruning import LATENCY_ROUND_TO
 from inhernet.stack import layer_stack
-from inhernet.surgery import inherit
 from inhernet_bench.baselines.layerdrop import block_influence, drop_layers, most_important, spread_layers
 from inhernet_bench.baselines.prune import default_importance, prune_to_size
 
