@@ -17,7 +17,7 @@ from .batches import forward_all, forward_batch, move_batch
 from .kinds import EmbeddingKind, LayerKind
 
 __all__ = [
-    "InputCovariance", "TokenMask", "collect_covariances", "covariance_hooks", "drop_unseen",
+    "InputCovariance", "TokenMask", "as_list", "collect_covariances", "covariance_hooks", "drop_unseen",
     "layer_input_shapes", "peek_example", "split_example",
 ]
 
@@ -209,6 +209,11 @@ def split_example(calib: Iterable[Any] | None, why: str) -> tuple[Any, Iterable[
     except StopIteration:
         raise ValueError("calib is empty: pass an iterable of at least one batch of model inputs") from None
     return first, (itertools.chain([first], it) if isinstance(calib, Iterator) else calib)
+
+
+def as_list(calib: Iterable[Any] | None) -> list[Any] | None:
+    """``calib`` as a list to iterate more than once (a list itself, not a copy: callers may key caches on it)."""
+    return calib if calib is None or isinstance(calib, list) else list(calib)
 
 
 def peek_example(calib: Iterable[Any] | None) -> tuple[Any, Iterable[Any] | None]:

@@ -25,6 +25,7 @@ from .allocation import plan_layers
 from .autoprune import Contest, open_contest
 from .batches import head_rows, rows_of
 from .blockdrop import DropRecord
+from .calibration import as_list
 from .config import InherConfig
 from .costs.profile import latency_table
 from .costs.table import LatencyCosts
@@ -72,7 +73,7 @@ def inherit(
     if plan is not None:  # a plan given decides the structure; it was warned about when it was made
         return build(model, plan, calib, config=(config or plan.config).resolved(model), progress=progress)
     config = (config or InherConfig()).resolved(model)
-    calib = list(calib) if calib is not None else None  # read more than once by every strategy
+    calib = as_list(calib)  # read more than once by every strategy
     if config.target.kind == "latency":
         student = _within_measured_latency(model, config, calib, progress, costs)
     else:
@@ -98,7 +99,7 @@ def plan(
             "prune='auto' chooses the share of channels by building and scoring each candidate student: "
             "call inherit() (its plan is student.inhernet_plan), or give plan() a share, e.g. prune=0.3"
         )
-    calib = list(calib) if calib is not None else None
+    calib = as_list(calib)
     result = _planned(model, config, calib, costs, keep_factors=False).plan
     warn_if_bottlenecked(result)
     return result

@@ -17,7 +17,7 @@ from torch import nn
 
 from .batches import forward_batch, move_batch
 from .blockdrop import without_blocks
-from .calibration import peek_example
+from .calibration import as_list, peek_example
 from .config import InherConfig
 from .decomposition import Factors
 from .discovery import Candidate, find_layers
@@ -47,7 +47,7 @@ def build(
             and ``student.inhernet_plan``, stay the plan's).
         progress: show a progress bar while calibrating.
     """
-    calib = list(calib) if calib is not None else None
+    calib = as_list(calib)
     structured = restructure(model, plan, calib[0] if calib else None)
     return assemble(structured, plan, calib, config=config, progress=progress)
 
