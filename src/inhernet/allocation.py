@@ -218,7 +218,7 @@ def _reachable(
         raise ValueError(
             f"{currency.budget} of {target:,} {currency.unit} ({target / teacher_total:.1%} of "
             f"{teacher_total:,}{currency.teacher}) is unreachable: the smallest reachable is {smallest:,} "
-            f"({smallest / teacher_total:.1%}) with min_rank={config.min_rank}, min_rank_ratio={floor_ratio:g}, experts={config.experts} "
+            f"({smallest / teacher_total:.1%}) with min_rank_ratio={floor_ratio:g}, experts={config.experts} "
             f"and these include/exclude patterns; raise the {currency.budget}, lower experts or factorise "
             "more layers"
         )

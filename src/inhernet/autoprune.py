@@ -215,7 +215,7 @@ def candidate_shares(stand: Callable[[float, bool], Standing]) -> Candidates:
                 raise ValueError(
                     f"the budget of {zero.target:,} {zero.unit} is reached by no share of prune='auto': {why}, and "
                     f"pruning alone does not reach it either (no larger share was tried: at most {CEILING:g}, while "
-                    "pruning more removes more); raise the budget, lower min_rank / min_rank_ratio or factorise "
+                    "pruning more removes more); raise the budget, lower min_rank_ratio or factorise "
                     "more layers"
                 )
             # Rank cuts cannot get there, pruning can: the smallest share under the budget alone, every layer

@@ -24,12 +24,12 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from inhernet.batches import first_example
-from inhernet.config import InherConfig
 from inhernet.costs import count_macs
 from inhernet.deploy import merge_experts
 from inhernet.distillation import DistillConfig, distill, precompute_teacher_logits, precompute_teacher_topk
 from inhernet.dual import DUAL_METRICS
 from inhernet.evaluate import evaluate
+from inhernet.experimental import ExperimentalConfig as InherConfig  # the harness reaches the ablation knobs
 from inhernet.layers import InherBlock
 from inhernet_bench.baselines import MethodContext, build_student
 from inhernet_bench.baselines.methods import MATCHES, METHODS

@@ -30,6 +30,7 @@ from inhernet.batches import rows_of, split_rows
 from inhernet.config import DEFAULT_PROBE_STEPS
 from inhernet.costs import count_macs
 from inhernet.costs.prices import RANK_MULTIPLE
+from inhernet.experimental import ExperimentalConfig
 from inhernet.layers import InherConv
 from inhernet.pruning import apply_spec, prune, prune_for, pruned_spec, teacher_outputs, zero_shot_loss
 from inhernet_bench.baselines import METHODS, MethodContext, build_student
@@ -311,7 +312,7 @@ def test_plan_reuse_prunes_the_same_channels():
     teacher, calib = _teacher()
     student = inherit(teacher, InherConfig(budget=0.3, prune=0.3), calib=calib, progress=False)
     # the default budget (0.25) is not spent again: the plan's ranks are used as they are
-    random = inherit(teacher, InherConfig(init="random"), calib=calib, plan=student.inhernet_plan, progress=False)
+    random = inherit(teacher, ExperimentalConfig(init="random"), calib=calib, plan=student.inhernet_plan, progress=False)
     assert random.inhernet_plan.ranks() == student.inhernet_plan.ranks() and random.inhernet_plan.config.prune == 0.3
     assert random.inhernet_plan.total_params == student.inhernet_plan.total_params == n_params(random)
     assert {k: v.shape for k, v in random.state_dict().items()} == {k: v.shape for k, v in student.state_dict().items()}
@@ -403,7 +404,7 @@ def test_errors_name_the_problem():
     with pytest.raises(ValueError, match="already under the budget"):
         inherit(teacher, InherConfig(budget=0.3, prune=0.9), calib=calib, progress=False)
     with pytest.raises(ValueError, match=r"after prune=0.5 .*unreachable"):
-        inherit(teacher, InherConfig(budget=0.2, prune=0.5, min_rank=60), calib=calib, progress=False)
+        inherit(teacher, ExperimentalConfig(budget=0.2, prune=0.5, min_rank=60), calib=calib, progress=False)
     with pytest.raises(ValueError, match="call inherit"):
         inhernet.plan(teacher, InherConfig(budget=0.3, prune="auto"), calib)
     lm, ids = llama_tiny()
@@ -695,7 +696,7 @@ def test_auto_falls_back_to_pruning_alone_when_rank_cuts_cannot_reach_the_budget
     alone gets there: the smallest such share is the student, every layer dense, said by a warning."""
     teacher, calib = _conv_bound_teacher()
     costs = SlowConvCosts()
-    config = InherConfig(prune="auto", min_rank=30, **budget)
+    config = ExperimentalConfig(prune="auto", min_rank=30, **budget)
     with pytest.warns(UserWarning, match=r"rank cuts bring under the budget .*pruning 0\.\d+ of them alone"):
         student = inherit(teacher, config, calib=calib, costs=costs, progress=False)
     p = student.inhernet_plan
@@ -767,7 +768,7 @@ def test_pruning_alone_that_measures_over_the_budget_is_chosen_again(tmp_path):
     """The measured check of a student that pruned alone moves the share (the ranks have nothing to give):
     over the budget at one row, prune="auto" runs again at the scaled budget and prunes more."""
     teacher, calib = _conv_bound_teacher()
-    config = InherConfig(latency=0.3, prune="auto", min_rank=30)
+    config = ExperimentalConfig(latency=0.3, prune="auto", min_rank=30)
     with pytest.warns(UserWarning, match="alone"):
         plain = inherit(teacher, config, calib=calib, costs=SlowConvCosts(), progress=False)
         costs = OneRowSlowPrunedCosts()

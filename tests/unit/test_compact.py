@@ -9,11 +9,14 @@ import pytest
 import torch
 from torch import nn
 
-from inhernet import InherBlock, InherConfig, InherLinear, compact, inherit, load, save
+from inhernet import InherBlock, InherLinear, compact, inherit, load, save
 from inhernet.costs import CostTable, LayerShape
 from inhernet.costs.table import rank_points
 from inhernet.deploy import export_onnx, merge_experts, verify_onnx
 from inhernet.deploy.compact import truncate
+from inhernet.experimental import (
+    ExperimentalConfig as InherConfig,  # its ablation knobs: expert_noise / sequential-corrected
+)
 from tiny_models import bert_tiny, cnn, gpt2_tiny, mlp, rel_err, run, three_linear
 
 

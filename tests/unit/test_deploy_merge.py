@@ -10,8 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from inhernet import InherBlock, InherConfig, InherConv, InherLinear, inherit, load, save
+from inhernet import InherBlock, InherConv, InherLinear, inherit, load, save
 from inhernet.deploy import gate_means, merge_experts
+from inhernet.experimental import ExperimentalConfig as InherConfig  # its ablation knob expert_noise
 
 
 class Net(nn.Module):

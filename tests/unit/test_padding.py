@@ -10,9 +10,12 @@ import pytest
 import torch
 
 import tiny_models as tm
-from inhernet import InherBlock, InherConfig, InherEmbedding, inherit, plan
+from inhernet import InherBlock, InherEmbedding, inherit, plan
 from inhernet.calibration import collect_covariances
 from inhernet.discovery import factorisable, find_layers
+from inhernet.experimental import (
+    ExperimentalConfig as InherConfig,  # its ablation knobs: expert_noise / sequential-corrected
+)
 
 PAD = 0
 # 60 real tokens, more than the tiny BERT's width (32), so that every covariance is well conditioned.

@@ -67,7 +67,10 @@ def _load(model: str) -> tuple[torch.nn.Module, list[Any]]:
 
 def run_case(case: str, budget: float, allocation: str) -> dict[str, Any]:
     """Load, then time ``inherit`` and measure its peak RSS, in this process."""
-    from inhernet import InherConfig, inherit
+    from inhernet import inherit
+    from inhernet.experimental import (
+        ExperimentalConfig as InherConfig,  # the harness reaches the ablation knobs
+    )
 
     torch.set_num_threads(1)
     model, calibration = case.split(":")

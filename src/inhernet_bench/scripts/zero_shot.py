@@ -43,8 +43,9 @@ import torch
 from torch import nn
 
 import inhernet
-from inhernet import InherConfig, evaluate, inherit
+from inhernet import evaluate, inherit
 from inhernet._atomic import atomic_write
+from inhernet.experimental import ExperimentalConfig as InherConfig  # the harness reaches the ablation knobs
 from inhernet_bench.presets.minilm import embed_sentences, load_minilm, sample_sentences
 from inhernet_bench.presets.mnist import load_mnist, load_mnist_teacher
 
