@@ -390,8 +390,6 @@ def make_plan(
     ``profile`` is needed under a MAC budget (:func:`inhernet.spectra.profile_macs`: prices the layers
     in MACs) or a latency budget (:func:`inhernet.spectra.profile_latency`: in measured nanoseconds).
     """
-    teacher_params = sum(p.numel() for p in model.parameters())
-    h = config.experts
     kind = config.target.kind
     if kind == "macs" and not isinstance(profile, MacProfile):
         raise ValueError("a MAC budget (macs=) needs the MAC profile of an example input: pass calib=")
@@ -407,8 +405,17 @@ def make_plan(
             f"Hugging Face Conv1D layer left after include/exclude (supported layers found: {found})"
         )
     allocation = allocate_ranks(model, config, open_layers, profile)
-    ranks = allocation.ranks
+    rows = _rows(model, config, candidates, others, open_layers, allocation.ranks, profile)
+    result = Plan(config, sum(p.numel() for p in model.parameters()), allocation.target_params, rows)
+    _totals(result, allocation, open_layers, profile)
+    return result
 
+
+def _rows(
+    model: nn.Module, config: InherConfig, candidates: list[Candidate], others: list[Unsupported],
+    open_layers: list[LayerCost], ranks: dict[str, int | None], profile: Profile | None,
+) -> list[LayerPlan]:
+    """The plan's rows, in the model's module order: every module with parameters and what happens to it."""
     rows = [LayerPlan(o.name, o.type_name, "-", None, None, 1, o.params, o.params, o.reason) for o in others]
     costs = {layer.name: layer for layer in open_layers}
     for c in candidates:
@@ -417,30 +424,30 @@ def make_plan(
         if c.reason is not None:
             rows.append(LayerPlan(c.name, c.kind.name, shape, None, None, 1, own, own, c.reason))
             continue
-        layer = costs[c.name]
-        rank = ranks[c.name]
+        layer, rank = costs[c.name], ranks[c.name]
         if rank is None:
             reason = dense_reason(layer, config, profile)
             rows.append(LayerPlan(c.name, c.kind.name, shape, None, layer.max_rank, 1, own, own, reason))
         else:
-            rows.append(LayerPlan(
-                c.name, c.kind.name, shape, rank, layer.max_rank, h, own, layer.params(rank), FACTORISED,
-            ))
+            rows.append(LayerPlan(c.name, c.kind.name, shape, rank, layer.max_rank, config.experts, own,
+                                  layer.params(rank), FACTORISED))
     order = {name: i for i, (name, _) in enumerate(model.named_modules())}
-    result = Plan(config, teacher_params, allocation.target_params, sorted(rows, key=lambda r: order.get(r.name, -1)))
+    return sorted(rows, key=lambda r: order.get(r.name, -1))
+
+
+def _totals(result: Plan, allocation: Allocation, open_layers: list[LayerCost], profile: Profile | None) -> None:
+    """The plan's MAC or latency totals and targets, and a warning when it lands more than 2% under its budget."""
+    ranks = allocation.ranks
     if isinstance(profile, LatencyProfile):
         result.teacher_latency_ns, result.target_latency_ns = profile.reference, allocation.target_latency_ns
         result.total_latency_ns = profile.fixed() + sum(layer.cost(ranks[layer.name]) for layer in open_layers)
         warn_if_under(result.total_latency_ns, result.target_latency_ns, "latency")
     elif profile is not None:
         result.teacher_macs, result.target_macs = profile.total, allocation.target_macs
-        result.total_macs = profile.total - sum(
-            layer.cost(None) - layer.cost(ranks[layer.name]) for layer in open_layers
-        )
+        result.total_macs = profile.total - sum(layer.cost(None) - layer.cost(ranks[layer.name]) for layer in open_layers)
         warn_if_under(result.total_macs, result.target_macs, "macs")
     else:
         warn_if_under(result.total_params, result.target_params, "params")
-    return result
 
 
 def open_costs(

@@ -172,68 +172,76 @@ def candidate_shares(stand: Callable[[float, bool], Standing]) -> Candidates:
     """
     skipped: dict[str, str] = {}
     zero = stand(0.0, True)  # the teacher: always over the budget (a budget is at most the teacher)
-    # p_max: the first share of the scan whose pruned model is under the budget, then bisection below it.
-    # Not a bisection from the top: near its max_ratio Torch-Pruning leaves whole groups unpruned rather
-    # than empty them, and a larger share can leave a larger model; the scan ends there too.
-    lo, hi, under, last = 0.0, None, None, zero
-    for k in range(1, round(CEILING / SCAN) + 1):
-        there = stand(round(k * SCAN, 6), False)
-        if there.have > last.have and there.unit != "ns":
-            # pruning more left a larger model: the shares from here on are not trusted. Not so for measured
-            # time, which is neither exact nor monotone in the channel counts (kernels favour some widths).
-            break
-        if not there.over:
-            hi, under = there.share, there
-            break
-        lo, last = there.share, there
-    if hi is not None:
-        while hi - lo > RESOLUTION:
-            mid = (lo + hi) / 2
-            there = stand(mid, False)
-            if there.over:
-                lo = mid
-            else:
-                hi, under = mid, there
-        assert under is not None
-        skipped[_key(hi)] = under.why_not()
+    p_max, under = _p_max(stand, zero)
+    if under is not None:
+        skipped[_key(under.share)] = under.why_not()
     # to 0.001 as every share recorded, on the side under the budget
-    alone_share = None if hi is None else math.ceil(hi * 1000) / 1000
-    p_max = lo
-    if zero.reachable:
-        p_min = 0.0
-    else:
+    alone_share = None if under is None else math.ceil(under.share * 1000) / 1000
+    p_min = 0.0
+    if not zero.reachable:
         edge = stand(p_max, True)
         # A measured latency is taken again at every call: a share found over the budget by the scan can come
         # out under it alone here (timing noise). Step back until it is over, as the bracket assumes.
         while not edge.over and p_max > 0:
             p_max = max(0.0, round(p_max - RESOLUTION, 6))
             edge = stand(p_max, True)
-        if not edge.reachable:
-            why = (f"after pruning {p_max:g} of the channels, the most that leaves ranks to cut, the smallest ranks "
-                   f"reach {edge.smallest:,} {edge.unit} at best (without pruning: {zero.smallest:,})")
-            if alone_share is None:
-                raise ValueError(
-                    f"the budget of {zero.target:,} {zero.unit} is reached by no share of prune='auto': {why}, and "
-                    f"pruning alone does not reach it either (no larger share was tried: at most {CEILING:g}, while "
-                    "pruning more removes more); raise the budget, lower min_rank_ratio or factorise "
-                    "more layers"
-                )
-            # Rank cuts cannot get there, pruning can: the smallest share under the budget alone, every layer
-            # dense (what prune-kd builds) is the one candidate, rather than no student at all.
-            del skipped[_key(hi)]
-            skipped["0"], skipped[_key(p_max)] = zero.why_not(), f"rank cuts cannot reach the budget: {why}"
-            return Candidates([alone_share], [alone_share, alone_share], skipped, alone=why, under=alone_share)
         skipped["0"] = zero.why_not()
-        lo, hi = 0.0, p_max  # unreachable at lo, reachable at hi
-        while hi - lo > RESOLUTION:
-            mid = (lo + hi) / 2
-            lo, hi = (lo, mid) if stand(mid, True).reachable else (mid, hi)
-        p_min = hi
+        if not edge.reachable:
+            return _alone(zero, edge, alone_share)
+        p_min = _bisect(stand, 0.0, p_max, lambda there: there.reachable, smallest=True)[1]
     # the ends rounded inwards to 0.001, so that the candidates keep their sides of the budget
     p_min, p_max = math.ceil(p_min * 1000) / 1000, math.floor(p_max * 1000) / 1000
     p_max = max(p_min, p_max)
     shares = sorted({min(p_max, max(p_min, round(p_min + t * (p_max - p_min), 3))) for t in SPREAD})
     return Candidates(shares, [p_min, p_max], skipped, under=alone_share)
+
+
+def _p_max(stand: Callable[[float, bool], Standing], zero: Standing) -> tuple[float, Standing | None]:
+    """The largest share still over the budget, and the standing of the smallest found under it (``None``
+    when no share up to :data:`CEILING` is): the first share of a scan in steps of :data:`SCAN` under the
+    budget, then a bisection below it. Not a bisection from the top: near its max_ratio Torch-Pruning leaves
+    whole groups unpruned rather than empty them, and a larger share can leave a larger model; the scan ends
+    there too."""
+    lo, last = 0.0, zero
+    for k in range(1, round(CEILING / SCAN) + 1):
+        there = stand(round(k * SCAN, 6), False)
+        if there.have > last.have and there.unit != "ns":
+            # pruning more left a larger model: the shares from here on are not trusted. Not so for measured
+            # time, which is neither exact nor monotone in the channel counts (kernels favour some widths).
+            return lo, None
+        if not there.over:
+            lo, hi = _bisect(stand, lo, there.share, lambda t: not t.over, smallest=False)
+            under = stand(hi, False)
+            return lo, under
+        lo, last = there.share, there
+    return lo, None
+
+
+def _bisect(
+    stand: Callable[[float, bool], Standing], lo: float, hi: float, holds: Callable[[Standing], bool],
+    smallest: bool,
+) -> tuple[float, float]:
+    """``(lo, hi)`` narrowed to :data:`RESOLUTION` around where ``holds`` starts to hold (false at ``lo``,
+    true at ``hi``)."""
+    while hi - lo > RESOLUTION:
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if holds(stand(mid, smallest)) else (mid, hi)
+    return lo, hi
+
+
+def _alone(zero: Standing, edge: Standing, alone_share: float | None) -> Candidates:
+    """When rank cuts cannot reach the budget: the smallest share under it by pruning alone, every layer dense
+    (what prune-kd builds), as the one candidate rather than no student at all; or the error."""
+    why = (f"after pruning {edge.share:g} of the channels, the most that leaves ranks to cut, the smallest ranks "
+           f"reach {edge.smallest:,} {edge.unit} at best (without pruning: {zero.smallest:,})")
+    if alone_share is None:
+        raise ValueError(
+            f"the budget of {zero.target:,} {zero.unit} is reached by no share of prune='auto': {why}, and "
+            f"pruning alone does not reach it either (no larger share was tried: at most {CEILING:g}, while "
+            "pruning more removes more); raise the budget, lower min_rank_ratio or factorise more layers"
+        )
+    skipped = {"0": zero.why_not(), _key(edge.share): f"rank cuts cannot reach the budget: {why}"}
+    return Candidates([alone_share], [alone_share, alone_share], skipped, alone=why, under=alone_share)
 
 
 def split_probe(calib: Sequence[Any], steps: int) -> tuple[list[Any], list[Any]]:

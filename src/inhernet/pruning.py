@@ -141,8 +141,6 @@ def prune(
         round_to: keep each layer's channel count a multiple of this (``None``: any count); see
             :data:`LATENCY_ROUND_TO`.
     """
-    import torch_pruning as tp
-
     check_prunable(model)
     if importance not in IMPORTANCES:
         raise ValueError(f"importance must be one of {IMPORTANCES}, got {importance!r}")
@@ -157,14 +155,27 @@ def prune(
         # Ranked globally, the hidden width's channels (which carry the embeddings) never lose to FFN
         # channels and the width is never cut: a transformer is pruned layer by layer.
         global_pruning = not heads
+    _prune_step(student, example, ratio, importance, keep, heads, global_pruning, max_ratio, round_to)
+    student.zero_grad(set_to_none=True)
+    _sync_attention(student, heads)
+    return student.eval()
+
+
+def _prune_step(
+    student: nn.Module, example: Any, ratio: float, importance: str, keep: list[nn.Module],
+    heads: dict[nn.Module, int], global_pruning: bool, max_ratio: float, round_to: int | None,
+) -> None:
+    """One Torch-Pruning step on ``student``, in place (see :func:`prune` for the arguments)."""
+    import torch_pruning as tp  # an optional dependency (the "bench" extra): only prune= needs it
+
     # at least one head per attention is kept
     head_ratio = min(ratio, *((n - 1) / n for n in heads.values())) if heads else 0.0
     imp = tp.importance.GroupMagnitudeImportance(p=2) if importance == "l2" else tp.importance.GroupTaylorImportance()
     with torch.enable_grad():
         pruner = tp.pruner.BasePruner(
             student, example, importance=imp, global_pruning=global_pruning, pruning_ratio=ratio,
-            max_pruning_ratio=max_ratio, round_to=round_to, ignored_layers=keep, num_heads=heads, prune_num_heads=bool(heads),
-            prune_head_dims=not heads, head_pruning_ratio=head_ratio,
+            max_pruning_ratio=max_ratio, round_to=round_to, ignored_layers=keep, num_heads=heads,
+            prune_num_heads=bool(heads), prune_head_dims=not heads, head_pruning_ratio=head_ratio,
             forward_fn=forward_batch, output_transform=logits_of,
         )
         if importance == "taylor":
@@ -178,9 +189,6 @@ def prune(
     # collection, so prune="auto"'s 10-20 calls ran a 24 GiB machine out of memory without this one.
     del pruner
     gc.collect()
-    student.zero_grad(set_to_none=True)
-    _sync_attention(student, heads)
-    return student.eval()
 
 
 def _sync_attention(model: nn.Module, heads: dict[nn.Module, int]) -> None:
@@ -266,37 +274,10 @@ def apply_spec(model: nn.Module, spec: Mapping[str, Any]) -> Callable[[], None]:
     """
     if not isinstance(spec, Mapping):
         raise ValueError(f"a pruning spec maps module names to changes, got {type(spec).__name__}")
-    todo: list[tuple[nn.Module, str, dict[str, Any], dict[str, Any]]] = []
-    for name, change in spec.items():
-        if not (isinstance(name, str) and isinstance(change, Mapping) and set(change) <= {"attrs", "tensors"}):
-            raise ValueError(f"malformed pruning spec for module {name!r}: {change!r}")
-        try:
-            module = model.get_submodule(name)
-        except AttributeError:
-            raise ValueError(f"the pruned model's module {name!r} is not in this model: not the architecture pruned") from None
-        attrs, tensors = dict(change.get("attrs", {})), dict(change.get("tensors", {}))
-        current = _shape_attrs(module)
-        for key, pair in attrs.items():
-            if not _is_pair(pair) or current.get(key) != pair[0]:
-                raise ValueError(
-                    f"module {name!r}: attribute {key} is {current.get(key)!r} here, the pruning spec expects "
-                    f"{pair!r} (before, after): not the architecture pruned"
-                )
-        own = {**module._parameters, **module._buffers}
-        for key, pair in tensors.items():
-            if not _is_pair(pair) or not all(isinstance(d, int) and d >= 0 for d in pair[1]) or (
-                own.get(key) is None or list(own[key].shape) != pair[0]
-            ):
-                got = None if own.get(key) is None else list(own[key].shape)
-                raise ValueError(
-                    f"module {name!r}: tensor {key} has shape {got} here, the pruning spec expects {pair!r} "
-                    "(before, after): not the architecture pruned"
-                )
-        todo.append((module, name, attrs, tensors))
-
+    todo = [_checked_change(model, name, change) for name, change in spec.items()]
     undo: list[Callable[[], None]] = []
     replaced: dict[int, torch.Tensor] = {}  # a tied tensor is replaced once, then shared again
-    for module, _name, attrs, tensors in todo:
+    for module, attrs, tensors in todo:
         for key, (_, value) in attrs.items():
             old_value = getattr(module, key)
             setattr(module, key, tuple(value) if isinstance(old_value, tuple) else value)
@@ -317,6 +298,36 @@ def apply_spec(model: nn.Module, spec: Mapping[str, Any]) -> Callable[[], None]:
             step()
 
     return restore
+
+
+def _checked_change(model: nn.Module, name: Any, change: Any) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
+    """Module ``name`` of ``model`` and its recorded attribute and tensor changes, once each "before" value
+    is checked against the module as it is (else a ValueError: not the architecture pruned)."""
+    if not (isinstance(name, str) and isinstance(change, Mapping) and set(change) <= {"attrs", "tensors"}):
+        raise ValueError(f"malformed pruning spec for module {name!r}: {change!r}")
+    try:
+        module = model.get_submodule(name)
+    except AttributeError:
+        raise ValueError(f"the pruned model's module {name!r} is not in this model: not the architecture pruned") from None
+    attrs, tensors = dict(change.get("attrs", {})), dict(change.get("tensors", {}))
+    current = _shape_attrs(module)
+    for key, pair in attrs.items():
+        if not _is_pair(pair) or current.get(key) != pair[0]:
+            raise ValueError(
+                f"module {name!r}: attribute {key} is {current.get(key)!r} here, the pruning spec expects "
+                f"{pair!r} (before, after): not the architecture pruned"
+            )
+    own = {**module._parameters, **module._buffers}
+    for key, pair in tensors.items():
+        if not _is_pair(pair) or not all(isinstance(d, int) and d >= 0 for d in pair[1]) or (
+            own.get(key) is None or list(own[key].shape) != pair[0]
+        ):
+            got = None if own.get(key) is None else list(own[key].shape)
+            raise ValueError(
+                f"module {name!r}: tensor {key} has shape {got} here, the pruning spec expects {pair!r} "
+                "(before, after): not the architecture pruned"
+            )
+    return module, attrs, tensors
 
 
 def _is_pair(pair: Any) -> bool:

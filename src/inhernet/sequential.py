@@ -301,19 +301,15 @@ def _paired_statistics(
     handles = []
     mask = TokenMask()  # the batch's attention mask: padded positions enter neither side
 
-    def rows_of(module: nn.Module, kind: LayerKind, x: torch.Tensor) -> torch.Tensor:
-        x = mask.keep(kind.batched(module, unnested(x.detach())), isinstance(kind, EmbeddingKind))
-        return kind.input_rows(module, x)
-
     def record(name: str, kind: LayerKind):
         def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
-            recorded.setdefault(name, []).append(rows_of(module, kind, args[0]))
+            recorded.setdefault(name, []).append(_input_rows(mask, module, kind, args[0]))
 
         return hook
 
     def pair(name: str, kind: LayerKind):
         def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
-            rows = rows_of(module, kind, args[0])
+            rows = _input_rows(mask, module, kind, args[0])
             if name not in stats:
                 diagonal = isinstance(kind, EmbeddingKind)
                 cls = InputCovariance if diagonal else PairedCovariance
@@ -346,6 +342,12 @@ def _paired_statistics(
         for h in handles:
             h.remove()
     return stats
+
+
+def _input_rows(mask: TokenMask, module: nn.Module, kind: LayerKind, x: torch.Tensor) -> torch.Tensor:
+    """The rows of ``module``'s input ``x`` its covariance counts, padded positions left out."""
+    x = mask.keep(kind.batched(module, unnested(x.detach())), isinstance(kind, EmbeddingKind))
+    return kind.input_rows(module, x)
 
 
 def _block_index(name: str, stack_name: str) -> int | None:
