@@ -387,8 +387,8 @@ def make_plan(
 ) -> Plan:
     """Allocate ranks and tabulate; ``spectra`` (each layer's energies) may be empty where none is needed.
 
-    ``profile`` is needed under a MAC budget (:func:`inhernet.spectra.profile_macs`: prices the layers
-    in MACs) or a latency budget (:func:`inhernet.spectra.profile_latency`: in measured nanoseconds).
+    ``profile`` is needed under a MAC budget (:func:`inhernet.costs.profile.profile_macs`: prices the layers
+    in MACs) or a latency budget (:func:`inhernet.costs.profile.profile_latency`: in measured nanoseconds).
     """
     kind = config.target.kind
     if kind == "macs" and not isinstance(profile, MacProfile):

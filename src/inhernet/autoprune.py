@@ -1,32 +1,15 @@
 """``InherConfig(prune="auto")``: which shares of channels to try, and which candidate student wins.
 
-The candidates come from the budget, not from a fixed grid (:func:`candidate_shares`). Pruning a share
-``p`` of the teacher's channels (:func:`inhernet.pruning.prune_for`) leaves a model that costs, dense,
-less the larger ``p`` is, and whose smallest ranks cost less too. A scan and two bisections on ``p``,
-each step one Torch-Pruning call and the layers' prices (parameters, MACs on the example input, or the
-cost table's nanoseconds: the prices the allocator spends; no calibration pass, no spectrum) find
+The candidates come from the budget (:func:`candidate_shares`), priced without a spectrum (one
+Torch-Pruning call and the layers' prices per share): between ``p_min``, the smallest share whose
+smallest ranks reach the budget, and ``p_max``, the largest whose pruned model is still over it (so that
+ranks are left to cut), spread by :data:`SPREAD`, two of them close to ``p_max``. When rank cuts reach it
+at no share but pruning alone does, that share, every layer dense, is the one candidate (with a warning).
 
-* ``p_max``: the largest share whose pruned model is still *over* the budget, so that rank cuts remain
-  to be made (a larger share would be pruning alone, what ``prune-kd`` does);
-* ``p_min``: the smallest share whose model reaches the budget with every layer at its smallest rank
-  (0 when plain inheritance reaches it).
-
-The candidates are spread over ``[p_min, p_max]`` by :data:`SPREAD`, two of them close to ``p_max``
-(mostly pruning, a few rank cuts), which is where a model whose layers would be starved to rank 1 by
-rank cuts alone (EfficientNet-Lite0 at 10% of its parameters) is best served. This works alike for
-parameter, MAC and latency budgets; a share that is no candidate is never built.
-
-Each candidate student is then built at the same budget and scored by its KL to the teacher's logits
-(:func:`score`): zero-shot on all calibration batches (``prune_probe_steps=0``), or after ``N`` short
-KD steps on the first calibration batches and measured on the held-out rest (:func:`probe_loss`), the
-weights restored afterwards: a near-chance student that trains well is told apart from one that does
-not, which the zero-shot KL cannot do. The lowest score wins (among the candidates within 2% of the
-budget, if any is).
-
-When no share leaves a model that rank cuts bring under the budget (a latency budget that convolutions
-slower factorised than dense keep out of reach), but pruning alone gets there, the smallest such share
-is the one candidate, every layer of it dense: the ``prune-kd`` student, with a warning, rather than no
-student.
+The pipeline builds each candidate at the same budget; a :class:`Contest` scores it by its KL to the
+teacher's logits (:func:`score`: zero-shot, or after ``prune_probe_steps`` KD steps on the first
+calibration batches, scored on the held-out rest, the weights restored). The lowest score wins, among
+the candidates within 2% of the budget if any is.
 """
 
 from __future__ import annotations

@@ -53,7 +53,7 @@ class Plan:
     The latency fields are known under a latency budget (``InherConfig(latency=...)``), ``None``
     otherwise, in integer nanoseconds: the teacher's measured forward pass on the example input, the
     target, and the plan's predicted total (the fixed rest of the model plus each layer's price from
-    the cost table, see :class:`inhernet.spectra.LatencyProfile`).
+    the cost table, see :class:`inhernet.costs.profile.LatencyProfile`).
 
     With ``InherConfig(prune=...)``, ``prune`` records the pruning step (:class:`inhernet.pruning.PruneRecord`);
     the layers are those of the pruned model, while ``teacher_params`` / ``teacher_macs`` /

@@ -1,39 +1,17 @@
-"""Structured channel pruning with Torch-Pruning, and inheritance on what remains (``InherConfig(prune=...)``).
+"""Structured channel pruning with Torch-Pruning (``InherConfig(prune=...)``), and its record.
 
-The Torch-Pruning call is here, once: ``prune-kd`` (:mod:`inhernet_bench.baselines.prune`) prunes the teacher
-to the InherNet's size with it, and the hybrid prunes a share of the teacher's channels with it before
-the rank allocator spends the rest of the same budget. Torch-Pruning's dependency graph removes whole
-channels (conv filters, linear units, the hidden width of a transformer together with its embeddings
-and LayerNorms) and, for Hugging Face BERT-style attention, whole heads, so a pruned model is a smaller
-dense model of the teacher's architecture. The output layer is never pruned (its width is the number
-of classes).
+The Torch-Pruning call is here, once: ``prune-kd`` (:mod:`inhernet_bench.baselines.prune`) prunes the
+teacher to the InherNet's size with it, and the hybrid prunes a share of the teacher's channels with it
+(global L2 ranking; layer by layer for transformers, whole heads for BERT-style attention; the output
+layer kept) before the rank allocator spends the rest of the *same* budget, relative to the original
+teacher, on the pruned model's layers. ``prune="auto"`` chooses the share (:mod:`inhernet.autoprune`).
 
-The hybrid is one allocator with two moves, priced in one currency and judged by one loss:
-
-* channels: ``prune=p`` removes the share ``p`` of the channels that Torch-Pruning's global L2 ranking
-  finds least important (layer by layer for transformers, as ``prune-kd``): the per-layer channel
-  choice is Torch-Pruning's;
-* ranks: the existing allocator (:mod:`inhernet.allocation`) then spends what is left of the budget —
-  always relative to the *original* teacher's parameters, MACs or measured time — on the pruned model's
-  layers: the per-layer rank choice is the allocator's. Under a latency budget the pruned model's
-  layers are priced by the same cost table as the teacher's (new shapes timed once and cached), and its
-  fixed rest (what no rank changes) is measured whole, as the teacher's is;
-* ``prune="auto"`` chooses the split (:mod:`inhernet.autoprune`): the candidate shares are found from
-  the budget, between the smallest share whose smallest ranks reach it and the largest whose pruned
-  model is still over it (by bisection on the layers' prices, before any spectrum), and each candidate
-  student is built at the same budget and scored by its KL to the teacher on the calibration batches
-  (never a test split), zero-shot (:func:`zero_shot_loss`) or after a few KD steps on part of them
-  (``InherConfig(prune_probe_steps=...)``). The plan records the bracket, the choice, every score and
-  why a share was skipped.
-
-Saving without pickle: :func:`pruned_spec` diffs the module attributes (``out_channels``,
-``num_features``, ``normalized_shape``, ``num_attention_heads``...) and tensor shapes before and after
+Saving without pickle: :func:`pruned_spec` diffs the module attributes and tensor shapes before and after
 pruning, and :func:`apply_spec` replays that diff on a fresh model of the teacher's architecture, so
-:func:`inhernet.load` can rebuild the pruned structure before the InherNet surgery and fill every
-tensor from the safetensors file.
+:func:`inhernet.load` rebuilds the pruned structure before filling every tensor from the safetensors file.
 
-Causal language models are refused: pruning the hidden width would cut the input embedding matrix that
-their output layer shares (``prune-kd`` prunes their FFN channels instead: :mod:`inhernet_bench.baselines.llm_prune`).
+Causal LMs are refused: pruning the hidden width would cut the input embedding their output layer shares
+(``prune-kd`` prunes their FFN channels instead: :mod:`inhernet_bench.baselines.llm_prune`).
 """
 
 from __future__ import annotations
@@ -404,7 +382,7 @@ def prune_for(
     """``model`` pruned by ``ratio`` for ``config`` (the teacher itself, unpruned, at ratio 0) and its record.
 
     Under a latency budget both models are timed whole on ``example`` by the cost table ``costs`` (see
-    :func:`inhernet.spectra.latency_table`); ``teacher_latency_ns``: the teacher's time, measured
+    :func:`inhernet.costs.profile.latency_table`); ``teacher_latency_ns``: the teacher's time, measured
     already (``prune="auto"`` measures it once, so that every candidate is held to the same budget).
     """
     require_example(example)
@@ -473,7 +451,7 @@ def inner_config(config: InherConfig, record: PruneRecord, alone: bool = False) 
     """The config that inherits the pruned model: the same budget, now as an absolute count of the
     *original* teacher's parameters or MACs (so the pruned channels are paid from it), and no pruning.
     A latency budget stays a fraction: it is taken of the original teacher's measured time, which the
-    pruned model's profile is given (:attr:`inhernet.spectra.LatencyProfile.base`). ``alone``: the pruned
+    pruned model's profile is given (:attr:`inhernet.costs.profile.LatencyProfile.base`). ``alone``: the pruned
     model may be under the budget already, and every layer stays dense (a count budget is then its own size, a
     latency budget the whole teacher's time).
 

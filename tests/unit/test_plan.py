@@ -209,3 +209,18 @@ def test_no_bottleneck_warning_where_ranks_stay_wide_or_are_chosen(config):
 def config_of(**kwargs: object) -> InherConfig:
     """An InherConfig, or an ExperimentalConfig for an ablation's allocation (``"uniform"``)."""
     return (ExperimentalConfig if kwargs.get("allocation") == "uniform" else InherConfig)(**kwargs)
+
+
+@pytest.mark.parametrize("calibration", ["one-pass", "sequential"])
+def test_build_rebuilds_the_student_of_a_plan(calibration: str) -> None:
+    """build(teacher, plan, calib) is inherit's student again: the plan alone decides the structure, and the
+    same calibration gives the same factors."""
+    from inhernet import build
+
+    teacher, batch = tm.llama_tiny()
+    calib = [batch, batch.flip(0)]
+    cfg = InherConfig(budget=0.7, experts=1, calibration=calibration, drop_blocks=0)
+    student = inherit(teacher, cfg, calib=calib, progress=False)
+    again = build(teacher, student.inhernet_plan, calib, progress=False)
+    assert again.inhernet_plan is student.inhernet_plan
+    assert torch.equal(tm.run(again.eval(), batch), tm.run(student.eval(), batch))

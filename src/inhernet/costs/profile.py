@@ -130,7 +130,7 @@ def profile_for(
     """The profile a MAC or latency budget prices the layers by (``None`` for the others), and ``calib``
     to iterate in full afterwards. ``latency_base``: the time a ``latency=`` fraction is taken of, when
     ``model`` is a pruned copy of the teacher (the teacher's measured time; see
-    :attr:`inhernet.spectra.LatencyProfile.base`)."""
+    :attr:`inhernet.costs.profile.LatencyProfile.base`)."""
     if config.target.kind == "macs":
         return profile_macs(model, candidates, calib)
     if config.target.kind == "latency":
