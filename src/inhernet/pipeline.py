@@ -115,17 +115,6 @@ class _Planned:
     factors: dict[str, Factors]
 
 
-@dataclass
-class _Structure:
-    """The model whose layers are planned (the teacher, or its copy with blocks dropped or channels pruned),
-    the config they are planned with (the budget left for them), and the record of the change."""
-
-    model: nn.Module
-    config: InherConfig
-    drop: DropRecord | None = None
-    prune: PruneRecord | None = None
-
-
 def _planned(
     model: nn.Module, config: InherConfig, calib: list[Any] | None, costs: LatencyCosts | None, *,
     share: float | None = None, teacher_ns: int | None = None, alone: bool = False, keep_factors: bool = True,
@@ -134,35 +123,36 @@ def _planned(
     """Plan ``model`` under ``config``: its blocks dropped or its channels pruned first (by ``share`` of
     ``prune="auto"``, else ``config.prune``; ``teacher_ns``, ``alone``: see :func:`inner_config`), then its
     layers (:func:`~inhernet.allocation.plan_layers`)."""
-    structure = _structure(model, config, calib, costs, share, teacher_ns, alone)
-    base = structure.prune.teacher_latency_ns if structure.prune is not None else None
-    with after_pruning(structure.prune), warnings.catch_warnings():
+    planned_model, inner, drop, pruned = _structure(model, config, calib, costs, share, teacher_ns, alone)
+    base = pruned.teacher_latency_ns if pruned is not None else None
+    with after_pruning(pruned), warnings.catch_warnings():
         if alone:  # planned at a budget it meets with room to spare: "more than 2% under" is no news
             warnings.simplefilter("ignore")
-        result, factors = plan_layers(structure.model, structure.config, calib, costs, latency_base=base,
+        result, factors = plan_layers(planned_model, inner, calib, costs, latency_base=base,
                                       keep_factors=keep_factors, progress=progress)
-    if structure.drop is not None:
-        result = with_drop(result, config, structure.drop)
-    if structure.prune is not None:
-        result = with_prune(result, config, structure.prune, alone)
-    return _Planned(result, structure.model, factors)
+    if drop is not None:
+        result = with_drop(result, config, drop)
+    if pruned is not None:
+        result = with_prune(result, config, pruned, alone)
+    return _Planned(result, planned_model, factors)
 
 
 def _structure(
     model: nn.Module, config: InherConfig, calib: list[Any] | None, costs: LatencyCosts | None, share: float | None,
     teacher_ns: int | None, alone: bool,
-) -> _Structure:
-    """``model`` without the blocks ``config.drop_blocks`` drops, or pruned by ``share`` (else ``config.prune``),
-    or as it is."""
+) -> tuple[nn.Module, InherConfig, DropRecord | None, PruneRecord | None]:
+    """The model whose layers are planned: ``model`` without the blocks ``config.drop_blocks`` drops, or
+    pruned by ``share`` (else ``config.prune``), or as it is; the config they are planned with (the budget
+    left for them) and the record of the change."""
     if config.drop_blocks:
         dropped, drop = blockdrop.drop_for(config, model, calib)
-        return _Structure(dropped, blockdrop.inner_config(config, drop), drop=drop)
+        return dropped, blockdrop.inner_config(config, drop), drop, None
     share = share if share is not None else config.prune
     if share is None:
-        return _Structure(model, config)
+        return model, config, None, None
     pruned, record = prune_for(config, model, calib[0] if calib else None, float(share), costs, teacher_ns)
     with after_pruning(record):
-        return _Structure(pruned, inner_config(config, record, alone=alone), prune=record)
+        return pruned, inner_config(config, record, alone=alone), None, record
 
 
 def _inherit_once(
