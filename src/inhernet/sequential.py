@@ -251,7 +251,7 @@ class _Run:
             list(inputs.hidden), inputs.args, inputs.kwargs, inputs.by_keyword, inputs.masks
         ) if self.teacher_stack is not None else None
         early = {name: self.outside[name] for name in stats}
-        yield from _stage(early, stats, self.damping)
+        yield from _stage(self.model, early, stats, self.damping)
         if early and _replaced(self.model, early):
             inputs = capture_stack_inputs(self.model, self.stack[0], calib, self.device)
         return inputs, teacher_inputs, set(early)
@@ -267,14 +267,14 @@ class _Run:
                 for b in range(len(inputs.hidden)):
                     self.mask.current = inputs.masks[b]
                     seen.append(run_block(self.stack[i], inputs, b))
-            yield from _stage(todo, drop_unseen(stats, todo), self.damping)
+            yield from _stage(self.model, todo, drop_unseen(stats, todo), self.damping)
             outputs = None if _replaced(self.model, todo) else seen  # a block left as it was need not run again
         elif teacher_inputs is not None:
             assert self.teacher_stack is not None
             # Pairs each layer's inputs with the teacher's; also moves the teacher's hidden states one block on.
             stats = _paired_statistics(self.stack[i], self.teacher_stack[i], f"{self.stack_name}.{i}.", todo, inputs,
                                        teacher_inputs, self.device)
-            yield from _stage(todo, drop_unseen(stats, todo), self.damping)
+            yield from _stage(self.model, todo, drop_unseen(stats, todo), self.damping)
         block = self.stack[i]  # re-read: the block itself may have been replaced
         inputs.hidden = outputs if outputs is not None else [run_block(block, inputs, b) for b in range(len(inputs.hidden))]
 
@@ -282,7 +282,7 @@ class _Run:
         """Stage 3: whatever runs after the stack, in one pass of the (replaced) model."""
         late = {name: layer for name, layer in self.outside.items() if name not in early}
         if late:
-            yield from _stage(late, collect_covariances(self.model, late, calib, progress=False), self.damping)
+            yield from _stage(self.model, late, collect_covariances(self.model, late, calib, progress=False), self.damping)
 
 
 def _paired_statistics(
@@ -359,9 +359,10 @@ def _block_index(name: str, stack_name: str) -> int | None:
     return int(head) if head.isdigit() else None
 
 
-def _stage(layers: Layers, stats: dict[str, InputCovariance], damping: float) -> Stage:
+def _stage(model: nn.Module, layers: Layers, stats: dict[str, InputCovariance], damping: float) -> Stage:
     """Each layer's factors with its statistics (plain SVD where it saw none; aimed at the teacher's
-    outputs where paired), one at a time: the caller may replace the layer before the next."""
+    outputs where paired), one at a time: the caller may replace the layer in ``model`` before the next.
+    (The one step of a stage, looked up when it runs: a script may wrap it, e.g. to share factors.)"""
     for name, (module, kind) in layers.items():
         cov = stats.pop(name, None)
         w = kind.matrix(module)
