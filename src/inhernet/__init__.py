@@ -7,15 +7,18 @@ fine-tuned by distillation and compared with a conventionally distilled student 
 
 from ._version import __version__
 from .config import InherConfig
-from .deploy import compact, count_macs, export_onnx, merge_experts
+from .costs import CostTable, count_macs
+from .deploy import compact, export_onnx, merge_experts
 from .distillation import DistillConfig, distill
 from .evaluate import evaluate
 from .layers import InherBlock, InherConv, InherEmbedding, InherLinear, expert_spread
-from .plan import LayerPlan, Plan, plan
+from .pipeline import inherit, plan
+from .plan import LayerPlan, Plan
 from .serialization import load, save
-from .surgery import inherit
+from .surgery import build
 
 __all__ = [
+    "CostTable",
     "DistillConfig",
     "InherBlock",
     "InherConfig",
@@ -25,6 +28,7 @@ __all__ = [
     "LayerPlan",
     "Plan",
     "__version__",
+    "build",
     "compact",
     "count_macs",
     "distill",

@@ -1,45 +1,93 @@
-"""Allocate: the rank of every factorisable layer under the configuration's rule or budget.
+"""Allocate: the :class:`~inhernet.plan.Plan` of a model, every factorisable layer's rank under the
+configuration's rule or budget.
 
-The step after measuring (:mod:`inhernet.spectra`): each open layer priced (:func:`layer_cost`) in
-parameters or, under a MAC or latency budget, in MACs or measured nanoseconds on the example input; a
-budget turned into a target and filled by the greedy engine of :mod:`inhernet.budget`, per
-``budgets`` group where there are groups.
+:func:`plan_layers` runs the steps below it in order: find the layers (:mod:`inhernet.discovery`),
+measure them (their costs, :mod:`inhernet.costs`; their spectra, :mod:`inhernet.spectra`), then
+allocate: each open layer priced (:func:`layer_cost`) in parameters or, under a MAC or latency budget,
+in MACs or measured nanoseconds on the example input; a budget turned into a target and filled by the
+greedy engine (:func:`allocate`: pure, on a list of priced layers), per ``budgets`` group where there
+are groups.
 """
 
 from __future__ import annotations
 
+import heapq
 import math
 import warnings
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
-from .budget import (
-    RANK_MULTIPLE,
-    LayerCost,
-    allocate,
-    floor_rank,
-    mac_price,
-    minimum_cost,
-    ranks_for_energy,
-    ranks_for_rank,
-)
-from .config import InherConfig
-from .discovery import Candidate, matches
+from .calibration import peek_example
+from .config import ENERGY_STRATEGIES, InherConfig
+from .costs.prices import RANK_MULTIPLE, LayerCost, floor_rank, mac_price, round_rank
+from .costs.profile import LatencyProfile, MacProfile, Profile, profile_for
+from .costs.table import LatencyCosts
+from .decomposition import Factors
+from .discovery import Candidate, Unsupported, find_layers, matches
 from .families import FAMILY_DEFAULTS
 from .kinds import dense_params
-from .spectra import LatencyProfile, MacProfile
-
-#: what prices the layers outside parameters: MACs or measured time on the example input
-Profile = MacProfile | LatencyProfile
+from .plan import BUDGET_TOLERANCE, FACTORISED, LayerPlan, Plan
+from .spectra import allocation_needs_spectra, decompose, layer_spectra, reiterable
 
 __all__ = [
-    "BUDGET_TOLERANCE", "Allocation", "Profile", "allocate_ranks", "check_reachable", "dense_reason", "layer_cost", "reach",
+    "ENERGY_STRATEGIES",
+    "Allocation",
+    "allocate",
+    "allocate_ranks",
+    "check_reachable",
+    "dense_reason",
+    "energy_weights",
+    "layer_cost",
+    "layer_type",
+    "make_plan",
+    "minimum_cost",
+    "open_costs",
+    "plan_layers",
+    "ranks_for_energy",
+    "ranks_for_rank",
+    "reach",
+    "smallest_reach",
 ]
 
-# A plan under a budget (parameters, MACs or measured time) lands at or below it and within 2% of it.
-BUDGET_TOLERANCE = 0.98
+
+def plan_layers(
+    model: nn.Module, config: InherConfig, calib: Iterable[Any] | None, costs: LatencyCosts | None = None, *,
+    latency_base: int | None = None, keep_factors: bool = True, progress: bool = True,
+) -> tuple[Plan, dict[str, Factors]]:
+    """find layers -> measure -> allocate, on ``model`` as it is: its plan, and the one-pass factors
+    computed on the way (all of them with ``keep_factors``, for the build; else only where the
+    allocation needs spectra). ``latency_base``: see :func:`~inhernet.costs.profile.profile_for`."""
+    example, calib = peek_example(calib)
+    candidates, others = find_layers(model, config, example)
+    profile, calib = profile_for(model, config, candidates, calib, costs, latency_base)
+    check_reachable(config, open_costs(candidates, config, profile), profile)  # before the spectra
+    factors: dict[str, Factors] = {}
+    spectra = {}
+    if config.init == "whiten" and config.calibration != "one-pass":  # built stage by stage: energies only
+        if allocation_needs_spectra(config):
+            spectra = layer_spectra(model, candidates, config, reiterable(calib), progress=progress)
+    elif allocation_needs_spectra(config) or (keep_factors and config.init != "random"):
+        factors = decompose(model, candidates, config, calib, progress=progress)
+        spectra = {name: f.output_energy for name, f in factors.items()}
+    return make_plan(model, config, candidates, others, spectra, profile), factors
+
+
+def smallest_reach(
+    model: nn.Module, config: InherConfig, example: Any, costs: LatencyCosts | None, latency_base: int | None,
+    params: int,
+) -> tuple[int, int, str]:
+    """:func:`reach` of ``model``'s layers priced on ``example`` (no spectrum): what ``prune="auto"``
+    brackets its shares by."""
+    candidates, _ = find_layers(model, config, example)
+    profile, _ = profile_for(model, config, candidates, [example], costs, latency_base)
+    return reach(config, open_costs(candidates, config, profile), profile, params)
+
 
 
 @dataclass(frozen=True)
@@ -50,12 +98,15 @@ class _Currency:
     budget: str  # what the budget is called
     option: str  # the InherConfig field
     teacher: str  # qualifies the teacher's total
+    field: str = "target_params"  # the Allocation (and Plan) field that records the target
 
 
 PARAMS = _Currency("parameters", "budget", "budget", "")
 PARAMS_REST = _Currency("parameters", "budget", "budget", " matched by no budgets pattern")
-MACS = _Currency("MACs", "MAC budget", "macs", " on the example input")
-LATENCY = _Currency("ns", "latency budget", "latency", " measured for the teacher on the example input")
+MACS = _Currency("MACs", "MAC budget", "macs", " on the example input", "target_macs")
+LATENCY = _Currency(
+    "ns", "latency budget", "latency", " measured for the teacher on the example input", "target_latency_ns"
+)
 CURRENCIES = {"params": PARAMS, "macs": MACS, "latency": LATENCY}
 
 
@@ -75,7 +126,7 @@ def layer_cost(
     """The allocator's view of a layer (``energy``: its squared singular values, if known); priced in MACs
     or measured nanoseconds when a profile is given, else in parameters.
 
-    Priced in measured time, its ranks step by :data:`~inhernet.budget.RANK_MULTIPLE` (ranks below it one
+    Priced in measured time, its ranks step by :data:`~inhernet.costs.RANK_MULTIPLE` (ranks below it one
     by one): the ranks ``compact()`` deploys unchanged, so the compact model spends the latency budget
     the plan predicts instead of landing under it after rounding.
     """
@@ -97,27 +148,19 @@ def allocate_ranks(
 ) -> Allocation:
     """Ranks for ``layers`` (priced in MACs or nanoseconds when ``profile`` is given) by the rule or
     budget of ``config``."""
-    if config.rank is not None:
-        return Allocation(ranks_for_rank(layers, config.rank, config.min_rank, config.min_rank_ratio))
-    if config.energy is not None:
-        return Allocation(ranks_for_energy(layers, config.energy, config.min_rank, config.min_rank_ratio))
-    if isinstance(profile, LatencyProfile):
-        assert config.latency is not None
-        # a fraction of the teacher's time (the original teacher's, for a pruned model: profile.base)
-        target = _target(config.latency, profile.reference, LATENCY)
-        ranks = _fill(layers, target, profile.reference, LATENCY, config, fixed=profile.fixed())
-        return Allocation(ranks, target_latency_ns=target)
-    if profile is not None:
-        assert config.macs is not None
-        target = _target(config.macs, profile.total, MACS)
-        return Allocation(_fill(layers, target, profile.total, MACS, config), target_macs=target)
+    target = config.target
+    if target.kind == "rank":
+        return Allocation(ranks_for_rank(layers, target.value, config.min_rank, config.min_rank_ratio))
+    if target.kind == "energy":
+        return Allocation(ranks_for_energy(layers, target.value, config.min_rank, config.min_rank_ratio))
     if config.budgets:
-        ranks, target = _fill_groups(model, layers, config)
-        return Allocation(ranks, target_params=target)
-    assert config.budget is not None
-    teacher_params = sum(p.numel() for p in model.parameters())
-    target = _target(config.budget, teacher_params, PARAMS)
-    return Allocation(_fill(layers, target, teacher_params, PARAMS, config), target_params=target)
+        ranks, total = _fill_groups(model, layers, config)
+        return Allocation(ranks, target_params=total)
+    terms = _budget_terms(config, profile, sum(p.numel() for p in model.parameters()))
+    assert terms is not None, "a MAC or latency budget is priced by its profile"
+    amount, whole, currency, fixed = terms
+    ranks = _fill(layers, amount, whole, currency, config, fixed=fixed)
+    return Allocation(ranks, **{currency.field: amount})
 
 
 def dense_reason(layer: LayerCost, config: InherConfig, profile: Profile | None) -> str:
@@ -175,7 +218,7 @@ def _reachable(
         raise ValueError(
             f"{currency.budget} of {target:,} {currency.unit} ({target / teacher_total:.1%} of "
             f"{teacher_total:,}{currency.teacher}) is unreachable: the smallest reachable is {smallest:,} "
-            f"({smallest / teacher_total:.1%}) with min_rank={config.min_rank}, min_rank_ratio={floor_ratio:g}, experts={config.experts} "
+            f"({smallest / teacher_total:.1%}) with min_rank_ratio={floor_ratio:g}, experts={config.experts} "
             f"and these include/exclude patterns; raise the {currency.budget}, lower experts or factorise "
             "more layers"
         )
@@ -197,19 +240,17 @@ def _budget_terms(
     config: InherConfig, profile: Profile | None, params: int | None
 ) -> tuple[int, int, _Currency, int | None] | None:
     """``(target, teacher total, currency, fixed rest)`` of ``config``'s budget: MACs or ns priced by
-    ``profile``, or parameters of a model of ``params`` parameters (when given); ``None`` for a rank or
-    energy rule, per-group ``budgets`` or a parameter budget without ``params``."""
-    if config.rank is not None or config.energy is not None:
+    ``profile`` (a latency fraction is of the original teacher's time, :attr:`LatencyProfile.reference`),
+    or parameters of a model of ``params`` parameters (when given); ``None`` for a rank or energy rule,
+    per-group ``budgets``, or a budget without what it is priced by."""
+    target = config.target
+    if target.kind == "latency" and isinstance(profile, LatencyProfile):
+        return _target(target.value, profile.reference, LATENCY), profile.reference, LATENCY, profile.fixed()
+    if target.kind == "macs" and isinstance(profile, MacProfile):
+        return _target(target.value, profile.total, MACS), profile.total, MACS, None
+    if target.kind != "params" or config.budgets or params is None:
         return None
-    if isinstance(profile, LatencyProfile):
-        assert config.latency is not None
-        return _target(config.latency, profile.reference, LATENCY), profile.reference, LATENCY, profile.fixed()
-    if isinstance(profile, MacProfile):
-        assert config.macs is not None
-        return _target(config.macs, profile.total, MACS), profile.total, MACS, None
-    if config.budget is None or config.budgets or params is None:
-        return None
-    return _target(config.budget, params, PARAMS), params, PARAMS, None
+    return _target(target.value, params, PARAMS), params, PARAMS, None
 
 
 def check_reachable(config: InherConfig, layers: list[LayerCost], profile: Profile | None) -> None:
@@ -338,3 +379,310 @@ def _target(budget: float | int, teacher_total: int, currency: _Currency) -> int
             f"{currency.teacher}; give a smaller count or a fraction in (0, 1]"
         )
     return budget
+
+
+def make_plan(
+    model: nn.Module, config: InherConfig, candidates: list[Candidate], others: list[Unsupported],
+    spectra: dict[str, torch.Tensor], profile: Profile | None = None,
+) -> Plan:
+    """Allocate ranks and tabulate; ``spectra`` (each layer's energies) may be empty where none is needed.
+
+    ``profile`` is needed under a MAC budget (:func:`inhernet.costs.profile.profile_macs`: prices the layers
+    in MACs) or a latency budget (:func:`inhernet.costs.profile.profile_latency`: in measured nanoseconds).
+    """
+    kind = config.target.kind
+    if kind == "macs" and not isinstance(profile, MacProfile):
+        raise ValueError("a MAC budget (macs=) needs the MAC profile of an example input: pass calib=")
+    if kind == "latency" and not isinstance(profile, LatencyProfile):
+        raise ValueError("latency= needs calib: its first batch is the example input")
+    if kind not in ("macs", "latency"):
+        profile = None
+    open_layers = open_costs(candidates, config, profile, spectra)
+    if not open_layers:
+        found = ", ".join(sorted({type(c.module).__name__ for c in candidates})) or "none"
+        raise ValueError(
+            "nothing to factorise: the model has no nn.Linear, nn.Conv1d/2d (groups=1), nn.Embedding or "
+            f"Hugging Face Conv1D layer left after include/exclude (supported layers found: {found})"
+        )
+    allocation = allocate_ranks(model, config, open_layers, profile)
+    rows = _rows(model, config, candidates, others, open_layers, allocation.ranks, profile)
+    result = Plan(config, sum(p.numel() for p in model.parameters()), allocation.target_params, rows)
+    _totals(result, allocation, open_layers, profile)
+    return result
+
+
+def _rows(
+    model: nn.Module, config: InherConfig, candidates: list[Candidate], others: list[Unsupported],
+    open_layers: list[LayerCost], ranks: dict[str, int | None], profile: Profile | None,
+) -> list[LayerPlan]:
+    """The plan's rows, in the model's module order: every module with parameters and what happens to it."""
+    rows = [LayerPlan(o.name, o.type_name, "-", None, None, 1, o.params, o.params, o.reason) for o in others]
+    costs = {layer.name: layer for layer in open_layers}
+    for c in candidates:
+        own = dense_params(c.module)
+        shape = c.kind.describe(c.module)
+        if c.reason is not None:
+            rows.append(LayerPlan(c.name, c.kind.name, shape, None, None, 1, own, own, c.reason))
+            continue
+        layer, rank = costs[c.name], ranks[c.name]
+        if rank is None:
+            reason = dense_reason(layer, config, profile)
+            rows.append(LayerPlan(c.name, c.kind.name, shape, None, layer.max_rank, 1, own, own, reason))
+        else:
+            rows.append(LayerPlan(c.name, c.kind.name, shape, rank, layer.max_rank, config.experts, own,
+                                  layer.params(rank), FACTORISED))
+    order = {name: i for i, (name, _) in enumerate(model.named_modules())}
+    return sorted(rows, key=lambda r: order.get(r.name, -1))
+
+
+def _totals(result: Plan, allocation: Allocation, open_layers: list[LayerCost], profile: Profile | None) -> None:
+    """The plan's MAC or latency totals and targets, and a warning when it lands more than 2% under its budget."""
+    ranks = allocation.ranks
+    if isinstance(profile, LatencyProfile):
+        result.teacher_latency_ns, result.target_latency_ns = profile.reference, allocation.target_latency_ns
+        result.total_latency_ns = profile.fixed() + sum(layer.cost(ranks[layer.name]) for layer in open_layers)
+        warn_if_under(result.total_latency_ns, result.target_latency_ns, "latency")
+    elif profile is not None:
+        result.teacher_macs, result.target_macs = profile.total, allocation.target_macs
+        result.total_macs = profile.total - sum(layer.cost(None) - layer.cost(ranks[layer.name]) for layer in open_layers)
+        warn_if_under(result.total_macs, result.target_macs, "macs")
+    else:
+        warn_if_under(result.total_params, result.target_params, "params")
+
+
+def open_costs(
+    candidates: list[Candidate], config: InherConfig, profile: Profile | None,
+    spectra: dict[str, torch.Tensor] | None = None,
+) -> list[LayerCost]:
+    """The allocator's view (:func:`~inhernet.allocation.layer_cost`) of each open candidate, priced by
+    ``profile`` under a MAC or latency budget, with its energies from ``spectra`` where known."""
+    spectra = spectra or {}
+    return [layer_cost(c, config.experts, spectra.get(c.name), profile) for c in candidates if c.reason is None]
+
+
+# -- the greedy engine: ranks for a list of priced layers, no model, no config -------------------------------
+
+def _start(layer: LayerCost, min_rank: int, min_rank_ratio: float) -> int | None:
+    """Where the allocation starts for ``layer``: the first allowed rank at or above its floor, or dense
+    (``None``) if that saves nothing."""
+    start = floor_rank(layer, min_rank, min_rank_ratio)
+    if round_rank(start, layer.multiple) != start:
+        start = layer.next_rank(start)
+    return start if start <= layer.break_even else None
+
+
+Priority = Callable[[LayerCost, int, int], float]
+
+
+
+def layer_type(name: str) -> str:
+    """A layer's matrix type: its name with the numeric path parts (block indices) as ``*``, e.g.
+    ``model.layers.*.self_attn.q_proj`` for every block's ``q_proj``."""
+    return ".".join("*" if part.isdigit() else part for part in name.split("."))
+
+
+def energy_weights(layers: Sequence[LayerCost], strategy: str) -> dict[str, float]:
+    """What one unit of each layer's energy is worth to an energy strategy (or, for ``"uniform"``, to its
+    exact fill).
+
+    ``"energy"`` (and ``"uniform"``): ``1 / the layer's total``, so that every layer's spectrum counts as
+    fractions of itself (a layer's whole energy is worth 1, however small it is in absolute terms).
+    ``"loss"``: 1, so that a singular value is worth its absolute whitened truncation loss (SVD-LLM: dropping
+    sigma_i of ``W S_x`` adds exactly ``sigma_i^2`` to ``||W X - W' X||^2 / N``), compared across all layers.
+    ``"loss-by-type"``: ``1 / the mean total of the layer's type`` (:func:`layer_type`), so that absolute
+    losses are compared within a matrix type (q, k, v, o, gate, up, down...), whose outputs live in the same
+    space, and each type's typical layer weighs the same (SVD-LLM V2's normalisation within groups of the
+    same matrix type). A layer whose energy (or type's) is zero is worth nothing.
+    """
+    totals = {layer.name: float(layer.energy.sum()) for layer in layers if layer.energy is not None}
+    if strategy == "loss":
+        return dict.fromkeys(totals, 1.0)
+    if strategy == "loss-by-type":
+        by_type: dict[str, list[float]] = defaultdict(list)
+        for name, total in totals.items():
+            by_type[layer_type(name)].append(total)
+        mean = {t: sum(v) / len(v) for t, v in by_type.items()}
+        return {name: 1.0 / mean[layer_type(name)] if mean[layer_type(name)] > 0 else 0.0 for name in totals}
+    return {name: 1.0 / total if total > 0 else 0.0 for name, total in totals.items()}
+
+
+def _energy_priority(weights: dict[str, float]) -> Priority:
+    """Weighted energy (:func:`energy_weights`) gained per unit of cost (parameter or MAC) by the move
+    from ``rank`` (to the next allowed rank, or to dense)."""
+
+    def priority(layer: LayerCost, rank: int, cost: int) -> float:
+        assert layer.energy is not None
+        stop = layer.next_rank(rank) if rank < layer.break_even else layer.max_rank
+        return weights[layer.name] * float(layer.energy[rank:stop].sum()) / cost
+
+    return priority
+
+
+def _uniform_priority(layer: LayerCost, rank: int, cost: int) -> float:
+    """Lowest relative rank first: water-filling keeps one rank ratio r/k across layers."""
+    return -(rank + 1) / layer.max_rank
+
+
+def allocate(
+    layers: list[LayerCost], available: int, strategy: str, min_rank: int, min_rank_ratio: float = 0.0,
+    at_least: int | None = None,
+) -> dict[str, int | None]:
+    """Ranks whose costs (each layer's ``price``) fit ``available`` (``None`` = keep dense), greedily.
+
+    Every layer starts at its floor (:func:`floor_rank`, raised to an allowed rank; or dense, where even
+    that saves nothing); then the best move (to the next allowed rank, see :attr:`LayerCost.multiple`,
+    or back to dense once a rank no longer saves) is taken while it fits.
+    ``"energy"`` ranks moves by retained energy fraction per unit of cost, parameter or MAC (a global
+    greedy over singular values); ``"loss"`` by absolute (whitened) truncation loss avoided per unit of
+    cost, and ``"loss-by-type"`` by that loss normalised within each matrix type (see
+    :func:`energy_weights`); ``"uniform"`` by the lowest rank ratio r/k, which is water-filling on one
+    common ratio (what a bisection on the ratio finds), filled up to the budget. Callers check that
+    the start fits.
+
+    ``at_least``: where the greedy lands below it (its rank steps and jumps back to dense too
+    coarse for what is left), the allocation is redone exactly (:func:`_fill_window`): the most value
+    — retained weighted energy, or for ``"uniform"`` the ranks nearest the greedy's ratios — among the allocations
+    costing between ``at_least`` and ``available``, when there is one and the search is small enough.
+    """
+    if strategy not in (*ENERGY_STRATEGIES, "uniform"):
+        raise ValueError(f"strategy must be one of {(*ENERGY_STRATEGIES, 'uniform')}, got {strategy!r}")
+    if strategy in ENERGY_STRATEGIES and any(layer.energy is None for layer in layers):
+        raise ValueError(f"{strategy} allocation needs each layer's singular values")
+    weights = energy_weights(layers, strategy)
+    priority: Priority = _energy_priority(weights) if strategy in ENERGY_STRATEGIES else _uniform_priority
+    ranks: dict[str, int | None] = {}
+    spent = 0
+    heap: list[tuple[float, int, int]] = []
+
+    def push(i: int) -> None:
+        layer, rank = layers[i], ranks[layers[i].name]
+        if rank is None:
+            return
+        cost = layer.cost(layer.next_rank(rank) if rank < layer.break_even else None) - layer.cost(rank)
+        heapq.heappush(heap, (-priority(layer, rank, cost), i, cost))
+
+    for layer in layers:
+        ranks[layer.name] = _start(layer, min_rank, min_rank_ratio)
+        spent += layer.cost(ranks[layer.name])
+    for i in range(len(layers)):
+        push(i)
+    while heap:
+        _, i, cost = heapq.heappop(heap)
+        if spent + cost > available:
+            continue  # costs only grow as the budget shrinks: this layer is done
+        layer = layers[i]
+        rank = ranks[layer.name]
+        assert rank is not None
+        ranks[layer.name] = layer.next_rank(rank) if rank < layer.break_even else None
+        spent += cost
+        push(i)
+    if at_least is not None and spent < at_least:
+        return _fill_window(layers, ranks, available, at_least, min_rank, min_rank_ratio, weights) or ranks
+    return ranks
+
+
+# The exact search's size: cost levels (costs are rounded up to this many steps of the budget), and the
+# largest number of (option x level) updates it may run (a fraction of a second in numpy).
+_LEVELS = 1 << 14
+_MAX_WORK = 200_000_000
+
+
+def _fill_window(
+    layers: list[LayerCost], greedy: dict[str, int | None], available: int, at_least: int, min_rank: int,
+    min_rank_ratio: float, weights: dict[str, float],
+) -> dict[str, int | None] | None:
+    """The best ranks costing between ``at_least`` and ``available``, or ``None`` if there are none or the
+    search would be too big.
+
+    A multiple-choice knapsack solved by dynamic programming over cost levels: each layer takes one of
+    its ranks (floor .. break-even) or dense; the value is the retained energy weighted by ``weights``
+    (:func:`energy_weights`; dense keeps it all) with spectra, else the closeness of each layer's rank
+    ratio to the greedy's. Costs are rounded up to a
+    level, so that every level-feasible choice fits ``available``; the lower bound is checked exactly.
+    """
+    options: list[list[tuple[int | None, int, float]]] = []
+    for layer in layers:
+        start = _start(layer, min_rank, min_rank_ratio)
+        choices: list[int | None] = [None] if start is None else [*layer.allowed(start), None]
+        weight = weights.get(layer.name, 0.0)
+        options.append([(r, layer.cost(r), _value(layer, r, greedy[layer.name], weight)) for r in choices])
+    step = max(1, -(-available // _LEVELS))
+    levels = available // step + 1
+    if sum(len(o) for o in options) * levels > _MAX_WORK:
+        return None
+    best = np.full(levels, -np.inf)
+    best[0] = 0.0
+    picks = np.zeros((len(layers), levels), dtype=np.int32)
+    for i, opts in enumerate(options):
+        new = np.full(levels, -np.inf)
+        pick = np.full(levels, -1, dtype=np.int32)
+        for j, (_, cost, value) in enumerate(opts):
+            u = -(-cost // step)
+            if u >= levels:
+                continue
+            shifted = np.full(levels, -np.inf)
+            shifted[u:] = best[: levels - u] + value
+            better = shifted > new
+            new[better] = shifted[better]
+            pick[better] = j
+        best, picks[i] = new, pick
+    lowest = at_least // step  # no fewer levels can cost at_least
+    for end in sorted((s for s in range(lowest, levels) if np.isfinite(best[s])), key=lambda s: -best[s])[:64]:
+        ranks, level, total = {}, end, 0
+        for i in range(len(layers) - 1, -1, -1):
+            rank, cost, _ = options[i][picks[i][level]]
+            ranks[layers[i].name] = rank
+            total += cost
+            level -= -(-cost // step)
+        if at_least <= total <= available:
+            return ranks
+    return None
+
+
+def _value(layer: LayerCost, rank: int | None, greedy: int | None, weight: float) -> float:
+    """What ``rank`` is worth to the exact fill: retained energy times ``weight``, or nearness to the
+    greedy's rank ratio."""
+    if layer.energy is not None:
+        kept = layer.energy if rank is None else layer.energy[:rank]
+        return weight * float(kept.sum())
+    ratio = 1.0 if rank is None else rank / layer.max_rank
+    wanted = 1.0 if greedy is None else greedy / layer.max_rank
+    return -abs(ratio - wanted)
+
+
+def minimum_cost(layers: list[LayerCost], min_rank: int, min_rank_ratio: float = 0.0) -> int:
+    """The smallest total cost these layers can reach (each at its floor rank, or dense where that saves
+    nothing)."""
+    return sum(layer.cost(_start(layer, min_rank, min_rank_ratio)) for layer in layers)
+
+
+def ranks_for_rank(
+    layers: list[LayerCost], rank: int | float | str, min_rank: int, min_rank_ratio: float = 0.0
+) -> dict[str, int | None]:
+    """A fixed rank (int), fraction of full rank (float) or ``"full"`` for every layer.
+
+    Outside ``"full"`` a layer whose block would not save parameters stays dense.
+    """
+    out: dict[str, int | None] = {}
+    for layer in layers:
+        if rank == "full":
+            out[layer.name] = layer.max_rank
+            continue
+        r = rank if isinstance(rank, int) else math.ceil(float(rank) * layer.max_rank)
+        r = max(floor_rank(layer, min_rank, min_rank_ratio), min(r, layer.max_rank))
+        out[layer.name] = r if layer.saves(r) else None
+    return out
+
+
+def ranks_for_energy(
+    layers: list[LayerCost], energy: float, min_rank: int, min_rank_ratio: float = 0.0
+) -> dict[str, int | None]:
+    """Per layer, the smallest rank retaining ``energy`` of its (whitened) spectral energy."""
+    out: dict[str, int | None] = {}
+    for layer in layers:
+        assert layer.energy is not None
+        cum = torch.cumsum(layer.energy, 0) / layer.energy.sum().clamp_min(1e-300)
+        r = int(torch.searchsorted(cum, torch.tensor(energy - 1e-12, dtype=cum.dtype)).item()) + 1
+        r = max(floor_rank(layer, min_rank, min_rank_ratio), min(r, layer.max_rank))
+        out[layer.name] = r if layer.saves(r) else None
+    return out

@@ -1,32 +1,15 @@
 """``InherConfig(prune="auto")``: which shares of channels to try, and which candidate student wins.
 
-The candidates come from the budget, not from a fixed grid (:func:`candidate_shares`). Pruning a share
-``p`` of the teacher's channels (:func:`inhernet.pruning.prune_for`) leaves a model that costs, dense,
-less the larger ``p`` is, and whose smallest ranks cost less too. A scan and two bisections on ``p``,
-each step one Torch-Pruning call and the layers' prices (parameters, MACs on the example input, or the
-cost table's nanoseconds: the prices the allocator spends; no calibration pass, no spectrum) find
+The candidates come from the budget (:func:`candidate_shares`), priced without a spectrum (one
+Torch-Pruning call and the layers' prices per share): between ``p_min``, the smallest share whose
+smallest ranks reach the budget, and ``p_max``, the largest whose pruned model is still over it (so that
+ranks are left to cut), spread by :data:`SPREAD`, two of them close to ``p_max``. When rank cuts reach it
+at no share but pruning alone does, that share, every layer dense, is the one candidate (with a warning).
 
-* ``p_max``: the largest share whose pruned model is still *over* the budget, so that rank cuts remain
-  to be made (a larger share would be pruning alone, what ``prune-kd`` does);
-* ``p_min``: the smallest share whose model reaches the budget with every layer at its smallest rank
-  (0 when plain inheritance reaches it).
-
-The candidates are spread over ``[p_min, p_max]`` by :data:`SPREAD`, two of them close to ``p_max``
-(mostly pruning, a few rank cuts), which is where a model whose layers would be starved to rank 1 by
-rank cuts alone (EfficientNet-Lite0 at 10% of its parameters) is best served. This works alike for
-parameter, MAC and latency budgets; a share that is no candidate is never built.
-
-Each candidate student is then built at the same budget and scored by its KL to the teacher's logits
-(:func:`score`): zero-shot on all calibration batches (``prune_probe_steps=0``), or after ``N`` short
-KD steps on the first calibration batches and measured on the held-out rest (:func:`probe_loss`), the
-weights restored afterwards: a near-chance student that trains well is told apart from one that does
-not, which the zero-shot KL cannot do. The lowest score wins (among the candidates within 2% of the
-budget, if any is).
-
-When no share leaves a model that rank cuts bring under the budget (a latency budget that convolutions
-slower factorised than dense keep out of reach), but pruning alone gets there, the smallest such share
-is the one candidate, every layer of it dense: the ``prune-kd`` student, with a warning, rather than no
-student.
+The pipeline builds each candidate at the same budget; a :class:`Contest` scores it by its KL to the
+teacher's logits (:func:`score`: zero-shot, or after ``prune_probe_steps`` KD steps on the first
+calibration batches, scored on the held-out rest, the weights restored). The lowest score wins, among
+the candidates within 2% of the budget if any is.
 """
 
 from __future__ import annotations
@@ -34,17 +17,17 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 from torch import nn
 
-from .allocation import reach
+from .allocation import smallest_reach
 from .batches import forward_batch, logits_of, move_batch, split_rows
 from .config import DEFAULT_PROBE_STEPS, InherConfig
-from .discovery import find_layers
-from .plan import measure, open_costs
+from .costs.profile import latency_table, measured_ns
+from .costs.table import LatencyCosts
 from .pruning import (
     budget_standing,
     inner_config,
@@ -53,14 +36,24 @@ from .pruning import (
     teacher_outputs,
     zero_shot_loss,
 )
-from .spectra import latency_table, measured_ns
-
-if TYPE_CHECKING:
-    from .deploy.costs import LatencyCosts
 
 __all__ = [
-    "CEILING", "PROBE_BATCH", "PROBE_LR", "PROBE_TEMPERATURE", "RESOLUTION", "SCAN", "SPREAD", "Candidates", "Standing",
-    "candidate_shares", "choose", "probe_loss", "score", "split_probe", "standing",
+    "CEILING",
+    "PROBE_BATCH",
+    "PROBE_LR",
+    "PROBE_TEMPERATURE",
+    "RESOLUTION",
+    "SCAN",
+    "SPREAD",
+    "Candidates",
+    "Contest",
+    "Standing",
+    "candidate_shares",
+    "open_contest",
+    "probe_loss",
+    "score",
+    "split_probe",
+    "standing",
 ]
 
 #: where the candidates lie between ``p_min`` (0) and ``p_max`` (1): spread over the bracket, two of
@@ -141,9 +134,7 @@ def standing(
     if not smallest or have < target:
         return Standing(share, have, target, unit)
     inner = inner_config(config, record)
-    candidates, _ = find_layers(pruned, inner, example)
-    profile, _ = measure(pruned, inner, candidates, [example], costs, record.teacher_latency_ns)
-    target, least, unit = reach(inner, open_costs(candidates, inner, profile), profile, record.params)
+    target, least, unit = smallest_reach(pruned, inner, example, costs, record.teacher_latency_ns, record.params)
     return Standing(share, have, target, unit, least)
 
 
@@ -164,68 +155,76 @@ def candidate_shares(stand: Callable[[float, bool], Standing]) -> Candidates:
     """
     skipped: dict[str, str] = {}
     zero = stand(0.0, True)  # the teacher: always over the budget (a budget is at most the teacher)
-    # p_max: the first share of the scan whose pruned model is under the budget, then bisection below it.
-    # Not a bisection from the top: near its max_ratio Torch-Pruning leaves whole groups unpruned rather
-    # than empty them, and a larger share can leave a larger model; the scan ends there too.
-    lo, hi, under, last = 0.0, None, None, zero
-    for k in range(1, round(CEILING / SCAN) + 1):
-        there = stand(round(k * SCAN, 6), False)
-        if there.have > last.have and there.unit != "ns":
-            # pruning more left a larger model: the shares from here on are not trusted. Not so for measured
-            # time, which is neither exact nor monotone in the channel counts (kernels favour some widths).
-            break
-        if not there.over:
-            hi, under = there.share, there
-            break
-        lo, last = there.share, there
-    if hi is not None:
-        while hi - lo > RESOLUTION:
-            mid = (lo + hi) / 2
-            there = stand(mid, False)
-            if there.over:
-                lo = mid
-            else:
-                hi, under = mid, there
-        assert under is not None
-        skipped[_key(hi)] = under.why_not()
+    p_max, under = _p_max(stand, zero)
+    if under is not None:
+        skipped[_key(under.share)] = under.why_not()
     # to 0.001 as every share recorded, on the side under the budget
-    alone_share = None if hi is None else math.ceil(hi * 1000) / 1000
-    p_max = lo
-    if zero.reachable:
-        p_min = 0.0
-    else:
+    alone_share = None if under is None else math.ceil(under.share * 1000) / 1000
+    p_min = 0.0
+    if not zero.reachable:
         edge = stand(p_max, True)
         # A measured latency is taken again at every call: a share found over the budget by the scan can come
         # out under it alone here (timing noise). Step back until it is over, as the bracket assumes.
         while not edge.over and p_max > 0:
             p_max = max(0.0, round(p_max - RESOLUTION, 6))
             edge = stand(p_max, True)
-        if not edge.reachable:
-            why = (f"after pruning {p_max:g} of the channels, the most that leaves ranks to cut, the smallest ranks "
-                   f"reach {edge.smallest:,} {edge.unit} at best (without pruning: {zero.smallest:,})")
-            if alone_share is None:
-                raise ValueError(
-                    f"the budget of {zero.target:,} {zero.unit} is reached by no share of prune='auto': {why}, and "
-                    f"pruning alone does not reach it either (no larger share was tried: at most {CEILING:g}, while "
-                    "pruning more removes more); raise the budget, lower min_rank / min_rank_ratio or factorise "
-                    "more layers"
-                )
-            # Rank cuts cannot get there, pruning can: the smallest share under the budget alone, every layer
-            # dense (what prune-kd builds) is the one candidate, rather than no student at all.
-            del skipped[_key(hi)]
-            skipped["0"], skipped[_key(p_max)] = zero.why_not(), f"rank cuts cannot reach the budget: {why}"
-            return Candidates([alone_share], [alone_share, alone_share], skipped, alone=why, under=alone_share)
         skipped["0"] = zero.why_not()
-        lo, hi = 0.0, p_max  # unreachable at lo, reachable at hi
-        while hi - lo > RESOLUTION:
-            mid = (lo + hi) / 2
-            lo, hi = (lo, mid) if stand(mid, True).reachable else (mid, hi)
-        p_min = hi
+        if not edge.reachable:
+            return _alone(zero, edge, alone_share)
+        p_min = _bisect(stand, 0.0, p_max, lambda there: there.reachable, smallest=True)[1]
     # the ends rounded inwards to 0.001, so that the candidates keep their sides of the budget
     p_min, p_max = math.ceil(p_min * 1000) / 1000, math.floor(p_max * 1000) / 1000
     p_max = max(p_min, p_max)
     shares = sorted({min(p_max, max(p_min, round(p_min + t * (p_max - p_min), 3))) for t in SPREAD})
     return Candidates(shares, [p_min, p_max], skipped, under=alone_share)
+
+
+def _p_max(stand: Callable[[float, bool], Standing], zero: Standing) -> tuple[float, Standing | None]:
+    """The largest share still over the budget, and the standing of the smallest found under it (``None``
+    when no share up to :data:`CEILING` is): the first share of a scan in steps of :data:`SCAN` under the
+    budget, then a bisection below it. Not a bisection from the top: near its max_ratio Torch-Pruning leaves
+    whole groups unpruned rather than empty them, and a larger share can leave a larger model; the scan ends
+    there too."""
+    lo, last = 0.0, zero
+    for k in range(1, round(CEILING / SCAN) + 1):
+        there = stand(round(k * SCAN, 6), False)
+        if there.have > last.have and there.unit != "ns":
+            # pruning more left a larger model: the shares from here on are not trusted. Not so for measured
+            # time, which is neither exact nor monotone in the channel counts (kernels favour some widths).
+            return lo, None
+        if not there.over:
+            lo, hi = _bisect(stand, lo, there.share, lambda t: not t.over, smallest=False)
+            under = stand(hi, False)
+            return lo, under
+        lo, last = there.share, there
+    return lo, None
+
+
+def _bisect(
+    stand: Callable[[float, bool], Standing], lo: float, hi: float, holds: Callable[[Standing], bool],
+    smallest: bool,
+) -> tuple[float, float]:
+    """``(lo, hi)`` narrowed to :data:`RESOLUTION` around where ``holds`` starts to hold (false at ``lo``,
+    true at ``hi``)."""
+    while hi - lo > RESOLUTION:
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if holds(stand(mid, smallest)) else (mid, hi)
+    return lo, hi
+
+
+def _alone(zero: Standing, edge: Standing, alone_share: float | None) -> Candidates:
+    """When rank cuts cannot reach the budget: the smallest share under it by pruning alone, every layer dense
+    (what prune-kd builds), as the one candidate rather than no student at all; or the error."""
+    why = (f"after pruning {edge.share:g} of the channels, the most that leaves ranks to cut, the smallest ranks "
+           f"reach {edge.smallest:,} {edge.unit} at best (without pruning: {zero.smallest:,})")
+    if alone_share is None:
+        raise ValueError(
+            f"the budget of {zero.target:,} {zero.unit} is reached by no share of prune='auto': {why}, and "
+            f"pruning alone does not reach it either (no larger share was tried: at most {CEILING:g}, while "
+            "pruning more removes more); raise the budget, lower min_rank_ratio or factorise more layers"
+        )
+    skipped = {"0": zero.why_not(), _key(edge.share): f"rank cuts cannot reach the budget: {why}"}
+    return Candidates([alone_share], [alone_share, alone_share], skipped, alone=why, under=alone_share)
 
 
 def split_probe(calib: Sequence[Any], steps: int) -> tuple[list[Any], list[Any]]:
@@ -259,8 +258,6 @@ def probe_loss(
     The student comes back exactly as it was: weights and buffers (batch-norm statistics), modes,
     ``requires_grad`` flags; no gradient left behind.
     """
-    from .distillation.loss import kd_loss
-
     if steps == 0:
         return zero_shot_loss(student, held, held_targets)
     device = next((p.device for p in student.parameters()), torch.device("cpu"))
@@ -282,7 +279,7 @@ def probe_loss(
             for step in range(steps):
                 i = step % len(inputs)
                 logits = logits_of(forward_batch(student, move_batch(inputs[i], device)))
-                loss = kd_loss(logits, wanted[i].to(device, logits.dtype), temperature=PROBE_TEMPERATURE)
+                loss = soft_kl(logits, wanted[i].to(device, logits.dtype), PROBE_TEMPERATURE)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -298,6 +295,16 @@ def probe_loss(
             p.grad = None
 
 
+def soft_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``T**2 * KL(softmax(teacher/T) || softmax(student/T))`` per position, averaged: the pure-KD term of
+    :func:`inhernet.distillation.kd_loss` (``labels=None``), here so the probe needs nothing above the core."""
+    classes = student_logits.shape[-1]
+    s = student_logits.float().reshape(-1, classes) / temperature
+    t = teacher_logits.float().reshape(-1, classes) / temperature
+    kl = nn.functional.kl_div(s.log_softmax(-1), t.log_softmax(-1), reduction="none", log_target=True).sum(-1)
+    return temperature * temperature * kl.mean()
+
+
 def score(
     student: nn.Module, config: InherConfig, calib: Sequence[Any], targets: Sequence[torch.Tensor],
 ) -> float:
@@ -309,78 +316,100 @@ def score(
     return probe_loss(student, train, targets[:len(train)], held, targets[len(train):], steps, config.seed)
 
 
-def choose(
+@dataclass
+class Contest:
+    """The candidate students of ``prune="auto"``, scored as the pipeline builds them (:func:`open_contest`):
+    the lowest score wins, among the candidates within 2% of the budget if any is. No student is built here."""
+
+    config: InherConfig  #: the user's, ``prune_probe_steps`` resolved
+    calib: list[Any]
+    found: Candidates
+    teacher_ns: int | None  #: the teacher's measured time under a latency budget (every candidate's target)
+    targets: list[torch.Tensor]  #: the teacher's logits on ``calib``
+    scores: dict[str, float | None] = field(default_factory=dict)
+    best: tuple[tuple[bool, float], nn.Module, list[warnings.WarningMessage]] | None = None
+    failures: list[ValueError] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.skipped = dict(self.found.skipped)
+        self.bracket = list(self.found.bracket)
+        self.scores = dict.fromkeys(self.skipped)
+
+    @property
+    def alone(self) -> bool:
+        """The candidates prune alone (every layer dense): no share leaves ranks that reach the budget."""
+        return self.found.alone is not None
+
+    def missed(self, share: float, err: ValueError) -> None:
+        """``share``, measured again when built, missed the budget after all."""
+        self.scores[_key(share)], self.skipped[_key(share)] = None, str(err)
+        self.failures.append(err)
+
+    def scored(self, share: float, student: nn.Module, caught: list[warnings.WarningMessage]) -> None:
+        """Score the candidate ``student`` of ``share`` (built with the warnings ``caught``) and keep the best."""
+        value = score(student, self.config, self.calib, self.targets)
+        self.scores[_key(share)] = value
+        key = (not student.inhernet_plan.in_window, value)
+        if self.best is None or key < self.best[0]:
+            self.best = (key, student, caught)
+
+    def fallback(self) -> float | None:
+        """The share to build once more when every candidate missed the budget when built but pruning alone
+        still reaches it (with a warning); ``None`` otherwise."""
+        under = self.found.under
+        if self.best is not None or self.alone or under is None:
+            return None
+        _warn_alone(f"no candidate share ({', '.join(map(_key, self.found.shares))}) met the budget when built", under)
+        self.bracket = [under, under]
+        return under
+
+    def winner(self) -> nn.Module:
+        """The winning student, its plan's ``prune`` record holding the bracket, every score and why a share was
+        skipped; only its warnings are raised again.
+
+        Raises:
+            ValueError: no candidate met the budget when built.
+        """
+        if self.best is None:
+            raise ValueError(
+                f"prune='auto': no candidate share ({', '.join(map(_key, self.found.shares))}, between "
+                f"{self.bracket[0]:g} and {self.bracket[1]:g}) met the budget when built: "
+                + "; ".join(f"{share}: {why}" for share, why in self.skipped.items())
+            ) from self.failures[0]
+        _, student, caught = self.best
+        for w in caught:  # only the chosen candidate's warnings (e.g. a plan more than 2% under its budget)
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        record = student.inhernet_plan.prune
+        record.scores, record.skipped = _by_share(self.scores), _by_share(self.skipped)
+        record.bracket, record.probe_steps = self.bracket, self.config.prune_probe_steps
+        return student
+
+
+def open_contest(
     model: nn.Module, config: InherConfig, calib: list[Any] | None, costs: LatencyCosts | None,
-    build: Callable[[InherConfig, float, int | None, bool], nn.Module],
-) -> nn.Module:
-    """The student of ``prune="auto"``: every share of :func:`candidate_shares` built by ``build(config,
-    share, teacher_ns, alone)`` and scored by :func:`score`; the lowest score wins, among the candidates
-    within 2% of the budget if any is. Its plan's ``prune`` record holds the bracket, every score and why a
-    share was skipped; its config the probe steps used (``prune_probe_steps=None`` resolved). When only
-    pruning alone reaches the budget, that is the one candidate, with a warning."""
+) -> Contest:
+    """The contest of ``prune="auto"``: the shares of :func:`candidate_shares`, the teacher's logits they are
+    scored against and (under a latency budget) the teacher's time, measured once. When only pruning alone
+    reaches the budget, that is the one candidate, with a warning."""
     example = calib[0] if calib else None
     require_example(example)
     assert calib is not None
     if config.prune_probe_steps is None:
         config = replace(config, prune_probe_steps=DEFAULT_PROBE_STEPS)
-    steps = config.prune_probe_steps
-    assert steps is not None
-    split_probe(calib, steps)  # too few batches for the probe: said before anything is built
-    # Under a latency budget the teacher is timed once: every candidate is held to the same target.
-    teacher_ns = measured_ns(latency_table(model, costs), model, example) if config.latency is not None else None
+    split_probe(calib, config.prune_probe_steps or 0)  # too few batches for the probe: said before anything is built
+    latency = config.target.kind == "latency"
+    teacher_ns = measured_ns(latency_table(model, costs), model, example) if latency else None
     cache: dict[tuple[float, bool], Standing] = {}
 
     def stand(share: float, smallest: bool) -> Standing:
-        key = (share, smallest)
-        if key not in cache:
-            cache[key] = standing(config, model, example, share, costs, teacher_ns, smallest)
-        return cache[key]
+        if (share, smallest) not in cache:
+            cache[share, smallest] = standing(config, model, example, share, costs, teacher_ns, smallest)
+        return cache[share, smallest]
 
     found = candidate_shares(stand)
-    shares, bracket, skipped = found.shares, found.bracket, found.skipped
     if found.alone is not None:
-        _warn_alone(found.alone, shares[0])
-    targets = teacher_outputs(model, calib)
-    scores: dict[str, float | None] = dict.fromkeys(skipped)
-    best: tuple[tuple[bool, float], nn.Module, list[warnings.WarningMessage]] | None = None
-    failures: list[ValueError] = []
-
-    def attempt(share: float, alone: bool) -> None:
-        nonlocal best
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            try:
-                student = build(config, share, teacher_ns, alone)
-            except ValueError as err:  # measured again, this share missed the budget after all
-                scores[_key(share)], skipped[_key(share)] = None, str(err)
-                failures.append(err)
-                return
-        value = score(student, config, calib, targets)
-        scores[_key(share)] = value
-        key = (not student.inhernet_plan.in_window, value)
-        if best is None or key < best[0]:
-            best = (key, student, caught)
-
-    for share in shares:
-        attempt(share, found.alone is not None)
-    if best is None and found.alone is None and found.under is not None:
-        # every candidate, measured again when built, missed the budget: pruning alone still reaches it
-        _warn_alone(f"no candidate share ({', '.join(map(_key, shares))}) met the budget when built", found.under)
-        bracket = [found.under, found.under]
-        attempt(found.under, True)
-    if best is None:
-        raise ValueError(
-            f"prune='auto': no candidate share ({', '.join(map(_key, shares))}, between {bracket[0]:g} and "
-            f"{bracket[1]:g}) met the budget when built: "
-            + "; ".join(f"{share}: {why}" for share, why in skipped.items())
-        ) from failures[0]
-    _, student, caught = best
-    for w in caught:  # only the chosen candidate's warnings (e.g. a plan more than 2% under its budget)
-        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    record = student.inhernet_plan.prune
-    record.scores, record.skipped = _by_share(scores), _by_share(skipped)
-    record.bracket, record.probe_steps = bracket, steps
-    return student
+        _warn_alone(found.alone, found.shares[0])
+    return Contest(config, calib, found, teacher_ns, teacher_outputs(model, calib))
 
 
 def _warn_alone(why: str, share: float) -> None:

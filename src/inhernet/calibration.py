@@ -17,7 +17,7 @@ from .batches import forward_all, forward_batch, move_batch
 from .kinds import EmbeddingKind, LayerKind
 
 __all__ = [
-    "InputCovariance", "TokenMask", "collect_covariances", "covariance_hooks", "drop_unseen", "example_positions",
+    "InputCovariance", "TokenMask", "as_list", "collect_covariances", "covariance_hooks", "drop_unseen",
     "layer_input_shapes", "peek_example", "split_example",
 ]
 
@@ -211,6 +211,11 @@ def split_example(calib: Iterable[Any] | None, why: str) -> tuple[Any, Iterable[
     return first, (itertools.chain([first], it) if isinstance(calib, Iterator) else calib)
 
 
+def as_list(calib: Iterable[Any] | None) -> list[Any] | None:
+    """``calib`` as a list to iterate more than once (a list itself, not a copy: callers may key caches on it)."""
+    return calib if calib is None or isinstance(calib, list) else list(calib)
+
+
 def peek_example(calib: Iterable[Any] | None) -> tuple[Any, Iterable[Any] | None]:
     """The first batch of ``calib`` (``None`` if there is none) and ``calib`` to iterate in full afterwards."""
     if calib is None:
@@ -220,37 +225,6 @@ def peek_example(calib: Iterable[Any] | None) -> tuple[Any, Iterable[Any] | None
     if first is None:
         return None, calib
     return first, (itertools.chain([first], it) if isinstance(calib, Iterator) else calib)
-
-
-def example_positions(
-    model: nn.Module, layers: dict[str, tuple[nn.Module, LayerKind]], example: Any
-) -> tuple[int, dict[str, tuple[int, int]]]:
-    """One forward pass on ``example``: the model's MACs, and per layer its output and gate positions.
-
-    The MACs are :func:`inhernet.deploy.count_macs` of the whole batch; the positions (summed over a
-    layer's calls; ``(0, 0)`` for a layer that did not run) are what :meth:`LayerKind.positions` reads
-    from each output. Eval mode and no grad, as ``count_macs`` runs; the model's modes are restored.
-    """
-    from .deploy.flops import count_macs
-
-    seen = {name: (0, 0) for name in layers}
-
-    def make_hook(name: str, kind: LayerKind):
-        def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-            if isinstance(output, torch.Tensor):
-                rows, gates = kind.positions(module, output)
-                seen[name] = (seen[name][0] + rows, seen[name][1] + gates)
-
-        return hook
-
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    handles = [module.register_forward_hook(make_hook(name, kind)) for name, (module, kind) in layers.items()]
-    try:
-        total = count_macs(model, move_batch(example, device))
-    finally:
-        for h in handles:
-            h.remove()
-    return total, seen
 
 
 def layer_input_shapes(

@@ -534,7 +534,7 @@ def _add_compact(models: dict[str, Any], dataset: Any, batch_size: int, rank_mul
 
 def _add_latency(models: dict[str, Any], rows: list[dict[str, Any]], dataset: Any) -> None:
     """Each row's ``latency_ms``: one example's forward pass, median of interleaved repetitions."""
-    from .deploy.costs import measure_latency
+    from .costs.table import measure_latency
     from .sources import make_loader
 
     example = next(iter(make_loader(dataset, 1)))

@@ -10,15 +10,11 @@ whitening, no rank floor). The evidence is in README.md ("Defaults by model fami
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 from torch import nn
 
-if TYPE_CHECKING:
-    from .config import InherConfig
-
-__all__ = ["FAMILIES", "FAMILY_DEFAULTS", "FamilyDefaults", "model_family", "resolve_config"]
+__all__ = ["FAMILIES", "FAMILY_DEFAULTS", "FamilyDefaults", "model_family"]
 
 
 @dataclass(frozen=True)
@@ -92,33 +88,3 @@ def model_family(model: nn.Module) -> str:
     conv = sum(p.numel() for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d)) for p in m.parameters())
     total = sum(p.numel() for p in model.parameters())
     return "conv" if total and conv / total > 0.5 else "other"
-
-
-def resolve_config(config: InherConfig, model: nn.Module) -> InherConfig:
-    """``config`` with its auto (``None``) fields and ``family`` filled in for ``model``'s family.
-
-    A config with every field set (e.g. a loaded one) comes back unchanged.
-    """
-    fields = ("experts", "min_rank_ratio", "calibration")
-    family = config.family or model_family(model)
-    defaults = FAMILY_DEFAULTS[family]
-    filled = {f: getattr(defaults, f) for f in fields if getattr(config, f) is None}
-    if config.drop_blocks is None and defaults.drop_blocks and _drops_blocks(config, model):
-        filled["drop_blocks"] = defaults.drop_blocks
-    if config.family == family and not filled:
-        return config
-    return replace(config, family=family, **filled)
-
-
-def _drops_blocks(config: InherConfig, model: nn.Module) -> bool:
-    """Whether a family's ``drop_blocks`` applies: a plain parameter budget, whitened (calibrated: Block Influence
-    reads the same batches; plain-SVD and random inits keep every block), on a model with a stack of blocks."""
-    from .stack import layer_stack
-
-    if config.budget is None or config.budgets or config.prune is not None or config.init != "whiten":
-        return False
-    try:
-        layer_stack(model)
-    except ValueError:
-        return False
-    return True

@@ -1,52 +1,25 @@
-"""``plan()``: which layers to factorise at which rank, and what the model will weigh — no mutation.
+"""The :class:`Plan`: which layers are factorised at which rank, and what the model will weigh.
 
-The Plan dataclasses and the orchestration of the core's one-way flow: configure
-(:mod:`inhernet.config`) -> find layers (:mod:`inhernet.discovery`, :mod:`inhernet.readers`) -> measure
-(:mod:`inhernet.spectra`: calibration, spectra, MACs) -> allocate (:mod:`inhernet.allocation`). Building
-the model (:mod:`inhernet.surgery`) comes after.
+What the allocation step ends in (:func:`inhernet.allocation.make_plan` tabulates the ranks it chose),
+what the build step (:mod:`inhernet.surgery`) reads, and what :func:`inhernet.save` records. The
+pipeline that makes it is :mod:`inhernet.pipeline`.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import torch
-from torch import nn
-
-from . import blockdrop
-from .allocation import (
-    BUDGET_TOLERANCE,
-    Profile,
-    allocate_ranks,
-    check_reachable,
-    dense_reason,
-    layer_cost,
-    warn_if_under,
-)
-from .budget import LayerCost
-from .calibration import peek_example
+from .blockdrop import DropRecord
 from .config import InherConfig
-from .discovery import Candidate, Unsupported, find_layers
-from .kinds import dense_params
-from .pruning import PruneRecord, after_pruning, inner_config, prune_for
-from .spectra import (
-    LatencyProfile,
-    MacProfile,
-    allocation_needs_spectra,
-    layer_spectra,
-    profile_latency,
-    profile_macs,
-)
+from .pruning import PruneRecord
 
-if TYPE_CHECKING:
-    from .deploy.costs import LatencyCosts
-
-__all__ = ["BUDGET_TOLERANCE", "LayerPlan", "Plan", "make_plan", "plan", "with_drop", "with_prune"]
+__all__ = ["BUDGET_TOLERANCE", "LayerPlan", "Plan", "warn_if_bottlenecked", "with_drop", "with_prune"]
 
 FACTORISED = "factorised"
+#: a plan under a budget (parameters, MACs or measured time) lands at or below it and within 2% of it
+BUDGET_TOLERANCE = 0.98
 
 
 @dataclass
@@ -74,20 +47,20 @@ class Plan:
 
     The MAC fields are known under a MAC budget (``InherConfig(macs=...)``), ``None`` otherwise: the
     multiply-accumulates of one forward pass on the example input (the first calib batch, whole) of
-    the teacher, of the target and of the inherited model, as :func:`inhernet.deploy.count_macs`
+    the teacher, of the target and of the inherited model, as :func:`inhernet.count_macs`
     counts them.
 
     The latency fields are known under a latency budget (``InherConfig(latency=...)``), ``None``
     otherwise, in integer nanoseconds: the teacher's measured forward pass on the example input, the
     target, and the plan's predicted total (the fixed rest of the model plus each layer's price from
-    the cost table, see :class:`inhernet.spectra.LatencyProfile`).
+    the cost table, see :class:`inhernet.costs.profile.LatencyProfile`).
 
     With ``InherConfig(prune=...)``, ``prune`` records the pruning step (:class:`inhernet.pruning.PruneRecord`);
     the layers are those of the pruned model, while ``teacher_params`` / ``teacher_macs`` /
     ``teacher_latency_ns`` stay the original teacher's, which the budget and :attr:`ratio` refer to (the
     predicted ``total_latency_ns`` is the pruned model's: its measured fixed rest plus its layers' prices).
     With ``InherConfig(drop_blocks=...)``, ``drop`` records the blocks dropped
-    (:class:`inhernet.blockdrop.DropRecord`); the layers are those of the blocks kept, ``teacher_params``
+    (:class:`inhernet.DropRecord`); the layers are those of the blocks kept, ``teacher_params``
     the original teacher's.
     """
 
@@ -106,9 +79,9 @@ class Plan:
     #: ``{"planned": the latency fraction planned with, "measured": the measured ratio, the worst of
     #: ``"by_batch"`` (the ratio at the example's rows and at one row)}``, the student
     #: built marked ``"kept": True``; more than one when the first plan measured outside the window of
-    #: the budget and was planned again (see :data:`inhernet.surgery.LATENCY_CHECK_WINDOW`)
+    #: the budget and was planned again (see :data:`inhernet.pipeline.LATENCY_CHECK_WINDOW`)
     latency_checks: list[dict[str, Any]] | None = None
-    drop: blockdrop.DropRecord | None = None
+    drop: DropRecord | None = None
 
     @property
     def total_params(self) -> int:
@@ -204,106 +177,24 @@ def _ms(ns: int) -> str:
     return f"{ns / 1e6:.3f} ms"
 
 
-def make_plan(
-    model: nn.Module, config: InherConfig, candidates: list[Candidate], others: list[Unsupported],
-    spectra: dict[str, torch.Tensor], profile: Profile | None = None,
-) -> Plan:
-    """Allocate ranks and tabulate; ``spectra`` (each layer's energies) may be empty where none is needed.
-
-    ``profile`` is needed under a MAC budget (:func:`inhernet.spectra.profile_macs`: prices the layers
-    in MACs) or a latency budget (:func:`inhernet.spectra.profile_latency`: in measured nanoseconds).
-    """
-    teacher_params = sum(p.numel() for p in model.parameters())
-    h = config.experts
-    if config.macs is not None and not isinstance(profile, MacProfile):
-        raise ValueError("a MAC budget (macs=) needs the MAC profile of an example input: pass calib=")
-    if config.latency is not None and not isinstance(profile, LatencyProfile):
-        raise ValueError("latency= needs calib: its first batch is the example input")
-    if config.macs is None and config.latency is None:
-        profile = None
-    open_layers = open_costs(candidates, config, profile, spectra)
-    if not open_layers:
-        found = ", ".join(sorted({type(c.module).__name__ for c in candidates})) or "none"
-        raise ValueError(
-            "nothing to factorise: the model has no nn.Linear, nn.Conv1d/2d (groups=1), nn.Embedding or "
-            f"Hugging Face Conv1D layer left after include/exclude (supported layers found: {found})"
-        )
-    allocation = allocate_ranks(model, config, open_layers, profile)
-    ranks = allocation.ranks
-
-    rows = [LayerPlan(o.name, o.type_name, "-", None, None, 1, o.params, o.params, o.reason) for o in others]
-    costs = {layer.name: layer for layer in open_layers}
-    for c in candidates:
-        own = dense_params(c.module)
-        shape = c.kind.describe(c.module)
-        if c.reason is not None:
-            rows.append(LayerPlan(c.name, c.kind.name, shape, None, None, 1, own, own, c.reason))
-            continue
-        layer = costs[c.name]
-        rank = ranks[c.name]
-        if rank is None:
-            reason = dense_reason(layer, config, profile)
-            rows.append(LayerPlan(c.name, c.kind.name, shape, None, layer.max_rank, 1, own, own, reason))
-        else:
-            rows.append(LayerPlan(
-                c.name, c.kind.name, shape, rank, layer.max_rank, h, own, layer.params(rank), FACTORISED,
-            ))
-    order = {name: i for i, (name, _) in enumerate(model.named_modules())}
-    result = Plan(config, teacher_params, allocation.target_params, sorted(rows, key=lambda r: order.get(r.name, -1)))
-    if isinstance(profile, LatencyProfile):
-        result.teacher_latency_ns, result.target_latency_ns = profile.reference, allocation.target_latency_ns
-        result.total_latency_ns = profile.fixed() + sum(layer.cost(ranks[layer.name]) for layer in open_layers)
-        warn_if_under(result.total_latency_ns, result.target_latency_ns, "latency")
-    elif profile is not None:
-        result.teacher_macs, result.target_macs = profile.total, allocation.target_macs
-        result.total_macs = profile.total - sum(
-            layer.cost(None) - layer.cost(ranks[layer.name]) for layer in open_layers
-        )
-        warn_if_under(result.total_macs, result.target_macs, "macs")
-    else:
-        warn_if_under(result.total_params, result.target_params, "params")
-    return result
-
-
-def open_costs(
-    candidates: list[Candidate], config: InherConfig, profile: Profile | None,
-    spectra: dict[str, torch.Tensor] | None = None,
-) -> list[LayerCost]:
-    """The allocator's view (:func:`~inhernet.allocation.layer_cost`) of each open candidate, priced by
-    ``profile`` under a MAC or latency budget, with its energies from ``spectra`` where known."""
-    spectra = spectra or {}
-    return [layer_cost(c, config.experts, spectra.get(c.name), profile) for c in candidates if c.reason is None]
-
-
-def with_prune(plan: Plan, config: InherConfig, record: PruneRecord) -> Plan:
+def with_prune(plan: Plan, config: InherConfig, record: PruneRecord, alone: bool = False) -> Plan:
     """``plan`` (of the pruned model) as the plan of the whole hybrid: the user's ``config`` (with its
-    ``prune``), the pruning ``record``, and the original teacher's totals the budget refers to."""
+    ``prune``), the pruning ``record``, and the original teacher's totals the budget refers to (``alone``:
+    pruning alone, every layer dense: a latency target is the one asked, not the room the dense plan had)."""
     plan.config, plan.prune, plan.teacher_params = config, record, record.teacher_params
+    if alone and config.target.kind == "latency":
+        assert record.teacher_latency_ns is not None
+        plan.target_latency_ns = config.target.of(record.teacher_latency_ns)
     if plan.teacher_macs is not None and record.teacher_macs is not None:
         plan.teacher_macs = record.teacher_macs
     return plan
 
 
-def with_drop(plan: Plan, config: InherConfig, record: blockdrop.DropRecord) -> Plan:
+def with_drop(plan: Plan, config: InherConfig, record: DropRecord) -> Plan:
     """``plan`` (of the model without the dropped blocks) as the plan of the whole: the user's ``config``
     (with its ``drop_blocks``), the ``record``, and the original teacher's parameters the budget refers to."""
     plan.config, plan.drop, plan.teacher_params = config, record, record.teacher_params
     return plan
-
-
-def measure(
-    model: nn.Module, config: InherConfig, candidates: list[Candidate], calib: Iterable[Any] | None,
-    costs: LatencyCosts | None = None, latency_base: int | None = None,
-) -> tuple[Profile | None, Iterable[Any] | None]:
-    """The profile a MAC or latency budget prices the layers by (``None`` for the others), and ``calib``
-    to iterate in full afterwards. ``latency_base``: the time a ``latency=`` fraction is taken of, when
-    ``model`` is a pruned copy of the teacher (the teacher's measured time; see
-    :attr:`inhernet.spectra.LatencyProfile.base`)."""
-    if config.macs is not None:
-        return profile_macs(model, candidates, calib)
-    if config.latency is not None:
-        return profile_latency(model, candidates, calib, costs, latency_base)
-    return None, calib
 
 
 #: a budgeted plan that cuts a layer of at least BOTTLENECK_WIDTH possible ranks to BOTTLENECK_RANK or less is
@@ -316,7 +207,7 @@ BOTTLENECK_WIDTH = 32
 def warn_if_bottlenecked(result: Plan) -> None:
     """Warn when a budget drove layers to a rank KD trains through poorly, and suggest pruning first."""
     c = result.config
-    if result.prune is not None or (c.budget is None and c.macs is None and c.latency is None):
+    if result.prune is not None or not c.target.budgeted:
         return
     narrow = [r for r in result.layers if r.factorised and r.rank <= BOTTLENECK_RANK
               and (r.max_rank or 0) >= BOTTLENECK_WIDTH]
@@ -329,60 +220,3 @@ def warn_if_bottlenecked(result: Plan) -> None:
         "channels first where the rank cut alone would go this far; or raise the budget",
         stacklevel=3,
     )
-
-
-def plan(
-    model: nn.Module, config: InherConfig | None = None, calib: Iterable[Any] | None = None, *,
-    costs: LatencyCosts | None = None,
-) -> Plan:
-    """Compute the per-layer ranks and parameter totals of ``inherit(model, config, calib)``.
-
-    The model is not modified. Spectra are computed where the allocation needs them; energy
-    allocation with ``init="whiten"`` needs ``calib`` for the whitened spectra. A MAC budget
-    (``macs=``) needs ``calib`` too: its first batch, whole, is the example input whose MACs
-    (:func:`inhernet.deploy.count_macs`) are budgeted. So does a latency budget (``latency=``), whose
-    first batch is the example input timed; ``costs`` is the cost table it is priced by (anything with
-    ``dense``, ``factorised`` and ``latency``, see :class:`inhernet.deploy.costs.LatencyCosts`; default
-    a :class:`inhernet.deploy.CostTable` for the model's device and the current thread count, cached on
-    disk). ``costs`` is unused by the other budgets.
-    """
-    config = (config or InherConfig()).resolved(model)  # the family's defaults for the auto fields
-    if config.drop_blocks:
-        calib = list(calib) if calib is not None else None  # Block Influence reads it first
-        dropped, record = blockdrop.drop_for(config, model, calib)
-        result = with_drop(_plan_resolved(dropped, blockdrop.inner_config(config, record), calib, costs), config, record)
-    else:
-        result = _plan_resolved(model, config, calib, costs)
-    warn_if_bottlenecked(result)
-    return result
-
-
-def _plan_resolved(
-    model: nn.Module, config: InherConfig, calib: Iterable[Any] | None, costs: LatencyCosts | None
-) -> Plan:
-    """:func:`plan` of a resolved config without blocks to drop."""
-    example, calib = peek_example(calib)
-    if config.prune is not None:
-        if config.prune == "auto":
-            raise ValueError(
-                "prune='auto' chooses the share of channels by building and scoring each candidate student: "
-                "call inherit() (its plan is student.inhernet_plan), or give plan() a share, e.g. prune=0.3"
-            )
-        pruned, record = prune_for(config, model, example, config.prune, costs)
-        inner = inner_config(config, record)
-        with after_pruning(record):
-            inner_plan = _plan(pruned, inner, example, calib, costs, record.teacher_latency_ns)
-        return with_prune(inner_plan, config, record)
-    return _plan(model, config, example, calib, costs)
-
-
-def _plan(
-    model: nn.Module, config: InherConfig, example: Any, calib: Iterable[Any] | None, costs: LatencyCosts | None,
-    latency_base: int | None = None,
-) -> Plan:
-    """:func:`plan` without pruning, ``config`` resolved (``latency_base``: see :func:`measure`)."""
-    candidates, others = find_layers(model, config, example)
-    profile, calib = measure(model, config, candidates, calib, costs, latency_base)
-    check_reachable(config, open_costs(candidates, config, profile), profile)  # before the spectra
-    spectra = layer_spectra(model, candidates, config, calib) if allocation_needs_spectra(config) else {}
-    return make_plan(model, config, candidates, others, spectra, profile)

@@ -1,39 +1,17 @@
-"""Structured channel pruning with Torch-Pruning, and inheritance on what remains (``InherConfig(prune=...)``).
+"""Structured channel pruning with Torch-Pruning (``InherConfig(prune=...)``), and its record.
 
-The Torch-Pruning call is here, once: ``prune-kd`` (:mod:`inhernet_bench.baselines.prune`) prunes the teacher
-to the InherNet's size with it, and the hybrid prunes a share of the teacher's channels with it before
-the rank allocator spends the rest of the same budget. Torch-Pruning's dependency graph removes whole
-channels (conv filters, linear units, the hidden width of a transformer together with its embeddings
-and LayerNorms) and, for Hugging Face BERT-style attention, whole heads, so a pruned model is a smaller
-dense model of the teacher's architecture. The output layer is never pruned (its width is the number
-of classes).
+The Torch-Pruning call is here, once: ``prune-kd`` (:mod:`inhernet_bench.baselines.prune`) prunes the
+teacher to the InherNet's size with it, and the hybrid prunes a share of the teacher's channels with it
+(global L2 ranking; layer by layer for transformers, whole heads for BERT-style attention; the output
+layer kept) before the rank allocator spends the rest of the *same* budget, relative to the original
+teacher, on the pruned model's layers. ``prune="auto"`` chooses the share (:mod:`inhernet.autoprune`).
 
-The hybrid is one allocator with two moves, priced in one currency and judged by one loss:
-
-* channels: ``prune=p`` removes the share ``p`` of the channels that Torch-Pruning's global L2 ranking
-  finds least important (layer by layer for transformers, as ``prune-kd``): the per-layer channel
-  choice is Torch-Pruning's;
-* ranks: the existing allocator (:mod:`inhernet.allocation`) then spends what is left of the budget —
-  always relative to the *original* teacher's parameters, MACs or measured time — on the pruned model's
-  layers: the per-layer rank choice is the allocator's. Under a latency budget the pruned model's
-  layers are priced by the same cost table as the teacher's (new shapes timed once and cached), and its
-  fixed rest (what no rank changes) is measured whole, as the teacher's is;
-* ``prune="auto"`` chooses the split (:mod:`inhernet.autoprune`): the candidate shares are found from
-  the budget, between the smallest share whose smallest ranks reach it and the largest whose pruned
-  model is still over it (by bisection on the layers' prices, before any spectrum), and each candidate
-  student is built at the same budget and scored by its KL to the teacher on the calibration batches
-  (never a test split), zero-shot (:func:`zero_shot_loss`) or after a few KD steps on part of them
-  (``InherConfig(prune_probe_steps=...)``). The plan records the bracket, the choice, every score and
-  why a share was skipped.
-
-Saving without pickle: :func:`pruned_spec` diffs the module attributes (``out_channels``,
-``num_features``, ``normalized_shape``, ``num_attention_heads``...) and tensor shapes before and after
+Saving without pickle: :func:`pruned_spec` diffs the module attributes and tensor shapes before and after
 pruning, and :func:`apply_spec` replays that diff on a fresh model of the teacher's architecture, so
-:func:`inhernet.load` can rebuild the pruned structure before the InherNet surgery and fill every
-tensor from the safetensors file.
+:func:`inhernet.load` rebuilds the pruned structure before filling every tensor from the safetensors file.
 
-Causal language models are refused: pruning the hidden width would cut the input embedding matrix that
-their output layer shares (``prune-kd`` prunes their FFN channels instead: :mod:`inhernet_bench.baselines.llm_prune`).
+Causal LMs are refused: pruning the hidden width would cut the input embedding their output layer shares
+(``prune-kd`` prunes their FFN channels instead: :mod:`inhernet_bench.baselines.llm_prune`).
 """
 
 from __future__ import annotations
@@ -44,19 +22,17 @@ import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
 from .batches import forward_batch, logits_of, move_batch
-from .calibration import example_positions
 from .config import InherConfig
+from .costs.macs import example_positions
+from .costs.profile import latency_table, measured_ns
+from .costs.table import LatencyCosts
 from .families import model_family
-from .spectra import latency_table, measured_ns
-
-if TYPE_CHECKING:
-    from .deploy.costs import LatencyCosts
 
 __all__ = [
     "IMPORTANCES", "LATENCY_ROUND_TO", "PruneRecord", "after_pruning", "apply_spec", "attention_heads", "budget_standing", "check_prunable",
@@ -143,8 +119,6 @@ def prune(
         round_to: keep each layer's channel count a multiple of this (``None``: any count); see
             :data:`LATENCY_ROUND_TO`.
     """
-    import torch_pruning as tp
-
     check_prunable(model)
     if importance not in IMPORTANCES:
         raise ValueError(f"importance must be one of {IMPORTANCES}, got {importance!r}")
@@ -159,14 +133,27 @@ def prune(
         # Ranked globally, the hidden width's channels (which carry the embeddings) never lose to FFN
         # channels and the width is never cut: a transformer is pruned layer by layer.
         global_pruning = not heads
+    _prune_step(student, example, ratio, importance, keep, heads, global_pruning, max_ratio, round_to)
+    student.zero_grad(set_to_none=True)
+    _sync_attention(student, heads)
+    return student.eval()
+
+
+def _prune_step(
+    student: nn.Module, example: Any, ratio: float, importance: str, keep: list[nn.Module],
+    heads: dict[nn.Module, int], global_pruning: bool, max_ratio: float, round_to: int | None,
+) -> None:
+    """One Torch-Pruning step on ``student``, in place (see :func:`prune` for the arguments)."""
+    import torch_pruning as tp  # an optional dependency (the "bench" extra): only prune= needs it
+
     # at least one head per attention is kept
     head_ratio = min(ratio, *((n - 1) / n for n in heads.values())) if heads else 0.0
     imp = tp.importance.GroupMagnitudeImportance(p=2) if importance == "l2" else tp.importance.GroupTaylorImportance()
     with torch.enable_grad():
         pruner = tp.pruner.BasePruner(
             student, example, importance=imp, global_pruning=global_pruning, pruning_ratio=ratio,
-            max_pruning_ratio=max_ratio, round_to=round_to, ignored_layers=keep, num_heads=heads, prune_num_heads=bool(heads),
-            prune_head_dims=not heads, head_pruning_ratio=head_ratio,
+            max_pruning_ratio=max_ratio, round_to=round_to, ignored_layers=keep, num_heads=heads,
+            prune_num_heads=bool(heads), prune_head_dims=not heads, head_pruning_ratio=head_ratio,
             forward_fn=forward_batch, output_transform=logits_of,
         )
         if importance == "taylor":
@@ -180,9 +167,6 @@ def prune(
     # collection, so prune="auto"'s 10-20 calls ran a 24 GiB machine out of memory without this one.
     del pruner
     gc.collect()
-    student.zero_grad(set_to_none=True)
-    _sync_attention(student, heads)
-    return student.eval()
 
 
 def _sync_attention(model: nn.Module, heads: dict[nn.Module, int]) -> None:
@@ -268,37 +252,10 @@ def apply_spec(model: nn.Module, spec: Mapping[str, Any]) -> Callable[[], None]:
     """
     if not isinstance(spec, Mapping):
         raise ValueError(f"a pruning spec maps module names to changes, got {type(spec).__name__}")
-    todo: list[tuple[nn.Module, str, dict[str, Any], dict[str, Any]]] = []
-    for name, change in spec.items():
-        if not (isinstance(name, str) and isinstance(change, Mapping) and set(change) <= {"attrs", "tensors"}):
-            raise ValueError(f"malformed pruning spec for module {name!r}: {change!r}")
-        try:
-            module = model.get_submodule(name)
-        except AttributeError:
-            raise ValueError(f"the pruned model's module {name!r} is not in this model: not the architecture pruned") from None
-        attrs, tensors = dict(change.get("attrs", {})), dict(change.get("tensors", {}))
-        current = _shape_attrs(module)
-        for key, pair in attrs.items():
-            if not _is_pair(pair) or current.get(key) != pair[0]:
-                raise ValueError(
-                    f"module {name!r}: attribute {key} is {current.get(key)!r} here, the pruning spec expects "
-                    f"{pair!r} (before, after): not the architecture pruned"
-                )
-        own = {**module._parameters, **module._buffers}
-        for key, pair in tensors.items():
-            if not _is_pair(pair) or not all(isinstance(d, int) and d >= 0 for d in pair[1]) or (
-                own.get(key) is None or list(own[key].shape) != pair[0]
-            ):
-                got = None if own.get(key) is None else list(own[key].shape)
-                raise ValueError(
-                    f"module {name!r}: tensor {key} has shape {got} here, the pruning spec expects {pair!r} "
-                    "(before, after): not the architecture pruned"
-                )
-        todo.append((module, name, attrs, tensors))
-
+    todo = [_checked_change(model, name, change) for name, change in spec.items()]
     undo: list[Callable[[], None]] = []
     replaced: dict[int, torch.Tensor] = {}  # a tied tensor is replaced once, then shared again
-    for module, _name, attrs, tensors in todo:
+    for module, attrs, tensors in todo:
         for key, (_, value) in attrs.items():
             old_value = getattr(module, key)
             setattr(module, key, tuple(value) if isinstance(old_value, tuple) else value)
@@ -319,6 +276,36 @@ def apply_spec(model: nn.Module, spec: Mapping[str, Any]) -> Callable[[], None]:
             step()
 
     return restore
+
+
+def _checked_change(model: nn.Module, name: Any, change: Any) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
+    """Module ``name`` of ``model`` and its recorded attribute and tensor changes, once each "before" value
+    is checked against the module as it is (else a ValueError: not the architecture pruned)."""
+    if not (isinstance(name, str) and isinstance(change, Mapping) and set(change) <= {"attrs", "tensors"}):
+        raise ValueError(f"malformed pruning spec for module {name!r}: {change!r}")
+    try:
+        module = model.get_submodule(name)
+    except AttributeError:
+        raise ValueError(f"the pruned model's module {name!r} is not in this model: not the architecture pruned") from None
+    attrs, tensors = dict(change.get("attrs", {})), dict(change.get("tensors", {}))
+    current = _shape_attrs(module)
+    for key, pair in attrs.items():
+        if not _is_pair(pair) or current.get(key) != pair[0]:
+            raise ValueError(
+                f"module {name!r}: attribute {key} is {current.get(key)!r} here, the pruning spec expects "
+                f"{pair!r} (before, after): not the architecture pruned"
+            )
+    own = {**module._parameters, **module._buffers}
+    for key, pair in tensors.items():
+        if not _is_pair(pair) or not all(isinstance(d, int) and d >= 0 for d in pair[1]) or (
+            own.get(key) is None or list(own[key].shape) != pair[0]
+        ):
+            got = None if own.get(key) is None else list(own[key].shape)
+            raise ValueError(
+                f"module {name!r}: tensor {key} has shape {got} here, the pruning spec expects {pair!r} "
+                "(before, after): not the architecture pruned"
+            )
+    return module, attrs, tensors
 
 
 def _is_pair(pair: Any) -> bool:
@@ -395,25 +382,30 @@ def prune_for(
     """``model`` pruned by ``ratio`` for ``config`` (the teacher itself, unpruned, at ratio 0) and its record.
 
     Under a latency budget both models are timed whole on ``example`` by the cost table ``costs`` (see
-    :func:`inhernet.spectra.latency_table`); ``teacher_latency_ns``: the teacher's time, measured
+    :func:`inhernet.costs.profile.latency_table`); ``teacher_latency_ns``: the teacher's time, measured
     already (``prune="auto"`` measures it once, so that every candidate is held to the same budget).
     """
     require_example(example)
     check_prunable(model)
     _logits(model, example)  # a model without logits is refused before Torch-Pruning traces it
-    round_to = LATENCY_ROUND_TO if config.latency is not None else None
-    pruned = prune(model, example, ratio, round_to=round_to) if ratio > 0 else model
+    kind = config.target.kind
+    pruned = prune(model, example, ratio, round_to=channel_multiple(config)) if ratio > 0 else model
     record = PruneRecord(ratio, "l2", _params(model), _params(pruned), pruned_spec(model, pruned) if ratio > 0 else {})
-    if config.macs is not None:
+    if kind == "macs":
         record.teacher_macs = example_positions(model, {}, example)[0]
         record.macs = example_positions(pruned, {}, example)[0] if ratio > 0 else record.teacher_macs
-    if config.latency is not None:
+    if kind == "latency":
         table = latency_table(model, costs)
         if teacher_latency_ns is None:
             teacher_latency_ns = measured_ns(table, model, example)
         record.teacher_latency_ns = teacher_latency_ns
         record.latency_ns = measured_ns(table, pruned, example) if ratio > 0 else teacher_latency_ns
     return pruned, record
+
+
+def channel_multiple(config: InherConfig) -> int | None:
+    """The channel multiple ``config`` prunes to: :data:`LATENCY_ROUND_TO` under a latency budget, else any."""
+    return LATENCY_ROUND_TO if config.target.kind == "latency" else None
 
 
 def require_example(example: Any) -> None:
@@ -436,40 +428,40 @@ def budget_standing(config: InherConfig, record: PruneRecord) -> tuple[int, int,
     Raises:
         ValueError: ``config`` has no budget (a rank or energy rule), or an absolute count over the teacher's.
     """
-    if config.latency is not None:
+    target = config.target
+    if target.kind == "latency":
         assert record.teacher_latency_ns is not None and record.latency_ns is not None
-        return record.latency_ns, int(config.latency * record.teacher_latency_ns), "ns"
-    if config.budget is None and config.macs is None:
+        return record.latency_ns, target.of(record.teacher_latency_ns), "ns"
+    if not target.budgeted:
         raise ValueError("budget_standing() needs budget=, macs= or latency=, not a rank or energy rule")
-    key, amount, whole, have = (
-        ("budget", config.budget, record.teacher_params, record.params) if config.budget is not None
-        else ("macs", config.macs, record.teacher_macs, record.macs)
+    key, unit, whole, have = (
+        ("budget", "parameters", record.teacher_params, record.params) if target.kind == "params"
+        else ("macs", "MACs", record.teacher_macs, record.macs)
     )
-    assert amount is not None and whole is not None and have is not None
-    target = int(amount * whole) if isinstance(amount, float) else amount
-    unit = "parameters" if key == "budget" else "MACs"
-    if target > whole:
+    assert whole is not None and have is not None
+    amount = target.of(whole)
+    if amount > whole:
         raise ValueError(
-            f"{key}={target:,} {unit} exceeds the teacher's {whole:,}; give a smaller count or a fraction in (0, 1]"
+            f"{key}={amount:,} {unit} exceeds the teacher's {whole:,}; give a smaller count or a fraction in (0, 1]"
         )
-    return have, target, unit
+    return have, amount, unit
 
 
 def inner_config(config: InherConfig, record: PruneRecord, alone: bool = False) -> InherConfig:
     """The config that inherits the pruned model: the same budget, now as an absolute count of the
     *original* teacher's parameters or MACs (so the pruned channels are paid from it), and no pruning.
     A latency budget stays a fraction: it is taken of the original teacher's measured time, which the
-    pruned model's profile is given (:attr:`inhernet.spectra.LatencyProfile.base`). ``alone``: the pruned
+    pruned model's profile is given (:attr:`inhernet.costs.profile.LatencyProfile.base`). ``alone``: the pruned
     model may be under the budget already, and every layer stays dense (a count budget is then its own size, a
     latency budget the whole teacher's time).
 
     Raises:
         ValueError: the pruned model alone is already under the budget (prune less), unless ``alone``.
     """
-    if config.budget is None and config.macs is None and config.latency is None:
+    if not config.target.budgeted:
         return unpruned(config)  # a rank or energy rule: nothing to convert
     have, target, unit = budget_standing(config, record)
-    if config.latency is not None:
+    if config.target.kind == "latency":
         assert record.teacher_latency_ns is not None
         if have < target and not alone:
             raise ValueError(
@@ -480,7 +472,7 @@ def inner_config(config: InherConfig, record: PruneRecord, alone: bool = False) 
         # alone: every layer dense whatever the pruned model measures this time (a noisy timing may put it just
         # over): the whole teacher's time is a budget it always meets; inherit's measured check judges it
         return unpruned(config, latency=1.0) if alone else unpruned(config)
-    key = "budget" if config.budget is not None else "macs"
+    key = "budget" if config.target.kind == "params" else "macs"
     if have < target and not alone:
         raise ValueError(
             f"prune={record.ratio:g} leaves {have:,} {unit}, already under the {key} of {target:,}: nothing is "
@@ -490,12 +482,13 @@ def inner_config(config: InherConfig, record: PruneRecord, alone: bool = False) 
 
 
 @contextmanager
-def after_pruning(record: PruneRecord) -> Iterator[None]:
-    """Errors of the inheritance of a pruned model (e.g. an unreachable budget) name the pruning they follow."""
+def after_pruning(record: PruneRecord | None) -> Iterator[None]:
+    """Errors of the inheritance of a pruned model (e.g. an unreachable budget) name the pruning they follow
+    (``None``: nothing was pruned)."""
     try:
         yield
     except ValueError as err:
-        if record.ratio == 0:
+        if record is None or record.ratio == 0:
             raise
         raise ValueError(
             f"after prune={record.ratio:g} ({record.teacher_params:,} -> {record.params:,} parameters): {err}"

@@ -29,7 +29,7 @@ arguments are dropped (``use_cache=False``), since a cache would keep every bloc
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable
+from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,17 +48,15 @@ from .calibration import (
 )
 from .decomposition import Factors, factorize
 from .kinds import EmbeddingKind, LayerKind
-from .stack import layer_stack, replace_module
+from .stack import layer_stack
 
 __all__ = [
-    "Compress", "PairedCovariance", "StackInputs", "capture_stack_inputs", "corrected_weight", "run_block",
-    "sequential_calibrate",
+    "PairedCovariance", "StackInputs", "capture_stack_inputs", "corrected_weight", "run_block", "sequential_factors",
 ]
 
 Layers = dict[str, tuple[nn.Module, LayerKind]]
-#: Called once per layer with its (whitened) factors: returns the module to put in its place, or
-#: ``None`` to leave the layer as it is.
-Compress = Callable[[str, nn.Module, LayerKind, Factors], "nn.Module | None"]
+#: what a stage yields: each layer's name and (whitened) factors
+Stage = Generator[tuple[str, Factors], None, None]
 
 # Keyword arguments that carry a key/value cache, and the flag that asks for one.
 _CACHE_KWARGS = ("cache", "past_key_values", "past_key_value", "layer_past")
@@ -190,17 +188,17 @@ def run_block(block: nn.Module, inputs: StackInputs, i: int) -> torch.Tensor:
     return out
 
 
-def sequential_calibrate(
-    model: nn.Module, layers: Layers, calib: Iterable[Any], compress: Compress, *,
+def sequential_factors(
+    model: nn.Module, layers: Layers, calib: Iterable[Any], *,
     teacher: nn.Module | None = None, damping: float = 1e-4, progress: bool = True,
-) -> None:
-    """Whitened factors of every layer in ``layers``, stage by stage; ``compress`` decides what replaces it.
+) -> Iterator[tuple[str, Factors]]:
+    """Whitened factors of every layer in ``layers``, stage by stage, yielded as ``(name, factors)``.
 
-    ``model`` is modified in place where ``compress`` returns a module (a ``compress`` that returns
-    ``None`` only reads the model: its factors are then those of the teacher's own inputs, in bounded
-    memory). ``teacher``, an unmodified copy of ``model``, makes every block layer aim at the teacher's
-    outputs (see the module docstring); without it each layer keeps its own map on the inputs it now
-    receives. ``calib`` is iterated a few times: pass a list, not a one-shot iterator. The models run in
+    The caller may put a replacement of layer ``name`` into ``model`` (``replace_module``) before it asks
+    for the next: the later stages then run through it. A caller that replaces nothing only reads the
+    model: its factors are those of the teacher's own inputs, in bounded memory. ``teacher``, an
+    unmodified copy of ``model``, makes every block layer aim at the teacher's outputs (see the module
+    docstring). ``calib`` is iterated a few times: pass a list, not a one-shot iterator. The models run in
     eval mode without grad; their modes are restored.
 
     Raises:
@@ -208,63 +206,83 @@ def sequential_calibrate(
             :func:`inhernet.stack.layer_stack`) or the calibration batches do not reach it.
     """
     stack_name, stack = layer_stack(model)
-    teacher_stack = layer_stack(teacher)[1] if teacher is not None else None
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    block_of = {name: _block_index(name, stack_name) for name in layers}
-    outside = {name: layer for name, layer in layers.items() if block_of[name] is None}
+    run = _Run(model, layers, stack_name, stack, layer_stack(teacher)[1] if teacher is not None else None, damping)
     modes = [(m, m.training) for m in (model, teacher) if m is not None]
     for m, _ in modes:
         m.eval()
     try:
         with torch.no_grad():
-            # Stage 1: the capture pass runs exactly the layers before the stack.
-            mask = TokenMask()
-            with covariance_hooks(outside, device, mask) as stats:
-                inputs = capture_stack_inputs(model, stack[0], calib, device, mask)
-            # The teacher's own hidden states, only when layers aim at its outputs (else not held at all).
-            teacher_inputs = StackInputs(
-                list(inputs.hidden), inputs.args, inputs.kwargs, inputs.by_keyword, inputs.masks
-            ) if teacher_stack is not None else None
-            early = {name: outside[name] for name in stats}
-            if early and _compress_stage(model, early, stats, compress, damping):
-                inputs = capture_stack_inputs(model, stack[0], calib, device)  # through the compressed layers
-            # Stage 2: block by block.
+            inputs, teacher_inputs, early = yield from run.before_stack(calib)
             for i in tqdm(range(len(stack)), desc="calibrating blocks", disable=not progress, leave=False):
-                todo = {name: layers[name] for name in layers if block_of[name] == i}
-                outputs = None  # the block's outputs, when the statistics pass already computed them
-                if teacher_stack is None:
-                    if todo:
-                        with covariance_hooks(todo, device, mask) as stats:
-                            seen = []
-                            for b in range(len(inputs.hidden)):
-                                mask.current = inputs.masks[b]
-                                seen.append(run_block(stack[i], inputs, b))
-                        replaced = _compress_stage(model, todo, drop_unseen(stats, todo), compress, damping)
-                        # A block left as it was (a compress that only reads) need not run again.
-                        outputs = None if replaced else seen
-                        del seen
-                else:
-                    assert teacher_inputs is not None
-                    # Pairs each layer's inputs in the compressed model with the teacher's; also moves the
-                    # teacher's hidden states one block on.
-                    stats = _paired_statistics(
-                        stack[i], teacher_stack[i], f"{stack_name}.{i}.", todo, inputs, teacher_inputs, device
-                    )
-                    if todo:
-                        _compress_stage(model, todo, drop_unseen(stats, todo), compress, damping)
-                block = stack[i]  # re-read: the block itself may have been replaced
-                if outputs is None:
-                    outputs = [run_block(block, inputs, b) for b in range(len(inputs.hidden))]
-                inputs.hidden = outputs
+                yield from run.through_block(i, inputs, teacher_inputs)
             del inputs, teacher_inputs
-            # Stage 3: whatever runs after the stack, in one pass of the compressed model.
-            late = {name: layer for name, layer in outside.items() if name not in early}
-            if late:
-                stats = collect_covariances(model, late, calib, progress=False)
-                _compress_stage(model, late, stats, compress, damping)
+            yield from run.after_stack(calib, early)
     finally:
         for m, mode in modes:
             m.train(mode)
+
+
+@dataclass
+class _Run:
+    """One sequential calibration of ``model``'s ``layers`` along its ``stack`` (and the teacher's, when
+    layers aim at the teacher's outputs): the three stages of the module docstring."""
+
+    model: nn.Module
+    layers: Layers
+    stack_name: str
+    stack: nn.ModuleList
+    teacher_stack: nn.ModuleList | None
+    damping: float
+    mask: TokenMask = field(default_factory=TokenMask)
+
+    def __post_init__(self) -> None:
+        self.device = next((p.device for p in self.model.parameters()), torch.device("cpu"))
+        self.block_of = {name: _block_index(name, self.stack_name) for name in self.layers}
+        self.outside = {name: layer for name, layer in self.layers.items() if self.block_of[name] is None}
+
+    def before_stack(self, calib: Iterable[Any]) -> Generator[tuple[str, Factors], None, tuple[
+            StackInputs, StackInputs | None, set[str]]]:
+        """Stage 1: the capture pass runs exactly the layers before the stack; returns the stack's inputs
+        (captured again through the replaced layers, if any), the teacher's own (only when layers aim at
+        its outputs) and the layers done."""
+        with covariance_hooks(self.outside, self.device, self.mask) as stats:
+            inputs = capture_stack_inputs(self.model, self.stack[0], calib, self.device, self.mask)
+        teacher_inputs = StackInputs(
+            list(inputs.hidden), inputs.args, inputs.kwargs, inputs.by_keyword, inputs.masks
+        ) if self.teacher_stack is not None else None
+        early = {name: self.outside[name] for name in stats}
+        yield from _stage(self.model, early, stats, self.damping)
+        if early and _replaced(self.model, early):
+            inputs = capture_stack_inputs(self.model, self.stack[0], calib, self.device)
+        return inputs, teacher_inputs, set(early)
+
+    def through_block(self, i: int, inputs: StackInputs, teacher_inputs: StackInputs | None) -> Stage:
+        """Stage 2, block ``i``: its layers' factors on the inputs that passed the earlier blocks, then the
+        block (as replaced) run to give the next block its inputs."""
+        todo = {name: self.layers[name] for name in self.layers if self.block_of[name] == i}
+        outputs = None  # the block's outputs, when the statistics pass already computed them
+        if teacher_inputs is None and todo:
+            with covariance_hooks(todo, self.device, self.mask) as stats:
+                seen = []
+                for b in range(len(inputs.hidden)):
+                    self.mask.current = inputs.masks[b]
+                    seen.append(run_block(self.stack[i], inputs, b))
+            yield from _stage(self.model, todo, drop_unseen(stats, todo), self.damping)
+            outputs = None if _replaced(self.model, todo) else seen  # a block left as it was need not run again
+        elif teacher_inputs is not None:
+            assert self.teacher_stack is not None
+            # Pairs each layer's inputs with the teacher's; also moves the teacher's hidden states one block on.
+            stats = _paired_statistics(self.stack[i], self.teacher_stack[i], f"{self.stack_name}.{i}.", todo, inputs,
+                                       teacher_inputs, self.device)
+            yield from _stage(self.model, todo, drop_unseen(stats, todo), self.damping)
+        block = self.stack[i]  # re-read: the block itself may have been replaced
+        inputs.hidden = outputs if outputs is not None else [run_block(block, inputs, b) for b in range(len(inputs.hidden))]
+
+    def after_stack(self, calib: Iterable[Any], early: set[str]) -> Stage:
+        """Stage 3: whatever runs after the stack, in one pass of the (replaced) model."""
+        late = {name: layer for name, layer in self.outside.items() if name not in early}
+        if late:
+            yield from _stage(self.model, late, collect_covariances(self.model, late, calib, progress=False), self.damping)
 
 
 def _paired_statistics(
@@ -283,19 +301,15 @@ def _paired_statistics(
     handles = []
     mask = TokenMask()  # the batch's attention mask: padded positions enter neither side
 
-    def rows_of(module: nn.Module, kind: LayerKind, x: torch.Tensor) -> torch.Tensor:
-        x = mask.keep(kind.batched(module, unnested(x.detach())), isinstance(kind, EmbeddingKind))
-        return kind.input_rows(module, x)
-
     def record(name: str, kind: LayerKind):
         def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
-            recorded.setdefault(name, []).append(rows_of(module, kind, args[0]))
+            recorded.setdefault(name, []).append(_input_rows(mask, module, kind, args[0]))
 
         return hook
 
     def pair(name: str, kind: LayerKind):
         def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
-            rows = rows_of(module, kind, args[0])
+            rows = _input_rows(mask, module, kind, args[0])
             if name not in stats:
                 diagonal = isinstance(kind, EmbeddingKind)
                 cls = InputCovariance if diagonal else PairedCovariance
@@ -330,6 +344,12 @@ def _paired_statistics(
     return stats
 
 
+def _input_rows(mask: TokenMask, module: nn.Module, kind: LayerKind, x: torch.Tensor) -> torch.Tensor:
+    """The rows of ``module``'s input ``x`` its covariance counts, padded positions left out."""
+    x = mask.keep(kind.batched(module, unnested(x.detach())), isinstance(kind, EmbeddingKind))
+    return kind.input_rows(module, x)
+
+
 def _block_index(name: str, stack_name: str) -> int | None:
     """The index of the stack block that contains module ``name``, or ``None`` outside the stack."""
     prefix = f"{stack_name}." if stack_name else ""
@@ -339,20 +359,18 @@ def _block_index(name: str, stack_name: str) -> int | None:
     return int(head) if head.isdigit() else None
 
 
-def _compress_stage(
-    model: nn.Module, layers: Layers, stats: dict[str, InputCovariance], compress: Compress, damping: float
-) -> bool:
-    """Factorise each layer with its statistics (plain SVD where it saw none) and put ``compress``'s module
-    in; whether any layer was replaced."""
-    replaced = False
+def _stage(model: nn.Module, layers: Layers, stats: dict[str, InputCovariance], damping: float) -> Stage:
+    """Each layer's factors with its statistics (plain SVD where it saw none; aimed at the teacher's
+    outputs where paired), one at a time: the caller may replace the layer in ``model`` before the next.
+    (The one step of a stage, looked up when it runs: a script may wrap it, e.g. to share factors.)"""
     for name, (module, kind) in layers.items():
         cov = stats.pop(name, None)
         w = kind.matrix(module)
         if isinstance(cov, PairedCovariance):
             w = corrected_weight(w, cov, damping)
-        factors = factorize(w, cov, damping)
-        replacement = compress(name, module, kind, factors)
-        if replacement is not None:
-            replace_module(model, name, replacement)
-            replaced = True
-    return replaced
+        yield name, factorize(w, cov, damping)
+
+
+def _replaced(model: nn.Module, layers: Layers) -> bool:
+    """Whether the caller put a replacement of any of ``layers`` into ``model``."""
+    return any(model.get_submodule(name) is not module for name, (module, _) in layers.items())

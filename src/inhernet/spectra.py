@@ -9,126 +9,18 @@ with :mod:`inhernet.sequential`) turned into each layer's factors or energies.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
-from .budget import ENERGY_STRATEGIES, NANOSECONDS, Price, latency_price
-from .calibration import collect_covariances, example_positions, layer_input_shapes, split_example
-from .config import InherConfig
+from .calibration import collect_covariances
+from .config import ENERGY_STRATEGIES, InherConfig
 from .decomposition import Factors, factorize
 from .discovery import Candidate, factorisable
-from .kinds import LayerKind
-from .sequential import sequential_calibrate
+from .sequential import sequential_factors
 
-if TYPE_CHECKING:
-    from .deploy.costs import LatencyCosts
-
-__all__ = [
-    "LatencyProfile", "MacProfile", "allocation_needs_spectra", "decompose", "latency_table", "layer_spectra",
-    "measured_ns", "profile_latency", "profile_macs", "reiterable",
-]
-
-
-@dataclass
-class MacProfile:
-    """The teacher's MACs on the example input, and per open layer its (output, gate) positions there."""
-
-    total: int
-    positions: dict[str, tuple[int, int]]
-
-
-def profile_macs(
-    model: nn.Module, candidates: list[Candidate], calib: Iterable[Any] | None
-) -> tuple[MacProfile, Iterable[Any]]:
-    """Count MACs and positions on the first batch of ``calib``; returns ``calib`` to iterate in full."""
-    example, calib = split_example(calib, "a MAC budget (macs=)")
-    todo = factorisable(candidates)
-    total, positions = example_positions(model, todo, example)
-    return MacProfile(total, positions), calib
-
-
-@dataclass
-class LatencyProfile:
-    """The teacher's measured time on the example input and each open layer's price, in nanoseconds.
-
-    ``total``: the teacher's forward pass, measured whole; ``prices``: per factorisable layer that ran
-    on the example, its dense time and the fitted ``base + unit * rank`` of its single-expert
-    factorised form, summed over its calls (:func:`inhernet.budget.latency_price`). A layer absent
-    from ``prices`` did not run on the example. ``base``: the time a ``latency=`` fraction refers to,
-    when it is not ``total``: the *original* teacher's measured time when this model is a pruned copy
-    of it (``InherConfig(prune=...)``), so that the pruned channels are paid from the same budget.
-    """
-
-    total: int
-    prices: dict[str, Price]
-    base: int | None = None
-
-    @property
-    def reference(self) -> int:
-        """What the budget's fraction is taken of: :attr:`base`, else :attr:`total`."""
-        return self.total if self.base is None else self.base
-
-    def price(self, name: str) -> Price:
-        """``name``'s price; a layer that did not run costs nothing (and saves nothing)."""
-        return self.prices.get(name, Price(0, 0, 0))
-
-    def fixed(self) -> int:
-        """What the allocation cannot change: the measured total minus the layers' dense times, >= 0."""
-        return max(0, self.total - sum(p.dense for p in self.prices.values()))
-
-
-def latency_table(model: nn.Module, costs: LatencyCosts | None) -> LatencyCosts:
-    """The cost table a latency budget is priced by: ``costs``, checked, or by default a
-    :class:`~inhernet.deploy.CostTable` on ``model``'s device at the current thread count (cached on disk)."""
-    from .deploy.costs import CostTable, LatencyCosts
-
-    if costs is not None and not isinstance(costs, LatencyCosts):
-        raise TypeError(
-            "costs must have dense(shape), factorised(shape, rank) and latency(models, example) methods "
-            f"(e.g. an inhernet.deploy.CostTable), got {type(costs).__name__}"
-        )
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    return costs if costs is not None else CostTable(device)
-
-
-def measured_ns(table: LatencyCosts, model: nn.Module, example: Any) -> int:
-    """``model``'s forward pass on the batch ``example``, whole, as ``table`` measures it, in integer ns."""
-    return round(float(table.latency([model], example)[0]) * NANOSECONDS)
-
-
-def profile_latency(
-    model: nn.Module, candidates: list[Candidate], calib: Iterable[Any] | None,
-    costs: LatencyCosts | None = None, base: int | None = None,
-) -> tuple[LatencyProfile, Iterable[Any]]:
-    """Time the teacher and price its open layers on the first batch of ``calib`` (whole); returns
-    ``calib`` to iterate in full.
-
-    ``costs``: a :class:`inhernet.deploy.costs.LatencyCosts` (default: a
-    :class:`~inhernet.deploy.CostTable` on the model's device at the current thread count, cached on
-    disk). Each layer's input shape is read from one forward pass (eval mode, no grad); the table
-    gives its dense time and its factorised time at :func:`~inhernet.deploy.costs.rank_points`.
-    ``base``: see :attr:`LatencyProfile.base` (a pruned model's, the original teacher's time).
-    """
-    from .deploy.costs import LayerShape, rank_points
-
-    if calib is None:
-        raise ValueError("latency= needs calib: its first batch is the example input")
-    table = latency_table(model, costs)
-    example, calib = split_example(calib, "latency=")
-    todo = factorisable(candidates)
-    layers = {name: module for name, (module, _) in todo.items()}
-    shapes = layer_input_shapes(model, layers, example, LayerShape.of_layer)
-    total = measured_ns(table, model, example)
-    prices = {}
-    for name, calls in shapes.items():
-        ranks = rank_points(calls[0].full_rank, getattr(table, "points", 4))
-        dense = sum(float(table.dense(s)) for s in calls)
-        points = [(r, sum(float(table.factorised(s, r)) for s in calls)) for r in ranks]
-        prices[name] = latency_price(dense, points)
-    return LatencyProfile(total, prices, base), calib
+__all__ = ["allocation_needs_spectra", "decompose", "layer_spectra", "reiterable"]
 
 
 def decompose(
@@ -162,14 +54,10 @@ def layer_spectra(
     holding one block's statistics at a time, and only the energies are kept.
     """
     if config.init == "whiten" and config.calibration != "one-pass":
-        todo = factorisable(candidates)
-        energies: dict[str, torch.Tensor] = {}
-
-        def keep_energy(name: str, module: nn.Module, kind: LayerKind, factors: Factors) -> None:
-            energies[name] = factors.output_energy
-
-        sequential_calibrate(model, todo, reiterable(calib), keep_energy, damping=config.damping, progress=progress)
-        return energies
+        stages = sequential_factors(
+            model, factorisable(candidates), reiterable(calib), damping=config.damping, progress=progress
+        )
+        return {name: factors.output_energy for name, factors in stages}
     return {name: f.output_energy for name, f in decompose(model, candidates, config, calib, progress=progress).items()}
 
 
@@ -185,5 +73,5 @@ def reiterable(calib: Iterable[Any] | None) -> list[Any]:
 
 def allocation_needs_spectra(config: InherConfig) -> bool:
     """Whether the allocation reads the layers' spectra (energy rules and energy-allocated budgets)."""
-    budgeted = config.budget is not None or config.macs is not None or config.latency is not None
-    return config.energy is not None or (budgeted and config.allocation in ENERGY_STRATEGIES)
+    target = config.target
+    return target.kind == "energy" or (target.budgeted and config.allocation in ENERGY_STRATEGIES)

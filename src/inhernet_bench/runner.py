@@ -23,11 +23,12 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from inhernet.batches import first_example
-from inhernet.config import InherConfig
-from inhernet.deploy import count_macs, merge_experts
+from inhernet.costs import count_macs
+from inhernet.deploy import merge_experts
 from inhernet.distillation import DistillConfig, distill, precompute_teacher_logits, precompute_teacher_topk
 from inhernet.dual import DUAL_METRICS
 from inhernet.evaluate import evaluate
+from inhernet.experimental import ExperimentalConfig
 from inhernet.layers import InherBlock
 from inhernet_bench.baselines import MethodContext, build_student
 from inhernet_bench.baselines.methods import MATCHES, METHODS
@@ -143,9 +144,9 @@ class BenchConfig:
                 f"inherit_overrides cannot set {sorted(sized_elsewhere)}: the bench sizes every row from budget=, "
                 "match=, experts= and seeds="
             )
-        unknown = set(self.inherit_overrides) - {f.name for f in fields(InherConfig)}
+        unknown = set(self.inherit_overrides) - {f.name for f in fields(ExperimentalConfig)}
         if unknown:
-            raise ValueError(f"inherit_overrides: {sorted(unknown)} are not InherConfig options")
+            raise ValueError(f"inherit_overrides: {sorted(unknown)} are not ExperimentalConfig options")
         if self.reference not in METHODS:
             raise ValueError(f"reference must be one of the methods {sorted(METHODS)}, got {self.reference!r}")
         if self.prune_importance is not None and self.prune_importance not in IMPORTANCES:

@@ -11,7 +11,6 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-import inhernet.surgery
 from inhernet_bench import BenchConfig, run_bench, write_json, write_plots
 from inhernet_bench.presets import registry
 from inhernet_bench.presets.registry import Preset
@@ -369,19 +368,19 @@ class FakeTimer:
 def test_bench_matched_in_latency(tiny_preset, monkeypatch):
     """--match latency: InherNet meets a latency budget (compact form) and every baseline measures at least
     its latency; the JSON reports latency_ms for the teacher and every method. Nothing is really timed."""
-    from inhernet.deploy import costs as cost_module
+    from inhernet.costs import table as cost_module
     from inhernet_bench import bench_table
 
     def no_clock(*args, **kwargs):
         raise AssertionError("a real timing ran in a test")
 
     monkeypatch.setattr(cost_module, "time_calls", no_clock)
-    # inherit's check at one row (where this fake's per-layer overhead dominates) is tested on its own
-    monkeypatch.setattr(inhernet.surgery, "LATENCY_CHECK_ROWS", (None,))
     timer = FakeTimer()
     cfg = BenchConfig(preset="tiny-mlp", budget=0.5, match="latency", experts=1, seeds=(0, 1), steps=2, batch_size=32,
                       methods=("inhernet", "kd-student", "prune-kd", "svd-kd"), curve_points=1, progress=False,
-                      costs=timer)
+                      costs=timer,
+                      # inherit's check at one row (where this fake's per-layer overhead dominates) is tested on its own
+                      inherit_overrides={"latency_rows": None})
     result = run_bench(cfg, log=lambda _: None)
     assert result["match"] == "latency" and timer.models_timed > 0
     teacher_ms = result["teacher"]["latency_ms"]

@@ -16,12 +16,21 @@ from test_latency_budget import NS, FakeCosts, _block_mn, fake_ns
 from torch import nn
 
 import inhernet
-from inhernet import InherBlock, InherConfig, compact, inherit, load, save, surgery
-from inhernet.autoprune import RESOLUTION, SPREAD, Standing, candidate_shares, choose, probe_loss, split_probe
+from inhernet import InherBlock, InherConfig, compact, inherit, load, pipeline, save, surgery
+from inhernet.autoprune import (
+    RESOLUTION,
+    SPREAD,
+    Standing,
+    candidate_shares,
+    open_contest,
+    probe_loss,
+    split_probe,
+)
 from inhernet.batches import rows_of, split_rows
-from inhernet.budget import RANK_MULTIPLE
 from inhernet.config import DEFAULT_PROBE_STEPS
-from inhernet.deploy import count_macs
+from inhernet.costs import count_macs
+from inhernet.costs.prices import RANK_MULTIPLE
+from inhernet.experimental import ExperimentalConfig
 from inhernet.layers import InherConv
 from inhernet.pruning import apply_spec, prune, prune_for, pruned_spec, teacher_outputs, zero_shot_loss
 from inhernet_bench.baselines import METHODS, MethodContext, build_student
@@ -303,7 +312,7 @@ def test_plan_reuse_prunes_the_same_channels():
     teacher, calib = _teacher()
     student = inherit(teacher, InherConfig(budget=0.3, prune=0.3), calib=calib, progress=False)
     # the default budget (0.25) is not spent again: the plan's ranks are used as they are
-    random = inherit(teacher, InherConfig(init="random"), calib=calib, plan=student.inhernet_plan, progress=False)
+    random = inherit(teacher, ExperimentalConfig(init="random"), calib=calib, plan=student.inhernet_plan, progress=False)
     assert random.inhernet_plan.ranks() == student.inhernet_plan.ranks() and random.inhernet_plan.config.prune == 0.3
     assert random.inhernet_plan.total_params == student.inhernet_plan.total_params == n_params(random)
     assert {k: v.shape for k, v in random.state_dict().items()} == {k: v.shape for k, v in student.state_dict().items()}
@@ -395,7 +404,7 @@ def test_errors_name_the_problem():
     with pytest.raises(ValueError, match="already under the budget"):
         inherit(teacher, InherConfig(budget=0.3, prune=0.9), calib=calib, progress=False)
     with pytest.raises(ValueError, match=r"after prune=0.5 .*unreachable"):
-        inherit(teacher, InherConfig(budget=0.2, prune=0.5, min_rank=60), calib=calib, progress=False)
+        inherit(teacher, ExperimentalConfig(budget=0.2, prune=0.5, min_rank=60), calib=calib, progress=False)
     with pytest.raises(ValueError, match="call inherit"):
         inhernet.plan(teacher, InherConfig(budget=0.3, prune="auto"), calib)
     lm, ids = llama_tiny()
@@ -687,7 +696,7 @@ def test_auto_falls_back_to_pruning_alone_when_rank_cuts_cannot_reach_the_budget
     alone gets there: the smallest such share is the student, every layer dense, said by a warning."""
     teacher, calib = _conv_bound_teacher()
     costs = SlowConvCosts()
-    config = InherConfig(prune="auto", min_rank=30, **budget)
+    config = ExperimentalConfig(prune="auto", min_rank=30, **budget)
     with pytest.warns(UserWarning, match=r"rank cuts bring under the budget .*pruning 0\.\d+ of them alone"):
         student = inherit(teacher, config, calib=calib, costs=costs, progress=False)
     p = student.inhernet_plan
@@ -716,14 +725,14 @@ def test_auto_falls_back_to_pruning_alone_when_every_candidate_misses_when_built
     costs = SlowConvCosts()
     config = InherConfig(latency=0.35, prune="auto").resolved(teacher)
 
-    def build(chosen, share, teacher_ns, alone):
-        if not alone:
-            raise ValueError(f"share {share:g}, measured again: unreachable")
-        return surgery._inherit_share(teacher, chosen, calib, calib[0], share, False, costs, teacher_ns=teacher_ns,
-                                      alone=True)
-
+    contest = open_contest(teacher, config, calib, costs)
+    for share in contest.found.shares:  # every candidate, measured again when built, misses
+        contest.missed(share, ValueError(f"share {share:g}, measured again: unreachable"))
     with pytest.warns(UserWarning, match=r"no candidate share \(.*\) met the budget when built\).*alone"):
-        student = choose(teacher, config, calib, costs, build)
+        fallback = contest.fallback()
+    assert fallback is not None
+    pipeline._enter(contest, teacher, fallback, True, False, costs)
+    student = contest.winner()
     p = student.inhernet_plan
     record = p.prune
     assert not p.factorised and record.bracket == [record.ratio, record.ratio]
@@ -737,7 +746,8 @@ def test_pruning_alone_stays_dense_when_it_measures_over_the_budget():
     it stays dense all the same (no rank cuts are tried), its plan names the budget asked, the check judges it."""
     teacher, calib = _conv_bound_teacher()
     config = InherConfig(latency=0.3, prune="auto").resolved(teacher)
-    student = surgery._inherit_share(teacher, config, calib, calib[0], 0.3, False, SlowConvCosts(), alone=True)
+    planned = pipeline._planned(teacher, config, calib, SlowConvCosts(), share=0.3, alone=True, progress=False)
+    student = surgery.assemble(planned.model, planned.plan, calib, factors=planned.factors, progress=False)
     p = student.inhernet_plan
     assert not p.factorised and p.target_latency_ns == int(0.3 * p.prune.teacher_latency_ns)
     assert p.prune.latency_ns > p.target_latency_ns and p.config.latency == 0.3
@@ -758,7 +768,7 @@ def test_pruning_alone_that_measures_over_the_budget_is_chosen_again(tmp_path):
     """The measured check of a student that pruned alone moves the share (the ranks have nothing to give):
     over the budget at one row, prune="auto" runs again at the scaled budget and prunes more."""
     teacher, calib = _conv_bound_teacher()
-    config = InherConfig(latency=0.3, prune="auto", min_rank=30)
+    config = ExperimentalConfig(latency=0.3, prune="auto", min_rank=30)
     with pytest.warns(UserWarning, match="alone"):
         plain = inherit(teacher, config, calib=calib, costs=SlowConvCosts(), progress=False)
         costs = OneRowSlowPrunedCosts()
@@ -789,7 +799,7 @@ def test_latency_prune_errors_name_the_problem():
 def test_auto_skips_an_unreachable_share_before_its_spectra(monkeypatch):
     """A share that cannot reach the latency budget (or is under it alone) costs a profile, not a calibration
     pass and an SVD per layer: only the shares that reach it are decomposed."""
-    import inhernet.surgery as surgery
+    import inhernet.allocation as surgery
 
     decomposed = []
     real = surgery.decompose

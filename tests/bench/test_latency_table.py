@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from benchmark_scripts import load_benchmark
-from inhernet.deploy import costs as cost_module
+from inhernet.costs import table as cost_module
 
 QUICK = ["--quick", "--batches", "1", "4", "--calib-size", "64"]
 

@@ -8,7 +8,7 @@ from test_latency_budget import FakeCosts
 from torch.utils.data import DataLoader, TensorDataset
 
 from inhernet import DistillConfig, InherConfig, distill, inherit
-from inhernet.deploy import count_macs
+from inhernet.costs import count_macs
 from inhernet.pruning import LATENCY_ROUND_TO, prune_for
 from inhernet_bench.baselines import MethodContext, build_student
 from inhernet_bench.baselines.prune import attention_heads, default_importance, prune, prune_to_size

@@ -139,7 +139,7 @@ def test_sequential_sharing_at_full_rank_reproduces_the_teacher(sq):
     assert (got - want).abs().max().item() <= 1e-4
     import inhernet.sequential as sequential
 
-    assert sequential._compress_stage.__name__ == "_compress_stage"  # the library's own, back after the run
+    assert sequential._stage.__name__ == "_stage"  # the library's own, back after the run
 
 
 @pytest.mark.parametrize("budget", [0.7, 0.5])  # 0.7 keeps k/v dense: they join q's group with their dense cost

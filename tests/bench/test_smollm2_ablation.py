@@ -59,7 +59,7 @@ def test_shared_spectra_give_the_same_students_and_count_the_reused_time(
 ) -> None:
     """Cells that reuse the teacher's spectra inherit exactly what a lone inherit() builds, and report the
     reused seconds in their inherit time; the patch is undone by close()."""
-    import inhernet.surgery as surgery
+    import inhernet.allocation as surgery
 
     teacher, batch = tm.llama_tiny()
     calib = [batch, batch.flip(0)]

@@ -15,6 +15,7 @@ import torch
 
 import tiny_models as tm
 from inhernet import InherBlock, InherConfig, inherit, plan
+from inhernet.experimental import ExperimentalConfig
 
 plan_module = importlib.import_module("inhernet.spectra")  # where the layers are decomposed
 
@@ -68,14 +69,14 @@ def check(teacher, cfg: InherConfig, target: int) -> None:
 @pytest.mark.parametrize("name", list(MODELS))
 def test_fraction_budget_is_met(teachers, name: str, budget: float, allocation: str) -> None:
     teacher = teachers[name]
-    cfg = InherConfig(budget=budget, experts=3, init="svd", allocation=allocation)
+    cfg = ExperimentalConfig(budget=budget, experts=3, init="svd", allocation=allocation)
     check(teacher, cfg, int(budget * tm.n_params(teacher)))
 
 
 @pytest.mark.parametrize("allocation", ["energy", "uniform"])
 @pytest.mark.parametrize(("name", "budget"), [("resnet18", 2_000_000), ("bert", 300_000)])
 def test_absolute_budget_is_met(teachers, name: str, budget: int, allocation: str) -> None:
-    cfg = InherConfig(budget=budget, experts=2, init="svd", allocation=allocation)
+    cfg = ExperimentalConfig(budget=budget, experts=2, init="svd", allocation=allocation)
     check(teachers[name], cfg, budget)
 
 

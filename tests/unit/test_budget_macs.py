@@ -16,6 +16,7 @@ from torch import nn
 
 import tiny_models as tm
 from inhernet import InherBlock, InherConfig, count_macs, inherit, plan
+from inhernet.experimental import ExperimentalConfig
 
 LARGE, SMALL = "2", "5"  # the convs on the 32x32 and on the 4x4 feature map
 
@@ -65,7 +66,7 @@ def check_macs(teacher: nn.Module, batch, cfg: InherConfig, target: int) -> nn.M
 )
 def test_fraction_of_macs_is_met(allocation: str, init: str) -> None:
     teacher, x = two_maps()
-    cfg = InherConfig(macs=0.5, init=init, allocation=allocation)
+    cfg = ExperimentalConfig(macs=0.5, init=init, allocation=allocation)
     student = check_macs(teacher, x, cfg, int(0.5 * count_macs(teacher, x)))
     assert any(isinstance(m, InherBlock) for m in student.modules())
     p = student.inhernet_plan

@@ -16,9 +16,10 @@ import pytest
 import tiny_models as tm
 from inhernet import InherConfig, plan
 from inhernet.allocation import layer_cost
-from inhernet.budget import floor_rank
+from inhernet.costs.prices import floor_rank
+from inhernet.costs.profile import profile_macs
 from inhernet.discovery import find_layers
-from inhernet.spectra import profile_macs
+from inhernet.experimental import ExperimentalConfig
 
 SMALL = {"mlp": tm.mlp, "cnn": tm.cnn, "conv1d": tm.conv1d_net, "embedding": tm.embed_net}
 LARGER = {"bert": tm.bert_tiny, "gpt2": tm.gpt2_tiny}
@@ -26,7 +27,7 @@ BUDGETS = (0.3, 0.5, 0.7)
 
 
 def planned(model, batch, currency: str, budget: float, allocation: str = "energy"):
-    cfg = InherConfig(**{currency: budget}, experts=1, init="whiten", allocation=allocation)
+    cfg = ExperimentalConfig(**{currency: budget}, experts=1, init="whiten", allocation=allocation)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         p = plan(model, cfg, calib=[batch])

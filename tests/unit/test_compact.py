@@ -10,10 +10,12 @@ import pytest
 import torch
 from torch import nn
 
-from inhernet import InherBlock, InherConfig, InherLinear, compact, inherit, load, save
-from inhernet.deploy import CostTable, LayerShape, export_onnx, merge_experts, verify_onnx
+from inhernet import InherBlock, InherLinear, compact, inherit, load, save
+from inhernet.costs import CostTable, LayerShape
+from inhernet.costs.table import rank_points
+from inhernet.deploy import export_onnx, merge_experts, verify_onnx
 from inhernet.deploy.compact import reranked
-from inhernet.deploy.costs import rank_points
+from inhernet.experimental import ExperimentalConfig
 from tiny_models import bert_tiny, cnn, gpt2_tiny, mlp, rel_err, run, three_linear
 
 
@@ -63,7 +65,7 @@ def trained_gates(student: nn.Module) -> nn.Module:
 
 def test_experts_folded_as_merge_experts_does() -> None:
     teacher, x = three_linear()
-    student = trained_gates(inherit(teacher, InherConfig(rank=8, experts=3, expert_noise=0.1, init="svd"), progress=False))
+    student = trained_gates(inherit(teacher, ExperimentalConfig(rank=8, experts=3, expert_noise=0.1, init="svd"), progress=False))
     merged = merge_experts(copy.deepcopy(student), calib=[x])
     with pytest.warns(UserWarning, match="changed the model's outputs"):  # the mean gate replaced each gate
         out = compact(student, [x], rank_multiple=1, costs=FakeCosts())
@@ -78,7 +80,7 @@ def test_experts_folded_as_merge_experts_does() -> None:
 
 def test_decisions_follow_the_cost_table() -> None:
     teacher, x = three_linear()
-    student = inherit(teacher, InherConfig(rank=8, experts=1, init="svd"), progress=False)
+    student = inherit(teacher, ExperimentalConfig(rank=8, experts=1, init="svd"), progress=False)
     costs = FakeCosts(slow={(48, 64)})  # fc2 is slower factorised than dense; fc1, fc3 are faster
     out = compact(student, example=x, budget=1.0, rank_multiple=1, costs=costs)
     assert type(out.fc2) is nn.Linear and isinstance(out.fc1, InherLinear) and isinstance(out.fc3, InherLinear)
@@ -100,7 +102,7 @@ def test_decisions_follow_the_cost_table() -> None:
 def test_the_recorded_budget_limits_the_dense_layers() -> None:
     teacher, x = three_linear()
     # Folding the experts frees room under the budget for fc1 back to dense, not for fc2 as well.
-    student = inherit(teacher, InherConfig(budget=0.6, experts=3, init="svd"), progress=False)
+    student = inherit(teacher, ExperimentalConfig(budget=0.6, experts=3, init="svd"), progress=False)
     target = student.inhernet_plan.target_params
     out = compact(student, example=x, rank_multiple=1, costs=FakeCosts(everything_slow=True))
     assert params(out) <= target
@@ -116,7 +118,7 @@ def test_the_recorded_budget_limits_the_dense_layers() -> None:
 def rank_13() -> tuple[nn.Module, nn.Module, torch.Tensor]:
     """A teacher of full-rank layers and its student at rank 13, where rounding down to 8 shows."""
     teacher, x = three_linear()
-    return teacher, inherit(teacher, InherConfig(rank=13, experts=1, init="svd"), progress=False), x
+    return teacher, inherit(teacher, ExperimentalConfig(rank=13, experts=1, init="svd"), progress=False), x
 
 
 def test_ranks_round_only_where_no_output_changes() -> None:
@@ -180,7 +182,7 @@ def test_rounding_down_is_exact_when_the_product_has_low_rank() -> None:
     teacher, x = three_linear()
     with torch.no_grad():  # fc1 of rank 5, inherited at rank 13, rounded to 8: nothing is lost
         teacher.fc1.weight.copy_(torch.randn(64, 5) @ torch.randn(5, 32))
-    student = inherit(teacher, InherConfig(rank=13, experts=1, init="svd"), progress=False)
+    student = inherit(teacher, ExperimentalConfig(rank=13, experts=1, init="svd"), progress=False)
     out = compact(student, example=x, rank_multiple=8, costs=FakeCosts())
     assert out.fc1.rank == 8
     assert rel_err(out.fc1(x), student.fc1(x)) < 1e-5
@@ -189,7 +191,7 @@ def test_rounding_down_is_exact_when_the_product_has_low_rank() -> None:
 @pytest.mark.parametrize("factory", [mlp, cnn, bert_tiny, gpt2_tiny], ids=lambda f: f.__name__)
 def test_full_rank_compacts_to_the_teacher(factory) -> None:
     teacher, batch = factory()
-    student = inherit(teacher, InherConfig(rank="full", experts=3, init="svd"), calib=[batch], progress=False)
+    student = inherit(teacher, ExperimentalConfig(rank="full", experts=3, init="svd"), calib=[batch], progress=False)
     assert blocks(student)
     out = compact(student, example=batch, costs=NoCosts())  # no measurement needed: all at full rank
     assert not blocks(out), "every full-rank block has more parameters than dense: all return to dense"
@@ -202,7 +204,7 @@ def test_full_rank_compacts_to_the_teacher(factory) -> None:
 
 def test_save_and_load_keep_the_compact_form(tmp_path) -> None:
     teacher, batch = bert_tiny()
-    student = inherit(teacher, InherConfig(budget=0.5, init="svd"), calib=[batch], progress=False)
+    student = inherit(teacher, ExperimentalConfig(budget=0.5, init="svd"), calib=[batch], progress=False)
     # The attention projections (32 -> 32) are slower factorised, the rest faster.
     out = compact(student, example=batch, budget=1.0, rank_multiple=4, costs=FakeCosts(slow={(32, 32)}))
     assert blocks(out) and any(type(m) is nn.Linear for m in out.modules())
@@ -213,7 +215,7 @@ def test_save_and_load_keep_the_compact_form(tmp_path) -> None:
     assert {n: b.rank for n, b in blocks(loaded).items()} == {n: b.rank for n, b in blocks(out).items()}
     assert all(b.experts == 1 for b in blocks(loaded).values())
     # A compact model with every block back to dense saves and loads too.
-    full = compact(inherit(teacher, InherConfig(rank="full", init="svd"), progress=False), example=batch)
+    full = compact(inherit(teacher, ExperimentalConfig(rank="full", init="svd"), progress=False), example=batch)
     save(full, tmp_path / "full")
     again = load(tmp_path / "full", bert_tiny()[0])
     assert torch.equal(run(again, batch), run(full, batch))
@@ -222,7 +224,7 @@ def test_save_and_load_keep_the_compact_form(tmp_path) -> None:
 def test_onnx_export_of_the_compact_model(tmp_path) -> None:
     pytest.importorskip("onnxruntime")
     teacher, x = cnn()
-    student = inherit(teacher, InherConfig(rank=3, experts=3, init="svd"), calib=[x], progress=False)
+    student = inherit(teacher, ExperimentalConfig(rank=3, experts=3, init="svd"), calib=[x], progress=False)
     assert {"0", "2"} <= set(blocks(student))
     out = compact(student, [x], rank_multiple=1, budget=1.0, costs=FakeCosts(slow={(8, 3)}))  # conv 0 only
     assert set(blocks(out)) == {"2"} and type(out[0]) is nn.Conv2d
@@ -232,7 +234,7 @@ def test_onnx_export_of_the_compact_model(tmp_path) -> None:
 
 def test_argument_errors() -> None:
     teacher, x = three_linear()
-    student = inherit(teacher, InherConfig(rank=8, experts=1, init="svd"), progress=False)
+    student = inherit(teacher, ExperimentalConfig(rank=8, experts=1, init="svd"), progress=False)
     with pytest.raises(ValueError, match="no InherNet blocks"):
         compact(teacher, example=x)
     with pytest.raises(ValueError, match="rank_multiple"):
@@ -316,7 +318,7 @@ def test_rank_points() -> None:
 def test_a_block_that_does_not_run_on_the_example_stays_factorised() -> None:
     teacher, x = three_linear()
     teacher.spare = nn.Linear(64, 64)  # never called by forward
-    student = inherit(teacher, InherConfig(rank=8, experts=1, init="svd"), progress=False)
+    student = inherit(teacher, ExperimentalConfig(rank=8, experts=1, init="svd"), progress=False)
     costs = FakeCosts(everything_slow=True)
     out = compact(student, example=x, budget=1.0, rank_multiple=1, costs=costs)
     assert isinstance(out.spare, InherLinear)

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from inhernet import InherBlock, InherConfig, InherLinear, inherit
-from inhernet.deploy import count_macs, macs_by_module
+from inhernet.costs import count_macs, macs_by_module
 from tiny_models import strided_cnn
 
 

@@ -10,8 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from inhernet import InherBlock, InherConfig, InherConv, InherLinear, inherit, load, save
+from inhernet import InherBlock, InherConv, InherLinear, inherit, load, save
 from inhernet.deploy import gate_means, merge_experts
+from inhernet.experimental import ExperimentalConfig
 
 
 class Net(nn.Module):
@@ -47,7 +48,7 @@ def teacher() -> Net:
 
 @cache
 def _student() -> nn.Module:
-    return inherit(teacher(), InherConfig(rank=6, experts=3, init="svd", expert_noise=0.05), progress=False)
+    return inherit(teacher(), ExperimentalConfig(rank=6, experts=3, init="svd", expert_noise=0.05), progress=False)
 
 
 def inherited() -> nn.Module:
@@ -160,7 +161,7 @@ def test_gate_with_zero_weight_merges_exactly_to_softmax_of_its_bias():
 
 def test_embedding_blocks_merge_and_dict_batches():
     torch.manual_seed(5)
-    student = inherit(TokenNet().eval(), InherConfig(rank=4, experts=3, init="svd"), progress=False)
+    student = inherit(TokenNet().eval(), ExperimentalConfig(rank=4, experts=3, init="svd"), progress=False)
     assert type(student.emb).__name__ == "InherEmbedding"
     perturb_gates(student)
     ids = torch.randint(0, 50, (4, 9))

@@ -11,6 +11,8 @@ from torch import nn
 
 import tiny_models as tm
 from inhernet import InherConfig, evaluate, inherit, plan
+from inhernet.config import MOVED
+from inhernet.experimental import ExperimentalConfig, ExperimentalDistillConfig
 
 CONFIG_CASES = [
     pytest.param(dict(budget=0.0), ValueError, r"budget=0.0 is not a fraction in \(0, 1\]", id="budget-zero"),
@@ -48,10 +50,37 @@ CONFIG_CASES = [
 ]
 
 
+def config_of(**kwargs: object) -> InherConfig:
+    """An InherConfig, or an ExperimentalConfig where ``kwargs`` name an ablation knob."""
+    return (ExperimentalConfig if set(kwargs) & set(MOVED) else InherConfig)(**kwargs)
+
+
 @pytest.mark.parametrize(("kwargs", "error", "message"), CONFIG_CASES)
 def test_bad_config(kwargs: dict, error: type[Exception], message: str) -> None:
     with pytest.raises(error, match=message):
-        InherConfig(**kwargs)
+        config_of(**kwargs)
+
+
+@pytest.mark.parametrize("knob", MOVED)
+def test_an_ablation_knob_says_where_it_went(knob: str) -> None:
+    """InherConfig refuses the ablation knobs by name and points at inhernet.experimental, which takes them."""
+    value = getattr(ExperimentalConfig(), knob)
+    with pytest.raises(TypeError, match=rf"{knob}=.*inhernet\.experimental\.ExperimentalConfig"):
+        InherConfig(**{knob: value})
+    assert getattr(ExperimentalConfig(**{knob: value}), knob) == value == getattr(InherConfig(), knob)
+
+
+@pytest.mark.parametrize("field, value", [("init", "random"), ("allocation", "uniform"),
+                                          ("allocation", "loss-by-type"), ("calibration", "sequential-corrected")])
+def test_an_ablation_value_says_where_it_went_and_loads_back(field: str, value: str) -> None:
+    """An ablation's value is refused by InherConfig with where it went; a saved config that names one loads
+    as the ExperimentalConfig it was."""
+    with pytest.raises(ValueError, match=r"ablation: use inhernet\.experimental\.ExperimentalConfig"):
+        InherConfig(**{field: value})
+    saved = ExperimentalConfig(**{field: value}).to_dict()
+    loaded = InherConfig.from_dict(saved)
+    assert type(loaded) is ExperimentalConfig and getattr(loaded, field) == value
+    assert type(InherConfig.from_dict(InherConfig().to_dict())) is InherConfig
 
 
 NUMPY_CONFIGS = [
@@ -72,7 +101,7 @@ NUMPY_CONFIGS = [
 def test_numpy_numbers_are_accepted_as_python_numbers(kwargs: dict, expected: dict) -> None:
     import json
 
-    cfg = InherConfig(**kwargs)
+    cfg = config_of(**kwargs)
     for key, value in expected.items():
         got = getattr(cfg, key)
         assert got == value and type(got) is type(value), (key, got)
@@ -84,7 +113,7 @@ def test_numpy_numbers_are_accepted_as_python_numbers(kwargs: dict, expected: di
 def test_distill_config_takes_numpy_numbers_and_checks_its_seed() -> None:
     from inhernet import DistillConfig
 
-    cfg = DistillConfig(steps=np.int64(10), lr=np.float32(1e-3), warmup_steps=np.int32(2), seed=np.int64(3),
+    cfg = ExperimentalDistillConfig(steps=np.int64(10), lr=np.float32(1e-3), warmup_steps=np.int32(2), seed=np.int64(3),
                         temperature=np.float64(2.0), alpha=np.float32(0.5), val_every=np.int64(5),
                         checkpoint_every=np.int8(0), num_nodes=np.int64(1), step_milestones=[np.float32(0.5)],
                         devices=np.int64(1))

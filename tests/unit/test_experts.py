@@ -12,6 +12,7 @@ from torch import nn
 
 import tiny_models as tm
 from inhernet import InherBlock, InherConfig, expert_spread, inherit, plan
+from inhernet.experimental import ExperimentalConfig
 
 MODELS = tm.GATED_MODELS
 
@@ -38,7 +39,7 @@ def test_experts_differ_but_init_output_equals_single_expert(name: str, init: st
         r < row.max_rank for r, row in zip(ranks.values(), one.inhernet_plan.factorised, strict=True)
     )
     noise = 0.05
-    cfg = InherConfig(rank=0.5, experts=3, init=init, expert_noise=noise)
+    cfg = ExperimentalConfig(rank=0.5, experts=3, init=init, expert_noise=noise)
     # The same ranks with three experts (at these tiny sizes h=3 alone would save nothing, so reuse
     # h=1's plan: the documented way to build another variant with the same structure).
     three = inherit(teacher, cfg, calib=calib, plan=one.inhernet_plan, progress=False).eval()
@@ -69,7 +70,7 @@ def test_expert_noise_is_seeded() -> None:
 def _train(expert_noise: float, steps: int = 30) -> tuple[nn.Module, list[float], list[float]]:
     """A few Adam steps of toy regression towards a different function; returns spreads before/after."""
     teacher, _ = tm.mlp()
-    cfg = InherConfig(rank=4, experts=3, init="svd", expert_noise=expert_noise)
+    cfg = ExperimentalConfig(rank=4, experts=3, init="svd", expert_noise=expert_noise)
     student = with_experts(teacher, cfg).train()
     assert len(blocks(student)) == 3
     g = torch.Generator().manual_seed(0)
@@ -98,7 +99,7 @@ def test_training_breaks_expert_symmetry() -> None:
 def test_identical_experts_never_diverge_and_gate_gets_no_gradient() -> None:
     # One backward pass from the init: the gate's gradient vanishes when the experts are identical.
     teacher, _ = tm.mlp()
-    student = with_experts(teacher, InherConfig(rank=4, experts=3, init="svd", expert_noise=0.0))
+    student = with_experts(teacher, ExperimentalConfig(rank=4, experts=3, init="svd", expert_noise=0.0))
     x = torch.randn(16, 12)
     nn.functional.mse_loss(student(x), torch.randn(16, 5)).backward()
     for block in blocks(student):

@@ -17,6 +17,7 @@ from torch import nn
 import tiny_models as tm
 from inhernet import InherBlock, InherConfig, expert_spread, inherit, merge_experts
 from inhernet.distillation import DistillConfig
+from inhernet.experimental import ExperimentalConfig, ExperimentalDistillConfig
 from inhernet.gates import gate_stats, summarize_gates
 from inhernet.layers import configure_gates
 
@@ -36,7 +37,7 @@ def blocks(model: nn.Module) -> list[InherBlock]:
 @pytest.mark.parametrize("name", list(MODELS))
 def test_full_rank_variant_reproduces_the_teacher(name: str, variant: str) -> None:
     teacher, batch = MODELS[name]()
-    student = inherit(teacher, InherConfig(rank="full", experts=3, init="svd", **VARIANTS[variant]), progress=False)
+    student = inherit(teacher, ExperimentalConfig(rank="full", experts=3, init="svd", **VARIANTS[variant]), progress=False)
     gated = blocks(student)
     assert gated and all(b.gate is not None for b in gated)
     for b in gated:
@@ -49,8 +50,8 @@ def test_full_rank_variant_reproduces_the_teacher(name: str, variant: str) -> No
 @pytest.mark.parametrize("name", list(MODELS))
 def test_low_rank_variant_equals_single_expert_at_init(name: str, variant: str) -> None:
     teacher, batch = MODELS[name]()
-    one = inherit(teacher, InherConfig(rank=0.5, experts=1, init="whiten"), calib=[batch], progress=False).eval()
-    cfg = InherConfig(rank=0.5, experts=3, init="whiten", **VARIANTS[variant])
+    one = inherit(teacher, ExperimentalConfig(rank=0.5, experts=1, init="whiten"), calib=[batch], progress=False).eval()
+    cfg = ExperimentalConfig(rank=0.5, experts=3, init="whiten", **VARIANTS[variant])
     three = inherit(teacher, cfg, calib=[batch], plan=one.inhernet_plan, progress=False).eval()
     assert tm.rel_err(tm.run(three, batch), tm.run(one, batch)) <= 1e-5
     for block in blocks(three):
@@ -64,7 +65,7 @@ def test_low_rank_variant_equals_single_expert_at_init(name: str, variant: str) 
 
 def test_top1_routes_each_input_to_one_expert_and_gate_gets_gradient() -> None:
     teacher, _ = tm.mlp()
-    student = inherit(teacher, InherConfig(rank=4, experts=3, init="svd", routing="top1"), progress=False)
+    student = inherit(teacher, ExperimentalConfig(rank=4, experts=3, init="svd", routing="top1"), progress=False)
     x = torch.randn(64, 12, generator=torch.Generator().manual_seed(1))
     nn.functional.mse_loss(student(x), torch.randn(64, 5)).backward()
     for block in blocks(student):
@@ -92,7 +93,7 @@ def _train(cfg: InherConfig, steps: int = 30) -> nn.Module:
 
 
 def test_top1_experts_diverge_through_routing_and_merge_says_how() -> None:
-    student = _train(InherConfig(rank=4, experts=3, init="svd", routing="top1"))
+    student = _train(ExperimentalConfig(rank=4, experts=3, init="svd", routing="top1"))
     x = torch.randn(32, 12)
     for block in blocks(student):
         assert expert_spread(block) > 1e-3, "top-1 experts must diverge from their common init"
@@ -112,7 +113,7 @@ def test_top1_experts_diverge_through_routing_and_merge_says_how() -> None:
 
 def test_top1_at_init_merges_exactly_without_calib() -> None:
     teacher, batch = tm.cnn()
-    student = inherit(teacher, InherConfig(rank=0.5, experts=3, init="svd", routing="top1"), progress=False).eval()
+    student = inherit(teacher, ExperimentalConfig(rank=0.5, experts=3, init="svd", routing="top1"), progress=False).eval()
     want = tm.run(student, batch)
     merged = merge_experts(copy.deepcopy(student))
     assert tm.rel_err(tm.run(merged, batch), want) <= 1e-5
@@ -120,7 +121,7 @@ def test_top1_at_init_merges_exactly_without_calib() -> None:
 
 def test_per_position_conv_gate_varies_over_positions() -> None:
     teacher, batch = tm.cnn()
-    cfg = InherConfig(rank=0.5, experts=3, init="svd", gate_pool="position")
+    cfg = ExperimentalConfig(rank=0.5, experts=3, init="svd", gate_pool="position")
     student = inherit(teacher, cfg, progress=False).eval()
     block = blocks(student)[0]
     block.gate.weight.data.normal_()
@@ -135,7 +136,7 @@ def test_per_position_conv_gate_varies_over_positions() -> None:
 
 def test_gate_stats_of_a_fresh_model() -> None:
     teacher, batch = tm.cnn()
-    student = inherit(teacher, InherConfig(rank=0.5, experts=3, init="svd", expert_noise=0.05), progress=False)
+    student = inherit(teacher, ExperimentalConfig(rank=0.5, experts=3, init="svd", expert_noise=0.05), progress=False)
     student.train()
     stats = gate_stats(student, [batch])
     assert student.training, "gate_stats restores the model's mode"
@@ -147,7 +148,7 @@ def test_gate_stats_of_a_fresh_model() -> None:
     assert summary["entropy"] == pytest.approx(1.0) and summary["spread"] == pytest.approx(0.05, rel=1e-3)
     with pytest.raises(ValueError, match="no gate activations"):
         gate_stats(student, [])
-    single = inherit(teacher, InherConfig(rank=0.5, experts=1, init="svd"), progress=False)
+    single = inherit(teacher, ExperimentalConfig(rank=0.5, experts=1, init="svd"), progress=False)
     assert gate_stats(single, [batch]) == {} and summarize_gates({}) == {}
 
 
@@ -155,9 +156,9 @@ def test_gate_lr_scale_gives_the_gates_their_own_param_groups() -> None:
     from inhernet.distillation import DistillModule
 
     teacher, _ = tm.mlp()
-    student = inherit(teacher, InherConfig(rank=4, experts=3, init="svd"), progress=False)
+    student = inherit(teacher, ExperimentalConfig(rank=4, experts=3, init="svd"), progress=False)
     gate_ids = {id(p) for b in blocks(student) for p in b.gate.parameters()}
-    module = DistillModule(student, teacher, DistillConfig(lr=2e-3, gate_lr_scale=10.0))
+    module = DistillModule(student, teacher, ExperimentalDistillConfig(lr=2e-3, gate_lr_scale=10.0))
     groups = module.configure_optimizers()["optimizer"].param_groups
     gate_groups = [g for g in groups if any(id(p) in gate_ids for p in g["params"])]
     assert gate_groups and all(g["lr"] == pytest.approx(2e-2) for g in gate_groups)
@@ -171,13 +172,13 @@ def test_gate_lr_scale_gives_the_gates_their_own_param_groups() -> None:
 
 def test_option_errors_name_the_field() -> None:
     with pytest.raises(ValueError, match="routing must be one of"):
-        InherConfig(routing="top2")
+        ExperimentalConfig(routing="top2")
     with pytest.raises(ValueError, match="gate_pool must be one of"):
-        InherConfig(gate_pool="max")
+        ExperimentalConfig(gate_pool="max")
     with pytest.raises(ValueError, match="gate_lr_scale"):
-        DistillConfig(gate_lr_scale=0)
+        ExperimentalDistillConfig(gate_lr_scale=0)
     teacher, _ = tm.mlp()
-    block = blocks(inherit(teacher, InherConfig(rank=4, experts=3, init="svd"), progress=False))[0]
+    block = blocks(inherit(teacher, ExperimentalConfig(rank=4, experts=3, init="svd"), progress=False))[0]
     with pytest.raises(ValueError, match="routing must be one of"):
         configure_gates(block, routing="hard")
     with pytest.raises(ValueError, match="gate_noise"):
@@ -189,7 +190,7 @@ def test_variants_save_and_load_with_their_routing(tmp_path, variant: str) -> No
     from inhernet import load, save
 
     teacher, batch = tm.cnn()
-    student = inherit(teacher, InherConfig(rank=0.5, experts=3, init="svd", **VARIANTS[variant]), progress=False)
+    student = inherit(teacher, ExperimentalConfig(rank=0.5, experts=3, init="svd", **VARIANTS[variant]), progress=False)
     g = torch.Generator().manual_seed(0)
     for b in blocks(student):  # distinct experts and an input-dependent gate: the routing matters
         b.gate.weight.data.normal_(generator=g)

@@ -18,10 +18,12 @@ from torch import nn
 
 import tiny_models as tm
 from inhernet import InherBlock, InherConfig, compact, inherit, load, plan, save
+from inhernet.allocation import allocate
 from inhernet.batches import rows_of
-from inhernet.budget import NANOSECONDS, RANK_MULTIPLE, LayerCost, Price, allocate, latency_price, round_rank
-from inhernet.deploy import CostTable, LayerShape
-from inhernet.deploy.costs import measure_latency
+from inhernet.costs import CostTable, LayerShape
+from inhernet.costs.prices import NANOSECONDS, RANK_MULTIPLE, LayerCost, Price, latency_price, round_rank
+from inhernet.costs.table import measure_latency
+from inhernet.experimental import ExperimentalConfig
 from inhernet.kinds import kind_of
 from inhernet.layers import InherConv, InherEmbedding
 
@@ -140,7 +142,7 @@ def check_latency(teacher: nn.Module, batch, cfg: InherConfig, costs: FakeCosts)
 def test_latency_budget_is_met_in_the_tables_currency(allocation: str, init: str) -> None:
     teacher, x = tm.three_linear()
     costs = FakeCosts()
-    student = check_latency(teacher, x, InherConfig(latency=0.5, init=init, allocation=allocation), costs)
+    student = check_latency(teacher, x, ExperimentalConfig(latency=0.5, init=init, allocation=allocation), costs)
     assert any(isinstance(m, InherBlock) for m in student.modules())
     p = student.inhernet_plan
     assert "measured" in p.summary() and f"{p.total_latency_ns / p.teacher_latency_ns:.1%}" in p.summary()

@@ -14,9 +14,11 @@ import torch
 
 import tiny_models as tm
 from inhernet import InherConfig, inherit, plan
-from inhernet.budget import LayerCost, allocate, energy_weights, floor_rank, layer_type
+from inhernet.allocation import allocate, energy_weights, layer_type
 from inhernet.calibration import InputCovariance
+from inhernet.costs.prices import LayerCost, floor_rank
 from inhernet.decomposition import factorize
+from inhernet.experimental import ExperimentalConfig
 
 
 def _layers(quiet_scale: float) -> list[LayerCost]:
@@ -117,7 +119,7 @@ def test_output_energy_is_the_truncation_loss_per_row() -> None:
 @pytest.mark.parametrize("allocation", ["loss", "loss-by-type"])
 def test_plan_meets_the_budget_within_two_percent_above_the_floor(allocation: str) -> None:
     teacher, batch = tm.llama_tiny()
-    cfg = InherConfig(budget=0.7, allocation=allocation, min_rank_ratio=0.2)
+    cfg = ExperimentalConfig(budget=0.7, allocation=allocation, min_rank_ratio=0.2)
     p = plan(teacher, cfg, calib=[batch])
     assert 0.98 * p.target_params <= p.total_params <= p.target_params
     assert p.factorised and p.config.allocation == allocation

@@ -10,9 +10,10 @@ import pytest
 import torch
 
 import tiny_models as tm
-from inhernet import InherBlock, InherConfig, InherEmbedding, inherit, plan
+from inhernet import InherBlock, InherEmbedding, inherit, plan
 from inhernet.calibration import collect_covariances
 from inhernet.discovery import factorisable, find_layers
+from inhernet.experimental import ExperimentalConfig
 
 PAD = 0
 # 60 real tokens, more than the tiny BERT's width (32), so that every covariance is well conditioned.
@@ -39,7 +40,7 @@ def block_matrix(block: InherBlock) -> torch.Tensor:
 
 def test_whitening_statistics_ignore_padding() -> None:
     teacher, _ = tm.bert_tiny()
-    layers = factorisable(find_layers(teacher, InherConfig())[0])
+    layers = factorisable(find_layers(teacher, ExperimentalConfig())[0])
     short, long = (collect_covariances(teacher, layers, [padded(n)], progress=False) for n in (12, 16))
     assert short.keys() == long.keys() and len(short) == len(layers)
     real = sum(len(s) for s in SENTENCES)
@@ -54,7 +55,7 @@ def test_whitening_statistics_ignore_padding() -> None:
 @pytest.mark.parametrize("calibration", ["one-pass", "sequential", "sequential-corrected"])
 def test_two_paddings_give_the_same_plan_and_factors(calibration: str) -> None:
     teacher, _ = tm.bert_tiny()
-    cfg = InherConfig(budget=0.5, experts=1, init="whiten", calibration=calibration)
+    cfg = ExperimentalConfig(budget=0.5, experts=1, init="whiten", calibration=calibration)
     students = [inherit(teacher, cfg, calib=[padded(n)], progress=False) for n in (12, 16)]
     a, b = (s.inhernet_plan for s in students)
     assert a.ranks() == b.ranks() and a.total_params == b.total_params

@@ -10,6 +10,7 @@ from torch import nn
 
 import tiny_models as tm
 from inhernet import InherBlock, InherConfig, inherit, plan
+from inhernet.experimental import ExperimentalConfig
 
 PLAN_CASES = {
     "mlp-budget-whiten": (tm.mlp, dict(budget=0.6, experts=1, init="whiten")),
@@ -35,14 +36,14 @@ def test_plan_does_not_mutate(case: str, training: bool) -> None:
     model, batch = factory()
     model.train(training)
     state, shape = tm.state_copy(model), _fingerprint(model)
-    p = plan(model, InherConfig(**kwargs), calib=[batch])
+    p = plan(model, config_of(**kwargs), calib=[batch])
     assert p.factorised
     assert tm.same_state(state, model.state_dict())
     assert _fingerprint(model) == shape
     assert not any(isinstance(m, InherBlock) for m in model.modules())
     assert all(not m._forward_pre_hooks and not m._forward_hooks for m in model.modules())
     # The plan is what inherit() builds.
-    student = inherit(model, InherConfig(**kwargs), calib=[batch], progress=False)
+    student = inherit(model, config_of(**kwargs), calib=[batch], progress=False)
     assert student.inhernet_plan.to_dict() == p.to_dict()
     assert tm.n_params(student) == p.total_params
 
@@ -203,3 +204,23 @@ def test_no_bottleneck_warning_where_ranks_stay_wide_or_are_chosen(config):
         warnings.simplefilter("always")
         plan(model, config, calib=[x])
     assert not [w for w in caught if "rank <=" in str(w.message)]
+
+
+def config_of(**kwargs: object) -> InherConfig:
+    """An InherConfig, or an ExperimentalConfig for an ablation's allocation (``"uniform"``)."""
+    return (ExperimentalConfig if kwargs.get("allocation") == "uniform" else InherConfig)(**kwargs)
+
+
+@pytest.mark.parametrize("calibration", ["one-pass", "sequential"])
+def test_build_rebuilds_the_student_of_a_plan(calibration: str) -> None:
+    """build(teacher, plan, calib) is inherit's student again: the plan alone decides the structure, and the
+    same calibration gives the same factors."""
+    from inhernet import build
+
+    teacher, batch = tm.llama_tiny()
+    calib = [batch, batch.flip(0)]
+    cfg = InherConfig(budget=0.7, experts=1, calibration=calibration, drop_blocks=0)
+    student = inherit(teacher, cfg, calib=calib, progress=False)
+    again = build(teacher, student.inhernet_plan, calib, progress=False)
+    assert again.inhernet_plan is student.inhernet_plan
+    assert torch.equal(tm.run(again.eval(), batch), tm.run(student.eval(), batch))

@@ -9,7 +9,9 @@ import torch
 
 import tiny_models as tm
 from inhernet import InherConfig, inherit, plan
-from inhernet.budget import LayerCost, allocate, floor_rank, minimum_cost
+from inhernet.allocation import allocate, minimum_cost
+from inhernet.costs.prices import LayerCost, floor_rank
+from inhernet.experimental import ExperimentalConfig
 
 
 def _skewed_layers() -> list[LayerCost]:
@@ -42,7 +44,7 @@ def test_floor_rank_and_minimum_cost() -> None:
 @pytest.mark.parametrize("allocation", ["energy", "uniform"])
 def test_plan_meets_the_budget_above_the_floor(allocation: str) -> None:
     teacher, _ = tm.bert_small()
-    cfg = InherConfig(budget=0.6, allocation=allocation, min_rank_ratio=0.2, init="svd")
+    cfg = ExperimentalConfig(budget=0.6, allocation=allocation, min_rank_ratio=0.2, init="svd")
     p = plan(teacher, cfg)
     assert 0.98 * p.target_params <= p.total_params <= p.target_params
     assert p.factorised

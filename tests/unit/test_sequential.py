@@ -10,6 +10,7 @@ from torch import nn
 
 import tiny_models as tm
 from inhernet import InherBlock, InherConfig, inherit, plan
+from inhernet.experimental import ExperimentalConfig
 from inhernet.sequential import PairedCovariance, capture_stack_inputs, corrected_weight, run_block
 
 calibration_module = importlib.import_module("inhernet.calibration")
@@ -38,7 +39,7 @@ def test_full_rank_reproduces_teacher(factory, experts: int, calibration: str) -
     teacher, batch = factory()
     want = tm.run(teacher, batch)
     before = tm.state_copy(teacher)
-    cfg = InherConfig(rank="full", experts=experts, calibration=calibration)
+    cfg = ExperimentalConfig(rank="full", experts=experts, calibration=calibration)
     student = inherit(teacher, cfg, calib=[batch, batch], progress=False).eval()
     assert tm.same_state(before, tm.state_copy(teacher)), "the teacher must not change"
     assert any(isinstance(m, InherBlock) for m in student.modules())
@@ -65,8 +66,8 @@ def test_sequential_whitens_later_blocks_on_the_compressed_inputs() -> None:
     """Block 0 sees the teacher's inputs either way (same factors as one-pass); later blocks do not."""
     teacher, calib = _llama_6()
     cfg = {"budget": 0.7, "experts": 1, "allocation": "uniform", "drop_blocks": 0}  # every block kept
-    one_pass = inherit(teacher, InherConfig(**cfg, calibration="one-pass"), calib=calib, progress=False)
-    staged = inherit(teacher, InherConfig(**cfg, calibration="sequential"), calib=calib, progress=False)
+    one_pass = inherit(teacher, ExperimentalConfig(**cfg, calibration="one-pass"), calib=calib, progress=False)
+    staged = inherit(teacher, ExperimentalConfig(**cfg, calibration="sequential"), calib=calib, progress=False)
     assert one_pass.inhernet_plan.ranks() == staged.inhernet_plan.ranks()
     first, last = "model.layers.0.mlp.down_proj", "model.layers.5.mlp.down_proj"
     a, b = one_pass.get_submodule(first).state_dict(), staged.get_submodule(first).state_dict()
@@ -84,7 +85,7 @@ def test_correction_matches_the_teacher_better_on_the_calibration_data(allocatio
     want = _hidden(teacher, calib)
     errors = {}
     for mode in ("one-pass", "sequential-corrected"):
-        cfg = InherConfig(budget=0.7, experts=1, allocation=allocation, calibration=mode, drop_blocks=0)
+        cfg = ExperimentalConfig(budget=0.7, experts=1, allocation=allocation, calibration=mode, drop_blocks=0)
         student = inherit(teacher, cfg, calib=calib, progress=False).eval()
         errors[mode] = float((_hidden(student, calib) - want).pow(2).mean() / want.pow(2).mean())
     assert errors["sequential-corrected"] < 0.9 * errors["one-pass"], errors
@@ -121,7 +122,7 @@ def test_statistics_of_one_block_at_a_time(monkeypatch: pytest.MonkeyPatch, cali
     total = sum(r.rank is not None for r in plan(teacher, InherConfig(rank="full", init="svd")).layers)
 
     # every block kept, so that one-pass below holds a statistic for every layer
-    inherit(teacher, InherConfig(budget=0.7, calibration=calibration, drop_blocks=0), calib=calib, progress=False)
+    inherit(teacher, ExperimentalConfig(budget=0.7, calibration=calibration, drop_blocks=0), calib=calib, progress=False)
     assert peak["n"] <= per_block
     live.clear()
     peak["n"] = 0
@@ -183,13 +184,14 @@ def test_one_shot_iterator_is_accepted() -> None:
 
 
 def test_a_read_only_pass_runs_each_block_once_per_batch() -> None:
-    """Measuring the teacher's spectra (a compress that returns None) reuses each block's outputs from its
-    statistics pass; a compress that replaces layers runs each block again. The spectra are the one-pass ones."""
+    """Measuring the teacher's spectra (a caller that replaces nothing) reuses each block's outputs from its
+    statistics pass; a caller that replaces layers runs each block again. The spectra are the one-pass ones."""
     import copy
 
     from inhernet.discovery import factorisable, find_layers
-    from inhernet.sequential import sequential_calibrate
+    from inhernet.sequential import sequential_factors
     from inhernet.spectra import decompose
+    from inhernet.stack import replace_module
 
     teacher, calib = _llama_6()
     cfg = InherConfig(budget=0.7, calibration="one-pass").resolved(teacher)
@@ -204,19 +206,16 @@ def test_a_read_only_pass_runs_each_block_once_per_batch() -> None:
 
     blocks = len(teacher.model.layers)
     handles = [block.register_forward_pre_hook(count) for block in teacher.model.layers]
-    energies: dict[str, torch.Tensor] = {}
-
-    def read(name: str, module: nn.Module, kind: object, factors) -> None:
-        energies[name] = factors.output_energy
-
     try:
-        sequential_calibrate(teacher, factorisable(candidates), calib, read, progress=False)
+        stages = sequential_factors(teacher, factorisable(candidates), calib, progress=False)
+        energies = {name: factors.output_energy for name, factors in stages}
         # + 1: the capture pass enters the first block once per batch (and stops there)
         assert calls["n"] == (blocks + 1) * len(calib)
         calls["n"] = 0
         student = copy.deepcopy(teacher)
         todo = {name: (student.get_submodule(name), kind) for name, (_, kind) in factorisable(candidates).items()}
-        sequential_calibrate(student, todo, calib, lambda n, m, k, f: copy.deepcopy(m), progress=False)
+        for name, _ in sequential_factors(student, todo, calib, progress=False):
+            replace_module(student, name, copy.deepcopy(student.get_submodule(name)))
         assert calls["n"] == (2 * blocks + 1) * len(calib)  # statistics, then the replaced block's outputs
     finally:
         for h in handles:

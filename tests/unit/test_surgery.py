@@ -8,6 +8,7 @@ from torch import nn
 
 import tiny_models as tm
 from inhernet import InherBlock, InherConfig, inherit
+from inhernet.experimental import ExperimentalConfig
 
 TEACHERS = {
     "mlp": tm.mlp,
@@ -96,7 +97,7 @@ def test_every_student_module_follows_the_teacher_mode(training: bool) -> None:
 def test_random_init_same_structure_not_the_teacher() -> None:
     teacher, x = tm.mlp()
     svd = inherit(teacher, InherConfig(rank=4, experts=1, init="svd"), progress=False)
-    rnd = inherit(teacher, InherConfig(rank=4, experts=1, init="random"), progress=False)
+    rnd = inherit(teacher, ExperimentalConfig(rank=4, experts=1, init="random"), progress=False)
     assert svd.inhernet_plan.ranks() == rnd.inhernet_plan.ranks()
     assert [(n, p.shape) for n, p in svd.named_parameters()] == [
         (n, p.shape) for n, p in rnd.named_parameters()
@@ -108,7 +109,7 @@ def test_plan_reuse_builds_the_same_structure() -> None:
     teacher, x = tm.cnn()
     first = inherit(teacher, InherConfig(rank=2, experts=1, init="whiten"), calib=[x], progress=False)
     again = inherit(
-        teacher, InherConfig(rank=2, experts=1, init="random"), plan=first.inhernet_plan, progress=False
+        teacher, ExperimentalConfig(rank=2, experts=1, init="random"), plan=first.inhernet_plan, progress=False
     )
     assert [(n, p.shape) for n, p in first.named_parameters()] == [
         (n, p.shape) for n, p in again.named_parameters()

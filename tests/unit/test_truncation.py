@@ -13,6 +13,7 @@ from transformers.pytorch_utils import Conv1D
 
 import tiny_models as tm
 from inhernet import InherBlock, InherConfig, inherit
+from inhernet.experimental import ExperimentalConfig
 
 
 def truncate(w: torch.Tensor, r: int) -> torch.Tensor:
@@ -78,7 +79,7 @@ LAYERS = {
 def test_svd_init_is_rank_r_truncation(name: str, rank: int, experts: int) -> None:
     layer, x, reference, w = LAYERS[name]()  # sized so that every rank here saves parameters
     teacher = nn.Sequential(layer).eval()
-    cfg = InherConfig(rank=rank, experts=experts, init="svd", expert_noise=0.05)
+    cfg = ExperimentalConfig(rank=rank, experts=experts, init="svd", expert_noise=0.05)
     student = inherit(teacher, cfg, progress=False).eval()
     block = student[0]
     assert isinstance(block, InherBlock) and block.rank == rank

@@ -62,13 +62,13 @@ import torch
 from torch import nn
 
 from ..batches import forward_batch, logits_of, move_batch
-from ..budget import RANK_MULTIPLE, round_rank
 from ..calibration import layer_input_shapes, split_example
+from ..costs.prices import RANK_MULTIPLE, round_rank
+from ..costs.table import Costs, CostTable, LayerShape
 from ..kinds import block_params, kind_of
 from ..layers import InherBlock, InherConv, InherEmbedding, InherLinear
 from ..modes import device_of, evaluating
 from ..stack import replace_module
-from .costs import Costs, CostTable, LayerShape
 from .merge import merge_experts
 
 __all__ = ["RANK_MULTIPLE", "TOLERANCE", "compact", "densify", "deployed", "reranked"]

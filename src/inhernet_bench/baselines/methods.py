@@ -23,19 +23,20 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from torch import nn
 
-from inhernet.budget import NANOSECONDS
 from inhernet.calibration import split_example
-from inhernet.config import InherConfig
-from inhernet.deploy import count_macs, deployed
+from inhernet.costs import count_macs
+from inhernet.costs.prices import NANOSECONDS
+from inhernet.deploy import deployed
+from inhernet.experimental import ExperimentalConfig
+from inhernet.pipeline import inherit
 from inhernet.plan import Plan
 from inhernet.pruning import LATENCY_ROUND_TO
 from inhernet.stack import layer_stack
-from inhernet.surgery import inherit
 from inhernet_bench.baselines.layerdrop import block_influence, drop_layers, most_important, spread_layers
 from inhernet_bench.baselines.prune import default_importance, prune_to_size
 
 if TYPE_CHECKING:
-    from inhernet.deploy.costs import LatencyCosts
+    from inhernet.costs.table import LatencyCosts
 
 __all__ = ["DEFAULT_METHODS", "IMPORTANCE_BATCHES", "LAYERDROP_SHARE", "MATCHES", "METHODS", "MethodContext", "build_student", "register_method"]
 
@@ -88,7 +89,7 @@ class MethodContext:
         if self.extras.get("prune_importance") is None:
             self.extras["prune_importance"] = default_importance(self.teacher)
         if self.match == "latency":
-            from inhernet.deploy.costs import CostTable, LatencyCosts
+            from inhernet.costs.table import CostTable, LatencyCosts
 
             if self.costs is None:
                 device = next((p.device for p in self.teacher.parameters()), torch.device("cpu"))
@@ -117,12 +118,12 @@ class MethodContext:
             raise ValueError("build the 'inhernet' method first: the baselines are sized from it")
         return self.reference.inhernet_plan
 
-    def config(self, **overrides: Any) -> InherConfig:
+    def config(self, **overrides: Any) -> ExperimentalConfig:
         base: dict[str, Any] = dict(experts=self.experts, init="whiten", seed=self.seed)
         base[self.match if self.match in ("macs", "latency") else "budget"] = self.budget
         base.update(self.inherit_overrides)
         base.update(overrides)
-        return InherConfig(**base)
+        return ExperimentalConfig(**base)
 
     @property
     def plain_calib(self) -> list[Any] | None:
@@ -231,7 +232,7 @@ def _inhernet(ctx: MethodContext) -> nn.Module:
 @register_method("inhernet-paper")
 def _inhernet_paper(ctx: MethodContext) -> nn.Module:
     """The method as published: h = 3 experts, one-pass whitening, no rank floor, every block kept."""
-    paper = InherConfig.paper()
+    paper = ExperimentalConfig.paper()
     fields = {k: getattr(paper, k) for k in ("experts", "calibration", "min_rank_ratio", "drop_blocks")}
     return inherit(ctx.teacher, ctx.config(**fields), calib=ctx.calib, progress=False, costs=ctx.latency_costs)
 

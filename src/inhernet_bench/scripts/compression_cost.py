@@ -68,7 +68,8 @@ def _load(model: str) -> tuple[torch.nn.Module, list[Any]]:
 
 def run_case(case: str, budget: float, allocation: str) -> dict[str, Any]:
     """Load, then time ``inherit`` and measure its peak RSS, in this process."""
-    from inhernet import InherConfig, inherit
+    from inhernet import inherit
+    from inhernet.experimental import ExperimentalConfig
 
     torch.set_num_threads(1)
     model, calibration = case.split(":")
@@ -77,7 +78,7 @@ def run_case(case: str, budget: float, allocation: str) -> dict[str, Any]:
     loaded_kib = _status_kib("VmRSS")
     exact = _reset_peak()
     cpu0, wall0 = time.process_time(), time.perf_counter()
-    cfg = InherConfig(budget=budget, experts=1, allocation=allocation, calibration=calibration, drop_blocks=0)
+    cfg = ExperimentalConfig(budget=budget, experts=1, allocation=allocation, calibration=calibration, drop_blocks=0)
     student = inherit(teacher, cfg, calib=calib, progress=False)
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
     peak_kib = _status_kib("VmHWM") if exact else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -44,11 +44,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from inhernet import InherConfig, count_macs, inherit, merge_experts
+from inhernet import count_macs, inherit, merge_experts
 from inhernet._atomic import atomic_write
 from inhernet.batches import first_example
 from inhernet.distillation import DistillConfig, distill
 from inhernet.evaluate import evaluate
+from inhernet.experimental import ExperimentalConfig
 from inhernet.experimental.distillation import ExperimentalDistillConfig
 from inhernet.gates import gate_stats, summarize_gates
 from inhernet_bench.presets.registry import get_preset
@@ -59,7 +60,7 @@ VARIANTS = ("h1", "h3-soft", "h3-soft-glr", "h3-position", "h3-top1", "h3-top1-m
 
 
 def variant_options(name: str, gate_lr_scale: float) -> tuple[dict[str, Any], dict[str, Any], bool]:
-    """(InherConfig overrides, DistillConfig overrides, reuse h1's plan) of a variant."""
+    """(ExperimentalConfig overrides, DistillConfig overrides, reuse h1's plan) of a variant."""
     table: dict[str, tuple[dict[str, Any], dict[str, Any], bool]] = {
         "h1": ({"experts": 1}, {}, False),
         "h3-soft": ({"experts": 3}, {}, False),
@@ -133,8 +134,8 @@ def run_variant(args: argparse.Namespace, s: Setup, name: str, seed: int, h1_pla
     measured: one run's record."""
     metric = s.preset.metric
     inher, dist, reuse = variant_options(name, args.gate_lr_scale)
-    base = InherConfig(budget=args.budget, experts=1, init="whiten", seed=seed)
-    cfg = InherConfig(**{**base.to_dict(), **inher})
+    base = ExperimentalConfig(budget=args.budget, experts=1, init="whiten", seed=seed)
+    cfg = ExperimentalConfig(**{**base.to_dict(), **inher})
     student = inherit(s.teacher, cfg, calib=s.calib, plan=h1_plan if reuse else None, progress=False)
     zero_shot = evaluate(student, s.test, metric)[metric]
     loader = DataLoader(
@@ -186,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         h1_plan = None
         for name in args.variants:
             if variant_options(name, args.gate_lr_scale)[2] and h1_plan is None:
-                base = InherConfig(budget=args.budget, experts=1, init="whiten", seed=seed)
+                base = ExperimentalConfig(budget=args.budget, experts=1, init="whiten", seed=seed)
                 h1_plan = inherit(s.teacher, base, calib=s.calib, progress=False).inhernet_plan
             run = run_variant(args, s, name, seed, h1_plan)
             runs[name].append(run)

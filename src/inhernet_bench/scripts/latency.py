@@ -65,8 +65,9 @@ from torch import nn
 from inhernet import InherBlock, InherConfig, inherit
 from inhernet._atomic import atomic_write
 from inhernet.batches import forward_batch, logits_of, move_batch
-from inhernet.deploy import compact, count_macs, export_onnx, onnx_inputs, verify_onnx
-from inhernet.deploy.costs import measure_latency, time_calls
+from inhernet.costs import count_macs
+from inhernet.costs.table import measure_latency, time_calls
+from inhernet.deploy import compact, export_onnx, onnx_inputs, verify_onnx
 from inhernet_bench.baselines import MethodContext, build_student
 from inhernet_bench.presets.registry import get_preset
 from inhernet_bench.runner import BenchConfig

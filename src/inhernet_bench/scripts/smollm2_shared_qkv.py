@@ -169,15 +169,15 @@ class Sharing:
     def active(self) -> Iterator[Sharing]:
         import inhernet.sequential as sequential
 
-        original = sequential._compress_stage
-        sequential._compress_stage = self._stage(original)
+        original = sequential._stage
+        sequential._stage = self._stage(original)
         try:
             yield self
         finally:
-            sequential._compress_stage = original
+            sequential._stage = original
 
-    def _stage(self, original: Callable[..., bool]) -> Callable[..., bool]:
-        def stage(model: nn.Module, layers: dict, stats: dict, compress: Callable, damping: float) -> bool:
+    def _stage(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        def stage(model: nn.Module, layers: dict, stats: dict, damping: float) -> Iterator[Any]:
             grouped: set[str] = set()
             for prefix in sorted({name.rsplit(".", 2)[0] for name in layers if name.count(".") >= 2}):
                 for group in self.groups:
@@ -186,7 +186,7 @@ class Sharing:
                         self._share(model, members, damping)
                         grouped.update(name for name, *_ in members)
             rest = {name: layer for name, layer in layers.items() if name not in grouped}
-            return original(model, rest, stats, compress, damping) or bool(grouped)
+            yield from original(model, rest, stats, damping)
 
         return stage
 

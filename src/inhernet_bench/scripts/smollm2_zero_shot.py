@@ -143,7 +143,7 @@ class SharedSpectra:
     cost. Installed by patching the names ``inhernet.surgery`` calls."""
 
     def __init__(self) -> None:
-        import inhernet.surgery as surgery
+        import inhernet.allocation as surgery
 
         self.surgery = surgery
         self.calib: Any = None  # held, so that a new calibration is never mistaken for it

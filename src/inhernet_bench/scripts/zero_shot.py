@@ -43,8 +43,9 @@ import torch
 from torch import nn
 
 import inhernet
-from inhernet import InherConfig, evaluate, inherit
+from inhernet import evaluate, inherit
 from inhernet._atomic import atomic_write
+from inhernet.experimental import ExperimentalConfig
 from inhernet_bench.presets.minilm import embed_sentences, load_minilm, sample_sentences
 from inhernet_bench.presets.mnist import load_mnist, load_mnist_teacher
 from inhernet_bench.scripts import RESULTS, ROOT
@@ -238,7 +239,7 @@ def run_mnist(args: argparse.Namespace, rep: Report) -> None:
     rows, console_rows, ranks_rows = [], [], []
     for budget in [0.25] if args.quick else [0.5, 0.25, 0.1]:
         for alloc, init, h in MNIST_CONFIGS:
-            cfg = InherConfig(budget=budget, experts=h, init=init, allocation=alloc, seed=args.seed)
+            cfg = ExperimentalConfig(budget=budget, experts=h, init=init, allocation=alloc, seed=args.seed)
             where = f"mnist budget={budget} init={init} h={h} alloc={alloc}"
             with caught_warnings(rep.notes, where):
                 student = inherit(teacher, cfg, calib=calib if init == "whiten" else None, progress=False)
@@ -383,7 +384,7 @@ class MiniLMRows:
     console_rows: list[list[Any]] = field(default_factory=list)
     plan_rows: list[tuple[str, Any]] = field(default_factory=list)
 
-    def inherit(self, cfg: InherConfig, where: str, calib: Any, plan: Any = None) -> tuple[nn.Module, float]:
+    def inherit(self, cfg: ExperimentalConfig, where: str, calib: Any, plan: Any = None) -> tuple[nn.Module, float]:
         """The inherited student (its warnings noted under ``where``) and the seconds ``inherit()`` took."""
         ts = time.perf_counter()
         with caught_warnings(self.rep.notes, where):
@@ -421,7 +422,7 @@ def minilm_rows(table: MiniLMRows, calib: list[dict[str, torch.Tensor]]) -> None
     args, rep = table.args, table.rep
     plans: dict[tuple[str, str, int], Any] = {}
     for alloc, init, h, borrow in MINILM_CONFIGS + (SWAPPED_CONFIGS if args.swap_plans else []):
-        cfg = InherConfig(budget=MINILM_BUDGET, experts=h, init=init, allocation=alloc, seed=args.seed)
+        cfg = ExperimentalConfig(budget=MINILM_BUDGET, experts=h, init=init, allocation=alloc, seed=args.seed)
         where = f"minilm budget={MINILM_BUDGET} init={init} h={h} alloc={alloc}"
         reuse = None
         if borrow is not None:
@@ -449,7 +450,7 @@ def pad_check_row(table: MiniLMRows, calib_texts: list[str]) -> None:
     calib_sorted = tokenize_batches(tokenizer, by_len, args.minilm_calib_batch, args.max_length)
     pad_sorted = sum(int((b["attention_mask"] == 0).sum()) for b in calib_sorted)
     tot_sorted = sum(int(b["attention_mask"].numel()) for b in calib_sorted)
-    cfg = InherConfig(budget=MINILM_BUDGET, experts=1, init="whiten", seed=args.seed)
+    cfg = ExperimentalConfig(budget=MINILM_BUDGET, experts=1, init="whiten", seed=args.seed)
     where = f"minilm budget={MINILM_BUDGET} init=whiten h=1 alloc=energy length-sorted calibration"
     student, inherit_s = table.inherit(cfg, where, calib_sorted)
     we = {r.name: r for r in student.inhernet_plan.layers}["embeddings.word_embeddings"]
@@ -534,7 +535,7 @@ def run_minilm(args: argparse.Namespace, rep: Report) -> None:
 
 
 def time_inherit(
-    rep: Report, teacher: nn.Module, cfg: InherConfig, runs: int, where: str, calib: Any = None
+    rep: Report, teacher: nn.Module, cfg: ExperimentalConfig, runs: int, where: str, calib: Any = None
 ) -> list[float]:
     """The wall time of each of ``runs`` ``inherit()`` calls (their warnings noted under ``where``)."""
     times = []
@@ -554,7 +555,7 @@ def timing_row(label: str, times: list[float], target: bool = True) -> list[Any]
     return [label, len(times), f"{med:.1f}", ", ".join(f"{t:.1f}" for t in times), verdict]
 
 
-def single_thread_times(rep: Report, teacher: nn.Module, cfg: InherConfig, runs: int) -> list[float]:
+def single_thread_times(rep: Report, teacher: nn.Module, cfg: ExperimentalConfig, runs: int) -> list[float]:
     """:func:`time_inherit` under ``torch.set_num_threads(1)`` (the threads restored after)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -570,11 +571,11 @@ def run_timing(
     """Section 3: the wall time of ``inherit()`` on MiniLM, plain and whitened (calibration included)."""
     t0 = time.perf_counter()
     runs = 1 if args.quick else args.timing_runs
-    cfg = InherConfig(budget=0.5, experts=3, init="svd", seed=args.seed)
+    cfg = ExperimentalConfig(budget=0.5, experts=3, init="svd", seed=args.seed)
     la_before = loadavg()
     times = time_inherit(rep, teacher, cfg, runs, "timing svd")
     med = statistics.median(times)
-    cfg_w = InherConfig(budget=0.5, experts=3, init="whiten", seed=args.seed)
+    cfg_w = ExperimentalConfig(budget=0.5, experts=3, init="whiten", seed=args.seed)
     t_whiten = time_inherit(rep, teacher, cfg_w, 1, "timing whiten", calib)[0]
     n_texts = sum(len(b["input_ids"]) for b in calib)
     rows = [

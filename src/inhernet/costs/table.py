@@ -43,6 +43,7 @@ import torch
 from torch import nn
 
 from .._atomic import atomic_write
+from ..batches import forward_batch, move_batch
 from ..kinds import kind_of
 from ..layers import InherBlock, InherConv, InherEmbedding, InherLinear
 
@@ -399,8 +400,6 @@ def measure_latency(
     their training flags are restored. ``device``: where the models and the example are (default:
     the first model's parameters' device).
     """
-    from ..batches import forward_batch, move_batch
-
     if not models:
         return []
     if device is None:

@@ -26,9 +26,10 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..batches import forward_batch
+from ..batches import forward_batch, move_batch
+from ..kinds import LayerKind
 
-__all__ = ["count_macs", "macs_by_module"]
+__all__ = ["count_macs", "example_positions", "macs_by_module"]
 
 
 def count_macs(model: nn.Module, example_inputs: Any) -> int:
@@ -86,3 +87,32 @@ def _count(model: nn.Module, example_inputs: Any) -> tuple[int, dict[str, int]]:
         per_module[key] = per_module.get(key, 0) + sum(ops.values()) // 2
     per_module[""] = total
     return total, per_module
+
+
+def example_positions(
+    model: nn.Module, layers: dict[str, tuple[nn.Module, LayerKind]], example: Any
+) -> tuple[int, dict[str, tuple[int, int]]]:
+    """One forward pass on ``example``: the model's MACs, and per layer its output and gate positions.
+
+    The MACs are :func:`inhernet.count_macs` of the whole batch; the positions (summed over a
+    layer's calls; ``(0, 0)`` for a layer that did not run) are what :meth:`LayerKind.positions` reads
+    from each output. Eval mode and no grad, as ``count_macs`` runs; the model's modes are restored.
+    """
+    seen = {name: (0, 0) for name in layers}
+
+    def make_hook(name: str, kind: LayerKind):
+        def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+            if isinstance(output, torch.Tensor):
+                rows, gates = kind.positions(module, output)
+                seen[name] = (seen[name][0] + rows, seen[name][1] + gates)
+
+        return hook
+
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    handles = [module.register_forward_hook(make_hook(name, kind)) for name, (module, kind) in layers.items()]
+    try:
+        total = count_macs(model, move_batch(example, device))
+    finally:
+        for h in handles:
+            h.remove()
+    return total, seen

@@ -1,0 +1,173 @@
+"""What a layer costs: a :class:`Price` in one currency (parameters, MACs or measured nanoseconds) and
+the allocator's view of a factorisable layer (:class:`LayerCost`).
+
+Parameters and MACs of an InherNet block are both affine in its rank; its measured time is fitted by an
+affine function. The allocation (:mod:`inhernet.allocation`) spends any of them with one greedy engine.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..kinds import block_params
+
+__all__ = [
+    "NANOSECONDS", "RANK_MULTIPLE", "LayerCost", "Price", "floor_rank", "latency_price", "mac_price", "param_price",
+    "round_rank",
+]
+
+#: a latency budget's currency: integer nanoseconds (per second)
+NANOSECONDS = 10**9
+
+# The rank multiple of the deployed form. Measured under load on a shared 2-core x86 CPU, torch eager, one
+# thread, batch 1, microseconds per call, 31 interleaved repetitions:
+#   rank                    57    60    63    64    65    68    71    72    80
+#   Linear 384->384        91    93   108    89    96    98   117   101   106   (dense 223)
+#   Linear 384->1536      199   202   221   204   216   214   238   227   250   (dense 1108)
+#   Conv2d 32->64 k3      437   436   446   421   514   510   516   522   507   (dense 323)
+# Ranks just below a multiple of 8 (63, 71) ran 5-20% slower than the multiple of 8 above them; the
+# conv's cost steps at multiples of 16 (65-80 flat). 8 is the default: it avoids the slow ranks at a
+# cost of at most 7 ranks per layer; 16 suits convs a little better (and tensor cores).
+#: ``compact()`` rounds factorised ranks down to a multiple of this, and a latency budget allocates
+#: ranks in these steps, so that the two agree (see :func:`round_rank`)
+RANK_MULTIPLE = 8
+
+
+def round_rank(rank: int, multiple: int) -> int:
+    """``rank`` rounded down to a multiple of ``multiple``; a rank below the multiple is kept as it is.
+
+    The ranks this leaves unchanged (below ``multiple``, or multiples of it) are the ones a rank-stepped
+    allocation (:attr:`LayerCost.multiple`) chooses from.
+    """
+    return rank if rank < multiple else rank // multiple * multiple
+
+
+@dataclass(frozen=True)
+class Price:
+    """What a layer costs in one currency: ``dense`` as the teacher's layer, ``base + unit * r`` as a block.
+
+    Parameters and MACs of an InherNet block are both affine in its rank r; its measured time is
+    fitted by an affine function (:func:`latency_price`).
+    """
+
+    dense: int
+    base: int
+    unit: int
+
+    def __call__(self, rank: int | None) -> int:
+        """The cost at ``rank`` (``None`` = the dense teacher layer)."""
+        return self.dense if rank is None else self.base + self.unit * rank
+
+
+def param_price(m: int, n: int, experts: int, bias: bool, dense: int) -> Price:
+    """Parameters: ``r*n + h*r*m (+ h*r + h for the gate if h > 1) (+ m for a bias)``."""
+    base = block_params(m, n, 0, experts, bias)
+    return Price(dense, base, block_params(m, n, 1, experts, bias) - base)
+
+
+def mac_price(
+    m: int, experts: int, positions: int, gate_positions: int, dense_rate: int, down_rate: int
+) -> Price:
+    """MACs of one forward pass, as PyTorch's FLOP counter charges them.
+
+    ``positions`` is the number of output positions the layer computed on the example input (tokens,
+    or samples x output pixels); ``dense_rate`` the teacher layer's MACs per position (``m*n``; 0 for an
+    embedding lookup), ``down_rate`` the down-projection's MACs per position and rank (``n``; 0 for a
+    lookup). The fused up-projection costs ``h*m`` per position and rank, the gate ``Linear(r, h)``
+    ``h`` per rank at each of its ``gate_positions`` (every token for linear layers, one per sample
+    for convs); biases, the gate's softmax and scaling are not counted.
+    """
+    gate = experts * gate_positions if experts > 1 else 0
+    return Price(dense_rate * positions, 0, positions * (down_rate + experts * m) + gate)
+
+
+def latency_price(dense_seconds: float, points: Sequence[tuple[int, float]]) -> Price:
+    """Measured time in integer nanoseconds: ``dense_seconds`` as the dense layer's price, and the line
+    ``base + unit * r`` fitted by least squares to ``points`` ((rank, seconds) of the factorised form).
+
+    ``unit`` is at least 1 ns (a timing that does not grow with the rank is noise, and the allocator
+    needs each rank to cost something) and ``base`` at least 0; a single point gives ``unit = 1``.
+    """
+    if not points:
+        raise ValueError("latency_price needs at least one (rank, seconds) point of the factorised form")
+    ranks = np.array([float(r) for r, _ in points])
+    ns = np.array([float(s) * NANOSECONDS for _, s in points])
+    if len(set(ranks.tolist())) < 2:
+        unit = 1.0
+        base = float(ns.mean()) - ranks[0]
+    else:
+        unit, base = (float(v) for v in np.polyfit(ranks, ns, 1))
+    return Price(round(dense_seconds * NANOSECONDS), max(0, round(base)), max(1, round(unit)))
+
+
+@dataclass
+class LayerCost:
+    """A factorisable layer as the allocator sees it: its shape, price and spectrum.
+
+    ``price`` is what the allocator spends (default: parameters); ``params`` stays the parameter count
+    whatever the currency. ``multiple``: the ranks the allocation may choose are those below it and its
+    multiples (1: every rank); a latency budget uses :data:`RANK_MULTIPLE`, the ranks ``compact()``
+    keeps, so that the measured budget is spent on ranks that are deployed as they are.
+    """
+
+    name: str
+    m: int
+    n: int
+    bias: bool
+    experts: int
+    dense: int
+    #: squared singular values, descending; in output units (whitened: each one's truncation loss per
+    #: calibration row, see :attr:`inhernet.decomposition.Factors.output_energy`)
+    energy: torch.Tensor | None = None
+    price: Price | None = None
+    multiple: int = 1
+
+    def __post_init__(self) -> None:
+        if self.price is None:
+            self.price = param_price(self.m, self.n, self.experts, self.bias, self.dense)
+        if self.multiple < 1:
+            raise ValueError(f"LayerCost.multiple must be >= 1, got {self.multiple}")
+
+    @property
+    def max_rank(self) -> int:
+        return min(self.m, self.n)
+
+    def params(self, rank: int | None) -> int:
+        """Parameters at ``rank`` (``None`` = the dense teacher layer)."""
+        return self.dense if rank is None else block_params(self.m, self.n, rank, self.experts, self.bias)
+
+    def cost(self, rank: int | None) -> int:
+        """The price at ``rank`` (``None`` = the dense teacher layer), in the allocation's currency."""
+        assert self.price is not None
+        return self.price(rank)
+
+    @property
+    def break_even(self) -> int:
+        """The largest allowed rank whose block costs less than the dense layer (0 if none does)."""
+        assert self.price is not None
+        dense, base, unit = self.price.dense, self.price.base, self.price.unit
+        if unit <= 0:  # a layer that costs nothing at any rank (e.g. it never ran): nothing to save
+            return 0
+        return round_rank(max(0, min(self.max_rank, -(-(dense - base) // unit) - 1)), self.multiple)
+
+    def next_rank(self, rank: int) -> int:
+        """The allowed rank after ``rank``: ``rank + 1`` below :attr:`multiple`, else the next multiple."""
+        return rank + 1 if rank + 1 <= self.multiple else (rank // self.multiple + 1) * self.multiple
+
+    def allowed(self, start: int) -> list[int]:
+        """The allowed ranks from ``start`` (an allowed rank) to :attr:`break_even`."""
+        below = range(start, min(self.break_even, self.multiple - 1) + 1)
+        return [*below, *range(max(start, self.multiple), self.break_even + 1, self.multiple)]
+
+    def saves(self, rank: int) -> bool:
+        return self.cost(rank) < self.cost(None)
+
+
+def floor_rank(layer: LayerCost, min_rank: int, min_rank_ratio: float = 0.0) -> int:
+    """The smallest rank ``layer`` may get: ``min_rank``, or ``min_rank_ratio`` of its full rank if larger."""
+    return min(layer.max_rank, max(min_rank, math.ceil(min_rank_ratio * layer.max_rank)))
