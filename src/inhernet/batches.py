@@ -24,6 +24,7 @@ __all__ = [
     "forward_all",
     "forward_batch",
     "head_rows",
+    "lm_labels",
     "logits_of",
     "move_batch",
     "rows_of",
@@ -106,6 +107,16 @@ def batch_labels(batch: Any) -> torch.Tensor | None:
     if isinstance(batch, (tuple, list)) and len(batch) > 1:
         return batch[1]
     return None
+
+
+def lm_labels(batch: Any) -> torch.Tensor | None:
+    """A causal LM's labels: the batch's own, else a dict batch's ``input_ids`` with padding set to -100."""
+    labels = batch_labels(batch)
+    if labels is None and isinstance(batch, Mapping) and "input_ids" in batch:
+        labels = batch["input_ids"]
+        if "attention_mask" in batch:
+            labels = labels.masked_fill(batch["attention_mask"] == 0, -100)
+    return labels
 
 
 def batch_teacher_logits(batch: Any) -> Any:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
@@ -11,11 +12,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .batches import batch_labels, forward_batch, logits_of, move_batch
+from .batches import batch_labels, forward_batch, lm_labels, logits_of, move_batch
 from .dual import DUAL_METRICS, dual_metrics, dual_output
 from .modes import device_of, evaluating
 
-__all__ = ["evaluate"]
+__all__ = ["batch_sums", "evaluate"]
 
 METRICS = ("accuracy", "perplexity", *DUAL_METRICS)
 
@@ -44,35 +45,37 @@ def evaluate(
     if metric in DUAL_METRICS:
         return _evaluate_dual(model, loader, max_batches=max_batches, progress=progress)
     device = device_of(model)
-    correct, count, nll = 0, 0, 0.0
+    total, count = 0.0, 0
     with evaluating(model):
-        for i, batch in enumerate(tqdm(loader, desc="evaluating", disable=not progress, leave=False)):
-            if max_batches is not None and i >= max_batches:
-                break
+        for batch in _batches(loader, max_batches, progress):
             batch = move_batch(batch, device)
             logits = logits_of(forward_batch(model, batch)).float()
-            labels = batch_labels(batch)
-            if labels is None and metric == "perplexity" and isinstance(batch, dict):
-                labels = batch.get("input_ids")
+            labels = lm_labels(batch) if metric == "perplexity" else batch_labels(batch)
             if labels is None:
                 raise ValueError("evaluate() needs labelled batches: (inputs, labels) tuples or dicts with 'labels'")
-            if metric == "accuracy":
-                correct += int((logits.argmax(-1) == labels).sum())
-                count += labels.numel()
-            else:
-                if isinstance(batch, dict) and "attention_mask" in batch and batch.get("labels") is None:
-                    labels = labels.masked_fill(batch["attention_mask"] == 0, -100)
-                shift_logits, shift_labels = logits[..., :-1, :], labels[..., 1:]
-                tokens = int((shift_labels != -100).sum())
-                nll += float(F.cross_entropy(
-                    shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1),
-                    ignore_index=-100, reduction="sum",
-                ))
-                count += tokens
+            part, n = batch_sums(logits, labels, metric)
+            total, count = total + float(part), count + int(n)
     if count == 0:
         raise ValueError("evaluate() saw no labelled examples: the loader is empty")
-    value = correct / count if metric == "accuracy" else math.exp(nll / count)
+    value = total / count if metric == "accuracy" else math.exp(total / count)
     return {metric: value, "count": float(count)}
+
+
+def batch_sums(logits: torch.Tensor, labels: torch.Tensor, metric: str) -> tuple[torch.Tensor, torch.Tensor | int]:
+    """One batch's share of ``metric``: ``(correct, examples)`` for accuracy, ``(summed NLL, tokens)`` for
+    perplexity (position ``t`` predicts ``labels[..., t + 1]``; label ``-100`` is ignored)."""
+    if metric == "accuracy":
+        return (logits.argmax(-1) == labels).sum(), labels.numel()
+    shift_logits, shift_labels = logits[..., :-1, :], labels[..., 1:]
+    nll = F.cross_entropy(
+        shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1), ignore_index=-100, reduction="sum"
+    )
+    return nll, (shift_labels != -100).sum()
+
+
+def _batches(loader: Iterable[Any], max_batches: int | None, progress: bool) -> Iterator[Any]:
+    """The first ``max_batches`` batches of ``loader`` (all for ``None``), behind a bar with ``progress``."""
+    return itertools.islice(tqdm(loader, desc="evaluating", disable=not progress, leave=False), max_batches)
 
 
 def _evaluate_dual(
@@ -82,9 +85,7 @@ def _evaluate_dual(
     device = device_of(model)
     images, texts, labels = [], [], []
     with evaluating(model):
-        for i, batch in enumerate(tqdm(loader, desc="evaluating", disable=not progress, leave=False)):
-            if max_batches is not None and i >= max_batches:
-                break
+        for batch in _batches(loader, max_batches, progress):
             batch = move_batch(batch, device)
             y = batch_labels(batch)
             if y is None:

@@ -47,24 +47,17 @@ def kd_loss(
       (the Hugging Face convention, as in :func:`inhernet.evaluate`). Positions whose target is
       ``ignore_index`` (padding, prompts) are left out of *both* terms; each term is a mean over the
       valid positions (examples or tokens). If no position is valid the loss is 0.
-    * ``labels=None``: pure KD, ``T**2 * KL`` averaged over every position (all ``T`` positions of an
-      LM, unshifted, since no target is involved); ``alpha`` is then ignored.
+    * ``labels=None``: pure KD, ``T**2 * KL`` averaged over every (unshifted) position; ``alpha`` is ignored.
 
-    The loss is computed in float32 whatever the logits' dtype. The KL is per position summed over
-    classes, then averaged (``batchmean``), so its gradient scale does not depend on ``T`` (the
-    ``T**2`` factor, Hinton et al. 2015).
+    Computed in float32. The KL is summed over classes per position, then averaged; the ``T**2``
+    factor keeps its gradient scale independent of ``T`` (Hinton et al. 2015).
     """
     if student_logits.shape != teacher_logits.shape:
         raise ValueError(
             f"kd_loss: student logits {tuple(student_logits.shape)} and teacher logits "
             f"{tuple(teacher_logits.shape)} differ in shape; both models must predict the same classes/vocabulary"
         )
-    if student_logits.dim() not in (2, 3):
-        raise ValueError(
-            f"kd_loss: expected logits (N, C) for classification or (N, T, V) for a causal LM, "
-            f"got shape {tuple(student_logits.shape)}"
-        )
-    _check_mixing(temperature, alpha, "kd_loss")
+    _check_inputs(student_logits, temperature, alpha, "kd_loss")
     s, t = student_logits.float(), teacher_logits.float()
     if s.dim() == 3 and labels is not None:
         s, t, labels = s[:, :-1], t[:, :-1], labels[:, 1:]
@@ -78,7 +71,13 @@ def kd_loss(
     return _mix(kl, s, labels, temperature, alpha, ignore_index, "kd_loss")
 
 
-def _check_mixing(temperature: float, alpha: float, name: str) -> None:
+def _check_inputs(logits: torch.Tensor | None, temperature: float, alpha: float, name: str) -> None:
+    """``ValueError`` unless ``logits`` (if given) are ``(N, C)`` or ``(N, T, V)``, ``T > 0`` and ``alpha`` in [0, 1]."""
+    if logits is not None and logits.dim() not in (2, 3):
+        raise ValueError(
+            f"{name}: expected logits (N, C) for classification or (N, T, V) for a causal LM, "
+            f"got shape {tuple(logits.shape)}"
+        )
     if temperature <= 0:
         raise ValueError(f"{name}: temperature must be positive, got {temperature}")
     if not 0 <= alpha <= 1:
@@ -113,9 +112,7 @@ class TeacherTopK(NamedTuple):
     """The teacher's distribution at temperature ``T`` kept sparsely: its ``k`` most likely classes
     (tokens) per position and the probability mass of all the others, the "rest" bucket.
 
-    Built by :func:`teacher_topk`; a ``NamedTuple``, so ``DataLoader``'s default collation and
-    Lightning's device transfer batch it field by field (``(N, T, k)``, ``(N, T)`` for an LM).
-    ``k * 6`` bytes per position (float16 + int32) against ``V * 4`` for the full float32 logits.
+    Built by :func:`teacher_topk`; a ``NamedTuple``, so collation and device transfer work field by field.
     """
 
     #: ``log_softmax(teacher_logits / T)`` of the kept classes, ``(..., k)``, most likely first (float16 by default)
@@ -141,13 +138,9 @@ def teacher_topk(
 ) -> TeacherTopK:
     """The ``k`` largest teacher probabilities at temperature ``T`` per position, and the log of the rest.
 
-    ``logprobs`` are stored in ``dtype``. float16 is accurate enough: its relative spacing is 2**-11, and
-    log-probabilities are small numbers (the ones that carry the mass are near 0, where the spacing is
-    finest), so a kept probability is off by at most ~0.05% (log-probability -1) to ~0.4% (-10, a token
-    of mass < 5e-5); :func:`topk_kd_loss` renormalises the ``k + 1`` buckets, so the rounding never
-    makes the teacher's distribution sum to anything but 1. ``log_rest`` is computed from the full
-    logits (a logsumexp over the other classes, not ``log(1 - sum)``, which cancels when the kept mass
-    is near 1) and stored in float32.
+    ``logprobs`` are stored in ``dtype`` (float16 rounds a kept probability by ~0.05% at log-probability
+    -1 to ~0.4% at -10; :func:`topk_kd_loss` renormalises the buckets). ``log_rest`` is a float32
+    logsumexp over the other classes, not ``log(1 - sum)``, which cancels when the kept mass is near 1.
     """
     if temperature <= 0:
         raise ValueError(f"teacher_topk: temperature must be positive, got {temperature}")
@@ -171,21 +164,13 @@ def topk_kd_loss(
 ) -> torch.Tensor:
     """:func:`kd_loss` against the teacher's top-``k`` classes plus a rest bucket (:func:`teacher_topk`).
 
-    Per position, ``KL(p || q)`` over ``k + 1`` buckets: the teacher's ``k`` kept classes and the rest,
-    where ``p`` is the teacher's (renormalised) bucket distribution and ``q`` the student's
-    ``softmax(student / T)`` summed the same way (its rest is a logsumexp over the student's logits
-    outside the kept classes). It is a lower bound of the full KL (merging classes never increases a
-    KL), 0 when the student matches the teacher, close to the full KL when the teacher's rest mass is
-    small, and equal to it when ``k`` is the number of classes. ``temperature`` must be the one the
-    cache was made at. Labels, ``alpha``, masking (``ignore_index``, the LM shift) and averaging are
-    exactly :func:`kd_loss`'s. Computed in float32.
+    Per position, ``KL(p || q)`` over ``k + 1`` buckets (the teacher's ``k`` kept classes and the rest),
+    ``p`` the teacher's renormalised buckets and ``q`` the student's ``softmax(student / T)`` summed the
+    same way: a lower bound of the full KL, equal to it when ``k`` is the number of classes.
+    ``temperature`` must be the cache's. Labels, ``alpha``, masking and averaging are :func:`kd_loss`'s.
     """
     logprobs, indices, log_rest = teacher
-    if student_logits.dim() not in (2, 3):
-        raise ValueError(
-            f"topk_kd_loss: expected logits (N, C) for classification or (N, T, V) for a causal LM, "
-            f"got shape {tuple(student_logits.shape)}"
-        )
+    _check_inputs(student_logits, temperature, alpha, "topk_kd_loss")
     positions = tuple(student_logits.shape[:-1])
     if logprobs.shape != indices.shape or tuple(logprobs.shape[:-1]) != positions or tuple(log_rest.shape) != positions:
         raise ValueError(
@@ -194,7 +179,6 @@ def topk_kd_loss(
             "must hold (..., k) entries and one rest per student position (same examples, same sequence length)"
         )
     check_topk(logprobs.shape[-1], student_logits.shape[-1], "topk_kd_loss: the cache's k")
-    _check_mixing(temperature, alpha, "topk_kd_loss")
     s = student_logits.float()
     if s.dim() == 3 and labels is not None:
         s, logprobs, indices, log_rest = s[:, :-1], logprobs[:, :-1], indices[:, :-1], log_rest[:, :-1]
@@ -237,10 +221,7 @@ def contrastive_kd_loss(
     (``CLIPOutput``-like objects or dicts, or ``(image_embeds, text_embeds)`` tuples, whose logits
     are then the cosine similarities). The teacher is treated as a constant; computed in float32.
     """
-    if temperature <= 0:
-        raise ValueError(f"contrastive_kd_loss: temperature must be positive, got {temperature}")
-    if not 0 <= alpha <= 1:
-        raise ValueError(f"contrastive_kd_loss: alpha must be in [0, 1], got {alpha}")
+    _check_inputs(None, temperature, alpha, "contrastive_kd_loss")
     if embed_weight < 0 or embed_loss not in EMBED_LOSSES:
         raise ValueError(
             f"contrastive_kd_loss: embed_weight must be >= 0 and embed_loss one of {EMBED_LOSSES}, got "
@@ -297,12 +278,9 @@ def match_feature_names(student: nn.Module, teacher: nn.Module, patterns: Iterab
     """``(student module, teacher module)`` pairs whose outputs are matched, in student order: the student's
     modules whose names any ``fnmatch`` pattern matches, each with the teacher's module it came from.
 
-    Inherited networks keep the teacher's module names (a layer is replaced *at* its name), so e.g.
-    ``"features.*"`` or ``"encoder.layer.*.output"`` select aligned points. A student whose stack lost
-    blocks (layer dropping, ``InherConfig(drop_blocks=...)``) renumbers the blocks it kept: each is paired
-    with the teacher block it was (:func:`inhernet.stack.origin_name`), never with the teacher block now
-    at its index. Names that exist in only one model (the inner parts of an inherited block, say) are
-    skipped. Raises ``ValueError`` when nothing matches in both.
+    Inherited networks keep the teacher's module names; a block kept by ``InherConfig(drop_blocks=...)``
+    is paired with the teacher block it was (:func:`inhernet.stack.origin_name`). Names in only one model
+    are skipped. Raises ``ValueError`` when nothing matches in both.
     """
     patterns = tuple(patterns)
     teacher_names = {name for name, _ in teacher.named_modules() if name}
@@ -372,9 +350,8 @@ def feature_loss(
     """Mean over module names of the distance between the student's and the teacher's outputs there:
     ``"mse"``, or ``"cosine"`` (mean ``1 - cos`` over the last dimension: blind to each output's scale).
 
-    Shapes must agree (no adapters: an inherited network keeps the teacher's topology, so its
-    block outputs have the teacher's shapes); a mismatch raises ``ValueError`` naming the module —
-    drop that module from ``feature_patterns``. The teacher's features are treated as constants.
+    Shapes must agree (no adapters; a mismatch raises ``ValueError`` naming the module). The teacher's
+    features are treated as constants.
     """
     if kind not in EMBED_LOSSES:
         raise ValueError(f"feature_loss: kind must be one of {EMBED_LOSSES}, got {kind!r}")

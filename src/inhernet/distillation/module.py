@@ -6,17 +6,18 @@ import json
 import math
 import random
 import time
-from collections.abc import Mapping
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .._atomic import atomic_write
-from ..batches import batch_labels, batch_teacher_logits, forward_batch, logits_of
+from ..batches import batch_labels, batch_teacher_logits, forward_batch, lm_labels, logits_of
 from ..dual import DUAL_METRICS, DualOutput, dual_metrics, dual_output
+from ..evaluate import batch_sums
 from ..layers import InherBlock
 from . import loss as losses
 from .config import DistillConfig
@@ -43,26 +44,11 @@ def lr_lambda(config: DistillConfig):
     return factor
 
 
-def _lm_labels(batch: Any, logits: torch.Tensor) -> torch.Tensor | None:
-    """Labels as :func:`inhernet.evaluate` reads them; an LM batch without labels predicts its input_ids."""
-    labels = batch_labels(batch)
-    if labels is None and logits.dim() == 3 and isinstance(batch, Mapping) and "input_ids" in batch:
-        labels = batch["input_ids"]
-        if "attention_mask" in batch:
-            labels = labels.masked_fill(batch["attention_mask"] == 0, -100)
-    return labels
-
-
 def _rng_state() -> dict[str, Any]:
     """Global RNG states, as tensors and plain Python values (loadable with ``weights_only=True``)."""
     state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    try:
-        import numpy as np
-
-        name, keys, pos, has_gauss, cached = np.random.get_state()
-        state["numpy"] = (name, torch.from_numpy(keys.astype("int64")), int(pos), int(has_gauss), float(cached))
-    except ImportError:  # pragma: no cover
-        pass
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state["numpy"] = (name, torch.from_numpy(keys.astype("int64")), int(pos), int(has_gauss), float(cached))
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -73,8 +59,6 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     python = state["python"]
     random.setstate((python[0], tuple(python[1]), python[2]))
     if "numpy" in state:
-        import numpy as np
-
         name, keys, pos, has_gauss, cached = state["numpy"]
         np.random.set_state((name, keys.cpu().numpy().astype("uint32"), pos, has_gauss, cached))
     if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
@@ -136,7 +120,6 @@ class DistillModule(L.LightningModule):
         self.best: list[float] | None = None
         self.best_state: dict[str, torch.Tensor] | None = None
 
-    # -- modes -------------------------------------------------------------------------------------
     def train(self, mode: bool = True) -> DistillModule:
         super().train(mode)
         self.teacher.eval()  # frozen teacher: dropout off, norm statistics fixed, always
@@ -149,26 +132,19 @@ class DistillModule(L.LightningModule):
         self._train_start = time.perf_counter()
         self._val_time, self._steps_run = 0.0, 0
 
-    # -- optimisation ------------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:
         cfg = self.config
-        gates = {id(p) for m in self.student.modules() if isinstance(m, InherBlock) and m.gate is not None
-                 for p in m.gate.parameters()}
-        decay, no_decay, gate_decay, gate_no_decay = [], [], [], []
-        for p in self.student.parameters():
-            if p.requires_grad:
-                if id(p) in gates and cfg.gate_lr_scale != 1:
-                    (gate_decay if p.ndim >= 2 else gate_no_decay).append(p)
-                else:
-                    (decay if p.ndim >= 2 else no_decay).append(p)
-        gate_lr = cfg.lr * cfg.gate_lr_scale
+        scaled = set() if cfg.gate_lr_scale == 1 else {
+            id(p) for m in self.student.modules() if isinstance(m, InherBlock) and m.gate is not None
+            for p in m.gate.parameters()
+        }
+        trainable = [p for p in self.student.parameters() if p.requires_grad]
+        # Weights of 2+ dimensions are decayed, biases and norms not; gates may get their own rate.
         groups = [
-            {"params": decay, "weight_decay": cfg.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-            {"params": gate_decay, "weight_decay": cfg.weight_decay, "lr": gate_lr},
-            {"params": gate_no_decay, "weight_decay": 0.0, "lr": gate_lr},
+            {"params": params, "weight_decay": cfg.weight_decay if decay else 0.0, "lr": cfg.lr * (scale or 1)}
+            for scale in (None, cfg.gate_lr_scale) for decay in (True, False)
+            if (params := [p for p in trainable if (id(p) in scaled) == bool(scale) and (p.ndim >= 2) == decay])
         ]
-        groups = [g for g in groups if g["params"]]
         if not groups:
             raise ValueError("distill: the student has no trainable parameters (all have requires_grad=False)")
         if cfg.optimizer == "adamw":
@@ -178,7 +154,6 @@ class DistillModule(L.LightningModule):
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
 
-    # -- training ----------------------------------------------------------------------------------
     def _teacher_logits(self, batch: Any) -> torch.Tensor:
         precomputed = batch_teacher_logits(batch)
         if isinstance(precomputed, torch.Tensor):
@@ -205,7 +180,7 @@ class DistillModule(L.LightningModule):
             )
         else:
             student_logits = logits_of(student_out)
-            labels = _lm_labels(batch, student_logits)
+            labels = lm_labels(batch) if student_logits.dim() == 3 else batch_labels(batch)
             if isinstance(precomputed, losses.TeacherTopK) and cfg.teacher_topk != precomputed.logprobs.shape[-1]:
                 raise ValueError(
                     f"distill: the batches carry the teacher's top-{precomputed.logprobs.shape[-1]} tokens but "
@@ -248,7 +223,6 @@ class DistillModule(L.LightningModule):
         if self.trainer.max_steps > 0 and self.trainer.global_step >= self.trainer.max_steps:
             self.trainer.should_stop = True
 
-    # -- validation (inhernet.evaluate semantics, exact across processes) ---------------------------
     def on_validation_start(self) -> None:
         self._val_start = time.perf_counter()
 
@@ -284,24 +258,15 @@ class DistillModule(L.LightningModule):
             self._collect_pairs(batch)
             return
         logits = logits_of(forward_batch(self.student, batch)).float()
-        labels = batch_labels(batch)
-        if self.config.metric == "perplexity":
-            labels = _lm_labels(batch, logits)
+        labels = lm_labels(batch) if self.config.metric == "perplexity" else batch_labels(batch)
         if labels is None:
             raise ValueError(
                 "distill: validation needs labelled batches: (inputs, labels) tuples or dicts with 'labels'"
             )
         assert self._val_sums is not None
-        if self.config.metric == "accuracy":
-            self._val_sums[0] += (logits.argmax(-1) == labels).sum()
-            self._val_sums[1] += labels.numel()
-        else:
-            shift_logits, shift_labels = logits[..., :-1, :], labels[..., 1:]
-            self._val_sums[0] += F.cross_entropy(
-                shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1),
-                ignore_index=-100, reduction="sum",
-            ).to(self._val_sums.dtype)
-            self._val_sums[1] += (shift_labels != -100).sum()
+        total, count = batch_sums(logits, labels, self.config.metric)
+        self._val_sums[0] += total.to(self._val_sums.dtype)
+        self._val_sums[1] += count
 
     def on_validation_epoch_end(self) -> None:
         metric = self.config.metric
@@ -333,7 +298,6 @@ class DistillModule(L.LightningModule):
         self.best = [step, value]
         self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.student.state_dict().items()}
 
-    # -- bookkeeping ---------------------------------------------------------------------------------
     def on_train_end(self) -> None:
         self._flush_losses()
         self.history["steps"] = int(self.trainer.global_step)

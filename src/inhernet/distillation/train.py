@@ -177,33 +177,24 @@ def distill(
     """Fine-tune ``student`` in place by knowledge distillation from ``teacher``; return the history.
 
     The loop is a ``lightning.Trainer`` (``max_steps=config.steps``, step-based validation, gradient
-    clipping, ``precision``, ``devices``/``strategy``/``num_nodes`` data parallelism, CSV logs,
-    ``ModelCheckpoint`` every ``checkpoint_every`` steps + ``last.ckpt``, ``deterministic``), seeded
-    with ``lightning.seed_everything(config.seed)``. The student trains in train mode (dropout on,
-    batch-norm statistics updating) and the teacher is frozen in eval mode; both models get their
-    modes, devices (and the teacher its ``requires_grad`` flags and dtype) back afterwards. Validation follows
-    :func:`inhernet.evaluate` (``config.metric``) exactly, across processes too.
+    clipping, precision, data parallelism, CSV logs, checkpoints, ``deterministic``) seeded with
+    ``config.seed``. The student trains in train mode, the teacher is frozen in eval mode; both get their
+    modes and devices (the teacher its ``requires_grad`` flags and dtype too) back afterwards.
+    Validation computes :func:`inhernet.evaluate`'s ``config.metric`` exactly, across processes too.
 
-    Batches: tensors, ``(inputs, labels)`` tuples or Hugging Face style dicts (``labels`` is never
-    passed to the model); outputs: tensors or objects with ``.logits``. Batches without labels train
-    on the KD term alone (an LM dict batch without labels predicts its ``input_ids``).
+    Batches: tensors, ``(inputs, labels)`` tuples or Hugging Face style dicts (``labels`` never reaches
+    the model); outputs: tensors or objects with ``.logits``. Batches without labels train on the KD
+    term alone (an LM dict batch then predicts its ``input_ids``).
 
-    Resume: ``config.resume`` (a ``.ckpt`` path or ``"last"``) continues with
-    ``trainer.fit(..., ckpt_path=...)``; the result matches an uninterrupted run (model, optimiser,
-    scheduler, RNG states and the data position are restored). Ctrl-C (SIGINT, in a single process
-    run) saves ``<log_dir>/checkpoints/last.ckpt`` at the end of the step and raises
-    :class:`Interrupted` (a ``KeyboardInterrupt``) naming the step and checkpoint. Checkpoints are
-    Lightning ``.ckpt`` files, read back with ``torch.load`` by Lightning, so resume only from
-    checkpoints you trust; the finished model is saved elsewhere with :func:`inhernet.save`
-    (safetensors, no pickle).
+    Resume: ``config.resume`` continues a run exactly (model, optimiser, scheduler, RNG states and data
+    position restored). Ctrl-C in a single-process run saves ``<log_dir>/checkpoints/last.ckpt`` at the
+    end of the step and raises :class:`Interrupted`. Checkpoints are Lightning ``.ckpt`` files, read
+    with ``torch.load``: resume only from ones you trust; save the finished model with :func:`inhernet.save`.
 
-    Data parallel: with ``devices=N`` / ``num_nodes=M`` each process trains on its shard (a
-    ``DistributedSampler`` for a map-style ``DataLoader``); one step consumes one loader batch per
-    process, so the global batch is ``N * M * batch_size``. With ``strategy="ddp"`` Lightning
-    re-launches the running script for the other local processes (or joins ``torchrun``'s); every
-    process returns from ``distill`` with the same history (``history["is_global_zero"]`` tells the
-    one that should write files). Spawn-based strategies (``"ddp_spawn"``) need picklable models and
-    loaders; their history is read back from ``<log_dir>/history.json``.
+    Data parallel (``devices=N``, ``num_nodes=M``): each process trains on its shard, one loader batch per
+    step (a global batch of ``N * M * batch_size``), and returns the same history
+    (``history["is_global_zero"]`` tells the one that should write files). Spawn-based strategies
+    (``"ddp_spawn"``) need picklable models and loaders.
 
     Args:
         callbacks: extra Lightning callbacks (early stopping, monitoring...).
@@ -215,9 +206,7 @@ def distill(
         "world_size": int}``.
         ``final`` is empty without a validation loader; ``best`` is set with ``config.keep="best"``.
     """
-    config = _checked(student, teacher, config)
-    if config.keep == "best" and val_loader is None:
-        raise ValueError("distill: DistillConfig.keep='best' needs a val_loader to tell the best weights")
+    config = _checked(student, teacher, config, val_loader)
     check_topk_cache(train_loader, config.teacher_topk, config.temperature)
     log_dir = _resolve_log_dir(config)
     ckpt_path = _resolve_resume(config, log_dir)
@@ -266,7 +255,7 @@ def _fit(
     return _result({**history, "best": module.best}, trainer, config, log_dir)
 
 
-def _checked(student: Any, teacher: Any, config: Any) -> DistillConfig:
+def _checked(student: Any, teacher: Any, config: Any, val_loader: Any) -> DistillConfig:
     """``config`` (the default one for ``None``) once the arguments of :func:`distill` are checked."""
     config = DistillConfig() if config is None else config
     if not isinstance(config, DistillConfig):
@@ -276,6 +265,8 @@ def _checked(student: Any, teacher: Any, config: Any) -> DistillConfig:
             raise TypeError(f"distill: {name} must be a torch.nn.Module, got {type(model).__name__}")
     if student is teacher:
         raise ValueError("distill: student and teacher are the same object; pass a copy as the student")
+    if config.keep == "best" and val_loader is None:
+        raise ValueError("distill: DistillConfig.keep='best' needs a val_loader to tell the best weights")
     try:
         import lightning  # noqa: F401
     except ImportError as exc:  # pragma: no cover - depends on the environment
