@@ -1,23 +1,11 @@
 """Loader wrappers that make training data order exact under resume and data parallelism, and data
 set wrappers that carry the teacher's precomputed logits (all of them, or its top-k tokens).
 
-Lightning's own distributed-sampler injection is turned off (``use_distributed_sampler=False``) and
-replaced by these wrappers, because they add three things Lightning does not give for a plain
-``DataLoader``:
-
-* the order of each training epoch is a function of ``(seed, epoch)`` only (the loader's random
-  draws run in a forked, seeded RNG), so the global RNG, and thus dropout, validation or anything
-  else that consumes random numbers, cannot change the data order;
-* resuming mid-epoch skips the batches the checkpointed run already trained on (the position is
-  derived from the restored global step), so a resumed run sees exactly the batches of an
-  uninterrupted one;
-* validation is sharded across processes *without* the padding a ``DistributedSampler`` adds, so
-  the metric summed over processes equals :func:`inhernet.evaluate` on one process.
-
-Sharding for training uses ``torch.utils.data.DistributedSampler`` (what Lightning would use), with
-the loader re-instantiated by Lightning's own ``_update_dataloader``. Loaders that are not
-``DataLoader``s over map-style datasets are sharded by batch (process ``r`` of ``W`` takes batches
-``r, r + W, ...``).
+They replace Lightning's distributed-sampler injection (``use_distributed_sampler=False``) to add:
+an epoch order that depends on ``(seed, epoch)`` only, never on the global RNG; a mid-epoch resume
+that skips the batches already trained on; and unpadded validation shards, so that the metric summed
+over processes equals :func:`inhernet.evaluate` on one. Training shards a map-style ``DataLoader``
+with a ``DistributedSampler`` (as Lightning would); other loaders are sharded by batch.
 """
 
 from __future__ import annotations
@@ -57,11 +45,6 @@ __all__ = [
 _END = object()
 
 
-def _dist_info(trainer: Any) -> tuple[int, int]:
-    """``(world_size, rank)`` of the run (the trainer's, not whatever process group exists)."""
-    return int(trainer.world_size), int(trainer.global_rank)
-
-
 def _sized_len(obj: Any) -> int | None:
     try:
         return len(obj)
@@ -73,9 +56,9 @@ class WithTeacherLogits(Dataset):
     """``dataset`` whose examples carry the teacher's logits: a third element of ``(inputs, labels)``
     tuples, or the ``teacher_logits`` key of Hugging Face style dict examples.
 
-    Built by :func:`precompute_teacher_logits`. ``distill`` uses logits found in a batch instead of
-    running the teacher, so a fixed data set (no random augmentation) pays for the teacher once, in
-    any order: shuffling is fine, the logits travel with their example.
+    Built by :func:`precompute_teacher_logits`. ``distill`` uses them instead of running the teacher, so
+    a fixed data set (no random augmentation) pays for the teacher once; the logits travel with their
+    example, so shuffling is fine.
     """
 
     def __init__(self, dataset: Dataset, logits: torch.Tensor) -> None:
@@ -144,12 +127,10 @@ def precompute_teacher_topk(
 ) -> WithTeacherTopK:
     """Run the teacher (eval mode) once over ``dataset`` and keep only its top-``k`` classes (tokens)
     per example and position, with the log of the rest of its probability at ``temperature``
-    (:func:`inhernet.distillation.teacher_topk`): ``k * 6 + 4`` bytes per position instead of the full
-    logits' ``V * 4`` (SmolLM2: 128 tokens x 49,152 x 4 = 25 MB per example, 97 KiB at ``k = 128``).
+    (:func:`inhernet.distillation.teacher_topk`): ``k * 6 + 4`` bytes per position instead of ``V * 4``.
 
-    ``batch_size`` examples' full logits exist at a time (8 by default: an LM's logits are large).
-    Train with ``DistillConfig(teacher_topk=k, temperature=temperature)``; ``distill`` checks both.
-    ``progress`` shows a bar (SmolLM2 on a CPU: 0.26 s per example, minutes for a long run's data).
+    ``batch_size`` examples' full logits exist at a time; ``progress`` shows a bar. Train with
+    ``DistillConfig(teacher_topk=k, temperature=temperature)``; ``distill`` checks both.
     """
     if temperature <= 0:
         raise ValueError(f"precompute_teacher_topk: temperature must be positive, got {temperature}")
@@ -186,11 +167,8 @@ def _per_example(output: Any) -> torch.Tensor:
 
 
 def _seeded_iter(loader: Iterable[Any], seed: int, skip: int = 0) -> Iterator[Any]:
-    """Iterate ``loader`` with its random draws taken from a CPU RNG seeded with ``seed``.
-
-    ``DataLoader`` draws its samplers' seeds and its workers' base seed from the global CPU RNG when
-    the iteration starts (at ``iter()`` and the first ``next()``); doing both inside ``fork_rng``
-    makes the order reproducible and leaves the caller's RNG untouched. Then drop ``skip`` batches.
+    """Iterate ``loader``, skipping ``skip`` batches, with its random draws taken from a CPU RNG seeded with
+    ``seed`` (a ``DataLoader`` draws its seeds at ``iter()`` and the first ``next()``, here in ``fork_rng``).
     """
     with torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(seed)
@@ -230,19 +208,11 @@ class _BatchStride:
                 yield batch
 
 
-class _StridedSampler(Sampler[int]):
+class _StridedSampler(_BatchStride, Sampler[int]):
     """Every ``world``-th index of ``base``, starting at ``rank``: an unpadded shard for evaluation."""
 
     def __init__(self, base: Iterable[int], world: int, rank: int):
-        self.base, self.world, self.rank = base, world, rank
-
-    def __len__(self) -> int:
-        return len(range(self.rank, len(self.base), self.world))  # type: ignore[arg-type]
-
-    def __iter__(self) -> Iterator[int]:
-        for i, index in enumerate(self.base):
-            if i % self.world == self.rank:
-                yield index
+        super().__init__(base, world, rank, drop_remainder=False)
 
 
 def _reinstantiate(loader: DataLoader, sampler: Sampler[int]) -> DataLoader:
@@ -257,11 +227,8 @@ def _map_style(loader: Any) -> bool:
 
 
 class _Sharded:
-    """A loader's shard for this process (``_resolve``, built on first use), whose length is the shard's.
-
-    One process: the loader itself. A ``DataLoader`` over a map-style data set: the same loader
-    re-instantiated with this process's sampler (:meth:`_sampler`). Anything else: every ``world``-th
-    batch (:class:`_BatchStride`).
+    """A loader's shard for this process (built on first use): the loader itself in one process, a map-style
+    ``DataLoader`` re-instantiated with this process's :meth:`_sampler`, else every ``world``-th batch.
     """
 
     role = "training"
@@ -276,7 +243,8 @@ class _Sharded:
 
     def _resolve(self) -> Iterable[Any]:
         if self._shard is None:
-            world, rank = _dist_info(self.trainer())
+            trainer = self.trainer()  # the run's world, not whatever process group exists
+            world, rank = int(trainer.world_size), int(trainer.global_rank)
             if world == 1:
                 self._shard = self.loader
             elif _map_style(self.loader):
@@ -296,10 +264,8 @@ class _Sharded:
 class TrainLoader(_Sharded):
     """The training loader as Lightning sees it: sharded, epoch-seeded and resumable.
 
-    ``trainer`` is a callable returning the running ``lightning.Trainer``. With one batch per step,
-    ``divmod(trainer.global_step, len(loader))`` (the step restored from a checkpoint, on resume) is
-    the epoch and the position in it when an epoch's iteration starts, which is all the state a
-    resume needs.
+    ``trainer`` returns the running ``lightning.Trainer``. With one batch per step, ``divmod(global_step,
+    len(loader))`` is the epoch and the position in it: all the state a resume needs.
     """
 
     def __init__(self, loader: Iterable[Any], seed: int, trainer: Callable[[], Any]):

@@ -22,7 +22,6 @@ from .data import (
     read_table,
     split,
     text_columns,
-    text_file,
     tokenize_table,
 )
 from .models import (
@@ -56,7 +55,6 @@ __all__ = [
     "read_table",
     "split",
     "text_columns",
-    "text_file",
     "tokenize_table",
     "write_source",
 ]

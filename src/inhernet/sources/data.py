@@ -1,19 +1,12 @@
 """A user's own data: an image folder or a CSV / TSV / JSONL text file, as a map-style data set.
 
-* Image folder (the torchvision ``ImageFolder`` layout, ``ROOT/CLASS/xxx.png``): every image is
-  converted to RGB, resized so its shorter side is ``image_size``, centre-cropped to a square and
-  normalised with ``mean`` / ``std`` (ImageNet's by default). Examples are ``(image, label)``.
-* Text file with a ``text`` column and, for classification, a ``label`` column (names configurable):
-  tokenised once with the model's tokenizer, padded / truncated to ``max_length`` tokens. Examples
-  are Hugging Face style dicts (``input_ids``, ``attention_mask``...; ``labels`` for classification;
-  a causal LM predicts its own tokens, so its examples carry no labels).
+* Image folder (``ROOT/CLASS/xxx.png``): RGB, resized to ``image_size``, centre-cropped, normalised;
+  ``(image, label)`` examples.
+* Text file with a text column and, for classification, a label column: tokenised once, padded /
+  truncated to ``max_length``; Hugging Face style dict examples (a causal LM's carry no labels).
 
-Labels, whether class folder names or a label column, follow one rule: if they are all non-negative
-integers they are the class indices themselves; otherwise the sorted distinct names are. A class list
-given by the caller (the one recorded at compression, or a model's own label names) overrides both,
-so a test folder missing a class still maps every other class to the index the model was built with.
-(A Hugging Face classifier whose ``id2label`` holds only ``LABEL_i`` placeholders names no classes: give
-integer labels when its outputs follow another order than the sorted label names.)
+Labels that are all non-negative integers are the class indices; otherwise the sorted distinct names
+are. A class list given by the caller (recorded at compression, or the model's own) overrides both.
 """
 
 from __future__ import annotations
@@ -45,7 +38,6 @@ __all__ = [
     "read_table",
     "split",
     "text_columns",
-    "text_file",
     "tokenize_table",
 ]
 
@@ -61,7 +53,7 @@ class DataOptions:
     """How examples are prepared; recorded at compression so that training and evaluation match.
 
     ``max_length`` ``None`` means :data:`DEFAULT_MAX_LENGTH` tokens, or fewer if the model has fewer
-    positions (see :func:`inhernet.sources.open_source`); :func:`text_file` needs it resolved.
+    positions (see :func:`inhernet.sources.open_source`).
     """
 
     image_size: int = 224
@@ -215,18 +207,6 @@ class TokenizedText(Dataset):
         if self.labels is not None:
             item["labels"] = self.labels[index]
         return item
-
-
-def text_file(
-    path: str | Path,
-    tokenizer: Any,
-    options: DataOptions,
-    task: Literal["classify", "lm"],
-    classes: Sequence[str] | None = None,
-) -> UserData:
-    """The rows of a CSV / TSV / JSONL file, tokenised: :func:`read_table` then :func:`tokenize_table`."""
-    table = read_table(path, text_columns(options, task), encoding=options.encoding)
-    return tokenize_table(table, tokenizer, options, task, classes, source=str(path))
 
 
 def text_columns(options: DataOptions, task: Literal["classify", "lm"]) -> list[str]:

@@ -1,17 +1,8 @@
 """A user's own teacher, named by a spec string and built offline.
 
-Three kinds of spec:
-
-* ``torchvision:NAME`` — ``torchvision.models.get_model(NAME, weights=None, num_classes=N)``;
-* ``timm:NAME`` — ``timm.create_model(NAME, pretrained=False, num_classes=N)``;
-* a path to a Hugging Face model directory (``config.json`` beside the weights), or ``hf:PATH`` —
-  ``AutoModelForSequenceClassification`` (task ``classify``) or ``AutoModelForCausalLM`` (task ``lm``),
-  chosen by the config's ``architectures`` unless the task is given, with ``local_files_only=True``.
-
-Nothing is ever downloaded. torchvision / timm models are built randomly initialised and get their
-trained weights from a local state-dict file (``.safetensors``, or ``.pth``/``.pt``/``.bin`` read with
-``torch.load(weights_only=True)``, which refuses pickled code). The file's SHA-256 is part of the spec,
-so a teacher rebuilt later from a recorded spec is checked to be the one that was compressed.
+Specs: ``torchvision:NAME``, ``timm:NAME`` (built randomly initialised, trained weights from a local
+state-dict file whose SHA-256 the spec records), or a Hugging Face model directory (or ``hf:PATH``),
+loaded as a sequence classifier or a causal LM. Nothing is ever downloaded.
 """
 
 from __future__ import annotations
@@ -34,6 +25,7 @@ __all__ = [
     "ModelSpec",
     "build_model",
     "has_trained_head",
+    "key_mismatch",
     "load_state_dict",
     "load_tokenizer",
     "parse_model_spec",
@@ -62,12 +54,10 @@ class ModelSpec:
     Attributes:
         library: ``"torchvision"``, ``"timm"`` or ``"hf"``.
         name: the torchvision / timm model name, or the absolute path of the Hugging Face directory.
-        task: ``"classify"`` (logits ``(N, C)``, accuracy) or ``"lm"`` (causal LM, perplexity).
+        task: ``"classify"`` (accuracy) or ``"lm"`` (causal LM, perplexity).
         weights: absolute path of the state-dict file (torchvision / timm), or ``None`` for random init.
         weights_sha256: its SHA-256, checked whenever the model is built.
-        num_classes: the classifier's output size. torchvision / timm: from the data unless given.
-            Hugging Face: ``None`` (the config's ``num_labels``) unless given, or unless the checkpoint
-            has no trained head (see :func:`has_trained_head`); then the data's class count.
+        num_classes: the classifier's output size (``None`` for a Hugging Face config's ``num_labels``).
     """
 
     library: Literal["torchvision", "timm", "hf"]
@@ -104,8 +94,8 @@ def parse_model_spec(
 ) -> ModelSpec:
     """Parse ``torchvision:NAME``, ``timm:NAME``, ``hf:PATH`` or a Hugging Face directory path.
 
-    The name is checked against the library's registry (nothing is built yet), the weights file is
-    hashed, and a Hugging Face directory's task is read from its ``config.json`` when not given.
+    Checks the name against the library's registry, hashes the weights file, and reads a Hugging Face
+    directory's task from its ``config.json`` when not given.
 
     Raises:
         ValueError: unknown library or model name (with close matches), missing weights file, weights
@@ -138,9 +128,8 @@ def parse_model_spec(
 def build_model(spec: ModelSpec) -> nn.Module:
     """The teacher of ``spec``, float32, in eval mode, on the CPU; never downloads anything.
 
-    Whatever the weights leave randomly initialised (all of it without a weights file, a new
-    classification head) is drawn from a fixed seed, so every build of a spec is the same model:
-    ``train`` and ``eval`` rebuild the very teacher that ``compress`` saw. The global RNG is untouched.
+    What the weights leave randomly initialised is drawn from a fixed seed (the global RNG untouched),
+    so every build of a spec is the same model.
 
     Raises:
         ValueError: the weights file changed since the spec was made, does not fit the architecture,
@@ -171,11 +160,8 @@ def build_model(spec: ModelSpec) -> nn.Module:
 
 
 def load_tokenizer(spec: ModelSpec) -> Any:
-    """The tokenizer saved in the Hugging Face directory of ``spec``, with a padding token.
-
-    Causal LMs often have none; the end-of-sequence token (else the unknown token) pads, which the
-    attention mask hides anyway.
-    """
+    """The tokenizer saved in the Hugging Face directory of ``spec``, with a padding token (for causal LMs
+    without one, the end-of-sequence or else the unknown token: the attention mask hides it anyway)."""
     if spec.library != "hf":
         raise ValueError(f"{spec} has no tokenizer: text data needs a Hugging Face model directory")
     from transformers import AutoTokenizer
@@ -223,14 +209,19 @@ def _load_into(model: nn.Module, state: dict[str, torch.Tensor], spec: ModelSpec
     unexpected = sorted(set(state) - set(own))
     wrong = [k for k in own if k in state and state[k].shape != own[k].shape]
     if missing or unexpected or wrong:
-        parts = [
-            f"{label} {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
-            for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
-            if keys
-        ]
         hint = " (a different number of classes? pass --num-classes)" if wrong and not missing else ""
-        raise ValueError(f"{spec.weights} does not fit {spec.library}:{spec.name}: {'; '.join(parts)}{hint}")
+        mismatch = key_mismatch(missing, unexpected, wrong)
+        raise ValueError(f"{spec.weights} does not fit {spec.library}:{spec.name}: {mismatch}{hint}")
     model.load_state_dict(state)
+
+
+def key_mismatch(missing: list[str], unexpected: list[str], wrong: list[str]) -> str:
+    """``"missing a, b; wrong shape c ..."``: how a state dict's keys differ from a model's, three of each."""
+    return "; ".join(
+        f"{label} {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
+        if keys
+    )
 
 
 def _check_name(library: str, name: str) -> None:
@@ -266,12 +257,9 @@ def _weights_file(weights: str | Path | None) -> tuple[str | None, str | None]:
 
 
 def has_trained_head(spec: ModelSpec) -> bool:
-    """Whether the model's own checkpoint holds the head its task needs.
-
-    Always true for torchvision / timm (their head comes with the weights). For a Hugging Face
-    directory: whether ``config.json`` names an architecture of that task, e.g. not for a bare
-    ``BertModel`` encoder loaded with task ``classify``, whose head is then newly initialised.
-    """
+    """Whether the model's own checkpoint holds the head its task needs: always for torchvision / timm; for
+    a Hugging Face directory, whether ``config.json`` names an architecture of that task (not a bare
+    ``BertModel`` loaded to ``classify``)."""
     if spec.library != "hf":
         return True
     return any(_ARCHITECTURE_TASKS.get(_suffix(a)) == spec.task for a in _hf_architectures(Path(spec.name)))

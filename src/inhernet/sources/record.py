@@ -1,10 +1,8 @@
 """What a compressed model was made from, and opening a teacher together with data for it.
 
-``inhernet compress`` writes ``source.json`` beside ``inhernet.json`` and its weights file: the
-teacher's :class:`~inhernet.sources.models.ModelSpec`, the data preparation options and the class
-names. ``train`` and ``eval`` read it back, rebuild the teacher and prepare their data the same way,
-and rebuild the student with ``inhernet.load(directory, base=<a copy of the teacher>)`` (or
-``inhernet.load(directory)``, which rebuilds the architecture from ``source.json`` itself).
+``inhernet compress`` writes ``source.json`` beside the model: the teacher's
+:class:`~inhernet.sources.models.ModelSpec`, the data preparation options and the class names, from
+which ``train`` and ``eval`` rebuild the teacher and prepare their data the same way.
 """
 
 from __future__ import annotations
@@ -114,11 +112,10 @@ def read_source(directory: str | os.PathLike[str]) -> Source:
 def open_source(source: Source, data_path: str | os.PathLike[str]) -> Opened:
     """Build the teacher of ``source`` and prepare the data at ``data_path`` for it.
 
-    Image models read an image folder; their number of classes defaults to the data's. Hugging Face
-    models read a text file with their own tokenizer; their class names are the config's ``id2label``
-    when it names them, a checkpoint without a trained classification head gets a new one with as
-    many outputs as the data has classes, and ``max_length`` defaults to :data:`DEFAULT_MAX_LENGTH`
-    capped at the model's positions.
+    Image models read an image folder (classes default to the data's). Hugging Face models read a text
+    file with their own tokenizer; class names come from the config's ``id2label`` when it names them,
+    a checkpoint without a trained head gets one sized to the data's classes, and ``max_length``
+    defaults to :data:`DEFAULT_MAX_LENGTH` capped at the model's positions.
 
     Raises:
         ValueError: data of the wrong kind for the model, more classes than the model's head has,
