@@ -1,9 +1,5 @@
-"""Knobs that left a public config: passing one raises a ``TypeError`` that says where it went.
-
-A bottom layer of the package (no inhernet imports). A dataclass rejects an unknown keyword with
-``unexpected keyword argument``, which does not tell a user of the old API what to do; a config whose
-knob moved (to :mod:`inhernet.experimental`, or was deleted) lists it here instead.
-"""
+"""Knobs that left a public config: passing one raises a ``TypeError`` that says where it went (a plain
+dataclass would only say ``unexpected keyword argument``)."""
 
 from __future__ import annotations
 

@@ -1,9 +1,5 @@
-"""One way to feed a batch to a model and read its logits, whatever the batch looks like.
-
-Batches may be a tensor, an ``(inputs, labels)`` tuple/list, or a Hugging Face style dict
-(``input_ids``/``attention_mask``/... plus optional ``labels``). Outputs may be tensors or objects
-with ``.logits`` (Hugging Face ``ModelOutput``).
-"""
+"""One way to feed a batch to a model and read its logits: batches are tensors, ``(inputs, labels)``
+tuples/lists or Hugging Face style dicts; outputs tensors or objects with ``.logits``."""
 
 from __future__ import annotations
 
@@ -43,9 +39,8 @@ def move_batch(batch: Any, device: torch.device | str) -> Any:
 
 
 def split_rows(batch: Any, rows: int) -> list[Any]:
-    """``batch`` cut into the fewest batches of at most ``rows`` examples, their sizes as equal as possible
-    (not 64 + 1: a batch norm cannot train on one example): every tensor inside it sliced along its first
-    dimension, nested tuples, lists and dicts kept; the batch itself if it holds no tensor."""
+    """``batch`` cut into the fewest batches of at most ``rows`` examples, of sizes as equal as possible
+    (not 64 + 1: a batch norm cannot train on one example); the batch itself if it holds no tensor."""
     if rows < 1:
         raise ValueError(f"split_rows: rows must be >= 1, got {rows}")
     n = rows_of(batch)
@@ -155,8 +150,7 @@ def first_example(batch: Any) -> Any:
 
 @torch.no_grad()
 def forward_all(model: nn.Module, batches: Iterable[Any]) -> None:
-    """Run ``model`` in eval mode over ``batches`` (on the model's device) for what its hooks record;
-    every module's training flag is restored afterwards."""
+    """Run ``model`` in eval mode (:func:`evaluating`) over ``batches`` for what its hooks record."""
     device = device_of(model)
     with evaluating(model):
         for batch in batches:

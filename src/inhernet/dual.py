@@ -1,10 +1,8 @@
 """Dual encoders (CLIP-style): reading their outputs, and the retrieval metrics over a split.
 
-A dual encoder maps a batch of ``n`` images and ``n`` texts (pair ``i`` = image ``i`` with text ``i``)
-to one embedding per image and per text. Outputs are read from Hugging Face ``CLIPOutput``-like
-objects or dicts (``image_embeds``, ``text_embeds`` and optionally ``logit_scale`` or
-``logits_per_image``), open_clip's dicts (``image_features``, ``text_features``, ``logit_scale``), or
-tuples ``(image_embeds, text_embeds)`` and open_clip's ``(image_features, text_features, logit_scale)``.
+A dual encoder maps ``n`` image-text pairs to one embedding per image and per text. Outputs are read
+from Hugging Face ``CLIPOutput``-like objects or dicts, open_clip's dicts, or ``(image, text[,
+logit_scale])`` tuples.
 """
 
 from __future__ import annotations
@@ -24,11 +22,8 @@ DUAL_METRICS = ("zero-shot-accuracy", "i2t-recall@1", "i2t-recall@5", "t2i-recal
 
 @dataclass
 class DualOutput:
-    """The embeddings of ``n`` image-text pairs and their similarity logits.
-
-    ``logits_per_image`` (n images x n texts) is the model's own when it returns them (Hugging Face
-    CLIP), else ``logit_scale * cos(image_i, text_j)``, or the cosine similarities themselves when
-    the model returns no scale.
+    """The embeddings of ``n`` image-text pairs and their similarity logits: ``logits_per_image`` (n images
+    x n texts) is the model's own when it returns them, else ``logit_scale * cos`` (the cosine if no scale).
     """
 
     image_embeds: torch.Tensor
@@ -42,10 +37,6 @@ class DualOutput:
             return self.given_logits.float()
         sims = F.normalize(self.image_embeds.float(), dim=-1) @ F.normalize(self.text_embeds.float(), dim=-1).T
         return sims if self.logit_scale is None else self.logit_scale.float() * sims
-
-    @property
-    def logits_per_text(self) -> torch.Tensor:
-        return self.logits_per_image.T
 
     def scale(self) -> torch.Tensor:
         """The logit scale (from the given logits when the model returned no scale; 1 for none at all)."""
@@ -122,14 +113,10 @@ def dual_output(output: Any) -> DualOutput:
 def dual_metrics(image: torch.Tensor, text: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
     """Zero-shot accuracy and retrieval recall of ``N`` image-text pairs with class ``labels``.
 
-    Captions written from class names repeat across a split, so a retrieved item is relevant when it
-    has the query's class (category-level retrieval): ``i2t-recall@k`` is the share of images whose
-    ``k`` most similar captions include one of their class, ranked among the distinct captions
-    (identical text embeddings count once, else the top ``k`` would be copies of one caption);
-    ``t2i-recall@k`` the share of captions whose ``k`` most similar images (of all ``N``) include one
-    of their class. ``zero-shot-accuracy`` classifies each image by the most similar
-    class text embedding, the mean of the normalised embeddings of the captions of that class (a
-    prompt ensemble over the split's caption templates; no image takes part in it).
+    Retrieval is category-level (captions repeat across a split): ``i2t-recall@k`` is the share of
+    images whose ``k`` most similar distinct captions include one of their class, ``t2i-recall@k`` the
+    share of captions whose ``k`` most similar images do. ``zero-shot-accuracy`` classifies each image
+    by the nearest class prototype, the mean normalised embedding of that class's captions.
     """
     if not (len(image) == len(text) == len(labels)) or len(labels) == 0:
         raise ValueError(

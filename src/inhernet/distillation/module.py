@@ -154,22 +154,13 @@ class DistillModule(L.LightningModule):
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
 
-    def _teacher_logits(self, batch: Any) -> torch.Tensor:
-        precomputed = batch_teacher_logits(batch)
-        if isinstance(precomputed, torch.Tensor):
-            return precomputed
-        with torch.no_grad():
-            return logits_of(forward_batch(self.teacher, batch)).detach()
-
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         cfg = self.config
-        # The teacher runs live for feature matching; otherwise its logits (a dual encoder's packed
-        # embeddings) may come precomputed with the batch.
         precomputed = batch_teacher_logits(batch)
         with losses.FeatureCapture(self.student, [s for s, _ in self.feature_pairs]) as s_cap:
             student_out = forward_batch(self.student, batch)
-        teacher_out = None
-        if self.feature_pairs or (cfg.loss == "contrastive" and precomputed is None):
+        teacher_out = None  # the teacher runs live for feature matching, or when the batch carries no outputs
+        if self.feature_pairs or not isinstance(precomputed, (torch.Tensor, losses.TeacherTopK)):
             with losses.FeatureCapture(self.teacher, [t for _, t in self.feature_pairs]) as t_cap, torch.no_grad():
                 teacher_out = forward_batch(self.teacher, batch)
         if cfg.loss == "contrastive":
@@ -179,24 +170,7 @@ class DistillModule(L.LightningModule):
                 student_out, teacher_out, cfg.temperature, cfg.alpha, cfg.embed_weight, cfg.embed_loss
             )
         else:
-            student_logits = logits_of(student_out)
-            labels = lm_labels(batch) if student_logits.dim() == 3 else batch_labels(batch)
-            if isinstance(precomputed, losses.TeacherTopK) and cfg.teacher_topk != precomputed.logprobs.shape[-1]:
-                raise ValueError(
-                    f"distill: the batches carry the teacher's top-{precomputed.logprobs.shape[-1]} tokens but "
-                    f"DistillConfig.teacher_topk is {cfg.teacher_topk}; set it to {precomputed.logprobs.shape[-1]}"
-                )
-            if isinstance(precomputed, losses.TeacherTopK) and teacher_out is None:
-                loss = losses.topk_kd_loss(student_logits, precomputed, labels, cfg.temperature, cfg.alpha)
-            else:
-                teacher_logits = (
-                    logits_of(teacher_out).detach() if teacher_out is not None else self._teacher_logits(batch)
-                )
-                if cfg.teacher_topk is None:
-                    loss = losses.kd_loss(student_logits, teacher_logits, labels, cfg.temperature, cfg.alpha)
-                else:  # the same sparse loss as from a cache, taken from the full logits
-                    sparse = losses.teacher_topk(teacher_logits, cfg.teacher_topk, cfg.temperature)
-                    loss = losses.topk_kd_loss(student_logits, sparse, labels, cfg.temperature, cfg.alpha)
+            loss = self._kd_loss(batch, logits_of(student_out), precomputed, teacher_out)
         if self.feature_pairs:
             teacher_features = {s: t_cap.features[t] for s, t in self.feature_pairs}
             f_loss = losses.feature_loss(s_cap.features, teacher_features, cfg.feature_loss)
@@ -208,6 +182,21 @@ class DistillModule(L.LightningModule):
         self.log("train_loss", mean_loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=1)
         self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False, batch_size=1)
         return loss
+
+    def _kd_loss(self, batch: Any, student_logits: torch.Tensor, precomputed: Any, teacher_out: Any) -> torch.Tensor:
+        """Logit KD against the live teacher's logits, else the precomputed ones or top-k cache."""
+        cfg = self.config
+        if isinstance(precomputed, losses.TeacherTopK) and cfg.teacher_topk != precomputed.logprobs.shape[-1]:
+            raise ValueError(
+                f"distill: the batches carry the teacher's top-{precomputed.logprobs.shape[-1]} tokens but "
+                f"DistillConfig.teacher_topk is {cfg.teacher_topk}; set it to {precomputed.logprobs.shape[-1]}"
+            )
+        teacher = precomputed if teacher_out is None else logits_of(teacher_out).detach()
+        if cfg.teacher_topk is not None and not isinstance(teacher, losses.TeacherTopK):
+            teacher = losses.teacher_topk(teacher, cfg.teacher_topk, cfg.temperature)  # the cache's loss, live
+        labels = lm_labels(batch) if student_logits.dim() == 3 else batch_labels(batch)
+        kd = losses.topk_kd_loss if isinstance(teacher, losses.TeacherTopK) else losses.kd_loss
+        return kd(student_logits, teacher, labels, cfg.temperature, cfg.alpha)
 
     def _flush_losses(self) -> None:
         if self._pending_losses:

@@ -1,10 +1,6 @@
-"""Distillation knobs that no shipped recipe uses: the optimiser, schedule and gate ablations.
-
-:class:`ExperimentalDistillConfig` is :class:`~inhernet.distillation.DistillConfig` with these knobs
-back as fields; :func:`inhernet.distill` takes it wherever it takes a ``DistillConfig``. Every run in
-BENCHMARKS.md trains with the fixed ``DistillConfig`` recipe (AdamW, cosine decay, no warm-up, no
-weight decay); the gate learning rate was measured and changed nothing (BENCHMARKS.md, "Experts
-that pay?"). They stay here for experiments, outside the public surface.
+"""Distillation knobs that no shipped recipe uses (every run in BENCHMARKS.md trains with AdamW, cosine
+decay, no warm-up and no weight decay): :class:`ExperimentalDistillConfig`, which :func:`inhernet.distill`
+takes wherever it takes a ``DistillConfig``.
 """
 
 from __future__ import annotations
@@ -37,10 +33,8 @@ class ExperimentalDistillConfig(DistillConfig):
         embed_loss: with ``loss="contrastive"`` and ``embed_weight > 0``: ``"cosine"`` or ``"mse"``.
 
     Gates (h > 1):
-        gate_lr_scale: learning-rate multiplier for the gates of InherNet blocks (their own optimiser
-            parameter groups, same schedule). A gate's gradient is proportional to how far the experts
-            are apart, which starts at ``expert_noise`` (2%) of the layer: a larger rate lets the gates
-            leave uniform within a short schedule. 1 = no special treatment.
+        gate_lr_scale: learning-rate multiplier for the gates of InherNet blocks (their own parameter
+            groups, same schedule); it changed no accuracy (BENCHMARKS.md, "Experts that pay?").
     """
 
     weight_decay: float = 0.0
