@@ -104,12 +104,9 @@ def _records(model: nn.Module) -> dict[str, Any]:
     # A loaded model has no plan, only the config it was inherited with and the records load() attached.
     config = plan.config if plan is not None else getattr(model, "inhernet_config", None)
     records: dict[str, Any] = {"config": config.to_dict() if config is not None else None}
-    compacted = getattr(model, "inhernet_compact", None)
-    pruned = plan.prune.to_dict() if plan is not None and plan.prune is not None else getattr(
-        model, "inhernet_pruned", None)
-    dropped = plan.drop.to_dict() if plan is not None and plan.drop is not None else getattr(
-        model, "inhernet_dropped", None)
-    for key, value in (("compact", compacted), ("prune", pruned), ("drop", dropped)):
+    for key, attribute in (("compact", "inhernet_compact"), ("prune", "inhernet_pruned"), ("drop", "inhernet_dropped")):
+        planned = getattr(plan, key, None) if key != "compact" else None
+        value = planned.to_dict() if planned is not None else getattr(model, attribute, None)
         if value is not None:
             records[key] = value
     return records
@@ -145,13 +142,10 @@ def weights_path(path: str | os.PathLike[str]) -> Path:
 def load(path: str | os.PathLike[str], base: nn.Module | None = None) -> nn.Module:
     """Rebuild a saved inherited model on ``base``, a model of the teacher's architecture.
 
-    ``base`` is modified in place (its pruned widths and dropped blocks replayed, its planned layers
-    made blocks) and returned, on the device of its parameters; every tensor comes from the file. When
-    ``load`` fails, ``base`` is left as it was. The :class:`InherConfig` the model was inherited with
-    becomes ``base.inhernet_config`` (so a later :func:`save` records it again).
-
-    Without ``base``, the architecture is rebuilt from the ``source.json`` that ``inhernet compress``
-    writes beside the model; the teacher's weights are not needed.
+    ``base`` is modified in place (pruned, blocks dropped, planned layers made blocks, every tensor
+    from the file) and returned; a failed ``load`` leaves it as it was. The :class:`InherConfig` the
+    model was inherited with becomes ``base.inhernet_config``. Without ``base``, the architecture is
+    rebuilt from the ``source.json`` that ``inhernet compress`` writes beside the model.
 
     Raises:
         FileNotFoundError: ``path`` holds no ``inhernet.json`` or its weights file is missing.

@@ -68,15 +68,14 @@ class DistillConfig:
             encoders such as CLIP, :func:`~inhernet.distillation.contrastive_kd_loss`; precomputed teacher
             outputs are then its packed per-example embeddings).
         temperature: KD softmax temperature ``T`` (the KL term is scaled by ``T**2``).
-        alpha: weight of the KD term; ``1 - alpha`` weighs the cross-entropy with the labels (with
-            ``loss="contrastive"``: the student's own InfoNCE loss on the pairs of the batch).
-            Batches without labels are trained on the KD term alone.
+        alpha: weight of the KD term; ``1 - alpha`` weighs the cross-entropy with the labels (the
+            InfoNCE loss with ``loss="contrastive"``). Batches without labels train on KD alone.
         teacher_topk: ``None`` (full-logit KD) or ``k``: KD against the teacher's ``k`` most likely
             classes per position plus a rest bucket (:func:`~inhernet.distillation.topk_kd_loss`), from
             a cache the batches carry (``precompute_teacher_topk`` at this ``k`` and ``temperature``) or
             the teacher's logits at each step. Needs ``loss="kd"``.
-        embed_weight: with ``loss="contrastive"``, weight of the matching of the student's image and
-            text embeddings to the teacher's (by cosine distance); 0 disables it.
+        embed_weight: with ``loss="contrastive"``, weight of the cosine distance between the student's
+            and the teacher's embeddings; 0 disables it.
         feature_weight: weight of the feature loss between the outputs of the student's modules and the
             teacher's modules they came from (``feature_loss``); 0 disables it.
         feature_patterns: ``fnmatch`` patterns of the student's module names whose outputs are matched
@@ -90,8 +89,8 @@ class DistillConfig:
             ``"16-true"``, ``"bf16-true"`` (the student is trained, and returned, in that dtype)...
         devices, accelerator, strategy, num_nodes: Lightning's arguments, e.g. ``devices=4,
             strategy="ddp"``; every step takes one loader batch *per device*.
-        deterministic: Lightning's ``deterministic`` (``True``, ``False`` or ``"warn"``). Some CUDA
-            kernels have no deterministic implementation; use ``"warn"`` if one raises.
+        deterministic: Lightning's ``deterministic`` (``True``, ``False`` or ``"warn"``, for CUDA kernels
+            without a deterministic implementation).
 
     Run:
         seed: seeds everything (``lightning.seed_everything``) and each epoch's order of the train
@@ -99,21 +98,18 @@ class DistillConfig:
         val_every: validate every this many steps (``None``: ``steps // 10``, at least 1; 0: only at
             the end). Validation also runs at the start (``val_at_start``) and at the last step.
         val_at_start: validate once before training (the curve's point at step 0).
-        metric: validation metric, ``"accuracy"``, ``"perplexity"`` or, for dual encoders, one of
-            ``inhernet.dual.DUAL_METRICS`` (``"zero-shot-accuracy"``, ``"i2t-recall@1"``...), as
-            :func:`inhernet.evaluate` computes them.
+        metric: validation metric, ``"accuracy"``, ``"perplexity"`` or one of
+            ``inhernet.dual.DUAL_METRICS``, as :func:`inhernet.evaluate` computes them.
         log_dir: where the CSV logs, ``checkpoints/`` and ``history.json`` go. ``None``: a temporary
             directory, or ``./out/distill`` when several processes take part (they must agree on it).
         checkpoint_every: save ``<log_dir>/checkpoints/last.ckpt`` every this many steps (0: only when
             interrupted); never with the frozen teacher.
-        keep_checkpoints: also keep the checkpoints of this many most recent checkpoint steps
-            (``step000100.ckpt``...); -1: all of them.
-        resume: a checkpoint path to continue from, or ``"last"`` (``<log_dir>/checkpoints/last.ckpt``).
-            Without it, a ``log_dir`` holding checkpoints of an earlier run is refused: resume it, or
-            delete its ``checkpoints`` folder to start over.
-        keep: ``"last"``: the student ends with its weights of the last step; ``"best"``: with those of
-            its best validation point (step 0, the untrained student, included), ``history["best"]``.
-            Needs a validation loader.
+        keep_checkpoints: also keep this many most recent step checkpoints (``step000100.ckpt``...);
+            -1: all of them.
+        resume: a checkpoint path to continue from, or ``"last"``. Without it, a ``log_dir`` holding
+            checkpoints of an earlier run is refused.
+        keep: the student ends with its weights of the ``"last"`` step or of its ``"best"`` validation
+            point (step 0 included; needs a validation loader).
         progress: a progress bar on a terminal, otherwise a line on stderr every ``steps // 10`` steps.
 
     numpy integers and floats are accepted wherever an ``int`` or a ``float`` is.

@@ -42,15 +42,10 @@ def kd_loss(
 
     ``(1 - alpha) * CE(student, labels) + alpha * T**2 * KL(softmax(teacher/T) || softmax(student/T))``
 
-    * Classification: logits ``(N, C)``, labels ``(N,)``.
-    * Causal LM: logits ``(N, T, V)``, labels ``(N, T)``; position ``t`` predicts ``labels[:, t + 1]``
-      (the Hugging Face convention, as in :func:`inhernet.evaluate`). Positions whose target is
-      ``ignore_index`` (padding, prompts) are left out of *both* terms; each term is a mean over the
-      valid positions (examples or tokens). If no position is valid the loss is 0.
-    * ``labels=None``: pure KD, ``T**2 * KL`` averaged over every (unshifted) position; ``alpha`` is ignored.
-
-    Computed in float32. The KL is summed over classes per position, then averaged; the ``T**2``
-    factor keeps its gradient scale independent of ``T`` (Hinton et al. 2015).
+    Logits ``(N, C)`` with labels ``(N,)``, or a causal LM's ``(N, T, V)`` with labels ``(N, T)``, position
+    ``t`` predicting ``labels[:, t + 1]``. Positions whose target is ``ignore_index`` are left out of both
+    terms, each a mean over the valid positions (0 if none). ``labels=None``: ``T**2 * KL`` alone, over
+    every position. Computed in float32; the KL is summed over classes, then averaged over positions.
     """
     if student_logits.shape != teacher_logits.shape:
         raise ValueError(
@@ -210,16 +205,10 @@ def contrastive_kd_loss(
 
     ``alpha * T**2 * (KL_i2t + KL_t2i) / 2 + (1 - alpha) * InfoNCE(student) + embed_weight * E``
 
-    * ``KL_i2t``: per image, ``KL(softmax(t/T) || softmax(s/T))`` over the ``n`` texts, where ``s`` and
-      ``t`` are the student's and the teacher's ``logits_per_image`` rows (CLIP's scaled cosine
-      similarities); ``KL_t2i`` the same per text over the images; both averaged over the batch.
-    * ``InfoNCE``: the student's own symmetric contrastive loss, pair ``i`` being the target of row ``i``.
-    * ``E``: embedding matching, ``"cosine"`` (mean ``1 - cos`` of paired image and text embeddings)
-      or ``"mse"``; needs embeddings of the same width.
-
-    ``student_out`` and ``teacher_out`` are model outputs :func:`inhernet.dual.dual_output` reads
-    (``CLIPOutput``-like objects or dicts, or ``(image_embeds, text_embeds)`` tuples, whose logits
-    are then the cosine similarities). The teacher is treated as a constant; computed in float32.
+    ``KL_i2t`` is the KL of each image's row of ``logits_per_image`` (teacher to student) over the texts,
+    ``KL_t2i`` the same per text; ``InfoNCE`` the student's own symmetric contrastive loss; ``E`` the
+    ``"cosine"`` or ``"mse"`` distance of the paired embeddings. The outputs are whatever
+    :func:`inhernet.dual.dual_output` reads; the teacher is a constant; computed in float32.
     """
     _check_inputs(None, temperature, alpha, "contrastive_kd_loss")
     if embed_weight < 0 or embed_loss not in EMBED_LOSSES:

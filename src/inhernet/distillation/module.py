@@ -80,15 +80,10 @@ def _gather_uneven(strategy: Any, *tensors: torch.Tensor) -> list[torch.Tensor]:
 class DistillModule(L.LightningModule):
     """Student + frozen teacher, trained with :func:`kd_loss` (+ optional :func:`feature_loss`).
 
-    The teacher is a registered submodule, so Lightning places it on the device and casts it with the
-    precision plugin like the student, but it is frozen (``requires_grad=False``, always in eval mode,
-    outside the optimiser), ignored by DDP's buffer broadcast, and left out of checkpoints: a
-    checkpoint holds the student, the optimiser and scheduler states, the RNG states and the history
-    (``checkpoint["inhernet"]``), never the teacher, which is taken from the live module on load.
-
-    ``history`` (identical on every process) holds ``curve`` ``[[step, metric], ...]`` (validation,
-    step 0 included when validating at start), ``train_loss`` ``[[step, loss], ...]`` (mean over
-    processes of each step's loss) and the timing of the run.
+    The teacher is a submodule, placed and cast by Lightning like the student, but frozen (always in
+    eval mode, outside the optimiser), ignored by DDP and left out of checkpoints. ``history`` (the
+    same on every process) holds ``curve`` ``[[step, metric], ...]``, ``train_loss`` ``[[step, loss],
+    ...]`` (mean over processes) and the timing of the run.
     """
 
     def __init__(self, student: nn.Module, teacher: nn.Module, config: DistillConfig):
@@ -98,7 +93,6 @@ class DistillModule(L.LightningModule):
         self.config = config
         teacher.eval()
         teacher.requires_grad_(False)
-        # DDP must not broadcast the teacher's buffers nor track its (frozen) parameters.
         self._ddp_params_and_buffers_to_ignore = [
             _TEACHER_PREFIX + name
             for name, _ in (*teacher.named_parameters(), *teacher.named_buffers())

@@ -176,25 +176,16 @@ def distill(
 ) -> dict[str, Any]:
     """Fine-tune ``student`` in place by knowledge distillation from ``teacher``; return the history.
 
-    The loop is a ``lightning.Trainer`` (``max_steps=config.steps``, step-based validation, gradient
-    clipping, precision, data parallelism, CSV logs, checkpoints, ``deterministic``) seeded with
-    ``config.seed``. The student trains in train mode, the teacher is frozen in eval mode; both get their
-    modes and devices (the teacher its ``requires_grad`` flags and dtype too) back afterwards.
-    Validation computes :func:`inhernet.evaluate`'s ``config.metric`` exactly, across processes too.
+    A ``lightning.Trainer`` seeded with ``config.seed`` runs ``config.steps`` optimiser steps, validates
+    (:func:`inhernet.evaluate`'s ``config.metric``, exact across processes), checkpoints and logs. The
+    student trains in train mode against the teacher frozen in eval mode; both get their modes, devices
+    and flags back afterwards. Batches: tensors, ``(inputs, labels)`` tuples or dicts (``labels`` never
+    reaches the model); without labels, the KD term alone (an LM dict batch predicts its ``input_ids``).
 
-    Batches: tensors, ``(inputs, labels)`` tuples or Hugging Face style dicts (``labels`` never reaches
-    the model); outputs: tensors or objects with ``.logits``. Batches without labels train on the KD
-    term alone (an LM dict batch then predicts its ``input_ids``).
-
-    Resume: ``config.resume`` continues a run exactly (model, optimiser, scheduler, RNG states and data
-    position restored). Ctrl-C in a single-process run saves ``<log_dir>/checkpoints/last.ckpt`` at the
-    end of the step and raises :class:`Interrupted`. Checkpoints are Lightning ``.ckpt`` files, read
-    with ``torch.load``: resume only from ones you trust; save the finished model with :func:`inhernet.save`.
-
-    Data parallel (``devices=N``, ``num_nodes=M``): each process trains on its shard, one loader batch per
-    step (a global batch of ``N * M * batch_size``), and returns the same history
-    (``history["is_global_zero"]`` tells the one that should write files). Spawn-based strategies
-    (``"ddp_spawn"``) need picklable models and loaders.
+    ``config.resume`` continues a run exactly. Ctrl-C in a single process saves
+    ``<log_dir>/checkpoints/last.ckpt`` and raises :class:`Interrupted`. Checkpoints are read with
+    ``torch.load``: resume only from ones you trust. With ``devices=N`` / ``num_nodes=M`` each process
+    trains on its shard (a global batch of ``N * M * batch_size``) and returns the same history.
 
     Args:
         callbacks: extra Lightning callbacks (early stopping, monitoring...).

@@ -50,11 +50,8 @@ DEFAULT_MAX_LENGTH = 128
 
 @dataclass(frozen=True)
 class DataOptions:
-    """How examples are prepared; recorded at compression so that training and evaluation match.
-
-    ``max_length`` ``None`` means :data:`DEFAULT_MAX_LENGTH` tokens, or fewer if the model has fewer
-    positions (see :func:`inhernet.sources.open_source`).
-    """
+    """How examples are prepared; recorded at compression so that training and evaluation match
+    (``max_length=None``: resolved by :func:`inhernet.sources.open_source`)."""
 
     image_size: int = 224
     mean: tuple[float, ...] = IMAGENET_MEAN
@@ -111,9 +108,8 @@ class UserData:
 def encode_labels(
     raw: Sequence[str], classes: Sequence[str] | None = None, *, source: str = "data"
 ) -> tuple[list[int], tuple[str, ...]]:
-    """Class indices of ``raw`` labels, and the class names they index (see the module docstring).
-
-    With ``classes``, a label is a class name, or else an integer index into ``classes``.
+    """Class indices of ``raw`` labels, and the class names they index (see the module docstring); with
+    ``classes``, a label is a class name, or else an integer index into ``classes``.
 
     Raises:
         ValueError: a label is neither one of ``classes`` nor an index into them (names up to five).
@@ -295,10 +291,8 @@ def _jsonl_rows(f: TextIO, path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
 
 
 def split(dataset: Dataset, val_fraction: float, seed: int = 0) -> tuple[Dataset, Dataset | None]:
-    """A deterministic ``(train, validation)`` split: ``val_fraction`` of the examples, drawn with ``seed``.
-
-    The same data set, fraction and seed always give the same split (``val_fraction=0``: no validation).
-    """
+    """A deterministic ``(train, validation)`` split: ``val_fraction`` of the examples (0: no validation),
+    drawn with ``seed``."""
     if not (isinstance(val_fraction, (int, float)) and 0 <= val_fraction < 1):
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
     n = len(dataset)  # type: ignore[arg-type]

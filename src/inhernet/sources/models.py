@@ -230,18 +230,15 @@ def _check_name(library: str, name: str) -> None:
 
         # Image classifiers only: detection, segmentation and video models take other inputs and outputs.
         known = torchvision.models.list_models(module=torchvision.models)
-        found = name in known
+        found, listing = name in known, "torchvision.models.list_models(module=torchvision.models)"
     else:
         import timm
 
-        found = timm.is_model(name)
+        found, listing = timm.is_model(name), "timm.list_models()"
         known = [] if found else timm.list_models()
     if not found:
         close = difflib.get_close_matches(name, known, n=5, cutoff=0.6)
         suggestion = f"; did you mean {', '.join(f'{library}:{c}' for c in close)}?" if close else ""
-        listing = "torchvision.models.list_models(module=torchvision.models)" if library == "torchvision" else (
-            "timm.list_models()"
-        )
         raise ValueError(f"unknown {library} image classifier {name!r}{suggestion} (all names: {listing})")
 
 
@@ -260,30 +257,25 @@ def has_trained_head(spec: ModelSpec) -> bool:
     """Whether the model's own checkpoint holds the head its task needs: always for torchvision / timm; for
     a Hugging Face directory, whether ``config.json`` names an architecture of that task (not a bare
     ``BertModel`` loaded to ``classify``)."""
-    if spec.library != "hf":
-        return True
-    return any(_ARCHITECTURE_TASKS.get(_suffix(a)) == spec.task for a in _hf_architectures(Path(spec.name)))
+    return spec.library != "hf" or spec.task in _hf_tasks(Path(spec.name))[0]
 
 
-def _suffix(architecture: str) -> str:
-    return next((s for s in _ARCHITECTURE_TASKS if architecture.endswith(s)), "")
-
-
-def _hf_architectures(directory: Path) -> list[str]:
+def _hf_tasks(directory: Path) -> tuple[list[str], list[str]]:
+    """The tasks of the architectures a Hugging Face ``config.json`` names, in order, and those names."""
     try:
         config = json.loads((directory / "config.json").read_text())
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{directory / 'config.json'} is not readable JSON: {err}") from None
-    architectures = (config.get("architectures") or []) if isinstance(config, dict) else []
-    return [a for a in architectures if isinstance(a, str)]
+    names = (config.get("architectures") or []) if isinstance(config, dict) else []
+    architectures = [a for a in names if isinstance(a, str)]
+    suffixes = [next((s for s in _ARCHITECTURE_TASKS if a.endswith(s)), "") for a in architectures]
+    return [_ARCHITECTURE_TASKS[s] for s in suffixes if s], architectures
 
 
 def _hf_task(directory: Path) -> str:
-    architectures = _hf_architectures(directory)
-    for arch in architectures:
-        task = _ARCHITECTURE_TASKS.get(_suffix(arch))
-        if task is not None:
-            return task
+    tasks, architectures = _hf_tasks(directory)
+    if tasks:
+        return tasks[0]
     raise ValueError(
         f"cannot tell the task of {directory} from its config's architectures {architectures}; "
         "pass --task classify or --task lm"
