@@ -13,8 +13,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-__all__ = ["DUAL_METRICS", "DualOutput", "dual_metrics", "dual_output", "is_dual_output"]
+from .batches import batch_labels, forward_batch
+
+__all__ = ["DUAL_METRICS", "DualOutput", "dual_metrics", "dual_output", "is_dual_output", "pair_embeddings"]
 
 #: The metrics of :func:`dual_metrics`, all computed from one pass over a split.
 DUAL_METRICS = ("zero-shot-accuracy", "i2t-recall@1", "i2t-recall@5", "t2i-recall@1", "t2i-recall@5")
@@ -107,6 +110,15 @@ def dual_output(output: Any) -> DualOutput:
         "encoder must return an object or dict with image_embeds and text_embeds (Hugging Face CLIPOutput), "
         "or an (image_embeds, text_embeds) tuple"
     )
+
+
+def pair_embeddings(model: nn.Module, batch: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A dual encoder's float32 image and text embeddings of a labelled batch, and its labels (flat)."""
+    labels = batch_labels(batch)
+    if labels is None:
+        raise ValueError("dual-encoder metrics need labelled batches: dicts of image-text pairs with 'labels'")
+    out = dual_output(forward_batch(model, batch))
+    return out.image_embeds.float(), out.text_embeds.float(), labels.reshape(-1)
 
 
 @torch.no_grad()

@@ -13,7 +13,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .batches import batch_labels, forward_batch, lm_labels, logits_of, move_batch
-from .dual import DUAL_METRICS, dual_metrics, dual_output
+from .dual import DUAL_METRICS, dual_metrics, pair_embeddings
 from .modes import device_of, evaluating
 
 __all__ = ["batch_sums", "evaluate"]
@@ -83,18 +83,12 @@ def _evaluate_dual(
 ) -> dict[str, float]:
     """All dual-encoder metrics from the embeddings of every pair of the split."""
     device = device_of(model)
-    images, texts, labels = [], [], []
     with evaluating(model):
-        for batch in _batches(loader, max_batches, progress):
-            batch = move_batch(batch, device)
-            y = batch_labels(batch)
-            if y is None:
-                raise ValueError("dual-encoder metrics need labelled batches: dicts of image-text pairs with 'labels'")
-            out = dual_output(forward_batch(model, batch))
-            images.append(out.image_embeds.float().cpu())
-            texts.append(out.text_embeds.float().cpu())
-            labels.append(y.reshape(-1).cpu())
-    if not labels:
+        pairs = [
+            [t.cpu() for t in pair_embeddings(model, move_batch(batch, device))]
+            for batch in _batches(loader, max_batches, progress)
+        ]
+    if not pairs:
         raise ValueError("evaluate() saw no labelled examples: the loader is empty")
-    result = dual_metrics(torch.cat(images), torch.cat(texts), torch.cat(labels))
-    return {**result, "count": float(sum(len(y) for y in labels))}
+    image, text, labels = (torch.cat(parts) for parts in zip(*pairs, strict=True))
+    return {**dual_metrics(image, text, labels), "count": float(len(labels))}

@@ -16,7 +16,7 @@ from torch import nn
 
 from .._atomic import atomic_write
 from ..batches import batch_labels, batch_teacher_logits, forward_batch, lm_labels, logits_of
-from ..dual import DUAL_METRICS, DualOutput, dual_metrics, dual_output
+from ..dual import DUAL_METRICS, DualOutput, dual_metrics, pair_embeddings
 from ..evaluate import batch_sums
 from ..layers import InherBlock
 from . import loss as losses
@@ -219,14 +219,6 @@ class DistillModule(L.LightningModule):
         self._val_sums = torch.zeros(2, dtype=dtype, device=self.device)
         self._val_pairs = []
 
-    def _collect_pairs(self, batch: Any) -> None:
-        """Keep a dual encoder's embeddings: its metrics rank every pair of the split against every other."""
-        labels = batch_labels(batch)
-        if labels is None:
-            raise ValueError("distill: dual-encoder metrics need labelled batches (dicts with 'labels')")
-        out = dual_output(forward_batch(self.student, batch))
-        self._val_pairs.append((out.image_embeds.float(), out.text_embeds.float(), labels.reshape(-1)))
-
     def _dual_metric(self) -> float:
         if not self._val_pairs:
             raise ValueError("distill: the validation loader yielded no labelled examples")
@@ -237,8 +229,8 @@ class DistillModule(L.LightningModule):
         return dual_metrics(image, text, labels)[self.config.metric]
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
-        if self.config.metric in DUAL_METRICS:
-            self._collect_pairs(batch)
+        if self.config.metric in DUAL_METRICS:  # its metrics rank every pair of the split against every other
+            self._val_pairs.append(pair_embeddings(self.student, batch))
             return
         logits = logits_of(forward_batch(self.student, batch)).float()
         labels = lm_labels(batch) if self.config.metric == "perplexity" else batch_labels(batch)
