@@ -62,7 +62,8 @@ def save(model: nn.Module, path: str | os.PathLike[str]) -> Path:
     Returns the directory. Writes ``inhernet.json`` and ``model-<hash>.safetensors`` (:func:`weights_path`
     finds it). An earlier save in ``path`` is replaced only once the new pair is complete.
     """
-    blocks, records = _blocks(model), _records(model)
+    blocks = {name: m for name, m in model.named_modules() if isinstance(m, InherBlock)}
+    records = _records(model)
     # Without blocks: a compact() result may have every block back to dense, a pruned one every layer dense.
     if not blocks and "compact" not in records and "prune" not in records:
         raise ValueError(
@@ -166,7 +167,9 @@ def load(path: str | os.PathLike[str], base: nn.Module | None = None) -> nn.Modu
             f"{path} was saved from a {meta['model_class']}, but base is a {type(base).__name__}; "
             "pass a model of the same architecture"
         )
-    pruned, dropped = _structure_records(meta, path)
+    pruned, dropped = meta.get("prune"), meta.get("drop")
+    if pruned is not None and not (isinstance(pruned, dict) and isinstance(pruned.get("spec"), dict)):
+        raise ValueError(f"{path / CONFIG_NAME}: malformed 'prune' entry (a JSON object with a 'spec' object)")
     # The blocks kept and the pruned widths first (each checked whole before any change), so that the
     # layers below have the names and shapes their blocks were built from; undone if anything fails.
     undo = [replay(base, dropped)] if dropped is not None else []
@@ -194,14 +197,6 @@ def _verified_weights(path: Path, meta: dict[str, Any]) -> Path:
     if sha256_file(weights) != meta["weights"]["sha256"]:
         raise ValueError(f"{weights} does not match the checksum in {CONFIG_NAME}: the file is corrupted or truncated")
     return weights
-
-
-def _structure_records(meta: dict[str, Any], path: Path) -> tuple[dict[str, Any] | None, Any]:
-    """The ``prune`` entry (checked to hold a ``spec`` object) and the ``drop`` entry of ``meta``."""
-    pruned = meta.get("prune")
-    if pruned is not None and not (isinstance(pruned, dict) and isinstance(pruned.get("spec"), dict)):
-        raise ValueError(f"{path / CONFIG_NAME}: malformed 'prune' entry (a JSON object with a 'spec' object)")
-    return pruned, meta.get("drop")
 
 
 def _build_blocks(base: nn.Module, layers: dict[str, Any], weights: Path) -> nn.Module:
@@ -358,9 +353,5 @@ def _read_meta(path: Path) -> dict[str, Any]:
             f"no '..'), got {name!r}"
         )
     return meta
-
-
-def _blocks(model: nn.Module) -> dict[str, InherBlock]:
-    return {name: m for name, m in model.named_modules() if isinstance(m, InherBlock)}
 
 

@@ -109,7 +109,7 @@ def precompute_teacher_logits(teacher: nn.Module, dataset: Dataset, batch_size: 
     device = device_of(teacher)
     with evaluating(teacher):
         logits = [
-            _per_example(forward_batch(teacher, move_batch(batch, device))).float().cpu()
+            _per_example(forward_batch(teacher, move_batch(batch, device)))
             for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False)
         ]
     return WithTeacherLogits(dataset, torch.cat(logits))
@@ -163,7 +163,8 @@ def check_topk_cache(loader: Any, k: int | None, temperature: float) -> None:
 
 
 def _per_example(output: Any) -> torch.Tensor:
-    return dual_output(output).pack() if is_dual_output(output) else logits_of(output)
+    """What a data set keeps per example of a teacher's output: its logits, or a dual encoder's packed pair."""
+    return (dual_output(output).pack() if is_dual_output(output) else logits_of(output)).float().cpu()
 
 
 def _seeded_iter(loader: Iterable[Any], seed: int, skip: int = 0) -> Iterator[Any]:
@@ -215,17 +216,6 @@ class _StridedSampler(_BatchStride, Sampler[int]):
         super().__init__(base, world, rank, drop_remainder=False)
 
 
-def _reinstantiate(loader: DataLoader, sampler: Sampler[int]) -> DataLoader:
-    from lightning.pytorch.trainer.states import RunningStage
-    from lightning.pytorch.utilities.data import _update_dataloader
-
-    return _update_dataloader(loader, sampler, mode=RunningStage.TRAINING)
-
-
-def _map_style(loader: Any) -> bool:
-    return isinstance(loader, DataLoader) and not isinstance(loader.dataset, IterableDataset)
-
-
 class _Sharded:
     """A loader's shard for this process (built on first use): the loader itself in one process, a map-style
     ``DataLoader`` re-instantiated with this process's :meth:`_sampler`, else every ``world``-th batch.
@@ -247,9 +237,12 @@ class _Sharded:
             world, rank = int(trainer.world_size), int(trainer.global_rank)
             if world == 1:
                 self._shard = self.loader
-            elif _map_style(self.loader):
-                loader: DataLoader = self.loader  # type: ignore[assignment]
-                self._shard = _reinstantiate(loader, self._sampler(loader, world, rank))
+            elif isinstance(self.loader, DataLoader) and not isinstance(self.loader.dataset, IterableDataset):
+                from lightning.pytorch.trainer.states import RunningStage
+                from lightning.pytorch.utilities.data import _update_dataloader
+
+                sampler = self._sampler(self.loader, world, rank)
+                self._shard = _update_dataloader(self.loader, sampler, mode=RunningStage.TRAINING)
             else:
                 self._shard = _BatchStride(self.loader, world, rank, drop_remainder=self.drop_remainder)
         return self._shard
