@@ -8,9 +8,7 @@ import os
 
 __all__ = ["CONFIG_NAME", "SOURCE_NAME", "sha256_file"]
 
-# What ``inhernet.save`` writes: the structure and the name and checksum of the weights file.
-CONFIG_NAME = "inhernet.json"
-# What ``inhernet compress`` writes beside them: the teacher and how its data is prepared.
+CONFIG_NAME = "inhernet.json"  # by inhernet.save, beside the weights
 SOURCE_NAME = "source.json"
 
 _CHUNK = 1 << 20  # read a megabyte at a time: weights files can be larger than memory allows twice

@@ -50,7 +50,6 @@ WEIGHTS_NAME = "model.safetensors"
 _WEIGHTS_PATTERN = re.compile(r"model-[0-9a-f]{16}\.safetensors")
 # Where a new weights file is complete but not yet named after its hash (a crash may leave it behind).
 _STAGING_NAME = ".model.staging.safetensors"
-# The temporary files of ``atomic_path`` for the two targets above.
 _TEMPORARY_PATTERN = re.compile(rf"\.({re.escape(CONFIG_NAME)}|{re.escape(_STAGING_NAME)})\.[^/]+\.tmp")
 # Forward-time gate options of a block (no tensors); a spec records them only when they differ.
 _GATE_DEFAULTS = {"routing": "soft", "gate_pool": "mean"}

@@ -104,11 +104,8 @@ def _mix(
 
 
 class TeacherTopK(NamedTuple):
-    """The teacher's distribution at temperature ``T`` kept sparsely: its ``k`` most likely classes
-    (tokens) per position and the probability mass of all the others, the "rest" bucket.
-
-    Built by :func:`teacher_topk`; a ``NamedTuple``, so collation and device transfer work field by field.
-    """
+    """The teacher's distribution at temperature ``T`` kept sparsely (:func:`teacher_topk`): its ``k`` most
+    likely classes per position and the mass of all the others, the "rest" bucket."""
 
     #: ``log_softmax(teacher_logits / T)`` of the kept classes, ``(..., k)``, most likely first (float16 by default)
     logprobs: torch.Tensor
@@ -265,11 +262,10 @@ def _distance(s: torch.Tensor, t: torch.Tensor, kind: str) -> torch.Tensor:
 
 def match_feature_names(student: nn.Module, teacher: nn.Module, patterns: Iterable[str]) -> list[tuple[str, str]]:
     """``(student module, teacher module)`` pairs whose outputs are matched, in student order: the student's
-    modules whose names any ``fnmatch`` pattern matches, each with the teacher's module it came from.
+    modules whose names any ``fnmatch`` pattern matches, each with the teacher's module it came from (the
+    same name, or the block a kept block was: :func:`inhernet.stack.origin_name`).
 
-    Inherited networks keep the teacher's module names; a block kept by ``InherConfig(drop_blocks=...)``
-    is paired with the teacher block it was (:func:`inhernet.stack.origin_name`). Names in only one model
-    are skipped. Raises ``ValueError`` when nothing matches in both.
+    Raises ``ValueError`` when nothing matches in both.
     """
     patterns = tuple(patterns)
     teacher_names = {name for name, _ in teacher.named_modules() if name}
@@ -303,11 +299,8 @@ def _feature_tensor(output: Any, name: str) -> torch.Tensor:
 
 
 class FeatureCapture:
-    """Context manager that records the outputs of ``model``'s modules ``names`` (forward hooks).
-
-    ``with FeatureCapture(model, names) as cap: model(x)`` then ``cap.features[name]`` is the output
-    tensor of that module in the last forward pass (the first tensor of a tuple output).
-    """
+    """Context manager that records the outputs of ``model``'s modules ``names``: after ``with
+    FeatureCapture(model, names) as cap: model(x)``, ``cap.features[name]`` is that module's output tensor."""
 
     def __init__(self, model: nn.Module, names: Iterable[str]):
         modules = dict(model.named_modules())
@@ -336,12 +329,8 @@ class FeatureCapture:
 def feature_loss(
     student_features: Mapping[str, torch.Tensor], teacher_features: Mapping[str, torch.Tensor], kind: str = "mse"
 ) -> torch.Tensor:
-    """Mean over module names of the distance between the student's and the teacher's outputs there:
-    ``"mse"``, or ``"cosine"`` (mean ``1 - cos`` over the last dimension: blind to each output's scale).
-
-    Shapes must agree (no adapters; a mismatch raises ``ValueError`` naming the module). The teacher's
-    features are treated as constants.
-    """
+    """Mean over module names of the ``"mse"`` or ``"cosine"`` distance between the student's and the
+    (constant) teacher's outputs there, which must have the same shapes."""
     if kind not in EMBED_LOSSES:
         raise ValueError(f"feature_loss: kind must be one of {EMBED_LOSSES}, got {kind!r}")
     if not student_features:

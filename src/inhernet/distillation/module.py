@@ -97,7 +97,6 @@ class DistillModule(L.LightningModule):
             _TEACHER_PREFIX + name
             for name, _ in (*teacher.named_parameters(), *teacher.named_buffers())
         ]
-        # (student module, teacher module) pairs whose outputs the feature loss matches
         self.feature_pairs: list[tuple[str, str]] = []
         if config.feature_weight > 0:
             self.feature_pairs = losses.match_feature_names(student, teacher, config.feature_patterns)
@@ -133,7 +132,6 @@ class DistillModule(L.LightningModule):
             for p in m.gate.parameters()
         }
         trainable = [p for p in self.student.parameters() if p.requires_grad]
-        # Weights of 2+ dimensions are decayed, biases and norms not; gates may get their own rate.
         groups = [
             {"params": params, "weight_decay": cfg.weight_decay if decay else 0.0, "lr": cfg.lr * (scale or 1)}
             for scale in (None, cfg.gate_lr_scale) for decay in (True, False)

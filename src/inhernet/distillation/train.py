@@ -122,10 +122,7 @@ def _quiet(enabled: bool) -> Iterator[None]:
     with warnings.catch_warnings():
         for message in _EXPECTED_WARNINGS + (_QUIET_WARNINGS if enabled else ()):
             warnings.filterwarnings("ignore", message=message)
-        if not enabled:
-            yield
-            return
-        for name in _QUIET_LOGGERS:
+        for name in _QUIET_LOGGERS if enabled else ():
             logging.getLogger(name).setLevel(logging.WARNING)
         try:
             yield

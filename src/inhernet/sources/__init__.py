@@ -18,8 +18,6 @@ from .data import (
     make_loader,
     read_table,
     split,
-    text_columns,
-    tokenize_table,
 )
 from .models import (
     ModelSpec,
@@ -51,7 +49,5 @@ __all__ = [
     "read_source",
     "read_table",
     "split",
-    "text_columns",
-    "tokenize_table",
     "write_source",
 ]

@@ -38,11 +38,8 @@ _GENERIC_LABEL = re.compile(r"LABEL_\d+")
 
 @dataclass(frozen=True)
 class Source:
-    """A teacher and how its data is prepared: the content of ``source.json``.
-
-    ``classes`` are the class names in the order of the model's outputs (``None`` for an LM, or
-    before data has been seen).
-    """
+    """A teacher and how its data is prepared: the content of ``source.json``; ``classes`` in the order
+    of the model's outputs (``None`` for an LM, or before data has been seen)."""
 
     model: ModelSpec
     data: DataOptions = field(default_factory=DataOptions)
