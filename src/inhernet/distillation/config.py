@@ -96,7 +96,7 @@ class DistillConfig:
         seed: seeds everything (``lightning.seed_everything``) and each epoch's order of the train
             loader; an int in [0, 2**32 - 1] (Lightning's range).
         val_every: validate every this many steps (``None``: ``steps // 10``, at least 1; 0: only at
-            the end). Validation also runs at the start (``val_at_start``) and at the last step.
+            the end), and at the last step.
         val_at_start: validate once before training (the curve's point at step 0).
         metric: validation metric, ``"accuracy"``, ``"perplexity"`` or one of
             ``inhernet.dual.DUAL_METRICS``, as :func:`inhernet.evaluate` computes them.

@@ -1,11 +1,8 @@
-"""Loader wrappers that make training data order exact under resume and data parallelism, and data
-set wrappers that carry the teacher's precomputed logits (all of them, or its top-k tokens).
+"""Data set wrappers that carry the teacher's precomputed logits (or top-k tokens), and loader wrappers.
 
-They replace Lightning's distributed-sampler injection (``use_distributed_sampler=False``) to add:
-an epoch order that depends on ``(seed, epoch)`` only, never on the global RNG; a mid-epoch resume
-that skips the batches already trained on; and unpadded validation shards, so that the metric summed
-over processes equals :func:`inhernet.evaluate` on one. Training shards a map-style ``DataLoader``
-with a ``DistributedSampler`` (as Lightning would); other loaders are sharded by batch.
+The loader wrappers replace Lightning's distributed-sampler injection to make an epoch's order depend
+on ``(seed, epoch)`` only, a mid-epoch resume skip the batches already trained on, and validation
+shards unpadded, so that the metric summed over processes equals :func:`inhernet.evaluate` on one.
 """
 
 from __future__ import annotations
@@ -56,9 +53,7 @@ class WithTeacherLogits(Dataset):
     """``dataset`` whose examples carry the teacher's logits: a third element of ``(inputs, labels)``
     tuples, or the ``teacher_logits`` key of Hugging Face style dict examples.
 
-    Built by :func:`precompute_teacher_logits`. ``distill`` uses them instead of running the teacher, so
-    a fixed data set (no random augmentation) pays for the teacher once; the logits travel with their
-    example, so shuffling is fine.
+    ``distill`` uses them instead of running the teacher: a fixed data set pays for the teacher once.
     """
 
     def __init__(self, dataset: Dataset, logits: torch.Tensor) -> None:
@@ -101,11 +96,8 @@ class WithTeacherTopK(WithTeacherLogits):
 
 @torch.no_grad()
 def precompute_teacher_logits(teacher: nn.Module, dataset: Dataset, batch_size: int = 1000) -> WithTeacherLogits:
-    """Run the teacher (eval mode) once over a map-style data set of ``(inputs, labels)`` or dict examples.
-
-    A dual encoder's per-example output is its packed embedding pair (:meth:`inhernet.dual.DualOutput.pack`),
-    from which contrastive distillation rebuilds the teacher's similarities within any batch.
-    """
+    """Run the teacher (eval mode) once over a map-style data set of ``(inputs, labels)`` or dict examples
+    (a dual encoder's output is kept as its packed embeddings, :meth:`inhernet.dual.DualOutput.pack`)."""
     device = device_of(teacher)
     with evaluating(teacher):
         logits = [
@@ -128,9 +120,7 @@ def precompute_teacher_topk(
     """Run the teacher (eval mode) once over ``dataset`` and keep only its top-``k`` classes (tokens)
     per example and position, with the log of the rest of its probability at ``temperature``
     (:func:`inhernet.distillation.teacher_topk`): ``k * 6 + 4`` bytes per position instead of ``V * 4``.
-
-    ``batch_size`` examples' full logits exist at a time; ``progress`` shows a bar. Train with
-    ``DistillConfig(teacher_topk=k, temperature=temperature)``; ``distill`` checks both.
+    Train with ``DistillConfig(teacher_topk=k, temperature=temperature)``; ``progress`` shows a bar.
     """
     if temperature <= 0:
         raise ValueError(f"precompute_teacher_topk: temperature must be positive, got {temperature}")

@@ -21,20 +21,14 @@ SCHEDULES = ("cosine", "step", "constant")
 class ExperimentalDistillConfig(DistillConfig):
     """:class:`~inhernet.distillation.DistillConfig` plus the knobs no shipped recipe sets.
 
-    Optimiser and schedule:
-        weight_decay: decoupled (AdamW) / L2 (SGD) weight decay, applied to weights of 2 or more
-            dimensions only (biases, norms, gate offsets are not decayed).
+    Knobs:
+        weight_decay: decoupled (AdamW) / L2 (SGD) weight decay of the weights of 2 or more dimensions.
         optimizer: ``"adamw"`` or ``"sgd"`` (with ``momentum``).
-        schedule: ``"cosine"`` (to 0 at ``steps``), ``"step"`` (multiply by ``step_gamma`` at each
-            fraction of the post-warm-up steps in ``step_milestones``) or ``"constant"``; all after a
-            linear warm-up of ``warmup_steps``.
-
-    Loss:
+        schedule: ``"cosine"`` (to 0 at ``steps``), ``"step"`` (times ``step_gamma`` at each fraction of
+            the steps in ``step_milestones``) or ``"constant"``, after a linear warm-up of ``warmup_steps``.
         embed_loss: with ``loss="contrastive"`` and ``embed_weight > 0``: ``"cosine"`` or ``"mse"``.
-
-    Gates (h > 1):
-        gate_lr_scale: learning-rate multiplier for the gates of InherNet blocks (their own parameter
-            groups, same schedule); it changed no accuracy (BENCHMARKS.md, "Experts that pay?").
+        gate_lr_scale: learning-rate multiplier of the gates of InherNet blocks; it changed no accuracy
+            (BENCHMARKS.md, "Experts that pay?").
     """
 
     weight_decay: float = 0.0

@@ -92,10 +92,8 @@ def parse_model_spec(
     task: str | None = None,
     num_classes: int | None = None,
 ) -> ModelSpec:
-    """Parse ``torchvision:NAME``, ``timm:NAME``, ``hf:PATH`` or a Hugging Face directory path.
-
-    Checks the name against the library's registry, hashes the weights file, and reads a Hugging Face
-    directory's task from its ``config.json`` when not given.
+    """Parse ``torchvision:NAME``, ``timm:NAME``, ``hf:PATH`` or a Hugging Face directory path (the name
+    checked against the library's registry, the weights file hashed, a directory's task read if not given).
 
     Raises:
         ValueError: unknown library or model name (with close matches), missing weights file, weights
@@ -126,10 +124,8 @@ def parse_model_spec(
 
 
 def build_model(spec: ModelSpec) -> nn.Module:
-    """The teacher of ``spec``, float32, in eval mode, on the CPU; never downloads anything.
-
-    What the weights leave randomly initialised is drawn from a fixed seed (the global RNG untouched),
-    so every build of a spec is the same model.
+    """The teacher of ``spec``, float32, in eval mode, on the CPU, offline; what the weights leave randomly
+    initialised is drawn from a fixed seed, so every build of a spec is the same model.
 
     Raises:
         ValueError: the weights file changed since the spec was made, does not fit the architecture,
@@ -178,11 +174,8 @@ def load_tokenizer(spec: ModelSpec) -> Any:
 
 
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Tensors of a state-dict file: safetensors, or a ``torch.save`` file read with ``weights_only=True``.
-
-    A checkpoint that nests the state dict under ``"state_dict"`` or ``"model"`` is unwrapped, and the
-    ``"module."`` prefix of a model saved from ``DataParallel`` / DDP is dropped.
-    """
+    """Tensors of a state-dict file: safetensors, or a ``torch.save`` file read with ``weights_only=True``
+    (unwrapped from a ``"state_dict"`` or ``"model"`` entry, without DDP's ``"module."`` prefix)."""
     path = Path(path)
     try:
         if path.suffix == ".safetensors":
