@@ -1,9 +1,5 @@
-"""Dual encoders (CLIP-style): reading their outputs, and the retrieval metrics over a split.
-
-A dual encoder maps ``n`` image-text pairs to one embedding per image and per text. Outputs are read
-from Hugging Face ``CLIPOutput``-like objects or dicts, open_clip's dicts, or ``(image, text[,
-logit_scale])`` tuples.
-"""
+"""Dual encoders (CLIP-style), which embed ``n`` image-text pairs: reading their outputs (Hugging Face or
+open_clip objects, dicts or tuples), and the retrieval metrics over a split."""
 
 from __future__ import annotations
 
@@ -125,10 +121,9 @@ def pair_embeddings(model: nn.Module, batch: Any) -> tuple[torch.Tensor, torch.T
 def dual_metrics(image: torch.Tensor, text: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
     """Zero-shot accuracy and retrieval recall of ``N`` image-text pairs with class ``labels``.
 
-    Retrieval is category-level (captions repeat across a split): ``i2t-recall@k`` is the share of
-    images whose ``k`` most similar distinct captions include one of their class, ``t2i-recall@k`` the
-    share of captions whose ``k`` most similar images do. ``zero-shot-accuracy`` classifies each image
-    by the nearest class prototype, the mean normalised embedding of that class's captions.
+    Retrieval is category-level: ``i2t-recall@k``, the share of images whose ``k`` most similar distinct
+    captions include one of their class, ``t2i-recall@k`` the converse. ``zero-shot-accuracy`` picks the
+    class whose mean normalised caption embedding is nearest.
     """
     if not (len(image) == len(text) == len(labels)) or len(labels) == 0:
         raise ValueError(

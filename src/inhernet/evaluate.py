@@ -32,13 +32,10 @@ def evaluate(
 ) -> dict[str, float]:
     """Evaluate ``model`` on labelled batches, in eval mode (the previous mode is restored).
 
-    ``accuracy``: top-1 over classification logits ``(N, C)``. ``perplexity``: causal-LM token
-    perplexity, logits ``(N, T, V)`` predicting ``labels`` shifted by one, ignoring label ``-100``
-    (Hugging Face convention); batches without labels use their ``input_ids``.
-    Dual encoders (CLIP-style; :data:`inhernet.dual.DUAL_METRICS`): ``zero-shot-accuracy`` and
-    image->text / text->image ``recall@1``/``@5`` over the whole split, from batches of labelled
-    image-text pairs (see :func:`inhernet.dual.dual_metrics`); all five are returned together.
-    Returns ``{metric: value, "count": examples_or_tokens}``.
+    ``accuracy``: top-1 over logits ``(N, C)``. ``perplexity``: causal-LM token perplexity, logits
+    ``(N, T, V)`` predicting ``labels`` shifted by one, ignoring ``-100``; batches without labels use
+    their ``input_ids``. Dual encoders: all five :data:`inhernet.dual.DUAL_METRICS` over the whole
+    split (:func:`inhernet.dual.dual_metrics`). Returns ``{metric: value, "count": examples_or_tokens}``.
     """
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")

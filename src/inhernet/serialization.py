@@ -1,18 +1,10 @@
 """``save()`` / ``load()``: an inherited model as ``inhernet.json`` + ``model-<hash>.safetensors``, no pickle.
 
-The JSON holds the per-layer spec (which teacher layer became a block of which rank and experts), what
-pruning (``prune``, :func:`inhernet.pruning.apply_spec`) and block dropping (``drop``,
-:func:`inhernet.blockdrop.replay`) changed, and the name and SHA-256 of the weights file. ``load``
-replays all of it on a fresh model of the teacher's architecture, then loads the tensors.
-
-Crash safety: the weights file is named after its content, so ``save`` writes the new weights beside
-the old ones, then atomically replaces ``inhernet.json``, and only then removes the earlier weights.
-Wherever it stops, the JSON names a complete weights file that matches its checksum. Directories
-with the earlier fixed name ``model.safetensors`` still load.
-
-Safety on load: everything the JSON says (file name, layers, types, shapes, ranks, experts, parameter
-count) is checked before a tensor is allocated, and the tensors' names and shapes before any value is
-copied. A failed ``load`` leaves ``base`` as it was.
+The JSON holds the per-layer specs, what pruning and block dropping changed, and the name and SHA-256 of
+the weights file; ``load`` replays it all on a fresh model of the teacher's architecture, checking
+everything before a tensor is allocated. The weights file is named after its content, so ``save``
+writes it beside the old one, then atomically replaces ``inhernet.json``, then removes the old
+weights: wherever it stops, the JSON names complete weights that match their checksum.
 """
 
 from __future__ import annotations

@@ -245,11 +245,8 @@ class _Sharded:
 
 
 class TrainLoader(_Sharded):
-    """The training loader as Lightning sees it: sharded, epoch-seeded and resumable.
-
-    ``trainer`` returns the running ``lightning.Trainer``. With one batch per step, ``divmod(global_step,
-    len(loader))`` is the epoch and the position in it: all the state a resume needs.
-    """
+    """The training loader as Lightning sees it: sharded, epoch-seeded and resumable (one batch per step:
+    ``divmod(global_step, len(loader))`` is the epoch and the position in it)."""
 
     def __init__(self, loader: Iterable[Any], seed: int, trainer: Callable[[], Any]):
         super().__init__(loader, seed, trainer)

@@ -38,9 +38,8 @@ def kd_loss(
     alpha: float = 0.9,
     ignore_index: int = -100,
 ) -> torch.Tensor:
-    """Hinton knowledge-distillation loss.
-
-    ``(1 - alpha) * CE(student, labels) + alpha * T**2 * KL(softmax(teacher/T) || softmax(student/T))``
+    """Hinton knowledge-distillation loss:
+    ``(1 - alpha) * CE(student, labels) + alpha * T**2 * KL(softmax(teacher/T) || softmax(student/T))``.
 
     Logits ``(N, C)`` with labels ``(N,)``, or a causal LM's ``(N, T, V)`` with labels ``(N, T)``, position
     ``t`` predicting ``labels[:, t + 1]``. Positions whose target is ``ignore_index`` are left out of both
@@ -59,10 +58,7 @@ def kd_loss(
     num_classes = s.shape[-1]
     s, t = s.reshape(-1, num_classes), t.reshape(-1, num_classes)
 
-    log_ps = F.log_softmax(s / temperature, dim=-1)
-    log_pt = F.log_softmax(t / temperature, dim=-1)
-    kl = F.kl_div(log_ps, log_pt, reduction="none", log_target=True).sum(-1)  # per position
-
+    kl = _row_kl(s, t, temperature, reduction="none").sum(-1)  # per position
     return _mix(kl, s, labels, temperature, alpha, ignore_index, "kd_loss")
 
 
@@ -130,9 +126,8 @@ def teacher_topk(
 ) -> TeacherTopK:
     """The ``k`` largest teacher probabilities at temperature ``T`` per position, and the log of the rest.
 
-    ``logprobs`` are stored in ``dtype`` (float16 rounds a kept probability by ~0.05% at log-probability
-    -1 to ~0.4% at -10; :func:`topk_kd_loss` renormalises the buckets). ``log_rest`` is a float32
-    logsumexp over the other classes, not ``log(1 - sum)``, which cancels when the kept mass is near 1.
+    ``logprobs`` are stored in ``dtype`` (float16 is off by < 0.4% down to log-probability -10);
+    ``log_rest`` is a float32 logsumexp over the other classes (``log(1 - sum)`` would cancel).
     """
     if temperature <= 0:
         raise ValueError(f"teacher_topk: temperature must be positive, got {temperature}")
@@ -156,10 +151,8 @@ def topk_kd_loss(
 ) -> torch.Tensor:
     """:func:`kd_loss` against the teacher's top-``k`` classes plus a rest bucket (:func:`teacher_topk`).
 
-    Per position, ``KL(p || q)`` over ``k + 1`` buckets (the teacher's ``k`` kept classes and the rest),
-    ``p`` the teacher's renormalised buckets and ``q`` the student's ``softmax(student / T)`` summed the
-    same way: a lower bound of the full KL, equal to it when ``k`` is the number of classes.
-    ``temperature`` must be the cache's. Labels, ``alpha``, masking and averaging are :func:`kd_loss`'s.
+    The KL over the ``k + 1`` buckets, the student's summed the same way, is a lower bound of the full KL
+    (equal when ``k`` is the number of classes). ``temperature`` must be the cache's.
     """
     logprobs, indices, log_rest = teacher
     _check_inputs(student_logits, temperature, alpha, "topk_kd_loss")
@@ -198,14 +191,12 @@ def contrastive_kd_loss(
     embed_weight: float = 0.0,
     embed_loss: str = "cosine",
 ) -> torch.Tensor:
-    """Knowledge distillation between dual encoders (CLIP-style) on a batch of ``n`` image-text pairs.
+    """Knowledge distillation between dual encoders (CLIP-style) on a batch of ``n`` image-text pairs:
+    ``alpha * T**2 * (KL_i2t + KL_t2i) / 2 + (1 - alpha) * InfoNCE(student) + embed_weight * E``.
 
-    ``alpha * T**2 * (KL_i2t + KL_t2i) / 2 + (1 - alpha) * InfoNCE(student) + embed_weight * E``
-
-    ``KL_i2t`` is the KL of each image's row of ``logits_per_image`` (teacher to student) over the texts,
-    ``KL_t2i`` the same per text; ``InfoNCE`` the student's own symmetric contrastive loss; ``E`` the
-    ``"cosine"`` or ``"mse"`` distance of the paired embeddings. The outputs are whatever
-    :func:`inhernet.dual.dual_output` reads; the teacher is a constant; computed in float32.
+    ``KL_i2t`` is the KL over the texts of each image's row of ``logits_per_image``, ``KL_t2i`` the same
+    per text; ``E`` the ``"cosine"`` or ``"mse"`` distance of the paired embeddings. The outputs are
+    whatever :func:`inhernet.dual.dual_output` reads; the teacher is a constant; computed in float32.
     """
     _check_inputs(None, temperature, alpha, "contrastive_kd_loss")
     if embed_weight < 0 or embed_loss not in EMBED_LOSSES:
@@ -236,11 +227,13 @@ def contrastive_kd_loss(
     return loss
 
 
-def _row_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Mean over rows of ``KL(softmax(teacher/T) || softmax(student/T))``."""
+def _row_kl(
+    student: torch.Tensor, teacher: torch.Tensor, temperature: float, reduction: str = "batchmean"
+) -> torch.Tensor:
+    """``KL(softmax(teacher/T) || softmax(student/T))`` per row (the mean over rows by default)."""
     log_ps = F.log_softmax(student / temperature, dim=-1)
     log_pt = F.log_softmax(teacher / temperature, dim=-1)
-    return F.kl_div(log_ps, log_pt, reduction="batchmean", log_target=True)
+    return F.kl_div(log_ps, log_pt, reduction=reduction, log_target=True)
 
 
 def _embed_distance(s: torch.Tensor, t: torch.Tensor, kind: str, which: str) -> torch.Tensor:

@@ -78,12 +78,10 @@ def _gather_uneven(strategy: Any, *tensors: torch.Tensor) -> list[torch.Tensor]:
 
 
 class DistillModule(L.LightningModule):
-    """Student + frozen teacher, trained with :func:`kd_loss` (+ optional :func:`feature_loss`).
+    """Student + frozen teacher (placed and cast by Lightning, but never trained, in DDP or in checkpoints).
 
-    The teacher is a submodule, placed and cast by Lightning like the student, but frozen (always in
-    eval mode, outside the optimiser), ignored by DDP and left out of checkpoints. ``history`` (the
-    same on every process) holds ``curve`` ``[[step, metric], ...]``, ``train_loss`` ``[[step, loss],
-    ...]`` (mean over processes) and the timing of the run.
+    ``history`` (the same on every process) holds ``curve`` ``[[step, metric], ...]``, ``train_loss``
+    ``[[step, loss], ...]`` (mean over processes) and the timing of the run.
     """
 
     def __init__(self, student: nn.Module, teacher: nn.Module, config: DistillConfig):

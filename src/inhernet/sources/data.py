@@ -1,11 +1,7 @@
 """A user's own data: an image folder or a CSV / TSV / JSONL text file, as a map-style data set.
 
-* Image folder (``ROOT/CLASS/xxx.png``): RGB, resized to ``image_size``, centre-cropped, normalised;
-  ``(image, label)`` examples.
-* Text file with a text column and, for classification, a label column: tokenised once, padded /
-  truncated to ``max_length``; Hugging Face style dict examples (a causal LM's carry no labels).
-
-Labels that are all non-negative integers are the class indices; otherwise the sorted distinct names
+Images (``ROOT/CLASS/xxx.png``) become ``(image, label)`` examples, text rows tokenised dicts (a causal
+LM's without labels). Labels that are all non-negative integers are the class indices; otherwise the sorted distinct names
 are. A class list given by the caller (recorded at compression, or the model's own) overrides both.
 """
 

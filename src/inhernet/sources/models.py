@@ -1,9 +1,5 @@
-"""A user's own teacher, named by a spec string and built offline.
-
-Specs: ``torchvision:NAME``, ``timm:NAME`` (built randomly initialised, trained weights from a local
-state-dict file whose SHA-256 the spec records), or a Hugging Face model directory (or ``hf:PATH``),
-loaded as a sequence classifier or a causal LM. Nothing is ever downloaded.
-"""
+"""A user's own teacher, named by a spec string (``torchvision:NAME`` or ``timm:NAME`` with a local
+weights file whose SHA-256 it records, or a Hugging Face model directory) and built offline."""
 
 from __future__ import annotations
 

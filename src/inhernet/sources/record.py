@@ -1,9 +1,5 @@
-"""What a compressed model was made from, and opening a teacher together with data for it.
-
-``inhernet compress`` writes ``source.json`` beside the model: the teacher's
-:class:`~inhernet.sources.models.ModelSpec`, the data preparation options and the class names, from
-which ``train`` and ``eval`` rebuild the teacher and prepare their data the same way.
-"""
+"""``source.json``, what a compressed model was made from (the teacher's spec, the data options and
+the class names), and opening a teacher together with data for it."""
 
 from __future__ import annotations
 
