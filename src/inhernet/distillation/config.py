@@ -64,16 +64,14 @@ class DistillConfig:
         grad_clip: clip the global gradient norm to this value (``None`` or 0 disables).
 
     Loss (see :func:`inhernet.distillation.kd_loss`):
-        loss: ``"kd"`` (logit KD, :func:`~inhernet.distillation.kd_loss`) or ``"contrastive"`` (dual
-            encoders such as CLIP, :func:`~inhernet.distillation.contrastive_kd_loss`; precomputed teacher
-            outputs are then its packed per-example embeddings).
+        loss: ``"kd"`` (logit KD) or ``"contrastive"`` (dual encoders such as CLIP,
+            :func:`~inhernet.distillation.contrastive_kd_loss`).
         temperature: KD softmax temperature ``T`` (the KL term is scaled by ``T**2``).
         alpha: weight of the KD term; ``1 - alpha`` weighs the cross-entropy with the labels (the
             InfoNCE loss with ``loss="contrastive"``). Batches without labels train on KD alone.
         teacher_topk: ``None`` (full-logit KD) or ``k``: KD against the teacher's ``k`` most likely
-            classes per position plus a rest bucket (:func:`~inhernet.distillation.topk_kd_loss`), from
-            a cache the batches carry (``precompute_teacher_topk`` at this ``k`` and ``temperature``) or
-            the teacher's logits at each step. Needs ``loss="kd"``.
+            classes plus a rest bucket (:func:`~inhernet.distillation.topk_kd_loss`), from the batches'
+            ``precompute_teacher_topk`` cache or the teacher's logits. Needs ``loss="kd"``.
         embed_weight: with ``loss="contrastive"``, weight of the cosine distance between the student's
             and the teacher's embeddings; 0 disables it.
         feature_weight: weight of the feature loss between the outputs of the student's modules and the
@@ -81,8 +79,7 @@ class DistillConfig:
         feature_patterns: ``fnmatch`` patterns of the student's module names whose outputs are matched
             (:func:`inhernet.distillation.match_feature_names`). ``*`` also matches dots: a Llama
             stack's blocks alone are ``("model.layers.[0-9]", "model.layers.[0-9][0-9]")``.
-        feature_loss: ``"mse"`` or ``"cosine"`` (mean ``1 - cos`` over the last dimension: blind to the
-            outputs' scale, e.g. a residual stream growing from block to block).
+        feature_loss: ``"mse"`` or ``"cosine"`` (blind to the outputs' scale, e.g. a growing residual stream).
 
     Hardware (passed to ``lightning.Trainer``):
         precision: a Lightning precision string: ``"32"``, ``"16-mixed"``, ``"bf16-mixed"`` (autocast),

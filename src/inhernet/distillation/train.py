@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -48,16 +49,6 @@ class Interrupted(KeyboardInterrupt):
     def __init__(self, step: int, checkpoint: str):
         super().__init__(f"interrupted at step {step}; resume from {checkpoint}")
         self.step, self.checkpoint = step, checkpoint
-
-
-class _TrainerOf:
-    """Picklable callable returning the trainer running ``module`` (for the loader wrappers)."""
-
-    def __init__(self, module: Any):
-        self.module = module
-
-    def __call__(self) -> Any:
-        return self.module.trainer
 
 
 def _multi_process(config: DistillConfig) -> bool:
@@ -173,16 +164,13 @@ def distill(
 ) -> dict[str, Any]:
     """Fine-tune ``student`` in place by knowledge distillation from ``teacher``; return the history.
 
-    A ``lightning.Trainer`` seeded with ``config.seed`` runs ``config.steps`` optimiser steps, validates
-    (:func:`inhernet.evaluate`'s ``config.metric``, exact across processes), checkpoints and logs. The
-    student trains in train mode against the teacher frozen in eval mode; both get their modes, devices
-    and flags back afterwards. Batches: tensors, ``(inputs, labels)`` tuples or dicts (``labels`` never
-    reaches the model); without labels, the KD term alone (an LM dict batch predicts its ``input_ids``).
-
-    ``config.resume`` continues a run exactly. Ctrl-C in a single process saves
+    A seeded ``lightning.Trainer`` runs ``config.steps`` optimiser steps, validates (as
+    :func:`inhernet.evaluate`, across processes too), checkpoints and logs; both models get their modes,
+    devices and flags back. Batches: tensors, ``(inputs, labels)`` tuples or dicts; without labels, the KD
+    term alone. ``config.resume`` continues a run exactly; Ctrl-C in a single process saves
     ``<log_dir>/checkpoints/last.ckpt`` and raises :class:`Interrupted`. Checkpoints are read with
-    ``torch.load``: resume only from ones you trust. With ``devices=N`` / ``num_nodes=M`` each process
-    trains on its shard (a global batch of ``N * M * batch_size``) and returns the same history.
+    ``torch.load``: resume only from ones you trust. Each of ``devices * num_nodes`` processes trains on
+    its shard and returns the same history.
 
     Args:
         callbacks: extra Lightning callbacks (early stopping, monitoring...).
@@ -228,8 +216,9 @@ def _fit(
     module.history_path = str(history_path)
     on_interrupt = CheckpointOnInterrupt(str(log_dir / "checkpoints" / "last.ckpt"))
     trainer = _trainer(config, log_dir, [*callbacks, on_interrupt], validating=val_loader is not None)
-    train = TrainLoader(train_loader, config.seed, _TrainerOf(module))
-    val = EvalLoader(val_loader, config.seed, _TrainerOf(module)) if val_loader is not None else None
+    trainer_of = functools.partial(getattr, module, "trainer")  # picklable, for spawn-based strategies
+    train = TrainLoader(train_loader, config.seed, trainer_of)
+    val = EvalLoader(val_loader, config.seed, trainer_of) if val_loader is not None else None
     try:
         with _sigint_to(on_interrupt, enabled=not _multi_process(config)):
             trainer.fit(module, train_dataloaders=train, val_dataloaders=val, ckpt_path=ckpt_path)

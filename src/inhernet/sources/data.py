@@ -233,8 +233,7 @@ def read_table(path: str | Path, columns: Sequence[str], encoding: str = "utf-8"
     """The given columns of a ``.csv``, ``.tsv`` or ``.jsonl`` / ``.ndjson`` file, as strings.
 
     Raises:
-        ValueError: the file is missing, unreadable, of another type, has no rows, or lacks a column
-            (the message lists the columns it has).
+        ValueError: the file is missing, unreadable, of another type, has no rows, or lacks a column.
     """
     path = Path(path)
     if not path.is_file():

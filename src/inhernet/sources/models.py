@@ -273,13 +273,12 @@ def _hf_task(directory: Path) -> str:
 
 def _build_hf(spec: ModelSpec) -> nn.Module:
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
-
-    auto = AutoModelForCausalLM if spec.task == "lm" else AutoModelForSequenceClassification
-    head = {"num_labels": spec.num_classes} if spec.num_classes is not None else {}
     from transformers.utils import logging as hf_logging
 
     from ..distillation.train import verbose
 
+    auto = AutoModelForCausalLM if spec.task == "lm" else AutoModelForSequenceClassification
+    head = {"num_labels": spec.num_classes} if spec.num_classes is not None else {}
     were_on = hf_logging.is_progress_bar_enabled()
     if not verbose():  # the "Loading weights" bar, on every command
         hf_logging.disable_progress_bar()

@@ -105,10 +105,9 @@ def read_source(directory: str | os.PathLike[str]) -> Source:
 def open_source(source: Source, data_path: str | os.PathLike[str]) -> Opened:
     """Build the teacher of ``source`` and prepare the data at ``data_path`` for it.
 
-    Image models read an image folder (classes default to the data's). Hugging Face models read a text
-    file with their own tokenizer; class names come from the config's ``id2label`` when it names them,
-    a checkpoint without a trained head gets one sized to the data's classes, and ``max_length``
-    defaults to :data:`DEFAULT_MAX_LENGTH` capped at the model's positions.
+    Image models read an image folder, Hugging Face models a text file (class names from ``id2label``
+    when it names them, a new head sized to the data when the checkpoint has none, ``max_length`` capped
+    at the model's positions).
 
     Raises:
         ValueError: data of the wrong kind for the model, more classes than the model's head has,
