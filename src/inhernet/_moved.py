@@ -14,9 +14,8 @@ T = TypeVar("T", bound=type)
 
 
 def refuse_moved(moved: Mapping[str, str]) -> Callable[[T], T]:
-    """Class decorator (above ``@dataclass``): a keyword of ``moved`` that is not a field of the class
-    raises ``TypeError(f"{Class} has no {name!r}: {moved[name]}")``. Subclasses that make it a field again
-    (an experimental config) accept it."""
+    """Class decorator (above ``@dataclass``): a keyword of ``moved`` that is not a field of the class (or
+    of a subclass that makes it one again) raises ``TypeError(f"{Class} has no {name!r}: {moved[name]}")``."""
 
     def decorate(cls: T) -> T:
         init = cls.__init__

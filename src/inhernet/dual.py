@@ -21,9 +21,8 @@ DUAL_METRICS = ("zero-shot-accuracy", "i2t-recall@1", "i2t-recall@5", "t2i-recal
 
 @dataclass
 class DualOutput:
-    """The embeddings of ``n`` image-text pairs and their similarity logits: ``logits_per_image`` (n images
-    x n texts) is the model's own when it returns them, else ``logit_scale * cos`` (the cosine if no scale).
-    """
+    """The embeddings of ``n`` image-text pairs; ``logits_per_image`` (n x n) is the model's own when it
+    returns them, else ``logit_scale * cos`` (the cosine if no scale)."""
 
     image_embeds: torch.Tensor
     text_embeds: torch.Tensor

@@ -76,10 +76,8 @@ class WithTeacherLogits(Dataset):
 
 
 class WithTeacherTopK(WithTeacherLogits):
-    """``dataset`` whose examples carry the teacher's top-``k`` cache (a :class:`TeacherTopK` of one
-    example) where :class:`WithTeacherLogits` puts the full logits. Built by :func:`precompute_teacher_topk`;
-    train on it with ``DistillConfig(teacher_topk=k, temperature=T)`` at the cache's ``k`` and ``T``.
-    """
+    """``dataset`` whose examples carry the teacher's top-``k`` cache (a :class:`TeacherTopK` of one example)
+    where :class:`WithTeacherLogits` puts the full logits; built by :func:`precompute_teacher_topk`."""
 
     def __init__(self, dataset: Dataset, cache: TeacherTopK, temperature: float) -> None:
         super().__init__(dataset, cache.logprobs)  # checks the length; __getitem__ reads _teacher()
@@ -158,9 +156,8 @@ def _per_example(output: Any) -> torch.Tensor:
 
 
 def _seeded_iter(loader: Iterable[Any], seed: int, skip: int = 0) -> Iterator[Any]:
-    """Iterate ``loader``, skipping ``skip`` batches, with its random draws taken from a CPU RNG seeded with
-    ``seed`` (a ``DataLoader`` draws its seeds at ``iter()`` and the first ``next()``, here in ``fork_rng``).
-    """
+    """Iterate ``loader`` from batch ``skip`` on, its random draws (at ``iter()`` and the first ``next()``)
+    taken from a CPU RNG seeded with ``seed``, the caller's RNG untouched."""
     with torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(seed)
         iterator = iter(loader)
@@ -207,9 +204,8 @@ class _StridedSampler(_BatchStride, Sampler[int]):
 
 
 class _Sharded:
-    """A loader's shard for this process (built on first use): the loader itself in one process, a map-style
-    ``DataLoader`` re-instantiated with this process's :meth:`_sampler`, else every ``world``-th batch.
-    """
+    """A loader's shard for this process, built on first use: a map-style ``DataLoader`` re-instantiated
+    with this process's :meth:`_sampler`, else every ``world``-th batch."""
 
     role = "training"
     drop_remainder = True  # every process takes as many batches (training steps must stay in lockstep)

@@ -1,6 +1,5 @@
-"""Distillation losses: logit KD (``kd_loss``; ``topk_kd_loss`` against a sparse top-k teacher cache made
-by ``teacher_topk``), contrastive KD for dual encoders (``contrastive_kd_loss``) and layer-aligned feature
-matching (``feature_loss``)."""
+"""Distillation losses: logit KD (full, or against a top-k teacher cache), contrastive KD for dual
+encoders, and layer-aligned feature matching."""
 
 from __future__ import annotations
 

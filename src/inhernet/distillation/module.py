@@ -301,10 +301,7 @@ class DistillModule(L.LightningModule):
             state.setdefault(_TEACHER_PREFIX + key, value)
         saved = checkpoint.get("inhernet", {})
         if "history" in saved:
-            self.history = {
-                "curve": [list(p) for p in saved["history"]["curve"]],
-                "train_loss": [list(p) for p in saved["history"]["train_loss"]],
-            }
+            self.history = {key: [list(p) for p in saved["history"][key]] for key in ("curve", "train_loss")}
         if "rng" in saved:
             _set_rng_state(saved["rng"])
         if "best" in saved:

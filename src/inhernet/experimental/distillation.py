@@ -1,7 +1,5 @@
 """Distillation knobs that no shipped recipe uses (every run in BENCHMARKS.md trains with AdamW, cosine
-decay, no warm-up and no weight decay): :class:`ExperimentalDistillConfig`, which :func:`inhernet.distill`
-takes wherever it takes a ``DistillConfig``.
-"""
+decay, no warm-up and no weight decay), which :func:`inhernet.distill` takes as ``DistillConfig``."""
 
 from __future__ import annotations
 

@@ -244,8 +244,7 @@ def _weights_file(weights: str | Path | None) -> tuple[str | None, str | None]:
 
 def has_trained_head(spec: ModelSpec) -> bool:
     """Whether the model's own checkpoint holds the head its task needs: always for torchvision / timm; for
-    a Hugging Face directory, whether ``config.json`` names an architecture of that task (not a bare
-    ``BertModel`` loaded to ``classify``)."""
+    a Hugging Face directory, whether ``config.json`` names an architecture of that task."""
     return spec.library != "hf" or spec.task in _hf_tasks(Path(spec.name))[0]
 
 
