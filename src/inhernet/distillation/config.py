@@ -8,13 +8,12 @@ from typing import Any, ClassVar, Literal
 
 from .._moved import refuse_moved
 from ..config import check_seed, plain_number
-from ..dual import DUAL_METRICS
+from ..evaluate import METRICS
+from .loss import EMBED_LOSSES
 
 __all__ = ["DistillConfig"]
 
-METRICS = ("accuracy", "perplexity", *DUAL_METRICS)
 LOSSES = ("kd", "contrastive")
-EMBED_LOSSES = ("cosine", "mse")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
 PRECISIONS = (
     "64-true", "64", "32-true", "32", "16-mixed", "bf16-mixed", "16-true", "bf16-true",
