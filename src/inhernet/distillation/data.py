@@ -7,6 +7,7 @@ shards unpadded, so that the metric summed over processes equals :func:`inhernet
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
@@ -162,14 +163,8 @@ def _seeded_iter(loader: Iterable[Any], seed: int, skip: int = 0) -> Iterator[An
         torch.default_generator.manual_seed(seed)
         iterator = iter(loader)
         first = next(iterator, _END)
-    if first is _END:
-        return
-    if skip == 0:
-        yield first
-    for _ in range(max(skip - 1, 0)):
-        if next(iterator, _END) is _END:
-            return
-    yield from iterator
+    if first is not _END:
+        yield from itertools.islice(itertools.chain([first], iterator), skip, None)
 
 
 class _BatchStride:
@@ -189,11 +184,7 @@ class _BatchStride:
     def __iter__(self) -> Iterator[Any]:
         n = _sized_len(self.loader)
         stop = (n // self.world) * self.world if (n is not None and self.drop_remainder) else None
-        for i, batch in enumerate(self.loader):
-            if stop is not None and i >= stop:
-                return
-            if i % self.world == self.rank:
-                yield batch
+        return itertools.islice(self.loader, self.rank, stop, self.world)
 
 
 class _StridedSampler(_BatchStride, Sampler[int]):
