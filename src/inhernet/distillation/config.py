@@ -151,7 +151,6 @@ class DistillConfig:
     progress: bool = False
 
     def __post_init__(self) -> None:
-        # numpy integers and floats count as ints and floats.
         for f in fields(self):
             setattr(self, f.name, plain_number(getattr(self, f.name)))
         if isinstance(self.devices, (list, tuple)):
