@@ -55,8 +55,7 @@ class DualOutput:
 
     @classmethod
     def unpack(cls, packed: torch.Tensor) -> DualOutput:
-        """The inverse of :meth:`pack` (image and text embeddings share one width; the scale column is
-        the same on every row)."""
+        """The inverse of :meth:`pack` (image and text embeddings of one width, one scale for all rows)."""
         if packed.dim() != 2 or packed.shape[1] % 2 != 1:
             raise ValueError(
                 f"packed dual-encoder outputs are (n, 2 * embed_dim + 1), got {tuple(packed.shape)}; were the "

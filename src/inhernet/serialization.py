@@ -90,8 +90,7 @@ def save(model: nn.Module, path: str | os.PathLike[str]) -> Path:
 
 
 def _records(model: nn.Module) -> dict[str, Any]:
-    """The JSON entries of what was done to ``model`` beside its blocks: ``config`` (always, ``None`` when
-    unknown), and where they apply ``compact``, ``prune`` and ``drop`` (replayed by load() before the surgery)."""
+    """The JSON entries beside the blocks: ``config`` (``None`` if unknown), ``compact``, ``prune``, ``drop``."""
     plan = getattr(model, "inhernet_plan", None)
     # A loaded model has no plan, only the config it was inherited with and the records load() attached.
     config = plan.config if plan is not None else getattr(model, "inhernet_config", None)
@@ -191,8 +190,7 @@ def _verified_weights(path: Path, meta: dict[str, Any]) -> Path:
 
 
 def _build_blocks(base: nn.Module, layers: dict[str, Any], weights: Path) -> nn.Module:
-    """Replace the layers ``layers`` names by blocks of their recorded ranks and load every tensor from
-    ``weights``; everything is checked before anything is allocated, and a failure puts the layers back."""
+    """Replace the layers ``layers`` names by their recorded blocks, load ``weights``; undone on failure."""
     specs = {name: _check_layer(base, name, spec) for name, spec in layers.items()}
     _check_size(weights, specs)
     originals: dict[str, nn.Module] = {}

@@ -71,10 +71,8 @@ class DistillConfig:
         teacher_topk: ``None`` (full-logit KD) or ``k``: KD against the teacher's ``k`` most likely
             classes plus a rest bucket (:func:`~inhernet.distillation.topk_kd_loss`), from the batches'
             ``precompute_teacher_topk`` cache or the teacher's logits. Needs ``loss="kd"``.
-        embed_weight: with ``loss="contrastive"``, weight of the cosine distance between the student's
-            and the teacher's embeddings; 0 disables it.
-        feature_weight: weight of the feature loss between the outputs of the student's modules and the
-            teacher's modules they came from (``feature_loss``); 0 disables it.
+        embed_weight: with ``loss="contrastive"``, weight of the cosine distance of the embeddings; 0: none.
+        feature_weight: weight of the loss between the outputs of matched modules (``feature_loss``); 0: none.
         feature_patterns: ``fnmatch`` patterns of the student's module names whose outputs are matched
             (:func:`inhernet.distillation.match_feature_names`). ``*`` also matches dots: a Llama
             stack's blocks alone are ``("model.layers.[0-9]", "model.layers.[0-9][0-9]")``.
@@ -98,10 +96,8 @@ class DistillConfig:
             ``inhernet.dual.DUAL_METRICS``, as :func:`inhernet.evaluate` computes them.
         log_dir: where the CSV logs, ``checkpoints/`` and ``history.json`` go. ``None``: a temporary
             directory, or ``./out/distill`` when several processes take part (they must agree on it).
-        checkpoint_every: save ``<log_dir>/checkpoints/last.ckpt`` every this many steps (0: only when
-            interrupted); never with the frozen teacher.
-        keep_checkpoints: also keep this many most recent step checkpoints (``step000100.ckpt``...);
-            -1: all of them.
+        checkpoint_every: save ``<log_dir>/checkpoints/last.ckpt`` every this many steps (0: on Ctrl-C only).
+        keep_checkpoints: also keep this many most recent step checkpoints (-1: all of them).
         resume: a checkpoint path to continue from, or ``"last"``. Without it, a ``log_dir`` holding
             checkpoints of an earlier run is refused.
         keep: the student ends with its weights of the ``"last"`` step or of its ``"best"`` validation

@@ -157,8 +157,7 @@ def _per_example(output: Any) -> torch.Tensor:
 
 
 def _seeded_iter(loader: Iterable[Any], seed: int, skip: int = 0) -> Iterator[Any]:
-    """Iterate ``loader`` from batch ``skip`` on, its random draws (at ``iter()`` and the first ``next()``)
-    taken from a CPU RNG seeded with ``seed``, the caller's RNG untouched."""
+    """Iterate ``loader`` from batch ``skip`` on, its random draws taken from a forked RNG seeded with ``seed``."""
     with torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(seed)
         iterator = iter(loader)
@@ -195,8 +194,7 @@ class _StridedSampler(_BatchStride, Sampler[int]):
 
 
 class _Sharded:
-    """A loader's shard for this process, built on first use: a map-style ``DataLoader`` re-instantiated
-    with this process's :meth:`_sampler`, else every ``world``-th batch."""
+    """A loader's shard for this process, built on first use (:meth:`_sampler`, or every ``world``-th batch)."""
 
     role = "training"
     drop_remainder = True  # every process takes as many batches (training steps must stay in lockstep)

@@ -78,8 +78,7 @@ def _mix(
     kl: torch.Tensor, s: torch.Tensor, labels: torch.Tensor | None, temperature: float, alpha: float,
     ignore_index: int, name: str,
 ) -> torch.Tensor:
-    """``kl`` (per position) and the CE of the flat student logits ``s`` (positions, classes) with the
-    (already shifted) labels, masked and averaged as :func:`kd_loss` documents."""
+    """``kl`` (per position) mixed with the CE of the flat logits ``s`` as :func:`kd_loss` documents."""
     scale = temperature * temperature
     if labels is None:
         return scale * kl.mean()

@@ -177,10 +177,9 @@ def distill(
 
     Returns:
         ``{"curve": [[step, metric], ...], "train_loss": [[step, loss], ...], "steps": int,
-        "sec_per_step": float, "final": {metric: value}, "best": [step, value] or None, "metric": str,
-        "log_dir": str, "checkpoint": path of last.ckpt or None, "is_global_zero": bool,
-        "world_size": int}``.
-        ``final`` is empty without a validation loader; ``best`` is set with ``config.keep="best"``.
+        "sec_per_step": float, "final": {metric: value} (empty without validation), "best": [step, value]
+        (with ``keep="best"``) or None, "metric": str, "log_dir": str, "checkpoint": path of last.ckpt or
+        None, "is_global_zero": bool, "world_size": int}``.
     """
     config = _checked(student, teacher, config, val_loader)
     check_topk_cache(train_loader, config.teacher_topk, config.temperature)

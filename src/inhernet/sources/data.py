@@ -104,8 +104,7 @@ class UserData:
 def encode_labels(
     raw: Sequence[str], classes: Sequence[str] | None = None, *, source: str = "data"
 ) -> tuple[list[int], tuple[str, ...]]:
-    """Class indices of ``raw`` labels, and the class names they index (see the module docstring); with
-    ``classes``, a label is a class name, or else an integer index into ``classes``.
+    """Class indices of ``raw`` labels and the class names they index (see the module docstring).
 
     Raises:
         ValueError: a label is neither one of ``classes`` nor an index into them (names up to five).
