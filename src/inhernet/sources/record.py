@@ -70,8 +70,7 @@ class Opened:
 def write_source(directory: str | os.PathLike[str], source: Source) -> Path:
     """Write ``directory/source.json`` atomically; returns its path."""
     path = Path(directory) / SOURCE_NAME
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
+    with atomic_path(path) as tmp:  # creates the directory
         tmp.write_text(json.dumps(source.to_dict(), indent=2) + "\n")
     return path
 
