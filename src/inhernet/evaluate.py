@@ -58,14 +58,17 @@ def evaluate(
     return {metric: value, "count": float(count)}
 
 
-def batch_sums(logits: torch.Tensor, labels: torch.Tensor, metric: str) -> tuple[torch.Tensor, torch.Tensor | int]:
+def batch_sums(
+    logits: torch.Tensor, labels: torch.Tensor, metric: str
+) -> tuple[torch.Tensor, torch.Tensor | int]:
     """One batch's share of ``metric``: ``(correct, examples)`` for accuracy, ``(summed NLL, tokens)`` for
     perplexity (position ``t`` predicts ``labels[..., t + 1]``; label ``-100`` is ignored)."""
     if metric == "accuracy":
         return (logits.argmax(-1) == labels).sum(), labels.numel()
     shift_logits, shift_labels = logits[..., :-1, :], labels[..., 1:]
     nll = F.cross_entropy(
-        shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1), ignore_index=-100, reduction="sum"
+        shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1),
+        ignore_index=-100, reduction="sum",
     )
     return nll, (shift_labels != -100).sum()
 

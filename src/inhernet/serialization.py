@@ -90,12 +90,13 @@ def save(model: nn.Module, path: str | os.PathLike[str]) -> Path:
 
 
 def _records(model: nn.Module) -> dict[str, Any]:
-    """The JSON entries beside the blocks: ``config`` (``None`` if unknown), ``compact``, ``prune``, ``drop``."""
+    """The JSON entries beside the blocks: ``config`` (or ``None``), ``compact``, ``prune``, ``drop``."""
     plan = getattr(model, "inhernet_plan", None)
     # A loaded model has no plan, only the config it was inherited with and the records load() attached.
     config = plan.config if plan is not None else getattr(model, "inhernet_config", None)
     records: dict[str, Any] = {"config": config.to_dict() if config is not None else None}
-    for key, attribute in (("compact", "inhernet_compact"), ("prune", "inhernet_pruned"), ("drop", "inhernet_dropped")):
+    attributes = {"compact": "inhernet_compact", "prune": "inhernet_pruned", "drop": "inhernet_dropped"}
+    for key, attribute in attributes.items():
         planned = getattr(plan, key, None) if key != "compact" else None
         value = planned.to_dict() if planned is not None else getattr(model, attribute, None)
         if value is not None:
@@ -159,7 +160,7 @@ def load(path: str | os.PathLike[str], base: nn.Module | None = None) -> nn.Modu
         )
     pruned, dropped = meta.get("prune"), meta.get("drop")
     if pruned is not None and not (isinstance(pruned, dict) and isinstance(pruned.get("spec"), dict)):
-        raise ValueError(f"{path / CONFIG_NAME}: malformed 'prune' entry (a JSON object with a 'spec' object)")
+        raise ValueError(f"{path / CONFIG_NAME}: malformed 'prune' entry (a JSON object with a 'spec')")
     # The blocks kept and the pruned widths first (each checked whole before any change), so that the
     # layers below have the names and shapes their blocks were built from; undone if anything fails.
     undo = [replay(base, dropped)] if dropped is not None else []
@@ -284,7 +285,8 @@ def _check_state(model: nn.Module, state: dict[str, torch.Tensor], weights: Path
     unexpected = sorted(set(state) - set(own))
     wrong = sorted(k for k in set(state) & set(own) if state[k].shape != own[k].shape)
     if missing or unexpected or wrong:
-        raise ValueError(f"{weights} does not fit the rebuilt model: {key_mismatch(missing, unexpected, wrong)}")
+        mismatch = key_mismatch(missing, unexpected, wrong)
+        raise ValueError(f"{weights} does not fit the rebuilt model: {mismatch}")
 
 
 def _identity(t: torch.Tensor) -> tuple[Any, ...]:

@@ -152,12 +152,12 @@ def check_topk_cache(loader: Any, k: int | None, temperature: float) -> None:
 
 
 def _per_example(output: Any) -> torch.Tensor:
-    """What a data set keeps per example of a teacher's output: its logits, or a dual encoder's packed pair."""
+    """What a data set keeps of a teacher's output: its logits, or a dual encoder's packed pair."""
     return (dual_output(output).pack() if is_dual_output(output) else logits_of(output)).float().cpu()
 
 
 def _seeded_iter(loader: Iterable[Any], seed: int, skip: int = 0) -> Iterator[Any]:
-    """Iterate ``loader`` from batch ``skip`` on, its random draws taken from a forked RNG seeded with ``seed``."""
+    """Iterate ``loader`` from batch ``skip`` on, drawing from a forked RNG seeded with ``seed``."""
     with torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(seed)
         iterator = iter(loader)
@@ -194,7 +194,7 @@ class _StridedSampler(_BatchStride, Sampler[int]):
 
 
 class _Sharded:
-    """A loader's shard for this process, built on first use (:meth:`_sampler`, or every ``world``-th batch)."""
+    """A loader's shard for this process, built on first use (:meth:`_sampler`, or every world-th batch)."""
 
     role = "training"
     drop_remainder = True  # every process takes as many batches (training steps must stay in lockstep)

@@ -62,7 +62,7 @@ def kd_loss(
 
 
 def _check_inputs(logits: torch.Tensor | None, temperature: float, alpha: float, name: str) -> None:
-    """``ValueError`` unless ``logits`` (if given) are ``(N, C)`` or ``(N, T, V)``, ``T > 0`` and ``alpha`` in [0, 1]."""
+    """``ValueError`` unless ``logits`` (if any) are ``(N, C)`` or ``(N, T, V)`` and ``T``, ``alpha`` fit."""
     if logits is not None and logits.dim() not in (2, 3):
         raise ValueError(
             f"{name}: expected logits (N, C) for classification or (N, T, V) for a causal LM, "

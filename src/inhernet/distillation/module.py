@@ -130,11 +130,13 @@ class DistillModule(L.LightningModule):
             for p in m.gate.parameters()
         }
         trainable = [p for p in self.student.parameters() if p.requires_grad]
-        groups = [
-            {"params": params, "weight_decay": cfg.weight_decay if decay else 0.0, "lr": cfg.lr * (scale or 1)}
-            for scale in (None, cfg.gate_lr_scale) for decay in (True, False)
-            if (params := [p for p in trainable if (id(p) in scaled) == bool(scale) and (p.ndim >= 2) == decay])
-        ]
+        # Weights of 2+ dimensions are decayed, biases and norms not; the gates may get their own rate.
+        groups: list[dict[str, Any]] = []
+        for gate, lr in ((False, cfg.lr), (True, cfg.lr * cfg.gate_lr_scale)):
+            for decay, weight_decay in ((True, cfg.weight_decay), (False, 0.0)):
+                params = [p for p in trainable if (id(p) in scaled) == gate and (p.ndim > 1) == decay]
+                if params:
+                    groups.append({"params": params, "weight_decay": weight_decay, "lr": lr})
         if not groups:
             raise ValueError("distill: the student has no trainable parameters (all have requires_grad=False)")
         if cfg.optimizer == "adamw":
@@ -173,17 +175,20 @@ class DistillModule(L.LightningModule):
         self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False, batch_size=1)
         return loss
 
-    def _kd_loss(self, batch: Any, student_logits: torch.Tensor, precomputed: Any, teacher_out: Any) -> torch.Tensor:
+    def _kd_loss(
+        self, batch: Any, student_logits: torch.Tensor, precomputed: Any, teacher_out: Any
+    ) -> torch.Tensor:
         """Logit KD against the live teacher's logits, else the precomputed ones or top-k cache."""
         cfg = self.config
-        if isinstance(precomputed, losses.TeacherTopK) and cfg.teacher_topk != precomputed.logprobs.shape[-1]:
+        cached = precomputed.logprobs.shape[-1] if isinstance(precomputed, losses.TeacherTopK) else None
+        if cached is not None and cfg.teacher_topk != cached:
             raise ValueError(
-                f"distill: the batches carry the teacher's top-{precomputed.logprobs.shape[-1]} tokens but "
-                f"DistillConfig.teacher_topk is {cfg.teacher_topk}; set it to {precomputed.logprobs.shape[-1]}"
+                f"distill: the batches carry the teacher's top-{cached} tokens but "
+                f"DistillConfig.teacher_topk is {cfg.teacher_topk}; set it to {cached}"
             )
         teacher = precomputed if teacher_out is None else logits_of(teacher_out).detach()
         if cfg.teacher_topk is not None and not isinstance(teacher, losses.TeacherTopK):
-            teacher = losses.teacher_topk(teacher, cfg.teacher_topk, cfg.temperature)  # the cache's loss, live
+            teacher = losses.teacher_topk(teacher, cfg.teacher_topk, cfg.temperature)  # as from a cache
         labels = lm_labels(batch) if student_logits.dim() == 3 else batch_labels(batch)
         kd = losses.topk_kd_loss if isinstance(teacher, losses.TeacherTopK) else losses.kd_loss
         return kd(student_logits, teacher, labels, cfg.temperature, cfg.alpha)

@@ -1,8 +1,9 @@
 """A user's own data: an image folder or a CSV / TSV / JSONL text file, as a map-style data set.
 
 Images (``ROOT/CLASS/xxx.png``) become ``(image, label)`` examples, text rows tokenised dicts (a causal
-LM's without labels). Labels that are all non-negative integers are the class indices; otherwise the sorted distinct names
-are. A class list given by the caller (recorded at compression, or the model's own) overrides both.
+LM's without labels). Labels that are all non-negative integers are the class indices; otherwise the
+sorted distinct names are. A class list given by the caller (recorded at compression, or the model's
+own) overrides both.
 """
 
 from __future__ import annotations
