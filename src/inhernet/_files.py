@@ -1,10 +1,5 @@
-"""The file names a model directory's two writers share, and the checksum that guards its files.
-
-A bottom layer of the package (no inhernet imports): :mod:`inhernet.serialization` writes the model
-(``inhernet.json`` and its weights), :mod:`inhernet.sources` records beside it what the model was
-made from (``source.json``); both take the names and :func:`sha256_file` from here, so that sources
-never imports serialization (serialization imports sources, one way).
-"""
+"""The file names a model directory's two writers (:mod:`inhernet.serialization`, :mod:`inhernet.sources`)
+share, and the checksum that guards its files: here, so that sources never imports serialization."""
 
 from __future__ import annotations
 
@@ -13,9 +8,7 @@ import os
 
 __all__ = ["CONFIG_NAME", "SOURCE_NAME", "sha256_file"]
 
-# What ``inhernet.save`` writes: the structure and the name and checksum of the weights file.
-CONFIG_NAME = "inhernet.json"
-# What ``inhernet compress`` writes beside them: the teacher and how its data is prepared.
+CONFIG_NAME = "inhernet.json"  # by inhernet.save, beside the weights
 SOURCE_NAME = "source.json"
 
 _CHUNK = 1 << 20  # read a megabyte at a time: weights files can be larger than memory allows twice

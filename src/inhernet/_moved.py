@@ -1,9 +1,5 @@
-"""Knobs that left a public config: passing one raises a ``TypeError`` that says where it went.
-
-A bottom layer of the package (no inhernet imports). A dataclass rejects an unknown keyword with
-``unexpected keyword argument``, which does not tell a user of the old API what to do; a config whose
-knob moved (to :mod:`inhernet.experimental`, or was deleted) lists it here instead.
-"""
+"""Knobs that left a public config: passing one raises a ``TypeError`` that says where it went (a plain
+dataclass would only say ``unexpected keyword argument``)."""
 
 from __future__ import annotations
 
@@ -18,9 +14,8 @@ T = TypeVar("T", bound=type)
 
 
 def refuse_moved(moved: Mapping[str, str]) -> Callable[[T], T]:
-    """Class decorator (above ``@dataclass``): a keyword of ``moved`` that is not a field of the class
-    raises ``TypeError(f"{Class} has no {name!r}: {moved[name]}")``. Subclasses that make it a field again
-    (an experimental config) accept it."""
+    """Class decorator (above ``@dataclass``): a keyword of ``moved`` that is not a field of the class (or
+    of a subclass that makes it one again) raises ``TypeError(f"{Class} has no {name!r}: {moved[name]}")``."""
 
     def decorate(cls: T) -> T:
         init = cls.__init__

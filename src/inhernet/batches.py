@@ -1,9 +1,5 @@
-"""One way to feed a batch to a model and read its logits, whatever the batch looks like.
-
-Batches may be a tensor, an ``(inputs, labels)`` tuple/list, or a Hugging Face style dict
-(``input_ids``/``attention_mask``/... plus optional ``labels``). Outputs may be tensors or objects
-with ``.logits`` (Hugging Face ``ModelOutput``).
-"""
+"""One way to feed a batch to a model and read its logits: batches are tensors, ``(inputs, labels)``
+tuples/lists or Hugging Face style dicts; outputs tensors or objects with ``.logits``."""
 
 from __future__ import annotations
 
@@ -24,6 +20,7 @@ __all__ = [
     "forward_all",
     "forward_batch",
     "head_rows",
+    "lm_labels",
     "logits_of",
     "move_batch",
     "rows_of",
@@ -42,9 +39,8 @@ def move_batch(batch: Any, device: torch.device | str) -> Any:
 
 
 def split_rows(batch: Any, rows: int) -> list[Any]:
-    """``batch`` cut into the fewest batches of at most ``rows`` examples, their sizes as equal as possible
-    (not 64 + 1: a batch norm cannot train on one example): every tensor inside it sliced along its first
-    dimension, nested tuples, lists and dicts kept; the batch itself if it holds no tensor."""
+    """``batch`` cut into the fewest batches of at most ``rows`` examples, of sizes as equal as possible
+    (not 64 + 1: a batch norm cannot train on one example); the batch itself if it holds no tensor."""
     if rows < 1:
         raise ValueError(f"split_rows: rows must be >= 1, got {rows}")
     n = rows_of(batch)
@@ -108,6 +104,16 @@ def batch_labels(batch: Any) -> torch.Tensor | None:
     return None
 
 
+def lm_labels(batch: Any) -> torch.Tensor | None:
+    """A causal LM's labels: the batch's own, else a dict batch's ``input_ids`` with padding set to -100."""
+    labels = batch_labels(batch)
+    if labels is None and isinstance(batch, Mapping) and "input_ids" in batch:
+        labels = batch["input_ids"]
+        if "attention_mask" in batch:
+            labels = labels.masked_fill(batch["attention_mask"] == 0, -100)
+    return labels
+
+
 def batch_teacher_logits(batch: Any) -> Any:
     """The teacher's precomputed logits carried by ``batch`` (a tensor, or a
     :class:`~inhernet.distillation.TeacherTopK` cache of its top-k tokens), or ``None``."""
@@ -144,8 +150,7 @@ def first_example(batch: Any) -> Any:
 
 @torch.no_grad()
 def forward_all(model: nn.Module, batches: Iterable[Any]) -> None:
-    """Run ``model`` in eval mode over ``batches`` (on the model's device) for what its hooks record;
-    every module's training flag is restored afterwards."""
+    """Run ``model`` in eval mode (:func:`evaluating`) over ``batches`` for what its hooks record."""
     device = device_of(model)
     with evaluating(model):
         for batch in batches:

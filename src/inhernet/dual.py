@@ -1,11 +1,5 @@
-"""Dual encoders (CLIP-style): reading their outputs, and the retrieval metrics over a split.
-
-A dual encoder maps a batch of ``n`` images and ``n`` texts (pair ``i`` = image ``i`` with text ``i``)
-to one embedding per image and per text. Outputs are read from Hugging Face ``CLIPOutput``-like
-objects or dicts (``image_embeds``, ``text_embeds`` and optionally ``logit_scale`` or
-``logits_per_image``), open_clip's dicts (``image_features``, ``text_features``, ``logit_scale``), or
-tuples ``(image_embeds, text_embeds)`` and open_clip's ``(image_features, text_features, logit_scale)``.
-"""
+"""Dual encoders (CLIP-style), which embed ``n`` image-text pairs: reading their outputs (Hugging Face or
+open_clip objects, dicts or tuples), and the retrieval metrics over a split."""
 
 from __future__ import annotations
 
@@ -15,8 +9,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-__all__ = ["DUAL_METRICS", "DualOutput", "dual_metrics", "dual_output", "is_dual_output"]
+from .batches import batch_labels, forward_batch
+
+__all__ = ["DUAL_METRICS", "DualOutput", "dual_metrics", "dual_output", "is_dual_output", "pair_embeddings"]
 
 #: The metrics of :func:`dual_metrics`, all computed from one pass over a split.
 DUAL_METRICS = ("zero-shot-accuracy", "i2t-recall@1", "i2t-recall@5", "t2i-recall@1", "t2i-recall@5")
@@ -24,12 +21,8 @@ DUAL_METRICS = ("zero-shot-accuracy", "i2t-recall@1", "i2t-recall@5", "t2i-recal
 
 @dataclass
 class DualOutput:
-    """The embeddings of ``n`` image-text pairs and their similarity logits.
-
-    ``logits_per_image`` (n images x n texts) is the model's own when it returns them (Hugging Face
-    CLIP), else ``logit_scale * cos(image_i, text_j)``, or the cosine similarities themselves when
-    the model returns no scale.
-    """
+    """The embeddings of ``n`` image-text pairs; ``logits_per_image`` (n x n) is the model's own when it
+    returns them, else ``logit_scale * cos`` (the cosine if no scale)."""
 
     image_embeds: torch.Tensor
     text_embeds: torch.Tensor
@@ -42,10 +35,6 @@ class DualOutput:
             return self.given_logits.float()
         sims = F.normalize(self.image_embeds.float(), dim=-1) @ F.normalize(self.text_embeds.float(), dim=-1).T
         return sims if self.logit_scale is None else self.logit_scale.float() * sims
-
-    @property
-    def logits_per_text(self) -> torch.Tensor:
-        return self.logits_per_image.T
 
     def scale(self) -> torch.Tensor:
         """The logit scale (from the given logits when the model returned no scale; 1 for none at all)."""
@@ -66,8 +55,7 @@ class DualOutput:
 
     @classmethod
     def unpack(cls, packed: torch.Tensor) -> DualOutput:
-        """The inverse of :meth:`pack` (image and text embeddings share one width; the scale column is
-        the same on every row)."""
+        """The inverse of :meth:`pack` (image and text embeddings of one width, one scale for all rows)."""
         if packed.dim() != 2 or packed.shape[1] % 2 != 1:
             raise ValueError(
                 f"packed dual-encoder outputs are (n, 2 * embed_dim + 1), got {tuple(packed.shape)}; were the "
@@ -118,18 +106,24 @@ def dual_output(output: Any) -> DualOutput:
     )
 
 
+def pair_embeddings(model: nn.Module, batch: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A dual encoder's float32 image and text embeddings of a labelled batch, and its labels (flat)."""
+    labels = batch_labels(batch)
+    if labels is None:
+        raise ValueError(
+            "dual-encoder metrics need labelled batches: dicts of image-text pairs with 'labels'"
+        )
+    out = dual_output(forward_batch(model, batch))
+    return out.image_embeds.float(), out.text_embeds.float(), labels.reshape(-1)
+
+
 @torch.no_grad()
 def dual_metrics(image: torch.Tensor, text: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
     """Zero-shot accuracy and retrieval recall of ``N`` image-text pairs with class ``labels``.
 
-    Captions written from class names repeat across a split, so a retrieved item is relevant when it
-    has the query's class (category-level retrieval): ``i2t-recall@k`` is the share of images whose
-    ``k`` most similar captions include one of their class, ranked among the distinct captions
-    (identical text embeddings count once, else the top ``k`` would be copies of one caption);
-    ``t2i-recall@k`` the share of captions whose ``k`` most similar images (of all ``N``) include one
-    of their class. ``zero-shot-accuracy`` classifies each image by the most similar
-    class text embedding, the mean of the normalised embeddings of the captions of that class (a
-    prompt ensemble over the split's caption templates; no image takes part in it).
+    Retrieval is category-level: ``i2t-recall@k``, the share of images whose ``k`` most similar distinct
+    captions include one of their class, ``t2i-recall@k`` the converse. ``zero-shot-accuracy`` picks the
+    class whose mean normalised caption embedding is nearest.
     """
     if not (len(image) == len(text) == len(labels)) or len(labels) == 0:
         raise ValueError(

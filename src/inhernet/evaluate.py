@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
@@ -11,11 +12,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .batches import batch_labels, forward_batch, logits_of, move_batch
-from .dual import DUAL_METRICS, dual_metrics, dual_output
+from .batches import batch_labels, forward_batch, lm_labels, logits_of, move_batch
+from .dual import DUAL_METRICS, dual_metrics, pair_embeddings
 from .modes import device_of, evaluating
 
-__all__ = ["evaluate"]
+__all__ = ["batch_sums", "evaluate"]
 
 METRICS = ("accuracy", "perplexity", *DUAL_METRICS)
 
@@ -31,48 +32,50 @@ def evaluate(
 ) -> dict[str, float]:
     """Evaluate ``model`` on labelled batches, in eval mode (the previous mode is restored).
 
-    ``accuracy``: top-1 over classification logits ``(N, C)``. ``perplexity``: causal-LM token
-    perplexity, logits ``(N, T, V)`` predicting ``labels`` shifted by one, ignoring label ``-100``
-    (Hugging Face convention); batches without labels use their ``input_ids``.
-    Dual encoders (CLIP-style; :data:`inhernet.dual.DUAL_METRICS`): ``zero-shot-accuracy`` and
-    image->text / text->image ``recall@1``/``@5`` over the whole split, from batches of labelled
-    image-text pairs (see :func:`inhernet.dual.dual_metrics`); all five are returned together.
-    Returns ``{metric: value, "count": examples_or_tokens}``.
+    ``accuracy``: top-1 over logits ``(N, C)``. ``perplexity``: causal-LM token perplexity, logits
+    ``(N, T, V)`` predicting ``labels`` shifted by one, ignoring ``-100``; batches without labels use
+    their ``input_ids``. Dual encoders: all five :data:`inhernet.dual.DUAL_METRICS` over the whole
+    split (:func:`inhernet.dual.dual_metrics`). Returns ``{metric: value, "count": examples_or_tokens}``.
     """
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
     if metric in DUAL_METRICS:
         return _evaluate_dual(model, loader, max_batches=max_batches, progress=progress)
     device = device_of(model)
-    correct, count, nll = 0, 0, 0.0
+    total, count = 0.0, 0
     with evaluating(model):
-        for i, batch in enumerate(tqdm(loader, desc="evaluating", disable=not progress, leave=False)):
-            if max_batches is not None and i >= max_batches:
-                break
+        for batch in _batches(loader, max_batches, progress):
             batch = move_batch(batch, device)
             logits = logits_of(forward_batch(model, batch)).float()
-            labels = batch_labels(batch)
-            if labels is None and metric == "perplexity" and isinstance(batch, dict):
-                labels = batch.get("input_ids")
+            labels = lm_labels(batch) if metric == "perplexity" else batch_labels(batch)
             if labels is None:
                 raise ValueError("evaluate() needs labelled batches: (inputs, labels) tuples or dicts with 'labels'")
-            if metric == "accuracy":
-                correct += int((logits.argmax(-1) == labels).sum())
-                count += labels.numel()
-            else:
-                if isinstance(batch, dict) and "attention_mask" in batch and batch.get("labels") is None:
-                    labels = labels.masked_fill(batch["attention_mask"] == 0, -100)
-                shift_logits, shift_labels = logits[..., :-1, :], labels[..., 1:]
-                tokens = int((shift_labels != -100).sum())
-                nll += float(F.cross_entropy(
-                    shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1),
-                    ignore_index=-100, reduction="sum",
-                ))
-                count += tokens
+            part, n = batch_sums(logits, labels, metric)
+            total, count = total + float(part), count + int(n)
     if count == 0:
         raise ValueError("evaluate() saw no labelled examples: the loader is empty")
-    value = correct / count if metric == "accuracy" else math.exp(nll / count)
+    value = total / count if metric == "accuracy" else math.exp(total / count)
     return {metric: value, "count": float(count)}
+
+
+def batch_sums(
+    logits: torch.Tensor, labels: torch.Tensor, metric: str
+) -> tuple[torch.Tensor, torch.Tensor | int]:
+    """One batch's share of ``metric``: ``(correct, examples)`` for accuracy, ``(summed NLL, tokens)`` for
+    perplexity (position ``t`` predicts ``labels[..., t + 1]``; label ``-100`` is ignored)."""
+    if metric == "accuracy":
+        return (logits.argmax(-1) == labels).sum(), labels.numel()
+    shift_logits, shift_labels = logits[..., :-1, :], labels[..., 1:]
+    nll = F.cross_entropy(
+        shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1),
+        ignore_index=-100, reduction="sum",
+    )
+    return nll, (shift_labels != -100).sum()
+
+
+def _batches(loader: Iterable[Any], max_batches: int | None, progress: bool) -> Iterator[Any]:
+    """The first ``max_batches`` batches of ``loader`` (all for ``None``), behind a bar with ``progress``."""
+    return itertools.islice(tqdm(loader, desc="evaluating", disable=not progress, leave=False), max_batches)
 
 
 def _evaluate_dual(
@@ -80,20 +83,12 @@ def _evaluate_dual(
 ) -> dict[str, float]:
     """All dual-encoder metrics from the embeddings of every pair of the split."""
     device = device_of(model)
-    images, texts, labels = [], [], []
     with evaluating(model):
-        for i, batch in enumerate(tqdm(loader, desc="evaluating", disable=not progress, leave=False)):
-            if max_batches is not None and i >= max_batches:
-                break
-            batch = move_batch(batch, device)
-            y = batch_labels(batch)
-            if y is None:
-                raise ValueError("dual-encoder metrics need labelled batches: dicts of image-text pairs with 'labels'")
-            out = dual_output(forward_batch(model, batch))
-            images.append(out.image_embeds.float().cpu())
-            texts.append(out.text_embeds.float().cpu())
-            labels.append(y.reshape(-1).cpu())
-    if not labels:
+        pairs = [
+            [t.cpu() for t in pair_embeddings(model, move_batch(batch, device))]
+            for batch in _batches(loader, max_batches, progress)
+        ]
+    if not pairs:
         raise ValueError("evaluate() saw no labelled examples: the loader is empty")
-    result = dual_metrics(torch.cat(images), torch.cat(texts), torch.cat(labels))
-    return {**result, "count": float(sum(len(y) for y in labels))}
+    image, text, labels = (torch.cat(parts) for parts in zip(*pairs, strict=True))
+    return {**dual_metrics(image, text, labels), "count": float(len(labels))}

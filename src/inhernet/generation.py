@@ -20,9 +20,7 @@ def greedy_continuations(
 ) -> list[str]:
     """The greedy (argmax) continuation of each prompt, decoded without the prompt.
 
-    Prompts run one at a time, so no padding enters the comparison; a model with Hugging Face's
-    ``generate`` uses it (with its key/value cache), any other causal LM that returns logits is
-    stepped token by token.
+    Prompts run one at a time (no padding); Hugging Face's ``generate`` is used where the model has it.
 
     Raises:
         ValueError: no prompts, an empty prompt or ``max_new_tokens < 1``.

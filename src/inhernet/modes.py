@@ -1,9 +1,4 @@
-"""Where a model runs and in which mode: :func:`device_of` and :func:`evaluating`.
-
-A bottom layer of the package (no inhernet imports), so that every module that runs a model for
-measurement (calibration, evaluation, export, precomputed teacher outputs...) finds its device and
-borrows eval mode the same way.
-"""
+"""Where a model runs and in which mode: the bottom layer every module that runs a model uses."""
 
 from __future__ import annotations
 
@@ -24,11 +19,7 @@ def device_of(model: nn.Module) -> torch.device:
 @contextmanager
 def evaluating(model: nn.Module) -> Iterator[nn.Module]:
     """``model`` in eval mode inside the block; afterwards, whatever happens, every submodule has its own
-    training flag back (not the root's for all: a frozen batch-norm inside a training model stays frozen).
-
-    ``with evaluating(model): ...`` replaces ``was_training = model.training; model.eval(); try: ...
-    finally: model.train(was_training)``.
-    """
+    training flag back (not the root's for all: a frozen batch-norm inside a training model stays frozen)."""
     modes = {m: m.training for m in model.modules()}
     model.eval()
     try:

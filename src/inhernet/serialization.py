@@ -1,35 +1,16 @@
 """``save()`` / ``load()``: an inherited model as ``inhernet.json`` + ``model-<hash>.safetensors``, no pickle.
 
-The JSON holds the per-layer spec (which teacher layer became a block of which rank and experts), the
-name of the weights file and its SHA-256; ``load`` rebuilds that structure on a fresh model of the
-teacher's architecture, then loads the tensors with strict key and shape checks.
-
-Crash safety. A directory holds two files that must agree, and no file system renames two files at
-once. The weights file is therefore named after its content (``model-<first 16 hex digits of its
-SHA-256>.safetensors``) instead of a fixed name: ``save`` first puts the new weights beside the old ones
-(a rename of a complete temporary file), then replaces ``inhernet.json`` (a second atomic rename),
-and only then removes the earlier weights file. Whenever it stops, the JSON on disk names a complete
-weights file that matches its checksum: a crash between the two renames leaves the earlier pair
-loadable (plus an orphan weights file that the next save removes). With one fixed weights name a crash
-there would have left new weights beside the old JSON, detectable by the checksum but not loadable.
-Directories written with the earlier fixed name ``model.safetensors`` still load.
-
-Pruned models (``InherConfig(prune=...)``): the JSON's ``prune`` entry records what Torch-Pruning
-changed (per module, int attributes and tensor shapes, before and after); ``load`` replays it on the
-fresh base (:func:`inhernet.pruning.apply_spec`, checked whole against the base first) before the
-InherNet surgery, so no pickled module is ever needed. Likewise the blocks kept by
-``InherConfig(drop_blocks=...)`` (the JSON's ``drop`` entry, :func:`inhernet.blockdrop.replay`).
-
-Safety on load. Everything the JSON says is checked before a tensor is allocated (format, the weights
-file is a bare ``*.safetensors`` name inside the directory, every layer exists in ``base`` with the
-recorded type and shape, ranks within each layer's full rank, experts >= 1, and no more parameters
-than the file holds); the tensors are read and their names and shapes checked against the rebuilt
-model before any value is copied. A failed ``load`` leaves ``base`` as it was.
+The JSON holds the per-layer specs, what pruning and block dropping changed, and the name and SHA-256 of
+the weights file; ``load`` replays it all on a fresh model of the teacher's architecture, checking
+everything before a tensor is allocated. The weights file is named after its content, so ``save``
+writes it beside the old one, then atomically replaces ``inhernet.json``, then removes the old
+weights: wherever it stops, the JSON names complete weights that match their checksum.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from dataclasses import replace
@@ -49,7 +30,7 @@ from .config import InherConfig
 from .kinds import LayerKind, block_params, kind_of
 from .layers import GATE_POOLS, ROUTINGS, InherBlock
 from .pruning import apply_spec
-from .sources.models import build_model
+from .sources.models import build_model, key_mismatch
 from .sources.record import read_source
 from .stack import replace_module
 
@@ -61,19 +42,19 @@ WEIGHTS_NAME = "model.safetensors"
 _WEIGHTS_PATTERN = re.compile(r"model-[0-9a-f]{16}\.safetensors")
 # Where a new weights file is complete but not yet named after its hash (a crash may leave it behind).
 _STAGING_NAME = ".model.staging.safetensors"
-# The temporary files of ``atomic_path`` for the two targets above.
 _TEMPORARY_PATTERN = re.compile(rf"\.({re.escape(CONFIG_NAME)}|{re.escape(_STAGING_NAME)})\.[^/]+\.tmp")
+# Forward-time gate options of a block (no tensors); a spec records them only when they differ.
+_GATE_DEFAULTS = {"routing": "soft", "gate_pool": "mean"}
 
 
 def save(model: nn.Module, path: str | os.PathLike[str]) -> Path:
     """Write ``model`` (the result of :func:`inherit`, possibly fine-tuned) to directory ``path``.
 
-    Returns the directory. Writes ``inhernet.json`` and ``model-<hash>.safetensors`` (the name of the
-    weights file is recorded in the JSON; :func:`weights_path` finds it). An earlier save in ``path``
-    is replaced only once the new pair is complete: a save that fails or is interrupted at any point
-    leaves a loadable pair behind (see the module's documentation).
+    Returns the directory. Writes ``inhernet.json`` and ``model-<hash>.safetensors`` (:func:`weights_path`
+    finds it). An earlier save in ``path`` is replaced only once the new pair is complete.
     """
-    blocks, records = _blocks(model), _records(model)
+    blocks = {name: m for name, m in model.named_modules() if isinstance(m, InherBlock)}
+    records = _records(model)
     # Without blocks: a compact() result may have every block back to dense, a pruned one every layer dense.
     if not blocks and "compact" not in records and "prune" not in records:
         raise ValueError(
@@ -109,18 +90,15 @@ def save(model: nn.Module, path: str | os.PathLike[str]) -> Path:
 
 
 def _records(model: nn.Module) -> dict[str, Any]:
-    """The JSON entries of what was done to ``model`` beside its blocks: ``config`` (always, ``None`` when
-    unknown), and where they apply ``compact``, ``prune`` and ``drop`` (replayed by load() before the surgery)."""
+    """The JSON entries beside the blocks: ``config`` (or ``None``), ``compact``, ``prune``, ``drop``."""
     plan = getattr(model, "inhernet_plan", None)
     # A loaded model has no plan, only the config it was inherited with and the records load() attached.
     config = plan.config if plan is not None else getattr(model, "inhernet_config", None)
     records: dict[str, Any] = {"config": config.to_dict() if config is not None else None}
-    compacted = getattr(model, "inhernet_compact", None)
-    pruned = plan.prune.to_dict() if plan is not None and plan.prune is not None else getattr(
-        model, "inhernet_pruned", None)
-    dropped = plan.drop.to_dict() if plan is not None and plan.drop is not None else getattr(
-        model, "inhernet_dropped", None)
-    for key, value in (("compact", compacted), ("prune", pruned), ("drop", dropped)):
+    attributes = {"compact": "inhernet_compact", "prune": "inhernet_pruned", "drop": "inhernet_dropped"}
+    for key, attribute in attributes.items():
+        planned = getattr(plan, key, None) if key != "compact" else None
+        value = planned.to_dict() if planned is not None else getattr(model, attribute, None)
         if value is not None:
             records[key] = value
     return records
@@ -156,18 +134,10 @@ def weights_path(path: str | os.PathLike[str]) -> Path:
 def load(path: str | os.PathLike[str], base: nn.Module | None = None) -> nn.Module:
     """Rebuild a saved inherited model on ``base``, a model of the teacher's architecture.
 
-    ``base`` is modified in place (its planned layers become blocks) and returned, on the device of
-    its parameters. Its own weights do not matter: every tensor comes from the file. A model inherited
-    with ``InherConfig(prune=...)`` gets its pruned widths first (the attributes and tensor shapes
-    recorded under ``prune`` in the JSON, see :func:`inhernet.pruning.apply_spec`); one inherited with
-    ``InherConfig(drop_blocks=...)`` keeps only the blocks recorded under ``drop`` first
-    (:func:`inhernet.blockdrop.replay`). When ``load``
-    fails, ``base`` is left as it was. The :class:`InherConfig` the model was inherited with becomes
-    ``base.inhernet_config`` (so a later :func:`save`, e.g. after fine-tuning, records it again).
-
-    Without ``base``, the architecture is rebuilt from ``source.json``, which ``inhernet compress``
-    writes beside the model (a torchvision / timm name and class count, or a Hugging Face model
-    directory); the teacher's own weights are not needed for that.
+    ``base`` is modified in place (pruned, blocks dropped, planned layers made blocks, every tensor
+    from the file) and returned; a failed ``load`` leaves it as it was. The :class:`InherConfig` the
+    model was inherited with becomes ``base.inhernet_config``. Without ``base``, the architecture is
+    rebuilt from the ``source.json`` that ``inhernet compress`` writes beside the model.
 
     Raises:
         FileNotFoundError: ``path`` holds no ``inhernet.json`` or its weights file is missing.
@@ -188,7 +158,9 @@ def load(path: str | os.PathLike[str], base: nn.Module | None = None) -> nn.Modu
             f"{path} was saved from a {meta['model_class']}, but base is a {type(base).__name__}; "
             "pass a model of the same architecture"
         )
-    pruned, dropped = _structure_records(meta, path)
+    pruned, dropped = meta.get("prune"), meta.get("drop")
+    if pruned is not None and not (isinstance(pruned, dict) and isinstance(pruned.get("spec"), dict)):
+        raise ValueError(f"{path / CONFIG_NAME}: malformed 'prune' entry (a JSON object with a 'spec')")
     # The blocks kept and the pruned widths first (each checked whole before any change), so that the
     # layers below have the names and shapes their blocks were built from; undone if anything fails.
     undo = [replay(base, dropped)] if dropped is not None else []
@@ -218,17 +190,8 @@ def _verified_weights(path: Path, meta: dict[str, Any]) -> Path:
     return weights
 
 
-def _structure_records(meta: dict[str, Any], path: Path) -> tuple[dict[str, Any] | None, Any]:
-    """The ``prune`` entry (checked to hold a ``spec`` object) and the ``drop`` entry of ``meta``."""
-    pruned = meta.get("prune")
-    if pruned is not None and not (isinstance(pruned, dict) and isinstance(pruned.get("spec"), dict)):
-        raise ValueError(f"{path / CONFIG_NAME}: malformed 'prune' entry (a JSON object with a 'spec' object)")
-    return pruned, meta.get("drop")
-
-
 def _build_blocks(base: nn.Module, layers: dict[str, Any], weights: Path) -> nn.Module:
-    """Replace the layers ``layers`` names by blocks of their recorded ranks and load every tensor from
-    ``weights``; everything is checked before anything is allocated, and a failure puts the layers back."""
+    """Replace the layers ``layers`` names by their recorded blocks, load ``weights``; undone on failure."""
     specs = {name: _check_layer(base, name, spec) for name, spec in layers.items()}
     _check_size(weights, specs)
     originals: dict[str, nn.Module] = {}
@@ -240,8 +203,8 @@ def _build_blocks(base: nn.Module, layers: dict[str, Any], weights: Path) -> nn.
         for name, (module, kind, rank, experts, source) in specs.items():
             block = kind.build(module, rank, experts)
             block.source = source
-            block.routing = layers[name].get("routing", "soft")
-            block.gate_pool = layers[name].get("gate_pool", "mean")
+            for option, default in _GATE_DEFAULTS.items():
+                setattr(block, option, layers[name].get(option, default))
             block.train(module.training)
             originals[name] = module
             base = replace_module(base, name, block)
@@ -274,7 +237,6 @@ def _check_layer(base: nn.Module, name: str, spec: Any) -> tuple[nn.Module, Laye
     for key, value in (("rank", rank), ("experts", experts)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{CONFIG_NAME}: layer {name!r} has a malformed spec {spec!r} ({key} must be an int >= 1)")
-    # Forward-time gate options (no tensors of their own); absent = the defaults, as in older files.
     if spec.get("routing", "soft") not in ROUTINGS or spec.get("gate_pool", "mean") not in GATE_POOLS:
         raise ValueError(f"{CONFIG_NAME}: layer {name!r} has an unknown routing/gate_pool in {spec!r}")
     try:
@@ -301,7 +263,7 @@ def _check_size(weights: Path, specs: dict[str, tuple[nn.Module, LayerKind, int,
     """Refuse ranks and experts that need more parameters than the weights file holds (read from its header)."""
     try:
         with safe_open(str(weights), framework="pt") as f:
-            held = sum(_numel(f.get_slice(k).get_shape()) for k in f.keys())  # noqa: SIM118 - not a dict
+            held = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())  # noqa: SIM118 - not a dict
     except SafetensorError as err:
         raise ValueError(f"{weights} is not a readable safetensors file (corrupted or truncated?): {err}") from None
     needed = 0
@@ -315,13 +277,6 @@ def _check_size(weights: Path, specs: dict[str, tuple[nn.Module, LayerKind, int,
         )
 
 
-def _numel(shape: list[int]) -> int:
-    count = 1
-    for s in shape:
-        count *= s
-    return count
-
-
 def _check_state(model: nn.Module, state: dict[str, torch.Tensor], weights: Path) -> None:
     """Every tensor of ``model`` is in ``state`` with its shape (or is tied to one that is), and nothing else is."""
     own = model.state_dict()
@@ -330,12 +285,8 @@ def _check_state(model: nn.Module, state: dict[str, torch.Tensor], weights: Path
     unexpected = sorted(set(state) - set(own))
     wrong = sorted(k for k in set(state) & set(own) if state[k].shape != own[k].shape)
     if missing or unexpected or wrong:
-        parts = [
-            f"{label} {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
-            for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
-            if keys
-        ]
-        raise ValueError(f"{weights} does not fit the rebuilt model: {'; '.join(parts)}")
+        mismatch = key_mismatch(missing, unexpected, wrong)
+        raise ValueError(f"{weights} does not fit the rebuilt model: {mismatch}")
 
 
 def _identity(t: torch.Tensor) -> tuple[Any, ...]:
@@ -362,12 +313,7 @@ def _read_config(d: Any, path: Path) -> InherConfig | None:
 
 def _gating(block: InherBlock) -> dict[str, str]:
     """A block's non-default gate options (``routing``, ``gate_pool``) for its spec."""
-    out = {}
-    if block.routing != "soft":
-        out["routing"] = block.routing
-    if block.gate_pool != "mean":
-        out["gate_pool"] = block.gate_pool
-    return out
+    return {k: getattr(block, k) for k, default in _GATE_DEFAULTS.items() if getattr(block, k) != default}
 
 
 def _read_meta(path: Path) -> dict[str, Any]:
@@ -398,9 +344,5 @@ def _read_meta(path: Path) -> dict[str, Any]:
             f"no '..'), got {name!r}"
         )
     return meta
-
-
-def _blocks(model: nn.Module) -> dict[str, InherBlock]:
-    return {name: m for name, m in model.named_modules() if isinstance(m, InherBlock)}
 
 

@@ -1,9 +1,5 @@
-"""Knowledge-distillation fine-tuning on PyTorch Lightning.
-
-``distill(student, teacher, train_loader, val_loader, DistillConfig(...))`` fine-tunes the student in
-place against the frozen teacher and returns the history. Lightning is imported only when ``distill``
-runs (or ``DistillModule`` is accessed), so the losses and the config work without it.
-"""
+"""Knowledge-distillation fine-tuning on PyTorch Lightning, imported only when ``distill`` runs (or
+``DistillModule`` is accessed): the losses and the config work without it."""
 
 from __future__ import annotations
 

@@ -73,9 +73,8 @@ class Stopped(Exception):
 
 
 class CheckpointOnInterrupt(L.Callback):
-    """Once ``requested`` (by the SIGINT handler), save ``path`` at the end of the step and stop the run.
-
-    At the end of a step like ``ModelCheckpoint``'s checkpoints, so resuming from it is exact."""
+    """Once ``requested`` (by the SIGINT handler), save ``path`` at the end of the step, like
+    ``ModelCheckpoint`` (so resuming from it is exact), and stop the run."""
 
     def __init__(self, path: str):
         self.path = path

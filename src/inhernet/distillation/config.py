@@ -8,13 +8,12 @@ from typing import Any, ClassVar, Literal
 
 from .._moved import refuse_moved
 from ..config import check_seed, plain_number
-from ..dual import DUAL_METRICS
+from ..evaluate import METRICS
+from .loss import EMBED_LOSSES
 
 __all__ = ["DistillConfig"]
 
-METRICS = ("accuracy", "perplexity", *DUAL_METRICS)
 LOSSES = ("kd", "contrastive")
-EMBED_LOSSES = ("cosine", "mse")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
 PRECISIONS = (
     "64-true", "64", "32-true", "32", "16-mixed", "bf16-mixed", "16-true", "bf16-true",
@@ -64,76 +63,48 @@ class DistillConfig:
         grad_clip: clip the global gradient norm to this value (``None`` or 0 disables).
 
     Loss (see :func:`inhernet.distillation.kd_loss`):
-        loss: ``"kd"`` (logit KD, :func:`~inhernet.distillation.kd_loss`) or ``"contrastive"`` (dual
-            encoders such as CLIP: KL between the teacher's and the student's image->text and
-            text->image similarity distributions over each batch,
-            :func:`~inhernet.distillation.contrastive_kd_loss`). Precomputed teacher outputs are then
-            the teacher's packed per-example embeddings (``precompute_teacher_logits`` packs them), from
-            which each batch's similarities are rebuilt.
+        loss: ``"kd"`` (logit KD) or ``"contrastive"`` (dual encoders such as CLIP,
+            :func:`~inhernet.distillation.contrastive_kd_loss`).
         temperature: KD softmax temperature ``T`` (the KL term is scaled by ``T**2``).
-        alpha: weight of the KD term; ``1 - alpha`` weighs the cross-entropy with the labels (with
-            ``loss="contrastive"``: the student's own InfoNCE loss on the pairs of the batch).
-            Batches without labels are trained on the KD term alone.
+        alpha: weight of the KD term; ``1 - alpha`` weighs the cross-entropy with the labels (the
+            InfoNCE loss with ``loss="contrastive"``). Batches without labels train on KD alone.
         teacher_topk: ``None`` (full-logit KD) or ``k``: KD against the teacher's ``k`` most likely
-            classes (tokens) per position plus one bucket for the rest of its probability
-            (:func:`~inhernet.distillation.topk_kd_loss`). Batches may carry the teacher's top-``k``
-            cache (``precompute_teacher_topk``, at this ``k`` and ``temperature``: a language model's
-            teacher then never runs during training); otherwise it is taken from the teacher's logits,
-            live or precomputed, at each step (the same loss). Needs ``loss="kd"``.
-        embed_weight: with ``loss="contrastive"``, weight of the matching of the student's image and
-            text embeddings to the teacher's (by cosine distance); 0 disables it.
-        feature_weight: weight of the layer-aligned feature loss (``feature_loss`` between the outputs of
-            the student's modules and the teacher's modules they came from: the same name, or the original
-            block of a block-dropped stack); 0 disables it.
+            classes plus a rest bucket (:func:`~inhernet.distillation.topk_kd_loss`), from the batches'
+            ``precompute_teacher_topk`` cache or the teacher's logits. Needs ``loss="kd"``.
+        embed_weight: with ``loss="contrastive"``, weight of the cosine distance of the embeddings; 0: none.
+        feature_weight: weight of the loss between the outputs of matched modules (``feature_loss``); 0: none.
         feature_patterns: ``fnmatch`` patterns of the student's module names whose outputs are matched
-            (only modules with a teacher counterpart count; see
-            :func:`inhernet.distillation.match_feature_names`). ``*`` also matches dots: the blocks of a
-            Llama stack alone are ``("model.layers.[0-9]", "model.layers.[0-9][0-9]")``.
-        feature_loss: ``"mse"`` or ``"cosine"`` (mean ``1 - cos`` over the last dimension: each
-            position's direction only, whatever the scale of the module's outputs, e.g. a transformer's
-            residual stream, which grows from block to block).
+            (:func:`inhernet.distillation.match_feature_names`). ``*`` also matches dots: a Llama
+            stack's blocks alone are ``("model.layers.[0-9]", "model.layers.[0-9][0-9]")``.
+        feature_loss: ``"mse"`` or ``"cosine"`` (blind to the outputs' scale, e.g. a growing residual stream).
 
     Hardware (passed to ``lightning.Trainer``):
-        precision: a Lightning precision string: ``"32"`` (= ``"32-true"``), ``"16-mixed"``,
-            ``"bf16-mixed"`` (autocast; weights stay float32), ``"16-true"``, ``"bf16-true"`` (the
-            student is trained, and returned, in that dtype; the teacher's dtype is restored), ``"64"``...
-        devices, accelerator, strategy, num_nodes: Lightning's arguments of the same names, e.g.
-            ``devices=4, strategy="ddp"`` for data parallel training on 4 GPUs. With ``devices=N``,
-            every step consumes one batch of the train loader *per device* (the global batch is
-            ``N * num_nodes * batch_size``).
-        deterministic: Lightning's ``deterministic`` (``True``, ``False`` or ``"warn"``). Some CUDA
-            kernels have no deterministic implementation; use ``"warn"`` if one raises.
+        precision: a Lightning precision string: ``"32"``, ``"16-mixed"``, ``"bf16-mixed"`` (autocast),
+            ``"16-true"``, ``"bf16-true"`` (the student is trained, and returned, in that dtype)...
+        devices, accelerator, strategy, num_nodes: Lightning's arguments, e.g. ``devices=4,
+            strategy="ddp"``; every step takes one loader batch *per device*.
+        deterministic: Lightning's ``deterministic`` (``True``, ``False`` or ``"warn"``, for CUDA kernels
+            without a deterministic implementation).
 
     Run:
-        seed: seeds everything (``lightning.seed_everything``) and the order of every epoch of the
-            train loader (a function of ``seed`` and the epoch only, which makes resume exact); an
-            int in [0, 2**32 - 1], the range Lightning seeds with (outside it, Lightning would silently
-            pick a random seed).
-
-    numpy integers are accepted wherever an ``int`` is, numpy floats where a ``float`` is.
+        seed: seeds everything (``lightning.seed_everything``) and each epoch's order of the train
+            loader; an int in [0, 2**32 - 1] (Lightning's range).
         val_every: validate every this many steps (``None``: ``steps // 10``, at least 1; 0: only at
-            the end). Validation also runs at the start (``val_at_start``) and at the last step.
+            the end), and at the last step.
         val_at_start: validate once before training (the curve's point at step 0).
-        metric: validation metric, ``"accuracy"``, ``"perplexity"`` or, for dual encoders, one of
-            ``inhernet.dual.DUAL_METRICS`` (``"zero-shot-accuracy"``, ``"i2t-recall@1"``...), as
-            :func:`inhernet.evaluate` computes them.
-        log_dir: where the CSV logs (``logs/version_*``), checkpoints (``checkpoints/``) and
-            ``history.json`` go. ``None``: a fresh temporary directory for a single process run,
-            ``./out/distill`` when several processes take part (they must agree on it).
-        checkpoint_every: save ``<log_dir>/checkpoints/last.ckpt`` every this many steps (0: only when
-            interrupted). Checkpoints hold the student, optimiser, scheduler, RNG states and the history
-            (with ``keep="best"``, the best weights so far too), never the frozen teacher.
-        keep_checkpoints: also keep the checkpoints of this many most recent checkpoint steps
-            (``step000100.ckpt``...); -1: all of them.
-        resume: a checkpoint path to continue from, or ``"last"`` (``<log_dir>/checkpoints/last.ckpt``).
-            Without it, a ``log_dir`` holding checkpoints of an earlier run is refused: resume it, or
-            delete its ``checkpoints`` folder to start over.
-        keep: ``"last"``: the student ends with its weights of the last step; ``"best"``: with those of
-            its best validation point (step 0, the untrained student, included), ``history["best"]``.
-            Needs a validation loader.
-        progress: a progress bar over the steps on a terminal (stdout), otherwise one line on stderr
-            every ``steps // 10`` steps. Lightning's info messages and model summary show only with
-            ``INHERNET_VERBOSE=1``.
+        metric: validation metric, ``"accuracy"``, ``"perplexity"`` or one of
+            ``inhernet.dual.DUAL_METRICS``, as :func:`inhernet.evaluate` computes them.
+        log_dir: where the CSV logs, ``checkpoints/`` and ``history.json`` go. ``None``: a temporary
+            directory, or ``./out/distill`` when several processes take part (they must agree on it).
+        checkpoint_every: save ``<log_dir>/checkpoints/last.ckpt`` every this many steps (0: on Ctrl-C only).
+        keep_checkpoints: also keep this many most recent step checkpoints (-1: all of them).
+        resume: a checkpoint path to continue from, or ``"last"``. Without it, a ``log_dir`` holding
+            checkpoints of an earlier run is refused.
+        keep: the student ends with its weights of the ``"last"`` step or of its ``"best"`` validation
+            point (step 0 included; needs a validation loader).
+        progress: a progress bar on a terminal, otherwise a line on stderr every ``steps // 10`` steps.
+
+    numpy integers and floats are accepted wherever an ``int`` or a ``float`` is.
     """
 
     steps: int = 500
@@ -176,7 +147,6 @@ class DistillConfig:
     progress: bool = False
 
     def __post_init__(self) -> None:
-        # numpy integers and floats count as ints and floats.
         for f in fields(self):
             setattr(self, f.name, plain_number(getattr(self, f.name)))
         if isinstance(self.devices, (list, tuple)):

@@ -1,27 +1,13 @@
-"""Loader wrappers that make training data order exact under resume and data parallelism, and data
-set wrappers that carry the teacher's precomputed logits (all of them, or its top-k tokens).
+"""Data set wrappers that carry the teacher's precomputed logits (or top-k tokens), and loader wrappers.
 
-Lightning's own distributed-sampler injection is turned off (``use_distributed_sampler=False``) and
-replaced by these wrappers, because they add three things Lightning does not give for a plain
-``DataLoader``:
-
-* the order of each training epoch is a function of ``(seed, epoch)`` only (the loader's random
-  draws run in a forked, seeded RNG), so the global RNG, and thus dropout, validation or anything
-  else that consumes random numbers, cannot change the data order;
-* resuming mid-epoch skips the batches the checkpointed run already trained on (the position is
-  derived from the restored global step), so a resumed run sees exactly the batches of an
-  uninterrupted one;
-* validation is sharded across processes *without* the padding a ``DistributedSampler`` adds, so
-  the metric summed over processes equals :func:`inhernet.evaluate` on one process.
-
-Sharding for training uses ``torch.utils.data.DistributedSampler`` (what Lightning would use), with
-the loader re-instantiated by Lightning's own ``_update_dataloader``. Loaders that are not
-``DataLoader``s over map-style datasets are sharded by batch (process ``r`` of ``W`` takes batches
-``r, r + W, ...``).
+The loader wrappers replace Lightning's distributed-sampler injection to make an epoch's order depend
+on ``(seed, epoch)`` only, a mid-epoch resume skip the batches already trained on, and validation
+shards unpadded, so that the metric summed over processes equals :func:`inhernet.evaluate` on one.
 """
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
@@ -57,11 +43,6 @@ __all__ = [
 _END = object()
 
 
-def _dist_info(trainer: Any) -> tuple[int, int]:
-    """``(world_size, rank)`` of the run (the trainer's, not whatever process group exists)."""
-    return int(trainer.world_size), int(trainer.global_rank)
-
-
 def _sized_len(obj: Any) -> int | None:
     try:
         return len(obj)
@@ -73,9 +54,7 @@ class WithTeacherLogits(Dataset):
     """``dataset`` whose examples carry the teacher's logits: a third element of ``(inputs, labels)``
     tuples, or the ``teacher_logits`` key of Hugging Face style dict examples.
 
-    Built by :func:`precompute_teacher_logits`. ``distill`` uses logits found in a batch instead of
-    running the teacher, so a fixed data set (no random augmentation) pays for the teacher once, in
-    any order: shuffling is fine, the logits travel with their example.
+    ``distill`` uses them instead of running the teacher: a fixed data set pays for the teacher once.
     """
 
     def __init__(self, dataset: Dataset, logits: torch.Tensor) -> None:
@@ -98,10 +77,8 @@ class WithTeacherLogits(Dataset):
 
 
 class WithTeacherTopK(WithTeacherLogits):
-    """``dataset`` whose examples carry the teacher's top-``k`` cache (a :class:`TeacherTopK` of one
-    example) where :class:`WithTeacherLogits` puts the full logits. Built by :func:`precompute_teacher_topk`;
-    train on it with ``DistillConfig(teacher_topk=k, temperature=T)`` at the cache's ``k`` and ``T``.
-    """
+    """``dataset`` whose examples carry the teacher's top-``k`` cache (a :class:`TeacherTopK` of one example)
+    where :class:`WithTeacherLogits` puts the full logits; built by :func:`precompute_teacher_topk`."""
 
     def __init__(self, dataset: Dataset, cache: TeacherTopK, temperature: float) -> None:
         super().__init__(dataset, cache.logprobs)  # checks the length; __getitem__ reads _teacher()
@@ -118,15 +95,12 @@ class WithTeacherTopK(WithTeacherLogits):
 
 @torch.no_grad()
 def precompute_teacher_logits(teacher: nn.Module, dataset: Dataset, batch_size: int = 1000) -> WithTeacherLogits:
-    """Run the teacher (eval mode) once over a map-style data set of ``(inputs, labels)`` or dict examples.
-
-    A dual encoder's per-example output is its packed embedding pair (:meth:`inhernet.dual.DualOutput.pack`),
-    from which contrastive distillation rebuilds the teacher's similarities within any batch.
-    """
+    """Run the teacher (eval mode) once over a map-style data set of ``(inputs, labels)`` or dict examples
+    (a dual encoder's output is kept as its packed embeddings, :meth:`inhernet.dual.DualOutput.pack`)."""
     device = device_of(teacher)
     with evaluating(teacher):
         logits = [
-            _per_example(forward_batch(teacher, move_batch(batch, device))).float().cpu()
+            _per_example(forward_batch(teacher, move_batch(batch, device)))
             for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False)
         ]
     return WithTeacherLogits(dataset, torch.cat(logits))
@@ -144,12 +118,8 @@ def precompute_teacher_topk(
 ) -> WithTeacherTopK:
     """Run the teacher (eval mode) once over ``dataset`` and keep only its top-``k`` classes (tokens)
     per example and position, with the log of the rest of its probability at ``temperature``
-    (:func:`inhernet.distillation.teacher_topk`): ``k * 6 + 4`` bytes per position instead of the full
-    logits' ``V * 4`` (SmolLM2: 128 tokens x 49,152 x 4 = 25 MB per example, 97 KiB at ``k = 128``).
-
-    ``batch_size`` examples' full logits exist at a time (8 by default: an LM's logits are large).
-    Train with ``DistillConfig(teacher_topk=k, temperature=temperature)``; ``distill`` checks both.
-    ``progress`` shows a bar (SmolLM2 on a CPU: 0.26 s per example, minutes for a long run's data).
+    (:func:`inhernet.distillation.teacher_topk`): ``k * 6 + 4`` bytes per position instead of ``V * 4``.
+    Train with ``DistillConfig(teacher_topk=k, temperature=temperature)``; ``progress`` shows a bar.
     """
     if temperature <= 0:
         raise ValueError(f"precompute_teacher_topk: temperature must be positive, got {temperature}")
@@ -182,28 +152,18 @@ def check_topk_cache(loader: Any, k: int | None, temperature: float) -> None:
 
 
 def _per_example(output: Any) -> torch.Tensor:
-    return dual_output(output).pack() if is_dual_output(output) else logits_of(output)
+    """What a data set keeps of a teacher's output: its logits, or a dual encoder's packed pair."""
+    return (dual_output(output).pack() if is_dual_output(output) else logits_of(output)).float().cpu()
 
 
 def _seeded_iter(loader: Iterable[Any], seed: int, skip: int = 0) -> Iterator[Any]:
-    """Iterate ``loader`` with its random draws taken from a CPU RNG seeded with ``seed``.
-
-    ``DataLoader`` draws its samplers' seeds and its workers' base seed from the global CPU RNG when
-    the iteration starts (at ``iter()`` and the first ``next()``); doing both inside ``fork_rng``
-    makes the order reproducible and leaves the caller's RNG untouched. Then drop ``skip`` batches.
-    """
+    """Iterate ``loader`` from batch ``skip`` on, drawing from a forked RNG seeded with ``seed``."""
     with torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(seed)
         iterator = iter(loader)
         first = next(iterator, _END)
-    if first is _END:
-        return
-    if skip == 0:
-        yield first
-    for _ in range(max(skip - 1, 0)):
-        if next(iterator, _END) is _END:
-            return
-    yield from iterator
+    if first is not _END:
+        yield from itertools.islice(itertools.chain([first], iterator), skip, None)
 
 
 class _BatchStride:
@@ -223,46 +183,18 @@ class _BatchStride:
     def __iter__(self) -> Iterator[Any]:
         n = _sized_len(self.loader)
         stop = (n // self.world) * self.world if (n is not None and self.drop_remainder) else None
-        for i, batch in enumerate(self.loader):
-            if stop is not None and i >= stop:
-                return
-            if i % self.world == self.rank:
-                yield batch
+        return itertools.islice(self.loader, self.rank, stop, self.world)
 
 
-class _StridedSampler(Sampler[int]):
+class _StridedSampler(_BatchStride, Sampler[int]):
     """Every ``world``-th index of ``base``, starting at ``rank``: an unpadded shard for evaluation."""
 
     def __init__(self, base: Iterable[int], world: int, rank: int):
-        self.base, self.world, self.rank = base, world, rank
-
-    def __len__(self) -> int:
-        return len(range(self.rank, len(self.base), self.world))  # type: ignore[arg-type]
-
-    def __iter__(self) -> Iterator[int]:
-        for i, index in enumerate(self.base):
-            if i % self.world == self.rank:
-                yield index
-
-
-def _reinstantiate(loader: DataLoader, sampler: Sampler[int]) -> DataLoader:
-    from lightning.pytorch.trainer.states import RunningStage
-    from lightning.pytorch.utilities.data import _update_dataloader
-
-    return _update_dataloader(loader, sampler, mode=RunningStage.TRAINING)
-
-
-def _map_style(loader: Any) -> bool:
-    return isinstance(loader, DataLoader) and not isinstance(loader.dataset, IterableDataset)
+        super().__init__(base, world, rank, drop_remainder=False)
 
 
 class _Sharded:
-    """A loader's shard for this process (``_resolve``, built on first use), whose length is the shard's.
-
-    One process: the loader itself. A ``DataLoader`` over a map-style data set: the same loader
-    re-instantiated with this process's sampler (:meth:`_sampler`). Anything else: every ``world``-th
-    batch (:class:`_BatchStride`).
-    """
+    """A loader's shard for this process, built on first use (:meth:`_sampler`, or every world-th batch)."""
 
     role = "training"
     drop_remainder = True  # every process takes as many batches (training steps must stay in lockstep)
@@ -276,12 +208,16 @@ class _Sharded:
 
     def _resolve(self) -> Iterable[Any]:
         if self._shard is None:
-            world, rank = _dist_info(self.trainer())
+            trainer = self.trainer()  # the run's world, not whatever process group exists
+            world, rank = int(trainer.world_size), int(trainer.global_rank)
             if world == 1:
                 self._shard = self.loader
-            elif _map_style(self.loader):
-                loader: DataLoader = self.loader  # type: ignore[assignment]
-                self._shard = _reinstantiate(loader, self._sampler(loader, world, rank))
+            elif isinstance(self.loader, DataLoader) and not isinstance(self.loader.dataset, IterableDataset):
+                from lightning.pytorch.trainer.states import RunningStage
+                from lightning.pytorch.utilities.data import _update_dataloader
+
+                sampler = self._sampler(self.loader, world, rank)
+                self._shard = _update_dataloader(self.loader, sampler, mode=RunningStage.TRAINING)
             else:
                 self._shard = _BatchStride(self.loader, world, rank, drop_remainder=self.drop_remainder)
         return self._shard
@@ -294,13 +230,8 @@ class _Sharded:
 
 
 class TrainLoader(_Sharded):
-    """The training loader as Lightning sees it: sharded, epoch-seeded and resumable.
-
-    ``trainer`` is a callable returning the running ``lightning.Trainer``. With one batch per step,
-    ``divmod(trainer.global_step, len(loader))`` (the step restored from a checkpoint, on resume) is
-    the epoch and the position in it when an epoch's iteration starts, which is all the state a
-    resume needs.
-    """
+    """The training loader as Lightning sees it: sharded, epoch-seeded and resumable (one batch per step:
+    ``divmod(global_step, len(loader))`` is the epoch and the position in it)."""
 
     def __init__(self, loader: Iterable[Any], seed: int, trainer: Callable[[], Any]):
         super().__init__(loader, seed, trainer)

@@ -1,6 +1,5 @@
-"""Distillation losses: logit KD (``kd_loss``; ``topk_kd_loss`` against a sparse top-k teacher cache made
-by ``teacher_topk``), contrastive KD for dual encoders (``contrastive_kd_loss``) and layer-aligned feature
-matching (``feature_loss``)."""
+"""Distillation losses: logit KD (full, or against a top-k teacher cache), contrastive KD for dual
+encoders, and layer-aligned feature matching."""
 
 from __future__ import annotations
 
@@ -38,47 +37,37 @@ def kd_loss(
     alpha: float = 0.9,
     ignore_index: int = -100,
 ) -> torch.Tensor:
-    """Hinton knowledge-distillation loss.
+    """Hinton knowledge-distillation loss:
+    ``(1 - alpha) * CE(student, labels) + alpha * T**2 * KL(softmax(teacher/T) || softmax(student/T))``.
 
-    ``(1 - alpha) * CE(student, labels) + alpha * T**2 * KL(softmax(teacher/T) || softmax(student/T))``
-
-    * Classification: logits ``(N, C)``, labels ``(N,)``.
-    * Causal LM: logits ``(N, T, V)``, labels ``(N, T)``; position ``t`` predicts ``labels[:, t + 1]``
-      (the Hugging Face convention, as in :func:`inhernet.evaluate`). Positions whose target is
-      ``ignore_index`` (padding, prompts) are left out of *both* terms; each term is a mean over the
-      valid positions (examples or tokens). If no position is valid the loss is 0.
-    * ``labels=None``: pure KD, ``T**2 * KL`` averaged over every position (all ``T`` positions of an
-      LM, unshifted, since no target is involved); ``alpha`` is then ignored.
-
-    The loss is computed in float32 whatever the logits' dtype. The KL is per position summed over
-    classes, then averaged (``batchmean``), so its gradient scale does not depend on ``T`` (the
-    ``T**2`` factor, Hinton et al. 2015).
+    Logits ``(N, C)`` with labels ``(N,)``, or a causal LM's ``(N, T, V)`` with labels ``(N, T)``, position
+    ``t`` predicting ``labels[:, t + 1]``. Positions whose target is ``ignore_index`` are left out of both
+    terms, each a mean over the valid positions (0 if none). ``labels=None``: ``T**2 * KL`` alone, over
+    every position. Computed in float32; the KL is summed over classes, then averaged over positions.
     """
     if student_logits.shape != teacher_logits.shape:
         raise ValueError(
             f"kd_loss: student logits {tuple(student_logits.shape)} and teacher logits "
             f"{tuple(teacher_logits.shape)} differ in shape; both models must predict the same classes/vocabulary"
         )
-    if student_logits.dim() not in (2, 3):
-        raise ValueError(
-            f"kd_loss: expected logits (N, C) for classification or (N, T, V) for a causal LM, "
-            f"got shape {tuple(student_logits.shape)}"
-        )
-    _check_mixing(temperature, alpha, "kd_loss")
+    _check_inputs(student_logits, temperature, alpha, "kd_loss")
     s, t = student_logits.float(), teacher_logits.float()
     if s.dim() == 3 and labels is not None:
         s, t, labels = s[:, :-1], t[:, :-1], labels[:, 1:]
     num_classes = s.shape[-1]
     s, t = s.reshape(-1, num_classes), t.reshape(-1, num_classes)
 
-    log_ps = F.log_softmax(s / temperature, dim=-1)
-    log_pt = F.log_softmax(t / temperature, dim=-1)
-    kl = F.kl_div(log_ps, log_pt, reduction="none", log_target=True).sum(-1)  # per position
-
+    kl = _row_kl(s, t, temperature, reduction="none").sum(-1)  # per position
     return _mix(kl, s, labels, temperature, alpha, ignore_index, "kd_loss")
 
 
-def _check_mixing(temperature: float, alpha: float, name: str) -> None:
+def _check_inputs(logits: torch.Tensor | None, temperature: float, alpha: float, name: str) -> None:
+    """``ValueError`` unless ``logits`` (if any) are ``(N, C)`` or ``(N, T, V)`` and ``T``, ``alpha`` fit."""
+    if logits is not None and logits.dim() not in (2, 3):
+        raise ValueError(
+            f"{name}: expected logits (N, C) for classification or (N, T, V) for a causal LM, "
+            f"got shape {tuple(logits.shape)}"
+        )
     if temperature <= 0:
         raise ValueError(f"{name}: temperature must be positive, got {temperature}")
     if not 0 <= alpha <= 1:
@@ -89,8 +78,7 @@ def _mix(
     kl: torch.Tensor, s: torch.Tensor, labels: torch.Tensor | None, temperature: float, alpha: float,
     ignore_index: int, name: str,
 ) -> torch.Tensor:
-    """``kl`` (per position) and the CE of the flat student logits ``s`` (positions, classes) with the
-    (already shifted) labels, masked and averaged as :func:`kd_loss` documents."""
+    """``kl`` (per position) mixed with the CE of the flat logits ``s`` as :func:`kd_loss` documents."""
     scale = temperature * temperature
     if labels is None:
         return scale * kl.mean()
@@ -110,13 +98,8 @@ def _mix(
 
 
 class TeacherTopK(NamedTuple):
-    """The teacher's distribution at temperature ``T`` kept sparsely: its ``k`` most likely classes
-    (tokens) per position and the probability mass of all the others, the "rest" bucket.
-
-    Built by :func:`teacher_topk`; a ``NamedTuple``, so ``DataLoader``'s default collation and
-    Lightning's device transfer batch it field by field (``(N, T, k)``, ``(N, T)`` for an LM).
-    ``k * 6`` bytes per position (float16 + int32) against ``V * 4`` for the full float32 logits.
-    """
+    """The teacher's distribution at temperature ``T`` kept sparsely (:func:`teacher_topk`): its ``k`` most
+    likely classes per position and the mass of all the others, the "rest" bucket."""
 
     #: ``log_softmax(teacher_logits / T)`` of the kept classes, ``(..., k)``, most likely first (float16 by default)
     logprobs: torch.Tensor
@@ -141,13 +124,8 @@ def teacher_topk(
 ) -> TeacherTopK:
     """The ``k`` largest teacher probabilities at temperature ``T`` per position, and the log of the rest.
 
-    ``logprobs`` are stored in ``dtype``. float16 is accurate enough: its relative spacing is 2**-11, and
-    log-probabilities are small numbers (the ones that carry the mass are near 0, where the spacing is
-    finest), so a kept probability is off by at most ~0.05% (log-probability -1) to ~0.4% (-10, a token
-    of mass < 5e-5); :func:`topk_kd_loss` renormalises the ``k + 1`` buckets, so the rounding never
-    makes the teacher's distribution sum to anything but 1. ``log_rest`` is computed from the full
-    logits (a logsumexp over the other classes, not ``log(1 - sum)``, which cancels when the kept mass
-    is near 1) and stored in float32.
+    ``logprobs`` are stored in ``dtype`` (float16 is off by < 0.4% down to log-probability -10);
+    ``log_rest`` is a float32 logsumexp over the other classes (``log(1 - sum)`` would cancel).
     """
     if temperature <= 0:
         raise ValueError(f"teacher_topk: temperature must be positive, got {temperature}")
@@ -171,21 +149,11 @@ def topk_kd_loss(
 ) -> torch.Tensor:
     """:func:`kd_loss` against the teacher's top-``k`` classes plus a rest bucket (:func:`teacher_topk`).
 
-    Per position, ``KL(p || q)`` over ``k + 1`` buckets: the teacher's ``k`` kept classes and the rest,
-    where ``p`` is the teacher's (renormalised) bucket distribution and ``q`` the student's
-    ``softmax(student / T)`` summed the same way (its rest is a logsumexp over the student's logits
-    outside the kept classes). It is a lower bound of the full KL (merging classes never increases a
-    KL), 0 when the student matches the teacher, close to the full KL when the teacher's rest mass is
-    small, and equal to it when ``k`` is the number of classes. ``temperature`` must be the one the
-    cache was made at. Labels, ``alpha``, masking (``ignore_index``, the LM shift) and averaging are
-    exactly :func:`kd_loss`'s. Computed in float32.
+    The KL over the ``k + 1`` buckets, the student's summed the same way, is a lower bound of the full KL
+    (equal when ``k`` is the number of classes). ``temperature`` must be the cache's.
     """
     logprobs, indices, log_rest = teacher
-    if student_logits.dim() not in (2, 3):
-        raise ValueError(
-            f"topk_kd_loss: expected logits (N, C) for classification or (N, T, V) for a causal LM, "
-            f"got shape {tuple(student_logits.shape)}"
-        )
+    _check_inputs(student_logits, temperature, alpha, "topk_kd_loss")
     positions = tuple(student_logits.shape[:-1])
     if logprobs.shape != indices.shape or tuple(logprobs.shape[:-1]) != positions or tuple(log_rest.shape) != positions:
         raise ValueError(
@@ -194,7 +162,6 @@ def topk_kd_loss(
             "must hold (..., k) entries and one rest per student position (same examples, same sequence length)"
         )
     check_topk(logprobs.shape[-1], student_logits.shape[-1], "topk_kd_loss: the cache's k")
-    _check_mixing(temperature, alpha, "topk_kd_loss")
     s = student_logits.float()
     if s.dim() == 3 and labels is not None:
         s, logprobs, indices, log_rest = s[:, :-1], logprobs[:, :-1], indices[:, :-1], log_rest[:, :-1]
@@ -222,25 +189,14 @@ def contrastive_kd_loss(
     embed_weight: float = 0.0,
     embed_loss: str = "cosine",
 ) -> torch.Tensor:
-    """Knowledge distillation between dual encoders (CLIP-style) on a batch of ``n`` image-text pairs.
+    """Knowledge distillation between dual encoders (CLIP-style) on a batch of ``n`` image-text pairs:
+    ``alpha * T**2 * (KL_i2t + KL_t2i) / 2 + (1 - alpha) * InfoNCE(student) + embed_weight * E``.
 
-    ``alpha * T**2 * (KL_i2t + KL_t2i) / 2 + (1 - alpha) * InfoNCE(student) + embed_weight * E``
-
-    * ``KL_i2t``: per image, ``KL(softmax(t/T) || softmax(s/T))`` over the ``n`` texts, where ``s`` and
-      ``t`` are the student's and the teacher's ``logits_per_image`` rows (CLIP's scaled cosine
-      similarities); ``KL_t2i`` the same per text over the images; both averaged over the batch.
-    * ``InfoNCE``: the student's own symmetric contrastive loss, pair ``i`` being the target of row ``i``.
-    * ``E``: embedding matching, ``"cosine"`` (mean ``1 - cos`` of paired image and text embeddings)
-      or ``"mse"``; needs embeddings of the same width.
-
-    ``student_out`` and ``teacher_out`` are model outputs :func:`inhernet.dual.dual_output` reads
-    (``CLIPOutput``-like objects or dicts, or ``(image_embeds, text_embeds)`` tuples, whose logits
-    are then the cosine similarities). The teacher is treated as a constant; computed in float32.
+    ``KL_i2t`` is the KL over the texts of each image's row of ``logits_per_image``, ``KL_t2i`` the same
+    per text; ``E`` the ``"cosine"`` or ``"mse"`` distance of the paired embeddings. The outputs are
+    whatever :func:`inhernet.dual.dual_output` reads; the teacher is a constant; computed in float32.
     """
-    if temperature <= 0:
-        raise ValueError(f"contrastive_kd_loss: temperature must be positive, got {temperature}")
-    if not 0 <= alpha <= 1:
-        raise ValueError(f"contrastive_kd_loss: alpha must be in [0, 1], got {alpha}")
+    _check_inputs(None, temperature, alpha, "contrastive_kd_loss")
     if embed_weight < 0 or embed_loss not in EMBED_LOSSES:
         raise ValueError(
             f"contrastive_kd_loss: embed_weight must be >= 0 and embed_loss one of {EMBED_LOSSES}, got "
@@ -269,11 +225,13 @@ def contrastive_kd_loss(
     return loss
 
 
-def _row_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Mean over rows of ``KL(softmax(teacher/T) || softmax(student/T))``."""
+def _row_kl(
+    student: torch.Tensor, teacher: torch.Tensor, temperature: float, reduction: str = "batchmean"
+) -> torch.Tensor:
+    """``KL(softmax(teacher/T) || softmax(student/T))`` per row (the mean over rows by default)."""
     log_ps = F.log_softmax(student / temperature, dim=-1)
     log_pt = F.log_softmax(teacher / temperature, dim=-1)
-    return F.kl_div(log_ps, log_pt, reduction="batchmean", log_target=True)
+    return F.kl_div(log_ps, log_pt, reduction=reduction, log_target=True)
 
 
 def _embed_distance(s: torch.Tensor, t: torch.Tensor, kind: str, which: str) -> torch.Tensor:
@@ -295,14 +253,10 @@ def _distance(s: torch.Tensor, t: torch.Tensor, kind: str) -> torch.Tensor:
 
 def match_feature_names(student: nn.Module, teacher: nn.Module, patterns: Iterable[str]) -> list[tuple[str, str]]:
     """``(student module, teacher module)`` pairs whose outputs are matched, in student order: the student's
-    modules whose names any ``fnmatch`` pattern matches, each with the teacher's module it came from.
+    modules whose names any ``fnmatch`` pattern matches, each with the teacher's module it came from (the
+    same name, or the block a kept block was: :func:`inhernet.stack.origin_name`).
 
-    Inherited networks keep the teacher's module names (a layer is replaced *at* its name), so e.g.
-    ``"features.*"`` or ``"encoder.layer.*.output"`` select aligned points. A student whose stack lost
-    blocks (layer dropping, ``InherConfig(drop_blocks=...)``) renumbers the blocks it kept: each is paired
-    with the teacher block it was (:func:`inhernet.stack.origin_name`), never with the teacher block now
-    at its index. Names that exist in only one model (the inner parts of an inherited block, say) are
-    skipped. Raises ``ValueError`` when nothing matches in both.
+    Raises ``ValueError`` when nothing matches in both.
     """
     patterns = tuple(patterns)
     teacher_names = {name for name, _ in teacher.named_modules() if name}
@@ -336,11 +290,8 @@ def _feature_tensor(output: Any, name: str) -> torch.Tensor:
 
 
 class FeatureCapture:
-    """Context manager that records the outputs of ``model``'s modules ``names`` (forward hooks).
-
-    ``with FeatureCapture(model, names) as cap: model(x)`` then ``cap.features[name]`` is the output
-    tensor of that module in the last forward pass (the first tensor of a tuple output).
-    """
+    """Context manager that records the outputs of ``model``'s modules ``names``: after ``with
+    FeatureCapture(model, names) as cap: model(x)``, ``cap.features[name]`` is that module's output tensor."""
 
     def __init__(self, model: nn.Module, names: Iterable[str]):
         modules = dict(model.named_modules())
@@ -369,13 +320,8 @@ class FeatureCapture:
 def feature_loss(
     student_features: Mapping[str, torch.Tensor], teacher_features: Mapping[str, torch.Tensor], kind: str = "mse"
 ) -> torch.Tensor:
-    """Mean over module names of the distance between the student's and the teacher's outputs there:
-    ``"mse"``, or ``"cosine"`` (mean ``1 - cos`` over the last dimension: blind to each output's scale).
-
-    Shapes must agree (no adapters: an inherited network keeps the teacher's topology, so its
-    block outputs have the teacher's shapes); a mismatch raises ``ValueError`` naming the module —
-    drop that module from ``feature_patterns``. The teacher's features are treated as constants.
-    """
+    """Mean over module names of the ``"mse"`` or ``"cosine"`` distance between the student's and the
+    (constant) teacher's outputs there, which must have the same shapes."""
     if kind not in EMBED_LOSSES:
         raise ValueError(f"feature_loss: kind must be one of {EMBED_LOSSES}, got {kind!r}")
     if not student_features:

@@ -6,17 +6,18 @@ import json
 import math
 import random
 import time
-from collections.abc import Mapping
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .._atomic import atomic_write
-from ..batches import batch_labels, batch_teacher_logits, forward_batch, logits_of
-from ..dual import DUAL_METRICS, DualOutput, dual_metrics, dual_output
+from ..batches import batch_labels, batch_teacher_logits, forward_batch, lm_labels, logits_of
+from ..dual import DUAL_METRICS, DualOutput, dual_metrics, pair_embeddings
+from ..evaluate import batch_sums
 from ..layers import InherBlock
 from . import loss as losses
 from .config import DistillConfig
@@ -43,26 +44,11 @@ def lr_lambda(config: DistillConfig):
     return factor
 
 
-def _lm_labels(batch: Any, logits: torch.Tensor) -> torch.Tensor | None:
-    """Labels as :func:`inhernet.evaluate` reads them; an LM batch without labels predicts its input_ids."""
-    labels = batch_labels(batch)
-    if labels is None and logits.dim() == 3 and isinstance(batch, Mapping) and "input_ids" in batch:
-        labels = batch["input_ids"]
-        if "attention_mask" in batch:
-            labels = labels.masked_fill(batch["attention_mask"] == 0, -100)
-    return labels
-
-
 def _rng_state() -> dict[str, Any]:
     """Global RNG states, as tensors and plain Python values (loadable with ``weights_only=True``)."""
     state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    try:
-        import numpy as np
-
-        name, keys, pos, has_gauss, cached = np.random.get_state()
-        state["numpy"] = (name, torch.from_numpy(keys.astype("int64")), int(pos), int(has_gauss), float(cached))
-    except ImportError:  # pragma: no cover
-        pass
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state["numpy"] = (name, torch.from_numpy(keys.astype("int64")), int(pos), int(has_gauss), float(cached))
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -73,8 +59,6 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     python = state["python"]
     random.setstate((python[0], tuple(python[1]), python[2]))
     if "numpy" in state:
-        import numpy as np
-
         name, keys, pos, has_gauss, cached = state["numpy"]
         np.random.set_state((name, keys.cpu().numpy().astype("uint32"), pos, has_gauss, cached))
     if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
@@ -94,17 +78,10 @@ def _gather_uneven(strategy: Any, *tensors: torch.Tensor) -> list[torch.Tensor]:
 
 
 class DistillModule(L.LightningModule):
-    """Student + frozen teacher, trained with :func:`kd_loss` (+ optional :func:`feature_loss`).
+    """Student + frozen teacher (placed and cast by Lightning, but never trained, in DDP or in checkpoints).
 
-    The teacher is a registered submodule, so Lightning places it on the device and casts it with the
-    precision plugin like the student, but it is frozen (``requires_grad=False``, always in eval mode,
-    outside the optimiser), ignored by DDP's buffer broadcast, and left out of checkpoints: a
-    checkpoint holds the student, the optimiser and scheduler states, the RNG states and the history
-    (``checkpoint["inhernet"]``), never the teacher, which is taken from the live module on load.
-
-    ``history`` (identical on every process) holds ``curve`` ``[[step, metric], ...]`` (validation,
-    step 0 included when validating at start), ``train_loss`` ``[[step, loss], ...]`` (mean over
-    processes of each step's loss) and the timing of the run.
+    ``history`` (the same on every process) holds ``curve`` ``[[step, metric], ...]``, ``train_loss``
+    ``[[step, loss], ...]`` (mean over processes) and the timing of the run.
     """
 
     def __init__(self, student: nn.Module, teacher: nn.Module, config: DistillConfig):
@@ -114,12 +91,10 @@ class DistillModule(L.LightningModule):
         self.config = config
         teacher.eval()
         teacher.requires_grad_(False)
-        # DDP must not broadcast the teacher's buffers nor track its (frozen) parameters.
         self._ddp_params_and_buffers_to_ignore = [
             _TEACHER_PREFIX + name
             for name, _ in (*teacher.named_parameters(), *teacher.named_buffers())
         ]
-        # (student module, teacher module) pairs whose outputs the feature loss matches
         self.feature_pairs: list[tuple[str, str]] = []
         if config.feature_weight > 0:
             self.feature_pairs = losses.match_feature_names(student, teacher, config.feature_patterns)
@@ -136,7 +111,6 @@ class DistillModule(L.LightningModule):
         self.best: list[float] | None = None
         self.best_state: dict[str, torch.Tensor] | None = None
 
-    # -- modes -------------------------------------------------------------------------------------
     def train(self, mode: bool = True) -> DistillModule:
         super().train(mode)
         self.teacher.eval()  # frozen teacher: dropout off, norm statistics fixed, always
@@ -149,26 +123,20 @@ class DistillModule(L.LightningModule):
         self._train_start = time.perf_counter()
         self._val_time, self._steps_run = 0.0, 0
 
-    # -- optimisation ------------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:
         cfg = self.config
-        gates = {id(p) for m in self.student.modules() if isinstance(m, InherBlock) and m.gate is not None
-                 for p in m.gate.parameters()}
-        decay, no_decay, gate_decay, gate_no_decay = [], [], [], []
-        for p in self.student.parameters():
-            if p.requires_grad:
-                if id(p) in gates and cfg.gate_lr_scale != 1:
-                    (gate_decay if p.ndim >= 2 else gate_no_decay).append(p)
-                else:
-                    (decay if p.ndim >= 2 else no_decay).append(p)
-        gate_lr = cfg.lr * cfg.gate_lr_scale
-        groups = [
-            {"params": decay, "weight_decay": cfg.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-            {"params": gate_decay, "weight_decay": cfg.weight_decay, "lr": gate_lr},
-            {"params": gate_no_decay, "weight_decay": 0.0, "lr": gate_lr},
-        ]
-        groups = [g for g in groups if g["params"]]
+        scaled = set() if cfg.gate_lr_scale == 1 else {
+            id(p) for m in self.student.modules() if isinstance(m, InherBlock) and m.gate is not None
+            for p in m.gate.parameters()
+        }
+        trainable = [p for p in self.student.parameters() if p.requires_grad]
+        # Weights of 2+ dimensions are decayed, biases and norms not; the gates may get their own rate.
+        groups: list[dict[str, Any]] = []
+        for gate, lr in ((False, cfg.lr), (True, cfg.lr * cfg.gate_lr_scale)):
+            for decay, weight_decay in ((True, cfg.weight_decay), (False, 0.0)):
+                params = [p for p in trainable if (id(p) in scaled) == gate and (p.ndim > 1) == decay]
+                if params:
+                    groups.append({"params": params, "weight_decay": weight_decay, "lr": lr})
         if not groups:
             raise ValueError("distill: the student has no trainable parameters (all have requires_grad=False)")
         if cfg.optimizer == "adamw":
@@ -178,23 +146,13 @@ class DistillModule(L.LightningModule):
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
 
-    # -- training ----------------------------------------------------------------------------------
-    def _teacher_logits(self, batch: Any) -> torch.Tensor:
-        precomputed = batch_teacher_logits(batch)
-        if isinstance(precomputed, torch.Tensor):
-            return precomputed
-        with torch.no_grad():
-            return logits_of(forward_batch(self.teacher, batch)).detach()
-
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         cfg = self.config
-        # The teacher runs live for feature matching; otherwise its logits (a dual encoder's packed
-        # embeddings) may come precomputed with the batch.
         precomputed = batch_teacher_logits(batch)
         with losses.FeatureCapture(self.student, [s for s, _ in self.feature_pairs]) as s_cap:
             student_out = forward_batch(self.student, batch)
-        teacher_out = None
-        if self.feature_pairs or (cfg.loss == "contrastive" and precomputed is None):
+        teacher_out = None  # the teacher runs live for feature matching, or when the batch carries no outputs
+        if self.feature_pairs or not isinstance(precomputed, (torch.Tensor, losses.TeacherTopK)):
             with losses.FeatureCapture(self.teacher, [t for _, t in self.feature_pairs]) as t_cap, torch.no_grad():
                 teacher_out = forward_batch(self.teacher, batch)
         if cfg.loss == "contrastive":
@@ -204,24 +162,7 @@ class DistillModule(L.LightningModule):
                 student_out, teacher_out, cfg.temperature, cfg.alpha, cfg.embed_weight, cfg.embed_loss
             )
         else:
-            student_logits = logits_of(student_out)
-            labels = _lm_labels(batch, student_logits)
-            if isinstance(precomputed, losses.TeacherTopK) and cfg.teacher_topk != precomputed.logprobs.shape[-1]:
-                raise ValueError(
-                    f"distill: the batches carry the teacher's top-{precomputed.logprobs.shape[-1]} tokens but "
-                    f"DistillConfig.teacher_topk is {cfg.teacher_topk}; set it to {precomputed.logprobs.shape[-1]}"
-                )
-            if isinstance(precomputed, losses.TeacherTopK) and teacher_out is None:
-                loss = losses.topk_kd_loss(student_logits, precomputed, labels, cfg.temperature, cfg.alpha)
-            else:
-                teacher_logits = (
-                    logits_of(teacher_out).detach() if teacher_out is not None else self._teacher_logits(batch)
-                )
-                if cfg.teacher_topk is None:
-                    loss = losses.kd_loss(student_logits, teacher_logits, labels, cfg.temperature, cfg.alpha)
-                else:  # the same sparse loss as from a cache, taken from the full logits
-                    sparse = losses.teacher_topk(teacher_logits, cfg.teacher_topk, cfg.temperature)
-                    loss = losses.topk_kd_loss(student_logits, sparse, labels, cfg.temperature, cfg.alpha)
+            loss = self._kd_loss(batch, logits_of(student_out), precomputed, teacher_out)
         if self.feature_pairs:
             teacher_features = {s: t_cap.features[t] for s, t in self.feature_pairs}
             f_loss = losses.feature_loss(s_cap.features, teacher_features, cfg.feature_loss)
@@ -233,6 +174,24 @@ class DistillModule(L.LightningModule):
         self.log("train_loss", mean_loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=1)
         self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False, batch_size=1)
         return loss
+
+    def _kd_loss(
+        self, batch: Any, student_logits: torch.Tensor, precomputed: Any, teacher_out: Any
+    ) -> torch.Tensor:
+        """Logit KD against the live teacher's logits, else the precomputed ones or top-k cache."""
+        cfg = self.config
+        cached = precomputed.logprobs.shape[-1] if isinstance(precomputed, losses.TeacherTopK) else None
+        if cached is not None and cfg.teacher_topk != cached:
+            raise ValueError(
+                f"distill: the batches carry the teacher's top-{cached} tokens but "
+                f"DistillConfig.teacher_topk is {cfg.teacher_topk}; set it to {cached}"
+            )
+        teacher = precomputed if teacher_out is None else logits_of(teacher_out).detach()
+        if cfg.teacher_topk is not None and not isinstance(teacher, losses.TeacherTopK):
+            teacher = losses.teacher_topk(teacher, cfg.teacher_topk, cfg.temperature)  # as from a cache
+        labels = lm_labels(batch) if student_logits.dim() == 3 else batch_labels(batch)
+        kd = losses.topk_kd_loss if isinstance(teacher, losses.TeacherTopK) else losses.kd_loss
+        return kd(student_logits, teacher, labels, cfg.temperature, cfg.alpha)
 
     def _flush_losses(self) -> None:
         if self._pending_losses:
@@ -248,7 +207,6 @@ class DistillModule(L.LightningModule):
         if self.trainer.max_steps > 0 and self.trainer.global_step >= self.trainer.max_steps:
             self.trainer.should_stop = True
 
-    # -- validation (inhernet.evaluate semantics, exact across processes) ---------------------------
     def on_validation_start(self) -> None:
         self._val_start = time.perf_counter()
 
@@ -262,14 +220,6 @@ class DistillModule(L.LightningModule):
         self._val_sums = torch.zeros(2, dtype=dtype, device=self.device)
         self._val_pairs = []
 
-    def _collect_pairs(self, batch: Any) -> None:
-        """Keep a dual encoder's embeddings: its metrics rank every pair of the split against every other."""
-        labels = batch_labels(batch)
-        if labels is None:
-            raise ValueError("distill: dual-encoder metrics need labelled batches (dicts with 'labels')")
-        out = dual_output(forward_batch(self.student, batch))
-        self._val_pairs.append((out.image_embeds.float(), out.text_embeds.float(), labels.reshape(-1)))
-
     def _dual_metric(self) -> float:
         if not self._val_pairs:
             raise ValueError("distill: the validation loader yielded no labelled examples")
@@ -280,28 +230,19 @@ class DistillModule(L.LightningModule):
         return dual_metrics(image, text, labels)[self.config.metric]
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
-        if self.config.metric in DUAL_METRICS:
-            self._collect_pairs(batch)
+        if self.config.metric in DUAL_METRICS:  # its metrics rank every pair of the split against every other
+            self._val_pairs.append(pair_embeddings(self.student, batch))
             return
         logits = logits_of(forward_batch(self.student, batch)).float()
-        labels = batch_labels(batch)
-        if self.config.metric == "perplexity":
-            labels = _lm_labels(batch, logits)
+        labels = lm_labels(batch) if self.config.metric == "perplexity" else batch_labels(batch)
         if labels is None:
             raise ValueError(
                 "distill: validation needs labelled batches: (inputs, labels) tuples or dicts with 'labels'"
             )
         assert self._val_sums is not None
-        if self.config.metric == "accuracy":
-            self._val_sums[0] += (logits.argmax(-1) == labels).sum()
-            self._val_sums[1] += labels.numel()
-        else:
-            shift_logits, shift_labels = logits[..., :-1, :], labels[..., 1:]
-            self._val_sums[0] += F.cross_entropy(
-                shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1),
-                ignore_index=-100, reduction="sum",
-            ).to(self._val_sums.dtype)
-            self._val_sums[1] += (shift_labels != -100).sum()
+        total, count = batch_sums(logits, labels, self.config.metric)
+        self._val_sums[0] += total.to(self._val_sums.dtype)
+        self._val_sums[1] += count
 
     def on_validation_epoch_end(self) -> None:
         metric = self.config.metric
@@ -333,7 +274,6 @@ class DistillModule(L.LightningModule):
         self.best = [step, value]
         self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.student.state_dict().items()}
 
-    # -- bookkeeping ---------------------------------------------------------------------------------
     def on_train_end(self) -> None:
         self._flush_losses()
         self.history["steps"] = int(self.trainer.global_step)
@@ -366,10 +306,7 @@ class DistillModule(L.LightningModule):
             state.setdefault(_TEACHER_PREFIX + key, value)
         saved = checkpoint.get("inhernet", {})
         if "history" in saved:
-            self.history = {
-                "curve": [list(p) for p in saved["history"]["curve"]],
-                "train_loss": [list(p) for p in saved["history"]["train_loss"]],
-            }
+            self.history = {key: [list(p) for p in saved["history"][key]] for key in ("curve", "train_loss")}
         if "rng" in saved:
             _set_rng_state(saved["rng"])
         if "best" in saved:

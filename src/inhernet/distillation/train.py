@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -48,16 +49,6 @@ class Interrupted(KeyboardInterrupt):
     def __init__(self, step: int, checkpoint: str):
         super().__init__(f"interrupted at step {step}; resume from {checkpoint}")
         self.step, self.checkpoint = step, checkpoint
-
-
-class _TrainerOf:
-    """Picklable callable returning the trainer running ``module`` (for the loader wrappers)."""
-
-    def __init__(self, module: Any):
-        self.module = module
-
-    def __call__(self) -> Any:
-        return self.module.trainer
 
 
 def _multi_process(config: DistillConfig) -> bool:
@@ -122,10 +113,7 @@ def _quiet(enabled: bool) -> Iterator[None]:
     with warnings.catch_warnings():
         for message in _EXPECTED_WARNINGS + (_QUIET_WARNINGS if enabled else ()):
             warnings.filterwarnings("ignore", message=message)
-        if not enabled:
-            yield
-            return
-        for name in _QUIET_LOGGERS:
+        for name in _QUIET_LOGGERS if enabled else ():
             logging.getLogger(name).setLevel(logging.WARNING)
         try:
             yield
@@ -176,48 +164,24 @@ def distill(
 ) -> dict[str, Any]:
     """Fine-tune ``student`` in place by knowledge distillation from ``teacher``; return the history.
 
-    The loop is a ``lightning.Trainer`` (``max_steps=config.steps``, step-based validation, gradient
-    clipping, ``precision``, ``devices``/``strategy``/``num_nodes`` data parallelism, CSV logs,
-    ``ModelCheckpoint`` every ``checkpoint_every`` steps + ``last.ckpt``, ``deterministic``), seeded
-    with ``lightning.seed_everything(config.seed)``. The student trains in train mode (dropout on,
-    batch-norm statistics updating) and the teacher is frozen in eval mode; both models get their
-    modes, devices (and the teacher its ``requires_grad`` flags and dtype) back afterwards. Validation follows
-    :func:`inhernet.evaluate` (``config.metric``) exactly, across processes too.
-
-    Batches: tensors, ``(inputs, labels)`` tuples or Hugging Face style dicts (``labels`` is never
-    passed to the model); outputs: tensors or objects with ``.logits``. Batches without labels train
-    on the KD term alone (an LM dict batch without labels predicts its ``input_ids``).
-
-    Resume: ``config.resume`` (a ``.ckpt`` path or ``"last"``) continues with
-    ``trainer.fit(..., ckpt_path=...)``; the result matches an uninterrupted run (model, optimiser,
-    scheduler, RNG states and the data position are restored). Ctrl-C (SIGINT, in a single process
-    run) saves ``<log_dir>/checkpoints/last.ckpt`` at the end of the step and raises
-    :class:`Interrupted` (a ``KeyboardInterrupt``) naming the step and checkpoint. Checkpoints are
-    Lightning ``.ckpt`` files, read back with ``torch.load`` by Lightning, so resume only from
-    checkpoints you trust; the finished model is saved elsewhere with :func:`inhernet.save`
-    (safetensors, no pickle).
-
-    Data parallel: with ``devices=N`` / ``num_nodes=M`` each process trains on its shard (a
-    ``DistributedSampler`` for a map-style ``DataLoader``); one step consumes one loader batch per
-    process, so the global batch is ``N * M * batch_size``. With ``strategy="ddp"`` Lightning
-    re-launches the running script for the other local processes (or joins ``torchrun``'s); every
-    process returns from ``distill`` with the same history (``history["is_global_zero"]`` tells the
-    one that should write files). Spawn-based strategies (``"ddp_spawn"``) need picklable models and
-    loaders; their history is read back from ``<log_dir>/history.json``.
+    A seeded ``lightning.Trainer`` runs ``config.steps`` optimiser steps, validates (as
+    :func:`inhernet.evaluate`, across processes too), checkpoints and logs; both models get their modes,
+    devices and flags back. Batches: tensors, ``(inputs, labels)`` tuples or dicts; without labels, the KD
+    term alone. ``config.resume`` continues a run exactly; Ctrl-C in a single process saves
+    ``<log_dir>/checkpoints/last.ckpt`` and raises :class:`Interrupted`. Checkpoints are read with
+    ``torch.load``: resume only from ones you trust. Each of ``devices * num_nodes`` processes trains on
+    its shard and returns the same history.
 
     Args:
         callbacks: extra Lightning callbacks (early stopping, monitoring...).
 
     Returns:
         ``{"curve": [[step, metric], ...], "train_loss": [[step, loss], ...], "steps": int,
-        "sec_per_step": float, "final": {metric: value}, "best": [step, value] or None, "metric": str,
-        "log_dir": str, "checkpoint": path of last.ckpt or None, "is_global_zero": bool,
-        "world_size": int}``.
-        ``final`` is empty without a validation loader; ``best`` is set with ``config.keep="best"``.
+        "sec_per_step": float, "final": {metric: value} (empty without validation), "best": [step, value]
+        (with ``keep="best"``) or None, "metric": str, "log_dir": str, "checkpoint": path of last.ckpt or
+        None, "is_global_zero": bool, "world_size": int}``.
     """
-    config = _checked(student, teacher, config)
-    if config.keep == "best" and val_loader is None:
-        raise ValueError("distill: DistillConfig.keep='best' needs a val_loader to tell the best weights")
+    config = _checked(student, teacher, config, val_loader)
     check_topk_cache(train_loader, config.teacher_topk, config.temperature)
     log_dir = _resolve_log_dir(config)
     ckpt_path = _resolve_resume(config, log_dir)
@@ -251,8 +215,9 @@ def _fit(
     module.history_path = str(history_path)
     on_interrupt = CheckpointOnInterrupt(str(log_dir / "checkpoints" / "last.ckpt"))
     trainer = _trainer(config, log_dir, [*callbacks, on_interrupt], validating=val_loader is not None)
-    train = TrainLoader(train_loader, config.seed, _TrainerOf(module))
-    val = EvalLoader(val_loader, config.seed, _TrainerOf(module)) if val_loader is not None else None
+    trainer_of = functools.partial(getattr, module, "trainer")  # picklable, for spawn-based strategies
+    train = TrainLoader(train_loader, config.seed, trainer_of)
+    val = EvalLoader(val_loader, config.seed, trainer_of) if val_loader is not None else None
     try:
         with _sigint_to(on_interrupt, enabled=not _multi_process(config)):
             trainer.fit(module, train_dataloaders=train, val_dataloaders=val, ckpt_path=ckpt_path)
@@ -266,7 +231,7 @@ def _fit(
     return _result({**history, "best": module.best}, trainer, config, log_dir)
 
 
-def _checked(student: Any, teacher: Any, config: Any) -> DistillConfig:
+def _checked(student: Any, teacher: Any, config: Any, val_loader: Any) -> DistillConfig:
     """``config`` (the default one for ``None``) once the arguments of :func:`distill` are checked."""
     config = DistillConfig() if config is None else config
     if not isinstance(config, DistillConfig):
@@ -276,6 +241,8 @@ def _checked(student: Any, teacher: Any, config: Any) -> DistillConfig:
             raise TypeError(f"distill: {name} must be a torch.nn.Module, got {type(model).__name__}")
     if student is teacher:
         raise ValueError("distill: student and teacher are the same object; pass a copy as the student")
+    if config.keep == "best" and val_loader is None:
+        raise ValueError("distill: DistillConfig.keep='best' needs a val_loader to tell the best weights")
     try:
         import lightning  # noqa: F401
     except ImportError as exc:  # pragma: no cover - depends on the environment

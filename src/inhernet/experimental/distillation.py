@@ -1,11 +1,5 @@
-"""Distillation knobs that no shipped recipe uses: the optimiser, schedule and gate ablations.
-
-:class:`ExperimentalDistillConfig` is :class:`~inhernet.distillation.DistillConfig` with these knobs
-back as fields; :func:`inhernet.distill` takes it wherever it takes a ``DistillConfig``. Every run in
-BENCHMARKS.md trains with the fixed ``DistillConfig`` recipe (AdamW, cosine decay, no warm-up, no
-weight decay); the gate learning rate was measured and changed nothing (BENCHMARKS.md, "Experts
-that pay?"). They stay here for experiments, outside the public surface.
-"""
+"""Distillation knobs that no shipped recipe uses (every run in BENCHMARKS.md trains with AdamW, cosine
+decay, no warm-up and no weight decay), which :func:`inhernet.distill` takes as ``DistillConfig``."""
 
 from __future__ import annotations
 
@@ -25,22 +19,14 @@ SCHEDULES = ("cosine", "step", "constant")
 class ExperimentalDistillConfig(DistillConfig):
     """:class:`~inhernet.distillation.DistillConfig` plus the knobs no shipped recipe sets.
 
-    Optimiser and schedule:
-        weight_decay: decoupled (AdamW) / L2 (SGD) weight decay, applied to weights of 2 or more
-            dimensions only (biases, norms, gate offsets are not decayed).
+    Knobs:
+        weight_decay: decoupled (AdamW) / L2 (SGD) weight decay of the weights of 2 or more dimensions.
         optimizer: ``"adamw"`` or ``"sgd"`` (with ``momentum``).
-        schedule: ``"cosine"`` (to 0 at ``steps``), ``"step"`` (multiply by ``step_gamma`` at each
-            fraction of the post-warm-up steps in ``step_milestones``) or ``"constant"``; all after a
-            linear warm-up of ``warmup_steps``.
-
-    Loss:
+        schedule: ``"cosine"`` (to 0 at ``steps``), ``"step"`` (times ``step_gamma`` at each fraction of
+            the steps in ``step_milestones``) or ``"constant"``, after a linear warm-up of ``warmup_steps``.
         embed_loss: with ``loss="contrastive"`` and ``embed_weight > 0``: ``"cosine"`` or ``"mse"``.
-
-    Gates (h > 1):
-        gate_lr_scale: learning-rate multiplier for the gates of InherNet blocks (their own optimiser
-            parameter groups, same schedule). A gate's gradient is proportional to how far the experts
-            are apart, which starts at ``expert_noise`` (2%) of the layer: a larger rate lets the gates
-            leave uniform within a short schedule. 1 = no special treatment.
+        gate_lr_scale: learning-rate multiplier of the gates of InherNet blocks; it changed no accuracy
+            (BENCHMARKS.md, "Experts that pay?").
     """
 
     weight_decay: float = 0.0

@@ -6,10 +6,7 @@ spec = parse_model_spec("torchvision:resnet18", weights="resnet18-cats.safetenso
 opened = open_source(Source(spec, DataOptions(image_size=160)), "photos/")   # teacher + data
 train, val = split(opened.data.dataset, val_fraction=0.1, seed=0)
 
-Models: ``torchvision:NAME``, ``timm:NAME`` (weights from a local file only) or a Hugging Face model
-directory (:mod:`.models`). Data: an image folder or a CSV / TSV / JSONL text file (:mod:`.data`).
-``source.json`` records both so that a compressed directory can be trained and evaluated later
-(:mod:`.record`).
+Models (:mod:`.models`), data (:mod:`.data`) and ``source.json``, which records both (:mod:`.record`).
 """
 
 from .data import (
@@ -21,9 +18,6 @@ from .data import (
     make_loader,
     read_table,
     split,
-    text_columns,
-    text_file,
-    tokenize_table,
 )
 from .models import (
     ModelSpec,
@@ -55,8 +49,5 @@ __all__ = [
     "read_source",
     "read_table",
     "split",
-    "text_columns",
-    "text_file",
-    "tokenize_table",
     "write_source",
 ]

@@ -1,19 +1,9 @@
 """A user's own data: an image folder or a CSV / TSV / JSONL text file, as a map-style data set.
 
-* Image folder (the torchvision ``ImageFolder`` layout, ``ROOT/CLASS/xxx.png``): every image is
-  converted to RGB, resized so its shorter side is ``image_size``, centre-cropped to a square and
-  normalised with ``mean`` / ``std`` (ImageNet's by default). Examples are ``(image, label)``.
-* Text file with a ``text`` column and, for classification, a ``label`` column (names configurable):
-  tokenised once with the model's tokenizer, padded / truncated to ``max_length`` tokens. Examples
-  are Hugging Face style dicts (``input_ids``, ``attention_mask``...; ``labels`` for classification;
-  a causal LM predicts its own tokens, so its examples carry no labels).
-
-Labels, whether class folder names or a label column, follow one rule: if they are all non-negative
-integers they are the class indices themselves; otherwise the sorted distinct names are. A class list
-given by the caller (the one recorded at compression, or a model's own label names) overrides both,
-so a test folder missing a class still maps every other class to the index the model was built with.
-(A Hugging Face classifier whose ``id2label`` holds only ``LABEL_i`` placeholders names no classes: give
-integer labels when its outputs follow another order than the sorted label names.)
+Images (``ROOT/CLASS/xxx.png``) become ``(image, label)`` examples, text rows tokenised dicts (a causal
+LM's without labels). Labels that are all non-negative integers are the class indices; otherwise the
+sorted distinct names are. A class list given by the caller (recorded at compression, or the model's
+own) overrides both.
 """
 
 from __future__ import annotations
@@ -45,7 +35,6 @@ __all__ = [
     "read_table",
     "split",
     "text_columns",
-    "text_file",
     "tokenize_table",
 ]
 
@@ -58,11 +47,8 @@ DEFAULT_MAX_LENGTH = 128
 
 @dataclass(frozen=True)
 class DataOptions:
-    """How examples are prepared; recorded at compression so that training and evaluation match.
-
-    ``max_length`` ``None`` means :data:`DEFAULT_MAX_LENGTH` tokens, or fewer if the model has fewer
-    positions (see :func:`inhernet.sources.open_source`); :func:`text_file` needs it resolved.
-    """
+    """How examples are prepared; recorded at compression so that training and evaluation match
+    (``max_length=None``: resolved by :func:`inhernet.sources.open_source`)."""
 
     image_size: int = 224
     mean: tuple[float, ...] = IMAGENET_MEAN
@@ -119,9 +105,7 @@ class UserData:
 def encode_labels(
     raw: Sequence[str], classes: Sequence[str] | None = None, *, source: str = "data"
 ) -> tuple[list[int], tuple[str, ...]]:
-    """Class indices of ``raw`` labels, and the class names they index (see the module docstring).
-
-    With ``classes``, a label is a class name, or else an integer index into ``classes``.
+    """Class indices of ``raw`` labels and the class names they index (see the module docstring).
 
     Raises:
         ValueError: a label is neither one of ``classes`` nor an index into them (names up to five).
@@ -217,18 +201,6 @@ class TokenizedText(Dataset):
         return item
 
 
-def text_file(
-    path: str | Path,
-    tokenizer: Any,
-    options: DataOptions,
-    task: Literal["classify", "lm"],
-    classes: Sequence[str] | None = None,
-) -> UserData:
-    """The rows of a CSV / TSV / JSONL file, tokenised: :func:`read_table` then :func:`tokenize_table`."""
-    table = read_table(path, text_columns(options, task), encoding=options.encoding)
-    return tokenize_table(table, tokenizer, options, task, classes, source=str(path))
-
-
 def text_columns(options: DataOptions, task: Literal["classify", "lm"]) -> list[str]:
     """The columns a text file needs: the text, and the label for ``classify``."""
     return [options.text_column] + ([options.label_column] if task == "classify" else [])
@@ -261,8 +233,7 @@ def read_table(path: str | Path, columns: Sequence[str], encoding: str = "utf-8"
     """The given columns of a ``.csv``, ``.tsv`` or ``.jsonl`` / ``.ndjson`` file, as strings.
 
     Raises:
-        ValueError: the file is missing, unreadable, of another type, has no rows, or lacks a column
-            (the message lists the columns it has).
+        ValueError: the file is missing, unreadable, of another type, has no rows, or lacks a column.
     """
     path = Path(path)
     if not path.is_file():
@@ -315,10 +286,8 @@ def _jsonl_rows(f: TextIO, path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
 
 
 def split(dataset: Dataset, val_fraction: float, seed: int = 0) -> tuple[Dataset, Dataset | None]:
-    """A deterministic ``(train, validation)`` split: ``val_fraction`` of the examples, drawn with ``seed``.
-
-    The same data set, fraction and seed always give the same split (``val_fraction=0``: no validation).
-    """
+    """A deterministic ``(train, validation)`` split: ``val_fraction`` of the examples (0: no validation),
+    drawn with ``seed``."""
     if not (isinstance(val_fraction, (int, float)) and 0 <= val_fraction < 1):
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
     n = len(dataset)  # type: ignore[arg-type]

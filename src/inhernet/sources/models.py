@@ -1,18 +1,5 @@
-"""A user's own teacher, named by a spec string and built offline.
-
-Three kinds of spec:
-
-* ``torchvision:NAME`` — ``torchvision.models.get_model(NAME, weights=None, num_classes=N)``;
-* ``timm:NAME`` — ``timm.create_model(NAME, pretrained=False, num_classes=N)``;
-* a path to a Hugging Face model directory (``config.json`` beside the weights), or ``hf:PATH`` —
-  ``AutoModelForSequenceClassification`` (task ``classify``) or ``AutoModelForCausalLM`` (task ``lm``),
-  chosen by the config's ``architectures`` unless the task is given, with ``local_files_only=True``.
-
-Nothing is ever downloaded. torchvision / timm models are built randomly initialised and get their
-trained weights from a local state-dict file (``.safetensors``, or ``.pth``/``.pt``/``.bin`` read with
-``torch.load(weights_only=True)``, which refuses pickled code). The file's SHA-256 is part of the spec,
-so a teacher rebuilt later from a recorded spec is checked to be the one that was compressed.
-"""
+"""A user's own teacher, named by a spec string (``torchvision:NAME`` or ``timm:NAME`` with a local
+weights file whose SHA-256 it records, or a Hugging Face model directory) and built offline."""
 
 from __future__ import annotations
 
@@ -34,6 +21,7 @@ __all__ = [
     "ModelSpec",
     "build_model",
     "has_trained_head",
+    "key_mismatch",
     "load_state_dict",
     "load_tokenizer",
     "parse_model_spec",
@@ -62,12 +50,10 @@ class ModelSpec:
     Attributes:
         library: ``"torchvision"``, ``"timm"`` or ``"hf"``.
         name: the torchvision / timm model name, or the absolute path of the Hugging Face directory.
-        task: ``"classify"`` (logits ``(N, C)``, accuracy) or ``"lm"`` (causal LM, perplexity).
+        task: ``"classify"`` (accuracy) or ``"lm"`` (causal LM, perplexity).
         weights: absolute path of the state-dict file (torchvision / timm), or ``None`` for random init.
         weights_sha256: its SHA-256, checked whenever the model is built.
-        num_classes: the classifier's output size. torchvision / timm: from the data unless given.
-            Hugging Face: ``None`` (the config's ``num_labels``) unless given, or unless the checkpoint
-            has no trained head (see :func:`has_trained_head`); then the data's class count.
+        num_classes: the classifier's output size (``None`` for a Hugging Face config's ``num_labels``).
     """
 
     library: Literal["torchvision", "timm", "hf"]
@@ -102,10 +88,8 @@ def parse_model_spec(
     task: str | None = None,
     num_classes: int | None = None,
 ) -> ModelSpec:
-    """Parse ``torchvision:NAME``, ``timm:NAME``, ``hf:PATH`` or a Hugging Face directory path.
-
-    The name is checked against the library's registry (nothing is built yet), the weights file is
-    hashed, and a Hugging Face directory's task is read from its ``config.json`` when not given.
+    """Parse ``torchvision:NAME``, ``timm:NAME``, ``hf:PATH`` or a Hugging Face directory path (the name
+    checked against the library's registry, the weights file hashed, a directory's task read if not given).
 
     Raises:
         ValueError: unknown library or model name (with close matches), missing weights file, weights
@@ -136,11 +120,8 @@ def parse_model_spec(
 
 
 def build_model(spec: ModelSpec) -> nn.Module:
-    """The teacher of ``spec``, float32, in eval mode, on the CPU; never downloads anything.
-
-    Whatever the weights leave randomly initialised (all of it without a weights file, a new
-    classification head) is drawn from a fixed seed, so every build of a spec is the same model:
-    ``train`` and ``eval`` rebuild the very teacher that ``compress`` saw. The global RNG is untouched.
+    """The teacher of ``spec``, float32, in eval mode, on the CPU, offline; what the weights leave randomly
+    initialised is drawn from a fixed seed, so every build of a spec is the same model.
 
     Raises:
         ValueError: the weights file changed since the spec was made, does not fit the architecture,
@@ -171,11 +152,8 @@ def build_model(spec: ModelSpec) -> nn.Module:
 
 
 def load_tokenizer(spec: ModelSpec) -> Any:
-    """The tokenizer saved in the Hugging Face directory of ``spec``, with a padding token.
-
-    Causal LMs often have none; the end-of-sequence token (else the unknown token) pads, which the
-    attention mask hides anyway.
-    """
+    """The tokenizer saved in the Hugging Face directory of ``spec``, with a padding token (for causal LMs
+    without one, the end-of-sequence or else the unknown token: the attention mask hides it anyway)."""
     if spec.library != "hf":
         raise ValueError(f"{spec} has no tokenizer: text data needs a Hugging Face model directory")
     from transformers import AutoTokenizer
@@ -192,11 +170,8 @@ def load_tokenizer(spec: ModelSpec) -> Any:
 
 
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Tensors of a state-dict file: safetensors, or a ``torch.save`` file read with ``weights_only=True``.
-
-    A checkpoint that nests the state dict under ``"state_dict"`` or ``"model"`` is unwrapped, and the
-    ``"module."`` prefix of a model saved from ``DataParallel`` / DDP is dropped.
-    """
+    """Tensors of a state-dict file: safetensors, or a ``torch.save`` file read with ``weights_only=True``
+    (unwrapped from a ``"state_dict"`` or ``"model"`` entry, without DDP's ``"module."`` prefix)."""
     path = Path(path)
     try:
         if path.suffix == ".safetensors":
@@ -223,14 +198,19 @@ def _load_into(model: nn.Module, state: dict[str, torch.Tensor], spec: ModelSpec
     unexpected = sorted(set(state) - set(own))
     wrong = [k for k in own if k in state and state[k].shape != own[k].shape]
     if missing or unexpected or wrong:
-        parts = [
-            f"{label} {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
-            for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
-            if keys
-        ]
         hint = " (a different number of classes? pass --num-classes)" if wrong and not missing else ""
-        raise ValueError(f"{spec.weights} does not fit {spec.library}:{spec.name}: {'; '.join(parts)}{hint}")
+        mismatch = key_mismatch(missing, unexpected, wrong)
+        raise ValueError(f"{spec.weights} does not fit {spec.library}:{spec.name}: {mismatch}{hint}")
     model.load_state_dict(state)
+
+
+def key_mismatch(missing: list[str], unexpected: list[str], wrong: list[str]) -> str:
+    """``"missing a, b; wrong shape c ..."``: how a state dict's keys differ from a model's, three of each."""
+    return "; ".join(
+        f"{label} {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
+        if keys
+    )
 
 
 def _check_name(library: str, name: str) -> None:
@@ -239,18 +219,15 @@ def _check_name(library: str, name: str) -> None:
 
         # Image classifiers only: detection, segmentation and video models take other inputs and outputs.
         known = torchvision.models.list_models(module=torchvision.models)
-        found = name in known
+        found, listing = name in known, "torchvision.models.list_models(module=torchvision.models)"
     else:
         import timm
 
-        found = timm.is_model(name)
+        found, listing = timm.is_model(name), "timm.list_models()"
         known = [] if found else timm.list_models()
     if not found:
         close = difflib.get_close_matches(name, known, n=5, cutoff=0.6)
         suggestion = f"; did you mean {', '.join(f'{library}:{c}' for c in close)}?" if close else ""
-        listing = "torchvision.models.list_models(module=torchvision.models)" if library == "torchvision" else (
-            "timm.list_models()"
-        )
         raise ValueError(f"unknown {library} image classifier {name!r}{suggestion} (all names: {listing})")
 
 
@@ -266,36 +243,27 @@ def _weights_file(weights: str | Path | None) -> tuple[str | None, str | None]:
 
 
 def has_trained_head(spec: ModelSpec) -> bool:
-    """Whether the model's own checkpoint holds the head its task needs.
-
-    Always true for torchvision / timm (their head comes with the weights). For a Hugging Face
-    directory: whether ``config.json`` names an architecture of that task, e.g. not for a bare
-    ``BertModel`` encoder loaded with task ``classify``, whose head is then newly initialised.
-    """
-    if spec.library != "hf":
-        return True
-    return any(_ARCHITECTURE_TASKS.get(_suffix(a)) == spec.task for a in _hf_architectures(Path(spec.name)))
+    """Whether the model's own checkpoint holds the head its task needs: always for torchvision / timm; for
+    a Hugging Face directory, whether ``config.json`` names an architecture of that task."""
+    return spec.library != "hf" or spec.task in _hf_tasks(Path(spec.name))[0]
 
 
-def _suffix(architecture: str) -> str:
-    return next((s for s in _ARCHITECTURE_TASKS if architecture.endswith(s)), "")
-
-
-def _hf_architectures(directory: Path) -> list[str]:
+def _hf_tasks(directory: Path) -> tuple[list[str], list[str]]:
+    """The tasks of the architectures a Hugging Face ``config.json`` names, in order, and those names."""
     try:
         config = json.loads((directory / "config.json").read_text())
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{directory / 'config.json'} is not readable JSON: {err}") from None
-    architectures = (config.get("architectures") or []) if isinstance(config, dict) else []
-    return [a for a in architectures if isinstance(a, str)]
+    names = (config.get("architectures") or []) if isinstance(config, dict) else []
+    architectures = [a for a in names if isinstance(a, str)]
+    suffixes = [next((s for s in _ARCHITECTURE_TASKS if a.endswith(s)), "") for a in architectures]
+    return [_ARCHITECTURE_TASKS[s] for s in suffixes if s], architectures
 
 
 def _hf_task(directory: Path) -> str:
-    architectures = _hf_architectures(directory)
-    for arch in architectures:
-        task = _ARCHITECTURE_TASKS.get(_suffix(arch))
-        if task is not None:
-            return task
+    tasks, architectures = _hf_tasks(directory)
+    if tasks:
+        return tasks[0]
     raise ValueError(
         f"cannot tell the task of {directory} from its config's architectures {architectures}; "
         "pass --task classify or --task lm"
@@ -304,13 +272,12 @@ def _hf_task(directory: Path) -> str:
 
 def _build_hf(spec: ModelSpec) -> nn.Module:
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
-
-    auto = AutoModelForCausalLM if spec.task == "lm" else AutoModelForSequenceClassification
-    head = {"num_labels": spec.num_classes} if spec.num_classes is not None else {}
     from transformers.utils import logging as hf_logging
 
     from ..distillation.train import verbose
 
+    auto = AutoModelForCausalLM if spec.task == "lm" else AutoModelForSequenceClassification
+    head = {"num_labels": spec.num_classes} if spec.num_classes is not None else {}
     were_on = hf_logging.is_progress_bar_enabled()
     if not verbose():  # the "Loading weights" bar, on every command
         hf_logging.disable_progress_bar()

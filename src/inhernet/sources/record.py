@@ -1,11 +1,5 @@
-"""What a compressed model was made from, and opening a teacher together with data for it.
-
-``inhernet compress`` writes ``source.json`` beside ``inhernet.json`` and its weights file: the
-teacher's :class:`~inhernet.sources.models.ModelSpec`, the data preparation options and the class
-names. ``train`` and ``eval`` read it back, rebuild the teacher and prepare their data the same way,
-and rebuild the student with ``inhernet.load(directory, base=<a copy of the teacher>)`` (or
-``inhernet.load(directory)``, which rebuilds the architecture from ``source.json`` itself).
-"""
+"""``source.json``, what a compressed model was made from (the teacher's spec, the data options and
+the class names), and opening a teacher together with data for it."""
 
 from __future__ import annotations
 
@@ -40,11 +34,8 @@ _GENERIC_LABEL = re.compile(r"LABEL_\d+")
 
 @dataclass(frozen=True)
 class Source:
-    """A teacher and how its data is prepared: the content of ``source.json``.
-
-    ``classes`` are the class names in the order of the model's outputs (``None`` for an LM, or
-    before data has been seen).
-    """
+    """A teacher and how its data is prepared: the content of ``source.json``; ``classes`` in the order
+    of the model's outputs (``None`` for an LM, or before data has been seen)."""
 
     model: ModelSpec
     data: DataOptions = field(default_factory=DataOptions)
@@ -79,8 +70,7 @@ class Opened:
 def write_source(directory: str | os.PathLike[str], source: Source) -> Path:
     """Write ``directory/source.json`` atomically; returns its path."""
     path = Path(directory) / SOURCE_NAME
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
+    with atomic_path(path) as tmp:  # creates the directory
         tmp.write_text(json.dumps(source.to_dict(), indent=2) + "\n")
     return path
 
@@ -114,11 +104,9 @@ def read_source(directory: str | os.PathLike[str]) -> Source:
 def open_source(source: Source, data_path: str | os.PathLike[str]) -> Opened:
     """Build the teacher of ``source`` and prepare the data at ``data_path`` for it.
 
-    Image models read an image folder; their number of classes defaults to the data's. Hugging Face
-    models read a text file with their own tokenizer; their class names are the config's ``id2label``
-    when it names them, a checkpoint without a trained classification head gets a new one with as
-    many outputs as the data has classes, and ``max_length`` defaults to :data:`DEFAULT_MAX_LENGTH`
-    capped at the model's positions.
+    Image models read an image folder, Hugging Face models a text file (class names from ``id2label``
+    when it names them, a new head sized to the data when the checkpoint has none, ``max_length`` capped
+    at the model's positions).
 
     Raises:
         ValueError: data of the wrong kind for the model, more classes than the model's head has,
