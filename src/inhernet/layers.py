@@ -10,42 +10,30 @@ The h expert products are fused into one: the gate-scaled features ``[g_1 z, ...
 along the feature/channel axis and hit one weight ``[B_1 ... B_h]`` (one matmul, or one 1x1 conv).
 With ``experts == 1`` there is no gate and the block is a plain low-rank factorisation.
 
-Linear and embedding blocks gate per token (the pooling keeps every position); conv blocks gate per
-sample from the spatial mean of ``z`` or, with ``gate_pool="position"``, per position (per pixel).
+Linear and embedding blocks gate per token; conv blocks per sample, from the spatial mean of ``z``.
+:func:`configure_gates` adds two variants beyond the paper, both function preserving at init and
+without parameters: a per-position conv gate, and top-1 routing, ``y = (p_k / sg(p_k)) B_k z + b``
+with ``p = softmax(logits)`` and ``sg`` a stop-gradient: the factor is exactly 1 in the forward pass,
+yet the logits receive the gradient ``(dL/dy . B_k z) (e_k - p)``. The unchosen experts still run (as
+zeros), so ``count_macs`` reports the fused cost.
 
-Two gate variants beyond the paper (see :func:`configure_gates`; both keep the init exactly function
-preserving and neither adds parameters):
-
-* ``routing="top1"``: each token / sample (/ position) uses only the expert of its largest gate logit,
-  ``y = (p_k / sg(p_k)) B_k z + b`` with ``p = softmax(logits)`` and ``sg`` a stop-gradient: the factor
-  is exactly 1 in the forward pass, yet the logits receive the gradient ``(dL/dy . B_k z) (e_k - p)``.
-  Mathematically h experts then cost the multiply-accumulates of one; this implementation still runs
-  the fused product with zeros for the unchosen experts, so ``count_macs`` reports the fused cost.
-* ``gate_pool="position"`` (convs): the gate reads every position of ``z`` instead of its spatial mean.
-
-To model code outside its forward a block answers as the dense layer it replaced (:class:`DenseFacade`):
-its hyperparameters (``in_features``, ``stride``, ``padding_idx``...), ``bias``, and a ``weight`` whose
-metadata is free and whose values, when some code uses them, are the dense ``B A`` computed from the
-factors (single-expert blocks only: gated experts have no single dense weight).
+To code outside its forward a block answers as the dense layer it replaced (:class:`DenseFacade`).
 """
 
 from __future__ import annotations
 
-import sys
 import warnings
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils._pytree import tree_flatten, tree_map_only
 
-from .views import METADATA, WeightView, torch_function_name
+from .views import DenseWeight
 
 __all__ = [
     "GATE_POOLS",
     "ROUTINGS",
     "DenseFacade",
-    "DenseWeight",
     "InherBlock",
     "InherConv",
     "InherEmbedding",
@@ -83,59 +71,20 @@ class _Replaced:
         )
 
 
-#: Tensor methods that write into their first argument besides the ``name_`` ones (``w[0] = 1``, ``w += 1``).
-_WRITES = frozenset({"__setitem__", "__set__"} | {
-    f"__i{op}__" for op in ("add", "sub", "mul", "matmul", "truediv", "floordiv", "mod", "pow", "and", "or",
-                            "xor", "lshift", "rshift")
-})
-
-
-class DenseWeight(WeightView):
-    """``block.weight``: the dense weight a single-expert block computes, made only when values are used.
-
-    Metadata reads (:data:`inhernet.views.METADATA`: dtype, device, shape...) cost nothing. A use of the
-    values (``F.linear(x, self.qkv.weight, self.qkv.bias)``, a tied head's ``embed.weight.T``) gets
-    :meth:`InherBlock.dense_weight`, differentiable, so gradients reach the factors; each block warns once
-    that its compute is then not reduced. In-place writes are refused: the weight is computed, the
-    factors are what a write would have to change. Being a tensor subclass with ``__torch_function__``,
-    it also keeps PyTorch's fused fast paths (``nn.TransformerEncoderLayer`` in eval mode) off, so they
-    take the module-by-module path where the block's own forward runs.
-    """
-
-    _block: InherBlock
-
-    @classmethod
-    def __torch_function__(cls, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
-        kwargs = kwargs or {}
-        name = torch_function_name(func)
-        if name in METADATA:
-            return super().__torch_function__(func, types, args, kwargs)
-        if name in _WRITES or (name.endswith("_") and not name.startswith("__")):  # add_, copy_, zeros_...
-            raise RuntimeError(
-                f"{name} would write into the dense weight of a factorised layer, which is computed from its "
-                "factors on every read; write the factors (block.down, block.up) instead"
-            )
-        # Made in this frame (no tree map, no comprehension) so that the warning points at the reader's code.
-        dense: dict[int, torch.Tensor] = {}
-        for w in tree_flatten((args, kwargs))[0]:
-            if isinstance(w, DenseWeight):
-                dense[id(w)] = w._block._dense_for_reader(name)
-        args, kwargs = tree_map_only(DenseWeight, lambda w: dense[id(w)], (args, kwargs))
-        return func(*args, **kwargs)
-
-
 class DenseFacade:
     """Mixin: what a factorised block shows of the dense layer it replaced, to code outside its forward.
 
     Model code reads a layer's hyperparameters (declared per block class as :class:`_Replaced`
     attributes and recorded by :meth:`_remember`), its ``bias``, and its ``weight``: a
-    :class:`DenseWeight`, which answers metadata for free and computes the dense weight when its values
-    are used. The block provides :meth:`dense_weight`, ``weight_shape`` and ``up``.
+    :class:`~inhernet.views.DenseWeight`. The block provides :meth:`dense_weight`, ``weight_shape``
+    and ``up``.
     """
 
     _replaced: dict[str, Any]
     #: whether code outside the forward has used the dense weight (the warning is given once per block)
     _dense_read: bool = False
+    #: the block's dotted name in its model, recorded by :func:`inhernet.stack.replace_module` (for messages)
+    inhernet_name: str | None = None
     up: nn.Module
     weight_shape: tuple[int, ...]
 
@@ -148,62 +97,38 @@ class DenseFacade:
 
     @property
     def weight(self) -> torch.Tensor:
-        """The replaced layer's weight as a :class:`DenseWeight` (metadata free, values computed)."""
-        w = self.up.weight
-        owner = f"a factorised {type(self).__name__} ({self.extra_repr()})"  # type: ignore[attr-defined]
-        view = DenseWeight(self.weight_shape, w.dtype, w.device, w.requires_grad, owner)
-        view._block = self  # type: ignore[assignment]
-        return view
+        """The replaced layer's weight: its values computed from the factors when they are used."""
+        return DenseWeight(self, self.weight_shape, self.up.weight)
 
     @property
     def bias(self) -> torch.Tensor | None:
         """The replaced layer's bias, which the block keeps as is in ``up``."""
         return getattr(self.up, "bias", None)
 
-    def dense_weight(self, *, layer: str | None = None) -> torch.Tensor:
-        """The dense weight the block computes, in the replaced layer's layout (``layer`` names it in errors)."""
+    def dense_weight(self) -> torch.Tensor:
+        """The dense weight the block computes, in the replaced layer's layout."""
         raise NotImplementedError
 
     def _dense_for_reader(self, op: str) -> torch.Tensor:
-        """:meth:`dense_weight` for code outside the block's forward (``op`` uses it), warning once per block."""
-        if self._dense_read:
-            return self.dense_weight()
-        name = _name_in_running_model(self)
-        weight = self.dense_weight(layer=name)
-        label = repr(name) if name else f"(an {type(self).__name__} outside any running model)"
-        warnings.warn(
-            f"{op} uses the dense weight of the factorised layer {label}, which is "
-            "computed from its factors on every such read: that layer's compute is not reduced (its parameters "
-            f"are). Keep it dense with {_exclude_hint(name)} unless the parameters are what you need",
-            UserWarning,
-            stacklevel=3,  # the code that used the weight, under DenseWeight.__torch_function__
-        )
-        self._dense_read = True
+        """:meth:`dense_weight` for code outside the forward (``op`` uses it), warning once per block."""
+        weight = self.dense_weight()
+        if not self._dense_read:
+            name = self.inhernet_name
+            label = repr(name) if name else f"(an {type(self).__name__} that inhernet did not place)"
+            warnings.warn(
+                f"{op} uses the dense weight of the factorised layer {label}, which is computed from its "
+                "factors on every such read: that layer's compute is not reduced (its parameters are). "
+                f"Keep it dense with {_exclude_hint(name)} unless the parameters are what you need",
+                UserWarning,
+                stacklevel=3,  # the code that used the weight, under DenseWeight.__torch_function__
+            )
+            self._dense_read = True
         return weight
 
 
 def _exclude_hint(name: str | None) -> str:
     """The ``InherConfig(exclude=[...])`` that keeps layer ``name`` dense, for error messages."""
     return f"InherConfig(exclude=[{name!r}])" if name else "InherConfig(exclude=[<the layer's name>])"
-
-
-def _name_in_running_model(block: nn.Module) -> str | None:
-    """``block``'s dotted name in the outermost module whose forward is on the call stack (the model
-    being run), or ``None`` outside any. Only names the layer in a one-time warning: a block does not
-    know where it sits, and every path that places one (inherit, load, compact) would otherwise have to
-    tell it."""
-    running: dict[int, nn.Module] = {}
-    frame = sys._getframe(1)
-    while frame is not None:
-        owner = frame.f_locals.get("self")
-        if isinstance(owner, nn.Module) and owner is not block:
-            running.setdefault(id(owner), owner)
-        frame = frame.f_back
-    for root in reversed(running.values()):  # the outermost first
-        for name, module in root.named_modules():
-            if module is block:
-                return name
-    return None
 
 
 class InherBlock(DenseFacade, nn.Module):
@@ -322,22 +247,21 @@ class InherBlock(DenseFacade, nn.Module):
         """The (m, n) matrix of ``y = W x`` in the replaced layer's weight layout."""
         return matrix.reshape(self.weight_shape)
 
-    def dense_weight(self, *, layer: str | None = None) -> torch.Tensor:
+    def dense_weight(self) -> torch.Tensor:
         """The dense weight ``B A`` this single-expert block computes, in the replaced layer's layout.
 
         Differentiable: gradients through it reach the factors. What code outside the block's forward
-        gets when it uses ``block.weight``'s values (see :class:`DenseWeight`).
+        gets when it uses ``block.weight``'s values.
 
         Raises:
-            AttributeError: the block has several experts: their gates depend on the input, so there is
-                no single dense weight (``layer`` names the block in the message).
+            AttributeError: the block has several experts, mixed by gates that depend on the input.
         """
         if self.experts > 1:
-            label = repr(layer) if layer else type(self).__name__
+            name = self.inhernet_name
             raise AttributeError(
-                f"{label} has {self.experts} experts mixed by gates that depend on the input, so it has no single "
-                "dense weight for code that reads its .weight; inherit it with InherConfig(experts=1) or keep it "
-                f"dense with {_exclude_hint(layer)}"
+                f"{repr(name) if name else type(self).__name__} has {self.experts} experts mixed by gates that "
+                "depend on the input, so it has no single dense weight for code that reads its .weight; inherit "
+                f"it with InherConfig(experts=1) or keep it dense with {_exclude_hint(name)}"
             )
         return self._as_weight(self._up_matrix() @ self._down_matrix())
 
@@ -473,8 +397,6 @@ def expert_spread(block: InherBlock) -> float:
     e = block.expert_weights().double()
     mean = e.mean(0)
     return float((e - mean).flatten(1).norm(dim=1).mean() / mean.norm().clamp_min(1e-30))
-
-
 
 
 @torch.no_grad()

@@ -36,7 +36,13 @@ def layer_stack(model: nn.Module) -> tuple[str, nn.ModuleList]:
 
 
 def replace_module(root: nn.Module, name: str, module: nn.Module) -> nn.Module:
-    """Put ``module`` at dotted ``name`` inside ``root``; returns the (possibly new) root."""
+    """Put ``module`` at dotted ``name`` inside ``root``; returns the (possibly new) root.
+
+    Every path that places InherNet blocks (inherit, load, compact) comes here: a module with an
+    ``inhernet_name`` attribute (a block) records ``name``, which its warnings and errors quote.
+    """
+    if hasattr(module, "inhernet_name"):
+        module.inhernet_name = name
     if not name:
         return module
     parent_name, _, child = name.rpartition(".")
