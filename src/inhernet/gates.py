@@ -18,7 +18,7 @@ into one expert at no loss.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -27,7 +27,48 @@ from torch import nn
 from .batches import forward_all
 from .layers import InherBlock, expert_spread
 
-__all__ = ["gate_stats", "summarize_gates"]
+__all__ = ["gate_stats", "gated_blocks", "record_gates", "summarize_gates"]
+
+
+def gated_blocks(model: nn.Module) -> dict[str, InherBlock]:
+    """The blocks of ``model`` that have a gate (several experts), by module name."""
+    return {n: b for n, b in model.named_modules() if isinstance(b, InherBlock) and b.gate is not None}
+
+
+def record_gates(
+    model: nn.Module, blocks: dict[str, InherBlock], calib: Iterable[Any],
+    record: Callable[[str, torch.Tensor], None],
+) -> dict[str, int]:
+    """Run ``model`` over ``calib`` (:func:`inhernet.batches.forward_all`: eval mode, no grad) and pass
+    every gate call's logits, as float64 rows ``(N, h)``, to ``record(name, logits)``; returns the rows
+    seen per block.
+
+    Raises:
+        ValueError: ``calib`` produced no activation for some gate (empty, or the block is unused).
+    """
+    rows = dict.fromkeys(blocks, 0)
+
+    def hook(name: str):
+        def _record(_module: nn.Module, _inputs: Any, logits: torch.Tensor) -> None:
+            logits = logits.detach().double().reshape(-1, logits.shape[-1])
+            rows[name] += logits.shape[0]
+            record(name, logits)
+
+        return _record
+
+    handles = [b.gate.register_forward_hook(hook(n)) for n, b in blocks.items()]  # type: ignore[union-attr]
+    try:
+        forward_all(model, calib)
+    finally:
+        for h in handles:
+            h.remove()
+    unseen = [n for n, count in rows.items() if count == 0]
+    if unseen:
+        raise ValueError(
+            f"calib produced no gate activations for {', '.join(unseen[:5])}: calib is empty or these "
+            "blocks are not used by the model's forward pass"
+        )
+    return rows
 
 
 def gate_stats(model: nn.Module, calib: Iterable[Any]) -> dict[str, dict[str, Any]]:
@@ -41,45 +82,23 @@ def gate_stats(model: nn.Module, calib: Iterable[Any]) -> dict[str, dict[str, An
     Raises:
         ValueError: ``calib`` produced no activation for some gate (empty, or the block is unused).
     """
-    blocks = {n: b for n, b in model.named_modules() if isinstance(b, InherBlock) and b.gate is not None}
-    if not blocks:
-        return {}
-    sums = {n: {"entropy": 0.0, "load": torch.zeros(b.experts, dtype=torch.float64), "count": 0}
-            for n, b in blocks.items()}
+    blocks = gated_blocks(model)
+    entropy = dict.fromkeys(blocks, 0.0)
+    load = {n: torch.zeros(b.experts, dtype=torch.float64) for n, b in blocks.items()}
 
-    def hook(name: str, block: InherBlock):
-        def _record(_module: nn.Module, _inputs: Any, logits: torch.Tensor) -> None:
-            logits = logits.detach().double().reshape(-1, logits.shape[-1])
-            p = torch.softmax(logits, dim=-1)
-            entropy = -(p * torch.log(p.clamp_min(1e-300))).sum(-1)
-            s = sums[name]
-            s["entropy"] += float(entropy.sum())
-            s["load"] += block.gate_probs(logits).sum(0).cpu()
-            s["count"] += logits.shape[0]
+    def record(name: str, logits: torch.Tensor) -> None:
+        p = torch.softmax(logits, dim=-1)
+        entropy[name] += float(-(p * torch.log(p.clamp_min(1e-300))).sum())
+        load[name] += blocks[name].gate_probs(logits).sum(0).cpu()
 
-        return _record
-
-    handles = [b.gate.register_forward_hook(hook(n, b)) for n, b in blocks.items()]  # type: ignore[union-attr]
-    try:
-        forward_all(model, calib)
-    finally:
-        for h in handles:
-            h.remove()
-    unseen = [n for n, s in sums.items() if s["count"] == 0]
-    if unseen:
-        raise ValueError(
-            f"calib produced no gate activations for {', '.join(unseen[:5])}: calib is empty or these "
-            "blocks are not used by the model's forward pass"
-        )
+    rows = record_gates(model, blocks, calib, record) if blocks else {}
     out = {}
     for name, block in blocks.items():
-        s, log_h = sums[name], math.log(block.experts)
-        load = s["load"] / s["count"]
-        load_entropy = float(-(load * torch.log(load.clamp_min(1e-300))).sum()) / log_h
+        log_h, mean_load = math.log(block.experts), load[name] / rows[name]
         out[name] = {
-            "entropy": s["entropy"] / s["count"] / log_h,
-            "load": [round(float(v), 4) for v in load],
-            "load_entropy": load_entropy,
+            "entropy": entropy[name] / rows[name] / log_h,
+            "load": [round(float(v), 4) for v in mean_load],
+            "load_entropy": float(-(mean_load * torch.log(mean_load.clamp_min(1e-300))).sum()) / log_h,
             "spread": expert_spread(block),
             "routing": block.routing,
             "gate_pool": block.gate_pool,

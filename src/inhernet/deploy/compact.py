@@ -36,17 +36,10 @@ Finally the outputs are compared with the input model's on the calibration batch
 else ``example``): the largest change over the largest output is ``inhernet_compact["output_change"]``,
 with a warning beyond ``tolerance`` (folding input-dependent gates is the other source of change).
 
-Rank multiple: measured under load on a shared 2-core x86 CPU, torch eager, one thread, batch 1
-(Linear 384->384 and 384->1536 on 64 tokens, Conv2d 32->64 k3 on 28x28; medians of interleaved
-repetitions); see the comment on :data:`inhernet.budget.RANK_MULTIPLE` for the numbers and the choice.
-A latency budget (``InherConfig(latency=...)``) allocates ranks in steps of the same multiple, so the
-default rounding leaves its ranks unchanged and the compact model spends the budget the plan predicts.
-
-What keeping accuracy costs in speed: a factorised layer at rank 14 or 16 instead of 8 takes 2-15% longer
-(batch 1, one thread, shared 2-core x86, medians of 41 interleaved repetitions, three runs; us at rank 14-16
-vs 8: Linear 384->384 on 64 tokens 54-58 vs 51-55, 384->1536 98-106 vs 88-96, Embedding 30522x384 33-35 vs
-28-31, Conv2d 32->64 k3 at 28x28 431-453 vs 405-438; ranks 13, 14 and 16 are within noise of each other),
-against 13 points of accuracy that rounding a MiniLM classifier's word embedding from 14 to 8 once cost.
+The default rank multiple and why: :data:`inhernet.costs.prices.RANK_MULTIPLE`. A latency budget
+allocates ranks in its steps, so the default rounding leaves them unchanged. Rounding down only where no
+output changes keeps accuracy at a small cost in speed: rounding a MiniLM classifier's word embedding
+from rank 14 to 8 once cost 13 points of accuracy, for 2-15% of that layer's time.
 """
 
 from __future__ import annotations
@@ -291,9 +284,7 @@ def _factors(block: InherBlock) -> tuple[torch.Tensor, torch.Tensor]:
     """``(B, A)`` of a single-expert block as (m, r) and (r, n) float64 matrices, ``W = B A``."""
     if block.experts != 1:
         raise ValueError(f"the block has {block.experts} experts; fold them first (merge_experts)")
-    w = block.down.weight.detach().double()
-    down = w.T if isinstance(block, InherEmbedding) else w.flatten(1)
-    return block._up_matrix().detach().double(), down
+    return block._up_matrix().detach().double(), block._down_matrix().detach().double()
 
 
 def _skeleton(block: InherBlock) -> nn.Module:
@@ -313,7 +304,7 @@ def _skeleton(block: InherBlock) -> nn.Module:
             dilation=d.dilation, padding_mode=d.padding_mode, bias=bias, **opts,
         )
     if isinstance(block, InherLinear):
-        if (getattr(block, "source", None) or {}).get("kind") == "hf_conv1d":
+        if block.weight_transposed:  # a Hugging Face Conv1D
             from transformers.pytorch_utils import Conv1D
 
             return Conv1D(block.out_features, block.in_features).to(**opts)
@@ -324,17 +315,10 @@ def _skeleton(block: InherBlock) -> nn.Module:
 @torch.no_grad()
 def densify(block: InherBlock) -> nn.Module:
     """The dense layer computing what the single-expert ``block`` computes (``W = B A``, bias kept)."""
-    up, down = _factors(block)
     dense = _skeleton(block)
-    kind = kind_of(dense)
-    assert kind is not None
-    kind.matrix(dense).copy_(up @ down)
-    bias = kind.bias(dense)
-    if bias is not None:
-        if block.up.bias is None:
-            bias.zero_()
-        else:
-            bias.copy_(block.up.bias)
+    dense.weight.copy_(block.dense_weight())
+    if getattr(dense, "bias", None) is not None:  # a Conv1D always has one: zero where the block has none
+        dense.bias.copy_(block.up.bias if block.up.bias is not None else torch.zeros_like(dense.bias))
     dense.train(block.training)
     return dense
 
@@ -372,9 +356,8 @@ def _blocks(model: nn.Module) -> dict[str, InherBlock]:
 
 
 def _matrix_shape(block: InherBlock) -> tuple[int, int]:
-    up, down = block.up.weight, block.down.weight
-    n = down.shape[0] if isinstance(block, InherEmbedding) else down[0].numel()
-    return int(up.shape[0]), int(n)
+    """``(m, n)`` of the block's ``W``."""
+    return int(block._up_matrix().shape[0]), int(block._down_matrix().shape[1])
 
 
 def _params(block: InherBlock, rank: int | None = None) -> int:

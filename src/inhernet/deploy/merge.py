@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..batches import forward_all
+from ..gates import gated_blocks, record_gates
 from ..layers import InherBlock
 
 __all__ = ["gate_means", "merge_experts"]
@@ -64,7 +64,7 @@ def merge_experts(model: nn.Module, calib: Iterable[Any] | None = None) -> nn.Mo
     Raises:
         ValueError: ``calib`` is missing while some gate depends on its input, or ``calib`` is empty.
     """
-    gated = {name: b for name, b in model.named_modules() if isinstance(b, InherBlock) and b.gate is not None}
+    gated = gated_blocks(model)
     if not gated:
         return model
     means = gate_means(model, calib, blocks=gated)
@@ -105,8 +105,7 @@ def gate_means(
     Without ``calib`` every gate must have a zero weight; its probabilities are then ``softmax(bias)``
     (uniform for a fresh gate).
     """
-    if blocks is None:
-        blocks = {n: b for n, b in model.named_modules() if isinstance(b, InherBlock) and b.gate is not None}
+    blocks = gated_blocks(model) if blocks is None else blocks
     if calib is None:
         dependent = [
             n for n, b in blocks.items()
@@ -121,31 +120,12 @@ def gate_means(
         return {n: b.gate_probs(b.gate.bias.detach().double()) for n, b in blocks.items()}  # type: ignore[union-attr]
 
     sums = {n: torch.zeros(b.experts, dtype=torch.float64) for n, b in blocks.items()}
-    counts = dict.fromkeys(blocks, 0)
 
-    def hook(name: str):
-        block = blocks[name]
+    def record(name: str, logits: torch.Tensor) -> None:
+        sums[name] += blocks[name].gate_probs(logits).sum(0).cpu()
 
-        def _record(_module: nn.Module, _inputs: Any, logits: torch.Tensor) -> None:
-            p = block.gate_probs(logits.detach().double()).reshape(-1, logits.shape[-1])
-            sums[name] += p.sum(0).cpu()
-            counts[name] += p.shape[0]
-
-        return _record
-
-    handles = [b.gate.register_forward_hook(hook(n)) for n, b in blocks.items()]  # type: ignore[union-attr]
-    try:
-        forward_all(model, calib)
-    finally:
-        for h in handles:
-            h.remove()
-    unseen = [n for n, c in counts.items() if c == 0]
-    if unseen:
-        raise ValueError(
-            f"calib produced no gate activations for {', '.join(unseen[:5])}: calib is empty or these "
-            "blocks are not used by the model's forward pass"
-        )
-    return {n: sums[n] / counts[n] for n in blocks}
+    rows = record_gates(model, blocks, calib, record)
+    return {n: sums[n] / rows[n] for n in blocks}
 
 
 def _experts_equal(block: InherBlock) -> bool:
