@@ -1,26 +1,16 @@
 """ONNX export of an inherited (or any) model, written atomically, plus an onnxruntime check.
 
-Exporter choice: ``torch.onnx.export(..., dynamo=False)``, the TorchScript-tracing exporter, is the
-default. It needs nothing beyond torch (the ``onnx`` package is not even required to write the file),
-takes ``dynamic_axes`` directly, and traces the InherNet blocks (down, gate softmax, gate-scaled
-stacking, fused up) as well as Hugging Face BERT into plain ONNX ops at opset 17. The newer
-``torch.export``-based exporter (``dynamo=True``, the default of ``torch.onnx.export`` since torch 2.9)
-additionally requires the ``onnxscript`` package, which inhernet does not depend on; it stays available
-with ``export_onnx(..., dynamo=True)`` where ``onnxscript`` is installed. torch prints a
-DeprecationWarning for the tracing exporter; it is silenced here.
+The default exporter is the TorchScript-tracing one (``torch.onnx.export(..., dynamo=False)``): it needs
+nothing beyond torch, takes ``dynamic_axes`` directly and traces the blocks and Hugging Face models into
+plain ONNX ops at opset 17. ``dynamo=True`` picks the ``torch.export``-based one, which needs the
+``onnxscript`` package. The graph takes the model's inputs (``input`` for a tensor batch, the dict's keys
+for a Hugging Face batch, ``labels`` dropped) and returns ``logits``; shapes are frozen at the example's
+except the dynamic axes.
 
-The exported graph takes the model's inputs (``input`` for a tensor batch, the dict's keys for a
-Hugging Face style batch, ``labels`` dropped) and returns one output, ``logits`` (the tensor the model
-returns, or its ``.logits``). Python control flow is frozen at the example's shapes except for the
-dynamic axes: the batch axis (``dynamic_batch=True``), the sequence axis of token inputs
-(``dynamic_sequence=True``) and whatever ``dynamic_axes`` adds.
-
-Hugging Face text models print a ``UserWarning`` while exporting, that ``aten::index`` "with negative
-indices" gives incorrect results. It is silenced here because it cannot apply: the only ``aten::index``
-in their traced graphs is the padding-mask lookup ``padding_mask[batch_idx, kv_idx]`` of
-``transformers.masking_utils`` (``batch_idx = arange(batch)``, ``kv_idx = arange(length) + kv_offset``
-with ``kv_offset = 0`` without a cache), never negative; the InherNet blocks index nothing.
-``tests/unit/test_deploy_export.py`` checks padded rows at every edge against PyTorch.
+Silenced while exporting: the tracing exporter's DeprecationWarning, and Hugging Face text models'
+``UserWarning`` that ``aten::index`` "with negative indices" is wrong: their only ``aten::index`` is the
+padding-mask lookup of ``transformers.masking_utils``, whose indices are ``arange``s, never negative
+(``tests/unit/test_deploy_export.py`` checks padded rows at every edge against PyTorch).
 """
 
 from __future__ import annotations
@@ -69,12 +59,9 @@ def onnx_inputs(example_inputs: Any) -> dict[str, torch.Tensor]:
                 "{'input_ids': ..., 'attention_mask': ...}"
             )
         return named
-    if (
-        isinstance(example_inputs, (tuple, list))
-        and example_inputs
-        and isinstance(example_inputs[0], torch.Tensor)
-    ):
-        return {"input": example_inputs[0]}
+    first = example_inputs[0] if isinstance(example_inputs, (tuple, list)) and example_inputs else None
+    if isinstance(first, torch.Tensor):
+        return {"input": first}
     raise TypeError(
         f"example_inputs must be a tensor, an (inputs, labels) tuple with a tensor first, or a dict of "
         f"tensors, got {type(example_inputs).__name__}"

@@ -1,29 +1,16 @@
 """Collapse each block's gated experts into one up-projection for deployment.
 
-An InherNet block with h experts computes ``y = sum_i g_i(x) B_i z + b`` with an input-dependent gate
-``g = softmax(G pool(z) + c)``. ``merge_experts`` replaces the gate by its mean probabilities ``p``
-over calibration data and folds the experts into one matrix ``B = sum_i p_i B_i``; the block becomes
-a plain low-rank layer (``experts == 1``, ``gate is None``, ``up`` with r inputs) costing ``r*(n+m)``
-instead of ``r*n + h*r*m + h*r + h`` parameters, and it runs as two dense products.
+A block with h experts computes ``y = sum_i g_i(x) B_i z + b``. ``merge_experts`` replaces the gate by
+its mean probabilities ``p`` over calibration data and folds the experts into ``B = sum_i p_i B_i``: a
+plain low-rank layer (``experts == 1``) of ``r*(n+m)`` parameters instead of ``r*n + h*r*m + h*r + h``.
 
-Exactness:
-
-* a gate whose weight ``G`` is zero (e.g. a freshly inherited model, or one trained with the gate
-  frozen) outputs the same ``softmax(c)`` for every input: the merge is exact (up to float rounding),
-  and no calibration data is needed; so is a block whose experts are all equal (top-1 routing at
-  init), whatever its gate;
-* top-1 routing (``InherConfig(routing="top1")``) cannot be folded exactly once its experts differ:
-  each input uses one expert, and the merge folds the experts by how often each is chosen on
-  ``calib`` (the mean one-hot routing), an approximation of the same kind as below, usually coarser
-  (the experts a top-1 gate chooses between drift further apart);
-* a trained gate is input dependent: ``E[g] B`` replaces ``E[g B]`` and the merged model only
-  approximates the original. The error grows with how much the gate varies across inputs and how far
-  the experts are apart; evaluate the merged model (and fine-tune it briefly if the loss matters).
-
-All gate means are measured in one pass of the *unmerged* model over ``calib`` (a later block's input
-distribution after merging earlier ones may shift slightly). Linear and embedding blocks gate per token:
-every position of every batch counts, padding included; conv blocks gate per sample (or per position
-with ``gate_pool="position"``: every position counts).
+Exact (up to float rounding, without calibration data) for a gate whose weight is zero (a freshly
+inherited model, or one trained with the gate frozen) and for equal experts (top-1 routing at init).
+Otherwise ``E[g] B`` replaces ``E[g B]``, an approximation that is coarser the more the gate varies and
+the further apart the experts are (top-1 routing: the mean one-hot routing); evaluate the merged
+model, and fine-tune it briefly if the loss matters. All gate means are measured in one pass of the
+*unmerged* model; every gated position counts (every token, padding included; per sample or per
+position for convs).
 """
 
 from __future__ import annotations
@@ -52,14 +39,9 @@ def merge_experts(model: nn.Module, calib: Iterable[Any] | None = None) -> nn.Mo
             exact.
 
     Returns:
-        ``model``, whose blocks now have ``experts == 1`` and ``gate is None``. It still saves and loads
-        with :func:`inhernet.save` / :func:`inhernet.load` (the file records ``experts: 1`` per layer).
-        The merged blocks' ``up`` are new parameters: build any optimizer after merging.
-        The books follow: ``model.inhernet_plan`` (if any) records ``experts=1`` in its config and in
-        the merged layers' rows, with their new parameter counts (its MAC total, which the merge
-        changes by an amount that depends on the input, is dropped: measure it with
-        :func:`inhernet.deploy.count_macs`), and ``model.inhernet_config`` (a loaded model's) records
-        ``experts=1``, so that ``save`` then ``load`` reports the merged structure.
+        ``model``, whose blocks now have ``experts == 1`` and ``gate is None`` (new ``up`` parameters:
+        build any optimizer after merging). Its plan and config (if any) record ``experts=1`` and the
+        merged rows' parameters; the plan's MAC total, which the merge changes, is dropped.
 
     Raises:
         ValueError: ``calib`` is missing while some gate depends on its input, or ``calib`` is empty.
@@ -138,25 +120,17 @@ def _experts_equal(block: InherBlock) -> bool:
 def _merge_block(block: InherBlock, p: torch.Tensor) -> None:
     experts = block.expert_weights().double()  # (h, m, r)
     merged = torch.einsum("h,hmr->mr", p.to(experts), experts)
-    old = block.up
-    w = old.weight
-    if isinstance(old, nn.Linear):
-        new: nn.Module = nn.Linear(
-            block.rank, old.out_features, bias=old.bias is not None, device=w.device, dtype=w.dtype
-        )
-    elif isinstance(old, (nn.Conv1d, nn.Conv2d)):
-        new = type(old)(
-            block.rank, old.out_channels, 1, bias=old.bias is not None, device=w.device, dtype=w.dtype
-        )
-    else:  # pragma: no cover - every block kind uses a Linear or a 1x1 conv
-        raise TypeError(f"cannot merge a block whose up-projection is a {type(old).__name__}")
+    old = block.up  # a Linear or a 1x1 conv
+    w, m = old.weight, old.weight.shape[0]
+    opts: dict[str, Any] = {"bias": old.bias is not None, "device": w.device, "dtype": w.dtype}
+    kernel = () if isinstance(old, nn.Linear) else (1,)
+    new = type(old)(block.rank, m, *kernel, **opts)
     new.weight.copy_(merged.reshape(new.weight.shape).to(w.dtype))
+    new.weight.requires_grad_(w.requires_grad)
     if old.bias is not None:
         new.bias.copy_(old.bias)
-    new.train(old.training)
-    new.weight.requires_grad_(w.requires_grad)
-    if new.bias is not None:
         new.bias.requires_grad_(old.bias.requires_grad)
+    new.train(old.training)
     block.up = new
     block.gate = None
     block.experts = 1
