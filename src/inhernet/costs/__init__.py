@@ -5,11 +5,11 @@ counter), ``table`` (measured layer times, cached per device) and ``profile`` (t
 example input, as a MAC or latency budget prices its layers).
 """
 
-from .macs import count_macs, macs_by_module
+from .macs import count_macs
 from .prices import NANOSECONDS, RANK_MULTIPLE, LayerCost, Price, round_rank
 from .table import Costs, CostTable, LatencyCosts, LayerShape, measure_latency, time_calls
 
 __all__ = [
     "NANOSECONDS", "RANK_MULTIPLE", "CostTable", "Costs", "LatencyCosts", "LayerCost", "LayerShape", "Price",
-    "count_macs", "macs_by_module", "measure_latency", "round_rank", "time_calls",
+    "count_macs", "measure_latency", "round_rank", "time_calls",
 ]

@@ -1,30 +1,23 @@
 """Measured layer costs: how long a dense layer and its factorised form take on this device.
 
-A :class:`CostTable` times, once per distinct :class:`LayerShape` (layer kind and shape, the input's
-shape and dtype) and thread count, the dense layer and its single-expert factorised form (an
-InherNet block with ``experts=1``) at a few ranks, and interpolates linearly in rank between the
-measured points. Every timing is the median over interleaved repetitions (dense, rank 1, rank 2, ...,
-then again), so that a slow stretch of a shared machine hits every form alike.
+A :class:`CostTable` times, once per :class:`LayerShape` and thread count, the dense layer and its
+single-expert block at a few ranks (:func:`rank_points`), and interpolates linearly in rank between
+them. Every timing is the median over interleaved repetitions, so that a slow stretch of a shared
+machine hits every form alike. Tables are cached as JSON per device and thread count in
+:func:`cost_dir`, written atomically. A cached table re-times the first shape it is asked for and,
+outside :data:`DRIFT_BAND` (another process on the cores, a changed clock), scales every cached price
+by live / cached, with a warning: a latency budget compares these prices with the teacher's time
+measured now. :func:`inhernet.deploy.compact` and a latency budget (``InherConfig(latency=...)``)
+spend them.
 
-Measurements are cached as JSON per device and thread count, in
-``$INHERNET_HOME/costs/<device>-<threads>.json`` (default ``~/.cache/inhernet/costs/``), written
-atomically; no pickle. A table read from the cache re-times the first cached shape it is asked for
-and, when the machine now runs it more than 25% faster or slower than the cache says (another
-process loading the cores, a changed clock), scales every cached price by that ratio with a warning:
-a latency budget compares these prices with the teacher's time measured now, and mixing a quiet
-cache with a busy machine would price the rest of the model as most of it.
-:func:`inhernet.deploy.compact` spends this table to decide which blocks
-return to dense layers; a latency allocator can spend it as it spends parameters or MACs.
-
-Anything with the two methods of :class:`Costs` (``dense`` and ``factorised``, in seconds) can stand
-in for a table, e.g. a fake one in tests. A latency budget (``InherConfig(latency=...)``) and
-``bench --match latency`` also time whole models: :class:`LatencyCosts` adds ``latency(models,
-example)``, which a :class:`CostTable` answers with :func:`measure_latency` (not cached: a model is
-not a shape).
+Anything with the methods of :class:`Costs` can stand in for a table (a fake one in tests);
+:class:`LatencyCosts` adds ``latency(models, example)``, whole models timed by :func:`measure_latency`
+(not cached: a model is not a shape).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
@@ -45,7 +38,8 @@ from torch import nn
 from .._atomic import atomic_write
 from ..batches import forward_batch, move_batch
 from ..kinds import kind_of
-from ..layers import InherBlock, InherConv, InherEmbedding, InherLinear
+from ..layers import InherConv, InherEmbedding, InherLinear
+from ..modes import device_of, evaluating
 
 __all__ = [
     "CostTable", "Costs", "LatencyCosts", "LayerShape", "cost_dir", "device_name", "measure_latency",
@@ -90,47 +84,28 @@ class LayerShape:
         return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
 
     @classmethod
-    def of_block(cls, block: InherBlock, x: torch.Tensor) -> LayerShape:
-        """The shape of ``block``'s layer when called on ``x``."""
-        dtype = str(x.dtype).removeprefix("torch.")
-        shape = tuple(int(s) for s in x.shape)
-        if isinstance(block, InherLinear):
-            return cls("linear", block.out_features, block.in_features, block.up.bias is not None, shape, dtype)
-        if isinstance(block, InherEmbedding):  # the input is token ids: the dtype is the table's
-            table = str(block.down.weight.dtype).removeprefix("torch.")
-            return cls("embedding", block.embedding_dim, block.num_embeddings, False, shape, table)
-        if isinstance(block, InherConv):
-            d = block.down
-            return cls(
-                type(d).__name__.lower(), block.out_channels, block.in_channels, block.up.bias is not None,
-                shape, dtype, tuple(d.kernel_size), tuple(d.stride), tuple(_ints(d.padding)), tuple(d.dilation),
-            )
-        raise TypeError(f"no cost model for a {type(block).__name__}")
-
-    @classmethod
     def of_layer(cls, module: nn.Module, x: torch.Tensor) -> LayerShape:
-        """The shape of the dense teacher layer ``module`` called on ``x``: the same shape as
-        :meth:`of_block` gives for the block that replaces it (so a plan prices what ``compact`` times).
+        """The shape of ``module`` called on ``x``: a dense teacher layer, or the block that replaced it
+        (it answers the layer's attributes), so that a plan prices what ``compact`` times.
 
         Hugging Face ``Conv1D`` is timed as the ``nn.Linear`` of the same geometry.
         """
         dtype = str(x.dtype).removeprefix("torch.")
         shape = tuple(int(s) for s in x.shape)
-        if isinstance(module, nn.Embedding):
+        bias = getattr(module, "bias", None) is not None
+        if isinstance(module, (nn.Embedding, InherEmbedding)):  # the input is token ids: the table's dtype
             table = str(module.weight.dtype).removeprefix("torch.")
             return cls("embedding", module.embedding_dim, module.num_embeddings, False, shape, table)
-        if isinstance(module, (nn.Conv1d, nn.Conv2d)):
-            return cls(
-                type(module).__name__.lower(), module.out_channels, module.in_channels, module.bias is not None,
-                shape, dtype, tuple(module.kernel_size), tuple(module.stride), tuple(_ints(module.padding)),
-                tuple(module.dilation),
-            )
-        if isinstance(module, nn.Linear):
-            return cls("linear", module.out_features, module.in_features, module.bias is not None, shape, dtype)
+        if isinstance(module, (nn.Conv1d, nn.Conv2d, InherConv)):
+            kernel, stride, dilation = tuple(module.kernel_size), tuple(module.stride), tuple(module.dilation)
+            return cls(f"conv{len(kernel)}d", module.out_channels, module.in_channels, bias, shape, dtype,
+                       kernel, stride, _ints(module.padding), dilation)
+        if isinstance(module, (nn.Linear, InherLinear)):
+            return cls("linear", module.out_features, module.in_features, bias, shape, dtype)
         kind = kind_of(module)
         if kind is not None and kind.name == "hf_conv1d":
             n, m = module.weight.shape
-            return cls("linear", int(m), int(n), getattr(module, "bias", None) is not None, shape, dtype)
+            return cls("linear", int(m), int(n), bias, shape, dtype)
         raise TypeError(f"no cost model for a {type(module).__name__}")
 
     def dense_module(self, device: torch.device | str = "cpu") -> nn.Module:
@@ -300,7 +275,7 @@ class CostTable:
         cached = float(self.entries[shape.key()]["dense"])
         x = shape.example(self.device)
         dense = shape.dense_module(self.device).eval()
-        live = time_calls([_call(dense, x)], max(self.repeats, 5), max(self.min_time, 1e-3), self.device, self.threads)[0]
+        live = time_calls([functools.partial(dense, x)], max(self.repeats, 5), max(self.min_time, 1e-3), self.device, self.threads)[0]
         ratio = live / cached if cached > 0 and live > 0 else 1.0
         if DRIFT_BAND[0] <= ratio <= DRIFT_BAND[1]:
             return 1.0
@@ -328,7 +303,7 @@ class CostTable:
         assert kind is not None
         forms: list[nn.Module] = [dense] + [kind.build(dense, r, 1).eval() for r in ranks]
         x = shape.example(self.device)
-        seconds = time_calls([_call(f, x) for f in forms], self.repeats, self.min_time, self.device, self.threads)
+        seconds = time_calls([functools.partial(f, x) for f in forms], self.repeats, self.min_time, self.device, self.threads)
         return {"dense": seconds[0], "ranks": [[r, s] for r, s in zip(ranks, seconds[1:], strict=True)]}
 
     def save(self) -> Path | None:
@@ -338,13 +313,6 @@ class CostTable:
         body = {"version": CACHE_VERSION, "device": device_name(self.device), "threads": self.threads,
                 "torch": torch.__version__, "entries": self.entries}
         return atomic_write(self.path, json.dumps(body, indent=1, sort_keys=True) + "\n")
-
-
-def _call(module: nn.Module, x: torch.Tensor) -> Callable[[], Any]:
-    def run() -> Any:
-        return module(x)
-
-    return run
 
 
 def _sync(device: torch.device) -> None:
@@ -402,19 +370,13 @@ def measure_latency(
     """
     if not models:
         return []
-    if device is None:
-        device = next((p.device for p in models[0].parameters()), torch.device("cpu"))
+    device = device_of(models[0]) if device is None else device
     batch = move_batch(example, device)
-    modes = [{m: m.training for m in model.modules()} for model in models]
-    for model in models:
-        model.eval()
-    try:
+    with contextlib.ExitStack() as modes:
+        for model in models:
+            modes.enter_context(evaluating(model))
         calls = [functools.partial(forward_batch, model, batch) for model in models]
         return time_calls(calls, repeats, min_time, device, threads)
-    finally:
-        for saved in modes:
-            for m, training in saved.items():
-                m.training = training
 
 
 def _read_cache(path: Path) -> dict[str, dict[str, Any]]:

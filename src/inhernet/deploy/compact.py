@@ -241,7 +241,7 @@ def _measure(
             entry["reason"] = "did not run on the example input; not measured, kept factorised"
             continue
         costs = CostTable(device_of(model)) if costs is None else costs  # built only when a block needs it
-        shape = LayerShape.of_block(block, inputs[name])
+        shape = LayerShape.of_layer(block, inputs[name])
         dense_s, fact_s = float(costs.dense(shape)), float(costs.factorised(shape, rank))
         timing = f"dense {dense_s * 1e6:.1f} us, factorised {fact_s * 1e6:.1f} us at rank {rank}"
         entry.update(dense_seconds=dense_s, factorised_seconds=fact_s)
