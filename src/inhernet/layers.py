@@ -49,12 +49,8 @@ GATE_POOLS = ("mean", "position")
 
 
 class _Replaced:
-    """A read-only attribute of the replaced dense layer (``conv.stride``, ``linear.in_features``...).
-
-    Model code outside the layer's forward reads them (an audio encoder's output lengths from
-    ``conv.kernel_size[0]`` and ``conv.stride[0]``); the block records them at construction
-    (:meth:`DenseFacade._remember`). Writing one raises: the block's structure is fixed when it is built.
-    """
+    """A read-only attribute of the replaced dense layer (``conv.stride``, ``linear.in_features``...),
+    which model code reads outside the forward; recorded at construction (:meth:`DenseFacade._remember`)."""
 
     def __set_name__(self, owner: type, name: str) -> None:
         self.name = name
@@ -132,7 +128,7 @@ def _exclude_hint(name: str | None) -> str:
 
 
 class InherBlock(DenseFacade, nn.Module):
-    """Shared gate and expert logic. Subclasses define ``down`` and ``up`` and the feature axis."""
+    """Shared gate and expert logic. Subclasses define ``down``, ``up`` and the layout of ``W``."""
 
     down: nn.Module
     up: nn.Module
@@ -169,7 +165,7 @@ class InherBlock(DenseFacade, nn.Module):
         p = torch.softmax(logits, dim=-1)
         if self.routing != "top1":
             return p
-        onehot = nn.functional.one_hot(logits.argmax(-1), self.experts).to(p.dtype)
+        onehot = self.gate_probs(logits)
         # p_k / sg(p_k) is exactly 1 (x / x rounds to 1), so the forward value is B_k z; the gradient
         # reaches the logits through p_k (straight-through, gate-value-scaled).
         chosen = (p * onehot).sum(-1, keepdim=True)
@@ -270,6 +266,11 @@ class InherBlock(DenseFacade, nn.Module):
         w = self._up_matrix().detach()
         return w.reshape(w.shape[0], self.experts, self.rank).permute(1, 0, 2).clone()
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Token-wise blocks (linear, embedding): the gate reads each token's ``z``."""
+        z = self.down(x)
+        return self.up(self._mix(z, z, feature_dim=z.dim() - 1))
+
     def extra_repr(self) -> str:
         extra = "" if self.routing == "soft" else f", routing={self.routing}"
         extra += "" if self.gate_pool == "mean" else f", gate_pool={self.gate_pool}"
@@ -299,11 +300,6 @@ class InherLinear(InherBlock):
 
     def _as_weight(self, matrix: torch.Tensor) -> torch.Tensor:
         return matrix.T if self.weight_transposed else matrix
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = self.down(x)
-        return self.up(self._mix(z, z, feature_dim=z.dim() - 1))
-
 
 class InherEmbedding(InherBlock):
     """InherNet block replacing ``nn.Embedding``.
@@ -340,10 +336,6 @@ class InherEmbedding(InherBlock):
 
     def _load_down(self, down: torch.Tensor) -> None:
         self.down.weight.copy_(down.T)  # (r, V) -> lookup table (V, r)
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        z = self.down(ids)
-        return self.up(self._mix(z, z, feature_dim=z.dim() - 1))
 
 
 class InherConv(InherBlock):
@@ -410,24 +402,18 @@ def configure_gates(
 ) -> InherBlock:
     """Choose how a freshly inherited block's gate routes, keeping its function; returns the block.
 
-    Call it right after :meth:`InherBlock.inherit_` (``inherit`` does, from ``InherConfig.routing`` and
-    ``InherConfig.gate_pool``): top-1 resets the experts, so on a trained block it changes the
-    function. Single-expert blocks have no gate and are returned unchanged. The output is kept up to
-    float rounding (the experts' mean is computed in float64 and stored in the block's dtype).
+    Call it right after :meth:`InherBlock.inherit_` (``inherit`` does): top-1 resets the experts, which
+    changes a trained block's function. Single-expert blocks are returned unchanged.
 
     Args:
         routing: ``"soft"`` (the paper: ``sum_i softmax_i B_i z``) or ``"top1"`` (one expert per
-            token / sample / position, see the module docstring). Top-1 re-initialises the block so
-            that it stays function preserving: with ``y = B_k z`` for the argmax ``k`` (not the mean
-            over experts), zero-sum deviations ``D_i`` would change the output, so every expert is
-            set to their mean (exactly ``U_r S_r`` after ``inherit_``: the deviations summed to zero)
-            and the symmetry is broken by the *routing* instead: the gate weight gets random entries
-            (``N(0, gate_noise**2 / r)``), so different inputs pick different experts from the first
-            step, and each expert then learns from its own inputs. Any gate gives the same output
-            while the experts are equal.
+            token / sample / position, see the module docstring). Top-1 would see the zero-sum
+            deviations ``D_i`` in the output, so it sets every expert to their mean (``U_r S_r``) and
+            breaks the symmetry by the *routing* instead: random gate weights (``N(0, gate_noise**2 / r)``)
+            let different inputs pick different experts from the first step.
         gate_pool: ``"mean"`` (conv blocks gate per sample from the spatial mean of ``z``) or
-            ``"position"`` (per position; same parameters, ``h * r`` MACs per position). Linear and
-            embedding blocks always gate per token, and accept either value.
+            ``"position"`` (per position; ``h * r`` MACs per position). Linear and embedding blocks
+            gate per token whatever the value.
         gate_noise: scale of top-1's random gate weights (ignored for soft routing).
         generator: the random source of top-1's gate weights (seeded surgery passes its own).
 

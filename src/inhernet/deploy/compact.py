@@ -3,43 +3,26 @@
 Three steps, each recorded in the model's books (``inhernet_plan``, ``inhernet_config`` and
 ``inhernet_compact``, which :func:`inhernet.save` writes and :func:`inhernet.load` reads back):
 
-1. **Experts folded** into one up-projection per block, as :func:`merge_experts` does (exact for a
-   gate that ignores its input; otherwise the mean gate over ``calib`` replaces it).
-2. **Blocks returned to dense layers** (``nn.Linear``, ``nn.Conv1d/2d``, ``nn.Embedding`` or Hugging
-   Face ``Conv1D`` with ``W = B A`` and the bias kept, so exactly the function the block computed)
-   wherever the factorised form does not pay:
+1. **Experts folded** into one up-projection per block (:func:`merge_experts`).
+2. **Blocks returned to dense layers** of the teacher's type (``W = B A``, bias kept: the same function)
+   where the factorised form does not pay: always at or above break-even rank (the dense layer has no
+   more parameters or MACs; a full-rank model compacts into the teacher), and where the factorised
+   form's **measured** time at the example's shape (a :class:`~inhernet.costs.CostTable`) is at least
+   the dense layer's, while the parameters stay within the budget: ``budget=``, else the model's
+   recorded one, else none. Blocks that save the most seconds per added parameter go first; folding
+   the experts usually pays for them.
+3. **Ranks rounded** to a multiple of ``rank_multiple`` below break-even, where no output changes:
+   **down** where the block's output on the calibration batch changes by at most ``tolerance``
+   (:func:`reranked`, the best approximation of ``B A``), else **up** (exact: zero-padded factors) where
+   the budget has room below break-even, else **kept**. ``tolerance=float("inf")`` rounds every rank
+   down; ``rank_multiple=1`` keeps them.
 
-   * always, when the block's rank is at or above its break-even rank: the dense layer then has no
-     more parameters (and no more MACs) than the block. A full-rank inherited model therefore
-     compacts into the teacher's architecture, reproducing it (never slower by design);
-   * when the factorised form's **measured** time on the example input's shape at that layer is at
-     least the dense layer's (a :class:`~inhernet.deploy.costs.CostTable`, timed once per shape on
-     this device and cached), as long as the model's parameters stay within its budget. The budget
-     is ``budget=`` when given, else the one the model records (its plan's target, or its config's
-     ``budget`` for a loaded model), else there is none (a ``rank=``, ``energy=`` or ``macs=`` model:
-     measured time replaces a MAC budget here). When the budget does not cover every such block,
-     those that save the most seconds per added parameter go first. Folding the experts frees the
-     parameters of ``h - 1`` up-projections and the gates, which is what usually pays for them.
+Finally the largest output change over the largest output, on the calibration batch, is
+``inhernet_compact["output_change"]``, with a warning beyond ``tolerance``.
 
-3. **Ranks rounded** to a multiple of ``rank_multiple`` (default :data:`RANK_MULTIPLE`) in the blocks
-   below break-even, only where that costs no measurable output error, in this order:
-
-   * **down** where the block's output on the calibration batch changes by at most ``tolerance``
-     (relative): :func:`reranked`, the best approximation of ``B A`` at that rank (Frobenius norm);
-   * else **up** (exact: zero-padded factors) where the budget has room and it stays below break-even;
-   * else **kept**, as is a rank below the multiple.
-
-   ``tolerance=float("inf")`` rounds every such rank down (fewest MACs, at an output cost);
-   ``rank_multiple=1`` keeps every rank. The dense/factorised decision then sees the rounded rank.
-
-Finally the outputs are compared with the input model's on the calibration batch (the first of ``calib``,
-else ``example``): the largest change over the largest output is ``inhernet_compact["output_change"]``,
-with a warning beyond ``tolerance`` (folding input-dependent gates is the other source of change).
-
-The default rank multiple and why: :data:`inhernet.costs.prices.RANK_MULTIPLE`. A latency budget
-allocates ranks in its steps, so the default rounding leaves them unchanged. Rounding down only where no
-output changes keeps accuracy at a small cost in speed: rounding a MiniLM classifier's word embedding
-from rank 14 to 8 once cost 13 points of accuracy, for 2-15% of that layer's time.
+The default rank multiple and why: :data:`inhernet.costs.prices.RANK_MULTIPLE`; a latency budget
+allocates ranks in its steps. Rounding down only where no output changes costs a little speed (2-15% of
+a layer's time at rank 14 instead of 8) and once kept 13 points of a MiniLM classifier's accuracy.
 """
 
 from __future__ import annotations
@@ -108,8 +91,8 @@ def compact(
         rank_multiple: round ranks to a multiple of this where no output changes (``1``: exact ranks).
         tolerance: the relative output change taken as none: a rank rounds down where its layer's
             output changes by at most this; a warning where the model's changes by more.
-        costs: the layer timings to decide by (a :class:`~inhernet.deploy.costs.Costs`); default a
-            cached :class:`~inhernet.deploy.costs.CostTable` of this device and thread count.
+        costs: the layer timings to decide by (a :class:`~inhernet.costs.Costs`); default a cached
+            :class:`~inhernet.costs.CostTable` of this device and thread count.
         inplace: modify ``model`` itself instead of a deep copy.
 
     Returns:
