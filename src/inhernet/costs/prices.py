@@ -1,8 +1,5 @@
 """What a layer costs: a :class:`Price` in one currency (parameters, MACs or measured nanoseconds) and
-the allocator's view of a factorisable layer (:class:`LayerCost`).
-
-Parameters and MACs of an InherNet block are both affine in its rank; its measured time is fitted by an
-affine function. The allocation (:mod:`inhernet.allocation`) spends any of them with one greedy engine.
+the allocator's view of a factorisable layer (:class:`LayerCost`), which :mod:`inhernet.allocation` spends.
 """
 
 from __future__ import annotations
@@ -49,11 +46,8 @@ def round_rank(rank: int, multiple: int) -> int:
 
 @dataclass(frozen=True)
 class Price:
-    """What a layer costs in one currency: ``dense`` as the teacher's layer, ``base + unit * r`` as a block.
-
-    Parameters and MACs of an InherNet block are both affine in its rank r; its measured time is
-    fitted by an affine function (:func:`latency_price`).
-    """
+    """What a layer costs in one currency: ``dense`` as the teacher's layer, ``base + unit * r`` as a block
+    (parameters and MACs are affine in the rank; measured time is fitted by :func:`latency_price`)."""
 
     dense: int
     base: int

@@ -55,11 +55,9 @@ DRIFT_BAND = (0.8, 1.25)
 class LayerShape:
     """What a layer's timing depends on: its kind and geometry, and the input it is called with.
 
-    ``kind`` is ``"linear"``, ``"conv1d"``, ``"conv2d"`` or ``"embedding"``; ``out_features`` and
-    ``in_features`` are the output and input channels (an embedding: its dim and vocabulary);
-    ``kernel_size``, ``stride``, ``padding``, ``dilation`` apply to convs (``()`` otherwise);
-    ``input_shape`` is that of the tensor the layer receives, ``dtype`` its dtype (an embedding's:
-    its table's; its input is int64 token ids).
+    ``kind``: ``"linear"``, ``"conv1d"``, ``"conv2d"`` or ``"embedding"``; ``out_features`` and
+    ``in_features``: the output and input channels (an embedding's dim and vocabulary); the conv
+    geometry is ``()`` for the others; ``dtype``: the input's (an embedding's table's).
     """
 
     kind: str
@@ -163,13 +161,10 @@ def device_name(device: torch.device | str = "cpu") -> str:
         name = "cuda-" + torch.cuda.get_device_name(device)
     else:
         name = f"{device.type}-{platform.machine() or 'unknown'}"
-        try:
-            for line in Path("/proc/cpuinfo").read_text().splitlines():
-                if line.startswith("model name"):
-                    name += "-" + line.split(":", 1)[1].strip()
-                    break
-        except OSError:
-            pass
+        with contextlib.suppress(OSError):
+            lines = Path("/proc/cpuinfo").read_text().splitlines()
+            models = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+            name += f"-{models[0]}" if models else ""
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_")[:100]
 
 
