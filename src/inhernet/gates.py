@@ -1,18 +1,10 @@
 """Gate diagnostics: do the experts of an InherNet model route anything, and how far apart are they?
 
-``gate_stats`` runs the model over calibration batches with a hook on every gate and reports, per
-gated block:
-
-* ``entropy``: the mean entropy of the gate's softmax over every token / sample / position, divided
-  by ``log h`` (1 = uniform, the gate routes nothing; 0 = one expert per input);
-* ``load``: the mean routing weights (``gate_probs``: softmax, or one-hot for top-1), whose entropy
-  says whether the inputs use every expert (``load_entropy``, normalised the same way);
-* ``spread``: :func:`inhernet.expert_spread`, the experts' mean distance from their mean relative
-  to the mean's norm (0 = one expert that costs h).
-
-``summarize_gates`` averages them over blocks. A model whose gates have entropy ~1 and whose
-experts have a small spread computes the mean expert: :func:`inhernet.merge_experts` then folds it
-into one expert at no loss.
+Per gated block, over calibration batches: ``entropy``, the gate softmax's mean entropy over ``log h``
+(1: the gate routes nothing; 0: one expert per input); ``load``, the mean routing weights, and
+``load_entropy``, theirs (do the inputs use every expert?); ``spread``, :func:`inhernet.expert_spread`.
+Gates of entropy ~1 over experts of small spread compute the mean expert, which
+:func:`inhernet.merge_experts` folds at no loss.
 """
 
 from __future__ import annotations
@@ -76,11 +68,7 @@ def gate_stats(model: nn.Module, calib: Iterable[Any]) -> dict[str, dict[str, An
 
     Args:
         model: a model holding InherNet blocks; blocks with one expert (no gate) are skipped.
-        calib: input batches (tensors, ``(inputs, labels)`` tuples or dicts), run in eval mode without
-            gradient; the model's modes are restored afterwards.
-
-    Raises:
-        ValueError: ``calib`` produced no activation for some gate (empty, or the block is unused).
+        calib: input batches, run as :func:`record_gates` runs them (which raises as it says).
     """
     blocks = gated_blocks(model)
     entropy = dict.fromkeys(blocks, 0.0)

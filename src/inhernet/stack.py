@@ -13,10 +13,8 @@ KEPT_LAYERS = "inhernet_kept_layers"
 
 
 def layer_stack(model: nn.Module) -> tuple[str, nn.ModuleList]:
-    """The model's stack of repeated blocks: ``(name, ModuleList)``.
-
-    The largest (by parameters) ``nn.ModuleList`` of at least two children of one class, e.g.
-    ``encoder.layer`` of a BERT or ``model.layers`` of a Llama.
+    """The model's stack of repeated blocks: ``(name, ModuleList)``, the largest (by parameters)
+    ``nn.ModuleList`` of at least two children of one class (``model.layers`` of a Llama).
 
     Raises:
         ValueError: if the model has no such list (it is not a stack of repeated layers).
@@ -52,11 +50,9 @@ def replace_module(root: nn.Module, name: str, module: nn.Module) -> nn.Module:
 
 
 def keep_layers_(model: nn.Module, indices: Sequence[int]) -> Callable[[], None]:
-    """Keep only the layers ``indices`` (sorted, distinct, inside the stack) of ``model``'s stack, in place,
-    with the Hugging Face bookkeeping (``config.num_hidden_layers`` and ``layer_types``, each kept block's
-    ``layer_idx``: its key in the KV cache); returns a function that undoes it (what :func:`inhernet.load`
-    calls when a later check fails). The model records which of the original blocks it kept
-    (:data:`KEPT_LAYERS`, read by :func:`origin_name`), across repeated calls."""
+    """Keep only the layers ``indices`` (sorted, distinct) of ``model``'s stack, in place, with the Hugging
+    Face bookkeeping (``config.num_hidden_layers``, ``layer_types``, each block's ``layer_idx``); returns
+    the undo. The model records the original blocks it kept (:data:`KEPT_LAYERS`, see :func:`origin_name`)."""
     name, stack = layer_stack(model)
     n = len(stack)
     recorded = getattr(model, KEPT_LAYERS, None)

@@ -27,15 +27,12 @@ def count_macs(model: nn.Module, example_inputs: Any) -> int:
     """Multiply-accumulates of one forward pass of ``model`` on ``example_inputs``.
 
     Args:
-        model: any ``nn.Module``; it runs once in eval mode (its train/eval flags are restored after,
-            so batch-norm statistics are not touched) and without gradients.
-        example_inputs: one batch as accepted elsewhere in inhernet: a tensor, an ``(inputs, labels)``
-            tuple, or a Hugging Face style dict (``labels`` is never passed to the model). MACs scale
-            with its batch size (and sequence length).
+        model: any ``nn.Module``; it runs once in eval mode (its flags restored after) without gradients.
+        example_inputs: one batch: a tensor, an ``(inputs, labels)`` tuple, or a Hugging Face style dict
+            (``labels`` is not passed). MACs scale with its batch size (and sequence length).
 
     Returns:
-        The FLOP counter's total divided by two. Embedding lookups and element-wise ops count 0; see
-        the module docstring.
+        The FLOP counter's total divided by two (see the module docstring for what it counts).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -50,9 +47,8 @@ def example_positions(
 ) -> tuple[int, dict[str, tuple[int, int]]]:
     """One forward pass on ``example``: the model's MACs, and per layer its output and gate positions.
 
-    The MACs are :func:`inhernet.count_macs` of the whole batch; the positions (summed over a
-    layer's calls; ``(0, 0)`` for a layer that did not run) are what :meth:`LayerKind.positions` reads
-    from each output. Eval mode and no grad, as ``count_macs`` runs; the model's modes are restored.
+    The MACs are :func:`count_macs`'s; the positions (:meth:`LayerKind.positions`) are summed over a
+    layer's calls, ``(0, 0)`` for a layer that did not run.
     """
     seen = {name: (0, 0) for name in layers}
 

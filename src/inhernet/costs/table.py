@@ -193,15 +193,13 @@ class CostTable:
 
     Args:
         device: where layers are timed (default CPU).
-        threads: the torch thread count the table is for (default: the current one); timing runs under it.
-        path: the JSON cache (default ``cost_dir() / f"{device_name(device)}-{threads}.json"``); ``None``
-            with ``cache=False``.
+        threads: the torch thread count the table is for and timed under (default: the current one).
+        path: the JSON cache (default ``cost_dir() / f"{device_name(device)}-{threads}.json"``).
         cache: read and write the JSON cache.
         repeats: interleaved repetitions per measurement (the median is kept).
         min_time: seconds each timed sample lasts at least (a sample repeats the call as needed).
         points: how many ranks are timed per shape (see :func:`rank_points`).
-        check_drift: re-time the first cached shape asked for and scale the cached prices by
-            live / cached when that leaves :data:`DRIFT_BAND` (see the module's docstring).
+        check_drift: re-time the first cached shape asked for (see the module's docstring).
     """
 
     def __init__(
@@ -356,13 +354,9 @@ def measure_latency(
     models: Sequence[nn.Module], example: Any, *, repeats: int = 11, min_time: float = 0.02,
     device: torch.device | str | None = None, threads: int | None = None,
 ) -> list[float]:
-    """Median seconds per forward pass of each of ``models`` on the batch ``example`` (a tensor,
-    ``(inputs, labels)`` or a dict, as :func:`inhernet.batches.forward_batch` takes it), whole.
-
-    The models are timed in interleaved rounds (:func:`time_calls`), in eval mode and without grad;
-    their training flags are restored. ``device``: where the models and the example are (default:
-    the first model's parameters' device).
-    """
+    """Median seconds per forward pass of each of ``models`` on the batch ``example``, timed in
+    interleaved rounds (:func:`time_calls`) in eval mode without grad. ``device``: where the models
+    are (default: the first one's)."""
     if not models:
         return []
     device = device_of(models[0]) if device is None else device

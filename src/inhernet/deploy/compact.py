@@ -80,14 +80,12 @@ def compact(
     Args:
         model: a model holding InherNet blocks (from :func:`inhernet.inherit` or :func:`inhernet.load`).
         calib: iterable of input batches: the gates' mean probabilities are measured on it (needed
-            when a gate depends on its input); its first batch is where output changes are measured,
-            and the example when ``example`` is not given.
-        example: one input batch (tensor, ``(inputs, labels)`` or dict) at the shape to deploy for
-            (batch size, sequence length): every block's input shape is read from one forward pass
-            on it, and layers are timed at that shape.
+            when a gate depends on its input); its first batch measures output changes, and is the
+            example when ``example`` is not given.
+        example: one input batch at the shape to deploy for (batch size, sequence length), at which
+            every block's input shape is read and layers are timed.
         budget: the parameter budget: a fraction in (0, 1] of the teacher's parameters or an int
-            count. Default: the model's recorded budget, if any. ``1.0`` lets every block that is
-            not faster factorised return to dense.
+            count. Default: the model's recorded budget, if any.
         rank_multiple: round ranks to a multiple of this where no output changes (``1``: exact ranks).
         tolerance: the relative output change taken as none: a rank rounds down where its layer's
             output changes by at most this; a warning where the model's changes by more.
@@ -96,11 +94,9 @@ def compact(
         inplace: modify ``model`` itself instead of a deep copy.
 
     Returns:
-        The compact model: single-expert blocks at rounded ranks and dense layers. Its
-        ``inhernet_compact`` records per block ``{"dense": bool, "rank": int | None, "reason": str}``
-        (and ``"rounding"``), the rank multiple, the tolerance, the budget and ``output_change``; its
-        plan (if any) says ``experts=1`` and, for every layer returned to dense, ``rank=None`` and a
-        reason beginning ``"returned to dense"``.
+        The compact model. Its ``inhernet_compact`` records per block ``{"dense", "rank", "reason"}``
+        (and ``"rounding"``), the rank multiple, tolerance, budget and ``output_change``; its plan (if
+        any) says ``experts=1``, and ``rank=None`` for every layer returned to dense.
 
     Raises:
         TypeError: ``model`` is not a module, ``costs`` lacks ``dense``/``factorised``.
@@ -200,13 +196,9 @@ def _measure(
     model: nn.Module, blocks: dict[str, InherBlock], inputs: dict[str, Any], ranks: dict[str, dict[str, Any]],
     costs: Costs | None,
 ) -> tuple[dict[str, dict[str, Any]], list[tuple[float, int, str]], int]:
-    """Each block's decision before the budget: dense where at or above break-even, measured otherwise
-    (at its rank from ``ranks``, else its own).
-
-    Returns the decisions (per block ``dense``, ``rank``, ``rank_before``, ``reason`` and the timings),
-    the blocks that could go dense as ``(seconds saved per added parameter, added parameters, name)``,
-    and the model's parameters with the decisions taken so far.
-    """
+    """Each block's decision before the budget (dense at or above break-even, else measured at its rank
+    in ``ranks``), the blocks that could go dense as ``(seconds saved per added parameter, added
+    parameters, name)``, and the model's parameters with the decisions taken so far."""
     params = sum(p.numel() for p in model.parameters())
     decisions: dict[str, dict[str, Any]] = {}
     optional: list[tuple[float, int, str]] = []

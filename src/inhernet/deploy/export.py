@@ -83,16 +83,13 @@ def export_onnx(
 
     Args:
         model: the model to export; it is traced in eval mode (its flags are restored after).
-        example_inputs: one batch (tensor, ``(inputs, labels)`` tuple or Hugging Face style dict) used
-            for tracing. Its non-dynamic shapes are fixed in the graph.
-        path: the ``.onnx`` file to write; its directory is created. An existing file is replaced only
-            once the export succeeded.
+        example_inputs: one batch (tensor, ``(inputs, labels)`` tuple or Hugging Face style dict) to
+            trace; its non-dynamic shapes are fixed in the graph.
+        path: the ``.onnx`` file to write (its directory is created), replaced only once the export succeeded.
         opset: ONNX opset version.
         dynamic_batch: make axis 0 of every input and of ``logits`` symbolic (``batch``).
-        dynamic_sequence: make axis 1 of every token input (an integer tensor of rank 2: ``input_ids``,
-            ``attention_mask``, ``token_type_ids``, ``position_ids``) symbolic (``sequence``), and axis 1
-            of ``logits`` too when it has the example's sequence length (a language model's). ``False``
-            fixes the sequence length at the example's.
+        dynamic_sequence: make axis 1 of every token input (an integer tensor of rank 2) symbolic
+            (``sequence``), and of ``logits`` too when it has the example's sequence length.
         dynamic_axes: extra symbolic axes per input/output name, e.g. ``{"input_ids": {1: "tokens"}}``;
             merged over (and renaming) the batch and sequence axes.
         dynamo: use the ``torch.export``-based exporter instead (needs ``onnxscript``; it implements
@@ -181,12 +178,8 @@ def _dynamic_shapes(names: list[str], axes: dict[str, dict[int, str]]) -> tuple[
 
 
 def verify_onnx(path: str | os.PathLike[str], model: nn.Module, example_inputs: Any) -> float:
-    """Run the ONNX file in onnxruntime (CPU) and return its largest deviation from ``model``.
-
-    The deviation is ``max|ort - torch| / max|torch|`` over the logits (a relative error; ~1e-6 is
-    float32 rounding). ``example_inputs`` may differ in batch size from the export's when the batch
-    axis is dynamic. Needs the ``onnxruntime`` package.
-    """
+    """Run the ONNX file in onnxruntime (CPU) and return ``max|ort - torch| / max|torch|`` over the
+    logits against ``model`` (~1e-6 is float32 rounding). Needs the ``onnxruntime`` package."""
     try:
         import onnxruntime as ort
     except ImportError:

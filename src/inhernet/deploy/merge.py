@@ -33,10 +33,8 @@ def merge_experts(model: nn.Module, calib: Iterable[Any] | None = None) -> nn.Mo
 
     Args:
         model: a model holding InherNet blocks (the result of ``inherit``, possibly fine-tuned).
-        calib: iterable of input batches (tensors, ``(inputs, labels)`` tuples or dicts) from which
-            each gate's mean probabilities are measured. May be omitted only when every gate is
-            input independent (its weight is all zero, as right after ``inherit``); the merge is then
-            exact.
+        calib: iterable of input batches on which each gate's mean probabilities are measured; may be
+            omitted when every gate is input independent (zero weight, as right after ``inherit``).
 
     Returns:
         ``model``, whose blocks now have ``experts == 1`` and ``gate is None`` (new ``up`` parameters:
