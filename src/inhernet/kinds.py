@@ -78,12 +78,10 @@ class LayerKind:
 class LinearKind(LayerKind):
     name = "linear"
 
-    def build(self, module: nn.Linear, rank: int, experts: int) -> InherBlock:
-        w = module.weight
-        return InherLinear(
-            module.in_features, module.out_features, rank, experts, bias=module.bias is not None,
-            device=w.device, dtype=w.dtype,
-        )
+    def build(self, module: nn.Module, rank: int, experts: int) -> InherLinear:
+        m, n = self.shape(module)
+        w, bias = module.weight, self.bias(module) is not None
+        return InherLinear(n, m, rank, experts, bias=bias, device=w.device, dtype=w.dtype)
 
 
 class HFConv1DKind(LinearKind):
@@ -94,10 +92,8 @@ class HFConv1DKind(LinearKind):
     def matrix(self, module: nn.Module) -> torch.Tensor:
         return module.weight.T
 
-    def build(self, module: nn.Module, rank: int, experts: int) -> InherBlock:
-        w = module.weight
-        n, m = w.shape
-        block = InherLinear(n, m, rank, experts, bias=module.bias is not None, device=w.device, dtype=w.dtype)
+    def build(self, module: nn.Module, rank: int, experts: int) -> InherLinear:
+        block = super().build(module, rank, experts)
         block.weight_transposed = True  # Conv1D stores its weight as (in, out)
         return block
 

@@ -17,7 +17,7 @@ with ``p = softmax(logits)`` and ``sg`` a stop-gradient: the factor is exactly 1
 yet the logits receive the gradient ``(dL/dy . B_k z) (e_k - p)``. The unchosen experts still run (as
 zeros), so ``count_macs`` reports the fused cost.
 
-To code outside its forward a block answers as the dense layer it replaced (:class:`DenseFacade`).
+To code outside its forward a block answers as the dense layer it replaced (:class:`InherBlock`).
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ from .views import DenseWeight
 __all__ = [
     "GATE_POOLS",
     "ROUTINGS",
-    "DenseFacade",
     "InherBlock",
     "InherConv",
     "InherEmbedding",
@@ -50,39 +49,60 @@ GATE_POOLS = ("mean", "position")
 
 class _Replaced:
     """A read-only attribute of the replaced dense layer (``conv.stride``, ``linear.in_features``...),
-    which model code reads outside the forward; recorded at construction (:meth:`DenseFacade._remember`)."""
+    which model code reads outside the forward; recorded at construction (:meth:`InherBlock._remember`)."""
 
     def __set_name__(self, owner: type, name: str) -> None:
         self.name = name
 
-    def __get__(self, block: DenseFacade | None, owner: type | None = None) -> Any:
+    def __get__(self, block: InherBlock | None, owner: type | None = None) -> Any:
         if block is None:
             return self
         return block._replaced[self.name]
 
-    def __set__(self, block: DenseFacade, value: Any) -> None:
+    def __set__(self, block: InherBlock, value: Any) -> None:
         raise AttributeError(
             f"{self.name} of a factorised {type(block).__name__} is read-only: it is the replaced layer's, and "
             "the block's structure is fixed when it is built"
         )
 
 
-class DenseFacade:
-    """Mixin: what a factorised block shows of the dense layer it replaced, to code outside its forward.
+def _exclude_hint(name: str | None) -> str:
+    """The ``InherConfig(exclude=[...])`` that keeps layer ``name`` dense, for error messages."""
+    return f"InherConfig(exclude=[{name!r}])" if name else "InherConfig(exclude=[<the layer's name>])"
 
-    Model code reads a layer's hyperparameters (declared per block class as :class:`_Replaced`
-    attributes and recorded by :meth:`_remember`), its ``bias``, and its ``weight``: a
-    :class:`~inhernet.views.DenseWeight`. The block provides :meth:`dense_weight`, ``weight_shape``
-    and ``up``.
+
+class InherBlock(nn.Module):
+    """Shared gate and expert logic. Subclasses define ``down``, ``up`` and the layout of ``W``.
+
+    To code outside its forward a block answers as the dense layer it replaced: its hyperparameters
+    (:class:`_Replaced` attributes, recorded by :meth:`_remember`), its ``bias``, and its ``weight``
+    (a :class:`~inhernet.views.DenseWeight`).
     """
 
+    down: nn.Module
+    up: nn.Module
+    weight_shape: tuple[int, ...]
     _replaced: dict[str, Any]
     #: whether code outside the forward has used the dense weight (the warning is given once per block)
     _dense_read: bool = False
     #: the block's dotted name in its model, recorded by :func:`inhernet.stack.replace_module` (for messages)
     inhernet_name: str | None = None
-    up: nn.Module
-    weight_shape: tuple[int, ...]
+
+    def __init__(self, rank: int, experts: int, *, device=None, dtype=None) -> None:
+        super().__init__()
+        if rank < 1 or experts < 1:
+            raise ValueError(f"rank and experts must be >= 1, got rank={rank}, experts={experts}")
+        self.rank = rank
+        self.experts = experts
+        #: ``"soft"`` or ``"top1"`` (see :func:`configure_gates`); a forward-time choice, no parameters
+        self.routing = "soft"
+        #: ``"mean"`` or ``"position"``: what a conv block's gate reads (token-wise blocks gate per token)
+        self.gate_pool = "mean"
+        self.gate: nn.Linear | None = None
+        if experts > 1:
+            self.gate = nn.Linear(rank, experts, device=device, dtype=dtype)
+            nn.init.zeros_(self.gate.weight)
+            nn.init.zeros_(self.gate.bias)
 
     def _remember(self, **replaced: Any) -> None:
         """Record the replaced layer's hyperparameters (every :class:`_Replaced` attribute of the class)."""
@@ -101,10 +121,6 @@ class DenseFacade:
         """The replaced layer's bias, which the block keeps as is in ``up``."""
         return getattr(self.up, "bias", None)
 
-    def dense_weight(self) -> torch.Tensor:
-        """The dense weight the block computes, in the replaced layer's layout."""
-        raise NotImplementedError
-
     def _dense_for_reader(self, op: str) -> torch.Tensor:
         """:meth:`dense_weight` for code outside the forward (``op`` uses it), warning once per block."""
         weight = self.dense_weight()
@@ -120,34 +136,6 @@ class DenseFacade:
             )
             self._dense_read = True
         return weight
-
-
-def _exclude_hint(name: str | None) -> str:
-    """The ``InherConfig(exclude=[...])`` that keeps layer ``name`` dense, for error messages."""
-    return f"InherConfig(exclude=[{name!r}])" if name else "InherConfig(exclude=[<the layer's name>])"
-
-
-class InherBlock(DenseFacade, nn.Module):
-    """Shared gate and expert logic. Subclasses define ``down``, ``up`` and the layout of ``W``."""
-
-    down: nn.Module
-    up: nn.Module
-
-    def __init__(self, rank: int, experts: int, *, device=None, dtype=None) -> None:
-        super().__init__()
-        if rank < 1 or experts < 1:
-            raise ValueError(f"rank and experts must be >= 1, got rank={rank}, experts={experts}")
-        self.rank = rank
-        self.experts = experts
-        #: ``"soft"`` or ``"top1"`` (see :func:`configure_gates`); a forward-time choice, no parameters
-        self.routing = "soft"
-        #: ``"mean"`` or ``"position"``: what a conv block's gate reads (token-wise blocks gate per token)
-        self.gate_pool = "mean"
-        self.gate: nn.Linear | None = None
-        if experts > 1:
-            self.gate = nn.Linear(rank, experts, device=device, dtype=dtype)
-            nn.init.zeros_(self.gate.weight)
-            nn.init.zeros_(self.gate.bias)
 
     # -- the forward pieces -------------------------------------------------------------------------
     def gate_probs(self, logits: torch.Tensor) -> torch.Tensor:
