@@ -289,14 +289,12 @@ class InherLinear(InherBlock):
     def _as_weight(self, matrix: torch.Tensor) -> torch.Tensor:
         return matrix.T if self.weight_transposed else matrix
 
-class InherEmbedding(InherBlock):
-    """InherNet block replacing ``nn.Embedding``.
 
-    An embedding is the linear map from a one-hot token (n = vocabulary) to its vector (m = dim), i.e.
-    ``W = E^T``. The asymmetric arrangement keeps that orientation: ``down`` is a lookup table of
-    rank-r codes (the orthonormal ``U_r`` rows of ``E = U S V^T``), and the experts up-project the
-    code with the singular values ``V_r S_r``. The big vocabulary side stays cheap (r per token);
-    the experts and the gate act per token on the code.
+class InherEmbedding(InherBlock):
+    """InherNet block replacing ``nn.Embedding``, the map ``W = E^T`` from one-hot tokens (n = vocabulary).
+
+    ``down`` is a lookup table of rank-r codes (the orthonormal ``U_r`` rows of ``E = U S V^T``), the
+    experts up-project them with ``V_r S_r``: the vocabulary side costs r per token.
     """
 
     num_embeddings, embedding_dim, padding_idx = _Replaced(), _Replaced(), _Replaced()
@@ -327,11 +325,8 @@ class InherEmbedding(InherBlock):
 
 
 class InherConv(InherBlock):
-    """InherNet block replacing ``nn.Conv1d`` / ``nn.Conv2d`` (groups = 1).
-
-    ``down`` is a conv with the teacher's kernel, stride, padding, dilation and padding mode into r
-    channels; ``up`` is a 1x1 conv from the h*r gate-scaled channels to the output channels.
-    """
+    """InherNet block replacing ``nn.Conv1d`` / ``nn.Conv2d`` (groups = 1): ``down`` has the teacher's
+    geometry and r output channels, ``up`` is a 1x1 conv from the h*r gate-scaled channels."""
 
     in_channels, out_channels, kernel_size, stride = _Replaced(), _Replaced(), _Replaced(), _Replaced()
     padding, dilation, groups, padding_mode = _Replaced(), _Replaced(), _Replaced(), _Replaced()

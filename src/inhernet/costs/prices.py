@@ -67,14 +67,10 @@ def param_price(m: int, n: int, experts: int, bias: bool, dense: int) -> Price:
 def mac_price(
     m: int, experts: int, positions: int, gate_positions: int, dense_rate: int, down_rate: int
 ) -> Price:
-    """MACs of one forward pass, as PyTorch's FLOP counter charges them.
-
-    ``positions`` is the number of output positions the layer computed on the example input (tokens,
-    or samples x output pixels); ``dense_rate`` the teacher layer's MACs per position (``m*n``; 0 for an
-    embedding lookup), ``down_rate`` the down-projection's MACs per position and rank (``n``; 0 for a
-    lookup). The fused up-projection costs ``h*m`` per position and rank, the gate ``Linear(r, h)``
-    ``h`` per rank at each of its ``gate_positions`` (every token for linear layers, one per sample
-    for convs); biases, the gate's softmax and scaling are not counted.
+    """MACs of one forward pass, as PyTorch's FLOP counter charges them (:meth:`LayerKind.mac_rates`
+    and :meth:`LayerKind.positions` give the rates and positions): ``dense_rate`` per output position
+    dense; ``down_rate + h*m`` per position and rank, plus ``h`` per rank at each of the gate's
+    ``gate_positions``, as a block. Biases, the gate's softmax and scaling are not counted.
     """
     gate = experts * gate_positions if experts > 1 else 0
     return Price(dense_rate * positions, 0, positions * (down_rate + experts * m) + gate)
@@ -103,10 +99,9 @@ def latency_price(dense_seconds: float, points: Sequence[tuple[int, float]]) -> 
 class LayerCost:
     """A factorisable layer as the allocator sees it: its shape, price and spectrum.
 
-    ``price`` is what the allocator spends (default: parameters); ``params`` stays the parameter count
-    whatever the currency. ``multiple``: the ranks the allocation may choose are those below it and its
-    multiples (1: every rank); a latency budget uses :data:`RANK_MULTIPLE`, the ranks ``compact()``
-    keeps, so that the measured budget is spent on ranks that are deployed as they are.
+    ``price`` is what the allocator spends (default: parameters); ``params`` counts parameters whatever
+    the currency. ``multiple``: the allowed ranks are those below it and its multiples (a latency budget
+    uses :data:`RANK_MULTIPLE`, the ranks ``compact()`` keeps).
     """
 
     name: str
