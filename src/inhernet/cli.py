@@ -96,13 +96,7 @@ def cli() -> None:
 # -- your own model and data: compress / train / eval -------------------------------------------------
 def _options(*decorators):
     """Apply several click decorators as one, in reading order."""
-
-    def apply(f):
-        for decorator in reversed(decorators):
-            f = decorator(f)
-        return f
-
-    return apply
+    return lambda f: functools.reduce(lambda g, decorator: decorator(g), reversed(decorators), f)
 
 
 _MODEL_SPEC = _options(

@@ -31,9 +31,8 @@ def record_gates(
     model: nn.Module, blocks: dict[str, InherBlock], calib: Iterable[Any],
     record: Callable[[str, torch.Tensor], None],
 ) -> dict[str, int]:
-    """Run ``model`` over ``calib`` (:func:`inhernet.batches.forward_all`: eval mode, no grad) and pass
-    every gate call's logits, as float64 rows ``(N, h)``, to ``record(name, logits)``; returns the rows
-    seen per block.
+    """Run ``model`` over ``calib`` (eval mode, no grad) and pass every gate call's logits, as float64
+    rows ``(N, h)``, to ``record(name, logits)``; returns the rows seen per block.
 
     Raises:
         ValueError: ``calib`` produced no activation for some gate (empty, or the block is unused).

@@ -42,12 +42,10 @@ def torch_function_name(func: Any) -> str:
 class DenseWeight(torch.Tensor):
     """A storage-less tensor with the shape, dtype and device of a factorised block's dense weight.
 
-    Metadata reads (:data:`METADATA`) cost nothing. A use of the values gets the block's
-    ``_dense_for_reader`` (:meth:`inhernet.layers.InherBlock.dense_weight`, differentiable, with a
-    warning once per block that its compute is then not reduced). In-place writes raise: the factors
-    are what a write would have to change. Being a tensor subclass with ``__torch_function__``, it also
-    keeps PyTorch's fused fast paths (``nn.TransformerEncoderLayer`` in eval mode) off, so they take the
-    module-by-module path where the block's own forward runs.
+    Metadata reads (:data:`METADATA`) cost nothing; a use of the values gets the block's differentiable
+    :meth:`~inhernet.layers.InherBlock.dense_weight`, with a warning once per block; in-place writes
+    raise. As a tensor subclass with ``__torch_function__`` it also keeps PyTorch's fused fast paths
+    (``nn.TransformerEncoderLayer`` in eval mode) off, so that the block's own forward runs.
     """
 
     _block: Any  # the InherBlock (layers sits above this module)

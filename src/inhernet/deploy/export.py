@@ -169,12 +169,8 @@ def _dynamic_shapes(names: list[str], axes: dict[str, dict[int, str]]) -> tuple[
     ``Dim`` per axis name, so e.g. every input's batch axis is the same symbol)."""
     if not any(axes.get(n) for n in names):
         return None
-    dims: dict[str, Any] = {}
-
-    def dim(label: str) -> Any:
-        return dims.setdefault(label, torch.export.Dim(label))
-
-    return (tuple({i: dim(label) for i, label in axes.get(n, {}).items()} or None for n in names),)
+    dims = {label: torch.export.Dim(label) for n in names for label in axes.get(n, {}).values()}
+    return (tuple({i: dims[label] for i, label in axes.get(n, {}).items()} or None for n in names),)
 
 
 def verify_onnx(path: str | os.PathLike[str], model: nn.Module, example_inputs: Any) -> float:
