@@ -268,10 +268,8 @@ def _skeleton(block: InherBlock) -> nn.Module:
     opts: dict[str, Any] = {"device": w.device, "dtype": w.dtype}
     bias = block.up.bias is not None
     if isinstance(block, InherEmbedding):
-        return nn.Embedding(
-            block.num_embeddings, block.embedding_dim, padding_idx=block.padding_idx,
-            device=w.device, dtype=block.down.weight.dtype,
-        )
+        opts["dtype"] = block.down.weight.dtype  # the table's
+        return nn.Embedding(block.num_embeddings, block.embedding_dim, padding_idx=block.padding_idx, **opts)
     if isinstance(block, InherConv):
         d = block.down
         return type(d)(
@@ -374,18 +372,17 @@ def _budget_target(model: nn.Module, budget: float | int | None) -> int | None:
         if config is None or config.budget is None or config.budgets:
             return None
         budget = config.budget
-    if isinstance(budget, bool) or not isinstance(budget, (int, float)):
-        raise ValueError(f"budget must be a fraction in (0, 1] or a parameter count, got {budget!r}")
+    fraction = isinstance(budget, float)
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not (
+        0 < budget <= 1 if fraction else budget >= 1
+    ):
+        raise ValueError(f"budget must be a fraction in (0, 1] or a parameter count >= 1, got {budget!r}")
+    if not fraction:
+        return budget
     teacher = sum(p.numel() for p in model.parameters())
     for block in _blocks(model).values():
         teacher += _dense_params(block) - sum(p.numel() for p in block.parameters())
-    if isinstance(budget, float):
-        if not 0 < budget <= 1:
-            raise ValueError(f"budget must be a fraction in (0, 1] or a parameter count, got {budget!r}")
-        return int(budget * teacher)
-    if budget < 1:
-        raise ValueError(f"budget must be a fraction in (0, 1] or a parameter count >= 1, got {budget!r}")
-    return budget
+    return int(budget * teacher)
 
 
 def _record_plan(model: nn.Module, decisions: dict[str, dict[str, Any]]) -> None:
