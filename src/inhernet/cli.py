@@ -3,16 +3,21 @@ data (loaded by :mod:`inhernet.sources`). The benchmark harness has its own: ``i
 
 from __future__ import annotations
 
+import copy
 import functools
+import itertools
+import json
 import os
 import sys
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import click
 from rich.console import Console
 from rich.table import Table
 
+from ._atomic import atomic_write
 from .config import ALLOCATIONS
 
 # Logs and CI are not terminals: keep tables whole there instead of wrapping them at 80 columns.
@@ -426,9 +431,6 @@ def eval_command(
       inhernet eval out/r18-pets --data pets/train --val-fraction 0.1   # train's held-out split
       inhernet eval out/r18-pets --data pets/test --compact             # + the compact form, latencies
     """
-    import copy
-    from pathlib import Path
-
     from . import load
     from .serialization import CONFIG_NAME
     from .sources import DataOptions, Source, open_source, parse_model_spec, read_source, split
@@ -438,14 +440,12 @@ def eval_command(
         if given:
             raise ValueError(f"{', '.join(given)} describe a model spec; {model}'s teacher is recorded in its source.json")
         source = read_source(model)
-        options = source.data.updated(**prep)
-        opened = open_source(replace(source, data=options), data)
+        opened = open_source(replace(source, data=source.data.updated(**prep)), data)
         models = {"teacher": opened.teacher, "inhernet": load(model, base=copy.deepcopy(opened.teacher))}
         spec = source.model
     else:
         spec = parse_model_spec(model, weights=weights, task=task, num_classes=num_classes)
-        options = DataOptions().updated(**prep)
-        opened = open_source(Source(spec, options), data)
+        opened = open_source(Source(spec, DataOptions().updated(**prep)), data)
         models = {str(spec): opened.teacher}
     dataset = opened.data.dataset if val_fraction == 0 else split(opened.data.dataset, val_fraction, seed)[1]
     if with_compact:
@@ -461,10 +461,6 @@ def eval_command(
     if opened.data.metric == "perplexity" and new_tokens:
         report["continuations"] = _continuations(models, spec, dataset, prompts, new_tokens)
     if json_path:
-        import json
-
-        from ._atomic import atomic_write
-
         atomic_write(json_path, json.dumps(report, indent=2) + "\n")
 
 
@@ -507,8 +503,6 @@ def _measure(models: dict[str, Any], dataset: Any, batch_size: int, metric: str)
 def _add_compact(models: dict[str, Any], dataset: Any, batch_size: int, rank_multiple: int | None) -> None:
     """``models["inhernet-compact"]``: the deployable form of ``models["inhernet"]`` (if any), for batch 1;
     prints how far its outputs moved from the student's."""
-    import itertools
-
     from .batches import rows_of
     from .deploy import compact
     from .sources import make_loader
