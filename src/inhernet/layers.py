@@ -6,9 +6,8 @@ For a teacher layer ``y = W x + b`` the block computes::
     g = softmax(G pool(z) + c)               # gate over h experts, zero at init -> uniform 1/h
     y = sum_i g_i * (B_i z) + b              # up: experts B_i = U_r S_r + D_i, sum_i D_i = 0
 
-The h expert products are fused into one: the gate-scaled features ``[g_1 z, ..., g_h z]`` are stacked
-along the feature/channel axis and hit one weight ``[B_1 ... B_h]`` (one matmul, or one 1x1 conv).
-With ``experts == 1`` there is no gate and the block is a plain low-rank factorisation.
+The h expert products are fused: the gate-scaled ``[g_1 z, ..., g_h z]``, stacked along the feature
+axis, hit one weight ``[B_1 ... B_h]``. With ``experts == 1`` the block is a plain low-rank factorisation.
 
 Linear and embedding blocks gate per token; conv blocks per sample, from the spatial mean of ``z``.
 :func:`configure_gates` adds two variants beyond the paper, both function preserving at init and

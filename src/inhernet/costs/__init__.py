@@ -1,9 +1,5 @@
-"""Costs beneath the core: what a layer and a model cost in parameters, MACs or measured time.
-
-``prices`` (a layer's :class:`Price` and the allocator's :class:`LayerCost`), ``macs`` (PyTorch's FLOP
-counter), ``table`` (measured layer times, cached per device) and ``profile`` (the teacher's costs on the
-example input, as a MAC or latency budget prices its layers).
-"""
+"""What a layer and a model cost in parameters, MACs (``macs``) or measured time (``table``): a layer's
+price (``prices``), and the teacher's costs on the example input (``profile``)."""
 
 from .macs import count_macs
 from .prices import NANOSECONDS, RANK_MULTIPLE, LayerCost, Price, round_rank

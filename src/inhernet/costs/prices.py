@@ -21,15 +21,9 @@ __all__ = [
 #: a latency budget's currency: integer nanoseconds (per second)
 NANOSECONDS = 10**9
 
-# The rank multiple of the deployed form. Measured under load on a shared 2-core x86 CPU, torch eager, one
-# thread, batch 1, microseconds per call, 31 interleaved repetitions:
-#   rank                    57    60    63    64    65    68    71    72    80
-#   Linear 384->384        91    93   108    89    96    98   117   101   106   (dense 223)
-#   Linear 384->1536      199   202   221   204   216   214   238   227   250   (dense 1108)
-#   Conv2d 32->64 k3      437   436   446   421   514   510   516   522   507   (dense 323)
-# Ranks just below a multiple of 8 (63, 71) ran 5-20% slower than the multiple of 8 above them; the
-# conv's cost steps at multiples of 16 (65-80 flat). 8 is the default: it avoids the slow ranks at a
-# cost of at most 7 ranks per layer; 16 suits convs a little better (and tensor cores).
+# Why 8: on a shared 2-core x86 CPU (torch eager, one thread, batch 1) ranks just below a multiple of 8
+# ran 5-20% slower than the multiple above them (Linear 384->384: 108 us at rank 63, 89 us at 64); a
+# conv's cost steps at multiples of 16. 8 avoids the slow ranks at a cost of at most 7 ranks per layer.
 #: ``compact()`` rounds factorised ranks down to a multiple of this, and a latency budget allocates
 #: ranks in these steps, so that the two agree (see :func:`round_rank`)
 RANK_MULTIPLE = 8

@@ -1,18 +1,12 @@
 """Measured layer costs: how long a dense layer and its factorised form take on this device.
 
 A :class:`CostTable` times, once per :class:`LayerShape` and thread count, the dense layer and its
-single-expert block at a few ranks (:func:`rank_points`), and interpolates linearly in rank between
-them. Every timing is the median over interleaved repetitions, so that a slow stretch of a shared
-machine hits every form alike. Tables are cached as JSON per device and thread count in
-:func:`cost_dir`, written atomically. A cached table re-times the first shape it is asked for and,
-outside :data:`DRIFT_BAND` (another process on the cores, a changed clock), scales every cached price
-by live / cached, with a warning: a latency budget compares these prices with the teacher's time
-measured now. :func:`inhernet.deploy.compact` and a latency budget (``InherConfig(latency=...)``)
-spend them.
-
-Anything with the methods of :class:`Costs` can stand in for a table (a fake one in tests);
-:class:`LatencyCosts` adds ``latency(models, example)``, whole models timed by :func:`measure_latency`
-(not cached: a model is not a shape).
+single-expert block at a few ranks (:func:`rank_points`; medians of interleaved repetitions, so that
+a slow stretch of a shared machine hits every form alike), interpolating in rank between them. It is
+cached as JSON in :func:`cost_dir`; a cached table re-times the first shape asked for and, outside
+:data:`DRIFT_BAND`, scales every cached price by live / cached with a warning, since a latency budget
+compares them with the teacher's time measured now. Anything with the methods of :class:`Costs` can
+stand in for a table; :class:`LatencyCosts` adds whole models (:func:`measure_latency`, not cached).
 """
 
 from __future__ import annotations

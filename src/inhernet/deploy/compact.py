@@ -1,7 +1,6 @@
 """``compact()``: the deployable form of an inherited model.
 
-Three steps, each recorded in the model's books (``inhernet_plan``, ``inhernet_config`` and
-``inhernet_compact``, which :func:`inhernet.save` writes and :func:`inhernet.load` reads back):
+Three steps, recorded in the model's books (``inhernet_plan``, ``inhernet_config``, ``inhernet_compact``):
 
 1. **Experts folded** into one up-projection per block (:func:`merge_experts`).
 2. **Blocks returned to dense layers** of the teacher's type (``W = B A``, bias kept: the same function)
@@ -20,9 +19,9 @@ Three steps, each recorded in the model's books (``inhernet_plan``, ``inhernet_c
 Finally the largest output change over the largest output, on the calibration batch, is
 ``inhernet_compact["output_change"]``, with a warning beyond ``tolerance``.
 
-The default rank multiple and why: :data:`inhernet.costs.prices.RANK_MULTIPLE`; a latency budget
-allocates ranks in its steps. Rounding down only where no output changes costs a little speed (2-15% of
-a layer's time at rank 14 instead of 8) and once kept 13 points of a MiniLM classifier's accuracy.
+The default multiple: :data:`inhernet.costs.prices.RANK_MULTIPLE`, the steps of a latency budget's ranks.
+Rounding down only where no output changes costs 2-15% of a layer's time at rank 14 instead of 8, and
+once kept 13 points of a MiniLM classifier's accuracy.
 """
 
 from __future__ import annotations
