@@ -60,8 +60,7 @@ def _prune_value(value: str | None) -> float | str | None:
     return share
 
 
-# Errors that bad input causes (an argument, a file, a missing asset): one `error:` line. Anything
-# else is a bug and keeps its traceback; `--debug` (or INHERNET_DEBUG=1) keeps it for these too.
+# Errors that bad input causes: one `error:` line (a traceback with `--debug`); others are bugs.
 USER_ERRORS = (ValueError, TypeError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
 _debug = {"on": False}
 
@@ -127,8 +126,7 @@ def _collect_prep(f):
     return command
 
 
-# Preparation options default to None: compress fills in DataOptions' defaults, train and eval what
-# compress recorded.
+# Preparation options default to None: DataOptions' defaults in compress, what it recorded after.
 _DATA = _options(
     click.option("--data", type=click.Path(), required=True,
                  help="An image folder (ROOT/CLASS/img.png) or a CSV/TSV/JSONL text file."),

@@ -187,12 +187,9 @@ class InherBlock(nn.Module):
         expert_noise: float = 0.0,
         generator: torch.Generator | None = None,
     ) -> InherBlock:
-        """Initialise from factors ``down`` (r x n) and ``up`` (m x r) so that ``up @ down ~ W``.
-
-        Every expert starts at ``up`` plus a deviation ``D_i`` with ``sum_i D_i = 0`` and
-        ``||D_i|| = expert_noise * ||up||``; under the zero gate the block computes exactly
-        ``up @ down @ x + bias``. The deviations give experts and gate distinct gradients.
-        """
+        """Initialise from factors ``down`` (r x n) and ``up`` (m x r) so that ``up @ down ~ W``: each
+        expert is ``up`` plus a deviation ``D_i`` (``sum_i D_i = 0``, ``||D_i|| = expert_noise * ||up||``),
+        so that under the zero gate the block computes exactly ``up @ down @ x + bias``."""
         m, r = up.shape
         if r != self.rank or down.shape[0] != self.rank:
             raise ValueError(f"factors of rank {r}/{down.shape[0]} do not fit a block of rank {self.rank}")

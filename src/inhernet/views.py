@@ -1,9 +1,8 @@
 """``block.weight``: what a factorised layer shows of the dense weight it replaced.
 
-Model code reads a projection's ``.weight`` outside its forward to learn its dtype or device
-(``hidden.to(self.proj.weight.dtype)``), or uses its values (a tied head's ``embed.weight.T``). A
-:class:`DenseWeight` answers the first for free (:data:`METADATA`) and computes the dense weight for the
-second. :mod:`inhernet.readers` tells the two kinds of readers apart.
+Model code reads a projection's ``.weight`` outside its forward for its metadata
+(``hidden.to(self.proj.weight.dtype)``), free here, or its values (a tied head's ``embed.weight.T``),
+computed here from the factors. :mod:`inhernet.readers` tells the two kinds of readers apart.
 """
 
 from __future__ import annotations

@@ -1,9 +1,5 @@
-"""The teacher's costs on the example input, as a MAC or latency budget prices its layers.
-
-:class:`MacProfile`: the model's MACs and each open layer's positions (:func:`profile_macs`);
-:class:`LatencyProfile`: the model's measured time and each open layer's fitted price
-(:func:`profile_latency`, timed by a cost table, :mod:`inhernet.costs.table`).
-"""
+"""The teacher's costs on the example input, as a MAC (:class:`MacProfile`) or latency
+(:class:`LatencyProfile`) budget prices its layers."""
 
 from __future__ import annotations
 

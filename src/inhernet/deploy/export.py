@@ -1,11 +1,8 @@
 """ONNX export of an inherited (or any) model, written atomically, plus an onnxruntime check.
 
-The default exporter is the TorchScript-tracing one (``torch.onnx.export(..., dynamo=False)``): it needs
-nothing beyond torch, takes ``dynamic_axes`` directly and traces the blocks and Hugging Face models into
-plain ONNX ops at opset 17. ``dynamo=True`` picks the ``torch.export``-based one, which needs the
-``onnxscript`` package. The graph takes the model's inputs (``input`` for a tensor batch, the dict's keys
-for a Hugging Face batch, ``labels`` dropped) and returns ``logits``; shapes are frozen at the example's
-except the dynamic axes.
+The default exporter traces (``torch.onnx.export(..., dynamo=False)``): it needs nothing beyond torch
+and takes ``dynamic_axes`` directly; ``dynamo=True`` needs ``onnxscript``. The graph takes the model's
+inputs (``input``, or the batch dict's keys but ``labels``) and returns ``logits``.
 
 Silenced while exporting: the tracing exporter's DeprecationWarning, and Hugging Face text models'
 ``UserWarning`` that ``aten::index`` "with negative indices" is wrong: their only ``aten::index`` is the

@@ -4,13 +4,10 @@ A block with h experts computes ``y = sum_i g_i(x) B_i z + b``. ``merge_experts`
 its mean probabilities ``p`` over calibration data and folds the experts into ``B = sum_i p_i B_i``: a
 plain low-rank layer (``experts == 1``) of ``r*(n+m)`` parameters instead of ``r*n + h*r*m + h*r + h``.
 
-Exact (up to float rounding, without calibration data) for a gate whose weight is zero (a freshly
-inherited model, or one trained with the gate frozen) and for equal experts (top-1 routing at init).
-Otherwise ``E[g] B`` replaces ``E[g B]``, an approximation that is coarser the more the gate varies and
-the further apart the experts are (top-1 routing: the mean one-hot routing); evaluate the merged
-model, and fine-tune it briefly if the loss matters. All gate means are measured in one pass of the
-*unmerged* model; every gated position counts (every token, padding included; per sample or per
-position for convs).
+Exact (without calibration data) for a zero gate weight (a fresh or gate-frozen model) and for equal
+experts (top-1 at init). Otherwise ``E[g] B`` replaces ``E[g B]``, coarser the more the gate varies and
+the further apart the experts are: evaluate the merged model (fine-tune it briefly if the loss matters).
+The means come from one pass of the *unmerged* model over every gated position (padding included).
 """
 
 from __future__ import annotations
