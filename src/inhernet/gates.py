@@ -1,10 +1,8 @@
 """Gate diagnostics: do the experts of an InherNet model route anything, and how far apart are they?
 
-Per gated block, over calibration batches: ``entropy``, the gate softmax's mean entropy over ``log h``
-(1: the gate routes nothing; 0: one expert per input); ``load``, the mean routing weights, and
-``load_entropy``, theirs (do the inputs use every expert?); ``spread``, :func:`inhernet.expert_spread`.
-Gates of entropy ~1 over experts of small spread compute the mean expert, which
-:func:`inhernet.merge_experts` folds at no loss.
+Per gated block: ``entropy``, the gate softmax's mean entropy over ``log h`` (1: it routes nothing);
+``load``, the mean routing weights, and ``load_entropy``, theirs; ``spread``, :func:`inhernet.expert_spread`.
+Entropy ~1 over experts of small spread: :func:`inhernet.merge_experts` folds them at no loss.
 """
 
 from __future__ import annotations

@@ -152,10 +152,8 @@ class ConvKind(LayerKind):
 
 
 class EmbeddingKind(LayerKind):
-    """``nn.Embedding`` as the map from one-hot tokens: W = E^T, n = vocabulary, m = embedding dim.
-
-    Its input covariance is diagonal (token frequencies), so calibration keeps counts, not rows.
-    """
+    """``nn.Embedding`` as the map from one-hot tokens (``W = E^T``, n = vocabulary), whose input covariance
+    is diagonal: calibration counts tokens."""
 
     name = "embedding"
 

@@ -34,11 +34,8 @@ def layer_stack(model: nn.Module) -> tuple[str, nn.ModuleList]:
 
 
 def replace_module(root: nn.Module, name: str, module: nn.Module) -> nn.Module:
-    """Put ``module`` at dotted ``name`` inside ``root``; returns the (possibly new) root.
-
-    Every path that places InherNet blocks (inherit, load, compact) comes here: a module with an
-    ``inhernet_name`` attribute (a block) records ``name``, which its warnings and errors quote.
-    """
+    """Put ``module`` at dotted ``name`` inside ``root``; returns the (possibly new) root. A block (a module
+    with ``inhernet_name``: inherit, load and compact place them all here) records ``name`` for its messages."""
     if hasattr(module, "inhernet_name"):
         module.inhernet_name = name
     if not name:
@@ -90,9 +87,8 @@ def keep_layers_(model: nn.Module, indices: Sequence[int]) -> Callable[[], None]
 
 
 def origin_name(model: nn.Module, name: str) -> str:
-    """The name that the module now at ``name`` had before :func:`keep_layers_` renumbered ``model``'s stack:
-    ``"model.layers.3.mlp"`` is ``"model.layers.5.mlp"`` when block 3 is the original block 5. Other names,
-    and every name of a model whose stack was never cut, are returned as they are."""
+    """The name that the module now at ``name`` had before :func:`keep_layers_` renumbered ``model``'s stack
+    (``"model.layers.3.mlp"`` was ``"model.layers.5.mlp"`` when block 3 is the original block 5)."""
     recorded = getattr(model, KEPT_LAYERS, None)
     if recorded is None:
         return name

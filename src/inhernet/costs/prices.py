@@ -30,11 +30,8 @@ RANK_MULTIPLE = 8
 
 
 def round_rank(rank: int, multiple: int) -> int:
-    """``rank`` rounded down to a multiple of ``multiple``; a rank below the multiple is kept as it is.
-
-    The ranks this leaves unchanged (below ``multiple``, or multiples of it) are the ones a rank-stepped
-    allocation (:attr:`LayerCost.multiple`) chooses from.
-    """
+    """``rank`` rounded down to a multiple of ``multiple``; a rank below the multiple is kept as it is (the
+    ranks it leaves unchanged are those a rank-stepped allocation, :attr:`LayerCost.multiple`, chooses)."""
     return rank if rank < multiple else rank // multiple * multiple
 
 
@@ -71,12 +68,9 @@ def mac_price(
 
 
 def latency_price(dense_seconds: float, points: Sequence[tuple[int, float]]) -> Price:
-    """Measured time in integer nanoseconds: ``dense_seconds`` as the dense layer's price, and the line
-    ``base + unit * r`` fitted by least squares to ``points`` ((rank, seconds) of the factorised form).
-
-    ``unit`` is at least 1 ns (a timing that does not grow with the rank is noise, and the allocator
-    needs each rank to cost something) and ``base`` at least 0; a single point gives ``unit = 1``.
-    """
+    """Measured time in integer nanoseconds: ``dense_seconds`` dense, and ``base + unit * r`` fitted by
+    least squares to ``points`` ((rank, seconds) factorised). ``unit`` is at least 1 ns (a timing that does
+    not grow with the rank is noise, and each rank must cost something), ``base`` at least 0."""
     if not points:
         raise ValueError("latency_price needs at least one (rank, seconds) point of the factorised form")
     ranks = np.array([float(r) for r, _ in points])

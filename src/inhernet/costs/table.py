@@ -239,9 +239,8 @@ class CostTable:
         return max(0.0, s0 + (s1 - s0) * (rank - r0) / (r1 - r0)) * self._scale(shape)
 
     def latency(self, models: Sequence[nn.Module], example: Any) -> list[float]:
-        """Seconds per forward pass of each of ``models`` on ``example`` (see :func:`measure_latency`), on
-        this table's device and thread count, with its repetitions (at least 11) and sample length
-        (at least 20 ms). Not cached."""
+        """:func:`measure_latency` on this table's device and threads, with at least 11 repetitions of at
+        least 20 ms. Not cached."""
         return measure_latency(
             models, example, repeats=max(self.repeats, 11), min_time=max(self.min_time, 0.02),
             device=self.device, threads=self.threads,
@@ -257,8 +256,7 @@ class CostTable:
         return self.drift
 
     def _retime(self, shape: LayerShape) -> float:
-        """live / cached dense time of the cached ``shape``, or 1.0 inside :data:`DRIFT_BAND` (with a
-        warning outside it)."""
+        """live / cached time of the cached ``shape`` (1.0 inside :data:`DRIFT_BAND`, else a warning)."""
         cached = float(self.entries[shape.key()]["dense"])
         x = shape.example(self.device)
         dense = shape.dense_module(self.device).eval()
