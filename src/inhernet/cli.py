@@ -207,8 +207,7 @@ def _inheritance(
             "so the teacher's predictions are too; fine-tune the teacher on your task first", err=True,
         )
     train_set, _ = split(opened.data.dataset, val_fraction, seed)
-    # whitening reads the layers' inputs; pruning traces the model on the first batch and scores on all;
-    # dropping blocks ranks them on all
+    # whitening reads the layers' inputs, pruning and dropping blocks score on the batches
     needs_calib = init == "whiten" or prune is not None or bool(cfg.resolved(opened.teacher).drop_blocks)
     calib = calibration_batches(train_set, calib_size, batch_size) if needs_calib else None
     return opened, cfg, calib

@@ -138,11 +138,8 @@ class InherBlock(nn.Module):
 
     # -- the forward pieces -------------------------------------------------------------------------
     def gate_probs(self, logits: torch.Tensor) -> torch.Tensor:
-        """The weights the experts get from gate ``logits`` (..., h), without gradient tricks.
-
-        Soft routing: ``softmax(logits)``. Top-1: the one-hot vector of the largest logit (ties go
-        to the first expert). Means of these over data are what :func:`inhernet.merge_experts` folds by.
-        """
+        """The experts' weights from gate ``logits`` (..., h): ``softmax(logits)``, or for top-1 the one-hot
+        vector of the largest logit (ties: the first). :func:`inhernet.merge_experts` folds by their means."""
         if self.routing == "top1":
             return nn.functional.one_hot(logits.argmax(-1), self.experts).to(logits.dtype)
         return torch.softmax(logits, dim=-1)
@@ -159,11 +156,8 @@ class InherBlock(nn.Module):
         return onehot * (chosen / chosen.detach())
 
     def _mix(self, z: torch.Tensor, pooled: torch.Tensor, feature_dim: int) -> torch.Tensor:
-        """Stack the gate-scaled copies of ``z`` along ``feature_dim`` (the input of the fused ``up``).
-
-        ``pooled`` is the gate's input: ``z`` itself with the features last (per token), ``z``'s
-        spatial mean (per sample), or ``z`` with the channels moved last (per position, convs).
-        """
+        """Stack the gate-scaled copies of ``z`` along ``feature_dim`` (the input of the fused ``up``);
+        ``pooled`` is the gate's input (``z`` per token or position, features last, or its spatial mean)."""
         if self.gate is None:
             return z
         g = self._gate_weights(self.gate(pooled))  # (..., h) or (N, *spatial, h)

@@ -45,11 +45,8 @@ def count_macs(model: nn.Module, example_inputs: Any) -> int:
 def example_positions(
     model: nn.Module, layers: dict[str, tuple[nn.Module, LayerKind]], example: Any
 ) -> tuple[int, dict[str, tuple[int, int]]]:
-    """One forward pass on ``example``: the model's MACs, and per layer its output and gate positions.
-
-    The MACs are :func:`count_macs`'s; the positions (:meth:`LayerKind.positions`) are summed over a
-    layer's calls, ``(0, 0)`` for a layer that did not run.
-    """
+    """One forward pass on ``example``: the model's MACs, and per layer its output and gate positions
+    (:meth:`LayerKind.positions`) summed over its calls (``(0, 0)`` for a layer that did not run)."""
     seen = {name: (0, 0) for name in layers}
 
     def make_hook(name: str, kind: LayerKind):

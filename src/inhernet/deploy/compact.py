@@ -122,7 +122,7 @@ def compact(
 
 
 def _output_change(model: nn.Module, check: Any, want: torch.Tensor, tolerance: float) -> float:
-    """The compact ``model``'s largest output change on ``check`` against ``want`` (relative), warned beyond ``tolerance``."""
+    """The compact ``model``'s relative output change from ``want`` on ``check``, warned beyond it."""
     change = _relative_change(_logits(model, check), want)
     if change > tolerance:
         warnings.warn(
@@ -135,7 +135,7 @@ def _output_change(model: nn.Module, check: Any, want: torch.Tensor, tolerance: 
 
 
 def _check_arguments(model: Any, rank_multiple: Any, tolerance: Any, costs: Any, example: Any, calib: Any) -> int:
-    """The rank multiple to round to, once :func:`compact`'s arguments are checked (errors as documented there)."""
+    """The rank multiple to round to, once :func:`compact`'s arguments are checked."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     multiple = RANK_MULTIPLE if rank_multiple is None else rank_multiple

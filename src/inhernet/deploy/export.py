@@ -89,11 +89,10 @@ def export_onnx(
             (``sequence``), and of ``logits`` too when it has the example's sequence length.
         dynamic_axes: extra symbolic axes per input/output name, e.g. ``{"input_ids": {1: "tokens"}}``;
             merged over (and renaming) the batch and sequence axes.
-        dynamo: use the ``torch.export``-based exporter instead (needs ``onnxscript``; it implements
-            opset >= 18 and raises a lower ``opset`` to 18, with a warning).
+        dynamo: use the ``torch.export``-based exporter (needs ``onnxscript``; opset >= 18).
 
     Returns:
-        The path written. Check it with :func:`verify_onnx`.
+        The path written (check it with :func:`verify_onnx`).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")

@@ -77,11 +77,8 @@ def _record_merge(model: nn.Module, removed: dict[str, int]) -> None:
 def gate_means(
     model: nn.Module, calib: Iterable[Any] | None = None, *, blocks: dict[str, InherBlock] | None = None
 ) -> dict[str, torch.Tensor]:
-    """Mean gate probabilities (float64 vectors of length h) of every gated block, by module name.
-
-    Without ``calib`` every gate must have a zero weight; its probabilities are then ``softmax(bias)``
-    (uniform for a fresh gate).
-    """
+    """Mean gate probabilities (float64, length h) of every gated block, by module name; without ``calib``
+    every gate must be input independent, and gives ``gate_probs(bias)``."""
     blocks = gated_blocks(model) if blocks is None else blocks
     if calib is None:
         dependent = [
