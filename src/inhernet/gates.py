@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
+from functools import partial
 from typing import Any
 
 import torch
@@ -37,15 +38,14 @@ def record_gates(
     """
     rows = dict.fromkeys(blocks, 0)
 
-    def hook(name: str):
-        def _record(_module: nn.Module, _inputs: Any, logits: torch.Tensor) -> None:
-            logits = logits.detach().double().reshape(-1, logits.shape[-1])
-            rows[name] += logits.shape[0]
-            record(name, logits)
+    def hook(name: str, _module: nn.Module, _inputs: Any, logits: torch.Tensor) -> None:
+        logits = logits.detach().double().reshape(-1, logits.shape[-1])
+        rows[name] += logits.shape[0]
+        record(name, logits)
 
-        return _record
-
-    handles = [b.gate.register_forward_hook(hook(n)) for n, b in blocks.items()]  # type: ignore[union-attr]
+    handles = [
+        b.gate.register_forward_hook(partial(hook, n)) for n, b in blocks.items()  # type: ignore[union-attr]
+    ]
     try:
         forward_all(model, calib)
     finally:

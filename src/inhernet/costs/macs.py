@@ -10,6 +10,7 @@ norms, residual adds), pooling and reductions: memory-bound work, usually small 
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import torch
@@ -49,15 +50,12 @@ def example_positions(
     (:meth:`LayerKind.positions`) summed over its calls (``(0, 0)`` for a layer that did not run)."""
     seen = {name: (0, 0) for name in layers}
 
-    def make_hook(name: str, kind: LayerKind):
-        def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-            if isinstance(output, torch.Tensor):
-                rows, gates = kind.positions(module, output)
-                seen[name] = (seen[name][0] + rows, seen[name][1] + gates)
+    def hook(name: str, kind: LayerKind, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        if isinstance(output, torch.Tensor):
+            rows, gates = kind.positions(module, output)
+            seen[name] = (seen[name][0] + rows, seen[name][1] + gates)
 
-        return hook
-
-    handles = [module.register_forward_hook(make_hook(name, kind)) for name, (module, kind) in layers.items()]
+    handles = [module.register_forward_hook(partial(hook, n, kind)) for n, (module, kind) in layers.items()]
     try:
         total = count_macs(model, move_batch(example, device_of(model)))
     finally:

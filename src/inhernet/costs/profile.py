@@ -86,11 +86,8 @@ def profile_latency(
     model: nn.Module, candidates: list[Candidate], calib: Iterable[Any] | None,
     costs: LatencyCosts | None = None, base: int | None = None,
 ) -> tuple[LatencyProfile, Iterable[Any]]:
-    """Time the teacher and price its open layers on the first batch of ``calib`` (whole); returns
-    ``calib`` to iterate in full. ``costs``: see :func:`latency_table`; each layer is timed at the input
-    shape it gets in one forward pass, dense and at :func:`~inhernet.costs.table.rank_points`.
-    ``base``: see :attr:`LatencyProfile.base`.
-    """
+    """Time the teacher and price its open layers (:func:`latency_table`) at the first batch of ``calib``;
+    returns ``calib`` to iterate in full. ``base``: see :attr:`LatencyProfile.base`."""
     if calib is None:
         raise ValueError("latency= needs calib: its first batch is the example input")
     table = latency_table(model, costs)
