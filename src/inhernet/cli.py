@@ -561,7 +561,6 @@ def run(group: click.Group) -> None:
     except click.exceptions.Abort:
         sys.exit(130)
     except click.ClickException as err:
-        # One line, like every other error here; `--help` shows the usage.
         click.echo(f"error: {err.format_message()}", err=True)
         sys.exit(err.exit_code)
     except USER_ERRORS as err:  # AssetMissingError is a FileNotFoundError

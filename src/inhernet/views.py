@@ -30,8 +30,7 @@ _WRITES = frozenset({"__setitem__", "__set__"} | {
 
 
 def torch_function_name(func: Any) -> str:
-    """The attribute a ``__torch_function__`` call stands for: ``"dtype"`` for the dtype getter, else the
-    function's name."""
+    """The attribute a ``__torch_function__`` call stands for (``"dtype"`` for the dtype getter)."""
     name = getattr(func, "__name__", repr(func))
     if name == "__get__":  # a property getter: name it after the property
         return getattr(getattr(func, "__self__", None), "__name__", name)

@@ -98,8 +98,7 @@ class LayerCost:
     bias: bool
     experts: int
     dense: int
-    #: squared singular values, descending; in output units (whitened: each one's truncation loss per
-    #: calibration row, see :attr:`inhernet.decomposition.Factors.output_energy`)
+    #: squared singular values, descending, in output units (see ``Factors.output_energy``)
     energy: torch.Tensor | None = None
     price: Price | None = None
     multiple: int = 1

@@ -16,8 +16,8 @@ Three steps, recorded in the model's books (``inhernet_plan``, ``inhernet_config
    the budget has room below break-even, else **kept**. ``tolerance=float("inf")`` rounds every rank
    down; ``rank_multiple=1`` keeps them.
 
-Finally the largest output change over the largest output, on the calibration batch, is
-``inhernet_compact["output_change"]``, with a warning beyond ``tolerance``.
+``inhernet_compact["output_change"]``: the largest output change over the largest output on the
+calibration batch, with a warning beyond ``tolerance``.
 
 The default multiple: :data:`inhernet.costs.prices.RANK_MULTIPLE`, the steps of a latency budget's ranks.
 Rounding down only where no output changes costs 2-15% of a layer's time at rank 14 instead of 8, and

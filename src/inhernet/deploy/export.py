@@ -4,10 +4,9 @@ The default exporter traces (``torch.onnx.export(..., dynamo=False)``): it needs
 and takes ``dynamic_axes`` directly; ``dynamo=True`` needs ``onnxscript``. The graph takes the model's
 inputs (``input``, or the batch dict's keys but ``labels``) and returns ``logits``.
 
-Silenced while exporting: the tracing exporter's DeprecationWarning, and Hugging Face text models'
-``UserWarning`` that ``aten::index`` "with negative indices" is wrong: their only ``aten::index`` is the
-padding-mask lookup of ``transformers.masking_utils``, whose indices are ``arange``s, never negative
-(``tests/unit/test_deploy_export.py`` checks padded rows at every edge against PyTorch).
+Silenced: the tracer's DeprecationWarning, and Hugging Face's ``UserWarning`` that ``aten::index`` "with
+negative indices" is wrong: their only one, the padding-mask lookup of ``transformers.masking_utils``,
+indexes by ``arange``s (``tests/unit/test_deploy_export.py`` checks padded rows against PyTorch).
 """
 
 from __future__ import annotations
