@@ -98,7 +98,7 @@ class LayerCost:
     bias: bool
     experts: int
     dense: int
-    #: squared singular values, descending, in output units (see ``Factors.output_energy``)
+    #: squared singular values, descending, in output units (``inhernet.decomposition.Factors.output_energy``)
     energy: torch.Tensor | None = None
     price: Price | None = None
     multiple: int = 1
