@@ -97,7 +97,6 @@ def cli() -> None:
     """
 
 
-# -- your own model and data: compress / train / eval -------------------------------------------------
 def _options(*decorators):
     """Apply several click decorators as one, in reading order."""
     return lambda f: functools.reduce(lambda g, decorator: decorator(g), reversed(decorators), f)

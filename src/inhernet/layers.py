@@ -136,7 +136,6 @@ class InherBlock(nn.Module):
             self._dense_read = True
         return weight
 
-    # -- the forward pieces -------------------------------------------------------------------------
     def gate_probs(self, logits: torch.Tensor) -> torch.Tensor:
         """The experts' weights from gate ``logits`` (..., h): ``softmax(logits)``, or for top-1 the one-hot
         vector of the largest logit (ties: the first). :func:`inhernet.merge_experts` folds by their means."""
@@ -170,7 +169,6 @@ class InherBlock(nn.Module):
         stacked = g * z.unsqueeze(feature_dim)  # (..., h, r, ...)
         return stacked.flatten(feature_dim, feature_dim + 1)
 
-    # -- initialisation ---------------------------------------------------------------------------
     @torch.no_grad()
     def inherit_(
         self,

@@ -223,7 +223,6 @@ class CostTable:
         #: live / cached time of the cached prices, once re-timed (1.0 without ``check_drift``)
         self.drift: float | None = None if check_drift else 1.0
 
-    # -- the Costs protocol ------------------------------------------------------------------------
     def dense(self, shape: LayerShape) -> float:
         return float(self._entry(shape)["dense"]) * self._scale(shape)
 
@@ -246,7 +245,6 @@ class CostTable:
             device=self.device, threads=self.threads,
         )
 
-    # -- measuring ---------------------------------------------------------------------------------
     def _scale(self, shape: LayerShape) -> float:
         """What ``shape``'s stored times are multiplied by: :attr:`drift` for a cached entry, else 1."""
         if shape.key() not in self._from_cache:

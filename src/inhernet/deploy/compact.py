@@ -253,7 +253,6 @@ def _apply(model: nn.Module, blocks: dict[str, InherBlock], decisions: dict[str,
     return model
 
 
-# -- the two moves ---------------------------------------------------------------------------------
 def _factors(block: InherBlock) -> tuple[torch.Tensor, torch.Tensor]:
     """``(B, A)`` of a single-expert block as (m, r) and (r, n) float64 matrices, ``W = B A``."""
     if block.experts != 1:
@@ -322,7 +321,6 @@ def reranked(block: InherBlock, rank: int) -> InherBlock:
     return out
 
 
-# -- helpers ---------------------------------------------------------------------------------------
 def _blocks(model: nn.Module) -> dict[str, InherBlock]:
     return {name: m for name, m in model.named_modules() if isinstance(m, InherBlock)}
 
