@@ -19,18 +19,14 @@ def layer_stack(model: nn.Module) -> tuple[str, nn.ModuleList]:
     Raises:
         ValueError: if the model has no such list (it is not a stack of repeated layers).
     """
-    best: tuple[int, str, nn.ModuleList] | None = None
-    for name, module in model.named_modules():
-        if isinstance(module, nn.ModuleList) and len(module) >= 2 and len({type(m) for m in module}) == 1:
-            size = sum(p.numel() for p in module.parameters())
-            if best is None or size > best[0]:
-                best = (size, name, module)
-    if best is None:
+    stacks = [(name, m) for name, m in model.named_modules()
+              if isinstance(m, nn.ModuleList) and len(m) >= 2 and len({type(c) for c in m}) == 1]
+    if not stacks:
         raise ValueError(
             f"{type(model).__name__} has no stack of repeated layers (an nn.ModuleList of >= 2 blocks of one "
             "class); layer dropping applies to transformers"
         )
-    return best[1], best[2]
+    return max(stacks, key=lambda s: sum(p.numel() for p in s[1].parameters()))  # the first of the largest
 
 
 def replace_module(root: nn.Module, name: str, module: nn.Module) -> nn.Module:
