@@ -30,8 +30,8 @@ def record_gates(
     model: nn.Module, blocks: dict[str, InherBlock], calib: Iterable[Any],
     record: Callable[[str, torch.Tensor], None],
 ) -> dict[str, int]:
-    """Run ``model`` over ``calib`` (eval mode, no grad) and pass every gate call's logits, as float64
-    rows ``(N, h)``, to ``record(name, logits)``; returns the rows seen per block.
+    """Run ``model`` over ``calib`` (eval mode, no grad), passing each gate call's logits (float64 rows
+    ``(N, h)``) to ``record(name, logits)``; returns the rows seen per block.
 
     Raises:
         ValueError: ``calib`` produced no activation for some gate (empty, or the block is unused).

@@ -71,12 +71,9 @@ def _exclude_hint(name: str | None) -> str:
 
 
 class InherBlock(nn.Module):
-    """Shared gate and expert logic. Subclasses define ``down``, ``up`` and the layout of ``W``.
-
-    To code outside its forward a block answers as the dense layer it replaced: its hyperparameters
-    (:class:`_Replaced` attributes, recorded by :meth:`_remember`), its ``bias``, and its ``weight``
-    (a :class:`~inhernet.views.DenseWeight`).
-    """
+    """Shared gate and expert logic; subclasses define ``down``, ``up`` and the layout of ``W``. To code
+    outside its forward a block answers as the dense layer it replaced: its hyperparameters
+    (:class:`_Replaced`), ``bias`` and ``weight`` (a :class:`~inhernet.views.DenseWeight`)."""
 
     down: nn.Module
     up: nn.Module
@@ -382,9 +379,8 @@ def configure_gates(
             deviations ``D_i`` in the output, so it sets every expert to their mean (``U_r S_r``) and
             breaks the symmetry by the *routing* instead: random gate weights (``N(0, gate_noise**2 / r)``)
             let different inputs pick different experts from the first step.
-        gate_pool: ``"mean"`` (conv blocks gate per sample from the spatial mean of ``z``) or
-            ``"position"`` (per position; ``h * r`` MACs per position). Linear and embedding blocks
-            gate per token whatever the value.
+        gate_pool: ``"mean"`` (conv blocks gate per sample on the spatial mean of ``z``) or ``"position"``
+            (``h * r`` MACs per position); linear and embedding blocks gate per token either way.
         gate_noise: scale of top-1's random gate weights (ignored for soft routing).
         generator: the random source of top-1's gate weights (seeded surgery passes its own).
 

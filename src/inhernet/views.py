@@ -1,8 +1,7 @@
 """``block.weight``: what a factorised layer shows of the dense weight it replaced.
 
-Model code reads a projection's ``.weight`` outside its forward for its metadata
-(``hidden.to(self.proj.weight.dtype)``), free here, or its values (a tied head's ``embed.weight.T``),
-computed here from the factors. :mod:`inhernet.readers` tells the two kinds of readers apart.
+Model code reads a projection's ``.weight`` for its metadata (``x.to(self.proj.weight.dtype)``), free here,
+or its values (a tied head's ``embed.weight.T``), computed here from the factors (:mod:`inhernet.readers`).
 """
 
 from __future__ import annotations

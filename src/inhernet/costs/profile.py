@@ -67,8 +67,7 @@ class LatencyProfile:
 
 
 def latency_table(model: nn.Module, costs: LatencyCosts | None) -> LatencyCosts:
-    """The cost table a latency budget is priced by: ``costs``, checked, or by default a
-    :class:`~inhernet.CostTable` on ``model``'s device at the current thread count (cached on disk)."""
+    """The cost table a latency budget is priced by: ``costs``, checked, or a cached ``CostTable``."""
     if costs is not None and not isinstance(costs, LatencyCosts):
         raise TypeError(
             "costs must have dense(shape), factorised(shape, rank) and latency(models, example) methods "

@@ -141,7 +141,7 @@ class Costs(Protocol):
 
 @runtime_checkable
 class LatencyCosts(Costs, Protocol):
-    """:class:`Costs` that also time whole models: what a latency budget and ``bench --match latency`` need."""
+    """:class:`Costs` that also time whole models, as a latency budget needs."""
 
     def latency(self, models: Sequence[nn.Module], example: Any) -> list[float]:
         """Seconds per forward pass of each of ``models`` on the batch ``example``, measured together."""
@@ -169,8 +169,7 @@ def cost_dir() -> Path:
 
 
 def rank_points(full_rank: int, count: int = 4) -> list[int]:
-    """The ranks at which a shape's factorised form is timed: ``count`` points from 1 to ``full_rank``,
-    evenly spaced in rank, each a multiple of 8 where the layer is wide enough."""
+    """``count`` ranks from 1 to ``full_rank``, evenly spaced (multiples of 8 where wide enough), to time."""
     if full_rank < 1:
         raise ValueError(f"full_rank must be >= 1, got {full_rank}")
     points = {1, full_rank}

@@ -3,25 +3,19 @@
 Three steps, recorded in the model's books (``inhernet_plan``, ``inhernet_config``, ``inhernet_compact``):
 
 1. **Experts folded** into one up-projection per block (:func:`merge_experts`).
-2. **Blocks returned to dense layers** of the teacher's type (``W = B A``, bias kept: the same function)
-   where the factorised form does not pay: always at or above break-even rank (the dense layer has no
-   more parameters or MACs; a full-rank model compacts into the teacher), and where the factorised
-   form's **measured** time at the example's shape (a :class:`~inhernet.costs.CostTable`) is at least
-   the dense layer's, while the parameters stay within the budget: ``budget=``, else the model's
-   recorded one, else none. Blocks that save the most seconds per added parameter go first; folding
-   the experts usually pays for them.
+2. **Blocks returned to dense layers** of the teacher's type (``W = B A``, bias kept) at or above
+   break-even rank (a full-rank model compacts into the teacher), and where the factorised form's
+   **measured** time at the example's shape (a :class:`~inhernet.costs.CostTable`) is at least the
+   dense layer's, within the parameter budget (``budget=``, else the model's recorded one), the most
+   seconds saved per added parameter first; the folded experts usually pay for them.
 3. **Ranks rounded** to a multiple of ``rank_multiple`` below break-even, where no output changes:
    **down** where the block's output on the calibration batch changes by at most ``tolerance``
-   (:func:`reranked`, the best approximation of ``B A``), else **up** (exact: zero-padded factors) where
-   the budget has room below break-even, else **kept**. ``tolerance=float("inf")`` rounds every rank
-   down; ``rank_multiple=1`` keeps them.
+   (:func:`reranked`), else **up** (zero-padded, exact) where the budget has room, else **kept**.
 
 ``inhernet_compact["output_change"]``: the largest output change over the largest output on the
-calibration batch, with a warning beyond ``tolerance``.
-
-The default multiple: :data:`inhernet.costs.prices.RANK_MULTIPLE`, the steps of a latency budget's ranks.
-Rounding down only where no output changes costs 2-15% of a layer's time at rank 14 instead of 8, and
-once kept 13 points of a MiniLM classifier's accuracy.
+calibration batch, with a warning beyond ``tolerance``. The default multiple is
+:data:`inhernet.costs.prices.RANK_MULTIPLE`; rounding down only where no output changes costs 2-15% of a
+layer's time at rank 14 instead of 8, and once kept 13 points of a MiniLM classifier's accuracy.
 """
 
 from __future__ import annotations
@@ -56,8 +50,7 @@ TOLERANCE = 1e-3
 def deployed(
     model: nn.Module, calib: Iterable[Any] | None = None, *, example: Any = None, costs: Costs | None = None
 ) -> nn.Module:
-    """What is deployed of ``model``: :func:`compact` of it (a copy) when it holds InherNet blocks, else
-    ``model`` itself (a plan that kept every layer dense, or a baseline): what a latency is measured on."""
+    """What a latency is measured on: :func:`compact` of ``model`` (a copy) with blocks, else ``model``."""
     if not any(isinstance(m, InherBlock) for m in model.modules()):
         return model
     return compact(model, calib, example=example, costs=costs)
@@ -86,16 +79,14 @@ def compact(
         budget: the parameter budget: a fraction in (0, 1] of the teacher's parameters or an int
             count. Default: the model's recorded budget, if any.
         rank_multiple: round ranks to a multiple of this where no output changes (``1``: exact ranks).
-        tolerance: the relative output change taken as none: a rank rounds down where its layer's
-            output changes by at most this; a warning where the model's changes by more.
+        tolerance: the relative output change taken as none (``float("inf")``: every rank rounds down).
         costs: the layer timings to decide by (a :class:`~inhernet.costs.Costs`); default a cached
             :class:`~inhernet.costs.CostTable` of this device and thread count.
         inplace: modify ``model`` itself instead of a deep copy.
 
     Returns:
-        The compact model. Its ``inhernet_compact`` records per block ``{"dense", "rank", "reason"}``
-        (and ``"rounding"``), the rank multiple, tolerance, budget and ``output_change``; its plan (if
-        any) says ``experts=1``, and ``rank=None`` for every layer returned to dense.
+        The compact model: ``inhernet_compact`` records per block ``dense``, ``rank``, ``reason`` (and
+        ``rounding``), and the arguments and ``output_change``; its plan marks dense layers ``rank=None``.
 
     Raises:
         TypeError: ``model`` is not a module, ``costs`` lacks ``dense``/``factorised``.

@@ -34,9 +34,8 @@ def merge_experts(model: nn.Module, calib: Iterable[Any] | None = None) -> nn.Mo
             omitted when every gate is input independent (zero weight, as right after ``inherit``).
 
     Returns:
-        ``model``, whose blocks now have ``experts == 1`` and ``gate is None`` (new ``up`` parameters:
-        build any optimizer after merging). Its plan and config (if any) record ``experts=1`` and the
-        merged rows' parameters; the plan's MAC total, which the merge changes, is dropped.
+        ``model``, whose blocks have ``experts == 1`` (new ``up`` parameters: build any optimizer after).
+        Its plan and config record ``experts=1``; the plan's MAC total, which the merge changes, is dropped.
 
     Raises:
         ValueError: ``calib`` is missing while some gate depends on its input, or ``calib`` is empty.
