@@ -13,7 +13,7 @@ KEPT_LAYERS = "inhernet_kept_layers"
 
 
 def layer_stack(model: nn.Module) -> tuple[str, nn.ModuleList]:
-    """The model's stack of repeated blocks: the largest ``(name, nn.ModuleList)`` of >= 2 children of one class.
+    """The model's stack of repeated blocks: the largest ``(name, ModuleList)`` of >= 2 children of one class.
 
     Raises:
         ValueError: if the model has no such list (it is not a stack of repeated layers).
