@@ -228,9 +228,9 @@ class InherBlock(nn.Module):
         if self.experts > 1:
             name = self.inhernet_name
             raise AttributeError(
-                f"{repr(name) if name else type(self).__name__} has {self.experts} experts mixed by gates that "
-                "depend on the input, so it has no single dense weight for code that reads its .weight; inherit "
-                f"it with InherConfig(experts=1) or keep it dense with {_exclude_hint(name)}"
+                f"{repr(name) if name else type(self).__name__} has {self.experts} experts mixed by gates "
+                "that depend on the input, so it has no single dense weight for code that reads its .weight; "
+                f"inherit it with InherConfig(experts=1) or keep it dense with {_exclude_hint(name)}"
             )
         return self._as_weight(self._up_matrix() @ self._down_matrix())
 

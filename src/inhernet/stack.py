@@ -30,7 +30,7 @@ def layer_stack(model: nn.Module) -> tuple[str, nn.ModuleList]:
 
 def replace_module(root: nn.Module, name: str, module: nn.Module) -> nn.Module:
     """Put ``module`` at dotted ``name`` inside ``root``; returns the (possibly new) root. A block (a module
-    with ``inhernet_name``: inherit, load and compact place them all here) records ``name`` for its messages."""
+    with ``inhernet_name``: inherit, load and compact place them all here) records ``name``."""
     if hasattr(module, "inhernet_name"):
         module.inhernet_name = name
     if not name:

@@ -257,7 +257,8 @@ class CostTable:
         cached = float(self.entries[shape.key()]["dense"])
         x = shape.example(self.device)
         dense = shape.dense_module(self.device).eval()
-        live = time_calls([functools.partial(dense, x)], max(self.repeats, 5), max(self.min_time, 1e-3), self.device, self.threads)[0]
+        repeats, min_time = max(self.repeats, 5), max(self.min_time, 1e-3)
+        live = time_calls([functools.partial(dense, x)], repeats, min_time, self.device, self.threads)[0]
         ratio = live / cached if cached > 0 and live > 0 else 1.0
         if DRIFT_BAND[0] <= ratio <= DRIFT_BAND[1]:
             return 1.0
@@ -285,7 +286,8 @@ class CostTable:
         assert kind is not None
         forms: list[nn.Module] = [dense] + [kind.build(dense, r, 1).eval() for r in ranks]
         x = shape.example(self.device)
-        seconds = time_calls([functools.partial(f, x) for f in forms], self.repeats, self.min_time, self.device, self.threads)
+        calls = [functools.partial(f, x) for f in forms]
+        seconds = time_calls(calls, self.repeats, self.min_time, self.device, self.threads)
         return {"dense": seconds[0], "ranks": [[r, s] for r, s in zip(ranks, seconds[1:], strict=True)]}
 
     def save(self) -> Path | None:

@@ -113,7 +113,7 @@ def compact(
 
 
 def _output_change(model: nn.Module, check: Any, want: torch.Tensor, tolerance: float) -> float:
-    """The compact ``model``'s relative output change from ``want`` on ``check``, warned past ``tolerance``."""
+    """The compact ``model``'s relative output change from ``want`` on ``check`` (warned past tolerance)."""
     change = _relative_change(_logits(model, check), want)
     if change > tolerance:
         warnings.warn(
