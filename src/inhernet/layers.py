@@ -54,9 +54,7 @@ class _Replaced:
         self.name = name
 
     def __get__(self, block: InherBlock | None, owner: type | None = None) -> Any:
-        if block is None:
-            return self
-        return block._replaced[self.name]
+        return self if block is None else block._replaced[self.name]
 
     def __set__(self, block: InherBlock, value: Any) -> None:
         raise AttributeError(
