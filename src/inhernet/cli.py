@@ -3,16 +3,21 @@ data (loaded by :mod:`inhernet.sources`). The benchmark harness has its own: ``i
 
 from __future__ import annotations
 
+import copy
 import functools
+import itertools
+import json
 import os
 import sys
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import click
 from rich.console import Console
 from rich.table import Table
 
+from ._atomic import atomic_write
 from .config import ALLOCATIONS
 
 # Logs and CI are not terminals: keep tables whole there instead of wrapping them at 80 columns.
@@ -55,8 +60,7 @@ def _prune_value(value: str | None) -> float | str | None:
     return share
 
 
-# Errors that bad input causes (an argument, a file, a missing asset): one `error:` line. Anything
-# else is a bug and keeps its traceback; `--debug` (or INHERNET_DEBUG=1) keeps it for these too.
+# Errors that bad input causes: one `error:` line (a traceback with `--debug`); others are bugs.
 USER_ERRORS = (ValueError, TypeError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
 _debug = {"on": False}
 
@@ -93,16 +97,9 @@ def cli() -> None:
     """
 
 
-# -- your own model and data: compress / train / eval -------------------------------------------------
 def _options(*decorators):
     """Apply several click decorators as one, in reading order."""
-
-    def apply(f):
-        for decorator in reversed(decorators):
-            f = decorator(f)
-        return f
-
-    return apply
+    return lambda f: functools.reduce(lambda g, decorator: decorator(g), reversed(decorators), f)
 
 
 _MODEL_SPEC = _options(
@@ -128,8 +125,7 @@ def _collect_prep(f):
     return command
 
 
-# Preparation options default to None: compress fills in DataOptions' defaults, train and eval what
-# compress recorded.
+# Preparation options default to None: DataOptions' defaults in compress, what it recorded after.
 _DATA = _options(
     click.option("--data", type=click.Path(), required=True,
                  help="An image folder (ROOT/CLASS/img.png) or a CSV/TSV/JSONL text file."),
@@ -210,8 +206,7 @@ def _inheritance(
             "so the teacher's predictions are too; fine-tune the teacher on your task first", err=True,
         )
     train_set, _ = split(opened.data.dataset, val_fraction, seed)
-    # whitening reads the layers' inputs; pruning traces the model on the first batch and scores on all;
-    # dropping blocks ranks them on all
+    # whitening reads the layers' inputs, pruning and dropping blocks score on the batches
     needs_calib = init == "whiten" or prune is not None or bool(cfg.resolved(opened.teacher).drop_blocks)
     calib = calibration_batches(train_set, calib_size, batch_size) if needs_calib else None
     return opened, cfg, calib
@@ -432,9 +427,6 @@ def eval_command(
       inhernet eval out/r18-pets --data pets/train --val-fraction 0.1   # train's held-out split
       inhernet eval out/r18-pets --data pets/test --compact             # + the compact form, latencies
     """
-    import copy
-    from pathlib import Path
-
     from . import load
     from .serialization import CONFIG_NAME
     from .sources import DataOptions, Source, open_source, parse_model_spec, read_source, split
@@ -444,14 +436,12 @@ def eval_command(
         if given:
             raise ValueError(f"{', '.join(given)} describe a model spec; {model}'s teacher is recorded in its source.json")
         source = read_source(model)
-        options = source.data.updated(**prep)
-        opened = open_source(replace(source, data=options), data)
+        opened = open_source(replace(source, data=source.data.updated(**prep)), data)
         models = {"teacher": opened.teacher, "inhernet": load(model, base=copy.deepcopy(opened.teacher))}
         spec = source.model
     else:
         spec = parse_model_spec(model, weights=weights, task=task, num_classes=num_classes)
-        options = DataOptions().updated(**prep)
-        opened = open_source(Source(spec, options), data)
+        opened = open_source(Source(spec, DataOptions().updated(**prep)), data)
         models = {str(spec): opened.teacher}
     dataset = opened.data.dataset if val_fraction == 0 else split(opened.data.dataset, val_fraction, seed)[1]
     if with_compact:
@@ -467,10 +457,6 @@ def eval_command(
     if opened.data.metric == "perplexity" and new_tokens:
         report["continuations"] = _continuations(models, spec, dataset, prompts, new_tokens)
     if json_path:
-        import json
-
-        from ._atomic import atomic_write
-
         atomic_write(json_path, json.dumps(report, indent=2) + "\n")
 
 
@@ -513,8 +499,6 @@ def _measure(models: dict[str, Any], dataset: Any, batch_size: int, metric: str)
 def _add_compact(models: dict[str, Any], dataset: Any, batch_size: int, rank_multiple: int | None) -> None:
     """``models["inhernet-compact"]``: the deployable form of ``models["inhernet"]`` (if any), for batch 1;
     prints how far its outputs moved from the student's."""
-    import itertools
-
     from .batches import rows_of
     from .deploy import compact
     from .sources import make_loader
@@ -576,7 +560,6 @@ def run(group: click.Group) -> None:
     except click.exceptions.Abort:
         sys.exit(130)
     except click.ClickException as err:
-        # One line, like every other error here; `--help` shows the usage.
         click.echo(f"error: {err.format_message()}", err=True)
         sys.exit(err.exit_code)
     except USER_ERRORS as err:  # AssetMissingError is a FileNotFoundError

@@ -1,16 +1,14 @@
 """Layer kinds: how each supported teacher layer is read as a matrix, calibrated and rebuilt.
 
-One ``LayerKind`` per supported module type, registered with :func:`register_kind`; the surgery
-dispatches on the module's type (walking its MRO), so a new layer type is a new registration, not an
-edit of a switch. Every kind reads its layer as ``y = W x + b`` with ``W`` of shape (m, n):
-``nn.Linear`` as is, a conv with its kernel flattened to (C_out, C_in * prod(kernel)), an embedding
-as ``E^T`` over one-hot tokens, and Hugging Face ``Conv1D`` (``x @ W + b``) transposed.
+One ``LayerKind`` per supported module type, registered with :func:`register_kind` and found along the
+module's MRO: a new layer type is a new registration. Every kind reads its layer as ``y = W x + b``
+with ``W`` of shape (m, n): a conv's kernel flattened to (C_out, C_in * prod(kernel)), an embedding as
+``E^T`` over one-hot tokens, Hugging Face ``Conv1D`` (``x @ W + b``) transposed.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -20,6 +18,7 @@ from torch import nn
 from .layers import InherBlock, InherConv, InherEmbedding, InherLinear
 
 __all__ = ["LayerKind", "kind_of", "register_kind"]
+
 
 class LayerKind:
     """How one module type is factorised. Subclasses override what differs."""
@@ -79,12 +78,10 @@ class LayerKind:
 class LinearKind(LayerKind):
     name = "linear"
 
-    def build(self, module: nn.Linear, rank: int, experts: int) -> InherBlock:
-        w = module.weight
-        return InherLinear(
-            module.in_features, module.out_features, rank, experts, bias=module.bias is not None,
-            device=w.device, dtype=w.dtype,
-        )
+    def build(self, module: nn.Module, rank: int, experts: int) -> InherLinear:
+        m, n = self.shape(module)
+        w, bias = module.weight, self.bias(module) is not None
+        return InherLinear(n, m, rank, experts, bias=bias, device=w.device, dtype=w.dtype)
 
 
 class HFConv1DKind(LinearKind):
@@ -95,10 +92,8 @@ class HFConv1DKind(LinearKind):
     def matrix(self, module: nn.Module) -> torch.Tensor:
         return module.weight.T
 
-    def build(self, module: nn.Module, rank: int, experts: int) -> InherBlock:
-        w = module.weight
-        n, m = w.shape
-        block = InherLinear(n, m, rank, experts, bias=module.bias is not None, device=w.device, dtype=w.dtype)
+    def build(self, module: nn.Module, rank: int, experts: int) -> InherLinear:
+        block = super().build(module, rank, experts)
         block.weight_transposed = True  # Conv1D stores its weight as (in, out)
         return block
 
@@ -157,10 +152,8 @@ class ConvKind(LayerKind):
 
 
 class EmbeddingKind(LayerKind):
-    """``nn.Embedding`` as the map from one-hot tokens: W = E^T, n = vocabulary, m = embedding dim.
-
-    Its input covariance is diagonal (token frequencies), so calibration keeps counts, not rows.
-    """
+    """``nn.Embedding`` as the map from one-hot tokens (``W = E^T``, n = vocabulary), whose input covariance
+    is diagonal: calibration counts tokens."""
 
     name = "embedding"
 
@@ -199,29 +192,22 @@ class EmbeddingKind(LayerKind):
 _REGISTRY: dict[type, LayerKind] = {}
 
 
-def register_kind(module_type: type) -> Callable[[LayerKind], LayerKind]:
+def register_kind(module_type: type, kind: LayerKind) -> None:
     """Register ``kind`` as the handler of ``module_type`` (and of its subclasses)."""
-
-    def _register(kind: LayerKind) -> LayerKind:
-        _REGISTRY[module_type] = kind
-        return kind
-
-    return _register
+    _REGISTRY[module_type] = kind
 
 
-register_kind(nn.Linear)(LinearKind())
-register_kind(nn.Conv1d)(ConvKind(nn.Conv1d))
-register_kind(nn.Conv2d)(ConvKind(nn.Conv2d))
-register_kind(nn.Embedding)(EmbeddingKind())
+register_kind(nn.Linear, LinearKind())
+register_kind(nn.Conv1d, ConvKind(nn.Conv1d))
+register_kind(nn.Conv2d, ConvKind(nn.Conv2d))
+register_kind(nn.Embedding, EmbeddingKind())
 
 
 def _register_lazy_kinds() -> None:
-    # Hugging Face is optional and slow to import: register Conv1D only once the user's model has
-    # already imported it.
-    pytorch_utils = sys.modules.get("transformers.pytorch_utils")
-    conv1d = getattr(pytorch_utils, "Conv1D", None)
+    # Hugging Face is optional and slow to import: register Conv1D once the user's model imported it.
+    conv1d = getattr(sys.modules.get("transformers.pytorch_utils"), "Conv1D", None)
     if conv1d is not None and conv1d not in _REGISTRY:
-        register_kind(conv1d)(HFConv1DKind())
+        register_kind(conv1d, HFConv1DKind())
 
 
 def kind_of(module: nn.Module) -> LayerKind | None:

@@ -6,46 +6,32 @@ For a teacher layer ``y = W x + b`` the block computes::
     g = softmax(G pool(z) + c)               # gate over h experts, zero at init -> uniform 1/h
     y = sum_i g_i * (B_i z) + b              # up: experts B_i = U_r S_r + D_i, sum_i D_i = 0
 
-The h expert products are fused into one: the gate-scaled features ``[g_1 z, ..., g_h z]`` are stacked
-along the feature/channel axis and hit one weight ``[B_1 ... B_h]`` (one matmul, or one 1x1 conv).
-With ``experts == 1`` there is no gate and the block is a plain low-rank factorisation.
+The h expert products are fused: the gate-scaled ``[g_1 z, ..., g_h z]``, stacked along the feature
+axis, hit one weight ``[B_1 ... B_h]``. With ``experts == 1`` the block is a plain low-rank factorisation.
 
-Linear and embedding blocks gate per token (the pooling keeps every position); conv blocks gate per
-sample from the spatial mean of ``z`` or, with ``gate_pool="position"``, per position (per pixel).
+Linear and embedding blocks gate per token; conv blocks per sample, from the spatial mean of ``z``.
+:func:`configure_gates` adds two variants beyond the paper, both function preserving at init and
+without parameters: a per-position conv gate, and top-1 routing, ``y = (p_k / sg(p_k)) B_k z + b``
+with ``p = softmax(logits)`` and ``sg`` a stop-gradient: the factor is exactly 1 in the forward pass,
+yet the logits receive the gradient ``(dL/dy . B_k z) (e_k - p)``. The unchosen experts still run (as
+zeros), so ``count_macs`` reports the fused cost.
 
-Two gate variants beyond the paper (see :func:`configure_gates`; both keep the init exactly function
-preserving and neither adds parameters):
-
-* ``routing="top1"``: each token / sample (/ position) uses only the expert of its largest gate logit,
-  ``y = (p_k / sg(p_k)) B_k z + b`` with ``p = softmax(logits)`` and ``sg`` a stop-gradient: the factor
-  is exactly 1 in the forward pass, yet the logits receive the gradient ``(dL/dy . B_k z) (e_k - p)``.
-  Mathematically h experts then cost the multiply-accumulates of one; this implementation still runs
-  the fused product with zeros for the unchosen experts, so ``count_macs`` reports the fused cost.
-* ``gate_pool="position"`` (convs): the gate reads every position of ``z`` instead of its spatial mean.
-
-To model code outside its forward a block answers as the dense layer it replaced (:class:`DenseFacade`):
-its hyperparameters (``in_features``, ``stride``, ``padding_idx``...), ``bias``, and a ``weight`` whose
-metadata is free and whose values, when some code uses them, are the dense ``B A`` computed from the
-factors (single-expert blocks only: gated experts have no single dense weight).
+To code outside its forward a block answers as the dense layer it replaced (:class:`InherBlock`).
 """
 
 from __future__ import annotations
 
-import sys
 import warnings
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils._pytree import tree_flatten, tree_map_only
 
-from .views import METADATA, WeightView, torch_function_name
+from .views import DenseWeight
 
 __all__ = [
     "GATE_POOLS",
     "ROUTINGS",
-    "DenseFacade",
-    "DenseWeight",
     "InherBlock",
     "InherConv",
     "InherEmbedding",
@@ -61,125 +47,20 @@ GATE_POOLS = ("mean", "position")
 
 
 class _Replaced:
-    """A read-only attribute of the replaced dense layer (``conv.stride``, ``linear.in_features``...).
-
-    Model code outside the layer's forward reads them (an audio encoder's output lengths from
-    ``conv.kernel_size[0]`` and ``conv.stride[0]``); the block records them at construction
-    (:meth:`DenseFacade._remember`). Writing one raises: the block's structure is fixed when it is built.
-    """
+    """A read-only attribute of the replaced dense layer (``conv.stride``, ``linear.in_features``...),
+    which model code reads outside the forward; recorded at construction (:meth:`InherBlock._remember`)."""
 
     def __set_name__(self, owner: type, name: str) -> None:
         self.name = name
 
-    def __get__(self, block: DenseFacade | None, owner: type | None = None) -> Any:
-        if block is None:
-            return self
-        return block._replaced[self.name]
+    def __get__(self, block: InherBlock | None, owner: type | None = None) -> Any:
+        return self if block is None else block._replaced[self.name]
 
-    def __set__(self, block: DenseFacade, value: Any) -> None:
+    def __set__(self, block: InherBlock, value: Any) -> None:
         raise AttributeError(
             f"{self.name} of a factorised {type(block).__name__} is read-only: it is the replaced layer's, and "
             "the block's structure is fixed when it is built"
         )
-
-
-#: Tensor methods that write into their first argument besides the ``name_`` ones (``w[0] = 1``, ``w += 1``).
-_WRITES = frozenset({"__setitem__", "__set__"} | {
-    f"__i{op}__" for op in ("add", "sub", "mul", "matmul", "truediv", "floordiv", "mod", "pow", "and", "or",
-                            "xor", "lshift", "rshift")
-})
-
-
-class DenseWeight(WeightView):
-    """``block.weight``: the dense weight a single-expert block computes, made only when values are used.
-
-    Metadata reads (:data:`inhernet.views.METADATA`: dtype, device, shape...) cost nothing. A use of the
-    values (``F.linear(x, self.qkv.weight, self.qkv.bias)``, a tied head's ``embed.weight.T``) gets
-    :meth:`InherBlock.dense_weight`, differentiable, so gradients reach the factors; each block warns once
-    that its compute is then not reduced. In-place writes are refused: the weight is computed, the
-    factors are what a write would have to change. Being a tensor subclass with ``__torch_function__``,
-    it also keeps PyTorch's fused fast paths (``nn.TransformerEncoderLayer`` in eval mode) off, so they
-    take the module-by-module path where the block's own forward runs.
-    """
-
-    _block: InherBlock
-
-    @classmethod
-    def __torch_function__(cls, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
-        kwargs = kwargs or {}
-        name = torch_function_name(func)
-        if name in METADATA:
-            return super().__torch_function__(func, types, args, kwargs)
-        if name in _WRITES or (name.endswith("_") and not name.startswith("__")):  # add_, copy_, zeros_...
-            raise RuntimeError(
-                f"{name} would write into the dense weight of a factorised layer, which is computed from its "
-                "factors on every read; write the factors (block.down, block.up) instead"
-            )
-        # Made in this frame (no tree map, no comprehension) so that the warning points at the reader's code.
-        dense: dict[int, torch.Tensor] = {}
-        for w in tree_flatten((args, kwargs))[0]:
-            if isinstance(w, DenseWeight):
-                dense[id(w)] = w._block._dense_for_reader(name)
-        args, kwargs = tree_map_only(DenseWeight, lambda w: dense[id(w)], (args, kwargs))
-        return func(*args, **kwargs)
-
-
-class DenseFacade:
-    """Mixin: what a factorised block shows of the dense layer it replaced, to code outside its forward.
-
-    Model code reads a layer's hyperparameters (declared per block class as :class:`_Replaced`
-    attributes and recorded by :meth:`_remember`), its ``bias``, and its ``weight``: a
-    :class:`DenseWeight`, which answers metadata for free and computes the dense weight when its values
-    are used. The block provides :meth:`dense_weight`, ``weight_shape`` and ``up``.
-    """
-
-    _replaced: dict[str, Any]
-    #: whether code outside the forward has used the dense weight (the warning is given once per block)
-    _dense_read: bool = False
-    up: nn.Module
-    weight_shape: tuple[int, ...]
-
-    def _remember(self, **replaced: Any) -> None:
-        """Record the replaced layer's hyperparameters (every :class:`_Replaced` attribute of the class)."""
-        declared = {n for c in type(self).__mro__ for n, v in vars(c).items() if isinstance(v, _Replaced)}
-        if set(replaced) != declared:
-            raise TypeError(f"{type(self).__name__} records {sorted(declared)}, got {sorted(replaced)}")
-        self._replaced = replaced
-
-    @property
-    def weight(self) -> torch.Tensor:
-        """The replaced layer's weight as a :class:`DenseWeight` (metadata free, values computed)."""
-        w = self.up.weight
-        owner = f"a factorised {type(self).__name__} ({self.extra_repr()})"  # type: ignore[attr-defined]
-        view = DenseWeight(self.weight_shape, w.dtype, w.device, w.requires_grad, owner)
-        view._block = self  # type: ignore[assignment]
-        return view
-
-    @property
-    def bias(self) -> torch.Tensor | None:
-        """The replaced layer's bias, which the block keeps as is in ``up``."""
-        return getattr(self.up, "bias", None)
-
-    def dense_weight(self, *, layer: str | None = None) -> torch.Tensor:
-        """The dense weight the block computes, in the replaced layer's layout (``layer`` names it in errors)."""
-        raise NotImplementedError
-
-    def _dense_for_reader(self, op: str) -> torch.Tensor:
-        """:meth:`dense_weight` for code outside the block's forward (``op`` uses it), warning once per block."""
-        if self._dense_read:
-            return self.dense_weight()
-        name = _name_in_running_model(self)
-        weight = self.dense_weight(layer=name)
-        label = repr(name) if name else f"(an {type(self).__name__} outside any running model)"
-        warnings.warn(
-            f"{op} uses the dense weight of the factorised layer {label}, which is "
-            "computed from its factors on every such read: that layer's compute is not reduced (its parameters "
-            f"are). Keep it dense with {_exclude_hint(name)} unless the parameters are what you need",
-            UserWarning,
-            stacklevel=3,  # the code that used the weight, under DenseWeight.__torch_function__
-        )
-        self._dense_read = True
-        return weight
 
 
 def _exclude_hint(name: str | None) -> str:
@@ -187,30 +68,19 @@ def _exclude_hint(name: str | None) -> str:
     return f"InherConfig(exclude=[{name!r}])" if name else "InherConfig(exclude=[<the layer's name>])"
 
 
-def _name_in_running_model(block: nn.Module) -> str | None:
-    """``block``'s dotted name in the outermost module whose forward is on the call stack (the model
-    being run), or ``None`` outside any. Only names the layer in a one-time warning: a block does not
-    know where it sits, and every path that places one (inherit, load, compact) would otherwise have to
-    tell it."""
-    running: dict[int, nn.Module] = {}
-    frame = sys._getframe(1)
-    while frame is not None:
-        owner = frame.f_locals.get("self")
-        if isinstance(owner, nn.Module) and owner is not block:
-            running.setdefault(id(owner), owner)
-        frame = frame.f_back
-    for root in reversed(running.values()):  # the outermost first
-        for name, module in root.named_modules():
-            if module is block:
-                return name
-    return None
-
-
-class InherBlock(DenseFacade, nn.Module):
-    """Shared gate and expert logic. Subclasses define ``down`` and ``up`` and the feature axis."""
+class InherBlock(nn.Module):
+    """Shared gate and expert logic; subclasses define ``down``, ``up`` and the layout of ``W``. To code
+    outside its forward a block answers as the dense layer it replaced: its hyperparameters
+    (:class:`_Replaced`), ``bias`` and ``weight`` (a :class:`~inhernet.views.DenseWeight`)."""
 
     down: nn.Module
     up: nn.Module
+    weight_shape: tuple[int, ...]
+    _replaced: dict[str, Any]
+    #: whether code outside the forward has used the dense weight (the warning is given once per block)
+    _dense_read: bool = False
+    #: the block's dotted name in its model, recorded by :func:`inhernet.stack.replace_module` (for messages)
+    inhernet_name: str | None = None
 
     def __init__(self, rank: int, experts: int, *, device=None, dtype=None) -> None:
         super().__init__()
@@ -228,13 +98,42 @@ class InherBlock(DenseFacade, nn.Module):
             nn.init.zeros_(self.gate.weight)
             nn.init.zeros_(self.gate.bias)
 
-    # -- the forward pieces -------------------------------------------------------------------------
-    def gate_probs(self, logits: torch.Tensor) -> torch.Tensor:
-        """The weights the experts get from gate ``logits`` (..., h), without gradient tricks.
+    def _remember(self, **replaced: Any) -> None:
+        """Record the replaced layer's hyperparameters (every :class:`_Replaced` attribute of the class)."""
+        declared = {n for c in type(self).__mro__ for n, v in vars(c).items() if isinstance(v, _Replaced)}
+        if set(replaced) != declared:
+            raise TypeError(f"{type(self).__name__} records {sorted(declared)}, got {sorted(replaced)}")
+        self._replaced = replaced
 
-        Soft routing: ``softmax(logits)``. Top-1: the one-hot vector of the largest logit (ties go
-        to the first expert). Means of these over data are what :func:`inhernet.merge_experts` folds by.
-        """
+    @property
+    def weight(self) -> torch.Tensor:
+        """The replaced layer's weight: its values computed from the factors when they are used."""
+        return DenseWeight(self, self.weight_shape, self.up.weight)
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        """The replaced layer's bias, which the block keeps as is in ``up``."""
+        return getattr(self.up, "bias", None)
+
+    def _dense_for_reader(self, op: str) -> torch.Tensor:
+        """:meth:`dense_weight` for code outside the forward (``op`` uses it), warning once per block."""
+        weight = self.dense_weight()
+        if not self._dense_read:
+            name = self.inhernet_name
+            label = repr(name) if name else f"(an {type(self).__name__} that inhernet did not place)"
+            warnings.warn(
+                f"{op} uses the dense weight of the factorised layer {label}, which is computed from its "
+                "factors on every such read: that layer's compute is not reduced (its parameters are). "
+                f"Keep it dense with {_exclude_hint(name)} unless the parameters are what you need",
+                UserWarning,
+                stacklevel=3,  # the code that used the weight, under DenseWeight.__torch_function__
+            )
+            self._dense_read = True
+        return weight
+
+    def gate_probs(self, logits: torch.Tensor) -> torch.Tensor:
+        """The experts' weights from gate ``logits`` (..., h): ``softmax(logits)``, or for top-1 the one-hot
+        vector of the largest logit (ties: the first). :func:`inhernet.merge_experts` folds by their means."""
         if self.routing == "top1":
             return nn.functional.one_hot(logits.argmax(-1), self.experts).to(logits.dtype)
         return torch.softmax(logits, dim=-1)
@@ -244,18 +143,15 @@ class InherBlock(DenseFacade, nn.Module):
         p = torch.softmax(logits, dim=-1)
         if self.routing != "top1":
             return p
-        onehot = nn.functional.one_hot(logits.argmax(-1), self.experts).to(p.dtype)
+        onehot = self.gate_probs(logits)
         # p_k / sg(p_k) is exactly 1 (x / x rounds to 1), so the forward value is B_k z; the gradient
         # reaches the logits through p_k (straight-through, gate-value-scaled).
         chosen = (p * onehot).sum(-1, keepdim=True)
         return onehot * (chosen / chosen.detach())
 
     def _mix(self, z: torch.Tensor, pooled: torch.Tensor, feature_dim: int) -> torch.Tensor:
-        """Stack the gate-scaled copies of ``z`` along ``feature_dim`` (the input of the fused ``up``).
-
-        ``pooled`` is the gate's input: ``z`` itself with the features last (per token), ``z``'s
-        spatial mean (per sample), or ``z`` with the channels moved last (per position, convs).
-        """
+        """Stack the gate-scaled copies of ``z`` along ``feature_dim`` (the input of the fused ``up``);
+        ``pooled`` is the gate's input (``z`` per token or position, features last, or its spatial mean)."""
         if self.gate is None:
             return z
         g = self._gate_weights(self.gate(pooled))  # (..., h) or (N, *spatial, h)
@@ -268,7 +164,6 @@ class InherBlock(DenseFacade, nn.Module):
         stacked = g * z.unsqueeze(feature_dim)  # (..., h, r, ...)
         return stacked.flatten(feature_dim, feature_dim + 1)
 
-    # -- initialisation ---------------------------------------------------------------------------
     @torch.no_grad()
     def inherit_(
         self,
@@ -279,12 +174,9 @@ class InherBlock(DenseFacade, nn.Module):
         expert_noise: float = 0.0,
         generator: torch.Generator | None = None,
     ) -> InherBlock:
-        """Initialise from factors ``down`` (r x n) and ``up`` (m x r) so that ``up @ down ~ W``.
-
-        Every expert starts at ``up`` plus a deviation ``D_i`` with ``sum_i D_i = 0`` and
-        ``||D_i|| = expert_noise * ||up||``; under the zero gate the block computes exactly
-        ``up @ down @ x + bias``. The deviations give experts and gate distinct gradients.
-        """
+        """Initialise from factors ``down`` (r x n) and ``up`` (m x r) so that ``up @ down ~ W``: each
+        expert is ``up`` plus a deviation ``D_i`` (``sum_i D_i = 0``, ``||D_i|| = expert_noise * ||up||``),
+        so that under the zero gate the block computes exactly ``up @ down @ x + bias``."""
         m, r = up.shape
         if r != self.rank or down.shape[0] != self.rank:
             raise ValueError(f"factors of rank {r}/{down.shape[0]} do not fit a block of rank {self.rank}")
@@ -322,22 +214,21 @@ class InherBlock(DenseFacade, nn.Module):
         """The (m, n) matrix of ``y = W x`` in the replaced layer's weight layout."""
         return matrix.reshape(self.weight_shape)
 
-    def dense_weight(self, *, layer: str | None = None) -> torch.Tensor:
+    def dense_weight(self) -> torch.Tensor:
         """The dense weight ``B A`` this single-expert block computes, in the replaced layer's layout.
 
         Differentiable: gradients through it reach the factors. What code outside the block's forward
-        gets when it uses ``block.weight``'s values (see :class:`DenseWeight`).
+        gets when it uses ``block.weight``'s values.
 
         Raises:
-            AttributeError: the block has several experts: their gates depend on the input, so there is
-                no single dense weight (``layer`` names the block in the message).
+            AttributeError: the block has several experts, mixed by gates that depend on the input.
         """
         if self.experts > 1:
-            label = repr(layer) if layer else type(self).__name__
+            name = self.inhernet_name
             raise AttributeError(
-                f"{label} has {self.experts} experts mixed by gates that depend on the input, so it has no single "
-                "dense weight for code that reads its .weight; inherit it with InherConfig(experts=1) or keep it "
-                f"dense with {_exclude_hint(layer)}"
+                f"{repr(name) if name else type(self).__name__} has {self.experts} experts mixed by gates "
+                "that depend on the input, so it has no single dense weight for code that reads its .weight; "
+                f"inherit it with InherConfig(experts=1) or keep it dense with {_exclude_hint(name)}"
             )
         return self._as_weight(self._up_matrix() @ self._down_matrix())
 
@@ -345,6 +236,11 @@ class InherBlock(DenseFacade, nn.Module):
         """The experts as an (h, m, r) tensor (a copy)."""
         w = self._up_matrix().detach()
         return w.reshape(w.shape[0], self.experts, self.rank).permute(1, 0, 2).clone()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Token-wise blocks (linear, embedding): the gate reads each token's ``z``."""
+        z = self.down(x)
+        return self.up(self._mix(z, z, feature_dim=z.dim() - 1))
 
     def extra_repr(self) -> str:
         extra = "" if self.routing == "soft" else f", routing={self.routing}"
@@ -376,19 +272,12 @@ class InherLinear(InherBlock):
     def _as_weight(self, matrix: torch.Tensor) -> torch.Tensor:
         return matrix.T if self.weight_transposed else matrix
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = self.down(x)
-        return self.up(self._mix(z, z, feature_dim=z.dim() - 1))
-
 
 class InherEmbedding(InherBlock):
-    """InherNet block replacing ``nn.Embedding``.
+    """InherNet block replacing ``nn.Embedding``, the map ``W = E^T`` from one-hot tokens (n = vocabulary).
 
-    An embedding is the linear map from a one-hot token (n = vocabulary) to its vector (m = dim), i.e.
-    ``W = E^T``. The asymmetric arrangement keeps that orientation: ``down`` is a lookup table of
-    rank-r codes (the orthonormal ``U_r`` rows of ``E = U S V^T``), and the experts up-project the
-    code with the singular values ``V_r S_r``. The big vocabulary side stays cheap (r per token);
-    the experts and the gate act per token on the code.
+    ``down`` is a lookup table of rank-r codes (the orthonormal ``U_r`` rows of ``E = U S V^T``), the
+    experts up-project them with ``V_r S_r``: the vocabulary side costs r per token.
     """
 
     num_embeddings, embedding_dim, padding_idx = _Replaced(), _Replaced(), _Replaced()
@@ -417,17 +306,10 @@ class InherEmbedding(InherBlock):
     def _load_down(self, down: torch.Tensor) -> None:
         self.down.weight.copy_(down.T)  # (r, V) -> lookup table (V, r)
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        z = self.down(ids)
-        return self.up(self._mix(z, z, feature_dim=z.dim() - 1))
-
 
 class InherConv(InherBlock):
-    """InherNet block replacing ``nn.Conv1d`` / ``nn.Conv2d`` (groups = 1).
-
-    ``down`` is a conv with the teacher's kernel, stride, padding, dilation and padding mode into r
-    channels; ``up`` is a 1x1 conv from the h*r gate-scaled channels to the output channels.
-    """
+    """InherNet block replacing ``nn.Conv1d`` / ``nn.Conv2d`` (groups = 1): ``down`` has the teacher's
+    geometry and r output channels, ``up`` is a 1x1 conv from the h*r gate-scaled channels."""
 
     in_channels, out_channels, kernel_size, stride = _Replaced(), _Replaced(), _Replaced(), _Replaced()
     padding, dilation, groups, padding_mode = _Replaced(), _Replaced(), _Replaced(), _Replaced()
@@ -475,8 +357,6 @@ def expert_spread(block: InherBlock) -> float:
     return float((e - mean).flatten(1).norm(dim=1).mean() / mean.norm().clamp_min(1e-30))
 
 
-
-
 @torch.no_grad()
 def configure_gates(
     block: InherBlock,
@@ -488,24 +368,17 @@ def configure_gates(
 ) -> InherBlock:
     """Choose how a freshly inherited block's gate routes, keeping its function; returns the block.
 
-    Call it right after :meth:`InherBlock.inherit_` (``inherit`` does, from ``InherConfig.routing`` and
-    ``InherConfig.gate_pool``): top-1 resets the experts, so on a trained block it changes the
-    function. Single-expert blocks have no gate and are returned unchanged. The output is kept up to
-    float rounding (the experts' mean is computed in float64 and stored in the block's dtype).
+    Call it right after :meth:`InherBlock.inherit_` (``inherit`` does): top-1 resets the experts, which
+    changes a trained block's function. Single-expert blocks are returned unchanged.
 
     Args:
         routing: ``"soft"`` (the paper: ``sum_i softmax_i B_i z``) or ``"top1"`` (one expert per
-            token / sample / position, see the module docstring). Top-1 re-initialises the block so
-            that it stays function preserving: with ``y = B_k z`` for the argmax ``k`` (not the mean
-            over experts), zero-sum deviations ``D_i`` would change the output, so every expert is
-            set to their mean (exactly ``U_r S_r`` after ``inherit_``: the deviations summed to zero)
-            and the symmetry is broken by the *routing* instead: the gate weight gets random entries
-            (``N(0, gate_noise**2 / r)``), so different inputs pick different experts from the first
-            step, and each expert then learns from its own inputs. Any gate gives the same output
-            while the experts are equal.
-        gate_pool: ``"mean"`` (conv blocks gate per sample from the spatial mean of ``z``) or
-            ``"position"`` (per position; same parameters, ``h * r`` MACs per position). Linear and
-            embedding blocks always gate per token, and accept either value.
+            token / sample / position, see the module docstring). Top-1 would see the zero-sum
+            deviations ``D_i`` in the output, so it sets every expert to their mean (``U_r S_r``) and
+            breaks the symmetry by the *routing* instead: random gate weights (``N(0, gate_noise**2 / r)``)
+            let different inputs pick different experts from the first step.
+        gate_pool: ``"mean"`` (conv blocks gate per sample on the spatial mean of ``z``) or ``"position"``
+            (``h * r`` MACs per position); linear and embedding blocks gate per token either way.
         gate_noise: scale of top-1's random gate weights (ignored for soft routing).
         generator: the random source of top-1's gate weights (seeded surgery passes its own).
 

@@ -13,30 +13,26 @@ KEPT_LAYERS = "inhernet_kept_layers"
 
 
 def layer_stack(model: nn.Module) -> tuple[str, nn.ModuleList]:
-    """The model's stack of repeated blocks: ``(name, ModuleList)``.
-
-    The largest (by parameters) ``nn.ModuleList`` of at least two children of one class, e.g.
-    ``encoder.layer`` of a BERT or ``model.layers`` of a Llama.
+    """The model's stack of repeated blocks: the largest ``(name, ModuleList)`` of >= 2 children of one class.
 
     Raises:
         ValueError: if the model has no such list (it is not a stack of repeated layers).
     """
-    best: tuple[int, str, nn.ModuleList] | None = None
-    for name, module in model.named_modules():
-        if isinstance(module, nn.ModuleList) and len(module) >= 2 and len({type(m) for m in module}) == 1:
-            size = sum(p.numel() for p in module.parameters())
-            if best is None or size > best[0]:
-                best = (size, name, module)
-    if best is None:
+    stacks = [(name, m) for name, m in model.named_modules()
+              if isinstance(m, nn.ModuleList) and len(m) >= 2 and len({type(c) for c in m}) == 1]
+    if not stacks:
         raise ValueError(
             f"{type(model).__name__} has no stack of repeated layers (an nn.ModuleList of >= 2 blocks of one "
             "class); layer dropping applies to transformers"
         )
-    return best[1], best[2]
+    return max(stacks, key=lambda s: sum(p.numel() for p in s[1].parameters()))  # the first of the largest
 
 
 def replace_module(root: nn.Module, name: str, module: nn.Module) -> nn.Module:
-    """Put ``module`` at dotted ``name`` inside ``root``; returns the (possibly new) root."""
+    """Put ``module`` at dotted ``name`` inside ``root``; returns the (possibly new) root. A block (a module
+    with ``inhernet_name``: inherit, load and compact place them all here) records ``name``."""
+    if hasattr(module, "inhernet_name"):
+        module.inhernet_name = name
     if not name:
         return module
     parent_name, _, child = name.rpartition(".")
@@ -46,11 +42,9 @@ def replace_module(root: nn.Module, name: str, module: nn.Module) -> nn.Module:
 
 
 def keep_layers_(model: nn.Module, indices: Sequence[int]) -> Callable[[], None]:
-    """Keep only the layers ``indices`` (sorted, distinct, inside the stack) of ``model``'s stack, in place,
-    with the Hugging Face bookkeeping (``config.num_hidden_layers`` and ``layer_types``, each kept block's
-    ``layer_idx``: its key in the KV cache); returns a function that undoes it (what :func:`inhernet.load`
-    calls when a later check fails). The model records which of the original blocks it kept
-    (:data:`KEPT_LAYERS`, read by :func:`origin_name`), across repeated calls."""
+    """Keep only the layers ``indices`` (sorted, distinct) of ``model``'s stack, in place, with the Hugging
+    Face bookkeeping (``config.num_hidden_layers``, ``layer_types``, each block's ``layer_idx``); returns
+    the undo. The model records the original blocks it kept (:data:`KEPT_LAYERS`, see :func:`origin_name`)."""
     name, stack = layer_stack(model)
     n = len(stack)
     recorded = getattr(model, KEPT_LAYERS, None)
@@ -88,9 +82,8 @@ def keep_layers_(model: nn.Module, indices: Sequence[int]) -> Callable[[], None]
 
 
 def origin_name(model: nn.Module, name: str) -> str:
-    """The name that the module now at ``name`` had before :func:`keep_layers_` renumbered ``model``'s stack:
-    ``"model.layers.3.mlp"`` is ``"model.layers.5.mlp"`` when block 3 is the original block 5. Other names,
-    and every name of a model whose stack was never cut, are returned as they are."""
+    """The name that the module now at ``name`` had before :func:`keep_layers_` renumbered ``model``'s stack
+    (``"model.layers.3.mlp"`` was ``"model.layers.5.mlp"`` when block 3 is the original block 5)."""
     recorded = getattr(model, KEPT_LAYERS, None)
     if recorded is None:
         return name

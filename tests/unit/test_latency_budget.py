@@ -366,7 +366,7 @@ def test_other_budgets_never_consult_the_table() -> None:
 @pytest.mark.filterwarnings("ignore:the plan reaches:UserWarning")
 @pytest.mark.parametrize("factory", [tm.mlp, tm.cnn, tm.embed_net, tm.gpt2_tiny])
 def test_the_plan_prices_the_shape_that_compact_times(factory) -> None:
-    """LayerShape.of_layer (the plan) and LayerShape.of_block (compact) agree for every kind."""
+    """LayerShape.of_layer of a teacher layer (the plan) and of its block (compact) agree for every kind."""
     from inhernet.calibration import layer_input_shapes
 
     teacher, batch = factory()
@@ -374,7 +374,7 @@ def test_the_plan_prices_the_shape_that_compact_times(factory) -> None:
     blocks = {n: m for n, m in student.named_modules() if isinstance(m, InherBlock)}
     assert blocks
     dense = layer_input_shapes(teacher, {n: teacher.get_submodule(n) for n in blocks}, batch, LayerShape.of_layer)
-    factorised = layer_input_shapes(student, blocks, batch, LayerShape.of_block)
+    factorised = layer_input_shapes(student, blocks, batch, LayerShape.of_layer)
     assert dense == factorised and dense
 
 

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from inhernet import InherBlock, InherConfig, InherLinear, inherit
+from inhernet import InherBlock, InherConfig, InherLinear, compact, inherit, load, save
 
 # What model code may read of each replaced layer type, besides weight and bias.
 ATTRIBUTES: dict[type, tuple[str, ...]] = {
@@ -304,3 +304,38 @@ def test_the_computed_weight_refuses_in_place_writes() -> None:
         w += 1
     with pytest.raises(RuntimeError, match="write the factors"):
         w[0] = 1
+
+
+class _FasterFactorised:
+    """Costs under which every factorised layer beats its dense one (compact keeps them all)."""
+
+    def dense(self, shape: Any) -> float:
+        return 1e-3
+
+    def factorised(self, shape: Any, rank: int) -> float:
+        return 1e-4
+
+
+def test_every_path_that_places_blocks_records_their_names(tmp_path: Any) -> None:
+    """inherit (one pass and sequential), load and compact (reranked blocks) record each block's dotted
+    name; the warning quotes it even when the model runs inside another module."""
+    teacher, batch = teacher_and_batch("windowed-attention")
+    one_pass = inherit(teacher, InherConfig(budget=0.5, init="svd"), progress=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with torch.no_grad():
+            nn.Sequential(one_pass)(batch)
+    assert "'block.qkv'" in dense_reads(caught)[0]
+    save(one_pass, tmp_path / "student")
+    models = {
+        "one-pass": one_pass,
+        "sequential": inherit(teacher, InherConfig(budget=0.9), calib=[batch], progress=False),
+        "load": load(tmp_path / "student", base=teacher_and_batch("windowed-attention")[0]),
+        "compact": compact(one_pass, example=batch, rank_multiple=2, tolerance=float("inf"),
+                           costs=_FasterFactorised()),
+    }
+    for path, model in models.items():
+        placed = {n: m.inhernet_name for n, m in model.named_modules() if isinstance(m, InherBlock)}
+        assert placed and all(name == recorded for name, recorded in placed.items()), path
+    reranked = models["compact"].block.qkv
+    assert reranked is not one_pass.block.qkv and reranked.rank % 2 == 0

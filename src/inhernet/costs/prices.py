@@ -1,8 +1,5 @@
 """What a layer costs: a :class:`Price` in one currency (parameters, MACs or measured nanoseconds) and
-the allocator's view of a factorisable layer (:class:`LayerCost`).
-
-Parameters and MACs of an InherNet block are both affine in its rank; its measured time is fitted by an
-affine function. The allocation (:mod:`inhernet.allocation`) spends any of them with one greedy engine.
+the allocator's view of a factorisable layer (:class:`LayerCost`), which :mod:`inhernet.allocation` spends.
 """
 
 from __future__ import annotations
@@ -24,36 +21,24 @@ __all__ = [
 #: a latency budget's currency: integer nanoseconds (per second)
 NANOSECONDS = 10**9
 
-# The rank multiple of the deployed form. Measured under load on a shared 2-core x86 CPU, torch eager, one
-# thread, batch 1, microseconds per call, 31 interleaved repetitions:
-#   rank                    57    60    63    64    65    68    71    72    80
-#   Linear 384->384        91    93   108    89    96    98   117   101   106   (dense 223)
-#   Linear 384->1536      199   202   221   204   216   214   238   227   250   (dense 1108)
-#   Conv2d 32->64 k3      437   436   446   421   514   510   516   522   507   (dense 323)
-# Ranks just below a multiple of 8 (63, 71) ran 5-20% slower than the multiple of 8 above them; the
-# conv's cost steps at multiples of 16 (65-80 flat). 8 is the default: it avoids the slow ranks at a
-# cost of at most 7 ranks per layer; 16 suits convs a little better (and tensor cores).
+# Why 8: on a shared 2-core x86 CPU (torch eager, one thread, batch 1) ranks just below a multiple of 8
+# ran 5-20% slower than the multiple above them (Linear 384->384: 108 us at rank 63, 89 us at 64); a
+# conv's cost steps at multiples of 16. 8 avoids the slow ranks at a cost of at most 7 ranks per layer.
 #: ``compact()`` rounds factorised ranks down to a multiple of this, and a latency budget allocates
 #: ranks in these steps, so that the two agree (see :func:`round_rank`)
 RANK_MULTIPLE = 8
 
 
 def round_rank(rank: int, multiple: int) -> int:
-    """``rank`` rounded down to a multiple of ``multiple``; a rank below the multiple is kept as it is.
-
-    The ranks this leaves unchanged (below ``multiple``, or multiples of it) are the ones a rank-stepped
-    allocation (:attr:`LayerCost.multiple`) chooses from.
-    """
+    """``rank`` rounded down to a multiple of ``multiple``; a rank below the multiple is kept as it is (the
+    ranks it leaves unchanged are those a rank-stepped allocation, :attr:`LayerCost.multiple`, chooses)."""
     return rank if rank < multiple else rank // multiple * multiple
 
 
 @dataclass(frozen=True)
 class Price:
-    """What a layer costs in one currency: ``dense`` as the teacher's layer, ``base + unit * r`` as a block.
-
-    Parameters and MACs of an InherNet block are both affine in its rank r; its measured time is
-    fitted by an affine function (:func:`latency_price`).
-    """
+    """What a layer costs in one currency: ``dense`` as the teacher's layer, ``base + unit * r`` as a block
+    (parameters and MACs are affine in the rank; measured time is fitted by :func:`latency_price`)."""
 
     dense: int
     base: int
@@ -73,26 +58,19 @@ def param_price(m: int, n: int, experts: int, bias: bool, dense: int) -> Price:
 def mac_price(
     m: int, experts: int, positions: int, gate_positions: int, dense_rate: int, down_rate: int
 ) -> Price:
-    """MACs of one forward pass, as PyTorch's FLOP counter charges them.
-
-    ``positions`` is the number of output positions the layer computed on the example input (tokens,
-    or samples x output pixels); ``dense_rate`` the teacher layer's MACs per position (``m*n``; 0 for an
-    embedding lookup), ``down_rate`` the down-projection's MACs per position and rank (``n``; 0 for a
-    lookup). The fused up-projection costs ``h*m`` per position and rank, the gate ``Linear(r, h)``
-    ``h`` per rank at each of its ``gate_positions`` (every token for linear layers, one per sample
-    for convs); biases, the gate's softmax and scaling are not counted.
+    """MACs of one forward pass, as PyTorch's FLOP counter charges them (:meth:`LayerKind.mac_rates`
+    and :meth:`LayerKind.positions` give the rates and positions): ``dense_rate`` per output position
+    dense; ``down_rate + h*m`` per position and rank, plus ``h`` per rank at each of the gate's
+    ``gate_positions``, as a block. Biases, the gate's softmax and scaling are not counted.
     """
     gate = experts * gate_positions if experts > 1 else 0
     return Price(dense_rate * positions, 0, positions * (down_rate + experts * m) + gate)
 
 
 def latency_price(dense_seconds: float, points: Sequence[tuple[int, float]]) -> Price:
-    """Measured time in integer nanoseconds: ``dense_seconds`` as the dense layer's price, and the line
-    ``base + unit * r`` fitted by least squares to ``points`` ((rank, seconds) of the factorised form).
-
-    ``unit`` is at least 1 ns (a timing that does not grow with the rank is noise, and the allocator
-    needs each rank to cost something) and ``base`` at least 0; a single point gives ``unit = 1``.
-    """
+    """Measured time in integer nanoseconds: ``dense_seconds`` dense, and ``base + unit * r`` fitted by
+    least squares to ``points`` ((rank, seconds) factorised). ``unit`` is at least 1 ns (a timing that does
+    not grow with the rank is noise, and each rank must cost something), ``base`` at least 0."""
     if not points:
         raise ValueError("latency_price needs at least one (rank, seconds) point of the factorised form")
     ranks = np.array([float(r) for r, _ in points])
@@ -109,10 +87,9 @@ def latency_price(dense_seconds: float, points: Sequence[tuple[int, float]]) -> 
 class LayerCost:
     """A factorisable layer as the allocator sees it: its shape, price and spectrum.
 
-    ``price`` is what the allocator spends (default: parameters); ``params`` stays the parameter count
-    whatever the currency. ``multiple``: the ranks the allocation may choose are those below it and its
-    multiples (1: every rank); a latency budget uses :data:`RANK_MULTIPLE`, the ranks ``compact()``
-    keeps, so that the measured budget is spent on ranks that are deployed as they are.
+    ``price`` is what the allocator spends (default: parameters); ``params`` counts parameters whatever
+    the currency. ``multiple``: the allowed ranks are those below it and its multiples (a latency budget
+    uses :data:`RANK_MULTIPLE`, the ranks ``compact()`` keeps).
     """
 
     name: str
@@ -121,8 +98,7 @@ class LayerCost:
     bias: bool
     experts: int
     dense: int
-    #: squared singular values, descending; in output units (whitened: each one's truncation loss per
-    #: calibration row, see :attr:`inhernet.decomposition.Factors.output_energy`)
+    #: squared singular values, descending, in output units (``inhernet.decomposition.Factors.output_energy``)
     energy: torch.Tensor | None = None
     price: Price | None = None
     multiple: int = 1

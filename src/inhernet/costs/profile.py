@@ -1,9 +1,5 @@
-"""The teacher's costs on the example input, as a MAC or latency budget prices its layers.
-
-:class:`MacProfile`: the model's MACs and each open layer's positions (:func:`profile_macs`);
-:class:`LatencyProfile`: the model's measured time and each open layer's fitted price
-(:func:`profile_latency`, timed by a cost table, :mod:`inhernet.costs.table`).
-"""
+"""The teacher's costs on the example input, as a MAC (:class:`MacProfile`) or latency
+(:class:`LatencyProfile`) budget prices its layers."""
 
 from __future__ import annotations
 
@@ -11,12 +7,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from torch import nn
 
 from ..calibration import layer_input_shapes, split_example
 from ..config import InherConfig
 from ..discovery import Candidate, factorisable
+from ..modes import device_of
 from .macs import example_positions
 from .prices import NANOSECONDS, Price, latency_price
 from .table import CostTable, LatencyCosts, LayerShape, rank_points
@@ -47,11 +43,9 @@ class LatencyProfile:
     """The teacher's measured time on the example input and each open layer's price, in nanoseconds.
 
     ``total``: the teacher's forward pass, measured whole; ``prices``: per factorisable layer that ran
-    on the example, its dense time and the fitted ``base + unit * rank`` of its single-expert
-    factorised form, summed over its calls (:func:`inhernet.costs.prices.latency_price`). A layer absent
-    from ``prices`` did not run on the example. ``base``: the time a ``latency=`` fraction refers to,
-    when it is not ``total``: the *original* teacher's measured time when this model is a pruned copy
-    of it (``InherConfig(prune=...)``), so that the pruned channels are paid from the same budget.
+    on the example, its dense time and fitted factorised price summed over its calls
+    (:func:`inhernet.costs.prices.latency_price`). ``base``: what a ``latency=`` fraction refers to when
+    not ``total``: the *original* teacher's time when this model is a pruned copy of it.
     """
 
     total: int
@@ -73,15 +67,13 @@ class LatencyProfile:
 
 
 def latency_table(model: nn.Module, costs: LatencyCosts | None) -> LatencyCosts:
-    """The cost table a latency budget is priced by: ``costs``, checked, or by default a
-    :class:`~inhernet.CostTable` on ``model``'s device at the current thread count (cached on disk)."""
+    """The cost table a latency budget is priced by: ``costs``, checked, or a cached ``CostTable``."""
     if costs is not None and not isinstance(costs, LatencyCosts):
         raise TypeError(
             "costs must have dense(shape), factorised(shape, rank) and latency(models, example) methods "
             f"(e.g. an inhernet.CostTable), got {type(costs).__name__}"
         )
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    return costs if costs is not None else CostTable(device)
+    return costs if costs is not None else CostTable(device_of(model))
 
 
 def measured_ns(table: LatencyCosts, model: nn.Module, example: Any) -> int:
@@ -93,15 +85,8 @@ def profile_latency(
     model: nn.Module, candidates: list[Candidate], calib: Iterable[Any] | None,
     costs: LatencyCosts | None = None, base: int | None = None,
 ) -> tuple[LatencyProfile, Iterable[Any]]:
-    """Time the teacher and price its open layers on the first batch of ``calib`` (whole); returns
-    ``calib`` to iterate in full.
-
-    ``costs``: a :class:`inhernet.costs.table.LatencyCosts` (default: a
-    :class:`~inhernet.CostTable` on the model's device at the current thread count, cached on
-    disk). Each layer's input shape is read from one forward pass (eval mode, no grad); the table
-    gives its dense time and its factorised time at :func:`~inhernet.costs.table.rank_points`.
-    ``base``: see :attr:`LatencyProfile.base` (a pruned model's, the original teacher's time).
-    """
+    """Time the teacher and price its open layers (:func:`latency_table`) at the first batch of ``calib``;
+    returns ``calib`` to iterate in full. ``base``: see :attr:`LatencyProfile.base`."""
     if calib is None:
         raise ValueError("latency= needs calib: its first batch is the example input")
     table = latency_table(model, costs)
@@ -128,9 +113,7 @@ def profile_for(
     costs: LatencyCosts | None = None, latency_base: int | None = None,
 ) -> tuple[Profile | None, Iterable[Any] | None]:
     """The profile a MAC or latency budget prices the layers by (``None`` for the others), and ``calib``
-    to iterate in full afterwards. ``latency_base``: the time a ``latency=`` fraction is taken of, when
-    ``model`` is a pruned copy of the teacher (the teacher's measured time; see
-    :attr:`inhernet.costs.profile.LatencyProfile.base`)."""
+    to iterate in full afterwards. ``latency_base``: see :attr:`LatencyProfile.base`."""
     if config.target.kind == "macs":
         return profile_macs(model, candidates, calib)
     if config.target.kind == "latency":

@@ -1,30 +1,17 @@
 """Measured layer costs: how long a dense layer and its factorised form take on this device.
 
-A :class:`CostTable` times, once per distinct :class:`LayerShape` (layer kind and shape, the input's
-shape and dtype) and thread count, the dense layer and its single-expert factorised form (an
-InherNet block with ``experts=1``) at a few ranks, and interpolates linearly in rank between the
-measured points. Every timing is the median over interleaved repetitions (dense, rank 1, rank 2, ...,
-then again), so that a slow stretch of a shared machine hits every form alike.
-
-Measurements are cached as JSON per device and thread count, in
-``$INHERNET_HOME/costs/<device>-<threads>.json`` (default ``~/.cache/inhernet/costs/``), written
-atomically; no pickle. A table read from the cache re-times the first cached shape it is asked for
-and, when the machine now runs it more than 25% faster or slower than the cache says (another
-process loading the cores, a changed clock), scales every cached price by that ratio with a warning:
-a latency budget compares these prices with the teacher's time measured now, and mixing a quiet
-cache with a busy machine would price the rest of the model as most of it.
-:func:`inhernet.deploy.compact` spends this table to decide which blocks
-return to dense layers; a latency allocator can spend it as it spends parameters or MACs.
-
-Anything with the two methods of :class:`Costs` (``dense`` and ``factorised``, in seconds) can stand
-in for a table, e.g. a fake one in tests. A latency budget (``InherConfig(latency=...)``) and
-``bench --match latency`` also time whole models: :class:`LatencyCosts` adds ``latency(models,
-example)``, which a :class:`CostTable` answers with :func:`measure_latency` (not cached: a model is
-not a shape).
+A :class:`CostTable` times, once per :class:`LayerShape` and thread count, the dense layer and its
+single-expert block at a few ranks (:func:`rank_points`; medians of interleaved repetitions, so that
+a slow stretch of a shared machine hits every form alike), interpolating in rank between them. It is
+cached as JSON in :func:`cost_dir`; a cached table re-times the first shape asked for and, outside
+:data:`DRIFT_BAND`, scales every cached price by live / cached with a warning, since a latency budget
+compares them with the teacher's time measured now. Anything with the methods of :class:`Costs` can
+stand in for a table; :class:`LatencyCosts` adds whole models (:func:`measure_latency`, not cached).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
@@ -45,7 +32,8 @@ from torch import nn
 from .._atomic import atomic_write
 from ..batches import forward_batch, move_batch
 from ..kinds import kind_of
-from ..layers import InherBlock, InherConv, InherEmbedding, InherLinear
+from ..layers import InherConv, InherEmbedding, InherLinear
+from ..modes import device_of, evaluating
 
 __all__ = [
     "CostTable", "Costs", "LatencyCosts", "LayerShape", "cost_dir", "device_name", "measure_latency",
@@ -61,11 +49,9 @@ DRIFT_BAND = (0.8, 1.25)
 class LayerShape:
     """What a layer's timing depends on: its kind and geometry, and the input it is called with.
 
-    ``kind`` is ``"linear"``, ``"conv1d"``, ``"conv2d"`` or ``"embedding"``; ``out_features`` and
-    ``in_features`` are the output and input channels (an embedding: its dim and vocabulary);
-    ``kernel_size``, ``stride``, ``padding``, ``dilation`` apply to convs (``()`` otherwise);
-    ``input_shape`` is that of the tensor the layer receives, ``dtype`` its dtype (an embedding's:
-    its table's; its input is int64 token ids).
+    ``kind``: ``"linear"``, ``"conv1d"``, ``"conv2d"`` or ``"embedding"``; ``out_features`` and
+    ``in_features``: the output and input channels (an embedding's dim and vocabulary); the conv
+    geometry is ``()`` for the others; ``dtype``: the input's (an embedding's table's).
     """
 
     kind: str
@@ -90,47 +76,28 @@ class LayerShape:
         return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
 
     @classmethod
-    def of_block(cls, block: InherBlock, x: torch.Tensor) -> LayerShape:
-        """The shape of ``block``'s layer when called on ``x``."""
-        dtype = str(x.dtype).removeprefix("torch.")
-        shape = tuple(int(s) for s in x.shape)
-        if isinstance(block, InherLinear):
-            return cls("linear", block.out_features, block.in_features, block.up.bias is not None, shape, dtype)
-        if isinstance(block, InherEmbedding):  # the input is token ids: the dtype is the table's
-            table = str(block.down.weight.dtype).removeprefix("torch.")
-            return cls("embedding", block.embedding_dim, block.num_embeddings, False, shape, table)
-        if isinstance(block, InherConv):
-            d = block.down
-            return cls(
-                type(d).__name__.lower(), block.out_channels, block.in_channels, block.up.bias is not None,
-                shape, dtype, tuple(d.kernel_size), tuple(d.stride), tuple(_ints(d.padding)), tuple(d.dilation),
-            )
-        raise TypeError(f"no cost model for a {type(block).__name__}")
-
-    @classmethod
     def of_layer(cls, module: nn.Module, x: torch.Tensor) -> LayerShape:
-        """The shape of the dense teacher layer ``module`` called on ``x``: the same shape as
-        :meth:`of_block` gives for the block that replaces it (so a plan prices what ``compact`` times).
+        """The shape of ``module`` called on ``x``: a dense teacher layer, or the block that replaced it
+        (it answers the layer's attributes), so that a plan prices what ``compact`` times.
 
         Hugging Face ``Conv1D`` is timed as the ``nn.Linear`` of the same geometry.
         """
         dtype = str(x.dtype).removeprefix("torch.")
         shape = tuple(int(s) for s in x.shape)
-        if isinstance(module, nn.Embedding):
+        bias = getattr(module, "bias", None) is not None
+        if isinstance(module, (nn.Embedding, InherEmbedding)):  # the input is token ids: the table's dtype
             table = str(module.weight.dtype).removeprefix("torch.")
             return cls("embedding", module.embedding_dim, module.num_embeddings, False, shape, table)
-        if isinstance(module, (nn.Conv1d, nn.Conv2d)):
-            return cls(
-                type(module).__name__.lower(), module.out_channels, module.in_channels, module.bias is not None,
-                shape, dtype, tuple(module.kernel_size), tuple(module.stride), tuple(_ints(module.padding)),
-                tuple(module.dilation),
-            )
-        if isinstance(module, nn.Linear):
-            return cls("linear", module.out_features, module.in_features, module.bias is not None, shape, dtype)
+        if isinstance(module, (nn.Conv1d, nn.Conv2d, InherConv)):
+            kernel, stride, dilation = tuple(module.kernel_size), tuple(module.stride), tuple(module.dilation)
+            return cls(f"conv{len(kernel)}d", module.out_channels, module.in_channels, bias, shape, dtype,
+                       kernel, stride, _ints(module.padding), dilation)
+        if isinstance(module, (nn.Linear, InherLinear)):
+            return cls("linear", module.out_features, module.in_features, bias, shape, dtype)
         kind = kind_of(module)
         if kind is not None and kind.name == "hf_conv1d":
             n, m = module.weight.shape
-            return cls("linear", int(m), int(n), getattr(module, "bias", None) is not None, shape, dtype)
+            return cls("linear", int(m), int(n), bias, shape, dtype)
         raise TypeError(f"no cost model for a {type(module).__name__}")
 
     def dense_module(self, device: torch.device | str = "cpu") -> nn.Module:
@@ -174,7 +141,7 @@ class Costs(Protocol):
 
 @runtime_checkable
 class LatencyCosts(Costs, Protocol):
-    """:class:`Costs` that also time whole models: what a latency budget and ``bench --match latency`` need."""
+    """:class:`Costs` that also time whole models, as a latency budget needs."""
 
     def latency(self, models: Sequence[nn.Module], example: Any) -> list[float]:
         """Seconds per forward pass of each of ``models`` on the batch ``example``, measured together."""
@@ -188,13 +155,10 @@ def device_name(device: torch.device | str = "cpu") -> str:
         name = "cuda-" + torch.cuda.get_device_name(device)
     else:
         name = f"{device.type}-{platform.machine() or 'unknown'}"
-        try:
-            for line in Path("/proc/cpuinfo").read_text().splitlines():
-                if line.startswith("model name"):
-                    name += "-" + line.split(":", 1)[1].strip()
-                    break
-        except OSError:
-            pass
+        with contextlib.suppress(OSError):
+            lines = Path("/proc/cpuinfo").read_text().splitlines()
+            models = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+            name += f"-{models[0]}" if models else ""
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_")[:100]
 
 
@@ -205,8 +169,7 @@ def cost_dir() -> Path:
 
 
 def rank_points(full_rank: int, count: int = 4) -> list[int]:
-    """The ranks at which a shape's factorised form is timed: ``count`` points from 1 to ``full_rank``,
-    evenly spaced in rank, each a multiple of 8 where the layer is wide enough."""
+    """``count`` ranks from 1 to ``full_rank``, evenly spaced (multiples of 8 where wide enough), to time."""
     if full_rank < 1:
         raise ValueError(f"full_rank must be >= 1, got {full_rank}")
     points = {1, full_rank}
@@ -223,15 +186,13 @@ class CostTable:
 
     Args:
         device: where layers are timed (default CPU).
-        threads: the torch thread count the table is for (default: the current one); timing runs under it.
-        path: the JSON cache (default ``cost_dir() / f"{device_name(device)}-{threads}.json"``); ``None``
-            with ``cache=False``.
+        threads: the torch thread count the table is for and timed under (default: the current one).
+        path: the JSON cache (default ``cost_dir() / f"{device_name(device)}-{threads}.json"``).
         cache: read and write the JSON cache.
         repeats: interleaved repetitions per measurement (the median is kept).
         min_time: seconds each timed sample lasts at least (a sample repeats the call as needed).
         points: how many ranks are timed per shape (see :func:`rank_points`).
-        check_drift: re-time the first cached shape asked for and scale the cached prices by
-            live / cached when that leaves :data:`DRIFT_BAND` (see the module's docstring).
+        check_drift: re-time the first cached shape asked for (see the module's docstring).
     """
 
     def __init__(
@@ -261,7 +222,6 @@ class CostTable:
         #: live / cached time of the cached prices, once re-timed (1.0 without ``check_drift``)
         self.drift: float | None = None if check_drift else 1.0
 
-    # -- the Costs protocol ------------------------------------------------------------------------
     def dense(self, shape: LayerShape) -> float:
         return float(self._entry(shape)["dense"]) * self._scale(shape)
 
@@ -277,15 +237,13 @@ class CostTable:
         return max(0.0, s0 + (s1 - s0) * (rank - r0) / (r1 - r0)) * self._scale(shape)
 
     def latency(self, models: Sequence[nn.Module], example: Any) -> list[float]:
-        """Seconds per forward pass of each of ``models`` on ``example`` (see :func:`measure_latency`), on
-        this table's device and thread count, with its repetitions (at least 11) and sample length
-        (at least 20 ms). Not cached."""
+        """:func:`measure_latency` on this table's device and threads, with at least 11 repetitions of at
+        least 20 ms. Not cached."""
         return measure_latency(
             models, example, repeats=max(self.repeats, 11), min_time=max(self.min_time, 0.02),
             device=self.device, threads=self.threads,
         )
 
-    # -- measuring ---------------------------------------------------------------------------------
     def _scale(self, shape: LayerShape) -> float:
         """What ``shape``'s stored times are multiplied by: :attr:`drift` for a cached entry, else 1."""
         if shape.key() not in self._from_cache:
@@ -295,12 +253,12 @@ class CostTable:
         return self.drift
 
     def _retime(self, shape: LayerShape) -> float:
-        """live / cached dense time of the cached ``shape``, or 1.0 inside :data:`DRIFT_BAND` (with a
-        warning outside it)."""
+        """live / cached time of the cached ``shape`` (1.0 inside :data:`DRIFT_BAND`, else a warning)."""
         cached = float(self.entries[shape.key()]["dense"])
         x = shape.example(self.device)
         dense = shape.dense_module(self.device).eval()
-        live = time_calls([_call(dense, x)], max(self.repeats, 5), max(self.min_time, 1e-3), self.device, self.threads)[0]
+        repeats, min_time = max(self.repeats, 5), max(self.min_time, 1e-3)
+        live = time_calls([functools.partial(dense, x)], repeats, min_time, self.device, self.threads)[0]
         ratio = live / cached if cached > 0 and live > 0 else 1.0
         if DRIFT_BAND[0] <= ratio <= DRIFT_BAND[1]:
             return 1.0
@@ -328,7 +286,8 @@ class CostTable:
         assert kind is not None
         forms: list[nn.Module] = [dense] + [kind.build(dense, r, 1).eval() for r in ranks]
         x = shape.example(self.device)
-        seconds = time_calls([_call(f, x) for f in forms], self.repeats, self.min_time, self.device, self.threads)
+        calls = [functools.partial(f, x) for f in forms]
+        seconds = time_calls(calls, self.repeats, self.min_time, self.device, self.threads)
         return {"dense": seconds[0], "ranks": [[r, s] for r, s in zip(ranks, seconds[1:], strict=True)]}
 
     def save(self) -> Path | None:
@@ -338,13 +297,6 @@ class CostTable:
         body = {"version": CACHE_VERSION, "device": device_name(self.device), "threads": self.threads,
                 "torch": torch.__version__, "entries": self.entries}
         return atomic_write(self.path, json.dumps(body, indent=1, sort_keys=True) + "\n")
-
-
-def _call(module: nn.Module, x: torch.Tensor) -> Callable[[], Any]:
-    def run() -> Any:
-        return module(x)
-
-    return run
 
 
 def _sync(device: torch.device) -> None:
@@ -393,28 +345,18 @@ def measure_latency(
     models: Sequence[nn.Module], example: Any, *, repeats: int = 11, min_time: float = 0.02,
     device: torch.device | str | None = None, threads: int | None = None,
 ) -> list[float]:
-    """Median seconds per forward pass of each of ``models`` on the batch ``example`` (a tensor,
-    ``(inputs, labels)`` or a dict, as :func:`inhernet.batches.forward_batch` takes it), whole.
-
-    The models are timed in interleaved rounds (:func:`time_calls`), in eval mode and without grad;
-    their training flags are restored. ``device``: where the models and the example are (default:
-    the first model's parameters' device).
-    """
+    """Median seconds per forward pass of each of ``models`` on the batch ``example``, timed in
+    interleaved rounds (:func:`time_calls`) in eval mode without grad. ``device``: where the models
+    are (default: the first one's)."""
     if not models:
         return []
-    if device is None:
-        device = next((p.device for p in models[0].parameters()), torch.device("cpu"))
+    device = device_of(models[0]) if device is None else device
     batch = move_batch(example, device)
-    modes = [{m: m.training for m in model.modules()} for model in models]
-    for model in models:
-        model.eval()
-    try:
+    with contextlib.ExitStack() as modes:
+        for model in models:
+            modes.enter_context(evaluating(model))
         calls = [functools.partial(forward_batch, model, batch) for model in models]
         return time_calls(calls, repeats, min_time, device, threads)
-    finally:
-        for saved in modes:
-            for m, training in saved.items():
-                m.training = training
 
 
 def _read_cache(path: Path) -> dict[str, dict[str, Any]]:

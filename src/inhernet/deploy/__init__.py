@@ -1,14 +1,6 @@
-"""Deployment: merging the gated experts, the compact form, ONNX export.
-
-from inhernet.deploy import compact, merge_experts, export_onnx, verify_onnx
-
-merge_experts(student, calib=batches)            # h experts -> 1 up-projection, in place
-export_onnx(student, example_batch, "student.onnx")
-verify_onnx("student.onnx", student, example_batch)   # max relative error vs PyTorch
-deployable = compact(student, calib=batches)     # experts folded, dense where faster, same outputs
-
-What a model costs (MACs, measured layer times) lives beneath the core, in :mod:`inhernet.costs`
-(``inhernet.count_macs``, ``inhernet.CostTable``).
+"""Deployment: merging the gated experts (:func:`merge_experts`), the compact form (:func:`compact`),
+ONNX export (:func:`export_onnx`, checked by :func:`verify_onnx`). What a model costs lives in
+:mod:`inhernet.costs`.
 """
 
 from .compact import compact, deployed

@@ -1,52 +1,21 @@
 """``compact()``: the deployable form of an inherited model.
 
-Three steps, each recorded in the model's books (``inhernet_plan``, ``inhernet_config`` and
-``inhernet_compact``, which :func:`inhernet.save` writes and :func:`inhernet.load` reads back):
+Three steps, recorded in the model's books (``inhernet_plan``, ``inhernet_config``, ``inhernet_compact``):
 
-1. **Experts folded** into one up-projection per block, as :func:`merge_experts` does (exact for a
-   gate that ignores its input; otherwise the mean gate over ``calib`` replaces it).
-2. **Blocks returned to dense layers** (``nn.Linear``, ``nn.Conv1d/2d``, ``nn.Embedding`` or Hugging
-   Face ``Conv1D`` with ``W = B A`` and the bias kept, so exactly the function the block computed)
-   wherever the factorised form does not pay:
+1. **Experts folded** into one up-projection per block (:func:`merge_experts`).
+2. **Blocks returned to dense layers** of the teacher's type (``W = B A``, bias kept) at or above
+   break-even rank (a full-rank model compacts into the teacher), and where the factorised form's
+   **measured** time at the example's shape (a :class:`~inhernet.costs.CostTable`) is at least the
+   dense layer's, within the parameter budget (``budget=``, else the model's recorded one), the most
+   seconds saved per added parameter first; the folded experts usually pay for them.
+3. **Ranks rounded** to a multiple of ``rank_multiple`` below break-even, where no output changes:
+   **down** where the block's output on the calibration batch changes by at most ``tolerance``
+   (:func:`reranked`), else **up** (zero-padded, exact) where the budget has room, else **kept**.
 
-   * always, when the block's rank is at or above its break-even rank: the dense layer then has no
-     more parameters (and no more MACs) than the block. A full-rank inherited model therefore
-     compacts into the teacher's architecture, reproducing it (never slower by design);
-   * when the factorised form's **measured** time on the example input's shape at that layer is at
-     least the dense layer's (a :class:`~inhernet.deploy.costs.CostTable`, timed once per shape on
-     this device and cached), as long as the model's parameters stay within its budget. The budget
-     is ``budget=`` when given, else the one the model records (its plan's target, or its config's
-     ``budget`` for a loaded model), else there is none (a ``rank=``, ``energy=`` or ``macs=`` model:
-     measured time replaces a MAC budget here). When the budget does not cover every such block,
-     those that save the most seconds per added parameter go first. Folding the experts frees the
-     parameters of ``h - 1`` up-projections and the gates, which is what usually pays for them.
-
-3. **Ranks rounded** to a multiple of ``rank_multiple`` (default :data:`RANK_MULTIPLE`) in the blocks
-   below break-even, only where that costs no measurable output error, in this order:
-
-   * **down** where the block's output on the calibration batch changes by at most ``tolerance``
-     (relative): :func:`reranked`, the best approximation of ``B A`` at that rank (Frobenius norm);
-   * else **up** (exact: zero-padded factors) where the budget has room and it stays below break-even;
-   * else **kept**, as is a rank below the multiple.
-
-   ``tolerance=float("inf")`` rounds every such rank down (fewest MACs, at an output cost);
-   ``rank_multiple=1`` keeps every rank. The dense/factorised decision then sees the rounded rank.
-
-Finally the outputs are compared with the input model's on the calibration batch (the first of ``calib``,
-else ``example``): the largest change over the largest output is ``inhernet_compact["output_change"]``,
-with a warning beyond ``tolerance`` (folding input-dependent gates is the other source of change).
-
-Rank multiple: measured under load on a shared 2-core x86 CPU, torch eager, one thread, batch 1
-(Linear 384->384 and 384->1536 on 64 tokens, Conv2d 32->64 k3 on 28x28; medians of interleaved
-repetitions); see the comment on :data:`inhernet.budget.RANK_MULTIPLE` for the numbers and the choice.
-A latency budget (``InherConfig(latency=...)``) allocates ranks in steps of the same multiple, so the
-default rounding leaves its ranks unchanged and the compact model spends the budget the plan predicts.
-
-What keeping accuracy costs in speed: a factorised layer at rank 14 or 16 instead of 8 takes 2-15% longer
-(batch 1, one thread, shared 2-core x86, medians of 41 interleaved repetitions, three runs; us at rank 14-16
-vs 8: Linear 384->384 on 64 tokens 54-58 vs 51-55, 384->1536 98-106 vs 88-96, Embedding 30522x384 33-35 vs
-28-31, Conv2d 32->64 k3 at 28x28 431-453 vs 405-438; ranks 13, 14 and 16 are within noise of each other),
-against 13 points of accuracy that rounding a MiniLM classifier's word embedding from 14 to 8 once cost.
+``inhernet_compact["output_change"]``: the largest output change over the largest output on the
+calibration batch, with a warning beyond ``tolerance``. The default multiple is
+:data:`inhernet.costs.prices.RANK_MULTIPLE`; rounding down only where no output changes costs 2-15% of a
+layer's time at rank 14 instead of 8, and once kept 13 points of a MiniLM classifier's accuracy.
 """
 
 from __future__ import annotations
@@ -81,8 +50,7 @@ TOLERANCE = 1e-3
 def deployed(
     model: nn.Module, calib: Iterable[Any] | None = None, *, example: Any = None, costs: Costs | None = None
 ) -> nn.Module:
-    """What is deployed of ``model``: :func:`compact` of it (a copy) when it holds InherNet blocks, else
-    ``model`` itself (a plan that kept every layer dense, or a baseline): what a latency is measured on."""
+    """What a latency is measured on: :func:`compact` of ``model`` (a copy) with blocks, else ``model``."""
     if not any(isinstance(m, InherBlock) for m in model.modules()):
         return model
     return compact(model, calib, example=example, costs=costs)
@@ -104,27 +72,21 @@ def compact(
     Args:
         model: a model holding InherNet blocks (from :func:`inhernet.inherit` or :func:`inhernet.load`).
         calib: iterable of input batches: the gates' mean probabilities are measured on it (needed
-            when a gate depends on its input); its first batch is where output changes are measured,
-            and the example when ``example`` is not given.
-        example: one input batch (tensor, ``(inputs, labels)`` or dict) at the shape to deploy for
-            (batch size, sequence length): every block's input shape is read from one forward pass
-            on it, and layers are timed at that shape.
+            when a gate depends on its input); its first batch measures output changes, and is the
+            example when ``example`` is not given.
+        example: one input batch at the shape to deploy for (batch size, sequence length), at which
+            every block's input shape is read and layers are timed.
         budget: the parameter budget: a fraction in (0, 1] of the teacher's parameters or an int
-            count. Default: the model's recorded budget, if any. ``1.0`` lets every block that is
-            not faster factorised return to dense.
+            count. Default: the model's recorded budget, if any.
         rank_multiple: round ranks to a multiple of this where no output changes (``1``: exact ranks).
-        tolerance: the relative output change taken as none: a rank rounds down where its layer's
-            output changes by at most this; a warning where the model's changes by more.
-        costs: the layer timings to decide by (a :class:`~inhernet.deploy.costs.Costs`); default a
-            cached :class:`~inhernet.deploy.costs.CostTable` of this device and thread count.
+        tolerance: the relative output change taken as none (``float("inf")``: every rank rounds down).
+        costs: the layer timings to decide by (a :class:`~inhernet.costs.Costs`); default a cached
+            :class:`~inhernet.costs.CostTable` of this device and thread count.
         inplace: modify ``model`` itself instead of a deep copy.
 
     Returns:
-        The compact model: single-expert blocks at rounded ranks and dense layers. Its
-        ``inhernet_compact`` records per block ``{"dense": bool, "rank": int | None, "reason": str}``
-        (and ``"rounding"``), the rank multiple, the tolerance, the budget and ``output_change``; its
-        plan (if any) says ``experts=1`` and, for every layer returned to dense, ``rank=None`` and a
-        reason beginning ``"returned to dense"``.
+        The compact model: ``inhernet_compact`` records per block ``dense``, ``rank``, ``reason`` (and
+        ``rounding``), and the arguments and ``output_change``; its plan marks dense layers ``rank=None``.
 
     Raises:
         TypeError: ``model`` is not a module, ``costs`` lacks ``dense``/``factorised``.
@@ -151,7 +113,7 @@ def compact(
 
 
 def _output_change(model: nn.Module, check: Any, want: torch.Tensor, tolerance: float) -> float:
-    """The compact ``model``'s largest output change on ``check`` against ``want`` (relative), warned beyond ``tolerance``."""
+    """The compact ``model``'s relative output change from ``want`` on ``check`` (warned past tolerance)."""
     change = _relative_change(_logits(model, check), want)
     if change > tolerance:
         warnings.warn(
@@ -164,7 +126,7 @@ def _output_change(model: nn.Module, check: Any, want: torch.Tensor, tolerance: 
 
 
 def _check_arguments(model: Any, rank_multiple: Any, tolerance: Any, costs: Any, example: Any, calib: Any) -> int:
-    """The rank multiple to round to, once :func:`compact`'s arguments are checked (errors as documented there)."""
+    """The rank multiple to round to, once :func:`compact`'s arguments are checked."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     multiple = RANK_MULTIPLE if rank_multiple is None else rank_multiple
@@ -224,13 +186,9 @@ def _measure(
     model: nn.Module, blocks: dict[str, InherBlock], inputs: dict[str, Any], ranks: dict[str, dict[str, Any]],
     costs: Costs | None,
 ) -> tuple[dict[str, dict[str, Any]], list[tuple[float, int, str]], int]:
-    """Each block's decision before the budget: dense where at or above break-even, measured otherwise
-    (at its rank from ``ranks``, else its own).
-
-    Returns the decisions (per block ``dense``, ``rank``, ``rank_before``, ``reason`` and the timings),
-    the blocks that could go dense as ``(seconds saved per added parameter, added parameters, name)``,
-    and the model's parameters with the decisions taken so far.
-    """
+    """Each block's decision before the budget (dense at or above break-even, else measured at its rank
+    in ``ranks``), the blocks that could go dense as ``(seconds saved per added parameter, added
+    parameters, name)``, and the model's parameters with the decisions taken so far."""
     params = sum(p.numel() for p in model.parameters())
     decisions: dict[str, dict[str, Any]] = {}
     optional: list[tuple[float, int, str]] = []
@@ -248,7 +206,7 @@ def _measure(
             entry["reason"] = "did not run on the example input; not measured, kept factorised"
             continue
         costs = CostTable(device_of(model)) if costs is None else costs  # built only when a block needs it
-        shape = LayerShape.of_block(block, inputs[name])
+        shape = LayerShape.of_layer(block, inputs[name])
         dense_s, fact_s = float(costs.dense(shape)), float(costs.factorised(shape, rank))
         timing = f"dense {dense_s * 1e6:.1f} us, factorised {fact_s * 1e6:.1f} us at rank {rank}"
         entry.update(dense_seconds=dense_s, factorised_seconds=fact_s)
@@ -286,14 +244,11 @@ def _apply(model: nn.Module, blocks: dict[str, InherBlock], decisions: dict[str,
     return model
 
 
-# -- the two moves ---------------------------------------------------------------------------------
 def _factors(block: InherBlock) -> tuple[torch.Tensor, torch.Tensor]:
     """``(B, A)`` of a single-expert block as (m, r) and (r, n) float64 matrices, ``W = B A``."""
     if block.experts != 1:
         raise ValueError(f"the block has {block.experts} experts; fold them first (merge_experts)")
-    w = block.down.weight.detach().double()
-    down = w.T if isinstance(block, InherEmbedding) else w.flatten(1)
-    return block._up_matrix().detach().double(), down
+    return block._up_matrix().detach().double(), block._down_matrix().detach().double()
 
 
 def _skeleton(block: InherBlock) -> nn.Module:
@@ -302,10 +257,8 @@ def _skeleton(block: InherBlock) -> nn.Module:
     opts: dict[str, Any] = {"device": w.device, "dtype": w.dtype}
     bias = block.up.bias is not None
     if isinstance(block, InherEmbedding):
-        return nn.Embedding(
-            block.num_embeddings, block.embedding_dim, padding_idx=block.padding_idx,
-            device=w.device, dtype=block.down.weight.dtype,
-        )
+        opts["dtype"] = block.down.weight.dtype  # the table's
+        return nn.Embedding(block.num_embeddings, block.embedding_dim, padding_idx=block.padding_idx, **opts)
     if isinstance(block, InherConv):
         d = block.down
         return type(d)(
@@ -313,7 +266,7 @@ def _skeleton(block: InherBlock) -> nn.Module:
             dilation=d.dilation, padding_mode=d.padding_mode, bias=bias, **opts,
         )
     if isinstance(block, InherLinear):
-        if (getattr(block, "source", None) or {}).get("kind") == "hf_conv1d":
+        if block.weight_transposed:  # a Hugging Face Conv1D
             from transformers.pytorch_utils import Conv1D
 
             return Conv1D(block.out_features, block.in_features).to(**opts)
@@ -324,17 +277,10 @@ def _skeleton(block: InherBlock) -> nn.Module:
 @torch.no_grad()
 def densify(block: InherBlock) -> nn.Module:
     """The dense layer computing what the single-expert ``block`` computes (``W = B A``, bias kept)."""
-    up, down = _factors(block)
     dense = _skeleton(block)
-    kind = kind_of(dense)
-    assert kind is not None
-    kind.matrix(dense).copy_(up @ down)
-    bias = kind.bias(dense)
-    if bias is not None:
-        if block.up.bias is None:
-            bias.zero_()
-        else:
-            bias.copy_(block.up.bias)
+    dense.weight.copy_(block.dense_weight())
+    if getattr(dense, "bias", None) is not None:  # a Conv1D always has one: zero where the block has none
+        dense.bias.copy_(block.up.bias if block.up.bias is not None else torch.zeros_like(dense.bias))
     dense.train(block.training)
     return dense
 
@@ -366,15 +312,13 @@ def reranked(block: InherBlock, rank: int) -> InherBlock:
     return out
 
 
-# -- helpers ---------------------------------------------------------------------------------------
 def _blocks(model: nn.Module) -> dict[str, InherBlock]:
     return {name: m for name, m in model.named_modules() if isinstance(m, InherBlock)}
 
 
 def _matrix_shape(block: InherBlock) -> tuple[int, int]:
-    up, down = block.up.weight, block.down.weight
-    n = down.shape[0] if isinstance(block, InherEmbedding) else down[0].numel()
-    return int(up.shape[0]), int(n)
+    """``(m, n)`` of the block's ``W``."""
+    return int(block._up_matrix().shape[0]), int(block._down_matrix().shape[1])
 
 
 def _params(block: InherBlock, rank: int | None = None) -> int:
@@ -416,18 +360,17 @@ def _budget_target(model: nn.Module, budget: float | int | None) -> int | None:
         if config is None or config.budget is None or config.budgets:
             return None
         budget = config.budget
-    if isinstance(budget, bool) or not isinstance(budget, (int, float)):
-        raise ValueError(f"budget must be a fraction in (0, 1] or a parameter count, got {budget!r}")
+    fraction = isinstance(budget, float)
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not (
+        0 < budget <= 1 if fraction else budget >= 1
+    ):
+        raise ValueError(f"budget must be a fraction in (0, 1] or a parameter count >= 1, got {budget!r}")
+    if not fraction:
+        return budget
     teacher = sum(p.numel() for p in model.parameters())
     for block in _blocks(model).values():
         teacher += _dense_params(block) - sum(p.numel() for p in block.parameters())
-    if isinstance(budget, float):
-        if not 0 < budget <= 1:
-            raise ValueError(f"budget must be a fraction in (0, 1] or a parameter count, got {budget!r}")
-        return int(budget * teacher)
-    if budget < 1:
-        raise ValueError(f"budget must be a fraction in (0, 1] or a parameter count >= 1, got {budget!r}")
-    return budget
+    return int(budget * teacher)
 
 
 def _record_plan(model: nn.Module, decisions: dict[str, dict[str, Any]]) -> None:

@@ -1,26 +1,12 @@
 """ONNX export of an inherited (or any) model, written atomically, plus an onnxruntime check.
 
-Exporter choice: ``torch.onnx.export(..., dynamo=False)``, the TorchScript-tracing exporter, is the
-default. It needs nothing beyond torch (the ``onnx`` package is not even required to write the file),
-takes ``dynamic_axes`` directly, and traces the InherNet blocks (down, gate softmax, gate-scaled
-stacking, fused up) as well as Hugging Face BERT into plain ONNX ops at opset 17. The newer
-``torch.export``-based exporter (``dynamo=True``, the default of ``torch.onnx.export`` since torch 2.9)
-additionally requires the ``onnxscript`` package, which inhernet does not depend on; it stays available
-with ``export_onnx(..., dynamo=True)`` where ``onnxscript`` is installed. torch prints a
-DeprecationWarning for the tracing exporter; it is silenced here.
+The default exporter traces (``torch.onnx.export(..., dynamo=False)``): it needs nothing beyond torch
+and takes ``dynamic_axes`` directly; ``dynamo=True`` needs ``onnxscript``. The graph takes the model's
+inputs (``input``, or the batch dict's keys but ``labels``) and returns ``logits``.
 
-The exported graph takes the model's inputs (``input`` for a tensor batch, the dict's keys for a
-Hugging Face style batch, ``labels`` dropped) and returns one output, ``logits`` (the tensor the model
-returns, or its ``.logits``). Python control flow is frozen at the example's shapes except for the
-dynamic axes: the batch axis (``dynamic_batch=True``), the sequence axis of token inputs
-(``dynamic_sequence=True``) and whatever ``dynamic_axes`` adds.
-
-Hugging Face text models print a ``UserWarning`` while exporting, that ``aten::index`` "with negative
-indices" gives incorrect results. It is silenced here because it cannot apply: the only ``aten::index``
-in their traced graphs is the padding-mask lookup ``padding_mask[batch_idx, kv_idx]`` of
-``transformers.masking_utils`` (``batch_idx = arange(batch)``, ``kv_idx = arange(length) + kv_offset``
-with ``kv_offset = 0`` without a cache), never negative; the InherNet blocks index nothing.
-``tests/unit/test_deploy_export.py`` checks padded rows at every edge against PyTorch.
+Silenced: the tracer's DeprecationWarning, and Hugging Face's ``UserWarning`` that ``aten::index`` "with
+negative indices" is wrong: their only one, the padding-mask lookup of ``transformers.masking_utils``,
+indexes by ``arange``s (``tests/unit/test_deploy_export.py`` checks padded rows against PyTorch).
 """
 
 from __future__ import annotations
@@ -69,12 +55,9 @@ def onnx_inputs(example_inputs: Any) -> dict[str, torch.Tensor]:
                 "{'input_ids': ..., 'attention_mask': ...}"
             )
         return named
-    if (
-        isinstance(example_inputs, (tuple, list))
-        and example_inputs
-        and isinstance(example_inputs[0], torch.Tensor)
-    ):
-        return {"input": example_inputs[0]}
+    first = example_inputs[0] if isinstance(example_inputs, (tuple, list)) and example_inputs else None
+    if isinstance(first, torch.Tensor):
+        return {"input": first}
     raise TypeError(
         f"example_inputs must be a tensor, an (inputs, labels) tuple with a tensor first, or a dict of "
         f"tensors, got {type(example_inputs).__name__}"
@@ -96,23 +79,19 @@ def export_onnx(
 
     Args:
         model: the model to export; it is traced in eval mode (its flags are restored after).
-        example_inputs: one batch (tensor, ``(inputs, labels)`` tuple or Hugging Face style dict) used
-            for tracing. Its non-dynamic shapes are fixed in the graph.
-        path: the ``.onnx`` file to write; its directory is created. An existing file is replaced only
-            once the export succeeded.
+        example_inputs: one batch (tensor, ``(inputs, labels)`` tuple or Hugging Face style dict) to
+            trace; its non-dynamic shapes are fixed in the graph.
+        path: the ``.onnx`` file to write (its directory is created), replaced only once the export succeeded.
         opset: ONNX opset version.
         dynamic_batch: make axis 0 of every input and of ``logits`` symbolic (``batch``).
-        dynamic_sequence: make axis 1 of every token input (an integer tensor of rank 2: ``input_ids``,
-            ``attention_mask``, ``token_type_ids``, ``position_ids``) symbolic (``sequence``), and axis 1
-            of ``logits`` too when it has the example's sequence length (a language model's). ``False``
-            fixes the sequence length at the example's.
+        dynamic_sequence: make axis 1 of every token input (an integer tensor of rank 2) symbolic
+            (``sequence``), and of ``logits`` too when it has the example's sequence length.
         dynamic_axes: extra symbolic axes per input/output name, e.g. ``{"input_ids": {1: "tokens"}}``;
             merged over (and renaming) the batch and sequence axes.
-        dynamo: use the ``torch.export``-based exporter instead (needs ``onnxscript``; it implements
-            opset >= 18 and raises a lower ``opset`` to 18, with a warning).
+        dynamo: use the ``torch.export``-based exporter (needs ``onnxscript``; opset >= 18).
 
     Returns:
-        The path written. Check it with :func:`verify_onnx`.
+        The path written (check it with :func:`verify_onnx`).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -185,21 +164,13 @@ def _dynamic_shapes(names: list[str], axes: dict[str, dict[int, str]]) -> tuple[
     ``Dim`` per axis name, so e.g. every input's batch axis is the same symbol)."""
     if not any(axes.get(n) for n in names):
         return None
-    dims: dict[str, Any] = {}
-
-    def dim(label: str) -> Any:
-        return dims.setdefault(label, torch.export.Dim(label))
-
-    return (tuple({i: dim(label) for i, label in axes.get(n, {}).items()} or None for n in names),)
+    dims = {label: torch.export.Dim(label) for n in names for label in axes.get(n, {}).values()}
+    return (tuple({i: dims[label] for i, label in axes.get(n, {}).items()} or None for n in names),)
 
 
 def verify_onnx(path: str | os.PathLike[str], model: nn.Module, example_inputs: Any) -> float:
-    """Run the ONNX file in onnxruntime (CPU) and return its largest deviation from ``model``.
-
-    The deviation is ``max|ort - torch| / max|torch|`` over the logits (a relative error; ~1e-6 is
-    float32 rounding). ``example_inputs`` may differ in batch size from the export's when the batch
-    axis is dynamic. Needs the ``onnxruntime`` package.
-    """
+    """Run the ONNX file in onnxruntime (CPU) and return ``max|ort - torch| / max|torch|`` over the
+    logits against ``model`` (~1e-6 is float32 rounding). Needs the ``onnxruntime`` package."""
     try:
         import onnxruntime as ort
     except ImportError:

@@ -1,29 +1,13 @@
 """Collapse each block's gated experts into one up-projection for deployment.
 
-An InherNet block with h experts computes ``y = sum_i g_i(x) B_i z + b`` with an input-dependent gate
-``g = softmax(G pool(z) + c)``. ``merge_experts`` replaces the gate by its mean probabilities ``p``
-over calibration data and folds the experts into one matrix ``B = sum_i p_i B_i``; the block becomes
-a plain low-rank layer (``experts == 1``, ``gate is None``, ``up`` with r inputs) costing ``r*(n+m)``
-instead of ``r*n + h*r*m + h*r + h`` parameters, and it runs as two dense products.
+A block with h experts computes ``y = sum_i g_i(x) B_i z + b``. ``merge_experts`` replaces the gate by
+its mean probabilities ``p`` over calibration data and folds the experts into ``B = sum_i p_i B_i``: a
+plain low-rank layer (``experts == 1``) of ``r*(n+m)`` parameters instead of ``r*n + h*r*m + h*r + h``.
 
-Exactness:
-
-* a gate whose weight ``G`` is zero (e.g. a freshly inherited model, or one trained with the gate
-  frozen) outputs the same ``softmax(c)`` for every input: the merge is exact (up to float rounding),
-  and no calibration data is needed; so is a block whose experts are all equal (top-1 routing at
-  init), whatever its gate;
-* top-1 routing (``InherConfig(routing="top1")``) cannot be folded exactly once its experts differ:
-  each input uses one expert, and the merge folds the experts by how often each is chosen on
-  ``calib`` (the mean one-hot routing), an approximation of the same kind as below, usually coarser
-  (the experts a top-1 gate chooses between drift further apart);
-* a trained gate is input dependent: ``E[g] B`` replaces ``E[g B]`` and the merged model only
-  approximates the original. The error grows with how much the gate varies across inputs and how far
-  the experts are apart; evaluate the merged model (and fine-tune it briefly if the loss matters).
-
-All gate means are measured in one pass of the *unmerged* model over ``calib`` (a later block's input
-distribution after merging earlier ones may shift slightly). Linear and embedding blocks gate per token:
-every position of every batch counts, padding included; conv blocks gate per sample (or per position
-with ``gate_pool="position"``: every position counts).
+Exact (without calibration data) for a zero gate weight (a fresh or gate-frozen model) and for equal
+experts (top-1 at init). Otherwise ``E[g] B`` replaces ``E[g B]``, coarser the more the gate varies and
+the further apart the experts are: evaluate the merged model (fine-tune it briefly if the loss matters).
+The means come from one pass of the *unmerged* model over every gated position (padding included).
 """
 
 from __future__ import annotations
@@ -35,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..batches import forward_all
+from ..gates import gated_blocks, record_gates
 from ..layers import InherBlock
 
 __all__ = ["gate_means", "merge_experts"]
@@ -46,25 +30,17 @@ def merge_experts(model: nn.Module, calib: Iterable[Any] | None = None) -> nn.Mo
 
     Args:
         model: a model holding InherNet blocks (the result of ``inherit``, possibly fine-tuned).
-        calib: iterable of input batches (tensors, ``(inputs, labels)`` tuples or dicts) from which
-            each gate's mean probabilities are measured. May be omitted only when every gate is
-            input independent (its weight is all zero, as right after ``inherit``); the merge is then
-            exact.
+        calib: iterable of input batches on which each gate's mean probabilities are measured; may be
+            omitted when every gate is input independent (zero weight, as right after ``inherit``).
 
     Returns:
-        ``model``, whose blocks now have ``experts == 1`` and ``gate is None``. It still saves and loads
-        with :func:`inhernet.save` / :func:`inhernet.load` (the file records ``experts: 1`` per layer).
-        The merged blocks' ``up`` are new parameters: build any optimizer after merging.
-        The books follow: ``model.inhernet_plan`` (if any) records ``experts=1`` in its config and in
-        the merged layers' rows, with their new parameter counts (its MAC total, which the merge
-        changes by an amount that depends on the input, is dropped: measure it with
-        :func:`inhernet.deploy.count_macs`), and ``model.inhernet_config`` (a loaded model's) records
-        ``experts=1``, so that ``save`` then ``load`` reports the merged structure.
+        ``model``, whose blocks have ``experts == 1`` (new ``up`` parameters: build any optimizer after).
+        Its plan and config record ``experts=1``; the plan's MAC total, which the merge changes, is dropped.
 
     Raises:
         ValueError: ``calib`` is missing while some gate depends on its input, or ``calib`` is empty.
     """
-    gated = {name: b for name, b in model.named_modules() if isinstance(b, InherBlock) and b.gate is not None}
+    gated = gated_blocks(model)
     if not gated:
         return model
     means = gate_means(model, calib, blocks=gated)
@@ -100,13 +76,9 @@ def _record_merge(model: nn.Module, removed: dict[str, int]) -> None:
 def gate_means(
     model: nn.Module, calib: Iterable[Any] | None = None, *, blocks: dict[str, InherBlock] | None = None
 ) -> dict[str, torch.Tensor]:
-    """Mean gate probabilities (float64 vectors of length h) of every gated block, by module name.
-
-    Without ``calib`` every gate must have a zero weight; its probabilities are then ``softmax(bias)``
-    (uniform for a fresh gate).
-    """
-    if blocks is None:
-        blocks = {n: b for n, b in model.named_modules() if isinstance(b, InherBlock) and b.gate is not None}
+    """Mean gate probabilities (float64, length h) of every gated block, by module name; without ``calib``
+    every gate must be input independent, and gives ``gate_probs(bias)``."""
+    blocks = gated_blocks(model) if blocks is None else blocks
     if calib is None:
         dependent = [
             n for n, b in blocks.items()
@@ -121,31 +93,12 @@ def gate_means(
         return {n: b.gate_probs(b.gate.bias.detach().double()) for n, b in blocks.items()}  # type: ignore[union-attr]
 
     sums = {n: torch.zeros(b.experts, dtype=torch.float64) for n, b in blocks.items()}
-    counts = dict.fromkeys(blocks, 0)
 
-    def hook(name: str):
-        block = blocks[name]
+    def record(name: str, logits: torch.Tensor) -> None:
+        sums[name] += blocks[name].gate_probs(logits).sum(0).cpu()
 
-        def _record(_module: nn.Module, _inputs: Any, logits: torch.Tensor) -> None:
-            p = block.gate_probs(logits.detach().double()).reshape(-1, logits.shape[-1])
-            sums[name] += p.sum(0).cpu()
-            counts[name] += p.shape[0]
-
-        return _record
-
-    handles = [b.gate.register_forward_hook(hook(n)) for n, b in blocks.items()]  # type: ignore[union-attr]
-    try:
-        forward_all(model, calib)
-    finally:
-        for h in handles:
-            h.remove()
-    unseen = [n for n, c in counts.items() if c == 0]
-    if unseen:
-        raise ValueError(
-            f"calib produced no gate activations for {', '.join(unseen[:5])}: calib is empty or these "
-            "blocks are not used by the model's forward pass"
-        )
-    return {n: sums[n] / counts[n] for n in blocks}
+    rows = record_gates(model, blocks, calib, record)
+    return {n: sums[n] / rows[n] for n in blocks}
 
 
 def _experts_equal(block: InherBlock) -> bool:
@@ -158,25 +111,17 @@ def _experts_equal(block: InherBlock) -> bool:
 def _merge_block(block: InherBlock, p: torch.Tensor) -> None:
     experts = block.expert_weights().double()  # (h, m, r)
     merged = torch.einsum("h,hmr->mr", p.to(experts), experts)
-    old = block.up
-    w = old.weight
-    if isinstance(old, nn.Linear):
-        new: nn.Module = nn.Linear(
-            block.rank, old.out_features, bias=old.bias is not None, device=w.device, dtype=w.dtype
-        )
-    elif isinstance(old, (nn.Conv1d, nn.Conv2d)):
-        new = type(old)(
-            block.rank, old.out_channels, 1, bias=old.bias is not None, device=w.device, dtype=w.dtype
-        )
-    else:  # pragma: no cover - every block kind uses a Linear or a 1x1 conv
-        raise TypeError(f"cannot merge a block whose up-projection is a {type(old).__name__}")
+    old = block.up  # a Linear or a 1x1 conv
+    w, m = old.weight, old.weight.shape[0]
+    opts: dict[str, Any] = {"bias": old.bias is not None, "device": w.device, "dtype": w.dtype}
+    kernel = () if isinstance(old, nn.Linear) else (1,)
+    new = type(old)(block.rank, m, *kernel, **opts)
     new.weight.copy_(merged.reshape(new.weight.shape).to(w.dtype))
+    new.weight.requires_grad_(w.requires_grad)
     if old.bias is not None:
         new.bias.copy_(old.bias)
-    new.train(old.training)
-    new.weight.requires_grad_(w.requires_grad)
-    if new.bias is not None:
         new.bias.requires_grad_(old.bias.requires_grad)
+    new.train(old.training)
     block.up = new
     block.gate = None
     block.experts = 1
