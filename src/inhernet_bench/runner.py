@@ -146,7 +146,7 @@ class BenchConfig:
             )
         unknown = set(self.inherit_overrides) - {f.name for f in fields(ExperimentalConfig)}
         if unknown:
-            raise ValueError(f"inherit_overrides: {sorted(unknown)} are not ExperimentalConfig options")
+            raise ValueError(f"inherit_overrides: {sorted(unknown)} are not InherConfig options")
         if self.reference not in METHODS:
             raise ValueError(f"reference must be one of the methods {sorted(METHODS)}, got {self.reference!r}")
         if self.prune_importance is not None and self.prune_importance not in IMPORTANCES:

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from inhernet.calibration import split_example
+from inhernet.config import InherConfig
 from inhernet.costs import count_macs
 from inhernet.costs.prices import NANOSECONDS
 from inhernet.deploy import deployed
@@ -232,7 +233,7 @@ def _inhernet(ctx: MethodContext) -> nn.Module:
 @register_method("inhernet-paper")
 def _inhernet_paper(ctx: MethodContext) -> nn.Module:
     """The method as published: h = 3 experts, one-pass whitening, no rank floor, every block kept."""
-    paper = ExperimentalConfig.paper()
+    paper = InherConfig.paper()
     fields = {k: getattr(paper, k) for k in ("experts", "calibration", "min_rank_ratio", "drop_blocks")}
     return inherit(ctx.teacher, ctx.config(**fields), calib=ctx.calib, progress=False, costs=ctx.latency_costs)
 
