@@ -24,7 +24,6 @@ from . import blockdrop
 from .allocation import plan_layers
 from .autoprune import Contest, open_contest
 from .batches import head_rows, rows_of
-from .blockdrop import DropRecord
 from .calibration import as_list
 from .config import InherConfig
 from .costs.profile import latency_table
@@ -32,7 +31,7 @@ from .costs.table import LatencyCosts
 from .decomposition import Factors
 from .deploy.compact import deployed
 from .plan import Plan, warn_if_bottlenecked, with_drop, with_prune
-from .pruning import PruneRecord, after_pruning, inner_config, prune_for
+from .pruning import after_pruning, inner_config, prune_for
 from .surgery import assemble, build
 
 __all__ = ["LATENCY_CHECK_ROUNDS", "LATENCY_CHECK_WINDOW", "inherit", "plan"]
@@ -122,37 +121,27 @@ def _planned(
 ) -> _Planned:
     """Plan ``model`` under ``config``: its blocks dropped or its channels pruned first (by ``share`` of
     ``prune="auto"``, else ``config.prune``; ``teacher_ns``, ``alone``: see :func:`inner_config`), then its
-    layers (:func:`~inhernet.allocation.plan_layers`)."""
-    planned_model, inner, drop, pruned = _structure(model, config, calib, costs, share, teacher_ns, alone)
+    layers at the budget left (:func:`~inhernet.allocation.plan_layers`)."""
+    inner, drop, pruned = config, None, None
+    share = share if share is not None else config.prune
+    if config.drop_blocks:
+        model, drop = blockdrop.drop_for(config, model, calib)
+        inner = blockdrop.inner_config(config, drop)
+    elif share is not None:
+        model, pruned = prune_for(config, model, calib[0] if calib else None, float(share), costs, teacher_ns)
+        with after_pruning(pruned):
+            inner = inner_config(config, pruned, alone=alone)
     base = pruned.teacher_latency_ns if pruned is not None else None
     with after_pruning(pruned), warnings.catch_warnings():
         if alone:  # planned at a budget it meets with room to spare: "more than 2% under" is no news
             warnings.simplefilter("ignore")
-        result, factors = plan_layers(planned_model, inner, calib, costs, latency_base=base,
+        result, factors = plan_layers(model, inner, calib, costs, latency_base=base,
                                       keep_factors=keep_factors, progress=progress)
     if drop is not None:
         result = with_drop(result, config, drop)
     if pruned is not None:
         result = with_prune(result, config, pruned, alone)
-    return _Planned(result, planned_model, factors)
-
-
-def _structure(
-    model: nn.Module, config: InherConfig, calib: list[Any] | None, costs: LatencyCosts | None, share: float | None,
-    teacher_ns: int | None, alone: bool,
-) -> tuple[nn.Module, InherConfig, DropRecord | None, PruneRecord | None]:
-    """The model whose layers are planned: ``model`` without the blocks ``config.drop_blocks`` drops, or
-    pruned by ``share`` (else ``config.prune``), or as it is; the config they are planned with (the budget
-    left for them) and the record of the change."""
-    if config.drop_blocks:
-        dropped, drop = blockdrop.drop_for(config, model, calib)
-        return dropped, blockdrop.inner_config(config, drop), drop, None
-    share = share if share is not None else config.prune
-    if share is None:
-        return model, config, None, None
-    pruned, record = prune_for(config, model, calib[0] if calib else None, float(share), costs, teacher_ns)
-    with after_pruning(record):
-        return pruned, inner_config(config, record, alone=alone), None, record
+    return _Planned(result, model, factors)
 
 
 def _inherit_once(
@@ -162,7 +151,7 @@ def _inherit_once(
     if config.prune == "auto":
         return _auto(model, config, calib, progress, costs)
     planned = _planned(model, config, calib, costs, progress=progress)
-    return assemble(planned.model, planned.plan, calib, factors=planned.factors, progress=progress)
+    return assemble(planned.model, planned.plan, calib, config, factors=planned.factors, progress=progress)
 
 
 def _auto(

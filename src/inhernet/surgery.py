@@ -49,7 +49,7 @@ def build(
     """
     calib = as_list(calib)
     structured = restructure(model, plan, calib[0] if calib else None)
-    return assemble(structured, plan, calib, config=config, progress=progress)
+    return assemble(structured, plan, calib, config, progress=progress)
 
 
 def restructure(model: nn.Module, plan: Plan, example: Any) -> nn.Module:
@@ -64,7 +64,7 @@ def restructure(model: nn.Module, plan: Plan, example: Any) -> nn.Module:
 
 
 def assemble(
-    model: nn.Module, plan: Plan, calib: Iterable[Any] | None, *, config: InherConfig | None = None,
+    model: nn.Module, plan: Plan, calib: Iterable[Any] | None, config: InherConfig | None = None, *,
     factors: dict[str, Factors] | None = None, progress: bool = True,
 ) -> nn.Module:
     """A deep copy of ``model`` (already restructured as ``plan`` says) with its planned layers inherited:
