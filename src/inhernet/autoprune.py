@@ -17,7 +17,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from .allocation import smallest_reach
 from .batches import forward_batch, logits_of, move_batch, split_rows
 from .config import DEFAULT_PROBE_STEPS, InherConfig
 from .costs.profile import latency_table, measured_ns
@@ -42,6 +41,7 @@ __all__ = [
     "SPREAD",
     "Candidates",
     "Contest",
+    "Reach",
     "Standing",
     "candidate_shares",
     "open_contest",
@@ -65,6 +65,11 @@ PROBE_LR = 1e-3
 PROBE_TEMPERATURE = 4.0
 #: the probe's batch size: calibration batches are cut into batches of at most this many examples
 PROBE_BATCH = 64
+
+
+#: :func:`inhernet.allocation.smallest_reach`, handed down by the pipeline: ``reach(model, config, example,
+#: costs, latency_base, params)`` is ``(target, smallest, unit)`` of ``model``'s smallest ranks
+Reach = Callable[[nn.Module, InherConfig, Any, "LatencyCosts | None", "int | None", int], tuple[int, int, str]]
 
 
 @dataclass(frozen=True)
@@ -113,15 +118,15 @@ class Standing:
 
 def standing(
     config: InherConfig, model: nn.Module, example: Any, share: float, costs: LatencyCosts | None,
-    teacher_ns: int | None, smallest: bool,
+    teacher_ns: int | None, smallest: bool, reach: Reach,
 ) -> Standing:
-    """Where ``share`` stands; ``smallest``: also price the pruned model's smallest ranks."""
+    """Where ``share`` stands; ``smallest``: also price the pruned model's smallest ranks by ``reach``."""
     pruned, record = prune_for(config, model, example, share, costs, teacher_ns)
     have, target, unit = budget_standing(config, record)
     if not smallest or have < target:
         return Standing(share, have, target, unit)
     inner = inner_config(config, record)
-    target, least, unit = smallest_reach(pruned, inner, example, costs, record.teacher_latency_ns, record.params)
+    target, least, unit = reach(pruned, inner, example, costs, record.teacher_latency_ns, record.params)
     return Standing(share, have, target, unit, least)
 
 
@@ -349,10 +354,10 @@ class Contest:
 
 
 def open_contest(
-    model: nn.Module, config: InherConfig, calib: list[Any] | None, costs: LatencyCosts | None,
+    model: nn.Module, config: InherConfig, calib: list[Any] | None, costs: LatencyCosts | None, reach: Reach,
 ) -> Contest:
-    """The contest of ``prune="auto"``: the shares of :func:`candidate_shares`, the teacher's logits and
-    (under a latency budget) its time, measured once."""
+    """The contest of ``prune="auto"``: the shares of :func:`candidate_shares` (bracketed by ``reach``), the
+    teacher's logits and (under a latency budget) its time, measured once."""
     example = calib[0] if calib else None
     require_example(example)
     assert calib is not None
@@ -365,7 +370,7 @@ def open_contest(
 
     def stand(share: float, smallest: bool) -> Standing:
         if (share, smallest) not in cache:
-            cache[share, smallest] = standing(config, model, example, share, costs, teacher_ns, smallest)
+            cache[share, smallest] = standing(config, model, example, share, costs, teacher_ns, smallest, reach)
         return cache[share, smallest]
 
     found = candidate_shares(stand)

@@ -21,7 +21,7 @@ from typing import Any
 from torch import nn
 
 from . import blockdrop
-from .allocation import plan_layers
+from .allocation import plan_layers, smallest_reach
 from .autoprune import Contest, open_contest
 from .batches import head_rows, rows_of
 from .calibration import as_list
@@ -158,7 +158,7 @@ def _auto(
     model: nn.Module, config: InherConfig, calib: list[Any] | None, progress: bool, costs: LatencyCosts | None,
 ) -> nn.Module:
     """``prune="auto"``: every candidate share planned, built and scored (:class:`~inhernet.autoprune.Contest`)."""
-    contest = open_contest(model, config, calib, costs)
+    contest = open_contest(model, config, calib, costs, smallest_reach)
     for share in contest.found.shares:
         _enter(contest, model, share, contest.alone, progress, costs)
     fallback = contest.fallback()
