@@ -59,17 +59,15 @@ class Target:
 class InherConfig:
     """What to inherit: how the ranks are chosen, and how the blocks are initialised.
 
-    Exactly one ranks choice (``budget``, ``rank``, ``energy``, ``macs`` or ``latency``), read as one
-    tagged :attr:`target`; none given: ``budget=0.25``. ``None`` fields are the family's
-    (:mod:`inhernet.families`), filled at plan time. Ablation knobs live in
-    :class:`inhernet.experimental.ExperimentalConfig`.
+    Exactly one ranks choice (``budget``, ``rank``, ``energy``, ``macs`` or ``latency``; default
+    ``budget=0.25``), read as :attr:`target`. ``None`` fields are the family's (:mod:`inhernet.families`).
 
     Args:
         budget: the student's parameters, a fraction in (0, 1] of the teacher's or an ``int`` count.
         budgets: per-group parameter budgets, ``{fnmatch pattern of module names: budget}``; each group
             is filled to its own, the modules no pattern matches to ``budget``. Only with ``budget``.
         rank: one rank for every layer: an ``int``, a fraction of each layer's full rank, or ``"full"``
-            (every layer at full rank: the student reproduces the teacher, a verification mode).
+            (the student reproduces the teacher, a verification mode).
         energy: per layer, the smallest rank that keeps this fraction of its (whitened) spectral energy.
         macs: a budget in multiply-accumulates on the example input (the first ``calib`` batch, whole),
             as :func:`inhernet.count_macs` counts them; a fraction or an ``int`` count.
@@ -86,9 +84,8 @@ class InherConfig:
         exclude: patterns of module names to keep dense (a pattern also matches the name's descendants).
         min_rank_ratio: a floor on each layer's rank, a fraction in [0, 1) of its full rank; a layer whose
             floor saves nothing stays dense. ``None``: the family's (0.25 for causal LMs, else 0).
-        calibration: ``"one-pass"`` (every layer whitened on the teacher's inputs) or ``"sequential"``
-            (block by block, on inputs that passed the compressed blocks, :mod:`inhernet.sequential`).
-            ``None``: the family's.
+        calibration: ``"one-pass"`` (on the teacher's inputs) or ``"sequential"`` (block by block, on inputs
+            that passed the compressed blocks, :mod:`inhernet.sequential`); ``None``: the family's.
         damping: relative damping of the input covariance before whitening.
         seed: seed of the experts' deviations, an int in [0, 2**32 - 1].
         family: ``"conv"``, ``"encoder"``, ``"causal-lm"`` or ``"other"``; ``None``: detected.
@@ -99,8 +96,6 @@ class InherConfig:
             is scored (0: zero-shot); ``None``: :data:`DEFAULT_PROBE_STEPS`.
         drop_blocks: the share in [0, 1] of a ``budget``'s cut paid by dropping whole blocks of lowest
             Block Influence (:mod:`inhernet.blockdrop`); ``None``: the family's (1 for causal LMs).
-
-    numpy numbers are accepted and stored as Python numbers, so :meth:`to_dict` stays JSON-serialisable.
     """
 
     budget: float | int | None = None
@@ -302,8 +297,17 @@ class InherConfig:
             raise ValueError(f"rank={r} as a float must be a fraction of the full rank in (0, 1]")
 
     def resolved(self, model: Any) -> InherConfig:
-        """This config with its ``None`` (auto) fields filled in for ``model``'s family."""
-        return resolve_config(self, model)
+        """This config with its ``None`` (auto) fields and ``family`` filled in for ``model``'s family
+        (itself when all are set)."""
+        family = self.family or model_family(model)
+        defaults = FAMILY_DEFAULTS[family]
+        filled = {f: getattr(defaults, f) for f in ("experts", "min_rank_ratio", "calibration")
+                  if getattr(self, f) is None}
+        if self.drop_blocks is None and defaults.drop_blocks and _drops_blocks(self, model):
+            filled["drop_blocks"] = defaults.drop_blocks
+        if self.family == family and not filled:
+            return self
+        return replace(self, family=family, **filled)
 
     @property
     def target(self) -> Target:
@@ -393,19 +397,6 @@ def _as_patterns(arg: str, value: object) -> tuple[str, ...]:
         if not isinstance(p, str):
             raise TypeError(f"{arg} patterns must be strings, got {p!r}")
     return patterns
-
-
-def resolve_config(config: InherConfig, model: nn.Module) -> InherConfig:
-    """``config`` with its auto (``None``) fields and ``family`` filled in (unchanged when all are set)."""
-    fields = ("experts", "min_rank_ratio", "calibration")
-    family = config.family or model_family(model)
-    defaults = FAMILY_DEFAULTS[family]
-    filled = {f: getattr(defaults, f) for f in fields if getattr(config, f) is None}
-    if config.drop_blocks is None and defaults.drop_blocks and _drops_blocks(config, model):
-        filled["drop_blocks"] = defaults.drop_blocks
-    if config.family == family and not filled:
-        return config
-    return replace(config, family=family, **filled)
 
 
 def _drops_blocks(config: InherConfig, model: nn.Module) -> bool:

@@ -322,15 +322,9 @@ class PruneRecord:
         }
         if self.teacher_latency_ns is not None:  # absent otherwise, as in older records
             d["teacher_latency_ns"], d["latency_ns"] = self.teacher_latency_ns, self.latency_ns
-        if self.scores is not None:
-            d["scores"] = dict(self.scores)
-        if self.skipped:
-            d["skipped"] = dict(self.skipped)
-        if self.bracket is not None:
-            d["bracket"] = list(self.bracket)
-        if self.probe_steps is not None:
-            d["probe_steps"] = self.probe_steps
-        return d
+        auto = {"scores": self.scores, "skipped": self.skipped or None, "bracket": self.bracket,
+                "probe_steps": self.probe_steps}  # prune="auto" only
+        return d | {key: copy.copy(value) for key, value in auto.items() if value is not None}
 
     def summary(self) -> str:
         text = (f"pruned {self.ratio:.0%} of the channels (Torch-Pruning, {self.importance}): "
