@@ -32,21 +32,15 @@ from .plan import BUDGET_TOLERANCE, FACTORISED, LayerPlan, Plan
 from .spectra import allocation_needs_spectra, decompose, layer_spectra, reiterable
 
 __all__ = [
-    "ENERGY_STRATEGIES",
     "Allocation",
     "allocate",
-    "allocate_ranks",
-    "check_reachable",
     "dense_reason",
     "energy_weights",
     "layer_cost",
     "layer_type",
     "make_plan",
     "minimum_cost",
-    "open_costs",
     "plan_layers",
-    "ranks_for_energy",
-    "ranks_for_rank",
     "reach",
     "smallest_reach",
 ]
@@ -61,7 +55,7 @@ def plan_layers(
     example, calib = peek_example(calib)
     candidates, others = find_layers(model, config, example)
     profile, calib = profile_for(model, config, candidates, calib, costs, latency_base)
-    check_reachable(config, open_costs(candidates, config, profile), profile)  # before the spectra
+    _check_reachable(config, _open_costs(candidates, config, profile), profile)  # before the spectra
     factors: dict[str, Factors] = {}
     spectra = {}
     if config.init == "whiten" and config.calibration != "one-pass":  # built stage by stage: energies only
@@ -80,7 +74,7 @@ def smallest_reach(
     """:func:`reach` of ``model``'s layers priced on ``example``: what ``prune="auto"`` brackets by."""
     candidates, _ = find_layers(model, config, example)
     profile, _ = profile_for(model, config, candidates, [example], costs, latency_base)
-    return reach(config, open_costs(candidates, config, profile), profile, params)
+    return reach(config, _open_costs(candidates, config, profile), profile, params)
 
 
 @dataclass(frozen=True)
@@ -132,15 +126,15 @@ def layer_cost(
     )
 
 
-def allocate_ranks(
+def _allocate_ranks(
     model: nn.Module, config: InherConfig, layers: list[LayerCost], profile: Profile | None
 ) -> Allocation:
     """Ranks for ``layers`` by the rule or budget of ``config``."""
     target = config.target
     if target.kind == "rank":
-        return Allocation(ranks_for_rank(layers, target.value, config.min_rank, config.min_rank_ratio))
+        return Allocation(_ranks_for_rank(layers, target.value, config.min_rank, config.min_rank_ratio))
     if target.kind == "energy":
-        return Allocation(ranks_for_energy(layers, target.value, config.min_rank, config.min_rank_ratio))
+        return Allocation(_ranks_for_energy(layers, target.value, config.min_rank, config.min_rank_ratio))
     if config.budgets:
         ranks, total = _fill_groups(model, layers, config)
         return Allocation(ranks, target_params=total)
@@ -233,7 +227,7 @@ def _budget_terms(
     return _target(target.value, params, PARAMS), params, PARAMS, None
 
 
-def check_reachable(config: InherConfig, layers: list[LayerCost], profile: Profile | None) -> None:
+def _check_reachable(config: InherConfig, layers: list[LayerCost], profile: Profile | None) -> None:
     """Raise the allocation's error for a MAC or latency budget out of reach, before the spectra are paid."""
     terms = _budget_terms(config, profile, None)
     if terms is None:
@@ -367,14 +361,14 @@ def make_plan(
         raise ValueError("latency= needs calib: its first batch is the example input")
     if kind not in ("macs", "latency"):
         profile = None
-    open_layers = open_costs(candidates, config, profile, spectra)
+    open_layers = _open_costs(candidates, config, profile, spectra)
     if not open_layers:
         found = ", ".join(sorted({type(c.module).__name__ for c in candidates})) or "none"
         raise ValueError(
             "nothing to factorise: the model has no nn.Linear, nn.Conv1d/2d (groups=1), nn.Embedding or "
             f"Hugging Face Conv1D layer left after include/exclude (supported layers found: {found})"
         )
-    allocation = allocate_ranks(model, config, open_layers, profile)
+    allocation = _allocate_ranks(model, config, open_layers, profile)
     rows = _rows(model, config, candidates, others, open_layers, allocation.ranks, profile)
     result = Plan(config, sum(p.numel() for p in model.parameters()), allocation.target_params, rows)
     _totals(result, allocation, open_layers, profile)
@@ -420,7 +414,7 @@ def _totals(result: Plan, allocation: Allocation, open_layers: list[LayerCost], 
         warn_if_under(result.total_params, result.target_params, "params")
 
 
-def open_costs(
+def _open_costs(
     candidates: list[Candidate], config: InherConfig, profile: Profile | None,
     spectra: dict[str, torch.Tensor] | None = None,
 ) -> list[LayerCost]:
@@ -600,7 +594,7 @@ def minimum_cost(layers: list[LayerCost], min_rank: int, min_rank_ratio: float =
     return sum(layer.cost(_start(layer, min_rank, min_rank_ratio)) for layer in layers)
 
 
-def ranks_for_rank(
+def _ranks_for_rank(
     layers: list[LayerCost], rank: int | float | str, min_rank: int, min_rank_ratio: float = 0.0
 ) -> dict[str, int | None]:
     """A fixed rank (int), fraction of full rank (float) or ``"full"`` for every layer; outside
@@ -616,7 +610,7 @@ def ranks_for_rank(
     return out
 
 
-def ranks_for_energy(
+def _ranks_for_energy(
     layers: list[LayerCost], energy: float, min_rank: int, min_rank_ratio: float = 0.0
 ) -> dict[str, int | None]:
     """Per layer, the smallest rank retaining ``energy`` of its (whitened) spectral energy."""
