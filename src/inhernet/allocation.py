@@ -243,9 +243,6 @@ def reach(
 ) -> tuple[int, int, str]:
     """``(target, smallest, unit)``: the budget's target and the smallest total ``layers`` can reach (each
     at its floor rank), in the budget's unit, for a model of ``params`` parameters; no spectrum needed.
-
-    Raises:
-        ValueError: ``config`` has no single budget (a rank or energy rule, or per-group ``budgets``).
     """
     terms = _budget_terms(config, profile, params)
     if terms is None:
@@ -481,13 +478,10 @@ def allocate(
     layers: list[LayerCost], available: int, strategy: str, min_rank: int, min_rank_ratio: float = 0.0,
     at_least: int | None = None,
 ) -> dict[str, int | None]:
-    """Ranks whose costs fit ``available`` (``None`` = keep dense), greedily.
-
-    Every layer starts at its floor (:func:`_start`); then the best move (to the next allowed rank, or
-    back to dense once a rank no longer saves) is taken while it fits. Energy strategies rank moves by
-    weighted energy per unit of cost (:func:`energy_weights`), ``"uniform"`` by the lowest rank ratio
-    (water-filling). Callers check that the start fits. Where the greedy lands below ``at_least``, the
-    exact fill (:func:`_fill_window`) is tried.
+    """Ranks whose costs fit ``available`` (``None`` = keep dense), greedily: from each layer's floor, the
+    best move (the next allowed rank, or dense once no rank saves) while it fits; moves ranked by weighted
+    energy per unit of cost (:func:`energy_weights`), or for ``"uniform"`` by the lowest rank ratio.
+    Callers check that the start fits. Below ``at_least``, the exact fill (:func:`_fill_window`) is tried.
     """
     if strategy not in (*ENERGY_STRATEGIES, "uniform"):
         raise ValueError(f"strategy must be one of {(*ENERGY_STRATEGIES, 'uniform')}, got {strategy!r}")

@@ -1,20 +1,12 @@
 """Sequential calibration: whitened inheritance block by block along a model's stack of repeated blocks.
 
-Unlike one-pass calibration (:func:`inhernet.calibration.collect_covariances`), the model is compressed
-stage by stage, in the order data flows through it, so each layer is whitened on inputs that passed the
-compressed layers before it:
-
-1. the layers before the stack (e.g. embeddings), calibrated while a pre-hook on the stack's first block
-   captures its inputs (hidden states and keyword arguments) and stops the forward pass;
-2. each block in turn: its layers' statistics on the current hidden states, then the block, compressed,
-   run again for the next block's inputs. With the teacher at hand, each layer instead aims at the
-   teacher's output: the whitened truncation of ``W* = W X_t X_s^T (X_s X_s^T)^-1``
-   (:func:`corrected_weight`), correcting the error the layers before it let through;
-3. the layers after the stack (a classifier, a pooler), in one pass of the compressed model.
-
-Only one stage's statistics are alive at a time. Assumed (true of Hugging Face transformers): the stack
-runs once per forward pass, each block gets the previous block's hidden states (first output) and the
-first block's other arguments. Key/value caches are dropped (``use_cache=False``).
+Unlike one-pass calibration (:func:`inhernet.calibration.collect_covariances`), each layer is whitened on
+inputs that passed the compressed layers before it, in three stages: the layers before the stack (while
+a pre-hook captures the first block's inputs), each block in turn (its layers, then the block run again
+for the next one; with the teacher at hand, each layer aims at the teacher's output,
+:func:`corrected_weight`), and the layers after the stack. Assumed (true of Hugging Face transformers):
+each block gets the previous block's hidden states (first output) and the first block's other
+arguments. Key/value caches are dropped (``use_cache=False``).
 """
 
 from __future__ import annotations
