@@ -164,7 +164,7 @@ def dense_reason(layer: LayerCost, config: InherConfig, profile: Profile | None)
 
 
 def warn_if_under(reached: int | None, goal: int | None, currency_name: str = "params") -> None:
-    """Warn when a plan lands more than 2% under its target; ``currency_name``: a key of :data:`CURRENCIES`."""
+    """Warn when a plan lands more than 2% under its target (``currency_name``: see :data:`CURRENCIES`)."""
     currency = CURRENCIES[currency_name]
     if goal is not None and reached is not None and reached < BUDGET_TOLERANCE * goal:
         warnings.warn(

@@ -69,7 +69,9 @@ PROBE_BATCH = 64
 
 #: :func:`inhernet.allocation.smallest_reach`, handed down by the pipeline: ``reach(model, config, example,
 #: costs, latency_base, params)`` is ``(target, smallest, unit)`` of ``model``'s smallest ranks
-Reach = Callable[[nn.Module, InherConfig, Any, "LatencyCosts | None", "int | None", int], tuple[int, int, str]]
+Reach = Callable[
+    [nn.Module, InherConfig, Any, "LatencyCosts | None", "int | None", int], tuple[int, int, str]
+]
 
 
 @dataclass(frozen=True)
@@ -370,7 +372,9 @@ def open_contest(
 
     def stand(share: float, smallest: bool) -> Standing:
         if (share, smallest) not in cache:
-            cache[share, smallest] = standing(config, model, example, share, costs, teacher_ns, smallest, reach)
+            cache[share, smallest] = standing(
+                config, model, example, share, costs, teacher_ns, smallest, reach
+            )
         return cache[share, smallest]
 
     found = candidate_shares(stand)

@@ -117,8 +117,7 @@ def covariance_hooks(
     layers: dict[str, tuple[nn.Module, LayerKind]], device: torch.device | str = "cpu", mask: TokenMask | None = None,
 ) -> Iterator[dict[str, InputCovariance]]:
     """Pre-hooks on ``layers`` that fill the yielded ``{name: InputCovariance}`` while active (whatever runs
-    the layers inside decides where the statistics come from); ``mask``, kept by the caller, leaves padding out.
-    """
+    the layers inside decides where the statistics come from); ``mask``, kept by the caller, drops padding."""
     stats: dict[str, InputCovariance] = {}
 
     def make_hook(name: str, kind: LayerKind):

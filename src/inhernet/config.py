@@ -335,7 +335,7 @@ class InherConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> InherConfig:
-        """The config ``d`` (:meth:`to_dict`) records; an :class:`ExperimentalConfig` where it names an ablation."""
+        """The config ``d`` (:meth:`to_dict`) records (an ExperimentalConfig if it names an ablation)."""
         if cls is InherConfig and _is_experimental(d):
             cls = ExperimentalConfig
         known = {k: v for k, v in d.items() if k in {f.name for f in fields(cls)}}
@@ -348,7 +348,7 @@ class InherConfig:
 
 
 def _check_amount(arg: str, b: object, unit: str = "parameter", of: str = "parameters") -> None:
-    """A budget: a fraction in (0, 1] of the teacher's ``of`` or an int count of ``unit``s (``arg`` in errors)."""
+    """A budget: a fraction in (0, 1] of the teacher's ``of`` or a count of ``unit``s; ``arg`` names it."""
     if isinstance(b, bool) or not isinstance(b, (int, float)) or not math.isfinite(b):
         raise TypeError(f"{arg} must be a fraction in (0, 1] or a {unit} count, got {b!r}")
     if isinstance(b, float) and not 0 < b <= 1:

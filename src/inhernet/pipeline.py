@@ -105,7 +105,7 @@ def _planned(
     progress: bool = True,
 ) -> _Planned:
     """Plan ``model`` under ``config``: blocks dropped or channels pruned first (by ``share``, else
-    ``config.prune``; ``teacher_ns``, ``alone``: see :func:`inner_config`), then its layers at the budget left."""
+    ``config.prune``; ``teacher_ns``, ``alone``: see :func:`inner_config`), then its layers."""
     inner, drop, pruned = config, None, None
     share = share if share is not None else config.prune
     if config.drop_blocks:

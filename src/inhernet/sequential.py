@@ -64,7 +64,7 @@ class PairedCovariance(InputCovariance):
 
 def corrected_weight(w: torch.Tensor, cov: PairedCovariance, damping: float) -> torch.Tensor:
     """``W* = W X_t X_s^T (X_s X_s^T + damping)^-1``, as ``W + W (X_t - X_s)^T X_s (...)^-1`` so that
-    ``W* = W`` exactly when the inputs agree; normalised and damped as :func:`~inhernet.decomposition.factorize`.
+    ``W* = W`` exactly when the inputs agree; damped as :func:`~inhernet.decomposition.factorize` does.
     """
     c = cov.mean()
     scale = c.diagonal().mean()

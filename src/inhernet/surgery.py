@@ -59,7 +59,7 @@ def assemble(
     model: nn.Module, plan: Plan, calib: Iterable[Any] | None, config: InherConfig | None = None, *,
     factors: dict[str, Factors] | None = None, progress: bool = True,
 ) -> nn.Module:
-    """A deep copy of ``model`` (restructured) with its planned layers inherited, from ``factors`` if given."""
+    """A copy of ``model`` (restructured) with its planned layers inherited, from ``factors`` if given."""
     config = config or plan.config
     example, calib = peek_example(calib)
     candidates, _ = find_layers(model, config, example)
