@@ -1,12 +1,8 @@
-"""Allocate: the :class:`~inhernet.plan.Plan` of a model, every factorisable layer's rank under the
-configuration's rule or budget.
+"""Allocate: every factorisable layer's rank, the :class:`~inhernet.plan.Plan`.
 
-:func:`plan_layers` runs the steps below it in order: find the layers (:mod:`inhernet.discovery`),
-measure them (their costs, :mod:`inhernet.costs`; their spectra, :mod:`inhernet.spectra`), then
-allocate: each open layer priced (:func:`layer_cost`) in parameters or, under a MAC or latency budget,
-in MACs or measured nanoseconds on the example input; a budget turned into a target and filled by the
-greedy engine (:func:`allocate`: pure, on a list of priced layers), per ``budgets`` group where there
-are groups.
+:func:`plan_layers` finds the layers (:mod:`inhernet.discovery`), measures them (:mod:`inhernet.costs`,
+:mod:`inhernet.spectra`) and fills the budget with the greedy engine (:func:`allocate`), per ``budgets``
+group where there are groups.
 """
 
 from __future__ import annotations
@@ -36,21 +32,15 @@ from .plan import BUDGET_TOLERANCE, FACTORISED, LayerPlan, Plan
 from .spectra import allocation_needs_spectra, decompose, layer_spectra, reiterable
 
 __all__ = [
-    "ENERGY_STRATEGIES",
     "Allocation",
     "allocate",
-    "allocate_ranks",
-    "check_reachable",
     "dense_reason",
     "energy_weights",
     "layer_cost",
     "layer_type",
     "make_plan",
     "minimum_cost",
-    "open_costs",
     "plan_layers",
-    "ranks_for_energy",
-    "ranks_for_rank",
     "reach",
     "smallest_reach",
 ]
@@ -60,13 +50,12 @@ def plan_layers(
     model: nn.Module, config: InherConfig, calib: Iterable[Any] | None, costs: LatencyCosts | None = None, *,
     latency_base: int | None = None, keep_factors: bool = True, progress: bool = True,
 ) -> tuple[Plan, dict[str, Factors]]:
-    """find layers -> measure -> allocate, on ``model`` as it is: its plan, and the one-pass factors
-    computed on the way (all of them with ``keep_factors``, for the build; else only where the
-    allocation needs spectra). ``latency_base``: see :func:`~inhernet.costs.profile.profile_for`."""
+    """find layers -> measure -> allocate: ``model``'s plan and the one-pass factors computed on the way
+    (all with ``keep_factors``). ``latency_base``: see :func:`~inhernet.costs.profile.profile_for`."""
     example, calib = peek_example(calib)
     candidates, others = find_layers(model, config, example)
     profile, calib = profile_for(model, config, candidates, calib, costs, latency_base)
-    check_reachable(config, open_costs(candidates, config, profile), profile)  # before the spectra
+    _check_reachable(config, _open_costs(candidates, config, profile), profile)  # before the spectra
     factors: dict[str, Factors] = {}
     spectra = {}
     if config.init == "whiten" and config.calibration != "one-pass":  # built stage by stage: energies only
@@ -82,12 +71,10 @@ def smallest_reach(
     model: nn.Module, config: InherConfig, example: Any, costs: LatencyCosts | None, latency_base: int | None,
     params: int,
 ) -> tuple[int, int, str]:
-    """:func:`reach` of ``model``'s layers priced on ``example`` (no spectrum): what ``prune="auto"``
-    brackets its shares by."""
+    """:func:`reach` of ``model``'s layers priced on ``example``: what ``prune="auto"`` brackets by."""
     candidates, _ = find_layers(model, config, example)
     profile, _ = profile_for(model, config, candidates, [example], costs, latency_base)
-    return reach(config, open_costs(candidates, config, profile), profile, params)
-
+    return reach(config, _open_costs(candidates, config, profile), profile, params)
 
 
 @dataclass(frozen=True)
@@ -123,13 +110,9 @@ class Allocation:
 def layer_cost(
     c: Candidate, experts: int, energy: torch.Tensor | None, profile: Profile | None = None
 ) -> LayerCost:
-    """The allocator's view of a layer (``energy``: its squared singular values, if known); priced in MACs
-    or measured nanoseconds when a profile is given, else in parameters.
-
-    Priced in measured time, its ranks step by :data:`~inhernet.costs.RANK_MULTIPLE` (ranks below it one
-    by one): the ranks ``compact()`` deploys unchanged, so the compact model spends the latency budget
-    the plan predicts instead of landing under it after rounding.
-    """
+    """The allocator's view of a layer (``energy``: its squared singular values, if known), priced by
+    ``profile`` (MACs or ns) or in parameters. In measured time its ranks step by
+    :data:`~inhernet.costs.RANK_MULTIPLE`, the ranks ``compact()`` deploys unchanged."""
     m, n = c.kind.shape(c.module)
     price = None
     multiple = 1
@@ -143,16 +126,15 @@ def layer_cost(
     )
 
 
-def allocate_ranks(
+def _allocate_ranks(
     model: nn.Module, config: InherConfig, layers: list[LayerCost], profile: Profile | None
 ) -> Allocation:
-    """Ranks for ``layers`` (priced in MACs or nanoseconds when ``profile`` is given) by the rule or
-    budget of ``config``."""
+    """Ranks for ``layers`` by the rule or budget of ``config``."""
     target = config.target
     if target.kind == "rank":
-        return Allocation(ranks_for_rank(layers, target.value, config.min_rank, config.min_rank_ratio))
+        return Allocation(_ranks_for_rank(layers, target.value, config.min_rank, config.min_rank_ratio))
     if target.kind == "energy":
-        return Allocation(ranks_for_energy(layers, target.value, config.min_rank, config.min_rank_ratio))
+        return Allocation(_ranks_for_energy(layers, target.value, config.min_rank, config.min_rank_ratio))
     if config.budgets:
         ranks, total = _fill_groups(model, layers, config)
         return Allocation(ranks, target_params=total)
@@ -182,8 +164,7 @@ def dense_reason(layer: LayerCost, config: InherConfig, profile: Profile | None)
 
 
 def warn_if_under(reached: int | None, goal: int | None, currency_name: str = "params") -> None:
-    """Warn when a budgeted plan lands more than 2% under its target (the steps were too coarse);
-    ``currency_name``: ``"params"``, ``"macs"`` or ``"latency"``."""
+    """Warn when a plan lands more than 2% under its target (``currency_name``: see :data:`CURRENCIES`)."""
     currency = CURRENCIES[currency_name]
     if goal is not None and reached is not None and reached < BUDGET_TOLERANCE * goal:
         warnings.warn(
@@ -197,11 +178,8 @@ def _fill(
     layers: list[LayerCost], target: int, teacher_total: int, currency: _Currency, config: InherConfig,
     fixed: int | None = None,
 ) -> dict[str, int | None]:
-    """Ranks whose total cost (the fixed rest of the model included) fits ``target``, or a clear error.
-
-    ``fixed``: what the rest of the model costs (default: ``teacher_total`` minus the layers' dense
-    costs, exact for counted currencies; a measured one passes its own, never negative).
-    """
+    """Ranks whose total cost fits ``target``, or a clear error. ``fixed``: what the rest of the model
+    costs (default ``teacher_total`` minus the layers' dense costs; a measured currency passes its own)."""
     fixed, floor_ratio = _reachable(layers, target, teacher_total, currency, config, fixed)
     at_least = math.ceil(BUDGET_TOLERANCE * target) - fixed  # the promise: within 2% of the target
     return allocate(layers, target - fixed, config.allocation, config.min_rank, floor_ratio, at_least)
@@ -211,8 +189,7 @@ def _reachable(
     layers: list[LayerCost], target: int, teacher_total: int, currency: _Currency, config: InherConfig,
     fixed: int | None = None,
 ) -> tuple[int, float]:
-    """The fixed rest's cost and the rank floor :func:`_fill` allocates with, or the error of a ``target``
-    below the smallest total these layers can reach (see :func:`_fill` for ``fixed``)."""
+    """The fixed rest's cost and the rank floor, or the error of a ``target`` below the smallest reachable."""
     fixed, floor_ratio, smallest = _smallest(layers, target, teacher_total, config, fixed)
     if target < smallest:
         raise ValueError(
@@ -228,8 +205,7 @@ def _reachable(
 def _smallest(
     layers: list[LayerCost], target: int, teacher_total: int, config: InherConfig, fixed: int | None = None,
 ) -> tuple[int, float, int]:
-    """The fixed rest's cost, the rank floor and the smallest total (the fixed rest plus every layer at
-    its floor rank, or dense where no rank saves) for ``target`` (see :func:`_fill` for ``fixed``)."""
+    """The fixed rest's cost, the rank floor and the smallest total (every layer at its floor rank)."""
     if fixed is None:
         fixed = teacher_total - sum(layer.cost(None) for layer in layers)
     floor_ratio = _reachable_floor(layers, target - fixed, config)
@@ -239,10 +215,8 @@ def _smallest(
 def _budget_terms(
     config: InherConfig, profile: Profile | None, params: int | None
 ) -> tuple[int, int, _Currency, int | None] | None:
-    """``(target, teacher total, currency, fixed rest)`` of ``config``'s budget: MACs or ns priced by
-    ``profile`` (a latency fraction is of the original teacher's time, :attr:`LatencyProfile.reference`),
-    or parameters of a model of ``params`` parameters (when given); ``None`` for a rank or energy rule,
-    per-group ``budgets``, or a budget without what it is priced by."""
+    """``(target, teacher total, currency, fixed rest)`` of ``config``'s budget, priced by ``profile`` or
+    in ``params``; ``None`` for a rule, per-group ``budgets``, or a budget without its pricing."""
     target = config.target
     if target.kind == "latency" and isinstance(profile, LatencyProfile):
         return _target(target.value, profile.reference, LATENCY), profile.reference, LATENCY, profile.fixed()
@@ -253,10 +227,8 @@ def _budget_terms(
     return _target(target.value, params, PARAMS), params, PARAMS, None
 
 
-def check_reachable(config: InherConfig, layers: list[LayerCost], profile: Profile | None) -> None:
-    """Raise the allocation's own error when a MAC or latency budget is out of reach of ``layers``
-    (priced by ``profile``; their spectra are not needed), before the calibration pass and the SVDs that
-    the allocation itself needs."""
+def _check_reachable(config: InherConfig, layers: list[LayerCost], profile: Profile | None) -> None:
+    """Raise the allocation's error for a MAC or latency budget out of reach, before the spectra are paid."""
     terms = _budget_terms(config, profile, None)
     if terms is None:
         return
@@ -269,14 +241,8 @@ def check_reachable(config: InherConfig, layers: list[LayerCost], profile: Profi
 def reach(
     config: InherConfig, layers: list[LayerCost], profile: Profile | None, params: int
 ) -> tuple[int, int, str]:
-    """``(target, smallest, unit)``: the budget's target and the smallest total that ``layers`` can reach
-    (each at its floor rank, or dense where no rank saves), in the budget's unit, for a model of
-    ``params`` parameters whose layers are priced by ``profile`` (MACs, ns) or in parameters. From the
-    prices alone, no spectrum needed: what ``prune="auto"`` brackets its shares by. A ``target`` below
-    ``smallest`` is unreachable (the allocation would refuse it).
-
-    Raises:
-        ValueError: ``config`` has no single budget (a rank or energy rule, or per-group ``budgets``).
+    """``(target, smallest, unit)``: the budget's target and the smallest total ``layers`` can reach (each
+    at its floor rank), in the budget's unit, for a model of ``params`` parameters; no spectrum needed.
     """
     terms = _budget_terms(config, profile, params)
     if terms is None:
@@ -289,9 +255,8 @@ def reach(
 
 
 def _reachable_floor(layers: list[LayerCost], room: int, config: InherConfig) -> float:
-    """The rank floor to allocate with: ``config.min_rank_ratio``, except that a family's default floor
-    (e.g. causal LMs' 25%) is lowered, with a warning, as far as a budget below it needs — a default
-    should never make a budget unreachable. A floor the user chose differently stays hard."""
+    """``config.min_rank_ratio``, but a family's default floor is lowered, with a warning, as far as the
+    budget needs: a default never makes a budget unreachable; a floor the user chose stays."""
     ratio = config.min_rank_ratio or 0.0
     family = FAMILY_DEFAULTS.get(config.family) if config.family else None
     if not ratio or family is None or ratio != family.min_rank_ratio:
@@ -313,8 +278,7 @@ def _reachable_floor(layers: list[LayerCost], room: int, config: InherConfig) ->
 def _fill_groups(
     model: nn.Module, layers: list[LayerCost], config: InherConfig
 ) -> tuple[dict[str, int | None], int]:
-    """Ranks under ``config.budgets``: each pattern's group filled to its own budget, the rest to
-    ``config.budget``; returns the ranks and the summed target."""
+    """Ranks and summed target under ``config.budgets``, the unmatched rest filled to ``config.budget``."""
     patterns = tuple(config.budgets)
     owned = _params_by_group(model, patterns)
     grouped: dict[str | None, list[LayerCost]] = {p: [] for p in (*patterns, None)}
@@ -385,11 +349,8 @@ def make_plan(
     model: nn.Module, config: InherConfig, candidates: list[Candidate], others: list[Unsupported],
     spectra: dict[str, torch.Tensor], profile: Profile | None = None,
 ) -> Plan:
-    """Allocate ranks and tabulate; ``spectra`` (each layer's energies) may be empty where none is needed.
-
-    ``profile`` is needed under a MAC budget (:func:`inhernet.costs.profile.profile_macs`: prices the layers
-    in MACs) or a latency budget (:func:`inhernet.costs.profile.profile_latency`: in measured nanoseconds).
-    """
+    """Allocate ranks and tabulate; ``spectra`` may be empty where none is needed, ``profile`` prices a
+    MAC or latency budget (:func:`inhernet.costs.profile.profile_for`)."""
     kind = config.target.kind
     if kind == "macs" and not isinstance(profile, MacProfile):
         raise ValueError("a MAC budget (macs=) needs the MAC profile of an example input: pass calib=")
@@ -397,14 +358,14 @@ def make_plan(
         raise ValueError("latency= needs calib: its first batch is the example input")
     if kind not in ("macs", "latency"):
         profile = None
-    open_layers = open_costs(candidates, config, profile, spectra)
+    open_layers = _open_costs(candidates, config, profile, spectra)
     if not open_layers:
         found = ", ".join(sorted({type(c.module).__name__ for c in candidates})) or "none"
         raise ValueError(
             "nothing to factorise: the model has no nn.Linear, nn.Conv1d/2d (groups=1), nn.Embedding or "
             f"Hugging Face Conv1D layer left after include/exclude (supported layers found: {found})"
         )
-    allocation = allocate_ranks(model, config, open_layers, profile)
+    allocation = _allocate_ranks(model, config, open_layers, profile)
     rows = _rows(model, config, candidates, others, open_layers, allocation.ranks, profile)
     result = Plan(config, sum(p.numel() for p in model.parameters()), allocation.target_params, rows)
     _totals(result, allocation, open_layers, profile)
@@ -415,7 +376,7 @@ def _rows(
     model: nn.Module, config: InherConfig, candidates: list[Candidate], others: list[Unsupported],
     open_layers: list[LayerCost], ranks: dict[str, int | None], profile: Profile | None,
 ) -> list[LayerPlan]:
-    """The plan's rows, in the model's module order: every module with parameters and what happens to it."""
+    """Every module with parameters and what happens to it, in module order."""
     rows = [LayerPlan(o.name, o.type_name, "-", None, None, 1, o.params, o.params, o.reason) for o in others]
     costs = {layer.name: layer for layer in open_layers}
     for c in candidates:
@@ -436,7 +397,7 @@ def _rows(
 
 
 def _totals(result: Plan, allocation: Allocation, open_layers: list[LayerCost], profile: Profile | None) -> None:
-    """The plan's MAC or latency totals and targets, and a warning when it lands more than 2% under its budget."""
+    """The plan's MAC or latency totals and targets; warn when more than 2% under."""
     ranks = allocation.ranks
     if isinstance(profile, LatencyProfile):
         result.teacher_latency_ns, result.target_latency_ns = profile.reference, allocation.target_latency_ns
@@ -450,12 +411,11 @@ def _totals(result: Plan, allocation: Allocation, open_layers: list[LayerCost], 
         warn_if_under(result.total_params, result.target_params, "params")
 
 
-def open_costs(
+def _open_costs(
     candidates: list[Candidate], config: InherConfig, profile: Profile | None,
     spectra: dict[str, torch.Tensor] | None = None,
 ) -> list[LayerCost]:
-    """The allocator's view (:func:`~inhernet.allocation.layer_cost`) of each open candidate, priced by
-    ``profile`` under a MAC or latency budget, with its energies from ``spectra`` where known."""
+    """:func:`layer_cost` of each open candidate, its energies from ``spectra`` where known."""
     spectra = spectra or {}
     return [layer_cost(c, config.experts, spectra.get(c.name), profile) for c in candidates if c.reason is None]
 
@@ -463,8 +423,7 @@ def open_costs(
 # -- the greedy engine: ranks for a list of priced layers, no model, no config -------------------------------
 
 def _start(layer: LayerCost, min_rank: int, min_rank_ratio: float) -> int | None:
-    """Where the allocation starts for ``layer``: the first allowed rank at or above its floor, or dense
-    (``None``) if that saves nothing."""
+    """The first allowed rank at or above ``layer``'s floor, or dense (``None``) if that saves nothing."""
     start = floor_rank(layer, min_rank, min_rank_ratio)
     if round_rank(start, layer.multiple) != start:
         start = layer.next_rank(start)
@@ -474,25 +433,18 @@ def _start(layer: LayerCost, min_rank: int, min_rank_ratio: float) -> int | None
 Priority = Callable[[LayerCost, int, int], float]
 
 
-
 def layer_type(name: str) -> str:
-    """A layer's matrix type: its name with the numeric path parts (block indices) as ``*``, e.g.
-    ``model.layers.*.self_attn.q_proj`` for every block's ``q_proj``."""
+    """A layer's name with its block indices as ``*``, e.g. ``model.layers.*.self_attn.q_proj``."""
     return ".".join("*" if part.isdigit() else part for part in name.split("."))
 
 
 def energy_weights(layers: Sequence[LayerCost], strategy: str) -> dict[str, float]:
-    """What one unit of each layer's energy is worth to an energy strategy (or, for ``"uniform"``, to its
-    exact fill).
+    """What one unit of each layer's energy is worth to ``strategy``.
 
-    ``"energy"`` (and ``"uniform"``): ``1 / the layer's total``, so that every layer's spectrum counts as
-    fractions of itself (a layer's whole energy is worth 1, however small it is in absolute terms).
-    ``"loss"``: 1, so that a singular value is worth its absolute whitened truncation loss (SVD-LLM: dropping
-    sigma_i of ``W S_x`` adds exactly ``sigma_i^2`` to ``||W X - W' X||^2 / N``), compared across all layers.
-    ``"loss-by-type"``: ``1 / the mean total of the layer's type`` (:func:`layer_type`), so that absolute
-    losses are compared within a matrix type (q, k, v, o, gate, up, down...), whose outputs live in the same
-    space, and each type's typical layer weighs the same (SVD-LLM V2's normalisation within groups of the
-    same matrix type). A layer whose energy (or type's) is zero is worth nothing.
+    ``"energy"`` (and ``"uniform"``): ``1 / the layer's total`` (each spectrum as fractions of itself).
+    ``"loss"``: 1 (SVD-LLM: dropping sigma_i of ``W S_x`` adds ``sigma_i^2`` to ``||W X - W' X||^2 / N``).
+    ``"loss-by-type"``: ``1 / the mean total of the layer's type`` (:func:`layer_type`; SVD-LLM V2).
+    A zero total is worth nothing.
     """
     totals = {layer.name: float(layer.energy.sum()) for layer in layers if layer.energy is not None}
     if strategy == "loss":
@@ -507,8 +459,7 @@ def energy_weights(layers: Sequence[LayerCost], strategy: str) -> dict[str, floa
 
 
 def _energy_priority(weights: dict[str, float]) -> Priority:
-    """Weighted energy (:func:`energy_weights`) gained per unit of cost (parameter or MAC) by the move
-    from ``rank`` (to the next allowed rank, or to dense)."""
+    """Weighted energy gained per unit of cost by the move from ``rank`` (to the next rank, or dense)."""
 
     def priority(layer: LayerCost, rank: int, cost: int) -> float:
         assert layer.energy is not None
@@ -527,22 +478,10 @@ def allocate(
     layers: list[LayerCost], available: int, strategy: str, min_rank: int, min_rank_ratio: float = 0.0,
     at_least: int | None = None,
 ) -> dict[str, int | None]:
-    """Ranks whose costs (each layer's ``price``) fit ``available`` (``None`` = keep dense), greedily.
-
-    Every layer starts at its floor (:func:`floor_rank`, raised to an allowed rank; or dense, where even
-    that saves nothing); then the best move (to the next allowed rank, see :attr:`LayerCost.multiple`,
-    or back to dense once a rank no longer saves) is taken while it fits.
-    ``"energy"`` ranks moves by retained energy fraction per unit of cost, parameter or MAC (a global
-    greedy over singular values); ``"loss"`` by absolute (whitened) truncation loss avoided per unit of
-    cost, and ``"loss-by-type"`` by that loss normalised within each matrix type (see
-    :func:`energy_weights`); ``"uniform"`` by the lowest rank ratio r/k, which is water-filling on one
-    common ratio (what a bisection on the ratio finds), filled up to the budget. Callers check that
-    the start fits.
-
-    ``at_least``: where the greedy lands below it (its rank steps and jumps back to dense too
-    coarse for what is left), the allocation is redone exactly (:func:`_fill_window`): the most value
-    — retained weighted energy, or for ``"uniform"`` the ranks nearest the greedy's ratios — among the allocations
-    costing between ``at_least`` and ``available``, when there is one and the search is small enough.
+    """Ranks whose costs fit ``available`` (``None`` = keep dense), greedily: from each layer's floor, the
+    best move (the next allowed rank, or dense once no rank saves) while it fits; moves ranked by weighted
+    energy per unit of cost (:func:`energy_weights`), or for ``"uniform"`` by the lowest rank ratio.
+    Callers check that the start fits. Below ``at_least``, the exact fill (:func:`_fill_window`) is tried.
     """
     if strategy not in (*ENERGY_STRATEGIES, "uniform"):
         raise ValueError(f"strategy must be one of {(*ENERGY_STRATEGIES, 'uniform')}, got {strategy!r}")
@@ -581,8 +520,7 @@ def allocate(
     return ranks
 
 
-# The exact search's size: cost levels (costs are rounded up to this many steps of the budget), and the
-# largest number of (option x level) updates it may run (a fraction of a second in numpy).
+# The exact search's size: cost levels, and the most (option x level) updates it may run.
 _LEVELS = 1 << 14
 _MAX_WORK = 200_000_000
 
@@ -591,14 +529,10 @@ def _fill_window(
     layers: list[LayerCost], greedy: dict[str, int | None], available: int, at_least: int, min_rank: int,
     min_rank_ratio: float, weights: dict[str, float],
 ) -> dict[str, int | None] | None:
-    """The best ranks costing between ``at_least`` and ``available``, or ``None`` if there are none or the
-    search would be too big.
+    """The best ranks costing between ``at_least`` and ``available`` (``None``: none, or too big a search).
 
-    A multiple-choice knapsack solved by dynamic programming over cost levels: each layer takes one of
-    its ranks (floor .. break-even) or dense; the value is the retained energy weighted by ``weights``
-    (:func:`energy_weights`; dense keeps it all) with spectra, else the closeness of each layer's rank
-    ratio to the greedy's. Costs are rounded up to a
-    level, so that every level-feasible choice fits ``available``; the lower bound is checked exactly.
+    A multiple-choice knapsack by dynamic programming over cost levels (costs rounded up, so every choice
+    fits ``available``); value: :func:`_value`.
     """
     options: list[list[tuple[int | None, int, float]]] = []
     for layer in layers:
@@ -640,8 +574,7 @@ def _fill_window(
 
 
 def _value(layer: LayerCost, rank: int | None, greedy: int | None, weight: float) -> float:
-    """What ``rank`` is worth to the exact fill: retained energy times ``weight``, or nearness to the
-    greedy's rank ratio."""
+    """Retained energy times ``weight``, or nearness to the greedy's rank ratio."""
     if layer.energy is not None:
         kept = layer.energy if rank is None else layer.energy[:rank]
         return weight * float(kept.sum())
@@ -651,18 +584,15 @@ def _value(layer: LayerCost, rank: int | None, greedy: int | None, weight: float
 
 
 def minimum_cost(layers: list[LayerCost], min_rank: int, min_rank_ratio: float = 0.0) -> int:
-    """The smallest total cost these layers can reach (each at its floor rank, or dense where that saves
-    nothing)."""
+    """The smallest total cost of ``layers``, each at its floor rank (or dense)."""
     return sum(layer.cost(_start(layer, min_rank, min_rank_ratio)) for layer in layers)
 
 
-def ranks_for_rank(
+def _ranks_for_rank(
     layers: list[LayerCost], rank: int | float | str, min_rank: int, min_rank_ratio: float = 0.0
 ) -> dict[str, int | None]:
-    """A fixed rank (int), fraction of full rank (float) or ``"full"`` for every layer.
-
-    Outside ``"full"`` a layer whose block would not save parameters stays dense.
-    """
+    """A fixed rank (int), fraction of full rank (float) or ``"full"`` for every layer; outside
+    ``"full"`` a layer whose block saves nothing stays dense."""
     out: dict[str, int | None] = {}
     for layer in layers:
         if rank == "full":
@@ -674,7 +604,7 @@ def ranks_for_rank(
     return out
 
 
-def ranks_for_energy(
+def _ranks_for_energy(
     layers: list[LayerCost], energy: float, min_rank: int, min_rank_ratio: float = 0.0
 ) -> dict[str, int | None]:
     """Per layer, the smallest rank retaining ``energy`` of its (whitened) spectral energy."""

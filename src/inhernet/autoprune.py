@@ -1,15 +1,9 @@
 """``InherConfig(prune="auto")``: which shares of channels to try, and which candidate student wins.
 
-The candidates come from the budget (:func:`candidate_shares`), priced without a spectrum (one
-Torch-Pruning call and the layers' prices per share): between ``p_min``, the smallest share whose
-smallest ranks reach the budget, and ``p_max``, the largest whose pruned model is still over it (so that
-ranks are left to cut), spread by :data:`SPREAD`, two of them close to ``p_max``. When rank cuts reach it
-at no share but pruning alone does, that share, every layer dense, is the one candidate (with a warning).
-
-The pipeline builds each candidate at the same budget; a :class:`Contest` scores it by its KL to the
-teacher's logits (:func:`score`: zero-shot, or after ``prune_probe_steps`` KD steps on the first
-calibration batches, scored on the held-out rest, the weights restored). The lowest score wins, among
-the candidates within 2% of the budget if any is.
+The candidates (:func:`candidate_shares`) spread between ``p_min``, the smallest share whose smallest
+ranks reach the budget, and ``p_max``, the largest whose pruned model is still over it; when only pruning
+alone reaches it, that share is the one candidate. The pipeline builds each; a :class:`Contest` scores it
+by its KL to the teacher (:func:`score`) and the lowest wins, within 2% of the budget if any is.
 """
 
 from __future__ import annotations
@@ -23,11 +17,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from .allocation import smallest_reach
 from .batches import forward_batch, logits_of, move_batch, split_rows
 from .config import DEFAULT_PROBE_STEPS, InherConfig
 from .costs.profile import latency_table, measured_ns
 from .costs.table import LatencyCosts
+from .modes import device_of
 from .pruning import (
     budget_standing,
     inner_config,
@@ -47,6 +41,7 @@ __all__ = [
     "SPREAD",
     "Candidates",
     "Contest",
+    "Reach",
     "Standing",
     "candidate_shares",
     "open_contest",
@@ -56,46 +51,46 @@ __all__ = [
     "standing",
 ]
 
-#: where the candidates lie between ``p_min`` (0) and ``p_max`` (1): spread over the bracket, two of
-#: them close to the share at which pruning alone would meet the budget
+#: where the candidates lie between ``p_min`` (0) and ``p_max`` (1)
 SPREAD = (0.0, 0.25, 0.5, 0.75, 0.9, 0.97)
 #: the bisections stop when the bracket's ends are known to this share of the channels
 RESOLUTION = 0.01
 #: the step of the scan that brackets ``p_max`` before its bisection
 SCAN = 0.1
-#: the largest share tried (Torch-Pruning removes at most 95% of a layer's channels, and near that it
-#: leaves whole groups unpruned rather than empty them: the pruned size is no longer monotone)
+#: the largest share tried (near its 95% cap Torch-Pruning's pruned size is no longer monotone)
 CEILING = 0.9
-#: the probe's Adam learning rate: fixed (the probe ranks candidates, it does not tune them), the
-#: benchmarks' default KD learning rate
+#: the probe's Adam learning rate (it ranks candidates, it does not tune them)
 PROBE_LR = 1e-3
 #: the probe's KD temperature (:class:`inhernet.distillation.DistillConfig`'s default)
 PROBE_TEMPERATURE = 4.0
-#: the probe's batch size: the calibration batches it trains on are cut into batches of at most this many
-#: examples (a KD step's usual size, and a fraction of the cost of a step on a whole calibration batch)
+#: the probe's batch size: calibration batches are cut into batches of at most this many examples
 PROBE_BATCH = 64
+
+
+#: :func:`inhernet.allocation.smallest_reach`, handed down by the pipeline: ``reach(model, config, example,
+#: costs, latency_base, params)`` is ``(target, smallest, unit)`` of ``model``'s smallest ranks
+Reach = Callable[
+    [nn.Module, InherConfig, Any, "LatencyCosts | None", "int | None", int], tuple[int, int, str]
+]
 
 
 @dataclass(frozen=True)
 class Candidates:
-    """What :func:`candidate_shares` found: the ``shares`` to build, the ``bracket`` they lie in, why the shares
-    just outside it are none (``skipped``: ``{share: reason}``), and, when the one share is pruning alone
-    (every layer dense: no share leaves a model that rank cuts bring under the budget), why (``alone``)."""
+    """What :func:`candidate_shares` found: the ``shares``, their ``bracket``, why the shares just outside it
+    are none (``skipped``) and, when the one share prunes alone (every layer dense), why (``alone``)."""
 
     shares: list[float]
     bracket: list[float]
     skipped: dict[str, str]
     alone: str | None = None
-    #: the smallest share found under the budget by pruning alone (to 0.001, on the side under it); ``None``
-    #: when no share up to :data:`CEILING` was
+    #: the smallest share under the budget by pruning alone (``None``: none up to :data:`CEILING`)
     under: float | None = None
 
 
 @dataclass(frozen=True)
 class Standing:
-    """Where the teacher pruned by ``share`` stands against the budget, in its unit: ``have`` (the pruned
-    model, dense), ``target`` (taken of the original teacher) and ``smallest`` (every layer at its floor
-    rank; ``None`` when not needed or when the pruned model is under the target alone)."""
+    """The teacher pruned by ``share`` against the budget: ``have`` (dense), ``target`` and ``smallest``
+    (every layer at its floor rank; ``None`` when not priced)."""
 
     share: float
     have: int
@@ -105,7 +100,7 @@ class Standing:
 
     @property
     def over(self) -> bool:
-        """The pruned model alone is not under the budget: ranks are left to cut (as :func:`inner_config` asks)."""
+        """Ranks are left to cut (as :func:`inner_config` asks)."""
         return self.have >= self.target
 
     @property
@@ -125,33 +120,25 @@ class Standing:
 
 def standing(
     config: InherConfig, model: nn.Module, example: Any, share: float, costs: LatencyCosts | None,
-    teacher_ns: int | None, smallest: bool,
+    teacher_ns: int | None, smallest: bool, reach: Reach,
 ) -> Standing:
-    """Where ``share`` stands (:class:`Standing`); ``smallest``: also price the pruned model's smallest
-    ranks (a profile of it under a MAC or latency budget; never its spectra)."""
+    """Where ``share`` stands; ``smallest``: also price the pruned model's smallest ranks by ``reach``."""
     pruned, record = prune_for(config, model, example, share, costs, teacher_ns)
     have, target, unit = budget_standing(config, record)
     if not smallest or have < target:
         return Standing(share, have, target, unit)
     inner = inner_config(config, record)
-    target, least, unit = smallest_reach(pruned, inner, example, costs, record.teacher_latency_ns, record.params)
+    target, least, unit = reach(pruned, inner, example, costs, record.teacher_latency_ns, record.params)
     return Standing(share, have, target, unit, least)
 
 
 def candidate_shares(stand: Callable[[float, bool], Standing]) -> Candidates:
-    """The shares ``prune="auto"`` builds (:class:`Candidates`): spread over the bracket ``[p_min, p_max]``,
-    with why the shares just outside it are none; or, when no share leaves ranks that can reach the budget,
-    the smallest share that reaches it by pruning alone (``alone``).
-
-    ``stand(share, smallest)``: :func:`standing` of ``share`` (with its smallest ranks priced if
-    ``smallest``). ``p_max`` is bracketed by a scan in steps of :data:`SCAN` up to :data:`CEILING`
-    (the first share under the budget ends it), ``p_min`` lies between 0 and ``p_max``; both are then
-    found by bisection to :data:`RESOLUTION` (about 10 to 20 calls in all), assuming that what pruning
-    removes grows with the share below the first share under the budget.
+    """The shares ``prune="auto"`` builds, spread over ``[p_min, p_max]``, or the one share that reaches
+    the budget by pruning alone. ``stand(share, smallest)``: :func:`standing` of ``share``. Both ends are
+    found by bisection to :data:`RESOLUTION` (``p_max`` after a scan, :func:`_p_max`).
 
     Raises:
-        ValueError: no share reaches the budget, neither with rank cuts (too much is left after pruning up
-            to ``p_max`` even at the smallest ranks) nor by pruning alone (up to :data:`CEILING`), with the numbers.
+        ValueError: no share reaches the budget, with rank cuts or by pruning alone.
     """
     skipped: dict[str, str] = {}
     zero = stand(0.0, True)  # the teacher: always over the budget (a budget is at most the teacher)
@@ -163,8 +150,7 @@ def candidate_shares(stand: Callable[[float, bool], Standing]) -> Candidates:
     p_min = 0.0
     if not zero.reachable:
         edge = stand(p_max, True)
-        # A measured latency is taken again at every call: a share found over the budget by the scan can come
-        # out under it alone here (timing noise). Step back until it is over, as the bracket assumes.
+        # timing noise can put the scan's share under the budget now: step back until it is over
         while not edge.over and p_max > 0:
             p_max = max(0.0, round(p_max - RESOLUTION, 6))
             edge = stand(p_max, True)
@@ -180,17 +166,14 @@ def candidate_shares(stand: Callable[[float, bool], Standing]) -> Candidates:
 
 
 def _p_max(stand: Callable[[float, bool], Standing], zero: Standing) -> tuple[float, Standing | None]:
-    """The largest share still over the budget, and the standing of the smallest found under it (``None``
-    when no share up to :data:`CEILING` is): the first share of a scan in steps of :data:`SCAN` under the
-    budget, then a bisection below it. Not a bisection from the top: near its max_ratio Torch-Pruning leaves
-    whole groups unpruned rather than empty them, and a larger share can leave a larger model; the scan ends
-    there too."""
+    """The largest share still over the budget, and the standing of the smallest under it (``None``: none
+    up to :data:`CEILING`): a scan in steps of :data:`SCAN`, then a bisection. A scan, not a bisection
+    from the top, since a larger share can leave a larger model near Torch-Pruning's cap."""
     lo, last = 0.0, zero
     for k in range(1, round(CEILING / SCAN) + 1):
         there = stand(round(k * SCAN, 6), False)
         if there.have > last.have and there.unit != "ns":
-            # pruning more left a larger model: the shares from here on are not trusted. Not so for measured
-            # time, which is neither exact nor monotone in the channel counts (kernels favour some widths).
+            # pruning more left a larger model: not trusted from here (measured time is never monotone)
             return lo, None
         if not there.over:
             lo, hi = _bisect(stand, lo, there.share, lambda t: not t.over, smallest=False)
@@ -204,8 +187,7 @@ def _bisect(
     stand: Callable[[float, bool], Standing], lo: float, hi: float, holds: Callable[[Standing], bool],
     smallest: bool,
 ) -> tuple[float, float]:
-    """``(lo, hi)`` narrowed to :data:`RESOLUTION` around where ``holds`` starts to hold (false at ``lo``,
-    true at ``hi``)."""
+    """``(lo, hi)`` narrowed to :data:`RESOLUTION` around where ``holds`` starts to hold."""
     while hi - lo > RESOLUTION:
         mid = (lo + hi) / 2
         lo, hi = (lo, mid) if holds(stand(mid, smallest)) else (mid, hi)
@@ -213,8 +195,7 @@ def _bisect(
 
 
 def _alone(zero: Standing, edge: Standing, alone_share: float | None) -> Candidates:
-    """When rank cuts cannot reach the budget: the smallest share under it by pruning alone, every layer dense
-    (what prune-kd builds), as the one candidate rather than no student at all; or the error."""
+    """The smallest share under the budget by pruning alone, every layer dense, as the one candidate."""
     why = (f"after pruning {edge.share:g} of the channels, the most that leaves ranks to cut, the smallest ranks "
            f"reach {edge.smallest:,} {edge.unit} at best (without pruning: {zero.smallest:,})")
     if alone_share is None:
@@ -228,8 +209,7 @@ def _alone(zero: Standing, edge: Standing, alone_share: float | None) -> Candida
 
 
 def split_probe(calib: Sequence[Any], steps: int) -> tuple[list[Any], list[Any]]:
-    """The calibration batches the probe trains on and those it scores on: the last quarter (at least
-    one) is held out. ``steps=0`` (zero-shot): every batch is scored, none trained on.
+    """The batches the probe trains on and those it scores on (the last quarter); ``steps=0``: all scored.
 
     Raises:
         ValueError: ``steps > 0`` with fewer than 2 batches.
@@ -249,18 +229,13 @@ def probe_loss(
     student: nn.Module, train: Sequence[Any], train_targets: Sequence[torch.Tensor], held: Sequence[Any],
     held_targets: Sequence[torch.Tensor], steps: int, seed: int,
 ) -> float:
-    """``student``'s KL to the teacher on ``held`` (:func:`~inhernet.pruning.zero_shot_loss`) after
-    ``steps`` KD steps on ``train`` (cut into batches of :data:`PROBE_BATCH` examples, cycled in order,
-    one a step): the teacher's logits ``train_targets`` as targets, :func:`~inhernet.distillation.kd_loss`
-    at :data:`PROBE_TEMPERATURE`, Adam at :data:`PROBE_LR`, every parameter trained, in training mode,
-    the RNG seeded by ``seed`` (deterministic on a CPU). ``steps=0``: the zero-shot KL on ``held``.
-
-    The student comes back exactly as it was: weights and buffers (batch-norm statistics), modes,
-    ``requires_grad`` flags; no gradient left behind.
+    """``student``'s KL to the teacher on ``held`` after ``steps`` KD steps on ``train`` (batches of
+    :data:`PROBE_BATCH`, :func:`soft_kl` at :data:`PROBE_TEMPERATURE`, Adam at :data:`PROBE_LR`, seeded
+    by ``seed``). The student comes back exactly as it was: weights, buffers, modes, flags, no gradient.
     """
     if steps == 0:
         return zero_shot_loss(student, held, held_targets)
-    device = next((p.device for p in student.parameters()), torch.device("cpu"))
+    device = device_of(student)
     inputs = [part for batch in train for part in split_rows(batch, PROBE_BATCH)]
     wanted = [part for target in train_targets for part in split_rows(target, PROBE_BATCH)]
     if len(inputs) != len(wanted):
@@ -296,8 +271,7 @@ def probe_loss(
 
 
 def soft_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """``T**2 * KL(softmax(teacher/T) || softmax(student/T))`` per position, averaged: the pure-KD term of
-    :func:`inhernet.distillation.kd_loss` (``labels=None``), here so the probe needs nothing above the core."""
+    """``T**2 * KL(softmax(teacher/T) || softmax(student/T))`` per position, averaged (the pure KD term)."""
     classes = student_logits.shape[-1]
     s = student_logits.float().reshape(-1, classes) / temperature
     t = teacher_logits.float().reshape(-1, classes) / temperature
@@ -308,8 +282,7 @@ def soft_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
 def score(
     student: nn.Module, config: InherConfig, calib: Sequence[Any], targets: Sequence[torch.Tensor],
 ) -> float:
-    """A candidate's score under ``config.prune_probe_steps`` (resolved): :func:`probe_loss` on the
-    split of :func:`split_probe`, ``targets`` being the teacher's logits on ``calib``."""
+    """:func:`probe_loss` on the :func:`split_probe` of ``calib`` (``targets``: the teacher's logits)."""
     steps = config.prune_probe_steps
     assert steps is not None
     train, held = split_probe(calib, steps)
@@ -318,8 +291,7 @@ def score(
 
 @dataclass
 class Contest:
-    """The candidate students of ``prune="auto"``, scored as the pipeline builds them (:func:`open_contest`):
-    the lowest score wins, among the candidates within 2% of the budget if any is. No student is built here."""
+    """The candidates of ``prune="auto"``, scored as the pipeline builds them; the lowest score wins."""
 
     config: InherConfig  #: the user's, ``prune_probe_steps`` resolved
     calib: list[Any]
@@ -354,8 +326,7 @@ class Contest:
             self.best = (key, student, caught)
 
     def fallback(self) -> float | None:
-        """The share to build once more when every candidate missed the budget when built but pruning alone
-        still reaches it (with a warning); ``None`` otherwise."""
+        """The pruning-alone share to build when every candidate missed the budget; else ``None``."""
         under = self.found.under
         if self.best is not None or self.alone or under is None:
             return None
@@ -364,8 +335,7 @@ class Contest:
         return under
 
     def winner(self) -> nn.Module:
-        """The winning student, its plan's ``prune`` record holding the bracket, every score and why a share was
-        skipped; only its warnings are raised again.
+        """The winning student, its ``prune`` record holding every score; only its warnings are raised again.
 
         Raises:
             ValueError: no candidate met the budget when built.
@@ -377,7 +347,7 @@ class Contest:
                 + "; ".join(f"{share}: {why}" for share, why in self.skipped.items())
             ) from self.failures[0]
         _, student, caught = self.best
-        for w in caught:  # only the chosen candidate's warnings (e.g. a plan more than 2% under its budget)
+        for w in caught:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         record = student.inhernet_plan.prune
         record.scores, record.skipped = _by_share(self.scores), _by_share(self.skipped)
@@ -386,11 +356,10 @@ class Contest:
 
 
 def open_contest(
-    model: nn.Module, config: InherConfig, calib: list[Any] | None, costs: LatencyCosts | None,
+    model: nn.Module, config: InherConfig, calib: list[Any] | None, costs: LatencyCosts | None, reach: Reach,
 ) -> Contest:
-    """The contest of ``prune="auto"``: the shares of :func:`candidate_shares`, the teacher's logits they are
-    scored against and (under a latency budget) the teacher's time, measured once. When only pruning alone
-    reaches the budget, that is the one candidate, with a warning."""
+    """The contest of ``prune="auto"``: the shares of :func:`candidate_shares` (bracketed by ``reach``), the
+    teacher's logits and (under a latency budget) its time, measured once."""
     example = calib[0] if calib else None
     require_example(example)
     assert calib is not None
@@ -403,7 +372,9 @@ def open_contest(
 
     def stand(share: float, smallest: bool) -> Standing:
         if (share, smallest) not in cache:
-            cache[share, smallest] = standing(config, model, example, share, costs, teacher_ns, smallest)
+            cache[share, smallest] = standing(
+                config, model, example, share, costs, teacher_ns, smallest, reach
+            )
         return cache[share, smallest]
 
     found = candidate_shares(stand)

@@ -1,18 +1,9 @@
 """Whole blocks dropped before the inheritance: ``InherConfig(drop_blocks=share)``.
 
-A parameter budget can be paid two ways in a stack of transformer blocks: rank cuts spread over every
-layer, or whole blocks removed where a block adds little. ``drop_blocks`` pays about ``share`` of the
-parameters the budget cuts with the blocks of lowest Block Influence (ShortGPT's ``1 - cos(input,
-output)`` on the calibration batches, :func:`block_influence`), and the rest
-with the usual rank cuts on what is left, at the same absolute budget. SmolLM2-135M at 80% of its
-parameters (BENCHMARKS.md), perplexity after 200 KD steps: 35.9 with 7 of 30 blocks dropped (share 0.9
-or 1), 40.2 with 4 (half), 42.9 with 2 (a quarter), 44.3 with rank cuts alone; at 78.9%, 38.3 with 7 blocks
-and the rest in rank cuts against 36.9 with 8 blocks alone: the causal-LM default is share 1, as many
-blocks as fit.
-
-The number of blocks is ``round(share * cut / mean block size)``, at most what leaves the model over
-the budget (some rank is always left to cut) and two blocks kept. The :class:`DropRecord` names the
-blocks kept; :func:`inhernet.load` replays it on a fresh base (:func:`replay`) before the surgery.
+``drop_blocks`` pays about ``share`` of the parameters a budget cuts by removing the blocks of lowest
+Block Influence (ShortGPT, :func:`block_influence`), the rest by rank cuts at the same absolute budget
+(why the causal-LM default is 1: BENCHMARKS.md, "drop_blocks: the share of the cut paid by whole blocks").
+The :class:`DropRecord` names the blocks kept; :func:`inhernet.load` replays it (:func:`replay`).
 """
 
 from __future__ import annotations
@@ -34,9 +25,8 @@ __all__ = ["DropRecord", "block_influence", "blocks_to_drop", "drop_for", "inner
 
 @dataclass
 class DropRecord:
-    """What the block-dropping step did: the stack (``stack``, its module name, of ``of`` blocks), the
-    blocks ``kept`` (in order), every block's Block Influence on the calibration batches, and the
-    teacher's and the dropped model's parameters."""
+    """What dropping did: the ``stack`` (its name, of ``of`` blocks), the blocks ``kept``, every block's
+    Block Influence, and the teacher's and the dropped model's parameters."""
 
     share: float
     stack: str
@@ -59,9 +49,8 @@ class DropRecord:
 
 
 def blocks_to_drop(share: float, teacher_params: int, target: int, sizes: list[int]) -> int:
-    """How many of the blocks (``sizes``: their parameters, the least important first) pay about ``share`` of
-    the cut ``teacher_params - target``, while the model stays over ``target`` and keeps two blocks (a stack: what
-    sequential calibration walks)."""
+    """How many blocks (``sizes``, the least important first) pay about ``share`` of the cut
+    ``teacher_params - target``, leaving the model over ``target`` and two blocks kept."""
     cut = teacher_params - target
     if share <= 0 or cut <= 0 or not sizes:
         return 0
@@ -72,8 +61,8 @@ def blocks_to_drop(share: float, teacher_params: int, target: int, sizes: list[i
 
 
 def drop_for(config: InherConfig, model: nn.Module, calib: Iterable[Any] | None) -> tuple[nn.Module, DropRecord]:
-    """A copy of ``model`` without the blocks ``config.drop_blocks`` pays its share of the budget with, and
-    the record; ``model`` itself (not a copy) when no block is to go.
+    """A copy of ``model`` without the blocks ``config.drop_blocks`` drops (``model`` itself if none), and
+    the record.
 
     Raises:
         ValueError: no calibration batches (Block Influence reads them), or a model without a stack of
@@ -86,7 +75,7 @@ def drop_for(config: InherConfig, model: nn.Module, calib: Iterable[Any] | None)
     except ValueError as err:
         raise ValueError(f"drop_blocks={config.drop_blocks:g}: {err}; use drop_blocks=0") from None
     teacher_params = sum(p.numel() for p in model.parameters())
-    target = _target(config, teacher_params)
+    target = config.target.of(teacher_params)
     influence = block_influence(model, calib)
     order = sorted(range(len(stack)), key=lambda i: (influence[i], -i))  # least important first
     k = blocks_to_drop(config.drop_blocks or 0.0, teacher_params, target,
@@ -106,21 +95,14 @@ def without_blocks(model: nn.Module, kept: Sequence[int]) -> nn.Module:
 
 
 def inner_config(config: InherConfig, record: DropRecord) -> InherConfig:
-    """The config that inherits the dropped model: the same budget as an absolute count of the *original*
-    teacher's parameters (the dropped blocks are paid from it), no dropping."""
-    return replace(config, budget=_target(config, record.teacher_params), drop_blocks=0.0)
-
-
-def _target(config: InherConfig, teacher_params: int) -> int:
-    """``config.budget`` as a count of the teacher's parameters (InherConfig checks that drop_blocks has one)."""
-    budget = config.budget
-    assert budget is not None
-    return int(budget * teacher_params) if isinstance(budget, float) else budget
+    """The config that inherits the dropped model: the budget as a count of the *original* teacher's
+    parameters, no dropping."""
+    return replace(config, budget=config.target.of(record.teacher_params), drop_blocks=0.0)
 
 
 def replay(base: nn.Module, entry: Any) -> Callable[[], None]:
-    """Keep the blocks a saved :class:`DropRecord` (``entry``, its dict) kept, in ``base``, in place; returns the
-    undo. ``load`` calls it on a fresh model of the teacher's architecture.
+    """Keep in ``base`` (a fresh teacher), in place, the blocks a saved :class:`DropRecord` (``entry``) kept;
+    returns the undo.
 
     Raises:
         ValueError: a malformed entry, or a base whose stack is not the one recorded.
@@ -141,11 +123,8 @@ def replay(base: nn.Module, entry: Any) -> Callable[[], None]:
 
 
 def block_influence(model: nn.Module, calib: Iterable[Any]) -> list[float]:
-    """Each block's Block Influence (ShortGPT): ``1 - cos(h_in, h_out)`` of the hidden state of every token
-    entering and leaving the block, averaged over the tokens of ``calib`` (padded positions, where a
-    batch is a dict with a 2-d ``attention_mask``, left out). 0: the block passes its input through.
-
-    One forward pass of ``model`` (eval mode, no grad) per batch; ``model`` is not changed.
+    """Each block's Block Influence (ShortGPT): ``1 - cos(h_in, h_out)`` per token, averaged over the
+    unpadded tokens of ``calib`` (0: the block passes its input through); ``model`` is not changed.
 
     Raises:
         ValueError: ``calib`` is empty, or a block's input or output is not a hidden-state tensor.
@@ -166,13 +145,9 @@ def block_influence(model: nn.Module, calib: Iterable[Any]) -> list[float]:
                 )
             sim = nn.functional.cosine_similarity(h_in.double(), h_out.double(), dim=-1)
             m = mask[0]
-            if m is not None and m.shape == sim.shape:
-                m = m.to(sim.device)
-                total[index] += float(((1 - sim) * m).sum())
-                count[index] += float(m.sum())
-            else:
-                total[index] += float((1 - sim).sum())
-                count[index] += sim.numel()
+            weight = m.to(sim.device) if m is not None and m.shape == sim.shape else torch.ones_like(sim)
+            total[index] += float(((1 - sim) * weight).sum())
+            count[index] += float(weight.sum())
 
         return record
 

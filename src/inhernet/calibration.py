@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -15,6 +16,7 @@ from tqdm.auto import tqdm
 
 from .batches import forward_all, forward_batch, move_batch
 from .kinds import EmbeddingKind, LayerKind
+from .modes import device_of
 
 __all__ = [
     "InputCovariance", "TokenMask", "as_list", "collect_covariances", "covariance_hooks", "drop_unseen",
@@ -48,8 +50,7 @@ class InputCovariance:
             self.total += rows
             self.count += int(rows.sum().item())
         else:
-            # The product runs in (at least) float32, twice as fast as float64; the sum over chunks
-            # is kept in float64.
+            # the product in (at least) float32, twice as fast; the sum in float64
             rows = rows.to(self.total.device, torch.promote_types(rows.dtype, torch.float32))
             self.total += (rows.T @ rows).double()
             self.count += rows.shape[0]
@@ -60,12 +61,8 @@ class InputCovariance:
 
 
 class TokenMask:
-    """Which positions of the batch being run are real tokens: its ``attention_mask``, if it has one.
-
-    Padded positions must not enter the whitening statistics: a layer input whose leading axes are the
-    mask's (batch, sequence), and an embedding's ids of the mask's shape, keep only the unmasked rows.
-    Inputs of any other shape (a pooled vector, a vision tower, a conv) count whole.
-    """
+    """Which positions of the batch being run are real tokens (its ``attention_mask``): inputs aligned with
+    the mask keep only those rows; inputs of any other shape (a pooled vector, a conv) count whole."""
 
     def __init__(self) -> None:
         self.current: torch.Tensor | None = None
@@ -94,13 +91,9 @@ def collect_covariances(
     *,
     progress: bool = True,
 ) -> dict[str, InputCovariance]:
-    """One forward pass of ``model`` over ``calib``, accumulating each layer's input covariance.
-
-    ``layers`` maps module names to ``(module, kind)``. Layers that saw no input are left out of the
-    result with a warning (they fall back to plain SVD). The model runs in eval mode without grad
-    and is returned to its previous mode.
-    """
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    """One forward pass of ``model`` (eval mode, no grad) over ``calib``: each layer's input covariance
+    (``layers``: ``{name: (module, kind)}``); layers that saw no input are left out with a warning."""
+    device = device_of(model)
     was_training = model.training
     model.eval()
     seen = 0
@@ -123,14 +116,8 @@ def collect_covariances(
 def covariance_hooks(
     layers: dict[str, tuple[nn.Module, LayerKind]], device: torch.device | str = "cpu", mask: TokenMask | None = None,
 ) -> Iterator[dict[str, InputCovariance]]:
-    """Forward pre-hooks on ``layers`` that accumulate each one's input covariance while active.
-
-    ``mask``, kept up to date by the caller with each batch's attention mask, leaves padded positions out.
-
-    Yields the ``{name: InputCovariance}`` dict the hooks fill (a layer appears once it has run); the
-    hooks are removed on exit. Whatever runs the layers inside the block (a whole model, one block of
-    it) decides where the statistics come from.
-    """
+    """Pre-hooks on ``layers`` that fill the yielded ``{name: InputCovariance}`` while active (whatever runs
+    the layers inside decides where the statistics come from); ``mask``, kept by the caller, drops padding."""
     stats: dict[str, InputCovariance] = {}
 
     def make_hook(name: str, kind: LayerKind):
@@ -146,8 +133,8 @@ def covariance_hooks(
             if x.dim() < 2:  # a single unbatched vector
                 stats[name].update(kind.input_rows(module, x))
                 return
-            # Split the batch so that unfolded conv patches never exceed the memory bound at once.
-            per_sample = max(1, x[0].numel() * _kernel_volume(module))
+            # split so that unfolded conv patches stay under the memory bound
+            per_sample = max(1, x[0].numel() * math.prod(getattr(module, "kernel_size", None) or ()))
             for part in x.split(max(1, _MAX_ELEMENTS_PER_UPDATE // per_sample)):
                 stats[name].update(kind.input_rows(module, part))
 
@@ -162,8 +149,7 @@ def covariance_hooks(
 
 
 def unnested(x: torch.Tensor) -> torch.Tensor:
-    """A nested tensor's components as one ordinary tensor of rows (its padding already gone): torch's
-    transformer fast path hands them to the layers it runs; anything else unchanged."""
+    """A nested tensor (torch's transformer fast path) as one tensor of rows; anything else unchanged."""
     if not x.is_nested:
         return x
     return torch.cat([t.reshape(-1, t.shape[-1]) for t in x.unbind()])
@@ -185,30 +171,17 @@ def drop_unseen(
     return stats
 
 
-def _kernel_volume(module: nn.Module) -> int:
-    kernel = getattr(module, "kernel_size", None)
-    volume = 1
-    for k in kernel or ():
-        volume *= k
-    return volume
-
-
 def split_example(calib: Iterable[Any] | None, why: str) -> tuple[Any, Iterable[Any]]:
-    """The first batch of ``calib`` (the example input) and ``calib`` to iterate in full afterwards.
-
-    A one-shot iterator is re-chained so that the first batch is not lost to later passes.
-    """
+    """:func:`peek_example`, refusing no ``calib`` (``why`` needs it) or an empty one."""
     if calib is None:
         raise ValueError(
             f"{why} needs an example input: pass calib= (an iterable of model input batches); its first "
             "batch is the example"
         )
-    it = iter(calib)
-    try:
-        first = next(it)
-    except StopIteration:
-        raise ValueError("calib is empty: pass an iterable of at least one batch of model inputs") from None
-    return first, (itertools.chain([first], it) if isinstance(calib, Iterator) else calib)
+    first, rest = peek_example(calib)
+    if first is None:
+        raise ValueError("calib is empty: pass an iterable of at least one batch of model inputs")
+    return first, rest
 
 
 def as_list(calib: Iterable[Any] | None) -> list[Any] | None:
@@ -217,7 +190,8 @@ def as_list(calib: Iterable[Any] | None) -> list[Any] | None:
 
 
 def peek_example(calib: Iterable[Any] | None) -> tuple[Any, Iterable[Any] | None]:
-    """The first batch of ``calib`` (``None`` if there is none) and ``calib`` to iterate in full afterwards."""
+    """The first batch of ``calib`` (``None`` if there is none) and ``calib`` to iterate in full afterwards
+    (a one-shot iterator re-chained)."""
     if calib is None:
         return None, None
     it = iter(calib)
@@ -230,12 +204,8 @@ def peek_example(calib: Iterable[Any] | None) -> tuple[Any, Iterable[Any] | None
 def layer_input_shapes(
     model: nn.Module, layers: Mapping[str, nn.Module], example: Any, describe: Callable[[nn.Module, torch.Tensor], T]
 ) -> dict[str, list[T]]:
-    """One forward pass on ``example``: per layer of ``layers``, ``describe(layer, input)`` of each of
-    its calls, in order (a layer that did not run is absent).
-
-    Eval mode and no grad; the model's modes are restored. Only what ``describe`` returns is kept (e.g.
-    a :class:`inhernet.deploy.LayerShape`), not the inputs.
-    """
+    """One forward pass on ``example`` (eval mode, no grad): per layer that ran, ``describe(layer, input)``
+    of each of its calls, in order."""
     seen: dict[str, list[T]] = {}
 
     def make_hook(name: str):

@@ -29,9 +29,8 @@ ROUTINGS = ("soft", "top1")  # = inhernet.layers.ROUTINGS
 GATE_POOLS = ("mean", "position")  # = inhernet.layers.GATE_POOLS
 #: the ablation knobs that InherConfig refuses, and where they went
 MOVED = ("min_rank", "expert_noise", "routing", "gate_pool")
-# The mutually exclusive ways of choosing ranks.
+#: the mutually exclusive ways of choosing ranks
 RANK_CHOICES = ("budget", "rank", "energy", "macs", "latency")
-# Seeds as torch, numpy and Lightning all accept them.
 MAX_SEED = 2**32 - 1
 #: the kind of each ranks choice: what the student is cut to
 TARGET_KINDS = {"budget": "params", "rank": "rank", "energy": "energy", "macs": "macs", "latency": "latency"}
@@ -39,16 +38,15 @@ TARGET_KINDS = {"budget": "params", "rank": "rank", "energy": "energy", "macs": 
 
 @dataclass(frozen=True)
 class Target:
-    """What the student is cut to, as one tagged value: ``kind`` is ``"params"``, ``"macs"`` or
-    ``"latency"`` (a budget: a fraction of the teacher, or an absolute count) or ``"rank"`` / ``"energy"``
-    (a rule per layer); ``value`` is the number (or ``"full"``) the config was given."""
+    """What the student is cut to: ``kind`` a budget (``"params"``, ``"macs"``, ``"latency"``) or a rule per
+    layer (``"rank"``, ``"energy"``); ``value`` the number (or ``"full"``) the config was given."""
 
     kind: Literal["params", "macs", "latency", "rank", "energy"]
     value: float | int | str
 
     @property
     def budgeted(self) -> bool:
-        """A budget over the whole model (parameters, MACs or measured time), not a rule per layer."""
+        """A budget over the whole model, not a rule per layer."""
         return self.kind in ("params", "macs", "latency")
 
     def of(self, whole: int) -> int:
@@ -61,17 +59,15 @@ class Target:
 class InherConfig:
     """What to inherit: how the ranks are chosen, and how the blocks are initialised.
 
-    Exactly one ranks choice (``budget``, ``rank``, ``energy``, ``macs`` or ``latency``), read as one
-    tagged :attr:`target`; none given: ``budget=0.25``. ``None`` fields are the family's
-    (:mod:`inhernet.families`), filled at plan time. Ablation knobs live in
-    :class:`inhernet.experimental.ExperimentalConfig`.
+    Exactly one ranks choice (``budget``, ``rank``, ``energy``, ``macs`` or ``latency``; default
+    ``budget=0.25``), read as :attr:`target`. ``None`` fields are the family's (:mod:`inhernet.families`).
 
     Args:
         budget: the student's parameters, a fraction in (0, 1] of the teacher's or an ``int`` count.
         budgets: per-group parameter budgets, ``{fnmatch pattern of module names: budget}``; each group
             is filled to its own, the modules no pattern matches to ``budget``. Only with ``budget``.
         rank: one rank for every layer: an ``int``, a fraction of each layer's full rank, or ``"full"``
-            (every layer at full rank: the student reproduces the teacher, a verification mode).
+            (the student reproduces the teacher, a verification mode).
         energy: per layer, the smallest rank that keeps this fraction of its (whitened) spectral energy.
         macs: a budget in multiply-accumulates on the example input (the first ``calib`` batch, whole),
             as :func:`inhernet.count_macs` counts them; a fraction or an ``int`` count.
@@ -88,9 +84,8 @@ class InherConfig:
         exclude: patterns of module names to keep dense (a pattern also matches the name's descendants).
         min_rank_ratio: a floor on each layer's rank, a fraction in [0, 1) of its full rank; a layer whose
             floor saves nothing stays dense. ``None``: the family's (0.25 for causal LMs, else 0).
-        calibration: ``"one-pass"`` (every layer whitened on the teacher's inputs) or ``"sequential"``
-            (block by block, on inputs that passed the compressed blocks, :mod:`inhernet.sequential`).
-            ``None``: the family's.
+        calibration: ``"one-pass"`` (on the teacher's inputs) or ``"sequential"`` (block by block, on inputs
+            that passed the compressed blocks, :mod:`inhernet.sequential`); ``None``: the family's.
         damping: relative damping of the input covariance before whitening.
         seed: seed of the experts' deviations, an int in [0, 2**32 - 1].
         family: ``"conv"``, ``"encoder"``, ``"causal-lm"`` or ``"other"``; ``None``: detected.
@@ -101,8 +96,6 @@ class InherConfig:
             is scored (0: zero-shot); ``None``: :data:`DEFAULT_PROBE_STEPS`.
         drop_blocks: the share in [0, 1] of a ``budget``'s cut paid by dropping whole blocks of lowest
             Block Influence (:mod:`inhernet.blockdrop`); ``None``: the family's (1 for causal LMs).
-
-    numpy numbers are accepted and stored as Python numbers, so :meth:`to_dict` stays JSON-serialisable.
     """
 
     budget: float | int | None = None
@@ -126,7 +119,7 @@ class InherConfig:
     prune_probe_steps: int | None = None
     drop_blocks: float | None = None
 
-    # The ablation knobs, fixed here (:class:`ExperimentalConfig` makes them fields); what the core reads.
+    # the ablation knobs, fixed here (:class:`ExperimentalConfig` makes them fields)
     min_rank: ClassVar[int] = 1
     expert_noise: ClassVar[float] = 0.02
     routing: ClassVar[str] = "soft"
@@ -137,9 +130,8 @@ class InherConfig:
 
     @classmethod
     def paper(cls, **overrides: Any) -> InherConfig:
-        """The method as published (Zhou et al., ICLR 2026): h = 3 experts, one-pass whitening, no
-        rank floor, every block kept, whatever the model's family; ``overrides`` set any other field (e.g.
-        ``budget``)."""
+        """The method as published (Zhou et al., ICLR 2026): h = 3, one-pass whitening, no rank floor, every
+        block kept; ``overrides`` set any other field (e.g. ``budget``)."""
         return cls(**{"experts": 3, "calibration": "one-pass", "min_rank_ratio": 0.0, "drop_blocks": 0.0, **overrides})
 
     def __post_init__(self) -> None:
@@ -157,22 +149,19 @@ class InherConfig:
             self.budget = DEFAULT_BUDGET
         self.include = _as_patterns("include", self.include)
         self.exclude = _as_patterns("exclude", self.exclude)
-        self._check_budget()
+        if self.budget is not None:
+            _check_amount("budget", self.budget)
         self._check_budgets(chosen)
         if self.macs is not None:
             _check_amount("macs", self.macs, unit="MAC", of="multiply-accumulates")
         if self.latency is not None:
             self._check_latency()
-        if self.latency_rows is not None and (
-            isinstance(self.latency_rows, bool) or not isinstance(self.latency_rows, int) or self.latency_rows < 1
-        ):
+        if self.latency_rows is not None and not _is_int(self.latency_rows, 1):
             raise ValueError(f"latency_rows must be an int >= 1 or None (the example batch only), got {self.latency_rows!r}")
         self._check_rank()
         if self.energy is not None and not (_is_real(self.energy) and 0 < self.energy <= 1):
             raise ValueError(f"energy must be a fraction in (0, 1], got {self.energy!r}")
-        if self.experts is not None and (
-            isinstance(self.experts, bool) or not isinstance(self.experts, int) or self.experts < 1
-        ):
+        if self.experts is not None and not _is_int(self.experts, 1):
             raise ValueError(f"experts must be an int >= 1 (or None: the model family's default), got {self.experts!r}")
         self._check_choice("init")
         self._check_choice("allocation")
@@ -268,10 +257,6 @@ class InherConfig:
                 "prune='auto' or drop prune_probe_steps"
             )
 
-    def _check_budget(self) -> None:
-        if self.budget is not None:
-            _check_amount("budget", self.budget)
-
     def _check_budgets(self, chosen: list[str]) -> None:
         if not isinstance(self.budgets, Mapping):
             raise TypeError(
@@ -312,8 +297,17 @@ class InherConfig:
             raise ValueError(f"rank={r} as a float must be a fraction of the full rank in (0, 1]")
 
     def resolved(self, model: Any) -> InherConfig:
-        """This config with its ``None`` (auto) fields filled in for ``model``'s family."""
-        return resolve_config(self, model)
+        """This config with its ``None`` (auto) fields and ``family`` filled in for ``model``'s family
+        (itself when all are set)."""
+        family = self.family or model_family(model)
+        defaults = FAMILY_DEFAULTS[family]
+        filled = {f: getattr(defaults, f) for f in ("experts", "min_rank_ratio", "calibration")
+                  if getattr(self, f) is None}
+        if self.drop_blocks is None and defaults.drop_blocks and _drops_blocks(self, model):
+            filled["drop_blocks"] = defaults.drop_blocks
+        if self.family == family and not filled:
+            return self
+        return replace(self, family=family, **filled)
 
     @property
     def target(self) -> Target:
@@ -331,19 +325,17 @@ class InherConfig:
         d = asdict(self)
         d["include"], d["exclude"] = list(self.include), list(self.exclude)
         d["budgets"] = dict(self.budgets)
+        # defaults absent, so that the configs recorded before these fields existed stay equal to today's
         if d["latency_rows"] == 1:
-            del d["latency_rows"]  # the default, absent as in the configs recorded before the field existed
+            del d["latency_rows"]
         for key in ("prune", "prune_probe_steps", "drop_blocks"):
             if d[key] is None:
-                # absent rather than null, so that the configs (and benchmark parts) recorded before the
-                # field existed stay equal to today's
                 del d[key]
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> InherConfig:
-        """The config ``d`` (:meth:`to_dict`) records; an :class:`ExperimentalConfig` where it names an
-        ablation (a config saved before the ablation knobs moved included)."""
+        """The config ``d`` (:meth:`to_dict`) records (an ExperimentalConfig if it names an ablation)."""
         if cls is InherConfig and _is_experimental(d):
             cls = ExperimentalConfig
         known = {k: v for k, v in d.items() if k in {f.name for f in fields(cls)}}
@@ -356,8 +348,7 @@ class InherConfig:
 
 
 def _check_amount(arg: str, b: object, unit: str = "parameter", of: str = "parameters") -> None:
-    """A budget: a float fraction in (0, 1] of the teacher's ``of`` or an int count >= 1 of ``unit``s;
-    ``arg`` names it in errors."""
+    """A budget: a fraction in (0, 1] of the teacher's ``of`` or a count of ``unit``s; ``arg`` names it."""
     if isinstance(b, bool) or not isinstance(b, (int, float)) or not math.isfinite(b):
         raise TypeError(f"{arg} must be a fraction in (0, 1] or a {unit} count, got {b!r}")
     if isinstance(b, float) and not 0 < b <= 1:
@@ -370,10 +361,8 @@ def _check_amount(arg: str, b: object, unit: str = "parameter", of: str = "param
 
 
 def plain_number(x: object) -> object:
-    """A numpy (or other ``numbers``) integer as an ``int``, a real as a ``float``; anything else as is.
-
-    Booleans stay booleans (and are refused where a number is expected).
-    """
+    """A numpy (or other ``numbers``) integer as an ``int``, a real as a ``float``; anything else (booleans
+    included) as is."""
     if isinstance(x, bool) or not isinstance(x, numbers.Real) or type(x) in (int, float):
         return x
     if isinstance(x, numbers.Integral):
@@ -393,6 +382,10 @@ def _is_real(x: object) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
+def _is_int(x: object, least: int) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= least
+
+
 def _as_patterns(arg: str, value: object) -> tuple[str, ...]:
     if isinstance(value, str):
         return (value,)
@@ -406,25 +399,9 @@ def _as_patterns(arg: str, value: object) -> tuple[str, ...]:
     return patterns
 
 
-def resolve_config(config: InherConfig, model: nn.Module) -> InherConfig:
-    """``config`` with its auto (``None``) fields and ``family`` filled in for ``model``'s family.
-
-    A config with every field set (e.g. a loaded one) comes back unchanged.
-    """
-    fields = ("experts", "min_rank_ratio", "calibration")
-    family = config.family or model_family(model)
-    defaults = FAMILY_DEFAULTS[family]
-    filled = {f: getattr(defaults, f) for f in fields if getattr(config, f) is None}
-    if config.drop_blocks is None and defaults.drop_blocks and _drops_blocks(config, model):
-        filled["drop_blocks"] = defaults.drop_blocks
-    if config.family == family and not filled:
-        return config
-    return replace(config, family=family, **filled)
-
-
 def _drops_blocks(config: InherConfig, model: nn.Module) -> bool:
-    """Whether a family's ``drop_blocks`` applies: a plain parameter budget, whitened (calibrated: Block Influence
-    reads the same batches; plain-SVD and random inits keep every block), on a model with a stack of blocks."""
+    """Whether a family's ``drop_blocks`` applies: a plain whitened parameter budget (Block Influence reads
+    the calibration batches) on a model with a stack of blocks."""
     if config.budget is None or config.budgets or config.prune is not None or config.init != "whiten":
         return False
     try:
@@ -464,10 +441,9 @@ InherConfig.__init__ = _refusing_moved(InherConfig.__init__)  # type: ignore[met
 
 @dataclass
 class ExperimentalConfig(InherConfig):
-    """:class:`InherConfig` with the knobs of the ablations in BENCHMARKS.md, to reproduce them: none beat
-    the method's defaults. It also takes ``init="random"`` (the structure with random weights),
-    ``allocation="loss-by-type"`` / ``"uniform"`` and ``calibration="sequential-corrected"`` (each block
-    layer aimed at the teacher's outputs; overfits with few calibration tokens).
+    """:class:`InherConfig` with the knobs of the ablations in BENCHMARKS.md (none beat the defaults); it also
+    takes ``init="random"``, ``allocation="loss-by-type"`` / ``"uniform"`` and
+    ``calibration="sequential-corrected"`` (each block layer aimed at the teacher's outputs).
 
     Args:
         min_rank: the smallest rank a factorised layer gets (under ``min_rank_ratio``'s floor, if larger).
@@ -486,7 +462,7 @@ class ExperimentalConfig(InherConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if isinstance(self.min_rank, bool) or not isinstance(self.min_rank, int) or self.min_rank < 1:
+        if not _is_int(self.min_rank, 1):
             raise ValueError(f"min_rank must be an int >= 1, got {self.min_rank!r}")
         if not (_is_real(self.expert_noise) and self.expert_noise >= 0):
             raise ValueError(f"expert_noise must be a number >= 0, got {self.expert_noise!r}")

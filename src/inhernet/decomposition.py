@@ -10,21 +10,15 @@ from .calibration import InputCovariance
 
 __all__ = ["Factors", "factorize"]
 
-# Singular values below this fraction of the largest carry no signal: their down rows are zeroed
-# rather than divided by ~0 (the matching up columns are ~0, so the product is unchanged).
+# singular values below this fraction of the largest: their down rows are zeroed, not divided by ~0
 _RELATIVE_TOLERANCE = 1e-10
 
 
 @dataclass
 class Factors:
-    """``W ~ up @ down`` at every rank r <= k, in float64.
-
-    ``up`` = U S (m, k) carries all the singular values (the asymmetric arrangement), ``down`` (k, n)
-    is V^T for plain SVD and V^T S_x^-1 for whitened SVD. ``energy`` holds the squared singular
-    values (of W, or of W S_x for the covariance normalised to a unit mean diagonal), descending;
-    ``scale`` is that normalisation (1 for plain SVD), so :attr:`output_energy` is in the units of
-    the layer's outputs.
-    """
+    """``W ~ up @ down`` at every rank r <= k, in float64: ``up`` = U S (m, k), ``down`` (k, n) = V^T, or
+    V^T S_x^-1 whitened. ``energy``: the squared singular values, descending (of W S_x for the covariance
+    normalised to a unit mean diagonal, ``scale`` that normalisation)."""
 
     up: torch.Tensor
     down: torch.Tensor
@@ -34,9 +28,8 @@ class Factors:
 
     @property
     def output_energy(self) -> torch.Tensor:
-        """``energy * scale``: for whitened factors, entry i is the mean squared output error per
-        calibration row of dropping direction i, ``||W X - W_r X||^2 / N`` summed over the dropped
-        ones (SVD-LLM's truncation loss), comparable across layers; for plain SVD, sigma_i^2 of W."""
+        """``energy * scale``: whitened, entry i is the mean squared output error of dropping direction i
+        (SVD-LLM's truncation loss), comparable across layers; plain, sigma_i^2 of W."""
         return self.energy * self.scale
 
     @property
@@ -63,9 +56,7 @@ def factorize(w: torch.Tensor, cov: InputCovariance | None = None, damping: floa
     scale = (c if cov.diagonal else c.diagonal()).mean()
     if not scale > 0:  # the layer only ever saw zero inputs: nothing to weight by, plain SVD
         return factorize(w, None)
-    # The whitened subspace depends on C only up to a scalar: normalising C keeps down = Σ^-1 U^T W
-    # well scaled whatever the inputs' magnitude (tiny inputs made it overflow float32). The scalar is
-    # kept (Factors.scale) for allocations that compare absolute truncation losses across layers.
+    # normalised, down = Σ^-1 U^T W stays well scaled whatever the inputs' magnitude; the scalar is kept
     c = c / scale
     if cov.diagonal:
         c = c + damping

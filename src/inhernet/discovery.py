@@ -1,10 +1,4 @@
-"""Find the layers: which modules may be factorised, and why the others stay dense.
-
-The first step after configuration. Nothing here measures or allocates; :func:`find_layers` only
-reads the model's structure, its weights (to refuse non-float or non-finite ones) and, when an
-example input is given, who reads each candidate's weight during one forward pass
-(:mod:`inhernet.readers`).
-"""
+"""Find the layers: which modules may be factorised, and why the others stay dense (nothing measured)."""
 
 from __future__ import annotations
 
@@ -24,11 +18,8 @@ from .readers import find_weight_readers
 
 __all__ = ["Candidate", "Unsupported", "factorisable", "find_layers", "matches"]
 
-# Modules whose forward reads a descendant's ``.weight`` directly (its dtype, its row count), which a
-# block has no single one of: (package of the reader's class, suffix of its class name, the paths it
-# reads). Hugging Face's CLIP family (CLIP, SigLIP, X-CLIP, AltCLIP, CLIPSeg...) in its embeddings,
-# open_clip's residual attention blocks for their cast dtype. Only the fallback when no example input
-# is given: with one, the readers are found by running it (see inhernet.readers).
+# Known modules whose forward reads a descendant's ``.weight`` (package, class-name suffix, paths read):
+# the fallback when no example input can find the readers (inhernet.readers). CLIP family, open_clip.
 _WEIGHT_READERS = (
     ("transformers.", "Embeddings", ("patch_embedding", "position_embedding")),
     ("open_clip.", "ResidualAttentionBlock", ("mlp.c_fc",)),
@@ -66,13 +57,9 @@ def matches(name: str, patterns: Iterable[str]) -> str | None:
 def find_layers(
     model: nn.Module, config: InherConfig, example: Any = None
 ) -> tuple[list[Candidate], list[Unsupported]]:
-    """Supported layers (with the reason when one must stay dense) and the unsupported ones.
-
-    With an ``example`` input (the first calibration batch), the layers whose weight values are used
-    outside their own forward are found by running it (:func:`inhernet.readers.find_weight_readers`)
-    and stay dense, the reason naming the reader; without one, or if that pass fails, the table of
-    known readers is the fallback.
-    """
+    """Supported layers (with the reason when one must stay dense) and the unsupported ones. Layers whose
+    weight is read outside their forward stay dense: found by running ``example``
+    (:func:`inhernet.readers.find_weight_readers`), else from a table of known readers."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     module_uses = Counter(id(m) for _, m in model.named_modules(remove_duplicate=False))
@@ -113,8 +100,8 @@ def find_layers(
 
 
 def _traced_readers(model: nn.Module, candidates: list[Candidate], example: Any) -> dict[str, str] | None:
-    """Per open candidate whose weight values code outside its forward uses, why it stays dense; ``None``
-    (with a warning: the known-reader table is then used) when the example pass fails."""
+    """Per open candidate whose weight is read outside its forward, why it stays dense; ``None`` (with a
+    warning) when the example pass fails."""
     try:
         values, _ = find_weight_readers(model, factorisable(candidates), example)
     except Exception as e:  # the model's own code failed under the probes: fall back, never crash here

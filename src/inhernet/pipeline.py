@@ -1,14 +1,9 @@
 """``inherit()`` and ``plan()``: the pipeline, which goes down once.
 
-configure (:mod:`inhernet.config`) -> find layers (:mod:`inhernet.discovery`) -> measure (costs,
-:mod:`inhernet.costs`; calibration statistics and spectra, :mod:`inhernet.spectra`) -> allocate
-(:mod:`inhernet.allocation`, a :class:`~inhernet.plan.Plan`) -> build (:mod:`inhernet.surgery`).
-
-The strategies wrap plan + build and never re-enter the middle: dropping blocks
-(:mod:`inhernet.blockdrop`) and pruning channels (:mod:`inhernet.pruning`) change the teacher before
-its layers are planned; ``prune="auto"`` plans and builds each candidate share and scores it
-(:mod:`inhernet.autoprune`); a latency budget times the compact student and plans again at a scaled
-budget when it misses (:func:`_within_measured_latency`).
+configure (:mod:`inhernet.config`) -> structure strategies (blocks dropped, :mod:`inhernet.blockdrop`;
+channels pruned, :mod:`inhernet.pruning`) -> find, measure, allocate (:mod:`inhernet.allocation`) ->
+build (:mod:`inhernet.surgery`). ``prune="auto"`` plans, builds and scores each candidate share
+(:mod:`inhernet.autoprune`); a latency budget times the student and plans again when it misses.
 """
 
 from __future__ import annotations
@@ -21,10 +16,9 @@ from typing import Any
 from torch import nn
 
 from . import blockdrop
-from .allocation import plan_layers
+from .allocation import plan_layers, smallest_reach
 from .autoprune import Contest, open_contest
 from .batches import head_rows, rows_of
-from .blockdrop import DropRecord
 from .calibration import as_list
 from .config import InherConfig
 from .costs.profile import latency_table
@@ -32,7 +26,7 @@ from .costs.table import LatencyCosts
 from .decomposition import Factors
 from .deploy.compact import deployed
 from .plan import Plan, warn_if_bottlenecked, with_drop, with_prune
-from .pruning import PruneRecord, after_pruning, inner_config, prune_for
+from .pruning import after_pruning, inner_config, prune_for
 from .surgery import assemble, build
 
 __all__ = ["LATENCY_CHECK_ROUNDS", "LATENCY_CHECK_WINDOW", "inherit", "plan"]
@@ -52,23 +46,17 @@ def inherit(
     Args:
         model: the teacher; it is not modified.
         config: what to inherit (default ``InherConfig()``: budget 0.25, whitened, energy allocation).
-        calib: iterable of model input batches (tensors, ``(inputs, labels)`` tuples or dicts); required
-            for ``init="whiten"`` (a few thousand tokens / a few hundred images are typically enough), for
-            ``macs=`` and ``latency=`` (its first batch, whole, is the example input counted or timed) and
-            for ``prune=`` (Torch-Pruning traces its first batch; ``prune="auto"`` scores each candidate on
-            it, see :mod:`inhernet.autoprune`).
-        plan: build with the ranks (and dropped blocks, pruned share) of an earlier plan: :func:`build`
-            with ``config``'s init, experts and calibration.
+        calib: iterable of model input batches (tensors, ``(inputs, labels)`` tuples or dicts); needed for
+            ``init="whiten"`` (a few thousand tokens / a few hundred images are enough), ``macs=``,
+            ``latency=`` and ``prune=`` (its first batch, whole, is the example input).
+        plan: build an earlier plan (:func:`build`) with ``config``'s init, experts and calibration.
         progress: show a progress bar while calibrating.
         costs: the cost table a latency budget is priced by (default an :class:`inhernet.CostTable` for the
-            model's device and thread count). The compact student is then timed against the teacher and
-            planned again if it misses the budget (:data:`LATENCY_CHECK_WINDOW`); ``latency_checks`` in
-            its plan lists the checks.
+            model's device); the student is then timed (:data:`LATENCY_CHECK_WINDOW`).
 
     Returns:
         A deep copy of ``model`` with InherNet blocks in place of the planned layers, its plan in
-        ``student.inhernet_plan``. With ``init="whiten"`` or ``"svd"`` every block is the rank-r
-        truncation of its layer (exactly the teacher with ``rank="full"``).
+        ``student.inhernet_plan`` (exactly the teacher with ``rank="full"``).
     """
     if plan is not None:  # a plan given decides the structure; it was warned about when it was made
         return build(model, plan, calib, config=(config or plan.config).resolved(model), progress=progress)
@@ -87,13 +75,9 @@ def plan(
     costs: LatencyCosts | None = None,
 ) -> Plan:
     """The per-layer ranks and totals of ``inherit(model, config, calib)``; the model is not modified.
-
-    Spectra are computed where the allocation needs them (energy allocation with ``init="whiten"``
-    needs ``calib``); ``macs=`` and ``latency=`` need ``calib`` too (its first batch is the example
-    input), a latency budget is priced by ``costs`` (see :func:`inherit`). ``prune="auto"`` is refused:
-    its share is chosen by building the candidates.
+    ``calib`` and ``costs`` as in :func:`inherit`; ``prune="auto"`` is refused (it builds its candidates).
     """
-    config = (config or InherConfig()).resolved(model)  # the family's defaults for the auto fields
+    config = (config or InherConfig()).resolved(model)
     if config.prune == "auto":
         raise ValueError(
             "prune='auto' chooses the share of channels by building and scoring each candidate student: "
@@ -107,8 +91,8 @@ def plan(
 
 @dataclass
 class _Planned:
-    """What planning learnt that the build reuses: the ``plan``, the ``model`` whose layers it factorises (the
-    teacher, or its copy with blocks dropped or channels pruned) and the one-pass ``factors`` computed."""
+    """What the build reuses: the ``plan``, the ``model`` it factorises (the teacher, or its dropped or pruned
+    copy) and the one-pass ``factors`` computed."""
 
     plan: Plan
     model: nn.Module
@@ -120,39 +104,28 @@ def _planned(
     share: float | None = None, teacher_ns: int | None = None, alone: bool = False, keep_factors: bool = True,
     progress: bool = True,
 ) -> _Planned:
-    """Plan ``model`` under ``config``: its blocks dropped or its channels pruned first (by ``share`` of
-    ``prune="auto"``, else ``config.prune``; ``teacher_ns``, ``alone``: see :func:`inner_config`), then its
-    layers (:func:`~inhernet.allocation.plan_layers`)."""
-    planned_model, inner, drop, pruned = _structure(model, config, calib, costs, share, teacher_ns, alone)
+    """Plan ``model`` under ``config``: blocks dropped or channels pruned first (by ``share``, else
+    ``config.prune``; ``teacher_ns``, ``alone``: see :func:`inner_config`), then its layers."""
+    inner, drop, pruned = config, None, None
+    share = share if share is not None else config.prune
+    if config.drop_blocks:
+        model, drop = blockdrop.drop_for(config, model, calib)
+        inner = blockdrop.inner_config(config, drop)
+    elif share is not None:
+        model, pruned = prune_for(config, model, calib[0] if calib else None, float(share), costs, teacher_ns)
+        with after_pruning(pruned):
+            inner = inner_config(config, pruned, alone=alone)
     base = pruned.teacher_latency_ns if pruned is not None else None
     with after_pruning(pruned), warnings.catch_warnings():
         if alone:  # planned at a budget it meets with room to spare: "more than 2% under" is no news
             warnings.simplefilter("ignore")
-        result, factors = plan_layers(planned_model, inner, calib, costs, latency_base=base,
+        result, factors = plan_layers(model, inner, calib, costs, latency_base=base,
                                       keep_factors=keep_factors, progress=progress)
     if drop is not None:
         result = with_drop(result, config, drop)
     if pruned is not None:
         result = with_prune(result, config, pruned, alone)
-    return _Planned(result, planned_model, factors)
-
-
-def _structure(
-    model: nn.Module, config: InherConfig, calib: list[Any] | None, costs: LatencyCosts | None, share: float | None,
-    teacher_ns: int | None, alone: bool,
-) -> tuple[nn.Module, InherConfig, DropRecord | None, PruneRecord | None]:
-    """The model whose layers are planned: ``model`` without the blocks ``config.drop_blocks`` drops, or
-    pruned by ``share`` (else ``config.prune``), or as it is; the config they are planned with (the budget
-    left for them) and the record of the change."""
-    if config.drop_blocks:
-        dropped, drop = blockdrop.drop_for(config, model, calib)
-        return dropped, blockdrop.inner_config(config, drop), drop, None
-    share = share if share is not None else config.prune
-    if share is None:
-        return model, config, None, None
-    pruned, record = prune_for(config, model, calib[0] if calib else None, float(share), costs, teacher_ns)
-    with after_pruning(record):
-        return pruned, inner_config(config, record, alone=alone), None, record
+    return _Planned(result, model, factors)
 
 
 def _inherit_once(
@@ -162,14 +135,14 @@ def _inherit_once(
     if config.prune == "auto":
         return _auto(model, config, calib, progress, costs)
     planned = _planned(model, config, calib, costs, progress=progress)
-    return assemble(planned.model, planned.plan, calib, factors=planned.factors, progress=progress)
+    return assemble(planned.model, planned.plan, calib, config, factors=planned.factors, progress=progress)
 
 
 def _auto(
     model: nn.Module, config: InherConfig, calib: list[Any] | None, progress: bool, costs: LatencyCosts | None,
 ) -> nn.Module:
     """``prune="auto"``: every candidate share planned, built and scored (:class:`~inhernet.autoprune.Contest`)."""
-    contest = open_contest(model, config, calib, costs)
+    contest = open_contest(model, config, calib, costs, smallest_reach)
     for share in contest.found.shares:
         _enter(contest, model, share, contest.alone, progress, costs)
     fallback = contest.fallback()
@@ -181,7 +154,7 @@ def _auto(
 def _enter(
     contest: Contest, model: nn.Module, share: float, alone: bool, progress: bool, costs: LatencyCosts | None,
 ) -> None:
-    """Plan and build the candidate of ``share`` and score it, its warnings held for the winner alone."""
+    """Plan, build and score the candidate of ``share``, its warnings held for the winner alone."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
@@ -194,11 +167,9 @@ def _enter(
     contest.scored(share, student, caught)
 
 
-#: a latency plan adds up layer times from the cost table (measured once per shape, cached) and the teacher's
-#: rest (its time, measured once, minus its layers'): on a noisy machine the sum can miss what the model
-#: measures, either way. The compact student is therefore timed against the teacher, interleaved; outside
-#: this window of the budget (a fraction of it) it is planned again at a budget scaled by the miss, at most
-#: LATENCY_CHECK_ROUNDS times. Below the window the budget is left unspent; above it, it is not met.
+#: a latency plan's sum of cost-table prices can miss what the model measures: the compact student is timed
+#: against the teacher and, outside this window of the budget, planned again at a budget scaled by the miss,
+#: at most LATENCY_CHECK_ROUNDS times
 LATENCY_CHECK_WINDOW = (0.9, 1.03)
 LATENCY_CHECK_ROUNDS = 2
 
@@ -207,10 +178,7 @@ def _within_measured_latency(
     model: nn.Module, config: InherConfig, calib: list[Any] | None, progress: bool, costs: LatencyCosts | None,
 ) -> nn.Module:
     """The student, planned again at a scaled latency budget until its compact form measures within
-    :data:`LATENCY_CHECK_WINDOW` of ``config.latency`` times the teacher's time. Of the students built, the
-    one kept is the slowest that is not over the window (the fastest if all are); its plan lists every
-    check in ``latency_checks``, the kept one marked. With ``prune="auto"`` the chosen share is kept, only
-    the ranks move, unless it pruned alone (every layer dense): then the share is chosen again."""
+    :data:`LATENCY_CHECK_WINDOW` of the budget; the one kept: :func:`_kept`."""
     student = _inherit_once(model, config, calib, progress, costs)
     example = calib[0] if calib else None
     table = latency_table(model, costs)
@@ -252,8 +220,8 @@ def _kept(
     built: list[tuple[nn.Module, dict[str, Any]]], checks: list[dict[str, Any]], first: Plan, budget: float,
     high: float,
 ) -> nn.Module:
-    """The slowest student not over the window (if every one is over, the fastest, with a warning), its plan
-    holding every check and the user's config (and the auto choice's record)."""
+    """The slowest student not over the window (else the fastest, with a warning), its plan holding every
+    check and the user's config."""
     within = [pair for pair in built if pair[1]["measured"] <= high]
     student, check = (max(within, key=lambda pair: pair[1]["measured"]) if within
                       else min(built, key=lambda pair: pair[1]["measured"]))
@@ -284,8 +252,7 @@ def _warn_over_latency(budget: float, check: dict[str, Any], plans: int) -> None
 
 
 def _check_batches(example: Any, rows_too: int | None) -> dict[str, Any]:
-    """The inputs the measured check times: the example whole and its first ``rows_too`` rows (when it has
-    more), keyed by their rows as a string (the JSON key of a check's ``by_batch``)."""
+    """The example whole and its first ``rows_too`` rows (when it has more), keyed by rows as a string."""
     total = rows_of(example)
     batches = {str(total): example}
     if rows_too is not None and total is not None and rows_too < total:

@@ -1,8 +1,7 @@
 """The :class:`Plan`: which layers are factorised at which rank, and what the model will weigh.
 
-What the allocation step ends in (:func:`inhernet.allocation.make_plan` tabulates the ranks it chose),
-what the build step (:mod:`inhernet.surgery`) reads, and what :func:`inhernet.save` records. The
-pipeline that makes it is :mod:`inhernet.pipeline`.
+Made by the allocation (:func:`inhernet.allocation.make_plan`), read by the build
+(:mod:`inhernet.surgery`), recorded by :func:`inhernet.save`.
 """
 
 from __future__ import annotations
@@ -45,23 +44,12 @@ class LayerPlan:
 class Plan:
     """The per-layer table and totals of an inheritance; ``str(plan)`` prints it.
 
-    The MAC fields are known under a MAC budget (``InherConfig(macs=...)``), ``None`` otherwise: the
-    multiply-accumulates of one forward pass on the example input (the first calib batch, whole) of
-    the teacher, of the target and of the inherited model, as :func:`inhernet.count_macs`
-    counts them.
-
-    The latency fields are known under a latency budget (``InherConfig(latency=...)``), ``None``
-    otherwise, in integer nanoseconds: the teacher's measured forward pass on the example input, the
-    target, and the plan's predicted total (the fixed rest of the model plus each layer's price from
-    the cost table, see :class:`inhernet.costs.profile.LatencyProfile`).
-
-    With ``InherConfig(prune=...)``, ``prune`` records the pruning step (:class:`inhernet.pruning.PruneRecord`);
-    the layers are those of the pruned model, while ``teacher_params`` / ``teacher_macs`` /
-    ``teacher_latency_ns`` stay the original teacher's, which the budget and :attr:`ratio` refer to (the
-    predicted ``total_latency_ns`` is the pruned model's: its measured fixed rest plus its layers' prices).
-    With ``InherConfig(drop_blocks=...)``, ``drop`` records the blocks dropped
-    (:class:`inhernet.DropRecord`); the layers are those of the blocks kept, ``teacher_params``
-    the original teacher's.
+    The MAC fields (under ``macs=``) count one forward pass on the example input
+    (:func:`inhernet.count_macs`); the latency fields (under ``latency=``, in ns) are the teacher's
+    measured time, the target and the cost table's prediction. ``prune`` and ``drop`` record a pruning
+    (:class:`inhernet.pruning.PruneRecord`) or blocks dropped (:class:`inhernet.DropRecord`): the layers
+    are then the changed model's, the ``teacher_*`` totals the original teacher's, which the budget and
+    :attr:`ratio` refer to.
     """
 
     config: InherConfig
@@ -75,11 +63,9 @@ class Plan:
     target_latency_ns: int | None = None
     total_latency_ns: int | None = None
     prune: PruneRecord | None = None
-    #: under a latency budget, each timing of the compact student against the teacher (interleaved):
-    #: ``{"planned": the latency fraction planned with, "measured": the measured ratio, the worst of
-    #: ``"by_batch"`` (the ratio at the example's rows and at one row)}``, the student
-    #: built marked ``"kept": True``; more than one when the first plan measured outside the window of
-    #: the budget and was planned again (see :data:`inhernet.pipeline.LATENCY_CHECK_WINDOW`)
+    #: under a latency budget, each timing of the compact student against the teacher: ``{"planned",
+    #: "measured" (the worst of "by_batch")}``, the one kept marked ``"kept": True``
+    #: (:data:`inhernet.pipeline.LATENCY_CHECK_WINDOW`)
     latency_checks: list[dict[str, Any]] | None = None
     drop: DropRecord | None = None
 
@@ -95,8 +81,7 @@ class Plan:
 
     @property
     def in_window(self) -> bool:
-        """Whether a budgeted plan lands within 2% under its target (parameters, MACs or predicted
-        latency); always ``True`` without a target (a rank or energy rule)."""
+        """Whether a budgeted plan lands within 2% under its target (``True`` without one)."""
         for total, target in ((self.total_latency_ns, self.target_latency_ns), (self.total_macs, self.target_macs),
                               (self.total_params, self.target_params)):
             if target is not None and total is not None:
@@ -178,9 +163,8 @@ def _ms(ns: int) -> str:
 
 
 def with_prune(plan: Plan, config: InherConfig, record: PruneRecord, alone: bool = False) -> Plan:
-    """``plan`` (of the pruned model) as the plan of the whole hybrid: the user's ``config`` (with its
-    ``prune``), the pruning ``record``, and the original teacher's totals the budget refers to (``alone``:
-    pruning alone, every layer dense: a latency target is the one asked, not the room the dense plan had)."""
+    """``plan`` (of the pruned model) as the plan of the whole: the user's ``config``, the ``record`` and
+    the original teacher's totals (``alone``: a latency target is the one asked)."""
     plan.config, plan.prune, plan.teacher_params = config, record, record.teacher_params
     if alone and config.target.kind == "latency":
         assert record.teacher_latency_ns is not None
@@ -191,15 +175,14 @@ def with_prune(plan: Plan, config: InherConfig, record: PruneRecord, alone: bool
 
 
 def with_drop(plan: Plan, config: InherConfig, record: DropRecord) -> Plan:
-    """``plan`` (of the model without the dropped blocks) as the plan of the whole: the user's ``config``
-    (with its ``drop_blocks``), the ``record``, and the original teacher's parameters the budget refers to."""
+    """``plan`` (of the blocks kept) as the plan of the whole: the user's ``config``, the ``record`` and
+    the original teacher's parameters."""
     plan.config, plan.drop, plan.teacher_params = config, record, record.teacher_params
     return plan
 
 
-#: a budgeted plan that cuts a layer of at least BOTTLENECK_WIDTH possible ranks to BOTTLENECK_RANK or less is
-#: warned about: EfficientNet-Lite0 at 10% of its parameters put six layers at rank <= 2 (one at 1 of 320) and
-#: ended 2,000 KD steps at 62-75% accuracy, against 88.0% when channels were pruned first (BENCHMARKS.md)
+#: a budgeted plan that cuts a layer of at least BOTTLENECK_WIDTH ranks to BOTTLENECK_RANK or less is warned
+#: about (KD trains through it poorly: BENCHMARKS.md, "fashion-effnet at budget 0.1")
 BOTTLENECK_RANK = 2
 BOTTLENECK_WIDTH = 32
 

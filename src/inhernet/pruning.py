@@ -1,17 +1,10 @@
 """Structured channel pruning with Torch-Pruning (``InherConfig(prune=...)``), and its record.
 
-The Torch-Pruning call is here, once: ``prune-kd`` (:mod:`inhernet_bench.baselines.prune`) prunes the
-teacher to the InherNet's size with it, and the hybrid prunes a share of the teacher's channels with it
-(global L2 ranking; layer by layer for transformers, whole heads for BERT-style attention; the output
-layer kept) before the rank allocator spends the rest of the *same* budget, relative to the original
-teacher, on the pruned model's layers. ``prune="auto"`` chooses the share (:mod:`inhernet.autoprune`).
-
-Saving without pickle: :func:`pruned_spec` diffs the module attributes and tensor shapes before and after
-pruning, and :func:`apply_spec` replays that diff on a fresh model of the teacher's architecture, so
-:func:`inhernet.load` rebuilds the pruned structure before filling every tensor from the safetensors file.
-
-Causal LMs are refused: pruning the hidden width would cut the input embedding their output layer shares
-(``prune-kd`` prunes their FFN channels instead: :mod:`inhernet_bench.baselines.llm_prune`).
+The one Torch-Pruning call (:func:`prune`: global L2 ranking; layer by layer for transformers, whole
+heads for BERT-style attention; the output layer kept). The hybrid prunes a share of the teacher's
+channels, then the rank allocator spends the rest of the *same* budget, relative to the original teacher.
+:func:`pruned_spec` records what pruning changed as JSON and :func:`apply_spec` replays it, so
+:func:`inhernet.load` needs no pickle. Causal LMs are refused (their output layer shares the embedding).
 """
 
 from __future__ import annotations
@@ -33,6 +26,7 @@ from .costs.macs import example_positions
 from .costs.profile import latency_table, measured_ns
 from .costs.table import LatencyCosts
 from .families import model_family
+from .modes import device_of, evaluating
 
 __all__ = [
     "IMPORTANCES", "LATENCY_ROUND_TO", "PruneRecord", "after_pruning", "apply_spec", "attention_heads", "budget_standing", "check_prunable",
@@ -40,9 +34,9 @@ __all__ = [
     "unpruned", "zero_shot_loss",
 ]
 
-#: channel importance criteria: global L2 magnitude (no data needed) or first-order Taylor (needs a
-#: calibration batch: the loss is the cross-entropy against the model's own predictions)
+#: channel importance criteria: L2 magnitude, or first-order Taylor (on the model's own predictions)
 IMPORTANCES = ("l2", "taylor")
+
 
 def check_prunable(model: nn.Module) -> None:
     """Refuse a model Torch-Pruning cannot prune consistently (a causal LM), with the reason."""
@@ -55,8 +49,7 @@ def check_prunable(model: nn.Module) -> None:
 
 
 def attention_heads(model: nn.Module) -> dict[nn.Module, int]:
-    """``{projection: number of heads}`` for every BERT-style attention (``query``/``key``/``value``
-    linears beside ``num_attention_heads``), as Torch-Pruning's ``num_heads`` expects."""
+    """``{projection: number of heads}`` of every BERT-style attention, Torch-Pruning's ``num_heads``."""
     heads: dict[nn.Module, int] = {}
     for module in model.modules():
         n = getattr(module, "num_attention_heads", None)
@@ -87,9 +80,7 @@ def output_layers(model: nn.Module, example: Any) -> list[nn.Module]:
     return [ran[-1]]
 
 
-#: Under a latency budget channels are pruned in multiples of 8: measured on mnist-cnn (batch 500, one
-#: thread), Torch-Pruning's 29 channels left of the first conv's 32 ran slower than all 32, so the measured
-#: latency did not fall with the share pruned; multiples of 8 keep the CPU kernels' vector widths.
+#: the channel multiple under a latency budget: the CPU kernels' vector width (29 channels ran slower than 32)
 LATENCY_ROUND_TO = 8
 
 
@@ -130,8 +121,7 @@ def prune(
     keep = [*output_layers(student, example), *(student.get_submodule(n) for n in names)]
     heads = attention_heads(student)
     if global_pruning is None:
-        # Ranked globally, the hidden width's channels (which carry the embeddings) never lose to FFN
-        # channels and the width is never cut: a transformer is pruned layer by layer.
+        # ranked globally, a transformer's hidden width never loses to FFN channels
         global_pruning = not heads
     _prune_step(student, example, ratio, importance, keep, heads, global_pruning, max_ratio, round_to)
     student.zero_grad(set_to_none=True)
@@ -162,16 +152,13 @@ def _prune_step(
             flat = logits.reshape(-1, logits.shape[-1])
             nn.functional.cross_entropy(flat, flat.detach().argmax(-1)).backward()
         pruner.step()
-    # The pruner's dependency graph is a web of reference cycles that holds the trace's autograd graph, the
-    # activations of the whole example (1.8 GiB for EfficientNet-Lite0 on 500 images): freed only by a
-    # collection, so prune="auto"'s 10-20 calls ran a 24 GiB machine out of memory without this one.
+    # the pruner's reference cycles hold the trace's activations (GiBs): prune="auto" calls this 10-20 times
     del pruner
     gc.collect()
 
 
 def _sync_attention(model: nn.Module, heads: dict[nn.Module, int]) -> None:
-    """After head pruning: each attention's head count and width, from its query's width (whole heads
-    are removed, so the head size is unchanged)."""
+    """After head pruning: each attention's head count and width, from its query's width."""
     for module in model.modules():
         query = getattr(module, "query", None)
         if query in heads and isinstance(getattr(module, "attention_head_size", None), int):
@@ -210,12 +197,10 @@ def _snapshot(model: nn.Module) -> Snapshot:
 
 
 def pruned_spec(before: nn.Module, after: nn.Module) -> dict[str, dict[str, Any]]:
-    """What pruning changed from ``before`` to ``after`` (a pruned copy of it): per module, each changed
-    int attribute and tensor shape as ``[before, after]``. JSON-serialisable; see :func:`apply_spec`.
+    """Per module, each int attribute and tensor shape pruning changed, as ``[before, after]`` (JSON).
 
     Raises:
-        ValueError: a non-persistent buffer changed shape (its values are in no state dict, so the pruned
-            model could not be saved and loaded).
+        ValueError: a non-persistent buffer changed shape (the model could not be saved and loaded).
     """
     old, new = _snapshot(before), _snapshot(after)
     if old.keys() != new.keys():
@@ -238,14 +223,9 @@ def pruned_spec(before: nn.Module, after: nn.Module) -> dict[str, dict[str, Any]
 
 
 def apply_spec(model: nn.Module, spec: Mapping[str, Any]) -> Callable[[], None]:
-    """Give ``model`` (a fresh model of the teacher's architecture) the pruned structure ``spec``
-    (:func:`pruned_spec`) in place: attributes set, changed parameters and buffers replaced by
-    uninitialised tensors of the new shapes (their values come from a state dict afterwards). Tied
-    parameters stay tied.
-
-    Everything is checked before anything changes: each module exists, each attribute and tensor
-    currently has its recorded "before" value (else the model is not the architecture pruned).
-    Returns a function that restores the model as it was.
+    """Give ``model`` (a fresh teacher) the pruned structure ``spec`` (:func:`pruned_spec`) in place:
+    attributes set, changed tensors replaced by uninitialised ones (tied ones stay tied). Everything is
+    checked before anything changes. Returns a function that restores the model.
 
     Raises:
         ValueError: a malformed spec or a model it does not fit.
@@ -315,17 +295,11 @@ def _is_pair(pair: Any) -> bool:
 # -- the hybrid: budgets relative to the teacher, and the zero-shot score -------------------------------
 @dataclass
 class PruneRecord:
-    """What the pruning step of ``InherConfig(prune=...)`` did: the share of channels removed
-    (``ratio``), the teacher's and the pruned model's parameters (and MACs on the example input under a
-    MAC budget, measured time on it in ns under a latency budget), and the module changes (``spec``,
-    what :func:`inhernet.load` replays).
+    """What ``InherConfig(prune=...)`` did: the share removed (``ratio``), the teacher's and the pruned
+    model's parameters (MACs, measured ns under such a budget) and the module changes (``spec``).
 
-    With ``prune="auto"`` (:mod:`inhernet.autoprune`), ``ratio`` is the chosen share; ``bracket`` the
-    shares the candidates were spread over (``[smallest that reaches the budget, largest still over
-    it]``); ``scores`` every candidate's KL to the teacher (``None`` where the budget could not be met,
-    and why in ``skipped``, which also says why the shares just outside the bracket were not built);
-    ``probe_steps`` the KD steps each candidate got before its score (0: zero-shot, on all calibration
-    batches; else on the held-out ones)."""
+    With ``prune="auto"``: ``bracket`` the shares the candidates spread over, ``scores`` each one's KL
+    to the teacher (``None``: missed the budget, why in ``skipped``), ``probe_steps`` their KD steps."""
 
     ratio: float
     importance: str
@@ -346,17 +320,11 @@ class PruneRecord:
             "ratio": self.ratio, "importance": self.importance, "teacher_params": self.teacher_params,
             "params": self.params, "teacher_macs": self.teacher_macs, "macs": self.macs, "spec": self.spec,
         }
-        if self.teacher_latency_ns is not None:  # only under a latency budget: older records stay as they were
+        if self.teacher_latency_ns is not None:  # absent otherwise, as in older records
             d["teacher_latency_ns"], d["latency_ns"] = self.teacher_latency_ns, self.latency_ns
-        if self.scores is not None:
-            d["scores"] = dict(self.scores)
-        if self.skipped:
-            d["skipped"] = dict(self.skipped)
-        if self.bracket is not None:
-            d["bracket"] = list(self.bracket)
-        if self.probe_steps is not None:
-            d["probe_steps"] = self.probe_steps
-        return d
+        auto = {"scores": self.scores, "skipped": self.skipped or None, "bracket": self.bracket,
+                "probe_steps": self.probe_steps}  # prune="auto" only
+        return d | {key: copy.copy(value) for key, value in auto.items() if value is not None}
 
     def summary(self) -> str:
         text = (f"pruned {self.ratio:.0%} of the channels (Torch-Pruning, {self.importance}): "
@@ -379,12 +347,8 @@ def prune_for(
     config: InherConfig, model: nn.Module, example: Any, ratio: float, costs: LatencyCosts | None = None,
     teacher_latency_ns: int | None = None,
 ) -> tuple[nn.Module, PruneRecord]:
-    """``model`` pruned by ``ratio`` for ``config`` (the teacher itself, unpruned, at ratio 0) and its record.
-
-    Under a latency budget both models are timed whole on ``example`` by the cost table ``costs`` (see
-    :func:`inhernet.costs.profile.latency_table`); ``teacher_latency_ns``: the teacher's time, measured
-    already (``prune="auto"`` measures it once, so that every candidate is held to the same budget).
-    """
+    """``model`` pruned by ``ratio`` (itself at 0) and its record. Under a latency budget both are timed
+    on ``example`` by ``costs``; ``teacher_latency_ns``: the teacher's time, if measured already."""
     require_example(example)
     check_prunable(model)
     _logits(model, example)  # a model without logits is refused before Torch-Pruning traces it
@@ -415,15 +379,13 @@ def require_example(example: Any) -> None:
 
 
 def unpruned(config: InherConfig, **changes: Any) -> InherConfig:
-    """``config`` without its pruning (``prune`` and ``prune_probe_steps`` cleared), with ``changes``:
-    the config a pruned model is inherited with."""
+    """``config`` without ``prune`` and ``prune_probe_steps``, with ``changes``."""
     return replace(config, prune=None, prune_probe_steps=None, **changes)
 
 
 def budget_standing(config: InherConfig, record: PruneRecord) -> tuple[int, int, str]:
-    """``(have, target, unit)``: what the pruned model of ``record`` costs, dense, in ``config``'s
-    budget (parameters, MACs or measured ns), and the budget's target taken of the *original* teacher.
-    ``have < target``: pruning alone is under the budget, no rank is left to cut.
+    """``(have, target, unit)``: the pruned model's dense cost in ``config``'s budget, and the target
+    taken of the *original* teacher (``have < target``: no rank is left to cut).
 
     Raises:
         ValueError: ``config`` has no budget (a rank or energy rule), or an absolute count over the teacher's.
@@ -448,12 +410,9 @@ def budget_standing(config: InherConfig, record: PruneRecord) -> tuple[int, int,
 
 
 def inner_config(config: InherConfig, record: PruneRecord, alone: bool = False) -> InherConfig:
-    """The config that inherits the pruned model: the same budget, now as an absolute count of the
-    *original* teacher's parameters or MACs (so the pruned channels are paid from it), and no pruning.
-    A latency budget stays a fraction: it is taken of the original teacher's measured time, which the
-    pruned model's profile is given (:attr:`inhernet.costs.profile.LatencyProfile.base`). ``alone``: the pruned
-    model may be under the budget already, and every layer stays dense (a count budget is then its own size, a
-    latency budget the whole teacher's time).
+    """The config that inherits the pruned model: the budget as a count of the *original* teacher's
+    parameters or MACs (a latency fraction stays, of the teacher's time), no pruning. ``alone``: the
+    pruned model may be under the budget already; every layer then stays dense.
 
     Raises:
         ValueError: the pruned model alone is already under the budget (prune less), unless ``alone``.
@@ -469,8 +428,7 @@ def inner_config(config: InherConfig, record: PruneRecord, alone: bool = False) 
                 f"latency budget of {target:,} ns ({config.latency:g} of the teacher's {record.teacher_latency_ns:,}): "
                 "nothing is left to factorise; prune less (or use prune-kd)"
             )
-        # alone: every layer dense whatever the pruned model measures this time (a noisy timing may put it just
-        # over): the whole teacher's time is a budget it always meets; inherit's measured check judges it
+        # alone: the teacher's whole time, met whatever a noisy timing says; inherit's check judges it
         return unpruned(config, latency=1.0) if alone else unpruned(config)
     key = "budget" if config.target.kind == "params" else "macs"
     if have < target and not alone:
@@ -483,8 +441,7 @@ def inner_config(config: InherConfig, record: PruneRecord, alone: bool = False) 
 
 @contextmanager
 def after_pruning(record: PruneRecord | None) -> Iterator[None]:
-    """Errors of the inheritance of a pruned model (e.g. an unreachable budget) name the pruning they follow
-    (``None``: nothing was pruned)."""
+    """Errors inside name the pruning of ``record`` they follow (``None``: nothing was pruned)."""
     try:
         yield
     except ValueError as err:
@@ -496,15 +453,13 @@ def after_pruning(record: PruneRecord | None) -> Iterator[None]:
 
 
 def teacher_outputs(model: nn.Module, calib: Iterable[Any]) -> list[torch.Tensor]:
-    """The teacher's logits on ``calib`` (eval mode, no grad), to score students against
-    (:func:`zero_shot_loss`)."""
+    """The teacher's logits on ``calib``, to score students against (:func:`zero_shot_loss`)."""
     return [_logits(model, batch) for batch in calib]
 
 
 def zero_shot_loss(student: nn.Module, calib: Iterable[Any], targets: Sequence[torch.Tensor]) -> float:
-    """How far ``student`` is from the teacher on the calibration batches: KL(teacher || student) of
-    the softmax over the last dimension (the KD loss at temperature 1), averaged over rows (samples or
-    tokens). ``targets``: :func:`teacher_outputs`."""
+    """KL(teacher || student) of the softmax on ``calib``, averaged over rows; ``targets``:
+    :func:`teacher_outputs`."""
     total, rows = 0.0, 0
     for batch, want in zip(calib, targets, strict=True):
         got, want = _logits(student, batch).double(), want.double()
@@ -514,16 +469,9 @@ def zero_shot_loss(student: nn.Module, calib: Iterable[Any], targets: Sequence[t
 
 
 def _logits(model: nn.Module, batch: Any) -> torch.Tensor:
-    """The model's logits on ``batch``, in eval mode without grad (every module's mode restored)."""
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        with torch.no_grad(), torch.random.fork_rng(devices=[]):
-            out = forward_batch(model, move_batch(batch, device))
-    finally:
-        for m, training in modes.items():
-            m.training = training
+    """The model's logits on ``batch``, in eval mode without grad."""
+    with evaluating(model), torch.no_grad(), torch.random.fork_rng(devices=[]):
+        out = forward_batch(model, move_batch(batch, device_of(model)))
     try:
         return logits_of(out).detach().float().cpu()
     except TypeError:

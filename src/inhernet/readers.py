@@ -1,16 +1,9 @@
 """Find, on an example input, the layers whose weight is read by code other than their own forward.
 
-Model code sometimes reads a layer's ``.weight`` outside that layer's forward: for its dtype or device
-(many Hugging Face models), or to pass its values to a functional op (``nn.MultiheadAttention`` hands
-``out_proj.weight`` to ``F.multi_head_attention_forward``; fused fast paths read every weight). A
-factorised block can answer the first kind (:class:`inhernet.views.WeightView`), not the second.
-
-:func:`find_weight_readers` runs one forward pass of the model on the example input with each
-candidate's own parameters swapped for a probe tensor (same storage) whose ``__torch_function__``
-records every use made while the owner's forward is not running, and by which module's forward. Uses
-of values (anything outside :data:`inhernet.views.METADATA`) keep the layer dense; metadata reads are
-served by the block's view. Probes also turn PyTorch's fused fast paths off, as the block's view does,
-so the pass sees the module-by-module path the inherited model will take.
+Model code sometimes reads a layer's ``.weight`` outside its forward: for its dtype or device (which a
+block's :class:`inhernet.views.WeightView` answers), or for its values (``nn.MultiheadAttention``, fused
+fast paths), which keep the layer dense. :func:`find_weight_readers` runs the example with each
+candidate's parameters swapped for a probe tensor that records every use outside its owner's forward.
 """
 
 from __future__ import annotations
@@ -80,12 +73,9 @@ class _Trace:
 def find_weight_readers(
     model: nn.Module, layers: dict[str, tuple[nn.Module, LayerKind]], example: Any
 ) -> tuple[dict[str, str], dict[str, str]]:
-    """One forward pass on ``example``: the layers whose parameters are used outside their own forward.
-
-    Returns ``(values, metadata)``: per layer name, the first reader (``"Class.forward (op)"``) that used
-    its parameter values, and, for the others, the first that read only metadata. The model runs in eval
-    mode without grad; its modes and parameters are restored, whatever happens.
-    """
+    """One forward pass on ``example`` (eval mode, no grad; everything restored): ``(values, metadata)``,
+    per layer whose parameters are used outside its forward, the first reader (``"Class.forward (op)"``)
+    of their values, and for the others the first that read only metadata."""
     trace = _Trace()
     swapped: list[tuple[nn.Module, str, nn.Parameter]] = []
     handles = []

@@ -1,29 +1,12 @@
 """Sequential calibration: whitened inheritance block by block along a model's stack of repeated blocks.
 
-One-pass calibration (:func:`inhernet.calibration.collect_covariances`) whitens every layer with the
-teacher's own inputs and holds every layer's statistics at once. Here the model is compressed stage by
-stage, in the order data flows through it:
-
-1. the layers that run before the stack (e.g. embeddings), calibrated while the stack's inputs are
-   captured: a forward pre-hook on the stack's first block records its hidden states and keyword
-   arguments (attention mask, position embeddings...) for every calibration batch and stops the
-   forward pass there;
-2. each block in turn: its layers' input statistics are taken while the block runs on the current
-   hidden states, which already passed the compressed earlier blocks; the block's layers are then
-   compressed and the block, compressed, is run again to produce the next block's inputs. With the
-   teacher at hand, the teacher's block runs beside it on the teacher's own hidden states, and each
-   layer's target becomes the teacher's output rather than its own: the rank-r ``M`` minimising
-   ``||W X_t - M X_s||`` (``X_t`` the teacher's inputs of the layer, ``X_s`` the compressed model's) is
-   the whitened truncation (in ``X_s``'s covariance) of ``W* = W X_t X_s^T (X_s X_s^T)^-1``, so every
-   layer also corrects the error that the compressed layers before it let through;
-3. the layers after the stack (a classifier, a pooler), calibrated in one pass of the whole, now
-   compressed, model.
-
-Only one stage's statistics and one or two sets of hidden states (calibration tokens x width, the
-compressed model's and the teacher's) are alive at a time. Assumptions, true of the Hugging Face transformer families (BERT, GPT-2, Llama...): the stack is
-called once per forward pass, block after block, each block receives the previous block's hidden
-states (first output) and the same other arguments as the first block. Key/value caches in those
-arguments are dropped (``use_cache=False``), since a cache would keep every block's keys and values.
+Unlike one-pass calibration (:func:`inhernet.calibration.collect_covariances`), each layer is whitened on
+inputs that passed the compressed layers before it, in three stages: the layers before the stack (while
+a pre-hook captures the first block's inputs), each block in turn (its layers, then the block run again
+for the next one; with the teacher at hand, each layer aims at the teacher's output,
+:func:`corrected_weight`), and the layers after the stack. Assumed (true of Hugging Face transformers):
+each block gets the previous block's hidden states (first output) and the first block's other
+arguments. Key/value caches are dropped (``use_cache=False``).
 """
 
 from __future__ import annotations
@@ -48,6 +31,7 @@ from .calibration import (
 )
 from .decomposition import Factors, factorize
 from .kinds import EmbeddingKind, LayerKind
+from .modes import device_of
 from .stack import layer_stack
 
 __all__ = [
@@ -79,9 +63,8 @@ class PairedCovariance(InputCovariance):
 
 
 def corrected_weight(w: torch.Tensor, cov: PairedCovariance, damping: float) -> torch.Tensor:
-    """``W* = W X_t X_s^T (X_s X_s^T + damping)^-1``: the map of the compressed model's inputs closest to the
-    teacher's outputs, computed as ``W + W (X_t - X_s)^T X_s (...)^-1`` so that ``W* = W`` exactly when the
-    inputs agree. The covariance is normalised and damped as :func:`~inhernet.decomposition.factorize` does.
+    """``W* = W X_t X_s^T (X_s X_s^T + damping)^-1``, as ``W + W (X_t - X_s)^T X_s (...)^-1`` so that
+    ``W* = W`` exactly when the inputs agree; damped as :func:`~inhernet.decomposition.factorize` does.
     """
     c = cov.mean()
     scale = c.diagonal().mean()
@@ -100,12 +83,8 @@ class _StopForward(Exception):
 
 @dataclass
 class StackInputs:
-    """Per calibration batch, what the stack's first block received: hidden states and other arguments.
-
-    ``by_keyword`` records whether the hidden states came as the keyword ``hidden_states`` rather than
-    as the first positional argument, so that every block is called the same way. ``masks`` holds each
-    batch's attention mask (``None`` without one), so that padded positions stay out of the statistics.
-    """
+    """Per calibration batch, what the stack's first block received: hidden states and other arguments;
+    ``by_keyword``: the hidden states came as ``hidden_states=``; ``masks``: each batch's attention mask."""
 
     hidden: list[torch.Tensor]
     args: list[tuple[Any, ...]]
@@ -118,10 +97,8 @@ def capture_stack_inputs(
     model: nn.Module, first_block: nn.Module, calib: Iterable[Any], device: torch.device | str,
     mask: TokenMask | None = None,
 ) -> StackInputs:
-    """Run ``model`` on every batch of ``calib`` up to ``first_block`` and record that block's inputs.
-
-    ``mask`` (if given) follows each batch's attention mask while it runs, for hooks that read it.
-    """
+    """Run ``model`` on every batch of ``calib`` up to ``first_block`` and record that block's inputs;
+    ``mask`` follows each batch's attention mask, for hooks that read it."""
     mask = mask or TokenMask()
     captured = StackInputs([], [], [])
 
@@ -140,8 +117,7 @@ def capture_stack_inputs(
         for key in _CACHE_KWARGS:
             if key in kwargs:
                 kwargs[key] = None
-        # A KV cache passed positionally (GPT-2's blocks take past_key_values second) would be shared by
-        # every calibration batch and grow with each: drop it as the keyword caches are dropped.
+        # a KV cache passed positionally (GPT-2's) would grow with every batch
         rest = tuple(None if type(a).__name__.endswith("Cache") else a for a in rest)
         if "use_cache" in kwargs:
             kwargs["use_cache"] = False
@@ -194,12 +170,10 @@ def sequential_factors(
 ) -> Iterator[tuple[str, Factors]]:
     """Whitened factors of every layer in ``layers``, stage by stage, yielded as ``(name, factors)``.
 
-    The caller may put a replacement of layer ``name`` into ``model`` (``replace_module``) before it asks
-    for the next: the later stages then run through it. A caller that replaces nothing only reads the
-    model: its factors are those of the teacher's own inputs, in bounded memory. ``teacher``, an
-    unmodified copy of ``model``, makes every block layer aim at the teacher's outputs (see the module
-    docstring). ``calib`` is iterated a few times: pass a list, not a one-shot iterator. The models run in
-    eval mode without grad; their modes are restored.
+    The caller may put a replacement of layer ``name`` into ``model`` before it asks for the next: the
+    later stages then run through it. ``teacher``, an unmodified copy of ``model``, makes every block
+    layer aim at the teacher's outputs. ``calib`` is iterated a few times (pass a list). The models run
+    in eval mode without grad; their modes are restored.
 
     Raises:
         ValueError: if the model has no stack of repeated blocks (see
@@ -224,8 +198,7 @@ def sequential_factors(
 
 @dataclass
 class _Run:
-    """One sequential calibration of ``model``'s ``layers`` along its ``stack`` (and the teacher's, when
-    layers aim at the teacher's outputs): the three stages of the module docstring."""
+    """One sequential calibration of ``model``'s ``layers``: the three stages of the module docstring."""
 
     model: nn.Module
     layers: Layers
@@ -236,15 +209,14 @@ class _Run:
     mask: TokenMask = field(default_factory=TokenMask)
 
     def __post_init__(self) -> None:
-        self.device = next((p.device for p in self.model.parameters()), torch.device("cpu"))
+        self.device = device_of(self.model)
         self.block_of = {name: _block_index(name, self.stack_name) for name in self.layers}
         self.outside = {name: layer for name, layer in self.layers.items() if self.block_of[name] is None}
 
     def before_stack(self, calib: Iterable[Any]) -> Generator[tuple[str, Factors], None, tuple[
             StackInputs, StackInputs | None, set[str]]]:
-        """Stage 1: the capture pass runs exactly the layers before the stack; returns the stack's inputs
-        (captured again through the replaced layers, if any), the teacher's own (only when layers aim at
-        its outputs) and the layers done."""
+        """Stage 1; returns the stack's inputs (through the replaced layers), the teacher's own (when layers
+        aim at its outputs) and the layers done."""
         with covariance_hooks(self.outside, self.device, self.mask) as stats:
             inputs = capture_stack_inputs(self.model, self.stack[0], calib, self.device, self.mask)
         teacher_inputs = StackInputs(
@@ -257,8 +229,7 @@ class _Run:
         return inputs, teacher_inputs, set(early)
 
     def through_block(self, i: int, inputs: StackInputs, teacher_inputs: StackInputs | None) -> Stage:
-        """Stage 2, block ``i``: its layers' factors on the inputs that passed the earlier blocks, then the
-        block (as replaced) run to give the next block its inputs."""
+        """Stage 2, block ``i``: its layers' factors, then the block (as replaced) run for the next one."""
         todo = {name: self.layers[name] for name in self.layers if self.block_of[name] == i}
         outputs = None  # the block's outputs, when the statistics pass already computed them
         if teacher_inputs is None and todo:
@@ -271,7 +242,6 @@ class _Run:
             outputs = None if _replaced(self.model, todo) else seen  # a block left as it was need not run again
         elif teacher_inputs is not None:
             assert self.teacher_stack is not None
-            # Pairs each layer's inputs with the teacher's; also moves the teacher's hidden states one block on.
             stats = _paired_statistics(self.stack[i], self.teacher_stack[i], f"{self.stack_name}.{i}.", todo, inputs,
                                        teacher_inputs, self.device)
             yield from _stage(self.model, todo, drop_unseen(stats, todo), self.damping)
@@ -289,12 +259,8 @@ def _paired_statistics(
     block: nn.Module, teacher_block: nn.Module, prefix: str, layers: Layers, inputs: StackInputs,
     teacher_inputs: StackInputs, device: torch.device | str,
 ) -> dict[str, InputCovariance]:
-    """Per layer of ``block``, its input covariance and cross term with ``teacher_block``'s inputs.
-
-    Batch by batch: the teacher's block runs first and its layers' input rows are kept (one batch, one
-    block), then the block runs and each layer pairs its rows with the teacher's. ``teacher_inputs``
-    advance to the teacher block's outputs.
-    """
+    """Per layer of ``block``, its input covariance and cross term with ``teacher_block``'s inputs, batch
+    by batch (the teacher's block first); ``teacher_inputs`` advance to the teacher block's outputs."""
     stats: dict[str, InputCovariance] = {}
     recorded: dict[str, list[torch.Tensor]] = {}
     teacher_modules = dict(teacher_block.named_modules())
@@ -360,9 +326,8 @@ def _block_index(name: str, stack_name: str) -> int | None:
 
 
 def _stage(model: nn.Module, layers: Layers, stats: dict[str, InputCovariance], damping: float) -> Stage:
-    """Each layer's factors with its statistics (plain SVD where it saw none; aimed at the teacher's
-    outputs where paired), one at a time: the caller may replace the layer in ``model`` before the next.
-    (The one step of a stage, looked up when it runs: a script may wrap it, e.g. to share factors.)"""
+    """Each layer's factors (plain SVD where it saw no statistics; corrected where paired), one at a time.
+    Looked up when it runs: a script may wrap it, e.g. to share factors."""
     for name, (module, kind) in layers.items():
         cov = stats.pop(name, None)
         w = kind.matrix(module)

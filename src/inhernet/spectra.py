@@ -1,10 +1,5 @@
-"""Measure the layers: their (whitened) spectra and, under a MAC or latency budget, their MACs or
-measured times on the example input.
-
-The step between finding the layers (:mod:`inhernet.discovery`) and allocating ranks
-(:mod:`inhernet.allocation`): calibration statistics (:mod:`inhernet.calibration`, or stage by stage
-with :mod:`inhernet.sequential`) turned into each layer's factors or energies.
-"""
+"""Measure the layers' (whitened) spectra: calibration statistics (:mod:`inhernet.calibration`, or stage
+by stage, :mod:`inhernet.sequential`) turned into each layer's factors or energies."""
 
 from __future__ import annotations
 
@@ -31,12 +26,7 @@ def decompose(
     todo = factorisable(candidates)
     covariances = {}
     if config.init == "whiten" and todo:
-        if calib is None:
-            raise ValueError(
-                'init="whiten" needs calibration data: pass calib= (an iterable of model input batches), '
-                'or use init="svd"'
-            )
-        covariances = collect_covariances(model, todo, calib, progress=progress)
+        covariances = collect_covariances(model, todo, _required(calib), progress=progress)
     return {
         name: factorize(kind.matrix(module), covariances.get(name), config.damping)
         for name, (module, kind) in todo.items()
@@ -47,12 +37,8 @@ def layer_spectra(
     model: nn.Module, candidates: list[Candidate], config: InherConfig, calib: Iterable[Any] | None,
     *, progress: bool = True,
 ) -> dict[str, torch.Tensor]:
-    """Every factorisable layer's (whitened, with ``init="whiten"``) output energies
-    (:attr:`~inhernet.decomposition.Factors.output_energy`), for the allocator.
-
-    With sequential calibration they are computed stage by stage on the teacher's own inputs,
-    holding one block's statistics at a time, and only the energies are kept.
-    """
+    """Every factorisable layer's (whitened) output energies, for the allocator; with sequential
+    calibration stage by stage, one block's statistics at a time."""
     if config.init == "whiten" and config.calibration != "one-pass":
         stages = sequential_factors(
             model, factorisable(candidates), reiterable(calib), damping=config.damping, progress=progress
@@ -63,12 +49,18 @@ def layer_spectra(
 
 def reiterable(calib: Iterable[Any] | None) -> list[Any]:
     """``calib`` as a list (sequential calibration iterates it more than once)."""
+    calib = _required(calib)
+    return calib if isinstance(calib, list) else list(calib)
+
+
+def _required(calib: Iterable[Any] | None) -> Iterable[Any]:
+    """``calib``, or the error of whitening without it."""
     if calib is None:
         raise ValueError(
             'init="whiten" needs calibration data: pass calib= (an iterable of model input batches), '
             'or use init="svd"'
         )
-    return calib if isinstance(calib, list) else list(calib)
+    return calib
 
 
 def allocation_needs_spectra(config: InherConfig) -> bool:

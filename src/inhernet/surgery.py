@@ -1,10 +1,5 @@
-"""Build: the student from a :class:`~inhernet.plan.Plan`, and nothing else.
-
-The last step of the pipeline (:mod:`inhernet.pipeline`): the structure the plan records is replayed
-(blocks dropped, channels pruned), then every planned layer becomes an InherNet block at its rank,
-initialised from its (whitened) factors: computed in one pass, handed over by the planning step that
-already computed them, or stage by stage with sequential calibration (:mod:`inhernet.sequential`).
-"""
+"""Build: the student from a :class:`~inhernet.plan.Plan`: the structure it records replayed (blocks
+dropped, channels pruned), then every planned layer an InherNet block initialised from its factors."""
 
 from __future__ import annotations
 
@@ -22,6 +17,7 @@ from .config import InherConfig
 from .decomposition import Factors
 from .discovery import Candidate, find_layers
 from .layers import configure_gates
+from .modes import device_of, evaluating
 from .plan import Plan
 from .pruning import channel_multiple, prune, require_example
 from .sequential import sequential_factors
@@ -39,22 +35,18 @@ def build(
 
     Args:
         model: the teacher; it is not modified.
-        plan: its blocks dropped and channels pruned (``plan.drop``, ``plan.prune``: the same blocks, and
-            the same channels by L2 ranking) are replayed, then each planned layer is inherited at its rank.
-        calib: model input batches; needed for ``init="whiten"`` and to replay pruning (its first batch
-            is traced).
-        config: build with this config's init, experts and calibration instead of the plan's (the ranks,
-            and ``student.inhernet_plan``, stay the plan's).
+        plan: its blocks dropped and channels pruned are replayed, then each planned layer inherited.
+        calib: model input batches; needed for ``init="whiten"`` and to replay pruning.
+        config: build with this config's init, experts and calibration instead of the plan's.
         progress: show a progress bar while calibrating.
     """
     calib = as_list(calib)
     structured = restructure(model, plan, calib[0] if calib else None)
-    return assemble(structured, plan, calib, config=config, progress=progress)
+    return assemble(structured, plan, calib, config, progress=progress)
 
 
 def restructure(model: nn.Module, plan: Plan, example: Any) -> nn.Module:
-    """``model`` with the blocks ``plan`` dropped and the channels it pruned removed (a copy), or ``model``
-    itself when the plan changed neither."""
+    """A copy of ``model`` changed as ``plan`` records (``model`` itself when it changed nothing)."""
     if plan.drop is not None and plan.drop.dropped:
         model = without_blocks(model, plan.drop.kept)
     if plan.prune is not None and plan.prune.ratio > 0:
@@ -64,11 +56,10 @@ def restructure(model: nn.Module, plan: Plan, example: Any) -> nn.Module:
 
 
 def assemble(
-    model: nn.Module, plan: Plan, calib: Iterable[Any] | None, *, config: InherConfig | None = None,
+    model: nn.Module, plan: Plan, calib: Iterable[Any] | None, config: InherConfig | None = None, *,
     factors: dict[str, Factors] | None = None, progress: bool = True,
 ) -> nn.Module:
-    """A deep copy of ``model`` (already restructured as ``plan`` says) with its planned layers inherited:
-    from ``factors`` when the planning step computed them, else computed here."""
+    """A copy of ``model`` (restructured) with its planned layers inherited, from ``factors`` if given."""
     config = config or plan.config
     example, calib = peek_example(calib)
     candidates, _ = find_layers(model, config, example)
@@ -93,8 +84,7 @@ def _build_sequential(
     student: nn.Module, model: nn.Module, plan: Plan, config: InherConfig, by_name: dict[str, Candidate],
     calib: Iterable[Any] | None, generator: torch.Generator, progress: bool,
 ) -> None:
-    """Sequential calibration: each planned layer of ``student`` (a copy of ``model``) replaced as its
-    factors arrive, so that the compressed layers feed the later stages."""
+    """Each planned layer of ``student`` replaced as its factors arrive, feeding the later stages."""
     ranks = plan.ranks()
     todo = {name: (student.get_submodule(name), by_name[name].kind) for name in ranks}
     teacher = model if config.calibration == "sequential-corrected" else None
@@ -107,13 +97,7 @@ def _build_sequential(
 
 
 def _checked(student: nn.Module, example: Any, teacher: nn.Module) -> nn.Module:
-    """``student`` once it ran the example input (the first calib batch), or a clear error if it cannot.
-
-    The weight readers found on the example keep their layers dense, so the inherited model should run
-    wherever the teacher did; this one forward pass makes sure that inherit() never hands back a model
-    whose own code breaks on an input the teacher accepts. It is cheap next to the calibration that
-    came with the same calib (one batch, eval mode, no grad, the RNG untouched) and skipped without one.
-    """
+    """``student`` once it ran the example input (as the teacher does), or a clear error if it cannot."""
     if example is None:
         return student
     try:
@@ -131,14 +115,9 @@ def _checked(student: nn.Module, example: Any, teacher: nn.Module) -> nn.Module:
 
 
 def _run_example(model: nn.Module, example: Any) -> None:
-    """One forward pass on ``example`` in eval mode, without grad and with the RNG untouched; modes restored."""
-    was_training = model.training
-    model.eval()  # no batch-norm statistics updated, no dropout
-    try:
-        with torch.no_grad(), torch.random.fork_rng(devices=[]):
-            forward_batch(model, move_batch(example, next((p.device for p in model.parameters()), torch.device("cpu"))))
-    finally:
-        model.train(was_training)
+    """One forward pass on ``example`` in eval mode, without grad and with the RNG untouched."""
+    with evaluating(model), torch.no_grad(), torch.random.fork_rng(devices=[]):
+        forward_batch(model, move_batch(example, device_of(model)))
 
 
 def _planned(plan: Plan, candidates: list[Candidate]) -> dict[str, Candidate]:

@@ -17,6 +17,7 @@ from torch import nn
 
 import inhernet
 from inhernet import InherBlock, InherConfig, compact, inherit, load, pipeline, save, surgery
+from inhernet.allocation import smallest_reach
 from inhernet.autoprune import (
     RESOLUTION,
     SPREAD,
@@ -725,7 +726,7 @@ def test_auto_falls_back_to_pruning_alone_when_every_candidate_misses_when_built
     costs = SlowConvCosts()
     config = InherConfig(latency=0.35, prune="auto").resolved(teacher)
 
-    contest = open_contest(teacher, config, calib, costs)
+    contest = open_contest(teacher, config, calib, costs, smallest_reach)
     for share in contest.found.shares:  # every candidate, measured again when built, misses
         contest.missed(share, ValueError(f"share {share:g}, measured again: unreachable"))
     with pytest.warns(UserWarning, match=r"no candidate share \(.*\) met the budget when built\).*alone"):
