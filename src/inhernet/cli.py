@@ -428,8 +428,9 @@ def eval_command(
       inhernet eval out/r18-pets --data pets/test --compact             # + the compact form, latencies
     """
     from . import load
+    from .costs.table import measure_latency
     from .serialization import CONFIG_NAME
-    from .sources import DataOptions, Source, open_source, parse_model_spec, read_source, split
+    from .sources import DataOptions, Source, make_loader, open_source, parse_model_spec, read_source, split
 
     if (Path(model) / CONFIG_NAME).is_file():
         given = [f for f, v in (("--weights", weights), ("--task", task), ("--num-classes", num_classes)) if v]
@@ -444,11 +445,14 @@ def eval_command(
         opened = open_source(Source(spec, DataOptions().updated(**prep)), data)
         models = {str(spec): opened.teacher}
     dataset = opened.data.dataset if val_fraction == 0 else split(opened.data.dataset, val_fraction, seed)[1]
+    loader = make_loader(dataset, batch_size)
+    example = next(iter(make_loader(dataset, 1)))
     if with_compact:
-        _add_compact(models, dataset, batch_size, rank_multiple)
-    rows = _measure(models, dataset, batch_size, opened.data.metric)
-    if with_compact:
-        _add_latency(models, rows, dataset)
+        _add_compact(models, loader, example, rank_multiple)
+    rows = _measure(models, loader, example, opened.data.metric)
+    if with_compact:  # one example's forward pass, median of interleaved repetitions
+        for row, seconds in zip(rows, measure_latency(list(models.values()), example), strict=True):
+            row["latency_ms"] = seconds * 1e3
         if "inhernet-compact" in models:
             rows[-1]["output_change"] = models["inhernet-compact"].inhernet_compact["output_change"]
     _print_measures(rows, opened.data.metric)
@@ -482,13 +486,10 @@ def _continuations(
     return rows
 
 
-def _measure(models: dict[str, Any], dataset: Any, batch_size: int, metric: str) -> list[dict[str, Any]]:
-    """Parameters, MACs of one example and ``metric`` over ``dataset`` of each model."""
+def _measure(models: dict[str, Any], loader: Any, example: Any, metric: str) -> list[dict[str, Any]]:
+    """Parameters, MACs of one ``example`` and ``metric`` over ``loader`` of each model."""
     from . import count_macs, evaluate
-    from .sources import make_loader
 
-    loader = make_loader(dataset, batch_size)
-    example = next(iter(make_loader(dataset, 1)))
     return [
         {"name": name, "params": sum(p.numel() for p in m.parameters()), "macs": count_macs(m, example),
          metric: evaluate(m, loader, metric)[metric]}
@@ -496,17 +497,15 @@ def _measure(models: dict[str, Any], dataset: Any, batch_size: int, metric: str)
     ]
 
 
-def _add_compact(models: dict[str, Any], dataset: Any, batch_size: int, rank_multiple: int | None) -> None:
+def _add_compact(models: dict[str, Any], loader: Any, example: Any, rank_multiple: int | None) -> None:
     """``models["inhernet-compact"]``: the deployable form of ``models["inhernet"]`` (if any), for batch 1;
     prints how far its outputs moved from the student's."""
     from .batches import rows_of
     from .deploy import compact
-    from .sources import make_loader
 
     if "inhernet" not in models:
         return
-    calib = list(itertools.islice(iter(make_loader(dataset, batch_size)), 8))
-    example = next(iter(make_loader(dataset, 1)))
+    calib = list(itertools.islice(loader, 8))
     models["inhernet-compact"] = compacted = compact(models["inhernet"], calib, example=example, rank_multiple=rank_multiple)
     record = compacted.inhernet_compact
     console.print(
@@ -516,28 +515,18 @@ def _add_compact(models: dict[str, Any], dataset: Any, batch_size: int, rank_mul
     )
 
 
-def _add_latency(models: dict[str, Any], rows: list[dict[str, Any]], dataset: Any) -> None:
-    """Each row's ``latency_ms``: one example's forward pass, median of interleaved repetitions."""
-    from .costs.table import measure_latency
-    from .sources import make_loader
-
-    example = next(iter(make_loader(dataset, 1)))
-    for row, seconds in zip(rows, measure_latency(list(models.values()), example), strict=True):
-        row["latency_ms"] = seconds * 1e3
-
-
 def _print_measures(rows: list[dict[str, Any]], metric: str) -> None:
     reference = rows[0]  # the teacher: the others are shown as a share of it
+
+    def versus(row: dict[str, Any], key: str, fmt: str, unit: str = "") -> str:
+        return "" if row is reference or not reference[key] else f" ({row[key] / reference[key]:{fmt}}{unit})"
+
     timed = "latency_ms" in reference
     table = Table("model", "params", "MACs / example", metric, *(["ms / example (batch 1)"] if timed else []))
     for row in rows:
-        share = "" if row is reference else f" ({row['params'] / reference['params']:.1%})"
-        macs = "" if row is reference or not reference["macs"] else f" ({row['macs'] / reference['macs']:.1%})"
-        latency = []
-        if timed:
-            ratio = "" if row is reference else f" ({row['latency_ms'] / reference['latency_ms']:.2f}x)"
-            latency = [f"{row['latency_ms']:.3f}{ratio}"]
-        table.add_row(row["name"], f"{row['params']:,}{share}", f"{row['macs']:,}{macs}", f"{row[metric]:.4f}", *latency)
+        latency = [f"{row['latency_ms']:.3f}{versus(row, 'latency_ms', '.2f', 'x')}"] if timed else []
+        table.add_row(row["name"], f"{row['params']:,}{versus(row, 'params', '.1%')}",
+                      f"{row['macs']:,}{versus(row, 'macs', '.1%')}", f"{row[metric]:.4f}", *latency)
     console.print(table)
 
 

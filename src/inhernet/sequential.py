@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Generator, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -114,9 +114,7 @@ def capture_stack_inputs(
                 f"{type(module).__name__} was called without positional arguments nor hidden_states=: "
                 "sequential calibration cannot tell which argument carries the hidden states"
             )
-        for key in _CACHE_KWARGS:
-            if key in kwargs:
-                kwargs[key] = None
+        kwargs.update({key: None for key in _CACHE_KWARGS if key in kwargs})
         # a KV cache passed positionally (GPT-2's) would grow with every batch
         rest = tuple(None if type(a).__name__.endswith("Cache") else a for a in rest)
         if "use_cache" in kwargs:
@@ -219,9 +217,7 @@ class _Run:
         aim at its outputs) and the layers done."""
         with covariance_hooks(self.outside, self.device, self.mask) as stats:
             inputs = capture_stack_inputs(self.model, self.stack[0], calib, self.device, self.mask)
-        teacher_inputs = StackInputs(
-            list(inputs.hidden), inputs.args, inputs.kwargs, inputs.by_keyword, inputs.masks
-        ) if self.teacher_stack is not None else None
+        teacher_inputs = replace(inputs, hidden=list(inputs.hidden)) if self.teacher_stack is not None else None
         early = {name: self.outside[name] for name in stats}
         yield from _stage(self.model, early, stats, self.damping)
         if early and _replaced(self.model, early):

@@ -299,9 +299,16 @@ class CostTable:
         return atomic_write(self.path, json.dumps(body, indent=1, sort_keys=True) + "\n")
 
 
-def _sync(device: torch.device) -> None:
+def _seconds(call: Callable[[], Any], n: int, device: torch.device) -> float:
+    """Seconds of ``n`` calls of ``call``, the device's queued work finished before and after."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        call()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - t0
 
 
 @torch.no_grad()
@@ -321,21 +328,12 @@ def time_calls(
     try:
         inner = []
         for call in calls:
-            call()
-            _sync(device)
-            t0 = time.perf_counter()
-            call()
-            _sync(device)
-            inner.append(max(1, math.ceil(min_time / max(time.perf_counter() - t0, 1e-7))))
+            call()  # warm-up
+            inner.append(max(1, math.ceil(min_time / max(_seconds(call, 1, device), 1e-7))))
         samples: list[list[float]] = [[] for _ in calls]
         for _ in range(repeats):
             for call, n, out in zip(calls, inner, samples, strict=True):
-                _sync(device)
-                t0 = time.perf_counter()
-                for _ in range(n):
-                    call()
-                _sync(device)
-                out.append((time.perf_counter() - t0) / n)
+                out.append(_seconds(call, n, device) / n)
         return [statistics.median(s) for s in samples]
     finally:
         torch.set_num_threads(before)

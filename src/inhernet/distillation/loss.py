@@ -54,8 +54,7 @@ def kd_loss(
     s, t = student_logits.float(), teacher_logits.float()
     if s.dim() == 3 and labels is not None:
         s, t, labels = s[:, :-1], t[:, :-1], labels[:, 1:]
-    num_classes = s.shape[-1]
-    s, t = s.reshape(-1, num_classes), t.reshape(-1, num_classes)
+    s, t = s.flatten(0, -2), t.flatten(0, -2)  # (positions, classes)
 
     kl = _row_kl(s, t, temperature, reduction="none").sum(-1)  # per position
     return _mix(kl, s, labels, temperature, alpha, ignore_index, "kd_loss")
@@ -166,8 +165,8 @@ def topk_kd_loss(
     if s.dim() == 3 and labels is not None:
         s, logprobs, indices, log_rest = s[:, :-1], logprobs[:, :-1], indices[:, :-1], log_rest[:, :-1]
         labels = labels[:, 1:]
-    num_classes, k = s.shape[-1], logprobs.shape[-1]
-    s = s.reshape(-1, num_classes)
+    k = logprobs.shape[-1]
+    s = s.flatten(0, -2)
     indices = indices.reshape(-1, k).long()
     log_q = F.log_softmax(s / temperature, dim=-1)
     # The student's rest: its kept classes pushed to the lowest finite float (not -inf, whose
