@@ -365,9 +365,8 @@ def _read_cache(path: Path) -> dict[str, dict[str, Any]]:
         return {}
     if not isinstance(body, dict) or body.get("version") != CACHE_VERSION or not isinstance(body.get("entries"), dict):
         return {}
-    good = {}
-    for key, e in body["entries"].items():
-        if (isinstance(e, dict) and isinstance(e.get("dense"), (int, float)) and isinstance(e.get("ranks"), list)
-                and e["ranks"] and all(isinstance(p, list) and len(p) == 2 for p in e["ranks"])):
-            good[key] = e
-    return good
+    return {
+        key: e for key, e in body["entries"].items()
+        if isinstance(e, dict) and isinstance(e.get("dense"), (int, float)) and isinstance(e.get("ranks"), list)
+        and e["ranks"] and all(isinstance(p, list) and len(p) == 2 for p in e["ranks"])
+    }

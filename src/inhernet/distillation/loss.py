@@ -263,10 +263,9 @@ def match_feature_names(student: nn.Module, teacher: nn.Module, patterns: Iterab
     pairs = [(n, origin_name(student, n)) for n in student_names if any(fnmatchcase(n, p) for p in patterns)]
     names = [(s, t) for s, t in pairs if t in teacher_names]
     if not names:
-        sample = ", ".join(student_names[:8])
         raise ValueError(
             f"feature_patterns {patterns} match no module present in both the student and the teacher; "
-            f"student modules are e.g. {sample}"
+            f"student modules are e.g. {', '.join(student_names[:8])}"
         )
     return names
 

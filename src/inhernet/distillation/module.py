@@ -267,10 +267,9 @@ class DistillModule(L.LightningModule):
 
     def _update_best(self, step: int, value: float) -> None:
         """Keep the weights of the best validation point so far (ties go to the later, more trained one)."""
-        if self.best is not None:
-            worse = value > self.best[1] if self.config.metric == "perplexity" else value < self.best[1]
-            if worse:
-                return
+        lower_is_better = self.config.metric == "perplexity"
+        if self.best is not None and (value > self.best[1] if lower_is_better else value < self.best[1]):
+            return
         self.best = [step, value]
         self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.student.state_dict().items()}
 
