@@ -217,7 +217,7 @@ class _Run:
         aim at its outputs) and the layers done."""
         with covariance_hooks(self.outside, self.device, self.mask) as stats:
             inputs = capture_stack_inputs(self.model, self.stack[0], calib, self.device, self.mask)
-        teacher_inputs = replace(inputs, hidden=list(inputs.hidden)) if self.teacher_stack is not None else None
+        teacher_inputs = None if self.teacher_stack is None else replace(inputs, hidden=list(inputs.hidden))
         early = {name: self.outside[name] for name in stats}
         yield from _stage(self.model, early, stats, self.damping)
         if early and _replaced(self.model, early):

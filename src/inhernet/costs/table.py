@@ -367,6 +367,7 @@ def _read_cache(path: Path) -> dict[str, dict[str, Any]]:
         return {}
     return {
         key: e for key, e in body["entries"].items()
-        if isinstance(e, dict) and isinstance(e.get("dense"), (int, float)) and isinstance(e.get("ranks"), list)
-        and e["ranks"] and all(isinstance(p, list) and len(p) == 2 for p in e["ranks"])
+        if isinstance(e, dict) and isinstance(e.get("dense"), (int, float))
+        and isinstance(e.get("ranks"), list) and e["ranks"]
+        and all(isinstance(p, list) and len(p) == 2 for p in e["ranks"])
     }
