@@ -21,6 +21,7 @@ from .batches import forward_batch, logits_of, move_batch, split_rows
 from .config import DEFAULT_PROBE_STEPS, InherConfig
 from .costs.profile import latency_table, measured_ns
 from .costs.table import LatencyCosts
+from .distillation.loss import kd_loss
 from .modes import device_of
 from .pruning import (
     budget_standing,
@@ -230,9 +231,9 @@ def probe_loss(
     held_targets: Sequence[torch.Tensor], steps: int, seed: int,
 ) -> float:
     """``student``'s KL to the teacher on ``held`` after ``steps`` KD steps on ``train`` (batches of
-    :data:`PROBE_BATCH`, :func:`soft_kl` at :data:`PROBE_TEMPERATURE`, Adam at :data:`PROBE_LR`, seeded
-    by ``seed``). The student comes back exactly as it was: weights, buffers, modes, flags, no gradient.
-    """
+    :data:`PROBE_BATCH`, :func:`~inhernet.distillation.kd_loss`'s KL at :data:`PROBE_TEMPERATURE`, Adam
+    at :data:`PROBE_LR`, seeded by ``seed``). The student comes back exactly as it was: weights, buffers,
+    modes, flags, no gradient."""
     if steps == 0:
         return zero_shot_loss(student, held, held_targets)
     device = device_of(student)
@@ -254,7 +255,8 @@ def probe_loss(
             for step in range(steps):
                 i = step % len(inputs)
                 logits = logits_of(forward_batch(student, move_batch(inputs[i], device)))
-                loss = soft_kl(logits, wanted[i].to(device, logits.dtype), PROBE_TEMPERATURE)
+                target = wanted[i].to(device, logits.dtype)
+                loss = kd_loss(logits, target, temperature=PROBE_TEMPERATURE, alpha=1.0)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -268,15 +270,6 @@ def probe_loss(
         for p, flag in flags.items():
             p.requires_grad_(flag)
             p.grad = None
-
-
-def soft_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """``T**2 * KL(softmax(teacher/T) || softmax(student/T))`` per position, averaged (the pure KD term)."""
-    classes = student_logits.shape[-1]
-    s = student_logits.float().reshape(-1, classes) / temperature
-    t = teacher_logits.float().reshape(-1, classes) / temperature
-    kl = nn.functional.kl_div(s.log_softmax(-1), t.log_softmax(-1), reduction="none", log_target=True).sum(-1)
-    return temperature * temperature * kl.mean()
 
 
 def score(
