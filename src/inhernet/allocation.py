@@ -41,7 +41,6 @@ __all__ = [
     "make_plan",
     "minimum_cost",
     "plan_layers",
-    "reach",
     "smallest_reach",
 ]
 
@@ -71,10 +70,20 @@ def smallest_reach(
     model: nn.Module, config: InherConfig, example: Any, costs: LatencyCosts | None, latency_base: int | None,
     params: int,
 ) -> tuple[int, int, str]:
-    """:func:`reach` of ``model``'s layers priced on ``example``: what ``prune="auto"`` brackets by."""
+    """``(target, smallest, unit)`` of ``model``'s layers priced on ``example``: the budget's target and the
+    smallest total the layers reach (each at its floor rank; no spectrum needed), in the budget's unit, for
+    a model of ``params`` parameters. What ``prune="auto"`` brackets by."""
     candidates, _ = find_layers(model, config, example)
     profile, _ = profile_for(model, config, candidates, [example], costs, latency_base)
-    return reach(config, _open_costs(candidates, config, profile), profile, params)
+    terms = _budget_terms(config, profile, params)
+    if terms is None:
+        raise ValueError(
+            "smallest_reach() needs one budget: budget=, macs= or latency= (not a rank or energy rule, nor budgets=)"
+        )
+    target, total, currency, fixed = terms
+    layers = _open_costs(candidates, config, profile)
+    smallest = _quietly(_smallest, layers, target, total, config, fixed)[2]
+    return target, smallest, currency.unit
 
 
 @dataclass(frozen=True)
@@ -228,20 +237,6 @@ def _check_reachable(config: InherConfig, layers: list[LayerCost], profile: Prof
     if terms is not None:
         target, total, currency, fixed = terms
         _quietly(_reachable, layers, target, total, currency, config, fixed)
-
-
-def reach(
-    config: InherConfig, layers: list[LayerCost], profile: Profile | None, params: int
-) -> tuple[int, int, str]:
-    """``(target, smallest, unit)``: the budget's target and the smallest total ``layers`` can reach (each
-    at its floor rank), in the budget's unit, for a model of ``params`` parameters; no spectrum needed.
-    """
-    terms = _budget_terms(config, profile, params)
-    if terms is None:
-        raise ValueError("reach() needs one budget: budget=, macs= or latency= (not a rank or energy rule, nor budgets=)")
-    target, total, currency, fixed = terms
-    smallest = _quietly(_smallest, layers, target, total, config, fixed)[2]
-    return target, smallest, currency.unit
 
 
 def _quietly(check: Callable[..., Any], *args: Any) -> Any:

@@ -8,6 +8,7 @@ by its KL to the teacher (:func:`score`) and the lowest wins, within 2% of the b
 
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -232,8 +233,7 @@ def probe_loss(
 ) -> float:
     """``student``'s KL to the teacher on ``held`` after ``steps`` KD steps on ``train`` (batches of
     :data:`PROBE_BATCH`, :func:`~inhernet.distillation.kd_loss`'s KL at :data:`PROBE_TEMPERATURE`, Adam
-    at :data:`PROBE_LR`, seeded by ``seed``). The student comes back exactly as it was: weights, buffers,
-    modes, flags, no gradient."""
+    at :data:`PROBE_LR`, seeded by ``seed``), on a copy: ``student`` is left as it was."""
     if steps == 0:
         return zero_shot_loss(student, held, held_targets)
     device = device_of(student)
@@ -241,35 +241,23 @@ def probe_loss(
     wanted = [part for target in train_targets for part in split_rows(target, PROBE_BATCH)]
     if len(inputs) != len(wanted):
         raise ValueError(f"the probe's {len(train)} calibration batches and the teacher's logits on them differ in size")
-    saved = {k: v.detach().clone() for k, v in student.state_dict(keep_vars=True).items()}
-    modes = {m: m.training for m in student.modules()}
-    flags = {p: p.requires_grad for p in student.parameters()}
-    params = [p for p in student.parameters() if p.is_floating_point()]
-    try:
-        for p in params:
-            p.requires_grad_(True)
-        optimizer = torch.optim.Adam(params, lr=PROBE_LR)
-        student.train()
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.enable_grad():
-            torch.manual_seed(seed)
-            for step in range(steps):
-                i = step % len(inputs)
-                logits = logits_of(forward_batch(student, move_batch(inputs[i], device)))
-                target = wanted[i].to(device, logits.dtype)
-                loss = kd_loss(logits, target, temperature=PROBE_TEMPERATURE, alpha=1.0)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-        return zero_shot_loss(student, held, held_targets)
-    finally:
-        with torch.no_grad():
-            for key, value in student.state_dict(keep_vars=True).items():
-                value.copy_(saved[key])
-        for m, training in modes.items():
-            m.training = training
-        for p, flag in flags.items():
-            p.requires_grad_(flag)
-            p.grad = None
+    probe = copy.deepcopy(student)  # trained in place of the student, which stays exactly as it was
+    params = [p for p in probe.parameters() if p.is_floating_point()]
+    for p in params:
+        p.requires_grad_(True)
+    optimizer = torch.optim.Adam(params, lr=PROBE_LR)
+    probe.train()
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.enable_grad():
+        torch.manual_seed(seed)
+        for step in range(steps):
+            i = step % len(inputs)
+            logits = logits_of(forward_batch(probe, move_batch(inputs[i], device)))
+            target = wanted[i].to(device, logits.dtype)
+            loss = kd_loss(logits, target, temperature=PROBE_TEMPERATURE, alpha=1.0)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    return zero_shot_loss(probe, held, held_targets)
 
 
 def score(

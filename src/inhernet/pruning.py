@@ -420,22 +420,17 @@ def inner_config(config: InherConfig, record: PruneRecord, alone: bool = False) 
     if not config.target.budgeted:
         return unpruned(config)  # a rank or energy rule: nothing to convert
     have, target, unit = budget_standing(config, record)
-    if config.target.kind == "latency":
-        assert record.teacher_latency_ns is not None
-        if have < target and not alone:
-            raise ValueError(
-                f"prune={record.ratio:g} leaves a model that measures {have:,} ns, already under the "
-                f"latency budget of {target:,} ns ({config.latency:g} of the teacher's {record.teacher_latency_ns:,}): "
-                "nothing is left to factorise; prune less (or use prune-kd)"
-            )
-        # alone: the teacher's whole time, met whatever a noisy timing says; inherit's check judges it
-        return unpruned(config, latency=1.0) if alone else unpruned(config)
-    key = "budget" if config.target.kind == "params" else "macs"
+    latency = config.target.kind == "latency"
+    key = {"params": "budget", "macs": "macs", "latency": "latency budget"}[config.target.kind]
     if have < target and not alone:
+        left = f"a model that measures {have:,} ns" if latency else f"{have:,} {unit}"
+        of = f" ns ({config.latency:g} of the teacher's {record.teacher_latency_ns:,})" if latency else ""
         raise ValueError(
-            f"prune={record.ratio:g} leaves {have:,} {unit}, already under the {key} of {target:,}: nothing is "
+            f"prune={record.ratio:g} leaves {left}, already under the {key} of {target:,}{of}: nothing is "
             "left to factorise; prune less (or use prune-kd)"
         )
+    if latency:  # alone: the teacher's whole time, met whatever noisy timing says; inherit's check judges it
+        return unpruned(config, latency=1.0) if alone else unpruned(config)
     return unpruned(config, **{key: min(target, have)})  # alone: the pruned model's own size, every layer dense
 
 

@@ -55,10 +55,9 @@ class _Trace:
         self.running[id(module)] += 1
 
     def leave(self, module: nn.Module, *_: Any) -> None:
-        for i in range(len(self.stack) - 1, -1, -1):
-            if self.stack[i] is module:
-                del self.stack[i]
-                break
+        last = max((i for i, m in enumerate(self.stack) if m is module), default=None)
+        if last is not None:
+            del self.stack[last]
         self.running[id(module)] -= 1
 
     def record(self, probe: _Probe, what: str) -> None:
