@@ -107,37 +107,22 @@ def prune(
         global_pruning: rank channels across layers (``True``) or prune every layer by ``ratio``
             (``False``); ``None``: globally, except for transformers (models with attention heads).
         max_ratio: no layer loses more than this share of its channels.
-        round_to: keep each layer's channel count a multiple of this (``None``: any count); see
-            :data:`LATENCY_ROUND_TO`.
+        round_to: keep each layer's channel count a multiple of this (``None``: any; :data:`LATENCY_ROUND_TO`).
     """
     check_prunable(model)
     if importance not in IMPORTANCES:
         raise ValueError(f"importance must be one of {IMPORTANCES}, got {importance!r}")
     if not 0 <= ratio < 1:
         raise ValueError(f"ratio must be a fraction in [0, 1), got {ratio!r}")
-    index = {id(m): name for name, m in model.named_modules()}
-    names = [index[id(m)] for m in ignored if id(m) in index]
+    names = [name for name, m in model.named_modules() if any(m is i for i in ignored)]
     student = copy.deepcopy(model).eval()
     keep = [*output_layers(student, example), *(student.get_submodule(n) for n in names)]
     heads = attention_heads(student)
-    if global_pruning is None:
-        # ranked globally, a transformer's hidden width never loses to FFN channels
+    if global_pruning is None:  # ranked globally, a transformer's hidden width never loses to FFN channels
         global_pruning = not heads
-    _prune_step(student, example, ratio, importance, keep, heads, global_pruning, max_ratio, round_to)
-    student.zero_grad(set_to_none=True)
-    _sync_attention(student, heads)
-    return student.eval()
-
-
-def _prune_step(
-    student: nn.Module, example: Any, ratio: float, importance: str, keep: list[nn.Module],
-    heads: dict[nn.Module, int], global_pruning: bool, max_ratio: float, round_to: int | None,
-) -> None:
-    """One Torch-Pruning step on ``student``, in place (see :func:`prune` for the arguments)."""
     import torch_pruning as tp  # an optional dependency (the "bench" extra): only prune= needs it
 
-    # at least one head per attention is kept
-    head_ratio = min(ratio, *((n - 1) / n for n in heads.values())) if heads else 0.0
+    head_ratio = min(ratio, *((n - 1) / n for n in heads.values())) if heads else 0.0  # one head kept
     imp = tp.importance.GroupMagnitudeImportance(p=2) if importance == "l2" else tp.importance.GroupTaylorImportance()
     with torch.enable_grad():
         pruner = tp.pruner.BasePruner(
@@ -155,6 +140,9 @@ def _prune_step(
     # the pruner's reference cycles hold the trace's activations (GiBs): prune="auto" calls this 10-20 times
     del pruner
     gc.collect()
+    student.zero_grad(set_to_none=True)
+    _sync_attention(student, heads)
+    return student.eval()
 
 
 def _sync_attention(model: nn.Module, heads: dict[nn.Module, int]) -> None:
