@@ -54,7 +54,10 @@ def plan_layers(
     example, calib = peek_example(calib)
     candidates, others = find_layers(model, config, example)
     profile, calib = profile_for(model, config, candidates, calib, costs, latency_base)
-    _check_reachable(config, _open_costs(candidates, config, profile), profile)  # before the spectra
+    terms = _budget_terms(config, profile, None)  # a budget out of reach fails before the spectra
+    if terms is not None:
+        target, total, currency, fixed = terms
+        _quietly(_reachable, _open_costs(candidates, config, profile), target, total, currency, config, fixed)
     factors: dict[str, Factors] = {}
     spectra = {}
     if config.init == "whiten" and config.calibration != "one-pass":  # built stage by stage: energies only
@@ -78,7 +81,8 @@ def smallest_reach(
     terms = _budget_terms(config, profile, params)
     if terms is None:
         raise ValueError(
-            "smallest_reach() needs one budget: budget=, macs= or latency= (not a rank or energy rule, nor budgets=)"
+            "smallest_reach() needs one budget: budget=, macs= or latency= (not a rank or energy rule, "
+            "nor budgets=)"
         )
     target, total, currency, fixed = terms
     layers = _open_costs(candidates, config, profile)
@@ -229,14 +233,6 @@ def _budget_terms(
     if target.kind != "params" or config.budgets or params is None:
         return None
     return _target(target.value, params, PARAMS), params, PARAMS, None
-
-
-def _check_reachable(config: InherConfig, layers: list[LayerCost], profile: Profile | None) -> None:
-    """Raise the allocation's error for a MAC or latency budget out of reach, before the spectra are paid."""
-    terms = _budget_terms(config, profile, None)
-    if terms is not None:
-        target, total, currency, fixed = terms
-        _quietly(_reachable, layers, target, total, currency, config, fixed)
 
 
 def _quietly(check: Callable[..., Any], *args: Any) -> Any:

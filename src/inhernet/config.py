@@ -194,7 +194,7 @@ class InherConfig:
         d = self.drop_blocks
         if d is None:
             return
-        if isinstance(d, bool) or not isinstance(d, (int, float)) or not math.isfinite(d):
+        if not _is_real(d):
             raise TypeError(
                 f"drop_blocks must be a share in [0, 1] of the parameter cut paid with whole blocks, got {d!r}"
             )
@@ -215,7 +215,7 @@ class InherConfig:
         p = self.prune
         if p is None:
             return
-        if p != "auto" and (isinstance(p, bool) or not isinstance(p, (int, float)) or not math.isfinite(p)):
+        if p != "auto" and not _is_real(p):
             raise TypeError(
                 f"prune must be a share in [0, 1) of the teacher's channels, 'auto' or None, got {p!r}"
             )
@@ -224,8 +224,7 @@ class InherConfig:
                 f"prune={p} is not a share in [0, 1) of the teacher's channels; give e.g. prune=0.3, or "
                 "prune='auto' to choose it"
             )
-        if p != "auto":
-            self.prune = float(p)
+        self.prune = p if p == "auto" else float(p)
         if self.budgets:
             raise ValueError(
                 "prune= works with budget=, macs= or latency= (or a rank/energy rule), not with budgets=: drop "
@@ -276,7 +275,7 @@ class InherConfig:
 
     def _check_latency(self) -> None:
         t = self.latency
-        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t):
+        if not _is_real(t):
             raise TypeError(f"latency must be a fraction in (0, 1] of the teacher's measured latency, got {t!r}")
         if not 0 < t <= 1:
             raise ValueError(
@@ -349,7 +348,7 @@ class InherConfig:
 
 def _check_amount(arg: str, b: object, unit: str = "parameter", of: str = "parameters") -> None:
     """A budget: a fraction in (0, 1] of the teacher's ``of`` or a count of ``unit``s; ``arg`` names it."""
-    if isinstance(b, bool) or not isinstance(b, (int, float)) or not math.isfinite(b):
+    if not _is_real(b):
         raise TypeError(f"{arg} must be a fraction in (0, 1] or a {unit} count, got {b!r}")
     if isinstance(b, float) and not 0 < b <= 1:
         raise ValueError(
