@@ -9,6 +9,7 @@ by its KL to the teacher (:func:`score`) and the lowest wins, within 2% of the b
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -349,14 +350,10 @@ def open_contest(
     split_probe(calib, config.prune_probe_steps or 0)  # too few batches for the probe: said before anything is built
     latency = config.target.kind == "latency"
     teacher_ns = measured_ns(latency_table(model, costs), model, example) if latency else None
-    cache: dict[tuple[float, bool], Standing] = {}
 
+    @functools.cache  # each share is pruned (and timed) once
     def stand(share: float, smallest: bool) -> Standing:
-        if (share, smallest) not in cache:
-            cache[share, smallest] = standing(
-                config, model, example, share, costs, teacher_ns, smallest, reach
-            )
-        return cache[share, smallest]
+        return standing(config, model, example, share, costs, teacher_ns, smallest, reach)
 
     found = candidate_shares(stand)
     if found.alone is not None:

@@ -265,10 +265,8 @@ def _checked_change(model: nn.Module, name: Any, change: Any) -> tuple[nn.Module
             )
     own = {**module._parameters, **module._buffers}
     for key, pair in tensors.items():
-        if not _is_pair(pair) or not all(isinstance(d, int) and d >= 0 for d in pair[1]) or (
-            own.get(key) is None or list(own[key].shape) != pair[0]
-        ):
-            got = None if own.get(key) is None else list(own[key].shape)
+        got = None if own.get(key) is None else list(own[key].shape)
+        if not _is_pair(pair) or got != pair[0] or not all(isinstance(d, int) and d >= 0 for d in pair[1]):
             raise ValueError(
                 f"module {name!r}: tensor {key} has shape {got} here, the pruning spec expects {pair!r} "
                 "(before, after): not the architecture pruned"
