@@ -126,8 +126,7 @@ def layer_cost(
     ``profile`` (MACs or ns) or in parameters. In measured time its ranks step by
     :data:`~inhernet.costs.RANK_MULTIPLE`, the ranks ``compact()`` deploys unchanged."""
     m, n = c.kind.shape(c.module)
-    price = None
-    multiple = 1
+    price, multiple = None, 1
     if isinstance(profile, LatencyProfile):
         price, multiple = profile.price(c.name), RANK_MULTIPLE
     elif profile is not None:

@@ -12,6 +12,7 @@ from typing import Any, ClassVar, Literal
 from torch import nn
 
 from .families import FAMILIES, FAMILY_DEFAULTS, model_family
+from .layers import GATE_POOLS, ROUTINGS
 from .stack import layer_stack
 
 __all__ = ["DEFAULT_BUDGET", "DEFAULT_PROBE_STEPS", "ExperimentalConfig", "InherConfig", "Target", "plain_number"]
@@ -25,15 +26,11 @@ INITS = ("whiten", "svd")
 ENERGY_STRATEGIES = ("energy", "loss", "loss-by-type")
 ALLOCATIONS = ("energy", "loss")
 CALIBRATIONS = ("one-pass", "sequential")
-ROUTINGS = ("soft", "top1")  # = inhernet.layers.ROUTINGS
-GATE_POOLS = ("mean", "position")  # = inhernet.layers.GATE_POOLS
 #: the ablation knobs that InherConfig refuses, and where they went
 MOVED = ("min_rank", "expert_noise", "routing", "gate_pool")
 #: the mutually exclusive ways of choosing ranks
 RANK_CHOICES = ("budget", "rank", "energy", "macs", "latency")
 MAX_SEED = 2**32 - 1
-#: the kind of each ranks choice: what the student is cut to
-TARGET_KINDS = {"budget": "params", "rank": "rank", "energy": "energy", "macs": "macs", "latency": "latency"}
 
 
 @dataclass(frozen=True)
@@ -312,7 +309,7 @@ class InherConfig:
     def target(self) -> Target:
         """The one ranks choice set (``budget``, ``rank``, ``energy``, ``macs`` or ``latency``), tagged."""
         key = next(k for k in RANK_CHOICES if getattr(self, k) is not None)
-        return Target(TARGET_KINDS[key], getattr(self, key))  # type: ignore[arg-type]
+        return Target("params" if key == "budget" else key, getattr(self, key))  # type: ignore[arg-type]
 
     @property
     def full_rank(self) -> bool:
