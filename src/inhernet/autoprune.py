@@ -180,8 +180,7 @@ def _p_max(stand: Callable[[float, bool], Standing], zero: Standing) -> tuple[fl
             return lo, None
         if not there.over:
             lo, hi = _bisect(stand, lo, there.share, lambda t: not t.over, smallest=False)
-            under = stand(hi, False)
-            return lo, under
+            return lo, stand(hi, False)
         lo, last = there.share, there
     return lo, None
 
