@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from .calibration import peek_example
-from .config import ENERGY_STRATEGIES, InherConfig
+from .config import ENERGY_STRATEGIES, InherConfig, Target
 from .costs.prices import RANK_MULTIPLE, LayerCost, floor_rank, mac_price, round_rank
 from .costs.profile import LatencyProfile, MacProfile, Profile, profile_for
 from .costs.table import LatencyCosts
@@ -41,7 +41,6 @@ __all__ = [
     "make_plan",
     "minimum_cost",
     "plan_layers",
-    "reach",
     "smallest_reach",
 ]
 
@@ -55,7 +54,10 @@ def plan_layers(
     example, calib = peek_example(calib)
     candidates, others = find_layers(model, config, example)
     profile, calib = profile_for(model, config, candidates, calib, costs, latency_base)
-    _check_reachable(config, _open_costs(candidates, config, profile), profile)  # before the spectra
+    terms = _budget_terms(config, profile, None)  # a budget out of reach fails before the spectra
+    if terms is not None:
+        target, total, currency, fixed = terms
+        _quietly(_reachable, _open_costs(candidates, config, profile), target, total, currency, config, fixed)
     factors: dict[str, Factors] = {}
     spectra = {}
     if config.init == "whiten" and config.calibration != "one-pass":  # built stage by stage: energies only
@@ -71,10 +73,21 @@ def smallest_reach(
     model: nn.Module, config: InherConfig, example: Any, costs: LatencyCosts | None, latency_base: int | None,
     params: int,
 ) -> tuple[int, int, str]:
-    """:func:`reach` of ``model``'s layers priced on ``example``: what ``prune="auto"`` brackets by."""
+    """``(target, smallest, unit)`` of ``model``'s layers priced on ``example``: the budget's target and the
+    smallest total the layers reach (each at its floor rank; no spectrum needed), in the budget's unit, for
+    a model of ``params`` parameters. What ``prune="auto"`` brackets by."""
     candidates, _ = find_layers(model, config, example)
     profile, _ = profile_for(model, config, candidates, [example], costs, latency_base)
-    return reach(config, _open_costs(candidates, config, profile), profile, params)
+    terms = _budget_terms(config, profile, params)
+    if terms is None:
+        raise ValueError(
+            "smallest_reach() needs one budget: budget=, macs= or latency= (not a rank or energy rule, "
+            "nor budgets=)"
+        )
+    target, total, currency, fixed = terms
+    layers = _open_costs(candidates, config, profile)
+    smallest = _quietly(_smallest, layers, target, total, config, fixed)[2]
+    return target, smallest, currency.unit
 
 
 @dataclass(frozen=True)
@@ -94,7 +107,6 @@ MACS = _Currency("MACs", "MAC budget", "macs", " on the example input", "target_
 LATENCY = _Currency(
     "ns", "latency budget", "latency", " measured for the teacher on the example input", "target_latency_ns"
 )
-CURRENCIES = {"params": PARAMS, "macs": MACS, "latency": LATENCY}
 
 
 @dataclass
@@ -114,8 +126,7 @@ def layer_cost(
     ``profile`` (MACs or ns) or in parameters. In measured time its ranks step by
     :data:`~inhernet.costs.RANK_MULTIPLE`, the ranks ``compact()`` deploys unchanged."""
     m, n = c.kind.shape(c.module)
-    price = None
-    multiple = 1
+    price, multiple = None, 1
     if isinstance(profile, LatencyProfile):
         price, multiple = profile.price(c.name), RANK_MULTIPLE
     elif profile is not None:
@@ -130,11 +141,8 @@ def _allocate_ranks(
     model: nn.Module, config: InherConfig, layers: list[LayerCost], profile: Profile | None
 ) -> Allocation:
     """Ranks for ``layers`` by the rule or budget of ``config``."""
-    target = config.target
-    if target.kind == "rank":
-        return Allocation(_ranks_for_rank(layers, target.value, config.min_rank, config.min_rank_ratio))
-    if target.kind == "energy":
-        return Allocation(_ranks_for_energy(layers, target.value, config.min_rank, config.min_rank_ratio))
+    if config.target.kind in ("rank", "energy"):
+        return Allocation(_rule_ranks(layers, config.target, config.min_rank, config.min_rank_ratio))
     if config.budgets:
         ranks, total = _fill_groups(model, layers, config)
         return Allocation(ranks, target_params=total)
@@ -149,13 +157,13 @@ def dense_reason(layer: LayerCost, config: InherConfig, profile: Profile | None)
     """Why the allocation left an open layer dense."""
     unit = "MACs" if isinstance(profile, MacProfile) else "parameters"
     floor = floor_rank(layer, config.min_rank, config.min_rank_ratio)
-    if isinstance(profile, MacProfile) and profile.positions.get(layer.name, (0, 0))[0] == 0:
+    unmeasured = (
+        isinstance(profile, MacProfile) and profile.positions.get(layer.name, (0, 0))[0] == 0
+    ) or (isinstance(profile, LatencyProfile) and layer.name not in profile.prices)
+    if unmeasured:
         return "did not run on the example input; kept dense"
-    if isinstance(profile, LatencyProfile):
-        if layer.name not in profile.prices:
-            return "did not run on the example input; kept dense"
-        if layer.break_even < floor:
-            return "no rank at or above its floor rank runs faster than the dense layer (measured); kept dense"
+    if isinstance(profile, LatencyProfile) and layer.break_even < floor:
+        return "no rank at or above its floor rank runs faster than the dense layer (measured); kept dense"
     if layer.break_even < config.min_rank:
         return f"no rank saves {unit}; kept dense"
     if layer.break_even < floor:
@@ -163,9 +171,8 @@ def dense_reason(layer: LayerCost, config: InherConfig, profile: Profile | None)
     return "dense fits the budget better than any rank"
 
 
-def warn_if_under(reached: int | None, goal: int | None, currency_name: str = "params") -> None:
-    """Warn when a plan lands more than 2% under its target (``currency_name``: see :data:`CURRENCIES`)."""
-    currency = CURRENCIES[currency_name]
+def _warn_if_under(reached: int | None, goal: int | None, currency: _Currency) -> None:
+    """Warn when a plan lands more than 2% under its target."""
     if goal is not None and reached is not None and reached < BUDGET_TOLERANCE * goal:
         warnings.warn(
             f"the plan reaches {reached:,} {currency.unit}, more than 2% under the {currency.budget} of "
@@ -227,31 +234,11 @@ def _budget_terms(
     return _target(target.value, params, PARAMS), params, PARAMS, None
 
 
-def _check_reachable(config: InherConfig, layers: list[LayerCost], profile: Profile | None) -> None:
-    """Raise the allocation's error for a MAC or latency budget out of reach, before the spectra are paid."""
-    terms = _budget_terms(config, profile, None)
-    if terms is None:
-        return
-    target, total, currency, fixed = terms
+def _quietly(check: Callable[..., Any], *args: Any) -> Any:
+    """``check(*args)`` without its warnings: a lowered family floor is announced by the allocation itself."""
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # a lowered family floor is announced by the allocation itself
-        _reachable(layers, target, total, currency, config, fixed)
-
-
-def reach(
-    config: InherConfig, layers: list[LayerCost], profile: Profile | None, params: int
-) -> tuple[int, int, str]:
-    """``(target, smallest, unit)``: the budget's target and the smallest total ``layers`` can reach (each
-    at its floor rank), in the budget's unit, for a model of ``params`` parameters; no spectrum needed.
-    """
-    terms = _budget_terms(config, profile, params)
-    if terms is None:
-        raise ValueError("reach() needs one budget: budget=, macs= or latency= (not a rank or energy rule, nor budgets=)")
-    target, total, currency, fixed = terms
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # a lowered family floor is announced by the allocation itself
-        smallest = _smallest(layers, target, total, config, fixed)[2]
-    return target, smallest, currency.unit
+        warnings.simplefilter("ignore")
+        return check(*args)
 
 
 def _reachable_floor(layers: list[LayerCost], room: int, config: InherConfig) -> float:
@@ -402,13 +389,13 @@ def _totals(result: Plan, allocation: Allocation, open_layers: list[LayerCost], 
     if isinstance(profile, LatencyProfile):
         result.teacher_latency_ns, result.target_latency_ns = profile.reference, allocation.target_latency_ns
         result.total_latency_ns = profile.fixed() + sum(layer.cost(ranks[layer.name]) for layer in open_layers)
-        warn_if_under(result.total_latency_ns, result.target_latency_ns, "latency")
+        _warn_if_under(result.total_latency_ns, result.target_latency_ns, LATENCY)
     elif profile is not None:
         result.teacher_macs, result.target_macs = profile.total, allocation.target_macs
         result.total_macs = profile.total - sum(layer.cost(None) - layer.cost(ranks[layer.name]) for layer in open_layers)
-        warn_if_under(result.total_macs, result.target_macs, "macs")
+        _warn_if_under(result.total_macs, result.target_macs, MACS)
     else:
-        warn_if_under(result.total_params, result.target_params, "params")
+        _warn_if_under(result.total_params, result.target_params, PARAMS)
 
 
 def _open_costs(
@@ -588,31 +575,24 @@ def minimum_cost(layers: list[LayerCost], min_rank: int, min_rank_ratio: float =
     return sum(layer.cost(_start(layer, min_rank, min_rank_ratio)) for layer in layers)
 
 
-def _ranks_for_rank(
-    layers: list[LayerCost], rank: int | float | str, min_rank: int, min_rank_ratio: float = 0.0
+def _rule_ranks(
+    layers: list[LayerCost], target: Target, min_rank: int, min_rank_ratio: float
 ) -> dict[str, int | None]:
-    """A fixed rank (int), fraction of full rank (float) or ``"full"`` for every layer; outside
-    ``"full"`` a layer whose block saves nothing stays dense."""
+    """Ranks by a rule per layer: ``"rank"`` (an int, a fraction of full rank, or ``"full"``) or
+    ``"energy"`` (the smallest rank retaining that share of the layer's whitened spectral energy), at
+    least the floor rank; outside ``"full"`` a layer whose block saves nothing stays dense."""
     out: dict[str, int | None] = {}
     for layer in layers:
-        if rank == "full":
+        if target.value == "full":
             out[layer.name] = layer.max_rank
             continue
-        r = rank if isinstance(rank, int) else math.ceil(float(rank) * layer.max_rank)
-        r = max(floor_rank(layer, min_rank, min_rank_ratio), min(r, layer.max_rank))
-        out[layer.name] = r if layer.saves(r) else None
-    return out
-
-
-def _ranks_for_energy(
-    layers: list[LayerCost], energy: float, min_rank: int, min_rank_ratio: float = 0.0
-) -> dict[str, int | None]:
-    """Per layer, the smallest rank retaining ``energy`` of its (whitened) spectral energy."""
-    out: dict[str, int | None] = {}
-    for layer in layers:
-        assert layer.energy is not None
-        cum = torch.cumsum(layer.energy, 0) / layer.energy.sum().clamp_min(1e-300)
-        r = int(torch.searchsorted(cum, torch.tensor(energy - 1e-12, dtype=cum.dtype)).item()) + 1
+        if target.kind == "energy":
+            assert layer.energy is not None
+            cum = torch.cumsum(layer.energy, 0) / layer.energy.sum().clamp_min(1e-300)
+            r = int(torch.searchsorted(cum, torch.tensor(float(target.value) - 1e-12, dtype=cum.dtype)).item()) + 1
+        else:
+            value = target.value
+            r = value if isinstance(value, int) else math.ceil(float(value) * layer.max_rank)
         r = max(floor_rank(layer, min_rank, min_rank_ratio), min(r, layer.max_rank))
         out[layer.name] = r if layer.saves(r) else None
     return out

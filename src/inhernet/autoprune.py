@@ -8,6 +8,8 @@ by its KL to the teacher (:func:`score`) and the lowest wins, within 2% of the b
 
 from __future__ import annotations
 
+import copy
+import functools
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -21,6 +23,7 @@ from .batches import forward_batch, logits_of, move_batch, split_rows
 from .config import DEFAULT_PROBE_STEPS, InherConfig
 from .costs.profile import latency_table, measured_ns
 from .costs.table import LatencyCosts
+from .distillation.loss import kd_loss
 from .modes import device_of
 from .pruning import (
     budget_standing,
@@ -177,8 +180,7 @@ def _p_max(stand: Callable[[float, bool], Standing], zero: Standing) -> tuple[fl
             return lo, None
         if not there.over:
             lo, hi = _bisect(stand, lo, there.share, lambda t: not t.over, smallest=False)
-            under = stand(hi, False)
-            return lo, under
+            return lo, stand(hi, False)
         lo, last = there.share, there
     return lo, None
 
@@ -230,9 +232,8 @@ def probe_loss(
     held_targets: Sequence[torch.Tensor], steps: int, seed: int,
 ) -> float:
     """``student``'s KL to the teacher on ``held`` after ``steps`` KD steps on ``train`` (batches of
-    :data:`PROBE_BATCH`, :func:`soft_kl` at :data:`PROBE_TEMPERATURE`, Adam at :data:`PROBE_LR`, seeded
-    by ``seed``). The student comes back exactly as it was: weights, buffers, modes, flags, no gradient.
-    """
+    :data:`PROBE_BATCH`, :func:`~inhernet.distillation.kd_loss`'s KL at :data:`PROBE_TEMPERATURE`, Adam
+    at :data:`PROBE_LR`, seeded by ``seed``), on a copy: ``student`` is left as it was."""
     if steps == 0:
         return zero_shot_loss(student, held, held_targets)
     device = device_of(student)
@@ -240,43 +241,23 @@ def probe_loss(
     wanted = [part for target in train_targets for part in split_rows(target, PROBE_BATCH)]
     if len(inputs) != len(wanted):
         raise ValueError(f"the probe's {len(train)} calibration batches and the teacher's logits on them differ in size")
-    saved = {k: v.detach().clone() for k, v in student.state_dict(keep_vars=True).items()}
-    modes = {m: m.training for m in student.modules()}
-    flags = {p: p.requires_grad for p in student.parameters()}
-    params = [p for p in student.parameters() if p.is_floating_point()]
-    try:
-        for p in params:
-            p.requires_grad_(True)
-        optimizer = torch.optim.Adam(params, lr=PROBE_LR)
-        student.train()
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.enable_grad():
-            torch.manual_seed(seed)
-            for step in range(steps):
-                i = step % len(inputs)
-                logits = logits_of(forward_batch(student, move_batch(inputs[i], device)))
-                loss = soft_kl(logits, wanted[i].to(device, logits.dtype), PROBE_TEMPERATURE)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-        return zero_shot_loss(student, held, held_targets)
-    finally:
-        with torch.no_grad():
-            for key, value in student.state_dict(keep_vars=True).items():
-                value.copy_(saved[key])
-        for m, training in modes.items():
-            m.training = training
-        for p, flag in flags.items():
-            p.requires_grad_(flag)
-            p.grad = None
-
-
-def soft_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """``T**2 * KL(softmax(teacher/T) || softmax(student/T))`` per position, averaged (the pure KD term)."""
-    classes = student_logits.shape[-1]
-    s = student_logits.float().reshape(-1, classes) / temperature
-    t = teacher_logits.float().reshape(-1, classes) / temperature
-    kl = nn.functional.kl_div(s.log_softmax(-1), t.log_softmax(-1), reduction="none", log_target=True).sum(-1)
-    return temperature * temperature * kl.mean()
+    probe = copy.deepcopy(student)  # trained in place of the student, which stays exactly as it was
+    params = [p for p in probe.parameters() if p.is_floating_point()]
+    for p in params:
+        p.requires_grad_(True)
+    optimizer = torch.optim.Adam(params, lr=PROBE_LR)
+    probe.train()
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.enable_grad():
+        torch.manual_seed(seed)
+        for step in range(steps):
+            i = step % len(inputs)
+            logits = logits_of(forward_batch(probe, move_batch(inputs[i], device)))
+            target = wanted[i].to(device, logits.dtype)
+            loss = kd_loss(logits, target, temperature=PROBE_TEMPERATURE, alpha=1.0)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    return zero_shot_loss(probe, held, held_targets)
 
 
 def score(
@@ -368,14 +349,10 @@ def open_contest(
     split_probe(calib, config.prune_probe_steps or 0)  # too few batches for the probe: said before anything is built
     latency = config.target.kind == "latency"
     teacher_ns = measured_ns(latency_table(model, costs), model, example) if latency else None
-    cache: dict[tuple[float, bool], Standing] = {}
 
+    @functools.cache  # each share is pruned (and timed) once
     def stand(share: float, smallest: bool) -> Standing:
-        if (share, smallest) not in cache:
-            cache[share, smallest] = standing(
-                config, model, example, share, costs, teacher_ns, smallest, reach
-            )
-        return cache[share, smallest]
+        return standing(config, model, example, share, costs, teacher_ns, smallest, reach)
 
     found = candidate_shares(stand)
     if found.alone is not None:

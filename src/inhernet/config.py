@@ -12,6 +12,7 @@ from typing import Any, ClassVar, Literal
 from torch import nn
 
 from .families import FAMILIES, FAMILY_DEFAULTS, model_family
+from .layers import GATE_POOLS, ROUTINGS
 from .stack import layer_stack
 
 __all__ = ["DEFAULT_BUDGET", "DEFAULT_PROBE_STEPS", "ExperimentalConfig", "InherConfig", "Target", "plain_number"]
@@ -25,15 +26,11 @@ INITS = ("whiten", "svd")
 ENERGY_STRATEGIES = ("energy", "loss", "loss-by-type")
 ALLOCATIONS = ("energy", "loss")
 CALIBRATIONS = ("one-pass", "sequential")
-ROUTINGS = ("soft", "top1")  # = inhernet.layers.ROUTINGS
-GATE_POOLS = ("mean", "position")  # = inhernet.layers.GATE_POOLS
 #: the ablation knobs that InherConfig refuses, and where they went
 MOVED = ("min_rank", "expert_noise", "routing", "gate_pool")
 #: the mutually exclusive ways of choosing ranks
 RANK_CHOICES = ("budget", "rank", "energy", "macs", "latency")
 MAX_SEED = 2**32 - 1
-#: the kind of each ranks choice: what the student is cut to
-TARGET_KINDS = {"budget": "params", "rank": "rank", "energy": "energy", "macs": "macs", "latency": "latency"}
 
 
 @dataclass(frozen=True)
@@ -194,7 +191,7 @@ class InherConfig:
         d = self.drop_blocks
         if d is None:
             return
-        if isinstance(d, bool) or not isinstance(d, (int, float)) or not math.isfinite(d):
+        if not _is_real(d):
             raise TypeError(
                 f"drop_blocks must be a share in [0, 1] of the parameter cut paid with whole blocks, got {d!r}"
             )
@@ -215,7 +212,7 @@ class InherConfig:
         p = self.prune
         if p is None:
             return
-        if p != "auto" and (isinstance(p, bool) or not isinstance(p, (int, float)) or not math.isfinite(p)):
+        if p != "auto" and not _is_real(p):
             raise TypeError(
                 f"prune must be a share in [0, 1) of the teacher's channels, 'auto' or None, got {p!r}"
             )
@@ -224,8 +221,7 @@ class InherConfig:
                 f"prune={p} is not a share in [0, 1) of the teacher's channels; give e.g. prune=0.3, or "
                 "prune='auto' to choose it"
             )
-        if p != "auto":
-            self.prune = float(p)
+        self.prune = p if p == "auto" else float(p)
         if self.budgets:
             raise ValueError(
                 "prune= works with budget=, macs= or latency= (or a rank/energy rule), not with budgets=: drop "
@@ -276,7 +272,7 @@ class InherConfig:
 
     def _check_latency(self) -> None:
         t = self.latency
-        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t):
+        if not _is_real(t):
             raise TypeError(f"latency must be a fraction in (0, 1] of the teacher's measured latency, got {t!r}")
         if not 0 < t <= 1:
             raise ValueError(
@@ -313,7 +309,7 @@ class InherConfig:
     def target(self) -> Target:
         """The one ranks choice set (``budget``, ``rank``, ``energy``, ``macs`` or ``latency``), tagged."""
         key = next(k for k in RANK_CHOICES if getattr(self, k) is not None)
-        return Target(TARGET_KINDS[key], getattr(self, key))  # type: ignore[arg-type]
+        return Target("params" if key == "budget" else key, getattr(self, key))  # type: ignore[arg-type]
 
     @property
     def full_rank(self) -> bool:
@@ -349,7 +345,7 @@ class InherConfig:
 
 def _check_amount(arg: str, b: object, unit: str = "parameter", of: str = "parameters") -> None:
     """A budget: a fraction in (0, 1] of the teacher's ``of`` or a count of ``unit``s; ``arg`` names it."""
-    if isinstance(b, bool) or not isinstance(b, (int, float)) or not math.isfinite(b):
+    if not _is_real(b):
         raise TypeError(f"{arg} must be a fraction in (0, 1] or a {unit} count, got {b!r}")
     if isinstance(b, float) and not 0 < b <= 1:
         raise ValueError(

@@ -18,14 +18,6 @@ from .readers import find_weight_readers
 
 __all__ = ["Candidate", "Unsupported", "factorisable", "find_layers", "matches"]
 
-# Known modules whose forward reads a descendant's ``.weight`` (package, class-name suffix, paths read):
-# the fallback when no example input can find the readers (inhernet.readers). CLIP family, open_clip.
-_WEIGHT_READERS = (
-    ("transformers.", "Embeddings", ("patch_embedding", "position_embedding")),
-    ("open_clip.", "ResidualAttentionBlock", ("mlp.c_fc",)),
-)
-
-
 @dataclass
 class Candidate:
     """A supported layer that may be factorised (``reason`` is set when it must stay dense)."""
@@ -58,8 +50,9 @@ def find_layers(
     model: nn.Module, config: InherConfig, example: Any = None
 ) -> tuple[list[Candidate], list[Unsupported]]:
     """Supported layers (with the reason when one must stay dense) and the unsupported ones. Layers whose
-    weight is read outside their forward stay dense: found by running ``example``
-    (:func:`inhernet.readers.find_weight_readers`), else from a table of known readers."""
+    weight's values are read outside their forward stay dense: found by running ``example``
+    (:func:`inhernet.readers.find_weight_readers`); without it, only ``nn.MultiheadAttention``'s projections
+    (other readers get the values a factorised layer computes)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     module_uses = Counter(id(m) for _, m in model.named_modules(remove_duplicate=False))
@@ -67,7 +60,6 @@ def find_layers(
         id(p) for _, m in model.named_modules(remove_duplicate=False) for p in m.parameters(recurse=False)
     )
     parents = {id(child): parent for parent in model.modules() for child in parent.children()}
-    modules = dict(model.named_modules())
     candidates: list[Candidate] = []
     others: list[Unsupported] = []
     for name, module in model.named_modules():
@@ -85,11 +77,9 @@ def find_layers(
     for c in candidates:
         if c.reason is None and readers is not None:
             c.reason = readers.get(c.name)
-        if c.reason is None and readers is None:
-            if isinstance(parents.get(id(c.module)), nn.MultiheadAttention):
-                c.reason = "projection read directly by nn.MultiheadAttention; kept dense"
-            else:
-                c.reason = _weight_reader(c.name, modules)
+        mha = isinstance(parents.get(id(c.module)), nn.MultiheadAttention)
+        if c.reason is None and readers is None and mha:
+            c.reason = "projection read directly by nn.MultiheadAttention; kept dense"
         if c.reason is None and module_uses[id(c.module)] > 1:
             c.reason = "module instance shared at several places; kept dense"
         if c.reason is None and any(param_uses[id(p)] > 1 for p in c.module.parameters(recurse=False)):
@@ -103,32 +93,20 @@ def _traced_readers(model: nn.Module, candidates: list[Candidate], example: Any)
     """Per open candidate whose weight is read outside its forward, why it stays dense; ``None`` (with a
     warning) when the example pass fails."""
     try:
-        values, _ = find_weight_readers(model, factorisable(candidates), example)
+        values = find_weight_readers(model, factorisable(candidates), example)
     except Exception as e:  # the model's own code failed under the probes: fall back, never crash here
         warnings.warn(
-            f"could not trace weight readers on the example input ({type(e).__name__}: {e}); using the table "
-            "of known readers instead",
+            f"could not trace weight readers on the example input ({type(e).__name__}: {e}); checking "
+            "nn.MultiheadAttention's projections only",
             stacklevel=3,
         )
         return None
-    return {name: f"weight read outside its forward by {reader}; kept dense" for name, reader in values.items()}
+    return {name: f"weight read outside its forward by {r}; kept dense" for name, r in values.items()}
 
 
 def factorisable(candidates: list[Candidate]) -> dict[str, tuple[nn.Module, LayerKind]]:
     """The candidates that may be factorised, as ``{name: (module, kind)}``."""
     return {c.name: (c.module, c.kind) for c in candidates if c.reason is None}
-
-
-def _weight_reader(name: str, modules: dict[str, nn.Module]) -> str | None:
-    """Why ``name`` stays dense when a known ancestor reads its ``.weight`` directly (see _WEIGHT_READERS)."""
-    for package, suffix, paths in _WEIGHT_READERS:
-        for path in paths:
-            if name != path and not name.endswith("." + path):
-                continue
-            reader = type(modules.get(name[: -len(path)].rstrip(".")))
-            if reader.__module__.startswith(package) and reader.__name__.endswith(suffix):
-                return f"weight read directly by {reader.__name__}; kept dense"
-    return None
 
 
 def _dense_by_config(name: str, config: InherConfig) -> str | None:

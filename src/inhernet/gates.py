@@ -1,13 +1,7 @@
-"""Gate diagnostics: do the experts of an InherNet model route anything, and how far apart are they?
-
-Per gated block: ``entropy``, the gate softmax's mean entropy over ``log h`` (1: it routes nothing);
-``load``, the mean routing weights, and ``load_entropy``, theirs; ``spread``, :func:`inhernet.expert_spread`.
-Entropy ~1 over experts of small spread: :func:`inhernet.merge_experts` folds them at no loss.
-"""
+"""Gated blocks and their gate logits over a calibration set (read by :func:`inhernet.merge_experts`)."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable
 from functools import partial
 from typing import Any
@@ -16,9 +10,9 @@ import torch
 from torch import nn
 
 from .batches import forward_all
-from .layers import InherBlock, expert_spread
+from .layers import InherBlock
 
-__all__ = ["gate_stats", "gated_blocks", "record_gates", "summarize_gates"]
+__all__ = ["gated_blocks", "record_gates"]
 
 
 def gated_blocks(model: nn.Module) -> dict[str, InherBlock]:
@@ -58,42 +52,3 @@ def record_gates(
             "blocks are not used by the model's forward pass"
         )
     return rows
-
-
-def gate_stats(model: nn.Module, calib: Iterable[Any]) -> dict[str, dict[str, Any]]:
-    """Per gated block (by module name): ``entropy``, ``load``, ``load_entropy``, ``spread``, ``routing``.
-
-    Args:
-        model: a model holding InherNet blocks; blocks with one expert (no gate) are skipped.
-        calib: input batches, run as :func:`record_gates` runs them (which raises as it says).
-    """
-    blocks = gated_blocks(model)
-    entropy = dict.fromkeys(blocks, 0.0)
-    load = {n: torch.zeros(b.experts, dtype=torch.float64) for n, b in blocks.items()}
-
-    def record(name: str, logits: torch.Tensor) -> None:
-        p = torch.softmax(logits, dim=-1)
-        entropy[name] += float(-(p * torch.log(p.clamp_min(1e-300))).sum())
-        load[name] += blocks[name].gate_probs(logits).sum(0).cpu()
-
-    rows = record_gates(model, blocks, calib, record) if blocks else {}
-    out = {}
-    for name, block in blocks.items():
-        log_h, mean_load = math.log(block.experts), load[name] / rows[name]
-        out[name] = {
-            "entropy": entropy[name] / rows[name] / log_h,
-            "load": [round(float(v), 4) for v in mean_load],
-            "load_entropy": float(-(mean_load * torch.log(mean_load.clamp_min(1e-300))).sum()) / log_h,
-            "spread": expert_spread(block),
-            "routing": block.routing,
-            "gate_pool": block.gate_pool,
-        }
-    return out
-
-
-def summarize_gates(stats: dict[str, dict[str, Any]]) -> dict[str, float]:
-    """Means over blocks of ``entropy``, ``load_entropy`` and ``spread`` (empty without gates)."""
-    if not stats:
-        return {}
-    keys = ("entropy", "load_entropy", "spread")
-    return {k: sum(s[k] for s in stats.values()) / len(stats) for k in keys}

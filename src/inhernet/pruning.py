@@ -107,37 +107,22 @@ def prune(
         global_pruning: rank channels across layers (``True``) or prune every layer by ``ratio``
             (``False``); ``None``: globally, except for transformers (models with attention heads).
         max_ratio: no layer loses more than this share of its channels.
-        round_to: keep each layer's channel count a multiple of this (``None``: any count); see
-            :data:`LATENCY_ROUND_TO`.
+        round_to: keep each layer's channel count a multiple of this (``None``: any; :data:`LATENCY_ROUND_TO`).
     """
     check_prunable(model)
     if importance not in IMPORTANCES:
         raise ValueError(f"importance must be one of {IMPORTANCES}, got {importance!r}")
     if not 0 <= ratio < 1:
         raise ValueError(f"ratio must be a fraction in [0, 1), got {ratio!r}")
-    index = {id(m): name for name, m in model.named_modules()}
-    names = [index[id(m)] for m in ignored if id(m) in index]
+    names = [name for name, m in model.named_modules() if any(m is i for i in ignored)]
     student = copy.deepcopy(model).eval()
     keep = [*output_layers(student, example), *(student.get_submodule(n) for n in names)]
     heads = attention_heads(student)
-    if global_pruning is None:
-        # ranked globally, a transformer's hidden width never loses to FFN channels
+    if global_pruning is None:  # ranked globally, a transformer's hidden width never loses to FFN channels
         global_pruning = not heads
-    _prune_step(student, example, ratio, importance, keep, heads, global_pruning, max_ratio, round_to)
-    student.zero_grad(set_to_none=True)
-    _sync_attention(student, heads)
-    return student.eval()
-
-
-def _prune_step(
-    student: nn.Module, example: Any, ratio: float, importance: str, keep: list[nn.Module],
-    heads: dict[nn.Module, int], global_pruning: bool, max_ratio: float, round_to: int | None,
-) -> None:
-    """One Torch-Pruning step on ``student``, in place (see :func:`prune` for the arguments)."""
     import torch_pruning as tp  # an optional dependency (the "bench" extra): only prune= needs it
 
-    # at least one head per attention is kept
-    head_ratio = min(ratio, *((n - 1) / n for n in heads.values())) if heads else 0.0
+    head_ratio = min(ratio, *((n - 1) / n for n in heads.values())) if heads else 0.0  # one head kept
     imp = tp.importance.GroupMagnitudeImportance(p=2) if importance == "l2" else tp.importance.GroupTaylorImportance()
     with torch.enable_grad():
         pruner = tp.pruner.BasePruner(
@@ -155,6 +140,9 @@ def _prune_step(
     # the pruner's reference cycles hold the trace's activations (GiBs): prune="auto" calls this 10-20 times
     del pruner
     gc.collect()
+    student.zero_grad(set_to_none=True)
+    _sync_attention(student, heads)
+    return student.eval()
 
 
 def _sync_attention(model: nn.Module, heads: dict[nn.Module, int]) -> None:
@@ -277,10 +265,8 @@ def _checked_change(model: nn.Module, name: Any, change: Any) -> tuple[nn.Module
             )
     own = {**module._parameters, **module._buffers}
     for key, pair in tensors.items():
-        if not _is_pair(pair) or not all(isinstance(d, int) and d >= 0 for d in pair[1]) or (
-            own.get(key) is None or list(own[key].shape) != pair[0]
-        ):
-            got = None if own.get(key) is None else list(own[key].shape)
+        got = None if own.get(key) is None else list(own[key].shape)
+        if not _is_pair(pair) or got != pair[0] or not all(isinstance(d, int) and d >= 0 for d in pair[1]):
             raise ValueError(
                 f"module {name!r}: tensor {key} has shape {got} here, the pruning spec expects {pair!r} "
                 "(before, after): not the architecture pruned"
@@ -420,22 +406,17 @@ def inner_config(config: InherConfig, record: PruneRecord, alone: bool = False) 
     if not config.target.budgeted:
         return unpruned(config)  # a rank or energy rule: nothing to convert
     have, target, unit = budget_standing(config, record)
-    if config.target.kind == "latency":
-        assert record.teacher_latency_ns is not None
-        if have < target and not alone:
-            raise ValueError(
-                f"prune={record.ratio:g} leaves a model that measures {have:,} ns, already under the "
-                f"latency budget of {target:,} ns ({config.latency:g} of the teacher's {record.teacher_latency_ns:,}): "
-                "nothing is left to factorise; prune less (or use prune-kd)"
-            )
-        # alone: the teacher's whole time, met whatever a noisy timing says; inherit's check judges it
-        return unpruned(config, latency=1.0) if alone else unpruned(config)
-    key = "budget" if config.target.kind == "params" else "macs"
+    latency = config.target.kind == "latency"
+    key = {"params": "budget", "macs": "macs", "latency": "latency budget"}[config.target.kind]
     if have < target and not alone:
+        left = f"a model that measures {have:,} ns" if latency else f"{have:,} {unit}"
+        of = f" ns ({config.latency:g} of the teacher's {record.teacher_latency_ns:,})" if latency else ""
         raise ValueError(
-            f"prune={record.ratio:g} leaves {have:,} {unit}, already under the {key} of {target:,}: nothing is "
+            f"prune={record.ratio:g} leaves {left}, already under the {key} of {target:,}{of}: nothing is "
             "left to factorise; prune less (or use prune-kd)"
         )
+    if latency:  # alone: the teacher's whole time, met whatever noisy timing says; inherit's check judges it
+        return unpruned(config, latency=1.0) if alone else unpruned(config)
     return unpruned(config, **{key: min(target, have)})  # alone: the pruned model's own size, every layer dense
 
 

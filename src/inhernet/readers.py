@@ -1,7 +1,7 @@
 """Find, on an example input, the layers whose weight is read by code other than their own forward.
 
 Model code sometimes reads a layer's ``.weight`` outside its forward: for its dtype or device (which a
-block's :class:`inhernet.views.WeightView` answers), or for its values (``nn.MultiheadAttention``, fused
+block's :class:`inhernet.views.DenseWeight` answers), or for its values (``nn.MultiheadAttention``, fused
 fast paths), which keep the layer dense. :func:`find_weight_readers` runs the example with each
 candidate's parameters swapped for a probe tensor that records every use outside its owner's forward.
 """
@@ -49,33 +49,31 @@ class _Trace:
         self.stack: list[nn.Module] = []
         self.running: Counter[int] = Counter()
         self.values: dict[str, str] = {}  # layer -> first reader that used its weight's values
-        self.metadata: dict[str, str] = {}  # layer -> first reader that read only metadata
 
     def enter(self, module: nn.Module, *_: Any) -> None:
         self.stack.append(module)
         self.running[id(module)] += 1
 
     def leave(self, module: nn.Module, *_: Any) -> None:
-        for i in range(len(self.stack) - 1, -1, -1):
-            if self.stack[i] is module:
-                del self.stack[i]
-                break
+        last = max((i for i, m in enumerate(self.stack) if m is module), default=None)
+        if last is not None:
+            del self.stack[last]
         self.running[id(module)] -= 1
 
     def record(self, probe: _Probe, what: str) -> None:
         if self.running[probe._owner_id] > 0:
             return  # the layer's own forward (or something it calls)
-        reader = f"{type(self.stack[-1]).__name__}.forward" if self.stack else "code outside any module's forward"
-        book = self.metadata if what in METADATA else self.values
-        book.setdefault(probe._owner, f"{reader} ({what})")
+        if what in METADATA:
+            return  # dtype, device, shape: a factorised layer's weight answers these
+        reader = f"{type(self.stack[-1]).__name__}.forward" if self.stack else "code outside any forward"
+        self.values.setdefault(probe._owner, f"{reader} ({what})")
 
 
 def find_weight_readers(
     model: nn.Module, layers: dict[str, tuple[nn.Module, LayerKind]], example: Any
-) -> tuple[dict[str, str], dict[str, str]]:
-    """One forward pass on ``example`` (eval mode, no grad; everything restored): ``(values, metadata)``,
-    per layer whose parameters are used outside its forward, the first reader (``"Class.forward (op)"``)
-    of their values, and for the others the first that read only metadata."""
+) -> dict[str, str]:
+    """One forward pass on ``example`` (eval mode, no grad; everything restored): per layer whose parameters'
+    values are used outside its forward, the first reader (``"Class.forward (op)"``)."""
     trace = _Trace()
     swapped: list[tuple[nn.Module, str, nn.Parameter]] = []
     handles = []
@@ -99,4 +97,4 @@ def find_weight_readers(
             module._parameters[pname] = p
         for h in handles:
             h.remove()
-    return trace.values, {k: v for k, v in trace.metadata.items() if k not in trace.values}
+    return trace.values

@@ -239,13 +239,13 @@ def test_probe_picks_pruning_and_returns_the_untrained_student(tmp_path):
 
 
 def test_probe_restores_the_candidate_exactly():
-    """probe_loss trains a copy of nothing: the weights, batch-norm statistics, modes, requires_grad flags of
-    the candidate come back as they were, and the score is deterministic."""
+    """probe_loss trains a copy: the weights, batch-norm statistics, modes, requires_grad flags of the
+    candidate stay as they were, and the score is deterministic."""
     teacher = _bn_net()
     torch.manual_seed(3)
     calib = [torch.randn(6, 3, 12, 12) for _ in range(3)]
     student = _bn_net(seed=4)
-    student[0].weight.requires_grad_(False)  # a frozen parameter is trained by the probe, then frozen again
+    student[0].weight.requires_grad_(False)  # a frozen parameter is trained by the probe, in its copy
     student[1].train()
     before, modes = state_copy(student), [m.training for m in student.modules()]
     targets = teacher_outputs(teacher, calib)

@@ -16,9 +16,9 @@ from torch import nn
 
 import tiny_models as tm
 from inhernet import InherBlock, InherConfig, expert_spread, inherit, merge_experts
+from inhernet.deploy.merge import gate_means
 from inhernet.distillation import DistillConfig
 from inhernet.experimental import ExperimentalConfig, ExperimentalDistillConfig
-from inhernet.gates import gate_stats, summarize_gates
 from inhernet.layers import configure_gates
 
 MODELS = tm.GATED_MODELS
@@ -73,9 +73,8 @@ def test_top1_routes_each_input_to_one_expert_and_gate_gets_gradient() -> None:
         onehot = block.gate_probs(logits)
         assert torch.equal(onehot.sum(-1), torch.ones(64)) and set(onehot.unique().tolist()) == {0.0, 1.0}
         assert block.gate.weight.grad.abs().max() > 0, "top-1's gate must receive a gradient"
-    stats = gate_stats(student, [x])
     # A random gate spreads the inputs over the experts (not all on one).
-    assert all(max(s["load"]) < 1 for s in stats.values())
+    assert all(float(p.max()) < 1 for p in gate_means(student, [x]).values())
 
 
 def _train(cfg: InherConfig, steps: int = 30) -> nn.Module:
@@ -102,10 +101,10 @@ def test_top1_experts_diverge_through_routing_and_merge_says_how() -> None:
     merged = merge_experts(copy.deepcopy(student), [x])
     assert all(b.experts == 1 and b.gate is None and b.routing == "soft" for b in blocks(merged))
     # The merged up-projection is the routing-frequency mixture of the experts.
-    stats = gate_stats(student, [x])
+    means = gate_means(student, [x])
     for name, block in student.named_modules():
         if isinstance(block, InherBlock):
-            p = torch.tensor(stats[name]["load"], dtype=torch.float64)
+            p = means[name]
             want = torch.einsum("h,hmr->mr", p, block.expert_weights().double()).float()
             got = merged.get_submodule(name).up.weight
             torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
@@ -132,24 +131,6 @@ def test_per_position_conv_gate_varies_over_positions() -> None:
     logits = seen[0]  # (N, H, W, h): one gate per position
     assert logits.dim() == 4 and logits.shape[-1] == 3
     assert logits.flatten(1, 2).std(1).max() > 0
-
-
-def test_gate_stats_of_a_fresh_model() -> None:
-    teacher, batch = tm.cnn()
-    student = inherit(teacher, ExperimentalConfig(rank=0.5, experts=3, init="svd", expert_noise=0.05), progress=False)
-    student.train()
-    stats = gate_stats(student, [batch])
-    assert student.training, "gate_stats restores the model's mode"
-    assert stats and set(stats) == {n for n, b in student.named_modules() if isinstance(b, InherBlock)}
-    for s in stats.values():
-        assert s["entropy"] == pytest.approx(1.0) and s["load_entropy"] == pytest.approx(1.0)
-        assert s["spread"] == pytest.approx(0.05, rel=1e-3)
-    summary = summarize_gates(stats)
-    assert summary["entropy"] == pytest.approx(1.0) and summary["spread"] == pytest.approx(0.05, rel=1e-3)
-    with pytest.raises(ValueError, match="no gate activations"):
-        gate_stats(student, [])
-    single = inherit(teacher, ExperimentalConfig(rank=0.5, experts=1, init="svd"), progress=False)
-    assert gate_stats(single, [batch]) == {} and summarize_gates({}) == {}
 
 
 def test_gate_lr_scale_gives_the_gates_their_own_param_groups() -> None:

@@ -18,7 +18,7 @@ More with ``--variants``: ``-glr`` forms of the position and top-1 rows, ``h3-so
 
 After training: the final metric on the whole test split, the metric after folding the experts into
 one (``merge_experts`` on the calibration data), and gate diagnostics on the calibration data
-(:func:`inhernet.gates.gate_stats`: gate entropy / log h, routing-load entropy, expert spread).
+(:func:`inhernet_bench.gate_stats.gate_stats`: gate entropy / log h, routing-load entropy, expert spread).
 MACs are ``count_macs`` per example; for top-1 also "MACs routed", the cost with one expert per
 input (the merged model's MACs; a dispatching kernel's cost, not this implementation's, which runs the
 fused product with zeros). Writes ``experts-pay-<preset>-<budget>[-<tag>].json`` and ``.md`` atomically.
@@ -51,7 +51,7 @@ from inhernet.distillation import DistillConfig, distill
 from inhernet.evaluate import evaluate
 from inhernet.experimental import ExperimentalConfig
 from inhernet.experimental.distillation import ExperimentalDistillConfig
-from inhernet.gates import gate_stats, summarize_gates
+from inhernet_bench.gate_stats import gate_stats, summarize_gates
 from inhernet_bench.presets.registry import get_preset
 from inhernet_bench.runner import teacher_training_set
 from inhernet_bench.scripts import RESULTS
