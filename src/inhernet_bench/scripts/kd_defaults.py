@@ -55,7 +55,7 @@ BBC_RECIPE: dict[str, Any] = {
     "order_seed": 0, "articles": 800, "max_length": 64, "steps": 150, "batch_size": 16, "lr": 1e-4,
     "warmup_steps": 10, "weight_decay": 0.01, "seed": 0,
 }
-BBC_LABELS = ("business", "entertainment", "politics", "sport", "tech")
+BBC_LABELS = ("business", "entertainment", "politics", "sports", "tech")
 
 
 @dataclass
@@ -142,8 +142,10 @@ def split_loaders(case: Case, batch_size: int, n_val: int, steps: int) -> tuple[
     return train, val
 
 
-def kd_score(student: nn.Module, case: Case, loaders: tuple[DataLoader, DataLoader], lr: float, steps: int) -> float:
-    """The validation metric of a copy of ``student`` after ``steps`` KD steps at ``lr``."""
+def kd_score(
+    student: nn.Module, case: Case, loaders: tuple[DataLoader, DataLoader], lr: float | None, steps: int
+) -> float:
+    """The validation metric of a copy of ``student`` after ``steps`` KD steps at ``lr`` (``None``: the family's)."""
     model = copy.deepcopy(student)
     cfg = DistillConfig(steps=steps, lr=lr, seed=0, metric=case.metric, val_every=0, val_at_start=False,
                         progress=False, **case.options)
