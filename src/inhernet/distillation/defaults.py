@@ -15,7 +15,7 @@ from ..families import model_family
 __all__ = ["FAMILY_LR", "default_lr"]
 
 #: peak KD learning rate per family (``"dual-encoder"``: a student trained with ``loss="contrastive"``)
-FAMILY_LR: dict[str, float] = {"conv": 1e-3, "encoder": 1e-4, "causal-lm": 1e-4, "dual-encoder": 1e-4, "other": 1e-3}
+FAMILY_LR: dict[str, float] = {"conv": 3e-4, "encoder": 1e-4, "causal-lm": 2e-4, "dual-encoder": 1e-4, "other": 1e-3}
 
 
 def default_lr(student: nn.Module, loss: str = "kd") -> tuple[float, str]:

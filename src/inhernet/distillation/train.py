@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
 import os
@@ -21,7 +20,6 @@ from torch import nn
 
 from .config import DistillConfig
 from .data import EvalLoader, TrainLoader, check_topk_cache
-from .defaults import default_lr
 
 __all__ = ["Interrupted", "distill", "verbose"]
 
@@ -282,8 +280,6 @@ def _checked(student: Any, teacher: Any, config: Any) -> DistillConfig:
         import lightning  # noqa: F401
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ImportError("distill() runs on PyTorch Lightning: pip install 'inhernet[train]'") from exc
-    if config.lr is None:  # the student's family default, known only now
-        config = dataclasses.replace(config, lr=default_lr(student, config.loss)[0])
     return config
 
 
