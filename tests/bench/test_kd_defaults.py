@@ -16,12 +16,13 @@ kd_defaults = load_benchmark("kd_defaults")
 
 
 @pytest.mark.assets
-@pytest.mark.parametrize("name, calib, n_val", [("mnist-cnn", 500, 1000), ("bbc-minilm", 256, 200)])
-def test_default_lr_never_ends_below_the_untrained_student(name, calib, n_val):
-    _, budget, batch_size, _ = kd_defaults.CASES[name]
-    case = kd_defaults.load_case(name, batch_size, calib_size=calib)
+@pytest.mark.parametrize("name", ["mnist-cnn", "bbc-minilm"])
+def test_default_lr_never_ends_below_the_untrained_student(name):
+    _, budget, batch_size, n_val = kd_defaults.CASES[name]  # the benchmark's case: its grid holds this point
+    case = kd_defaults.load_case(name, batch_size)
     loaders = kd_defaults.split_loaders(case, batch_size, n_val, steps=100)
     student = inherit(case.teacher, InherConfig(budget=budget), calib=case.calib, progress=False)
     untrained = evaluate(student, loaders[1], case.metric)[case.metric]
     trained = kd_defaults.kd_score(student, case, loaders, None, steps=100)  # lr=None: the family's default
+    print(f"{name}: validation {case.metric} {untrained:.4f} untrained -> {trained:.4f} at the family's lr")
     assert trained >= untrained, f"{name}: validation {case.metric} {untrained:.4f} -> {trained:.4f}"
