@@ -260,7 +260,8 @@ def compress(out: str, **options: Any) -> None:
 @_DATA
 @_VAL_FRACTION
 @click.option("--steps", type=click.IntRange(min=1), default=500, show_default=True, help="Optimiser steps.")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Peak learning rate [the student family's: inhernet.distillation.defaults.FAMILY_LR].")
 @click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=4.0, show_default=True,
               help="KD softmax temperature.")
 @click.option("--alpha", type=click.FloatRange(0, 1), default=0.9, show_default=True,
@@ -283,7 +284,7 @@ def compress(out: str, **options: Any) -> None:
               help="A progress bar on a terminal, a line every tenth of the run otherwise.")
 def train(
     directory: str, data: str, prep: dict[str, Any], batch_size: int, seed: int, val_fraction: float, steps: int,
-    lr: float, temperature: float, alpha: float, precision: str, accelerator: str, val_every: int | None,
+    lr: float | None, temperature: float, alpha: float, precision: str, accelerator: str, val_every: int | None,
     log_dir: str | None, checkpoint_every: int | None, keep_checkpoints: int, resume: str | None, restart: bool,
     save_last: bool, save_to: str | None, progress: bool,
 ) -> None:
@@ -311,6 +312,7 @@ def train(
     opened = open_source(replace(source, data=source.data.updated(**prep)), data)
     student = load(directory, base=copy.deepcopy(opened.teacher))
     train_set, val_set = split(opened.data.dataset, val_fraction, seed)
+    lr = _train_lr(student, lr)
     cfg = DistillConfig(
         steps=steps, lr=lr, temperature=temperature, alpha=alpha, precision=precision, accelerator=accelerator,
         seed=seed, metric=opened.data.metric, val_every=val_every, log_dir=log_dir,
@@ -326,6 +328,18 @@ def train(
         click.echo(f"interrupted at step {stop.step}; `{_rerun_with_resume()}` continues", err=True)
         sys.exit(130)
     _save_trained(student, history, directory, save_to or directory, opened.source)
+
+
+def _train_lr(student: Any, lr: float | None) -> float:
+    """``--lr``, or the student family's default, said in one line."""
+    from .distillation.defaults import default_lr
+
+    if lr is not None:
+        return lr
+    lr, family = default_lr(student)
+    mantissa, exponent = f"{lr:e}".split("e")  # 1e-4, not 0.0001
+    click.echo(f"lr {mantissa.rstrip('0').rstrip('.')}e{int(exponent)} (the {family} family's default; --lr to change)")
+    return lr
 
 
 def _train_log_dir(directory: str, log_dir: str | None, resume: str | None, restart: bool) -> str:

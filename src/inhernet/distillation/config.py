@@ -59,7 +59,8 @@ class DistillConfig:
     :class:`inhernet.experimental.distillation.ExperimentalDistillConfig`: no shipped run uses them):
         steps: number of optimiser steps (one batch of the train loader per step and device; the
             loader is cycled over as many epochs as needed).
-        lr: peak learning rate.
+        lr: peak learning rate; ``None``: the student's family default
+            (:data:`inhernet.distillation.defaults.FAMILY_LR`, chosen on validation data), set by ``distill``.
         grad_clip: clip the global gradient norm to this value (``None`` or 0 disables).
 
     Loss (see :func:`inhernet.distillation.kd_loss`):
@@ -108,7 +109,7 @@ class DistillConfig:
     """
 
     steps: int = 500
-    lr: float = 1e-3
+    lr: float | None = None
     # Fixed here, fields of ExperimentalDistillConfig (declared in their places, so that its fields keep
     # the order they had when they were all public).
     weight_decay: ClassVar[float] = 0.0
@@ -163,8 +164,8 @@ class DistillConfig:
     def _check_optimisation(self) -> None:
         if not _is_int(self.steps) or self.steps < 1:
             raise self._bad("steps", "an int >= 1")
-        if not _is_num(self.lr) or self.lr <= 0:
-            raise self._bad("lr", "a positive number")
+        if self.lr is not None and (not _is_num(self.lr) or self.lr <= 0):
+            raise self._bad("lr", "a positive number, or None (the student's family default)")
         if self.grad_clip is not None and (not _is_num(self.grad_clip) or self.grad_clip < 0):
             raise self._bad("grad_clip", "a number >= 0 or None")
 

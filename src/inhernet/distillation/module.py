@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -21,6 +22,7 @@ from ..evaluate import batch_sums
 from ..layers import InherBlock
 from . import loss as losses
 from .config import DistillConfig
+from .defaults import default_lr
 
 __all__ = ["DistillModule", "lr_lambda"]
 
@@ -88,6 +90,8 @@ class DistillModule(L.LightningModule):
         super().__init__()
         self.student = student
         self.teacher = teacher
+        if config.lr is None:  # the student's family default, known only here
+            config = dataclasses.replace(config, lr=default_lr(student, config.loss)[0])
         self.config = config
         teacher.eval()
         teacher.requires_grad_(False)

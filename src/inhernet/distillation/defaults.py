@@ -1,0 +1,30 @@
+"""The KD learning rate a student's family trains well at, chosen on validation data.
+
+Evidence: ``benchmarks/results/kd-defaults/`` (``python -m inhernet_bench.scripts.kd_defaults``): for each
+family, the student of the default ``InherConfig`` trained 100 KD steps (AdamW, cosine decay to 0, no
+warm-up) at each learning rate of a grid, scored on a validation split carved from the training data;
+the default is the best one (ties: the smaller).
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from ..families import model_family
+
+__all__ = ["FAMILY_LR", "default_lr"]
+
+# conv: mnist-cnn ties at 1e-4 / 3e-4, fashion-effnet's tuning (BENCHMARKS.md) favours 1e-3 over 3e-4 by 0.1 point;
+# encoder: bbc-minilm 1e-4 (interior), tweets-minilm's tuning too; dual encoder (1e-3 collapses, BENCHMARKS.md) and
+# causal LM (the smollm2-bbc recipe) are not yet measured on a validation split.
+#: peak KD learning rate per family (``"dual-encoder"``: a student trained with ``loss="contrastive"``)
+FAMILY_LR: dict[str, float] = {"conv": 3e-4, "encoder": 1e-4, "causal-lm": 2e-4, "dual-encoder": 1e-4, "other": 1e-3}
+
+
+def default_lr(student: nn.Module, loss: str = "kd") -> tuple[float, str]:
+    """``(learning rate, family)``: the KD learning rate of ``student``'s family (see :data:`FAMILY_LR`).
+
+    A student trained with ``loss="contrastive"`` is a dual encoder, whatever its towers are made of.
+    """
+    family = "dual-encoder" if loss == "contrastive" else model_family(student)
+    return FAMILY_LR[family], family
