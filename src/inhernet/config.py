@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import math
 import numbers
 from collections.abc import Mapping
@@ -11,6 +10,7 @@ from typing import Any, ClassVar, Literal
 
 from torch import nn
 
+from ._moved import refuse_moved
 from .families import FAMILIES, FAMILY_DEFAULTS, model_family
 from .layers import GATE_POOLS, ROUTINGS
 from .stack import layer_stack
@@ -52,6 +52,10 @@ class Target:
         return int(self.value * whole) if isinstance(self.value, float) else int(self.value)
 
 
+@refuse_moved({
+    knob: f"it moved: pass {knob}=... to inhernet.experimental.ExperimentalConfig (an ablation knob), "
+    f"e.g. ExperimentalConfig({knob}=..., budget=0.25)" for knob in MOVED
+})
 @dataclass
 class InherConfig:
     """What to inherit: how the ranks are chosen, and how the blocks are initialised.
@@ -416,23 +420,6 @@ def _is_experimental(d: dict[str, Any]) -> bool:
     return any(k in d and d[k] not in allowed for k, allowed in choices.items())
 
 
-def _refusing_moved(init: Any) -> Any:
-    """``InherConfig.__init__`` that names where a moved ablation knob went (a dataclass says only "unexpected")."""
-
-    @functools.wraps(init)
-    def __init__(self: InherConfig, *args: Any, **kwargs: Any) -> None:
-        moved = [k for k in kwargs if k in MOVED]
-        if moved:
-            raise TypeError(
-                f"InherConfig got {moved[0]}=: an ablation knob, moved to inhernet.experimental.ExperimentalConfig "
-                f"(e.g. ExperimentalConfig({moved[0]}=..., budget=0.25))"
-            )
-        init(self, *args, **kwargs)
-
-    return __init__
-
-
-InherConfig.__init__ = _refusing_moved(InherConfig.__init__)  # type: ignore[method-assign]
 
 
 @dataclass
