@@ -322,6 +322,18 @@ def output_of(out: Any) -> torch.Tensor:
 GATED_MODELS = {"mlp": mlp, "cnn": cnn, "conv1d": conv1d_net, "embedding": embed_net, "gpt2": gpt2_tiny}
 
 
+class WithUnusedLayer(nn.Module):
+    """A used linear layer and a ``spare`` one that ``forward`` never calls (it stays dense: nothing measured it)."""
+
+    def __init__(self, width: int, spare_out: int) -> None:
+        super().__init__()
+        self.used = nn.Linear(width, width)
+        self.spare = nn.Linear(width, spare_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.used(x)
+
+
 class ThreeLinear(nn.Module):
     """Three linear layers of distinct shapes, so that a fake cost table can tell them apart."""
 

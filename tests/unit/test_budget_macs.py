@@ -166,17 +166,8 @@ def test_embeddings_and_unused_layers_stay_dense_under_macs() -> None:
     rows = {r.name: r for r in plan(teacher, InherConfig(macs=0.9, init="svd"), calib=[ids]).layers}
     assert rows["emb"].rank is None and "no rank saves MACs" in rows["emb"].reason
 
-    class Unused(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.used = nn.Linear(32, 32)
-            self.spare = nn.Linear(32, 32)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.used(x)
-
     cfg = InherConfig(macs=0.5, init="svd")
-    rows = {r.name: r for r in plan(Unused(), cfg, calib=[torch.randn(4, 32)]).layers}
+    rows = {r.name: r for r in plan(tm.WithUnusedLayer(32, 32), cfg, calib=[torch.randn(4, 32)]).layers}
     assert rows["used"].rank is not None
     assert rows["spare"].rank is None and "did not run on the example input" in rows["spare"].reason
 

@@ -34,15 +34,6 @@ IN, HID, CLASSES = 12, 24, 4
 N_TRAIN, N_VAL, BATCH = 160, 96, 32  # 5 training batches per epoch
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny matrices: OpenMP threads only spin (badly so on a shared 2-core machine).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class MLP(nn.Module):
     def __init__(self, dropout: float = 0.0):
         super().__init__()

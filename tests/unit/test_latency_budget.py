@@ -298,21 +298,12 @@ def test_fixed_rest_is_never_negative() -> None:
 
 @pytest.mark.filterwarnings("ignore:the plan reaches:UserWarning")  # one layer: steps of 8 ranks are coarse
 def test_a_layer_that_did_not_run_stays_dense_and_is_not_timed() -> None:
-    class Unused(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.used = nn.Linear(64, 64)
-            self.spare = nn.Linear(64, 32)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.used(x)
-
     costs = FakeCosts()
     asked: list[LayerShape] = []
     dense = costs.dense
     costs.dense = lambda shape: asked.append(shape) or dense(shape)
-    rows = {r.name: r for r in plan(Unused(), InherConfig(latency=0.8, init="svd"), calib=[torch.randn(4, 64)],
-                                     costs=costs).layers}
+    cfg = InherConfig(latency=0.8, init="svd")
+    rows = {r.name: r for r in plan(tm.WithUnusedLayer(64, 32), cfg, calib=[torch.randn(4, 64)], costs=costs).layers}
     assert rows["used"].rank is not None
     assert rows["spare"].rank is None and "did not run on the example input" in rows["spare"].reason
     assert [(s.out_features, s.in_features) for s in asked] == [(64, 64)]

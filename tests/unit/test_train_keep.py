@@ -19,14 +19,6 @@ from inhernet.evaluate import evaluate
 STEPS = 12
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class SigintAt(L.Callback):
     """Send this process a SIGINT, as Ctrl-C does, at the start of a step."""
 
