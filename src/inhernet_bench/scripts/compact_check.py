@@ -127,7 +127,8 @@ def measure(name: str, args: argparse.Namespace) -> dict[str, Any]:
         for (k, m), s in zip(models.items(), seconds, strict=True)
     }
     drop = rows["compact"]["drop_points"]
-    print(f"{name}: {case.metric} student {scores['student']:.4f} (untrained {untrained:.4f}), " + ", ".join(
+    print(f"{name}: {case.metric} student {scores['student']:.4f} (untrained {untrained:.4f}, weights moved "
+          f"{training['moved']:.1e}), " + ", ".join(
         f"{k} {scores[k]:.4f}" for k in POLICIES) + f": {'PASS' if drop <= args.points else 'FAIL'}", flush=True)
     return {
         "case": name, "family": family, "budget": budget, "steps": args.steps, "batch_size": batch_size,
