@@ -34,6 +34,7 @@ from ..batches import forward_batch, logits_of, move_batch
 from ..calibration import layer_input_shapes, split_example
 from ..costs.prices import RANK_MULTIPLE, round_rank
 from ..costs.table import Costs, CostTable, LayerShape
+from ..dual import dual_output, is_dual_output
 from ..kinds import block_params, kind_of
 from ..layers import InherBlock, InherConv, InherEmbedding, InherLinear
 from ..modes import device_of, evaluating
@@ -334,9 +335,13 @@ def _dense_params(block: InherBlock) -> int:
 
 
 def _logits(model: nn.Module, batch: Any) -> torch.Tensor:
-    """The logits of ``model`` on ``batch`` (moved to its device), eval mode and no grad."""
+    """The outputs of ``model`` on ``batch``: its logits, or a dual encoder's two embeddings side by side."""
     with evaluating(model), torch.no_grad():
-        return logits_of(forward_batch(model, move_batch(batch, device_of(model)))).detach()
+        out = forward_batch(model, move_batch(batch, device_of(model)))
+    if is_dual_output(out):  # both towers: a change in either is an output change
+        pair = dual_output(out)
+        return torch.cat([pair.image_embeds, pair.text_embeds], -1).detach()
+    return logits_of(out).detach()
 
 
 def _relative_change(got: torch.Tensor, want: torch.Tensor) -> float:
