@@ -1,0 +1,212 @@
+"""``export_hf``: students of Hugging Face models as directories that ``transformers`` loads without inhernet.
+
+One table of tiny random architectures (llama, qwen2 with grouped-query attention and biases, gpt2's Conv1D,
+bert, vit), each exported by the plain-config route (blocks dropped, every layer dense) and the remote-code
+route (low-rank blocks, gated experts folded). All of them are loaded in ONE subprocess whose import system
+refuses ``inhernet``: the logits equal the student's, a causal LM's greedy tokens too, and ``save_pretrained``
+from the loaded model writes the same low-rank tensors back (the SVD-LLM #12 trap).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    ViTConfig,
+    ViTForImageClassification,
+)
+
+from inhernet import InherBlock, InherConfig, inherit
+from inhernet.blockdrop import without_blocks
+from inhernet.deploy.hf import MODELING_NAME, export_hf
+
+VOCAB = 64
+NEW_TOKENS = 4
+
+
+def _text(causal: bool) -> dict[str, torch.Tensor]:
+    ids = torch.randint(3, VOCAB, (2, 8))
+    mask = torch.ones_like(ids)
+    if not causal:  # padding on a bidirectional encoder; causal LMs generate from unpadded prompts
+        mask[1, 6:] = 0
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def _llama():
+    config = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32)
+    return LlamaForCausalLM(config), _text(True)
+
+
+def _qwen2():
+    config = Qwen2Config(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32,
+                         tie_word_embeddings=False)
+    return Qwen2ForCausalLM(config), _text(True)
+
+
+def _gpt2():
+    config = GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=3, n_head=2, n_positions=32, bos_token_id=0,
+                        eos_token_id=0)
+    return GPT2LMHeadModel(config), _text(True)
+
+
+def _bert():
+    config = BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=16, num_labels=3)
+    return BertForSequenceClassification(config), _text(False)
+
+
+def _vit():
+    config = ViTConfig(image_size=16, patch_size=4, hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
+                       intermediate_size=64, num_labels=5)
+    return ViTForImageClassification(config), {"pixel_values": torch.randn(2, 3, 16, 16)}
+
+
+ARCHITECTURES = {  # name: (teacher and batch, the Auto class that loads it, a causal LM)
+    "llama": (_llama, "AutoModelForCausalLM", True),
+    "qwen2": (_qwen2, "AutoModelForCausalLM", True),
+    "gpt2": (_gpt2, "AutoModelForCausalLM", True),
+    "bert": (_bert, "AutoModelForSequenceClassification", False),
+    "vit": (_vit, "AutoModelForImageClassification", False),
+}
+CASES = [(arch, route) for arch in ARCHITECTURES for route in ("plain", "remote")]
+
+
+def _student(arch: str, route: str):
+    """The teacher's student by ``route``: "plain" drops block 1 and inherits at full rank (every block goes
+    back to dense), "remote" inherits half the parameters with two gated experts (low-rank blocks)."""
+    build, _, causal = ARCHITECTURES[arch]
+    torch.manual_seed(0)
+    teacher, batch = build()
+    teacher.eval()
+    calib = [batch]
+    if route == "plain":
+        student = inherit(without_blocks(teacher, [0, 2]), InherConfig(rank="full", init="svd"), calib, progress=False)
+    else:
+        student = inherit(teacher, InherConfig(budget=0.5, experts=2, drop_blocks=0.3 if causal else 0.0), calib,
+                          progress=False)
+    return student.eval(), batch, sum(p.numel() for p in teacher.parameters())
+
+
+def _tokenizer() -> PreTrainedTokenizerFast:
+    words = ["<pad>", "<unk>", "the", "cat", "sat", "on", "a", "mat"]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>")
+
+
+# Run with `python -I` (no user site, no PYTHONPATH): an import hook refuses inhernet on top, so the
+# editable install cannot be reached either.
+LOADER = r'''
+import importlib.abc, json, sys
+class Refuse(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "inhernet" or name.startswith(("inhernet.", "inhernet_bench")):
+            raise ImportError(f"{name} is not importable here")
+sys.meta_path.insert(0, Refuse())
+import torch, transformers
+from safetensors.torch import load_file, save_file
+cases, out = json.load(open(sys.argv[1])), {}
+for case in cases:
+    inputs, auto = load_file(case["inputs"]), getattr(transformers, case["auto"])
+    model = auto.from_pretrained(case["dir"], trust_remote_code=case["remote"]).eval()
+    with torch.no_grad():
+        out[case["name"] + "/logits"] = model(**inputs).logits.contiguous()
+        if case["causal"]:
+            out[case["name"] + "/tokens"] = model.generate(**inputs, max_new_tokens=case["new"], do_sample=False)
+    model.save_pretrained(case["again"])
+    again = auto.from_pretrained(case["again"], trust_remote_code=case["remote"]).eval()
+    with torch.no_grad():
+        out[case["name"] + "/again"] = again(**inputs).logits.contiguous()
+    if case["tokenizer"]:
+        ids = transformers.AutoTokenizer.from_pretrained(case["dir"])("the cat sat")["input_ids"]
+        out[case["name"] + "/tokenized"] = torch.tensor(ids)
+assert not any(m.startswith("inhernet") for m in sys.modules)
+save_file(out, sys.argv[2])
+'''
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """Every case exported and loaded in one inhernet-free subprocess: the students, their batches, their
+    teachers' parameter counts, what the subprocess measured, and the export directories' parent."""
+    root = tmp_path_factory.mktemp("hf")
+    students, batches, sizes, cases = {}, {}, {}, []
+    for arch, route in CASES:
+        name = f"{arch}-{route}"
+        students[name], batches[name], sizes[name] = _student(arch, route)
+        save_file(batches[name], root / f"{name}.inputs.safetensors")
+        tokenizer = _tokenizer() if arch == "llama" else None
+        export_hf(students[name], root / name, tokenizer=tokenizer)
+        _, auto, causal = ARCHITECTURES[arch]
+        cases.append({"name": name, "dir": str(root / name), "again": str(root / f"{name}.again"), "auto": auto,
+                      "remote": route == "remote", "causal": causal, "new": NEW_TOKENS,
+                      "inputs": str(root / f"{name}.inputs.safetensors"), "tokenizer": tokenizer is not None})
+    (root / "cases.json").write_text(json.dumps(cases))
+    (root / "load.py").write_text(LOADER)
+    env = {**os.environ, "HF_MODULES_CACHE": str(root / "modules"), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-I", str(root / "load.py"), str(root / "cases.json"),
+                           str(root / "results.safetensors")], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return students, batches, sizes, load_file(root / "results.safetensors"), root
+
+
+def _rel(got: torch.Tensor, want: torch.Tensor) -> float:
+    return float((got - want).abs().max() / want.abs().max())
+
+
+def _shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    with safe_open(path / "model.safetensors", "pt") as f:
+        return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 -- not a dict
+
+
+@pytest.mark.parametrize("arch, route", CASES)
+def test_transformers_alone_loads_the_student_with_its_outputs(exported, arch, route):
+    students, batches, sizes, results, root = exported
+    name, causal = f"{arch}-{route}", ARCHITECTURES[arch][2]
+    student, batch, out = students[name], batches[name], root / name
+    with torch.no_grad():
+        want = student(**batch).logits
+    assert _rel(results[f"{name}/logits"], want) <= 1e-5
+    assert _rel(results[f"{name}/again"], want) <= 1e-5
+    if causal:
+        tokens = student.generate(**batch, max_new_tokens=NEW_TOKENS, do_sample=False)
+        assert torch.equal(results[f"{name}/tokens"], tokens)
+    config = json.loads((out / "config.json").read_text())
+    low_rank = [n for n, m in student.named_modules() if isinstance(m, InherBlock)]
+    if route == "plain":
+        assert not (out / MODELING_NAME).exists() and "auto_map" not in config and "inhernet_low_rank" not in config
+        assert config.get("num_hidden_layers", config.get("n_layer")) == 2
+    else:
+        base = type(student)
+        assert f"from {base.__module__} import {base.__name__} as Base" in (out / MODELING_NAME).read_text()
+        ranks = config["inhernet_low_rank"]
+        assert ranks and set(ranks) <= set(low_rank)
+        # the student's factors, not dense layers (the file's names may be the architecture's checkpoint names)
+        shapes = _shapes(out)
+        assert sum(k.endswith(".down.weight") for k in shapes) == len(ranks)
+        assert sum(math.prod(s) for s in shapes.values()) < sizes[name]
+    # save_pretrained from the loaded model writes the same tensors back: low rank, not full size
+    assert _shapes(root / f"{name}.again") == _shapes(out)
+    if arch == "llama":
+        assert results[f"{name}/tokenized"].tolist() == _tokenizer()("the cat sat")["input_ids"]
