@@ -39,6 +39,8 @@ from inhernet import InherBlock, InherConfig, inherit
 from inhernet.blockdrop import without_blocks
 from inhernet.deploy.hf import MODELING_NAME, export_hf
 
+# tiny models at half the parameters: inherit warns of bottlenecks and a lowered rank floor, beside the point here
+pytestmark = pytest.mark.filterwarnings("ignore:the budget cuts:UserWarning", "ignore:the causal-lm family:UserWarning")
 VOCAB = 64
 NEW_TOKENS = 4
 
@@ -210,3 +212,81 @@ def test_transformers_alone_loads_the_student_with_its_outputs(exported, arch, r
     assert _shapes(root / f"{name}.again") == _shapes(out)
     if arch == "llama":
         assert results[f"{name}/tokenized"].tolist() == _tokenizer()("the cat sat")["input_ids"]
+
+
+# -- bad input and atomic writes -----------------------------------------------------------------------
+def _teacher():
+    torch.manual_seed(0)
+    return _bert()[0].eval()
+
+
+def test_a_student_of_no_transformers_model_is_refused_naming_the_formats_that_work(tmp_path):
+    with pytest.raises(ValueError, match=r"--format hf.*--format pt2.*--format onnx"):
+        export_hf(torch.nn.Sequential(torch.nn.Linear(4, 4)), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_non_empty_directory_is_replaced_only_with_overwrite(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(ValueError, match="overwrite"):
+        export_hf(_teacher(), out)
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    export_hf(_teacher(), out, overwrite=True)
+    assert not (out / "keep.txt").exists() and (out / "config.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temporary or old directory left
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert (export_hf(_teacher(), empty) / "model.safetensors").is_file()
+
+
+class _FailingTokenizer:
+    def save_pretrained(self, directory):
+        (Path(directory) / "tokenizer.json").write_text("{")
+        raise OSError("disk full")
+
+
+def test_a_failed_export_leaves_nothing_behind_and_the_old_directory_whole(tmp_path):
+    with pytest.raises(OSError, match="disk full"):
+        export_hf(_teacher(), tmp_path / "new", tokenizer=_FailingTokenizer())
+    assert list(tmp_path.iterdir()) == []
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "keep.txt").write_text("mine")
+    with pytest.raises(OSError, match="disk full"):
+        export_hf(_teacher(), old, tokenizer=_FailingTokenizer(), overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old"] and [p.name for p in old.iterdir()] == ["keep.txt"]
+
+
+def test_a_tokenizer_without_save_pretrained_is_refused(tmp_path):
+    with pytest.raises(TypeError, match="tokenizer"):
+        export_hf(_teacher(), tmp_path / "out", tokenizer=object())
+
+
+def test_input_dependent_gates_ask_for_compact_and_the_student_is_not_modified(tmp_path):
+    student, _, _ = _student("bert", "remote")
+    block = next(m for m in student.modules() if isinstance(m, InherBlock))
+    with torch.no_grad():
+        block.gate.weight.normal_()
+    with pytest.raises(ValueError, match=r"calib.*compact"):
+        export_hf(student, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    assert all(m.experts == 2 for m in student.modules() if isinstance(m, InherBlock))
+
+
+def test_a_width_the_config_cannot_express_is_refused(tmp_path):
+    teacher = _teacher()
+    layer = teacher.bert.encoder.layer[0]
+    layer.intermediate.dense = torch.nn.Linear(32, 48)  # a pruned FFN in one block: BertConfig has one width
+    layer.output.dense = torch.nn.Linear(48, 32)
+    with pytest.raises(ValueError, match=r"intermediate\.dense.*BertConfig.*--format pt2"):
+        export_hf(teacher, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_class_no_auto_class_builds_is_refused(tmp_path):
+    student, _, _ = _student("bert", "remote")
+    student.__class__ = type("Custom", (BertForSequenceClassification,), {})
+    with pytest.raises(ValueError, match="no transformers AutoModel class builds Custom"):
+        export_hf(student, tmp_path / "out")

@@ -13,9 +13,9 @@ import copy
 import os
 import secrets
 import shutil
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -48,36 +48,39 @@ def export_hf(student: nn.Module, out: str | os.PathLike, tokenizer: Any = None,
             the architecture's config cannot express, or ``out`` exists and is not empty without ``overwrite``.
         TypeError: ``tokenizer`` has no ``save_pretrained``.
     """
-    model = _exportable(student)
     if tokenizer is not None and not callable(getattr(tokenizer, "save_pretrained", None)):
         raise TypeError(f"tokenizer must have save_pretrained (a transformers tokenizer), got {type(tokenizer).__name__}")
     target = Path(out)
     if target.exists() and not overwrite and (not target.is_dir() or any(target.iterdir())):
         raise ValueError(f"{target} exists and is not empty: pass overwrite=True (--overwrite) to replace it")
+    model = _exportable(student)
     ranks = {name: m.rank for name, m in model.named_modules() if isinstance(m, InherBlock)}
     _check_expressible(model, ranks)
-    template = resources.files(__package__).joinpath("hf_modeling.py").read_text(encoding="utf-8")
     if ranks:
-        base = type(model)
         model.config.inhernet_low_rank = ranks
-        model.config.auto_map = {auto: f"{MODELING_NAME[:-3]}.Inher{base.__name__}" for auto in _auto_classes(model)}
+        model.config.auto_map = {auto: f"{MODELING_NAME[:-3]}.Inher{type(model).__name__}" for auto in _auto_classes(model)}
     with _atomic_dir(target) as tmp:
         model.save_pretrained(tmp)
         if ranks:
-            source = template.replace(_BASE_LINE, f"from {base.__module__} import {base.__name__} as Base")
-            (tmp / MODELING_NAME).write_text(source.replace("class InherModel(", f"class Inher{base.__name__}("))
+            (tmp / MODELING_NAME).write_text(_modeling_source(type(model)), encoding="utf-8")
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
     return target
 
 
+def _modeling_source(base: type) -> str:
+    """The modeling file: :mod:`inhernet.deploy.hf_modeling` with ``base`` as ``Base``, its class named after it."""
+    from . import hf_modeling
+
+    source = Path(hf_modeling.__file__).read_text(encoding="utf-8")
+    source = source.replace(_BASE_LINE, f"from {base.__module__} import {base.__name__} as Base")
+    return source.replace("class InherModel(", f"class Inher{base.__name__}(")
+
+
 def _exportable(student: nn.Module) -> nn.Module:
     """A copy of ``student`` with its experts folded and its blocks at or above break-even dense."""
-    try:
-        from transformers import PreTrainedModel
-    except ImportError:
-        PreTrainedModel = None  # noqa: N806 -- then no model is a transformers one
-    if PreTrainedModel is None or not isinstance(student, PreTrainedModel):
+    hf = sys.modules.get("transformers.modeling_utils")  # imported wherever a transformers model exists
+    if hf is None or not isinstance(student, hf.PreTrainedModel):
         raise ValueError(
             f"--format hf writes students of Hugging Face transformers models, got a {type(student).__name__}: "
             "write it with --format pt2 (torch.export) or --format onnx instead"

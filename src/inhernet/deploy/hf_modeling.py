@@ -8,9 +8,8 @@ Load it with ``AutoModel*.from_pretrained(directory, trust_remote_code=True)``.
 
 import torch
 from torch import nn
+from transformers import PreTrainedModel as Base  # the base architecture
 from transformers.pytorch_utils import Conv1D
-
-from transformers import PreTrainedModel as Base  # export_hf writes the base architecture here
 
 
 class LowRank(nn.Module):
