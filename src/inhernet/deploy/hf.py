@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ..layers import InherBlock
-from .compact import densify
+from .compact import _dense_params, _params, densify
 from .merge import merge_experts
 
 __all__ = ["MODELING_NAME", "export_hf"]
@@ -37,8 +37,8 @@ def export_hf(student: nn.Module, out: str | os.PathLike, tokenizer: Any = None,
     """Write ``student`` (and ``tokenizer``'s files) to directory ``out``; returns it.
 
     Args:
-        student: a model inherited from a ``transformers`` model (blocks dropped, pruned, factorised, compacted);
-            it is not modified.
+        student: a ``transformers`` model or its student (blocks dropped, factorised, compacted); it is not
+            modified.
         out: the directory to write, atomically (built beside it, then renamed into place).
         tokenizer: anything with ``save_pretrained`` (a ``transformers`` tokenizer or processor), or ``None``.
         overwrite: replace ``out`` when it exists and is not empty.
@@ -49,7 +49,9 @@ def export_hf(student: nn.Module, out: str | os.PathLike, tokenizer: Any = None,
         TypeError: ``tokenizer`` has no ``save_pretrained``.
     """
     if tokenizer is not None and not callable(getattr(tokenizer, "save_pretrained", None)):
-        raise TypeError(f"tokenizer must have save_pretrained (a transformers tokenizer), got {type(tokenizer).__name__}")
+        raise TypeError(
+            f"tokenizer must have save_pretrained (a transformers tokenizer), got {type(tokenizer).__name__}"
+        )
     target = Path(out)
     if target.exists() and not overwrite and (not target.is_dir() or any(target.iterdir())):
         raise ValueError(f"{target} exists and is not empty: pass overwrite=True (--overwrite) to replace it")
@@ -58,7 +60,7 @@ def export_hf(student: nn.Module, out: str | os.PathLike, tokenizer: Any = None,
     _check_expressible(model, ranks)
     if ranks:
         model.config.inhernet_low_rank = ranks
-        model.config.auto_map = {auto: f"{MODELING_NAME[:-3]}.Inher{type(model).__name__}" for auto in _auto_classes(model)}
+        model.config.auto_map = dict.fromkeys(_auto_classes(model), f"{MODELING_NAME[:-3]}.Inher{type(model).__name__}")
     with _atomic_dir(target) as tmp:
         model.save_pretrained(tmp)
         if ranks:
@@ -69,7 +71,7 @@ def export_hf(student: nn.Module, out: str | os.PathLike, tokenizer: Any = None,
 
 
 def _modeling_source(base: type) -> str:
-    """The modeling file: :mod:`inhernet.deploy.hf_modeling` with ``base`` as ``Base``, its class named after it."""
+    """:mod:`inhernet.deploy.hf_modeling` with ``base`` as ``Base`` and its class named after ``base``."""
     from . import hf_modeling
 
     source = Path(hf_modeling.__file__).read_text(encoding="utf-8")
@@ -89,12 +91,11 @@ def _exportable(student: nn.Module) -> nn.Module:
     try:
         merge_experts(model)
     except ValueError as err:
-        raise ValueError(f"{err}; or fold them with inhernet.compact(student, calib=...) and export its result") from None
+        raise ValueError(f"{err}; or fold them with inhernet.compact(student, calib=...) and export that") from None
     for name, block in [(n, m) for n, m in model.named_modules() if isinstance(m, InherBlock)]:
-        dense = densify(block)
-        if sum(p.numel() for p in dense.parameters()) <= sum(p.numel() for p in block.parameters()):
+        if _params(block) >= _dense_params(block):  # compact()'s break-even: dense is no larger
             parent, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent), child, dense)
+            setattr(model.get_submodule(parent), child, densify(block))
     return model
 
 
@@ -127,7 +128,10 @@ def _auto_classes(model: nn.Module) -> list[str]:
         except KeyError:
             continue
     if not found:
-        raise ValueError(f"no transformers AutoModel class builds {type(model).__name__}: --format hf cannot name it")
+        raise ValueError(
+            f"no transformers AutoModel class builds {type(model).__name__}, so --format hf cannot name it in "
+            "config.json's auto_map; write the student with --format pt2 or --format onnx instead"
+        )
     return found
 
 
