@@ -52,7 +52,7 @@ def export_hf(student: nn.Module, out: str | os.PathLike, tokenizer: Any = None,
         raise TypeError(
             f"tokenizer must have save_pretrained (a transformers tokenizer), got {type(tokenizer).__name__}"
         )
-    target = Path(out)
+    target = Path(os.path.abspath(out))  # "." too has a name to rename
     if target.exists() and not overwrite and (not target.is_dir() or any(target.iterdir())):
         raise ValueError(f"{target} exists and is not empty: pass overwrite=True (--overwrite) to replace it")
     model = _exportable(student)
