@@ -11,15 +11,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import (
     BertConfig,
@@ -35,6 +30,7 @@ from transformers import (
     ViTForImageClassification,
 )
 
+from hf_without_inhernet import case, load_without_inhernet, relative_error, tensor_shapes
 from inhernet import InherBlock, InherConfig, inherit
 from inhernet.blockdrop import without_blocks
 from inhernet.deploy.hf import MODELING_NAME, export_hf
@@ -43,6 +39,7 @@ from inhernet.deploy.hf import MODELING_NAME, export_hf
 pytestmark = pytest.mark.filterwarnings("ignore:the budget cuts:UserWarning", "ignore:the causal-lm family:UserWarning")
 VOCAB = 64
 NEW_TOKENS = 4
+TEXT = "the cat sat on a mat"
 
 
 def _text(causal: bool) -> dict[str, torch.Tensor]:
@@ -117,37 +114,6 @@ def _tokenizer() -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>")
 
 
-# Run with `python -I` (no user site, no PYTHONPATH): an import hook refuses inhernet on top, so the
-# editable install cannot be reached either.
-LOADER = r'''
-import importlib.abc, json, sys
-class Refuse(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name == "inhernet" or name.startswith(("inhernet.", "inhernet_bench")):
-            raise ImportError(f"{name} is not importable here")
-sys.meta_path.insert(0, Refuse())
-import torch, transformers
-from safetensors.torch import load_file, save_file
-cases, out = json.load(open(sys.argv[1])), {}
-for case in cases:
-    inputs, auto = load_file(case["inputs"]), getattr(transformers, case["auto"])
-    model = auto.from_pretrained(case["dir"], trust_remote_code=case["remote"]).eval()
-    with torch.no_grad():
-        out[case["name"] + "/logits"] = model(**inputs).logits.contiguous()
-        if case["causal"]:
-            out[case["name"] + "/tokens"] = model.generate(**inputs, max_new_tokens=case["new"], do_sample=False)
-    model.save_pretrained(case["again"])
-    again = auto.from_pretrained(case["again"], trust_remote_code=case["remote"]).eval()
-    with torch.no_grad():
-        out[case["name"] + "/again"] = again(**inputs).logits.contiguous()
-    if case["tokenizer"]:
-        ids = transformers.AutoTokenizer.from_pretrained(case["dir"])("the cat sat")["input_ids"]
-        out[case["name"] + "/tokenized"] = torch.tensor(ids)
-assert not any(m.startswith("inhernet") for m in sys.modules)
-save_file(out, sys.argv[2])
-'''
-
-
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """Every case exported and loaded in one inhernet-free subprocess: the students, their batches, their
@@ -157,29 +123,11 @@ def exported(tmp_path_factory):
     for arch, route in CASES:
         name = f"{arch}-{route}"
         students[name], batches[name], sizes[name] = _student(arch, route)
-        save_file(batches[name], root / f"{name}.inputs.safetensors")
-        tokenizer = _tokenizer() if arch == "llama" else None
-        export_hf(students[name], root / name, tokenizer=tokenizer)
         _, auto, causal = ARCHITECTURES[arch]
-        cases.append({"name": name, "dir": str(root / name), "again": str(root / f"{name}.again"), "auto": auto,
-                      "remote": route == "remote", "causal": causal, "new": NEW_TOKENS,
-                      "inputs": str(root / f"{name}.inputs.safetensors"), "tokenizer": tokenizer is not None})
-    (root / "cases.json").write_text(json.dumps(cases))
-    (root / "load.py").write_text(LOADER)
-    env = {**os.environ, "HF_MODULES_CACHE": str(root / "modules"), "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-I", str(root / "load.py"), str(root / "cases.json"),
-                           str(root / "results.safetensors")], env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return students, batches, sizes, load_file(root / "results.safetensors"), root
-
-
-def _rel(got: torch.Tensor, want: torch.Tensor) -> float:
-    return float((got - want).abs().max() / want.abs().max())
-
-
-def _shapes(path: Path) -> dict[str, tuple[int, ...]]:
-    with safe_open(path / "model.safetensors", "pt") as f:
-        return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 -- not a dict
+        export_hf(students[name], root / name, tokenizer=_tokenizer() if arch == "llama" else None)
+        cases.append(case(name, root / name, auto, batches[name], remote=route == "remote",
+                          new_tokens=NEW_TOKENS if causal else 0, tokenize=TEXT if arch == "llama" else None))
+    return students, batches, sizes, load_without_inhernet(cases, root), root
 
 
 @pytest.mark.parametrize("arch, route", CASES)
@@ -189,8 +137,8 @@ def test_transformers_alone_loads_the_student_with_its_outputs(exported, arch, r
     student, batch, out = students[name], batches[name], root / name
     with torch.no_grad():
         want = student(**batch).logits
-    assert _rel(results[f"{name}/logits"], want) <= 1e-5
-    assert _rel(results[f"{name}/again"], want) <= 1e-5
+    assert relative_error(results[f"{name}/logits"], want) <= 1e-5
+    assert relative_error(results[f"{name}/again"], want) <= 1e-5
     if causal:
         tokens = student.generate(**batch, max_new_tokens=NEW_TOKENS, do_sample=False)
         assert torch.equal(results[f"{name}/tokens"], tokens)
@@ -206,14 +154,14 @@ def test_transformers_alone_loads_the_student_with_its_outputs(exported, arch, r
         ranks = config["inhernet_low_rank"]
         assert ranks and set(ranks) <= set(low_rank)
         # the student's factors, not dense layers (the file's names may be the architecture's checkpoint names)
-        shapes = _shapes(out)
+        shapes = tensor_shapes(out)
         assert sum(k.endswith(".down.weight") for k in shapes) == len(ranks)
         assert not any(k.endswith((".gate.weight", ".gate.bias")) for k in shapes)  # the two experts folded
         assert sum(math.prod(s) for s in shapes.values()) < sizes[name]
     # save_pretrained from the loaded model writes the same tensors back: low rank, not full size
-    assert _shapes(root / f"{name}.again") == _shapes(out)
+    assert tensor_shapes(root / f"{name}.again") == tensor_shapes(out)
     if arch == "llama":
-        assert results[f"{name}/tokenized"].tolist() == _tokenizer()("the cat sat")["input_ids"]
+        assert results[f"{name}/tokenized"].tolist() == _tokenizer()(TEXT)["input_ids"]
 
 
 # -- bad input and atomic writes -----------------------------------------------------------------------
