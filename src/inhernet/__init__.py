@@ -8,7 +8,7 @@ fine-tuned by distillation and compared with a conventionally distilled student 
 from ._version import __version__
 from .config import InherConfig
 from .costs import CostTable, count_macs
-from .deploy import compact, export_onnx, merge_experts
+from .deploy import compact, export_hf, export_onnx, merge_experts
 from .distillation import DistillConfig, distill
 from .evaluate import evaluate
 from .layers import InherBlock, InherConv, InherEmbedding, InherLinear, expert_spread
@@ -34,6 +34,7 @@ __all__ = [
     "distill",
     "evaluate",
     "expert_spread",
+    "export_hf",
     "export_onnx",
     "inherit",
     "load",

@@ -1,10 +1,13 @@
 """Deployment: merging the gated experts (:func:`merge_experts`), the compact form (:func:`compact`),
-ONNX export (:func:`export_onnx`, checked by :func:`verify_onnx`). What a model costs lives in
-:mod:`inhernet.costs`.
+ONNX export (:func:`export_onnx`, checked by :func:`verify_onnx`), Hugging Face directories
+(:func:`export_hf`). What a model costs lives in :mod:`inhernet.costs`.
 """
 
 from .compact import compact, deployed
 from .export import export_onnx, onnx_inputs, verify_onnx
+from .hf import export_hf
 from .merge import gate_means, merge_experts
 
-__all__ = ["compact", "deployed", "export_onnx", "gate_means", "merge_experts", "onnx_inputs", "verify_onnx"]
+__all__ = [
+    "compact", "deployed", "export_hf", "export_onnx", "gate_means", "merge_experts", "onnx_inputs", "verify_onnx",
+]
