@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["Z", "Score", "best_and_ties", "diff_se", "score", "verdict"]
+__all__ = ["Score", "Z", "best_and_ties", "diff_se", "score", "verdict"]
 
 #: a difference is significant beyond this many standard errors of the difference
 Z = 2.0
