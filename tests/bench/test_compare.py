@@ -29,7 +29,8 @@ def _write_csv(path: Path, rows: int, seed: int) -> None:
     lines = []
     for _ in range(rows):
         label = rng.choice(["pos", "neg"])
-        words = rng.choices(WORDS[5:], k=rng.randint(3, 8)) + [rng.choice(["good", "great"] if label == "pos" else ["bad", "awful"])]
+        cue = rng.choice(["good", "great"] if label == "pos" else ["bad", "awful"])
+        words = [*rng.choices(WORDS[5:], k=rng.randint(3, 8)), cue]
         lines.append((" ".join(rng.sample(words, len(words))), label))
     with open(path, "w", newline="") as f:
         csv.writer(f).writerows([("text", "label"), *lines])
