@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from inhernet.calibration import split_example
 from inhernet.costs.table import measure_latency
 from inhernet.deploy import deployed
+from inhernet.serialization import CONFIG_NAME
 from inhernet.sources import (
     DataOptions,
     Opened,
@@ -36,13 +37,14 @@ from inhernet.sources import (
 )
 from inhernet.stack import layer_stack
 from inhernet_bench.baselines import MethodContext, build_student
+from inhernet_bench.baselines.llm_prune import gated_mlps
 from inhernet_bench.presets.registry import Preset
 from inhernet_bench.runner import BenchConfig, run_bench
 from inhernet_bench.stats import Score, Z, best_and_ties, score, verdict
 
 __all__ = [
-    "COMPARE_METHODS", "UserModel", "compare", "compare_table", "latency_ratios", "recommendation", "student_builder",
-    "user_preset",
+    "COMPARE_METHODS", "UserModel", "compare", "compare_table", "latency_ratios", "not_applicable", "recommendation",
+    "student_builder", "user_preset",
 ]
 
 #: what ``compare`` runs unless told otherwise, those that apply to the model's family
@@ -68,7 +70,7 @@ class UserModel:
 
     def open(self) -> tuple[Opened, Dataset, Dataset]:
         """The teacher with its data, the training split and the test split."""
-        compressed = Path(self.model, "inhernet.json").is_file()
+        compressed = Path(self.model, CONFIG_NAME).is_file()
         if compressed and (self.weights or self.task or self.num_classes):
             raise ValueError(f"weights, task and num_classes describe a model spec; {self.model}'s teacher is "
                              "recorded in its source.json")
@@ -108,16 +110,10 @@ def user_preset(name: str, opened: Opened, train: Dataset, test: Dataset, batch_
     not apply to its family (no conventional student to build, no stack of blocks to drop)."""
     teacher, classes = opened.teacher, opened.data.classes
     student = student_builder(teacher, len(classes) if classes else None)
-    excluded = {}
-    if student is None:
-        excluded["kd-student"] = "no conventional student of this architecture to build (BERT, Llama, EfficientNet-Lite0)"
-    try:
-        layer_stack(teacher)
-    except ValueError:
-        excluded["layerdrop-kd"] = "the model has no stack of repeated blocks to drop (a transformer's)"
+    lm = opened.data.metric == "perplexity"
+    excluded = not_applicable(teacher, student is not None, lm)
     # calibration from the training examples the runner's validation split (at most a fifth, at the end) leaves
     fit = Subset(train, range(len(train) - max(1, len(train) // 5)))
-    lm = opened.data.metric == "perplexity"
     return Preset(
         name, f"{opened.source.model} on the user's data", opened.data.metric, lambda: teacher,
         lambda batch, **_: (DataLoader(train, batch_size=batch), make_loader(test, batch)),
@@ -125,6 +121,20 @@ def user_preset(name: str, opened: Opened, train: Dataset, test: Dataset, batch_
         methods=tuple(m for m in COMPARE_METHODS if m not in excluded), excluded=excluded,
         cache_teacher=not lm,  # an LM's logits (positions x vocabulary per example) are too big to keep
     )
+
+
+def not_applicable(teacher: nn.Module, has_student: bool, lm: bool) -> dict[str, str]:
+    """The methods of :data:`COMPARE_METHODS` that cannot run on ``teacher``, with the reason."""
+    reasons = {}
+    if not has_student:
+        reasons["kd-student"] = "no conventional student of this architecture to build (BERT, Llama, EfficientNet-Lite0)"
+    for method, check in (("layerdrop-kd", layer_stack), ("prune-kd", gated_mlps if lm else None)):
+        try:
+            if check is not None:
+                check(teacher)
+        except ValueError as err:
+            reasons[method] = str(err)
+    return reasons
 
 
 def compare(user: UserModel, cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -175,13 +185,12 @@ def recommendation(methods: Sequence[dict[str, Any]], scores: dict[str, Score], 
 
 def compare_table(result: dict[str, Any]) -> Table:
     """The teacher and each method: score mean ± s.e., parameters and MACs (and their shares of the teacher's),
-    measured latency over the teacher's, the verdict against the best; the recommendation under it."""
+    measured latency over the teacher's, the verdict against the best."""
     metric, t = result["metric"], result["teacher"]
     seeds = len(result["methods"][0]["seeds"]) if result["methods"] else 0
     table = Table(
         "method", f"{metric} (mean ± s.e.)", "params", "MACs", "latency", "vs the best",
         title=f"{result['preset']} at budget {result['budget']} ({seeds} seeds, {result['steps']} steps)",
-        caption=result["recommendation"],
     )
     table.add_row("teacher", f"{t['metric']:.4f}", f"{t['params']:,}", f"{t['macs']:,}", "1.00x", "")
     for m in result["methods"]:

@@ -15,10 +15,11 @@ import torch
 
 from cli_runner import invoke
 from inhernet.sources.data import TokenizedText
+from inhernet_bench import BenchConfig
 from inhernet_bench.cli import main as bench_main
-from inhernet_bench.compare import COMPARE_METHODS, student_builder, user_preset
+from inhernet_bench.compare import COMPARE_METHODS, not_applicable, student_builder, user_preset
 from inhernet_bench.stats import score, verdict
-from tiny_models import cnn
+from tiny_models import cnn, gpt2_tiny, llama_tiny
 
 WORDS = ["good", "bad", "film", "great", "awful", "the", "a", "is", "was", "movie", "plot", "acting", "fine", "boring"]
 N_TRAIN, N_TEST = 60, 20
@@ -38,18 +39,26 @@ def _write_csv(path: Path, rows: int, seed: int) -> None:
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+    from transformers import (
+        BertConfig,
+        BertForSequenceClassification,
+        BertTokenizerFast,
+        GPT2Config,
+        GPT2LMHeadModel,
+    )
 
     root = tmp_path_factory.mktemp("compare")
     vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS])}
     torch.manual_seed(0)
     config = BertConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                         num_attention_heads=2, max_position_embeddings=16, num_labels=2)
-    BertForSequenceClassification(config).save_pretrained(root / "bert")
-    BertTokenizerFast(vocab=vocab).save_pretrained(root / "bert")
+    gpt = GPT2LMHeadModel(GPT2Config(vocab_size=len(vocab), n_embd=32, n_layer=2, n_head=2, n_positions=16, bos_token_id=2, eos_token_id=3))
+    for name, model in (("bert", BertForSequenceClassification(config)), ("gpt", gpt)):
+        model.save_pretrained(root / name)
+        BertTokenizerFast(vocab=vocab).save_pretrained(root / name)
     _write_csv(root / "train.csv", N_TRAIN, 0)
     _write_csv(root / "test.csv", N_TEST, 1)
-    return {"bert": root / "bert", "train": root / "train.csv", "test": root / "test.csv"}
+    return {"bert": root / "bert", "gpt": root / "gpt", "train": root / "train.csv", "test": root / "test.csv"}
 
 
 def _count_reads(monkeypatch: pytest.MonkeyPatch) -> collections.Counter:
@@ -115,9 +124,27 @@ def test_methods_that_do_not_apply_are_left_out_with_the_reason():
     assert "BERT" in preset.excluded["kd-student"] and "stack" in preset.excluded["layerdrop-kd"]
 
 
-def test_a_method_that_does_not_apply_is_refused_naming_it(tmp_path, assets, monkeypatch, capsys):
+def test_a_causal_lm_is_pruned_only_where_its_mlps_are_gated():
+    gpt2, llama = gpt2_tiny()[0], llama_tiny()[0]
+    assert set(not_applicable(gpt2, has_student=student_builder(gpt2, None) is not None, lm=True)) == {
+        "kd-student", "prune-kd"
+    }
+    assert student_builder(llama, None) is not None and not_applicable(llama, has_student=True, lm=True) == {}
+
+
+def test_the_curve_split_is_test_or_validation():
+    with pytest.raises(ValueError, match="curve_split"):
+        BenchConfig(curve_split="train")  # type: ignore[arg-type]
+
+
+def test_a_method_that_does_not_apply_is_refused_with_the_reason(assets, monkeypatch, capsys):
     code, _, err = invoke(
-        monkeypatch, capsys, "compare", "timm:test_resnet", "--data", assets["train"], "--methods", "inhernet",
+        monkeypatch, capsys, "compare", assets["gpt"], "--data", assets["train"], "--methods", "inhernet,prune-kd",
         main=bench_main,
     )
-    assert code != 0 and "is an image model: give an image folder" in err
+    assert code == 2 and "leaves out 'prune-kd'" in err and "no gated MLP" in err, err
+
+
+def test_data_of_the_wrong_kind_fails_in_one_line(assets, monkeypatch, capsys):
+    code, _, err = invoke(monkeypatch, capsys, "compare", "timm:test_resnet", "--data", assets["train"], main=bench_main)
+    assert code == 2 and "is an image model: give an image folder" in err and err.count("\n") == 1
