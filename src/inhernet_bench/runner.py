@@ -236,8 +236,8 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print, preset: Pres
 
     Training uses the first ``steps * batch_size`` training examples (all of them with ``epochs``),
     with the teacher's logits computed once. The final metric is measured on the preset's whole test
-    split, the learning curve on its first ``curve_examples`` examples. For one seed every method sees
-    the same batches in the same order. With ``tune_lr`` each method first gets its learning rate (see
+    split, the learning curve on the first ``curve_examples`` examples of ``cfg.curve_split``. For one seed
+    every method sees the same batches in the same order. With ``tune_lr`` each method first gets its learning rate (see
     :class:`BenchConfig`); with ``part_dir`` every finished run is kept and reused (see :class:`Parts`).
     ``preset``: run on this preset instead of the registered ``cfg.preset``, which then only names it (a
     user's model and data: :mod:`inhernet_bench.compare`).
