@@ -192,7 +192,8 @@ def compare_table(result: dict[str, Any]) -> Table:
         "method", f"{metric} (mean ± s.e.)", "params", "MACs", "latency", "vs the best",
         title=f"{result['preset']} at budget {result['budget']} ({seeds} seeds, {result['steps']} steps)",
     )
-    table.add_row("teacher", f"{t['metric']:.4f}", f"{t['params']:,}", f"{t['macs']:,}", "1.00x", "")
+    n_test = result["test_count"] if "accuracy" in metric else None  # one evaluation: its binomial error alone
+    table.add_row("teacher", score([t["metric"]], n_test).text(), f"{t['params']:,}", f"{t['macs']:,}", "1.00x", "")
     for m in result["methods"]:
         table.add_row(
             m["name"], Score(m["metric_mean"], m["se"]).text(), f"{m['params']:,} ({m['params'] / t['params']:.0%})",
