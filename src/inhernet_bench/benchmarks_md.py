@@ -24,6 +24,7 @@ from pathlib import Path
 
 from inhernet._atomic import atomic_write
 from inhernet_bench.scripts.bench_markdown import render as render_bench
+from inhernet_bench.stats import Score, best_and_ties, score
 
 try:  # the standard library's from Python 3.11; the same parser as the `tomli` package before it
     import tomllib
@@ -103,17 +104,27 @@ def caption_lines(entry: dict) -> list[str]:
 
 # -- the summary table ---------------------------------------------------------------------------------------
 
-def score_text(value: float, metric: str) -> str:
-    """A final metric as the summary prints it: accuracies in percent, anything else (perplexity) as is."""
-    return f"{value * 100:.2f}%" if "accuracy" in metric else f"{value:.2f}"
+def score_text(value: float, metric: str, se: float | None = None) -> str:
+    """A final metric as the summary prints it: accuracies in percent, anything else (perplexity) as is;
+    with its standard error ``se`` as ``±se`` (one word, like the number)."""
+    if "accuracy" in metric:
+        return f"{value * 100:.2f}" + ("" if se is None else f"±{se * 100:.2f}") + "%"
+    return f"{value:.2f}" + ("" if se is None else f"±{se:.2f}")
 
 
-def cell_text(method: dict, teacher: dict, metric: str) -> str:
-    """One method's score and, in brackets, its size as shares of the teacher's (params, MACs, measured time)."""
+def method_score(method: dict, metric: str, test_count: int | None) -> Score:
+    """A method's mean ± s.e. over its seeds, with the test set's binomial error for an accuracy measured on
+    ``test_count`` examples (:mod:`inhernet_bench.stats`)."""
+    return score([run["final"] for run in method["per_seed"]], test_count if "accuracy" in metric else None)
+
+
+def cell_text(method: dict, teacher: dict, metric: str, se: float | None = None) -> str:
+    """One method's score (± its s.e.) and, in brackets, its size as shares of the teacher's (params, MACs,
+    measured time)."""
     sizes = [f"{method['params'] / teacher['params']:.0%}", f"{method['macs'] / teacher['macs']:.0%}"]
     if "latency_ms" in method and "latency_ms" in teacher:
         sizes.append(f"{method['latency_ms'] / teacher['latency_ms']:.2f}x")
-    return f"{score_text(method['metric_mean'], metric)} ({', '.join(sizes)})"
+    return f"{score_text(method['metric_mean'], metric, se)} ({', '.join(sizes)})"
 
 
 def row_results(ctx: Context, row: dict) -> tuple[dict, dict[str, dict], list[str]]:
@@ -151,22 +162,25 @@ def schedule_text(result: dict, methods: dict[str, dict]) -> str:
     return text + (f", lr {' / '.join(f'{r:g}' for r in rates)}" if rates else "")
 
 
-def best_method(methods: dict[str, dict], higher_is_better: bool) -> str:
-    pick = max if higher_is_better else min
-    return pick(methods, key=lambda name: methods[name]["metric_mean"])
-
-
 def summary_row(ctx: Context, row: dict, columns: list[str]) -> str:
+    """One row: the best method, or "tie" when it does not beat every other by more than 2 s.e. of the
+    difference; the best and the methods tied with it in bold. The test set's size is the file's
+    ``test_count``, else the row's (for files older than that field)."""
     result, methods, names = row_results(ctx, row)
     metric, teacher = result["metric"], result["teacher"]
     unit = {"macs": "MACs", "latency": "latency"}.get(result.get("match", "params"), "params")
-    best = best_method(methods, result["higher_is_better"])
-    cells = [f"**{cell_text(methods[c], teacher, metric)}**" if c == best else
-             cell_text(methods[c], teacher, metric) if c in methods else "" for c in columns]
+    scores = {name: method_score(m, metric, result.get("test_count", row.get("test_count"))) for name, m in methods.items()}
+    best, tied = best_and_ties(scores, result["higher_is_better"])
+    cells = [
+        "" if c not in methods else
+        f"**{cell_text(methods[c], teacher, metric, scores[c].se)}**" if c in tied else
+        cell_text(methods[c], teacher, metric, scores[c].se) for c in columns
+    ]
     note = f" ({row['note']})" if row.get("note") else ""
     label = f"{result['preset']}, {result['budget']:.0%} {unit}{note}"
     sources = ", ".join(f"`{n}`" for n in names)
-    return "| " + " | ".join([label, schedule_text(result, methods), best, score_text(teacher["metric"], metric),
+    return "| " + " | ".join([label, schedule_text(result, methods), best if tied == [best] else "tie",
+                              score_text(teacher["metric"], metric),
                               *cells, sources]) + " |"
 
 
@@ -179,7 +193,7 @@ def summary_columns(ctx: Context, rows: list[dict]) -> list[str]:
 
 
 def render_summary(ctx: Context, table: dict) -> list[str]:
-    """One summary table: a row per preset and budget, a column per method, the best score in bold."""
+    """One summary table: a row per preset and budget, a column per method, the best and its ties in bold."""
     columns = summary_columns(ctx, table["rows"])
     lines = [f"### {table['title']}", "", *caption_lines(table),
              *command_block(["python -m inhernet_bench.benchmarks_md  # from the files in the last column"]),

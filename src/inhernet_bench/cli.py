@@ -12,6 +12,8 @@ import click
 from rich.table import Table
 
 from inhernet.cli import (
+    _DATA,
+    _MODEL_SPEC,
     ALLOCATION,
     BUDGET,
     EXPERTS,
@@ -197,15 +199,78 @@ def _bench_config(
     get_preset(preset)  # fail fast on an unknown name
     if options["steps"] is not None and options["epochs"] is not None:
         raise click.BadParameter("give --steps or --epochs, not both", param_hint="--epochs")
-    try:
-        grid = tuple(float(v) for v in lr_grid.split(","))
-    except ValueError:
-        raise click.BadParameter(f"{lr_grid!r} is not a comma-separated list of numbers", param_hint="--lr-grid") from None
     return BenchConfig(
         preset=preset, budget=budget_value(budget), seeds=tuple(sorted(set(seed_list))) or tuple(range(seeds)),
-        methods=tuple(m.strip() for m in methods.split(",")) if methods else None, lr_grid=grid,
+        methods=tuple(m.strip() for m in methods.split(",")) if methods else None, lr_grid=_lr_grid(lr_grid),
         inherit_overrides={} if drop_blocks is None else {"drop_blocks": drop_blocks}, **options,
     )
+
+
+@cli.command("compare")
+@click.argument("model")
+@_MODEL_SPEC
+@_DATA
+@click.option("--test", "test_path", type=click.Path(), default=None,
+              help="Test data, in --data's format [--test-fraction of --data, held out with --seed].")
+@click.option("--test-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.2,
+              show_default=True, help="Without --test: the share of --data held out as the test split.")
+@BUDGET
+@EXPERTS
+@click.option("--methods", default=None, help="Comma-separated methods [those of inhernet, inhernet-paper, kd-student, "
+              "prune-kd, svd-kd, layerdrop-kd that apply to the model].")
+@click.option("--seeds", type=click.IntRange(min=1), default=3, show_default=True, help="Seeds 0..N-1 of every method.")
+@click.option("--steps", type=click.IntRange(min=1), default=None, help="KD steps (default: one epoch).")
+@click.option("--lr-grid", default="3e-4,1e-3,3e-3", show_default=True, help="Comma-separated lrs to tune each method on.")
+@click.option("--tune-steps", type=click.IntRange(min=1), default=None,
+              help="Steps of each tuning run [15% of the steps, 10..1000].")
+@click.option("--val-examples", type=click.IntRange(min=1), default=2000, show_default=True,
+              help="Validation examples carved from the end of the (shuffled) training split, at most a fifth of it.")
+@click.option("--curve-points", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Validation evaluations along each learning curve.")
+@_OUTPUT_OPTIONS
+def compare_command(
+    model: str, weights: str | None, task: str | None, num_classes: int | None, data: str, prep: dict[str, Any],
+    batch_size: int, seed: int, test_path: str | None, test_fraction: float, methods: str | None, lr_grid: str,
+    out: str, json_path: str | None, **options: Any,
+) -> None:
+    """Which method for MODEL? Every method that applies, side by side on your data, with significance.
+
+    MODEL and --data as `inhernet compress` takes them (torchvision:NAME / timm:NAME with --weights, a
+    Hugging Face directory, or a directory from `inhernet compress`: its teacher). Each method's lr is
+    tuned on a validation split of the training data, learning curves are measured there, and the test
+    split is read once per final row. Prints mean ± s.e. over --seeds, params, MACs, latency over the
+    teacher's, the verdict against the best ("better" only beyond 2 s.e. of the difference) and a
+    recommendation; writes the JSON. --part-dir keeps each finished (method, seed) run: a rerun resumes.
+
+    \b
+    Example:
+      inhernet-bench compare ./my-bert --data reviews-train.csv --test reviews-test.csv --budget 0.5 \\
+          --seeds 3 --part-dir out/compare-parts
+    """
+    from pathlib import Path
+
+    from . import BenchConfig, write_json
+    from .compare import UserModel, compare, compare_table
+
+    cfg = BenchConfig(
+        preset=model, budget=budget_value(options.pop("budget")), seeds=tuple(range(options.pop("seeds"))),
+        methods=tuple(m.strip() for m in methods.split(",")) if methods else None, lr_grid=_lr_grid(lr_grid),
+        batch_size=batch_size, progress=False, **options,
+    )
+    user = UserModel(model, data, test_path, weights, task, num_classes, prep, test_fraction, seed)
+    result = compare(user, cfg, log=lambda line: console.print(line, highlight=False))
+    result["command"] = shlex.join(["inhernet-bench", *sys.argv[1:]])
+    console.print(compare_table(result))
+    json_file = write_json(result, json_path or Path(out) / f"compare-{cfg.budget}.json")
+    console.print(f"{result['recommendation']}\nwrote {json_file} ({result['wall_s']:.0f} s)", highlight=False)
+
+
+def _lr_grid(text: str) -> tuple[float, ...]:
+    """``--lr-grid``'s learning rates."""
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a comma-separated list of numbers", param_hint="--lr-grid") from None
 
 
 @cli.command()

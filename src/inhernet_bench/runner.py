@@ -34,7 +34,7 @@ from inhernet_bench.baselines import MethodContext, build_student
 from inhernet_bench.baselines.methods import MATCHES, METHODS
 from inhernet_bench.baselines.prune import IMPORTANCES, default_importance
 from inhernet_bench.parts import Parts
-from inhernet_bench.presets.registry import PRESETS, get_preset
+from inhernet_bench.presets.registry import PRESETS, Preset, get_preset
 from inhernet_bench.summary import compare_with_student, other_metrics, summarise
 from inhernet_bench.topk_store import hash_tensor, stored_teacher_topk
 
@@ -104,6 +104,10 @@ class BenchConfig:
     #: measure on the preset's whole test split where its default test loader is a subset (its
     #: ``full_test`` data options; e.g. fashion-effnet: 10,000 images instead of 500)
     full_test: bool = False
+    #: where the learning curve and the zero-shot score are measured: ``"test"``, or ``"validation"`` (the
+    #: validation split of ``val_examples``, which the runs then never train on): the test split is then read
+    #: once per run, for its final score (and once more for the experts-merged score of a gated model)
+    curve_split: Literal["test", "validation"] = "test"
     #: with ``match="latency"``: what times layers and models (a :class:`inhernet.deploy.costs.LatencyCosts`);
     #: default a :class:`~inhernet.deploy.CostTable` on the teacher's device. Not part of the fingerprint.
     costs: Any = None
@@ -124,6 +128,8 @@ class BenchConfig:
             raise ValueError(f"checkpoint_every must be an int >= 0 (0: no checkpoints), got {self.checkpoint_every!r}")
         if self.checkpoint_every and self.part_dir is None:
             raise ValueError("checkpoint_every needs part_dir: the checkpoints are kept beside the parts")
+        if self.curve_split not in ("test", "validation"):
+            raise ValueError(f"curve_split must be 'test' or 'validation', got {self.curve_split!r}")
         if self.match not in MATCHES:
             raise ValueError(f"match must be one of {', '.join(map(repr, MATCHES))}, got {self.match!r}")
         if self.match == "latency" and (
@@ -190,6 +196,8 @@ class BenchConfig:
             fp["inherit_overrides"] = dict(self.inherit_overrides)
         if self.full_test:  # only when set: parts written before the option existed stay valid
             fp["full_test"] = True
+        if self.curve_split != "test":  # only when set: parts written before the option existed stay valid
+            fp["curve_split"], fp["val_examples"] = self.curve_split, self.val_examples
         if self.tune_lr:
             fp["lr_grid"], fp["tune_steps"], fp["val_examples"] = list(self.lr_grid), self.tune_steps, self.val_examples
         else:
@@ -223,17 +231,19 @@ def teacher_training_set(
     return precompute_teacher_logits(teacher, dataset) if preset.cache_teacher else dataset
 
 
-def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print, preset: Preset | None = None) -> dict[str, Any]:
     """Build, distil and evaluate every method for every seed; returns the contract JSON dict.
 
     Training uses the first ``steps * batch_size`` training examples (all of them with ``epochs``),
     with the teacher's logits computed once. The final metric is measured on the preset's whole test
-    split, the learning curve on its first ``curve_examples`` examples. For one seed every method sees
-    the same batches in the same order. With ``tune_lr`` each method first gets its learning rate (see
+    split, the learning curve on the first ``curve_examples`` examples of ``cfg.curve_split``. For one seed
+    every method sees the same batches in the same order. With ``tune_lr`` each method first gets its learning rate (see
     :class:`BenchConfig`); with ``part_dir`` every finished run is kept and reused (see :class:`Parts`).
+    ``preset``: run on this preset instead of the registered ``cfg.preset``, which then only names it (a
+    user's model and data: :mod:`inhernet_bench.compare`).
     """
     start = time.perf_counter()
-    bench = _Bench(cfg, log)
+    bench = _Bench(cfg, log, preset)
     for seed in bench.cfg.seeds:
         for name in bench.methods:
             bench.run(name, seed)
@@ -249,8 +259,8 @@ _ROW_EXTRAS = ("ranks", "latency_ms", "pruned_share", "latency_checks")
 class _Bench:
     """One ``run_bench``: the teacher, data and parts it sets up, and what each (method, seed) run adds."""
 
-    def __init__(self, cfg: BenchConfig, log: Callable[[str], None]) -> None:
-        preset = get_preset(cfg.preset)
+    def __init__(self, cfg: BenchConfig, log: Callable[[str], None], preset: Preset | None = None) -> None:
+        preset = preset or get_preset(cfg.preset)
         self.methods = tuple(cfg.methods or preset.methods)
         for name in self.methods:
             if name in preset.excluded:
@@ -261,9 +271,19 @@ class _Bench:
         self.cfg, self.calib = cfg, preset.calib(cfg.calib_size)
         train, self.test = preset.data(cfg.batch_size, **(preset.full_test if cfg.full_test else {}))
         n_train = len(train.dataset)
+        # the validation split: the last examples of the training split; a validation curve keeps the runs off it
+        on_val = cfg.curve_split == "validation"
+        self.n_val = min(cfg.val_examples, max(1, n_train // 5)) if cfg.tune_lr or on_val else 0
+        n_fit = n_train - self.n_val if on_val else n_train
+        if n_train - self.n_val < 1:
+            raise ValueError(f"the training split ({n_train} examples) is too small to carve a validation split from")
+        self.val = DataLoader(
+            Subset(train.dataset, range(n_train - self.n_val, n_train)), batch_size=max(cfg.batch_size, 256)
+        )
         # epochs: whole passes over the training split, at the runner's own batch size
-        self.steps = cfg.epochs * -(-n_train // cfg.batch_size) if cfg.epochs is not None else cfg.steps or len(train)
-        self.train, self.train_n, self._training_set = train, min(n_train, self.steps * cfg.batch_size), None
+        epoch = -(-n_fit // cfg.batch_size) if on_val else len(train)
+        self.steps = cfg.epochs * -(-n_fit // cfg.batch_size) if cfg.epochs is not None else cfg.steps or epoch
+        self.train, self.train_n, self._training_set = train, min(n_fit, self.steps * cfg.batch_size), None
         self.metric = preset.metric
         self.higher = self.metric != "perplexity"
         self.example = first_example(self.calib[0])
@@ -397,14 +417,15 @@ class _Bench:
         dcfg = _distill_config(
             self, seed, steps, lr, val_every=max(1, steps // cfg.curve_points), progress=cfg.progress, **(resume or {})
         )
-        curve_set = _Head(test, cfg.curve_examples, cfg.batch_size)
+        on_test = cfg.curve_split == "test"
+        curve_set = _Head(test if on_test else self.val, cfg.curve_examples, cfg.batch_size)
         # A curve over the whole test split already measures the zero-shot and final metric
         # (validation follows evaluate()'s semantics): don't pay for those evaluations twice.
-        whole = len(curve_set) >= len(test) and dcfg.val_at_start
-        zero_shot = None if whole else evaluate(student, test, metric)[metric]
+        whole = on_test and len(curve_set) >= len(test) and dcfg.val_at_start
+        zero_shot = evaluate(student, test, metric)[metric] if on_test and not whole else None
         history = distill(student, teacher, train, curve_set, dcfg)
         points = {int(s): v for s, v in history["curve"]}
-        zero_shot = points[0] if zero_shot is None else zero_shot
+        zero_shot = points.get(0) if zero_shot is None else zero_shot  # off the test split: validation's
         final_point = points.get(history["steps"]) if whole else None
         # A dual encoder's other metrics (its recalls) come with a full evaluation only.
         needs_eval = final_point is None or metric in DUAL_METRICS
@@ -448,7 +469,8 @@ class _Bench:
             **({"latency": latency["how"]} if latency else {}),
             **({"excluded": dict(self.preset.excluded)} if self.preset.excluded else {}),
             "steps": self.steps, **({"epochs": cfg.epochs} if cfg.epochs is not None else {}),
-            "lr": None if cfg.tune_lr else cfg.lr,
+            "lr": None if cfg.tune_lr else cfg.lr, "test_count": int(self.teacher_scores["count"]),
+            **({"curve_split": cfg.curve_split} if cfg.curve_split != "test" else {}),
             **({"tuning": self.tuner.describe()} if self.tuner is not None else {}),
             "device": "cuda" if torch.cuda.is_available() else "cpu", "torch": torch.__version__,
             "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
@@ -513,17 +535,10 @@ class _Tuner:
     """
 
     def __init__(self, bench: _Bench) -> None:
-        cfg, dataset = bench.cfg, bench.train.dataset
-        n = len(dataset)
-        self.bench, self.cfg = bench, cfg
-        self.n_val = min(cfg.val_examples, max(1, n // 5))
+        cfg, n = bench.cfg, len(bench.train.dataset)
+        self.bench, self.cfg, self.n_val, self.val = bench, cfg, bench.n_val, bench.val
         self.steps = cfg.tune_steps or min(1000, max(10, round(0.15 * bench.steps)))
         self.tune_n = min(bench.train_n, n - self.n_val, self.steps * cfg.batch_size)
-        if self.tune_n < 1:
-            raise ValueError(f"the training split ({n} examples) is too small to carve a validation split from")
-        self.val = DataLoader(
-            Subset(dataset, range(n - self.n_val, n)), batch_size=max(cfg.batch_size, 256), shuffle=False
-        )
 
     @property
     def train_set(self) -> Subset:
