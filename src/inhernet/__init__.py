@@ -8,7 +8,8 @@ fine-tuned by distillation and compared with a conventionally distilled student 
 from ._version import __version__
 from .config import InherConfig
 from .costs import CostTable, count_macs
-from .deploy import compact, export_onnx, merge_experts
+from .deploy import compact, export_gguf, export_onnx, export_pt2, merge_experts
+# export_hf: added with inhernet.deploy.hf (issue 28, deliverable 1)
 from .distillation import DistillConfig, distill
 from .evaluate import evaluate
 from .layers import InherBlock, InherConv, InherEmbedding, InherLinear, expert_spread
@@ -34,7 +35,9 @@ __all__ = [
     "distill",
     "evaluate",
     "expert_spread",
+    "export_gguf",
     "export_onnx",
+    "export_pt2",
     "inherit",
     "load",
     "merge_experts",

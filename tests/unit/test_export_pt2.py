@@ -90,7 +90,7 @@ def test_a_tracing_failure_names_the_layer_and_the_op(tmp_path):
 
 
 def test_bad_arguments_name_what_would_work(tmp_path):
-    with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
+    with pytest.raises(TypeError, match=r"model must be a torch\.nn\.Module"):
         export_pt2("model", torch.randn(2, 4), tmp_path / "x.pt2")
     with pytest.raises(TypeError, match="example_inputs must be a tensor"):
         export_pt2(nn.Linear(4, 4), [1, 2], tmp_path / "x.pt2")
