@@ -9,7 +9,6 @@ from ._version import __version__
 from .config import InherConfig
 from .costs import CostTable, count_macs
 from .deploy import compact, export_gguf, export_onnx, export_pt2, merge_experts
-# export_hf: added with inhernet.deploy.hf (issue 28, deliverable 1)
 from .distillation import DistillConfig, distill
 from .evaluate import evaluate
 from .layers import InherBlock, InherConv, InherEmbedding, InherLinear, expert_spread

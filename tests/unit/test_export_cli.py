@@ -132,8 +132,10 @@ def test_gguf_of_a_compressed_llama(assets, tmp_path, monkeypatch, capsys):  # n
                           "--text-column", "body", "--budget", 0.6, "--batch-size", 4, "--out", tmp_path / "s")
     assert code == 0, err
     kept = json.loads((tmp_path / "s" / "inhernet.json").read_text())
-    code, stdout, err = invoke(monkeypatch, capsys, "export", tmp_path / "s", tmp_path / "s.gguf", "--format", "gguf")
+    with pytest.warns(UserWarning, match=r"rank-cut layers densified .* parameters"):
+        code, stdout, err = invoke(monkeypatch, capsys, "export", tmp_path / "s", tmp_path / "s.gguf", "--format", "gguf")
     assert code == 0, err
+    assert f"wrote {tmp_path / 's.gguf'}" in stdout.replace("\n", "")
     reader = gguf.GGUFReader(tmp_path / "s.gguf")
     blocks = reader.fields["llama.block_count"].contents()
     assert blocks < 4 and len(reader.tensors) == 3 + 9 * blocks, kept  # the default drops blocks (causal LMs)
