@@ -36,8 +36,8 @@ def export_pt2(model: nn.Module, example_inputs: Any, path: str | os.PathLike[st
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     inputs = onnx_inputs(example_inputs)
-    # torch.export specialises a size-1 axis to 1: trace on two rows so the batch stays symbolic
-    args = tuple(t.repeat(2, *[1] * (t.dim() - 1)) if t.shape[0] == 1 else t for t in inputs.values())
+    # two rows: a size-1 axis would be specialised to 1, and the program keeps its example inputs
+    args = tuple(t[:2].clone() if len(t) > 1 else torch.cat([t, t]) for t in inputs.values())
     batch = torch.export.Dim.DYNAMIC
     wrapper = _LogitsOf(model, list(inputs) if isinstance(example_inputs, Mapping) else None)
     with evaluating(model), torch.no_grad():
@@ -45,8 +45,8 @@ def export_pt2(model: nn.Module, example_inputs: Any, path: str | os.PathLike[st
             program = torch.export.export(wrapper, args, dynamic_shapes=(tuple({0: batch} for _ in args),))
         except Exception as err:  # torch raises many types here; each means "cannot trace"
             raise ValueError(f"torch.export cannot trace {type(model).__name__}: {_where(err, model)}") from err
-    with atomic_path(path) as tmp:
-        torch.export.save(program, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as file:  # a file object: torch names by a path's suffix
+        torch.export.save(program, file)
     return Path(path)
 
 
