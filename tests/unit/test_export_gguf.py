@@ -12,6 +12,7 @@ import torch
 from inhernet import InherConfig, inherit
 from inhernet.deploy import export_gguf
 from inhernet.deploy.compact import densify
+from inhernet.deploy.gguf import _permute
 from inhernet.layers import InherBlock
 from inhernet.stack import replace_module
 from tiny_models import bert_tiny, llama_tiny
@@ -77,7 +78,6 @@ def test_every_tensor_and_the_metadata_read_back(student, tmp_path):
 
 def test_the_rotary_permutation_is_llama_cpps(student):
     """Row r of a head in llama.cpp's order is row (r % 2) * half + r // 2 of Hugging Face's."""
-    from inhernet.deploy.gguf import _permute
 
     w = torch.arange(16.0).reshape(16, 1)  # two heads of 8 rows
     assert _permute(w, 2)[:8, 0].tolist() == [0, 4, 1, 5, 2, 6, 3, 7]
@@ -114,3 +114,27 @@ def test_an_untied_head_is_written_as_output(tmp_path):
     fields, tensors = _read(export_gguf(model, tmp_path / "t.gguf"))
     assert len(tensors) == 3 + 9 * 2 and fields["llama.feed_forward_length"] == 48
     torch.testing.assert_close(torch.from_numpy(tensors["output.weight"]), model.lm_head.weight.detach(), rtol=0, atol=0)
+
+
+def test_rotary_embeddings_in_llama_cpps_layout_give_the_students_queries(student, tmp_path):
+    """llama.cpp's llama rotates adjacent pairs (2i, 2i+1), Hugging Face's the halves (i, i + d/2): with the
+    rows permuted, the queries and keys llama.cpp computes are the student's (so are the attention scores)."""
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, apply_rotary_pos_emb
+
+    model, _ = student
+    with pytest.warns(UserWarning, match="densified"):
+        _, tensors = _read(export_gguf(model, tmp_path / "s.gguf"))
+    layer, d = _dense_copy(model).model.layers[0].self_attn, 8
+    x, positions = torch.randn(1, 5, 32), torch.arange(5)[None]
+    cos, sin = LlamaRotaryEmbedding(model.config)(x, positions)
+    theta = 10000.0 ** (-torch.arange(0, d, 2) / d)
+    angle = positions[0, :, None, None] * theta  # (positions, 1, d/2)
+    for proj, name in ((layer.q_proj, "attn_q"), (layer.k_proj, "attn_k")):
+        heads = proj.out_features // d
+        hf = proj(x).view(1, 5, heads, d).transpose(1, 2)
+        hf, _ = apply_rotary_pos_emb(hf, hf, cos, sin)  # (1, heads, 5, d)
+        cpp = (x @ torch.from_numpy(tensors[f"blk.0.{name}.weight"]).T).view(5, heads, d // 2, 2)
+        even, odd = cpp[..., 0], cpp[..., 1]
+        cpp = torch.stack([even * angle.cos() - odd * angle.sin(), even * angle.sin() + odd * angle.cos()], -1)
+        want = _permute(hf[0].transpose(0, 1).reshape(5, heads * d).T, heads).T  # HF's rows in llama.cpp's order
+        torch.testing.assert_close(cpp.reshape(5, heads * d), want.detach(), rtol=1e-5, atol=1e-5)
