@@ -1,10 +1,8 @@
 """GGUF files (llama.cpp's format) of llama-family causal-LM students, written with the ``gguf`` package.
 
-GGUF's llama has no low-rank layers: gated experts are folded (only where that is exact) and every
-rank-cut layer is densified (``W = B A``, with a warning giving the size cost); dropped blocks stay
-dropped. Tensors get llama.cpp's names (``gguf.get_tensor_name_map``) and its rotary layout: the rows of
-``attn_q``/``attn_k`` are permuted as its ``convert_hf_to_gguf.py`` does. The file holds the weights and
-the hyperparameters, no tokenizer.
+GGUF's llama has no low-rank layers: experts are folded (only where exact) and rank-cut layers densified,
+with a warning giving the size cost. Tensor names and the q/k rotary row order are llama.cpp's (its
+``convert_hf_to_gguf.py``). No tokenizer is written.
 """
 
 from __future__ import annotations

@@ -6,6 +6,8 @@ returns the logits; axis 0 (the batch) is dynamic. Gated experts trace as they a
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -38,11 +40,12 @@ def export_pt2(model: nn.Module, example_inputs: Any, path: str | os.PathLike[st
     inputs = onnx_inputs(example_inputs)
     # two rows: a size-1 axis would be specialised to 1, and the program keeps its example inputs
     args = tuple(t[:2].clone() if len(t) > 1 else torch.cat([t, t]) for t in inputs.values())
-    batch = torch.export.Dim.DYNAMIC
+    shapes = (tuple({0: torch.export.Dim.DYNAMIC} for _ in args),)
     wrapper = _LogitsOf(model, list(inputs) if isinstance(example_inputs, Mapping) else None)
-    with evaluating(model), torch.no_grad():
+    # on failure torch prints the partial graph to stderr: the error below says what failed where, in one line
+    with evaluating(model), torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
         try:
-            program = torch.export.export(wrapper, args, dynamic_shapes=(tuple({0: batch} for _ in args),))
+            program = torch.export.export(wrapper, args, dynamic_shapes=shapes, strict=False)
         except Exception as err:  # torch raises many types here; each means "cannot trace"
             raise ValueError(f"torch.export cannot trace {type(model).__name__}: {_where(err, model)}") from err
     with atomic_path(path) as tmp, open(tmp, "wb") as file:  # a file object: torch names by a path's suffix
