@@ -4,7 +4,6 @@ metric `inhernet eval` reports), and bad input. Tiny models and data from test_c
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 
@@ -156,7 +155,6 @@ def test_hf_round_trip_gives_the_metric_eval_reports(assets, tmp_path, monkeypat
     dataset = open_source(read_source(out), assets["csv"]).data.dataset
     batches = [({k: v for k, v in b.items() if k != "labels"}, b["labels"]) for b in make_loader(dataset, 8)]
     assert accuracy_without_inhernet("hf", exported, batches, tmp_path) == rows["inhernet"]["accuracy"]
-    shutil.rmtree(exported)
 
 
 def test_help_has_an_example(monkeypatch, capsys):
