@@ -138,3 +138,12 @@ def test_rotary_embeddings_in_llama_cpps_layout_give_the_students_queries(studen
         cpp = torch.stack([even * angle.cos() - odd * angle.sin(), even * angle.sin() + odd * angle.cos()], -1)
         want = _permute(hf[0].transpose(0, 1).reshape(5, heads * d).T, heads).T  # HF's rows in llama.cpp's order
         torch.testing.assert_close(cpp.reshape(5, heads * d), want.detach(), rtol=1e-5, atol=1e-5)
+
+
+def test_a_half_precision_llama_keeps_f16_matrices_and_f32_norms(tmp_path):
+    model, _ = llama_tiny()
+    fields, tensors = _read(export_gguf(model.half(), tmp_path / "h.gguf"))
+    assert fields["general.file_type"] == 1  # MOSTLY_F16
+    assert tensors["blk.0.ffn_up.weight"].dtype == np.float16 and tensors["blk.0.attn_norm.weight"].dtype == np.float32
+    torch.testing.assert_close(torch.from_numpy(tensors["blk.0.ffn_up.weight"]), model.model.layers[0].mlp.up_proj.weight,
+                               rtol=0, atol=0)

@@ -107,7 +107,8 @@ def _tensors(model: nn.Module, config: Any) -> dict[str, Any]:
             raise ValueError(f"GGUF's llama has no tensor for {key}: export this student as {_OTHER_FORMATS}")
         if ".attn_q." in name or ".attn_k." in name:
             t = _permute(t, t.shape[0] // head_dim)
-        tensors[name] = (t if t.dtype in (torch.float32, torch.float16) else t.float()).detach().cpu().numpy()
+        half = t.dtype == torch.float16 and t.dim() > 1  # llama.cpp's converter keeps norms and biases in F32
+        tensors[name] = (t if half else t.float()).detach().cpu().numpy()
     return tensors
 
 
