@@ -8,7 +8,7 @@ fine-tuned by distillation and compared with a conventionally distilled student 
 from ._version import __version__
 from .config import InherConfig
 from .costs import CostTable, count_macs
-from .deploy import compact, export_hf, export_onnx, merge_experts
+from .deploy import compact, export_gguf, export_hf, export_onnx, export_pt2, merge_experts
 from .distillation import DistillConfig, distill
 from .evaluate import evaluate
 from .layers import InherBlock, InherConv, InherEmbedding, InherLinear, expert_spread
@@ -34,8 +34,10 @@ __all__ = [
     "distill",
     "evaluate",
     "expert_spread",
+    "export_gguf",
     "export_hf",
     "export_onnx",
+    "export_pt2",
     "inherit",
     "load",
     "merge_experts",

@@ -544,6 +544,71 @@ def _print_measures(rows: list[dict[str, Any]], metric: str) -> None:
     console.print(table)
 
 
+_FILE_FORMATS = {"pt2": ".pt2", "onnx": ".onnx", "gguf": ".gguf"}
+
+
+@cli.command("export")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.argument("out", type=click.Path())
+@click.option("--format", "fmt", type=click.Choice(["hf", *_FILE_FORMATS]), required=True,
+              help="hf: a Hugging Face directory; pt2: a torch.export program; onnx; gguf: llama.cpp's (llama students).")
+@click.option("--data", type=click.Path(), default=None,
+              help="pt2, onnx: the data as compress read it; the student is traced and checked on its first two examples.")
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+def export_command(directory: str, out: str, fmt: str, data: str | None, overwrite: bool) -> None:
+    """Export a compressed DIRECTORY to OUT, in a format that loads without inhernet.
+
+    DIRECTORY is what `inhernet compress` / `train` wrote; its teacher is rebuilt from source.json.
+    pt2 and onnx outputs are checked against the student on two examples of --data.
+
+    \b
+    Example:
+      inhernet export out/r18-pets out/r18-pets.pt2 --format pt2 --data pets/train
+      inhernet export out/smollm2 out/smollm2-hf --format hf
+    """
+    from . import load
+    from .sources import build_model, load_tokenizer, make_loader, open_source, read_source
+
+    target, source = Path(out), read_source(directory)
+    if target.exists() and (target.is_file() or any(target.iterdir())) and not overwrite:
+        raise click.UsageError(f"{out} exists{'' if target.is_file() else ' and is not empty'}: add --overwrite to "
+                               "replace it, or give another OUT")
+    if fmt in _FILE_FORMATS and target.is_dir():
+        raise ValueError(f"{out} is a directory; --format {fmt} writes one file, e.g. {target / ('model' + _FILE_FORMATS[fmt])}")
+    if fmt == "hf" and source.model.library != "hf":
+        raise ValueError(f"--format hf writes Hugging Face models; {directory}'s teacher is {source.model}: use pt2 or onnx")
+    example = None
+    if fmt in ("pt2", "onnx"):
+        if data is None:
+            raise click.UsageError(f"--format {fmt} traces the student on examples: give --data (as for compress)")
+        opened = open_source(source, data)
+        teacher, example = opened.teacher, next(iter(make_loader(opened.data.dataset, 2)))
+    else:
+        teacher = build_model(source.model)
+    student = load(directory, base=teacher)
+    change = _export_as(fmt, student, target, example, load_tokenizer(source.model) if fmt == "hf" else None)
+    size = sum(f.stat().st_size for f in [target, *target.rglob("*")] if f.is_file())
+    checked = "" if change is None else f"; its outputs differ from the student's by {change:.1e} (relative) on 2 examples"
+    console.print(f"wrote {out} ({size / 1e6:.1f} MB){checked}", highlight=False)
+
+
+def _export_as(fmt: str, student: Any, target: Path, example: Any, tokenizer: Any) -> float | None:
+    """Write ``student`` to ``target`` in ``fmt``; the relative output change measured, where one is."""
+    from .deploy import export_gguf, export_onnx, export_pt2, verify_onnx, verify_pt2
+
+    if fmt == "hf":
+        from .deploy.hf import export_hf  # issue 28's hf exporter
+
+        export_hf(student, target, tokenizer=tokenizer, overwrite=True)  # OUT was checked by the caller
+        return None
+    if fmt == "gguf":
+        export_gguf(student, target)
+        return None
+    export, verify = (export_pt2, verify_pt2) if fmt == "pt2" else (export_onnx, verify_onnx)
+    export(student, example, target)
+    return verify(target, student, example)
+
+
 def print_plan(plan) -> None:
     table = Table("layer", "kind", "shape", "rank", "params before", "params after", "note")
     for row in plan.layers:

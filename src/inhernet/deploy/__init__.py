@@ -1,13 +1,17 @@
 """Deployment: merging the gated experts (:func:`merge_experts`), the compact form (:func:`compact`),
-ONNX export (:func:`export_onnx`, checked by :func:`verify_onnx`), Hugging Face directories
+export as ONNX (:func:`export_onnx`, checked by :func:`verify_onnx`), ``torch.export`` programs
+(:func:`export_pt2`, :func:`verify_pt2`), GGUF (:func:`export_gguf`) and Hugging Face directories
 (:func:`export_hf`). What a model costs lives in :mod:`inhernet.costs`.
 """
 
 from .compact import compact, deployed
 from .export import export_onnx, onnx_inputs, verify_onnx
+from .gguf import export_gguf
 from .hf import export_hf
 from .merge import gate_means, merge_experts
+from .pt2 import export_pt2, verify_pt2
 
 __all__ = [
-    "compact", "deployed", "export_hf", "export_onnx", "gate_means", "merge_experts", "onnx_inputs", "verify_onnx",
+    "compact", "deployed", "export_gguf", "export_hf", "export_onnx", "export_pt2", "gate_means", "merge_experts",
+    "onnx_inputs", "verify_onnx", "verify_pt2",
 ]

@@ -24,7 +24,7 @@ from .._atomic import atomic_path
 from ..batches import forward_batch, logits_of
 from ..modes import evaluating
 
-__all__ = ["export_onnx", "onnx_inputs", "verify_onnx"]
+__all__ = ["export_onnx", "onnx_inputs", "relative_error", "verify_onnx"]
 
 OUTPUT_NAME = "logits"
 
@@ -178,12 +178,14 @@ def verify_onnx(path: str | os.PathLike[str], model: nn.Module, example_inputs: 
     inputs = onnx_inputs(example_inputs)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     feed = {name: t.detach().cpu().numpy() for name, t in inputs.items()}
-    got = torch.from_numpy(session.run([OUTPUT_NAME], feed)[0])
+    return relative_error(torch.from_numpy(session.run([OUTPUT_NAME], feed)[0]), model, example_inputs)
+
+
+def relative_error(got: torch.Tensor, model: nn.Module, example_inputs: Any) -> float:
+    """``max|got - model| / max|model|`` over the logits of ``model`` on ``example_inputs``."""
     with evaluating(model), torch.no_grad():
         want = logits_of(forward_batch(model, example_inputs)).detach().cpu()
     if got.shape != want.shape:
-        raise ValueError(
-            f"onnxruntime returned logits of shape {tuple(got.shape)}, PyTorch {tuple(want.shape)}"
-        )
+        raise ValueError(f"the exported model returned logits of shape {tuple(got.shape)}, PyTorch {tuple(want.shape)}")
     scale = want.abs().max().clamp_min(1e-12)
-    return float((got.to(want.dtype) - want).abs().max() / scale)
+    return float((got.detach().cpu().to(want.dtype) - want).abs().max() / scale)

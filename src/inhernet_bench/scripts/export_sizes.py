@@ -1,0 +1,118 @@
+"""Size on disk of each export format for the presets' default students, next to their teachers'.
+
+    OMP_NUM_THREADS=1 python -m inhernet_bench.scripts.export_sizes [--presets mnist-cnn,...] [--budget 0.25]
+
+Each preset's teacher is compressed as the bench's ``inhernet`` row is (the family's default recipe, whitened,
+``--calib-size`` examples) but not trained: sizes do not depend on training. The teacher and the student
+are then written in every format (``weights``: the teacher's safetensors state dict, the student's
+``inhernet.save`` directory; ``pt2``, ``onnx``, ``gguf``, ``hf``); a format that refuses the model is recorded
+with its reason. Writes ``export-sizes.json`` under ``--out`` (default ``benchmarks/results/``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from inhernet._atomic import atomic_write
+from inhernet_bench.scripts import RESULTS, shown
+
+FORMATS = ("weights", "pt2", "onnx", "gguf", "hf")
+FILE_NAMES = {"weights": "weights", "pt2": "model.pt2", "onnx": "model.onnx", "gguf": "model.gguf", "hf": "hf"}
+
+
+def _writer(fmt: str, example: Any) -> Callable[[nn.Module, Path], Any]:
+    """``write(model, path)`` for ``fmt``."""
+    from inhernet import save
+    from inhernet.deploy import export_gguf, export_onnx, export_pt2
+
+    def weights(model: nn.Module, path: Path) -> Any:
+        from safetensors.torch import save_model
+
+        if hasattr(model, "inhernet_plan"):
+            return save(model, path)
+        path.mkdir()
+        return save_model(model, str(path / "model.safetensors"))
+
+    def hf(model: nn.Module, path: Path) -> Any:
+        from inhernet.deploy.hf import export_hf  # issue 28's hf exporter
+
+        return export_hf(model, path)
+
+    writers = {"weights": weights, "hf": hf, "gguf": export_gguf,
+               "pt2": lambda m, p: export_pt2(m, example, p), "onnx": lambda m, p: export_onnx(m, example, p)}
+    return writers[fmt]
+
+
+def size_on_disk(path: Path) -> int:
+    """Bytes of the file ``path``, or of every file under the directory ``path``."""
+    return path.stat().st_size if path.is_file() else sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def sizes(model: nn.Module, example: Any, formats: tuple[str, ...] = FORMATS) -> dict[str, Any]:
+    """``{format: bytes}`` of ``model`` written in each format, or ``{format: "n/a: why"}`` where it is refused."""
+    row: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for fmt in formats:
+            path = Path(tmp) / FILE_NAMES[fmt]
+            try:
+                _writer(fmt, example)(model, path)
+            except (ValueError, TypeError, ImportError) as err:
+                row[fmt] = f"n/a: {str(err).splitlines()[0]}"
+                continue
+            row[fmt] = size_on_disk(path)
+            if path.is_dir():  # a large model's formats one at a time on disk
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+    return row
+
+
+def measure(preset_name: str, budget: float, calib_size: int) -> dict[str, Any]:
+    """The teacher's and the untrained default student's sizes in every format, for one preset."""
+    from inhernet import InherConfig, inherit
+    from inhernet_bench.presets.registry import get_preset
+
+    preset = get_preset(preset_name)
+    teacher, calib = preset.teacher().eval(), preset.calib(calib_size)
+    student = inherit(teacher, InherConfig(budget=budget, seed=0), calib=calib, progress=False).eval()
+    example = calib[0]
+    return {
+        "params": {"teacher": sum(p.numel() for p in teacher.parameters()),
+                   "student": sum(p.numel() for p in student.parameters())},
+        "teacher": sizes(teacher, example), "student": sizes(student, example),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    from inhernet_bench.presets.registry import PRESETS
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--presets", default=",".join(PRESETS), help="comma-separated preset names [all]")
+    parser.add_argument("--budget", type=float, default=0.25, help="share of the teacher's parameters [the bench's]")
+    parser.add_argument("--calib-size", type=int, default=1000, help="calibration examples [the bench's]")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    torch.manual_seed(0)
+    rows = {}
+    for name in args.presets.split(","):
+        rows[name] = measure(name, args.budget, args.calib_size)
+        print(json.dumps({name: rows[name]}), flush=True)
+    command = " ".join(["python -m inhernet_bench.scripts.export_sizes", *(argv if argv is not None else sys.argv[1:])])
+    report = {"command": command, "budget": args.budget, "calib_size": args.calib_size, "torch": torch.__version__,
+              "formats": list(FORMATS), "presets": rows}
+    path = atomic_write(args.out / "export-sizes.json", json.dumps(report, indent=2) + "\n")
+    print(f"wrote {shown(path)}")
+
+
+if __name__ == "__main__":
+    main()
