@@ -1,8 +1,9 @@
-"""The ``inhernet-bench`` command line: ``demo``, ``presets``, ``plan`` and ``bench`` on the presets (real
+"""The ``inhernet-bench`` command line: ``demo``, ``presets``, ``plan``, ``teacher`` and ``bench`` on the presets (real
 teachers and data installed offline by ``scripts/install_assets.sh``)."""
 
 from __future__ import annotations
 
+import json
 import shlex
 import sys
 from collections.abc import Callable
@@ -206,6 +207,42 @@ def _bench_config(
         methods=tuple(m.strip() for m in methods.split(",")) if methods else None, lr_grid=grid,
         inherit_overrides={} if drop_blocks is None else {"drop_blocks": drop_blocks}, **options,
     )
+
+
+@cli.command()
+@click.option("--preset", required=True, help="A preset with a teacher to train: fashion-effnet, tweets-minilm, "
+              "fashion-dual or smollm2-bbc.")
+@click.option("--max-minutes", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="End this part cleanly after this many minutes (its state saved); rerun to continue.")
+@click.option("--record-dir", default="benchmarks/results/teachers", show_default=True,
+              help="Where the finished teacher's record is copied as PRESET.json.")
+def teacher(preset: str, max_minutes: float | None, record_dir: str) -> None:
+    """Train a preset's teacher until its validation score stops improving, and cache the best checkpoint.
+
+    \b
+    Trains on the training split minus a validation split carved from it, at a constant learning rate after
+    warm-up, keeping the best checkpoint; stops after the recipe's patience of evaluations without
+    improvement; reads the test split once at the end. The cache (under INHERNET_HOME, keyed by the recipe)
+    is what `bench` uses. Resumable in parts:
+      inhernet-bench teacher --preset fashion-effnet --max-minutes 60   # repeat until it says done
+    """
+    from pathlib import Path
+
+    from inhernet._atomic import atomic_write
+
+    from .teachers import build_teacher, teacher_spec
+
+    spec = teacher_spec(preset)
+    command = shlex.join(["inhernet-bench", "teacher", "--preset", preset])
+    record = build_teacher(spec, max_minutes=max_minutes, command=command,
+                           log=lambda line: console.print(line, highlight=False))
+    if record is None:
+        console.print(f"not done yet: rerun `{command}` to continue")
+        return
+    out = Path(record_dir) / f"{preset}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(out, json.dumps(record, indent=2, sort_keys=True) + "\n")
+    console.print(f"{preset} teacher done; its record is in {out}")
 
 
 @cli.command()
