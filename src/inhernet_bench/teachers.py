@@ -237,7 +237,8 @@ class _Run:
             save_model(self.model, str(tmp), force_contiguous=True)
         with atomic_path(self.folder / "best.safetensors") as tmp:
             save_file(self.best_state, str(tmp))
-        optim = {f"{i}.{k}": v for i, s in self.optimizer.state_dict()["state"].items() for k, v in s.items()}
+        optim = {f"{i}.{k}": v.contiguous() for i, s in self.optimizer.state_dict()["state"].items()
+                 for k, v in s.items()}
         with atomic_path(self.folder / "optimizer.safetensors") as tmp:
             save_file({**optim, "rng": torch.get_rng_state()}, str(tmp))
         progress = {"key": recipe_key(self.recipe), "step": self.step, "history": self.history, "best": self.best,
