@@ -3,7 +3,6 @@ teachers and data installed offline by ``scripts/install_assets.sh``)."""
 
 from __future__ import annotations
 
-import json
 import shlex
 import sys
 from collections.abc import Callable
@@ -226,23 +225,12 @@ def teacher(preset: str, max_minutes: float | None, record_dir: str) -> None:
     is what `bench` uses. Resumable in parts:
       inhernet-bench teacher --preset fashion-effnet --max-minutes 60   # repeat until it says done
     """
-    from pathlib import Path
+    from .teachers import build_preset_teacher
 
-    from inhernet._atomic import atomic_write
-
-    from .teachers import build_teacher, teacher_spec
-
-    spec = teacher_spec(preset)
-    command = shlex.join(["inhernet-bench", "teacher", "--preset", preset])
-    record = build_teacher(spec, max_minutes=max_minutes, command=command,
-                           log=lambda line: console.print(line, highlight=False))
+    record = build_preset_teacher(preset, max_minutes=max_minutes, record_dir=record_dir,
+                                  log=lambda line: console.print(line, highlight=False))
     if record is None:
-        console.print(f"not done yet: rerun `{command}` to continue")
-        return
-    out = Path(record_dir) / f"{preset}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(out, json.dumps(record, indent=2, sort_keys=True) + "\n")
-    console.print(f"{preset} teacher done; its record is in {out}")
+        console.print(f"not done yet: rerun `inhernet-bench teacher --preset {preset}` to continue")
 
 
 @cli.command()

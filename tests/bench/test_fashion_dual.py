@@ -98,7 +98,7 @@ def test_student_has_at_least_the_asked_parameters() -> None:
 
 @pytest.mark.assets
 def test_teacher_is_built_by_the_converging_builder_then_loaded(tmp_path: Path, monkeypatch) -> None:
-    from inhernet_bench.teachers import TeacherMissingError, build_teacher
+    from inhernet_bench.presets.teacher_cache import TeacherMissingError, build_teacher
 
     monkeypatch.setenv("INHERNET_HOME", str(tmp_path))
     monkeypatch.setattr(fd, "TEACHER_RECIPE", {**fd.TEACHER_RECIPE, "train_limit": 48, "val_examples": 8,

@@ -4,7 +4,6 @@ and the narrowed EfficientNet student. Tests marked ``assets`` read the real fil
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -134,7 +133,7 @@ def test_loaders_are_deterministic_and_class_balanced() -> None:
 
 @pytest.mark.assets
 def test_teacher_is_built_by_the_converging_builder_then_loaded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from inhernet_bench.teachers import TeacherMissingError, build_teacher
+    from inhernet_bench.presets.teacher_cache import TeacherMissingError, build_teacher
 
     monkeypatch.setenv("INHERNET_HOME", str(tmp_path))
     with pytest.raises(TeacherMissingError, match="inhernet-bench teacher --preset fashion-effnet"):

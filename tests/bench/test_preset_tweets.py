@@ -7,7 +7,6 @@ random BERTs; tests marked ``assets`` read the real corpus and MiniLM files (qui
 from __future__ import annotations
 
 import importlib.util
-import json
 from pathlib import Path
 
 import pytest
@@ -228,7 +227,7 @@ def test_the_tweets_teacher_is_built_by_the_converging_builder_then_loaded(
 ) -> None:
     """The preset's teacher comes from ``inhernet-bench teacher`` only: absent, loading it names the command;
     built (on stand-in data and model), it loads, and its validation split is carved from training only."""
-    from inhernet_bench.teachers import TeacherMissingError, build_teacher
+    from inhernet_bench.presets.teacher_cache import TeacherMissingError, build_teacher
 
     monkeypatch.setenv("INHERNET_HOME", str(tmp_path))
     monkeypatch.setattr(tweets_teacher, "TEACHER_RECIPE", {**tweets_teacher.TEACHER_RECIPE, "val_examples": 6,

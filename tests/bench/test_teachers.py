@@ -1,4 +1,4 @@
-"""The converged-teacher builder (``inhernet_bench.teachers``) on a tiny classifier, and its wiring into the
+"""The converged-teacher builder (``inhernet_bench.presets.teacher_cache.build_teacher``) on a tiny classifier, and its wiring into the
 presets and the ``teacher`` command: patience, best checkpoint, resumable parts, recipe keys, disjoint splits."""
 
 from __future__ import annotations
@@ -12,9 +12,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from cli_runner import invoke
 from inhernet_bench import teachers
 from inhernet_bench.cli import main as bench_main
-from inhernet_bench.teachers import (
+from inhernet_bench.presets import teacher_cache
+from inhernet_bench.presets.teacher_cache import (
     TeacherMissingError,
     TeacherSpec,
     build_teacher,
@@ -23,7 +25,6 @@ from inhernet_bench.teachers import (
     recipe_key,
     stratified_split,
 )
-from tests.cli_runner import invoke
 
 RECIPE = {"data": "gaussian blobs", "lr": 0.05, "batch_size": 8, "warmup_steps": 2, "weight_decay": 0.01,
           "eval_every": 2, "patience": 3, "max_steps": 400, "seed": 0}
@@ -67,14 +68,14 @@ def test_stops_on_patience_and_caches_a_record() -> None:
     scores = [score for _, score in record["validation_history"]]
     assert record["validation"]["accuracy"] == max(scores) > scores[0]
     assert record["recipe"] == RECIPE and record["command"] == "cmd" and record["test"]["count"] == 48
-    folder = teachers.teacher_cache_dir(_spec().name)
+    folder = teacher_cache.teacher_cache_dir(_spec().name)
     assert sorted(p.name for p in folder.iterdir()) == ["meta.json", "model.safetensors"]  # state removed
     assert build_teacher(_spec(), log=_quiet) == record  # done: read, not trained again
 
 
 def test_keeps_the_best_checkpoint_not_the_last(monkeypatch: pytest.MonkeyPatch) -> None:
     scripted, seen = iter([0.5, 0.9, 0.7, 0.6, 0.8]), []
-    real = teachers.evaluate
+    real = teacher_cache.evaluate
 
     def evaluate(model: nn.Module, loader: Any, metric: str) -> dict[str, float]:
         if loader.batch_size == 32:  # the test split: measured for real
@@ -82,7 +83,7 @@ def test_keeps_the_best_checkpoint_not_the_last(monkeypatch: pytest.MonkeyPatch)
         seen.append({k: v.clone() for k, v in model.state_dict().items()})
         return {metric: next(scripted)}
 
-    monkeypatch.setattr(teachers, "evaluate", evaluate)
+    monkeypatch.setattr(teacher_cache, "evaluate", evaluate)
     record = build_teacher(_spec(), log=_quiet)
     assert record["best_step"] == 4 and record["steps"] == 10 and len(seen) == 5
     cached = load_teacher(_spec())
@@ -108,7 +109,7 @@ def test_a_build_in_parts_ends_where_one_uninterrupted_run_does(home: Path, monk
     # a time limit ends a part after its first step at the latest, and the next part goes on from there
     monkeypatch.setenv("INHERNET_HOME", str(home.parent / "timed"))
     assert build_teacher(_spec(), max_minutes=1e-9, log=_quiet) is None
-    progress = json.loads((teachers.teacher_cache_dir(_spec().name) / "state" / "progress.json").read_text())
+    progress = json.loads((teacher_cache.teacher_cache_dir(_spec().name) / "state" / "progress.json").read_text())
     assert progress["step"] == 1
 
 
@@ -150,3 +151,21 @@ def test_the_command_builds_in_parts_and_writes_the_record(
     monkeypatch.undo()
     code, _, err = invoke(monkeypatch, capsys, "teacher", "--preset", "mnist-cnn", main=bench_main)
     assert code != 0 and "fashion-effnet" in err
+
+
+def test_a_teacher_trains_with_fixed_threads_whatever_the_callers() -> None:
+    """A CPU's float sums depend on the thread count: training runs with FIT_THREADS, the caller's count kept."""
+    seen: list[int] = []
+
+    def loss(model: nn.Module, batch: Any) -> torch.Tensor:
+        seen.append(torch.get_num_threads())
+        return classification_loss(model, batch)
+
+    spec = _spec(max_steps=2)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        build_teacher(TeacherSpec(spec.preset, spec.recipe, spec.model, spec.splits, loss, spec.metric), log=_quiet)
+        assert seen == [teacher_cache.FIT_THREADS] * 2 and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -28,8 +28,14 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from inhernet_bench.presets.assets import require_files, require_package_dir
 from inhernet_bench.presets.mnist import read_idx
-from inhernet_bench.presets.teacher_cache import FIT_THREADS, teacher_cache_dir
-from inhernet_bench.teachers import TeacherSpec, classification_loss, load_teacher, stratified_split
+from inhernet_bench.presets.teacher_cache import (
+    FIT_THREADS,
+    TeacherSpec,
+    classification_loss,
+    load_teacher,
+    stratified_split,
+    teacher_cache_dir,
+)
 
 __all__ = [
     "FASHION_CLASSES",

@@ -31,8 +31,13 @@ from inhernet_bench.presets.fashion import (
     read_fashion_mnist,
 )
 from inhernet_bench.presets.minilm import load_minilm, mean_pool, minilm_path
-from inhernet_bench.presets.teacher_cache import FIT_THREADS, teacher_cache_dir
-from inhernet_bench.teachers import TeacherSpec, load_teacher, stratified_split
+from inhernet_bench.presets.teacher_cache import (
+    FIT_THREADS,
+    TeacherSpec,
+    load_teacher,
+    stratified_split,
+    teacher_cache_dir,
+)
 
 __all__ = [
     "CAPTION_NAMES",

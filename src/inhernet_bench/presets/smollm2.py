@@ -41,8 +41,7 @@ from inhernet_bench.presets.assets import (
     require_package_dir,
     require_package_file,
 )
-from inhernet_bench.presets.teacher_cache import FIT_THREADS
-from inhernet_bench.teachers import TeacherSpec, load_teacher
+from inhernet_bench.presets.teacher_cache import FIT_THREADS, TeacherSpec, load_teacher
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase

@@ -17,11 +17,16 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
-
-from inhernet.batches import forward_batch, logits_of
 from torch.utils.data import DataLoader
 
-from inhernet_bench.presets.teacher_cache import FIT_THREADS
+from inhernet.batches import forward_batch, logits_of
+from inhernet_bench.presets.teacher_cache import (
+    FIT_THREADS,
+    TeacherSpec,
+    classification_loss,
+    load_teacher,
+    stratified_split,
+)
 from inhernet_bench.presets.tweets import (
     LABELS,
     MAX_LENGTH,
@@ -31,7 +36,6 @@ from inhernet_bench.presets.tweets import (
     trim_padding,
     tweets_splits,
 )
-from inhernet_bench.teachers import TeacherSpec, classification_loss, load_teacher, stratified_split
 
 if TYPE_CHECKING:
     from transformers import BertConfig, BertForSequenceClassification
