@@ -215,7 +215,8 @@ def _bench_config(
               help="End this part cleanly after this many minutes (its state saved); rerun to continue.")
 @click.option("--record-dir", default="benchmarks/results/teachers", show_default=True,
               help="Where the finished teacher's record is copied as PRESET.json.")
-def teacher(preset: str, max_minutes: float | None, record_dir: str) -> None:
+@click.option("--device", default="cpu", show_default=True, help="Where to train, e.g. cuda.")
+def teacher(preset: str, max_minutes: float | None, record_dir: str, device: str) -> None:
     """Train a preset's teacher until its validation score stops improving, and cache the best checkpoint.
 
     \b
@@ -227,7 +228,7 @@ def teacher(preset: str, max_minutes: float | None, record_dir: str) -> None:
     """
     from .teachers import build_preset_teacher
 
-    record = build_preset_teacher(preset, max_minutes=max_minutes, record_dir=record_dir,
+    record = build_preset_teacher(preset, max_minutes=max_minutes, record_dir=record_dir, device=device,
                                   log=lambda line: console.print(line, highlight=False))
     if record is None:
         console.print(f"not done yet: rerun `inhernet-bench teacher --preset {preset}` to continue")

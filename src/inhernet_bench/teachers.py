@@ -34,12 +34,12 @@ def teacher_spec(preset: str) -> TeacherSpec:
 
 def build_preset_teacher(
     preset: str, *, max_minutes: float | None = None, record_dir: str | Path = "benchmarks/results/teachers",
-    log: Callable[[str], None] = print,
+    device: str = "cpu", log: Callable[[str], None] = print,
 ) -> dict[str, Any] | None:
     """Build (or continue building) ``preset``'s teacher; its record once done (also written to
     ``record_dir/<preset>.json``), ``None`` when this part ended first."""
     command = shlex.join(["inhernet-bench", "teacher", "--preset", preset])
-    record = build_teacher(teacher_spec(preset), max_minutes=max_minutes, command=command, log=log)
+    record = build_teacher(teacher_spec(preset), max_minutes=max_minutes, command=command, device=device, log=log)
     if record is not None:
         out = Path(record_dir) / f"{preset}.json"
         out.parent.mkdir(parents=True, exist_ok=True)

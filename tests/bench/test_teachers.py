@@ -68,6 +68,7 @@ def test_stops_on_patience_and_caches_a_record() -> None:
     scores = [score for _, score in record["validation_history"]]
     assert record["validation"]["accuracy"] == max(scores) > scores[0]
     assert record["recipe"] == RECIPE and record["command"] == "cmd" and record["test"]["count"] == 48
+    assert record["device"] == "cpu" and record["train_examples"] == len(stratified_split(_blobs(96, 1).tensors[1], 24, 0)[0])
     folder = teacher_cache.teacher_cache_dir(_spec().name)
     assert sorted(p.name for p in folder.iterdir()) == ["meta.json", "model.safetensors"]  # state removed
     assert build_teacher(_spec(), log=_quiet) == record  # done: read, not trained again

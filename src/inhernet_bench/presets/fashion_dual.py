@@ -231,7 +231,7 @@ def teacher_spec() -> TeacherSpec:
     def loss(model: DualEncoder, batch: list[torch.Tensor]) -> torch.Tensor:
         bottoms, caption, labels = batch
         image = F.normalize(model.image_proj(_image_top(model.image_tower, bottoms, k)), dim=-1)
-        text = F.normalize(model.text_proj(states["text"][caption]), dim=-1)
+        text = F.normalize(model.text_proj(states["text"].to(caption.device)[caption]), dim=-1)
         logits = model.logit_scale.exp().clamp(max=100) * image @ text.T
         targets = _class_targets(labels)
         return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets))

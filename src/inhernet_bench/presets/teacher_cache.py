@@ -39,8 +39,9 @@ from torch.utils.data import Dataset, default_collate
 
 from inhernet._atomic import atomic_path, atomic_write
 from inhernet._files import sha256_file
-from inhernet.batches import batch_labels, forward_batch, logits_of
+from inhernet.batches import batch_labels, forward_batch, logits_of, move_batch
 from inhernet.evaluate import evaluate
+from inhernet.modes import device_of
 from inhernet_bench.presets.assets import inhernet_home
 
 __all__ = ["FIT_THREADS", "RECIPE_KEYS", "TeacherMissingError", "TeacherSpec", "build_teacher", "classification_loss",
@@ -199,7 +200,7 @@ def load_teacher(spec: TeacherSpec) -> nn.Module:
 
 def build_teacher(
     spec: TeacherSpec, *, max_minutes: float | None = None, stop_after: int | None = None,
-    command: str | None = None, log: Callable[[str], None] = print,
+    command: str | None = None, device: str = "cpu", log: Callable[[str], None] = print,
 ) -> dict[str, Any] | None:
     """Train ``spec``'s teacher (or continue it) until validation stops improving; cache the best checkpoint.
 
@@ -207,6 +208,8 @@ def build_teacher(
         max_minutes: end this part cleanly (state saved) once it has trained this long.
         stop_after: end this part after this many steps (the same, counted in steps).
         command: the command line recorded in the record.
+        device: where to train (e.g. ``"cuda"``); a resumed part matches an uninterrupted one on the CPU,
+            whose random state is saved (dropout on an accelerator draws from its own).
 
     Returns:
         The record (``meta.json``) when the teacher is done (also when it already was), ``None`` when
@@ -220,6 +223,7 @@ def build_teacher(
         torch.manual_seed(r["seed"])
         model = spec.model()
         train, val, test = spec.splits(model)
+        model.to(device)
         optimizer = _optimizer(model, spec)
         run = _Run(folder / "state", model, optimizer, r)
         log(f"{spec.preset} teacher: {'continuing at step ' + str(run.step) if run.step else 'training'} "
@@ -237,7 +241,8 @@ def build_teacher(
                 run.save(time.perf_counter() - start)
                 log(f"{spec.preset} teacher: stopped at step {run.step} (best validation {run.best}); rerun to go on")
                 return None
-        return _finish(spec, run, test, time.perf_counter() - start, command, len(train), log)
+        record = {"command": command, "device": str(device), "train_examples": len(train)}
+        return _finish(spec, run, test, time.perf_counter() - start, record, log)
 
 
 def _optimizer(model: nn.Module, spec: TeacherSpec) -> torch.optim.Optimizer:
@@ -257,6 +262,7 @@ def _step(spec: TeacherSpec, model: nn.Module, optimizer: torch.optim.Optimizer,
     epoch, position = divmod(step, per_epoch)
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(r["seed"] + epoch))
     batch = spec.collate([train[i] for i in order[position * r["batch_size"] : (position + 1) * r["batch_size"]]])
+    batch = move_batch(batch, device_of(model))
     for group in optimizer.param_groups:
         group["lr"] = r["lr"] * min(1.0, (step + 1) / max(1, r["warmup_steps"]))
     loss = spec.loss(model, batch)
@@ -331,17 +337,17 @@ def _copy(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _finish(
-    spec: TeacherSpec, run: _Run, test: Iterable[Any], part_s: float, command: str | None, train_n: int,
+    spec: TeacherSpec, run: _Run, test: Iterable[Any], part_s: float, record: dict[str, Any],
     log: Callable[[str], None],
 ) -> dict[str, Any]:
     """Keep the best checkpoint, read the test split once, cache the teacher with its record."""
     run.model.load_state_dict(run.best_state, strict=True)
     scores = evaluate(run.model, test, spec.metric)
     record = {
-        "teacher": spec.name, "command": command, "steps": run.step,
+        **record, "teacher": spec.name, "steps": run.step,
         "best_step": run.best_step, "stopped": "patience" if run.step < spec.recipe["max_steps"] else "max_steps",
         "validation": {spec.metric: run.best}, "validation_history": run.history,
-        "test": scores, "train_examples": train_n, "wall_s": round(run.wall_s + part_s, 1),
+        "test": scores, "wall_s": round(run.wall_s + part_s, 1),
         "torch": torch.__version__,
     }
     folder = save_cached_teacher(run.model.eval(), spec.name, dict(spec.recipe), **record)
