@@ -170,3 +170,11 @@ def test_a_teacher_trains_with_fixed_threads_whatever_the_callers() -> None:
         assert seen == [teacher_cache.FIT_THREADS] * 2 and torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.assets
+def test_a_bench_on_a_preset_without_its_teacher_names_the_command(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = invoke(monkeypatch, capsys, "plan", "--preset", "tweets-minilm", main=bench_main)
+    assert code != 0 and "inhernet-bench teacher --preset tweets-minilm" in " ".join(err.split())
