@@ -1,4 +1,4 @@
-"""The ``inhernet-bench`` command line: ``demo``, ``presets``, ``plan`` and ``bench`` on the presets (real
+"""The ``inhernet-bench`` command line: ``demo``, ``presets``, ``plan``, ``teacher`` and ``bench`` on the presets (real
 teachers and data installed offline by ``scripts/install_assets.sh``)."""
 
 from __future__ import annotations
@@ -271,6 +271,32 @@ def _lr_grid(text: str) -> tuple[float, ...]:
         return tuple(float(v) for v in text.split(","))
     except ValueError:
         raise click.BadParameter(f"{text!r} is not a comma-separated list of numbers", param_hint="--lr-grid") from None
+
+
+@cli.command()
+@click.option("--preset", required=True, help="A preset with a teacher to train: fashion-effnet, tweets-minilm, "
+              "fashion-dual or smollm2-bbc.")
+@click.option("--max-minutes", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="End this part cleanly after this many minutes (its state saved); rerun to continue.")
+@click.option("--record-dir", default="benchmarks/results/teachers", show_default=True,
+              help="Where the finished teacher's record is copied as PRESET.json.")
+@click.option("--device", default="cpu", show_default=True, help="Where to train, e.g. cuda.")
+def teacher(preset: str, max_minutes: float | None, record_dir: str, device: str) -> None:
+    """Train a preset's teacher until its validation score stops improving, and cache the best checkpoint.
+
+    \b
+    Trains on the training split minus a validation split carved from it, at a constant learning rate after
+    warm-up, keeping the best checkpoint; stops after the recipe's patience of evaluations without
+    improvement; reads the test split once at the end. The cache (under INHERNET_HOME, keyed by the recipe)
+    is what `bench` uses. Resumable in parts:
+      inhernet-bench teacher --preset fashion-effnet --max-minutes 60   # repeat until it says done
+    """
+    from .teachers import build_preset_teacher
+
+    record = build_preset_teacher(preset, max_minutes=max_minutes, record_dir=record_dir, device=device,
+                                  log=lambda line: console.print(line, highlight=False))
+    if record is None:
+        console.print(f"not done yet: rerun `inhernet-bench teacher --preset {preset}` to continue")
 
 
 @cli.command()

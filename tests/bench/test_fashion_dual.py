@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -98,15 +97,22 @@ def test_student_has_at_least_the_asked_parameters() -> None:
 
 
 @pytest.mark.assets
-def test_teacher_is_aligned_once_then_loaded_from_the_cache(tmp_path: Path, monkeypatch) -> None:
+def test_teacher_is_built_by_the_converging_builder_then_loaded(tmp_path: Path, monkeypatch) -> None:
+    from inhernet_bench.presets.teacher_cache import TeacherMissingError, build_teacher
+
     monkeypatch.setenv("INHERNET_HOME", str(tmp_path))
-    monkeypatch.setattr(fd, "ALIGN", {**fd.ALIGN, "images": 48, "steps": 2, "batch_size": 16})
-    monkeypatch.setattr(fd, "TEST_SIZE", 40)
-    aligned = fd.load_fashion_dual_teacher(log=lambda _: None)
-    meta = json.loads((tmp_path / "teachers" / "fashion-dual" / "meta.json").read_text())
-    assert meta["recipe"]["steps"] == 2 and set(meta["test_metrics"]) == set(DUAL_METRICS)
-    cached = fd.load_fashion_dual_teacher(log=lambda _: pytest.fail("the cached teacher was aligned again"))
+    monkeypatch.setattr(fd, "TEACHER_RECIPE", {**fd.TEACHER_RECIPE, "train_limit": 48, "val_examples": 8,
+                        "test_limit": 40, "batch_size": 16, "eval_every": 2, "patience": 1, "max_steps": 4})
+    with pytest.raises(TeacherMissingError, match="inhernet-bench teacher --preset fashion-dual"):
+        fd.load_fashion_dual_teacher()
+    record = build_teacher(fd.teacher_spec(), log=lambda _: None)
+    # every class keeps at least one validation pair: 10 of the 48
+    assert record["train_examples"] == 38 and set(record["test"]) == {*DUAL_METRICS, "count"}
+    assert record["test"]["count"] == 40 and record["steps"] in (2, 4)
+    cached = fd.load_fashion_dual_teacher()
+    start = fd.build_teacher()
     batch = fd.fashion_dual_calib(8)[0]
     with torch.no_grad():
-        a, b = aligned(**batch), cached(**batch)
-    assert torch.equal(a.image_embeds, b.image_embeds) and torch.equal(a.text_embeds, b.text_embeds)
+        a, b = cached(**batch), start(**batch)
+    assert not torch.equal(a.image_embeds, b.image_embeds)  # the aligned weights were kept
+    assert torch.equal(a.text_embeds, cached(**batch).text_embeds) and not cached.training

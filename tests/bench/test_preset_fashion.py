@@ -4,7 +4,6 @@ and the narrowed EfficientNet student. Tests marked ``assets`` read the real fil
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -27,8 +26,9 @@ from inhernet_bench.presets.fashion import (
 )
 from inhernet_bench.presets.registry import get_preset
 
-# a tiny fine-tuning recipe: 2 steps on 8 images, evaluated on 1 test image per class
-TINY = dict(steps=2, batch_size=4, train_limit=8, warmup=1, test_per_class=1, eval_full_test=False)
+# a tiny recipe: a few steps on 40 images (10 of them for validation), tested on 1 test image per class
+TINY = dict(batch_size=4, train_limit=40, val_examples=10, warmup_steps=1, eval_every=2, patience=1, max_steps=4,
+            test_per_class=1)
 
 
 def _params(model: torch.nn.Module) -> int:
@@ -61,8 +61,6 @@ def test_bad_arguments_are_rejected() -> None:
         fashion_dataset("test", per_class=0)
     with pytest.raises(ValueError, match="n must be"):
         fashion_calib(0)
-    with pytest.raises(TypeError, match=r"unknown teacher recipe keys.*'stpes'"):
-        fashion_effnet_teacher(stpes=3)
 
 
 def test_effnet_student_is_the_narrowest_lite0_reaching_the_target() -> None:
@@ -134,35 +132,26 @@ def test_loaders_are_deterministic_and_class_balanced() -> None:
 
 
 @pytest.mark.assets
-def test_teacher_cache_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_teacher_is_built_by_the_converging_builder_then_loaded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from inhernet_bench.presets.teacher_cache import TeacherMissingError, build_teacher
+
     monkeypatch.setenv("INHERNET_HOME", str(tmp_path))
-    first = fashion_effnet_teacher(**TINY)
-    assert not first.training
-    meta = json.loads((teacher_dir() / "meta.json").read_text())
-    assert teacher_dir() == tmp_path / "teachers" / "fashion-effnet"
-    assert meta["recipe"] == {**fashion.TEACHER_RECIPE, **TINY}
-    assert 0.0 <= meta["test_accuracy_subset"] <= 1.0 and meta["test_subset_images"] == 10
-    assert sorted(p.name for p in teacher_dir().iterdir()) == ["meta.json", "model.safetensors"]  # no temp files
-
-    def no_fine_tuning(*args: object) -> None:
-        raise AssertionError("the cached teacher must be reused")
-
-    monkeypatch.setattr(fashion, "_fine_tune", no_fine_tuning)
-    again = fashion_effnet_teacher(**TINY)
-    for (name, a), b in zip(first.state_dict().items(), again.state_dict().values(), strict=True):
-        assert torch.equal(a, b), name
-    x = fashion_dataset("test", per_class=1).tensors[0]
-    with torch.no_grad():
-        torch.testing.assert_close(first(x), again(x), rtol=0, atol=0)
-    # ImageNet start point: fine-tuning changed the backbone, and the cache kept the change
+    with pytest.raises(TeacherMissingError, match="inhernet-bench teacher --preset fashion-effnet"):
+        fashion_effnet_teacher()
+    spec = fashion.teacher_spec(**TINY)
+    assert spec.name != fashion.teacher_spec().name  # another recipe, another cache
+    train, val, test = spec.splits(spec.model())
+    fit_labels = train.dataset.tensors[1][train.indices]
+    assert len(train) + len(val.dataset) == 40 and not set(train.indices) & set(val.dataset.indices)
+    assert len(test.dataset) == 10 and torch.bincount(fit_labels, minlength=10).min() >= 1
+    record = build_teacher(spec, log=lambda _: None)
+    assert record["recipe"] == {**fashion.TEACHER_RECIPE, **TINY} and record["test"]["count"] == 10
+    monkeypatch.setattr(fashion, "TEACHER_RECIPE", {**fashion.TEACHER_RECIPE, **TINY})
+    teacher = fashion_effnet_teacher()
+    assert not teacher.training and teacher.conv_stem.weight.is_contiguous(memory_format=torch.channels_last)
+    assert sorted(p.name for p in teacher_dir().iterdir()) == ["meta.json", "model.safetensors"]  # no state left
+    # ImageNet start point: training changed the backbone, and the cache kept the change
     base = fashion.load_effnet_lite0_imagenet(num_classes=10)
-    assert not torch.equal(base.conv_stem.weight, again.conv_stem.weight)
-
-    # another recipe, or weights that no longer match the recorded checksum, are fine-tuned again
-    with pytest.raises(AssertionError, match="must be reused"):
-        fashion_effnet_teacher(**{**TINY, "seed": 1})
-    weights = teacher_dir() / "model.safetensors"
-    data = weights.read_bytes()
-    weights.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
-    with pytest.raises(AssertionError, match="must be reused"):
-        fashion_effnet_teacher(**TINY)
+    assert not torch.equal(base.conv_stem.weight, teacher.conv_stem.weight)
+    with pytest.raises(TypeError, match=r"unknown teacher recipe keys.*'stpes'"):
+        fashion.teacher_spec(stpes=3)

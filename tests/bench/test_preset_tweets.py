@@ -7,7 +7,6 @@ random BERTs; tests marked ``assets`` read the real corpus and MiniLM files (qui
 from __future__ import annotations
 
 import importlib.util
-import json
 from pathlib import Path
 
 import pytest
@@ -223,58 +222,31 @@ def test_finetune_and_cache_round_trip(tmp_path: Path, monkeypatch: pytest.Monke
         teacher_cache_dir("../x")
 
 
-def test_load_tweets_teacher_fits_once_then_reads_the_cache(
+def test_the_tweets_teacher_is_built_by_the_converging_builder_then_loaded(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, word_tokenizer
 ) -> None:
+    """The preset's teacher comes from ``inhernet-bench teacher`` only: absent, loading it names the command;
+    built (on stand-in data and model), it loads, and its validation split is carved from training only."""
+    from inhernet_bench.presets.teacher_cache import TeacherMissingError, build_teacher
+
     monkeypatch.setenv("INHERNET_HOME", str(tmp_path))
-    monkeypatch.setattr(tweets_teacher, "TEACHER_RECIPE", {**tweets_teacher.TEACHER_RECIPE, "steps": 2,
-                                                            "warmup_steps": 1})
-    monkeypatch.setattr(tweets_teacher, "tweets_teacher_config", lambda: _tiny_bert().config)
-    built: list[int] = []
-
-    def new_teacher(seed: int = 0):
-        built.append(seed)
-        return _tiny_bert(seed=seed)
-
-    monkeypatch.setattr(tweets_teacher, "new_tweets_teacher", new_teacher)
-    monkeypatch.setattr(tweets_teacher, "tweets_loaders",
-                        lambda batch_size, seed=0: (_tiny_loader(word_tokenizer), _tiny_loader(word_tokenizer)))
-    with pytest.raises(FileNotFoundError, match="load_tweets_teacher"):
-        tweets_teacher.load_tweets_teacher(fit=False)
-    lines: list[str] = []
-    first = tweets_teacher.load_tweets_teacher(log=lines.append)
-    second = tweets_teacher.load_tweets_teacher(log=lines.append)
-    assert built == [0] and not second.training
-    assert same_state(state_copy(first), state_copy(second))
-    meta = json.loads((teacher_cache_dir("tweets-minilm") / "meta.json").read_text())
-    assert 0 <= meta["test_accuracy"] <= 1 and meta["test_examples"] == 12 and meta["recipe"]["steps"] == 2
-    assert any("cached in" in line for line in lines)
-
-
-def test_the_teacher_is_fitted_with_fixed_threads_whatever_the_callers(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, word_tokenizer
-) -> None:
-    """A fit's float sums depend on the thread count: the fit runs with FIT_THREADS (recorded in the recipe),
-    and the caller's count is restored after it."""
-    monkeypatch.setenv("INHERNET_HOME", str(tmp_path))
-    monkeypatch.setattr(tweets_teacher, "TEACHER_RECIPE", {**tweets_teacher.TEACHER_RECIPE, "steps": 2,
-                                                            "warmup_steps": 1})
-    monkeypatch.setattr(tweets_teacher, "tweets_teacher_config", lambda: _tiny_bert().config)
+    monkeypatch.setattr(tweets_teacher, "TEACHER_RECIPE", {**tweets_teacher.TEACHER_RECIPE, "val_examples": 6,
+                        "batch_size": 4, "warmup_steps": 1, "eval_every": 2, "patience": 1, "max_steps": 4})
     monkeypatch.setattr(tweets_teacher, "new_tweets_teacher", lambda seed=0: _tiny_bert(seed=seed))
-    monkeypatch.setattr(tweets_teacher, "tweets_loaders",
-                        lambda batch_size, seed=0: (_tiny_loader(word_tokenizer), _tiny_loader(word_tokenizer)))
-    seen: list[int] = []
-    fit = tweets_teacher.finetune_classifier
-    monkeypatch.setattr(tweets_teacher, "finetune_classifier",
-                        lambda *a, **k: seen.append(torch.get_num_threads()) or fit(*a, **k))
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        tweets_teacher.load_tweets_teacher(log=lambda line: None)
-        assert seen == [FIT_THREADS] and torch.get_num_threads() == 1
-    finally:
-        torch.set_num_threads(before)
-    assert tweets_teacher.TEACHER_RECIPE["threads"] == FIT_THREADS
+    data = _tiny_data(word_tokenizer, 30)
+    monkeypatch.setattr(tweets_teacher, "tweets_splits", lambda *a: (data.subset(range(20)), data.subset(range(20, 30))))
+    with pytest.raises(TeacherMissingError, match="inhernet-bench teacher --preset tweets-minilm"):
+        tweets_teacher.load_tweets_teacher()
+    spec = tweets_teacher.teacher_spec()
+    train, val, test = spec.splits(spec.model())
+    rows = {name: {tuple(r.tolist()) for r in part.tensors["input_ids"]}
+            for name, part in [("train", train), ("val", val.dataset), ("test", test.dataset)]}
+    assert len(train) == 14 and len(val.dataset) == 6 and len(test.dataset) == 10
+    assert not rows["val"] & rows["train"] and not rows["val"] & rows["test"]
+    record = build_teacher(spec, log=lambda _: None)
+    assert record is not None and record["recipe"]["threads"] == FIT_THREADS
+    teacher = tweets_teacher.load_tweets_teacher()
+    assert not teacher.training and not same_state(state_copy(teacher), state_copy(_tiny_bert()))
 
 
 # -- missing assets ------------------------------------------------------------------------------------

