@@ -19,12 +19,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from .batches import forward_batch, logits_of, move_batch, split_rows
+from .batches import device_of, forward_batch, logits_of, move_batch, split_rows
 from .config import DEFAULT_PROBE_STEPS, InherConfig
 from .costs.profile import latency_table, measured_ns
 from .costs.table import LatencyCosts
 from .distillation.loss import kd_loss
-from .modes import device_of
 from .pruning import (
     budget_standing,
     inner_config,

@@ -20,13 +20,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from .batches import forward_batch, logits_of, move_batch
+from .batches import device_of, evaluating, forward_batch, logits_of, move_batch
 from .config import InherConfig
 from .costs.macs import example_positions
 from .costs.profile import latency_table, measured_ns
 from .costs.table import LatencyCosts
 from .families import model_family
-from .modes import device_of, evaluating
 
 __all__ = [
     "IMPORTANCES", "LATENCY_ROUND_TO", "PruneRecord", "after_pruning", "apply_spec", "attention_heads", "budget_standing", "check_prunable",

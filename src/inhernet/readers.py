@@ -16,9 +16,8 @@ from torch import nn
 from torch._C import DisableTorchFunctionSubclass
 from torch.utils._pytree import tree_flatten
 
-from .batches import forward_batch, move_batch
+from .batches import device_of, evaluating, forward_batch, move_batch
 from .kinds import LayerKind
-from .modes import device_of, evaluating
 from .views import METADATA, torch_function_name
 
 __all__ = ["find_weight_readers"]

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .batches import forward_batch, move_batch
+from .batches import device_of, forward_batch, move_batch
 from .calibration import (
     InputCovariance,
     TokenMask,
@@ -31,7 +31,6 @@ from .calibration import (
 )
 from .decomposition import Factors, factorize
 from .kinds import EmbeddingKind, LayerKind
-from .modes import device_of
 from .stack import layer_stack
 
 __all__ = [

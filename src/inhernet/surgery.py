@@ -10,14 +10,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from .batches import forward_batch, move_batch
+from .batches import device_of, evaluating, forward_batch, move_batch
 from .blockdrop import without_blocks
 from .calibration import as_list, peek_example
 from .config import InherConfig
 from .decomposition import Factors
 from .discovery import Candidate, find_layers
 from .layers import configure_gates
-from .modes import device_of, evaluating
 from .plan import Plan
 from .pruning import channel_multiple, prune, require_example
 from .sequential import sequential_factors

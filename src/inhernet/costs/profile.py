@@ -9,10 +9,10 @@ from typing import Any
 
 from torch import nn
 
+from ..batches import device_of
 from ..calibration import layer_input_shapes, split_example
 from ..config import InherConfig
 from ..discovery import Candidate, factorisable
-from ..modes import device_of
 from .macs import example_positions
 from .prices import NANOSECONDS, Price, latency_price
 from .table import CostTable, LatencyCosts, LayerShape, rank_points
