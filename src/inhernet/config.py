@@ -22,7 +22,7 @@ DEFAULT_BUDGET = 0.25
 DEFAULT_PROBE_STEPS = 50
 #: the inits, allocations and calibrations of the method (:class:`ExperimentalConfig` adds the ablations')
 INITS = ("whiten", "svd")
-#: the allocations that rank moves by (weighted) energy (see :func:`inhernet.allocation.energy_weights`)
+#: the allocations that rank moves by (weighted) energy (see :func:`inhernet.costs.prices.energy_weights`)
 ENERGY_STRATEGIES = ("energy", "loss", "loss-by-type")
 ALLOCATIONS = ("energy", "loss")
 CALIBRATIONS = ("one-pass", "sequential")
