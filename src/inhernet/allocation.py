@@ -1,65 +1,47 @@
 """Allocate: every factorisable layer's rank, the :class:`~inhernet.plan.Plan`.
 
-:func:`plan_layers` finds the layers (:mod:`inhernet.discovery`), measures them (:mod:`inhernet.costs`,
-:mod:`inhernet.spectra`) and fills the budget with the greedy engine (:func:`allocate`), per ``budgets``
-group where there are groups.
+:func:`make_plan` fills the budget with the layers the pipeline found and measured, by the greedy engine
+(:func:`inhernet.costs.prices.allocate`), per ``budgets`` group where there are groups;
+:func:`refuse_unreachable` says before any measuring that a budget is out of reach.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from .calibration import peek_example
 from .config import InherConfig, Target
 from .costs.prices import RANK_MULTIPLE, LayerCost, allocate, floor_rank, mac_price, minimum_cost
 from .costs.profile import LatencyProfile, MacProfile, Profile, profile_for
 from .costs.table import LatencyCosts
-from .decomposition import Factors
-from .discovery import Candidate, Unsupported, find_layers, matches
+from .discovery import Candidate, Unsupported, factorisable, find_layers, matches
 from .families import FAMILY_DEFAULTS
 from .kinds import dense_params
 from .plan import BUDGET_TOLERANCE, FACTORISED, LayerPlan, Plan
-from .spectra import allocation_needs_spectra, decompose, layer_spectra, reiterable
 
 __all__ = [
     "Allocation",
     "dense_reason",
     "layer_cost",
     "make_plan",
-    "plan_layers",
+    "refuse_unreachable",
     "smallest_reach",
 ]
 
 
-def plan_layers(
-    model: nn.Module, config: InherConfig, calib: Iterable[Any] | None, costs: LatencyCosts | None = None, *,
-    latency_base: int | None = None, keep_factors: bool = True, progress: bool = True,
-) -> tuple[Plan, dict[str, Factors]]:
-    """find layers -> measure -> allocate: ``model``'s plan and the one-pass factors computed on the way
-    (all with ``keep_factors``). ``latency_base``: see :func:`~inhernet.costs.profile.profile_for`."""
-    example, calib = peek_example(calib)
-    candidates, others = find_layers(model, config, example)
-    profile, calib = profile_for(model, config, candidates, calib, costs, latency_base)
-    terms = _budget_terms(config, profile, None)  # a budget out of reach fails before the spectra
+def refuse_unreachable(config: InherConfig, candidates: list[Candidate], profile: Profile | None, params: int) -> None:
+    """The error of a budget below the smallest reachable (every layer at its floor rank), before anything
+    is measured beyond the ``profile``; ``params``: the model's parameters."""
+    terms = _budget_terms(config, profile, params)
     if terms is not None:
         target, total, currency, fixed = terms
         _quietly(_reachable, _open_costs(candidates, config, profile), target, total, currency, config, fixed)
-    factors: dict[str, Factors] = {}
-    spectra = {}
-    if config.init == "whiten" and config.calibration != "one-pass":  # built stage by stage: energies only
-        if allocation_needs_spectra(config):
-            spectra = layer_spectra(model, candidates, config, reiterable(calib), progress=progress)
-    elif allocation_needs_spectra(config) or (keep_factors and config.init != "random"):
-        factors = decompose(model, candidates, config, calib, progress=progress)
-        spectra = {name: f.output_energy for name, f in factors.items()}
-    return make_plan(model, config, candidates, others, spectra, profile), factors
 
 
 def smallest_reach(
@@ -70,7 +52,7 @@ def smallest_reach(
     smallest total the layers reach (each at its floor rank; no spectrum needed), in the budget's unit, for
     a model of ``params`` parameters. What ``prune="auto"`` brackets by."""
     candidates, _ = find_layers(model, config, example)
-    profile, _ = profile_for(model, config, candidates, [example], costs, latency_base)
+    profile, _ = profile_for(model, config, factorisable(candidates), [example], costs, latency_base)
     terms = _budget_terms(config, profile, params)
     if terms is None:
         raise ValueError(

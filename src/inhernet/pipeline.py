@@ -16,17 +16,20 @@ from typing import Any
 from torch import nn
 
 from . import blockdrop
-from .allocation import plan_layers, smallest_reach
+from .allocation import make_plan, refuse_unreachable, smallest_reach
 from .autoprune import Contest, open_contest
 from .batches import head_rows, rows_of
-from .calibration import as_list
+from .calibration import as_list, peek_example
 from .config import InherConfig
-from .costs.profile import latency_table
+from .costs.profile import latency_table, profile_for
 from .costs.table import LatencyCosts
 from .decomposition import Factors
 from .deploy.compact import deployed
+from .discovery import factorisable, find_layers
+from .kinds import LayerKind
 from .plan import Plan, warn_if_bottlenecked, with_drop, with_prune
 from .pruning import after_pruning, inner_config, prune_for
+from .spectra import measure
 from .surgery import assemble, build
 
 __all__ = ["LATENCY_CHECK_ROUNDS", "LATENCY_CHECK_WINDOW", "inherit", "plan"]
@@ -92,10 +95,11 @@ def plan(
 @dataclass
 class _Planned:
     """What the build reuses: the ``plan``, the ``model`` it factorises (the teacher, or its dropped or pruned
-    copy) and the one-pass ``factors`` computed."""
+    copy), its factorisable ``layers`` and the one-pass ``factors`` computed."""
 
     plan: Plan
     model: nn.Module
+    layers: dict[str, tuple[nn.Module, LayerKind]]
     factors: dict[str, Factors]
 
 
@@ -116,16 +120,21 @@ def _planned(
         with after_pruning(pruned):
             inner = inner_config(config, pruned, alone=alone)
     base = pruned.teacher_latency_ns if pruned is not None else None
+    example, calib = peek_example(calib)
     with after_pruning(pruned), warnings.catch_warnings():
         if alone:  # planned at a budget it meets with room to spare: "more than 2% under" is no news
             warnings.simplefilter("ignore")
-        result, factors = plan_layers(model, inner, calib, costs, latency_base=base,
-                                      keep_factors=keep_factors, progress=progress)
+        candidates, others = find_layers(model, inner, example)
+        layers = factorisable(candidates)
+        profile, calib = profile_for(model, inner, layers, calib, costs, base)
+        refuse_unreachable(inner, candidates, profile, sum(p.numel() for p in model.parameters()))
+        spectra, factors = measure(model, layers, inner, calib, keep_factors=keep_factors, progress=progress)
+        result = make_plan(model, inner, candidates, others, spectra, profile)
     if drop is not None:
         result = with_drop(result, config, drop)
     if pruned is not None:
         result = with_prune(result, config, pruned, alone)
-    return _Planned(result, model, factors)
+    return _Planned(result, model, layers, factors)
 
 
 def _inherit_once(
@@ -135,7 +144,8 @@ def _inherit_once(
     if config.prune == "auto":
         return _auto(model, config, calib, progress, costs)
     planned = _planned(model, config, calib, costs, progress=progress)
-    return assemble(planned.model, planned.plan, calib, config, factors=planned.factors, progress=progress)
+    return assemble(planned.model, planned.plan, planned.layers, calib, config, factors=planned.factors,
+                    progress=progress)
 
 
 def _auto(
@@ -163,7 +173,8 @@ def _enter(
         except ValueError as err:  # measured again, this share missed the budget after all
             contest.missed(share, err)
             return
-        student = assemble(planned.model, planned.plan, contest.calib, factors=planned.factors, progress=progress)
+        student = assemble(planned.model, planned.plan, planned.layers, contest.calib, factors=planned.factors,
+                           progress=progress)
     contest.scored(share, student, caught)
 
 

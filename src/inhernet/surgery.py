@@ -15,7 +15,8 @@ from .blockdrop import without_blocks
 from .calibration import as_list, peek_example
 from .config import InherConfig
 from .decomposition import Factors
-from .discovery import Candidate, find_layers
+from .discovery import factorisable, find_layers
+from .kinds import LayerKind
 from .layers import configure_gates
 from .plan import Plan
 from .pruning import channel_multiple, prune, require_example
@@ -40,8 +41,10 @@ def build(
         progress: show a progress bar while calibrating.
     """
     calib = as_list(calib)
-    structured = restructure(model, plan, calib[0] if calib else None)
-    return assemble(structured, plan, calib, config, progress=progress)
+    example = calib[0] if calib else None
+    structured = restructure(model, plan, example)
+    candidates, _ = find_layers(structured, config or plan.config, example)
+    return assemble(structured, plan, factorisable(candidates), calib, config, progress=progress)
 
 
 def restructure(model: nn.Module, plan: Plan, example: Any) -> nn.Module:
@@ -55,44 +58,47 @@ def restructure(model: nn.Module, plan: Plan, example: Any) -> nn.Module:
 
 
 def assemble(
-    model: nn.Module, plan: Plan, calib: Iterable[Any] | None, config: InherConfig | None = None, *,
-    factors: dict[str, Factors] | None = None, progress: bool = True,
+    model: nn.Module, plan: Plan, layers: dict[str, tuple[nn.Module, LayerKind]], calib: Iterable[Any] | None,
+    config: InherConfig | None = None, *, factors: dict[str, Factors] | None = None, progress: bool = True,
 ) -> nn.Module:
-    """A copy of ``model`` (restructured) with its planned layers inherited, from ``factors`` if given."""
+    """A copy of ``model`` (restructured) with its planned layers inherited, from ``factors`` if given;
+    ``layers``: its factorisable layers (:func:`inhernet.discovery.factorisable`)."""
     config = config or plan.config
     example, calib = peek_example(calib)
-    candidates, _ = find_layers(model, config, example)
-    by_name = _planned(plan, candidates)
+    unknown = sorted(set(plan.ranks()) - set(layers))
+    if unknown:
+        raise ValueError(f"the plan factorises layers this model cannot: {', '.join(unknown)}")
     student = copy.deepcopy(model)
     generator = torch.Generator().manual_seed(config.seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         if config.init == "whiten" and config.calibration != "one-pass":
-            _build_sequential(student, model, plan, config, by_name, calib, generator, progress)
+            _build_sequential(student, model, plan, config, layers, calib, generator, progress)
         else:
             if factors is None and config.init != "random":
-                factors = decompose(model, candidates, config, calib, progress=progress)
+                factors = decompose(model, layers, config, calib, progress=progress)
             for name, rank in plan.ranks().items():
-                block = _build_block(by_name[name], rank, (factors or {}).get(name), config, generator)
+                module, kind = layers[name]
+                block = _build_block(module, kind, rank, (factors or {}).get(name), config, generator)
                 student = replace_module(student, name, block)
     student.inhernet_plan = plan
     return _checked(student, example, model)
 
 
 def _build_sequential(
-    student: nn.Module, model: nn.Module, plan: Plan, config: InherConfig, by_name: dict[str, Candidate],
-    calib: Iterable[Any] | None, generator: torch.Generator, progress: bool,
+    student: nn.Module, model: nn.Module, plan: Plan, config: InherConfig,
+    layers: dict[str, tuple[nn.Module, LayerKind]], calib: Iterable[Any] | None, generator: torch.Generator,
+    progress: bool,
 ) -> None:
     """Each planned layer of ``student`` replaced as its factors arrive, feeding the later stages."""
     ranks = plan.ranks()
-    todo = {name: (student.get_submodule(name), by_name[name].kind) for name in ranks}
+    todo = {name: (student.get_submodule(name), layers[name][1]) for name in ranks}  # the student's own modules
     teacher = model if config.calibration == "sequential-corrected" else None
     stages = sequential_factors(student, todo, reiterable(calib), teacher=teacher, damping=config.damping,
                                 progress=progress)
     for name, factors in stages:
-        candidate = by_name[name]
-        layer = Candidate(candidate.name, todo[name][0], candidate.kind)  # the student's own module
-        replace_module(student, name, _build_block(layer, ranks[name], factors, config, generator))
+        module, kind = todo[name]
+        replace_module(student, name, _build_block(module, kind, ranks[name], factors, config, generator))
 
 
 def _checked(student: nn.Module, example: Any, teacher: nn.Module) -> nn.Module:
@@ -119,20 +125,11 @@ def _run_example(model: nn.Module, example: Any) -> None:
         forward_batch(model, move_batch(example, device_of(model)))
 
 
-def _planned(plan: Plan, candidates: list[Candidate]) -> dict[str, Candidate]:
-    """The candidates by name, checking that the plan factorises only layers this model can."""
-    by_name = {c.name: c for c in candidates if c.reason is None}
-    unknown = sorted(set(plan.ranks()) - set(by_name))
-    if unknown:
-        raise ValueError(f"the plan factorises layers this model cannot: {', '.join(unknown)}")
-    return by_name
-
-
 def _build_block(
-    layer: Candidate, rank: int, factors: Factors | None, config: InherConfig, generator: torch.Generator,
+    module: nn.Module, kind: LayerKind, rank: int, factors: Factors | None, config: InherConfig,
+    generator: torch.Generator,
 ) -> nn.Module:
-    """The InherNet block replacing ``layer`` at ``rank``: from ``factors``, or random with ``init="random"``."""
-    module, kind = layer.module, layer.kind
+    """The InherNet block replacing ``module`` at ``rank``: from ``factors``, or random with ``init="random"``."""
     block = kind.build(module, rank, config.experts)
     if config.init == "random":
         _reset_random(block)

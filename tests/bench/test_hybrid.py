@@ -748,7 +748,7 @@ def test_pruning_alone_stays_dense_when_it_measures_over_the_budget():
     teacher, calib = _conv_bound_teacher()
     config = InherConfig(latency=0.3, prune="auto").resolved(teacher)
     planned = pipeline._planned(teacher, config, calib, SlowConvCosts(), share=0.3, alone=True, progress=False)
-    student = surgery.assemble(planned.model, planned.plan, calib, factors=planned.factors, progress=False)
+    student = surgery.assemble(planned.model, planned.plan, planned.layers, calib, factors=planned.factors, progress=False)
     p = student.inhernet_plan
     assert not p.factorised and p.target_latency_ns == int(0.3 * p.prune.teacher_latency_ns)
     assert p.prune.latency_ns > p.target_latency_ns and p.config.latency == 0.3

@@ -198,7 +198,7 @@ def test_a_read_only_pass_runs_each_block_once_per_batch() -> None:
     candidates, _ = find_layers(teacher, cfg, calib[0])
     # The stack's layers only: a layer after the stack (lm_head) is calibrated in one more whole pass.
     candidates = [c for c in candidates if c.name.startswith("model.layers.")]
-    one_pass = decompose(teacher, candidates, cfg, calib, progress=False)
+    one_pass = decompose(teacher, factorisable(candidates), cfg, calib, progress=False)
     calls = {"n": 0}
 
     def count(*_: object) -> None:
