@@ -27,7 +27,7 @@ from .decomposition import Factors
 from .deploy.compact import deployed
 from .discovery import factorisable, find_layers
 from .kinds import LayerKind
-from .plan import Plan, warn_if_bottlenecked, with_drop, with_prune
+from .plan import Plan, warn_if_bottlenecked
 from .pruning import after_pruning, inner_config, prune_for
 from .spectra import measure
 from .surgery import assemble, build
@@ -112,13 +112,13 @@ def _planned(
     ``config.prune``; ``teacher_ns``, ``alone``: see :func:`inner_config`), then its layers."""
     inner, drop, pruned = config, None, None
     share = share if share is not None else config.prune
-    if config.drop_blocks:
-        model, drop = blockdrop.drop_for(config, model, calib)
-        inner = blockdrop.inner_config(config, drop)
-    elif share is not None:
+    if share is not None and not config.drop_blocks:
         model, pruned = prune_for(config, model, calib[0] if calib else None, float(share), costs, teacher_ns)
         with after_pruning(pruned):
             inner = inner_config(config, pruned, alone=alone)
+    elif config.drop_blocks:
+        model, drop = blockdrop.drop_for(config, model, calib)
+        inner = blockdrop.inner_config(config, drop)
     base = pruned.teacher_latency_ns if pruned is not None else None
     example, calib = peek_example(calib)
     with after_pruning(pruned), warnings.catch_warnings():
@@ -130,10 +130,15 @@ def _planned(
         refuse_unreachable(inner, candidates, profile, sum(p.numel() for p in model.parameters()))
         spectra, factors = measure(model, layers, inner, calib, keep_factors=keep_factors, progress=progress)
         result = make_plan(model, inner, candidates, others, spectra, profile)
-    if drop is not None:
-        result = with_drop(result, config, drop)
-    if pruned is not None:
-        result = with_prune(result, config, pruned, alone)
+    record = drop or pruned
+    if record is not None:  # the plan of the whole: the user's config, the record, the original teacher's totals
+        result.config, result.teacher_params = config, record.teacher_params
+        result.drop, result.prune = drop, pruned
+    if pruned is not None and alone and config.target.kind == "latency":  # the latency target is the one asked
+        assert pruned.teacher_latency_ns is not None
+        result.target_latency_ns = config.target.of(pruned.teacher_latency_ns)
+    if pruned is not None and result.teacher_macs is not None and pruned.teacher_macs is not None:
+        result.teacher_macs = pruned.teacher_macs
     return _Planned(result, model, layers, factors)
 
 
@@ -141,11 +146,11 @@ def _inherit_once(
     model: nn.Module, config: InherConfig, calib: list[Any] | None, progress: bool, costs: LatencyCosts | None,
 ) -> nn.Module:
     """Plan and build once (``prune="auto"``: each candidate, the best kept)."""
-    if config.prune == "auto":
-        return _auto(model, config, calib, progress, costs)
-    planned = _planned(model, config, calib, costs, progress=progress)
-    return assemble(planned.model, planned.plan, planned.layers, calib, config, factors=planned.factors,
-                    progress=progress)
+    if config.prune != "auto":
+        planned = _planned(model, config, calib, costs, progress=progress)
+        return assemble(planned.model, planned.plan, planned.layers, calib, config, factors=planned.factors,
+                        progress=progress)
+    return _auto(model, config, calib, progress, costs)
 
 
 def _auto(
