@@ -146,11 +146,11 @@ def _inherit_once(
     model: nn.Module, config: InherConfig, calib: list[Any] | None, progress: bool, costs: LatencyCosts | None,
 ) -> nn.Module:
     """Plan and build once (``prune="auto"``: each candidate, the best kept)."""
-    if config.prune != "auto":
-        planned = _planned(model, config, calib, costs, progress=progress)
-        return assemble(planned.model, planned.plan, planned.layers, calib, config, factors=planned.factors,
-                        progress=progress)
-    return _auto(model, config, calib, progress, costs)
+    if config.prune == "auto":
+        return _auto(model, config, calib, progress, costs)
+    planned = _planned(model, config, calib, costs, progress=progress)
+    return assemble(planned.model, planned.plan, planned.layers, calib, config, factors=planned.factors,
+                    progress=progress)
 
 
 def _auto(
