@@ -321,12 +321,6 @@ def make_plan(
     if kind not in ("macs", "latency"):
         profile = None
     open_layers = _open_costs(candidates, config, profile, spectra)
-    if not open_layers:
-        found = ", ".join(sorted({type(c.module).__name__ for c in candidates})) or "none"
-        raise ValueError(
-            "nothing to factorise: the model has no nn.Linear, nn.Conv1d/2d (groups=1), nn.Embedding or "
-            f"Hugging Face Conv1D layer left after include/exclude (supported layers found: {found})"
-        )
     allocation = _allocate_ranks(model, config, open_layers, profile)
     rows = _rows(model, config, candidates, others, open_layers, allocation.ranks, profile)
     result = Plan(config, sum(p.numel() for p in model.parameters()), allocation.target_params, rows)
@@ -377,9 +371,17 @@ def _open_costs(
     candidates: list[Candidate], config: InherConfig, profile: Profile | None,
     spectra: dict[str, torch.Tensor] | None = None,
 ) -> list[LayerCost]:
-    """:func:`layer_cost` of each open candidate, its energies from ``spectra`` where known."""
+    """:func:`layer_cost` of each open candidate, its energies from ``spectra`` where known; an error when
+    there is none."""
     spectra = spectra or {}
-    return [layer_cost(c, config.experts, spectra.get(c.name), profile) for c in candidates if c.reason is None]
+    layers = [layer_cost(c, config.experts, spectra.get(c.name), profile) for c in candidates if c.reason is None]
+    if not layers:
+        found = ", ".join(sorted({type(c.module).__name__ for c in candidates})) or "none"
+        raise ValueError(
+            "nothing to factorise: the model has no nn.Linear, nn.Conv1d/2d (groups=1), nn.Embedding or "
+            f"Hugging Face Conv1D layer left after include/exclude (supported layers found: {found})"
+        )
+    return layers
 
 
 def _rule_ranks(
