@@ -71,12 +71,12 @@ def drop_for(config: InherConfig, model: nn.Module, calib: Iterable[Any] | None)
     if calib is None:
         raise ValueError("drop_blocks= needs calib=: the blocks to drop are chosen by their Block Influence on it")
     try:
-        name, stack = layer_stack(model)
+        influence = block_influence(model, calib)
     except ValueError as err:
         raise ValueError(f"drop_blocks={config.drop_blocks:g}: {err}; use drop_blocks=0") from None
+    name, stack = layer_stack(model)
     teacher_params = sum(p.numel() for p in model.parameters())
     target = config.target.of(teacher_params)
-    influence = block_influence(model, calib)
     order = sorted(range(len(stack)), key=lambda i: (influence[i], -i))  # least important first
     k = blocks_to_drop(config.drop_blocks or 0.0, teacher_params, target,
                        [sum(p.numel() for p in stack[i].parameters()) for i in order])

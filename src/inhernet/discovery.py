@@ -63,6 +63,7 @@ def find_layers(
     candidates: list[Candidate] = []
     others: list[Unsupported] = []
     for name, module in model.named_modules():
+        by_config = _dense_by_config(name, config)
         own = dense_params(module)
         if own == 0:
             continue
@@ -71,9 +72,16 @@ def find_layers(
             reason = f"unsupported layer type {type(module).__name__}; kept as is"
             others.append(Unsupported(name, type(module).__name__, own, reason))
             continue
-        reason = kind.dense_reason(module) or forward_override(module)
-        candidates.append(Candidate(name, module, kind, reason or _dense_by_config(name, config)))
-    readers = _traced_readers(model, candidates, example) if example is not None else None
+        reason = kind.dense_reason(module) or forward_override(module) or by_config
+        candidates.append(Candidate(name, module, kind, reason))
+    readers = None
+    if example is not None:
+        try:
+            found = find_weight_readers(model, {c.name: c.module for c in candidates if c.reason is None}, example)
+            readers = {name: f"weight read outside its forward by {r}; kept dense" for name, r in found.items()}
+        except Exception as e:  # the model's own code failed under the probes: fall back, never crash here
+            warnings.warn(f"could not trace weight readers on the example input ({type(e).__name__}: {e}); "
+                          "checking nn.MultiheadAttention's projections only", stacklevel=2)
     for c in candidates:
         if c.reason is None and readers is not None:
             c.reason = readers.get(c.name)
@@ -87,21 +95,6 @@ def find_layers(
         if c.reason is None:
             _check_weight(c.name, c.kind.weight(c.module))
     return candidates, others
-
-
-def _traced_readers(model: nn.Module, candidates: list[Candidate], example: Any) -> dict[str, str] | None:
-    """Per open candidate whose weight is read outside its forward, why it stays dense; ``None`` (with a
-    warning) when the example pass fails."""
-    try:
-        values = find_weight_readers(model, factorisable(candidates), example)
-    except Exception as e:  # the model's own code failed under the probes: fall back, never crash here
-        warnings.warn(
-            f"could not trace weight readers on the example input ({type(e).__name__}: {e}); checking "
-            "nn.MultiheadAttention's projections only",
-            stacklevel=3,
-        )
-        return None
-    return {name: f"weight read outside its forward by {r}; kept dense" for name, r in values.items()}
 
 
 def factorisable(candidates: list[Candidate]) -> dict[str, tuple[nn.Module, LayerKind]]:

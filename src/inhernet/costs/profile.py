@@ -114,8 +114,8 @@ def profile_for(
 ) -> tuple[Profile | None, Iterable[Any] | None]:
     """The profile a MAC or latency budget prices the layers by (``None`` for the others), and ``calib``
     to iterate in full afterwards. ``latency_base``: see :attr:`LatencyProfile.base`."""
-    if config.target.kind == "macs":
-        return profile_macs(model, todo, calib)
     if config.target.kind == "latency":
         return profile_latency(model, todo, calib, costs, latency_base)
+    if config.target.kind == "macs":
+        return profile_macs(model, todo, calib)
     return None, calib
