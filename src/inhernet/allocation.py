@@ -20,7 +20,7 @@ from .config import InherConfig, Target
 from .costs.prices import RANK_MULTIPLE, LayerCost, allocate, floor_rank, mac_price, minimum_cost
 from .costs.profile import LatencyProfile, MacProfile, Profile, profile_for
 from .costs.table import LatencyCosts
-from .discovery import Candidate, Unsupported, factorisable, find_layers, matches
+from .discovery import Candidate, Unsupported, find_layers, matches
 from .families import FAMILY_DEFAULTS
 from .kinds import dense_params
 from .plan import BUDGET_TOLERANCE, FACTORISED, LayerPlan, Plan
@@ -51,8 +51,8 @@ def smallest_reach(
     """``(target, smallest, unit)`` of ``model``'s layers priced on ``example``: the budget's target and the
     smallest total the layers reach (each at its floor rank; no spectrum needed), in the budget's unit, for
     a model of ``params`` parameters. What ``prune="auto"`` brackets by."""
-    candidates, _ = find_layers(model, config, example)
-    profile, _ = profile_for(model, config, factorisable(candidates), [example], costs, latency_base)
+    candidates, _, layers = find_layers(model, config, example)
+    profile, _ = profile_for(model, config, layers, [example], costs, latency_base)
     terms = _budget_terms(config, profile, params)
     if terms is None:
         raise ValueError(
@@ -118,14 +118,12 @@ def _allocate_ranks(
     """Ranks for ``layers`` by the rule or budget of ``config``."""
     if config.target.kind in ("rank", "energy"):
         return Allocation(_rule_ranks(layers, config.target, config.min_rank, config.min_rank_ratio))
-    if config.budgets:
-        ranks, total = _fill_groups(model, layers, config)
-        return Allocation(ranks, target_params=total)
-    terms = _budget_terms(config, profile, sum(p.numel() for p in model.parameters()))
-    assert terms is not None, "a MAC or latency budget is priced by its profile"
-    amount, whole, currency, fixed = terms
-    ranks = _fill(layers, amount, whole, currency, config, fixed=fixed)
-    return Allocation(ranks, **{currency.field: amount})
+    groups, total = _budget_groups(model, layers, config, profile)
+    ranks: dict[str, int | None] = {}
+    for group, target, whole, currency, fixed in groups:
+        ranks.update(_fill(group, target, whole, currency, config, fixed=fixed))
+        total += target
+    return Allocation(ranks, **{groups[0][3].field: total})
 
 
 def dense_reason(layer: LayerCost, config: InherConfig, profile: Profile | None) -> str:
@@ -237,33 +235,35 @@ def _reachable_floor(layers: list[LayerCost], room: int, config: InherConfig) ->
     return lo
 
 
-def _fill_groups(
-    model: nn.Module, layers: list[LayerCost], config: InherConfig
-) -> tuple[dict[str, int | None], int]:
-    """Ranks and summed target under ``config.budgets``, the unmatched rest filled to ``config.budget``."""
+#: one budget to fill: ``(layers, target, teacher total, currency, fixed rest)``
+_Group = tuple[list[LayerCost], int, int, _Currency, int | None]
+
+
+def _budget_groups(
+    model: nn.Module, layers: list[LayerCost], config: InherConfig, profile: Profile | None
+) -> tuple[list[_Group], int]:
+    """The budgets to fill: the whole model's, or one per ``config.budgets`` pattern and the unmatched rest (at
+    ``config.budget``); and the parameters of a rest without layers, kept as they are (e.g. a logit scale)."""
+    if not config.budgets:
+        terms = _budget_terms(config, profile, sum(p.numel() for p in model.parameters()))
+        assert terms is not None, "a MAC or latency budget is priced by its profile"
+        target, whole, currency, fixed = terms
+        return [(layers, target, whole, currency, fixed)], 0
     patterns = tuple(config.budgets)
     owned = _params_by_group(model, patterns)
     grouped: dict[str | None, list[LayerCost]] = {p: [] for p in (*patterns, None)}
     for layer in layers:
         grouped[_group_of(layer.name, patterns)].append(layer)
-    ranks: dict[str, int | None] = {}
-    total = 0
-    for pattern in (*patterns, None):
-        if pattern is None and not grouped[None]:
-            total += owned[None]  # nothing left to factorise outside the groups (e.g. a logit scale)
-            continue
-        if pattern is None:
-            budget, currency = config.budget, PARAMS_REST
-        else:
-            budget = config.budgets[pattern]
-            currency = _Currency(
-                "parameters", f"budget of {pattern!r}", f"budgets[{pattern!r}]", f" matched by {pattern!r}"
-            )
-        assert budget is not None
-        target = _target(budget, owned[pattern], currency)
-        ranks.update(_fill(grouped[pattern], target, owned[pattern], currency, config))
-        total += target
-    return ranks, total
+    groups: list[_Group] = []
+    for pattern in patterns:
+        currency = _Currency("parameters", f"budget of {pattern!r}", f"budgets[{pattern!r}]", f" matched by {pattern!r}")
+        target = _target(config.budgets[pattern], owned[pattern], currency)
+        groups.append((grouped[pattern], target, owned[pattern], currency, None))
+    if not grouped[None]:
+        return groups, owned[None]
+    assert config.budget is not None
+    rest = _target(config.budget, owned[None], PARAMS_REST)
+    return [*groups, (grouped[None], rest, owned[None], PARAMS_REST, None)], 0
 
 
 def _group_of(name: str, patterns: tuple[str, ...]) -> str | None:

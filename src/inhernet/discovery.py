@@ -7,7 +7,7 @@ import warnings
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -16,7 +16,7 @@ from .config import InherConfig
 from .kinds import LayerKind, dense_params, forward_override, kind_of
 from .readers import find_weight_readers
 
-__all__ = ["Candidate", "Unsupported", "factorisable", "find_layers", "matches"]
+__all__ = ["Candidate", "Found", "Unsupported", "find_layers", "matches"]
 
 @dataclass
 class Candidate:
@@ -38,6 +38,15 @@ class Unsupported:
     reason: str
 
 
+class Found(NamedTuple):
+    """What :func:`find_layers` found: every supported layer, the unsupported ones, and the layers that may be
+    factorised as ``{name: (module, kind)}``, what the measuring steps and the build take."""
+
+    candidates: list[Candidate]
+    others: list[Unsupported]
+    open: dict[str, tuple[nn.Module, LayerKind]]
+
+
 def matches(name: str, patterns: Iterable[str]) -> str | None:
     """The first of ``patterns`` (fnmatch, a pattern also matching its descendants) matching ``name``."""
     for p in patterns:
@@ -46,9 +55,7 @@ def matches(name: str, patterns: Iterable[str]) -> str | None:
     return None
 
 
-def find_layers(
-    model: nn.Module, config: InherConfig, example: Any = None
-) -> tuple[list[Candidate], list[Unsupported]]:
+def find_layers(model: nn.Module, config: InherConfig, example: Any = None) -> Found:
     """Supported layers (with the reason when one must stay dense) and the unsupported ones. Layers whose
     weight's values are read outside their forward stay dense: found by running ``example``
     (:func:`inhernet.readers.find_weight_readers`); without it, only ``nn.MultiheadAttention``'s projections
@@ -94,12 +101,7 @@ def find_layers(
             c.reason = "weight tied to another module; kept dense"
         if c.reason is None:
             _check_weight(c.name, c.kind.weight(c.module))
-    return candidates, others
-
-
-def factorisable(candidates: list[Candidate]) -> dict[str, tuple[nn.Module, LayerKind]]:
-    """The candidates that may be factorised, as ``{name: (module, kind)}``."""
-    return {c.name: (c.module, c.kind) for c in candidates if c.reason is None}
+    return Found(candidates, others, {c.name: (c.module, c.kind) for c in candidates if c.reason is None})
 
 
 def _dense_by_config(name: str, config: InherConfig) -> str | None:

@@ -25,7 +25,7 @@ from .costs.profile import latency_table, profile_for
 from .costs.table import LatencyCosts
 from .decomposition import Factors
 from .deploy.compact import deployed
-from .discovery import factorisable, find_layers
+from .discovery import find_layers
 from .kinds import LayerKind
 from .plan import Plan, warn_if_bottlenecked
 from .pruning import after_pruning, inner_config, prune_for
@@ -124,8 +124,7 @@ def _planned(
     with after_pruning(pruned), warnings.catch_warnings():
         if alone:  # planned at a budget it meets with room to spare: "more than 2% under" is no news
             warnings.simplefilter("ignore")
-        candidates, others = find_layers(model, inner, example)
-        layers = factorisable(candidates)
+        candidates, others, layers = find_layers(model, inner, example)
         profile, calib = profile_for(model, inner, layers, calib, costs, base)
         refuse_unreachable(inner, candidates, profile, sum(p.numel() for p in model.parameters()))
         spectra, factors = measure(model, layers, inner, calib, keep_factors=keep_factors, progress=progress)

@@ -15,7 +15,7 @@ from .blockdrop import without_blocks
 from .calibration import as_list, peek_example
 from .config import InherConfig
 from .decomposition import Factors
-from .discovery import factorisable, find_layers
+from .discovery import find_layers
 from .kinds import LayerKind
 from .layers import configure_gates
 from .plan import Plan
@@ -43,8 +43,8 @@ def build(
     calib = as_list(calib)
     example = calib[0] if calib else None
     structured = restructure(model, plan, example)
-    candidates, _ = find_layers(structured, config or plan.config, example)
-    return assemble(structured, plan, factorisable(candidates), calib, config, progress=progress)
+    layers = find_layers(structured, config or plan.config, example).open
+    return assemble(structured, plan, layers, calib, config, progress=progress)
 
 
 def restructure(model: nn.Module, plan: Plan, example: Any) -> nn.Module:
@@ -62,7 +62,7 @@ def assemble(
     config: InherConfig | None = None, *, factors: dict[str, Factors] | None = None, progress: bool = True,
 ) -> nn.Module:
     """A copy of ``model`` (restructured) with its planned layers inherited, from ``factors`` if given;
-    ``layers``: its factorisable layers (:func:`inhernet.discovery.factorisable`)."""
+    ``layers``: its factorisable layers (:attr:`inhernet.discovery.Found.open`)."""
     config = config or plan.config
     example, calib = peek_example(calib)
     unknown = sorted(set(plan.ranks()) - set(layers))

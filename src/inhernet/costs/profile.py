@@ -28,7 +28,7 @@ class MacProfile:
     positions: dict[str, tuple[int, int]]
 
 
-#: the layers a profile prices: ``{name: (module, kind)}`` (:func:`inhernet.discovery.factorisable`)
+#: the layers a profile prices: ``{name: (module, kind)}`` (:attr:`inhernet.discovery.Found.open`)
 Layers = dict[str, tuple[nn.Module, LayerKind]]
 
 
