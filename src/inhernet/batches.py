@@ -16,6 +16,7 @@ __all__ = [
     "TEACHER_LOGITS",
     "batch_labels",
     "batch_teacher_logits",
+    "by_rows",
     "device_of",
     "evaluating",
     "first_example",
@@ -71,6 +72,15 @@ def split_rows(batch: Any, rows: int) -> list[Any]:
     return [
         _map_tensors(batch, lambda t, a=a, b=b: t[a:b] if t.dim() else t) for a, b in itertools.pairwise(bounds)
     ]
+
+
+def by_rows(batch: Any, rows_too: int | None) -> dict[str, Any]:
+    """``batch`` whole and its first ``rows_too`` rows (when it has more), keyed by rows as a string."""
+    total = rows_of(batch)
+    batches = {str(total): batch}
+    if rows_too is not None and total is not None and rows_too < total:
+        batches[str(rows_too)] = head_rows(batch, rows_too)
+    return batches
 
 
 def head_rows(batch: Any, rows: int) -> Any:

@@ -18,7 +18,7 @@ from torch import nn
 from . import blockdrop
 from .allocation import make_plan, refuse_unreachable, smallest_reach
 from .autoprune import Contest, open_contest
-from .batches import head_rows, rows_of
+from .batches import by_rows
 from .calibration import as_list, peek_example
 from .config import InherConfig
 from .costs.profile import latency_table, profile_for
@@ -208,11 +208,11 @@ def _within_measured_latency(
     checks: list[dict[str, Any]] = []
     built: list[tuple[nn.Module, dict[str, Any]]] = []  # every student measured, with its check
     planned = budget
-    batches = _check_batches(example, config.latency_rows)
+    batches = by_rows(example, config.latency_rows)
     for attempt in range(LATENCY_CHECK_ROUNDS + 1):
         candidate = deployed(student, example=example, costs=table)
-        by_rows = {rows: _ratio(table.latency([model, candidate], batch)) for rows, batch in batches.items()}
-        checks.append({"planned": planned, "measured": max(by_rows.values()), "by_batch": by_rows})
+        ratios = {rows: _ratio(table.latency([model, candidate], batch)) for rows, batch in batches.items()}
+        checks.append({"planned": planned, "measured": max(ratios.values()), "by_batch": ratios})
         built.append((student, checks[-1]))
         if low <= checks[-1]["measured"] <= high or attempt == LATENCY_CHECK_ROUNDS:
             break
@@ -264,12 +264,3 @@ def _warn_over_latency(budget: float, check: dict[str, Any], plans: int) -> None
         f"({times}), over the budget.{one_row}",
         stacklevel=4,
     )
-
-
-def _check_batches(example: Any, rows_too: int | None) -> dict[str, Any]:
-    """The example whole and its first ``rows_too`` rows (when it has more), keyed by rows as a string."""
-    total = rows_of(example)
-    batches = {str(total): example}
-    if rows_too is not None and total is not None and rows_too < total:
-        batches[str(rows_too)] = head_rows(example, rows_too)
-    return batches

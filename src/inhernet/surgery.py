@@ -69,36 +69,25 @@ def assemble(
     if unknown:
         raise ValueError(f"the plan factorises layers this model cannot: {', '.join(unknown)}")
     student = copy.deepcopy(model)
+    ranks = plan.ranks()
+    todo = {name: (student.get_submodule(name), layers[name][1]) for name in ranks}  # the student's own modules
     generator = torch.Generator().manual_seed(config.seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        if config.init == "whiten" and config.calibration != "one-pass":
-            _build_sequential(student, model, plan, config, layers, calib, generator, progress)
+        if config.init == "whiten" and config.calibration != "one-pass":  # each stage sees the blocks built before
+            teacher = model if config.calibration == "sequential-corrected" else None
+            stages: Iterable[tuple[str, Factors | None]] = sequential_factors(
+                student, todo, reiterable(calib), teacher=teacher, damping=config.damping, progress=progress)
         else:
             if factors is None and config.init != "random":
                 factors = decompose(model, layers, config, calib, progress=progress)
-            for name, rank in plan.ranks().items():
-                module, kind = layers[name]
-                block = _build_block(module, kind, rank, (factors or {}).get(name), config, generator)
-                student = replace_module(student, name, block)
+            stages = ((name, (factors or {}).get(name)) for name in ranks)
+        for name, layer_factors in stages:
+            module, kind = todo[name]
+            block = _build_block(module, kind, ranks[name], layer_factors, config, generator)
+            student = replace_module(student, name, block)
     student.inhernet_plan = plan
     return _checked(student, example, model)
-
-
-def _build_sequential(
-    student: nn.Module, model: nn.Module, plan: Plan, config: InherConfig,
-    layers: dict[str, tuple[nn.Module, LayerKind]], calib: Iterable[Any] | None, generator: torch.Generator,
-    progress: bool,
-) -> None:
-    """Each planned layer of ``student`` replaced as its factors arrive, feeding the later stages."""
-    ranks = plan.ranks()
-    todo = {name: (student.get_submodule(name), layers[name][1]) for name in ranks}  # the student's own modules
-    teacher = model if config.calibration == "sequential-corrected" else None
-    stages = sequential_factors(student, todo, reiterable(calib), teacher=teacher, damping=config.damping,
-                                progress=progress)
-    for name, factors in stages:
-        module, kind = todo[name]
-        replace_module(student, name, _build_block(module, kind, ranks[name], factors, config, generator))
 
 
 def _checked(student: nn.Module, example: Any, teacher: nn.Module) -> nn.Module:
