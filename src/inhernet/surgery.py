@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .batches import device_of, evaluating, forward_batch, move_batch
+from .batches import forward_all
 from .blockdrop import without_blocks
 from .calibration import as_list, peek_example
 from .config import InherConfig
@@ -87,31 +87,21 @@ def assemble(
             block = _build_block(module, kind, ranks[name], layer_factors, config, generator)
             student = replace_module(student, name, block)
     student.inhernet_plan = plan
-    return _checked(student, example, model)
-
-
-def _checked(student: nn.Module, example: Any, teacher: nn.Module) -> nn.Module:
-    """``student`` once it ran the example input (as the teacher does), or a clear error if it cannot."""
     if example is None:
         return student
-    try:
-        _run_example(student, example)
-    except Exception as e:
+    with torch.random.fork_rng(devices=[]):  # the student must run the example input, as the teacher does
         try:
-            _run_example(teacher, example)
-        except Exception:
-            return student  # the teacher fails on it too: not an input the model accepts, nothing to check
-        raise RuntimeError(
-            f"the inherited model fails on the first calib batch, which the teacher runs ({type(e).__name__}: "
-            f"{e}); keep the layer the traceback names dense with InherConfig(exclude=[...]) and report this"
-        ) from e
+            forward_all(student, [example])
+        except Exception as e:
+            try:
+                forward_all(model, [example])
+            except Exception:
+                return student  # the teacher fails on it too: not an input the model accepts, nothing to check
+            raise RuntimeError(
+                f"the inherited model fails on the first calib batch, which the teacher runs ({type(e).__name__}: "
+                f"{e}); keep the layer the traceback names dense with InherConfig(exclude=[...]) and report this"
+            ) from e
     return student
-
-
-def _run_example(model: nn.Module, example: Any) -> None:
-    """One forward pass on ``example`` in eval mode, without grad and with the RNG untouched."""
-    with evaluating(model), torch.no_grad(), torch.random.fork_rng(devices=[]):
-        forward_batch(model, move_batch(example, device_of(model)))
 
 
 def _build_block(
