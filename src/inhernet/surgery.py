@@ -41,10 +41,14 @@ def build(
         progress: show a progress bar while calibrating.
     """
     calib = as_list(calib)
+    config = config or plan.config
     example = calib[0] if calib else None
     structured = restructure(model, plan, example)
-    layers = find_layers(structured, config or plan.config, example).open
-    return assemble(structured, plan, layers, calib, config, progress=progress)
+    layers = find_layers(structured, config, example).open
+    factors = None
+    if config.init != "random" and not (config.init == "whiten" and config.calibration != "one-pass"):
+        factors = decompose(structured, layers, config, calib, progress=progress)  # sequential: built stage by stage
+    return assemble(structured, plan, layers, calib, config, factors=factors, progress=progress)
 
 
 def restructure(model: nn.Module, plan: Plan, example: Any) -> nn.Module:
@@ -61,8 +65,9 @@ def assemble(
     model: nn.Module, plan: Plan, layers: dict[str, tuple[nn.Module, LayerKind]], calib: Iterable[Any] | None,
     config: InherConfig | None = None, *, factors: dict[str, Factors] | None = None, progress: bool = True,
 ) -> nn.Module:
-    """A copy of ``model`` (restructured) with its planned layers inherited, from ``factors`` if given;
-    ``layers``: its factorisable layers (:attr:`inhernet.discovery.Found.open`)."""
+    """A copy of ``model`` (restructured) with its planned layers inherited: from one-pass ``factors``
+    (:func:`inhernet.spectra.decompose`; ``None`` with ``init="random"``) or stage by stage (sequential
+    calibration); ``layers``: its factorisable layers (:attr:`inhernet.discovery.Found.open`)."""
     config = config or plan.config
     example, calib = peek_example(calib)
     unknown = sorted(set(plan.ranks()) - set(layers))
@@ -79,8 +84,6 @@ def assemble(
             stages: Iterable[tuple[str, Factors | None]] = sequential_factors(
                 student, todo, reiterable(calib), teacher=teacher, damping=config.damping, progress=progress)
         else:
-            if factors is None and config.init != "random":
-                factors = decompose(model, layers, config, calib, progress=progress)
             stages = ((name, (factors or {}).get(name)) for name in ranks)
         for name, layer_factors in stages:
             module, kind = todo[name]
