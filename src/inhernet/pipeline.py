@@ -112,13 +112,13 @@ def _planned(
     ``config.prune``; ``teacher_ns``, ``alone``: see :func:`inner_config`), then its layers."""
     inner, drop, pruned = config, None, None
     share = share if share is not None else config.prune
-    if config.drop_blocks:
-        model, drop = blockdrop.drop_for(config, model, calib)
-        inner = blockdrop.inner_config(config, drop)
-    elif share is not None:
+    if share is not None and not config.drop_blocks:
         model, pruned = prune_for(config, model, calib[0] if calib else None, float(share), costs, teacher_ns)
         with after_pruning(pruned):
             inner = inner_config(config, pruned, alone=alone)
+    elif config.drop_blocks:
+        model, drop = blockdrop.drop_for(config, model, calib)
+        inner = blockdrop.inner_config(config, drop)
     base = pruned.teacher_latency_ns if pruned is not None else None
     example, calib = peek_example(calib)
     with after_pruning(pruned), warnings.catch_warnings():
