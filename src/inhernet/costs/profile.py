@@ -91,15 +91,15 @@ def profile_latency(
     if calib is None:
         raise ValueError("latency= needs calib: its first batch is the example input")
     table = latency_table(model, costs)
+    timed = {name: rank_points(min(kind.shape(module)), getattr(table, "points", 4)) for name, (module, kind) in todo.items()}
     example, calib = split_example(calib, "latency=")
     layers = {name: module for name, (module, _) in todo.items()}
     shapes = layer_input_shapes(model, layers, example, LayerShape.of_layer)
     total = measured_ns(table, model, example)
     prices = {}
     for name, calls in shapes.items():
-        ranks = rank_points(calls[0].full_rank, getattr(table, "points", 4))
         dense = sum(float(table.dense(s)) for s in calls)
-        points = [(r, sum(float(table.factorised(s, r)) for s in calls)) for r in ranks]
+        points = [(r, sum(float(table.factorised(s, r)) for s in calls)) for r in timed[name]]
         prices[name] = latency_price(dense, points)
     return LatencyProfile(total, prices, base), calib
 
