@@ -800,16 +800,16 @@ def test_latency_prune_errors_name_the_problem():
 def test_auto_skips_an_unreachable_share_before_its_spectra(monkeypatch):
     """A share that cannot reach the latency budget (or is under it alone) costs a profile, not a calibration
     pass and an SVD per layer: only the shares that reach it are decomposed."""
-    import inhernet.allocation as surgery
+    import inhernet.spectra as spectra
 
     decomposed = []
-    real = surgery.decompose
+    real = spectra.decompose
 
     def counting(model, *args, **kwargs):
         decomposed.append(model)
         return real(model, *args, **kwargs)
 
-    monkeypatch.setattr(surgery, "decompose", counting)
+    monkeypatch.setattr(spectra, "decompose", counting)
     teacher, calib = _conv_bound_teacher()
     student = inherit(teacher, InherConfig(latency=0.35, prune="auto"), calib=calib, costs=SlowConvCosts(), progress=False)
     record = student.inhernet_plan.prune
