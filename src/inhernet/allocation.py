@@ -27,6 +27,7 @@ from .plan import BUDGET_TOLERANCE, FACTORISED, LayerPlan, Plan
 
 __all__ = [
     "Allocation",
+    "Unreachable",
     "dense_reason",
     "layer_cost",
     "make_plan",
@@ -63,6 +64,15 @@ def smallest_reach(
     layers = _open_costs(candidates, config, profile)
     smallest = _quietly(_smallest, layers, target, total, config, fixed)[2]
     return target, smallest, currency.unit
+
+
+class Unreachable(ValueError):
+    """A budget below the smallest size that rank cuts reach; ``least``: that size as a fraction of the
+    teacher's, rounded up to 0.001."""
+
+    def __init__(self, message: str, least: float) -> None:
+        super().__init__(message)
+        self.least = least
 
 
 @dataclass(frozen=True)
@@ -172,12 +182,19 @@ def _reachable(
     """The fixed rest's cost and the rank floor, or the error of a ``target`` below the smallest reachable."""
     fixed, floor_ratio, smallest = _smallest(layers, target, teacher_total, config, fixed)
     if target < smallest:
-        raise ValueError(
+        least = math.ceil(1000 * smallest / teacher_total) / 1000
+        levers = [f"{currency.option}={least:g} or more ({smallest:,} {currency.unit})",
+                  "prune='auto' or a share such as prune=0.3 (channels pruned first; not for causal LMs)",
+                  "drop_blocks=0.5 (whole blocks dropped first; transformers, with budget=)"]
+        levers += [f"experts=1 (now {config.experts})"] if config.experts > 1 else []
+        levers += [f"min_rank_ratio=0 (now {floor_ratio:g})"] if floor_ratio > 0 else []
+        raise Unreachable(
             f"{currency.budget} of {target:,} {currency.unit} ({target / teacher_total:.1%} of "
             f"{teacher_total:,}{currency.teacher}) is unreachable: the smallest reachable is {smallest:,} "
             f"({smallest / teacher_total:.1%}) with min_rank_ratio={floor_ratio:g}, experts={config.experts} "
-            f"and these include/exclude patterns; raise the {currency.budget}, lower experts or factorise "
-            "more layers"
+            f"and these include/exclude patterns. What would reach it: {'; '.join(levers)}; or factorise more "
+            "layers (fewer exclude= patterns, a wider include=)",
+            least,
         )
     return fixed, floor_ratio
 

@@ -16,7 +16,7 @@ from typing import Any
 from torch import nn
 
 from . import blockdrop
-from .allocation import make_plan, refuse_unreachable, smallest_reach
+from .allocation import Unreachable, make_plan, refuse_unreachable, smallest_reach
 from .autoprune import Contest, open_contest
 from .batches import by_rows
 from .calibration import as_list, peek_example
@@ -64,6 +64,7 @@ def inherit(
     if plan is not None:  # a plan given decides the structure; it was warned about when it was made
         return build(model, plan, calib, config=(config or plan.config).resolved(model), progress=progress)
     config = (config or InherConfig()).resolved(model)
+    _refuse_early(model, config)
     calib = as_list(calib)  # read more than once by every strategy
     if config.target.kind == "latency":
         student = _within_measured_latency(model, config, calib, progress, costs)
@@ -86,10 +87,22 @@ def plan(
             "prune='auto' chooses the share of channels by building and scoring each candidate student: "
             "call inherit() (its plan is student.inhernet_plan), or give plan() a share, e.g. prune=0.3"
         )
+    _refuse_early(model, config)
     calib = as_list(calib)
     result = _planned(model, config, calib, costs, keep_factors=False).plan
     warn_if_bottlenecked(result)
     return result
+
+
+def _refuse_early(model: nn.Module, config: InherConfig) -> None:
+    """A parameter budget below the smallest reachable size is refused before a batch is read (it needs no
+    data); a MAC or latency budget is, after the example input only (:func:`_planned`)."""
+    if config.target.kind == "params" and config.prune is None and not config.drop_blocks:
+        refuse_unreachable(config, find_layers(model, config).candidates, None, _params(model))
+
+
+def _params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
 
 
 @dataclass
@@ -120,13 +133,13 @@ def _planned(
         model, drop = blockdrop.drop_for(config, model, calib)
         inner = blockdrop.inner_config(config, drop)
     base = pruned.teacher_latency_ns if pruned is not None else None
-    example, calib = peek_example(calib)
     with after_pruning(pruned), warnings.catch_warnings():
         if alone:  # planned at a budget it meets with room to spare: "more than 2% under" is no news
             warnings.simplefilter("ignore")
+        example, calib = peek_example(calib)
         candidates, others, layers = find_layers(model, inner, example)
         profile, calib = profile_for(model, inner, layers, calib, costs, base)
-        refuse_unreachable(inner, candidates, profile, sum(p.numel() for p in model.parameters()))
+        refuse_unreachable(inner, candidates, profile, _params(model))  # before any calibration
         spectra, factors = measure(model, layers, inner, calib, keep_factors=keep_factors, progress=progress)
         result = make_plan(model, inner, candidates, others, spectra, profile)
     record = drop or pruned
@@ -147,9 +160,35 @@ def _inherit_once(
     """Plan and build once (``prune="auto"``: each candidate, the best kept)."""
     if config.prune == "auto":
         return _auto(model, config, calib, progress, costs)
-    planned = _planned(model, config, calib, costs, progress=progress)
+    try:
+        planned = _planned(model, config, calib, costs, progress=progress)
+    except Unreachable as err:
+        if config.prune is not None or config.drop_blocks or config.target.kind not in ("macs", "latency"):
+            raise
+        return _pruned_instead(model, config, calib, progress, costs, err)
     return assemble(planned.model, planned.plan, planned.layers, calib, config, factors=planned.factors,
                     progress=progress)
+
+
+def _pruned_instead(
+    model: nn.Module, config: InherConfig, calib: list[Any] | None, progress: bool, costs: LatencyCosts | None,
+    err: Unreachable,
+) -> nn.Module:
+    """A MAC or latency budget that rank cuts alone cannot reach, reached by ``prune="auto"`` (said in one
+    line); ``err``, naming every lever, when pruning cannot reach it either."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the contest's own notes: the line below says what was done
+            student = _auto(model, replace(config, prune="auto"), calib, progress, costs)
+    except ValueError as failed:
+        raise err from failed
+    record = student.inhernet_plan.prune
+    warnings.warn(
+        f"{config.target.kind}={config.target.value:g}: rank cuts alone reach {err.least:.1%} of the teacher at "
+        f"best, so {record.ratio:.1%} of the channels were pruned first (prune='auto'; pass prune= to choose)",
+        stacklevel=4,
+    )
+    return student
 
 
 def _auto(
