@@ -3,11 +3,13 @@ by stage, :mod:`inhernet.sequential`) turned into each layer's factors or energi
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from typing import Any
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from .calibration import collect_covariances
 from .config import ENERGY_STRATEGIES, InherConfig
@@ -16,6 +18,9 @@ from .kinds import LayerKind
 from .sequential import sequential_factors
 
 __all__ = ["allocation_needs_spectra", "decompose", "measure", "reiterable"]
+
+#: one INFO line per layer factorised (``inhernet compress`` prints them when its output is not a terminal)
+log = logging.getLogger("inhernet")
 
 
 def measure(
@@ -45,10 +50,12 @@ def decompose(
     covariances = {}
     if config.init == "whiten" and todo:
         covariances = collect_covariances(model, todo, _required(calib), progress=progress)
-    return {
-        name: factorize(kind.matrix(module), covariances.get(name), config.damping)
-        for name, (module, kind) in todo.items()
-    }
+    factors = {}
+    for i, (name, (module, kind)) in enumerate(tqdm(todo.items(), desc="factorising", unit="layer",
+                                                     disable=not progress, leave=False), 1):
+        factors[name] = factorize(kind.matrix(module), covariances.get(name), config.damping)
+        log.info("factorised %s (%d of %d layers)", name, i, len(todo))
+    return factors
 
 
 def reiterable(calib: Iterable[Any] | None) -> list[Any]:
