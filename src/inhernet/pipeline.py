@@ -98,11 +98,7 @@ def _refuse_early(model: nn.Module, config: InherConfig) -> None:
     """A parameter budget below the smallest reachable size is refused before a batch is read (it needs no
     data); a MAC or latency budget is, after the example input only (:func:`_planned`)."""
     if config.target.kind == "params" and config.prune is None and not config.drop_blocks:
-        refuse_unreachable(config, find_layers(model, config).candidates, None, _params(model))
-
-
-def _params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+        refuse_unreachable(config, find_layers(model, config).candidates, None, sum(p.numel() for p in model.parameters()))
 
 
 @dataclass
@@ -139,7 +135,7 @@ def _planned(
         example, calib = peek_example(calib)
         candidates, others, layers = find_layers(model, inner, example)
         profile, calib = profile_for(model, inner, layers, calib, costs, base)
-        refuse_unreachable(inner, candidates, profile, _params(model))  # before any calibration
+        refuse_unreachable(inner, candidates, profile, sum(p.numel() for p in model.parameters()))  # before calibration
         spectra, factors = measure(model, layers, inner, calib, keep_factors=keep_factors, progress=progress)
         result = make_plan(model, inner, candidates, others, spectra, profile)
     record = drop or pruned
