@@ -25,15 +25,7 @@ from .families import FAMILY_DEFAULTS
 from .kinds import dense_params
 from .plan import BUDGET_TOLERANCE, FACTORISED, LayerPlan, Plan
 
-__all__ = [
-    "Allocation",
-    "Unreachable",
-    "dense_reason",
-    "layer_cost",
-    "make_plan",
-    "refuse_unreachable",
-    "smallest_reach",
-]
+__all__ = ["Allocation", "Unreachable", "dense_reason", "layer_cost", "make_plan", "refuse_unreachable", "smallest_reach"]
 
 
 def refuse_unreachable(config: InherConfig, candidates: list[Candidate], profile: Profile | None, params: int) -> None:

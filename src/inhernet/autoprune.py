@@ -34,23 +34,8 @@ from .pruning import (
 )
 
 __all__ = [
-    "CEILING",
-    "PROBE_BATCH",
-    "PROBE_LR",
-    "PROBE_TEMPERATURE",
-    "RESOLUTION",
-    "SCAN",
-    "SPREAD",
-    "Candidates",
-    "Contest",
-    "Reach",
-    "Standing",
-    "candidate_shares",
-    "open_contest",
-    "probe_loss",
-    "score",
-    "split_probe",
-    "standing",
+    "CEILING", "PROBE_BATCH", "PROBE_LR", "PROBE_TEMPERATURE", "RESOLUTION", "SCAN", "SPREAD", "Candidates", "Contest",
+    "Reach", "Standing", "candidate_shares", "open_contest", "probe_loss", "score", "split_probe", "standing",
 ]
 
 #: where the candidates lie between ``p_min`` (0) and ``p_max`` (1)

@@ -13,21 +13,8 @@ import torch
 from torch import nn
 
 __all__ = [
-    "TEACHER_LOGITS",
-    "batch_labels",
-    "batch_teacher_logits",
-    "by_rows",
-    "device_of",
-    "evaluating",
-    "first_example",
-    "forward_all",
-    "forward_batch",
-    "head_rows",
-    "lm_labels",
-    "logits_of",
-    "move_batch",
-    "rows_of",
-    "split_rows",
+    "TEACHER_LOGITS", "batch_labels", "batch_teacher_logits", "by_rows", "device_of", "evaluating", "first_example",
+    "forward_all", "forward_batch", "head_rows", "lm_labels", "logits_of", "move_batch", "rows_of", "split_rows",
 ]
 
 #: Key (dict batches) under which a batch may carry the teacher's precomputed logits; tuple batches

@@ -34,9 +34,7 @@ from .decomposition import Factors, factorize
 from .kinds import EmbeddingKind, LayerKind
 from .stack import layer_stack
 
-__all__ = [
-    "PairedCovariance", "StackInputs", "capture_stack_inputs", "corrected_weight", "run_block", "sequential_factors",
-]
+__all__ = ["PairedCovariance", "StackInputs", "capture_stack_inputs", "corrected_weight", "run_block", "sequential_factors"]
 
 #: one INFO line per layer factorised (as :data:`inhernet.spectra.log`)
 log = logging.getLogger("inhernet")

@@ -34,10 +34,7 @@ from ..batches import device_of, evaluating, forward_batch, move_batch
 from ..kinds import kind_of
 from ..layers import InherConv, InherEmbedding, InherLinear
 
-__all__ = [
-    "CostTable", "Costs", "LatencyCosts", "LayerShape", "cost_dir", "device_name", "measure_latency",
-    "rank_points",
-]
+__all__ = ["CostTable", "Costs", "LatencyCosts", "LayerShape", "cost_dir", "device_name", "measure_latency", "rank_points"]
 
 CACHE_VERSION = 1
 #: live / cached time of a re-timed cached shape inside this band counts as noise (no rescaling)
