@@ -28,7 +28,7 @@ from .deploy.compact import deployed
 from .discovery import find_layers
 from .kinds import LayerKind
 from .plan import Plan, warn_if_bottlenecked
-from .pruning import after_pruning, inner_config, prune_for
+from .pruning import inner_config, prune_for
 from .spectra import measure
 from .surgery import assemble, build
 
@@ -123,21 +123,26 @@ def _planned(
     share = share if share is not None else config.prune
     if share is not None and not config.drop_blocks:
         model, pruned = prune_for(config, model, calib[0] if calib else None, float(share), costs, teacher_ns)
-        with after_pruning(pruned):
-            inner = inner_config(config, pruned, alone=alone)
+        inner = inner_config(config, pruned, alone=alone)  # its errors name the share
     elif config.drop_blocks:
         model, drop = blockdrop.drop_for(config, model, calib)
         inner = blockdrop.inner_config(config, drop)
     base = pruned.teacher_latency_ns if pruned is not None else None
-    with after_pruning(pruned), warnings.catch_warnings():
-        if alone:  # planned at a budget it meets with room to spare: "more than 2% under" is no news
-            warnings.simplefilter("ignore")
-        example, calib = peek_example(calib)
-        candidates, others, layers = find_layers(model, inner, example)
-        profile, calib = profile_for(model, inner, layers, calib, costs, base)
-        refuse_unreachable(inner, candidates, profile, sum(p.numel() for p in model.parameters()))  # before calibration
-        spectra, factors = measure(model, layers, inner, calib, keep_factors=keep_factors, progress=progress)
-        result = make_plan(model, inner, candidates, others, spectra, profile)
+    try:
+        with warnings.catch_warnings():
+            if alone:  # planned at a budget it meets with room to spare: "more than 2% under" is no news
+                warnings.simplefilter("ignore")
+            example, calib = peek_example(calib)
+            candidates, others, layers = find_layers(model, inner, example)
+            profile, calib = profile_for(model, inner, layers, calib, costs, base)
+            refuse_unreachable(inner, candidates, profile, sum(p.numel() for p in model.parameters()))  # uncalibrated
+            spectra, factors = measure(model, layers, inner, calib, keep_factors=keep_factors, progress=progress)
+            result = make_plan(model, inner, candidates, others, spectra, profile)
+    except ValueError as err:
+        if pruned is None or pruned.ratio == 0:
+            raise
+        raise ValueError(f"after prune={pruned.ratio:g} ({pruned.teacher_params:,} -> {pruned.params:,} parameters): "
+                         f"{err}") from err
     record = drop or pruned
     if record is not None:  # the plan of the whole: the user's config, the record, the original teacher's totals
         result.config, result.teacher_params = config, record.teacher_params
