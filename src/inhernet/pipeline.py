@@ -126,7 +126,7 @@ def _planned(
         inner = inner_config(config, pruned, alone=alone)  # its errors name the share
     elif config.drop_blocks:
         model, drop = blockdrop.drop_for(config, model, calib)
-        inner = blockdrop.inner_config(config, drop)
+        inner = replace(config, budget=config.target.of(drop.teacher_params), drop_blocks=0.0)  # the teacher's count
     base = pruned.teacher_latency_ns if pruned is not None else None
     try:
         with warnings.catch_warnings():
