@@ -157,15 +157,17 @@ def _planned(
 
 def _inherit_once(
     model: nn.Module, config: InherConfig, calib: list[Any] | None, progress: bool, costs: LatencyCosts | None,
+    prune_instead: bool = True,
 ) -> nn.Module:
-    """Plan and build once (``prune="auto"``: each candidate, the best kept)."""
+    """Plan and build once (``prune="auto"``: each candidate, the best kept); ``prune_instead``: a MAC or
+    latency budget that rank cuts alone cannot reach is met by pruning first (:func:`_pruned_instead`)."""
     if config.prune == "auto":
         return _auto(model, config, calib, progress, costs)
     try:
         planned = _planned(model, config, calib, costs, progress=progress)
     except Unreachable as err:
-        if config.prune is not None or config.drop_blocks or config.target.kind not in ("macs", "latency"):
-            raise
+        if not prune_instead or config.prune is not None or config.drop_blocks or config.target.kind == "params":
+            raise  # a parameter budget is the user's to trade (budget=, prune=, drop_blocks=: named in err)
         return _pruned_instead(model, config, calib, progress, costs, err)
     return assemble(planned.model, planned.plan, planned.layers, calib, config, factors=planned.factors,
                     progress=progress)
@@ -258,7 +260,8 @@ def _within_measured_latency(
             break
         planned = min(1.0, planned * budget / checks[-1]["measured"])
         try:
-            student = _inherit_once(model, replace(config, latency=planned, prune=share), calib, progress, costs)
+            student = _inherit_once(model, replace(config, latency=planned, prune=share), calib, progress, costs,
+                                    prune_instead=False)  # only the ranks move
         except ValueError as err:  # the scaled budget is out of reach: keep what was built, say so
             checks.append({"planned": planned, "unreachable": str(err)})
             break
