@@ -1,72 +1,40 @@
 """Allocate: every factorisable layer's rank, the :class:`~inhernet.plan.Plan`.
 
-:func:`plan_layers` finds the layers (:mod:`inhernet.discovery`), measures them (:mod:`inhernet.costs`,
-:mod:`inhernet.spectra`) and fills the budget with the greedy engine (:func:`allocate`), per ``budgets``
-group where there are groups.
+:func:`make_plan` fills the budget with the layers the pipeline found and measured, by the greedy engine
+(:func:`inhernet.costs.prices.allocate`), per ``budgets`` group where there are groups;
+:func:`refuse_unreachable` says before any measuring that a budget is out of reach.
 """
 
 from __future__ import annotations
 
-import heapq
 import math
 import warnings
-from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from .calibration import peek_example
-from .config import ENERGY_STRATEGIES, InherConfig, Target
-from .costs.prices import RANK_MULTIPLE, LayerCost, floor_rank, mac_price, round_rank
+from .config import InherConfig, Target
+from .costs.prices import RANK_MULTIPLE, LayerCost, allocate, floor_rank, mac_price, minimum_cost
 from .costs.profile import LatencyProfile, MacProfile, Profile, profile_for
 from .costs.table import LatencyCosts
-from .decomposition import Factors
 from .discovery import Candidate, Unsupported, find_layers, matches
 from .families import FAMILY_DEFAULTS
 from .kinds import dense_params
 from .plan import BUDGET_TOLERANCE, FACTORISED, LayerPlan, Plan
-from .spectra import allocation_needs_spectra, decompose, layer_spectra, reiterable
 
-__all__ = [
-    "Allocation",
-    "allocate",
-    "dense_reason",
-    "energy_weights",
-    "layer_cost",
-    "layer_type",
-    "make_plan",
-    "minimum_cost",
-    "plan_layers",
-    "smallest_reach",
-]
+__all__ = ["Allocation", "Unreachable", "dense_reason", "layer_cost", "make_plan", "refuse_unreachable", "smallest_reach"]
 
 
-def plan_layers(
-    model: nn.Module, config: InherConfig, calib: Iterable[Any] | None, costs: LatencyCosts | None = None, *,
-    latency_base: int | None = None, keep_factors: bool = True, progress: bool = True,
-) -> tuple[Plan, dict[str, Factors]]:
-    """find layers -> measure -> allocate: ``model``'s plan and the one-pass factors computed on the way
-    (all with ``keep_factors``). ``latency_base``: see :func:`~inhernet.costs.profile.profile_for`."""
-    example, calib = peek_example(calib)
-    candidates, others = find_layers(model, config, example)
-    profile, calib = profile_for(model, config, candidates, calib, costs, latency_base)
-    terms = _budget_terms(config, profile, None)  # a budget out of reach fails before the spectra
+def refuse_unreachable(config: InherConfig, candidates: list[Candidate], profile: Profile | None, params: int) -> None:
+    """The error of a budget below the smallest reachable (every layer at its floor rank), before anything
+    is measured beyond the ``profile``; ``params``: the model's parameters."""
+    terms = _budget_terms(config, profile, params)
     if terms is not None:
         target, total, currency, fixed = terms
         _quietly(_reachable, _open_costs(candidates, config, profile), target, total, currency, config, fixed)
-    factors: dict[str, Factors] = {}
-    spectra = {}
-    if config.init == "whiten" and config.calibration != "one-pass":  # built stage by stage: energies only
-        if allocation_needs_spectra(config):
-            spectra = layer_spectra(model, candidates, config, reiterable(calib), progress=progress)
-    elif allocation_needs_spectra(config) or (keep_factors and config.init != "random"):
-        factors = decompose(model, candidates, config, calib, progress=progress)
-        spectra = {name: f.output_energy for name, f in factors.items()}
-    return make_plan(model, config, candidates, others, spectra, profile), factors
 
 
 def smallest_reach(
@@ -76,8 +44,8 @@ def smallest_reach(
     """``(target, smallest, unit)`` of ``model``'s layers priced on ``example``: the budget's target and the
     smallest total the layers reach (each at its floor rank; no spectrum needed), in the budget's unit, for
     a model of ``params`` parameters. What ``prune="auto"`` brackets by."""
-    candidates, _ = find_layers(model, config, example)
-    profile, _ = profile_for(model, config, candidates, [example], costs, latency_base)
+    candidates, _, layers = find_layers(model, config, example)
+    profile, _ = profile_for(model, config, layers, [example], costs, latency_base)
     terms = _budget_terms(config, profile, params)
     if terms is None:
         raise ValueError(
@@ -88,6 +56,15 @@ def smallest_reach(
     layers = _open_costs(candidates, config, profile)
     smallest = _quietly(_smallest, layers, target, total, config, fixed)[2]
     return target, smallest, currency.unit
+
+
+class Unreachable(ValueError):
+    """A budget below the smallest size that rank cuts reach; ``least``: that size as a fraction of the
+    teacher's, rounded up to 0.001."""
+
+    def __init__(self, message: str, least: float) -> None:
+        super().__init__(message)
+        self.least = least
 
 
 @dataclass(frozen=True)
@@ -143,14 +120,12 @@ def _allocate_ranks(
     """Ranks for ``layers`` by the rule or budget of ``config``."""
     if config.target.kind in ("rank", "energy"):
         return Allocation(_rule_ranks(layers, config.target, config.min_rank, config.min_rank_ratio))
-    if config.budgets:
-        ranks, total = _fill_groups(model, layers, config)
-        return Allocation(ranks, target_params=total)
-    terms = _budget_terms(config, profile, sum(p.numel() for p in model.parameters()))
-    assert terms is not None, "a MAC or latency budget is priced by its profile"
-    amount, whole, currency, fixed = terms
-    ranks = _fill(layers, amount, whole, currency, config, fixed=fixed)
-    return Allocation(ranks, **{currency.field: amount})
+    groups, total = _budget_groups(model, layers, config, profile)
+    ranks: dict[str, int | None] = {}
+    for group, target, whole, currency, fixed in groups:
+        ranks.update(_fill(group, target, whole, currency, config, fixed=fixed))
+        total += target
+    return Allocation(ranks, **{groups[0][3].field: total})
 
 
 def dense_reason(layer: LayerCost, config: InherConfig, profile: Profile | None) -> str:
@@ -199,12 +174,19 @@ def _reachable(
     """The fixed rest's cost and the rank floor, or the error of a ``target`` below the smallest reachable."""
     fixed, floor_ratio, smallest = _smallest(layers, target, teacher_total, config, fixed)
     if target < smallest:
-        raise ValueError(
+        least = math.ceil(1000 * smallest / teacher_total) / 1000
+        levers = [f"{currency.option}={least:g} or more ({smallest:,} {currency.unit})",
+                  "prune='auto' or a share such as prune=0.3 (channels pruned first; not for causal LMs)",
+                  "drop_blocks=0.5 (whole blocks dropped first; transformers, with budget=)"]
+        levers += [f"experts=1 (now {config.experts})"] if config.experts > 1 else []
+        levers += [f"min_rank_ratio=0 (now {floor_ratio:g})"] if floor_ratio > 0 else []
+        raise Unreachable(
             f"{currency.budget} of {target:,} {currency.unit} ({target / teacher_total:.1%} of "
             f"{teacher_total:,}{currency.teacher}) is unreachable: the smallest reachable is {smallest:,} "
             f"({smallest / teacher_total:.1%}) with min_rank_ratio={floor_ratio:g}, experts={config.experts} "
-            f"and these include/exclude patterns; raise the {currency.budget}, lower experts or factorise "
-            "more layers"
+            f"and these include/exclude patterns. What would reach it: {'; '.join(levers)}; or factorise more "
+            "layers (fewer exclude= patterns, a wider include=)",
+            least,
         )
     return fixed, floor_ratio
 
@@ -262,33 +244,35 @@ def _reachable_floor(layers: list[LayerCost], room: int, config: InherConfig) ->
     return lo
 
 
-def _fill_groups(
-    model: nn.Module, layers: list[LayerCost], config: InherConfig
-) -> tuple[dict[str, int | None], int]:
-    """Ranks and summed target under ``config.budgets``, the unmatched rest filled to ``config.budget``."""
+#: one budget to fill: ``(layers, target, teacher total, currency, fixed rest)``
+_Group = tuple[list[LayerCost], int, int, _Currency, int | None]
+
+
+def _budget_groups(
+    model: nn.Module, layers: list[LayerCost], config: InherConfig, profile: Profile | None
+) -> tuple[list[_Group], int]:
+    """The budgets to fill: the whole model's, or one per ``config.budgets`` pattern and the unmatched rest (at
+    ``config.budget``); and the parameters of a rest without layers, kept as they are (e.g. a logit scale)."""
+    if not config.budgets:
+        terms = _budget_terms(config, profile, sum(p.numel() for p in model.parameters()))
+        assert terms is not None, "a MAC or latency budget is priced by its profile"
+        target, whole, currency, fixed = terms
+        return [(layers, target, whole, currency, fixed)], 0
     patterns = tuple(config.budgets)
     owned = _params_by_group(model, patterns)
     grouped: dict[str | None, list[LayerCost]] = {p: [] for p in (*patterns, None)}
     for layer in layers:
         grouped[_group_of(layer.name, patterns)].append(layer)
-    ranks: dict[str, int | None] = {}
-    total = 0
-    for pattern in (*patterns, None):
-        if pattern is None and not grouped[None]:
-            total += owned[None]  # nothing left to factorise outside the groups (e.g. a logit scale)
-            continue
-        if pattern is None:
-            budget, currency = config.budget, PARAMS_REST
-        else:
-            budget = config.budgets[pattern]
-            currency = _Currency(
-                "parameters", f"budget of {pattern!r}", f"budgets[{pattern!r}]", f" matched by {pattern!r}"
-            )
-        assert budget is not None
-        target = _target(budget, owned[pattern], currency)
-        ranks.update(_fill(grouped[pattern], target, owned[pattern], currency, config))
-        total += target
-    return ranks, total
+    groups: list[_Group] = []
+    for pattern in patterns:
+        currency = _Currency("parameters", f"budget of {pattern!r}", f"budgets[{pattern!r}]", f" matched by {pattern!r}")
+        target = _target(config.budgets[pattern], owned[pattern], currency)
+        groups.append((grouped[pattern], target, owned[pattern], currency, None))
+    if not grouped[None]:
+        return groups, owned[None]
+    assert config.budget is not None
+    rest = _target(config.budget, owned[None], PARAMS_REST)
+    return [*groups, (grouped[None], rest, owned[None], PARAMS_REST, None)], 0
 
 
 def _group_of(name: str, patterns: tuple[str, ...]) -> str | None:
@@ -346,12 +330,6 @@ def make_plan(
     if kind not in ("macs", "latency"):
         profile = None
     open_layers = _open_costs(candidates, config, profile, spectra)
-    if not open_layers:
-        found = ", ".join(sorted({type(c.module).__name__ for c in candidates})) or "none"
-        raise ValueError(
-            "nothing to factorise: the model has no nn.Linear, nn.Conv1d/2d (groups=1), nn.Embedding or "
-            f"Hugging Face Conv1D layer left after include/exclude (supported layers found: {found})"
-        )
     allocation = _allocate_ranks(model, config, open_layers, profile)
     rows = _rows(model, config, candidates, others, open_layers, allocation.ranks, profile)
     result = Plan(config, sum(p.numel() for p in model.parameters()), allocation.target_params, rows)
@@ -402,177 +380,17 @@ def _open_costs(
     candidates: list[Candidate], config: InherConfig, profile: Profile | None,
     spectra: dict[str, torch.Tensor] | None = None,
 ) -> list[LayerCost]:
-    """:func:`layer_cost` of each open candidate, its energies from ``spectra`` where known."""
+    """:func:`layer_cost` of each open candidate, its energies from ``spectra`` where known; an error when
+    there is none."""
     spectra = spectra or {}
-    return [layer_cost(c, config.experts, spectra.get(c.name), profile) for c in candidates if c.reason is None]
-
-
-# -- the greedy engine: ranks for a list of priced layers, no model, no config -------------------------------
-
-def _start(layer: LayerCost, min_rank: int, min_rank_ratio: float) -> int | None:
-    """The first allowed rank at or above ``layer``'s floor, or dense (``None``) if that saves nothing."""
-    start = floor_rank(layer, min_rank, min_rank_ratio)
-    if round_rank(start, layer.multiple) != start:
-        start = layer.next_rank(start)
-    return start if start <= layer.break_even else None
-
-
-Priority = Callable[[LayerCost, int, int], float]
-
-
-def layer_type(name: str) -> str:
-    """A layer's name with its block indices as ``*``, e.g. ``model.layers.*.self_attn.q_proj``."""
-    return ".".join("*" if part.isdigit() else part for part in name.split("."))
-
-
-def energy_weights(layers: Sequence[LayerCost], strategy: str) -> dict[str, float]:
-    """What one unit of each layer's energy is worth to ``strategy``.
-
-    ``"energy"`` (and ``"uniform"``): ``1 / the layer's total`` (each spectrum as fractions of itself).
-    ``"loss"``: 1 (SVD-LLM: dropping sigma_i of ``W S_x`` adds ``sigma_i^2`` to ``||W X - W' X||^2 / N``).
-    ``"loss-by-type"``: ``1 / the mean total of the layer's type`` (:func:`layer_type`; SVD-LLM V2).
-    A zero total is worth nothing.
-    """
-    totals = {layer.name: float(layer.energy.sum()) for layer in layers if layer.energy is not None}
-    if strategy == "loss":
-        return dict.fromkeys(totals, 1.0)
-    if strategy == "loss-by-type":
-        by_type: dict[str, list[float]] = defaultdict(list)
-        for name, total in totals.items():
-            by_type[layer_type(name)].append(total)
-        mean = {t: sum(v) / len(v) for t, v in by_type.items()}
-        return {name: 1.0 / mean[layer_type(name)] if mean[layer_type(name)] > 0 else 0.0 for name in totals}
-    return {name: 1.0 / total if total > 0 else 0.0 for name, total in totals.items()}
-
-
-def _energy_priority(weights: dict[str, float]) -> Priority:
-    """Weighted energy gained per unit of cost by the move from ``rank`` (to the next rank, or dense)."""
-
-    def priority(layer: LayerCost, rank: int, cost: int) -> float:
-        assert layer.energy is not None
-        stop = layer.next_rank(rank) if rank < layer.break_even else layer.max_rank
-        return weights[layer.name] * float(layer.energy[rank:stop].sum()) / cost
-
-    return priority
-
-
-def _uniform_priority(layer: LayerCost, rank: int, cost: int) -> float:
-    """Lowest relative rank first: water-filling keeps one rank ratio r/k across layers."""
-    return -(rank + 1) / layer.max_rank
-
-
-def allocate(
-    layers: list[LayerCost], available: int, strategy: str, min_rank: int, min_rank_ratio: float = 0.0,
-    at_least: int | None = None,
-) -> dict[str, int | None]:
-    """Ranks whose costs fit ``available`` (``None`` = keep dense), greedily: from each layer's floor, the
-    best move (the next allowed rank, or dense once no rank saves) while it fits; moves ranked by weighted
-    energy per unit of cost (:func:`energy_weights`), or for ``"uniform"`` by the lowest rank ratio.
-    Callers check that the start fits. Below ``at_least``, the exact fill (:func:`_fill_window`) is tried.
-    """
-    if strategy not in (*ENERGY_STRATEGIES, "uniform"):
-        raise ValueError(f"strategy must be one of {(*ENERGY_STRATEGIES, 'uniform')}, got {strategy!r}")
-    if strategy in ENERGY_STRATEGIES and any(layer.energy is None for layer in layers):
-        raise ValueError(f"{strategy} allocation needs each layer's singular values")
-    weights = energy_weights(layers, strategy)
-    priority: Priority = _energy_priority(weights) if strategy in ENERGY_STRATEGIES else _uniform_priority
-    ranks: dict[str, int | None] = {}
-    spent = 0
-    heap: list[tuple[float, int, int]] = []
-
-    def push(i: int) -> None:
-        layer, rank = layers[i], ranks[layers[i].name]
-        if rank is None:
-            return
-        cost = layer.cost(layer.next_rank(rank) if rank < layer.break_even else None) - layer.cost(rank)
-        heapq.heappush(heap, (-priority(layer, rank, cost), i, cost))
-
-    for layer in layers:
-        ranks[layer.name] = _start(layer, min_rank, min_rank_ratio)
-        spent += layer.cost(ranks[layer.name])
-    for i in range(len(layers)):
-        push(i)
-    while heap:
-        _, i, cost = heapq.heappop(heap)
-        if spent + cost > available:
-            continue  # costs only grow as the budget shrinks: this layer is done
-        layer = layers[i]
-        rank = ranks[layer.name]
-        assert rank is not None
-        ranks[layer.name] = layer.next_rank(rank) if rank < layer.break_even else None
-        spent += cost
-        push(i)
-    if at_least is not None and spent < at_least:
-        return _fill_window(layers, ranks, available, at_least, min_rank, min_rank_ratio, weights) or ranks
-    return ranks
-
-
-# The exact search's size: cost levels, and the most (option x level) updates it may run.
-_LEVELS = 1 << 14
-_MAX_WORK = 200_000_000
-
-
-def _fill_window(
-    layers: list[LayerCost], greedy: dict[str, int | None], available: int, at_least: int, min_rank: int,
-    min_rank_ratio: float, weights: dict[str, float],
-) -> dict[str, int | None] | None:
-    """The best ranks costing between ``at_least`` and ``available`` (``None``: none, or too big a search).
-
-    A multiple-choice knapsack by dynamic programming over cost levels (costs rounded up, so every choice
-    fits ``available``); value: :func:`_value`.
-    """
-    options: list[list[tuple[int | None, int, float]]] = []
-    for layer in layers:
-        start = _start(layer, min_rank, min_rank_ratio)
-        choices: list[int | None] = [None] if start is None else [*layer.allowed(start), None]
-        weight = weights.get(layer.name, 0.0)
-        options.append([(r, layer.cost(r), _value(layer, r, greedy[layer.name], weight)) for r in choices])
-    step = max(1, -(-available // _LEVELS))
-    levels = available // step + 1
-    if sum(len(o) for o in options) * levels > _MAX_WORK:
-        return None
-    best = np.full(levels, -np.inf)
-    best[0] = 0.0
-    picks = np.zeros((len(layers), levels), dtype=np.int32)
-    for i, opts in enumerate(options):
-        new = np.full(levels, -np.inf)
-        pick = np.full(levels, -1, dtype=np.int32)
-        for j, (_, cost, value) in enumerate(opts):
-            u = -(-cost // step)
-            if u >= levels:
-                continue
-            shifted = np.full(levels, -np.inf)
-            shifted[u:] = best[: levels - u] + value
-            better = shifted > new
-            new[better] = shifted[better]
-            pick[better] = j
-        best, picks[i] = new, pick
-    lowest = at_least // step  # no fewer levels can cost at_least
-    for end in sorted((s for s in range(lowest, levels) if np.isfinite(best[s])), key=lambda s: -best[s])[:64]:
-        ranks, level, total = {}, end, 0
-        for i in range(len(layers) - 1, -1, -1):
-            rank, cost, _ = options[i][picks[i][level]]
-            ranks[layers[i].name] = rank
-            total += cost
-            level -= -(-cost // step)
-        if at_least <= total <= available:
-            return ranks
-    return None
-
-
-def _value(layer: LayerCost, rank: int | None, greedy: int | None, weight: float) -> float:
-    """Retained energy times ``weight``, or nearness to the greedy's rank ratio."""
-    if layer.energy is not None:
-        kept = layer.energy if rank is None else layer.energy[:rank]
-        return weight * float(kept.sum())
-    ratio = 1.0 if rank is None else rank / layer.max_rank
-    wanted = 1.0 if greedy is None else greedy / layer.max_rank
-    return -abs(ratio - wanted)
-
-
-def minimum_cost(layers: list[LayerCost], min_rank: int, min_rank_ratio: float = 0.0) -> int:
-    """The smallest total cost of ``layers``, each at its floor rank (or dense)."""
-    return sum(layer.cost(_start(layer, min_rank, min_rank_ratio)) for layer in layers)
+    layers = [layer_cost(c, config.experts, spectra.get(c.name), profile) for c in candidates if c.reason is None]
+    if not layers:
+        found = ", ".join(sorted({type(c.module).__name__ for c in candidates})) or "none"
+        raise ValueError(
+            "nothing to factorise: the model has no nn.Linear, nn.Conv1d/2d (groups=1), nn.Embedding or "
+            f"Hugging Face Conv1D layer left after include/exclude (supported layers found: {found})"
+        )
+    return layers
 
 
 def _rule_ranks(

@@ -19,12 +19,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from .batches import forward_batch, logits_of, move_batch, split_rows
+from .batches import device_of, forward_batch, logits_of, move_batch, rows_of, split_rows
 from .config import DEFAULT_PROBE_STEPS, InherConfig
 from .costs.profile import latency_table, measured_ns
 from .costs.table import LatencyCosts
 from .distillation.loss import kd_loss
-from .modes import device_of
 from .pruning import (
     budget_standing,
     inner_config,
@@ -35,23 +34,8 @@ from .pruning import (
 )
 
 __all__ = [
-    "CEILING",
-    "PROBE_BATCH",
-    "PROBE_LR",
-    "PROBE_TEMPERATURE",
-    "RESOLUTION",
-    "SCAN",
-    "SPREAD",
-    "Candidates",
-    "Contest",
-    "Reach",
-    "Standing",
-    "candidate_shares",
-    "open_contest",
-    "probe_loss",
-    "score",
-    "split_probe",
-    "standing",
+    "CEILING", "PROBE_BATCH", "PROBE_LR", "PROBE_TEMPERATURE", "RESOLUTION", "SCAN", "SPREAD", "Candidates", "Contest",
+    "Reach", "Standing", "candidate_shares", "open_contest", "probe_loss", "score", "split_probe", "standing",
 ]
 
 #: where the candidates lie between ``p_min`` (0) and ``p_max`` (1)
@@ -278,7 +262,8 @@ class Contest:
     calib: list[Any]
     found: Candidates
     teacher_ns: int | None  #: the teacher's measured time under a latency budget (every candidate's target)
-    targets: list[torch.Tensor]  #: the teacher's logits on ``calib``
+    probe: list[Any]  #: the batches the probe trains and scores on: ``calib``, or its one batch split by rows
+    targets: list[torch.Tensor]  #: the teacher's logits on ``probe``
     scores: dict[str, float | None] = field(default_factory=dict)
     best: tuple[tuple[bool, float], nn.Module, list[warnings.WarningMessage]] | None = None
     failures: list[ValueError] = field(default_factory=list)
@@ -300,7 +285,7 @@ class Contest:
 
     def scored(self, share: float, student: nn.Module, caught: list[warnings.WarningMessage]) -> None:
         """Score the candidate ``student`` of ``share`` (built with the warnings ``caught``) and keep the best."""
-        value = score(student, self.config, self.calib, self.targets)
+        value = score(student, self.config, self.probe, self.targets)
         self.scores[_key(share)] = value
         key = (not student.inhernet_plan.in_window, value)
         if self.best is None or key < self.best[0]:
@@ -346,7 +331,10 @@ def open_contest(
     assert calib is not None
     if config.prune_probe_steps is None:
         config = replace(config, prune_probe_steps=DEFAULT_PROBE_STEPS)
-    split_probe(calib, config.prune_probe_steps or 0)  # too few batches for the probe: said before anything is built
+    probe = calib
+    if len(calib) == 1 and config.prune_probe_steps:  # the probe trains on one part and scores on the other
+        probe = split_rows(calib[0], -(-(rows_of(calib[0]) or 1) // 2))
+    split_probe(probe, config.prune_probe_steps or 0)  # too few batches for the probe: said before anything is built
     latency = config.target.kind == "latency"
     teacher_ns = measured_ns(latency_table(model, costs), model, example) if latency else None
 
@@ -357,7 +345,7 @@ def open_contest(
     found = candidate_shares(stand)
     if found.alone is not None:
         _warn_alone(found.alone, found.shares[0])
-    return Contest(config, calib, found, teacher_ns, teacher_outputs(model, calib))
+    return Contest(config, calib, found, teacher_ns, probe, teacher_outputs(model, probe))
 
 
 def _warn_alone(why: str, share: float) -> None:

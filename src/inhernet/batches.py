@@ -1,36 +1,44 @@
 """One way to feed a batch to a model and read its logits: batches are tensors, ``(inputs, labels)``
-tuples/lists or Hugging Face style dicts; outputs tensors or objects with ``.logits``."""
+tuples/lists or Hugging Face style dicts; outputs tensors or objects with ``.logits``; where a model runs
+(:func:`device_of`) and in which mode (:func:`evaluating`)."""
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch import nn
 
-from .modes import device_of, evaluating
-
 __all__ = [
-    "TEACHER_LOGITS",
-    "batch_labels",
-    "batch_teacher_logits",
-    "first_example",
-    "forward_all",
-    "forward_batch",
-    "head_rows",
-    "lm_labels",
-    "logits_of",
-    "move_batch",
-    "rows_of",
-    "split_rows",
+    "TEACHER_LOGITS", "batch_labels", "batch_teacher_logits", "by_rows", "device_of", "evaluating", "first_example",
+    "forward_all", "forward_batch", "head_rows", "lm_labels", "logits_of", "move_batch", "rows_of", "split_rows",
 ]
 
 #: Key (dict batches) under which a batch may carry the teacher's precomputed logits; tuple batches
 #: carry them as a third element ``(inputs, labels, teacher_logits)``.
 TEACHER_LOGITS = "teacher_logits"
 _NOT_INPUTS = ("labels", TEACHER_LOGITS)
+
+
+def device_of(model: nn.Module) -> torch.device:
+    """The device of ``model``'s first parameter, where its inputs go (the CPU for a model without any)."""
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
+
+
+@contextmanager
+def evaluating(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` in eval mode inside the block; afterwards, whatever happens, every submodule has its own
+    training flag back (not the root's for all: a frozen batch-norm inside a training model stays frozen)."""
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in modes.items():
+            module.training = training
 
 
 def move_batch(batch: Any, device: torch.device | str) -> Any:
@@ -51,6 +59,15 @@ def split_rows(batch: Any, rows: int) -> list[Any]:
     return [
         _map_tensors(batch, lambda t, a=a, b=b: t[a:b] if t.dim() else t) for a, b in itertools.pairwise(bounds)
     ]
+
+
+def by_rows(batch: Any, rows_too: int | None) -> dict[str, Any]:
+    """``batch`` whole and its first ``rows_too`` rows (when it has more), keyed by rows as a string."""
+    total = rows_of(batch)
+    batches = {str(total): batch}
+    if rows_too is not None and total is not None and rows_too < total:
+        batches[str(rows_too)] = head_rows(batch, rows_too)
+    return batches
 
 
 def head_rows(batch: Any, rows: int) -> Any:

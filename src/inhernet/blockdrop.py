@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -20,7 +20,7 @@ from .batches import forward_all
 from .config import InherConfig
 from .stack import keep_layers_, layer_stack
 
-__all__ = ["DropRecord", "block_influence", "blocks_to_drop", "drop_for", "inner_config", "replay", "without_blocks"]
+__all__ = ["DropRecord", "block_influence", "blocks_to_drop", "drop_for", "replay", "without_blocks"]
 
 
 @dataclass
@@ -71,12 +71,12 @@ def drop_for(config: InherConfig, model: nn.Module, calib: Iterable[Any] | None)
     if calib is None:
         raise ValueError("drop_blocks= needs calib=: the blocks to drop are chosen by their Block Influence on it")
     try:
-        name, stack = layer_stack(model)
+        influence = block_influence(model, calib)
     except ValueError as err:
         raise ValueError(f"drop_blocks={config.drop_blocks:g}: {err}; use drop_blocks=0") from None
+    name, stack = layer_stack(model)
     teacher_params = sum(p.numel() for p in model.parameters())
     target = config.target.of(teacher_params)
-    influence = block_influence(model, calib)
     order = sorted(range(len(stack)), key=lambda i: (influence[i], -i))  # least important first
     k = blocks_to_drop(config.drop_blocks or 0.0, teacher_params, target,
                        [sum(p.numel() for p in stack[i].parameters()) for i in order])
@@ -92,12 +92,6 @@ def without_blocks(model: nn.Module, kept: Sequence[int]) -> nn.Module:
     copied = copy.deepcopy(model)
     keep_layers_(copied, kept)
     return copied
-
-
-def inner_config(config: InherConfig, record: DropRecord) -> InherConfig:
-    """The config that inherits the dropped model: the budget as a count of the *original* teacher's
-    parameters, no dropping."""
-    return replace(config, budget=config.target.of(record.teacher_params), drop_blocks=0.0)
 
 
 def replay(base: nn.Module, entry: Any) -> Callable[[], None]:

@@ -14,9 +14,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .batches import forward_all, forward_batch, move_batch
+from .batches import device_of, forward_all, forward_batch, move_batch
 from .kinds import EmbeddingKind, LayerKind
-from .modes import device_of
 
 __all__ = [
     "InputCovariance", "TokenMask", "as_list", "collect_covariances", "covariance_hooks", "drop_unseen",

@@ -3,12 +3,15 @@ data (loaded by :mod:`inhernet.sources`). The benchmark harness has its own: ``i
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import itertools
 import json
+import logging
 import os
 import sys
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -248,11 +251,28 @@ def compress(out: str, **options: Any) -> None:
     from .sources import write_source
 
     opened, cfg, calib = _inheritance(**options)
-    student = inherit(opened.teacher, cfg, calib=calib, progress=sys.stderr.isatty())
+    with _layer_lines(not sys.stderr.isatty()):  # a bar on a terminal, else a line per layer factorised
+        student = inherit(opened.teacher, cfg, calib=calib, progress=sys.stderr.isatty())
     print_plan(student.inhernet_plan)
     save(student, out)
     write_source(out, opened.source)
     console.print(f"saved to {out}; next: inhernet train {out} --data {options['data']}", highlight=False)
+
+
+@contextlib.contextmanager
+def _layer_lines(on: bool) -> Iterator[None]:
+    """The library's progress lines (one per layer factorised) on stderr inside the block, when ``on``."""
+    log = logging.getLogger("inhernet")
+    handler, level = logging.StreamHandler(sys.stderr), log.level
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    if on:
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
 
 
 @cli.command()

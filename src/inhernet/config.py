@@ -22,7 +22,7 @@ DEFAULT_BUDGET = 0.25
 DEFAULT_PROBE_STEPS = 50
 #: the inits, allocations and calibrations of the method (:class:`ExperimentalConfig` adds the ablations')
 INITS = ("whiten", "svd")
-#: the allocations that rank moves by (weighted) energy (see :func:`inhernet.allocation.energy_weights`)
+#: the allocations that rank moves by (weighted) energy (see :func:`inhernet.costs.prices.energy_weights`)
 ENERGY_STRATEGIES = ("energy", "loss", "loss-by-type")
 ALLOCATIONS = ("energy", "loss")
 CALIBRATIONS = ("one-pass", "sequential")
@@ -92,7 +92,8 @@ class InherConfig:
         family: ``"conv"``, ``"encoder"``, ``"causal-lm"`` or ``"other"``; ``None``: detected.
         prune: a share in [0, 1) of the teacher's channels pruned first (Torch-Pruning, L2), the rest of
             the same budget paid in ranks (:mod:`inhernet.pruning`); ``"auto"``: the share chosen by
-            scoring candidates (:mod:`inhernet.autoprune`). Needs ``calib``; not for causal LMs.
+            scoring candidates (:mod:`inhernet.autoprune`). Needs ``calib``; not for causal LMs. ``None``: no
+            pruning, unless a ``macs`` or ``latency`` budget is out of rank cuts' reach: then ``"auto"``, said.
         prune_probe_steps: with ``prune="auto"``, the KD steps each candidate gets before its held-out KL
             is scored (0: zero-shot); ``None``: :data:`DEFAULT_PROBE_STEPS`.
         drop_blocks: the share in [0, 1] of a ``budget``'s cut paid by dropping whole blocks of lowest

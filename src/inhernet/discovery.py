@@ -7,7 +7,7 @@ import warnings
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -16,7 +16,7 @@ from .config import InherConfig
 from .kinds import LayerKind, dense_params, forward_override, kind_of
 from .readers import find_weight_readers
 
-__all__ = ["Candidate", "Unsupported", "factorisable", "find_layers", "matches"]
+__all__ = ["Candidate", "Found", "Unsupported", "find_layers", "matches"]
 
 @dataclass
 class Candidate:
@@ -38,6 +38,15 @@ class Unsupported:
     reason: str
 
 
+class Found(NamedTuple):
+    """What :func:`find_layers` found: every supported layer, the unsupported ones, and the layers that may be
+    factorised as ``{name: (module, kind)}``, what the measuring steps and the build take."""
+
+    candidates: list[Candidate]
+    others: list[Unsupported]
+    open: dict[str, tuple[nn.Module, LayerKind]]
+
+
 def matches(name: str, patterns: Iterable[str]) -> str | None:
     """The first of ``patterns`` (fnmatch, a pattern also matching its descendants) matching ``name``."""
     for p in patterns:
@@ -46,9 +55,7 @@ def matches(name: str, patterns: Iterable[str]) -> str | None:
     return None
 
 
-def find_layers(
-    model: nn.Module, config: InherConfig, example: Any = None
-) -> tuple[list[Candidate], list[Unsupported]]:
+def find_layers(model: nn.Module, config: InherConfig, example: Any = None) -> Found:
     """Supported layers (with the reason when one must stay dense) and the unsupported ones. Layers whose
     weight's values are read outside their forward stay dense: found by running ``example``
     (:func:`inhernet.readers.find_weight_readers`); without it, only ``nn.MultiheadAttention``'s projections
@@ -63,6 +70,7 @@ def find_layers(
     candidates: list[Candidate] = []
     others: list[Unsupported] = []
     for name, module in model.named_modules():
+        by_config = _dense_by_config(name, config)
         own = dense_params(module)
         if own == 0:
             continue
@@ -71,9 +79,16 @@ def find_layers(
             reason = f"unsupported layer type {type(module).__name__}; kept as is"
             others.append(Unsupported(name, type(module).__name__, own, reason))
             continue
-        reason = kind.dense_reason(module) or forward_override(module)
-        candidates.append(Candidate(name, module, kind, reason or _dense_by_config(name, config)))
-    readers = _traced_readers(model, candidates, example) if example is not None else None
+        reason = kind.dense_reason(module) or forward_override(module) or by_config
+        candidates.append(Candidate(name, module, kind, reason))
+    readers = None
+    if example is not None:
+        try:
+            found = find_weight_readers(model, {c.name: c.module for c in candidates if c.reason is None}, example)
+            readers = {name: f"weight read outside its forward by {r}; kept dense" for name, r in found.items()}
+        except Exception as e:  # the model's own code failed under the probes: fall back, never crash here
+            warnings.warn(f"could not trace weight readers on the example input ({type(e).__name__}: {e}); "
+                          "checking nn.MultiheadAttention's projections only", stacklevel=2)
     for c in candidates:
         if c.reason is None and readers is not None:
             c.reason = readers.get(c.name)
@@ -86,27 +101,7 @@ def find_layers(
             c.reason = "weight tied to another module; kept dense"
         if c.reason is None:
             _check_weight(c.name, c.kind.weight(c.module))
-    return candidates, others
-
-
-def _traced_readers(model: nn.Module, candidates: list[Candidate], example: Any) -> dict[str, str] | None:
-    """Per open candidate whose weight is read outside its forward, why it stays dense; ``None`` (with a
-    warning) when the example pass fails."""
-    try:
-        values = find_weight_readers(model, factorisable(candidates), example)
-    except Exception as e:  # the model's own code failed under the probes: fall back, never crash here
-        warnings.warn(
-            f"could not trace weight readers on the example input ({type(e).__name__}: {e}); checking "
-            "nn.MultiheadAttention's projections only",
-            stacklevel=3,
-        )
-        return None
-    return {name: f"weight read outside its forward by {r}; kept dense" for name, r in values.items()}
-
-
-def factorisable(candidates: list[Candidate]) -> dict[str, tuple[nn.Module, LayerKind]]:
-    """The candidates that may be factorised, as ``{name: (module, kind)}``."""
-    return {c.name: (c.module, c.kind) for c in candidates if c.reason is None}
+    return Found(candidates, others, {c.name: (c.module, c.kind) for c in candidates if c.reason is None})
 
 
 def _dense_by_config(name: str, config: InherConfig) -> str | None:

@@ -12,9 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .batches import batch_labels, forward_batch, lm_labels, logits_of, move_batch
+from .batches import batch_labels, device_of, evaluating, forward_batch, lm_labels, logits_of, move_batch
 from .dual import DUAL_METRICS, dual_metrics, pair_embeddings
-from .modes import device_of, evaluating
 
 __all__ = ["batch_sums", "evaluate"]
 

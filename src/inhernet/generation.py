@@ -8,8 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .batches import logits_of
-from .modes import device_of, evaluating
+from .batches import device_of, evaluating, logits_of
 
 __all__ = ["greedy_continuations"]
 

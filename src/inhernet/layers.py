@@ -30,13 +30,7 @@ from torch import nn
 from .views import DenseWeight
 
 __all__ = [
-    "GATE_POOLS",
-    "ROUTINGS",
-    "InherBlock",
-    "InherConv",
-    "InherEmbedding",
-    "InherLinear",
-    "configure_gates",
+    "GATE_POOLS", "ROUTINGS", "InherBlock", "InherConv", "InherEmbedding", "InherLinear", "configure_gates",
     "expert_spread",
 ]
 

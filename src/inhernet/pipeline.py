@@ -16,17 +16,20 @@ from typing import Any
 from torch import nn
 
 from . import blockdrop
-from .allocation import plan_layers, smallest_reach
+from .allocation import Unreachable, make_plan, refuse_unreachable, smallest_reach
 from .autoprune import Contest, open_contest
-from .batches import head_rows, rows_of
-from .calibration import as_list
+from .batches import by_rows
+from .calibration import as_list, peek_example
 from .config import InherConfig
-from .costs.profile import latency_table
+from .costs.profile import latency_table, profile_for
 from .costs.table import LatencyCosts
 from .decomposition import Factors
 from .deploy.compact import deployed
-from .plan import Plan, warn_if_bottlenecked, with_drop, with_prune
-from .pruning import after_pruning, inner_config, prune_for
+from .discovery import find_layers
+from .kinds import LayerKind
+from .plan import Plan, warn_if_bottlenecked
+from .pruning import inner_config, prune_for
+from .spectra import measure
 from .surgery import assemble, build
 
 __all__ = ["LATENCY_CHECK_ROUNDS", "LATENCY_CHECK_WINDOW", "inherit", "plan"]
@@ -61,6 +64,7 @@ def inherit(
     if plan is not None:  # a plan given decides the structure; it was warned about when it was made
         return build(model, plan, calib, config=(config or plan.config).resolved(model), progress=progress)
     config = (config or InherConfig()).resolved(model)
+    _refuse_early(model, config)
     calib = as_list(calib)  # read more than once by every strategy
     if config.target.kind == "latency":
         student = _within_measured_latency(model, config, calib, progress, costs)
@@ -75,7 +79,8 @@ def plan(
     costs: LatencyCosts | None = None,
 ) -> Plan:
     """The per-layer ranks and totals of ``inherit(model, config, calib)``; the model is not modified.
-    ``calib`` and ``costs`` as in :func:`inherit`; ``prune="auto"`` is refused (it builds its candidates).
+    ``calib`` and ``costs`` as in :func:`inherit`; ``prune="auto"`` is refused (it builds its candidates), and
+    so is a MAC or latency budget out of rank cuts' reach (which :func:`inherit` meets by pruning first).
     """
     config = (config or InherConfig()).resolved(model)
     if config.prune == "auto":
@@ -83,19 +88,28 @@ def plan(
             "prune='auto' chooses the share of channels by building and scoring each candidate student: "
             "call inherit() (its plan is student.inhernet_plan), or give plan() a share, e.g. prune=0.3"
         )
+    _refuse_early(model, config)
     calib = as_list(calib)
     result = _planned(model, config, calib, costs, keep_factors=False).plan
     warn_if_bottlenecked(result)
     return result
 
 
+def _refuse_early(model: nn.Module, config: InherConfig) -> None:
+    """A parameter budget below the smallest reachable size is refused before a batch is read (it needs no
+    data); a MAC or latency budget is, after the example input only (:func:`_planned`)."""
+    if config.target.kind == "params" and config.prune is None and not config.drop_blocks:
+        refuse_unreachable(config, find_layers(model, config).candidates, None, sum(p.numel() for p in model.parameters()))
+
+
 @dataclass
 class _Planned:
     """What the build reuses: the ``plan``, the ``model`` it factorises (the teacher, or its dropped or pruned
-    copy) and the one-pass ``factors`` computed."""
+    copy), its factorisable ``layers`` and the one-pass ``factors`` computed."""
 
     plan: Plan
     model: nn.Module
+    layers: dict[str, tuple[nn.Module, LayerKind]]
     factors: dict[str, Factors]
 
 
@@ -108,34 +122,77 @@ def _planned(
     ``config.prune``; ``teacher_ns``, ``alone``: see :func:`inner_config`), then its layers."""
     inner, drop, pruned = config, None, None
     share = share if share is not None else config.prune
-    if config.drop_blocks:
-        model, drop = blockdrop.drop_for(config, model, calib)
-        inner = blockdrop.inner_config(config, drop)
-    elif share is not None:
+    if share is not None and not config.drop_blocks:
         model, pruned = prune_for(config, model, calib[0] if calib else None, float(share), costs, teacher_ns)
-        with after_pruning(pruned):
-            inner = inner_config(config, pruned, alone=alone)
+        inner = inner_config(config, pruned, alone=alone)  # its errors name the share
+    elif config.drop_blocks:
+        model, drop = blockdrop.drop_for(config, model, calib)
+        inner = replace(config, budget=config.target.of(drop.teacher_params), drop_blocks=0.0)  # the teacher's count
     base = pruned.teacher_latency_ns if pruned is not None else None
-    with after_pruning(pruned), warnings.catch_warnings():
-        if alone:  # planned at a budget it meets with room to spare: "more than 2% under" is no news
-            warnings.simplefilter("ignore")
-        result, factors = plan_layers(model, inner, calib, costs, latency_base=base,
-                                      keep_factors=keep_factors, progress=progress)
-    if drop is not None:
-        result = with_drop(result, config, drop)
-    if pruned is not None:
-        result = with_prune(result, config, pruned, alone)
-    return _Planned(result, model, factors)
+    try:
+        with warnings.catch_warnings():
+            if alone:  # planned at a budget it meets with room to spare: "more than 2% under" is no news
+                warnings.simplefilter("ignore")
+            example, calib = peek_example(calib)
+            candidates, others, layers = find_layers(model, inner, example)
+            profile, calib = profile_for(model, inner, layers, calib, costs, base)
+            refuse_unreachable(inner, candidates, profile, sum(p.numel() for p in model.parameters()))  # uncalibrated
+            spectra, factors = measure(model, layers, inner, calib, keep_factors=keep_factors, progress=progress)
+            result = make_plan(model, inner, candidates, others, spectra, profile)
+    except ValueError as err:
+        if pruned is None or pruned.ratio == 0:
+            raise
+        raise ValueError(f"after prune={pruned.ratio:g} ({pruned.teacher_params:,} -> {pruned.params:,} parameters): "
+                         f"{err}") from err
+    record = drop or pruned
+    if record is not None:  # the plan of the whole: the user's config, the record, the original teacher's totals
+        result.config, result.teacher_params = config, record.teacher_params
+        result.drop, result.prune = drop, pruned
+    if pruned is not None and alone and config.target.kind == "latency":  # the latency target is the one asked
+        assert pruned.teacher_latency_ns is not None
+        result.target_latency_ns = config.target.of(pruned.teacher_latency_ns)
+    if pruned is not None and result.teacher_macs is not None and pruned.teacher_macs is not None:
+        result.teacher_macs = pruned.teacher_macs
+    return _Planned(result, model, layers, factors)
 
 
 def _inherit_once(
     model: nn.Module, config: InherConfig, calib: list[Any] | None, progress: bool, costs: LatencyCosts | None,
+    prune_instead: bool = True,
 ) -> nn.Module:
-    """Plan and build once (``prune="auto"``: each candidate, the best kept)."""
+    """Plan and build once (``prune="auto"``: each candidate, the best kept); ``prune_instead``: a MAC or
+    latency budget that rank cuts alone cannot reach is met by pruning first (:func:`_pruned_instead`)."""
     if config.prune == "auto":
         return _auto(model, config, calib, progress, costs)
-    planned = _planned(model, config, calib, costs, progress=progress)
-    return assemble(planned.model, planned.plan, calib, config, factors=planned.factors, progress=progress)
+    try:
+        planned = _planned(model, config, calib, costs, progress=progress)
+    except Unreachable as err:
+        if not prune_instead or config.prune is not None or config.drop_blocks or config.target.kind == "params":
+            raise  # a parameter budget is the user's to trade (budget=, prune=, drop_blocks=: named in err)
+        return _pruned_instead(model, config, calib, progress, costs, err)
+    return assemble(planned.model, planned.plan, planned.layers, calib, config, factors=planned.factors,
+                    progress=progress)
+
+
+def _pruned_instead(
+    model: nn.Module, config: InherConfig, calib: list[Any] | None, progress: bool, costs: LatencyCosts | None,
+    err: Unreachable,
+) -> nn.Module:
+    """A MAC or latency budget that rank cuts alone cannot reach, reached by ``prune="auto"`` (said in one
+    line); ``err``, naming every lever, when pruning cannot reach it either."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the contest's own notes: the line below says what was done
+            student = _auto(model, replace(config, prune="auto"), calib, progress, costs)
+    except ValueError as failed:
+        raise err from failed
+    record = student.inhernet_plan.prune
+    warnings.warn(
+        f"{config.target.kind}={config.target.value:g}: rank cuts alone reach {err.least:.1%} of the teacher at "
+        f"best, so {record.ratio:.1%} of the channels were pruned first (prune='auto'; pass prune= to choose)",
+        stacklevel=4,
+    )
+    return student
 
 
 def _auto(
@@ -163,7 +220,8 @@ def _enter(
         except ValueError as err:  # measured again, this share missed the budget after all
             contest.missed(share, err)
             return
-        student = assemble(planned.model, planned.plan, contest.calib, factors=planned.factors, progress=progress)
+        student = assemble(planned.model, planned.plan, planned.layers, contest.calib, factors=planned.factors,
+                           progress=progress)
     contest.scored(share, student, caught)
 
 
@@ -193,17 +251,18 @@ def _within_measured_latency(
     checks: list[dict[str, Any]] = []
     built: list[tuple[nn.Module, dict[str, Any]]] = []  # every student measured, with its check
     planned = budget
-    batches = _check_batches(example, config.latency_rows)
+    batches = by_rows(example, config.latency_rows)
     for attempt in range(LATENCY_CHECK_ROUNDS + 1):
         candidate = deployed(student, example=example, costs=table)
-        by_rows = {rows: _ratio(table.latency([model, candidate], batch)) for rows, batch in batches.items()}
-        checks.append({"planned": planned, "measured": max(by_rows.values()), "by_batch": by_rows})
+        ratios = {rows: _ratio(table.latency([model, candidate], batch)) for rows, batch in batches.items()}
+        checks.append({"planned": planned, "measured": max(ratios.values()), "by_batch": ratios})
         built.append((student, checks[-1]))
         if low <= checks[-1]["measured"] <= high or attempt == LATENCY_CHECK_ROUNDS:
             break
         planned = min(1.0, planned * budget / checks[-1]["measured"])
         try:
-            student = _inherit_once(model, replace(config, latency=planned, prune=share), calib, progress, costs)
+            student = _inherit_once(model, replace(config, latency=planned, prune=share), calib, progress, costs,
+                                    prune_instead=False)  # only the ranks move
         except ValueError as err:  # the scaled budget is out of reach: keep what was built, say so
             checks.append({"planned": planned, "unreachable": str(err)})
             break
@@ -249,12 +308,3 @@ def _warn_over_latency(budget: float, check: dict[str, Any], plans: int) -> None
         f"({times}), over the budget.{one_row}",
         stacklevel=4,
     )
-
-
-def _check_batches(example: Any, rows_too: int | None) -> dict[str, Any]:
-    """The example whole and its first ``rows_too`` rows (when it has more), keyed by rows as a string."""
-    total = rows_of(example)
-    batches = {str(total): example}
-    if rows_too is not None and total is not None and rows_too < total:
-        batches[str(rows_too)] = head_rows(example, rows_too)
-    return batches

@@ -14,7 +14,7 @@ from .blockdrop import DropRecord
 from .config import InherConfig
 from .pruning import PruneRecord
 
-__all__ = ["BUDGET_TOLERANCE", "LayerPlan", "Plan", "warn_if_bottlenecked", "with_drop", "with_prune"]
+__all__ = ["BUDGET_TOLERANCE", "LayerPlan", "Plan", "warn_if_bottlenecked"]
 
 FACTORISED = "factorised"
 #: a plan under a budget (parameters, MACs or measured time) lands at or below it and within 2% of it
@@ -160,25 +160,6 @@ class Plan:
 def _ms(ns: int) -> str:
     """Nanoseconds as milliseconds for the summary."""
     return f"{ns / 1e6:.3f} ms"
-
-
-def with_prune(plan: Plan, config: InherConfig, record: PruneRecord, alone: bool = False) -> Plan:
-    """``plan`` (of the pruned model) as the plan of the whole: the user's ``config``, the ``record`` and
-    the original teacher's totals (``alone``: a latency target is the one asked)."""
-    plan.config, plan.prune, plan.teacher_params = config, record, record.teacher_params
-    if alone and config.target.kind == "latency":
-        assert record.teacher_latency_ns is not None
-        plan.target_latency_ns = config.target.of(record.teacher_latency_ns)
-    if plan.teacher_macs is not None and record.teacher_macs is not None:
-        plan.teacher_macs = record.teacher_macs
-    return plan
-
-
-def with_drop(plan: Plan, config: InherConfig, record: DropRecord) -> Plan:
-    """``plan`` (of the blocks kept) as the plan of the whole: the user's ``config``, the ``record`` and
-    the original teacher's parameters."""
-    plan.config, plan.drop, plan.teacher_params = config, record, record.teacher_params
-    return plan
 
 
 #: a budgeted plan that cuts a layer of at least BOTTLENECK_WIDTH ranks to BOTTLENECK_RANK or less is warned

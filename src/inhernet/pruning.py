@@ -12,24 +12,22 @@ from __future__ import annotations
 import copy
 import gc
 import math
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 from torch import nn
 
-from .batches import forward_batch, logits_of, move_batch
+from .batches import device_of, evaluating, forward_batch, logits_of, move_batch
 from .config import InherConfig
 from .costs.macs import example_positions
 from .costs.profile import latency_table, measured_ns
 from .costs.table import LatencyCosts
 from .families import model_family
-from .modes import device_of, evaluating
 
 __all__ = [
-    "IMPORTANCES", "LATENCY_ROUND_TO", "PruneRecord", "after_pruning", "apply_spec", "attention_heads", "budget_standing", "check_prunable",
+    "IMPORTANCES", "LATENCY_ROUND_TO", "PruneRecord", "apply_spec", "attention_heads", "budget_standing", "check_prunable",
     "inner_config", "output_layers", "prune", "prune_for", "pruned_spec", "require_example", "teacher_outputs",
     "unpruned", "zero_shot_loss",
 ]
@@ -418,19 +416,6 @@ def inner_config(config: InherConfig, record: PruneRecord, alone: bool = False) 
     if latency:  # alone: the teacher's whole time, met whatever noisy timing says; inherit's check judges it
         return unpruned(config, latency=1.0) if alone else unpruned(config)
     return unpruned(config, **{key: min(target, have)})  # alone: the pruned model's own size, every layer dense
-
-
-@contextmanager
-def after_pruning(record: PruneRecord | None) -> Iterator[None]:
-    """Errors inside name the pruning of ``record`` they follow (``None``: nothing was pruned)."""
-    try:
-        yield
-    except ValueError as err:
-        if record is None or record.ratio == 0:
-            raise
-        raise ValueError(
-            f"after prune={record.ratio:g} ({record.teacher_params:,} -> {record.params:,} parameters): {err}"
-        ) from err
 
 
 def teacher_outputs(model: nn.Module, calib: Iterable[Any]) -> list[torch.Tensor]:

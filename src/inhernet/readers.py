@@ -16,9 +16,7 @@ from torch import nn
 from torch._C import DisableTorchFunctionSubclass
 from torch.utils._pytree import tree_flatten
 
-from .batches import forward_batch, move_batch
-from .kinds import LayerKind
-from .modes import device_of, evaluating
+from .batches import device_of, evaluating, forward_batch, move_batch
 from .views import METADATA, torch_function_name
 
 __all__ = ["find_weight_readers"]
@@ -70,7 +68,7 @@ class _Trace:
 
 
 def find_weight_readers(
-    model: nn.Module, layers: dict[str, tuple[nn.Module, LayerKind]], example: Any
+    model: nn.Module, layers: dict[str, nn.Module], example: Any
 ) -> dict[str, str]:
     """One forward pass on ``example`` (eval mode, no grad; everything restored): per layer whose parameters'
     values are used outside its forward, the first reader (``"Class.forward (op)"``)."""
@@ -82,7 +80,7 @@ def find_weight_readers(
         for module in model.modules():
             handles.append(module.register_forward_pre_hook(trace.enter))
             handles.append(module.register_forward_hook(trace.leave, always_call=True))
-        for name, (module, _) in layers.items():
+        for name, module in layers.items():
             for pname, p in list(module._parameters.items()):
                 if p is None:
                     continue

@@ -12,6 +12,7 @@ arguments. Key/value caches are dropped (``use_cache=False``).
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -20,7 +21,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .batches import forward_batch, move_batch
+from .batches import device_of, forward_batch, move_batch
 from .calibration import (
     InputCovariance,
     TokenMask,
@@ -31,12 +32,12 @@ from .calibration import (
 )
 from .decomposition import Factors, factorize
 from .kinds import EmbeddingKind, LayerKind
-from .modes import device_of
 from .stack import layer_stack
 
-__all__ = [
-    "PairedCovariance", "StackInputs", "capture_stack_inputs", "corrected_weight", "run_block", "sequential_factors",
-]
+__all__ = ["PairedCovariance", "StackInputs", "capture_stack_inputs", "corrected_weight", "run_block", "sequential_factors"]
+
+#: one INFO line per layer factorised (as :data:`inhernet.spectra.log`)
+log = logging.getLogger("inhernet")
 
 Layers = dict[str, tuple[nn.Module, LayerKind]]
 #: what a stage yields: each layer's name and (whitened) factors
@@ -329,7 +330,9 @@ def _stage(model: nn.Module, layers: Layers, stats: dict[str, InputCovariance], 
         w = kind.matrix(module)
         if isinstance(cov, PairedCovariance):
             w = corrected_weight(w, cov, damping)
-        yield name, factorize(w, cov, damping)
+        factors = factorize(w, cov, damping)
+        log.info("factorised %s", name)
+        yield name, factors
 
 
 def _replaced(model: nn.Module, layers: Layers) -> bool:

@@ -3,48 +3,59 @@ by stage, :mod:`inhernet.sequential`) turned into each layer's factors or energi
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from typing import Any
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from .calibration import collect_covariances
 from .config import ENERGY_STRATEGIES, InherConfig
 from .decomposition import Factors, factorize
-from .discovery import Candidate, factorisable
+from .kinds import LayerKind
 from .sequential import sequential_factors
 
-__all__ = ["allocation_needs_spectra", "decompose", "layer_spectra", "reiterable"]
+__all__ = ["allocation_needs_spectra", "decompose", "measure", "reiterable"]
+
+#: one INFO line per layer factorised (``inhernet compress`` prints them when its output is not a terminal)
+log = logging.getLogger("inhernet")
+
+
+def measure(
+    model: nn.Module, todo: dict[str, tuple[nn.Module, LayerKind]], config: InherConfig, calib: Iterable[Any] | None,
+    *, keep_factors: bool, progress: bool = True,
+) -> tuple[dict[str, torch.Tensor], dict[str, Factors]]:
+    """The energies the allocation reads (empty where it reads none) and, with ``keep_factors``, the one-pass
+    factors the build reuses; with sequential calibration stage by stage (energies only: the build
+    calibrates again, stage by stage)."""
+    needs = allocation_needs_spectra(config)
+    if config.init == "whiten" and config.calibration != "one-pass":
+        if not needs:
+            return {}, {}
+        stages = sequential_factors(model, todo, reiterable(calib), damping=config.damping, progress=progress)
+        return {name: factors.output_energy for name, factors in stages}, {}
+    if not needs and not (keep_factors and config.init != "random"):
+        return {}, {}
+    factors = decompose(model, todo, config, calib, progress=progress)
+    return {name: f.output_energy for name, f in factors.items()}, factors
 
 
 def decompose(
-    model: nn.Module, candidates: list[Candidate], config: InherConfig, calib: Iterable[Any] | None,
-    *, progress: bool = True,
+    model: nn.Module, todo: dict[str, tuple[nn.Module, LayerKind]], config: InherConfig,
+    calib: Iterable[Any] | None, *, progress: bool = True,
 ) -> dict[str, Factors]:
-    """Full-rank (whitened, with ``init="whiten"``) SVD of every factorisable layer, computed once."""
-    todo = factorisable(candidates)
+    """Full-rank (whitened, with ``init="whiten"``) SVD of every layer of ``todo``, computed once."""
     covariances = {}
     if config.init == "whiten" and todo:
         covariances = collect_covariances(model, todo, _required(calib), progress=progress)
-    return {
-        name: factorize(kind.matrix(module), covariances.get(name), config.damping)
-        for name, (module, kind) in todo.items()
-    }
-
-
-def layer_spectra(
-    model: nn.Module, candidates: list[Candidate], config: InherConfig, calib: Iterable[Any] | None,
-    *, progress: bool = True,
-) -> dict[str, torch.Tensor]:
-    """Every factorisable layer's (whitened) output energies, for the allocator; with sequential
-    calibration stage by stage, one block's statistics at a time."""
-    if config.init == "whiten" and config.calibration != "one-pass":
-        stages = sequential_factors(
-            model, factorisable(candidates), reiterable(calib), damping=config.damping, progress=progress
-        )
-        return {name: factors.output_energy for name, factors in stages}
-    return {name: f.output_energy for name, f in decompose(model, candidates, config, calib, progress=progress).items()}
+    factors = {}
+    for i, (name, (module, kind)) in enumerate(tqdm(todo.items(), desc="factorising", unit="layer",
+                                                     disable=not progress, leave=False), 1):
+        factors[name] = factorize(kind.matrix(module), covariances.get(name), config.damping)
+        log.info("factorised %s (%d of %d layers)", name, i, len(todo))
+    return factors
 
 
 def reiterable(calib: Iterable[Any] | None) -> list[Any]:

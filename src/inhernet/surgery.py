@@ -10,14 +10,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from .batches import forward_batch, move_batch
+from .batches import forward_all
 from .blockdrop import without_blocks
 from .calibration import as_list, peek_example
 from .config import InherConfig
 from .decomposition import Factors
-from .discovery import Candidate, find_layers
+from .discovery import find_layers
+from .kinds import LayerKind
 from .layers import configure_gates
-from .modes import device_of, evaluating
 from .plan import Plan
 from .pruning import channel_multiple, prune, require_example
 from .sequential import sequential_factors
@@ -41,8 +41,14 @@ def build(
         progress: show a progress bar while calibrating.
     """
     calib = as_list(calib)
-    structured = restructure(model, plan, calib[0] if calib else None)
-    return assemble(structured, plan, calib, config, progress=progress)
+    config = config or plan.config
+    example = calib[0] if calib else None
+    structured = restructure(model, plan, example)
+    layers = find_layers(structured, config, example).open
+    factors = None
+    if config.init != "random" and not (config.init == "whiten" and config.calibration != "one-pass"):
+        factors = decompose(structured, layers, config, calib, progress=progress)  # sequential: built stage by stage
+    return assemble(structured, plan, layers, calib, config, factors=factors, progress=progress)
 
 
 def restructure(model: nn.Module, plan: Plan, example: Any) -> nn.Module:
@@ -56,84 +62,56 @@ def restructure(model: nn.Module, plan: Plan, example: Any) -> nn.Module:
 
 
 def assemble(
-    model: nn.Module, plan: Plan, calib: Iterable[Any] | None, config: InherConfig | None = None, *,
-    factors: dict[str, Factors] | None = None, progress: bool = True,
+    model: nn.Module, plan: Plan, layers: dict[str, tuple[nn.Module, LayerKind]], calib: Iterable[Any] | None,
+    config: InherConfig | None = None, *, factors: dict[str, Factors] | None = None, progress: bool = True,
 ) -> nn.Module:
-    """A copy of ``model`` (restructured) with its planned layers inherited, from ``factors`` if given."""
+    """A copy of ``model`` (restructured) with its planned layers inherited: from one-pass ``factors``
+    (:func:`inhernet.spectra.decompose`; ``None`` with ``init="random"``) or stage by stage (sequential
+    calibration); ``layers``: its factorisable layers (:attr:`inhernet.discovery.Found.open`)."""
     config = config or plan.config
     example, calib = peek_example(calib)
-    candidates, _ = find_layers(model, config, example)
-    by_name = _planned(plan, candidates)
+    unknown = sorted(set(plan.ranks()) - set(layers))
+    if unknown:
+        raise ValueError(f"the plan factorises layers this model cannot: {', '.join(unknown)}")
     student = copy.deepcopy(model)
+    ranks = plan.ranks()
+    todo = {name: (student.get_submodule(name), layers[name][1]) for name in ranks}  # the student's own modules
     generator = torch.Generator().manual_seed(config.seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        if config.init == "whiten" and config.calibration != "one-pass":
-            _build_sequential(student, model, plan, config, by_name, calib, generator, progress)
+        if config.init == "whiten" and config.calibration != "one-pass":  # each stage sees the blocks built before
+            teacher = model if config.calibration == "sequential-corrected" else None
+            stages: Iterable[tuple[str, Factors | None]] = sequential_factors(
+                student, todo, reiterable(calib), teacher=teacher, damping=config.damping, progress=progress)
         else:
-            if factors is None and config.init != "random":
-                factors = decompose(model, candidates, config, calib, progress=progress)
-            for name, rank in plan.ranks().items():
-                block = _build_block(by_name[name], rank, (factors or {}).get(name), config, generator)
-                student = replace_module(student, name, block)
+            stages = ((name, (factors or {}).get(name)) for name in ranks)
+        for name, layer_factors in stages:
+            module, kind = todo[name]
+            block = _build_block(module, kind, ranks[name], layer_factors, config, generator)
+            student = replace_module(student, name, block)
     student.inhernet_plan = plan
-    return _checked(student, example, model)
-
-
-def _build_sequential(
-    student: nn.Module, model: nn.Module, plan: Plan, config: InherConfig, by_name: dict[str, Candidate],
-    calib: Iterable[Any] | None, generator: torch.Generator, progress: bool,
-) -> None:
-    """Each planned layer of ``student`` replaced as its factors arrive, feeding the later stages."""
-    ranks = plan.ranks()
-    todo = {name: (student.get_submodule(name), by_name[name].kind) for name in ranks}
-    teacher = model if config.calibration == "sequential-corrected" else None
-    stages = sequential_factors(student, todo, reiterable(calib), teacher=teacher, damping=config.damping,
-                                progress=progress)
-    for name, factors in stages:
-        candidate = by_name[name]
-        layer = Candidate(candidate.name, todo[name][0], candidate.kind)  # the student's own module
-        replace_module(student, name, _build_block(layer, ranks[name], factors, config, generator))
-
-
-def _checked(student: nn.Module, example: Any, teacher: nn.Module) -> nn.Module:
-    """``student`` once it ran the example input (as the teacher does), or a clear error if it cannot."""
     if example is None:
         return student
-    try:
-        _run_example(student, example)
-    except Exception as e:
+    with torch.random.fork_rng(devices=[]):  # the student must run the example input, as the teacher does
         try:
-            _run_example(teacher, example)
-        except Exception:
-            return student  # the teacher fails on it too: not an input the model accepts, nothing to check
-        raise RuntimeError(
-            f"the inherited model fails on the first calib batch, which the teacher runs ({type(e).__name__}: "
-            f"{e}); keep the layer the traceback names dense with InherConfig(exclude=[...]) and report this"
-        ) from e
+            forward_all(student, [example])
+        except Exception as e:
+            try:
+                forward_all(model, [example])
+            except Exception:
+                return student  # the teacher fails on it too: not an input the model accepts, nothing to check
+            raise RuntimeError(
+                f"the inherited model fails on the first calib batch, which the teacher runs ({type(e).__name__}: "
+                f"{e}); keep the layer the traceback names dense with InherConfig(exclude=[...]) and report this"
+            ) from e
     return student
 
 
-def _run_example(model: nn.Module, example: Any) -> None:
-    """One forward pass on ``example`` in eval mode, without grad and with the RNG untouched."""
-    with evaluating(model), torch.no_grad(), torch.random.fork_rng(devices=[]):
-        forward_batch(model, move_batch(example, device_of(model)))
-
-
-def _planned(plan: Plan, candidates: list[Candidate]) -> dict[str, Candidate]:
-    """The candidates by name, checking that the plan factorises only layers this model can."""
-    by_name = {c.name: c for c in candidates if c.reason is None}
-    unknown = sorted(set(plan.ranks()) - set(by_name))
-    if unknown:
-        raise ValueError(f"the plan factorises layers this model cannot: {', '.join(unknown)}")
-    return by_name
-
-
 def _build_block(
-    layer: Candidate, rank: int, factors: Factors | None, config: InherConfig, generator: torch.Generator,
+    module: nn.Module, kind: LayerKind, rank: int, factors: Factors | None, config: InherConfig,
+    generator: torch.Generator,
 ) -> nn.Module:
-    """The InherNet block replacing ``layer`` at ``rank``: from ``factors``, or random with ``init="random"``."""
-    module, kind = layer.module, layer.kind
+    """The InherNet block replacing ``module`` at ``rank``: from ``factors``, or random with ``init="random"``."""
     block = kind.build(module, rank, config.experts)
     if config.init == "random":
         _reset_random(block)

@@ -295,9 +295,14 @@ def test_probe_steps_errors_name_the_option():
     for share in (None, 0.3):
         with pytest.raises(ValueError, match=r"prune_probe_steps=10 scores the candidates of prune='auto'"):
             InherConfig(budget=0.2, prune=share, prune_probe_steps=10)
-    # KD steps need a batch to train on and one to score on
+    # KD steps need a batch to train on and one to score on: one batch is split by its rows, one row is not enough
     with pytest.raises(ValueError, match=r"prune_probe_steps=50 needs at least 2 calibration batches.*got 1"):
-        inherit(teacher, InherConfig(budget=0.2, prune="auto"), calib=calib[:1], progress=False)
+        inherit(teacher, InherConfig(budget=0.2, prune="auto"), calib=[calib[0][:1]], progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        one_batch = inherit(teacher, InherConfig(budget=0.2, prune="auto", prune_probe_steps=2), calib=calib[:1],
+                            progress=False)
+    assert one_batch.inhernet_plan.prune.probe_steps == 2
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         zero_shot = inherit(teacher, InherConfig(budget=0.2, prune="auto", prune_probe_steps=0), calib=calib[:1],
@@ -542,7 +547,10 @@ def test_latency_unreachable_by_ranks_is_reached_by_prune_auto(tmp_path):
     teacher, calib = _conv_bound_teacher()
     costs = SlowConvCosts()
     with pytest.raises(ValueError, match=r"unreachable: the smallest reachable is [\d,]+ \(44\.7%\)"):
-        inherit(teacher, InherConfig(latency=0.35, init="svd"), calib=calib, costs=costs, progress=False)
+        inhernet.plan(teacher, InherConfig(latency=0.35, init="svd"), calib=calib, costs=costs)  # rank cuts alone
+    with pytest.warns(UserWarning, match=r"rank cuts alone reach 44\.8% .* channels were pruned first"):
+        default = inherit(teacher, InherConfig(latency=0.35, init="svd"), calib=calib, costs=costs, progress=False)
+    _check_latency_hybrid(teacher, calib, default, costs, 0.35)  # the default prunes as prune="auto" does
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the chosen plan lands within its window: no warning
         student = inherit(teacher, InherConfig(latency=0.35, prune="auto"), calib=calib, costs=costs, progress=False)
@@ -748,7 +756,7 @@ def test_pruning_alone_stays_dense_when_it_measures_over_the_budget():
     teacher, calib = _conv_bound_teacher()
     config = InherConfig(latency=0.3, prune="auto").resolved(teacher)
     planned = pipeline._planned(teacher, config, calib, SlowConvCosts(), share=0.3, alone=True, progress=False)
-    student = surgery.assemble(planned.model, planned.plan, calib, factors=planned.factors, progress=False)
+    student = surgery.assemble(planned.model, planned.plan, planned.layers, calib, factors=planned.factors, progress=False)
     p = student.inhernet_plan
     assert not p.factorised and p.target_latency_ns == int(0.3 * p.prune.teacher_latency_ns)
     assert p.prune.latency_ns > p.target_latency_ns and p.config.latency == 0.3
@@ -800,16 +808,16 @@ def test_latency_prune_errors_name_the_problem():
 def test_auto_skips_an_unreachable_share_before_its_spectra(monkeypatch):
     """A share that cannot reach the latency budget (or is under it alone) costs a profile, not a calibration
     pass and an SVD per layer: only the shares that reach it are decomposed."""
-    import inhernet.allocation as surgery
+    import inhernet.spectra as spectra
 
     decomposed = []
-    real = surgery.decompose
+    real = spectra.decompose
 
     def counting(model, *args, **kwargs):
         decomposed.append(model)
         return real(model, *args, **kwargs)
 
-    monkeypatch.setattr(surgery, "decompose", counting)
+    monkeypatch.setattr(spectra, "decompose", counting)
     teacher, calib = _conv_bound_teacher()
     student = inherit(teacher, InherConfig(latency=0.35, prune="auto"), calib=calib, costs=SlowConvCosts(), progress=False)
     record = student.inhernet_plan.prune

@@ -59,7 +59,7 @@ def test_shared_spectra_give_the_same_students_and_count_the_reused_time(
 ) -> None:
     """Cells that reuse the teacher's spectra inherit exactly what a lone inherit() builds, and report the
     reused seconds in their inherit time; the patch is undone by close()."""
-    import inhernet.allocation as surgery
+    import inhernet.pipeline as pipeline
 
     teacher, batch = tm.llama_tiny()
     calib = [batch, batch.flip(0)]
@@ -70,14 +70,14 @@ def test_shared_spectra_give_the_same_students_and_count_the_reused_time(
                           progress=False)
         lone[row] = evaluate(student, test, "perplexity")["perplexity"]
     computed = {"n": 0}
-    real = surgery.layer_spectra
+    real = pipeline.measure
 
     def counting(*args, **kwargs):
         computed["n"] += 1
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(surgery, "layer_spectra", counting)
-    originals = (surgery.layer_spectra, surgery.decompose)
+    monkeypatch.setattr(pipeline, "measure", counting)
+    original = pipeline.measure
     shared = ablation.SharedSpectra()
     try:
         first = ablation.measure_cell(teacher, calib, test, 1.0, shared, 0.8, "sequential", 2, 1)
@@ -92,7 +92,7 @@ def test_shared_spectra_give_the_same_students_and_count_the_reused_time(
         assert third["reused_s"] == 0 and computed["n"] == 2
     finally:
         shared.close()
-    assert (surgery.layer_spectra, surgery.decompose) == originals
+    assert pipeline.measure is original
 
 
 def test_calibration_is_kept_within_the_presets_cap(ablation, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -39,8 +39,8 @@ def planned(model, batch, currency: str, budget: float, allocation: str = "energ
 
 def best_reachable(model, batch, currency: str, target: int) -> int:
     """The largest total cost at or under ``target`` over every allocation (brute force)."""
-    candidates, _ = find_layers(model, InherConfig(), batch)
-    profile = profile_macs(model, candidates, [batch])[0] if currency == "macs" else None
+    candidates, _, layers = find_layers(model, InherConfig(), batch)
+    profile = profile_macs(model, layers, [batch])[0] if currency == "macs" else None
     layers = [layer_cost(c, 1, None, profile) for c in candidates if c.reason is None]
     teacher = profile.total if profile is not None else tm.n_params(model)
     fixed = teacher - sum(layer.cost(None) for layer in layers)

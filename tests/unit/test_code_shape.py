@@ -17,7 +17,7 @@ MAX_FUNCTION_LINES = 60
 # Issue 25 asks for at most 10,000 lines and that is not reached yet (the restructure brought the library
 # from 15,048 to under 10,000; issue 26's features added some back): a ratchet at today's size, to be
 # lowered as the library shrinks, never raised.
-MAX_LIBRARY_LINES = 10_200
+MAX_LIBRARY_LINES = 10_150
 
 
 def _functions(path: Path) -> list[tuple[str, int]]:

@@ -104,7 +104,7 @@ def test_perplexity_equals_hand_computed_value() -> None:
 def test_evaluating_lends_eval_mode_and_gives_each_module_its_own_back() -> None:
     """``evaluating`` (what evaluate, export and the teacher precomputation use): eval mode inside, every
     module's own flag after, also on error; ``device_of`` is where the inputs go (the CPU without parameters)."""
-    from inhernet.modes import device_of, evaluating
+    from inhernet.batches import device_of, evaluating
 
     model = nn.Sequential(nn.Linear(3, 3), nn.Dropout(0.5), nn.Linear(3, 3)).train()
     model[0].eval()  # a frozen part of a training model

@@ -18,10 +18,17 @@ from torch import nn
 
 import tiny_models as tm
 from inhernet import InherBlock, InherConfig, compact, inherit, load, plan, save
-from inhernet.allocation import allocate
 from inhernet.batches import rows_of
 from inhernet.costs import CostTable, LayerShape
-from inhernet.costs.prices import NANOSECONDS, RANK_MULTIPLE, LayerCost, Price, latency_price, round_rank
+from inhernet.costs.prices import (
+    NANOSECONDS,
+    RANK_MULTIPLE,
+    LayerCost,
+    Price,
+    allocate,
+    latency_price,
+    round_rank,
+)
 from inhernet.costs.table import measure_latency
 from inhernet.experimental import ExperimentalConfig
 from inhernet.kinds import kind_of

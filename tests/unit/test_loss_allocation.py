@@ -14,9 +14,8 @@ import torch
 
 import tiny_models as tm
 from inhernet import InherConfig, inherit, plan
-from inhernet.allocation import allocate, energy_weights, layer_type
 from inhernet.calibration import InputCovariance
-from inhernet.costs.prices import LayerCost, floor_rank
+from inhernet.costs.prices import LayerCost, allocate, energy_weights, floor_rank, layer_type
 from inhernet.decomposition import factorize
 from inhernet.experimental import ExperimentalConfig
 

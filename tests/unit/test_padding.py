@@ -12,7 +12,7 @@ import torch
 import tiny_models as tm
 from inhernet import InherBlock, InherEmbedding, inherit, plan
 from inhernet.calibration import collect_covariances
-from inhernet.discovery import factorisable, find_layers
+from inhernet.discovery import find_layers
 from inhernet.experimental import ExperimentalConfig
 
 PAD = 0
@@ -40,7 +40,7 @@ def block_matrix(block: InherBlock) -> torch.Tensor:
 
 def test_whitening_statistics_ignore_padding() -> None:
     teacher, _ = tm.bert_tiny()
-    layers = factorisable(find_layers(teacher, ExperimentalConfig())[0])
+    layers = find_layers(teacher, ExperimentalConfig()).open
     short, long = (collect_covariances(teacher, layers, [padded(n)], progress=False) for n in (12, 16))
     assert short.keys() == long.keys() and len(short) == len(layers)
     real = sum(len(s) for s in SENTENCES)

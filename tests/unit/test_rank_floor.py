@@ -9,8 +9,7 @@ import torch
 
 import tiny_models as tm
 from inhernet import InherConfig, inherit, plan
-from inhernet.allocation import allocate, minimum_cost
-from inhernet.costs.prices import LayerCost, floor_rank
+from inhernet.costs.prices import LayerCost, allocate, floor_rank, minimum_cost
 from inhernet.experimental import ExperimentalConfig
 
 

@@ -188,17 +188,16 @@ def test_a_read_only_pass_runs_each_block_once_per_batch() -> None:
     statistics pass; a caller that replaces layers runs each block again. The spectra are the one-pass ones."""
     import copy
 
-    from inhernet.discovery import factorisable, find_layers
+    from inhernet.discovery import find_layers
     from inhernet.sequential import sequential_factors
     from inhernet.spectra import decompose
     from inhernet.stack import replace_module
 
     teacher, calib = _llama_6()
     cfg = InherConfig(budget=0.7, calibration="one-pass").resolved(teacher)
-    candidates, _ = find_layers(teacher, cfg, calib[0])
     # The stack's layers only: a layer after the stack (lm_head) is calibrated in one more whole pass.
-    candidates = [c for c in candidates if c.name.startswith("model.layers.")]
-    one_pass = decompose(teacher, candidates, cfg, calib, progress=False)
+    layers = {n: v for n, v in find_layers(teacher, cfg, calib[0]).open.items() if n.startswith("model.layers.")}
+    one_pass = decompose(teacher, layers, cfg, calib, progress=False)
     calls = {"n": 0}
 
     def count(*_: object) -> None:
@@ -207,13 +206,13 @@ def test_a_read_only_pass_runs_each_block_once_per_batch() -> None:
     blocks = len(teacher.model.layers)
     handles = [block.register_forward_pre_hook(count) for block in teacher.model.layers]
     try:
-        stages = sequential_factors(teacher, factorisable(candidates), calib, progress=False)
+        stages = sequential_factors(teacher, layers, calib, progress=False)
         energies = {name: factors.output_energy for name, factors in stages}
         # + 1: the capture pass enters the first block once per batch (and stops there)
         assert calls["n"] == (blocks + 1) * len(calib)
         calls["n"] = 0
         student = copy.deepcopy(teacher)
-        todo = {name: (student.get_submodule(name), kind) for name, (_, kind) in factorisable(candidates).items()}
+        todo = {name: (student.get_submodule(name), kind) for name, (_, kind) in layers.items()}
         for name, _ in sequential_factors(student, todo, calib, progress=False):
             replace_module(student, name, copy.deepcopy(student.get_submodule(name)))
         assert calls["n"] == (2 * blocks + 1) * len(calib)  # statistics, then the replaced block's outputs

@@ -17,9 +17,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..batches import forward_batch, move_batch
+from ..batches import device_of, evaluating, forward_batch, move_batch
 from ..kinds import LayerKind
-from ..modes import device_of, evaluating
 
 __all__ = ["count_macs", "example_positions"]
 

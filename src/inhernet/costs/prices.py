@@ -1,21 +1,25 @@
-"""What a layer costs: a :class:`Price` in one currency (parameters, MACs or measured nanoseconds) and
-the allocator's view of a factorisable layer (:class:`LayerCost`), which :mod:`inhernet.allocation` spends.
+"""What a layer costs: a :class:`Price` in one currency (parameters, MACs or measured nanoseconds), the
+allocator's view of a factorisable layer (:class:`LayerCost`) and the greedy engine that spends a budget
+on them (:func:`allocate`: ranks for a list of priced layers, no model, no config).
 """
 
 from __future__ import annotations
 
+import heapq
 import math
-from collections.abc import Sequence
+from collections import defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from ..config import ENERGY_STRATEGIES
 from ..kinds import block_params
 
 __all__ = [
-    "NANOSECONDS", "RANK_MULTIPLE", "LayerCost", "Price", "floor_rank", "latency_price", "mac_price", "param_price",
-    "round_rank",
+    "NANOSECONDS", "RANK_MULTIPLE", "LayerCost", "Price", "allocate", "energy_weights", "floor_rank",
+    "latency_price", "layer_type", "mac_price", "minimum_cost", "param_price", "round_rank",
 ]
 
 #: a latency budget's currency: integer nanoseconds (per second)
@@ -147,3 +151,169 @@ class LayerCost:
 def floor_rank(layer: LayerCost, min_rank: int, min_rank_ratio: float = 0.0) -> int:
     """The smallest rank ``layer`` may get: ``min_rank``, or ``min_rank_ratio`` of its full rank if larger."""
     return min(layer.max_rank, max(min_rank, math.ceil(min_rank_ratio * layer.max_rank)))
+
+
+def _start(layer: LayerCost, min_rank: int, min_rank_ratio: float) -> int | None:
+    """The first allowed rank at or above ``layer``'s floor, or dense (``None``) if that saves nothing."""
+    start = floor_rank(layer, min_rank, min_rank_ratio)
+    if round_rank(start, layer.multiple) != start:
+        start = layer.next_rank(start)
+    return start if start <= layer.break_even else None
+
+
+Priority = Callable[[LayerCost, int, int], float]
+
+
+def layer_type(name: str) -> str:
+    """A layer's name with its block indices as ``*``, e.g. ``model.layers.*.self_attn.q_proj``."""
+    return ".".join("*" if part.isdigit() else part for part in name.split("."))
+
+
+def energy_weights(layers: Sequence[LayerCost], strategy: str) -> dict[str, float]:
+    """What one unit of each layer's energy is worth to ``strategy``.
+
+    ``"energy"`` (and ``"uniform"``): ``1 / the layer's total`` (each spectrum as fractions of itself).
+    ``"loss"``: 1 (SVD-LLM: dropping sigma_i of ``W S_x`` adds ``sigma_i^2`` to ``||W X - W' X||^2 / N``).
+    ``"loss-by-type"``: ``1 / the mean total of the layer's type`` (:func:`layer_type`; SVD-LLM V2).
+    A zero total is worth nothing.
+    """
+    totals = {layer.name: float(layer.energy.sum()) for layer in layers if layer.energy is not None}
+    if strategy == "loss":
+        return dict.fromkeys(totals, 1.0)
+    if strategy == "loss-by-type":
+        by_type: dict[str, list[float]] = defaultdict(list)
+        for name, total in totals.items():
+            by_type[layer_type(name)].append(total)
+        mean = {t: sum(v) / len(v) for t, v in by_type.items()}
+        return {name: 1.0 / mean[layer_type(name)] if mean[layer_type(name)] > 0 else 0.0 for name in totals}
+    return {name: 1.0 / total if total > 0 else 0.0 for name, total in totals.items()}
+
+
+def _energy_priority(weights: dict[str, float]) -> Priority:
+    """Weighted energy gained per unit of cost by the move from ``rank`` (to the next rank, or dense)."""
+
+    def priority(layer: LayerCost, rank: int, cost: int) -> float:
+        assert layer.energy is not None
+        stop = layer.next_rank(rank) if rank < layer.break_even else layer.max_rank
+        return weights[layer.name] * float(layer.energy[rank:stop].sum()) / cost
+
+    return priority
+
+
+def _uniform_priority(layer: LayerCost, rank: int, cost: int) -> float:
+    """Lowest relative rank first: water-filling keeps one rank ratio r/k across layers."""
+    return -(rank + 1) / layer.max_rank
+
+
+def allocate(
+    layers: list[LayerCost], available: int, strategy: str, min_rank: int, min_rank_ratio: float = 0.0,
+    at_least: int | None = None,
+) -> dict[str, int | None]:
+    """Ranks whose costs fit ``available`` (``None`` = keep dense), greedily: from each layer's floor, the
+    best move (the next allowed rank, or dense once no rank saves) while it fits; moves ranked by weighted
+    energy per unit of cost (:func:`energy_weights`), or for ``"uniform"`` by the lowest rank ratio.
+    Callers check that the start fits. Below ``at_least``, the exact fill (:func:`_fill_window`) is tried.
+    """
+    if strategy not in (*ENERGY_STRATEGIES, "uniform"):
+        raise ValueError(f"strategy must be one of {(*ENERGY_STRATEGIES, 'uniform')}, got {strategy!r}")
+    if strategy in ENERGY_STRATEGIES and any(layer.energy is None for layer in layers):
+        raise ValueError(f"{strategy} allocation needs each layer's singular values")
+    weights = energy_weights(layers, strategy)
+    priority: Priority = _energy_priority(weights) if strategy in ENERGY_STRATEGIES else _uniform_priority
+    ranks: dict[str, int | None] = {}
+    spent = 0
+    heap: list[tuple[float, int, int]] = []
+
+    def push(i: int) -> None:
+        layer, rank = layers[i], ranks[layers[i].name]
+        if rank is None:
+            return
+        cost = layer.cost(layer.next_rank(rank) if rank < layer.break_even else None) - layer.cost(rank)
+        heapq.heappush(heap, (-priority(layer, rank, cost), i, cost))
+
+    for layer in layers:
+        ranks[layer.name] = _start(layer, min_rank, min_rank_ratio)
+        spent += layer.cost(ranks[layer.name])
+    for i in range(len(layers)):
+        push(i)
+    while heap:
+        _, i, cost = heapq.heappop(heap)
+        if spent + cost > available:
+            continue  # costs only grow as the budget shrinks: this layer is done
+        layer = layers[i]
+        rank = ranks[layer.name]
+        assert rank is not None
+        ranks[layer.name] = layer.next_rank(rank) if rank < layer.break_even else None
+        spent += cost
+        push(i)
+    if at_least is not None and spent < at_least:
+        return _fill_window(layers, ranks, available, at_least, min_rank, min_rank_ratio, weights) or ranks
+    return ranks
+
+
+# The exact search's size: cost levels, and the most (option x level) updates it may run.
+_LEVELS = 1 << 14
+_MAX_WORK = 200_000_000
+
+
+def _fill_window(
+    layers: list[LayerCost], greedy: dict[str, int | None], available: int, at_least: int, min_rank: int,
+    min_rank_ratio: float, weights: dict[str, float],
+) -> dict[str, int | None] | None:
+    """The best ranks costing between ``at_least`` and ``available`` (``None``: none, or too big a search).
+
+    A multiple-choice knapsack by dynamic programming over cost levels (costs rounded up, so every choice
+    fits ``available``); value: :func:`_value`.
+    """
+    options: list[list[tuple[int | None, int, float]]] = []
+    for layer in layers:
+        start = _start(layer, min_rank, min_rank_ratio)
+        choices: list[int | None] = [None] if start is None else [*layer.allowed(start), None]
+        weight = weights.get(layer.name, 0.0)
+        options.append([(r, layer.cost(r), _value(layer, r, greedy[layer.name], weight)) for r in choices])
+    step = max(1, -(-available // _LEVELS))
+    levels = available // step + 1
+    if sum(len(o) for o in options) * levels > _MAX_WORK:
+        return None
+    best = np.full(levels, -np.inf)
+    best[0] = 0.0
+    picks = np.zeros((len(layers), levels), dtype=np.int32)
+    for i, opts in enumerate(options):
+        new = np.full(levels, -np.inf)
+        pick = np.full(levels, -1, dtype=np.int32)
+        for j, (_, cost, value) in enumerate(opts):
+            u = -(-cost // step)
+            if u >= levels:
+                continue
+            shifted = np.full(levels, -np.inf)
+            shifted[u:] = best[: levels - u] + value
+            better = shifted > new
+            new[better] = shifted[better]
+            pick[better] = j
+        best, picks[i] = new, pick
+    lowest = at_least // step  # no fewer levels can cost at_least
+    for end in sorted((s for s in range(lowest, levels) if np.isfinite(best[s])), key=lambda s: -best[s])[:64]:
+        ranks, level, total = {}, end, 0
+        for i in range(len(layers) - 1, -1, -1):
+            rank, cost, _ = options[i][picks[i][level]]
+            ranks[layers[i].name] = rank
+            total += cost
+            level -= -(-cost // step)
+        if at_least <= total <= available:
+            return ranks
+    return None
+
+
+def _value(layer: LayerCost, rank: int | None, greedy: int | None, weight: float) -> float:
+    """Retained energy times ``weight``, or nearness to the greedy's rank ratio."""
+    if layer.energy is not None:
+        kept = layer.energy if rank is None else layer.energy[:rank]
+        return weight * float(kept.sum())
+    ratio = 1.0 if rank is None else rank / layer.max_rank
+    wanted = 1.0 if greedy is None else greedy / layer.max_rank
+    return -abs(ratio - wanted)
+
+
+def minimum_cost(layers: list[LayerCost], min_rank: int, min_rank_ratio: float = 0.0) -> int:
+    """The smallest total cost of ``layers``, each at its floor rank (or dense)."""
+    return sum(layer.cost(_start(layer, min_rank, min_rank_ratio)) for layer in layers)

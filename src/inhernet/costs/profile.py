@@ -9,10 +9,10 @@ from typing import Any
 
 from torch import nn
 
+from ..batches import device_of
 from ..calibration import layer_input_shapes, split_example
 from ..config import InherConfig
-from ..discovery import Candidate, factorisable
-from ..modes import device_of
+from ..kinds import LayerKind
 from .macs import example_positions
 from .prices import NANOSECONDS, Price, latency_price
 from .table import CostTable, LatencyCosts, LayerShape, rank_points
@@ -28,12 +28,13 @@ class MacProfile:
     positions: dict[str, tuple[int, int]]
 
 
-def profile_macs(
-    model: nn.Module, candidates: list[Candidate], calib: Iterable[Any] | None
-) -> tuple[MacProfile, Iterable[Any]]:
+#: the layers a profile prices: ``{name: (module, kind)}`` (:attr:`inhernet.discovery.Found.open`)
+Layers = dict[str, tuple[nn.Module, LayerKind]]
+
+
+def profile_macs(model: nn.Module, todo: Layers, calib: Iterable[Any] | None) -> tuple[MacProfile, Iterable[Any]]:
     """Count MACs and positions on the first batch of ``calib``; returns ``calib`` to iterate in full."""
     example, calib = split_example(calib, "a MAC budget (macs=)")
-    todo = factorisable(candidates)
     total, positions = example_positions(model, todo, example)
     return MacProfile(total, positions), calib
 
@@ -82,7 +83,7 @@ def measured_ns(table: LatencyCosts, model: nn.Module, example: Any) -> int:
 
 
 def profile_latency(
-    model: nn.Module, candidates: list[Candidate], calib: Iterable[Any] | None,
+    model: nn.Module, todo: Layers, calib: Iterable[Any] | None,
     costs: LatencyCosts | None = None, base: int | None = None,
 ) -> tuple[LatencyProfile, Iterable[Any]]:
     """Time the teacher and price its open layers (:func:`latency_table`) at the first batch of ``calib``;
@@ -90,16 +91,15 @@ def profile_latency(
     if calib is None:
         raise ValueError("latency= needs calib: its first batch is the example input")
     table = latency_table(model, costs)
+    timed = {name: rank_points(min(kind.shape(module)), getattr(table, "points", 4)) for name, (module, kind) in todo.items()}
     example, calib = split_example(calib, "latency=")
-    todo = factorisable(candidates)
     layers = {name: module for name, (module, _) in todo.items()}
     shapes = layer_input_shapes(model, layers, example, LayerShape.of_layer)
     total = measured_ns(table, model, example)
     prices = {}
     for name, calls in shapes.items():
-        ranks = rank_points(calls[0].full_rank, getattr(table, "points", 4))
         dense = sum(float(table.dense(s)) for s in calls)
-        points = [(r, sum(float(table.factorised(s, r)) for s in calls)) for r in ranks]
+        points = [(r, sum(float(table.factorised(s, r)) for s in calls)) for r in timed[name]]
         prices[name] = latency_price(dense, points)
     return LatencyProfile(total, prices, base), calib
 
@@ -109,13 +109,13 @@ Profile = MacProfile | LatencyProfile
 
 
 def profile_for(
-    model: nn.Module, config: InherConfig, candidates: list[Candidate], calib: Iterable[Any] | None,
+    model: nn.Module, config: InherConfig, todo: Layers, calib: Iterable[Any] | None,
     costs: LatencyCosts | None = None, latency_base: int | None = None,
 ) -> tuple[Profile | None, Iterable[Any] | None]:
     """The profile a MAC or latency budget prices the layers by (``None`` for the others), and ``calib``
     to iterate in full afterwards. ``latency_base``: see :attr:`LatencyProfile.base`."""
-    if config.target.kind == "macs":
-        return profile_macs(model, candidates, calib)
     if config.target.kind == "latency":
-        return profile_latency(model, candidates, calib, costs, latency_base)
+        return profile_latency(model, todo, calib, costs, latency_base)
+    if config.target.kind == "macs":
+        return profile_macs(model, todo, calib)
     return None, calib

@@ -30,15 +30,11 @@ import torch
 from torch import nn
 
 from .._atomic import atomic_write
-from ..batches import forward_batch, move_batch
+from ..batches import device_of, evaluating, forward_batch, move_batch
 from ..kinds import kind_of
 from ..layers import InherConv, InherEmbedding, InherLinear
-from ..modes import device_of, evaluating
 
-__all__ = [
-    "CostTable", "Costs", "LatencyCosts", "LayerShape", "cost_dir", "device_name", "measure_latency",
-    "rank_points",
-]
+__all__ = ["CostTable", "Costs", "LatencyCosts", "LayerShape", "cost_dir", "device_name", "measure_latency", "rank_points"]
 
 CACHE_VERSION = 1
 #: live / cached time of a re-timed cached shape inside this band counts as noise (no rescaling)

@@ -30,14 +30,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..batches import forward_batch, logits_of, move_batch
+from ..batches import device_of, evaluating, forward_batch, logits_of, move_batch
 from ..calibration import layer_input_shapes, split_example
 from ..costs.prices import RANK_MULTIPLE, round_rank
 from ..costs.table import Costs, CostTable, LayerShape
 from ..dual import dual_output, is_dual_output
 from ..kinds import block_params, kind_of
 from ..layers import InherBlock, InherConv, InherEmbedding, InherLinear
-from ..modes import device_of, evaluating
 from ..stack import replace_module
 from .merge import merge_experts
 

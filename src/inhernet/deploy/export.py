@@ -21,8 +21,7 @@ import torch
 from torch import nn
 
 from .._atomic import atomic_path
-from ..batches import forward_batch, logits_of
-from ..modes import evaluating
+from ..batches import evaluating, forward_batch, logits_of
 
 __all__ = ["export_onnx", "onnx_inputs", "relative_error", "verify_onnx"]
 

@@ -26,9 +26,8 @@ from torch.utils.data import (
 )
 from tqdm.auto import tqdm
 
-from ..batches import TEACHER_LOGITS, forward_batch, logits_of, move_batch
+from ..batches import TEACHER_LOGITS, device_of, evaluating, forward_batch, logits_of, move_batch
 from ..dual import dual_output, is_dual_output
-from ..modes import device_of, evaluating
 from .loss import TeacherTopK, check_topk, teacher_topk
 
 __all__ = [

@@ -137,39 +137,41 @@ def _cell(cell: dict[str, Any] | None) -> str:
 # -- measuring -----------------------------------------------------------------------------------------------
 
 class SharedSpectra:
-    """Reuse, within one process, what ``inherit()`` computes from the teacher and the calibration only: the
+    """Reuse, within one process, what ``inherit()`` measures from the teacher and the calibration only: the
     spectra of sequential rows and the full-rank decomposition of one-pass rows. Keeps one calibration's
     worth (a new calibration clears it) and the seconds each took, so that cells can report a lone call's
-    cost. Installed by patching the names ``inhernet.surgery`` calls."""
+    cost. Installed by patching the measuring step ``inhernet.pipeline`` calls (``measure``)."""
 
     def __init__(self) -> None:
-        import inhernet.allocation as surgery
+        import inhernet.pipeline as pipeline
 
-        self.surgery = surgery
+        self.pipeline = pipeline
         self.calib: Any = None  # held, so that a new calibration is never mistaken for it
         self.cache: dict[tuple[Any, ...], tuple[Any, float]] = {}
         self.reused_s = 0.0  # the seconds of cached work the current inherit() call did not redo
-        self.originals = (surgery.layer_spectra, surgery.decompose)
-        surgery.layer_spectra = self._wrap(surgery.layer_spectra, "spectra")
-        surgery.decompose = self._wrap(surgery.decompose, "decompose")
+        self.original = pipeline.measure
+        pipeline.measure = self._wrap(pipeline.measure)
 
     def close(self) -> None:
-        """Put ``inhernet.surgery``'s own functions back."""
-        self.surgery.layer_spectra, self.surgery.decompose = self.originals
+        """Put ``inhernet.pipeline``'s own ``measure`` back."""
+        self.pipeline.measure = self.original
         self.cache.clear()
 
-    def _wrap(self, original: Callable[..., Any], what: str) -> Callable[..., Any]:
-        def cached(model, candidates, config, calib, *, progress=True):
+    def _wrap(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        from inhernet.spectra import allocation_needs_spectra
+
+        def cached(model, layers, config, calib, *, keep_factors, progress=True):
             if calib is not self.calib:
                 self.cache.clear()
                 self.calib = calib
-            key = (what, id(model), config.init, config.damping, config.include, config.exclude)
+            key = (id(model), config.init, config.damping, config.calibration, config.include, config.exclude,
+                   keep_factors, allocation_needs_spectra(config))
             if key in self.cache:
                 value, seconds = self.cache[key]
                 self.reused_s += seconds
                 return value
             start = time.perf_counter()
-            value = original(model, candidates, config, calib, progress=progress)
+            value = original(model, layers, config, calib, keep_factors=keep_factors, progress=progress)
             self.cache[key] = (value, time.perf_counter() - start)
             return value
 
