@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .._atomic import atomic_path
-from ..modes import evaluating
+from ..batches import evaluating
 from .export import _LogitsOf, onnx_inputs, relative_error
 
 __all__ = ["export_pt2", "verify_pt2"]

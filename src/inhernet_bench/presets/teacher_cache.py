@@ -39,9 +39,8 @@ from torch.utils.data import Dataset, default_collate
 
 from inhernet._atomic import atomic_path, atomic_write
 from inhernet._files import sha256_file
-from inhernet.batches import batch_labels, forward_batch, logits_of, move_batch
+from inhernet.batches import batch_labels, device_of, forward_batch, logits_of, move_batch
 from inhernet.evaluate import evaluate
-from inhernet.modes import device_of
 from inhernet_bench.presets.assets import inhernet_home
 
 __all__ = ["FIT_THREADS", "RECIPE_KEYS", "TeacherMissingError", "TeacherSpec", "build_teacher", "classification_loss",
