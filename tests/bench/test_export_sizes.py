@@ -23,5 +23,7 @@ def test_mnist_cnn_sizes_in_every_format(tmp_path):
         assert student[fmt] <= 1.1 * student["weights"] + 64_000, fmt
     for model in (teacher, student):
         assert model["gguf"].startswith("n/a: GGUF export writes llama-family causal LMs")
-        assert model["hf"].startswith("n/a: ")  # not a Hugging Face model (or no hf exporter yet)
-    assert [p.name for p in tmp_path.iterdir()] == ["export-sizes.json"]
+        assert model["hf"].startswith("n/a: ")  # not a Hugging Face model
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export-sizes.json", "export-sizes.md"]
+    table = (tmp_path / "export-sizes.md").read_text()
+    assert f"| mnist-cnn | student | {params['student']:,} | {student['weights'] / 1e6:,.2f} |" in table

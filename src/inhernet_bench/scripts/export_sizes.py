@@ -6,7 +6,8 @@ Each preset's teacher is compressed as the bench's ``inhernet`` row is (the fami
 ``--calib-size`` examples) but not trained: sizes do not depend on training. The teacher and the student
 are then written in every format (``weights``: the teacher's safetensors state dict, the student's
 ``inhernet.save`` directory; ``pt2``, ``onnx``, ``gguf``, ``hf``); a format that refuses the model is recorded
-with its reason. Writes ``export-sizes.json`` under ``--out`` (default ``benchmarks/results/``).
+with its reason. Writes ``export-sizes.json`` and its table, ``export-sizes.md``, under ``--out`` (default
+``benchmarks/results/``).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ FILE_NAMES = {"weights": "weights", "pt2": "model.pt2", "onnx": "model.onnx", "g
 def _writer(fmt: str, example: Any) -> Callable[[nn.Module, Path], Any]:
     """``write(model, path)`` for ``fmt``."""
     from inhernet import save
-    from inhernet.deploy import export_gguf, export_onnx, export_pt2
+    from inhernet.deploy import export_gguf, export_hf, export_onnx, export_pt2
 
     def weights(model: nn.Module, path: Path) -> Any:
         from safetensors.torch import save_model
@@ -43,12 +44,7 @@ def _writer(fmt: str, example: Any) -> Callable[[nn.Module, Path], Any]:
         path.mkdir()
         return save_model(model, str(path / "model.safetensors"))
 
-    def hf(model: nn.Module, path: Path) -> Any:
-        from inhernet.deploy.hf import export_hf  # issue 28's hf exporter
-
-        return export_hf(model, path)
-
-    writers = {"weights": weights, "hf": hf, "gguf": export_gguf,
+    writers = {"weights": weights, "hf": export_hf, "gguf": export_gguf,
                "pt2": lambda m, p: export_pt2(m, example, p), "onnx": lambda m, p: export_onnx(m, example, p)}
     return writers[fmt]
 
@@ -93,6 +89,23 @@ def measure(preset_name: str, budget: float, calib_size: int) -> dict[str, Any]:
     }
 
 
+def _cell(size: Any) -> str:
+    """A size in MB, or why the format refused the model (its first words)."""
+    return f"{size / 1e6:,.2f}" if isinstance(size, int) else str(size)[:60].replace("|", "/")
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The report as one table: a row per preset and model, a column per format (MB on disk)."""
+    formats = report["formats"]
+    lines = [f"Command: `{report['command']}`", "", "| preset | model | params | " + " | ".join(formats) + " |",
+             "|---|---|---:|" + "---:|" * len(formats)]
+    for name, row in report["presets"].items():
+        for model in ("teacher", "student"):
+            cells = " | ".join(_cell(row[model].get(fmt)) for fmt in formats)
+            lines.append(f"| {name} | {model} | {row['params'][model]:,} | {cells} |")
+    return "\n".join([*lines, "", f"MB = 10^6 bytes; torch {report['torch']}.", ""])
+
+
 def main(argv: list[str] | None = None) -> None:
     from inhernet_bench.presets.registry import PRESETS
 
@@ -111,7 +124,8 @@ def main(argv: list[str] | None = None) -> None:
     report = {"command": command, "budget": args.budget, "calib_size": args.calib_size, "torch": torch.__version__,
               "formats": list(FORMATS), "presets": rows}
     path = atomic_write(args.out / "export-sizes.json", json.dumps(report, indent=2) + "\n")
-    print(f"wrote {shown(path)}")
+    atomic_write(args.out / "export-sizes.md", markdown(report))
+    print(f"wrote {shown(path)} and its table")
 
 
 if __name__ == "__main__":
