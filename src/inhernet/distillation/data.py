@@ -32,11 +32,7 @@ from ..modes import device_of, evaluating
 from .loss import TeacherTopK, check_topk, teacher_topk
 
 __all__ = [
-    "EvalLoader",
-    "TrainLoader",
-    "WithTeacherLogits",
-    "WithTeacherTopK",
-    "precompute_teacher_logits",
+    "EvalLoader", "TrainLoader", "WithTeacherLogits", "WithTeacherTopK", "precompute_teacher_logits",
     "precompute_teacher_topk",
 ]
 

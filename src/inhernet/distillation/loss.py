@@ -16,14 +16,8 @@ from ..dual import dual_output
 from ..stack import origin_name
 
 __all__ = [
-    "FeatureCapture",
-    "TeacherTopK",
-    "contrastive_kd_loss",
-    "feature_loss",
-    "kd_loss",
-    "match_feature_names",
-    "teacher_topk",
-    "topk_kd_loss",
+    "FeatureCapture", "TeacherTopK", "contrastive_kd_loss", "feature_loss", "kd_loss", "match_feature_names",
+    "teacher_topk", "topk_kd_loss",
 ]
 
 EMBED_LOSSES = ("cosine", "mse")

@@ -21,21 +21,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 __all__ = [
-    "DEFAULT_MAX_LENGTH",
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
-    "DataOptions",
-    "ImageFiles",
-    "TokenizedText",
-    "UserData",
-    "calibration_batches",
-    "encode_labels",
-    "image_folder",
-    "make_loader",
-    "read_table",
-    "split",
-    "text_columns",
-    "tokenize_table",
+    "DEFAULT_MAX_LENGTH", "IMAGENET_MEAN", "IMAGENET_STD", "DataOptions", "ImageFiles", "TokenizedText",
+    "UserData", "calibration_batches", "encode_labels", "image_folder", "make_loader", "read_table", "split",
+    "text_columns", "tokenize_table",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

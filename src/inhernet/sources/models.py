@@ -16,15 +16,8 @@ from torch import nn
 from .._files import sha256_file
 
 __all__ = [
-    "LIBRARIES",
-    "TASKS",
-    "ModelSpec",
-    "build_model",
-    "has_trained_head",
-    "key_mismatch",
-    "load_state_dict",
-    "load_tokenizer",
-    "parse_model_spec",
+    "LIBRARIES", "TASKS", "ModelSpec", "build_model", "has_trained_head", "key_mismatch", "load_state_dict",
+    "load_tokenizer", "parse_model_spec",
 ]
 
 LIBRARIES = ("torchvision", "timm", "hf")
