@@ -1,11 +1,4 @@
-"""``export_hf``: a student of a Hugging Face model as a directory that ``transformers`` loads alone.
-
-The experts are folded (:func:`merge_experts`) and the blocks at or above break-even returned to dense
-layers (:func:`densify`). With no block left the directory is the base architecture's own
-(``AutoModel*.from_pretrained(out)``); otherwise ``config.inhernet_low_rank`` gives each block's rank and
-``modeling_inhernet.py`` (:mod:`inhernet.deploy.hf_modeling`, naming the base class) rebuilds them:
-``from_pretrained(out, trust_remote_code=True)``. The weights are the student's own low-rank factors.
-"""
+"""``export_hf``: a student of a Hugging Face model as a directory ``transformers`` loads (docs/formats/hf.md)."""
 
 from __future__ import annotations
 
