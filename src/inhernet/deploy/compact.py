@@ -40,15 +40,9 @@ def deployed(
 
 
 def compact(
-    model: nn.Module,
-    calib: Iterable[Any] | None = None,
-    *,
-    example: Any = None,
-    budget: float | int | None = None,
-    rank_multiple: int | None = None,
-    tolerance: float = TOLERANCE,
-    costs: Costs | None = None,
-    inplace: bool = False,
+    model: nn.Module, calib: Iterable[Any] | None = None, *, example: Any = None,
+    budget: float | int | None = None, rank_multiple: int | None = None, tolerance: float = TOLERANCE,
+    costs: Costs | None = None, inplace: bool = False,
 ) -> nn.Module:
     """The deployable form of an inherited (trained) model: experts folded, blocks at break-even (or no
     faster factorised, within the budget) made dense, ranks rounded where no output changes (docs/deploy.md).

@@ -62,15 +62,9 @@ def onnx_inputs(example_inputs: Any) -> dict[str, torch.Tensor]:
 
 
 def export_onnx(
-    model: nn.Module,
-    example_inputs: Any,
-    path: str | os.PathLike[str],
-    opset: int = 17,
-    dynamic_batch: bool = True,
-    *,
-    dynamic_sequence: bool = True,
-    dynamic_axes: Mapping[str, Mapping[int, str]] | None = None,
-    dynamo: bool = False,
+    model: nn.Module, example_inputs: Any, path: str | os.PathLike[str], opset: int = 17,
+    dynamic_batch: bool = True, *, dynamic_sequence: bool = True,
+    dynamic_axes: Mapping[str, Mapping[int, str]] | None = None, dynamo: bool = False,
 ) -> Path:
     """Export ``model`` to the ONNX file ``path`` (written to a temporary file, then renamed).
 

@@ -104,13 +104,8 @@ def precompute_teacher_logits(teacher: nn.Module, dataset: Dataset, batch_size: 
 
 @torch.no_grad()
 def precompute_teacher_topk(
-    teacher: nn.Module,
-    dataset: Dataset,
-    k: int,
-    temperature: float,
-    batch_size: int = 8,
-    dtype: torch.dtype = torch.float16,
-    progress: bool = False,
+    teacher: nn.Module, dataset: Dataset, k: int, temperature: float, batch_size: int = 8,
+    dtype: torch.dtype = torch.float16, progress: bool = False,
 ) -> WithTeacherTopK:
     """Run the teacher (eval mode) once over ``dataset`` and keep only its top-``k`` classes (tokens)
     per example and position, with the log of the rest of its probability at ``temperature``

@@ -154,12 +154,8 @@ def _preserved(student: nn.Module, teacher: nn.Module) -> Iterator[None]:
 
 
 def distill(
-    student: nn.Module,
-    teacher: nn.Module,
-    train_loader: Iterable[Any],
-    val_loader: Iterable[Any] | None = None,
-    config: DistillConfig | None = None,
-    *,
+    student: nn.Module, teacher: nn.Module, train_loader: Iterable[Any],
+    val_loader: Iterable[Any] | None = None, config: DistillConfig | None = None, *,
     callbacks: Sequence[Any] = (),
 ) -> dict[str, Any]:
     """Fine-tune ``student`` in place by knowledge distillation from ``teacher``; return the history.
@@ -193,14 +189,8 @@ def distill(
 
 
 def _fit(
-    student: nn.Module,
-    teacher: nn.Module,
-    train_loader: Iterable[Any],
-    val_loader: Iterable[Any] | None,
-    config: DistillConfig,
-    callbacks: Sequence[Any],
-    log_dir: Path,
-    ckpt_path: str | None,
+    student: nn.Module, teacher: nn.Module, train_loader: Iterable[Any], val_loader: Iterable[Any] | None,
+    config: DistillConfig, callbacks: Sequence[Any], log_dir: Path, ckpt_path: str | None,
 ) -> dict[str, Any]:
     """Seed, build the module and the trainer, train (resuming from ``ckpt_path``) and return the history."""
     import lightning as L

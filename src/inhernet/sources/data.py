@@ -195,13 +195,8 @@ def text_columns(options: DataOptions, task: Literal["classify", "lm"]) -> list[
 
 
 def tokenize_table(
-    table: dict[str, list[str]],
-    tokenizer: Any,
-    options: DataOptions,
-    task: Literal["classify", "lm"],
-    classes: Sequence[str] | None = None,
-    *,
-    source: str = "data",
+    table: dict[str, list[str]], tokenizer: Any, options: DataOptions, task: Literal["classify", "lm"],
+    classes: Sequence[str] | None = None, *, source: str = "data",
 ) -> UserData:
     """Tokenise the text column to ``max_length`` tokens; labelled for ``classify``, unlabelled for ``lm``."""
     if options.max_length is None:

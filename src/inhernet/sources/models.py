@@ -75,11 +75,7 @@ class ModelSpec:
 
 
 def parse_model_spec(
-    text: str,
-    *,
-    weights: str | Path | None = None,
-    task: str | None = None,
-    num_classes: int | None = None,
+    text: str, *, weights: str | Path | None = None, task: str | None = None, num_classes: int | None = None,
 ) -> ModelSpec:
     """Parse ``torchvision:NAME``, ``timm:NAME``, ``hf:PATH`` or a Hugging Face directory path (the name
     checked against the library's registry, the weights file hashed, a directory's task read if not given).
