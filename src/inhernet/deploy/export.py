@@ -98,13 +98,8 @@ def export_onnx(
         axes = _default_axes(inputs, wrapper, dynamic_batch, dynamic_sequence)
         options = _exporter_options(names, _symbolic_axes([*names, OUTPUT_NAME], axes, dynamic_axes), dynamo)
         torch.onnx.export(
-            wrapper,
-            tuple(inputs.values()),
-            str(tmp),
-            input_names=names,
-            output_names=[OUTPUT_NAME],
-            opset_version=opset,
-            **options,
+            wrapper, tuple(inputs.values()), str(tmp), input_names=names, output_names=[OUTPUT_NAME],
+            opset_version=opset, **options,
         )
     return target
 

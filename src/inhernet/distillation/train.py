@@ -26,8 +26,7 @@ __all__ = ["Interrupted", "distill", "verbose"]
 
 _QUIET_LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning")
 _QUIET_WARNINGS = (
-    r".*does not have many workers.*",
-    r".*smaller than the logging interval.*",
+    r".*does not have many workers.*", r".*smaller than the logging interval.*",
     r".*Checkpoint directory .* exists and is not empty.*",
 )
 # Expected here whatever the verbosity: the frozen teacher is in eval mode on purpose.
@@ -267,23 +266,12 @@ def _trainer(config: DistillConfig, log_dir: Path, callbacks: Sequence[Any], val
             "num_sanity_val_steps": -1 if config.val_at_start else 0,  # full pass = the step-0 point
         }
     return L.Trainer(
-        accelerator=config.accelerator,
-        devices=config.devices,
-        num_nodes=config.num_nodes,
-        strategy=config.strategy,
-        precision=config.precision,
-        max_steps=config.steps,
-        max_epochs=-1,
-        gradient_clip_val=config.grad_clip or None,
-        gradient_clip_algorithm="norm",
-        deterministic=config.deterministic,
-        enable_progress_bar=bar,
-        enable_model_summary=verbose(),
-        enable_checkpointing=bool(config.checkpoint_every),
-        logger=CSVLogger(save_dir=log_dir, name="logs"),
-        log_every_n_steps=max(1, min(50, config.steps // 20)),
-        callbacks=all_callbacks,
-        default_root_dir=log_dir,
+        accelerator=config.accelerator, devices=config.devices, num_nodes=config.num_nodes, strategy=config.strategy,
+        precision=config.precision, max_steps=config.steps, max_epochs=-1, deterministic=config.deterministic,
+        gradient_clip_val=config.grad_clip or None, gradient_clip_algorithm="norm",
+        enable_progress_bar=bar, enable_model_summary=verbose(), enable_checkpointing=bool(config.checkpoint_every),
+        logger=CSVLogger(save_dir=log_dir, name="logs"), log_every_n_steps=max(1, min(50, config.steps // 20)),
+        callbacks=all_callbacks, default_root_dir=log_dir,
         use_distributed_sampler=False,  # TrainLoader / EvalLoader shard the data (see data.py)
         **validation,
     )

@@ -165,10 +165,8 @@ def image_folder(path: str | Path, options: DataOptions, classes: Sequence[str] 
             raise ValueError(f"class folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
         samples += [(f, label) for f in files]
     transform = transforms.Compose([
-        transforms.Resize(options.image_size),
-        transforms.CenterCrop(options.image_size),
-        transforms.ToTensor(),
-        transforms.Normalize(options.mean, options.std),
+        transforms.Resize(options.image_size), transforms.CenterCrop(options.image_size),
+        transforms.ToTensor(), transforms.Normalize(options.mean, options.std),
     ])
     return UserData(ImageFiles(samples, transform), names, "accuracy")
 
