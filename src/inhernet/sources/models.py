@@ -29,9 +29,7 @@ _SPEC_HELP = (
 )
 # Suffixes of Hugging Face architecture names, by the task their head serves.
 _ARCHITECTURE_TASKS = {
-    "ForSequenceClassification": "classify",
-    "ForImageClassification": "classify",
-    "ForCausalLM": "lm",
+    "ForSequenceClassification": "classify", "ForImageClassification": "classify", "ForCausalLM": "lm",
     "LMHeadModel": "lm",
 }
 

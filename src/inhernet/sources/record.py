@@ -43,9 +43,7 @@ class Source:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "format_version": SOURCE_FORMAT,
-            "model": self.model.to_dict(),
-            "data": self.data.to_dict(),
+            "format_version": SOURCE_FORMAT, "model": self.model.to_dict(), "data": self.data.to_dict(),
             "classes": list(self.classes) if self.classes is not None else None,
         }
 
