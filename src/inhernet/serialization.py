@@ -1,10 +1,8 @@
 """``save()`` / ``load()``: an inherited model as ``inhernet.json`` + ``model-<hash>.safetensors``, no pickle.
 
-The JSON holds the per-layer specs, what pruning and block dropping changed, and the name and SHA-256 of
-the weights file; ``load`` replays it all on a fresh model of the teacher's architecture, checking
-everything before a tensor is allocated. The weights file is named after its content, so ``save``
-writes it beside the old one, then atomically replaces ``inhernet.json``, then removes the old
-weights: wherever it stops, the JSON names complete weights that match their checksum.
+``load`` replays the JSON (layer specs, pruning, dropped blocks) on a fresh model of the teacher's
+architecture, checking everything before a tensor is allocated; ``save`` is ordered so that wherever it
+stops, the JSON names complete weights that match their checksum.
 """
 
 from __future__ import annotations

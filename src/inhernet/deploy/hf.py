@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..layers import InherBlock
+from ..stack import replace_module
 from .compact import _dense_params, _params, densify
 from .merge import merge_experts
 
@@ -87,8 +88,7 @@ def _exportable(student: nn.Module) -> nn.Module:
         raise ValueError(f"{err}; or fold them with inhernet.compact(student, calib=...) and export that") from None
     for name, block in [(n, m) for n, m in model.named_modules() if isinstance(m, InherBlock)]:
         if _params(block) >= _dense_params(block):  # compact()'s break-even: dense is no larger
-            parent, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent), child, densify(block))
+            model = replace_module(model, name, densify(block))
     return model
 
 

@@ -36,15 +36,11 @@ def merge_experts(model: nn.Module, calib: Iterable[Any] | None = None) -> nn.Mo
     means = gate_means(model, calib, blocks=gated)
     removed = {}
     for name, block in gated.items():
-        before = _own_params(block)
+        before = sum(p.numel() for p in block.parameters())
         _merge_block(block, means[name])
-        removed[name] = before - _own_params(block)
+        removed[name] = before - sum(p.numel() for p in block.parameters())
     _record_merge(model, removed)
     return model
-
-
-def _own_params(block: nn.Module) -> int:
-    return sum(p.numel() for p in block.parameters())
 
 
 def _record_merge(model: nn.Module, removed: dict[str, int]) -> None:
