@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import copy
 import os
-import secrets
-import shutil
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from .._atomic import atomic_dir
 from ..layers import InherBlock
 from ..stack import replace_module
 from .compact import _dense_params, _params, densify
@@ -55,7 +52,7 @@ def export_hf(student: nn.Module, out: str | os.PathLike, tokenizer: Any = None,
     if ranks:
         model.config.inhernet_low_rank = ranks
         model.config.auto_map = dict.fromkeys(_auto_classes(model), f"{MODELING_NAME[:-3]}.Inher{type(model).__name__}")
-    with _atomic_dir(target) as tmp:
+    with atomic_dir(target) as tmp:
         model.save_pretrained(tmp)
         if ranks:
             (tmp / MODELING_NAME).write_text(_modeling_source(type(model)), encoding="utf-8")
@@ -126,24 +123,3 @@ def _auto_classes(model: nn.Module) -> list[str]:
             "config.json's auto_map; write the student with --format pt2 or --format onnx instead"
         )
     return found
-
-
-@contextmanager
-def _atomic_dir(target: Path) -> Iterator[Path]:
-    """A temporary directory beside ``target`` that replaces it on success and is removed on failure."""
-    tmp = target.parent / f".{target.name}.{secrets.token_hex(6)}.tmp"
-    old = tmp.with_name(tmp.name + ".old")
-    tmp.mkdir(parents=True)  # not mkdtemp: the directory gets ordinary permissions
-    try:
-        yield tmp
-        if target.exists():
-            os.replace(target, old)  # only now, with the new directory complete
-        os.replace(tmp, target)
-    except BaseException:
-        if old.exists() and not target.exists():
-            os.replace(old, target)
-        raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old.exists():
-            shutil.rmtree(old) if old.is_dir() else old.unlink()
