@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import secrets
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_path", "atomic_write"]
+__all__ = ["atomic_dir", "atomic_path", "atomic_write"]
 
 
 def _umask() -> int:
@@ -39,3 +41,24 @@ def atomic_write(target: str | os.PathLike[str], data: bytes | str) -> Path:
     with atomic_path(target) as tmp:
         tmp.write_bytes(data.encode() if isinstance(data, str) else data)
     return Path(target)
+
+
+@contextmanager
+def atomic_dir(target: Path) -> Iterator[Path]:
+    """A temporary directory beside ``target`` that replaces it on success and is removed on failure."""
+    tmp = target.parent / f".{target.name}.{secrets.token_hex(6)}.tmp"
+    old = tmp.with_name(tmp.name + ".old")
+    tmp.mkdir(parents=True)  # not mkdtemp: the directory gets ordinary permissions
+    try:
+        yield tmp
+        if target.exists():
+            os.replace(target, old)  # only now, with the new directory complete
+        os.replace(tmp, target)
+    except BaseException:
+        if old.exists() and not target.exists():
+            os.replace(old, target)
+        raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists():
+            shutil.rmtree(old) if old.is_dir() else old.unlink()

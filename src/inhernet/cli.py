@@ -10,6 +10,7 @@ import itertools
 import json
 import logging
 import os
+import shutil
 import sys
 from collections.abc import Iterator
 from dataclasses import replace
@@ -321,8 +322,6 @@ def train(
       inhernet train out/r18-pets --data pets/train --steps 2000 --lr 5e-4
       inhernet train out/r18-pets --data pets/train --steps 2000 --resume last
     """
-    import copy
-
     from . import DistillConfig, distill, load
     from .distillation.train import Interrupted
     from .sources import make_loader, open_source, read_source, split
@@ -365,9 +364,6 @@ def _train_lr(student: Any, lr: float | None) -> float:
 def _train_log_dir(directory: str, log_dir: str | None, resume: str | None, restart: bool) -> str:
     """``--log-dir`` (default: DIRECTORY-train beside DIRECTORY), once a rerun over its checkpoints is settled:
     resumed (``--resume``), cleared (``--restart``) or refused."""
-    import shutil
-    from pathlib import Path
-
     path = Path(log_dir) if log_dir else Path(directory.rstrip("/\\") + "-train")
     checkpoints = path / "checkpoints"
     if resume is not None and restart:
@@ -399,8 +395,6 @@ def _rerun_with_resume() -> str:
 
 def _save_trained(student: Any, history: dict[str, Any], directory: str, target: str, source: Any) -> None:
     """Save the trained student to ``target`` (unless it is the untrained one, already in DIRECTORY) and report."""
-    from pathlib import Path
-
     from . import save
     from .sources import write_source
 
@@ -614,11 +608,9 @@ def export_command(directory: str, out: str, fmt: str, data: str | None, overwri
 
 def _export_as(fmt: str, student: Any, target: Path, example: Any, tokenizer: Any) -> float | None:
     """Write ``student`` to ``target`` in ``fmt``; the relative output change measured, where one is."""
-    from .deploy import export_gguf, export_onnx, export_pt2, verify_onnx, verify_pt2
+    from .deploy import export_gguf, export_hf, export_onnx, export_pt2, verify_onnx, verify_pt2
 
     if fmt == "hf":
-        from .deploy.hf import export_hf  # issue 28's hf exporter
-
         export_hf(student, target, tokenizer=tokenizer, overwrite=True)  # OUT was checked by the caller
         return None
     if fmt == "gguf":

@@ -1,10 +1,8 @@
 """``save()`` / ``load()``: an inherited model as ``inhernet.json`` + ``model-<hash>.safetensors``, no pickle.
 
-The JSON holds the per-layer specs, what pruning and block dropping changed, and the name and SHA-256 of
-the weights file; ``load`` replays it all on a fresh model of the teacher's architecture, checking
-everything before a tensor is allocated. The weights file is named after its content, so ``save``
-writes it beside the old one, then atomically replaces ``inhernet.json``, then removes the old
-weights: wherever it stops, the JSON names complete weights that match their checksum.
+``load`` replays the JSON (layer specs, pruning, dropped blocks) on a fresh model of the teacher's
+architecture, checking everything before a tensor is allocated; ``save`` is ordered so that wherever it
+stops, the JSON names complete weights that match their checksum.
 """
 
 from __future__ import annotations
@@ -22,7 +20,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_model
 from torch import nn
 
-from ._atomic import atomic_path
+from ._atomic import atomic_path, atomic_write
 from ._files import CONFIG_NAME, SOURCE_NAME, sha256_file
 from ._version import __version__
 from .blockdrop import replay
@@ -79,8 +77,7 @@ def save(model: nn.Module, path: str | os.PathLike[str]) -> Path:
     }
     # 2. The JSON that names them: from this rename on, the new pair is the one that loads.
     try:
-        with atomic_path(out / CONFIG_NAME) as tmp_config:
-            tmp_config.write_text(json.dumps(meta, indent=2) + "\n")
+        atomic_write(out / CONFIG_NAME, json.dumps(meta, indent=2) + "\n")
     except BaseException:
         if weights.name != previous:  # an error, not a crash: leave the directory as it was
             weights.unlink(missing_ok=True)

@@ -1,8 +1,5 @@
-"""Deployment: merging the gated experts (:func:`merge_experts`), the compact form (:func:`compact`),
-export as ONNX (:func:`export_onnx`, checked by :func:`verify_onnx`), ``torch.export`` programs
-(:func:`export_pt2`, :func:`verify_pt2`), GGUF (:func:`export_gguf`) and Hugging Face directories
-(:func:`export_hf`). What a model costs lives in :mod:`inhernet.costs`.
-"""
+"""Deployment: merging the gated experts, the compact form, and export (ONNX, ``torch.export``, GGUF, Hugging
+Face). What a model costs lives in :mod:`inhernet.costs`."""
 
 from .compact import compact, deployed
 from .export import export_onnx, onnx_inputs, verify_onnx

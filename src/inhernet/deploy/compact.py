@@ -1,22 +1,4 @@
-"""``compact()``: the deployable form of an inherited model.
-
-Three steps, recorded in the model's books (``inhernet_plan``, ``inhernet_config``, ``inhernet_compact``):
-
-1. **Experts folded** into one up-projection per block (:func:`merge_experts`).
-2. **Blocks returned to dense layers** of the teacher's type (``W = B A``, bias kept) at or above
-   break-even rank (a full-rank model compacts into the teacher), and where the factorised form's
-   **measured** time at the example's shape (a :class:`~inhernet.costs.CostTable`) is at least the
-   dense layer's, within the parameter budget (``budget=``, else the model's recorded one), the most
-   seconds saved per added parameter first; the folded experts usually pay for them.
-3. **Ranks rounded** to a multiple of ``rank_multiple`` below break-even, where no output changes:
-   **down** where the block's output on the calibration batch changes by at most ``tolerance``
-   (:func:`reranked`), else **up** (zero-padded, exact) where the budget has room, else **kept**.
-
-``inhernet_compact["output_change"]``: the largest output change over the largest output on the
-calibration batch, with a warning beyond ``tolerance``. The default multiple is
-:data:`inhernet.costs.prices.RANK_MULTIPLE`; rounding down only where no output changes costs 2-15% of a
-layer's time at rank 14 instead of 8, and once kept 13 points of a MiniLM classifier's accuracy.
-"""
+"""``compact()``: the deployable form of an inherited model (docs/deploy.md explains its three steps)."""
 
 from __future__ import annotations
 
@@ -57,17 +39,12 @@ def deployed(
 
 
 def compact(
-    model: nn.Module,
-    calib: Iterable[Any] | None = None,
-    *,
-    example: Any = None,
-    budget: float | int | None = None,
-    rank_multiple: int | None = None,
-    tolerance: float = TOLERANCE,
-    costs: Costs | None = None,
-    inplace: bool = False,
+    model: nn.Module, calib: Iterable[Any] | None = None, *, example: Any = None,
+    budget: float | int | None = None, rank_multiple: int | None = None, tolerance: float = TOLERANCE,
+    costs: Costs | None = None, inplace: bool = False,
 ) -> nn.Module:
-    """The deployable form of an inherited (trained) model; see the module documentation.
+    """The deployable form of an inherited (trained) model: experts folded, blocks at break-even (or no
+    faster factorised, within the budget) made dense, ranks rounded where no output changes (docs/deploy.md).
 
     Args:
         model: a model holding InherNet blocks (from :func:`inhernet.inherit` or :func:`inhernet.load`).
@@ -153,7 +130,7 @@ def _round_ranks(
     model: nn.Module, blocks: dict[str, InherBlock], check: Any, multiple: int, tolerance: float, target: int | None
 ) -> dict[str, dict[str, Any]]:
     """Per block below break-even whose rank is not a multiple of ``multiple``: ``{"rank", "rounding"}``,
-    rounded down, up or kept as the module documentation says (``check``: the calibration batch)."""
+    rounded down (output unchanged), up (exact, within budget) or kept (``check``: the calibration batch)."""
     lower = {n: round_rank(b.rank, multiple) for n, b in blocks.items()}
     lower = {n: r for n, r in lower.items() if r != blocks[n].rank and _params(blocks[n]) < _dense_params(blocks[n])}
     if not lower:

@@ -1,9 +1,5 @@
 """ONNX export of an inherited (or any) model, written atomically, plus an onnxruntime check.
 
-The default exporter traces (``torch.onnx.export(..., dynamo=False)``): it needs nothing beyond torch
-and takes ``dynamic_axes`` directly; ``dynamo=True`` needs ``onnxscript``. The graph takes the model's
-inputs (``input``, or the batch dict's keys but ``labels``) and returns ``logits``.
-
 Silenced: the tracer's DeprecationWarning, and Hugging Face's ``UserWarning`` that ``aten::index`` "with
 negative indices" is wrong: their only one, the padding-mask lookup of ``transformers.masking_utils``,
 indexes by ``arange``s (``tests/unit/test_deploy_export.py`` checks padded rows against PyTorch).
@@ -22,6 +18,7 @@ from torch import nn
 
 from .._atomic import atomic_path
 from ..batches import evaluating, forward_batch, logits_of
+from .compact import _logits, _relative_change
 
 __all__ = ["export_onnx", "onnx_inputs", "relative_error", "verify_onnx"]
 
@@ -64,15 +61,9 @@ def onnx_inputs(example_inputs: Any) -> dict[str, torch.Tensor]:
 
 
 def export_onnx(
-    model: nn.Module,
-    example_inputs: Any,
-    path: str | os.PathLike[str],
-    opset: int = 17,
-    dynamic_batch: bool = True,
-    *,
-    dynamic_sequence: bool = True,
-    dynamic_axes: Mapping[str, Mapping[int, str]] | None = None,
-    dynamo: bool = False,
+    model: nn.Module, example_inputs: Any, path: str | os.PathLike[str], opset: int = 17,
+    dynamic_batch: bool = True, *, dynamic_sequence: bool = True,
+    dynamic_axes: Mapping[str, Mapping[int, str]] | None = None, dynamo: bool = False,
 ) -> Path:
     """Export ``model`` to the ONNX file ``path`` (written to a temporary file, then renamed).
 
@@ -106,13 +97,8 @@ def export_onnx(
         axes = _default_axes(inputs, wrapper, dynamic_batch, dynamic_sequence)
         options = _exporter_options(names, _symbolic_axes([*names, OUTPUT_NAME], axes, dynamic_axes), dynamo)
         torch.onnx.export(
-            wrapper,
-            tuple(inputs.values()),
-            str(tmp),
-            input_names=names,
-            output_names=[OUTPUT_NAME],
-            opset_version=opset,
-            **options,
+            wrapper, tuple(inputs.values()), str(tmp), input_names=names, output_names=[OUTPUT_NAME],
+            opset_version=opset, **options,
         )
     return target
 
@@ -182,9 +168,7 @@ def verify_onnx(path: str | os.PathLike[str], model: nn.Module, example_inputs: 
 
 def relative_error(got: torch.Tensor, model: nn.Module, example_inputs: Any) -> float:
     """``max|got - model| / max|model|`` over the logits of ``model`` on ``example_inputs``."""
-    with evaluating(model), torch.no_grad():
-        want = logits_of(forward_batch(model, example_inputs)).detach().cpu()
+    want = _logits(model, example_inputs).cpu()
     if got.shape != want.shape:
         raise ValueError(f"the exported model returned logits of shape {tuple(got.shape)}, PyTorch {tuple(want.shape)}")
-    scale = want.abs().max().clamp_min(1e-12)
-    return float((got.detach().cpu().to(want.dtype) - want).abs().max() / scale)
+    return _relative_change(got.detach().cpu(), want)

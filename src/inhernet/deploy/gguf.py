@@ -1,9 +1,4 @@
-"""GGUF files (llama.cpp's format) of llama-family causal-LM students, written with the ``gguf`` package.
-
-GGUF's llama has no low-rank layers: experts are folded (only where exact) and rank-cut layers densified,
-with a warning giving the size cost. Tensor names and the q/k rotary row order are llama.cpp's (its
-``convert_hf_to_gguf.py``). No tokenizer is written.
-"""
+"""GGUF files (llama.cpp) of llama-family causal-LM students, via the ``gguf`` package (docs/formats/gguf.md)."""
 
 from __future__ import annotations
 

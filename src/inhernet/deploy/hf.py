@@ -1,28 +1,19 @@
-"""``export_hf``: a student of a Hugging Face model as a directory that ``transformers`` loads alone.
-
-The experts are folded (:func:`merge_experts`) and the blocks at or above break-even returned to dense
-layers (:func:`densify`). With no block left the directory is the base architecture's own
-(``AutoModel*.from_pretrained(out)``); otherwise ``config.inhernet_low_rank`` gives each block's rank and
-``modeling_inhernet.py`` (:mod:`inhernet.deploy.hf_modeling`, naming the base class) rebuilds them:
-``from_pretrained(out, trust_remote_code=True)``. The weights are the student's own low-rank factors.
-"""
+"""``export_hf``: a student of a Hugging Face model as a directory ``transformers`` loads (docs/formats/hf.md)."""
 
 from __future__ import annotations
 
 import copy
 import os
-import secrets
-import shutil
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from .._atomic import atomic_dir
 from ..layers import InherBlock
+from ..stack import replace_module
 from .compact import _dense_params, _params, densify
 from .merge import merge_experts
 
@@ -61,7 +52,7 @@ def export_hf(student: nn.Module, out: str | os.PathLike, tokenizer: Any = None,
     if ranks:
         model.config.inhernet_low_rank = ranks
         model.config.auto_map = dict.fromkeys(_auto_classes(model), f"{MODELING_NAME[:-3]}.Inher{type(model).__name__}")
-    with _atomic_dir(target) as tmp:
+    with atomic_dir(target) as tmp:
         model.save_pretrained(tmp)
         if ranks:
             (tmp / MODELING_NAME).write_text(_modeling_source(type(model)), encoding="utf-8")
@@ -94,8 +85,7 @@ def _exportable(student: nn.Module) -> nn.Module:
         raise ValueError(f"{err}; or fold them with inhernet.compact(student, calib=...) and export that") from None
     for name, block in [(n, m) for n, m in model.named_modules() if isinstance(m, InherBlock)]:
         if _params(block) >= _dense_params(block):  # compact()'s break-even: dense is no larger
-            parent, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent), child, densify(block))
+            model = replace_module(model, name, densify(block))
     return model
 
 
@@ -133,24 +123,3 @@ def _auto_classes(model: nn.Module) -> list[str]:
             "config.json's auto_map; write the student with --format pt2 or --format onnx instead"
         )
     return found
-
-
-@contextmanager
-def _atomic_dir(target: Path) -> Iterator[Path]:
-    """A temporary directory beside ``target`` that replaces it on success and is removed on failure."""
-    tmp = target.parent / f".{target.name}.{secrets.token_hex(6)}.tmp"
-    old = tmp.with_name(tmp.name + ".old")
-    tmp.mkdir(parents=True)  # not mkdtemp: the directory gets ordinary permissions
-    try:
-        yield tmp
-        if target.exists():
-            os.replace(target, old)  # only now, with the new directory complete
-        os.replace(tmp, target)
-    except BaseException:
-        if old.exists() and not target.exists():
-            os.replace(old, target)
-        raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old.exists():
-            shutil.rmtree(old) if old.is_dir() else old.unlink()

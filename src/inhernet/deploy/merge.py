@@ -1,14 +1,4 @@
-"""Collapse each block's gated experts into one up-projection for deployment.
-
-A block with h experts computes ``y = sum_i g_i(x) B_i z + b``. ``merge_experts`` replaces the gate by
-its mean probabilities ``p`` over calibration data and folds the experts into ``B = sum_i p_i B_i``: a
-plain low-rank layer (``experts == 1``) of ``r*(n+m)`` parameters instead of ``r*n + h*r*m + h*r + h``.
-
-Exact (without calibration data) for a zero gate weight (a fresh or gate-frozen model) and for equal
-experts (top-1 at init). Otherwise ``E[g] B`` replaces ``E[g B]``, coarser the more the gate varies and
-the further apart the experts are: evaluate the merged model (fine-tune it briefly if the loss matters).
-The means come from one pass of the *unmerged* model over every gated position (padding included).
-"""
+"""``merge_experts``: fold each block's gated experts into one up-projection (``B = sum_i E[g_i] B_i``)."""
 
 from __future__ import annotations
 
@@ -46,15 +36,11 @@ def merge_experts(model: nn.Module, calib: Iterable[Any] | None = None) -> nn.Mo
     means = gate_means(model, calib, blocks=gated)
     removed = {}
     for name, block in gated.items():
-        before = _own_params(block)
+        before = sum(p.numel() for p in block.parameters())
         _merge_block(block, means[name])
-        removed[name] = before - _own_params(block)
+        removed[name] = before - sum(p.numel() for p in block.parameters())
     _record_merge(model, removed)
     return model
-
-
-def _own_params(block: nn.Module) -> int:
-    return sum(p.numel() for p in block.parameters())
 
 
 def _record_merge(model: nn.Module, removed: dict[str, int]) -> None:

@@ -1,8 +1,4 @@
-"""``torch.export`` programs: a ``.pt2`` file that ``torch.export.load`` runs with torch alone.
-
-The program takes the graph inputs :func:`~inhernet.deploy.export.onnx_inputs` names, positionally, and
-returns the logits; axis 0 (the batch) is dynamic. Gated experts trace as they are: no folding needed.
-"""
+"""``torch.export`` programs: a ``.pt2`` file that ``torch.export.load`` runs with torch alone."""
 
 from __future__ import annotations
 

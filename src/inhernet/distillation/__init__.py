@@ -20,22 +20,9 @@ from .loss import (
 from .train import Interrupted, distill
 
 __all__ = [
-    "DistillConfig",
-    "DistillModule",
-    "FeatureCapture",
-    "Interrupted",
-    "TeacherTopK",
-    "WithTeacherLogits",
-    "WithTeacherTopK",
-    "contrastive_kd_loss",
-    "distill",
-    "feature_loss",
-    "kd_loss",
-    "match_feature_names",
-    "precompute_teacher_logits",
-    "precompute_teacher_topk",
-    "teacher_topk",
-    "topk_kd_loss",
+    "DistillConfig", "DistillModule", "FeatureCapture", "Interrupted", "TeacherTopK", "WithTeacherLogits",
+    "WithTeacherTopK", "contrastive_kd_loss", "distill", "feature_loss", "kd_loss", "match_feature_names",
+    "precompute_teacher_logits", "precompute_teacher_topk", "teacher_topk", "topk_kd_loss",
 ]
 
 

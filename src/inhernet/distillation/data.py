@@ -31,11 +31,7 @@ from ..dual import dual_output, is_dual_output
 from .loss import TeacherTopK, check_topk, teacher_topk
 
 __all__ = [
-    "EvalLoader",
-    "TrainLoader",
-    "WithTeacherLogits",
-    "WithTeacherTopK",
-    "precompute_teacher_logits",
+    "EvalLoader", "TrainLoader", "WithTeacherLogits", "WithTeacherTopK", "precompute_teacher_logits",
     "precompute_teacher_topk",
 ]
 
@@ -107,13 +103,8 @@ def precompute_teacher_logits(teacher: nn.Module, dataset: Dataset, batch_size: 
 
 @torch.no_grad()
 def precompute_teacher_topk(
-    teacher: nn.Module,
-    dataset: Dataset,
-    k: int,
-    temperature: float,
-    batch_size: int = 8,
-    dtype: torch.dtype = torch.float16,
-    progress: bool = False,
+    teacher: nn.Module, dataset: Dataset, k: int, temperature: float, batch_size: int = 8,
+    dtype: torch.dtype = torch.float16, progress: bool = False,
 ) -> WithTeacherTopK:
     """Run the teacher (eval mode) once over ``dataset`` and keep only its top-``k`` classes (tokens)
     per example and position, with the log of the rest of its probability at ``temperature``

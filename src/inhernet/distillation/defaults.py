@@ -1,10 +1,5 @@
-"""The KD learning rate a student's family trains well at, chosen on validation data.
-
-Evidence: ``benchmarks/results/kd-defaults/`` (``python -m inhernet_bench.scripts.kd_defaults``): for each
-family, the student of the default ``InherConfig`` trained 100 KD steps (AdamW, cosine decay to 0, no
-warm-up) at each learning rate of a grid, scored on a validation split carved from the training data;
-the default is the best one (ties: the smaller).
-"""
+"""The KD learning rate a student's family trains well at, chosen on validation data (evidence:
+``benchmarks/results/kd-defaults/``, ``python -m inhernet_bench.scripts.kd_defaults``; docs/training.md)."""
 
 from __future__ import annotations
 

@@ -16,26 +16,16 @@ from ..dual import dual_output
 from ..stack import origin_name
 
 __all__ = [
-    "FeatureCapture",
-    "TeacherTopK",
-    "contrastive_kd_loss",
-    "feature_loss",
-    "kd_loss",
-    "match_feature_names",
-    "teacher_topk",
-    "topk_kd_loss",
+    "FeatureCapture", "TeacherTopK", "contrastive_kd_loss", "feature_loss", "kd_loss", "match_feature_names",
+    "teacher_topk", "topk_kd_loss",
 ]
 
 EMBED_LOSSES = ("cosine", "mse")
 
 
 def kd_loss(
-    student_logits: torch.Tensor,
-    teacher_logits: torch.Tensor,
-    labels: torch.Tensor | None = None,
-    temperature: float = 4.0,
-    alpha: float = 0.9,
-    ignore_index: int = -100,
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor | None = None,
+    temperature: float = 4.0, alpha: float = 0.9, ignore_index: int = -100,
 ) -> torch.Tensor:
     """Hinton knowledge-distillation loss:
     ``(1 - alpha) * CE(student, labels) + alpha * T**2 * KL(softmax(teacher/T) || softmax(student/T))``.
@@ -139,12 +129,8 @@ def teacher_topk(
 
 
 def topk_kd_loss(
-    student_logits: torch.Tensor,
-    teacher: TeacherTopK,
-    labels: torch.Tensor | None = None,
-    temperature: float = 4.0,
-    alpha: float = 0.9,
-    ignore_index: int = -100,
+    student_logits: torch.Tensor, teacher: TeacherTopK, labels: torch.Tensor | None = None,
+    temperature: float = 4.0, alpha: float = 0.9, ignore_index: int = -100,
 ) -> torch.Tensor:
     """:func:`kd_loss` against the teacher's top-``k`` classes plus a rest bucket (:func:`teacher_topk`).
 
@@ -181,12 +167,8 @@ def topk_kd_loss(
 
 
 def contrastive_kd_loss(
-    student_out: Any,
-    teacher_out: Any,
-    temperature: float = 4.0,
-    alpha: float = 1.0,
-    embed_weight: float = 0.0,
-    embed_loss: str = "cosine",
+    student_out: Any, teacher_out: Any, temperature: float = 4.0, alpha: float = 1.0,
+    embed_weight: float = 0.0, embed_loss: str = "cosine",
 ) -> torch.Tensor:
     """Knowledge distillation between dual encoders (CLIP-style) on a batch of ``n`` image-text pairs:
     ``alpha * T**2 * (KL_i2t + KL_t2i) / 2 + (1 - alpha) * InfoNCE(student) + embed_weight * E``.

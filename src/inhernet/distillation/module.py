@@ -296,8 +296,7 @@ class DistillModule(L.LightningModule):
         self._flush_losses()
         checkpoint["inhernet"] = {
             "history": {"curve": self.history["curve"], "train_loss": self.history["train_loss"]},
-            "rng": _rng_state(),
-            "config": self.config.to_dict(),
+            "rng": _rng_state(), "config": self.config.to_dict(),
         }
         if self.best is not None:
             checkpoint["inhernet"]["best"] = {"point": self.best, "state": self.best_state}

@@ -26,8 +26,7 @@ __all__ = ["Interrupted", "distill", "verbose"]
 
 _QUIET_LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning")
 _QUIET_WARNINGS = (
-    r".*does not have many workers.*",
-    r".*smaller than the logging interval.*",
+    r".*does not have many workers.*", r".*smaller than the logging interval.*",
     r".*Checkpoint directory .* exists and is not empty.*",
 )
 # Expected here whatever the verbosity: the frozen teacher is in eval mode on purpose.
@@ -154,12 +153,8 @@ def _preserved(student: nn.Module, teacher: nn.Module) -> Iterator[None]:
 
 
 def distill(
-    student: nn.Module,
-    teacher: nn.Module,
-    train_loader: Iterable[Any],
-    val_loader: Iterable[Any] | None = None,
-    config: DistillConfig | None = None,
-    *,
+    student: nn.Module, teacher: nn.Module, train_loader: Iterable[Any],
+    val_loader: Iterable[Any] | None = None, config: DistillConfig | None = None, *,
     callbacks: Sequence[Any] = (),
 ) -> dict[str, Any]:
     """Fine-tune ``student`` in place by knowledge distillation from ``teacher``; return the history.
@@ -193,14 +188,8 @@ def distill(
 
 
 def _fit(
-    student: nn.Module,
-    teacher: nn.Module,
-    train_loader: Iterable[Any],
-    val_loader: Iterable[Any] | None,
-    config: DistillConfig,
-    callbacks: Sequence[Any],
-    log_dir: Path,
-    ckpt_path: str | None,
+    student: nn.Module, teacher: nn.Module, train_loader: Iterable[Any], val_loader: Iterable[Any] | None,
+    config: DistillConfig, callbacks: Sequence[Any], log_dir: Path, ckpt_path: str | None,
 ) -> dict[str, Any]:
     """Seed, build the module and the trainer, train (resuming from ``ckpt_path``) and return the history."""
     import lightning as L
@@ -277,23 +266,12 @@ def _trainer(config: DistillConfig, log_dir: Path, callbacks: Sequence[Any], val
             "num_sanity_val_steps": -1 if config.val_at_start else 0,  # full pass = the step-0 point
         }
     return L.Trainer(
-        accelerator=config.accelerator,
-        devices=config.devices,
-        num_nodes=config.num_nodes,
-        strategy=config.strategy,
-        precision=config.precision,
-        max_steps=config.steps,
-        max_epochs=-1,
-        gradient_clip_val=config.grad_clip or None,
-        gradient_clip_algorithm="norm",
-        deterministic=config.deterministic,
-        enable_progress_bar=bar,
-        enable_model_summary=verbose(),
-        enable_checkpointing=bool(config.checkpoint_every),
-        logger=CSVLogger(save_dir=log_dir, name="logs"),
-        log_every_n_steps=max(1, min(50, config.steps // 20)),
-        callbacks=all_callbacks,
-        default_root_dir=log_dir,
+        accelerator=config.accelerator, devices=config.devices, num_nodes=config.num_nodes, strategy=config.strategy,
+        precision=config.precision, max_steps=config.steps, max_epochs=-1, deterministic=config.deterministic,
+        gradient_clip_val=config.grad_clip or None, gradient_clip_algorithm="norm",
+        enable_progress_bar=bar, enable_model_summary=verbose(), enable_checkpointing=bool(config.checkpoint_every),
+        logger=CSVLogger(save_dir=log_dir, name="logs"), log_every_n_steps=max(1, min(50, config.steps // 20)),
+        callbacks=all_callbacks, default_root_dir=log_dir,
         use_distributed_sampler=False,  # TrainLoader / EvalLoader shard the data (see data.py)
         **validation,
     )

@@ -30,24 +30,8 @@ from .models import (
 from .record import SOURCE_NAME, Opened, Source, open_source, read_source, write_source
 
 __all__ = [
-    "SOURCE_NAME",
-    "DataOptions",
-    "ModelSpec",
-    "Opened",
-    "Source",
-    "UserData",
-    "build_model",
-    "calibration_batches",
-    "encode_labels",
-    "has_trained_head",
-    "image_folder",
-    "load_state_dict",
-    "load_tokenizer",
-    "make_loader",
-    "open_source",
-    "parse_model_spec",
-    "read_source",
-    "read_table",
-    "split",
+    "SOURCE_NAME", "DataOptions", "ModelSpec", "Opened", "Source", "UserData", "build_model",
+    "calibration_batches", "encode_labels", "has_trained_head", "image_folder", "load_state_dict",
+    "load_tokenizer", "make_loader", "open_source", "parse_model_spec", "read_source", "read_table", "split",
     "write_source",
 ]

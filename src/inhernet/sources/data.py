@@ -21,21 +21,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 __all__ = [
-    "DEFAULT_MAX_LENGTH",
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
-    "DataOptions",
-    "ImageFiles",
-    "TokenizedText",
-    "UserData",
-    "calibration_batches",
-    "encode_labels",
-    "image_folder",
-    "make_loader",
-    "read_table",
-    "split",
-    "text_columns",
-    "tokenize_table",
+    "DEFAULT_MAX_LENGTH", "IMAGENET_MEAN", "IMAGENET_STD", "DataOptions", "ImageFiles", "TokenizedText",
+    "UserData", "calibration_batches", "encode_labels", "image_folder", "make_loader", "read_table", "split",
+    "text_columns", "tokenize_table",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -177,10 +165,8 @@ def image_folder(path: str | Path, options: DataOptions, classes: Sequence[str] 
             raise ValueError(f"class folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
         samples += [(f, label) for f in files]
     transform = transforms.Compose([
-        transforms.Resize(options.image_size),
-        transforms.CenterCrop(options.image_size),
-        transforms.ToTensor(),
-        transforms.Normalize(options.mean, options.std),
+        transforms.Resize(options.image_size), transforms.CenterCrop(options.image_size),
+        transforms.ToTensor(), transforms.Normalize(options.mean, options.std),
     ])
     return UserData(ImageFiles(samples, transform), names, "accuracy")
 
@@ -207,13 +193,8 @@ def text_columns(options: DataOptions, task: Literal["classify", "lm"]) -> list[
 
 
 def tokenize_table(
-    table: dict[str, list[str]],
-    tokenizer: Any,
-    options: DataOptions,
-    task: Literal["classify", "lm"],
-    classes: Sequence[str] | None = None,
-    *,
-    source: str = "data",
+    table: dict[str, list[str]], tokenizer: Any, options: DataOptions, task: Literal["classify", "lm"],
+    classes: Sequence[str] | None = None, *, source: str = "data",
 ) -> UserData:
     """Tokenise the text column to ``max_length`` tokens; labelled for ``classify``, unlabelled for ``lm``."""
     if options.max_length is None:

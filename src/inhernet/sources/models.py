@@ -16,15 +16,8 @@ from torch import nn
 from .._files import sha256_file
 
 __all__ = [
-    "LIBRARIES",
-    "TASKS",
-    "ModelSpec",
-    "build_model",
-    "has_trained_head",
-    "key_mismatch",
-    "load_state_dict",
-    "load_tokenizer",
-    "parse_model_spec",
+    "LIBRARIES", "TASKS", "ModelSpec", "build_model", "has_trained_head", "key_mismatch", "load_state_dict",
+    "load_tokenizer", "parse_model_spec",
 ]
 
 LIBRARIES = ("torchvision", "timm", "hf")
@@ -36,9 +29,7 @@ _SPEC_HELP = (
 )
 # Suffixes of Hugging Face architecture names, by the task their head serves.
 _ARCHITECTURE_TASKS = {
-    "ForSequenceClassification": "classify",
-    "ForImageClassification": "classify",
-    "ForCausalLM": "lm",
+    "ForSequenceClassification": "classify", "ForImageClassification": "classify", "ForCausalLM": "lm",
     "LMHeadModel": "lm",
 }
 
@@ -82,11 +73,7 @@ class ModelSpec:
 
 
 def parse_model_spec(
-    text: str,
-    *,
-    weights: str | Path | None = None,
-    task: str | None = None,
-    num_classes: int | None = None,
+    text: str, *, weights: str | Path | None = None, task: str | None = None, num_classes: int | None = None,
 ) -> ModelSpec:
     """Parse ``torchvision:NAME``, ``timm:NAME``, ``hf:PATH`` or a Hugging Face directory path (the name
     checked against the library's registry, the weights file hashed, a directory's task read if not given).

@@ -12,7 +12,7 @@ from typing import Any
 
 from torch import nn
 
-from .._atomic import atomic_path
+from .._atomic import atomic_write
 from .._files import CONFIG_NAME, SOURCE_NAME
 from .data import (
     DEFAULT_MAX_LENGTH,
@@ -43,9 +43,7 @@ class Source:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "format_version": SOURCE_FORMAT,
-            "model": self.model.to_dict(),
-            "data": self.data.to_dict(),
+            "format_version": SOURCE_FORMAT, "model": self.model.to_dict(), "data": self.data.to_dict(),
             "classes": list(self.classes) if self.classes is not None else None,
         }
 
@@ -69,10 +67,7 @@ class Opened:
 
 def write_source(directory: str | os.PathLike[str], source: Source) -> Path:
     """Write ``directory/source.json`` atomically; returns its path."""
-    path = Path(directory) / SOURCE_NAME
-    with atomic_path(path) as tmp:  # creates the directory
-        tmp.write_text(json.dumps(source.to_dict(), indent=2) + "\n")
-    return path
+    return atomic_write(Path(directory) / SOURCE_NAME, json.dumps(source.to_dict(), indent=2) + "\n")
 
 
 def read_source(directory: str | os.PathLike[str]) -> Source:
