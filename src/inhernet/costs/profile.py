@@ -93,8 +93,9 @@ def profile_for(
     if kind == "latency" and calib is None:
         raise ValueError("latency= needs calib: its first batch is the example input")
     table = latency_table(model, costs) if kind == "latency" else None
-    timed = {name: rank_points(min(k.shape(module)), getattr(table, "points", 4)) for name, (module, k) in todo.items()}
-    example, calib = split_example(calib, "a MAC budget (macs=)")
+    timed = {} if table is None else {
+        name: rank_points(min(k.shape(module)), getattr(table, "points", 4)) for name, (module, k) in todo.items()}
+    example, calib = split_example(calib, "a MAC budget (macs=)")  # latency= without calib is refused above
     total, positions, shapes = example_pass(model, todo, example)
     if table is None:
         return MacProfile(total, positions), calib
