@@ -88,12 +88,14 @@ LATENCY = _Currency(
 
 @dataclass
 class Allocation:
-    """The ranks (``None``: dense) and the targets they were filled to (``None`` without a budget)."""
+    """The ranks (``None``: dense), the targets they were filled to and the total they reach, in the budget's
+    currency (``None`` without a budget)."""
 
     ranks: dict[str, int | None]
     target_params: int | None = None
     target_macs: int | None = None
     target_latency_ns: int | None = None
+    reached: int | None = None
 
 
 def layer_cost(
@@ -122,10 +124,12 @@ def _allocate_ranks(
         return Allocation(_rule_ranks(layers, config.target, config.min_rank, config.min_rank_ratio))
     groups, total = _budget_groups(model, layers, config, profile)
     ranks: dict[str, int | None] = {}
+    reached = total
     for group, target, whole, currency, fixed in groups:
-        ranks.update(_fill(group, target, whole, currency, config, fixed=fixed))
-        total += target
-    return Allocation(ranks, **{groups[0][3].field: total})
+        group_ranks, group_reached = _fill(group, target, whole, currency, config, fixed=fixed)
+        ranks.update(group_ranks)
+        total, reached = total + target, reached + group_reached
+    return Allocation(ranks, **{groups[0][3].field: total}, reached=reached)
 
 
 def dense_reason(layer: LayerCost, config: InherConfig, profile: Profile | None) -> str:
@@ -159,12 +163,13 @@ def _warn_if_under(reached: int | None, goal: int | None, currency: _Currency) -
 def _fill(
     layers: list[LayerCost], target: int, teacher_total: int, currency: _Currency, config: InherConfig,
     fixed: int | None = None,
-) -> dict[str, int | None]:
-    """Ranks whose total cost fits ``target``, or a clear error. ``fixed``: what the rest of the model
-    costs (default ``teacher_total`` minus the layers' dense costs; a measured currency passes its own)."""
+) -> tuple[dict[str, int | None], int]:
+    """Ranks whose total cost fits ``target`` and that total, or a clear error. ``fixed``: what the rest of the
+    model costs (default ``teacher_total`` minus the layers' dense costs; a measured currency passes its own)."""
     fixed, floor_ratio = _reachable(layers, target, teacher_total, currency, config, fixed)
     at_least = math.ceil(BUDGET_TOLERANCE * target) - fixed  # the promise: within 2% of the target
-    return allocate(layers, target - fixed, config.allocation, config.min_rank, floor_ratio, at_least)
+    ranks = allocate(layers, target - fixed, config.allocation, config.min_rank, floor_ratio, at_least)
+    return ranks, fixed + sum(layer.cost(ranks[layer.name]) for layer in layers)
 
 
 def _reachable(
@@ -333,7 +338,7 @@ def make_plan(
     allocation = _allocate_ranks(model, config, open_layers, profile)
     rows = _rows(model, config, candidates, others, open_layers, allocation.ranks, profile)
     result = Plan(config, sum(p.numel() for p in model.parameters()), allocation.target_params, rows)
-    _totals(result, allocation, open_layers, profile)
+    _totals(result, allocation, profile)
     return result
 
 
@@ -361,16 +366,15 @@ def _rows(
     return sorted(rows, key=lambda r: order.get(r.name, -1))
 
 
-def _totals(result: Plan, allocation: Allocation, open_layers: list[LayerCost], profile: Profile | None) -> None:
+def _totals(result: Plan, allocation: Allocation, profile: Profile | None) -> None:
     """The plan's MAC or latency totals and targets; warn when more than 2% under."""
-    ranks = allocation.ranks
     if isinstance(profile, LatencyProfile):
         result.teacher_latency_ns, result.target_latency_ns = profile.reference, allocation.target_latency_ns
-        result.total_latency_ns = profile.fixed() + sum(layer.cost(ranks[layer.name]) for layer in open_layers)
+        result.total_latency_ns = allocation.reached
         _warn_if_under(result.total_latency_ns, result.target_latency_ns, LATENCY)
     elif profile is not None:
         result.teacher_macs, result.target_macs = profile.total, allocation.target_macs
-        result.total_macs = profile.total - sum(layer.cost(None) - layer.cost(ranks[layer.name]) for layer in open_layers)
+        result.total_macs = allocation.reached
         _warn_if_under(result.total_macs, result.target_macs, MACS)
     else:
         _warn_if_under(result.total_params, result.target_params, PARAMS)

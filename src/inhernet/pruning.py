@@ -21,7 +21,7 @@ from torch import nn
 
 from .batches import device_of, evaluating, forward_batch, logits_of, move_batch
 from .config import InherConfig
-from .costs.macs import example_positions
+from .costs.macs import count_macs
 from .costs.profile import latency_table, measured_ns
 from .costs.table import LatencyCosts
 from .families import model_family
@@ -340,8 +340,8 @@ def prune_for(
     pruned = prune(model, example, ratio, round_to=channel_multiple(config)) if ratio > 0 else model
     record = PruneRecord(ratio, "l2", _params(model), _params(pruned), pruned_spec(model, pruned) if ratio > 0 else {})
     if kind == "macs":
-        record.teacher_macs = example_positions(model, {}, example)[0]
-        record.macs = example_positions(pruned, {}, example)[0] if ratio > 0 else record.teacher_macs
+        record.teacher_macs = count_macs(model, example)
+        record.macs = count_macs(pruned, example) if ratio > 0 else record.teacher_macs
     if kind == "latency":
         table = latency_table(model, costs)
         if teacher_latency_ns is None:

@@ -28,18 +28,18 @@ def measure(
     *, keep_factors: bool, progress: bool = True,
 ) -> tuple[dict[str, torch.Tensor], dict[str, Factors]]:
     """The energies the allocation reads (empty where it reads none) and, with ``keep_factors``, the one-pass
-    factors the build reuses; with sequential calibration stage by stage (energies only: the build
+    factors the build reuses; with sequential calibration, stage by stage: energies only (the build
     calibrates again, stage by stage)."""
     needs = allocation_needs_spectra(config)
-    if config.init == "whiten" and config.calibration != "one-pass":
-        if not needs:
+    if config.init != "whiten" or config.calibration == "one-pass":
+        if not needs and not (keep_factors and config.init != "random"):
             return {}, {}
-        stages = sequential_factors(model, todo, reiterable(calib), damping=config.damping, progress=progress)
-        return {name: factors.output_energy for name, factors in stages}, {}
-    if not needs and not (keep_factors and config.init != "random"):
+        factors = decompose(model, todo, config, calib, progress=progress)
+        return {name: f.output_energy for name, f in factors.items()}, factors
+    if not needs:
         return {}, {}
-    factors = decompose(model, todo, config, calib, progress=progress)
-    return {name: f.output_energy for name, f in factors.items()}, factors
+    stages = sequential_factors(model, todo, reiterable(calib), damping=config.damping, progress=progress)
+    return {name: factors.output_energy for name, factors in stages}, {}
 
 
 def decompose(

@@ -17,7 +17,7 @@ import tiny_models as tm
 from inhernet import InherConfig, plan
 from inhernet.allocation import layer_cost
 from inhernet.costs.prices import floor_rank
-from inhernet.costs.profile import profile_macs
+from inhernet.costs.profile import profile_for
 from inhernet.discovery import find_layers
 from inhernet.experimental import ExperimentalConfig
 
@@ -40,7 +40,7 @@ def planned(model, batch, currency: str, budget: float, allocation: str = "energ
 def best_reachable(model, batch, currency: str, target: int) -> int:
     """The largest total cost at or under ``target`` over every allocation (brute force)."""
     candidates, _, layers = find_layers(model, InherConfig(), batch)
-    profile = profile_macs(model, layers, [batch])[0] if currency == "macs" else None
+    profile = profile_for(model, InherConfig(macs=0.5), layers, [batch])[0] if currency == "macs" else None
     layers = [layer_cost(c, 1, None, profile) for c in candidates if c.reason is None]
     teacher = profile.total if profile is not None else tm.n_params(model)
     fixed = teacher - sum(layer.cost(None) for layer in layers)

@@ -19,8 +19,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ..batches import device_of, evaluating, forward_batch, move_batch
 from ..kinds import LayerKind
+from .table import LayerShape
 
-__all__ = ["count_macs", "example_positions"]
+__all__ = ["count_macs", "example_pass"]
 
 
 def count_macs(model: nn.Module, example_inputs: Any) -> int:
@@ -29,7 +30,8 @@ def count_macs(model: nn.Module, example_inputs: Any) -> int:
     Args:
         model: any ``nn.Module``; it runs once in eval mode (its flags restored after) without gradients.
         example_inputs: one batch: a tensor, an ``(inputs, labels)`` tuple, or a Hugging Face style dict
-            (``labels`` is not passed). MACs scale with its batch size (and sequence length).
+            (``labels`` is not passed), moved to the model's device. MACs scale with its batch size (and
+            sequence length).
 
     Returns:
         The FLOP counter's total divided by two (see the module docstring for what it counts).
@@ -38,26 +40,30 @@ def count_macs(model: nn.Module, example_inputs: Any) -> int:
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     counter = FlopCounterMode(display=False)
     with evaluating(model), torch.no_grad(), counter:
-        forward_batch(model, example_inputs)
+        forward_batch(model, move_batch(example_inputs, device_of(model)))
     return counter.get_total_flops() // 2
 
 
-def example_positions(
+def example_pass(
     model: nn.Module, layers: dict[str, tuple[nn.Module, LayerKind]], example: Any
-) -> tuple[int, dict[str, tuple[int, int]]]:
-    """One forward pass on ``example``: the model's MACs, and per layer its output and gate positions
-    (:meth:`LayerKind.positions`) summed over its calls (``(0, 0)`` for a layer that did not run)."""
+) -> tuple[int, dict[str, tuple[int, int]], dict[str, list[LayerShape]]]:
+    """One forward pass on ``example``: the model's MACs; per layer its output and gate positions
+    (:meth:`LayerKind.positions`) summed over its calls (``(0, 0)`` for a layer that did not run); and per
+    layer that ran, the :class:`~inhernet.costs.table.LayerShape` of each call, in order."""
     seen = {name: (0, 0) for name in layers}
+    shapes: dict[str, list[LayerShape]] = {}
 
     def hook(name: str, kind: LayerKind, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        if args and isinstance(args[0], torch.Tensor):
+            shapes.setdefault(name, []).append(LayerShape.of_layer(module, args[0]))
         if isinstance(output, torch.Tensor):
             rows, gates = kind.positions(module, output)
             seen[name] = (seen[name][0] + rows, seen[name][1] + gates)
 
     handles = [module.register_forward_hook(partial(hook, n, kind)) for n, (module, kind) in layers.items()]
     try:
-        total = count_macs(model, move_batch(example, device_of(model)))
+        total = count_macs(model, example)
     finally:
         for h in handles:
             h.remove()
-    return total, seen
+    return total, seen, shapes

@@ -10,14 +10,14 @@ from typing import Any
 from torch import nn
 
 from ..batches import device_of
-from ..calibration import layer_input_shapes, split_example
+from ..calibration import split_example
 from ..config import InherConfig
 from ..kinds import LayerKind
-from .macs import example_positions
+from .macs import example_pass
 from .prices import NANOSECONDS, Price, latency_price
-from .table import CostTable, LatencyCosts, LayerShape, rank_points
+from .table import CostTable, LatencyCosts, rank_points
 
-__all__ = ["LatencyProfile", "MacProfile", "Profile", "latency_table", "measured_ns", "profile_for", "profile_latency", "profile_macs"]
+__all__ = ["LatencyProfile", "MacProfile", "Profile", "latency_table", "measured_ns", "profile_for"]
 
 
 @dataclass
@@ -30,13 +30,6 @@ class MacProfile:
 
 #: the layers a profile prices: ``{name: (module, kind)}`` (:attr:`inhernet.discovery.Found.open`)
 Layers = dict[str, tuple[nn.Module, LayerKind]]
-
-
-def profile_macs(model: nn.Module, todo: Layers, calib: Iterable[Any] | None) -> tuple[MacProfile, Iterable[Any]]:
-    """Count MACs and positions on the first batch of ``calib``; returns ``calib`` to iterate in full."""
-    example, calib = split_example(calib, "a MAC budget (macs=)")
-    total, positions = example_positions(model, todo, example)
-    return MacProfile(total, positions), calib
 
 
 @dataclass
@@ -82,28 +75,6 @@ def measured_ns(table: LatencyCosts, model: nn.Module, example: Any) -> int:
     return round(float(table.latency([model], example)[0]) * NANOSECONDS)
 
 
-def profile_latency(
-    model: nn.Module, todo: Layers, calib: Iterable[Any] | None,
-    costs: LatencyCosts | None = None, base: int | None = None,
-) -> tuple[LatencyProfile, Iterable[Any]]:
-    """Time the teacher and price its open layers (:func:`latency_table`) at the first batch of ``calib``;
-    returns ``calib`` to iterate in full. ``base``: see :attr:`LatencyProfile.base`."""
-    if calib is None:
-        raise ValueError("latency= needs calib: its first batch is the example input")
-    table = latency_table(model, costs)
-    timed = {name: rank_points(min(kind.shape(module)), getattr(table, "points", 4)) for name, (module, kind) in todo.items()}
-    example, calib = split_example(calib, "latency=")
-    layers = {name: module for name, (module, _) in todo.items()}
-    shapes = layer_input_shapes(model, layers, example, LayerShape.of_layer)
-    total = measured_ns(table, model, example)
-    prices = {}
-    for name, calls in shapes.items():
-        dense = sum(float(table.dense(s)) for s in calls)
-        points = [(r, sum(float(table.factorised(s, r)) for s in calls)) for r in timed[name]]
-        prices[name] = latency_price(dense, points)
-    return LatencyProfile(total, prices, base), calib
-
-
 #: what prices the layers outside parameters: MACs or measured time on the example input
 Profile = MacProfile | LatencyProfile
 
@@ -112,10 +83,25 @@ def profile_for(
     model: nn.Module, config: InherConfig, todo: Layers, calib: Iterable[Any] | None,
     costs: LatencyCosts | None = None, latency_base: int | None = None,
 ) -> tuple[Profile | None, Iterable[Any] | None]:
-    """The profile a MAC or latency budget prices the layers by (``None`` for the others), and ``calib``
-    to iterate in full afterwards. ``latency_base``: see :attr:`LatencyProfile.base`."""
-    if config.target.kind == "latency":
-        return profile_latency(model, todo, calib, costs, latency_base)
-    if config.target.kind == "macs":
-        return profile_macs(model, todo, calib)
-    return None, calib
+    """The profile a MAC or latency budget prices the layers by (``None`` for the others), from one pass on
+    the first batch of ``calib``, and ``calib`` to iterate in full afterwards. A latency profile times the
+    teacher and prices its open layers by :func:`latency_table`; ``latency_base``: see
+    :attr:`LatencyProfile.base`."""
+    kind = config.target.kind
+    if kind not in ("macs", "latency"):
+        return None, calib
+    if kind == "latency" and calib is None:
+        raise ValueError("latency= needs calib: its first batch is the example input")
+    table = latency_table(model, costs) if kind == "latency" else None
+    timed = {} if table is None else {
+        name: rank_points(min(k.shape(module)), getattr(table, "points", 4)) for name, (module, k) in todo.items()}
+    example, calib = split_example(calib, "a MAC budget (macs=)")  # latency= without calib is refused above
+    total, positions, shapes = example_pass(model, todo, example)
+    if table is None:
+        return MacProfile(total, positions), calib
+    prices = {}
+    for name, calls in shapes.items():
+        dense = sum(float(table.dense(s)) for s in calls)
+        points = [(r, sum(float(table.factorised(s, r)) for s in calls)) for r in timed[name]]
+        prices[name] = latency_price(dense, points)
+    return LatencyProfile(measured_ns(table, model, example), prices, latency_base), calib
