@@ -307,6 +307,25 @@ def clip_model_tiny() -> tuple[nn.Module, Any]:
     return model, {"input_ids": ids, "pixel_values": torch.randn(3, 3, 16, 16)}
 
 
+class TwoTowers(nn.Module):
+    """A dual encoder in the library's own output type: its output has no logits, two embeddings."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.img = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 32))
+        self.txt = nn.Sequential(nn.Linear(48, 64), nn.ReLU(), nn.Linear(64, 32))
+
+    def forward(self, pixel_values: torch.Tensor, text: torch.Tensor) -> Any:
+        from inhernet.dual import DualOutput
+
+        return DualOutput(self.img(pixel_values), self.txt(text))
+
+
+@_seeded
+def two_towers() -> tuple[nn.Module, Any]:
+    return TwoTowers(), {"pixel_values": torch.randn(16, 64), "text": torch.randn(16, 48)}
+
+
 def output_of(out: Any) -> torch.Tensor:
     """The main tensor of a model's output: itself, or its logits (per image), or its last hidden state."""
     if isinstance(out, torch.Tensor):

@@ -15,9 +15,8 @@ from inhernet.costs import CostTable, LayerShape
 from inhernet.costs.table import rank_points
 from inhernet.deploy import export_onnx, merge_experts, verify_onnx
 from inhernet.deploy.compact import reranked
-from inhernet.dual import DualOutput
 from inhernet.experimental import ExperimentalConfig
-from tiny_models import bert_tiny, cnn, gpt2_tiny, mlp, rel_err, run, three_linear
+from tiny_models import bert_tiny, cnn, gpt2_tiny, mlp, rel_err, run, three_linear, two_towers
 
 
 class FakeCosts:
@@ -154,22 +153,10 @@ def test_rounding_down_where_asked_and_the_change_is_reported() -> None:
         compact(student, example=x, tolerance=-1.0)
 
 
-class _TwoTowers(nn.Module):
-    """A dual encoder: its output has no logits, only the two towers' embeddings."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.img = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 32))
-        self.txt = nn.Sequential(nn.Linear(48, 64), nn.ReLU(), nn.Linear(64, 32))
-
-    def forward(self, pixel_values: torch.Tensor, text: torch.Tensor) -> DualOutput:
-        return DualOutput(self.img(pixel_values), self.txt(text))
-
-
 def test_a_dual_encoder_compacts_and_both_towers_count_as_output() -> None:
-    torch.manual_seed(0)
-    calib = [{"pixel_values": torch.randn(16, 64), "text": torch.randn(16, 48)} for _ in range(2)]
-    student = inherit(_TwoTowers(), InherConfig(budget=0.5, experts=1), calib=calib, progress=False)
+    teacher, batch = two_towers()
+    calib = [batch, {k: torch.randn_like(v) for k, v in batch.items()}]
+    student = inherit(teacher, InherConfig(budget=0.5, experts=1), calib=calib, progress=False)
     exact = compact(student, calib, example=calib[0], rank_multiple=1, costs=FakeCosts())
     assert exact.inhernet_compact["output_change"] < 1e-5
     down = compact(student, calib, example=calib[0], rank_multiple=8, tolerance=float("inf"), costs=FakeCosts())

@@ -12,7 +12,7 @@ from torch import nn
 
 from inhernet import InherBlock, InherConfig, inherit
 from inhernet.deploy import export_onnx, merge_experts, onnx_inputs, verify_onnx
-from tiny_models import gpt2_tiny, strided_cnn
+from tiny_models import clip_model_tiny, gpt2_tiny, strided_cnn, two_towers
 
 TOL = 1e-4
 
@@ -173,3 +173,26 @@ def test_export_and_verify_give_every_module_its_mode_back(tmp_path):
     with pytest.raises(RuntimeError, match="channels"):
         export_onnx(model, torch.randn(2, 5, 16, 16), tmp_path / "bad.onnx")  # wrong channels: fails in tracing
     assert {name: m.training for name, m in model.named_modules()} == before
+
+
+def test_a_dual_encoder_exports_both_embeddings(tmp_path):
+    """A dual encoder has no logits: its graph outputs are the two towers' embeddings, checked together."""
+    teacher, batch = two_towers()
+    student = inherit(teacher, InherConfig(budget=0.5, experts=1), calib=[batch], progress=False)
+    path = export_onnx(student, batch, tmp_path / "dual.onnx")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == ["image_embeds", "text_embeds"]
+    assert verify_onnx(path, student, batch) < 1e-5
+    fewer = {k: v[:2] for k, v in batch.items()}  # the batch axis is dynamic
+    image, _ = session.run(None, {k: v.numpy() for k, v in fewer.items()})
+    assert image.shape[0] == 2
+
+
+def test_a_weight_read_outside_forward_names_the_export_that_works(tmp_path):
+    """CLIP reads its position embedding's ``.weight.shape``: the TorchScript tracer cannot follow a computed
+    weight, and the error says which export can (pt2 traces it: test_export_pt2)."""
+    teacher, batch = clip_model_tiny()
+    student = inherit(teacher, InherConfig(budget=0.5, experts=1), calib=[batch], progress=False)
+    with pytest.raises(ValueError, match=r"export_pt2 \(--format pt2\).*exclude="):
+        export_onnx(student, batch, tmp_path / "clip.onnx")
+    assert not (tmp_path / "clip.onnx").exists()

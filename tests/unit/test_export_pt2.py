@@ -11,7 +11,7 @@ from torch import nn
 
 from inhernet import InherBlock, InherConfig, inherit
 from inhernet.deploy import export_pt2, verify_pt2
-from tiny_models import bert_tiny, strided_cnn
+from tiny_models import bert_tiny, clip_model_tiny, strided_cnn, two_towers
 
 TOL = 1e-5
 
@@ -94,3 +94,14 @@ def test_bad_arguments_name_what_would_work(tmp_path):
         export_pt2("model", torch.randn(2, 4), tmp_path / "x.pt2")
     with pytest.raises(TypeError, match="example_inputs must be a tensor"):
         export_pt2(nn.Linear(4, 4), [1, 2], tmp_path / "x.pt2")
+
+
+@pytest.mark.parametrize("factory", [two_towers, clip_model_tiny])
+def test_a_dual_encoder_program_returns_both_embeddings(factory, tmp_path):
+    """Both towers' embeddings come out (CLIP too, whose code reads a factorised embedding's weight)."""
+    teacher, batch = factory()
+    student = inherit(teacher, InherConfig(budget=0.5, experts=1), calib=[batch], progress=False)
+    path = export_pt2(student, batch, tmp_path / "dual.pt2")
+    assert verify_pt2(path, student, batch) < 1e-5
+    image, text = torch.export.load(str(path)).module()(*(v[:2] for v in batch.values()))
+    assert image.shape[0] == text.shape[0] == 2

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,24 +18,32 @@ from torch import nn
 
 from .._atomic import atomic_path
 from ..batches import evaluating, forward_batch, logits_of
+from ..dual import dual_output, is_dual_output
 from .compact import _logits, _relative_change
 
 __all__ = ["export_onnx", "onnx_inputs", "relative_error", "verify_onnx"]
 
 OUTPUT_NAME = "logits"
+#: a dual encoder's graph outputs, in the order :func:`relative_error` joins them
+DUAL_OUTPUT_NAMES = ["image_embeds", "text_embeds"]
 
 
 class _LogitsOf(nn.Module):
-    """Positional tensors in, logits out: the calling convention an ONNX graph needs."""
+    """Positional tensors in, logits (a dual encoder: its two embeddings) out: the calling convention an ONNX
+    graph or a ``torch.export`` program needs."""
 
     def __init__(self, model: nn.Module, keys: list[str] | None) -> None:
         super().__init__()
         self.model = model
         self.keys = keys
 
-    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
+    def forward(self, *tensors: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         batch: Any = tensors[0] if self.keys is None else dict(zip(self.keys, tensors, strict=True))
-        return logits_of(forward_batch(self.model, batch))
+        out = forward_batch(self.model, batch)
+        if is_dual_output(out):
+            pair = dual_output(out)
+            return pair.image_embeds, pair.text_embeds
+        return logits_of(out)
 
 
 def onnx_inputs(example_inputs: Any) -> dict[str, torch.Tensor]:
@@ -94,28 +102,38 @@ def export_onnx(
         # never negative in the models exported here: see the module documentation
         warnings.filterwarnings("ignore", "Exporting aten::index operator", UserWarning)
         wrapper = _LogitsOf(model, names if isinstance(example_inputs, Mapping) else None).eval()
-        axes = _default_axes(inputs, wrapper, dynamic_batch, dynamic_sequence)
-        options = _exporter_options(names, _symbolic_axes([*names, OUTPUT_NAME], axes, dynamic_axes), dynamo)
-        torch.onnx.export(
-            wrapper, tuple(inputs.values()), str(tmp), input_names=names, output_names=[OUTPUT_NAME],
-            opset_version=opset, **options,
-        )
+        outputs = wrapper(*inputs.values())  # run once: which outputs, and do they follow the sequence?
+        out_names = DUAL_OUTPUT_NAMES if isinstance(outputs, tuple) else [OUTPUT_NAME]
+        axes = _default_axes(inputs, outputs, out_names, dynamic_batch, dynamic_sequence)
+        options = _exporter_options(names, _symbolic_axes([*names, *out_names], axes, dynamic_axes), dynamo)
+        try:
+            torch.onnx.export(
+                wrapper, tuple(inputs.values()), str(tmp), input_names=names, output_names=out_names,
+                opset_version=opset, **options,
+            )
+        except RuntimeError as err:
+            if "factorised layer's dense weight" not in str(err):
+                raise
+            raise ValueError(  # model code reads a factorised layer's .weight, which the tracer cannot follow
+                f"the ONNX tracer cannot follow model code that reads a factorised layer's weight ({err}); "
+                "export with export_pt2 (--format pt2), or keep that layer dense: InherConfig(exclude=[...])"
+            ) from err
     return target
 
 
 def _default_axes(
-    inputs: dict[str, torch.Tensor], wrapper: nn.Module, dynamic_batch: bool, dynamic_sequence: bool
+    inputs: dict[str, torch.Tensor], outputs: Any, out_names: list[str], dynamic_batch: bool, dynamic_sequence: bool
 ) -> dict[str, dict[int, str]]:
     """The batch and sequence axes per graph input/output name, as ``export_onnx`` documents them."""
-    axes: dict[str, dict[int, str]] = {name: {0: "batch"} for name in [*inputs, OUTPUT_NAME]} if dynamic_batch else {}
+    axes: dict[str, dict[int, str]] = {name: {0: "batch"} for name in [*inputs, *out_names]} if dynamic_batch else {}
     tokens = {n: t for n, t in inputs.items() if t.dim() == 2 and not (t.is_floating_point() or t.is_complex())}
     if not dynamic_sequence or not tokens:
         return axes
     for name in tokens:
         axes.setdefault(name, {})[1] = "sequence"
-    logits = wrapper(*inputs.values())  # run once: does the output follow the sequence (a language model)?
-    if logits.dim() >= 3 and logits.shape[1] in {t.shape[1] for t in tokens.values()}:
-        axes.setdefault(OUTPUT_NAME, {})[1] = "sequence"
+    logits = outputs[0] if isinstance(outputs, tuple) else outputs
+    if out_names == [OUTPUT_NAME] and logits.dim() >= 3 and logits.shape[1] in {t.shape[1] for t in tokens.values()}:
+        axes.setdefault(OUTPUT_NAME, {})[1] = "sequence"  # a language model's logits follow its tokens
     return axes
 
 
@@ -163,11 +181,13 @@ def verify_onnx(path: str | os.PathLike[str], model: nn.Module, example_inputs: 
     inputs = onnx_inputs(example_inputs)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     feed = {name: t.detach().cpu().numpy() for name, t in inputs.items()}
-    return relative_error(torch.from_numpy(session.run([OUTPUT_NAME], feed)[0]), model, example_inputs)
+    return relative_error([torch.from_numpy(a) for a in session.run(None, feed)], model, example_inputs)
 
 
-def relative_error(got: torch.Tensor, model: nn.Module, example_inputs: Any) -> float:
-    """``max|got - model| / max|model|`` over the logits of ``model`` on ``example_inputs``."""
+def relative_error(got: torch.Tensor | Sequence[torch.Tensor], model: nn.Module, example_inputs: Any) -> float:
+    """``max|got - model| / max|model|`` over the logits of ``model`` on ``example_inputs`` (a dual encoder's
+    two embeddings, given in :data:`DUAL_OUTPUT_NAMES` order, joined side by side as ``compact`` reads them)."""
+    got = torch.cat(list(got), -1) if isinstance(got, Sequence) else got
     want = _logits(model, example_inputs).cpu()
     if got.shape != want.shape:
         raise ValueError(f"the exported model returned logits of shape {tuple(got.shape)}, PyTorch {tuple(want.shape)}")
