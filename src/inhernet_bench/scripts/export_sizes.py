@@ -3,7 +3,8 @@
     OMP_NUM_THREADS=1 python -m inhernet_bench.scripts.export_sizes [--presets mnist-cnn,...] [--budget 0.25]
 
 Each preset's teacher is compressed as the bench's ``inhernet`` row is (the family's default recipe, whitened,
-``--calib-size`` examples) but not trained: sizes do not depend on training. The teacher and the student
+``--calib-size`` examples) but not trained: sizes do not depend on training (for the same reason a preset
+whose converged teacher is not built yet uses its training's starting point, recorded as ``teacher_trained``). The teacher and the student
 are then written in every format (``weights``: the teacher's safetensors state dict, the student's
 ``inhernet.save`` directory; ``pt2``, ``onnx``, ``gguf``, ``hf``); a format that refuses the model is recorded
 with its reason. Writes ``export-sizes.json`` and its table, ``export-sizes.md``, under ``--out`` (default
@@ -73,16 +74,30 @@ def sizes(model: nn.Module, example: Any, formats: tuple[str, ...] = FORMATS) ->
     return row
 
 
+def _teacher(preset_name: str, preset: Any) -> tuple[nn.Module, bool]:
+    """The preset's teacher and whether it is the trained one: where its converged teacher is not built yet,
+    the starting point of its training (the same architecture, so the same sizes on disk)."""
+    from inhernet_bench.presets.teacher_cache import TeacherMissingError
+    from inhernet_bench.teachers import teacher_spec
+
+    try:
+        return preset.teacher().eval(), True
+    except TeacherMissingError:
+        return teacher_spec(preset_name).model().eval(), False
+
+
 def measure(preset_name: str, budget: float, calib_size: int) -> dict[str, Any]:
     """The teacher's and the untrained default student's sizes in every format, for one preset."""
     from inhernet import InherConfig, inherit
     from inhernet_bench.presets.registry import get_preset
 
     preset = get_preset(preset_name)
-    teacher, calib = preset.teacher().eval(), preset.calib(calib_size)
+    teacher, trained = _teacher(preset_name, preset)
+    calib = preset.calib(calib_size)
     student = inherit(teacher, InherConfig(budget=budget, seed=0), calib=calib, progress=False).eval()
     example = calib[0]
     return {
+        "teacher_trained": trained,
         "params": {"teacher": sum(p.numel() for p in teacher.parameters()),
                    "student": sum(p.numel() for p in student.parameters())},
         "teacher": sizes(teacher, example), "student": sizes(student, example),
