@@ -109,7 +109,7 @@ def reach_table(result: dict[str, Any], curves: Sequence[Curve]) -> str:
         "| --- | --- | --- |" + " --- |" * len(heads),
     ]
     for c in curves:
-        kind = f"{len(c.runs)} seeds" if c.from_parts else "mean curve (no parts)"
+        kind = f"{len(c.runs)} seed{'s' * (len(c.runs) > 1)}" if c.from_parts else "mean curve (no parts)"
         cells = [_reach_cell(c, target(teacher, f, higher), higher) for f in FRACTIONS]
         start = f"{c.band()[0][0]:.4f}" if c.steps[:1] == [0] else ""
         lines.append(f"| {c.name} | {kind} | {start} | " + " | ".join(cells) + " |")
