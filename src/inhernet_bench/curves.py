@@ -67,7 +67,7 @@ def load_curves(
 ) -> tuple[dict[str, Any], list[Curve]]:
     """The result JSON and each method's curves: per seed from ``parts`` (default: ``../parts/<stem>`` beside
     the results folder, when it exists), else the JSON's mean curve. A part made for another preset, budget,
-    step count or teacher is an error."""
+    match, step count, curve split or teacher is an error."""
     path = Path(result_path)
     result = json.loads(path.read_text())
     if parts is not None and not Path(parts).is_dir():
@@ -80,15 +80,19 @@ def _curve(method: dict[str, Any], result: dict[str, Any], folder: Path) -> Curv
     files = [folder / f"{method['name']}--seed{seed}.json" for seed in method["seeds"]]
     if not all(f.is_file() for f in files):
         return Curve(method["name"], (_points(method["curve"]),), False)
-    runs = []
+    wanted = {key: result.get(key, default) for key, default in _AGREE.items()}
+    digest, runs = result["teacher"].get("digest"), []
     for file in files:
         part = json.loads(file.read_text())
-        made, digest = part.get("fingerprint", {}), result["teacher"].get("digest")
-        wanted = {"preset": result["preset"], "budget": result["budget"], "steps": result["steps"]}
+        made = {**_AGREE, **part.get("fingerprint", {})}
         if any(made.get(k) != v for k, v in wanted.items()) or (digest and made.get("teacher") != digest):
             raise ValueError(f"{file} was not made by this result's run ({wanted}); pass the run's --parts")
         runs.append(_points(part["data"]["curve"]))
     return Curve(method["name"], tuple(runs), True)
+
+
+#: what a part and its result must agree on, with the value a file that leaves it out means
+_AGREE = {"preset": None, "budget": None, "steps": None, "match": "params", "curve_split": "test"}
 
 
 def _points(curve: Sequence[Sequence[float]]) -> tuple[tuple[int, float], ...]:

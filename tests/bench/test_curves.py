@@ -100,11 +100,12 @@ def test_without_parts_each_method_has_its_mean_curve_alone(tmp_path):
     assert _rows(reach_table(result, curves))["fast"][:1] == ["mean curve (no parts)"]
 
 
-def test_parts_of_another_run_or_a_missing_parts_folder_are_refused(tmp_path):
+@pytest.mark.parametrize("key, value", [("teacher", "other"), ("match", "macs"), ("curve_split", "validation")])
+def test_parts_of_another_run_or_a_missing_parts_folder_are_refused(tmp_path, key, value):
     path = _write(tmp_path)
     part = tmp_path / "parts" / "toy-0.5" / "fast--seed0.json"
     data = json.loads(part.read_text())
-    data["fingerprint"]["teacher"] = "other"
+    data["fingerprint"][key] = value
     part.write_text(json.dumps(data))
     with pytest.raises(ValueError, match="--parts"):
         load_curves(path)
