@@ -315,7 +315,7 @@ def curves(result: str, parts: str | None, out: str) -> None:
     from .curves import write_curves
 
     png, table = write_curves(result, out, parts)
-    console.print(table.read_text(), highlight=False, markup=False)
+    console.print(table.read_text(), highlight=False, markup=False, soft_wrap=True)
     console.print(f"wrote {png} and {table}", highlight=False)
 
 

@@ -70,6 +70,8 @@ def load_curves(
     match, step count, curve split or teacher is an error."""
     path = Path(result_path)
     result = json.loads(path.read_text())
+    if result["methods"]:  # older results name the steps per method only
+        result.setdefault("steps", result["methods"][0]["steps"])
     if parts is not None and not Path(parts).is_dir():
         raise ValueError(f"parts must be the bench run's --part-dir (a directory), got {str(parts)!r}")
     folder = Path(parts) if parts is not None else path.parent.parent / "parts" / path.stem
