@@ -30,7 +30,7 @@ def _write(tmp_path: Path, curves: dict[str, Any] = CURVES, higher: bool = True,
         "preset": "toy", "budget": 0.5, "steps": 1000, "metric": "accuracy" if higher else "perplexity",
         "higher_is_better": higher, "teacher": {"params": 10, "macs": 10, "metric": teacher, "digest": "abc"},
         "methods": [
-            {"name": name, "seeds": list(range(len(runs))), "curve": runs[0]} for name, runs in curves.items()
+            {"name": name, "seeds": list(range(len(runs))), "steps": 1000, "curve": runs[0]} for name, runs in curves.items()
         ],
     }
     path = tmp_path / "results" / "toy-0.5.json"
@@ -92,12 +92,16 @@ def test_the_png_and_table_are_written_and_the_same_result_draws_the_same_bytes(
 
 def test_without_parts_each_method_has_its_mean_curve_alone(tmp_path):
     path = _write(tmp_path)
+    older = json.loads(path.read_text())
+    del older["steps"]  # older results name the steps per method only
+    path.write_text(json.dumps(older))
     for part in (tmp_path / "parts" / "toy-0.5").glob("fast--*.json"):
         part.unlink()
     result, curves = load_curves(path)
     fast = curves[0]
     assert not fast.from_parts and fast.runs == (tuple((s, v) for s, v in CURVES["fast"][0]),)
     assert _rows(reach_table(result, curves))["fast"][:1] == ["mean curve (no parts)"]
+    assert curves[1].from_parts and "1,000 KD steps" in reach_table(result, curves)
 
 
 @pytest.mark.parametrize("key, value", [("teacher", "other"), ("match", "macs"), ("curve_split", "validation")])
