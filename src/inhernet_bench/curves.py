@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,7 +128,8 @@ def _reach_cell(curve: Curve, goal: float, higher: bool) -> str:
         return "not reached" + (f" ({len(reached)}/{len(steps)} seeds)" if reached else "")
     if len(reached) == 1:
         return f"{reached[0]:,}"
-    return f"{statistics.fmean(reached):,.0f} ± {score([float(s) for s in reached]).se or 0.0:,.0f}"
+    mean = score([float(s) for s in reached])
+    return f"{mean.mean:,.0f} ± {mean.se or 0.0:,.0f}"
 
 
 def _split(result: dict[str, Any]) -> str:
