@@ -300,6 +300,26 @@ def teacher(preset: str, max_minutes: float | None, record_dir: str, device: str
 
 
 @cli.command()
+@click.argument("result", type=click.Path(exists=True, dir_okay=False))
+@click.option("--parts", default=None, type=click.Path(file_okay=False),
+              help="The run's --part-dir, for per-seed curves and s.e. bands [default: ../parts/<RESULT's stem> "
+                   "beside the results folder, when it exists; else each method's mean curve].")
+@click.option("--out", default="out/curves", show_default=True, help="Folder for <stem>-curves.png and .md.")
+def curves(result: str, parts: str | None, out: str) -> None:
+    """Where inheritance pays, drawn: score vs KD steps (log x) per method with s.e. bands across seeds, and
+    the steps each needs to reach 95% / 99% of the teacher's score (docs/guides/compare.md, "Curves").
+
+    \b
+      inhernet-bench curves benchmarks/results/mnist-cnn-0.1-5ep.json --out out/curves
+    """
+    from .curves import write_curves
+
+    png, table = write_curves(result, out, parts)
+    console.print(table.read_text(), highlight=False, markup=False, soft_wrap=True)
+    console.print(f"wrote {png} and {table}", highlight=False)
+
+
+@cli.command()
 @BUDGET
 @EXPERTS
 @click.option("--steps", type=click.IntRange(min=1), default=200, show_default=True, help="KD steps per method.")
