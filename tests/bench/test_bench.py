@@ -249,7 +249,8 @@ def test_tune_lr_picks_the_best_validation_score_and_caches_it(tiny_preset, tmp_
             seen.append((tuple(self.train_set.indices), tuple(self.val.dataset.indices)))
 
     monkeypatch.setattr(runner, "_Tuner", Spy)
-    cfg = _quiet_cfg(tune_lr=True, lr_grid=(1e-4, 1e-3, 1e-1), tune_steps=2, val_examples=40, part_dir=tmp_path)
+    cfg = _quiet_cfg(tune_lr=True, lr_grid=(1e-4, 1e-3, 1e-1), tune_steps=2, val_examples=40, part_dir=tmp_path,
+                     lr_extensions=0)
     result = run_bench(cfg, log=lambda _: None)
     (train_idx, val_idx) = seen[0]
     assert set(train_idx).isdisjoint(val_idx) and max(val_idx) < 256  # a split of the training data

@@ -124,10 +124,13 @@ class FashionPairs(Dataset):
         }
 
 
-def fashion_dual_loaders(batch_size: int = 64, eval_batch_size: int = EVAL_BATCH_SIZE) -> tuple[DataLoader, DataLoader]:
-    """``(train, test)``: all 60,000 training pairs (shuffled) and the first 1,000 test pairs."""
+def fashion_dual_loaders(
+    batch_size: int = 64, eval_batch_size: int = EVAL_BATCH_SIZE, test_limit: int | None = TEST_SIZE
+) -> tuple[DataLoader, DataLoader]:
+    """``(train, test)``: all 60,000 training pairs (shuffled) and the first ``test_limit`` test pairs
+    (``None``: all 10,000; ``bench --full-test``)."""
     train = DataLoader(FashionPairs("train"), batch_size=batch_size, shuffle=True)
-    test = DataLoader(FashionPairs("test", limit=TEST_SIZE), batch_size=eval_batch_size)
+    test = DataLoader(FashionPairs("test", limit=test_limit), batch_size=eval_batch_size)
     return train, test
 
 

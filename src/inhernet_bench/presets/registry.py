@@ -138,6 +138,7 @@ PRESETS: dict[str, Preset] = {
             _lazy("fashion_dual", "fashion_dual_calib"),
             _lazy("fashion_dual", "fashion_dual_student"),
             methods=("inhernet", "kd-student", "svd-kd"),
+            full_test={"test_limit": None},
             excluded={
                 "prune-kd": "the two towers' outputs are embeddings compared by a contrastive loss, not "
                 "logits: no output layer to keep, and each tower would need its own size",
