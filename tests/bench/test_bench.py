@@ -153,7 +153,9 @@ def test_an_interrupted_run_continues_from_its_checkpoint(tiny_preset, tmp_path,
                 raise Killed
 
     real = runner.distill
-    monkeypatch.setattr(runner, "distill", lambda *a, **k: real(*a, **k, callbacks=[KillAfterStep4()]))
+    monkeypatch.setattr(
+        runner, "distill", lambda *a, callbacks=(), **k: real(*a, **k, callbacks=[*callbacks, KillAfterStep4()])
+    )
     cfg = _quiet_cfg(methods=("svd-kd",), steps=6, part_dir=tmp_path, checkpoint_every=2)
     with pytest.raises(Killed):
         run_bench(cfg, log=lambda _: None)
