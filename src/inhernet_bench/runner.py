@@ -627,8 +627,8 @@ class _Tuner:
         }
 
     def tune(self, name: str, student: nn.Module) -> dict[str, Any]:
-        """``{"lr": best, "lr_scores": {lr: validation metric} of every tuning run, "lr_grid": the final grid,
-        "interior": whether best is inside it}`` for method ``name``'s ``student``."""
+        """``{"lr": best, "lr_scores": {lr: validation metric} of every tuning run, "lr_grid": the final grid
+        (sorted, as the scores), "interior": whether best is inside it}`` for method ``name``'s ``student``."""
         grid, scores = sorted(self.cfg.lr_grid), {}
         for extension in range(self.cfg.lr_extensions + 1):
             for lr in grid:
@@ -640,6 +640,8 @@ class _Tuner:
                 break
             grid = sorted([*grid, beyond])
             self.bench.log(f"tune {name:<22} best lr {best:g} is at the grid's edge: adding {beyond:g}")
+        # in the final grid's order: a table lists the scores from the smallest lr to the largest
+        scores = {f"{lr:g}": scores[f"{lr:g}"] for lr in grid}
         return {"lr": best, "lr_scores": scores, "lr_grid": grid, "interior": beyond is None}
 
     def score(self, name: str, student: nn.Module, lr: float) -> float:

@@ -55,7 +55,7 @@ def test_the_grid_extends_past_an_edge_until_the_best_lr_is_inside(tiny_preset, 
     grid = result["tuning"]["methods"]["svd-kd"]["lr_grid"]
     assert result["tuning"]["methods"]["svd-kd"]["interior"] is False  # three extensions cannot reach 1e-5
     assert len(grid) == 3 + 3 and grid[0] < 1e-3 and len(tried) == len(set(tried)) == 6
-    assert row["lr"] == min(grid) and set(row["lr_scores"]) == {f"{lr:g}" for lr in grid}
+    assert row["lr"] == min(grid) and list(row["lr_scores"]) == [f"{lr:g}" for lr in grid]
 
     tried.clear()
     _fake_scores(monkeypatch, best_lr=1.1e-4)
