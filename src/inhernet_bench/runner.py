@@ -308,17 +308,17 @@ class _Bench:
         self.cfg, self.calib = cfg, preset.calib(cfg.calib_size)
         train, self.test = preset.data(cfg.batch_size, **(preset.full_test if cfg.full_test else {}))
         n_train = len(train.dataset)
-        # the validation split: the last examples of the training split; a validation curve keeps the runs off it
         on_val = cfg.curve_split == "validation"
-        self.n_val = min(cfg.val_examples, max(1, n_train // 5)) if cfg.tune_lr or on_val else 0
-        n_fit = n_train - self.n_val if on_val else n_train
-        if n_train - self.n_val < 1:
-            raise ValueError(f"the training split ({n_train} examples) is too small to carve a validation split from")
-        self.val = DataLoader(
-            Subset(train.dataset, range(n_train - self.n_val, n_train)), batch_size=max(cfg.batch_size, 256)
-        )
+        held = _validation_indices(preset, cfg.val_examples, n_train) if cfg.tune_lr or on_val else []
+        self.n_val = len(held)
+        # the runs never train on a preset's own validation split, nor on any validation split a curve is on
+        kept_out = set(held) if on_val or preset.validation is not None else set()
+        #: the training examples the runs draw from, in order (the tuning runs: the first of them)
+        self.fit = [i for i in range(n_train) if i not in kept_out] if kept_out else range(n_train)
+        n_fit = len(self.fit)
+        self.val = DataLoader(Subset(train.dataset, held), batch_size=max(cfg.batch_size, 256))
         # epochs: whole passes over the training split, at the runner's own batch size
-        epoch = -(-n_fit // cfg.batch_size) if on_val else len(train)
+        epoch = -(-n_fit // cfg.batch_size) if kept_out else len(train)
         self.steps = cfg.epochs * -(-n_fit // cfg.batch_size) if cfg.epochs is not None else cfg.steps or epoch
         self.train, self.train_n, self._training_set = train, min(n_fit, self.steps * cfg.batch_size), None
         self.metric = preset.metric
@@ -328,7 +328,10 @@ class _Bench:
         log(f"teacher: {_params(self.teacher):,} params, {self.metric} {self.teacher_scores[self.metric]:.4f}; "
             f"{self.steps} KD steps")
         self.digest = teacher_digest(self.teacher)
-        self.parts = Parts(cfg.part_dir, cfg.fingerprint(self.steps, self.digest)) if cfg.part_dir is not None else None
+        fingerprint = cfg.fingerprint(self.steps, self.digest)
+        if preset.validation is not None and held:  # only then: parts of other presets stay valid
+            fingerprint["validation"] = "preset"
+        self.parts = Parts(cfg.part_dir, fingerprint) if cfg.part_dir is not None else None
         self.tuner = _Tuner(self) if cfg.tune_lr else None
         self.runs: dict[str, list[dict[str, Any]]] = {m: [] for m in self.methods}
         self.sizes: dict[str, tuple[int, int]] = {}
@@ -340,7 +343,7 @@ class _Bench:
     def training_set(self) -> Any:
         """The training examples, made on first use (a run assembled from parts trains nothing)."""
         if self._training_set is None:
-            subset = Subset(self.train.dataset, range(self.train_n))
+            subset = Subset(self.train.dataset, self.fit[: self.train_n])
             # The data is fixed, so the teacher runs once per example, not once per method, seed and step.
             self._training_set = teacher_training_set(
                 self.preset, self.teacher, subset, self.cfg.temperature, self.digest, self.cfg.progress
@@ -532,6 +535,21 @@ class _Bench:
         }
 
 
+def _validation_indices(preset: Preset, val_examples: int, n_train: int) -> list[int]:
+    """The validation split's indices in the training split: the first ``val_examples`` of the preset's own
+    (:attr:`Preset.validation`), else its last ``val_examples`` examples (at most a fifth of them)."""
+    if preset.validation is None:
+        if n_train < 2:
+            raise ValueError(f"the training split ({n_train} examples) is too small to carve a validation split from")
+        return list(range(n_train - min(val_examples, max(1, n_train // 5)), n_train))
+    held = [int(i) for i in preset.validation()][:val_examples]
+    if not held or min(held) < 0 or max(held) >= n_train or len(set(held)) < len(held):
+        raise ValueError(
+            f"preset {preset.name!r}: validation() must give distinct indices into its {n_train} training examples"
+        )
+    return held
+
+
 def _schedule_record(cfg: BenchConfig) -> dict[str, Any]:
     """How each run's final point was chosen, for the result's ``schedule`` (``schedule="constant"``)."""
     stop = f"early stop after {cfg.patience} validation points without a better one" if cfg.patience else "none"
@@ -622,7 +640,9 @@ class _Tuner:
             "lr_grid": list(self.cfg.lr_grid), "steps": self.steps, "seed": TUNE_SEED,
             "share": round(self.steps / self.bench.steps, 4), "lr_extensions": self.cfg.lr_extensions,
             "train_examples": self.tune_n, "val_examples": self.n_val,
-            "split": "validation: the last examples of the training split; tuning trains on its first examples",
+            "split": "validation: the preset's own, held out of its teacher's training; tuning trains on the first "
+            "other training examples" if self.bench.preset.validation is not None else
+            "validation: the last examples of the training split; tuning trains on its first examples",
             "methods": {name: {k: t[k] for k in _TUNING_KEYS if k in t} for name, t in tuned.items()},
         }
 

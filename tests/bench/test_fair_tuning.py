@@ -163,3 +163,28 @@ def test_early_stopping_ends_a_flat_run_and_is_recorded(tiny_preset, monkeypatch
 def test_the_schedule_options_are_checked(kw, message):
     with pytest.raises(ValueError, match=message):
         BenchConfig(**kw)
+
+
+def test_a_presets_own_validation_split_is_tuned_on_and_never_trained_on(tiny_preset, monkeypatch):
+    held = list(range(3, 256, 5))  # scattered, as a stratified split is
+    monkeypatch.setitem(registry.PRESETS, "tiny-mlp", Preset(
+        "tiny-mlp", "synthetic", "accuracy", _teacher, _data, tiny_preset.calib, _student, validation=lambda: held))
+    seen: dict[str, list[int]] = {}
+    real = runner._Tuner
+
+    class Spy(real):
+        def __init__(self, bench):
+            super().__init__(bench)
+            seen["val"], seen["fit"] = list(self.val.dataset.indices), list(bench.fit)
+            seen["tune"] = [bench.fit[i] for i in self.train_set.indices]
+
+    monkeypatch.setattr(runner, "_Tuner", Spy)
+    _fake_scores(monkeypatch, best_lr=1e-3)
+    result = run_bench(_cfg(tune_lr=True, steps=4, val_examples=40), log=lambda _: None)
+    assert seen["val"] == held[:40] and set(seen["fit"]).isdisjoint(held[:40]) and len(seen["fit"]) == 256 - 40
+    assert set(seen["tune"]) <= set(seen["fit"]) and "preset's own" in result["tuning"]["split"]
+    with pytest.raises(ValueError, match="validation"):
+        monkeypatch.setitem(registry.PRESETS, "tiny-mlp", Preset(
+            "tiny-mlp", "synthetic", "accuracy", _teacher, _data, tiny_preset.calib, _student,
+            validation=lambda: [0, 999]))
+        run_bench(_cfg(tune_lr=True), log=lambda _: None)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,6 +48,10 @@ class Preset:
     #: ``data()`` keyword arguments that make its test loader the whole test split, for a preset whose
     #: default test loader is a subset kept small for short benchmarks (``bench --full-test``)
     full_test: Mapping[str, Any] = field(default_factory=dict)
+    #: the preset's own validation split: indices into ``data()``'s training split, held out of its
+    #: teacher's training (e.g. its teacher spec's); the bench tunes and validates on them and never trains
+    #: on them. ``None``: the bench carves the last examples of the training split.
+    validation: Callable[[], Sequence[int]] | None = None
 
 
 def _lazy(module: str, name: str) -> Callable[..., Any]:
