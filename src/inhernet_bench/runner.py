@@ -236,7 +236,9 @@ class BenchConfig:
         if self.tune_lr:
             # the tuning runs' resolved length: parts tuned by the shorter runs of old are not reused
             fp["lr_grid"], fp["tune_steps"] = list(self.lr_grid), self.tuning_steps(steps)
-            fp["val_examples"], fp["lr_extensions"] = self.val_examples, self.lr_extensions
+            fp["val_examples"] = self.val_examples
+            if self.lr_extensions:  # only when set: parts tuned on a fixed grid stay valid with lr_extensions=0
+                fp["lr_extensions"] = self.lr_extensions
         else:
             fp["lr"] = self.lr
         if teacher is not None:
