@@ -159,6 +159,9 @@ _TRAINING_OPTIONS = _options(
     click.option("--curve-split", type=click.Choice(["test", "validation"]), default="test", show_default=True,
                  help="Where learning curves are measured: validation (carved from the training split, never "
                  "trained on) reads the test split only for each run's final score."),
+    click.option("--val-examples", type=click.IntRange(min=1), default=2000, show_default=True,
+                 help="Examples of the validation split (--tune-lr, --curve-split validation): the preset's own "
+                 "where it has one, else the end of the training split (at most a fifth of it)."),
     click.option("--patience", type=click.IntRange(min=1), default=None,
                  help="With --schedule constant: stop a run after this many validation points without a better one."),
     click.option("--curve-points", type=click.IntRange(min=1), default=10, show_default=True,
@@ -194,6 +197,11 @@ def bench(out: str, json_path: str | None, **options: Any) -> None:
           --part-dir benchmarks/parts/mnist-cnn-0.1 --json /tmp/one-part.json
       inhernet-bench bench --preset mnist-cnn --budget 0.1 --epochs 5 --tune-lr --seeds 3 \\
           --part-dir benchmarks/parts/mnist-cnn-0.1 --out benchmarks/results
+
+    \b
+    Judged where each method converged (constant lr, best validation point, early stop), on the whole test split:
+      inhernet-bench bench --preset fashion-dual --budget 0.25 --tune-lr --schedule constant \\
+          --curve-split validation --patience 5 --full-test --seeds 3 --part-dir benchmarks/parts/fashion-dual-0.25
     """
     _run_bench(_bench_config(**options), out, json_path)
 

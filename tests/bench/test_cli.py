@@ -102,11 +102,12 @@ def test_bench_tunes_fairly_and_judges_at_constant_lr(tiny_preset, tmp_path, mon
     args = ["bench", "--preset", "tiny-mlp", "--budget", 0.5, "--seeds", 1, "--steps", 8, "--batch-size", 32,
             "--methods", "svd-kd", "--curve-points", 2, "--tune-lr", "--lr-grid", "1e-5,1e-4,1e-3",
             "--lr-extensions", 1, "--schedule", "constant", "--curve-split", "validation", "--patience", 2,
-            "--out", tmp_path]
+            "--val-examples", 40, "--out", tmp_path]
     code, _, err = invoke(monkeypatch, capsys, *args)
     assert code == 0, err
     result = json.loads((tmp_path / "tiny-mlp-0.5.json").read_text())
     assert result["tuning"]["lr_extensions"] == 1 and result["tuning"]["steps"] == 8  # 25% of 8 steps, at least 10
+    assert result["tuning"]["val_examples"] == 40
     assert len(result["tuning"]["methods"]["svd-kd"]["lr_grid"]) in (3, 4)
     assert result["schedule"] == {**result["schedule"], "lr": "constant", "patience": 2}
     assert len(result["methods"][0]["best_points"]) == 1 and result["curve_split"] == "validation"
