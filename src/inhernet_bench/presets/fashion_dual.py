@@ -47,6 +47,7 @@ __all__ = [
     "fashion_dual_calib",
     "fashion_dual_loaders",
     "fashion_dual_student",
+    "fashion_dual_validation",
     "load_fashion_dual_teacher",
     "teacher_spec",
 ]
@@ -132,6 +133,13 @@ def fashion_dual_loaders(
     train = DataLoader(FashionPairs("train"), batch_size=batch_size, shuffle=True)
     test = DataLoader(FashionPairs("test", limit=test_limit), batch_size=eval_batch_size)
     return train, test
+
+
+def fashion_dual_validation() -> list[int]:
+    """The converged teacher's validation pairs (:data:`TEACHER_RECIPE`'s split): indices into
+    :func:`fashion_dual_loaders`' training pairs, held out of the teacher's training; the bench's validation split."""
+    r = TEACHER_RECIPE
+    return stratified_split(read_fashion_mnist("train")[1][: r["train_limit"]], r["val_examples"], r["split_seed"])[1]
 
 
 def fashion_dual_calib(n: int) -> list[dict[str, torch.Tensor]]:

@@ -143,6 +143,7 @@ PRESETS: dict[str, Preset] = {
             _lazy("fashion_dual", "fashion_dual_student"),
             methods=("inhernet", "kd-student", "svd-kd"),
             full_test={"test_limit": None},
+            validation=_lazy("fashion_dual", "fashion_dual_validation"),
             excluded={
                 "prune-kd": "the two towers' outputs are embeddings compared by a contrastive loss, not "
                 "logits: no output layer to keep, and each tower would need its own size",
@@ -163,6 +164,7 @@ PRESETS: dict[str, Preset] = {
             _lazy("fashion", "fashion_calib"),
             _fashion_student,
             full_test={"test_per_class": None},
+            validation=_lazy("fashion", "fashion_validation"),
         ),
         Preset(
             "smollm2-bbc",
