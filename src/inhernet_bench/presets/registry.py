@@ -135,7 +135,8 @@ PRESETS: dict[str, Preset] = {
         Preset(
             "fashion-dual",
             "dual encoder (26.4M params): EfficientNet-Lite0 (ImageNet) + all-MiniLM-L6-v2, aligned on "
-            "Fashion-MNIST images with captions from 8 templates; zero-shot accuracy on 1,000 test pairs",
+            "Fashion-MNIST images with captions from 8 templates; zero-shot accuracy on 1,000 test pairs (all 10,000 "
+            "with bench --full-test)",
             "zero-shot-accuracy",
             _lazy("fashion_dual", "load_fashion_dual_teacher"),
             _lazy("fashion_dual", "fashion_dual_loaders"),
