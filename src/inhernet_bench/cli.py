@@ -149,7 +149,21 @@ _TRAINING_OPTIONS = _options(
                  "of the training data (never the test split)."),
     click.option("--lr-grid", default="3e-4,1e-3,3e-3", show_default=True, help="Comma-separated lrs for --tune-lr."),
     click.option("--tune-steps", type=click.IntRange(min=1), default=None,
-                 help="Steps of each tuning run [15% of the steps, 10..1000]."),
+                 help="Steps of each tuning run [25% of the steps, at least 10]."),
+    click.option("--lr-extensions", type=click.IntRange(min=0), default=3, show_default=True,
+                 help="With --tune-lr: while a method's best lr is at an edge of the grid, add the lr one grid step "
+                 "beyond it and tune again, at most this many times (0: the grid as given)."),
+    click.option("--schedule", type=click.Choice(["cosine", "constant"]), default="cosine", show_default=True,
+                 help="constant: every run keeps its lr and ends with its best validation point (needs "
+                 "--curve-split validation): a method is judged where it converged, not on a cosine tail."),
+    click.option("--curve-split", type=click.Choice(["test", "validation"]), default="test", show_default=True,
+                 help="Where learning curves are measured: validation (carved from the training split, never "
+                 "trained on) reads the test split only for each run's final score."),
+    click.option("--val-examples", type=click.IntRange(min=1), default=2000, show_default=True,
+                 help="Examples of the validation split (--tune-lr, --curve-split validation): the preset's own "
+                 "where it has one, else the end of the training split (at most a fifth of it)."),
+    click.option("--patience", type=click.IntRange(min=1), default=None,
+                 help="With --schedule constant: stop a run after this many validation points without a better one."),
     click.option("--curve-points", type=click.IntRange(min=1), default=10, show_default=True,
                  help="Evaluations along each learning curve (fewer: a faster run on a CPU)."),
     click.option("--full-test", is_flag=True,
@@ -183,6 +197,11 @@ def bench(out: str, json_path: str | None, **options: Any) -> None:
           --part-dir benchmarks/parts/mnist-cnn-0.1 --json /tmp/one-part.json
       inhernet-bench bench --preset mnist-cnn --budget 0.1 --epochs 5 --tune-lr --seeds 3 \\
           --part-dir benchmarks/parts/mnist-cnn-0.1 --out benchmarks/results
+
+    \b
+    Judged where each method converged (constant lr, best validation point, early stop), on the whole test split:
+      inhernet-bench bench --preset fashion-dual --budget 0.25 --tune-lr --schedule constant \\
+          --curve-split validation --patience 5 --full-test --seeds 3 --part-dir benchmarks/parts/fashion-dual-0.25
     """
     _run_bench(_bench_config(**options), out, json_path)
 
@@ -222,7 +241,7 @@ def _bench_config(
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="KD steps (default: one epoch).")
 @click.option("--lr-grid", default="3e-4,1e-3,3e-3", show_default=True, help="Comma-separated lrs to tune each method on.")
 @click.option("--tune-steps", type=click.IntRange(min=1), default=None,
-              help="Steps of each tuning run [15% of the steps, 10..1000].")
+              help="Steps of each tuning run [25% of the steps, at least 10].")
 @click.option("--val-examples", type=click.IntRange(min=1), default=2000, show_default=True,
               help="Validation examples carved from the end of the (shuffled) training split, at most a fifth of it.")
 @click.option("--curve-points", type=click.IntRange(min=1), default=10, show_default=True,

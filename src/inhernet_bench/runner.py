@@ -29,6 +29,7 @@ from inhernet.distillation import DistillConfig, distill, precompute_teacher_log
 from inhernet.dual import DUAL_METRICS
 from inhernet.evaluate import evaluate
 from inhernet.experimental import ExperimentalConfig
+from inhernet.experimental.distillation import ExperimentalDistillConfig
 from inhernet.layers import InherBlock
 from inhernet_bench.baselines import MethodContext, build_student
 from inhernet_bench.baselines.methods import MATCHES, METHODS
@@ -38,11 +39,14 @@ from inhernet_bench.presets.registry import PRESETS, Preset, get_preset
 from inhernet_bench.summary import compare_with_student, other_metrics, summarise
 from inhernet_bench.topk_store import hash_tensor, stored_teacher_topk
 
-__all__ = ["BenchConfig", "run_bench", "teacher_digest"]
+__all__ = ["TUNE_SHARE", "BenchConfig", "run_bench", "teacher_digest"]
 
 #: the KD recipe of every row (``DistillConfig``'s defaults, kept here because every part's fingerprint
 #: names them): a run that wants others passes ``distill_overrides={"temperature": ..., "alpha": ...}``
 KD_TEMPERATURE, KD_ALPHA = 4.0, 0.9
+#: the share of a run's steps each lr-tuning run trains for (issue 27: tuning runs of 9-11% of the schedule
+#: picked lrs that a full run would not)
+TUNE_SHARE = 0.25
 
 
 @dataclass
@@ -85,8 +89,18 @@ class BenchConfig:
     #: on a validation split carved from the end of the training split (never the test split)
     tune_lr: bool = False
     lr_grid: Sequence[float] = (3e-4, 1e-3, 3e-3)
-    #: ``None``: 15% of the steps, at least 10 and at most 1,000
+    #: ``None``: :data:`TUNE_SHARE` of the steps (at least 10, at most all of them)
     tune_steps: int | None = None
+    #: while a method's best lr is the grid's smallest or largest, add the next lr beyond it (one grid
+    #: step, the ratio of the two lrs at that edge) and tune again, at most this many times
+    lr_extensions: int = 3
+    #: ``"cosine"``: every run decays its lr to 0 (DistillConfig's recipe); ``"constant"``: every run, tuning
+    #: runs included, keeps its lr and ends with the weights of its best validation point (a method is then
+    #: judged where it converged, not on a cosine tail); needs ``curve_split="validation"``
+    schedule: Literal["cosine", "constant"] = "cosine"
+    #: with ``schedule="constant"``: stop a run after this many validation points without a better one
+    #: (``None``: run every step)
+    patience: int | None = None
     #: examples of the validation split (at most a fifth of the training split); disjoint from the
     #: examples the tuning runs train on
     val_examples: int = 2000
@@ -118,7 +132,7 @@ class BenchConfig:
         self.seeds = tuple(self.seeds)
         if self.steps is not None and self.epochs is not None:
             raise ValueError(f"give steps= or epochs=, not both (got steps={self.steps}, epochs={self.epochs})")
-        for name in ("steps", "epochs", "tune_steps", "val_examples"):
+        for name in ("steps", "epochs", "tune_steps", "val_examples", "patience"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
@@ -130,6 +144,7 @@ class BenchConfig:
             raise ValueError("checkpoint_every needs part_dir: the checkpoints are kept beside the parts")
         if self.curve_split not in ("test", "validation"):
             raise ValueError(f"curve_split must be 'test' or 'validation', got {self.curve_split!r}")
+        self._check_schedule()
         if self.match not in MATCHES:
             raise ValueError(f"match must be one of {', '.join(map(repr, MATCHES))}, got {self.match!r}")
         if self.match == "latency" and (
@@ -166,6 +181,24 @@ class BenchConfig:
                 f"got {self.lr_grid}"
             )
 
+    def _check_schedule(self) -> None:
+        if isinstance(self.lr_extensions, bool) or not isinstance(self.lr_extensions, int) or self.lr_extensions < 0:
+            raise ValueError(f"lr_extensions must be an int >= 0 (0: the grid as given), got {self.lr_extensions!r}")
+        if self.schedule not in ("cosine", "constant"):
+            raise ValueError(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}")
+        if self.schedule == "constant" and self.curve_split != "validation":
+            raise ValueError(
+                "schedule='constant' keeps each run's best validation point: it needs curve_split='validation' "
+                "(the test split never chooses a checkpoint)"
+            )
+        if self.patience is not None and self.schedule != "constant":
+            raise ValueError(f"patience={self.patience} stops on validation: it needs schedule='constant'")
+
+    def tuning_steps(self, steps: int) -> int:
+        """Steps of each tuning run for a schedule of ``steps``: ``tune_steps``, else :data:`TUNE_SHARE` of
+        them (at least 10, at most ``steps``)."""
+        return self.tune_steps or min(steps, max(10, math.ceil(TUNE_SHARE * steps)))
+
     @property
     def temperature(self) -> float:
         """The KD temperature of every row: ``distill_overrides["temperature"]``, else :data:`KD_TEMPERATURE`."""
@@ -198,8 +231,14 @@ class BenchConfig:
             fp["full_test"] = True
         if self.curve_split != "test":  # only when set: parts written before the option existed stay valid
             fp["curve_split"], fp["val_examples"] = self.curve_split, self.val_examples
+        if self.schedule != "cosine":  # only when set: parts written before the option existed stay valid
+            fp["schedule"], fp["patience"] = self.schedule, self.patience
         if self.tune_lr:
-            fp["lr_grid"], fp["tune_steps"], fp["val_examples"] = list(self.lr_grid), self.tune_steps, self.val_examples
+            # the tuning runs' resolved length: parts tuned by the shorter runs of old are not reused
+            fp["lr_grid"], fp["tune_steps"] = list(self.lr_grid), self.tuning_steps(steps)
+            fp["val_examples"] = self.val_examples
+            if self.lr_extensions:  # only when set: parts tuned on a fixed grid stay valid with lr_extensions=0
+                fp["lr_extensions"] = self.lr_extensions
         else:
             fp["lr"] = self.lr
         if teacher is not None:
@@ -271,17 +310,17 @@ class _Bench:
         self.cfg, self.calib = cfg, preset.calib(cfg.calib_size)
         train, self.test = preset.data(cfg.batch_size, **(preset.full_test if cfg.full_test else {}))
         n_train = len(train.dataset)
-        # the validation split: the last examples of the training split; a validation curve keeps the runs off it
         on_val = cfg.curve_split == "validation"
-        self.n_val = min(cfg.val_examples, max(1, n_train // 5)) if cfg.tune_lr or on_val else 0
-        n_fit = n_train - self.n_val if on_val else n_train
-        if n_train - self.n_val < 1:
-            raise ValueError(f"the training split ({n_train} examples) is too small to carve a validation split from")
-        self.val = DataLoader(
-            Subset(train.dataset, range(n_train - self.n_val, n_train)), batch_size=max(cfg.batch_size, 256)
-        )
+        held = _validation_indices(preset, cfg.val_examples, n_train) if cfg.tune_lr or on_val else []
+        self.n_val = len(held)
+        # the runs never train on a preset's own validation split, nor on any validation split a curve is on
+        kept_out = set(held) if on_val or preset.validation is not None else set()
+        #: the training examples the runs draw from, in order (the tuning runs: the first of them)
+        self.fit = [i for i in range(n_train) if i not in kept_out] if kept_out else range(n_train)
+        n_fit = len(self.fit)
+        self.val = DataLoader(Subset(train.dataset, held), batch_size=max(cfg.batch_size, 256))
         # epochs: whole passes over the training split, at the runner's own batch size
-        epoch = -(-n_fit // cfg.batch_size) if on_val else len(train)
+        epoch = -(-n_fit // cfg.batch_size) if kept_out else len(train)
         self.steps = cfg.epochs * -(-n_fit // cfg.batch_size) if cfg.epochs is not None else cfg.steps or epoch
         self.train, self.train_n, self._training_set = train, min(n_fit, self.steps * cfg.batch_size), None
         self.metric = preset.metric
@@ -291,7 +330,10 @@ class _Bench:
         log(f"teacher: {_params(self.teacher):,} params, {self.metric} {self.teacher_scores[self.metric]:.4f}; "
             f"{self.steps} KD steps")
         self.digest = teacher_digest(self.teacher)
-        self.parts = Parts(cfg.part_dir, cfg.fingerprint(self.steps, self.digest)) if cfg.part_dir is not None else None
+        fingerprint = cfg.fingerprint(self.steps, self.digest)
+        if preset.validation is not None and held:  # only then: parts of other presets stay valid
+            fingerprint["validation"] = "preset"
+        self.parts = Parts(cfg.part_dir, fingerprint) if cfg.part_dir is not None else None
         self.tuner = _Tuner(self) if cfg.tune_lr else None
         self.runs: dict[str, list[dict[str, Any]]] = {m: [] for m in self.methods}
         self.sizes: dict[str, tuple[int, int]] = {}
@@ -303,7 +345,7 @@ class _Bench:
     def training_set(self) -> Any:
         """The training examples, made on first use (a run assembled from parts trains nothing)."""
         if self._training_set is None:
-            subset = Subset(self.train.dataset, range(self.train_n))
+            subset = Subset(self.train.dataset, self.fit[: self.train_n])
             # The data is fixed, so the teacher runs once per example, not once per method, seed and step.
             self._training_set = teacher_training_set(
                 self.preset, self.teacher, subset, self.cfg.temperature, self.digest, self.cfg.progress
@@ -356,7 +398,7 @@ class _Bench:
         if done is not None:
             self.runs[name].append(done)
             if "lr_scores" in done:
-                self.tuned[name] = {"lr": done["lr"], "lr_scores": done["lr_scores"]}
+                self.tuned[name] = {k: done[k] for k in ("lr", *_TUNING_KEYS) if k in done}
             self.log(f"seed {seed} {name:<22} part found: final {done['final']:.4f} (skipped)")
             return
         lr = self.lr(name, seed, student)
@@ -398,7 +440,7 @@ class _Bench:
         resume = parts.checkpoints(name, seed, recipe, lr, cfg.checkpoint_every, self.log) if cfg.checkpoint_every else {}
         run = self.distil_and_score(student, seed, lr, resume)
         if name in self.tuned:
-            run["lr_scores"] = self.tuned[name]["lr_scores"]
+            run.update({k: self.tuned[name][k] for k in _TUNING_KEYS if k in self.tuned[name]})
         self.runs[name].append(run)
         if parts is not None:
             parts.write_run(name, seed, recipe, run)
@@ -414,8 +456,10 @@ class _Bench:
         train = DataLoader(
             self.training_set(), batch_size=cfg.batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed)
         )
+        constant = {"keep": "best"} if cfg.schedule == "constant" else {}
         dcfg = _distill_config(
-            self, seed, steps, lr, val_every=max(1, steps // cfg.curve_points), progress=cfg.progress, **(resume or {})
+            self, seed, steps, lr, val_every=max(1, steps // cfg.curve_points), progress=cfg.progress,
+            **constant, **(resume or {}),
         )
         on_test = cfg.curve_split == "test"
         curve_set = _Head(test if on_test else self.val, cfg.curve_examples, cfg.batch_size)
@@ -423,7 +467,7 @@ class _Bench:
         # (validation follows evaluate()'s semantics): don't pay for those evaluations twice.
         whole = on_test and len(curve_set) >= len(test) and dcfg.val_at_start
         zero_shot = evaluate(student, test, metric)[metric] if on_test and not whole else None
-        history = distill(student, teacher, train, curve_set, dcfg)
+        history = distill(student, teacher, train, curve_set, dcfg, callbacks=self.stopping())
         points = {int(s): v for s, v in history["curve"]}
         zero_shot = points.get(0) if zero_shot is None else zero_shot  # off the test split: validation's
         final_point = points.get(history["steps"]) if whole else None
@@ -433,17 +477,31 @@ class _Bench:
         run = {
             "seed": seed, "lr": lr, "zero_shot": zero_shot, "final": scores[metric], "steps": history["steps"],
             "sec_per_step": history["sec_per_step"], "curve": history["curve"], "metrics": _others(scores, metric),
+            **({"best": history["best"]} if constant else {}),
         }
         if _has_gates(student):
             # The deployment option: experts folded into one by their mean gate on the calibration data.
             run["merged"] = evaluate(merge_experts(copy.deepcopy(student), calib), test, metric)[metric]
         return run
 
+    def stopping(self) -> list[Any]:
+        """The Lightning callbacks that end a run early: an early stop on validation with ``patience``."""
+        if self.cfg.patience is None:
+            return []
+        from lightning.pytorch.callbacks import EarlyStopping  # Lightning loads only when a run trains
+
+        return [EarlyStopping(
+            f"val_{self.metric}", patience=self.cfg.patience, mode="max" if self.higher else "min",
+            check_on_train_epoch_end=False,
+        )]
+
     def summaries(self) -> list[dict[str, Any]]:
-        """Each method's summary row, compared with the kd-student's."""
+        """Each method's summary row, compared with the kd-student's; with ``schedule="constant"`` each
+        seed's kept (best validation) ``[step, value]`` as ``best_points``."""
         rows = [
             {**summarise(name, self.runs[name], self.sizes[name], self.higher),
-             **{key: self.extras[name][key] for key in _ROW_EXTRAS if key in self.extras[name]}}
+             **{key: self.extras[name][key] for key in _ROW_EXTRAS if key in self.extras[name]},
+             **({"best_points": [r["best"] for r in self.runs[name]]} if self.cfg.schedule == "constant" else {})}
             for name in self.methods
         ]
         compare_with_student(rows, self.higher)
@@ -471,11 +529,36 @@ class _Bench:
             "steps": self.steps, **({"epochs": cfg.epochs} if cfg.epochs is not None else {}),
             "lr": None if cfg.tune_lr else cfg.lr, "test_count": int(self.teacher_scores["count"]),
             **({"curve_split": cfg.curve_split} if cfg.curve_split != "test" else {}),
-            **({"tuning": self.tuner.describe()} if self.tuner is not None else {}),
+            **({"tuning": self.tuner.describe(self.tuned)} if self.tuner is not None else {}),
+            **({"schedule": _schedule_record(cfg)} if cfg.schedule != "cosine" else {}),
             "device": "cuda" if torch.cuda.is_available() else "cpu", "torch": torch.__version__,
             "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
             "wall_s": round(time.perf_counter() - start, 1),
         }
+
+
+def _validation_indices(preset: Preset, val_examples: int, n_train: int) -> list[int]:
+    """The validation split's indices in the training split: the first ``val_examples`` of the preset's own
+    (:attr:`Preset.validation`), else its last ``val_examples`` examples (at most a fifth of them)."""
+    if preset.validation is None:
+        if n_train < 2:
+            raise ValueError(f"the training split ({n_train} examples) is too small to carve a validation split from")
+        return list(range(n_train - min(val_examples, max(1, n_train // 5)), n_train))
+    held = [int(i) for i in preset.validation()][:val_examples]
+    if not held or min(held) < 0 or max(held) >= n_train or len(set(held)) < len(held):
+        raise ValueError(
+            f"preset {preset.name!r}: validation() must give distinct indices into its {n_train} training examples"
+        )
+    return held
+
+
+def _schedule_record(cfg: BenchConfig) -> dict[str, Any]:
+    """How each run's final point was chosen, for the result's ``schedule`` (``schedule="constant"``)."""
+    stop = f"early stop after {cfg.patience} validation points without a better one" if cfg.patience else "none"
+    return {
+        "lr": cfg.schedule, "keep": "the best validation point (the curve's split)", "patience": cfg.patience,
+        "stop": stop,
+    }
 
 
 def _latency_record(ctx: MethodContext, teacher: nn.Module) -> dict[str, Any]:
@@ -519,7 +602,9 @@ def _distill_config(bench: _Bench, seed: int, steps: int, lr: float, **options: 
         steps=steps, lr=lr, temperature=cfg.temperature, alpha=cfg.alpha, teacher_topk=preset.teacher_topk,
         seed=seed, metric=bench.metric, **options,
     )
-    return DistillConfig(**{**recipe, **preset.distill_options, **cfg.distill_overrides})
+    if cfg.schedule == "cosine":
+        return DistillConfig(**{**recipe, **preset.distill_options, **cfg.distill_overrides})
+    return ExperimentalDistillConfig(**{**recipe, **preset.distill_options, **cfg.distill_overrides}, schedule=cfg.schedule)
 
 
 #: the seed of the tuning runs, whichever seeds are benchmarked: the chosen lr is the same for a
@@ -527,17 +612,23 @@ def _distill_config(bench: _Bench, seed: int, steps: int, lr: float, **options: 
 TUNE_SEED = 0
 
 
+#: what a method's tuning adds to each of its runs: every tuning run's score, the final grid, and whether
+#: the best lr is inside it
+_TUNING_KEYS = ("lr_scores", "lr_grid", "interior")
+
+
 class _Tuner:
     """Short runs at each learning rate of the grid, scored on a validation split of the training data.
 
     The validation split is the last ``val_examples`` examples of the training split (at most a fifth
-    of it); the tuning runs train on its first examples, never on those.
+    of it); the tuning runs train on its first examples, never on those. A best lr at an edge of the grid
+    extends the grid past that edge (``lr_extensions``).
     """
 
     def __init__(self, bench: _Bench) -> None:
         cfg, n = bench.cfg, len(bench.train.dataset)
         self.bench, self.cfg, self.n_val, self.val = bench, cfg, bench.n_val, bench.val
-        self.steps = cfg.tune_steps or min(1000, max(10, round(0.15 * bench.steps)))
+        self.steps = cfg.tuning_steps(bench.steps)
         self.tune_n = min(bench.train_n, n - self.n_val, self.steps * cfg.batch_size)
 
     @property
@@ -545,30 +636,58 @@ class _Tuner:
         """The first examples of the training split: what the tuning runs train on."""
         return Subset(self.bench.training_set(), range(self.tune_n))
 
-    def describe(self) -> dict[str, Any]:
-        """How the learning rates were chosen, for the result's ``tuning``."""
+    def describe(self, tuned: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+        """How the learning rates were chosen, for the result's ``tuning``; ``tuned``: each method's tuning."""
         return {
             "lr_grid": list(self.cfg.lr_grid), "steps": self.steps, "seed": TUNE_SEED,
+            "share": round(self.steps / self.bench.steps, 4), "lr_extensions": self.cfg.lr_extensions,
             "train_examples": self.tune_n, "val_examples": self.n_val,
-            "split": "validation: the last examples of the training split; tuning trains on its first examples",
+            "split": "validation: the preset's own, held out of its teacher's training; tuning trains on the first "
+            "other training examples" if self.bench.preset.validation is not None else
+            "validation: the last examples of the training split; tuning trains on its first examples",
+            "methods": {name: {k: t[k] for k in _TUNING_KEYS if k in t} for name, t in tuned.items()},
         }
 
     def tune(self, name: str, student: nn.Module) -> dict[str, Any]:
-        """``{"lr": best, "lr_scores": {lr: validation metric}}`` for method ``name``'s ``student``."""
-        cfg, bench, metric, scores = self.cfg, self.bench, self.bench.metric, {}
-        for lr in cfg.lr_grid:
-            model = copy.deepcopy(student)
-            train = DataLoader(
-                self.train_set, batch_size=cfg.batch_size, shuffle=True,
-                generator=torch.Generator().manual_seed(TUNE_SEED),
-            )
-            dcfg = _distill_config(bench, TUNE_SEED, self.steps, lr, val_every=0, val_at_start=False, progress=False)
-            distill(model, bench.teacher, train, None, dcfg)
-            score = evaluate(model, self.val, metric)[metric]
-            scores[f"{lr:g}"] = score
-            bench.log(f"tune {name:<22} lr {lr:g}: validation {metric} {score:.4f} after {self.steps} steps")
-        best = _best(scores, bench.higher)
-        return {"lr": float(best), "lr_scores": scores}
+        """``{"lr": best, "lr_scores": {lr: validation metric} of every tuning run, "lr_grid": the final grid
+        (sorted, as the scores), "interior": whether best is inside it}`` for method ``name``'s ``student``."""
+        grid, scores = sorted(self.cfg.lr_grid), {}
+        for extension in range(self.cfg.lr_extensions + 1):
+            for lr in grid:
+                if f"{lr:g}" not in scores:
+                    scores[f"{lr:g}"] = self.score(name, student, lr)
+            best = float(_best(scores, self.bench.higher))
+            beyond = _beyond_edge(grid, best)
+            if beyond is None or extension == self.cfg.lr_extensions:
+                break
+            grid = sorted([*grid, beyond])
+            self.bench.log(f"tune {name:<22} best lr {best:g} is at the grid's edge: adding {beyond:g}")
+        # in the final grid's order: a table lists the scores from the smallest lr to the largest
+        scores = {f"{lr:g}": scores[f"{lr:g}"] for lr in grid}
+        return {"lr": best, "lr_scores": scores, "lr_grid": grid, "interior": beyond is None}
+
+    def score(self, name: str, student: nn.Module, lr: float) -> float:
+        """The validation metric of a copy of ``student`` after a tuning run at ``lr``."""
+        cfg, bench, metric = self.cfg, self.bench, self.bench.metric
+        model = copy.deepcopy(student)
+        train = DataLoader(
+            self.train_set, batch_size=cfg.batch_size, shuffle=True, generator=torch.Generator().manual_seed(TUNE_SEED)
+        )
+        dcfg = _distill_config(bench, TUNE_SEED, self.steps, lr, val_every=0, val_at_start=False, progress=False)
+        distill(model, bench.teacher, train, None, dcfg)
+        score = evaluate(model, self.val, metric)[metric]
+        bench.log(f"tune {name:<22} lr {lr:g}: validation {metric} {score:.4f} after {self.steps} steps")
+        return score
+
+
+def _beyond_edge(grid: Sequence[float], best: float) -> float | None:
+    """The lr one grid step past the edge of the sorted ``grid`` that ``best`` sits on (the ratio of the
+    two lrs at that edge, rounded to 3 digits), or ``None`` when ``best`` is inside it."""
+    if best == grid[0]:
+        return float(f"{grid[0] * grid[0] / grid[1]:.3g}")
+    if best == grid[-1]:
+        return float(f"{grid[-1] * grid[-1] / grid[-2]:.3g}")
+    return None
 
 
 def _best(scores: Mapping[str, float], higher: bool) -> str:

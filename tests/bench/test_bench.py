@@ -153,7 +153,9 @@ def test_an_interrupted_run_continues_from_its_checkpoint(tiny_preset, tmp_path,
                 raise Killed
 
     real = runner.distill
-    monkeypatch.setattr(runner, "distill", lambda *a, **k: real(*a, **k, callbacks=[KillAfterStep4()]))
+    monkeypatch.setattr(
+        runner, "distill", lambda *a, callbacks=(), **k: real(*a, **k, callbacks=[*callbacks, KillAfterStep4()])
+    )
     cfg = _quiet_cfg(methods=("svd-kd",), steps=6, part_dir=tmp_path, checkpoint_every=2)
     with pytest.raises(Killed):
         run_bench(cfg, log=lambda _: None)
@@ -249,7 +251,8 @@ def test_tune_lr_picks_the_best_validation_score_and_caches_it(tiny_preset, tmp_
             seen.append((tuple(self.train_set.indices), tuple(self.val.dataset.indices)))
 
     monkeypatch.setattr(runner, "_Tuner", Spy)
-    cfg = _quiet_cfg(tune_lr=True, lr_grid=(1e-4, 1e-3, 1e-1), tune_steps=2, val_examples=40, part_dir=tmp_path)
+    cfg = _quiet_cfg(tune_lr=True, lr_grid=(1e-4, 1e-3, 1e-1), tune_steps=2, val_examples=40, part_dir=tmp_path,
+                     lr_extensions=0)
     result = run_bench(cfg, log=lambda _: None)
     (train_idx, val_idx) = seen[0]
     assert set(train_idx).isdisjoint(val_idx) and max(val_idx) < 256  # a split of the training data

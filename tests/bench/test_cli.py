@@ -98,6 +98,21 @@ def test_plan_prints_the_table_and_a_summary_within_the_budget(tiny_preset, monk
     assert total == teacher - saved  # the summary adds up the printed rows
 
 
+def test_bench_tunes_fairly_and_judges_at_constant_lr(tiny_preset, tmp_path, monkeypatch, capsys):
+    args = ["bench", "--preset", "tiny-mlp", "--budget", 0.5, "--seeds", 1, "--steps", 8, "--batch-size", 32,
+            "--methods", "svd-kd", "--curve-points", 2, "--tune-lr", "--lr-grid", "1e-5,1e-4,1e-3",
+            "--lr-extensions", 1, "--schedule", "constant", "--curve-split", "validation", "--patience", 2,
+            "--val-examples", 40, "--out", tmp_path]
+    code, _, err = invoke(monkeypatch, capsys, *args)
+    assert code == 0, err
+    result = json.loads((tmp_path / "tiny-mlp-0.5.json").read_text())
+    assert result["tuning"]["lr_extensions"] == 1 and result["tuning"]["steps"] == 8  # 25% of 8 steps, at least 10
+    assert result["tuning"]["val_examples"] == 40
+    assert len(result["tuning"]["methods"]["svd-kd"]["lr_grid"]) in (3, 4)
+    assert result["schedule"] == {**result["schedule"], "lr": "constant", "patience": 2}
+    assert len(result["methods"][0]["best_points"]) == 1 and result["curve_split"] == "validation"
+
+
 def test_bench_prints_the_table_and_writes_the_json_and_plot(tiny_preset, tmp_path, monkeypatch, capsys):
     args = ["bench", "--preset", "tiny-mlp", "--budget", 0.5, "--seeds", 1, "--steps", 2, "--batch-size", 32,
             "--methods", "inhernet,kd-student", "--curve-points", 1, "--out", tmp_path]
@@ -170,6 +185,8 @@ def test_tracebacks_reach_the_terminal():
         (["bench", "--match", "latency", "--budget", "2"], "fraction in (0, 1] of the teacher's measured latency"),
         (["bench", "--tune-lr", "--lr-grid", "1e-3,x"], "--lr-grid"),
         (["bench", "--tune-lr", "--lr-grid", "1e-3,3e-3"], "lr_grid"),
+        (["bench", "--schedule", "constant"], "curve_split='validation'"),
+        (["bench", "--patience", "3"], "needs schedule='constant'"),
         (["bench", "--preset", "smollm2-bbc", "--methods", "inhernet,inhernet-prune"], "leaves out 'inhernet-prune'"),
     ],
 )

@@ -116,3 +116,33 @@ def test_teacher_is_built_by_the_converging_builder_then_loaded(tmp_path: Path, 
         a, b = cached(**batch), start(**batch)
     assert not torch.equal(a.image_embeds, b.image_embeds)  # the aligned weights were kept
     assert torch.equal(a.text_embeds, cached(**batch).text_embeds) and not cached.training
+
+
+def test_full_test_reads_every_test_pair(monkeypatch) -> None:
+    limits: dict[str, int | None] = {}
+
+    class Pairs(list):
+        def __init__(self, split: str, limit: int | None = None) -> None:
+            super().__init__(range(3))
+            limits[split] = limit
+
+    monkeypatch.setattr(fd, "FashionPairs", Pairs)
+    preset = get_preset("fashion-dual")
+    preset.data(32)
+    assert limits["test"] == fd.TEST_SIZE  # short benchmarks keep the first 1,000 pairs
+    preset.data(32, **preset.full_test)
+    assert limits["test"] is None and limits["train"] is None  # bench --full-test: all 10,000
+
+
+@pytest.mark.assets
+@pytest.mark.parametrize("name", ["fashion-effnet", "fashion-dual"])
+def test_the_bench_validates_on_the_teachers_own_validation_split(name) -> None:
+    from inhernet_bench.presets import fashion
+    from inhernet_bench.presets.fashion import read_fashion_mnist
+
+    recipe = {"fashion-effnet": fashion.TEACHER_RECIPE, "fashion-dual": fd.TEACHER_RECIPE}[name]
+    held = get_preset(name).validation()
+    labels = read_fashion_mnist("train")[1]
+    assert len(set(held)) == len(held) and min(held) >= 0 and max(held) < len(labels)
+    assert abs(len(held) - recipe["val_examples"]) <= len(FASHION_CLASSES)  # about val_examples, by class
+    assert set(labels[held].tolist()) == set(range(len(FASHION_CLASSES)))

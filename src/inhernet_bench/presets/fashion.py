@@ -49,6 +49,7 @@ __all__ = [
     "fashion_dir",
     "fashion_effnet_teacher",
     "fashion_loaders",
+    "fashion_validation",
     "load_effnet_lite0_imagenet",
     "read_fashion_mnist",
     "teacher_dir",
@@ -205,6 +206,13 @@ def fashion_calib(n: int, *, size: int = INPUT_SIZE, batch_size: int = 500) -> l
         raise ValueError(f"n must be >= 1, got {n}")
     inputs = fashion_dataset("train", size=size, limit=n).tensors[0]
     return list(inputs.split(batch_size))
+
+
+def fashion_validation() -> list[int]:
+    """The converged teacher's validation examples (:data:`TEACHER_RECIPE`'s split): indices into
+    :func:`fashion_loaders`' training split, held out of the teacher's training; the bench's validation split."""
+    r = TEACHER_RECIPE
+    return stratified_split(read_fashion_mnist("train")[1][: r["train_limit"]], r["val_examples"], r["split_seed"])[1]
 
 
 def teacher_dir() -> Path:

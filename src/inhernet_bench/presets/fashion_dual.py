@@ -47,6 +47,7 @@ __all__ = [
     "fashion_dual_calib",
     "fashion_dual_loaders",
     "fashion_dual_student",
+    "fashion_dual_validation",
     "load_fashion_dual_teacher",
     "teacher_spec",
 ]
@@ -124,11 +125,21 @@ class FashionPairs(Dataset):
         }
 
 
-def fashion_dual_loaders(batch_size: int = 64, eval_batch_size: int = EVAL_BATCH_SIZE) -> tuple[DataLoader, DataLoader]:
-    """``(train, test)``: all 60,000 training pairs (shuffled) and the first 1,000 test pairs."""
+def fashion_dual_loaders(
+    batch_size: int = 64, eval_batch_size: int = EVAL_BATCH_SIZE, test_limit: int | None = TEST_SIZE
+) -> tuple[DataLoader, DataLoader]:
+    """``(train, test)``: all 60,000 training pairs (shuffled) and the first ``test_limit`` test pairs
+    (``None``: all 10,000; ``bench --full-test``)."""
     train = DataLoader(FashionPairs("train"), batch_size=batch_size, shuffle=True)
-    test = DataLoader(FashionPairs("test", limit=TEST_SIZE), batch_size=eval_batch_size)
+    test = DataLoader(FashionPairs("test", limit=test_limit), batch_size=eval_batch_size)
     return train, test
+
+
+def fashion_dual_validation() -> list[int]:
+    """The converged teacher's validation pairs (:data:`TEACHER_RECIPE`'s split): indices into
+    :func:`fashion_dual_loaders`' training pairs, held out of the teacher's training; the bench's validation split."""
+    r = TEACHER_RECIPE
+    return stratified_split(read_fashion_mnist("train")[1][: r["train_limit"]], r["val_examples"], r["split_seed"])[1]
 
 
 def fashion_dual_calib(n: int) -> list[dict[str, torch.Tensor]]:

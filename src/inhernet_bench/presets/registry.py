@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,6 +48,10 @@ class Preset:
     #: ``data()`` keyword arguments that make its test loader the whole test split, for a preset whose
     #: default test loader is a subset kept small for short benchmarks (``bench --full-test``)
     full_test: Mapping[str, Any] = field(default_factory=dict)
+    #: the preset's own validation split: indices into ``data()``'s training split, held out of its
+    #: teacher's training (e.g. its teacher spec's); the bench tunes and validates on them and never trains
+    #: on them. ``None``: the bench carves the last examples of the training split.
+    validation: Callable[[], Sequence[int]] | None = None
 
 
 def _lazy(module: str, name: str) -> Callable[..., Any]:
@@ -131,13 +135,16 @@ PRESETS: dict[str, Preset] = {
         Preset(
             "fashion-dual",
             "dual encoder (26.4M params): EfficientNet-Lite0 (ImageNet) + all-MiniLM-L6-v2, aligned on "
-            "Fashion-MNIST images with captions from 8 templates; zero-shot accuracy on 1,000 test pairs",
+            "Fashion-MNIST images with captions from 8 templates; zero-shot accuracy on 1,000 test pairs (all 10,000 "
+            "with bench --full-test)",
             "zero-shot-accuracy",
             _lazy("fashion_dual", "load_fashion_dual_teacher"),
             _lazy("fashion_dual", "fashion_dual_loaders"),
             _lazy("fashion_dual", "fashion_dual_calib"),
             _lazy("fashion_dual", "fashion_dual_student"),
             methods=("inhernet", "kd-student", "svd-kd"),
+            full_test={"test_limit": None},
+            validation=_lazy("fashion_dual", "fashion_dual_validation"),
             excluded={
                 "prune-kd": "the two towers' outputs are embeddings compared by a contrastive loss, not "
                 "logits: no output layer to keep, and each tower would need its own size",
@@ -158,6 +165,7 @@ PRESETS: dict[str, Preset] = {
             _lazy("fashion", "fashion_calib"),
             _fashion_student,
             full_test={"test_per_class": None},
+            validation=_lazy("fashion", "fashion_validation"),
         ),
         Preset(
             "smollm2-bbc",
