@@ -28,3 +28,5 @@ def test_mnist_cnn_sizes_in_every_format(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export-sizes.json", "export-sizes.md"]
     table = (tmp_path / "export-sizes.md").read_text()
     assert f"| mnist-cnn | student | {params['student']:,} | {student['weights'] / 1e6:,.2f} |" in table
+    # a refusal is a numbered rule under the table, said once however many rows it covers
+    assert "| n/a (1) | n/a (2) |" in table and "(1) GGUF export writes llama-family causal LMs  " in table

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import sys
 import tempfile
@@ -104,21 +105,29 @@ def measure(preset_name: str, budget: float, calib_size: int) -> dict[str, Any]:
     }
 
 
-def _cell(size: Any) -> str:
-    """A size in MB, or why the format refused the model (its first words)."""
-    return f"{size / 1e6:,.2f}" if isinstance(size, int) else str(size)[:60].replace("|", "/")
+def _cell(size: Any, reasons: list[str]) -> str:
+    """A size in MB, or ``n/a (k)`` where rule k (listed under the table) says why the format refused the model."""
+    if isinstance(size, int):
+        return f"{size / 1e6:,.2f}"
+    why = re.split(r"[;:]|, got", str(size).removeprefix("n/a: "))[0]  # the rule, not the model's name
+    if why not in reasons:
+        reasons.append(why)
+    return f"n/a ({reasons.index(why) + 1})"
 
 
 def markdown(report: dict[str, Any]) -> str:
-    """The report as one table: a row per preset and model, a column per format (MB on disk)."""
-    formats = report["formats"]
+    """The report as one table: a row per preset and model, a column per format (MB on disk), refusals below."""
+    formats, reasons = report["formats"], []
     lines = [f"Command: `{report['command']}`", "", "| preset | model | params | " + " | ".join(formats) + " |",
              "|---|---|---:|" + "---:|" * len(formats)]
     for name, row in report["presets"].items():
         for model in ("teacher", "student"):
-            cells = " | ".join(_cell(row[model].get(fmt)) for fmt in formats)
-            lines.append(f"| {name} | {model} | {row['params'][model]:,} | {cells} |")
-    return "\n".join([*lines, "", f"MB = 10^6 bytes; torch {report['torch']}.", ""])
+            cells = " | ".join(_cell(row[model].get(fmt), reasons) for fmt in formats)
+            untrained = " (untrained)" if model == "teacher" and not row.get("teacher_trained", True) else ""
+            lines.append(f"| {name} | {model}{untrained} | {row['params'][model]:,} | {cells} |")
+    notes = [f"({k}) {why.replace('|', '/')}" for k, why in enumerate(reasons, 1)]
+    footer = f"MB = 10^6 bytes; torch {report['torch']}; (untrained): the teacher's training starting point, same shapes."
+    return "\n".join([*lines, "", *(f"{note}  " for note in notes), "", footer, ""])
 
 
 def main(argv: list[str] | None = None) -> None:
