@@ -12,6 +12,7 @@ import logging
 import os
 import shutil
 import sys
+import warnings
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -600,7 +601,8 @@ def export_command(directory: str, out: str, fmt: str, data: str | None, overwri
     else:
         teacher = build_model(source.model)
     student = load(directory, base=teacher)
-    change = _export_as(fmt, student, target, example, load_tokenizer(source.model) if fmt == "hf" else None)
+    tokenizer = load_tokenizer(source.model) if fmt in ("hf", "gguf") and source.model.library == "hf" else None
+    change = _export_as(fmt, student, target, example, tokenizer)
     size = sum(f.stat().st_size for f in [target, *target.rglob("*")] if f.is_file())
     checked = "" if change is None else f"; its outputs differ from the student's by {change:.1e} (relative) on 2 examples"
     console.print(f"wrote {out} ({size / 1e6:.1f} MB){checked}", highlight=False)
@@ -609,12 +611,18 @@ def export_command(directory: str, out: str, fmt: str, data: str | None, overwri
 def _export_as(fmt: str, student: Any, target: Path, example: Any, tokenizer: Any) -> float | None:
     """Write ``student`` to ``target`` in ``fmt``; the relative output change measured, where one is."""
     from .deploy import export_gguf, export_hf, export_onnx, export_pt2, verify_onnx, verify_pt2
+    from .deploy.gguf import TokenizerNotWritable
 
     if fmt == "hf":
         export_hf(student, target, tokenizer=tokenizer, overwrite=True)  # OUT was checked by the caller
         return None
     if fmt == "gguf":
-        export_gguf(student, target)
+        try:
+            export_gguf(student, target, tokenizer=tokenizer)
+        except TokenizerNotWritable as err:  # the weights are still worth having: say what llama.cpp lacks
+            warnings.warn(f"{err}. Wrote the weights without the tokenizer: llama.cpp needs one to run the file",
+                          stacklevel=2)
+            export_gguf(student, target)
         return None
     export, verify = (export_pt2, verify_pt2) if fmt == "pt2" else (export_onnx, verify_onnx)
     export(student, example, target)

@@ -131,13 +131,15 @@ def test_gguf_of_a_compressed_llama(assets, tmp_path, monkeypatch, capsys):  # n
                           "--text-column", "body", "--budget", 0.6, "--batch-size", 4, "--out", tmp_path / "s")
     assert code == 0, err
     kept = json.loads((tmp_path / "s" / "inhernet.json").read_text())
-    with pytest.warns(UserWarning, match=r"rank-cut layers densified .* parameters"):
+    with pytest.warns(UserWarning, match=r"rank-cut layers densified .* parameters"), \
+            pytest.warns(UserWarning, match=r"WordPiece.*Wrote the weights without the tokenizer"):
         code, stdout, err = invoke(monkeypatch, capsys, "export", tmp_path / "s", tmp_path / "s.gguf", "--format", "gguf")
     assert code == 0, err
     assert f"wrote {tmp_path / 's.gguf'}" in stdout.replace("\n", "")
     reader = gguf.GGUFReader(tmp_path / "s.gguf")
     blocks = reader.fields["llama.block_count"].contents()
     assert blocks < 4 and len(reader.tensors) == 3 + 9 * blocks, kept  # the default drops blocks (causal LMs)
+    assert "tokenizer.ggml.model" not in reader.fields  # this WordPiece tokenizer is not llama.cpp's BPE
 
 
 def test_hf_round_trip_gives_the_metric_eval_reports(assets, tmp_path, monkeypatch, capsys):  # noqa: F811

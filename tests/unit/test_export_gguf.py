@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 
 import gguf
 import numpy as np
@@ -147,3 +148,76 @@ def test_a_half_precision_llama_keeps_f16_matrices_and_f32_norms(tmp_path):
     assert tensors["blk.0.ffn_up.weight"].dtype == np.float16 and tensors["blk.0.attn_norm.weight"].dtype == np.float32
     torch.testing.assert_close(torch.from_numpy(tensors["blk.0.ffn_up.weight"]), model.model.layers[0].mlp.up_proj.weight,
                                rtol=0, atol=0)
+
+
+def _bpe_tokenizer(digits: bool):
+    """A byte-level BPE tokenizer trained here on a few sentences (SmolLM's pre-tokenizer with ``digits``)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level]) \
+        if digits else byte_level
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>", "<|im_start|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(["the cat sat on the mat 2024", "shares of the bank rose 12 per cent"] * 20, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|endoftext|>")
+
+
+def _llama_for(tokenizer, rows_extra: int = 0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(
+        vocab_size=len(tokenizer) + rows_extra, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=True,
+    )).eval()
+
+
+@pytest.mark.parametrize("digits, pre", [(True, "smollm"), (False, "gpt-2")])
+def test_the_tokenizer_is_written_as_llama_cpps_bpe_vocabulary(tmp_path, digits, pre):
+    tokenizer = _bpe_tokenizer(digits)
+    model = _llama_for(tokenizer, rows_extra=3)  # embedding rows past the vocabulary, as models pad them
+    fields, _ = _read(export_gguf(model, tmp_path / "t.gguf", tokenizer=tokenizer))
+    assert fields["tokenizer.ggml.model"] == "gpt2" and fields["tokenizer.ggml.pre"] == pre
+    tokens, kinds, vocab = fields["tokenizer.ggml.tokens"], fields["tokenizer.ggml.token_type"], tokenizer.get_vocab()
+    assert len(tokens) == len(kinds) == model.config.vocab_size  # one token per embedding row
+    assert all(tokens[i] == token for token, i in vocab.items())
+    special = [vocab["<|endoftext|>"], vocab["<|im_start|>"]]
+    assert [kinds[i] for i in special] == [3, 3] and kinds[-3:] == [5, 5, 5]  # CONTROL; UNUSED padding rows
+    assert sum(k == 1 for k in kinds) == len(vocab) - 2  # every other token NORMAL
+    merges = json.loads(tokenizer.backend_tokenizer.to_str())["model"]["merges"]
+    assert fields["tokenizer.ggml.merges"] == [m if isinstance(m, str) else " ".join(m) for m in merges]
+    assert (fields["tokenizer.ggml.bos_token_id"], fields["tokenizer.ggml.eos_token_id"]) == (special[1], special[0])
+    assert fields["tokenizer.ggml.add_bos_token"] is False  # this tokenizer adds no BOS
+
+
+def test_a_tokenizer_llama_cpp_cannot_read_is_refused_before_writing(tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel({"a": 0, "b": 1, "[UNK]": 2}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]")
+    with pytest.raises(ValueError, match=r"byte-level BPE.*WordLevel.*without tokenizer="):
+        export_gguf(_llama_for(tokenizer), tmp_path / "w.gguf", tokenizer=tokenizer)
+    assert not list(tmp_path.iterdir())
+
+
+def test_llama_cpp_runs_the_file_and_gives_the_students_logits(tmp_path):
+    """Optional (llama-cpp-python builds llama.cpp from source, so `make test` does not install it): the file
+    loads in llama.cpp, which tokenizes as the tokenizer does and computes the model's logits."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    tokenizer = _bpe_tokenizer(digits=True)
+    model = _llama_for(tokenizer)
+    path = export_gguf(model, tmp_path / "t.gguf", tokenizer=tokenizer)
+    llm = llama_cpp.Llama(str(path), n_ctx=64, logits_all=True, verbose=False)
+    text = "the bank sat on 2024 shares"
+    ids = tokenizer(text)["input_ids"]
+    assert llm.tokenize(text.encode(), add_bos=False, special=False) == ids
+    llm.eval(ids)
+    with torch.no_grad():
+        want = model(torch.tensor([ids])).logits[0].numpy()
+    np.testing.assert_allclose(np.array(llm.scores[: len(ids)]), want, rtol=1e-3, atol=1e-3)

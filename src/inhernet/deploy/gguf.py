@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
 import warnings
 from pathlib import Path
@@ -17,26 +18,37 @@ from ..stack import replace_module
 from .compact import densify
 from .merge import merge_experts
 
-__all__ = ["export_gguf"]
+__all__ = ["TokenizerNotWritable", "export_gguf"]
 
 _OTHER_FORMATS = "pt2, onnx or hf (inhernet export --format ...)"
 
 
-def export_gguf(model: nn.Module, path: str | os.PathLike[str]) -> Path:
+class TokenizerNotWritable(ValueError):
+    """The tokenizer is not one llama.cpp's byte-level BPE vocabulary can hold (raised before anything is written)."""
+
+
+def export_gguf(model: nn.Module, path: str | os.PathLike[str], tokenizer: Any = None) -> Path:
     """Write the llama-family causal LM ``model`` (a student or any ``LlamaForCausalLM``) as a GGUF file.
+
+    ``tokenizer`` (a Hugging Face byte-level BPE tokenizer, such as SmolLM2's or GPT-2's) is written with it,
+    which llama.cpp needs to run the file; without one the file holds the weights and hyperparameters only.
 
     Raises:
         ValueError: ``model`` is not a llama causal LM GGUF can express (the message says why and which
-            formats work), or its gates depend on their input (fold them with ``merge_experts(model, calib)``).
+            formats work), its gates depend on their input (fold them with ``merge_experts(model, calib)``),
+            or ``tokenizer`` is not one llama.cpp's byte-level BPE reads.
     """
     config = _llama_config(model)
     dense = _standard(model)
     tensors = _tensors(dense, config)
+    vocab = None if tokenizer is None else _vocabulary(tokenizer, tensors["token_embd.weight"].shape[0])
     import gguf
 
     with atomic_path(path) as tmp:
         writer = gguf.GGUFWriter(tmp, "llama")
         _metadata(writer, config, tensors, len(dense.model.layers))
+        if vocab is not None:
+            _add_vocabulary(writer, tokenizer, *vocab)
         for name, array in tensors.items():
             writer.add_tensor(name, array)
         writer.write_header_to_file()
@@ -134,3 +146,58 @@ def _metadata(writer: Any, config: Any, tensors: dict[str, Any], blocks: int) ->
     writer.add_layer_norm_rms_eps(config.rms_norm_eps)
     writer.add_vocab_size(vocab)
     writer.add_file_type(int(tensors["token_embd.weight"].dtype.itemsize == 2))  # ALL_F32 0, MOSTLY_F16 1
+
+
+def _pre_tokenizer(spec: dict[str, Any]) -> str:
+    """llama.cpp's name for the tokenizer's pre-tokenizer: ``gpt-2`` (byte level) or ``smollm`` (digits, then bytes)."""
+    pre = spec.get("pre_tokenizer") or {}
+    steps = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
+    kinds = [step.get("type") for step in steps]
+    if spec.get("model", {}).get("type") == "BPE" and steps[-1].get("use_regex", True):
+        if kinds == ["ByteLevel"]:
+            return "gpt-2"
+        if kinds == ["Digits", "ByteLevel"] and steps[0].get("individual_digits"):
+            return "smollm"
+    raise TokenizerNotWritable(
+        f"GGUF export writes byte-level BPE tokenizers (GPT-2's or SmolLM's pre-tokenizer); this one is a "
+        f"{spec.get('model', {}).get('type')} model split by {kinds}: call export_gguf without tokenizer= (weights "
+        f"only), or export as hf"
+    )
+
+
+def _vocabulary(tokenizer: Any, rows: int) -> tuple[str, list[str], list[int], list[str]]:
+    """The pre-tokenizer's name, the token of every embedding row, its llama.cpp type, and the BPE merges."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        raise TokenizerNotWritable(f"GGUF export reads fast (tokenizers) tokenizers; got a {type(tokenizer).__name__}: load it "
+                         "with AutoTokenizer.from_pretrained(..., use_fast=True), or export without tokenizer=")
+    spec = json.loads(backend.to_str())
+    pre = _pre_tokenizer(spec)
+    ids = tokenizer.get_vocab()
+    if max(ids.values()) >= rows:
+        raise ValueError(f"the tokenizer has {max(ids.values()) + 1} tokens and the model {rows} embedding rows: "
+                         "pass the model's own tokenizer")
+    tokens, kinds = [f"[PAD{i}]" for i in range(rows)], [5] * rows  # rows with no token: UNUSED
+    special = {i: t.special for i, t in tokenizer.added_tokens_decoder.items()}
+    for token, i in ids.items():
+        tokens[i], kinds[i] = token, (3 if special[i] else 4) if i in special else 1  # CONTROL, USER_DEFINED, NORMAL
+    merges = [m if isinstance(m, str) else " ".join(m) for m in spec["model"].get("merges", [])]
+    return pre, tokens, kinds, merges
+
+
+def _add_vocabulary(writer: Any, tokenizer: Any, pre: str, tokens: list[str], kinds: list[int],
+                    merges: list[str]) -> None:
+    """The tokenizer as llama.cpp reads it: a ``gpt2`` (byte-level BPE) vocabulary and its special tokens."""
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre(pre)
+    writer.add_token_list(tokens)
+    writer.add_token_types(kinds)
+    writer.add_token_merges(merges)
+    for role in ("bos", "eos", "unk", "pad"):
+        token_id = getattr(tokenizer, f"{role}_token_id", None)
+        if token_id is not None:
+            getattr(writer, f"add_{role}_token_id")(token_id)
+    bos = tokenizer.bos_token_id
+    writer.add_add_bos_token(bos is not None and tokenizer("a")["input_ids"][:1] == [bos])
+    if isinstance(getattr(tokenizer, "chat_template", None), str):
+        writer.add_chat_template(tokenizer.chat_template)
