@@ -14,10 +14,10 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 MAX_FUNCTION_LINES = 60
-# Issue 25 asks for at most 10,000 lines: the library was 15,048 and is 10,452 with issue 28's exporters
-# (deploy/hf, hf_modeling, pt2, gguf and the export command: 454 lines), 9,998 without them. A ratchet at today's
-# size, to be lowered as the library shrinks; raise it only for a new feature, and say so here.
-MAX_LIBRARY_LINES = 10_460
+# Issue 25 asks for at most 10,000 lines: the library was 15,048 and is 10,527 with issue 28's exporters
+# (deploy/hf, hf_modeling, pt2, gguf with its tokenizer, and the export command: 529 lines), 9,998 without them.
+# A ratchet at today's size, to be lowered as the library shrinks; raise it only for a new feature, and say so here.
+MAX_LIBRARY_LINES = 10_530
 
 
 def _functions(path: Path) -> list[tuple[str, int]]:
