@@ -14,8 +14,8 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 MAX_FUNCTION_LINES = 60
-# Issue 25 asks for at most 10,000 lines: the library was 15,048 and is 10,527 with issue 28's exporters
-# (deploy/hf, hf_modeling, pt2, gguf with its tokenizer, and the export command: 529 lines), 9,998 without them.
+# Issue 25 asks for at most 10,000 lines: the library was 15,048 and is 10,530 with issue 28's exporters
+# (deploy/hf, hf_modeling, pt2, gguf with its tokenizer, and the export command: 532 lines), 9,998 without them.
 # A ratchet at today's size, to be lowered as the library shrinks; raise it only for a new feature, and say so here.
 MAX_LIBRARY_LINES = 10_530
 

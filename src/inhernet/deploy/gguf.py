@@ -169,18 +169,21 @@ def _vocabulary(tokenizer: Any, rows: int) -> tuple[str, list[str], list[int], l
     """The pre-tokenizer's name, the token of every embedding row, its llama.cpp type, and the BPE merges."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
-        raise TokenizerNotWritable(f"GGUF export reads fast (tokenizers) tokenizers; got a {type(tokenizer).__name__}: load it "
-                         "with AutoTokenizer.from_pretrained(..., use_fast=True), or export without tokenizer=")
+        raise TokenizerNotWritable(f"GGUF export reads fast (tokenizers) tokenizers; got a {type(tokenizer).__name__}: "
+                                   "load it with AutoTokenizer.from_pretrained(..., use_fast=True), or leave it out")
     spec = json.loads(backend.to_str())
     pre = _pre_tokenizer(spec)
     ids = tokenizer.get_vocab()
     if max(ids.values()) >= rows:
         raise ValueError(f"the tokenizer has {max(ids.values()) + 1} tokens and the model {rows} embedding rows: "
                          "pass the model's own tokenizer")
-    tokens, kinds = [f"[PAD{i}]" for i in range(rows)], [5] * rows  # rows with no token: UNUSED
-    special = {i: t.special for i, t in tokenizer.added_tokens_decoder.items()}
+    from gguf import TokenType
+
+    tokens, kinds = [f"[PAD{i}]" for i in range(rows)], [TokenType.UNUSED] * rows  # rows past the vocabulary
+    added = {i: TokenType.CONTROL if t.special else TokenType.USER_DEFINED for i, t in
+             tokenizer.added_tokens_decoder.items()}
     for token, i in ids.items():
-        tokens[i], kinds[i] = token, (3 if special[i] else 4) if i in special else 1  # CONTROL, USER_DEFINED, NORMAL
+        tokens[i], kinds[i] = token, added.get(i, TokenType.NORMAL)
     merges = [m if isinstance(m, str) else " ".join(m) for m in spec["model"].get("merges", [])]
     return pre, tokens, kinds, merges
 
