@@ -17,13 +17,18 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-LOADER = r'''
-import importlib.abc, json, sys
+# The first lines of a script for a fresh interpreter in which `import inhernet` fails: what a user without it has.
+REFUSE_INHERNET = r'''
+import importlib.abc, sys
 class Refuse(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
         if name.partition(".")[0] in ("inhernet", "inhernet_bench"):
             raise ImportError(f"{name} is not importable here")
 sys.meta_path.insert(0, Refuse())
+'''
+
+LOADER = REFUSE_INHERNET + r'''
+import json
 import torch, transformers
 from safetensors.torch import load_file, save_file
 cases, out = json.load(open(sys.argv[1])), {}

@@ -29,6 +29,20 @@ def _cfg(**kw):
     return BenchConfig(**{**base, **kw})
 
 
+@pytest.fixture
+def final_runs(monkeypatch) -> list[dict]:
+    """What each final (method, seed) run of the bench returns, in order."""
+    runs: list[dict] = []
+    real = runner._Bench.distil_and_score
+
+    def spy(self, *args, **kw):
+        runs.append(real(self, *args, **kw))
+        return runs[-1]
+
+    monkeypatch.setattr(runner._Bench, "distil_and_score", spy)
+    return runs
+
+
 @pytest.mark.parametrize("steps", [4, 40, 100, 10_000])
 def test_tuning_runs_are_at_least_a_quarter_of_the_schedule_by_default(steps):
     tuning = BenchConfig(tune_lr=True).tuning_steps(steps)
@@ -104,8 +118,9 @@ class _Counting:
 
 
 def test_at_constant_lr_each_run_keeps_its_best_validation_point_and_reads_the_test_split_once(
-    tiny_preset, monkeypatch
+    tiny_preset, monkeypatch, final_runs
 ):
+    runs = final_runs
     tests: list[_Counting] = []
 
     def data(batch_size: int = 32, **_: object):
@@ -115,14 +130,6 @@ def test_at_constant_lr_each_run_keeps_its_best_validation_point_and_reads_the_t
 
     monkeypatch.setitem(registry.PRESETS, "tiny-mlp", Preset(
         "tiny-mlp", "synthetic", "accuracy", _teacher, data, tiny_preset.calib, _student))
-    runs: list[dict] = []
-    real = runner._Bench.distil_and_score
-
-    def spy(self, *args, **kw):
-        runs.append(real(self, *args, **kw))
-        return runs[-1]
-
-    monkeypatch.setattr(runner._Bench, "distil_and_score", spy)
     cfg = _cfg(steps=8, seeds=(0, 1), methods=("svd-kd", "kd-student"), curve_split="validation",
                val_examples=40, schedule="constant", curve_points=4)
     result = run_bench(cfg, log=lambda _: None)
@@ -136,15 +143,8 @@ def test_at_constant_lr_each_run_keeps_its_best_validation_point_and_reads_the_t
     assert [p for row in result["methods"] for p in row["best_points"]] == [runs[i]["best"] for i in (0, 2, 1, 3)]
 
 
-def test_early_stopping_ends_a_flat_run_and_is_recorded(tiny_preset, monkeypatch):
-    runs: list[dict] = []
-    real = runner._Bench.distil_and_score
-
-    def spy(self, *args, **kw):
-        runs.append(real(self, *args, **kw))
-        return runs[-1]
-
-    monkeypatch.setattr(runner._Bench, "distil_and_score", spy)
+def test_early_stopping_ends_a_flat_run_and_is_recorded(tiny_preset, final_runs):
+    runs = final_runs
     # lr 0: validation never improves, so the run stops after `patience` checks past its first
     cfg = _cfg(steps=40, curve_split="validation", val_examples=40, schedule="constant", patience=1,
                curve_points=20, lr=1e-12)

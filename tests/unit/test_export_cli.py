@@ -12,16 +12,12 @@ import torch
 from test_cli_user import assets  # noqa: F401  (the fixture)
 
 from cli_runner import invoke
+from hf_without_inhernet import REFUSE_INHERNET
 from inhernet.sources import make_loader, open_source, read_source
 
-# A fresh interpreter in which `import inhernet` fails; it prints the accuracy of the exported model.
-NO_INHERNET = """
+# A script that prints the accuracy of the exported model, without inhernet.
+NO_INHERNET = REFUSE_INHERNET + """
 import sys, torch
-class Refuse:
-    def find_spec(self, name, *args):
-        if name.split(".")[0] in ("inhernet", "inhernet_bench"):
-            raise ImportError(f"{name} is not installed here")
-sys.meta_path.insert(0, Refuse())
 fmt, path, data = sys.argv[1:]
 batches = torch.load(data)
 if fmt == "pt2":

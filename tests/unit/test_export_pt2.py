@@ -9,20 +9,16 @@ import pytest
 import torch
 from torch import nn
 
+from hf_without_inhernet import REFUSE_INHERNET
 from inhernet import InherBlock, InherConfig, inherit
 from inhernet.deploy import export_pt2, verify_pt2
 from tiny_models import bert_tiny, clip_model_tiny, strided_cnn, two_towers
 
 TOL = 1e-5
 
-# A fresh interpreter in which `import inhernet` fails: what a user without inhernet has.
-NO_INHERNET = """
+# Runs the program without inhernet.
+NO_INHERNET = REFUSE_INHERNET + """
 import sys, torch
-class Refuse:
-    def find_spec(self, name, *args):
-        if name.split(".")[0] in ("inhernet", "inhernet_bench"):
-            raise ImportError(f"{name} is not installed here")
-sys.meta_path.insert(0, Refuse())
 program = torch.export.load(sys.argv[1]).module()
 inputs = torch.load(sys.argv[2])
 torch.save(program(*inputs), sys.argv[3])
