@@ -6,6 +6,8 @@ On the ``mnist-cnn`` preset (a conv net) and on a MiniLM topic classifier fine-t
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from benchmark_scripts import load_benchmark
@@ -26,3 +28,18 @@ def test_default_lr_never_ends_below_the_untrained_student(name):
     trained = kd_defaults.kd_score(student, case, loaders, None, steps=100)  # lr=None: the family's default
     print(f"{name}: validation {case.metric} {untrained:.4f} untrained -> {trained:.4f} at the family's lr")
     assert trained >= untrained, f"{name}: validation {case.metric} {untrained:.4f} -> {trained:.4f}"
+
+
+@pytest.mark.assets
+def test_schedules_are_compared_at_the_family_lr_and_added_to_the_cases_record(tmp_path):
+    grid = ["--case", "mnist-cnn", "--steps", "4", "--lrs", "3e-4", "--extend", "0", "--out", str(tmp_path)]
+    assert kd_defaults.main(grid) == 0
+    assert kd_defaults.main([*grid, "--schedules", "cosine", "warmup", "constant"]) == 0
+    record = json.loads((tmp_path / "mnist-cnn.json").read_text())
+    schedules = record["schedules"]
+    assert schedules["lr"] == 3e-4 and schedules["steps"] == 4 and list(schedules["scores"]) == list(kd_defaults.SCHEDULES)
+    # the same student, data, seed and lr: the cosine run is the grid's
+    assert schedules["scores"]["cosine"] == record["scores"]["0.0003"]
+    assert record["scores"] and "--schedules cosine warmup constant" in schedules["command"]
+    row = "| mnist-cnn | 0.0003 | " + " | ".join(f"{v:.4f}" for v in schedules["scores"].values()) + " |"
+    assert row in (tmp_path / "README.md").read_text()

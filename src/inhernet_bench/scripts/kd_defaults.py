@@ -10,7 +10,12 @@ While the best learning rate sits at an edge of the grid, the grid grows by one 
 most ``--extend`` times). Writes ``<out>/<case>.json`` and rewrites ``<out>/README.md`` (one table over
 every case there).
 
+``--schedules`` instead compares learning-rate schedules at the family's default rate on the same split
+and student (``cosine``: the shipped recipe; ``warmup``: a linear warm-up over the first tenth, then
+cosine; ``constant``), adding them to the case's existing record.
+
     OMP_NUM_THREADS=2 python -m inhernet_bench.scripts.kd_defaults --case mnist-cnn
+    OMP_NUM_THREADS=2 python -m inhernet_bench.scripts.kd_defaults --case mnist-cnn --schedules cosine warmup constant
 """
 
 from __future__ import annotations
@@ -33,7 +38,9 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from inhernet import InherConfig, inherit
 from inhernet._atomic import atomic_write
 from inhernet.distillation import DistillConfig, distill
+from inhernet.distillation.defaults import FAMILY_LR
 from inhernet.evaluate import evaluate
+from inhernet.experimental import ExperimentalDistillConfig
 
 ROOT = Path(__file__).resolve().parents[3]
 OUT = ROOT / "benchmarks" / "results" / "kd-defaults"
@@ -47,6 +54,12 @@ CASES: dict[str, tuple[str, float, int, int]] = {
     "bbc-minilm": ("encoder", 0.25, 32, 300),
     "fashion-dual": ("dual-encoder", 0.25, 64, 500),
     "smollm2-bbc": ("causal-lm", 0.8, 4, 32),
+}
+#: schedule -> its ExperimentalDistillConfig fields for a run of ``steps`` (cosine: DistillConfig's own)
+SCHEDULES: dict[str, Any] = {
+    "cosine": lambda steps: {},
+    "warmup": lambda steps: {"warmup_steps": max(1, steps // 10)},
+    "constant": lambda steps: {"schedule": "constant"},
 }
 BBC_CASE = "bbc-minilm"
 #: How the cached BBC classifier is made; part of its cache's identity (see ``teacher_cache``).
@@ -143,12 +156,16 @@ def split_loaders(case: Case, batch_size: int, n_val: int, steps: int) -> tuple[
 
 
 def kd_score(
-    student: nn.Module, case: Case, loaders: tuple[DataLoader, DataLoader], lr: float | None, steps: int
+    student: nn.Module, case: Case, loaders: tuple[DataLoader, DataLoader], lr: float | None, steps: int,
+    schedule: str = "cosine",
 ) -> float:
-    """The validation metric of a copy of ``student`` after ``steps`` KD steps at ``lr`` (``None``: the family's)."""
+    """The validation metric of a copy of ``student`` after ``steps`` KD steps at ``lr`` (``None``: the family's)
+    under ``schedule`` (one of :data:`SCHEDULES`)."""
     model = copy.deepcopy(student)
-    cfg = DistillConfig(steps=steps, lr=lr, seed=0, metric=case.metric, val_every=0, val_at_start=False,
-                        progress=False, **case.options)
+    extra = SCHEDULES[schedule](steps)
+    cfg = (ExperimentalDistillConfig if extra else DistillConfig)(
+        steps=steps, lr=lr, seed=0, metric=case.metric, val_every=0, val_at_start=False, progress=False,
+        **case.options, **extra)
     distill(model, case.teacher, loaders[0], None, cfg)
     return evaluate(model, loaders[1], case.metric)[case.metric]
 
@@ -178,14 +195,33 @@ def run_grid(score: Any, grid: list[float], higher: bool, extend: int, log: Any 
     return dict(sorted(scores.items()))
 
 
-def measure(args: argparse.Namespace, command: str) -> dict[str, Any]:
-    """Build the case's student, run the grid and return the JSON record."""
-    family, budget, batch_size, n_val = CASES[args.case]
+def _setup(args: argparse.Namespace) -> tuple[Case, tuple[DataLoader, DataLoader], nn.Module, float]:
+    """The case, its (train, validation) loaders, the default student and the budget it was built at."""
+    _, budget, batch_size, n_val = CASES[args.case]
     budget = args.budget or budget
-    start = time.perf_counter()
     case = load_case(args.case, batch_size)
     loaders = split_loaders(case, batch_size, args.val_examples or n_val, args.steps)
-    student = inherit(case.teacher, InherConfig(budget=budget), calib=case.calib, progress=False)
+    return case, loaders, inherit(case.teacher, InherConfig(budget=budget), calib=case.calib, progress=False), budget
+
+
+def measure_schedules(args: argparse.Namespace, record: dict[str, Any], command: str) -> dict[str, Any]:
+    """``record`` (the case's lr grid) with ``schedules``: each schedule's validation score at the family's lr."""
+    start = time.perf_counter()
+    lr = FAMILY_LR[record["family"]]
+    case, loaders, student, _ = _setup(args)
+    scores = {}
+    for name in args.schedules:
+        scores[name] = kd_score(student, case, loaders, lr, args.steps, schedule=name)
+        print(f"{name} at lr {lr:g}: {scores[name]:.4f}")
+    return {**record, "schedules": {"lr": lr, "steps": args.steps, "scores": scores, "command": command,
+                                    "wall_s": round(time.perf_counter() - start, 1)}}
+
+
+def measure(args: argparse.Namespace, command: str) -> dict[str, Any]:
+    """Build the case's student, run the grid and return the JSON record."""
+    family, _, batch_size, _ = CASES[args.case]
+    start = time.perf_counter()
+    case, loaders, student, budget = _setup(args)
     higher = case.metric != "perplexity"
     untrained = evaluate(student, loaders[1], case.metric)[case.metric]
     teacher = evaluate(case.teacher, loaders[1], case.metric)[case.metric]
@@ -210,14 +246,31 @@ def markdown(folder: Path) -> str:
              "| case | family | budget | batch | steps | metric | teacher | untrained | lr: validation score | best lr |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     commands = []
-    for path in sorted(folder.glob("*.json")):
-        r = json.loads(path.read_text())
+    records = [json.loads(path.read_text()) for path in sorted(folder.glob("*.json"))]
+    for r in records:
         cells = ", ".join(f"**{lr}: {v:.4f}**" if float(lr) == r["best_lr"] else f"{lr}: {v:.4f}"
                           for lr, v in r["scores"].items())
         lines.append(f"| {r['case']} | {r['family']} | {r['budget']} | {r['batch_size']} | {r['steps']} | "
                      f"{r['metric']} | {r['teacher']:.4f} | {r['untrained']:.4f} | {cells} | {r['best_lr']:g} |")
         commands.append(f"- {r['case']}: `{r['command']}` ({r['wall_s']:.0f} s)")
-    return "\n".join([*lines, "", "Commands:", "", *commands, ""])
+    return "\n".join([*lines, "", *_schedule_table(records), "Commands:", "", *commands, ""])
+
+
+def _schedule_table(records: list[dict[str, Any]]) -> list[str]:
+    """The schedules compared at each family's lr, where a case has them (with their commands)."""
+    rows = [r for r in records if "schedules" in r]
+    if not rows:
+        return []
+    names = list(SCHEDULES)
+    lines = ["Schedules at the family's lr (cosine: the shipped recipe; warmup: linear over the first tenth, then "
+             "cosine; constant: no decay):", "", "| case | lr | " + " | ".join(names) + " |",
+             "|---|---|" + "---|" * len(names)]
+    for r in rows:
+        cells = " | ".join(f"{r['schedules']['scores'][n]:.4f}" if n in r["schedules"]["scores"] else ""
+                           for n in names)
+        lines.append(f"| {r['case']} | {r['schedules']['lr']:g} | {cells} |")
+    commands = [f"- {r['case']}: `{r['schedules']['command']}` ({r['schedules']['wall_s']:.0f} s)" for r in rows]
+    return [*lines, "", *commands, ""]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -228,11 +281,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget", type=float, default=None, help="[the case's: 0.25, causal LM 0.8]")
     ap.add_argument("--val-examples", type=int, default=None)
     ap.add_argument("--extend", type=int, default=2, help="grow the grid past a best edge this many times at most")
+    ap.add_argument("--schedules", nargs="+", choices=list(SCHEDULES), default=None,
+                    help="compare these schedules at the family's lr (needs the case's lr grid in --out)")
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args(argv)
     command = "OMP_NUM_THREADS=2 python -m inhernet_bench.scripts.kd_defaults " + shlex.join(
         sys.argv[1:] if argv is None else argv)
-    record = measure(args, command)
+    if args.schedules:
+        record = measure_schedules(args, json.loads((args.out / f"{args.case}.json").read_text()), command)
+    else:
+        record = measure(args, command)
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write(args.out / f"{args.case}.json", json.dumps(record, indent=2) + "\n")
     atomic_write(args.out / "README.md", markdown(args.out))
