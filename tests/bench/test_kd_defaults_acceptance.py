@@ -32,13 +32,14 @@ def test_default_lr_never_ends_below_the_untrained_student(name):
 
 @pytest.mark.assets
 def test_schedules_are_compared_at_the_family_lr_and_added_to_the_cases_record(tmp_path):
-    grid = ["--case", "mnist-cnn", "--steps", "4", "--lrs", "3e-4", "--extend", "0", "--out", str(tmp_path)]
+    grid = ["--case", "mnist-cnn", "--steps", "4", "--lrs", "1e-4", "3e-4", "--extend", "0", "--out", str(tmp_path)]
     assert kd_defaults.main(grid) == 0
     assert kd_defaults.main([*grid, "--schedules", "cosine", "warmup", "constant"]) == 0
     record = json.loads((tmp_path / "mnist-cnn.json").read_text())
     schedules = record["schedules"]
     assert schedules["lr"] == 3e-4 and schedules["steps"] == 4 and list(schedules["scores"]) == list(kd_defaults.SCHEDULES)
-    # the same student, data, seed and lr: the cosine run is the grid's
+    # the same student, batches, seed and lr: the cosine run is the grid's (its second run: the batches do not
+    # depend on how many runs came before)
     assert schedules["scores"]["cosine"] == record["scores"]["0.0003"]
     assert record["scores"] and "--schedules cosine warmup constant" in schedules["command"]
     row = "| mnist-cnn | 0.0003 | " + " | ".join(f"{v:.4f}" for v in schedules["scores"].values()) + " |"

@@ -162,6 +162,7 @@ def kd_score(
     """The validation metric of a copy of ``student`` after ``steps`` KD steps at ``lr`` (``None``: the family's)
     under ``schedule`` (one of :data:`SCHEDULES`)."""
     model = copy.deepcopy(student)
+    loaders[0].generator.manual_seed(0)  # every run sees the same batches: runs differ by lr or schedule alone
     extra = SCHEDULES[schedule](steps)
     cfg = (ExperimentalDistillConfig if extra else DistillConfig)(
         steps=steps, lr=lr, seed=0, metric=case.metric, val_every=0, val_at_start=False, progress=False,
@@ -232,7 +233,7 @@ def measure(args: argparse.Namespace, command: str) -> dict[str, Any]:
         "case": args.case, "family": family, "budget": budget, "steps": args.steps, "batch_size": batch_size,
         "train_examples": len(loaders[0].dataset), "val_examples": len(loaders[1].dataset), "metric": case.metric,
         "higher_is_better": higher, "teacher": teacher, "untrained": untrained,
-        "scores": {f"{lr:g}": v for lr, v in scores.items()}, "best_lr": best,
+        "scores": {f"{lr:g}": v for lr, v in scores.items()}, "best_lr": best, "same_batches": True,
         "best_is_interior": best not in (min(scores), max(scores)),
         "recipe": "AdamW, cosine decay to 0, no warm-up, no weight decay, grad clip 1, KD T=4 alpha=0.9, seed 0; "
                   f"validation: the last examples of the training split; {case.options or ''}",
@@ -250,9 +251,12 @@ def markdown(folder: Path) -> str:
     for r in records:
         cells = ", ".join(f"**{lr}: {v:.4f}**" if float(lr) == r["best_lr"] else f"{lr}: {v:.4f}"
                           for lr, v in r["scores"].items())
-        lines.append(f"| {r['case']} | {r['family']} | {r['budget']} | {r['batch_size']} | {r['steps']} | "
+        mark = "" if r.get("same_batches") else " †"
+        lines.append(f"| {r['case']}{mark} | {r['family']} | {r['budget']} | {r['batch_size']} | {r['steps']} | "
                      f"{r['metric']} | {r['teacher']:.4f} | {r['untrained']:.4f} | {cells} | {r['best_lr']:g} |")
         commands.append(f"- {r['case']}: `{r['command']}` ({r['wall_s']:.0f} s)")
+    if any(not r.get("same_batches") for r in records):
+        lines += ["", "†: run before each lr drew the same batches: every lr of the row saw its own batch order."]
     return "\n".join([*lines, "", *_schedule_table(records), "Commands:", "", *commands, ""])
 
 
