@@ -174,7 +174,8 @@ def test_a_teacher_trains_with_fixed_threads_whatever_the_callers() -> None:
 
 @pytest.mark.assets
 def test_a_bench_on_a_preset_without_its_teacher_names_the_command(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
+    monkeypatch.setenv("INHERNET_HOME", str(tmp_path))  # a machine where the teacher was never built
     code, _, err = invoke(monkeypatch, capsys, "plan", "--preset", "tweets-minilm", main=bench_main)
     assert code != 0 and "inhernet-bench teacher --preset tweets-minilm" in " ".join(err.split())
