@@ -266,8 +266,9 @@ def _schedule_table(records: list[dict[str, Any]]) -> list[str]:
     if not rows:
         return []
     names = list(SCHEDULES)
-    lines = ["Schedules at the family's lr (cosine: the shipped recipe; warmup: linear over the first tenth, then "
-             "cosine; constant: no decay):", "", "| case | lr | " + " | ".join(names) + " |",
+    lines = ["## Schedules at the family's lr", "",
+             "cosine: the shipped recipe; warmup: linear over the first tenth, then cosine; constant: no decay.", "",
+             "| case | lr | " + " | ".join(names) + " |",
              "|---|---|" + "---|" * len(names)]
     for r in rows:
         cells = " | ".join(f"{r['schedules']['scores'][n]:.4f}" if n in r["schedules"]["scores"] else ""
