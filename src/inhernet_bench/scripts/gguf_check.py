@@ -90,17 +90,20 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    import llama_cpp
-
-    from inhernet import InherConfig, export_gguf, inherit
-    from inhernet_bench.presets.smollm2 import bbc_blocks, load_smollm2, read_bbc_articles, split_articles
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--budget", type=float, default=0.8)
     parser.add_argument("--articles", type=int, default=20)
     parser.add_argument("--blocks", type=int, default=8)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
+    try:
+        import llama_cpp
+    except ImportError:
+        raise SystemExit("gguf_check runs the file in llama.cpp: pip install llama-cpp-python (it compiles llama.cpp)") from None
+
+    from inhernet import InherConfig, export_gguf, inherit
+    from inhernet_bench.presets.smollm2 import bbc_blocks, load_smollm2, read_bbc_articles, split_articles
+
     start = time.perf_counter()
     teacher, tokenizer = load_smollm2()
     calib = list(bbc_blocks("train", limit=64, tokenizer=tokenizer).blocks.split(8))
