@@ -366,8 +366,7 @@ def demo(budget: float, experts: int, steps: int, batch_size: int, out: str) -> 
     _run_bench(bench_cfg, out, None)
     console.print(
         f"{steps} KD steps is early training, where starting from the teacher is worth most; after 5 epochs "
-        "every method on this preset ends within 0.12 points and the kd-student highest (BENCHMARKS.md, "
-        "'Which method should I use?').",
+        "every method on this preset ties, within 0.13 points (BENCHMARKS.md, 'mnist-cnn').",
         highlight=False,
     )
 
