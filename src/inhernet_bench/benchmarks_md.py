@@ -279,7 +279,25 @@ def render_picked(ctx: Context, entry: dict) -> list[str]:
             "|---|---:|---:|---:|---:|---:|", *rows, ""]
 
 
-RENDERERS = {"json": render_json_table, "md": render_md_tables, "rows": render_picked}
+def render_teachers(ctx: Context, entry: dict) -> list[str]:
+    """The converged teachers (``inhernet-bench teacher`` records): where validation peaked, why training
+    stopped, the test score of the kept checkpoint, the recipe's optimiser settings and the wall time."""
+    rows, commands = [], []
+    for name in entry["teachers"]:
+        record = ctx.load(name)
+        (metric, val), = record["validation"].items()
+        recipe = record["recipe"]
+        commands.append(ctx.command(name, None))
+        rows.append(f"| {Path(name).stem} | {metric} | {val:.4f} at step {record['best_step']:,} | "
+                    f"{record['steps']:,} ({record['stopped']}) | {record['test'][metric]:.4f} "
+                    f"({int(record['test'].get('count', 0)):,}) | {recipe['lr']:g}, {recipe['batch_size']} | "
+                    f"{record['wall_s'] / 60:.0f} min |")
+    return [f"### {entry['title']}", "", *caption_lines(entry), *command_block(commands),
+            "| preset | metric | best validation | steps run (stopped by) | test (examples) | lr, batch | wall time |",
+            "|---|---|---:|---:|---:|---|---:|", *rows, ""]
+
+
+RENDERERS = {"json": render_json_table, "md": render_md_tables, "rows": render_picked, "teachers": render_teachers}
 
 
 def render_entry(ctx: Context, entry: dict) -> list[str]:

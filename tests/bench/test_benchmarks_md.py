@@ -183,3 +183,15 @@ def test_a_scripts_markdown_gives_its_tables_with_the_heading_and_paragraph_abov
 def test_rendering_outside_a_checkout_says_to_pass_the_root(tmp_path):
     with pytest.raises(FileNotFoundError, match="pass --root"):
         benchmarks_md.render(tmp_path)
+
+
+def test_the_teachers_table_is_their_records():
+    """Each converged teacher's row: its record's best validation score and step, steps run, the test score."""
+    lines = COMMITTED.splitlines()
+    for path in sorted((RESULTS / "teachers").glob("*.json")):
+        record = json.loads(path.read_text())
+        (metric, val), = record["validation"].items()
+        row = next(line for line in lines if line.startswith(f"| {path.stem} | {metric} |"))
+        assert f"{val:.4f} at step {record['best_step']:,}" in row
+        assert f"| {record['test'][metric]:.4f} ({int(record['test']['count']):,}) |" in row
+        assert f"| {record['steps']:,} ({record['stopped']}) |" in row
