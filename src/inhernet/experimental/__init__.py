@@ -6,7 +6,7 @@ calibrations). ``ExperimentalDistillConfig``: :func:`inhernet.distill` takes it 
 :class:`inhernet.DistillConfig` (other optimisers and schedules, warm-up, weight decay, ``gate_lr_scale``).
 """
 
+from ..config import ExperimentalConfig
 from .distillation import ExperimentalDistillConfig
-from .inheritance import ExperimentalConfig
 
 __all__ = ["ExperimentalConfig", "ExperimentalDistillConfig"]
