@@ -14,7 +14,7 @@ from torch import nn
 
 __all__ = [
     "TEACHER_LOGITS", "batch_labels", "batch_teacher_logits", "by_rows", "device_of", "evaluating", "first_example",
-    "forward_all", "forward_batch", "head_rows", "lm_labels", "logits_of", "move_batch", "rows_of", "split_rows",
+    "forward_all", "forward_batch", "head_rows", "hooked", "lm_labels", "logits_of", "move_batch", "rows_of", "split_rows",
 ]
 
 #: Key (dict batches) under which a batch may carry the teacher's precomputed logits; tuple batches
@@ -39,6 +39,16 @@ def evaluating(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for module, training in modes.items():
             module.training = training
+
+
+@contextmanager
+def hooked(handles: Iterable[Any]) -> Iterator[None]:
+    """Remove the hook ``handles`` when the block ends, however it ends."""
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def move_batch(batch: Any, device: torch.device | str) -> Any:

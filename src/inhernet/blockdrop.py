@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .batches import forward_all
+from .batches import forward_all, hooked
 from .config import InherConfig
 from .stack import keep_layers_, layer_stack
 
@@ -156,9 +156,6 @@ def block_influence(model: nn.Module, calib: Iterable[Any]) -> list[float]:
             mask[0] = m.double() if isinstance(m, torch.Tensor) and m.dim() == 2 else None
             yield batch
 
-    try:
+    with hooked(hooks):
         forward_all(model, masked(batches))
-    finally:
-        for h in hooks:
-            h.remove()
     return (total / count.clamp(min=1)).tolist()

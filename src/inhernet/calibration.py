@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .batches import device_of, forward_all, forward_batch, move_batch
+from .batches import device_of, forward_all, forward_batch, hooked, move_batch
 from .kinds import EmbeddingKind, LayerKind
 
 __all__ = [
@@ -139,12 +139,8 @@ def covariance_hooks(
 
         return hook
 
-    handles = [module.register_forward_pre_hook(make_hook(name, kind)) for name, (module, kind) in layers.items()]
-    try:
+    with hooked([module.register_forward_pre_hook(make_hook(name, kind)) for name, (module, kind) in layers.items()]):
         yield stats
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def unnested(x: torch.Tensor) -> torch.Tensor:
@@ -214,10 +210,6 @@ def layer_input_shapes(
 
         return hook
 
-    handles = [module.register_forward_pre_hook(make_hook(name)) for name, module in layers.items()]
-    try:
+    with hooked([module.register_forward_pre_hook(make_hook(name)) for name, module in layers.items()]):
         forward_all(model, [example])
-    finally:
-        for h in handles:
-            h.remove()
     return seen
