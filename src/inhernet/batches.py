@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 __all__ = [
-    "TEACHER_LOGITS", "batch_labels", "batch_teacher_logits", "by_rows", "device_of", "evaluating", "first_example",
-    "forward_all", "forward_batch", "head_rows", "hooked", "lm_labels", "logits_of", "move_batch", "rows_of", "split_rows",
+    "TEACHER_LOGITS", "batch_labels", "batch_teacher_logits", "by_rows", "device_of", "evaluating", "forward_all",
+    "forward_batch", "head_rows", "hooked", "lm_labels", "logits_of", "move_batch", "rows_of", "split_rows",
 ]
 
 #: Key (dict batches) under which a batch may carry the teacher's precomputed logits; tuple batches
@@ -164,15 +164,6 @@ def logits_of(output: Any) -> torch.Tensor:
         f"cannot find logits in a model output of type {type(output).__name__}; "
         "return a tensor or an object with a .logits attribute"
     )
-
-
-def first_example(batch: Any) -> Any:
-    """One example of an input batch (a tensor or a dict of tensors), e.g. to count MACs per example."""
-    if isinstance(batch, torch.Tensor):
-        return batch[:1]
-    if isinstance(batch, Mapping):
-        return {k: v[:1] if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-    return batch
 
 
 @torch.no_grad()
