@@ -84,11 +84,7 @@ class TokenMask:
 
 
 def collect_covariances(
-    model: nn.Module,
-    layers: dict[str, tuple[nn.Module, LayerKind]],
-    calib: Iterable[Any],
-    *,
-    progress: bool = True,
+    model: nn.Module, layers: dict[str, tuple[nn.Module, LayerKind]], calib: Iterable[Any], *, progress: bool = True,
 ) -> dict[str, InputCovariance]:
     """One forward pass of ``model`` (eval mode, no grad) over ``calib``: each layer's input covariance
     (``layers``: ``{name: (module, kind)}``); layers that saw no input are left out with a warning."""

@@ -160,12 +160,7 @@ class InherBlock(nn.Module):
 
     @torch.no_grad()
     def inherit_(
-        self,
-        down: torch.Tensor,
-        up: torch.Tensor,
-        bias: torch.Tensor | None,
-        *,
-        expert_noise: float = 0.0,
+        self, down: torch.Tensor, up: torch.Tensor, bias: torch.Tensor | None, *, expert_noise: float = 0.0,
         generator: torch.Generator | None = None,
     ) -> InherBlock:
         """Initialise from factors ``down`` (r x n) and ``up`` (m x r) so that ``up @ down ~ W``: each
@@ -353,11 +348,7 @@ def expert_spread(block: InherBlock) -> float:
 
 @torch.no_grad()
 def configure_gates(
-    block: InherBlock,
-    *,
-    routing: str = "soft",
-    gate_pool: str = "mean",
-    gate_noise: float = 1.0,
+    block: InherBlock, *, routing: str = "soft", gate_pool: str = "mean", gate_noise: float = 1.0,
     generator: torch.Generator | None = None,
 ) -> InherBlock:
     """Choose how a freshly inherited block's gate routes, keeping its function; returns the block.

@@ -79,15 +79,8 @@ LATENCY_ROUND_TO = 8
 
 
 def prune(
-    model: nn.Module,
-    example: Any,
-    ratio: float,
-    *,
-    importance: str = "l2",
-    ignored: Sequence[nn.Module] = (),
-    global_pruning: bool | None = None,
-    max_ratio: float = 0.95,
-    round_to: int | None = None,
+    model: nn.Module, example: Any, ratio: float, *, importance: str = "l2", ignored: Sequence[nn.Module] = (),
+    global_pruning: bool | None = None, max_ratio: float = 0.95, round_to: int | None = None,
 ) -> nn.Module:
     """A deep copy of ``model`` with a share ``ratio`` in [0, 1) of its channels (and heads) removed.
 
