@@ -14,7 +14,7 @@ from torch import nn
 
 __all__ = [
     "TEACHER_LOGITS", "batch_labels", "batch_teacher_logits", "by_rows", "device_of", "evaluating", "forward_all",
-    "forward_batch", "head_rows", "hooked", "lm_labels", "logits_of", "move_batch", "rows_of", "split_rows",
+    "forward_batch", "hooked", "lm_labels", "logits_of", "move_batch", "rows_of", "split_rows",
 ]
 
 #: Key (dict batches) under which a batch may carry the teacher's precomputed logits; tuple batches
@@ -72,17 +72,13 @@ def split_rows(batch: Any, rows: int) -> list[Any]:
 
 
 def by_rows(batch: Any, rows_too: int | None) -> dict[str, Any]:
-    """``batch`` whole and its first ``rows_too`` rows (when it has more), keyed by rows as a string."""
+    """``batch`` whole and its first ``rows_too`` rows (when it has more: every tensor inside it sliced along
+    its first dimension), keyed by rows as a string."""
     total = rows_of(batch)
     batches = {str(total): batch}
     if rows_too is not None and total is not None and rows_too < total:
-        batches[str(rows_too)] = head_rows(batch, rows_too)
+        batches[str(rows_too)] = _map_tensors(batch, lambda t: t[:rows_too] if t.dim() else t)
     return batches
-
-
-def head_rows(batch: Any, rows: int) -> Any:
-    """The first ``rows`` examples of ``batch``: every tensor inside it sliced along its first dimension."""
-    return _map_tensors(batch, lambda t: t[:rows] if t.dim() else t)
 
 
 def rows_of(batch: Any) -> int | None:
