@@ -340,9 +340,6 @@ class InherConfig:
         if cls is InherConfig and _is_experimental(d):
             cls = ExperimentalConfig
         known = {k: v for k, v in d.items() if k in {f.name for f in fields(cls)}}
-        for key in ("include", "exclude"):
-            if key in known:
-                known[key] = tuple(known[key])
         if all(known.get(k) is None for k in RANK_CHOICES):
             known.pop("budget", None)
         return cls(**known)
