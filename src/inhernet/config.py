@@ -264,7 +264,6 @@ class InherConfig:
                 f"budgets must map module-name patterns to budgets, e.g. {{'vision_model*': 0.3}}, "
                 f"got {self.budgets!r}"
             )
-        self.budgets = dict(self.budgets)
         if self.budgets and chosen and chosen != ["budget"]:
             raise ValueError(
                 f"budgets= sets parameter budgets per group of modules; it cannot be combined with {chosen[0]}=. "
@@ -325,7 +324,6 @@ class InherConfig:
         """A JSON-serialisable dict; ``InherConfig(**d)`` rebuilds the config."""
         d = asdict(self)
         d["include"], d["exclude"] = list(self.include), list(self.exclude)
-        d["budgets"] = dict(self.budgets)
         # defaults absent, so that the configs recorded before these fields existed stay equal to today's
         if d["latency_rows"] == 1:
             del d["latency_rows"]
