@@ -15,8 +15,6 @@ without parameters: a per-position conv gate, and top-1 routing, ``y = (p_k / sg
 with ``p = softmax(logits)`` and ``sg`` a stop-gradient: the factor is exactly 1 in the forward pass,
 yet the logits receive the gradient ``(dL/dy . B_k z) (e_k - p)``. The unchosen experts still run (as
 zeros), so ``count_macs`` reports the fused cost.
-
-To code outside its forward a block answers as the dense layer it replaced (:class:`InherBlock`).
 """
 
 from __future__ import annotations
