@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 __all__ = [
-    "TEACHER_LOGITS", "batch_labels", "batch_teacher_logits", "by_rows", "device_of", "evaluating", "first_example",
-    "forward_all", "forward_batch", "head_rows", "lm_labels", "logits_of", "move_batch", "rows_of", "split_rows",
+    "TEACHER_LOGITS", "batch_labels", "batch_teacher_logits", "by_rows", "device_of", "evaluating", "forward_all",
+    "forward_batch", "hooked", "lm_labels", "logits_of", "move_batch", "rows_of", "split_rows",
 ]
 
 #: Key (dict batches) under which a batch may carry the teacher's precomputed logits; tuple batches
@@ -41,6 +41,16 @@ def evaluating(model: nn.Module) -> Iterator[nn.Module]:
             module.training = training
 
 
+@contextmanager
+def hooked(handles: Iterable[Any]) -> Iterator[None]:
+    """Remove the hook ``handles`` when the block ends, however it ends."""
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def move_batch(batch: Any, device: torch.device | str) -> Any:
     """Move every tensor inside ``batch`` to ``device`` (nested tuples, lists and dicts)."""
     return _map_tensors(batch, lambda t: t.to(device))
@@ -62,17 +72,13 @@ def split_rows(batch: Any, rows: int) -> list[Any]:
 
 
 def by_rows(batch: Any, rows_too: int | None) -> dict[str, Any]:
-    """``batch`` whole and its first ``rows_too`` rows (when it has more), keyed by rows as a string."""
+    """``batch`` whole and its first ``rows_too`` rows (when it has more: every tensor inside it sliced along
+    its first dimension), keyed by rows as a string."""
     total = rows_of(batch)
     batches = {str(total): batch}
     if rows_too is not None and total is not None and rows_too < total:
-        batches[str(rows_too)] = head_rows(batch, rows_too)
+        batches[str(rows_too)] = _map_tensors(batch, lambda t: t[:rows_too] if t.dim() else t)
     return batches
-
-
-def head_rows(batch: Any, rows: int) -> Any:
-    """The first ``rows`` examples of ``batch``: every tensor inside it sliced along its first dimension."""
-    return _map_tensors(batch, lambda t: t[:rows] if t.dim() else t)
 
 
 def rows_of(batch: Any) -> int | None:
@@ -154,15 +160,6 @@ def logits_of(output: Any) -> torch.Tensor:
         f"cannot find logits in a model output of type {type(output).__name__}; "
         "return a tensor or an object with a .logits attribute"
     )
-
-
-def first_example(batch: Any) -> Any:
-    """One example of an input batch (a tensor or a dict of tensors), e.g. to count MACs per example."""
-    if isinstance(batch, torch.Tensor):
-        return batch[:1]
-    if isinstance(batch, Mapping):
-        return {k: v[:1] if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-    return batch
 
 
 @torch.no_grad()

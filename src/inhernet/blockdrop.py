@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .batches import forward_all
-from .config import InherConfig
+from .batches import forward_all, hooked
+from .config import InherConfig, is_int
 from .stack import keep_layers_, layer_stack
 
 __all__ = ["DropRecord", "block_influence", "blocks_to_drop", "drop_for", "replay", "without_blocks"]
@@ -102,7 +102,7 @@ def replay(base: nn.Module, entry: Any) -> Callable[[], None]:
         ValueError: a malformed entry, or a base whose stack is not the one recorded.
     """
     kept = entry.get("kept") if isinstance(entry, dict) else None
-    if not (isinstance(kept, list) and all(isinstance(i, int) and not isinstance(i, bool) for i in kept)
+    if not (isinstance(kept, list) and all(map(is_int, kept))
             and isinstance(entry.get("of"), int) and isinstance(entry.get("stack"), str)):
         raise ValueError("malformed 'drop' entry: an object with 'stack' (a name), 'of' and 'kept' (block indices)")
     name, stack = layer_stack(base)
@@ -156,9 +156,6 @@ def block_influence(model: nn.Module, calib: Iterable[Any]) -> list[float]:
             mask[0] = m.double() if isinstance(m, torch.Tensor) and m.dim() == 2 else None
             yield batch
 
-    try:
+    with hooked(hooks):
         forward_all(model, masked(batches))
-    finally:
-        for h in hooks:
-            h.remove()
     return (total / count.clamp(min=1)).tolist()

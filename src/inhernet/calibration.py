@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .batches import device_of, forward_all, forward_batch, move_batch
+from .batches import device_of, evaluating, forward_all, forward_batch, hooked, move_batch
 from .kinds import EmbeddingKind, LayerKind
 
 __all__ = [
@@ -84,28 +84,19 @@ class TokenMask:
 
 
 def collect_covariances(
-    model: nn.Module,
-    layers: dict[str, tuple[nn.Module, LayerKind]],
-    calib: Iterable[Any],
-    *,
-    progress: bool = True,
+    model: nn.Module, layers: dict[str, tuple[nn.Module, LayerKind]], calib: Iterable[Any], *, progress: bool = True,
 ) -> dict[str, InputCovariance]:
     """One forward pass of ``model`` (eval mode, no grad) over ``calib``: each layer's input covariance
     (``layers``: ``{name: (module, kind)}``); layers that saw no input are left out with a warning."""
     device = device_of(model)
-    was_training = model.training
-    model.eval()
     seen = 0
     mask = TokenMask()
-    try:
-        with covariance_hooks(layers, device, mask) as stats, torch.no_grad():
-            for batch in tqdm(calib, desc="calibrating", unit="batch", disable=not progress, leave=False):
-                batch = move_batch(batch, device)
-                mask.set(batch, device)
-                forward_batch(model, batch)
-                seen += 1
-    finally:
-        model.train(was_training)
+    with covariance_hooks(layers, device, mask) as stats, evaluating(model), torch.no_grad():
+        for batch in tqdm(calib, desc="calibrating", unit="batch", disable=not progress, leave=False):
+            batch = move_batch(batch, device)
+            mask.set(batch, device)
+            forward_batch(model, batch)
+            seen += 1
     if seen == 0:
         raise ValueError("calib is empty: pass an iterable of at least one batch of model inputs")
     return drop_unseen(stats, layers)
@@ -139,12 +130,8 @@ def covariance_hooks(
 
         return hook
 
-    handles = [module.register_forward_pre_hook(make_hook(name, kind)) for name, (module, kind) in layers.items()]
-    try:
+    with hooked([module.register_forward_pre_hook(make_hook(name, kind)) for name, (module, kind) in layers.items()]):
         yield stats
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def unnested(x: torch.Tensor) -> torch.Tensor:
@@ -214,10 +201,6 @@ def layer_input_shapes(
 
         return hook
 
-    handles = [module.register_forward_pre_hook(make_hook(name)) for name, module in layers.items()]
-    try:
+    with hooked([module.register_forward_pre_hook(make_hook(name)) for name, module in layers.items()]):
         forward_all(model, [example])
-    finally:
-        for h in handles:
-            h.remove()
     return seen

@@ -69,14 +69,10 @@ def _prune_value(value: str | None) -> float | str | None:
 USER_ERRORS = (ValueError, TypeError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
 _debug = {"on": False}
 
-
-def _set_debug(_ctx: click.Context, _param: click.Parameter, value: bool) -> None:
-    _debug["on"] = value
-
-
 #: ``--debug`` on a command group (``inhernet`` and ``inhernet-bench``): tracebacks for every error.
 debug_option = click.option(
-    "--debug", is_flag=True, envvar="INHERNET_DEBUG", expose_value=False, callback=_set_debug, is_eager=True,
+    "--debug", is_flag=True, envvar="INHERNET_DEBUG", expose_value=False, is_eager=True,
+    callback=lambda _ctx, _param, value: _debug.update(on=value),
     help="Show the full traceback of every error, not one line (also INHERNET_DEBUG=1).",
 )
 

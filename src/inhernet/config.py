@@ -158,16 +158,16 @@ class InherConfig:
             _check_amount("macs", self.macs, unit="MAC", of="multiply-accumulates")
         if self.latency is not None:
             self._check_latency()
-        if self.latency_rows is not None and not _is_int(self.latency_rows, 1):
+        if self.latency_rows is not None and not is_int(self.latency_rows, 1):
             raise ValueError(f"latency_rows must be an int >= 1 or None (the example batch only), got {self.latency_rows!r}")
         self._check_rank()
-        if self.energy is not None and not (_is_real(self.energy) and 0 < self.energy <= 1):
+        if self.energy is not None and not (is_real(self.energy) and 0 < self.energy <= 1):
             raise ValueError(f"energy must be a fraction in (0, 1], got {self.energy!r}")
-        if self.experts is not None and not _is_int(self.experts, 1):
+        if self.experts is not None and not is_int(self.experts, 1):
             raise ValueError(f"experts must be an int >= 1 (or None: the model family's default), got {self.experts!r}")
         self._check_choice("init")
         self._check_choice("allocation")
-        if self.min_rank_ratio is not None and not (_is_real(self.min_rank_ratio) and 0 <= self.min_rank_ratio < 1):
+        if self.min_rank_ratio is not None and not (is_real(self.min_rank_ratio) and 0 <= self.min_rank_ratio < 1):
             raise ValueError(
                 f"min_rank_ratio must be a fraction in [0, 1) of each layer's full rank, got {self.min_rank_ratio!r}"
             )
@@ -175,7 +175,7 @@ class InherConfig:
             self._check_choice("calibration", " (or None: the family's)")
         if self.family is not None and self.family not in FAMILIES:
             raise ValueError(f"family must be one of {FAMILIES} (or None: detected from the model), got {self.family!r}")
-        if not (_is_real(self.damping) and self.damping >= 0):
+        if not (is_real(self.damping) and self.damping >= 0):
             raise ValueError(f"damping must be a number >= 0, got {self.damping!r}")
         check_seed("seed", self.seed)
         self._check_prune(chosen)
@@ -196,7 +196,7 @@ class InherConfig:
         d = self.drop_blocks
         if d is None:
             return
-        if not _is_real(d):
+        if not is_real(d):
             raise TypeError(
                 f"drop_blocks must be a share in [0, 1] of the parameter cut paid with whole blocks, got {d!r}"
             )
@@ -217,7 +217,7 @@ class InherConfig:
         p = self.prune
         if p is None:
             return
-        if p != "auto" and not _is_real(p):
+        if p != "auto" and not is_real(p):
             raise TypeError(
                 f"prune must be a share in [0, 1) of the teacher's channels, 'auto' or None, got {p!r}"
             )
@@ -242,7 +242,7 @@ class InherConfig:
         n = self.prune_probe_steps
         if n is None:
             return
-        if isinstance(n, bool) or not isinstance(n, int):
+        if not is_int(n):
             raise TypeError(
                 f"prune_probe_steps must be an int >= 0 (KD steps per prune='auto' candidate; 0: zero-shot) "
                 f"or None (the default, {DEFAULT_PROBE_STEPS}), got {n!r}"
@@ -264,7 +264,6 @@ class InherConfig:
                 f"budgets must map module-name patterns to budgets, e.g. {{'vision_model*': 0.3}}, "
                 f"got {self.budgets!r}"
             )
-        self.budgets = dict(self.budgets)
         if self.budgets and chosen and chosen != ["budget"]:
             raise ValueError(
                 f"budgets= sets parameter budgets per group of modules; it cannot be combined with {chosen[0]}=. "
@@ -277,7 +276,7 @@ class InherConfig:
 
     def _check_latency(self) -> None:
         t = self.latency
-        if not _is_real(t):
+        if not is_real(t):
             raise TypeError(f"latency must be a fraction in (0, 1] of the teacher's measured latency, got {t!r}")
         if not 0 < t <= 1:
             raise ValueError(
@@ -325,7 +324,6 @@ class InherConfig:
         """A JSON-serialisable dict; ``InherConfig(**d)`` rebuilds the config."""
         d = asdict(self)
         d["include"], d["exclude"] = list(self.include), list(self.exclude)
-        d["budgets"] = dict(self.budgets)
         # defaults absent, so that the configs recorded before these fields existed stay equal to today's
         if d["latency_rows"] == 1:
             del d["latency_rows"]
@@ -340,9 +338,6 @@ class InherConfig:
         if cls is InherConfig and _is_experimental(d):
             cls = ExperimentalConfig
         known = {k: v for k, v in d.items() if k in {f.name for f in fields(cls)}}
-        for key in ("include", "exclude"):
-            if key in known:
-                known[key] = tuple(known[key])
         if all(known.get(k) is None for k in RANK_CHOICES):
             known.pop("budget", None)
         return cls(**known)
@@ -350,7 +345,7 @@ class InherConfig:
 
 def _check_amount(arg: str, b: object, unit: str = "parameter", of: str = "parameters") -> None:
     """A budget: a fraction in (0, 1] of the teacher's ``of`` or a count of ``unit``s; ``arg`` names it."""
-    if not _is_real(b):
+    if not is_real(b):
         raise TypeError(f"{arg} must be a fraction in (0, 1] or a {unit} count, got {b!r}")
     if isinstance(b, float) and not 0 < b <= 1:
         raise ValueError(
@@ -373,18 +368,18 @@ def plain_number(x: object) -> object:
 
 def check_seed(arg: str, seed: object) -> None:
     """``seed`` must be an int in [0, 2**32 - 1] (what torch, numpy and Lightning all accept)."""
-    if isinstance(seed, bool) or not isinstance(seed, int):
+    if not is_int(seed):
         raise TypeError(f"{arg} must be an int in [0, {MAX_SEED}], got {seed!r}")
     if not 0 <= seed <= MAX_SEED:
         raise ValueError(f"{arg}={seed} is out of range: give an int in [0, {MAX_SEED}], e.g. {arg}=0")
 
 
-def _is_real(x: object) -> bool:
+def is_real(x: object) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
-def _is_int(x: object, least: int) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool) and x >= least
+def is_int(x: object, least: int | None = None) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and (least is None or x >= least)
 
 
 def _as_patterns(arg: str, value: object) -> tuple[str, ...]:
@@ -446,9 +441,9 @@ class ExperimentalConfig(InherConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not _is_int(self.min_rank, 1):
+        if not is_int(self.min_rank, 1):
             raise ValueError(f"min_rank must be an int >= 1, got {self.min_rank!r}")
-        if not (_is_real(self.expert_noise) and self.expert_noise >= 0):
+        if not (is_real(self.expert_noise) and self.expert_noise >= 0):
             raise ValueError(f"expert_noise must be a number >= 0, got {self.expert_noise!r}")
         if self.routing not in ROUTINGS:
             raise ValueError(f"routing must be one of {ROUTINGS}, got {self.routing!r}")

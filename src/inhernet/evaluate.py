@@ -22,11 +22,7 @@ METRICS = ("accuracy", "perplexity", *DUAL_METRICS)
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module,
-    loader: Iterable[Any],
-    metric: str = "accuracy",
-    *,
-    max_batches: int | None = None,
+    model: nn.Module, loader: Iterable[Any], metric: str = "accuracy", *, max_batches: int | None = None,
     progress: bool = False,
 ) -> dict[str, float]:
     """Evaluate ``model`` on labelled batches, in eval mode (the previous mode is restored).

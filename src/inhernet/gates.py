@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .batches import forward_all
+from .batches import forward_all, hooked
 from .layers import InherBlock
 
 __all__ = ["gated_blocks", "record_gates"]
@@ -37,14 +37,8 @@ def record_gates(
         rows[name] += logits.shape[0]
         record(name, logits)
 
-    handles = [
-        b.gate.register_forward_hook(partial(hook, n)) for n, b in blocks.items()  # type: ignore[union-attr]
-    ]
-    try:
+    with hooked([b.gate.register_forward_hook(partial(hook, n)) for n, b in blocks.items()]):  # type: ignore[union-attr]
         forward_all(model, calib)
-    finally:
-        for h in handles:
-            h.remove()
     unseen = [n for n, count in rows.items() if count == 0]
     if unseen:
         raise ValueError(

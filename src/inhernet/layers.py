@@ -15,8 +15,6 @@ without parameters: a per-position conv gate, and top-1 routing, ``y = (p_k / sg
 with ``p = softmax(logits)`` and ``sg`` a stop-gradient: the factor is exactly 1 in the forward pass,
 yet the logits receive the gradient ``(dL/dy . B_k z) (e_k - p)``. The unchosen experts still run (as
 zeros), so ``count_macs`` reports the fused cost.
-
-To code outside its forward a block answers as the dense layer it replaced (:class:`InherBlock`).
 """
 
 from __future__ import annotations
@@ -160,12 +158,7 @@ class InherBlock(nn.Module):
 
     @torch.no_grad()
     def inherit_(
-        self,
-        down: torch.Tensor,
-        up: torch.Tensor,
-        bias: torch.Tensor | None,
-        *,
-        expert_noise: float = 0.0,
+        self, down: torch.Tensor, up: torch.Tensor, bias: torch.Tensor | None, *, expert_noise: float = 0.0,
         generator: torch.Generator | None = None,
     ) -> InherBlock:
         """Initialise from factors ``down`` (r x n) and ``up`` (m x r) so that ``up @ down ~ W``: each
@@ -353,11 +346,7 @@ def expert_spread(block: InherBlock) -> float:
 
 @torch.no_grad()
 def configure_gates(
-    block: InherBlock,
-    *,
-    routing: str = "soft",
-    gate_pool: str = "mean",
-    gate_noise: float = 1.0,
+    block: InherBlock, *, routing: str = "soft", gate_pool: str = "mean", gate_noise: float = 1.0,
     generator: torch.Generator | None = None,
 ) -> InherBlock:
     """Choose how a freshly inherited block's gate routes, keeping its function; returns the block.

@@ -36,13 +36,8 @@ __all__ = ["LATENCY_CHECK_ROUNDS", "LATENCY_CHECK_WINDOW", "inherit", "plan"]
 
 
 def inherit(
-    model: nn.Module,
-    config: InherConfig | None = None,
-    calib: Iterable[Any] | None = None,
-    *,
-    plan: Plan | None = None,
-    progress: bool = True,
-    costs: LatencyCosts | None = None,
+    model: nn.Module, config: InherConfig | None = None, calib: Iterable[Any] | None = None, *,
+    plan: Plan | None = None, progress: bool = True, costs: LatencyCosts | None = None,
 ) -> nn.Module:
     """A new model in which every planned layer is an SVD-initialised InherNet block.
 

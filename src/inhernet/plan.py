@@ -96,17 +96,10 @@ class Plan:
         return {r.name: r.rank for r in self.layers if r.rank is not None}
 
     def to_dict(self) -> dict[str, Any]:
+        totals = [f"{who}_{what}" for what in ("params", "macs", "latency_ns") for who in ("teacher", "target", "total")]
         return {
             "config": self.config.to_dict(),
-            "teacher_params": self.teacher_params,
-            "target_params": self.target_params,
-            "total_params": self.total_params,
-            "teacher_macs": self.teacher_macs,
-            "target_macs": self.target_macs,
-            "total_macs": self.total_macs,
-            "teacher_latency_ns": self.teacher_latency_ns,
-            "target_latency_ns": self.target_latency_ns,
-            "total_latency_ns": self.total_latency_ns,
+            **{key: getattr(self, key) for key in totals},
             "layers": [asdict(r) for r in self.layers],
             **({"prune": self.prune.to_dict()} if self.prune is not None else {}),
             **({"drop": self.drop.to_dict()} if self.drop is not None else {}),

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .batches import device_of, evaluating, forward_batch, logits_of, move_batch
+from .batches import device_of, evaluating, forward_batch, hooked, logits_of, move_batch
 from .config import InherConfig
 from .costs.macs import count_macs
 from .costs.profile import latency_table, measured_ns
@@ -65,12 +65,8 @@ def output_layers(model: nn.Module, example: Any) -> list[nn.Module]:
         for m in model.modules()
         if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding))
     ]
-    try:
-        with torch.no_grad():
-            forward_batch(model, example)
-    finally:
-        for h in hooks:
-            h.remove()
+    with hooked(hooks), torch.no_grad():
+        forward_batch(model, example)
     if not ran:
         raise ValueError(
             f"{type(model).__name__} ran no Linear, Conv or Embedding layer on the example: nothing to prune"
@@ -83,15 +79,8 @@ LATENCY_ROUND_TO = 8
 
 
 def prune(
-    model: nn.Module,
-    example: Any,
-    ratio: float,
-    *,
-    importance: str = "l2",
-    ignored: Sequence[nn.Module] = (),
-    global_pruning: bool | None = None,
-    max_ratio: float = 0.95,
-    round_to: int | None = None,
+    model: nn.Module, example: Any, ratio: float, *, importance: str = "l2", ignored: Sequence[nn.Module] = (),
+    global_pruning: bool | None = None, max_ratio: float = 0.95, round_to: int | None = None,
 ) -> nn.Module:
     """A deep copy of ``model`` with a share ``ratio`` in [0, 1) of its channels (and heads) removed.
 

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .batches import device_of, forward_batch, move_batch
+from .batches import device_of, forward_batch, hooked, move_batch
 from .calibration import (
     InputCovariance,
     TokenMask,
@@ -125,9 +125,8 @@ def capture_stack_inputs(
         captured.kwargs.append(kwargs)
         raise _StopForward
 
-    handle = first_block.register_forward_pre_hook(hook, with_kwargs=True)
     batches = 0
-    try:
+    with first_block.register_forward_pre_hook(hook, with_kwargs=True):  # the handle removes the hook on exit
         for batch in calib:
             batches += 1
             batch = move_batch(batch, device)
@@ -135,8 +134,6 @@ def capture_stack_inputs(
             captured.masks.append(mask.current)
             with contextlib.suppress(_StopForward):
                 forward_batch(model, batch)
-    finally:
-        handle.remove()
     if batches == 0:
         raise ValueError("calib is empty: pass an iterable of at least one batch of model inputs")
     if len(captured.hidden) != batches:
@@ -294,16 +291,13 @@ def _paired_statistics(
             raise ValueError(f"the teacher has no module {name!r}: pass the unmodified model as teacher")
         handles.append(teacher_modules[relative].register_forward_pre_hook(record(name, kind)))
         handles.append(module.register_forward_pre_hook(pair(name, kind)))
-    try:
+    with hooked(handles):
         for b in range(len(inputs.hidden)):
             recorded.clear()
             mask.current = inputs.masks[b] if b < len(inputs.masks) else None
             teacher_inputs.hidden[b] = run_block(teacher_block, teacher_inputs, b)
             if layers:  # nothing to pair otherwise: only the teacher's hidden states move on
                 run_block(block, inputs, b)
-    finally:
-        for h in handles:
-            h.remove()
     return stats
 
 

@@ -24,7 +24,7 @@ from ._atomic import atomic_path, atomic_write
 from ._files import CONFIG_NAME, SOURCE_NAME, sha256_file
 from ._version import __version__
 from .blockdrop import replay
-from .config import InherConfig
+from .config import InherConfig, is_int
 from .kinds import LayerKind, block_params, kind_of
 from .layers import GATE_POOLS, ROUTINGS, InherBlock
 from .pruning import apply_spec
@@ -232,7 +232,7 @@ def _check_layer(base: nn.Module, name: str, spec: Any) -> tuple[nn.Module, Laye
         raise ValueError(f"{CONFIG_NAME}: layer {name!r} has a malformed spec {spec!r}")
     rank, experts, source = spec["rank"], spec["experts"], spec["source"]
     for key, value in (("rank", rank), ("experts", experts)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        if not is_int(value, 1):
             raise ValueError(f"{CONFIG_NAME}: layer {name!r} has a malformed spec {spec!r} ({key} must be an int >= 1)")
     if spec.get("routing", "soft") not in ROUTINGS or spec.get("gate_pool", "mean") not in GATE_POOLS:
         raise ValueError(f"{CONFIG_NAME}: layer {name!r} has an unknown routing/gate_pool in {spec!r}")

@@ -22,7 +22,6 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from inhernet.batches import first_example
 from inhernet.costs import count_macs
 from inhernet.deploy import merge_experts
 from inhernet.distillation import DistillConfig, distill, precompute_teacher_logits, precompute_teacher_topk
@@ -253,6 +252,16 @@ def teacher_digest(model: nn.Module) -> str:
     for name, tensor in model.state_dict().items():
         hash_tensor(digest, name, tensor)
     return digest.hexdigest()[:16]
+
+
+def first_example(batch: Any) -> Any:
+    """One example of an input batch (a tensor or a dict of tensors), e.g. to count MACs per example; any
+    other batch as it is."""
+    if isinstance(batch, torch.Tensor):
+        return batch[:1]
+    if isinstance(batch, Mapping):
+        return {k: v[:1] if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    return batch
 
 
 def teacher_training_set(

@@ -14,10 +14,13 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 MAX_FUNCTION_LINES = 60
-# Issue 25 asks for at most 10,000 lines: the library was 15,048 and is 10,530 with issue 28's exporters
-# (deploy/hf, hf_modeling, pt2, gguf with its tokenizer, and the export command: 532 lines), 9,998 without them.
+# Issue 25 asks for at most 10,000 lines: the library was 15,048, then 10,530 with issue 28's exporters
+# (deploy/hf, hf_modeling, pt2, gguf with its tokenizer, and the export command: 532 lines), and is 10,418
+# since the trim branch removed a re-export shim, hand-written hook removal and mode restoring (now hooked()
+# and evaluating()), a second int/number check, the harness-only first_example (now in inhernet_bench),
+# one-parameter-a-line signatures and conversions done twice; still 418 over.
 # A ratchet at today's size, to be lowered as the library shrinks; raise it only for a new feature, and say so here.
-MAX_LIBRARY_LINES = 10_530
+MAX_LIBRARY_LINES = 10_418
 
 
 def _functions(path: Path) -> list[tuple[str, int]]:

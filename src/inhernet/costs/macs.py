@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..batches import device_of, evaluating, forward_batch, move_batch
+from ..batches import device_of, evaluating, forward_batch, hooked, move_batch
 from ..kinds import LayerKind
 from .table import LayerShape
 
@@ -60,10 +60,6 @@ def example_pass(
             rows, gates = kind.positions(module, output)
             seen[name] = (seen[name][0] + rows, seen[name][1] + gates)
 
-    handles = [module.register_forward_hook(partial(hook, n, kind)) for n, (module, kind) in layers.items()]
-    try:
+    with hooked([module.register_forward_hook(partial(hook, n, kind)) for n, (module, kind) in layers.items()]):
         total = count_macs(model, example)
-    finally:
-        for h in handles:
-            h.remove()
     return total, seen, shapes

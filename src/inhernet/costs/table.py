@@ -192,16 +192,9 @@ class CostTable:
     """
 
     def __init__(
-        self,
-        device: torch.device | str = "cpu",
-        *,
-        threads: int | None = None,
-        path: str | os.PathLike[str] | None = None,
-        cache: bool = True,
-        repeats: int = 7,
-        min_time: float = 2e-3,
-        points: int = 4,
-        check_drift: bool = True,
+        self, device: torch.device | str = "cpu", *, threads: int | None = None,
+        path: str | os.PathLike[str] | None = None, cache: bool = True, repeats: int = 7, min_time: float = 2e-3,
+        points: int = 4, check_drift: bool = True,
     ) -> None:
         if repeats < 1 or points < 2 or min_time <= 0:
             raise ValueError(f"need repeats >= 1, points >= 2 and min_time > 0, got {repeats}, {points}, {min_time}")

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar, Literal
 
 from .._moved import refuse_moved
-from ..config import check_seed, plain_number
+from ..config import check_seed, is_int, is_real, plain_number
 from ..evaluate import METRICS
 from .loss import EMBED_LOSSES
 
@@ -39,14 +38,6 @@ MOVED = {
         "did not change accuracy (BENCHMARKS.md, 'Experts that pay?')"
     ),
 }
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_num(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 @refuse_moved(MOVED)
@@ -162,24 +153,24 @@ class DistillConfig:
         return ValueError(f"{type(self).__name__}.{name} must be {expected}, got {getattr(self, name)!r}")
 
     def _check_optimisation(self) -> None:
-        if not _is_int(self.steps) or self.steps < 1:
+        if not is_int(self.steps, 1):
             raise self._bad("steps", "an int >= 1")
-        if self.lr is not None and (not _is_num(self.lr) or self.lr <= 0):
+        if self.lr is not None and (not is_real(self.lr) or self.lr <= 0):
             raise self._bad("lr", "a positive number, or None (the student's family default)")
-        if self.grad_clip is not None and (not _is_num(self.grad_clip) or self.grad_clip < 0):
+        if self.grad_clip is not None and (not is_real(self.grad_clip) or self.grad_clip < 0):
             raise self._bad("grad_clip", "a number >= 0 or None")
 
     def _check_loss(self) -> None:
         if self.loss not in LOSSES:
             raise self._bad("loss", f"one of {LOSSES}")
-        if not _is_num(self.embed_weight) or self.embed_weight < 0:
+        if not is_real(self.embed_weight) or self.embed_weight < 0:
             raise self._bad("embed_weight", "a number >= 0")
-        if not _is_num(self.temperature) or self.temperature <= 0:
+        if not is_real(self.temperature) or self.temperature <= 0:
             raise self._bad("temperature", "a positive number")
-        if not _is_num(self.alpha) or not 0 <= self.alpha <= 1:
+        if not is_real(self.alpha) or not 0 <= self.alpha <= 1:
             raise self._bad("alpha", "a number in [0, 1]")
         if self.teacher_topk is not None:
-            if not _is_int(self.teacher_topk) or self.teacher_topk < 1:
+            if not is_int(self.teacher_topk, 1):
                 raise self._bad("teacher_topk", "None (full-logit KD) or an int >= 1, at most the vocabulary size")
             if self.loss != "kd":
                 raise ValueError(
@@ -188,7 +179,7 @@ class DistillConfig:
                 )
 
     def _check_features(self) -> None:
-        if not _is_num(self.feature_weight) or self.feature_weight < 0:
+        if not is_real(self.feature_weight) or self.feature_weight < 0:
             raise self._bad("feature_weight", "a number >= 0")
         if self.feature_loss not in EMBED_LOSSES:
             raise self._bad("feature_loss", f"one of {EMBED_LOSSES}")
@@ -204,7 +195,7 @@ class DistillConfig:
             )
 
     def _check_hardware(self) -> None:
-        if _is_int(self.precision):
+        if is_int(self.precision):
             self.precision = str(self.precision)
         if isinstance(self.precision, str):
             self.precision = _PRECISION_ALIASES.get(self.precision, self.precision)
@@ -213,9 +204,9 @@ class DistillConfig:
         devices = self.devices
         if not (
             devices == "auto"
-            or (_is_int(devices) and (devices >= 1 or devices == -1))
+            or (is_int(devices) and (devices >= 1 or devices == -1))
             or (isinstance(devices, str) and devices.replace(",", "").strip().isdigit())
-            or (isinstance(devices, (list, tuple)) and devices and all(map(_is_int, devices)))
+            or (isinstance(devices, (list, tuple)) and devices and all(map(is_int, devices)))
         ):
             raise self._bad("devices", "an int >= 1, -1 (all), 'auto', a list of device indices or a '0,1' string")
         if self.accelerator not in ACCELERATORS:
@@ -225,22 +216,22 @@ class DistillConfig:
                 raise self._bad("strategy", "a Lightning strategy name ('auto', 'ddp', 'ddp_spawn', 'fsdp', ...)")
         elif self.strategy is None:
             raise self._bad("strategy", "a Lightning strategy name or Strategy object")
-        if not _is_int(self.num_nodes) or self.num_nodes < 1:
+        if not is_int(self.num_nodes, 1):
             raise self._bad("num_nodes", "an int >= 1")
         if self.deterministic not in (True, False, "warn"):
             raise self._bad("deterministic", "True, False or 'warn'")
 
     def _check_run(self) -> None:
         check_seed("DistillConfig.seed", self.seed)
-        if self.val_every is not None and (not _is_int(self.val_every) or self.val_every < 0):
+        if self.val_every is not None and not is_int(self.val_every, 0):
             raise self._bad("val_every", "an int >= 0 (0: validate only at the end) or None")
         if self.metric not in METRICS:
             raise self._bad("metric", f"one of {METRICS}")
         if self.log_dir is not None:
             self.log_dir = str(self.log_dir)  # accept os.PathLike
-        if not _is_int(self.checkpoint_every) or self.checkpoint_every < 0:
+        if not is_int(self.checkpoint_every, 0):
             raise self._bad("checkpoint_every", "an int >= 0 (0: only when interrupted)")
-        if not _is_int(self.keep_checkpoints) or self.keep_checkpoints < -1:
+        if not is_int(self.keep_checkpoints, -1):
             raise self._bad("keep_checkpoints", "an int >= 0, or -1 (all)")
         if self.keep not in ("last", "best"):
             raise self._bad("keep", "'last' or 'best'")

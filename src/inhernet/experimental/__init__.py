@@ -1,12 +1,8 @@
 """Ablation knobs: what BENCHMARKS.md measured and the method does not use, kept to reproduce it.
+:func:`inhernet.inherit` and :func:`inhernet.distill` take :class:`ExperimentalConfig` and
+:class:`ExperimentalDistillConfig` wherever they take their configs (each lists its knobs)."""
 
-``ExperimentalConfig``: :func:`inhernet.inherit` takes it wherever it takes an :class:`inhernet.InherConfig`
-(``min_rank``, ``expert_noise``, ``routing``, ``gate_pool``; ``init="random"``, the other allocations and
-calibrations). ``ExperimentalDistillConfig``: :func:`inhernet.distill` takes it wherever it takes an
-:class:`inhernet.DistillConfig` (other optimisers and schedules, warm-up, weight decay, ``gate_lr_scale``).
-"""
-
+from ..config import ExperimentalConfig
 from .distillation import ExperimentalDistillConfig
-from .inheritance import ExperimentalConfig
 
 __all__ = ["ExperimentalConfig", "ExperimentalDistillConfig"]

@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from ..config import plain_number
-from ..distillation.config import EMBED_LOSSES, DistillConfig, _is_int, _is_num
+from ..config import is_int, is_real, plain_number
+from ..distillation.config import EMBED_LOSSES, DistillConfig
 
 __all__ = ["OPTIMIZERS", "SCHEDULES", "ExperimentalDistillConfig"]
 
@@ -46,22 +46,22 @@ class ExperimentalDistillConfig(DistillConfig):
         self._check_recipe()
 
     def _check_recipe(self) -> None:
-        if not _is_num(self.weight_decay) or self.weight_decay < 0:
+        if not is_real(self.weight_decay) or self.weight_decay < 0:
             raise self._bad("weight_decay", "a number >= 0")
         if self.optimizer not in OPTIMIZERS:
             raise self._bad("optimizer", f"one of {OPTIMIZERS}")
-        if not _is_num(self.momentum) or not 0 <= self.momentum < 1:
+        if not is_real(self.momentum) or not 0 <= self.momentum < 1:
             raise self._bad("momentum", "a number in [0, 1)")
         if self.schedule not in SCHEDULES:
             raise self._bad("schedule", f"one of {SCHEDULES}")
-        if not _is_int(self.warmup_steps) or not 0 <= self.warmup_steps < self.steps:
+        if not is_int(self.warmup_steps) or not 0 <= self.warmup_steps < self.steps:
             raise self._bad("warmup_steps", f"an int in [0, steps={self.steps})")
-        if not _is_num(self.step_gamma) or self.step_gamma <= 0:
+        if not is_real(self.step_gamma) or self.step_gamma <= 0:
             raise self._bad("step_gamma", "a positive number")
         self.step_milestones = tuple(self.step_milestones)
-        if not all(_is_num(m) and 0 < m < 1 for m in self.step_milestones):
+        if not all(is_real(m) and 0 < m < 1 for m in self.step_milestones):
             raise self._bad("step_milestones", "fractions in (0, 1) of the post-warm-up steps")
         if self.embed_loss not in EMBED_LOSSES:
             raise self._bad("embed_loss", f"one of {EMBED_LOSSES}")
-        if not _is_num(self.gate_lr_scale) or self.gate_lr_scale <= 0:
+        if not is_real(self.gate_lr_scale) or self.gate_lr_scale <= 0:
             raise self._bad("gate_lr_scale", "a positive number (the gates' learning rate is lr * gate_lr_scale)")

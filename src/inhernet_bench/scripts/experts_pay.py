@@ -46,14 +46,13 @@ from torch.utils.data import DataLoader, Subset
 
 from inhernet import count_macs, inherit, merge_experts
 from inhernet._atomic import atomic_write
-from inhernet.batches import first_example
 from inhernet.distillation import DistillConfig, distill
 from inhernet.evaluate import evaluate
 from inhernet.experimental import ExperimentalConfig
 from inhernet.experimental.distillation import ExperimentalDistillConfig
 from inhernet_bench.gate_stats import gate_stats, summarize_gates
 from inhernet_bench.presets.registry import get_preset
-from inhernet_bench.runner import teacher_training_set
+from inhernet_bench.runner import first_example, teacher_training_set
 from inhernet_bench.scripts import RESULTS
 
 VARIANTS = ("h1", "h3-soft", "h3-soft-glr", "h3-position", "h3-top1", "h3-top1-macs")
