@@ -29,7 +29,8 @@ def summarise(name: str, runs: list[dict[str, Any]], size: tuple[int, int], high
         "lr": runs[0].get("lr"), **tuned,
         "curve": curve, **flatness(curve, runs[0]["steps"], higher),
         **merged,
-        "per_seed": [{k: r[k] for k in ("seed", "zero_shot", "final", "merged", "lr") if k in r} for r in runs],
+        "per_seed": [{**{k: r[k] for k in ("seed", "zero_shot", "final", "merged", "lr") if k in r},
+                      **({"curve_end": r["curve"][-1][1]} if r["curve"] else {})} for r in runs],
         **other_metrics({k: statistics.fmean(r["metrics"][k] for r in runs) for k in runs[0]["metrics"]}),
     }
 
