@@ -9,7 +9,7 @@ from ..families import model_family
 
 __all__ = ["FAMILY_LR", "default_lr"]
 
-# conv: mnist-cnn ties at 1e-4 / 3e-4, fashion-effnet's tuning (BENCHMARKS.md) favours 1e-3 over 3e-4 by 0.1 point;
+# conv: mnist-cnn ties at 1e-4 / 3e-4, fashion-effnet on its converged teacher 3e-4 (interior; 1e-4 ties, 1e-3 -1.4 pt);
 # encoder: bbc-minilm 1e-4 (interior), tweets-minilm's tuning too; dual encoder: fashion-dual 1e-4 (interior, on its
 # converged teacher; 3e-4 loses 8 points); causal LM: smollm2-bbc 2e-4 (interior of 7e-5 / 2e-4 / 6e-4).
 #: peak KD learning rate per family (``"dual-encoder"``: a student trained with ``loss="contrastive"``)
