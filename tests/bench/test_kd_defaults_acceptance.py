@@ -44,3 +44,19 @@ def test_schedules_are_compared_at_the_family_lr_and_added_to_the_cases_record(t
     assert record["scores"] and "--schedules cosine warmup constant" in schedules["command"]
     row = "| mnist-cnn | 0.0003 | " + " | ".join(f"{v:.4f}" for v in schedules["scores"].values()) + " |"
     assert row in (tmp_path / "README.md").read_text()
+
+
+def test_validation_is_the_teachers_held_out_split_where_it_has_one():
+    """A converged teacher fitted its KD targets on all but its own validation split: the grid scores on that
+    split (never on examples the teacher trained on) and trains on none of it; without one, on the last examples."""
+    import torch
+    from torch.utils.data import TensorDataset
+
+    data = TensorDataset(torch.arange(100.0))
+    case = kd_defaults.Case(torch.nn.Identity(), data, None, [], "accuracy", {}, held_out=[3, 50, 7, 90, 11])
+    train, val = kd_defaults.split_loaders(case, batch_size=4, n_val=4, steps=5)
+    assert list(val.dataset.indices) == [3, 50, 7, 90]
+    assert list(train.dataset.indices) == [0, 1, 2, 4, 5, 6, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21]
+    case.held_out = None
+    train, val = kd_defaults.split_loaders(case, batch_size=4, n_val=4, steps=5)
+    assert list(val.dataset.indices) == [96, 97, 98, 99] and list(train.dataset.indices) == list(range(20))

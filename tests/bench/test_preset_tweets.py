@@ -296,3 +296,15 @@ def test_real_teacher_structure_and_plan_budgets() -> None:
     assert next(row for row in p.layers if row.name.endswith("word_embeddings")).factorised
     student = bert_student(teacher.config, total // 2)
     assert total // 2 <= n_params(student) <= 1.01 * (total // 2)
+
+
+@pytest.mark.assets
+def test_the_bench_validates_on_the_teachers_own_validation_split():
+    from inhernet_bench.presets.registry import get_preset
+
+    held = get_preset("tweets-minilm").validation()
+    train, _ = tweets.tweets_splits()
+    labels = train.tensors["labels"]
+    assert len(set(held)) == len(held) and min(held) >= 0 and max(held) < len(labels)
+    assert abs(len(held) - tweets_teacher.TEACHER_RECIPE["val_examples"]) <= 3  # about val_examples, by class
+    assert set(labels[held].tolist()) == set(range(len(tweets.LABELS)))

@@ -131,6 +131,7 @@ PRESETS: dict[str, Preset] = {
             _lazy("tweets", "tweets_calib"),
             _tweets_student,
             methods=(*DEFAULT_METHODS, "layerdrop-kd"),
+            validation=_lazy("tweets_teacher", "tweets_validation"),
         ),
         Preset(
             "fashion-dual",

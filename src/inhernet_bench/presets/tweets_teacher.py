@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from transformers import BertConfig, BertForSequenceClassification
 
 __all__ = ["PRESET", "TEACHER_RECIPE", "finetune_classifier", "load_tweets_teacher", "new_tweets_teacher",
-           "teacher_spec", "tweets_teacher_config"]
+           "teacher_spec", "tweets_teacher_config", "tweets_validation"]
 
 PRESET = "tweets-minilm"
 #: How the converged teacher is trained (:mod:`inhernet_bench.teachers`); part of its cache's key.
@@ -162,6 +162,15 @@ def teacher_spec() -> TeacherSpec:
 
     return TeacherSpec(PRESET, r, lambda: new_tweets_teacher(r["seed"]), splits, classification_loss, "accuracy",
                        collate=trim_padding)
+
+
+def tweets_validation() -> list[int]:
+    """The converged teacher's validation tweets (:data:`TEACHER_RECIPE`'s split): indices into
+    :func:`~inhernet_bench.presets.tweets.tweets_loaders`' training split, held out of the teacher's training;
+    the bench's validation split."""
+    r = TEACHER_RECIPE
+    train, _ = tweets_splits(r["max_length"], r["test_size"], r["split_seed"])
+    return stratified_split(train.tensors["labels"], r["val_examples"], r["val_seed"])[1]
 
 
 def load_tweets_teacher() -> BertForSequenceClassification:

@@ -28,6 +28,7 @@ import shlex
 import sys
 import time
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +74,8 @@ BBC_LABELS = ("business", "entertainment", "politics", "sports", "tech")
 
 @dataclass
 class Case:
-    """A teacher, its training data (validation carved from its end), calibration and KD options."""
+    """A teacher, its training data, calibration and KD options; ``held_out``: the indices of the training data
+    the teacher never trained on (its own validation split), where it has one."""
 
     teacher: nn.Module
     train: Dataset
@@ -81,6 +83,7 @@ class Case:
     calib: list[Any]
     metric: str
     options: dict[str, Any]
+    held_out: list[int] | None = None
 
 
 def bbc_train_set() -> Dataset:
@@ -139,19 +142,23 @@ def load_case(name: str, batch_size: int, calib_size: int = 1000) -> Case:
     train, _ = preset.data(batch_size)
     options = {**preset.distill_options, "teacher_topk": preset.teacher_topk}
     calib = preset.calib(min(calib_size, 64) if name == "smollm2-bbc" else calib_size)
-    return Case(preset.teacher(), train.dataset, train.collate_fn, calib, preset.metric, options)
+    held_out = [int(i) for i in preset.validation()] if preset.validation is not None else None
+    return Case(preset.teacher(), train.dataset, train.collate_fn, calib, preset.metric, options, held_out)
 
 
 def split_loaders(case: Case, batch_size: int, n_val: int, steps: int) -> tuple[DataLoader, DataLoader]:
-    """``(train, val)``: the first examples of the training split (one pass of ``steps`` batches at
-    most), and its last ``n_val`` examples."""
+    """``(train, val)``: ``n_val`` validation examples (the first of the teacher's own validation split where it
+    has one: examples its KD targets were not fitted on; else the training split's last), and the first other
+    examples of the training split (one pass of ``steps`` batches at most)."""
     n = len(case.train)
     if n_val >= n:
         raise ValueError(f"--val-examples {n_val} leaves nothing to train on (the training split has {n})")
-    head = Subset(case.train, range(min(n - n_val, steps * batch_size)))
+    held = case.held_out[:n_val] if case.held_out is not None else list(range(n - n_val, n))
+    skip = set(held)
+    head = Subset(case.train, list(islice((i for i in range(n) if i not in skip), steps * batch_size)))
     train = DataLoader(head, batch_size=batch_size, shuffle=True, collate_fn=case.collate,
                        generator=torch.Generator().manual_seed(0))
-    val = DataLoader(Subset(case.train, range(n - n_val, n)), batch_size=max(batch_size, 64), collate_fn=case.collate)
+    val = DataLoader(Subset(case.train, held), batch_size=max(batch_size, 64), collate_fn=case.collate)
     return train, val
 
 
@@ -229,6 +236,7 @@ def measure(args: argparse.Namespace, command: str) -> dict[str, Any]:
     print(f"{args.case}: teacher {teacher:.4f}, untrained student {untrained:.4f} (validation {case.metric})")
     scores = run_grid(lambda lr: kd_score(student, case, loaders, lr, args.steps), args.lrs, higher, args.extend)
     best = best_lr(scores, higher)
+    val_from = "the last examples of the training split" if case.held_out is None else "the teacher's held-out examples"
     return {
         "case": args.case, "family": family, "budget": budget, "steps": args.steps, "batch_size": batch_size,
         "train_examples": len(loaders[0].dataset), "val_examples": len(loaders[1].dataset), "metric": case.metric,
@@ -236,7 +244,7 @@ def measure(args: argparse.Namespace, command: str) -> dict[str, Any]:
         "scores": {f"{lr:g}": v for lr, v in scores.items()}, "best_lr": best, "same_batches": True,
         "best_is_interior": best not in (min(scores), max(scores)),
         "recipe": "AdamW, cosine decay to 0, no warm-up, no weight decay, grad clip 1, KD T=4 alpha=0.9, seed 0; "
-                  f"validation: the last examples of the training split; {case.options or ''}",
+                  f"validation: {val_from}; {case.options or ''}",
         "wall_s": round(time.perf_counter() - start, 1), "torch_threads": torch.get_num_threads(), "command": command,
     }
 
