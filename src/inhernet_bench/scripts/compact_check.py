@@ -133,7 +133,7 @@ def measure(name: str, args: argparse.Namespace) -> dict[str, Any]:
     return {
         "case": name, "family": family, "budget": budget, "steps": args.steps, "batch_size": batch_size,
         **training, "train_examples": len(train.dataset), "val_examples": len(val.dataset),
-        "split": "validation: the last examples of the training split", "metric": case.metric,
+        "split": f"validation: {kd_defaults.validation_source(case)}", "metric": case.metric,
         "higher_is_better": case.metric != "perplexity", "untrained": untrained, "models": rows,
         "points": args.points, "within_points": drop <= args.points,
         "speedup_vs_round8": rows["round-8"]["latency_ms"] / rows["compact"]["latency_ms"],

@@ -162,6 +162,11 @@ def split_loaders(case: Case, batch_size: int, n_val: int, steps: int) -> tuple[
     return train, val
 
 
+def validation_source(case: Case) -> str:
+    """Where :func:`split_loaders` takes ``case``'s validation examples from, in words for the records."""
+    return "the last examples of the training split" if case.held_out is None else "the teacher's held-out examples"
+
+
 def kd_score(
     student: nn.Module, case: Case, loaders: tuple[DataLoader, DataLoader], lr: float | None, steps: int,
     schedule: str = "cosine",
@@ -236,7 +241,6 @@ def measure(args: argparse.Namespace, command: str) -> dict[str, Any]:
     print(f"{args.case}: teacher {teacher:.4f}, untrained student {untrained:.4f} (validation {case.metric})")
     scores = run_grid(lambda lr: kd_score(student, case, loaders, lr, args.steps), args.lrs, higher, args.extend)
     best = best_lr(scores, higher)
-    val_from = "the last examples of the training split" if case.held_out is None else "the teacher's held-out examples"
     return {
         "case": args.case, "family": family, "budget": budget, "steps": args.steps, "batch_size": batch_size,
         "train_examples": len(loaders[0].dataset), "val_examples": len(loaders[1].dataset), "metric": case.metric,
@@ -244,7 +248,7 @@ def measure(args: argparse.Namespace, command: str) -> dict[str, Any]:
         "scores": {f"{lr:g}": v for lr, v in scores.items()}, "best_lr": best, "same_batches": True,
         "best_is_interior": best not in (min(scores), max(scores)),
         "recipe": "AdamW, cosine decay to 0, no warm-up, no weight decay, grad clip 1, KD T=4 alpha=0.9, seed 0; "
-                  f"validation: {val_from}; {case.options or ''}",
+                  f"validation: {validation_source(case)}; {case.options or ''}",
         "wall_s": round(time.perf_counter() - start, 1), "torch_threads": torch.get_num_threads(), "command": command,
     }
 
