@@ -66,11 +66,12 @@ class TokenMask:
     def __init__(self) -> None:
         self.current: torch.Tensor | None = None
 
-    def set(self, batch: Any, device: torch.device | str) -> None:
-        """Take the mask of ``batch`` (a dict with a 2-d ``attention_mask``), or none."""
+    def set(self, batch: Any) -> None:
+        """Take the mask of ``batch`` (a dict with a 2-d ``attention_mask``, already on the model's device),
+        or none."""
         mask = batch.get("attention_mask") if isinstance(batch, Mapping) else None
         ok = isinstance(mask, torch.Tensor) and mask.dim() == 2
-        self.current = mask.to(device).bool() if ok else None  # type: ignore[union-attr]
+        self.current = mask.bool() if ok else None  # type: ignore[union-attr]
 
     def keep(self, x: torch.Tensor, embedding: bool) -> torch.Tensor:
         """``x`` without its padded positions where it is aligned with the mask, else ``x`` unchanged."""
@@ -94,7 +95,7 @@ def collect_covariances(
     with covariance_hooks(layers, device, mask) as stats, evaluating(model), torch.no_grad():
         for batch in tqdm(calib, desc="calibrating", unit="batch", disable=not progress, leave=False):
             batch = move_batch(batch, device)
-            mask.set(batch, device)
+            mask.set(batch)
             forward_batch(model, batch)
             seen += 1
     if seen == 0:

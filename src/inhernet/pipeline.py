@@ -160,11 +160,18 @@ def _inherit_once(
     if config.prune == "auto":
         return _auto(model, config, calib, progress, costs)
     try:
-        planned = _planned(model, config, calib, costs, progress=progress)
-    except Unreachable as err:
+        return _plan_and_build(model, config, calib, progress, costs)
+    except Unreachable as err:  # raised by planning, before anything is built
         if not prune_instead or config.prune is not None or config.drop_blocks or config.target.kind == "params":
             raise  # a parameter budget is the user's to trade (budget=, prune=, drop_blocks=: named in err)
         return _pruned_instead(model, config, calib, progress, costs, err)
+
+
+def _plan_and_build(
+    model: nn.Module, config: InherConfig, calib: list[Any] | None, progress: bool, costs: LatencyCosts | None,
+) -> nn.Module:
+    """Plan ``model`` under ``config`` (:func:`_planned`) and build that plan, reusing its one-pass factors."""
+    planned = _planned(model, config, calib, costs, progress=progress)
     return assemble(planned.model, planned.plan, planned.layers, calib, config, factors=planned.factors,
                     progress=progress)
 

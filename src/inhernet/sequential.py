@@ -130,7 +130,7 @@ def capture_stack_inputs(
         for batch in calib:
             batches += 1
             batch = move_batch(batch, device)
-            mask.set(batch, device)
+            mask.set(batch)
             captured.masks.append(mask.current)
             with contextlib.suppress(_StopForward):
                 forward_batch(model, batch)
