@@ -421,8 +421,7 @@ def _is_experimental(d: dict[str, Any]) -> bool:
 @dataclass
 class ExperimentalConfig(InherConfig):
     """:class:`InherConfig` with the knobs of the ablations in BENCHMARKS.md (none beat the defaults); it also
-    takes ``init="random"``, ``allocation="loss-by-type"`` / ``"uniform"`` and
-    ``calibration="sequential-corrected"`` (each block layer aimed at the teacher's outputs).
+    takes ``init="random"`` and ``allocation="loss-by-type"`` / ``"uniform"``.
 
     Args:
         min_rank: the smallest rank a factorised layer gets (under ``min_rank_ratio``'s floor, if larger).
@@ -437,7 +436,6 @@ class ExperimentalConfig(InherConfig):
     gate_pool: Literal["mean", "position"] = "mean"  # type: ignore[misc]
     INITS: ClassVar[tuple[str, ...]] = (*INITS, "random")
     ALLOCATIONS: ClassVar[tuple[str, ...]] = (*ENERGY_STRATEGIES, "uniform")
-    CALIBRATIONS: ClassVar[tuple[str, ...]] = (*CALIBRATIONS, "sequential-corrected")
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -3,8 +3,7 @@
 Unlike one-pass calibration (:func:`inhernet.calibration.collect_covariances`), each layer is whitened on
 inputs that passed the compressed layers before it, in three stages: the layers before the stack (while
 a pre-hook captures the first block's inputs), each block in turn (its layers, then the block run again
-for the next one; with the teacher at hand, each layer aims at the teacher's output,
-:func:`corrected_weight`), and the layers after the stack. Assumed (true of Hugging Face transformers):
+for the next one), and the layers after the stack. Assumed (true of Hugging Face transformers):
 each block gets the previous block's hidden states (first output) and the first block's other
 arguments. Key/value caches are dropped (``use_cache=False``).
 """
@@ -14,27 +13,20 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Generator, Iterable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .batches import device_of, forward_batch, hooked, move_batch
-from .calibration import (
-    InputCovariance,
-    TokenMask,
-    collect_covariances,
-    covariance_hooks,
-    drop_unseen,
-    unnested,
-)
+from .batches import device_of, forward_batch, move_batch
+from .calibration import InputCovariance, TokenMask, collect_covariances, covariance_hooks, drop_unseen
 from .decomposition import Factors, factorize
-from .kinds import EmbeddingKind, LayerKind
+from .kinds import LayerKind
 from .stack import layer_stack
 
-__all__ = ["PairedCovariance", "StackInputs", "capture_stack_inputs", "corrected_weight", "run_block", "sequential_factors"]
+__all__ = ["StackInputs", "capture_stack_inputs", "run_block", "sequential_factors"]
 
 #: one INFO line per layer factorised (as :data:`inhernet.spectra.log`)
 log = logging.getLogger("inhernet")
@@ -45,37 +37,6 @@ Stage = Generator[tuple[str, Factors], None, None]
 
 # Keyword arguments that carry a key/value cache, and the flag that asks for one.
 _CACHE_KWARGS = ("cache", "past_key_values", "past_key_value", "layer_past")
-
-
-@dataclass
-class PairedCovariance(InputCovariance):
-    """``X_s^T X_s`` of the compressed model's inputs of a layer and the cross term ``X_t^T X_s`` with the
-    teacher's inputs of the same layer, row for row (float64 sums)."""
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self.cross = torch.zeros_like(self.total)
-
-    def update_pair(self, teacher_rows: torch.Tensor, rows: torch.Tensor) -> None:
-        dtype = torch.promote_types(rows.dtype, torch.float32)
-        rows = rows.to(self.total.device, dtype)
-        self.cross += (teacher_rows.to(self.total.device, dtype).T @ rows).double()
-        self.update(rows)
-
-
-def corrected_weight(w: torch.Tensor, cov: PairedCovariance, damping: float) -> torch.Tensor:
-    """``W* = W X_t X_s^T (X_s X_s^T + damping)^-1``, as ``W + W (X_t - X_s)^T X_s (...)^-1`` so that
-    ``W* = W`` exactly when the inputs agree; damped as :func:`~inhernet.decomposition.factorize` does.
-    """
-    c = cov.mean()
-    scale = c.diagonal().mean()
-    if not scale > 0:
-        return w
-    regularised = c / scale
-    regularised.diagonal().add_(damping)
-    mismatch = (cov.cross / max(cov.count, 1) - c) / scale
-    w64 = w.detach().to(torch.float64)
-    return w64 + w64 @ torch.linalg.solve(regularised, mismatch.T).T
 
 
 class _StopForward(Exception):
@@ -161,35 +122,31 @@ def run_block(block: nn.Module, inputs: StackInputs, i: int) -> torch.Tensor:
 
 
 def sequential_factors(
-    model: nn.Module, layers: Layers, calib: Iterable[Any], *,
-    teacher: nn.Module | None = None, damping: float = 1e-4, progress: bool = True,
+    model: nn.Module, layers: Layers, calib: Iterable[Any], *, damping: float = 1e-4, progress: bool = True,
 ) -> Iterator[tuple[str, Factors]]:
     """Whitened factors of every layer in ``layers``, stage by stage, yielded as ``(name, factors)``.
 
     The caller may put a replacement of layer ``name`` into ``model`` before it asks for the next: the
-    later stages then run through it. ``teacher``, an unmodified copy of ``model``, makes every block
-    layer aim at the teacher's outputs. ``calib`` is iterated a few times (pass a list). The models run
-    in eval mode without grad; their modes are restored.
+    later stages then run through it. ``calib`` is iterated a few times (pass a list). The model runs
+    in eval mode without grad; its mode is restored.
 
     Raises:
         ValueError: if the model has no stack of repeated blocks (see
             :func:`inhernet.stack.layer_stack`) or the calibration batches do not reach it.
     """
     stack_name, stack = layer_stack(model)
-    run = _Run(model, layers, stack_name, stack, layer_stack(teacher)[1] if teacher is not None else None, damping)
-    modes = [(m, m.training) for m in (model, teacher) if m is not None]
-    for m, _ in modes:
-        m.eval()
+    run = _Run(model, layers, stack_name, stack, damping)
+    training = model.training
+    model.eval()
     try:
         with torch.no_grad():
-            inputs, teacher_inputs, early = yield from run.before_stack(calib)
+            inputs, early = yield from run.before_stack(calib)
             for i in tqdm(range(len(stack)), desc="calibrating blocks", disable=not progress, leave=False):
-                yield from run.through_block(i, inputs, teacher_inputs)
-            del inputs, teacher_inputs
+                yield from run.through_block(i, inputs)
+            del inputs
             yield from run.after_stack(calib, early)
     finally:
-        for m, mode in modes:
-            m.train(mode)
+        model.train(training)  # the whole model, the blocks put in during the run included
 
 
 @dataclass
@@ -200,7 +157,6 @@ class _Run:
     layers: Layers
     stack_name: str
     stack: nn.ModuleList
-    teacher_stack: nn.ModuleList | None
     damping: float
     mask: TokenMask = field(default_factory=TokenMask)
 
@@ -209,24 +165,21 @@ class _Run:
         self.block_of = {name: _block_index(name, self.stack_name) for name in self.layers}
         self.outside = {name: layer for name, layer in self.layers.items() if self.block_of[name] is None}
 
-    def before_stack(self, calib: Iterable[Any]) -> Generator[tuple[str, Factors], None, tuple[
-            StackInputs, StackInputs | None, set[str]]]:
-        """Stage 1; returns the stack's inputs (through the replaced layers), the teacher's own (when layers
-        aim at its outputs) and the layers done."""
+    def before_stack(self, calib: Iterable[Any]) -> Generator[tuple[str, Factors], None, tuple[StackInputs, set[str]]]:
+        """Stage 1; returns the stack's inputs (through the replaced layers) and the layers done."""
         with covariance_hooks(self.outside, self.device, self.mask) as stats:
             inputs = capture_stack_inputs(self.model, self.stack[0], calib, self.device, self.mask)
-        teacher_inputs = None if self.teacher_stack is None else replace(inputs, hidden=list(inputs.hidden))
         early = {name: self.outside[name] for name in stats}
         yield from _stage(self.model, early, stats, self.damping)
         if early and _replaced(self.model, early):
             inputs = capture_stack_inputs(self.model, self.stack[0], calib, self.device)
-        return inputs, teacher_inputs, set(early)
+        return inputs, set(early)
 
-    def through_block(self, i: int, inputs: StackInputs, teacher_inputs: StackInputs | None) -> Stage:
+    def through_block(self, i: int, inputs: StackInputs) -> Stage:
         """Stage 2, block ``i``: its layers' factors, then the block (as replaced) run for the next one."""
         todo = {name: self.layers[name] for name in self.layers if self.block_of[name] == i}
         outputs = None  # the block's outputs, when the statistics pass already computed them
-        if teacher_inputs is None and todo:
+        if todo:
             with covariance_hooks(todo, self.device, self.mask) as stats:
                 seen = []
                 for b in range(len(inputs.hidden)):
@@ -234,11 +187,6 @@ class _Run:
                     seen.append(run_block(self.stack[i], inputs, b))
             yield from _stage(self.model, todo, drop_unseen(stats, todo), self.damping)
             outputs = None if _replaced(self.model, todo) else seen  # a block left as it was need not run again
-        elif teacher_inputs is not None:
-            assert self.teacher_stack is not None
-            stats = _paired_statistics(self.stack[i], self.teacher_stack[i], f"{self.stack_name}.{i}.", todo, inputs,
-                                       teacher_inputs, self.device)
-            yield from _stage(self.model, todo, drop_unseen(stats, todo), self.damping)
         block = self.stack[i]  # re-read: the block itself may have been replaced
         inputs.hidden = outputs if outputs is not None else [run_block(block, inputs, b) for b in range(len(inputs.hidden))]
 
@@ -247,64 +195,6 @@ class _Run:
         late = {name: layer for name, layer in self.outside.items() if name not in early}
         if late:
             yield from _stage(self.model, late, collect_covariances(self.model, late, calib, progress=False), self.damping)
-
-
-def _paired_statistics(
-    block: nn.Module, teacher_block: nn.Module, prefix: str, layers: Layers, inputs: StackInputs,
-    teacher_inputs: StackInputs, device: torch.device | str,
-) -> dict[str, InputCovariance]:
-    """Per layer of ``block``, its input covariance and cross term with ``teacher_block``'s inputs, batch
-    by batch (the teacher's block first); ``teacher_inputs`` advance to the teacher block's outputs."""
-    stats: dict[str, InputCovariance] = {}
-    recorded: dict[str, list[torch.Tensor]] = {}
-    teacher_modules = dict(teacher_block.named_modules())
-    handles = []
-    mask = TokenMask()  # the batch's attention mask: padded positions enter neither side
-
-    def record(name: str, kind: LayerKind):
-        def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
-            recorded.setdefault(name, []).append(_input_rows(mask, module, kind, args[0]))
-
-        return hook
-
-    def pair(name: str, kind: LayerKind):
-        def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
-            rows = _input_rows(mask, module, kind, args[0])
-            if name not in stats:
-                diagonal = isinstance(kind, EmbeddingKind)
-                cls = InputCovariance if diagonal else PairedCovariance
-                stats[name] = cls(kind.shape(module)[1], diagonal, device=device)
-            cov, theirs = stats[name], recorded.get(name)
-            if isinstance(cov, PairedCovariance) and theirs and theirs[0].shape == rows.shape:
-                cov.update_pair(theirs.pop(0), rows)
-            else:
-                raise ValueError(
-                    f"layer {name!r} received inputs of another shape (or more often) than the teacher's same "
-                    'layer; sequential calibration against the teacher needs identical blocks (use calibration="one-pass")'
-                )
-
-        return hook
-
-    for name, (module, kind) in layers.items():
-        relative = name[len(prefix):]
-        if relative not in teacher_modules:
-            raise ValueError(f"the teacher has no module {name!r}: pass the unmodified model as teacher")
-        handles.append(teacher_modules[relative].register_forward_pre_hook(record(name, kind)))
-        handles.append(module.register_forward_pre_hook(pair(name, kind)))
-    with hooked(handles):
-        for b in range(len(inputs.hidden)):
-            recorded.clear()
-            mask.current = inputs.masks[b] if b < len(inputs.masks) else None
-            teacher_inputs.hidden[b] = run_block(teacher_block, teacher_inputs, b)
-            if layers:  # nothing to pair otherwise: only the teacher's hidden states move on
-                run_block(block, inputs, b)
-    return stats
-
-
-def _input_rows(mask: TokenMask, module: nn.Module, kind: LayerKind, x: torch.Tensor) -> torch.Tensor:
-    """The rows of ``module``'s input ``x`` its covariance counts, padded positions left out."""
-    x = mask.keep(kind.batched(module, unnested(x.detach())), isinstance(kind, EmbeddingKind))
-    return kind.input_rows(module, x)
 
 
 def _block_index(name: str, stack_name: str) -> int | None:
@@ -317,14 +207,10 @@ def _block_index(name: str, stack_name: str) -> int | None:
 
 
 def _stage(model: nn.Module, layers: Layers, stats: dict[str, InputCovariance], damping: float) -> Stage:
-    """Each layer's factors (plain SVD where it saw no statistics; corrected where paired), one at a time.
+    """Each layer's factors (plain SVD where it saw no statistics), one at a time.
     Looked up when it runs: a script may wrap it, e.g. to share factors."""
     for name, (module, kind) in layers.items():
-        cov = stats.pop(name, None)
-        w = kind.matrix(module)
-        if isinstance(cov, PairedCovariance):
-            w = corrected_weight(w, cov, damping)
-        factors = factorize(w, cov, damping)
+        factors = factorize(kind.matrix(module), stats.pop(name, None), damping)
         log.info("factorised %s", name)
         yield name, factors
 

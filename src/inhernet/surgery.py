@@ -80,9 +80,8 @@ def assemble(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         if config.init == "whiten" and config.calibration != "one-pass":  # each stage sees the blocks built before
-            teacher = model if config.calibration == "sequential-corrected" else None
             stages: Iterable[tuple[str, Factors | None]] = sequential_factors(
-                student, todo, reiterable(calib), teacher=teacher, damping=config.damping, progress=progress)
+                student, todo, reiterable(calib), damping=config.damping, progress=progress)
         else:
             stages = ((name, (factors or {}).get(name)) for name in ranks)
         for name, layer_factors in stages:

@@ -71,7 +71,7 @@ def test_an_ablation_knob_says_where_it_went(knob: str) -> None:
 
 
 @pytest.mark.parametrize("field, value", [("init", "random"), ("allocation", "uniform"),
-                                          ("allocation", "loss-by-type"), ("calibration", "sequential-corrected")])
+                                          ("allocation", "loss-by-type")])
 def test_an_ablation_value_says_where_it_went_and_loads_back(field: str, value: str) -> None:
     """An ablation's value is refused by InherConfig with where it went; a saved config that names one loads
     as the ExperimentalConfig it was."""
@@ -81,6 +81,14 @@ def test_an_ablation_value_says_where_it_went_and_loads_back(field: str, value: 
     loaded = InherConfig.from_dict(saved)
     assert type(loaded) is ExperimentalConfig and getattr(loaded, field) == value
     assert type(InherConfig.from_dict(InherConfig().to_dict())) is InherConfig
+
+
+def test_the_removed_corrected_calibration_names_the_accepted_ones() -> None:
+    """``calibration="sequential-corrected"`` is gone (an ablation that lost): refused with the values accepted."""
+    message = r"calibration must be one of \('one-pass', 'sequential'\).*got 'sequential-corrected'"
+    for make in (InherConfig, ExperimentalConfig, lambda **kw: InherConfig.from_dict(kw)):
+        with pytest.raises(ValueError, match=message):
+            make(calibration="sequential-corrected")
 
 
 NUMPY_CONFIGS = [

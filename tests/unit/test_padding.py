@@ -52,7 +52,7 @@ def test_whitening_statistics_ignore_padding() -> None:
     assert short["bert.embeddings.word_embeddings"].total[PAD] == 0  # the pad token is never counted
 
 
-@pytest.mark.parametrize("calibration", ["one-pass", "sequential", "sequential-corrected"])
+@pytest.mark.parametrize("calibration", ["one-pass", "sequential"])
 def test_two_paddings_give_the_same_plan_and_factors(calibration: str) -> None:
     teacher, _ = tm.bert_tiny()
     cfg = ExperimentalConfig(budget=0.5, experts=1, init="whiten", calibration=calibration)
@@ -62,9 +62,6 @@ def test_two_paddings_give_the_same_plan_and_factors(calibration: str) -> None:
     assert plan(teacher, cfg, calib=[padded(12)]).ranks() == a.ranks()
     blocks = [(n, m) for n, m in students[0].named_modules() if isinstance(m, InherBlock)]
     assert blocks
-    # The corrected weight solves with the (damped) covariance, which amplifies the float32 rounding of
-    # matmuls of another shape (~1e-7) by its condition number: a looser, still padding-tight, bound.
-    tol = 1e-2 if calibration == "sequential-corrected" else 1e-4
     for name, block in blocks:
         a, b = block_matrix(block), block_matrix(students[1].get_submodule(name))
-        assert float((a - b).abs().max() / a.abs().max()) <= tol, name
+        assert float((a - b).abs().max() / a.abs().max()) <= 1e-4, name

@@ -156,7 +156,7 @@ def member_errors(
 class Sharing:
     """While active, sequential calibration builds each block's grouped layers as shared-down modules.
 
-    Replaces ``inhernet.sequential._compress_stage`` (the step that factorises one stage's layers from their
+    Replaces ``inhernet.sequential._stage`` (the step that factorises one stage's layers from their
     statistics) by one that first takes the complete groups of the stage (every member planned, with
     ``ranks``) and hands the rest to the original. Records per group the shared rank and both errors.
     """
@@ -219,13 +219,8 @@ class Sharing:
 
     def _share(self, model: nn.Module, group: list[tuple[str, nn.Module, Any, InputCovariance]], damping: float) -> None:
         """Put shared-down modules in place of ``group``'s layers ``(name, module, kind, statistics)``."""
-        from inhernet.sequential import PairedCovariance, corrected_weight
-
         names = [name for name, *_ in group]
-        ws = [  # with the teacher's targets (sequential-corrected), each layer's corrected map, as separately
-            corrected_weight(kind.matrix(m), cov, damping) if isinstance(cov, PairedCovariance) else kind.matrix(m)
-            for _, m, kind, cov in group
-        ]
+        ws = [kind.matrix(m) for _, m, kind, _ in group]
         joint, sizes = factorize_shared(ws, group[0][3], damping)  # one input: every member's statistics agree
         ranks = [self.ranks.get(n) for n in names]
         rank = shared_rank(ranks, ws[0].shape[1], sizes)
