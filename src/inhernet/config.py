@@ -416,8 +416,6 @@ def _is_experimental(d: dict[str, Any]) -> bool:
     return any(k in d and d[k] not in allowed for k, allowed in choices.items())
 
 
-
-
 @dataclass
 class ExperimentalConfig(InherConfig):
     """:class:`InherConfig` with the knobs of the ablations in BENCHMARKS.md (none beat the defaults); it also

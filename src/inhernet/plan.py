@@ -151,7 +151,6 @@ class Plan:
 
 
 def _ms(ns: int) -> str:
-    """Nanoseconds as milliseconds for the summary."""
     return f"{ns / 1e6:.3f} ms"
 
 

@@ -16,7 +16,7 @@ from torch import nn
 from torch._C import DisableTorchFunctionSubclass
 from torch.utils._pytree import tree_flatten
 
-from .batches import device_of, evaluating, forward_batch, move_batch
+from .batches import device_of, evaluating, forward_batch, hooked, move_batch
 from .views import METADATA, torch_function_name
 
 __all__ = ["find_weight_readers"]
@@ -74,12 +74,7 @@ def find_weight_readers(
     values are used outside its forward, the first reader (``"Class.forward (op)"``)."""
     trace = _Trace()
     swapped: list[tuple[nn.Module, str, nn.Parameter]] = []
-    handles = []
-    device = device_of(model)
     try:
-        for module in model.modules():
-            handles.append(module.register_forward_pre_hook(trace.enter))
-            handles.append(module.register_forward_hook(trace.leave, always_call=True))
         for name, module in layers.items():
             for pname, p in list(module._parameters.items()):
                 if p is None:
@@ -88,11 +83,11 @@ def find_weight_readers(
                 probe._owner, probe._owner_id, probe._trace = name, id(module), trace
                 swapped.append((module, pname, p))
                 module._parameters[pname] = probe  # bypasses register_parameter's type check on purpose
-        with evaluating(model), torch.no_grad(), torch.random.fork_rng(devices=[]):
-            forward_batch(model, move_batch(example, device))
+        handles = [h for m in model.modules() for h in (
+            m.register_forward_pre_hook(trace.enter), m.register_forward_hook(trace.leave, always_call=True))]
+        with hooked(handles), evaluating(model), torch.no_grad(), torch.random.fork_rng(devices=[]):
+            forward_batch(model, move_batch(example, device_of(model)))
     finally:
         for module, pname, p in swapped:
             module._parameters[pname] = p
-        for h in handles:
-            h.remove()
     return trace.values

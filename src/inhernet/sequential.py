@@ -178,7 +178,6 @@ class _Run:
     def through_block(self, i: int, inputs: StackInputs) -> Stage:
         """Stage 2, block ``i``: its layers' factors, then the block (as replaced) run for the next one."""
         todo = {name: self.layers[name] for name in self.layers if self.block_of[name] == i}
-        outputs = None  # the block's outputs, when the statistics pass already computed them
         if todo:
             with covariance_hooks(todo, self.device, self.mask) as stats:
                 seen = []
@@ -186,9 +185,11 @@ class _Run:
                     self.mask.current = inputs.masks[b]
                     seen.append(run_block(self.stack[i], inputs, b))
             yield from _stage(self.model, todo, drop_unseen(stats, todo), self.damping)
-            outputs = None if _replaced(self.model, todo) else seen  # a block left as it was need not run again
+            if not _replaced(self.model, todo):  # a block left as it was need not run again
+                inputs.hidden = seen
+                return
         block = self.stack[i]  # re-read: the block itself may have been replaced
-        inputs.hidden = outputs if outputs is not None else [run_block(block, inputs, b) for b in range(len(inputs.hidden))]
+        inputs.hidden = [run_block(block, inputs, b) for b in range(len(inputs.hidden))]
 
     def after_stack(self, calib: Iterable[Any], early: set[str]) -> Stage:
         """Stage 3: whatever runs after the stack, in one pass of the (replaced) model."""

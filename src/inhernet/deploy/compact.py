@@ -14,6 +14,7 @@ from torch import nn
 
 from ..batches import device_of, evaluating, forward_batch, logits_of, move_batch
 from ..calibration import layer_input_shapes, split_example
+from ..config import is_int, is_real
 from ..costs.prices import RANK_MULTIPLE, round_rank
 from ..costs.table import Costs, CostTable, LayerShape
 from ..dual import dual_output, is_dual_output
@@ -107,7 +108,7 @@ def _check_arguments(model: Any, rank_multiple: Any, tolerance: Any, costs: Any,
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     multiple = RANK_MULTIPLE if rank_multiple is None else rank_multiple
-    if isinstance(multiple, bool) or not isinstance(multiple, int) or multiple < 1:
+    if not is_int(multiple, 1):
         raise ValueError(f"rank_multiple must be an int >= 1 (1: no rounding), got {rank_multiple!r}")
     if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not tolerance >= 0:
         raise ValueError(f"tolerance must be a number >= 0 (float('inf'): round every rank down), got {tolerance!r}")
@@ -321,7 +322,6 @@ def _logits(model: nn.Module, batch: Any) -> torch.Tensor:
 
 
 def _relative_change(got: torch.Tensor, want: torch.Tensor) -> float:
-    """``max |got - want| / max |want|``: an output change relative to the output's scale."""
     return float((got.float() - want.float()).abs().max() / want.float().abs().max().clamp_min(1e-12))
 
 
@@ -342,9 +342,7 @@ def _budget_target(model: nn.Module, budget: float | int | None) -> int | None:
             return None
         budget = config.budget
     fraction = isinstance(budget, float)
-    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not (
-        0 < budget <= 1 if fraction else budget >= 1
-    ):
+    if not is_real(budget) or not (0 < budget <= 1 if fraction else budget >= 1):
         raise ValueError(f"budget must be a fraction in (0, 1] or a parameter count >= 1, got {budget!r}")
     if not fraction:
         return budget
