@@ -18,9 +18,11 @@ MAX_FUNCTION_LINES = 60
 # (deploy/hf, hf_modeling, pt2, gguf with its tokenizer, and the export command: 532 lines), and is 10,418
 # since the trim branch removed a re-export shim, hand-written hook removal and mode restoring (now hooked()
 # and evaluating()), a second int/number check, the harness-only first_example (now in inhernet_bench),
-# one-parameter-a-line signatures and conversions done twice; still 418 over.
+# one-parameter-a-line signatures and conversions done twice (10,426 with the features since), and is 10,300
+# since calibration="sequential-corrected" (an ablation that lost: PairedCovariance, corrected_weight and the
+# teacher path of sequential calibration) went and a few helpers were simplified; still 300 over.
 # A ratchet at today's size, to be lowered as the library shrinks; raise it only for a new feature, and say so here.
-MAX_LIBRARY_LINES = 10_418
+MAX_LIBRARY_LINES = 10_300
 
 
 def _functions(path: Path) -> list[tuple[str, int]]:
