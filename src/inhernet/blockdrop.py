@@ -135,7 +135,7 @@ def block_influence(model: nn.Module, calib: Iterable[Any]) -> list[float]:
             if not (isinstance(h_in, torch.Tensor) and isinstance(h_out, torch.Tensor) and h_in.shape == h_out.shape):
                 raise ValueError(
                     f"block {index} of the stack does not map a hidden-state tensor to one of the same shape: "
-                    "Block Influence needs transformer blocks (use by='spread')"
+                    "Block Influence needs transformer blocks"
                 )
             sim = nn.functional.cosine_similarity(h_in.double(), h_out.double(), dim=-1)
             m = mask[0]

@@ -146,6 +146,23 @@ def test_inherit_errors_say_what_is_missing():
         inherit(model, InherConfig(budget=0.5, drop_blocks=0.5), calib=[x], progress=False)
 
 
+class _Widening(torch.nn.Module):
+    """A stack whose blocks change the width: no hidden state passes through them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks = torch.nn.ModuleList([torch.nn.Linear(8, 16), torch.nn.Linear(16, 4)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks[1](self.blocks[0](x))
+
+
+def test_blocks_that_change_the_width_name_the_block_and_the_way_out():
+    model, x = _Widening().eval(), torch.randn(3, 8)
+    with pytest.raises(ValueError, match=r"drop_blocks=0\.5: block 0 .*transformer blocks; use drop_blocks=0$"):
+        inherit(model, InherConfig(budget=0.5, drop_blocks=0.5), calib=[x], progress=False)
+
+
 def test_config_round_trips_and_omits_the_field_at_its_default():
     assert "drop_blocks" not in InherConfig(budget=0.5).to_dict()
     d = InherConfig(budget=0.5, drop_blocks=0.5).to_dict()
