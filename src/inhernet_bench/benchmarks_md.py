@@ -290,10 +290,10 @@ def render_teachers(ctx: Context, entry: dict) -> list[str]:
         commands.append(ctx.command(name, None))
         rows.append(f"| {Path(name).stem} | {metric} | {val:.4f} at step {record['best_step']:,} | "
                     f"{record['steps']:,} ({record['stopped']}) | {record['test'][metric]:.4f} "
-                    f"({int(record['test'].get('count', 0)):,}) | {recipe['lr']:g}, {recipe['batch_size']} | "
+                    f"({int(record['test'].get('count', 0)):,}{' tokens' if metric == 'perplexity' else ''}) | {recipe['lr']:g}, {recipe['batch_size']} | "
                     f"{record['wall_s'] / 60:.0f} min |")
     return [f"### {entry['title']}", "", *caption_lines(entry), *command_block(commands),
-            "| preset | metric | best validation | steps run (stopped by) | test (examples) | lr, batch | wall time |",
+            "| preset | metric | best validation | steps run (stopped by) | test (count) | lr, batch | wall time |",
             "|---|---|---:|---:|---:|---|---:|", *rows, ""]
 
 

@@ -193,5 +193,6 @@ def test_the_teachers_table_is_their_records():
         (metric, val), = record["validation"].items()
         row = next(line for line in lines if line.startswith(f"| {path.stem} | {metric} |"))
         assert f"{val:.4f} at step {record['best_step']:,}" in row
-        assert f"| {record['test'][metric]:.4f} ({int(record['test']['count']):,}) |" in row
+        unit = " tokens" if metric == "perplexity" else ""
+        assert f"| {record['test'][metric]:.4f} ({int(record['test']['count']):,}{unit}) |" in row
         assert f"| {record['steps']:,} ({record['stopped']}) |" in row
