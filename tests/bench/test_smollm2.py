@@ -183,6 +183,18 @@ def test_real_assets_are_installed_and_readable() -> None:
     assert len(smollm2.bbc_blocks("train")) >= smollm2.CALIB_MAX_BLOCKS
 
 
+@pytest.mark.assets
+def test_the_bench_validates_on_the_teachers_validation_blocks() -> None:
+    """The domain-tuned teacher trained on every training block: the bench's validation split is the teacher's
+    own (validation articles), at the end of the preset's training split, and the runs train on none of it."""
+    train, _ = get_preset("smollm2-bbc").data(4, test_blocks=1)
+    held = list(get_preset("smollm2-bbc").validation())
+    blocks = train.dataset.blocks
+    assert len(held) == smollm2.VAL_BLOCKS and held == list(range(len(blocks) - smollm2.VAL_BLOCKS, len(blocks)))
+    assert torch.equal(blocks[held], smollm2.bbc_blocks("validation", limit=smollm2.VAL_BLOCKS).blocks)
+    assert torch.equal(blocks[: held[0]], smollm2.bbc_blocks("train").blocks)
+
+
 def test_bench_runs_the_presets_methods_on_a_tiny_llama(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     """The preset's wiring (top-k teacher cache, LM blocks, llama_student, layer dropping) on a stand-in teacher."""
     from transformers import LlamaForCausalLM

@@ -188,6 +188,7 @@ PRESETS: dict[str, Preset] = {
             # steps of 4 blocks, 377 MiB for 1,000
             cache_teacher=False,
             teacher_topk=128,
+            validation=_lazy("smollm2", "smollm2_validation"),
         ),
     ]
 }

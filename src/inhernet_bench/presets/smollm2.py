@@ -66,6 +66,7 @@ __all__ = [
     "smollm2_config",
     "smollm2_gguf_path",
     "smollm2_loaders",
+    "smollm2_validation",
     "split_articles",
     "teacher_dir",
     "teacher_spec",
@@ -311,8 +312,14 @@ def bbc_blocks(
 def smollm2_loaders(
     batch_size: int = 4, *, block_size: int = BLOCK_SIZE, test_blocks: int = TEST_BLOCKS, eval_batch_size: int = 8
 ) -> tuple[DataLoader, DataLoader]:
-    """``(train, test)`` loaders of BBC blocks; the test split keeps its first ``test_blocks`` blocks."""
-    train = bbc_blocks("train", block_size)
+    """``(train, test)`` loaders of BBC blocks; the test split keeps its first ``test_blocks`` blocks.
+
+    The training split ends with the teacher's validation blocks (the first ``VAL_BLOCKS`` of the validation
+    articles', which the teacher never trained on): the bench validates on them and trains on none of them
+    (:func:`smollm2_validation` gives their indices).
+    """
+    train = LMBlocks(torch.cat([bbc_blocks("train", block_size).blocks,
+                                bbc_blocks("validation", block_size, limit=VAL_BLOCKS).blocks]))
     test = bbc_blocks("test", block_size, limit=test_blocks)
     return (
         DataLoader(train, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(0)),
@@ -342,6 +349,13 @@ def teacher_spec() -> TeacherSpec:
 
     return TeacherSpec(_PRESET, r, lambda: load_smollm2()[0], splits, lambda model, batch: model(**batch).loss,
                        "perplexity")
+
+
+def smollm2_validation() -> range:
+    """The teacher's validation blocks as indices into :func:`smollm2_loaders`' training split (its last
+    ``VAL_BLOCKS``): the bench's validation split."""
+    n_train = len(bbc_blocks("train"))
+    return range(n_train, n_train + VAL_BLOCKS)
 
 
 def load_smollm2_teacher() -> PreTrainedModel:
