@@ -288,9 +288,10 @@ def render_teachers(ctx: Context, entry: dict) -> list[str]:
         (metric, val), = record["validation"].items()
         recipe = record["recipe"]
         commands.append(ctx.command(name, None))
+        unit = " tokens" if metric == "perplexity" else ""
         rows.append(f"| {Path(name).stem} | {metric} | {val:.4f} at step {record['best_step']:,} | "
                     f"{record['steps']:,} ({record['stopped']}) | {record['test'][metric]:.4f} "
-                    f"({int(record['test'].get('count', 0)):,}{' tokens' if metric == 'perplexity' else ''}) | {recipe['lr']:g}, {recipe['batch_size']} | "
+                    f"({int(record['test'].get('count', 0)):,}{unit}) | {recipe['lr']:g}, {recipe['batch_size']} | "
                     f"{record['wall_s'] / 60:.0f} min |")
     return [f"### {entry['title']}", "", *caption_lines(entry), *command_block(commands),
             "| preset | metric | best validation | steps run (stopped by) | test (count) | lr, batch | wall time |",

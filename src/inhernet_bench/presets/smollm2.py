@@ -299,14 +299,20 @@ def bbc_blocks(
     split: str, block_size: int = BLOCK_SIZE, limit: int | None = None, tokenizer: Any = None
 ) -> LMBlocks:
     """The BBC ``split`` tokenised by SmolLM2's tokenizer and packed into blocks (the first ``limit``)."""
-    tokenizer = tokenizer or load_smollm2_tokenizer()
+    blocks = _packed(split, block_size, tokenizer or load_smollm2_tokenizer())
+    return LMBlocks(blocks if limit is None else blocks[:limit])
+
+
+@functools.lru_cache(maxsize=4)
+def _packed(split: str, block_size: int, tokenizer: Any) -> torch.Tensor:
+    """Every block of ``split``, tokenised once per process: the preset's data, calibration and validation
+    indices all read the training split."""
     texts = [text for _, _, text in split_articles(read_bbc_articles(), split)]
     separator = tokenizer.convert_tokens_to_ids(_SEPARATOR)
     if separator is None or separator == tokenizer.unk_token_id:
         separator = tokenizer.eos_token_id
     ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
-    blocks = pack_blocks(ids, block_size, separator)
-    return LMBlocks(blocks if limit is None else blocks[:limit])
+    return pack_blocks(ids, block_size, separator)
 
 
 def smollm2_loaders(
