@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, ClassVar, Literal
 
@@ -158,35 +158,22 @@ class InherConfig:
             _check_amount("macs", self.macs, unit="MAC", of="multiply-accumulates")
         if self.latency is not None:
             self._check_latency()
-        if self.latency_rows is not None and not is_int(self.latency_rows, 1):
-            raise ValueError(f"latency_rows must be an int >= 1 or None (the example batch only), got {self.latency_rows!r}")
         self._check_rank()
-        if self.energy is not None and not (is_real(self.energy) and 0 < self.energy <= 1):
-            raise ValueError(f"energy must be a fraction in (0, 1], got {self.energy!r}")
-        if self.experts is not None and not is_int(self.experts, 1):
-            raise ValueError(f"experts must be an int >= 1 (or None: the model family's default), got {self.experts!r}")
+        check_fields(self, _RULES)
         self._check_choice("init")
         self._check_choice("allocation")
-        if self.min_rank_ratio is not None and not (is_real(self.min_rank_ratio) and 0 <= self.min_rank_ratio < 1):
-            raise ValueError(
-                f"min_rank_ratio must be a fraction in [0, 1) of each layer's full rank, got {self.min_rank_ratio!r}"
-            )
-        if self.calibration is not None:
-            self._check_choice("calibration", " (or None: the family's)")
-        if self.family is not None and self.family not in FAMILIES:
-            raise ValueError(f"family must be one of {FAMILIES} (or None: detected from the model), got {self.family!r}")
-        if not (is_real(self.damping) and self.damping >= 0):
-            raise ValueError(f"damping must be a number >= 0, got {self.damping!r}")
+        self._check_choice("calibration", " (or None: the family's)")
         check_seed("seed", self.seed)
         self._check_prune(chosen)
         self._check_probe_steps()
         self._check_drop_blocks()
 
     def _check_choice(self, name: str, none: str = "") -> None:
-        """``name``'s value is one of this class's choices; an ablation's is told where it went."""
+        """``name``'s value is one of this class's choices (or ``None`` where ``none`` says what it means);
+        an ablation's is told where it went."""
         key = name.upper() + "S"
         value, allowed = getattr(self, name), getattr(type(self), key)
-        if value in allowed:
+        if value in allowed or (none and value is None):
             return
         ablation = value in getattr(ExperimentalConfig, key)
         where = "; it is an ablation: use inhernet.experimental.ExperimentalConfig" if ablation else ""
@@ -322,15 +309,10 @@ class InherConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict; ``InherConfig(**d)`` rebuilds the config."""
-        d = asdict(self)
-        d["include"], d["exclude"] = list(self.include), list(self.exclude)
+        d = {**asdict(self), "include": list(self.include), "exclude": list(self.exclude)}
         # defaults absent, so that the configs recorded before these fields existed stay equal to today's
-        if d["latency_rows"] == 1:
-            del d["latency_rows"]
-        for key in ("prune", "prune_probe_steps", "drop_blocks"):
-            if d[key] is None:
-                del d[key]
-        return d
+        omitted = {"latency_rows": 1, "prune": None, "prune_probe_steps": None, "drop_blocks": None}
+        return {k: v for k, v in d.items() if k not in omitted or v != omitted[k]}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> InherConfig:
@@ -341,6 +323,27 @@ class InherConfig:
         if all(known.get(k) is None for k in RANK_CHOICES):
             known.pop("budget", None)
         return cls(**known)
+
+
+#: InherConfig's checks of one field each: (field, whether its value is valid, what it must be)
+_RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
+    ("latency_rows", lambda v: v is None or is_int(v, 1), "an int >= 1 or None (the example batch only)"),
+    ("energy", lambda v: v is None or (is_real(v) and 0 < v <= 1), "a fraction in (0, 1]"),
+    ("experts", lambda v: v is None or is_int(v, 1), "an int >= 1 (or None: the model family's default)"),
+    ("min_rank_ratio", lambda v: v is None or (is_real(v) and 0 <= v < 1),
+     "a fraction in [0, 1) of each layer's full rank"),
+    ("family", lambda v: v is None or v in FAMILIES, f"one of {FAMILIES} (or None: detected from the model)"),
+    ("damping", lambda v: is_real(v) and v >= 0, "a number >= 0"),
+)
+
+
+def check_fields(obj: object, rules: Iterable[tuple[str, Callable[[Any], bool], str]], prefix: str = "") -> None:
+    """Raise ``ValueError("{prefix}{field} must be {expected}, got {value!r}")`` for the first field of
+    ``obj`` that its rule refuses."""
+    for name, valid, expected in rules:
+        value = getattr(obj, name)
+        if not valid(value):
+            raise ValueError(f"{prefix}{name} must be {expected}, got {value!r}")
 
 
 def _check_amount(arg: str, b: object, unit: str = "parameter", of: str = "parameters") -> None:
@@ -437,11 +440,9 @@ class ExperimentalConfig(InherConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not is_int(self.min_rank, 1):
-            raise ValueError(f"min_rank must be an int >= 1, got {self.min_rank!r}")
-        if not (is_real(self.expert_noise) and self.expert_noise >= 0):
-            raise ValueError(f"expert_noise must be a number >= 0, got {self.expert_noise!r}")
-        if self.routing not in ROUTINGS:
-            raise ValueError(f"routing must be one of {ROUTINGS}, got {self.routing!r}")
-        if self.gate_pool not in GATE_POOLS:
-            raise ValueError(f"gate_pool must be one of {GATE_POOLS}, got {self.gate_pool!r}")
+        check_fields(self, (
+            ("min_rank", lambda v: is_int(v, 1), "an int >= 1"),
+            ("expert_noise", lambda v: is_real(v) and v >= 0, "a number >= 0"),
+            ("routing", lambda v: v in ROUTINGS, f"one of {ROUTINGS}"),
+            ("gate_pool", lambda v: v in GATE_POOLS, f"one of {GATE_POOLS}"),
+        ))

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar, Literal
 
 from .._moved import refuse_moved
-from ..config import check_seed, is_int, is_real, plain_number
+from ..config import check_fields, check_seed, is_int, is_real, plain_number
 from ..evaluate import METRICS
 from .loss import EMBED_LOSSES
 
@@ -38,6 +39,47 @@ MOVED = {
         "did not change accuracy (BENCHMARKS.md, 'Experts that pay?')"
     ),
 }
+
+
+def _devices_ok(devices: Any) -> bool:
+    return (
+        devices == "auto"
+        or (is_int(devices) and (devices >= 1 or devices == -1))
+        or (isinstance(devices, str) and devices.replace(",", "").strip().isdigit())
+        or (isinstance(devices, (list, tuple)) and bool(devices) and all(map(is_int, devices)))
+    )
+
+
+#: DistillConfig's checks of one field each, in order: (field, whether its value is valid, what it must
+#: be); the others are in :meth:`DistillConfig._check_combinations`
+_RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
+    ("steps", lambda v: is_int(v, 1), "an int >= 1"),
+    ("lr", lambda v: v is None or (is_real(v) and v > 0),
+     "a positive number, or None (the student's family default)"),
+    ("grad_clip", lambda v: v is None or (is_real(v) and v >= 0), "a number >= 0 or None"),
+    ("loss", lambda v: v in LOSSES, f"one of {LOSSES}"),
+    ("embed_weight", lambda v: is_real(v) and v >= 0, "a number >= 0"),
+    ("temperature", lambda v: is_real(v) and v > 0, "a positive number"),
+    ("alpha", lambda v: is_real(v) and 0 <= v <= 1, "a number in [0, 1]"),
+    ("teacher_topk", lambda v: v is None or is_int(v, 1),
+     "None (full-logit KD) or an int >= 1, at most the vocabulary size"),
+    ("feature_weight", lambda v: is_real(v) and v >= 0, "a number >= 0"),
+    ("feature_loss", lambda v: v in EMBED_LOSSES, f"one of {EMBED_LOSSES}"),
+    ("feature_patterns", lambda v: all(isinstance(p, str) and p for p in v),
+     "a tuple of non-empty fnmatch patterns of module names"),
+    ("precision", lambda v: v in PRECISIONS, f"a Lightning precision string, one of {PRECISIONS}"),
+    ("devices", _devices_ok, "an int >= 1, -1 (all), 'auto', a list of device indices or a '0,1' string"),
+    ("accelerator", lambda v: v in ACCELERATORS, f"one of {ACCELERATORS}"),
+    ("strategy", lambda v: v != "", "a Lightning strategy name ('auto', 'ddp', 'ddp_spawn', 'fsdp', ...)"),
+    ("strategy", lambda v: v is not None, "a Lightning strategy name or Strategy object"),
+    ("num_nodes", lambda v: is_int(v, 1), "an int >= 1"),
+    ("deterministic", lambda v: v in (True, False, "warn"), "True, False or 'warn'"),
+    ("val_every", lambda v: v is None or is_int(v, 0), "an int >= 0 (0: validate only at the end) or None"),
+    ("metric", lambda v: v in METRICS, f"one of {METRICS}"),
+    ("checkpoint_every", lambda v: is_int(v, 0), "an int >= 0 (0: only when interrupted)"),
+    ("keep_checkpoints", lambda v: is_int(v, -1), "an int >= 0, or -1 (all)"),
+    ("keep", lambda v: v in ("last", "best"), "'last' or 'best'"),
+)
 
 
 @refuse_moved(MOVED)
@@ -143,102 +185,37 @@ class DistillConfig:
             setattr(self, f.name, plain_number(getattr(self, f.name)))
         if isinstance(self.devices, (list, tuple)):
             self.devices = type(self.devices)(plain_number(d) for d in self.devices)
-        self._check_optimisation()
-        self._check_loss()
-        self._check_features()
-        self._check_hardware()
-        self._check_run()
+        if isinstance(self.feature_patterns, str):
+            self.feature_patterns = (self.feature_patterns,)
+        self.feature_patterns = tuple(self.feature_patterns)
+        if is_int(self.precision):
+            self.precision = str(self.precision)
+        if isinstance(self.precision, str):
+            self.precision = _PRECISION_ALIASES.get(self.precision, self.precision)
+        for name in ("log_dir", "resume"):  # accept os.PathLike
+            if getattr(self, name) is not None:
+                setattr(self, name, str(getattr(self, name)))
+        check_fields(self, _RULES, prefix=f"{type(self).__name__}.")
+        self._check_combinations()
 
     def _bad(self, name: str, expected: str) -> ValueError:
         return ValueError(f"{type(self).__name__}.{name} must be {expected}, got {getattr(self, name)!r}")
 
-    def _check_optimisation(self) -> None:
-        if not is_int(self.steps, 1):
-            raise self._bad("steps", "an int >= 1")
-        if self.lr is not None and (not is_real(self.lr) or self.lr <= 0):
-            raise self._bad("lr", "a positive number, or None (the student's family default)")
-        if self.grad_clip is not None and (not is_real(self.grad_clip) or self.grad_clip < 0):
-            raise self._bad("grad_clip", "a number >= 0 or None")
-
-    def _check_loss(self) -> None:
-        if self.loss not in LOSSES:
-            raise self._bad("loss", f"one of {LOSSES}")
-        if not is_real(self.embed_weight) or self.embed_weight < 0:
-            raise self._bad("embed_weight", "a number >= 0")
-        if not is_real(self.temperature) or self.temperature <= 0:
-            raise self._bad("temperature", "a positive number")
-        if not is_real(self.alpha) or not 0 <= self.alpha <= 1:
-            raise self._bad("alpha", "a number in [0, 1]")
-        if self.teacher_topk is not None:
-            if not is_int(self.teacher_topk, 1):
-                raise self._bad("teacher_topk", "None (full-logit KD) or an int >= 1, at most the vocabulary size")
-            if self.loss != "kd":
-                raise ValueError(
-                    f"DistillConfig.teacher_topk={self.teacher_topk} needs loss='kd' (logit KD), got "
-                    f"loss={self.loss!r}; set teacher_topk=None"
-                )
-
-    def _check_features(self) -> None:
-        if not is_real(self.feature_weight) or self.feature_weight < 0:
-            raise self._bad("feature_weight", "a number >= 0")
-        if self.feature_loss not in EMBED_LOSSES:
-            raise self._bad("feature_loss", f"one of {EMBED_LOSSES}")
-        if isinstance(self.feature_patterns, str):
-            self.feature_patterns = (self.feature_patterns,)
-        self.feature_patterns = tuple(self.feature_patterns)
-        if not all(isinstance(p, str) and p for p in self.feature_patterns):
-            raise self._bad("feature_patterns", "a tuple of non-empty fnmatch patterns of module names")
+    def _check_combinations(self) -> None:
+        """The checks that read more than one field (and the seed's, which raise TypeError too)."""
+        if self.teacher_topk is not None and self.loss != "kd":
+            raise ValueError(
+                f"DistillConfig.teacher_topk={self.teacher_topk} needs loss='kd' (logit KD), got "
+                f"loss={self.loss!r}; set teacher_topk=None"
+            )
         if self.feature_weight > 0 and not self.feature_patterns:
             raise ValueError(
                 "DistillConfig.feature_weight > 0 needs feature_patterns, the module names whose outputs "
                 "are matched, e.g. feature_patterns=('features.*', 'classifier')"
             )
-
-    def _check_hardware(self) -> None:
-        if is_int(self.precision):
-            self.precision = str(self.precision)
-        if isinstance(self.precision, str):
-            self.precision = _PRECISION_ALIASES.get(self.precision, self.precision)
-        if self.precision not in PRECISIONS:
-            raise self._bad("precision", f"a Lightning precision string, one of {PRECISIONS}")
-        devices = self.devices
-        if not (
-            devices == "auto"
-            or (is_int(devices) and (devices >= 1 or devices == -1))
-            or (isinstance(devices, str) and devices.replace(",", "").strip().isdigit())
-            or (isinstance(devices, (list, tuple)) and devices and all(map(is_int, devices)))
-        ):
-            raise self._bad("devices", "an int >= 1, -1 (all), 'auto', a list of device indices or a '0,1' string")
-        if self.accelerator not in ACCELERATORS:
-            raise self._bad("accelerator", f"one of {ACCELERATORS}")
-        if isinstance(self.strategy, str):
-            if not self.strategy:
-                raise self._bad("strategy", "a Lightning strategy name ('auto', 'ddp', 'ddp_spawn', 'fsdp', ...)")
-        elif self.strategy is None:
-            raise self._bad("strategy", "a Lightning strategy name or Strategy object")
-        if not is_int(self.num_nodes, 1):
-            raise self._bad("num_nodes", "an int >= 1")
-        if self.deterministic not in (True, False, "warn"):
-            raise self._bad("deterministic", "True, False or 'warn'")
-
-    def _check_run(self) -> None:
         check_seed("DistillConfig.seed", self.seed)
-        if self.val_every is not None and not is_int(self.val_every, 0):
-            raise self._bad("val_every", "an int >= 0 (0: validate only at the end) or None")
-        if self.metric not in METRICS:
-            raise self._bad("metric", f"one of {METRICS}")
-        if self.log_dir is not None:
-            self.log_dir = str(self.log_dir)  # accept os.PathLike
-        if not is_int(self.checkpoint_every, 0):
-            raise self._bad("checkpoint_every", "an int >= 0 (0: only when interrupted)")
-        if not is_int(self.keep_checkpoints, -1):
-            raise self._bad("keep_checkpoints", "an int >= 0, or -1 (all)")
-        if self.keep not in ("last", "best"):
-            raise self._bad("keep", "'last' or 'best'")
-        if self.resume is not None:
-            self.resume = str(self.resume)
-            if self.resume == "last" and self.log_dir is None:
-                raise ValueError("DistillConfig.resume='last' needs log_dir, the directory of the earlier run")
+        if self.resume == "last" and self.log_dir is None:
+            raise ValueError("DistillConfig.resume='last' needs log_dir, the directory of the earlier run")
 
     @property
     def validation_interval(self) -> int:
