@@ -9,14 +9,15 @@ The :class:`DropRecord` names the blocks kept; :func:`inhernet.load` replays it 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from .batches import forward_all, hooked
+from .batches import device_of, forward_all, hooked
+from .calibration import TokenMask
 from .config import InherConfig, is_int
 from .stack import keep_layers_, layer_stack
 
@@ -126,7 +127,7 @@ def block_influence(model: nn.Module, calib: Iterable[Any]) -> list[float]:
     _, stack = layer_stack(model)
     total = torch.zeros(len(stack), dtype=torch.float64)
     count = torch.zeros(len(stack), dtype=torch.float64)
-    mask: list[torch.Tensor | None] = [None]
+    mask = TokenMask()
 
     def hook(index: int):
         def record(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
@@ -138,8 +139,8 @@ def block_influence(model: nn.Module, calib: Iterable[Any]) -> list[float]:
                     "Block Influence needs transformer blocks"
                 )
             sim = nn.functional.cosine_similarity(h_in.double(), h_out.double(), dim=-1)
-            m = mask[0]
-            weight = m.to(sim.device) if m is not None and m.shape == sim.shape else torch.ones_like(sim)
+            m = mask.current
+            weight = m.to(sim) if m is not None and m.shape == sim.shape else torch.ones_like(sim)
             total[index] += float(((1 - sim) * weight).sum())
             count[index] += float(weight.sum())
 
@@ -148,14 +149,6 @@ def block_influence(model: nn.Module, calib: Iterable[Any]) -> list[float]:
     batches = list(calib)
     if not batches:
         raise ValueError("calib holds no batch: Block Influence is measured on calibration data")
-    hooks = [block.register_forward_hook(hook(i), with_kwargs=True) for i, block in enumerate(stack)]
-
-    def masked(items: list[Any]):
-        for batch in items:
-            m = batch.get("attention_mask") if isinstance(batch, Mapping) else None
-            mask[0] = m.double() if isinstance(m, torch.Tensor) and m.dim() == 2 else None
-            yield batch
-
-    with hooked(hooks):
-        forward_all(model, masked(batches))
+    with hooked([block.register_forward_hook(hook(i), with_kwargs=True) for i, block in enumerate(stack)]):
+        forward_all(model, mask.follow(batches, device_of(model)))
     return (total / count.clamp(min=1)).tolist()

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .batches import device_of, evaluating, forward_all, forward_batch, hooked, move_batch
+from .batches import device_of, forward_all, hooked, move_batch
 from .kinds import EmbeddingKind, LayerKind
 
 __all__ = [
@@ -73,6 +73,17 @@ class TokenMask:
         ok = isinstance(mask, torch.Tensor) and mask.dim() == 2
         self.current = mask.bool() if ok else None  # type: ignore[union-attr]
 
+    def follow(self, calib: Iterable[Any], device: torch.device | str) -> Iterator[Any]:
+        """Each batch of ``calib`` moved to ``device``, its mask taken first; an empty ``calib`` is refused."""
+        seen = 0
+        for batch in calib:
+            seen += 1
+            batch = move_batch(batch, device)
+            self.set(batch)
+            yield batch
+        if seen == 0:
+            raise ValueError("calib is empty: pass an iterable of at least one batch of model inputs")
+
     def keep(self, x: torch.Tensor, embedding: bool) -> torch.Tensor:
         """``x`` without its padded positions where it is aligned with the mask, else ``x`` unchanged."""
         mask = self.current
@@ -89,17 +100,10 @@ def collect_covariances(
 ) -> dict[str, InputCovariance]:
     """One forward pass of ``model`` (eval mode, no grad) over ``calib``: each layer's input covariance
     (``layers``: ``{name: (module, kind)}``); layers that saw no input are left out with a warning."""
-    device = device_of(model)
-    seen = 0
-    mask = TokenMask()
-    with covariance_hooks(layers, device, mask) as stats, evaluating(model), torch.no_grad():
-        for batch in tqdm(calib, desc="calibrating", unit="batch", disable=not progress, leave=False):
-            batch = move_batch(batch, device)
-            mask.set(batch)
-            forward_batch(model, batch)
-            seen += 1
-    if seen == 0:
-        raise ValueError("calib is empty: pass an iterable of at least one batch of model inputs")
+    device, mask = device_of(model), TokenMask()
+    bar = tqdm(calib, desc="calibrating", unit="batch", disable=not progress, leave=False)
+    with covariance_hooks(layers, device, mask) as stats:
+        forward_all(model, mask.follow(bar, device))
     return drop_unseen(stats, layers)
 
 
@@ -114,13 +118,11 @@ def covariance_hooks(
     def make_hook(name: str, kind: LayerKind):
         def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
             embedding = isinstance(kind, EmbeddingKind)
-            x = unnested(args[0].detach())
-            x = kind.batched(module, x)
+            x = kind.batched(module, unnested(args[0].detach()))
             if mask is not None:
                 x = mask.keep(x, embedding)
             if name not in stats:
-                n = kind.shape(module)[1]
-                stats[name] = InputCovariance(n, embedding, device=device)
+                stats[name] = InputCovariance(kind.shape(module)[1], embedding, device=device)
             if x.dim() < 2:  # a single unbatched vector
                 stats[name].update(kind.input_rows(module, x))
                 return

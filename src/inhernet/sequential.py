@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .batches import device_of, forward_batch, move_batch
+from .batches import device_of, forward_batch
 from .calibration import InputCovariance, TokenMask, collect_covariances, covariance_hooks, drop_unseen
 from .decomposition import Factors, factorize
 from .kinds import LayerKind
@@ -86,20 +86,14 @@ def capture_stack_inputs(
         captured.kwargs.append(kwargs)
         raise _StopForward
 
-    batches = 0
     with first_block.register_forward_pre_hook(hook, with_kwargs=True):  # the handle removes the hook on exit
-        for batch in calib:
-            batches += 1
-            batch = move_batch(batch, device)
-            mask.set(batch)
+        for batch in mask.follow(calib, device):
             captured.masks.append(mask.current)
             with contextlib.suppress(_StopForward):
                 forward_batch(model, batch)
-    if batches == 0:
-        raise ValueError("calib is empty: pass an iterable of at least one batch of model inputs")
-    if len(captured.hidden) != batches:
+    if len(captured.hidden) != len(captured.masks):
         raise ValueError(
-            f"the stack's first block ran on {len(captured.hidden)} of {batches} calibration batches; "
+            f"the stack's first block ran on {len(captured.hidden)} of {len(captured.masks)} calibration batches; "
             'sequential calibration needs every batch to pass through the stack (use calibration="one-pass")'
         )
     return captured
