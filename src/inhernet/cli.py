@@ -379,13 +379,11 @@ def _rerun_with_resume() -> str:
     """The command line being run, with ``--resume last`` (instead of any --resume / --restart)."""
     import shlex
 
-    args, skip = [], False
-    for arg in sys.argv[1:]:
-        if skip or arg == "--restart" or arg.startswith("--resume="):
-            skip = False
-            continue
-        skip = arg == "--resume"
-        if not skip:
+    args, given = [], iter(sys.argv[1:])
+    for arg in given:
+        if arg == "--resume":
+            next(given, None)  # its value
+        elif arg != "--restart" and not arg.startswith("--resume="):
             args.append(arg)
     return shlex.join(["inhernet", *args, "--resume", "last"])
 

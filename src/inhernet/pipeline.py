@@ -155,23 +155,17 @@ def _inherit_once(
     model: nn.Module, config: InherConfig, calib: list[Any] | None, progress: bool, costs: LatencyCosts | None,
     prune_instead: bool = True,
 ) -> nn.Module:
-    """Plan and build once (``prune="auto"``: each candidate, the best kept); ``prune_instead``: a MAC or
-    latency budget that rank cuts alone cannot reach is met by pruning first (:func:`_pruned_instead`)."""
+    """Plan and build once, reusing the plan's one-pass factors (``prune="auto"``: each candidate, the best
+    kept); ``prune_instead``: a MAC or latency budget that rank cuts alone cannot reach is met by pruning
+    first (:func:`_pruned_instead`)."""
     if config.prune == "auto":
         return _auto(model, config, calib, progress, costs)
     try:
-        return _plan_and_build(model, config, calib, progress, costs)
-    except Unreachable as err:  # raised by planning, before anything is built
+        planned = _planned(model, config, calib, costs, progress=progress)
+    except Unreachable as err:
         if not prune_instead or config.prune is not None or config.drop_blocks or config.target.kind == "params":
             raise  # a parameter budget is the user's to trade (budget=, prune=, drop_blocks=: named in err)
         return _pruned_instead(model, config, calib, progress, costs, err)
-
-
-def _plan_and_build(
-    model: nn.Module, config: InherConfig, calib: list[Any] | None, progress: bool, costs: LatencyCosts | None,
-) -> nn.Module:
-    """Plan ``model`` under ``config`` (:func:`_planned`) and build that plan, reusing its one-pass factors."""
-    planned = _planned(model, config, calib, costs, progress=progress)
     return assemble(planned.model, planned.plan, planned.layers, calib, config, factors=planned.factors,
                     progress=progress)
 
@@ -256,7 +250,7 @@ def _within_measured_latency(
     batches = by_rows(example, config.latency_rows)
     for attempt in range(LATENCY_CHECK_ROUNDS + 1):
         candidate = deployed(student, example=example, costs=table)
-        ratios = {rows: _ratio(table.latency([model, candidate], batch)) for rows, batch in batches.items()}
+        ratios = {rows: _ratio(*table.latency([model, candidate], batch)) for rows, batch in batches.items()}
         checks.append({"planned": planned, "measured": max(ratios.values()), "by_batch": ratios})
         built.append((student, checks[-1]))
         if low <= checks[-1]["measured"] <= high or attempt == LATENCY_CHECK_ROUNDS:
@@ -271,9 +265,7 @@ def _within_measured_latency(
     return _kept(built, checks, first, budget, high)
 
 
-def _ratio(times: list[float]) -> float:
-    """The student's time over the teacher's, ``times`` being ``[teacher, student]``."""
-    teacher_s, student_s = times
+def _ratio(teacher_s: float, student_s: float) -> float:
     return round(float(student_s) / float(teacher_s), 4)
 
 
