@@ -77,15 +77,14 @@ def drop_for(config: InherConfig, model: nn.Module, calib: Iterable[Any] | None)
         raise ValueError(f"drop_blocks={config.drop_blocks:g}: {err}; use drop_blocks=0") from None
     name, stack = layer_stack(model)
     teacher_params = sum(p.numel() for p in model.parameters())
-    target = config.target.of(teacher_params)
     order = sorted(range(len(stack)), key=lambda i: (influence[i], -i))  # least important first
-    k = blocks_to_drop(config.drop_blocks or 0.0, teacher_params, target,
+    k = blocks_to_drop(config.drop_blocks or 0.0, teacher_params, config.target.of(teacher_params),
                        [sum(p.numel() for p in stack[i].parameters()) for i in order])
     kept = sorted(order[k:])
     dropped = without_blocks(model, kept) if k else model
-    record = DropRecord(float(config.drop_blocks or 0.0), name, len(stack), kept, [round(v, 6) for v in influence],
-                        teacher_params, sum(p.numel() for p in dropped.parameters()))
-    return dropped, record
+    return dropped, DropRecord(float(config.drop_blocks or 0.0), name, len(stack), kept,
+                               [round(v, 6) for v in influence], teacher_params,
+                               sum(p.numel() for p in dropped.parameters()))
 
 
 def without_blocks(model: nn.Module, kept: Sequence[int]) -> nn.Module:

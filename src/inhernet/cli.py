@@ -586,14 +586,13 @@ def export_command(directory: str, out: str, fmt: str, data: str | None, overwri
         raise ValueError(f"{out} is a directory; --format {fmt} writes one file, e.g. {target / ('model' + _FILE_FORMATS[fmt])}")
     if fmt == "hf" and source.model.library != "hf":
         raise ValueError(f"--format hf writes Hugging Face models; {directory}'s teacher is {source.model}: use pt2 or onnx")
-    example = None
     if fmt in ("pt2", "onnx"):
         if data is None:
             raise click.UsageError(f"--format {fmt} traces the student on examples: give --data (as for compress)")
         opened = open_source(source, data)
         teacher, example = opened.teacher, next(iter(make_loader(opened.data.dataset, 2)))
     else:
-        teacher = build_model(source.model)
+        teacher, example = build_model(source.model), None
     student = load(directory, base=teacher)
     tokenizer = load_tokenizer(source.model) if fmt in ("hf", "gguf") and source.model.library == "hf" else None
     change = _export_as(fmt, student, target, example, tokenizer)

@@ -412,11 +412,10 @@ def _drops_blocks(config: InherConfig, model: nn.Module) -> bool:
 
 def _is_experimental(d: dict[str, Any]) -> bool:
     """Whether the saved config ``d`` needs :class:`ExperimentalConfig`: an ablation's value anywhere."""
-    defaults = {k: getattr(InherConfig, k) for k in MOVED}
-    if any(k in d and d[k] != v for k, v in defaults.items()):
-        return True
     choices = {"init": INITS, "allocation": ALLOCATIONS, "calibration": (*CALIBRATIONS, None)}
-    return any(k in d and d[k] not in allowed for k, allowed in choices.items())
+    return any(k in d and d[k] != getattr(InherConfig, k) for k in MOVED) or any(
+        k in d and d[k] not in allowed for k, allowed in choices.items()
+    )
 
 
 @dataclass

@@ -110,9 +110,7 @@ def pair_embeddings(model: nn.Module, batch: Any) -> tuple[torch.Tensor, torch.T
     """A dual encoder's float32 image and text embeddings of a labelled batch, and its labels (flat)."""
     labels = batch_labels(batch)
     if labels is None:
-        raise ValueError(
-            "dual-encoder metrics need labelled batches: dicts of image-text pairs with 'labels'"
-        )
+        raise ValueError("dual-encoder metrics need labelled batches: dicts of image-text pairs with 'labels'")
     out = dual_output(forward_batch(model, batch))
     return out.image_embeds.float(), out.text_embeds.float(), labels.reshape(-1)
 

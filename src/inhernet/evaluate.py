@@ -69,7 +69,6 @@ def batch_sums(
 
 
 def _batches(loader: Iterable[Any], max_batches: int | None, progress: bool) -> Iterator[Any]:
-    """The first ``max_batches`` batches of ``loader`` (all for ``None``), behind a bar with ``progress``."""
     return itertools.islice(tqdm(loader, desc="evaluating", disable=not progress, leave=False), max_batches)
 
 

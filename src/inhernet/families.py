@@ -65,10 +65,10 @@ def model_family(model: nn.Module) -> str:
         or (decoder_layers and not encoder_layers)
     ):
         return "causal-lm"
-    attention = any(isinstance(m, nn.MultiheadAttention) for m in model.modules()) or any(
-        n.endswith("Attention") for n in names
-    )
-    if attention or any(hasattr(m, "config") and hasattr(m.config, "model_type") for m in model.modules()):
+    if any(n.endswith("Attention") for n in names) or any(
+        isinstance(m, nn.MultiheadAttention) or hasattr(getattr(m, "config", None), "model_type")
+        for m in model.modules()
+    ):
         return "encoder"
     conv = sum(p.numel() for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d)) for p in m.parameters())
     total = sum(p.numel() for p in model.parameters())

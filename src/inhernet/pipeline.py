@@ -60,11 +60,8 @@ def inherit(
         return build(model, plan, calib, config=(config or plan.config).resolved(model), progress=progress)
     config = (config or InherConfig()).resolved(model)
     _refuse_early(model, config)
-    calib = as_list(calib)  # read more than once by every strategy
-    if config.target.kind == "latency":
-        student = _within_measured_latency(model, config, calib, progress, costs)
-    else:
-        student = _inherit_once(model, config, calib, progress, costs)
+    once_or_timed = _within_measured_latency if config.target.kind == "latency" else _inherit_once
+    student = once_or_timed(model, config, as_list(calib), progress, costs)  # as_list: read by every strategy
     warn_if_bottlenecked(student.inhernet_plan)
     return student
 
@@ -84,8 +81,7 @@ def plan(
             "call inherit() (its plan is student.inhernet_plan), or give plan() a share, e.g. prune=0.3"
         )
     _refuse_early(model, config)
-    calib = as_list(calib)
-    result = _planned(model, config, calib, costs, keep_factors=False).plan
+    result = _planned(model, config, as_list(calib), costs, keep_factors=False).plan
     warn_if_bottlenecked(result)
     return result
 

@@ -85,12 +85,8 @@ def origin_name(model: nn.Module, name: str) -> str:
     """The name that the module now at ``name`` had before :func:`keep_layers_` renumbered ``model``'s stack
     (``"model.layers.3.mlp"`` was ``"model.layers.5.mlp"`` when block 3 is the original block 5)."""
     recorded = getattr(model, KEPT_LAYERS, None)
-    if recorded is None:
+    if recorded is None or not name.startswith(recorded[0] + "."):
         return name
     stack, kept = recorded
-    if not name.startswith(stack + "."):
-        return name
     index, dot, rest = name.removeprefix(stack + ".").partition(".")
-    if not index.isdigit():
-        return name
-    return f"{stack}.{kept[int(index)]}{dot}{rest}"
+    return f"{stack}.{kept[int(index)]}{dot}{rest}" if index.isdigit() else name
