@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -128,26 +129,24 @@ def block_influence(model: nn.Module, calib: Iterable[Any]) -> list[float]:
     count = torch.zeros(len(stack), dtype=torch.float64)
     mask = TokenMask()
 
-    def hook(index: int):
-        def record(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
-            h_in = args[0] if args else kwargs.get("hidden_states")
-            h_out = output[0] if isinstance(output, (tuple, list)) else output
-            if not (isinstance(h_in, torch.Tensor) and isinstance(h_out, torch.Tensor) and h_in.shape == h_out.shape):
-                raise ValueError(
-                    f"block {index} of the stack does not map a hidden-state tensor to one of the same shape: "
-                    "Block Influence needs transformer blocks"
-                )
-            sim = nn.functional.cosine_similarity(h_in.double(), h_out.double(), dim=-1)
-            m = mask.current
-            weight = m.to(sim) if m is not None and m.shape == sim.shape else torch.ones_like(sim)
-            total[index] += float(((1 - sim) * weight).sum())
-            count[index] += float(weight.sum())
-
-        return record
+    def hook(index: int, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
+        h_in = args[0] if args else kwargs.get("hidden_states")
+        h_out = output[0] if isinstance(output, (tuple, list)) else output
+        if not (isinstance(h_in, torch.Tensor) and isinstance(h_out, torch.Tensor) and h_in.shape == h_out.shape):
+            raise ValueError(
+                f"block {index} of the stack does not map a hidden-state tensor to one of the same shape: "
+                "Block Influence needs transformer blocks"
+            )
+        sim = nn.functional.cosine_similarity(h_in.double(), h_out.double(), dim=-1)
+        m = mask.current
+        weight = m.to(sim) if m is not None and m.shape == sim.shape else torch.ones_like(sim)
+        total[index] += float(((1 - sim) * weight).sum())
+        count[index] += float(weight.sum())
 
     batches = list(calib)
     if not batches:
         raise ValueError("calib holds no batch: Block Influence is measured on calibration data")
-    with hooked([block.register_forward_hook(hook(i), with_kwargs=True) for i, block in enumerate(stack)]):
+    with hooked([block.register_forward_hook(partial(hook, i), with_kwargs=True)
+                 for i, block in enumerate(stack)]):
         forward_all(model, mask.follow(batches, device_of(model)))
     return (total / count.clamp(min=1)).tolist()

@@ -8,6 +8,7 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, TypeVar
 
 import torch
@@ -114,26 +115,23 @@ def covariance_hooks(
     """Pre-hooks on ``layers`` that fill the yielded ``{name: InputCovariance}`` while active (whatever runs
     the layers inside decides where the statistics come from); ``mask``, kept by the caller, drops padding."""
     stats: dict[str, InputCovariance] = {}
+    mask = mask or TokenMask()  # one that never holds a mask keeps every row
 
-    def make_hook(name: str, kind: LayerKind):
-        def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
-            embedding = isinstance(kind, EmbeddingKind)
-            x = kind.batched(module, unnested(args[0].detach()))
-            if mask is not None:
-                x = mask.keep(x, embedding)
-            if name not in stats:
-                stats[name] = InputCovariance(kind.shape(module)[1], embedding, device=device)
-            if x.dim() < 2:  # a single unbatched vector
-                stats[name].update(kind.input_rows(module, x))
-                return
-            # split so that unfolded conv patches stay under the memory bound
-            per_sample = max(1, x[0].numel() * math.prod(getattr(module, "kernel_size", None) or ()))
-            for part in x.split(max(1, _MAX_ELEMENTS_PER_UPDATE // per_sample)):
-                stats[name].update(kind.input_rows(module, part))
+    def hook(name: str, kind: LayerKind, module: nn.Module, args: tuple[Any, ...]) -> None:
+        embedding = isinstance(kind, EmbeddingKind)
+        x = mask.keep(kind.batched(module, unnested(args[0].detach())), embedding)
+        if name not in stats:
+            stats[name] = InputCovariance(kind.shape(module)[1], embedding, device=device)
+        if x.dim() < 2:  # a single unbatched vector
+            stats[name].update(kind.input_rows(module, x))
+            return
+        # split so that unfolded conv patches stay under the memory bound
+        per_sample = max(1, x[0].numel() * math.prod(getattr(module, "kernel_size", None) or ()))
+        for part in x.split(max(1, _MAX_ELEMENTS_PER_UPDATE // per_sample)):
+            stats[name].update(kind.input_rows(module, part))
 
-        return hook
-
-    with hooked([module.register_forward_pre_hook(make_hook(name, kind)) for name, (module, kind) in layers.items()]):
+    with hooked([module.register_forward_pre_hook(partial(hook, name, kind))
+                 for name, (module, kind) in layers.items()]):
         yield stats
 
 
@@ -197,13 +195,10 @@ def layer_input_shapes(
     of each of its calls, in order."""
     seen: dict[str, list[T]] = {}
 
-    def make_hook(name: str):
-        def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
-            if args and isinstance(args[0], torch.Tensor):
-                seen.setdefault(name, []).append(describe(module, args[0]))
+    def hook(name: str, module: nn.Module, args: tuple[Any, ...]) -> None:
+        if args and isinstance(args[0], torch.Tensor):
+            seen.setdefault(name, []).append(describe(module, args[0]))
 
-        return hook
-
-    with hooked([module.register_forward_pre_hook(make_hook(name)) for name, module in layers.items()]):
+    with hooked([module.register_forward_pre_hook(partial(hook, name)) for name, module in layers.items()]):
         forward_all(model, [example])
     return seen

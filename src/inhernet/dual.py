@@ -49,8 +49,7 @@ class DualOutput:
     def pack(self) -> torch.Tensor:
         """One row per pair, ``[image_embeds, text_embeds, scale]``: what a data set can carry per example
         (a teacher's similarities depend on the batch, but its embeddings do not)."""
-        n = len(self.image_embeds)
-        scale = self.scale().detach().expand(n, 1)
+        scale = self.scale().detach().expand(len(self.image_embeds), 1)
         return torch.cat([self.image_embeds.float(), self.text_embeds.float(), scale.to(self.image_embeds)], dim=1)
 
     @classmethod
@@ -128,8 +127,7 @@ def dual_metrics(image: torch.Tensor, text: torch.Tensor, labels: torch.Tensor) 
             f"dual_metrics needs as many images, texts and labels (> 0), got {len(image)}, {len(text)}, "
             f"{len(labels)}"
         )
-    image = F.normalize(image.double(), dim=-1)
-    text = F.normalize(text.double(), dim=-1)
+    image, text = F.normalize(image.double(), dim=-1), F.normalize(text.double(), dim=-1)
     labels = labels.reshape(-1)
     gallery, which = torch.unique(text, dim=0, return_inverse=True)
     gallery_labels = torch.empty(len(gallery), dtype=labels.dtype).scatter_(0, which, labels)

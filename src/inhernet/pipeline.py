@@ -72,8 +72,7 @@ def plan(
 ) -> Plan:
     """The per-layer ranks and totals of ``inherit(model, config, calib)``; the model is not modified.
     ``calib`` and ``costs`` as in :func:`inherit`; ``prune="auto"`` is refused (it builds its candidates), and
-    so is a MAC or latency budget out of rank cuts' reach (which :func:`inherit` meets by pruning first).
-    """
+    so is a MAC or latency budget out of rank cuts' reach (which :func:`inherit` meets by pruning first)."""
     config = (config or InherConfig()).resolved(model)
     if config.prune == "auto":
         raise ValueError(

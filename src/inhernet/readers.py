@@ -67,9 +67,7 @@ class _Trace:
         self.values.setdefault(probe._owner, f"{reader} ({what})")
 
 
-def find_weight_readers(
-    model: nn.Module, layers: dict[str, nn.Module], example: Any
-) -> dict[str, str]:
+def find_weight_readers(model: nn.Module, layers: dict[str, nn.Module], example: Any) -> dict[str, str]:
     """One forward pass on ``example`` (eval mode, no grad; everything restored): per layer whose parameters'
     values are used outside its forward, the first reader (``"Class.forward (op)"``)."""
     trace = _Trace()

@@ -185,13 +185,10 @@ class DistillConfig:
             setattr(self, f.name, plain_number(getattr(self, f.name)))
         if isinstance(self.devices, (list, tuple)):
             self.devices = type(self.devices)(plain_number(d) for d in self.devices)
-        if isinstance(self.feature_patterns, str):
-            self.feature_patterns = (self.feature_patterns,)
-        self.feature_patterns = tuple(self.feature_patterns)
-        if is_int(self.precision):
-            self.precision = str(self.precision)
-        if isinstance(self.precision, str):
-            self.precision = _PRECISION_ALIASES.get(self.precision, self.precision)
+        patterns = self.feature_patterns
+        self.feature_patterns = (patterns,) if isinstance(patterns, str) else tuple(patterns)
+        if isinstance(self.precision, str) or is_int(self.precision):  # 16 -> "16" -> "16-mixed"
+            self.precision = _PRECISION_ALIASES.get(str(self.precision), str(self.precision))
         for name in ("log_dir", "resume"):  # accept os.PathLike
             if getattr(self, name) is not None:
                 setattr(self, name, str(getattr(self, name)))
