@@ -52,8 +52,8 @@ def budget_value(budget: float) -> float | int:
     return budget
 
 
-def _prune_value(value: str | None) -> float | str | None:
-    """``--prune``: ``auto`` or a share in [0, 1) of the channels."""
+def _prune_value(_ctx: click.Context, _param: click.Parameter, value: str | None) -> float | str | None:
+    """``--prune``'s callback: ``auto`` or a share in [0, 1) of the channels."""
     if value is None or value == "auto":
         return value
     try:
@@ -162,8 +162,7 @@ _INHERIT = _options(
     click.option("--exclude", multiple=True, help="Module name pattern to keep dense (repeatable), e.g. fc."),
     click.option("--calib-size", type=click.IntRange(min=1), default=256, show_default=True,
                  help="Training examples whose layer inputs whiten the SVDs (--init whiten)."),
-    click.option("--prune", "prune", default=None, metavar="auto|FRACTION",
-                 callback=lambda _c, _p, v: _prune_value(v),
+    click.option("--prune", "prune", default=None, metavar="auto|FRACTION", callback=_prune_value,
                  help="Prune this share of the channels with Torch-Pruning first, then inherit at the same budget; "
                  "'auto' chooses the share among candidates found from the budget, by the KL to the teacher after "
                  "a few KD steps on the calibration examples (scored on a held-out quarter of them)."),
@@ -328,9 +327,8 @@ def train(
     opened = open_source(replace(source, data=source.data.updated(**prep)), data)
     student = load(directory, base=copy.deepcopy(opened.teacher))
     train_set, val_set = split(opened.data.dataset, val_fraction, seed)
-    lr = _train_lr(student, lr)
     cfg = DistillConfig(
-        steps=steps, lr=lr, temperature=temperature, alpha=alpha, precision=precision, accelerator=accelerator,
+        steps=steps, lr=_train_lr(student, lr), temperature=temperature, alpha=alpha, precision=precision, accelerator=accelerator,
         seed=seed, metric=opened.data.metric, val_every=val_every, log_dir=log_dir,
         checkpoint_every=max(1, steps // 10) if checkpoint_every is None else checkpoint_every,
         keep_checkpoints=keep_checkpoints, resume=resume, progress=progress,

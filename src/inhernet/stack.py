@@ -46,9 +46,8 @@ def keep_layers_(model: nn.Module, indices: Sequence[int]) -> Callable[[], None]
     Face bookkeeping (``config.num_hidden_layers``, ``layer_types``, each block's ``layer_idx``); returns
     the undo. The model records the original blocks it kept (:data:`KEPT_LAYERS`, see :func:`origin_name`)."""
     name, stack = layer_stack(model)
-    n = len(stack)
     recorded = getattr(model, KEPT_LAYERS, None)
-    origin = recorded[1] if recorded is not None and recorded[0] == name else range(n)
+    origin = recorded[1] if recorded is not None and recorded[0] == name else range(len(stack))
     parent = model.get_submodule(name.rpartition(".")[0])
     attr = name.rpartition(".")[2]
     kept = nn.ModuleList(stack[i] for i in indices)
@@ -64,7 +63,7 @@ def keep_layers_(model: nn.Module, indices: Sequence[int]) -> Callable[[], None]
     if "num_hidden_layers" in before:
         config.num_hidden_layers = len(kept)
         layer_types = before.get("layer_types")
-        if isinstance(layer_types, list) and len(layer_types) == n:
+        if isinstance(layer_types, list) and len(layer_types) == len(stack):
             config.layer_types = [layer_types[i] for i in indices]
 
     def undo() -> None:

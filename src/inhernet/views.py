@@ -1,8 +1,6 @@
-"""``block.weight``: what a factorised layer shows of the dense weight it replaced.
-
-Model code reads a projection's ``.weight`` for its metadata (``x.to(self.proj.weight.dtype)``), free here,
-or its values (a tied head's ``embed.weight.T``), computed here from the factors (:mod:`inhernet.readers`).
-"""
+"""``block.weight``: what a factorised layer shows of the dense weight it replaced, to model code that reads
+it for its metadata (``x.to(self.proj.weight.dtype)``) or its values (a tied head's ``embed.weight.T``;
+:mod:`inhernet.readers` finds such readers)."""
 
 from __future__ import annotations
 
