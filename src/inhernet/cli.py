@@ -208,8 +208,7 @@ def _inheritance(
     train_set, _ = split(opened.data.dataset, val_fraction, seed)
     # whitening reads the layers' inputs, pruning and dropping blocks score on the batches
     needs_calib = init == "whiten" or prune is not None or bool(cfg.resolved(opened.teacher).drop_blocks)
-    calib = calibration_batches(train_set, calib_size, batch_size) if needs_calib else None
-    return opened, cfg, calib
+    return opened, cfg, (calibration_batches(train_set, calib_size, batch_size) if needs_calib else None)
 
 
 @cli.command("plan")

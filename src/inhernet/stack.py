@@ -36,8 +36,7 @@ def replace_module(root: nn.Module, name: str, module: nn.Module) -> nn.Module:
     if not name:
         return module
     parent_name, _, child = name.rpartition(".")
-    parent = root.get_submodule(parent_name) if parent_name else root
-    setattr(parent, child, module)
+    setattr(root.get_submodule(parent_name) if parent_name else root, child, module)
     return root
 
 
