@@ -221,25 +221,23 @@ def allocate(
     priority: Priority = _energy_priority(weights) if strategy in ENERGY_STRATEGIES else _uniform_priority
     ranks = {layer.name: _start(layer, min_rank, min_rank_ratio) for layer in layers}
     spent = sum(layer.cost(ranks[layer.name]) for layer in layers)
-    heap: list[tuple[float, int, int]] = []
+    heap: list[tuple[float, int, int, int | None]] = []  # one move per layer: (-priority, layer, cost, to rank)
 
     def push(i: int) -> None:
         layer, rank = layers[i], ranks[layers[i].name]
         if rank is None:
             return
-        cost = layer.cost(layer.next_rank(rank) if rank < layer.break_even else None) - layer.cost(rank)
-        heapq.heappush(heap, (-priority(layer, rank, cost), i, cost))
+        move = layer.next_rank(rank) if rank < layer.break_even else None
+        cost = layer.cost(move) - layer.cost(rank)
+        heapq.heappush(heap, (-priority(layer, rank, cost), i, cost, move))
 
     for i in range(len(layers)):
         push(i)
     while heap:
-        _, i, cost = heapq.heappop(heap)
+        _, i, cost, move = heapq.heappop(heap)
         if spent + cost > available:
             continue  # costs only grow as the budget shrinks: this layer is done
-        layer = layers[i]
-        rank = ranks[layer.name]
-        assert rank is not None
-        ranks[layer.name] = layer.next_rank(rank) if rank < layer.break_even else None
+        ranks[layers[i].name] = move
         spent += cost
         push(i)
     if at_least is not None and spent < at_least:
