@@ -1,8 +1,6 @@
 """Structured channel pruning with Torch-Pruning (``InherConfig(prune=...)``), and its record.
 
-The one Torch-Pruning call (:func:`prune`: global L2 ranking; layer by layer for transformers, whole
-heads for BERT-style attention; the output layer kept). The hybrid prunes a share of the teacher's
-channels, then the rank allocator spends the rest of the *same* budget, relative to the original teacher.
+:func:`prune` is the one Torch-Pruning call of the hybrid (docs/design.md, "Pruning first");
 :func:`pruned_spec` records what pruning changed as JSON and :func:`apply_spec` replays it, so
 :func:`inhernet.load` needs no pickle. Causal LMs are refused (their output layer shares the embedding).
 """
@@ -285,10 +283,8 @@ class PruneRecord:
     probe_steps: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        d = {
-            "ratio": self.ratio, "importance": self.importance, "teacher_params": self.teacher_params,
-            "params": self.params, "teacher_macs": self.teacher_macs, "macs": self.macs, "spec": self.spec,
-        }
+        keys = ("ratio", "importance", "teacher_params", "params", "teacher_macs", "macs", "spec")
+        d = {key: getattr(self, key) for key in keys}
         if self.teacher_latency_ns is not None:  # absent otherwise, as in older records
             d["teacher_latency_ns"], d["latency_ns"] = self.teacher_latency_ns, self.latency_ns
         auto = {"scores": self.scores, "skipped": self.skipped or None, "bracket": self.bracket,
