@@ -236,8 +236,7 @@ def probe_loss(
         for step in range(steps):
             i = step % len(inputs)
             logits = logits_of(forward_batch(probe, move_batch(inputs[i], device)))
-            target = wanted[i].to(device, logits.dtype)
-            loss = kd_loss(logits, target, temperature=PROBE_TEMPERATURE, alpha=1.0)
+            loss = kd_loss(logits, wanted[i].to(device, logits.dtype), temperature=PROBE_TEMPERATURE, alpha=1.0)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
