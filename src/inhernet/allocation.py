@@ -118,7 +118,6 @@ def layer_cost(
 def _allocate_ranks(
     model: nn.Module, config: InherConfig, layers: list[LayerCost], profile: Profile | None
 ) -> Allocation:
-    """Ranks for ``layers`` by the rule or budget of ``config``."""
     if config.target.kind in ("rank", "energy"):
         return Allocation(_rule_ranks(layers, config.target, config.min_rank, config.min_rank_ratio))
     groups, total = _budget_groups(model, layers, config, profile)

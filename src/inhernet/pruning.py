@@ -155,7 +155,6 @@ def _shape_attrs(module: nn.Module) -> dict[str, Any]:
 
 
 def _tensor_shapes(module: nn.Module) -> dict[str, list[int]]:
-    """The shapes of the module's own parameters and buffers."""
     own = (*module._parameters.items(), *module._buffers.items())
     return {key: list(t.shape) for key, t in own if t is not None}
 
@@ -415,7 +414,6 @@ def zero_shot_loss(student: nn.Module, calib: Iterable[Any], targets: Sequence[t
 
 
 def _logits(model: nn.Module, batch: Any) -> torch.Tensor:
-    """The model's logits on ``batch``, in eval mode without grad."""
     with evaluating(model), torch.no_grad(), torch.random.fork_rng(devices=[]):
         out = forward_batch(model, move_batch(batch, device_of(model)))
     try:

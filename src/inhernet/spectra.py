@@ -60,8 +60,7 @@ def decompose(
 
 def reiterable(calib: Iterable[Any] | None) -> list[Any]:
     """``calib`` as a list (sequential calibration iterates it more than once)."""
-    calib = _required(calib)
-    return calib if isinstance(calib, list) else list(calib)
+    return list(_required(calib))
 
 
 def _required(calib: Iterable[Any] | None) -> Iterable[Any]:
