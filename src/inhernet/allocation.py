@@ -281,12 +281,8 @@ def _group_of(name: str, patterns: tuple[str, ...]) -> str | None:
 def _params_by_group(model: nn.Module, patterns: tuple[str, ...]) -> dict[str | None, int]:
     """Teacher parameters per ``budgets`` pattern (``None``: the rest); a pattern matching none is an error."""
     owned: dict[str | None, int] = dict.fromkeys((*patterns, None), 0)
-    seen: set[int] = set()
-    for name, module in model.named_modules():
-        for p in module.parameters(recurse=False):
-            if id(p) not in seen:  # a tied parameter counts once, with its first owner
-                seen.add(id(p))
-                owned[_group_of(name, patterns)] += p.numel()
+    for name, p in model.named_parameters():  # a tied parameter counts once, with its first owner
+        owned[_group_of(name.rpartition(".")[0], patterns)] += p.numel()
     for pattern in patterns:
         if owned[pattern] == 0:
             sample = ", ".join(n for n, _ in list(model.named_children())[:6])
