@@ -127,11 +127,9 @@ def candidate_shares(stand: Callable[[float, bool], Standing]) -> Candidates:
     Raises:
         ValueError: no share reaches the budget, with rank cuts or by pruning alone.
     """
-    skipped: dict[str, str] = {}
     zero = stand(0.0, True)  # the teacher: always over the budget (a budget is at most the teacher)
     p_max, under = _p_max(stand, zero)
-    if under is not None:
-        skipped[_key(under.share)] = under.why_not()
+    skipped = {} if under is None else {_key(under.share): under.why_not()}
     # to 0.001 as every share recorded, on the side under the budget
     alone_share = None if under is None else math.ceil(under.share * 1000) / 1000
     p_min = 0.0
