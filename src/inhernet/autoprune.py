@@ -1,9 +1,7 @@
 """``InherConfig(prune="auto")``: which shares of channels to try, and which candidate student wins.
 
-The candidates (:func:`candidate_shares`) spread between ``p_min``, the smallest share whose smallest
-ranks reach the budget, and ``p_max``, the largest whose pruned model is still over it; when only pruning
-alone reaches it, that share is the one candidate. The pipeline builds each; a :class:`Contest` scores it
-by its KL to the teacher (:func:`score`) and the lowest wins, within 2% of the budget if any is.
+The rule is docs/design.md's ("Pruning first"): the candidates spread between ``p_min``, the smallest share
+whose smallest ranks reach the budget, and ``p_max``, the largest whose pruned model is still over it.
 """
 
 from __future__ import annotations
