@@ -53,8 +53,7 @@ def smallest_reach(
             "nor budgets=)"
         )
     target, total, currency, fixed = terms
-    layers = _open_costs(candidates, config, profile)
-    smallest = _quietly(_smallest, layers, target, total, config, fixed)[2]
+    smallest = _quietly(_smallest, _open_costs(candidates, config, profile), target, total, config, fixed)[2]
     return target, smallest, currency.unit
 
 
@@ -119,7 +118,6 @@ def layer_cost(
 def _allocate_ranks(
     model: nn.Module, config: InherConfig, layers: list[LayerCost], profile: Profile | None
 ) -> Allocation:
-    """Ranks for ``layers`` by the rule or budget of ``config``."""
     if config.target.kind in ("rank", "energy"):
         return Allocation(_rule_ranks(layers, config.target, config.min_rank, config.min_rank_ratio))
     groups, total = _budget_groups(model, layers, config, profile)
@@ -148,16 +146,6 @@ def dense_reason(layer: LayerCost, config: InherConfig, profile: Profile | None)
     if layer.break_even < floor:
         return f"no rank saves {unit} at or above its floor rank {floor}; kept dense"
     return "dense fits the budget better than any rank"
-
-
-def _warn_if_under(reached: int | None, goal: int | None, currency: _Currency) -> None:
-    """Warn when a plan lands more than 2% under its target."""
-    if goal is not None and reached is not None and reached < BUDGET_TOLERANCE * goal:
-        warnings.warn(
-            f"the plan reaches {reached:,} {currency.unit}, more than 2% under the {currency.budget} of "
-            f"{goal:,}: no choice of ranks (or of layers left dense) lands within 2% of it",
-            stacklevel=4,
-        )
 
 
 def _fill(
@@ -261,8 +249,7 @@ def _budget_groups(
     if not config.budgets:
         terms = _budget_terms(config, profile, sum(p.numel() for p in model.parameters()))
         assert terms is not None, "a MAC or latency budget is priced by its profile"
-        target, whole, currency, fixed = terms
-        return [(layers, target, whole, currency, fixed)], 0
+        return [(layers, *terms)], 0
     patterns = tuple(config.budgets)
     owned = _params_by_group(model, patterns)
     grouped: dict[str | None, list[LayerCost]] = {p: [] for p in (*patterns, None)}
@@ -294,12 +281,8 @@ def _group_of(name: str, patterns: tuple[str, ...]) -> str | None:
 def _params_by_group(model: nn.Module, patterns: tuple[str, ...]) -> dict[str | None, int]:
     """Teacher parameters per ``budgets`` pattern (``None``: the rest); a pattern matching none is an error."""
     owned: dict[str | None, int] = dict.fromkeys((*patterns, None), 0)
-    seen: set[int] = set()
-    for name, module in model.named_modules():
-        for p in module.parameters(recurse=False):
-            if id(p) not in seen:  # a tied parameter counts once, with its first owner
-                seen.add(id(p))
-                owned[_group_of(name, patterns)] += p.numel()
+    for name, p in model.named_parameters():  # a tied parameter counts once, with its first owner
+        owned[_group_of(name.rpartition(".")[0], patterns)] += p.numel()
     for pattern in patterns:
         if owned[pattern] == 0:
             sample = ", ".join(n for n, _ in list(model.named_children())[:6])
@@ -350,15 +333,14 @@ def _rows(
     rows = [LayerPlan(o.name, o.type_name, "-", None, None, 1, o.params, o.params, o.reason) for o in others]
     costs = {layer.name: layer for layer in open_layers}
     for c in candidates:
-        own = dense_params(c.module)
-        shape = c.kind.describe(c.module)
+        own, shape = dense_params(c.module), c.kind.describe(c.module)
         if c.reason is not None:
             rows.append(LayerPlan(c.name, c.kind.name, shape, None, None, 1, own, own, c.reason))
             continue
         layer, rank = costs[c.name], ranks[c.name]
         if rank is None:
-            reason = dense_reason(layer, config, profile)
-            rows.append(LayerPlan(c.name, c.kind.name, shape, None, layer.max_rank, 1, own, own, reason))
+            rows.append(LayerPlan(c.name, c.kind.name, shape, None, layer.max_rank, 1, own, own,
+                                  dense_reason(layer, config, profile)))
         else:
             rows.append(LayerPlan(c.name, c.kind.name, shape, rank, layer.max_rank, config.experts, own,
                                   layer.params(rank), FACTORISED))
@@ -367,17 +349,22 @@ def _rows(
 
 
 def _totals(result: Plan, allocation: Allocation, profile: Profile | None) -> None:
-    """The plan's MAC or latency totals and targets; warn when more than 2% under."""
+    """The plan's MAC or latency totals and targets; warn when it lands more than 2% under its target."""
+    reached, goal, currency = result.total_params, result.target_params, PARAMS
     if isinstance(profile, LatencyProfile):
         result.teacher_latency_ns, result.target_latency_ns = profile.reference, allocation.target_latency_ns
-        result.total_latency_ns = allocation.reached
-        _warn_if_under(result.total_latency_ns, result.target_latency_ns, LATENCY)
+        reached = result.total_latency_ns = allocation.reached
+        goal, currency = allocation.target_latency_ns, LATENCY
     elif profile is not None:
         result.teacher_macs, result.target_macs = profile.total, allocation.target_macs
-        result.total_macs = allocation.reached
-        _warn_if_under(result.total_macs, result.target_macs, MACS)
-    else:
-        _warn_if_under(result.total_params, result.target_params, PARAMS)
+        reached = result.total_macs = allocation.reached
+        goal, currency = allocation.target_macs, MACS
+    if goal is not None and reached is not None and reached < BUDGET_TOLERANCE * goal:
+        warnings.warn(
+            f"the plan reaches {reached:,} {currency.unit}, more than 2% under the {currency.budget} of "
+            f"{goal:,}: no choice of ranks (or of layers left dense) lands within 2% of it",
+            stacklevel=3,
+        )
 
 
 def _open_costs(

@@ -1,9 +1,7 @@
 """``InherConfig(prune="auto")``: which shares of channels to try, and which candidate student wins.
 
-The candidates (:func:`candidate_shares`) spread between ``p_min``, the smallest share whose smallest
-ranks reach the budget, and ``p_max``, the largest whose pruned model is still over it; when only pruning
-alone reaches it, that share is the one candidate. The pipeline builds each; a :class:`Contest` scores it
-by its KL to the teacher (:func:`score`) and the lowest wins, within 2% of the budget if any is.
+The rule is docs/design.md's ("Pruning first"): the candidates spread between ``p_min``, the smallest share
+whose smallest ranks reach the budget, and ``p_max``, the largest whose pruned model is still over it.
 """
 
 from __future__ import annotations
@@ -127,11 +125,9 @@ def candidate_shares(stand: Callable[[float, bool], Standing]) -> Candidates:
     Raises:
         ValueError: no share reaches the budget, with rank cuts or by pruning alone.
     """
-    skipped: dict[str, str] = {}
     zero = stand(0.0, True)  # the teacher: always over the budget (a budget is at most the teacher)
     p_max, under = _p_max(stand, zero)
-    if under is not None:
-        skipped[_key(under.share)] = under.why_not()
+    skipped = {} if under is None else {_key(under.share): under.why_not()}
     # to 0.001 as every share recorded, on the side under the budget
     alone_share = None if under is None else math.ceil(under.share * 1000) / 1000
     p_min = 0.0
@@ -236,8 +232,7 @@ def probe_loss(
         for step in range(steps):
             i = step % len(inputs)
             logits = logits_of(forward_batch(probe, move_batch(inputs[i], device)))
-            target = wanted[i].to(device, logits.dtype)
-            loss = kd_loss(logits, target, temperature=PROBE_TEMPERATURE, alpha=1.0)
+            loss = kd_loss(logits, wanted[i].to(device, logits.dtype), temperature=PROBE_TEMPERATURE, alpha=1.0)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -71,8 +71,7 @@ def factorize(w: torch.Tensor, cov: InputCovariance | None = None, damping: floa
 def _whitened_left_singular(w: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Left singular vectors and values of ``W S`` for any square root ``S`` of the covariance ``c``."""
     if c.dim() == 1:  # diagonal covariance (embeddings: token frequencies)
-        u, s, _ = _svd(w * c.sqrt())
-        return u, s
+        return _svd(w * c.sqrt())[:2]
     m, n = w.shape
     if n > m:  # wide: eigen-decompose the small Gram W C W^T (m x m) instead of factorising C (n x n)
         vals, vecs = torch.linalg.eigh(w @ c @ w.T)
@@ -81,8 +80,7 @@ def _whitened_left_singular(w: torch.Tensor, c: torch.Tensor) -> tuple[torch.Ten
     if int(info) != 0:  # not positive definite in floating point: clamped symmetric square root
         vals, vecs = torch.linalg.eigh(c)
         chol = vecs * vals.clamp_min(vals.max() * 1e-12).sqrt()
-    u, s, _ = torch.linalg.svd(w @ chol, full_matrices=False)
-    return u, s
+    return torch.linalg.svd(w @ chol, full_matrices=False)[:2]
 
 
 def _svd(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -62,25 +62,20 @@ def find_layers(model: nn.Module, config: InherConfig, example: Any = None) -> F
     (other readers get the values a factorised layer computes)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    module_uses = Counter(id(m) for _, m in model.named_modules(remove_duplicate=False))
-    param_uses = Counter(
-        id(p) for _, m in model.named_modules(remove_duplicate=False) for p in m.parameters(recurse=False)
-    )
+    every_use = [m for _, m in model.named_modules(remove_duplicate=False)]
+    module_uses = Counter(map(id, every_use))
+    param_uses = Counter(id(p) for m in every_use for p in m.parameters(recurse=False))
     parents = {id(child): parent for parent in model.modules() for child in parent.children()}
     candidates: list[Candidate] = []
     others: list[Unsupported] = []
     for name, module in model.named_modules():
-        by_config = _dense_by_config(name, config)
-        own = dense_params(module)
-        if own == 0:
-            continue
-        kind = kind_of(module)
-        if kind is None:
-            reason = f"unsupported layer type {type(module).__name__}; kept as is"
-            others.append(Unsupported(name, type(module).__name__, own, reason))
-            continue
-        reason = kind.dense_reason(module) or forward_override(module) or by_config
-        candidates.append(Candidate(name, module, kind, reason))
+        own, kind, type_name = dense_params(module), kind_of(module), type(module).__name__
+        if own and kind is not None:
+            reason = kind.dense_reason(module) or forward_override(module) or _dense_by_config(name, config)
+            candidates.append(Candidate(name, module, kind, reason))
+        elif own:
+            reason = f"unsupported layer type {type_name}; kept as is"
+            others.append(Unsupported(name, type_name, own, reason))
     readers = None
     if example is not None:
         try:
@@ -89,11 +84,10 @@ def find_layers(model: nn.Module, config: InherConfig, example: Any = None) -> F
         except Exception as e:  # the model's own code failed under the probes: fall back, never crash here
             warnings.warn(f"could not trace weight readers on the example input ({type(e).__name__}: {e}); "
                           "checking nn.MultiheadAttention's projections only", stacklevel=2)
-    for c in candidates:
-        if c.reason is None and readers is not None:
+    for c in (c for c in candidates if c.reason is None):
+        if readers is not None:
             c.reason = readers.get(c.name)
-        mha = isinstance(parents.get(id(c.module)), nn.MultiheadAttention)
-        if c.reason is None and readers is None and mha:
+        elif isinstance(parents.get(id(c.module)), nn.MultiheadAttention):
             c.reason = "projection read directly by nn.MultiheadAttention; kept dense"
         if c.reason is None and module_uses[id(c.module)] > 1:
             c.reason = "module instance shared at several places; kept dense"

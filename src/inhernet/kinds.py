@@ -99,8 +99,6 @@ class HFConv1DKind(LinearKind):
 
 
 class ConvKind(LayerKind):
-    name = "conv"
-
     def __init__(self, conv: type[nn.Conv1d] | type[nn.Conv2d]) -> None:
         self.conv = conv
         self.name = conv.__name__.lower()
@@ -146,9 +144,8 @@ class ConvKind(LayerKind):
         return output.numel() // self.shape(module)[0], samples
 
     def spec(self, module: nn.Conv2d) -> dict[str, Any]:
-        spec = super().spec(module)
-        spec.update(kernel_size=list(module.kernel_size), stride=list(module.stride))
-        return spec
+        kernel, stride = list(module.kernel_size), list(module.stride)
+        return {**super().spec(module), "kernel_size": kernel, "stride": stride}
 
 
 class EmbeddingKind(LayerKind):
@@ -213,22 +210,16 @@ def _register_lazy_kinds() -> None:
 def kind_of(module: nn.Module) -> LayerKind | None:
     """The registered kind of ``module`` (nearest class in its MRO), or ``None`` if unsupported."""
     _register_lazy_kinds()
-    for cls in type(module).__mro__:
-        kind = _REGISTRY.get(cls)
-        if kind is not None:
-            return kind
-    return None
+    return next((_REGISTRY[cls] for cls in type(module).__mro__ if cls in _REGISTRY), None)
 
 
 def forward_override(module: nn.Module) -> str | None:
     """Why ``module`` stays dense if its class overrides the supported base class's forward (a Bart
     positional embedding's offset, a timm "same"-padded conv): a block reproduces only the base forward."""
-    for cls in type(module).__mro__:
-        if cls in _REGISTRY:
-            if type(module).forward is cls.forward:
-                return None
-            return f"{type(module).__name__} overrides {cls.__name__}.forward, which a block would not reproduce; kept dense"
-    return None
+    cls = next((cls for cls in type(module).__mro__ if cls in _REGISTRY), None)
+    if cls is None or type(module).forward is cls.forward:
+        return None
+    return f"{type(module).__name__} overrides {cls.__name__}.forward, which a block would not reproduce; kept dense"
 
 
 def dense_params(module: nn.Module) -> int:

@@ -162,8 +162,7 @@ BOTTLENECK_WIDTH = 32
 
 def warn_if_bottlenecked(result: Plan) -> None:
     """Warn when a budget drove layers to a rank KD trains through poorly, and suggest pruning first."""
-    c = result.config
-    if result.prune is not None or not c.target.budgeted:
+    if result.prune is not None or not result.config.target.budgeted:
         return
     narrow = [r for r in result.layers if r.factorised and r.rank <= BOTTLENECK_RANK
               and (r.max_rank or 0) >= BOTTLENECK_WIDTH]

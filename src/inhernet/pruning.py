@@ -1,8 +1,6 @@
 """Structured channel pruning with Torch-Pruning (``InherConfig(prune=...)``), and its record.
 
-The one Torch-Pruning call (:func:`prune`: global L2 ranking; layer by layer for transformers, whole
-heads for BERT-style attention; the output layer kept). The hybrid prunes a share of the teacher's
-channels, then the rank allocator spends the rest of the *same* budget, relative to the original teacher.
+:func:`prune` is the one Torch-Pruning call of the hybrid (docs/design.md, "Pruning first");
 :func:`pruned_spec` records what pruning changed as JSON and :func:`apply_spec` replays it, so
 :func:`inhernet.load` needs no pickle. Causal LMs are refused (their output layer shares the embedding).
 """
@@ -20,7 +18,7 @@ import torch
 from torch import nn
 
 from .batches import device_of, evaluating, forward_batch, hooked, logits_of, move_batch
-from .config import InherConfig
+from .config import InherConfig, is_int
 from .costs.macs import count_macs
 from .costs.profile import latency_table, measured_ns
 from .costs.table import LatencyCosts
@@ -148,27 +146,22 @@ Snapshot = dict[str, dict[str, dict[str, Any]]]
 
 def _shape_attrs(module: nn.Module) -> dict[str, Any]:
     """The module's own int (or tuple-of-int) attributes: where layers keep their widths."""
-    out: dict[str, Any] = {}
-    for key, value in vars(module).items():
-        if key.startswith("_") or isinstance(value, bool):
-            continue
-        if isinstance(value, int) or (
-            isinstance(value, (tuple, list)) and value and all(isinstance(v, int) and not isinstance(v, bool)
-                                                               for v in value)
-        ):
-            out[key] = list(value) if isinstance(value, (tuple, list)) else value
-    return out
+    return {
+        key: list(value) if isinstance(value, (tuple, list)) else value
+        for key, value in vars(module).items()
+        if not key.startswith("_")
+        and (is_int(value) or (isinstance(value, (tuple, list)) and value and all(map(is_int, value))))
+    }
+
+
+def _tensor_shapes(module: nn.Module) -> dict[str, list[int]]:
+    own = (*module._parameters.items(), *module._buffers.items())
+    return {key: list(t.shape) for key, t in own if t is not None}
 
 
 def _snapshot(model: nn.Module) -> Snapshot:
     """Per module: its int attributes and the shapes of its own parameters and buffers."""
-    return {
-        name: {
-            "attrs": _shape_attrs(m),
-            "tensors": {k: list(t.shape) for k, t in (*m._parameters.items(), *m._buffers.items()) if t is not None},
-        }
-        for name, m in model.named_modules()
-    }
+    return {n: {"attrs": _shape_attrs(m), "tensors": _tensor_shapes(m)} for n, m in model.named_modules()}
 
 
 def pruned_spec(before: nn.Module, after: nn.Module) -> dict[str, dict[str, Any]]:
@@ -250,9 +243,9 @@ def _checked_change(model: nn.Module, name: Any, change: Any) -> tuple[nn.Module
                 f"module {name!r}: attribute {key} is {current.get(key)!r} here, the pruning spec expects "
                 f"{pair!r} (before, after): not the architecture pruned"
             )
-    own = {**module._parameters, **module._buffers}
+    shapes = _tensor_shapes(module)
     for key, pair in tensors.items():
-        got = None if own.get(key) is None else list(own[key].shape)
+        got = shapes.get(key)
         if not _is_pair(pair) or got != pair[0] or not all(isinstance(d, int) and d >= 0 for d in pair[1]):
             raise ValueError(
                 f"module {name!r}: tensor {key} has shape {got} here, the pruning spec expects {pair!r} "
@@ -289,10 +282,8 @@ class PruneRecord:
     probe_steps: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        d = {
-            "ratio": self.ratio, "importance": self.importance, "teacher_params": self.teacher_params,
-            "params": self.params, "teacher_macs": self.teacher_macs, "macs": self.macs, "spec": self.spec,
-        }
+        keys = ("ratio", "importance", "teacher_params", "params", "teacher_macs", "macs", "spec")
+        d = {key: getattr(self, key) for key in keys}
         if self.teacher_latency_ns is not None:  # absent otherwise, as in older records
             d["teacher_latency_ns"], d["latency_ns"] = self.teacher_latency_ns, self.latency_ns
         auto = {"scores": self.scores, "skipped": self.skipped or None, "bracket": self.bracket,
@@ -325,13 +316,12 @@ def prune_for(
     require_example(example)
     check_prunable(model)
     _logits(model, example)  # a model without logits is refused before Torch-Pruning traces it
-    kind = config.target.kind
     pruned = prune(model, example, ratio, round_to=channel_multiple(config)) if ratio > 0 else model
     record = PruneRecord(ratio, "l2", _params(model), _params(pruned), pruned_spec(model, pruned) if ratio > 0 else {})
-    if kind == "macs":
+    if config.target.kind == "macs":
         record.teacher_macs = count_macs(model, example)
         record.macs = count_macs(pruned, example) if ratio > 0 else record.teacher_macs
-    if kind == "latency":
+    if config.target.kind == "latency":
         table = latency_table(model, costs)
         if teacher_latency_ns is None:
             teacher_latency_ns = measured_ns(table, model, example)
@@ -424,7 +414,6 @@ def zero_shot_loss(student: nn.Module, calib: Iterable[Any], targets: Sequence[t
 
 
 def _logits(model: nn.Module, batch: Any) -> torch.Tensor:
-    """The model's logits on ``batch``, in eval mode without grad."""
     with evaluating(model), torch.no_grad(), torch.random.fork_rng(devices=[]):
         out = forward_batch(model, move_batch(batch, device_of(model)))
     try:

@@ -30,14 +30,12 @@ def measure(
     """The energies the allocation reads (empty where it reads none) and, with ``keep_factors``, the one-pass
     factors the build reuses; with sequential calibration, stage by stage: energies only (the build
     calibrates again, stage by stage)."""
-    needs = allocation_needs_spectra(config)
-    if config.init != "whiten" or config.calibration == "one-pass":
-        if not needs and not (keep_factors and config.init != "random"):
-            return {}, {}
+    one_pass = config.init != "whiten" or config.calibration == "one-pass"
+    if not allocation_needs_spectra(config) and not (one_pass and keep_factors and config.init != "random"):
+        return {}, {}
+    if one_pass:
         factors = decompose(model, todo, config, calib, progress=progress)
         return {name: f.output_energy for name, f in factors.items()}, factors
-    if not needs:
-        return {}, {}
     stages = sequential_factors(model, todo, reiterable(calib), damping=config.damping, progress=progress)
     return {name: factors.output_energy for name, factors in stages}, {}
 
@@ -60,8 +58,7 @@ def decompose(
 
 def reiterable(calib: Iterable[Any] | None) -> list[Any]:
     """``calib`` as a list (sequential calibration iterates it more than once)."""
-    calib = _required(calib)
-    return calib if isinstance(calib, list) else list(calib)
+    return list(_required(calib))
 
 
 def _required(calib: Iterable[Any] | None) -> Iterable[Any]:

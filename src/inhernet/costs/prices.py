@@ -80,8 +80,7 @@ def latency_price(dense_seconds: float, points: Sequence[tuple[int, float]]) -> 
     ranks = np.array([float(r) for r, _ in points])
     ns = np.array([float(s) * NANOSECONDS for _, s in points])
     if len(set(ranks.tolist())) < 2:
-        unit = 1.0
-        base = float(ns.mean()) - ranks[0]
+        unit, base = 1.0, float(ns.mean()) - ranks[0]
     else:
         unit, base = (float(v) for v in np.polyfit(ranks, ns, 1))
     return Price(round(dense_seconds * NANOSECONDS), max(0, round(base)), max(1, round(unit)))
@@ -220,30 +219,25 @@ def allocate(
         raise ValueError(f"{strategy} allocation needs each layer's singular values")
     weights = energy_weights(layers, strategy)
     priority: Priority = _energy_priority(weights) if strategy in ENERGY_STRATEGIES else _uniform_priority
-    ranks: dict[str, int | None] = {}
-    spent = 0
-    heap: list[tuple[float, int, int]] = []
+    ranks = {layer.name: _start(layer, min_rank, min_rank_ratio) for layer in layers}
+    spent = sum(layer.cost(ranks[layer.name]) for layer in layers)
+    heap: list[tuple[float, int, int, int | None]] = []  # one move per layer: (-priority, layer, cost, to rank)
 
     def push(i: int) -> None:
         layer, rank = layers[i], ranks[layers[i].name]
         if rank is None:
             return
-        cost = layer.cost(layer.next_rank(rank) if rank < layer.break_even else None) - layer.cost(rank)
-        heapq.heappush(heap, (-priority(layer, rank, cost), i, cost))
+        move = layer.next_rank(rank) if rank < layer.break_even else None
+        cost = layer.cost(move) - layer.cost(rank)
+        heapq.heappush(heap, (-priority(layer, rank, cost), i, cost, move))
 
-    for layer in layers:
-        ranks[layer.name] = _start(layer, min_rank, min_rank_ratio)
-        spent += layer.cost(ranks[layer.name])
     for i in range(len(layers)):
         push(i)
     while heap:
-        _, i, cost = heapq.heappop(heap)
+        _, i, cost, move = heapq.heappop(heap)
         if spent + cost > available:
             continue  # costs only grow as the budget shrinks: this layer is done
-        layer = layers[i]
-        rank = ranks[layer.name]
-        assert rank is not None
-        ranks[layer.name] = layer.next_rank(rank) if rank < layer.break_even else None
+        ranks[layers[i].name] = move
         spent += cost
         push(i)
     if at_least is not None and spent < at_least:

@@ -204,9 +204,7 @@ class CostTable:
         if cache:
             self.path = Path(path) if path is not None else cost_dir() / f"{device_name(self.device)}-{self.threads}.json"
         self.repeats, self.min_time, self.points = repeats, min_time, points
-        self.entries: dict[str, dict[str, Any]] = {}
-        if self.path is not None and self.path.is_file():
-            self.entries = _read_cache(self.path)
+        self.entries: dict[str, dict[str, Any]] = {} if self.path is None else _read_cache(self.path)
         self._from_cache = set(self.entries)
         #: live / cached time of the cached prices, once re-timed (1.0 without ``check_drift``)
         self.drift: float | None = None if check_drift else 1.0
@@ -347,7 +345,7 @@ def measure_latency(
 
 
 def _read_cache(path: Path) -> dict[str, dict[str, Any]]:
-    """The entries of a cache file; an unreadable or outdated file is ignored (it is re-measured)."""
+    """The entries of a cache file; a missing, unreadable or outdated file is ignored (it is re-measured)."""
     try:
         body = json.loads(path.read_text())
     except (OSError, ValueError):
