@@ -190,13 +190,13 @@ def _verified_weights(path: Path, meta: dict[str, Any]) -> Path:
 def _build_blocks(base: nn.Module, layers: dict[str, Any], weights: Path) -> nn.Module:
     """Replace the layers ``layers`` names by their recorded blocks, load ``weights``; undone on failure."""
     specs = {name: _check_layer(base, name, spec) for name, spec in layers.items()}
-    _check_size(weights, specs)
+    try:
+        _check_size(weights, specs)
+        state = load_file(str(weights), device="cpu")
+    except SafetensorError as err:
+        raise ValueError(f"{weights} is not a readable safetensors file (corrupted or truncated?): {err}") from None
     originals: dict[str, nn.Module] = {}
     try:
-        try:
-            state = load_file(str(weights), device="cpu")
-        except SafetensorError as err:
-            raise ValueError(f"{weights} is not a readable safetensors file (corrupted or truncated?): {err}") from None
         for name, (module, kind, rank, experts, source) in specs.items():
             block = kind.build(module, rank, experts)
             block.source = source
@@ -258,11 +258,8 @@ def _check_layer(base: nn.Module, name: str, spec: Any) -> tuple[nn.Module, Laye
 
 def _check_size(weights: Path, specs: dict[str, tuple[nn.Module, LayerKind, int, int, Any]]) -> None:
     """Refuse ranks and experts that need more parameters than the weights file holds (read from its header)."""
-    try:
-        with safe_open(str(weights), framework="pt") as f:
-            held = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())  # noqa: SIM118 - not a dict
-    except SafetensorError as err:
-        raise ValueError(f"{weights} is not a readable safetensors file (corrupted or truncated?): {err}") from None
+    with safe_open(str(weights), framework="pt") as f:
+        held = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())  # noqa: SIM118 - not a dict
     needed = 0
     for module, kind, rank, experts, _ in specs.values():
         m, n = kind.shape(module)
