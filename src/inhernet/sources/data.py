@@ -20,10 +20,12 @@ from typing import Any, Literal, TextIO
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from ..config import is_int
+
 __all__ = [
     "DEFAULT_MAX_LENGTH", "IMAGENET_MEAN", "IMAGENET_STD", "DataOptions", "ImageFiles", "TokenizedText",
     "UserData", "calibration_batches", "encode_labels", "image_folder", "make_loader", "read_table", "split",
-    "text_columns", "tokenize_table",
+    "tokenize_table",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -49,11 +51,10 @@ class DataOptions:
     def __post_init__(self) -> None:
         object.__setattr__(self, "mean", tuple(self.mean))
         object.__setattr__(self, "std", tuple(self.std))
-        if isinstance(self.image_size, bool) or not isinstance(self.image_size, int) or self.image_size < 1:
+        if not is_int(self.image_size, 1):
             raise ValueError(f"image_size must be an int >= 1, got {self.image_size!r}")
-        length = self.max_length
-        if length is not None and (isinstance(length, bool) or not isinstance(length, int) or length < 2):
-            raise ValueError(f"max_length must be an int >= 2 (tokens), got {length!r}")
+        if self.max_length is not None and not is_int(self.max_length, 2):
+            raise ValueError(f"max_length must be an int >= 2 (tokens), got {self.max_length!r}")
         numbers = all(isinstance(v, (int, float)) and math.isfinite(v) for v in self.mean + self.std)
         if len(self.mean) != 3 or len(self.std) != 3 or not numbers or not all(s > 0 for s in self.std):
             raise ValueError(f"mean and std need one value per RGB channel (std > 0), got {self.mean}, {self.std}")
@@ -185,11 +186,6 @@ class TokenizedText(Dataset):
         if self.labels is not None:
             item["labels"] = self.labels[index]
         return item
-
-
-def text_columns(options: DataOptions, task: Literal["classify", "lm"]) -> list[str]:
-    """The columns a text file needs: the text, and the label for ``classify``."""
-    return [options.text_column] + ([options.label_column] if task == "classify" else [])
 
 
 def tokenize_table(
