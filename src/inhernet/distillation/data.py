@@ -166,9 +166,7 @@ class _BatchStride:
         n = _sized_len(self.loader)
         if n is None:
             raise TypeError("the wrapped loader has no length")
-        if self.drop_remainder:
-            return n // self.world
-        return len(range(self.rank, n, self.world))
+        return n // self.world if self.drop_remainder else len(range(self.rank, n, self.world))
 
     def __iter__(self) -> Iterator[Any]:
         n = _sized_len(self.loader)

@@ -200,9 +200,7 @@ class DistillModule(L.LightningModule):
     def _flush_losses(self) -> None:
         if self._pending_losses:
             values = torch.stack([v for _, v in self._pending_losses]).float().cpu().tolist()
-            self.history["train_loss"].extend(
-                [s, v] for (s, _), v in zip(self._pending_losses, values, strict=True)
-            )
+            self.history["train_loss"] += [[s, v] for (s, _), v in zip(self._pending_losses, values, strict=True)]
             self._pending_losses.clear()
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:

@@ -126,8 +126,7 @@ def _preserved(student: nn.Module, teacher: nn.Module) -> Iterator[None]:
     """Restore what Lightning changes on the caller's objects and process (flags, modes, devices)."""
     deterministic = torch.are_deterministic_algorithms_enabled()
     warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
-    cudnn_benchmark = torch.backends.cudnn.benchmark
-    cudnn_deterministic = torch.backends.cudnn.deterministic
+    cudnn = torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic
     t_params = list(teacher.parameters())
     t_requires_grad = [p.requires_grad for p in t_params]
     t_mode, s_mode = teacher.training, student.training
@@ -140,8 +139,7 @@ def _preserved(student: nn.Module, teacher: nn.Module) -> Iterator[None]:
         yield
     finally:
         torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
-        torch.backends.cudnn.benchmark = cudnn_benchmark
-        torch.backends.cudnn.deterministic = cudnn_deterministic
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = cudnn
         for p, flag in zip(t_params, t_requires_grad, strict=True):
             p.requires_grad_(flag)
         teacher.train(t_mode)
