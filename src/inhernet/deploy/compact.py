@@ -223,13 +223,6 @@ def _apply(model: nn.Module, blocks: dict[str, InherBlock], decisions: dict[str,
     return model
 
 
-def _factors(block: InherBlock) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(B, A)`` of a single-expert block as (m, r) and (r, n) float64 matrices, ``W = B A``."""
-    if block.experts != 1:
-        raise ValueError(f"the block has {block.experts} experts; fold them first (merge_experts)")
-    return block._up_matrix().detach().double(), block._down_matrix().detach().double()
-
-
 def _skeleton(block: InherBlock) -> nn.Module:
     """A dense layer of the teacher's type and geometry for ``block`` (its values are overwritten)."""
     w = block.up.weight
@@ -271,7 +264,9 @@ def reranked(block: InherBlock, rank: int) -> InherBlock:
     product (the factors padded with zeros); ``block`` is not modified."""
     if not 1 <= rank <= min(_matrix_shape(block)):
         raise ValueError(f"rank must be in [1, {min(_matrix_shape(block))}] (the block's full rank), got {rank}")
-    up, down = _factors(block)
+    if block.experts != 1:
+        raise ValueError(f"the block has {block.experts} experts; fold them first (merge_experts)")
+    up, down = block._up_matrix().detach().double(), block._down_matrix().detach().double()  # (m, r), (r, n)
     if rank >= block.rank:
         new_up = torch.cat([up, up.new_zeros(up.shape[0], rank - block.rank)], 1)
         new_down = torch.cat([down, down.new_zeros(rank - block.rank, down.shape[1])])

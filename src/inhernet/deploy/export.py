@@ -172,9 +172,8 @@ def verify_onnx(path: str | os.PathLike[str], model: nn.Module, example_inputs: 
         import onnxruntime as ort
     except ImportError:
         raise ImportError("verify_onnx needs onnxruntime (pip install onnxruntime)") from None
-    inputs = onnx_inputs(example_inputs)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    feed = {name: t.detach().cpu().numpy() for name, t in inputs.items()}
+    feed = {name: t.detach().cpu().numpy() for name, t in onnx_inputs(example_inputs).items()}
     return relative_error([torch.from_numpy(a) for a in session.run(None, feed)], model, example_inputs)
 
 
