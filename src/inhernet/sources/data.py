@@ -71,9 +71,7 @@ class DataOptions:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["mean"], d["std"] = list(self.mean), list(self.std)
-        return d
+        return {**asdict(self), "mean": list(self.mean), "std": list(self.std)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DataOptions:
@@ -106,21 +104,14 @@ def encode_labels(
         classes = sorted(set(raw))
     classes = tuple(classes)
     index = {c: i for i, c in enumerate(classes)}
-    ids, unknown = [], set()
-    for r in raw:
-        if r in index:
-            ids.append(index[r])
-        elif r.isdigit() and int(r) < len(classes):
-            ids.append(int(r))
-        else:
-            unknown.add(r)
+    unknown = {r for r in raw if r not in index and not (r.isdigit() and int(r) < len(classes))}
     if unknown:
         shown = ", ".join(repr(u) for u in sorted(unknown)[:5])
         raise ValueError(
             f"{source}: labels {shown} are not among the model's {len(classes)} classes "
             f"({', '.join(classes[:10])}{', ...' if len(classes) > 10 else ''})"
         )
-    return ids, classes
+    return [index[r] if r in index else int(r) for r in raw], classes
 
 
 class ImageFiles(Dataset):

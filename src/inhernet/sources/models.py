@@ -65,8 +65,7 @@ class ModelSpec:
     def from_dict(cls, d: dict[str, Any]) -> ModelSpec:
         if not isinstance(d, dict) or "library" not in d or "name" not in d:
             raise ValueError(f"a model spec must be a JSON object with 'library' and 'name', got {d!r}")
-        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
-        spec = cls(**known)
+        spec = cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
         if spec.library not in LIBRARIES or spec.task not in TASKS:
             raise ValueError(f"malformed model spec {d!r}: library must be one of {LIBRARIES}, task one of {TASKS}")
         return spec
