@@ -368,10 +368,9 @@ def configure_gates(
     Raises:
         ValueError: an unknown ``routing`` / ``gate_pool``, or a negative ``gate_noise``.
     """
-    if routing not in ROUTINGS:
-        raise ValueError(f"routing must be one of {ROUTINGS}, got {routing!r}")
-    if gate_pool not in GATE_POOLS:
-        raise ValueError(f"gate_pool must be one of {GATE_POOLS}, got {gate_pool!r}")
+    for name, value, known in (("routing", routing, ROUTINGS), ("gate_pool", gate_pool, GATE_POOLS)):
+        if value not in known:
+            raise ValueError(f"{name} must be one of {known}, got {value!r}")
     if not gate_noise >= 0:
         raise ValueError(f"gate_noise must be a number >= 0, got {gate_noise!r}")
     if block.gate is None:
