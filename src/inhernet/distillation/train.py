@@ -178,9 +178,8 @@ def distill(
     check_topk_cache(train_loader, config.teacher_topk, config.temperature)
     log_dir = _resolve_log_dir(config)
     ckpt_path = _resolve_resume(config, log_dir)
-    history_path = log_dir / "history.json"
-    if history_path.exists() and int(os.environ.get("LOCAL_RANK", "0")) == 0:
-        history_path.unlink()
+    if int(os.environ.get("LOCAL_RANK", "0")) == 0:
+        (log_dir / "history.json").unlink(missing_ok=True)
     with _preserved(student, teacher), _quiet(not verbose()):
         return _fit(student, teacher, train_loader, val_loader, config, callbacks, log_dir, ckpt_path)
 
