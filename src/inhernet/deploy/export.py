@@ -47,8 +47,9 @@ class _LogitsOf(nn.Module):
 
 def onnx_inputs(example_inputs: Any) -> dict[str, torch.Tensor]:
     """The named input tensors of the exported graph for a batch (tensor, ``(inputs, labels)`` or dict)."""
-    if isinstance(example_inputs, torch.Tensor):
-        return {"input": example_inputs}
+    first = example_inputs[0] if isinstance(example_inputs, (tuple, list)) and example_inputs else example_inputs
+    if isinstance(first, torch.Tensor):
+        return {"input": first}
     if isinstance(example_inputs, Mapping):
         named = {str(k): v for k, v in example_inputs.items() if k != "labels"}
         bad = [k for k, v in named.items() if not isinstance(v, torch.Tensor)]
@@ -58,9 +59,6 @@ def onnx_inputs(example_inputs: Any) -> dict[str, torch.Tensor]:
                 "{'input_ids': ..., 'attention_mask': ...}"
             )
         return named
-    first = example_inputs[0] if isinstance(example_inputs, (tuple, list)) and example_inputs else None
-    if isinstance(first, torch.Tensor):
-        return {"input": first}
     raise TypeError(
         f"example_inputs must be a tensor, an (inputs, labels) tuple with a tensor first, or a dict of "
         f"tensors, got {type(example_inputs).__name__}"
