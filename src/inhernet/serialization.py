@@ -114,12 +114,9 @@ def _write_weights(model: nn.Module, out: Path) -> tuple[Path, str]:
 
 def _remove_stale(out: Path, keep: str, previous: str | None) -> None:
     """Remove the earlier weights and what interrupted saves left (orphan weights, temporary files)."""
-    for stale in out.iterdir():
-        name = stale.name
-        if name != keep and (
-            _WEIGHTS_PATTERN.fullmatch(name) or name == previous or _TEMPORARY_PATTERN.fullmatch(name)
-        ):
-            stale.unlink(missing_ok=True)
+    for name in {stale.name for stale in out.iterdir()} - {keep}:
+        if _WEIGHTS_PATTERN.fullmatch(name) or name == previous or _TEMPORARY_PATTERN.fullmatch(name):
+            (out / name).unlink(missing_ok=True)
 
 
 def weights_path(path: str | os.PathLike[str]) -> Path:
