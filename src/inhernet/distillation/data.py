@@ -221,9 +221,7 @@ class TrainLoader(_Sharded):
     """The training loader as Lightning sees it: sharded, epoch-seeded and resumable (one batch per step:
     ``divmod(global_step, len(loader))`` is the epoch and the position in it)."""
 
-    def __init__(self, loader: Iterable[Any], seed: int, trainer: Callable[[], Any]):
-        super().__init__(loader, seed, trainer)
-        self._iterations = 0
+    _iterations = 0  # the epochs begun: the epoch of a loader of unknown length
 
     def _sampler(self, loader: DataLoader, world: int, rank: int) -> Sampler[int]:
         """What Lightning would use: a ``DistributedSampler`` (padded shards), seeded with the run's seed."""

@@ -131,9 +131,8 @@ def _preserved(student: nn.Module, teacher: nn.Module) -> Iterator[None]:
     t_requires_grad = [p.requires_grad for p in t_params]
     t_mode, s_mode = teacher.training, student.training
     # Devices and dtypes as values: Lightning moves/casts the parameters in place.
-    t_ref = next(iter(t_params), None)
+    t_ref, s_ref = next(iter(t_params), None), next(student.parameters(), None)
     t_place = (t_ref.device, t_ref.dtype if t_ref.is_floating_point() else None) if t_ref is not None else None
-    s_ref = next(iter(student.parameters()), None)
     s_device = s_ref.device if s_ref is not None else None
     try:
         yield
