@@ -159,7 +159,7 @@ def _seeded_iter(loader: Iterable[Any], seed: int, skip: int = 0) -> Iterator[An
 class _BatchStride:
     """Batches ``rank, rank + world, ...`` of an iterable (the shard of one process)."""
 
-    def __init__(self, loader: Iterable[Any], world: int, rank: int, drop_remainder: bool):
+    def __init__(self, loader: Iterable[Any], world: int, rank: int, drop_remainder: bool = False):
         self.loader, self.world, self.rank, self.drop_remainder = loader, world, rank, drop_remainder
 
     def __len__(self) -> int:
@@ -175,10 +175,7 @@ class _BatchStride:
 
 
 class _StridedSampler(_BatchStride, Sampler[int]):
-    """Every ``world``-th index of ``base``, starting at ``rank``: an unpadded shard for evaluation."""
-
-    def __init__(self, base: Iterable[int], world: int, rank: int):
-        super().__init__(base, world, rank, drop_remainder=False)
+    """Every ``world``-th index of a sampler, starting at ``rank``: an unpadded shard for evaluation."""
 
 
 class _Sharded:
