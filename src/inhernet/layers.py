@@ -78,8 +78,7 @@ class InherBlock(nn.Module):
         super().__init__()
         if rank < 1 or experts < 1:
             raise ValueError(f"rank and experts must be >= 1, got rank={rank}, experts={experts}")
-        self.rank = rank
-        self.experts = experts
+        self.rank, self.experts = rank, experts
         #: ``"soft"`` or ``"top1"`` (see :func:`configure_gates`); a forward-time choice, no parameters
         self.routing = "soft"
         #: ``"mean"`` or ``"position"``: what a conv block's gate reads (token-wise blocks gate per token)

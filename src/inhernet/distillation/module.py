@@ -88,13 +88,11 @@ class DistillModule(L.LightningModule):
 
     def __init__(self, student: nn.Module, teacher: nn.Module, config: DistillConfig):
         super().__init__()
-        self.student = student
-        self.teacher = teacher
+        self.student, self.teacher = student, teacher
         if config.lr is None:  # the student's family default, known only here
             config = dataclasses.replace(config, lr=default_lr(student, config.loss)[0])
         self.config = config
-        teacher.eval()
-        teacher.requires_grad_(False)
+        teacher.eval().requires_grad_(False)
         named = (*teacher.named_parameters(), *teacher.named_buffers())
         self._ddp_params_and_buffers_to_ignore = [_TEACHER_PREFIX + name for name, _ in named]
         self.feature_pairs: list[tuple[str, str]] = []
