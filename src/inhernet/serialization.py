@@ -1,9 +1,5 @@
-"""``save()`` / ``load()``: an inherited model as ``inhernet.json`` + ``model-<hash>.safetensors``, no pickle.
-
-``load`` replays the JSON (layer specs, pruning, dropped blocks) on a fresh model of the teacher's
-architecture, checking everything before a tensor is allocated; ``save`` is ordered so that wherever it
-stops, the JSON names complete weights that match their checksum.
-"""
+"""``save()`` / ``load()``: an inherited model as ``inhernet.json`` + ``model-<hash>.safetensors``, no pickle
+(docs/design.md, "Save and load": the order of the writes, and the checks before a tensor is allocated)."""
 
 from __future__ import annotations
 
