@@ -78,8 +78,7 @@ class InherBlock(nn.Module):
         super().__init__()
         if rank < 1 or experts < 1:
             raise ValueError(f"rank and experts must be >= 1, got rank={rank}, experts={experts}")
-        self.rank = rank
-        self.experts = experts
+        self.rank, self.experts = rank, experts
         #: ``"soft"`` or ``"top1"`` (see :func:`configure_gates`); a forward-time choice, no parameters
         self.routing = "soft"
         #: ``"mean"`` or ``"position"``: what a conv block's gate reads (token-wise blocks gate per token)
@@ -368,10 +367,9 @@ def configure_gates(
     Raises:
         ValueError: an unknown ``routing`` / ``gate_pool``, or a negative ``gate_noise``.
     """
-    if routing not in ROUTINGS:
-        raise ValueError(f"routing must be one of {ROUTINGS}, got {routing!r}")
-    if gate_pool not in GATE_POOLS:
-        raise ValueError(f"gate_pool must be one of {GATE_POOLS}, got {gate_pool!r}")
+    for name, value, known in (("routing", routing, ROUTINGS), ("gate_pool", gate_pool, GATE_POOLS)):
+        if value not in known:
+            raise ValueError(f"{name} must be one of {known}, got {value!r}")
     if not gate_noise >= 0:
         raise ValueError(f"gate_noise must be a number >= 0, got {gate_noise!r}")
     if block.gate is None:

@@ -1,9 +1,5 @@
-"""``save()`` / ``load()``: an inherited model as ``inhernet.json`` + ``model-<hash>.safetensors``, no pickle.
-
-``load`` replays the JSON (layer specs, pruning, dropped blocks) on a fresh model of the teacher's
-architecture, checking everything before a tensor is allocated; ``save`` is ordered so that wherever it
-stops, the JSON names complete weights that match their checksum.
-"""
+"""``save()`` / ``load()``: an inherited model as ``inhernet.json`` + ``model-<hash>.safetensors``, no pickle
+(docs/design.md, "Save and load": the order of the writes, and the checks before a tensor is allocated)."""
 
 from __future__ import annotations
 
@@ -114,12 +110,9 @@ def _write_weights(model: nn.Module, out: Path) -> tuple[Path, str]:
 
 def _remove_stale(out: Path, keep: str, previous: str | None) -> None:
     """Remove the earlier weights and what interrupted saves left (orphan weights, temporary files)."""
-    for stale in out.iterdir():
-        name = stale.name
-        if name != keep and (
-            _WEIGHTS_PATTERN.fullmatch(name) or name == previous or _TEMPORARY_PATTERN.fullmatch(name)
-        ):
-            stale.unlink(missing_ok=True)
+    for name in {stale.name for stale in out.iterdir()} - {keep}:
+        if _WEIGHTS_PATTERN.fullmatch(name) or name == previous or _TEMPORARY_PATTERN.fullmatch(name):
+            (out / name).unlink(missing_ok=True)
 
 
 def weights_path(path: str | os.PathLike[str]) -> Path:
@@ -190,13 +183,13 @@ def _verified_weights(path: Path, meta: dict[str, Any]) -> Path:
 def _build_blocks(base: nn.Module, layers: dict[str, Any], weights: Path) -> nn.Module:
     """Replace the layers ``layers`` names by their recorded blocks, load ``weights``; undone on failure."""
     specs = {name: _check_layer(base, name, spec) for name, spec in layers.items()}
-    _check_size(weights, specs)
+    try:
+        _check_size(weights, specs)
+        state = load_file(str(weights), device="cpu")
+    except SafetensorError as err:
+        raise ValueError(f"{weights} is not a readable safetensors file (corrupted or truncated?): {err}") from None
     originals: dict[str, nn.Module] = {}
     try:
-        try:
-            state = load_file(str(weights), device="cpu")
-        except SafetensorError as err:
-            raise ValueError(f"{weights} is not a readable safetensors file (corrupted or truncated?): {err}") from None
         for name, (module, kind, rank, experts, source) in specs.items():
             block = kind.build(module, rank, experts)
             block.source = source
@@ -258,11 +251,8 @@ def _check_layer(base: nn.Module, name: str, spec: Any) -> tuple[nn.Module, Laye
 
 def _check_size(weights: Path, specs: dict[str, tuple[nn.Module, LayerKind, int, int, Any]]) -> None:
     """Refuse ranks and experts that need more parameters than the weights file holds (read from its header)."""
-    try:
-        with safe_open(str(weights), framework="pt") as f:
-            held = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())  # noqa: SIM118 - not a dict
-    except SafetensorError as err:
-        raise ValueError(f"{weights} is not a readable safetensors file (corrupted or truncated?): {err}") from None
+    with safe_open(str(weights), framework="pt") as f:
+        held = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())  # noqa: SIM118 - not a dict
     needed = 0
     for module, kind, rank, experts, _ in specs.values():
         m, n = kind.shape(module)

@@ -81,7 +81,7 @@ def compact(
     merge_experts(model, calib)
     blocks = _blocks(model)
     ranks = _round_ranks(model, blocks, check, multiple, tolerance, target)
-    decisions, optional, params = _measure(model, blocks, _block_inputs(model, blocks, example), ranks, costs)
+    decisions, optional, params = _measure(model, blocks, example, ranks, costs)
     _spend_budget(decisions, optional, params, target)
     model = _apply(model, blocks, decisions)
     model.inhernet_compact = {"rank_multiple": multiple, "tolerance": tolerance, "budget": target,
@@ -161,12 +161,13 @@ def _round_ranks(
 
 
 def _measure(
-    model: nn.Module, blocks: dict[str, InherBlock], inputs: dict[str, Any], ranks: dict[str, dict[str, Any]],
+    model: nn.Module, blocks: dict[str, InherBlock], example: Any, ranks: dict[str, dict[str, Any]],
     costs: Costs | None,
 ) -> tuple[dict[str, dict[str, Any]], list[tuple[float, int, str]], int]:
     """Each block's decision before the budget (dense at or above break-even, else measured at its rank
-    in ``ranks``), the blocks that could go dense as ``(seconds saved per added parameter, added
-    parameters, name)``, and the model's parameters with the decisions taken so far."""
+    in ``ranks`` on its first input from ``example``), the blocks that could go dense as ``(seconds saved
+    per added parameter, added parameters, name)``, and the model's parameters with the decisions taken so far."""
+    inputs = layer_input_shapes(model, blocks, example, lambda _block, x: x.detach())
     params = sum(p.numel() for p in model.parameters())
     decisions: dict[str, dict[str, Any]] = {}
     optional: list[tuple[float, int, str]] = []
@@ -184,7 +185,7 @@ def _measure(
             entry["reason"] = "did not run on the example input; not measured, kept factorised"
             continue
         costs = CostTable(device_of(model)) if costs is None else costs  # built only when a block needs it
-        shape = LayerShape.of_layer(block, inputs[name])
+        shape = LayerShape.of_layer(block, inputs[name][0])
         dense_s, fact_s = float(costs.dense(shape)), float(costs.factorised(shape, rank))
         timing = f"dense {dense_s * 1e6:.1f} us, factorised {fact_s * 1e6:.1f} us at rank {rank}"
         entry.update(dense_seconds=dense_s, factorised_seconds=fact_s)
@@ -220,13 +221,6 @@ def _apply(model: nn.Module, blocks: dict[str, InherBlock], decisions: dict[str,
         elif entry["rank"] != blocks[name].rank:
             model = replace_module(model, name, reranked(blocks[name], entry["rank"]))
     return model
-
-
-def _factors(block: InherBlock) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(B, A)`` of a single-expert block as (m, r) and (r, n) float64 matrices, ``W = B A``."""
-    if block.experts != 1:
-        raise ValueError(f"the block has {block.experts} experts; fold them first (merge_experts)")
-    return block._up_matrix().detach().double(), block._down_matrix().detach().double()
 
 
 def _skeleton(block: InherBlock) -> nn.Module:
@@ -270,7 +264,9 @@ def reranked(block: InherBlock, rank: int) -> InherBlock:
     product (the factors padded with zeros); ``block`` is not modified."""
     if not 1 <= rank <= min(_matrix_shape(block)):
         raise ValueError(f"rank must be in [1, {min(_matrix_shape(block))}] (the block's full rank), got {rank}")
-    up, down = _factors(block)
+    if block.experts != 1:
+        raise ValueError(f"the block has {block.experts} experts; fold them first (merge_experts)")
+    up, down = block._up_matrix().detach().double(), block._down_matrix().detach().double()  # (m, r), (r, n)
     if rank >= block.rank:
         new_up = torch.cat([up, up.new_zeros(up.shape[0], rank - block.rank)], 1)
         new_down = torch.cat([down, down.new_zeros(rank - block.rank, down.shape[1])])
@@ -323,12 +319,6 @@ def _logits(model: nn.Module, batch: Any) -> torch.Tensor:
 
 def _relative_change(got: torch.Tensor, want: torch.Tensor) -> float:
     return float((got.float() - want.float()).abs().max() / want.float().abs().max().clamp_min(1e-12))
-
-
-def _block_inputs(model: nn.Module, blocks: dict[str, InherBlock], example: Any) -> dict[str, torch.Tensor]:
-    """The input each block receives first in one forward pass on ``example`` (eval mode, no grad)."""
-    calls = layer_input_shapes(model, blocks, example, lambda _block, x: x.detach())
-    return {name: inputs[0] for name, inputs in calls.items()}
 
 
 def _budget_target(model: nn.Module, budget: float | int | None) -> int | None:

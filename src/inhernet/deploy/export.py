@@ -34,8 +34,7 @@ class _LogitsOf(nn.Module):
 
     def __init__(self, model: nn.Module, keys: list[str] | None) -> None:
         super().__init__()
-        self.model = model
-        self.keys = keys
+        self.model, self.keys = model, keys
 
     def forward(self, *tensors: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         batch: Any = tensors[0] if self.keys is None else dict(zip(self.keys, tensors, strict=True))
@@ -48,8 +47,9 @@ class _LogitsOf(nn.Module):
 
 def onnx_inputs(example_inputs: Any) -> dict[str, torch.Tensor]:
     """The named input tensors of the exported graph for a batch (tensor, ``(inputs, labels)`` or dict)."""
-    if isinstance(example_inputs, torch.Tensor):
-        return {"input": example_inputs}
+    first = example_inputs[0] if isinstance(example_inputs, (tuple, list)) and example_inputs else example_inputs
+    if isinstance(first, torch.Tensor):
+        return {"input": first}
     if isinstance(example_inputs, Mapping):
         named = {str(k): v for k, v in example_inputs.items() if k != "labels"}
         bad = [k for k, v in named.items() if not isinstance(v, torch.Tensor)]
@@ -59,9 +59,6 @@ def onnx_inputs(example_inputs: Any) -> dict[str, torch.Tensor]:
                 "{'input_ids': ..., 'attention_mask': ...}"
             )
         return named
-    first = example_inputs[0] if isinstance(example_inputs, (tuple, list)) and example_inputs else None
-    if isinstance(first, torch.Tensor):
-        return {"input": first}
     raise TypeError(
         f"example_inputs must be a tensor, an (inputs, labels) tuple with a tensor first, or a dict of "
         f"tensors, got {type(example_inputs).__name__}"
@@ -104,8 +101,8 @@ def export_onnx(
         wrapper = _LogitsOf(model, names if isinstance(example_inputs, Mapping) else None).eval()
         outputs = wrapper(*inputs.values())  # run once: which outputs, and do they follow the sequence?
         out_names = DUAL_OUTPUT_NAMES if isinstance(outputs, tuple) else [OUTPUT_NAME]
-        axes = _default_axes(inputs, outputs, out_names, dynamic_batch, dynamic_sequence)
-        options = _exporter_options(names, _symbolic_axes([*names, *out_names], axes, dynamic_axes), dynamo)
+        axes = _symbolic_axes(inputs, outputs, out_names, dynamic_batch, dynamic_sequence, dynamic_axes)
+        options = _exporter_options(names, axes, dynamo)
         try:
             torch.onnx.export(
                 wrapper, tuple(inputs.values()), str(tmp), input_names=names, output_names=out_names,
@@ -121,26 +118,21 @@ def export_onnx(
     return target
 
 
-def _default_axes(
-    inputs: dict[str, torch.Tensor], outputs: Any, out_names: list[str], dynamic_batch: bool, dynamic_sequence: bool
+def _symbolic_axes(
+    inputs: dict[str, torch.Tensor], outputs: Any, out_names: list[str], dynamic_batch: bool,
+    dynamic_sequence: bool, dynamic_axes: Mapping[str, Mapping[int, str]] | None,
 ) -> dict[str, dict[int, str]]:
-    """The batch and sequence axes per graph input/output name, as ``export_onnx`` documents them."""
-    axes: dict[str, dict[int, str]] = {name: {0: "batch"} for name in [*inputs, *out_names]} if dynamic_batch else {}
+    """The symbolic axes per graph input/output name: the batch and sequence axes as ``export_onnx``
+    documents them, merged with ``dynamic_axes``."""
+    graph = [*inputs, *out_names]
+    axes: dict[str, dict[int, str]] = {name: {0: "batch"} for name in graph} if dynamic_batch else {}
     tokens = {n: t for n, t in inputs.items() if t.dim() == 2 and not (t.is_floating_point() or t.is_complex())}
-    if not dynamic_sequence or not tokens:
-        return axes
-    for name in tokens:
+    for name in tokens if dynamic_sequence else ():
         axes.setdefault(name, {})[1] = "sequence"
     logits = outputs[0] if isinstance(outputs, tuple) else outputs
-    if out_names == [OUTPUT_NAME] and logits.dim() >= 3 and logits.shape[1] in {t.shape[1] for t in tokens.values()}:
+    lengths = {t.shape[1] for t in tokens.values()} if dynamic_sequence else set()
+    if out_names == [OUTPUT_NAME] and logits.dim() >= 3 and logits.shape[1] in lengths:
         axes.setdefault(OUTPUT_NAME, {})[1] = "sequence"  # a language model's logits follow its tokens
-    return axes
-
-
-def _symbolic_axes(
-    graph: list[str], axes: dict[str, dict[int, str]], dynamic_axes: Mapping[str, Mapping[int, str]] | None
-) -> dict[str, dict[int, str]]:
-    """The symbolic axes per graph input/output name: the default ``axes``, merged with ``dynamic_axes``."""
     for name, more in (dynamic_axes or {}).items():
         if name not in graph:
             raise ValueError(f"dynamic_axes names {name!r}, but the graph's inputs/outputs are {graph}")
@@ -178,9 +170,8 @@ def verify_onnx(path: str | os.PathLike[str], model: nn.Module, example_inputs: 
         import onnxruntime as ort
     except ImportError:
         raise ImportError("verify_onnx needs onnxruntime (pip install onnxruntime)") from None
-    inputs = onnx_inputs(example_inputs)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    feed = {name: t.detach().cpu().numpy() for name, t in inputs.items()}
+    feed = {name: t.detach().cpu().numpy() for name, t in onnx_inputs(example_inputs).items()}
     return relative_error([torch.from_numpy(a) for a in session.run(None, feed)], model, example_inputs)
 
 

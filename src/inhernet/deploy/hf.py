@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import sys
@@ -112,11 +113,9 @@ def _auto_classes(model: nn.Module) -> list[str]:
     found = []
     for name in (n for n in dir(transformers) if n.startswith("AutoModel")):
         mapping = getattr(getattr(transformers, name), "_model_mapping", None)
-        try:
+        with contextlib.suppress(KeyError):  # a config this Auto class does not map
             if mapping is not None and mapping[type(model.config)] is type(model):
                 found.append(name)
-        except KeyError:
-            continue
     if not found:
         raise ValueError(
             f"no transformers AutoModel class builds {type(model).__name__}, so --format hf cannot name it in "

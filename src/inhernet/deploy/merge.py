@@ -34,12 +34,7 @@ def merge_experts(model: nn.Module, calib: Iterable[Any] | None = None) -> nn.Mo
     if not gated:
         return model
     means = gate_means(model, calib, blocks=gated)
-    removed = {}
-    for name, block in gated.items():
-        before = sum(p.numel() for p in block.parameters())
-        _merge_block(block, means[name])
-        removed[name] = before - sum(p.numel() for p in block.parameters())
-    _record_merge(model, removed)
+    _record_merge(model, {name: _merge_block(block, means[name]) for name, block in gated.items()})
     return model
 
 
@@ -51,9 +46,7 @@ def _record_merge(model: nn.Module, removed: dict[str, int]) -> None:
             replace(row, experts=1, params_after=row.params_after - removed[row.name]) if row.name in removed else row
             for row in plan.layers
         ]
-        model.inhernet_plan = replace(
-            plan, config=replace(plan.config, experts=1), layers=rows, total_macs=None
-        )
+        model.inhernet_plan = replace(plan, config=replace(plan.config, experts=1), layers=rows, total_macs=None)
     config = getattr(model, "inhernet_config", None)
     if config is not None:
         model.inhernet_config = replace(config, experts=1)
@@ -94,7 +87,9 @@ def _experts_equal(block: InherBlock) -> bool:
 
 
 @torch.no_grad()
-def _merge_block(block: InherBlock, p: torch.Tensor) -> None:
+def _merge_block(block: InherBlock, p: torch.Tensor) -> int:
+    """Fold ``block``'s experts by the gate means ``p``; returns the number of parameters removed."""
+    before = sum(t.numel() for t in block.parameters())
     experts = block.expert_weights().double()  # (h, m, r)
     merged = torch.einsum("h,hmr->mr", p.to(experts), experts)
     old = block.up  # a Linear or a 1x1 conv
@@ -112,3 +107,4 @@ def _merge_block(block: InherBlock, p: torch.Tensor) -> None:
     block.gate = None
     block.experts = 1
     block.routing = "soft"  # one expert: nothing left to route
+    return before - sum(t.numel() for t in block.parameters())

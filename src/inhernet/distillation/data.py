@@ -159,16 +159,14 @@ def _seeded_iter(loader: Iterable[Any], seed: int, skip: int = 0) -> Iterator[An
 class _BatchStride:
     """Batches ``rank, rank + world, ...`` of an iterable (the shard of one process)."""
 
-    def __init__(self, loader: Iterable[Any], world: int, rank: int, drop_remainder: bool):
+    def __init__(self, loader: Iterable[Any], world: int, rank: int, drop_remainder: bool = False):
         self.loader, self.world, self.rank, self.drop_remainder = loader, world, rank, drop_remainder
 
     def __len__(self) -> int:
         n = _sized_len(self.loader)
         if n is None:
             raise TypeError("the wrapped loader has no length")
-        if self.drop_remainder:
-            return n // self.world
-        return len(range(self.rank, n, self.world))
+        return n // self.world if self.drop_remainder else len(range(self.rank, n, self.world))
 
     def __iter__(self) -> Iterator[Any]:
         n = _sized_len(self.loader)
@@ -177,10 +175,7 @@ class _BatchStride:
 
 
 class _StridedSampler(_BatchStride, Sampler[int]):
-    """Every ``world``-th index of ``base``, starting at ``rank``: an unpadded shard for evaluation."""
-
-    def __init__(self, base: Iterable[int], world: int, rank: int):
-        super().__init__(base, world, rank, drop_remainder=False)
+    """Every ``world``-th index of a sampler, starting at ``rank``: an unpadded shard for evaluation."""
 
 
 class _Sharded:
@@ -223,9 +218,7 @@ class TrainLoader(_Sharded):
     """The training loader as Lightning sees it: sharded, epoch-seeded and resumable (one batch per step:
     ``divmod(global_step, len(loader))`` is the epoch and the position in it)."""
 
-    def __init__(self, loader: Iterable[Any], seed: int, trainer: Callable[[], Any]):
-        super().__init__(loader, seed, trainer)
-        self._iterations = 0
+    _iterations = 0  # the epochs begun: the epoch of a loader of unknown length
 
     def _sampler(self, loader: DataLoader, world: int, rank: int) -> Sampler[int]:
         """What Lightning would use: a ``DistributedSampler`` (padded shards), seeded with the run's seed."""

@@ -88,17 +88,13 @@ class DistillModule(L.LightningModule):
 
     def __init__(self, student: nn.Module, teacher: nn.Module, config: DistillConfig):
         super().__init__()
-        self.student = student
-        self.teacher = teacher
+        self.student, self.teacher = student, teacher
         if config.lr is None:  # the student's family default, known only here
             config = dataclasses.replace(config, lr=default_lr(student, config.loss)[0])
         self.config = config
-        teacher.eval()
-        teacher.requires_grad_(False)
-        self._ddp_params_and_buffers_to_ignore = [
-            _TEACHER_PREFIX + name
-            for name, _ in (*teacher.named_parameters(), *teacher.named_buffers())
-        ]
+        teacher.eval().requires_grad_(False)
+        named = (*teacher.named_parameters(), *teacher.named_buffers())
+        self._ddp_params_and_buffers_to_ignore = [_TEACHER_PREFIX + name for name, _ in named]
         self.feature_pairs: list[tuple[str, str]] = []
         if config.feature_weight > 0:
             self.feature_pairs = losses.match_feature_names(student, teacher, config.feature_patterns)
@@ -200,9 +196,7 @@ class DistillModule(L.LightningModule):
     def _flush_losses(self) -> None:
         if self._pending_losses:
             values = torch.stack([v for _, v in self._pending_losses]).float().cpu().tolist()
-            self.history["train_loss"].extend(
-                [s, v] for (s, _), v in zip(self._pending_losses, values, strict=True)
-            )
+            self.history["train_loss"] += [[s, v] for (s, _), v in zip(self._pending_losses, values, strict=True)]
             self._pending_losses.clear()
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
@@ -254,14 +248,12 @@ class DistillModule(L.LightningModule):
             value = self._dual_metric()
         else:
             assert self._val_sums is not None
-            sums = self.trainer.strategy.reduce(self._val_sums, reduce_op="sum")
-            total, count = (float(x) for x in sums.cpu())
+            total, count = self.trainer.strategy.reduce(self._val_sums, reduce_op="sum").cpu().tolist()
             if count == 0:
                 raise ValueError("distill: the validation loader yielded no labelled examples")
             value = total / count if metric == "accuracy" else math.exp(total / count)
         step = int(self.trainer.global_step)
-        curve = [point for point in self.history["curve"] if point[0] != step]
-        self.history["curve"] = [*curve, [step, value]]
+        self.history["curve"] = [p for p in self.history["curve"] if p[0] != step] + [[step, value]]
         self._flush_losses()
         # A resumed run re-validates its first step before training: not a point of an uninterrupted run.
         if self.config.keep == "best" and (step == 0 or not self.trainer.sanity_checking):

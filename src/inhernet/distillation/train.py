@@ -126,22 +126,19 @@ def _preserved(student: nn.Module, teacher: nn.Module) -> Iterator[None]:
     """Restore what Lightning changes on the caller's objects and process (flags, modes, devices)."""
     deterministic = torch.are_deterministic_algorithms_enabled()
     warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
-    cudnn_benchmark = torch.backends.cudnn.benchmark
-    cudnn_deterministic = torch.backends.cudnn.deterministic
+    cudnn = torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic
     t_params = list(teacher.parameters())
     t_requires_grad = [p.requires_grad for p in t_params]
     t_mode, s_mode = teacher.training, student.training
     # Devices and dtypes as values: Lightning moves/casts the parameters in place.
-    t_ref = next(iter(t_params), None)
+    t_ref, s_ref = next(iter(t_params), None), next(student.parameters(), None)
     t_place = (t_ref.device, t_ref.dtype if t_ref.is_floating_point() else None) if t_ref is not None else None
-    s_ref = next(iter(student.parameters()), None)
     s_device = s_ref.device if s_ref is not None else None
     try:
         yield
     finally:
         torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
-        torch.backends.cudnn.benchmark = cudnn_benchmark
-        torch.backends.cudnn.deterministic = cudnn_deterministic
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = cudnn
         for p, flag in zip(t_params, t_requires_grad, strict=True):
             p.requires_grad_(flag)
         teacher.train(t_mode)
@@ -180,9 +177,8 @@ def distill(
     check_topk_cache(train_loader, config.teacher_topk, config.temperature)
     log_dir = _resolve_log_dir(config)
     ckpt_path = _resolve_resume(config, log_dir)
-    history_path = log_dir / "history.json"
-    if history_path.exists() and int(os.environ.get("LOCAL_RANK", "0")) == 0:
-        history_path.unlink()
+    if int(os.environ.get("LOCAL_RANK", "0")) == 0:
+        (log_dir / "history.json").unlink(missing_ok=True)
     with _preserved(student, teacher), _quiet(not verbose()):
         return _fit(student, teacher, train_loader, val_loader, config, callbacks, log_dir, ckpt_path)
 

@@ -20,10 +20,12 @@ from typing import Any, Literal, TextIO
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from ..config import is_int
+
 __all__ = [
     "DEFAULT_MAX_LENGTH", "IMAGENET_MEAN", "IMAGENET_STD", "DataOptions", "ImageFiles", "TokenizedText",
     "UserData", "calibration_batches", "encode_labels", "image_folder", "make_loader", "read_table", "split",
-    "text_columns", "tokenize_table",
+    "tokenize_table",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -49,11 +51,10 @@ class DataOptions:
     def __post_init__(self) -> None:
         object.__setattr__(self, "mean", tuple(self.mean))
         object.__setattr__(self, "std", tuple(self.std))
-        if isinstance(self.image_size, bool) or not isinstance(self.image_size, int) or self.image_size < 1:
+        if not is_int(self.image_size, 1):
             raise ValueError(f"image_size must be an int >= 1, got {self.image_size!r}")
-        length = self.max_length
-        if length is not None and (isinstance(length, bool) or not isinstance(length, int) or length < 2):
-            raise ValueError(f"max_length must be an int >= 2 (tokens), got {length!r}")
+        if self.max_length is not None and not is_int(self.max_length, 2):
+            raise ValueError(f"max_length must be an int >= 2 (tokens), got {self.max_length!r}")
         numbers = all(isinstance(v, (int, float)) and math.isfinite(v) for v in self.mean + self.std)
         if len(self.mean) != 3 or len(self.std) != 3 or not numbers or not all(s > 0 for s in self.std):
             raise ValueError(f"mean and std need one value per RGB channel (std > 0), got {self.mean}, {self.std}")
@@ -70,9 +71,7 @@ class DataOptions:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["mean"], d["std"] = list(self.mean), list(self.std)
-        return d
+        return {**asdict(self), "mean": list(self.mean), "std": list(self.std)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DataOptions:
@@ -105,21 +104,14 @@ def encode_labels(
         classes = sorted(set(raw))
     classes = tuple(classes)
     index = {c: i for i, c in enumerate(classes)}
-    ids, unknown = [], set()
-    for r in raw:
-        if r in index:
-            ids.append(index[r])
-        elif r.isdigit() and int(r) < len(classes):
-            ids.append(int(r))
-        else:
-            unknown.add(r)
+    unknown = {r for r in raw if r not in index and not (r.isdigit() and int(r) < len(classes))}
     if unknown:
         shown = ", ".join(repr(u) for u in sorted(unknown)[:5])
         raise ValueError(
             f"{source}: labels {shown} are not among the model's {len(classes)} classes "
             f"({', '.join(classes[:10])}{', ...' if len(classes) > 10 else ''})"
         )
-    return ids, classes
+    return [index[r] if r in index else int(r) for r in raw], classes
 
 
 class ImageFiles(Dataset):
@@ -185,11 +177,6 @@ class TokenizedText(Dataset):
         if self.labels is not None:
             item["labels"] = self.labels[index]
         return item
-
-
-def text_columns(options: DataOptions, task: Literal["classify", "lm"]) -> list[str]:
-    """The columns a text file needs: the text, and the label for ``classify``."""
-    return [options.text_column] + ([options.label_column] if task == "classify" else [])
 
 
 def tokenize_table(

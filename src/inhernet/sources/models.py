@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .._files import sha256_file
+from ..config import is_int
 
 __all__ = [
     "LIBRARIES", "TASKS", "ModelSpec", "build_model", "has_trained_head", "key_mismatch", "load_state_dict",
@@ -65,8 +66,7 @@ class ModelSpec:
     def from_dict(cls, d: dict[str, Any]) -> ModelSpec:
         if not isinstance(d, dict) or "library" not in d or "name" not in d:
             raise ValueError(f"a model spec must be a JSON object with 'library' and 'name', got {d!r}")
-        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
-        spec = cls(**known)
+        spec = cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
         if spec.library not in LIBRARIES or spec.task not in TASKS:
             raise ValueError(f"malformed model spec {d!r}: library must be one of {LIBRARIES}, task one of {TASKS}")
         return spec
@@ -84,7 +84,7 @@ def parse_model_spec(
     """
     if task is not None and task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
-    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1):
+    if num_classes is not None and not is_int(num_classes, 1):
         raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
     library, sep, name = text.partition(":")
     if sep and library in ("torchvision", "timm"):

@@ -21,7 +21,6 @@ from .data import (
     encode_labels,
     image_folder,
     read_table,
-    text_columns,
     tokenize_table,
 )
 from .models import ModelSpec, build_model, has_trained_head, load_tokenizer
@@ -112,7 +111,8 @@ def open_source(source: Source, data_path: str | os.PathLike[str]) -> Opened:
         if path.is_dir():
             raise ValueError(f"{spec.name} is a text model: give a CSV/TSV/JSONL file, not the folder {path}")
         # The file is read first, so that a bad one fails before a model loads.
-        table = read_table(path, text_columns(options, spec.task), encoding=options.encoding)
+        columns = [options.text_column] + ([options.label_column] if spec.task == "classify" else [])
+        table = read_table(path, columns, encoding=options.encoding)
         if spec.task == "classify" and spec.num_classes is None and not has_trained_head(spec):
             _, names = encode_labels(table[options.label_column], source.classes, source=str(path))
             spec = replace(spec, num_classes=len(names))  # a new head: as many outputs as classes
