@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .batches import device_of, forward_all, hooked
+from .batches import forward_all, hooked
 from .calibration import TokenMask
 from .config import InherConfig, is_int
 from .stack import keep_layers_, layer_stack
@@ -148,5 +148,5 @@ def block_influence(model: nn.Module, calib: Iterable[Any]) -> list[float]:
         raise ValueError("calib holds no batch: Block Influence is measured on calibration data")
     with hooked([block.register_forward_hook(partial(hook, i), with_kwargs=True)
                  for i, block in enumerate(stack)]):
-        forward_all(model, mask.follow(batches, device_of(model)))
+        forward_all(model, mask.follow(batches))  # forward_all moves each batch to the model
     return (total / count.clamp(min=1)).tolist()

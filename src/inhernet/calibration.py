@@ -74,12 +74,12 @@ class TokenMask:
         ok = isinstance(mask, torch.Tensor) and mask.dim() == 2
         self.current = mask.bool() if ok else None  # type: ignore[union-attr]
 
-    def follow(self, calib: Iterable[Any], device: torch.device | str) -> Iterator[Any]:
-        """Each batch of ``calib`` moved to ``device``, its mask taken first; an empty ``calib`` is refused."""
+    def follow(self, calib: Iterable[Any], device: torch.device | str | None = None) -> Iterator[Any]:
+        """Each batch of ``calib`` (moved to ``device`` if given), its mask taken; an empty ``calib`` is refused."""
         seen = 0
         for batch in calib:
             seen += 1
-            batch = move_batch(batch, device)
+            batch = batch if device is None else move_batch(batch, device)
             self.set(batch)
             yield batch
         if seen == 0:

@@ -69,9 +69,10 @@ def find_layers(model: nn.Module, config: InherConfig, example: Any = None) -> F
     candidates: list[Candidate] = []
     others: list[Unsupported] = []
     for name, module in model.named_modules():
+        by_config = _dense_by_config(name, config)
         own, kind, type_name = dense_params(module), kind_of(module), type(module).__name__
         if own and kind is not None:
-            reason = kind.dense_reason(module) or forward_override(module) or _dense_by_config(name, config)
+            reason = kind.dense_reason(module) or forward_override(module) or by_config
             candidates.append(Candidate(name, module, kind, reason))
         elif own:
             reason = f"unsupported layer type {type_name}; kept as is"

@@ -60,8 +60,11 @@ def inherit(
         return build(model, plan, calib, config=(config or plan.config).resolved(model), progress=progress)
     config = (config or InherConfig()).resolved(model)
     _refuse_early(model, config)
-    once_or_timed = _within_measured_latency if config.target.kind == "latency" else _inherit_once
-    student = once_or_timed(model, config, as_list(calib), progress, costs)  # as_list: read by every strategy
+    calib = as_list(calib)  # read more than once by every strategy
+    if config.target.kind == "latency":
+        student = _within_measured_latency(model, config, calib, progress, costs)
+    else:
+        student = _inherit_once(model, config, calib, progress, costs)
     warn_if_bottlenecked(student.inhernet_plan)
     return student
 
