@@ -1,5 +1,5 @@
-"""Knobs that left a public config: passing one raises a ``TypeError`` that says where it went (a plain
-dataclass would only say ``unexpected keyword argument``)."""
+"""Knobs that left a public config: passing one raises a ``TypeError`` that says where it went, or why it
+was removed (a plain dataclass would only say ``unexpected keyword argument``)."""
 
 from __future__ import annotations
 

@@ -12,7 +12,6 @@ from torch import nn
 
 from ._moved import refuse_moved
 from .families import FAMILIES, FAMILY_DEFAULTS, model_family
-from .layers import GATE_POOLS, ROUTINGS
 from .stack import layer_stack
 
 __all__ = ["DEFAULT_BUDGET", "DEFAULT_PROBE_STEPS", "ExperimentalConfig", "InherConfig", "Target", "plain_number"]
@@ -27,7 +26,13 @@ ENERGY_STRATEGIES = ("energy", "loss", "loss-by-type")
 ALLOCATIONS = ("energy", "loss")
 CALIBRATIONS = ("one-pass", "sequential")
 #: the ablation knobs that InherConfig refuses, and where they went
-MOVED = ("min_rank", "expert_noise", "routing", "gate_pool")
+MOVED = ("min_rank", "expert_noise")
+#: the gate variants that lost every measurement, removed; what both configs say when given one
+REMOVED = {
+    knob: f"{what} was removed in inhernet 0.1.0: it did not make h > 1 experts beat h = 1 "
+    "(benchmarks/results/experts-pay-mnist-cnn-0.1*.md)"
+    for knob, what in (("routing", "top-1 routing"), ("gate_pool", "the per-position conv gate"))
+}
 #: the mutually exclusive ways of choosing ranks
 RANK_CHOICES = ("budget", "rank", "energy", "macs", "latency")
 MAX_SEED = 2**32 - 1
@@ -53,8 +58,9 @@ class Target:
 
 
 @refuse_moved({
-    knob: f"it moved: pass {knob}=... to inhernet.experimental.ExperimentalConfig (an ablation knob), "
-    f"e.g. ExperimentalConfig({knob}=..., budget=0.25)" for knob in MOVED
+    **{knob: f"it moved: pass {knob}=... to inhernet.experimental.ExperimentalConfig (an ablation knob), "
+       f"e.g. ExperimentalConfig({knob}=..., budget=0.25)" for knob in MOVED},
+    **REMOVED,
 })
 @dataclass
 class InherConfig:
@@ -124,8 +130,6 @@ class InherConfig:
     # the ablation knobs, fixed here (:class:`ExperimentalConfig` makes them fields)
     min_rank: ClassVar[int] = 1
     expert_noise: ClassVar[float] = 0.02
-    routing: ClassVar[str] = "soft"
-    gate_pool: ClassVar[str] = "mean"
     INITS: ClassVar[tuple[str, ...]] = INITS
     ALLOCATIONS: ClassVar[tuple[str, ...]] = ALLOCATIONS
     CALIBRATIONS: ClassVar[tuple[str, ...]] = CALIBRATIONS
@@ -418,6 +422,7 @@ def _is_experimental(d: dict[str, Any]) -> bool:
     )
 
 
+@refuse_moved(REMOVED)
 @dataclass
 class ExperimentalConfig(InherConfig):
     """:class:`InherConfig` with the knobs of the ablations in BENCHMARKS.md (none beat the defaults); it also
@@ -426,14 +431,10 @@ class ExperimentalConfig(InherConfig):
     Args:
         min_rank: the smallest rank a factorised layer gets (under ``min_rank_ratio``'s floor, if larger).
         expert_noise: each expert's zero-sum deviation, a fraction of ``||U_r S_r||`` (the init stays exact).
-        routing: ``"soft"`` (the paper's softmax-weighted experts) or ``"top1"`` (one expert per token).
-        gate_pool: a conv block's gate reads ``"mean"`` (one gate per sample) or ``"position"`` features.
     """
 
     min_rank: int = 1  # type: ignore[misc]
     expert_noise: float = 0.02  # type: ignore[misc]
-    routing: Literal["soft", "top1"] = "soft"  # type: ignore[misc]
-    gate_pool: Literal["mean", "position"] = "mean"  # type: ignore[misc]
     INITS: ClassVar[tuple[str, ...]] = (*INITS, "random")
     ALLOCATIONS: ClassVar[tuple[str, ...]] = (*ENERGY_STRATEGIES, "uniform")
 
@@ -442,6 +443,4 @@ class ExperimentalConfig(InherConfig):
         check_fields(self, (
             ("min_rank", lambda v: is_int(v, 1), "an int >= 1"),
             ("expert_noise", lambda v: is_real(v) and v >= 0, "a number >= 0"),
-            ("routing", lambda v: v in ROUTINGS, f"one of {ROUTINGS}"),
-            ("gate_pool", lambda v: v in GATE_POOLS, f"one of {GATE_POOLS}"),
         ))

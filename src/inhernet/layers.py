@@ -10,11 +10,6 @@ The h expert products are fused: the gate-scaled ``[g_1 z, ..., g_h z]``, stacke
 axis, hit one weight ``[B_1 ... B_h]``. With ``experts == 1`` the block is a plain low-rank factorisation.
 
 Linear and embedding blocks gate per token; conv blocks per sample, from the spatial mean of ``z``.
-:func:`configure_gates` adds two variants beyond the paper, both function preserving at init and
-without parameters: a per-position conv gate, and top-1 routing, ``y = (p_k / sg(p_k)) B_k z + b``
-with ``p = softmax(logits)`` and ``sg`` a stop-gradient: the factor is exactly 1 in the forward pass,
-yet the logits receive the gradient ``(dL/dy . B_k z) (e_k - p)``. The unchosen experts still run (as
-zeros), so ``count_macs`` reports the fused cost.
 """
 
 from __future__ import annotations
@@ -27,15 +22,7 @@ from torch import nn
 
 from .views import DenseWeight
 
-__all__ = [
-    "GATE_POOLS", "ROUTINGS", "InherBlock", "InherConv", "InherEmbedding", "InherLinear", "configure_gates",
-    "expert_spread",
-]
-
-#: How a gated block combines its experts: a softmax-weighted sum (the paper) or top-1 routing.
-ROUTINGS = ("soft", "top1")
-#: What a conv block's gate reads: the spatial mean of ``z`` (one gate per sample) or every position.
-GATE_POOLS = ("mean", "position")
+__all__ = ["InherBlock", "InherConv", "InherEmbedding", "InherLinear", "expert_spread"]
 
 
 class _Replaced:
@@ -79,10 +66,6 @@ class InherBlock(nn.Module):
         if rank < 1 or experts < 1:
             raise ValueError(f"rank and experts must be >= 1, got rank={rank}, experts={experts}")
         self.rank, self.experts = rank, experts
-        #: ``"soft"`` or ``"top1"`` (see :func:`configure_gates`); a forward-time choice, no parameters
-        self.routing = "soft"
-        #: ``"mean"`` or ``"position"``: what a conv block's gate reads (token-wise blocks gate per token)
-        self.gate_pool = "mean"
         self.gate: nn.Linear | None = None
         if experts > 1:
             self.gate = nn.Linear(rank, experts, device=device, dtype=dtype)
@@ -123,33 +106,18 @@ class InherBlock(nn.Module):
         return weight
 
     def gate_probs(self, logits: torch.Tensor) -> torch.Tensor:
-        """The experts' weights from gate ``logits`` (..., h): ``softmax(logits)``, or for top-1 the one-hot
-        vector of the largest logit (ties: the first). :func:`inhernet.merge_experts` folds by their means."""
-        if self.routing == "top1":
-            return nn.functional.one_hot(logits.argmax(-1), self.experts).to(logits.dtype)
+        """The experts' weights from gate ``logits`` (..., h): ``softmax(logits)``.
+        :func:`inhernet.merge_experts` folds by their means."""
         return torch.softmax(logits, dim=-1)
-
-    def _gate_weights(self, logits: torch.Tensor) -> torch.Tensor:
-        """The forward pass's expert weights: ``gate_probs`` with a gradient path for top-1."""
-        p = torch.softmax(logits, dim=-1)
-        if self.routing != "top1":
-            return p
-        onehot = self.gate_probs(logits)
-        # p_k / sg(p_k) is exactly 1 (x / x rounds to 1), so the forward value is B_k z; the gradient
-        # reaches the logits through p_k (straight-through, gate-value-scaled).
-        chosen = (p * onehot).sum(-1, keepdim=True)
-        return onehot * (chosen / chosen.detach())
 
     def _mix(self, z: torch.Tensor, pooled: torch.Tensor, feature_dim: int) -> torch.Tensor:
         """Stack the gate-scaled copies of ``z`` along ``feature_dim`` (the input of the fused ``up``);
-        ``pooled`` is the gate's input (``z`` per token or position, features last, or its spatial mean)."""
+        ``pooled`` is the gate's input (``z`` per token, features last, or its spatial mean)."""
         if self.gate is None:
             return z
-        g = self._gate_weights(self.gate(pooled))  # (..., h) or (N, *spatial, h)
-        if g.dim() == z.dim():  # per position (per token: features last, the same broadcast)
-            if feature_dim != g.dim() - 1:  # no identity movedim: ONNX's exporter writes perm -1 for it
-                g = g.movedim(g.dim() - 1, feature_dim)  # (N, h, *spatial)
-            g = g.unsqueeze(feature_dim + 1)  # (..., h, 1, ...)
+        g = self.gate_probs(self.gate(pooled))  # (..., h)
+        if g.dim() == z.dim():  # per token: features last
+            g = g.unsqueeze(feature_dim + 1)  # (..., h, 1)
         else:  # broadcast g over z's remaining (spatial) axes
             g = g.reshape(g.shape + (1,) * (z.dim() - feature_dim))  # (..., h, 1, [1...])
         stacked = g * z.unsqueeze(feature_dim)  # (..., h, r, ...)
@@ -229,9 +197,7 @@ class InherBlock(nn.Module):
         return self.up(self._mix(z, z, feature_dim=z.dim() - 1))
 
     def extra_repr(self) -> str:
-        extra = "" if self.routing == "soft" else f", routing={self.routing}"
-        extra += "" if self.gate_pool == "mean" else f", gate_pool={self.gate_pool}"
-        return f"rank={self.rank}, experts={self.experts}{extra}"
+        return f"rank={self.rank}, experts={self.experts}"
 
 
 class InherLinear(InherBlock):
@@ -329,9 +295,7 @@ class InherConv(InherBlock):
         if unbatched:
             x = x.unsqueeze(0)
         z = self.down(x)
-        pooled = z
-        if self.gate is not None:
-            pooled = z.movedim(1, -1) if self.gate_pool == "position" else z.mean(dim=tuple(range(2, z.dim())))
+        pooled = z.mean(dim=tuple(range(2, z.dim()))) if self.gate is not None else z
         y = self.up(self._mix(z, pooled, feature_dim=1))
         return y.squeeze(0) if unbatched else y
 
@@ -342,45 +306,3 @@ def expert_spread(block: InherBlock) -> float:
     mean = e.mean(0)
     return float((e - mean).flatten(1).norm(dim=1).mean() / mean.norm().clamp_min(1e-30))
 
-
-@torch.no_grad()
-def configure_gates(
-    block: InherBlock, *, routing: str = "soft", gate_pool: str = "mean", gate_noise: float = 1.0,
-    generator: torch.Generator | None = None,
-) -> InherBlock:
-    """Choose how a freshly inherited block's gate routes, keeping its function; returns the block.
-
-    Call it right after :meth:`InherBlock.inherit_` (``inherit`` does): top-1 resets the experts, which
-    changes a trained block's function. Single-expert blocks are returned unchanged.
-
-    Args:
-        routing: ``"soft"`` (the paper: ``sum_i softmax_i B_i z``) or ``"top1"`` (one expert per
-            token / sample / position, see the module docstring). Top-1 would see the zero-sum
-            deviations ``D_i`` in the output, so it sets every expert to their mean (``U_r S_r``) and
-            breaks the symmetry by the *routing* instead: random gate weights (``N(0, gate_noise**2 / r)``)
-            let different inputs pick different experts from the first step.
-        gate_pool: ``"mean"`` (conv blocks gate per sample on the spatial mean of ``z``) or ``"position"``
-            (``h * r`` MACs per position); linear and embedding blocks gate per token either way.
-        gate_noise: scale of top-1's random gate weights (ignored for soft routing).
-        generator: the random source of top-1's gate weights (seeded surgery passes its own).
-
-    Raises:
-        ValueError: an unknown ``routing`` / ``gate_pool``, or a negative ``gate_noise``.
-    """
-    for name, value, known in (("routing", routing, ROUTINGS), ("gate_pool", gate_pool, GATE_POOLS)):
-        if value not in known:
-            raise ValueError(f"{name} must be one of {known}, got {value!r}")
-    if not gate_noise >= 0:
-        raise ValueError(f"gate_noise must be a number >= 0, got {gate_noise!r}")
-    if block.gate is None:
-        return block
-    block.routing, block.gate_pool = routing, gate_pool
-    if routing == "top1":
-        w = block._up_matrix()
-        m, h, r = w.shape[0], block.experts, block.rank
-        experts = w.reshape(m, h, r)
-        experts.copy_(experts.double().mean(1, keepdim=True).expand(m, h, r).to(w.dtype))
-        gw = block.gate.weight
-        noise = torch.randn(gw.shape, generator=generator, dtype=torch.float64) * (gate_noise / r**0.5)
-        gw.copy_(noise.to(gw))
-    return block

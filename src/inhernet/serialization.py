@@ -20,9 +20,9 @@ from ._atomic import atomic_path, atomic_write
 from ._files import CONFIG_NAME, SOURCE_NAME, sha256_file
 from ._version import __version__
 from .blockdrop import replay
-from .config import InherConfig, is_int
+from .config import REMOVED, InherConfig, is_int
 from .kinds import LayerKind, block_params, kind_of
-from .layers import GATE_POOLS, ROUTINGS, InherBlock
+from .layers import InherBlock
 from .pruning import apply_spec
 from .sources.models import build_model, key_mismatch
 from .sources.record import read_source
@@ -37,8 +37,6 @@ _WEIGHTS_PATTERN = re.compile(r"model-[0-9a-f]{16}\.safetensors")
 # Where a new weights file is complete but not yet named after its hash (a crash may leave it behind).
 _STAGING_NAME = ".model.staging.safetensors"
 _TEMPORARY_PATTERN = re.compile(rf"\.({re.escape(CONFIG_NAME)}|{re.escape(_STAGING_NAME)})\.[^/]+\.tmp")
-# Forward-time gate options of a block (no tensors); a spec records them only when they differ.
-_GATE_DEFAULTS = {"routing": "soft", "gate_pool": "mean"}
 
 
 def save(model: nn.Module, path: str | os.PathLike[str]) -> Path:
@@ -65,7 +63,7 @@ def save(model: nn.Module, path: str | os.PathLike[str]) -> Path:
         "params": sum(p.numel() for p in model.parameters()),
         "config": records.pop("config"),
         "layers": {
-            name: {"rank": b.rank, "experts": b.experts, "source": getattr(b, "source", None), **_gating(b)}
+            name: {"rank": b.rank, "experts": b.experts, "source": getattr(b, "source", None)}
             for name, b in blocks.items()
         },
         "weights": {"file": weights.name, "sha256": digest},
@@ -193,8 +191,6 @@ def _build_blocks(base: nn.Module, layers: dict[str, Any], weights: Path) -> nn.
         for name, (module, kind, rank, experts, source) in specs.items():
             block = kind.build(module, rank, experts)
             block.source = source
-            for option, default in _GATE_DEFAULTS.items():
-                setattr(block, option, layers[name].get(option, default))
             block.train(module.training)
             originals[name] = module
             base = replace_module(base, name, block)
@@ -227,8 +223,9 @@ def _check_layer(base: nn.Module, name: str, spec: Any) -> tuple[nn.Module, Laye
     for key, value in (("rank", rank), ("experts", experts)):
         if not is_int(value, 1):
             raise ValueError(f"{CONFIG_NAME}: layer {name!r} has a malformed spec {spec!r} ({key} must be an int >= 1)")
-    if spec.get("routing", "soft") not in ROUTINGS or spec.get("gate_pool", "mean") not in GATE_POOLS:
-        raise ValueError(f"{CONFIG_NAME}: layer {name!r} has an unknown routing/gate_pool in {spec!r}")
+    for key, kept in (("routing", "soft"), ("gate_pool", "mean")):  # gate options older versions recorded
+        if spec.get(key, kept) != kept:
+            raise ValueError(f"{CONFIG_NAME}: layer {name!r} has {key}={spec[key]!r}, only {kept!r} loads: {REMOVED[key]}")
     try:
         module = base.get_submodule(name)
     except AttributeError:
@@ -296,11 +293,6 @@ def _read_config(d: Any, path: Path) -> InherConfig | None:
         return InherConfig.from_dict(d)
     except (AttributeError, TypeError, ValueError) as err:
         raise ValueError(f"{path / CONFIG_NAME}: malformed 'config' entry: {err}") from None
-
-
-def _gating(block: InherBlock) -> dict[str, str]:
-    """A block's non-default gate options (``routing``, ``gate_pool``) for its spec."""
-    return {k: getattr(block, k) for k, default in _GATE_DEFAULTS.items() if getattr(block, k) != default}
 
 
 def _read_meta(path: Path) -> dict[str, Any]:

@@ -17,7 +17,6 @@ from .config import InherConfig
 from .decomposition import Factors
 from .discovery import find_layers
 from .kinds import LayerKind
-from .layers import configure_gates
 from .plan import Plan
 from .pruning import channel_multiple, prune, require_example
 from .sequential import sequential_factors
@@ -118,7 +117,6 @@ def _build_block(
         assert factors is not None, "inherited init needs the layer's factors"
         down, up = factors.truncated(rank)
         block.inherit_(down, up, kind.bias(module), expert_noise=config.expert_noise, generator=generator)
-    configure_gates(block, routing=config.routing, gate_pool=config.gate_pool, generator=generator)
     block.source = kind.spec(module)
     block.train(module.training)  # a new module starts in training mode; keep the teacher's
     return block

@@ -22,7 +22,7 @@ __all__ = ["gate_stats", "summarize_gates"]
 
 
 def gate_stats(model: nn.Module, calib: Iterable[Any]) -> dict[str, dict[str, Any]]:
-    """Per gated block (by module name): ``entropy``, ``load``, ``load_entropy``, ``spread``, ``routing``.
+    """Per gated block (by module name): ``entropy``, ``load``, ``load_entropy`` and ``spread``.
 
     Args:
         model: a model holding InherNet blocks; blocks with one expert (no gate) are skipped.
@@ -35,7 +35,7 @@ def gate_stats(model: nn.Module, calib: Iterable[Any]) -> dict[str, dict[str, An
     def record(name: str, logits: torch.Tensor) -> None:
         p = torch.softmax(logits, dim=-1)
         entropy[name] += float(-(p * torch.log(p.clamp_min(1e-300))).sum())
-        load[name] += blocks[name].gate_probs(logits).sum(0).cpu()
+        load[name] += p.sum(0).cpu()
 
     rows = record_gates(model, blocks, calib, record) if blocks else {}
     out = {}
@@ -46,8 +46,6 @@ def gate_stats(model: nn.Module, calib: Iterable[Any]) -> dict[str, dict[str, An
             "load": [round(float(v), 4) for v in mean_load],
             "load_entropy": float(-(mean_load * torch.log(mean_load.clamp_min(1e-300))).sum()) / log_h,
             "spread": expert_spread(block),
-            "routing": block.routing,
-            "gate_pool": block.gate_pool,
         }
     return out
 

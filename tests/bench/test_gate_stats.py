@@ -22,6 +22,7 @@ def test_gate_stats_of_a_fresh_model() -> None:
     assert student.training, "gate_stats restores the model's mode"
     assert stats and set(stats) == {n for n, b in student.named_modules() if isinstance(b, InherBlock)}
     for s in stats.values():
+        assert set(s) == {"entropy", "load", "load_entropy", "spread"}
         assert s["entropy"] == pytest.approx(1.0) and s["load_entropy"] == pytest.approx(1.0)
         assert s["spread"] == pytest.approx(0.05, rel=1e-3)
     summary = summarize_gates(stats)

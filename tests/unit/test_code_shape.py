@@ -20,9 +20,11 @@ MAX_FUNCTION_LINES = 60
 # and evaluating()), a second int/number check, the harness-only first_example (now in inhernet_bench),
 # one-parameter-a-line signatures and conversions done twice (10,426 with the features since), and is 10,300
 # since calibration="sequential-corrected" (an ablation that lost: PairedCovariance, corrected_weight and the
-# teacher path of sequential calibration) went and a few helpers were simplified; still 300 over.
+# teacher path of sequential calibration) went and a few helpers were simplified; still 300 over. It is 9,995
+# since the gate variants that lost every measurement (top-1 routing, per-position conv gates, gate_lr_scale and
+# configure_gates) went: 10,096 before, so within issue 25's 10,000.
 # A ratchet at today's size, to be lowered as the library shrinks; raise it only for a new feature, and say so here.
-MAX_LIBRARY_LINES = 10_300
+MAX_LIBRARY_LINES = 9_995
 
 
 def _functions(path: Path) -> list[tuple[str, int]]:

@@ -97,6 +97,19 @@ def test_fresh_model_merges_exactly_without_calib():
     assert n_params(student) == params - saved
 
 
+def test_identical_experts_merge_exactly_without_calib_whatever_the_gate():
+    """Experts without deviations (``expert_noise=0``) compute one up-projection under any gate, so an input-
+    dependent gate needs no calibration data to fold them."""
+    student = inherit(teacher(), ExperimentalConfig(rank=6, experts=3, init="svd", expert_noise=0.0), progress=False)
+    perturb_gates(student)
+    assert all(bool(b.gate.weight.ne(0).any()) for b in blocks(student).values())
+    x = calib_batches(1)[0][0]
+    merged = merge_experts(copy.deepcopy(student))
+    assert all(b.experts == 1 and b.gate is None for b in blocks(merged).values())
+    with torch.no_grad():
+        torch.testing.assert_close(merged.eval()(x), student.eval()(x), atol=1e-5, rtol=1e-5)
+
+
 def test_fresh_model_with_calib_is_exact_too():
     student = inherited()
     x = torch.randn(4, 3, 16, 16)

@@ -202,7 +202,6 @@ def test_config_validation_names_the_field():
         ({"warmup_steps": 10, "steps": 10}, "warmup_steps"),
         ({"step_milestones": (0.5, 1.0)}, "step_milestones"),
         ({"embed_loss": "l1"}, "embed_loss"),
-        ({"gate_lr_scale": 0}, "gate_lr_scale"),
         ({"steps": 0}, "steps"),  # the public fields are checked as in DistillConfig
     ]:
         with pytest.raises(ValueError, match=rf"ExperimentalDistillConfig\.{field}"):
@@ -213,7 +212,7 @@ def test_moved_knobs_say_where_they_went_and_keep_their_fixed_values():
     """Every knob that left DistillConfig raises a TypeError naming its new home; DistillConfig reads as the
     experimental config's defaults (the recipe every shipped run uses), and the experimental config keeps
     the fields in their former order."""
-    for name, value in [("gate_lr_scale", 30.0), ("warmup_steps", 2), ("optimizer", "sgd"), ("embed_loss", "mse"),
+    for name, value in [("warmup_steps", 2), ("optimizer", "sgd"), ("embed_loss", "mse"),
                         ("weight_decay", 0.01), ("schedule", "step"), ("momentum", 0.5), ("step_gamma", 0.5),
                         ("step_milestones", (0.5,))]:
         with pytest.raises(TypeError, match=rf"DistillConfig has no '{name}': it moved to "
@@ -493,6 +492,25 @@ def test_module_freezes_the_teacher_and_keeps_it_out_of_checkpoints():
     assert set(checkpoint["state_dict"]) == {"student." + k for k in student.state_dict()}
     module.on_load_checkpoint(checkpoint)  # the live teacher is put back for strict loading
     module.load_state_dict(checkpoint["state_dict"], strict=True)
+
+
+def test_gates_train_in_the_two_groups_of_every_parameter():
+    """One learning rate for all: a gated student's parameters form two groups, the weights of 2+ dimensions
+    (gate weights among them) decayed and the rest not, each at ``lr``."""
+    from inhernet import InherBlock, inherit
+    from inhernet.distillation import DistillModule
+    from inhernet.experimental import ExperimentalConfig
+
+    teacher, _, _, _ = make_problem()
+    student = inherit(teacher, ExperimentalConfig(rank=4, experts=3, init="svd"), progress=False)
+    gates = [p for m in student.modules() if isinstance(m, InherBlock) for p in m.gate.parameters()]
+    assert gates
+    cfg = ExperimentalDistillConfig(lr=2e-3, weight_decay=0.01)
+    decayed, rest = DistillModule(student, teacher, cfg).configure_optimizers()["optimizer"].param_groups
+    assert [(g["lr"], g["weight_decay"]) for g in (decayed, rest)] == [(2e-3, 0.01), (2e-3, 0.0)]
+    assert {id(p) for p in decayed["params"]} == {id(p) for p in student.parameters() if p.ndim > 1}
+    assert {id(p) for p in rest["params"]} == {id(p) for p in student.parameters() if p.ndim <= 1}
+    assert {id(p) for p in gates} <= {id(p) for g in (decayed, rest) for p in g["params"]}
 
 
 def test_teacher_logits_travel_with_dict_examples():

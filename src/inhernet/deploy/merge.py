@@ -81,7 +81,7 @@ def gate_means(
 
 
 def _experts_equal(block: InherBlock) -> bool:
-    """All experts identical (e.g. top-1 routing at init): any gate folds them exactly."""
+    """All experts identical (e.g. ``expert_noise=0`` at init): any gate folds them exactly."""
     e = block.expert_weights()
     return bool(torch.equal(e, e[:1].expand_as(e)))
 
@@ -106,5 +106,4 @@ def _merge_block(block: InherBlock, p: torch.Tensor) -> int:
     block.up = new
     block.gate = None
     block.experts = 1
-    block.routing = "soft"  # one expert: nothing left to route
     return before - sum(t.numel() for t in block.parameters())

@@ -34,11 +34,10 @@ MOVED = {
         "weight_decay", "optimizer", "momentum", "schedule", "warmup_steps", "step_gamma", "step_milestones",
     )},
     "embed_loss": f"it moved to {_EXPERIMENTAL} (no preset matches embeddings by MSE; the cosine is fixed)",
-    "gate_lr_scale": (
-        f"it moved to {_EXPERIMENTAL}, an ablation: a faster gate learning rate made the gates route but "
-        "did not change accuracy (BENCHMARKS.md, 'Experts that pay?')"
-    ),
 }
+# The knobs removed from both configs, and why (refused by name, as the moved ones are).
+REMOVED = {"gate_lr_scale": "it was removed in inhernet 0.1.0: a faster gate learning rate made the gates route but "
+           "changed no accuracy (benchmarks/results/experts-pay-mnist-cnn-0.1*.md)"}
 
 
 def _devices_ok(devices: Any) -> bool:
@@ -82,7 +81,7 @@ _RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
 )
 
 
-@refuse_moved(MOVED)
+@refuse_moved({**MOVED, **REMOVED})
 @dataclass
 class DistillConfig:
     """Configuration of KD fine-tuning (see :func:`inhernet.distill`).
@@ -161,7 +160,6 @@ class DistillConfig:
     feature_weight: float = 0.0
     feature_patterns: tuple[str, ...] = ()
     feature_loss: Literal["mse", "cosine"] = "mse"
-    gate_lr_scale: ClassVar[float] = 1.0
     grad_clip: float | None = 1.0
     precision: str = "32"
     devices: Any = 1

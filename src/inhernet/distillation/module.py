@@ -19,7 +19,6 @@ from .._atomic import atomic_write
 from ..batches import batch_labels, batch_teacher_logits, forward_batch, lm_labels, logits_of
 from ..dual import DUAL_METRICS, DualOutput, dual_metrics, pair_embeddings
 from ..evaluate import batch_sums
-from ..layers import InherBlock
 from . import loss as losses
 from .config import DistillConfig
 from .defaults import default_lr
@@ -125,18 +124,13 @@ class DistillModule(L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         cfg = self.config
-        scaled = set() if cfg.gate_lr_scale == 1 else {
-            id(p) for m in self.student.modules() if isinstance(m, InherBlock) and m.gate is not None
-            for p in m.gate.parameters()
-        }
         trainable = [p for p in self.student.parameters() if p.requires_grad]
-        # Weights of 2+ dimensions are decayed, biases and norms not; the gates may get their own rate.
+        # Weights of 2+ dimensions are decayed, biases and norms not.
         groups: list[dict[str, Any]] = []
-        for gate, lr in ((False, cfg.lr), (True, cfg.lr * cfg.gate_lr_scale)):
-            for decay, weight_decay in ((True, cfg.weight_decay), (False, 0.0)):
-                params = [p for p in trainable if (id(p) in scaled) == gate and (p.ndim > 1) == decay]
-                if params:
-                    groups.append({"params": params, "weight_decay": weight_decay, "lr": lr})
+        for decay, weight_decay in ((True, cfg.weight_decay), (False, 0.0)):
+            params = [p for p in trainable if (p.ndim > 1) == decay]
+            if params:
+                groups.append({"params": params, "weight_decay": weight_decay, "lr": cfg.lr})
         if not groups:
             raise ValueError("distill: the student has no trainable parameters (all have requires_grad=False)")
         if cfg.optimizer == "adamw":

@@ -6,8 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from .._moved import refuse_moved
 from ..config import is_int, is_real, plain_number
-from ..distillation.config import EMBED_LOSSES, DistillConfig
+from ..distillation.config import EMBED_LOSSES, REMOVED, DistillConfig
 
 __all__ = ["OPTIMIZERS", "SCHEDULES", "ExperimentalDistillConfig"]
 
@@ -15,6 +16,7 @@ OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "step", "constant")
 
 
+@refuse_moved(REMOVED)
 @dataclass
 class ExperimentalDistillConfig(DistillConfig):
     """:class:`~inhernet.distillation.DistillConfig` plus the knobs no shipped recipe sets.
@@ -25,8 +27,6 @@ class ExperimentalDistillConfig(DistillConfig):
         schedule: ``"cosine"`` (to 0 at ``steps``), ``"step"`` (times ``step_gamma`` at each fraction of
             the steps in ``step_milestones``) or ``"constant"``, after a linear warm-up of ``warmup_steps``.
         embed_loss: with ``loss="contrastive"`` and ``embed_weight > 0``: ``"cosine"`` or ``"mse"``.
-        gate_lr_scale: learning-rate multiplier of the gates of InherNet blocks; it changed no accuracy
-            (BENCHMARKS.md, "Experts that pay?").
     """
 
     weight_decay: float = 0.0
@@ -37,7 +37,6 @@ class ExperimentalDistillConfig(DistillConfig):
     step_gamma: float = 0.1
     step_milestones: tuple[float, ...] = (0.5, 0.75)
     embed_loss: Literal["cosine", "mse"] = "cosine"
-    gate_lr_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if isinstance(self.step_milestones, (list, tuple)):
@@ -63,5 +62,3 @@ class ExperimentalDistillConfig(DistillConfig):
             raise self._bad("step_milestones", "fractions in (0, 1) of the post-warm-up steps")
         if self.embed_loss not in EMBED_LOSSES:
             raise self._bad("embed_loss", f"one of {EMBED_LOSSES}")
-        if not is_real(self.gate_lr_scale) or self.gate_lr_scale <= 0:
-            raise self._bad("gate_lr_scale", "a positive number (the gates' learning rate is lr * gate_lr_scale)")

@@ -1,27 +1,19 @@
-"""Experts that pay? h = 1 against h = 3 (the paper) and gate variants, at equal parameters or MACs.
+"""Experts that pay? h = 1 against h = 3 (the paper) and other expert counts, at equal parameters.
 
 Every variant is InherNet (whitened init, energy allocation) on one preset at one parameter budget,
 distilled with the same data, steps, optimiser, lr and seeds (the `bench` recipe: AdamW, cosine, KD
-T = 4, alpha = 0.9, teacher logits computed once); only the experts and their gates differ:
+T = 4, alpha = 0.9, teacher logits computed once); only the experts differ:
 
 * ``h1``            one expert, no gate (the reference);
-* ``h3-soft``       three softmax-gated experts, per-sample gates on convs (the paper);
-* ``h3-soft-glr``   the same with the gates' learning rate x ``--gate-lr-scale`` (``ExperimentalDistillConfig.gate_lr_scale``);
-* ``h3-position``   per-position gates on convs (``InherConfig(gate_pool="position")``);
-* ``h3-top1``       top-1 routing (``routing="top1"``): one expert per sample, so fewer MACs at the
-                    same parameters;
-* ``h3-top1-macs``  top-1 at h = 1's ranks: the same MACs as h = 1 (one expert per input, plus the
-                    gate), about 3x the up-projection parameters: the usual mixture-of-experts trade.
+* ``h<N>-soft``     N >= 2 softmax-gated experts, per-sample gates on convs (the paper: ``h3-soft``).
 
-More with ``--variants``: ``-glr`` forms of the position and top-1 rows, ``h3-soft-glr-noise`` (also
-10x the expert deviations, ``expert_noise=0.2``), ``h2-soft`` and ``h2-soft-glr``.
+The gate variants of the committed results (top-1 routing, per-position conv gates, a gate learning rate)
+lost on every measurement and were removed from the library (``benchmarks/results/experts-pay-mnist-cnn-0.1*.md``).
 
 After training: the final metric on the whole test split, the metric after folding the experts into
 one (``merge_experts`` on the calibration data), and gate diagnostics on the calibration data
 (:func:`inhernet_bench.gate_stats.gate_stats`: gate entropy / log h, routing-load entropy, expert spread).
-MACs are ``count_macs`` per example; for top-1 also "MACs routed", the cost with one expert per
-input (the merged model's MACs; a dispatching kernel's cost, not this implementation's, which runs the
-fused product with zeros). Writes ``experts-pay-<preset>-<budget>[-<tag>].json`` and ``.md`` atomically.
+MACs are ``count_macs`` per example. Writes ``experts-pay-<preset>-<budget>[-<tag>].json`` and ``.md`` atomically.
 
     OMP_NUM_THREADS=1 python -m inhernet_bench.scripts.experts_pay --preset mnist-cnn --budget 0.1 --seeds 1 --steps 1000
 """
@@ -32,6 +24,7 @@ import argparse
 import copy
 import json
 import platform
+import re
 import shlex
 import statistics
 import sys
@@ -44,40 +37,27 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from inhernet import count_macs, inherit, merge_experts
+from inhernet import InherConfig, count_macs, inherit, merge_experts
 from inhernet._atomic import atomic_write
 from inhernet.distillation import DistillConfig, distill
 from inhernet.evaluate import evaluate
-from inhernet.experimental import ExperimentalConfig
-from inhernet.experimental.distillation import ExperimentalDistillConfig
 from inhernet_bench.gate_stats import gate_stats, summarize_gates
 from inhernet_bench.presets.registry import get_preset
 from inhernet_bench.runner import first_example, teacher_training_set
 from inhernet_bench.scripts import RESULTS
 
-VARIANTS = ("h1", "h3-soft", "h3-soft-glr", "h3-position", "h3-top1", "h3-top1-macs")
+VARIANTS = ("h1", "h3-soft")
 
 
-def variant_options(name: str, gate_lr_scale: float) -> tuple[dict[str, Any], dict[str, Any], bool]:
-    """(ExperimentalConfig overrides, DistillConfig overrides, reuse h1's plan) of a variant."""
-    table: dict[str, tuple[dict[str, Any], dict[str, Any], bool]] = {
-        "h1": ({"experts": 1}, {}, False),
-        "h3-soft": ({"experts": 3}, {}, False),
-        "h3-soft-glr": ({"experts": 3}, {"gate_lr_scale": gate_lr_scale}, False),
-        "h3-position": ({"experts": 3, "gate_pool": "position"}, {}, False),
-        "h3-position-glr": ({"experts": 3, "gate_pool": "position"}, {"gate_lr_scale": gate_lr_scale}, False),
-        "h3-top1": ({"experts": 3, "routing": "top1"}, {}, False),
-        "h3-top1-glr": ({"experts": 3, "routing": "top1"}, {"gate_lr_scale": gate_lr_scale}, False),
-        "h3-top1-macs": ({"experts": 3, "routing": "top1"}, {}, True),
-        "h3-top1-macs-glr": ({"experts": 3, "routing": "top1"}, {"gate_lr_scale": gate_lr_scale}, True),
-        # Larger zero-sum deviations: the gate sees experts that differ 10x more from the start.
-        "h3-soft-glr-noise": ({"experts": 3, "expert_noise": 0.2}, {"gate_lr_scale": gate_lr_scale}, False),
-        "h2-soft": ({"experts": 2}, {}, False),
-        "h2-soft-glr": ({"experts": 2}, {"gate_lr_scale": gate_lr_scale}, False),
-    }
-    if name not in table:
-        raise ValueError(f"unknown variant {name!r}; choose from {sorted(table)}")
-    return table[name]
+def variant_experts(name: str) -> int:
+    """The experts of variant ``name``: ``h1`` (one expert, no gate) or ``h<N>-soft`` (N >= 2 gated experts)."""
+    m = re.fullmatch(r"h([1-9][0-9]*)(-soft)?", name)
+    if m is None or (m[1] == "1") == bool(m[2]):
+        raise ValueError(
+            f"unknown variant {name!r}; choose h1 or h<N>-soft with N >= 2 (e.g. h3-soft): the top-1, per-position "
+            "and gate-lr variants were removed"
+        )
+    return int(m[1])
 
 
 def _params(model: nn.Module) -> int:
@@ -95,13 +75,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--gate-lr-scale", type=float, default=30.0)
     ap.add_argument("--calib-size", type=int, default=1000)
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--tag", default="", help="suffix of the output files' names (several runs side by side)")
     args = ap.parse_args(argv)
     for v in args.variants:
-        variant_options(v, args.gate_lr_scale)  # fail early on a typo
+        variant_experts(v)  # fail early on a typo
     return args
 
 
@@ -128,21 +107,18 @@ class Setup:
         return cls(preset, teacher, calib, train_set, test, first_example(calib[0]))
 
 
-def run_variant(args: argparse.Namespace, s: Setup, name: str, seed: int, h1_plan: Any) -> dict[str, Any]:
-    """Variant ``name`` at ``seed`` inherited (at ``h1_plan``'s ranks where it reuses them), distilled and
-    measured: one run's record."""
+def run_variant(args: argparse.Namespace, s: Setup, name: str, seed: int) -> dict[str, Any]:
+    """Variant ``name`` at ``seed`` inherited, distilled and measured: one run's record."""
     metric = s.preset.metric
-    inher, dist, reuse = variant_options(name, args.gate_lr_scale)
-    base = ExperimentalConfig(budget=args.budget, experts=1, init="whiten", seed=seed)
-    cfg = ExperimentalConfig(**{**base.to_dict(), **inher})
-    student = inherit(s.teacher, cfg, calib=s.calib, plan=h1_plan if reuse else None, progress=False)
+    cfg = InherConfig(budget=args.budget, experts=variant_experts(name), init="whiten", seed=seed)
+    student = inherit(s.teacher, cfg, calib=s.calib, progress=False)
     zero_shot = evaluate(student, s.test, metric)[metric]
     loader = DataLoader(
         s.train_set, batch_size=args.batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed)
     )
-    dcfg = ExperimentalDistillConfig(**{  # gate_lr_scale: an experimental knob
+    dcfg = DistillConfig(**{
         "steps": args.steps, "lr": args.lr, "seed": seed, "metric": metric, "val_every": 0,
-        "val_at_start": False, "teacher_topk": s.preset.teacher_topk, **s.preset.distill_options, **dist,
+        "val_at_start": False, "teacher_topk": s.preset.teacher_topk, **s.preset.distill_options,
     })
     history = distill(student, s.teacher, loader, None, dcfg)
     final = evaluate(student, s.test, metric)[metric]
@@ -150,7 +126,7 @@ def run_variant(args: argparse.Namespace, s: Setup, name: str, seed: int, h1_pla
     merged_model = merge_experts(copy.deepcopy(student), s.calib)
     return {
         "seed": seed, "params": _params(student), "macs": count_macs(student, s.example),
-        "macs_routed": count_macs(merged_model, s.example), "zero_shot": zero_shot, "final": final,
+        "zero_shot": zero_shot, "final": final,
         "merged": evaluate(merged_model, s.test, metric)[metric] if stats else final,
         "gates": summarize_gates(stats), "gate_blocks": stats, "steps": history["steps"],
         "ranks": student.inhernet_plan.ranks(),
@@ -162,7 +138,7 @@ def summary_row(name: str, rs: list[dict[str, Any]]) -> dict[str, Any]:
     finals = [r["final"] for r in rs]
     gates = [r["gates"] for r in rs if r["gates"]]
     return {
-        "variant": name, "params": rs[0]["params"], "macs": rs[0]["macs"], "macs_routed": rs[0]["macs_routed"],
+        "variant": name, "params": rs[0]["params"], "macs": rs[0]["macs"],
         "mean_rank": sum(rs[0]["ranks"].values()) / max(len(rs[0]["ranks"]), 1),
         "zero_shot": statistics.fmean(r["zero_shot"] for r in rs),
         "final_mean": statistics.fmean(finals), "final_std": statistics.pstdev(finals),
@@ -183,12 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     runs: dict[str, list[dict[str, Any]]] = {v: [] for v in args.variants}
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     for seed in seeds:
-        h1_plan = None
         for name in args.variants:
-            if variant_options(name, args.gate_lr_scale)[2] and h1_plan is None:
-                base = ExperimentalConfig(budget=args.budget, experts=1, init="whiten", seed=seed)
-                h1_plan = inherit(s.teacher, base, calib=s.calib, progress=False).inhernet_plan
-            run = run_variant(args, s, name, seed, h1_plan)
+            run = run_variant(args, s, name, seed)
             runs[name].append(run)
             g = run["gates"]
             gates = f"entropy {g['entropy']:.3f} load {g['load_entropy']:.3f} spread {g['spread']:.3f}" if g else ""
@@ -198,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     given = sys.argv[1:] if argv is None else argv
     result = {
         "preset": args.preset, "budget": args.budget, "metric": metric, "steps": args.steps,
-        "batch_size": args.batch_size, "lr": args.lr, "gate_lr_scale": args.gate_lr_scale,
+        "batch_size": args.batch_size, "lr": args.lr,
         "seeds": seeds, "command": "OMP_NUM_THREADS=1 python -m inhernet_bench.scripts.experts_pay " + shlex.join(given),
         "teacher": {"params": _params(s.teacher), "macs": count_macs(s.teacher, s.example), "metric": teacher_metric},
         "rows": [summary_row(name, runs[name]) for name in args.variants], "torch": torch.__version__,
@@ -217,15 +189,14 @@ def render(result: dict[str, Any]) -> str:
     """The markdown table of a result."""
     metric = result["metric"]
     lines = [
-        f"| variant | params | MACs | MACs routed | mean rank | zero-shot {metric} | final {metric} (mean ± std) "
+        f"| variant | params | MACs | mean rank | zero-shot {metric} | final {metric} (mean ± std) "
         "| merged | gate entropy | load entropy | expert spread |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in result["rows"]:
         gates = f"{r['entropy']:.3f} | {r['load_entropy']:.3f} | {r['spread']:.3f}" if "entropy" in r else " | | "
-        routed = f"{r['macs_routed']:,}" if "top1" in r["variant"] else ""
         lines.append(
-            f"| {r['variant']} | {r['params']:,} | {r['macs']:,} | {routed} | {r['mean_rank']:.1f} | "
+            f"| {r['variant']} | {r['params']:,} | {r['macs']:,} | {r['mean_rank']:.1f} | "
             f"{r['zero_shot']:.4f} | {r['final_mean']:.4f} ± {r['final_std']:.4f} | {r['merged_mean']:.4f} | {gates} |"
         )
     t = result["teacher"]
@@ -233,12 +204,11 @@ def render(result: dict[str, Any]) -> str:
         f"# Experts that pay? {result['preset']} at budget {result['budget']} of the teacher's parameters\n\n"
         f"Command: `{result['command']}`\n\nTeacher: {t['params']:,} params, {t['macs']:,} MACs, {metric} "
         f"{t['metric']:.4f}. Every row: InherNet (whitened init, energy allocation), {result['steps']} KD steps "
-        f"at batch {result['batch_size']}, lr {result['lr']}, seeds {result['seeds']}; gate lr x"
-        f"{result['gate_lr_scale']:g} in the `-glr` rows; {result['machine']}, wall {result['wall_s']} s.\n"
+        f"at batch {result['batch_size']}, lr {result['lr']}, seeds {result['seeds']}; {result['machine']}, "
+        f"wall {result['wall_s']} s.\n"
         "Gate entropy: mean softmax entropy / log h over the calibration data (1 = uniform); load entropy: "
         "entropy of the mean routing / log h (1 = every expert used equally); expert spread: mean distance of "
-        "the experts from their mean / its norm. MACs routed (top-1 rows): with one expert per input (top-1's "
-        "cost with a dispatching kernel; plus the gates' r*h per sample, under 100 MACs here).\n\n" + "\n".join(lines) + "\n"
+        "the experts from their mean / its norm.\n\n" + "\n".join(lines) + "\n"
     )
 
 
