@@ -11,7 +11,20 @@ from typing import Any
 
 from inhernet._atomic import atomic_write
 
-__all__ = ["Parts"]
+__all__ = ["Parts", "as_today"]
+
+#: InherConfig keys that parts written before their knobs were removed still record, at the one value today's
+#: code runs (the gate variants, removed after they lost): such a part was made exactly as today's would be
+RETIRED = {"routing": "soft", "gate_pool": "mean"}
+
+
+def as_today(fingerprint: dict[str, Any]) -> dict[str, Any]:
+    """``fingerprint`` without the :data:`RETIRED` keys of its recipe's config where they hold today's value."""
+    config = fingerprint.get("recipe", {}).get("config")
+    if not isinstance(config, dict):
+        return fingerprint
+    config = {k: v for k, v in config.items() if RETIRED.get(k, object()) != v}
+    return {**fingerprint, "recipe": {**fingerprint["recipe"], "config": config}}
 
 
 class Parts:
@@ -30,7 +43,7 @@ class Parts:
             return None
         part = json.loads(path.read_text())
         want = {**self.fingerprint, "recipe": recipe}
-        got = part.get("fingerprint", {})
+        got = as_today(part.get("fingerprint", {}))
         if got != want:
             keys = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))
             diff = "; ".join(f"{k}: part {got.get(k)!r}, now {want.get(k)!r}" for k in keys)

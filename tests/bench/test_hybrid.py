@@ -35,6 +35,7 @@ from inhernet.experimental import ExperimentalConfig
 from inhernet.layers import InherConv
 from inhernet.pruning import apply_spec, prune, prune_for, pruned_spec, teacher_outputs, zero_shot_loss
 from inhernet_bench.baselines import METHODS, MethodContext, build_student
+from inhernet_bench.parts import as_today
 from inhernet_bench.runner import BenchConfig, _recipe, teacher_digest
 from tiny_models import (
     LayersOnlyCosts,
@@ -470,7 +471,7 @@ def test_committed_parts_match_todays_recipe(path):
     """What ``Parts`` compares (the fingerprint and the recipe), rebuilt from today's code for each
     committed part: the method's builder (its source hash) and its resolved InherConfig; the sizes
     are copied from the part, as they come from building the model on the real teacher."""
-    fingerprint = json.loads(path.read_text())["fingerprint"]
+    fingerprint = as_today(json.loads(path.read_text())["fingerprint"])  # as Parts reads it
     recipe = fingerprint["recipe"]
     name = recipe["method"]
     builder = hashlib.sha256(inspect.getsource(METHODS[name]).encode()).hexdigest()[:16]
