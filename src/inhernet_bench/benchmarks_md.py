@@ -127,33 +127,45 @@ def cell_text(method: dict, teacher: dict, metric: str, se: float | None = None)
     return f"{score_text(method['metric_mean'], metric, se)} ({', '.join(sizes)})"
 
 
+def early_stopped(result: dict) -> bool:
+    """Whether ``result``'s runs stopped on validation (``--patience``): each ran to its own step, under a cap."""
+    return bool(result.get("schedule", {}).get("patience"))
+
+
 def row_results(ctx: Context, row: dict) -> tuple[dict, dict[str, dict], list[str]]:
-    """The first source's result, the methods the row takes from all sources, and the source names.
-    Sources of one row must be the same measurement (preset, budget, unit, steps): it says which differs."""
+    """The first source's result, the methods the row takes from all sources (each with its file's step
+    ``cap``), and the source names. Sources of one row must be the same measurement (preset, budget, unit,
+    schedule) and, unless their runs stopped on validation, the same steps: it says which differs."""
     first, methods, names = None, {}, []
     for source in row["sources"]:
         result = ctx.load(source["file"])
         names.append(source["file"])
         if first is None:
             first = result
-        for key in ("preset", "budget", "match", "metric"):
+        for key in ("preset", "budget", "match", "metric", "schedule"):
             if result.get(key) != first.get(key):
                 raise ValueError(f"summary row {row['sources'][0]['file']}: {source['file']} has {key}="
                                  f"{result.get(key)!r}, the row's first file {first.get(key)!r}; one row, one setup")
         for m in result["methods"]:
-            if m["steps"] != first["methods"][0]["steps"]:
+            if not early_stopped(result) and m["steps"] != first["methods"][0]["steps"]:
                 raise ValueError(f"summary row: {source['file']}'s {m['name']} ran {m['steps']} steps, "
                                  f"the row {first['methods'][0]['steps']}")
             if m["name"] in source.get("methods", [m["name"]]):
-                methods[m["name"]] = m
+                methods[m["name"]] = {**m, "cap": result.get("steps", m["steps"])}
     return first, methods, names
 
 
 def schedule_text(result: dict, methods: dict[str, dict]) -> str:
-    """Steps (epochs), seeds and the learning rate, from the JSON."""
-    steps = next(iter(methods.values()))["steps"]
-    text = f"{steps:,} steps" + (f" ({result['epochs']} epoch{'s' * (result['epochs'] != 1)})"
-                                 if result.get("epochs") else "")
+    """Steps (epochs) or, for runs stopped on validation, the step caps; seeds and the learning rate."""
+    if early_stopped(result):
+        caps = sorted({m["cap"] for m in methods.values()})
+        longer = [f"{cap:,}: {', '.join(n for n, m in methods.items() if m['cap'] == cap)}" for cap in caps[1:]]
+        text = f"until validation stops improving, at most {caps[0]:,} steps" + (f" ({'; '.join(longer)})"
+                                                                                  if longer else "")
+    else:
+        steps = next(iter(methods.values()))["steps"]
+        text = f"{steps:,} steps" + (f" ({result['epochs']} epoch{'s' * (result['epochs'] != 1)})"
+                                     if result.get("epochs") else "")
     seeds = sorted({len(m["seeds"]) for m in methods.values()})
     text += f", {'-'.join(map(str, seeds))} seed{'s' * (seeds[-1] != 1)}"
     if result.get("tuning"):

@@ -196,3 +196,30 @@ def test_the_teachers_table_is_their_records():
         unit = " tokens" if metric == "perplexity" else ""
         assert f"| {record['test'][metric]:.4f} ({int(record['test']['count']):,}{unit}) |" in row
         assert f"| {record['steps']:,} ({record['stopped']}) |" in row
+
+
+def early_stopped_copy(root: Path, name: str, cap: int, methods: list[str]) -> None:
+    """A committed fashion-effnet result as if its runs had stopped on validation under a ``cap`` of steps."""
+    result = json.loads((RESULTS / "fashion-effnet-0.25-2000.json").read_text())
+    result["steps"], result["schedule"] = cap, {"lr": "constant", "patience": 5}
+    result["methods"] = [{**m, "steps": cap - 200} for m in result["methods"] if m["name"] in methods]
+    (root / "benchmarks" / "results" / name).write_text(json.dumps(result))
+
+
+def test_a_row_of_runs_stopped_on_validation_may_take_each_method_from_its_own_step_cap(tmp_path):
+    """Methods that had not flattened under one cap run again under a longer one; the row says whose cap is whose."""
+    root = tiny_root(tmp_path, SECTIONS + """
+[[section.summary]]
+title = "converged"
+rows = [{ sources = [{ file = "short.json" }, { file = "long.json", methods = ["kd-student"] }] }]
+""")
+    early_stopped_copy(root, "short.json", 3000, ["inhernet", "kd-student", "prune-kd"])
+    early_stopped_copy(root, "long.json", 12000, ["kd-student", "svd-kd"])
+    row = next(line for line in benchmarks_md.render(root).splitlines() if line.startswith("| fashion-effnet"))
+    assert "until validation stops improving, at most 3,000 steps (12,000: kd-student)" in row
+    assert "svd-kd" not in row.split("|")[2]
+    result = json.loads((root / "benchmarks" / "results" / "long.json").read_text())
+    del result["schedule"]  # a fixed-step run is another setup, refused by name
+    (root / "benchmarks" / "results" / "long.json").write_text(json.dumps(result))
+    with pytest.raises(ValueError, match=re.escape("long.json has schedule=None")):
+        benchmarks_md.render(root)
