@@ -434,10 +434,9 @@ class _Bench:
             tune_student = student if seed == TUNE_SEED else build_student(name, self.context(TUNE_SEED))
             tune_recipe = _recipe(name, tune_student, self.sizes[name])
             parts = self.parts
-            self.tuned[name] = (parts.tune(name, tune_recipe) if parts is not None else None) or self.tuner.tune(
-                name, tune_student
-            )
-            if parts is not None:
+            written = parts.tune(name, tune_recipe) if parts is not None else None
+            self.tuned[name] = written or self.tuner.tune(name, tune_student)
+            if parts is not None and written is None:  # a reused part stays as committed
                 parts.write_tune(name, tune_recipe, self.tuned[name])
         return self.tuned[name]["lr"]
 
